@@ -1,0 +1,178 @@
+// Package api is the contract between fabricd and its clients: the JSON
+// bodies of the agent's HTTP API on its unix socket, the error codes, and a
+// small client. It imports nothing else of fabric.
+package api
+
+import "time"
+
+// Version is the API path prefix.
+const Version = "v1"
+
+// Error is the body of every rejected request (4xx) and of server errors.
+type Error struct {
+	Message string `json:"error"`
+	Code    string `json:"code"`
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// Error codes. The HTTP status follows from the code (see StatusOf).
+const (
+	CodeInvalid   = "invalid"   // bad input; 400
+	CodeNotFound  = "not_found" // 404
+	CodeConflict  = "conflict"  // name or address in use, network busy; 409
+	CodeExhausted = "exhausted" // no address left in the pool; 409
+	CodeInternal  = "internal"  // 500
+)
+
+// StatusOf maps an error code to its HTTP status.
+func StatusOf(code string) int {
+	switch code {
+	case CodeInvalid:
+		return 400
+	case CodeNotFound:
+		return 404
+	case CodeConflict, CodeExhausted:
+		return 409
+	default:
+		return 500
+	}
+}
+
+// Network drivers.
+const (
+	DriverBridge = "bridge"
+)
+
+// Sandbox modes (Docker's --network values that need no network object).
+const (
+	ModeNetNS     = "netns"     // own namespace at /var/run/netns/NAME, on networks
+	ModeNone      = "none"      // own namespace with only lo
+	ModeHost      = "host"      // the host's namespace
+	ModeContainer = "container" // joins another sandbox's namespace
+	ModeExternal  = "external"  // a namespace fabric did not create (connect by path)
+)
+
+// NetworkCreate is the body of POST /v1/networks.
+type NetworkCreate struct {
+	Name     string            `json:"name"`
+	Driver   string            `json:"driver,omitempty"`  // default bridge
+	Subnet   string            `json:"subnet,omitempty"`  // CIDR; default: next free pool
+	Gateway  string            `json:"gateway,omitempty"` // default: first address
+	IPRange  string            `json:"ip_range,omitempty"`
+	Internal bool              `json:"internal,omitempty"`
+	Options  map[string]string `json:"options,omitempty"` // mtu, bridge_name
+}
+
+// Network is a network as the API reports it.
+type Network struct {
+	ID        string            `json:"id"`
+	Name      string            `json:"name"`
+	Driver    string            `json:"driver"`
+	Subnet    string            `json:"subnet"`
+	Gateway   string            `json:"gateway"`
+	IPRange   string            `json:"ip_range,omitempty"`
+	Internal  bool              `json:"internal"`
+	Options   map[string]string `json:"options,omitempty"`
+	Bridge    string            `json:"bridge"`
+	MTU       int               `json:"mtu"`
+	Created   time.Time         `json:"created"`
+	Endpoints int               `json:"endpoints"`
+	IPsUsed   int               `json:"ips_used"`
+	IPsFree   int               `json:"ips_free"`
+}
+
+// Port is a published port.
+type Port struct {
+	Proto    string `json:"proto"`             // tcp or udp
+	HostIP   string `json:"host_ip,omitempty"` // empty: every host address
+	HostPort uint16 `json:"host_port"`
+	Port     uint16 `json:"port"`
+}
+
+// SandboxCreate is the body of POST /v1/sandboxes (what `fabricctl run` sends).
+type SandboxCreate struct {
+	Name    string   `json:"name,omitempty"`    // default: generated
+	Network string   `json:"network,omitempty"` // NET, host, none or container:NAME; default bridge
+	IP      string   `json:"ip,omitempty"`
+	Ports   []string `json:"ports,omitempty"` // [HOSTIP:]HOSTPORT:PORT[/tcp|/udp]
+	Aliases []string `json:"aliases,omitempty"`
+	// Command, when set, is started by the agent inside the sandbox and the
+	// request returns once it runs (run -d). When empty the caller runs its
+	// own command (foreground run) and reports it with SandboxProcess.
+	Command    []string `json:"command,omitempty"`
+	AutoRemove bool     `json:"auto_remove,omitempty"` // remove the sandbox when the command exits
+}
+
+// SandboxProcess is the body of PUT /v1/sandboxes/NAME/process: a client
+// that runs the sandbox's command itself tells the agent its PID.
+type SandboxProcess struct {
+	PID int `json:"pid"`
+}
+
+// Sandbox states.
+const (
+	StateCreated = "created" // namespace and endpoints ready, no process
+	StateRunning = "running"
+	StateExited  = "exited"
+)
+
+// Sandbox is a sandbox as the API reports it.
+type Sandbox struct {
+	Name       string     `json:"name"`
+	Mode       string     `json:"mode"`
+	NetNS      string     `json:"netns,omitempty"`     // namespace path ("" in host mode)
+	Container  string     `json:"container,omitempty"` // target of container: mode
+	Command    []string   `json:"command,omitempty"`
+	PID        int        `json:"pid,omitempty"`
+	State      string     `json:"state"`
+	ExitCode   *int       `json:"exit_code,omitempty"`
+	AutoRemove bool       `json:"auto_remove,omitempty"`
+	Ports      []Port     `json:"ports,omitempty"`
+	Aliases    []string   `json:"aliases,omitempty"`
+	Endpoints  []Endpoint `json:"endpoints,omitempty"`
+	LogPath    string     `json:"log_path,omitempty"`
+	Created    time.Time  `json:"created"`
+}
+
+// Connect is the body of POST /v1/networks/NAME/connect.
+type Connect struct {
+	// Sandbox is a sandbox name, or a path to a network namespace
+	// (/proc/PID/ns/net, /var/run/netns/X) to wire in a namespace fabric
+	// did not create.
+	Sandbox string   `json:"sandbox"`
+	IP      string   `json:"ip,omitempty"`
+	Aliases []string `json:"aliases,omitempty"`
+}
+
+// Disconnect is the body of POST /v1/networks/NAME/disconnect.
+type Disconnect struct {
+	Sandbox string `json:"sandbox"`
+}
+
+// Endpoint is an endpoint as the API reports it.
+type Endpoint struct {
+	ID         string   `json:"id"`
+	Network    string   `json:"network"`
+	Sandbox    string   `json:"sandbox"`
+	IfName     string   `json:"ifname"`
+	HostIfName string   `json:"host_ifname"`
+	IP         string   `json:"ip"` // CIDR
+	Gateway    string   `json:"gateway,omitempty"`
+	MAC        string   `json:"mac"`
+	Aliases    []string `json:"aliases,omitempty"`
+}
+
+// Status is the body of GET /v1/status.
+type Status struct {
+	Version   string   `json:"version"`
+	Node      string   `json:"node"`
+	Uptime    string   `json:"uptime"`
+	Started   string   `json:"started"`
+	Datapath  string   `json:"datapath"`
+	Details   []string `json:"datapath_details,omitempty"`
+	Networks  int      `json:"networks"`
+	Sandboxes int      `json:"sandboxes"`
+	Endpoints int      `json:"endpoints"`
+	Warnings  []string `json:"warnings,omitempty"`
+}

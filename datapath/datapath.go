@@ -1,0 +1,90 @@
+// Package datapath defines what the agent asks of a host's forwarding plane:
+// "make the kernel look like this". Implementations (kernel: bridge, veth and
+// nftables; later ebpf: tc/XDP programs) turn the desired networks and
+// endpoints into kernel objects with idempotent ensure operations.
+//
+// The package knows nothing of the agent's store, of the API or of gossip: it
+// receives plain descriptions of networks and endpoints and nothing else.
+package datapath
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+)
+
+// OwnerPrefix marks kernel objects that fabric created (it is written into
+// the link alias), so that a reconcile can find and prune what is no longer
+// wanted without touching anything else on the host.
+const OwnerPrefix = "fabric:"
+
+// ErrInvalid is returned for a description a datapath cannot program.
+var ErrInvalid = errors.New("invalid datapath request")
+
+// Network is one network as the datapath sees it.
+type Network struct {
+	ID       string // stable, unique; used to name and mark kernel objects
+	Name     string
+	Driver   string // "bridge"
+	Subnet   netip.Prefix
+	Gateway  netip.Addr
+	Bridge   string // bridge device name on the host
+	MTU      int
+	Internal bool // no traffic in or out of the network except between its endpoints
+}
+
+// Endpoint is one sandbox's attachment to a network.
+type Endpoint struct {
+	ID         string
+	NetworkID  string
+	NetNSPath  string           // the sandbox's network namespace (a bind mount or /proc/PID/ns/net)
+	IfName     string           // interface name inside the sandbox, e.g. eth0
+	HostIfName string           // host-side veth name
+	Addr       netip.Prefix     // address with the network's prefix length
+	MAC        net.HardwareAddr // sandbox-side MAC
+	// DefaultRoute says whether the sandbox's default route goes through this
+	// endpoint's gateway. Exactly one endpoint of a sandbox with egress has it.
+	DefaultRoute bool
+	Ports        []PortMapping
+}
+
+// PortMapping publishes a sandbox port on the host.
+type PortMapping struct {
+	Proto    string     // "tcp" or "udp"
+	HostIP   netip.Addr // invalid (zero) means every host address
+	HostPort uint16
+	Port     uint16 // port inside the sandbox
+}
+
+// State is the complete desired state of one host, used by Sync.
+type State struct {
+	Networks  []Network
+	Endpoints []Endpoint
+}
+
+// Status describes a datapath for `fabricctl status`.
+type Status struct {
+	Name     string   `json:"name"`
+	Details  []string `json:"details,omitempty"`
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+// Datapath programs one host. Every method is an idempotent ensure: calling
+// it again with the same arguments changes nothing, and calling it after a
+// crash half-way through completes the work.
+type Datapath interface {
+	// EnsureNetwork creates or repairs a network's host-side objects.
+	EnsureNetwork(ctx context.Context, n Network) error
+	// DeleteNetwork removes them; deleting a missing network is not an error.
+	DeleteNetwork(ctx context.Context, n Network) error
+	// EnsureEndpoint creates or repairs an endpoint (its network must exist).
+	EnsureEndpoint(ctx context.Context, n Network, ep Endpoint) error
+	// DeleteEndpoint removes an endpoint; a missing one is not an error.
+	DeleteEndpoint(ctx context.Context, n Network, ep Endpoint) error
+	// Sync makes the host match s exactly: everything in s is ensured and
+	// every fabric-owned object not in s is removed.
+	Sync(ctx context.Context, s State) error
+	Status(ctx context.Context) Status
+	Close() error
+}
