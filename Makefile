@@ -1,0 +1,61 @@
+# fabric — build, test, demo and benchmark targets. Everything that needs
+# root (tests in network namespaces, the demo, benchmarks) runs as root.
+GO       ?= go
+BIN      := bin
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -X main.version=$(VERSION)
+PKGS     := ./...
+# Debian packages the tests, demo and benchmarks use; `make deps` installs
+# whichever are missing.
+DEB_TOOLS := iproute2:ip nftables:nft util-linux:nsenter iputils-ping:ping python3:python3
+DEB_BENCH := iperf3:iperf3 sockperf:sockperf wrk:wrk docker.io:docker-proxy
+
+.PHONY: all build test test-unit deps deps-bench demo bench lint fmt vet staticcheck clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/fabricd ./cmd/fabricctl
+
+# deps installs the Debian tools the tests need (idempotent, quiet when all
+# are present).
+deps:
+	@./.ci/apt-ensure $(DEB_TOOLS)
+
+deps-bench: deps
+	@./.ci/apt-ensure $(DEB_BENCH)
+
+# test runs the whole suite: unit tests and, as root, the integration tests
+# in network namespaces (they skip with a message when not root).
+test: deps
+	$(GO) vet $(PKGS)
+	$(GO) test -count=1 -timeout 12m $(PKGS)
+
+test-unit:
+	$(GO) test -count=1 -short $(PKGS)
+
+# demo builds fabric, starts an agent with default settings in a throw-away
+# host namespace, and shows sandboxes on two networks talking.
+demo: deps build
+	./deploy/demo.sh
+
+# bench measures fabric against the kernel baseline, Docker's userland proxy
+# and raw veth in one run (medians of alternating repetitions).
+bench: deps-bench build
+	$(GO) build -o $(BIN)/ ./cmd/fabricbench
+	$(BIN)/fabricbench -bin $(BIN)
+
+lint: vet staticcheck
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+
+vet:
+	$(GO) vet $(PKGS)
+
+staticcheck:
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 $(PKGS)
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+clean:
+	rm -rf $(BIN)

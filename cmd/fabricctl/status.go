@@ -1,0 +1,88 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/spf13/cobra"
+)
+
+func newStatusCmd(c *cli) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Show whether the agent runs, its datapath and what it manages",
+		Long: `Show the state of fabricd on this host: whether it answers, its version,
+node name and uptime, the datapath in use (ebpf or kernel) with details
+such as attached programs, the number of networks, sandboxes and
+endpoints, and any warnings (for example a fallback from eBPF to the
+kernel datapath).
+
+Exit code: 0 all well, 1 the agent reports warnings, 2 the agent is
+unreachable. That makes it usable as a health check.`,
+		Example: `  fabricctl status
+  fabricctl status -o json
+  fabricctl --socket /tmp/fabricd.sock status || echo "fabric is not healthy"`,
+		Args: exactArgs(),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := c.client().Status(cmd.Context())
+			if err != nil {
+				return explain(err, "get status")
+			}
+			out := cmd.OutOrStdout()
+			if err := c.render(out, st, func(w io.Writer) error {
+				return statusText(w, c.socket, st)
+			}); err != nil {
+				return err
+			}
+			if len(st.Warnings) > 0 {
+				return &exitError{code: exitFailure}
+			}
+			return nil
+		},
+	}
+}
+
+// versionInfo is what `fabricctl version -o json` prints.
+type versionInfo struct {
+	Client string `json:"client"`
+	Agent  string `json:"agent,omitempty"`
+	Node   string `json:"node,omitempty"`
+	// AgentError says why the agent's version is missing.
+	AgentError string `json:"agent_error,omitempty"`
+}
+
+func newVersionCmd(c *cli) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Show the client's and the agent's versions",
+		Long: `Show the version of fabricctl and, if the agent answers, of fabricd.
+An unreachable agent is not an error here: the client's version is still
+printed and the command exits 0.`,
+		Example: `  fabricctl version
+  fabricctl version -o json`,
+		Args: exactArgs(),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			info := versionInfo{Client: version}
+			st, err := c.client().Status(cmd.Context())
+			switch {
+			case err == nil:
+				info.Agent, info.Node = st.Version, st.Node
+			case errors.Is(err, api.ErrUnreachable):
+				info.AgentError = "unreachable at " + c.socket
+			default:
+				return explain(err, "get agent version")
+			}
+			if c.json() {
+				return writeJSON(cmd.OutOrStdout(), info)
+			}
+			agent := "fabricd " + info.Agent + " (node " + info.Node + ")"
+			if info.AgentError != "" {
+				agent = info.AgentError
+			}
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "Client: fabricctl %s\nAgent:  %s\n", info.Client, agent)
+			return err
+		},
+	}
+}

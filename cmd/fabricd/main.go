@@ -1,0 +1,108 @@
+// Command fabricd is fabric's per-host agent: it keeps the host's networks,
+// sandboxes and endpoints, programs the kernel to match them, and serves
+// fabricctl on a unix socket.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/fabricnet/fabric/cmd/internal/agent"
+	"github.com/fabricnet/fabric/cmd/internal/config"
+	"github.com/fabricnet/fabric/datapath"
+	"github.com/fabricnet/fabric/datapath/kernel"
+	"github.com/spf13/pflag"
+)
+
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	fs := pflag.NewFlagSet("fabricd", pflag.ContinueOnError)
+	fs.SortFlags = false
+	config.RegisterFlags(fs)
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	fs.Usage = func() {
+		fmt.Fprintf(os.Stderr, `fabricd is fabric's agent: run one on every host (usually as the systemd
+service fabricd.service). It creates the default "bridge" network, keeps the
+networks, sandboxes and endpoints that fabricctl asks for, and programs the
+kernel to match them again after any restart.
+
+Usage: fabricd [flags]
+
+Every flag can also be set in the config file (same name, e.g. "state-dir:")
+or as an environment variable (FABRIC_STATE_DIR); flags win over the
+environment, which wins over the file.
+
+Flags:
+%s`, fs.FlagUsages())
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(os.Stderr, "fabricd: %v\n", err)
+		return 2
+	}
+	if *showVersion {
+		fmt.Println("fabricd", version)
+		return 0
+	}
+	cfg, err := config.Load(fs)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "fabricd: %v\n", err)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.SlogLevel()}))
+	if err := serve(cfg, log); err != nil {
+		log.Error("fabricd stopped", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func serve(cfg config.Config, log *slog.Logger) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	agent.Version = version
+
+	dp, err := newDatapath(cfg, log)
+	if err != nil {
+		return err
+	}
+	a, err := agent.New(agent.Options{
+		StateDir: cfg.StateDir, Socket: cfg.Socket, NodeName: cfg.NodeName,
+		DefaultSubnet: cfg.DefaultSubnetPrefix(), NoDefaultNetwork: cfg.NoDefaultNetwork,
+		Datapath: dp, Log: log,
+	})
+	if err != nil {
+		dp.Close()
+		return err
+	}
+	defer a.Close()
+	if err := a.Start(ctx); err != nil {
+		return err
+	}
+	return a.Serve(ctx)
+}
+
+func newDatapath(cfg config.Config, log *slog.Logger) (datapath.Datapath, error) {
+	switch mode := cfg.DatapathMode(); mode {
+	case config.DatapathKernel:
+		dp, err := kernel.New(log.With("datapath", "kernel"), kernel.Options{})
+		if err != nil {
+			return nil, fmt.Errorf("kernel datapath: %w", err)
+		}
+		return dp, nil
+	default:
+		return nil, fmt.Errorf("datapath %q is not available in this build", mode)
+	}
+}

@@ -1,0 +1,169 @@
+// Package agent is fabricd's core: it keeps the desired state (API requests,
+// later gossip) in the store, hands it to a datapath, runs sandbox commands,
+// and serves the HTTP API on a unix socket.
+//
+// Every mutation is serialised by one lock and follows the same order:
+// validate everything, write the records (phase "creating"), program the
+// kernel with idempotent ensures, mark the records ready. A failure rolls
+// back; a crash is rolled back or completed by the reconcile at start-up.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/fabricnet/fabric/cmd/internal/ipam"
+	"github.com/fabricnet/fabric/cmd/internal/store"
+	"github.com/fabricnet/fabric/datapath"
+)
+
+// Version is the agent's version, set at build time.
+var Version = "dev"
+
+// DefaultNetworkName is the network sandboxes join when none is given.
+const DefaultNetworkName = "bridge"
+
+// DefaultBridge is the default network's bridge device.
+const DefaultBridge = "fabric0"
+
+// Options configure an Agent.
+type Options struct {
+	StateDir string
+	Socket   string
+	NodeName string
+	// HostNetNS is the namespace the agent programs and runs host-mode
+	// commands in; "" is the agent's own (the normal case).
+	HostNetNS string
+	// DefaultSubnet fixes the default network's subnet; invalid means pick
+	// the first free default pool.
+	DefaultSubnet    netip.Prefix
+	NoDefaultNetwork bool
+	Datapath         datapath.Datapath
+	Log              *slog.Logger
+}
+
+// Agent is one host's fabric agent.
+type Agent struct {
+	opts    Options
+	log     *slog.Logger
+	dp      datapath.Datapath
+	store   *store.Store
+	started time.Time
+
+	mu        sync.Mutex
+	networks  map[string]*networkRec // by ID
+	sandboxes map[string]*sandboxRec // by name
+	endpoints map[string]*endpointRec
+	pools     map[string]*ipam.Pool // by network ID
+	warnings  []string
+
+	procs *processes
+	wg    sync.WaitGroup
+}
+
+// New opens the state store and builds the agent; Start reconciles.
+func New(opts Options) (*Agent, error) {
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	if opts.Datapath == nil {
+		return nil, errors.New("agent needs a datapath")
+	}
+	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state dir %s: %w", opts.StateDir, err)
+	}
+	st, err := store.Open(filepath.Join(opts.StateDir, "state.db"),
+		[]string{bucketNetworks, bucketSandboxes, bucketEndpoints}, 2*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{
+		opts: opts, log: opts.Log, dp: opts.Datapath, store: st, started: time.Now(),
+		networks: map[string]*networkRec{}, sandboxes: map[string]*sandboxRec{},
+		endpoints: map[string]*endpointRec{}, pools: map[string]*ipam.Pool{},
+	}
+	a.procs = newProcesses(a, filepath.Join(opts.StateDir, "logs"))
+	return a, nil
+}
+
+// Start loads the stored state and makes the kernel match it. It must run
+// before Serve.
+func (a *Agent) Start(ctx context.Context) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err := a.load(); err != nil {
+		return fmt.Errorf("load state: %w", err)
+	}
+	if err := a.reconcile(ctx); err != nil {
+		return fmt.Errorf("reconcile: %w", err)
+	}
+	if !a.opts.NoDefaultNetwork {
+		if err := a.ensureDefaultNetwork(ctx); err != nil {
+			return fmt.Errorf("default network: %w", err)
+		}
+	}
+	return nil
+}
+
+// Serve listens on the unix socket and serves the API until ctx ends.
+func (a *Agent) Serve(ctx context.Context) error {
+	ln, err := listenUnix(a.opts.Socket)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	a.log.Info("fabricd serving", "socket", a.opts.Socket, "datapath", a.dp.Status(ctx).Name, "version", Version)
+	select {
+	case <-ctx.Done():
+		shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shut)
+		os.Remove(a.opts.Socket)
+		return nil
+	case err := <-errc:
+		return fmt.Errorf("serve api: %w", err)
+	}
+}
+
+// Close stops watchers and releases the store. Sandboxes, their commands and
+// the kernel state stay: a restarted agent picks them up again.
+func (a *Agent) Close() error {
+	a.procs.close()
+	a.wg.Wait()
+	return errors.Join(a.dp.Close(), a.store.Close())
+}
+
+// listenUnix listens on path with mode 0600, replacing a stale socket but
+// refusing to steal one another agent is serving.
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("create socket dir: %w", err)
+	}
+	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("socket %s: another fabricd is already serving it", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("chmod socket: %w", err)
+	}
+	return ln, nil
+}

@@ -1,0 +1,437 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/datapath"
+	"github.com/fabricnet/fabric/datapath/netns"
+)
+
+// sandboxEndpoints returns a sandbox's endpoints, oldest first.
+func (a *Agent) sandboxEndpoints(name string) []*endpointRec {
+	var eps []*endpointRec
+	for _, ep := range a.endpoints {
+		if ep.Sandbox == name {
+			eps = append(eps, ep)
+		}
+	}
+	return sortedEndpoints(eps)
+}
+
+// primaryEndpoint is the sandbox's first endpoint on a non-internal
+// network: it carries the default route and the published ports.
+func (a *Agent) primaryEndpoint(sandbox string) *endpointRec {
+	for _, ep := range a.sandboxEndpoints(sandbox) {
+		if ep.Phase == phaseRemoving {
+			continue
+		}
+		if n := a.networks[ep.NetworkID]; n != nil && !n.Internal {
+			return ep
+		}
+	}
+	return nil
+}
+
+// dpEndpoint builds the datapath's view of an endpoint.
+func (a *Agent) dpEndpoint(ep *endpointRec) (datapath.Network, datapath.Endpoint, error) {
+	n := a.networks[ep.NetworkID]
+	sb := a.sandboxes[ep.Sandbox]
+	if n == nil || sb == nil {
+		return datapath.Network{}, datapath.Endpoint{}, fmt.Errorf("endpoint %s: network or sandbox record missing", ep.ID)
+	}
+	out := datapath.Endpoint{
+		ID: ep.ID, NetworkID: n.ID, NetNSPath: sb.NetNS, IfName: ep.IfName, HostIfName: ep.HostIfName,
+		Addr: ep.Addr, MAC: macFor(ep.Addr.Addr()),
+	}
+	if p := a.primaryEndpoint(ep.Sandbox); p == ep {
+		out.DefaultRoute = true
+		for _, port := range sb.Ports {
+			pm := datapath.PortMapping{Proto: port.Proto, HostPort: port.HostPort, Port: port.Port}
+			if port.HostIP != "" {
+				pm.HostIP = netip.MustParseAddr(port.HostIP)
+			}
+			out.Ports = append(out.Ports, pm)
+		}
+	}
+	return n.datapath(), out, nil
+}
+
+// ensureEndpoint programs one endpoint.
+func (a *Agent) ensureEndpoint(ctx context.Context, ep *endpointRec) error {
+	n, dep, err := a.dpEndpoint(ep)
+	if err != nil {
+		return err
+	}
+	if err := a.dp.EnsureEndpoint(ctx, n, dep); err != nil {
+		return fmt.Errorf("set up %s in sandbox %s on network %s: %w", ep.IfName, ep.Sandbox, n.Name, err)
+	}
+	return nil
+}
+
+func (a *Agent) deleteEndpointKernel(ctx context.Context, ep *endpointRec) error {
+	n := a.networks[ep.NetworkID]
+	if n == nil {
+		return nil
+	}
+	dep := datapath.Endpoint{ID: ep.ID, NetworkID: n.ID, IfName: ep.IfName, HostIfName: ep.HostIfName, Addr: ep.Addr}
+	if sb := a.sandboxes[ep.Sandbox]; sb != nil {
+		dep.NetNSPath = sb.NetNS
+	}
+	if err := a.dp.DeleteEndpoint(ctx, n.datapath(), dep); err != nil {
+		return fmt.Errorf("remove endpoint %s: %w", ep.HostIfName, err)
+	}
+	return nil
+}
+
+// planEndpoint reserves an address (static or dynamic) and builds the record
+// of a new endpoint. The caller releases the address if it goes no further.
+func (a *Agent) planEndpoint(n *networkRec, sandbox, ip string, aliases []string) (*endpointRec, error) {
+	for _, o := range a.endpoints {
+		if o.Sandbox == sandbox && o.NetworkID == n.ID {
+			return nil, conflictf("sandbox %q is already connected to network %q", sandbox, n.Name)
+		}
+	}
+	if err := validAliases(aliases); err != nil {
+		return nil, err
+	}
+	pool := a.pools[n.ID]
+	id := newID()
+	owner := "endpoint " + id[:12] + " (sandbox " + sandbox + ")"
+	var addr netip.Addr
+	if ip != "" {
+		var err error
+		addr, err = netip.ParseAddr(ip)
+		if err != nil || !addr.Is4() {
+			return nil, invalidf("--ip %q is not an IPv4 address", ip)
+		}
+		if err := pool.Claim(addr, owner); err != nil {
+			return nil, classifyIPAM(err)
+		}
+	} else {
+		var err error
+		addr, err = pool.Allocate(owner)
+		if err != nil {
+			return nil, classifyIPAM(err)
+		}
+	}
+	return &endpointRec{
+		ID: id, NetworkID: n.ID, Sandbox: sandbox, IfName: a.nextIfName(sandbox),
+		HostIfName: "fv" + id[:12], Addr: netip.PrefixFrom(addr, n.Subnet.Bits()),
+		Aliases: aliases, Created: time.Now().UTC(), Phase: phaseCreating, MAC: macFor(addr).String(),
+	}, nil
+}
+
+// nextIfName returns the lowest free ethN in the sandbox.
+func (a *Agent) nextIfName(sandbox string) string {
+	used := map[string]bool{}
+	for _, ep := range a.endpoints {
+		if ep.Sandbox == sandbox {
+			used[ep.IfName] = true
+		}
+	}
+	for i := 0; ; i++ {
+		if name := fmt.Sprintf("eth%d", i); !used[name] {
+			return name
+		}
+	}
+}
+
+func validAliases(aliases []string) error {
+	for _, al := range aliases {
+		if al == "" || len(al) > 253 {
+			return invalidf("alias %q must be 1 to 253 characters", al)
+		}
+		for _, label := range strings.Split(al, ".") {
+			if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+				return invalidf("alias %q is not a valid DNS name", al)
+			}
+			for _, r := range label {
+				if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+					return invalidf("alias %q is not a valid DNS name (letters, digits, '-', '_' and '.')", al)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// Connect attaches a sandbox, or a namespace given by path, to a network.
+func (a *Agent) Connect(ctx context.Context, netRef string, req api.Connect) (api.Endpoint, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n, err := a.networkLocked(netRef)
+	if err != nil {
+		return api.Endpoint{}, err
+	}
+	if n.Phase != phaseReady {
+		return api.Endpoint{}, conflictf("network %q is being created or removed", n.Name)
+	}
+	sb, isNew, err := a.resolveSandbox(req.Sandbox, true)
+	if err != nil {
+		return api.Endpoint{}, err
+	}
+	switch sb.Mode {
+	case api.ModeHost:
+		return api.Endpoint{}, invalidf("sandbox %q runs in the host's namespace and cannot be connected to networks", sb.Name)
+	case api.ModeNone:
+		return api.Endpoint{}, invalidf("sandbox %q was started with --network none and cannot be connected to networks", sb.Name)
+	case api.ModeContainer:
+		return api.Endpoint{}, invalidf("sandbox %q shares the namespace of %q; connect %q instead", sb.Name, sb.Container, sb.Container)
+	}
+	if sb.Phase != phaseReady {
+		return api.Endpoint{}, conflictf("sandbox %q is being created or removed", sb.Name)
+	}
+	ep, err := a.planEndpoint(n, sb.Name, req.IP, req.Aliases)
+	if err != nil {
+		return api.Endpoint{}, err
+	}
+	oldPrimary := a.primaryEndpoint(sb.Name)
+	if err := a.addEndpoints(ctx, sb, isNew, []*endpointRec{ep}); err != nil {
+		return api.Endpoint{}, err
+	}
+	if err := a.repairPrimary(ctx, sb.Name, oldPrimary); err != nil {
+		a.log.Warn("move default route", "sandbox", sb.Name, "err", err)
+	}
+	a.log.Info("connected", "sandbox", sb.Name, "network", n.Name, "ip", ep.Addr, "if", ep.IfName)
+	return ep.api(n.Name, n.Gateway), nil
+}
+
+// resolveSandbox finds a sandbox by name, or by namespace path (which may
+// name a namespace fabric did not create: then a new external sandbox
+// record is returned, not yet stored, with isNew set).
+func (a *Agent) resolveSandbox(ref string, allowNew bool) (sb *sandboxRec, isNew bool, err error) {
+	if !strings.Contains(ref, "/") {
+		sb := a.sandboxes[ref]
+		if sb == nil {
+			return nil, false, notFoundf("sandbox %q not found (see `fabricctl sandbox ls`; a namespace path must contain '/')", ref)
+		}
+		return sb, false, nil
+	}
+	if !netns.IsNamespace(ref) {
+		return nil, false, invalidf("%s is not a network namespace (want a path such as /proc/PID/ns/net or /var/run/netns/NAME)", ref)
+	}
+	id, err := netns.IDOf(ref)
+	if err != nil {
+		return nil, false, invalidf("%v", err)
+	}
+	for _, s := range a.sandboxes {
+		if s.NetNS == "" {
+			continue
+		}
+		if sid, err := netns.IDOf(s.NetNS); err == nil && sid == id {
+			return s, false, nil
+		}
+	}
+	if !allowNew {
+		return nil, false, notFoundf("namespace %s is not connected to any network", ref)
+	}
+	sb = &sandboxRec{
+		Name: fmt.Sprintf("ns-%d", id.Ino), Mode: api.ModeExternal, NetNS: ref, NSID: id,
+		Created: time.Now().UTC(), Phase: phaseReady,
+	}
+	if a.sandboxes[sb.Name] != nil {
+		return nil, false, conflictf("a sandbox named %q already exists", sb.Name)
+	}
+	return sb, true, nil
+}
+
+// Disconnect removes a sandbox's endpoint on a network.
+func (a *Agent) Disconnect(ctx context.Context, netRef string, req api.Disconnect) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n, err := a.networkLocked(netRef)
+	if err != nil {
+		return err
+	}
+	sb, _, err := a.resolveSandbox(req.Sandbox, false)
+	if err != nil {
+		return err
+	}
+	var ep *endpointRec
+	for _, e := range a.endpoints {
+		if e.Sandbox == sb.Name && e.NetworkID == n.ID {
+			ep = e
+		}
+	}
+	if ep == nil {
+		return notFoundf("sandbox %q is not connected to network %q", sb.Name, n.Name)
+	}
+	oldPrimary := a.primaryEndpoint(sb.Name)
+	if err := a.removeEndpoints(ctx, []*endpointRec{ep}); err != nil {
+		return err
+	}
+	if sb.Mode == api.ModeExternal && len(a.sandboxEndpoints(sb.Name)) == 0 {
+		if err := a.store.Update(func(tx storeTx) error { return tx.Delete(bucketSandboxes, sb.Name) }); err != nil {
+			return err
+		}
+		delete(a.sandboxes, sb.Name)
+	} else if err := a.repairPrimary(ctx, sb.Name, oldPrimary); err != nil {
+		a.log.Warn("move default route", "sandbox", sb.Name, "err", err)
+	}
+	a.log.Info("disconnected", "sandbox", sb.Name, "network", n.Name)
+	return nil
+}
+
+// repairPrimary re-ensures the sandbox's primary endpoint when it changed,
+// so the default route and published ports follow it.
+func (a *Agent) repairPrimary(ctx context.Context, sandbox string, old *endpointRec) error {
+	cur := a.primaryEndpoint(sandbox)
+	if cur == old || cur == nil {
+		return nil
+	}
+	if old != nil && a.endpoints[old.ID] != nil {
+		if err := a.ensureEndpoint(ctx, old); err != nil {
+			return err
+		}
+	}
+	return a.ensureEndpoint(ctx, cur)
+}
+
+// addEndpoints stores eps (and sb if new) as creating, programs them and
+// marks them ready; on failure everything is rolled back and the
+// addresses are released.
+func (a *Agent) addEndpoints(ctx context.Context, sb *sandboxRec, sbNew bool, eps []*endpointRec) (err error) {
+	release := func() {
+		for _, ep := range eps {
+			a.pools[ep.NetworkID].Release(ep.Addr.Addr())
+		}
+	}
+	err = a.store.Update(func(tx storeTx) error {
+		if sbNew {
+			if err := tx.Put(bucketSandboxes, sb.Name, sb); err != nil {
+				return err
+			}
+		}
+		for _, ep := range eps {
+			if err := tx.Put(bucketEndpoints, ep.ID, ep); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		release()
+		return err
+	}
+	if sbNew {
+		a.sandboxes[sb.Name] = sb
+	}
+	for _, ep := range eps {
+		a.endpoints[ep.ID] = ep
+	}
+	defer func() {
+		if err == nil {
+			return
+		}
+		for _, ep := range eps {
+			_ = a.deleteEndpointKernel(ctx, ep)
+			delete(a.endpoints, ep.ID)
+		}
+		release()
+		_ = a.store.Update(func(tx storeTx) error {
+			for _, ep := range eps {
+				_ = tx.Delete(bucketEndpoints, ep.ID)
+			}
+			if sbNew {
+				return tx.Delete(bucketSandboxes, sb.Name)
+			}
+			return nil
+		})
+		if sbNew {
+			delete(a.sandboxes, sb.Name)
+		}
+	}()
+	for _, ep := range eps {
+		if err := a.ensureEndpoint(ctx, ep); err != nil {
+			return err
+		}
+	}
+	return a.store.Update(func(tx storeTx) error {
+		for _, ep := range eps {
+			ep.Phase = phaseReady
+			if err := tx.Put(bucketEndpoints, ep.ID, ep); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// removeEndpoints marks eps removing, deletes them from the kernel, releases
+// their addresses and drops the records.
+func (a *Agent) removeEndpoints(ctx context.Context, eps []*endpointRec) error {
+	err := a.store.Update(func(tx storeTx) error {
+		for _, ep := range eps {
+			ep.Phase = phaseRemoving
+			if err := tx.Put(bucketEndpoints, ep.ID, ep); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, ep := range eps {
+		if err := a.deleteEndpointKernel(ctx, ep); err != nil {
+			return err
+		}
+	}
+	err = a.store.Update(func(tx storeTx) error {
+		for _, ep := range eps {
+			if err := tx.Delete(bucketEndpoints, ep.ID); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, ep := range eps {
+		if p := a.pools[ep.NetworkID]; p != nil {
+			p.Release(ep.Addr.Addr())
+		}
+		delete(a.endpoints, ep.ID)
+	}
+	return nil
+}
+
+// Endpoints lists every endpoint, by sandbox then interface.
+func (a *Agent) Endpoints() []api.Endpoint {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	eps := make([]*endpointRec, 0, len(a.endpoints))
+	for _, ep := range a.endpoints {
+		eps = append(eps, ep)
+	}
+	sort.Slice(eps, func(i, j int) bool {
+		if eps[i].Sandbox != eps[j].Sandbox {
+			return eps[i].Sandbox < eps[j].Sandbox
+		}
+		return eps[i].IfName < eps[j].IfName
+	})
+	out := make([]api.Endpoint, 0, len(eps))
+	for _, ep := range eps {
+		out = append(out, a.endpointAPI(ep))
+	}
+	return out
+}
+
+func (a *Agent) endpointAPI(ep *endpointRec) api.Endpoint {
+	n := a.networks[ep.NetworkID]
+	if n == nil {
+		return ep.api("?", netip.Addr{})
+	}
+	gw := netip.Addr{}
+	if a.primaryEndpoint(ep.Sandbox) == ep {
+		gw = n.Gateway
+	}
+	return ep.api(n.Name, gw)
+}

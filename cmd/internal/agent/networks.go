@@ -1,0 +1,401 @@
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/cmd/internal/ipam"
+	"github.com/fabricnet/fabric/cmd/internal/store"
+	"github.com/fabricnet/fabric/datapath/netns"
+	"github.com/vishvananda/netlink"
+)
+
+const defaultMTU = 1500
+
+// Network options accepted by the bridge driver (-o KEY=VALUE); Docker's
+// long names are accepted as synonyms.
+var bridgeOptions = map[string]string{
+	"mtu":                            "mtu",
+	"bridge_name":                    "bridge_name",
+	"com.docker.network.driver.mtu":  "mtu",
+	"com.docker.network.bridge.name": "bridge_name",
+}
+
+func newID() string {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		panic(fmt.Sprintf("read random: %v", err))
+	}
+	return hex.EncodeToString(b)
+}
+
+// validName checks a network or sandbox name.
+func validName(kind, name string) error {
+	if err := netns.ValidName(name); err != nil {
+		return invalidf("%s %s", kind, err)
+	}
+	return nil
+}
+
+// networkLocked finds a network by name, full ID or unique ID prefix (≥ 6).
+func (a *Agent) networkLocked(ref string) (*networkRec, error) {
+	for _, n := range a.networks {
+		if n.Name == ref || n.ID == ref {
+			return n, nil
+		}
+	}
+	var found *networkRec
+	if len(ref) >= 6 {
+		for _, n := range a.networks {
+			if strings.HasPrefix(n.ID, ref) {
+				if found != nil {
+					return nil, invalidf("network ID prefix %q is ambiguous", ref)
+				}
+				found = n
+			}
+		}
+	}
+	if found == nil {
+		return nil, notFoundf("network %q not found (see `fabricctl network ls`)", ref)
+	}
+	return found, nil
+}
+
+// CreateNetwork validates req completely, then creates the network.
+func (a *Agent) CreateNetwork(ctx context.Context, req api.NetworkCreate) (api.Network, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n, err := a.planNetwork(req)
+	if err != nil {
+		return api.Network{}, err
+	}
+	if err := a.addNetwork(ctx, n); err != nil {
+		return api.Network{}, err
+	}
+	return a.networkAPI(n), nil
+}
+
+// planNetwork turns a request into a record without changing anything.
+func (a *Agent) planNetwork(req api.NetworkCreate) (*networkRec, error) {
+	if err := validName("network", req.Name); err != nil {
+		return nil, err
+	}
+	switch req.Name {
+	case "host", "none", "default":
+		return nil, invalidf("network name %q is reserved (it is a run --network mode)", req.Name)
+	}
+	if strings.HasPrefix(req.Name, "container:") {
+		return nil, invalidf("network name %q is reserved", req.Name)
+	}
+	for _, n := range a.networks {
+		if n.Name == req.Name {
+			return nil, conflictf("network %q already exists (id %s)", req.Name, n.ID[:12])
+		}
+	}
+	driver := req.Driver
+	if driver == "" {
+		driver = api.DriverBridge
+	}
+	if driver != api.DriverBridge {
+		return nil, invalidf("driver %q is not supported yet; available drivers: bridge", driver)
+	}
+	n := &networkRec{
+		ID: newID(), Name: req.Name, Driver: driver, Internal: req.Internal,
+		MTU: defaultMTU, Created: time.Now().UTC(), Phase: phaseCreating,
+	}
+	n.Bridge = "fb-" + n.ID[:12]
+	for k, v := range req.Options {
+		switch bridgeOptions[k] {
+		case "mtu":
+			mtu, err := strconv.Atoi(v)
+			if err != nil || mtu < 576 || mtu > 65535 {
+				return nil, invalidf("option %s=%q: MTU must be a number from 576 to 65535", k, v)
+			}
+			n.MTU = mtu
+		case "bridge_name":
+			if err := validIfName(v); err != nil {
+				return nil, invalidf("option %s: %v", k, err)
+			}
+			n.Bridge = v
+		default:
+			return nil, invalidf("unknown option %q for driver bridge; known options: mtu, bridge_name", k)
+		}
+		if n.Options == nil {
+			n.Options = map[string]string{}
+		}
+		n.Options[k] = v
+	}
+	for _, o := range a.networks {
+		if o.Bridge == n.Bridge {
+			return nil, conflictf("bridge %s is already used by network %q", n.Bridge, o.Name)
+		}
+	}
+	if err := a.checkBridgeFree(n.Bridge); err != nil {
+		return nil, err
+	}
+	if err := a.planSubnet(n, req); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+func validIfName(s string) error {
+	if s == "" || len(s) > 15 || s == "." || s == ".." || strings.ContainsAny(s, "/: \t\n\x00") {
+		return fmt.Errorf("interface name %q must be 1 to 15 characters without '/', ':' or spaces", s)
+	}
+	return nil
+}
+
+// checkBridgeFree refuses a bridge name that an interface fabric does not
+// own already uses.
+func (a *Agent) checkBridgeFree(name string) error {
+	h, err := a.hostHandle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(name)
+	if err != nil {
+		return nil // not there: free
+	}
+	if !strings.HasPrefix(l.Attrs().Alias, "fabric:") {
+		return conflictf("interface %s already exists on this host and is not fabric's; choose another bridge_name", name)
+	}
+	return nil
+}
+
+func (a *Agent) hostHandle() (*netlink.Handle, error) {
+	if a.opts.HostNetNS == "" {
+		h, err := netlink.NewHandle()
+		if err != nil {
+			return nil, fmt.Errorf("netlink handle: %w", err)
+		}
+		return h, nil
+	}
+	return netns.HandleAt(a.opts.HostNetNS)
+}
+
+// planSubnet fills subnet, gateway and ip-range, picking a free default
+// pool when no subnet is given.
+func (a *Agent) planSubnet(n *networkRec, req api.NetworkCreate) error {
+	var taken []netip.Prefix
+	for _, o := range a.networks {
+		taken = append(taken, o.Subnet)
+	}
+	if req.Subnet == "" {
+		if req.Gateway != "" || req.IPRange != "" {
+			return invalidf("--gateway and --ip-range need --subnet")
+		}
+		routes, err := a.hostRoutes()
+		if err != nil {
+			return err
+		}
+		sub, err := ipam.PickSubnet(ipam.DefaultPools(), append(taken, routes...))
+		if err != nil {
+			return &userError{ErrExhausted, fmt.Sprintf("no free subnet in the default pools: %v; pass --subnet", err)}
+		}
+		n.Subnet = sub
+	} else {
+		sub, err := netip.ParsePrefix(req.Subnet)
+		if err != nil {
+			return invalidf("--subnet %q is not a CIDR such as 10.10.0.0/24", req.Subnet)
+		}
+		for _, o := range a.networks {
+			if ipam.Overlaps(o.Subnet, sub) {
+				return conflictf("subnet %s overlaps network %q (%s)", sub, o.Name, o.Subnet)
+			}
+		}
+		n.Subnet = sub
+	}
+	if req.Gateway != "" {
+		gw, err := netip.ParseAddr(req.Gateway)
+		if err != nil {
+			return invalidf("--gateway %q is not an IP address", req.Gateway)
+		}
+		n.Gateway = gw
+	}
+	if req.IPRange != "" {
+		r, err := netip.ParsePrefix(req.IPRange)
+		if err != nil {
+			return invalidf("--ip-range %q is not a CIDR", req.IPRange)
+		}
+		n.IPRange = r
+	}
+	if err := ipam.ValidateNetwork(n.Subnet, n.Gateway, n.IPRange); err != nil {
+		return invalidf("%v", err)
+	}
+	if !n.Gateway.IsValid() {
+		n.Gateway = ipam.DefaultGateway(n.Subnet)
+	}
+	if req.Subnet != "" {
+		routes, err := a.hostRoutes()
+		if err != nil {
+			return err
+		}
+		for _, r := range routes {
+			if ipam.Overlaps(r, n.Subnet) {
+				return conflictf("subnet %s overlaps the host route %s; pick a subnet the host does not already reach", n.Subnet, r)
+			}
+		}
+	}
+	return nil
+}
+
+// hostRoutes lists the host's routes except those of fabric's own bridges.
+func (a *Agent) hostRoutes() ([]netip.Prefix, error) {
+	h, err := a.hostHandle()
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	routes, err := ipam.HostRoutesIn(h)
+	if err != nil {
+		return nil, fmt.Errorf("list host routes: %w", err)
+	}
+	out := routes[:0]
+	for _, r := range routes {
+		ours := false
+		for _, n := range a.networks {
+			if r == n.Subnet {
+				ours = true
+			}
+		}
+		if !ours {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+// addNetwork persists n, programs it and marks it ready; on failure it
+// leaves nothing behind.
+func (a *Agent) addNetwork(ctx context.Context, n *networkRec) (err error) {
+	pool, err := ipam.NewPool(n.Subnet, n.Gateway, n.IPRange, nil)
+	if err != nil {
+		return invalidf("%v", err)
+	}
+	if err := a.store.Update(func(tx *store.Tx) error { return tx.Put(bucketNetworks, n.ID, n) }); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = a.dp.DeleteNetwork(ctx, n.datapath())
+			_ = a.store.Update(func(tx *store.Tx) error { return tx.Delete(bucketNetworks, n.ID) })
+		}
+	}()
+	if err := a.dp.EnsureNetwork(ctx, n.datapath()); err != nil {
+		return fmt.Errorf("create network %s: %w", n.Name, err)
+	}
+	n.Phase = phaseReady
+	if err := a.store.Update(func(tx *store.Tx) error { return tx.Put(bucketNetworks, n.ID, n) }); err != nil {
+		return err
+	}
+	a.networks[n.ID] = n
+	a.pools[n.ID] = pool
+	a.log.Info("network created", "name", n.Name, "subnet", n.Subnet, "bridge", n.Bridge)
+	return nil
+}
+
+func (a *Agent) ensureDefaultNetwork(ctx context.Context) error {
+	for _, n := range a.networks {
+		if n.Default {
+			return nil
+		}
+	}
+	req := api.NetworkCreate{Name: DefaultNetworkName, Options: map[string]string{"bridge_name": DefaultBridge}}
+	if a.opts.DefaultSubnet.IsValid() {
+		req.Subnet = a.opts.DefaultSubnet.String()
+	}
+	n, err := a.planNetwork(req)
+	if err != nil {
+		return err
+	}
+	n.Default = true
+	return a.addNetwork(ctx, n)
+}
+
+// RemoveNetwork removes a network that has no endpoints.
+func (a *Agent) RemoveNetwork(ctx context.Context, ref string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n, err := a.networkLocked(ref)
+	if err != nil {
+		return err
+	}
+	if n.Default {
+		return invalidf("network %q is the default network and cannot be removed", n.Name)
+	}
+	var users []string
+	for _, ep := range a.endpoints {
+		if ep.NetworkID == n.ID {
+			users = append(users, ep.Sandbox)
+		}
+	}
+	if len(users) > 0 {
+		sort.Strings(users)
+		return conflictf("network %q has %d endpoint(s) (sandboxes %s); disconnect or remove them first", n.Name, len(users), strings.Join(users, ", "))
+	}
+	return a.deleteNetwork(ctx, n)
+}
+
+func (a *Agent) deleteNetwork(ctx context.Context, n *networkRec) error {
+	n.Phase = phaseRemoving
+	if err := a.store.Update(func(tx *store.Tx) error { return tx.Put(bucketNetworks, n.ID, n) }); err != nil {
+		return err
+	}
+	if err := a.dp.DeleteNetwork(ctx, n.datapath()); err != nil {
+		return fmt.Errorf("remove network %s: %w", n.Name, err)
+	}
+	if err := a.store.Update(func(tx *store.Tx) error { return tx.Delete(bucketNetworks, n.ID) }); err != nil {
+		return err
+	}
+	delete(a.networks, n.ID)
+	delete(a.pools, n.ID)
+	a.log.Info("network removed", "name", n.Name)
+	return nil
+}
+
+// Networks lists networks, sorted by name.
+func (a *Agent) Networks() []api.Network {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]api.Network, 0, len(a.networks))
+	for _, n := range a.networks {
+		out = append(out, a.networkAPI(n))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Network returns one network.
+func (a *Agent) Network(ref string) (api.Network, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n, err := a.networkLocked(ref)
+	if err != nil {
+		return api.Network{}, err
+	}
+	return a.networkAPI(n), nil
+}
+
+func (a *Agent) networkAPI(n *networkRec) api.Network {
+	count := 0
+	for _, ep := range a.endpoints {
+		if ep.NetworkID == n.ID {
+			count++
+		}
+	}
+	used, free := 0, 0
+	if p := a.pools[n.ID]; p != nil {
+		used, free = p.Used(), p.Free()
+	}
+	return n.api(count, used, free)
+}

@@ -1,0 +1,217 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/fabricnet/fabric/datapath/netns"
+	"golang.org/x/sys/unix"
+)
+
+// processes runs sandbox commands and watches them. Commands run in their
+// own session so they outlive the agent: a restarted agent re-adopts them by
+// PID (checked against the process start time) and watches them through a
+// pidfd.
+type processes struct {
+	a      *Agent
+	logDir string
+	done   chan struct{}
+	once   sync.Once
+}
+
+func newProcesses(a *Agent, logDir string) *processes {
+	return &processes{a: a, logDir: logDir, done: make(chan struct{})}
+}
+
+func (p *processes) close() { p.once.Do(func() { close(p.done) }) }
+
+// commandEnv is the environment of sandbox commands: clean, like a
+// container's, not the agent's.
+func commandEnv(name string) []string {
+	return []string{
+		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"HOME=/root",
+		"FABRIC_SANDBOX=" + name,
+	}
+}
+
+// start runs argv inside the namespace at nsPath ("" = the agent's own) with
+// output to a log file and returns once the process runs.
+func (p *processes) start(name string, argv []string, nsPath string) (pid int, startTime uint64, logPath string, err error) {
+	if err := os.MkdirAll(p.logDir, 0o700); err != nil {
+		return 0, 0, "", fmt.Errorf("create log dir: %w", err)
+	}
+	logPath = filepath.Join(p.logDir, name+".log")
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return 0, 0, "", fmt.Errorf("open log: %w", err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = commandEnv(name)
+	cmd.Dir = "/"
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if nsPath == "" {
+		err = cmd.Start()
+	} else {
+		err = netns.Do(nsPath, cmd.Start)
+	}
+	if err != nil {
+		return 0, 0, "", err
+	}
+	pid = cmd.Process.Pid
+	startTime, err = processStart(pid)
+	if err != nil {
+		startTime = 0 // exited already; the waiter reports it
+	}
+	// Not counted in the agent's WaitGroup: the command may outlive the
+	// agent, and shutting down must not wait for it.
+	go func() {
+		err := cmd.Wait()
+		var code *int
+		if cmd.ProcessState != nil {
+			c := cmd.ProcessState.ExitCode()
+			if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+				c = 128 + int(ws.Signal())
+			}
+			code = &c
+		} else if err != nil {
+			p.a.log.Warn("wait for sandbox command", "sandbox", name, "err", err)
+		}
+		select {
+		case <-p.done:
+			return
+		default:
+		}
+		p.a.processExited(name, pid, code)
+	}()
+	return pid, startTime, logPath, nil
+}
+
+// watch follows a process that is not the agent's child (a foreground
+// `run`, or a command started by an earlier agent) until it exits.
+func (p *processes) watch(name string, pid int, startTime uint64) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil || !alive(pid, startTime) {
+		if fd > 0 {
+			unix.Close(fd)
+		}
+		go p.a.processExited(name, pid, nil)
+		return
+	}
+	p.a.wg.Add(1)
+	go func() {
+		defer p.a.wg.Done()
+		defer unix.Close(fd)
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		for {
+			select {
+			case <-p.done:
+				return
+			default:
+			}
+			n, err := unix.Poll(fds, 500)
+			if err != nil && !errors.Is(err, unix.EINTR) {
+				p.a.log.Warn("poll pidfd", "sandbox", name, "err", err)
+				return
+			}
+			if n > 0 {
+				p.a.processExited(name, pid, nil)
+				return
+			}
+		}
+	}()
+}
+
+// stop ends a process (and its session, for commands the agent started):
+// SIGTERM, then SIGKILL after grace.
+func (p *processes) stop(pid int, startTime uint64, grace time.Duration) error {
+	if !alive(pid, startTime) {
+		return nil
+	}
+	signal := func(sig syscall.Signal) {
+		if pgid, err := syscall.Getpgid(pid); err == nil && pgid == pid {
+			_ = syscall.Kill(-pid, sig) // the whole session the agent started
+		}
+		_ = syscall.Kill(pid, sig)
+	}
+	signal(syscall.SIGTERM)
+	if waitGone(pid, startTime, grace) {
+		return nil
+	}
+	signal(syscall.SIGKILL)
+	if waitGone(pid, startTime, 3*time.Second) {
+		return nil
+	}
+	return fmt.Errorf("process %d did not exit after SIGKILL", pid)
+}
+
+func (p *processes) removeLog(path string) {
+	if path != "" && strings.HasPrefix(path, p.logDir) {
+		_ = os.Remove(path)
+	}
+}
+
+func waitGone(pid int, startTime uint64, limit time.Duration) bool {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		if !alive(pid, startTime) {
+			return true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return !alive(pid, startTime)
+}
+
+// alive reports whether pid runs and is the same process as before (same
+// start time); zombies count as gone.
+func alive(pid int, startTime uint64) bool {
+	st, state, err := procStat(pid)
+	if err != nil || state == "Z" || state == "X" {
+		return false
+	}
+	return startTime == 0 || st == startTime
+}
+
+// processStart returns a process's start time in clock ticks since boot.
+func processStart(pid int) (uint64, error) {
+	st, state, err := procStat(pid)
+	if err != nil {
+		return 0, err
+	}
+	if state == "Z" {
+		return 0, fmt.Errorf("process %d has exited", pid)
+	}
+	return st, nil
+}
+
+func procStat(pid int) (start uint64, state string, err error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, "", fmt.Errorf("no process %d", pid)
+	}
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, "", fmt.Errorf("parse /proc/%d/stat", pid)
+	}
+	fields := strings.Fields(s[i+1:])
+	// fields[0] is field 3 (state); starttime is field 22.
+	if len(fields) < 20 {
+		return 0, "", fmt.Errorf("parse /proc/%d/stat", pid)
+	}
+	start, err = strconv.ParseUint(fields[19], 10, 64)
+	if err != nil {
+		return 0, "", fmt.Errorf("parse /proc/%d/stat starttime: %w", pid, err)
+	}
+	return start, fields[0], nil
+}

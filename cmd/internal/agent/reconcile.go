@@ -1,0 +1,158 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/cmd/internal/ipam"
+	"github.com/fabricnet/fabric/cmd/internal/store"
+	"github.com/fabricnet/fabric/datapath"
+	"github.com/fabricnet/fabric/datapath/netns"
+)
+
+// load reads every record into memory.
+func (a *Agent) load() error {
+	return a.store.View(func(tx *store.Tx) error {
+		nets, err := store.List[networkRec](tx, bucketNetworks)
+		if err != nil {
+			return err
+		}
+		for i := range nets {
+			a.networks[nets[i].ID] = &nets[i]
+		}
+		sbs, err := store.List[sandboxRec](tx, bucketSandboxes)
+		if err != nil {
+			return err
+		}
+		for i := range sbs {
+			a.sandboxes[sbs[i].Name] = &sbs[i]
+		}
+		eps, err := store.List[endpointRec](tx, bucketEndpoints)
+		if err != nil {
+			return err
+		}
+		for i := range eps {
+			a.endpoints[eps[i].ID] = &eps[i]
+		}
+		return nil
+	})
+}
+
+// reconcile brings stored state and the kernel together after a start or a
+// crash: unfinished creations are rolled back, unfinished removals are
+// completed, and then the datapath is synced to exactly what remains.
+func (a *Agent) reconcile(ctx context.Context) error {
+	t0 := time.Now()
+	// Address pools first: removals below release into them.
+	for id, n := range a.networks {
+		pool, err := ipam.NewPool(n.Subnet, n.Gateway, n.IPRange, nil)
+		if err != nil {
+			return fmt.Errorf("network %s: %w", n.Name, err)
+		}
+		a.pools[id] = pool
+	}
+	for id, ep := range a.endpoints {
+		pool := a.pools[ep.NetworkID]
+		if pool == nil || a.sandboxes[ep.Sandbox] == nil {
+			a.log.Warn("dropping orphaned endpoint record", "endpoint", id, "sandbox", ep.Sandbox)
+			if err := a.deleteEndpointKernel(ctx, ep); err != nil {
+				a.log.Warn("remove orphaned endpoint", "err", err)
+			}
+			delete(a.endpoints, id)
+			if err := a.store.Update(func(tx storeTx) error { return tx.Delete(bucketEndpoints, id) }); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := pool.Claim(ep.Addr.Addr(), "endpoint "+id[:12]+" (sandbox "+ep.Sandbox+")"); err != nil {
+			a.warnings = append(a.warnings, fmt.Sprintf("endpoint %s of sandbox %s: %v", id[:12], ep.Sandbox, err))
+		}
+	}
+
+	// Sandboxes: finish or roll back, re-create lost namespaces, re-adopt
+	// commands.
+	for _, sb := range a.sandboxes {
+		if sb.Phase != phaseReady {
+			a.log.Info("finishing interrupted sandbox operation", "sandbox", sb.Name, "phase", sb.Phase)
+			if err := a.removeSandboxLocked(ctx, sb); err != nil {
+				return fmt.Errorf("roll back sandbox %s: %w", sb.Name, err)
+			}
+			continue
+		}
+		if err := a.reviveSandbox(ctx, sb); err != nil {
+			return err
+		}
+	}
+	// Endpoints left half-made or half-removed by a connect/disconnect.
+	var unfinished []*endpointRec
+	for _, ep := range a.endpoints {
+		if ep.Phase != phaseReady {
+			unfinished = append(unfinished, ep)
+		}
+	}
+	if err := a.removeEndpoints(ctx, unfinished); err != nil {
+		return fmt.Errorf("roll back endpoints: %w", err)
+	}
+	// Networks.
+	for _, n := range a.networks {
+		if n.Phase != phaseReady {
+			if err := a.deleteNetwork(ctx, n); err != nil {
+				return fmt.Errorf("roll back network %s: %w", n.Name, err)
+			}
+		}
+	}
+	if err := a.dp.Sync(ctx, a.desiredLocked()); err != nil {
+		return fmt.Errorf("sync datapath: %w", err)
+	}
+	a.log.Info("reconciled", "networks", len(a.networks), "sandboxes", len(a.sandboxes),
+		"endpoints", len(a.endpoints), "took", time.Since(t0).Round(time.Microsecond))
+	return nil
+}
+
+// reviveSandbox makes a stored, ready sandbox usable again after a restart.
+func (a *Agent) reviveSandbox(ctx context.Context, sb *sandboxRec) error {
+	switch sb.Mode {
+	case api.ModeNetNS, api.ModeNone:
+		// After a reboot /var/run/netns is empty: re-create the namespace;
+		// Sync then re-creates the endpoints in it.
+		if _, err := netns.CreateNamed(sb.Name); err != nil {
+			return fmt.Errorf("re-create namespace of sandbox %s: %w", sb.Name, err)
+		}
+	case api.ModeExternal:
+		id, err := netns.IDOf(sb.NetNS)
+		if err != nil || id != sb.NSID {
+			a.log.Info("external namespace is gone; dropping its endpoints", "sandbox", sb.Name, "path", sb.NetNS)
+			return a.removeSandboxLocked(ctx, sb)
+		}
+	}
+	if sb.PID > 0 && !sb.Exited {
+		if alive(sb.PID, sb.PIDStart) {
+			a.procs.watch(sb.Name, sb.PID, sb.PIDStart)
+			return nil
+		}
+		sb.Exited = true
+		if err := a.store.Update(func(tx storeTx) error { return tx.Put(bucketSandboxes, sb.Name, sb) }); err != nil {
+			return err
+		}
+		if sb.AutoRemove {
+			return a.removeSandboxLocked(ctx, sb)
+		}
+	}
+	return nil
+}
+
+// desiredLocked is the complete state the datapath should show.
+func (a *Agent) desiredLocked() datapath.State {
+	var s datapath.State
+	for _, n := range a.networks {
+		s.Networks = append(s.Networks, n.datapath())
+	}
+	for _, ep := range a.endpoints {
+		if _, dep, err := a.dpEndpoint(ep); err == nil {
+			s.Endpoints = append(s.Endpoints, dep)
+		}
+	}
+	return s
+}

@@ -1,0 +1,126 @@
+package agent
+
+import (
+	"net"
+	"net/netip"
+	"sort"
+	"time"
+
+	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/datapath"
+	"github.com/fabricnet/fabric/datapath/netns"
+)
+
+// Store buckets.
+const (
+	bucketNetworks  = "networks"
+	bucketSandboxes = "sandboxes"
+	bucketEndpoints = "endpoints"
+)
+
+// Phase of a stored record. A record is written before the kernel is
+// touched; an agent that restarts finds a "creating" record rolled back
+// (its client never saw success) and a "removing" one finished.
+type phase string
+
+const (
+	phaseCreating phase = "creating"
+	phaseReady    phase = "ready"
+	phaseRemoving phase = "removing"
+)
+
+type networkRec struct {
+	ID       string            `json:"id"`
+	Name     string            `json:"name"`
+	Driver   string            `json:"driver"`
+	Subnet   netip.Prefix      `json:"subnet"`
+	Gateway  netip.Addr        `json:"gateway"`
+	IPRange  netip.Prefix      `json:"ip_range,omitzero"`
+	Internal bool              `json:"internal,omitempty"`
+	Options  map[string]string `json:"options,omitempty"`
+	Bridge   string            `json:"bridge"`
+	MTU      int               `json:"mtu"`
+	Default  bool              `json:"default,omitempty"`
+	Created  time.Time         `json:"created"`
+	Phase    phase             `json:"phase"`
+}
+
+type sandboxRec struct {
+	Name       string     `json:"name"`
+	Mode       string     `json:"mode"`
+	NetNS      string     `json:"netns,omitempty"`
+	NSID       netns.ID   `json:"nsid,omitzero"` // identity of an external namespace
+	Container  string     `json:"container,omitempty"`
+	Command    []string   `json:"command,omitempty"`
+	PID        int        `json:"pid,omitempty"`
+	PIDStart   uint64     `json:"pid_start,omitempty"` // /proc/PID/stat starttime, guards against PID reuse
+	ExitCode   *int       `json:"exit_code,omitempty"`
+	Exited     bool       `json:"exited,omitempty"`
+	AutoRemove bool       `json:"auto_remove,omitempty"`
+	Ports      []api.Port `json:"ports,omitempty"`
+	Aliases    []string   `json:"aliases,omitempty"`
+	LogPath    string     `json:"log_path,omitempty"`
+	Created    time.Time  `json:"created"`
+	Phase      phase      `json:"phase"`
+}
+
+type endpointRec struct {
+	ID         string       `json:"id"`
+	NetworkID  string       `json:"network_id"`
+	Sandbox    string       `json:"sandbox"`
+	IfName     string       `json:"ifname"`
+	HostIfName string       `json:"host_ifname"`
+	Addr       netip.Prefix `json:"addr"`
+	MAC        string       `json:"mac"`
+	Aliases    []string     `json:"aliases,omitempty"`
+	Created    time.Time    `json:"created"`
+	Phase      phase        `json:"phase"`
+}
+
+func (n *networkRec) datapath() datapath.Network {
+	return datapath.Network{
+		ID: n.ID, Name: n.Name, Driver: n.Driver, Subnet: n.Subnet, Gateway: n.Gateway,
+		Bridge: n.Bridge, MTU: n.MTU, Internal: n.Internal,
+	}
+}
+
+func (n *networkRec) api(endpoints, used, free int) api.Network {
+	out := api.Network{
+		ID: n.ID, Name: n.Name, Driver: n.Driver, Subnet: n.Subnet.String(), Gateway: n.Gateway.String(),
+		Internal: n.Internal, Options: n.Options, Bridge: n.Bridge, MTU: n.MTU, Created: n.Created,
+		Endpoints: endpoints, IPsUsed: used, IPsFree: free,
+	}
+	if n.IPRange.IsValid() {
+		out.IPRange = n.IPRange.String()
+	}
+	return out
+}
+
+func (e *endpointRec) api(netName string, gw netip.Addr) api.Endpoint {
+	out := api.Endpoint{
+		ID: e.ID, Network: netName, Sandbox: e.Sandbox, IfName: e.IfName, HostIfName: e.HostIfName,
+		IP: e.Addr.String(), MAC: e.MAC, Aliases: e.Aliases,
+	}
+	if gw.IsValid() {
+		out.Gateway = gw.String()
+	}
+	return out
+}
+
+// macFor derives a locally administered MAC from the IPv4 address, as
+// Docker does, so a neighbour cache entry stays right across re-creation.
+func macFor(a netip.Addr) net.HardwareAddr {
+	b := a.As4()
+	return net.HardwareAddr{0x02, 0xfa, b[0], b[1], b[2], b[3]}
+}
+
+// sortedEndpoints orders a sandbox's endpoints by creation (eth0 first).
+func sortedEndpoints(eps []*endpointRec) []*endpointRec {
+	sort.Slice(eps, func(i, j int) bool {
+		if !eps[i].Created.Equal(eps[j].Created) {
+			return eps[i].Created.Before(eps[j].Created)
+		}
+		return eps[i].IfName < eps[j].IfName
+	})
+	return eps
+}

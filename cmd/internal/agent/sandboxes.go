@@ -1,0 +1,368 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/cmd/internal/store"
+	"github.com/fabricnet/fabric/datapath/netns"
+)
+
+type storeTx = *store.Tx
+
+// CreateSandbox creates a sandbox, its namespace and endpoint, and starts
+// its command when one is given (run -d).
+func (a *Agent) CreateSandbox(ctx context.Context, req api.SandboxCreate) (api.Sandbox, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	sb, eps, err := a.planSandbox(req)
+	if err != nil {
+		return api.Sandbox{}, err
+	}
+	if err := a.addSandbox(ctx, sb, eps); err != nil {
+		return api.Sandbox{}, err
+	}
+	return a.sandboxAPI(sb), nil
+}
+
+// planSandbox validates the request and reserves addresses; nothing is
+// written. On error every reserved address is released again.
+func (a *Agent) planSandbox(req api.SandboxCreate) (*sandboxRec, []*endpointRec, error) {
+	name := req.Name
+	if name == "" {
+		name = "sb-" + newID()[:10]
+	}
+	if err := validName("sandbox", name); err != nil {
+		return nil, nil, err
+	}
+	if a.sandboxes[name] != nil {
+		return nil, nil, conflictf("sandbox %q already exists; remove it with `fabricctl sandbox rm %s` or choose another --name", name, name)
+	}
+	sb := &sandboxRec{
+		Name: name, Command: req.Command, AutoRemove: req.AutoRemove, Aliases: req.Aliases,
+		Created: time.Now().UTC(), Phase: phaseCreating,
+	}
+	if err := validAliases(req.Aliases); err != nil {
+		return nil, nil, err
+	}
+	var network *networkRec
+	mode := req.Network
+	switch {
+	case mode == api.ModeHost:
+		sb.Mode = api.ModeHost
+	case mode == api.ModeNone:
+		sb.Mode = api.ModeNone
+	case strings.HasPrefix(mode, "container:"):
+		target := a.sandboxes[strings.TrimPrefix(mode, "container:")]
+		if target == nil {
+			return nil, nil, notFoundf("--network %s: sandbox %q not found", mode, strings.TrimPrefix(mode, "container:"))
+		}
+		if target.Phase != phaseReady {
+			return nil, nil, conflictf("sandbox %q is being created or removed", target.Name)
+		}
+		sb.Mode, sb.Container, sb.NetNS = api.ModeContainer, target.Name, target.NetNS
+		if target.Mode == api.ModeContainer {
+			sb.Container = target.Container // join the namespace's owner
+		}
+		if target.Mode == api.ModeHost {
+			sb.Mode, sb.Container = api.ModeHost, ""
+		}
+	default:
+		if mode == "" {
+			mode = DefaultNetworkName
+		}
+		n, err := a.networkLocked(mode)
+		if err != nil {
+			return nil, nil, err
+		}
+		if n.Phase != phaseReady {
+			return nil, nil, conflictf("network %q is being created or removed", n.Name)
+		}
+		network = n
+		sb.Mode = api.ModeNetNS
+		sb.NetNS = netns.Path(name)
+	}
+	if sb.Mode == api.ModeNetNS || sb.Mode == api.ModeNone {
+		if netns.IsNamespace(netns.Path(name)) {
+			return nil, nil, conflictf("a network namespace named %q already exists (ip netns list); choose another --name", name)
+		}
+		sb.NetNS = netns.Path(name)
+	}
+	if req.IP != "" && network == nil {
+		return nil, nil, invalidf("--ip needs a network; --network %s has no addresses to assign", req.Network)
+	}
+	if len(req.Ports) > 0 {
+		if network == nil {
+			return nil, nil, invalidf("-p needs a network: with --network %s there is no sandbox address to publish (in host mode the command's ports are already the host's)", req.Network)
+		}
+		if network.Internal {
+			return nil, nil, invalidf("network %q is internal: ports cannot be published from it", network.Name)
+		}
+		ports, err := a.planPorts(req.Ports)
+		if err != nil {
+			return nil, nil, err
+		}
+		sb.Ports = ports
+	}
+	if len(req.Command) == 0 && req.AutoRemove && sb.Mode == api.ModeContainer {
+		return nil, nil, invalidf("--rm without a command has nothing to wait for")
+	}
+	if network == nil {
+		return sb, nil, nil
+	}
+	ep, err := a.planEndpoint(network, name, req.IP, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	return sb, []*endpointRec{ep}, nil
+}
+
+// planPorts parses -p specs and refuses host ports already published.
+func (a *Agent) planPorts(specs []string) ([]api.Port, error) {
+	var out []api.Port
+	for _, s := range specs {
+		p, err := api.ParsePort(s)
+		if err != nil {
+			return nil, invalidf("%v", err)
+		}
+		for _, q := range out {
+			if portsClash(p, q) {
+				return nil, invalidf("-p %s and -p %s publish the same host port", p, q)
+			}
+		}
+		for _, other := range a.sandboxes {
+			for _, q := range other.Ports {
+				if portsClash(p, q) {
+					return nil, conflictf("host port %d/%s is already published by sandbox %q (-p %s)", p.HostPort, p.Proto, other.Name, q)
+				}
+			}
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func portsClash(p, q api.Port) bool {
+	return p.Proto == q.Proto && p.HostPort == q.HostPort && (p.HostIP == "" || q.HostIP == "" || p.HostIP == q.HostIP)
+}
+
+// addSandbox stores, programs and starts a planned sandbox; on failure
+// everything it did is undone.
+func (a *Agent) addSandbox(ctx context.Context, sb *sandboxRec, eps []*endpointRec) (err error) {
+	if err := a.store.Update(func(tx storeTx) error { return tx.Put(bucketSandboxes, sb.Name, sb) }); err != nil {
+		for _, ep := range eps {
+			a.pools[ep.NetworkID].Release(ep.Addr.Addr())
+		}
+		return err
+	}
+	a.sandboxes[sb.Name] = sb
+	defer func() {
+		if err != nil {
+			for _, ep := range eps {
+				if a.endpoints[ep.ID] == nil { // never stored: only the address is held
+					a.pools[ep.NetworkID].Release(ep.Addr.Addr())
+				}
+			}
+			if rerr := a.removeSandboxLocked(ctx, sb); rerr != nil {
+				a.log.Error("roll back sandbox", "sandbox", sb.Name, "err", rerr)
+			}
+		}
+	}()
+	if sb.Mode == api.ModeNetNS || sb.Mode == api.ModeNone {
+		if _, err := netns.CreateNamed(sb.Name); err != nil {
+			return fmt.Errorf("create namespace for sandbox %s: %w", sb.Name, err)
+		}
+	}
+	if len(eps) > 0 {
+		if err := a.addEndpoints(ctx, sb, false, eps); err != nil {
+			return err
+		}
+	}
+	if len(sb.Command) > 0 {
+		pid, start, logPath, err := a.procs.start(sb.Name, sb.Command, a.commandNetNS(sb))
+		if err != nil {
+			return &userError{ErrInvalid, fmt.Sprintf("start command %q: %v", sb.Command[0], err)}
+		}
+		sb.PID, sb.PIDStart, sb.LogPath = pid, start, logPath
+	}
+	sb.Phase = phaseReady
+	if err := a.store.Update(func(tx storeTx) error { return tx.Put(bucketSandboxes, sb.Name, sb) }); err != nil {
+		return err
+	}
+	a.log.Info("sandbox created", "sandbox", sb.Name, "mode", sb.Mode, "pid", sb.PID)
+	return nil
+}
+
+// commandNetNS is the namespace a sandbox's command runs in.
+func (a *Agent) commandNetNS(sb *sandboxRec) string {
+	if sb.Mode == api.ModeHost {
+		return a.opts.HostNetNS
+	}
+	return sb.NetNS
+}
+
+// RemoveSandbox stops a sandbox's command and removes it with its
+// endpoints, addresses and namespace.
+func (a *Agent) RemoveSandbox(ctx context.Context, name string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	sb, _, err := a.resolveSandbox(name, false)
+	if err != nil {
+		return err
+	}
+	var joined []string
+	for _, o := range a.sandboxes {
+		if o.Mode == api.ModeContainer && o.Container == sb.Name {
+			joined = append(joined, o.Name)
+		}
+	}
+	if len(joined) > 0 {
+		sort.Strings(joined)
+		return conflictf("sandbox %q shares its namespace with %s (--network container:%s); remove those first", sb.Name, strings.Join(joined, ", "), sb.Name)
+	}
+	return a.removeSandboxLocked(ctx, sb)
+}
+
+// removeSandboxLocked tears a sandbox down in the crash-safe order: mark,
+// stop, unplug, delete.
+func (a *Agent) removeSandboxLocked(ctx context.Context, sb *sandboxRec) error {
+	sb.Phase = phaseRemoving
+	if err := a.store.Update(func(tx storeTx) error { return tx.Put(bucketSandboxes, sb.Name, sb) }); err != nil {
+		return err
+	}
+	if sb.PID > 0 && !sb.Exited {
+		if err := a.procs.stop(sb.PID, sb.PIDStart, 5*time.Second); err != nil {
+			return fmt.Errorf("stop sandbox %s: %w", sb.Name, err)
+		}
+	}
+	if err := a.removeEndpoints(ctx, a.sandboxEndpoints(sb.Name)); err != nil {
+		return err
+	}
+	if sb.Mode == api.ModeNetNS || sb.Mode == api.ModeNone {
+		if err := netns.DeleteNamed(sb.Name); err != nil {
+			return fmt.Errorf("remove namespace of sandbox %s: %w", sb.Name, err)
+		}
+	}
+	if err := a.store.Update(func(tx storeTx) error { return tx.Delete(bucketSandboxes, sb.Name) }); err != nil {
+		return err
+	}
+	delete(a.sandboxes, sb.Name)
+	a.procs.removeLog(sb.LogPath)
+	a.log.Info("sandbox removed", "sandbox", sb.Name)
+	return nil
+}
+
+// SetProcess records the PID of a command a client runs in the sandbox.
+func (a *Agent) SetProcess(name string, pid int) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	sb := a.sandboxes[name]
+	if sb == nil {
+		return notFoundf("sandbox %q not found", name)
+	}
+	if pid <= 1 {
+		return invalidf("pid %d is not a command's process", pid)
+	}
+	start, err := processStart(pid)
+	if err != nil {
+		return invalidf("process %d: %v", pid, err)
+	}
+	if sb.PID > 0 && !sb.Exited {
+		return conflictf("sandbox %q already runs process %d", name, sb.PID)
+	}
+	sb.PID, sb.PIDStart, sb.Exited, sb.ExitCode = pid, start, false, nil
+	if err := a.store.Update(func(tx storeTx) error { return tx.Put(bucketSandboxes, sb.Name, sb) }); err != nil {
+		return err
+	}
+	a.procs.watch(name, pid, start)
+	return nil
+}
+
+// processExited is called by the process watchers.
+func (a *Agent) processExited(name string, pid int, code *int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	sb := a.sandboxes[name]
+	if sb == nil || sb.PID != pid || sb.Phase != phaseReady {
+		return
+	}
+	sb.Exited, sb.ExitCode = true, code
+	if err := a.store.Update(func(tx storeTx) error { return tx.Put(bucketSandboxes, sb.Name, sb) }); err != nil {
+		a.log.Error("record exit", "sandbox", name, "err", err)
+	}
+	a.log.Info("sandbox command exited", "sandbox", name, "pid", pid, "code", fmtCode(code))
+	if sb.AutoRemove {
+		if err := a.removeSandboxLocked(context.Background(), sb); err != nil {
+			a.log.Error("auto-remove sandbox", "sandbox", name, "err", err)
+		}
+	}
+}
+
+func fmtCode(code *int) string {
+	if code == nil {
+		return "unknown"
+	}
+	return fmt.Sprint(*code)
+}
+
+// Sandboxes lists sandboxes by name.
+func (a *Agent) Sandboxes() []api.Sandbox {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]api.Sandbox, 0, len(a.sandboxes))
+	for _, sb := range a.sandboxes {
+		out = append(out, a.sandboxAPI(sb))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Sandbox returns one sandbox.
+func (a *Agent) Sandbox(name string) (api.Sandbox, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	sb, _, err := a.resolveSandbox(name, false)
+	if err != nil {
+		return api.Sandbox{}, err
+	}
+	return a.sandboxAPI(sb), nil
+}
+
+func (a *Agent) sandboxAPI(sb *sandboxRec) api.Sandbox {
+	out := api.Sandbox{
+		Name: sb.Name, Mode: sb.Mode, NetNS: sb.NetNS, Container: sb.Container, Command: sb.Command,
+		AutoRemove: sb.AutoRemove, Ports: sb.Ports, Aliases: sb.Aliases, LogPath: sb.LogPath,
+		Created: sb.Created, ExitCode: sb.ExitCode, State: api.StateCreated,
+	}
+	if sb.Mode == api.ModeHost {
+		out.NetNS = a.opts.HostNetNS
+	}
+	switch {
+	case sb.Exited:
+		out.State = api.StateExited
+	case sb.PID > 0:
+		out.State, out.PID = api.StateRunning, sb.PID
+	}
+	for _, ep := range a.sandboxEndpoints(sb.Name) {
+		out.Endpoints = append(out.Endpoints, a.endpointAPI(ep))
+	}
+	return out
+}
+
+// Status summarises the agent.
+func (a *Agent) Status(ctx context.Context) api.Status {
+	a.mu.Lock()
+	nNet, nSb, nEp := len(a.networks), len(a.sandboxes), len(a.endpoints)
+	warnings := append([]string(nil), a.warnings...)
+	a.mu.Unlock()
+	ds := a.dp.Status(ctx)
+	return api.Status{
+		Version: Version, Node: a.opts.NodeName, Started: a.started.UTC().Format(time.RFC3339),
+		Uptime: time.Since(a.started).Round(time.Second).String(), Datapath: ds.Name, Details: ds.Details,
+		Networks: nNet, Sandboxes: nSb, Endpoints: nEp, Warnings: append(warnings, ds.Warnings...),
+	}
+}

@@ -1,0 +1,155 @@
+package agent
+
+import (
+	"context"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+
+	"github.com/fabricnet/fabric/cmd/internal/api"
+)
+
+const maxBody = 1 << 20
+
+// handler routes the API.
+func (a *Agent) handler() http.Handler {
+	mux := http.NewServeMux()
+	p := "/" + api.Version
+	mux.HandleFunc("GET "+p+"/status", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, http.StatusOK, a.Status(r.Context()))
+	})
+	mux.HandleFunc("GET "+p+"/networks", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, http.StatusOK, a.Networks())
+	})
+	mux.HandleFunc("POST "+p+"/networks", func(w http.ResponseWriter, r *http.Request) {
+		var req api.NetworkCreate
+		if !decode(w, r, &req) {
+			return
+		}
+		n, err := a.CreateNetwork(r.Context(), req)
+		respond(w, http.StatusCreated, n, err)
+	})
+	mux.HandleFunc("GET "+p+"/networks/{name}", func(w http.ResponseWriter, r *http.Request) {
+		n, err := a.Network(r.PathValue("name"))
+		respond(w, http.StatusOK, n, err)
+	})
+	mux.HandleFunc("DELETE "+p+"/networks/{name}", func(w http.ResponseWriter, r *http.Request) {
+		respond(w, http.StatusNoContent, nil, a.RemoveNetwork(r.Context(), r.PathValue("name")))
+	})
+	mux.HandleFunc("POST "+p+"/networks/{name}/connect", func(w http.ResponseWriter, r *http.Request) {
+		var req api.Connect
+		if !decode(w, r, &req) {
+			return
+		}
+		ep, err := a.Connect(r.Context(), r.PathValue("name"), req)
+		respond(w, http.StatusCreated, ep, err)
+	})
+	mux.HandleFunc("POST "+p+"/networks/{name}/disconnect", func(w http.ResponseWriter, r *http.Request) {
+		var req api.Disconnect
+		if !decode(w, r, &req) {
+			return
+		}
+		respond(w, http.StatusNoContent, nil, a.Disconnect(r.Context(), r.PathValue("name"), req))
+	})
+	mux.HandleFunc("GET "+p+"/sandboxes", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, http.StatusOK, a.Sandboxes())
+	})
+	mux.HandleFunc("POST "+p+"/sandboxes", func(w http.ResponseWriter, r *http.Request) {
+		var req api.SandboxCreate
+		if !decode(w, r, &req) {
+			return
+		}
+		sb, err := a.CreateSandbox(r.Context(), req)
+		respond(w, http.StatusCreated, sb, err)
+	})
+	mux.HandleFunc("GET "+p+"/sandboxes/{name}", func(w http.ResponseWriter, r *http.Request) {
+		sb, err := a.Sandbox(r.PathValue("name"))
+		respond(w, http.StatusOK, sb, err)
+	})
+	mux.HandleFunc("DELETE "+p+"/sandboxes/{name}", func(w http.ResponseWriter, r *http.Request) {
+		respond(w, http.StatusNoContent, nil, a.RemoveSandbox(r.Context(), r.PathValue("name")))
+	})
+	mux.HandleFunc("PUT "+p+"/sandboxes/{name}/process", func(w http.ResponseWriter, r *http.Request) {
+		var req api.SandboxProcess
+		if !decode(w, r, &req) {
+			return
+		}
+		respond(w, http.StatusNoContent, nil, a.SetProcess(r.PathValue("name"), req.PID))
+	})
+	mux.HandleFunc("GET "+p+"/endpoints", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, http.StatusOK, a.Endpoints())
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, http.StatusNotFound, api.Error{Message: fmt.Sprintf("no such API route: %s %s", r.Method, r.URL.Path), Code: api.CodeNotFound})
+	})
+	return a.logRequests(mux)
+}
+
+func (a *Agent) logRequests(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		if r.Method != http.MethodGet {
+			// A client that goes away must not cancel a change half-way:
+			// the rollback itself needs a live context.
+			r = r.WithContext(context.WithoutCancel(r.Context()))
+		}
+		next.ServeHTTP(rec, r)
+		a.log.Debug("api", "method", r.Method, "path", r.URL.Path, "code", rec.code)
+	})
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	s.code = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+// decode reads a JSON body strictly: unknown fields, trailing data and
+// oversized bodies are rejected with a 400 before anything happens.
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	data, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	if err != nil {
+		reply(w, http.StatusBadRequest, api.Error{Message: "read request body: " + err.Error(), Code: api.CodeInvalid})
+		return false
+	}
+	if len(data) > maxBody {
+		reply(w, http.StatusRequestEntityTooLarge, api.Error{Message: "request body larger than 1 MiB", Code: api.CodeInvalid})
+		return false
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		reply(w, http.StatusBadRequest, api.Error{Message: "bad JSON body: " + err.Error(), Code: api.CodeInvalid})
+		return false
+	}
+	if dec.More() {
+		reply(w, http.StatusBadRequest, api.Error{Message: "bad JSON body: trailing data after the object", Code: api.CodeInvalid})
+		return false
+	}
+	return true
+}
+
+func respond(w http.ResponseWriter, okCode int, v any, err error) {
+	if err != nil {
+		e := apiError(err)
+		reply(w, api.StatusOf(e.Code), e)
+		return
+	}
+	if okCode == http.StatusNoContent {
+		w.WriteHeader(okCode)
+		return
+	}
+	reply(w, okCode, v)
+}
+
+func reply(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v) // the client may have gone; nothing to do then
+}

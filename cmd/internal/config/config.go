@@ -1,0 +1,176 @@
+// Package config loads fabricd's configuration: defaults, then the YAML
+// config file, then FABRIC_* environment variables, then command-line
+// flags, each overriding the one before. Every key is named like its flag
+// (state-dir, cluster-join, ...), in the file and, upper-cased with
+// underscores, in the environment (FABRIC_STATE_DIR, FABRIC_CLUSTER_JOIN).
+//
+// The package only produces a validated Config value. It knows nothing
+// about what the agent does with it: it opens no sockets, creates no
+// directories and touches no kernel state.
+package config
+
+import (
+	"errors"
+	"log/slog"
+	"os"
+)
+
+// Sentinel errors; every error from Load and Validate wraps one of them.
+var (
+	// ErrInvalidConfig: a value is malformed or not allowed.
+	ErrInvalidConfig = errors.New("invalid config")
+	// ErrUnknownKey: the config file holds a key fabricd does not know
+	// (usually a typo, such as state_dir for state-dir).
+	ErrUnknownKey = errors.New("unknown config key")
+	// ErrConfigFile: the config file cannot be read or parsed.
+	ErrConfigFile = errors.New("config file")
+)
+
+// DefaultConfigFile is read when neither --config nor FABRIC_CONFIG names a
+// file. Unlike an explicitly named file it may be missing.
+const DefaultConfigFile = "/etc/fabric/fabric.yaml"
+
+// EnvPrefix is the prefix of the environment variables that set keys.
+const EnvPrefix = "FABRIC"
+
+// Datapath modes.
+const (
+	// DatapathAuto picks the best datapath the host supports. Until the
+	// eBPF datapath exists that is always the kernel datapath.
+	DatapathAuto = "auto"
+	// DatapathEBPF is the tc/XDP eBPF datapath. Not available in this build.
+	DatapathEBPF = "ebpf"
+	// DatapathKernel uses Linux bridges, routes and nftables.
+	DatapathKernel = "kernel"
+)
+
+// XDP modes for the uplink program.
+const (
+	XDPAuto   = "auto"
+	XDPNative = "native"
+	XDPOff    = "off"
+)
+
+// Config is fabricd's configuration. Field tags name the keys used in the
+// config file; the same names are the flags.
+type Config struct {
+	// StateDir holds the agent's persistent state (networks, endpoints).
+	StateDir string `mapstructure:"state-dir" yaml:"state-dir"`
+	// Socket is the unix socket of the agent's HTTP API.
+	Socket string `mapstructure:"socket" yaml:"socket"`
+	// NodeName identifies this host in the cluster; defaults to the hostname.
+	NodeName string `mapstructure:"node-name" yaml:"node-name"`
+	// Datapath is auto, ebpf or kernel; see DatapathMode for the one in effect.
+	Datapath string `mapstructure:"datapath" yaml:"datapath"`
+	// Uplink is the host interface facing the underlay; empty means the
+	// interface of the default route.
+	Uplink string `mapstructure:"uplink" yaml:"uplink"`
+	// MetricsListen is the host:port of the Prometheus endpoint; empty
+	// disables it.
+	MetricsListen string `mapstructure:"metrics-listen" yaml:"metrics-listen"`
+	// ClusterBind is the IP:port the gossip layer listens on.
+	ClusterBind string `mapstructure:"cluster-bind" yaml:"cluster-bind"`
+	// ClusterJoin lists host:port addresses of existing members to join;
+	// empty means start a new (possibly single-node) cluster.
+	ClusterJoin []string `mapstructure:"cluster-join" yaml:"cluster-join"`
+	// ClusterSecretFile holds the key that encrypts gossip; empty means
+	// gossip is not encrypted.
+	ClusterSecretFile string `mapstructure:"cluster-secret-file" yaml:"cluster-secret-file"`
+	// BPFRoot is the bpffs directory where maps and links are pinned.
+	BPFRoot string `mapstructure:"bpf-root" yaml:"bpf-root"`
+	// XDP is auto, native or off.
+	XDP string `mapstructure:"xdp" yaml:"xdp"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `mapstructure:"log-level" yaml:"log-level"`
+	// DefaultSubnet is the subnet of the default "bridge" network; empty
+	// means the first default pool that collides with nothing on the host.
+	DefaultSubnet string `mapstructure:"default-subnet" yaml:"default-subnet"`
+	// NoDefaultNetwork stops the agent from creating the "bridge" network.
+	NoDefaultNetwork bool `mapstructure:"no-default-network" yaml:"no-default-network"`
+
+	// ConfigFile is the file the configuration was read from, empty if
+	// none was. Set by Load; not a key.
+	ConfigFile string `mapstructure:"-" yaml:"-"`
+}
+
+// Defaults returns the configuration used when nothing is set. NodeName is
+// the hostname (empty if it cannot be read, which Validate then rejects).
+func Defaults() Config {
+	host, _ := os.Hostname()
+	return Config{
+		StateDir:      "/var/lib/fabric",
+		Socket:        "/run/fabric/fabricd.sock",
+		NodeName:      host,
+		Datapath:      DatapathKernel,
+		MetricsListen: "127.0.0.1:9475",
+		ClusterBind:   "0.0.0.0:7946",
+		BPFRoot:       "/sys/fs/bpf/fabric",
+		XDP:           XDPAuto,
+		LogLevel:      "info",
+	}
+}
+
+// DatapathMode returns the datapath actually in effect. "auto" means the
+// kernel datapath until the eBPF datapath exists; then it will mean eBPF
+// where the kernel supports it.
+func (c Config) DatapathMode() string {
+	if c.Datapath == DatapathAuto {
+		return DatapathKernel
+	}
+	return c.Datapath
+}
+
+// SlogLevel returns LogLevel as a slog.Level (info for unknown values,
+// which Validate rejects anyway).
+func (c Config) SlogLevel() slog.Level {
+	switch c.LogLevel {
+	case "debug":
+		return slog.LevelDebug
+	case "warn":
+		return slog.LevelWarn
+	case "error":
+		return slog.LevelError
+	}
+	return slog.LevelInfo
+}
+
+// Keys, named like the flags.
+const (
+	keyConfig            = "config" // flag only, not a key of the file
+	keyStateDir          = "state-dir"
+	keySocket            = "socket"
+	keyNodeName          = "node-name"
+	keyDatapath          = "datapath"
+	keyUplink            = "uplink"
+	keyMetricsListen     = "metrics-listen"
+	keyClusterBind       = "cluster-bind"
+	keyClusterJoin       = "cluster-join"
+	keyClusterSecretFile = "cluster-secret-file"
+	keyBPFRoot           = "bpf-root"
+	keyXDP               = "xdp"
+	keyLogLevel          = "log-level"
+	keyDefaultSubnet     = "default-subnet"
+	keyNoDefaultNetwork  = "no-default-network"
+)
+
+// defaultValues maps every key to its default; its keys are the set of
+// keys the config file may contain.
+func defaultValues() map[string]any {
+	d := Defaults()
+	return map[string]any{
+		keyStateDir:          d.StateDir,
+		keySocket:            d.Socket,
+		keyNodeName:          d.NodeName,
+		keyDatapath:          d.Datapath,
+		keyUplink:            d.Uplink,
+		keyMetricsListen:     d.MetricsListen,
+		keyClusterBind:       d.ClusterBind,
+		keyClusterJoin:       []string{},
+		keyClusterSecretFile: d.ClusterSecretFile,
+		keyBPFRoot:           d.BPFRoot,
+		keyXDP:               d.XDP,
+		keyLogLevel:          d.LogLevel,
+		keyDefaultSubnet:     d.DefaultSubnet,
+		keyNoDefaultNetwork:  d.NoDefaultNetwork,
+	}
+}

@@ -1,0 +1,45 @@
+package config
+
+import (
+	"fmt"
+
+	"github.com/spf13/pflag"
+)
+
+// RegisterFlags defines fabricd's flags on fs. Load reads them back; a flag
+// only overrides the file and environment when it is given explicitly.
+func RegisterFlags(fs *pflag.FlagSet) {
+	d := Defaults()
+	env := func(key string) string { return fmt.Sprintf(" (env %s)", envName(key)) }
+
+	fs.String(keyConfig, DefaultConfigFile,
+		"YAML config file; its keys are the flag names (state-dir: /srv/fabric). The default file may be missing, a named one may not (env FABRIC_CONFIG)")
+	fs.String(keyStateDir, d.StateDir,
+		"directory for the agent's persistent state: networks, endpoints, address leases"+env(keyStateDir))
+	fs.String(keySocket, d.Socket,
+		"unix socket of the agent API, used by fabricctl"+env(keySocket))
+	fs.String(keyNodeName, d.NodeName,
+		"name of this host in the cluster; must be unique, up to 63 characters of A-Z a-z 0-9 . _ -; the hostname if unset"+env(keyNodeName))
+	fs.String(keyDatapath, d.Datapath,
+		"packet path: kernel (Linux bridge, routes, nftables), ebpf (tc/XDP programs; not in this build) or auto (the best available, kernel for now)"+env(keyDatapath))
+	fs.String(keyUplink, d.Uplink,
+		"host interface facing the underlay, for overlay traffic and XDP (default: the interface of the default route)"+env(keyUplink))
+	fs.String(keyMetricsListen, d.MetricsListen,
+		"host:port for Prometheus metrics at /metrics; empty disables it"+env(keyMetricsListen))
+	fs.String(keyClusterBind, d.ClusterBind,
+		"IP:port for cluster gossip (TCP and UDP); other nodes must reach it"+env(keyClusterBind))
+	fs.StringSlice(keyClusterJoin, nil,
+		"comma-separated host:port of existing cluster members to join; none starts a new cluster"+env(keyClusterJoin))
+	fs.String(keyClusterSecretFile, d.ClusterSecretFile,
+		"file holding the key that encrypts cluster gossip; same file on every node; empty means unencrypted"+env(keyClusterSecretFile))
+	fs.String(keyBPFRoot, d.BPFRoot,
+		"bpffs directory where eBPF maps and links are pinned so a restart drops no traffic"+env(keyBPFRoot))
+	fs.String(keyXDP, d.XDP,
+		"XDP on the uplink: auto (native if the driver supports it, else off), native (fail if unsupported) or off"+env(keyXDP))
+	fs.String(keyLogLevel, d.LogLevel,
+		"log level: debug, info, warn or error"+env(keyLogLevel))
+	fs.String(keyDefaultSubnet, d.DefaultSubnet,
+		"IPv4 subnet of the default bridge network, e.g. 172.17.0.0/16 (default: the first of 172.17-31.0.0/16, 192.168.0-240.0/20 that overlaps no host route)"+env(keyDefaultSubnet))
+	fs.Bool(keyNoDefaultNetwork, d.NoDefaultNetwork,
+		"do not create the default bridge network"+env(keyNoDefaultNetwork))
+}

@@ -1,0 +1,184 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/fabricnet/fabric/cmd/internal/ipam"
+)
+
+// Limits imposed by the kernel and by cluster naming.
+const (
+	maxNodeName   = 63  // a DNS label; node names end up in DNS and link names
+	maxIfaceName  = 15  // IFNAMSIZ - 1
+	maxSocketPath = 107 // sizeof(sockaddr_un.sun_path) - 1
+)
+
+var (
+	datapaths = []string{DatapathAuto, DatapathKernel, DatapathEBPF}
+	xdpModes  = []string{XDPAuto, XDPNative, XDPOff}
+	logLevels = []string{"debug", "info", "warn", "error"}
+)
+
+// Validate checks every value and reports all problems at once, each
+// naming its key and what is allowed. Every error wraps ErrInvalidConfig.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: %s: %s", ErrInvalidConfig, key, fmt.Sprintf(format, args...)))
+	}
+
+	for _, p := range []struct{ key, val string }{
+		{keyStateDir, c.StateDir},
+		{keySocket, c.Socket},
+		{keyBPFRoot, c.BPFRoot},
+	} {
+		if !filepath.IsAbs(p.val) {
+			bad(p.key, "%q is not an absolute path", p.val)
+		}
+	}
+	if len(c.Socket) > maxSocketPath {
+		bad(keySocket, "path is %d bytes long; unix socket paths are limited to %d", len(c.Socket), maxSocketPath)
+	}
+
+	if err := checkNodeName(c.NodeName); err != "" {
+		bad(keyNodeName, "%s", err)
+	}
+
+	switch {
+	case c.Datapath == DatapathEBPF:
+		bad(keyDatapath, "the eBPF datapath is not available in this build; use %q or %q", DatapathKernel, DatapathAuto)
+	case !slices.Contains(datapaths, c.Datapath):
+		bad(keyDatapath, "%q is not one of %s", c.Datapath, strings.Join(datapaths, ", "))
+	}
+	if !slices.Contains(xdpModes, c.XDP) {
+		bad(keyXDP, "%q is not one of %s", c.XDP, strings.Join(xdpModes, ", "))
+	}
+	if !slices.Contains(logLevels, c.LogLevel) {
+		bad(keyLogLevel, "%q is not one of %s", c.LogLevel, strings.Join(logLevels, ", "))
+	}
+
+	if c.Uplink != "" {
+		if err := checkIfaceName(c.Uplink); err != "" {
+			bad(keyUplink, "%s", err)
+		}
+	}
+
+	if c.MetricsListen != "" {
+		if err := checkHostPort(c.MetricsListen, true, true, 0); err != "" {
+			bad(keyMetricsListen, "%s (for example 127.0.0.1:9475 or :9475; empty disables metrics)", err)
+		}
+	}
+	if err := checkHostPort(c.ClusterBind, false, false, 1); err != "" {
+		bad(keyClusterBind, "%s (want IP:PORT, for example 0.0.0.0:7946)", err)
+	}
+	for _, j := range c.ClusterJoin {
+		if err := checkHostPort(j, false, true, 1); err != "" {
+			bad(keyClusterJoin, "%s (want HOST:PORT, for example 10.0.0.2:7946)", err)
+		}
+	}
+
+	if c.DefaultSubnet != "" {
+		if p, err := netip.ParsePrefix(c.DefaultSubnet); err != nil {
+			bad(keyDefaultSubnet, "%q is not an IPv4 CIDR (for example 172.17.0.0/16)", c.DefaultSubnet)
+		} else if err := ipam.ValidateNetwork(p, netip.Addr{}, netip.Prefix{}); err != nil {
+			errs = append(errs, fmt.Errorf("%w: %s: %w", ErrInvalidConfig, keyDefaultSubnet, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// DefaultSubnetPrefix returns DefaultSubnet parsed; the zero Prefix when it
+// is empty (pick a free default pool) or invalid (Validate rejects that).
+func (c Config) DefaultSubnetPrefix() netip.Prefix {
+	p, err := netip.ParsePrefix(c.DefaultSubnet)
+	if err != nil {
+		return netip.Prefix{}
+	}
+	return p
+}
+
+func checkNodeName(name string) string {
+	switch {
+	case name == "":
+		return "is empty; set it to a name unique in the cluster (the hostname could not be read)"
+	case len(name) > maxNodeName:
+		return fmt.Sprintf("%q is %d characters long; at most %d are allowed", name, len(name), maxNodeName)
+	}
+	for _, r := range name {
+		if !isNameChar(r) {
+			return fmt.Sprintf("%q contains %q; only A-Z a-z 0-9 . _ - are allowed", name, r)
+		}
+	}
+	return ""
+}
+
+func isNameChar(r rune) bool {
+	return r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-'
+}
+
+func checkIfaceName(name string) string {
+	switch {
+	case len(name) > maxIfaceName:
+		return fmt.Sprintf("%q is longer than %d characters, the kernel's limit for interface names", name, maxIfaceName)
+	case name == "." || name == "..":
+		return fmt.Sprintf("%q is not an interface name", name)
+	case strings.ContainsAny(name, "/: \t\n"):
+		return fmt.Sprintf("%q is not an interface name: it contains '/', ':' or white space", name)
+	}
+	return ""
+}
+
+// checkHostPort checks a HOST:PORT address. Without allowEmptyHost the host
+// must be given; without allowName it must be an IP address. Ports below
+// minPort are rejected (0 asks the kernel for a random port, which makes
+// no sense for an address other nodes must know).
+func checkHostPort(addr string, allowEmptyHost, allowName bool, minPort int) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Sprintf("%q is not HOST:PORT", addr)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < minPort || n > 65535 {
+		return fmt.Sprintf("%q: port %q must be a number from %d to 65535", addr, port, minPort)
+	}
+	switch {
+	case host == "":
+		if !allowEmptyHost {
+			return fmt.Sprintf("%q has no host", addr)
+		}
+	case allowName:
+		if _, err := netip.ParseAddr(host); err != nil && !isHostname(host) {
+			return fmt.Sprintf("%q: %q is neither an IP address nor a host name", addr, host)
+		}
+	default:
+		if _, err := netip.ParseAddr(host); err != nil {
+			return fmt.Sprintf("%q: %q is not an IP address", addr, host)
+		}
+	}
+	return ""
+}
+
+// isHostname reports whether s is a syntactically valid DNS name.
+func isHostname(s string) bool {
+	if len(s) > 253 {
+		return false
+	}
+	for label := range strings.SplitSeq(strings.TrimSuffix(s, "."), ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}

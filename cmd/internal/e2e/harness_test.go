@@ -1,0 +1,402 @@
+// Package e2e tests fabricd and fabricctl together, as binaries, in network
+// namespaces the tests create: each test gets its own "host" namespace with
+// its own agent, plus an "outside" namespace joined to the host by a veth
+// uplink, standing for the rest of the network.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
+)
+
+var binDir string
+
+// Addresses live only inside the namespaces the tests make (TEST-NET-1).
+const (
+	hostUplinkIP    = "192.0.2.1"
+	outsideUplinkIP = "192.0.2.2"
+)
+
+func TestMain(m *testing.M) {
+	if mode := os.Getenv("FABRIC_E2E_HELPER"); mode != "" {
+		os.Exit(helperMain(mode, os.Args[1:]))
+	}
+	if os.Geteuid() != 0 {
+		fmt.Println("e2e: not root: every test here skips (they need network namespaces, links and nftables)")
+		os.Exit(m.Run())
+	}
+	dir, err := os.MkdirTemp("", "fabric-e2e-bin")
+	if err != nil {
+		fmt.Println(err)
+		os.Exit(1)
+	}
+	binDir = dir
+	build := exec.Command("go", "build", "-o", dir, "github.com/fabricnet/fabric/cmd/fabricd", "github.com/fabricnet/fabric/cmd/fabricctl")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Println("build binaries:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// host is one test host: a namespace with an uplink, an outside peer, and
+// a fabricd serving in it.
+type host struct {
+	t       *testing.T
+	ns      string // host namespace name
+	nsPath  string
+	outside string // outside namespace name
+	dir     string
+	socket  string
+	prefix  string // sandbox name prefix, unique per test
+	agent   *exec.Cmd
+	logFile *os.File
+	extra   []string // extra fabricd flags
+}
+
+func newHost(t *testing.T, extra ...string) *host {
+	t.Helper()
+	netnstest.RequireRoot(t)
+	h := &host{t: t, extra: extra, prefix: netnstest.UniqueName("t")}
+	h.ns, h.nsPath = netnstest.New(t, "fh")
+	h.outside, _ = netnstest.New(t, "fo")
+	h.dir = t.TempDir()
+	h.socket = filepath.Join(h.dir, "fabricd.sock")
+	run(t, "ip", "link", "add", "up0", "netns", h.ns, "type", "veth", "peer", "name", "out0", "netns", h.outside)
+	run(t, "ip", "-n", h.ns, "addr", "add", hostUplinkIP+"/24", "dev", "up0")
+	run(t, "ip", "-n", h.ns, "link", "set", "up0", "up")
+	run(t, "ip", "-n", h.ns, "route", "add", "default", "via", outsideUplinkIP)
+	run(t, "ip", "-n", h.outside, "addr", "add", outsideUplinkIP+"/24", "dev", "out0")
+	run(t, "ip", "-n", h.outside, "link", "set", "out0", "up")
+	t.Cleanup(h.cleanup)
+	h.start()
+	return h
+}
+
+// name returns a sandbox or network name unique to this test.
+func (h *host) name(s string) string { return h.prefix + s }
+
+// start runs fabricd in the host namespace (only the network namespace is
+// switched, as the lab does) and waits until it answers.
+func (h *host) start() {
+	h.t.Helper()
+	var err error
+	h.logFile, err = os.OpenFile(filepath.Join(h.dir, "fabricd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	args := append([]string{"--net=" + h.nsPath, filepath.Join(binDir, "fabricd"),
+		"--state-dir", filepath.Join(h.dir, "state"), "--socket", h.socket,
+		"--node-name", h.ns, "--log-level", "debug", "--config", h.configFile()}, h.extra...)
+	h.agent = exec.Command("nsenter", args...)
+	h.agent.Stdout, h.agent.Stderr = h.logFile, h.logFile
+	h.agent.Env = append(os.Environ(), "FABRIC_SOCKET=")
+	if err := h.agent.Start(); err != nil {
+		h.t.Fatalf("start fabricd: %v", err)
+	}
+	exited := make(chan struct{})
+	go func(c *exec.Cmd) { _ = c.Wait(); close(exited) }(h.agent)
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-exited:
+			h.t.Fatalf("fabricd exited during start-up:\n%s", h.log())
+		default:
+		}
+		if _, _, code := h.ctl("status"); code == 0 {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	h.t.Fatalf("fabricd did not answer within 20s:\n%s", h.log())
+}
+
+// kill9 kills the agent the hard way; sandboxes and their commands live on.
+func (h *host) kill9() {
+	if h.agent != nil && h.agent.Process != nil {
+		_ = h.agent.Process.Signal(syscall.SIGKILL)
+		time.Sleep(50 * time.Millisecond)
+	}
+	h.agent = nil
+	if h.logFile != nil {
+		h.logFile.Close()
+	}
+}
+
+// stop ends the agent gracefully.
+func (h *host) stop() {
+	if h.agent != nil && h.agent.Process != nil {
+		_ = h.agent.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func(p *os.Process) {
+			for i := 0; i < 100; i++ {
+				if p.Signal(syscall.Signal(0)) != nil {
+					break
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			close(done)
+		}(h.agent.Process)
+		<-done
+		_ = h.agent.Process.Kill()
+	}
+	h.agent = nil
+	if h.logFile != nil {
+		h.logFile.Close()
+	}
+}
+
+// configFile is an empty config, so a host's /etc/fabric/fabric.yaml
+// cannot change what the test runs.
+func (h *host) configFile() string {
+	p := filepath.Join(h.dir, "fabric.yaml")
+	if err := os.WriteFile(p, []byte("# empty: defaults and flags only\n"), 0o600); err != nil {
+		h.t.Fatal(err)
+	}
+	return p
+}
+
+func (h *host) log() string {
+	b, _ := os.ReadFile(filepath.Join(h.dir, "fabricd.log"))
+	if len(b) > 6000 {
+		b = b[len(b)-6000:]
+	}
+	return string(b)
+}
+
+func (h *host) cleanup() {
+	if h.t.Failed() {
+		h.t.Logf("fabricd log (tail):\n%s", h.log())
+	}
+	if h.agent != nil {
+		// Remove what the test left, so commands do not outlive it.
+		var sbs []api.Sandbox
+		if out, _, code := h.ctl("-o", "json", "sandbox", "ls"); code == 0 && json.Unmarshal([]byte(out), &sbs) == nil {
+			for i := len(sbs) - 1; i >= 0; i-- {
+				h.ctl("sandbox", "rm", sbs[i].Name)
+			}
+		}
+		h.stop()
+	}
+	// Whatever is left (a crashed agent's sandboxes) goes with its namespace.
+	entries, _ := os.ReadDir("/var/run/netns")
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), h.prefix) {
+			netnstest.Remove(e.Name())
+		}
+	}
+}
+
+// ctl runs fabricctl against this host's agent.
+func (h *host) ctl(args ...string) (stdout, stderr string, code int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "fabricctl"), append([]string{"--socket", h.socket}, args...)...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	code = 0
+	if err != nil {
+		code = -1
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		}
+	}
+	return o.String(), e.String(), code
+}
+
+// mustCtl runs fabricctl and fails the test unless it succeeds.
+func (h *host) mustCtl(args ...string) string {
+	h.t.Helper()
+	out, errOut, code := h.ctl(args...)
+	if code != 0 {
+		h.t.Fatalf("fabricctl %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, out, errOut)
+	}
+	return out
+}
+
+// ctlJSON runs fabricctl -o json and decodes the output.
+func (h *host) ctlJSON(v any, args ...string) {
+	h.t.Helper()
+	out := h.mustCtl(append([]string{"-o", "json"}, args...)...)
+	if err := json.Unmarshal([]byte(out), v); err != nil {
+		h.t.Fatalf("decode %q: %v", out, err)
+	}
+}
+
+func (h *host) sandbox(name string) api.Sandbox {
+	h.t.Helper()
+	var sbs []api.Sandbox
+	h.ctlJSON(&sbs, "sandbox", "inspect", name)
+	if len(sbs) != 1 {
+		h.t.Fatalf("inspect %s returned %d sandboxes", name, len(sbs))
+	}
+	return sbs[0]
+}
+
+// ip returns a sandbox's address (without prefix) on a network.
+func (h *host) ip(sandbox, network string) string {
+	h.t.Helper()
+	for _, ep := range h.sandbox(sandbox).Endpoints {
+		if ep.Network == network {
+			return strings.Split(ep.IP, "/")[0]
+		}
+	}
+	h.t.Fatalf("sandbox %s has no endpoint on %s", sandbox, network)
+	return ""
+}
+
+// serve starts a TCP+UDP responder as sandbox name's command.
+func (h *host) serve(name string, runArgs ...string) {
+	h.t.Helper()
+	self, _ := os.Executable()
+	args := append([]string{"run", "-d", "--name", name}, runArgs...)
+	args = append(args, "--", "env", "FABRIC_E2E_HELPER=serve", self, "80")
+	h.mustCtl(args...)
+	h.waitListening(h.sandbox(name).NetNS, 80)
+}
+
+// waitListening waits until something listens on TCP port in the namespace.
+func (h *host) waitListening(nsPath string, port int) {
+	h.t.Helper()
+	want := fmt.Sprintf(":%04X ", port)
+	for i := 0; i < 100; i++ {
+		out, _ := exec.Command("nsenter", "--net="+nsPath, "cat", "/proc/net/tcp").Output()
+		if strings.Contains(string(out), want) {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	h.t.Fatalf("nothing listens on port %d in %s", port, nsPath)
+}
+
+// connect dials addr from inside a named namespace ("" = the host's) and
+// returns the responder's reply, or an error.
+func (h *host) connect(nsName, proto, addr string) (string, error) {
+	self, _ := os.Executable()
+	if nsName == "" {
+		nsName = h.ns
+	}
+	cmd := netnstest.Cmd(nsName, "env", "FABRIC_E2E_HELPER=connect", self, proto, addr)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("connect %s %s from %s: %v: %s", proto, addr, nsName, err, out)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+func (h *host) mustConnect(nsName, proto, addr string) string {
+	h.t.Helper()
+	out, err := h.connect(nsName, proto, addr)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return out
+}
+
+// ping reports whether one ping from a namespace reaches ip.
+func ping(nsName, ip string) bool {
+	return netnstest.Cmd(nsName, "ping", "-c", "1", "-W", "1", ip).Run() == nil
+}
+
+func run(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// helperMain is the test binary acting as a tiny server or client inside a
+// namespace (FABRIC_E2E_HELPER=serve|connect).
+func helperMain(mode string, args []string) int {
+	switch mode {
+	case "serve": // serve PORT: reply "<sandbox> <peer addr>" over TCP and UDP
+		port := args[0]
+		id := os.Getenv("FABRIC_SANDBOX")
+		ln, err := net.Listen("tcp", ":"+port)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		pc, err := net.ListenPacket("udp", ":"+port)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		go func() {
+			buf := make([]byte, 1500)
+			for {
+				n, from, err := pc.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				_ = n
+				_, _ = pc.WriteTo([]byte(id+" "+from.String()+"\n"), from)
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return 1
+			}
+			go func(c net.Conn) {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+				fmt.Fprintf(c, "%s %s\n", id, c.RemoteAddr())
+				// Stay open while the peer keeps sending: a stream test.
+				r := bufio.NewReader(c)
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+					fmt.Fprint(c, line)
+				}
+			}(c)
+		}
+	case "connect": // connect tcp|udp ADDR: print the reply line
+		proto, addr := args[0], args[1]
+		c, err := net.DialTimeout(proto, addr, 2*time.Second)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		if proto == "udp" {
+			if _, err := c.Write([]byte("hi\n")); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+		}
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		fmt.Print(line)
+		return 0
+	}
+	fmt.Fprintln(os.Stderr, "unknown helper mode", mode)
+	return 2
+}

@@ -1,0 +1,242 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/datapath/netns"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
+)
+
+// snapshot is everything fabric's state and kernel footprint consist of.
+type snapshot struct {
+	networks, sandboxes, endpoints string
+	links                          []string
+	nft                            string
+	namespaces                     []string
+}
+
+func (h *host) snapshot() snapshot {
+	h.t.Helper()
+	var s snapshot
+	s.networks = h.canonCtl("network", "ls")
+	s.sandboxes = h.canonCtl("sandbox", "ls")
+	s.endpoints = h.canonCtl("endpoint", "ls")
+	s.links = h.links()
+	s.nft = run(h.t, "ip", "netns", "exec", h.ns, "nft", "list", "ruleset")
+	entries, _ := os.ReadDir(netns.RunDir)
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), h.prefix) {
+			s.namespaces = append(s.namespaces, e.Name())
+		}
+	}
+	return s
+}
+
+// canonCtl runs a -o json listing and returns it in canonical form.
+func (h *host) canonCtl(args ...string) string {
+	h.t.Helper()
+	var v any
+	h.ctlJSON(&v, args...)
+	return canonJSON(h.t, v)
+}
+
+// links lists the host namespace's links as "name alias" lines.
+func (h *host) links() []string {
+	out := run(h.t, "ip", "-n", h.ns, "-o", "link", "show")
+	var links []string
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		name := strings.SplitN(strings.TrimSuffix(f[1], ":"), "@", 2)[0]
+		alias := ""
+		if i := strings.Index(line, "alias "); i >= 0 {
+			alias = strings.Fields(line[i+6:])[0]
+		}
+		links = append(links, name+" "+alias)
+	}
+	sort.Strings(links)
+	return links
+}
+
+func diffSnapshots(t *testing.T, what string, a, b snapshot) {
+	t.Helper()
+	if a.networks != b.networks {
+		t.Errorf("%s: networks differ:\n%s\n---\n%s", what, a.networks, b.networks)
+	}
+	if a.sandboxes != b.sandboxes {
+		t.Errorf("%s: sandboxes differ:\n%s\n---\n%s", what, a.sandboxes, b.sandboxes)
+	}
+	if a.endpoints != b.endpoints {
+		t.Errorf("%s: endpoints differ:\n%s\n---\n%s", what, a.endpoints, b.endpoints)
+	}
+	if strings.Join(a.links, "\n") != strings.Join(b.links, "\n") {
+		t.Errorf("%s: links differ:\n%s\n---\n%s", what, strings.Join(a.links, "\n"), strings.Join(b.links, "\n"))
+	}
+	if a.nft != b.nft {
+		t.Errorf("%s: nftables differ:\n%s\n---\n%s", what, a.nft, b.nft)
+	}
+	if strings.Join(a.namespaces, " ") != strings.Join(b.namespaces, " ") {
+		t.Errorf("%s: namespaces differ: %v vs %v", what, a.namespaces, b.namespaces)
+	}
+}
+
+func TestKill9AndRestartKeepsEverything(t *testing.T) {
+	h := newHost(t)
+	n := h.name("n")
+	h.mustCtl("network", "create", "--subnet", "10.34.0.0/24", n)
+	web, multi, none, tmp := h.name("web"), h.name("multi"), h.name("none"), h.name("tmp")
+	h.serve(web, "--network", n, "-p", "8080:80")
+	h.mustCtl("run", "-d", "--name", multi, "--", "sleep", "300")
+	h.mustCtl("network", "connect", n, multi)
+	h.mustCtl("run", "-d", "--name", none, "--network", "none", "--", "sleep", "300")
+	before := h.snapshot()
+	webPID := h.sandbox(web).PID
+	// tmp's command exits while no agent watches; with --rm the restarted
+	// agent must remove it, leaving exactly the state of "before".
+	h.mustCtl("run", "-d", "--rm", "--name", tmp, "--", "sleep", "1")
+	tmpNS := h.sandbox(tmp).NetNS
+
+	h.kill9()
+	// With the agent dead, traffic keeps flowing: it is all in the kernel.
+	if got := h.mustConnect(h.outside, "tcp", hostUplinkIP+":8080"); !strings.HasPrefix(got, web) {
+		t.Fatalf("published port while the agent is down: %q", got)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	h.start()
+
+	after := h.snapshot()
+	var sbs []api.Sandbox
+	h.ctlJSON(&sbs, "sandbox", "ls")
+	for _, sb := range sbs {
+		if sb.Name == tmp {
+			t.Fatalf("--rm sandbox whose command exited during the outage is still listed: %+v", sb)
+		}
+	}
+	if netns.IsNamespace(tmpNS) {
+		t.Fatal("namespace of the auto-removed sandbox is left behind")
+	}
+	diffSnapshots(t, "after kill -9 and restart", before, after)
+
+	if h.sandbox(web).PID != webPID {
+		t.Fatal("web's command was restarted or lost")
+	}
+	if got := h.mustConnect(multi, "tcp", h.ip(web, n)+":80"); !strings.HasPrefix(got, web) {
+		t.Fatalf("multi → web after restart: %q", got)
+	}
+	if got := h.mustConnect(h.outside, "tcp", hostUplinkIP+":8080"); !strings.HasPrefix(got, web) {
+		t.Fatalf("published port after restart: %q", got)
+	}
+	// The restarted agent still owns the re-adopted command.
+	h.mustCtl("sandbox", "rm", web)
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", webPID)); err == nil {
+		t.Fatal("re-adopted command survived sandbox rm")
+	}
+}
+
+// canonJSON re-encodes a value so that two documents compare by content.
+func canonJSON(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestKill9AtRandomPointsConverges(t *testing.T) {
+	h := newHost(t)
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+	for round := 0; round < 6; round++ {
+		var wg sync.WaitGroup
+		for i := 0; i < 3; i++ {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				name := h.name(fmt.Sprintf("r%d%d", round, i))
+				h.ctl("run", "-d", "--name", name, "-p", fmt.Sprintf("%d:80", 20000+round*10+i), "--", "sleep", "300")
+			}(i)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h.ctl("network", "create", h.name(fmt.Sprintf("net%d", round)))
+		}()
+		time.Sleep(time.Duration(rng.IntN(40)) * time.Millisecond)
+		h.kill9()
+		wg.Wait()
+		h.start()
+		h.checkConsistent()
+	}
+	// Everything can still be removed cleanly.
+	var sbs []api.Sandbox
+	h.ctlJSON(&sbs, "sandbox", "ls")
+	for _, sb := range sbs {
+		h.mustCtl("sandbox", "rm", sb.Name)
+	}
+	for _, l := range h.links() {
+		if strings.HasPrefix(l, "fv") {
+			t.Errorf("endpoint link left after removing every sandbox: %s", l)
+		}
+	}
+	if out := run(t, "ip", "netns", "exec", h.ns, "nft", "list", "table", "ip", "fabric"); strings.Contains(out, "dnat") {
+		t.Errorf("DNAT rules left after removing every sandbox:\n%s", out)
+	}
+}
+
+// checkConsistent asserts that records and kernel match exactly: every
+// endpoint has its links, no fabric link or namespace lacks a record.
+func (h *host) checkConsistent() {
+	h.t.Helper()
+	var eps []api.Endpoint
+	var sbs []api.Sandbox
+	var nets []api.Network
+	h.ctlJSON(&eps, "endpoint", "ls")
+	h.ctlJSON(&sbs, "sandbox", "ls")
+	h.ctlJSON(&nets, "network", "ls")
+	want := map[string]bool{}
+	for _, ep := range eps {
+		want[ep.HostIfName] = true
+		out := run(h.t, "ip", "netns", "exec", ep.Sandbox, "ip", "-o", "-4", "addr", "show", ep.IfName)
+		if !strings.Contains(out, ep.IP) {
+			h.t.Errorf("endpoint %s: %s in %s lacks %s: %s", ep.ID[:12], ep.IfName, ep.Sandbox, ep.IP, out)
+		}
+	}
+	for _, n := range nets {
+		want[n.Bridge] = true
+	}
+	for _, l := range h.links() {
+		f := strings.Fields(l)
+		if len(f) == 2 && strings.HasPrefix(f[1], "fabric:") && !want[f[0]] {
+			h.t.Errorf("leaked link %s (no record)", l)
+		}
+		delete(want, f[0])
+	}
+	for l := range want {
+		h.t.Errorf("link %s of a record is missing", l)
+	}
+	names := map[string]bool{}
+	for _, sb := range sbs {
+		names[sb.Name] = true
+		if sb.State != api.StateRunning {
+			h.t.Errorf("sandbox %s is %s after restart, want running", sb.Name, sb.State)
+		}
+	}
+	entries, _ := os.ReadDir(netns.RunDir)
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), h.prefix) && !names[e.Name()] {
+			h.t.Errorf("leaked namespace %s (no sandbox record)", e.Name())
+			netnstest.Remove(e.Name())
+		}
+	}
+}
