@@ -97,7 +97,7 @@ func serve(cfg config.Config, log *slog.Logger) error {
 func newDatapath(cfg config.Config, log *slog.Logger) (datapath.Datapath, error) {
 	switch mode := cfg.DatapathMode(); mode {
 	case config.DatapathKernel:
-		dp, err := kernel.New(log.With("datapath", "kernel"), kernel.Options{})
+		dp, err := kernel.New(log, kernel.Options{})
 		if err != nil {
 			return nil, fmt.Errorf("kernel datapath: %w", err)
 		}

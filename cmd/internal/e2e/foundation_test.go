@@ -231,7 +231,7 @@ func TestNoneHostAndContainerModes(t *testing.T) {
 	// sandbox rm stops the command and removes the namespace.
 	pid := h.sandbox(none).PID
 	h.mustCtl("sandbox", "rm", none)
-	if _, err := os.Stat("/proc/" + itoa(pid)); err == nil {
+	if processRunning(pid) {
 		t.Fatalf("command %d still runs after sandbox rm", pid)
 	}
 	if netns.IsNamespace(netns.Path(none)) {

@@ -278,7 +278,7 @@ func (h *host) waitListening(nsPath string, port int) {
 	h.t.Helper()
 	want := fmt.Sprintf(":%04X ", port)
 	for i := 0; i < 100; i++ {
-		out, _ := exec.Command("nsenter", "--net="+nsPath, "cat", "/proc/net/tcp").Output()
+		out, _ := exec.Command("nsenter", "--net="+nsPath, "cat", "/proc/net/tcp", "/proc/net/tcp6").Output()
 		if strings.Contains(string(out), want) {
 			return
 		}

@@ -139,7 +139,7 @@ func TestKill9AndRestartKeepsEverything(t *testing.T) {
 	}
 	// The restarted agent still owns the re-adopted command.
 	h.mustCtl("sandbox", "rm", web)
-	if _, err := os.Stat(fmt.Sprintf("/proc/%d", webPID)); err == nil {
+	if processRunning(webPID) {
 		t.Fatal("re-adopted command survived sandbox rm")
 	}
 }
@@ -157,7 +157,7 @@ func canonJSON(t *testing.T, v any) string {
 func TestKill9AtRandomPointsConverges(t *testing.T) {
 	h := newHost(t)
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
-	for round := 0; round < 6; round++ {
+	for round := 0; round < 8; round++ {
 		var wg sync.WaitGroup
 		for i := 0; i < 3; i++ {
 			wg.Add(1)
@@ -172,11 +172,14 @@ func TestKill9AtRandomPointsConverges(t *testing.T) {
 			defer wg.Done()
 			h.ctl("network", "create", h.name(fmt.Sprintf("net%d", round)))
 		}()
-		time.Sleep(time.Duration(rng.IntN(40)) * time.Millisecond)
+		// fabricctl takes ~20 ms to start: kill before, during and after.
+		delay := time.Duration(rng.IntN(150)) * time.Millisecond
+		time.Sleep(delay)
 		h.kill9()
 		wg.Wait()
 		h.start()
-		h.checkConsistent()
+		sbs, nets := h.checkConsistent()
+		t.Logf("round %d: killed after %v; %d sandboxes and %d networks survived", round, delay, sbs, nets)
 	}
 	// Everything can still be removed cleanly.
 	var sbs []api.Sandbox
@@ -189,14 +192,14 @@ func TestKill9AtRandomPointsConverges(t *testing.T) {
 			t.Errorf("endpoint link left after removing every sandbox: %s", l)
 		}
 	}
-	if out := run(t, "ip", "netns", "exec", h.ns, "nft", "list", "table", "ip", "fabric"); strings.Contains(out, "dnat") {
+	if out := run(t, "ip", "netns", "exec", h.ns, "nft", "list", "table", "ip", "fabric"); strings.Contains(out, "dnat to") {
 		t.Errorf("DNAT rules left after removing every sandbox:\n%s", out)
 	}
 }
 
 // checkConsistent asserts that records and kernel match exactly: every
 // endpoint has its links, no fabric link or namespace lacks a record.
-func (h *host) checkConsistent() {
+func (h *host) checkConsistent() (sandboxes, networks int) {
 	h.t.Helper()
 	var eps []api.Endpoint
 	var sbs []api.Sandbox
@@ -239,4 +242,17 @@ func (h *host) checkConsistent() {
 			netnstest.Remove(e.Name())
 		}
 	}
+	return len(sbs), len(nets)
+}
+
+// processRunning reports whether pid exists and is not a zombie (an
+// orphaned command is reaped by init whenever init gets to it).
+func processRunning(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || len(s) < i+3 || s[i+2] != 'Z'
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // ErrLocked means another process (usually another fabricd) holds the store.
@@ -32,7 +33,7 @@ func Open(path string, buckets []string, timeout time.Duration) (*Store, error) 
 		return nil, fmt.Errorf("create state dir: %w", err)
 	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
-	if errors.Is(err, bolt.ErrTimeout) {
+	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("open %s: %w (is another fabricd using this --state-dir?)", path, ErrLocked)
 	}
 	if err != nil {

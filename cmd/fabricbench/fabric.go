@@ -1,0 +1,215 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/fabricnet/fabric/cmd/internal/api"
+)
+
+// setupFabric starts a fabricd in h1 (only the network namespace switched,
+// an empty config so the host's /etc/fabric is ignored) and the sandboxes
+// fa (publishing 9080->5201 and 9081->8000) and fb, both running the
+// fabricbench server helper.
+func (l *Lab) setupFabric(ctx context.Context) error {
+	fabricd := filepath.Join(l.o.bin, "fabricd")
+	for _, b := range []string{fabricd, l.fabricctl()} {
+		if st, err := os.Stat(b); err != nil || st.IsDir() {
+			return fmt.Errorf("%s not found (build it with `make build`, or point -bin at it)", b)
+		}
+	}
+	cfg := filepath.Join(l.dir, "fabric.yaml")
+	if err := os.WriteFile(cfg, nil, 0o644); err != nil {
+		return err
+	}
+	l.socket = filepath.Join(l.dir, "fabricd.sock")
+	args := []string{"nsenter", "--net=" + l.nsPath("h1"), fabricd,
+		"--state-dir", filepath.Join(l.dir, "state"), "--socket", l.socket,
+		"--node-name", l.ns("h1"), "--config", cfg}
+	args = append(args, strings.Fields(l.o.fabricArg)...)
+	p, err := l.startProc(ctx, "fabricd", nil, args...)
+	if err != nil {
+		return err
+	}
+	l.agent = p
+	l.client = api.NewClient(l.socket)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := l.client.Status(sctx)
+		cancel()
+		if err == nil {
+			l.fabricWarnings = st.Warnings
+			break
+		}
+		select {
+		case <-p.done:
+			return fmt.Errorf("fabricd exited at start%s", p.tail())
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("fabricd not answering on %s after 20 s: %v%s", l.socket, err, p.tail())
+		}
+	}
+	serve := []string{l.self, serveArg}
+	fa, err := l.fabricRun(ctx, []string{"--name", l.ns("fa"),
+		"-p", fmt.Sprintf("%d:%d", hpFabric, portPerf), "-p", fmt.Sprintf("%d:%d", hpFabHTTP, portHTTP)}, serve)
+	if err != nil {
+		return err
+	}
+	fb, err := l.fabricRun(ctx, []string{"--name", l.ns("fb")}, serve)
+	if err != nil {
+		return err
+	}
+	l.faNS, l.fbNS = fa.NetNS, fb.NetNS
+	if l.faIP, err = sandboxIP(fa); err != nil {
+		return err
+	}
+	if l.fbIP, err = sandboxIP(fb); err != nil {
+		return err
+	}
+	for _, sb := range []api.Sandbox{fa, fb} {
+		if err := waitListen(ctx, sb.NetNS, 10*time.Second, portPerf, portLat, portHTTP); err != nil {
+			return fmt.Errorf("servers in sandbox %s: %w (log %s)", sb.Name, err, sb.LogPath)
+		}
+	}
+	return nil
+}
+
+func (l *Lab) fabricctl() string { return filepath.Join(l.o.bin, "fabricctl") }
+
+// fabricRun runs `fabricctl -o json run -d FLAGS -- CMD...` and returns the
+// sandbox (from the JSON it prints, else from `sandbox inspect`).
+func (l *Lab) fabricRun(ctx context.Context, flags, command []string) (api.Sandbox, error) {
+	name := ""
+	for i, f := range flags {
+		if f == "--name" && i+1 < len(flags) {
+			name = flags[i+1]
+		}
+	}
+	l.trackSandbox(name)
+	args := append([]string{"--socket", l.socket, "-o", "json", "run", "-d"}, flags...)
+	args = append(append(args, "--"), command...)
+	out, err := runCmd(ctx, 30*time.Second, l.fabricctl(), args...)
+	if err != nil {
+		return api.Sandbox{}, err
+	}
+	if sb, err := parseSandbox(out); err == nil && sb.NetNS != "" {
+		return sb, nil
+	}
+	return l.inspect(ctx, name)
+}
+
+func (l *Lab) inspect(ctx context.Context, name string) (api.Sandbox, error) {
+	out, err := runCmd(ctx, 10*time.Second, l.fabricctl(), "--socket", l.socket, "sandbox", "inspect", name)
+	if err != nil {
+		return api.Sandbox{}, err
+	}
+	return parseSandbox(out)
+}
+
+// parseSandbox accepts a sandbox as a JSON object or a one-element array.
+func parseSandbox(out string) (api.Sandbox, error) {
+	var sb api.Sandbox
+	out = strings.TrimSpace(out)
+	if strings.HasPrefix(out, "[") {
+		var list []api.Sandbox
+		if err := json.Unmarshal([]byte(out), &list); err != nil {
+			return sb, fmt.Errorf("parse sandbox JSON: %w", err)
+		}
+		if len(list) == 0 {
+			return sb, errors.New("sandbox inspect printed an empty list")
+		}
+		return list[0], nil
+	}
+	if err := json.Unmarshal([]byte(out), &sb); err != nil {
+		return sb, fmt.Errorf("parse sandbox JSON: %w (output %q)", err, lastLines(out, 2))
+	}
+	return sb, nil
+}
+
+// sandboxIP returns the address of the sandbox's first endpoint.
+func sandboxIP(sb api.Sandbox) (string, error) {
+	if sb.NetNS == "" {
+		return "", fmt.Errorf("sandbox %s has no namespace path", sb.Name)
+	}
+	for _, ep := range sb.Endpoints {
+		if p, err := netip.ParsePrefix(ep.IP); err == nil {
+			return p.Addr().String(), nil
+		}
+		if a, err := netip.ParseAddr(ep.IP); err == nil {
+			return a.String(), nil
+		}
+	}
+	return "", fmt.Errorf("sandbox %s has no endpoint address", sb.Name)
+}
+
+func (l *Lab) trackSandbox(name string) {
+	if name == "" {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.sandboxes = append(l.sandboxes, name)
+}
+
+func (l *Lab) untrackSandbox(name string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i, n := range l.sandboxes {
+		if n == name {
+			l.sandboxes = append(l.sandboxes[:i], l.sandboxes[i+1:]...)
+			return
+		}
+	}
+}
+
+// cleanupFabric removes the sandboxes still recorded (bounded to 30 s in
+// all), then stops the agent. Leftover sandbox processes and namespaces are
+// handled by the generic cleanup.
+func (l *Lab) cleanupFabric() {
+	if l.client != nil && l.agent != nil {
+		l.mu.Lock()
+		names := append([]string(nil), l.sandboxes...)
+		l.mu.Unlock()
+		deadline := time.Now().Add(30 * time.Second)
+		for _, n := range names {
+			if time.Now().After(deadline) {
+				break
+			}
+			select {
+			case <-l.agent.done:
+				deadline = time.Now()
+				continue
+			default:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			err := l.client.RemoveSandbox(ctx, n)
+			cancel()
+			var apiErr *api.Error
+			if err != nil && !(errors.As(err, &apiErr) && apiErr.Code == api.CodeNotFound) {
+				fmt.Fprintf(os.Stderr, "fabricbench: cleanup: remove sandbox %s: %v\n", n, err)
+			}
+		}
+	}
+	if l.agent != nil {
+		l.agent.stop(10 * time.Second)
+	}
+}
+
+// fabricSkip says why a fabric row cannot run ("" when it can).
+func (l *Lab) fabricSkip() string {
+	if l.fabricErr != nil {
+		return "fabric unavailable"
+	}
+	return ""
+}

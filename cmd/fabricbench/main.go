@@ -1,0 +1,291 @@
+// Command fabricbench measures fabric against the kernel baseline (raw veth,
+// Linux bridge, nftables DNAT), Docker's userland proxy and, for set-up
+// times, the reference numbers of DESIGN.md, all in one run on one machine.
+//
+// Everything happens in network namespaces it creates (prefix fbb-<pid>-):
+// two "hosts" h1 and h2 joined by a veth underlay (192.168.250.0/24), on h1 a
+// hand-made Linux bridge with two "containers" c1a and c1b (10.77.0.0/16,
+// exactly like shared/bench/baseline-lab.sh) and a fabricd with two sandboxes
+// fa and fb made by `fabricctl run -d`. Each figure is the median of -reps
+// alternating repetitions (rep 1 of every row, then rep 2 of every row, …),
+// and every row is also given as a ratio to its reference row: compare only
+// numbers taken in the same run.
+//
+// Usage: fabricbench -bin DIR [-t SECONDS] [-reps N] [-setup-n N] [-quick]
+// [-only same-host,published,connrate,setup]
+//
+// Needs root and iproute2, util-linux (nsenter), nftables, iperf3, sockperf,
+// wrk and docker.io (for docker-proxy); `make deps-bench` installs them.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// serveArg as first argument turns fabricbench into the in-namespace server
+// helper (see serve.go); it is how the benchmark re-executes itself inside
+// baseline containers and fabric sandboxes.
+const serveArg = "__fabricbench-serve"
+
+// sections in the order they run.
+var allSections = []string{"same-host", "published", "connrate", "setup"}
+
+type options struct {
+	bin       string
+	secs      int
+	reps      int
+	setupN    int
+	quick     bool
+	only      map[string]bool
+	fabricArg string
+}
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == serveArg {
+		os.Exit(serveMain(os.Args[2:]))
+	}
+	os.Exit(run())
+}
+
+func parseFlags() (options, error) {
+	var o options
+	var only string
+	fs := flag.NewFlagSet("fabricbench", flag.ContinueOnError)
+	fs.StringVar(&o.bin, "bin", "bin", "directory holding fabricd and fabricctl")
+	fs.IntVar(&o.secs, "t", 5, "seconds per measurement")
+	fs.IntVar(&o.reps, "reps", 3, "alternating repetitions per row (the median is reported)")
+	fs.IntVar(&o.setupN, "setup-n", 50, "sandboxes per method in the setup section")
+	fs.BoolVar(&o.quick, "quick", false, "smoke run: -t 2 -reps 1 (and -setup-n 10 unless given)")
+	fs.StringVar(&only, "only", "", "comma-separated sections to run: "+strings.Join(allSections, ","))
+	fs.StringVar(&o.fabricArg, "fabricd-flags", "", "extra flags for fabricd, space-separated (e.g. \"--datapath kernel\")")
+	fs.Usage = func() {
+		fmt.Fprintf(os.Stderr, `fabricbench measures fabric against the kernel baseline, Docker's userland
+proxy and raw veth, in network namespaces it creates and removes itself.
+Needs root. Sections: %s.
+
+Usage: fabricbench [flags]
+
+Flags:
+`, strings.Join(allSections, ", "))
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected argument %q (all options are flags)", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if o.quick {
+		if !set["t"] {
+			o.secs = 2
+		}
+		if !set["reps"] {
+			o.reps = 1
+		}
+		if !set["setup-n"] {
+			o.setupN = 10
+		}
+	}
+	switch {
+	case o.secs < 1 || o.secs > 600:
+		return o, fmt.Errorf("-t %d: want 1 to 600 seconds", o.secs)
+	case o.reps < 1 || o.reps > 50:
+		return o, fmt.Errorf("-reps %d: want 1 to 50", o.reps)
+	case o.setupN < 1 || o.setupN > 1000:
+		return o, fmt.Errorf("-setup-n %d: want 1 to 1000", o.setupN)
+	}
+	o.only = map[string]bool{}
+	if only == "" {
+		for _, s := range allSections {
+			o.only[s] = true
+		}
+	} else {
+		for _, s := range strings.Split(only, ",") {
+			s = strings.TrimSpace(s)
+			if !contains(allSections, s) {
+				return o, fmt.Errorf("-only: unknown section %q (want some of %s)", s, strings.Join(allSections, ","))
+			}
+			o.only[s] = true
+		}
+	}
+	abs, err := filepath.Abs(o.bin)
+	if err != nil {
+		return o, fmt.Errorf("-bin %s: %w", o.bin, err)
+	}
+	o.bin = abs
+	return o, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func run() int {
+	o, err := parseFlags()
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "fabricbench: %v\n", err)
+		return 2
+	}
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "fabricbench: must run as root (it creates network namespaces, veths and nftables rules)")
+		return 2
+	}
+	if err := checkTools(o); err != nil {
+		fmt.Fprintf(os.Stderr, "fabricbench: %v\n", err)
+		return 2
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	lab := newLab(o)
+	// SIGINT/SIGTERM cancel the run; the deferred cleanup removes everything.
+	// If the run does not come back within 30 s, clean up from here and exit.
+	sigc := make(chan os.Signal, 2)
+	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	go func() {
+		s := <-sigc
+		fmt.Fprintf(os.Stderr, "\nfabricbench: %v: stopping and cleaning up…\n", s)
+		cancel()
+		select {
+		case <-sigc:
+		case <-time.After(30 * time.Second):
+		}
+		lab.cleanup()
+		os.Exit(130)
+	}()
+	defer lab.cleanup()
+
+	printHeader(o)
+	if err := lab.setup(ctx); err != nil {
+		fmt.Fprintf(os.Stderr, "fabricbench: set up the lab: %v\n", err)
+		return 1
+	}
+	if lab.fabricErr != nil {
+		fmt.Printf("fabric: unavailable (%v)\n\n", lab.fabricErr)
+	} else if len(lab.fabricWarnings) > 0 {
+		fmt.Printf("fabric status warnings: %s\n\n", strings.Join(lab.fabricWarnings, "; "))
+	}
+	failed := false
+	for _, s := range allSections {
+		if !o.only[s] {
+			continue
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		var err error
+		switch s {
+		case "same-host":
+			err = lab.sectionSameHost(ctx)
+		case "published":
+			err = lab.sectionPublished(ctx)
+		case "connrate":
+			err = lab.sectionConnRate(ctx)
+		case "setup":
+			err = lab.sectionSetup(ctx)
+		}
+		if err != nil {
+			fmt.Printf("section %s failed: %v\n\n", s, err)
+			failed = true
+		}
+	}
+	if ctx.Err() != nil {
+		fmt.Fprintln(os.Stderr, "fabricbench: interrupted")
+		return 130
+	}
+	if failed {
+		return 1
+	}
+	return 0
+}
+
+// tool is a command the benchmark runs and the Debian package that has it.
+type tool struct{ cmd, pkg string }
+
+func checkTools(o options) error {
+	need := []tool{{"ip", "iproute2"}, {"nsenter", "util-linux"}, {"sysctl", "procps"}}
+	if o.only["same-host"] {
+		need = append(need, tool{"iperf3", "iperf3"}, tool{"sockperf", "sockperf"})
+	}
+	if o.only["published"] {
+		need = append(need, tool{"iperf3", "iperf3"}, tool{"nft", "nftables"}, tool{"docker-proxy", "docker.io"})
+	}
+	if o.only["connrate"] {
+		need = append(need, tool{"wrk", "wrk"}, tool{"nft", "nftables"}, tool{"docker-proxy", "docker.io"})
+	}
+	var missing []string
+	seen := map[string]bool{}
+	for _, t := range need {
+		if seen[t.cmd] {
+			continue
+		}
+		seen[t.cmd] = true
+		if lookTool(t.cmd) == "" {
+			missing = append(missing, fmt.Sprintf("%s (package %s)", t.cmd, t.pkg))
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("missing tools: %s; `make deps-bench` installs them", strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+// lookTool finds cmd in PATH or the sbin directories a non-login root shell
+// may lack (docker-proxy lives in /usr/sbin).
+func lookTool(cmd string) string {
+	if p, err := exec.LookPath(cmd); err == nil {
+		return p
+	}
+	for _, d := range []string{"/usr/sbin", "/sbin", "/usr/bin", "/usr/libexec/docker"} {
+		p := filepath.Join(d, cmd)
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+			return p
+		}
+	}
+	return ""
+}
+
+func printHeader(o options) {
+	var u unix.Utsname
+	kernel := "?"
+	if unix.Uname(&u) == nil {
+		kernel = unix.ByteSliceToString(u.Release[:])
+	}
+	version := "unavailable"
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, filepath.Join(o.bin, "fabricd"), "--version").Output(); err == nil {
+		version = strings.TrimSpace(string(out))
+	} else {
+		version = fmt.Sprintf("unavailable (%s: %v)", filepath.Join(o.bin, "fabricd"), err)
+	}
+	fmt.Printf("# fabricbench\n\n")
+	fmt.Printf("- date: %s\n", time.Now().Format(time.RFC3339))
+	fmt.Printf("- kernel: %s, CPUs: %d, %s/%s\n", kernel, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH)
+	fmt.Printf("- fabric: %s\n", version)
+	fmt.Printf("- %d s per measurement; every figure is the median of %d alternating repetitions "+
+		"(rep 1 of each row, then rep 2 of each row, …); ratios compare rows of this run only.\n\n", o.secs, o.reps)
+}

@@ -1,0 +1,146 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// iperf runs one iperf3 TCP stream from the namespace at nsPath to
+// addr:port for -t seconds and returns the receiver's rate in Gbit/s
+// (end.sum_received.bits_per_second). A busy server (the previous test
+// still finishing) is retried a few times.
+func (l *Lab) iperf(ctx context.Context, nsPath, addr string, port, secs int) (float64, error) {
+	limit := time.Duration(secs+20) * time.Second
+	var lastErr error
+	for attempt := 0; attempt < 4; attempt++ {
+		if attempt > 0 {
+			select {
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			case <-time.After(time.Duration(attempt) * 500 * time.Millisecond):
+			}
+		}
+		out, err := runCmd(ctx, limit, "nsenter", "--net="+nsPath, "iperf3", "-c", addr, "-p", strconv.Itoa(port),
+			"-t", strconv.Itoa(secs), "-J", "--connect-timeout", "3000")
+		var res struct {
+			Error string `json:"error"`
+			End   struct {
+				SumReceived struct {
+					BitsPerSecond float64 `json:"bits_per_second"`
+				} `json:"sum_received"`
+			} `json:"end"`
+		}
+		if jerr := json.Unmarshal([]byte(out), &res); jerr != nil {
+			if err == nil {
+				err = fmt.Errorf("iperf3 output is not JSON: %v", jerr)
+			}
+			lastErr = err
+			continue
+		}
+		if res.Error != "" {
+			lastErr = fmt.Errorf("iperf3 to %s:%d: %s", addr, port, res.Error)
+			if strings.Contains(res.Error, "busy") {
+				continue
+			}
+			return 0, lastErr
+		}
+		if err != nil {
+			return 0, err
+		}
+		if res.End.SumReceived.BitsPerSecond <= 0 {
+			return 0, fmt.Errorf("iperf3 to %s:%d reported no data", addr, port)
+		}
+		return res.End.SumReceived.BitsPerSecond / 1e9, nil
+	}
+	return 0, lastErr
+}
+
+// sockperfLat runs a sockperf TCP ping-pong from nsPath to addr:port and
+// returns p50 and p99 of the one-way latency sockperf reports (half the
+// round trip), in µs.
+func (l *Lab) sockperfLat(ctx context.Context, nsPath, addr string, port, secs int) (p50, p99 float64, err error) {
+	limit := time.Duration(secs+20) * time.Second
+	out, err := runCmd(ctx, limit, "nsenter", "--net="+nsPath, "sockperf", "ping-pong", "--tcp",
+		"-i", addr, "-p", strconv.Itoa(port), "-t", strconv.Itoa(secs))
+	if err != nil {
+		return 0, 0, err
+	}
+	return parseSockperf(out)
+}
+
+// parseSockperf reads "sockperf: ---> percentile 50.000 =   12.345" lines.
+func parseSockperf(out string) (p50, p99 float64, err error) {
+	got := 0
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		line := sc.Text()
+		var dst *float64
+		switch {
+		case strings.Contains(line, "percentile 50.000"):
+			dst = &p50
+		case strings.Contains(line, "percentile 99.000"):
+			dst = &p99
+		default:
+			continue
+		}
+		f := strings.Fields(line)
+		v, perr := strconv.ParseFloat(f[len(f)-1], 64)
+		if perr != nil {
+			return 0, 0, fmt.Errorf("sockperf: bad line %q", line)
+		}
+		*dst = v
+		got++
+	}
+	if got < 2 {
+		return 0, 0, fmt.Errorf("sockperf printed no percentiles: %s", lastLines(out, 3))
+	}
+	return p50, p99, nil
+}
+
+// wrkResult is what one wrk run reports.
+type wrkResult struct {
+	rps    float64
+	errors string // socket errors / non-2xx summary, "" when clean
+}
+
+// wrk opens new connections as fast as it can (one request per connection,
+// "Connection: close") from nsPath to url for -t seconds.
+func (l *Lab) wrk(ctx context.Context, nsPath, url string, secs int) (wrkResult, error) {
+	limit := time.Duration(secs+20) * time.Second
+	out, err := runCmd(ctx, limit, "nsenter", "--net="+nsPath, "wrk", "-t1", "-c8",
+		"-d", strconv.Itoa(secs)+"s", "--timeout", "2s", "-H", "Connection: close", url)
+	if err != nil {
+		return wrkResult{}, err
+	}
+	return parseWrk(out)
+}
+
+func parseWrk(out string) (wrkResult, error) {
+	var r wrkResult
+	found := false
+	var errs []string
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		switch {
+		case strings.HasPrefix(line, "Requests/sec:"):
+			v, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimPrefix(line, "Requests/sec:")), 64)
+			if err != nil {
+				return r, fmt.Errorf("wrk: bad line %q", line)
+			}
+			r.rps, found = v, true
+		case strings.HasPrefix(line, "Socket errors:"), strings.HasPrefix(line, "Non-2xx"):
+			errs = append(errs, line)
+		}
+	}
+	if !found {
+		return r, fmt.Errorf("wrk printed no Requests/sec: %s", lastLines(out, 3))
+	}
+	r.errors = strings.Join(errs, "; ")
+	return r, nil
+}

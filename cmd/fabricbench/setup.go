@@ -1,0 +1,269 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/datapath/netns"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	pingEvery = 200 * time.Microsecond // send interval while waiting for a reply
+	pingCap   = 2 * time.Second        // give up on one sandbox after this
+)
+
+// pinger sends ICMP echo requests from h1 through an unprivileged ICMP
+// ("ping") socket. The socket is made on a thread switched into h1 and stays
+// in h1's namespace; h1's net.ipv4.ping_group_range includes gid 0.
+type pinger struct {
+	fd  int
+	seq uint16
+}
+
+func newPinger(nsPath string) (*pinger, error) {
+	p := &pinger{fd: -1}
+	err := netns.Do(nsPath, func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
+		if err != nil {
+			return fmt.Errorf("ICMP socket (is net.ipv4.ping_group_range set?): %w", err)
+		}
+		p.fd = fd
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	// The receive timeout is the send interval: each wait for a reply is
+	// at most one interval before the next request goes out.
+	tv := unix.NsecToTimeval(pingEvery.Nanoseconds())
+	if err := unix.SetsockoptTimeval(p.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		unix.Close(p.fd)
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *pinger) close() { unix.Close(p.fd) }
+
+// waitReply sends echo requests to addr every pingEvery until one is
+// answered and returns the time of the reply. Bounded by pingCap.
+func (p *pinger) waitReply(ctx context.Context, addr netip.Addr) (time.Time, error) {
+	to := &unix.SockaddrInet4{Addr: addr.As4()}
+	deadline := time.Now().Add(pingCap)
+	buf := make([]byte, 1500)
+	var lastErr error
+	for time.Now().Before(deadline) {
+		if ctx.Err() != nil {
+			return time.Time{}, ctx.Err()
+		}
+		p.seq++
+		pkt := []byte{8, 0, 0, 0, 0, 0, byte(p.seq >> 8), byte(p.seq), 'f', 'b', 'b', 0}
+		cs := icmpChecksum(pkt)
+		pkt[2], pkt[3] = byte(cs>>8), byte(cs)
+		if err := unix.Sendto(p.fd, pkt, 0, to); err != nil {
+			// No route or neighbour yet (EHOSTUNREACH, …): try again.
+			lastErr = err
+			time.Sleep(pingEvery)
+			continue
+		}
+		sent := time.Now()
+		for time.Since(sent) < pingEvery {
+			n, from, err := unix.Recvfrom(p.fd, buf, 0)
+			if err != nil {
+				if !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EINTR) {
+					lastErr = err
+				}
+				break
+			}
+			f, ok := from.(*unix.SockaddrInet4)
+			if ok && n >= 8 && buf[0] == 0 && netip.AddrFrom4(f.Addr) == addr {
+				return time.Now(), nil
+			}
+		}
+	}
+	if lastErr != nil {
+		return time.Time{}, fmt.Errorf("no echo reply from %s within %s (last error: %v)", addr, pingCap, lastErr)
+	}
+	return time.Time{}, fmt.Errorf("no echo reply from %s within %s", addr, pingCap)
+}
+
+func icmpChecksum(b []byte) uint16 {
+	var s uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	if len(b)%2 == 1 {
+		s += uint32(b[len(b)-1]) << 8
+	}
+	for s>>16 != 0 {
+		s = s&0xffff + s>>16
+	}
+	return ^uint16(s)
+}
+
+// setupStats are the samples of one way of creating sandboxes, in ms.
+type setupStats struct {
+	name     string
+	returned []float64 // until the command / API call returned
+	ready    []float64 // until the address answered ICMP echo
+	rm       []float64 // sandbox rm
+	errs     []string
+}
+
+// sectionSetup creates -setup-n sandboxes each way, alternating, and times
+// until the new sandbox's address answers a ping from h1.
+func (l *Lab) sectionSetup(ctx context.Context) error {
+	if l.fabricErr != nil {
+		fmt.Printf("## setup\n\nfabric unavailable (%v): nothing measured.\n\n", l.fabricErr)
+		return nil
+	}
+	pg, err := newPinger(l.nsPath("h1"))
+	if err != nil {
+		return err
+	}
+	defer pg.close()
+	cli := &setupStats{name: "fabricctl run -d (binary, incl. its start)"}
+	apiS := &setupStats{name: "API CreateSandbox (client in-process)"}
+	sleepCmd := []string{"sleep", "600"}
+
+	viaCLI := func(ctx context.Context, name string) (api.Sandbox, error) {
+		return l.fabricRun(ctx, []string{"--name", name}, sleepCmd)
+	}
+	viaAPI := func(ctx context.Context, name string) (api.Sandbox, error) {
+		l.trackSandbox(name)
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		return l.client.CreateSandbox(cctx, api.SandboxCreate{Name: name, Command: sleepCmd})
+	}
+	rmCLI := func(ctx context.Context, name string) error {
+		_, err := runCmd(ctx, 30*time.Second, l.fabricctl(), "--socket", l.socket, "sandbox", "rm", name)
+		return err
+	}
+	rmAPI := func(ctx context.Context, name string) error {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		return l.client.RemoveSandbox(cctx, name)
+	}
+	type way struct {
+		st     *setupStats
+		create func(context.Context, string) (api.Sandbox, error)
+		rm     func(context.Context, string) error
+		tag    string
+		made   []string
+	}
+	ways := []*way{{st: cli, create: viaCLI, rm: rmCLI, tag: "c"}, {st: apiS, create: viaAPI, rm: rmAPI, tag: "a"}}
+
+	// One warm-up each (not counted), then n alternating samples.
+	n := l.o.setupN
+	for i := 0; i <= n && ctx.Err() == nil; i++ {
+		for _, w := range ways {
+			name := fmt.Sprintf("%ss%s%d", l.prefix, w.tag, i)
+			if i%10 == 0 {
+				fmt.Fprintf(os.Stderr, "  setup: %s sandbox %d/%d\n", w.tag, i, n)
+			}
+			t0 := time.Now()
+			sb, err := w.create(ctx, name)
+			returned := time.Since(t0)
+			w.made = append(w.made, name)
+			var ready time.Duration
+			if err == nil {
+				var ip string
+				if ip, err = sandboxIP(sb); err == nil {
+					var t time.Time
+					if t, err = pg.waitReply(ctx, netip.MustParseAddr(ip)); err == nil {
+						ready = t.Sub(t0)
+					}
+				}
+			}
+			if i == 0 {
+				continue // warm-up
+			}
+			if err != nil {
+				w.st.errs = append(w.st.errs, fmt.Sprintf("%s: %v", name, err))
+				continue
+			}
+			w.st.returned = append(w.st.returned, ms(returned))
+			w.st.ready = append(w.st.ready, ms(ready))
+		}
+	}
+	// Remove them all, alternating, timing each removal.
+	for i := 0; ; i++ {
+		left := false
+		for _, w := range ways {
+			if i >= len(w.made) {
+				continue
+			}
+			left = true
+			name := w.made[i]
+			t0 := time.Now()
+			err := w.rm(context.WithoutCancel(ctx), name)
+			d := time.Since(t0)
+			if err != nil {
+				w.st.errs = append(w.st.errs, fmt.Sprintf("rm %s: %v", name, err))
+				continue
+			}
+			l.untrackSandbox(name)
+			if i > 0 {
+				w.st.rm = append(w.st.rm, ms(d))
+			}
+		}
+		if !left {
+			break
+		}
+	}
+	printSetup(l.o.setupN, cli, apiS)
+	return nil
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func printSetup(n int, stats ...*setupStats) {
+	f := func(v float64) string {
+		if math.IsNaN(v) {
+			return "–"
+		}
+		return fmt.Sprintf("%.1f", v)
+	}
+	var rows []*result
+	for _, s := range stats {
+		r := &result{spec: spec{name: s.name}, vals: map[string][]float64{
+			"p50": {percentile(s.ready, 50)}, "p99": {percentile(s.ready, 99)}, "max": {percentile(s.ready, 100)},
+			"ret": {percentile(s.returned, 50)}, "rm": {percentile(s.rm, 50)},
+		}}
+		r.runs = len(s.ready) + len(s.errs)
+		r.errs = s.errs
+		rows = append(rows, r)
+	}
+	rows = append(rows,
+		&result{spec: spec{name: "Docker `network connect` (DESIGN.md, not measured)"}, vals: map[string][]float64{"p50": {84}}},
+		&result{spec: spec{name: "CNI bridge + host-local ADD (DESIGN.md, not measured)"}, vals: map[string][]float64{"p50": {126}}},
+	)
+	cell := func(k string) func(*result) string {
+		return func(r *result) string {
+			v, ok := r.vals[k]
+			if !ok || len(v) == 0 {
+				return "–"
+			}
+			return f(v[0])
+		}
+	}
+	docker := rows[len(rows)-2]
+	printTable(fmt.Sprintf("setup: endpoint set-up, from issuing the create to the address answering ping from h1 (ms), n=%d each, alternating", n),
+		[]column{
+			{"ready p50", cell("p50")},
+			{"ready p99", cell("p99")},
+			{"ready max", cell("max")},
+			ratioCol("p50 × Docker", "p50", docker),
+			{"create returned p50", cell("ret")},
+			{"sandbox rm p50", cell("rm")},
+		}, rows,
+		fmt.Sprintf("ping every %s, at most %s per sandbox; the first sandbox of each way is a warm-up, not counted.", pingEvery, pingCap),
+		"the reference rows come from DESIGN.md (another run, another tool) and are context, not a measurement.")
+}

@@ -1,0 +1,245 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/cmd/internal/store"
+	"github.com/fabricnet/fabric/datapath"
+	"github.com/fabricnet/fabric/datapath/netns"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
+)
+
+// fakeDatapath records what the agent asks for and fails on demand.
+type fakeDatapath struct {
+	mu           sync.Mutex
+	networks     map[string]datapath.Network
+	endpoints    map[string]datapath.Endpoint
+	failNetwork  error
+	failEndpoint error
+	syncs        []datapath.State
+}
+
+func newFake() *fakeDatapath {
+	return &fakeDatapath{networks: map[string]datapath.Network{}, endpoints: map[string]datapath.Endpoint{}}
+}
+
+func (f *fakeDatapath) EnsureNetwork(_ context.Context, n datapath.Network) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.failNetwork != nil {
+		return f.failNetwork
+	}
+	f.networks[n.ID] = n
+	return nil
+}
+
+func (f *fakeDatapath) DeleteNetwork(_ context.Context, n datapath.Network) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.networks, n.ID)
+	return nil
+}
+
+func (f *fakeDatapath) EnsureEndpoint(_ context.Context, _ datapath.Network, ep datapath.Endpoint) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.failEndpoint != nil {
+		return f.failEndpoint
+	}
+	f.endpoints[ep.ID] = ep
+	return nil
+}
+
+func (f *fakeDatapath) DeleteEndpoint(_ context.Context, _ datapath.Network, ep datapath.Endpoint) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.endpoints, ep.ID)
+	return nil
+}
+
+func (f *fakeDatapath) Sync(_ context.Context, s datapath.State) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.syncs = append(f.syncs, s)
+	f.networks, f.endpoints = map[string]datapath.Network{}, map[string]datapath.Endpoint{}
+	for _, n := range s.Networks {
+		f.networks[n.ID] = n
+	}
+	for _, ep := range s.Endpoints {
+		f.endpoints[ep.ID] = ep
+	}
+	return nil
+}
+
+func (f *fakeDatapath) Status(context.Context) datapath.Status { return datapath.Status{Name: "fake"} }
+func (f *fakeDatapath) Close() error                           { return nil }
+
+func newTestAgent(t *testing.T, dir string, dp datapath.Datapath) *Agent {
+	t.Helper()
+	a, err := New(Options{
+		StateDir: dir, Socket: filepath.Join(dir, "sock"), NodeName: "test",
+		DefaultSubnet: netip.MustParsePrefix("10.200.0.0/16"), Datapath: dp,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Start(context.Background()); err != nil {
+		a.Close()
+		t.Fatal(err)
+	}
+	return a
+}
+
+func TestNetworkCreateRollsBackWhenTheDatapathFails(t *testing.T) {
+	dir, dp := t.TempDir(), newFake()
+	a := newTestAgent(t, dir, dp)
+	dp.failNetwork = errors.New("netlink says no")
+	_, err := a.CreateNetwork(context.Background(), api.NetworkCreate{Name: "n1", Subnet: "10.201.0.0/24"})
+	if err == nil || !errors.Is(err, dp.failNetwork) {
+		t.Fatalf("create with failing datapath: %v", err)
+	}
+	if len(a.Networks()) != 1 {
+		t.Fatalf("networks after failed create: %+v", a.Networks())
+	}
+	a.Close()
+	// Nothing was persisted either.
+	dp.failNetwork = nil
+	a = newTestAgent(t, dir, dp)
+	defer a.Close()
+	if got := a.Networks(); len(got) != 1 || got[0].Name != DefaultNetworkName {
+		t.Fatalf("after restart: %+v", got)
+	}
+	// The same request now succeeds: the name and subnet were not leaked.
+	if _, err := a.CreateNetwork(context.Background(), api.NetworkCreate{Name: "n1", Subnet: "10.201.0.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRejectedNetworkRequestsChangeNothing(t *testing.T) {
+	dir, dp := t.TempDir(), newFake()
+	a := newTestAgent(t, dir, dp)
+	defer a.Close()
+	ctx := context.Background()
+	if _, err := a.CreateNetwork(ctx, api.NetworkCreate{Name: "ok", Subnet: "10.202.0.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	before := a.Networks()
+	for _, tc := range []struct {
+		req  api.NetworkCreate
+		kind error
+	}{
+		{api.NetworkCreate{Name: "ok", Subnet: "10.203.0.0/24"}, ErrConflict},
+		{api.NetworkCreate{Name: "x", Subnet: "10.202.0.128/25"}, ErrConflict},
+		{api.NetworkCreate{Name: "x", Subnet: "10.203.0.1/24"}, ErrInvalid},
+		{api.NetworkCreate{Name: "x", Subnet: "10.203.0.0/24", Gateway: "10.204.0.1"}, ErrInvalid},
+		{api.NetworkCreate{Name: "x", Driver: "overlay"}, ErrInvalid},
+		{api.NetworkCreate{Name: "x", Options: map[string]string{"mtu": "9"}}, ErrInvalid},
+		{api.NetworkCreate{Name: "none"}, ErrInvalid},
+		{api.NetworkCreate{Name: ""}, ErrInvalid},
+	} {
+		_, err := a.CreateNetwork(ctx, tc.req)
+		if !errors.Is(err, tc.kind) {
+			t.Errorf("%+v: err %v, want %v", tc.req, err, tc.kind)
+		}
+	}
+	if err := a.RemoveNetwork(ctx, DefaultNetworkName); !errors.Is(err, ErrInvalid) {
+		t.Errorf("removing the default network: %v", err)
+	}
+	after := a.Networks()
+	if len(after) != len(before) {
+		t.Fatalf("rejected requests changed the networks: %+v", after)
+	}
+	if len(dp.networks) != 2 {
+		t.Fatalf("datapath has %d networks, want 2", len(dp.networks))
+	}
+}
+
+func TestStartRollsBackUnfinishedCreatesAndFinishesRemovals(t *testing.T) {
+	dir, dp := t.TempDir(), newFake()
+	a := newTestAgent(t, dir, dp)
+	ctx := context.Background()
+	keep, err := a.CreateNetwork(ctx, api.NetworkCreate{Name: "keep", Subnet: "10.205.0.0/24"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	// Simulate an agent killed half-way through a create and a removal.
+	st, err := store.Open(filepath.Join(dir, "state.db"), nil, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = st.Update(func(tx *store.Tx) error {
+		half := networkRec{ID: "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", Name: "half", Driver: "bridge",
+			Subnet: netip.MustParsePrefix("10.206.0.0/24"), Gateway: netip.MustParseAddr("10.206.0.1"),
+			Bridge: "fb-half", MTU: 1500, Phase: phaseCreating}
+		if err := tx.Put(bucketNetworks, half.ID, half); err != nil {
+			return err
+		}
+		var k networkRec
+		if _, err := tx.Get(bucketNetworks, keep.ID, &k); err != nil {
+			return err
+		}
+		k.Phase = phaseRemoving
+		return tx.Put(bucketNetworks, k.ID, k)
+	})
+	st.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a = newTestAgent(t, dir, dp)
+	defer a.Close()
+	for _, n := range a.Networks() {
+		if n.Name == "half" || n.Name == "keep" {
+			t.Errorf("network %s survived the restart (phase creating/removing)", n.Name)
+		}
+	}
+	last := dp.syncs[len(dp.syncs)-1]
+	if len(last.Networks) != 1 || last.Networks[0].Name != DefaultNetworkName {
+		t.Fatalf("datapath synced to %+v, want only the default network", last.Networks)
+	}
+}
+
+func TestSandboxRollbackReleasesItsAddress(t *testing.T) {
+	netnstest.RequireRoot(t)
+	dir, dp := t.TempDir(), newFake()
+	a := newTestAgent(t, dir, dp)
+	defer a.Close()
+	ctx := context.Background()
+	name := netnstest.UniqueName("ag")
+	t.Cleanup(func() { netnstest.Remove(name) })
+	dp.failEndpoint = errors.New("veth refused")
+	_, err := a.CreateSandbox(ctx, api.SandboxCreate{Name: name, IP: "10.200.0.7", Command: []string{"sleep", "30"}})
+	if !errors.Is(err, dp.failEndpoint) {
+		t.Fatalf("create with failing endpoint: %v", err)
+	}
+	if netns.IsNamespace(netns.Path(name)) {
+		t.Fatal("namespace of the rolled-back sandbox is left")
+	}
+	if len(a.Sandboxes()) != 0 || len(a.Endpoints()) != 0 {
+		t.Fatalf("records left: %+v %+v", a.Sandboxes(), a.Endpoints())
+	}
+	dp.failEndpoint = nil
+	sb, err := a.CreateSandbox(ctx, api.SandboxCreate{Name: name, IP: "10.200.0.7", Command: []string{"sleep", "30"}})
+	if err != nil {
+		t.Fatalf("same address after rollback: %v", err)
+	}
+	if sb.State != api.StateRunning || len(sb.Endpoints) != 1 || sb.Endpoints[0].IP != "10.200.0.7/16" {
+		t.Fatalf("sandbox %+v", sb)
+	}
+	if err := a.RemoveSandbox(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	if alive(sb.PID, 0) {
+		t.Fatal("command still runs after RemoveSandbox")
+	}
+}

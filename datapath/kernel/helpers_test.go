@@ -1,0 +1,368 @@
+package kernel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os/exec"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/fabricnet/fabric/datapath"
+	fabricns "github.com/fabricnet/fabric/datapath/netns"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
+)
+
+// Addresses used by the tests exist only inside namespaces the tests make.
+const (
+	uplinkHost    = "198.18.0.1"
+	uplinkOutside = "198.18.0.2"
+)
+
+// lab is one test's "host" namespace with a datapath programming it.
+type lab struct {
+	t        *testing.T
+	hostName string
+	hostPath string
+	dp       *Datapath
+	hostNL   *netlink.Handle
+}
+
+func newLab(t *testing.T) *lab {
+	t.Helper()
+	netnstest.RequireRoot(t)
+	name, path := netnstest.New(t, "fkh")
+	h, err := fabricns.HandleAt(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	l := &lab{t: t, hostName: name, hostPath: path, hostNL: h}
+	l.dp = l.open()
+	return l
+}
+
+// open starts a datapath on the lab's host namespace, closed at cleanup.
+func (l *lab) open() *Datapath {
+	l.t.Helper()
+	dp, err := New(slog.New(slog.NewTextHandler(testWriter{l.t}, &slog.HandlerOptions{Level: slog.LevelDebug})), Options{NetNSPath: l.hostPath})
+	if err != nil {
+		l.t.Fatalf("New: %v", err)
+	}
+	l.t.Cleanup(func() { _ = dp.Close() })
+	return dp
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+func network(id, bridge, subnet string, internal bool) datapath.Network {
+	p := netip.MustParsePrefix(subnet)
+	return datapath.Network{
+		ID: id, Name: id, Driver: "bridge", Subnet: p, Gateway: p.Addr().Next(),
+		Bridge: bridge, MTU: 1450, Internal: internal,
+	}
+}
+
+// sandbox makes a namespace for a container; returns its name and path.
+func (l *lab) sandbox() (string, string) {
+	l.t.Helper()
+	return netnstest.New(l.t, "fks")
+}
+
+func endpoint(id string, n datapath.Network, nsPath, ifName, hostIf string, host byte, defaultRoute bool, ports ...datapath.PortMapping) datapath.Endpoint {
+	a := n.Subnet.Addr().As4()
+	a[3] = host
+	return datapath.Endpoint{
+		ID: id, NetworkID: n.ID, NetNSPath: nsPath, IfName: ifName, HostIfName: hostIf,
+		Addr:         netip.PrefixFrom(netip.AddrFrom4(a), n.Subnet.Bits()),
+		MAC:          net.HardwareAddr{0x02, 0x42, a[0], a[1], a[2], a[3]},
+		DefaultRoute: defaultRoute,
+		Ports:        ports,
+	}
+}
+
+func (l *lab) ensureNetwork(n datapath.Network) {
+	l.t.Helper()
+	if err := l.dp.EnsureNetwork(context.Background(), n); err != nil {
+		l.t.Fatalf("EnsureNetwork %s: %v", n.ID, err)
+	}
+}
+
+func (l *lab) ensureEndpoint(n datapath.Network, ep datapath.Endpoint) {
+	l.t.Helper()
+	if err := l.dp.EnsureEndpoint(context.Background(), n, ep); err != nil {
+		l.t.Fatalf("EnsureEndpoint %s: %v", ep.ID, err)
+	}
+}
+
+// addOutside connects a new "outside" namespace to the host by a veth:
+// host up0 = 198.18.0.1/24, outside eth0 = 198.18.0.2/24.
+func (l *lab) addOutside() (string, string) {
+	l.t.Helper()
+	name, path := netnstest.New(l.t, "fko")
+	ons, err := netns.GetFromPath(path)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	defer ons.Close()
+	la := netlink.NewLinkAttrs()
+	la.Name = "up0"
+	la.Flags = net.FlagUp
+	if err := l.hostNL.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: "eth0", PeerNamespace: netlink.NsFd(ons), PeerTxQLen: -1}); err != nil {
+		l.t.Fatalf("create uplink: %v", err)
+	}
+	up, err := l.hostNL.LinkByName("up0")
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	if err := l.hostNL.AddrAdd(up, mustAddr(uplinkHost+"/24")); err != nil {
+		l.t.Fatal(err)
+	}
+	oh, err := fabricns.HandleAt(path)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	defer oh.Close()
+	eth0, err := oh.LinkByName("eth0")
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	if err := oh.AddrAdd(eth0, mustAddr(uplinkOutside+"/24")); err != nil {
+		l.t.Fatal(err)
+	}
+	if err := oh.LinkSetUp(eth0); err != nil {
+		l.t.Fatal(err)
+	}
+	return name, path
+}
+
+func mustAddr(s string) *netlink.Addr {
+	a, err := netlink.ParseAddr(s)
+	if err != nil {
+		panic(err)
+	}
+	return a
+}
+
+// ping sends one echo request from the named namespace, bounded in time.
+func ping(nsName, ip string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", nsName, "ping", "-n", "-c1", "-W1", ip).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ping %s from %s: %v: %s", ip, nsName, err, out)
+	}
+	return nil
+}
+
+// mustPing needs a reply within three tries (the first may wait for ARP).
+func mustPing(t *testing.T, nsName, ip string) {
+	t.Helper()
+	var err error
+	for range 3 {
+		if err = ping(nsName, ip); err == nil {
+			return
+		}
+	}
+	t.Fatal(err)
+}
+
+func mustNotPing(t *testing.T, nsName, ip string) {
+	t.Helper()
+	if err := ping(nsName, ip); err == nil {
+		t.Fatalf("ping %s from %s succeeded, want it blocked", ip, nsName)
+	}
+}
+
+// serveTCP listens inside the namespace at path and answers every
+// connection with the client address it saw, then closes it.
+func serveTCP(t *testing.T, nsPath, addr string) {
+	t.Helper()
+	var ln net.Listener
+	err := fabricns.Do(nsPath, func() (err error) {
+		ln, err = net.Listen("tcp4", addr)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen %s in %s: %v", addr, nsPath, err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+			_, _ = io.WriteString(c, c.RemoteAddr().(*net.TCPAddr).IP.String())
+			_ = c.Close()
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+	})
+}
+
+// serveUDP answers every datagram with the sender address it saw.
+func serveUDP(t *testing.T, nsPath, addr string) {
+	t.Helper()
+	var pc net.PacketConn
+	err := fabricns.Do(nsPath, func() (err error) {
+		pc, err = net.ListenPacket("udp4", addr)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen udp %s in %s: %v", addr, nsPath, err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		buf := make([]byte, 64)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo([]byte(from.(*net.UDPAddr).IP.String()), from)
+		}
+	})
+	t.Cleanup(func() {
+		pc.Close()
+		wg.Wait()
+	})
+}
+
+// dial connects from inside the namespace at path and returns what the
+// server answered (the client address as the server saw it).
+func dial(nsPath, network, addr string) (string, error) {
+	var got string
+	err := fabricns.Do(nsPath, func() error {
+		c, err := net.DialTimeout(network, addr, 1500*time.Millisecond)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(1500 * time.Millisecond))
+		if network == "udp4" {
+			if _, err := c.Write([]byte("?")); err != nil {
+				return err
+			}
+			buf := make([]byte, 64)
+			n, err := c.Read(buf)
+			got = string(buf[:n])
+			return err
+		}
+		b, err := io.ReadAll(c)
+		got = string(b)
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("%s %s from %s: %w", network, addr, nsPath, err)
+	}
+	if got == "" {
+		return "", errors.New("empty answer from " + addr)
+	}
+	return got, nil
+}
+
+// mustDial needs an answer within three tries and returns it.
+func mustDial(t *testing.T, nsPath, network, addr string) string {
+	t.Helper()
+	var err error
+	for range 3 {
+		var got string
+		if got, err = dial(nsPath, network, addr); err == nil {
+			return got
+		}
+	}
+	t.Fatal(err)
+	return ""
+}
+
+func (l *lab) link(name string) netlink.Link {
+	l.t.Helper()
+	link, err := l.hostNL.LinkByName(name)
+	if err != nil {
+		l.t.Fatalf("link %s: %v", name, err)
+	}
+	return link
+}
+
+func (l *lab) linkGone(name string) bool {
+	_, err := l.hostNL.LinkByName(name)
+	return isNotFound(err)
+}
+
+var tableHandleRE = regexp.MustCompile(`"family": "ip", "name": "fabric", "handle": (\d+)`)
+
+// tableHandle is the kernel's handle of the fabric table; it changes
+// whenever the table is rebuilt. "" means there is no table.
+func (l *lab) tableHandle() string {
+	l.t.Helper()
+	out := netnstest.Run(l.t, l.hostName, "nft", "-j", "list", "tables")
+	m := tableHandleRE.FindStringSubmatch(out)
+	if m == nil {
+		return ""
+	}
+	return m[1]
+}
+
+// ruleCounts returns the number of rules per chain of the fabric table.
+func (l *lab) ruleCounts() map[string]int {
+	l.t.Helper()
+	ns, err := netns.GetFromPath(l.hostPath)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	defer ns.Close()
+	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	counts := map[string]int{}
+	for _, name := range []string{chainFwd, chainIn, chainPre, chainOut, chainPost} {
+		rules, err := c.GetRules(table, &nftables.Chain{Name: name, Table: table})
+		if errors.Is(err, unix.ENOENT) {
+			continue
+		}
+		if err != nil {
+			l.t.Fatalf("rules of %s: %v", name, err)
+		}
+		counts[name] = len(rules)
+	}
+	return counts
+}
+
+// setBridgeNetfilter turns br_netfilter's iptables hook on or off for
+// bridged traffic in the lab's host namespace (it is per namespace).
+func (l *lab) setBridgeNetfilter(on bool) {
+	l.t.Helper()
+	v := "0"
+	if on {
+		v = "1"
+	}
+	err := fabricns.Do(l.hostPath, func() error {
+		return ensureSysctl("net/bridge/bridge-nf-call-iptables", v)
+	})
+	if err != nil {
+		l.t.Skipf("br_netfilter sysctl not available: %v", err)
+	}
+}

@@ -1,0 +1,390 @@
+// Package kernel is the kernel datapath: Docker's single-host bridge model
+// built from plain kernel parts. Each network is a Linux bridge, each
+// endpoint a veth pair whose peer lives in the sandbox, and one nftables
+// table ("ip fabric", owned entirely by this package) holds masquerade,
+// isolation between networks, internal networks and published ports.
+//
+// It programs one "host" network namespace through netlink and nftables
+// handles opened on that namespace, so the calling process need not live in
+// it. Every link it creates carries the alias datapath.OwnerPrefix+ID, which
+// is how Sync finds what to prune without touching anything else.
+//
+// The package knows only the plain descriptions in package datapath: nothing
+// of the agent's store, of the API, of IPAM or of gossip.
+package kernel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"runtime"
+	"sync"
+
+	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/fabricnet/fabric/datapath"
+)
+
+// Options configures a kernel datapath.
+type Options struct {
+	// NetNSPath is the network namespace the datapath programs as "the
+	// host"; "" means the namespace New is called in (the process's own).
+	NetNSPath string
+}
+
+// Datapath programs bridges, veths and nftables in one host namespace.
+// Its methods are safe for concurrent use; they run one at a time.
+type Datapath struct {
+	log    *slog.Logger
+	nsPath string         // of the host namespace; /proc/self/fd/N of hostNS for Options{}
+	hostNS netns.NsHandle // kept open: nftables dials into it by fd
+	nl     *netlink.Handle
+	nft    *nftables.Conn
+
+	mu    sync.Mutex
+	state desired
+	// dirty is set while the table may differ from state because the last
+	// rebuild failed; the next call rebuilds even if state did not change.
+	dirty   bool
+	lastErr error // of the last Sync, reported by Status
+
+	// testHookVethCreated, when set by a test, runs right after a veth pair
+	// is created; an error it returns must be rolled back like any other.
+	testHookVethCreated func() error
+}
+
+// errClosed is returned by every method after Close.
+var errClosed = errors.New("kernel datapath is closed")
+
+var _ datapath.Datapath = (*Datapath)(nil)
+
+// desired is what the nftables table is generated from: every network the
+// datapath has been asked to ensure and every endpoint that publishes ports.
+// Endpoints without ports are not tracked, so setting them up never costs
+// an nftables rebuild.
+type desired struct {
+	networks map[string]netState
+	ports    map[string]endpointPorts // by endpoint ID
+}
+
+// netState is the part of a network the nftables rules depend on.
+type netState struct {
+	ID       string
+	Bridge   string
+	Subnet   netip.Prefix
+	Internal bool
+}
+
+// endpointPorts is the part of an endpoint the nftables rules depend on.
+type endpointPorts struct {
+	NetworkID string
+	Addr      netip.Addr
+	Ports     []datapath.PortMapping
+}
+
+func newDesired() desired {
+	return desired{networks: map[string]netState{}, ports: map[string]endpointPorts{}}
+}
+
+// New opens handles on the host namespace and adopts the nftables table a
+// previous run left there, so a restarted agent keeps serving published
+// ports while it re-ensures its objects.
+func New(log *slog.Logger, opts Options) (_ *Datapath, err error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	hostNS, err := openNS(opts.NetNSPath)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			hostNS.Close()
+		}
+	}()
+	nl, err := netlink.NewHandleAt(hostNS, unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("netlink handle in host netns: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			nl.Close()
+		}
+	}()
+	nft, err := nftables.New(nftables.WithNetNSFd(int(hostNS)), nftables.AsLasting())
+	if err != nil {
+		return nil, fmt.Errorf("nftables connection in host netns: %w", err)
+	}
+	nsPath := opts.NetNSPath
+	if nsPath == "" {
+		// Pin "the current namespace" to the one captured now, for the
+		// sysctl writes too.
+		nsPath = fmt.Sprintf("/proc/self/fd/%d", int(hostNS))
+	}
+	d := &Datapath{
+		log:    log.With("datapath", "kernel"),
+		nsPath: nsPath,
+		hostNS: hostNS,
+		nl:     nl,
+		nft:    nft,
+		state:  newDesired(),
+	}
+	restored, err := d.restoreState()
+	if err != nil {
+		// A table we cannot read is rebuilt by the next ensure; not fatal.
+		d.log.Warn("cannot adopt existing nftables table", "err", err)
+		d.dirty = true
+	} else {
+		d.state = restored
+	}
+	return d, nil
+}
+
+func openNS(path string) (netns.NsHandle, error) {
+	if path != "" {
+		ns, err := netns.GetFromPath(path)
+		if err != nil {
+			return netns.None(), fmt.Errorf("open netns %s: %w", path, err)
+		}
+		return ns, nil
+	}
+	// Only a locked thread is guaranteed to be in the process's namespace
+	// for the duration of the call.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	ns, err := netns.Get()
+	if err != nil {
+		return netns.None(), fmt.Errorf("open current netns: %w", err)
+	}
+	return ns, nil
+}
+
+// Close releases the handles. Networks and endpoints stay as they are: a
+// restarted agent finds them again.
+func (d *Datapath) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs error
+	if d.nft != nil {
+		errs = errors.Join(errs, d.nft.CloseLasting())
+		d.nft = nil
+	}
+	if d.nl != nil {
+		d.nl.Close()
+		d.nl = nil
+	}
+	if d.hostNS.IsOpen() {
+		errs = errors.Join(errs, d.hostNS.Close())
+		d.hostNS = netns.None()
+	}
+	return errs
+}
+
+// Status reports the datapath's kind and size.
+func (d *Datapath) Status(ctx context.Context) datapath.Status {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := datapath.Status{
+		Name: "kernel",
+		Details: []string{
+			"bridge+nftables",
+			fmt.Sprintf("%d bridges, %d port rules", len(d.state.networks), d.state.portRuleCount()),
+		},
+	}
+	if d.lastErr != nil {
+		st.Warnings = append(st.Warnings, "last sync: "+d.lastErr.Error())
+	}
+	return st
+}
+
+func (s desired) portRuleCount() int {
+	n := 0
+	for _, ep := range s.ports {
+		n += len(ep.Ports)
+	}
+	return n
+}
+
+// EnsureNetwork creates or repairs the network's bridge and host settings,
+// and regenerates the nftables table when the network is new or changed.
+// A bridge made here is removed again if its rules cannot be installed.
+func (d *Datapath) EnsureNetwork(ctx context.Context, n datapath.Network) error {
+	if err := validateNetwork(n); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.nl == nil {
+		return errClosed
+	}
+	created, err := d.ensureBridge(n)
+	if err != nil {
+		return err
+	}
+	old, had := d.state.networks[n.ID]
+	if had && old == netStateOf(n) && !d.dirty {
+		return d.ensureTableIntact()
+	}
+	d.state.networks[n.ID] = netStateOf(n)
+	if err := d.applyRuleset(); err != nil {
+		if had {
+			d.state.networks[n.ID] = old
+		} else {
+			delete(d.state.networks, n.ID)
+		}
+		if created {
+			_ = d.deleteBridge(n)
+		}
+		return err
+	}
+	return nil
+}
+
+// DeleteNetwork removes the bridge and the network's rules, including the
+// published ports of endpoints still on it.
+func (d *Datapath) DeleteNetwork(ctx context.Context, n datapath.Network) error {
+	if n.ID == "" {
+		return invalidf("network without ID")
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.nl == nil {
+		return errClosed
+	}
+	if err := d.deleteBridge(n); err != nil {
+		return err
+	}
+	changed := false
+	if _, ok := d.state.networks[n.ID]; ok {
+		delete(d.state.networks, n.ID)
+		changed = true
+	}
+	for id, ep := range d.state.ports {
+		if ep.NetworkID == n.ID {
+			delete(d.state.ports, id)
+			changed = true
+		}
+	}
+	if !changed && !d.dirty {
+		return nil
+	}
+	return d.applyRuleset()
+}
+
+// EnsureEndpoint creates or repairs the endpoint's veth pair and sandbox
+// side. nftables is touched only when the endpoint's published ports
+// change; a veth made here is removed again if they cannot be installed.
+func (d *Datapath) EnsureEndpoint(ctx context.Context, n datapath.Network, ep datapath.Endpoint) error {
+	if err := validateNetwork(n); err != nil {
+		return err
+	}
+	if err := validateEndpoint(n, ep); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.nl == nil {
+		return errClosed
+	}
+	if err := portConflict(d.state.ports, ep); err != nil {
+		return err
+	}
+	created, err := d.ensureVeth(n, ep)
+	if err != nil {
+		return err
+	}
+	old, had := d.state.ports[ep.ID]
+	if !d.setPorts(n, ep) && !d.dirty {
+		return nil
+	}
+	if err := d.applyRuleset(); err != nil {
+		if had {
+			d.state.ports[ep.ID] = old
+		} else {
+			delete(d.state.ports, ep.ID)
+		}
+		if created {
+			_ = d.deleteVeth(ep)
+		}
+		return err
+	}
+	return nil
+}
+
+// portConflict refuses a host port another endpoint already publishes on
+// an overlapping host address: only one DNAT rule could win.
+func portConflict(ports map[string]endpointPorts, ep datapath.Endpoint) error {
+	for id, other := range ports {
+		if id == ep.ID {
+			continue
+		}
+		for _, a := range ep.Ports {
+			for _, b := range other.Ports {
+				if a.Proto == b.Proto && a.HostPort == b.HostPort && hostIPsOverlap(a.HostIP, b.HostIP) {
+					return invalidf("endpoint %s: host port %d/%s is already published by endpoint %s", ep.ID, a.HostPort, a.Proto, id)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func hostIPsOverlap(a, b netip.Addr) bool {
+	anyA := !a.IsValid() || a.IsUnspecified()
+	anyB := !b.IsValid() || b.IsUnspecified()
+	return anyA || anyB || a == b
+}
+
+// setPorts records ep's published ports and reports whether the desired
+// rules changed.
+func (d *Datapath) setPorts(n datapath.Network, ep datapath.Endpoint) bool {
+	old, had := d.state.ports[ep.ID]
+	if len(ep.Ports) == 0 {
+		delete(d.state.ports, ep.ID)
+		return had
+	}
+	want := endpointPorts{NetworkID: n.ID, Addr: ep.Addr.Addr(), Ports: append([]datapath.PortMapping(nil), ep.Ports...)}
+	if had && old.equal(want) {
+		return false
+	}
+	d.state.ports[ep.ID] = want
+	return true
+}
+
+func (a endpointPorts) equal(b endpointPorts) bool {
+	if a.NetworkID != b.NetworkID || a.Addr != b.Addr || len(a.Ports) != len(b.Ports) {
+		return false
+	}
+	for i := range a.Ports {
+		if a.Ports[i] != b.Ports[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// DeleteEndpoint removes the host veth (the peer goes with it) and the
+// endpoint's published ports.
+func (d *Datapath) DeleteEndpoint(ctx context.Context, n datapath.Network, ep datapath.Endpoint) error {
+	if ep.ID == "" {
+		return invalidf("endpoint without ID")
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.nl == nil {
+		return errClosed
+	}
+	if err := d.deleteVeth(ep); err != nil {
+		return err
+	}
+	if _, ok := d.state.ports[ep.ID]; !ok && !d.dirty {
+		return nil
+	}
+	delete(d.state.ports, ep.ID)
+	return d.applyRuleset()
+}

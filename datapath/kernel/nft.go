@@ -1,0 +1,269 @@
+package kernel
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"golang.org/x/sys/unix"
+)
+
+// The table fabric owns entirely. It is replaced as a whole, in one netlink
+// transaction, whenever networks or published ports change:
+//
+//	table ip fabric {
+//	  set bridges { type ifname; elements = { every fabric bridge } }
+//	  chain forward { type filter hook forward priority filter; policy accept;
+//	    iifname INTERNAL oifname != INTERNAL drop        # per internal network,
+//	    oifname INTERNAL iifname != INTERNAL drop        #   before anything else
+//	    ct state established,related accept
+//	    ct status dnat accept                           # published ports: from anywhere
+//	    iifname BR oifname != BR oifname @bridges drop  # per network: isolation
+//	  }
+//	  chain input { type filter hook input priority filter; policy accept;
+//	    iifname @bridges ip daddr 127.0.0.0/8 ct state != established,related drop
+//	  }
+//	  chain prerouting { type nat hook prerouting priority dstnat;
+//	    fib daddr type local PROTO dport HOSTPORT dnat to EP:PORT   # or ip daddr HOSTIP
+//	  }
+//	  chain output { type nat hook output priority dstnat;  same rules, for host clients }
+//	  chain postrouting { type nat hook postrouting priority srcnat;
+//	    ct status dnat ip saddr SUBNET oifname BR masquerade   # per network: hairpin
+//	    ip saddr SUBNET oifname != BR masquerade               # per non-internal network
+//	    ip saddr 127.0.0.0/8 oifname @bridges masquerade       # localhost published ports
+//	  }
+//	}
+//
+// Internal networks are dropped before the conntrack accepts, so a
+// published port does not open an internal network to the outside. The one
+// input rule exists because route_localnet (needed for 127.0.0.1 published
+// ports) would otherwise let a sandbox send packets to the host's
+// 127.0.0.1 services through its gateway (CVE-2020-8558); replies of
+// localhost published ports are established and still pass.
+const (
+	tableName   = "fabric"
+	bridgesSet  = "bridges"
+	chainFwd    = "forward"
+	chainIn     = "input"
+	chainPre    = "prerouting"
+	chainOut    = "output"
+	chainPost   = "postrouting"
+	ifNameBytes = 16
+)
+
+var table = &nftables.Table{Name: tableName, Family: nftables.TableFamilyIPv4}
+
+// rule is one generated rule, kept apart from a connection so the ruleset
+// can be built and inspected without privileges.
+type rule struct {
+	chain   string
+	exprs   []expr.Any
+	comment string // machine-readable, lets a restarted datapath adopt the table
+}
+
+type ruleset struct {
+	bridges []string
+	rules   []rule
+}
+
+// chainSpecs are the base chains, in creation order.
+var chainSpecs = []nftables.Chain{
+	{Name: chainFwd, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter},
+	{Name: chainIn, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter},
+	{Name: chainPre, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest},
+	{Name: chainOut, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityNATDest},
+	{Name: chainPost, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource},
+}
+
+// buildRuleset turns the desired state into rules, in a stable order.
+func buildRuleset(s desired) ruleset {
+	nets := make([]netState, 0, len(s.networks))
+	for _, n := range s.networks {
+		nets = append(nets, n)
+	}
+	slices.SortFunc(nets, func(a, b netState) int { return cmp.Compare(a.ID, b.ID) })
+
+	var rs ruleset
+	if len(nets) == 0 && len(s.ports) == 0 {
+		return rs // nothing to program: no table at all
+	}
+	add := func(chain, comment string, exprs ...expr.Any) {
+		rs.rules = append(rs.rules, rule{chain: chain, exprs: exprs, comment: comment})
+	}
+	for _, n := range nets {
+		rs.bridges = append(rs.bridges, n.Bridge)
+	}
+
+	// forward
+	for _, n := range nets {
+		if !n.Internal {
+			continue
+		}
+		add(chainFwd, "", cat(matchIif(n.Bridge, true), matchOif(n.Bridge, false), counterDrop())...)
+		add(chainFwd, "", cat(matchOif(n.Bridge, true), matchIif(n.Bridge, false), counterDrop())...)
+	}
+	add(chainFwd, "", cat(matchCtState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), accept())...)
+	add(chainFwd, "", cat(matchCtDNAT(), accept())...)
+	for _, n := range nets {
+		add(chainFwd, "", cat(matchIif(n.Bridge, true), matchOif(n.Bridge, false), lookupOif(bridgesSet), counterDrop())...)
+	}
+
+	// input
+	if len(nets) > 0 {
+		add(chainIn, "", cat(lookupIif(bridgesSet), matchAddr(16, []byte{127, 0, 0, 0}, 8),
+			matchCtStateNone(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), counterDrop())...)
+	}
+
+	// prerouting and output
+	for _, p := range sortedPorts(s) {
+		m := p.mapping
+		dst := matchLocalDst()
+		if m.HostIP.IsValid() && !m.HostIP.IsUnspecified() { // 0.0.0.0 means every address too
+			dst = matchAddr(16, m.HostIP.AsSlice(), 32)
+		}
+		proto := byte(unix.IPPROTO_TCP)
+		if m.Proto == "udp" {
+			proto = unix.IPPROTO_UDP
+		}
+		exprs := cat(dst, matchL4(proto, m.HostPort), dnatTo(p.addr.AsSlice(), m.Port))
+		add(chainPre, encodePortComment(p), exprs...)
+		add(chainOut, "", exprs...)
+	}
+
+	// postrouting
+	for _, n := range nets {
+		add(chainPost, encodeNetComment(n), cat(matchCtDNAT(), matchAddr(12, n.Subnet.Addr().AsSlice(), n.Subnet.Bits()), matchOif(n.Bridge, true), masq())...)
+		if !n.Internal {
+			add(chainPost, "", cat(matchAddr(12, n.Subnet.Addr().AsSlice(), n.Subnet.Bits()), matchOif(n.Bridge, false), masq())...)
+		}
+	}
+	if len(nets) > 0 {
+		add(chainPost, "", cat(matchAddr(12, []byte{127, 0, 0, 0}, 8), lookupOif(bridgesSet), masq())...)
+	}
+	return rs
+}
+
+func (rs ruleset) count(chain string) int {
+	n := 0
+	for _, r := range rs.rules {
+		if r.chain == chain {
+			n++
+		}
+	}
+	return n
+}
+
+// applyRuleset replaces the table with one generated from d.state, in a
+// single transaction: a packet sees either the old table or the new one.
+// With nothing to program the table is removed.
+func (d *Datapath) applyRuleset() error {
+	rs := buildRuleset(d.state)
+	// Adding first makes the delete succeed whether or not the table exists.
+	d.nft.AddTable(table)
+	d.nft.DelTable(table)
+	if len(rs.bridges) > 0 || len(rs.rules) > 0 {
+		if err := queueRuleset(d.nft, rs); err != nil {
+			_ = d.nft.Flush() // drop what was queued; it would fail the same way
+			d.dirty = true
+			return err
+		}
+	}
+	if err := d.nft.Flush(); err != nil {
+		d.dirty = true
+		return fmt.Errorf("replace nftables table %s: %w", tableName, err)
+	}
+	d.dirty = false
+	d.log.Debug("nftables table replaced", "networks", len(d.state.networks), "rules", len(rs.rules))
+	return nil
+}
+
+func queueRuleset(c *nftables.Conn, rs ruleset) error {
+	c.AddTable(table)
+	// Host byte order is how nft itself declares ifname sets; without it
+	// `nft list` shows the names as "".
+	// The ID only names the set within this transaction; fixing it keeps
+	// the library from touching its global (unsynchronised) ID counter.
+	set := &nftables.Set{Table: table, ID: 1, Name: bridgesSet, KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian}
+	elems := make([]nftables.SetElement, 0, len(rs.bridges))
+	for _, b := range rs.bridges {
+		elems = append(elems, nftables.SetElement{Key: ifname(b)})
+	}
+	if err := c.AddSet(set, elems); err != nil {
+		return fmt.Errorf("queue set %s: %w", bridgesSet, err)
+	}
+	chains := map[string]*nftables.Chain{}
+	accept := nftables.ChainPolicyAccept
+	for _, spec := range chainSpecs {
+		ch := spec
+		ch.Table = table
+		if ch.Type == nftables.ChainTypeFilter {
+			ch.Policy = &accept
+		}
+		chains[ch.Name] = c.AddChain(&ch)
+	}
+	for _, r := range rs.rules {
+		exprs := r.exprs
+		for i, e := range exprs {
+			if l, ok := e.(*expr.Lookup); ok && l.SetName == set.Name {
+				l2 := *l
+				l2.SetID = set.ID
+				exprs = slices.Clone(exprs)
+				exprs[i] = &l2
+			}
+		}
+		nr := &nftables.Rule{Table: table, Chain: chains[r.chain], Exprs: exprs}
+		if r.comment != "" {
+			nr.UserData = userdata.AppendString(nil, userdata.TypeComment, r.comment)
+		}
+		c.AddRule(nr)
+	}
+	return nil
+}
+
+// ensureTableIntact rebuilds the table if someone removed or changed it
+// behind the datapath's back (e.g. `nft flush ruleset`). It compares rule
+// counts per chain, which catches removal without a full comparison.
+func (d *Datapath) ensureTableIntact() error {
+	rs := buildRuleset(d.state)
+	intact, err := d.tableMatches(rs)
+	if err != nil {
+		d.log.Warn("cannot read nftables table; rebuilding it", "err", err)
+	}
+	if intact {
+		return nil
+	}
+	return d.applyRuleset()
+}
+
+func (d *Datapath) tableMatches(rs ruleset) (bool, error) {
+	chains, err := d.nft.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		return false, fmt.Errorf("list chains: %w", err)
+	}
+	found := 0
+	for _, ch := range chains {
+		if ch.Table.Name != tableName {
+			continue
+		}
+		found++
+		rules, err := d.nft.GetRules(table, ch)
+		if errors.Is(err, unix.ENOENT) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("list rules of %s: %w", ch.Name, err)
+		}
+		if len(rules) != rs.count(ch.Name) {
+			return false, nil
+		}
+	}
+	if len(rs.bridges) == 0 && len(rs.rules) == 0 {
+		return found == 0, nil
+	}
+	return found == len(chainSpecs), nil
+}

@@ -1,0 +1,130 @@
+package kernel
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/fabricnet/fabric/datapath"
+)
+
+// Sync makes the host match s: fabric links not in s are deleted, every
+// network and endpoint in s is ensured, and the nftables table is
+// regenerated from s. It carries on past a failing object and returns all
+// errors together, so one bad endpoint does not hold up the rest.
+func (d *Datapath) Sync(ctx context.Context, s datapath.State) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.nl == nil {
+		return errClosed
+	}
+	err := d.sync(ctx, s)
+	d.lastErr = err
+	return err
+}
+
+func (d *Datapath) sync(ctx context.Context, s datapath.State) error {
+	var errs []error
+	next := newDesired()
+	// keep maps the alias of every object in s to its link name; a link
+	// with a fabric alias is kept only under that exact name.
+	keep := map[string]string{}
+	nets := map[string]datapath.Network{}
+	for _, n := range s.Networks {
+		if n.ID != "" {
+			keep[ownerAlias(n.ID)] = n.Bridge
+		}
+		if err := validateNetwork(n); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		nets[n.ID] = n
+		next.networks[n.ID] = netStateOf(n)
+	}
+	var eps []datapath.Endpoint
+	for _, ep := range s.Endpoints {
+		if ep.ID != "" {
+			keep[ownerAlias(ep.ID)] = ep.HostIfName
+		}
+		n, ok := nets[ep.NetworkID]
+		if !ok {
+			errs = append(errs, invalidf("endpoint %s: network %q is not in the state", ep.ID, ep.NetworkID))
+			continue
+		}
+		if err := validateEndpoint(n, ep); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		eps = append(eps, ep)
+	}
+	// Ports in endpoint ID order, so a conflict always keeps the same winner.
+	slices.SortFunc(eps, func(a, b datapath.Endpoint) int { return cmp.Compare(a.ID, b.ID) })
+	for _, ep := range eps {
+		if len(ep.Ports) == 0 {
+			continue
+		}
+		if err := portConflict(next.ports, ep); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		next.ports[ep.ID] = endpointPorts{NetworkID: ep.NetworkID, Addr: ep.Addr.Addr(), Ports: slices.Clone(ep.Ports)}
+	}
+
+	// Pruning first frees names that objects in s may now want.
+	if err := d.prune(keep); err != nil {
+		errs = append(errs, err)
+	}
+	ids := make([]string, 0, len(nets))
+	for id := range nets {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		if err := ctx.Err(); err != nil {
+			return errors.Join(append(errs, err)...)
+		}
+		if _, err := d.ensureBridge(nets[id]); err != nil {
+			errs = append(errs, fmt.Errorf("network %s: %w", id, err))
+		}
+	}
+	for _, ep := range eps {
+		if err := ctx.Err(); err != nil {
+			return errors.Join(append(errs, err)...)
+		}
+		if _, err := d.ensureVeth(nets[ep.NetworkID], ep); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	d.state = next
+	if err := d.applyRuleset(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// prune deletes every link carrying a fabric alias that keep does not list
+// under the link's name. Links without a fabric alias are never touched.
+func (d *Datapath) prune(keep map[string]string) error {
+	links, err := retryDump(d.nl.LinkList)
+	if err != nil {
+		return fmt.Errorf("list links: %w", err)
+	}
+	var errs []error
+	for _, l := range links {
+		a := l.Attrs()
+		if !strings.HasPrefix(a.Alias, datapath.OwnerPrefix) {
+			continue
+		}
+		if name, ok := keep[a.Alias]; ok && name == a.Name {
+			continue
+		}
+		d.log.Info("pruning fabric link not in state", "link", a.Name, "alias", a.Alias)
+		if err := d.nl.LinkDel(l); err != nil && !isNotFound(err) {
+			errs = append(errs, fmt.Errorf("prune link %s: %w", a.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}

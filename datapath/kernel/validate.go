@@ -1,0 +1,146 @@
+package kernel
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/fabricnet/fabric/datapath"
+)
+
+// defaultMTU is used when a network leaves its MTU at zero.
+const defaultMTU = 1500
+
+// dumpAttempts bounds retries of a netlink dump the kernel interrupted
+// because the table changed underneath it.
+const dumpAttempts = 5
+
+func mtuOf(n datapath.Network) int {
+	if n.MTU == 0 {
+		return defaultMTU
+	}
+	return n.MTU
+}
+
+func netStateOf(n datapath.Network) netState {
+	return netState{ID: n.ID, Bridge: n.Bridge, Subnet: n.Subnet.Masked(), Internal: n.Internal}
+}
+
+func ownerAlias(id string) string { return datapath.OwnerPrefix + id }
+
+func invalidf(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", datapath.ErrInvalid, fmt.Sprintf(format, args...))
+}
+
+func validIfName(name string) error {
+	if name == "" || len(name) > 15 {
+		return fmt.Errorf("interface name %q must be 1 to 15 characters", name)
+	}
+	if name == "." || name == ".." || strings.ContainsAny(name, "/: \t\n\x00") {
+		return fmt.Errorf("interface name %q must not be '.', '..' or contain '/', ':' or spaces", name)
+	}
+	return nil
+}
+
+func validateNetwork(n datapath.Network) error {
+	if n.ID == "" {
+		return invalidf("network without ID")
+	}
+	if n.Driver != "" && n.Driver != "bridge" {
+		return invalidf("network %s: driver %q is not handled by the kernel bridge datapath", n.ID, n.Driver)
+	}
+	if err := validIfName(n.Bridge); err != nil {
+		return invalidf("network %s: bridge: %v", n.ID, err)
+	}
+	if !n.Subnet.IsValid() || !n.Subnet.Addr().Is4() {
+		return invalidf("network %s: subnet %s must be an IPv4 prefix", n.ID, n.Subnet)
+	}
+	if !n.Gateway.Is4() || !n.Subnet.Contains(n.Gateway) {
+		return invalidf("network %s: gateway %s must be an IPv4 address inside %s", n.ID, n.Gateway, n.Subnet)
+	}
+	if n.MTU != 0 && (n.MTU < 68 || n.MTU > 65535) {
+		return invalidf("network %s: MTU %d must be between 68 and 65535", n.ID, n.MTU)
+	}
+	return nil
+}
+
+func validateEndpoint(n datapath.Network, ep datapath.Endpoint) error {
+	if ep.ID == "" {
+		return invalidf("endpoint without ID")
+	}
+	if ep.NetworkID != "" && ep.NetworkID != n.ID {
+		return invalidf("endpoint %s belongs to network %s, not %s", ep.ID, ep.NetworkID, n.ID)
+	}
+	if ep.NetNSPath == "" {
+		return invalidf("endpoint %s: no sandbox namespace", ep.ID)
+	}
+	if err := validIfName(ep.IfName); err != nil {
+		return invalidf("endpoint %s: sandbox interface: %v", ep.ID, err)
+	}
+	if err := validIfName(ep.HostIfName); err != nil {
+		return invalidf("endpoint %s: host interface: %v", ep.ID, err)
+	}
+	a := ep.Addr.Addr()
+	if !ep.Addr.IsValid() || !a.Is4() || !n.Subnet.Contains(a) || a == n.Gateway || isNetOrBroadcast(n.Subnet, a) {
+		return invalidf("endpoint %s: address %s must be a host address in %s other than the gateway", ep.ID, ep.Addr, n.Subnet)
+	}
+	if ep.Addr.Bits() != n.Subnet.Bits() {
+		return invalidf("endpoint %s: address %s must have the network's prefix length /%d", ep.ID, ep.Addr, n.Subnet.Bits())
+	}
+	if ep.MAC != nil && (len(ep.MAC) != 6 || ep.MAC[0]&1 != 0) {
+		return invalidf("endpoint %s: MAC %s must be a unicast Ethernet address", ep.ID, ep.MAC)
+	}
+	for _, p := range ep.Ports {
+		if p.Proto != "tcp" && p.Proto != "udp" {
+			return invalidf("endpoint %s: port protocol %q must be tcp or udp", ep.ID, p.Proto)
+		}
+		if p.HostPort == 0 || p.Port == 0 {
+			return invalidf("endpoint %s: published ports must be non-zero", ep.ID)
+		}
+		if p.HostIP.IsValid() && !p.HostIP.Is4() {
+			return invalidf("endpoint %s: host IP %s must be IPv4", ep.ID, p.HostIP)
+		}
+	}
+	return nil
+}
+
+// isNetOrBroadcast reports whether a is the network or broadcast address
+// of p (which /31 and /32 prefixes do not have).
+func isNetOrBroadcast(p netip.Prefix, a netip.Addr) bool {
+	if p.Bits() >= 31 {
+		return false
+	}
+	p = p.Masked()
+	if a == p.Addr() {
+		return true
+	}
+	b := p.Addr().As4()
+	host := uint32(1)<<(32-p.Bits()) - 1
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) | host
+	return a == netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+func isNotFound(err error) bool {
+	var nf netlink.LinkNotFoundError
+	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV)
+}
+
+// retryDump runs a netlink dump again while the kernel reports that it was
+// interrupted by a concurrent change (containernetworking's netlinksafe).
+func retryDump[T any](dump func() (T, error)) (T, error) {
+	var (
+		res T
+		err error
+	)
+	for range dumpAttempts {
+		res, err = dump()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return res, err
+		}
+	}
+	return res, fmt.Errorf("netlink dump still interrupted after %d attempts: %w", dumpAttempts, err)
+}

@@ -1,0 +1,362 @@
+package kernel
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/fabricnet/fabric/datapath"
+)
+
+// sandbox is an open handle on an endpoint's namespace.
+type sandbox struct {
+	path string
+	ns   netns.NsHandle
+	nl   *netlink.Handle
+}
+
+func openSandbox(path string) (*sandbox, error) {
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return nil, fmt.Errorf("open sandbox netns %s: %w", path, err)
+	}
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		ns.Close()
+		return nil, fmt.Errorf("netlink handle in sandbox %s: %w", path, err)
+	}
+	return &sandbox{path: path, ns: ns, nl: h}, nil
+}
+
+func (s *sandbox) Close() {
+	s.nl.Close()
+	s.ns.Close()
+}
+
+// ensureVeth creates or repairs the endpoint's veth pair: the host side on
+// the network's bridge, the peer directly inside the sandbox. A pair made
+// here is removed again if any later step fails.
+func (d *Datapath) ensureVeth(n datapath.Network, ep datapath.Endpoint) (created bool, err error) {
+	br, err := d.nl.LinkByName(n.Bridge)
+	if isNotFound(err) {
+		return false, fmt.Errorf("endpoint %s: bridge %s of network %s does not exist; ensure the network first: %w", ep.ID, n.Bridge, n.ID, err)
+	}
+	if err != nil {
+		return false, fmt.Errorf("look up bridge %s: %w", n.Bridge, err)
+	}
+	if br.Attrs().Alias != ownerAlias(n.ID) {
+		return false, invalidf("endpoint %s: link %s is not the bridge of network %s", ep.ID, n.Bridge, n.ID)
+	}
+	sb, err := openSandbox(ep.NetNSPath)
+	if err != nil {
+		return false, fmt.Errorf("endpoint %s: %w", ep.ID, err)
+	}
+	defer sb.Close()
+
+	host, peer, err := d.existingVeth(sb, ep)
+	if err != nil {
+		return false, fmt.Errorf("endpoint %s: %w", ep.ID, err)
+	}
+	if host == nil {
+		if host, peer, err = d.createVeth(sb, n, ep); err != nil {
+			return false, fmt.Errorf("endpoint %s: %w", ep.ID, err)
+		}
+		created = true
+		defer func() {
+			if err != nil {
+				if delErr := d.nl.LinkDel(host); delErr != nil && !isNotFound(delErr) {
+					d.log.Warn("roll back veth", "link", ep.HostIfName, "err", delErr)
+				}
+			}
+		}()
+		if d.testHookVethCreated != nil {
+			if err := d.testHookVethCreated(); err != nil {
+				return created, err
+			}
+		}
+	}
+	if err := d.ensureHostSide(host, br, n, created); err != nil {
+		return created, fmt.Errorf("endpoint %s: host side %s: %w", ep.ID, ep.HostIfName, err)
+	}
+	if err := ensureSandboxSide(sb.nl, peer, n, ep, created); err != nil {
+		return created, fmt.Errorf("endpoint %s: sandbox side %s in %s: %w", ep.ID, ep.IfName, ep.NetNSPath, err)
+	}
+	return created, nil
+}
+
+// existingVeth returns the endpoint's host veth and its peer in the sandbox
+// if both exist and belong together. A host veth whose peer is gone or in
+// another namespace (the sandbox was recreated) is deleted so that it can
+// be made again.
+func (d *Datapath) existingVeth(sb *sandbox, ep datapath.Endpoint) (host, peer netlink.Link, err error) {
+	host, err = d.nl.LinkByName(ep.HostIfName)
+	if isNotFound(err) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("look up host veth %s: %w", ep.HostIfName, err)
+	}
+	if err := d.claim(host, ep.ID, hostVethMAC(ep.ID)); err != nil {
+		return nil, nil, err
+	}
+	if host.Type() == "veth" {
+		peer, err = sb.nl.LinkByName(ep.IfName)
+		if err != nil && !isNotFound(err) {
+			return nil, nil, fmt.Errorf("look up %s in sandbox: %w", ep.IfName, err)
+		}
+		if err == nil && d.isPeer(sb, host, peer) {
+			return host, peer, nil
+		}
+	}
+	d.log.Info("recreating endpoint link whose peer is gone or elsewhere", "link", ep.HostIfName, "endpoint", ep.ID)
+	if err := d.nl.LinkDel(host); err != nil && !isNotFound(err) {
+		return nil, nil, fmt.Errorf("delete broken host veth %s: %w", ep.HostIfName, err)
+	}
+	return nil, nil, nil
+}
+
+// isPeer reports whether peer (in the sandbox) is the other end of host.
+// Interface indexes are per namespace, so both directions and the peer's
+// namespace ID are compared.
+func (d *Datapath) isPeer(sb *sandbox, host, peer netlink.Link) bool {
+	if peer.Type() != "veth" || peer.Attrs().ParentIndex != host.Attrs().Index || host.Attrs().ParentIndex != peer.Attrs().Index {
+		return false
+	}
+	nsid, err := d.nl.GetNetNsIdByFd(int(sb.ns))
+	if err != nil {
+		return false
+	}
+	return host.Attrs().NetNsID == nsid
+}
+
+// createVeth adds the pair with the peer born inside the sandbox, already
+// named, addressed at layer 2 and sized, so the sandbox never sees a
+// temporary name.
+func (d *Datapath) createVeth(sb *sandbox, n datapath.Network, ep datapath.Endpoint) (host, peer netlink.Link, err error) {
+	la := netlink.NewLinkAttrs()
+	la.Name = ep.HostIfName
+	la.HardwareAddr = hostVethMAC(ep.ID)
+	la.MTU = mtuOf(n)
+	la.Flags = net.FlagUp
+	veth := &netlink.Veth{
+		LinkAttrs:        la,
+		PeerName:         ep.IfName,
+		PeerHardwareAddr: ep.MAC,
+		PeerNamespace:    netlink.NsFd(sb.ns),
+		PeerTxQLen:       -1,
+	}
+	err = d.nl.LinkAdd(veth)
+	if errors.Is(err, unix.EEXIST) {
+		// The host name was free, so the sandbox name is taken; a leftover
+		// of this endpoint under an old host name may go, nothing else.
+		if rmErr := d.removeStalePeer(sb, ep); rmErr != nil {
+			return nil, nil, rmErr
+		}
+		err = d.nl.LinkAdd(veth)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("create veth %s (peer %s in %s): %w", ep.HostIfName, ep.IfName, ep.NetNSPath, err)
+	}
+	defer func() {
+		if err != nil {
+			_ = d.nl.LinkDel(veth)
+		}
+	}()
+	if err := d.nl.LinkSetAlias(veth, ownerAlias(ep.ID)); err != nil {
+		return nil, nil, fmt.Errorf("set alias on %s: %w", ep.HostIfName, err)
+	}
+	veth.Alias = ownerAlias(ep.ID)
+	peer, err = sb.nl.LinkByName(ep.IfName)
+	if err != nil {
+		return nil, nil, fmt.Errorf("look up new peer %s in sandbox: %w", ep.IfName, err)
+	}
+	d.log.Debug("created veth", "link", ep.HostIfName, "endpoint", ep.ID)
+	return veth, peer, nil
+}
+
+func (d *Datapath) removeStalePeer(sb *sandbox, ep datapath.Endpoint) error {
+	old, err := sb.nl.LinkByName(ep.IfName)
+	if err != nil {
+		return fmt.Errorf("look up existing %s in sandbox: %w", ep.IfName, err)
+	}
+	if old.Type() == "veth" {
+		if hostEnd, err := d.nl.LinkByIndex(old.Attrs().ParentIndex); err == nil && hostEnd.Attrs().Alias == ownerAlias(ep.ID) {
+			d.log.Info("removing old veth of endpoint", "link", hostEnd.Attrs().Name, "endpoint", ep.ID)
+			if err := d.nl.LinkDel(hostEnd); err != nil {
+				return fmt.Errorf("delete old veth %s: %w", hostEnd.Attrs().Name, err)
+			}
+			return nil
+		}
+	}
+	return invalidf("interface %s already exists in sandbox %s", ep.IfName, ep.NetNSPath)
+}
+
+// ensureHostSide attaches the host veth to the bridge with hairpin mode
+// (a sandbox reaching its own published port through the host address is
+// bridged back out of the port it came in on when br_netfilter is active).
+func (d *Datapath) ensureHostSide(host, br netlink.Link, n datapath.Network, created bool) error {
+	attrs := host.Attrs()
+	if attrs.MasterIndex != br.Attrs().Index {
+		if err := d.nl.LinkSetMasterByIndex(host, br.Attrs().Index); err != nil {
+			return fmt.Errorf("attach to bridge %s: %w", n.Bridge, err)
+		}
+	}
+	// Bridge port flags are not in a plain link query; setting the flag is
+	// one request, reading it would be a dump of every port.
+	if err := d.nl.LinkSetHairpin(host, true); err != nil {
+		return fmt.Errorf("set hairpin mode: %w", err)
+	}
+	if created {
+		return nil
+	}
+	if want := mtuOf(n); attrs.MTU != want {
+		if err := d.nl.LinkSetMTU(host, want); err != nil {
+			return fmt.Errorf("set MTU %d: %w", want, err)
+		}
+	}
+	if attrs.Flags&net.FlagUp == 0 {
+		if err := d.nl.LinkSetUp(host); err != nil {
+			return fmt.Errorf("set up: %w", err)
+		}
+	}
+	return nil
+}
+
+// ensureSandboxSide gives the peer its MAC, MTU and address, brings it up
+// and puts the default route through it, or keeps it out.
+func ensureSandboxSide(h *netlink.Handle, peer netlink.Link, n datapath.Network, ep datapath.Endpoint, created bool) error {
+	addr := &net.IPNet{IP: ep.Addr.Addr().AsSlice(), Mask: net.CIDRMask(ep.Addr.Bits(), 32)}
+	if created {
+		// Born with the right name, MAC and MTU, and nothing else on it.
+		if err := h.AddrAdd(peer, &netlink.Addr{IPNet: addr}); err != nil {
+			return fmt.Errorf("add address %s: %w", addr, err)
+		}
+		if err := h.LinkSetUp(peer); err != nil {
+			return fmt.Errorf("set up: %w", err)
+		}
+		if ep.DefaultRoute {
+			return replaceDefaultRoute(h, peer, n)
+		}
+		return nil
+	}
+	attrs := peer.Attrs()
+	if ep.MAC != nil && !bytes.Equal(attrs.HardwareAddr, ep.MAC) {
+		if err := setMAC(h, peer, ep.MAC); err != nil {
+			return err
+		}
+	}
+	if want := mtuOf(n); attrs.MTU != want {
+		if err := h.LinkSetMTU(peer, want); err != nil {
+			return fmt.Errorf("set MTU %d: %w", want, err)
+		}
+	}
+	if err := ensureOnlyAddr(h, peer, addr); err != nil {
+		return err
+	}
+	if attrs.Flags&net.FlagUp == 0 {
+		if err := h.LinkSetUp(peer); err != nil {
+			return fmt.Errorf("set up: %w", err)
+		}
+	}
+	return ensureDefaultRoute(h, peer, n, ep.DefaultRoute)
+}
+
+func setMAC(h *netlink.Handle, link netlink.Link, mac net.HardwareAddr) error {
+	err := h.LinkSetHardwareAddr(link, mac)
+	if errors.Is(err, unix.EBUSY) {
+		// Some drivers refuse a MAC change while up.
+		if err = h.LinkSetDown(link); err == nil {
+			if err = h.LinkSetHardwareAddr(link, mac); err == nil {
+				err = h.LinkSetUp(link)
+			}
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("set MAC %s: %w", mac, err)
+	}
+	return nil
+}
+
+// ensureDefaultRoute makes the main table's default route go via the
+// network's gateway through link when want is set, and removes any default
+// route through link otherwise.
+func ensureDefaultRoute(h *netlink.Handle, link netlink.Link, n datapath.Network, want bool) error {
+	routes, err := retryDump(func() ([]netlink.Route, error) {
+		return h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return fmt.Errorf("list routes: %w", err)
+	}
+	idx := link.Attrs().Index
+	gw := n.Gateway.AsSlice()
+	for _, r := range routes {
+		if !isDefaultRoute(r) {
+			continue
+		}
+		mine := r.LinkIndex == idx && net.IP(gw).Equal(r.Gw)
+		if want && mine && r.Priority == 0 {
+			return nil
+		}
+		if !want && r.LinkIndex == idx {
+			if err := h.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+				return fmt.Errorf("remove default route via %s: %w", r.Gw, err)
+			}
+		}
+	}
+	if !want {
+		return nil
+	}
+	return replaceDefaultRoute(h, link, n)
+}
+
+func replaceDefaultRoute(h *netlink.Handle, link netlink.Link, n datapath.Network) error {
+	r := &netlink.Route{
+		LinkIndex: link.Attrs().Index,
+		Gw:        n.Gateway.AsSlice(),
+		Table:     unix.RT_TABLE_MAIN,
+	}
+	if err := h.RouteReplace(r); err != nil {
+		return fmt.Errorf("default route via %s: %w", n.Gateway, err)
+	}
+	return nil
+}
+
+func isDefaultRoute(r netlink.Route) bool {
+	if r.Dst == nil {
+		return true
+	}
+	ones, _ := r.Dst.Mask.Size()
+	return ones == 0
+}
+
+// deleteVeth removes the endpoint's host veth, and with it the peer.
+func (d *Datapath) deleteVeth(ep datapath.Endpoint) error {
+	var (
+		link netlink.Link
+		err  error
+	)
+	if ep.HostIfName != "" {
+		link, err = d.nl.LinkByName(ep.HostIfName)
+	} else {
+		link, err = d.nl.LinkByAlias(ownerAlias(ep.ID))
+	}
+	if isNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("look up veth of endpoint %s: %w", ep.ID, err)
+	}
+	if link.Attrs().Alias != ownerAlias(ep.ID) {
+		d.log.Warn("not deleting link owned by someone else", "link", link.Attrs().Name, "alias", link.Attrs().Alias, "endpoint", ep.ID)
+		return nil
+	}
+	if err := d.nl.LinkDel(link); err != nil && !isNotFound(err) {
+		return fmt.Errorf("delete veth %s: %w", link.Attrs().Name, err)
+	}
+	return nil
+}
