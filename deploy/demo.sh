@@ -79,10 +79,11 @@ say "Egress from a sandbox is masqueraded to the host's address; 'back' has no e
 ip netns exec $O python3 -c "
 import socket; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 9000)); s.listen()
 s.settimeout(10); c,a=s.accept(); c.sendall(('outside saw you as %s\n' % a[0]).encode()); c.close()" &
+listener=$!
 sleep 0.3
 show ip netns exec demo-client python3 -c "import socket; s=socket.create_connection(('192.0.2.2',9000),3); print(s.recv(100).decode().strip())"
 if ip netns exec demo-db python3 -c "import socket; socket.create_connection(('192.0.2.2',9000),2)" 2>/dev/null; then echo "UNEXPECTED: egress from internal network"; exit 1; else echo "demo-db (internal 'back' only): no route out, as expected"; fi
-wait || true
+wait $listener || true
 
 say "Status"
 show ctl status

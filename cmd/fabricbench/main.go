@@ -12,7 +12,21 @@
 // numbers taken in the same run.
 //
 // Usage: fabricbench -bin DIR [-t SECONDS] [-reps N] [-setup-n N] [-quick]
-// [-only same-host,published,connrate,setup]
+// [-only same-host,published,connrate,setup] [-fabricd-flags "FLAGS"]
+//
+// Sections:
+//   - same-host: iperf3 (one TCP stream) and sockperf TCP ping-pong (one-way
+//     p50/p99) for raw veth h1→h2, kernel bridge c1a→c1b, fabric fa→fb.
+//   - published: iperf3 to a published port from h2 (nft DNAT, docker-proxy,
+//     fabric) and from h1 itself via 127.0.0.1 (docker-proxy, fabric).
+//   - connrate: wrk, one request per connection, from h2 through the
+//     published HTTP port (nft DNAT, docker-proxy, fabric).
+//   - setup: -setup-n sandboxes via the fabricctl binary and via the API
+//     client, time until the new address answers ping from h1, and the
+//     time of `sandbox rm`, next to DESIGN.md's Docker/CNI numbers.
+//
+// A fabric that cannot start leaves its rows "n/a" with the reason; the
+// kernel rows are measured anyway.
 //
 // Needs root and iproute2, util-linux (nsenter), nftables, iperf3, sockperf,
 // wrk and docker.io (for docker-proxy); `make deps-bench` installs them.
@@ -207,7 +221,7 @@ func run() int {
 		case "setup":
 			err = lab.sectionSetup(ctx)
 		}
-		if err != nil {
+		if err != nil && ctx.Err() == nil {
 			fmt.Printf("section %s failed: %v\n\n", s, err)
 			failed = true
 		}
@@ -286,6 +300,18 @@ func printHeader(o options) {
 	fmt.Printf("- date: %s\n", time.Now().Format(time.RFC3339))
 	fmt.Printf("- kernel: %s, CPUs: %d, %s/%s\n", kernel, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH)
 	fmt.Printf("- fabric: %s\n", version)
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		f := strings.Fields(string(b))
+		var load float64
+		if len(f) > 0 {
+			fmt.Sscanf(f[0], "%g", &load)
+		}
+		warn := ""
+		if load > 0.5*float64(runtime.NumCPU()) {
+			warn = " — the machine is busy; other work skews these numbers"
+		}
+		fmt.Printf("- load average at start: %s%s\n", strings.Join(f[:min(3, len(f))], " "), warn)
+	}
 	fmt.Printf("- %d s per measurement; every figure is the median of %d alternating repetitions "+
 		"(rep 1 of each row, then rep 2 of each row, …); ratios compare rows of this run only.\n\n", o.secs, o.reps)
 }

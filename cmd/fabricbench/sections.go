@@ -41,6 +41,9 @@ func (l *Lab) sectionSameHost(ctx context.Context) error {
 		specs[2].fn = l.throughputLatency(l.faNS, l.fbIP)
 	}
 	res := runAlternating(ctx, "same-host", l.secs(), l.o.reps, specs)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
 	raw, br := res[0], res[1]
 	printTable(fmt.Sprintf("same-host: one TCP stream (iperf3) and TCP ping-pong (sockperf, one-way µs), %d s, median of %d", l.secs(), l.o.reps),
 		l.withRange([]column{
@@ -79,6 +82,9 @@ func (l *Lab) sectionPublished(ctx context.Context) error {
 		{name: fmt.Sprintf("fabric, h1 → 127.0.0.1:%d", hpFabric), skip: skip, fn: stream(h1, "127.0.0.1", hpFabric)},
 	}
 	res := runAlternating(ctx, "published", l.secs(), l.o.reps, specs)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
 	dnat := res[0]
 	// Each row against the docker-proxy of the same origin.
 	proxyOf := map[*result]*result{res[0]: res[1], res[1]: res[1], res[2]: res[1], res[3]: res[3], res[4]: res[3]}
@@ -127,6 +133,9 @@ func (l *Lab) sectionConnRate(ctx context.Context) error {
 		{name: names[2], skip: l.fabricSkip(), fn: rate(names[2], hpFabHTTP)},
 	}
 	res := runAlternating(ctx, "connrate", l.secs(), l.o.reps, specs)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
 	notes := []string{"wrk -t1 -c8, one request per connection (Connection: close); every request is a new TCP connection."}
 	for _, n := range names {
 		if e, ok := wrkErrs[n]; ok {

@@ -193,8 +193,11 @@ func (l *Lab) sectionSetup(ctx context.Context) error {
 			w.st.ready = append(w.st.ready, ms(ready))
 		}
 	}
+	if ctx.Err() != nil {
+		return ctx.Err() // the cleanup removes what was made
+	}
 	// Remove them all, alternating, timing each removal.
-	for i := 0; ; i++ {
+	for i := 0; ctx.Err() == nil; i++ {
 		left := false
 		for _, w := range ways {
 			if i >= len(w.made) {
@@ -203,7 +206,7 @@ func (l *Lab) sectionSetup(ctx context.Context) error {
 			left = true
 			name := w.made[i]
 			t0 := time.Now()
-			err := w.rm(context.WithoutCancel(ctx), name)
+			err := w.rm(ctx, name)
 			d := time.Since(t0)
 			if err != nil {
 				w.st.errs = append(w.st.errs, fmt.Sprintf("rm %s: %v", name, err))
@@ -217,6 +220,9 @@ func (l *Lab) sectionSetup(ctx context.Context) error {
 		if !left {
 			break
 		}
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
 	}
 	printSetup(l.o.setupN, cli, apiS)
 	return nil
