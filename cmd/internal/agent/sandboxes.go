@@ -151,22 +151,33 @@ func portsClash(p, q api.Port) bool {
 }
 
 // addSandbox stores, programs and starts a planned sandbox; on failure
-// everything it did is undone.
+// everything it did is undone. It costs two store commits: the records go
+// in as "creating" before the kernel is touched and become "ready" at the
+// end.
 func (a *Agent) addSandbox(ctx context.Context, sb *sandboxRec, eps []*endpointRec) (err error) {
-	if err := a.store.Update(func(tx storeTx) error { return tx.Put(bucketSandboxes, sb.Name, sb) }); err != nil {
+	err = a.store.Update(func(tx storeTx) error {
+		if err := tx.Put(bucketSandboxes, sb.Name, sb); err != nil {
+			return err
+		}
+		for _, ep := range eps {
+			if err := tx.Put(bucketEndpoints, ep.ID, ep); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
 		for _, ep := range eps {
 			a.pools[ep.NetworkID].Release(ep.Addr.Addr())
 		}
 		return err
 	}
 	a.sandboxes[sb.Name] = sb
+	for _, ep := range eps {
+		a.endpoints[ep.ID] = ep
+	}
 	defer func() {
 		if err != nil {
-			for _, ep := range eps {
-				if a.endpoints[ep.ID] == nil { // never stored: only the address is held
-					a.pools[ep.NetworkID].Release(ep.Addr.Addr())
-				}
-			}
 			if rerr := a.removeSandboxLocked(ctx, sb); rerr != nil {
 				a.log.Error("roll back sandbox", "sandbox", sb.Name, "err", rerr)
 			}
@@ -177,8 +188,8 @@ func (a *Agent) addSandbox(ctx context.Context, sb *sandboxRec, eps []*endpointR
 			return fmt.Errorf("create namespace for sandbox %s: %w", sb.Name, err)
 		}
 	}
-	if len(eps) > 0 {
-		if err := a.addEndpoints(ctx, sb, false, eps); err != nil {
+	for _, ep := range eps {
+		if err := a.ensureEndpoint(ctx, ep); err != nil {
 			return err
 		}
 	}
@@ -189,8 +200,17 @@ func (a *Agent) addSandbox(ctx context.Context, sb *sandboxRec, eps []*endpointR
 		}
 		sb.PID, sb.PIDStart, sb.LogPath = pid, start, logPath
 	}
-	sb.Phase = phaseReady
-	if err := a.store.Update(func(tx storeTx) error { return tx.Put(bucketSandboxes, sb.Name, sb) }); err != nil {
+	err = a.store.Update(func(tx storeTx) error {
+		sb.Phase = phaseReady
+		for _, ep := range eps {
+			ep.Phase = phaseReady
+			if err := tx.Put(bucketEndpoints, ep.ID, ep); err != nil {
+				return err
+			}
+		}
+		return tx.Put(bucketSandboxes, sb.Name, sb)
+	})
+	if err != nil {
 		return err
 	}
 	a.log.Info("sandbox created", "sandbox", sb.Name, "mode", sb.Mode, "pid", sb.PID)
