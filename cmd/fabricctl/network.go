@@ -16,9 +16,9 @@ func newNetworkCmd(c *cli) *cobra.Command {
 		Short:   "Create, list, inspect and remove networks; connect sandboxes to them",
 		Long: `Manage networks. A network is a set of endpoints that can talk to each
 other; sandboxes on different networks cannot, unless one sandbox is on
-both. Drivers: bridge (this host; the default network "bridge" always
-exists), overlay (spans the hosts of the cluster), macvlan and ipvlan (on a
-parent interface, e.g. -o parent=eth1.10).`,
+both. Driver: bridge (this host; the default network "bridge" always
+exists). The overlay, macvlan and ipvlan drivers are not available yet;
+the agent refuses them.`,
 		Example: `  fabricctl network create --subnet 10.10.0.0/24 blue
   fabricctl network ls
   fabricctl network connect --alias db blue db1
@@ -56,14 +56,12 @@ world (no masquerading, no published ports to the host).
 Driver options (-o KEY=VALUE, repeatable) depend on the driver:
   mtu=1450            MTU of the network's interfaces
   bridge_name=br-x    name of the Linux bridge (bridge driver)
-  parent=eth1.10      parent interface or VLAN sub-interface (macvlan, ipvlan)
 
 Note: on this command -o means --opt, as in 'docker network create'. To
 choose the output format here, use the long form --output json.`,
 		Example: `  fabricctl network create blue
   fabricctl network create --subnet 10.10.0.0/24 --gateway 10.10.0.1 blue
   fabricctl network create --subnet 10.20.0.0/16 --ip-range 10.20.1.0/24 --internal backend
-  fabricctl network create -d macvlan --subnet 192.168.10.0/24 -o parent=eth1.10 vlan10
   fabricctl network create -o mtu=1450 -o bridge_name=br-blue --output json blue`,
 		Args: exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -83,7 +81,7 @@ choose the output format here, use the long form --output json.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVarP(&req.Driver, "driver", "d", api.DriverBridge, "driver: bridge, overlay, macvlan or ipvlan")
+	f.StringVarP(&req.Driver, "driver", "d", api.DriverBridge, "driver (only bridge so far)")
 	f.StringVar(&req.Subnet, "subnet", "", "subnet in CIDR notation, e.g. 10.10.0.0/24 (default: next free one from the pool)")
 	f.StringVar(&req.Gateway, "gateway", "", "gateway address in the subnet (default: its first address)")
 	f.StringVar(&req.IPRange, "ip-range", "", "give sandboxes addresses only from this CIDR inside the subnet")
@@ -205,10 +203,9 @@ func newNetworkConnectCmd(c *cli) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "connect [OPTIONS] NETWORK SANDBOX",
 		Short: "Connect a sandbox or a network namespace to a network",
-		Long: `Connect a sandbox to a network: the agent creates an endpoint (a veth pair,
-or a macvlan/ipvlan child) with an address from the network, unless --ip
-asks for a given one. Other sandboxes on the network resolve the sandbox
-by its name and by every --alias.
+		Long: `Connect a sandbox to a network: the agent creates an endpoint (a veth pair)
+with an address from the network, unless --ip asks for a given one.
+--alias names are recorded for the embedded DNS server (not available yet).
 
 SANDBOX is a sandbox name, or the path of a network namespace fabric did
 not create, which is then wired in as an external sandbox:

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -287,3 +288,34 @@ func nsOfPath(t *testing.T, path string) string {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+func TestNetworkOptionsAndAddressRelease(t *testing.T) {
+	h := newHost(t)
+	n, br := h.name("n"), "br"+h.prefix[1:7]
+	h.mustCtl("network", "create", "--subnet", "10.35.0.0/24", "-o", "mtu=1400", "-o", "bridge_name="+br, n)
+	out := run(t, "ip", "-n", h.ns, "-o", "link", "show", br)
+	if !strings.Contains(out, "mtu 1400") {
+		t.Fatalf("bridge %s: %s", br, out)
+	}
+	a, b := h.name("a"), h.name("b")
+	h.mustCtl("run", "-d", "--name", a, "--network", n, "--ip", "10.35.0.20", "--", "sleep", "300")
+	if out := netnstest.Run(t, a, "ip", "-o", "link", "show", "eth0"); !strings.Contains(out, "mtu 1400") {
+		t.Fatalf("endpoint MTU does not follow the network: %s", out)
+	}
+	// The address is in use until the sandbox goes, then free again.
+	if _, errOut, code := h.ctl("run", "-d", "--name", b, "--network", n, "--ip", "10.35.0.20", "--", "sleep", "300"); code != 1 || !strings.Contains(errOut, "in use") {
+		t.Fatalf("duplicate static address: code %d %q", code, errOut)
+	}
+	h.mustCtl("sandbox", "rm", a)
+	h.mustCtl("run", "-d", "--name", b, "--network", n, "--ip", "10.35.0.20", "--", "sleep", "300")
+	var nets []api.Network
+	h.ctlJSON(&nets, "network", "inspect", n)
+	if nets[0].IPsUsed != 1 || nets[0].Endpoints != 1 {
+		t.Fatalf("network %s after reuse: used %d endpoints %d, want 1 and 1", n, nets[0].IPsUsed, nets[0].Endpoints)
+	}
+	h.mustCtl("sandbox", "rm", b)
+	h.mustCtl("network", "rm", n)
+	if _, err := exec.Command("ip", "-n", h.ns, "link", "show", br).Output(); err == nil {
+		t.Fatalf("bridge %s left after network rm", br)
+	}
+}
