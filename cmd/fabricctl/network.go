@@ -153,23 +153,7 @@ options and address usage. Always JSON, whatever --output says.`,
   fabricctl network inspect blue red`,
 		Args: minArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl := c.client()
-			found := []api.Network{}
-			err := eachName(args, cmd.ErrOrStderr(), func(name string) error {
-				n, err := cl.Network(cmd.Context(), name)
-				if err != nil {
-					return explain(err, "inspect network %s", name)
-				}
-				found = append(found, n)
-				return nil
-			})
-			if codeOf(err) == exitUnreachable {
-				return err
-			}
-			if werr := writeJSON(cmd.OutOrStdout(), found); werr != nil {
-				return werr
-			}
-			return err
+			return inspectEach(cmd, args, "network", c.client().Network)
 		},
 	}
 }
@@ -186,14 +170,7 @@ them first ('fabricctl endpoint ls' shows who is attached).`,
   fabricctl network rm $(fabricctl network ls -q | grep ^test-)`,
 		Args: minArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl := c.client()
-			return eachName(args, cmd.ErrOrStderr(), func(name string) error {
-				if err := cl.RemoveNetwork(cmd.Context(), name); err != nil {
-					return explain(err, "remove network %s", name)
-				}
-				_, err := fmt.Fprintln(cmd.OutOrStdout(), name)
-				return err
-			})
+			return removeEach(cmd, args, "network", c.client().RemoveNetwork)
 		},
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 
@@ -72,23 +73,7 @@ its interface names, address and MAC. Always JSON, whatever --output says.`,
   nsenter --net="$(fabricctl sandbox inspect web | jq -r '.[0].netns')" ip route`,
 		Args: minArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl := c.client()
-			found := []api.Sandbox{}
-			err := eachName(args, cmd.ErrOrStderr(), func(name string) error {
-				s, err := cl.Sandbox(cmd.Context(), name)
-				if err != nil {
-					return explain(err, "inspect sandbox %s", name)
-				}
-				found = append(found, s)
-				return nil
-			})
-			if codeOf(err) == exitUnreachable {
-				return err
-			}
-			if werr := writeJSON(cmd.OutOrStdout(), found); werr != nil {
-				return werr
-			}
-			return err
+			return inspectEach(cmd, args, "sandbox", c.client().Sandbox)
 		},
 	}
 }
@@ -106,14 +91,7 @@ An external namespace (connected by path) is only unwired, never deleted.`,
   fabricctl sandbox rm $(fabricctl sandbox ls -q)`,
 		Args: minArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl := c.client()
-			return eachName(args, cmd.ErrOrStderr(), func(name string) error {
-				if err := cl.RemoveSandbox(cmd.Context(), name); err != nil {
-					return explain(err, "remove sandbox %s", name)
-				}
-				_, err := fmt.Fprintln(cmd.OutOrStdout(), name)
-				return err
-			})
+			return removeEach(cmd, args, "sandbox", c.client().RemoveSandbox)
 		},
 	}
 }
@@ -154,4 +132,36 @@ name with tcpdump -i or 'ip link show' on the host.`,
 		},
 	})
 	return cmd
+}
+
+// inspectEach fetches every named object and prints them as one JSON array,
+// continuing past names that fail (like docker inspect).
+func inspectEach[T any](cmd *cobra.Command, args []string, kind string, get func(context.Context, string) (T, error)) error {
+	found := []T{}
+	err := eachName(args, cmd.ErrOrStderr(), func(name string) error {
+		v, err := get(cmd.Context(), name)
+		if err != nil {
+			return explain(err, "inspect %s %s", kind, name)
+		}
+		found = append(found, v)
+		return nil
+	})
+	if codeOf(err) == exitUnreachable {
+		return err
+	}
+	if werr := writeJSON(cmd.OutOrStdout(), found); werr != nil {
+		return werr
+	}
+	return err
+}
+
+// removeEach removes every named object, printing each name removed.
+func removeEach(cmd *cobra.Command, args []string, kind string, remove func(context.Context, string) error) error {
+	return eachName(args, cmd.ErrOrStderr(), func(name string) error {
+		if err := remove(cmd.Context(), name); err != nil {
+			return explain(err, "remove %s %s", kind, name)
+		}
+		_, err := fmt.Fprintln(cmd.OutOrStdout(), name)
+		return err
+	})
 }
