@@ -10,7 +10,7 @@ PKGS     := ./...
 DEB_TOOLS := iproute2:ip nftables:nft util-linux:nsenter iputils-ping:ping python3:python3
 DEB_BENCH := iperf3:iperf3 sockperf:sockperf wrk:wrk docker.io:docker-proxy
 
-.PHONY: all build test test-unit deps deps-bench demo bench lint fmt vet staticcheck clean
+.PHONY: all build test test-unit deps deps-bench demo bench lint fmt vet staticcheck clean install uninstall
 
 all: build
 
@@ -59,3 +59,28 @@ fmt:
 
 clean:
 	rm -rf $(BIN)
+
+# install puts the binaries, the systemd unit and the example config in
+# place (an existing /etc/fabric/fabric.yaml is kept). PREFIX and DESTDIR
+# work as usual. Then: systemctl enable --now fabricd
+PREFIX  ?= /usr/local
+UNITDIR ?= /etc/systemd/system
+install: build
+	install -D -m 0755 $(BIN)/fabricd $(DESTDIR)$(PREFIX)/bin/fabricd
+	install -D -m 0755 $(BIN)/fabricctl $(DESTDIR)$(PREFIX)/bin/fabricctl
+	install -D -m 0644 deploy/fabricd.service $(DESTDIR)$(UNITDIR)/fabricd.service
+	sed -i 's#/usr/local/bin/fabricd#$(PREFIX)/bin/fabricd#' $(DESTDIR)$(UNITDIR)/fabricd.service
+	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/fabric/README.md
+	test -e $(DESTDIR)/etc/fabric/fabric.yaml || install -D -m 0644 deploy/fabric.yaml $(DESTDIR)/etc/fabric/fabric.yaml
+	-[ -z "$(DESTDIR)" ] && systemctl daemon-reload 2>/dev/null || true
+
+# uninstall removes what install put there. The config is removed only if
+# it is still the unmodified example; the agent's state (/var/lib/fabric)
+# is kept so a reinstall finds its networks again.
+uninstall:
+	-[ -z "$(DESTDIR)" ] && systemctl disable --now fabricd 2>/dev/null || true
+	rm -f $(DESTDIR)$(PREFIX)/bin/fabricd $(DESTDIR)$(PREFIX)/bin/fabricctl $(DESTDIR)$(UNITDIR)/fabricd.service
+	rm -rf $(DESTDIR)$(PREFIX)/share/doc/fabric
+	cmp -s deploy/fabric.yaml $(DESTDIR)/etc/fabric/fabric.yaml && rm -f $(DESTDIR)/etc/fabric/fabric.yaml || true
+	-rmdir $(DESTDIR)/etc/fabric 2>/dev/null || true
+	-[ -z "$(DESTDIR)" ] && systemctl daemon-reload 2>/dev/null || true
