@@ -19,19 +19,45 @@ import (
 // wanted without touching anything else on the host.
 const OwnerPrefix = "fabric:"
 
-// ErrInvalid is returned for a description a datapath cannot program.
-var ErrInvalid = errors.New("invalid datapath request")
+// Sentinel errors.
+var (
+	// ErrInvalid is returned for a description a datapath cannot program.
+	ErrInvalid = errors.New("invalid datapath request")
+	// ErrParentMissing means a macvlan/ipvlan network's parent interface
+	// is absent or down: its endpoints cannot work until it returns.
+	ErrParentMissing = errors.New("parent interface missing or down")
+)
+
+// Network drivers.
+const (
+	DriverBridge  = "bridge"
+	DriverMacvlan = "macvlan"
+	DriverIPvlan  = "ipvlan"
+)
 
 // Network is one network as the datapath sees it.
 type Network struct {
 	ID       string // stable, unique; used to name and mark kernel objects
 	Name     string
-	Driver   string // "bridge"
+	Driver   string // DriverBridge, DriverMacvlan or DriverIPvlan
 	Subnet   netip.Prefix
 	Gateway  netip.Addr
 	Bridge   string // bridge device name on the host
 	MTU      int
 	Internal bool // no traffic in or out of the network except between its endpoints
+
+	// Parent is the host interface a macvlan or ipvlan network's endpoints
+	// hang off. A name of the form IFACE.VID (eth1.10) is an 802.1q
+	// sub-interface; the datapath creates it if missing (marked as its
+	// own with the owner alias) and removes it with the network only then.
+	Parent string
+	// Mode is the macvlan mode (bridge, private, vepa, passthru) or the
+	// ipvlan mode (l2, l3, l3s); empty means bridge / l2.
+	Mode string
+	// HostShim, when valid, asks for a macvlan (bridge mode) interface on
+	// the host with this address (/32), through which the host reaches the
+	// network's endpoints (kernel macvlan otherwise keeps the host out).
+	HostShim netip.Addr
 }
 
 // Endpoint is one sandbox's attachment to a network.
@@ -40,9 +66,9 @@ type Endpoint struct {
 	NetworkID  string
 	NetNSPath  string           // the sandbox's network namespace (a bind mount or /proc/PID/ns/net)
 	IfName     string           // interface name inside the sandbox, e.g. eth0
-	HostIfName string           // host-side veth name
+	HostIfName string           // host-side veth name (bridge driver only)
 	Addr       netip.Prefix     // address with the network's prefix length
-	MAC        net.HardwareAddr // sandbox-side MAC
+	MAC        net.HardwareAddr // sandbox-side MAC (ipvlan children use the parent's)
 	// DefaultRoute says whether the sandbox's default route goes through this
 	// endpoint's gateway. Exactly one endpoint of a sandbox with egress has it.
 	DefaultRoute bool
