@@ -70,7 +70,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		Use:   "fabricctl [OPTIONS] COMMAND",
 		Short: "Control fabricd, the container network fabric agent",
 		Long: `fabricctl talks to fabricd, the fabric agent on this host, over its unix
-socket. It manages networks (bridge driver), sandboxes
+socket. It manages networks (bridge, macvlan, ipvlan), sandboxes
 (network namespaces, i.e. a container's network stack) and the endpoints
 that connect them, with the flags Docker users know.
 

@@ -16,9 +16,10 @@ func newNetworkCmd(c *cli) *cobra.Command {
 		Short:   "Create, list, inspect and remove networks; connect sandboxes to them",
 		Long: `Manage networks. A network is a set of endpoints that can talk to each
 other; sandboxes on different networks cannot, unless one sandbox is on
-both. Driver: bridge (this host; the default network "bridge" always
-exists). The overlay, macvlan and ipvlan drivers are not available yet;
-the agent refuses them.`,
+both. Drivers: bridge (this host; the default network "bridge" always
+exists), macvlan and ipvlan (on a parent interface or its VLAN
+sub-interface, e.g. -o parent=eth1.10). The overlay driver is not
+available yet.`,
 		Example: `  fabricctl network create --subnet 10.10.0.0/24 blue
   fabricctl network ls
   fabricctl network connect --alias db blue db1
@@ -53,16 +54,36 @@ addresses handed to sandboxes to a part of the subnet, leaving the rest for
 static --ip assignments. --internal networks get no route to the outside
 world (no masquerading, no published ports to the host).
 
-Driver options (-o KEY=VALUE, repeatable) depend on the driver:
-  mtu=1450            MTU of the network's interfaces
-  bridge_name=br-x    name of the Linux bridge (bridge driver)
+Drivers:
+  bridge    a Linux bridge on this host; egress masqueraded, -p publishes ports
+  macvlan   sandboxes sit directly on the LAN behind -o parent, each with its
+            own MAC; --subnet/--gateway are the LAN's
+  ipvlan    like macvlan but sharing the parent's MAC (l2), or routed (l3, l3s)
+
+Driver options (-o KEY=VALUE, repeatable):
+  mtu=1450               MTU of the network's interfaces (all drivers)
+  exclude=IP,IP          addresses never handed out, e.g. hosts already on the LAN
+  bridge_name=br-x       name of the Linux bridge (bridge)
+  parent=eth1            parent interface (macvlan, ipvlan); eth1.10 means VLAN 10
+                         on eth1: the 802.1q sub-interface is created if missing
+                         and removed with the network only if fabric created it.
+                         A parent without VLAN serves one network only.
+  macvlan_mode=MODE      bridge (default), private, vepa or passthru
+  ipvlan_mode=MODE       l2 (default), l3 or l3s
+  host_shim=true         let this host reach its own macvlan/ipvlan sandboxes
+                         (the kernel keeps a parent and its children apart):
+                         fabric adds a host interface with an address from the
+                         subnet and a route per sandbox; removed with the network
 
 Note: on this command -o means --opt, as in 'docker network create'. To
 choose the output format here, use the long form --output json.`,
 		Example: `  fabricctl network create blue
   fabricctl network create --subnet 10.10.0.0/24 --gateway 10.10.0.1 blue
   fabricctl network create --subnet 10.20.0.0/16 --ip-range 10.20.1.0/24 --internal backend
-  fabricctl network create -o mtu=1450 -o bridge_name=br-blue --output json blue`,
+  fabricctl network create -o mtu=1450 -o bridge_name=br-blue --output json blue
+  fabricctl network create -d macvlan --subnet 192.168.10.0/24 --gateway 192.168.10.1 \
+      -o parent=eth1.10 -o exclude=192.168.10.2,192.168.10.3 -o host_shim=true vlan10
+  fabricctl network create -d ipvlan --subnet 10.50.0.0/24 -o parent=eth1 -o ipvlan_mode=l2 lan`,
 		Args: exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.Name = args[0]
@@ -81,7 +102,7 @@ choose the output format here, use the long form --output json.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVarP(&req.Driver, "driver", "d", api.DriverBridge, "driver (only bridge so far)")
+	f.StringVarP(&req.Driver, "driver", "d", api.DriverBridge, "driver: bridge, macvlan or ipvlan")
 	f.StringVar(&req.Subnet, "subnet", "", "subnet in CIDR notation, e.g. 10.10.0.0/24 (default: next free one from the pool)")
 	f.StringVar(&req.Gateway, "gateway", "", "gateway address in the subnet (default: its first address)")
 	f.StringVar(&req.IPRange, "ip-range", "", "give sandboxes addresses only from this CIDR inside the subnet")
@@ -180,8 +201,8 @@ func newNetworkConnectCmd(c *cli) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "connect [OPTIONS] NETWORK SANDBOX",
 		Short: "Connect a sandbox or a network namespace to a network",
-		Long: `Connect a sandbox to a network: the agent creates an endpoint (a veth pair)
-with an address from the network, unless --ip asks for a given one.
+		Long: `Connect a sandbox to a network: the agent creates an endpoint (a veth pair,
+or a macvlan/ipvlan child) with an address from the network, unless --ip asks for a given one.
 --alias names are recorded for the embedded DNS server (not available yet).
 
 SANDBOX is a sandbox name, or the path of a network namespace fabric did

@@ -93,10 +93,20 @@ func sortEndpoints(eps []api.Endpoint) {
 }
 
 func networkTable(w io.Writer, nets []api.Network) error {
-	t := newTable(w, "NAME", "ID", "DRIVER", "SUBNET", "GATEWAY", "INTERNAL", "ENDPOINTS")
+	t := newTable(w, "NAME", "ID", "DRIVER", "SUBNET", "GATEWAY", "INTERNAL", "ENDPOINTS", "PARENT", "HEALTH")
 	for _, n := range nets {
+		parent, health := n.Parent, n.Health
+		if parent == "" {
+			parent = "-"
+		}
+		if health == "" {
+			health = api.HealthOK
+		}
+		if i := strings.IndexByte(health, ':'); i > 0 {
+			health = health[:i] // the reason is in inspect and status
+		}
 		t.row(n.Name, shortID(n.ID), n.Driver, n.Subnet, n.Gateway,
-			strconv.FormatBool(n.Internal), strconv.Itoa(n.Endpoints))
+			strconv.FormatBool(n.Internal), strconv.Itoa(n.Endpoints), parent, health)
 	}
 	return t.flush()
 }

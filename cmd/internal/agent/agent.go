@@ -35,6 +35,9 @@ const DefaultNetworkName = "bridge"
 // DefaultBridge is the default network's bridge device.
 const DefaultBridge = "fabric0"
 
+// parentCheckInterval is how often macvlan/ipvlan parents are checked.
+const parentCheckInterval = time.Second
+
 // Options configure an Agent.
 type Options struct {
 	StateDir string
@@ -65,6 +68,7 @@ type Agent struct {
 	endpoints map[string]*endpointRec
 	pools     map[string]*ipam.Pool // by network ID
 	warnings  []string
+	unhealthy map[string]string // network ID → why (macvlan/ipvlan parent missing)
 
 	procs *processes
 	wg    sync.WaitGroup
@@ -90,6 +94,7 @@ func New(opts Options) (*Agent, error) {
 		opts: opts, log: opts.Log, dp: opts.Datapath, store: st, started: time.Now(),
 		networks: map[string]*networkRec{}, sandboxes: map[string]*sandboxRec{},
 		endpoints: map[string]*endpointRec{}, pools: map[string]*ipam.Pool{},
+		unhealthy: map[string]string{},
 	}
 	a.procs = newProcesses(a, filepath.Join(opts.StateDir, "logs"))
 	return a, nil
@@ -123,6 +128,13 @@ func (a *Agent) Serve(ctx context.Context) error {
 	srv := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.watchParents(watchCtx, parentCheckInterval)
+	}()
 	a.log.Info("fabricd serving", "socket", a.opts.Socket, "datapath", a.dp.Status(ctx).Name, "version", Version)
 	select {
 	case <-ctx.Done():

@@ -120,11 +120,15 @@ func (a *Agent) planEndpoint(n *networkRec, sandbox, ip string, aliases []string
 			return nil, classifyIPAM(err)
 		}
 	}
-	return &endpointRec{
+	ep := &endpointRec{
 		ID: id, NetworkID: n.ID, Sandbox: sandbox, IfName: a.nextIfName(sandbox),
-		HostIfName: "fv" + id[:12], Addr: netip.PrefixFrom(addr, n.Subnet.Bits()),
-		Aliases: aliases, Created: time.Now().UTC(), Phase: phaseCreating, MAC: macFor(addr).String(),
-	}, nil
+		Addr: netip.PrefixFrom(addr, n.Subnet.Bits()), Aliases: aliases,
+		Created: time.Now().UTC(), Phase: phaseCreating, MAC: macFor(addr).String(),
+	}
+	if n.Driver == api.DriverBridge {
+		ep.HostIfName = "fv" + id[:12] // macvlan/ipvlan children have no host side
+	}
+	return ep, nil
 }
 
 // nextIfName returns the lowest free ethN in the sandbox.

@@ -4,30 +4,22 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/fabricnet/fabric/cmd/internal/api"
 	"github.com/fabricnet/fabric/cmd/internal/ipam"
 	"github.com/fabricnet/fabric/cmd/internal/store"
+	"github.com/fabricnet/fabric/datapath"
 	"github.com/fabricnet/fabric/datapath/netns"
 	"github.com/vishvananda/netlink"
 )
 
 const defaultMTU = 1500
-
-// Network options accepted by the bridge driver (-o KEY=VALUE); Docker's
-// long names are accepted as synonyms.
-var bridgeOptions = map[string]string{
-	"mtu":                            "mtu",
-	"bridge_name":                    "bridge_name",
-	"com.docker.network.driver.mtu":  "mtu",
-	"com.docker.network.bridge.name": "bridge_name",
-}
 
 func newID() string {
 	b := make([]byte, 16)
@@ -104,42 +96,38 @@ func (a *Agent) planNetwork(req api.NetworkCreate) (*networkRec, error) {
 	if driver == "" {
 		driver = api.DriverBridge
 	}
-	if driver != api.DriverBridge {
-		return nil, invalidf("driver %q is not supported yet; available drivers: bridge", driver)
+	if !knownDriver(driver) {
+		return nil, invalidf("driver %q is not supported; available drivers: bridge, macvlan, ipvlan", driver)
 	}
 	n := &networkRec{
 		ID: newID(), Name: req.Name, Driver: driver, Internal: req.Internal,
 		MTU: defaultMTU, Created: time.Now().UTC(), Phase: phaseCreating,
 	}
-	n.Bridge = "fb-" + n.ID[:12]
-	for k, v := range req.Options {
-		switch bridgeOptions[k] {
-		case "mtu":
-			mtu, err := strconv.Atoi(v)
-			if err != nil || mtu < 576 || mtu > 65535 {
-				return nil, invalidf("option %s=%q: MTU must be a number from 576 to 65535", k, v)
-			}
-			n.MTU = mtu
-		case "bridge_name":
-			if err := validIfName(v); err != nil {
-				return nil, invalidf("option %s: %v", k, err)
-			}
-			n.Bridge = v
-		default:
-			return nil, invalidf("unknown option %q for driver bridge; known options: mtu, bridge_name", k)
-		}
-		if n.Options == nil {
-			n.Options = map[string]string{}
-		}
-		n.Options[k] = v
-	}
-	for _, o := range a.networks {
-		if o.Bridge == n.Bridge {
-			return nil, conflictf("bridge %s is already used by network %q", n.Bridge, o.Name)
-		}
-	}
-	if err := a.checkBridgeFree(n.Bridge); err != nil {
+	if err := applyOptions(n, req.Options); err != nil {
 		return nil, err
+	}
+	if driver == api.DriverBridge {
+		if n.Bridge == "" {
+			n.Bridge = "fb-" + n.ID[:12]
+		}
+		for _, o := range a.networks {
+			if o.Bridge == n.Bridge {
+				return nil, conflictf("bridge %s is already used by network %q", n.Bridge, o.Name)
+			}
+		}
+		if err := a.checkBridgeFree(n.Bridge); err != nil {
+			return nil, err
+		}
+	} else {
+		if req.Internal {
+			return nil, invalidf("--internal is not supported by the %s driver: its endpoints sit directly on the parent's LAN", driver)
+		}
+		if req.Subnet == "" {
+			return nil, invalidf("the %s driver needs --subnet (and usually --gateway): the subnet of the LAN behind the parent interface", driver)
+		}
+		if err := a.checkParent(n); err != nil {
+			return nil, err
+		}
 	}
 	if err := a.planSubnet(n, req); err != nil {
 		return nil, err
@@ -235,7 +223,9 @@ func (a *Agent) planSubnet(n *networkRec, req api.NetworkCreate) error {
 	if !n.Gateway.IsValid() {
 		n.Gateway = ipam.DefaultGateway(n.Subnet)
 	}
-	if req.Subnet != "" {
+	if req.Subnet != "" && n.Driver == api.DriverBridge {
+		// macvlan/ipvlan subnets are the parent's LAN, which the host
+		// usually routes already: only bridge subnets must be new.
 		routes, err := a.hostRoutes()
 		if err != nil {
 			return err
@@ -278,9 +268,16 @@ func (a *Agent) hostRoutes() ([]netip.Prefix, error) {
 // addNetwork persists n, programs it and marks it ready; on failure it
 // leaves nothing behind.
 func (a *Agent) addNetwork(ctx context.Context, n *networkRec) (err error) {
-	pool, err := ipam.NewPool(n.Subnet, n.Gateway, n.IPRange, nil)
+	pool, err := ipam.NewPool(n.Subnet, n.Gateway, n.IPRange, n.Exclude)
 	if err != nil {
 		return invalidf("%v", err)
+	}
+	if n.Shim {
+		shim, err := pool.Allocate("host shim of network " + n.Name)
+		if err != nil {
+			return classifyIPAM(err)
+		}
+		n.HostShim = shim
 	}
 	if err := a.store.Update(func(tx *store.Tx) error { return tx.Put(bucketNetworks, n.ID, n) }); err != nil {
 		return err
@@ -292,6 +289,9 @@ func (a *Agent) addNetwork(ctx context.Context, n *networkRec) (err error) {
 		}
 	}()
 	if err := a.dp.EnsureNetwork(ctx, n.datapath()); err != nil {
+		if errors.Is(err, datapath.ErrParentMissing) || errors.Is(err, datapath.ErrInvalid) {
+			return invalidf("create network %s: %v", n.Name, err)
+		}
 		return fmt.Errorf("create network %s: %w", n.Name, err)
 	}
 	n.Phase = phaseReady
@@ -359,6 +359,7 @@ func (a *Agent) deleteNetwork(ctx context.Context, n *networkRec) error {
 	}
 	delete(a.networks, n.ID)
 	delete(a.pools, n.ID)
+	delete(a.unhealthy, n.ID)
 	a.log.Info("network removed", "name", n.Name)
 	return nil
 }
@@ -397,5 +398,9 @@ func (a *Agent) networkAPI(n *networkRec) api.Network {
 	if p := a.pools[n.ID]; p != nil {
 		used, free = p.Used(), p.Free()
 	}
-	return n.api(count, used, free)
+	health := api.HealthOK
+	if why, bad := a.unhealthy[n.ID]; bad {
+		health = api.HealthUnhealthy + ": " + why
+	}
+	return n.api(count, used, free, health)
 }

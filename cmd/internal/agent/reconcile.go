@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -47,9 +48,14 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	t0 := time.Now()
 	// Address pools first: removals below release into them.
 	for id, n := range a.networks {
-		pool, err := ipam.NewPool(n.Subnet, n.Gateway, n.IPRange, nil)
+		pool, err := ipam.NewPool(n.Subnet, n.Gateway, n.IPRange, n.Exclude)
 		if err != nil {
 			return fmt.Errorf("network %s: %w", n.Name, err)
+		}
+		if n.HostShim.IsValid() {
+			if err := pool.Claim(n.HostShim, "host shim of network "+n.Name); err != nil {
+				return fmt.Errorf("network %s: host shim address: %w", n.Name, err)
+			}
 		}
 		a.pools[id] = pool
 	}
@@ -104,7 +110,14 @@ func (a *Agent) reconcile(ctx context.Context) error {
 		}
 	}
 	if err := a.dp.Sync(ctx, a.desiredLocked()); err != nil {
-		return fmt.Errorf("sync datapath: %w", err)
+		if !errors.Is(err, datapath.ErrParentMissing) {
+			return fmt.Errorf("sync datapath: %w", err)
+		}
+		// A missing macvlan/ipvlan parent must not keep the agent down:
+		// those networks are reported unhealthy and restored when it
+		// returns.
+		a.log.Warn("some networks cannot be programmed", "err", err)
+		a.markUnhealthyAfterSync(ctx, err)
 	}
 	a.log.Info("reconciled", "networks", len(a.networks), "sandboxes", len(a.sandboxes),
 		"endpoints", len(a.endpoints), "took", time.Since(t0).Round(time.Microsecond))

@@ -38,8 +38,13 @@ type networkRec struct {
 	IPRange  netip.Prefix      `json:"ip_range,omitzero"`
 	Internal bool              `json:"internal,omitempty"`
 	Options  map[string]string `json:"options,omitempty"`
-	Bridge   string            `json:"bridge"`
+	Bridge   string            `json:"bridge,omitempty"`
 	MTU      int               `json:"mtu"`
+	Parent   string            `json:"parent,omitempty"` // macvlan/ipvlan
+	Mode     string            `json:"mode,omitempty"`   // macvlan/ipvlan mode
+	Shim     bool              `json:"shim,omitempty"`   // host_shim=true
+	HostShim netip.Addr        `json:"host_shim,omitzero"`
+	Exclude  []netip.Addr      `json:"exclude,omitempty"`
 	Default  bool              `json:"default,omitempty"`
 	Created  time.Time         `json:"created"`
 	Phase    phase             `json:"phase"`
@@ -81,14 +86,18 @@ func (n *networkRec) datapath() datapath.Network {
 	return datapath.Network{
 		ID: n.ID, Name: n.Name, Driver: n.Driver, Subnet: n.Subnet, Gateway: n.Gateway,
 		Bridge: n.Bridge, MTU: n.MTU, Internal: n.Internal,
+		Parent: n.Parent, Mode: n.Mode, HostShim: n.HostShim,
 	}
 }
 
-func (n *networkRec) api(endpoints, used, free int) api.Network {
+func (n *networkRec) api(endpoints, used, free int, health string) api.Network {
 	out := api.Network{
 		ID: n.ID, Name: n.Name, Driver: n.Driver, Subnet: n.Subnet.String(), Gateway: n.Gateway.String(),
 		Internal: n.Internal, Options: n.Options, Bridge: n.Bridge, MTU: n.MTU, Created: n.Created,
-		Endpoints: endpoints, IPsUsed: used, IPsFree: free,
+		Endpoints: endpoints, IPsUsed: used, IPsFree: free, Parent: n.Parent, Mode: n.Mode, Health: health,
+	}
+	if n.HostShim.IsValid() {
+		out.HostShim = n.HostShim.String()
 	}
 	if n.IPRange.IsValid() {
 		out.IPRange = n.IPRange.String()

@@ -102,6 +102,9 @@ func (a *Agent) planSandbox(req api.SandboxCreate) (*sandboxRec, []*endpointRec,
 		if network.Internal {
 			return nil, nil, invalidf("network %q is internal: ports cannot be published from it", network.Name)
 		}
+		if lanDriver(network.Driver) {
+			return nil, nil, invalidf("-p is not needed on %s network %q: the sandbox has its own address on the LAN", network.Driver, network.Name)
+		}
 		ports, err := a.planPorts(req.Ports)
 		if err != nil {
 			return nil, nil, err
@@ -377,7 +380,7 @@ func (a *Agent) sandboxAPI(sb *sandboxRec) api.Sandbox {
 func (a *Agent) Status(ctx context.Context) api.Status {
 	a.mu.Lock()
 	nNet, nSb, nEp := len(a.networks), len(a.sandboxes), len(a.endpoints)
-	warnings := append([]string(nil), a.warnings...)
+	warnings := append(append([]string(nil), a.warnings...), a.healthWarnings()...)
 	a.mu.Unlock()
 	ds := a.dp.Status(ctx)
 	return api.Status{

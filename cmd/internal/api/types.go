@@ -41,7 +41,15 @@ func StatusOf(code string) int {
 
 // Network drivers.
 const (
-	DriverBridge = "bridge"
+	DriverBridge  = "bridge"
+	DriverMacvlan = "macvlan"
+	DriverIPvlan  = "ipvlan"
+)
+
+// Network health.
+const (
+	HealthOK        = "ok"
+	HealthUnhealthy = "unhealthy"
 )
 
 // Sandbox modes (Docker's --network values that need no network object).
@@ -61,7 +69,7 @@ type NetworkCreate struct {
 	Gateway  string            `json:"gateway,omitempty"` // default: first address
 	IPRange  string            `json:"ip_range,omitempty"`
 	Internal bool              `json:"internal,omitempty"`
-	Options  map[string]string `json:"options,omitempty"` // mtu, bridge_name
+	Options  map[string]string `json:"options,omitempty"` // per driver: mtu, bridge_name, parent, macvlan_mode, ipvlan_mode, host_shim, exclude
 }
 
 // Network is a network as the API reports it.
@@ -74,8 +82,12 @@ type Network struct {
 	IPRange   string            `json:"ip_range,omitempty"`
 	Internal  bool              `json:"internal"`
 	Options   map[string]string `json:"options,omitempty"`
-	Bridge    string            `json:"bridge"`
+	Bridge    string            `json:"bridge,omitempty"`
 	MTU       int               `json:"mtu"`
+	Parent    string            `json:"parent,omitempty"`    // macvlan/ipvlan
+	Mode      string            `json:"mode,omitempty"`      // macvlan/ipvlan mode
+	HostShim  string            `json:"host_shim,omitempty"` // the host's address on a macvlan network
+	Health    string            `json:"health"`              // ok, or unhealthy: why
 	Created   time.Time         `json:"created"`
 	Endpoints int               `json:"endpoints"`
 	IPsUsed   int               `json:"ips_used"`
