@@ -25,41 +25,11 @@ func (l *Lab) setupFabric(ctx context.Context) error {
 			return fmt.Errorf("%s not found (build it with `make build`, or point -bin at it)", b)
 		}
 	}
-	cfg := filepath.Join(l.dir, "fabric.yaml")
-	if err := os.WriteFile(cfg, nil, 0o644); err != nil {
-		return err
-	}
-	l.socket = filepath.Join(l.dir, "fabricd.sock")
-	args := []string{"nsenter", "--net=" + l.nsPath("h1"), fabricd,
-		"--state-dir", filepath.Join(l.dir, "state"), "--socket", l.socket,
-		"--node-name", l.ns("h1"), "--config", cfg}
-	args = append(args, strings.Fields(l.o.fabricArg)...)
-	p, err := l.startProc(ctx, "fabricd", nil, args...)
+	p, client, socket, warnings, err := l.startAgent(ctx, "h1")
 	if err != nil {
 		return err
 	}
-	l.agent = p
-	l.client = api.NewClient(l.socket)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		st, err := l.client.Status(sctx)
-		cancel()
-		if err == nil {
-			l.fabricWarnings = st.Warnings
-			break
-		}
-		select {
-		case <-p.done:
-			return fmt.Errorf("fabricd exited at start%s", p.tail())
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("fabricd not answering on %s after 20 s: %v%s", l.socket, err, p.tail())
-		}
-	}
+	l.agent, l.client, l.socket, l.fabricWarnings = p, client, socket, warnings
 	serve := []string{l.self, serveArg}
 	fa, err := l.fabricRun(ctx, []string{"--name", l.ns("fa"),
 		"-p", fmt.Sprintf("%d:%d", hpFabric, portPerf), "-p", fmt.Sprintf("%d:%d", hpFabHTTP, portHTTP)}, serve)
@@ -85,19 +55,68 @@ func (l *Lab) setupFabric(ctx context.Context) error {
 	return nil
 }
 
+// startAgent runs a fabricd in host namespace short (only the network
+// namespace switched, an empty config so the host's /etc/fabric is
+// ignored) and waits until it answers.
+func (l *Lab) startAgent(ctx context.Context, short string) (p *proc, client *api.Client, socket string, warnings []string, err error) {
+	fabricd := filepath.Join(l.o.bin, "fabricd")
+	cfg := filepath.Join(l.dir, "fabric.yaml")
+	if err := os.WriteFile(cfg, nil, 0o644); err != nil {
+		return nil, nil, "", nil, err
+	}
+	socket = filepath.Join(l.dir, short+"-fabricd.sock")
+	args := []string{"nsenter", "--net=" + l.nsPath(short), fabricd,
+		"--state-dir", filepath.Join(l.dir, short+"-state"), "--socket", socket,
+		"--node-name", l.ns(short), "--config", cfg}
+	args = append(args, strings.Fields(l.o.fabricArg)...)
+	p, err = l.startProc(ctx, "fabricd-"+short, nil, args...)
+	if err != nil {
+		return nil, nil, "", nil, err
+	}
+	client = api.NewClient(socket)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := client.Status(sctx)
+		cancel()
+		if err == nil {
+			return p, client, socket, st.Warnings, nil
+		}
+		select {
+		case <-p.done:
+			return nil, nil, "", nil, fmt.Errorf("fabricd exited at start%s", p.tail())
+		case <-ctx.Done():
+			return nil, nil, "", nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return nil, nil, "", nil, fmt.Errorf("fabricd not answering on %s after 20 s: %v%s", socket, err, p.tail())
+		}
+	}
+}
+
 func (l *Lab) fabricctl() string { return filepath.Join(l.o.bin, "fabricctl") }
 
 // fabricRun runs `fabricctl -o json run -d FLAGS -- CMD...` and returns the
 // sandbox (from the JSON it prints, else from `sandbox inspect`).
 func (l *Lab) fabricRun(ctx context.Context, flags, command []string) (api.Sandbox, error) {
+	return l.fabricRunOn(ctx, l.socket, flags, command)
+}
+
+// fabricRunOn is fabricRun against the agent at socket. Only sandboxes of
+// the h1 agent are tracked for removal through its API; the others go with
+// their namespaces in the generic cleanup.
+func (l *Lab) fabricRunOn(ctx context.Context, socket string, flags, command []string) (api.Sandbox, error) {
 	name := ""
 	for i, f := range flags {
 		if f == "--name" && i+1 < len(flags) {
 			name = flags[i+1]
 		}
 	}
-	l.trackSandbox(name)
-	args := append([]string{"--socket", l.socket, "-o", "json", "run", "-d"}, flags...)
+	if socket == l.socket {
+		l.trackSandbox(name)
+	}
+	args := append([]string{"--socket", socket, "-o", "json", "run", "-d"}, flags...)
 	args = append(append(args, "--"), command...)
 	out, err := runCmd(ctx, 30*time.Second, l.fabricctl(), args...)
 	if err != nil {
@@ -106,11 +125,11 @@ func (l *Lab) fabricRun(ctx context.Context, flags, command []string) (api.Sandb
 	if sb, err := parseSandbox(out); err == nil && sb.NetNS != "" {
 		return sb, nil
 	}
-	return l.inspect(ctx, name)
+	return l.inspect(ctx, socket, name)
 }
 
-func (l *Lab) inspect(ctx context.Context, name string) (api.Sandbox, error) {
-	out, err := runCmd(ctx, 10*time.Second, l.fabricctl(), "--socket", l.socket, "sandbox", "inspect", name)
+func (l *Lab) inspect(ctx context.Context, socket, name string) (api.Sandbox, error) {
+	out, err := runCmd(ctx, 10*time.Second, l.fabricctl(), "--socket", socket, "sandbox", "inspect", name)
 	if err != nil {
 		return api.Sandbox{}, err
 	}

@@ -12,7 +12,7 @@
 // numbers taken in the same run.
 //
 // Usage: fabricbench -bin DIR [-t SECONDS] [-reps N] [-setup-n N] [-quick]
-// [-only same-host,published,connrate,setup] [-fabricd-flags "FLAGS"]
+// [-only same-host,published,connrate,setup,cross-host] [-fabricd-flags "FLAGS"]
 //
 // Sections:
 //   - same-host: iperf3 (one TCP stream) and sockperf TCP ping-pong (one-way
@@ -24,6 +24,9 @@
 //   - setup: -setup-n sandboxes via the fabricctl binary and via the API
 //     client, time until the new address answers ping from h1, and the
 //     time of `sandbox rm`, next to DESIGN.md's Docker/CNI numbers.
+//   - cross-host: iperf3 and sockperf between hosts: raw underlay, the
+//     kernel VXLAN overlay of baseline-lab.sh, and fabric's macvlan and
+//     ipvlan networks (a second fabricd runs on h2).
 //
 // A fabric that cannot start leaves its rows "n/a" with the reason; the
 // kernel rows are measured anyway.
@@ -55,7 +58,7 @@ import (
 const serveArg = "__fabricbench-serve"
 
 // sections in the order they run.
-var allSections = []string{"same-host", "published", "connrate", "setup"}
+var allSections = []string{"same-host", "published", "connrate", "setup", "cross-host"}
 
 type options struct {
 	bin       string
@@ -220,6 +223,8 @@ func run() int {
 			err = lab.sectionConnRate(ctx)
 		case "setup":
 			err = lab.sectionSetup(ctx)
+		case "cross-host":
+			err = lab.sectionCrossHost(ctx)
 		}
 		if err != nil && ctx.Err() == nil {
 			fmt.Printf("section %s failed: %v\n\n", s, err)
