@@ -9,8 +9,10 @@ PKGS     := ./...
 # whichever are missing.
 DEB_TOOLS := iproute2:ip nftables:nft util-linux:nsenter iputils-ping:ping python3:python3
 DEB_BENCH := iperf3:iperf3 sockperf:sockperf wrk:wrk docker.io:docker-proxy
+# What `make generate` needs to compile the eBPF programs.
+DEB_BPF   := clang:clang llvm:llvm-strip libbpf-dev:/usr/include/bpf/bpf_helpers.h
 
-.PHONY: all build test test-unit deps deps-bench demo bench lint fmt vet staticcheck clean install uninstall
+.PHONY: all build test test-unit deps deps-bench deps-bpf generate check-generate demo bench lint fmt vet staticcheck clean install uninstall
 
 all: build
 
@@ -24,6 +26,20 @@ deps:
 
 deps-bench: deps
 	@./.ci/apt-ensure $(DEB_BENCH)
+
+deps-bpf:
+	@./.ci/apt-ensure $(DEB_BPF)
+
+# generate rebuilds the eBPF objects and their Go bindings (bpf2go). The
+# results are committed, so building fabric needs no clang.
+generate: deps-bpf
+	$(GO) generate ./bpf/...
+
+# check-generate fails if the committed eBPF objects are not what the
+# sources compile to (CI runs it).
+check-generate: generate
+	@if [ -n "$$(git status --porcelain -- bpf/)" ]; then git status --short -- bpf/; \
+	  echo "bpf/: committed eBPF objects differ from what the sources compile to: run make generate and commit"; exit 1; fi
 
 # test runs the whole suite: unit tests and, as root, the integration tests
 # in network namespaces (they skip with a message when not root).

@@ -1,8 +1,13 @@
-// Package bpf will hold fabric's eBPF C programs (tc on endpoint veths and
-// the tunnel device, XDP on the uplink) and the Go objects bpf2go generates
-// from them. The generated .go and .o files are committed so that `go build`
-// needs no clang; `make generate` rebuilds them.
+// Package bpf holds fabric's eBPF programs and the thin Go layer around them.
 //
-// Nothing lives here yet: the foundation runs on the kernel datapath
-// (datapath/kernel). The eBPF datapath arrives with its own issue.
+// The C sources (endpoint.c, sharing the map layouts in fabric.h) are compiled
+// by bpf2go into endpoint_bpfel.go and endpoint_bpfel.o, which are committed
+// so that `go build` needs no clang; `go generate ./bpf/...` rebuilds them
+// (clang, llvm-strip and libbpf headers required).
+//
+// The Go side loads the objects, writes networks and endpoints into the maps
+// in the layout the programs expect, and reads the per-CPU counters. It knows
+// the map layouts and nothing else: not the agent, the store or the API, and
+// not how links, namespaces or attachments are made — datapath/ebpf decides
+// where the programs run.
 package bpf

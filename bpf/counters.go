@@ -1,0 +1,132 @@
+//go:build linux
+
+package bpf
+
+import (
+	"fmt"
+	"strconv"
+)
+
+// The counter index space, as in fabric.h (DIRECTION_MAX, VERDICT_MAX,
+// REASON_MAX). Load checks the map against countersMax.
+const (
+	directionMax = 4
+	verdictMax   = 4
+	reasonMax    = 32
+	countersMax  = directionMax * verdictMax * reasonMax
+)
+
+// Direction says where a packet was seen.
+type Direction uint32
+
+// Verdict says what a program did with a packet.
+type Verdict uint32
+
+// Reason says why. Values are stable; names are used as metric labels.
+type Reason uint32
+
+// The values come from the C enums through bpf2go, so they cannot drift.
+const (
+	DirFromEndpoint = Direction(endpointDirectionDIR_FROM_ENDPOINT)
+
+	VerdictPass     = Verdict(endpointVerdictVERDICT_PASS)
+	VerdictDrop     = Verdict(endpointVerdictVERDICT_DROP)
+	VerdictRedirect = Verdict(endpointVerdictVERDICT_REDIRECT)
+
+	ReasonForward       = Reason(endpointReasonREASON_FORWARD)
+	ReasonARPReply      = Reason(endpointReasonREASON_ARP_REPLY)
+	ReasonToHost        = Reason(endpointReasonREASON_TO_HOST)
+	ReasonARPToHost     = Reason(endpointReasonREASON_ARP_TO_HOST)
+	ReasonNoEndpoint    = Reason(endpointReasonREASON_NO_ENDPOINT)
+	ReasonNoNetwork     = Reason(endpointReasonREASON_NO_NETWORK)
+	ReasonMalformed     = Reason(endpointReasonREASON_MALFORMED)
+	ReasonSpoofedMAC    = Reason(endpointReasonREASON_SPOOFED_MAC)
+	ReasonSpoofedIP     = Reason(endpointReasonREASON_SPOOFED_IP)
+	ReasonCrossNetwork  = Reason(endpointReasonREASON_CROSS_NETWORK)
+	ReasonARPIgnored    = Reason(endpointReasonREASON_ARP_IGNORED)
+	ReasonUnsupportedL3 = Reason(endpointReasonREASON_UNSUPPORTED_L3)
+	ReasonVLAN          = Reason(endpointReasonREASON_VLAN)
+)
+
+var directionNames = map[Direction]string{DirFromEndpoint: "from-endpoint"}
+
+var verdictNames = map[Verdict]string{VerdictPass: "pass", VerdictDrop: "drop", VerdictRedirect: "redirect"}
+
+var reasonNames = map[Reason]string{
+	ReasonForward:       "forward",
+	ReasonARPReply:      "arp-reply",
+	ReasonToHost:        "to-host",
+	ReasonARPToHost:     "arp-to-host",
+	ReasonNoEndpoint:    "no-endpoint",
+	ReasonNoNetwork:     "no-network",
+	ReasonMalformed:     "malformed",
+	ReasonSpoofedMAC:    "spoofed-mac",
+	ReasonSpoofedIP:     "spoofed-ip",
+	ReasonCrossNetwork:  "cross-network",
+	ReasonARPIgnored:    "arp-ignored",
+	ReasonUnsupportedL3: "unsupported-l3",
+	ReasonVLAN:          "vlan",
+}
+
+func name[T ~uint32](names map[T]string, v T) string {
+	if s, ok := names[v]; ok {
+		return s
+	}
+	return strconv.FormatUint(uint64(v), 10)
+}
+
+func (d Direction) String() string { return name(directionNames, d) }
+func (v Verdict) String() string   { return name(verdictNames, v) }
+func (r Reason) String() string    { return name(reasonNames, r) }
+
+// CounterKey is one cell of the counters map.
+type CounterKey struct {
+	Direction Direction
+	Verdict   Verdict
+	Reason    Reason
+}
+
+func (k CounterKey) String() string { return fmt.Sprintf("%s/%s/%s", k.Direction, k.Verdict, k.Reason) }
+
+func (k CounterKey) index() uint32 {
+	return (uint32(k.Direction)*verdictMax+uint32(k.Verdict))*reasonMax + uint32(k.Reason)
+}
+
+func counterKeyAt(idx uint32) CounterKey {
+	return CounterKey{
+		Direction: Direction(idx / (verdictMax * reasonMax)),
+		Verdict:   Verdict(idx / reasonMax % verdictMax),
+		Reason:    Reason(idx % reasonMax),
+	}
+}
+
+// Counter is a packet and byte count, summed over CPUs.
+type Counter struct {
+	Packets uint64
+	Bytes   uint64
+}
+
+// ReadCounters returns every non-zero counter, summed over CPUs. The values
+// only grow; rates are the caller's business.
+func (o *Objects) ReadCounters() (map[CounterKey]Counter, error) {
+	out := make(map[CounterKey]Counter)
+	var (
+		idx    uint32
+		perCPU []endpointCounter
+	)
+	it := o.objs.Counters.Iterate()
+	for it.Next(&idx, &perCPU) {
+		var sum Counter
+		for _, c := range perCPU {
+			sum.Packets += c.Packets
+			sum.Bytes += c.Bytes
+		}
+		if sum != (Counter{}) {
+			out[counterKeyAt(idx)] = sum
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read counters: %w", err)
+	}
+	return out, nil
+}

@@ -1,0 +1,169 @@
+/* fabric.h: the maps, value layouts and counter indices shared by fabric's
+ * eBPF programs and mirrored by the Go side (package bpf). Changing a layout
+ * here changes the Go types bpf2go generates; a pinned map of the old shape
+ * must then be recreated, never reused.
+ *
+ * Map layouts
+ *
+ *   endpoints       HASH  __u32 host-side ifindex -> struct endpoint
+ *   endpoint_by_ip  HASH  __be32 IPv4 address     -> struct endpoint
+ *   networks        HASH  __u32 network id        -> struct network
+ *   counters        PERCPU_ARRAY counter_index()  -> struct counter
+ *
+ * Both endpoint maps hold the same value: `endpoints` answers "who is
+ * sending on this veth?", `endpoint_by_ip` answers "where does this address
+ * live?". Addresses are unique per host across networks (the host routes
+ * every subnet, so two networks on one host cannot overlap), which is why
+ * the address alone is the key and why a hit on another network is a
+ * cross-network packet rather than a different destination.
+ *
+ * A sandbox on networks A and B has one endpoint (one veth, one address)
+ * per network, so isolation is one comparison: forward only if the sending
+ * endpoint's network equals the receiving endpoint's network.
+ */
+#ifndef FABRIC_H
+#define FABRIC_H
+
+#include <linux/bpf.h>
+#include <linux/types.h>
+#include <bpf/bpf_helpers.h>
+
+#define MAX_ENDPOINTS 16384
+#define MAX_NETWORKS 4096
+
+/* Counter index space: direction x verdict x reason. Sizes leave room for
+ * the directions and reasons the tunnel and uplink programs will add, so
+ * adding one does not change the map's shape. */
+#define DIRECTION_MAX 4
+#define VERDICT_MAX 4
+#define REASON_MAX 32
+#define COUNTERS_MAX (DIRECTION_MAX * VERDICT_MAX * REASON_MAX)
+
+/* Where a packet was seen. */
+enum direction {
+	DIR_FROM_ENDPOINT = 0, /* tc ingress of an endpoint's host-side veth */
+};
+
+/* What the program did with it. */
+enum verdict {
+	VERDICT_PASS = 0,     /* TC_ACT_OK: continue into the host stack */
+	VERDICT_DROP = 1,     /* TC_ACT_SHOT */
+	VERDICT_REDIRECT = 2, /* TC_ACT_REDIRECT: bpf_redirect / bpf_redirect_peer */
+};
+
+/* Why. Values are stable: they index the counters and appear in metrics. */
+enum reason {
+	REASON_FORWARD = 0,        /* to a local endpoint on the same network */
+	REASON_ARP_REPLY = 1,      /* ARP request answered with the router MAC */
+	REASON_TO_HOST = 2,        /* not a local endpoint: host stack routes it */
+	REASON_ARP_TO_HOST = 3,    /* ARP reply from the sandbox, for the host */
+	REASON_NO_ENDPOINT = 4,    /* ingress ifindex is not a known endpoint */
+	REASON_NO_NETWORK = 5,     /* endpoint's network is not in `networks` */
+	REASON_MALFORMED = 6,      /* truncated or invalid headers */
+	REASON_SPOOFED_MAC = 7,    /* source MAC is not the endpoint's */
+	REASON_SPOOFED_IP = 8,     /* source IPv4 is not the endpoint's */
+	REASON_CROSS_NETWORK = 9,  /* destination endpoint is on another network */
+	REASON_ARP_IGNORED = 10,   /* probe, announcement, off-subnet target, other op */
+	REASON_UNSUPPORTED_L3 = 11, /* neither IPv4 nor ARP (IPv6 included) */
+	REASON_VLAN = 12,          /* VLAN-tagged frame from a sandbox */
+};
+
+/* One endpoint: the value of both `endpoints` and `endpoint_by_ip`. */
+struct endpoint {
+	__u32 ifindex;    /* host-side veth, in the host namespace */
+	__be32 ipv4;      /* the sandbox's address */
+	__u8 mac[6];      /* the sandbox-side MAC */
+	__u16 pad;        /* must be zero */
+	__u32 network_id; /* never 0 */
+};
+
+/* One network, keyed by its id. */
+struct network {
+	__be32 gateway;    /* the sandbox's next hop */
+	__be32 subnet;     /* network address, in network byte order */
+	__be32 mask;       /* netmask, in network byte order */
+	__u8 router_mac[6]; /* what the program answers ARP with and writes as source MAC */
+	__u16 pad;         /* must be zero */
+};
+
+struct counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_ENDPOINTS);
+	__type(key, __u32);
+	__type(value, struct endpoint);
+} endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_ENDPOINTS);
+	__type(key, __be32);
+	__type(value, struct endpoint);
+} endpoint_by_ip SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_NETWORKS);
+	__type(key, __u32);
+	__type(value, struct network);
+} networks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, COUNTERS_MAX);
+	__type(key, __u32);
+	__type(value, struct counter);
+} counters SEC(".maps");
+
+/* Never called. The enums are only used as constants, which leaves them out
+ * of BTF; this signature puts them in, so that bpf2go generates their Go
+ * constants and the Go side cannot drift from the values here. The loader
+ * ignores an uncalled .text function. */
+__attribute__((used)) static int bpf2go_enums(enum direction d, enum verdict v, enum reason r)
+{
+	return d + v + r;
+}
+
+static __always_inline __u32 counter_index(__u32 dir, __u32 verdict, __u32 reason)
+{
+	return (dir * VERDICT_MAX + verdict) * REASON_MAX + reason;
+}
+
+/* count adds one packet of skb->len bytes (the frame from its Ethernet
+ * header on). Per-CPU values need no atomics: tc runs with bottom halves
+ * disabled, so nothing else on this CPU updates the cell half-way. */
+static __always_inline void count(struct __sk_buff *skb, enum direction dir, enum verdict verdict, enum reason reason)
+{
+	__u32 idx = counter_index(dir, verdict, reason);
+	struct counter *c = bpf_map_lookup_elem(&counters, &idx);
+
+	if (c) {
+		c->packets++;
+		c->bytes += skb->len;
+	}
+}
+
+/* mac_eq compares two MAC addresses without a loop or memcmp, which the
+ * BPF backend would not lower for packet pointers. */
+static __always_inline int mac_eq(const __u8 *a, const __u8 *b)
+{
+	return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) |
+		(a[3] ^ b[3]) | (a[4] ^ b[4]) | (a[5] ^ b[5])) == 0;
+}
+
+static __always_inline void mac_copy(__u8 *dst, const __u8 *src)
+{
+	dst[0] = src[0];
+	dst[1] = src[1];
+	dst[2] = src[2];
+	dst[3] = src[3];
+	dst[4] = src[4];
+	dst[5] = src[5];
+}
+
+#endif /* FABRIC_H */

@@ -1,0 +1,223 @@
+//go:build linux
+
+package bpf
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+)
+
+var (
+	// ErrInvalid is returned for a network or endpoint the maps cannot hold.
+	ErrInvalid = errors.New("invalid bpf map entry")
+	// ErrConflict is returned when an address already belongs to another
+	// endpoint: addresses are unique per host, whatever the network.
+	ErrConflict = errors.New("address already used by another endpoint")
+)
+
+// NetID identifies a network in the maps. 0 is never valid, so that an
+// unset field cannot match anything.
+type NetID uint32
+
+// Network is what the programs know of a network.
+type Network struct {
+	ID      NetID
+	Subnet  netip.Prefix // IPv4
+	Gateway netip.Addr   // in Subnet; the sandbox's next hop
+	// RouterMAC is the MAC the sandbox sees for its gateway and for every
+	// other address of its subnet (the program answers ARP with it).
+	RouterMAC net.HardwareAddr
+}
+
+// Endpoint is what the programs know of an endpoint.
+type Endpoint struct {
+	HostIfindex int              // host-side veth, in the host namespace
+	Addr        netip.Addr       // the sandbox's IPv4 address
+	MAC         net.HardwareAddr // the sandbox-side MAC
+	Network     NetID
+}
+
+// be32 is an IPv4 address as the programs hold it: network byte order in
+// memory, read as a native-endian integer by the map marshaller.
+func be32(a netip.Addr) uint32 {
+	b := a.As4()
+	return binary.NativeEndian.Uint32(b[:])
+}
+
+func addrFromBE32(v uint32) netip.Addr {
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], v)
+	return netip.AddrFrom4(b)
+}
+
+func checkMAC(what string, mac net.HardwareAddr) error {
+	if len(mac) != 6 {
+		return fmt.Errorf("%s %q is not a 6-byte MAC: %w", what, mac, ErrInvalid)
+	}
+	if mac[0]&1 != 0 || [6]byte(mac) == [6]byte{} {
+		return fmt.Errorf("%s %s is not a unicast MAC: %w", what, mac, ErrInvalid)
+	}
+	return nil
+}
+
+func (n Network) value() (endpointNetwork, error) {
+	if n.ID == 0 {
+		return endpointNetwork{}, fmt.Errorf("network id 0: %w", ErrInvalid)
+	}
+	if !n.Subnet.IsValid() || !n.Subnet.Addr().Is4() {
+		return endpointNetwork{}, fmt.Errorf("network %d: subnet %s is not IPv4: %w", n.ID, n.Subnet, ErrInvalid)
+	}
+	if !n.Gateway.Is4() || !n.Subnet.Contains(n.Gateway) {
+		return endpointNetwork{}, fmt.Errorf("network %d: gateway %s is not in %s: %w", n.ID, n.Gateway, n.Subnet, ErrInvalid)
+	}
+	if err := checkMAC(fmt.Sprintf("network %d: router MAC", n.ID), n.RouterMAC); err != nil {
+		return endpointNetwork{}, err
+	}
+	mask := netip.AddrFrom4([4]byte(net.CIDRMask(n.Subnet.Bits(), 32)))
+	return endpointNetwork{
+		Gateway:   be32(n.Gateway),
+		Subnet:    be32(n.Subnet.Masked().Addr()),
+		Mask:      be32(mask),
+		RouterMac: [6]byte(n.RouterMAC),
+	}, nil
+}
+
+// PutNetwork creates or replaces a network.
+func (o *Objects) PutNetwork(n Network) error {
+	v, err := n.value()
+	if err != nil {
+		return err
+	}
+	if err := o.objs.Networks.Put(uint32(n.ID), v); err != nil {
+		return fmt.Errorf("put network %d: %w", n.ID, err)
+	}
+	return nil
+}
+
+// DeleteNetwork removes a network; a missing one is not an error. Endpoints
+// still on it drop everything they send until it is put back.
+func (o *Objects) DeleteNetwork(id NetID) error {
+	if err := o.objs.Networks.Delete(uint32(id)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete network %d: %w", id, err)
+	}
+	return nil
+}
+
+func (o *Objects) network(id NetID) (Network, bool, error) {
+	var v endpointNetwork
+	err := o.objs.Networks.Lookup(uint32(id), &v)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return Network{}, false, nil
+	}
+	if err != nil {
+		return Network{}, false, fmt.Errorf("look up network %d: %w", id, err)
+	}
+	ones, _ := net.IPMask(addrFromBE32(v.Mask).AsSlice()).Size()
+	return Network{
+		ID:        id,
+		Subnet:    netip.PrefixFrom(addrFromBE32(v.Subnet), ones),
+		Gateway:   addrFromBE32(v.Gateway),
+		RouterMAC: net.HardwareAddr(v.RouterMac[:]),
+	}, true, nil
+}
+
+// PutEndpoint creates or replaces the endpoint on ep.HostIfindex. Its
+// network must have been put first and must contain its address; an address
+// held by another endpoint is ErrConflict (delete that one first).
+func (o *Objects) PutEndpoint(ep Endpoint) error {
+	if ep.HostIfindex <= 0 {
+		return fmt.Errorf("endpoint ifindex %d: %w", ep.HostIfindex, ErrInvalid)
+	}
+	if !ep.Addr.Is4() || ep.Addr.IsUnspecified() {
+		return fmt.Errorf("endpoint %d: address %s is not a usable IPv4 address: %w", ep.HostIfindex, ep.Addr, ErrInvalid)
+	}
+	if err := checkMAC(fmt.Sprintf("endpoint %d: MAC", ep.HostIfindex), ep.MAC); err != nil {
+		return err
+	}
+	n, ok, err := o.network(ep.Network)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("endpoint %d: network %d is not in the map; put it first: %w", ep.HostIfindex, ep.Network, ErrInvalid)
+	}
+	if !n.Subnet.Contains(ep.Addr) || ep.Addr == n.Gateway {
+		return fmt.Errorf("endpoint %d: address %s is not a host address of %s: %w", ep.HostIfindex, ep.Addr, n.Subnet, ErrInvalid)
+	}
+
+	ifindex := uint32(ep.HostIfindex)
+	v := endpointEndpoint{Ifindex: ifindex, Ipv4: be32(ep.Addr), Mac: [6]byte(ep.MAC), NetworkId: uint32(ep.Network)}
+	var holder endpointEndpoint
+	switch err := o.objs.EndpointByIp.Lookup(v.Ipv4, &holder); {
+	case err == nil && holder.Ifindex != ifindex:
+		return fmt.Errorf("endpoint %d: %s is held by ifindex %d: %w", ifindex, ep.Addr, holder.Ifindex, ErrConflict)
+	case err != nil && !errors.Is(err, ebpf.ErrKeyNotExist):
+		return fmt.Errorf("endpoint %d: look up %s: %w", ifindex, ep.Addr, err)
+	}
+	var old endpointEndpoint
+	hadOld := true
+	if err := o.objs.Endpoints.Lookup(ifindex, &old); errors.Is(err, ebpf.ErrKeyNotExist) {
+		hadOld = false
+	} else if err != nil {
+		return fmt.Errorf("endpoint %d: look up: %w", ifindex, err)
+	}
+
+	// Reachable first, then allowed to send: in between, its packets are
+	// dropped as coming from an unknown endpoint, never let through.
+	if err := o.objs.EndpointByIp.Put(v.Ipv4, v); err != nil {
+		return fmt.Errorf("endpoint %d: put address %s: %w", ifindex, ep.Addr, err)
+	}
+	if err := o.objs.Endpoints.Put(ifindex, v); err != nil {
+		return fmt.Errorf("endpoint %d: put: %w", ifindex, err)
+	}
+	if hadOld && old.Ipv4 != v.Ipv4 {
+		if err := o.deleteAddr(old.Ipv4, ifindex); err != nil {
+			return fmt.Errorf("endpoint %d: %w", ifindex, err)
+		}
+	}
+	return nil
+}
+
+// DeleteEndpoint removes the endpoint on hostIfindex; a missing one is not
+// an error.
+func (o *Objects) DeleteEndpoint(hostIfindex int) error {
+	ifindex := uint32(hostIfindex)
+	var old endpointEndpoint
+	err := o.objs.Endpoints.Lookup(ifindex, &old)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("delete endpoint %d: look up: %w", ifindex, err)
+	}
+	// Silence it before making it unreachable, the reverse of PutEndpoint.
+	if err := o.objs.Endpoints.Delete(ifindex); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete endpoint %d: %w", ifindex, err)
+	}
+	if err := o.deleteAddr(old.Ipv4, ifindex); err != nil {
+		return fmt.Errorf("delete endpoint %d: %w", ifindex, err)
+	}
+	return nil
+}
+
+// deleteAddr removes addr from endpoint_by_ip if it still points at ifindex,
+// so that removing a stale endpoint never unmaps an address that has moved.
+func (o *Objects) deleteAddr(addr, ifindex uint32) error {
+	var holder endpointEndpoint
+	err := o.objs.EndpointByIp.Lookup(addr, &holder)
+	if errors.Is(err, ebpf.ErrKeyNotExist) || (err == nil && holder.Ifindex != ifindex) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("look up address %s: %w", addrFromBE32(addr), err)
+	}
+	if err := o.objs.EndpointByIp.Delete(addr); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete address %s: %w", addrFromBE32(addr), err)
+	}
+	return nil
+}
