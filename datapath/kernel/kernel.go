@@ -4,10 +4,20 @@
 // table ("ip fabric", owned entirely by this package) holds masquerade,
 // isolation between networks, internal networks and published ports.
 //
+// macvlan and ipvlan networks put sandboxes straight onto a host
+// interface's LAN instead: each endpoint is a child of the network's parent
+// interface, born in the sandbox; the host keeps at most an 802.1q
+// sub-interface fabric made as the parent and a "host shim" through which
+// the host reaches its own sandboxes. They need no bridge and no nftables
+// rules (parent.go, vlan.go, shim.go, macvlan.go).
+//
 // It programs one "host" network namespace through netlink and nftables
 // handles opened on that namespace, so the calling process need not live in
-// it. Every link it creates carries the alias datapath.OwnerPrefix+ID, which
-// is how Sync finds what to prune without touching anything else.
+// it. Every link it creates on the host carries an alias starting with
+// datapath.OwnerPrefix (OwnerPrefix+ID, or OwnerPrefix+"vlan:"/"shim:"+
+// network ID), which is how Sync finds what to prune without touching
+// anything else. macvlan/ipvlan children live only in their sandboxes, known
+// by sandbox and interface name.
 //
 // The package knows only the plain descriptions in package datapath: nothing
 // of the agent's store, of the API, of IPAM or of gossip.
@@ -53,9 +63,15 @@ type Datapath struct {
 	dirty   bool
 	lastErr error // of the last Sync, reported by Status
 
+	// parentNets are the macvlan/ipvlan networks ensured (or synced) and
+	// not deleted since start, whose parents Status checks.
+	parentNets map[string]datapath.Network
+
 	// testHookVethCreated, when set by a test, runs right after a veth pair
 	// is created; an error it returns must be rolled back like any other.
 	testHookVethCreated func() error
+	// testHookChildCreated is the same for macvlan/ipvlan children.
+	testHookChildCreated func() error
 }
 
 // errClosed is returned by every method after Close.
@@ -133,6 +149,8 @@ func New(log *slog.Logger, opts Options) (_ *Datapath, err error) {
 		nl:     nl,
 		nft:    nft,
 		state:  newDesired(),
+
+		parentNets: map[string]datapath.Network{},
 	}
 	restored, err := d.restoreState()
 	if err != nil {
@@ -196,6 +214,12 @@ func (d *Datapath) Status(ctx context.Context) datapath.Status {
 			fmt.Sprintf("%d bridges, %d port rules", len(d.state.networks), d.state.portRuleCount()),
 		},
 	}
+	if len(d.parentNets) > 0 {
+		st.Details = append(st.Details, fmt.Sprintf("%d macvlan/ipvlan networks", len(d.parentNets)))
+		if d.nl != nil {
+			st.Warnings = append(st.Warnings, d.parentWarnings()...)
+		}
+	}
 	if d.lastErr != nil {
 		st.Warnings = append(st.Warnings, "last sync: "+d.lastErr.Error())
 	}
@@ -213,6 +237,10 @@ func (s desired) portRuleCount() int {
 // EnsureNetwork creates or repairs the network's bridge and host settings,
 // and regenerates the nftables table when the network is new or changed.
 // A bridge made here is removed again if its rules cannot be installed.
+//
+// For a macvlan/ipvlan network it checks the parent (an error wrapping
+// datapath.ErrParentMissing if it is absent or down), creates a missing
+// IFACE.VID parent, and makes or removes the host shim.
 func (d *Datapath) EnsureNetwork(ctx context.Context, n datapath.Network) error {
 	if err := validateNetwork(n); err != nil {
 		return err
@@ -221,6 +249,9 @@ func (d *Datapath) EnsureNetwork(ctx context.Context, n datapath.Network) error 
 	defer d.mu.Unlock()
 	if d.nl == nil {
 		return errClosed
+	}
+	if usesParent(n) {
+		return d.ensureParentNetwork(n)
 	}
 	created, err := d.ensureBridge(n)
 	if err != nil {
@@ -246,7 +277,9 @@ func (d *Datapath) EnsureNetwork(ctx context.Context, n datapath.Network) error 
 }
 
 // DeleteNetwork removes the bridge and the network's rules, including the
-// published ports of endpoints still on it.
+// published ports of endpoints still on it. For a macvlan/ipvlan network it
+// removes the host shim, and the VLAN parent only if fabric made it for
+// this network.
 func (d *Datapath) DeleteNetwork(ctx context.Context, n datapath.Network) error {
 	if n.ID == "" {
 		return invalidf("network without ID")
@@ -255,6 +288,9 @@ func (d *Datapath) DeleteNetwork(ctx context.Context, n datapath.Network) error 
 	defer d.mu.Unlock()
 	if d.nl == nil {
 		return errClosed
+	}
+	if usesParent(n) {
+		return d.deleteParentNetwork(n)
 	}
 	if err := d.deleteBridge(n); err != nil {
 		return err
@@ -279,6 +315,8 @@ func (d *Datapath) DeleteNetwork(ctx context.Context, n datapath.Network) error 
 // EnsureEndpoint creates or repairs the endpoint's veth pair and sandbox
 // side. nftables is touched only when the endpoint's published ports
 // change; a veth made here is removed again if they cannot be installed.
+// On a macvlan/ipvlan network the endpoint is a child of the parent
+// instead, plus a host route through the shim if the network has one.
 func (d *Datapath) EnsureEndpoint(ctx context.Context, n datapath.Network, ep datapath.Endpoint) error {
 	if err := validateNetwork(n); err != nil {
 		return err
@@ -290,6 +328,10 @@ func (d *Datapath) EnsureEndpoint(ctx context.Context, n datapath.Network, ep da
 	defer d.mu.Unlock()
 	if d.nl == nil {
 		return errClosed
+	}
+	if usesParent(n) {
+		_, err := d.ensureChild(n, ep)
+		return err
 	}
 	if err := portConflict(d.state.ports, ep); err != nil {
 		return err
@@ -369,7 +411,7 @@ func (a endpointPorts) equal(b endpointPorts) bool {
 }
 
 // DeleteEndpoint removes the host veth (the peer goes with it) and the
-// endpoint's published ports.
+// endpoint's published ports, or a macvlan/ipvlan child and its shim route.
 func (d *Datapath) DeleteEndpoint(ctx context.Context, n datapath.Network, ep datapath.Endpoint) error {
 	if ep.ID == "" {
 		return invalidf("endpoint without ID")
@@ -378,6 +420,9 @@ func (d *Datapath) DeleteEndpoint(ctx context.Context, n datapath.Network, ep da
 	defer d.mu.Unlock()
 	if d.nl == nil {
 		return errClosed
+	}
+	if usesParent(n) {
+		return d.deleteChild(n, ep)
 	}
 	if err := d.deleteVeth(ep); err != nil {
 		return err

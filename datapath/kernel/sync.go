@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -15,6 +16,11 @@ import (
 // network and endpoint in s is ensured, and the nftables table is
 // regenerated from s. It carries on past a failing object and returns all
 // errors together, so one bad endpoint does not hold up the rest.
+//
+// A macvlan/ipvlan network whose parent is missing or down is skipped with
+// its endpoints; the returned error then wraps datapath.ErrParentMissing
+// (once per network), Status reports it, and a later Sync or
+// EnsureNetwork+EnsureEndpoint restores the endpoints when it is back.
 func (d *Datapath) Sync(ctx context.Context, s datapath.State) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -32,7 +38,11 @@ func (d *Datapath) sync(ctx context.Context, s datapath.State) error {
 	// keep maps the alias of every object in s to its link name; a link
 	// with a fabric alias is kept only under that exact name.
 	keep := map[string]string{}
+	// parents are the links desired networks hang off: never pruned, even
+	// if another (stale) fabric network's alias marks them.
+	parents := map[string]bool{}
 	nets := map[string]datapath.Network{}
+	parentNets := map[string]datapath.Network{}
 	for _, n := range s.Networks {
 		if n.ID != "" {
 			keep[ownerAlias(n.ID)] = n.Bridge
@@ -42,6 +52,15 @@ func (d *Datapath) sync(ctx context.Context, s datapath.State) error {
 			continue
 		}
 		nets[n.ID] = n
+		if usesParent(n) {
+			parentNets[n.ID] = n
+			parents[n.Parent] = true
+			keep[vlanAlias(n.ID)] = n.Parent
+			if n.HostShim.IsValid() {
+				keep[shimAlias(n.ID)] = shimName(n.ID)
+			}
+			continue // no bridge, no rules
+		}
 		next.networks[n.ID] = netStateOf(n)
 	}
 	var eps []datapath.Endpoint
@@ -74,7 +93,7 @@ func (d *Datapath) sync(ctx context.Context, s datapath.State) error {
 	}
 
 	// Pruning first frees names that objects in s may now want.
-	if err := d.prune(keep); err != nil {
+	if err := d.prune(keep, parents); err != nil {
 		errs = append(errs, err)
 	}
 	ids := make([]string, 0, len(nets))
@@ -82,20 +101,53 @@ func (d *Datapath) sync(ctx context.Context, s datapath.State) error {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
+	d.parentNets = parentNets
+	// failed networks' endpoints are skipped: their errors would only
+	// repeat the network's (a missing parent once, not once per endpoint).
+	failed := map[string]bool{}
 	for _, id := range ids {
 		if err := ctx.Err(); err != nil {
 			return errors.Join(append(errs, err)...)
+		}
+		if n := nets[id]; usesParent(n) {
+			if err := d.ensureParentNetwork(n); err != nil {
+				failed[id] = true
+				errs = append(errs, err) // names the network already
+			}
+			continue
 		}
 		if _, err := d.ensureBridge(nets[id]); err != nil {
 			errs = append(errs, fmt.Errorf("network %s: %w", id, err))
 		}
 	}
+	shimDsts := map[string]map[netip.Addr]bool{}
 	for _, ep := range eps {
 		if err := ctx.Err(); err != nil {
 			return errors.Join(append(errs, err)...)
 		}
-		if _, err := d.ensureVeth(nets[ep.NetworkID], ep); err != nil {
+		n := nets[ep.NetworkID]
+		if !usesParent(n) {
+			if _, err := d.ensureVeth(n, ep); err != nil {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		if failed[n.ID] {
+			continue
+		}
+		if shimDsts[n.ID] == nil {
+			shimDsts[n.ID] = map[netip.Addr]bool{}
+		}
+		shimDsts[n.ID][ep.Addr.Addr()] = true
+		if _, err := d.ensureChild(n, ep); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	for _, id := range ids {
+		if n := nets[id]; usesParent(n) && n.HostShim.IsValid() && !failed[id] {
+			if err := d.pruneShimRoutes(n, shimDsts[id]); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	d.state = next
@@ -106,8 +158,10 @@ func (d *Datapath) sync(ctx context.Context, s datapath.State) error {
 }
 
 // prune deletes every link carrying a fabric alias that keep does not list
-// under the link's name. Links without a fabric alias are never touched.
-func (d *Datapath) prune(keep map[string]string) error {
+// under the link's name, except the parents of desired networks. Links
+// without a fabric alias are never touched. (macvlan/ipvlan children live
+// in the sandboxes and go with them or with DeleteEndpoint.)
+func (d *Datapath) prune(keep map[string]string, parents map[string]bool) error {
 	links, err := retryDump(d.nl.LinkList)
 	if err != nil {
 		return fmt.Errorf("list links: %w", err)
@@ -118,7 +172,7 @@ func (d *Datapath) prune(keep map[string]string) error {
 		if !strings.HasPrefix(a.Alias, datapath.OwnerPrefix) {
 			continue
 		}
-		if name, ok := keep[a.Alias]; ok && name == a.Name {
+		if name, ok := keep[a.Alias]; (ok && name == a.Name) || parents[a.Name] {
 			continue
 		}
 		d.log.Info("pruning fabric link not in state", "link", a.Name, "alias", a.Alias)

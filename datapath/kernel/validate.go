@@ -50,12 +50,22 @@ func validateNetwork(n datapath.Network) error {
 	if n.ID == "" {
 		return invalidf("network without ID")
 	}
-	if n.Driver != "" && n.Driver != "bridge" {
-		return invalidf("network %s: driver %q is not handled by the kernel bridge datapath", n.ID, n.Driver)
+	switch n.Driver {
+	case "", datapath.DriverBridge:
+	case datapath.DriverMacvlan, datapath.DriverIPvlan:
+		return validateParentNetwork(n)
+	default:
+		return invalidf("network %s: driver %q is not handled by the kernel datapath", n.ID, n.Driver)
 	}
 	if err := validIfName(n.Bridge); err != nil {
 		return invalidf("network %s: bridge: %v", n.ID, err)
 	}
+	return validateAddressing(n)
+}
+
+// validateAddressing checks what every driver needs: an IPv4 subnet with
+// the gateway inside, and a sane MTU.
+func validateAddressing(n datapath.Network) error {
 	if !n.Subnet.IsValid() || !n.Subnet.Addr().Is4() {
 		return invalidf("network %s: subnet %s must be an IPv4 prefix", n.ID, n.Subnet)
 	}
@@ -81,12 +91,19 @@ func validateEndpoint(n datapath.Network, ep datapath.Endpoint) error {
 	if err := validIfName(ep.IfName); err != nil {
 		return invalidf("endpoint %s: sandbox interface: %v", ep.ID, err)
 	}
-	if err := validIfName(ep.HostIfName); err != nil {
-		return invalidf("endpoint %s: host interface: %v", ep.ID, err)
+	if !usesParent(n) {
+		if err := validIfName(ep.HostIfName); err != nil {
+			return invalidf("endpoint %s: host interface: %v", ep.ID, err)
+		}
+	} else if len(ep.Ports) > 0 {
+		return invalidf("endpoint %s: a %s endpoint has its own address on the LAN; publishing ports on the host makes no sense for it", ep.ID, n.Driver)
 	}
 	a := ep.Addr.Addr()
 	if !ep.Addr.IsValid() || !a.Is4() || !n.Subnet.Contains(a) || a == n.Gateway || isNetOrBroadcast(n.Subnet, a) {
 		return invalidf("endpoint %s: address %s must be a host address in %s other than the gateway", ep.ID, ep.Addr, n.Subnet)
+	}
+	if a == n.HostShim {
+		return invalidf("endpoint %s: address %s is the network's host shim address", ep.ID, a)
 	}
 	if ep.Addr.Bits() != n.Subnet.Bits() {
 		return invalidf("endpoint %s: address %s must have the network's prefix length /%d", ep.ID, ep.Addr, n.Subnet.Bits())

@@ -113,8 +113,18 @@ func applyOptions(n *networkRec, opts map[string]string) error {
 		}
 		n.Options[k] = v
 	}
-	if lanDriver(n.Driver) && n.Parent == "" {
-		return invalidf("the %s driver needs -o parent=IFACE (or IFACE.VLAN, e.g. eth1.10, for an 802.1q sub-interface)", n.Driver)
+	if lanDriver(n.Driver) {
+		if n.Parent == "" {
+			return invalidf("the %s driver needs -o parent=IFACE (or IFACE.VLAN, e.g. eth1.10, for an 802.1q sub-interface)", n.Driver)
+		}
+		if n.Shim && (n.Mode == "private" || n.Mode == "passthru") {
+			return invalidf("host_shim=true does not work with macvlan_mode=%s (the shim is a sibling of the sandboxes, which this mode keeps apart or allows only one of)", n.Mode)
+		}
+		if _, ok := opts["mtu"]; !ok {
+			if _, ok := opts["com.docker.network.driver.mtu"]; !ok {
+				n.MTU = 0 // follow the parent's MTU
+			}
+		}
 	}
 	return nil
 }

@@ -110,7 +110,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 		}
 	}
 	if err := a.dp.Sync(ctx, a.desiredLocked()); err != nil {
-		if !errors.Is(err, datapath.ErrParentMissing) {
+		if !onlyParentMissing(err) {
 			return fmt.Errorf("sync datapath: %w", err)
 		}
 		// A missing macvlan/ipvlan parent must not keep the agent down:
@@ -122,6 +122,20 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	a.log.Info("reconciled", "networks", len(a.networks), "sandboxes", len(a.sandboxes),
 		"endpoints", len(a.endpoints), "took", time.Since(t0).Round(time.Microsecond))
 	return nil
+}
+
+// onlyParentMissing reports whether err (possibly several joined) consists
+// of nothing but missing macvlan/ipvlan parents.
+func onlyParentMissing(err error) bool {
+	if joined, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range joined.Unwrap() {
+			if !onlyParentMissing(e) {
+				return false
+			}
+		}
+		return true
+	}
+	return errors.Is(err, datapath.ErrParentMissing)
 }
 
 // reviveSandbox makes a stored, ready sandbox usable again after a restart.

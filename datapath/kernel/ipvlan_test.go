@@ -1,0 +1,136 @@
+package kernel
+
+import (
+	"bytes"
+	"net/netip"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/fabricnet/fabric/datapath"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
+)
+
+// These tests need a kernel with ipvlan (CONFIG_IPVLAN, and
+// CONFIG_IPVLAN_L3S for l3s) and skip without it.
+
+func TestIPvlanL2(t *testing.T) {
+	t.Parallel()
+	requireLinkKind(t, "ipvlan")
+	sw := newSwitch(t)
+	h1, h2 := sw.host(), sw.host()
+	n := parentNet("ipl2", datapath.DriverIPvlan, "eth1", "", "10.90.40.0/24")
+	h1.ensureNetwork(n)
+	h2.ensureNetwork(n)
+	s1, p1 := h1.sandbox()
+	_, p2 := h2.sandbox()
+	_, p3 := h1.sandbox()
+	e1 := endpoint("e1", n, p1, "eth0", "", 2, true)
+	h1.ensureEndpoint(n, e1)
+	h2.ensureEndpoint(n, endpoint("e2", n, p2, "eth0", "", 3, true))
+	h1.ensureEndpoint(n, endpoint("e3", n, p3, "eth0", "", 4, true))
+
+	mustPing(t, s1, "10.90.40.3") // across hosts
+	mustPing(t, s1, "10.90.40.4") // same parent
+
+	c := child(t, p1, "eth0")
+	iv, ok := c.(*netlink.IPVlan)
+	if !ok || iv.Mode != netlink.IPVLAN_MODE_L2 {
+		t.Fatalf("sandbox eth0: %s %+v", c.Type(), c)
+	}
+	if !bytes.Equal(c.Attrs().HardwareAddr, h1.link("eth1").Attrs().HardwareAddr) {
+		t.Errorf("ipvlan child MAC %s, want the parent's", c.Attrs().HardwareAddr)
+	}
+	if got := routes(t, s1, "default"); got != "default via 10.90.40.1 dev eth0" {
+		t.Errorf("default route: %q", got)
+	}
+	index := c.Attrs().Index
+	h1.ensureEndpoint(n, e1) // ep.MAC differs from the child's: not a reason to touch it
+	if child(t, p1, "eth0").Attrs().Index != index {
+		t.Error("ensuring again replaced the child")
+	}
+}
+
+// TestIPvlanL3 also routes across hosts: in l3 mode children do no ARP,
+// the host's routing table sends their packets, so each host needs a
+// route to the other host's endpoints through the underlay (which the
+// operator or the agent provides; here the test does).
+func TestIPvlanL3(t *testing.T) {
+	t.Parallel()
+	requireLinkKind(t, "ipvlan")
+	sw := newSwitch(t)
+	h1, h2 := sw.host(), sw.host()
+	h1.addAddr("eth1", "10.91.0.1/24")
+	h2.addAddr("eth1", "10.91.0.2/24")
+	n := parentNet("ipl3", datapath.DriverIPvlan, "eth1", "l3", "10.90.41.0/24")
+	h1.ensureNetwork(n)
+	h2.ensureNetwork(n)
+	s1, p1 := h1.sandbox()
+	_, p2 := h2.sandbox()
+	_, p3 := h1.sandbox()
+	h1.ensureEndpoint(n, endpoint("e1", n, p1, "eth0", "", 2, true))
+	h2.ensureEndpoint(n, endpoint("e2", n, p2, "eth0", "", 4, true))
+	h1.ensureEndpoint(n, endpoint("e3", n, p3, "eth0", "", 3, true))
+
+	if got := routes(t, s1, "default"); got != "default dev eth0 scope link" {
+		t.Errorf("l3 default route: %q, want one through the device", got)
+	}
+	mustPing(t, s1, "10.90.41.3") // same host
+
+	netnstest.Run(t, h1.hostName, "ip", "route", "add", "10.90.41.4/32", "via", "10.91.0.2")
+	netnstest.Run(t, h2.hostName, "ip", "route", "add", "10.90.41.2/32", "via", "10.91.0.1")
+	mustPing(t, s1, "10.90.41.4")
+}
+
+func TestIPvlanL3S(t *testing.T) {
+	t.Parallel()
+	requireLinkKind(t, "ipvlan")
+	requireLinkKind(t, "ipvlan-l3s")
+	sw := newSwitch(t)
+	h1 := sw.host()
+	n := parentNet("ipl3s", datapath.DriverIPvlan, "eth1", "l3s", "10.90.42.0/24")
+	h1.ensureNetwork(n)
+	s1, p1 := h1.sandbox()
+	_, p2 := h1.sandbox()
+	h1.ensureEndpoint(n, endpoint("e1", n, p1, "eth0", "", 2, true))
+	h1.ensureEndpoint(n, endpoint("e2", n, p2, "eth0", "", 3, true))
+	mustPing(t, s1, "10.90.42.3")
+	if iv := child(t, p1, "eth0").(*netlink.IPVlan); iv.Mode != netlink.IPVLAN_MODE_L3S {
+		t.Errorf("mode %v", iv.Mode)
+	}
+}
+
+// TestIPvlanHostShim: the shim of an ipvlan network is an ipvlan child in
+// the network's mode (the mode is the parent's, shared by all children).
+func TestIPvlanHostShim(t *testing.T) {
+	for _, mode := range []string{"l2", "l3"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			requireLinkKind(t, "ipvlan")
+			sw := newSwitch(t)
+			h1 := sw.host()
+			h1.addAddr("eth1", "10.90.43.250/24")
+			n := parentNet("ipshim"+mode, datapath.DriverIPvlan, "eth1", mode, "10.90.43.0/24")
+			h1.ensureNetwork(n)
+			_, p1 := h1.sandbox()
+			e1 := endpoint("e1", n, p1, "eth0", "", 2, true)
+			h1.ensureEndpoint(n, e1)
+			mustNotPing(t, h1.hostName, "10.90.43.2")
+
+			n.HostShim = netip.MustParseAddr("10.90.43.254")
+			h1.ensureNetwork(n)
+			h1.ensureEndpoint(n, e1)
+			mustPing(t, h1.hostName, "10.90.43.2")
+			shim, ok := h1.link(shimName(n.ID)).(*netlink.IPVlan)
+			if !ok || shim.Mode != ipvlanModes[mode] || shim.Alias != shimAlias(n.ID) {
+				t.Errorf("shim: %+v", h1.link(shimName(n.ID)))
+			}
+			if err := h1.dp.DeleteNetwork(ctx, n); err != nil {
+				t.Fatal(err)
+			}
+			if !h1.linkGone(shimName(n.ID)) {
+				t.Error("shim left")
+			}
+		})
+	}
+}

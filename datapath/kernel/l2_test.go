@@ -1,0 +1,208 @@
+package kernel
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/fabricnet/fabric/datapath"
+	fabricns "github.com/fabricnet/fabric/datapath/netns"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
+)
+
+// switchL2 is the lab's shared L2 in miniature: a namespace with a Linux
+// bridge (sw0) into which test hosts plug their interfaces by veth. The
+// bridge does not filter VLANs, so tagged frames of every VLAN pass, like
+// a trunk port; separating VLANs is the hosts' 802.1q sub-interfaces' job.
+type switchL2 struct {
+	t     *testing.T
+	name  string
+	nl    *netlink.Handle
+	br    netlink.Link
+	ports int
+}
+
+func newSwitch(t *testing.T) *switchL2 {
+	t.Helper()
+	netnstest.RequireRoot(t)
+	name, path := netnstest.New(t, "fkw")
+	h, err := fabricns.HandleAt(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	la := netlink.NewLinkAttrs()
+	la.Name = "sw0"
+	la.Flags = net.FlagUp
+	if err := h.LinkAdd(&netlink.Bridge{LinkAttrs: la}); err != nil {
+		t.Fatalf("create switch bridge: %v", err)
+	}
+	br, err := h.LinkByName("sw0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &switchL2{t: t, name: name, nl: h, br: br}
+}
+
+// host returns a new lab (host namespace + datapath) whose eth1 is
+// plugged into the switch.
+func (s *switchL2) host() *lab {
+	s.t.Helper()
+	l := newLab(s.t)
+	s.plug(l, "eth1")
+	return l
+}
+
+// plug connects a new interface ifName, up and without address, of l's
+// host namespace to the switch; it returns the switch-side port name.
+func (s *switchL2) plug(l *lab, ifName string) string {
+	s.t.Helper()
+	s.ports++
+	port := fmt.Sprintf("sp%d", s.ports)
+	hns, err := netns.GetFromPath(l.hostPath)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer hns.Close()
+	la := netlink.NewLinkAttrs()
+	la.Name = port
+	la.Flags = net.FlagUp
+	la.MasterIndex = s.br.Attrs().Index
+	if err := s.nl.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: ifName, PeerNamespace: netlink.NsFd(hns), PeerTxQLen: -1}); err != nil {
+		s.t.Fatalf("plug %s into the switch: %v", ifName, err)
+	}
+	if err := l.hostNL.LinkSetUp(l.link(ifName)); err != nil {
+		s.t.Fatal(err)
+	}
+	return port
+}
+
+// setHairpin turns reflective relay on a switch port on or off: what a
+// VEPA-capable switch does.
+func (s *switchL2) setHairpin(port string, on bool) {
+	s.t.Helper()
+	p, err := s.nl.LinkByName(port)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if err := s.nl.LinkSetHairpin(p, on); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// parentNet describes a macvlan or ipvlan network; the gateway is the
+// subnet's first address (nothing answers it: a LAN router in real life).
+func parentNet(id, driver, parent, mode, subnet string) datapath.Network {
+	p := netip.MustParsePrefix(subnet)
+	return datapath.Network{ID: id, Name: id, Driver: driver, Subnet: p, Gateway: p.Addr().Next(), Parent: parent, Mode: mode}
+}
+
+// child is an endpoint's link as seen inside its sandbox.
+func child(t *testing.T, nsPath, ifName string) netlink.Link {
+	t.Helper()
+	h, err := fabricns.HandleAt(nsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	link, err := h.LinkByName(ifName)
+	if err != nil {
+		t.Fatalf("%s in %s: %v", ifName, nsPath, err)
+	}
+	return link
+}
+
+func childGone(t *testing.T, nsPath, ifName string) bool {
+	t.Helper()
+	h, err := fabricns.HandleAt(nsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	_, err = h.LinkByName(ifName)
+	return isNotFound(err)
+}
+
+func (l *lab) addAddr(ifName, cidr string) {
+	l.t.Helper()
+	if err := l.hostNL.AddrAdd(l.link(ifName), mustAddr(cidr)); err != nil {
+		l.t.Fatalf("add %s to %s: %v", cidr, ifName, err)
+	}
+}
+
+func (l *lab) ensureNetworkErr(n datapath.Network) error {
+	return l.dp.EnsureNetwork(ctx, n)
+}
+
+// kindSupport caches, per link kind, why the kernel cannot make it ("" if
+// it can): the CI kernel may be built without 802.1q or ipvlan.
+var kindSupport sync.Map
+
+// requireLinkKind skips the test on a kernel without that kind of link.
+func requireLinkKind(t *testing.T, kind string) {
+	t.Helper()
+	netnstest.RequireRoot(t)
+	v, ok := kindSupport.Load(kind)
+	if !ok {
+		v, _ = kindSupport.LoadOrStore(kind, probeLinkKind(t, kind))
+	}
+	if msg := v.(string); msg != "" {
+		t.Skip(msg)
+	}
+}
+
+func probeLinkKind(t *testing.T, kind string) string {
+	t.Helper()
+	_, path := netnstest.New(t, "fkp")
+	h, err := fabricns.HandleAt(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	la := netlink.NewLinkAttrs()
+	la.Name = "p0"
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: "p1", PeerTxQLen: -1}); err != nil {
+		t.Fatal(err)
+	}
+	p0, err := h.LinkByName("p0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := netlink.NewLinkAttrs()
+	ca.Name = "x0"
+	ca.ParentIndex = p0.Attrs().Index
+	var link netlink.Link
+	config := ""
+	switch kind {
+	case "vlan":
+		link, config = &netlink.Vlan{LinkAttrs: ca, VlanId: 10}, "CONFIG_VLAN_8021Q"
+	case "ipvlan":
+		link, config = &netlink.IPVlan{LinkAttrs: ca, Mode: netlink.IPVLAN_MODE_L2}, "CONFIG_IPVLAN"
+	case "ipvlan-l3s":
+		link, config = &netlink.IPVlan{LinkAttrs: ca, Mode: netlink.IPVLAN_MODE_L3S}, "CONFIG_IPVLAN_L3S"
+	default:
+		t.Fatalf("no probe for %s", kind)
+	}
+	err = h.LinkAdd(link)
+	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOTSUP) {
+		return fmt.Sprintf("skipping: this kernel cannot make %s links (%s not set): %v", kind, config, err)
+	}
+	if err != nil {
+		t.Fatalf("probe %s: %v", kind, err)
+	}
+	return ""
+}
+
+// routes returns `ip -4 route show ARGS` in the named namespace, trimmed.
+func routes(t *testing.T, nsName string, args ...string) string {
+	t.Helper()
+	return strings.TrimSpace(netnstest.Run(t, nsName, append([]string{"ip", "-4", "route", "show"}, args...)...))
+}

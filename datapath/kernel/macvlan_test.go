@@ -1,0 +1,522 @@
+package kernel
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/fabricnet/fabric/datapath"
+	fabricns "github.com/fabricnet/fabric/datapath/netns"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
+)
+
+func TestMacvlanBridgeModeAcrossAndWithinHosts(t *testing.T) {
+	t.Parallel()
+	sw := newSwitch(t)
+	h1, h2 := sw.host(), sw.host()
+	n := parentNet("mvb", datapath.DriverMacvlan, "eth1", "", "10.90.1.0/24")
+	h1.ensureNetwork(n)
+	h2.ensureNetwork(n)
+	s1, p1 := h1.sandbox()
+	s2, p2 := h2.sandbox()
+	_, p3 := h1.sandbox()
+	h1.ensureEndpoint(n, endpoint("e1", n, p1, "eth0", "", 2, true))
+	h2.ensureEndpoint(n, endpoint("e2", n, p2, "eth0", "", 3, true))
+	h1.ensureEndpoint(n, endpoint("e3", n, p3, "eth0", "", 4, false))
+
+	mustPing(t, s1, "10.90.1.3") // across the switch
+	mustPing(t, s2, "10.90.1.2")
+	mustPing(t, s1, "10.90.1.4") // two children of one parent, bridge mode
+
+	c := child(t, p1, "eth0")
+	mv, ok := c.(*netlink.Macvlan)
+	if !ok || mv.Mode != netlink.MACVLAN_MODE_BRIDGE {
+		t.Fatalf("sandbox eth0 is %s %+v, want a bridge-mode macvlan", c.Type(), c)
+	}
+	if c.Attrs().HardwareAddr.String() != "02:42:0a:5a:01:02" || c.Attrs().MTU != 1500 || c.Attrs().ParentIndex != h1.link("eth1").Attrs().Index {
+		t.Errorf("child MAC %s MTU %d parent %d", c.Attrs().HardwareAddr, c.Attrs().MTU, c.Attrs().ParentIndex)
+	}
+	if got := routes(t, s1, "default"); got != "default via 10.90.1.1 dev eth0" {
+		t.Errorf("default route: %q", got)
+	}
+	// Nothing else on the host: no bridge, no nftables table, no shim.
+	if h1.tableHandle() != "" {
+		t.Error("a macvlan network created the nftables table")
+	}
+	all, err := h1.hostNL.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range all {
+		if name := l.Attrs().Name; name != "lo" && name != "eth1" {
+			t.Errorf("unexpected host link %s (%s)", name, l.Type())
+		}
+	}
+	st := h1.dp.Status(ctx)
+	if !strings.Contains(strings.Join(st.Details, ";"), "1 macvlan/ipvlan networks") || len(st.Warnings) != 0 {
+		t.Errorf("Status = %+v", st)
+	}
+}
+
+func TestMacvlanPrivateModeIsolatesSameHost(t *testing.T) {
+	t.Parallel()
+	sw := newSwitch(t)
+	h1, h2 := sw.host(), sw.host()
+	n := parentNet("mvp", datapath.DriverMacvlan, "eth1", "private", "10.90.2.0/24")
+	h1.ensureNetwork(n)
+	h2.ensureNetwork(n)
+	s1, p1 := h1.sandbox()
+	_, p2 := h2.sandbox()
+	_, p3 := h1.sandbox()
+	h1.ensureEndpoint(n, endpoint("e1", n, p1, "eth0", "", 2, true))
+	h2.ensureEndpoint(n, endpoint("e2", n, p2, "eth0", "", 3, true))
+	h1.ensureEndpoint(n, endpoint("e3", n, p3, "eth0", "", 4, true))
+
+	mustPing(t, s1, "10.90.2.3")    // the LAN is reachable
+	mustNotPing(t, s1, "10.90.2.4") // a sibling on the same parent is not
+	if mv := child(t, p1, "eth0").(*netlink.Macvlan); mv.Mode != netlink.MACVLAN_MODE_PRIVATE {
+		t.Errorf("mode %v, want private", mv.Mode)
+	}
+}
+
+// TestMacvlanVEPAModeNeedsReflectiveRelay documents VEPA: every frame goes
+// out to the switch, so siblings on one host reach each other only if the
+// switch sends frames back out of the port they came in on (hairpin).
+func TestMacvlanVEPAModeNeedsReflectiveRelay(t *testing.T) {
+	t.Parallel()
+	sw := newSwitch(t)
+	h1 := newLab(t)
+	port := sw.plug(h1, "eth1")
+	h2 := sw.host()
+	n := parentNet("mvv", datapath.DriverMacvlan, "eth1", "vepa", "10.90.3.0/24")
+	n1 := n
+	n1.HostShim = netip.MustParseAddr("10.90.3.254") // the shim is a bridge-mode sibling
+	h1.ensureNetwork(n1)
+	h2.ensureNetwork(n)
+	s1, p1 := h1.sandbox()
+	_, p2 := h2.sandbox()
+	_, p3 := h1.sandbox()
+	h1.ensureEndpoint(n1, endpoint("e1", n1, p1, "eth0", "", 2, true))
+	h2.ensureEndpoint(n, endpoint("e2", n, p2, "eth0", "", 3, true))
+	h1.ensureEndpoint(n1, endpoint("e3", n1, p3, "eth0", "", 4, true))
+
+	mustPing(t, s1, "10.90.3.3")
+	mustNotPing(t, s1, "10.90.3.4")
+	mustNotPing(t, h1.hostName, "10.90.3.2")
+	sw.setHairpin(port, true)
+	mustPing(t, s1, "10.90.3.4")
+	mustPing(t, h1.hostName, "10.90.3.2")
+}
+
+// TestMacvlanPassthruTakesTheParent: a passthru child is the parent's only
+// child and carries the parent's MAC; a second endpoint is refused.
+func TestMacvlanPassthruTakesTheParent(t *testing.T) {
+	t.Parallel()
+	sw := newSwitch(t)
+	h1, h2 := sw.host(), sw.host()
+	n := parentNet("mvt", datapath.DriverMacvlan, "eth1", "passthru", "10.90.4.0/24")
+	h1.ensureNetwork(n)
+	h2.ensureNetwork(n)
+	s1, p1 := h1.sandbox()
+	_, p2 := h2.sandbox()
+	s3, p3 := h1.sandbox()
+	parentMAC := h1.link("eth1").Attrs().HardwareAddr
+	e1 := endpoint("e1", n, p1, "eth0", "", 2, true)
+	h1.ensureEndpoint(n, e1)
+	h2.ensureEndpoint(n, endpoint("e2", n, p2, "eth0", "", 3, true))
+	mustPing(t, s1, "10.90.4.3")
+
+	c := child(t, p1, "eth0")
+	if !bytes.Equal(c.Attrs().HardwareAddr, parentMAC) {
+		t.Errorf("passthru child MAC %s, want the parent's %s (ep.MAC is ignored)", c.Attrs().HardwareAddr, parentMAC)
+	}
+	err := h1.dp.EnsureEndpoint(ctx, n, endpoint("e3", n, p3, "eth0", "", 4, true))
+	if !errors.Is(err, datapath.ErrInvalid) || !strings.Contains(err.Error(), "passthru") || !strings.Contains(err.Error(), "eth1") {
+		t.Errorf("second passthru endpoint: %v, want ErrInvalid explaining passthru", err)
+	}
+	if !childGone(t, p3, "eth0") {
+		t.Error("refused endpoint left a link in its sandbox")
+	}
+	if out := netnstest.Run(t, s3, "ip", "-o", "link", "show"); strings.Count(out, "\n") != 1 {
+		t.Errorf("sandbox of the refused endpoint: %s", out)
+	}
+	// Re-ensuring the first does not touch the parent's MAC.
+	h1.ensureEndpoint(n, e1)
+	if got := h1.link("eth1").Attrs().HardwareAddr; !bytes.Equal(got, parentMAC) {
+		t.Errorf("parent MAC changed to %s", got)
+	}
+	mustPing(t, s1, "10.90.4.3")
+}
+
+// TestHostShim: the kernel keeps a host out of its own macvlan sandboxes
+// (even with an address on the parent's LAN); the shim lets it in.
+func TestHostShim(t *testing.T) {
+	t.Parallel()
+	sw := newSwitch(t)
+	h1 := sw.host()
+	h1.addAddr("eth1", "10.90.6.250/24") // the host's own LAN address
+	n := parentNet("mvshim0123456789", datapath.DriverMacvlan, "eth1", "", "10.90.6.0/24")
+	h1.ensureNetwork(n)
+	s1, p1 := h1.sandbox()
+	e1 := endpoint("e1", n, p1, "eth0", "", 2, true)
+	h1.ensureEndpoint(n, e1)
+	mustNotPing(t, h1.hostName, "10.90.6.2")
+
+	n.HostShim = netip.MustParseAddr("10.90.6.254")
+	h1.ensureNetwork(n)
+	h1.ensureEndpoint(n, e1)
+	mustPing(t, h1.hostName, "10.90.6.2")
+	mustPing(t, s1, "10.90.6.254")
+
+	shim := h1.link("fs-mvshim012345")
+	mv, ok := shim.(*netlink.Macvlan)
+	if !ok || mv.Mode != netlink.MACVLAN_MODE_BRIDGE || shim.Attrs().Alias != datapath.OwnerPrefix+"shim:"+n.ID || !isUp(shim) {
+		t.Fatalf("shim %s %+v", shim.Type(), shim.Attrs())
+	}
+	addrs, err := h1.hostNL.AddrList(shim, netlink.FAMILY_V4)
+	if err != nil || len(addrs) != 1 || addrs[0].IPNet.String() != "10.90.6.254/32" {
+		t.Errorf("shim addresses %v (%v)", addrs, err)
+	}
+	if got := routes(t, h1.hostName, "10.90.6.2/32"); got != "10.90.6.2 dev fs-mvshim012345 scope link" {
+		t.Errorf("route to the endpoint: %q", got)
+	}
+	index := shim.Attrs().Index
+	h1.ensureNetwork(n)
+	h1.ensureEndpoint(n, e1)
+	if h1.link("fs-mvshim012345").Attrs().Index != index {
+		t.Error("ensuring again replaced the shim")
+	}
+
+	if err := h1.dp.DeleteEndpoint(ctx, n, e1); err != nil {
+		t.Fatal(err)
+	}
+	if got := routes(t, h1.hostName, "10.90.6.2/32"); got != "" {
+		t.Errorf("route left after DeleteEndpoint: %q", got)
+	}
+	h1.ensureEndpoint(n, e1)
+	mustPing(t, h1.hostName, "10.90.6.2")
+
+	// Turning the shim off removes it, and the host is out again.
+	n.HostShim = netip.Addr{}
+	h1.ensureNetwork(n)
+	if !h1.linkGone("fs-mvshim012345") {
+		t.Fatal("shim survived being turned off")
+	}
+	mustNotPing(t, h1.hostName, "10.90.6.2")
+
+	n.HostShim = netip.MustParseAddr("10.90.6.254")
+	h1.ensureNetwork(n)
+	if err := h1.dp.DeleteNetwork(ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	if !h1.linkGone("fs-mvshim012345") {
+		t.Error("DeleteNetwork left the shim")
+	}
+	h1.link("eth1") // the parent stays, of course
+}
+
+func TestMacvlanEnsureIsIdempotentAndRepairs(t *testing.T) {
+	t.Parallel()
+	sw := newSwitch(t)
+	h1, h2 := sw.host(), sw.host()
+	n := parentNet("mvi", datapath.DriverMacvlan, "eth1", "bridge", "10.90.7.0/24")
+	n.HostShim = netip.MustParseAddr("10.90.7.254")
+	h1.ensureNetwork(n)
+	n2 := parentNet("mvi", datapath.DriverMacvlan, "eth1", "", "10.90.7.0/24") // h2 has no shim
+	h2.ensureNetwork(n2)
+	s1, p1 := h1.sandbox()
+	s2, p2 := h2.sandbox()
+	e1 := endpoint("e1", n, p1, "eth0", "", 2, true)
+	h1.ensureEndpoint(n, e1)
+	h2.ensureEndpoint(n2, endpoint("e2", n2, p2, "eth0", "", 3, true))
+
+	indexes := func() [2]int {
+		return [2]int{h1.link("fs-mvi").Attrs().Index, child(t, p1, "eth0").Attrs().Index}
+	}
+	before := indexes()
+	for range 2 {
+		h1.ensureNetwork(n)
+		h1.ensureEndpoint(n, e1)
+	}
+	if after := indexes(); after != before {
+		t.Fatalf("indexes changed: %v -> %v", before, after)
+	}
+
+	// Drift inside the sandbox and on the host is repaired in place.
+	netnstest.Run(t, s1, "ip", "addr", "flush", "dev", "eth0")
+	netnstest.Run(t, s1, "ip", "link", "set", "eth0", "mtu", "1280")
+	netnstest.Run(t, s1, "ip", "link", "set", "eth0", "address", "02:00:00:00:00:99")
+	netnstest.Run(t, s1, "ip", "link", "set", "eth0", "down")
+	netnstest.Run(t, h1.hostName, "ip", "route", "del", "10.90.7.2/32")
+	netnstest.Run(t, h1.hostName, "ip", "addr", "flush", "dev", "fs-mvi")
+	h1.ensureNetwork(n)
+	h1.ensureEndpoint(n, e1)
+	if after := indexes(); after != before {
+		t.Errorf("repair replaced links: %v -> %v", before, after)
+	}
+	c := child(t, p1, "eth0")
+	if c.Attrs().MTU != 1500 || c.Attrs().HardwareAddr.String() != "02:42:0a:5a:07:02" || !isUp(c) {
+		t.Errorf("child after repair: MTU %d MAC %s up %v", c.Attrs().MTU, c.Attrs().HardwareAddr, isUp(c))
+	}
+	if got := routes(t, s1, "default"); got != "default via 10.90.7.1 dev eth0" {
+		t.Errorf("default route after repair: %q", got)
+	}
+	mustPing(t, s2, "10.90.7.2")
+	mustPing(t, h1.hostName, "10.90.7.2")
+
+	// MTU: the network's when smaller than the parent's, else the parent's.
+	n.MTU = 1400
+	h1.ensureNetwork(n)
+	h1.ensureEndpoint(n, e1)
+	if m1, m2 := child(t, p1, "eth0").Attrs().MTU, h1.link("fs-mvi").Attrs().MTU; m1 != 1400 || m2 != 1400 {
+		t.Errorf("MTU 1400 network: child %d shim %d", m1, m2)
+	}
+	n.MTU = 9000
+	h1.ensureNetwork(n)
+	h1.ensureEndpoint(n, e1)
+	if m := child(t, p1, "eth0").Attrs().MTU; m != 1500 {
+		t.Errorf("MTU 9000 network on a 1500 parent: child MTU %d, want it clamped to 1500", m)
+	}
+
+	// Another mode means another child.
+	n.Mode = "private"
+	n.HostShim = netip.Addr{}
+	h1.ensureNetwork(n)
+	h1.ensureEndpoint(n, e1)
+	if mv := child(t, p1, "eth0").(*netlink.Macvlan); mv.Mode != netlink.MACVLAN_MODE_PRIVATE {
+		t.Errorf("mode after switching to private: %v", mv.Mode)
+	}
+	mustPing(t, s1, "10.90.7.3")
+}
+
+// TestMacvlanReplacesWrongKindInSandbox: a leftover veth under the
+// endpoint's name is replaced by the child.
+func TestMacvlanReplacesWrongKindInSandbox(t *testing.T) {
+	t.Parallel()
+	sw := newSwitch(t)
+	h1, h2 := sw.host(), sw.host()
+	n := parentNet("mvk", datapath.DriverMacvlan, "eth1", "", "10.90.8.0/24")
+	h1.ensureNetwork(n)
+	h2.ensureNetwork(n)
+	s1, p1 := h1.sandbox()
+	_, p2 := h2.sandbox()
+	netnstest.Run(t, s1, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "old0")
+	h1.ensureEndpoint(n, endpoint("e1", n, p1, "eth0", "", 2, true))
+	h2.ensureEndpoint(n, endpoint("e2", n, p2, "eth0", "", 3, true))
+	if c := child(t, p1, "eth0"); c.Type() != "macvlan" {
+		t.Fatalf("eth0 is a %s", c.Type())
+	}
+	mustPing(t, s1, "10.90.8.3")
+}
+
+// TestMacvlanFailedSetupLeavesNothing also guards against the netlink
+// library's habit of resolving a new link's index by name in the handle's
+// namespace: the rollback must delete the sandbox's eth0, not the host's.
+func TestMacvlanFailedSetupLeavesNothing(t *testing.T) {
+	t.Parallel()
+	sw := newSwitch(t)
+	h1 := sw.host()
+	netnstest.Run(t, h1.hostName, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+	n := parentNet("mvf", datapath.DriverMacvlan, "eth1", "", "10.90.9.0/24")
+	h1.ensureNetwork(n)
+	_, p1 := h1.sandbox()
+	e1 := endpoint("e1", n, p1, "eth0", "", 2, true)
+	boom := errors.New("injected failure")
+	h1.dp.testHookChildCreated = func() error { return boom }
+	if err := h1.dp.EnsureEndpoint(ctx, n, e1); !errors.Is(err, boom) {
+		t.Fatalf("EnsureEndpoint: %v, want the injected failure", err)
+	}
+	if !childGone(t, p1, "eth0") {
+		t.Error("child left in the sandbox after a failed set-up")
+	}
+	h1.link("eth0") // the host's own eth0 is untouched
+	h1.dp.testHookChildCreated = nil
+	h1.ensureEndpoint(n, e1)
+	child(t, p1, "eth0")
+	h1.link("eth0")
+}
+
+func TestMacvlanDeleteEndpointToleratesMissing(t *testing.T) {
+	t.Parallel()
+	sw := newSwitch(t)
+	h1 := sw.host()
+	n := parentNet("mvd", datapath.DriverMacvlan, "eth1", "", "10.90.10.0/24")
+	n.HostShim = netip.MustParseAddr("10.90.10.254")
+	h1.ensureNetwork(n)
+	_, p1 := h1.sandbox()
+	e1 := endpoint("e1", n, p1, "eth0", "", 2, true)
+	h1.ensureEndpoint(n, e1)
+	for range 2 {
+		if err := h1.dp.DeleteEndpoint(ctx, n, e1); err != nil {
+			t.Fatalf("DeleteEndpoint: %v", err)
+		}
+	}
+	if !childGone(t, p1, "eth0") {
+		t.Error("child survived DeleteEndpoint")
+	}
+	gone := e1
+	gone.NetNSPath = fabricns.Path("fk-no-such-sandbox")
+	if err := h1.dp.DeleteEndpoint(ctx, n, gone); err != nil {
+		t.Errorf("DeleteEndpoint with its sandbox gone: %v", err)
+	}
+	for range 2 {
+		if err := h1.dp.DeleteNetwork(ctx, n); err != nil {
+			t.Fatalf("DeleteNetwork: %v", err)
+		}
+	}
+	if st := h1.dp.Status(ctx); len(st.Details) != 2 {
+		t.Errorf("deleted network still in Status: %+v", st)
+	}
+}
+
+// TestChildMACAndLinkKind checks how children are described, without a
+// kernel: ipvlan and passthru children never get ep.MAC.
+func TestChildMACAndLinkKind(t *testing.T) {
+	mac := net.HardwareAddr{0x02, 0x42, 1, 2, 3, 4}
+	ep := datapath.Endpoint{IfName: "eth0", MAC: mac}
+	parent := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: 7, MTU: 1500}}
+	for _, tc := range []struct {
+		driver, mode string
+		want         string
+		mac          net.HardwareAddr
+	}{
+		{datapath.DriverMacvlan, "", "macvlan/bridge", mac},
+		{datapath.DriverMacvlan, "private", "macvlan/private", mac},
+		{datapath.DriverMacvlan, "vepa", "macvlan/vepa", mac},
+		{datapath.DriverMacvlan, "passthru", "macvlan/passthru", nil},
+		{datapath.DriverIPvlan, "", "ipvlan/l2", nil},
+		{datapath.DriverIPvlan, "l3", "ipvlan/l3", nil},
+		{datapath.DriverIPvlan, "l3s", "ipvlan/l3s", nil},
+	} {
+		n := datapath.Network{Driver: tc.driver, Mode: tc.mode}
+		l := newChild(n, ep, "eth0", parent, 1400, 3)
+		got := l.Type() + "/"
+		switch c := l.(type) {
+		case *netlink.Macvlan:
+			got += map[netlink.MacvlanMode]string{netlink.MACVLAN_MODE_BRIDGE: "bridge", netlink.MACVLAN_MODE_PRIVATE: "private", netlink.MACVLAN_MODE_VEPA: "vepa", netlink.MACVLAN_MODE_PASSTHRU: "passthru"}[c.Mode]
+		case *netlink.IPVlan:
+			got += map[netlink.IPVlanMode]string{netlink.IPVLAN_MODE_L2: "l2", netlink.IPVLAN_MODE_L3: "l3", netlink.IPVLAN_MODE_L3S: "l3s"}[c.Mode]
+		}
+		a := l.Attrs()
+		if got != tc.want || !bytes.Equal(a.HardwareAddr, tc.mac) || a.ParentIndex != 7 || a.MTU != 1400 || a.Name != "eth0" || a.Namespace != netlink.NsFd(3) {
+			t.Errorf("%s %q: %s MAC %s attrs %+v", tc.driver, tc.mode, got, a.HardwareAddr, a)
+		}
+		if isL3(n) != (tc.mode == "l3" || tc.mode == "l3s") {
+			t.Errorf("%s %q: isL3 = %v", tc.driver, tc.mode, isL3(n))
+		}
+	}
+	parentLink := &netlink.Device{LinkAttrs: netlink.LinkAttrs{MTU: 1500}}
+	for mtu, want := range map[int]int{0: 1500, 1400: 1400, 1500: 1500, 9000: 1500} {
+		if got := childMTU(datapath.Network{MTU: mtu}, parentLink); got != want {
+			t.Errorf("childMTU(network %d, parent 1500) = %d, want %d", mtu, got, want)
+		}
+	}
+}
+
+// TestDeviceDefaultRoute checks the gateway-less default route that ipvlan
+// l3/l3s endpoints get (route code only; any link kind will do).
+func TestDeviceDefaultRoute(t *testing.T) {
+	t.Parallel()
+	s, p := netnstest.New(t, "fks")
+	netnstest.Run(t, s, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth9")
+	netnstest.Run(t, s, "ip", "link", "set", "eth0", "up")
+	netnstest.Run(t, s, "ip", "link", "set", "eth9", "up")
+	netnstest.Run(t, s, "ip", "addr", "add", "10.90.11.2/24", "dev", "eth0")
+	h, err := fabricns.HandleAt(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	link, err := h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := ensureChildDefaultRoute(h, link, netip.Addr{}, true); err != nil {
+			t.Fatal(err)
+		}
+		if got := routes(t, s, "default"); got != "default dev eth0 scope link" {
+			t.Fatalf("device default route: %q", got)
+		}
+	}
+	// Switching to a gateway replaces it; want=false removes it.
+	if err := ensureChildDefaultRoute(h, link, netip.MustParseAddr("10.90.11.1"), true); err != nil {
+		t.Fatal(err)
+	}
+	if got := routes(t, s, "default"); got != "default via 10.90.11.1 dev eth0" {
+		t.Fatalf("gateway default route: %q", got)
+	}
+	if err := ensureChildDefaultRoute(h, link, netip.Addr{}, false); err != nil {
+		t.Fatal(err)
+	}
+	if got := routes(t, s, "default"); got != "" {
+		t.Fatalf("default route left: %q", got)
+	}
+}
+
+// TestChildNameTakenOnHost: the host has its own eth0 and the endpoint's
+// eth0 is made anyway (directly on newer kernels, through a temporary name
+// on older ones), without touching the host's.
+func TestChildNameTakenOnHost(t *testing.T) {
+	t.Parallel()
+	sw := newSwitch(t)
+	h1, h2 := sw.host(), sw.host()
+	netnstest.Run(t, h1.hostName, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+	hostEth0 := h1.link("eth0").Attrs().Index
+	n := parentNet("mvn", datapath.DriverMacvlan, "eth1", "", "10.90.12.0/24")
+	h1.ensureNetwork(n)
+	h2.ensureNetwork(n)
+	s1, p1 := h1.sandbox()
+	_, p2 := h2.sandbox()
+	e1 := endpoint("e1", n, p1, "eth0", "", 2, true)
+	h1.ensureEndpoint(n, e1)
+	h2.ensureEndpoint(n, endpoint("e2", n, p2, "eth0", "", 3, true))
+	mustPing(t, s1, "10.90.12.3")
+	if err := h1.dp.DeleteEndpoint(ctx, n, e1); err != nil {
+		t.Fatal(err)
+	}
+	if !childGone(t, p1, "eth0") || h1.link("eth0").Attrs().Index != hostEth0 {
+		t.Error("DeleteEndpoint got the wrong eth0")
+	}
+}
+
+// TestChildRenamedFallback drives the older kernels' path directly, with a
+// half-made child of an earlier attempt left under the temporary name.
+func TestChildRenamedFallback(t *testing.T) {
+	t.Parallel()
+	sw := newSwitch(t)
+	h1, h2 := sw.host(), sw.host()
+	n := parentNet("mvrn", datapath.DriverMacvlan, "eth1", "", "10.90.13.0/24")
+	h1.ensureNetwork(n)
+	h2.ensureNetwork(n)
+	s1, p1 := h1.sandbox()
+	_, p2 := h2.sandbox()
+	e1 := endpoint("e1", n, p1, "eth0", "", 2, true)
+	h2.ensureEndpoint(n, endpoint("e2", n, p2, "eth0", "", 3, true))
+	tmp := childTempName(e1.ID)
+	netnstest.Run(t, h1.hostName, "ip", "link", "add", "link", "eth1", "name", tmp, "netns", s1, "type", "macvlan", "mode", "bridge")
+
+	sb, err := openSandbox(p1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Close()
+	parent := h1.link("eth1")
+	link, err := h1.dp.createChildRenamed(sb, n, e1, parent, 1500)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if link.Attrs().Name != "eth0" || link.Attrs().HardwareAddr.String() != "02:42:0a:5a:0d:02" || !childGone(t, p1, tmp) {
+		t.Errorf("child %+v; temporary name still there: %v", link.Attrs(), !childGone(t, p1, tmp))
+	}
+	h1.ensureEndpoint(n, e1) // configures the child made above in place
+	if child(t, p1, "eth0").Attrs().Index != link.Attrs().Index {
+		t.Error("ensure replaced the child")
+	}
+	mustPing(t, s1, "10.90.13.3")
+}

@@ -1,0 +1,170 @@
+package kernel
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/fabricnet/fabric/datapath"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
+)
+
+// These tests need a kernel with 802.1q (CONFIG_VLAN_8021Q) and skip
+// without it; the VLAN logic itself is also covered against a fake in
+// vlanfake_test.go.
+
+// TestVLANNetworksAreSeparated: eth1.10 and eth1.20 made by fabric on two
+// hosts. Both VLANs use the same IP subnet on purpose, so nothing but the
+// 802.1q tag keeps VLAN 10 from reaching VLAN 20.
+func TestVLANNetworksAreSeparated(t *testing.T) {
+	t.Parallel()
+	requireLinkKind(t, "vlan")
+	sw := newSwitch(t)
+	h1, h2 := sw.host(), sw.host()
+	v10 := parentNet("v10", datapath.DriverMacvlan, "eth1.10", "", "10.90.30.0/24")
+	v20 := parentNet("v20", datapath.DriverMacvlan, "eth1.20", "", "10.90.30.0/24")
+	for _, h := range []*lab{h1, h2} {
+		h.ensureNetwork(v10)
+		h.ensureNetwork(v20)
+	}
+	a, pa := h1.sandbox()
+	_, pb := h2.sandbox()
+	c, pc := h1.sandbox()
+	_, pd := h2.sandbox()
+	ea := endpoint("a", v10, pa, "eth0", "", 2, true)
+	h1.ensureEndpoint(v10, ea)
+	h2.ensureEndpoint(v10, endpoint("b", v10, pb, "eth0", "", 3, true))
+	h1.ensureEndpoint(v20, endpoint("c", v20, pc, "eth0", "", 4, true))
+	h2.ensureEndpoint(v20, endpoint("d", v20, pd, "eth0", "", 5, true))
+
+	mustPing(t, a, "10.90.30.3")    // VLAN 10 across hosts
+	mustPing(t, c, "10.90.30.5")    // VLAN 20 across hosts
+	mustNotPing(t, a, "10.90.30.5") // VLAN 10 to VLAN 20, other host
+	mustNotPing(t, a, "10.90.30.4") // and on the same host
+
+	for _, vid := range []int{10, 20} {
+		name := "eth1." + map[int]string{10: "10", 20: "20"}[vid]
+		v, ok := h1.link(name).(*netlink.Vlan)
+		if !ok || v.VlanId != vid || v.ParentIndex != h1.link("eth1").Attrs().Index || !isUp(v) ||
+			v.Alias != datapath.OwnerPrefix+"vlan:v"+name[5:] {
+			t.Errorf("%s: %+v", name, h1.link(name))
+		}
+	}
+	before := h1.link("eth1.10").Attrs().Index
+	h1.ensureNetwork(v10)
+	h1.ensureEndpoint(v10, ea)
+	if h1.link("eth1.10").Attrs().Index != before {
+		t.Error("ensuring again replaced the VLAN")
+	}
+
+	if err := h1.dp.DeleteEndpoint(ctx, v10, ea); err != nil {
+		t.Fatal(err)
+	}
+	if err := h1.dp.DeleteNetwork(ctx, v10); err != nil {
+		t.Fatal(err)
+	}
+	if !h1.linkGone("eth1.10") {
+		t.Error("DeleteNetwork left the VLAN fabric made")
+	}
+	h1.link("eth1.20")
+	mustPing(t, c, "10.90.30.5")
+}
+
+// TestVLANOfTheUserIsLeftAlone: an eth1.30 the user made is used as it is,
+// never set up, and survives DeleteNetwork and Sync.
+func TestVLANOfTheUserIsLeftAlone(t *testing.T) {
+	t.Parallel()
+	requireLinkKind(t, "vlan")
+	sw := newSwitch(t)
+	h1, h2 := sw.host(), sw.host()
+	netnstest.Run(t, h1.hostName, "ip", "link", "add", "link", "eth1", "name", "eth1.30", "type", "vlan", "id", "30")
+	n := parentNet("v30", datapath.DriverMacvlan, "eth1.30", "", "10.90.31.0/24")
+	if err := h1.ensureNetworkErr(n); !errors.Is(err, datapath.ErrParentMissing) || !strings.Contains(err.Error(), "eth1.30 is down") {
+		t.Fatalf("the user's VLAN down: %v", err)
+	}
+	if isUp(h1.link("eth1.30")) {
+		t.Fatal("fabric set the user's VLAN up")
+	}
+	netnstest.Run(t, h1.hostName, "ip", "link", "set", "eth1.30", "up")
+	h1.ensureNetwork(n)
+	h2.ensureNetwork(n) // made by fabric on h2
+	s1, p1 := h1.sandbox()
+	_, p2 := h2.sandbox()
+	e1 := endpoint("e1", n, p1, "eth0", "", 2, true)
+	h1.ensureEndpoint(n, e1)
+	h2.ensureEndpoint(n, endpoint("e2", n, p2, "eth0", "", 3, true))
+	mustPing(t, s1, "10.90.31.3")
+
+	if err := h1.dp.Sync(ctx, datapath.State{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h1.dp.DeleteNetwork(ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	if v := h1.link("eth1.30"); v.Attrs().Alias != "" || !isUp(v) {
+		t.Errorf("the user's VLAN was changed: %+v", v.Attrs())
+	}
+	if err := h2.dp.Sync(ctx, datapath.State{}); err != nil {
+		t.Fatal(err)
+	}
+	if !h2.linkGone("eth1.30") {
+		t.Error("Sync kept a VLAN fabric made for a network that is gone")
+	}
+}
+
+// TestVLANBaseRemovedAndRestored: the VLAN's base goes (and the kernel
+// takes the VLAN and the children with it); when it is back, EnsureNetwork
+// makes the VLAN again and EnsureEndpoint the children.
+func TestVLANBaseRemovedAndRestored(t *testing.T) {
+	t.Parallel()
+	requireLinkKind(t, "vlan")
+	sw := newSwitch(t)
+	h1, h2 := sw.host(), sw.host()
+	n := parentNet("v40", datapath.DriverMacvlan, "eth1.40", "", "10.90.32.0/24")
+	h1.ensureNetwork(n)
+	h2.ensureNetwork(n)
+	s1, p1 := h1.sandbox()
+	_, p2 := h2.sandbox()
+	e1 := endpoint("e1", n, p1, "eth0", "", 2, true)
+	h1.ensureEndpoint(n, e1)
+	h2.ensureEndpoint(n, endpoint("e2", n, p2, "eth0", "", 3, true))
+	mustPing(t, s1, "10.90.32.3")
+
+	if err := h1.hostNL.LinkDel(h1.link("eth1")); err != nil {
+		t.Fatal(err)
+	}
+	if !h1.linkGone("eth1.40") || !childGone(t, p1, "eth0") {
+		t.Fatal("VLAN or child survived the base")
+	}
+	if w := strings.Join(h1.dp.Status(ctx).Warnings, ";"); !strings.Contains(w, "eth1.40 and its base eth1 do not exist") {
+		t.Errorf("Status warnings: %q", w)
+	}
+	if err := h1.ensureNetworkErr(n); !errors.Is(err, datapath.ErrParentMissing) {
+		t.Errorf("EnsureNetwork without base: %v", err)
+	}
+	sw.plug(h1, "eth1")
+	h1.ensureNetwork(n)
+	h1.ensureEndpoint(n, e1)
+	mustPing(t, s1, "10.90.32.3")
+	if len(h1.dp.Status(ctx).Warnings) != 0 {
+		t.Errorf("warnings after restore: %q", h1.dp.Status(ctx).Warnings)
+	}
+}
+
+// TestVLANHalfMadeIsAdoptedByTheKernel is the fake's adoption test on a
+// real kernel: fv-<id> without alias becomes eth1.50.
+func TestVLANHalfMadeIsAdoptedByTheKernel(t *testing.T) {
+	t.Parallel()
+	requireLinkKind(t, "vlan")
+	sw := newSwitch(t)
+	h1 := sw.host()
+	n := parentNet("v50", datapath.DriverMacvlan, "eth1.50", "", "10.90.33.0/24")
+	netnstest.Run(t, h1.hostName, "ip", "link", "add", "link", "eth1", "name", vlanTempName(n.ID), "type", "vlan", "id", "50")
+	index := h1.link(vlanTempName(n.ID)).Attrs().Index
+	h1.ensureNetwork(n)
+	if v := h1.link("eth1.50"); v.Attrs().Index != index || v.Attrs().Alias != vlanAlias(n.ID) || !isUp(v) {
+		t.Errorf("eth1.50 after adoption: %+v", v.Attrs())
+	}
+}
