@@ -132,9 +132,12 @@ func (c *cli) runForeground(cmd *cobra.Command, o runOptions, argv []string) err
 			return signalCode(s), nil
 		default:
 		}
-		child := exec.Command(argv[0], argv[1:]...)
+		child, nsPath, err := sandboxCommand(sb, argv)
+		if err != nil {
+			return startFailureCode(err), fmt.Errorf("start %s in sandbox %s: %w", argv[0], sb.Name, err)
+		}
 		child.Stdin, child.Stdout, child.Stderr = cmd.InOrStdin(), cmd.OutOrStdout(), stderr
-		if code, err := startIn(sb.NetNS, child, stderr); err != nil {
+		if code, err := startIn(nsPath, child, stderr); err != nil {
 			return code, fmt.Errorf("start %s in sandbox %s: %w", argv[0], sb.Name, err)
 		}
 		if err := cl.SetProcess(cmd.Context(), sb.Name, api.SandboxProcess{PID: child.Process.Pid}); err != nil {
@@ -150,6 +153,26 @@ func (c *cli) runForeground(cmd *cobra.Command, o runOptions, argv []string) err
 		code = exitFailure
 	}
 	return &exitError{code: code, err: runErr}
+}
+
+// sandboxCommand builds the command that runs argv in the sandbox and the
+// namespace to start it in. A named sandbox with its own resolv.conf (the
+// embedded DNS server's) runs through `ip netns exec`, which bind-mounts
+// /etc/netns/NAME/resolv.conf over /etc/resolv.conf in a private mount
+// namespace, as Docker does for containers; anything else is started
+// directly inside the namespace.
+func sandboxCommand(sb api.Sandbox, argv []string) (*exec.Cmd, string, error) {
+	if sb.Mode == api.ModeNetNS && sb.NetNS == "/var/run/netns/"+sb.Name {
+		if _, err := os.Stat("/etc/netns/" + sb.Name + "/resolv.conf"); err == nil {
+			if ip, err := exec.LookPath("ip"); err == nil {
+				if _, err := exec.LookPath(argv[0]); err != nil {
+					return nil, "", err // report "not found" as the command's, not ip's
+				}
+				return exec.Command(ip, append([]string{"netns", "exec", sb.Name}, argv...)...), "", nil
+			}
+		}
+	}
+	return exec.Command(argv[0], argv[1:]...), sb.NetNS, nil
 }
 
 // startIn starts child inside the network namespace at nsPath ("" is the

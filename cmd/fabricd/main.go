@@ -14,6 +14,7 @@ import (
 
 	"github.com/fabricnet/fabric/cmd/internal/agent"
 	"github.com/fabricnet/fabric/cmd/internal/config"
+	"github.com/fabricnet/fabric/cmd/internal/dns"
 	"github.com/fabricnet/fabric/datapath"
 	"github.com/fabricnet/fabric/datapath/kernel"
 	"github.com/spf13/pflag"
@@ -81,6 +82,7 @@ func serve(cfg config.Config, log *slog.Logger) error {
 	a, err := agent.New(agent.Options{
 		StateDir: cfg.StateDir, Socket: cfg.Socket, NodeName: cfg.NodeName,
 		DefaultSubnet: cfg.DefaultSubnetPrefix(), NoDefaultNetwork: cfg.NoDefaultNetwork,
+		DNS:      dns.Config{Upstreams: cfg.DNSUpstreams, TTL: cfg.DNSTTL},
 		Datapath: dp, Log: log,
 	})
 	if err != nil {

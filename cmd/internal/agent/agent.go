@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/fabricnet/fabric/cmd/internal/dns"
 	"github.com/fabricnet/fabric/cmd/internal/ipam"
 	"github.com/fabricnet/fabric/cmd/internal/store"
 	"github.com/fabricnet/fabric/datapath"
@@ -50,8 +51,11 @@ type Options struct {
 	// the first free default pool.
 	DefaultSubnet    netip.Prefix
 	NoDefaultNetwork bool
-	Datapath         datapath.Datapath
-	Log              *slog.Logger
+	// DNS configures the embedded DNS server; NoDNS turns it off.
+	DNS      dns.Config
+	NoDNS    bool
+	Datapath datapath.Datapath
+	Log      *slog.Logger
 }
 
 // Agent is one host's fabric agent.
@@ -69,6 +73,8 @@ type Agent struct {
 	pools     map[string]*ipam.Pool // by network ID
 	warnings  []string
 	unhealthy map[string]string // network ID → why (macvlan/ipvlan parent missing)
+	dns       *dns.Server
+	dnsErrors map[string]string // sandbox → why its resolver is not running
 
 	procs *processes
 	wg    sync.WaitGroup
@@ -94,7 +100,18 @@ func New(opts Options) (*Agent, error) {
 		opts: opts, log: opts.Log, dp: opts.Datapath, store: st, started: time.Now(),
 		networks: map[string]*networkRec{}, sandboxes: map[string]*sandboxRec{},
 		endpoints: map[string]*endpointRec{}, pools: map[string]*ipam.Pool{},
-		unhealthy: map[string]string{},
+		unhealthy: map[string]string{}, dnsErrors: map[string]string{},
+	}
+	if !opts.NoDNS {
+		if opts.DNS.Log == nil {
+			opts.DNS.Log = opts.Log.With("part", "dns")
+		}
+		srv, err := dns.New(opts.DNS)
+		if err != nil {
+			st.Close()
+			return nil, fmt.Errorf("embedded DNS: %w", err)
+		}
+		a.dns = srv
 	}
 	a.procs = newProcesses(a, filepath.Join(opts.StateDir, "logs"))
 	return a, nil
@@ -153,7 +170,11 @@ func (a *Agent) Serve(ctx context.Context) error {
 func (a *Agent) Close() error {
 	a.procs.close()
 	a.wg.Wait()
-	return errors.Join(a.dp.Close(), a.store.Close())
+	var dnsErr error
+	if a.dns != nil {
+		dnsErr = a.dns.Close()
+	}
+	return errors.Join(dnsErr, a.dp.Close(), a.store.Close())
 }
 
 // listenUnix listens on path with mode 0600, replacing a stale socket but

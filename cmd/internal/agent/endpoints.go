@@ -202,6 +202,10 @@ func (a *Agent) Connect(ctx context.Context, netRef string, req api.Connect) (ap
 	if err := a.repairPrimary(ctx, sb.Name, oldPrimary); err != nil {
 		a.log.Warn("move default route", "sandbox", sb.Name, "err", err)
 	}
+	a.refreshDNS()
+	if isNew {
+		a.attachDNS(sb)
+	}
 	a.log.Info("connected", "sandbox", sb.Name, "network", n.Name, "ip", ep.Addr, "if", ep.IfName)
 	return ep.api(n.Name, n.Gateway), nil
 }
@@ -270,10 +274,12 @@ func (a *Agent) Disconnect(ctx context.Context, netRef string, req api.Disconnec
 	if err := a.removeEndpoints(ctx, []*endpointRec{ep}); err != nil {
 		return err
 	}
+	a.refreshDNS()
 	if sb.Mode == api.ModeExternal && len(a.sandboxEndpoints(sb.Name)) == 0 {
 		if err := a.store.Update(func(tx storeTx) error { return tx.Delete(bucketSandboxes, sb.Name) }); err != nil {
 			return err
 		}
+		a.detachDNS(sb)
 		delete(a.sandboxes, sb.Name)
 	} else if err := a.repairPrimary(ctx, sb.Name, oldPrimary); err != nil {
 		a.log.Warn("move default route", "sandbox", sb.Name, "err", err)

@@ -119,6 +119,11 @@ func (a *Agent) reconcile(ctx context.Context) error {
 		a.log.Warn("some networks cannot be programmed", "err", err)
 		a.markUnhealthyAfterSync(ctx, err)
 	}
+	// Every sandbox gets its resolver back (Docker loses it on a restart).
+	a.refreshDNS()
+	for _, sb := range a.sandboxes {
+		a.attachDNS(sb)
+	}
 	a.log.Info("reconciled", "networks", len(a.networks), "sandboxes", len(a.sandboxes),
 		"endpoints", len(a.endpoints), "took", time.Since(t0).Round(time.Microsecond))
 	return nil

@@ -3,6 +3,9 @@ package agent
 import (
 	"context"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -117,7 +120,7 @@ func (a *Agent) planSandbox(req api.SandboxCreate) (*sandboxRec, []*endpointRec,
 	if network == nil {
 		return sb, nil, nil
 	}
-	ep, err := a.planEndpoint(network, name, req.IP, nil)
+	ep, err := a.planEndpoint(network, name, req.IP, req.Aliases)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -196,8 +199,14 @@ func (a *Agent) addSandbox(ctx context.Context, sb *sandboxRec, eps []*endpointR
 			return err
 		}
 	}
+	// The resolver and resolv.conf exist before the command starts.
+	a.attachDNS(sb)
 	if len(sb.Command) > 0 {
-		pid, start, logPath, err := a.procs.start(sb.Name, sb.Command, a.commandNetNS(sb))
+		argv, nsPath, err := a.commandLine(sb)
+		if err != nil {
+			return &userError{ErrInvalid, fmt.Sprintf("start command %q: %v", sb.Command[0], err)}
+		}
+		pid, start, logPath, err := a.procs.start(sb.Name, argv, nsPath)
 		if err != nil {
 			return &userError{ErrInvalid, fmt.Sprintf("start command %q: %v", sb.Command[0], err)}
 		}
@@ -216,8 +225,28 @@ func (a *Agent) addSandbox(ctx context.Context, sb *sandboxRec, eps []*endpointR
 	if err != nil {
 		return err
 	}
+	a.refreshDNS()
 	a.log.Info("sandbox created", "sandbox", sb.Name, "mode", sb.Mode, "pid", sb.PID)
 	return nil
+}
+
+// commandLine returns how to start a sandbox's command and in which
+// namespace. A named sandbox with the embedded DNS server's resolv.conf runs
+// through `ip netns exec`, which bind-mounts /etc/netns/NAME/resolv.conf
+// over /etc/resolv.conf in a private mount namespace, as Docker does for
+// its containers.
+func (a *Agent) commandLine(sb *sandboxRec) ([]string, string, error) {
+	if _, err := exec.LookPath(sb.Command[0]); err != nil {
+		return nil, "", err
+	}
+	if sb.Mode == api.ModeNetNS {
+		if _, err := os.Stat(filepath.Join(netnsEtcDir, sb.Name, "resolv.conf")); err == nil {
+			if ip, err := exec.LookPath("ip"); err == nil {
+				return append([]string{ip, "netns", "exec", sb.Name}, sb.Command...), a.opts.HostNetNS, nil
+			}
+		}
+	}
+	return sb.Command, a.commandNetNS(sb), nil
 }
 
 // commandNetNS is the namespace a sandbox's command runs in.
@@ -257,6 +286,9 @@ func (a *Agent) removeSandboxLocked(ctx context.Context, sb *sandboxRec) error {
 	if err := a.store.Update(func(tx storeTx) error { return tx.Put(bucketSandboxes, sb.Name, sb) }); err != nil {
 		return err
 	}
+	// Its names go first, then its resolver.
+	a.refreshDNS()
+	a.detachDNS(sb)
 	if sb.PID > 0 && !sb.Exited {
 		if err := a.procs.stop(sb.PID, sb.PIDStart, 5*time.Second); err != nil {
 			return fmt.Errorf("stop sandbox %s: %w", sb.Name, err)
@@ -381,11 +413,16 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 	a.mu.Lock()
 	nNet, nSb, nEp := len(a.networks), len(a.sandboxes), len(a.endpoints)
 	warnings := append(append([]string(nil), a.warnings...), a.healthWarnings()...)
+	dnsSt := a.dnsStatus()
+	if dnsSt != nil && len(dnsSt.Errors) > 0 {
+		warnings = append(warnings, fmt.Sprintf("embedded DNS not running in %d sandbox(es)", len(dnsSt.Errors)))
+	}
 	a.mu.Unlock()
 	ds := a.dp.Status(ctx)
 	return api.Status{
 		Version: Version, Node: a.opts.NodeName, Started: a.started.UTC().Format(time.RFC3339),
 		Uptime: time.Since(a.started).Round(time.Second).String(), Datapath: ds.Name, Details: ds.Details,
 		Networks: nNet, Sandboxes: nSb, Endpoints: nEp, Warnings: append(warnings, ds.Warnings...),
+		DNS: dnsSt,
 	}
 }

@@ -177,14 +177,29 @@ type Endpoint struct {
 
 // Status is the body of GET /v1/status.
 type Status struct {
-	Version   string   `json:"version"`
-	Node      string   `json:"node"`
-	Uptime    string   `json:"uptime"`
-	Started   string   `json:"started"`
-	Datapath  string   `json:"datapath"`
-	Details   []string `json:"datapath_details,omitempty"`
-	Networks  int      `json:"networks"`
-	Sandboxes int      `json:"sandboxes"`
-	Endpoints int      `json:"endpoints"`
-	Warnings  []string `json:"warnings,omitempty"`
+	Version   string     `json:"version"`
+	Node      string     `json:"node"`
+	Uptime    string     `json:"uptime"`
+	Started   string     `json:"started"`
+	Datapath  string     `json:"datapath"`
+	Details   []string   `json:"datapath_details,omitempty"`
+	Networks  int        `json:"networks"`
+	Sandboxes int        `json:"sandboxes"`
+	Endpoints int        `json:"endpoints"`
+	DNS       *DNSStatus `json:"dns,omitempty"`
+	Warnings  []string   `json:"warnings,omitempty"`
+}
+
+// DNSStatus describes the embedded DNS server (127.0.0.11 in every sandbox).
+type DNSStatus struct {
+	Resolvers   int      `json:"resolvers"` // sandboxes with a running resolver
+	Records     int      `json:"records"`
+	Upstreams   []string `json:"upstreams,omitempty"`
+	Local       uint64   `json:"answered_local"`
+	NXDomain    uint64   `json:"nxdomain"`
+	Forwarded   uint64   `json:"forwarded"`
+	Failed      uint64   `json:"forward_failed"`
+	Malformed   uint64   `json:"malformed_or_refused"`
+	UpstreamAvg string   `json:"upstream_avg,omitempty"`
+	Errors      []string `json:"errors,omitempty"` // sandboxes whose resolver could not start
 }

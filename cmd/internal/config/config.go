@@ -13,6 +13,7 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	"time"
 )
 
 // Sentinel errors; every error from Load and Validate wraps one of them.
@@ -87,6 +88,12 @@ type Config struct {
 	DefaultSubnet string `mapstructure:"default-subnet" yaml:"default-subnet"`
 	// NoDefaultNetwork stops the agent from creating the "bridge" network.
 	NoDefaultNetwork bool `mapstructure:"no-default-network" yaml:"no-default-network"`
+	// DNSUpstreams are the IP:port resolvers the embedded DNS forwards
+	// other names to; empty means those of /etc/resolv.conf, re-read when
+	// it changes.
+	DNSUpstreams []string `mapstructure:"dns-upstreams" yaml:"dns-upstreams"`
+	// DNSTTL is the TTL of the embedded DNS server's own answers.
+	DNSTTL time.Duration `mapstructure:"dns-ttl" yaml:"dns-ttl"`
 
 	// ConfigFile is the file the configuration was read from, empty if
 	// none was. Set by Load; not a key.
@@ -107,6 +114,7 @@ func Defaults() Config {
 		BPFRoot:       "/sys/fs/bpf/fabric",
 		XDP:           XDPAuto,
 		LogLevel:      "info",
+		DNSTTL:        60 * time.Second,
 	}
 }
 
@@ -151,6 +159,8 @@ const (
 	keyLogLevel          = "log-level"
 	keyDefaultSubnet     = "default-subnet"
 	keyNoDefaultNetwork  = "no-default-network"
+	keyDNSUpstreams      = "dns-upstreams"
+	keyDNSTTL            = "dns-ttl"
 )
 
 // defaultValues maps every key to its default; its keys are the set of
@@ -172,5 +182,7 @@ func defaultValues() map[string]any {
 		keyLogLevel:          d.LogLevel,
 		keyDefaultSubnet:     d.DefaultSubnet,
 		keyNoDefaultNetwork:  d.NoDefaultNetwork,
+		keyDNSUpstreams:      []string{},
+		keyDNSTTL:            d.DNSTTL,
 	}
 }

@@ -42,4 +42,8 @@ func RegisterFlags(fs *pflag.FlagSet) {
 		"IPv4 subnet of the default bridge network, e.g. 172.17.0.0/16 (default: the first of 172.17-31.0.0/16, 192.168.0-240.0/20 that overlaps no host route)"+env(keyDefaultSubnet))
 	fs.Bool(keyNoDefaultNetwork, d.NoDefaultNetwork,
 		"do not create the default bridge network"+env(keyNoDefaultNetwork))
+	fs.StringSlice(keyDNSUpstreams, nil,
+		"comma-separated IP:port resolvers the sandboxes' embedded DNS (127.0.0.11) forwards other names to; default: the host's /etc/resolv.conf, re-read when it changes"+env(keyDNSUpstreams))
+	fs.Duration(keyDNSTTL, d.DNSTTL,
+		"TTL of the embedded DNS server's answers for sandbox names"+env(keyDNSTTL))
 }

@@ -60,6 +60,7 @@ func Load(flags *pflag.FlagSet) (Config, error) {
 		c.ConfigFile = path
 	}
 	c.ClusterJoin = cleanList(c.ClusterJoin)
+	c.DNSUpstreams = cleanList(c.DNSUpstreams)
 
 	if err := c.Validate(); err != nil {
 		return Config{}, err

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/fabricnet/fabric/cmd/internal/ipam"
 )
@@ -82,6 +83,15 @@ func (c Config) Validate() error {
 		if err := checkHostPort(j, false, true, 1); err != "" {
 			bad(keyClusterJoin, "%s (want HOST:PORT, for example 10.0.0.2:7946)", err)
 		}
+	}
+
+	for _, u := range c.DNSUpstreams {
+		if ap, err := netip.ParseAddrPort(u); err != nil || !ap.Addr().Is4() || ap.Port() == 0 {
+			bad(keyDNSUpstreams, "%q is not an IPv4 IP:port (for example 10.0.0.2:53)", u)
+		}
+	}
+	if c.DNSTTL < time.Second || c.DNSTTL > 24*time.Hour {
+		bad(keyDNSTTL, "%v must be from 1s to 24h", c.DNSTTL)
 	}
 
 	if c.DefaultSubnet != "" {

@@ -202,6 +202,12 @@ func (h *host) cleanup() {
 			netnstest.Remove(e.Name())
 		}
 	}
+	etc, _ := os.ReadDir("/etc/netns")
+	for _, e := range etc {
+		if strings.HasPrefix(e.Name(), h.prefix) {
+			os.RemoveAll(filepath.Join("/etc/netns", e.Name()))
+		}
+	}
 }
 
 // ctl runs fabricctl against this host's agent.
@@ -396,6 +402,9 @@ func helperMain(mode string, args []string) int {
 		}
 		fmt.Print(line)
 		return 0
+	}
+	if mode == "dns" {
+		return fakeUpstreamMain(args[0])
 	}
 	fmt.Fprintln(os.Stderr, "unknown helper mode", mode)
 	return 2

@@ -1,0 +1,122 @@
+package agent
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/cmd/internal/dns"
+)
+
+// netnsEtcDir is where `ip netns exec` finds per-namespace /etc files.
+const netnsEtcDir = "/etc/netns"
+
+// refreshDNS rebuilds the embedded DNS table from the endpoints: every
+// endpoint answers to its sandbox's name and its aliases, on its network.
+// Records of sandboxes and endpoints on their way out are left out, so a
+// name disappears the moment its removal starts.
+func (a *Agent) refreshDNS() {
+	if a.dns == nil {
+		return
+	}
+	recs := make([]dns.Record, 0, 2*len(a.endpoints))
+	for _, ep := range a.endpoints {
+		sb, n := a.sandboxes[ep.Sandbox], a.networks[ep.NetworkID]
+		if sb == nil || n == nil || ep.Phase == phaseRemoving || sb.Phase == phaseRemoving {
+			continue
+		}
+		for _, name := range append([]string{sb.Name}, ep.Aliases...) {
+			recs = append(recs, dns.Record{Name: name, Network: n.ID, IP: ep.Addr.Addr(), Sandbox: sb.Name})
+		}
+	}
+	a.dns.SetTable(dns.NewTable(recs))
+}
+
+// hasResolver says whether a sandbox gets the embedded DNS server: those
+// with their own namespace and networks (none mode has no peers to find;
+// host and container modes use another namespace's).
+func hasResolver(sb *sandboxRec) bool {
+	return sb.Mode == api.ModeNetNS || sb.Mode == api.ModeExternal
+}
+
+// attachDNS starts the sandbox's resolver at 127.0.0.11 inside its
+// namespace and, for named sandboxes, writes the resolv.conf that
+// `ip netns exec` and `fabricctl run` put in place of /etc/resolv.conf.
+// A failure is logged and reported in status; the sandbox works without.
+func (a *Agent) attachDNS(sb *sandboxRec) {
+	if a.dns == nil || !hasResolver(sb) {
+		return
+	}
+	if err := a.dns.Attach(sb.Name, sb.NetNS); err != nil {
+		a.log.Warn("embedded DNS not available in sandbox", "sandbox", sb.Name, "err", err)
+		a.dnsErrors[sb.Name] = err.Error()
+		return
+	}
+	delete(a.dnsErrors, sb.Name)
+	if sb.Mode != api.ModeNetNS {
+		return
+	}
+	dir := filepath.Join(netnsEtcDir, sb.Name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		a.log.Warn("write sandbox resolv.conf", "sandbox", sb.Name, "err", err)
+		return
+	}
+	if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), dns.ResolvConf(hostSearchDomains()), 0o644); err != nil {
+		a.log.Warn("write sandbox resolv.conf", "sandbox", sb.Name, "err", err)
+	}
+}
+
+// detachDNS stops the sandbox's resolver and removes its resolv.conf.
+func (a *Agent) detachDNS(sb *sandboxRec) {
+	if a.dns == nil {
+		return
+	}
+	a.dns.Detach(sb.Name)
+	delete(a.dnsErrors, sb.Name)
+	if sb.Mode == api.ModeNetNS {
+		_ = os.RemoveAll(filepath.Join(netnsEtcDir, sb.Name))
+	}
+}
+
+// hostSearchDomains returns the search domains of the host's resolv.conf,
+// which sandboxes inherit (as Docker's containers do).
+func hostSearchDomains() []string {
+	f, err := os.Open("/etc/resolv.conf")
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) > 1 && (fields[0] == "search" || fields[0] == "domain") {
+			out = fields[1:]
+		}
+	}
+	return out
+}
+
+// dnsStatus summarises the embedded DNS server for status.
+func (a *Agent) dnsStatus() *api.DNSStatus {
+	if a.dns == nil {
+		return nil
+	}
+	st := a.dns.Stats()
+	out := &api.DNSStatus{
+		Resolvers: st.Attached, Records: st.Records, Upstreams: st.Upstreams,
+		Local: st.Local, NXDomain: st.NXDomain, Forwarded: st.Forwarded, Failed: st.ForwardFailed,
+		Malformed: st.Malformed + st.Refused,
+	}
+	if st.UpstreamCount > 0 {
+		out.UpstreamAvg = (st.UpstreamSum / time.Duration(st.UpstreamCount)).Round(time.Microsecond).String()
+	}
+	for name, why := range a.dnsErrors {
+		out.Errors = append(out.Errors, fmt.Sprintf("sandbox %s: %s", name, why))
+	}
+	return out
+}

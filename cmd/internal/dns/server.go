@@ -1,0 +1,392 @@
+package dns
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/fabricnet/fabric/datapath/netns"
+	"github.com/miekg/dns"
+)
+
+// Sentinel errors of Attach.
+var (
+	// ErrClosed: the server was closed.
+	ErrClosed = errors.New("dns server closed")
+	// ErrLoopbackDown: lo is down in the sandbox's namespace. The kernel
+	// would let the sockets bind, but replies would leave from the wrong
+	// source address and every client would drop them.
+	ErrLoopbackDown = errors.New("loopback interface is down")
+)
+
+// Config configures a Server. The zero value is usable.
+type Config struct {
+	// Upstreams are the resolvers (host:port) that names without a local
+	// record are forwarded to. Empty: the nameservers of /etc/resolv.conf,
+	// re-read when the file changes.
+	Upstreams []string
+	// TTL of local answers; default 60 s, short so removed names go fast.
+	TTL time.Duration
+	// UpstreamTimeout bounds one forwarded query over all upstreams and
+	// retries; default 2 s.
+	UpstreamTimeout time.Duration
+	// MaxInflight bounds the forwarded queries waiting for an upstream;
+	// beyond it a query gets SERVFAIL at once. Default 256.
+	MaxInflight int
+	// Log receives state changes and failures; default: discard.
+	Log *slog.Logger
+
+	// Test hooks: where resolv.conf is, how often it is checked and the
+	// port its nameservers listen on.
+	resolvPath  string
+	resolvEvery time.Duration
+	resolvPort  string
+}
+
+// Server is the embedded DNS server of one agent: one pair of sockets per
+// attached sandbox, one table, one set of upstreams.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	ttl      uint32
+	table    atomic.Pointer[Table]
+	ups      *upstreams
+	inflight chan struct{}
+	stats    counters
+	ctx      context.Context // cancelled by Close: aborts forwards
+	cancel   context.CancelFunc
+
+	mu       sync.Mutex
+	closed   bool
+	attached map[string]*attachment
+}
+
+// New returns a server with an empty table and no sandbox attached.
+func New(cfg Config) (*Server, error) {
+	if cfg.TTL == 0 {
+		cfg.TTL = 60 * time.Second
+	}
+	if cfg.UpstreamTimeout == 0 {
+		cfg.UpstreamTimeout = 2 * time.Second
+	}
+	if cfg.MaxInflight == 0 {
+		cfg.MaxInflight = 256
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.TTL < 0 || cfg.TTL > 24*time.Hour || cfg.UpstreamTimeout < 0 || cfg.MaxInflight < 0 {
+		return nil, fmt.Errorf("invalid dns config: ttl %v, upstream timeout %v, max inflight %d", cfg.TTL, cfg.UpstreamTimeout, cfg.MaxInflight)
+	}
+	ups, err := newUpstreams(cfg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:      cfg,
+		log:      cfg.Log,
+		ttl:      uint32(cfg.TTL / time.Second),
+		ups:      ups,
+		inflight: make(chan struct{}, cfg.MaxInflight),
+		attached: make(map[string]*attachment),
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.table.Store(NewTable(nil))
+	return s, nil
+}
+
+// SetTable makes t the table every query is answered from; nil empties it.
+func (s *Server) SetTable(t *Table) {
+	if t == nil {
+		t = NewTable(nil)
+	}
+	s.table.Store(t)
+}
+
+// attachment is one sandbox's pair of sockets and the servers on them.
+type attachment struct {
+	s       *Server
+	sandbox string
+	id      netns.ID
+	addr    string
+	ctx     context.Context // cancelled by Detach: aborts this sandbox's forwards
+	cancel  context.CancelFunc
+	udp     *udpServer
+	tcp     *dns.Server
+	wg      sync.WaitGroup
+	dead    chan struct{} // closed when a serve loop ends on its own
+	once    sync.Once
+}
+
+var _ dns.Handler = (*attachment)(nil)
+
+// ServeDNS answers on behalf of the sandbox the socket belongs to.
+func (a *attachment) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
+	a.s.serve(a.ctx, a.sandbox, w, r)
+}
+
+func (a *attachment) alive() bool {
+	select {
+	case <-a.dead:
+		return false
+	default:
+		return true
+	}
+}
+
+// Attach starts the resolver of sandbox on 127.0.0.11:53 inside the
+// network namespace at nsPath. Attaching a sandbox that is already served
+// in the same namespace does nothing; if the namespace was recreated (or the
+// resolver died) the old sockets are closed and new ones opened.
+func (s *Server) Attach(sandbox, nsPath string) error {
+	id, err := netns.IDOf(nsPath)
+	if err != nil {
+		return fmt.Errorf("attach dns to %s: %w", sandbox, err)
+	}
+	err = s.attach(sandbox, id, func() (net.PacketConn, net.Listener, error) {
+		var pc net.PacketConn
+		var ln net.Listener
+		err := netns.Do(nsPath, func() error {
+			// net.InterfaceByName asks the kernel on this thread, so
+			// about this namespace.
+			lo, err := net.InterfaceByName("lo")
+			if err != nil {
+				return fmt.Errorf("find lo: %w", err)
+			}
+			if lo.Flags&net.FlagUp == 0 {
+				return ErrLoopbackDown
+			}
+			pc, ln, err = listenPair(Address + ":53")
+			return err
+		})
+		return pc, ln, err
+	})
+	if err != nil {
+		return fmt.Errorf("attach dns to %s (%s): %w", sandbox, nsPath, err)
+	}
+	return nil
+}
+
+// attachAddr serves sandbox on addr in the current namespace (tests: port 0
+// picks a free port, the same for UDP and TCP). It returns the address.
+func (s *Server) attachAddr(sandbox, addr string) (string, error) {
+	var bound string
+	err := s.attach(sandbox, netns.ID{}, func() (net.PacketConn, net.Listener, error) {
+		for range 20 { // a free UDP port may be taken for TCP: try a few
+			pc, ln, err := listenPair(addr)
+			if err == nil {
+				bound = pc.LocalAddr().String()
+				return pc, ln, nil
+			}
+			if _, port, _ := net.SplitHostPort(addr); port != "0" {
+				return nil, nil, err
+			}
+		}
+		return nil, nil, fmt.Errorf("no free port pair on %s", addr)
+	})
+	return bound, err
+}
+
+// listenPair opens a UDP and a TCP socket on the same address; addr with
+// port 0 gets the UDP socket's port for TCP too.
+func listenPair(addr string) (net.PacketConn, net.Listener, error) {
+	pc, err := net.ListenPacket("udp4", addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("listen udp %s: %w", addr, err)
+	}
+	ln, err := net.Listen("tcp4", pc.LocalAddr().String())
+	if err != nil {
+		pc.Close()
+		return nil, nil, fmt.Errorf("listen tcp %s: %w", pc.LocalAddr(), err)
+	}
+	return pc, ln, nil
+}
+
+func (s *Server) attach(sandbox string, id netns.ID, listen func() (net.PacketConn, net.Listener, error)) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	if old := s.attached[sandbox]; old != nil {
+		if old.id == id && id != (netns.ID{}) && old.alive() {
+			return nil
+		}
+		s.log.Info("dns: re-attaching sandbox", "sandbox", sandbox, "alive", old.alive())
+		old.stop()
+		delete(s.attached, sandbox)
+	}
+	pc, ln, err := listen()
+	if err != nil {
+		return err
+	}
+	a := &attachment{s: s, sandbox: sandbox, id: id, addr: pc.LocalAddr().String(), dead: make(chan struct{})}
+	a.ctx, a.cancel = context.WithCancel(s.ctx)
+	a.udp = newUDPServer(a, pc.(*net.UDPConn))
+	a.tcp = &dns.Server{
+		Listener: newBoundedListener(ln, maxTCPConns), Handler: a, ReadTimeout: 2 * time.Second,
+		IdleTimeout:   func() time.Duration { return 8 * time.Second },
+		MsgAcceptFunc: s.accept, MsgInvalidFunc: s.invalid,
+	}
+	if err := a.start(); err != nil {
+		a.stop()
+		return err
+	}
+	s.attached[sandbox] = a
+	s.log.Debug("dns: attached", "sandbox", sandbox, "addr", a.addr)
+	return nil
+}
+
+// start runs both servers and returns once both accept queries.
+func (a *attachment) start() error {
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.ended(a.udp.run())
+	}()
+	started := make(chan struct{})
+	errc := make(chan error, 1)
+	a.tcp.NotifyStartedFunc = func() { close(started) }
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		err := a.tcp.ActivateAndServe()
+		a.ended(err)
+		errc <- err
+	}()
+	select {
+	case <-started:
+		return nil
+	case err := <-errc:
+		return fmt.Errorf("serve dns over tcp: %w", err)
+	}
+}
+
+// ended records that a serve loop returned: on its own, the resolver is
+// dead and the next Attach replaces it.
+func (a *attachment) ended(err error) {
+	if err != nil && a.ctx.Err() == nil {
+		a.s.log.Warn("dns: resolver stopped", "sandbox", a.sandbox, "err", err)
+	}
+	a.once.Do(func() { close(a.dead) })
+}
+
+// stop closes the sockets and waits for every goroutine of the attachment,
+// including handlers: their forwards are cancelled first.
+func (a *attachment) stop() {
+	a.cancel()
+	// Stop reading but keep the socket open until the cancelled forwards
+	// have sent their SERVFAIL.
+	_ = a.udp.conn.SetReadDeadline(time.Unix(1, 0))
+	if err := a.tcp.Shutdown(); err != nil {
+		a.tcp.Listener.Close() // not started or already ended
+	}
+	a.wg.Wait()
+	a.udp.wait()
+	a.udp.conn.Close()
+}
+
+// Detach closes the resolver of sandbox, if it has one.
+func (s *Server) Detach(sandbox string) {
+	s.mu.Lock()
+	a := s.attached[sandbox]
+	delete(s.attached, sandbox)
+	s.mu.Unlock()
+	if a != nil {
+		a.stop()
+		s.log.Debug("dns: detached", "sandbox", sandbox)
+	}
+}
+
+// Close detaches every sandbox and waits for all goroutines.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	all := s.attached
+	s.attached = make(map[string]*attachment)
+	s.mu.Unlock()
+	s.cancel()
+	var wg sync.WaitGroup
+	for _, a := range all {
+		wg.Go(a.stop)
+	}
+	wg.Wait()
+	return nil
+}
+
+// Attached returns the sandboxes that have a resolver.
+func (s *Server) Attached() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	names := make([]string, 0, len(s.attached))
+	for n := range s.attached {
+		names = append(names, n)
+	}
+	return names
+}
+
+// Stats returns a snapshot of the counters.
+func (s *Server) Stats() Stats {
+	var st Stats
+	s.stats.snapshot(&st)
+	s.mu.Lock()
+	st.Attached = len(s.attached)
+	s.mu.Unlock()
+	st.Records = s.table.Load().Len()
+	st.Upstreams = s.ups.current()
+	st.Inflight = len(s.inflight)
+	return st
+}
+
+// maxTCPConns bounds the TCP connections one sandbox may hold open.
+const maxTCPConns = 64
+
+// boundedListener caps the open connections and puts a write deadline on
+// every reply, so a client that stops reading cannot pin a goroutine (the
+// miekg/dns server sets read deadlines only).
+type boundedListener struct {
+	net.Listener
+	slots chan struct{}
+}
+
+func newBoundedListener(ln net.Listener, max int) *boundedListener {
+	return &boundedListener{Listener: ln, slots: make(chan struct{}, max)}
+}
+
+func (l *boundedListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case l.slots <- struct{}{}:
+			return &deadlineConn{Conn: c, release: func() { <-l.slots }}, nil
+		default:
+			c.Close() // over the cap: the client retries or gives up
+		}
+	}
+}
+
+type deadlineConn struct {
+	net.Conn
+	release func()
+	once    sync.Once
+}
+
+func (c *deadlineConn) Write(b []byte) (int, error) {
+	if err := c.Conn.SetWriteDeadline(time.Now().Add(2 * time.Second)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(b)
+}
+
+func (c *deadlineConn) Close() error {
+	c.once.Do(c.release)
+	return c.Conn.Close()
+}
