@@ -67,7 +67,9 @@ func (l *Lab) startAgent(ctx context.Context, short string) (p *proc, client *ap
 	socket = filepath.Join(l.dir, short+"-fabricd.sock")
 	args := []string{"nsenter", "--net=" + l.nsPath(short), fabricd,
 		"--state-dir", filepath.Join(l.dir, short+"-state"), "--socket", socket,
-		"--node-name", l.ns(short), "--config", cfg}
+		"--node-name", l.ns(short), "--config", cfg,
+		// never forward a sandbox's DNS query out of the lab
+		"--dns-upstreams", dnsUpstream}
 	args = append(args, strings.Fields(l.o.fabricArg)...)
 	p, err = l.startProc(ctx, "fabricd-"+short, nil, args...)
 	if err != nil {

@@ -12,7 +12,7 @@
 // numbers taken in the same run.
 //
 // Usage: fabricbench -bin DIR [-t SECONDS] [-reps N] [-setup-n N] [-quick]
-// [-only same-host,published,connrate,setup,cross-host] [-fabricd-flags "FLAGS"]
+// [-only same-host,published,connrate,setup,cross-host,dns] [-fabricd-flags "FLAGS"]
 //
 // Sections:
 //   - same-host: iperf3 (one TCP stream) and sockperf TCP ping-pong (one-way
@@ -27,6 +27,9 @@
 //   - cross-host: iperf3 and sockperf between hosts: raw underlay, the
 //     kernel VXLAN overlay of baseline-lab.sh, and fabric's macvlan and
 //     ipvlan networks (a second fabricd runs on h2).
+//   - dns: queries/s and p50/p99 of the embedded DNS server from inside a
+//     sandbox, local and forwarded names (fake upstream on h1's loopback),
+//     1 and 100 clients, next to DESIGN.md's Docker figure.
 //
 // A fabric that cannot start leaves its rows "n/a" with the reason; the
 // kernel rows are measured anyway.
@@ -58,7 +61,7 @@ import (
 const serveArg = "__fabricbench-serve"
 
 // sections in the order they run.
-var allSections = []string{"same-host", "published", "connrate", "setup", "cross-host"}
+var allSections = []string{"same-host", "published", "connrate", "setup", "cross-host", "dns"}
 
 type options struct {
 	bin       string
@@ -71,8 +74,15 @@ type options struct {
 }
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == serveArg {
-		os.Exit(serveMain(os.Args[2:]))
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case serveArg:
+			os.Exit(serveMain(os.Args[2:]))
+		case dnsLoadArg:
+			os.Exit(dnsLoadMain(os.Args[2:]))
+		case dnsUpstreamArg:
+			os.Exit(dnsUpstreamMain(os.Args[2:]))
+		}
 	}
 	os.Exit(run())
 }
@@ -225,6 +235,8 @@ func run() int {
 			err = lab.sectionSetup(ctx)
 		case "cross-host":
 			err = lab.sectionCrossHost(ctx)
+		case "dns":
+			err = lab.sectionDNS(ctx)
 		}
 		if err != nil && ctx.Err() == nil {
 			fmt.Printf("section %s failed: %v\n\n", s, err)
