@@ -191,6 +191,15 @@ func statusText(w io.Writer, socket string, s api.Status) error {
 	line("Networks", strconv.Itoa(s.Networks))
 	line("Sandboxes", strconv.Itoa(s.Sandboxes))
 	line("Endpoints", strconv.Itoa(s.Endpoints))
+	if d := s.DNS; d != nil {
+		health := "ok"
+		if len(d.Errors) > 0 {
+			health = fmt.Sprintf("%d sandbox(es) without resolver", len(d.Errors))
+		}
+		line("DNS", fmt.Sprintf("%s: %d resolvers at 127.0.0.11, %d records", health, d.Resolvers, d.Records))
+		fmt.Fprintf(tw, "	  upstreams %s; answered %d local, %d forwarded, %d NXDOMAIN, %d failed\n",
+			dash(strings.Join(d.Upstreams, ", ")), d.Local, d.Forwarded, d.NXDomain, d.Failed)
+	}
 	if len(s.Warnings) == 0 {
 		line("Warnings", "none")
 	} else {
