@@ -352,6 +352,9 @@ func (l *Lab) cleanup() {
 			if err := netns.DeleteNamed(n); err != nil {
 				fmt.Fprintf(os.Stderr, "fabricbench: cleanup: %v\n", err)
 			}
+			// The agent's per-sandbox resolv.conf (sandboxes of the h2
+			// agent are not removed through its API).
+			_ = os.RemoveAll(filepath.Join("/etc/netns", n))
 		}
 		if l.dir != "" {
 			_ = os.RemoveAll(l.dir)
