@@ -1,0 +1,566 @@
+package cluster
+
+import (
+	"net/netip"
+	"slices"
+)
+
+// Wire format, version 1. Every message starts with [codecVersion][type];
+// integers are unsigned varints, strings and byte slices are length-prefixed,
+// addresses are a length byte (0, 4 or 16) and the bytes. Decoding checks
+// every length against the bytes left and a per-field limit, validates the
+// fields, and rejects trailing bytes, so a message is either fully valid or
+// dropped and counted.
+const (
+	codecVersion  = 1
+	maxMsgBytes   = 64 << 10 // gossip and direct messages
+	maxStateBytes = 16 << 20 // push/pull state and snapshots (memberlist allows 20 MiB)
+	maxRecords    = 1 << 20
+	maxReason     = 1024
+)
+
+type msgType uint8
+
+const (
+	msgRecord   msgType = 1 // one state change, gossiped
+	msgRequest  msgType = 2 // a direct request that expects a response
+	msgResponse msgType = 3
+	msgState    msgType = 4 // full state, push/pull
+	msgSnapshot msgType = 5 // full state plus local allocations, for the agent's store
+	msgLeave    msgType = 6 // a node is about to leave gracefully (memberlist cannot tell)
+)
+
+type opCode uint8
+
+const (
+	opClaim      opCode = 1 // claim a block or an address; vote yes or no
+	opAbort      opCode = 2 // a claim failed; release the promise
+	opPropose    opCode = 3 // a new network; answer whether it is accepted
+	opKeyInstall opCode = 4
+	opKeyUse     opCode = 5
+	opKeyRemove  opCode = 6
+)
+
+type recordKind uint8
+
+const (
+	kindNetwork  recordKind = 1
+	kindEndpoint recordKind = 2
+	kindLease    recordKind = 3
+	kindClaim    recordKind = 4
+)
+
+// version orders writes of one key: lamport clock, then writer node name.
+type version struct {
+	Clock uint64
+	Node  string
+}
+
+func (v version) less(o version) bool { return NetworkID(v).less(NetworkID(o)) }
+
+type delReason uint8
+
+const (
+	reasonRemoved  delReason = 1
+	reasonConflict delReason = 2
+)
+
+type netRecord struct {
+	Net     Network
+	Deleted bool
+	DelVer  version   // the first tombstone wins, so all nodes agree on reason
+	Reason  delReason // why it was deleted
+	Winner  NetworkID // the network it lost to, when Reason is reasonConflict
+}
+
+type epRecord struct {
+	Ver     version
+	Deleted bool
+	EP      Endpoint
+}
+
+type leaseRecord struct {
+	Ver     version
+	Deleted bool
+	Net     NetworkID
+	Block   netip.Prefix
+	Node    string
+}
+
+type claimRecord struct {
+	Ver     version
+	Deleted bool
+	Net     NetworkID
+	IP      netip.Addr
+	Node    string
+	Owner   string
+}
+
+// record is one replicated item; exactly one pointer is set.
+type record struct {
+	net   *netRecord
+	ep    *epRecord
+	lease *leaseRecord
+	claim *claimRecord
+}
+
+// key identifies what a record is about, so a newer broadcast replaces an
+// older one still waiting in the queue.
+func (r record) key() string {
+	switch {
+	case r.net != nil:
+		return "n/" + r.net.Net.ID.String()
+	case r.ep != nil:
+		return "e/" + r.ep.EP.ID
+	case r.lease != nil:
+		return "l/" + r.lease.Net.String() + "/" + r.lease.Block.String()
+	case r.claim != nil:
+		return "c/" + r.claim.Net.String() + "/" + r.claim.IP.String()
+	}
+	return ""
+}
+
+type resKind uint8
+
+const (
+	resBlock resKind = 1
+	resIP    resKind = 2
+)
+
+// resKey names something a node claims: a block, or one address as a /32.
+type resKey struct {
+	Kind resKind
+	Net  NetworkID
+	P    netip.Prefix
+}
+
+type request struct {
+	ID    uint64
+	From  string
+	Addr  netip.AddrPort // where to send the response
+	Op    opCode
+	Res   resKey     // opClaim, opAbort
+	Owner string     // opClaim: who the address is for
+	Net   *netRecord // opPropose
+	Key   []byte     // key ops
+}
+
+type response struct {
+	ID      uint64
+	From    string
+	OK      bool
+	Reason  string
+	Records []record // what decided a refusal, so the requester learns it at once
+}
+
+const maxResponseRecords = 8
+
+type stateMsg struct {
+	Clock   uint64
+	Records []record
+}
+
+type alloc struct {
+	Net   NetworkID
+	IP    netip.Addr
+	Owner string
+}
+
+type snapshot struct {
+	Node    string
+	Clock   uint64
+	Version uint64
+	Taken   int64 // unix seconds
+	Records []record
+	Allocs  []alloc
+}
+
+// leaveIntent says a node is leaving on purpose, so the others report
+// EventMemberLeft rather than EventMemberFailed; Stamp tells repeats apart.
+type leaveIntent struct {
+	Node  string
+	Stamp uint64
+}
+
+type message struct {
+	Type     msgType
+	Record   *record
+	Request  *request
+	Response *response
+	State    *stateMsg
+	Snapshot *snapshot
+	Leave    *leaveIntent
+}
+
+func encodeMessage(m message) []byte {
+	e := &encoder{buf: make([]byte, 0, 128)}
+	e.u8(codecVersion)
+	e.u8(byte(m.Type))
+	switch m.Type {
+	case msgRecord:
+		e.record(*m.Record)
+	case msgRequest:
+		q := m.Request
+		e.uvarint(q.ID)
+		e.str(q.From)
+		e.addr(q.Addr.Addr())
+		e.uvarint(uint64(q.Addr.Port()))
+		e.u8(byte(q.Op))
+		switch q.Op {
+		case opClaim, opAbort:
+			e.u8(byte(q.Res.Kind))
+			e.netID(q.Res.Net)
+			e.prefix(q.Res.P)
+			e.str(q.Owner)
+		case opPropose:
+			e.netRecord(q.Net)
+		case opKeyInstall, opKeyUse, opKeyRemove:
+			e.bytes(q.Key)
+		}
+	case msgResponse:
+		r := m.Response
+		e.uvarint(r.ID)
+		e.str(r.From)
+		e.boolean(r.OK)
+		e.str(r.Reason)
+		e.uvarint(uint64(len(r.Records)))
+		for _, rec := range r.Records {
+			e.record(rec)
+		}
+	case msgState:
+		e.uvarint(m.State.Clock)
+		e.records(m.State.Records)
+	case msgLeave:
+		e.str(m.Leave.Node)
+		e.uvarint(m.Leave.Stamp)
+	case msgSnapshot:
+		s := m.Snapshot
+		e.str(s.Node)
+		e.uvarint(s.Clock)
+		e.uvarint(s.Version)
+		e.uvarint(uint64(s.Taken))
+		e.records(s.Records)
+		e.uvarint(uint64(len(s.Allocs)))
+		for _, a := range s.Allocs {
+			e.netID(a.Net)
+			e.addr(a.IP)
+			e.str(a.Owner)
+		}
+	}
+	return e.buf
+}
+
+func (e *encoder) netID(id NetworkID) { e.uvarint(id.Clock); e.str(id.Node) }
+func (e *encoder) version(v version)  { e.netID(NetworkID(v)) }
+
+func (e *encoder) records(rs []record) {
+	e.uvarint(uint64(len(rs)))
+	for _, r := range rs {
+		e.record(r)
+	}
+}
+
+func (e *encoder) record(r record) {
+	switch {
+	case r.net != nil:
+		e.u8(byte(kindNetwork))
+		e.netRecord(r.net)
+	case r.ep != nil:
+		e.u8(byte(kindEndpoint))
+		e.version(r.ep.Ver)
+		e.boolean(r.ep.Deleted)
+		ep := &r.ep.EP
+		e.str(ep.ID)
+		e.str(ep.Network)
+		e.str(ep.Node)
+		e.addr(ep.IP)
+		e.bytes(ep.MAC)
+		e.str(ep.Name)
+		e.uvarint(uint64(len(ep.Aliases)))
+		for _, a := range ep.Aliases {
+			e.str(a)
+		}
+	case r.lease != nil:
+		e.u8(byte(kindLease))
+		e.version(r.lease.Ver)
+		e.boolean(r.lease.Deleted)
+		e.netID(r.lease.Net)
+		e.prefix(r.lease.Block)
+		e.str(r.lease.Node)
+	case r.claim != nil:
+		e.u8(byte(kindClaim))
+		e.version(r.claim.Ver)
+		e.boolean(r.claim.Deleted)
+		e.netID(r.claim.Net)
+		e.addr(r.claim.IP)
+		e.str(r.claim.Node)
+		e.str(r.claim.Owner)
+	}
+}
+
+func (e *encoder) netRecord(n *netRecord) {
+	e.netID(n.Net.ID)
+	s := &n.Net.NetworkSpec
+	e.str(s.Name)
+	e.prefix(s.Subnet)
+	e.addr(s.Gateway)
+	e.u8(byte(s.BlockBits))
+	e.uvarint(uint64(s.VNI))
+	e.boolean(s.Internal)
+	keys := make([]string, 0, len(s.Options))
+	for k := range s.Options {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	e.uvarint(uint64(len(keys)))
+	for _, k := range keys {
+		e.str(k)
+		e.str(s.Options[k])
+	}
+	e.boolean(n.Deleted)
+	if n.Deleted {
+		e.version(n.DelVer)
+		e.u8(byte(n.Reason))
+		e.netID(n.Winner)
+	}
+}
+
+// decodeMessage decodes and validates one message. The error says why it
+// was dropped; dropReason turns it into a counter label.
+func decodeMessage(b []byte) (message, error) {
+	d := &decoder{buf: b}
+	if len(b) < 2 {
+		d.fail(dropMalformed, "message of %d bytes", len(b))
+		return message{}, d.err
+	}
+	if b[0] != codecVersion {
+		d.fail(dropVersion, "codec version %d, want %d", b[0], codecVersion)
+		return message{}, d.err
+	}
+	m := message{Type: msgType(b[1])}
+	limit := maxMsgBytes
+	if m.Type == msgState || m.Type == msgSnapshot {
+		limit = maxStateBytes
+	}
+	if len(b) > limit {
+		d.fail(dropOversized, "%d bytes, limit %d", len(b), limit)
+		return message{}, d.err
+	}
+	d.buf = b[2:]
+	switch m.Type {
+	case msgRecord:
+		r := d.record()
+		m.Record = &r
+	case msgRequest:
+		m.Request = d.request()
+	case msgResponse:
+		r := &response{ID: d.uvarint(), From: d.nodeName(), OK: d.boolean(), Reason: d.str(maxReason, "reason")}
+		n := d.count(maxResponseRecords, "response records")
+		for i := 0; i < n && d.err == nil; i++ {
+			r.Records = append(r.Records, d.record())
+		}
+		m.Response = r
+	case msgState:
+		m.State = &stateMsg{Clock: d.uvarint(), Records: d.records()}
+	case msgSnapshot:
+		m.Snapshot = d.snapshot()
+	case msgLeave:
+		m.Leave = &leaveIntent{Node: d.nodeName(), Stamp: d.uvarint()}
+	default:
+		d.fail(dropUnknownType, "message type %d", m.Type)
+	}
+	if err := d.finish(); err != nil {
+		return message{}, err
+	}
+	return m, nil
+}
+
+func (d *decoder) nodeName() string {
+	s := d.str(maxNodeName, "node name")
+	if d.err == nil && s == "" {
+		d.fail(dropInvalid, "empty node name")
+	}
+	return s
+}
+
+func (d *decoder) netID() NetworkID {
+	id := NetworkID{Clock: d.uvarint(), Node: d.nodeName()}
+	if d.err == nil && id.Clock == 0 {
+		d.fail(dropInvalid, "zero clock")
+	}
+	return id
+}
+
+func (d *decoder) version() version { return version(d.netID()) }
+
+func (d *decoder) request() *request {
+	q := &request{ID: d.uvarint(), From: d.nodeName()}
+	a := d.addr()
+	q.Addr = netip.AddrPortFrom(a, d.u16("port"))
+	q.Op = opCode(d.u8())
+	if d.err != nil {
+		return nil
+	}
+	switch q.Op {
+	case opClaim, opAbort:
+		q.Res = resKey{Kind: resKind(d.u8()), Net: d.netID(), P: d.prefix()}
+		q.Owner = d.str(maxLabel, "owner")
+		if d.err == nil && !validRes(q.Res) {
+			d.fail(dropInvalid, "bad claim %v", q.Res)
+		}
+	case opPropose:
+		q.Net = d.netRecord()
+	case opKeyInstall, opKeyUse, opKeyRemove:
+		q.Key = d.bytes(32, "key")
+		if d.err == nil && validKeyLen(len(q.Key)) != nil {
+			d.fail(dropInvalid, "key of %d bytes", len(q.Key))
+		}
+	default:
+		d.fail(dropUnknownType, "request op %d", q.Op)
+	}
+	if d.err == nil && !q.Addr.IsValid() {
+		d.fail(dropInvalid, "request without a reply address")
+	}
+	return q
+}
+
+func validRes(k resKey) bool {
+	if !k.P.IsValid() || !k.P.Addr().Is4() {
+		return false
+	}
+	switch k.Kind {
+	case resBlock:
+		return k.P.Bits() <= 30
+	case resIP:
+		return k.P.Bits() == 32
+	}
+	return false
+}
+
+func (d *decoder) records() []record {
+	n := d.count(maxRecords, "record count")
+	// Each record takes at least 8 bytes: never trust the count for the
+	// allocation.
+	rs := make([]record, 0, min(n, len(d.buf)/8))
+	for i := 0; i < n && d.err == nil; i++ {
+		rs = append(rs, d.record())
+	}
+	return rs
+}
+
+func (d *decoder) record() record {
+	switch kind := recordKind(d.u8()); kind {
+	case kindNetwork:
+		return record{net: d.netRecord()}
+	case kindEndpoint:
+		r := &epRecord{Ver: d.version(), Deleted: d.boolean()}
+		ep := &r.EP
+		ep.ID = d.str(maxEndpointID, "endpoint id")
+		ep.Network = d.str(maxNetName, "network")
+		ep.Node = d.nodeName()
+		ep.IP = d.addr()
+		ep.MAC = d.bytes(6, "mac")
+		ep.Name = d.str(maxDNSName, "name")
+		n := d.count(maxAliases, "alias count")
+		for i := 0; i < n && d.err == nil; i++ {
+			ep.Aliases = append(ep.Aliases, d.str(maxDNSName, "alias"))
+		}
+		if d.err == nil {
+			if err := ep.validate(); err != nil {
+				d.fail(dropInvalid, "%v", err)
+			} else if !r.Deleted && r.Ver.Node != ep.Node {
+				d.fail(dropInvalid, "endpoint %s of %s written by %s", ep.ID, ep.Node, r.Ver.Node)
+			}
+		}
+		return record{ep: r}
+	case kindLease:
+		r := &leaseRecord{Ver: d.version(), Deleted: d.boolean(), Net: d.netID(), Block: d.prefix(), Node: d.nodeName()}
+		if d.err == nil && !validRes(resKey{Kind: resBlock, P: r.Block}) {
+			d.fail(dropInvalid, "bad block %s", r.Block)
+		}
+		if d.err == nil && !r.Deleted && r.Ver.Node != r.Node {
+			d.fail(dropInvalid, "lease of %s written by %s", r.Node, r.Ver.Node)
+		}
+		return record{lease: r}
+	case kindClaim:
+		r := &claimRecord{Ver: d.version(), Deleted: d.boolean(), Net: d.netID(), IP: d.addr(), Node: d.nodeName(), Owner: d.str(maxLabel, "owner")}
+		if d.err == nil && !r.IP.Is4() {
+			d.fail(dropInvalid, "bad claimed address %s", r.IP)
+		}
+		if d.err == nil && !r.Deleted && r.Ver.Node != r.Node {
+			d.fail(dropInvalid, "claim of %s written by %s", r.Node, r.Ver.Node)
+		}
+		return record{claim: r}
+	default:
+		d.fail(dropUnknownType, "record kind %d", kind)
+		return record{}
+	}
+}
+
+func (d *decoder) netRecord() *netRecord {
+	r := &netRecord{}
+	r.Net.ID = d.netID()
+	s := &r.Net.NetworkSpec
+	s.Name = d.str(maxNetName, "network name")
+	s.Subnet = d.prefix()
+	s.Gateway = d.addr()
+	s.BlockBits = int(d.u8())
+	vni := d.uvarint()
+	s.Internal = d.boolean()
+	n := d.count(maxOptions, "option count")
+	for i := 0; i < n && d.err == nil; i++ {
+		k, v := d.str(maxOptionLen, "option key"), d.str(maxOptionLen, "option value")
+		if s.Options == nil {
+			s.Options = make(map[string]string, n)
+		}
+		if _, dup := s.Options[k]; dup && d.err == nil {
+			d.fail(dropInvalid, "duplicate option %q", k)
+		}
+		s.Options[k] = v
+	}
+	r.Deleted = d.boolean()
+	if r.Deleted {
+		r.DelVer = d.version()
+		r.Reason = delReason(d.u8())
+		if r.Reason == reasonConflict {
+			r.Winner = d.netID()
+		} else {
+			r.Winner = NetworkID{Clock: d.uvarint(), Node: d.str(maxNodeName, "node name")}
+		}
+	}
+	if d.err != nil {
+		return r
+	}
+	if vni == 0 || vni > maxVNI {
+		d.fail(dropInvalid, "VNI %d", vni)
+		return r
+	}
+	s.VNI = uint32(vni)
+	// Received specs are complete: normalize must not change them.
+	before := *s
+	if err := s.normalize(); err != nil {
+		d.fail(dropInvalid, "%v", err)
+	} else if before.Gateway != s.Gateway || before.BlockBits != s.BlockBits {
+		d.fail(dropInvalid, "network %q: incomplete spec", s.Name)
+	}
+	if r.Deleted && r.Reason != reasonRemoved && r.Reason != reasonConflict {
+		d.fail(dropInvalid, "deletion reason %d", r.Reason)
+	}
+	return r
+}
+
+func (d *decoder) snapshot() *snapshot {
+	s := &snapshot{Node: d.nodeName(), Clock: d.uvarint(), Version: d.uvarint()}
+	s.Taken = int64(d.uvarint() & (1<<62 - 1))
+	s.Records = d.records()
+	n := d.count(maxRecords, "allocation count")
+	s.Allocs = make([]alloc, 0, min(n, len(d.buf)/8))
+	for i := 0; i < n && d.err == nil; i++ {
+		a := alloc{Net: d.netID(), IP: d.addr(), Owner: d.str(maxLabel, "owner")}
+		if d.err == nil && !a.IP.Is4() {
+			d.fail(dropInvalid, "bad allocated address %s", a.IP)
+		}
+		s.Allocs = append(s.Allocs, a)
+	}
+	return s
+}

@@ -1,0 +1,41 @@
+package cluster
+
+import (
+	"fmt"
+	"testing"
+	"time"
+)
+
+// TestMeasureConvergence keeps MeasureConvergence exercised at a size the
+// test machine handles; `make bench` runs BenchmarkConvergence for more.
+func TestMeasureConvergence(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts 20 members")
+	}
+	full, failure, err := MeasureConvergence(20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("n=20: full view %s, failure seen by all %s", full.Round(time.Millisecond), failure.Round(time.Millisecond))
+	if failure > 8*time.Second {
+		t.Errorf("failure took %s to be seen by all, want ≤ 8s", failure)
+	}
+}
+
+// BenchmarkConvergence reports membership convergence for 50, 100 and 200
+// in-process members (one measurement each; run with -benchtime=1x and
+// -count for repetitions).
+func BenchmarkConvergence(b *testing.B) {
+	for _, n := range []int{50, 100, 200} {
+		b.Run(fmt.Sprintf("n=%d", n), func(b *testing.B) {
+			for range b.N {
+				full, failure, err := MeasureConvergence(n)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.ReportMetric(full.Seconds(), "fullview-s")
+				b.ReportMetric(failure.Seconds(), "failure-s")
+			}
+		})
+	}
+}

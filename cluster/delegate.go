@@ -1,0 +1,256 @@
+package cluster
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// The delegates are thin: they copy what memberlist hands them and pass it
+// to the Cluster. None of them blocks: the state lock is only ever held for
+// in-memory work, events go to a non-blocking queue, and replies are sent
+// from their own goroutines.
+
+type delegate struct{ c *Cluster }
+
+var _ memberlist.Delegate = (*delegate)(nil)
+
+func (d *delegate) NodeMeta(limit int) []byte {
+	b := *d.c.meta.Load()
+	if len(b) > limit {
+		return nil // cannot happen: encodeMeta enforces the 512-byte limit
+	}
+	return b
+}
+
+func (d *delegate) NotifyMsg(b []byte) { d.c.handleMessage(slices.Clone(b)) }
+
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
+	return d.c.queue.GetBroadcasts(overhead, limit)
+}
+
+func (d *delegate) LocalState(join bool) []byte { return d.c.localState() }
+
+func (d *delegate) MergeRemoteState(b []byte, join bool) { d.c.mergeRemoteState(slices.Clone(b)) }
+
+// eventDelegate is called with memberlist's node lock held: it touches only
+// the members map and the event queue.
+type eventDelegate struct{ c *Cluster }
+
+var _ memberlist.EventDelegate = (*eventDelegate)(nil)
+
+func (d *eventDelegate) NotifyJoin(n *memberlist.Node)   { d.c.memberChanged(*n, EventMemberJoined) }
+func (d *eventDelegate) NotifyUpdate(n *memberlist.Node) { d.c.memberChanged(*n, EventMemberUpdated) }
+
+// NotifyLeave cannot tell a leave from a failure (memberlist does not
+// update Node.State before calling it): the leave intent that a leaving
+// node broadcasts first makes the difference.
+func (d *eventDelegate) NotifyLeave(n *memberlist.Node) {
+	d.c.memMu.Lock()
+	_, leaving := d.c.leaving[n.Name]
+	d.c.memMu.Unlock()
+	if leaving {
+		d.c.memberChanged(*n, EventMemberLeft)
+		return
+	}
+	d.c.memberChanged(*n, EventMemberFailed)
+}
+
+// aliveDelegate refuses members whose metadata does not decode, so the
+// rest of the package only ever sees valid metadata.
+type aliveDelegate struct{ c *Cluster }
+
+var _ memberlist.AliveDelegate = (*aliveDelegate)(nil)
+
+func (d *aliveDelegate) NotifyAlive(n *memberlist.Node) error {
+	m, err := decodeMeta(n.Meta)
+	if err == nil && m.Name != n.Name {
+		err = &decodeError{reason: dropInvalid, msg: fmt.Sprintf("metadata names %q", m.Name)}
+	}
+	if err != nil {
+		d.c.stats.drop(dropBadMeta)
+		return fmt.Errorf("member %q: bad metadata: %w", n.Name, err)
+	}
+	return nil
+}
+
+func (c *Cluster) memberChanged(n memberlist.Node, ev EventType) {
+	meta, _ := decodeMeta(n.Meta) // validated by aliveDelegate
+	ip, _ := netip.AddrFromSlice(n.Addr)
+	m := Member{Name: n.Name, Addr: netip.AddrPortFrom(ip.Unmap(), n.Port), Meta: meta, State: MemberAlive, Since: time.Now()}
+	switch ev {
+	case EventMemberLeft:
+		m.State = MemberLeft
+	case EventMemberFailed:
+		m.State = MemberFailed
+	}
+	c.memMu.Lock()
+	if prev := c.members[n.Name]; prev != nil && prev.State == m.State {
+		m.Since = prev.Since
+	}
+	c.members[n.Name] = &m
+	if ev == EventMemberJoined {
+		delete(c.leaving, n.Name)
+	}
+	c.memMu.Unlock()
+	if n.Name == c.cfg.NodeName {
+		return
+	}
+	if ev == EventMemberJoined {
+		c.joinedOnce.Store(true)
+	}
+	c.log.Debug("member changed", "member", n.Name, "event", ev)
+	c.events.emit(Event{Type: ev, Member: m})
+}
+
+// broadcast is one queued gossip message; a newer one about the same key
+// replaces it in the queue.
+type broadcast struct {
+	key string
+	msg []byte
+}
+
+var _ memberlist.Broadcast = (*broadcast)(nil)
+
+func (b *broadcast) Invalidates(o memberlist.Broadcast) bool {
+	ob, ok := o.(*broadcast)
+	return ok && ob.key == b.key
+}
+func (b *broadcast) Message() []byte { return b.msg }
+func (b *broadcast) Finished()       {}
+
+// broadcast queues records for gossip. A record too large for a packet is
+// left to push/pull.
+func (c *Cluster) broadcast(rs []record) {
+	for _, r := range rs {
+		msg := encodeMessage(message{Type: msgRecord, Record: &r})
+		if len(msg) > maxBroadcastBytes {
+			c.log.Warn("record too large to gossip; it spreads by push/pull only", "key", r.key(), "bytes", len(msg))
+			continue
+		}
+		c.queue.QueueBroadcast(&broadcast{key: r.key(), msg: msg})
+		c.stats.sent.Add(1)
+	}
+}
+
+func (c *Cluster) localState() []byte {
+	c.mu.Lock()
+	st := stateMsg{Clock: c.st.clock, Records: c.st.records()}
+	c.mu.Unlock()
+	b := encodeMessage(message{Type: msgState, State: &st})
+	if len(b) > maxStateBytes {
+		c.log.Error("state too large for push/pull", "bytes", len(b), "limit", maxStateBytes)
+		c.stats.drop(dropOversized)
+		return nil
+	}
+	return b
+}
+
+func (c *Cluster) mergeRemoteState(b []byte) {
+	if len(b) == 0 {
+		return // a peer without state (or a memberlist without delegate)
+	}
+	c.stats.received.Add(1)
+	m, err := decodeMessage(b)
+	if err == nil && m.Type != msgState {
+		err = &decodeError{reason: dropUnknownType, msg: fmt.Sprintf("message type %d in push/pull", m.Type)}
+	}
+	if err != nil {
+		c.stats.drop(dropReason(err))
+		c.log.Warn("dropped remote state", "err", err)
+		return
+	}
+	_ = c.locked(func(s *state) error {
+		s.merge(m.State.Clock, m.State.Records)
+		return nil
+	})
+}
+
+// handleMessage handles one gossip or direct message.
+func (c *Cluster) handleMessage(b []byte) {
+	c.stats.received.Add(1)
+	m, err := decodeMessage(b)
+	if err != nil {
+		c.stats.drop(dropReason(err))
+		c.log.Debug("dropped message", "err", err, "bytes", len(b))
+		return
+	}
+	switch m.Type {
+	case msgRecord:
+		_ = c.locked(func(s *state) error { s.apply(*m.Record); return nil })
+	case msgRequest:
+		c.handleRequest(m.Request)
+	case msgLeave:
+		c.leaveIntent(*m.Leave)
+	case msgResponse:
+		if len(m.Response.Records) > 0 {
+			_ = c.locked(func(s *state) error {
+				for _, r := range m.Response.Records {
+					s.apply(r)
+				}
+				return nil
+			})
+		}
+		c.deliver(*m.Response)
+	default:
+		c.stats.drop(dropUnknownType)
+	}
+}
+
+func (c *Cluster) handleRequest(q *request) {
+	resp := response{ID: q.ID, From: c.cfg.NodeName, OK: true}
+	switch q.Op {
+	case opClaim:
+		_ = c.locked(func(s *state) error {
+			resp.OK, resp.Reason = s.vote(q.Res, q.From, 3*c.cfg.RequestTimeout)
+			return nil
+		})
+	case opAbort:
+		_ = c.locked(func(s *state) error { s.releasePromise(q.Res, q.From); return nil })
+		return
+	case opPropose:
+		_ = c.locked(func(s *state) error {
+			resp.OK, resp.Reason, resp.Records = s.proposal(q.Net)
+			return nil
+		})
+	case opKeyInstall, opKeyUse, opKeyRemove:
+		if err := c.applyKeyOp(q.Op, q.Key); err != nil {
+			resp.OK, resp.Reason = false, err.Error()
+		}
+	}
+	if len(resp.Reason) > maxReason {
+		resp.Reason = strings.ToValidUTF8(resp.Reason[:maxReason], "")
+	}
+	to := memberlist.Node{Name: q.From, Addr: q.Addr.Addr().AsSlice(), Port: q.Addr.Port()}
+	c.trySend(to, encodeMessage(message{Type: msgResponse, Response: &resp}))
+}
+
+// leaveIntent records that a node is leaving and passes the news on once.
+// If it arrives after the node was already declared failed, the member is
+// reported as left after all.
+func (c *Cluster) leaveIntent(li leaveIntent) {
+	if li.Node == c.cfg.NodeName {
+		return
+	}
+	c.memMu.Lock()
+	if c.leaving[li.Node] == li.Stamp {
+		c.memMu.Unlock()
+		return
+	}
+	c.leaving[li.Node] = li.Stamp
+	var left *Member
+	if m := c.members[li.Node]; m != nil && m.State == MemberFailed {
+		m.State = MemberLeft
+		cp := *m
+		left = &cp
+	}
+	c.memMu.Unlock()
+	if left != nil {
+		c.events.emit(Event{Type: EventMemberLeft, Member: *left})
+	}
+	c.queue.QueueBroadcast(&broadcast{key: "leave/" + li.Node, msg: encodeMessage(message{Type: msgLeave, Leave: &li})})
+}

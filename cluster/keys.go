@@ -1,0 +1,209 @@
+package cluster
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// LoadKeyFile reads gossip keys: one base64 key of 16, 24 or 32 bytes
+// (AES-128/192/256) per line; blank lines and lines starting with '#' are
+// skipped. The first key is the primary, used to encrypt; all of them are
+// tried to decrypt, which is what lets keys be rotated without downtime.
+func LoadKeyFile(path string) ([][]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read gossip key file: %w", err)
+	}
+	var keys [][]byte
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for line := 1; sc.Scan(); line++ {
+		text := strings.TrimSpace(sc.Text())
+		if text == "" || strings.HasPrefix(text, "#") {
+			continue
+		}
+		key, err := base64.StdEncoding.DecodeString(text)
+		if err != nil {
+			return nil, fmt.Errorf("%w: gossip key file %s line %d: not base64 (generate one with `head -c 32 /dev/urandom | base64`)", ErrInvalid, path, line)
+		}
+		if err := validKeyLen(len(key)); err != nil {
+			return nil, fmt.Errorf("%w: gossip key file %s line %d: %v", ErrInvalid, path, line, err)
+		}
+		for _, k := range keys {
+			if bytes.Equal(k, key) {
+				return nil, fmt.Errorf("%w: gossip key file %s line %d: duplicate key", ErrInvalid, path, line)
+			}
+		}
+		keys = append(keys, key)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%w: gossip key file %s: %v", ErrInvalid, path, err)
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("%w: gossip key file %s holds no key", ErrInvalid, path)
+	}
+	return keys, nil
+}
+
+func validKeyLen(n int) error {
+	switch n {
+	case 16, 24, 32:
+		return nil
+	}
+	return fmt.Errorf("key is %d bytes, must be 16, 24 or 32", n)
+}
+
+// Keys returns the local keyring, primary first.
+func (c *Cluster) Keys() [][]byte {
+	if c.keyring == nil {
+		return nil
+	}
+	primary := c.keyring.GetPrimaryKey()
+	keys := [][]byte{primary}
+	for _, k := range c.keyring.GetKeys() {
+		if !bytes.Equal(k, primary) {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// InstallKey adds a key to the keyring of every member. Rotation is
+// InstallKey(new), UseKey(new), RemoveKey(old): each step leaves every pair
+// of members with a key in common, so the cluster stays connected. A member
+// that is down during a rotation keeps its old keys and cannot rejoin once
+// the old key is removed; give it the new key file.
+func (c *Cluster) InstallKey(ctx context.Context, key []byte) error {
+	return c.keyOp(ctx, opKeyInstall, key)
+}
+
+// UseKey makes an installed key the primary (the one that encrypts) on every
+// member.
+func (c *Cluster) UseKey(ctx context.Context, key []byte) error {
+	return c.keyOp(ctx, opKeyUse, key)
+}
+
+// RemoveKey removes a key from every member. The primary cannot be removed.
+func (c *Cluster) RemoveKey(ctx context.Context, key []byte) error {
+	return c.keyOp(ctx, opKeyRemove, key)
+}
+
+func (c *Cluster) keyOp(ctx context.Context, op opCode, key []byte) error {
+	if c.keyring == nil {
+		return fmt.Errorf("%w: gossip encryption is not configured (no secret keys)", ErrInvalid)
+	}
+	if err := validKeyLen(len(key)); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if err := c.applyKeyOp(op, key); err != nil {
+		return err
+	}
+	resps, missing := c.call(ctx, c.peers(), request{Op: op, Key: key})
+	var failed []string
+	for _, r := range resps {
+		if !r.OK {
+			failed = append(failed, r.From+": "+r.Reason)
+		}
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("%w: key %s refused by %s", ErrInvalid, opName(op), strings.Join(failed, "; "))
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%w: key %s not confirmed by %s; retry", ErrUnreachable, opName(op), strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+func opName(op opCode) string {
+	switch op {
+	case opKeyInstall:
+		return "install"
+	case opKeyUse:
+		return "use"
+	case opKeyRemove:
+		return "remove"
+	}
+	return "op"
+}
+
+// applyKeyOp changes the local keyring. Every op is idempotent, so a
+// retried rotation converges.
+func (c *Cluster) applyKeyOp(op opCode, key []byte) error {
+	if c.keyring == nil {
+		return fmt.Errorf("%w: gossip encryption is not configured", ErrInvalid)
+	}
+	var err error
+	switch op {
+	case opKeyInstall:
+		err = c.keyring.AddKey(key)
+	case opKeyUse:
+		err = c.keyring.UseKey(key)
+	case opKeyRemove:
+		if bytes.Equal(c.keyring.GetPrimaryKey(), key) {
+			return fmt.Errorf("%w: cannot remove the primary key; use another key first", ErrInUse)
+		}
+		err = removeKey(c.keyring, key)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: key %s: %v", ErrInvalid, opName(op), err)
+	}
+	c.log.Info("gossip keyring changed", "op", opName(op), "keys", len(c.keyring.GetKeys()))
+	return nil
+}
+
+// keyMismatch recognises memberlist's decryption errors in a join error.
+func keyMismatch(err error) bool {
+	if err == nil {
+		return false
+	}
+	s := err.Error()
+	for _, pat := range []string{
+		"no installed keys could decrypt",
+		"encryption is not configured",
+		"remote state is not encrypted",
+		"cannot decrypt",
+		"payload is too small to decrypt",
+	} {
+		if strings.Contains(s, pat) {
+			return true
+		}
+	}
+	return false
+}
+
+// removeKey removes a non-primary key. memberlist's Keyring.RemoveKey
+// shifts the later keys down inside the slice that GetKeys has handed to
+// concurrent decrypts (a data race) unless the key is the last one; the
+// other operations build a new slice. So first move the key to the end:
+// UseKey(x) puts x first and keeps the others in order, so using every key
+// after it, then the primary again, leaves it last. In the usual rotation
+// (install new, use new, remove old) the old key already is last and the
+// primary never changes here; otherwise a few packets may briefly go out
+// under another installed key, which members lacking it drop and gossip
+// retransmits.
+func removeKey(kr *memberlist.Keyring, key []byte) error {
+	keys := kr.GetKeys()
+	idx := slices.IndexFunc(keys, func(k []byte) bool { return bytes.Equal(k, key) })
+	if idx < 0 {
+		return nil
+	}
+	primary := keys[0]
+	if idx != len(keys)-1 {
+		for _, k := range slices.Clone(keys[idx+1:]) {
+			if err := kr.UseKey(k); err != nil {
+				return err
+			}
+		}
+		if err := kr.UseKey(primary); err != nil {
+			return err
+		}
+	}
+	return kr.RemoveKey(key)
+}

@@ -1,0 +1,345 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+)
+
+func leaseMap(c *Cluster, network string) map[netip.Prefix]string {
+	m := make(map[netip.Prefix]string)
+	for _, l := range c.Leases(network) {
+		m[l.Block] = l.Node
+	}
+	return m
+}
+
+// Eight members lease blocks and allocate addresses from one /16 at the
+// same time: no block and no address may end up held twice.
+func TestLeaseUniquenessUnderConcurrency(t *testing.T) {
+	const n, blocksEach, addrsEach = 8, 3, 40
+	members := startCluster(t, n)
+	mustCreate(t, members[0], "ov", "10.20.0.0/16")
+	waitNetwork(t, members, "ov", true)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	blockOwner := make(map[netip.Prefix]string)
+	addrOwner := make(map[netip.Addr]string)
+	var dupBlocks, dupAddrs []string
+	var wg sync.WaitGroup
+	errs := make(chan error, n*(blocksEach+addrsEach))
+	for _, c := range members {
+		for range blocksEach {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				b, err := c.LeaseBlock(ctx, "ov")
+				if err != nil {
+					errs <- fmt.Errorf("%s: lease: %w", c.Name(), err)
+					return
+				}
+				mu.Lock()
+				if prev, ok := blockOwner[b]; ok {
+					dupBlocks = append(dupBlocks, fmt.Sprintf("%s: %s and %s", b, prev, c.Name()))
+				}
+				blockOwner[b] = c.Name()
+				mu.Unlock()
+			}()
+		}
+		for g := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range addrsEach / 4 {
+					ip, err := c.AllocateIP(ctx, "ov", fmt.Sprintf("%s-ep%d-%d", c.Name(), g, i))
+					if err != nil {
+						errs <- fmt.Errorf("%s: allocate: %w", c.Name(), err)
+						return
+					}
+					mu.Lock()
+					if prev, ok := addrOwner[ip]; ok {
+						dupAddrs = append(dupAddrs, fmt.Sprintf("%s: %s and %s", ip, prev, c.Name()))
+					}
+					addrOwner[ip] = c.Name()
+					mu.Unlock()
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if len(dupBlocks)+len(dupAddrs) > 0 {
+		t.Fatalf("held twice: blocks %v, addresses %v", dupBlocks, dupAddrs)
+	}
+	if len(addrOwner) != n*addrsEach {
+		t.Fatalf("%d addresses allocated, want %d", len(addrOwner), n*addrsEach)
+	}
+
+	// Every member converges on the same lease table, which agrees with
+	// what each LeaseBlock returned, and every address lies in a block of
+	// the member that handed it out.
+	var table map[netip.Prefix]string
+	defer func() {
+		if t.Failed() {
+			for _, c := range members {
+				t.Logf("%s: %d leases, stats %+v", c.Name(), len(c.Leases("ov")), c.Stats())
+			}
+		}
+	}()
+	waitFor(t, 10*time.Second, "identical lease tables", func() bool {
+		table = leaseMap(members[0], "ov")
+		for _, c := range members[1:] {
+			other := leaseMap(c, "ov")
+			if len(other) != len(table) {
+				return false
+			}
+			for b, node := range table {
+				if other[b] != node {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	for b, node := range blockOwner {
+		if table[b] != node {
+			t.Errorf("block %s leased by %s, table says %q", b, node, table[b])
+		}
+	}
+	for ip, node := range addrOwner {
+		b := netip.PrefixFrom(ip, 24).Masked()
+		if table[b] != node {
+			t.Errorf("address %s from %s lies in block %s of %q", ip, node, b, table[b])
+		}
+	}
+	t.Logf("%d blocks, %d addresses, all distinct", len(table), len(addrOwner))
+}
+
+// All members claim the same block at once: at most one gets it.
+func TestSameBlockContention(t *testing.T) {
+	members := startCluster(t, 6)
+	net := mustCreate(t, members[0], "hot", "10.30.0.0/16")
+	waitNetwork(t, members, "hot", true)
+	for round := range 4 {
+		block := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 30, byte(round), 0}), 24)
+		k := resKey{Kind: resBlock, Net: net.ID, P: block}
+		var wg sync.WaitGroup
+		results := make([]error, len(members))
+		for i, c := range members {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				results[i] = c.claim(ctx, k, "")
+			}()
+		}
+		wg.Wait()
+		var winners []string
+		for i, err := range results {
+			switch {
+			case err == nil:
+				winners = append(winners, members[i].Name())
+			case !errors.Is(err, ErrConflict):
+				t.Errorf("round %d: %s: %v", round, members[i].Name(), err)
+			}
+		}
+		if len(winners) > 1 {
+			t.Fatalf("round %d: block %s granted to %v", round, block, winners)
+		}
+		t.Logf("round %d: winner %v", round, winners)
+		if len(winners) == 1 {
+			waitFor(t, 5*time.Second, "grant everywhere", func() bool {
+				for _, c := range members {
+					if leaseMap(c, "hot")[block] != winners[0] {
+						return false
+					}
+				}
+				return true
+			})
+		}
+	}
+}
+
+func TestStaticIPClaims(t *testing.T) {
+	members := startCluster(t, 3)
+	mustCreate(t, members[0], "st", "10.40.0.0/16")
+	waitNetwork(t, members, "st", true)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ip := netip.MustParseAddr("10.40.7.7")
+
+	if err := members[0].ClaimIP(ctx, "st", ip, "web"); err != nil {
+		t.Fatal(err)
+	}
+	if err := members[0].ClaimIP(ctx, "st", ip, "web"); err != nil {
+		t.Errorf("repeated claim by the holder: %v", err)
+	}
+	err := members[1].ClaimIP(ctx, "st", ip, "db")
+	if !errors.Is(err, ErrConflict) {
+		t.Fatalf("second claim: %v, want ErrConflict", err)
+	}
+	t.Logf("refused: %v", err)
+	if err := members[1].ClaimIP(ctx, "st", netip.MustParseAddr("10.40.0.1"), "gw"); !errors.Is(err, ErrInvalid) {
+		t.Errorf("gateway claim: %v, want ErrInvalid", err)
+	}
+	if err := members[1].ClaimIP(ctx, "st", netip.MustParseAddr("10.41.0.5"), "out"); !errors.Is(err, ErrInvalid) {
+		t.Errorf("out-of-subnet claim: %v, want ErrInvalid", err)
+	}
+
+	// An address inside another member's block: refused while that member
+	// uses it, granted otherwise, and then skipped by its allocator.
+	block, err := members[2].LeaseBlock(ctx, "st")
+	if err != nil {
+		t.Fatal(err)
+	}
+	used, err := members[2].AllocateIP(ctx, "st", "local")
+	if err != nil || !block.Contains(used) {
+		t.Fatalf("allocate: %s in %s, %v", used, block, err)
+	}
+	if err := members[1].ClaimIP(ctx, "st", used, "thief"); !errors.Is(err, ErrConflict) {
+		t.Errorf("claim of an address in use: %v, want ErrConflict", err)
+	}
+	static := used.Next()
+	if err := members[1].ClaimIP(ctx, "st", static, "pinned"); err != nil {
+		t.Fatalf("claim of a free address in another's block: %v", err)
+	}
+	waitFor(t, 5*time.Second, "claim replicated", func() bool { return len(members[2].Claims("st")) == 2 })
+	for range 20 {
+		a, err := members[2].AllocateIP(ctx, "st", "more")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a == static || a == ip {
+			t.Fatalf("allocator handed out statically claimed %s", a)
+		}
+	}
+
+	// Released claims can be claimed again.
+	if err := members[0].ReleaseIP("st", ip); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "release replicated", func() bool {
+		for _, c := range members[1].Claims("st") {
+			if c.IP == ip {
+				return false
+			}
+		}
+		return true
+	})
+	if err := members[1].ClaimIP(ctx, "st", ip, "db"); err != nil {
+		t.Errorf("claim after release: %v", err)
+	}
+}
+
+// The blocks of a member that is gone for longer than ReclaimLeasesAfter
+// are released everywhere and can be leased again.
+func TestReclaimDeadMemberBlocks(t *testing.T) {
+	members := startCluster(t, 3, func(c *Config) { c.ReclaimLeasesAfter = time.Second })
+	mustCreate(t, members[0], "rc", "10.50.0.0/22") // sixteen /26 blocks (the default for a /22)
+	waitNetwork(t, members, "rc", true)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var held []netip.Prefix
+	for range 3 {
+		b, err := members[2].LeaseBlock(ctx, "rc")
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, b)
+	}
+	waitFor(t, 5*time.Second, "leases replicated", func() bool { return len(members[0].Leases("rc")) == 3 })
+
+	_ = members[2].shutdown(false) // crash: no leave
+	start := time.Now()
+	live := members[:2]
+	waitFor(t, 15*time.Second, "blocks reclaimed", func() bool {
+		for _, c := range live {
+			if len(c.Leases("rc")) != 0 {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("reclaimed %s after the crash (detection + 1s grace)", time.Since(start).Round(time.Millisecond))
+	// Sixteen more leases take the whole subnet, reclaimed blocks included.
+	got := make(map[netip.Prefix]bool)
+	for range 16 {
+		b, err := members[0].LeaseBlock(ctx, "rc")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[b] = true
+	}
+	for _, b := range held {
+		if !got[b] {
+			t.Errorf("reclaimed block %s was not leased again", b)
+		}
+	}
+	if _, err := members[1].LeaseBlock(ctx, "rc"); !errors.Is(err, ErrExhausted) {
+		t.Errorf("lease from a full subnet: %v, want ErrExhausted", err)
+	}
+}
+
+// A member that restarts with the same name keeps its blocks: it learns
+// them back from the others, and with its snapshot also its allocations.
+func TestRestartKeepsBlocks(t *testing.T) {
+	members := startCluster(t, 3)
+	mustCreate(t, members[0], "rs", "10.60.0.0/16")
+	waitNetwork(t, members, "rs", true)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	m2 := members[2]
+	first, err := m2.AllocateIP(ctx, "rs", "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	block := netip.PrefixFrom(first, 24).Masked()
+	waitFor(t, 5*time.Second, "lease replicated", func() bool { return leaseMap(members[0], "rs")[block] == "node-2" })
+	snap, err := m2.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m2.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	for i, restore := range []bool{false, true} {
+		back := startMember(t, testConfig("node-2"))
+		if restore {
+			if err := back.Restore(snap); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := back.Join(ctx, members[0].Addr().String()); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 5*time.Second, "blocks learned back", func() bool { return leaseMap(back, "rs")[block] == "node-2" })
+		ip, err := back.AllocateIP(ctx, "rs", "b")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !block.Contains(ip) {
+			t.Errorf("restart %d: allocated %s outside the kept block %s", i, ip, block)
+		}
+		if restore && ip == first {
+			t.Errorf("restart with snapshot handed out %s again", ip)
+		}
+		if len(back.Leases("rs")) != 1 {
+			t.Errorf("restart %d: %d leases, want the one kept", i, len(back.Leases("rs")))
+		}
+		if err := back.Close(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 5*time.Second, "node-2 left", func() bool { return members[0].NumAlive() == 2 })
+	}
+}
