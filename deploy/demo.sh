@@ -66,6 +66,10 @@ for _ in $(seq 50); do ip netns exec demo-web ss -ltn | grep -q ':80 ' && break;
 say "demo-db reaches demo-web over the internal network 'back'"
 show ip netns exec demo-db ping -c 2 -W 1 "$web_back"
 
+say "...and finds it by name: the embedded DNS server (127.0.0.11) knows names and aliases"
+show ip netns exec demo-db getent hosts web
+show ip netns exec demo-db getent hosts demo-web
+
 say "demo-client (on 'bridge') cannot reach demo-web's 'front' address: networks are isolated"
 if ip netns exec demo-client ping -c 1 -W 1 "$web_front" >/dev/null; then echo "UNEXPECTED: reached it"; exit 1; else echo "no reply, as expected"; fi
 
