@@ -162,14 +162,12 @@ func (c *cli) runForeground(cmd *cobra.Command, o runOptions, argv []string) err
 // namespace, as Docker does for containers; anything else is started
 // directly inside the namespace.
 func sandboxCommand(sb api.Sandbox, argv []string) (*exec.Cmd, string, error) {
-	if sb.Mode == api.ModeNetNS && sb.NetNS == "/var/run/netns/"+sb.Name {
-		if _, err := os.Stat("/etc/netns/" + sb.Name + "/resolv.conf"); err == nil {
-			if ip, err := exec.LookPath("ip"); err == nil {
-				if _, err := exec.LookPath(argv[0]); err != nil {
-					return nil, "", err // report "not found" as the command's, not ip's
-				}
-				return exec.Command(ip, append([]string{"netns", "exec", sb.Name}, argv...)...), "", nil
+	if sb.Mode == api.ModeNetNS && sb.NetNS == netns.Path(sb.Name) {
+		if wrapped, ok := netns.ExecArgv(sb.Name, argv); ok {
+			if _, err := exec.LookPath(argv[0]); err != nil {
+				return nil, "", err // report "not found" as the command's, not ip's
 			}
+			return exec.Command(wrapped[0], wrapped[1:]...), "", nil
 		}
 	}
 	return exec.Command(argv[0], argv[1:]...), sb.NetNS, nil

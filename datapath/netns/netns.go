@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -223,4 +224,23 @@ func Do(path string, fn func() error) error {
 		errc <- fnErr
 	}()
 	return <-errc
+}
+
+// EtcDir is where `ip netns exec` finds per-namespace files that replace
+// those of /etc (resolv.conf, hosts) in a private mount namespace.
+const EtcDir = "/etc/netns"
+
+// ExecArgv returns how to run argv inside the named namespace so that its
+// EtcDir files apply: through `ip netns exec NAME` when the namespace has
+// them and ip is installed (ok is true), else argv unchanged (ok is false;
+// the caller then starts it inside the namespace itself).
+func ExecArgv(name string, argv []string) (out []string, ok bool) {
+	if _, err := os.Stat(filepath.Join(EtcDir, name)); err != nil {
+		return argv, false
+	}
+	ip, err := exec.LookPath("ip")
+	if err != nil {
+		return argv, false
+	}
+	return append([]string{ip, "netns", "exec", name}, argv...), true
 }

@@ -10,10 +10,8 @@ import (
 
 	"github.com/fabricnet/fabric/cmd/internal/api"
 	"github.com/fabricnet/fabric/cmd/internal/dns"
+	"github.com/fabricnet/fabric/datapath/netns"
 )
-
-// netnsEtcDir is where `ip netns exec` finds per-namespace /etc files.
-const netnsEtcDir = "/etc/netns"
 
 // refreshDNS rebuilds the embedded DNS table from the endpoints: every
 // endpoint answers to its sandbox's name and its aliases, on its network.
@@ -60,7 +58,7 @@ func (a *Agent) attachDNS(sb *sandboxRec) {
 	if sb.Mode != api.ModeNetNS {
 		return
 	}
-	dir := filepath.Join(netnsEtcDir, sb.Name)
+	dir := filepath.Join(netns.EtcDir, sb.Name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		a.log.Warn("write sandbox resolv.conf", "sandbox", sb.Name, "err", err)
 		return
@@ -78,7 +76,7 @@ func (a *Agent) detachDNS(sb *sandboxRec) {
 	a.dns.Detach(sb.Name)
 	delete(a.dnsErrors, sb.Name)
 	if sb.Mode == api.ModeNetNS {
-		_ = os.RemoveAll(filepath.Join(netnsEtcDir, sb.Name))
+		_ = os.RemoveAll(filepath.Join(netns.EtcDir, sb.Name))
 	}
 }
 

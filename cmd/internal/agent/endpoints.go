@@ -376,6 +376,9 @@ func (a *Agent) addEndpoints(ctx context.Context, sb *sandboxRec, sbNew bool, ep
 // removeEndpoints marks eps removing, deletes them from the kernel, releases
 // their addresses and drops the records.
 func (a *Agent) removeEndpoints(ctx context.Context, eps []*endpointRec) error {
+	if len(eps) == 0 {
+		return nil // no store commits for nothing (every start, none/host sandboxes)
+	}
 	err := a.store.Update(func(tx storeTx) error {
 		for _, ep := range eps {
 			ep.Phase = phaseRemoving

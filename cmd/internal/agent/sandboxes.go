@@ -3,9 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -240,10 +238,8 @@ func (a *Agent) commandLine(sb *sandboxRec) ([]string, string, error) {
 		return nil, "", err
 	}
 	if sb.Mode == api.ModeNetNS {
-		if _, err := os.Stat(filepath.Join(netnsEtcDir, sb.Name, "resolv.conf")); err == nil {
-			if ip, err := exec.LookPath("ip"); err == nil {
-				return append([]string{ip, "netns", "exec", sb.Name}, sb.Command...), a.opts.HostNetNS, nil
-			}
+		if argv, ok := netns.ExecArgv(sb.Name, sb.Command); ok {
+			return argv, a.opts.HostNetNS, nil
 		}
 	}
 	return sb.Command, a.commandNetNS(sb), nil
