@@ -10,7 +10,7 @@ import (
 // The counter index space, as in fabric.h (DIRECTION_MAX, VERDICT_MAX,
 // REASON_MAX). Load checks the map against countersMax.
 const (
-	directionMax = 4
+	directionMax = 8
 	verdictMax   = 4
 	reasonMax    = 32
 	countersMax  = directionMax * verdictMax * reasonMax
@@ -28,6 +28,12 @@ type Reason uint32
 // The values come from the C enums through bpf2go, so they cannot drift.
 const (
 	DirFromEndpoint = Direction(endpointDirectionDIR_FROM_ENDPOINT)
+	DirFromUplink   = Direction(endpointDirectionDIR_FROM_UPLINK)
+	DirToUplink     = Direction(endpointDirectionDIR_TO_UPLINK)
+	DirXDPUplink    = Direction(endpointDirectionDIR_XDP_UPLINK)
+	DirSocket       = Direction(endpointDirectionDIR_SOCKET)
+	DirFromTunnel   = Direction(endpointDirectionDIR_FROM_TUNNEL)
+	DirToEndpoint   = Direction(endpointDirectionDIR_TO_ENDPOINT)
 
 	VerdictPass     = Verdict(endpointVerdictVERDICT_PASS)
 	VerdictDrop     = Verdict(endpointVerdictVERDICT_DROP)
@@ -46,9 +52,29 @@ const (
 	ReasonARPIgnored    = Reason(endpointReasonREASON_ARP_IGNORED)
 	ReasonUnsupportedL3 = Reason(endpointReasonREASON_UNSUPPORTED_L3)
 	ReasonVLAN          = Reason(endpointReasonREASON_VLAN)
+	ReasonSNAT          = Reason(endpointReasonREASON_SNAT)
+	ReasonSNATReply     = Reason(endpointReasonREASON_SNAT_REPLY)
+	ReasonDNAT          = Reason(endpointReasonREASON_DNAT)
+	ReasonDNATReply     = Reason(endpointReasonREASON_DNAT_REPLY)
+	ReasonHairpin       = Reason(endpointReasonREASON_HAIRPIN)
+	ReasonNATExhausted  = Reason(endpointReasonREASON_NAT_EXHAUSTED)
+	ReasonCTFull        = Reason(endpointReasonREASON_CT_FULL)
+	ReasonNoOwner       = Reason(endpointReasonREASON_NO_OWNER)
+	ReasonFragment      = Reason(endpointReasonREASON_FRAGMENT)
+	ReasonSockRewrite   = Reason(endpointReasonREASON_SOCK_REWRITE)
+	ReasonInternal      = Reason(endpointReasonREASON_INTERNAL)
+	ReasonNotNAT        = Reason(endpointReasonREASON_NOT_NAT)
 )
 
-var directionNames = map[Direction]string{DirFromEndpoint: "from-endpoint"}
+var directionNames = map[Direction]string{
+	DirFromEndpoint: "from-endpoint",
+	DirFromUplink:   "from-uplink",
+	DirToUplink:     "to-uplink",
+	DirXDPUplink:    "xdp-uplink",
+	DirSocket:       "socket",
+	DirFromTunnel:   "from-tunnel",
+	DirToEndpoint:   "to-endpoint",
+}
 
 var verdictNames = map[Verdict]string{VerdictPass: "pass", VerdictDrop: "drop", VerdictRedirect: "redirect"}
 
@@ -66,6 +92,18 @@ var reasonNames = map[Reason]string{
 	ReasonARPIgnored:    "arp-ignored",
 	ReasonUnsupportedL3: "unsupported-l3",
 	ReasonVLAN:          "vlan",
+	ReasonSNAT:          "snat",
+	ReasonSNATReply:     "snat-reply",
+	ReasonDNAT:          "dnat",
+	ReasonDNATReply:     "dnat-reply",
+	ReasonHairpin:       "hairpin",
+	ReasonNATExhausted:  "nat-exhausted",
+	ReasonCTFull:        "ct-full",
+	ReasonNoOwner:       "no-owner",
+	ReasonFragment:      "fragment",
+	ReasonSockRewrite:   "sock-rewrite",
+	ReasonInternal:      "internal",
+	ReasonNotNAT:        "not-nat",
 }
 
 func name[T ~uint32](names map[T]string, v T) string {

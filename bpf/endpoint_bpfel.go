@@ -23,6 +23,12 @@ type endpointDirection uint32
 
 const (
 	endpointDirectionDIR_FROM_ENDPOINT endpointDirection = 0
+	endpointDirectionDIR_FROM_UPLINK   endpointDirection = 1
+	endpointDirectionDIR_TO_UPLINK     endpointDirection = 2
+	endpointDirectionDIR_XDP_UPLINK    endpointDirection = 3
+	endpointDirectionDIR_SOCKET        endpointDirection = 4
+	endpointDirectionDIR_FROM_TUNNEL   endpointDirection = 5
+	endpointDirectionDIR_TO_ENDPOINT   endpointDirection = 6
 )
 
 type endpointEndpoint struct {
@@ -34,13 +40,38 @@ type endpointEndpoint struct {
 	NetworkId uint32
 }
 
+type endpointHostConfig struct {
+	_             structs.HostLayout
+	NetnsCookie   uint64
+	SnatAddr      uint32
+	UplinkIfindex uint32
+	NatPortMin    uint16
+	NatPortMax    uint16
+	Pad           uint32
+}
+
 type endpointNetwork struct {
 	_         structs.HostLayout
 	Gateway   uint32
 	Subnet    uint32
 	Mask      uint32
 	RouterMac [6]uint8
-	Pad       uint16
+	Flags     uint16
+}
+
+type endpointPortKey struct {
+	_        structs.HostLayout
+	HostAddr uint32
+	Port     uint16
+	Proto    uint8
+	Pad      uint8
+}
+
+type endpointPortTarget struct {
+	_    structs.HostLayout
+	Addr uint32
+	Port uint16
+	Pad  uint16
 }
 
 type endpointReason uint32
@@ -59,6 +90,18 @@ const (
 	endpointReasonREASON_ARP_IGNORED    endpointReason = 10
 	endpointReasonREASON_UNSUPPORTED_L3 endpointReason = 11
 	endpointReasonREASON_VLAN           endpointReason = 12
+	endpointReasonREASON_SNAT           endpointReason = 13
+	endpointReasonREASON_SNAT_REPLY     endpointReason = 14
+	endpointReasonREASON_DNAT           endpointReason = 15
+	endpointReasonREASON_DNAT_REPLY     endpointReason = 16
+	endpointReasonREASON_HAIRPIN        endpointReason = 17
+	endpointReasonREASON_NAT_EXHAUSTED  endpointReason = 18
+	endpointReasonREASON_CT_FULL        endpointReason = 19
+	endpointReasonREASON_NO_OWNER       endpointReason = 20
+	endpointReasonREASON_FRAGMENT       endpointReason = 21
+	endpointReasonREASON_SOCK_REWRITE   endpointReason = 22
+	endpointReasonREASON_INTERNAL       endpointReason = 23
+	endpointReasonREASON_NOT_NAT        endpointReason = 24
 )
 
 type endpointVerdict uint32
@@ -76,7 +119,10 @@ const (
 	endpointMapCounters      = "counters"
 	endpointMapEndpointByIp  = "endpoint_by_ip"
 	endpointMapEndpoints     = "endpoints"
+	endpointMapHostAddrs     = "host_addrs"
+	endpointMapHostConfig    = "host_config"
 	endpointMapNetworks      = "networks"
+	endpointMapPorts         = "ports"
 	endpointProgFromEndpoint = "from_endpoint"
 )
 
@@ -132,7 +178,10 @@ type endpointMapSpecs struct {
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
 	EndpointByIp *ebpf.MapSpec `ebpf:"endpoint_by_ip"`
 	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
+	HostAddrs    *ebpf.MapSpec `ebpf:"host_addrs"`
+	HostConfig   *ebpf.MapSpec `ebpf:"host_config"`
 	Networks     *ebpf.MapSpec `ebpf:"networks"`
+	Ports        *ebpf.MapSpec `ebpf:"ports"`
 }
 
 // endpointVariableSpecs contains global variables before they are loaded into the kernel.
@@ -164,7 +213,10 @@ type endpointMaps struct {
 	Counters     *ebpf.Map `ebpf:"counters"`
 	EndpointByIp *ebpf.Map `ebpf:"endpoint_by_ip"`
 	Endpoints    *ebpf.Map `ebpf:"endpoints"`
+	HostAddrs    *ebpf.Map `ebpf:"host_addrs"`
+	HostConfig   *ebpf.Map `ebpf:"host_config"`
 	Networks     *ebpf.Map `ebpf:"networks"`
+	Ports        *ebpf.Map `ebpf:"ports"`
 }
 
 func (m *endpointMaps) Close() error {
@@ -172,7 +224,10 @@ func (m *endpointMaps) Close() error {
 		m.Counters,
 		m.EndpointByIp,
 		m.Endpoints,
+		m.HostAddrs,
+		m.HostConfig,
 		m.Networks,
+		m.Ports,
 	)
 }
 

@@ -8,6 +8,9 @@
  *   endpoints       HASH  __u32 host-side ifindex -> struct endpoint
  *   endpoint_by_ip  HASH  __be32 IPv4 address     -> struct endpoint
  *   networks        HASH  __u32 network id        -> struct network
+ *   ports           HASH  struct port_key         -> struct port_target
+ *   host_addrs      HASH  __be32 host address     -> __u32 (1)
+ *   host_config     ARRAY 0                       -> struct host_config
  *   counters        PERCPU_ARRAY counter_index()  -> struct counter
  *
  * Both endpoint maps hold the same value: `endpoints` answers "who is
@@ -34,7 +37,7 @@
 /* Counter index space: direction x verdict x reason. Sizes leave room for
  * the directions and reasons the tunnel and uplink programs will add, so
  * adding one does not change the map's shape. */
-#define DIRECTION_MAX 4
+#define DIRECTION_MAX 8
 #define VERDICT_MAX 4
 #define REASON_MAX 32
 #define COUNTERS_MAX (DIRECTION_MAX * VERDICT_MAX * REASON_MAX)
@@ -42,6 +45,12 @@
 /* Where a packet was seen. */
 enum direction {
 	DIR_FROM_ENDPOINT = 0, /* tc ingress of an endpoint's host-side veth */
+	DIR_FROM_UPLINK = 1,   /* tc ingress of the uplink */
+	DIR_TO_UPLINK = 2,     /* tc egress of the uplink */
+	DIR_XDP_UPLINK = 3,    /* XDP on the uplink */
+	DIR_SOCKET = 4,        /* cgroup sock_addr hooks (connect4, sendmsg4, recvmsg4) */
+	DIR_FROM_TUNNEL = 5,   /* tc ingress of the flow-based VXLAN device */
+	DIR_TO_ENDPOINT = 6,   /* tc egress of an endpoint's host-side veth */
 };
 
 /* What the program did with it. */
@@ -66,6 +75,19 @@ enum reason {
 	REASON_ARP_IGNORED = 10,   /* probe, announcement, off-subnet target, other op */
 	REASON_UNSUPPORTED_L3 = 11, /* neither IPv4 nor ARP (IPv6 included) */
 	REASON_VLAN = 12,          /* VLAN-tagged frame from a sandbox */
+	REASON_SNAT = 13,          /* egress masqueraded to the uplink address */
+	REASON_SNAT_REPLY = 14,    /* reply to a masqueraded flow, translated back */
+	REASON_DNAT = 15,          /* to a published port, translated to its endpoint */
+	REASON_DNAT_REPLY = 16,    /* reply from a published port, translated back */
+	REASON_HAIRPIN = 17,       /* endpoint to a published port on this host */
+	REASON_NAT_EXHAUSTED = 18, /* no free source port for masquerade */
+	REASON_CT_FULL = 19,       /* conntrack insert failed */
+	REASON_NO_OWNER = 20,      /* to a fabric address no endpoint holds */
+	REASON_FRAGMENT = 21,      /* IPv4 fragment that NAT cannot translate */
+	REASON_SOCK_REWRITE = 22,  /* host socket sent straight to a published port's endpoint */
+	REASON_INTERNAL = 23,      /* leaving or entering an --internal network */
+	REASON_NOT_NAT = 24,       /* passed untouched: not a fabric flow */
+	/* 25-27: free for NAT/uplink; 28-31: free for socket hooks */
 };
 
 /* One endpoint: the value of both `endpoints` and `endpoint_by_ip`. */
@@ -83,7 +105,37 @@ struct network {
 	__be32 subnet;     /* network address, in network byte order */
 	__be32 mask;       /* netmask, in network byte order */
 	__u8 router_mac[6]; /* what the program answers ARP with and writes as source MAC */
-	__u16 pad;         /* must be zero */
+	__u16 flags;       /* NETWORK_F_* */
+};
+
+/* network.flags */
+#define NETWORK_F_INTERNAL 1 /* no masquerade, no published ports, no egress */
+
+/* A published port: key of `ports`. host_addr 0 means every address of the
+ * host (lookups try the exact address first, then 0). */
+struct port_key {
+	__be32 host_addr;
+	__be16 port;  /* host port, network byte order */
+	__u8 proto;   /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 pad;     /* must be zero */
+};
+
+/* Where a published port leads. */
+struct port_target {
+	__be32 addr;      /* the endpoint's address (a key of endpoint_by_ip) */
+	__be16 port;      /* port inside the sandbox, network byte order */
+	__u16 pad;        /* must be zero */
+};
+
+/* The host, as the NAT and socket programs need it: the single entry of
+ * `host_config`. */
+struct host_config {
+	__u64 netns_cookie;  /* the host namespace (socket hooks act only there) */
+	__be32 snat_addr;    /* masquerade source: the uplink's IPv4 address */
+	__u32 uplink_ifindex;
+	__u16 nat_port_min;  /* masquerade source port range, host byte order */
+	__u16 nat_port_max;
+	__u32 pad;           /* must be zero */
 };
 
 struct counter {
@@ -113,6 +165,32 @@ struct {
 	__type(value, struct network);
 } networks SEC(".maps");
 
+#define MAX_PORTS 65536
+#define MAX_HOST_ADDRS 256
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_PORTS);
+	__type(key, struct port_key);
+	__type(value, struct port_target);
+} ports SEC(".maps");
+
+/* Every IPv4 address of the host namespace (value unused, 1). A published
+ * port with host_addr 0 answers on these. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_HOST_ADDRS);
+	__type(key, __be32);
+	__type(value, __u32);
+} host_addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct host_config);
+} host_config SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, COUNTERS_MAX);
@@ -137,15 +215,35 @@ static __always_inline __u32 counter_index(__u32 dir, __u32 verdict, __u32 reaso
 /* count adds one packet of skb->len bytes (the frame from its Ethernet
  * header on). Per-CPU values need no atomics: tc runs with bottom halves
  * disabled, so nothing else on this CPU updates the cell half-way. */
-static __always_inline void count(struct __sk_buff *skb, enum direction dir, enum verdict verdict, enum reason reason)
+static __always_inline void count_len(__u32 len, enum direction dir, enum verdict verdict, enum reason reason)
 {
 	__u32 idx = counter_index(dir, verdict, reason);
 	struct counter *c = bpf_map_lookup_elem(&counters, &idx);
 
 	if (c) {
 		c->packets++;
-		c->bytes += skb->len;
+		c->bytes += len;
 	}
+}
+
+static __always_inline void count(struct __sk_buff *skb, enum direction dir, enum verdict verdict, enum reason reason)
+{
+	count_len(skb->len, dir, verdict, reason);
+}
+
+/* lookup_port finds the published port for (proto, daddr, dport): the exact
+ * host address first, then the wildcard entry if daddr is the host's. */
+static __always_inline struct port_target *lookup_port(__u8 proto, __be32 daddr, __be16 dport)
+{
+	struct port_key k = { .host_addr = daddr, .port = dport, .proto = proto };
+	struct port_target *t = bpf_map_lookup_elem(&ports, &k);
+
+	if (t)
+		return t;
+	if (!bpf_map_lookup_elem(&host_addrs, &daddr))
+		return 0;
+	k.host_addr = 0;
+	return bpf_map_lookup_elem(&ports, &k);
 }
 
 /* mac_eq compares two MAC addresses without a loop or memcmp, which the

@@ -32,6 +32,8 @@ type Network struct {
 	// RouterMAC is the MAC the sandbox sees for its gateway and for every
 	// other address of its subnet (the program answers ARP with it).
 	RouterMAC net.HardwareAddr
+	// Internal networks get no masquerade and no published ports.
+	Internal bool
 }
 
 // Endpoint is what the programs know of an endpoint.
@@ -44,6 +46,9 @@ type Endpoint struct {
 
 // be32 is an IPv4 address as the programs hold it: network byte order in
 // memory, read as a native-endian integer by the map marshaller.
+// networkFlagInternal is NETWORK_F_INTERNAL in fabric.h.
+const networkFlagInternal = 1
+
 func be32(a netip.Addr) uint32 {
 	b := a.As4()
 	return binary.NativeEndian.Uint32(b[:])
@@ -79,11 +84,16 @@ func (n Network) value() (endpointNetwork, error) {
 		return endpointNetwork{}, err
 	}
 	mask := netip.AddrFrom4([4]byte(net.CIDRMask(n.Subnet.Bits(), 32)))
+	var flags uint16
+	if n.Internal {
+		flags |= networkFlagInternal
+	}
 	return endpointNetwork{
 		Gateway:   be32(n.Gateway),
 		Subnet:    be32(n.Subnet.Masked().Addr()),
 		Mask:      be32(mask),
 		RouterMac: [6]byte(n.RouterMAC),
+		Flags:     flags,
 	}, nil
 }
 
@@ -123,6 +133,7 @@ func (o *Objects) network(id NetID) (Network, bool, error) {
 		Subnet:    netip.PrefixFrom(addrFromBE32(v.Subnet), ones),
 		Gateway:   addrFromBE32(v.Gateway),
 		RouterMAC: net.HardwareAddr(v.RouterMac[:]),
+		Internal:  v.Flags&networkFlagInternal != 0,
 	}, true, nil
 }
 

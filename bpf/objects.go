@@ -44,6 +44,21 @@ func (o *Objects) checkShape() error {
 	return nil
 }
 
+// sharedMaps are the maps every fabric program object uses; a second object
+// (uplink, socket hooks) is loaded with these as MapReplacements so that all
+// programs see one set of maps.
+func (o *Objects) sharedMaps() map[string]*ebpf.Map {
+	return map[string]*ebpf.Map{
+		"endpoints":      o.objs.Endpoints,
+		"endpoint_by_ip": o.objs.EndpointByIp,
+		"networks":       o.objs.Networks,
+		"counters":       o.objs.Counters,
+		"ports":          o.objs.Ports,
+		"host_addrs":     o.objs.HostAddrs,
+		"host_config":    o.objs.HostConfig,
+	}
+}
+
 // FromEndpoint is the tc program for the ingress of an endpoint's host-side
 // veth (traffic from the sandbox).
 func (o *Objects) FromEndpoint() *ebpf.Program { return o.objs.FromEndpoint }
@@ -53,6 +68,7 @@ func (o *Objects) Close() error {
 	var errs []error
 	for _, c := range []io.Closer{
 		o.objs.FromEndpoint, o.objs.Endpoints, o.objs.EndpointByIp, o.objs.Networks, o.objs.Counters,
+		o.objs.Ports, o.objs.HostAddrs, o.objs.HostConfig,
 	} {
 		if err := c.Close(); err != nil {
 			errs = append(errs, err)
