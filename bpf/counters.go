@@ -64,6 +64,7 @@ const (
 	ReasonSockRewrite   = Reason(endpointReasonREASON_SOCK_REWRITE)
 	ReasonInternal      = Reason(endpointReasonREASON_INTERNAL)
 	ReasonNotNAT        = Reason(endpointReasonREASON_NOT_NAT)
+	ReasonSockReply     = Reason(endpointReasonREASON_SOCK_REPLY)
 )
 
 var directionNames = map[Direction]string{
@@ -104,6 +105,7 @@ var reasonNames = map[Reason]string{
 	ReasonSockRewrite:   "sock-rewrite",
 	ReasonInternal:      "internal",
 	ReasonNotNAT:        "not-nat",
+	ReasonSockReply:     "sock-reply",
 }
 
 func name[T ~uint32](names map[T]string, v T) string {

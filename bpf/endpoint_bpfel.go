@@ -102,6 +102,7 @@ const (
 	endpointReasonREASON_SOCK_REWRITE   endpointReason = 22
 	endpointReasonREASON_INTERNAL       endpointReason = 23
 	endpointReasonREASON_NOT_NAT        endpointReason = 24
+	endpointReasonREASON_SOCK_REPLY     endpointReason = 28
 )
 
 type endpointVerdict uint32

@@ -87,7 +87,9 @@ enum reason {
 	REASON_SOCK_REWRITE = 22,  /* host socket sent straight to a published port's endpoint */
 	REASON_INTERNAL = 23,      /* leaving or entering an --internal network */
 	REASON_NOT_NAT = 24,       /* passed untouched: not a fabric flow */
-	/* 25-27: free for NAT/uplink; 28-31: free for socket hooks */
+	/* 25-27: free for NAT/uplink */
+	REASON_SOCK_REPLY = 28,    /* reply or peer of a rewritten host socket shown as the published address */
+	/* 29-31: free for socket hooks */
 };
 
 /* One endpoint: the value of both `endpoints` and `endpoint_by_ip`. */

@@ -16,6 +16,7 @@ import (
 	"github.com/fabricnet/fabric/cmd/internal/config"
 	"github.com/fabricnet/fabric/cmd/internal/dns"
 	"github.com/fabricnet/fabric/datapath"
+	"github.com/fabricnet/fabric/datapath/ebpf"
 	"github.com/fabricnet/fabric/datapath/kernel"
 	"github.com/spf13/pflag"
 )
@@ -97,14 +98,38 @@ func serve(cfg config.Config, log *slog.Logger) error {
 }
 
 func newDatapath(cfg config.Config, log *slog.Logger) (datapath.Datapath, error) {
-	switch mode := cfg.DatapathMode(); mode {
-	case config.DatapathKernel:
-		dp, err := kernel.New(log, kernel.Options{})
-		if err != nil {
-			return nil, fmt.Errorf("kernel datapath: %w", err)
+	mode := cfg.Datapath
+	if mode == config.DatapathEBPF || mode == config.DatapathAuto {
+		dp, err := ebpf.New(log, ebpf.Options{BPFRoot: cfg.BPFRoot, Uplink: cfg.Uplink, XDP: cfg.XDP})
+		if err == nil {
+			return dp, nil
 		}
-		return dp, nil
-	default:
-		return nil, fmt.Errorf("datapath %q is not available in this build", mode)
+		if mode == config.DatapathEBPF {
+			return nil, fmt.Errorf("ebpf datapath (--datapath ebpf; use auto to fall back to the kernel datapath): %w", err)
+		}
+		log.Warn("eBPF datapath unavailable; falling back to the kernel datapath", "err", err)
+		dp2, kerr := kernel.New(log, kernel.Options{})
+		if kerr != nil {
+			return nil, fmt.Errorf("kernel datapath: %w", kerr)
+		}
+		return fallback{Datapath: dp2, why: err.Error()}, nil
 	}
+	dp, err := kernel.New(log, kernel.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("kernel datapath: %w", err)
+	}
+	return dp, nil
+}
+
+// fallback is the kernel datapath standing in for an eBPF datapath that
+// could not load; its status says so.
+type fallback struct {
+	datapath.Datapath
+	why string
+}
+
+func (f fallback) Status(ctx context.Context) datapath.Status {
+	st := f.Datapath.Status(ctx)
+	st.Warnings = append(st.Warnings, "eBPF datapath unavailable, using the kernel datapath: "+f.why)
+	return st
 }

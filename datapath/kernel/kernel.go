@@ -45,6 +45,34 @@ type Options struct {
 	// NetNSPath is the network namespace the datapath programs as "the
 	// host"; "" means the namespace New is called in (the process's own).
 	NetNSPath string
+	// Forwarder, if set, replaces the Linux bridge and nftables for bridge
+	// networks (the eBPF datapath): this package still makes the veth
+	// pairs and configures the sandbox side, the forwarder does the host
+	// side. macvlan/ipvlan networks are unaffected.
+	Forwarder Forwarder
+}
+
+// Forwarder forwards bridge-network traffic without a bridge. Its methods
+// are called with the datapath's lock held, one at a time, and must be
+// idempotent like the Datapath's own.
+type Forwarder interface {
+	// EnsureNetwork programs a network (no link is made for it here).
+	EnsureNetwork(n datapath.Network) error
+	// DeleteNetwork forgets a network; a missing one is not an error.
+	DeleteNetwork(n datapath.Network) error
+	// EnsureEndpoint programs the endpoint's host side, host being its
+	// host-side veth, up and with the network's MTU. An error rolls the
+	// veth back if this call made it.
+	EnsureEndpoint(n datapath.Network, ep datapath.Endpoint, host netlink.Link) error
+	// DeleteEndpoint forgets an endpoint, before its veth is deleted.
+	DeleteEndpoint(n datapath.Network, ep datapath.Endpoint) error
+	// Sync forgets everything not in s. It runs after every network and
+	// endpoint of s was ensured.
+	Sync(s datapath.State) error
+	// Status describes the forwarder; it replaces the kernel's own.
+	Status() datapath.Status
+	// Close releases the forwarder's handles; what it programmed stays.
+	Close() error
 }
 
 // Datapath programs bridges, veths and nftables in one host namespace.
@@ -55,6 +83,7 @@ type Datapath struct {
 	hostNS netns.NsHandle // kept open: nftables dials into it by fd
 	nl     *netlink.Handle
 	nft    *nftables.Conn
+	fwd    Forwarder // nil: bridges and nftables
 
 	mu    sync.Mutex
 	state desired
@@ -148,9 +177,18 @@ func New(log *slog.Logger, opts Options) (_ *Datapath, err error) {
 		hostNS: hostNS,
 		nl:     nl,
 		nft:    nft,
+		fwd:    opts.Forwarder,
 		state:  newDesired(),
 
 		parentNets: map[string]datapath.Network{},
+	}
+	if d.fwd != nil {
+		// The forwarder owns NAT and published ports: a table left by a
+		// kernel-datapath run would translate its traffic twice.
+		if err := d.applyRuleset(); err != nil {
+			d.log.Warn("cannot remove the kernel datapath's nftables table", "err", err)
+		}
+		return d, nil
 	}
 	restored, err := d.restoreState()
 	if err != nil {
@@ -188,6 +226,10 @@ func (d *Datapath) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var errs error
+	if d.fwd != nil {
+		errs = errors.Join(errs, d.fwd.Close())
+		d.fwd = nil
+	}
 	if d.nft != nil {
 		errs = errors.Join(errs, d.nft.CloseLasting())
 		d.nft = nil
@@ -207,6 +249,17 @@ func (d *Datapath) Close() error {
 func (d *Datapath) Status(ctx context.Context) datapath.Status {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.fwd != nil {
+		st := d.fwd.Status()
+		if len(d.parentNets) > 0 && d.nl != nil {
+			st.Details = append(st.Details, fmt.Sprintf("%d macvlan/ipvlan networks", len(d.parentNets)))
+			st.Warnings = append(st.Warnings, d.parentWarnings()...)
+		}
+		if d.lastErr != nil {
+			st.Warnings = append(st.Warnings, "last sync: "+d.lastErr.Error())
+		}
+		return st
+	}
 	st := datapath.Status{
 		Name: "kernel",
 		Details: []string{
@@ -253,6 +306,9 @@ func (d *Datapath) EnsureNetwork(ctx context.Context, n datapath.Network) error 
 	if usesParent(n) {
 		return d.ensureParentNetwork(n)
 	}
+	if d.fwd != nil {
+		return d.fwd.EnsureNetwork(n)
+	}
 	created, err := d.ensureBridge(n)
 	if err != nil {
 		return err
@@ -292,6 +348,11 @@ func (d *Datapath) DeleteNetwork(ctx context.Context, n datapath.Network) error 
 	if usesParent(n) {
 		return d.deleteParentNetwork(n)
 	}
+	if d.fwd != nil {
+		if err := d.fwd.DeleteNetwork(n); err != nil {
+			return err
+		}
+	}
 	if err := d.deleteBridge(n); err != nil {
 		return err
 	}
@@ -307,6 +368,14 @@ func (d *Datapath) DeleteNetwork(ctx context.Context, n datapath.Network) error 
 		}
 	}
 	if !changed && !d.dirty {
+		return nil
+	}
+	return d.rules()
+}
+
+// rules regenerates the nftables table, which only the bridge model has.
+func (d *Datapath) rules() error {
+	if d.fwd != nil {
 		return nil
 	}
 	return d.applyRuleset()
@@ -344,7 +413,7 @@ func (d *Datapath) EnsureEndpoint(ctx context.Context, n datapath.Network, ep da
 	if !d.setPorts(n, ep) && !d.dirty {
 		return nil
 	}
-	if err := d.applyRuleset(); err != nil {
+	if err := d.rules(); err != nil {
 		if had {
 			d.state.ports[ep.ID] = old
 		} else {
@@ -424,6 +493,11 @@ func (d *Datapath) DeleteEndpoint(ctx context.Context, n datapath.Network, ep da
 	if usesParent(n) {
 		return d.deleteChild(n, ep)
 	}
+	if d.fwd != nil {
+		if err := d.fwd.DeleteEndpoint(n, ep); err != nil {
+			return err
+		}
+	}
 	if err := d.deleteVeth(ep); err != nil {
 		return err
 	}
@@ -431,5 +505,5 @@ func (d *Datapath) DeleteEndpoint(ctx context.Context, n datapath.Network, ep da
 		return nil
 	}
 	delete(d.state.ports, ep.ID)
-	return d.applyRuleset()
+	return d.rules()
 }

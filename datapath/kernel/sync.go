@@ -44,7 +44,8 @@ func (d *Datapath) sync(ctx context.Context, s datapath.State) error {
 	nets := map[string]datapath.Network{}
 	parentNets := map[string]datapath.Network{}
 	for _, n := range s.Networks {
-		if n.ID != "" {
+		if n.ID != "" && d.fwd == nil {
+			// With a forwarder a bridge is a kernel-datapath leftover.
 			keep[ownerAlias(n.ID)] = n.Bridge
 		}
 		if err := validateNetwork(n); err != nil {
@@ -116,6 +117,13 @@ func (d *Datapath) sync(ctx context.Context, s datapath.State) error {
 			}
 			continue
 		}
+		if d.fwd != nil {
+			if err := d.fwd.EnsureNetwork(nets[id]); err != nil {
+				failed[id] = true
+				errs = append(errs, fmt.Errorf("network %s: %w", id, err))
+			}
+			continue
+		}
 		if _, err := d.ensureBridge(nets[id]); err != nil {
 			errs = append(errs, fmt.Errorf("network %s: %w", id, err))
 		}
@@ -127,6 +135,9 @@ func (d *Datapath) sync(ctx context.Context, s datapath.State) error {
 		}
 		n := nets[ep.NetworkID]
 		if !usesParent(n) {
+			if failed[n.ID] {
+				continue
+			}
 			if _, err := d.ensureVeth(n, ep); err != nil {
 				errs = append(errs, err)
 			}
@@ -151,6 +162,12 @@ func (d *Datapath) sync(ctx context.Context, s datapath.State) error {
 		}
 	}
 	d.state = next
+	if d.fwd != nil {
+		if err := d.fwd.Sync(s); err != nil {
+			errs = append(errs, err)
+		}
+		return errors.Join(errs...)
+	}
 	if err := d.applyRuleset(); err != nil {
 		errs = append(errs, err)
 	}

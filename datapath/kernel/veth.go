@@ -42,15 +42,18 @@ func (s *sandbox) Close() {
 // the network's bridge, the peer directly inside the sandbox. A pair made
 // here is removed again if any later step fails.
 func (d *Datapath) ensureVeth(n datapath.Network, ep datapath.Endpoint) (created bool, err error) {
-	br, err := d.nl.LinkByName(n.Bridge)
-	if isNotFound(err) {
-		return false, fmt.Errorf("endpoint %s: bridge %s of network %s does not exist; ensure the network first: %w", ep.ID, n.Bridge, n.ID, err)
-	}
-	if err != nil {
-		return false, fmt.Errorf("look up bridge %s: %w", n.Bridge, err)
-	}
-	if br.Attrs().Alias != ownerAlias(n.ID) {
-		return false, invalidf("endpoint %s: link %s is not the bridge of network %s", ep.ID, n.Bridge, n.ID)
+	var br netlink.Link
+	if d.fwd == nil {
+		br, err = d.nl.LinkByName(n.Bridge)
+		if isNotFound(err) {
+			return false, fmt.Errorf("endpoint %s: bridge %s of network %s does not exist; ensure the network first: %w", ep.ID, n.Bridge, n.ID, err)
+		}
+		if err != nil {
+			return false, fmt.Errorf("look up bridge %s: %w", n.Bridge, err)
+		}
+		if br.Attrs().Alias != ownerAlias(n.ID) {
+			return false, invalidf("endpoint %s: link %s is not the bridge of network %s", ep.ID, n.Bridge, n.ID)
+		}
 	}
 	sb, err := openSandbox(ep.NetNSPath)
 	if err != nil {
@@ -80,11 +83,22 @@ func (d *Datapath) ensureVeth(n datapath.Network, ep datapath.Endpoint) (created
 			}
 		}
 	}
-	if err := d.ensureHostSide(host, br, n, created); err != nil {
+	if d.fwd != nil {
+		err = d.ensureRoutedHostSide(host, n, created)
+	} else {
+		err = d.ensureHostSide(host, br, n, created)
+	}
+	if err != nil {
 		return created, fmt.Errorf("endpoint %s: host side %s: %w", ep.ID, ep.HostIfName, err)
 	}
 	if err := ensureSandboxSide(sb.nl, peer, n, ep, created); err != nil {
 		return created, fmt.Errorf("endpoint %s: sandbox side %s in %s: %w", ep.ID, ep.IfName, ep.NetNSPath, err)
+	}
+	if d.fwd != nil {
+		// After the sandbox side: the forwarder may route to it at once.
+		if err := d.fwd.EnsureEndpoint(n, ep, host); err != nil {
+			return created, fmt.Errorf("endpoint %s: %w", ep.ID, err)
+		}
 	}
 	return created, nil
 }
@@ -210,6 +224,31 @@ func (d *Datapath) ensureHostSide(host, br netlink.Link, n datapath.Network, cre
 	// one request, reading it would be a dump of every port.
 	if err := d.nl.LinkSetHairpin(host, true); err != nil {
 		return fmt.Errorf("set hairpin mode: %w", err)
+	}
+	if created {
+		return nil
+	}
+	if want := mtuOf(n); attrs.MTU != want {
+		if err := d.nl.LinkSetMTU(host, want); err != nil {
+			return fmt.Errorf("set MTU %d: %w", want, err)
+		}
+	}
+	if attrs.Flags&net.FlagUp == 0 {
+		if err := d.nl.LinkSetUp(host); err != nil {
+			return fmt.Errorf("set up: %w", err)
+		}
+	}
+	return nil
+}
+
+// ensureRoutedHostSide readies a host veth that a Forwarder serves: on no
+// bridge (one left by a kernel-datapath run is detached), up, right MTU.
+func (d *Datapath) ensureRoutedHostSide(host netlink.Link, n datapath.Network, created bool) error {
+	attrs := host.Attrs()
+	if attrs.MasterIndex != 0 {
+		if err := d.nl.LinkSetNoMaster(host); err != nil {
+			return fmt.Errorf("detach from bridge: %w", err)
+		}
 	}
 	if created {
 		return nil

@@ -36,10 +36,10 @@ const EnvPrefix = "FABRIC"
 
 // Datapath modes.
 const (
-	// DatapathAuto picks the best datapath the host supports. Until the
-	// eBPF datapath exists that is always the kernel datapath.
+	// DatapathAuto is the eBPF datapath where the host can load it, with a
+	// warning and the kernel datapath where it cannot.
 	DatapathAuto = "auto"
-	// DatapathEBPF is the tc/XDP eBPF datapath. Not available in this build.
+	// DatapathEBPF is the tc/XDP eBPF datapath; start-up fails without it.
 	DatapathEBPF = "ebpf"
 	// DatapathKernel uses Linux bridges, routes and nftables.
 	DatapathKernel = "kernel"
@@ -61,7 +61,7 @@ type Config struct {
 	Socket string `mapstructure:"socket" yaml:"socket"`
 	// NodeName identifies this host in the cluster; defaults to the hostname.
 	NodeName string `mapstructure:"node-name" yaml:"node-name"`
-	// Datapath is auto, ebpf or kernel; see DatapathMode for the one in effect.
+	// Datapath is auto, ebpf or kernel; auto means ebpf where the host can load it, else kernel.
 	Datapath string `mapstructure:"datapath" yaml:"datapath"`
 	// Uplink is the host interface facing the underlay; empty means the
 	// interface of the default route.
@@ -108,7 +108,7 @@ func Defaults() Config {
 		StateDir:      "/var/lib/fabric",
 		Socket:        "/run/fabric/fabricd.sock",
 		NodeName:      host,
-		Datapath:      DatapathKernel,
+		Datapath:      DatapathAuto,
 		MetricsListen: "127.0.0.1:9475",
 		ClusterBind:   "0.0.0.0:7946",
 		BPFRoot:       "/sys/fs/bpf/fabric",
@@ -116,16 +116,6 @@ func Defaults() Config {
 		LogLevel:      "info",
 		DNSTTL:        60 * time.Second,
 	}
-}
-
-// DatapathMode returns the datapath actually in effect. "auto" means the
-// kernel datapath until the eBPF datapath exists; then it will mean eBPF
-// where the kernel supports it.
-func (c Config) DatapathMode() string {
-	if c.Datapath == DatapathAuto {
-		return DatapathKernel
-	}
-	return c.Datapath
 }
 
 // SlogLevel returns LogLevel as a slog.Level (info for unknown values,

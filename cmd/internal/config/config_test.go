@@ -61,7 +61,7 @@ func TestDefaults(t *testing.T) {
 		{"state-dir", d.StateDir, "/var/lib/fabric"},
 		{"socket", d.Socket, "/run/fabric/fabricd.sock"},
 		{"node-name", d.NodeName, host},
-		{"datapath", d.Datapath, "kernel"},
+		{"datapath", d.Datapath, "auto"},
 		{"metrics-listen", d.MetricsListen, "127.0.0.1:9475"},
 		{"cluster-bind", d.ClusterBind, "0.0.0.0:7946"},
 		{"bpf-root", d.BPFRoot, "/sys/fs/bpf/fabric"},
@@ -100,7 +100,7 @@ default-subnet: 10.50.0.0/16
 			check: func(t *testing.T, c Config) {
 				eq(t, "state-dir", c.StateDir, "/file/state")
 				eq(t, "log-level", c.LogLevel, "warn")
-				eq(t, "datapath", c.Datapath, "kernel") // not in file: default
+				eq(t, "datapath", c.Datapath, "auto") // not in file: default
 				eqList(t, c.ClusterJoin, "10.0.0.1:7946", "10.0.0.2:7946")
 				if !c.NoDefaultNetwork {
 					t.Error("no-default-network from file not applied")
@@ -298,10 +298,10 @@ func TestConfigFileFormats(t *testing.T) {
 
 func TestLoadValidates(t *testing.T) {
 	isolate(t)
-	t.Setenv("FABRIC_DATAPATH", "ebpf")
+	t.Setenv("FABRIC_DATAPATH", "fast")
 	_, err := Load(flagSet(t))
-	if !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "eBPF datapath is not available") {
-		t.Fatalf("Load error = %v, want the ebpf validation error", err)
+	if !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), `"fast" is not one of`) {
+		t.Fatalf("Load error = %v, want the datapath validation error", err)
 	}
 }
 
@@ -324,7 +324,7 @@ func TestValidate(t *testing.T) {
 			c.NodeName = "node_1.lab-a"
 		}, nil},
 		{"metrics disabled", func(c *Config) { c.MetricsListen = "" }, nil},
-		{"datapath ebpf", func(c *Config) { c.Datapath = "ebpf" }, []string{"datapath", "the eBPF datapath is not available in this build"}},
+		{"datapath ebpf", func(c *Config) { c.Datapath = "ebpf" }, nil},
 		{"datapath unknown", func(c *Config) { c.Datapath = "fast" }, []string{"datapath", `"fast"`, "auto, kernel, ebpf"}},
 		{"xdp unknown", func(c *Config) { c.XDP = "generic" }, []string{"xdp", `"generic"`, "auto, native, off"}},
 		{"log-level unknown", func(c *Config) { c.LogLevel = "verbose" }, []string{"log-level", "debug, info, warn, error"}},
@@ -374,14 +374,6 @@ func TestValidate(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-func TestDatapathMode(t *testing.T) {
-	for in, want := range map[string]string{"auto": "kernel", "kernel": "kernel", "ebpf": "ebpf"} {
-		if got := (Config{Datapath: in}).DatapathMode(); got != want {
-			t.Errorf("DatapathMode(%q) = %q, want %q", in, got, want)
-		}
 	}
 }
 

@@ -21,7 +21,7 @@ func RegisterFlags(fs *pflag.FlagSet) {
 	fs.String(keyNodeName, d.NodeName,
 		"name of this host in the cluster; must be unique, up to 63 characters of A-Z a-z 0-9 . _ -; the hostname if unset"+env(keyNodeName))
 	fs.String(keyDatapath, d.Datapath,
-		"packet path: kernel (Linux bridge, routes, nftables), ebpf (tc/XDP programs; not in this build) or auto (the best available, kernel for now)"+env(keyDatapath))
+		"packet path: ebpf (tc/XDP programs, no bridge; fail if the host cannot load them), kernel (Linux bridge, routes, nftables) or auto (ebpf, else kernel with a warning)"+env(keyDatapath))
 	fs.String(keyUplink, d.Uplink,
 		"host interface facing the underlay, for overlay traffic and XDP (default: the interface of the default route)"+env(keyUplink))
 	fs.String(keyMetricsListen, d.MetricsListen,

@@ -52,10 +52,7 @@ func (c Config) Validate() error {
 		bad(keyNodeName, "%s", err)
 	}
 
-	switch {
-	case c.Datapath == DatapathEBPF:
-		bad(keyDatapath, "the eBPF datapath is not available in this build; use %q or %q", DatapathKernel, DatapathAuto)
-	case !slices.Contains(datapaths, c.Datapath):
+	if !slices.Contains(datapaths, c.Datapath) {
 		bad(keyDatapath, "%q is not one of %s", c.Datapath, strings.Join(datapaths, ", "))
 	}
 	if !slices.Contains(xdpModes, c.XDP) {

@@ -1,0 +1,378 @@
+// Package ebpf is the eBPF datapath: bridge networks without a bridge. The
+// kernel datapath (package kernel) still makes each endpoint's veth pair and
+// configures the sandbox side; this package's Forwarder does the host side:
+//
+//   - a tc program (bpf.FromEndpoint, TCX ingress) on every host-side veth
+//     answers the sandbox's ARP, enforces anti-spoofing and isolation, and
+//     hands same-host traffic straight to the destination sandbox;
+//   - the host routes to each endpoint with a /32 route and a permanent
+//     neighbour entry through its veth, and owns every gateway address on
+//     one portless bridge, fabric-gw; a network's whole subnet is unreachable
+//     otherwise, so nothing for it leaks out of the default route;
+//   - maps and program links are pinned under the bpf root, so the
+//     programs keep forwarding while the agent is down and a restarted
+//     agent re-opens the same maps and swaps its programs in atomically.
+//
+// Everything is done in one "host" network namespace through netlink
+// handles opened on it; program attachment happens on a thread switched
+// into it.
+package ebpf
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/fabricnet/fabric/bpf"
+	"github.com/fabricnet/fabric/datapath"
+	"github.com/fabricnet/fabric/datapath/kernel"
+	"github.com/fabricnet/fabric/datapath/netns"
+)
+
+// DefaultBPFRoot is where maps and links are pinned unless told otherwise.
+const DefaultBPFRoot = "/sys/fs/bpf/fabric"
+
+// XDP attach modes (--xdp).
+const (
+	XDPAuto   = "auto"
+	XDPNative = "native"
+	XDPOff    = "off"
+)
+
+// Options configures the eBPF datapath.
+type Options struct {
+	// NetNSPath is the host namespace; "" means the caller's own.
+	NetNSPath string
+	// BPFRoot is a directory on a bpffs for the pins; "" means
+	// DefaultBPFRoot. Each agent on a machine needs its own.
+	BPFRoot string
+	// Uplink is the interface that leads out of the host; "" means the
+	// interface of the IPv4 default route.
+	Uplink string
+	// XDP is XDPAuto, XDPNative or XDPOff.
+	XDP string
+}
+
+// ErrUnsupported wraps every reason the eBPF datapath cannot run here
+// (no BPF, no BTF, no TCX, no bpffs): "auto" falls back to the kernel
+// datapath on it.
+var ErrUnsupported = errors.New("eBPF datapath not supported on this host")
+
+// New builds the eBPF datapath: a kernel datapath whose bridge networks are
+// served by the Forwarder.
+func New(log *slog.Logger, opts Options) (*kernel.Datapath, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	fwd, err := NewForwarder(log, opts)
+	if err != nil {
+		return nil, err
+	}
+	dp, err := kernel.New(log, kernel.Options{NetNSPath: opts.NetNSPath, Forwarder: fwd})
+	if err != nil {
+		fwd.Close()
+		return nil, err
+	}
+	return dp, nil
+}
+
+// Forwarder implements kernel.Forwarder with the programs in package bpf.
+type Forwarder struct {
+	log    *slog.Logger
+	opts   Options
+	nsPath string
+	nl     *netlink.Handle
+	objs   *bpf.Objects
+
+	mu       sync.Mutex // guards the fields below (Status runs unlocked by kernel)
+	nets     map[string]netState
+	eps      map[string]epState // by endpoint ID
+	warnings []string
+	restored int // pinned maps re-opened at start
+}
+
+type netState struct {
+	id  bpf.NetID
+	net datapath.Network
+}
+
+type epState struct {
+	ifindex int
+	ports   []bpf.Port
+}
+
+var _ kernel.Forwarder = (*Forwarder)(nil)
+
+// NewForwarder loads the programs (re-opening pinned maps), and prepares
+// the host namespace. An error wrapping ErrUnsupported means this host
+// cannot run the eBPF datapath at all.
+func NewForwarder(log *slog.Logger, opts Options) (_ *Forwarder, err error) {
+	if opts.BPFRoot == "" {
+		opts.BPFRoot = DefaultBPFRoot
+	}
+	if opts.XDP == "" {
+		opts.XDP = XDPAuto
+	}
+	switch opts.XDP {
+	case XDPAuto, XDPNative, XDPOff:
+	default:
+		return nil, fmt.Errorf("xdp mode %q is not one of auto, native, off: %w", opts.XDP, datapath.ErrInvalid)
+	}
+	f := &Forwarder{
+		log:  log.With("datapath", "ebpf"),
+		opts: opts,
+		nets: map[string]netState{},
+		eps:  map[string]epState{},
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("%w: lift memlock limit: %v", ErrUnsupported, err)
+	}
+	if err := ensureBPFFS(opts.BPFRoot); err != nil {
+		return nil, err
+	}
+	f.nsPath = opts.NetNSPath
+	if f.nsPath == "" {
+		f.nsPath = "/proc/self/ns/net"
+	}
+	f.nl, err = netns.HandleAt(f.nsPath)
+	if err != nil {
+		return nil, fmt.Errorf("netlink handle in host netns: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			f.nl.Close()
+		}
+	}()
+	f.objs, f.restored, err = loadPinned(f.log, opts.BPFRoot)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			f.objs.Close()
+		}
+	}()
+	if err := f.prepareHost(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// ensureBPFFS makes root, which must be on a bpffs. If root is under
+// /sys/fs/bpf and nothing is mounted there (no systemd to do it), a bpffs is
+// mounted first.
+func ensureBPFFS(root string) error {
+	if isUnder(root, "/sys/fs/bpf") && isBPFFS("/sys/fs/bpf") != nil {
+		if err := os.MkdirAll("/sys/fs/bpf", 0o755); err != nil {
+			return fmt.Errorf("%w: create /sys/fs/bpf: %v", ErrUnsupported, err)
+		}
+		if err := unix.Mount("bpffs", "/sys/fs/bpf", "bpf", 0, "mode=0700"); err != nil {
+			return fmt.Errorf("%w: mount bpffs on /sys/fs/bpf: %v", ErrUnsupported, err)
+		}
+	}
+	for _, sub := range []string{"maps", "links"} {
+		if err := os.MkdirAll(filepath.Join(root, sub), 0o700); err != nil {
+			return fmt.Errorf("%w: create bpf root %s: %v", ErrUnsupported, root, err)
+		}
+	}
+	if err := isBPFFS(root); err != nil {
+		return fmt.Errorf("%w: bpf root %s: %v", ErrUnsupported, root, err)
+	}
+	return nil
+}
+
+func isBPFFS(path string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return fmt.Errorf("statfs %s: %w", path, err)
+	}
+	if st.Type != unix.BPF_FS_MAGIC {
+		return fmt.Errorf("%s is not on a bpf filesystem", path)
+	}
+	return nil
+}
+
+func isUnder(path, dir string) bool {
+	rel, err := filepath.Rel(dir, path)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
+}
+
+// loadPinned loads the programs with the maps pinned under root, pinning
+// the ones that were not. Maps whose pinned layout no longer matches (a new
+// build changed it) are recreated; Sync refills them.
+func loadPinned(log *slog.Logger, root string) (*bpf.Objects, int, error) {
+	names, err := bpf.MapNames()
+	if err != nil {
+		return nil, 0, err
+	}
+	dir := filepath.Join(root, "maps")
+	repl := map[string]*ebpf.Map{}
+	defer func() {
+		for _, m := range repl {
+			m.Close()
+		}
+	}()
+	for _, name := range names {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			log.Warn("cannot open pinned map; recreating it", "map", name, "err", err)
+			_ = os.Remove(filepath.Join(dir, name))
+			continue
+		}
+		repl[name] = m
+	}
+	objs, err := bpf.Load(&ebpf.CollectionOptions{MapReplacements: repl})
+	if err != nil && len(repl) > 0 && errors.Is(err, ebpf.ErrMapIncompatible) {
+		log.Warn("pinned maps do not match this build's layout; recreating them", "err", err)
+		for name, m := range repl {
+			m.Close()
+			delete(repl, name)
+			_ = os.Remove(filepath.Join(dir, name))
+		}
+		objs, err = bpf.Load(nil)
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("%w: %v", ErrUnsupported, err)
+	}
+	for name, m := range objs.Maps() {
+		if _, ok := repl[name]; ok {
+			continue
+		}
+		p := filepath.Join(dir, name)
+		_ = os.Remove(p) // a stale pin of an incompatible map
+		if err := m.Pin(p); err != nil {
+			objs.Close()
+			return nil, 0, fmt.Errorf("pin map %s: %w", p, err)
+		}
+	}
+	return objs, len(repl), nil
+}
+
+// Close releases handles; programs, links and maps stay (pinned).
+func (f *Forwarder) Close() error {
+	var errs []error
+	if f.objs != nil {
+		errs = append(errs, f.objs.Close())
+		f.objs = nil
+	}
+	if f.nl != nil {
+		f.nl.Close()
+		f.nl = nil
+	}
+	return errors.Join(errs...)
+}
+
+// Status reports the mode, attach points and program count.
+func (f *Forwarder) Status() datapath.Status {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st := datapath.Status{
+		Name: "ebpf",
+		Details: []string{
+			fmt.Sprintf("tc (TCX ingress) on %d endpoint veths, no bridge", len(f.eps)),
+			fmt.Sprintf("%d networks; maps pinned under %s", len(f.nets), f.opts.BPFRoot),
+		},
+	}
+	st.Warnings = append(st.Warnings, f.warnings...)
+	return st
+}
+
+// attachTCX attaches prog to ifindex (in the host namespace) through a link
+// pinned at pin, or swaps prog into the link already pinned there. A pin
+// whose device is gone is replaced.
+func (f *Forwarder) attachTCX(pin string, ifindex int, prog *ebpf.Program, at ebpf.AttachType) error {
+	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+		defer l.Close()
+		info, err := l.Info()
+		if err == nil && info.TCX() != nil && int(info.TCX().Ifindex) == ifindex {
+			if err := l.Update(prog); err != nil {
+				return fmt.Errorf("update program of %s: %w", pin, err)
+			}
+			return nil
+		}
+		if err := l.Unpin(); err != nil {
+			return fmt.Errorf("unpin stale link %s: %w", pin, err)
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		f.log.Warn("cannot open pinned link; replacing it", "pin", pin, "err", err)
+		_ = os.Remove(pin)
+	}
+	return netns.Do(f.nsPath, func() error {
+		l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: at})
+		if err != nil {
+			return fmt.Errorf("attach tc program to ifindex %d: %w", ifindex, err)
+		}
+		defer l.Close()
+		if err := l.Pin(pin); err != nil {
+			return fmt.Errorf("pin link %s: %w", pin, err)
+		}
+		return nil
+	})
+}
+
+// detach removes a pinned link (and so the attachment, once no fd holds it).
+func detach(pin string) error {
+	l, err := link.LoadPinnedLink(pin, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		// Not a link we can open: the pin alone is what we own.
+		if rmErr := os.Remove(pin); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) {
+			return fmt.Errorf("remove pin %s: %w", pin, rmErr)
+		}
+		return nil
+	}
+	defer l.Close()
+	if err := l.Unpin(); err != nil {
+		return fmt.Errorf("unpin %s: %w", pin, err)
+	}
+	// Detach now rather than when the last fd closes; a link whose device
+	// is gone is already detached.
+	if err := l.Detach(); err != nil && !errors.Is(err, unix.ENOLINK) && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("detach %s: %w", pin, err)
+	}
+	return nil
+}
+
+func (f *Forwarder) linkPin(name string) string { return filepath.Join(f.opts.BPFRoot, "links", name) }
+
+func endpointPin(ifindex int) string { return fmt.Sprintf("ep-%d", ifindex) }
+
+// routerMAC is the MAC a network's sandboxes see for their gateway and
+// every on-link neighbour: stable per network, locally administered.
+func routerMAC(networkID string) net.HardwareAddr {
+	h := fnv32(networkID)
+	return net.HardwareAddr{0x02, 0xfb, byte(h >> 24), byte(h >> 16), byte(h >> 8), byte(h)}
+}
+
+// netID maps a network ID to the programs' 32-bit id (never 0).
+func netID(networkID string) bpf.NetID {
+	if h := fnv32(networkID); h != 0 {
+		return bpf.NetID(h)
+	}
+	return 1
+}
+
+func fnv32(s string) uint32 {
+	h := uint32(2166136261)
+	for i := 0; i < len(s); i++ {
+		h ^= uint32(s[i])
+		h *= 16777619
+	}
+	return h
+}

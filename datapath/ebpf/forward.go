@@ -1,0 +1,307 @@
+package ebpf
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
+
+	"github.com/fabricnet/fabric/bpf"
+	"github.com/fabricnet/fabric/datapath"
+)
+
+// EnsureNetwork programs a bridge network: its gateway address on the
+// gateway device, its subnet unreachable but for endpoint routes, and its
+// entry in the programs' networks map.
+func (f *Forwarder) EnsureNetwork(n datapath.Network) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.ensureNetwork(n)
+}
+
+func (f *Forwarder) ensureNetwork(n datapath.Network) error {
+	if !n.Subnet.Addr().Is4() || !n.Gateway.Is4() {
+		return fmt.Errorf("network %s: the eBPF datapath serves IPv4 networks only: %w", n.ID, datapath.ErrInvalid)
+	}
+	id := netID(n.ID)
+	for other, st := range f.nets {
+		if other != n.ID && st.id == id {
+			return fmt.Errorf("network %s: program id %d is taken by network %s; recreate one of them: %w", n.ID, id, other, datapath.ErrInvalid)
+		}
+	}
+	if old, ok := f.nets[n.ID]; ok && old.net.Gateway != n.Gateway {
+		if err := f.deleteGatewayAddr(old.net.Gateway); err != nil {
+			return err
+		}
+	}
+	if err := f.ensureGatewayAddr(n.Gateway); err != nil {
+		return fmt.Errorf("network %s: %w", n.ID, err)
+	}
+	if err := f.nl.RouteReplace(subnetRoute(n.Subnet)); err != nil {
+		return fmt.Errorf("network %s: route for %s: %w", n.ID, n.Subnet, err)
+	}
+	if err := f.objs.PutNetwork(bpfNetwork(id, n.Subnet, n.Gateway, routerMAC(n.ID), n.Internal)); err != nil {
+		return fmt.Errorf("network %s: %w", n.ID, err)
+	}
+	f.nets[n.ID] = netState{id: id, net: n}
+	if err := f.refreshHostAddrs(); err != nil {
+		return fmt.Errorf("network %s: %w", n.ID, err)
+	}
+	return nil
+}
+
+// DeleteNetwork removes what EnsureNetwork made.
+func (f *Forwarder) DeleteNetwork(n datapath.Network) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.objs.DeleteNetwork(netID(n.ID)); err != nil {
+		return err
+	}
+	if n.Gateway.IsValid() {
+		if err := f.deleteGatewayAddr(n.Gateway); err != nil {
+			return err
+		}
+	}
+	if n.Subnet.IsValid() {
+		if err := f.nl.RouteDel(subnetRoute(n.Subnet)); err != nil && !isNoRoute(err) {
+			return fmt.Errorf("network %s: remove route for %s: %w", n.ID, n.Subnet, err)
+		}
+	}
+	delete(f.nets, n.ID)
+	return f.refreshHostAddrs()
+}
+
+// EnsureEndpoint programs an endpoint's host side: map entries, the route
+// and neighbour entry to it, its published ports and the tc program.
+func (f *Forwarder) EnsureEndpoint(n datapath.Network, ep datapath.Endpoint, host netlink.Link) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.nets[n.ID]; !ok {
+		if err := f.ensureNetwork(n); err != nil {
+			return err
+		}
+	}
+	ifindex := host.Attrs().Index
+	addr := ep.Addr.Addr()
+	if err := f.objs.PutEndpoint(bpf.Endpoint{HostIfindex: ifindex, Addr: addr, MAC: ep.MAC, Network: netID(n.ID)}); err != nil {
+		return err
+	}
+	if err := f.ensureEndpointRoute(addr, n.Gateway, ep.MAC, ifindex); err != nil {
+		return err
+	}
+	ports, err := portsOf(ep)
+	if err != nil {
+		return err
+	}
+	old := f.eps[ep.ID]
+	for _, p := range old.ports {
+		if !slices.Contains(ports, p) {
+			if err := f.objs.DeletePort(p); err != nil {
+				return err
+			}
+		}
+	}
+	for _, p := range ports {
+		if err := f.objs.PutPort(p); err != nil {
+			return err
+		}
+	}
+	f.eps[ep.ID] = epState{ifindex: ifindex, ports: ports}
+	if err := f.attachTCX(f.linkPin(endpointPin(ifindex)), ifindex, f.objs.FromEndpoint(), ebpf.AttachTCXIngress); err != nil {
+		return err
+	}
+	return nil
+}
+
+func portsOf(ep datapath.Endpoint) ([]bpf.Port, error) {
+	var out []bpf.Port
+	for _, pm := range ep.Ports {
+		p := bpf.Port{HostAddr: pm.HostIP, HostPort: pm.HostPort, Target: ep.Addr.Addr(), TargetPort: pm.Port}
+		switch pm.Proto {
+		case "tcp", "":
+			p.Proto = bpf.ProtoTCP
+		case "udp":
+			p.Proto = bpf.ProtoUDP
+		default:
+			return nil, fmt.Errorf("endpoint %s: protocol %q: %w", ep.ID, pm.Proto, datapath.ErrInvalid)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// DeleteEndpoint forgets an endpoint before its veth goes.
+func (f *Forwarder) DeleteEndpoint(n datapath.Network, ep datapath.Endpoint) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st, ok := f.eps[ep.ID]
+	if !ok {
+		// Not ensured by this process (deleted before the first Sync):
+		// find it by its veth.
+		l, err := f.nl.LinkByName(ep.HostIfName)
+		if err != nil {
+			return nil // no veth: nothing attached, map entries go with Sync
+		}
+		st.ifindex = l.Attrs().Index
+		if st.ports, err = portsOf(ep); err != nil {
+			return err
+		}
+	}
+	for _, p := range st.ports {
+		if err := f.objs.DeletePort(p); err != nil {
+			return err
+		}
+	}
+	if err := f.objs.DeleteEndpoint(st.ifindex); err != nil {
+		return err
+	}
+	if err := detach(f.linkPin(endpointPin(st.ifindex))); err != nil {
+		return err
+	}
+	delete(f.eps, ep.ID)
+	return nil
+}
+
+// Sync forgets everything the state does not hold: map entries, published
+// ports, gateway addresses, routes and link pins of networks and endpoints
+// that are gone. The kernel datapath has ensured everything in s already.
+func (f *Forwarder) Sync(s datapath.State) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var errs []error
+	wantNets := map[string]datapath.Network{}
+	for _, n := range s.Networks {
+		if n.Driver == datapath.DriverBridge || n.Driver == "" {
+			wantNets[n.ID] = n
+		}
+	}
+	for id := range f.nets {
+		if _, ok := wantNets[id]; !ok {
+			delete(f.nets, id)
+		}
+	}
+	wantEps := map[string]bool{}
+	wantIfindex := map[int]bool{}
+	wantPorts := map[bpf.Port]bool{}
+	wantAddr := map[netip.Addr]bool{}
+	for _, ep := range s.Endpoints {
+		if _, ok := wantNets[ep.NetworkID]; !ok {
+			continue
+		}
+		st, ok := f.eps[ep.ID]
+		if !ok {
+			continue // failed to ensure: its error is the kernel's to report
+		}
+		wantEps[ep.ID] = true
+		wantIfindex[st.ifindex] = true
+		wantAddr[ep.Addr.Addr()] = true
+		for _, p := range st.ports {
+			wantPorts[p] = true
+		}
+	}
+	for id := range f.eps {
+		if !wantEps[id] {
+			delete(f.eps, id)
+		}
+	}
+
+	// Map entries.
+	if ifs, err := f.objs.EndpointIfindexes(); err != nil {
+		errs = append(errs, err)
+	} else {
+		for _, ifindex := range ifs {
+			if !wantIfindex[ifindex] {
+				errs = append(errs, f.objs.DeleteEndpoint(ifindex))
+			}
+		}
+	}
+	wantIDs := map[bpf.NetID]bool{}
+	for id := range wantNets {
+		wantIDs[netID(id)] = true
+	}
+	if ids, err := f.objs.NetworkIDs(); err != nil {
+		errs = append(errs, err)
+	} else {
+		for _, id := range ids {
+			if !wantIDs[id] {
+				errs = append(errs, f.objs.DeleteNetwork(id))
+			}
+		}
+	}
+	if ports, err := f.objs.Ports(); err != nil {
+		errs = append(errs, err)
+	} else {
+		for _, p := range ports {
+			if !wantPorts[p] {
+				errs = append(errs, f.objs.DeletePort(p))
+			}
+		}
+	}
+
+	// Link pins of endpoints.
+	dir := filepath.Join(f.opts.BPFRoot, "links")
+	if entries, err := os.ReadDir(dir); err != nil {
+		errs = append(errs, fmt.Errorf("list pinned links: %w", err))
+	} else {
+		for _, e := range entries {
+			rest, ok := strings.CutPrefix(e.Name(), "ep-")
+			if !ok {
+				continue
+			}
+			if ifindex, err := strconv.Atoi(rest); err == nil && wantIfindex[ifindex] {
+				continue
+			}
+			errs = append(errs, detach(filepath.Join(dir, e.Name())))
+		}
+	}
+
+	// Gateway addresses and routes.
+	wantGW := map[netip.Addr]bool{}
+	wantSubnet := map[netip.Prefix]bool{}
+	for _, n := range wantNets {
+		wantGW[n.Gateway] = true
+		wantSubnet[n.Subnet.Masked()] = true
+	}
+	if gw, err := f.nl.LinkByName(gwDevice); err == nil {
+		addrs, err := f.nl.AddrList(gw, netlink.FAMILY_V4)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("list %s addresses: %w", gwDevice, err))
+		}
+		for _, a := range addrs {
+			if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok && !wantGW[ip] {
+				errs = append(errs, f.deleteGatewayAddr(ip))
+			}
+		}
+	}
+	if routes, err := f.fabricRoutes(); err != nil {
+		errs = append(errs, err)
+	} else {
+		for _, r := range routes {
+			if r.Dst == nil {
+				continue
+			}
+			ip, _ := netip.AddrFromSlice(r.Dst.IP.To4())
+			ones, _ := r.Dst.Mask.Size()
+			p := netip.PrefixFrom(ip, ones)
+			keep := wantSubnet[p] || (ones == 32 && wantAddr[ip])
+			if !keep {
+				if err := f.nl.RouteDel(&r); err != nil && !isNoRoute(err) {
+					errs = append(errs, fmt.Errorf("remove route %s: %w", p, err))
+				}
+			}
+		}
+	}
+	errs = append(errs, f.refreshHostAddrs())
+	return errors.Join(errs...)
+}
+
+func isNoRoute(err error) bool {
+	return errors.Is(err, errESRCH)
+}
