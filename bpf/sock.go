@@ -92,8 +92,8 @@ func (s *Sock) Release() *ebpf.Program { return s.objs.SockRelease }
 // restart still see their replies from the published address.
 func (s *Sock) ReverseMap() *ebpf.Map { return s.objs.SockReverse }
 
-// hook is one program and where it attaches.
-type hook struct {
+// sockHook is one program and where it attaches.
+type sockHook struct {
 	name   string
 	attach ebpf.AttachType
 	prog   *ebpf.Program
@@ -101,14 +101,32 @@ type hook struct {
 
 // hooks lists the programs in attach order: the reply side first, so that
 // no socket is rewritten before its replies can be translated back.
-func (s *Sock) hooks() []hook {
-	return []hook{
+func (s *Sock) hooks() []sockHook {
+	return []sockHook{
 		{"sock_release", ebpf.AttachCgroupInetSockRelease, s.objs.SockRelease},
 		{"recvmsg4", ebpf.AttachCGroupUDP4Recvmsg, s.objs.SockRecvmsg4},
 		{"getpeername4", ebpf.AttachCgroupInet4GetPeername, s.objs.SockGetpeername4},
 		{"connect4", ebpf.AttachCGroupInet4Connect, s.objs.SockConnect4},
 		{"sendmsg4", ebpf.AttachCGroupUDP4Sendmsg, s.objs.SockSendmsg4},
 	}
+}
+
+// SockHook is one socket hook as a datapath pins it: a stable name, where
+// it attaches and the program.
+type SockHook struct {
+	Name    string
+	Attach  ebpf.AttachType
+	Program *ebpf.Program
+}
+
+// Hooks lists the hooks in attach order (see AttachCgroup), for a caller
+// that attaches and pins them one by one.
+func (s *Sock) Hooks() []SockHook {
+	var out []SockHook
+	for _, h := range s.hooks() {
+		out = append(out, SockHook{Name: h.name, Attach: h.attach, Program: h.prog})
+	}
+	return out
 }
 
 // AttachCgroup attaches every hook to the cgroup v2 directory at path and

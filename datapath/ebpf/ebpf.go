@@ -94,6 +94,10 @@ type Forwarder struct {
 	nsPath string
 	nl     *netlink.Handle
 	objs   *bpf.Objects
+	sock   *bpf.Sock // nil if the socket hooks could not be attached
+	cgroup string    // where the socket hooks are attached
+	uplink uplinkInfo
+	hasUp  bool // an uplink was found
 
 	mu       sync.Mutex // guards the fields below (Status runs unlocked by kernel)
 	nets     map[string]netState
@@ -165,6 +169,19 @@ func NewForwarder(log *slog.Logger, opts Options) (_ *Forwarder, err error) {
 	}()
 	if err := f.prepareHost(); err != nil {
 		return nil, err
+	}
+	if f.uplink, f.hasUp, err = f.findUplink(); err != nil {
+		return nil, err
+	}
+	if !f.hasUp {
+		f.warnings = append(f.warnings, "no uplink (no --uplink and no default route): no masquerade, published ports only from this host")
+	}
+	if err := f.setHostConfig(f.uplink); err != nil {
+		return nil, err
+	}
+	if err := f.attachSockHooks(); err != nil {
+		f.log.Warn("socket hooks unavailable: published ports are not reachable from this host's own sockets", "err", err)
+		f.warnings = append(f.warnings, "socket hooks unavailable (published ports not reachable from the host itself): "+err.Error())
 	}
 	return f, nil
 }
@@ -265,6 +282,10 @@ func loadPinned(log *slog.Logger, root string) (*bpf.Objects, int, error) {
 // Close releases handles; programs, links and maps stay (pinned).
 func (f *Forwarder) Close() error {
 	var errs []error
+	if f.sock != nil {
+		errs = append(errs, f.sock.Close())
+		f.sock = nil
+	}
 	if f.objs != nil {
 		errs = append(errs, f.objs.Close())
 		f.objs = nil
@@ -286,6 +307,12 @@ func (f *Forwarder) Status() datapath.Status {
 			fmt.Sprintf("tc (TCX ingress) on %d endpoint veths, no bridge", len(f.eps)),
 			fmt.Sprintf("%d networks; maps pinned under %s", len(f.nets), f.opts.BPFRoot),
 		},
+	}
+	if f.cgroup != "" {
+		st.Details = append(st.Details, "socket hooks (connect4, sendmsg4, recvmsg4, getpeername4) on cgroup "+f.cgroup)
+	}
+	if f.hasUp {
+		st.Details = append(st.Details, fmt.Sprintf("uplink %s (%s)", f.uplink.name, f.uplink.addr))
 	}
 	st.Warnings = append(st.Warnings, f.warnings...)
 	return st

@@ -16,77 +16,79 @@ import (
 // Every rejected command exits 1 with a message that says what was wrong,
 // and leaves records, links, nftables and namespaces exactly as they were.
 func TestBadInputIsRejectedAndChangesNothing(t *testing.T) {
-	h := newHost(t)
-	n, small, holder := h.name("n"), h.name("small"), h.name("hold")
-	h.mustCtl("network", "create", "--subnet", "10.40.0.0/24", n)
-	// 10.41.0.0/30 inside a /24: .0 is the network address and .1 the
-	// gateway, so the range has exactly two dynamic addresses.
-	h.mustCtl("network", "create", "--subnet", "10.41.0.0/24", "--ip-range", "10.41.0.0/30", small)
-	h.mustCtl("run", "-d", "--name", holder, "--network", n, "--ip", "10.40.0.9", "--", "sleep", "300")
-	h.mustCtl("run", "-d", "--name", h.name("s1"), "--network", small, "--", "sleep", "300")
-	h.mustCtl("run", "-d", "--name", h.name("s2"), "--network", small, "--", "sleep", "300")
-	notNS := t.TempDir()
+	onDatapaths(t, func(t *testing.T, dp string) {
+		h := newHost(t, "--datapath", dp)
+		n, small, holder := h.name("n"), h.name("small"), h.name("hold")
+		h.mustCtl("network", "create", "--subnet", "10.40.0.0/24", n)
+		// 10.41.0.0/30 inside a /24: .0 is the network address and .1 the
+		// gateway, so the range has exactly two dynamic addresses.
+		h.mustCtl("network", "create", "--subnet", "10.41.0.0/24", "--ip-range", "10.41.0.0/30", small)
+		h.mustCtl("run", "-d", "--name", holder, "--network", n, "--ip", "10.40.0.9", "--", "sleep", "300")
+		h.mustCtl("run", "-d", "--name", h.name("s1"), "--network", small, "--", "sleep", "300")
+		h.mustCtl("run", "-d", "--name", h.name("s2"), "--network", small, "--", "sleep", "300")
+		notNS := t.TempDir()
 
-	before := h.snapshot()
-	x := h.name("x")
-	cases := []struct {
-		args []string
-		want string // part of the error message
-	}{
-		{[]string{"network", "create", "--subnet", "10.50.0.5/24", x}, "10.50.0.0/24"},
-		{[]string{"network", "create", "--subnet", "10.50.0.0/33", x}, "subnet"},
-		{[]string{"network", "create", "--subnet", "banana", x}, "CIDR"},
-		{[]string{"network", "create", "--subnet", "10.50.0.0/24", "--gateway", "10.51.0.1", x}, "gateway"},
-		{[]string{"network", "create", "--subnet", "10.50.0.0/24", "--gateway", "10.50.0.255", x}, "broadcast"},
-		{[]string{"network", "create", "--subnet", "10.50.0.0/24", "--ip-range", "10.51.0.0/25", x}, "range"},
-		{[]string{"network", "create", "--gateway", "10.50.0.1", x}, "--subnet"},
-		{[]string{"network", "create", "--subnet", "10.40.0.0/16", x}, "overlaps"},
-		{[]string{"network", "create", "--subnet", "192.0.2.0/25", x}, "host route"},
-		{[]string{"network", "create", n}, "already exists"},
-		{[]string{"network", "create", "-d", "overlay", "--subnet", "10.50.0.0/24", x}, "driver"},
-		{[]string{"network", "create", "-o", "mtu=abc", x}, "MTU"},
-		{[]string{"network", "create", "-o", "colour=blue", x}, "unknown option"},
-		{[]string{"network", "create", "-o", "bridge_name=up0", x}, "up0"},
-		{[]string{"network", "create", "host"}, "reserved"},
-		{[]string{"network", "create", "a/b"}, "name"},
-		{[]string{"network", "rm", "bridge"}, "default"},
-		{[]string{"network", "rm", n}, "endpoint"},
-		{[]string{"network", "rm", h.name("nosuch")}, "not found"},
-		{[]string{"run", "-d", "--name", x, "--network", n, "--ip", "10.40.0.300", "--", "true"}, "IPv4"},
-		{[]string{"run", "-d", "--name", x, "--network", n, "--ip", "10.99.0.5", "--", "true"}, "subnet"},
-		{[]string{"run", "-d", "--name", x, "--network", n, "--ip", "10.40.0.1", "--", "true"}, "gateway"},
-		{[]string{"run", "-d", "--name", x, "--network", n, "--ip", "10.40.0.255", "--", "true"}, "broadcast"},
-		{[]string{"run", "-d", "--name", x, "--network", n, "--ip", "10.40.0.0", "--", "true"}, "network address"},
-		{[]string{"run", "-d", "--name", x, "--network", n, "--ip", "10.40.0.9", "--", "true"}, "in use"},
-		{[]string{"run", "-d", "--name", x, "--network", small, "--", "true"}, "exhausted"},
-		{[]string{"run", "-d", "--name", x, "--network", h.name("nosuch"), "--", "true"}, "not found"},
-		{[]string{"run", "-d", "--name", x, "-p", "70000:80", "--", "true"}, "65535"},
-		{[]string{"run", "-d", "--name", x, "-p", "8080:80/sctp", "--", "true"}, "tcp or udp"},
-		{[]string{"run", "-d", "--name", x, "-p", "8080", "--", "true"}, "port"},
-		{[]string{"run", "-d", "--name", x, "--network", "none", "-p", "8080:80", "--", "true"}, "network"},
-		{[]string{"run", "-d", "--name", x, "--network", "container:" + h.name("nosuch"), "--", "true"}, "not found"},
-		{[]string{"run", "-d", "--name", holder, "--", "true"}, "already exists"},
-		{[]string{"run", "-d", "--name", "bad/name", "--", "true"}, "name"},
-		{[]string{"run", "-d", "--name", x, "--", "/nonexistent/cmd"}, "start command"},
-		{[]string{"run", "-d", "--name", x}, "command"},
-		{[]string{"network", "connect", n, h.name("nosuch")}, "not found"},
-		{[]string{"network", "connect", n, notNS}, "not a network namespace"},
-		{[]string{"network", "connect", n, holder}, "already connected"},
-		{[]string{"network", "connect", small, holder}, "exhausted"},
-		{[]string{"network", "disconnect", small, holder}, "not connected"},
-		{[]string{"sandbox", "rm", h.name("nosuch")}, "not found"},
-	}
-	for _, c := range cases {
-		out, errOut, code := h.ctl(c.args...)
-		if code != 1 {
-			t.Errorf("fabricctl %s: exit %d, want 1 (stdout %q stderr %q)", strings.Join(c.args, " "), code, out, errOut)
-			continue
+		before := h.snapshot()
+		x := h.name("x")
+		cases := []struct {
+			args []string
+			want string // part of the error message
+		}{
+			{[]string{"network", "create", "--subnet", "10.50.0.5/24", x}, "10.50.0.0/24"},
+			{[]string{"network", "create", "--subnet", "10.50.0.0/33", x}, "subnet"},
+			{[]string{"network", "create", "--subnet", "banana", x}, "CIDR"},
+			{[]string{"network", "create", "--subnet", "10.50.0.0/24", "--gateway", "10.51.0.1", x}, "gateway"},
+			{[]string{"network", "create", "--subnet", "10.50.0.0/24", "--gateway", "10.50.0.255", x}, "broadcast"},
+			{[]string{"network", "create", "--subnet", "10.50.0.0/24", "--ip-range", "10.51.0.0/25", x}, "range"},
+			{[]string{"network", "create", "--gateway", "10.50.0.1", x}, "--subnet"},
+			{[]string{"network", "create", "--subnet", "10.40.0.0/16", x}, "overlaps"},
+			{[]string{"network", "create", "--subnet", "192.0.2.0/25", x}, "host route"},
+			{[]string{"network", "create", n}, "already exists"},
+			{[]string{"network", "create", "-d", "overlay", "--subnet", "10.50.0.0/24", x}, "driver"},
+			{[]string{"network", "create", "-o", "mtu=abc", x}, "MTU"},
+			{[]string{"network", "create", "-o", "colour=blue", x}, "unknown option"},
+			{[]string{"network", "create", "-o", "bridge_name=up0", x}, "up0"},
+			{[]string{"network", "create", "host"}, "reserved"},
+			{[]string{"network", "create", "a/b"}, "name"},
+			{[]string{"network", "rm", "bridge"}, "default"},
+			{[]string{"network", "rm", n}, "endpoint"},
+			{[]string{"network", "rm", h.name("nosuch")}, "not found"},
+			{[]string{"run", "-d", "--name", x, "--network", n, "--ip", "10.40.0.300", "--", "true"}, "IPv4"},
+			{[]string{"run", "-d", "--name", x, "--network", n, "--ip", "10.99.0.5", "--", "true"}, "subnet"},
+			{[]string{"run", "-d", "--name", x, "--network", n, "--ip", "10.40.0.1", "--", "true"}, "gateway"},
+			{[]string{"run", "-d", "--name", x, "--network", n, "--ip", "10.40.0.255", "--", "true"}, "broadcast"},
+			{[]string{"run", "-d", "--name", x, "--network", n, "--ip", "10.40.0.0", "--", "true"}, "network address"},
+			{[]string{"run", "-d", "--name", x, "--network", n, "--ip", "10.40.0.9", "--", "true"}, "in use"},
+			{[]string{"run", "-d", "--name", x, "--network", small, "--", "true"}, "exhausted"},
+			{[]string{"run", "-d", "--name", x, "--network", h.name("nosuch"), "--", "true"}, "not found"},
+			{[]string{"run", "-d", "--name", x, "-p", "70000:80", "--", "true"}, "65535"},
+			{[]string{"run", "-d", "--name", x, "-p", "8080:80/sctp", "--", "true"}, "tcp or udp"},
+			{[]string{"run", "-d", "--name", x, "-p", "8080", "--", "true"}, "port"},
+			{[]string{"run", "-d", "--name", x, "--network", "none", "-p", "8080:80", "--", "true"}, "network"},
+			{[]string{"run", "-d", "--name", x, "--network", "container:" + h.name("nosuch"), "--", "true"}, "not found"},
+			{[]string{"run", "-d", "--name", holder, "--", "true"}, "already exists"},
+			{[]string{"run", "-d", "--name", "bad/name", "--", "true"}, "name"},
+			{[]string{"run", "-d", "--name", x, "--", "/nonexistent/cmd"}, "start command"},
+			{[]string{"run", "-d", "--name", x}, "command"},
+			{[]string{"network", "connect", n, h.name("nosuch")}, "not found"},
+			{[]string{"network", "connect", n, notNS}, "not a network namespace"},
+			{[]string{"network", "connect", n, holder}, "already connected"},
+			{[]string{"network", "connect", small, holder}, "exhausted"},
+			{[]string{"network", "disconnect", small, holder}, "not connected"},
+			{[]string{"sandbox", "rm", h.name("nosuch")}, "not found"},
 		}
-		if !strings.Contains(errOut, c.want) {
-			t.Errorf("fabricctl %s: error %q does not mention %q", strings.Join(c.args, " "), strings.TrimSpace(errOut), c.want)
+		for _, c := range cases {
+			out, errOut, code := h.ctl(c.args...)
+			if code != 1 {
+				t.Errorf("fabricctl %s: exit %d, want 1 (stdout %q stderr %q)", strings.Join(c.args, " "), code, out, errOut)
+				continue
+			}
+			if !strings.Contains(errOut, c.want) {
+				t.Errorf("fabricctl %s: error %q does not mention %q", strings.Join(c.args, " "), strings.TrimSpace(errOut), c.want)
+			}
 		}
-	}
-	diffSnapshots(t, "after rejected commands", before, h.snapshot())
+		diffSnapshots(t, "after rejected commands", before, h.snapshot())
+	})
 }
 
 func TestAPIRejectsMalformedBodiesAndIsPrivate(t *testing.T) {

@@ -13,27 +13,29 @@ import (
 )
 
 func TestDefaultNetworkAndTwoSandboxesTalk(t *testing.T) {
-	h := newHost(t)
-	var nets []api.Network
-	h.ctlJSON(&nets, "network", "ls")
-	if len(nets) != 1 || nets[0].Name != "bridge" || nets[0].Subnet != "172.17.0.0/16" || nets[0].Bridge != "fabric0" {
-		t.Fatalf("default network = %+v, want bridge 172.17.0.0/16 on fabric0", nets)
-	}
-	a, b := h.name("a"), h.name("b")
-	h.serve(a)
-	h.mustCtl("run", "-d", "--name", b, "--", "sleep", "300")
-	if !ping(b, h.ip(a, "bridge")) {
-		t.Fatalf("%s cannot ping %s", b, a)
-	}
-	got := h.mustConnect(b, "tcp", h.ip(a, "bridge")+":80")
-	if !strings.HasPrefix(got, a+" "+h.ip(b, "bridge")+":") {
-		t.Fatalf("reply %q: want %s seeing %s's own address", got, a, b)
-	}
-	// The sandbox is a named namespace that ip netns exec can use.
-	out := netnstest.Run(t, a, "ip", "-o", "-4", "addr", "show", "eth0")
-	if !strings.Contains(out, h.ip(a, "bridge")+"/16") {
-		t.Fatalf("eth0 in %s: %s", a, out)
-	}
+	onDatapaths(t, func(t *testing.T, dp string) {
+		h := newHost(t, "--datapath", dp)
+		var nets []api.Network
+		h.ctlJSON(&nets, "network", "ls")
+		if len(nets) != 1 || nets[0].Name != "bridge" || nets[0].Subnet != "172.17.0.0/16" || nets[0].Bridge != "fabric0" {
+			t.Fatalf("default network = %+v, want bridge 172.17.0.0/16 on fabric0", nets)
+		}
+		a, b := h.name("a"), h.name("b")
+		h.serve(a)
+		h.mustCtl("run", "-d", "--name", b, "--", "sleep", "300")
+		if !ping(b, h.ip(a, "bridge")) {
+			t.Fatalf("%s cannot ping %s", b, a)
+		}
+		got := h.mustConnect(b, "tcp", h.ip(a, "bridge")+":80")
+		if !strings.HasPrefix(got, a+" "+h.ip(b, "bridge")+":") {
+			t.Fatalf("reply %q: want %s seeing %s's own address", got, a, b)
+		}
+		// The sandbox is a named namespace that ip netns exec can use.
+		out := netnstest.Run(t, a, "ip", "-o", "-4", "addr", "show", "eth0")
+		if !strings.Contains(out, h.ip(a, "bridge")+"/16") {
+			t.Fatalf("eth0 in %s: %s", a, out)
+		}
+	})
 }
 
 func TestDefaultSubnetAvoidsHostRoutes(t *testing.T) {
@@ -57,6 +59,7 @@ func TestDefaultSubnetAvoidsHostRoutes(t *testing.T) {
 // the agent starts.
 func newHostWithRoutes(t *testing.T, routes []string) *host {
 	h := &host{t: t, prefix: netnstest.UniqueName("t")}
+	h.extra, h.dp = withDatapath(nil)
 	h.ns, h.nsPath = netnstest.New(t, "fh")
 	h.outside, _ = netnstest.New(t, "fo")
 	h.dir = t.TempDir()
@@ -73,200 +76,214 @@ func newHostWithRoutes(t *testing.T, routes []string) *host {
 }
 
 func TestUserNetworksIsolatedAndMultiHomed(t *testing.T) {
-	h := newHost(t)
-	n1, n2 := h.name("n1"), h.name("n2")
-	h.mustCtl("network", "create", "--subnet", "10.31.1.0/24", n1)
-	h.mustCtl("network", "create", "--subnet", "10.31.2.0/24", "--gateway", "10.31.2.254", "--ip-range", "10.31.2.128/25", n2)
-	a, b, c := h.name("a"), h.name("b"), h.name("c")
-	h.serve(a, "--network", n1, "--ip", "10.31.1.10")
-	h.serve(b, "--network", n2)
-	if ip := h.ip(b, n2); !strings.HasPrefix(ip, "10.31.2.1") || ip < "10.31.2.128" {
-		t.Fatalf("dynamic address %s is outside --ip-range 10.31.2.128/25", ip)
-	}
-	if h.ip(a, n1) != "10.31.1.10" {
-		t.Fatalf("static --ip not honoured: %s", h.ip(a, n1))
-	}
-	// Isolation: a (n1) cannot reach b (n2).
-	if ping(a, h.ip(b, n2)) {
-		t.Fatalf("%s on %s reached %s on %s: networks are not isolated", a, n1, b, n2)
-	}
-	if _, err := h.connect(a, "tcp", h.ip(b, n2)+":80"); err == nil {
-		t.Fatal("TCP crossed from n1 to n2")
-	}
-	// c on n1, then connected to n2 too, reaches both.
-	h.mustCtl("run", "-d", "--name", c, "--network", n1, "--", "sleep", "300")
-	var ep api.Endpoint
-	h.ctlJSON(&ep, "network", "connect", n2, c)
-	if ep.IfName != "eth1" {
-		t.Fatalf("second endpoint is %s, want eth1", ep.IfName)
-	}
-	if got := h.mustConnect(c, "tcp", h.ip(a, n1)+":80"); !strings.HasPrefix(got, a) {
-		t.Fatalf("c→a: %q", got)
-	}
-	if got := h.mustConnect(c, "tcp", h.ip(b, n2)+":80"); !strings.HasPrefix(got, b) {
-		t.Fatalf("c→b: %q", got)
-	}
-	// Disconnect removes eth1 and the path to n2.
-	h.mustCtl("network", "disconnect", n2, c)
-	if out := netnstest.Run(t, c, "ip", "-o", "link"); strings.Contains(out, "eth1") {
-		t.Fatalf("eth1 still in %s after disconnect: %s", c, out)
-	}
-	if ping(c, h.ip(b, n2)) {
-		t.Fatal("still reaches n2 after disconnect")
-	}
-	// rm of a network with endpoints is refused; without, it works.
-	if _, errOut, code := h.ctl("network", "rm", n2); code == 0 || !strings.Contains(errOut, "endpoint") {
-		t.Fatalf("network rm with endpoints: code %d, %q", code, errOut)
-	}
-	h.mustCtl("sandbox", "rm", b)
-	h.mustCtl("network", "rm", n2)
-	if out := run(t, "ip", "-n", h.ns, "-o", "link", "show", "type", "bridge"); strings.Count(out, "fb-") != 1 {
-		t.Fatalf("bridges after rm: %s", out)
-	}
+	onDatapaths(t, func(t *testing.T, dp string) {
+		h := newHost(t, "--datapath", dp)
+		n1, n2 := h.name("n1"), h.name("n2")
+		h.mustCtl("network", "create", "--subnet", "10.31.1.0/24", n1)
+		h.mustCtl("network", "create", "--subnet", "10.31.2.0/24", "--gateway", "10.31.2.254", "--ip-range", "10.31.2.128/25", n2)
+		a, b, c := h.name("a"), h.name("b"), h.name("c")
+		h.serve(a, "--network", n1, "--ip", "10.31.1.10")
+		h.serve(b, "--network", n2)
+		if ip := h.ip(b, n2); !strings.HasPrefix(ip, "10.31.2.1") || ip < "10.31.2.128" {
+			t.Fatalf("dynamic address %s is outside --ip-range 10.31.2.128/25", ip)
+		}
+		if h.ip(a, n1) != "10.31.1.10" {
+			t.Fatalf("static --ip not honoured: %s", h.ip(a, n1))
+		}
+		// Isolation: a (n1) cannot reach b (n2).
+		if ping(a, h.ip(b, n2)) {
+			t.Fatalf("%s on %s reached %s on %s: networks are not isolated", a, n1, b, n2)
+		}
+		if _, err := h.connect(a, "tcp", h.ip(b, n2)+":80"); err == nil {
+			t.Fatal("TCP crossed from n1 to n2")
+		}
+		// c on n1, then connected to n2 too, reaches both.
+		h.mustCtl("run", "-d", "--name", c, "--network", n1, "--", "sleep", "300")
+		var ep api.Endpoint
+		h.ctlJSON(&ep, "network", "connect", n2, c)
+		if ep.IfName != "eth1" {
+			t.Fatalf("second endpoint is %s, want eth1", ep.IfName)
+		}
+		if got := h.mustConnect(c, "tcp", h.ip(a, n1)+":80"); !strings.HasPrefix(got, a) {
+			t.Fatalf("c→a: %q", got)
+		}
+		if got := h.mustConnect(c, "tcp", h.ip(b, n2)+":80"); !strings.HasPrefix(got, b) {
+			t.Fatalf("c→b: %q", got)
+		}
+		// Disconnect removes eth1 and the path to n2.
+		h.mustCtl("network", "disconnect", n2, c)
+		if out := netnstest.Run(t, c, "ip", "-o", "link"); strings.Contains(out, "eth1") {
+			t.Fatalf("eth1 still in %s after disconnect: %s", c, out)
+		}
+		if ping(c, h.ip(b, n2)) {
+			t.Fatal("still reaches n2 after disconnect")
+		}
+		// rm of a network with endpoints is refused; without, it works.
+		if _, errOut, code := h.ctl("network", "rm", n2); code == 0 || !strings.Contains(errOut, "endpoint") {
+			t.Fatalf("network rm with endpoints: code %d, %q", code, errOut)
+		}
+		h.mustCtl("sandbox", "rm", b)
+		h.mustCtl("network", "rm", n2)
+		if dp == "kernel" {
+			if out := run(t, "ip", "-n", h.ns, "-o", "link", "show", "type", "bridge"); strings.Count(out, "fb-") != 1 {
+				t.Fatalf("bridges after rm: %s", out)
+			}
+		} else if out := run(t, "ip", "-n", h.ns, "route"); strings.Contains(out, "10.31.2.") {
+			t.Fatalf("routes of %s left after rm: %s", n2, out)
+		}
+	})
 }
 
 func TestEgressMasqueradeAndInternal(t *testing.T) {
-	h := newHost(t)
-	srv := "outsrv"
-	self, _ := os.Executable()
-	outside := netnstest.Cmd(h.outside, "env", "FABRIC_E2E_HELPER=serve", "FABRIC_SANDBOX="+srv, self, "9000")
-	if err := outside.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = outside.Process.Kill(); _ = outside.Wait() })
-	h.waitListening("/var/run/netns/"+h.outside, 9000)
+	onDatapaths(t, func(t *testing.T, dp string) {
+		h := newHost(t, "--datapath", dp)
+		srv := "outsrv"
+		self, _ := os.Executable()
+		outside := netnstest.Cmd(h.outside, "env", "FABRIC_E2E_HELPER=serve", "FABRIC_SANDBOX="+srv, self, "9000")
+		if err := outside.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = outside.Process.Kill(); _ = outside.Wait() })
+		h.waitListening("/var/run/netns/"+h.outside, 9000)
 
-	a := h.name("a")
-	h.mustCtl("run", "-d", "--name", a, "--", "sleep", "300")
-	got := h.mustConnect(a, "tcp", outsideUplinkIP+":9000")
-	if !strings.HasPrefix(got, srv+" "+hostUplinkIP+":") {
-		t.Fatalf("outside saw %q, want the host's uplink address %s as source", got, hostUplinkIP)
-	}
-	got = h.mustConnect(a, "udp", outsideUplinkIP+":9000")
-	if !strings.HasPrefix(got, srv+" "+hostUplinkIP+":") {
-		t.Fatalf("UDP: outside saw %q, want source %s", got, hostUplinkIP)
-	}
+		a := h.name("a")
+		h.mustCtl("run", "-d", "--name", a, "--", "sleep", "300")
+		got := h.mustConnect(a, "tcp", outsideUplinkIP+":9000")
+		if !strings.HasPrefix(got, srv+" "+hostUplinkIP+":") {
+			t.Fatalf("outside saw %q, want the host's uplink address %s as source", got, hostUplinkIP)
+		}
+		got = h.mustConnect(a, "udp", outsideUplinkIP+":9000")
+		if !strings.HasPrefix(got, srv+" "+hostUplinkIP+":") {
+			t.Fatalf("UDP: outside saw %q, want source %s", got, hostUplinkIP)
+		}
 
-	in := h.name("in")
-	h.mustCtl("network", "create", "--internal", "--subnet", "10.32.0.0/24", in)
-	b, c := h.name("b"), h.name("c")
-	h.serve(b, "--network", in)
-	h.mustCtl("run", "-d", "--name", c, "--network", in, "--", "sleep", "300")
-	if _, err := h.connect(b, "tcp", outsideUplinkIP+":9000"); err == nil {
-		t.Fatal("sandbox on an --internal network reached the outside")
-	}
-	if out := netnstest.Run(t, b, "ip", "route"); strings.Contains(out, "default") {
-		t.Fatalf("internal network sandbox has a default route: %s", out)
-	}
-	if got := h.mustConnect(c, "tcp", h.ip(b, in)+":80"); !strings.HasPrefix(got, b) {
-		t.Fatalf("sandboxes on the same internal network cannot talk: %q", got)
-	}
+		in := h.name("in")
+		h.mustCtl("network", "create", "--internal", "--subnet", "10.32.0.0/24", in)
+		b, c := h.name("b"), h.name("c")
+		h.serve(b, "--network", in)
+		h.mustCtl("run", "-d", "--name", c, "--network", in, "--", "sleep", "300")
+		if _, err := h.connect(b, "tcp", outsideUplinkIP+":9000"); err == nil {
+			t.Fatal("sandbox on an --internal network reached the outside")
+		}
+		if out := netnstest.Run(t, b, "ip", "route"); strings.Contains(out, "default") {
+			t.Fatalf("internal network sandbox has a default route: %s", out)
+		}
+		if got := h.mustConnect(c, "tcp", h.ip(b, in)+":80"); !strings.HasPrefix(got, b) {
+			t.Fatalf("sandboxes on the same internal network cannot talk: %q", got)
+		}
+	})
 }
 
 func TestPublishedPorts(t *testing.T) {
-	h := newHost(t)
-	web, peer := h.name("web"), h.name("peer")
-	h.serve(web, "-p", "8080:80", "-p", "8081:80/udp")
-	h.mustCtl("run", "-d", "--name", peer, "--", "sleep", "300")
-	for _, tc := range []struct{ what, ns, proto, addr string }{
-		{"from another host", h.outside, "tcp", hostUplinkIP + ":8080"},
-		{"udp from another host", h.outside, "udp", hostUplinkIP + ":8081"},
-		{"from the host via its address", h.ns, "tcp", hostUplinkIP + ":8080"},
-		{"from the host via 127.0.0.1", h.ns, "tcp", "127.0.0.1:8080"},
-		{"from the host via the gateway address", h.ns, "tcp", "172.17.0.1:8080"},
-		{"hairpin from a sibling sandbox", peer, "tcp", hostUplinkIP + ":8080"},
-		{"hairpin from the sandbox itself", web, "tcp", hostUplinkIP + ":8080"},
-	} {
-		got, err := h.connect(tc.ns, tc.proto, tc.addr)
-		if err != nil || !strings.HasPrefix(got, web+" ") {
-			t.Errorf("published port %s (%s %s): %q %v", tc.what, tc.proto, tc.addr, got, err)
+	onDatapaths(t, func(t *testing.T, dp string) {
+		h := newHost(t, "--datapath", dp)
+		web, peer := h.name("web"), h.name("peer")
+		h.serve(web, "-p", "8080:80", "-p", "8081:80/udp")
+		h.mustCtl("run", "-d", "--name", peer, "--", "sleep", "300")
+		for _, tc := range []struct{ what, ns, proto, addr string }{
+			{"from another host", h.outside, "tcp", hostUplinkIP + ":8080"},
+			{"udp from another host", h.outside, "udp", hostUplinkIP + ":8081"},
+			{"from the host via its address", h.ns, "tcp", hostUplinkIP + ":8080"},
+			{"from the host via 127.0.0.1", h.ns, "tcp", "127.0.0.1:8080"},
+			{"from the host via the gateway address", h.ns, "tcp", "172.17.0.1:8080"},
+			{"hairpin from a sibling sandbox", peer, "tcp", hostUplinkIP + ":8080"},
+			{"hairpin from the sandbox itself", web, "tcp", hostUplinkIP + ":8080"},
+		} {
+			got, err := h.connect(tc.ns, tc.proto, tc.addr)
+			if err != nil || !strings.HasPrefix(got, web+" ") {
+				t.Errorf("published port %s (%s %s): %q %v", tc.what, tc.proto, tc.addr, got, err)
+			}
 		}
-	}
-	// A second sandbox may not take the same host port.
-	other := h.name("other")
-	_, errOut, code := h.ctl("run", "-d", "--name", other, "-p", "8080:80", "--", "sleep", "300")
-	if code == 0 || !strings.Contains(errOut, "already published") {
-		t.Fatalf("conflicting host port: code %d %q", code, errOut)
-	}
-	// A different protocol on the same port is fine.
-	h.mustCtl("run", "-d", "--name", other, "-p", "8080:80/udp", "--", "sleep", "300")
-	// After rm the port is free again and the rule is gone.
-	h.mustCtl("sandbox", "rm", web)
-	if _, err := h.connect(h.outside, "tcp", hostUplinkIP+":8080"); err == nil {
-		t.Fatal("published port still answers after the sandbox was removed")
-	}
+		// A second sandbox may not take the same host port.
+		other := h.name("other")
+		_, errOut, code := h.ctl("run", "-d", "--name", other, "-p", "8080:80", "--", "sleep", "300")
+		if code == 0 || !strings.Contains(errOut, "already published") {
+			t.Fatalf("conflicting host port: code %d %q", code, errOut)
+		}
+		// A different protocol on the same port is fine.
+		h.mustCtl("run", "-d", "--name", other, "-p", "8080:80/udp", "--", "sleep", "300")
+		// After rm the port is free again and the rule is gone.
+		h.mustCtl("sandbox", "rm", web)
+		if _, err := h.connect(h.outside, "tcp", hostUplinkIP+":8080"); err == nil {
+			t.Fatal("published port still answers after the sandbox was removed")
+		}
+	})
 }
 
 func TestNoneHostAndContainerModes(t *testing.T) {
-	h := newHost(t)
-	none, host, joined, owner := h.name("none"), h.name("host"), h.name("join"), h.name("own")
-	h.mustCtl("run", "-d", "--name", none, "--network", "none", "--", "sleep", "300")
-	out := netnstest.Run(t, none, "ip", "-o", "link")
-	if strings.Count(out, "\n") != 1 || !strings.Contains(out, "lo:") || !strings.Contains(out, "UP") {
-		t.Fatalf("--network none should have only lo, up: %s", out)
-	}
-	h.mustCtl("run", "-d", "--name", host, "--network", "host", "--", "sleep", "300")
-	if nsOf(t, h.sandbox(host).PID) != nsOfPath(t, h.nsPath) {
-		t.Fatal("host mode command is not in the host's namespace")
-	}
-	h.mustCtl("run", "-d", "--name", owner, "--", "sleep", "300")
-	h.mustCtl("run", "-d", "--name", joined, "--network", "container:"+owner, "--", "sleep", "300")
-	if nsOf(t, h.sandbox(joined).PID) != nsOfPath(t, netns.Path(owner)) {
-		t.Fatal("container: mode command is not in the other sandbox's namespace")
-	}
-	if _, errOut, code := h.ctl("sandbox", "rm", owner); code == 0 || !strings.Contains(errOut, joined) {
-		t.Fatalf("rm of a sandbox others share: code %d %q", code, errOut)
-	}
-	// Foreground run returns the command's exit code and --rm cleans up.
-	fg := h.name("fg")
-	_, _, code := h.ctl("run", "--rm", "--name", fg, "--", "sh", "-c", "ip -o link show eth0 >/dev/null && exit 7")
-	if code != 7 {
-		t.Fatalf("foreground run exit code %d, want 7", code)
-	}
-	if _, _, code := h.ctl("sandbox", "inspect", fg); code == 0 {
-		t.Fatal("--rm sandbox still exists")
-	}
-	if netns.IsNamespace(netns.Path(fg)) {
-		t.Fatal("--rm sandbox namespace still exists")
-	}
-	// sandbox rm stops the command and removes the namespace.
-	pid := h.sandbox(none).PID
-	h.mustCtl("sandbox", "rm", none)
-	if processRunning(pid) {
-		t.Fatalf("command %d still runs after sandbox rm", pid)
-	}
-	if netns.IsNamespace(netns.Path(none)) {
-		t.Fatal("namespace left after sandbox rm")
-	}
+	onDatapaths(t, func(t *testing.T, dp string) {
+		h := newHost(t, "--datapath", dp)
+		none, host, joined, owner := h.name("none"), h.name("host"), h.name("join"), h.name("own")
+		h.mustCtl("run", "-d", "--name", none, "--network", "none", "--", "sleep", "300")
+		out := netnstest.Run(t, none, "ip", "-o", "link")
+		if strings.Count(out, "\n") != 1 || !strings.Contains(out, "lo:") || !strings.Contains(out, "UP") {
+			t.Fatalf("--network none should have only lo, up: %s", out)
+		}
+		h.mustCtl("run", "-d", "--name", host, "--network", "host", "--", "sleep", "300")
+		if nsOf(t, h.sandbox(host).PID) != nsOfPath(t, h.nsPath) {
+			t.Fatal("host mode command is not in the host's namespace")
+		}
+		h.mustCtl("run", "-d", "--name", owner, "--", "sleep", "300")
+		h.mustCtl("run", "-d", "--name", joined, "--network", "container:"+owner, "--", "sleep", "300")
+		if nsOf(t, h.sandbox(joined).PID) != nsOfPath(t, netns.Path(owner)) {
+			t.Fatal("container: mode command is not in the other sandbox's namespace")
+		}
+		if _, errOut, code := h.ctl("sandbox", "rm", owner); code == 0 || !strings.Contains(errOut, joined) {
+			t.Fatalf("rm of a sandbox others share: code %d %q", code, errOut)
+		}
+		// Foreground run returns the command's exit code and --rm cleans up.
+		fg := h.name("fg")
+		_, _, code := h.ctl("run", "--rm", "--name", fg, "--", "sh", "-c", "ip -o link show eth0 >/dev/null && exit 7")
+		if code != 7 {
+			t.Fatalf("foreground run exit code %d, want 7", code)
+		}
+		if _, _, code := h.ctl("sandbox", "inspect", fg); code == 0 {
+			t.Fatal("--rm sandbox still exists")
+		}
+		if netns.IsNamespace(netns.Path(fg)) {
+			t.Fatal("--rm sandbox namespace still exists")
+		}
+		// sandbox rm stops the command and removes the namespace.
+		pid := h.sandbox(none).PID
+		h.mustCtl("sandbox", "rm", none)
+		if processRunning(pid) {
+			t.Fatalf("command %d still runs after sandbox rm", pid)
+		}
+		if netns.IsNamespace(netns.Path(none)) {
+			t.Fatal("namespace left after sandbox rm")
+		}
+	})
 }
 
 func TestConnectExistingNamespaceByPath(t *testing.T) {
-	h := newHost(t)
-	// A namespace made by someone else, held by a process as a container
-	// runtime would.
-	foreign, _ := netnstest.New(t, h.prefix+"x")
-	sleeper := netnstest.Cmd(foreign, "sleep", "300")
-	if err := sleeper.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sleeper.Process.Kill(); _ = sleeper.Wait() })
-	path := "/proc/" + itoa(sleeper.Process.Pid) + "/ns/net"
-	n := h.name("n")
-	h.mustCtl("network", "create", "--subnet", "10.33.0.0/24", n)
-	var ep api.Endpoint
-	h.ctlJSON(&ep, "network", "connect", "--ip", "10.33.0.50", n, path)
-	if ep.IP != "10.33.0.50/24" || ep.IfName != "eth0" {
-		t.Fatalf("endpoint %+v", ep)
-	}
-	srv := h.name("srv")
-	h.serve(srv, "--network", n)
-	if got := h.mustConnect(foreign, "tcp", h.ip(srv, n)+":80"); !strings.HasPrefix(got, srv+" 10.33.0.50:") {
-		t.Fatalf("foreign namespace → sandbox: %q", got)
-	}
-	h.mustCtl("network", "disconnect", n, path)
-	if out := netnstest.Run(t, foreign, "ip", "-o", "link"); strings.Contains(out, "eth0") {
-		t.Fatalf("eth0 left in the foreign namespace: %s", out)
-	}
+	onDatapaths(t, func(t *testing.T, dp string) {
+		h := newHost(t, "--datapath", dp)
+		// A namespace made by someone else, held by a process as a container
+		// runtime would.
+		foreign, _ := netnstest.New(t, h.prefix+"x")
+		sleeper := netnstest.Cmd(foreign, "sleep", "300")
+		if err := sleeper.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = sleeper.Process.Kill(); _ = sleeper.Wait() })
+		path := "/proc/" + itoa(sleeper.Process.Pid) + "/ns/net"
+		n := h.name("n")
+		h.mustCtl("network", "create", "--subnet", "10.33.0.0/24", n)
+		var ep api.Endpoint
+		h.ctlJSON(&ep, "network", "connect", "--ip", "10.33.0.50", n, path)
+		if ep.IP != "10.33.0.50/24" || ep.IfName != "eth0" {
+			t.Fatalf("endpoint %+v", ep)
+		}
+		srv := h.name("srv")
+		h.serve(srv, "--network", n)
+		if got := h.mustConnect(foreign, "tcp", h.ip(srv, n)+":80"); !strings.HasPrefix(got, srv+" 10.33.0.50:") {
+			t.Fatalf("foreign namespace → sandbox: %q", got)
+		}
+		h.mustCtl("network", "disconnect", n, path)
+		if out := netnstest.Run(t, foreign, "ip", "-o", "link"); strings.Contains(out, "eth0") {
+			t.Fatalf("eth0 left in the foreign namespace: %s", out)
+		}
+	})
 }
 
 func nsOf(t *testing.T, pid int) string {
@@ -290,32 +307,36 @@ func nsOfPath(t *testing.T, path string) string {
 func itoa(i int) string { return strconv.Itoa(i) }
 
 func TestNetworkOptionsAndAddressRelease(t *testing.T) {
-	h := newHost(t)
-	n, br := h.name("n"), "br"+h.prefix[1:7]
-	h.mustCtl("network", "create", "--subnet", "10.35.0.0/24", "-o", "mtu=1400", "-o", "bridge_name="+br, n)
-	out := run(t, "ip", "-n", h.ns, "-o", "link", "show", br)
-	if !strings.Contains(out, "mtu 1400") {
-		t.Fatalf("bridge %s: %s", br, out)
-	}
-	a, b := h.name("a"), h.name("b")
-	h.mustCtl("run", "-d", "--name", a, "--network", n, "--ip", "10.35.0.20", "--", "sleep", "300")
-	if out := netnstest.Run(t, a, "ip", "-o", "link", "show", "eth0"); !strings.Contains(out, "mtu 1400") {
-		t.Fatalf("endpoint MTU does not follow the network: %s", out)
-	}
-	// The address is in use until the sandbox goes, then free again.
-	if _, errOut, code := h.ctl("run", "-d", "--name", b, "--network", n, "--ip", "10.35.0.20", "--", "sleep", "300"); code != 1 || !strings.Contains(errOut, "in use") {
-		t.Fatalf("duplicate static address: code %d %q", code, errOut)
-	}
-	h.mustCtl("sandbox", "rm", a)
-	h.mustCtl("run", "-d", "--name", b, "--network", n, "--ip", "10.35.0.20", "--", "sleep", "300")
-	var nets []api.Network
-	h.ctlJSON(&nets, "network", "inspect", n)
-	if nets[0].IPsUsed != 1 || nets[0].Endpoints != 1 {
-		t.Fatalf("network %s after reuse: used %d endpoints %d, want 1 and 1", n, nets[0].IPsUsed, nets[0].Endpoints)
-	}
-	h.mustCtl("sandbox", "rm", b)
-	h.mustCtl("network", "rm", n)
-	if _, err := exec.Command("ip", "-n", h.ns, "link", "show", br).Output(); err == nil {
-		t.Fatalf("bridge %s left after network rm", br)
-	}
+	onDatapaths(t, func(t *testing.T, dp string) {
+		h := newHost(t, "--datapath", dp)
+		n, br := h.name("n"), "br"+h.prefix[1:7]
+		h.mustCtl("network", "create", "--subnet", "10.35.0.0/24", "-o", "mtu=1400", "-o", "bridge_name="+br, n)
+		if dp == "kernel" {
+			out := run(t, "ip", "-n", h.ns, "-o", "link", "show", br)
+			if !strings.Contains(out, "mtu 1400") {
+				t.Fatalf("bridge %s: %s", br, out)
+			}
+		}
+		a, b := h.name("a"), h.name("b")
+		h.mustCtl("run", "-d", "--name", a, "--network", n, "--ip", "10.35.0.20", "--", "sleep", "300")
+		if out := netnstest.Run(t, a, "ip", "-o", "link", "show", "eth0"); !strings.Contains(out, "mtu 1400") {
+			t.Fatalf("endpoint MTU does not follow the network: %s", out)
+		}
+		// The address is in use until the sandbox goes, then free again.
+		if _, errOut, code := h.ctl("run", "-d", "--name", b, "--network", n, "--ip", "10.35.0.20", "--", "sleep", "300"); code != 1 || !strings.Contains(errOut, "in use") {
+			t.Fatalf("duplicate static address: code %d %q", code, errOut)
+		}
+		h.mustCtl("sandbox", "rm", a)
+		h.mustCtl("run", "-d", "--name", b, "--network", n, "--ip", "10.35.0.20", "--", "sleep", "300")
+		var nets []api.Network
+		h.ctlJSON(&nets, "network", "inspect", n)
+		if nets[0].IPsUsed != 1 || nets[0].Endpoints != 1 {
+			t.Fatalf("network %s after reuse: used %d endpoints %d, want 1 and 1", n, nets[0].IPsUsed, nets[0].Endpoints)
+		}
+		h.mustCtl("sandbox", "rm", b)
+		h.mustCtl("network", "rm", n)
+		if _, err := exec.Command("ip", "-n", h.ns, "link", "show", br).Output(); err == nil {
+			t.Fatalf("bridge %s left after network rm", br)
+		}
+	})
 }

@@ -69,12 +69,37 @@ type host struct {
 	agent   *exec.Cmd
 	logFile *os.File
 	extra   []string // extra fabricd flags
+	dp      string   // datapath: kernel unless extra says otherwise
+	bpfRoot string   // this agent's pins, removed with the host
+}
+
+// datapaths are the datapaths the suite runs on: every test that goes
+// through onDatapaths runs once on each.
+var datapaths = []string{"kernel", "ebpf"}
+
+// onDatapaths runs fn as one subtest per datapath.
+func onDatapaths(t *testing.T, fn func(t *testing.T, dp string)) {
+	for _, dp := range datapaths {
+		t.Run(dp, func(t *testing.T) { fn(t, dp) })
+	}
+}
+
+// withDatapath makes --datapath explicit in extra (kernel by default) and
+// returns it.
+func withDatapath(extra []string) ([]string, string) {
+	for i, a := range extra {
+		if a == "--datapath" && i+1 < len(extra) {
+			return extra, extra[i+1]
+		}
+	}
+	return append([]string{"--datapath", "kernel"}, extra...), "kernel"
 }
 
 func newHost(t *testing.T, extra ...string) *host {
 	t.Helper()
 	netnstest.RequireRoot(t)
-	h := &host{t: t, extra: extra, prefix: netnstest.UniqueName("t")}
+	h := &host{t: t, prefix: netnstest.UniqueName("t")}
+	h.extra, h.dp = withDatapath(extra)
 	h.ns, h.nsPath = netnstest.New(t, "fh")
 	h.outside, _ = netnstest.New(t, "fo")
 	h.dir = t.TempDir()
@@ -102,8 +127,11 @@ func (h *host) start() {
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	if h.bpfRoot == "" {
+		h.bpfRoot = "/sys/fs/bpf/fabric-e2e-" + h.prefix
+	}
 	args := append([]string{"--net=" + h.nsPath, filepath.Join(binDir, "fabricd"),
-		"--state-dir", filepath.Join(h.dir, "state"), "--socket", h.socket,
+		"--state-dir", filepath.Join(h.dir, "state"), "--socket", h.socket, "--bpf-root", h.bpfRoot,
 		"--node-name", h.ns, "--log-level", "debug", "--config", h.configFile()}, h.extra...)
 	h.agent = exec.Command("nsenter", args...)
 	h.agent.Stdout, h.agent.Stderr = h.logFile, h.logFile
@@ -194,6 +222,11 @@ func (h *host) cleanup() {
 			}
 		}
 		h.stop()
+	}
+	if h.bpfRoot != "" {
+		// Unpinning detaches what the agent attached (the devices are
+		// going with the namespace anyway) and frees the maps.
+		_ = os.RemoveAll(h.bpfRoot)
 	}
 	// Whatever is left (a crashed agent's sandboxes) goes with its namespace.
 	entries, _ := os.ReadDir("/var/run/netns")

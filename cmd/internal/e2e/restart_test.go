@@ -21,6 +21,8 @@ type snapshot struct {
 	networks, sandboxes, endpoints string
 	links                          []string
 	nft                            string
+	routes                         string
+	pins                           []string // the eBPF datapath's pinned links
 	namespaces                     []string
 }
 
@@ -32,6 +34,9 @@ func (h *host) snapshot() snapshot {
 	s.endpoints = h.canonCtl("endpoint", "ls")
 	s.links = h.links()
 	s.nft = run(h.t, "ip", "netns", "exec", h.ns, "nft", "list", "ruleset")
+	// linkdown follows a bridge's carrier, which comes and goes with its ports.
+	s.routes = strings.ReplaceAll(run(h.t, "ip", "-n", h.ns, "route", "show", "table", "main"), " linkdown", "")
+	s.pins = h.pins()
 	entries, _ := os.ReadDir(netns.RunDir)
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), h.prefix) {
@@ -47,6 +52,16 @@ func (h *host) canonCtl(args ...string) string {
 	var v any
 	h.ctlJSON(&v, args...)
 	return canonJSON(h.t, v)
+}
+
+// pins lists the links the eBPF datapath pinned (none on the kernel one).
+func (h *host) pins() []string {
+	entries, _ := os.ReadDir(h.bpfRoot + "/links")
+	var out []string
+	for _, e := range entries {
+		out = append(out, e.Name())
+	}
+	return out
 }
 
 // links lists the host namespace's links as "name alias" lines.
@@ -86,62 +101,70 @@ func diffSnapshots(t *testing.T, what string, a, b snapshot) {
 	if a.nft != b.nft {
 		t.Errorf("%s: nftables differ:\n%s\n---\n%s", what, a.nft, b.nft)
 	}
+	if a.routes != b.routes {
+		t.Errorf("%s: routes differ:\n%s\n---\n%s", what, a.routes, b.routes)
+	}
+	if strings.Join(a.pins, " ") != strings.Join(b.pins, " ") {
+		t.Errorf("%s: pinned links differ: %v vs %v", what, a.pins, b.pins)
+	}
 	if strings.Join(a.namespaces, " ") != strings.Join(b.namespaces, " ") {
 		t.Errorf("%s: namespaces differ: %v vs %v", what, a.namespaces, b.namespaces)
 	}
 }
 
 func TestKill9AndRestartKeepsEverything(t *testing.T) {
-	h := newHost(t)
-	n := h.name("n")
-	h.mustCtl("network", "create", "--subnet", "10.34.0.0/24", n)
-	web, multi, none, tmp := h.name("web"), h.name("multi"), h.name("none"), h.name("tmp")
-	h.serve(web, "--network", n, "-p", "8080:80")
-	h.mustCtl("run", "-d", "--name", multi, "--", "sleep", "300")
-	h.mustCtl("network", "connect", n, multi)
-	h.mustCtl("run", "-d", "--name", none, "--network", "none", "--", "sleep", "300")
-	before := h.snapshot()
-	webPID := h.sandbox(web).PID
-	// tmp's command exits while no agent watches; with --rm the restarted
-	// agent must remove it, leaving exactly the state of "before".
-	h.mustCtl("run", "-d", "--rm", "--name", tmp, "--", "sleep", "1")
-	tmpNS := h.sandbox(tmp).NetNS
+	onDatapaths(t, func(t *testing.T, dp string) {
+		h := newHost(t, "--datapath", dp)
+		n := h.name("n")
+		h.mustCtl("network", "create", "--subnet", "10.34.0.0/24", n)
+		web, multi, none, tmp := h.name("web"), h.name("multi"), h.name("none"), h.name("tmp")
+		h.serve(web, "--network", n, "-p", "8080:80")
+		h.mustCtl("run", "-d", "--name", multi, "--", "sleep", "300")
+		h.mustCtl("network", "connect", n, multi)
+		h.mustCtl("run", "-d", "--name", none, "--network", "none", "--", "sleep", "300")
+		before := h.snapshot()
+		webPID := h.sandbox(web).PID
+		// tmp's command exits while no agent watches; with --rm the restarted
+		// agent must remove it, leaving exactly the state of "before".
+		h.mustCtl("run", "-d", "--rm", "--name", tmp, "--", "sleep", "1")
+		tmpNS := h.sandbox(tmp).NetNS
 
-	h.kill9()
-	// With the agent dead, traffic keeps flowing: it is all in the kernel.
-	if got := h.mustConnect(h.outside, "tcp", hostUplinkIP+":8080"); !strings.HasPrefix(got, web) {
-		t.Fatalf("published port while the agent is down: %q", got)
-	}
-	time.Sleep(1500 * time.Millisecond)
-	h.start()
-
-	after := h.snapshot()
-	var sbs []api.Sandbox
-	h.ctlJSON(&sbs, "sandbox", "ls")
-	for _, sb := range sbs {
-		if sb.Name == tmp {
-			t.Fatalf("--rm sandbox whose command exited during the outage is still listed: %+v", sb)
+		h.kill9()
+		// With the agent dead, traffic keeps flowing: it is all in the kernel.
+		if got := h.mustConnect(h.outside, "tcp", hostUplinkIP+":8080"); !strings.HasPrefix(got, web) {
+			t.Fatalf("published port while the agent is down: %q", got)
 		}
-	}
-	if netns.IsNamespace(tmpNS) {
-		t.Fatal("namespace of the auto-removed sandbox is left behind")
-	}
-	diffSnapshots(t, "after kill -9 and restart", before, after)
+		time.Sleep(1500 * time.Millisecond)
+		h.start()
 
-	if h.sandbox(web).PID != webPID {
-		t.Fatal("web's command was restarted or lost")
-	}
-	if got := h.mustConnect(multi, "tcp", h.ip(web, n)+":80"); !strings.HasPrefix(got, web) {
-		t.Fatalf("multi → web after restart: %q", got)
-	}
-	if got := h.mustConnect(h.outside, "tcp", hostUplinkIP+":8080"); !strings.HasPrefix(got, web) {
-		t.Fatalf("published port after restart: %q", got)
-	}
-	// The restarted agent still owns the re-adopted command.
-	h.mustCtl("sandbox", "rm", web)
-	if processRunning(webPID) {
-		t.Fatal("re-adopted command survived sandbox rm")
-	}
+		after := h.snapshot()
+		var sbs []api.Sandbox
+		h.ctlJSON(&sbs, "sandbox", "ls")
+		for _, sb := range sbs {
+			if sb.Name == tmp {
+				t.Fatalf("--rm sandbox whose command exited during the outage is still listed: %+v", sb)
+			}
+		}
+		if netns.IsNamespace(tmpNS) {
+			t.Fatal("namespace of the auto-removed sandbox is left behind")
+		}
+		diffSnapshots(t, "after kill -9 and restart", before, after)
+
+		if h.sandbox(web).PID != webPID {
+			t.Fatal("web's command was restarted or lost")
+		}
+		if got := h.mustConnect(multi, "tcp", h.ip(web, n)+":80"); !strings.HasPrefix(got, web) {
+			t.Fatalf("multi → web after restart: %q", got)
+		}
+		if got := h.mustConnect(h.outside, "tcp", hostUplinkIP+":8080"); !strings.HasPrefix(got, web) {
+			t.Fatalf("published port after restart: %q", got)
+		}
+		// The restarted agent still owns the re-adopted command.
+		h.mustCtl("sandbox", "rm", web)
+		if processRunning(webPID) {
+			t.Fatal("re-adopted command survived sandbox rm")
+		}
+	})
 }
 
 // canonJSON re-encodes a value so that two documents compare by content.
@@ -155,46 +178,52 @@ func canonJSON(t *testing.T, v any) string {
 }
 
 func TestKill9AtRandomPointsConverges(t *testing.T) {
-	h := newHost(t)
-	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
-	for round := 0; round < 8; round++ {
-		var wg sync.WaitGroup
-		for i := 0; i < 3; i++ {
+	onDatapaths(t, func(t *testing.T, dp string) {
+		h := newHost(t, "--datapath", dp)
+		rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+		for round := 0; round < 8; round++ {
+			var wg sync.WaitGroup
+			for i := 0; i < 3; i++ {
+				wg.Add(1)
+				go func(i int) {
+					defer wg.Done()
+					name := h.name(fmt.Sprintf("r%d%d", round, i))
+					h.ctl("run", "-d", "--name", name, "-p", fmt.Sprintf("%d:80", 20000+round*10+i), "--", "sleep", "300")
+				}(i)
+			}
 			wg.Add(1)
-			go func(i int) {
+			go func() {
 				defer wg.Done()
-				name := h.name(fmt.Sprintf("r%d%d", round, i))
-				h.ctl("run", "-d", "--name", name, "-p", fmt.Sprintf("%d:80", 20000+round*10+i), "--", "sleep", "300")
-			}(i)
+				h.ctl("network", "create", h.name(fmt.Sprintf("net%d", round)))
+			}()
+			// fabricctl takes ~20 ms to start: kill before, during and after.
+			delay := time.Duration(rng.IntN(150)) * time.Millisecond
+			time.Sleep(delay)
+			h.kill9()
+			wg.Wait()
+			h.start()
+			sbs, nets := h.checkConsistent()
+			t.Logf("round %d: killed after %v; %d sandboxes and %d networks survived", round, delay, sbs, nets)
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			h.ctl("network", "create", h.name(fmt.Sprintf("net%d", round)))
-		}()
-		// fabricctl takes ~20 ms to start: kill before, during and after.
-		delay := time.Duration(rng.IntN(150)) * time.Millisecond
-		time.Sleep(delay)
-		h.kill9()
-		wg.Wait()
-		h.start()
-		sbs, nets := h.checkConsistent()
-		t.Logf("round %d: killed after %v; %d sandboxes and %d networks survived", round, delay, sbs, nets)
-	}
-	// Everything can still be removed cleanly.
-	var sbs []api.Sandbox
-	h.ctlJSON(&sbs, "sandbox", "ls")
-	for _, sb := range sbs {
-		h.mustCtl("sandbox", "rm", sb.Name)
-	}
-	for _, l := range h.links() {
-		if strings.HasPrefix(l, "fv") {
-			t.Errorf("endpoint link left after removing every sandbox: %s", l)
+		// Everything can still be removed cleanly.
+		var sbs []api.Sandbox
+		h.ctlJSON(&sbs, "sandbox", "ls")
+		for _, sb := range sbs {
+			h.mustCtl("sandbox", "rm", sb.Name)
 		}
-	}
-	if out := run(t, "ip", "netns", "exec", h.ns, "nft", "list", "table", "ip", "fabric"); strings.Contains(out, "dnat to") {
-		t.Errorf("DNAT rules left after removing every sandbox:\n%s", out)
-	}
+		for _, l := range h.links() {
+			if strings.HasPrefix(l, "fv") {
+				t.Errorf("endpoint link left after removing every sandbox: %s", l)
+			}
+		}
+		if dp == "kernel" {
+			if out := run(t, "ip", "netns", "exec", h.ns, "nft", "list", "table", "ip", "fabric"); strings.Contains(out, "dnat to") {
+				t.Errorf("DNAT rules left after removing every sandbox:\n%s", out)
+			}
+		} else if pins := h.pins(); len(pins) != 0 {
+			t.Errorf("pinned links left after removing every sandbox: %v", pins)
+		}
+	})
 }
 
 // checkConsistent asserts that records and kernel match exactly: every
@@ -215,8 +244,13 @@ func (h *host) checkConsistent() (sandboxes, networks int) {
 			h.t.Errorf("endpoint %s: %s in %s lacks %s: %s", ep.ID[:12], ep.IfName, ep.Sandbox, ep.IP, out)
 		}
 	}
-	for _, n := range nets {
-		want[n.Bridge] = true
+	if h.dp == "kernel" {
+		for _, n := range nets {
+			want[n.Bridge] = true
+		}
+	} else if pins := h.pins(); len(pins) != len(eps) {
+		// One pinned tc link per endpoint (all on bridge networks here).
+		h.t.Errorf("%d pinned links for %d endpoints: %v", len(pins), len(eps), pins)
 	}
 	for _, l := range h.links() {
 		f := strings.Fields(l)
