@@ -2,7 +2,6 @@ package metrics
 
 import (
 	"errors"
-	"fmt"
 	"maps"
 	"os/exec"
 	"slices"
@@ -247,12 +246,4 @@ func runPromtool(t *testing.T, bin, stdin string, args ...string) string {
 
 func sortedKeys[V any](m map[string]V) []string {
 	return slices.Sorted(maps.Keys(m))
-}
-
-func labelString(labels map[string]string) string {
-	var parts []string
-	for _, k := range sortedKeys(labels) {
-		parts = append(parts, fmt.Sprintf("%s=%q", k, labels[k]))
-	}
-	return "{" + strings.Join(parts, ",") + "}"
 }
