@@ -114,3 +114,26 @@ type Datapath interface {
 	Status(ctx context.Context) Status
 	Close() error
 }
+
+// Counter is one datapath packet counter: packets and bytes a program saw
+// in one direction, with one verdict, for one reason.
+type Counter struct {
+	Direction, Verdict, Reason string
+	Packets, Bytes             uint64
+}
+
+// Metrics is what a datapath reports for monitoring.
+type Metrics struct {
+	Counters []Counter
+	// Conntrack is the NAT connection table's use; nil if there is none.
+	ConntrackEntries, ConntrackCapacity int
+	HasConntrack                        bool
+	// Programs counts attached programs by hook (e.g. "tcx-ingress").
+	Programs map[string]int
+}
+
+// MetricsReader is implemented by datapaths that have counters (eBPF). It is
+// read at scrape time.
+type MetricsReader interface {
+	Metrics() (Metrics, error)
+}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -18,6 +19,7 @@ import (
 	"github.com/fabricnet/fabric/datapath"
 	"github.com/fabricnet/fabric/datapath/ebpf"
 	"github.com/fabricnet/fabric/datapath/kernel"
+	"github.com/fabricnet/fabric/metrics"
 	"github.com/spf13/pflag"
 )
 
@@ -80,11 +82,12 @@ func serve(cfg config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	apiMetrics := metrics.NewAPIMetrics()
 	a, err := agent.New(agent.Options{
 		StateDir: cfg.StateDir, Socket: cfg.Socket, NodeName: cfg.NodeName,
 		DefaultSubnet: cfg.DefaultSubnetPrefix(), NoDefaultNetwork: cfg.NoDefaultNetwork,
 		DNS:      dns.Config{Upstreams: cfg.DNSUpstreams, TTL: cfg.DNSTTL},
-		Datapath: dp, Log: log,
+		Datapath: dp, Log: log, APIMetrics: apiMetrics,
 	})
 	if err != nil {
 		dp.Close()
@@ -93,6 +96,19 @@ func serve(cfg config.Config, log *slog.Logger) error {
 	defer a.Close()
 	if err := a.Start(ctx); err != nil {
 		return err
+	}
+	if cfg.MetricsListen != "" {
+		ln, err := net.Listen("tcp", cfg.MetricsListen)
+		if err != nil {
+			return fmt.Errorf("metrics listener (--metrics-listen %s; empty disables it): %w", cfg.MetricsListen, err)
+		}
+		reg := metrics.NewRegistry(version, dp.Status(ctx).Name, a.MetricsSources(apiMetrics))
+		go func() {
+			if err := metrics.Serve(ctx, ln, metrics.Handler(reg, log)); err != nil {
+				log.Error("metrics server stopped", "err", err)
+			}
+		}()
+		log.Info("metrics at /metrics", "listen", ln.Addr().String())
 	}
 	return a.Serve(ctx)
 }

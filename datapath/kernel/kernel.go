@@ -507,3 +507,15 @@ func (d *Datapath) DeleteEndpoint(ctx context.Context, n datapath.Network, ep da
 	delete(d.state.ports, ep.ID)
 	return d.rules()
 }
+
+// Metrics reports the forwarder's counters; the bridge model has none (its
+// nftables counters are per rule, not per reason).
+func (d *Datapath) Metrics() (datapath.Metrics, error) {
+	d.mu.Lock()
+	fwd := d.fwd
+	d.mu.Unlock()
+	if r, ok := fwd.(datapath.MetricsReader); ok {
+		return r.Metrics()
+	}
+	return datapath.Metrics{}, nil
+}

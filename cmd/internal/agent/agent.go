@@ -25,6 +25,7 @@ import (
 	"github.com/fabricnet/fabric/cmd/internal/ipam"
 	"github.com/fabricnet/fabric/cmd/internal/store"
 	"github.com/fabricnet/fabric/datapath"
+	"github.com/fabricnet/fabric/metrics"
 )
 
 // Version is the agent's version, set at build time.
@@ -55,7 +56,9 @@ type Options struct {
 	DNS      dns.Config
 	NoDNS    bool
 	Datapath datapath.Datapath
-	Log      *slog.Logger
+	// APIMetrics, if set, counts API requests by route and code.
+	APIMetrics *metrics.APIMetrics
+	Log        *slog.Logger
 }
 
 // Agent is one host's fabric agent.
@@ -76,8 +79,9 @@ type Agent struct {
 	dns       *dns.Server
 	dnsErrors map[string]string // sandbox → why its resolver is not running
 
-	procs *processes
-	wg    sync.WaitGroup
+	procs    *processes
+	wg       sync.WaitGroup
+	recStats reconcileStats // under mu
 }
 
 // New opens the state store and builds the agent; Start reconciles.
@@ -125,7 +129,10 @@ func (a *Agent) Start(ctx context.Context) error {
 	if err := a.load(); err != nil {
 		return fmt.Errorf("load state: %w", err)
 	}
-	if err := a.reconcile(ctx); err != nil {
+	t0 := time.Now()
+	err := a.reconcile(ctx)
+	a.recordReconcile(time.Since(t0), err)
+	if err != nil {
 		return fmt.Errorf("reconcile: %w", err)
 	}
 	if !a.opts.NoDefaultNetwork {

@@ -84,6 +84,9 @@ func (a *Agent) handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, http.StatusNotFound, api.Error{Message: fmt.Sprintf("no such API route: %s %s", r.Method, r.URL.Path), Code: api.CodeNotFound})
 	})
+	if a.opts.APIMetrics != nil {
+		return a.logRequests(a.opts.APIMetrics.WrapMux(mux))
+	}
 	return a.logRequests(mux)
 }
 

@@ -1,0 +1,115 @@
+package agent
+
+import (
+	"errors"
+	"time"
+
+	"github.com/fabricnet/fabric/datapath"
+	"github.com/fabricnet/fabric/metrics"
+)
+
+// reconcileStats counts reconciles for the metrics.
+type reconcileStats struct {
+	runs, errors uint64
+	last         time.Duration
+	lastSuccess  time.Time
+}
+
+func (a *Agent) recordReconcile(took time.Duration, err error) {
+	a.recStats.runs++
+	a.recStats.last = took
+	if err != nil {
+		a.recStats.errors++
+		return
+	}
+	a.recStats.lastSuccess = time.Now()
+}
+
+// AgentMetrics is the agent's state for the metrics collector.
+func (a *Agent) AgentMetrics() metrics.AgentSnapshot {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := metrics.AgentSnapshot{
+		Started:   a.started,
+		Sandboxes: len(a.sandboxes),
+		Reconcile: metrics.ReconcileStats{
+			Runs: a.recStats.runs, Errors: a.recStats.errors,
+			LastDuration: a.recStats.last, LastSuccess: a.recStats.lastSuccess,
+		},
+	}
+	for _, n := range a.networks {
+		api := a.networkAPI(n)
+		_, bad := a.unhealthy[n.ID]
+		s.Networks = append(s.Networks, metrics.NetworkUsage{
+			Name: n.Name, Driver: n.Driver, Unhealthy: bad,
+			Endpoints: api.Endpoints, IPsUsed: api.IPsUsed, IPsFree: api.IPsFree,
+		})
+	}
+	return s
+}
+
+// DNSMetrics is the embedded DNS server's counters.
+func (a *Agent) DNSMetrics() metrics.DNSSnapshot {
+	if a.dns == nil {
+		return metrics.DNSSnapshot{}
+	}
+	st := a.dns.Stats()
+	s := metrics.DNSSnapshot{
+		Resolvers: st.Attached, Records: st.Records, Upstreams: len(st.Upstreams), Inflight: st.Inflight,
+		Local: st.Local, NXDomain: st.NXDomain, Forwarded: st.Forwarded, ForwardFailed: st.ForwardFailed,
+		Refused: st.Refused, Malformed: st.Malformed, InflightRejected: st.InflightRejected,
+		UpstreamCount: st.UpstreamCount, UpstreamSum: st.UpstreamSum,
+	}
+	for _, b := range st.UpstreamBuckets {
+		s.UpstreamBuckets = append(s.UpstreamBuckets, metrics.LatencyBucket{Le: b.Le, Count: b.Count})
+	}
+	return s
+}
+
+// errNoCounters is returned by DatapathMetrics for a datapath without
+// counters; MetricsSources leaves the family out instead.
+var errNoCounters = errors.New("datapath has no counters")
+
+// DatapathMetrics reads the datapath's counters at scrape time.
+func (a *Agent) DatapathMetrics() (metrics.DatapathSnapshot, error) {
+	r, ok := a.dp.(datapath.MetricsReader)
+	if !ok {
+		return metrics.DatapathSnapshot{}, errNoCounters
+	}
+	m, err := r.Metrics()
+	if err != nil {
+		return metrics.DatapathSnapshot{}, err
+	}
+	s := metrics.DatapathSnapshot{Programs: m.Programs}
+	for _, c := range m.Counters {
+		s.Counters = append(s.Counters, metrics.DatapathCounter{
+			Direction: c.Direction, Verdict: c.Verdict, Reason: c.Reason, Packets: c.Packets, Bytes: c.Bytes,
+		})
+		if c.Reason == "nat-exhausted" {
+			s.NATAllocationFailures += c.Packets
+		}
+		if c.Reason == "ct-full" {
+			if s.MapFull == nil {
+				s.MapFull = map[string]uint64{}
+			}
+			s.MapFull["ct"] += c.Packets
+		}
+	}
+	if m.HasConntrack {
+		s.Conntrack = &metrics.TableUsage{Entries: m.ConntrackEntries, Capacity: m.ConntrackCapacity}
+	}
+	return s, nil
+}
+
+// MetricsSources are the agent's metric sources, for metrics.NewRegistry.
+// The datapath family is there only if the datapath has counters.
+func (a *Agent) MetricsSources(apiMetrics *metrics.APIMetrics) metrics.Sources {
+	s := metrics.Sources{Agent: a, API: apiMetrics}
+	if _, ok := a.dp.(datapath.MetricsReader); ok {
+		s.Datapath = a
+	}
+	if a.dns != nil {
+		s.DNS = a
+	}
+	return s
+}
