@@ -39,32 +39,33 @@ const (
 	VerdictDrop     = Verdict(endpointVerdictVERDICT_DROP)
 	VerdictRedirect = Verdict(endpointVerdictVERDICT_REDIRECT)
 
-	ReasonForward       = Reason(endpointReasonREASON_FORWARD)
-	ReasonARPReply      = Reason(endpointReasonREASON_ARP_REPLY)
-	ReasonToHost        = Reason(endpointReasonREASON_TO_HOST)
-	ReasonARPToHost     = Reason(endpointReasonREASON_ARP_TO_HOST)
-	ReasonNoEndpoint    = Reason(endpointReasonREASON_NO_ENDPOINT)
-	ReasonNoNetwork     = Reason(endpointReasonREASON_NO_NETWORK)
-	ReasonMalformed     = Reason(endpointReasonREASON_MALFORMED)
-	ReasonSpoofedMAC    = Reason(endpointReasonREASON_SPOOFED_MAC)
-	ReasonSpoofedIP     = Reason(endpointReasonREASON_SPOOFED_IP)
-	ReasonCrossNetwork  = Reason(endpointReasonREASON_CROSS_NETWORK)
-	ReasonARPIgnored    = Reason(endpointReasonREASON_ARP_IGNORED)
-	ReasonUnsupportedL3 = Reason(endpointReasonREASON_UNSUPPORTED_L3)
-	ReasonVLAN          = Reason(endpointReasonREASON_VLAN)
-	ReasonSNAT          = Reason(endpointReasonREASON_SNAT)
-	ReasonSNATReply     = Reason(endpointReasonREASON_SNAT_REPLY)
-	ReasonDNAT          = Reason(endpointReasonREASON_DNAT)
-	ReasonDNATReply     = Reason(endpointReasonREASON_DNAT_REPLY)
-	ReasonHairpin       = Reason(endpointReasonREASON_HAIRPIN)
-	ReasonNATExhausted  = Reason(endpointReasonREASON_NAT_EXHAUSTED)
-	ReasonCTFull        = Reason(endpointReasonREASON_CT_FULL)
-	ReasonNoOwner       = Reason(endpointReasonREASON_NO_OWNER)
-	ReasonFragment      = Reason(endpointReasonREASON_FRAGMENT)
-	ReasonSockRewrite   = Reason(endpointReasonREASON_SOCK_REWRITE)
-	ReasonInternal      = Reason(endpointReasonREASON_INTERNAL)
-	ReasonNotNAT        = Reason(endpointReasonREASON_NOT_NAT)
-	ReasonSockReply     = Reason(endpointReasonREASON_SOCK_REPLY)
+	ReasonForward        = Reason(endpointReasonREASON_FORWARD)
+	ReasonARPReply       = Reason(endpointReasonREASON_ARP_REPLY)
+	ReasonToHost         = Reason(endpointReasonREASON_TO_HOST)
+	ReasonARPToHost      = Reason(endpointReasonREASON_ARP_TO_HOST)
+	ReasonNoEndpoint     = Reason(endpointReasonREASON_NO_ENDPOINT)
+	ReasonNoNetwork      = Reason(endpointReasonREASON_NO_NETWORK)
+	ReasonMalformed      = Reason(endpointReasonREASON_MALFORMED)
+	ReasonSpoofedMAC     = Reason(endpointReasonREASON_SPOOFED_MAC)
+	ReasonSpoofedIP      = Reason(endpointReasonREASON_SPOOFED_IP)
+	ReasonCrossNetwork   = Reason(endpointReasonREASON_CROSS_NETWORK)
+	ReasonARPIgnored     = Reason(endpointReasonREASON_ARP_IGNORED)
+	ReasonUnsupportedL3  = Reason(endpointReasonREASON_UNSUPPORTED_L3)
+	ReasonVLAN           = Reason(endpointReasonREASON_VLAN)
+	ReasonSNAT           = Reason(endpointReasonREASON_SNAT)
+	ReasonSNATReply      = Reason(endpointReasonREASON_SNAT_REPLY)
+	ReasonDNAT           = Reason(endpointReasonREASON_DNAT)
+	ReasonDNATReply      = Reason(endpointReasonREASON_DNAT_REPLY)
+	ReasonHairpin        = Reason(endpointReasonREASON_HAIRPIN)
+	ReasonNATExhausted   = Reason(endpointReasonREASON_NAT_EXHAUSTED)
+	ReasonCTFull         = Reason(endpointReasonREASON_CT_FULL)
+	ReasonNoOwner        = Reason(endpointReasonREASON_NO_OWNER)
+	ReasonFragment       = Reason(endpointReasonREASON_FRAGMENT)
+	ReasonSockRewrite    = Reason(endpointReasonREASON_SOCK_REWRITE)
+	ReasonInternal       = Reason(endpointReasonREASON_INTERNAL)
+	ReasonNotNAT         = Reason(endpointReasonREASON_NOT_NAT)
+	ReasonNATUnsupported = Reason(endpointReasonREASON_NAT_UNSUPPORTED)
+	ReasonSockReply      = Reason(endpointReasonREASON_SOCK_REPLY)
 )
 
 var directionNames = map[Direction]string{
@@ -80,32 +81,33 @@ var directionNames = map[Direction]string{
 var verdictNames = map[Verdict]string{VerdictPass: "pass", VerdictDrop: "drop", VerdictRedirect: "redirect"}
 
 var reasonNames = map[Reason]string{
-	ReasonForward:       "forward",
-	ReasonARPReply:      "arp-reply",
-	ReasonToHost:        "to-host",
-	ReasonARPToHost:     "arp-to-host",
-	ReasonNoEndpoint:    "no-endpoint",
-	ReasonNoNetwork:     "no-network",
-	ReasonMalformed:     "malformed",
-	ReasonSpoofedMAC:    "spoofed-mac",
-	ReasonSpoofedIP:     "spoofed-ip",
-	ReasonCrossNetwork:  "cross-network",
-	ReasonARPIgnored:    "arp-ignored",
-	ReasonUnsupportedL3: "unsupported-l3",
-	ReasonVLAN:          "vlan",
-	ReasonSNAT:          "snat",
-	ReasonSNATReply:     "snat-reply",
-	ReasonDNAT:          "dnat",
-	ReasonDNATReply:     "dnat-reply",
-	ReasonHairpin:       "hairpin",
-	ReasonNATExhausted:  "nat-exhausted",
-	ReasonCTFull:        "ct-full",
-	ReasonNoOwner:       "no-owner",
-	ReasonFragment:      "fragment",
-	ReasonSockRewrite:   "sock-rewrite",
-	ReasonInternal:      "internal",
-	ReasonNotNAT:        "not-nat",
-	ReasonSockReply:     "sock-reply",
+	ReasonForward:        "forward",
+	ReasonARPReply:       "arp-reply",
+	ReasonToHost:         "to-host",
+	ReasonARPToHost:      "arp-to-host",
+	ReasonNoEndpoint:     "no-endpoint",
+	ReasonNoNetwork:      "no-network",
+	ReasonMalformed:      "malformed",
+	ReasonSpoofedMAC:     "spoofed-mac",
+	ReasonSpoofedIP:      "spoofed-ip",
+	ReasonCrossNetwork:   "cross-network",
+	ReasonARPIgnored:     "arp-ignored",
+	ReasonUnsupportedL3:  "unsupported-l3",
+	ReasonVLAN:           "vlan",
+	ReasonSNAT:           "snat",
+	ReasonSNATReply:      "snat-reply",
+	ReasonDNAT:           "dnat",
+	ReasonDNATReply:      "dnat-reply",
+	ReasonHairpin:        "hairpin",
+	ReasonNATExhausted:   "nat-exhausted",
+	ReasonCTFull:         "ct-full",
+	ReasonNoOwner:        "no-owner",
+	ReasonFragment:       "fragment",
+	ReasonSockRewrite:    "sock-rewrite",
+	ReasonInternal:       "internal",
+	ReasonNotNAT:         "not-nat",
+	ReasonNATUnsupported: "nat-unsupported",
+	ReasonSockReply:      "sock-reply",
 }
 
 func name[T ~uint32](names map[T]string, v T) string {

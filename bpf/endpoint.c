@@ -12,11 +12,17 @@
  *     (isolation);
  *   - hands IPv4 for a local endpoint of the same network straight to that
  *     endpoint's sandbox with bpf_redirect_peer;
- *   - passes everything else for IPv4 to the host stack (routing, later NAT).
+ *   - translates connections to a published port of this host (hairpin)
+ *     and their replies, and hands them straight to the other endpoint,
+ *     whatever its network: a published port is reachable from every
+ *     network, as through the host;
+ *   - passes everything else for IPv4 to the host stack (routing, and
+ *     masquerade on the uplink, see uplink.c).
  *
  * Every path ends in exactly one counted verdict (see fabric.h for the
- * reasons). Nothing in here reads past the IPv4 header, so options and
- * fragments need no special case: the addresses are at fixed offsets.
+ * reasons). Only the NAT reads past the IPv4 header (nat.h); forwarding
+ * and isolation need the addresses alone, at fixed offsets, so options and
+ * fragments need no special case there.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -27,6 +33,7 @@
 #include <bpf/bpf_helpers.h>
 
 #include "fabric.h"
+#include "nat.h"
 
 char __license[] SEC("license") = "GPL";
 
@@ -61,19 +68,6 @@ static __always_inline int done(struct __sk_buff *skb, int ret, enum reason reas
 		verdict = VERDICT_REDIRECT;
 	count(skb, DIR_FROM_ENDPOINT, verdict, reason);
 	return ret;
-}
-
-/* linear makes the first n bytes directly readable. A veth can hand us a
- * non-linear skb whose headers are partly in fragments; pulling fixes that.
- * Returns 0 if the packet is shorter than n. Packet pointers are invalid
- * after a call: the caller reloads and re-checks them. */
-static __always_inline int linear(struct __sk_buff *skb, __u32 n)
-{
-	if ((void *)(long)skb->data + n <= (void *)(long)skb->data_end)
-		return 1;
-	if (n > skb->len)
-		return 0;
-	return bpf_skb_pull_data(skb, n) == 0;
 }
 
 static __always_inline __be32 load_be32(const __u8 *p)
@@ -159,6 +153,188 @@ static __always_inline int from_endpoint_arp(struct __sk_buff *skb, const struct
 	return done(skb, bpf_redirect(ifindex, 0), REASON_ARP_REPLY);
 }
 
+/* deliver_peer hands a translated packet to a local endpoint's sandbox,
+ * from that endpoint's router, as a same-network forward would. */
+static __always_inline int deliver_peer(struct __sk_buff *skb, const struct endpoint *dst, enum reason reason)
+{
+	struct network *dnet = bpf_map_lookup_elem(&networks, &dst->network_id);
+
+	if (!dnet)
+		return done(skb, TC_ACT_SHOT, REASON_NO_NETWORK);
+	if (set_macs(skb, dst->mac, dnet->router_mac))
+		return done(skb, TC_ACT_SHOT, REASON_MALFORMED);
+	return done(skb, bpf_redirect_peer(dst->ifindex, 0), reason);
+}
+
+static __always_inline int deliver_translated(struct __sk_buff *skb, const struct pkt *p, int status,
+					      const struct tuple *t, __be32 outer_saddr, __be32 outer_daddr,
+					      const struct endpoint *dst, enum reason reason)
+{
+	if (tc_translate(skb, p, status, t, outer_saddr, outer_daddr))
+		return done(skb, TC_ACT_SHOT, REASON_MALFORMED);
+	return deliver_peer(skb, dst, reason);
+}
+
+static __always_inline enum reason hairpin_reason(__u8 reply)
+{
+	return reply ? REASON_DNAT_REPLY : REASON_HAIRPIN;
+}
+
+/* hairpin_new starts a connection from ep to the published port pt: to
+ * the target endpoint directly, with the source left as it is so the
+ * target sees its real client. Only a sandbox talking to itself through
+ * its own published port gets its gateway as the source: its own address
+ * coming in from outside would be a martian to it. */
+static __always_inline int hairpin_new(struct __sk_buff *skb, const struct endpoint *ep, const struct network *net,
+				       const struct pkt *p, const struct ct_key *ok, const struct port_target *pt,
+				       __u64 now, int *ret)
+{
+	struct ct_entry ov = {}, rv = {};
+	struct ct_key rk = {};
+	struct endpoint *dst;
+	struct network *dnet;
+	struct tuple t;
+	__be32 client;
+
+	dst = bpf_map_lookup_elem(&endpoint_by_ip, &pt->addr);
+	if (!dst)
+		return 0; /* not here: the host stack answers, as for a closed port */
+	dnet = bpf_map_lookup_elem(&networks, &dst->network_id);
+	if (!dnet)
+		return 0;
+	if ((net->flags | dnet->flags) & NETWORK_F_INTERNAL) {
+		*ret = done(skb, TC_ACT_SHOT, REASON_INTERNAL);
+		return 1;
+	}
+	client = dst->ipv4 == ep->ipv4 ? dnet->gateway : p->saddr;
+
+	ov.last_seen = now;
+	ov.saddr = client;
+	ov.daddr = pt->addr;
+	ov.sport = p->sport;
+	ov.dport = pt->port;
+	ov.kind = CT_KIND_HAIRPIN;
+	ov.rev_dir = CT_DIR_OUT;
+	rk.saddr = pt->addr;
+	rk.daddr = client;
+	rk.sport = pt->port;
+	rk.dport = p->sport;
+	rk.proto = p->proto;
+	rk.dir = CT_DIR_OUT;
+	rv.last_seen = now;
+	rv.saddr = p->daddr;
+	rv.daddr = p->saddr;
+	rv.sport = p->dport;
+	rv.dport = p->sport;
+	rv.kind = CT_KIND_HAIRPIN;
+	rv.reply = 1;
+	rv.rev_dir = CT_DIR_OUT;
+	if (ct_create(ok, &ov, &rk, &rv, now)) {
+		*ret = done(skb, TC_ACT_SHOT, REASON_CT_FULL);
+		return 1;
+	}
+	if (p->first_frag)
+		frag_record(p, CT_DIR_OUT, ov.saddr, ov.daddr, CT_KIND_HAIRPIN, 0, now);
+	tuple_of(&t, &ov);
+	*ret = deliver_translated(skb, p, PKT_TUPLE, &t, 0, 0, dst, REASON_HAIRPIN);
+	return 1;
+}
+
+/* endpoint_nat takes what the sandbox sends on a hairpin connection (to a
+ * published port of this host, or a reply on one) and delivers it
+ * translated; conntrack-known flows skip the isolation check, since the
+ * published port is what joined the networks. Masquerade and replies to
+ * remote clients of published ports are the uplink's (to_uplink): the host
+ * must route them first, and a reply with the host's address as its
+ * source would be a martian to the host's routing. Returns 1 with *ret set
+ * if it took the packet, 0 to go on without NAT. Invalidates packet
+ * pointers either way. */
+static __always_inline int endpoint_nat(struct __sk_buff *skb, const struct endpoint *ep, const struct network *net,
+					int *ret)
+{
+	struct port_target *pt;
+	struct frag_entry *f;
+	struct endpoint *dst;
+	struct ct_entry *e;
+	struct ct_key k = {};
+	struct pkt p = {};
+	struct tuple t;
+	void *data, *data_end;
+	__u64 now;
+	int st;
+
+	if (!tc_pull_headers(skb))
+		return 0;
+	data = skb_data(skb);
+	data_end = skb_data_end(skb);
+	st = parse_ipv4(data, data_end, skb->len, &p);
+	if (st != PKT_TUPLE && st != PKT_FRAGMENT && st != PKT_ICMP_ERROR)
+		return 0;
+	now = bpf_ktime_get_ns();
+
+	if (st == PKT_FRAGMENT) {
+		f = frag_lookup(&p, CT_DIR_OUT, now);
+		if (!f || f->kind != CT_KIND_HAIRPIN)
+			return 0;
+		dst = bpf_map_lookup_elem(&endpoint_by_ip, &f->daddr);
+		if (!dst)
+			return 0;
+		t.saddr = f->saddr;
+		t.daddr = f->daddr;
+		t.sport = 0;
+		t.dport = 0;
+		*ret = deliver_translated(skb, &p, st, &t, 0, 0, dst, hairpin_reason(f->reply));
+		return 1;
+	}
+
+	if (st == PKT_ICMP_ERROR) {
+		/* An error about a hairpin packet the sandbox received: the
+		 * reverse of the quoted tuple is its own entry, and the error
+		 * goes to the other end, which must see what it sent. */
+		k.saddr = p.inner_daddr;
+		k.daddr = p.inner_saddr;
+		k.sport = p.inner_dport;
+		k.dport = p.inner_sport;
+		k.proto = p.inner_proto;
+		k.dir = CT_DIR_OUT;
+		e = ct_lookup(&k, now);
+		if (!e || e->kind != CT_KIND_HAIRPIN || p.daddr != p.inner_saddr)
+			return 0;
+		dst = bpf_map_lookup_elem(&endpoint_by_ip, &e->daddr);
+		if (!dst)
+			return 0;
+		t.saddr = e->daddr;
+		t.daddr = e->saddr;
+		t.sport = e->dport;
+		t.dport = e->sport;
+		*ret = deliver_translated(skb, &p, st, &t, p.saddr == p.inner_daddr ? e->saddr : p.saddr, e->daddr,
+					  dst, hairpin_reason(e->reply));
+		return 1;
+	}
+
+	ct_key_of(&k, &p, CT_DIR_OUT);
+	e = ct_lookup(&k, now);
+	if (e) {
+		if (e->kind != CT_KIND_HAIRPIN)
+			return 0;
+		dst = bpf_map_lookup_elem(&endpoint_by_ip, &e->daddr);
+		if (!dst)
+			return 0; /* the other end is gone: let the host answer */
+		ct_refresh(&k, e, &p, now);
+		if (p.first_frag)
+			frag_record(&p, CT_DIR_OUT, e->saddr, e->daddr, e->kind, e->reply, now);
+		tuple_of(&t, e);
+		*ret = deliver_translated(skb, &p, st, &t, 0, 0, dst, hairpin_reason(e->reply));
+		return 1;
+	}
+	if (p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP)
+		return 0;
+	pt = lookup_port(p.proto, p.daddr, p.dport);
+	if (!pt)
+		return 0;
+	return hairpin_new(skb, ep, net, &p, &k, pt, now, ret);
+}
+
 static __always_inline int from_endpoint_ipv4(struct __sk_buff *skb, const struct endpoint *ep,
 					      const struct network *net)
 {
@@ -169,6 +345,7 @@ static __always_inline int from_endpoint_ipv4(struct __sk_buff *skb, const struc
 	struct endpoint *dst;
 	__u32 hlen, tot;
 	__be32 daddr;
+	int ret;
 
 	if (!linear(skb, need))
 		return done(skb, TC_ACT_SHOT, REASON_MALFORMED);
@@ -190,6 +367,15 @@ static __always_inline int from_endpoint_ipv4(struct __sk_buff *skb, const struc
 		return done(skb, TC_ACT_SHOT, REASON_MALFORMED);
 	if (ip->saddr != ep->ipv4)
 		return done(skb, TC_ACT_SHOT, REASON_SPOOFED_IP);
+
+	if (endpoint_nat(skb, ep, net, &ret))
+		return ret;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	if (data + need > data_end)
+		return done(skb, TC_ACT_SHOT, REASON_MALFORMED);
+	eth = data;
+	ip = data + sizeof(*eth);
 
 	daddr = ip->daddr;
 	dst = bpf_map_lookup_elem(&endpoint_by_ip, &daddr);

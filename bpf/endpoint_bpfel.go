@@ -19,6 +19,45 @@ type endpointCounter struct {
 	Bytes   uint64
 }
 
+type endpointCtDir uint32
+
+const (
+	endpointCtDirCT_DIR_OUT endpointCtDir = 0
+	endpointCtDirCT_DIR_IN  endpointCtDir = 1
+)
+
+type endpointCtEntry struct {
+	_        structs.HostLayout
+	LastSeen uint64
+	Saddr    uint32
+	Daddr    uint32
+	Sport    uint16
+	Dport    uint16
+	Kind     uint8
+	Flags    uint8
+	Reply    uint8
+	RevDir   uint8
+}
+
+type endpointCtKey struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Sport uint16
+	Dport uint16
+	Proto uint8
+	Dir   uint8
+	Pad   uint16
+}
+
+type endpointCtKind uint32
+
+const (
+	endpointCtKindCT_KIND_SNAT    endpointCtKind = 1
+	endpointCtKindCT_KIND_DNAT    endpointCtKind = 2
+	endpointCtKindCT_KIND_HAIRPIN endpointCtKind = 3
+)
+
 type endpointDirection uint32
 
 const (
@@ -38,6 +77,26 @@ type endpointEndpoint struct {
 	Mac       [6]uint8
 	Pad       uint16
 	NetworkId uint32
+}
+
+type endpointFragEntry struct {
+	_        structs.HostLayout
+	LastSeen uint64
+	Saddr    uint32
+	Daddr    uint32
+	Kind     uint8
+	Reply    uint8
+	Pad      uint16
+	Pad2     uint32
+}
+
+type endpointFragKey struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Id    uint16
+	Proto uint8
+	Dir   uint8
 }
 
 type endpointHostConfig struct {
@@ -77,33 +136,40 @@ type endpointPortTarget struct {
 type endpointReason uint32
 
 const (
-	endpointReasonREASON_FORWARD        endpointReason = 0
-	endpointReasonREASON_ARP_REPLY      endpointReason = 1
-	endpointReasonREASON_TO_HOST        endpointReason = 2
-	endpointReasonREASON_ARP_TO_HOST    endpointReason = 3
-	endpointReasonREASON_NO_ENDPOINT    endpointReason = 4
-	endpointReasonREASON_NO_NETWORK     endpointReason = 5
-	endpointReasonREASON_MALFORMED      endpointReason = 6
-	endpointReasonREASON_SPOOFED_MAC    endpointReason = 7
-	endpointReasonREASON_SPOOFED_IP     endpointReason = 8
-	endpointReasonREASON_CROSS_NETWORK  endpointReason = 9
-	endpointReasonREASON_ARP_IGNORED    endpointReason = 10
-	endpointReasonREASON_UNSUPPORTED_L3 endpointReason = 11
-	endpointReasonREASON_VLAN           endpointReason = 12
-	endpointReasonREASON_SNAT           endpointReason = 13
-	endpointReasonREASON_SNAT_REPLY     endpointReason = 14
-	endpointReasonREASON_DNAT           endpointReason = 15
-	endpointReasonREASON_DNAT_REPLY     endpointReason = 16
-	endpointReasonREASON_HAIRPIN        endpointReason = 17
-	endpointReasonREASON_NAT_EXHAUSTED  endpointReason = 18
-	endpointReasonREASON_CT_FULL        endpointReason = 19
-	endpointReasonREASON_NO_OWNER       endpointReason = 20
-	endpointReasonREASON_FRAGMENT       endpointReason = 21
-	endpointReasonREASON_SOCK_REWRITE   endpointReason = 22
-	endpointReasonREASON_INTERNAL       endpointReason = 23
-	endpointReasonREASON_NOT_NAT        endpointReason = 24
-	endpointReasonREASON_SOCK_REPLY     endpointReason = 28
+	endpointReasonREASON_FORWARD         endpointReason = 0
+	endpointReasonREASON_ARP_REPLY       endpointReason = 1
+	endpointReasonREASON_TO_HOST         endpointReason = 2
+	endpointReasonREASON_ARP_TO_HOST     endpointReason = 3
+	endpointReasonREASON_NO_ENDPOINT     endpointReason = 4
+	endpointReasonREASON_NO_NETWORK      endpointReason = 5
+	endpointReasonREASON_MALFORMED       endpointReason = 6
+	endpointReasonREASON_SPOOFED_MAC     endpointReason = 7
+	endpointReasonREASON_SPOOFED_IP      endpointReason = 8
+	endpointReasonREASON_CROSS_NETWORK   endpointReason = 9
+	endpointReasonREASON_ARP_IGNORED     endpointReason = 10
+	endpointReasonREASON_UNSUPPORTED_L3  endpointReason = 11
+	endpointReasonREASON_VLAN            endpointReason = 12
+	endpointReasonREASON_SNAT            endpointReason = 13
+	endpointReasonREASON_SNAT_REPLY      endpointReason = 14
+	endpointReasonREASON_DNAT            endpointReason = 15
+	endpointReasonREASON_DNAT_REPLY      endpointReason = 16
+	endpointReasonREASON_HAIRPIN         endpointReason = 17
+	endpointReasonREASON_NAT_EXHAUSTED   endpointReason = 18
+	endpointReasonREASON_CT_FULL         endpointReason = 19
+	endpointReasonREASON_NO_OWNER        endpointReason = 20
+	endpointReasonREASON_FRAGMENT        endpointReason = 21
+	endpointReasonREASON_SOCK_REWRITE    endpointReason = 22
+	endpointReasonREASON_INTERNAL        endpointReason = 23
+	endpointReasonREASON_NOT_NAT         endpointReason = 24
+	endpointReasonREASON_NAT_UNSUPPORTED endpointReason = 25
+	endpointReasonREASON_SOCK_REPLY      endpointReason = 28
 )
+
+type endpointSubnetKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      uint32
+}
 
 type endpointVerdict uint32
 
@@ -118,12 +184,15 @@ const (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	endpointMapCounters      = "counters"
+	endpointMapCt            = "ct"
+	endpointMapCtFrag        = "ct_frag"
 	endpointMapEndpointByIp  = "endpoint_by_ip"
 	endpointMapEndpoints     = "endpoints"
 	endpointMapHostAddrs     = "host_addrs"
 	endpointMapHostConfig    = "host_config"
 	endpointMapNetworks      = "networks"
 	endpointMapPorts         = "ports"
+	endpointMapSubnets       = "subnets"
 	endpointProgFromEndpoint = "from_endpoint"
 )
 
@@ -177,12 +246,15 @@ type endpointProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type endpointMapSpecs struct {
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
+	Ct           *ebpf.MapSpec `ebpf:"ct"`
+	CtFrag       *ebpf.MapSpec `ebpf:"ct_frag"`
 	EndpointByIp *ebpf.MapSpec `ebpf:"endpoint_by_ip"`
 	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
 	HostAddrs    *ebpf.MapSpec `ebpf:"host_addrs"`
 	HostConfig   *ebpf.MapSpec `ebpf:"host_config"`
 	Networks     *ebpf.MapSpec `ebpf:"networks"`
 	Ports        *ebpf.MapSpec `ebpf:"ports"`
+	Subnets      *ebpf.MapSpec `ebpf:"subnets"`
 }
 
 // endpointVariableSpecs contains global variables before they are loaded into the kernel.
@@ -212,23 +284,29 @@ func (o *endpointObjects) Close() error {
 // It can be passed to loadEndpointObjects or ebpf.CollectionSpec.LoadAndAssign.
 type endpointMaps struct {
 	Counters     *ebpf.Map `ebpf:"counters"`
+	Ct           *ebpf.Map `ebpf:"ct"`
+	CtFrag       *ebpf.Map `ebpf:"ct_frag"`
 	EndpointByIp *ebpf.Map `ebpf:"endpoint_by_ip"`
 	Endpoints    *ebpf.Map `ebpf:"endpoints"`
 	HostAddrs    *ebpf.Map `ebpf:"host_addrs"`
 	HostConfig   *ebpf.Map `ebpf:"host_config"`
 	Networks     *ebpf.Map `ebpf:"networks"`
 	Ports        *ebpf.Map `ebpf:"ports"`
+	Subnets      *ebpf.Map `ebpf:"subnets"`
 }
 
 func (m *endpointMaps) Close() error {
 	return _EndpointClose(
 		m.Counters,
+		m.Ct,
+		m.CtFrag,
 		m.EndpointByIp,
 		m.Endpoints,
 		m.HostAddrs,
 		m.HostConfig,
 		m.Networks,
 		m.Ports,
+		m.Subnets,
 	)
 }
 

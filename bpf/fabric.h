@@ -12,6 +12,9 @@
  *   host_addrs      HASH  __be32 host address     -> __u32 (1)
  *   host_config     ARRAY 0                       -> struct host_config
  *   counters        PERCPU_ARRAY counter_index()  -> struct counter
+ *   subnets         LPM_TRIE struct subnet_key    -> __u32 network id
+ *   ct              LRU_HASH struct ct_key        -> struct ct_entry
+ *   ct_frag         LRU_HASH struct frag_key      -> struct frag_entry
  *
  * Both endpoint maps hold the same value: `endpoints` answers "who is
  * sending on this veth?", `endpoint_by_ip` answers "where does this address
@@ -23,6 +26,43 @@
  * A sandbox on networks A and B has one endpoint (one veth, one address)
  * per network, so isolation is one comparison: forward only if the sending
  * endpoint's network equals the receiving endpoint's network.
+ *
+ * Connection tracking (NAT)
+ *
+ * `ct` holds two entries per translated connection, one per direction of
+ * travel. A key is the tuple of a packet as a program sees it before
+ * translation plus the side it came from: CT_DIR_OUT for packets sent by a
+ * local endpoint (seen by from_endpoint and to_uplink), CT_DIR_IN for
+ * packets that arrived through the uplink (xdp_uplink, from_uplink). The
+ * side keeps a packet from the uplink that claims an endpoint's address
+ * from ever matching an entry made for that endpoint's own packets. The
+ * value is the tuple the packet leaves with, so translating is "make the
+ * header say this". ICMP echo uses the identifier as a port: sport for
+ * requests, dport for replies, the other one 0, so that a reply's tuple is
+ * the reverse of its request's as with TCP and UDP.
+ *
+ *   kind     original direction (reply=0)       reply direction (reply=1)
+ *   SNAT     OUT ep:p  -> X:q  => snat:p' -> X:q  IN  X:q -> snat:p' => X:q -> ep:p
+ *   DNAT     IN  C:c -> H:h    => C:c -> E:e      OUT E:e -> C:c      => H:h -> C:c
+ *   HAIRPIN  OUT A:a -> H:h    => A':a -> E:e     OUT E:e -> A':a     => H:h -> A:a
+ *
+ * (masquerade to the uplink address; a published port H:h from outside;
+ * the same from a local endpoint A, where A' is A, or A's gateway when A is
+ * E itself.) The reply entry's key is the reverse of the original entry's
+ * value and the other way round; both carry the same state flags and
+ * last_seen, refreshed together at most once per CT_REFRESH_NS. An entry
+ * older than its timeout (see ct_timeout in nat.h: TCP 60 s until the
+ * reply direction is seen, then 6 h, 120 s after one FIN, 10 s after FINs
+ * both ways or a RST; UDP 60 s / 120 s; ICMP 30 s) counts as absent and its
+ * tuple may be taken again; LRU eviction is the only deletion the programs
+ * need.
+ *
+ * `ct_frag` lets the fragments after the first follow it: translating a
+ * first fragment records (addresses, IP id, protocol, side) -> the new
+ * addresses; later fragments carry no ports and need only those.
+ *
+ * `subnets` maps every network's subnet to its id, so that the uplink
+ * programs can tell a fabric address from any other by its prefix.
  */
 #ifndef FABRIC_H
 #define FABRIC_H
@@ -87,7 +127,8 @@ enum reason {
 	REASON_SOCK_REWRITE = 22,  /* host socket sent straight to a published port's endpoint */
 	REASON_INTERNAL = 23,      /* leaving or entering an --internal network */
 	REASON_NOT_NAT = 24,       /* passed untouched: not a fabric flow */
-	/* 25-27: free for NAT/uplink */
+	REASON_NAT_UNSUPPORTED = 25, /* from an endpoint, needs masquerade, but not TCP/UDP/ICMP echo with a whole header */
+	/* 26-27: free for NAT/uplink */
 	REASON_SOCK_REPLY = 28,    /* reply or peer of a rewritten host socket shown as the published address */
 	/* 29-31: free for socket hooks */
 };
@@ -145,6 +186,71 @@ struct counter {
 	__u64 bytes;
 };
 
+/* Key of `subnets`: prefixlen first, as LPM_TRIE requires. */
+struct subnet_key {
+	__u32 prefixlen;
+	__be32 addr;
+};
+
+/* Which side a packet came from (struct ct_key.dir, struct frag_key.dir). */
+enum ct_dir {
+	CT_DIR_OUT = 0, /* sent by a local endpoint */
+	CT_DIR_IN = 1,  /* arrived through the uplink */
+};
+
+/* What made a connection (struct ct_entry.kind). */
+enum ct_kind {
+	CT_KIND_SNAT = 1,    /* masquerade of an endpoint's connection to the outside */
+	CT_KIND_DNAT = 2,    /* a published port, reached from outside */
+	CT_KIND_HAIRPIN = 3, /* a published port, reached from a local endpoint */
+};
+
+/* struct ct_entry.flags: the connection's state, the same in both entries. */
+#define CT_F_REPLIED 1   /* a packet went the reply direction */
+#define CT_F_FIN_ORIG 2  /* TCP FIN in the original direction */
+#define CT_F_FIN_REPLY 4 /* TCP FIN in the reply direction */
+#define CT_F_RST 8       /* TCP RST either way */
+
+struct ct_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport; /* TCP/UDP port; ICMP echo: id in requests, else 0 */
+	__be16 dport; /* TCP/UDP port; ICMP echo: id in replies, else 0 */
+	__u8 proto;
+	__u8 dir;     /* enum ct_dir */
+	__u16 pad;    /* must be zero */
+};
+
+struct ct_entry {
+	__u64 last_seen; /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the last refresh */
+	__be32 saddr;    /* the tuple the packet leaves with */
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 kind;       /* enum ct_kind */
+	__u8 flags;      /* CT_F_* */
+	__u8 reply;      /* 1: this entry is the reply direction's */
+	__u8 rev_dir;    /* dir of the other entry's key */
+};
+
+struct frag_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 id;    /* IPv4 identification */
+	__u8 proto;
+	__u8 dir;     /* enum ct_dir */
+};
+
+struct frag_entry {
+	__u64 last_seen; /* of the first fragment; the entry is good for CT_FRAG_TIMEOUT */
+	__be32 saddr;    /* the addresses the fragments leave with */
+	__be32 daddr;
+	__u8 kind;       /* enum ct_kind of the connection */
+	__u8 reply;      /* direction within it, as struct ct_entry.reply */
+	__u16 pad;
+	__u32 pad2;
+};
+
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -199,6 +305,39 @@ struct {
 	__type(key, __u32);
 	__type(value, struct counter);
 } counters SEC(".maps");
+
+#define MAX_CT 262144
+#define MAX_CT_FRAG 8192
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MAX_NETWORKS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct subnet_key);
+	__type(value, __u32);
+} subnets SEC(".maps");
+
+/* LRU: a full table evicts the least recently used connection instead of
+ * refusing new ones; which is also why nothing has to delete entries. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_CT);
+	__type(key, struct ct_key);
+	__type(value, struct ct_entry);
+} ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_CT_FRAG);
+	__type(key, struct frag_key);
+	__type(value, struct frag_entry);
+} ct_frag SEC(".maps");
+
+/* Never called: puts the conntrack enums into BTF, as bpf2go_enums below. */
+__attribute__((used)) static int bpf2go_ct_enums(enum ct_dir d, enum ct_kind k)
+{
+	return d + k;
+}
 
 /* Never called. The enums are only used as constants, which leaves them out
  * of BTF; this signature puts them in, so that bpf2go generates their Go

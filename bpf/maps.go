@@ -103,8 +103,22 @@ func (o *Objects) PutNetwork(n Network) error {
 	if err != nil {
 		return err
 	}
+	old, hadOld, err := o.network(n.ID)
+	if err != nil {
+		return err
+	}
 	if err := o.objs.Networks.Put(uint32(n.ID), v); err != nil {
 		return fmt.Errorf("put network %d: %w", n.ID, err)
+	}
+	// The subnet index after the network, so that a prefix found there
+	// always leads to a network.
+	if err := o.objs.Subnets.Put(subnetKey(n.Subnet), uint32(n.ID)); err != nil {
+		return fmt.Errorf("put network %d: index subnet %s: %w", n.ID, n.Subnet, err)
+	}
+	if hadOld && old.Subnet.Masked() != n.Subnet.Masked() {
+		if err := o.deleteSubnet(old.Subnet, n.ID); err != nil {
+			return fmt.Errorf("put network %d: %w", n.ID, err)
+		}
 	}
 	return nil
 }
@@ -112,8 +126,40 @@ func (o *Objects) PutNetwork(n Network) error {
 // DeleteNetwork removes a network; a missing one is not an error. Endpoints
 // still on it drop everything they send until it is put back.
 func (o *Objects) DeleteNetwork(id NetID) error {
+	old, hadOld, err := o.network(id)
+	if err != nil {
+		return err
+	}
+	if hadOld {
+		if err := o.deleteSubnet(old.Subnet, id); err != nil {
+			return fmt.Errorf("delete network %d: %w", id, err)
+		}
+	}
 	if err := o.objs.Networks.Delete(uint32(id)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("delete network %d: %w", id, err)
+	}
+	return nil
+}
+
+// subnetKey is a network's prefix as the `subnets` LPM trie keys it.
+func subnetKey(p netip.Prefix) endpointSubnetKey {
+	return endpointSubnetKey{Prefixlen: uint32(p.Bits()), Addr: be32(p.Masked().Addr())}
+}
+
+// deleteSubnet removes p from the subnet index if it still leads to id: a
+// network that took the same prefix over keeps it.
+func (o *Objects) deleteSubnet(p netip.Prefix, id NetID) error {
+	k := subnetKey(p)
+	var holder uint32
+	err := o.objs.Subnets.Lookup(k, &holder)
+	if errors.Is(err, ebpf.ErrKeyNotExist) || (err == nil && holder != uint32(id)) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("look up subnet %s: %w", p, err)
+	}
+	if err := o.objs.Subnets.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete subnet %s: %w", p, err)
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 
 	"github.com/cilium/ebpf"
 )
@@ -56,7 +57,33 @@ func (o *Objects) sharedMaps() map[string]*ebpf.Map {
 		"ports":          o.objs.Ports,
 		"host_addrs":     o.objs.HostAddrs,
 		"host_config":    o.objs.HostConfig,
+		"subnets":        o.objs.Subnets,
+		"ct":             o.objs.Ct,
+		"ct_frag":        o.objs.CtFrag,
 	}
+}
+
+// sharedOptions is opts (nil: none) with the shared maps as replacements,
+// for loading another object (uplink, socket hooks) onto o's maps. The
+// caller's options are copied, not changed; a replacement of its own for a
+// shared map would split that map between programs and is refused.
+func (o *Objects) sharedOptions(opts *ebpf.CollectionOptions) (*ebpf.CollectionOptions, error) {
+	var out ebpf.CollectionOptions
+	if opts != nil {
+		out = *opts
+	}
+	repl := maps.Clone(out.MapReplacements)
+	if repl == nil {
+		repl = make(map[string]*ebpf.Map)
+	}
+	for name, m := range o.sharedMaps() {
+		if r, ok := repl[name]; ok && r != m {
+			return nil, fmt.Errorf("map replacement %q would split the shared map from the endpoint program's: %w", name, ErrInvalid)
+		}
+		repl[name] = m
+	}
+	out.MapReplacements = repl
+	return &out, nil
 }
 
 // FromEndpoint is the tc program for the ingress of an endpoint's host-side
@@ -68,7 +95,7 @@ func (o *Objects) Close() error {
 	var errs []error
 	for _, c := range []io.Closer{
 		o.objs.FromEndpoint, o.objs.Endpoints, o.objs.EndpointByIp, o.objs.Networks, o.objs.Counters,
-		o.objs.Ports, o.objs.HostAddrs, o.objs.HostConfig,
+		o.objs.Ports, o.objs.HostAddrs, o.objs.HostConfig, o.objs.Subnets, o.objs.Ct, o.objs.CtFrag,
 	} {
 		if err := c.Close(); err != nil {
 			errs = append(errs, err)

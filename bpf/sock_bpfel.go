@@ -19,6 +19,30 @@ type sockCounter struct {
 	Bytes   uint64
 }
 
+type sockCtEntry struct {
+	_        structs.HostLayout
+	LastSeen uint64
+	Saddr    uint32
+	Daddr    uint32
+	Sport    uint16
+	Dport    uint16
+	Kind     uint8
+	Flags    uint8
+	Reply    uint8
+	RevDir   uint8
+}
+
+type sockCtKey struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Sport uint16
+	Dport uint16
+	Proto uint8
+	Dir   uint8
+	Pad   uint16
+}
+
 type sockEndpoint struct {
 	_         structs.HostLayout
 	Ifindex   uint32
@@ -26,6 +50,26 @@ type sockEndpoint struct {
 	Mac       [6]uint8
 	Pad       uint16
 	NetworkId uint32
+}
+
+type sockFragEntry struct {
+	_        structs.HostLayout
+	LastSeen uint64
+	Saddr    uint32
+	Daddr    uint32
+	Kind     uint8
+	Reply    uint8
+	Pad      uint16
+	Pad2     uint32
+}
+
+type sockFragKey struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Id    uint16
+	Proto uint8
+	Dir   uint8
 }
 
 type sockHostConfig struct {
@@ -77,11 +121,19 @@ type sockSockRevValue struct {
 	Pad  uint16
 }
 
+type sockSubnetKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	sockMapCounters          = "counters"
+	sockMapCt                = "ct"
+	sockMapCtFrag            = "ct_frag"
 	sockMapEndpointByIp      = "endpoint_by_ip"
 	sockMapEndpoints         = "endpoints"
 	sockMapHostAddrs         = "host_addrs"
@@ -89,6 +141,7 @@ const (
 	sockMapNetworks          = "networks"
 	sockMapPorts             = "ports"
 	sockMapSockReverse       = "sock_reverse"
+	sockMapSubnets           = "subnets"
 	sockProgSockConnect4     = "sock_connect4"
 	sockProgSockGetpeername4 = "sock_getpeername4"
 	sockProgSockRecvmsg4     = "sock_recvmsg4"
@@ -150,6 +203,8 @@ type sockProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockMapSpecs struct {
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
+	Ct           *ebpf.MapSpec `ebpf:"ct"`
+	CtFrag       *ebpf.MapSpec `ebpf:"ct_frag"`
 	EndpointByIp *ebpf.MapSpec `ebpf:"endpoint_by_ip"`
 	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
 	HostAddrs    *ebpf.MapSpec `ebpf:"host_addrs"`
@@ -157,6 +212,7 @@ type sockMapSpecs struct {
 	Networks     *ebpf.MapSpec `ebpf:"networks"`
 	Ports        *ebpf.MapSpec `ebpf:"ports"`
 	SockReverse  *ebpf.MapSpec `ebpf:"sock_reverse"`
+	Subnets      *ebpf.MapSpec `ebpf:"subnets"`
 }
 
 // sockVariableSpecs contains global variables before they are loaded into the kernel.
@@ -186,6 +242,8 @@ func (o *sockObjects) Close() error {
 // It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockMaps struct {
 	Counters     *ebpf.Map `ebpf:"counters"`
+	Ct           *ebpf.Map `ebpf:"ct"`
+	CtFrag       *ebpf.Map `ebpf:"ct_frag"`
 	EndpointByIp *ebpf.Map `ebpf:"endpoint_by_ip"`
 	Endpoints    *ebpf.Map `ebpf:"endpoints"`
 	HostAddrs    *ebpf.Map `ebpf:"host_addrs"`
@@ -193,11 +251,14 @@ type sockMaps struct {
 	Networks     *ebpf.Map `ebpf:"networks"`
 	Ports        *ebpf.Map `ebpf:"ports"`
 	SockReverse  *ebpf.Map `ebpf:"sock_reverse"`
+	Subnets      *ebpf.Map `ebpf:"subnets"`
 }
 
 func (m *sockMaps) Close() error {
 	return _SockClose(
 		m.Counters,
+		m.Ct,
+		m.CtFrag,
 		m.EndpointByIp,
 		m.Endpoints,
 		m.HostAddrs,
@@ -205,6 +266,7 @@ func (m *sockMaps) Close() error {
 		m.Networks,
 		m.Ports,
 		m.SockReverse,
+		m.Subnets,
 	)
 }
 

@@ -95,7 +95,9 @@ type Forwarder struct {
 	nl     *netlink.Handle
 	objs   *bpf.Objects
 	sock   *bpf.Sock // nil if the socket hooks could not be attached
-	cgroup string    // where the socket hooks are attached
+	up     *bpf.Uplink
+	xdp    string // what --xdp resulted in, for status
+	cgroup string // where the socket hooks are attached
 	uplink uplinkInfo
 	hasUp  bool // an uplink was found
 
@@ -178,6 +180,9 @@ func NewForwarder(log *slog.Logger, opts Options) (_ *Forwarder, err error) {
 	}
 	if err := f.setHostConfig(f.uplink); err != nil {
 		return nil, err
+	}
+	if err := f.attachUplink(); err != nil {
+		return nil, fmt.Errorf("%w: uplink programs: %v", ErrUnsupported, err)
 	}
 	if err := f.attachSockHooks(); err != nil {
 		f.log.Warn("socket hooks unavailable: published ports are not reachable from this host's own sockets", "err", err)
@@ -286,6 +291,10 @@ func (f *Forwarder) Close() error {
 		errs = append(errs, f.sock.Close())
 		f.sock = nil
 	}
+	if f.up != nil {
+		errs = append(errs, f.up.Close())
+		f.up = nil
+	}
 	if f.objs != nil {
 		errs = append(errs, f.objs.Close())
 		f.objs = nil
@@ -312,7 +321,11 @@ func (f *Forwarder) Status() datapath.Status {
 		st.Details = append(st.Details, "socket hooks (connect4, sendmsg4, recvmsg4, getpeername4) on cgroup "+f.cgroup)
 	}
 	if f.hasUp {
-		st.Details = append(st.Details, fmt.Sprintf("uplink %s (%s)", f.uplink.name, f.uplink.addr))
+		st.Details = append(st.Details, fmt.Sprintf("uplink %s (%s): tc (TCX ingress+egress) masquerade and published-port NAT", f.uplink.name, f.uplink.addr))
+	}
+	st.Details = append(st.Details, "XDP: "+f.xdp)
+	if n, c, err := f.objs.ConntrackStats(); err == nil {
+		st.Details = append(st.Details, fmt.Sprintf("conntrack: %d of %d entries", n, c))
 	}
 	st.Warnings = append(st.Warnings, f.warnings...)
 	return st

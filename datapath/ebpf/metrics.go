@@ -29,5 +29,6 @@ func (f *Forwarder) Metrics() (datapath.Metrics, error) {
 	if f.cgroup != "" {
 		m.Programs["cgroup-sock"] = 5
 	}
+	f.addUplinkMetrics(&m)
 	return m, nil
 }

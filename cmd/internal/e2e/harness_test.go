@@ -436,9 +436,53 @@ func helperMain(mode string, args []string) int {
 		fmt.Print(line)
 		return 0
 	}
+	if mode == "stream" {
+		return streamMain(args[0], args[1])
+	}
 	if mode == "dns" {
 		return fakeUpstreamMain(args[0])
 	}
 	fmt.Fprintln(os.Stderr, "unknown helper mode", mode)
 	return 2
+}
+
+// streamMain is a client of the serve helper's echo: for DURATION it sends
+// a numbered line every 10 ms on one TCP connection and needs each echoed
+// back within 2 s. Any error (a reset, a stall) fails it: the connection
+// must survive whatever happens meanwhile.
+func streamMain(addr, duration string) int {
+	d, err := time.ParseDuration(duration)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := r.ReadString('\n'); err != nil {
+		fmt.Fprintln(os.Stderr, "greeting:", err)
+		return 1
+	}
+	n := 0
+	for end := time.Now().Add(d); time.Now().Before(end); n++ {
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		want := fmt.Sprintf("line %d\n", n)
+		if _, err := c.Write([]byte(want)); err != nil {
+			fmt.Fprintf(os.Stderr, "after %d lines: write: %v\n", n, err)
+			return 1
+		}
+		got, err := r.ReadString('\n')
+		if err != nil || got != want {
+			fmt.Fprintf(os.Stderr, "after %d lines: read %q: %v\n", n, got, err)
+			return 1
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	fmt.Printf("ok %d lines\n", n)
+	return 0
 }

@@ -1,0 +1,113 @@
+package ebpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/fabricnet/fabric/bpf"
+	"github.com/fabricnet/fabric/datapath"
+	"github.com/fabricnet/fabric/datapath/netns"
+)
+
+// Pins of the uplink's programs.
+const (
+	pinUplinkIngress = "uplink-ingress"
+	pinUplinkEgress  = "uplink-egress"
+	pinUplinkXDP     = "uplink-xdp"
+)
+
+// attachUplink puts the NAT programs on the uplink: masquerade and the
+// replies of published ports at tc egress, published-port DNAT and the
+// replies of masqueraded flows at tc ingress, and, where it pays, the
+// ingress part again at XDP.
+func (f *Forwarder) attachUplink() error {
+	up, err := bpf.LoadUplink(f.objs, nil)
+	if err != nil {
+		return err
+	}
+	f.up = up
+	if !f.hasUp {
+		f.xdp = "off (no uplink)"
+		return nil
+	}
+	idx := f.uplink.ifindex
+	if err := f.attachTCX(f.linkPin(pinUplinkIngress), idx, up.FromUplink(), ebpf.AttachTCXIngress); err != nil {
+		return fmt.Errorf("uplink %s: %w", f.uplink.name, err)
+	}
+	if err := f.attachTCX(f.linkPin(pinUplinkEgress), idx, up.ToUplink(), ebpf.AttachTCXEgress); err != nil {
+		return fmt.Errorf("uplink %s: %w", f.uplink.name, err)
+	}
+	return f.attachXDP()
+}
+
+// attachXDP applies --xdp. auto attaches native XDP only on a driver where
+// it pays: not on veth (native XDP on a veth turns off TSO on its peer and
+// halved throughput in a prototype) nor on virtual devices without a
+// driver hook; there the same logic runs at tc ingress.
+func (f *Forwarder) attachXDP() error {
+	pin := f.linkPin(pinUplinkXDP)
+	switch f.opts.XDP {
+	case XDPOff:
+		f.xdp = "off (--xdp off)"
+		return detach(pin)
+	case XDPAuto:
+		l, err := f.nl.LinkByIndex(f.uplink.ifindex)
+		if err != nil {
+			return fmt.Errorf("uplink %s: %w", f.uplink.name, err)
+		}
+		if t := l.Type(); t != "device" {
+			f.xdp = fmt.Sprintf("off (auto: uplink %s is a %s; native XDP does not pay there, the tc program does the same work)", f.uplink.name, t)
+			return detach(pin)
+		}
+	}
+	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+		err = l.Update(f.up.XDP())
+		l.Close()
+		if err == nil {
+			f.xdp = "native on " + f.uplink.name
+			return nil
+		}
+		if err := detach(pin); err != nil {
+			return err
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		_ = os.Remove(pin)
+	}
+	err := netns.Do(f.nsPath, func() error {
+		l, err := link.AttachXDP(link.XDPOptions{Program: f.up.XDP(), Interface: f.uplink.ifindex, Flags: link.XDPDriverMode})
+		if err != nil {
+			return err
+		}
+		defer l.Close()
+		return l.Pin(pin)
+	})
+	if err != nil {
+		if f.opts.XDP == XDPNative {
+			return fmt.Errorf("native XDP on uplink %s (--xdp native; use auto or off): %w", f.uplink.name, err)
+		}
+		f.xdp = fmt.Sprintf("off (auto: driver of %s refused native XDP: %v)", f.uplink.name, err)
+		return nil
+	}
+	f.xdp = "native on " + f.uplink.name
+	return nil
+}
+
+// addUplinkMetrics adds conntrack use and the uplink's programs.
+func (f *Forwarder) addUplinkMetrics(m *datapath.Metrics) {
+	if f.up == nil {
+		return
+	}
+	if n, c, err := f.objs.ConntrackStats(); err == nil {
+		m.HasConntrack, m.ConntrackEntries, m.ConntrackCapacity = true, n, c
+	}
+	if f.hasUp {
+		m.Programs["tcx-uplink"] = 2
+		if len(f.xdp) >= 6 && f.xdp[:6] == "native" {
+			m.Programs["xdp-native"] = 1
+		}
+	}
+}
