@@ -72,7 +72,8 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		Long: `fabricctl talks to fabricd, the fabric agent on this host, over its unix
 socket. It manages networks (bridge, macvlan, ipvlan), sandboxes
 (network namespaces, i.e. a container's network stack) and the endpoints
-that connect them, with the flags Docker users know.
+that connect them, with the flags Docker users know. 'fabricctl lab' builds
+a multi-host fabric on this machine out of network namespaces.
 
 Output is a table by default; add -o json (or --output json) for the API
 objects as indented JSON. 'inspect' commands always print JSON.
@@ -111,6 +112,7 @@ a foreground 'run' exits with its command's exit code.`,
 		newRunCmd(c),
 		newSandboxCmd(c),
 		newEndpointCmd(c),
+		newLabCmd(c),
 	)
 	// Use lines spell out [OPTIONS] themselves, Docker style.
 	var noFlagsInUse func(*cobra.Command)

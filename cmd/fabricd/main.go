@@ -98,17 +98,20 @@ func serve(cfg config.Config, log *slog.Logger) error {
 		return err
 	}
 	if cfg.MetricsListen != "" {
-		ln, err := net.Listen("tcp", cfg.MetricsListen)
-		if err != nil {
-			return fmt.Errorf("metrics listener (--metrics-listen %s; empty disables it): %w", cfg.MetricsListen, err)
+		// Metrics are not worth losing the network over: a listener that
+		// cannot open (address not up yet) is logged and reported.
+		if ln, err := net.Listen("tcp", cfg.MetricsListen); err != nil {
+			log.Error("no metrics: cannot listen (--metrics-listen; empty disables it)", "listen", cfg.MetricsListen, "err", err)
+			a.Warn(fmt.Sprintf("metrics not served: listen %s: %v", cfg.MetricsListen, err))
+		} else {
+			reg := metrics.NewRegistry(version, dp.Status(ctx).Name, a.MetricsSources(apiMetrics))
+			go func() {
+				if err := metrics.Serve(ctx, ln, metrics.Handler(reg, log)); err != nil {
+					log.Error("metrics server stopped", "err", err)
+				}
+			}()
+			log.Info("metrics at /metrics", "listen", ln.Addr().String())
 		}
-		reg := metrics.NewRegistry(version, dp.Status(ctx).Name, a.MetricsSources(apiMetrics))
-		go func() {
-			if err := metrics.Serve(ctx, ln, metrics.Handler(reg, log)); err != nil {
-				log.Error("metrics server stopped", "err", err)
-			}
-		}()
-		log.Info("metrics at /metrics", "listen", ln.Addr().String())
 	}
 	return a.Serve(ctx)
 }

@@ -113,3 +113,10 @@ func (a *Agent) MetricsSources(apiMetrics *metrics.APIMetrics) metrics.Sources {
 	}
 	return s
 }
+
+// Warn adds a warning that `fabricctl status` shows until the agent stops.
+func (a *Agent) Warn(w string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.warnings = append(a.warnings, w)
+}
