@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"os"
 	"os/exec"
 	"strconv"
@@ -339,4 +340,48 @@ func TestNetworkOptionsAndAddressRelease(t *testing.T) {
 			t.Fatalf("bridge %s left after network rm", br)
 		}
 	})
+}
+
+// TestDatapathFallback: when the eBPF programs cannot be loaded (here: the
+// bpf root is not on a bpffs), auto runs the kernel datapath and says why
+// in status; ebpf refuses to start with a clear error.
+func TestDatapathFallback(t *testing.T) {
+	netnstest.RequireRoot(t)
+	notBPFFS := t.TempDir()
+	h := newHost(t, "--datapath", "auto", "--bpf-root", notBPFFS)
+	// Degraded, not down: status exits 1 and says why.
+	var st api.Status
+	out, errOut, code := h.ctl("-o", "json", "status")
+	if code != 1 {
+		t.Fatalf("status of a fallen-back agent: exit %d, want 1 (degraded)\n%s%s", code, out, errOut)
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("status json: %v\n%s", err, out)
+	}
+	if st.Datapath != "kernel" {
+		t.Fatalf("auto with an unusable bpf root runs %q, want the kernel fallback", st.Datapath)
+	}
+	found := false
+	for _, w := range st.Warnings {
+		found = found || (strings.Contains(w, "eBPF datapath unavailable") && strings.Contains(w, "bpf filesystem"))
+	}
+	if !found {
+		t.Fatalf("status warnings %q do not explain the fallback", st.Warnings)
+	}
+	a, b := h.name("a"), h.name("b")
+	h.serve(a)
+	h.mustCtl("run", "-d", "--name", b, "--", "sleep", "300")
+	if got := h.mustConnect(b, "tcp", h.ip(a, "bridge")+":80"); !strings.HasPrefix(got, a) {
+		t.Fatalf("fallback datapath does not forward: %q", got)
+	}
+
+	ns, nsPath := netnstest.New(t, "fe")
+	_ = ns
+	dir := t.TempDir()
+	cmd := exec.Command("nsenter", "--net="+nsPath, binDir+"/fabricd", "--datapath", "ebpf", "--bpf-root", notBPFFS,
+		"--state-dir", dir+"/state", "--socket", dir+"/s.sock", "--config", h.configFile(), "--node-name", "fe")
+	eout, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(eout), "ebpf datapath") || !strings.Contains(string(eout), "not on a bpf filesystem") {
+		t.Fatalf("--datapath ebpf with an unusable bpf root: err %v, output:\n%s", err, eout)
+	}
 }
