@@ -194,7 +194,7 @@ func TestNATAvoidsHostSockets(t *testing.T) {
 			port          uint16
 			held, freed   uint32
 			proto         uint8 = protoUDP
-			before, after = readCounters(t, l.o), map[CounterKey]Counter(nil)
+			before, after       = readCounters(t, l.o), map[CounterKey]Counter(nil)
 		)
 		// Nothing in here may call t.Fatal: it runs on another goroutine.
 		err := netns.Do(path, func() error {

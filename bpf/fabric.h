@@ -51,7 +51,7 @@
  * E itself.) The reply entry's key is the reverse of the original entry's
  * value and the other way round; both carry the same state flags and
  * last_seen, refreshed together at most once per CT_REFRESH_NS. An entry
- * older than its timeout (see ct_timeout in nat.h: TCP 60 s until the
+ * older than its timeout (see ct_timeout in conntrack.h: TCP 60 s until the
  * reply direction is seen, then 6 h, 120 s after one FIN, 10 s after FINs
  * both ways or a RST; UDP 60 s / 120 s; ICMP 30 s) counts as absent and its
  * tuple may be taken again; LRU eviction is the only deletion the programs

@@ -20,10 +20,10 @@ var (
 	netC = Network{ID: 3, Subnet: pfx("10.3.0.0/24"), Gateway: ip("10.3.0.1"), RouterMAC: mac("02:fa:00:00:00:03"), Internal: true}
 	c1   = Endpoint{HostIfindex: 301, Addr: ip("10.3.0.2"), MAC: mac("02:00:0a:03:00:02"), Network: 3}
 
-	hostAddr  = ip("192.0.2.1")     // the uplink's address: masquerade source, published ports
-	otherHost = ip("192.0.2.2")     // a host address only one port is published on
-	outside   = ip("198.51.100.7")  // a server or client beyond the uplink
-	router    = ip("203.0.113.1")   // a router on the way, sending ICMP errors
+	hostAddr  = ip("192.0.2.1")    // the uplink's address: masquerade source, published ports
+	otherHost = ip("192.0.2.2")    // a host address only one port is published on
+	outside   = ip("198.51.100.7") // a server or client beyond the uplink
+	router    = ip("203.0.113.1")  // a router on the way, sending ICMP errors
 	uplinkMAC = mac("02:00:00:00:0f:01")
 	nextHop   = mac("02:00:00:00:0f:02")
 

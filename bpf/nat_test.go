@@ -115,11 +115,11 @@ func TestDNAT(t *testing.T) {
 
 	t.Run("not published", func(t *testing.T) {
 		for _, f := range []flow{
-			{proto: protoTCP, src: outside, sport: 50020, dst: hostAddr, dport: 8081, tcpFlags: tcpFlagSYN},        // no such port
-			{proto: protoUDP, src: outside, sport: 50021, dst: hostAddr, dport: 8080},                          // TCP only
+			{proto: protoTCP, src: outside, sport: 50020, dst: hostAddr, dport: 8081, tcpFlags: tcpFlagSYN},         // no such port
+			{proto: protoUDP, src: outside, sport: 50021, dst: hostAddr, dport: 8080},                               // TCP only
 			{proto: protoTCP, src: outside, sport: 50022, dst: ip("192.0.2.99"), dport: 8080, tcpFlags: tcpFlagSYN}, // not the host's
-			{proto: protoTCP, src: outside, sport: 50023, dst: hostAddr, dport: 9090, tcpFlags: tcpFlagSYN},        // published on otherHost only
-			{proto: protoTCP, src: outside, sport: 50024, dst: hostAddr, dport: 6060, tcpFlags: tcpFlagSYN},        // its endpoint is not here
+			{proto: protoTCP, src: outside, sport: 50023, dst: hostAddr, dport: 9090, tcpFlags: tcpFlagSYN},         // published on otherHost only
+			{proto: protoTCP, src: outside, sport: 50024, dst: hostAddr, dport: 6060, tcpFlags: tcpFlagSYN},         // its endpoint is not here
 		} {
 			l.expectOut(t, hookFromUplink, uplinkIfindex, fromOutside(f), tcActOK, ReasonNotNAT, nil)
 			l.expectOut(t, hookXDP, 0, fromOutside(f), xdpPass, ReasonNotNAT, nil)
@@ -238,6 +238,18 @@ func TestICMPErrors(t *testing.T) {
 		in := icmpErrorFlow(b1.Addr, outside, 3, 3, delivered, 0)
 		want := icmpErrorFlow(hostAddr, outside, 3, 3, f, 0)
 		l.expectOut(t, hookToUplink, uplinkIfindex, eth(nextHop, uplinkMAC, in), tcActOK, ReasonDNATReply, eth(nextHop, uplinkMAC, want))
+	})
+
+	t.Run("from outside about a published port's reply", func(t *testing.T) {
+		f := flow{proto: protoUDP, src: outside, sport: 50070, dst: hostAddr, dport: 5353, payload: []byte("dns")}
+		delivered := f.with(outside, 50070, b1.Addr, 53)
+		l.expect(t, hookFromUplink, uplinkIfindex, fromOutside(f), tcActRedirect, ReasonDNAT)
+		l.expect(t, hookToUplink, uplinkIfindex, toOutside(delivered.reply()), tcActOK, ReasonDNATReply)
+		in := icmpErrorFlow(router, hostAddr, 3, 4, f.reply(), 0)
+		want := icmpErrorFlow(router, b1.Addr, 3, 4, delivered.reply(), 0)
+		l.expectOut(t, hookFromUplink, uplinkIfindex, eth(uplinkMAC, nextHop, in), tcActRedirect, ReasonDNAT,
+			eth(b1.MAC, netB.RouterMAC, want))
+		l.expectOut(t, hookXDP, 0, eth(uplinkMAC, nextHop, in), xdpPass, ReasonDNAT, eth(uplinkMAC, nextHop, want))
 	})
 
 	t.Run("hairpin", func(t *testing.T) {

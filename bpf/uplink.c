@@ -32,6 +32,11 @@
 
 char __license[] SEC("license") = "GPL";
 
+/* Source ports tried for one new masqueraded connection: enough to find a
+ * free one in a range that is nearly full, few enough to bound the work a
+ * packet can cause. */
+#define NAT_ATTEMPTS 32
+
 static __always_inline int tc_done(struct __sk_buff *skb, enum direction dir, int ret, enum reason reason)
 {
 	enum verdict verdict = VERDICT_DROP;
@@ -425,8 +430,10 @@ static __always_inline int snat_create(struct __sk_buff *skb, const struct pkt *
 			continue;
 		err = bpf_map_update_elem(&ct, &rk, &rv, BPF_NOEXIST);
 		if (err == -EEXIST) {
+			/* Taken, unless expired or this very connection's (its
+			 * original entry was evicted, not its reply entry). */
 			cur = bpf_map_lookup_elem(&ct, &rk);
-			if (cur && !ct_expired(cur, p->proto, now))
+			if (cur && !ct_expired(cur, p->proto, now) && !ct_same(cur, &rv))
 				continue;
 			err = bpf_map_update_elem(&ct, &rk, &rv, BPF_ANY);
 		}

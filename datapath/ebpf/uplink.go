@@ -54,15 +54,18 @@ func (f *Forwarder) attachXDP() error {
 	case XDPOff:
 		f.xdp = "off (--xdp off)"
 		return detach(pin)
-	case XDPAuto:
-		l, err := f.nl.LinkByIndex(f.uplink.ifindex)
-		if err != nil {
-			return fmt.Errorf("uplink %s: %w", f.uplink.name, err)
-		}
-		if t := l.Type(); t != "device" {
-			f.xdp = fmt.Sprintf("off (auto: uplink %s is a %s; native XDP does not pay there, the tc program does the same work)", f.uplink.name, t)
-			return detach(pin)
-		}
+	}
+	l, err := f.nl.LinkByIndex(f.uplink.ifindex)
+	if err != nil {
+		return fmt.Errorf("uplink %s: %w", f.uplink.name, err)
+	}
+	if t := l.Type(); t == "veth" && f.opts.XDP == XDPNative {
+		// A veth hands XDP checksum-partial frames: NAT would write
+		// wrong TCP/UDP checksums, and its peer loses TSO.
+		return fmt.Errorf("--xdp native on uplink %s: it is a veth, where XDP NAT cannot work correctly; use --xdp auto or off: %w", f.uplink.name, datapath.ErrInvalid)
+	} else if t != "device" && f.opts.XDP == XDPAuto {
+		f.xdp = fmt.Sprintf("off (auto: uplink %s is a %s; native XDP does not pay there, the tc program does the same work)", f.uplink.name, t)
+		return detach(pin)
 	}
 	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
 		err = l.Update(f.up.XDP())
@@ -77,7 +80,7 @@ func (f *Forwarder) attachXDP() error {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		_ = os.Remove(pin)
 	}
-	err := netns.Do(f.nsPath, func() error {
+	err = netns.Do(f.nsPath, func() error {
 		l, err := link.AttachXDP(link.XDPOptions{Program: f.up.XDP(), Interface: f.uplink.ifindex, Flags: link.XDPDriverMode})
 		if err != nil {
 			return err
