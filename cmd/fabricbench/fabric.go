@@ -69,7 +69,9 @@ func (l *Lab) startAgent(ctx context.Context, short string) (p *proc, client *ap
 		"--state-dir", filepath.Join(l.dir, short+"-state"), "--socket", socket,
 		"--node-name", l.ns(short), "--config", cfg,
 		// never forward a sandbox's DNS query out of the lab
-		"--dns-upstreams", dnsUpstream}
+		"--dns-upstreams", dnsUpstream,
+		// the lab hosts have no default route: name the underlay veth
+		"--uplink", map[string]string{"h1": "u1", "h2": "u2"}[short]}
 	args = append(args, strings.Fields(l.o.fabricArg)...)
 	p, err = l.startProc(ctx, "fabricd-"+short, nil, args...)
 	if err != nil {
