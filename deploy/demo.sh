@@ -25,7 +25,7 @@ cleanup() {
     for p in $(ip netns pids "$n" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
     ip netns del "$n" 2>/dev/null || true
   done
-  rm -rf "$DIR"
+  rm -rf "$DIR" /sys/fs/bpf/fabric-demo
 }
 [ "$(id -u)" = 0 ] || { echo "the demo needs root (network namespaces, links, nftables)" >&2; exit 1; }
 cleanup
@@ -42,7 +42,7 @@ ip -n $H route add default via 192.0.2.2
 say "Start fabricd with defaults (own state dir and socket for the demo)"
 mkdir -p "$DIR"; : > "$DIR/fabric.yaml"
 nsenter --net=/var/run/netns/$H "$BIN/fabricd" --config "$DIR/fabric.yaml" \
-  --state-dir "$DIR/state" --socket "$SOCK" --node-name demo-host >"$DIR/fabricd.log" 2>&1 &
+  --state-dir "$DIR/state" --socket "$SOCK" --bpf-root /sys/fs/bpf/fabric-demo --node-name demo-host >"$DIR/fabricd.log" 2>&1 &
 echo $! > "$DIR/fabricd.pid"
 for _ in $(seq 100); do ctl status >/dev/null 2>&1 && break; sleep 0.1; done
 show ctl status

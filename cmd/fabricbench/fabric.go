@@ -67,6 +67,8 @@ func (l *Lab) startAgent(ctx context.Context, short string) (p *proc, client *ap
 	socket = filepath.Join(l.dir, short+"-fabricd.sock")
 	args := []string{"nsenter", "--net=" + l.nsPath(short), fabricd,
 		"--state-dir", filepath.Join(l.dir, short+"-state"), "--socket", socket,
+		// own pins, removed by cleanupFabric: never the host's /sys/fs/bpf/fabric
+		"--bpf-root", l.bpfRoot(short),
 		"--node-name", l.ns(short), "--config", cfg,
 		// never forward a sandbox's DNS query out of the lab
 		"--dns-upstreams", dnsUpstream,
@@ -98,6 +100,9 @@ func (l *Lab) startAgent(ctx context.Context, short string) (p *proc, client *ap
 		}
 	}
 }
+
+// bpfRoot is where the agent of host short pins its eBPF objects.
+func (l *Lab) bpfRoot(short string) string { return "/sys/fs/bpf/" + l.ns(short) }
 
 func (l *Lab) fabricctl() string { return filepath.Join(l.o.bin, "fabricctl") }
 
@@ -200,6 +205,12 @@ func (l *Lab) untrackSandbox(name string) {
 // all), then stops the agent. Leftover sandbox processes and namespaces are
 // handled by the generic cleanup.
 func (l *Lab) cleanupFabric() {
+	defer func() {
+		// After the agents are gone: unpinning detaches their programs.
+		for _, short := range []string{"h1", "h2"} {
+			_ = os.RemoveAll(l.bpfRoot(short))
+		}
+	}()
 	if l.client != nil && l.agent != nil {
 		l.mu.Lock()
 		names := append([]string(nil), l.sandboxes...)
