@@ -23,11 +23,7 @@ type Objects struct {
 func Load(opts *ebpf.CollectionOptions) (*Objects, error) {
 	o := &Objects{}
 	if err := loadEndpointObjects(&o.objs, opts); err != nil {
-		var verr *ebpf.VerifierError
-		if errors.As(err, &verr) {
-			return nil, fmt.Errorf("load endpoint program: %w\n%+v", err, verr)
-		}
-		return nil, fmt.Errorf("load endpoint program: %w", err)
+		return nil, loadError("endpoint program", err)
 	}
 	if err := o.checkShape(); err != nil {
 		o.Close()
@@ -84,6 +80,16 @@ func (o *Objects) sharedOptions(opts *ebpf.CollectionOptions) (*ebpf.CollectionO
 	}
 	out.MapReplacements = repl
 	return &out, nil
+}
+
+// loadError wraps a load failure, with the verifier's log when it has one
+// (the only way to see why a program was rejected).
+func loadError(what string, err error) error {
+	var verr *ebpf.VerifierError
+	if errors.As(err, &verr) {
+		return fmt.Errorf("load %s: %w\n%+v", what, err, verr)
+	}
+	return fmt.Errorf("load %s: %w", what, err)
 }
 
 // FromEndpoint is the tc program for the ingress of an endpoint's host-side

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"os"
 	"runtime"
 	"strconv"
@@ -41,30 +40,13 @@ type Sock struct {
 // its MapReplacements may name "sock_reverse" (a pinned reverse map to keep
 // across restarts) but not a shared map, which always comes from shared.
 func LoadSock(shared *Objects, opts *ebpf.CollectionOptions) (*Sock, error) {
-	var o ebpf.CollectionOptions
-	if opts != nil {
-		o = *opts
+	o, err := shared.sharedOptions(opts)
+	if err != nil {
+		return nil, err
 	}
-	// A copy, so that the caller's options are not changed under it.
-	repl := maps.Clone(o.MapReplacements)
-	if repl == nil {
-		repl = make(map[string]*ebpf.Map)
-	}
-	for name, m := range shared.sharedMaps() {
-		if r, ok := repl[name]; ok && r != m {
-			return nil, fmt.Errorf("map replacement %q would split the shared map from the endpoint program's: %w", name, ErrInvalid)
-		}
-		repl[name] = m
-	}
-	o.MapReplacements = repl
-
 	s := &Sock{}
-	if err := loadSockObjects(&s.objs, &o); err != nil {
-		var verr *ebpf.VerifierError
-		if errors.As(err, &verr) {
-			return nil, fmt.Errorf("load socket hooks: %w\n%+v", err, verr)
-		}
-		return nil, fmt.Errorf("load socket hooks: %w", err)
+	if err := loadSockObjects(&s.objs, o); err != nil {
+		return nil, loadError("socket hooks", err)
 	}
 	return s, nil
 }

@@ -35,11 +35,7 @@ func LoadUplink(shared *Objects, opts *ebpf.CollectionOptions) (*Uplink, error) 
 	}
 	u := &Uplink{}
 	if err := loadUplinkObjects(&u.objs, o); err != nil {
-		var verr *ebpf.VerifierError
-		if errors.As(err, &verr) {
-			return nil, fmt.Errorf("load uplink programs: %w\n%+v", err, verr)
-		}
-		return nil, fmt.Errorf("load uplink programs: %w", err)
+		return nil, loadError("uplink programs", err)
 	}
 	return u, nil
 }

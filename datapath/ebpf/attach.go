@@ -1,7 +1,6 @@
 package ebpf
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -121,28 +120,15 @@ func (f *Forwarder) attachSockHooks() error {
 		}
 	}
 	for _, h := range s.Hooks() {
-		pin := f.linkPin("sock-" + h.Name)
-		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
-			err = l.Update(h.Program)
-			l.Close()
-			if err == nil {
-				continue
+		err := f.pinLink(f.linkPin("sock-"+h.Name), h.Program, nil, func() (link.Link, error) {
+			l, err := link.AttachCgroup(link.CgroupOptions{Path: root, Attach: h.Attach, Program: h.Program})
+			if err != nil {
+				return nil, fmt.Errorf("attach socket hook %s to cgroup %s: %w", h.Name, root, err)
 			}
-			f.log.Warn("cannot update pinned socket hook; re-attaching", "hook", h.Name, "err", err)
-			if err := detach(pin); err != nil {
-				return err
-			}
-		} else if !errors.Is(err, os.ErrNotExist) {
-			_ = os.Remove(pin)
-		}
-		l, err := link.AttachCgroup(link.CgroupOptions{Path: root, Attach: h.Attach, Program: h.Program})
+			return l, nil
+		})
 		if err != nil {
-			return fmt.Errorf("attach socket hook %s to cgroup %s: %w", h.Name, root, err)
-		}
-		err = l.Pin(pin)
-		l.Close()
-		if err != nil {
-			return fmt.Errorf("pin %s: %w", pin, err)
+			return err
 		}
 	}
 	f.cgroup = root

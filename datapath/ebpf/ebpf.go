@@ -21,6 +21,7 @@ package ebpf
 import (
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"net"
 	"os"
@@ -331,36 +332,59 @@ func (f *Forwarder) Status() datapath.Status {
 	return st
 }
 
-// attachTCX attaches prog to ifindex (in the host namespace) through a link
-// pinned at pin, or swaps prog into the link already pinned there. A pin
-// whose device is gone is replaced.
-func (f *Forwarder) attachTCX(pin string, ifindex int, prog *ebpf.Program, at ebpf.AttachType) error {
+// pinLink makes the link pinned at pin run prog. A link pinned there by an
+// earlier run gets prog swapped in atomically (link.Update): no packet
+// misses a program. A pin that cannot be updated, or that valid rejects
+// (its device is gone), is replaced by a new link from attach. valid may
+// be nil.
+func (f *Forwarder) pinLink(pin string, prog *ebpf.Program, valid func(link.Link) bool, attach func() (link.Link, error)) error {
 	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
-		defer l.Close()
-		info, err := l.Info()
-		if err == nil && info.TCX() != nil && int(info.TCX().Ifindex) == ifindex {
-			if err := l.Update(prog); err != nil {
-				return fmt.Errorf("update program of %s: %w", pin, err)
-			}
+		ok := valid == nil || valid(l)
+		if ok {
+			err = l.Update(prog)
+		}
+		l.Close()
+		if ok && err == nil {
 			return nil
 		}
-		if err := l.Unpin(); err != nil {
-			return fmt.Errorf("unpin stale link %s: %w", pin, err)
+		if ok {
+			f.log.Warn("cannot update pinned link; replacing it", "pin", pin, "err", err)
+		}
+		if err := detach(pin); err != nil {
+			return err
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		f.log.Warn("cannot open pinned link; replacing it", "pin", pin, "err", err)
 		_ = os.Remove(pin)
 	}
-	return netns.Do(f.nsPath, func() error {
-		l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: at})
+	l, err := attach()
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	if err := l.Pin(pin); err != nil {
+		_ = l.Detach()
+		return fmt.Errorf("pin link %s: %w", pin, err)
+	}
+	return nil
+}
+
+// attachTCX attaches prog to ifindex (in the host namespace) through a link
+// pinned at pin, or swaps prog into the link already pinned there.
+func (f *Forwarder) attachTCX(pin string, ifindex int, prog *ebpf.Program, at ebpf.AttachType) error {
+	sameDevice := func(l link.Link) bool {
+		info, err := l.Info()
+		return err == nil && info.TCX() != nil && int(info.TCX().Ifindex) == ifindex
+	}
+	return f.pinLink(pin, prog, sameDevice, func() (l link.Link, err error) {
+		err = netns.Do(f.nsPath, func() error {
+			l, err = link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: at})
+			return err
+		})
 		if err != nil {
-			return fmt.Errorf("attach tc program to ifindex %d: %w", ifindex, err)
+			return nil, fmt.Errorf("attach tc program to ifindex %d: %w", ifindex, err)
 		}
-		defer l.Close()
-		if err := l.Pin(pin); err != nil {
-			return fmt.Errorf("pin link %s: %w", pin, err)
-		}
-		return nil
+		return l, nil
 	})
 }
 
@@ -409,10 +433,7 @@ func netID(networkID string) bpf.NetID {
 }
 
 func fnv32(s string) uint32 {
-	h := uint32(2166136261)
-	for i := 0; i < len(s); i++ {
-		h ^= uint32(s[i])
-		h *= 16777619
-	}
-	return h
+	h := fnv.New32a()
+	h.Write([]byte(s))
+	return h.Sum32()
 }

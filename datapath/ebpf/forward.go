@@ -12,6 +12,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/fabricnet/fabric/bpf"
 	"github.com/fabricnet/fabric/datapath"
@@ -303,5 +304,5 @@ func (f *Forwarder) Sync(s datapath.State) error {
 }
 
 func isNoRoute(err error) bool {
-	return errors.Is(err, errESRCH)
+	return errors.Is(err, unix.ESRCH)
 }

@@ -182,6 +182,3 @@ func (f *Forwarder) fabricRoutes() ([]netlink.Route, error) {
 func bpfNetwork(id bpf.NetID, subnet netip.Prefix, gw netip.Addr, mac net.HardwareAddr, internal bool) bpf.Network {
 	return bpf.Network{ID: id, Subnet: subnet, Gateway: gw, RouterMAC: mac, Internal: internal}
 }
-
-// errESRCH is what the kernel says when a route to delete does not exist.
-var errESRCH = unix.ESRCH

@@ -1,9 +1,8 @@
 package ebpf
 
 import (
-	"errors"
 	"fmt"
-	"os"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -67,26 +66,12 @@ func (f *Forwarder) attachXDP() error {
 		f.xdp = fmt.Sprintf("off (auto: uplink %s is a %s; native XDP does not pay there, the tc program does the same work)", f.uplink.name, t)
 		return detach(pin)
 	}
-	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
-		err = l.Update(f.up.XDP())
-		l.Close()
-		if err == nil {
-			f.xdp = "native on " + f.uplink.name
-			return nil
-		}
-		if err := detach(pin); err != nil {
+	err = f.pinLink(pin, f.up.XDP(), nil, func() (xl link.Link, err error) {
+		err = netns.Do(f.nsPath, func() error {
+			xl, err = link.AttachXDP(link.XDPOptions{Program: f.up.XDP(), Interface: f.uplink.ifindex, Flags: link.XDPDriverMode})
 			return err
-		}
-	} else if !errors.Is(err, os.ErrNotExist) {
-		_ = os.Remove(pin)
-	}
-	err = netns.Do(f.nsPath, func() error {
-		l, err := link.AttachXDP(link.XDPOptions{Program: f.up.XDP(), Interface: f.uplink.ifindex, Flags: link.XDPDriverMode})
-		if err != nil {
-			return err
-		}
-		defer l.Close()
-		return l.Pin(pin)
+		})
+		return xl, err
 	})
 	if err != nil {
 		if f.opts.XDP == XDPNative {
@@ -109,7 +94,7 @@ func (f *Forwarder) addUplinkMetrics(m *datapath.Metrics) {
 	}
 	if f.hasUp {
 		m.Programs["tcx-uplink"] = 2
-		if len(f.xdp) >= 6 && f.xdp[:6] == "native" {
+		if strings.HasPrefix(f.xdp, "native") {
 			m.Programs["xdp-native"] = 1
 		}
 	}
