@@ -126,6 +126,11 @@ func newDatapath(cfg config.Config, log *slog.Logger) (datapath.Datapath, error)
 		if mode == config.DatapathEBPF {
 			return nil, fmt.Errorf("ebpf datapath (--datapath ebpf; use auto to fall back to the kernel datapath): %w", err)
 		}
+		if !errors.Is(err, ebpf.ErrUnsupported) {
+			// A wrong setting (--xdp native on a veth, a foreign fabric-gw)
+			// is reported, not papered over with the other datapath.
+			return nil, fmt.Errorf("ebpf datapath: %w", err)
+		}
 		log.Warn("eBPF datapath unavailable; falling back to the kernel datapath", "err", err)
 		dp2, kerr := kernel.New(log, kernel.Options{})
 		if kerr != nil {

@@ -142,12 +142,6 @@ func NewForwarder(log *slog.Logger, opts Options) (_ *Forwarder, err error) {
 		nets: map[string]netState{},
 		eps:  map[string]epState{},
 	}
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, fmt.Errorf("%w: lift memlock limit: %v", ErrUnsupported, err)
-	}
-	if err := ensureBPFFS(opts.BPFRoot); err != nil {
-		return nil, err
-	}
 	f.nsPath = opts.NetNSPath
 	if f.nsPath == "" {
 		f.nsPath = "/proc/self/ns/net"
@@ -161,6 +155,19 @@ func NewForwarder(log *slog.Logger, opts Options) (_ *Forwarder, err error) {
 			f.nl.Close()
 		}
 	}()
+	// Settings first: a wrong one is refused before anything is made.
+	if f.uplink, f.hasUp, err = f.findUplink(); err != nil {
+		return nil, err
+	}
+	if err := f.checkXDP(); err != nil {
+		return nil, err
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("%w: lift memlock limit: %v", ErrUnsupported, err)
+	}
+	if err := ensureBPFFS(opts.BPFRoot); err != nil {
+		return nil, err
+	}
 	f.objs, f.restored, err = loadPinned(f.log, opts.BPFRoot)
 	if err != nil {
 		return nil, err
@@ -171,9 +178,6 @@ func NewForwarder(log *slog.Logger, opts Options) (_ *Forwarder, err error) {
 		}
 	}()
 	if err := f.prepareHost(); err != nil {
-		return nil, err
-	}
-	if f.uplink, f.hasUp, err = f.findUplink(); err != nil {
 		return nil, err
 	}
 	if !f.hasUp {

@@ -58,11 +58,7 @@ func (f *Forwarder) attachXDP() error {
 	if err != nil {
 		return fmt.Errorf("uplink %s: %w", f.uplink.name, err)
 	}
-	if t := l.Type(); t == "veth" && f.opts.XDP == XDPNative {
-		// A veth hands XDP checksum-partial frames: NAT would write
-		// wrong TCP/UDP checksums, and its peer loses TSO.
-		return fmt.Errorf("--xdp native on uplink %s: it is a veth, where XDP NAT cannot work correctly; use --xdp auto or off: %w", f.uplink.name, datapath.ErrInvalid)
-	} else if t != "device" && f.opts.XDP == XDPAuto {
+	if t := l.Type(); t != "device" && f.opts.XDP == XDPAuto {
 		f.xdp = fmt.Sprintf("off (auto: uplink %s is a %s; native XDP does not pay there, the tc program does the same work)", f.uplink.name, t)
 		return detach(pin)
 	}
@@ -81,6 +77,23 @@ func (f *Forwarder) attachXDP() error {
 		return nil
 	}
 	f.xdp = "native on " + f.uplink.name
+	return nil
+}
+
+// checkXDP refuses --xdp native on a veth uplink: a veth hands XDP
+// checksum-partial frames, so NAT there would write wrong TCP/UDP
+// checksums (and its peer loses TSO).
+func (f *Forwarder) checkXDP() error {
+	if f.opts.XDP != XDPNative || !f.hasUp {
+		return nil
+	}
+	l, err := f.nl.LinkByIndex(f.uplink.ifindex)
+	if err != nil {
+		return fmt.Errorf("uplink %s: %w", f.uplink.name, err)
+	}
+	if l.Type() == "veth" {
+		return fmt.Errorf("--xdp native on uplink %s: it is a veth, where XDP NAT cannot work correctly; use --xdp auto or off: %w", f.uplink.name, datapath.ErrInvalid)
+	}
 	return nil
 }
 

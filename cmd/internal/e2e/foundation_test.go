@@ -375,13 +375,31 @@ func TestDatapathFallback(t *testing.T) {
 		t.Fatalf("fallback datapath does not forward: %q", got)
 	}
 
-	ns, nsPath := netnstest.New(t, "fe")
-	_ = ns
+	_, nsPath := netnstest.New(t, "fe")
 	dir := t.TempDir()
 	cmd := exec.Command("nsenter", "--net="+nsPath, binDir+"/fabricd", "--datapath", "ebpf", "--bpf-root", notBPFFS,
 		"--state-dir", dir+"/state", "--socket", dir+"/s.sock", "--config", h.configFile(), "--node-name", "fe")
 	eout, err := cmd.CombinedOutput()
 	if err == nil || !strings.Contains(string(eout), "ebpf datapath") || !strings.Contains(string(eout), "not on a bpf filesystem") {
 		t.Fatalf("--datapath ebpf with an unusable bpf root: err %v, output:\n%s", err, eout)
+	}
+
+	// A setting that cannot work is an error even with auto, not a silent
+	// fallback, and it is refused before anything is made. The host's
+	// uplink is a veth, where native XDP is refused.
+	root := "/sys/fs/bpf/fabric-e2e-x" + h.prefix
+	t.Cleanup(func() { os.RemoveAll(root) })
+	cmd = exec.Command("nsenter", "--net="+h.nsPath, binDir+"/fabricd", "--datapath", "auto", "--xdp", "native",
+		"--bpf-root", root, "--state-dir", dir+"/state2", "--socket", dir+"/s2.sock",
+		"--config", h.configFile(), "--node-name", "fe", "--metrics-listen", "")
+	eout, err = cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(eout), "--xdp native on uplink up0") {
+		t.Fatalf("--datapath auto --xdp native on a veth uplink: err %v, output:\n%s", err, eout)
+	}
+	if _, err := os.Stat(root); err == nil {
+		t.Fatalf("refused start left its bpf root %s behind", root)
+	}
+	if out := run(t, "ip", "-n", h.ns, "-o", "link", "show"); strings.Contains(out, "fabric-gw") {
+		t.Fatalf("refused start made fabric-gw: %s", out)
 	}
 }
