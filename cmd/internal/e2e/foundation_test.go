@@ -56,26 +56,6 @@ func TestDefaultSubnetAvoidsHostRoutes(t *testing.T) {
 	}
 }
 
-// newHostWithRoutes makes a host whose namespace already has routes before
-// the agent starts.
-func newHostWithRoutes(t *testing.T, routes []string) *host {
-	h := &host{t: t, prefix: netnstest.UniqueName("t")}
-	h.extra, h.dp = withDatapath(nil)
-	h.ns, h.nsPath = netnstest.New(t, "fh")
-	h.outside, _ = netnstest.New(t, "fo")
-	h.dir = t.TempDir()
-	h.socket = h.dir + "/fabricd.sock"
-	run(t, "ip", "link", "add", "up0", "netns", h.ns, "type", "veth", "peer", "name", "out0", "netns", h.outside)
-	run(t, "ip", "-n", h.ns, "addr", "add", hostUplinkIP+"/24", "dev", "up0")
-	run(t, "ip", "-n", h.ns, "link", "set", "up0", "up")
-	for _, r := range routes {
-		run(t, "ip", "-n", h.ns, "route", "add", r, "via", outsideUplinkIP)
-	}
-	t.Cleanup(h.cleanup)
-	h.start()
-	return h
-}
-
 func TestUserNetworksIsolatedAndMultiHomed(t *testing.T) {
 	onDatapaths(t, func(t *testing.T, dp string) {
 		h := newHost(t, "--datapath", dp)

@@ -97,6 +97,13 @@ func withDatapath(extra []string) ([]string, string) {
 
 func newHost(t *testing.T, extra ...string) *host {
 	t.Helper()
+	return newHostWithRoutes(t, []string{"default"}, extra...)
+}
+
+// newHostWithRoutes makes a host whose namespace has routes via the
+// outside peer before the agent starts (newHost: just the default route).
+func newHostWithRoutes(t *testing.T, routes []string, extra ...string) *host {
+	t.Helper()
 	netnstest.RequireRoot(t)
 	h := &host{t: t, prefix: netnstest.UniqueName("t")}
 	h.extra, h.dp = withDatapath(extra)
@@ -107,7 +114,9 @@ func newHost(t *testing.T, extra ...string) *host {
 	run(t, "ip", "link", "add", "up0", "netns", h.ns, "type", "veth", "peer", "name", "out0", "netns", h.outside)
 	run(t, "ip", "-n", h.ns, "addr", "add", hostUplinkIP+"/24", "dev", "up0")
 	run(t, "ip", "-n", h.ns, "link", "set", "up0", "up")
-	run(t, "ip", "-n", h.ns, "route", "add", "default", "via", outsideUplinkIP)
+	for _, r := range routes {
+		run(t, "ip", "-n", h.ns, "route", "add", r, "via", outsideUplinkIP)
+	}
 	run(t, "ip", "-n", h.outside, "addr", "add", outsideUplinkIP+"/24", "dev", "out0")
 	run(t, "ip", "-n", h.outside, "link", "set", "out0", "up")
 	t.Cleanup(h.cleanup)
