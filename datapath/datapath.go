@@ -33,18 +33,45 @@ const (
 	DriverBridge  = "bridge"
 	DriverMacvlan = "macvlan"
 	DriverIPvlan  = "ipvlan"
+	// DriverOverlay is a cluster-scoped network: local endpoints are
+	// wired like a bridge network's, remote ones (SetRemotes) are reached
+	// through a VXLAN tunnel to their node.
+	DriverOverlay = "overlay"
 )
+
+// VXLANOverhead is what VXLAN over IPv4 adds to every frame (outer IPv4 20,
+// UDP 8, VXLAN 8, inner Ethernet 14): an overlay endpoint's MTU is the
+// underlay's minus this.
+const VXLANOverhead = 50
+
+// DefaultTunnelPort is the IANA VXLAN UDP port.
+const DefaultTunnelPort = 4789
+
+// Tunnel is how a host sends and receives overlay traffic.
+type Tunnel struct {
+	// Local is the host's underlay address: outer source of what it sends
+	// and the address its VXLAN socket is reached at.
+	Local netip.Addr
+	// Port is the VXLAN UDP port, the same on every node.
+	Port uint16
+	// Device is the underlay interface holding Local (found if empty).
+	Device string
+}
 
 // Network is one network as the datapath sees it.
 type Network struct {
 	ID       string // stable, unique; used to name and mark kernel objects
 	Name     string
-	Driver   string // DriverBridge, DriverMacvlan or DriverIPvlan
+	Driver   string // DriverBridge, DriverMacvlan, DriverIPvlan or DriverOverlay
 	Subnet   netip.Prefix
 	Gateway  netip.Addr
 	Bridge   string // bridge device name on the host
 	MTU      int
 	Internal bool // no traffic in or out of the network except between its endpoints
+
+	// VNI is an overlay network's VXLAN network identifier (1..16777215),
+	// the same on every node.
+	VNI uint32
 
 	// Parent is the host interface a macvlan or ipvlan network's endpoints
 	// hang off. A name of the form IFACE.VID (eth1.10) is an 802.1q
@@ -83,10 +110,20 @@ type PortMapping struct {
 	Port     uint16 // port inside the sandbox
 }
 
+// Remote is an endpoint of an overlay network that lives on another node.
+type Remote struct {
+	Addr netip.Addr       // the endpoint's address
+	MAC  net.HardwareAddr // its sandbox-side MAC
+	Node netip.Addr       // underlay (tunnel) address of its node
+}
+
 // State is the complete desired state of one host, used by Sync.
 type State struct {
 	Networks  []Network
 	Endpoints []Endpoint
+	// Remotes are the remote endpoints of each overlay network, by
+	// network ID; an overlay network missing here has none.
+	Remotes map[string][]Remote
 }
 
 // Status describes a datapath for `fabricctl status`.
@@ -108,6 +145,10 @@ type Datapath interface {
 	EnsureEndpoint(ctx context.Context, n Network, ep Endpoint) error
 	// DeleteEndpoint removes an endpoint; a missing one is not an error.
 	DeleteEndpoint(ctx context.Context, n Network, ep Endpoint) error
+	// SetRemotes makes remotes the complete set of remote endpoints of
+	// overlay network n (which must have been ensured): entries not in it
+	// are removed. Addresses of local endpoints must not be in it.
+	SetRemotes(ctx context.Context, n Network, remotes []Remote) error
 	// Sync makes the host match s exactly: everything in s is ensured and
 	// every fabric-owned object not in s is removed.
 	Sync(ctx context.Context, s State) error

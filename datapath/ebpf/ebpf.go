@@ -63,6 +63,9 @@ type Options struct {
 	Uplink string
 	// XDP is XDPAuto, XDPNative or XDPOff.
 	XDP string
+	// Tunnel is where overlay traffic leaves and arrives (the flow-based
+	// VXLAN device's port and local address).
+	Tunnel datapath.Tunnel
 }
 
 // ErrUnsupported wraps every reason the eBPF datapath cannot run here

@@ -50,6 +50,9 @@ type Options struct {
 	// pairs and configures the sandbox side, the forwarder does the host
 	// side. macvlan/ipvlan networks are unaffected.
 	Forwarder Forwarder
+	// Tunnel is where overlay networks' VXLAN traffic leaves and arrives;
+	// overlay networks cannot be ensured without Tunnel.Local.
+	Tunnel datapath.Tunnel
 }
 
 // Forwarder forwards bridge-network traffic without a bridge. Its methods
@@ -66,6 +69,8 @@ type Forwarder interface {
 	EnsureEndpoint(n datapath.Network, ep datapath.Endpoint, host netlink.Link) error
 	// DeleteEndpoint forgets an endpoint, before its veth is deleted.
 	DeleteEndpoint(n datapath.Network, ep datapath.Endpoint) error
+	// SetRemotes replaces the remote endpoints of overlay network n.
+	SetRemotes(n datapath.Network, remotes []datapath.Remote) error
 	// Sync forgets everything not in s. It runs after every network and
 	// endpoint of s was ensured.
 	Sync(s datapath.State) error

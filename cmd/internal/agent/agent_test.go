@@ -26,6 +26,7 @@ type fakeDatapath struct {
 	failNetwork  error
 	failEndpoint error
 	syncs        []datapath.State
+	remotes      map[string][]datapath.Remote // by network ID
 }
 
 func newFake() *fakeDatapath {
@@ -63,6 +64,16 @@ func (f *fakeDatapath) DeleteEndpoint(_ context.Context, _ datapath.Network, ep 
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.endpoints, ep.ID)
+	return nil
+}
+
+func (f *fakeDatapath) SetRemotes(_ context.Context, n datapath.Network, r []datapath.Remote) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.remotes == nil {
+		f.remotes = map[string][]datapath.Remote{}
+	}
+	f.remotes[n.ID] = append([]datapath.Remote(nil), r...)
 	return nil
 }
 
