@@ -12,6 +12,9 @@ import (
 	"github.com/fabricnet/fabric/datapath"
 )
 
+// maxVNI is the largest VXLAN network identifier (24 bits).
+const maxVNI = 1<<24 - 1
+
 // defaultMTU is used when a network leaves its MTU at zero.
 const defaultMTU = 1500
 
@@ -52,6 +55,10 @@ func validateNetwork(n datapath.Network) error {
 	}
 	switch n.Driver {
 	case "", datapath.DriverBridge:
+	case datapath.DriverOverlay:
+		if n.VNI == 0 || n.VNI > maxVNI {
+			return invalidf("network %s: overlay VNI %d must be 1 to %d", n.ID, n.VNI, maxVNI)
+		}
 	case datapath.DriverMacvlan, datapath.DriverIPvlan:
 		return validateParentNetwork(n)
 	default:
