@@ -371,7 +371,13 @@ func (c *Cluster) maintain() {
 // every goroutine of the package.
 func (c *Cluster) Close() error { return c.shutdown(true) }
 
-// shutdown without leave is a crash, for tests.
+// Stop shuts gossip down without leaving: the others see this node fail,
+// and see it alive again when it comes back (an agent restart), keeping
+// its leases and, if it is back within the failure timeout, its forwarding
+// entries everywhere.
+func (c *Cluster) Stop() error { return c.shutdown(false) }
+
+// shutdown without leave is a crash (Stop).
 func (c *Cluster) shutdown(leave bool) error {
 	var err error
 	c.closeOnce.Do(func() {

@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/fabricnet/fabric/cluster"
 	"github.com/fabricnet/fabric/cmd/internal/agent"
 	"github.com/fabricnet/fabric/cmd/internal/config"
 	"github.com/fabricnet/fabric/cmd/internal/dns"
@@ -78,9 +79,27 @@ func serve(cfg config.Config, log *slog.Logger) error {
 	defer stop()
 	agent.Version = version
 
-	dp, err := newDatapath(cfg, log)
+	var cl *cluster.Cluster
+	var tunnel datapath.Tunnel
+	if cfg.Clustered() {
+		var err error
+		cl, err = newCluster(cfg, log)
+		if err != nil {
+			return err
+		}
+		defer cl.Stop()
+		tunnel = datapath.Tunnel{Local: cl.Addr().Addr(), Port: uint16(cfg.TunnelPort)}
+	}
+	dp, err := newDatapath(cfg, tunnel, log)
 	if err != nil {
 		return err
+	}
+	if cl != nil {
+		meta := clusterMeta(cfg, tunnel)
+		meta.Datapath = dp.Status(ctx).Name
+		if err := cl.UpdateMeta(meta); err != nil {
+			log.Warn("cannot announce node metadata", "err", err)
+		}
 	}
 	apiMetrics := metrics.NewAPIMetrics()
 	a, err := agent.New(agent.Options{
@@ -88,6 +107,7 @@ func serve(cfg config.Config, log *slog.Logger) error {
 		DefaultSubnet: cfg.DefaultSubnetPrefix(), NoDefaultNetwork: cfg.NoDefaultNetwork,
 		DNS:      dns.Config{Upstreams: cfg.DNSUpstreams, TTL: cfg.DNSTTL},
 		Datapath: dp, Log: log, APIMetrics: apiMetrics,
+		Cluster: cl, Tunnel: tunnel,
 	})
 	if err != nil {
 		dp.Close()
@@ -96,6 +116,14 @@ func serve(cfg config.Config, log *slog.Logger) error {
 	defer a.Close()
 	if err := a.Start(ctx); err != nil {
 		return err
+	}
+	if cl != nil {
+		go func() {
+			if err := cl.Run(ctx); err != nil {
+				log.Error("cluster stopped", "err", err)
+			}
+		}()
+		go a.RunCluster(ctx)
 	}
 	if cfg.MetricsListen != "" {
 		// Metrics are not worth losing the network over: a listener that
@@ -116,10 +144,39 @@ func serve(cfg config.Config, log *slog.Logger) error {
 	return a.Serve(ctx)
 }
 
-func newDatapath(cfg config.Config, log *slog.Logger) (datapath.Datapath, error) {
+// newCluster starts gossip (listening, not yet joined: Run joins).
+func newCluster(cfg config.Config, log *slog.Logger) (*cluster.Cluster, error) {
+	var keys [][]byte
+	if cfg.ClusterSecretFile != "" {
+		var err error
+		if keys, err = cluster.LoadKeyFile(cfg.ClusterSecretFile); err != nil {
+			return nil, fmt.Errorf("--cluster-secret-file: %w", err)
+		}
+	}
+	bind, err := cfg.GossipBind()
+	if err != nil {
+		return nil, fmt.Errorf("--cluster-bind: %w", err)
+	}
+	cc := cluster.Config{
+		NodeName: cfg.NodeName, BindAddr: bind.Addr().String(), BindPort: int(bind.Port()),
+		Join: cfg.GossipSeeds(), SecretKeys: keys, Logger: log.With("part", "cluster"),
+		Meta: clusterMeta(cfg, datapath.Tunnel{}),
+	}
+	cl, err := cluster.New(cc)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	return cl, nil
+}
+
+func clusterMeta(cfg config.Config, t datapath.Tunnel) cluster.NodeMeta {
+	return cluster.NodeMeta{Name: cfg.NodeName, Addr: t.Local, TunnelPort: uint16(cfg.TunnelPort), Version: version}
+}
+
+func newDatapath(cfg config.Config, tunnel datapath.Tunnel, log *slog.Logger) (datapath.Datapath, error) {
 	mode := cfg.Datapath
 	if mode == config.DatapathEBPF || mode == config.DatapathAuto {
-		dp, err := ebpf.New(log, ebpf.Options{BPFRoot: cfg.BPFRoot, Uplink: cfg.Uplink, XDP: cfg.XDP})
+		dp, err := ebpf.New(log, ebpf.Options{BPFRoot: cfg.BPFRoot, Uplink: cfg.Uplink, XDP: cfg.XDP, Tunnel: tunnel})
 		if err == nil {
 			return dp, nil
 		}
@@ -132,13 +189,13 @@ func newDatapath(cfg config.Config, log *slog.Logger) (datapath.Datapath, error)
 			return nil, fmt.Errorf("ebpf datapath: %w", err)
 		}
 		log.Warn("eBPF datapath unavailable; falling back to the kernel datapath", "err", err)
-		dp2, kerr := kernel.New(log, kernel.Options{})
+		dp2, kerr := kernel.New(log, kernel.Options{Tunnel: tunnel})
 		if kerr != nil {
 			return nil, fmt.Errorf("kernel datapath: %w", kerr)
 		}
 		return fallback{Datapath: dp2, why: err.Error()}, nil
 	}
-	dp, err := kernel.New(log, kernel.Options{})
+	dp, err := kernel.New(log, kernel.Options{Tunnel: tunnel})
 	if err != nil {
 		return nil, fmt.Errorf("kernel datapath: %w", err)
 	}

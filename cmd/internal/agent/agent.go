@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/fabricnet/fabric/cluster"
 	"github.com/fabricnet/fabric/cmd/internal/dns"
 	"github.com/fabricnet/fabric/cmd/internal/ipam"
 	"github.com/fabricnet/fabric/cmd/internal/store"
@@ -56,6 +57,13 @@ type Options struct {
 	DNS      dns.Config
 	NoDNS    bool
 	Datapath datapath.Datapath
+	// Cluster, if set, makes the host part of a fabric: overlay networks,
+	// leases and endpoint records come from it. The caller runs it
+	// (Cluster.Run) and calls RunCluster; nil is a single-host fabric.
+	Cluster *cluster.Cluster
+	// Tunnel is where overlay traffic leaves and arrives (Local is the
+	// address other nodes send to; its interface's MTU sets overlay MTUs).
+	Tunnel datapath.Tunnel
 	// APIMetrics, if set, counts API requests by route and code.
 	APIMetrics *metrics.APIMetrics
 	Log        *slog.Logger
@@ -79,6 +87,10 @@ type Agent struct {
 	dns       *dns.Server
 	dnsErrors map[string]string // sandbox → why its resolver is not running
 
+	cl               *cluster.Cluster
+	cs               clusterState
+	unhealthyOverlay map[string]string // cluster network name → why it is not set up here
+
 	procs    *processes
 	wg       sync.WaitGroup
 	recStats reconcileStats // under mu
@@ -96,7 +108,7 @@ func New(opts Options) (*Agent, error) {
 		return nil, fmt.Errorf("create state dir %s: %w", opts.StateDir, err)
 	}
 	st, err := store.Open(filepath.Join(opts.StateDir, "state.db"),
-		[]string{bucketNetworks, bucketSandboxes, bucketEndpoints}, 2*time.Second)
+		[]string{bucketNetworks, bucketSandboxes, bucketEndpoints, bucketCluster}, 2*time.Second)
 	if err != nil {
 		return nil, err
 	}
@@ -105,6 +117,7 @@ func New(opts Options) (*Agent, error) {
 		networks: map[string]*networkRec{}, sandboxes: map[string]*sandboxRec{},
 		endpoints: map[string]*endpointRec{}, pools: map[string]*ipam.Pool{},
 		unhealthy: map[string]string{}, dnsErrors: map[string]string{},
+		cl: opts.Cluster, unhealthyOverlay: map[string]string{},
 	}
 	if !opts.NoDNS {
 		if opts.DNS.Log == nil {
@@ -129,6 +142,9 @@ func (a *Agent) Start(ctx context.Context) error {
 	if err := a.load(); err != nil {
 		return fmt.Errorf("load state: %w", err)
 	}
+	if err := a.restoreCluster(); err != nil {
+		return err
+	}
 	t0 := time.Now()
 	err := a.reconcile(ctx)
 	a.recordReconcile(time.Since(t0), err)
@@ -139,6 +155,11 @@ func (a *Agent) Start(ctx context.Context) error {
 		if err := a.ensureDefaultNetwork(ctx); err != nil {
 			return fmt.Errorf("default network: %w", err)
 		}
+	}
+	if a.cl != nil {
+		a.publishAllLocked()
+		a.syncClusterLocked(ctx)
+		a.saveClusterLocked(true)
 	}
 	return nil
 }

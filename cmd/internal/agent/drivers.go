@@ -16,7 +16,7 @@ import (
 )
 
 func knownDriver(d string) bool {
-	return d == api.DriverBridge || d == api.DriverMacvlan || d == api.DriverIPvlan
+	return d == api.DriverBridge || d == api.DriverMacvlan || d == api.DriverIPvlan || d == api.DriverOverlay
 }
 
 // lanDriver reports whether a driver puts endpoints straight onto the

@@ -91,7 +91,7 @@ func (a *Agent) deleteEndpointKernel(ctx context.Context, ep *endpointRec) error
 
 // planEndpoint reserves an address (static or dynamic) and builds the record
 // of a new endpoint. The caller releases the address if it goes no further.
-func (a *Agent) planEndpoint(n *networkRec, sandbox, ip string, aliases []string) (*endpointRec, error) {
+func (a *Agent) planEndpoint(ctx context.Context, n *networkRec, sandbox, ip string, aliases []string) (*endpointRec, error) {
 	for _, o := range a.endpoints {
 		if o.Sandbox == sandbox && o.NetworkID == n.ID {
 			return nil, conflictf("sandbox %q is already connected to network %q", sandbox, n.Name)
@@ -110,6 +110,20 @@ func (a *Agent) planEndpoint(n *networkRec, sandbox, ip string, aliases []string
 		if err != nil || !addr.Is4() {
 			return nil, invalidf("--ip %q is not an IPv4 address", ip)
 		}
+	}
+	if n.Driver == api.DriverOverlay {
+		// The cluster hands out the address; the local pool only mirrors
+		// it, so that local checks (in use, gateway) still hold.
+		var err error
+		addr, err = a.allocateOverlay(ctx, n, addr, id)
+		if err != nil {
+			return nil, err
+		}
+		if err := pool.Claim(addr, owner); err != nil {
+			_ = a.cl.ReleaseIP(n.Name, addr)
+			return nil, classifyIPAM(err)
+		}
+	} else if addr.IsValid() {
 		if err := pool.Claim(addr, owner); err != nil {
 			return nil, classifyIPAM(err)
 		}
@@ -125,7 +139,7 @@ func (a *Agent) planEndpoint(n *networkRec, sandbox, ip string, aliases []string
 		Addr: netip.PrefixFrom(addr, n.Subnet.Bits()), Aliases: aliases,
 		Created: time.Now().UTC(), Phase: phaseCreating, MAC: macFor(addr).String(),
 	}
-	if n.Driver == api.DriverBridge {
+	if n.Driver == api.DriverBridge || n.Driver == api.DriverOverlay {
 		ep.HostIfName = "fv" + id[:12] // macvlan/ipvlan children have no host side
 	}
 	return ep, nil
@@ -191,7 +205,7 @@ func (a *Agent) Connect(ctx context.Context, netRef string, req api.Connect) (ap
 	if sb.Phase != phaseReady {
 		return api.Endpoint{}, conflictf("sandbox %q is being created or removed", sb.Name)
 	}
-	ep, err := a.planEndpoint(n, sb.Name, req.IP, req.Aliases)
+	ep, err := a.planEndpoint(ctx, n, sb.Name, req.IP, req.Aliases)
 	if err != nil {
 		return api.Endpoint{}, err
 	}
@@ -309,7 +323,7 @@ func (a *Agent) repairPrimary(ctx context.Context, sandbox string, old *endpoint
 func (a *Agent) addEndpoints(ctx context.Context, sb *sandboxRec, sbNew bool, eps []*endpointRec) (err error) {
 	release := func() {
 		for _, ep := range eps {
-			a.pools[ep.NetworkID].Release(ep.Addr.Addr())
+			a.releaseAddr(ep)
 		}
 	}
 	err = a.store.Update(func(tx storeTx) error {
@@ -362,7 +376,7 @@ func (a *Agent) addEndpoints(ctx context.Context, sb *sandboxRec, sbNew bool, ep
 			return err
 		}
 	}
-	return a.store.Update(func(tx storeTx) error {
+	err = a.store.Update(func(tx storeTx) error {
 		for _, ep := range eps {
 			ep.Phase = phaseReady
 			if err := tx.Put(bucketEndpoints, ep.ID, ep); err != nil {
@@ -371,6 +385,34 @@ func (a *Agent) addEndpoints(ctx context.Context, sb *sandboxRec, sbNew bool, ep
 		}
 		return nil
 	})
+	if err == nil {
+		a.publish(eps)
+	}
+	return err
+}
+
+// publish announces overlay endpoints to the cluster.
+func (a *Agent) publish(eps []*endpointRec) {
+	if a.cl == nil {
+		return
+	}
+	for _, ep := range eps {
+		if rec, ok := a.clusterEndpoint(ep); ok {
+			if err := a.cl.Publish(rec); err != nil {
+				a.log.Warn("announce endpoint", "endpoint", ep.ID, "err", err)
+			}
+		}
+	}
+	a.saveClusterLocked(false)
+}
+
+// releaseAddr gives an endpoint's address back to the local pool and, on
+// an overlay network, to the cluster (withdrawing its record).
+func (a *Agent) releaseAddr(ep *endpointRec) {
+	if p := a.pools[ep.NetworkID]; p != nil {
+		p.Release(ep.Addr.Addr())
+	}
+	a.releaseOverlay(ep)
 }
 
 // removeEndpoints marks eps removing, deletes them from the kernel, releases
@@ -408,11 +450,10 @@ func (a *Agent) removeEndpoints(ctx context.Context, eps []*endpointRec) error {
 		return err
 	}
 	for _, ep := range eps {
-		if p := a.pools[ep.NetworkID]; p != nil {
-			p.Release(ep.Addr.Addr())
-		}
+		a.releaseAddr(ep)
 		delete(a.endpoints, ep.ID)
 	}
+	a.saveClusterLocked(false)
 	return nil
 }
 

@@ -65,6 +65,13 @@ func (a *Agent) networkLocked(ref string) (*networkRec, error) {
 func (a *Agent) CreateNetwork(ctx context.Context, req api.NetworkCreate) (api.Network, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if req.Driver == api.DriverOverlay {
+		n, err := a.createOverlay(ctx, req)
+		if err != nil {
+			return api.Network{}, err
+		}
+		return a.networkAPI(n), nil
+	}
 	n, err := a.planNetwork(req)
 	if err != nil {
 		return api.Network{}, err
@@ -97,7 +104,7 @@ func (a *Agent) planNetwork(req api.NetworkCreate) (*networkRec, error) {
 		driver = api.DriverBridge
 	}
 	if !knownDriver(driver) {
-		return nil, invalidf("driver %q is not supported; available drivers: bridge, macvlan, ipvlan", driver)
+		return nil, invalidf("driver %q is not supported; available drivers: bridge, overlay, macvlan, ipvlan", driver)
 	}
 	n := &networkRec{
 		ID: newID(), Name: req.Name, Driver: driver, Internal: req.Internal,
@@ -342,6 +349,9 @@ func (a *Agent) RemoveNetwork(ctx context.Context, ref string) error {
 	if len(users) > 0 {
 		sort.Strings(users)
 		return conflictf("network %q has %d endpoint(s) (sandboxes %s); disconnect or remove them first", n.Name, len(users), strings.Join(users, ", "))
+	}
+	if n.Driver == api.DriverOverlay {
+		return a.removeOverlay(ctx, n)
 	}
 	return a.deleteNetwork(ctx, n)
 }

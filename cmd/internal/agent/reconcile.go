@@ -186,5 +186,6 @@ func (a *Agent) desiredLocked() datapath.State {
 			s.Endpoints = append(s.Endpoints, dep)
 		}
 	}
+	s.Remotes = a.clusterRemotesLocked()
 	return s
 }

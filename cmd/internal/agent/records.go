@@ -45,6 +45,8 @@ type networkRec struct {
 	Shim     bool              `json:"shim,omitempty"`   // host_shim=true
 	HostShim netip.Addr        `json:"host_shim,omitzero"`
 	Exclude  []netip.Addr      `json:"exclude,omitempty"`
+	VNI      uint32            `json:"vni,omitempty"`        // overlay
+	Cluster  string            `json:"cluster_id,omitempty"` // overlay: the cluster's network ID
 	Default  bool              `json:"default,omitempty"`
 	Created  time.Time         `json:"created"`
 	Phase    phase             `json:"phase"`
@@ -86,7 +88,7 @@ func (n *networkRec) datapath() datapath.Network {
 	return datapath.Network{
 		ID: n.ID, Name: n.Name, Driver: n.Driver, Subnet: n.Subnet, Gateway: n.Gateway,
 		Bridge: n.Bridge, MTU: n.MTU, Internal: n.Internal,
-		Parent: n.Parent, Mode: n.Mode, HostShim: n.HostShim,
+		Parent: n.Parent, Mode: n.Mode, HostShim: n.HostShim, VNI: n.VNI,
 	}
 }
 
@@ -95,6 +97,10 @@ func (n *networkRec) api(endpoints, used, free int, health string) api.Network {
 		ID: n.ID, Name: n.Name, Driver: n.Driver, Subnet: n.Subnet.String(), Gateway: n.Gateway.String(),
 		Internal: n.Internal, Options: n.Options, Bridge: n.Bridge, MTU: n.MTU, Created: n.Created,
 		Endpoints: endpoints, IPsUsed: used, IPsFree: free, Parent: n.Parent, Mode: n.Mode, Health: health,
+		VNI: n.VNI, Scope: "local",
+	}
+	if n.Driver == api.DriverOverlay {
+		out.Scope = "cluster"
 	}
 	if n.HostShim.IsValid() {
 		out.HostShim = n.HostShim.String()

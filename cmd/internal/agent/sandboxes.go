@@ -20,7 +20,7 @@ type storeTx = *store.Tx
 func (a *Agent) CreateSandbox(ctx context.Context, req api.SandboxCreate) (api.Sandbox, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	sb, eps, err := a.planSandbox(req)
+	sb, eps, err := a.planSandbox(ctx, req)
 	if err != nil {
 		return api.Sandbox{}, err
 	}
@@ -32,7 +32,7 @@ func (a *Agent) CreateSandbox(ctx context.Context, req api.SandboxCreate) (api.S
 
 // planSandbox validates the request and reserves addresses; nothing is
 // written. On error every reserved address is released again.
-func (a *Agent) planSandbox(req api.SandboxCreate) (*sandboxRec, []*endpointRec, error) {
+func (a *Agent) planSandbox(ctx context.Context, req api.SandboxCreate) (*sandboxRec, []*endpointRec, error) {
 	name := req.Name
 	if name == "" {
 		name = "sb-" + newID()[:10]
@@ -118,7 +118,7 @@ func (a *Agent) planSandbox(req api.SandboxCreate) (*sandboxRec, []*endpointRec,
 	if network == nil {
 		return sb, nil, nil
 	}
-	ep, err := a.planEndpoint(network, name, req.IP, req.Aliases)
+	ep, err := a.planEndpoint(ctx, network, name, req.IP, req.Aliases)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -172,7 +172,7 @@ func (a *Agent) addSandbox(ctx context.Context, sb *sandboxRec, eps []*endpointR
 	})
 	if err != nil {
 		for _, ep := range eps {
-			a.pools[ep.NetworkID].Release(ep.Addr.Addr())
+			a.releaseAddr(ep)
 		}
 		return err
 	}
@@ -223,6 +223,7 @@ func (a *Agent) addSandbox(ctx context.Context, sb *sandboxRec, eps []*endpointR
 	if err != nil {
 		return err
 	}
+	a.publish(eps)
 	a.refreshDNS()
 	a.log.Info("sandbox created", "sandbox", sb.Name, "mode", sb.Mode, "pid", sb.PID)
 	return nil
@@ -410,6 +411,15 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 	nNet, nSb, nEp := len(a.networks), len(a.sandboxes), len(a.endpoints)
 	warnings := append(append([]string(nil), a.warnings...), a.healthWarnings()...)
 	dnsSt := a.dnsStatus()
+	clusterSt := a.clusterStatusLocked()
+	if clusterSt != nil {
+		warnings = append(warnings, clusterSt.Problems...)
+		for _, m := range clusterSt.Members {
+			if m.State != "alive" {
+				warnings = append(warnings, fmt.Sprintf("cluster member %s is %s (since %s)", m.Name, m.State, m.Since))
+			}
+		}
+	}
 	if dnsSt != nil && len(dnsSt.Errors) > 0 {
 		warnings = append(warnings, fmt.Sprintf("embedded DNS not running in %d sandbox(es)", len(dnsSt.Errors)))
 	}
@@ -419,6 +429,6 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 		Version: Version, Node: a.opts.NodeName, Started: a.started.UTC().Format(time.RFC3339),
 		Uptime: time.Since(a.started).Round(time.Second).String(), Datapath: ds.Name, Details: ds.Details,
 		Networks: nNet, Sandboxes: nSb, Endpoints: nEp, Warnings: append(warnings, ds.Warnings...),
-		DNS: dnsSt,
+		DNS: dnsSt, Cluster: clusterSt,
 	}
 }

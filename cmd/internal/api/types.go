@@ -44,6 +44,7 @@ const (
 	DriverBridge  = "bridge"
 	DriverMacvlan = "macvlan"
 	DriverIPvlan  = "ipvlan"
+	DriverOverlay = "overlay"
 )
 
 // Network health.
@@ -92,6 +93,8 @@ type Network struct {
 	Endpoints int               `json:"endpoints"`
 	IPsUsed   int               `json:"ips_used"`
 	IPsFree   int               `json:"ips_free"`
+	Scope     string            `json:"scope"`         // local, or cluster (overlay)
+	VNI       uint32            `json:"vni,omitempty"` // overlay
 }
 
 // Port is a published port.
@@ -177,17 +180,45 @@ type Endpoint struct {
 
 // Status is the body of GET /v1/status.
 type Status struct {
-	Version   string     `json:"version"`
-	Node      string     `json:"node"`
-	Uptime    string     `json:"uptime"`
-	Started   string     `json:"started"`
-	Datapath  string     `json:"datapath"`
-	Details   []string   `json:"datapath_details,omitempty"`
-	Networks  int        `json:"networks"`
-	Sandboxes int        `json:"sandboxes"`
-	Endpoints int        `json:"endpoints"`
-	DNS       *DNSStatus `json:"dns,omitempty"`
-	Warnings  []string   `json:"warnings,omitempty"`
+	Version   string         `json:"version"`
+	Node      string         `json:"node"`
+	Uptime    string         `json:"uptime"`
+	Started   string         `json:"started"`
+	Datapath  string         `json:"datapath"`
+	Details   []string       `json:"datapath_details,omitempty"`
+	Networks  int            `json:"networks"`
+	Sandboxes int            `json:"sandboxes"`
+	Endpoints int            `json:"endpoints"`
+	DNS       *DNSStatus     `json:"dns,omitempty"`
+	Cluster   *ClusterStatus `json:"cluster,omitempty"`
+	Warnings  []string       `json:"warnings,omitempty"`
+}
+
+// ClusterStatus describes this node's view of the cluster.
+type ClusterStatus struct {
+	Node             string   `json:"node"`
+	Gossip           string   `json:"gossip"` // address gossip listens on
+	Tunnel           string   `json:"tunnel"` // underlay address:port of overlay traffic
+	Alive            int      `json:"alive"`
+	Members          []Member `json:"members"`
+	Networks         int      `json:"overlay_networks"`
+	MessagesSent     uint64   `json:"messages_sent"`
+	MessagesReceived uint64   `json:"messages_received"`
+	MessagesDropped  uint64   `json:"messages_dropped"`
+	SendErrors       uint64   `json:"send_errors"`
+	Problems         []string `json:"problems,omitempty"`
+}
+
+// Member is one cluster node as this node sees it.
+type Member struct {
+	Name      string `json:"name"`
+	Addr      string `json:"addr"`   // underlay (tunnel) address
+	Gossip    string `json:"gossip"` // gossip address
+	State     string `json:"state"`  // alive, failed or left
+	Since     string `json:"since"`
+	Datapath  string `json:"datapath,omitempty"`
+	Version   string `json:"version,omitempty"`
+	Endpoints int    `json:"endpoints"`
 }
 
 // DNSStatus describes the embedded DNS server (127.0.0.11 in every sandbox).

@@ -12,7 +12,11 @@ package config
 import (
 	"errors"
 	"log/slog"
+	"net"
+	"net/netip"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -69,14 +73,19 @@ type Config struct {
 	// MetricsListen is the host:port of the Prometheus endpoint; empty
 	// disables it.
 	MetricsListen string `mapstructure:"metrics-listen" yaml:"metrics-listen"`
-	// ClusterBind is the IP:port the gossip layer listens on.
+	// ClusterBind is the IP[:port] the gossip layer listens on (port 7946
+	// if not given). Empty with no ClusterJoin means no cluster: a
+	// single-host fabric without overlay networks.
 	ClusterBind string `mapstructure:"cluster-bind" yaml:"cluster-bind"`
-	// ClusterJoin lists host:port addresses of existing members to join;
+	// ClusterJoin lists host[:port] addresses of existing members to join;
 	// empty means start a new (possibly single-node) cluster.
 	ClusterJoin []string `mapstructure:"cluster-join" yaml:"cluster-join"`
 	// ClusterSecretFile holds the key that encrypts gossip; empty means
 	// gossip is not encrypted.
 	ClusterSecretFile string `mapstructure:"cluster-secret-file" yaml:"cluster-secret-file"`
+	// TunnelPort is the UDP port of overlay (VXLAN) traffic, the same on
+	// every node.
+	TunnelPort int `mapstructure:"tunnel-port" yaml:"tunnel-port"`
 	// BPFRoot is the bpffs directory where maps and links are pinned.
 	BPFRoot string `mapstructure:"bpf-root" yaml:"bpf-root"`
 	// XDP is auto, native or off.
@@ -110,12 +119,44 @@ func Defaults() Config {
 		NodeName:      host,
 		Datapath:      DatapathAuto,
 		MetricsListen: "127.0.0.1:9475",
-		ClusterBind:   "0.0.0.0:7946",
+		TunnelPort:    4789,
 		BPFRoot:       "/sys/fs/bpf/fabric",
 		XDP:           XDPAuto,
 		LogLevel:      "info",
 		DNSTTL:        60 * time.Second,
 	}
+}
+
+// DefaultGossipPort is the cluster gossip port when an address has none.
+const DefaultGossipPort = 7946
+
+// Clustered reports whether the agent joins a cluster (gossip on).
+func (c Config) Clustered() bool { return c.ClusterBind != "" || len(c.ClusterJoin) > 0 }
+
+// GossipBind returns the address and port gossip listens on: ClusterBind
+// with the default port filled in, 0.0.0.0:7946 when only ClusterJoin is set.
+func (c Config) GossipBind() (netip.AddrPort, error) {
+	if c.ClusterBind == "" {
+		return netip.AddrPortFrom(netip.IPv4Unspecified(), DefaultGossipPort), nil
+	}
+	return netip.ParseAddrPort(WithDefaultPort(c.ClusterBind))
+}
+
+// WithDefaultPort appends the default gossip port to an address without one.
+func WithDefaultPort(addr string) string {
+	if _, _, err := net.SplitHostPort(addr); err == nil {
+		return addr
+	}
+	return net.JoinHostPort(strings.Trim(addr, "[]"), strconv.Itoa(DefaultGossipPort))
+}
+
+// GossipSeeds returns ClusterJoin with the default port filled in.
+func (c Config) GossipSeeds() []string {
+	out := make([]string, len(c.ClusterJoin))
+	for i, j := range c.ClusterJoin {
+		out[i] = WithDefaultPort(j)
+	}
+	return out
 }
 
 // SlogLevel returns LogLevel as a slog.Level (info for unknown values,
@@ -144,6 +185,7 @@ const (
 	keyClusterBind       = "cluster-bind"
 	keyClusterJoin       = "cluster-join"
 	keyClusterSecretFile = "cluster-secret-file"
+	keyTunnelPort        = "tunnel-port"
 	keyBPFRoot           = "bpf-root"
 	keyXDP               = "xdp"
 	keyLogLevel          = "log-level"
@@ -167,6 +209,7 @@ func defaultValues() map[string]any {
 		keyClusterBind:       d.ClusterBind,
 		keyClusterJoin:       []string{},
 		keyClusterSecretFile: d.ClusterSecretFile,
+		keyTunnelPort:        d.TunnelPort,
 		keyBPFRoot:           d.BPFRoot,
 		keyXDP:               d.XDP,
 		keyLogLevel:          d.LogLevel,

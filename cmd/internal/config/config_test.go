@@ -63,7 +63,7 @@ func TestDefaults(t *testing.T) {
 		{"node-name", d.NodeName, host},
 		{"datapath", d.Datapath, "auto"},
 		{"metrics-listen", d.MetricsListen, "127.0.0.1:9475"},
-		{"cluster-bind", d.ClusterBind, "0.0.0.0:7946"},
+		{"cluster-bind", d.ClusterBind, ""},
 		{"bpf-root", d.BPFRoot, "/sys/fs/bpf/fabric"},
 		{"xdp", d.XDP, "auto"},
 		{"log-level", d.LogLevel, "info"},
@@ -74,6 +74,12 @@ func TestDefaults(t *testing.T) {
 		if c.got != c.want {
 			t.Errorf("default %s = %q, want %q", c.name, c.got, c.want)
 		}
+	}
+	if d.TunnelPort != 4789 {
+		t.Errorf("default tunnel-port = %d, want 4789", d.TunnelPort)
+	}
+	if d.Clustered() {
+		t.Error("the defaults turn clustering on; want a single-host fabric")
 	}
 	if d.NoDefaultNetwork || len(d.ClusterJoin) != 0 {
 		t.Errorf("default no-default-network=%v cluster-join=%v", d.NoDefaultNetwork, d.ClusterJoin)
@@ -345,8 +351,10 @@ func TestValidate(t *testing.T) {
 		{"cluster-bind hostname", func(c *Config) { c.ClusterBind = "myhost:7946" }, []string{"cluster-bind", "not an IP address"}},
 		{"cluster-bind no host", func(c *Config) { c.ClusterBind = ":7946" }, []string{"cluster-bind", "no host"}},
 		{"cluster-bind port 0", func(c *Config) { c.ClusterBind = "0.0.0.0:0" }, []string{"cluster-bind", "1 to 65535"}},
-		{"cluster-bind empty", func(c *Config) { c.ClusterBind = "" }, []string{"cluster-bind", "IP:PORT"}},
-		{"cluster-join no port", func(c *Config) { c.ClusterJoin = []string{"10.0.0.2"} }, []string{"cluster-join", `"10.0.0.2" is not HOST:PORT`}},
+		{"cluster-bind hostname no port", func(c *Config) { c.ClusterBind = "myhost" }, []string{"cluster-bind", "not an IP address"}},
+		{"cluster-join bad port", func(c *Config) { c.ClusterJoin = []string{"10.0.0.2:x"} }, []string{"cluster-join", `port "x"`}},
+		{"tunnel-port 0", func(c *Config) { c.TunnelPort = 0 }, []string{"tunnel-port", "1 to 65535"}},
+		{"tunnel-port too big", func(c *Config) { c.TunnelPort = 70000 }, []string{"tunnel-port", "1 to 65535"}},
 		{"cluster-join bad host", func(c *Config) { c.ClusterJoin = []string{"10.0.0.2:7946", "bad_host!:7946"} }, []string{"cluster-join", "bad_host!"}},
 		{"default-subnet not cidr", func(c *Config) { c.DefaultSubnet = "10.0.0.0" }, []string{"default-subnet", "not an IPv4 CIDR"}},
 		{"default-subnet host bits", func(c *Config) { c.DefaultSubnet = "10.0.0.5/24" }, []string{"default-subnet", "use 10.0.0.0/24"}},
@@ -400,5 +408,31 @@ func TestRegisterFlags(t *testing.T) {
 	}
 	if f := fs.Lookup("config"); f == nil || f.DefValue != DefaultConfigFile {
 		t.Errorf("--config missing or default not %s", DefaultConfigFile)
+	}
+}
+
+func TestGossipAddresses(t *testing.T) {
+	c := Defaults()
+	c.ClusterJoin = []string{"10.0.0.2", "10.0.0.3:8000", "node-b.lab"}
+	if !c.Clustered() {
+		t.Fatal("cluster-join alone must turn clustering on")
+	}
+	bind, err := c.GossipBind()
+	if err != nil || bind.String() != "0.0.0.0:7946" {
+		t.Errorf("GossipBind with no cluster-bind = %v, %v; want 0.0.0.0:7946", bind, err)
+	}
+	got := c.GossipSeeds()
+	want := []string{"10.0.0.2:7946", "10.0.0.3:8000", "node-b.lab:7946"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("GossipSeeds = %v, want %v", got, want)
+	}
+	for in, want := range map[string]string{"10.1.2.3": "10.1.2.3:7946", "10.1.2.3:9000": "10.1.2.3:9000"} {
+		c.ClusterBind = in
+		if err := c.Validate(); err != nil {
+			t.Errorf("cluster-bind %q refused: %v", in, err)
+		}
+		if b, err := c.GossipBind(); err != nil || b.String() != want {
+			t.Errorf("GossipBind(%q) = %v, %v; want %s", in, b, err, want)
+		}
 	}
 }

@@ -27,11 +27,13 @@ func RegisterFlags(fs *pflag.FlagSet) {
 	fs.String(keyMetricsListen, d.MetricsListen,
 		"host:port for Prometheus metrics at /metrics; empty disables it"+env(keyMetricsListen))
 	fs.String(keyClusterBind, d.ClusterBind,
-		"IP:port for cluster gossip (TCP and UDP); other nodes must reach it"+env(keyClusterBind))
+		"IP[:port] for cluster gossip, TCP and UDP, port 7946 if not given; other nodes must reach it and it is the address overlay tunnels are sent to (unless 0.0.0.0). Empty (and no --cluster-join): no cluster, a single-host fabric"+env(keyClusterBind))
 	fs.StringSlice(keyClusterJoin, nil,
-		"comma-separated host:port of existing cluster members to join; none starts a new cluster"+env(keyClusterJoin))
+		"comma-separated host[:port] of cluster members to join (port 7946 if not given), retried until one answers; none starts a new cluster"+env(keyClusterJoin))
 	fs.String(keyClusterSecretFile, d.ClusterSecretFile,
 		"file holding the key that encrypts cluster gossip; same file on every node; empty means unencrypted"+env(keyClusterSecretFile))
+	fs.Int(keyTunnelPort, d.TunnelPort,
+		"UDP port of overlay (VXLAN) traffic; must be the same on every node"+env(keyTunnelPort))
 	fs.String(keyBPFRoot, d.BPFRoot,
 		"bpffs directory where eBPF maps and links are pinned so a restart drops no traffic"+env(keyBPFRoot))
 	fs.String(keyXDP, d.XDP,

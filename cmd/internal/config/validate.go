@@ -73,13 +73,18 @@ func (c Config) Validate() error {
 			bad(keyMetricsListen, "%s (for example 127.0.0.1:9475 or :9475; empty disables metrics)", err)
 		}
 	}
-	if err := checkHostPort(c.ClusterBind, false, false, 1); err != "" {
-		bad(keyClusterBind, "%s (want IP:PORT, for example 0.0.0.0:7946)", err)
+	if c.ClusterBind != "" {
+		if err := checkHostPort(WithDefaultPort(c.ClusterBind), false, false, 1); err != "" {
+			bad(keyClusterBind, "%s (want IP or IP:PORT, for example 10.0.0.1 or 0.0.0.0:7946)", err)
+		}
 	}
 	for _, j := range c.ClusterJoin {
-		if err := checkHostPort(j, false, true, 1); err != "" {
-			bad(keyClusterJoin, "%s (want HOST:PORT, for example 10.0.0.2:7946)", err)
+		if err := checkHostPort(WithDefaultPort(j), false, true, 1); err != "" {
+			bad(keyClusterJoin, "%s (want HOST or HOST:PORT, for example 10.0.0.2:7946)", err)
 		}
+	}
+	if c.TunnelPort < 1 || c.TunnelPort > 65535 {
+		bad(keyTunnelPort, "%d must be from 1 to 65535 (4789 is the VXLAN port)", c.TunnelPort)
 	}
 
 	for _, u := range c.DNSUpstreams {

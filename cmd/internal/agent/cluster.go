@@ -1,0 +1,630 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/fabricnet/fabric/cluster"
+	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/cmd/internal/ipam"
+	"github.com/fabricnet/fabric/cmd/internal/store"
+	"github.com/fabricnet/fabric/datapath"
+)
+
+// Cluster state in the store: the cluster's own snapshot (records and this
+// node's allocations) and the last known underlay address of every node,
+// so that a restarted agent keeps forwarding to remote endpoints before
+// gossip has caught up.
+const (
+	bucketCluster = "cluster"
+	keySnapshot   = "snapshot"
+	keyNodes      = "nodes"
+)
+
+// settleAfter is how long after start an agent that has not joined anyone
+// still trusts remembered node addresses for members it has not seen.
+const settleAfter = 15 * time.Second
+
+// clusterSyncInterval re-derives the overlay state even without events, and
+// saves the cluster snapshot when it changed.
+const clusterSyncInterval = 2 * time.Second
+
+// overlayID is the local ID of a cluster network: derived from the
+// cluster's network ID, so every node names it the same.
+func overlayID(id cluster.NetworkID) string {
+	sum := sha256.Sum256([]byte("overlay:" + id.String()))
+	return hex.EncodeToString(sum[:])
+}
+
+// clusterState is the agent's side of the cluster, under Agent.mu.
+type clusterState struct {
+	remotes   map[string][]datapath.Remote // network ID → what the datapath has
+	nodeAddrs map[string]netip.Addr        // node → underlay address, persisted
+	savedVer  uint64                       // cluster state version last saved
+	joined    bool                         // another member was seen since start
+	started   time.Time
+}
+
+// restoreCluster merges the stored snapshot into the cluster and loads the
+// remembered node addresses. It runs before the first reconcile.
+func (a *Agent) restoreCluster() error {
+	a.cs = clusterState{remotes: map[string][]datapath.Remote{}, nodeAddrs: map[string]netip.Addr{}, started: time.Now()}
+	if a.cl == nil {
+		return nil
+	}
+	var snap []byte
+	err := a.store.View(func(tx *store.Tx) error {
+		if _, err := tx.Get(bucketCluster, keySnapshot, &snap); err != nil {
+			return err
+		}
+		_, err := tx.Get(bucketCluster, keyNodes, &a.cs.nodeAddrs)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("read cluster state: %w", err)
+	}
+	if a.cs.nodeAddrs == nil {
+		a.cs.nodeAddrs = map[string]netip.Addr{}
+	}
+	if len(snap) > 0 {
+		if err := a.cl.Restore(snap); err != nil {
+			// Peers hold the same records: losing the snapshot costs a
+			// push/pull, not state.
+			a.log.Warn("stored cluster snapshot not usable; relearning from peers", "err", err)
+		}
+	}
+	return nil
+}
+
+// saveClusterLocked persists the cluster snapshot if it changed.
+func (a *Agent) saveClusterLocked(force bool) {
+	if a.cl == nil {
+		return
+	}
+	ver := a.cl.Stats().StateVersion
+	if !force && ver == a.cs.savedVer {
+		return
+	}
+	snap, err := a.cl.Snapshot()
+	if err != nil {
+		a.log.Warn("cluster snapshot", "err", err)
+		return
+	}
+	err = a.store.Update(func(tx *store.Tx) error {
+		if err := tx.Put(bucketCluster, keySnapshot, snap); err != nil {
+			return err
+		}
+		return tx.Put(bucketCluster, keyNodes, a.cs.nodeAddrs)
+	})
+	if err != nil {
+		a.log.Warn("save cluster snapshot", "err", err)
+		return
+	}
+	a.cs.savedVer = ver
+}
+
+// RunCluster follows the cluster until ctx ends: every change of members,
+// networks or endpoints is applied to the host (overlay networks made or
+// removed, remote endpoints programmed), and the cluster state is saved.
+func (a *Agent) RunCluster(ctx context.Context) {
+	if a.cl == nil {
+		return
+	}
+	tick := time.NewTicker(clusterSyncInterval)
+	defer tick.Stop()
+	events := a.cl.Events()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-events:
+			a.logEvent(ev)
+			// Coalesce a burst (a joining node brings many records).
+			drain := time.After(5 * time.Millisecond)
+		more:
+			for {
+				select {
+				case ev := <-events:
+					a.logEvent(ev)
+				case <-drain:
+					break more
+				}
+			}
+		case <-tick.C:
+		}
+		a.mu.Lock()
+		a.syncClusterLocked(ctx)
+		a.saveClusterLocked(false)
+		a.mu.Unlock()
+	}
+}
+
+func (a *Agent) logEvent(ev cluster.Event) {
+	switch ev.Type {
+	case cluster.EventMemberJoined, cluster.EventMemberFailed, cluster.EventMemberLeft:
+		a.log.Info("cluster member "+strings.TrimPrefix(ev.Type.String(), "member-"), "node", ev.Member.Name, "addr", ev.Member.Meta.Addr)
+	case cluster.EventNetworkConflict:
+		a.log.Warn("overlay network lost a conflicting create", "network", ev.Network.Name, "why", ev.Conflict.Error())
+		a.mu.Lock()
+		a.warnings = append(a.warnings, "overlay network "+ev.Conflict.Error())
+		a.mu.Unlock()
+	case cluster.EventLeaseLost:
+		a.log.Error("address block taken away from this node; its endpoints there must be recreated", "block", ev.Lease)
+		a.mu.Lock()
+		a.warnings = append(a.warnings, fmt.Sprintf("address block %s was taken away from this node (it was gone too long or partitioned); recreate its endpoints", ev.Lease))
+		a.mu.Unlock()
+	}
+}
+
+// syncClusterLocked makes the local overlay networks and the datapath's
+// remote endpoints match the cluster's state.
+func (a *Agent) syncClusterLocked(ctx context.Context) {
+	if a.cl == nil {
+		return
+	}
+	if a.cl.NumAlive() > 1 {
+		a.cs.joined = true
+	}
+	want := map[string]cluster.Network{}
+	for _, cn := range a.cl.Networks() {
+		want[overlayID(cn.ID)] = cn
+	}
+	// Gone from the cluster: removed here too, unless endpoints still use
+	// it (possible only after a partition).
+	for _, n := range a.sortedNetworks() {
+		if n.Driver != api.DriverOverlay {
+			continue
+		}
+		if _, ok := want[n.ID]; ok {
+			continue
+		}
+		if users := a.networkUsers(n.ID); len(users) > 0 {
+			a.unhealthy[n.ID] = "removed from the cluster while sandboxes here still use it (" + strings.Join(users, ", ") + "); remove them"
+			continue
+		}
+		if err := a.deleteNetwork(ctx, n); err != nil {
+			a.log.Warn("remove overlay network", "network", n.Name, "err", err)
+		}
+		delete(a.cs.remotes, n.ID)
+	}
+	ids := make([]string, 0, len(want))
+	for id := range want {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		if _, ok := a.networks[id]; ok {
+			continue
+		}
+		if err := a.materialize(ctx, want[id]); err != nil {
+			a.log.Warn("cannot set up overlay network here", "network", want[id].Name, "err", err)
+			a.unhealthyOverlay[want[id].Name] = err.Error()
+			continue
+		}
+		delete(a.unhealthyOverlay, want[id].Name)
+	}
+	members := a.memberIndex()
+	for _, n := range a.sortedNetworks() {
+		if n.Driver != api.DriverOverlay {
+			continue
+		}
+		r := a.remotesLocked(n, members)
+		if remotesEqual(r, a.cs.remotes[n.ID]) {
+			continue
+		}
+		if err := a.dp.SetRemotes(ctx, n.datapath(), r); err != nil {
+			a.log.Warn("program remote endpoints", "network", n.Name, "err", err)
+			continue
+		}
+		a.cs.remotes[n.ID] = r
+	}
+}
+
+func (a *Agent) sortedNetworks() []*networkRec {
+	out := make([]*networkRec, 0, len(a.networks))
+	for _, n := range a.networks {
+		out = append(out, n)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func (a *Agent) networkUsers(id string) []string {
+	var users []string
+	for _, ep := range a.endpoints {
+		if ep.NetworkID == id {
+			users = append(users, ep.Sandbox)
+		}
+	}
+	sort.Strings(users)
+	return users
+}
+
+// materialize creates the local record and kernel objects of a cluster
+// network this host does not have yet.
+func (a *Agent) materialize(ctx context.Context, cn cluster.Network) error {
+	id := overlayID(cn.ID)
+	for _, o := range a.networks {
+		if o.Name == cn.Name {
+			return fmt.Errorf("a local %s network of the same name exists here", o.Driver)
+		}
+		if ipam.Overlaps(o.Subnet, cn.Subnet) {
+			return fmt.Errorf("its subnet %s overlaps local network %q (%s)", cn.Subnet, o.Name, o.Subnet)
+		}
+	}
+	n := &networkRec{
+		ID: id, Name: cn.Name, Driver: api.DriverOverlay, Subnet: cn.Subnet, Gateway: cn.Gateway,
+		Internal: cn.Internal, Options: cn.Options, Bridge: "fo-" + id[:12],
+		VNI: cn.VNI, Cluster: cn.ID.String(), Created: time.Now().UTC(), Phase: phaseCreating,
+	}
+	mtu, err := a.overlayMTU()
+	if err != nil {
+		return err
+	}
+	n.MTU = mtu
+	if v, ok := cn.Options["mtu"]; ok {
+		m, err := strconv.Atoi(v)
+		if err == nil && m >= 576 && m < mtu {
+			n.MTU = m
+		}
+	}
+	return a.addNetwork(ctx, n)
+}
+
+// overlayMTU is the MTU of the underlay interface holding the tunnel
+// address, minus what VXLAN adds.
+func (a *Agent) overlayMTU() (int, error) {
+	if !a.opts.Tunnel.Local.IsValid() {
+		return 0, errors.New("no tunnel address: the agent needs --cluster-bind with an IP (or an advertised address) for overlay traffic")
+	}
+	h, err := a.hostHandle()
+	if err != nil {
+		return 0, err
+	}
+	defer h.Close()
+	links, err := h.LinkList()
+	if err != nil {
+		return 0, fmt.Errorf("list links: %w", err)
+	}
+	for _, l := range links {
+		addrs, err := h.AddrList(l, netlink.FAMILY_V4)
+		if err != nil {
+			continue
+		}
+		for _, ad := range addrs {
+			if ip, ok := netip.AddrFromSlice(ad.IP); ok && ip.Unmap() == a.opts.Tunnel.Local {
+				return l.Attrs().MTU - datapath.VXLANOverhead, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("tunnel address %s is on no interface of this host", a.opts.Tunnel.Local)
+}
+
+// memberIndex maps node names to members as this node sees them.
+func (a *Agent) memberIndex() map[string]cluster.Member {
+	out := map[string]cluster.Member{}
+	for _, m := range a.cl.Members() {
+		out[m.Name] = m
+		if m.State == cluster.MemberAlive && m.Meta.Addr.IsValid() && a.cs.nodeAddrs[m.Name] != m.Meta.Addr {
+			a.cs.nodeAddrs[m.Name] = m.Meta.Addr
+			a.cs.savedVer = 0 // save the new address with the next snapshot
+		}
+	}
+	return out
+}
+
+// remotesLocked lists the endpoints of overlay network n on other nodes
+// that are alive. Until this agent has met the cluster (just after a
+// restart) a node it has not heard of yet is assumed alive at its
+// remembered address, so forwarding does not stop while gossip catches up.
+func (a *Agent) remotesLocked(n *networkRec, members map[string]cluster.Member) []datapath.Remote {
+	self := a.cl.Name()
+	settled := a.cs.joined || time.Since(a.cs.started) > settleAfter
+	var out []datapath.Remote
+	for _, ep := range a.cl.Endpoints(n.Name) {
+		if ep.Node == self || !n.Subnet.Contains(ep.IP) {
+			continue
+		}
+		var node netip.Addr
+		if m, ok := members[ep.Node]; ok {
+			if m.State != cluster.MemberAlive {
+				continue
+			}
+			node = m.Meta.Addr
+		} else if !settled {
+			node = a.cs.nodeAddrs[ep.Node]
+		}
+		if !node.IsValid() || len(ep.MAC) != 6 {
+			continue
+		}
+		out = append(out, datapath.Remote{Addr: ep.IP, MAC: slices.Clone(ep.MAC), Node: node})
+	}
+	slices.SortFunc(out, func(x, y datapath.Remote) int { return x.Addr.Compare(y.Addr) })
+	return out
+}
+
+func remotesEqual(x, y []datapath.Remote) bool {
+	return len(x) == len(y) && (len(x) == 0 || slices.EqualFunc(x, y, func(p, q datapath.Remote) bool {
+		return p.Addr == q.Addr && p.Node == q.Node && net.HardwareAddr(p.MAC).String() == net.HardwareAddr(q.MAC).String()
+	}))
+}
+
+// clusterRemotesLocked is the remote part of the desired state (for Sync).
+func (a *Agent) clusterRemotesLocked() map[string][]datapath.Remote {
+	if a.cl == nil {
+		return nil
+	}
+	members := a.memberIndex()
+	out := map[string][]datapath.Remote{}
+	for _, n := range a.networks {
+		if n.Driver == api.DriverOverlay {
+			out[n.ID] = a.remotesLocked(n, members)
+			a.cs.remotes[n.ID] = out[n.ID]
+		}
+	}
+	return out
+}
+
+// publishAllLocked declares this node's overlay endpoints to the cluster,
+// withdrawing any record of this node the cluster still has for endpoints
+// that are gone (removed while the agent was down).
+func (a *Agent) publishAllLocked() {
+	if a.cl == nil {
+		return
+	}
+	var eps []cluster.Endpoint
+	for _, ep := range a.endpoints {
+		if rec, ok := a.clusterEndpoint(ep); ok && ep.Phase == phaseReady {
+			eps = append(eps, rec)
+		}
+	}
+	if err := a.cl.SyncEndpoints(eps); err != nil {
+		a.log.Warn("announce endpoints", "err", err)
+	}
+}
+
+// clusterEndpoint is the gossiped record of an overlay endpoint.
+func (a *Agent) clusterEndpoint(ep *endpointRec) (cluster.Endpoint, bool) {
+	n := a.networks[ep.NetworkID]
+	if n == nil || n.Driver != api.DriverOverlay {
+		return cluster.Endpoint{}, false
+	}
+	mac, _ := net.ParseMAC(ep.MAC)
+	return cluster.Endpoint{
+		ID: ep.ID, Network: n.Name, IP: ep.Addr.Addr(), MAC: mac,
+		Name: ep.Sandbox, Aliases: ep.Aliases,
+	}, true
+}
+
+// allocateOverlay takes an address for a new endpoint from this node's
+// leased blocks (or claims the static one cluster-wide).
+func (a *Agent) allocateOverlay(ctx context.Context, n *networkRec, ip netip.Addr, owner string) (netip.Addr, error) {
+	if a.cl == nil {
+		return netip.Addr{}, invalidf("network %q is an overlay network but this agent is not in a cluster", n.Name)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if ip.IsValid() {
+		if !n.Subnet.Contains(ip) {
+			return netip.Addr{}, invalidf("--ip %s is outside network %q (%s)", ip, n.Name, n.Subnet)
+		}
+		if err := a.cl.ClaimIP(ctx, n.Name, ip, owner); err != nil {
+			return netip.Addr{}, clusterErr(err)
+		}
+		return ip, nil
+	}
+	addr, err := a.cl.AllocateIP(ctx, n.Name, owner)
+	if err != nil {
+		return netip.Addr{}, clusterErr(err)
+	}
+	return addr, nil
+}
+
+// releaseOverlay gives an endpoint's address back and withdraws its record.
+func (a *Agent) releaseOverlay(ep *endpointRec) {
+	n := a.networks[ep.NetworkID]
+	if a.cl == nil || n == nil || n.Driver != api.DriverOverlay {
+		return
+	}
+	if err := a.cl.Unpublish(ep.ID); err != nil && !errors.Is(err, cluster.ErrNotFound) {
+		a.log.Warn("withdraw endpoint record", "endpoint", ep.ID, "err", err)
+	}
+	if err := a.cl.ReleaseIP(n.Name, ep.Addr.Addr()); err != nil && !errors.Is(err, cluster.ErrNotFound) {
+		a.log.Warn("release overlay address", "endpoint", ep.ID, "err", err)
+	}
+}
+
+// clusterErr maps a cluster error to the API's kinds.
+func clusterErr(err error) error {
+	switch {
+	case errors.Is(err, cluster.ErrInvalid):
+		return &userError{ErrInvalid, err.Error()}
+	case errors.Is(err, cluster.ErrNotFound):
+		return &userError{ErrNotFound, err.Error()}
+	case errors.Is(err, cluster.ErrConflict), errors.Is(err, cluster.ErrInUse):
+		return &userError{ErrConflict, err.Error()}
+	case errors.Is(err, cluster.ErrExhausted):
+		return &userError{ErrExhausted, err.Error()}
+	}
+	return err
+}
+
+// createOverlay creates a cluster-scoped network and sets it up here.
+func (a *Agent) createOverlay(ctx context.Context, req api.NetworkCreate) (*networkRec, error) {
+	if a.cl == nil {
+		return nil, invalidf("overlay networks need a cluster: start fabricd with --cluster-bind IP (and --cluster-join on the other nodes)")
+	}
+	if err := validName("network", req.Name); err != nil {
+		return nil, err
+	}
+	for _, n := range a.networks {
+		if n.Name == req.Name {
+			return nil, conflictf("network %q already exists (id %s)", req.Name, n.ID[:12])
+		}
+	}
+	if req.IPRange != "" {
+		return nil, invalidf("--ip-range is not supported by the overlay driver: nodes lease blocks of the subnet (-o block_bits=N sets their size)")
+	}
+	spec := cluster.NetworkSpec{Name: req.Name, Internal: req.Internal, Options: map[string]string{}}
+	for k, v := range req.Options {
+		switch k {
+		case "mtu", "com.docker.network.driver.mtu":
+			m, err := strconv.Atoi(v)
+			if err != nil || m < 576 || m > 65535 {
+				return nil, invalidf("-o mtu=%q must be a number from 576 to 65535", v)
+			}
+			spec.Options["mtu"] = v
+		case "block_bits":
+			b, err := strconv.Atoi(v)
+			if err != nil || b < 1 || b > 30 {
+				return nil, invalidf("-o block_bits=%q must be a prefix length from 1 to 30 (the size of the blocks nodes lease)", v)
+			}
+			spec.BlockBits = b
+			spec.Options[k] = v
+		case "vni":
+			vni, err := strconv.ParseUint(v, 10, 32)
+			if err != nil || vni == 0 || vni >= 1<<24 {
+				return nil, invalidf("-o vni=%q must be a number from 1 to 16777215", v)
+			}
+			spec.VNI = uint32(vni)
+			spec.Options[k] = v
+		default:
+			return nil, invalidf("option %q is not supported by the overlay driver (supported: mtu, block_bits, vni)", k)
+		}
+	}
+	var taken []netip.Prefix
+	for _, o := range a.networks {
+		taken = append(taken, o.Subnet)
+	}
+	for _, cn := range a.cl.Networks() {
+		taken = append(taken, cn.Subnet)
+	}
+	if req.Subnet == "" {
+		if req.Gateway != "" {
+			return nil, invalidf("--gateway needs --subnet")
+		}
+		routes, err := a.hostRoutes()
+		if err != nil {
+			return nil, err
+		}
+		sub, err := ipam.PickSubnet(overlayPools, append(taken, routes...))
+		if err != nil {
+			return nil, &userError{ErrExhausted, fmt.Sprintf("no free subnet in the overlay pools: %v; pass --subnet", err)}
+		}
+		spec.Subnet = sub
+	} else {
+		sub, err := netip.ParsePrefix(req.Subnet)
+		if err != nil {
+			return nil, invalidf("--subnet %q is not a CIDR such as 10.20.0.0/16", req.Subnet)
+		}
+		for _, t := range taken {
+			if ipam.Overlaps(t, sub) {
+				return nil, conflictf("subnet %s overlaps %s, already used by a network of this host or the cluster", sub, t)
+			}
+		}
+		spec.Subnet = sub
+	}
+	if req.Gateway != "" {
+		gw, err := netip.ParseAddr(req.Gateway)
+		if err != nil {
+			return nil, invalidf("--gateway %q is not an IP address", req.Gateway)
+		}
+		spec.Gateway = gw
+	}
+	if err := ipam.ValidateNetwork(spec.Subnet, spec.Gateway, netip.Prefix{}); err != nil {
+		return nil, invalidf("%v", err)
+	}
+	if _, err := a.overlayMTU(); err != nil {
+		return nil, invalidf("%v", err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	cn, err := a.cl.CreateNetwork(cctx, spec)
+	if err != nil {
+		return nil, clusterErr(fmt.Errorf("create overlay network %q: %w", req.Name, err))
+	}
+	if err := a.materialize(ctx, cn); err != nil {
+		_ = a.cl.RemoveNetwork(cn.Name)
+		return nil, err
+	}
+	a.saveClusterLocked(true)
+	return a.networks[overlayID(cn.ID)], nil
+}
+
+// overlayPools are where overlay subnets come from when none is given:
+// 10.0.0.0/8 in /16s from 10.20.0.0, as Docker swarm's 10.0.0.0/8 pool.
+var overlayPools = func() []netip.Prefix {
+	var out []netip.Prefix
+	for i := 20; i < 250; i++ {
+		out = append(out, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i), 0, 0}), 16))
+	}
+	return out
+}()
+
+// removeOverlay removes a cluster network everywhere; refused while any
+// node has endpoints on it.
+func (a *Agent) removeOverlay(ctx context.Context, n *networkRec) error {
+	if a.cl == nil {
+		return invalidf("network %q is an overlay network but this agent is not in a cluster", n.Name)
+	}
+	if eps := a.cl.Endpoints(n.Name); len(eps) > 0 {
+		var where []string
+		for _, ep := range eps {
+			where = append(where, ep.Name+"@"+ep.Node)
+		}
+		sort.Strings(where)
+		return conflictf("overlay network %q has %d endpoint(s) in the cluster (%s); disconnect or remove them first", n.Name, len(eps), strings.Join(where, ", "))
+	}
+	if err := a.cl.RemoveNetwork(n.Name); err != nil && !errors.Is(err, cluster.ErrNotFound) {
+		return clusterErr(err)
+	}
+	a.saveClusterLocked(true)
+	delete(a.cs.remotes, n.ID)
+	return a.deleteNetwork(ctx, n)
+}
+
+// ClusterStatus describes the cluster for `fabricctl status`.
+func (a *Agent) clusterStatusLocked() *api.ClusterStatus {
+	if a.cl == nil {
+		return nil
+	}
+	st := &api.ClusterStatus{Node: a.cl.Name(), Gossip: a.cl.Addr().String(), Tunnel: a.opts.Tunnel.Local.String()}
+	if a.opts.Tunnel.Port != 0 {
+		st.Tunnel += ":" + strconv.Itoa(int(a.opts.Tunnel.Port))
+	}
+	counts := map[string]int{}
+	for _, ep := range a.cl.Endpoints("") {
+		counts[ep.Node]++
+	}
+	for _, m := range a.cl.Members() {
+		st.Members = append(st.Members, api.Member{
+			Name: m.Name, Addr: m.Meta.Addr.String(), Gossip: m.Addr.String(), State: m.State.String(),
+			Datapath: m.Meta.Datapath, Version: m.Meta.Version, Endpoints: counts[m.Name],
+			Since: m.Since.UTC().Format(time.RFC3339),
+		})
+	}
+	s := a.cl.Stats()
+	st.Alive = a.cl.NumAlive()
+	st.MessagesSent, st.MessagesReceived, st.SendErrors = s.MessagesSent, s.MessagesReceived, s.SendErrors
+	for _, v := range s.Dropped {
+		st.MessagesDropped += v
+	}
+	st.Networks = len(a.cl.Networks())
+	for name, why := range a.unhealthyOverlay {
+		st.Problems = append(st.Problems, fmt.Sprintf("overlay network %q not set up here: %s", name, why))
+	}
+	sort.Strings(st.Problems)
+	return st
+}

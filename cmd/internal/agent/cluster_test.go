@@ -1,0 +1,273 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/fabricnet/fabric/cluster"
+	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/datapath"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
+)
+
+// freePort finds a loopback port free for both TCP and UDP (gossip uses
+// both).
+func freePort(t *testing.T) int {
+	t.Helper()
+	for range 20 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", "127.0.0.1:"+strconv.Itoa(port))
+		l.Close()
+		if err == nil {
+			u.Close()
+			return port
+		}
+	}
+	t.Fatal("no free loopback port for gossip")
+	return 0
+}
+
+// testLogWriter sends a node's log to the test log (with -v).
+type testLogWriter struct {
+	t    *testing.T
+	name string
+}
+
+func (w testLogWriter) Write(p []byte) (int, error) {
+	w.t.Log(w.name + ": " + string(p))
+	return len(p), nil
+}
+
+type clusterNode struct {
+	name, dir string
+	port      int
+	seeds     []string
+	dp        *fakeDatapath
+	cl        *cluster.Cluster
+	a         *Agent
+	cancel    context.CancelFunc
+	done      chan struct{}
+}
+
+// start (re)starts the node's gossip and agent on its state dir.
+func (n *clusterNode) start(t *testing.T) {
+	t.Helper()
+	var w io.Writer = io.Discard
+	if testing.Verbose() {
+		w = testLogWriter{t, n.name}
+	}
+	log := slog.New(slog.NewTextHandler(w, nil))
+	cl, err := cluster.New(cluster.Config{
+		NodeName: n.name, BindAddr: "127.0.0.1", BindPort: n.port, Join: n.seeds,
+		JoinBackoffMin: 100 * time.Millisecond, JoinBackoffMax: time.Second, Logger: log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(Options{
+		StateDir: n.dir, Socket: filepath.Join(n.dir, "sock"), NodeName: n.name, NoDefaultNetwork: true, NoDNS: true,
+		Datapath: n.dp, Log: log, Cluster: cl,
+		Tunnel: datapath.Tunnel{Local: netip.MustParseAddr("127.0.0.1"), Port: 4789},
+	})
+	if err != nil {
+		cl.Stop()
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := a.Start(ctx); err != nil {
+		cancel()
+		a.Close()
+		cl.Stop()
+		t.Fatal(err)
+	}
+	n.cl, n.a, n.cancel, n.done = cl, a, cancel, make(chan struct{})
+	go func() { _ = cl.Run(ctx) }()
+	go func() { a.RunCluster(ctx); close(n.done) }()
+}
+
+// stop is a crash of both: no leave, nothing cleaned up.
+func (n *clusterNode) stop() {
+	if n.a == nil {
+		return
+	}
+	n.cancel()
+	<-n.done
+	n.cl.Stop()
+	n.a.Close()
+	n.a = nil
+}
+
+func newClusterNodes(t *testing.T, names ...string) []*clusterNode {
+	var nodes []*clusterNode
+	var seed string
+	for i, name := range names {
+		n := &clusterNode{name: name, dir: t.TempDir(), port: freePort(t), dp: newFake()}
+		if i == 0 {
+			seed = "127.0.0.1:" + strconv.Itoa(n.port)
+		} else {
+			n.seeds = []string{seed}
+		}
+		nodes = append(nodes, n)
+	}
+	for _, n := range nodes {
+		n.start(t)
+		t.Cleanup(n.stop)
+	}
+	return nodes
+}
+
+// eventually polls cond every 20ms for at most d.
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (f *fakeDatapath) remotesOf(id string) []datapath.Remote {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]datapath.Remote(nil), f.remotes[id]...)
+}
+
+func hasRemote(rs []datapath.Remote, ip string) bool {
+	for _, r := range rs {
+		if r.Addr.String() == ip {
+			return true
+		}
+	}
+	return false
+}
+
+func networkNamed(a *Agent, name string) (api.Network, bool) {
+	n, err := a.Network(name)
+	return n, err == nil
+}
+
+func TestOverlayNetworksEndpointsAndRemotesFollowTheCluster(t *testing.T) {
+	netnstest.RequireRoot(t)
+	nodes := newClusterNodes(t, "node-a", "node-b")
+	A, B := nodes[0], nodes[1]
+	ctx := context.Background()
+	eventually(t, 10*time.Second, "the two nodes never met", func() bool { return A.cl.NumAlive() == 2 && B.cl.NumAlive() == 2 })
+
+	ov, err := A.a.CreateNetwork(ctx, api.NetworkCreate{Name: "ov", Driver: api.DriverOverlay, Subnet: "10.210.0.0/16"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ov.Driver != api.DriverOverlay || ov.Scope != "cluster" || ov.VNI == 0 || ov.MTU != 65536-datapath.VXLANOverhead {
+		t.Fatalf("overlay network %+v: want driver overlay, scope cluster, a VNI and MTU of lo minus 50", ov)
+	}
+	// A second create of the same name anywhere is refused.
+	if _, err := A.a.CreateNetwork(ctx, api.NetworkCreate{Name: "ov", Driver: api.DriverOverlay, Subnet: "10.211.0.0/16"}); !errors.Is(err, ErrConflict) {
+		t.Errorf("second create of ov: %v, want conflict", err)
+	}
+	eventually(t, 5*time.Second, "node-b never got the overlay network", func() bool { _, ok := networkNamed(B.a, "ov"); return ok })
+	bov, _ := networkNamed(B.a, "ov")
+	if bov.ID != ov.ID || bov.VNI != ov.VNI || bov.Subnet != ov.Subnet {
+		t.Fatalf("node-b's copy %+v differs from node-a's %+v", bov, ov)
+	}
+	if _, err := B.a.CreateNetwork(ctx, api.NetworkCreate{Name: "ov2", Driver: api.DriverOverlay, Subnet: "10.210.128.0/24"}); !errors.Is(err, ErrConflict) {
+		t.Errorf("overlapping overlay subnet from node-b: %v, want conflict", err)
+	}
+
+	sbA := netnstest.UniqueName("ova")
+	sbB := netnstest.UniqueName("ovb")
+	t.Cleanup(func() { netnstest.Remove(sbA); netnstest.Remove(sbB) })
+	sa, err := A.a.CreateSandbox(ctx, api.SandboxCreate{Name: sbA, Network: "ov", Command: []string{"sleep", "60"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb, err := B.a.CreateSandbox(ctx, api.SandboxCreate{Name: sbB, Network: "ov", Command: []string{"sleep", "60"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ipA := netip.MustParsePrefix(sa.Endpoints[0].IP).Addr()
+	ipB := netip.MustParsePrefix(sb.Endpoints[0].IP).Addr()
+	blockA, blockB := netip.PrefixFrom(ipA, 24).Masked(), netip.PrefixFrom(ipB, 24).Masked()
+	if blockA == blockB {
+		t.Fatalf("both nodes allocated from block %s (%s, %s): blocks must be per node", blockA, ipA, ipB)
+	}
+	eventually(t, 5*time.Second, "node-a never programmed node-b's endpoint", func() bool { return hasRemote(A.dp.remotesOf(ov.ID), ipB.String()) })
+	eventually(t, 5*time.Second, "node-b never programmed node-a's endpoint", func() bool { return hasRemote(B.dp.remotesOf(ov.ID), ipA.String()) })
+	if r := A.dp.remotesOf(ov.ID); len(r) != 1 || r[0].Node.String() != "127.0.0.1" {
+		t.Fatalf("node-a's remotes %+v: want only node-b's endpoint, at node-b's tunnel address", r)
+	}
+
+	// A static address another node uses is refused, and changes nothing.
+	sbX := netnstest.UniqueName("ovx")
+	t.Cleanup(func() { netnstest.Remove(sbX) })
+	if _, err := B.a.CreateSandbox(ctx, api.SandboxCreate{Name: sbX, Network: "ov", IP: ipA.String(), Command: []string{"sleep", "60"}}); !errors.Is(err, ErrConflict) {
+		t.Fatalf("static --ip %s used on node-a, from node-b: %v, want conflict", ipA, err)
+	}
+	if len(B.a.Endpoints()) != 1 {
+		t.Fatalf("refused sandbox left endpoints on node-b: %+v", B.a.Endpoints())
+	}
+	// Removing the network anywhere is refused while endpoints remain.
+	if err := B.a.RemoveNetwork(ctx, "ov"); !errors.Is(err, ErrConflict) {
+		t.Fatalf("remove ov with endpoints on both nodes: %v, want conflict", err)
+	}
+
+	// node-a crashes and comes back: its network, endpoint and address stay,
+	// and the datapath gets node-b's endpoint at the first Sync, before
+	// gossip caught up.
+	A.stop()
+	A.dp.mu.Lock()
+	A.dp.syncs = nil
+	A.dp.mu.Unlock()
+	A.start(t)
+	A.dp.mu.Lock()
+	first := A.dp.syncs[0]
+	A.dp.mu.Unlock()
+	if !hasRemote(first.Remotes[ov.ID], ipB.String()) {
+		t.Fatalf("first Sync after restart has remotes %+v; want node-b's endpoint %s", first.Remotes, ipB)
+	}
+	if eps := A.a.Endpoints(); len(eps) != 1 || eps[0].IP != sa.Endpoints[0].IP {
+		t.Fatalf("after restart node-a has endpoints %+v", eps)
+	}
+	eventually(t, 10*time.Second, "node-a never rejoined", func() bool { return A.cl.NumAlive() == 2 })
+	eventually(t, 5*time.Second, "node-b lost node-a's endpoint after the restart", func() bool { return hasRemote(B.dp.remotesOf(ov.ID), ipA.String()) })
+
+	// node-b dies: node-a drops its endpoint from the datapath.
+	t0 := time.Now()
+	B.stop()
+	eventually(t, 10*time.Second, "node-a kept forwarding to dead node-b's endpoint", func() bool { return !hasRemote(A.dp.remotesOf(ov.ID), ipB.String()) })
+	t.Logf("node-b's endpoint dropped on node-a %v after node-b died", time.Since(t0).Round(10*time.Millisecond))
+	B.start(t)
+	eventually(t, 10*time.Second, "node-b's endpoint never came back on node-a", func() bool { return hasRemote(A.dp.remotesOf(ov.ID), ipB.String()) })
+
+	// With every endpoint gone the network can be removed, from any node.
+	if err := A.a.RemoveSandbox(ctx, sbA); err != nil {
+		t.Fatal(err)
+	}
+	if err := B.a.RemoveSandbox(ctx, sbB); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "node-b still sees node-a's endpoint", func() bool { return len(B.cl.Endpoints("ov")) == 0 })
+	if err := B.a.RemoveNetwork(ctx, "ov"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "node-a kept the removed overlay network", func() bool { _, ok := networkNamed(A.a, "ov"); return !ok })
+	A.dp.mu.Lock()
+	_, still := A.dp.networks[ov.ID]
+	A.dp.mu.Unlock()
+	if still {
+		t.Fatal("node-a's datapath still has the removed overlay network")
+	}
+}
