@@ -66,6 +66,10 @@ const (
 	ReasonNotNAT         = Reason(endpointReasonREASON_NOT_NAT)
 	ReasonNATUnsupported = Reason(endpointReasonREASON_NAT_UNSUPPORTED)
 	ReasonSockReply      = Reason(endpointReasonREASON_SOCK_REPLY)
+	ReasonToTunnel       = Reason(endpointReasonREASON_TO_TUNNEL)
+	ReasonNoRemote       = Reason(endpointReasonREASON_NO_REMOTE)
+	ReasonWrongVNI       = Reason(endpointReasonREASON_WRONG_VNI)
+	ReasonNoTunnel       = Reason(endpointReasonREASON_NO_TUNNEL)
 )
 
 var directionNames = map[Direction]string{
@@ -108,6 +112,10 @@ var reasonNames = map[Reason]string{
 	ReasonNotNAT:         "not-nat",
 	ReasonNATUnsupported: "nat-unsupported",
 	ReasonSockReply:      "sock-reply",
+	ReasonToTunnel:       "to-tunnel",
+	ReasonNoRemote:       "no-remote",
+	ReasonWrongVNI:       "wrong-vni",
+	ReasonNoTunnel:       "no-tunnel",
 }
 
 func name[T ~uint32](names map[T]string, v T) string {

@@ -12,6 +12,9 @@
  *     (isolation);
  *   - hands IPv4 for a local endpoint of the same network straight to that
  *     endpoint's sandbox with bpf_redirect_peer;
+ *   - on an overlay network, sends IPv4 for a remote endpoint of the
+ *     network into the host's flow-based VXLAN device, with the tunnel key
+ *     (its node, the network's VNI) set (to_tunnel);
  *   - translates connections to a published port of this host (hairpin)
  *     and their replies, and hands them straight to the other endpoint,
  *     whatever its network: a published port is reachable from every
@@ -81,11 +84,6 @@ static __always_inline __be32 load_be32(const __u8 *p)
 static __always_inline void store_be32(__u8 *p, __be32 v)
 {
 	__builtin_memcpy(p, &v, sizeof(v));
-}
-
-static __always_inline int in_subnet(const struct network *net, __be32 addr)
-{
-	return (addr & net->mask) == net->subnet;
 }
 
 /* from_endpoint_arp answers the sandbox's ARP requests in place: the
@@ -335,6 +333,42 @@ static __always_inline int endpoint_nat(struct __sk_buff *skb, const struct endp
 	return hairpin_new(skb, ep, net, &p, &k, pt, now, ret);
 }
 
+/* to_tunnel sends a packet for daddr, an address of ep's overlay network
+ * that no local endpoint holds, to the remote endpoint holding it: the
+ * final inner MACs (the remote sandbox's, from the network's router, so
+ * both ends see the same L2 neighbour they ARPed for; a flow-based VXLAN
+ * device also drops frames from its own MAC), the tunnel key, and a
+ * redirect into the VXLAN device, which encapsulates and routes. An
+ * address nobody holds is dropped here rather than routed: the host has
+ * no better idea where it is. */
+static __always_inline int to_tunnel(struct __sk_buff *skb, const struct endpoint *ep, const struct network *net,
+				     __be32 daddr)
+{
+	struct remote_key rk = { .network_id = ep->network_id, .ipv4 = daddr };
+	struct bpf_tunnel_key key = {};
+	struct host_config *hc;
+	struct remote *r;
+	__u32 zero = 0;
+
+	r = bpf_map_lookup_elem(&remotes, &rk);
+	if (!r)
+		return done(skb, TC_ACT_SHOT, REASON_NO_REMOTE);
+	hc = bpf_map_lookup_elem(&host_config, &zero);
+	if (!hc || !hc->tunnel_ifindex)
+		return done(skb, TC_ACT_SHOT, REASON_NO_TUNNEL);
+	if (set_macs(skb, r->mac, net->router_mac))
+		return done(skb, TC_ACT_SHOT, REASON_MALFORMED);
+	key.tunnel_id = net->vni;
+	key.remote_ipv4 = bpf_ntohl(r->node);
+	key.local_ipv4 = bpf_ntohl(hc->tunnel_local);
+	key.tunnel_ttl = 64;
+	/* No outer UDP checksum, as the kernel's VXLAN devices default to
+	 * (the inner packet carries its own). */
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX))
+		return done(skb, TC_ACT_SHOT, REASON_NO_TUNNEL);
+	return done(skb, bpf_redirect(hc->tunnel_ifindex, 0), REASON_TO_TUNNEL);
+}
+
 static __always_inline int from_endpoint_ipv4(struct __sk_buff *skb, const struct endpoint *ep,
 					      const struct network *net)
 {
@@ -379,6 +413,8 @@ static __always_inline int from_endpoint_ipv4(struct __sk_buff *skb, const struc
 
 	daddr = ip->daddr;
 	dst = bpf_map_lookup_elem(&endpoint_by_ip, &daddr);
+	if (!dst && net->vni && in_subnet(net, daddr) && daddr != net->gateway)
+		return to_tunnel(skb, ep, net, daddr);
 	if (!dst) {
 		/* For the host: the gateway, another host, the outside. The
 		 * frame is addressed to the router MAC, which need not be the

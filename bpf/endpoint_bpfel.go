@@ -106,6 +106,8 @@ type endpointHostConfig struct {
 	UplinkIfindex uint32
 	NatPortMin    uint16
 	NatPortMax    uint16
+	TunnelIfindex uint32
+	TunnelLocal   uint32
 	Pad           uint32
 }
 
@@ -116,6 +118,7 @@ type endpointNetwork struct {
 	Mask      uint32
 	RouterMac [6]uint8
 	Flags     uint16
+	Vni       uint32
 }
 
 type endpointPortKey struct {
@@ -162,8 +165,25 @@ const (
 	endpointReasonREASON_INTERNAL        endpointReason = 23
 	endpointReasonREASON_NOT_NAT         endpointReason = 24
 	endpointReasonREASON_NAT_UNSUPPORTED endpointReason = 25
+	endpointReasonREASON_TO_TUNNEL       endpointReason = 26
+	endpointReasonREASON_NO_REMOTE       endpointReason = 27
 	endpointReasonREASON_SOCK_REPLY      endpointReason = 28
+	endpointReasonREASON_WRONG_VNI       endpointReason = 29
+	endpointReasonREASON_NO_TUNNEL       endpointReason = 30
 )
+
+type endpointRemote struct {
+	_    structs.HostLayout
+	Node uint32
+	Mac  [6]uint8
+	Pad  uint16
+}
+
+type endpointRemoteKey struct {
+	_         structs.HostLayout
+	NetworkId uint32
+	Ipv4      uint32
+}
 
 type endpointSubnetKey struct {
 	_         structs.HostLayout
@@ -192,6 +212,7 @@ const (
 	endpointMapHostConfig    = "host_config"
 	endpointMapNetworks      = "networks"
 	endpointMapPorts         = "ports"
+	endpointMapRemotes       = "remotes"
 	endpointMapSubnets       = "subnets"
 	endpointProgFromEndpoint = "from_endpoint"
 )
@@ -254,6 +275,7 @@ type endpointMapSpecs struct {
 	HostConfig   *ebpf.MapSpec `ebpf:"host_config"`
 	Networks     *ebpf.MapSpec `ebpf:"networks"`
 	Ports        *ebpf.MapSpec `ebpf:"ports"`
+	Remotes      *ebpf.MapSpec `ebpf:"remotes"`
 	Subnets      *ebpf.MapSpec `ebpf:"subnets"`
 }
 
@@ -292,6 +314,7 @@ type endpointMaps struct {
 	HostConfig   *ebpf.Map `ebpf:"host_config"`
 	Networks     *ebpf.Map `ebpf:"networks"`
 	Ports        *ebpf.Map `ebpf:"ports"`
+	Remotes      *ebpf.Map `ebpf:"remotes"`
 	Subnets      *ebpf.Map `ebpf:"subnets"`
 }
 
@@ -306,6 +329,7 @@ func (m *endpointMaps) Close() error {
 		m.HostConfig,
 		m.Networks,
 		m.Ports,
+		m.Remotes,
 		m.Subnets,
 	)
 }

@@ -15,6 +15,7 @@
  *   subnets         LPM_TRIE struct subnet_key    -> __u32 network id
  *   ct              LRU_HASH struct ct_key        -> struct ct_entry
  *   ct_frag         LRU_HASH struct frag_key      -> struct frag_entry
+ *   remotes         HASH  struct remote_key       -> struct remote
  *
  * Both endpoint maps hold the same value: `endpoints` answers "who is
  * sending on this veth?", `endpoint_by_ip` answers "where does this address
@@ -26,6 +27,13 @@
  * A sandbox on networks A and B has one endpoint (one veth, one address)
  * per network, so isolation is one comparison: forward only if the sending
  * endpoint's network equals the receiving endpoint's network.
+ *
+ * Overlay networks (network.vni != 0) span hosts. Their local endpoints are
+ * in the endpoint maps like any other; `remotes` holds the ones on other
+ * nodes, keyed by (network, address) because a remote address is only
+ * meaningful within its network: the node to tunnel to and the MAC the
+ * remote sandbox expects. The programs reach them through the host's one
+ * flow-based VXLAN device (host_config.tunnel_ifindex; tunnel.c receives).
  *
  * Connection tracking (NAT)
  *
@@ -128,9 +136,12 @@ enum reason {
 	REASON_INTERNAL = 23,      /* leaving or entering an --internal network */
 	REASON_NOT_NAT = 24,       /* passed untouched: not a fabric flow */
 	REASON_NAT_UNSUPPORTED = 25, /* from an endpoint, needs masquerade, but not TCP/UDP/ICMP echo with a whole header */
-	/* 26-27: free for NAT/uplink */
+	REASON_TO_TUNNEL = 26,     /* to a remote endpoint of an overlay network, through the VXLAN device */
+	REASON_NO_REMOTE = 27,     /* overlay address neither local nor a known remote */
 	REASON_SOCK_REPLY = 28,    /* reply or peer of a rewritten host socket shown as the published address */
-	/* 29-31: free for socket hooks */
+	REASON_WRONG_VNI = 29,     /* from the tunnel: destination's network is not an overlay with the packet's VNI */
+	REASON_NO_TUNNEL = 30,     /* no tunnel device configured, or a packet without tunnel metadata */
+	/* 31: free. From the tunnel, delivered is (from-tunnel, redirect, forward). */
 };
 
 /* One endpoint: the value of both `endpoints` and `endpoint_by_ip`. */
@@ -149,6 +160,7 @@ struct network {
 	__be32 mask;       /* netmask, in network byte order */
 	__u8 router_mac[6]; /* what the program answers ARP with and writes as source MAC */
 	__u16 flags;       /* NETWORK_F_* */
+	__u32 vni;         /* an overlay network's VXLAN network identifier; 0: not an overlay */
 };
 
 /* network.flags */
@@ -178,7 +190,22 @@ struct host_config {
 	__u32 uplink_ifindex;
 	__u16 nat_port_min;  /* masquerade source port range, host byte order */
 	__u16 nat_port_max;
-	__u32 pad;           /* must be zero */
+	__u32 tunnel_ifindex; /* the flow-based VXLAN device; 0: none (overlay traffic is dropped) */
+	__be32 tunnel_local;  /* outer source address of tunnelled packets; 0: the route's */
+	__u32 pad;            /* must be zero */
+};
+
+/* Key of `remotes`: a remote endpoint of an overlay network. */
+struct remote_key {
+	__u32 network_id;
+	__be32 ipv4;
+};
+
+/* Where a remote endpoint lives. */
+struct remote {
+	__be32 node;     /* underlay address of its node: the outer destination */
+	__u8 mac[6];     /* its sandbox-side MAC: the inner destination */
+	__u16 pad;       /* must be zero */
 };
 
 struct counter {
@@ -333,6 +360,15 @@ struct {
 	__type(value, struct frag_entry);
 } ct_frag SEC(".maps");
 
+#define MAX_REMOTES 65536
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_REMOTES);
+	__type(key, struct remote_key);
+	__type(value, struct remote);
+} remotes SEC(".maps");
+
 /* Never called: puts the conntrack enums into BTF, as bpf2go_enums below. */
 __attribute__((used)) static int bpf2go_ct_enums(enum ct_dir d, enum ct_kind k)
 {
@@ -393,6 +429,11 @@ static __always_inline int mac_eq(const __u8 *a, const __u8 *b)
 {
 	return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) |
 		(a[3] ^ b[3]) | (a[4] ^ b[4]) | (a[5] ^ b[5])) == 0;
+}
+
+static __always_inline int in_subnet(const struct network *net, __be32 addr)
+{
+	return (addr & net->mask) == net->subnet;
 }
 
 static __always_inline void mac_copy(__u8 *dst, const __u8 *src)

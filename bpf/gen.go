@@ -6,3 +6,4 @@ package bpf
 //go:generate go tool bpf2go -tags linux -target bpfel -cflags "-O2 -g -Wall -Werror" -type endpoint -type network -type counter -type direction -type verdict -type reason -type ct_dir -type ct_kind endpoint endpoint.c -- -I/usr/include/x86_64-linux-gnu
 //go:generate go tool bpf2go -tags linux -target bpfel -cflags "-O2 -g -Wall -Werror" sock sock.c -- -I/usr/include/x86_64-linux-gnu
 //go:generate go tool bpf2go -tags linux -target bpfel -cflags "-O2 -g -Wall -Werror" -type endpoint -type network -type counter -type direction -type verdict -type reason -type ct_dir -type ct_kind uplink uplink.c -- -I/usr/include/x86_64-linux-gnu
+//go:generate go tool bpf2go -tags linux -target bpfel -cflags "-O2 -g -Wall -Werror" tunnel tunnel.c -- -I/usr/include/x86_64-linux-gnu

@@ -34,6 +34,10 @@ type Network struct {
 	RouterMAC net.HardwareAddr
 	// Internal networks get no masquerade and no published ports.
 	Internal bool
+	// VNI, if not 0, makes this an overlay network: addresses of its
+	// subnet that no local endpoint holds are looked up in the remotes
+	// (PutRemote) and reached through the tunnel with this VNI.
+	VNI uint32
 }
 
 // Endpoint is what the programs know of an endpoint.
@@ -84,6 +88,9 @@ func (n Network) value() (endpointNetwork, error) {
 		return endpointNetwork{}, err
 	}
 	mask := netip.AddrFrom4([4]byte(net.CIDRMask(n.Subnet.Bits(), 32)))
+	if n.VNI > MaxVNI {
+		return endpointNetwork{}, fmt.Errorf("network %d: VNI %d is more than 24 bits: %w", n.ID, n.VNI, ErrInvalid)
+	}
 	var flags uint16
 	if n.Internal {
 		flags |= networkFlagInternal
@@ -94,6 +101,7 @@ func (n Network) value() (endpointNetwork, error) {
 		Mask:      be32(mask),
 		RouterMac: [6]byte(n.RouterMAC),
 		Flags:     flags,
+		Vni:       n.VNI,
 	}, nil
 }
 
@@ -180,6 +188,7 @@ func (o *Objects) network(id NetID) (Network, bool, error) {
 		Gateway:   addrFromBE32(v.Gateway),
 		RouterMAC: net.HardwareAddr(v.RouterMac[:]),
 		Internal:  v.Flags&networkFlagInternal != 0,
+		VNI:       v.Vni,
 	}, true, nil
 }
 

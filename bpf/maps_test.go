@@ -32,7 +32,7 @@ func TestPutNetworkRejects(t *testing.T) {
 
 func TestNetworkRoundTrip(t *testing.T) {
 	o := load(t)
-	n := Network{ID: 9, Subnet: pfx("172.30.128.0/17"), Gateway: ip("172.30.255.254"), RouterMAC: mac("02:fa:00:00:00:09")}
+	n := Network{ID: 9, Subnet: pfx("172.30.128.0/17"), Gateway: ip("172.30.255.254"), RouterMAC: mac("02:fa:00:00:00:09"), VNI: 0x010203}
 	if err := o.PutNetwork(n); err != nil {
 		t.Fatal(err)
 	}
@@ -40,15 +40,16 @@ func TestNetworkRoundTrip(t *testing.T) {
 	if err != nil || !ok {
 		t.Fatalf("network 9: ok %v, err %v", ok, err)
 	}
-	if got.Subnet != n.Subnet || got.Gateway != n.Gateway || got.RouterMAC.String() != n.RouterMAC.String() {
+	if got.Subnet != n.Subnet || got.Gateway != n.Gateway || got.RouterMAC.String() != n.RouterMAC.String() || got.VNI != n.VNI {
 		t.Errorf("got %+v, want %+v", got, n)
 	}
 	// The programs compare raw packet bytes against these fields.
-	raw := make([]byte, 20)
+	// The VNI is host order, as bpf_skb_set_tunnel_key takes it.
+	raw := make([]byte, 24)
 	if err := o.objs.Networks.Lookup(uint32(9), raw); err != nil {
 		t.Fatal(err)
 	}
-	want := []byte{172, 30, 255, 254, 172, 30, 128, 0, 255, 255, 128, 0, 2, 0xfa, 0, 0, 0, 9, 0, 0}
+	want := []byte{172, 30, 255, 254, 172, 30, 128, 0, 255, 255, 128, 0, 2, 0xfa, 0, 0, 0, 9, 0, 0, 3, 2, 1, 0}
 	if string(raw) != string(want) {
 		t.Errorf("raw value %v, want %v", raw, want)
 	}

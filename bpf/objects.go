@@ -56,6 +56,7 @@ func (o *Objects) sharedMaps() map[string]*ebpf.Map {
 		"subnets":        o.objs.Subnets,
 		"ct":             o.objs.Ct,
 		"ct_frag":        o.objs.CtFrag,
+		"remotes":        o.objs.Remotes,
 	}
 }
 
@@ -102,6 +103,7 @@ func (o *Objects) Close() error {
 	for _, c := range []io.Closer{
 		o.objs.FromEndpoint, o.objs.Endpoints, o.objs.EndpointByIp, o.objs.Networks, o.objs.Counters,
 		o.objs.Ports, o.objs.HostAddrs, o.objs.HostConfig, o.objs.Subnets, o.objs.Ct, o.objs.CtFrag,
+		o.objs.Remotes,
 	} {
 		if err := c.Close(); err != nil {
 			errs = append(errs, err)

@@ -35,6 +35,12 @@ type HostConfig struct {
 	UplinkIfindex int
 	NATPortMin    uint16 // masquerade source ports, inclusive
 	NATPortMax    uint16
+	// TunnelIfindex is the flow-based VXLAN device overlay traffic is
+	// sent into; 0 means none (traffic to remote endpoints is dropped).
+	TunnelIfindex int
+	// TunnelLocal is the outer source address of that traffic; invalid
+	// means the route's.
+	TunnelLocal netip.Addr
 }
 
 // be16 is a port as the programs hold it: network byte order in memory.
@@ -161,14 +167,24 @@ func (o *Objects) SetHostConfig(c HostConfig) error {
 	if c.NATPortMin == 0 || c.NATPortMax < c.NATPortMin {
 		return fmt.Errorf("masquerade port range %d-%d is empty: %w", c.NATPortMin, c.NATPortMax, ErrInvalid)
 	}
+	if c.TunnelLocal.IsValid() && !c.TunnelLocal.Is4() {
+		return fmt.Errorf("tunnel address %s is not IPv4: %w", c.TunnelLocal, ErrInvalid)
+	}
+	if c.TunnelIfindex < 0 {
+		return fmt.Errorf("tunnel ifindex %d: %w", c.TunnelIfindex, ErrInvalid)
+	}
 	v := endpointHostConfig{
 		NetnsCookie:   c.NetNSCookie,
 		UplinkIfindex: uint32(c.UplinkIfindex),
 		NatPortMin:    c.NATPortMin,
 		NatPortMax:    c.NATPortMax,
+		TunnelIfindex: uint32(c.TunnelIfindex),
 	}
 	if c.SNATAddr.IsValid() {
 		v.SnatAddr = be32(c.SNATAddr)
+	}
+	if c.TunnelLocal.IsValid() {
+		v.TunnelLocal = be32(c.TunnelLocal)
 	}
 	if err := o.objs.HostConfig.Put(uint32(0), v); err != nil {
 		return fmt.Errorf("put host config: %w", err)

@@ -79,6 +79,8 @@ type sockHostConfig struct {
 	UplinkIfindex uint32
 	NatPortMin    uint16
 	NatPortMax    uint16
+	TunnelIfindex uint32
+	TunnelLocal   uint32
 	Pad           uint32
 }
 
@@ -89,6 +91,7 @@ type sockNetwork struct {
 	Mask      uint32
 	RouterMac [6]uint8
 	Flags     uint16
+	Vni       uint32
 }
 
 type sockPortKey struct {
@@ -104,6 +107,19 @@ type sockPortTarget struct {
 	Addr uint32
 	Port uint16
 	Pad  uint16
+}
+
+type sockRemote struct {
+	_    structs.HostLayout
+	Node uint32
+	Mac  [6]uint8
+	Pad  uint16
+}
+
+type sockRemoteKey struct {
+	_         structs.HostLayout
+	NetworkId uint32
+	Ipv4      uint32
 }
 
 type sockSockRevKey struct {
@@ -140,6 +156,7 @@ const (
 	sockMapHostConfig        = "host_config"
 	sockMapNetworks          = "networks"
 	sockMapPorts             = "ports"
+	sockMapRemotes           = "remotes"
 	sockMapSockReverse       = "sock_reverse"
 	sockMapSubnets           = "subnets"
 	sockProgSockConnect4     = "sock_connect4"
@@ -211,6 +228,7 @@ type sockMapSpecs struct {
 	HostConfig   *ebpf.MapSpec `ebpf:"host_config"`
 	Networks     *ebpf.MapSpec `ebpf:"networks"`
 	Ports        *ebpf.MapSpec `ebpf:"ports"`
+	Remotes      *ebpf.MapSpec `ebpf:"remotes"`
 	SockReverse  *ebpf.MapSpec `ebpf:"sock_reverse"`
 	Subnets      *ebpf.MapSpec `ebpf:"subnets"`
 }
@@ -250,6 +268,7 @@ type sockMaps struct {
 	HostConfig   *ebpf.Map `ebpf:"host_config"`
 	Networks     *ebpf.Map `ebpf:"networks"`
 	Ports        *ebpf.Map `ebpf:"ports"`
+	Remotes      *ebpf.Map `ebpf:"remotes"`
 	SockReverse  *ebpf.Map `ebpf:"sock_reverse"`
 	Subnets      *ebpf.Map `ebpf:"subnets"`
 }
@@ -265,6 +284,7 @@ func (m *sockMaps) Close() error {
 		m.HostConfig,
 		m.Networks,
 		m.Ports,
+		m.Remotes,
 		m.SockReverse,
 		m.Subnets,
 	)

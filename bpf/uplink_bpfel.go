@@ -106,6 +106,8 @@ type uplinkHostConfig struct {
 	UplinkIfindex uint32
 	NatPortMin    uint16
 	NatPortMax    uint16
+	TunnelIfindex uint32
+	TunnelLocal   uint32
 	Pad           uint32
 }
 
@@ -116,6 +118,7 @@ type uplinkNetwork struct {
 	Mask      uint32
 	RouterMac [6]uint8
 	Flags     uint16
+	Vni       uint32
 }
 
 type uplinkPortKey struct {
@@ -162,8 +165,25 @@ const (
 	uplinkReasonREASON_INTERNAL        uplinkReason = 23
 	uplinkReasonREASON_NOT_NAT         uplinkReason = 24
 	uplinkReasonREASON_NAT_UNSUPPORTED uplinkReason = 25
+	uplinkReasonREASON_TO_TUNNEL       uplinkReason = 26
+	uplinkReasonREASON_NO_REMOTE       uplinkReason = 27
 	uplinkReasonREASON_SOCK_REPLY      uplinkReason = 28
+	uplinkReasonREASON_WRONG_VNI       uplinkReason = 29
+	uplinkReasonREASON_NO_TUNNEL       uplinkReason = 30
 )
+
+type uplinkRemote struct {
+	_    structs.HostLayout
+	Node uint32
+	Mac  [6]uint8
+	Pad  uint16
+}
+
+type uplinkRemoteKey struct {
+	_         structs.HostLayout
+	NetworkId uint32
+	Ipv4      uint32
+}
 
 type uplinkSubnetKey struct {
 	_         structs.HostLayout
@@ -192,6 +212,7 @@ const (
 	uplinkMapHostConfig   = "host_config"
 	uplinkMapNetworks     = "networks"
 	uplinkMapPorts        = "ports"
+	uplinkMapRemotes      = "remotes"
 	uplinkMapSubnets      = "subnets"
 	uplinkProgFromUplink  = "from_uplink"
 	uplinkProgToUplink    = "to_uplink"
@@ -258,6 +279,7 @@ type uplinkMapSpecs struct {
 	HostConfig   *ebpf.MapSpec `ebpf:"host_config"`
 	Networks     *ebpf.MapSpec `ebpf:"networks"`
 	Ports        *ebpf.MapSpec `ebpf:"ports"`
+	Remotes      *ebpf.MapSpec `ebpf:"remotes"`
 	Subnets      *ebpf.MapSpec `ebpf:"subnets"`
 }
 
@@ -296,6 +318,7 @@ type uplinkMaps struct {
 	HostConfig   *ebpf.Map `ebpf:"host_config"`
 	Networks     *ebpf.Map `ebpf:"networks"`
 	Ports        *ebpf.Map `ebpf:"ports"`
+	Remotes      *ebpf.Map `ebpf:"remotes"`
 	Subnets      *ebpf.Map `ebpf:"subnets"`
 }
 
@@ -310,6 +333,7 @@ func (m *uplinkMaps) Close() error {
 		m.HostConfig,
 		m.Networks,
 		m.Ports,
+		m.Remotes,
 		m.Subnets,
 	)
 }

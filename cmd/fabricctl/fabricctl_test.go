@@ -69,10 +69,10 @@ func TestNetworkLsTableAndJSON(t *testing.T) {
 	if len(lines) != 3 {
 		t.Fatalf("want header + 2 rows, got %q", r.stdout)
 	}
-	if f := strings.Fields(lines[0]); !reflect.DeepEqual(f, []string{"NAME", "ID", "DRIVER", "SUBNET", "GATEWAY", "INTERNAL", "ENDPOINTS", "PARENT", "HEALTH"}) {
+	if f := strings.Fields(lines[0]); !reflect.DeepEqual(f, []string{"NAME", "ID", "DRIVER", "SCOPE", "SUBNET", "GATEWAY", "INTERNAL", "ENDPOINTS", "PARENT", "HEALTH"}) {
 		t.Errorf("header %q", lines[0])
 	}
-	if f := strings.Fields(lines[1]); !reflect.DeepEqual(f, []string{"blue", "bbbbbbbbbbbb", "bridge", "10.10.0.0/24", "10.10.0.1", "true", "0", "-", "ok"}) {
+	if f := strings.Fields(lines[1]); !reflect.DeepEqual(f, []string{"blue", "bbbbbbbbbbbb", "bridge", "local", "10.10.0.0/24", "10.10.0.1", "true", "0", "-", "ok"}) {
 		t.Errorf("row %q", lines[1])
 	}
 

@@ -17,9 +17,8 @@ func newNetworkCmd(c *cli) *cobra.Command {
 		Long: `Manage networks. A network is a set of endpoints that can talk to each
 other; sandboxes on different networks cannot, unless one sandbox is on
 both. Drivers: bridge (this host; the default network "bridge" always
-exists), macvlan and ipvlan (on a parent interface or its VLAN
-sub-interface, e.g. -o parent=eth1.10). The overlay driver is not
-available yet.`,
+exists), overlay (spans every host of the cluster), macvlan and ipvlan (on
+a parent interface or its VLAN sub-interface, e.g. -o parent=eth1.10).`,
 		Example: `  fabricctl network create --subnet 10.10.0.0/24 blue
   fabricctl network ls
   fabricctl network connect --alias db blue db1
@@ -59,11 +58,18 @@ Drivers:
   macvlan   sandboxes sit directly on the LAN behind -o parent, each with its
             own MAC; --subnet/--gateway are the LAN's
   ipvlan    like macvlan but sharing the parent's MAC (l2), or routed (l3, l3s)
+  overlay   spans every host of the cluster (fabricd --cluster-bind/--cluster-join):
+            created or removed on any node, VXLAN between hosts; each node
+            leases blocks of the subnet for its sandboxes; MTU = underlay - 50.
+            Without --subnet a free /16 from 10.20.0.0-10.249.0.0 is picked
 
 Driver options (-o KEY=VALUE, repeatable):
   mtu=1450               MTU of the network's interfaces (all drivers)
   exclude=IP,IP          addresses never handed out, e.g. hosts already on the LAN
   bridge_name=br-x       name of the Linux bridge (bridge)
+  block_bits=26          size of the address blocks nodes lease (overlay; default
+                         /24, or subnet+4 bits for subnets smaller than /20)
+  vni=4097               VXLAN network identifier (overlay; default: picked)
   parent=eth1            parent interface (macvlan, ipvlan); eth1.10 means VLAN 10
                          on eth1: the 802.1q sub-interface is created if missing
                          and removed with the network only if fabric created it.
@@ -83,7 +89,8 @@ choose the output format here, use the long form --output json.`,
   fabricctl network create -o mtu=1450 -o bridge_name=br-blue --output json blue
   fabricctl network create -d macvlan --subnet 192.168.10.0/24 --gateway 192.168.10.1 \
       -o parent=eth1.10 -o exclude=192.168.10.2,192.168.10.3 -o host_shim=true vlan10
-  fabricctl network create -d ipvlan --subnet 10.50.0.0/24 -o parent=eth1 -o ipvlan_mode=l2 lan`,
+  fabricctl network create -d ipvlan --subnet 10.50.0.0/24 -o parent=eth1 -o ipvlan_mode=l2 lan
+  fabricctl network create -d overlay --subnet 10.30.0.0/16 mesh`,
 		Args: exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.Name = args[0]
@@ -102,7 +109,7 @@ choose the output format here, use the long form --output json.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVarP(&req.Driver, "driver", "d", api.DriverBridge, "driver: bridge, macvlan or ipvlan")
+	f.StringVarP(&req.Driver, "driver", "d", api.DriverBridge, "driver: bridge, overlay, macvlan or ipvlan")
 	f.StringVar(&req.Subnet, "subnet", "", "subnet in CIDR notation, e.g. 10.10.0.0/24 (default: next free one from the pool)")
 	f.StringVar(&req.Gateway, "gateway", "", "gateway address in the subnet (default: its first address)")
 	f.StringVar(&req.IPRange, "ip-range", "", "give sandboxes addresses only from this CIDR inside the subnet")

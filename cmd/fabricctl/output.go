@@ -93,7 +93,7 @@ func sortEndpoints(eps []api.Endpoint) {
 }
 
 func networkTable(w io.Writer, nets []api.Network) error {
-	t := newTable(w, "NAME", "ID", "DRIVER", "SUBNET", "GATEWAY", "INTERNAL", "ENDPOINTS", "PARENT", "HEALTH")
+	t := newTable(w, "NAME", "ID", "DRIVER", "SCOPE", "SUBNET", "GATEWAY", "INTERNAL", "ENDPOINTS", "PARENT", "HEALTH")
 	for _, n := range nets {
 		parent, health := n.Parent, n.Health
 		if parent == "" {
@@ -105,7 +105,11 @@ func networkTable(w io.Writer, nets []api.Network) error {
 		if i := strings.IndexByte(health, ':'); i > 0 {
 			health = health[:i] // the reason is in inspect and status
 		}
-		t.row(n.Name, shortID(n.ID), n.Driver, n.Subnet, n.Gateway,
+		scope := n.Scope
+		if scope == "" {
+			scope = "local"
+		}
+		t.row(n.Name, shortID(n.ID), n.Driver, scope, n.Subnet, n.Gateway,
 			strconv.FormatBool(n.Internal), strconv.Itoa(n.Endpoints), parent, health)
 	}
 	return t.flush()
@@ -199,6 +203,20 @@ func statusText(w io.Writer, socket string, s api.Status) error {
 		line("DNS", fmt.Sprintf("%s: %d resolvers at 127.0.0.11, %d records", health, d.Resolvers, d.Records))
 		fmt.Fprintf(tw, "	  upstreams %s; answered %d local, %d forwarded, %d NXDOMAIN, %d failed\n",
 			dash(strings.Join(d.Upstreams, ", ")), d.Local, d.Forwarded, d.NXDomain, d.Failed)
+	}
+	if cl := s.Cluster; cl != nil {
+		line("Cluster", fmt.Sprintf("%d of %d members alive, %d overlay network(s); gossip %s, tunnel %s",
+			cl.Alive, len(cl.Members), cl.Networks, cl.Gossip, cl.Tunnel))
+		for _, m := range cl.Members {
+			self := ""
+			if m.Name == cl.Node {
+				self = " (this node)"
+			}
+			fmt.Fprintf(tw, "	  %-7s %s%s at %s, %s %s, %d endpoint(s), since %s\n",
+				m.State, m.Name, self, m.Addr, dash(m.Datapath), dash(m.Version), m.Endpoints, m.Since)
+		}
+		fmt.Fprintf(tw, "	  gossip messages: %d sent, %d received, %d dropped, %d send errors\n",
+			cl.MessagesSent, cl.MessagesReceived, cl.MessagesDropped, cl.SendErrors)
 	}
 	if len(s.Warnings) == 0 {
 		line("Warnings", "none")

@@ -16,11 +16,12 @@ func newStatusCmd(c *cli) *cobra.Command {
 		Long: `Show the state of fabricd on this host: whether it answers, its version,
 node name and uptime, the datapath in use (ebpf or kernel) with details
 such as attached programs, the number of networks, sandboxes and
-endpoints, and any warnings (for example a fallback from eBPF to the
-kernel datapath).
+endpoints, the cluster (every member with its state, underlay address,
+datapath, version and endpoint count) and any warnings (for example a
+fallback from eBPF to the kernel datapath, or a cluster member that failed).
 
-Exit code: 0 all well, 1 the agent reports warnings, 2 the agent is
-unreachable. That makes it usable as a health check.`,
+Exit code: 0 all well, 1 the agent reports warnings (degraded: a failed
+member counts), 2 the agent is unreachable. That makes it usable as a health check.`,
 		Example: `  fabricctl status
   fabricctl status -o json
   fabricctl --socket /tmp/fabricd.sock status || echo "fabric is not healthy"`,

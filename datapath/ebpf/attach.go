@@ -83,10 +83,14 @@ func (f *Forwarder) setHostConfig(u uplinkInfo) error {
 	if err != nil {
 		return err
 	}
-	return f.objs.SetHostConfig(bpf.HostConfig{
-		NetNSCookie: cookie, SNATAddr: u.addr, UplinkIfindex: u.ifindex,
-		NATPortMin: natPortMin, NATPortMax: natPortMax,
-	})
+	c := f.hostCfg // the tunnel, adopted or not
+	c.NetNSCookie, c.SNATAddr, c.UplinkIfindex = cookie, u.addr, u.ifindex
+	c.NATPortMin, c.NATPortMax = natPortMin, natPortMax
+	if err := f.objs.SetHostConfig(c); err != nil {
+		return err
+	}
+	f.hostCfg = c
+	return nil
 }
 
 // attachSockHooks loads the cgroup socket hooks (host-local clients of

@@ -5,6 +5,10 @@
 //   - a tc program (bpf.FromEndpoint, TCX ingress) on every host-side veth
 //     answers the sandbox's ARP, enforces anti-spoofing and isolation, and
 //     hands same-host traffic straight to the destination sandbox;
+//   - overlay networks are the same locally; their remote endpoints are
+//     reached through one flow-based VXLAN device, fabric-vx, whose
+//     ingress program (bpf.Tunnel) delivers what other nodes send
+//     (overlay.go);
 //   - the host routes to each endpoint with a /32 route and a permanent
 //     neighbour entry through its veth, and owns every gateway address on
 //     one portless bridge, fabric-gw; a network's whole subnet is unreachable
@@ -83,7 +87,7 @@ func New(log *slog.Logger, opts Options) (*kernel.Datapath, error) {
 	if err != nil {
 		return nil, err
 	}
-	dp, err := kernel.New(log, kernel.Options{NetNSPath: opts.NetNSPath, Forwarder: fwd})
+	dp, err := kernel.New(log, kernel.Options{NetNSPath: opts.NetNSPath, Forwarder: fwd, Tunnel: opts.Tunnel})
 	if err != nil {
 		fwd.Close()
 		return nil, err
@@ -100,16 +104,22 @@ type Forwarder struct {
 	objs   *bpf.Objects
 	sock   *bpf.Sock // nil if the socket hooks could not be attached
 	up     *bpf.Uplink
+	tun    *bpf.Tunnel
 	xdp    string // what --xdp resulted in, for status
 	cgroup string // where the socket hooks are attached
 	uplink uplinkInfo
 	hasUp  bool // an uplink was found
 
-	mu       sync.Mutex // guards the fields below (Status runs unlocked by kernel)
-	nets     map[string]netState
-	eps      map[string]epState // by endpoint ID
-	warnings []string
-	restored int // pinned maps re-opened at start
+	mu      sync.Mutex // guards the fields below (Status runs unlocked by kernel)
+	nets    map[string]netState
+	hostCfg bpf.HostConfig // as last written to the host_config map
+	// underlayName and underlayMTU are the tunnel address's interface,
+	// as of the last ensureTunnel (Status checks overlay MTUs against it).
+	underlayName string
+	underlayMTU  int
+	eps          map[string]epState // by endpoint ID
+	warnings     []string
+	restored     int // pinned maps re-opened at start
 }
 
 type netState struct {
@@ -183,6 +193,15 @@ func NewForwarder(log *slog.Logger, opts Options) (_ *Forwarder, err error) {
 	if err := f.prepareHost(); err != nil {
 		return nil, err
 	}
+	if f.tun, err = bpf.LoadTunnel(f.objs, nil); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnsupported, err)
+	}
+	defer func() {
+		if err != nil {
+			f.tun.Close()
+		}
+	}()
+	f.adoptTunnel()
 	if !f.hasUp {
 		f.warnings = append(f.warnings, "no uplink (no --uplink and no default route): no masquerade, published ports only from this host")
 	}
@@ -303,6 +322,10 @@ func (f *Forwarder) Close() error {
 		errs = append(errs, f.up.Close())
 		f.up = nil
 	}
+	if f.tun != nil {
+		errs = append(errs, f.tun.Close())
+		f.tun = nil
+	}
 	if f.objs != nil {
 		errs = append(errs, f.objs.Close())
 		f.objs = nil
@@ -332,6 +355,7 @@ func (f *Forwarder) Status() datapath.Status {
 		st.Details = append(st.Details, fmt.Sprintf("uplink %s (%s): tc (TCX ingress+egress) masquerade and published-port NAT", f.uplink.name, f.uplink.addr))
 	}
 	st.Details = append(st.Details, "XDP: "+f.xdp)
+	f.overlayStatus(&st)
 	if n, c, err := f.objs.ConntrackStats(); err == nil {
 		st.Details = append(st.Details, fmt.Sprintf("conntrack: %d of %d entries", n, c))
 	}

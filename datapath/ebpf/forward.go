@@ -18,9 +18,10 @@ import (
 	"github.com/fabricnet/fabric/datapath"
 )
 
-// EnsureNetwork programs a bridge network: its gateway address on the
-// gateway device, its subnet unreachable but for endpoint routes, and its
-// entry in the programs' networks map.
+// EnsureNetwork programs a bridge or overlay network: its gateway address
+// on the gateway device, its subnet unreachable but for endpoint routes,
+// and its entry in the programs' networks map; for an overlay network
+// also the tunnel device (overlay.go).
 func (f *Forwarder) EnsureNetwork(n datapath.Network) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -30,6 +31,15 @@ func (f *Forwarder) EnsureNetwork(n datapath.Network) error {
 func (f *Forwarder) ensureNetwork(n datapath.Network) error {
 	if !n.Subnet.Addr().Is4() || !n.Gateway.Is4() {
 		return fmt.Errorf("network %s: the eBPF datapath serves IPv4 networks only: %w", n.ID, datapath.ErrInvalid)
+	}
+	switch n.Driver {
+	case datapath.DriverBridge, "":
+	case datapath.DriverOverlay:
+		if err := f.checkOverlay(n); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("network %s: driver %q is not served by the eBPF forwarder: %w", n.ID, n.Driver, datapath.ErrInvalid)
 	}
 	id := netID(n.ID)
 	for other, st := range f.nets {
@@ -48,7 +58,14 @@ func (f *Forwarder) ensureNetwork(n datapath.Network) error {
 	if err := f.nl.RouteReplace(subnetRoute(n.Subnet)); err != nil {
 		return fmt.Errorf("network %s: route for %s: %w", n.ID, n.Subnet, err)
 	}
-	if err := f.objs.PutNetwork(bpfNetwork(id, n.Subnet, n.Gateway, routerMAC(n.ID), n.Internal)); err != nil {
+	if n.Driver == datapath.DriverOverlay {
+		// The device before the network: the endpoint program tunnels
+		// as soon as the network has a VNI.
+		if err := f.ensureTunnel(); err != nil {
+			return fmt.Errorf("network %s: %w", n.ID, err)
+		}
+	}
+	if err := f.objs.PutNetwork(bpfNetwork(id, n)); err != nil {
 		return fmt.Errorf("network %s: %w", n.ID, err)
 	}
 	f.nets[n.ID] = netState{id: id, net: n}
@@ -63,6 +80,11 @@ func (f *Forwarder) DeleteNetwork(n datapath.Network) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.objs.DeleteNetwork(netID(n.ID)); err != nil {
+		return err
+	}
+	// Its remotes: with the network gone they are unreachable anyway. The
+	// tunnel device stays until Sync finds no overlay network left.
+	if err := f.setRemotes(datapath.Network{ID: n.ID, Driver: datapath.DriverOverlay}, nil); err != nil {
 		return err
 	}
 	if n.Gateway.IsValid() {
@@ -179,7 +201,7 @@ func (f *Forwarder) Sync(s datapath.State) error {
 	var errs []error
 	wantNets := map[string]datapath.Network{}
 	for _, n := range s.Networks {
-		if n.Driver == datapath.DriverBridge || n.Driver == "" {
+		if n.Driver == datapath.DriverBridge || n.Driver == "" || n.Driver == datapath.DriverOverlay {
 			wantNets[n.ID] = n
 		}
 	}
@@ -299,6 +321,7 @@ func (f *Forwarder) Sync(s datapath.State) error {
 			}
 		}
 	}
+	errs = append(errs, f.syncOverlay(wantNets, s))
 	errs = append(errs, f.refreshHostAddrs())
 	return errors.Join(errs...)
 }

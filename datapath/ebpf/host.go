@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/fabricnet/fabric/bpf"
+	"github.com/fabricnet/fabric/datapath"
 	"github.com/fabricnet/fabric/datapath/netns"
 )
 
@@ -179,6 +180,10 @@ func (f *Forwarder) fabricRoutes() ([]netlink.Route, error) {
 	return routes, nil
 }
 
-func bpfNetwork(id bpf.NetID, subnet netip.Prefix, gw netip.Addr, mac net.HardwareAddr, internal bool) bpf.Network {
-	return bpf.Network{ID: id, Subnet: subnet, Gateway: gw, RouterMAC: mac, Internal: internal}
+func bpfNetwork(id bpf.NetID, n datapath.Network) bpf.Network {
+	b := bpf.Network{ID: id, Subnet: n.Subnet, Gateway: n.Gateway, RouterMAC: routerMAC(n.ID), Internal: n.Internal}
+	if n.Driver == datapath.DriverOverlay {
+		b.VNI = n.VNI
+	}
+	return b
 }

@@ -30,5 +30,8 @@ func (f *Forwarder) Metrics() (datapath.Metrics, error) {
 		m.Programs["cgroup-sock"] = 5
 	}
 	f.addUplinkMetrics(&m)
+	if f.hostCfg.TunnelIfindex != 0 {
+		m.Programs["tcx-tunnel"] = 1
+	}
 	return m, nil
 }

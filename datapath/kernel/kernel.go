@@ -11,11 +11,15 @@
 // the host reaches its own sandboxes. They need no bridge and no nftables
 // rules (parent.go, vlan.go, shim.go, macvlan.go).
 //
+// Overlay networks are bridge networks whose bridge also holds a fixed-VNI
+// VXLAN device; remote endpoints are static FDB and neighbour entries on
+// it, answered by the device's proxy ARP (overlay.go).
+//
 // It programs one "host" network namespace through netlink and nftables
 // handles opened on that namespace, so the calling process need not live in
 // it. Every link it creates on the host carries an alias starting with
-// datapath.OwnerPrefix (OwnerPrefix+ID, or OwnerPrefix+"vlan:"/"shim:"+
-// network ID), which is how Sync finds what to prune without touching
+// datapath.OwnerPrefix (OwnerPrefix+ID, or OwnerPrefix+"vlan:"/"shim:"/
+// "vxlan:"+network ID), which is how Sync finds what to prune without touching
 // anything else. macvlan/ipvlan children live only in their sandboxes, known
 // by sandbox and interface name.
 //
@@ -89,6 +93,7 @@ type Datapath struct {
 	nl     *netlink.Handle
 	nft    *nftables.Conn
 	fwd    Forwarder // nil: bridges and nftables
+	tunnel datapath.Tunnel
 
 	mu    sync.Mutex
 	state desired
@@ -100,6 +105,9 @@ type Datapath struct {
 	// parentNets are the macvlan/ipvlan networks ensured (or synced) and
 	// not deleted since start, whose parents Status checks.
 	parentNets map[string]datapath.Network
+	// overlays are the overlay networks ensured (or synced) and not
+	// deleted since start, with the remotes last set (bridge model only).
+	overlays map[string]*overlayNet
 
 	// testHookVethCreated, when set by a test, runs right after a veth pair
 	// is created; an error it returns must be rolled back like any other.
@@ -183,9 +191,11 @@ func New(log *slog.Logger, opts Options) (_ *Datapath, err error) {
 		nl:     nl,
 		nft:    nft,
 		fwd:    opts.Forwarder,
+		tunnel: opts.Tunnel,
 		state:  newDesired(),
 
 		parentNets: map[string]datapath.Network{},
+		overlays:   map[string]*overlayNet{},
 	}
 	if d.fwd != nil {
 		// The forwarder owns NAT and published ports: a table left by a
@@ -278,6 +288,7 @@ func (d *Datapath) Status(ctx context.Context) datapath.Status {
 			st.Warnings = append(st.Warnings, d.parentWarnings()...)
 		}
 	}
+	st.Details = append(st.Details, d.overlayDetails()...)
 	if d.lastErr != nil {
 		st.Warnings = append(st.Warnings, "last sync: "+d.lastErr.Error())
 	}
@@ -299,6 +310,10 @@ func (s desired) portRuleCount() int {
 // For a macvlan/ipvlan network it checks the parent (an error wrapping
 // datapath.ErrParentMissing if it is absent or down), creates a missing
 // IFACE.VID parent, and makes or removes the host shim.
+//
+// An overlay network is a bridge network plus its VXLAN device on the
+// bridge (overlay.go); without Options.Tunnel.Local it is refused with
+// datapath.ErrInvalid before anything is made.
 func (d *Datapath) EnsureNetwork(ctx context.Context, n datapath.Network) error {
 	if err := validateNetwork(n); err != nil {
 		return err
@@ -314,8 +329,20 @@ func (d *Datapath) EnsureNetwork(ctx context.Context, n datapath.Network) error 
 	if d.fwd != nil {
 		return d.fwd.EnsureNetwork(n)
 	}
+	if isOverlay(n) {
+		if err := d.checkTunnel(n); err != nil {
+			return err
+		}
+	}
 	created, err := d.ensureBridge(n)
 	if err != nil {
+		return err
+	}
+	vxCreated, err := d.ensureNetworkVXLAN(n)
+	if err != nil {
+		if created {
+			_ = d.deleteBridge(n)
+		}
 		return err
 	}
 	old, had := d.state.networks[n.ID]
@@ -329,6 +356,9 @@ func (d *Datapath) EnsureNetwork(ctx context.Context, n datapath.Network) error 
 		} else {
 			delete(d.state.networks, n.ID)
 		}
+		if vxCreated {
+			_ = d.deleteVXLAN(n)
+		}
 		if created {
 			_ = d.deleteBridge(n)
 		}
@@ -337,10 +367,27 @@ func (d *Datapath) EnsureNetwork(ctx context.Context, n datapath.Network) error 
 	return nil
 }
 
+// ensureNetworkVXLAN gives an overlay network its VXLAN device on the
+// network's (ensured) bridge, and takes it away from a network that is no
+// longer an overlay.
+func (d *Datapath) ensureNetworkVXLAN(n datapath.Network) (created bool, err error) {
+	if !isOverlay(n) {
+		if o, ok := d.overlays[n.ID]; ok {
+			return false, d.deleteVXLAN(datapath.Network{ID: n.ID, VNI: o.vni})
+		}
+		return false, nil
+	}
+	br, err := d.nl.LinkByName(n.Bridge)
+	if err != nil {
+		return false, fmt.Errorf("network %s: look up bridge %s: %w", n.ID, n.Bridge, err)
+	}
+	return d.ensureOverlay(n, br)
+}
+
 // DeleteNetwork removes the bridge and the network's rules, including the
 // published ports of endpoints still on it. For a macvlan/ipvlan network it
 // removes the host shim, and the VLAN parent only if fabric made it for
-// this network.
+// this network. An overlay network's VXLAN device goes before its bridge.
 func (d *Datapath) DeleteNetwork(ctx context.Context, n datapath.Network) error {
 	if n.ID == "" {
 		return invalidf("network without ID")
@@ -355,6 +402,11 @@ func (d *Datapath) DeleteNetwork(ctx context.Context, n datapath.Network) error 
 	}
 	if d.fwd != nil {
 		if err := d.fwd.DeleteNetwork(n); err != nil {
+			return err
+		}
+	}
+	if isOverlay(n) {
+		if err := d.deleteVXLAN(n); err != nil {
 			return err
 		}
 	}

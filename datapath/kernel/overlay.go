@@ -2,12 +2,368 @@ package kernel
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/fabricnet/fabric/datapath"
 )
 
-// SetRemotes replaces the remote endpoints of overlay network n.
+// An overlay network in the bridge model is a bridge network (same bridge,
+// same nftables rules) plus one fixed-VNI VXLAN device, fvx<VNI>, enslaved
+// to the bridge. The device neither learns nor floods: every remote
+// endpoint is a permanent FDB entry (its MAC -> its node) and a permanent
+// neighbour entry (its address -> its MAC) on the device, and with proxy
+// ARP on the device answers the sandboxes' ARP requests for remote
+// endpoints from that neighbour table, so no ARP crosses the underlay and
+// anything unknown is dropped at the device.
+//
+// A flow-based (collect_md) VXLAN device, which the eBPF datapath uses,
+// cannot share a UDP port with fixed-VNI ones in one namespace, so the
+// bridge model removes a leftover of it (flowVXLANName) and the forwarder
+// mode keeps it.
+
+// flowVXLANName is the eBPF datapath's flow-based VXLAN device.
+const flowVXLANName = "fabric-vx"
+
+// overlayNet is what the datapath remembers of an ensured overlay network:
+// the remotes last set, put back if its VXLAN device has to be recreated.
+type overlayNet struct {
+	device  string
+	vni     uint32
+	remotes []datapath.Remote
+}
+
+// vxlanName is at most 11 characters: "fvx" and up to 8 digits.
+func vxlanName(n datapath.Network) string { return "fvx" + strconv.FormatUint(uint64(n.VNI), 10) }
+
+func vxlanAlias(networkID string) string { return datapath.OwnerPrefix + "vxlan:" + networkID }
+
+// vxlanMAC derives the device's MAC from the network ID: it identifies a
+// device a crash left without its alias.
+func vxlanMAC(networkID string) net.HardwareAddr { return derivedMAC("fabric-vxlan:" + networkID) }
+
+func isOverlay(n datapath.Network) bool { return n.Driver == datapath.DriverOverlay }
+
+func (d *Datapath) tunnelPort() int {
+	if d.tunnel.Port == 0 {
+		return datapath.DefaultTunnelPort
+	}
+	return int(d.tunnel.Port)
+}
+
+// checkTunnel refuses an overlay network on a datapath that was given no
+// usable tunnel address; nothing is made for it then.
+func (d *Datapath) checkTunnel(n datapath.Network) error {
+	if !d.tunnel.Local.IsValid() {
+		return invalidf("network %s: overlay networks need the host's tunnel address (kernel.Options.Tunnel.Local), which is not set", n.ID)
+	}
+	if !d.tunnel.Local.Is4() {
+		return invalidf("network %s: tunnel address %s must be IPv4", n.ID, d.tunnel.Local)
+	}
+	if d.tunnel.Device != "" {
+		if err := validIfName(d.tunnel.Device); err != nil {
+			return invalidf("network %s: tunnel device: %v", n.ID, err)
+		}
+	}
+	return nil
+}
+
+// wantVXLAN is the device ensureVXLAN makes for n.
+func (d *Datapath) wantVXLAN(n datapath.Network) (*netlink.Vxlan, error) {
+	la := netlink.NewLinkAttrs()
+	la.Name = vxlanName(n)
+	la.MTU = mtuOf(n)
+	la.HardwareAddr = vxlanMAC(n.ID)
+	v := &netlink.Vxlan{
+		LinkAttrs: la,
+		VxlanId:   int(n.VNI),
+		SrcAddr:   d.tunnel.Local.AsSlice(),
+		Port:      d.tunnelPort(),
+		Learning:  false,
+		Proxy:     true,
+	}
+	if d.tunnel.Device != "" {
+		dev, err := d.nl.LinkByName(d.tunnel.Device)
+		if err != nil {
+			return nil, fmt.Errorf("network %s: look up tunnel device %s: %w", n.ID, d.tunnel.Device, err)
+		}
+		v.VtepDevIndex = dev.Attrs().Index
+	}
+	return v, nil
+}
+
+// vxlanDiff names the first attribute of link that differs from want and
+// can only be changed by recreating the device; "" if none does.
+func vxlanDiff(link netlink.Link, want *netlink.Vxlan) string {
+	v, ok := link.(*netlink.Vxlan)
+	switch {
+	case !ok:
+		return "kind " + link.Type()
+	case v.FlowBased:
+		return "flow-based"
+	case v.VxlanId != want.VxlanId:
+		return fmt.Sprintf("VNI %d", v.VxlanId)
+	case v.Port != want.Port:
+		return fmt.Sprintf("port %d", v.Port)
+	case !v.SrcAddr.Equal(want.SrcAddr):
+		return fmt.Sprintf("local %s", v.SrcAddr)
+	case v.VtepDevIndex != want.VtepDevIndex:
+		return fmt.Sprintf("device index %d", v.VtepDevIndex)
+	case v.Group != nil && !v.Group.IsUnspecified():
+		return fmt.Sprintf("group %s", v.Group)
+	case v.Learning:
+		return "learning on"
+	case !v.Proxy:
+		return "proxy ARP off"
+	case v.L2miss || v.L3miss:
+		return "l2miss/l3miss on"
+	}
+	return ""
+}
+
+// ensureOverlay creates or repairs n's VXLAN device on bridge br and, when
+// the device is new, puts back the remotes last set for n.
+func (d *Datapath) ensureOverlay(n datapath.Network, br netlink.Link) (created bool, err error) {
+	link, created, err := d.ensureVXLAN(n, br)
+	if err != nil {
+		return created, err
+	}
+	o := d.overlays[n.ID]
+	if created && o != nil && len(o.remotes) > 0 {
+		if err := d.programRemotes(n, link, o.remotes); err != nil {
+			if delErr := d.nl.LinkDel(link); delErr != nil && !isNotFound(delErr) {
+				d.log.Warn("roll back VXLAN device", "link", link.Attrs().Name, "err", delErr)
+			}
+			return created, err
+		}
+	}
+	if o == nil {
+		o = &overlayNet{}
+		d.overlays[n.ID] = o
+	}
+	o.device, o.vni = vxlanName(n), n.VNI
+	return created, nil
+}
+
+// ensureVXLAN makes n's device match wantVXLAN: a device with the wrong
+// VNI, port, local address or flags is recreated (its FDB goes with it),
+// MTU, MAC, master and state are fixed in place, and a correct device is
+// not touched.
+func (d *Datapath) ensureVXLAN(n datapath.Network, br netlink.Link) (_ netlink.Link, created bool, err error) {
+	want, err := d.wantVXLAN(n)
+	if err != nil {
+		return nil, false, err
+	}
+	name := want.Name
+	link, err := d.nl.LinkByName(name)
+	switch {
+	case isNotFound(err):
+		link = nil
+	case err != nil:
+		return nil, false, fmt.Errorf("network %s: look up VXLAN device %s: %w", n.ID, name, err)
+	default:
+		if err := d.claim(link, "vxlan:"+n.ID, vxlanMAC(n.ID)); err != nil {
+			return nil, false, fmt.Errorf("network %s: %w", n.ID, err)
+		}
+		if diff := vxlanDiff(link, want); diff != "" {
+			d.log.Info("replacing VXLAN device", "link", name, "differs", diff, "network", n.ID)
+			if err := d.nl.LinkDel(link); err != nil && !isNotFound(err) {
+				return nil, false, fmt.Errorf("network %s: delete outdated VXLAN device %s: %w", n.ID, name, err)
+			}
+			link = nil
+		}
+	}
+	if link == nil {
+		if link, err = d.createVXLAN(n, want); err != nil {
+			return nil, false, err
+		}
+		created = true
+		defer func() {
+			if err != nil {
+				if delErr := d.nl.LinkDel(link); delErr != nil && !isNotFound(delErr) {
+					d.log.Warn("roll back VXLAN device", "link", name, "err", delErr)
+				}
+			}
+		}()
+	}
+	a := link.Attrs()
+	if a.MTU != want.MTU {
+		if err := d.nl.LinkSetMTU(link, want.MTU); err != nil {
+			return link, created, fmt.Errorf("network %s: set MTU %d on VXLAN device %s: %w", n.ID, want.MTU, name, err)
+		}
+	}
+	if !slices.Equal(a.HardwareAddr, want.HardwareAddr) {
+		if err := d.nl.LinkSetHardwareAddr(link, want.HardwareAddr); err != nil {
+			return link, created, fmt.Errorf("network %s: set MAC on VXLAN device %s: %w", n.ID, name, err)
+		}
+	}
+	if a.MasterIndex != br.Attrs().Index {
+		if err := d.nl.LinkSetMaster(link, br); err != nil {
+			return link, created, fmt.Errorf("network %s: attach VXLAN device %s to bridge %s: %w", n.ID, name, n.Bridge, err)
+		}
+	}
+	if !isUp(link) {
+		if err := d.nl.LinkSetUp(link); err != nil {
+			if errors.Is(err, unix.EADDRINUSE) {
+				return link, created, fmt.Errorf("network %s: set VXLAN device %s up: UDP port %d is taken, by a flow-based VXLAN device (the eBPF datapath's %s?) or another program: %w",
+					n.ID, name, want.Port, flowVXLANName, err)
+			}
+			return link, created, fmt.Errorf("network %s: set VXLAN device %s up: %w", n.ID, name, err)
+		}
+	}
+	return link, created, nil
+}
+
+// createVXLAN adds the device down and marked; ensureVXLAN attaches it
+// and sets it up. A device of n under another name (the network's VNI
+// changed) goes first.
+func (d *Datapath) createVXLAN(n datapath.Network, want *netlink.Vxlan) (netlink.Link, error) {
+	if err := d.deleteOtherVXLANs(n, want.Name); err != nil {
+		return nil, err
+	}
+	if err := d.nl.LinkAdd(want); err != nil {
+		return nil, fmt.Errorf("network %s: create VXLAN device %s (VNI %d, port %d): %w", n.ID, want.Name, n.VNI, want.Port, err)
+	}
+	made, err := d.nl.LinkByName(want.Name)
+	if err == nil {
+		if err = d.nl.LinkSetAlias(made, vxlanAlias(n.ID)); err == nil {
+			made.Attrs().Alias = vxlanAlias(n.ID)
+		}
+	}
+	if err != nil {
+		_ = d.nl.LinkDel(want)
+		return nil, fmt.Errorf("network %s: set up new VXLAN device %s: %w", n.ID, want.Name, err)
+	}
+	d.log.Info("created VXLAN device", "link", want.Name, "vni", n.VNI, "port", want.Port, "local", d.tunnel.Local, "network", n.ID)
+	return made, nil
+}
+
+// deleteOtherVXLANs removes devices marked as n's under a name other than
+// keep. It dumps the links, so it runs only when a device is created.
+func (d *Datapath) deleteOtherVXLANs(n datapath.Network, keep string) error {
+	links, err := retryDump(d.nl.LinkList)
+	if err != nil {
+		return fmt.Errorf("network %s: list links: %w", n.ID, err)
+	}
+	for _, l := range links {
+		if a := l.Attrs(); a.Alias == vxlanAlias(n.ID) && a.Name != keep {
+			d.log.Info("deleting VXLAN device of the network's old VNI", "link", a.Name, "network", n.ID)
+			if err := d.nl.LinkDel(l); err != nil && !isNotFound(err) {
+				return fmt.Errorf("network %s: delete old VXLAN device %s: %w", n.ID, a.Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// ownVXLAN returns n's VXLAN device, or nil if there is none.
+func (d *Datapath) ownVXLAN(n datapath.Network) (netlink.Link, error) {
+	link, err := d.nl.LinkByName(vxlanName(n))
+	if isNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("network %s: look up VXLAN device: %w", n.ID, err)
+	}
+	if link.Attrs().Alias != vxlanAlias(n.ID) {
+		return nil, nil
+	}
+	return link, nil
+}
+
+// deleteVXLAN removes n's VXLAN device (its FDB and neighbours go with
+// it); a missing one, or a link under that name that is not n's, is left.
+func (d *Datapath) deleteVXLAN(n datapath.Network) error {
+	delete(d.overlays, n.ID)
+	if n.VNI == 0 || n.VNI > maxVNI {
+		return nil
+	}
+	link, err := d.ownVXLAN(n)
+	if link == nil || err != nil {
+		return err
+	}
+	if err := d.nl.LinkDel(link); err != nil && !isNotFound(err) {
+		return fmt.Errorf("network %s: delete VXLAN device %s: %w", n.ID, link.Attrs().Name, err)
+	}
+	d.log.Info("deleted VXLAN device", "link", link.Attrs().Name, "network", n.ID)
+	return nil
+}
+
+// removeFlowLeftover deletes the eBPF datapath's flow-based VXLAN device,
+// which would hold the tunnel port against the fixed-VNI devices. Only a
+// flow-based VXLAN device fabric marked is removed.
+func (d *Datapath) removeFlowLeftover() error {
+	link, err := d.nl.LinkByName(flowVXLANName)
+	if isNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("look up %s: %w", flowVXLANName, err)
+	}
+	v, ok := link.(*netlink.Vxlan)
+	if !ok || !v.FlowBased || !strings.HasPrefix(v.Alias, "fabric") {
+		d.log.Debug("leaving link that is not the eBPF datapath's VXLAN device", "link", flowVXLANName, "type", link.Type(), "alias", link.Attrs().Alias)
+		return nil
+	}
+	d.log.Info("removing the eBPF datapath's flow-based VXLAN device: it would hold the tunnel port", "link", flowVXLANName)
+	if err := d.nl.LinkDel(link); err != nil && !isNotFound(err) {
+		return fmt.Errorf("delete %s: %w", flowVXLANName, err)
+	}
+	return nil
+}
+
+// validateRemotes checks remotes for overlay network n before anything is
+// changed.
+func (d *Datapath) validateRemotes(n datapath.Network, remotes []datapath.Remote) error {
+	addrs := make(map[netip.Addr]bool, len(remotes))
+	macs := make(map[string]netip.Addr, len(remotes))
+	for _, r := range remotes {
+		a := r.Addr
+		if !a.Is4() || !n.Subnet.Contains(a) || a == n.Gateway || isNetOrBroadcast(n.Subnet, a) {
+			return invalidf("network %s: remote address %s must be a host address in %s other than the gateway", n.ID, a, n.Subnet)
+		}
+		if addrs[a] {
+			return invalidf("network %s: remote address %s is listed twice", n.ID, a)
+		}
+		addrs[a] = true
+		if len(r.MAC) != 6 || r.MAC[0]&1 != 0 || slices.Equal(r.MAC, make(net.HardwareAddr, 6)) {
+			return invalidf("network %s: remote %s: MAC %s must be a non-zero unicast Ethernet address", n.ID, a, r.MAC)
+		}
+		if !r.Node.Is4() || r.Node.IsUnspecified() || r.Node.IsMulticast() || r.Node.IsLoopback() || r.Node == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+			return invalidf("network %s: remote %s: node %s must be a unicast IPv4 address", n.ID, a, r.Node)
+		}
+		if r.Node == d.tunnel.Local {
+			return invalidf("network %s: remote %s: node %s is this host", n.ID, a, r.Node)
+		}
+		if node, ok := macs[string(r.MAC)]; ok && node != r.Node {
+			return invalidf("network %s: remote MAC %s is on two nodes, %s and %s", n.ID, r.MAC, node, r.Node)
+		}
+		macs[string(r.MAC)] = r.Node
+	}
+	return nil
+}
+
+// SetRemotes replaces the remote endpoints of overlay network n: its
+// VXLAN device's FDB and neighbour entries become exactly remotes.
+// Invalid remotes are refused before anything changes.
 func (d *Datapath) SetRemotes(ctx context.Context, n datapath.Network, remotes []datapath.Remote) error {
+	if err := validateNetwork(n); err != nil {
+		return err
+	}
+	if !isOverlay(n) {
+		return invalidf("network %s: remotes need an overlay network, not %q", n.ID, n.Driver)
+	}
+	if err := d.validateRemotes(n, remotes); err != nil {
+		return err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.nl == nil {
@@ -16,5 +372,153 @@ func (d *Datapath) SetRemotes(ctx context.Context, n datapath.Network, remotes [
 	if d.fwd != nil {
 		return d.fwd.SetRemotes(n, remotes)
 	}
-	return invalidf("overlay networks are not implemented by the kernel datapath yet")
+	return d.setRemotes(n, remotes)
+}
+
+// setRemotes programs validated remotes and remembers them.
+func (d *Datapath) setRemotes(n datapath.Network, remotes []datapath.Remote) error {
+	link, err := d.ownVXLAN(n)
+	if err != nil {
+		return err
+	}
+	if link == nil {
+		return fmt.Errorf("network %s: VXLAN device %s does not exist; ensure the network first", n.ID, vxlanName(n))
+	}
+	if err := d.programRemotes(n, link, remotes); err != nil {
+		return err
+	}
+	o := d.overlays[n.ID]
+	if o == nil {
+		o = &overlayNet{device: vxlanName(n), vni: n.VNI}
+		d.overlays[n.ID] = o
+	}
+	o.remotes = slices.Clone(remotes)
+	return nil
+}
+
+// fdbDst is one remote of a VXLAN FDB entry.
+type fdbDst struct {
+	node      netip.Addr
+	permanent bool
+}
+
+// programRemotes makes the device's FDB and neighbour entries exactly
+// remotes. Entries are added or replaced before stale ones go (neighbours
+// before the FDB entries they point at), so a remote that stays is
+// reachable throughout.
+func (d *Datapath) programRemotes(n datapath.Network, link netlink.Link, remotes []datapath.Remote) error {
+	idx := link.Attrs().Index
+	name := link.Attrs().Name
+	wantFDB := make(map[string]netip.Addr, len(remotes))
+	wantNeigh := make(map[netip.Addr]net.HardwareAddr, len(remotes))
+	for _, r := range remotes {
+		wantFDB[string(r.MAC)] = r.Node
+		wantNeigh[r.Addr] = r.MAC
+	}
+
+	fdb, err := retryDump(func() ([]netlink.Neigh, error) { return d.nl.NeighList(idx, unix.AF_BRIDGE) })
+	if err != nil {
+		return fmt.Errorf("network %s: list FDB of %s: %w", n.ID, name, err)
+	}
+	have := map[string][]fdbDst{}
+	for _, e := range fdb {
+		// Only the device's own entries: the bridge reports its entries
+		// for the port (NTF_MASTER) in the same dump.
+		if e.LinkIndex != idx || e.Flags&netlink.NTF_SELF == 0 || e.Flags&netlink.NTF_MASTER != 0 || len(e.HardwareAddr) != 6 {
+			continue
+		}
+		node, ok := netip.AddrFromSlice(e.IP.To4())
+		if !ok {
+			continue // no IPv4 destination: not an entry fabric makes
+		}
+		have[string(e.HardwareAddr)] = append(have[string(e.HardwareAddr)], fdbDst{node: node, permanent: e.State&netlink.NUD_PERMANENT != 0})
+	}
+	neighs, err := retryDump(func() ([]netlink.Neigh, error) { return d.nl.NeighList(idx, netlink.FAMILY_V4) })
+	if err != nil {
+		return fmt.Errorf("network %s: list neighbours of %s: %w", n.ID, name, err)
+	}
+
+	fdbEntry := func(mac string, node netip.Addr) *netlink.Neigh {
+		return &netlink.Neigh{
+			LinkIndex:    idx,
+			Family:       unix.AF_BRIDGE,
+			Flags:        netlink.NTF_SELF,
+			State:        netlink.NUD_PERMANENT,
+			HardwareAddr: net.HardwareAddr(mac),
+			IP:           node.AsSlice(),
+		}
+	}
+	var stale []*netlink.Neigh // FDB destinations to delete after the neighbours
+	for mac, node := range wantFDB {
+		dsts := have[mac]
+		if len(dsts) == 1 && dsts[0].node == node && dsts[0].permanent {
+			continue
+		}
+		// Replace changes the entry's first destination; others go below.
+		if err := d.nl.NeighSet(fdbEntry(mac, node)); err != nil {
+			return fmt.Errorf("network %s: FDB entry %s -> %s on %s: %w", n.ID, net.HardwareAddr(mac), node, name, err)
+		}
+		for _, dst := range dsts {
+			if dst.node != node {
+				stale = append(stale, fdbEntry(mac, dst.node))
+			}
+		}
+	}
+	for mac := range have {
+		if _, ok := wantFDB[mac]; !ok {
+			// 0.0.0.0 deletes the whole entry, every destination.
+			stale = append(stale, fdbEntry(mac, netip.IPv4Unspecified()))
+		}
+	}
+
+	done := map[netip.Addr]bool{}
+	var staleNeigh []netlink.Neigh
+	for _, e := range neighs {
+		a, ok := netip.AddrFromSlice(e.IP.To4())
+		if !ok || e.LinkIndex != idx {
+			continue
+		}
+		mac, wanted := wantNeigh[a]
+		switch {
+		case !wanted:
+			staleNeigh = append(staleNeigh, e)
+		case slices.Equal(e.HardwareAddr, mac) && e.State == netlink.NUD_PERMANENT:
+			done[a] = true
+		}
+	}
+	for a, mac := range wantNeigh {
+		if done[a] {
+			continue
+		}
+		err := d.nl.NeighSet(&netlink.Neigh{LinkIndex: idx, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT, IP: a.AsSlice(), HardwareAddr: mac})
+		if err != nil {
+			return fmt.Errorf("network %s: neighbour %s -> %s on %s: %w", n.ID, a, mac, name, err)
+		}
+	}
+	for _, e := range staleNeigh {
+		if err := d.nl.NeighDel(&e); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("network %s: remove stale neighbour %s on %s: %w", n.ID, e.IP, name, err)
+		}
+	}
+	for _, e := range stale {
+		if err := d.nl.NeighDel(e); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("network %s: remove stale FDB entry %s -> %s on %s: %w", n.ID, e.HardwareAddr, e.IP, name, err)
+		}
+	}
+	return nil
+}
+
+// overlayDetails describes the overlay networks for Status.
+func (d *Datapath) overlayDetails() []string {
+	ids := make([]string, 0, len(d.overlays))
+	for id := range d.overlays {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	var out []string
+	for _, id := range ids {
+		o := d.overlays[id]
+		out = append(out, fmt.Sprintf("overlay %s: %s (VNI %d, port %d), %d remotes", id, o.device, o.vni, d.tunnelPort(), len(o.remotes)))
+	}
+	return out
 }

@@ -21,6 +21,11 @@ import (
 // its endpoints; the returned error then wraps datapath.ErrParentMissing
 // (once per network), Status reports it, and a later Sync or
 // EnsureNetwork+EnsureEndpoint restores the endpoints when it is back.
+//
+// Overlay networks get their VXLAN device and exactly the remotes s.Remotes
+// lists for them (none if absent). In the bridge model a leftover
+// flow-based VXLAN device of the eBPF datapath is removed, since it would
+// hold the tunnel port; with a forwarder it is kept.
 func (d *Datapath) Sync(ctx context.Context, s datapath.State) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -43,10 +48,17 @@ func (d *Datapath) sync(ctx context.Context, s datapath.State) error {
 	parents := map[string]bool{}
 	nets := map[string]datapath.Network{}
 	parentNets := map[string]datapath.Network{}
+	if d.fwd != nil {
+		// The forwarder's own tunnel device, whatever its alias.
+		parents[flowVXLANName] = true
+	}
 	for _, n := range s.Networks {
 		if n.ID != "" && d.fwd == nil {
 			// With a forwarder a bridge is a kernel-datapath leftover.
 			keep[ownerAlias(n.ID)] = n.Bridge
+			if isOverlay(n) {
+				keep[vxlanAlias(n.ID)] = vxlanName(n)
+			}
 		}
 		if err := validateNetwork(n); err != nil {
 			errs = append(errs, err)
@@ -97,12 +109,28 @@ func (d *Datapath) sync(ctx context.Context, s datapath.State) error {
 	if err := d.prune(keep, parents); err != nil {
 		errs = append(errs, err)
 	}
+	if d.fwd == nil {
+		if err := d.removeFlowLeftover(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	ids := make([]string, 0, len(nets))
 	for id := range nets {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
 	d.parentNets = parentNets
+	// Only overlay networks in s are remembered, with their remotes kept
+	// until they are set below.
+	overlays := map[string]*overlayNet{}
+	for id, n := range nets {
+		if o := d.overlays[id]; o != nil && isOverlay(n) && d.fwd == nil {
+			overlays[id] = o
+		}
+	}
+	d.overlays = overlays
+	// tunnels are the overlay networks whose VXLAN device is in place.
+	tunnels := map[string]bool{}
 	// failed networks' endpoints are skipped: their errors would only
 	// repeat the network's (a missing parent once, not once per endpoint).
 	failed := map[string]bool{}
@@ -124,8 +152,24 @@ func (d *Datapath) sync(ctx context.Context, s datapath.State) error {
 			}
 			continue
 		}
-		if _, err := d.ensureBridge(nets[id]); err != nil {
+		n := nets[id]
+		if isOverlay(n) {
+			if err := d.checkTunnel(n); err != nil {
+				failed[id] = true
+				errs = append(errs, err)
+				continue
+			}
+		}
+		if _, err := d.ensureBridge(n); err != nil {
 			errs = append(errs, fmt.Errorf("network %s: %w", id, err))
+			continue
+		}
+		if isOverlay(n) {
+			if _, err := d.ensureNetworkVXLAN(n); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			tunnels[id] = true
 		}
 	}
 	shimDsts := map[string]map[netip.Addr]bool{}
@@ -160,6 +204,9 @@ func (d *Datapath) sync(ctx context.Context, s datapath.State) error {
 				errs = append(errs, err)
 			}
 		}
+	}
+	if d.fwd == nil {
+		errs = append(errs, d.syncRemotes(ctx, nets, tunnels, s.Remotes)...)
 	}
 	d.state = next
 	if d.fwd != nil {
@@ -198,4 +245,34 @@ func (d *Datapath) prune(keep map[string]string, parents map[string]bool) error 
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// syncRemotes sets every overlay network's remotes from s.Remotes; an
+// overlay network without an entry gets none.
+func (d *Datapath) syncRemotes(ctx context.Context, nets map[string]datapath.Network, tunnels map[string]bool, remotes map[string][]datapath.Remote) []error {
+	var errs []error
+	for id, rs := range remotes {
+		if n, ok := nets[id]; ok && !isOverlay(n) && len(rs) > 0 {
+			errs = append(errs, invalidf("network %s: remotes need an overlay network, not %q", id, n.Driver))
+		}
+	}
+	ids := make([]string, 0, len(tunnels))
+	for id := range tunnels {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		if err := ctx.Err(); err != nil {
+			return append(errs, err)
+		}
+		n := nets[id]
+		if err := d.validateRemotes(n, remotes[id]); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := d.setRemotes(n, remotes[id]); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errs
 }
