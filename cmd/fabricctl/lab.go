@@ -49,7 +49,7 @@ under different --name values. Needs root.`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
 	cmd.PersistentFlags().StringVar(&name, "name", lab.DefaultName, "name of the lab; prefix of its namespaces")
-	cmd.AddCommand(newLabUpCmd(c, &name), newLabStatusCmd(c, &name), newLabExecCmd(&name), newLabDownCmd(c, &name))
+	cmd.AddCommand(newLabUpCmd(c, &name), newLabStatusCmd(c, &name), newLabExecCmd(&name), newLabStartCmd(&name), newLabDownCmd(c, &name))
 	return cmd
 }
 
@@ -313,6 +313,35 @@ func withoutEnv(env []string, key string) []string {
 		}
 	}
 	return out
+}
+
+func newLabStartCmd(name *string) *cobra.Command {
+	return &cobra.Command{
+		Use:   "start NODE",
+		Short: "Start a lab node's agent again after it died",
+		Long: `Start the fabricd of one lab node again, with the same arguments, state
+directory and bpffs pins, after it crashed or was killed (kill -9 of the
+PID that 'lab status' shows is how failure tests take a node down). It
+waits until the agent answers. A node whose agent is running is left alone.
+
+The agent rejoins the cluster by itself; its sandboxes kept running while
+it was down.`,
+		Example: `  fabricctl lab status            # n3 dead
+  fabricctl lab start n3`,
+		Args: exactArgs("NODE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			started, err := lab.StartNode(cmd.Context(), labRoot, *name, args[0])
+			if err != nil {
+				return err
+			}
+			msg := "Node %s of lab %s is already running.\n"
+			if started {
+				msg = "Node %s of lab %s started.\n"
+			}
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), msg, args[0], *name)
+			return err
+		},
+	}
 }
 
 func newLabDownCmd(c *cli, name *string) *cobra.Command {

@@ -373,7 +373,10 @@ func (d *Datapath) EnsureNetwork(ctx context.Context, n datapath.Network) error 
 func (d *Datapath) ensureNetworkVXLAN(n datapath.Network) (created bool, err error) {
 	if !isOverlay(n) {
 		if o, ok := d.overlays[n.ID]; ok {
-			return false, d.deleteVXLAN(datapath.Network{ID: n.ID, VNI: o.vni})
+			if err := d.deleteVXLAN(datapath.Network{ID: n.ID, VNI: o.vni}); err != nil {
+				return false, err
+			}
+			delete(d.overlays, n.ID)
 		}
 		return false, nil
 	}
@@ -409,6 +412,7 @@ func (d *Datapath) DeleteNetwork(ctx context.Context, n datapath.Network) error 
 		if err := d.deleteVXLAN(n); err != nil {
 			return err
 		}
+		delete(d.overlays, n.ID)
 	}
 	if err := d.deleteBridge(n); err != nil {
 		return err

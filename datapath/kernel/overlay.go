@@ -281,8 +281,8 @@ func (d *Datapath) ownVXLAN(n datapath.Network) (netlink.Link, error) {
 
 // deleteVXLAN removes n's VXLAN device (its FDB and neighbours go with
 // it); a missing one, or a link under that name that is not n's, is left.
+// The remotes remembered for n stay: the caller forgets n if it is gone.
 func (d *Datapath) deleteVXLAN(n datapath.Network) error {
-	delete(d.overlays, n.ID)
 	if n.VNI == 0 || n.VNI > maxVNI {
 		return nil
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"sort"
 	"strings"
@@ -412,5 +413,9 @@ func (a *Agent) networkAPI(n *networkRec) api.Network {
 	if why, bad := a.unhealthy[n.ID]; bad {
 		health = api.HealthUnhealthy + ": " + why
 	}
-	return n.api(count, used, free, health)
+	out := n.api(count, used, free, health)
+	for _, r := range a.cs.remotes[n.ID] {
+		out.Remotes = append(out.Remotes, api.Remote{IP: r.Addr.String(), MAC: net.HardwareAddr(r.MAC).String(), Node: r.Node.String()})
+	}
+	return out
 }

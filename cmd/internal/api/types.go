@@ -95,6 +95,16 @@ type Network struct {
 	IPsFree   int               `json:"ips_free"`
 	Scope     string            `json:"scope"`         // local, or cluster (overlay)
 	VNI       uint32            `json:"vni,omitempty"` // overlay
+	// Remotes are the endpoints on other nodes this host forwards to
+	// (overlay), as programmed in the datapath.
+	Remotes []Remote `json:"remotes,omitempty"`
+}
+
+// Remote is an endpoint of an overlay network on another node.
+type Remote struct {
+	IP   string `json:"ip"`
+	MAC  string `json:"mac"`
+	Node string `json:"node"` // the node's underlay address
 }
 
 // Port is a published port.

@@ -1,0 +1,599 @@
+package kernel
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/fabricnet/fabric/datapath"
+	fabricns "github.com/fabricnet/fabric/datapath/netns"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
+)
+
+// bareLab is a host namespace without a datapath yet.
+func bareLab(t *testing.T) *lab {
+	t.Helper()
+	netnstest.RequireRoot(t)
+	name, path := netnstest.New(t, "fkh")
+	h, err := fabricns.HandleAt(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	return &lab{t: t, hostName: name, hostPath: path, hostNL: h}
+}
+
+// openWith starts a datapath on the lab's host namespace with a tunnel,
+// closed at cleanup.
+func (l *lab) openWith(tunnel datapath.Tunnel) *Datapath {
+	l.t.Helper()
+	log := slog.New(slog.NewTextHandler(testWriter{l.t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	dp, err := New(log, Options{NetNSPath: l.hostPath, Tunnel: tunnel})
+	if err != nil {
+		l.t.Fatalf("New: %v", err)
+	}
+	l.t.Cleanup(func() { _ = dp.Close() })
+	return dp
+}
+
+// overlayHosts builds two hosts joined by an underlay veth (ul0 on both
+// sides, prefix.1/24 and prefix.2/24), each with a datapath whose tunnel
+// is its underlay address.
+func overlayHosts(t *testing.T, prefix string, port uint16) (a, b *lab, aIP, bIP netip.Addr) {
+	t.Helper()
+	a, b = bareLab(t), bareLab(t)
+	aIP, bIP = netip.MustParseAddr(prefix+".1"), netip.MustParseAddr(prefix+".2")
+	bns, err := netns.GetFromPath(b.hostPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bns.Close()
+	la := netlink.NewLinkAttrs()
+	la.Name = "ul0"
+	if err := a.hostNL.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: "ul0", PeerNamespace: netlink.NsFd(bns), PeerTxQLen: -1}); err != nil {
+		t.Fatalf("create underlay veth: %v", err)
+	}
+	for _, h := range []struct {
+		l    *lab
+		addr netip.Addr
+	}{{a, aIP}, {b, bIP}} {
+		ul := h.l.link("ul0")
+		if err := h.l.hostNL.AddrAdd(ul, mustAddr(h.addr.String()+"/24")); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.l.hostNL.LinkSetUp(ul); err != nil {
+			t.Fatal(err)
+		}
+		h.l.dp = h.l.openWith(datapath.Tunnel{Local: h.addr, Port: port})
+	}
+	return a, b, aIP, bIP
+}
+
+func overlayNetwork(id, bridge, subnet string, vni uint32) datapath.Network {
+	n := network(id, bridge, subnet, false)
+	n.Driver = datapath.DriverOverlay
+	n.VNI = vni
+	return n
+}
+
+func remoteOf(ep datapath.Endpoint, node netip.Addr) datapath.Remote {
+	return datapath.Remote{Addr: ep.Addr.Addr(), MAC: ep.MAC, Node: node}
+}
+
+func (l *lab) setRemotes(n datapath.Network, remotes ...datapath.Remote) {
+	l.t.Helper()
+	if err := l.dp.SetRemotes(ctx, n, remotes); err != nil {
+		l.t.Fatalf("SetRemotes %s: %v", n.ID, err)
+	}
+}
+
+func (l *lab) vxlan(name string) *netlink.Vxlan {
+	l.t.Helper()
+	v, ok := l.link(name).(*netlink.Vxlan)
+	if !ok {
+		l.t.Fatalf("link %s is a %s, want vxlan", name, l.link(name).Type())
+	}
+	return v
+}
+
+// tunnelEntries lists the VXLAN device's own FDB entries ("mac>dst
+// state") and its neighbours ("ip>mac state"), sorted.
+func (l *lab) tunnelEntries(name string) (fdb, neigh []string) {
+	l.t.Helper()
+	idx := l.link(name).Attrs().Index
+	all, err := l.hostNL.NeighList(idx, unix.AF_BRIDGE)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	for _, e := range all {
+		if e.LinkIndex == idx && e.Flags&netlink.NTF_SELF != 0 && e.Flags&netlink.NTF_MASTER == 0 && e.IP != nil {
+			fdb = append(fdb, fmt.Sprintf("%s>%s %#x", e.HardwareAddr, e.IP, e.State))
+		}
+	}
+	ns, err := l.hostNL.NeighList(idx, netlink.FAMILY_V4)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	for _, e := range ns {
+		if e.LinkIndex == idx {
+			neigh = append(neigh, fmt.Sprintf("%s>%s %#x", e.IP, e.HardwareAddr, e.State))
+		}
+	}
+	slices.Sort(fdb)
+	slices.Sort(neigh)
+	return fdb, neigh
+}
+
+// wantTunnelEntries are tunnelEntries for exactly remotes, permanent.
+func wantTunnelEntries(remotes ...datapath.Remote) (fdb, neigh []string) {
+	for _, r := range remotes {
+		fdb = append(fdb, fmt.Sprintf("%s>%s %#x", r.MAC, r.Node, netlink.NUD_PERMANENT))
+		neigh = append(neigh, fmt.Sprintf("%s>%s %#x", r.Addr, r.MAC, netlink.NUD_PERMANENT))
+	}
+	slices.Sort(fdb)
+	slices.Sort(neigh)
+	return fdb, neigh
+}
+
+func (l *lab) checkTunnelEntries(name string, remotes ...datapath.Remote) {
+	l.t.Helper()
+	fdb, neigh := l.tunnelEntries(name)
+	wantFDB, wantNeigh := wantTunnelEntries(remotes...)
+	if !slices.Equal(fdb, wantFDB) || !slices.Equal(neigh, wantNeigh) {
+		l.t.Errorf("%s: FDB %q neighbours %q, want FDB %q neighbours %q", name, fdb, neigh, wantFDB, wantNeigh)
+	}
+}
+
+// sandboxNeighbour returns the MAC the sandbox's eth0 has for ip, or nil.
+func sandboxNeighbour(t *testing.T, nsPath string, ip netip.Addr) net.HardwareAddr {
+	t.Helper()
+	h, err := fabricns.HandleAt(nsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	eth0, err := h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := h.NeighList(eth0.Attrs().Index, netlink.FAMILY_V4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ns {
+		if e.IP.Equal(ip.AsSlice()) && e.State&(netlink.NUD_REACHABLE|netlink.NUD_STALE|netlink.NUD_DELAY|netlink.NUD_PROBE|netlink.NUD_PERMANENT) != 0 {
+			return e.HardwareAddr
+		}
+	}
+	return nil
+}
+
+func TestOverlayConnectsEndpointsAcrossHosts(t *testing.T) {
+	t.Parallel()
+	a, b, aIP, bIP := overlayHosts(t, "10.201.1", 0) // default port
+	n := overlayNetwork("ovl", "br-o", "10.90.1.0/24", 4242)
+	a.ensureNetwork(n)
+	b.ensureNetwork(n)
+	sa, pa := a.sandbox()
+	sb, pb := b.sandbox()
+	epa := endpoint("epa", n, pa, "eth0", "vha", 2, true)
+	epb := endpoint("epb", n, pb, "eth0", "vhb", 3, true)
+	a.ensureEndpoint(n, epa)
+	b.ensureEndpoint(n, epb)
+	// A remote nothing answers for: its ARP can only be answered by the
+	// proxy on A's own VXLAN device.
+	ghost := datapath.Remote{Addr: netip.MustParseAddr("10.90.1.99"), MAC: net.HardwareAddr{0x02, 0x42, 0, 0, 0, 0x99}, Node: bIP}
+	toB, toA := remoteOf(epb, bIP), remoteOf(epa, aIP)
+	a.setRemotes(n, toB, ghost)
+	b.setRemotes(n, toA)
+
+	v := a.vxlan("fvx4242")
+	br := a.link("br-o")
+	switch {
+	case v.VxlanId != 4242 || v.Port != datapath.DefaultTunnelPort || !v.SrcAddr.Equal(aIP.AsSlice()):
+		t.Errorf("vxlan VNI %d port %d local %s", v.VxlanId, v.Port, v.SrcAddr)
+	case v.Learning || !v.Proxy || v.L2miss || v.L3miss || v.FlowBased || (v.Group != nil && !v.Group.IsUnspecified()):
+		t.Errorf("vxlan learning %v proxy %v l2miss %v l3miss %v external %v group %s", v.Learning, v.Proxy, v.L2miss, v.L3miss, v.FlowBased, v.Group)
+	case v.MTU != 1450 || v.MasterIndex != br.Attrs().Index || !isUp(v) || v.Alias != vxlanAlias("ovl"):
+		t.Errorf("vxlan MTU %d master %d (bridge %d) up %v alias %q", v.MTU, v.MasterIndex, br.Attrs().Index, isUp(v), v.Alias)
+	}
+	a.checkTunnelEntries("fvx4242", toB, ghost)
+	b.checkTunnelEntries("fvx4242", toA)
+
+	mustPing(t, sa, "10.90.1.3")
+	mustPing(t, sb, "10.90.1.2")
+	serveTCP(t, pb, ":7000")
+	serveTCP(t, pa, ":7001")
+	if got := mustDial(t, pa, "tcp4", "10.90.1.3:7000"); got != "10.90.1.2" {
+		t.Errorf("B's endpoint saw A's as %s, want 10.90.1.2", got)
+	}
+	if got := mustDial(t, pb, "tcp4", "10.90.1.2:7001"); got != "10.90.1.3" {
+		t.Errorf("A's endpoint saw B's as %s, want 10.90.1.3", got)
+	}
+	if mac := sandboxNeighbour(t, pa, toB.Addr); !slices.Equal(mac, epb.MAC) {
+		t.Errorf("sandbox A resolved %s to %s, want %s", toB.Addr, mac, epb.MAC)
+	}
+	_ = ping(sa, ghost.Addr.String()) // no one answers the echo, but ARP is
+	if mac := sandboxNeighbour(t, pa, ghost.Addr); !slices.Equal(mac, ghost.MAC) {
+		t.Errorf("sandbox A resolved %s to %s, want %s from the proxy", ghost.Addr, mac, ghost.MAC)
+	}
+
+	// Ensuring again changes nothing, the device least of all.
+	index := v.Index
+	for range 2 {
+		a.ensureNetwork(n)
+		a.ensureEndpoint(n, epa)
+		a.setRemotes(n, ghost, toB)
+	}
+	if got := a.link("fvx4242").Attrs().Index; got != index {
+		t.Errorf("VXLAN device recreated (index %d -> %d) although nothing changed", index, got)
+	}
+	a.checkTunnelEntries("fvx4242", toB, ghost)
+	mustPing(t, sa, "10.90.1.3")
+	st := a.dp.Status(ctx)
+	if want := "overlay ovl: fvx4242 (VNI 4242, port 4789), 2 remotes"; !slices.Contains(st.Details, want) {
+		t.Errorf("status details %q lack %q", st.Details, want)
+	}
+
+	// A remote whose MAC changed is replaced.
+	ghost2 := ghost
+	ghost2.MAC = net.HardwareAddr{0x02, 0x42, 0, 0, 0, 0x98}
+	a.setRemotes(n, toB, ghost2)
+	a.checkTunnelEntries("fvx4242", toB, ghost2)
+
+	// No remotes: the entries are gone and B is out of reach both ways.
+	a.setRemotes(n)
+	a.checkTunnelEntries("fvx4242")
+	mustNotPing(t, sa, "10.90.1.3")
+	mustNotPing(t, sb, "10.90.1.2")
+	if got, err := dial(pa, "tcp4", "10.90.1.3:7000"); err == nil {
+		t.Errorf("A reached B without remotes (seen as %s)", got)
+	}
+	// And back.
+	a.setRemotes(n, toB)
+	mustPing(t, sa, "10.90.1.3")
+	if got := a.link("fvx4242").Attrs().Index; got != index {
+		t.Errorf("VXLAN device recreated by SetRemotes (index %d -> %d)", index, got)
+	}
+
+	// DeleteNetwork takes the device with the bridge.
+	if err := a.dp.DeleteNetwork(ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	if !a.linkGone("fvx4242") || !a.linkGone("br-o") {
+		t.Error("DeleteNetwork left the VXLAN device or the bridge")
+	}
+}
+
+func TestOverlaySyncRepairsAndPrunes(t *testing.T) {
+	t.Parallel()
+	const port = 48790
+	a, b, aIP, bIP := overlayHosts(t, "10.201.2", port)
+	n := overlayNetwork("ovs", "br-s", "10.90.2.0/24", 77)
+	sa, pa := a.sandbox()
+	_, pb := b.sandbox()
+	epa := endpoint("epa", n, pa, "eth0", "vha", 2, true)
+	epb := endpoint("epb", n, pb, "eth0", "vhb", 3, true)
+	toB, toA := remoteOf(epb, bIP), remoteOf(epa, aIP)
+	b.ensureNetwork(n)
+	b.ensureEndpoint(n, epb)
+	b.setRemotes(n, toA)
+
+	// A leftover of the eBPF datapath holds the tunnel port's kind of
+	// socket; the bridge model removes it.
+	la := netlink.NewLinkAttrs()
+	la.Name = flowVXLANName
+	if err := a.hostNL.LinkAdd(&netlink.Vxlan{LinkAttrs: la, FlowBased: true, Port: port}); err != nil {
+		t.Fatalf("create flow-based leftover: %v", err)
+	}
+	if err := a.hostNL.LinkSetAlias(a.link(flowVXLANName), datapath.OwnerPrefix+"tunnel"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.hostNL.LinkSetUp(a.link(flowVXLANName)); err != nil {
+		t.Fatal(err)
+	}
+
+	state := datapath.State{
+		Networks:  []datapath.Network{n},
+		Endpoints: []datapath.Endpoint{epa},
+		Remotes:   map[string][]datapath.Remote{n.ID: {toB}},
+	}
+	if err := a.dp.Sync(ctx, state); err != nil {
+		t.Fatalf("Sync: %v", err)
+	}
+	if !a.linkGone(flowVXLANName) {
+		t.Error("Sync left the flow-based VXLAN device")
+	}
+	if v := a.vxlan("fvx77"); v.Port != port || v.VxlanId != 77 {
+		t.Errorf("vxlan port %d VNI %d", v.Port, v.VxlanId)
+	}
+	a.checkTunnelEntries("fvx77", toB)
+	mustPing(t, sa, "10.90.2.3")
+	index := a.link("fvx77").Attrs().Index
+	if err := a.dp.Sync(ctx, state); err != nil {
+		t.Fatalf("second Sync: %v", err)
+	}
+	if got := a.link("fvx77").Attrs().Index; got != index {
+		t.Errorf("second Sync recreated the VXLAN device (index %d -> %d)", index, got)
+	}
+
+	// A wrong MTU is fixed in place.
+	if err := a.hostNL.LinkSetMTU(a.link("fvx77"), 1400); err != nil {
+		t.Fatal(err)
+	}
+	a.ensureNetwork(n)
+	if l := a.link("fvx77"); l.Attrs().Index != index || l.Attrs().MTU != 1450 {
+		t.Errorf("after MTU repair: index %d (was %d) MTU %d", l.Attrs().Index, index, l.Attrs().MTU)
+	}
+
+	// A device with the wrong port and learning on is replaced, and the
+	// remotes last set come back with it, by EnsureNetwork as by Sync.
+	tamper := func() {
+		t.Helper()
+		if err := a.hostNL.LinkDel(a.link("fvx77")); err != nil {
+			t.Fatal(err)
+		}
+		la := netlink.NewLinkAttrs()
+		la.Name = "fvx77"
+		if err := a.hostNL.LinkAdd(&netlink.Vxlan{LinkAttrs: la, VxlanId: 77, Port: port + 1, Learning: true, SrcAddr: aIP.AsSlice()}); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.hostNL.LinkSetAlias(a.link("fvx77"), vxlanAlias(n.ID)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tamper()
+	a.ensureNetwork(n)
+	if v := a.vxlan("fvx77"); v.Port != port || v.Learning || !v.Proxy || v.MasterIndex != a.link("br-s").Attrs().Index || !isUp(v) {
+		t.Errorf("after EnsureNetwork repair: port %d learning %v proxy %v master %d up %v", v.Port, v.Learning, v.Proxy, v.MasterIndex, isUp(v))
+	}
+	a.checkTunnelEntries("fvx77", toB)
+	mustPing(t, sa, "10.90.2.3")
+	tamper()
+	if err := a.dp.Sync(ctx, state); err != nil {
+		t.Fatalf("Sync after tampering: %v", err)
+	}
+	if v := a.vxlan("fvx77"); v.Port != port || v.Learning {
+		t.Errorf("after Sync repair: port %d learning %v", v.Port, v.Learning)
+	}
+	a.checkTunnelEntries("fvx77", toB)
+	mustPing(t, sa, "10.90.2.3")
+
+	// A new VNI is a new device; the old one goes.
+	n2 := n
+	n2.VNI = 78
+	a.ensureNetwork(n2)
+	if !a.linkGone("fvx77") {
+		t.Error("the device of the old VNI is still there")
+	}
+	if v := a.vxlan("fvx78"); v.VxlanId != 78 {
+		t.Errorf("new device VNI %d", v.VxlanId)
+	}
+	if err := a.dp.Sync(ctx, state); err != nil {
+		t.Fatalf("Sync back to VNI 77: %v", err)
+	}
+	if !a.linkGone("fvx78") {
+		t.Error("Sync kept the device of a VNI not in the state")
+	}
+	a.checkTunnelEntries("fvx77", toB)
+
+	// A leftover of the eBPF datapath without a fabric: alias goes too,
+	// another program's link of that name stays.
+	addFlow := func(alias string) {
+		t.Helper()
+		la := netlink.NewLinkAttrs()
+		la.Name = flowVXLANName
+		if err := a.hostNL.LinkAdd(&netlink.Vxlan{LinkAttrs: la, FlowBased: true, Port: port}); err != nil {
+			t.Fatalf("create flow-based leftover: %v", err)
+		}
+		if err := a.hostNL.LinkSetAlias(a.link(flowVXLANName), alias); err != nil {
+			t.Fatal(err)
+		}
+	}
+	addFlow("fabric-ebpf tunnel")
+	if err := a.dp.Sync(ctx, state); err != nil {
+		t.Fatalf("Sync with the leftover: %v", err)
+	}
+	if !a.linkGone(flowVXLANName) {
+		t.Error("Sync left the flow-based VXLAN device marked fabric-ebpf")
+	}
+	addFlow("someone else's")
+	if err := a.dp.Sync(ctx, state); err != nil {
+		t.Fatalf("Sync with a foreign flow-based device: %v", err)
+	}
+	if a.linkGone(flowVXLANName) {
+		t.Error("Sync removed a flow-based VXLAN device fabric did not make")
+	}
+	if err := a.hostNL.LinkDel(a.link(flowVXLANName)); err != nil {
+		t.Fatal(err)
+	}
+
+	// A network missing from Remotes has none.
+	state.Remotes = nil
+	if err := a.dp.Sync(ctx, state); err != nil {
+		t.Fatalf("Sync without remotes: %v", err)
+	}
+	a.checkTunnelEntries("fvx77")
+	mustNotPing(t, sa, "10.90.2.3")
+
+	// Without the network the device goes with the bridge.
+	if err := a.dp.Sync(ctx, datapath.State{}); err != nil {
+		t.Fatalf("empty Sync: %v", err)
+	}
+	if !a.linkGone("fvx77") || !a.linkGone("br-s") {
+		t.Error("empty Sync left the VXLAN device or the bridge")
+	}
+	if st := a.dp.Status(ctx); slices.ContainsFunc(st.Details, func(s string) bool { return strings.HasPrefix(s, "overlay ") }) {
+		t.Errorf("status still lists an overlay: %q", st.Details)
+	}
+}
+
+func TestOverlayRefusesBadInput(t *testing.T) {
+	t.Parallel()
+	n := overlayNetwork("ovb", "br-b", "10.90.3.0/24", 9)
+
+	// No tunnel address: refused before anything is made.
+	plain := newLab(t)
+	if err := plain.dp.EnsureNetwork(ctx, n); !errors.Is(err, datapath.ErrInvalid) || !strings.Contains(err.Error(), "Tunnel.Local") {
+		t.Errorf("EnsureNetwork without a tunnel address: %v, want ErrInvalid naming Tunnel.Local", err)
+	}
+	if !plain.linkGone("br-b") || !plain.linkGone("fvx9") {
+		t.Error("refused overlay network left links behind")
+	}
+	if err := plain.dp.Sync(ctx, datapath.State{Networks: []datapath.Network{n}}); !errors.Is(err, datapath.ErrInvalid) {
+		t.Errorf("Sync without a tunnel address: %v, want ErrInvalid", err)
+	}
+	if !plain.linkGone("fvx9") {
+		t.Error("refused overlay network left a VXLAN device behind")
+	}
+
+	l := bareLab(t)
+	local := netip.MustParseAddr("10.201.3.1")
+	l.dp = l.openWith(datapath.Tunnel{Local: local})
+	// SetRemotes before the network exists is an error, not a crash.
+	good := datapath.Remote{Addr: netip.MustParseAddr("10.90.3.7"), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 7}, Node: netip.MustParseAddr("10.201.3.2")}
+	if err := l.dp.SetRemotes(ctx, n, []datapath.Remote{good}); err == nil || !strings.Contains(err.Error(), "ensure the network first") {
+		t.Errorf("SetRemotes before EnsureNetwork: %v", err)
+	}
+	l.ensureNetwork(n)
+	l.setRemotes(n, good)
+
+	with := func(f func(r *datapath.Remote)) []datapath.Remote {
+		r := good
+		r.MAC = slices.Clone(good.MAC)
+		f(&r)
+		return []datapath.Remote{good, r}
+	}
+	bad := map[string][]datapath.Remote{
+		"address outside subnet": with(func(r *datapath.Remote) { r.Addr = netip.MustParseAddr("10.90.4.7") }),
+		"IPv6 address":           with(func(r *datapath.Remote) { r.Addr = netip.MustParseAddr("fd00::7") }),
+		"no address":             with(func(r *datapath.Remote) { r.Addr = netip.Addr{} }),
+		"gateway":                with(func(r *datapath.Remote) { r.Addr = n.Gateway }),
+		"broadcast":              with(func(r *datapath.Remote) { r.Addr = netip.MustParseAddr("10.90.3.255") }),
+		"duplicate address":      with(func(r *datapath.Remote) { r.MAC[5] = 8 }),
+		"short MAC":              with(func(r *datapath.Remote) { r.Addr, r.MAC = netip.MustParseAddr("10.90.3.8"), r.MAC[:5] }),
+		"multicast MAC":          with(func(r *datapath.Remote) { r.Addr, r.MAC[0] = netip.MustParseAddr("10.90.3.8"), 1 }),
+		"zero MAC":               with(func(r *datapath.Remote) { r.Addr, r.MAC = netip.MustParseAddr("10.90.3.8"), make(net.HardwareAddr, 6) }),
+		"no node":                with(func(r *datapath.Remote) { r.Addr, r.MAC[5], r.Node = netip.MustParseAddr("10.90.3.8"), 8, netip.Addr{} }),
+		"IPv6 node": with(func(r *datapath.Remote) {
+			r.Addr, r.MAC[5], r.Node = netip.MustParseAddr("10.90.3.8"), 8, netip.MustParseAddr("fd00::2")
+		}),
+		"multicast node": with(func(r *datapath.Remote) {
+			r.Addr, r.MAC[5], r.Node = netip.MustParseAddr("10.90.3.8"), 8, netip.MustParseAddr("239.1.1.1")
+		}),
+		"this host as node": with(func(r *datapath.Remote) { r.Addr, r.MAC[5], r.Node = netip.MustParseAddr("10.90.3.8"), 8, local }),
+		"MAC on two nodes": with(func(r *datapath.Remote) {
+			r.Addr, r.Node = netip.MustParseAddr("10.90.3.8"), netip.MustParseAddr("10.201.3.3")
+		}),
+	}
+	for name, remotes := range bad {
+		if err := l.dp.SetRemotes(ctx, n, remotes); !errors.Is(err, datapath.ErrInvalid) {
+			t.Errorf("%s: SetRemotes: %v, want ErrInvalid", name, err)
+		}
+		l.checkTunnelEntries("fvx9", good)
+	}
+	bridgeNet := network("brn", "br-n", "10.90.5.0/24", false)
+	if err := l.dp.SetRemotes(ctx, bridgeNet, nil); !errors.Is(err, datapath.ErrInvalid) {
+		t.Errorf("SetRemotes on a bridge network: %v, want ErrInvalid", err)
+	}
+	err := l.dp.Sync(ctx, datapath.State{Networks: []datapath.Network{n}, Remotes: map[string][]datapath.Remote{n.ID: bad["multicast MAC"]}})
+	if !errors.Is(err, datapath.ErrInvalid) {
+		t.Errorf("Sync with a bad remote: %v, want ErrInvalid", err)
+	}
+	l.checkTunnelEntries("fvx9", good)
+
+	// A link of that name fabric did not make is refused, not taken.
+	other := overlayNetwork("ovc", "br-c", "10.90.6.0/24", 10)
+	la := netlink.NewLinkAttrs()
+	la.Name = "fvx10"
+	if err := l.hostNL.LinkAdd(&netlink.Vxlan{LinkAttrs: la, VxlanId: 10, Port: 4790}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.dp.EnsureNetwork(ctx, other); !errors.Is(err, datapath.ErrInvalid) {
+		t.Errorf("EnsureNetwork over a foreign fvx10: %v, want ErrInvalid", err)
+	}
+	if v := l.vxlan("fvx10"); v.Port != 4790 {
+		t.Errorf("foreign device was changed: port %d", v.Port)
+	}
+	if !l.linkGone("br-c") {
+		t.Error("refused network left its bridge")
+	}
+}
+
+// fakeForwarder records what the kernel datapath hands it.
+type fakeForwarder struct {
+	remotes map[string][]datapath.Remote
+}
+
+func (f *fakeForwarder) EnsureNetwork(datapath.Network) error { return nil }
+func (f *fakeForwarder) DeleteNetwork(datapath.Network) error { return nil }
+func (f *fakeForwarder) EnsureEndpoint(datapath.Network, datapath.Endpoint, netlink.Link) error {
+	return nil
+}
+func (f *fakeForwarder) DeleteEndpoint(datapath.Network, datapath.Endpoint) error { return nil }
+func (f *fakeForwarder) SetRemotes(n datapath.Network, r []datapath.Remote) error {
+	f.remotes[n.ID] = r
+	return nil
+}
+func (f *fakeForwarder) Sync(datapath.State) error { return nil }
+func (f *fakeForwarder) Status() datapath.Status   { return datapath.Status{Name: "fake"} }
+func (f *fakeForwarder) Close() error              { return nil }
+
+var _ Forwarder = (*fakeForwarder)(nil)
+
+func TestOverlayForwarderModeLeavesTunnelToForwarder(t *testing.T) {
+	t.Parallel()
+	l := bareLab(t)
+	local := netip.MustParseAddr("10.201.4.1")
+	n := overlayNetwork("ovf", "br-f", "10.90.4.0/24", 5)
+	// A kernel-mode leftover, and the forwarder's own flow-based device.
+	kernelDP := l.openWith(datapath.Tunnel{Local: local})
+	if err := kernelDP.EnsureNetwork(ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	la := netlink.NewLinkAttrs()
+	la.Name = flowVXLANName
+	if err := l.hostNL.LinkAdd(&netlink.Vxlan{LinkAttrs: la, FlowBased: true, Port: 4790}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.hostNL.LinkSetAlias(l.link(flowVXLANName), datapath.OwnerPrefix+"tunnel"); err != nil {
+		t.Fatal(err)
+	}
+
+	fwd := &fakeForwarder{remotes: map[string][]datapath.Remote{}}
+	log := slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	dp, err := New(log, Options{NetNSPath: l.hostPath, Forwarder: fwd, Tunnel: datapath.Tunnel{Local: local}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = dp.Close() })
+	if err := dp.Sync(ctx, datapath.State{Networks: []datapath.Network{n}}); err != nil {
+		t.Fatalf("Sync: %v", err)
+	}
+	if !l.linkGone("fvx5") || !l.linkGone("br-f") {
+		t.Error("forwarder-mode Sync kept the kernel datapath's VXLAN device or bridge")
+	}
+	if l.linkGone(flowVXLANName) {
+		t.Error("forwarder-mode Sync pruned the forwarder's flow-based device")
+	}
+	r := datapath.Remote{Addr: netip.MustParseAddr("10.90.4.7"), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 7}, Node: netip.MustParseAddr("10.201.4.2")}
+	if err := dp.SetRemotes(ctx, n, []datapath.Remote{r}); err != nil {
+		t.Fatalf("SetRemotes: %v", err)
+	}
+	if got := fwd.remotes[n.ID]; len(got) != 1 || got[0].Addr != r.Addr {
+		t.Errorf("forwarder got remotes %v", got)
+	}
+	r.MAC = r.MAC[:5]
+	if err := dp.SetRemotes(ctx, n, []datapath.Remote{r}); !errors.Is(err, datapath.ErrInvalid) {
+		t.Errorf("SetRemotes with a short MAC: %v, want ErrInvalid", err)
+	}
+}
