@@ -1,0 +1,259 @@
+package lab_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fabricnet/fabric/cmd/internal/api"
+)
+
+// echoServer serves TCP and UDP echo on port 7000 in a sandbox.
+const echoServer = `
+import socket, threading
+t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("0.0.0.0", 7000)); t.listen(64)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", 7000))
+def udp():
+    while True:
+        d, a = u.recvfrom(65535); u.sendto(d, a)
+def conn(c):
+    while True:
+        d = c.recv(65536)
+        if not d: break
+        c.sendall(d)
+    c.close()
+threading.Thread(target=udp, daemon=True).start()
+while True:
+    c, _ = t.accept(); threading.Thread(target=conn, args=(c,), daemon=True).start()
+`
+
+// echoClient checks one TCP and one UDP round trip to argv[1]:argv[2].
+const echoClient = `
+import socket, sys
+ip, port = sys.argv[1], int(sys.argv[2])
+c = socket.create_connection((ip, port), timeout=1); c.sendall(b"tcp-hello")
+if c.recv(100) != b"tcp-hello": sys.exit("tcp echo wrong")
+c.close()
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(1)
+u.sendto(b"udp-hello", (ip, port))
+if u.recv(100) != b"udp-hello": sys.exit("udp echo wrong")
+`
+
+// streamClient keeps one TCP connection busy for argv[3] seconds: a chunk
+// every 20 ms, each echoed back; any stall over 10 s or error fails it.
+const streamClient = `
+import socket, sys, time
+ip, port, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+c = socket.create_connection((ip, port), timeout=10)
+end, n, chunk = time.time() + secs, 0, b"x" * 1000
+while time.time() < end:
+    c.sendall(chunk); got = 0
+    while got < len(chunk):
+        d = c.recv(len(chunk) - got)
+        if not d: sys.exit("connection closed after %d chunks" % n)
+        got += len(d)
+    n += 1; time.sleep(0.02)
+print("chunks", n)
+`
+
+func (l *testLab) sock(i int) string {
+	return filepath.Join(l.dir(), fmt.Sprintf("n%d", i), "fabricd.sock")
+}
+
+// on runs fabricctl against node i's agent.
+func (l *testLab) on(i int, args ...string) string {
+	l.t.Helper()
+	return l.mustCtl(append([]string{"--socket", l.sock(i)}, args...)...)
+}
+
+func (l *testLab) network(i int, name string) (api.Network, bool) {
+	out, _, code := l.ctl("--socket", l.sock(i), "network", "inspect", name)
+	var nets []api.Network
+	if code != 0 || json.Unmarshal([]byte(out), &nets) != nil || len(nets) != 1 {
+		return api.Network{}, false
+	}
+	return nets[0], true
+}
+
+func hasRemoteIP(n api.Network, ip string) bool {
+	for _, r := range n.Remotes {
+		if r.IP == ip {
+			return true
+		}
+	}
+	return false
+}
+
+// sandboxIP runs a sandbox on node i and returns its address on the
+// first network.
+func (l *testLab) sandboxIP(i int, name string, args ...string) string {
+	l.t.Helper()
+	l.on(i, append([]string{"run", "-d", "--name", name}, args...)...)
+	out := l.on(i, "sandbox", "inspect", name)
+	var sbs []api.Sandbox
+	if err := json.Unmarshal([]byte(out), &sbs); err != nil || len(sbs) != 1 || len(sbs[0].Endpoints) == 0 {
+		l.t.Fatalf("sandbox inspect %s: %v %q", name, err, out)
+	}
+	return strings.Split(sbs[0].Endpoints[0].IP, "/")[0]
+}
+
+// inSandbox runs argv in a sandbox's namespace, bounded by 20 s.
+func inSandbox(sb string, argv ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", sb}, argv...)...).CombinedOutput()
+	return string(out), err
+}
+
+// until retries check every 200 ms for at most d and returns how long it
+// took, failing the test if it never succeeds.
+func until(t *testing.T, d time.Duration, what string, check func() error) time.Duration {
+	t.Helper()
+	t0 := time.Now()
+	var err error
+	for time.Since(t0) < d {
+		if err = check(); err == nil {
+			return time.Since(t0)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("%s: still failing after %v: %v", what, d, err)
+	return 0
+}
+
+func echo(from, ip string) func() error {
+	return func() error {
+		out, err := inSandbox(from, "python3", "-c", echoClient, ip, "7000")
+		if err != nil {
+			return fmt.Errorf("%w: %s", err, out)
+		}
+		return nil
+	}
+}
+
+// TestOverlayAcrossLabHosts: three lab hosts, one overlay network; on both
+// datapaths sandboxes on different hosts talk TCP and UDP, a sandbox on an
+// overlay and a bridge network reaches both, overlay sandboxes get egress
+// and published ports, a dead host's endpoints are withdrawn and come back
+// with it, and an agent restart keeps a cross-host TCP stream going.
+func TestOverlayAcrossLabHosts(t *testing.T) {
+	for _, dp := range []string{"kernel", "ebpf"} {
+		t.Run(dp, func(t *testing.T) {
+			l := newTestLab(t)
+			l.up(3, dp)
+			l.on(1, "network", "create", "-d", "overlay", "--subnet", "10.77.0.0/16", "ov")
+			for i := 2; i <= 3; i++ {
+				until(t, 10*time.Second, fmt.Sprintf("overlay network on n%d", i), func() error {
+					if _, ok := l.network(i, "ov"); !ok {
+						return fmt.Errorf("n%d has no network ov", i)
+					}
+					return nil
+				})
+			}
+			ov, _ := l.network(1, "ov")
+			if ov.Driver != "overlay" || ov.Scope != "cluster" || ov.MTU != 1500-50 {
+				t.Fatalf("overlay network %+v: want driver overlay, scope cluster, MTU 1450 (underlay 1500 - 50)", ov)
+			}
+
+			var sb [4]string
+			var ip [4]string
+			for i := 1; i <= 3; i++ {
+				sb[i] = fmt.Sprintf("%ss%d", l.name, i)
+				args := []string{"--network", "ov"}
+				if i == 2 {
+					args = append(args, "-p", "8070:7000", "-p", "8070:7000/udp")
+				}
+				ip[i] = l.sandboxIP(i, sb[i], append(args, "--", "python3", "-c", echoServer)...)
+			}
+			if ip[1] == ip[2] || ip[2] == ip[3] || ip[1] == ip[3] {
+				t.Fatalf("duplicate overlay addresses %v", ip[1:])
+			}
+			if out, _ := inSandbox(sb[1], "ip", "-o", "link", "show", "eth0"); !strings.Contains(out, "mtu 1450") {
+				t.Errorf("sandbox eth0 on the overlay: %q, want mtu 1450", out)
+			}
+
+			// Cross-host TCP and UDP, every pair.
+			for i := 1; i <= 3; i++ {
+				for j := 1; j <= 3; j++ {
+					if i != j {
+						took := until(t, 10*time.Second, fmt.Sprintf("echo s%d -> s%d (%s)", i, j, ip[j]), echo(sb[i], ip[j]))
+						t.Logf("s%d -> s%d reachable after %v", i, j, took.Round(time.Millisecond))
+					}
+				}
+			}
+			// Egress from an overlay sandbox is masqueraded out of its
+			// host: the underlay gateway answers.
+			gw := fmt.Sprintf("10.99.%d.1", l.third)
+			if out, err := inSandbox(sb[3], "ping", "-c", "1", "-W", "2", gw); err != nil {
+				t.Errorf("egress from overlay sandbox s3 to %s: %v %s", gw, err, out)
+			}
+			// A published port of an overlay sandbox, from another host.
+			until(t, 5*time.Second, "published port of s2 from n1", func() error {
+				return l.inNode(1, "python3", "-c", echoClient, l.ip(2), "8070")
+			})
+
+			// s1 on the overlay and the bridge network at once reaches a
+			// bridge-only sandbox b1 and still the overlay.
+			l.on(1, "network", "connect", "bridge", sb[1])
+			b1 := l.name + "b1"
+			ipb1 := l.sandboxIP(1, b1, "--network", "bridge", "--", "python3", "-c", echoServer)
+			until(t, 5*time.Second, "s1 -> b1 over the bridge network", echo(sb[1], ipb1))
+			until(t, 5*time.Second, "s1 -> s2 after connecting bridge", echo(sb[1], ip[2]))
+			// b1 is not on the overlay: it must not reach s2.
+			if err := echo(b1, ip[2])(); err == nil {
+				t.Errorf("bridge-only b1 reached overlay sandbox s2 at %s", ip[2])
+			}
+
+			// An agent restart on n2 keeps a cross-host TCP stream going.
+			stream := make(chan error, 1)
+			go func() {
+				out, err := inSandbox(sb[1], "python3", "-c", streamClient, ip[2], "7000", "8")
+				if err != nil {
+					err = fmt.Errorf("%w: %s", err, out)
+				}
+				stream <- err
+			}()
+			time.Sleep(1500 * time.Millisecond)
+			st, _ := l.status()
+			if err := syscall.Kill(st.Nodes[1].PID, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			waitDead(t, st.Nodes[1].PID)
+			l.mustCtl("lab", "start", "n2")
+			if err := <-stream; err != nil {
+				t.Errorf("TCP stream s1 -> s2 across a kill -9 and restart of n2's agent: %v", err)
+			}
+
+			// n3 dies: its endpoint leaves n1's forwarding state, and comes
+			// back with it.
+			st, _ = l.status()
+			if err := syscall.Kill(st.Nodes[2].PID, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			waitDead(t, st.Nodes[2].PID)
+			took := until(t, 15*time.Second, "n1 withdraws dead n3's endpoint", func() error {
+				if n, ok := l.network(1, "ov"); !ok || hasRemoteIP(n, ip[3]) {
+					return fmt.Errorf("n1 still forwards to %s", ip[3])
+				}
+				return nil
+			})
+			t.Logf("n3's endpoint withdrawn on n1 %v after its agent died", took.Round(time.Millisecond))
+			l.mustCtl("lab", "start", "n3")
+			until(t, 10*time.Second, "s1 -> s3 after n3 came back", echo(sb[1], ip[3]))
+
+			// Cluster status on n1 lists three alive members.
+			out := l.on(1, "-o", "json", "status")
+			var sst api.Status
+			if err := json.Unmarshal([]byte(out), &sst); err != nil || sst.Cluster == nil || sst.Cluster.Alive != 3 || len(sst.Cluster.Members) != 3 {
+				t.Errorf("status cluster section: %v %+v", err, sst.Cluster)
+			}
+		})
+	}
+}
