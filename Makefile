@@ -12,7 +12,7 @@ DEB_BENCH := iperf3:iperf3 sockperf:sockperf wrk:wrk docker.io:docker-proxy
 # What `make generate` needs to compile the eBPF programs.
 DEB_BPF   := clang:clang llvm:llvm-strip libbpf-dev:/usr/include/bpf/bpf_helpers.h
 
-.PHONY: all build test test-unit deps deps-bench deps-bpf generate check-generate demo bench lint fmt vet staticcheck clean install uninstall
+.PHONY: all build test test-unit deps deps-bench deps-bpf generate check-generate demo demo-host bench lint fmt vet staticcheck clean install uninstall
 
 all: build
 
@@ -50,9 +50,13 @@ test: deps
 test-unit:
 	$(GO) test -count=1 -short $(PKGS)
 
-# demo builds fabric, starts an agent with default settings in a throw-away
-# host namespace, and shows sandboxes on two networks talking.
+# demo builds fabric, brings up a 3-host lab (namespaces, one fabricd each,
+# one cluster), and shows sandboxes on an overlay network talking across
+# hosts. demo-host is the single-host tour: networks, isolation, ports, DNS.
 demo: deps build
+	./deploy/demo-cluster.sh
+
+demo-host: deps build
 	./deploy/demo.sh
 
 # bench measures fabric against the kernel baseline, Docker's userland proxy
