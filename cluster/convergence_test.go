@@ -16,10 +16,12 @@ func TestMeasureConvergence(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("n=20: full view %s, failure seen by all %s", full.Round(time.Millisecond), failure.Round(time.Millisecond))
-	if failure > 8*time.Second {
-		t.Errorf("failure took %s to be seen by all, want ≤ 8s", failure)
+	// How fast is for `make bench`; here only that both happen (within
+	// MeasureConvergence's own bounded wait) and are measured.
+	if full <= 0 || failure <= 0 {
+		t.Fatalf("full view %v, failure %v: not measured", full, failure)
 	}
+	t.Logf("n=20: full view %s, failure seen by all %s", full.Round(time.Millisecond), failure.Round(time.Millisecond))
 }
 
 // BenchmarkConvergence reports membership convergence for 50, 100 and 200

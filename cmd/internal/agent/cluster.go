@@ -53,6 +53,7 @@ type clusterState struct {
 	remotes   map[string][]datapath.Remote // network ID → what the datapath has
 	nodeAddrs map[string]netip.Addr        // node → underlay address, persisted
 	savedVer  uint64                       // cluster state version last saved
+	dnsVer    uint64                       // cluster state version of the DNS table
 	joined    bool                         // another member was seen since start
 	started   time.Time
 }
@@ -216,6 +217,7 @@ func (a *Agent) syncClusterLocked(ctx context.Context) {
 		delete(a.unhealthyOverlay, want[id].Name)
 	}
 	members := a.memberIndex()
+	changed := false
 	for _, n := range a.sortedNetworks() {
 		if n.Driver != api.DriverOverlay {
 			continue
@@ -224,11 +226,18 @@ func (a *Agent) syncClusterLocked(ctx context.Context) {
 		if remotesEqual(r, a.cs.remotes[n.ID]) {
 			continue
 		}
+		changed = true
 		if err := a.dp.SetRemotes(ctx, n.datapath(), r); err != nil {
 			a.log.Warn("program remote endpoints", "network", n.Name, "err", err)
 			continue
 		}
 		a.cs.remotes[n.ID] = r
+	}
+	// Names of remote endpoints follow (new ones, aliases changed, gone).
+	ver := a.cl.Stats().StateVersion
+	if changed || ver != a.cs.dnsVer {
+		a.cs.dnsVer = ver
+		a.refreshDNS()
 	}
 }
 

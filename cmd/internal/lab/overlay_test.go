@@ -168,7 +168,7 @@ func TestOverlayAcrossLabHosts(t *testing.T) {
 				sb[i] = fmt.Sprintf("%ss%d", l.name, i)
 				args := []string{"--network", "ov"}
 				if i == 2 {
-					args = append(args, "-p", "8070:7000", "-p", "8070:7000/udp")
+					args = append(args, "-p", "8070:7000", "-p", "8070:7000/udp", "--alias", "echo2")
 				}
 				ip[i] = l.sandboxIP(i, sb[i], append(args, "--", "python3", "-c", echoServer)...)
 			}
@@ -188,6 +188,18 @@ func TestOverlayAcrossLabHosts(t *testing.T) {
 					}
 				}
 			}
+			// Names of sandboxes on other hosts resolve (records from
+			// gossip), by name and alias.
+			for _, name := range []string{sb[2], "echo2"} {
+				until(t, 5*time.Second, "s1 resolves "+name, func() error {
+					out, err := inSandbox(sb[1], "getent", "hosts", name)
+					if err != nil || !strings.HasPrefix(out, ip[2]+" ") {
+						return fmt.Errorf("getent hosts %s: %v %q, want %s", name, err, out, ip[2])
+					}
+					return nil
+				})
+			}
+
 			// Egress from an overlay sandbox is masqueraded out of its
 			// host: the underlay gateway answers.
 			gw := fmt.Sprintf("10.99.%d.1", l.third)
@@ -245,6 +257,9 @@ func TestOverlayAcrossLabHosts(t *testing.T) {
 				return nil
 			})
 			t.Logf("n3's endpoint withdrawn on n1 %v after its agent died", took.Round(time.Millisecond))
+			if out, err := inSandbox(sb[1], "getent", "hosts", sb[3]); err == nil {
+				t.Errorf("s3's name still resolves on n1 after n3 died: %q", out)
+			}
 			l.mustCtl("lab", "start", "n3")
 			until(t, 10*time.Second, "s1 -> s3 after n3 came back", echo(sb[1], ip[3]))
 
