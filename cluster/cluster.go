@@ -222,7 +222,18 @@ func (c *Cluster) Stats() Stats {
 	s := c.stats.snapshot()
 	c.mu.Lock()
 	s.StateVersion = c.st.version
+	for _, e := range c.st.leases {
+		if !e.rec.Deleted && e.rec.Node == c.st.self {
+			s.Leases++
+		}
+	}
 	c.mu.Unlock()
+	s.HealthScore = c.ml.GetHealthScore()
+	for _, n := range c.ml.Members() {
+		if n.State == memberlist.StateSuspect {
+			s.Suspect++
+		}
+	}
 	return s
 }
 
@@ -468,6 +479,21 @@ func (c *Cluster) Members() []Member {
 	})
 	return out
 }
+
+// Ping measures the round trip to a member over its gossip address (the
+// underlay path, UDP), with memberlist's own probe. It fails for a member
+// that is not alive or does not answer within the probe timeout.
+func (c *Cluster) Ping(name string) (time.Duration, error) {
+	for _, n := range c.ml.Members() {
+		if n.Name == name {
+			return c.ml.Ping(name, &net.UDPAddr{IP: n.Addr, Port: int(n.Port)})
+		}
+	}
+	return 0, fmt.Errorf("%w: member %q is not alive", ErrNotFound, name)
+}
+
+// Encrypted reports whether gossip is encrypted and authenticated.
+func (c *Cluster) Encrypted() bool { return c.keyring != nil }
 
 // NumAlive returns how many members (this one included) are alive.
 func (c *Cluster) NumAlive() int { return c.ml.NumMembers() }

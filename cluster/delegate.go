@@ -168,6 +168,7 @@ func (c *Cluster) mergeRemoteState(b []byte) {
 		s.merge(m.State.Clock, m.State.Records)
 		return nil
 	})
+	c.stats.lastSync.Store(time.Now().UnixNano())
 }
 
 // handleMessage handles one gossip or direct message.

@@ -307,6 +307,41 @@ func TestStatus(t *testing.T) {
 	}
 }
 
+func TestStatusCluster(t *testing.T) {
+	a := newFakeAgent(t)
+	a.status.Cluster = &api.ClusterStatus{
+		Node: "node1", Gossip: "10.0.0.1:7946", Tunnel: "10.0.0.1:4789", Alive: 2, Encrypted: true, Networks: 1,
+		Members: []api.Member{
+			{Name: "node1", Addr: "10.0.0.1", State: "alive", Reachable: true, Datapath: "ebpf", Endpoints: 3},
+			{Name: "node2", Addr: "10.0.0.2", State: "alive", Reachable: true, Probe: "310µs", Datapath: "ebpf", Endpoints: 1},
+		},
+	}
+	r := a.ctl(t, "status")
+	if r.code != 0 || !strings.Contains(r.stdout, "2 of 2 members alive") || !strings.Contains(r.stdout, "encrypted") {
+		t.Errorf("healthy cluster: exit %d\n%s", r.code, r.stdout)
+	}
+	if strings.Contains(r.stdout, "node2 at") {
+		t.Errorf("healthy members are listed only with --verbose:\n%s", r.stdout)
+	}
+	r = a.ctl(t, "status", "--verbose")
+	if r.code != 0 || !strings.Contains(r.stdout, "node2 at 10.0.0.2") || !strings.Contains(r.stdout, "probe 310µs") {
+		t.Errorf("--verbose: exit %d\n%s", r.code, r.stdout)
+	}
+	// A failed member: listed without --verbose, and the agent's warning
+	// makes the exit code 1 (degraded).
+	a.status.Cluster.Alive = 1
+	a.status.Cluster.Members[1].State, a.status.Cluster.Members[1].Reachable = "failed", false
+	a.status.Warnings = []string{"cluster member node2 is failed (since 2026-11-23T10:00:00Z)"}
+	r = a.ctl(t, "status")
+	if r.code != exitFailure || !strings.Contains(r.stdout, "failed  node2 at 10.0.0.2") || !strings.Contains(r.stdout, "1 failed or left") {
+		t.Errorf("degraded cluster: exit %d (want 1)\n%s", r.code, r.stdout)
+	}
+	// Unreachable agent: exit 2.
+	if r := runCtl(t, "--socket", filepath.Join(t.TempDir(), "none"), "status"); r.code != 2 {
+		t.Errorf("unreachable agent: exit %d, want 2", r.code)
+	}
+}
+
 func TestVersion(t *testing.T) {
 	a := newFakeAgent(t)
 	r := a.ctl(t, "version")

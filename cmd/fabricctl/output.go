@@ -177,7 +177,7 @@ func portsString(ports []api.Port) string {
 }
 
 // statusText prints the agent's status as aligned "Key: value" lines.
-func statusText(w io.Writer, socket string, s api.Status) error {
+func statusText(w io.Writer, socket string, s api.Status, verbose bool) error {
 	tw := tabwriter.NewWriter(w, 0, 8, 1, ' ', 0)
 	line := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, dash(v)) }
 	line("Agent", "running at "+socket)
@@ -205,18 +205,33 @@ func statusText(w io.Writer, socket string, s api.Status) error {
 			dash(strings.Join(d.Upstreams, ", ")), d.Local, d.Forwarded, d.NXDomain, d.Failed)
 	}
 	if cl := s.Cluster; cl != nil {
-		line("Cluster", fmt.Sprintf("%d of %d members alive, %d overlay network(s); gossip %s, tunnel %s",
-			cl.Alive, len(cl.Members), cl.Networks, cl.Gossip, cl.Tunnel))
+		enc := "unencrypted"
+		if cl.Encrypted {
+			enc = "encrypted"
+		}
+		dead := 0
 		for _, m := range cl.Members {
-			self := ""
+			if m.State != "alive" {
+				dead++
+			}
+		}
+		line("Cluster", fmt.Sprintf("%d of %d members alive (%d suspect, %d failed or left), %d overlay network(s); gossip %s %s, tunnel %s",
+			cl.Alive, len(cl.Members), cl.Suspect, dead, cl.Networks, cl.Gossip, enc, cl.Tunnel))
+		fmt.Fprintf(tw, "\t  last full sync %s; gossip messages: %d sent, %d received, %d dropped, %d send errors\n",
+			dash(cl.LastFullSync), cl.MessagesSent, cl.MessagesReceived, cl.MessagesDropped, cl.SendErrors)
+		for _, m := range cl.Members {
+			if !verbose && m.State == "alive" && (m.Reachable || m.Name == cl.Node) {
+				continue // --verbose lists every member; otherwise only the troubled ones
+			}
+			self, probe := "", ""
 			if m.Name == cl.Node {
 				self = " (this node)"
+			} else if m.Probe != "" {
+				probe = ", probe " + m.Probe
 			}
-			fmt.Fprintf(tw, "	  %-7s %s%s at %s, %s %s, %d endpoint(s), since %s\n",
-				m.State, m.Name, self, m.Addr, dash(m.Datapath), dash(m.Version), m.Endpoints, m.Since)
+			fmt.Fprintf(tw, "\t  %-7s %s%s at %s, %s %s, %d endpoint(s)%s, since %s\n",
+				m.State, m.Name, self, m.Addr, dash(m.Datapath), dash(m.Version), m.Endpoints, probe, m.Since)
 		}
-		fmt.Fprintf(tw, "	  gossip messages: %d sent, %d received, %d dropped, %d send errors\n",
-			cl.MessagesSent, cl.MessagesReceived, cl.MessagesDropped, cl.SendErrors)
 	}
 	if len(s.Warnings) == 0 {
 		line("Warnings", "none")

@@ -10,7 +10,8 @@ import (
 )
 
 func newStatusCmd(c *cli) *cobra.Command {
-	return &cobra.Command{
+	var verbose bool
+	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show whether the agent runs, its datapath and what it manages",
 		Long: `Show the state of fabricd on this host: whether it answers, its version,
@@ -20,9 +21,14 @@ endpoints, the cluster (every member with its state, underlay address,
 datapath, version and endpoint count) and any warnings (for example a
 fallback from eBPF to the kernel datapath, or a cluster member that failed).
 
+Each peer is probed over the underlay every 5 s; --verbose lists every
+member with the probe's round trip, otherwise only members that failed or
+do not answer are listed.
+
 Exit code: 0 all well, 1 the agent reports warnings (degraded: a failed
 member counts), 2 the agent is unreachable. That makes it usable as a health check.`,
 		Example: `  fabricctl status
+  fabricctl status --verbose
   fabricctl status -o json
   fabricctl --socket /tmp/fabricd.sock status || echo "fabric is not healthy"`,
 		Args: exactArgs(),
@@ -33,7 +39,7 @@ member counts), 2 the agent is unreachable. That makes it usable as a health che
 			}
 			out := cmd.OutOrStdout()
 			if err := c.render(out, st, func(w io.Writer) error {
-				return statusText(w, c.socket, st)
+				return statusText(w, c.socket, st, verbose)
 			}); err != nil {
 				return err
 			}
@@ -43,6 +49,8 @@ member counts), 2 the agent is unreachable. That makes it usable as a health che
 			return nil
 		},
 	}
+	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "list every cluster member with its probe round trip (default: only members in trouble)")
+	return cmd
 }
 
 // versionInfo is what `fabricctl version -o json` prints.

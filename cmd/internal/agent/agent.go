@@ -90,6 +90,8 @@ type Agent struct {
 	cl               *cluster.Cluster
 	cs               clusterState
 	unhealthyOverlay map[string]string // cluster network name → why it is not set up here
+	probeMu          sync.Mutex
+	probes           map[string]probe // peer → last health probe
 
 	procs    *processes
 	wg       sync.WaitGroup

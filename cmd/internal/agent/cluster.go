@@ -48,6 +48,39 @@ func overlayID(id cluster.NetworkID) string {
 	return hex.EncodeToString(sum[:])
 }
 
+// probeInterval is how often every peer is probed over the underlay.
+const probeInterval = 5 * time.Second
+
+// probe is the last health probe of one peer.
+type probe struct {
+	rtt time.Duration
+	err error
+}
+
+// probePeers pings every alive peer every probeInterval until ctx ends.
+func (a *Agent) probePeers(ctx context.Context) {
+	tick := time.NewTicker(probeInterval)
+	defer tick.Stop()
+	for {
+		res := map[string]probe{}
+		for _, m := range a.cl.Members() {
+			if m.Name == a.cl.Name() || m.State != cluster.MemberAlive {
+				continue
+			}
+			rtt, err := a.cl.Ping(m.Name)
+			res[m.Name] = probe{rtt, err}
+		}
+		a.probeMu.Lock()
+		a.probes = res
+		a.probeMu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
 // clusterState is the agent's side of the cluster, under Agent.mu.
 type clusterState struct {
 	remotes   map[string][]datapath.Remote // network ID → what the datapath has
@@ -125,6 +158,7 @@ func (a *Agent) RunCluster(ctx context.Context) {
 	}
 	tick := time.NewTicker(clusterSyncInterval)
 	defer tick.Stop()
+	go a.probePeers(ctx)
 	events := a.cl.Events()
 	for {
 		select {
@@ -617,15 +651,36 @@ func (a *Agent) clusterStatusLocked() *api.ClusterStatus {
 	for _, ep := range a.cl.Endpoints("") {
 		counts[ep.Node]++
 	}
+	a.probeMu.Lock()
+	probes := a.probes
+	a.probeMu.Unlock()
 	for _, m := range a.cl.Members() {
-		st.Members = append(st.Members, api.Member{
+		am := api.Member{
 			Name: m.Name, Addr: m.Meta.Addr.String(), Gossip: m.Addr.String(), State: m.State.String(),
 			Datapath: m.Meta.Datapath, Version: m.Meta.Version, Endpoints: counts[m.Name],
-			Since: m.Since.UTC().Format(time.RFC3339),
-		})
+			Since: m.Since.UTC().Format(time.RFC3339), Reachable: m.State == cluster.MemberAlive,
+		}
+		if p, ok := probes[m.Name]; ok && m.Name != st.Node {
+			am.Reachable = p.err == nil
+			if p.err != nil {
+				am.Probe = "no answer: " + p.err.Error()
+				st.Problems = append(st.Problems, fmt.Sprintf("cluster member %s is alive but does not answer this node's probes over the underlay (%v)", m.Name, p.err))
+			} else {
+				am.Probe = p.rtt.Round(time.Microsecond).String()
+			}
+		}
+		st.Members = append(st.Members, am)
 	}
 	s := a.cl.Stats()
 	st.Alive = a.cl.NumAlive()
+	st.Suspect = s.Suspect
+	st.Encrypted = a.cl.Encrypted()
+	if !s.LastFullSync.IsZero() {
+		st.LastFullSync = s.LastFullSync.UTC().Format(time.RFC3339)
+	}
+	if s.Suspect > 0 {
+		st.Problems = append(st.Problems, fmt.Sprintf("%d cluster member(s) suspected of failure", s.Suspect))
+	}
 	st.MessagesSent, st.MessagesReceived, st.SendErrors = s.MessagesSent, s.MessagesReceived, s.SendErrors
 	for _, v := range s.Dropped {
 		st.MessagesDropped += v

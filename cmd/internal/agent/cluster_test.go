@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -249,6 +250,17 @@ func TestOverlayNetworksEndpointsAndRemotesFollowTheCluster(t *testing.T) {
 	B.stop()
 	eventually(t, 10*time.Second, "node-a kept forwarding to dead node-b's endpoint", func() bool { return !hasRemote(A.dp.remotesOf(ov.ID), ipB.String()) })
 	t.Logf("node-b's endpoint dropped on node-a %v after node-b died", time.Since(t0).Round(10*time.Millisecond))
+	st := A.a.Status(ctx)
+	degraded := false
+	for _, w := range st.Warnings {
+		degraded = degraded || strings.Contains(w, "cluster member node-b is failed")
+	}
+	if !degraded || st.Cluster == nil || st.Cluster.Alive != 1 {
+		t.Errorf("status with node-b dead: warnings %q, cluster %+v; want node-b reported failed", st.Warnings, st.Cluster)
+	}
+	if m := A.a.ClusterMetrics(); m.Members.Dead != 1 || m.Members.Alive != 1 || m.Leases < 1 {
+		t.Errorf("cluster metrics with node-b dead: %+v; want 1 alive, 1 dead, node-a's lease counted", m)
+	}
 	B.start(t)
 	eventually(t, 10*time.Second, "node-b's endpoint never came back on node-a", func() bool { return hasRemote(A.dp.remotesOf(ov.ID), ipB.String()) })
 

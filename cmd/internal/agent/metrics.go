@@ -4,6 +4,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/fabricnet/fabric/cluster"
 	"github.com/fabricnet/fabric/datapath"
 	"github.com/fabricnet/fabric/metrics"
 )
@@ -111,7 +112,34 @@ func (a *Agent) MetricsSources(apiMetrics *metrics.APIMetrics) metrics.Sources {
 	if a.dns != nil {
 		s.DNS = a
 	}
+	if a.cl != nil {
+		s.Cluster = a
+	}
 	return s
+}
+
+// ClusterMetrics reports membership and gossip as this node sees them.
+func (a *Agent) ClusterMetrics() metrics.ClusterSnapshot {
+	st := a.cl.Stats()
+	out := metrics.ClusterSnapshot{
+		MessagesSent: st.MessagesSent, MessagesReceived: st.MessagesReceived, SendErrors: st.SendErrors,
+		Dropped: st.Dropped, EventsDropped: st.EventsDropped, HealthScore: st.HealthScore,
+		Leases: st.Leases, LastFullSync: st.LastFullSync,
+	}
+	for _, m := range a.cl.Members() {
+		switch m.State {
+		case cluster.MemberAlive:
+			out.Members.Alive++
+		case cluster.MemberFailed:
+			out.Members.Dead++
+		case cluster.MemberLeft:
+			out.Members.Left++
+		}
+	}
+	// memberlist counts a suspect as alive until it is declared failed.
+	out.Members.Suspect = min(st.Suspect, out.Members.Alive)
+	out.Members.Alive -= out.Members.Suspect
+	return out
 }
 
 // Warn adds a warning that `fabricctl status` shows until the agent stops.

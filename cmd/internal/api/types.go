@@ -210,6 +210,9 @@ type ClusterStatus struct {
 	Gossip           string   `json:"gossip"` // address gossip listens on
 	Tunnel           string   `json:"tunnel"` // underlay address:port of overlay traffic
 	Alive            int      `json:"alive"`
+	Suspect          int      `json:"suspect"`
+	Encrypted        bool     `json:"encrypted"`
+	LastFullSync     string   `json:"last_full_sync,omitempty"`
 	Members          []Member `json:"members"`
 	Networks         int      `json:"overlay_networks"`
 	MessagesSent     uint64   `json:"messages_sent"`
@@ -229,6 +232,11 @@ type Member struct {
 	Datapath  string `json:"datapath,omitempty"`
 	Version   string `json:"version,omitempty"`
 	Endpoints int    `json:"endpoints"`
+	// Probe is the last health probe from this node over the underlay:
+	// the round trip ("412µs") or why it failed; empty for this node.
+	Probe string `json:"probe,omitempty"`
+	// Reachable is false when the last probe failed.
+	Reachable bool `json:"reachable"`
 }
 
 // DNSStatus describes the embedded DNS server (127.0.0.11 in every sandbox).
