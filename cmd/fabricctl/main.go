@@ -107,6 +107,7 @@ a foreground 'run' exits with its command's exit code.`,
 
 	root.AddCommand(
 		newStatusCmd(c),
+		newClusterCmd(c),
 		newVersionCmd(c),
 		newNetworkCmd(c),
 		newRunCmd(c),

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -691,4 +692,54 @@ func (a *Agent) clusterStatusLocked() *api.ClusterStatus {
 	}
 	sort.Strings(st.Problems)
 	return st
+}
+
+// Keys lists the gossip keys by fingerprint, primary first.
+func (a *Agent) Keys() ([]api.Key, error) {
+	if a.cl == nil {
+		return nil, invalidf("this agent is not in a cluster")
+	}
+	keys := a.cl.Keys()
+	if keys == nil {
+		return nil, invalidf("gossip is not encrypted: start every agent with --cluster-secret-file to use keys")
+	}
+	out := make([]api.Key, 0, len(keys))
+	for i, k := range keys {
+		out = append(out, api.Key{Fingerprint: keyFingerprint(k), Primary: i == 0})
+	}
+	return out, nil
+}
+
+func keyFingerprint(k []byte) string {
+	sum := sha256.Sum256(k)
+	return hex.EncodeToString(sum[:8])
+}
+
+// KeyOp runs one step of a gossip key rotation on every member: install a
+// new key everywhere, use it (it encrypts from then on), remove the old.
+func (a *Agent) KeyOp(ctx context.Context, req api.KeyOp) error {
+	if a.cl == nil {
+		return invalidf("this agent is not in a cluster")
+	}
+	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(req.Key))
+	if err != nil {
+		return invalidf("key is not base64: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	switch req.Op {
+	case "install":
+		err = a.cl.InstallKey(ctx, key)
+	case "use":
+		err = a.cl.UseKey(ctx, key)
+	case "remove":
+		err = a.cl.RemoveKey(ctx, key)
+	default:
+		return invalidf("key operation %q: want install, use or remove", req.Op)
+	}
+	if err != nil {
+		return clusterErr(fmt.Errorf("key %s: %w", req.Op, err))
+	}
+	a.log.Info("gossip key "+req.Op, "fingerprint", keyFingerprint(key))
+	return nil
 }

@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"io"
 	"log/slog"
@@ -55,6 +57,7 @@ type clusterNode struct {
 	name, dir string
 	port      int
 	seeds     []string
+	keys      [][]byte
 	dp        *fakeDatapath
 	cl        *cluster.Cluster
 	a         *Agent
@@ -71,7 +74,7 @@ func (n *clusterNode) start(t *testing.T) {
 	}
 	log := slog.New(slog.NewTextHandler(w, nil))
 	cl, err := cluster.New(cluster.Config{
-		NodeName: n.name, BindAddr: "127.0.0.1", BindPort: n.port, Join: n.seeds,
+		NodeName: n.name, BindAddr: "127.0.0.1", BindPort: n.port, Join: n.seeds, SecretKeys: n.keys,
 		JoinBackoffMin: 100 * time.Millisecond, JoinBackoffMax: time.Second, Logger: log,
 	})
 	if err != nil {
@@ -111,10 +114,14 @@ func (n *clusterNode) stop() {
 }
 
 func newClusterNodes(t *testing.T, names ...string) []*clusterNode {
+	return newClusterNodesWithKeys(t, nil, names...)
+}
+
+func newClusterNodesWithKeys(t *testing.T, keys [][]byte, names ...string) []*clusterNode {
 	var nodes []*clusterNode
 	var seed string
 	for i, name := range names {
-		n := &clusterNode{name: name, dir: t.TempDir(), port: freePort(t), dp: newFake()}
+		n := &clusterNode{name: name, dir: t.TempDir(), port: freePort(t), dp: newFake(), keys: keys}
 		if i == 0 {
 			seed = "127.0.0.1:" + strconv.Itoa(n.port)
 		} else {
@@ -281,5 +288,58 @@ func TestOverlayNetworksEndpointsAndRemotesFollowTheCluster(t *testing.T) {
 	A.dp.mu.Unlock()
 	if still {
 		t.Fatal("node-a's datapath still has the removed overlay network")
+	}
+}
+
+func TestGossipKeyRotationAndWrongKey(t *testing.T) {
+	netnstest.RequireRoot(t)
+	k1, k2 := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
+	nodes := newClusterNodesWithKeys(t, [][]byte{k1}, "key-a", "key-b")
+	A, B := nodes[0], nodes[1]
+	ctx := context.Background()
+	eventually(t, 10*time.Second, "the two nodes never met", func() bool { return A.cl.NumAlive() == 2 && B.cl.NumAlive() == 2 })
+	b64 := func(k []byte) string { return base64.StdEncoding.EncodeToString(k) }
+
+	// Bad requests change nothing.
+	for _, req := range []api.KeyOp{{Op: "install", Key: "!!"}, {Op: "install", Key: b64([]byte("short"))}, {Op: "rotate", Key: b64(k2)}} {
+		if err := A.a.KeyOp(ctx, req); !errors.Is(err, ErrInvalid) {
+			t.Errorf("KeyOp %+v: %v, want invalid", req, err)
+		}
+	}
+	if keys, _ := B.a.Keys(); len(keys) != 1 {
+		t.Fatalf("refused key operations changed node-b's keyring: %+v", keys)
+	}
+	// install, use, remove: every step reaches node-b, and the two stay
+	// together throughout.
+	for _, op := range []api.KeyOp{{Op: "install", Key: b64(k2)}, {Op: "use", Key: b64(k2)}, {Op: "remove", Key: b64(k1)}} {
+		if err := A.a.KeyOp(ctx, op); err != nil {
+			t.Fatalf("key %s: %v", op.Op, err)
+		}
+		if A.cl.NumAlive() != 2 || B.cl.NumAlive() != 2 {
+			t.Fatalf("after key %s the nodes lost each other", op.Op)
+		}
+	}
+	keys, err := B.a.Keys()
+	if err != nil || len(keys) != 1 || !keys[0].Primary || keys[0].Fingerprint != keyFingerprint(k2) {
+		t.Fatalf("node-b's keys after the rotation: %+v, %v; want only the new key, primary", keys, err)
+	}
+	// Gossip still flows under the new key: a network made on node-a
+	// reaches node-b.
+	if _, err := A.a.CreateNetwork(ctx, api.NetworkCreate{Name: "rotated", Driver: api.DriverOverlay, Subnet: "10.212.0.0/16"}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "node-b never got the network created after the rotation", func() bool { _, ok := networkNamed(B.a, "rotated"); return ok })
+
+	// A node with the old (now removed) key cannot join and says why.
+	C := &clusterNode{name: "key-c", dir: t.TempDir(), port: freePort(t), dp: newFake(), keys: [][]byte{k1}}
+	C.start(t)
+	t.Cleanup(C.stop)
+	_, err = C.cl.Join(ctx, "127.0.0.1:"+strconv.Itoa(A.port))
+	if !errors.Is(err, cluster.ErrKeyMismatch) {
+		t.Fatalf("join with the removed key: %v, want a key mismatch", err)
+	}
+	time.Sleep(time.Second)
+	if A.cl.NumAlive() != 2 || C.cl.NumAlive() != 1 {
+		t.Fatalf("a node with a wrong key got in: node-a sees %d, node-c sees %d", A.cl.NumAlive(), C.cl.NumAlive())
 	}
 }

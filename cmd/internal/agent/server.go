@@ -20,6 +20,17 @@ func (a *Agent) handler() http.Handler {
 	mux.HandleFunc("GET "+p+"/status", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, http.StatusOK, a.Status(r.Context()))
 	})
+	mux.HandleFunc("GET "+p+"/cluster/keys", func(w http.ResponseWriter, r *http.Request) {
+		keys, err := a.Keys()
+		respond(w, http.StatusOK, keys, err)
+	})
+	mux.HandleFunc("POST "+p+"/cluster/keys", func(w http.ResponseWriter, r *http.Request) {
+		var req api.KeyOp
+		if !decode(w, r, &req) {
+			return
+		}
+		respond(w, http.StatusNoContent, nil, a.KeyOp(r.Context(), req))
+	})
 	mux.HandleFunc("GET "+p+"/networks", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, http.StatusOK, a.Networks())
 	})

@@ -80,6 +80,18 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 	return nil
 }
 
+// Keys lists the gossip keys' fingerprints.
+func (c *Client) Keys(ctx context.Context) ([]Key, error) {
+	var out []Key
+	err := c.Do(ctx, http.MethodGet, "/cluster/keys", nil, &out)
+	return out, err
+}
+
+// KeyOp runs one key rotation step on every member.
+func (c *Client) KeyOp(ctx context.Context, op KeyOp) error {
+	return c.Do(ctx, http.MethodPost, "/cluster/keys", op, nil)
+}
+
 // Status returns the agent's status.
 func (c *Client) Status(ctx context.Context) (Status, error) {
 	var s Status

@@ -204,6 +204,20 @@ type Status struct {
 	Warnings  []string       `json:"warnings,omitempty"`
 }
 
+// KeyOp is the body of POST /v1/cluster/keys: one step of a gossip key
+// rotation, applied on every member.
+type KeyOp struct {
+	Op  string `json:"op"`  // install, use or remove
+	Key string `json:"key"` // base64, 16, 24 or 32 bytes
+}
+
+// Key is a gossip key as listed by GET /v1/cluster/keys: never the key
+// itself, a fingerprint (first 8 bytes of its SHA-256, hex).
+type Key struct {
+	Fingerprint string `json:"fingerprint"`
+	Primary     bool   `json:"primary"`
+}
+
 // ClusterStatus describes this node's view of the cluster.
 type ClusterStatus struct {
 	Node             string   `json:"node"`
