@@ -29,6 +29,7 @@ type Cluster struct {
 	meta    atomic.Pointer[[]byte]
 	addr    netip.AddrPort // advertised gossip address
 	stats   counters
+	joinErr atomic.Pointer[error] // last failed join, nil after a successful one
 	events  *eventQueue
 
 	// mu guards st. It is never held while calling memberlist, because
@@ -296,10 +297,12 @@ func (c *Cluster) Run(ctx context.Context) error {
 					level = slog.LevelError
 				}
 				c.log.Log(ctx, level, "join failed, retrying", "seeds", c.cfg.Join, "in", backoff, "err", err)
+				c.joinErr.Store(&err)
 				nextJoin = now.Add(backoff/2 + time.Duration(c.randN(int(backoff/2)+1)))
 				backoff = min(backoff*2, c.cfg.JoinBackoffMax)
 			} else {
 				c.log.Info("joined cluster", "seeds_reached", n, "members", c.ml.NumMembers())
+				c.joinErr.Store(nil)
 				backoff = c.cfg.JoinBackoffMin
 			}
 		}
@@ -490,6 +493,16 @@ func (c *Cluster) Ping(name string) (time.Duration, error) {
 		}
 	}
 	return 0, fmt.Errorf("%w: member %q is not alive", ErrNotFound, name)
+}
+
+// JoinError is why the last attempt to join the seeds failed, nil if it
+// succeeded or none was made. A node alone with a JoinError is not part of
+// the cluster it was told to join.
+func (c *Cluster) JoinError() error {
+	if p := c.joinErr.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // Encrypted reports whether gossip is encrypted and authenticated.

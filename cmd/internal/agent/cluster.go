@@ -679,6 +679,9 @@ func (a *Agent) clusterStatusLocked() *api.ClusterStatus {
 	if !s.LastFullSync.IsZero() {
 		st.LastFullSync = s.LastFullSync.UTC().Format(time.RFC3339)
 	}
+	if err := a.cl.JoinError(); err != nil && st.Alive <= 1 {
+		st.Problems = append(st.Problems, fmt.Sprintf("not joined to the cluster: %v", err))
+	}
 	if s.Suspect > 0 {
 		st.Problems = append(st.Problems, fmt.Sprintf("%d cluster member(s) suspected of failure", s.Suspect))
 	}

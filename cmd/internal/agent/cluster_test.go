@@ -331,14 +331,23 @@ func TestGossipKeyRotationAndWrongKey(t *testing.T) {
 	eventually(t, 5*time.Second, "node-b never got the network created after the rotation", func() bool { _, ok := networkNamed(B.a, "rotated"); return ok })
 
 	// A node with the old (now removed) key cannot join and says why.
-	C := &clusterNode{name: "key-c", dir: t.TempDir(), port: freePort(t), dp: newFake(), keys: [][]byte{k1}}
+	C := &clusterNode{name: "key-c", dir: t.TempDir(), port: freePort(t), dp: newFake(), keys: [][]byte{k1},
+		seeds: []string{"127.0.0.1:" + strconv.Itoa(A.port)}}
 	C.start(t)
 	t.Cleanup(C.stop)
 	_, err = C.cl.Join(ctx, "127.0.0.1:"+strconv.Itoa(A.port))
 	if !errors.Is(err, cluster.ErrKeyMismatch) {
 		t.Fatalf("join with the removed key: %v, want a key mismatch", err)
 	}
-	time.Sleep(time.Second)
+	// Its status says it is alone, and why.
+	eventually(t, 5*time.Second, "node-c's status never said why it is not joined", func() bool {
+		for _, w := range C.a.Status(ctx).Warnings {
+			if strings.Contains(w, "not joined to the cluster") && strings.Contains(w, "gossip keys") {
+				return true
+			}
+		}
+		return false
+	})
 	if A.cl.NumAlive() != 2 || C.cl.NumAlive() != 1 {
 		t.Fatalf("a node with a wrong key got in: node-a sees %d, node-c sees %d", A.cl.NumAlive(), C.cl.NumAlive())
 	}
