@@ -52,6 +52,10 @@ type Lab struct {
 	nsList []string // named namespaces we created
 	procs  []*proc  // long-running processes we started
 	once   sync.Once
+	// downs run first in cleanup, last registered first: they remove what
+	// owns namespaces with our prefix (the overlay section's labs) before
+	// the generic cleanup kills what runs in them and deletes them.
+	downs []func()
 
 	// fabric
 	fabricErr      error // why fabric rows are unavailable (nil: available)
@@ -296,6 +300,13 @@ func (l *Lab) startProc(_ context.Context, name string, mod func(*exec.Cmd), arg
 	return p, nil
 }
 
+// atCleanup registers fn to run at the start of cleanup (see Lab.downs).
+func (l *Lab) atCleanup(fn func()) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.downs = append(l.downs, fn)
+}
+
 // tail returns the last lines of the process's log, for error messages.
 func (p *proc) tail() string {
 	b, err := os.ReadFile(p.log)
@@ -333,6 +344,12 @@ func (p *proc) stop(grace time.Duration) {
 // and on SIGINT, and every step is bounded in time.
 func (l *Lab) cleanup() {
 	l.once.Do(func() {
+		l.mu.Lock()
+		downs := append([]func(){}, l.downs...)
+		l.mu.Unlock()
+		for i := len(downs) - 1; i >= 0; i-- {
+			downs[i]()
+		}
 		l.cleanupFabric()
 		l.mu.Lock()
 		procs := append([]*proc(nil), l.procs...)

@@ -12,7 +12,7 @@
 // numbers taken in the same run.
 //
 // Usage: fabricbench -bin DIR [-t SECONDS] [-reps N] [-setup-n N] [-quick]
-// [-only same-host,published,connrate,setup,cross-host,dns] [-fabricd-flags "FLAGS"]
+// [-only same-host,published,connrate,setup,cross-host,overlay,dns] [-fabricd-flags "FLAGS"]
 //
 // Sections:
 //   - same-host: iperf3 (one TCP stream) and sockperf TCP ping-pong (one-way
@@ -27,6 +27,12 @@
 //   - cross-host: iperf3 and sockperf between hosts: raw underlay, the
 //     kernel VXLAN overlay of baseline-lab.sh, and fabric's macvlan and
 //     ipvlan networks (a second fabricd runs on h2).
+//   - overlay: fabric's overlay across hosts of two labs of its own
+//     (cmd/internal/lab, like `fabricctl lab up`; eBPF and kernel datapath):
+//     iperf3 with retransmits and sockperf sandbox↔sandbox against the raw
+//     lab underlay; time from `run -d` to the first TCP connect from
+//     another host; failure detection after kill -9 of an agent; gossip
+//     membership convergence for 50/100/200 in-process members.
 //   - dns: queries/s and p50/p99 of the embedded DNS server from inside a
 //     sandbox, local and forwarded names (fake upstream on h1's loopback),
 //     1 and 100 clients, next to DESIGN.md's Docker figure.
@@ -61,7 +67,7 @@ import (
 const serveArg = "__fabricbench-serve"
 
 // sections in the order they run.
-var allSections = []string{"same-host", "published", "connrate", "setup", "cross-host", "dns"}
+var allSections = []string{"same-host", "published", "connrate", "setup", "cross-host", "overlay", "dns"}
 
 type options struct {
 	bin       string
@@ -235,6 +241,8 @@ func run() int {
 			err = lab.sectionSetup(ctx)
 		case "cross-host":
 			err = lab.sectionCrossHost(ctx)
+		case "overlay":
+			err = lab.sectionOverlay(ctx)
 		case "dns":
 			err = lab.sectionDNS(ctx)
 		}
@@ -259,6 +267,9 @@ type tool struct{ cmd, pkg string }
 func checkTools(o options) error {
 	need := []tool{{"ip", "iproute2"}, {"nsenter", "util-linux"}, {"sysctl", "procps"}}
 	if o.only["same-host"] {
+		need = append(need, tool{"iperf3", "iperf3"}, tool{"sockperf", "sockperf"})
+	}
+	if o.only["overlay"] || o.only["cross-host"] {
 		need = append(need, tool{"iperf3", "iperf3"}, tool{"sockperf", "sockperf"})
 	}
 	if o.only["published"] {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -12,52 +13,87 @@ import (
 
 // iperf runs one iperf3 TCP stream from the namespace at nsPath to
 // addr:port for -t seconds and returns the receiver's rate in Gbit/s
-// (end.sum_received.bits_per_second). A busy server (the previous test
-// still finishing) is retried a few times.
+// (end.sum_received.bits_per_second).
 func (l *Lab) iperf(ctx context.Context, nsPath, addr string, port, secs int) (float64, error) {
+	r, err := l.iperfRun(ctx, nsPath, addr, port, secs)
+	return r.gbps, err
+}
+
+// iperfResult is what one iperf3 client run reports.
+type iperfResult struct {
+	gbps        float64 // receiver's rate
+	retransmits float64 // sender's TCP retransmits (end.sum_sent.retransmits)
+}
+
+// iperfRun is iperf with the sender's retransmits too. A busy server (the
+// previous test still finishing) is retried a few times.
+func (l *Lab) iperfRun(ctx context.Context, nsPath, addr string, port, secs int) (iperfResult, error) {
 	limit := time.Duration(secs+20) * time.Second
 	var lastErr error
 	for attempt := 0; attempt < 4; attempt++ {
 		if attempt > 0 {
 			select {
 			case <-ctx.Done():
-				return 0, ctx.Err()
+				return iperfResult{}, ctx.Err()
 			case <-time.After(time.Duration(attempt) * 500 * time.Millisecond):
 			}
 		}
 		out, err := runCmd(ctx, limit, "nsenter", "--net="+nsPath, "iperf3", "-c", addr, "-p", strconv.Itoa(port),
 			"-t", strconv.Itoa(secs), "-J", "--connect-timeout", "3000")
-		var res struct {
-			Error string `json:"error"`
-			End   struct {
-				SumReceived struct {
-					BitsPerSecond float64 `json:"bits_per_second"`
-				} `json:"sum_received"`
-			} `json:"end"`
-		}
-		if jerr := json.Unmarshal([]byte(out), &res); jerr != nil {
-			if err == nil {
-				err = fmt.Errorf("iperf3 output is not JSON: %v", jerr)
-			}
-			lastErr = err
-			continue
-		}
-		if res.Error != "" {
-			lastErr = fmt.Errorf("iperf3 to %s:%d: %s", addr, port, res.Error)
-			if strings.Contains(res.Error, "busy") {
+		r, perr := parseIperf(out)
+		var busy *iperfError
+		switch {
+		case errors.As(perr, &busy):
+			lastErr = fmt.Errorf("iperf3 to %s:%d: %w", addr, port, perr)
+			if busy.busy() {
 				continue
 			}
-			return 0, lastErr
+			return iperfResult{}, lastErr
+		case perr != nil && err == nil:
+			lastErr = perr
+			continue
+		case err != nil:
+			lastErr = err
+			if perr != nil {
+				continue // no JSON: the tool itself failed; try again
+			}
+			return iperfResult{}, err
 		}
-		if err != nil {
-			return 0, err
+		if r.gbps <= 0 {
+			return iperfResult{}, fmt.Errorf("iperf3 to %s:%d reported no data", addr, port)
 		}
-		if res.End.SumReceived.BitsPerSecond <= 0 {
-			return 0, fmt.Errorf("iperf3 to %s:%d reported no data", addr, port)
-		}
-		return res.End.SumReceived.BitsPerSecond / 1e9, nil
+		return r, nil
 	}
-	return 0, lastErr
+	return iperfResult{}, lastErr
+}
+
+// iperfError is the "error" iperf3 -J reports.
+type iperfError struct{ msg string }
+
+func (e *iperfError) Error() string { return e.msg }
+func (e *iperfError) busy() bool    { return strings.Contains(e.msg, "busy") }
+
+// parseIperf reads iperf3 -J output: the receiver's rate in Gbit/s and the
+// sender's retransmits. An "error" in the JSON is an *iperfError.
+func parseIperf(out string) (iperfResult, error) {
+	var res struct {
+		Error string `json:"error"`
+		End   struct {
+			SumSent struct {
+				Retransmits float64 `json:"retransmits"`
+			} `json:"sum_sent"`
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		return iperfResult{}, fmt.Errorf("iperf3 output is not JSON: %v", err)
+	}
+	if res.Error != "" {
+		return iperfResult{}, &iperfError{res.Error}
+	}
+	return iperfResult{gbps: res.End.SumReceived.BitsPerSecond / 1e9, retransmits: res.End.SumSent.Retransmits}, nil
 }
 
 // sockperfLat runs a sockperf TCP ping-pong from nsPath to addr:port and

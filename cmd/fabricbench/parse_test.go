@@ -1,9 +1,12 @@
 package main
 
 import (
+	"errors"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -102,5 +105,86 @@ func TestReadListeners(t *testing.T) {
 	readListeners(f, got)
 	if !got[5201] || got[11111] || len(got) != 1 {
 		t.Fatalf("listeners = %v, want only 5201", got)
+	}
+}
+
+func TestParseIperf(t *testing.T) {
+	out := `{"start": {}, "intervals": [],
+ "end": {"sum_sent": {"bytes": 7000000000, "bits_per_second": 11.2e9, "retransmits": 42},
+         "sum_received": {"bytes": 6990000000, "bits_per_second": 11.1e9}}}`
+	r, err := parseIperf(out)
+	if err != nil || r.gbps != 11.1 || r.retransmits != 42 {
+		t.Fatalf("parseIperf = %+v, %v", r, err)
+	}
+	// No "retransmits" (not reported by the sender's OS): zero, no error.
+	r, err = parseIperf(`{"end": {"sum_sent": {}, "sum_received": {"bits_per_second": 1e9}}}`)
+	if err != nil || r.gbps != 1 || r.retransmits != 0 {
+		t.Fatalf("parseIperf without retransmits = %+v, %v", r, err)
+	}
+	_, err = parseIperf(`{"error": "the server is busy running a test. try again later"}`)
+	var ie *iperfError
+	if !errors.As(err, &ie) || !ie.busy() {
+		t.Fatalf("busy server: %v, want a busy *iperfError", err)
+	}
+	_, err = parseIperf(`{"error": "unable to connect to server: Connection refused"}`)
+	if !errors.As(err, &ie) || ie.busy() {
+		t.Fatalf("refused: %v, want a non-busy *iperfError", err)
+	}
+	if _, err := parseIperf("iperf3: error - unable to connect"); err == nil || errors.As(err, &ie) {
+		t.Fatalf("not JSON: %v, want a plain error", err)
+	}
+}
+
+func TestParseProcNetStat(t *testing.T) {
+	snmp := `Ip: Forwarding DefaultTTL
+Ip: 1 64
+Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens RetransSegs
+Tcp: 1 200 120000 -1 12 345
+Udp: InDatagrams NoPorts
+Udp: 5 6
+`
+	netstat := `TcpExt: SyncookiesSent TCPSACKReorder TCPOFOQueue
+TcpExt: 0 17 901
+IpExt: InNoRoutes InTruncatedPkts
+IpExt: 0 0
+`
+	c := tcpCounters{}
+	for _, s := range []string{snmp, netstat} {
+		if err := parseProcNetStat(strings.NewReader(s), c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := tcpCounters{"TcpRtoAlgorithm": 1, "TcpRtoMin": 200, "TcpRtoMax": 120000, "TcpActiveOpens": 12,
+		"TcpRetransSegs": 345, "TcpExtSyncookiesSent": 0, "TcpExtTCPSACKReorder": 17, "TcpExtTCPOFOQueue": 901}
+	if !maps.Equal(c, want) {
+		t.Fatalf("parsed %v, want %v", c, want)
+	}
+	before := tcpCounters{"TcpRetransSegs": 300, "TcpExtTCPOFOQueue": 1000}
+	if d := c.delta(before, "TcpRetransSegs"); d != 45 {
+		t.Errorf("delta RetransSegs = %v, want 45", d)
+	}
+	if d := c.delta(before, "TcpExtTCPOFOQueue"); d != 0 {
+		t.Errorf("delta of a counter that went down = %v, want 0", d)
+	}
+	if err := parseProcNetStat(strings.NewReader("Tcp: A B\nTcp: 1\n"), tcpCounters{}); err == nil {
+		t.Error("mismatched Tcp lines: want an error")
+	}
+}
+
+func TestTarget(t *testing.T) {
+	for _, c := range []struct {
+		got, limit float64
+		atLeast    bool
+		unit, want string
+	}{
+		{0.98, 0.97, true, "×", "x: 0.98× (met)"},
+		{0.90, 0.97, true, "×", "x: 0.90× (NOT met)"},
+		{1.10, 1.05, false, "×", "x: 1.10× (NOT met)"},
+		{12, 40, false, "", "x: 12 vs 40 (met)"},
+		{math.NaN(), 1, true, "×", "x: not measured"},
+	} {
+		if got := target("x", c.got, c.limit, c.atLeast, c.unit); got != c.want {
+			t.Errorf("target(%v, %v, %v) = %q, want %q", c.got, c.limit, c.atLeast, got, c.want)
+		}
 	}
 }
