@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -208,6 +209,19 @@ func TestOverlayConnectsEndpointsAcrossHosts(t *testing.T) {
 	}
 	a.checkTunnelEntries("fvx4242", toB, ghost)
 	b.checkTunnelEntries("fvx4242", toA)
+	// Overlay sandboxes retry ARP fast (a peer's proxy entry may arrive
+	// just after the first request).
+	if err := fabricns.Do(pa, func() error {
+		for name, want := range map[string]string{"retrans_time_ms": "100", "mcast_solicit": "10"} {
+			got, err := os.ReadFile("/proc/sys/net/ipv4/neigh/eth0/" + name)
+			if err != nil || strings.TrimSpace(string(got)) != want {
+				return fmt.Errorf("sandbox eth0 %s = %q (%v), want %s", name, got, err, want)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
 
 	mustPing(t, sa, "10.90.1.3")
 	mustPing(t, sb, "10.90.1.2")

@@ -44,7 +44,7 @@ func TestBadInputIsRejectedAndChangesNothing(t *testing.T) {
 			{[]string{"network", "create", "--subnet", "10.40.0.0/16", x}, "overlaps"},
 			{[]string{"network", "create", "--subnet", "192.0.2.0/25", x}, "host route"},
 			{[]string{"network", "create", n}, "already exists"},
-			{[]string{"network", "create", "-d", "overlay", "--subnet", "10.50.0.0/24", x}, "driver"},
+			{[]string{"network", "create", "-d", "overlay", "--subnet", "10.50.0.0/24", x}, "overlay networks need a cluster"},
 			{[]string{"network", "create", "-o", "mtu=abc", x}, "MTU"},
 			{[]string{"network", "create", "-o", "colour=blue", x}, "unknown option"},
 			{[]string{"network", "create", "-o", "bridge_name=up0", x}, "up0"},
