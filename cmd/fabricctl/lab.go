@@ -110,6 +110,7 @@ Exit codes: 0 the lab is up, 1 bad options (nothing created) or a failure.`,
 	f := cmd.Flags()
 	f.IntVar(&o.Nodes, "nodes", lab.DefaultNodes, fmt.Sprintf("number of nodes, 1 to %d", lab.MaxNodes))
 	f.StringVar(&o.Datapath, "datapath", lab.DefaultDatapath, "every agent's --datapath: auto, ebpf or kernel")
+	f.StringVar(&o.SecretFile, "secret-file", "", "every agent's --cluster-secret-file: encrypted gossip (made absolute; read at every agent start)")
 	f.StringVar(&o.Fabricd, "fabricd", "", "fabricd binary (default: the one next to fabricctl, else the one in $PATH)")
 	f.StringVar(&subnet, "subnet", lab.DefaultSubnet.String(), "underlay subnet (IPv4 CIDR, room for .1 and .11 up); exists only inside the lab")
 	return cmd
@@ -117,6 +118,13 @@ Exit codes: 0 the lab is up, 1 bad options (nothing created) or a failure.`,
 
 func (c *cli) labUp(cmd *cobra.Command, o lab.Options) error {
 	stderr := cmd.ErrOrStderr()
+	if o.SecretFile != "" {
+		abs, err := filepath.Abs(o.SecretFile)
+		if err != nil {
+			return usageErr(cmd, fmt.Errorf("--secret-file: %w", err))
+		}
+		o.SecretFile = abs
+	}
 	m, err := lab.Up(cmd.Context(), o, func(step string) { fmt.Fprintln(stderr, step) })
 	if err != nil {
 		if errors.Is(err, lab.ErrInvalid) {

@@ -79,6 +79,9 @@ type Options struct {
 	Datapath string       // passed to every fabricd: auto, ebpf or kernel
 	Fabricd  string       // path of the fabricd binary
 	Subnet   netip.Prefix // underlay subnet
+	// SecretFile, if set, is every agent's --cluster-secret-file (an
+	// absolute path; the agents read it at every start).
+	SecretFile string
 }
 
 func (o Options) root() string {
@@ -96,6 +99,9 @@ func (o Options) Validate() error {
 	}
 	if o.Nodes < 1 || o.Nodes > MaxNodes {
 		return fmt.Errorf("%w: --nodes %d: a lab has 1 to %d nodes", ErrInvalid, o.Nodes, MaxNodes)
+	}
+	if o.SecretFile != "" && !filepath.IsAbs(o.SecretFile) {
+		return fmt.Errorf("%w: --secret-file %q must be an absolute path", ErrInvalid, o.SecretFile)
 	}
 	if !slices.Contains(Datapaths, o.Datapath) {
 		return fmt.Errorf("%w: --datapath %q: use one of %s", ErrInvalid, o.Datapath, strings.Join(Datapaths, ", "))

@@ -119,6 +119,9 @@ func plan(o Options) *Manifest {
 			"--state-dir", n.StateDir, "--socket", n.Socket, "--node-name", n.Name,
 			"--bpf-root", n.BPFRoot, "--datapath", o.Datapath, "--uplink", "eth0",
 			"--cluster-bind", bind}
+		if o.SecretFile != "" {
+			n.Argv = append(n.Argv, "--cluster-secret-file", o.SecretFile)
+		}
 		if seed == "" {
 			seed = bind // node 1 starts the cluster, the others join it
 		} else {

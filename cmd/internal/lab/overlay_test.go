@@ -1,9 +1,12 @@
 package lab_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -271,4 +274,70 @@ func TestOverlayAcrossLabHosts(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestLabWrongKeyRefused: a lab with encrypted gossip; a node restarted
+// with another key cannot join, says why in its status, and is seen as
+// failed by the others; with the right key again it is back.
+func TestLabWrongKeyRefused(t *testing.T) {
+	l := newTestLab(t)
+	keyFile := filepath.Join(t.TempDir(), "gossip.key")
+	write := func(b byte) {
+		t.Helper()
+		key := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{b}, 32))
+		if err := os.WriteFile(keyFile, []byte(key+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(1)
+	l.mustCtl("lab", "up", "--nodes", "2", "--datapath", "kernel", "--subnet", l.subnet, "--secret-file", keyFile)
+	clusterOf := func(i int) (*api.ClusterStatus, []string) {
+		out, _, _ := l.ctl("--socket", l.sock(i), "-o", "json", "status")
+		var st api.Status
+		if err := json.Unmarshal([]byte(out), &st); err != nil || st.Cluster == nil {
+			return nil, nil
+		}
+		return st.Cluster, st.Warnings
+	}
+	until(t, 10*time.Second, "two encrypted members", func() error {
+		if c, _ := clusterOf(1); c == nil || c.Alive != 2 || !c.Encrypted {
+			return fmt.Errorf("n1 cluster %+v", c)
+		}
+		return nil
+	})
+	restartN2 := func() {
+		t.Helper()
+		st, _ := l.status()
+		if err := syscall.Kill(st.Nodes[1].PID, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		waitDead(t, st.Nodes[1].PID)
+		l.mustCtl("lab", "start", "n2")
+	}
+	write(2)
+	restartN2()
+	until(t, 15*time.Second, "n2 says it is not joined because of the key, n1 sees it failed", func() error {
+		c2, w2 := clusterOf(2)
+		c1, _ := clusterOf(1)
+		if c2 == nil || c1 == nil || c2.Alive != 1 || c1.Alive != 1 {
+			return fmt.Errorf("n1 %+v n2 %+v", c1, c2)
+		}
+		for _, w := range w2 {
+			if strings.Contains(w, "not joined to the cluster") && strings.Contains(w, "gossip keys") {
+				return nil
+			}
+		}
+		return fmt.Errorf("n2 warnings %q lack the key mismatch", w2)
+	})
+	if _, _, code := l.ctl("--socket", l.sock(2), "status"); code != 1 {
+		t.Errorf("status of the node with the wrong key: exit %d, want 1 (degraded)", code)
+	}
+	write(1)
+	restartN2()
+	until(t, 15*time.Second, "n2 back with the right key", func() error {
+		if c, _ := clusterOf(1); c == nil || c.Alive != 2 {
+			return fmt.Errorf("n1 cluster %+v", c)
+		}
+		return nil
+	})
 }
