@@ -59,18 +59,10 @@ struct arp_ipv4 {
 	__u8 tpa[4];
 };
 
-/* done counts the packet under (from-endpoint, verdict of ret, reason) and
- * returns ret, so every exit is one line and none goes uncounted. */
+/* done counts the packet under (from-endpoint, verdict of ret, reason). */
 static __always_inline int done(struct __sk_buff *skb, int ret, enum reason reason)
 {
-	enum verdict verdict = VERDICT_DROP;
-
-	if (ret == TC_ACT_OK)
-		verdict = VERDICT_PASS;
-	else if (ret == TC_ACT_REDIRECT)
-		verdict = VERDICT_REDIRECT;
-	count(skb, DIR_FROM_ENDPOINT, verdict, reason);
-	return ret;
+	return tc_done(skb, DIR_FROM_ENDPOINT, ret, reason);
 }
 
 static __always_inline __be32 load_be32(const __u8 *p)

@@ -77,6 +77,7 @@
 
 #include <linux/bpf.h>
 #include <linux/types.h>
+#include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 
 #define MAX_ENDPOINTS 16384
@@ -406,6 +407,20 @@ static __always_inline void count_len(__u32 len, enum direction dir, enum verdic
 static __always_inline void count(struct __sk_buff *skb, enum direction dir, enum verdict verdict, enum reason reason)
 {
 	count_len(skb->len, dir, verdict, reason);
+}
+
+/* tc_done counts a tc program's packet under (dir, verdict of ret, reason)
+ * and returns ret, so that every exit is one line and none goes uncounted. */
+static __always_inline int tc_done(struct __sk_buff *skb, enum direction dir, int ret, enum reason reason)
+{
+	enum verdict verdict = VERDICT_DROP;
+
+	if (ret == TC_ACT_OK)
+		verdict = VERDICT_PASS;
+	else if (ret == TC_ACT_REDIRECT)
+		verdict = VERDICT_REDIRECT;
+	count(skb, dir, verdict, reason);
+	return ret;
 }
 
 /* lookup_port finds the published port for (proto, daddr, dport): the exact

@@ -29,16 +29,10 @@
 
 char __license[] SEC("license") = "GPL";
 
+/* done counts the packet under (from-tunnel, verdict of ret, reason). */
 static __always_inline int done(struct __sk_buff *skb, int ret, enum reason reason)
 {
-	enum verdict verdict = VERDICT_DROP;
-
-	if (ret == TC_ACT_OK)
-		verdict = VERDICT_PASS;
-	else if (ret == TC_ACT_REDIRECT)
-		verdict = VERDICT_REDIRECT;
-	count(skb, DIR_FROM_TUNNEL, verdict, reason);
-	return ret;
+	return tc_done(skb, DIR_FROM_TUNNEL, ret, reason);
 }
 
 SEC("tc")

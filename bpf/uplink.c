@@ -37,18 +37,6 @@ char __license[] SEC("license") = "GPL";
  * packet can cause. */
 #define NAT_ATTEMPTS 32
 
-static __always_inline int tc_done(struct __sk_buff *skb, enum direction dir, int ret, enum reason reason)
-{
-	enum verdict verdict = VERDICT_DROP;
-
-	if (ret == TC_ACT_OK)
-		verdict = VERDICT_PASS;
-	else if (ret == TC_ACT_REDIRECT)
-		verdict = VERDICT_REDIRECT;
-	count(skb, dir, verdict, reason);
-	return ret;
-}
-
 /* ---- Ingress: shared by from_uplink and xdp_uplink ---- */
 
 enum ingress_action {
