@@ -238,6 +238,14 @@ func (c *Cluster) Stats() Stats {
 	return s
 }
 
+// StateVersion is bumped on every change to the replicated state; cheaper
+// than Stats for "did anything change".
+func (c *Cluster) StateVersion() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.st.version
+}
+
 // Join contacts seeds (host:port) once and merges state with them. An
 // error wrapping ErrKeyMismatch means the keys differ.
 func (c *Cluster) Join(ctx context.Context, seeds ...string) (int, error) {

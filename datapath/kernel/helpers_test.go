@@ -42,6 +42,14 @@ type lab struct {
 
 func newLab(t *testing.T) *lab {
 	t.Helper()
+	l := bareLab(t)
+	l.dp = l.open()
+	return l
+}
+
+// bareLab is a host namespace without a datapath yet.
+func bareLab(t *testing.T) *lab {
+	t.Helper()
 	netnstest.RequireRoot(t)
 	name, path := netnstest.New(t, "fkh")
 	h, err := fabricns.HandleAt(path)
@@ -49,9 +57,7 @@ func newLab(t *testing.T) *lab {
 		t.Fatal(err)
 	}
 	t.Cleanup(h.Close)
-	l := &lab{t: t, hostName: name, hostPath: path, hostNL: h}
-	l.dp = l.open()
-	return l
+	return &lab{t: t, hostName: name, hostPath: path, hostNL: h}
 }
 
 // open starts a datapath on the lab's host namespace, closed at cleanup.

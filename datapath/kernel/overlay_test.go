@@ -17,21 +17,7 @@ import (
 
 	"github.com/fabricnet/fabric/datapath"
 	fabricns "github.com/fabricnet/fabric/datapath/netns"
-	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
-
-// bareLab is a host namespace without a datapath yet.
-func bareLab(t *testing.T) *lab {
-	t.Helper()
-	netnstest.RequireRoot(t)
-	name, path := netnstest.New(t, "fkh")
-	h, err := fabricns.HandleAt(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(h.Close)
-	return &lab{t: t, hostName: name, hostPath: path, hostNL: h}
-}
 
 // openWith starts a datapath on the lab's host namespace with a tunnel,
 // closed at cleanup.

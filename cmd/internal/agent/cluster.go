@@ -128,7 +128,7 @@ func (a *Agent) saveClusterLocked(force bool) {
 	if a.cl == nil {
 		return
 	}
-	ver := a.cl.Stats().StateVersion
+	ver := a.cl.StateVersion()
 	if !force && ver == a.cs.savedVer {
 		return
 	}
@@ -269,7 +269,7 @@ func (a *Agent) syncClusterLocked(ctx context.Context) {
 		a.cs.remotes[n.ID] = r
 	}
 	// Names of remote endpoints follow (new ones, aliases changed, gone).
-	ver := a.cl.Stats().StateVersion
+	ver := a.cl.StateVersion()
 	if changed || ver != a.cs.dnsVer {
 		a.cs.dnsVer = ver
 		a.refreshDNS()
@@ -548,48 +548,15 @@ func (a *Agent) createOverlay(ctx context.Context, req api.NetworkCreate) (*netw
 			return nil, invalidf("option %q is not supported by the overlay driver (supported: mtu, block_bits, vni)", k)
 		}
 	}
-	var taken []netip.Prefix
-	for _, o := range a.networks {
-		taken = append(taken, o.Subnet)
-	}
+	var clusterSubnets []netip.Prefix
 	for _, cn := range a.cl.Networks() {
-		taken = append(taken, cn.Subnet)
+		clusterSubnets = append(clusterSubnets, cn.Subnet)
 	}
-	if req.Subnet == "" {
-		if req.Gateway != "" {
-			return nil, invalidf("--gateway needs --subnet")
-		}
-		routes, err := a.hostRoutes()
-		if err != nil {
-			return nil, err
-		}
-		sub, err := ipam.PickSubnet(overlayPools, append(taken, routes...))
-		if err != nil {
-			return nil, &userError{ErrExhausted, fmt.Sprintf("no free subnet in the overlay pools: %v; pass --subnet", err)}
-		}
-		spec.Subnet = sub
-	} else {
-		sub, err := netip.ParsePrefix(req.Subnet)
-		if err != nil {
-			return nil, invalidf("--subnet %q is not a CIDR such as 10.20.0.0/16", req.Subnet)
-		}
-		for _, t := range taken {
-			if ipam.Overlaps(t, sub) {
-				return nil, conflictf("subnet %s overlaps %s, already used by a network of this host or the cluster", sub, t)
-			}
-		}
-		spec.Subnet = sub
+	planned := &networkRec{Name: req.Name, Driver: api.DriverOverlay}
+	if err := a.planSubnet(planned, req, overlayPools, clusterSubnets); err != nil {
+		return nil, err
 	}
-	if req.Gateway != "" {
-		gw, err := netip.ParseAddr(req.Gateway)
-		if err != nil {
-			return nil, invalidf("--gateway %q is not an IP address", req.Gateway)
-		}
-		spec.Gateway = gw
-	}
-	if err := ipam.ValidateNetwork(spec.Subnet, spec.Gateway, netip.Prefix{}); err != nil {
-		return nil, invalidf("%v", err)
-	}
+	spec.Subnet, spec.Gateway = planned.Subnet, planned.Gateway
 	if _, err := a.overlayMTU(); err != nil {
 		return nil, invalidf("%v", err)
 	}

@@ -137,7 +137,7 @@ func (a *Agent) planNetwork(req api.NetworkCreate) (*networkRec, error) {
 			return nil, err
 		}
 	}
-	if err := a.planSubnet(n, req); err != nil {
+	if err := a.planSubnet(n, req, ipam.DefaultPools(), nil); err != nil {
 		return nil, err
 	}
 	return n, nil
@@ -179,13 +179,15 @@ func (a *Agent) hostHandle() (*netlink.Handle, error) {
 	return netns.HandleAt(a.opts.HostNetNS)
 }
 
-// planSubnet fills subnet, gateway and ip-range, picking a free default
-// pool when no subnet is given.
-func (a *Agent) planSubnet(n *networkRec, req api.NetworkCreate) error {
+// planSubnet fills subnet, gateway and ip-range, picking a free subnet of
+// pools when no subnet is given. Neither may overlap a network of this host
+// or one of elsewhere (the cluster's subnets).
+func (a *Agent) planSubnet(n *networkRec, req api.NetworkCreate, pools, elsewhere []netip.Prefix) error {
 	var taken []netip.Prefix
 	for _, o := range a.networks {
 		taken = append(taken, o.Subnet)
 	}
+	taken = append(taken, elsewhere...)
 	if req.Subnet == "" {
 		if req.Gateway != "" || req.IPRange != "" {
 			return invalidf("--gateway and --ip-range need --subnet")
@@ -194,7 +196,7 @@ func (a *Agent) planSubnet(n *networkRec, req api.NetworkCreate) error {
 		if err != nil {
 			return err
 		}
-		sub, err := ipam.PickSubnet(ipam.DefaultPools(), append(taken, routes...))
+		sub, err := ipam.PickSubnet(pools, append(taken, routes...))
 		if err != nil {
 			return &userError{ErrExhausted, fmt.Sprintf("no free subnet in the default pools: %v; pass --subnet", err)}
 		}
@@ -207,6 +209,11 @@ func (a *Agent) planSubnet(n *networkRec, req api.NetworkCreate) error {
 		for _, o := range a.networks {
 			if ipam.Overlaps(o.Subnet, sub) {
 				return conflictf("subnet %s overlaps network %q (%s)", sub, o.Name, o.Subnet)
+			}
+		}
+		for _, o := range elsewhere {
+			if ipam.Overlaps(o, sub) {
+				return conflictf("subnet %s overlaps %s, a network of the cluster", sub, o)
 			}
 		}
 		n.Subnet = sub
