@@ -194,6 +194,23 @@ func TestOverlayNetworksEndpointsAndRemotesFollowTheCluster(t *testing.T) {
 	if _, err := B.a.CreateNetwork(ctx, api.NetworkCreate{Name: "ov2", Driver: api.DriverOverlay, Subnet: "10.210.128.0/24"}); !errors.Is(err, ErrConflict) {
 		t.Errorf("overlapping overlay subnet from node-b: %v, want conflict", err)
 	}
+	// Bad overlay requests are refused and create nothing anywhere.
+	for _, req := range []api.NetworkCreate{
+		{Name: "bad", Driver: api.DriverOverlay, Subnet: "10.213.0.0/16", Options: map[string]string{"block_bits": "40"}},
+		{Name: "bad", Driver: api.DriverOverlay, Subnet: "10.213.0.0/16", Options: map[string]string{"vni": "0"}},
+		{Name: "bad", Driver: api.DriverOverlay, Subnet: "10.213.0.0/16", Options: map[string]string{"mtu": "9"}},
+		{Name: "bad", Driver: api.DriverOverlay, Subnet: "10.213.0.0/16", Options: map[string]string{"parent": "eth0"}},
+		{Name: "bad", Driver: api.DriverOverlay, Subnet: "10.213.0.0/16", IPRange: "10.213.1.0/24"},
+		{Name: "bad", Driver: api.DriverOverlay, Subnet: "10.213.0.1/16"},
+		{Name: "bad", Driver: api.DriverOverlay, Gateway: "10.213.0.1"},
+	} {
+		if _, err := B.a.CreateNetwork(ctx, req); !errors.Is(err, ErrInvalid) {
+			t.Errorf("overlay create %+v: %v, want invalid", req, err)
+		}
+	}
+	if n := len(A.cl.Networks()); n != 1 {
+		t.Fatalf("refused requests left %d cluster networks, want 1", n)
+	}
 
 	sbA := netnstest.UniqueName("ova")
 	sbB := netnstest.UniqueName("ovb")
