@@ -52,6 +52,7 @@ type Cluster struct {
 	sendSem chan struct{} // bounds the goroutines sending requests
 	outbox  chan outMsg   // replies and notifications, for the reply workers
 	leasing sync.Map      // NetworkID → *sync.Mutex: one block lease at a time per network for AllocateIP
+	resVer  atomic.Uint64 // bumped when this node's blocks or claimed addresses change
 
 	lifeMu    sync.Mutex
 	closed    bool
@@ -245,6 +246,11 @@ func (c *Cluster) StateVersion() uint64 {
 	defer c.mu.Unlock()
 	return c.st.version
 }
+
+// ReservationVersion is bumped whenever this node is granted or gives back
+// a block or a claimed (static) address: the changes worth saving at once,
+// because no other member may remember them for us.
+func (c *Cluster) ReservationVersion() uint64 { return c.resVer.Load() }
 
 // Join contacts seeds (host:port) once and merges state with them. An
 // error wrapping ErrKeyMismatch means the keys differ.

@@ -289,6 +289,7 @@ func (c *Cluster) claim(ctx context.Context, k resKey, owner string) error {
 		return nil
 	})
 	if granted {
+		c.resVer.Add(1)
 		// The voters hold promises until they hear of the grant: tell them
 		// directly rather than wait for gossip.
 		msg := encodeMessage(message{Type: msgRecord, Record: &grant})
@@ -367,6 +368,7 @@ func (c *Cluster) ReleaseBlock(network string, block netip.Prefix) error {
 		r := e.rec
 		r.Ver, r.Deleted = s.tick(), true
 		s.apply(record{lease: &r})
+		c.resVer.Add(1)
 		return nil
 	})
 }
@@ -464,6 +466,7 @@ func (c *Cluster) ReleaseIP(network string, ip netip.Addr) error {
 			r := e.rec
 			r.Ver, r.Deleted = s.tick(), true
 			s.apply(record{claim: &r})
+			c.resVer.Add(1)
 			had = true
 		}
 		if !had {

@@ -343,3 +343,38 @@ func TestRestartKeepsBlocks(t *testing.T) {
 		waitFor(t, 5*time.Second, "node-2 left", func() bool { return members[0].NumAlive() == 2 })
 	}
 }
+
+// ReservationVersion moves exactly when this node's blocks or claimed
+// addresses change: the agent saves its snapshot on those, not on every
+// endpoint.
+func TestReservationVersion(t *testing.T) {
+	members := startCluster(t, 2)
+	a := members[0]
+	mustCreate(t, a, "rv", "10.31.0.0/16")
+	waitNetwork(t, members, "rv", true)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	step := func(what string, want bool, fn func() error) {
+		t.Helper()
+		before := a.ReservationVersion()
+		if err := fn(); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if moved := a.ReservationVersion() != before; moved != want {
+			t.Errorf("%s: reservation version moved=%v, want %v", what, moved, want)
+		}
+	}
+	var ip1, ip2 netip.Addr
+	step("first address (leases a block)", true, func() (err error) { ip1, err = a.AllocateIP(ctx, "rv", "e1"); return })
+	step("second address in the same block", false, func() (err error) { ip2, err = a.AllocateIP(ctx, "rv", "e2"); return })
+	step("release a dynamic address", false, func() error { return a.ReleaseIP("rv", ip2) })
+	static := netip.MustParseAddr("10.31.200.7")
+	step("claim a static address", true, func() error { return a.ClaimIP(ctx, "rv", static, "e3") })
+	step("claim it again (idempotent)", false, func() error { return a.ClaimIP(ctx, "rv", static, "e3") })
+	step("release the static address", true, func() error { return a.ReleaseIP("rv", static) })
+	step("release the last dynamic address", false, func() error { return a.ReleaseIP("rv", ip1) })
+	step("give the block back", true, func() error { return a.ReleaseBlock("rv", netip.PrefixFrom(ip1, 24).Masked()) })
+	if got := members[1].ReservationVersion(); got != 0 {
+		t.Errorf("the other member's reservation version is %d; it reserved nothing", got)
+	}
+}

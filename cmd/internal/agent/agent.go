@@ -82,8 +82,9 @@ type Agent struct {
 	sandboxes map[string]*sandboxRec // by name
 	endpoints map[string]*endpointRec
 	pools     map[string]*ipam.Pool // by network ID
-	warnings  []string
-	unhealthy map[string]string // network ID → why (macvlan/ipvlan parent missing)
+	warnings  []string              // conditions that last until the agent stops
+	events    []eventWarning        // one-off cluster events, shown for eventWarningTTL
+	unhealthy map[string]string     // network ID → why (macvlan/ipvlan parent missing)
 	dns       *dns.Server
 	dnsErrors map[string]string // sandbox → why its resolver is not running
 

@@ -87,6 +87,7 @@ type clusterState struct {
 	remotes   map[string][]datapath.Remote // network ID → what the datapath has
 	nodeAddrs map[string]netip.Addr        // node → underlay address, persisted
 	savedVer  uint64                       // cluster state version last saved
+	savedRes  uint64                       // this node's reservation version last saved
 	dnsVer    uint64                       // cluster state version of the DNS table
 	joined    bool                         // another member was seen since start
 	started   time.Time
@@ -132,6 +133,7 @@ func (a *Agent) saveClusterLocked(force bool) {
 	if !force && ver == a.cs.savedVer {
 		return
 	}
+	res := a.cl.ReservationVersion()
 	snap, err := a.cl.Snapshot()
 	if err != nil {
 		a.log.Warn("cluster snapshot", "err", err)
@@ -147,7 +149,18 @@ func (a *Agent) saveClusterLocked(force bool) {
 		a.log.Warn("save cluster snapshot", "err", err)
 		return
 	}
-	a.cs.savedVer = ver
+	a.cs.savedVer, a.cs.savedRes = ver, res
+}
+
+// saveReservationsLocked saves the snapshot if this node was granted or gave
+// back a block or a static address since the last save: the sandbox create
+// and remove path, which should not pay a store commit for every endpoint
+// record (RunCluster saves the rest within its next tick).
+func (a *Agent) saveReservationsLocked() {
+	if a.cl == nil || a.cl.ReservationVersion() == a.cs.savedRes {
+		return
+	}
+	a.saveClusterLocked(true)
 }
 
 // RunCluster follows the cluster until ctx ends: every change of members,
@@ -193,15 +206,49 @@ func (a *Agent) logEvent(ev cluster.Event) {
 		a.log.Info("cluster member "+strings.TrimPrefix(ev.Type.String(), "member-"), "node", ev.Member.Name, "addr", ev.Member.Meta.Addr)
 	case cluster.EventNetworkConflict:
 		a.log.Warn("overlay network lost a conflicting create", "network", ev.Network.Name, "why", ev.Conflict.Error())
-		a.mu.Lock()
-		a.warnings = append(a.warnings, "overlay network "+ev.Conflict.Error())
-		a.mu.Unlock()
+		a.noteEvent("overlay network " + ev.Conflict.Error())
 	case cluster.EventLeaseLost:
 		a.log.Error("address block taken away from this node; its endpoints there must be recreated", "block", ev.Lease)
-		a.mu.Lock()
-		a.warnings = append(a.warnings, fmt.Sprintf("address block %s was taken away from this node (it was gone too long or partitioned); recreate its endpoints", ev.Lease))
-		a.mu.Unlock()
+		a.noteEvent(fmt.Sprintf("address block %s was taken away from this node (it was gone too long or partitioned); recreate its endpoints", ev.Lease))
 	}
+}
+
+// eventWarningTTL is how long a one-off cluster event (a lost create
+// conflict, a lease taken away) stays among the status warnings. It is
+// something to look at, not a lasting condition: without an end it would
+// keep `fabricctl status` degraded until the agent restarts.
+const eventWarningTTL = 15 * time.Minute
+
+type eventWarning struct {
+	at  time.Time
+	msg string
+}
+
+// noteEvent adds a one-off event to the status warnings for
+// eventWarningTTL. The same message again restarts its time.
+func (a *Agent) noteEvent(msg string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := time.Now()
+	kept := a.events[:0]
+	for _, e := range a.events {
+		if e.msg != msg && now.Sub(e.at) < eventWarningTTL {
+			kept = append(kept, e)
+		}
+	}
+	a.events = append(kept, eventWarning{at: now, msg: msg})
+}
+
+// eventWarningsLocked are the events younger than eventWarningTTL, each
+// with the time it happened.
+func (a *Agent) eventWarningsLocked(now time.Time) []string {
+	var out []string
+	for _, e := range a.events {
+		if now.Sub(e.at) < eventWarningTTL {
+			out = append(out, fmt.Sprintf("%s (at %s)", e.msg, e.at.UTC().Format(time.RFC3339)))
+		}
+	}
+	return out
 }
 
 // syncClusterLocked makes the local overlay networks and the datapath's

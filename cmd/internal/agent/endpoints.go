@@ -403,7 +403,7 @@ func (a *Agent) publish(eps []*endpointRec) {
 			}
 		}
 	}
-	a.saveClusterLocked(false)
+	a.saveReservationsLocked()
 }
 
 // releaseAddr gives an endpoint's address back to the local pool and, on
@@ -453,7 +453,7 @@ func (a *Agent) removeEndpoints(ctx context.Context, eps []*endpointRec) error {
 		a.releaseAddr(ep)
 		delete(a.endpoints, ep.ID)
 	}
-	a.saveClusterLocked(false)
+	a.saveReservationsLocked()
 	return nil
 }
 
