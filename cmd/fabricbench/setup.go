@@ -159,6 +159,12 @@ func (l *Lab) sectionSetup(ctx context.Context) error {
 		made   []string
 	}
 	ways := []*way{{st: cli, create: viaCLI, rm: rmCLI, tag: "c"}, {st: apiS, create: viaAPI, rm: rmAPI, tag: "a"}}
+	// The floor under every CLI row: starting a process at all on this
+	// machine, timed alternately with the creates.
+	floors := []*processFloor{
+		{name: "exec /bin/true (any process)", argv: []string{"/bin/true"}},
+		{name: "exec fabricctl --version (Go CLI start, no API call)", argv: []string{l.fabricctl(), "--version"}},
+	}
 
 	// One warm-up each (not counted), then n alternating samples.
 	n := l.o.setupN
@@ -167,6 +173,11 @@ func (l *Lab) sectionSetup(ctx context.Context) error {
 			name := fmt.Sprintf("%ss%s%d", l.prefix, w.tag, i)
 			if i%10 == 0 {
 				fmt.Fprintf(os.Stderr, "  setup: %s sandbox %d/%d\n", w.tag, i, n)
+			}
+			if w.tag == "c" {
+				for _, f := range floors {
+					f.measure(ctx, i == 0)
+				}
 			}
 			t0 := time.Now()
 			sb, err := w.create(ctx, name)
@@ -225,18 +236,60 @@ func (l *Lab) sectionSetup(ctx context.Context) error {
 		return ctx.Err()
 	}
 	printSetup(l.o.setupN, cli, apiS)
+	printFloors(l.o.setupN, floors)
 	return nil
+}
+
+// processFloor times a process that does nothing: what exec alone costs
+// here, below which no CLI-driven figure can go.
+type processFloor struct {
+	name    string
+	argv    []string
+	samples []float64
+	errs    []string
+}
+
+func (f *processFloor) measure(ctx context.Context, warmup bool) {
+	t0 := time.Now()
+	_, err := runCmd(ctx, 10*time.Second, f.argv[0], f.argv[1:]...)
+	d := time.Since(t0)
+	if warmup {
+		return
+	}
+	if err != nil {
+		f.errs = append(f.errs, err.Error())
+		return
+	}
+	f.samples = append(f.samples, ms(d))
+}
+
+func printFloors(n int, floors []*processFloor) {
+	var rows []*result
+	for _, f := range floors {
+		rows = append(rows, &result{spec: spec{name: f.name}, runs: len(f.samples) + len(f.errs), errs: f.errs,
+			vals: map[string][]float64{"p50": {percentile(f.samples, 50)}, "p99": {percentile(f.samples, 99)}}})
+	}
+	cell := msCell
+	printTable(fmt.Sprintf("setup: process start floor, exec to exit (ms), n=%d each, alternating with the creates", n),
+		[]column{{"p50", cell("p50")}, {"p99", cell("p99")}},
+		rows,
+		"the fabricctl row above includes one such start; the API row does not.")
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-func printSetup(n int, stats ...*setupStats) {
-	f := func(v float64) string {
-		if math.IsNaN(v) {
+// msCell formats a row's first value under key k in ms, "–" if missing.
+func msCell(k string) func(*result) string {
+	return func(r *result) string {
+		v, ok := r.vals[k]
+		if !ok || len(v) == 0 || math.IsNaN(v[0]) {
 			return "–"
 		}
-		return fmt.Sprintf("%.1f", v)
+		return fmt.Sprintf("%.1f", v[0])
 	}
+}
+
+func printSetup(n int, stats ...*setupStats) {
 	var rows []*result
 	for _, s := range stats {
 		r := &result{spec: spec{name: s.name}, vals: map[string][]float64{
@@ -251,15 +304,7 @@ func printSetup(n int, stats ...*setupStats) {
 		&result{spec: spec{name: "Docker `network connect` (DESIGN.md, not measured)"}, vals: map[string][]float64{"p50": {84}}},
 		&result{spec: spec{name: "CNI bridge + host-local ADD (DESIGN.md, not measured)"}, vals: map[string][]float64{"p50": {126}}},
 	)
-	cell := func(k string) func(*result) string {
-		return func(r *result) string {
-			v, ok := r.vals[k]
-			if !ok || len(v) == 0 {
-				return "–"
-			}
-			return f(v[0])
-		}
-	}
+	cell := msCell
 	docker := rows[len(rows)-2]
 	printTable(fmt.Sprintf("setup: endpoint set-up, from issuing the create to the address answering ping from h1 (ms), n=%d each, alternating", n),
 		[]column{
