@@ -19,6 +19,7 @@ import (
 
 	"github.com/fabricnet/fabric/cluster"
 	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/cmd/internal/dns"
 	"github.com/fabricnet/fabric/cmd/internal/ipam"
 	"github.com/fabricnet/fabric/cmd/internal/store"
 	"github.com/fabricnet/fabric/datapath"
@@ -85,6 +86,7 @@ func (a *Agent) probePeers(ctx context.Context) {
 // clusterState is the agent's side of the cluster, under Agent.mu.
 type clusterState struct {
 	remotes   map[string][]datapath.Remote // network ID → what the datapath has
+	names     map[string][]dns.Record      // network ID → DNS names of those remotes
 	nodeAddrs map[string]netip.Addr        // node → underlay address, persisted
 	savedVer  uint64                       // cluster state version last saved
 	savedRes  uint64                       // this node's reservation version last saved
@@ -96,7 +98,7 @@ type clusterState struct {
 // restoreCluster merges the stored snapshot into the cluster and loads the
 // remembered node addresses. It runs before the first reconcile.
 func (a *Agent) restoreCluster() error {
-	a.cs = clusterState{remotes: map[string][]datapath.Remote{}, nodeAddrs: map[string]netip.Addr{}, started: time.Now()}
+	a.cs = clusterState{remotes: map[string][]datapath.Remote{}, names: map[string][]dns.Record{}, nodeAddrs: map[string]netip.Addr{}, started: time.Now()}
 	if a.cl == nil {
 		return nil
 	}
@@ -280,7 +282,7 @@ func (a *Agent) syncClusterLocked(ctx context.Context) {
 		if err := a.deleteNetwork(ctx, n); err != nil {
 			a.log.Warn("remove overlay network", "network", n.Name, "err", err)
 		}
-		delete(a.cs.remotes, n.ID)
+		a.dropRemotesLocked(n.ID)
 	}
 	ids := make([]string, 0, len(want))
 	for id := range want {
@@ -304,8 +306,9 @@ func (a *Agent) syncClusterLocked(ctx context.Context) {
 		if n.Driver != api.DriverOverlay {
 			continue
 		}
-		r := a.remotesLocked(n, members)
+		r, names := a.remotesLocked(n, members)
 		if remotesEqual(r, a.cs.remotes[n.ID]) {
+			a.cs.names[n.ID] = names // aliases may have changed
 			continue
 		}
 		changed = true
@@ -313,7 +316,7 @@ func (a *Agent) syncClusterLocked(ctx context.Context) {
 			a.log.Warn("program remote endpoints", "network", n.Name, "err", err)
 			continue
 		}
-		a.cs.remotes[n.ID] = r
+		a.cs.remotes[n.ID], a.cs.names[n.ID] = r, names
 	}
 	// Names of remote endpoints follow (new ones, aliases changed, gone).
 	ver := a.cl.StateVersion()
@@ -417,13 +420,16 @@ func (a *Agent) memberIndex() map[string]cluster.Member {
 }
 
 // remotesLocked lists the endpoints of overlay network n on other nodes
-// that are alive. Until this agent has met the cluster (just after a
-// restart) a node it has not heard of yet is assumed alive at its
-// remembered address, so forwarding does not stop while gossip catches up.
-func (a *Agent) remotesLocked(n *networkRec, members map[string]cluster.Member) []datapath.Remote {
+// that are alive, and their DNS names. Until this agent has met the cluster
+// (just after a restart) a node it has not heard of yet is assumed alive at
+// its remembered address, so forwarding does not stop while gossip catches
+// up. The names are exactly those of the endpoints this host forwards to,
+// so a dead node's names go with its forwarding entries.
+func (a *Agent) remotesLocked(n *networkRec, members map[string]cluster.Member) ([]datapath.Remote, []dns.Record) {
 	self := a.cl.Name()
 	settled := a.cs.joined || time.Since(a.cs.started) > settleAfter
 	var out []datapath.Remote
+	var names []dns.Record
 	for _, ep := range a.cl.Endpoints(n.Name) {
 		if ep.Node == self || !n.Subnet.Contains(ep.IP) {
 			continue
@@ -441,9 +447,20 @@ func (a *Agent) remotesLocked(n *networkRec, members map[string]cluster.Member) 
 			continue
 		}
 		out = append(out, datapath.Remote{Addr: ep.IP, MAC: slices.Clone(ep.MAC), Node: node})
+		for _, name := range append([]string{ep.Name}, ep.Aliases...) {
+			if name != "" {
+				names = append(names, dns.Record{Name: name, Network: n.ID, IP: ep.IP})
+			}
+		}
 	}
 	slices.SortFunc(out, func(x, y datapath.Remote) int { return x.Addr.Compare(y.Addr) })
-	return out
+	return out, names
+}
+
+// dropRemotesLocked forgets the remotes of a network that is gone here.
+func (a *Agent) dropRemotesLocked(id string) {
+	delete(a.cs.remotes, id)
+	delete(a.cs.names, id)
 }
 
 func remotesEqual(x, y []datapath.Remote) bool {
@@ -461,7 +478,7 @@ func (a *Agent) clusterRemotesLocked() map[string][]datapath.Remote {
 	out := map[string][]datapath.Remote{}
 	for _, n := range a.networks {
 		if n.Driver == api.DriverOverlay {
-			out[n.ID] = a.remotesLocked(n, members)
+			out[n.ID], a.cs.names[n.ID] = a.remotesLocked(n, members)
 			a.cs.remotes[n.ID] = out[n.ID]
 		}
 	}
@@ -649,7 +666,7 @@ func (a *Agent) removeOverlay(ctx context.Context, n *networkRec) error {
 		return clusterErr(err)
 	}
 	a.saveClusterLocked(true)
-	delete(a.cs.remotes, n.ID)
+	a.dropRemotesLocked(n.ID)
 	return a.deleteNetwork(ctx, n)
 }
 

@@ -3,7 +3,6 @@ package agent
 import (
 	"bufio"
 	"fmt"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -36,33 +35,14 @@ func (a *Agent) refreshDNS() {
 }
 
 // remoteRecordsLocked are the names of overlay endpoints on other nodes,
-// from their gossiped records: exactly those this host forwards to, so a
-// dead node's names go with its forwarding entries. They carry no
-// sandbox: a remote sandbox's name says nothing about local scoping.
+// kept by the cluster sync next to the remotes they belong to (see
+// remotesLocked): a sandbox create or remove here does not walk the
+// cluster's endpoint records again. They carry no sandbox: a remote
+// sandbox's name says nothing about local scoping.
 func (a *Agent) remoteRecordsLocked() []dns.Record {
-	if a.cl == nil {
-		return nil
-	}
 	var recs []dns.Record
-	for id, remotes := range a.cs.remotes {
-		n := a.networks[id]
-		if n == nil || len(remotes) == 0 {
-			continue
-		}
-		live := make(map[netip.Addr]bool, len(remotes))
-		for _, r := range remotes {
-			live[r.Addr] = true
-		}
-		for _, ep := range a.cl.Endpoints(n.Name) {
-			if !live[ep.IP] {
-				continue
-			}
-			for _, name := range append([]string{ep.Name}, ep.Aliases...) {
-				if name != "" {
-					recs = append(recs, dns.Record{Name: name, Network: id, IP: ep.IP})
-				}
-			}
-		}
+	for _, names := range a.cs.names {
+		recs = append(recs, names...)
 	}
 	return recs
 }
