@@ -71,6 +71,7 @@ survive it), with
   --bpf-root                     ` + lab.BPFDir + `/fabric-lab-NAME-nI
   --node-name NAME-nI  --datapath D  --uplink eth0  --config /dev/null
   --cluster-bind .(10+I):7946    (nodes 2..N also --cluster-join node 1)
+  --metrics-listen .(10+I):9475  (reachable from NAME-ul, not from the host)
 
 and waits up to 20 s for each agent to answer. Then it prints how to
 reach every node.
@@ -161,13 +162,29 @@ func labUpText(w io.Writer, st lab.Status) error {
 	first := st.Nodes[0].ID
 	fmt.Fprintf(w, "  fabricctl lab%s exec %s -- fabricctl run --rm -- ip addr   # any command, on node %s\n", nameFlag, first, first)
 	fmt.Fprintf(w, "  fabricctl lab%s exec %s                                     # a shell there\n", nameFlag, first)
+	if targets := labMetricsTargets(st.Nodes); targets != "" {
+		fmt.Fprintf(w, "Metrics: %s (reachable from the underlay namespace: nsenter --net=%s prometheus …)\n",
+			targets, netns.Path(st.Underlay.NetNS))
+	}
 	fmt.Fprintf(w, "Logs: %s/nI/fabricd.log\n", st.Dir)
 	_, err := fmt.Fprintf(w, "Check it: fabricctl lab%s status   Remove it: fabricctl lab%s down\n", nameFlag, nameFlag)
 	return err
 }
 
+// labMetricsTargets lists the nodes' metrics addresses, as Prometheus
+// targets; "" for a lab made before agents served metrics on the underlay.
+func labMetricsTargets(nodes []lab.NodeStatus) string {
+	var targets []string
+	for _, n := range nodes {
+		if n.Metrics.IsValid() {
+			targets = append(targets, n.Metrics.String())
+		}
+	}
+	return strings.Join(targets, " ")
+}
+
 func labNodeTable(w io.Writer, nodes []lab.NodeStatus) error {
-	t := newTable(w, "NODE", "NAMESPACE", "UNDERLAY-IP", "PID", "STATE", "DATAPATH", "SOCKET")
+	t := newTable(w, "NODE", "NAMESPACE", "UNDERLAY-IP", "PID", "STATE", "DATAPATH", "METRICS", "SOCKET")
 	for _, n := range nodes {
 		state := n.State
 		if len(n.Warnings) > 0 {
@@ -176,7 +193,11 @@ func labNodeTable(w io.Writer, nodes []lab.NodeStatus) error {
 		if !n.NetNSOK {
 			state += " (namespace gone)"
 		}
-		t.row(n.ID, n.NetNS, n.IP.String(), pidString(n.PID), state, n.Datapath, n.Socket)
+		metrics := "" // a lab made before agents served metrics on the underlay
+		if n.Metrics.IsValid() {
+			metrics = n.Metrics.String()
+		}
+		t.row(n.ID, n.NetNS, n.IP.String(), pidString(n.PID), state, n.Datapath, metrics, n.Socket)
 	}
 	return t.flush()
 }
@@ -186,7 +207,8 @@ func newLabStatusCmd(c *cli, name *string) *cobra.Command {
 		Use:   "status [OPTIONS]",
 		Short: "Show a lab's nodes and whether their agents run",
 		Long: `Show a lab and, for each node, its namespace, underlay address, agent PID,
-state and datapath (from the agent's own status) and API socket. A node's
+state and datapath (from the agent's own status), metrics address (where
+a Prometheus in the underlay namespace scrapes it) and API socket. A node's
 state is "running" (the agent answers), "unresponsive" (its process runs
 but does not answer) or "dead" (no fabricd serves its socket).
 

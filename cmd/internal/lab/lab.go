@@ -50,6 +50,10 @@ const (
 	gatewayHost   = 1
 	// clusterPort is where every node's gossip listens on its underlay IP.
 	clusterPort = 7946
+	// metricsPort is where every node's agent serves /metrics on its
+	// underlay IP (fabricd's default port, on an address that a Prometheus
+	// in the underlay namespace can reach).
+	metricsPort = 9475
 )
 
 // DefaultSubnet is the underlay subnet unless --subnet says otherwise. It

@@ -85,10 +85,11 @@ func TestPlan(t *testing.T) {
 		ID: "n2", Name: "lab-n2", NetNS: "lab-n2", IP: netip.MustParseAddr("10.99.4.12"), Port: "n2",
 		Dir: "/run/x/lab/n2", StateDir: "/run/x/lab/n2/state", Socket: "/run/x/lab/n2/fabricd.sock",
 		Log: "/run/x/lab/n2/fabricd.log", BPFRoot: "/sys/fs/bpf/fabric-lab-lab-n2",
+		Metrics: netip.MustParseAddrPort("10.99.4.12:9475"),
 		Argv: []string{"/usr/bin/true", "--config", "/dev/null",
 			"--state-dir", "/run/x/lab/n2/state", "--socket", "/run/x/lab/n2/fabricd.sock", "--node-name", "lab-n2",
 			"--bpf-root", "/sys/fs/bpf/fabric-lab-lab-n2", "--datapath", "kernel", "--uplink", "eth0",
-			"--cluster-bind", "10.99.4.12:7946", "--cluster-join", "10.99.4.11:7946"},
+			"--metrics-listen", "10.99.4.12:9475", "--cluster-bind", "10.99.4.12:7946", "--cluster-join", "10.99.4.11:7946"},
 	}
 	if !reflect.DeepEqual(n2, want) {
 		t.Errorf("node 2\n got %+v\nwant %+v", n2, want)
@@ -152,6 +153,43 @@ func TestManifestSaveLoadAndNode(t *testing.T) {
 	}
 	if names, err := List(o.Root); err != nil || !reflect.DeepEqual(names, []string{"lab"}) {
 		t.Errorf("List = %v, %v", names, err)
+	}
+}
+
+// A manifest written before nodes had a metrics address still loads; the
+// address is zero, and written back it stays absent.
+func TestLoadManifestWithoutMetrics(t *testing.T) {
+	o := validOptions()
+	o.Root = t.TempDir()
+	m := plan(o)
+	if err := os.Mkdir(m.Dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for i := range m.Nodes {
+		m.Nodes[i].Metrics = netip.AddrPort{}
+	}
+	if err := m.save(); err != nil {
+		t.Fatal(err)
+	}
+	p := Path(o.Root, "lab")
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(data), `"metrics"`) {
+		t.Fatalf("a zero metrics address is written out:\n%s", data)
+	}
+	got, err := Load(o.Root, "lab")
+	if err != nil {
+		t.Fatalf("load a manifest without metrics addresses: %v", err)
+	}
+	if !reflect.DeepEqual(got, m) {
+		t.Errorf("round trip\n got %+v\nwant %+v", got, m)
+	}
+	for _, n := range GetStatus(context.Background(), got).Nodes {
+		if n.Metrics.IsValid() {
+			t.Errorf("node %s: metrics %s, want none", n.ID, n.Metrics)
+		}
 	}
 }
 

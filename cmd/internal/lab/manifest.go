@@ -65,6 +65,11 @@ type Node struct {
 	Socket   string     `json:"socket"`
 	Log      string     `json:"log"`
 	BPFRoot  string     `json:"bpf_root"`
+	// Metrics is where the agent serves /metrics: reachable from the
+	// underlay namespace and the other nodes, not from the host. Zero for
+	// labs made before agents listened there (they serve on their
+	// namespace's loopback).
+	Metrics netip.AddrPort `json:"metrics,omitzero"`
 	// Argv is fabricd's command line, also to restart an agent by hand:
 	// nsenter --net=/var/run/netns/NETNS ARGV...
 	Argv    []string  `json:"argv"`
@@ -113,12 +118,13 @@ func plan(o Options) *Manifest {
 		n.Socket = filepath.Join(n.Dir, "fabricd.sock")
 		n.Log = filepath.Join(n.Dir, "fabricd.log")
 		n.BPFRoot = filepath.Join(BPFDir, "fabric-lab-"+o.Name+"-"+id)
+		n.Metrics = netip.AddrPortFrom(n.IP, metricsPort)
 		bind := netip.AddrPortFrom(n.IP, clusterPort).String()
 		n.Argv = []string{o.Fabricd,
 			"--config", os.DevNull, // a host's /etc/fabric/fabric.yaml must not change the lab
 			"--state-dir", n.StateDir, "--socket", n.Socket, "--node-name", n.Name,
 			"--bpf-root", n.BPFRoot, "--datapath", o.Datapath, "--uplink", "eth0",
-			"--cluster-bind", bind}
+			"--metrics-listen", n.Metrics.String(), "--cluster-bind", bind}
 		if o.SecretFile != "" {
 			n.Argv = append(n.Argv, "--cluster-secret-file", o.SecretFile)
 		}

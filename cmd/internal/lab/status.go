@@ -42,6 +42,9 @@ type NodeStatus struct {
 	IP     netip.Addr `json:"ip"`
 	Socket string     `json:"socket"`
 	Log    string     `json:"log"`
+	// Metrics is where the agent serves /metrics (from the manifest; zero
+	// for older labs).
+	Metrics netip.AddrPort `json:"metrics,omitzero"`
 	// NetNSOK is false when the node's namespace has gone.
 	NetNSOK bool `json:"netns_ok"`
 	// PID is the agent's; the recorded one when no agent runs.
@@ -84,7 +87,7 @@ func GetStatus(ctx context.Context, m *Manifest) Status {
 
 func nodeStatus(ctx context.Context, fabricd string, n Node) NodeStatus {
 	ns := NodeStatus{
-		ID: n.ID, Name: n.Name, NetNS: n.NetNS, IP: n.IP, Socket: n.Socket, Log: n.Log,
+		ID: n.ID, Name: n.Name, NetNS: n.NetNS, IP: n.IP, Socket: n.Socket, Log: n.Log, Metrics: n.Metrics,
 		NetNSOK: netns.IsNamespace(n.NetNSPath()), PID: n.PID, State: NodeDead,
 	}
 	switch {
