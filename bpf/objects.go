@@ -21,8 +21,22 @@ type Objects struct {
 // Load loads the endpoint program and creates its maps. opts may be nil; it
 // is passed to cilium/ebpf unchanged (map pinning, verifier log, replacements).
 func Load(opts *ebpf.CollectionOptions) (*Objects, error) {
+	return LoadSpec(nil, opts)
+}
+
+// LoadSpec is Load with spec, a variant of the endpoint object (the same
+// program and map names), in place of the built-in one; nil means the
+// built-in one. It lets a test upgrade the datapath to a program that
+// differs.
+func LoadSpec(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions) (*Objects, error) {
+	if spec == nil {
+		var err error
+		if spec, err = loadEndpoint(); err != nil {
+			return nil, loadError("endpoint program", err)
+		}
+	}
 	o := &Objects{}
-	if err := loadEndpointObjects(&o.objs, opts); err != nil {
+	if err := spec.LoadAndAssign(&o.objs, opts); err != nil {
 		return nil, loadError("endpoint program", err)
 	}
 	if err := o.checkShape(); err != nil {

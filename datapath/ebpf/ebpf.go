@@ -70,6 +70,10 @@ type Options struct {
 	// Tunnel is where overlay traffic leaves and arrives (the flow-based
 	// VXLAN device's port and local address).
 	Tunnel datapath.Tunnel
+
+	// endpointSpec, if set, is loaded in place of the built-in endpoint
+	// object: tests upgrade to a program that differs with it.
+	endpointSpec *ebpf.CollectionSpec
 }
 
 // ErrUnsupported wraps every reason the eBPF datapath cannot run here
@@ -181,7 +185,7 @@ func NewForwarder(log *slog.Logger, opts Options) (_ *Forwarder, err error) {
 	if err := ensureBPFFS(opts.BPFRoot); err != nil {
 		return nil, err
 	}
-	f.objs, f.restored, err = loadPinned(f.log, opts.BPFRoot)
+	f.objs, f.restored, err = loadPinned(f.log, opts.BPFRoot, opts.endpointSpec)
 	if err != nil {
 		return nil, err
 	}
@@ -257,10 +261,11 @@ func isUnder(path, dir string) bool {
 	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
 }
 
-// loadPinned loads the programs with the maps pinned under root, pinning
-// the ones that were not. Maps whose pinned layout no longer matches (a new
-// build changed it) are recreated; Sync refills them.
-func loadPinned(log *slog.Logger, root string) (*bpf.Objects, int, error) {
+// loadPinned loads the programs (spec; nil: the built-in object) with the
+// maps pinned under root, pinning the ones that were not. Maps whose pinned
+// layout no longer matches (a new build changed it) are recreated; Sync
+// refills them.
+func loadPinned(log *slog.Logger, root string, spec *ebpf.CollectionSpec) (*bpf.Objects, int, error) {
 	names, err := bpf.MapNames()
 	if err != nil {
 		return nil, 0, err
@@ -284,7 +289,7 @@ func loadPinned(log *slog.Logger, root string) (*bpf.Objects, int, error) {
 		}
 		repl[name] = m
 	}
-	objs, err := bpf.Load(&ebpf.CollectionOptions{MapReplacements: repl})
+	objs, err := bpf.LoadSpec(spec, &ebpf.CollectionOptions{MapReplacements: repl})
 	if err != nil && len(repl) > 0 && errors.Is(err, ebpf.ErrMapIncompatible) {
 		log.Warn("pinned maps do not match this build's layout; recreating them", "err", err)
 		for name, m := range repl {
@@ -292,7 +297,7 @@ func loadPinned(log *slog.Logger, root string) (*bpf.Objects, int, error) {
 			delete(repl, name)
 			_ = os.Remove(filepath.Join(dir, name))
 		}
-		objs, err = bpf.Load(nil)
+		objs, err = bpf.LoadSpec(spec, nil)
 	}
 	if err != nil {
 		return nil, 0, fmt.Errorf("%w: %v", ErrUnsupported, err)
