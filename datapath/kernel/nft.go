@@ -10,6 +10,7 @@ import (
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
+	mdnetlink "github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -163,23 +164,67 @@ func (rs ruleset) count(chain string) int {
 // With nothing to program the table is removed.
 func (d *Datapath) applyRuleset() error {
 	rs := buildRuleset(d.state)
+	c, err := d.batchConn()
+	if err != nil {
+		d.dirty = true
+		return fmt.Errorf("replace nftables table %s: %w", tableName, err)
+	}
 	// Adding first makes the delete succeed whether or not the table exists.
-	d.nft.AddTable(table)
-	d.nft.DelTable(table)
+	c.AddTable(table)
+	c.DelTable(table)
 	if len(rs.bridges) > 0 || len(rs.rules) > 0 {
-		if err := queueRuleset(d.nft, rs); err != nil {
-			_ = d.nft.Flush() // drop what was queued; it would fail the same way
+		if err := queueRuleset(c, rs); err != nil {
 			d.dirty = true
 			return err
 		}
 	}
-	if err := d.nft.Flush(); err != nil {
+	if err := c.Flush(); err != nil {
 		d.dirty = true
 		return fmt.Errorf("replace nftables table %s: %w", tableName, err)
 	}
 	d.dirty = false
 	d.log.Debug("nftables table replaced", "networks", len(d.state.networks), "rules", len(rs.rules))
 	return nil
+}
+
+// nftBatchBuffer is the send and receive buffer of the connection that
+// replaces the table. The whole table goes in one message (one transaction)
+// and the kernel answers every rule in it before the library reads any
+// answer; with the default buffers (net.core.wmem/rmem_default, 208 KiB) a
+// table of a few dozen published ports overflowed them (EMSGSIZE on send,
+// ENOBUFS on receive). 16 MiB (the kernel doubles it) holds thousands of
+// published ports; memory is only used while a batch is in flight.
+const nftBatchBuffer = 16 << 20
+
+// batchConn is a fresh connection, in the host namespace, for one table
+// replacement: nothing a failed batch left unread can spoil the next one,
+// as it would on a lasting connection.
+func (d *Datapath) batchConn() (*nftables.Conn, error) {
+	return nftables.New(nftables.WithNetNSFd(int(d.hostNS)), nftables.WithSockOptions(forceBuffers(nftBatchBuffer)))
+}
+
+// forceBuffers sets a netlink socket's buffers past the net.core.*mem_max
+// limits (SO_*BUFFORCE, which the agent may use: it runs with
+// CAP_NET_ADMIN), or as far as those limits allow otherwise.
+func forceBuffers(size int) nftables.SockOption {
+	return func(c *mdnetlink.Conn) error {
+		rc, err := c.SyscallConn()
+		if err != nil {
+			return fmt.Errorf("netlink socket: %w", err)
+		}
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = errors.Join(
+				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, size),
+				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, size))
+		}); err != nil {
+			return fmt.Errorf("netlink socket: %w", err)
+		}
+		if serr != nil {
+			return errors.Join(c.SetWriteBuffer(size), c.SetReadBuffer(size))
+		}
+		return nil
+	}
 }
 
 func queueRuleset(c *nftables.Conn, rs ruleset) error {
