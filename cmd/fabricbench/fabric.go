@@ -57,8 +57,9 @@ func (l *Lab) setupFabric(ctx context.Context) error {
 
 // startAgent runs a fabricd in host namespace short (only the network
 // namespace switched, an empty config so the host's /etc/fabric is
-// ignored) and waits until it answers.
-func (l *Lab) startAgent(ctx context.Context, short string) (p *proc, client *api.Client, socket string, warnings []string, err error) {
+// ignored) and waits until it answers. extra flags come after
+// -fabricd-flags, so they win (the kernel-datapath agent on k1).
+func (l *Lab) startAgent(ctx context.Context, short string, extra ...string) (p *proc, client *api.Client, socket string, warnings []string, err error) {
 	fabricd := filepath.Join(l.o.bin, "fabricd")
 	cfg := filepath.Join(l.dir, "fabric.yaml")
 	if err := os.WriteFile(cfg, nil, 0o644); err != nil {
@@ -73,8 +74,9 @@ func (l *Lab) startAgent(ctx context.Context, short string) (p *proc, client *ap
 		// never forward a sandbox's DNS query out of the lab
 		"--dns-upstreams", dnsUpstream,
 		// the lab hosts have no default route: name the underlay veth
-		"--uplink", map[string]string{"h1": "u1", "h2": "u2"}[short]}
+		"--uplink", map[string]string{"h1": "u1", "h2": "u2", "k1": "u3"}[short]}
 	args = append(args, strings.Fields(l.o.fabricArg)...)
+	args = append(args, extra...)
 	p, err = l.startProc(ctx, "fabricd-"+short, nil, args...)
 	if err != nil {
 		return nil, nil, "", nil, err

@@ -66,6 +66,9 @@ type Lab struct {
 	sandboxes      []string // sandbox names still to remove
 	faIP, fbIP     string
 	faNS, fbNS     string
+	// kh is the kernel-datapath agent on k1 (kernelhost.go), made on
+	// first use by the sections that compare against it.
+	kh *kernelHost
 }
 
 // proc is a long-running child (server, proxy, agent).

@@ -11,16 +11,25 @@
 // and every row is also given as a ratio to its reference row: compare only
 // numbers taken in the same run.
 //
-// Usage: fabricbench -bin DIR [-t SECONDS] [-reps N] [-setup-n N] [-quick]
-// [-only same-host,published,connrate,setup,cross-host,overlay,dns] [-fabricd-flags "FLAGS"]
+// Usage: fabricbench -bin DIR [-t SECONDS] [-reps N] [-setup-n N] [-scale-n N,N,…] [-quick]
+// [-only same-host,udp-pps,published,connrate,bpf-cost,setup,cross-host,overlay,dns,scale] [-fabricd-flags "FLAGS"]
 //
 // Sections:
 //   - same-host: iperf3 (one TCP stream) and sockperf TCP ping-pong (one-way
 //     p50/p99) for raw veth h1→h2, kernel bridge c1a→c1b, fabric fa→fb.
+//   - udp-pps: 64-byte UDP datagrams/s received (iperf3 -u -l 64 -b 0, one
+//     sender, one receiver) for raw veth, kernel bridge, fabric fa→fb and
+//     fabric on the kernel datapath ka→kb (a second fabricd started with
+//     --datapath kernel in a host namespace k1 of its own).
 //   - published: iperf3 to a published port from h2 (nft DNAT, docker-proxy,
 //     fabric) and from h1 itself via 127.0.0.1 (docker-proxy, fabric).
 //   - connrate: wrk, one request per connection, from h2 through the
 //     published HTTP port (nft DNAT, docker-proxy, fabric).
+//   - bpf-cost: the kernel's run-time statistics of fabric's eBPF programs
+//     (BPF_ENABLE_STATS) while fabric's same-host, published-port and
+//     new-connection paths run: runs/s, ns per run and share of a CPU per
+//     program, the profile of where the datapath's time goes (this VM
+//     exposes no hardware counters for `bpftool prog profile`).
 //   - setup: -setup-n sandboxes via the fabricctl binary and via the API
 //     client, time until the new address answers ping from h1, and the
 //     time of `sandbox rm`, next to DESIGN.md's Docker/CNI numbers.
@@ -36,6 +45,12 @@
 //   - dns: queries/s and p50/p99 of the embedded DNS server from inside a
 //     sandbox, local and forwarded names (fake upstream on h1's loopback),
 //     1 and 100 clients, next to DESIGN.md's Docker figure.
+//   - scale: for each N of -scale-n (10, 100, 1000), filler sandboxes bring
+//     the endpoints of the fabric host up to N, each publishing a TCP port;
+//     then a TCP stream and new connections/s through a published port from
+//     h2, and the set-up time of new sandboxes (create until ping answers),
+//     each as a ratio to the first N. For the eBPF agent on h1 and the
+//     kernel-datapath agent on k1, alternating.
 //
 // A fabric that cannot start leaves its rows "n/a" with the reason; the
 // kernel rows are measured anyway.
@@ -67,13 +82,14 @@ import (
 const serveArg = "__fabricbench-serve"
 
 // sections in the order they run.
-var allSections = []string{"same-host", "published", "connrate", "setup", "cross-host", "overlay", "dns"}
+var allSections = []string{"same-host", "udp-pps", "published", "connrate", "bpf-cost", "setup", "cross-host", "overlay", "dns", "scale"}
 
 type options struct {
 	bin       string
 	secs      int
 	reps      int
 	setupN    int
+	scaleN    []int
 	quick     bool
 	only      map[string]bool
 	fabricArg string
@@ -95,13 +111,14 @@ func main() {
 
 func parseFlags() (options, error) {
 	var o options
-	var only string
+	var only, scaleN string
 	fs := flag.NewFlagSet("fabricbench", flag.ContinueOnError)
 	fs.StringVar(&o.bin, "bin", "bin", "directory holding fabricd and fabricctl")
 	fs.IntVar(&o.secs, "t", 5, "seconds per measurement")
 	fs.IntVar(&o.reps, "reps", 3, "alternating repetitions per row (the median is reported)")
 	fs.IntVar(&o.setupN, "setup-n", 50, "sandboxes per method in the setup section")
-	fs.BoolVar(&o.quick, "quick", false, "smoke run: -t 2 -reps 1 (and -setup-n 10 unless given)")
+	fs.StringVar(&scaleN, "scale-n", defaultScaleN, "endpoint counts of the scale section, ascending; ratios are to the first")
+	fs.BoolVar(&o.quick, "quick", false, "smoke run: -t 2 -reps 1 (and -setup-n 10, -scale-n "+quickScaleN+" unless given)")
 	fs.StringVar(&only, "only", "", "comma-separated sections to run: "+strings.Join(allSections, ","))
 	fs.StringVar(&o.fabricArg, "fabricd-flags", "", "extra flags for fabricd, space-separated (e.g. \"--datapath kernel\")")
 	fs.Usage = func() {
@@ -133,6 +150,13 @@ Flags:
 		if !set["setup-n"] {
 			o.setupN = 10
 		}
+		if !set["scale-n"] {
+			scaleN = quickScaleN
+		}
+	}
+	var err error
+	if o.scaleN, err = parseScaleN(scaleN); err != nil {
+		return o, fmt.Errorf("-scale-n %s: %w", scaleN, err)
 	}
 	switch {
 	case o.secs < 1 || o.secs > 600:
@@ -245,6 +269,12 @@ func run() int {
 			err = lab.sectionOverlay(ctx)
 		case "dns":
 			err = lab.sectionDNS(ctx)
+		case "udp-pps":
+			err = lab.sectionUDPPPS(ctx)
+		case "scale":
+			err = lab.sectionScale(ctx)
+		case "bpf-cost":
+			err = lab.sectionBPFCost(ctx)
 		}
 		if err != nil && ctx.Err() == nil {
 			fmt.Printf("section %s failed: %v\n\n", s, err)
@@ -268,6 +298,15 @@ func checkTools(o options) error {
 	need := []tool{{"ip", "iproute2"}, {"nsenter", "util-linux"}, {"sysctl", "procps"}}
 	if o.only["same-host"] {
 		need = append(need, tool{"iperf3", "iperf3"}, tool{"sockperf", "sockperf"})
+	}
+	if o.only["udp-pps"] {
+		need = append(need, tool{"iperf3", "iperf3"})
+	}
+	if o.only["bpf-cost"] {
+		need = append(need, tool{"iperf3", "iperf3"}, tool{"wrk", "wrk"})
+	}
+	if o.only["scale"] {
+		need = append(need, tool{"iperf3", "iperf3"}, tool{"wrk", "wrk"})
 	}
 	if o.only["overlay"] || o.only["cross-host"] {
 		need = append(need, tool{"iperf3", "iperf3"}, tool{"sockperf", "sockperf"})

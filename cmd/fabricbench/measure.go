@@ -25,22 +25,41 @@ type iperfResult struct {
 	retransmits float64 // sender's TCP retransmits (end.sum_sent.retransmits)
 }
 
-// iperfRun is iperf with the sender's retransmits too. A busy server (the
-// previous test still finishing) is retried a few times.
+// iperfRun is iperf with the sender's retransmits too.
 func (l *Lab) iperfRun(ctx context.Context, nsPath, addr string, port, secs int) (iperfResult, error) {
+	out, err := l.iperfJSON(ctx, nsPath, addr, port, secs)
+	if err != nil {
+		return iperfResult{}, err
+	}
+	r, err := parseIperf(out)
+	if err != nil {
+		return iperfResult{}, err
+	}
+	if r.gbps <= 0 {
+		return iperfResult{}, fmt.Errorf("iperf3 to %s:%d reported no data", addr, port)
+	}
+	return r, nil
+}
+
+// iperfJSON runs one iperf3 client (-J, plus extra flags) from nsPath to
+// addr:port for secs seconds and returns its JSON report, which holds no
+// "error". A busy server (the previous test still finishing) or a run
+// that printed no JSON is retried a few times.
+func (l *Lab) iperfJSON(ctx context.Context, nsPath, addr string, port, secs int, extra ...string) (string, error) {
 	limit := time.Duration(secs+20) * time.Second
+	args := append([]string{"--net=" + nsPath, "iperf3", "-c", addr, "-p", strconv.Itoa(port),
+		"-t", strconv.Itoa(secs), "-J", "--connect-timeout", "3000"}, extra...)
 	var lastErr error
 	for attempt := 0; attempt < 4; attempt++ {
 		if attempt > 0 {
 			select {
 			case <-ctx.Done():
-				return iperfResult{}, ctx.Err()
+				return "", ctx.Err()
 			case <-time.After(time.Duration(attempt) * 500 * time.Millisecond):
 			}
 		}
-		out, err := runCmd(ctx, limit, "nsenter", "--net="+nsPath, "iperf3", "-c", addr, "-p", strconv.Itoa(port),
-			"-t", strconv.Itoa(secs), "-J", "--connect-timeout", "3000")
-		r, perr := parseIperf(out)
+		out, err := runCmd(ctx, limit, "nsenter", args...)
+		perr := checkIperfJSON(out)
 		var busy *iperfError
 		switch {
 		case errors.As(perr, &busy):
@@ -48,7 +67,7 @@ func (l *Lab) iperfRun(ctx context.Context, nsPath, addr string, port, secs int)
 			if busy.busy() {
 				continue
 			}
-			return iperfResult{}, lastErr
+			return "", lastErr
 		case perr != nil && err == nil:
 			lastErr = perr
 			continue
@@ -57,14 +76,26 @@ func (l *Lab) iperfRun(ctx context.Context, nsPath, addr string, port, secs int)
 			if perr != nil {
 				continue // no JSON: the tool itself failed; try again
 			}
-			return iperfResult{}, err
+			return "", err
 		}
-		if r.gbps <= 0 {
-			return iperfResult{}, fmt.Errorf("iperf3 to %s:%d reported no data", addr, port)
-		}
-		return r, nil
+		return out, nil
 	}
-	return iperfResult{}, lastErr
+	return "", lastErr
+}
+
+// checkIperfJSON says whether out is an iperf3 -J report without an
+// "error" (nil), one with an error (*iperfError), or not JSON at all.
+func checkIperfJSON(out string) error {
+	var res struct {
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		return fmt.Errorf("iperf3 output is not JSON: %v", err)
+	}
+	if res.Error != "" {
+		return &iperfError{res.Error}
+	}
+	return nil
 }
 
 // iperfError is the "error" iperf3 -J reports.
