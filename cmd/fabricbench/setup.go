@@ -163,7 +163,7 @@ func (l *Lab) sectionSetup(ctx context.Context) error {
 	// machine, timed alternately with the creates.
 	floors := []*processFloor{
 		{name: "exec /bin/true (any process)", argv: []string{"/bin/true"}},
-		{name: "exec fabricctl --version (Go CLI start, no API call)", argv: []string{l.fabricctl(), "--version"}},
+		{name: "exec fabricctl --help (Go CLI start, no API call)", argv: []string{l.fabricctl(), "--help"}},
 	}
 
 	// One warm-up each (not counted), then n alternating samples.
