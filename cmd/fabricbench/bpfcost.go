@@ -121,21 +121,13 @@ func (l *Lab) sectionBPFCost(ctx context.Context) error {
 	}
 	defer stats.Close()
 	h1, h2 := l.nsPath("h1"), l.nsPath("h2")
-	stream := func(nsPath, addr string, port int) func(context.Context, int) (map[string]float64, error) {
-		return func(ctx context.Context, secs int) (map[string]float64, error) {
-			g, err := l.iperf(ctx, nsPath, addr, port, secs)
-			if err != nil {
-				return nil, err
-			}
-			return map[string]float64{"rate": g}, nil
-		}
-	}
+	stream := l.stream // "gbps"
 	conns := func(ctx context.Context, secs int) (map[string]float64, error) {
 		r, err := l.wrk(ctx, h2, fmt.Sprintf("http://%s:%d/", h1IP, hpFabHTTP), secs)
 		if err != nil {
 			return nil, err
 		}
-		return map[string]float64{"rate": r.rps}, nil
+		return map[string]float64{"cps": r.rps}, nil
 	}
 	specs := []spec{
 		{name: "same-host fa → fb, one TCP stream (Gbit/s)", fn: withProgCost(stream(l.faNS, l.fbIP, portPerf))},
@@ -166,6 +158,10 @@ func printBPFCost(secs, reps int, res []*result) {
 		return fmt.Sprintf("%.2f", v)
 	}
 	for _, r := range res {
+		rateVals := r.vals["gbps"]
+		if len(rateVals) == 0 {
+			rateVals = r.vals["cps"]
+		}
 		var progs []string
 		for k := range r.vals {
 			if name, ok := strings.CutPrefix(k, "ns:"); ok {
@@ -178,13 +174,13 @@ func printBPFCost(secs, reps int, res []*result) {
 			if len(r.errs) > 0 {
 				why = strings.Join(r.errs, "; ")
 			}
-			fmt.Printf("| %s | %s | – | – | – | %s |\n", r.name, med(r.vals["rate"]), why)
+			fmt.Printf("| %s | %s | – | – | – | %s |\n", r.name, med(rateVals), why)
 			continue
 		}
 		for i, p := range progs {
 			name, rate := "", ""
 			if i == 0 {
-				name, rate = r.name, med(r.vals["rate"])
+				name, rate = r.name, med(rateVals)
 			}
 			fmt.Printf("| %s | %s | %s | %s | %s | %s |\n", name, rate, p, med(r.vals["kruns:"+p]), med(r.vals["ns:"+p]), med(r.vals["cpu:"+p]))
 		}

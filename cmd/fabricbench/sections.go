@@ -60,19 +60,23 @@ func (l *Lab) sectionSameHost(ctx context.Context) error {
 	return nil
 }
 
+// stream measures one iperf3 TCP stream from nsPath to addr:port, in
+// Gbit/s ("gbps").
+func (l *Lab) stream(nsPath, addr string, port int) func(context.Context, int) (map[string]float64, error) {
+	return func(ctx context.Context, secs int) (map[string]float64, error) {
+		g, err := l.iperf(ctx, nsPath, addr, port, secs)
+		if err != nil {
+			return nil, err
+		}
+		return map[string]float64{"gbps": g}, nil
+	}
+}
+
 // sectionPublished: one TCP stream to a published port, from another host
 // (h2 → h1's underlay address) and from the host itself (127.0.0.1).
 func (l *Lab) sectionPublished(ctx context.Context) error {
 	h1, h2 := l.nsPath("h1"), l.nsPath("h2")
-	stream := func(nsPath, addr string, port int) func(context.Context, int) (map[string]float64, error) {
-		return func(ctx context.Context, secs int) (map[string]float64, error) {
-			g, err := l.iperf(ctx, nsPath, addr, port, secs)
-			if err != nil {
-				return nil, err
-			}
-			return map[string]float64{"gbps": g}, nil
-		}
-	}
+	stream := l.stream
 	skip := l.fabricSkip()
 	specs := []spec{
 		{name: fmt.Sprintf("nftables DNAT, h2 → h1:%d (ref)", hpDNAT), fn: stream(h2, h1IP, hpDNAT)},
