@@ -183,25 +183,8 @@ func sandboxIP(sb api.Sandbox) (string, error) {
 	return "", fmt.Errorf("sandbox %s has no endpoint address", sb.Name)
 }
 
-func (l *Lab) trackSandbox(name string) {
-	if name == "" {
-		return
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.sandboxes = append(l.sandboxes, name)
-}
-
-func (l *Lab) untrackSandbox(name string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for i, n := range l.sandboxes {
-		if n == name {
-			l.sandboxes = append(l.sandboxes[:i], l.sandboxes[i+1:]...)
-			return
-		}
-	}
-}
+func (l *Lab) trackSandbox(name string)   { l.sandboxes.add(name) }
+func (l *Lab) untrackSandbox(name string) { l.sandboxes.remove(name) }
 
 // cleanupFabric removes the sandboxes still recorded (bounded to 30 s in
 // all), then stops the agent. Leftover sandbox processes and namespaces are
@@ -214,28 +197,7 @@ func (l *Lab) cleanupFabric() {
 		}
 	}()
 	if l.client != nil && l.agent != nil {
-		l.mu.Lock()
-		names := append([]string(nil), l.sandboxes...)
-		l.mu.Unlock()
-		deadline := time.Now().Add(30 * time.Second)
-		for _, n := range names {
-			if time.Now().After(deadline) {
-				break
-			}
-			select {
-			case <-l.agent.done:
-				deadline = time.Now()
-				continue
-			default:
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			err := l.client.RemoveSandbox(ctx, n)
-			cancel()
-			var apiErr *api.Error
-			if err != nil && !(errors.As(err, &apiErr) && apiErr.Code == api.CodeNotFound) {
-				fmt.Fprintf(os.Stderr, "fabricbench: cleanup: remove sandbox %s: %v\n", n, err)
-			}
-		}
+		l.sandboxes.removeAll(l.client, l.agent, "")
 	}
 	if l.agent != nil {
 		l.agent.stop(10 * time.Second)

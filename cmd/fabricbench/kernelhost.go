@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -33,8 +32,7 @@ type kernelHost struct {
 	kaNS     string
 	kbIP     string
 
-	mu        sync.Mutex
-	sandboxes []string // made on k1 and not removed yet
+	sandboxes tracked // made on k1 and not removed yet
 	downOnce  sync.Once
 }
 
@@ -122,22 +120,8 @@ func (kh *kernelHost) create(ctx context.Context, req api.SandboxCreate) (api.Sa
 	return kh.client.CreateSandbox(ctx, req)
 }
 
-func (kh *kernelHost) track(name string) {
-	kh.mu.Lock()
-	defer kh.mu.Unlock()
-	kh.sandboxes = append(kh.sandboxes, name)
-}
-
-func (kh *kernelHost) untrack(name string) {
-	kh.mu.Lock()
-	defer kh.mu.Unlock()
-	for i, n := range kh.sandboxes {
-		if n == name {
-			kh.sandboxes = append(kh.sandboxes[:i], kh.sandboxes[i+1:]...)
-			return
-		}
-	}
-}
+func (kh *kernelHost) track(name string)   { kh.sandboxes.add(name) }
+func (kh *kernelHost) untrack(name string) { kh.sandboxes.remove(name) }
 
 // kernelHostDown removes k1's sandboxes through its API (bounded to 30 s;
 // what is left goes with the namespaces in the generic cleanup), stops the
@@ -148,28 +132,7 @@ func (l *Lab) kernelHostDown(kh *kernelHost) {
 		if kh.agent == nil {
 			return
 		}
-		kh.mu.Lock()
-		names := append([]string(nil), kh.sandboxes...)
-		kh.mu.Unlock()
-		deadline := time.Now().Add(30 * time.Second)
-		for _, n := range names {
-			if time.Now().After(deadline) {
-				break
-			}
-			select {
-			case <-kh.agent.done:
-				deadline = time.Now()
-				continue
-			default:
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			err := kh.client.RemoveSandbox(ctx, n)
-			cancel()
-			var apiErr *api.Error
-			if err != nil && !(errors.As(err, &apiErr) && apiErr.Code == api.CodeNotFound) {
-				fmt.Fprintf(os.Stderr, "fabricbench: cleanup: remove sandbox %s on k1: %v\n", n, err)
-			}
-		}
+		kh.sandboxes.removeAll(kh.client, kh.agent, " on k1")
 		kh.agent.stop(10 * time.Second)
 	})
 }

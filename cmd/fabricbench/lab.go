@@ -63,7 +63,7 @@ type Lab struct {
 	agent          *proc
 	socket         string
 	client         *api.Client
-	sandboxes      []string // sandbox names still to remove
+	sandboxes      tracked // sandboxes of the h1 agent still to remove
 	faIP, fbIP     string
 	faNS, fbNS     string
 	// kh is the kernel-datapath agent on k1 (kernelhost.go), made on
