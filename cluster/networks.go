@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"slices"
+	"strings"
 )
 
 // vniBase keeps picked VNIs clear of small, hand-picked ones.
@@ -159,15 +160,7 @@ func (c *Cluster) Networks() []Network {
 		}
 		return nil
 	})
-	slices.SortFunc(out, func(a, b Network) int {
-		if a.Name < b.Name {
-			return -1
-		}
-		if a.Name > b.Name {
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b Network) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
 
