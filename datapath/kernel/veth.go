@@ -234,6 +234,13 @@ func (d *Datapath) ensureHostSide(host, br netlink.Link, n datapath.Network, cre
 	if created {
 		return nil
 	}
+	return d.repairHostMTUUp(host, n)
+}
+
+// repairHostMTUUp puts back the MTU and the up state of an existing host
+// veth (a new one is made with both).
+func (d *Datapath) repairHostMTUUp(host netlink.Link, n datapath.Network) error {
+	attrs := host.Attrs()
 	if want := mtuOf(n); attrs.MTU != want {
 		if err := d.nl.LinkSetMTU(host, want); err != nil {
 			return fmt.Errorf("set MTU %d: %w", want, err)
@@ -259,17 +266,7 @@ func (d *Datapath) ensureRoutedHostSide(host netlink.Link, n datapath.Network, c
 	if created {
 		return nil
 	}
-	if want := mtuOf(n); attrs.MTU != want {
-		if err := d.nl.LinkSetMTU(host, want); err != nil {
-			return fmt.Errorf("set MTU %d: %w", want, err)
-		}
-	}
-	if attrs.Flags&net.FlagUp == 0 {
-		if err := d.nl.LinkSetUp(host); err != nil {
-			return fmt.Errorf("set up: %w", err)
-		}
-	}
-	return nil
+	return d.repairHostMTUUp(host, n)
 }
 
 // ensureSandboxSide gives the peer its MAC, MTU and address, brings it up
