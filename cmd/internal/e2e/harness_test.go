@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/cmd/internal/testbin"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
@@ -39,18 +40,12 @@ func TestMain(m *testing.M) {
 		fmt.Println("e2e: not root: every test here skips (they need network namespaces, links and nftables)")
 		os.Exit(m.Run())
 	}
-	dir, err := os.MkdirTemp("", "fabric-e2e-bin")
+	dir, err := testbin.Build("fabric-e2e-bin")
 	if err != nil {
 		fmt.Println(err)
 		os.Exit(1)
 	}
 	binDir = dir
-	build := exec.Command("go", "build", "-o", dir, "github.com/fabricnet/fabric/cmd/fabricd", "github.com/fabricnet/fabric/cmd/fabricctl")
-	build.Stdout, build.Stderr = os.Stdout, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Println("build binaries:", err)
-		os.Exit(1)
-	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)

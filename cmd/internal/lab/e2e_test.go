@@ -22,6 +22,7 @@ import (
 
 	"github.com/fabricnet/fabric/cmd/internal/api"
 	"github.com/fabricnet/fabric/cmd/internal/lab"
+	"github.com/fabricnet/fabric/cmd/internal/testbin"
 )
 
 var binDir string
@@ -31,15 +32,9 @@ func TestMain(m *testing.M) {
 		fmt.Println("lab: not root: the end-to-end tests skip (they need network namespaces); unit tests run")
 		os.Exit(m.Run())
 	}
-	dir, err := os.MkdirTemp("", "fabric-lab-bin")
+	dir, err := testbin.Build("fabric-lab-bin")
 	if err != nil {
 		fmt.Println(err)
-		os.Exit(1)
-	}
-	build := exec.Command("go", "build", "-o", dir, "github.com/fabricnet/fabric/cmd/fabricd", "github.com/fabricnet/fabric/cmd/fabricctl")
-	build.Stdout, build.Stderr = os.Stdout, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Println("build binaries:", err)
 		os.Exit(1)
 	}
 	binDir = dir
