@@ -135,14 +135,17 @@ func New(cfg Config) (*Cluster, error) {
 		c.keyring, mc.Keyring = kr, kr
 		mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
 	}
+	tr, err := newTransport(cfg.BindAddr, cfg.BindPort, c.log.With("component", "memberlist"))
+	if err != nil {
+		return nil, fmt.Errorf("start gossip on %s:%d: %w", cfg.BindAddr, cfg.BindPort, err)
+	}
+	mc.BindPort = tr.Port()
+	if mc.AdvertisePort == 0 {
+		mc.AdvertisePort = tr.Port()
+	}
+	mc.Transport = tr
 	if cfg.wrapTransport != nil {
-		nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
-			BindAddrs: []string{cfg.BindAddr}, BindPort: cfg.BindPort, Logger: mc.Logger})
-		if err != nil {
-			return nil, fmt.Errorf("gossip transport: %w", err)
-		}
-		mc.BindPort, mc.AdvertisePort = nt.GetAutoBindPort(), nt.GetAutoBindPort()
-		mc.Transport = cfg.wrapTransport(nt)
+		mc.Transport = cfg.wrapTransport(tr)
 	}
 	if cfg.tuneMemberlist != nil {
 		cfg.tuneMemberlist(mc)
@@ -161,6 +164,7 @@ func New(cfg Config) (*Cluster, error) {
 
 	ml, err := memberlist.Create(mc)
 	if err != nil {
+		_ = tr.Shutdown()
 		return nil, fmt.Errorf("start gossip on %s:%d: %w", cfg.BindAddr, cfg.BindPort, err)
 	}
 	c.ml = ml
@@ -271,7 +275,55 @@ func (c *Cluster) Join(ctx context.Context, seeds ...string) (int, error) {
 		}
 		return n, fmt.Errorf("join %v: %w", seeds, err)
 	}
+	c.scheduleResync(seeds)
 	return n, nil
+}
+
+// resyncDelay is how long after a join this node exchanges full state once
+// more, with a random member other than the seeds.
+const resyncDelay = time.Second
+
+// scheduleResync exchanges full state (memberlist's push/pull) with one
+// random member resyncDelay (±25%) after a join. A seed only knows the
+// members that joined before this node did; when many nodes start at once
+// (a cluster's cold start) the early joiners would otherwise learn about
+// the later ones only through gossip, which takes seconds at a few hundred
+// members and much longer for a record whose broadcasts were lost, until
+// the next periodic push/pull. One more exchange, by then with a member
+// that knows most of the cluster, closes that gap at the cost of one TCP
+// exchange per join.
+func (c *Cluster) scheduleResync(seeds []string) {
+	if !c.enter() {
+		return
+	}
+	delay := resyncDelay*3/4 + time.Duration(c.randN(int(resyncDelay/2)+1))
+	go func() {
+		defer c.wg.Done()
+		t := time.NewTimer(delay)
+		defer t.Stop()
+		select {
+		case <-c.done:
+			return
+		case <-t.C:
+		}
+		skip := make(map[string]bool, len(seeds))
+		for _, s := range seeds {
+			skip[s] = true
+		}
+		var cands []string
+		for _, n := range c.peers() {
+			if a := net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))); !skip[a] {
+				cands = append(cands, a)
+			}
+		}
+		if len(cands) == 0 {
+			return
+		}
+		peer := cands[c.randN(len(cands))]
+		if _, err := c.ml.Join([]string{peer}); err != nil {
+			c.log.Debug("state re-sync after join failed", "peer", peer, "err", err)
+		}
+	}()
 }
 
 // notSelf drops this node's own address from a seed list: a node given the

@@ -149,13 +149,13 @@ func (cfg *Config) setDefaults() error {
 //     (default 6) caps it at twice that without confirmation, which is what
 //     a 3-node cluster with one node down may get.
 //   - GossipInterval 80ms (default 200ms), GossipNodes 3: membership
-//     changes and our records spread 2.5 times as fast; this is what brings
-//     a 200-member full view to ~3s.
+//     changes and our records spread 2.5 times as fast.
 //
 // Small cluster: ≤ ~1s until a failed probe, 1.5s (≤ 3s) of suspicion,
 // ~0.3s to tell everyone: ~2.5s measured, worst case under 5s. At 200
-// members (MeasureConvergence, 2 cores): full view 2.5-3s, failure seen by
-// all 4-6.5s. The cost is about 2.5 times memberlist's default packet rate
+// members (MeasureConvergence, 2 cores): full view 1.3-2s (with the
+// re-sync after join, see scheduleResync, and our own transport), failure
+// seen by all 4-6.5s. The cost is about 2.5 times memberlist's default packet rate
 // when there is news to gossip, still less CPU than the defaults with
 // compression.
 //   - PushPullInterval 10s (default 30s): the full-state exchange is the
@@ -166,6 +166,13 @@ func (cfg *Config) setDefaults() error {
 //     to a dead node, and so the votes of leases.
 //   - DeadNodeReclaimTime 10s: a node restarted with a new address may
 //     take its name back 10s after it was declared dead.
+//   - HandoffQueueDepth 8192 (default 1024): the queue of received
+//     messages waiting for memberlist's handler. When 200 members join at
+//     once each learns ~200 alive records at a time, and on 2 cores the
+//     default queue overflowed: hundreds of dropped alive messages per run,
+//     and a member that missed one saw the full view only at the next
+//     push/pull, 40s later (a 42s "full view" in 1 of 4 runs). A queued
+//     message is a few hundred bytes.
 func tuneLAN(mc *memberlist.Config) {
 	mc.EnableCompression = false
 	mc.ProbeInterval = 500 * time.Millisecond
@@ -177,6 +184,7 @@ func tuneLAN(mc *memberlist.Config) {
 	mc.PushPullInterval = 10 * time.Second
 	mc.TCPTimeout = 3 * time.Second
 	mc.DeadNodeReclaimTime = 10 * time.Second
+	mc.HandoffQueueDepth = 8192
 }
 
 // slogWriter turns memberlist's "[LEVEL] memberlist: ..." lines into slog

@@ -186,7 +186,7 @@ func (p *partition) cut(from int, to string) bool {
 
 func (p *partition) option(cfg *Config) {
 	cfg.wrapTransport = func(t memberlist.NodeAwareTransport) memberlist.NodeAwareTransport {
-		return &cutTransport{NodeAwareTransport: t, p: p, self: t.(*memberlist.NetTransport).GetAutoBindPort()}
+		return &cutTransport{NodeAwareTransport: t, p: p, self: t.(*transport).Port()}
 	}
 }
 
