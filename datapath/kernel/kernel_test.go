@@ -40,6 +40,7 @@ func TestSameNetworkEndpointsReachEachOther(t *testing.T) {
 	if vh.Attrs().MasterIndex != br.Attrs().Index || vh.Attrs().Alias != datapath.OwnerPrefix+"ep1" || vh.Attrs().MTU != 1450 {
 		t.Errorf("host veth master %d alias %q MTU %d", vh.Attrs().MasterIndex, vh.Attrs().Alias, vh.Attrs().MTU)
 	}
+	assertHostVethIPv4Only(t, l, "vh1")
 	h, err := fabricns.HandleAt(p1)
 	if err != nil {
 		t.Fatal(err)
@@ -232,6 +233,8 @@ func TestEnsureRepairsDrift(t *testing.T) {
 	if err := l.hostNL.LinkSetNoMaster(vh); err != nil {
 		t.Fatal(err)
 	}
+	netnstest.Run(t, l.hostName, "ip", "link", "set", "vh1", "down")
+	netnstest.Run(t, l.hostName, "sysctl", "-q", "-w", "net.ipv6.conf.vh1.disable_ipv6=0")
 	netnstest.Run(t, s1, "ip", "addr", "flush", "dev", "eth0")
 	netnstest.Run(t, s1, "ip", "link", "set", "eth0", "mtu", "1280")
 	netnstest.Run(t, l.hostName, "nft", "delete", "table", "ip", "fabric")
@@ -253,6 +256,7 @@ func TestEnsureRepairsDrift(t *testing.T) {
 	if l.link("vh1").Attrs().MasterIndex != br.Attrs().Index {
 		t.Error("host veth not re-attached to the bridge")
 	}
+	assertHostVethIPv4Only(t, l, "vh1")
 	out := netnstest.Run(t, s1, "ip", "-4", "-o", "addr", "show", "dev", "eth0")
 	if !strings.Contains(out, "10.89.1.2/24") || !strings.Contains(netnstest.Run(t, s1, "ip", "link", "show", "eth0"), "mtu 1450") {
 		t.Errorf("sandbox side not repaired: %s", out)
@@ -596,5 +600,23 @@ func TestManyPublishedPorts(t *testing.T) {
 	l.ensureEndpoint(a, e2)
 	if c := l.ruleCounts(); c[chainPre] != n+1 || c[chainOut] != n+1 {
 		t.Errorf("after one more port: %v; want %d in %s and %s", c, n+1, chainPre, chainOut)
+	}
+}
+
+// assertHostVethIPv4Only: a host-side veth is up with IPv6 off, so it adds
+// nothing to the host's IPv6 FIB (see setHostVethUp).
+func assertHostVethIPv4Only(t *testing.T, l *lab, name string) {
+	t.Helper()
+	if l.link(name).Attrs().Flags&net.FlagUp == 0 {
+		t.Errorf("host veth %s is down", name)
+	}
+	if v := strings.TrimSpace(netnstest.Run(t, l.hostName, "cat", "/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6")); v != "1" {
+		t.Errorf("host veth %s: disable_ipv6 = %q, want 1", name, v)
+	}
+	if out := strings.TrimSpace(netnstest.Run(t, l.hostName, "ip", "-6", "addr", "show", "dev", name)); out != "" {
+		t.Errorf("host veth %s has IPv6 addresses: %s", name, out)
+	}
+	if out := strings.TrimSpace(netnstest.Run(t, l.hostName, "ip", "-6", "route", "show", "table", "all", "dev", name)); out != "" {
+		t.Errorf("host veth %s has IPv6 routes: %s", name, out)
 	}
 }
