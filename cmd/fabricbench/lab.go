@@ -159,7 +159,7 @@ func (l *Lab) setup(ctx context.Context) error {
 			return fmt.Errorf("servers in %s: %w", l.ns(n), err)
 		}
 	}
-	if l.o.only["published"] || l.o.only["connrate"] {
+	if l.o.only["published"] || l.o.only["connrate"] || l.o.only["scale"] {
 		if err := l.setupPublishedBaseline(ctx); err != nil {
 			return err
 		}

@@ -20,7 +20,10 @@ import (
 // port, so N endpoints also means about N published ports) and measures,
 // at each N, what the issue asks to stay flat: a TCP stream and the new
 // connection rate through a published port (fa's 9080/9081 on h1, ka's on
-// k1, reached from h2), and the set-up time of one more endpoint.
+// k1, reached from h2), and the set-up time of one more endpoint. A control
+// row measures the same stream and connection rate through the kernel's
+// own published port on h1 (nftables DNAT to c1a on br0), which no fabric
+// endpoint is on: what it loses as N grows is the host's, not fabric's.
 const (
 	defaultScaleN = "10,100,1000"
 	quickScaleN   = "10,100"
@@ -60,6 +63,9 @@ type scaleHost struct {
 	tag            string // in sandbox names, tells the hosts apart
 	client         *api.Client
 	pubAddr        string // the host's address as h2 reaches it
+	perfPort       int    // published iperf3 port
+	httpPort       int    // published HTTP port
+	control        bool   // the kernel DNAT control: not grown, no set-up
 	skip           string
 	track, untrack func(string)
 
@@ -195,16 +201,19 @@ func (l *Lab) scaleMeasure(h *scaleHost, pool *[]float64) func(context.Context, 
 		calls++
 		m := map[string]float64{}
 		var errs []error
-		if g, err := l.iperf(ctx, h2, h.pubAddr, hpFabric, secs); err != nil {
+		if g, err := l.iperf(ctx, h2, h.pubAddr, h.perfPort, secs); err != nil {
 			errs = append(errs, err)
 		} else {
 			m["gbps"] = g
 		}
-		url := fmt.Sprintf("http://%s:%d/", h.pubAddr, hpFabHTTP)
+		url := fmt.Sprintf("http://%s:%d/", h.pubAddr, h.httpPort)
 		if r, err := l.wrk(ctx, h2, url, secs); err != nil {
 			errs = append(errs, err)
 		} else {
 			m["rps"] = r.rps
+		}
+		if h.control {
+			return m, errors.Join(errs...)
 		}
 		n := scaleSetupN
 		if calls == 1 {
@@ -221,15 +230,18 @@ func (l *Lab) scaleMeasure(h *scaleHost, pool *[]float64) func(context.Context, 
 	}
 }
 
-// scaleHosts returns the eBPF agent on h1 and the kernel-datapath agent on
-// k1 as the section sees them; a host that cannot run has skip set.
+// scaleHosts returns the eBPF agent on h1, the kernel-datapath agent on k1
+// and the kernel DNAT control on h1 as the section sees them; a host that
+// cannot run has skip set.
 func (l *Lab) scaleHosts(ctx context.Context) []*scaleHost {
 	eb := &scaleHost{label: "fabric " + l.datapathName(ctx) + " (h1)", short: "h1", tag: "e", client: l.client,
-		pubAddr: h1IP, skip: l.fabricSkip(), track: l.trackSandbox, untrack: l.untrackSandbox}
+		pubAddr: h1IP, perfPort: hpFabric, httpPort: hpFabHTTP, skip: l.fabricSkip(), track: l.trackSandbox, untrack: l.untrackSandbox}
 	kh := l.kernelHost(ctx)
 	kn := &scaleHost{label: "fabric " + kh.datapathLabel() + " (k1)", short: "k1", tag: "k", client: kh.client,
-		pubAddr: k1IP, skip: kh.skip(), track: kh.track, untrack: kh.untrack}
-	return []*scaleHost{eb, kn}
+		pubAddr: k1IP, perfPort: hpFabric, httpPort: hpFabHTTP, skip: kh.skip(), track: kh.track, untrack: kh.untrack}
+	ctl := &scaleHost{label: "control: nftables DNAT on h1 → c1a (ref)", short: "h1", pubAddr: h1IP,
+		perfPort: hpDNAT, httpPort: hpDNATHTTP, control: true}
+	return []*scaleHost{eb, kn, ctl}
 }
 
 // sectionScale: for each N of -scale-n, both agents are grown to N
@@ -242,7 +254,7 @@ func (l *Lab) sectionScale(ctx context.Context) error {
 		return ctx.Err()
 	}
 	for _, h := range hosts {
-		if h.skip != "" {
+		if h.skip != "" || h.control {
 			continue
 		}
 		pg, err := newPinger(l.nsPath(h.short))
@@ -283,7 +295,7 @@ func (l *Lab) sectionScale(ctx context.Context) error {
 		fillErr := make([]error, len(hosts))
 		var wg sync.WaitGroup
 		for i, h := range hosts {
-			if h.skip != "" {
+			if h.skip != "" || h.control {
 				continue
 			}
 			wg.Add(1)
@@ -305,7 +317,7 @@ func (l *Lab) sectionScale(ctx context.Context) error {
 			case h.failedAt != 0:
 				// The reason is in the note of the first N it failed at.
 				h.skip = fmt.Sprintf("could not grow to %d endpoints", h.failedAt)
-			case h.skip == "":
+			case h.skip == "" && !h.control:
 				fillNote = append(fillNote, fmt.Sprintf("%s %.1f s", h.label, fill[i].Seconds()))
 			}
 		}
@@ -327,7 +339,7 @@ func (l *Lab) sectionScale(ctx context.Context) error {
 		}
 		for i, h := range hosts {
 			r := res[i]
-			if h.skip == "" {
+			if h.skip == "" && !h.control {
 				r.vals["su50"] = []float64{percentile(pools[i], 50)}
 				r.vals["su99"] = []float64{percentile(pools[i], 99)}
 				if eps, ports, err := h.count(ctx); err == nil {
@@ -364,7 +376,8 @@ func (l *Lab) sectionScale(ctx context.Context) error {
 		fmt.Sprintf("N is the agent's endpoints: fa, fb (ka, kb on k1), sandboxes of earlier sections, and fillers without a command, each publishing one TCP host port (%d…); ports counts all published ports.", hpFillBase),
 		fmt.Sprintf("Gbit/s: one iperf3 stream h2 → host:%d → fa/ka:%d; conn/s: wrk -t1 -c8 with Connection: close, h2 → host:%d → fa/ka:%d.", hpFabric, portPerf, hpFabHTTP, portHTTP),
 		fmt.Sprintf("set-up: %d API CreateSandbox calls per repetition (one published port each), from the call to the address answering ping from the host, then removed; p50/p99 over all repetitions (%d samples).", scaleSetupN, scaleSetupN*l.o.reps),
-		"the kernel-datapath agent runs in its own host namespace k1 (fabricd --datapath kernel), reached from h2 over a veth of its own.")
+		"the kernel-datapath agent runs in its own host namespace k1 (fabricd --datapath kernel), reached from h2 over a veth of its own.",
+		fmt.Sprintf("the control row is the kernel's own published port on h1 (nftables DNAT h1:%d/%d → c1a on br0, no fabric endpoint on the path) measured at every N like the others: its change with N is the host's (more namespaces, links, routes, timers), not fabric's; fabric's own change is its ratio divided by the control's.", hpDNAT, hpDNATHTTP))
 	if eb := rows[0]; len(eb) > 1 && hosts[0].skip == "" && strings.Contains(hosts[0].label, "eBPF") {
 		last := eb[len(eb)-1]
 		n := l.o.scaleN[len(l.o.scaleN)-1]
@@ -373,6 +386,10 @@ func (l *Lab) sectionScale(ctx context.Context) error {
 			target("Gbit/s", ratio("gbps"), 0.95, true, "×"),
 			target("conn/s", ratio("rps"), 0.95, true, "×"),
 			target("set-up p50", ratio("su50"), 1.05, false, "×")))
+		if ctl := rows[len(rows)-1]; len(ctl) == len(eb) && ctl[0].skip == "" {
+			cr := func(k string) float64 { return ratio(k) / (ctl[len(ctl)-1].med(k) / ctl[0].med(k)) }
+			notes = append(notes, fmt.Sprintf("eBPF at N=%d vs N=%d after the host-wide change (divided by the control's ratio): Gbit/s %.2f×, conn/s %.2f×.", n, first, cr("gbps"), cr("rps")))
+		}
 	}
 	printTable(fmt.Sprintf("scale: published-port TCP stream, new connections/s and endpoint set-up with N endpoints and published ports on one host, %d s, median of %d", l.secs(), l.o.reps),
 		l.withRange([]column{

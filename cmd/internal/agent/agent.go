@@ -87,6 +87,7 @@ type Agent struct {
 	unhealthy map[string]string     // network ID → why (macvlan/ipvlan parent missing)
 	dns       *dns.Server
 	dnsErrors map[string]string // sandbox → why its resolver is not running
+	dnsSet    map[string][]dns.Record // DNS table owner → its records as last set (refreshDNS)
 
 	cl               *cluster.Cluster
 	cs               clusterState
@@ -119,7 +120,7 @@ func New(opts Options) (*Agent, error) {
 		opts: opts, log: opts.Log, dp: opts.Datapath, store: st, started: time.Now(),
 		networks: map[string]*networkRec{}, sandboxes: map[string]*sandboxRec{},
 		endpoints: map[string]*endpointRec{}, pools: map[string]*ipam.Pool{},
-		unhealthy: map[string]string{}, dnsErrors: map[string]string{},
+		unhealthy: map[string]string{}, dnsErrors: map[string]string{}, dnsSet: map[string][]dns.Record{},
 		cl: opts.Cluster, unhealthyOverlay: map[string]string{},
 	}
 	if !opts.NoDNS {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -13,38 +14,81 @@ import (
 	"github.com/fabricnet/fabric/datapath/netns"
 )
 
-// refreshDNS rebuilds the embedded DNS table from the endpoints: every
-// endpoint answers to its sandbox's name and its aliases, on its network.
+// refreshDNS brings the embedded DNS table up to date with the endpoints:
+// every endpoint answers to its sandbox's name and its aliases, on its
+// network, and overlay networks carry the names of their remote endpoints.
 // Records of sandboxes and endpoints on their way out are left out, so a
 // name disappears the moment its removal starts.
+//
+// The table is updated per owner (a local endpoint, or the remote names of
+// one overlay network), and only for owners whose records changed since
+// the last call (a.dnsSet), so a create at 1,000 endpoints does not
+// rebuild 1,000 endpoints' records: the walk below compares in place and
+// allocates nothing for an unchanged endpoint.
 func (a *Agent) refreshDNS() {
 	if a.dns == nil {
 		return
 	}
-	recs := make([]dns.Record, 0, 2*len(a.endpoints))
-	for _, ep := range a.endpoints {
+	for id, ep := range a.endpoints {
+		owner := "ep/" + id
 		sb, n := a.sandboxes[ep.Sandbox], a.networks[ep.NetworkID]
 		if sb == nil || n == nil || ep.Phase == phaseRemoving || sb.Phase == phaseRemoving {
+			a.setDNS(owner, nil)
 			continue
 		}
+		if localRecordsAre(a.dnsSet[owner], sb.Name, n.ID, ep) {
+			continue
+		}
+		recs := make([]dns.Record, 0, 1+len(ep.Aliases))
 		for _, name := range append([]string{sb.Name}, ep.Aliases...) {
 			recs = append(recs, dns.Record{Name: name, Network: n.ID, IP: ep.Addr.Addr(), Sandbox: sb.Name})
 		}
+		a.setDNS(owner, recs)
 	}
-	a.dns.SetTable(dns.NewTable(append(recs, a.remoteRecordsLocked()...)))
+	for id, names := range a.cs.names {
+		if owner := "net/" + id; !slices.Equal(a.dnsSet[owner], names) {
+			a.setDNS(owner, slices.Clone(names))
+		}
+	}
+	for owner := range a.dnsSet {
+		kind, id, _ := strings.Cut(owner, "/")
+		_, isEP := a.endpoints[id]
+		_, isNet := a.cs.names[id]
+		if kind == "ep" && !isEP || kind == "net" && !isNet {
+			a.setDNS(owner, nil)
+		}
+	}
 }
 
-// remoteRecordsLocked are the names of overlay endpoints on other nodes,
-// kept by the cluster sync next to the remotes they belong to (see
-// remotesLocked): a sandbox create or remove here does not walk the
-// cluster's endpoint records again. They carry no sandbox: a remote
-// sandbox's name says nothing about local scoping.
-func (a *Agent) remoteRecordsLocked() []dns.Record {
-	var recs []dns.Record
-	for _, names := range a.cs.names {
-		recs = append(recs, names...)
+// setDNS replaces owner's records in the table and remembers them.
+func (a *Agent) setDNS(owner string, recs []dns.Record) {
+	if len(recs) == 0 {
+		if _, ok := a.dnsSet[owner]; !ok {
+			return
+		}
+		delete(a.dnsSet, owner)
+	} else {
+		a.dnsSet[owner] = recs
 	}
-	return recs
+	a.dns.SetRecords(owner, recs)
+}
+
+// localRecordsAre says whether recs are exactly the records of a local
+// endpoint ep of sandbox sandbox on network network.
+func localRecordsAre(recs []dns.Record, sandbox, network string, ep *endpointRec) bool {
+	if len(recs) != 1+len(ep.Aliases) {
+		return false
+	}
+	for i, r := range recs {
+		name := sandbox
+		if i > 0 {
+			name = ep.Aliases[i-1]
+		}
+		if r != (dns.Record{Name: name, Network: network, IP: ep.Addr.Addr(), Sandbox: sandbox}) {
+			return false
+		}
+	}
+	return true
 }
 
 // hasResolver says whether a sandbox gets the embedded DNS server: those

@@ -6,10 +6,11 @@
 // The agent owns the lifecycle. Attach opens the two sockets inside a
 // sandbox's network namespace (lo must be up) and is idempotent, so the
 // agent calls it when it creates a sandbox and again for every sandbox when
-// it starts; Detach closes them when the sandbox goes; SetTable swaps in a
-// new immutable record Table whenever sandboxes, endpoints, aliases or
-// gossiped records change; ResolvConf is what the agent writes to
-// /etc/netns/NAME/resolv.conf.
+// it starts; Detach closes them when the sandbox goes; SetRecords replaces
+// the records of one owner (the agent's owners are endpoints and overlay
+// networks) whenever sandboxes, endpoints, aliases or gossiped records
+// change, and SetTable swaps in a whole new Table; ResolvConf is what the
+// agent writes to /etc/netns/NAME/resolv.conf.
 //
 // A query is answered from the Table with the scope rule: a name resolves
 // only for a querier that shares a network with its target, and the answer

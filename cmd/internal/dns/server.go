@@ -108,6 +108,12 @@ func (s *Server) SetTable(t *Table) {
 	s.table.Store(t)
 }
 
+// SetRecords replaces the records of one owner in the table queries are
+// answered from (see Table.Set); none removes them.
+func (s *Server) SetRecords(owner string, records []Record) {
+	s.table.Load().Set(owner, records)
+}
+
 // attachment is one sandbox's pair of sockets and the servers on them.
 type attachment struct {
 	s       *Server

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 )
 
@@ -25,17 +26,26 @@ type entry struct {
 	name    string
 	network string
 	sandbox string
+	owner   string // who set it (Table.Set); "" for NewTable's records
 	ip      netip.Addr
 	netIP   net.IP // ip as the miekg/dns A/AAAA records want it, shared read-only
 }
 
-// Table is an immutable snapshot of the records, indexed for the query
-// path. It is cheap to build; the agent builds a new one on every change.
-// A nil *Table is an empty table.
+// sandboxNet is one (sandbox, network) pair a sandbox has records on.
+type sandboxNet struct{ sandbox, network string }
+
+// Table holds the records, indexed for the query path. NewTable builds one
+// from a full list; Set then replaces the records of one owner (the agent
+// uses an endpoint or a network as owner), so a change costs what the
+// owner's records cost, not a rebuild of every record on the host. Queries
+// take a read lock. A nil *Table is an empty table.
 type Table struct {
+	mu      sync.RWMutex
 	byName  map[string][]entry
 	byAddr  map[netip.Addr][]entry
 	nets    map[string][]string // sandbox -> networks it has records on
+	netRefs map[sandboxNet]int  // records behind each nets entry
+	owners  map[string][]entry  // owner -> its records
 	records int
 	turn    atomic.Uint32 // round-robin counter
 }
@@ -44,35 +54,119 @@ type Table struct {
 // dropped; duplicates (same name, network and address) are kept once.
 func NewTable(records []Record) *Table {
 	t := &Table{
-		byName: make(map[string][]entry, len(records)),
-		byAddr: make(map[netip.Addr][]entry, len(records)),
-		nets:   make(map[string][]string),
+		byName:  make(map[string][]entry, len(records)),
+		byAddr:  make(map[netip.Addr][]entry, len(records)),
+		nets:    make(map[string][]string),
+		netRefs: make(map[sandboxNet]int),
+		owners:  make(map[string][]entry),
 	}
-	type key struct {
-		name, network string
-		ip            netip.Addr
-	}
-	seen := make(map[key]struct{}, len(records))
+	t.add("", records)
+	return t
+}
+
+// Set replaces the records of owner with records (none: removes them),
+// with NewTable's rules for bad records and duplicates within the owner's
+// records. Queries see the owner's old records or its new ones, never a
+// mix.
+func (t *Table) Set(owner string, records []Record) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.remove(owner)
+	t.add(owner, records)
+}
+
+// add indexes records under owner, which has none yet. Callers hold mu
+// (or own t exclusively).
+func (t *Table) add(owner string, records []Record) {
+	added := make([]entry, 0, len(records))
 	for _, r := range records {
 		name := normName(r.Name)
 		ip := r.IP.Unmap()
 		if name == "" || !ip.IsValid() {
 			continue
 		}
-		k := key{name, r.Network, ip}
-		if _, dup := seen[k]; dup {
+		added = append(added, entry{name: name, network: r.Network, sandbox: r.Sandbox, owner: owner, ip: ip, netIP: net.IP(ip.AsSlice())})
+	}
+	added = dedup(added)
+	for _, e := range added {
+		t.byName[e.name] = append(t.byName[e.name], e)
+		t.byAddr[e.ip] = append(t.byAddr[e.ip], e)
+		if e.sandbox != "" {
+			k := sandboxNet{e.sandbox, e.network}
+			if t.netRefs[k] == 0 {
+				t.nets[e.sandbox] = append(t.nets[e.sandbox], e.network)
+			}
+			t.netRefs[k]++
+		}
+	}
+	if len(added) > 0 {
+		t.owners[owner] = added
+	}
+	t.records += len(added)
+}
+
+// dedup keeps the first of entries with the same name, network and
+// address, in order.
+func dedup(es []entry) []entry {
+	type key struct {
+		name, network string
+		ip            netip.Addr
+	}
+	if len(es) <= 16 { // an endpoint's names: no map
+		out := es[:0]
+		for _, e := range es {
+			if !slices.ContainsFunc(out, func(o entry) bool { return key{o.name, o.network, o.ip} == key{e.name, e.network, e.ip} }) {
+				out = append(out, e)
+			}
+		}
+		return out
+	}
+	seen := make(map[key]struct{}, len(es))
+	out := es[:0]
+	for _, e := range es {
+		k := key{e.name, e.network, e.ip}
+		if _, dup := seen[k]; !dup {
+			seen[k] = struct{}{}
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// remove drops the records of owner. Callers hold mu.
+func (t *Table) remove(owner string) {
+	old := t.owners[owner]
+	if len(old) == 0 {
+		return
+	}
+	delete(t.owners, owner)
+	mine := func(e entry) bool { return e.owner == owner }
+	for _, e := range old {
+		if l := slices.DeleteFunc(t.byName[e.name], mine); len(l) > 0 {
+			t.byName[e.name] = l
+		} else {
+			delete(t.byName, e.name)
+		}
+		if l := slices.DeleteFunc(t.byAddr[e.ip], mine); len(l) > 0 {
+			t.byAddr[e.ip] = l
+		} else {
+			delete(t.byAddr, e.ip)
+		}
+		if e.sandbox == "" {
 			continue
 		}
-		seen[k] = struct{}{}
-		e := entry{name: name, network: r.Network, sandbox: r.Sandbox, ip: ip, netIP: net.IP(ip.AsSlice())}
-		t.byName[name] = append(t.byName[name], e)
-		t.byAddr[ip] = append(t.byAddr[ip], e)
-		if r.Sandbox != "" && !slices.Contains(t.nets[r.Sandbox], r.Network) {
-			t.nets[r.Sandbox] = append(t.nets[r.Sandbox], r.Network)
+		k := sandboxNet{e.sandbox, e.network}
+		if t.netRefs[k]--; t.netRefs[k] > 0 {
+			continue
 		}
-		t.records++
+		delete(t.netRefs, k)
+		if l := slices.DeleteFunc(t.nets[e.sandbox], func(n string) bool { return n == e.network }); len(l) > 0 {
+			t.nets[e.sandbox] = l
+		} else {
+			delete(t.nets, e.sandbox)
+		}
 	}
-	return t
+	t.records -= len(old)
 }
 
 // Len returns the number of records in the table.
@@ -80,6 +174,8 @@ func (t *Table) Len() int {
 	if t == nil {
 		return 0
 	}
+	t.mu.RLock()
+	defer t.mu.RUnlock()
 	return t.records
 }
 
@@ -103,6 +199,8 @@ func (t *Table) lookup(addrs []netip.Addr, ips []net.IP, querier, name string) (
 	if t == nil {
 		return addrs, ips, false
 	}
+	t.mu.RLock()
+	defer t.mu.RUnlock()
 	entries, known := t.byName[normName(name)]
 	if !known {
 		return addrs, ips, false
@@ -141,6 +239,8 @@ func (t *Table) reverse(querier string, ip netip.Addr) (names []string, known bo
 	if t == nil {
 		return nil, false
 	}
+	t.mu.RLock()
+	defer t.mu.RUnlock()
 	entries, known := t.byAddr[ip.Unmap()]
 	if !known {
 		return nil, false

@@ -1,6 +1,9 @@
 package dns
 
 import (
+	"fmt"
+	"maps"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"testing"
@@ -220,5 +223,109 @@ func BenchmarkNewTable1000(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		NewTable(recs)
+	}
+}
+
+func TestTableSetReplacesOneOwner(t *testing.T) {
+	tb := NewTable(nil)
+	tb.Set("ep/web", []Record{
+		{Name: "web", Network: "front", IP: ip("10.1.0.2"), Sandbox: "web"},
+		{Name: "www", Network: "front", IP: ip("10.1.0.2"), Sandbox: "web"},
+	})
+	tb.Set("ep/ui", []Record{{Name: "ui", Network: "front", IP: ip("10.1.0.3"), Sandbox: "ui"}})
+	if got := tb.Lookup("ui", "www"); !slices.Equal(got, []netip.Addr{ip("10.1.0.2")}) || tb.Len() != 3 {
+		t.Fatalf("after two sets: Lookup(ui, www) = %v, Len %d", got, tb.Len())
+	}
+	// web moves to another network and loses its alias: ui shares no
+	// network with it any more, and the alias is gone.
+	tb.Set("ep/web", []Record{{Name: "web", Network: "back", IP: ip("10.2.0.2"), Sandbox: "web"}})
+	if _, _, known := tb.lookup(nil, nil, "ui", "www"); known {
+		t.Error("the dropped alias is still known")
+	}
+	if got := tb.Lookup("ui", "web"); got != nil {
+		t.Errorf("Lookup(ui, web) after web left front = %v, want nothing", got)
+	}
+	if got := tb.Reverse("web", ip("10.2.0.2")); !slices.Equal(got, []string{"web"}) {
+		t.Errorf("Reverse(web, 10.2.0.2) = %v", got)
+	}
+	tb.Set("ep/web", nil)
+	tb.Set("ep/nobody", nil) // removing what is not there is fine
+	if _, _, known := tb.lookup(nil, nil, "ui", "web"); known || tb.Len() != 1 {
+		t.Errorf("after removing web: known %v, Len %d, want false, 1", known, tb.Len())
+	}
+	if len(tb.nets) != 1 || len(tb.netRefs) != 1 || len(tb.owners) != 1 || len(tb.byAddr) != 1 {
+		t.Errorf("index left behind: nets %v refs %v owners %d addrs %d", tb.nets, tb.netRefs, len(tb.owners), len(tb.byAddr))
+	}
+}
+
+// TestTableSetMatchesRebuild: after every one of a few hundred random Set
+// calls, every lookup and reverse lookup gives what a table built from
+// scratch with NewTable over the same records gives.
+func TestTableSetMatchesRebuild(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(1, 2))
+	names := []string{"a", "b", "c", "api", "DB"}
+	nets := []string{"n1", "n2", "n3"}
+	sandboxes := []string{"a", "b", "c", ""}
+	owned := map[string][]Record{}
+	tb := NewTable(nil)
+	for step := range 400 {
+		owner := fmt.Sprintf("o%d", rnd.IntN(8))
+		var recs []Record
+		for range rnd.IntN(4) {
+			// An address belongs to one sandbox (or to none: remote).
+			host := 1 + rnd.IntN(6)
+			recs = append(recs, Record{
+				Name:    names[rnd.IntN(len(names))],
+				Network: nets[rnd.IntN(len(nets))],
+				IP:      netip.AddrFrom4([4]byte{10, 0, 0, byte(host)}),
+				Sandbox: sandboxes[host%len(sandboxes)],
+			})
+		}
+		tb.Set(owner, recs)
+		owned[owner] = recs
+		var all []Record
+		for _, o := range slices.Sorted(maps.Keys(owned)) {
+			all = append(all, owned[o]...)
+		}
+		want := NewTable(all)
+		for _, q := range sandboxes {
+			for _, n := range append(names, "nosuch") {
+				g, _, gk := tb.lookup(nil, nil, q, n)
+				w, _, wk := want.lookup(nil, nil, q, n)
+				if gk != wk || !slices.Equal(sorted(g), sorted(w)) {
+					t.Fatalf("step %d: lookup(%q, %q) = %v known %v, rebuilt table says %v known %v", step, q, n, g, gk, w, wk)
+				}
+			}
+			for i := range 7 {
+				a := netip.AddrFrom4([4]byte{10, 0, 0, byte(i)})
+				g, gk := tb.reverse(q, a)
+				w, wk := want.reverse(q, a)
+				slices.Sort(g)
+				slices.Sort(w)
+				if gk != wk || !slices.Equal(g, w) {
+					t.Fatalf("step %d: reverse(%q, %s) = %v known %v, rebuilt table says %v known %v", step, q, a, g, gk, w, wk)
+				}
+			}
+		}
+	}
+}
+
+// TestTableSetDuringLookups runs Set and lookups at once (meant for -race).
+func TestTableSetDuringLookups(t *testing.T) {
+	tb := NewTable(nil)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 2000 {
+			tb.Set(fmt.Sprintf("o%d", i%10), []Record{{Name: "x", Network: "n", IP: netip.AddrFrom4([4]byte{10, 0, 0, byte(i % 10)}), Sandbox: "q"}})
+		}
+	}()
+	for i := 0; i < 2000; i++ {
+		tb.Lookup("q", "x")
+		tb.Reverse("q", ip("10.0.0.1"))
+	}
+	<-done
+	if got := tb.Lookup("q", "x"); len(got) != 10 {
+		t.Fatalf("x resolves to %d addresses, want 10", len(got))
 	}
 }
