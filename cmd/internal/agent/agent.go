@@ -86,7 +86,7 @@ type Agent struct {
 	events    []eventWarning        // one-off cluster events, shown for eventWarningTTL
 	unhealthy map[string]string     // network ID → why (macvlan/ipvlan parent missing)
 	dns       *dns.Server
-	dnsErrors map[string]string // sandbox → why its resolver is not running
+	dnsErrors map[string]string       // sandbox → why its resolver is not running
 	dnsSet    map[string][]dns.Record // DNS table owner → its records as last set (refreshDNS)
 
 	cl               *cluster.Cluster
