@@ -86,8 +86,10 @@ type Agent struct {
 	events    []eventWarning        // one-off cluster events, shown for eventWarningTTL
 	unhealthy map[string]string     // network ID → why (macvlan/ipvlan parent missing)
 	dns       *dns.Server
-	dnsErrors map[string]string       // sandbox → why its resolver is not running
-	dnsSet    map[string][]dns.Record // DNS table owner → its records as last set (refreshDNS)
+	dnsErrors map[string]string           // sandbox → why its resolver is not running
+	hostPorts map[hostPortKey][]published // the sandboxes' published ports (putSandbox)
+	dnsEP     map[string][]dns.Record     // endpoint ID → its DNS records as last set (refreshEndpointDNS)
+	dnsNet    map[string][]dns.Record     // overlay network ID → its remote names as last set
 
 	cl               *cluster.Cluster
 	cs               clusterState
@@ -118,9 +120,9 @@ func New(opts Options) (*Agent, error) {
 	}
 	a := &Agent{
 		opts: opts, log: opts.Log, dp: opts.Datapath, store: st, started: time.Now(),
-		networks: map[string]*networkRec{}, sandboxes: map[string]*sandboxRec{},
+		networks: map[string]*networkRec{}, sandboxes: map[string]*sandboxRec{}, hostPorts: map[hostPortKey][]published{},
 		endpoints: map[string]*endpointRec{}, pools: map[string]*ipam.Pool{},
-		unhealthy: map[string]string{}, dnsErrors: map[string]string{}, dnsSet: map[string][]dns.Record{},
+		unhealthy: map[string]string{}, dnsErrors: map[string]string{}, dnsEP: map[string][]dns.Record{}, dnsNet: map[string][]dns.Record{},
 		cl: opts.Cluster, unhealthyOverlay: map[string]string{},
 	}
 	if !opts.NoDNS {

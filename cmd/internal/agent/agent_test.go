@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -253,4 +254,61 @@ func TestSandboxRollbackReleasesItsAddress(t *testing.T) {
 	if alive(sb.PID, 0) {
 		t.Fatal("command still runs after RemoveSandbox")
 	}
+}
+
+// TestPublishedPortsClashAcrossRollbackRemoveAndRestart: the index of
+// published host ports (putSandbox/dropSandbox) refuses a port in use,
+// frees it when its sandbox goes or its create is rolled back, and is
+// rebuilt from the store after a restart.
+func TestPublishedPortsClashAcrossRollbackRemoveAndRestart(t *testing.T) {
+	netnstest.RequireRoot(t)
+	dir, dp := t.TempDir(), newFake()
+	a := newTestAgent(t, dir, dp)
+	ctx := context.Background()
+	web, other, third := netnstest.UniqueName("agp"), netnstest.UniqueName("agp"), netnstest.UniqueName("agp")
+	t.Cleanup(func() { netnstest.Remove(web); netnstest.Remove(other); netnstest.Remove(third) })
+	create := func(a *Agent, name string, ports ...string) error {
+		_, err := a.CreateSandbox(ctx, api.SandboxCreate{Name: name, Ports: ports})
+		return err
+	}
+	clash := func(a *Agent, name, port string) {
+		t.Helper()
+		if err := create(a, name, port); !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "already published") {
+			t.Fatalf("-p %s while %s publishes it: %v, want a conflict", port, web, err)
+		}
+	}
+	if err := create(a, web, "8080:80", "127.0.0.1:9090:90"); err != nil {
+		t.Fatal(err)
+	}
+	clash(a, other, "8080:80")
+	clash(a, other, "127.0.0.1:9090:91")
+	clash(a, other, "9090:91") // all addresses include 127.0.0.1
+	if err := create(a, other, "8080:80/udp", "10.0.0.1:9090:90"); err != nil {
+		t.Fatalf("other protocol, other address: %v", err)
+	}
+	// A rolled-back create leaves its ports free.
+	dp.failEndpoint = errors.New("veth refused")
+	if err := create(a, third, "7070:70"); !errors.Is(err, dp.failEndpoint) {
+		t.Fatalf("create with failing endpoint: %v", err)
+	}
+	dp.failEndpoint = nil
+	if err := create(a, third, "7070:70"); err != nil {
+		t.Fatalf("port of a rolled-back create: %v", err)
+	}
+	// After a restart the ports in use are still refused.
+	a.Close()
+	a = newTestAgent(t, dir, dp)
+	defer a.Close()
+	clash(a, netnstest.UniqueName("agp"), "8080:80")
+	clash(a, netnstest.UniqueName("agp"), "7070:70")
+	// Removing a sandbox frees its ports, and only its ports.
+	if err := a.RemoveSandbox(ctx, web); err != nil {
+		t.Fatal(err)
+	}
+	again := netnstest.UniqueName("agp")
+	t.Cleanup(func() { netnstest.Remove(again) })
+	if err := create(a, again, "8080:80", "127.0.0.1:9090:90"); err != nil {
+		t.Fatalf("ports of a removed sandbox: %v", err)
+	}
+	clash(a, netnstest.UniqueName("agp"), "8080:80/udp")
 }

@@ -322,7 +322,7 @@ func (a *Agent) syncClusterLocked(ctx context.Context) {
 	ver := a.cl.StateVersion()
 	if changed || ver != a.cs.dnsVer {
 		a.cs.dnsVer = ver
-		a.refreshDNS()
+		a.refreshRemoteDNS()
 	}
 }
 

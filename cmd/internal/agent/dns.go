@@ -14,63 +14,88 @@ import (
 	"github.com/fabricnet/fabric/datapath/netns"
 )
 
-// refreshDNS brings the embedded DNS table up to date with the endpoints:
-// every endpoint answers to its sandbox's name and its aliases, on its
-// network, and overlay networks carry the names of their remote endpoints.
-// Records of sandboxes and endpoints on their way out are left out, so a
-// name disappears the moment its removal starts.
+// refreshDNS brings the whole embedded DNS table up to date (at start and
+// after a resync): every endpoint answers to its sandbox's name and its
+// aliases, on its network, and overlay networks carry the names of their
+// remote endpoints. Records of sandboxes and endpoints on their way out are
+// left out, so a name disappears the moment its removal starts.
 //
 // The table is updated per owner (a local endpoint, or the remote names of
 // one overlay network), and only for owners whose records changed since
-// the last call (a.dnsSet), so a create at 1,000 endpoints does not
-// rebuild 1,000 endpoints' records: the walk below compares in place and
-// allocates nothing for an unchanged endpoint.
+// they were last set (a.dnsEP, a.dnsNet). A change to a few endpoints goes
+// through refreshEndpointDNS instead, which does not walk the others: at
+// 1,000 endpoints this walk took 0.8 ms per sandbox create.
 func (a *Agent) refreshDNS() {
 	if a.dns == nil {
 		return
 	}
-	for id, ep := range a.endpoints {
-		owner := "ep/" + id
+	for _, ep := range a.endpoints {
+		a.refreshEndpointDNS(ep)
+	}
+	for id := range a.dnsEP {
+		if a.endpoints[id] == nil {
+			a.setEndpointDNS(id, nil)
+		}
+	}
+	a.refreshRemoteDNS()
+}
+
+// refreshEndpointDNS updates the names of the given endpoints only: those
+// still present and not being removed (nor their sandbox) get their
+// records, the others lose them.
+func (a *Agent) refreshEndpointDNS(eps ...*endpointRec) {
+	if a.dns == nil {
+		return
+	}
+	for _, ep := range eps {
 		sb, n := a.sandboxes[ep.Sandbox], a.networks[ep.NetworkID]
-		if sb == nil || n == nil || ep.Phase == phaseRemoving || sb.Phase == phaseRemoving {
-			a.setDNS(owner, nil)
+		if a.endpoints[ep.ID] != ep || sb == nil || n == nil || ep.Phase == phaseRemoving || sb.Phase == phaseRemoving {
+			a.setEndpointDNS(ep.ID, nil)
 			continue
 		}
-		if localRecordsAre(a.dnsSet[owner], sb.Name, n.ID, ep) {
+		if localRecordsAre(a.dnsEP[ep.ID], sb.Name, n.ID, ep) {
 			continue
 		}
 		recs := make([]dns.Record, 0, 1+len(ep.Aliases))
 		for _, name := range append([]string{sb.Name}, ep.Aliases...) {
 			recs = append(recs, dns.Record{Name: name, Network: n.ID, IP: ep.Addr.Addr(), Sandbox: sb.Name})
 		}
-		a.setDNS(owner, recs)
+		a.setEndpointDNS(ep.ID, recs)
+	}
+}
+
+// refreshRemoteDNS updates the names of remote endpoints, per overlay
+// network, from what the cluster sync keeps in a.cs.names.
+func (a *Agent) refreshRemoteDNS() {
+	if a.dns == nil {
+		return
 	}
 	for id, names := range a.cs.names {
-		if owner := "net/" + id; !slices.Equal(a.dnsSet[owner], names) {
-			a.setDNS(owner, slices.Clone(names))
+		if !slices.Equal(a.dnsNet[id], names) {
+			a.setDNS(a.dnsNet, "net/", id, slices.Clone(names))
 		}
 	}
-	for owner := range a.dnsSet {
-		kind, id, _ := strings.Cut(owner, "/")
-		_, isEP := a.endpoints[id]
-		_, isNet := a.cs.names[id]
-		if kind == "ep" && !isEP || kind == "net" && !isNet {
-			a.setDNS(owner, nil)
+	for id := range a.dnsNet {
+		if _, ok := a.cs.names[id]; !ok {
+			a.setDNS(a.dnsNet, "net/", id, nil)
 		}
 	}
 }
 
-// setDNS replaces owner's records in the table and remembers them.
-func (a *Agent) setDNS(owner string, recs []dns.Record) {
+func (a *Agent) setEndpointDNS(id string, recs []dns.Record) { a.setDNS(a.dnsEP, "ep/", id, recs) }
+
+// setDNS replaces the records of one owner (kind and id) in the table and
+// remembers them in set.
+func (a *Agent) setDNS(set map[string][]dns.Record, kind, id string, recs []dns.Record) {
 	if len(recs) == 0 {
-		if _, ok := a.dnsSet[owner]; !ok {
+		if _, ok := set[id]; !ok {
 			return
 		}
-		delete(a.dnsSet, owner)
+		delete(set, id)
 	} else {
-		a.dnsSet[owner] = recs
+		set[id] = recs
 	}
-	a.dns.SetRecords(owner, recs)
+	a.dns.SetRecords(kind+id, recs)
 }
 
 // localRecordsAre says whether recs are exactly the records of a local

@@ -28,7 +28,7 @@ func (a *Agent) load() error {
 			return err
 		}
 		for i := range sbs {
-			a.sandboxes[sbs[i].Name] = &sbs[i]
+			a.putSandbox(&sbs[i])
 		}
 		eps, err := store.List[endpointRec](tx, bucketEndpoints)
 		if err != nil {

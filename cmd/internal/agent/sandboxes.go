@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -118,7 +119,7 @@ func (a *Agent) planSandbox(ctx context.Context, req api.SandboxCreate) (*sandbo
 	if network == nil {
 		return sb, nil, nil
 	}
-	ep, err := a.planEndpoint(ctx, network, name, req.IP, req.Aliases)
+	ep, err := a.planEndpoint(ctx, network, name, true, req.IP, req.Aliases)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -138,11 +139,9 @@ func (a *Agent) planPorts(specs []string) ([]api.Port, error) {
 				return nil, invalidf("-p %s and -p %s publish the same host port", p, q)
 			}
 		}
-		for _, other := range a.sandboxes {
-			for _, q := range other.Ports {
-				if portsClash(p, q) {
-					return nil, conflictf("host port %d/%s is already published by sandbox %q (-p %s)", p.HostPort, p.Proto, other.Name, q)
-				}
+		for _, pub := range a.hostPorts[hostPortKey{p.Proto, p.HostPort}] {
+			if portsClash(p, pub.port) {
+				return nil, conflictf("host port %d/%s is already published by sandbox %q (-p %s)", p.HostPort, p.Proto, pub.sandbox, pub.port)
 			}
 		}
 		out = append(out, p)
@@ -152,6 +151,46 @@ func (a *Agent) planPorts(specs []string) ([]api.Port, error) {
 
 func portsClash(p, q api.Port) bool {
 	return p.Proto == q.Proto && p.HostPort == q.HostPort && (p.HostIP == "" || q.HostIP == "" || p.HostIP == q.HostIP)
+}
+
+// hostPortKey indexes the published ports by protocol and host port, so a
+// create checks its ports for clashes without walking every sandbox.
+type hostPortKey struct {
+	proto string
+	port  uint16
+}
+
+type published struct {
+	sandbox string
+	port    api.Port
+}
+
+// putSandbox adds sb to the sandboxes and its ports to the index of
+// published ports; dropSandbox takes them out again.
+func (a *Agent) putSandbox(sb *sandboxRec) {
+	if old := a.sandboxes[sb.Name]; old != nil {
+		a.dropSandbox(old)
+	}
+	a.sandboxes[sb.Name] = sb
+	for _, p := range sb.Ports {
+		k := hostPortKey{p.Proto, p.HostPort}
+		a.hostPorts[k] = append(a.hostPorts[k], published{sb.Name, p})
+	}
+}
+
+func (a *Agent) dropSandbox(sb *sandboxRec) {
+	if a.sandboxes[sb.Name] == sb {
+		delete(a.sandboxes, sb.Name)
+	}
+	for _, p := range sb.Ports {
+		k := hostPortKey{p.Proto, p.HostPort}
+		l := slices.DeleteFunc(a.hostPorts[k], func(x published) bool { return x.sandbox == sb.Name && x.port == p })
+		if len(l) == 0 {
+			delete(a.hostPorts, k)
+		} else {
+			a.hostPorts[k] = l
+		}
+	}
 }
 
 // addSandbox stores, programs and starts a planned sandbox; on failure
@@ -176,7 +215,7 @@ func (a *Agent) addSandbox(ctx context.Context, sb *sandboxRec, eps []*endpointR
 		}
 		return err
 	}
-	a.sandboxes[sb.Name] = sb
+	a.putSandbox(sb)
 	for _, ep := range eps {
 		a.endpoints[ep.ID] = ep
 	}
@@ -224,7 +263,7 @@ func (a *Agent) addSandbox(ctx context.Context, sb *sandboxRec, eps []*endpointR
 		return err
 	}
 	a.publish(eps)
-	a.refreshDNS()
+	a.refreshEndpointDNS(eps...)
 	a.log.Info("sandbox created", "sandbox", sb.Name, "mode", sb.Mode, "pid", sb.PID)
 	return nil
 }
@@ -284,7 +323,7 @@ func (a *Agent) removeSandboxLocked(ctx context.Context, sb *sandboxRec) error {
 		return err
 	}
 	// Its names go first, then its resolver.
-	a.refreshDNS()
+	a.refreshEndpointDNS(a.sandboxEndpoints(sb.Name)...)
 	a.detachDNS(sb)
 	if sb.PID > 0 && !sb.Exited {
 		if err := a.procs.stop(sb.PID, sb.PIDStart, 5*time.Second); err != nil {
@@ -302,7 +341,7 @@ func (a *Agent) removeSandboxLocked(ctx context.Context, sb *sandboxRec) error {
 	if err := a.store.Update(func(tx storeTx) error { return tx.Delete(bucketSandboxes, sb.Name) }); err != nil {
 		return err
 	}
-	delete(a.sandboxes, sb.Name)
+	a.dropSandbox(sb)
 	a.procs.removeLog(sb.LogPath)
 	a.log.Info("sandbox removed", "sandbox", sb.Name)
 	return nil
