@@ -36,19 +36,7 @@ func TestMain(m *testing.M) {
 	if mode := os.Getenv("FABRIC_E2E_HELPER"); mode != "" {
 		os.Exit(helperMain(mode, os.Args[1:]))
 	}
-	if os.Geteuid() != 0 {
-		fmt.Println("e2e: not root: every test here skips (they need network namespaces, links and nftables)")
-		os.Exit(m.Run())
-	}
-	dir, err := testbin.Build("fabric-e2e-bin")
-	if err != nil {
-		fmt.Println(err)
-		os.Exit(1)
-	}
-	binDir = dir
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	os.Exit(testbin.Main(m, "fabric-e2e-bin", "e2e: not root: every test here skips (they need network namespaces, links and nftables)", &binDir))
 }
 
 // host is one test host: a namespace with an uplink, an outside peer, and

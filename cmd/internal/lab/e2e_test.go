@@ -28,19 +28,7 @@ import (
 var binDir string
 
 func TestMain(m *testing.M) {
-	if os.Geteuid() != 0 {
-		fmt.Println("lab: not root: the end-to-end tests skip (they need network namespaces); unit tests run")
-		os.Exit(m.Run())
-	}
-	dir, err := testbin.Build("fabric-lab-bin")
-	if err != nil {
-		fmt.Println(err)
-		os.Exit(1)
-	}
-	binDir = dir
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	os.Exit(testbin.Main(m, "fabric-lab-bin", "lab: not root: the end-to-end tests skip (they need network namespaces); unit tests run", &binDir))
 }
 
 // testLab is one lab under test.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"testing"
 )
 
 // Build compiles fabricd and fabricctl into a new temporary directory named
@@ -23,4 +24,23 @@ func Build(pattern string) (string, error) {
 		return "", fmt.Errorf("build binaries: %w", err)
 	}
 	return dir, nil
+}
+
+// Main is a TestMain body for tests that run the binaries as root. Not
+// root, it prints notRoot and runs the tests without binaries (they skip
+// themselves). As root it builds them (Build with pattern), sets *dir,
+// runs the tests and removes the binaries. It returns the exit code.
+func Main(m *testing.M, pattern, notRoot string, dir *string) int {
+	if os.Geteuid() != 0 {
+		fmt.Println(notRoot)
+		return m.Run()
+	}
+	d, err := Build(pattern)
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	*dir = d
+	defer os.RemoveAll(d)
+	return m.Run()
 }
