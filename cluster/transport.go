@@ -39,10 +39,10 @@ type transport struct {
 var _ memberlist.NodeAwareTransport = (*transport)(nil)
 
 const (
-	maxDatagram    = 65536   // the largest UDP payload, so nothing is truncated
-	udpRecvBuffer  = 2 << 20 // socket receive buffer asked for; halved until the kernel takes it
-	bindAttempts   = 10      // for port 0: TCP picks, UDP may find the port taken
-	acceptBackoffM = time.Second
+	maxDatagram      = 65536   // the largest UDP payload, so nothing is truncated
+	udpRecvBuffer    = 2 << 20 // socket receive buffer asked for; halved until the kernel takes it
+	bindAttempts     = 10      // for port 0: TCP picks, UDP may find the port taken
+	maxAcceptBackoff = time.Second
 )
 
 // newTransport listens on TCP and UDP at host:port. Port 0 binds both to
@@ -211,7 +211,7 @@ func (t *transport) acceptStreams() {
 			if t.closed.Load() {
 				return
 			}
-			backoff = min(max(2*backoff, 5*time.Millisecond), acceptBackoffM)
+			backoff = min(max(2*backoff, 5*time.Millisecond), maxAcceptBackoff)
 			t.log.Warn("gossip: accept tcp", "err", err, "retry_in", backoff)
 			select {
 			case <-time.After(backoff):

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
-	"os"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -267,7 +266,7 @@ func (d *Datapath) repairHostMTUUp(host netlink.Link, n datapath.Network) error 
 func (d *Datapath) setHostVethUp(host netlink.Link) error {
 	name := host.Attrs().Name
 	err := fabricns.Do(d.nsPath, func() error {
-		err := os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", []byte("1"), 0o644)
+		err := ensureSysctl("net/ipv6/conf/"+name+"/disable_ipv6", "1")
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
 		}

@@ -112,15 +112,6 @@ func dedup(es []entry) []entry {
 		name, network string
 		ip            netip.Addr
 	}
-	if len(es) <= 16 { // an endpoint's names: no map
-		out := es[:0]
-		for _, e := range es {
-			if !slices.ContainsFunc(out, func(o entry) bool { return key{o.name, o.network, o.ip} == key{e.name, e.network, e.ip} }) {
-				out = append(out, e)
-			}
-		}
-		return out
-	}
 	seen := make(map[key]struct{}, len(es))
 	out := es[:0]
 	for _, e := range es {
