@@ -14,10 +14,15 @@
 //
 // A query is answered from the Table with the scope rule: a name resolves
 // only for a querier that shares a network with its target, and the answer
-// is the target's address on that shared network. A name in the table but
-// out of scope is NXDOMAIN; a name with no record at all is forwarded to
-// the upstream resolvers with a timeout and a bound on queries in flight,
-// so a dead upstream gives SERVFAIL, not a hang. UDP queries are read and
+// is the target's address on that shared network. A name out of the
+// querier's scope is treated exactly like a name with no record at all
+// (no NXDOMAIN that would reveal what exists elsewhere): it is forwarded
+// to the upstream resolvers with a timeout and a bound on queries in
+// flight, shared fairly among sandboxes, so a dead upstream gives
+// SERVFAIL, not a hang, and one sandbox cannot starve the others. A
+// sandbox the agent marks as not forwarding (only on internal networks)
+// gets REFUSED instead. Names are single DNS labels (ValidLabel): a
+// record named like an outside name (github.com) is dropped. UDP queries are read and
 // answered in batches (recvmmsg/sendmmsg), local answers inline, because
 // system calls, not DNS, are the cost of a local answer.
 //

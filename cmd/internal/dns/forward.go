@@ -144,19 +144,34 @@ func parseNameservers(data []byte, port string) []string {
 // errBadReply is an upstream reply that does not answer our question.
 var errBadReply = errors.New("reply does not match the question")
 
-// forwardQuery forwards r unless MaxInflight forwards are waiting
-// already, in which case the answer is SERVFAIL at once. A writer that
-// must not block (the UDP batch loop) gets the forward in a goroutine.
-func (s *Server) forwardQuery(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, opt *dns.OPT, tcp bool) {
+// forwardQuery forwards r for sandbox unless the sandbox may not forward
+// (REFUSED at once), or it has its fair share of forwards waiting already,
+// or MaxInflight forwards are waiting in all (SERVFAIL at once). A writer
+// that must not block (the UDP batch loop) gets the forward in a goroutine.
+func (s *Server) forwardQuery(ctx context.Context, sandbox string, w dns.ResponseWriter, r *dns.Msg, opt *dns.OPT, tcp bool) {
+	if s.noForward(sandbox) {
+		s.stats.refused.Add(1)
+		s.replyRcode(w, r, opt, tcp, dns.RcodeRefused)
+		return
+	}
+	if !s.shares.take(sandbox, s.cfg.MaxInflight) {
+		s.stats.inflightRejected.Add(1)
+		s.servfail(w, r, opt, tcp)
+		return
+	}
 	select {
 	case s.inflight <- struct{}{}:
 	default:
+		s.shares.give(sandbox)
 		s.stats.inflightRejected.Add(1)
 		s.servfail(w, r, opt, tcp)
 		return
 	}
 	run := func(w dns.ResponseWriter) {
-		defer func() { <-s.inflight }()
+		defer func() {
+			<-s.inflight
+			s.shares.give(sandbox)
+		}()
 		s.forward(ctx, w, r, opt, tcp)
 	}
 	if aw, ok := w.(asyncWriter); ok {

@@ -56,34 +56,28 @@ func (s *Server) serve(ctx context.Context, sandbox string, w dns.ResponseWriter
 	t := s.table.Load()
 	if q.Qtype == dns.TypePTR {
 		if ip, ok := parsePTR(q.Name); ok {
-			names, known := t.reverse(sandbox, ip)
-			switch {
-			case len(names) > 0:
+			if names, _ := t.reverse(sandbox, ip); len(names) > 0 {
 				s.stats.local.Add(1)
 				s.answerPTR(w, r, opt, tcp, names)
 				return
-			case known:
-				s.stats.nxdomain.Add(1)
-				s.replyRcode(w, r, opt, tcp, dns.RcodeNameError)
-				return
 			}
 		}
-		s.forwardQuery(ctx, w, r, opt, tcp)
+		s.forwardQuery(ctx, sandbox, w, r, opt, tcp)
 		return
 	}
 	var abuf [8]netip.Addr
 	var ibuf [8]net.IP
-	addrs, ips, known := t.lookup(abuf[:0], ibuf[:0], sandbox, q.Name)
-	switch {
-	case len(addrs) > 0:
+	// A name that exists only on networks the querier is not on is treated
+	// as unknown and forwarded: answering NXDOMAIN would tell a sandbox
+	// which names exist elsewhere on the host, and an alias such as
+	// github.com on one network would break that name for every other.
+	addrs, ips, _ := t.lookup(abuf[:0], ibuf[:0], sandbox, q.Name)
+	if len(addrs) > 0 {
 		s.stats.local.Add(1)
 		s.answerAddrs(w, r, opt, tcp, addrs, ips)
-	case known:
-		s.stats.nxdomain.Add(1)
-		s.replyRcode(w, r, opt, tcp, dns.RcodeNameError)
-	default:
-		s.forwardQuery(ctx, w, r, opt, tcp)
+		return
 	}
+	s.forwardQuery(ctx, sandbox, w, r, opt, tcp)
 }
 
 // answerAddrs replies with the addresses that match the question type:

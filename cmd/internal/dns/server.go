@@ -36,7 +36,8 @@ type Config struct {
 	// retries; default 2 s.
 	UpstreamTimeout time.Duration
 	// MaxInflight bounds the forwarded queries waiting for an upstream;
-	// beyond it a query gets SERVFAIL at once. Default 256.
+	// beyond it a query gets SERVFAIL at once. Default 256. One sandbox
+	// gets at most a fair share of it (see shares).
 	MaxInflight int
 	// Log receives state changes and failures; default: discard.
 	Log *slog.Logger
@@ -57,6 +58,8 @@ type Server struct {
 	table    atomic.Pointer[Table]
 	ups      *upstreams
 	inflight chan struct{}
+	shares   shares   // per-sandbox part of inflight
+	denied   sync.Map // sandbox → struct{}: no upstream forwarding (SetForwarding)
 	stats    counters
 	ctx      context.Context // cancelled by Close: aborts forwards
 	cancel   context.CancelFunc

@@ -15,11 +15,11 @@ type Stats struct {
 	Inflight  int      // forwarded queries waiting for an upstream now
 
 	Local            uint64 // answered from the table (including NOERROR with no data)
-	NXDomain         uint64 // name known but not in the querier's scope
+	NXDomain         uint64 // always 0: a name out of the querier's scope is forwarded like an unknown one (kept for the metric's label set)
 	Forwarded        uint64 // answered by an upstream
-	ForwardFailed    uint64 // SERVFAIL: no upstream, all failed or timed out, or over MaxInflight
-	InflightRejected uint64 // the part of ForwardFailed refused because MaxInflight was reached
-	Refused          uint64 // well-formed but unsupported: opcode, class, EDNS version
+	ForwardFailed    uint64 // SERVFAIL: no upstream, all failed or timed out, or over MaxInflight or the sandbox's share
+	InflightRejected uint64 // the part of ForwardFailed refused because MaxInflight or the sandbox's share was reached
+	Refused          uint64 // well-formed but unsupported (opcode, class, EDNS version), or a forward a sandbox may not make (internal networks only)
 	Malformed        uint64 // unparseable packets, responses, not exactly one question
 
 	// Upstream latency of successful forwards.
@@ -42,10 +42,10 @@ var latencyBounds = [...]time.Duration{
 }
 
 type counters struct {
-	local, nxdomain, forwarded, forwardFailed atomic.Uint64
-	inflightRejected, refused, malformed      atomic.Uint64
-	upCount, upSumNanos                       atomic.Uint64
-	upBuckets                                 [len(latencyBounds) + 1]atomic.Uint64
+	local, forwarded, forwardFailed      atomic.Uint64
+	inflightRejected, refused, malformed atomic.Uint64
+	upCount, upSumNanos                  atomic.Uint64
+	upBuckets                            [len(latencyBounds) + 1]atomic.Uint64
 }
 
 func (c *counters) observeUpstream(d time.Duration) {
@@ -60,7 +60,6 @@ func (c *counters) observeUpstream(d time.Duration) {
 
 func (c *counters) snapshot(st *Stats) {
 	st.Local = c.local.Load()
-	st.NXDomain = c.nxdomain.Load()
 	st.Forwarded = c.forwarded.Load()
 	st.ForwardFailed = c.forwardFailed.Load()
 	st.InflightRejected = c.inflightRejected.Load()

@@ -1,6 +1,7 @@
 package dns
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -50,8 +51,8 @@ type Table struct {
 	turn    atomic.Uint32 // round-robin counter
 }
 
-// NewTable indexes records. Records without a name or a valid address are
-// dropped; duplicates (same name, network and address) are kept once.
+// NewTable indexes records. Records without a valid name (one DNS label,
+// see ValidLabel) or a valid address are dropped; duplicates (same name, network and address) are kept once.
 func NewTable(records []Record) *Table {
 	t := &Table{
 		byName:  make(map[string][]entry, len(records)),
@@ -82,7 +83,7 @@ func (t *Table) add(owner string, records []Record) {
 	for _, r := range records {
 		name := normName(r.Name)
 		ip := r.IP.Unmap()
-		if name == "" || !ip.IsValid() {
+		if ValidLabel(name) != nil || !ip.IsValid() {
 			continue
 		}
 		added = append(added, entry{name: name, network: r.Network, sandbox: r.Sandbox, owner: owner, ip: ip, netIP: net.IP(ip.AsSlice())})
@@ -270,4 +271,28 @@ func rotate[T any](s []T, k int) {
 	slices.Reverse(s[:k])
 	slices.Reverse(s[k:])
 	slices.Reverse(s)
+}
+
+// ValidLabel checks that name is one DNS label (a trailing dot allowed):
+// 1 to 63 letters, digits, '-' or '_', not starting or ending with '-'.
+// Sandbox names and aliases are single labels so that no sandbox can
+// claim a name of the outside world (an alias github.com).
+func ValidLabel(name string) error {
+	name = strings.TrimSuffix(name, ".")
+	if name == "" || len(name) > 63 {
+		return fmt.Errorf("DNS name %q must be 1 to 63 characters", name)
+	}
+	if strings.Contains(name, ".") {
+		return fmt.Errorf("DNS name %q must be a single label, without '.'", name)
+	}
+	if name[0] == '-' || name[len(name)-1] == '-' {
+		return fmt.Errorf("DNS name %q must not start or end with '-'", name)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return fmt.Errorf("DNS name %q may contain only letters, digits, '-' and '_'", name)
+		}
+	}
+	return nil
 }
