@@ -90,6 +90,9 @@ type Agent struct {
 	hostPorts map[hostPortKey][]published // the sandboxes' published ports (putSandbox)
 	dnsEP     map[string][]dns.Record     // endpoint ID → its DNS records as last set (refreshEndpointDNS)
 	dnsNet    map[string][]dns.Record     // overlay network ID → its remote names as last set
+	badNames  map[string]struct{}         // gossiped names ignored (not one label), logged once
+	// badNameCount counts the distinct gossiped names ignored.
+	badNameCount uint64
 
 	cl               *cluster.Cluster
 	cs               clusterState
@@ -122,7 +125,7 @@ func New(opts Options) (*Agent, error) {
 		opts: opts, log: opts.Log, dp: opts.Datapath, store: st, started: time.Now(),
 		networks: map[string]*networkRec{}, sandboxes: map[string]*sandboxRec{}, hostPorts: map[hostPortKey][]published{},
 		endpoints: map[string]*endpointRec{}, pools: map[string]*ipam.Pool{},
-		unhealthy: map[string]string{}, dnsErrors: map[string]string{}, dnsEP: map[string][]dns.Record{}, dnsNet: map[string][]dns.Record{},
+		unhealthy: map[string]string{}, dnsErrors: map[string]string{}, dnsEP: map[string][]dns.Record{}, dnsNet: map[string][]dns.Record{}, badNames: map[string]struct{}{},
 		cl: opts.Cluster, unhealthyOverlay: map[string]string{},
 	}
 	if !opts.NoDNS {

@@ -71,8 +71,9 @@ func (a *Agent) refreshRemoteDNS() {
 		return
 	}
 	for id, names := range a.cs.names {
+		names = a.validRemoteNames(names)
 		if !slices.Equal(a.dnsNet[id], names) {
-			a.setDNS(a.dnsNet, "net/", id, slices.Clone(names))
+			a.setDNS(a.dnsNet, "net/", id, names)
 		}
 	}
 	for id := range a.dnsNet {
@@ -80,6 +81,43 @@ func (a *Agent) refreshRemoteDNS() {
 			a.setDNS(a.dnsNet, "net/", id, nil)
 		}
 	}
+}
+
+// validRemoteNames returns a copy of gossiped names without those that
+// are not one DNS label (another node, or a forged record, naming a
+// sandbox or alias github.com). Each such name is logged once and counted
+// in the status.
+func (a *Agent) validRemoteNames(names []dns.Record) []dns.Record {
+	out := make([]dns.Record, 0, len(names))
+	for _, r := range names {
+		if err := dns.ValidLabel(r.Name); err != nil {
+			if _, seen := a.badNames[r.Name]; !seen {
+				a.badNameCount++
+				if len(a.badNames) < maxBadNames {
+					a.badNames[r.Name] = struct{}{}
+				}
+				a.log.Warn("ignoring a gossiped DNS name that is not one label", "name", r.Name, "ip", r.IP, "err", err)
+			}
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// maxBadNames bounds the memory of bad gossiped names already logged and
+// counted (beyond it a name may be logged and counted again).
+const maxBadNames = 1024
+
+// updateForwarding tells the DNS server whether a sandbox may have names
+// forwarded upstream: only if it is on at least one network that is not
+// internal. A sandbox only on --internal networks has no way out, and
+// upstream DNS must not become one.
+func (a *Agent) updateForwarding(sb *sandboxRec) {
+	if a.dns == nil || !hasResolver(sb) {
+		return
+	}
+	a.dns.SetForwarding(sb.Name, a.primaryEndpoint(sb.Name) != nil)
 }
 
 func (a *Agent) setEndpointDNS(id string, recs []dns.Record) { a.setDNS(a.dnsEP, "ep/", id, recs) }
@@ -131,6 +169,7 @@ func (a *Agent) attachDNS(sb *sandboxRec) {
 	if a.dns == nil || !hasResolver(sb) {
 		return
 	}
+	a.updateForwarding(sb)
 	if err := a.dns.Attach(sb.Name, sb.NetNS); err != nil {
 		a.log.Warn("embedded DNS not available in sandbox", "sandbox", sb.Name, "err", err)
 		a.dnsErrors[sb.Name] = err.Error()
@@ -156,6 +195,7 @@ func (a *Agent) detachDNS(sb *sandboxRec) {
 		return
 	}
 	a.dns.Detach(sb.Name)
+	a.dns.SetForwarding(sb.Name, true) // forget it
 	delete(a.dnsErrors, sb.Name)
 	if sb.Mode == api.ModeNetNS {
 		_ = os.RemoveAll(filepath.Join(netns.EtcDir, sb.Name))
@@ -190,7 +230,7 @@ func (a *Agent) dnsStatus() *api.DNSStatus {
 	out := &api.DNSStatus{
 		Resolvers: st.Attached, Records: st.Records, Upstreams: st.Upstreams,
 		Local: st.Local, NXDomain: st.NXDomain, Forwarded: st.Forwarded, Failed: st.ForwardFailed,
-		Malformed: st.Malformed + st.Refused,
+		Malformed: st.Malformed + st.Refused, IgnoredNames: a.badNameCount,
 	}
 	if st.UpstreamCount > 0 {
 		out.UpstreamAvg = (st.UpstreamSum / time.Duration(st.UpstreamCount)).Round(time.Microsecond).String()

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/cmd/internal/dns"
 	"github.com/fabricnet/fabric/datapath"
 	"github.com/fabricnet/fabric/datapath/netns"
 )
@@ -168,20 +169,12 @@ func (a *Agent) nextIfName(sandbox string) string {
 	}
 }
 
+// validAliases checks that every alias is one DNS label: an alias with a
+// dot (github.com) would claim a name of the outside world.
 func validAliases(aliases []string) error {
 	for _, al := range aliases {
-		if al == "" || len(al) > 253 {
-			return invalidf("alias %q must be 1 to 253 characters", al)
-		}
-		for _, label := range strings.Split(al, ".") {
-			if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-				return invalidf("alias %q is not a valid DNS name", al)
-			}
-			for _, r := range label {
-				if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
-					return invalidf("alias %q is not a valid DNS name (letters, digits, '-', '_' and '.')", al)
-				}
-			}
+		if err := dns.ValidLabel(al); err != nil || strings.HasSuffix(al, ".") {
+			return invalidf("alias %q is not valid: an alias is one DNS label (1 to 63 letters, digits, '-' or '_', no '.'), so it cannot stand for an outside name", al)
 		}
 	}
 	return nil
@@ -227,6 +220,8 @@ func (a *Agent) Connect(ctx context.Context, netRef string, req api.Connect) (ap
 	a.refreshEndpointDNS(ep)
 	if isNew {
 		a.attachDNS(sb)
+	} else {
+		a.updateForwarding(sb)
 	}
 	a.log.Info("connected", "sandbox", sb.Name, "network", n.Name, "ip", ep.Addr, "if", ep.IfName)
 	return ep.api(n.Name, n.Gateway), nil
@@ -303,8 +298,11 @@ func (a *Agent) Disconnect(ctx context.Context, netRef string, req api.Disconnec
 		}
 		a.detachDNS(sb)
 		a.dropSandbox(sb)
-	} else if err := a.repairPrimary(ctx, sb.Name, oldPrimary); err != nil {
-		a.log.Warn("move default route", "sandbox", sb.Name, "err", err)
+	} else {
+		if err := a.repairPrimary(ctx, sb.Name, oldPrimary); err != nil {
+			a.log.Warn("move default route", "sandbox", sb.Name, "err", err)
+		}
+		a.updateForwarding(sb)
 	}
 	a.log.Info("disconnected", "sandbox", sb.Name, "network", n.Name)
 	return nil

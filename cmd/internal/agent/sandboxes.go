@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/cmd/internal/dns"
 	"github.com/fabricnet/fabric/cmd/internal/store"
 	"github.com/fabricnet/fabric/datapath/netns"
 )
@@ -40,6 +41,9 @@ func (a *Agent) planSandbox(ctx context.Context, req api.SandboxCreate) (*sandbo
 	}
 	if err := validName("sandbox", name); err != nil {
 		return nil, nil, err
+	}
+	if err := dns.ValidLabel(name); err != nil {
+		return nil, nil, invalidf("sandbox name %q is not valid: it is the sandbox's DNS name, one label (1 to 63 letters, digits, '-' or '_', no '.'), so it cannot stand for an outside name", name)
 	}
 	if a.sandboxes[name] != nil {
 		return nil, nil, conflictf("sandbox %q already exists; remove it with `fabricctl sandbox rm %s` or choose another --name", name, name)

@@ -264,5 +264,8 @@ type DNSStatus struct {
 	Failed      uint64   `json:"forward_failed"`
 	Malformed   uint64   `json:"malformed_or_refused"`
 	UpstreamAvg string   `json:"upstream_avg,omitempty"`
-	Errors      []string `json:"errors,omitempty"` // sandboxes whose resolver could not start
+	// IgnoredNames counts the distinct gossiped names that were not one
+	// DNS label and were left out of the table.
+	IgnoredNames uint64   `json:"ignored_names,omitempty"`
+	Errors       []string `json:"errors,omitempty"` // sandboxes whose resolver could not start
 }

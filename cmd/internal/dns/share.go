@@ -64,3 +64,6 @@ func (s *Server) noForward(sandbox string) bool {
 	_, denied := s.denied.Load(sandbox)
 	return denied
 }
+
+// Forwarding reports whether sandbox may have names forwarded upstream.
+func (s *Server) Forwarding(sandbox string) bool { return !s.noForward(sandbox) }
