@@ -57,6 +57,9 @@ type Options struct {
 	DNS      dns.Config
 	NoDNS    bool
 	Datapath datapath.Datapath
+	// Routes lists the host's routes for subnet checks; nil asks the
+	// kernel (in HostNetNS).
+	Routes RouteLister
 	// Cluster, if set, makes the host part of a fabric: overlay networks,
 	// leases and endpoint records come from it. The caller runs it
 	// (Cluster.Run) and calls RunCluster; nil is a single-host fabric.
@@ -74,6 +77,7 @@ type Agent struct {
 	opts    Options
 	log     *slog.Logger
 	dp      datapath.Datapath
+	routes  RouteLister
 	store   *store.Store
 	started time.Time
 
@@ -138,6 +142,10 @@ func New(opts Options) (*Agent, error) {
 			return nil, fmt.Errorf("embedded DNS: %w", err)
 		}
 		a.dns = srv
+	}
+	a.routes = opts.Routes
+	if a.routes == nil {
+		a.routes = netlinkRoutes{opts.HostNetNS}
 	}
 	a.procs = newProcesses(a, filepath.Join(opts.StateDir, "logs"))
 	return a, nil

@@ -294,8 +294,11 @@ func (a *Agent) syncClusterLocked(ctx context.Context) {
 			continue
 		}
 		if err := a.materialize(ctx, want[id]); err != nil {
-			a.log.Warn("cannot set up overlay network here", "network", want[id].Name, "err", err)
-			a.unhealthyOverlay[want[id].Name] = err.Error()
+			// Retried every sync; logged when the reason changes.
+			if why := err.Error(); a.unhealthyOverlay[want[id].Name] != why {
+				a.log.Warn("cannot set up overlay network here", "network", want[id].Name, "subnet", want[id].Subnet, "err", err)
+				a.unhealthyOverlay[want[id].Name] = why
+			}
 			continue
 		}
 		delete(a.unhealthyOverlay, want[id].Name)
@@ -350,6 +353,9 @@ func (a *Agent) networkUsers(id string) []string {
 // network this host does not have yet.
 func (a *Agent) materialize(ctx context.Context, cn cluster.Network) error {
 	id := overlayID(cn.ID)
+	if err := a.checkGossipedOverlay(cn.Subnet, cn.Gateway); err != nil {
+		return err
+	}
 	for _, o := range a.networks {
 		if o.Name == cn.Name {
 			return fmt.Errorf("a local %s network of the same name exists here", o.Driver)

@@ -58,6 +58,7 @@ type clusterNode struct {
 	port      int
 	seeds     []string
 	keys      [][]byte
+	routes    RouteLister // nil: the kernel's
 	dp        *fakeDatapath
 	cl        *cluster.Cluster
 	a         *Agent
@@ -82,7 +83,7 @@ func (n *clusterNode) start(t *testing.T) {
 	}
 	a, err := New(Options{
 		StateDir: n.dir, Socket: filepath.Join(n.dir, "sock"), NodeName: n.name, NoDefaultNetwork: true, NoDNS: true,
-		Datapath: n.dp, Log: log, Cluster: cl,
+		Datapath: n.dp, Log: log, Cluster: cl, Routes: n.routes,
 		Tunnel: datapath.Tunnel{Local: netip.MustParseAddr("127.0.0.1"), Port: 4789},
 	})
 	if err != nil {

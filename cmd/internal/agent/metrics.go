@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/fabricnet/fabric/cluster"
+	"github.com/fabricnet/fabric/cmd/internal/api"
 	"github.com/fabricnet/fabric/datapath"
 	"github.com/fabricnet/fabric/metrics"
 )
@@ -45,6 +46,11 @@ func (a *Agent) AgentMetrics() metrics.AgentSnapshot {
 			Name: n.Name, Driver: n.Driver, Unhealthy: bad,
 			Endpoints: api.Endpoints, IPsUsed: api.IPsUsed, IPsFree: api.IPsFree,
 		})
+	}
+	// Cluster networks that could not be set up here (a subnet that is
+	// special-use or overlaps a host route) count as unhealthy overlays.
+	for name := range a.unhealthyOverlay {
+		s.Networks = append(s.Networks, metrics.NetworkUsage{Name: name, Driver: api.DriverOverlay, Unhealthy: true})
 	}
 	return s
 }

@@ -238,46 +238,16 @@ func (a *Agent) planSubnet(n *networkRec, req api.NetworkCreate, pools, elsewher
 	if !n.Gateway.IsValid() {
 		n.Gateway = ipam.DefaultGateway(n.Subnet)
 	}
-	if req.Subnet != "" && n.Driver == api.DriverBridge {
+	if err := ipam.CheckSpecialUse(n.Subnet); err != nil {
+		return invalidf("%v", err)
+	}
+	if req.Subnet != "" && (n.Driver == api.DriverBridge || n.Driver == api.DriverOverlay) {
 		// macvlan/ipvlan subnets are the parent's LAN, which the host
-		// usually routes already: only bridge subnets must be new.
-		routes, err := a.hostRoutes()
-		if err != nil {
-			return err
-		}
-		for _, r := range routes {
-			if ipam.Overlaps(r, n.Subnet) {
-				return conflictf("subnet %s overlaps the host route %s; pick a subnet the host does not already reach", n.Subnet, r)
-			}
-		}
+		// usually routes already: only bridge and overlay subnets must
+		// be new.
+		return a.checkHostRoutes(n.Subnet)
 	}
 	return nil
-}
-
-// hostRoutes lists the host's routes except those of fabric's own bridges.
-func (a *Agent) hostRoutes() ([]netip.Prefix, error) {
-	h, err := a.hostHandle()
-	if err != nil {
-		return nil, err
-	}
-	defer h.Close()
-	routes, err := ipam.HostRoutesIn(h)
-	if err != nil {
-		return nil, fmt.Errorf("list host routes: %w", err)
-	}
-	out := routes[:0]
-	for _, r := range routes {
-		ours := false
-		for _, n := range a.networks {
-			if r == n.Subnet {
-				ours = true
-			}
-		}
-		if !ours {
-			out = append(out, r)
-		}
-	}
-	return out, nil
 }
 
 // addNetwork persists n, programs it and marks it ready; on failure it

@@ -1,0 +1,162 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fabricnet/fabric/cluster"
+	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/cmd/internal/ipam"
+)
+
+// fakeRoutes is a host whose routing table is a fixed list.
+type fakeRoutes []netip.Prefix
+
+func (f fakeRoutes) HostRoutes() ([]netip.Prefix, error) { return slices.Clone(f), nil }
+
+func routes(ps ...string) fakeRoutes {
+	var out fakeRoutes
+	for _, p := range ps {
+		out = append(out, netip.MustParsePrefix(p))
+	}
+	return out
+}
+
+// TestSpecialUseSubnetsRefusedForEveryDriver: no driver takes a subnet in
+// 0/8, 127/8, 169.254/16, 224/4 or 240/4, and nothing is created.
+func TestSpecialUseSubnetsRefusedForEveryDriver(t *testing.T) {
+	a := newTestAgent(t, t.TempDir(), newFake())
+	defer a.Close()
+	before := len(a.Networks())
+	for _, subnet := range []string{"0.0.0.0/8", "127.0.0.0/16", "169.254.0.0/16", "224.0.0.0/8", "239.1.0.0/24", "240.0.0.0/8", "255.255.255.0/24"} {
+		if _, err := a.CreateNetwork(context.Background(), api.NetworkCreate{Name: "su", Subnet: subnet}); !errors.Is(err, ErrInvalid) {
+			t.Errorf("bridge on %s: %v, want invalid", subnet, err)
+		}
+		for _, driver := range []string{api.DriverBridge, api.DriverMacvlan, api.DriverIPvlan, api.DriverOverlay} {
+			a.mu.Lock()
+			err := a.planSubnet(&networkRec{Name: "su", Driver: driver}, api.NetworkCreate{Subnet: subnet}, nil, nil)
+			a.mu.Unlock()
+			if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "special") {
+				t.Errorf("%s on %s: %v, want invalid (special-use)", driver, subnet, err)
+			}
+		}
+	}
+	if n := len(a.Networks()); n != before {
+		t.Fatalf("refused creates left %d networks, want %d", n, before)
+	}
+}
+
+// TestSubnetHostRouteCheckPerDriver: bridge and overlay subnets must not
+// overlap a host route (through the RouteLister seam); macvlan and ipvlan
+// subnets are the parent's LAN and may.
+func TestSubnetHostRouteCheckPerDriver(t *testing.T) {
+	dir := t.TempDir()
+	a, err := New(Options{StateDir: dir, Socket: dir + "/sock", NodeName: "t", NoDefaultNetwork: true, NoDNS: true,
+		Datapath: newFake(), Routes: routes("10.99.0.0/16", "192.0.2.0/24")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if err := a.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.CreateNetwork(context.Background(), api.NetworkCreate{Name: "b1", Subnet: "10.99.4.0/24"}); !errors.Is(err, ErrConflict) {
+		t.Errorf("bridge inside a host route: %v, want conflict", err)
+	}
+	for driver, refused := range map[string]bool{api.DriverBridge: true, api.DriverOverlay: true, api.DriverMacvlan: false, api.DriverIPvlan: false} {
+		a.mu.Lock()
+		err := a.planSubnet(&networkRec{Name: "x", Driver: driver}, api.NetworkCreate{Subnet: "10.99.0.0/17"}, nil, nil)
+		a.mu.Unlock()
+		if refused != errors.Is(err, ErrConflict) {
+			t.Errorf("%s over host route 10.99.0.0/16: %v, want refused=%v", driver, err, refused)
+		}
+	}
+	// A picked subnet avoids the host's routes.
+	n := &networkRec{Name: "p", Driver: api.DriverBridge}
+	a.mu.Lock()
+	err = a.planSubnet(n, api.NetworkCreate{}, []netip.Prefix{netip.MustParsePrefix("10.99.0.0/16"), netip.MustParsePrefix("10.98.0.0/16")}, nil)
+	a.mu.Unlock()
+	if err != nil || n.Subnet != netip.MustParsePrefix("10.98.0.0/16") {
+		t.Fatalf("picked %s (%v), want 10.98.0.0/16", n.Subnet, err)
+	}
+}
+
+// TestGossipedOverlayCheckedBeforeProgramming: an overlay network that
+// arrives by gossip with a special-use subnet, or one that overlaps a
+// route of this host, is not programmed here; it is reported in status
+// and as an unhealthy network in the metrics, while the node that could
+// take it does.
+func TestGossipedOverlayCheckedBeforeProgramming(t *testing.T) {
+	nodes := []*clusterNode{
+		{name: "gs-a", dir: t.TempDir(), port: freePort(t), dp: newFake(), routes: routes()},
+		{name: "gs-b", dir: t.TempDir(), port: freePort(t), dp: newFake(), routes: routes("10.221.0.0/16")},
+	}
+	nodes[1].seeds = []string{"127.0.0.1:" + strconv.Itoa(nodes[0].port)}
+	for _, n := range nodes {
+		n.start(t)
+		t.Cleanup(n.stop)
+	}
+	A, B := nodes[0], nodes[1]
+	eventually(t, 10*time.Second, "the two nodes never met", func() bool { return A.cl.NumAlive() == 2 && B.cl.NumAlive() == 2 })
+	ctx := context.Background()
+	ov, err := A.a.CreateNetwork(ctx, api.NetworkCreate{Name: "ovr", Driver: api.DriverOverlay, Subnet: "10.221.0.0/16"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A record no agent would make: a forged or buggy member's.
+	if _, err := A.cl.CreateNetwork(ctx, cluster.NetworkSpec{Name: "evil", Subnet: netip.MustParsePrefix("169.254.0.0/16")}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "node-b never saw both cluster networks", func() bool { return len(B.cl.Networks()) == 2 })
+	eventually(t, 10*time.Second, "node-b never reported both networks", func() bool {
+		st := B.a.Status(ctx)
+		return st.Cluster != nil && hasProblem(st.Cluster.Problems, `"ovr"`, "host route") && hasProblem(st.Cluster.Problems, `"evil"`, "special")
+	})
+	if _, ok := networkNamed(B.a, "ovr"); ok {
+		t.Error("node-b set up ovr over its own host route")
+	}
+	for _, n := range []*clusterNode{A, B} {
+		if _, ok := networkNamed(n.a, "evil"); ok {
+			t.Errorf("%s set up a network on 169.254.0.0/16", n.name)
+		}
+		n.dp.mu.Lock()
+		for _, dn := range n.dp.networks {
+			if dn.Name == "evil" || (n == B && dn.Name == "ovr") {
+				t.Errorf("%s programmed %s (%s)", n.name, dn.Name, dn.Subnet)
+			}
+		}
+		n.dp.mu.Unlock()
+	}
+	if _, ok := networkNamed(A.a, "ovr"); !ok || ov.Subnet != "10.221.0.0/16" {
+		t.Error("node-a, without that route, does not have ovr")
+	}
+	unhealthy := map[string]bool{}
+	for _, n := range B.a.AgentMetrics().Networks {
+		unhealthy[n.Name] = n.Unhealthy
+	}
+	if !unhealthy["ovr"] || !unhealthy["evil"] {
+		t.Errorf("metrics networks of node-b %v: want ovr and evil unhealthy", unhealthy)
+	}
+	if err := ipam.CheckSpecialUse(netip.MustParsePrefix("169.254.0.0/16")); err == nil {
+		t.Fatal("169.254.0.0/16 is not special-use")
+	}
+}
+
+func hasProblem(problems []string, parts ...string) bool {
+	for _, p := range problems {
+		ok := true
+		for _, part := range parts {
+			ok = ok && strings.Contains(p, part)
+		}
+		if ok {
+			return true
+		}
+	}
+	return false
+}
