@@ -27,6 +27,7 @@ import (
 	"github.com/fabricnet/fabric/cmd/internal/store"
 	"github.com/fabricnet/fabric/datapath"
 	"github.com/fabricnet/fabric/metrics"
+	"golang.org/x/sys/unix"
 )
 
 // Version is the agent's version, set at build time.
@@ -222,7 +223,7 @@ func (a *Agent) Close() error {
 	return errors.Join(dnsErr, a.dp.Close(), a.store.Close())
 }
 
-// listenUnix listens on path with mode 0600, replacing a stale socket but
+// listenUnix listens on path, a socket of mode 0600 from its creation, replacing a stale socket but
 // refusing to steal one another agent is serving.
 func listenUnix(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
@@ -235,13 +236,20 @@ func listenUnix(path string) (net.Listener, error) {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
 	}
+	// The socket file is born 0600: with a chmod after listen, a local
+	// user could connect in between. The umask is the process's; nothing
+	// else of the agent creates files while it starts serving.
+	old := unix.Umask(0o177)
 	ln, err := net.Listen("unix", path)
+	unix.Umask(old)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("chmod socket: %w", err)
+	if testHookListened != nil {
+		testHookListened(path)
 	}
 	return ln, nil
 }
+
+// testHookListened, if set, runs right after the socket is bound.
+var testHookListened func(path string)

@@ -132,27 +132,84 @@ func (p *processes) watch(name string, pid int, startTime uint64) {
 	}()
 }
 
-// stop ends a process (and its session, for commands the agent started):
-// SIGTERM, then SIGKILL after grace.
-func (p *processes) stop(pid int, startTime uint64, grace time.Duration) error {
+// stop ends a process: SIGTERM, then SIGKILL after grace. With group (a
+// command the agent started, the leader of its own session) its whole
+// process group is signalled. Without, the process is signalled alone and
+// only if it is in the namespace at nsPath ("" = the agent's own): a PID
+// that left it is not the sandbox's business any more. The signals go
+// through a pidfd opened before the start time is checked, so a PID reused
+// meanwhile is never hit.
+func (p *processes) stop(pid int, startTime uint64, grace time.Duration, group bool, nsPath string) error {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return nil // gone
+	}
+	defer unix.Close(fd)
 	if !alive(pid, startTime) {
 		return nil
 	}
-	signal := func(sig syscall.Signal) {
-		if pgid, err := syscall.Getpgid(pid); err == nil && pgid == pid {
-			_ = syscall.Kill(-pid, sig) // the whole session the agent started
+	if !group {
+		if in, err := inNamespace(pid, nsPath); err != nil || !in {
+			p.a.log.Warn("not signalling a process that left the sandbox's namespace", "pid", pid, "err", err)
+			return nil
 		}
-		_ = syscall.Kill(pid, sig)
 	}
-	signal(syscall.SIGTERM)
+	signal := func(sig unix.Signal) {
+		if group {
+			if pgid, err := unix.Getpgid(pid); err == nil && pgid == pid {
+				_ = unix.Kill(-pid, sig) // the session the agent started; its leader is alive
+			}
+		}
+		_ = unix.PidfdSendSignal(fd, sig, nil, 0)
+	}
+	signal(unix.SIGTERM)
 	if waitGone(pid, startTime, grace) {
 		return nil
 	}
-	signal(syscall.SIGKILL)
+	signal(unix.SIGKILL)
 	if waitGone(pid, startTime, 3*time.Second) {
 		return nil
 	}
 	return fmt.Errorf("process %d did not exit after SIGKILL", pid)
+}
+
+// inNamespace reports whether process pid is in the network namespace at
+// nsPath ("" = the agent's own).
+func inNamespace(pid int, nsPath string) (bool, error) {
+	if nsPath == "" {
+		nsPath = "/proc/self/ns/net"
+	}
+	want, err := netns.IDOf(nsPath)
+	if err != nil {
+		return false, err
+	}
+	got, err := netns.IDOf(fmt.Sprintf("/proc/%d/ns/net", pid))
+	if err != nil {
+		return false, fmt.Errorf("process %d: %w", pid, err)
+	}
+	return got == want, nil
+}
+
+// waitInNamespace waits up to limit for process pid (started at
+// startTime) to be in the namespace at nsPath.
+func waitInNamespace(pid int, startTime uint64, nsPath string, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		in, err := inNamespace(pid, nsPath)
+		if err != nil {
+			return err
+		}
+		if !alive(pid, startTime) {
+			return fmt.Errorf("process %d has exited", pid)
+		}
+		if in {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("process %d is not in the sandbox's network namespace", pid)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func (p *processes) removeLog(path string) {

@@ -60,7 +60,8 @@ type sandboxRec struct {
 	Container  string     `json:"container,omitempty"`
 	Command    []string   `json:"command,omitempty"`
 	PID        int        `json:"pid,omitempty"`
-	PIDStart   uint64     `json:"pid_start,omitempty"` // /proc/PID/stat starttime, guards against PID reuse
+	PIDStart   uint64     `json:"pid_start,omitempty"`  // /proc/PID/stat starttime, guards against PID reuse
+	ClientPID  bool       `json:"client_pid,omitempty"` // PID reported by a client (SetProcess), not started by the agent
 	ExitCode   *int       `json:"exit_code,omitempty"`
 	Exited     bool       `json:"exited,omitempty"`
 	AutoRemove bool       `json:"auto_remove,omitempty"`

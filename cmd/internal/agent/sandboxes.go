@@ -251,7 +251,7 @@ func (a *Agent) addSandbox(ctx context.Context, sb *sandboxRec, eps []*endpointR
 		if err != nil {
 			return &userError{ErrInvalid, fmt.Sprintf("start command %q: %v", sb.Command[0], err)}
 		}
-		sb.PID, sb.PIDStart, sb.LogPath = pid, start, logPath
+		sb.PID, sb.PIDStart, sb.LogPath, sb.ClientPID = pid, start, logPath, false
 	}
 	err = a.store.Update(func(tx storeTx) error {
 		sb.Phase = phaseReady
@@ -330,7 +330,10 @@ func (a *Agent) removeSandboxLocked(ctx context.Context, sb *sandboxRec) error {
 	a.refreshEndpointDNS(a.sandboxEndpoints(sb.Name)...)
 	a.detachDNS(sb)
 	if sb.PID > 0 && !sb.Exited {
-		if err := a.procs.stop(sb.PID, sb.PIDStart, 5*time.Second); err != nil {
+		// A command the agent started is its own session and goes with
+		// its process group; a client's process goes alone, and only
+		// while it is in the sandbox's namespace.
+		if err := a.procs.stop(sb.PID, sb.PIDStart, 5*time.Second, !sb.ClientPID, a.commandNetNS(sb)); err != nil {
 			return fmt.Errorf("stop sandbox %s: %w", sb.Name, err)
 		}
 	}
@@ -351,25 +354,46 @@ func (a *Agent) removeSandboxLocked(ctx context.Context, sb *sandboxRec) error {
 	return nil
 }
 
-// SetProcess records the PID of a command a client runs in the sandbox.
+// setProcessWait bounds how long SetProcess waits for a client's process
+// to enter the sandbox's namespace: `ip netns exec` is reported as soon as
+// it starts, and switches namespace a moment later.
+const setProcessWait = 2 * time.Second
+
+// SetProcess records the PID of a command a client runs in the sandbox. The
+// process must be in the sandbox's network namespace: the agent signals it
+// on sandbox rm, so a PID of anything else (a typo, a reused PID) must not
+// be taken.
 func (a *Agent) SetProcess(name string, pid int) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	sb := a.sandboxes[name]
-	if sb == nil {
-		return notFoundf("sandbox %q not found", name)
-	}
 	if pid <= 1 {
 		return invalidf("pid %d is not a command's process", pid)
+	}
+	a.mu.Lock()
+	sb := a.sandboxes[name]
+	var nsPath string
+	if sb != nil {
+		nsPath = a.commandNetNS(sb)
+	}
+	a.mu.Unlock()
+	if sb == nil {
+		return notFoundf("sandbox %q not found", name)
 	}
 	start, err := processStart(pid)
 	if err != nil {
 		return invalidf("process %d: %v", pid, err)
 	}
+	// Without the lock: this may wait.
+	if err := waitInNamespace(pid, start, nsPath, setProcessWait); err != nil {
+		return invalidf("process %d cannot be sandbox %s's command: %v", pid, name, err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.sandboxes[name] != sb {
+		return notFoundf("sandbox %q was removed meanwhile", name)
+	}
 	if sb.PID > 0 && !sb.Exited {
 		return conflictf("sandbox %q already runs process %d", name, sb.PID)
 	}
-	sb.PID, sb.PIDStart, sb.Exited, sb.ExitCode = pid, start, false, nil
+	sb.PID, sb.PIDStart, sb.Exited, sb.ExitCode, sb.ClientPID = pid, start, false, nil, true
 	if err := a.store.Update(func(tx storeTx) error { return tx.Put(bucketSandboxes, sb.Name, sb) }); err != nil {
 		return err
 	}
