@@ -12,6 +12,8 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+
+	"github.com/fabricnet/fabric/datapath/netns"
 )
 
 // OwnerPrefix marks kernel objects that fabric created (it is written into
@@ -89,9 +91,14 @@ type Network struct {
 
 // Endpoint is one sandbox's attachment to a network.
 type Endpoint struct {
-	ID         string
-	NetworkID  string
-	NetNSPath  string           // the sandbox's network namespace (a bind mount or /proc/PID/ns/net)
+	ID        string
+	NetworkID string
+	NetNSPath string // the sandbox's network namespace (a bind mount or /proc/PID/ns/net)
+	// NetNSID, if set, is the identity the namespace at NetNSPath must
+	// have: a namespace fabric did not create is checked on every use, so
+	// a path that names another namespace by now (a reused PID) is never
+	// touched.
+	NetNSID    netns.ID
 	IfName     string           // interface name inside the sandbox, e.g. eth0
 	HostIfName string           // host-side veth name (bridge driver only)
 	Addr       netip.Prefix     // address with the network's prefix length

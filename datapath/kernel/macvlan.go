@@ -36,7 +36,7 @@ func (d *Datapath) ensureChild(n datapath.Network, ep datapath.Endpoint) (create
 		return false, fmt.Errorf("endpoint %s: %w", ep.ID, err)
 	}
 	mtu := childMTU(n, parent)
-	sb, err := openSandbox(ep.NetNSPath)
+	sb, err := openSandbox(ep)
 	if err != nil {
 		return false, fmt.Errorf("endpoint %s: %w", ep.ID, err)
 	}
@@ -343,7 +343,7 @@ func (d *Datapath) deleteChild(n datapath.Network, ep datapath.Endpoint) error {
 	if !fabricns.IsNamespace(ep.NetNSPath) {
 		return nil
 	}
-	sb, err := openSandbox(ep.NetNSPath)
+	sb, err := openSandbox(ep)
 	if err != nil {
 		return fmt.Errorf("endpoint %s: %w", ep.ID, err)
 	}

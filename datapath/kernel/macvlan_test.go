@@ -501,7 +501,7 @@ func TestChildRenamedFallback(t *testing.T) {
 	tmp := childTempName(e1.ID)
 	netnstest.Run(t, h1.hostName, "ip", "link", "add", "link", "eth1", "name", tmp, "netns", s1, "type", "macvlan", "mode", "bridge")
 
-	sb, err := openSandbox(p1)
+	sb, err := openSandbox(e1)
 	if err != nil {
 		t.Fatal(err)
 	}

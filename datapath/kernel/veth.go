@@ -22,10 +22,26 @@ type sandbox struct {
 	nl   *netlink.Handle
 }
 
-func openSandbox(path string) (*sandbox, error) {
+// openSandbox opens the namespace of ep; one with an expected identity
+// (ep.NetNSID) is checked on the open descriptor, so it is that namespace
+// every later step works on.
+func openSandbox(ep datapath.Endpoint) (*sandbox, error) {
+	path := ep.NetNSPath
 	ns, err := netns.GetFromPath(path)
 	if err != nil {
 		return nil, fmt.Errorf("open sandbox netns %s: %w", path, err)
+	}
+	if ep.NetNSID != (fabricns.ID{}) {
+		var st unix.Stat_t
+		if err := unix.Fstat(int(ns), &st); err != nil {
+			ns.Close()
+			return nil, fmt.Errorf("stat sandbox netns %s: %w", path, err)
+		}
+		if got := (fabricns.ID{Dev: st.Dev, Ino: st.Ino}); got != ep.NetNSID {
+			ns.Close()
+			return nil, invalidf("sandbox netns %s is namespace %d:%d, not the endpoint's %d:%d; not touching it",
+				path, got.Dev, got.Ino, ep.NetNSID.Dev, ep.NetNSID.Ino)
+		}
 	}
 	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
@@ -34,6 +50,10 @@ func openSandbox(path string) (*sandbox, error) {
 	}
 	return &sandbox{path: path, ns: ns, nl: h}, nil
 }
+
+// fdPath names the open namespace, for code that enters it by path: the
+// namespace checked at open, whatever the original path names by now.
+func (s *sandbox) fdPath() string { return fmt.Sprintf("/proc/self/fd/%d", int(s.ns)) }
 
 func (s *sandbox) Close() {
 	s.nl.Close()
@@ -57,7 +77,7 @@ func (d *Datapath) ensureVeth(n datapath.Network, ep datapath.Endpoint) (created
 			return false, invalidf("endpoint %s: link %s is not the bridge of network %s", ep.ID, n.Bridge, n.ID)
 		}
 	}
-	sb, err := openSandbox(ep.NetNSPath)
+	sb, err := openSandbox(ep)
 	if err != nil {
 		return false, fmt.Errorf("endpoint %s: %w", ep.ID, err)
 	}
@@ -97,7 +117,7 @@ func (d *Datapath) ensureVeth(n datapath.Network, ep datapath.Endpoint) (created
 		return created, fmt.Errorf("endpoint %s: sandbox side %s in %s: %w", ep.ID, ep.IfName, ep.NetNSPath, err)
 	}
 	if n.Driver == datapath.DriverOverlay && d.fwd == nil {
-		if err := fabricns.Do(ep.NetNSPath, func() error { return fastARP(ep.IfName) }); err != nil {
+		if err := fabricns.Do(sb.fdPath(), func() error { return fastARP(ep.IfName) }); err != nil {
 			return created, fmt.Errorf("endpoint %s: %w", ep.ID, err)
 		}
 	}
