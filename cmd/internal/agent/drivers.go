@@ -198,6 +198,7 @@ func (a *Agent) watchParents(ctx context.Context, interval time.Duration) {
 			return
 		case <-t.C:
 			a.checkLANNetworks(ctx)
+			a.checkExternalOwners(ctx)
 		}
 	}
 }

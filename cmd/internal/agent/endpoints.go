@@ -50,7 +50,10 @@ func (a *Agent) dpEndpoint(ep *endpointRec) (datapath.Network, datapath.Endpoint
 		ID: ep.ID, NetworkID: n.ID, NetNSPath: sb.NetNS, IfName: ep.IfName, HostIfName: ep.HostIfName,
 		Addr: ep.Addr, MAC: macFor(ep.Addr.Addr()),
 	}
-	if p := a.primaryEndpoint(ep.Sandbox); p == ep {
+	if sb.Mode == api.ModeExternal {
+		out.NetNSID = sb.NSID // checked by the datapath on every use
+	}
+	if p := a.primaryEndpoint(ep.Sandbox); p == ep && sb.KeptRoute == "" {
 		out.DefaultRoute = true
 		for _, port := range sb.Ports {
 			pm := datapath.PortMapping{Proto: port.Proto, HostPort: port.HostPort, Port: port.Port}
@@ -83,6 +86,12 @@ func (a *Agent) deleteEndpointKernel(ctx context.Context, ep *endpointRec) error
 	dep := datapath.Endpoint{ID: ep.ID, NetworkID: n.ID, IfName: ep.IfName, HostIfName: ep.HostIfName, Addr: ep.Addr}
 	if sb := a.sandboxes[ep.Sandbox]; sb != nil {
 		dep.NetNSPath = sb.NetNS
+		if sb.Mode == api.ModeExternal {
+			dep.NetNSID = sb.NSID
+			if held, _ := externalState(sb); !held {
+				dep.NetNSPath = "" // not ours any more: only the host side goes
+			}
+		}
 	}
 	if err := a.dp.DeleteEndpoint(ctx, n.datapath(), dep); err != nil {
 		return fmt.Errorf("remove endpoint %s: %w", ep.HostIfName, err)
@@ -208,10 +217,29 @@ func (a *Agent) Connect(ctx context.Context, netRef string, req api.Connect) (ap
 	}
 	ep, err := a.planEndpoint(ctx, n, sb.Name, false, req.IP, req.Aliases)
 	if err != nil {
+		if isNew {
+			a.releaseExternal(sb)
+		}
 		return api.Endpoint{}, err
+	}
+	if sb.Mode == api.ModeExternal {
+		// Names the namespace had before fabric came are not fabric's.
+		links := sb.foreignLinks
+		if !isNew {
+			facts, err := inspectNS(sb.NetNS)
+			if err != nil {
+				a.releaseAddr(ep)
+				return api.Endpoint{}, fmt.Errorf("inspect namespace of sandbox %s: %w", sb.Name, err)
+			}
+			links = facts.links
+		}
+		ep.IfName = a.freeIfName(sb, links)
 	}
 	oldPrimary := a.primaryEndpoint(sb.Name)
 	if err := a.addEndpoints(ctx, sb, isNew, []*endpointRec{ep}); err != nil {
+		if isNew {
+			a.releaseExternal(sb)
+		}
 		return api.Endpoint{}, err
 	}
 	if err := a.repairPrimary(ctx, sb.Name, oldPrimary); err != nil {
@@ -223,8 +251,8 @@ func (a *Agent) Connect(ctx context.Context, netRef string, req api.Connect) (ap
 	} else {
 		a.updateForwarding(sb)
 	}
-	a.log.Info("connected", "sandbox", sb.Name, "network", n.Name, "ip", ep.Addr, "if", ep.IfName)
-	return ep.api(n.Name, n.Gateway), nil
+	a.log.Info("connected", "sandbox", sb.Name, "network", n.Name, "ip", ep.Addr, "if", ep.IfName, "kept_default_route", sb.KeptRoute)
+	return a.endpointAPI(ep), nil
 }
 
 // resolveSandbox finds a sandbox by name, or by namespace path (which may
@@ -238,14 +266,18 @@ func (a *Agent) resolveSandbox(ref string, allowNew bool) (sb *sandboxRec, isNew
 		}
 		return sb, false, nil
 	}
-	if !netns.IsNamespace(ref) {
-		return nil, false, invalidf("%s is not a network namespace (want a path such as /proc/PID/ns/net or /var/run/netns/NAME)", ref)
-	}
-	id, err := netns.IDOf(ref)
+	f, id, err := a.openExternal(ref)
 	if err != nil {
-		return nil, false, invalidf("%v", err)
+		return nil, false, err
 	}
+	defer f.Close()
 	for _, s := range a.sandboxes {
+		if s.Mode == api.ModeExternal {
+			if s.NSID == id {
+				return s, false, nil
+			}
+			continue
+		}
 		if s.NetNS == "" {
 			continue
 		}
@@ -257,12 +289,22 @@ func (a *Agent) resolveSandbox(ref string, allowNew bool) (sb *sandboxRec, isNew
 		return nil, false, notFoundf("namespace %s is not connected to any network", ref)
 	}
 	sb = &sandboxRec{
-		Name: fmt.Sprintf("ns-%d", id.Ino), Mode: api.ModeExternal, NetNS: ref, NSID: id,
+		Name: fmt.Sprintf("ns-%d", id.Ino), Mode: api.ModeExternal, Origin: ref, NSID: id,
 		Created: time.Now().UTC(), Phase: phaseReady,
 	}
 	if a.sandboxes[sb.Name] != nil {
 		return nil, false, conflictf("a sandbox named %q already exists", sb.Name)
 	}
+	if err := a.holdExternal(sb, f); err != nil {
+		return nil, false, err
+	}
+	facts, err := inspectNS(sb.NetNS)
+	if err != nil {
+		a.releaseExternal(sb)
+		return nil, false, fmt.Errorf("inspect namespace %s: %w", ref, err)
+	}
+	sb.KeptRoute = facts.defaultRoute
+	sb.foreignLinks = facts.links
 	return sb, true, nil
 }
 
@@ -298,6 +340,7 @@ func (a *Agent) Disconnect(ctx context.Context, netRef string, req api.Disconnec
 		}
 		a.detachDNS(sb)
 		a.dropSandbox(sb)
+		a.releaseExternal(sb)
 	} else {
 		if err := a.repairPrimary(ctx, sb.Name, oldPrimary); err != nil {
 			a.log.Warn("move default route", "sandbox", sb.Name, "err", err)
@@ -490,8 +533,14 @@ func (a *Agent) endpointAPI(ep *endpointRec) api.Endpoint {
 		return ep.api("?", netip.Addr{})
 	}
 	gw := netip.Addr{}
+	var kept string
 	if a.primaryEndpoint(ep.Sandbox) == ep {
 		gw = n.Gateway
+		if sb := a.sandboxes[ep.Sandbox]; sb != nil && sb.KeptRoute != "" {
+			gw, kept = netip.Addr{}, "left alone: the namespace's own "+sb.KeptRoute+" (fabric added only the subnet route)"
+		}
 	}
-	return ep.api(n.Name, gw)
+	out := ep.api(n.Name, gw)
+	out.DefaultRoute = kept
+	return out
 }

@@ -153,11 +153,7 @@ func (a *Agent) reviveSandbox(ctx context.Context, sb *sandboxRec) error {
 			return fmt.Errorf("re-create namespace of sandbox %s: %w", sb.Name, err)
 		}
 	case api.ModeExternal:
-		id, err := netns.IDOf(sb.NetNS)
-		if err != nil || id != sb.NSID {
-			a.log.Info("external namespace is gone; dropping its endpoints", "sandbox", sb.Name, "path", sb.NetNS)
-			return a.removeSandboxLocked(ctx, sb)
-		}
+		return a.reviveExternal(ctx, sb)
 	}
 	if sb.PID > 0 && !sb.Exited {
 		if alive(sb.PID, sb.PIDStart) {

@@ -53,10 +53,15 @@ type networkRec struct {
 }
 
 type sandboxRec struct {
-	Name       string     `json:"name"`
-	Mode       string     `json:"mode"`
-	NetNS      string     `json:"netns,omitempty"`
-	NSID       netns.ID   `json:"nsid,omitzero"` // identity of an external namespace
+	Name   string   `json:"name"`
+	Mode   string   `json:"mode"`
+	NetNS  string   `json:"netns,omitempty"`
+	NSID   netns.ID `json:"nsid,omitzero"`    // identity of an external namespace
+	Origin string   `json:"origin,omitempty"` // external: the path it was connected by (NetNS is the agent's reference)
+	// KeptRoute is the default route an external namespace had when it
+	// was connected ("default via 198.51.100.1 dev ens3"): fabric leaves
+	// it alone and adds only subnet routes.
+	KeptRoute  string     `json:"kept_default_route,omitempty"`
 	Container  string     `json:"container,omitempty"`
 	Command    []string   `json:"command,omitempty"`
 	PID        int        `json:"pid,omitempty"`
@@ -70,6 +75,8 @@ type sandboxRec struct {
 	LogPath    string     `json:"log_path,omitempty"`
 	Created    time.Time  `json:"created"`
 	Phase      phase      `json:"phase"`
+
+	foreignLinks []string // external, while connecting: interfaces it had
 }
 
 type endpointRec struct {

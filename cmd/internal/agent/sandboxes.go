@@ -349,6 +349,7 @@ func (a *Agent) removeSandboxLocked(ctx context.Context, sb *sandboxRec) error {
 		return err
 	}
 	a.dropSandbox(sb)
+	a.releaseExternal(sb)
 	a.procs.removeLog(sb.LogPath)
 	a.log.Info("sandbox removed", "sandbox", sb.Name)
 	return nil
@@ -454,7 +455,7 @@ func (a *Agent) Sandbox(name string) (api.Sandbox, error) {
 func (a *Agent) sandboxAPI(sb *sandboxRec) api.Sandbox {
 	out := api.Sandbox{
 		Name: sb.Name, Mode: sb.Mode, NetNS: sb.NetNS, Container: sb.Container, Command: sb.Command,
-		AutoRemove: sb.AutoRemove, Ports: sb.Ports, Aliases: sb.Aliases, LogPath: sb.LogPath,
+		AutoRemove: sb.AutoRemove, Ports: sb.Ports, Aliases: sb.Aliases, LogPath: sb.LogPath, Origin: sb.Origin,
 		Created: sb.Created, ExitCode: sb.ExitCode, State: api.StateCreated,
 	}
 	if sb.Mode == api.ModeHost {

@@ -147,6 +147,7 @@ type Sandbox struct {
 	Name       string     `json:"name"`
 	Mode       string     `json:"mode"`
 	NetNS      string     `json:"netns,omitempty"`     // namespace path ("" in host mode)
+	Origin     string     `json:"origin,omitempty"`    // external: the path it was connected by (NetNS is the agent's reference to it)
 	Container  string     `json:"container,omitempty"` // target of container: mode
 	Command    []string   `json:"command,omitempty"`
 	PID        int        `json:"pid,omitempty"`
@@ -186,6 +187,10 @@ type Endpoint struct {
 	Gateway    string   `json:"gateway,omitempty"`
 	MAC        string   `json:"mac"`
 	Aliases    []string `json:"aliases,omitempty"`
+	// DefaultRoute, on the endpoint that would carry the default route,
+	// says why it does not: a namespace fabric did not create kept its
+	// own default route.
+	DefaultRoute string `json:"default_route,omitempty"`
 }
 
 // Status is the body of GET /v1/status.
