@@ -106,3 +106,12 @@ uninstall:
 	cmp -s deploy/fabric.yaml $(DESTDIR)/etc/fabric/fabric.yaml && rm -f $(DESTDIR)/etc/fabric/fabric.yaml || true
 	-rmdir $(DESTDIR)/etc/fabric 2>/dev/null || true
 	-[ -z "$(DESTDIR)" ] && systemctl daemon-reload 2>/dev/null || true
+
+# fuzz-agent fuzzes the agent's API handler (on a fake datapath: no root,
+# nothing changed on the machine) and the embedded DNS server's query path,
+# FUZZTIME each (CI: 10s).
+FUZZTIME ?= 10s
+.PHONY: fuzz-agent
+fuzz-agent:
+	$(GO) test -run '^$$' -fuzz '^FuzzAPIBodies$$' -fuzztime $(FUZZTIME) ./cmd/internal/agent/
+	$(GO) test -run '^$$' -fuzz '^FuzzHandleQuery$$' -fuzztime $(FUZZTIME) ./cmd/internal/dns/

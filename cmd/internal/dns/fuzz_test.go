@@ -12,9 +12,11 @@ import (
 
 // FuzzHandleQuery feeds arbitrary bytes through the path a UDP packet takes
 // (handlePacket: header check, accept function, unpack, handler), with
-// forwarding to a fake upstream on loopback. Invariants: no panic;
-// an accepted query gets exactly one reply, which parses, carries the
-// query's ID and fits the client's UDP size.
+// forwarding to a fake upstream on loopback, from a sandbox that may
+// forward and from one that may not. Invariants: no panic; an accepted
+// query gets exactly one reply, which parses, carries the query's ID and
+// fits the client's UDP size; the sandbox that may not forward never
+// reaches the upstream.
 func FuzzHandleQuery(f *testing.F) {
 	for _, m := range []*dns.Msg{
 		new(dns.Msg).SetQuestion("web.", dns.TypeA),
@@ -32,20 +34,32 @@ func FuzzHandleQuery(f *testing.F) {
 		if err != nil {
 			f.Fatal(err)
 		}
-		f.Add(b, false)
-		f.Add(b, true)
+		f.Add(b, false, false)
+		f.Add(b, true, false)
+		f.Add(b, false, true)
 	}
-	f.Add([]byte{}, false)
-	f.Add([]byte{0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 0x0c, 0, 1, 0, 1}, false)
-	f.Add([]byte{0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 1, 3, 'w', 'e', 'b', 0, 0, 1, 0, 1, 0, 0, 41, 0xff}, true)
+	f.Add([]byte{}, false, false)
+	f.Add([]byte{0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 0x0c, 0, 1, 0, 1}, false, false)
+	f.Add([]byte{0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 1, 3, 'w', 'e', 'b', 0, 0, 1, 0, 1, 0, 0, 41, 0xff}, true, true)
 
 	up := startUpstream(f, "127.0.0.1", ip("192.0.2.7"))
 	s := newTestServer(f, Config{Upstreams: []string{up.addr}, UpstreamTimeout: 500 * time.Millisecond})
 	a := &attachment{s: s, sandbox: "web", ctx: context.Background()}
+	// api1 may not forward (only on internal networks, as the agent says).
+	s.SetForwarding("api1", false)
+	internal := &attachment{s: s, sandbox: "api1", ctx: context.Background()}
 
-	f.Fuzz(func(t *testing.T, data []byte, tcp bool) {
+	f.Fuzz(func(t *testing.T, data []byte, tcp, fromInternal bool) {
 		w := &recordingWriter{tcp: tcp}
-		s.handlePacket(a, data, w)
+		asked := up.queries.Load()
+		if fromInternal {
+			s.handlePacket(internal, data, w)
+			if up.queries.Load() != asked {
+				t.Fatalf("a sandbox that may not forward reached the upstream with %x", data)
+			}
+		} else {
+			s.handlePacket(a, data, w)
+		}
 		if len(data) < 12 || data[2]&0x80 != 0 { // short, or a response: no reply
 			if len(w.replies) != 0 {
 				t.Fatalf("%d replies to a short packet or a response, want none", len(w.replies))
