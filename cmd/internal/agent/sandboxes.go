@@ -365,9 +365,6 @@ const setProcessWait = 2 * time.Second
 // on sandbox rm, so a PID of anything else (a typo, a reused PID) must not
 // be taken.
 func (a *Agent) SetProcess(name string, pid int) error {
-	if pid <= 1 {
-		return invalidf("pid %d is not a command's process", pid)
-	}
 	a.mu.Lock()
 	sb := a.sandboxes[name]
 	var nsPath string
@@ -377,6 +374,9 @@ func (a *Agent) SetProcess(name string, pid int) error {
 	a.mu.Unlock()
 	if sb == nil {
 		return notFoundf("sandbox %q not found", name)
+	}
+	if pid <= 1 {
+		return invalidf("pid %d is not a command's process", pid)
 	}
 	start, err := processStart(pid)
 	if err != nil {
