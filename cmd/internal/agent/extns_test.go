@@ -132,3 +132,52 @@ func TestExternalNamespaceHeldByIdentity(t *testing.T) {
 		t.Fatalf("reference %s left: %v", sb.NetNS, err)
 	}
 }
+
+// TestExternalNamespaceAcrossRestarts: a restarted agent that lost its
+// reference (a reboot, a new mount namespace) takes it again from the
+// original path only if that path still names the same namespace; if it
+// names another one now, the sandbox is dropped and nothing is programmed
+// into the newcomer.
+func TestExternalNamespaceAcrossRestarts(t *testing.T) {
+	netnstest.RequireRoot(t)
+	dir, dp := t.TempDir(), newFake()
+	a := newTestAgent(t, dir, dp)
+	ctx := context.Background()
+	name, path := netnstest.New(t, "exr")
+	orig, _ := netns.IDOf(path)
+	ep, err := a.Connect(ctx, DefaultNetworkName, api.Connect{Sandbox: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb, _ := a.Sandbox(path)
+	a.Close()
+
+	// The reference is lost while the agent is down: taken again.
+	releaseHeld(sb.NetNS)
+	a = newTestAgent(t, dir, dp)
+	got, err := a.Sandbox(path)
+	if err != nil || got.NetNS != sb.NetNS {
+		t.Fatalf("after a restart without the reference: %+v %v", got, err)
+	}
+	if id, err := netns.IDOf(got.NetNS); err != nil || id != orig || dp.endpoints[ep.ID].NetNSID != orig {
+		t.Fatalf("reference %s is %+v (%v), endpoint %+v; want %+v", got.NetNS, id, err, dp.endpoints[ep.ID], orig)
+	}
+	a.Close()
+
+	// Down again; the reference is lost and the path now names another
+	// namespace: the sandbox goes, nothing is programmed into the new one.
+	releaseHeld(sb.NetNS)
+	netnstest.Remove(name)
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v %s", err, out)
+	}
+	a = newTestAgent(t, dir, dp)
+	defer a.Close()
+	if sbs := a.Sandboxes(); len(sbs) != 0 {
+		t.Fatalf("sandboxes after the namespace was replaced: %+v", sbs)
+	}
+	last := dp.syncs[len(dp.syncs)-1]
+	if len(last.Endpoints) != 0 || len(dp.endpoints) != 0 {
+		t.Fatalf("endpoints programmed after the namespace was replaced: %+v", last.Endpoints)
+	}
+}
