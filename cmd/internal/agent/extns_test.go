@@ -15,6 +15,18 @@ import (
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
+// releaseHeldAtEnd drops every namespace reference the agent holds when
+// the test ends, even if it failed half-way.
+func releaseHeldAtEnd(t *testing.T, a *Agent) {
+	dir := a.heldDir()
+	t.Cleanup(func() {
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			releaseHeld(filepath.Join(dir, e.Name()))
+		}
+	})
+}
+
 // TestConnectByPathRefusesHostAndNonNetNamespaces: the agent's own
 // namespace, the host's (PID 1's), other kinds of namespace and plain
 // files are refused with a reason, and nothing is created.
@@ -23,6 +35,7 @@ func TestConnectByPathRefusesHostAndNonNetNamespaces(t *testing.T) {
 	dp := newFake()
 	a := newTestAgent(t, t.TempDir(), dp)
 	defer a.Close()
+	releaseHeldAtEnd(t, a)
 	plain := filepath.Join(t.TempDir(), "file")
 	if err := os.WriteFile(plain, nil, 0o600); err != nil {
 		t.Fatal(err)
@@ -78,6 +91,7 @@ func TestExternalNamespaceHeldByIdentity(t *testing.T) {
 	dp := newFake()
 	a := newTestAgent(t, t.TempDir(), dp)
 	defer a.Close()
+	releaseHeldAtEnd(t, a)
 	ctx := context.Background()
 	name, path := netnstest.New(t, "ext")
 	orig, err := netns.IDOf(path)
@@ -142,6 +156,7 @@ func TestExternalNamespaceAcrossRestarts(t *testing.T) {
 	netnstest.RequireRoot(t)
 	dir, dp := t.TempDir(), newFake()
 	a := newTestAgent(t, dir, dp)
+	releaseHeldAtEnd(t, a)
 	ctx := context.Background()
 	name, path := netnstest.New(t, "exr")
 	orig, _ := netns.IDOf(path)

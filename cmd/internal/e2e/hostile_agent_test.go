@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"github.com/fabricnet/fabric/datapath/netns"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 )
 
 // The agent's side of the hostile-sandbox suite (issue 14): what a
@@ -43,6 +45,7 @@ func nsSnapshot(t *testing.T, ns string) string {
 func TestAttachForeignNamespaceLeavesItAsFound(t *testing.T) {
 	onDatapaths(t, func(t *testing.T, dp string) {
 		h := newHost(t, "--datapath", dp)
+		t.Cleanup(func() { releaseHeldNamespaces(h) })
 		net1 := h.name("n")
 		h.mustCtl("network", "create", "--subnet", "10.57.1.0/24", net1)
 		peer := h.name("p")
@@ -274,4 +277,14 @@ func (h *host) status() api.Status {
 		h.t.Fatalf("status: exit %d %q %q", code, out, errOut)
 	}
 	return st
+}
+
+// releaseHeldNamespaces unmounts the references to namespaces the agent
+// holds under its state dir, in case the test failed with one connected.
+func releaseHeldNamespaces(h *host) {
+	dir := filepath.Join(h.dir, "state", "netns")
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		_ = unix.Unmount(filepath.Join(dir, e.Name()), unix.MNT_DETACH)
+	}
 }
