@@ -157,6 +157,10 @@ func newCluster(cfg config.Config, log *slog.Logger) (*cluster.Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--cluster-bind: %w", err)
 	}
+	if keys == nil && cfg.NeedsKey() {
+		log.Warn("cluster gossip is neither encrypted nor authenticated (--cluster-insecure): anyone who reaches the gossip port can rewrite the cluster; make a key with `fabricctl cluster key generate FILE` and set --cluster-secret-file",
+			"bind", bind)
+	}
 	cc := cluster.Config{
 		NodeName: cfg.NodeName, BindAddr: bind.Addr().String(), BindPort: int(bind.Port()),
 		Join: cfg.GossipSeeds(), SecretKeys: keys, Logger: log.With("part", "cluster"),
