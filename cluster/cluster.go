@@ -25,15 +25,15 @@ type Cluster struct {
 	cfg      Config
 	identity ed25519.PrivateKey // signs direct messages (identity.go)
 	log      *slog.Logger
-	ml      *memberlist.Memberlist
-	mlRef   atomic.Pointer[memberlist.Memberlist] // for callbacks that may run before New returns
-	keyring *memberlist.Keyring
-	queue   *memberlist.TransmitLimitedQueue
-	meta    atomic.Pointer[[]byte]
-	addr    netip.AddrPort // advertised gossip address
-	stats   counters
-	joinErr atomic.Pointer[error] // last failed join, nil after a successful one
-	events  *eventQueue
+	ml       *memberlist.Memberlist
+	mlRef    atomic.Pointer[memberlist.Memberlist] // for callbacks that may run before New returns
+	keyring  *memberlist.Keyring
+	queue    *memberlist.TransmitLimitedQueue
+	meta     atomic.Pointer[[]byte]
+	addr     netip.AddrPort // advertised gossip address
+	stats    counters
+	joinErr  atomic.Pointer[error] // last failed join, nil after a successful one
+	events   *eventQueue
 
 	// mu guards st. It is never held while calling memberlist, because
 	// memberlist calls our delegates with its own locks held.

@@ -15,7 +15,7 @@ import (
 const (
 	codecVersion  = 2
 	maxMsgBytes   = 64 << 10 // gossip and direct messages
-	maxStateBytes = 8 << 20 // push/pull state and snapshots; larger is dropped undecoded
+	maxStateBytes = 8 << 20  // push/pull state and snapshots; larger is dropped undecoded
 	maxRecords    = maxTotalRecords + maxNetworks
 	maxReason     = 1024
 )
