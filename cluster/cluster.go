@@ -130,7 +130,7 @@ func New(cfg Config) (*Cluster, error) {
 	if mc.AdvertisePort == 0 {
 		mc.AdvertisePort = cfg.BindPort
 	}
-	mc.Logger = newStdLogger(c.log.With("component", "memberlist"))
+	mc.Logger = newStdLogger(c.log.With("component", "memberlist"), c.countMemberlistDrop)
 	mc.Delegate = &delegate{c}
 	mc.Events = &eventDelegate{c}
 	mc.Alive = &aliveDelegate{c}

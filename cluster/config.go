@@ -195,7 +195,10 @@ func tuneLAN(mc *memberlist.Config) {
 
 // slogWriter turns memberlist's "[LEVEL] memberlist: ..." lines into slog
 // records.
-type slogWriter struct{ log *slog.Logger }
+type slogWriter struct {
+	log    *slog.Logger
+	onLine func(msg string) // sees every line, to count what memberlist only logs
+}
 
 var _ io.Writer = slogWriter{}
 
@@ -208,8 +211,13 @@ func (w slogWriter) Write(p []byte) (int, error) {
 			break
 		}
 	}
+	if w.onLine != nil {
+		w.onLine(msg)
+	}
 	w.log.Log(context.Background(), level, msg)
 	return len(p), nil
 }
 
-func newStdLogger(l *slog.Logger) *log.Logger { return log.New(slogWriter{l}, "", 0) }
+func newStdLogger(l *slog.Logger, onLine func(string)) *log.Logger {
+	return log.New(slogWriter{log: l, onLine: onLine}, "", 0)
+}

@@ -5,7 +5,9 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/hashicorp/memberlist"
 )
@@ -110,6 +112,16 @@ func newRequestID() uint64 {
 func (c *Cluster) identityKey() (k [32]byte) {
 	copy(k[:], c.identity.Public().(ed25519.PublicKey))
 	return k
+}
+
+// countMemberlistDrop counts what memberlist drops before the package
+// sees it: packets and streams that do not decrypt with the keyring (a
+// sender without the key, or with another) or are not encrypted at all.
+// memberlist only logs them.
+func (c *Cluster) countMemberlistDrop(line string) {
+	if strings.Contains(line, "Decrypt packet failed") || keyMismatch(errors.New(line)) {
+		c.stats.drop(dropUndecryptable)
+	}
 }
 
 // signedRecordDomain separates record signatures from message signatures.
