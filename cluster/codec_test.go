@@ -174,6 +174,35 @@ func FuzzDecode(f *testing.F) {
 			s.vote(m.Request.Res, m.Request.From, time.Second)
 		case m.Request != nil && m.Request.Op == opPropose:
 			s.proposal(m.Request.Net, authOK)
+		case m.Snapshot != nil:
+			s.merge(m.Snapshot.Clock, m.Snapshot.Records, nil)
 		}
+		checkAccounting(t, s)
 	})
+}
+
+// checkAccounting recounts what the caps are checked against.
+func checkAccounting(t *testing.T, s *state) {
+	t.Helper()
+	owned := make(map[ownerCount]int)
+	total, size := 0, 0
+	for _, r := range s.records() {
+		if r.net == nil {
+			kind, node := r.owner()
+			owned[ownerCount{kind, node}]++
+			total++
+		}
+		size += recordSize(r)
+	}
+	if total != s.total || size != s.bytes || len(owned) != len(s.owned) {
+		t.Fatalf("accounting: total %d/%d, bytes %d/%d, owners %d/%d", s.total, total, s.bytes, size, len(s.owned), len(owned))
+	}
+	for k, n := range owned {
+		if s.owned[k] != n {
+			t.Fatalf("accounting: %v has %d, counted %d", k, s.owned[k], n)
+		}
+	}
+	if total > maxTotalRecords || size > stateBudget+maxMsgBytes {
+		t.Fatalf("state over its caps: %d records, %d bytes", total, size)
+	}
 }
