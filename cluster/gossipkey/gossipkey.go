@@ -1,12 +1,13 @@
 // Package gossipkey reads and writes the files that hold the cluster's
 // gossip keys: one base64 key of 16, 24 or 32 bytes (AES-128/192/256) per
-// line, primary first. It is separate from package cluster so that
+// line, primary first; and a node's own identity key. It is separate from package cluster so that
 // fabricctl can make a key without linking the gossip library.
 package gossipkey
 
 import (
 	"bufio"
 	"bytes"
+	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
@@ -120,4 +121,55 @@ func ValidLen(n int) error {
 		return nil
 	}
 	return fmt.Errorf("key is %d bytes, must be 16, 24 or 32", n)
+}
+
+// LoadOrCreateIdentity returns the node's ed25519 identity key stored in
+// path (the base64 seed, mode 0600), creating it on first use. The agent
+// keeps it in its state directory: a node that comes back with the same
+// key is recognised at once; one with a new key only after the others saw
+// the old one fail.
+func LoadOrCreateIdentity(path string) (ed25519.PrivateKey, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return createIdentity(path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read identity key: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("read identity key: %w", err)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return nil, fmt.Errorf("%w: identity key %s has mode %04o: group or others may read or write it; run `chmod 600 %s`",
+			ErrInvalid, path, perm, path)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, 1024))
+	if err != nil {
+		return nil, fmt.Errorf("read identity key %s: %w", path, err)
+	}
+	seed, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(data)))
+	if err != nil || len(seed) != ed25519.SeedSize {
+		return nil, fmt.Errorf("%w: identity key %s does not hold a base64 %d-byte seed; remove it to make a new one", ErrInvalid, path, ed25519.SeedSize)
+	}
+	return ed25519.NewKeyFromSeed(seed), nil
+}
+
+func createIdentity(path string) (ed25519.PrivateKey, error) {
+	_, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generate identity key: %w", err)
+	}
+	tmp := path + ".tmp"
+	data := base64.StdEncoding.EncodeToString(key.Seed()) + "\n"
+	if err := os.WriteFile(tmp, []byte(data), 0o600); err != nil {
+		return nil, fmt.Errorf("write identity key: %w", err)
+	}
+	// Rename, so a crash never leaves a half-written key behind.
+	if err := os.Rename(tmp, path); err != nil {
+		_ = os.Remove(tmp)
+		return nil, fmt.Errorf("write identity key: %w", err)
+	}
+	return key, nil
 }

@@ -78,3 +78,33 @@ func TestLoadRefusesLooseMode(t *testing.T) {
 		}
 	}
 }
+
+func TestIdentity(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "identity.key")
+	k1, err := LoadOrCreateIdentity(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("identity file: %v %v", fi, err)
+	}
+	k2, err := LoadOrCreateIdentity(path)
+	if err != nil || !k1.Equal(k2) {
+		t.Fatalf("second load: different key or %v", err)
+	}
+	if err := os.Chmod(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadOrCreateIdentity(path); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "chmod 600") {
+		t.Errorf("loose mode: %v", err)
+	}
+	if err := os.WriteFile(path, []byte("junk"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadOrCreateIdentity(path); !errors.Is(err, ErrInvalid) {
+		t.Errorf("junk: %v", err)
+	}
+}
