@@ -628,8 +628,19 @@ func (c *Cluster) Restore(b []byte) error {
 	if snap.Node != c.cfg.NodeName {
 		return fmt.Errorf("restore: %w: snapshot of node %q, this is %q", ErrInvalid, snap.Node, c.cfg.NodeName)
 	}
-	c.applyRemote(snap.Clock, snap.Records, false)
+	// The snapshot is this node's own file: its records are taken as they
+	// are (only the bounds of limits.go apply), and those it wrote are
+	// signed again, in case its identity key changed since.
+	auth := make([]authResult, len(snap.Records))
+	for i := range snap.Records {
+		r := snap.Records[i]
+		if r.writer() == c.cfg.NodeName {
+			c.signRecord(&r)
+		}
+		auth[i] = authNone
+	}
 	return c.locked(func(s *state) error {
+		s.merge(snap.Clock, snap.Records, auth)
 		for _, a := range snap.Allocs {
 			if s.ownsAddr(a.Net, a.IP) {
 				s.allocs[claimKey{Net: a.Net, IP: a.IP}] = a.Owner

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/fabricnet/fabric/cluster"
+	"github.com/fabricnet/fabric/cluster/gossipkey"
 	"github.com/fabricnet/fabric/cmd/internal/api"
 	"github.com/fabricnet/fabric/datapath"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
@@ -73,8 +74,13 @@ func (n *clusterNode) start(t *testing.T) {
 		w = testLogWriter{t, n.name}
 	}
 	log := slog.New(slog.NewTextHandler(w, nil))
+	// The identity key lives in the state dir, as fabricd keeps it.
+	id, err := gossipkey.LoadOrCreateIdentity(filepath.Join(n.dir, "cluster-identity.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	cl, err := cluster.New(cluster.Config{
-		NodeName: n.name, BindAddr: "127.0.0.1", BindPort: n.port, Join: n.seeds, SecretKeys: n.keys,
+		NodeName: n.name, BindAddr: "127.0.0.1", BindPort: n.port, Join: n.seeds, SecretKeys: n.keys, NodeKey: id,
 		JoinBackoffMin: 100 * time.Millisecond, JoinBackoffMax: time.Second, Logger: log,
 	})
 	if err != nil {
