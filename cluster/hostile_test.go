@@ -440,3 +440,22 @@ func TestStrangerDatagramCounted(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "undecryptable datagram counted", func() bool { return c.Stats().Dropped[dropUndecryptable] > 0 })
 }
+
+// Leave intents are forgotten after a while, so the map cannot grow.
+func TestLeaveIntentsExpire(t *testing.T) {
+	members := startCluster(t, 2)
+	c := members[0]
+	c.memMu.Lock()
+	c.leaving["gone-long-ago"] = leaveSeen{stamp: 1, at: time.Now().Add(-leaveMemory - time.Minute)}
+	c.leaving["just-left"] = leaveSeen{stamp: 2, at: time.Now()}
+	c.memMu.Unlock()
+	c.maintain()
+	c.memMu.Lock()
+	defer c.memMu.Unlock()
+	if _, ok := c.leaving["gone-long-ago"]; ok {
+		t.Error("old leave intent kept")
+	}
+	if _, ok := c.leaving["just-left"]; !ok {
+		t.Error("recent leave intent forgotten")
+	}
+}
