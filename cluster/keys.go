@@ -19,10 +19,17 @@ import (
 func LoadKeyFile(path string) ([][]byte, error) {
 	keys, err := gossipkey.Load(path)
 	if errors.Is(err, gossipkey.ErrInvalid) {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return nil, invalidKeyFile{err}
 	}
 	return keys, err
 }
+
+// invalidKeyFile is gossipkey's error, also matching ErrInvalid, with
+// gossipkey's message alone.
+type invalidKeyFile struct{ err error }
+
+func (e invalidKeyFile) Error() string   { return e.err.Error() }
+func (e invalidKeyFile) Unwrap() []error { return []error{ErrInvalid, e.err} }
 
 func validKeyLen(n int) error { return gossipkey.ValidLen(n) }
 
