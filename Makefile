@@ -12,7 +12,7 @@ DEB_BENCH := iperf3:iperf3 sockperf:sockperf wrk:wrk docker.io:docker-proxy
 # What `make generate` needs to compile the eBPF programs.
 DEB_BPF   := clang:clang llvm:llvm-strip libbpf-dev:/usr/include/bpf/bpf_helpers.h
 
-.PHONY: all build test test-unit deps deps-bench deps-bpf generate check-generate demo demo-host bench lint fmt vet staticcheck clean install uninstall
+.PHONY: all build test test-unit fuzz deps deps-bench deps-bpf generate check-generate demo demo-host bench lint fmt vet staticcheck clean install uninstall
 
 all: build
 
@@ -51,6 +51,18 @@ test: deps
 
 test-unit:
 	$(GO) test -count=1 -short $(PKGS)
+
+# fuzz runs every Fuzz function of the repository (found in the *_test.go
+# files) for FUZZTIME each, seed corpus first; bounded, for CI.
+FUZZTIME ?= 10s
+fuzz:
+	@set -e; for f in $$(git grep -l '^func Fuzz' -- '*_test.go'); do \
+	  dir=./$$(dirname $$f); \
+	  for fn in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
+	    echo "== fuzz $$fn in $$dir for $(FUZZTIME)"; \
+	    $(GO) test -run='^$$' -fuzz="^$$fn$$" -fuzztime=$(FUZZTIME) $$dir; \
+	  done; \
+	done
 
 # demo builds fabric, brings up a 3-host lab (namespaces, one fabricd each,
 # one cluster), and shows sandboxes on an overlay network talking across

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,17 +22,18 @@ import (
 // Cluster is this node's view of the fabric: membership and the replicated
 // state. Create it with New, run Run in a goroutine, and Close it.
 type Cluster struct {
-	cfg     Config
-	log     *slog.Logger
-	ml      *memberlist.Memberlist
-	mlRef   atomic.Pointer[memberlist.Memberlist] // for callbacks that may run before New returns
-	keyring *memberlist.Keyring
-	queue   *memberlist.TransmitLimitedQueue
-	meta    atomic.Pointer[[]byte]
-	addr    netip.AddrPort // advertised gossip address
-	stats   counters
-	joinErr atomic.Pointer[error] // last failed join, nil after a successful one
-	events  *eventQueue
+	cfg      Config
+	identity ed25519.PrivateKey // signs direct messages (identity.go)
+	log      *slog.Logger
+	ml       *memberlist.Memberlist
+	mlRef    atomic.Pointer[memberlist.Memberlist] // for callbacks that may run before New returns
+	keyring  *memberlist.Keyring
+	queue    *memberlist.TransmitLimitedQueue
+	meta     atomic.Pointer[[]byte]
+	addr     netip.AddrPort // advertised gossip address
+	stats    counters
+	joinErr  atomic.Pointer[error] // last failed join, nil after a successful one
+	events   *eventQueue
 
 	// mu guards st. It is never held while calling memberlist, because
 	// memberlist calls our delegates with its own locks held.
@@ -43,12 +45,11 @@ type Cluster struct {
 	// while holding it.
 	memMu      sync.Mutex
 	members    map[string]*Member
-	leaving    map[string]uint64 // leave intents seen, by node
+	leaving    map[string]leaveSeen // leave intents seen, by node; expire (maintain)
 	joinedOnce atomic.Bool
 
-	rpcMu  sync.Mutex
-	rpcs   map[uint64]chan response
-	nextID atomic.Uint64
+	rpcMu sync.Mutex
+	rpcs  map[uint64]chan response
 
 	sendSem chan struct{} // bounds the goroutines sending requests
 	outbox  chan outMsg   // replies and notifications, for the reply workers
@@ -101,15 +102,22 @@ func New(cfg Config) (*Cluster, error) {
 		cfg:     cfg,
 		log:     cfg.Logger.With("node", cfg.NodeName),
 		members: make(map[string]*Member),
-		leaving: make(map[string]uint64),
+		leaving: make(map[string]leaveSeen),
 		rpcs:    make(map[uint64]chan response),
 		sendSem: make(chan struct{}, 128),
 		outbox:  make(chan outMsg, 1024),
 		done:    make(chan struct{}),
 		rnd:     rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 	}
+	id, err := newIdentity(cfg.NodeKey)
+	if err != nil {
+		return nil, err
+	}
+	c.identity = id
 	c.events = newEventQueue(cfg.EventBuffer, &c.stats)
 	c.st = newState(cfg.NodeName, c.events.emit)
+	c.st.sign = c.signRecord
+	c.st.rejected = c.stats.drop
 	if err := c.setMeta(cfg.Meta); err != nil {
 		return nil, err
 	}
@@ -122,7 +130,7 @@ func New(cfg Config) (*Cluster, error) {
 	if mc.AdvertisePort == 0 {
 		mc.AdvertisePort = cfg.BindPort
 	}
-	mc.Logger = newStdLogger(c.log.With("component", "memberlist"))
+	mc.Logger = newStdLogger(c.log.With("component", "memberlist"), c.countMemberlistDrop)
 	mc.Delegate = &delegate{c}
 	mc.Events = &eventDelegate{c}
 	mc.Alive = &aliveDelegate{c}
@@ -188,6 +196,7 @@ func New(cfg Config) (*Cluster, error) {
 }
 
 func (c *Cluster) setMeta(m NodeMeta) error {
+	copy(m.Identity[:], c.identity.Public().(ed25519.PublicKey))
 	b, err := encodeMeta(m)
 	if err != nil {
 		return err
@@ -445,6 +454,11 @@ func (c *Cluster) maintain() {
 			delete(c.members, name)
 		}
 	}
+	for name, l := range c.leaving {
+		if time.Since(l.at) > leaveMemory {
+			delete(c.leaving, name)
+		}
+	}
 	c.memMu.Unlock()
 }
 
@@ -470,7 +484,7 @@ func (c *Cluster) shutdown(leave bool) error {
 			if c.ml.NumMembers() > 1 {
 				// Announce the leave first and give it a few gossip rounds.
 				li := leaveIntent{Node: c.cfg.NodeName, Stamp: uint64(time.Now().UnixNano())}
-				c.queue.QueueBroadcast(&broadcast{key: "leave/" + li.Node, msg: encodeMessage(message{Type: msgLeave, Leave: &li})})
+				c.queue.QueueBroadcast(&broadcast{key: "leave/" + li.Node, msg: c.sign(encodeMessage(message{Type: msgLeave, Leave: &li}))})
 				time.Sleep(300 * time.Millisecond)
 			}
 			if e := c.ml.Leave(time.Second); e != nil {
@@ -580,61 +594,4 @@ func (c *Cluster) peers() []memberlist.Node {
 		}
 	}
 	return out
-}
-
-// Snapshot returns the replicated state and this node's allocations, for
-// the agent to persist and hand to Restore after a restart.
-func (c *Cluster) Snapshot() ([]byte, error) {
-	var snap snapshot
-	c.mu.Lock()
-	snap = snapshot{Node: c.st.self, Clock: c.st.clock, Version: c.st.version, Taken: time.Now().Unix(), Records: c.st.records()}
-	for k, owner := range c.st.allocs {
-		snap.Allocs = append(snap.Allocs, alloc{Net: k.Net, IP: k.IP, Owner: owner})
-	}
-	c.mu.Unlock()
-	b := encodeMessage(message{Type: msgSnapshot, Snapshot: &snap})
-	if len(b) > maxStateBytes {
-		return nil, fmt.Errorf("%w: snapshot of %d bytes exceeds %d", ErrInvalid, len(b), maxStateBytes)
-	}
-	return b, nil
-}
-
-// Restore merges a snapshot taken by this node (same name) into the state,
-// as if it had been received from a peer, and takes back the allocations
-// that are still in its blocks. Newer records, from peers or local, win.
-func (c *Cluster) Restore(b []byte) error {
-	m, err := decodeMessage(b)
-	if err != nil {
-		return fmt.Errorf("restore: %w: %v", ErrInvalid, err)
-	}
-	if m.Type != msgSnapshot {
-		return fmt.Errorf("restore: %w: not a snapshot", ErrInvalid)
-	}
-	snap := m.Snapshot
-	if snap.Node != c.cfg.NodeName {
-		return fmt.Errorf("restore: %w: snapshot of node %q, this is %q", ErrInvalid, snap.Node, c.cfg.NodeName)
-	}
-	return c.locked(func(s *state) error {
-		s.merge(snap.Clock, snap.Records)
-		for _, a := range snap.Allocs {
-			if s.ownsAddr(a.Net, a.IP) {
-				s.allocs[claimKey{Net: a.Net, IP: a.IP}] = a.Owner
-			}
-		}
-		s.version = max(s.version, snap.Version) + 1
-		return nil
-	})
-}
-
-// ownsAddr reports whether ip is in one of this node's blocks or claims.
-func (s *state) ownsAddr(id NetworkID, ip netip.Addr) bool {
-	if e := s.claims[claimKey{Net: id, IP: ip}]; e != nil && !e.rec.Deleted && e.rec.Node == s.self {
-		return true
-	}
-	for k, e := range s.leases {
-		if k.Net == id && k.Block.Contains(ip) && !e.rec.Deleted && e.rec.Node == s.self {
-			return true
-		}
-	}
-	return false
 }

@@ -82,12 +82,12 @@ func TestMembershipAndMetadata(t *testing.T) {
 }
 
 func TestMetaCodec(t *testing.T) {
-	m := NodeMeta{Name: "host-a", Addr: netip.MustParseAddr("192.0.2.7"), TunnelPort: 4789, Datapath: "ebpf", Version: "1.2.3"}
+	m := NodeMeta{Name: "host-a", Addr: netip.MustParseAddr("192.0.2.7"), TunnelPort: 4789, Datapath: "ebpf", Version: "1.2.3", Identity: [32]byte{1, 2, 3}}
 	b, err := encodeMeta(m)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(b) > 40 {
+	if len(b) > 40+32 {
 		t.Errorf("metadata is %d bytes; expected a compact encoding", len(b))
 	}
 	got, err := decodeMeta(b)

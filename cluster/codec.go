@@ -5,17 +5,18 @@ import (
 	"slices"
 )
 
-// Wire format, version 1. Every message starts with [codecVersion][type];
+// Wire format, version 2. Every message starts with [codecVersion][type];
 // integers are unsigned varints, strings and byte slices are length-prefixed,
 // addresses are a length byte (0, 4 or 16) and the bytes. Decoding checks
 // every length against the bytes left and a per-field limit, validates the
 // fields, and rejects trailing bytes, so a message is either fully valid or
-// dropped and counted.
+// dropped and counted. Requests, responses and leave intents end with the
+// sender's ed25519 signature of everything before it (identity.go).
 const (
-	codecVersion  = 1
+	codecVersion  = 2
 	maxMsgBytes   = 64 << 10 // gossip and direct messages
-	maxStateBytes = 16 << 20 // push/pull state and snapshots (memberlist allows 20 MiB)
-	maxRecords    = 1 << 20
+	maxStateBytes = 8 << 20  // push/pull state and snapshots; larger is dropped undecoded
+	maxRecords    = maxTotalRecords + maxNetworks
 	maxReason     = 1024
 )
 
@@ -71,12 +72,14 @@ type netRecord struct {
 	DelVer  version   // the first tombstone wins, so all nodes agree on reason
 	Reason  delReason // why it was deleted
 	Winner  NetworkID // the network it lost to, when Reason is reasonConflict
+	Sig     []byte    // by the writer: ID.Node for a create, DelVer.Node for a tombstone
 }
 
 type epRecord struct {
 	Ver     version
 	Deleted bool
 	EP      Endpoint
+	Sig     []byte // by Ver.Node
 }
 
 type leaseRecord struct {
@@ -85,6 +88,7 @@ type leaseRecord struct {
 	Net     NetworkID
 	Block   netip.Prefix
 	Node    string
+	Sig     []byte // by Ver.Node
 }
 
 type claimRecord struct {
@@ -94,6 +98,7 @@ type claimRecord struct {
 	IP      netip.Addr
 	Node    string
 	Owner   string
+	Sig     []byte // by Ver.Node
 }
 
 // record is one replicated item; exactly one pointer is set.
@@ -134,10 +139,11 @@ type resKey struct {
 	P    netip.Prefix
 }
 
+// request is a direct message that expects a response. The response goes
+// to From's memberlist address: a request names no address.
 type request struct {
-	ID    uint64
+	ID    uint64 // random (newRequestID): a response must echo it
 	From  string
-	Addr  netip.AddrPort // where to send the response
 	Op    opCode
 	Res   resKey     // opClaim, opAbort
 	Owner string     // opClaim: who the address is for
@@ -190,7 +196,14 @@ type message struct {
 	State    *stateMsg
 	Snapshot *snapshot
 	Leave    *leaveIntent
+
+	// Signed types only: the signature, and the bytes it covers.
+	sig    []byte
+	signed []byte
 }
+
+// signedType reports whether messages of type t carry a signature.
+func signedType(t msgType) bool { return t == msgRequest || t == msgResponse || t == msgLeave }
 
 func encodeMessage(m message) []byte {
 	e := &encoder{buf: make([]byte, 0, 128)}
@@ -203,8 +216,6 @@ func encodeMessage(m message) []byte {
 		q := m.Request
 		e.uvarint(q.ID)
 		e.str(q.From)
-		e.addr(q.Addr.Addr())
-		e.uvarint(uint64(q.Addr.Port()))
 		e.u8(byte(q.Op))
 		switch q.Op {
 		case opClaim, opAbort:
@@ -214,6 +225,7 @@ func encodeMessage(m message) []byte {
 			e.str(q.Owner)
 		case opPropose:
 			e.netRecord(q.Net)
+			e.fixed(q.Net.Sig, sigSize)
 		case opKeyInstall, opKeyUse, opKeyRemove:
 			e.bytes(q.Key)
 		}
@@ -247,6 +259,9 @@ func encodeMessage(m message) []byte {
 			e.str(a.Owner)
 		}
 	}
+	if signedType(m.Type) {
+		e.fixed(m.sig, sigSize)
+	}
 	return e.buf
 }
 
@@ -260,7 +275,22 @@ func (e *encoder) records(rs []record) {
 	}
 }
 
+// record writes r, its writer's signature last (zeros if unsigned).
 func (e *encoder) record(r record) {
+	e.recordBody(r)
+	e.fixed(*r.sig(), sigSize)
+}
+
+// fixed writes b padded with zeros (or cut) to n bytes.
+func (e *encoder) fixed(b []byte, n int) {
+	start := len(e.buf)
+	e.buf = append(e.buf, make([]byte, n)...)
+	copy(e.buf[start:], b)
+}
+
+// recordBody writes what a record's signature covers: all but the
+// signature.
+func (e *encoder) recordBody(r record) {
 	switch {
 	case r.net != nil:
 		e.u8(byte(kindNetwork))
@@ -369,6 +399,10 @@ func decodeMessage(b []byte) (message, error) {
 	default:
 		d.fail(dropUnknownType, "message type %d", m.Type)
 	}
+	if signedType(m.Type) && d.err == nil {
+		m.signed = b[:len(b)-len(d.buf)]
+		m.sig = d.raw(sigSize)
+	}
 	if err := d.finish(); err != nil {
 		return message{}, err
 	}
@@ -395,8 +429,6 @@ func (d *decoder) version() version { return version(d.netID()) }
 
 func (d *decoder) request() *request {
 	q := &request{ID: d.uvarint(), From: d.nodeName()}
-	a := d.addr()
-	q.Addr = netip.AddrPortFrom(a, d.u16("port"))
 	q.Op = opCode(d.u8())
 	if d.err != nil {
 		return nil
@@ -410,6 +442,7 @@ func (d *decoder) request() *request {
 		}
 	case opPropose:
 		q.Net = d.netRecord()
+		q.Net.Sig = d.bytesFixed(sigSize)
 	case opKeyInstall, opKeyUse, opKeyRemove:
 		q.Key = d.bytes(32, "key")
 		if d.err == nil && validKeyLen(len(q.Key)) != nil {
@@ -417,9 +450,6 @@ func (d *decoder) request() *request {
 		}
 	default:
 		d.fail(dropUnknownType, "request op %d", q.Op)
-	}
-	if d.err == nil && !q.Addr.IsValid() {
-		d.fail(dropInvalid, "request without a reply address")
 	}
 	return q
 }
@@ -449,6 +479,14 @@ func (d *decoder) records() []record {
 }
 
 func (d *decoder) record() record {
+	r := d.recordBody()
+	if d.err == nil {
+		*r.sig() = d.bytesFixed(sigSize)
+	}
+	return r
+}
+
+func (d *decoder) recordBody() record {
 	switch kind := recordKind(d.u8()); kind {
 	case kindNetwork:
 		return record{net: d.netRecord()}

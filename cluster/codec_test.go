@@ -21,7 +21,6 @@ func sampleMessages() []message {
 		IP: netip.MustParseAddr("10.1.2.3"), MAC: net.HardwareAddr{2, 1, 2, 3, 4, 5}, Name: "web", Aliases: []string{"www", "api"}}}
 	lease := &leaseRecord{Ver: version{Clock: 12, Node: "a"}, Net: netRec.Net.ID, Block: netip.MustParsePrefix("10.1.2.0/24"), Node: "a"}
 	claim := &claimRecord{Ver: version{Clock: 13, Node: "b"}, Deleted: true, Net: netRec.Net.ID, IP: netip.MustParseAddr("10.1.9.9"), Node: "a", Owner: "db"}
-	addr := netip.MustParseAddrPort("127.0.0.1:7946")
 	return []message{
 		{Type: msgRecord, Record: &record{net: netRec}},
 		{Type: msgRecord, Record: &record{net: tomb}},
@@ -29,10 +28,10 @@ func sampleMessages() []message {
 		{Type: msgRecord, Record: &record{ep: ep}},
 		{Type: msgRecord, Record: &record{lease: lease}},
 		{Type: msgRecord, Record: &record{claim: claim}},
-		{Type: msgRequest, Request: &request{ID: 1, From: "a", Addr: addr, Op: opClaim, Res: resKey{Kind: resBlock, Net: netRec.Net.ID, P: lease.Block}}},
-		{Type: msgRequest, Request: &request{ID: 2, From: "a", Addr: addr, Op: opAbort, Res: resKey{Kind: resIP, Net: netRec.Net.ID, P: netip.MustParsePrefix("10.1.9.9/32")}, Owner: "db"}},
-		{Type: msgRequest, Request: &request{ID: 3, From: "a", Addr: addr, Op: opPropose, Net: netRec}},
-		{Type: msgRequest, Request: &request{ID: 4, From: "a", Addr: addr, Op: opKeyInstall, Key: bytes.Repeat([]byte{7}, 16)}},
+		{Type: msgRequest, Request: &request{ID: 1, From: "a", Op: opClaim, Res: resKey{Kind: resBlock, Net: netRec.Net.ID, P: lease.Block}}},
+		{Type: msgRequest, Request: &request{ID: 2, From: "a", Op: opAbort, Res: resKey{Kind: resIP, Net: netRec.Net.ID, P: netip.MustParsePrefix("10.1.9.9/32")}, Owner: "db"}},
+		{Type: msgRequest, Request: &request{ID: 3, From: "a", Op: opPropose, Net: netRec}},
+		{Type: msgRequest, Request: &request{ID: 4, From: "a", Op: opKeyInstall, Key: bytes.Repeat([]byte{7}, 16)}},
 		{Type: msgResponse, Response: &response{ID: 3, From: "b", Reason: "clash", Records: []record{{net: tomb}}}},
 		{Type: msgState, State: &stateMsg{Clock: 13, Records: []record{{net: netRec}, {ep: ep}, {lease: lease}, {claim: claim}}}},
 		{Type: msgSnapshot, Snapshot: &snapshot{Node: "a", Clock: 13, Version: 5, Taken: 1700000000,
@@ -52,8 +51,9 @@ func TestCodecRoundTrip(t *testing.T) {
 			t.Errorf("type %d: round trip differs:\n%x\n%x", m.Type, b, again)
 		}
 	}
-	// A lease record is a few dozen bytes: gossip packets carry many.
-	if n := len(encodeMessage(sampleMessages()[4])); n > 40 {
+	// A lease record is a few dozen bytes plus its signature: gossip
+	// packets carry many.
+	if n := len(encodeMessage(sampleMessages()[4])); n > 40+sigSize {
 		t.Errorf("lease record is %d bytes", n)
 	}
 }
@@ -167,13 +167,42 @@ func FuzzDecode(f *testing.F) {
 		s := newState("fuzz", func(Event) {})
 		switch {
 		case m.Record != nil:
-			s.apply(*m.Record)
+			s.remote(*m.Record, true, authUnknown)
 		case m.State != nil:
-			s.merge(m.State.Clock, m.State.Records)
+			s.merge(m.State.Clock, m.State.Records, nil)
 		case m.Request != nil && m.Request.Op == opClaim:
 			s.vote(m.Request.Res, m.Request.From, time.Second)
 		case m.Request != nil && m.Request.Op == opPropose:
-			s.proposal(m.Request.Net)
+			s.proposal(m.Request.Net, authOK)
+		case m.Snapshot != nil:
+			s.merge(m.Snapshot.Clock, m.Snapshot.Records, nil)
 		}
+		checkAccounting(t, s)
 	})
+}
+
+// checkAccounting recounts what the caps are checked against.
+func checkAccounting(t *testing.T, s *state) {
+	t.Helper()
+	owned := make(map[ownerCount]int)
+	total, size := 0, 0
+	for _, r := range s.records() {
+		if r.net == nil {
+			kind, node := r.owner()
+			owned[ownerCount{kind, node}]++
+			total++
+		}
+		size += recordSize(r)
+	}
+	if total != s.total || size != s.bytes || len(owned) != len(s.owned) {
+		t.Fatalf("accounting: total %d/%d, bytes %d/%d, owners %d/%d", s.total, total, s.bytes, size, len(s.owned), len(owned))
+	}
+	for k, n := range owned {
+		if s.owned[k] != n {
+			t.Fatalf("accounting: %v has %d, counted %d", k, s.owned[k], n)
+		}
+	}
+	if total > maxTotalRecords || size > stateBudget+maxMsgBytes {
+		t.Fatalf("state over its caps: %d records, %d bytes", total, size)
+	}
 }

@@ -3,6 +3,7 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"fmt"
 	"io"
 	"log"
@@ -51,6 +52,11 @@ type Config struct {
 	// SecretKeys turn on encrypted and authenticated gossip; the first key
 	// is the primary. See LoadKeyFile.
 	SecretKeys [][]byte
+	// NodeKey is this node's ed25519 identity key (identity.go); its
+	// direct messages are signed with it. Keep it across restarts (the
+	// agent stores it in its state directory): while the others still see
+	// the old incarnation alive they refuse a new key. Nil: a fresh key.
+	NodeKey ed25519.PrivateKey
 	// Meta is what this node tells the others. Name defaults to NodeName
 	// and Addr to the advertised address.
 	Meta   NodeMeta
@@ -189,7 +195,10 @@ func tuneLAN(mc *memberlist.Config) {
 
 // slogWriter turns memberlist's "[LEVEL] memberlist: ..." lines into slog
 // records.
-type slogWriter struct{ log *slog.Logger }
+type slogWriter struct {
+	log    *slog.Logger
+	onLine func(msg string) // sees every line, to count what memberlist only logs
+}
 
 var _ io.Writer = slogWriter{}
 
@@ -202,8 +211,13 @@ func (w slogWriter) Write(p []byte) (int, error) {
 			break
 		}
 	}
+	if w.onLine != nil {
+		w.onLine(msg)
+	}
 	w.log.Log(context.Background(), level, msg)
 	return len(p), nil
 }
 
-func newStdLogger(l *slog.Logger) *log.Logger { return log.New(slogWriter{l}, "", 0) }
+func newStdLogger(l *slog.Logger, onLine func(string)) *log.Logger {
+	return log.New(slogWriter{log: l, onLine: onLine}, "", 0)
+}

@@ -75,6 +75,22 @@ func (d *aliveDelegate) NotifyAlive(n *memberlist.Node) error {
 		d.c.stats.drop(dropBadMeta)
 		return fmt.Errorf("member %q: bad metadata: %w", n.Name, err)
 	}
+	if m.Identity == ([32]byte{}) {
+		d.c.stats.drop(dropBadMeta)
+		return fmt.Errorf("member %q: no identity key", n.Name)
+	}
+	// A name is bound to its key while the member lives (identity.go).
+	d.c.memMu.Lock()
+	prev := d.c.members[n.Name]
+	taken := prev != nil && prev.State == MemberAlive && prev.Meta.Identity != m.Identity
+	d.c.memMu.Unlock()
+	if n.Name == d.c.cfg.NodeName {
+		taken = m.Identity != d.c.identityKey()
+	}
+	if taken {
+		d.c.stats.drop(dropIdentity)
+		return fmt.Errorf("member %q: identity key differs from the one of the live member of that name", n.Name)
+	}
 	return nil
 }
 
@@ -164,10 +180,7 @@ func (c *Cluster) mergeRemoteState(b []byte) {
 		c.log.Warn("dropped remote state", "err", err)
 		return
 	}
-	_ = c.locked(func(s *state) error {
-		s.merge(m.State.Clock, m.State.Records)
-		return nil
-	})
+	c.applyRemote(m.State.Clock, m.State.Records, false)
 	c.stats.lastSync.Store(time.Now().UnixNano())
 }
 
@@ -182,19 +195,29 @@ func (c *Cluster) handleMessage(b []byte) {
 	}
 	switch m.Type {
 	case msgRecord:
-		_ = c.locked(func(s *state) error { s.apply(*m.Record); return nil })
+		c.applyRemote(0, []record{*m.Record}, true)
 	case msgRequest:
-		c.handleRequest(m.Request)
+		from, why := c.verify(m.Request.From, m, false)
+		if why != "" {
+			c.stats.drop(why)
+			c.log.Debug("dropped request", "from", m.Request.From, "reason", why)
+			return
+		}
+		c.handleRequest(m.Request, from)
 	case msgLeave:
-		c.leaveIntent(*m.Leave)
+		// A leave is relayed by others; only the leaving node signs it.
+		if _, why := c.verify(m.Leave.Node, m, true); why != "" {
+			c.stats.drop(why)
+			return
+		}
+		c.leaveIntent(*m.Leave, b)
 	case msgResponse:
+		if _, why := c.verify(m.Response.From, m, false); why != "" {
+			c.stats.drop(why)
+			return
+		}
 		if len(m.Response.Records) > 0 {
-			_ = c.locked(func(s *state) error {
-				for _, r := range m.Response.Records {
-					s.apply(r)
-				}
-				return nil
-			})
+			c.applyRemote(0, m.Response.Records, true)
 		}
 		c.deliver(*m.Response)
 	default:
@@ -202,7 +225,8 @@ func (c *Cluster) handleMessage(b []byte) {
 	}
 }
 
-func (c *Cluster) handleRequest(q *request) {
+// handleRequest answers a verified request from the member to.
+func (c *Cluster) handleRequest(q *request, to memberlist.Node) {
 	resp := response{ID: q.ID, From: c.cfg.NodeName, OK: true}
 	switch q.Op {
 	case opClaim:
@@ -214,8 +238,13 @@ func (c *Cluster) handleRequest(q *request) {
 		_ = c.locked(func(s *state) error { s.releasePromise(q.Res, q.From); return nil })
 		return
 	case opPropose:
+		if q.Net.Net.ID.Node != q.From {
+			c.stats.drop(dropForeign) // a member proposes only its own creates
+			return
+		}
+		auth := c.authRecord(record{net: q.Net})
 		_ = c.locked(func(s *state) error {
-			resp.OK, resp.Reason, resp.Records = s.proposal(q.Net)
+			resp.OK, resp.Reason, resp.Records = s.proposal(q.Net, auth)
 			return nil
 		})
 	case opKeyInstall, opKeyUse, opKeyRemove:
@@ -226,23 +255,33 @@ func (c *Cluster) handleRequest(q *request) {
 	if len(resp.Reason) > maxReason {
 		resp.Reason = strings.ToValidUTF8(resp.Reason[:maxReason], "")
 	}
-	to := memberlist.Node{Name: q.From, Addr: q.Addr.Addr().AsSlice(), Port: q.Addr.Port()}
-	c.trySend(to, encodeMessage(message{Type: msgResponse, Response: &resp}))
+	c.trySend(to, c.sign(encodeMessage(message{Type: msgResponse, Response: &resp})))
 }
 
-// leaveIntent records that a node is leaving and passes the news on once.
-// If it arrives after the node was already declared failed, the member is
-// reported as left after all.
-func (c *Cluster) leaveIntent(li leaveIntent) {
+// leaveSeen is a leave intent this node has seen.
+type leaveSeen struct {
+	stamp uint64
+	at    time.Time
+}
+
+// leaveMemory is how long a leave intent is remembered: long enough to
+// tell a leave from a failure when memberlist reports it (seconds), short
+// enough that the map stays small whatever is sent.
+const leaveMemory = 10 * time.Minute
+
+// leaveIntent records that a node is leaving and passes the news (raw, as
+// signed by the leaving node) on once. If it arrives after the node was
+// already declared failed, the member is reported as left after all.
+func (c *Cluster) leaveIntent(li leaveIntent, raw []byte) {
 	if li.Node == c.cfg.NodeName {
 		return
 	}
 	c.memMu.Lock()
-	if c.leaving[li.Node] == li.Stamp {
+	if c.leaving[li.Node].stamp == li.Stamp {
 		c.memMu.Unlock()
 		return
 	}
-	c.leaving[li.Node] = li.Stamp
+	c.leaving[li.Node] = leaveSeen{stamp: li.Stamp, at: time.Now()}
 	var left *Member
 	if m := c.members[li.Node]; m != nil && m.State == MemberFailed {
 		m.State = MemberLeft
@@ -253,5 +292,5 @@ func (c *Cluster) leaveIntent(li leaveIntent) {
 	if left != nil {
 		c.events.emit(Event{Type: EventMemberLeft, Member: *left})
 	}
-	c.queue.QueueBroadcast(&broadcast{key: "leave/" + li.Node, msg: encodeMessage(message{Type: msgLeave, Leave: &li})})
+	c.queue.QueueBroadcast(&broadcast{key: "leave/" + li.Node, msg: slices.Clone(raw)})
 }

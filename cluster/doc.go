@@ -30,6 +30,22 @@
 // or partitioned back up to date. Deletions are tombstones, collected after a
 // long grace period, so a late create cannot resurrect a removed network.
 //
+// # Whom it trusts
+//
+// Gossip is encrypted and authenticated with the cluster's keys
+// (memberlist's keyring; the agent insists on one unless told
+// --cluster-insecure), which keeps out everyone without them. Members are
+// told apart by an ed25519 identity key each (identity.go): direct
+// messages, leave intents and records are signed by the node that wrote
+// them, so one member cannot vote, claim, leave or write records in
+// another's name, and replies go to memberlist's address of the member.
+// Who may write what: a live endpoint, lease or claim only its own node; a
+// tombstone of one any member (the reaping of a node gone for good); a
+// network create its creator, and a create from a node not known here may
+// not displace an accepted network; a network's removal any member (as
+// `network rm` works from any host). Clocks and the size of the state are
+// bounded (limits.go). Everything refused is counted by reason (Stats).
+//
 // # What it must not know
 //
 // The package produces and consumes plain cluster state. It knows nothing of

@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -25,9 +27,18 @@ func testLogger() *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
+// testIdentity is a member's identity key, the same for every member of
+// that name, so that a test can restart a member as the agent does (it
+// keeps the key in its state directory).
+func testIdentity(name string) ed25519.PrivateKey {
+	seed := sha256.Sum256([]byte("test identity " + name))
+	return ed25519.NewKeyFromSeed(seed[:])
+}
+
 func testConfig(name string) Config {
 	return Config{
 		NodeName:          name,
+		NodeKey:           testIdentity(name),
 		BindAddr:          "127.0.0.1",
 		BindPort:          AnyPort,
 		Logger:            testLogger(),

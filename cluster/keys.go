@@ -1,64 +1,37 @@
 package cluster
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/base64"
+	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 
+	"github.com/fabricnet/fabric/cluster/gossipkey"
 	"github.com/hashicorp/memberlist"
 )
 
-// LoadKeyFile reads gossip keys: one base64 key of 16, 24 or 32 bytes
-// (AES-128/192/256) per line; blank lines and lines starting with '#' are
-// skipped. The first key is the primary, used to encrypt; all of them are
-// tried to decrypt, which is what lets keys be rotated without downtime.
+// LoadKeyFile reads gossip keys (see package gossipkey): one base64 key
+// of 16, 24 or 32 bytes per line, the first the primary, used to encrypt;
+// all of them are tried to decrypt, which is what lets keys be rotated
+// without downtime. A file that group or others may read is refused.
 func LoadKeyFile(path string) ([][]byte, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read gossip key file: %w", err)
+	keys, err := gossipkey.Load(path)
+	if errors.Is(err, gossipkey.ErrInvalid) {
+		return nil, invalidKeyFile{err}
 	}
-	var keys [][]byte
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for line := 1; sc.Scan(); line++ {
-		text := strings.TrimSpace(sc.Text())
-		if text == "" || strings.HasPrefix(text, "#") {
-			continue
-		}
-		key, err := base64.StdEncoding.DecodeString(text)
-		if err != nil {
-			return nil, fmt.Errorf("%w: gossip key file %s line %d: not base64 (generate one with `head -c 32 /dev/urandom | base64`)", ErrInvalid, path, line)
-		}
-		if err := validKeyLen(len(key)); err != nil {
-			return nil, fmt.Errorf("%w: gossip key file %s line %d: %v", ErrInvalid, path, line, err)
-		}
-		for _, k := range keys {
-			if bytes.Equal(k, key) {
-				return nil, fmt.Errorf("%w: gossip key file %s line %d: duplicate key", ErrInvalid, path, line)
-			}
-		}
-		keys = append(keys, key)
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%w: gossip key file %s: %v", ErrInvalid, path, err)
-	}
-	if len(keys) == 0 {
-		return nil, fmt.Errorf("%w: gossip key file %s holds no key", ErrInvalid, path)
-	}
-	return keys, nil
+	return keys, err
 }
 
-func validKeyLen(n int) error {
-	switch n {
-	case 16, 24, 32:
-		return nil
-	}
-	return fmt.Errorf("key is %d bytes, must be 16, 24 or 32", n)
-}
+// invalidKeyFile is gossipkey's error, also matching ErrInvalid, with
+// gossipkey's message alone.
+type invalidKeyFile struct{ err error }
+
+func (e invalidKeyFile) Error() string   { return e.err.Error() }
+func (e invalidKeyFile) Unwrap() []error { return []error{ErrInvalid, e.err} }
+
+func validKeyLen(n int) error { return gossipkey.ValidLen(n) }
 
 // Keys returns the local keyring, primary first.
 func (c *Cluster) Keys() [][]byte {

@@ -13,16 +13,20 @@ type NodeMeta struct {
 	TunnelPort uint16     // VXLAN UDP port
 	Datapath   string     // "ebpf" or "kernel"
 	Version    string     // agent version
+	// Identity is the node's ed25519 public key: its direct messages and
+	// leave intents are signed with the private half (identity.go). Set
+	// by the Cluster itself; what the agent passes is ignored.
+	Identity [32]byte
 }
 
 const (
-	metaVersion  = 1
+	metaVersion  = 2
 	metaMaxBytes = 512 // memberlist.MetaMaxSize
 	maxDatapath  = 16
 	maxVersion   = 64
 )
 
-// encodeMeta returns the compact form: [version][name][addr][port][datapath][version].
+// encodeMeta returns the compact form: [version][name][addr][port][datapath][version][identity].
 func encodeMeta(m NodeMeta) ([]byte, error) {
 	if err := m.validate(); err != nil {
 		return nil, err
@@ -34,6 +38,7 @@ func encodeMeta(m NodeMeta) ([]byte, error) {
 	e.uvarint(uint64(m.TunnelPort))
 	e.str(m.Datapath)
 	e.str(m.Version)
+	e.buf = append(e.buf, m.Identity[:]...)
 	if len(e.buf) > metaMaxBytes {
 		return nil, fmt.Errorf("%w: node metadata is %d bytes, limit %d", ErrInvalid, len(e.buf), metaMaxBytes)
 	}
@@ -56,6 +61,7 @@ func decodeMeta(b []byte) (NodeMeta, error) {
 		Datapath:   d.str(maxDatapath, "datapath"),
 		Version:    d.str(maxVersion, "version"),
 	}
+	copy(m.Identity[:], d.raw(len(m.Identity)))
 	if err := d.finish(); err != nil {
 		return NodeMeta{}, err
 	}

@@ -60,8 +60,10 @@ func (s *state) pickVNI(name string) uint32 {
 // accepted here, and if not, why and the record that beat it, so the
 // proposer learns the winner at once (and, as the origin, tombstones its
 // create).
-func (s *state) proposal(r *netRecord) (ok bool, reason string, decisive []record) {
-	s.apply(record{net: r})
+func (s *state) proposal(r *netRecord, auth authResult) (ok bool, reason string, decisive []record) {
+	if why := s.remote(record{net: r}, true, auth); why != "" {
+		return false, fmt.Sprintf("network %q refused: %s", r.Net.Name, why), nil
+	}
 	e := s.networks[r.Net.ID]
 	if e == nil || s.accepted[r.Net.Name] == r.Net.ID {
 		return true, "", nil
@@ -89,10 +91,17 @@ func (s *state) proposal(r *netRecord) (ok bool, reason string, decisive []recor
 // if the clash is found later (after a partition), EventNetworkConflict.
 func (c *Cluster) CreateNetwork(ctx context.Context, spec NetworkSpec) (Network, error) {
 	var n Network
-	if err := c.locked(func(s *state) (err error) { n, err = s.createNetwork(spec); return err }); err != nil {
+	var signed netRecord
+	if err := c.locked(func(s *state) (err error) {
+		if n, err = s.createNetwork(spec); err == nil {
+			signed = s.networks[n.ID].rec
+			signed.Net = signed.Net.clone()
+		}
+		return err
+	}); err != nil {
 		return Network{}, fmt.Errorf("create network: %w", err)
 	}
-	resps, missing := c.call(ctx, c.peers(), request{Op: opPropose, Net: &netRecord{Net: n.clone()}})
+	resps, missing := c.call(ctx, c.peers(), request{Op: opPropose, Net: &signed})
 	var refusals []string
 	for _, r := range resps {
 		if !r.OK {

@@ -19,8 +19,8 @@ func (c *Cluster) call(ctx context.Context, targets []memberlist.Node, q request
 	if len(targets) == 0 {
 		return nil, nil
 	}
-	q.ID = c.nextID.Add(1)
-	q.From, q.Addr = c.cfg.NodeName, c.addr
+	q.ID = newRequestID()
+	q.From = c.cfg.NodeName
 	ch := make(chan response, len(targets))
 	c.rpcMu.Lock()
 	c.rpcs[q.ID] = ch
@@ -31,7 +31,7 @@ func (c *Cluster) call(ctx context.Context, targets []memberlist.Node, q request
 		c.rpcMu.Unlock()
 	}()
 
-	msg := encodeMessage(message{Type: msgRequest, Request: &q})
+	msg := c.sign(encodeMessage(message{Type: msgRequest, Request: &q}))
 	want := make(map[string]bool, len(targets))
 	for _, t := range targets {
 		want[t.Name] = true
@@ -70,9 +70,9 @@ wait:
 
 // notify sends q to every target without waiting for answers.
 func (c *Cluster) notify(targets []memberlist.Node, q request) {
-	q.ID = c.nextID.Add(1)
-	q.From, q.Addr = c.cfg.NodeName, c.addr
-	msg := encodeMessage(message{Type: msgRequest, Request: &q})
+	q.ID = newRequestID()
+	q.From = c.cfg.NodeName
+	msg := c.sign(encodeMessage(message{Type: msgRequest, Request: &q}))
 	for _, t := range targets {
 		c.trySend(t, msg)
 	}

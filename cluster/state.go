@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"math"
 	"net/netip"
 	"slices"
 	"time"
@@ -39,6 +40,16 @@ type state struct {
 	missing   map[string]time.Time
 
 	out []record
+
+	// Bounds (limits.go): records per (kind, owner), the number of
+	// endpoint, lease and claim records, and the encoded size of all.
+	owned map[ownerCount]int
+	total int
+	bytes int
+	// sign signs a local write (identity.go); nil leaves it unsigned.
+	sign func(*record)
+	// rejected counts remote records dropped, by reason.
+	rejected func(reason string)
 }
 
 type netEntry struct {
@@ -86,17 +97,23 @@ func newState(self string, emit func(Event)) *state {
 		promises:  make(map[resKey]promise),
 		published: make(map[string]Endpoint),
 		missing:   make(map[string]time.Time),
+		owned:     make(map[ownerCount]int),
+		rejected:  func(string) {},
 	}
 }
 
-// tick returns the version of a local write.
+// tick returns the version of a local write. It saturates rather than
+// wrap (limits.go bounds how fast the clock can move).
 func (s *state) tick() version {
-	s.clock++
+	if s.clock < math.MaxUint64 {
+		s.clock++
+	}
 	return version{Clock: s.clock, Node: s.self}
 }
 
 // witness moves the clock past a version seen from elsewhere, so the next
-// local write orders after everything this node has seen.
+// local write orders after everything this node has seen. Remote clocks
+// are bounded before they get here (admit).
 func (s *state) witness(c uint64) {
 	if c > s.clock {
 		s.clock = c
@@ -109,41 +126,13 @@ func (s *state) takeOut() []record {
 	return out
 }
 
-// apply merges one record and reports whether it changed anything. A
-// change is queued for (re)broadcast: every node passes on what is new to
-// it, which is how a change reaches members the originator's gossip missed.
-func (s *state) apply(r record) bool { return s.applyFrom(r, true) }
-
-// applyFrom is apply; records from a push/pull or a snapshot are not passed
-// on (rebroadcast false), since the peer they came from already has them
-// and gossiping a whole state would flood the queue. Changes they cause
-// here (a re-asserted endpoint, a conflict tombstone) are still broadcast.
-func (s *state) applyFrom(r record, rebroadcast bool) bool {
-	var changed bool
-	switch {
-	case r.net != nil:
-		s.witness(r.net.Net.ID.Clock)
-		if r.net.Deleted {
-			s.witness(r.net.DelVer.Clock)
-		}
-		changed = s.applyNet(*r.net)
-	case r.ep != nil:
-		s.witness(r.ep.Ver.Clock)
-		changed = s.applyEndpoint(*r.ep)
-	case r.lease != nil:
-		s.witness(r.lease.Ver.Clock)
-		changed = s.applyLease(*r.lease)
-	case r.claim != nil:
-		s.witness(r.claim.Ver.Clock)
-		changed = s.applyClaim(*r.claim)
+// apply writes a local change: it signs r and merges it. A change is
+// queued for broadcast.
+func (s *state) apply(r record) bool {
+	if s.sign != nil && r.writer() == s.self {
+		s.sign(&r)
 	}
-	if changed {
-		s.version++
-		if rebroadcast {
-			s.out = append(s.out, r)
-		}
-	}
-	return changed
+	return s.applyFrom(r, true)
 }
 
 func (s *state) applyNet(r netRecord) bool {
@@ -152,16 +141,22 @@ func (s *state) applyNet(r netRecord) bool {
 	switch {
 	case cur == nil:
 		s.networks[r.Net.ID] = &netEntry{rec: r}
+		s.account(record{net: &r}, 1)
 		if r.Deleted {
 			s.networks[r.Net.ID].deletedAt = s.now()
 			s.purgeNetwork(r.Net.ID)
 			return true
 		}
 	case !cur.rec.Deleted && r.Deleted:
+		s.account(record{net: &cur.rec}, -1)
+		cur.rec = r // as signed by its writer
+		s.account(record{net: &cur.rec}, 1)
 		s.markDeleted(cur, r.DelVer, r.Reason, r.Winner)
 	case cur.rec.Deleted && r.Deleted && r.DelVer.less(cur.rec.DelVer):
 		// Keep the first tombstone so every node reports the same reason.
-		cur.rec.DelVer, cur.rec.Reason, cur.rec.Winner = r.DelVer, r.Reason, r.Winner
+		s.account(record{net: &cur.rec}, -1)
+		cur.rec = r
+		s.account(record{net: &cur.rec}, 1)
 		return true
 	default:
 		return false
@@ -219,9 +214,15 @@ func (s *state) recompute() {
 		}
 		if winner != nil {
 			if e.rec.Net.ID.Node == s.self {
+				s.account(record{net: &e.rec}, -1)
 				s.markDeleted(e, s.tick(), reasonConflict, winner.rec.Net.ID)
+				e.rec.Sig = nil
+				if s.sign != nil {
+					s.sign(&record{net: &e.rec})
+				}
+				s.account(record{net: &e.rec}, 1)
 				s.out = append(s.out, record{net: &netRecord{Net: e.rec.Net.clone(), Deleted: true,
-					DelVer: e.rec.DelVer, Reason: e.rec.Reason, Winner: e.rec.Winner}})
+					DelVer: e.rec.DelVer, Reason: e.rec.Reason, Winner: e.rec.Winner, Sig: e.rec.Sig}})
 			}
 			continue
 		}
@@ -244,13 +245,15 @@ func (s *state) recompute() {
 // purgeNetwork forgets the leases, claims and allocations of a removed
 // network. Its tombstone keeps late lease records from coming back.
 func (s *state) purgeNetwork(id NetworkID) {
-	for k := range s.leases {
+	for k, e := range s.leases {
 		if k.Net == id {
+			s.account(record{lease: &e.rec}, -1)
 			delete(s.leases, k)
 		}
 	}
-	for k := range s.claims {
+	for k, e := range s.claims {
 		if k.Net == id {
+			s.account(record{claim: &e.rec}, -1)
 			delete(s.claims, k)
 		}
 	}
@@ -276,7 +279,11 @@ func (s *state) applyEndpoint(r epRecord) bool {
 	if r.Deleted {
 		e.deletedAt = s.now()
 	}
+	if cur != nil {
+		s.account(record{ep: &cur.rec}, -1)
+	}
 	s.endpoints[r.EP.ID] = e
+	s.account(record{ep: &e.rec}, 1)
 	wasLive := cur != nil && !cur.rec.Deleted
 	switch {
 	case !wasLive && !r.Deleted:
@@ -326,7 +333,11 @@ func (s *state) applyLease(r leaseRecord) bool {
 	if r.Deleted {
 		e.deletedAt = s.now()
 	}
+	if cur != nil {
+		s.account(record{lease: &cur.rec}, -1)
+	}
 	s.leases[k] = e
+	s.account(record{lease: &e.rec}, 1)
 	res := resKey{Kind: resBlock, Net: r.Net, P: r.Block}
 	if cur != nil && !cur.rec.Deleted && cur.rec.Node == s.self && (r.Deleted && r.Ver.Node != s.self || !r.Deleted && r.Node != s.self) {
 		s.emit(Event{Type: EventLeaseLost, Network: s.networkByID(r.Net), Lease: r.Block})
@@ -355,7 +366,11 @@ func (s *state) applyClaim(r claimRecord) bool {
 	if r.Deleted {
 		e.deletedAt = s.now()
 	}
+	if cur != nil {
+		s.account(record{claim: &cur.rec}, -1)
+	}
 	s.claims[k] = e
+	s.account(record{claim: &e.rec}, 1)
 	if cur != nil && !cur.rec.Deleted && cur.rec.Node == s.self && (r.Deleted && r.Ver.Node != s.self || !r.Deleted && r.Node != s.self) {
 		s.emit(Event{Type: EventLeaseLost, Network: s.networkByID(r.Net), Lease: netip.PrefixFrom(r.IP, 32)})
 		delete(s.allocs, k)
@@ -407,18 +422,30 @@ func (s *state) records() []record {
 	return rs
 }
 
-// merge applies a full remote state.
-func (s *state) merge(clock uint64, rs []record) {
-	s.witness(clock)
+// merge applies a full remote state; auth[i] is what the signature check
+// of rs[i] found (nil: not checked). The sender's clock is witnessed only
+// within the bound of limits.go; each record is checked on its own.
+func (s *state) merge(clock uint64, rs []record, auth []authResult) {
+	if s.clockOK(record{ep: &epRecord{Ver: version{Clock: clock}}}) {
+		s.witness(clock)
+	} else {
+		s.rejected(dropClock)
+	}
+	at := func(i int) authResult {
+		if auth == nil {
+			return authNone
+		}
+		return auth[i]
+	}
 	// Networks first, so leases and claims can be checked against them.
-	for _, r := range rs {
+	for i, r := range rs {
 		if r.net != nil {
-			s.applyFrom(r, false)
+			s.remote(r, false, at(i))
 		}
 	}
-	for _, r := range rs {
+	for i, r := range rs {
 		if r.net == nil {
-			s.applyFrom(r, false)
+			s.remote(r, false, at(i))
 		}
 	}
 }
@@ -430,21 +457,25 @@ func (s *state) gc(ttl time.Duration) {
 	cut := s.now().Add(-ttl)
 	for k, e := range s.networks {
 		if e.rec.Deleted && e.deletedAt.Before(cut) {
+			s.account(record{net: &e.rec}, -1)
 			delete(s.networks, k)
 		}
 	}
 	for k, e := range s.endpoints {
 		if e.rec.Deleted && e.deletedAt.Before(cut) {
+			s.account(record{ep: &e.rec}, -1)
 			delete(s.endpoints, k)
 		}
 	}
 	for k, e := range s.leases {
 		if e.rec.Deleted && e.deletedAt.Before(cut) {
+			s.account(record{lease: &e.rec}, -1)
 			delete(s.leases, k)
 		}
 	}
 	for k, e := range s.claims {
 		if e.rec.Deleted && e.deletedAt.Before(cut) {
+			s.account(record{claim: &e.rec}, -1)
 			delete(s.claims, k)
 		}
 	}

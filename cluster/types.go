@@ -47,6 +47,24 @@ const (
 	maxVNI        = 1<<24 - 1
 )
 
+// minSubnetBits is the largest overlay subnet, /8: a /0../7 record (one
+// 0.0.0.0/0 record used to clash with, and so remove, every overlay) is
+// refused, locally and from gossip.
+const minSubnetBits = 8
+
+// notOverlay are ranges no overlay subnet may touch, whoever proposes it:
+// they are not unicast addresses a sandbox can hold. (The agent checks
+// more, such as the host's own routes.)
+var notOverlay = []struct {
+	p    netip.Prefix
+	what string
+}{
+	{netip.MustParsePrefix("0.0.0.0/8"), "this network"},
+	{netip.MustParsePrefix("127.0.0.0/8"), "loopback"},
+	{netip.MustParsePrefix("169.254.0.0/16"), "link-local"},
+	{netip.MustParsePrefix("224.0.0.0/3"), "multicast, reserved and broadcast"},
+}
+
 var netNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
 
 // NetworkID names one create of a network: the lamport clock of the create
@@ -150,6 +168,14 @@ func (s *NetworkSpec) normalize() error {
 	}
 	if s.Subnet.Bits() > 30 {
 		return fmt.Errorf("network %q: subnet %s is too small for an overlay (at most /30)", s.Name, s.Subnet)
+	}
+	if s.Subnet.Bits() < minSubnetBits {
+		return fmt.Errorf("network %q: subnet %s is too large for an overlay (at least /%d): it would cover the host's own routes", s.Name, s.Subnet, minSubnetBits)
+	}
+	for _, r := range notOverlay {
+		if s.Subnet.Overlaps(r.p) {
+			return fmt.Errorf("network %q: subnet %s overlaps %s (%s), which cannot be an overlay subnet", s.Name, s.Subnet, r.p, r.what)
+		}
 	}
 	if s.BlockBits == 0 {
 		s.BlockBits = defaultBlockBits(s.Subnet)

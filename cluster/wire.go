@@ -17,6 +17,17 @@ const (
 	dropUnknownType = "unknown_type" // unknown message type or op
 	dropQueueFull   = "queue_full"   // no room to send a reply
 	dropBadMeta     = "bad_meta"     // node metadata that does not decode
+
+	// Sender identity and bounds (identity.go, limits.go).
+	dropNotMember     = "not_member"      // a signed message naming a node that is not a live member
+	dropBadSignature  = "bad_signature"   // its signature does not verify with that member's key
+	dropIdentity      = "identity"        // an alive message changing a live member's identity key
+	dropForeign       = "foreign"         // a record about another node than the writer may write
+	dropClock         = "clock"           // a lamport clock too far ahead of this node's
+	dropLimit         = "limit"           // over a per-node or total record cap
+	dropUnknownNet    = "unknown_network" // an endpoint, lease or claim of a network not known here
+	dropUndecryptable = "undecryptable"   // a packet or stream memberlist could not decrypt (no key, or another)
+	dropDisplace      = "displace"        // a network create that would displace an accepted one
 )
 
 // decodeError is what every decode failure returns; reason is one of the
@@ -151,6 +162,15 @@ func (d *decoder) bytes(limit int, what string) []byte {
 	n := d.count(limit, what+" length")
 	b := d.raw(n)
 	if d.err != nil || n == 0 {
+		return nil
+	}
+	return append([]byte(nil), b...)
+}
+
+// bytesFixed reads exactly n bytes.
+func (d *decoder) bytesFixed(n int) []byte {
+	b := d.raw(n)
+	if d.err != nil {
 		return nil
 	}
 	return append([]byte(nil), b...)

@@ -23,8 +23,13 @@ cleanup
 [ -n "${CLEAN:-}" ] && exit 0
 [ -z "${KEEP:-}" ] && trap cleanup EXIT
 
+say "A gossip key: the agents encrypt and authenticate everything they tell each other"
+KEYDIR=$(mktemp -d)
+[ -z "${KEEP:-}" ] && trap 'cleanup; rm -rf "$KEYDIR"' EXIT
+show fabricctl cluster key generate "$KEYDIR/gossip.key"
+
 say "Three hosts n1, n2, n3 on an underlay 10.99.0.0/24, one fabricd each, joined into a cluster"
-show lab up --nodes 3 --datapath "$DATAPATH"
+show lab up --nodes 3 --datapath "$DATAPATH" --secret-file "$KEYDIR/gossip.key"
 show lab status
 
 say "An overlay network, created on n1: it exists on every host"

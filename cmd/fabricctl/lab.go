@@ -71,6 +71,7 @@ survive it), with
   --bpf-root                     ` + lab.BPFDir + `/fabric-lab-NAME-nI
   --node-name NAME-nI  --datapath D  --uplink eth0  --config /dev/null
   --cluster-bind .(10+I):7946    (nodes 2..N also --cluster-join node 1)
+  --cluster-secret-file F        --secret-file, else a fresh key NAME/gossip.key
   --metrics-listen .(10+I):9475  (reachable from NAME-ul, not from the host)
 
 and waits up to 20 s for each agent to answer. Then it prints how to
@@ -111,7 +112,7 @@ Exit codes: 0 the lab is up, 1 bad options (nothing created) or a failure.`,
 	f := cmd.Flags()
 	f.IntVar(&o.Nodes, "nodes", lab.DefaultNodes, fmt.Sprintf("number of nodes, 1 to %d", lab.MaxNodes))
 	f.StringVar(&o.Datapath, "datapath", lab.DefaultDatapath, "every agent's --datapath: auto, ebpf or kernel")
-	f.StringVar(&o.SecretFile, "secret-file", "", "every agent's --cluster-secret-file: encrypted gossip (made absolute; read at every agent start)")
+	f.StringVar(&o.SecretFile, "secret-file", "", "every agent's --cluster-secret-file (made absolute; read at every agent start); default: a fresh key in the lab's directory")
 	f.StringVar(&o.Fabricd, "fabricd", "", "fabricd binary (default: the one next to fabricctl, else the one in $PATH)")
 	f.StringVar(&subnet, "subnet", lab.DefaultSubnet.String(), "underlay subnet (IPv4 CIDR, room for .1 and .11 up); exists only inside the lab")
 	return cmd

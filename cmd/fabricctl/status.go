@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 
 	"github.com/fabricnet/fabric/cmd/internal/api"
 	"github.com/spf13/cobra"
@@ -37,6 +38,7 @@ member counts), 2 the agent is unreachable. That makes it usable as a health che
 			if err != nil {
 				return explain(err, "get status")
 			}
+			st.Warnings = append(st.Warnings, insecureGossipWarning(st)...)
 			out := cmd.OutOrStdout()
 			if err := c.render(out, st, func(w io.Writer) error {
 				return statusText(w, c.socket, st, verbose)
@@ -51,6 +53,21 @@ member counts), 2 the agent is unreachable. That makes it usable as a health che
 	}
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "list every cluster member with its probe round trip (default: only members in trouble)")
 	return cmd
+}
+
+// insecureGossipWarning warns about an agent that gossips without a key
+// (fabricd --cluster-insecure) where others can reach it: anyone who can
+// send to its gossip port can rewrite the cluster's state.
+func insecureGossipWarning(st api.Status) []string {
+	cl := st.Cluster
+	if cl == nil || cl.Encrypted {
+		return nil
+	}
+	if ap, err := netip.ParseAddrPort(cl.Gossip); err == nil && ap.Addr().IsLoopback() {
+		return nil // a loopback-only cluster: nobody else can reach it
+	}
+	return []string{fmt.Sprintf("cluster gossip on %s is neither encrypted nor authenticated (--cluster-insecure): anyone who reaches that port can rewrite the cluster; "+
+		"create a key with `fabricctl cluster key generate FILE`, give it to every node with --cluster-secret-file and restart them", cl.Gossip)}
 }
 
 // versionInfo is what `fabricctl version -o json` prints.

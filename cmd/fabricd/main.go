@@ -11,9 +11,11 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/fabricnet/fabric/cluster"
+	"github.com/fabricnet/fabric/cluster/gossipkey"
 	"github.com/fabricnet/fabric/cmd/internal/agent"
 	"github.com/fabricnet/fabric/cmd/internal/config"
 	"github.com/fabricnet/fabric/cmd/internal/dns"
@@ -157,9 +159,20 @@ func newCluster(cfg config.Config, log *slog.Logger) (*cluster.Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--cluster-bind: %w", err)
 	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("--state-dir: %w", err)
+	}
+	identity, err := gossipkey.LoadOrCreateIdentity(filepath.Join(cfg.StateDir, "cluster-identity.key"))
+	if err != nil {
+		return nil, fmt.Errorf("cluster identity: %w", err)
+	}
+	if keys == nil && cfg.NeedsKey() {
+		log.Warn("cluster gossip is neither encrypted nor authenticated (--cluster-insecure): anyone who reaches the gossip port can rewrite the cluster; make a key with `fabricctl cluster key generate FILE` and set --cluster-secret-file",
+			"bind", bind)
+	}
 	cc := cluster.Config{
 		NodeName: cfg.NodeName, BindAddr: bind.Addr().String(), BindPort: int(bind.Port()),
-		Join: cfg.GossipSeeds(), SecretKeys: keys, Logger: log.With("part", "cluster"),
+		Join: cfg.GossipSeeds(), SecretKeys: keys, NodeKey: identity, Logger: log.With("part", "cluster"),
 		Meta: clusterMeta(cfg, datapath.Tunnel{}),
 	}
 	cl, err := cluster.New(cc)

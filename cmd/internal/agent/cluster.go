@@ -522,30 +522,6 @@ func (a *Agent) clusterEndpoint(ep *endpointRec) (cluster.Endpoint, bool) {
 	}, true
 }
 
-// allocateOverlay takes an address for a new endpoint from this node's
-// leased blocks (or claims the static one cluster-wide).
-func (a *Agent) allocateOverlay(ctx context.Context, n *networkRec, ip netip.Addr, owner string) (netip.Addr, error) {
-	if a.cl == nil {
-		return netip.Addr{}, invalidf("network %q is an overlay network but this agent is not in a cluster", n.Name)
-	}
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	if ip.IsValid() {
-		if !n.Subnet.Contains(ip) {
-			return netip.Addr{}, invalidf("--ip %s is outside network %q (%s)", ip, n.Name, n.Subnet)
-		}
-		if err := a.cl.ClaimIP(ctx, n.Name, ip, owner); err != nil {
-			return netip.Addr{}, clusterErr(err)
-		}
-		return ip, nil
-	}
-	addr, err := a.cl.AllocateIP(ctx, n.Name, owner)
-	if err != nil {
-		return netip.Addr{}, clusterErr(err)
-	}
-	return addr, nil
-}
-
 // releaseOverlay gives an endpoint's address back and withdraws its record.
 func (a *Agent) releaseOverlay(ep *endpointRec) {
 	n := a.networks[ep.NetworkID]

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/fabricnet/fabric/cluster"
+	"github.com/fabricnet/fabric/cluster/gossipkey"
 	"github.com/fabricnet/fabric/cmd/internal/api"
 	"github.com/fabricnet/fabric/datapath"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
@@ -74,8 +75,13 @@ func (n *clusterNode) start(t *testing.T) {
 		w = testLogWriter{t, n.name}
 	}
 	log := slog.New(slog.NewTextHandler(w, nil))
+	// The identity key lives in the state dir, as fabricd keeps it.
+	id, err := gossipkey.LoadOrCreateIdentity(filepath.Join(n.dir, "cluster-identity.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	cl, err := cluster.New(cluster.Config{
-		NodeName: n.name, BindAddr: "127.0.0.1", BindPort: n.port, Join: n.seeds, SecretKeys: n.keys,
+		NodeName: n.name, BindAddr: "127.0.0.1", BindPort: n.port, Join: n.seeds, SecretKeys: n.keys, NodeKey: id,
 		JoinBackoffMin: 100 * time.Millisecond, JoinBackoffMax: time.Second, Logger: log,
 	})
 	if err != nil {
@@ -390,5 +396,61 @@ func TestEventWarningsExpire(t *testing.T) {
 	}
 	if got := a.eventWarningsLocked(now.Add(eventWarningTTL + time.Second)); len(got) != 0 {
 		t.Errorf("warnings after the TTL: %q; want none", got)
+	}
+}
+
+// A vote on an overlay address can take seconds (a member that stopped
+// answering is still asked until it is declared failed); status and
+// metrics must answer meanwhile: the vote runs without the agent lock.
+func TestStatusAnswersDuringVote(t *testing.T) {
+	netnstest.RequireRoot(t)
+	nodes := newClusterNodes(t, "node-a", "node-b")
+	A, B := nodes[0], nodes[1]
+	ctx := context.Background()
+	eventually(t, 10*time.Second, "the two nodes never met", func() bool { return A.cl.NumAlive() == 2 && B.cl.NumAlive() == 2 })
+	if _, err := A.a.CreateNetwork(ctx, api.NetworkCreate{Name: "ov", Driver: api.DriverOverlay, Subnet: "10.214.0.0/16"}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "node-b never got the overlay network", func() bool { _, ok := networkNamed(B.a, "ov"); return ok })
+	B.stop() // node-a still counts it alive for a few seconds: its vote is awaited
+
+	name := netnstest.UniqueName("vote")
+	t.Cleanup(func() { netnstest.Remove(name) })
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() {
+		_, err := A.a.CreateSandbox(ctx, api.SandboxCreate{Name: name, Network: "ov", IP: "10.214.3.7", Command: []string{"sleep", "60"}})
+		done <- err
+	}()
+	var slowest time.Duration
+	var polls int
+	var err error
+wait:
+	for {
+		select {
+		case err = <-done:
+			break wait
+		default:
+		}
+		t0 := time.Now()
+		_ = A.a.Status(ctx)
+		_ = A.a.AgentMetrics()
+		slowest = max(slowest, time.Since(t0))
+		polls++
+		if time.Since(start) > 30*time.Second {
+			t.Fatal("the create never returned")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	took := time.Since(start)
+	t.Logf("create took %v (%v); %d status calls meanwhile, slowest %v", took, err, polls, slowest)
+	if err != nil {
+		t.Fatalf("create with node-b gone: %v", err)
+	}
+	if took < time.Second {
+		t.Skipf("the vote did not block (%v): nothing measured", took)
+	}
+	if slowest > 500*time.Millisecond {
+		t.Errorf("status took %v while a vote ran for %v: the agent lock is held across the vote", slowest, took)
 	}
 }

@@ -191,6 +191,8 @@ func validAliases(aliases []string) error {
 
 // Connect attaches a sandbox, or a namespace given by path, to a network.
 func (a *Agent) Connect(ctx context.Context, netRef string, req api.Connect) (api.Endpoint, error) {
+	ctx, release := a.reserveOverlay(ctx, netRef, req.IP) // the vote, without the lock
+	defer release()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	n, err := a.networkLocked(netRef)

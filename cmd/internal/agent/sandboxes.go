@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os/exec"
@@ -20,6 +21,8 @@ type storeTx = *store.Tx
 // CreateSandbox creates a sandbox, its namespace and endpoint, and starts
 // its command when one is given (run -d).
 func (a *Agent) CreateSandbox(ctx context.Context, req api.SandboxCreate) (api.Sandbox, error) {
+	ctx, release := a.reserveOverlay(ctx, cmp.Or(req.Network, DefaultNetworkName), req.IP) // the vote, without the lock
+	defer release()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	sb, eps, err := a.planSandbox(ctx, req)

@@ -80,9 +80,14 @@ type Config struct {
 	// ClusterJoin lists host[:port] addresses of existing members to join;
 	// empty means start a new (possibly single-node) cluster.
 	ClusterJoin []string `mapstructure:"cluster-join" yaml:"cluster-join"`
-	// ClusterSecretFile holds the key that encrypts gossip; empty means
-	// gossip is not encrypted.
+	// ClusterSecretFile holds the keys that encrypt and authenticate
+	// gossip (mode 0600). A clustered agent (see NeedsKey) must have one
+	// unless ClusterInsecure is set.
 	ClusterSecretFile string `mapstructure:"cluster-secret-file" yaml:"cluster-secret-file"`
+	// ClusterInsecure lets a clustered agent gossip without a key: anyone
+	// who reaches the gossip port can then rewrite the cluster's state.
+	// `fabricctl status` warns (and exits 1) while it is on.
+	ClusterInsecure bool `mapstructure:"cluster-insecure" yaml:"cluster-insecure"`
 	// TunnelPort is the UDP port of overlay (VXLAN) traffic, the same on
 	// every node.
 	TunnelPort int `mapstructure:"tunnel-port" yaml:"tunnel-port"`
@@ -132,6 +137,21 @@ const DefaultGossipPort = 7946
 
 // Clustered reports whether the agent joins a cluster (gossip on).
 func (c Config) Clustered() bool { return c.ClusterBind != "" || len(c.ClusterJoin) > 0 }
+
+// NeedsKey reports whether gossip must be keyed: the agent joins others
+// (cluster-join) or listens where others can reach it (a cluster-bind
+// that is not a loopback address). A loopback-only cluster is a
+// single-host experiment that nobody else can reach.
+func (c Config) NeedsKey() bool {
+	if len(c.ClusterJoin) > 0 {
+		return true
+	}
+	if c.ClusterBind == "" {
+		return false
+	}
+	bind, err := c.GossipBind()
+	return err != nil || !bind.Addr().IsLoopback()
+}
 
 // GossipBind returns the address and port gossip listens on: ClusterBind
 // with the default port filled in, 0.0.0.0:7946 when only ClusterJoin is set.
@@ -185,6 +205,7 @@ const (
 	keyClusterBind       = "cluster-bind"
 	keyClusterJoin       = "cluster-join"
 	keyClusterSecretFile = "cluster-secret-file"
+	keyClusterInsecure   = "cluster-insecure"
 	keyTunnelPort        = "tunnel-port"
 	keyBPFRoot           = "bpf-root"
 	keyXDP               = "xdp"
@@ -209,6 +230,7 @@ func defaultValues() map[string]any {
 		keyClusterBind:       d.ClusterBind,
 		keyClusterJoin:       []string{},
 		keyClusterSecretFile: d.ClusterSecretFile,
+		keyClusterInsecure:   d.ClusterInsecure,
 		keyTunnelPort:        d.TunnelPort,
 		keyBPFRoot:           d.BPFRoot,
 		keyXDP:               d.XDP,

@@ -92,6 +92,7 @@ state-dir: /file/state
 socket: /file/sock
 log-level: warn
 cluster-join: [10.0.0.1:7946, 10.0.0.2:7946]
+cluster-secret-file: /etc/fabric/gossip.key
 no-default-network: true
 default-subnet: 10.50.0.0/16
 `
@@ -326,6 +327,7 @@ func TestValidate(t *testing.T) {
 			c.MetricsListen = ":9475"
 			c.ClusterBind = "[::]:7946"
 			c.ClusterJoin = []string{"10.0.0.2:7946", "node-b.lab:7946", "[fd00::2]:7946"}
+			c.ClusterSecretFile = "/etc/fabric/gossip.key"
 			c.DefaultSubnet = "10.88.0.0/16"
 			c.NodeName = "node_1.lab-a"
 		}, nil},
@@ -414,6 +416,7 @@ func TestRegisterFlags(t *testing.T) {
 func TestGossipAddresses(t *testing.T) {
 	c := Defaults()
 	c.ClusterJoin = []string{"10.0.0.2", "10.0.0.3:8000", "node-b.lab"}
+	c.ClusterSecretFile = "/etc/fabric/gossip.key"
 	if !c.Clustered() {
 		t.Fatal("cluster-join alone must turn clustering on")
 	}
@@ -434,5 +437,54 @@ func TestGossipAddresses(t *testing.T) {
 		if b, err := c.GossipBind(); err != nil || b.String() != want {
 			t.Errorf("GossipBind(%q) = %v, %v; want %s", in, b, err, want)
 		}
+	}
+}
+
+// A clustered agent needs a key unless it is told to run insecure; a
+// loopback-only cluster nobody else can reach does not.
+func TestClusterNeedsKey(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		set      func(c *Config)
+		wantErr  bool
+		needsKey bool
+	}{
+		{"single host", func(c *Config) {}, false, false},
+		{"loopback bind", func(c *Config) { c.ClusterBind = "127.0.0.1:7946" }, false, false},
+		{"underlay bind", func(c *Config) { c.ClusterBind = "10.0.0.1" }, true, true},
+		{"wildcard bind", func(c *Config) { c.ClusterBind = "0.0.0.0:7946" }, true, true},
+		{"join", func(c *Config) { c.ClusterJoin = []string{"10.0.0.2"} }, true, true},
+		{"loopback bind and join", func(c *Config) { c.ClusterBind = "127.0.0.1"; c.ClusterJoin = []string{"127.0.0.1:7947"} }, true, true},
+		{"join with key", func(c *Config) { c.ClusterJoin = []string{"10.0.0.2"}; c.ClusterSecretFile = "/k" }, false, true},
+		{"join insecure", func(c *Config) { c.ClusterJoin = []string{"10.0.0.2"}; c.ClusterInsecure = true }, false, true},
+		{"relative key path", func(c *Config) { c.ClusterJoin = []string{"10.0.0.2"}; c.ClusterSecretFile = "gossip.key" }, true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Defaults()
+			c.NodeName = "n1"
+			tc.set(&c)
+			if got := c.NeedsKey(); got != tc.needsKey {
+				t.Errorf("NeedsKey = %v, want %v", got, tc.needsKey)
+			}
+			err := c.Validate()
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("Validate = %v, want error %v", err, tc.wantErr)
+			}
+			if err != nil && tc.name != "relative key path" {
+				for _, want := range []string{"cluster-secret-file", "fabricctl cluster key generate", "cluster-insecure"} {
+					if !strings.Contains(err.Error(), want) {
+						t.Errorf("error %q does not mention %q", err, want)
+					}
+				}
+			}
+		})
+	}
+	// The key is a config key and an environment variable too.
+	isolate(t)
+	t.Setenv("FABRIC_CLUSTER_INSECURE", "true")
+	t.Setenv("FABRIC_CLUSTER_JOIN", "10.0.0.2")
+	c, err := Load(flagSet(t))
+	if err != nil || !c.ClusterInsecure {
+		t.Fatalf("FABRIC_CLUSTER_INSECURE: %+v, %v", c.ClusterInsecure, err)
 	}
 }

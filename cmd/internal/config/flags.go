@@ -31,7 +31,9 @@ func RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringSlice(keyClusterJoin, nil,
 		"comma-separated host[:port] of cluster members to join (port 7946 if not given), retried until one answers; none starts a new cluster"+env(keyClusterJoin))
 	fs.String(keyClusterSecretFile, d.ClusterSecretFile,
-		"file holding the key that encrypts cluster gossip; same file on every node; empty means unencrypted"+env(keyClusterSecretFile))
+		"`FILE` of base64 gossip keys (mode 0600; make one with 'fabricctl cluster key generate FILE'), the same on every node: gossip is encrypted and authenticated; required when clustered (cluster-join, or a cluster-bind that is not loopback) unless --cluster-insecure"+env(keyClusterSecretFile))
+	fs.Bool(keyClusterInsecure, d.ClusterInsecure,
+		"allow a clustered agent without --cluster-secret-file: gossip in clear text and unauthenticated, so anyone reaching the gossip port can rewrite the cluster; 'fabricctl status' warns"+env(keyClusterInsecure))
 	fs.Int(keyTunnelPort, d.TunnelPort,
 		"UDP port of overlay (VXLAN) traffic; must be the same on every node"+env(keyTunnelPort))
 	fs.String(keyBPFRoot, d.BPFRoot,

@@ -83,6 +83,14 @@ func (c Config) Validate() error {
 			bad(keyClusterJoin, "%s (want HOST or HOST:PORT, for example 10.0.0.2:7946)", err)
 		}
 	}
+	if c.NeedsKey() && c.ClusterSecretFile == "" && !c.ClusterInsecure {
+		bad(keyClusterSecretFile, "a clustered agent (cluster-join, or a cluster-bind that is not loopback) needs a gossip key: "+
+			"create one with `fabricctl cluster key generate /etc/fabric/gossip.key`, copy it (mode 0600) to every node and set cluster-secret-file; "+
+			"or set cluster-insecure to gossip without one (anyone who reaches the gossip port can then rewrite the cluster)")
+	}
+	if c.ClusterSecretFile != "" && !filepath.IsAbs(c.ClusterSecretFile) {
+		bad(keyClusterSecretFile, "%q is not an absolute path", c.ClusterSecretFile)
+	}
 	if c.TunnelPort < 1 || c.TunnelPort > 65535 {
 		bad(keyTunnelPort, "%d must be from 1 to 65535 (4789 is the VXLAN port)", c.TunnelPort)
 	}

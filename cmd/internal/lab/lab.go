@@ -84,7 +84,8 @@ type Options struct {
 	Fabricd  string       // path of the fabricd binary
 	Subnet   netip.Prefix // underlay subnet
 	// SecretFile, if set, is every agent's --cluster-secret-file (an
-	// absolute path; the agents read it at every start).
+	// absolute path; the agents read it at every start). If empty, Up
+	// generates a key in the lab's directory.
 	SecretFile string
 }
 

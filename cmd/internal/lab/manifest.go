@@ -44,6 +44,11 @@ type Manifest struct {
 	Gateway  netip.Addr   `json:"gateway"`
 	Underlay Underlay     `json:"underlay"`
 	Nodes    []Node       `json:"nodes"`
+	// KeyFile is every agent's --cluster-secret-file: the one given, or
+	// DIR/gossip.key, which Up generates (OwnKey) so that even a lab
+	// gossips encrypted and authenticated.
+	KeyFile string `json:"key_file"`
+	OwnKey  bool   `json:"own_key,omitempty"`
 }
 
 // Underlay is the network the nodes share: a bridge in a namespace of its
@@ -106,6 +111,10 @@ func plan(o Options) *Manifest {
 		Subnet: o.Subnet, Gateway: hostAddr(o.Subnet, gatewayHost),
 		Underlay: Underlay{NetNS: o.Name + "-ul", Bridge: "br0"},
 	}
+	m.KeyFile = o.SecretFile
+	if m.KeyFile == "" {
+		m.KeyFile, m.OwnKey = filepath.Join(dir, "gossip.key"), true
+	}
 	var seed string
 	for i := 1; i <= o.Nodes; i++ {
 		id := "n" + strconv.Itoa(i)
@@ -124,10 +133,8 @@ func plan(o Options) *Manifest {
 			"--config", os.DevNull, // a host's /etc/fabric/fabric.yaml must not change the lab
 			"--state-dir", n.StateDir, "--socket", n.Socket, "--node-name", n.Name,
 			"--bpf-root", n.BPFRoot, "--datapath", o.Datapath, "--uplink", "eth0",
-			"--metrics-listen", n.Metrics.String(), "--cluster-bind", bind}
-		if o.SecretFile != "" {
-			n.Argv = append(n.Argv, "--cluster-secret-file", o.SecretFile)
-		}
+			"--metrics-listen", n.Metrics.String(), "--cluster-bind", bind,
+			"--cluster-secret-file", m.KeyFile}
 		if seed == "" {
 			seed = bind // node 1 starts the cluster, the others join it
 		} else {

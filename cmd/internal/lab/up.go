@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/fabricnet/fabric/cluster/gossipkey"
 	"github.com/fabricnet/fabric/cmd/internal/api"
 	"github.com/fabricnet/fabric/datapath/netns"
 )
@@ -81,6 +82,12 @@ func build(ctx context.Context, m *Manifest, progress func(string)) error {
 		if err := os.MkdirAll(n.StateDir, 0o700); err != nil {
 			return fmt.Errorf("create node directory: %w", err)
 		}
+	}
+	if m.OwnKey {
+		if err := gossipkey.Generate(m.KeyFile, false); err != nil {
+			return fmt.Errorf("lab gossip key: %w", err)
+		}
+		progress("gossip key " + m.KeyFile)
 	}
 	progress(fmt.Sprintf("underlay %s: bridge %s in namespace %s, gateway %s",
 		m.Subnet, m.Underlay.Bridge, m.Underlay.NetNS, m.Gateway))
