@@ -12,7 +12,7 @@ DEB_BENCH := iperf3:iperf3 sockperf:sockperf wrk:wrk docker.io:docker-proxy
 # What `make generate` needs to compile the eBPF programs.
 DEB_BPF   := clang:clang llvm:llvm-strip libbpf-dev:/usr/include/bpf/bpf_helpers.h
 
-.PHONY: all build test test-unit fuzz deps deps-bench deps-bpf generate check-generate demo demo-host bench lint fmt vet staticcheck clean install uninstall
+.PHONY: all build test test-unit fuzz fuzz deps deps-bench deps-bpf generate check-generate demo demo-host bench lint fmt vet staticcheck clean install uninstall
 
 all: build
 
@@ -118,12 +118,3 @@ uninstall:
 	cmp -s deploy/fabric.yaml $(DESTDIR)/etc/fabric/fabric.yaml && rm -f $(DESTDIR)/etc/fabric/fabric.yaml || true
 	-rmdir $(DESTDIR)/etc/fabric 2>/dev/null || true
 	-[ -z "$(DESTDIR)" ] && systemctl daemon-reload 2>/dev/null || true
-
-# fuzz-agent fuzzes the agent's API handler (on a fake datapath: no root,
-# nothing changed on the machine) and the embedded DNS server's query path,
-# FUZZTIME each (CI: 10s).
-FUZZTIME ?= 10s
-.PHONY: fuzz-agent
-fuzz-agent:
-	$(GO) test -run '^$$' -fuzz '^FuzzAPIBodies$$' -fuzztime $(FUZZTIME) ./cmd/internal/agent/
-	$(GO) test -run '^$$' -fuzz '^FuzzHandleQuery$$' -fuzztime $(FUZZTIME) ./cmd/internal/dns/
