@@ -91,7 +91,8 @@ install: build
 	install -D -m 0755 $(BIN)/fabricd $(DESTDIR)$(PREFIX)/bin/fabricd
 	install -D -m 0755 $(BIN)/fabricctl $(DESTDIR)$(PREFIX)/bin/fabricctl
 	install -D -m 0644 deploy/fabricd.service $(DESTDIR)$(UNITDIR)/fabricd.service
-	sed -i 's#/usr/local/bin/fabricd#$(PREFIX)/bin/fabricd#' $(DESTDIR)$(UNITDIR)/fabricd.service
+	sed -i -e 's#/usr/local/bin/fabricd#$(PREFIX)/bin/fabricd#' \
+	    -e 's#/usr/local/share/doc/fabric#$(PREFIX)/share/doc/fabric#' $(DESTDIR)$(UNITDIR)/fabricd.service
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/fabric/README.md
 	test -e $(DESTDIR)/etc/fabric/fabric.yaml || install -D -m 0644 deploy/fabric.yaml $(DESTDIR)/etc/fabric/fabric.yaml
 	-[ -z "$(DESTDIR)" ] && systemctl daemon-reload 2>/dev/null || true
