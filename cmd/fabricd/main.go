@@ -31,6 +31,9 @@ func main() {
 }
 
 func run(args []string) int {
+	if len(args) > 0 && args[0] == "reset" {
+		return resetMain(args[1:], os.Stdout, os.Stderr)
+	}
 	fs := pflag.NewFlagSet("fabricd", pflag.ContinueOnError)
 	fs.SortFlags = false
 	config.RegisterFlags(fs)
@@ -42,6 +45,7 @@ networks, sandboxes and endpoints that fabricctl asks for, and programs the
 kernel to match them again after any restart.
 
 Usage: fabricd [flags]
+       fabricd reset [--purge-state] [flags]   remove fabric's kernel state (agent stopped)
 
 Every flag can also be set in the config file (same name, e.g. "state-dir:")
 or as an environment variable (FABRIC_STATE_DIR); flags win over the
