@@ -17,7 +17,9 @@ func newSandboxCmd(c *cli) *cobra.Command {
 		Long: `Manage sandboxes. A sandbox is a network namespace, i.e. a container's
 network stack, with one endpoint per network it is connected to. Sandboxes
 made by 'fabricctl run' live at /var/run/netns/NAME, so
-'ip netns exec NAME …' works on them. Namespaces wired in by path with
+'ip netns exec NAME …' works on them (an agent started with --netns-prefix P,
+as every lab node is, puts them at /var/run/netns/PNAME: see the NETNS of
+'sandbox inspect'). Namespaces wired in by path with
 'network connect' show up in mode "external".`,
 		Example: `  fabricctl sandbox ls
   fabricctl sandbox inspect web

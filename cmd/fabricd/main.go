@@ -109,7 +109,7 @@ func serve(cfg config.Config, log *slog.Logger) error {
 	a, err := agent.New(agent.Options{
 		StateDir: cfg.StateDir, Socket: cfg.Socket, NodeName: cfg.NodeName,
 		DefaultSubnet: cfg.DefaultSubnetPrefix(), NoDefaultNetwork: cfg.NoDefaultNetwork,
-		DNS:      dns.Config{Upstreams: cfg.DNSUpstreams, TTL: cfg.DNSTTL},
+		DNS: dns.Config{Upstreams: cfg.DNSUpstreams, TTL: cfg.DNSTTL}, NetNSPrefix: cfg.NetNSPrefix,
 		Datapath: dp, Log: log, APIMetrics: apiMetrics,
 		Cluster: cl, Tunnel: tunnel,
 	})

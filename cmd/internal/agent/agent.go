@@ -54,9 +54,13 @@ type Options struct {
 	DefaultSubnet    netip.Prefix
 	NoDefaultNetwork bool
 	// DNS configures the embedded DNS server; NoDNS turns it off.
-	DNS      dns.Config
-	NoDNS    bool
-	Datapath datapath.Datapath
+	DNS   dns.Config
+	NoDNS bool
+	// NetNSPrefix goes before a sandbox's name in its namespace's name
+	// (/var/run/netns/PREFIXNAME): several agents on one machine (a lab)
+	// then have sandbox names of their own. "" keeps `ip netns exec NAME`.
+	NetNSPrefix string
+	Datapath    datapath.Datapath
 	// Cluster, if set, makes the host part of a fabric: overlay networks,
 	// leases and endpoint records come from it. The caller runs it
 	// (Cluster.Run) and calls RunCluster; nil is a single-host fabric.

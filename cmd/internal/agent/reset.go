@@ -74,3 +74,15 @@ func ownNamespace(path string) (string, bool) {
 	name := filepath.Base(path)
 	return name, netns.ValidName(name) == nil
 }
+
+// nsName is the name of the namespace of a new sandbox called name.
+func (a *Agent) nsName(name string) string { return a.opts.NetNSPrefix + name }
+
+// sandboxNSName is the name of a sandbox's own namespace, taken from its
+// record, so that a sandbox made under another prefix keeps its namespace.
+func sandboxNSName(sb *sandboxRec) string {
+	if name, ok := ownNamespace(sb.NetNS); ok {
+		return name
+	}
+	return sb.Name
+}

@@ -86,13 +86,16 @@ func (a *Agent) planSandbox(ctx context.Context, req api.SandboxCreate) (*sandbo
 		}
 		network = n
 		sb.Mode = api.ModeNetNS
-		sb.NetNS = netns.Path(name)
 	}
 	if sb.Mode == api.ModeNetNS || sb.Mode == api.ModeNone {
-		if netns.IsNamespace(netns.Path(name)) {
-			return nil, nil, conflictf("a network namespace named %q already exists (ip netns list); choose another --name", name)
+		nsName := a.nsName(name)
+		if err := netns.ValidName(nsName); err != nil {
+			return nil, nil, invalidf("sandbox name %q: its namespace name %s: %v", name, nsName, err)
 		}
-		sb.NetNS = netns.Path(name)
+		if netns.IsNamespace(netns.Path(nsName)) {
+			return nil, nil, conflictf("a network namespace named %q already exists (ip netns list); choose another --name", nsName)
+		}
+		sb.NetNS = netns.Path(nsName)
 	}
 	if req.IP != "" && network == nil {
 		return nil, nil, invalidf("--ip needs a network; --network %s has no addresses to assign", req.Network)
@@ -227,7 +230,7 @@ func (a *Agent) addSandbox(ctx context.Context, sb *sandboxRec, eps []*endpointR
 		}
 	}()
 	if sb.Mode == api.ModeNetNS || sb.Mode == api.ModeNone {
-		if _, err := netns.CreateNamed(sb.Name); err != nil {
+		if _, err := netns.CreateNamed(sandboxNSName(sb)); err != nil {
 			return fmt.Errorf("create namespace for sandbox %s: %w", sb.Name, err)
 		}
 	}
@@ -278,7 +281,7 @@ func (a *Agent) commandLine(sb *sandboxRec) ([]string, string, error) {
 		return nil, "", err
 	}
 	if sb.Mode == api.ModeNetNS {
-		if argv, ok := netns.ExecArgv(sb.Name, sb.Command); ok {
+		if argv, ok := netns.ExecArgv(sandboxNSName(sb), sb.Command); ok {
 			return argv, a.opts.HostNetNS, nil
 		}
 	}
@@ -334,7 +337,7 @@ func (a *Agent) removeSandboxLocked(ctx context.Context, sb *sandboxRec) error {
 		return err
 	}
 	if sb.Mode == api.ModeNetNS || sb.Mode == api.ModeNone {
-		if err := netns.DeleteNamed(sb.Name); err != nil {
+		if err := netns.DeleteNamed(sandboxNSName(sb)); err != nil {
 			return fmt.Errorf("remove namespace of sandbox %s: %w", sb.Name, err)
 		}
 	}

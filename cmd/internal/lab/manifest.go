@@ -124,7 +124,10 @@ func plan(o Options) *Manifest {
 			"--config", os.DevNull, // a host's /etc/fabric/fabric.yaml must not change the lab
 			"--state-dir", n.StateDir, "--socket", n.Socket, "--node-name", n.Name,
 			"--bpf-root", n.BPFRoot, "--datapath", o.Datapath, "--uplink", "eth0",
-			"--metrics-listen", n.Metrics.String(), "--cluster-bind", bind}
+			"--metrics-listen", n.Metrics.String(), "--cluster-bind", bind,
+			// Sandbox names are the node's own: n1's "api" lives at
+			// /var/run/netns/LAB-n1-api, n2's at LAB-n2-api.
+			"--netns-prefix", n.Name + "-"}
 		if o.SecretFile != "" {
 			n.Argv = append(n.Argv, "--cluster-secret-file", o.SecretFile)
 		}
