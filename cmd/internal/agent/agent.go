@@ -101,9 +101,10 @@ type Agent struct {
 	probeMu          sync.Mutex
 	probes           map[string]probe // peer → last health probe
 
-	procs    *processes
-	wg       sync.WaitGroup
-	recStats reconcileStats // under mu
+	procs        *processes
+	makesBridges bool // the datapath has a Linux bridge per bridge network (bridgeless.go)
+	wg           sync.WaitGroup
+	recStats     reconcileStats // under mu
 }
 
 // New opens the state store and builds the agent; Start reconciles.
@@ -141,6 +142,7 @@ func New(opts Options) (*Agent, error) {
 		a.dns = srv
 	}
 	a.procs = newProcesses(a, filepath.Join(opts.StateDir, "logs"))
+	a.makesBridges = makesBridges(opts.Datapath)
 	return a, nil
 }
 

@@ -73,6 +73,9 @@ func (a *Agent) CreateNetwork(ctx context.Context, req api.NetworkCreate) (api.N
 		}
 		return a.networkAPI(n), nil
 	}
+	if err := a.refuseBridgeName(req); err != nil {
+		return api.Network{}, err
+	}
 	n, err := a.planNetwork(req)
 	if err != nil {
 		return api.Network{}, err
@@ -424,5 +427,5 @@ func (a *Agent) networkAPI(n *networkRec) api.Network {
 	for _, r := range a.cs.remotes[n.ID] {
 		out.Remotes = append(out.Remotes, api.Remote{IP: r.Addr.String(), MAC: net.HardwareAddr(r.MAC).String(), Node: r.Node.String()})
 	}
-	return out
+	return a.withoutBridge(out)
 }
