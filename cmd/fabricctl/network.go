@@ -66,7 +66,7 @@ Drivers:
 Driver options (-o KEY=VALUE, repeatable):
   mtu=1450               MTU of the network's interfaces (all drivers)
   exclude=IP,IP          addresses never handed out, e.g. hosts already on the LAN
-  bridge_name=br-x       name of the Linux bridge (bridge)
+  bridge_name=br-x       name of the Linux bridge (bridge; kernel datapath only: the eBPF datapath has none)
   block_bits=26          size of the address blocks nodes lease (overlay; default
                          /24, or subnet+4 bits for subnets smaller than /20)
   vni=4097               VXLAN network identifier (overlay; default: picked)
