@@ -35,6 +35,11 @@ func validName(kind, name string) error {
 	if err := netns.ValidName(name); err != nil {
 		return invalidf("%s %s", kind, err)
 	}
+	if name[0] == '-' {
+		// It would be taken for an option by fabricctl and every other
+		// tool (`fabricctl network rm $(fabricctl network ls -q)`).
+		return invalidf("%s name %q must not start with '-' (it would read as an option); start it with a letter or digit", kind, name)
+	}
 	return nil
 }
 
