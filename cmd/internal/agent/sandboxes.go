@@ -41,6 +41,16 @@ func (a *Agent) planSandbox(ctx context.Context, req api.SandboxCreate) (*sandbo
 	if err := validName("sandbox", name); err != nil {
 		return nil, nil, err
 	}
+	// The whole body is checked before any clash with what exists, so a
+	// malformed request gets the same answer whatever the host holds.
+	if err := validAliases(req.Aliases); err != nil {
+		return nil, nil, err
+	}
+	for _, p := range req.Ports {
+		if _, err := api.ParsePort(p); err != nil {
+			return nil, nil, invalidf("%v", err)
+		}
+	}
 	if a.sandboxes[name] != nil {
 		return nil, nil, conflictf("sandbox %q already exists; remove it with `fabricctl sandbox rm %s` or choose another --name", name, name)
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
 // Every rejected command exits 1 with a message that says what was wrong,
@@ -107,17 +108,24 @@ func TestAPIRejectsMalformedBodiesAndIsPrivate(t *testing.T) {
 	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", h.socket)
 	}}}
+	// Names are the test's own; one is a namespace that already exists,
+	// which must not turn a malformed body into a name clash: the body is
+	// checked first.
+	x, y := h.name("x"), h.name("y")
+	taken, _ := netnstest.New(t, "fx")
 	before := h.snapshot()
 	for _, tc := range []struct {
 		method, path, body string
 		status             int
 	}{
-		{"POST", "/v1/networks", `{"name":"x","subnett":"10.60.0.0/24"}`, 400},
+		{"POST", "/v1/networks", `{"name":"` + x + `","subnett":"10.60.0.0/24"}`, 400},
 		{"POST", "/v1/networks", `{"name":`, 400},
-		{"POST", "/v1/networks", `{"name":"x"} {"name":"y"}`, 400},
+		{"POST", "/v1/networks", `{"name":"` + x + `"} {"name":"` + y + `"}`, 400},
 		{"POST", "/v1/networks", `[1,2,3]`, 400},
-		{"POST", "/v1/sandboxes", `{"name":"x","command":"sleep"}`, 400},
-		{"POST", "/v1/sandboxes", `{"name":"x","ports":["1:2:3:4"],"command":["true"]}`, 400},
+		{"POST", "/v1/sandboxes", `{"name":"` + x + `","command":"sleep"}`, 400},
+		{"POST", "/v1/sandboxes", `{"name":"` + x + `","ports":["1:2:3:4"],"command":["true"]}`, 400},
+		{"POST", "/v1/sandboxes", `{"name":"` + taken + `","ports":["1:2:3:4"],"command":["true"]}`, 400},
+		{"POST", "/v1/sandboxes", `{"name":"` + taken + `","aliases":["-bad"],"command":["true"]}`, 400},
 		{"POST", "/v1/networks", `{"name":"` + strings.Repeat("a", 2<<20) + `"}`, 413},
 		{"PUT", "/v1/sandboxes/nosuch/process", `{"pid":1}`, 404},
 		{"GET", "/v1/nosuch", ``, 404},
