@@ -127,7 +127,13 @@ func plan(o Options) *Manifest {
 			"--metrics-listen", n.Metrics.String(), "--cluster-bind", bind,
 			// Sandbox names are the node's own: n1's "api" lives at
 			// /var/run/netns/LAB-n1-api, n2's at LAB-n2-api.
-			"--netns-prefix", n.Name + "-"}
+			"--netns-prefix", n.Name + "-",
+			// The lab is cut off from the world: the host's resolvers are
+			// out of reach, and asking them would make every outside name
+			// wait out the timeouts. The gateway (in the underlay
+			// namespace) refuses DNS at once, unless someone runs a
+			// resolver there (nsenter --net=/var/run/netns/LAB-ul ...).
+			"--dns-upstreams", netip.AddrPortFrom(m.Gateway, 53).String()}
 		if o.SecretFile != "" {
 			n.Argv = append(n.Argv, "--cluster-secret-file", o.SecretFile)
 		}
