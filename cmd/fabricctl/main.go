@@ -87,6 +87,7 @@ a foreground 'run' exits with its command's exit code.`,
   fabricctl run -d --name web --network blue -p 8080:80 -- python3 -m http.server 80
   fabricctl run --rm --network blue -- ping -c 3 web
   fabricctl sandbox ls -o json`,
+		Version:       version,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
@@ -98,6 +99,7 @@ a foreground 'run' exits with its command's exit code.`,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
+	root.SetVersionTemplate("fabricctl {{.Version}}\n")
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return usageErr(cmd, err) })
 	root.CompletionOptions.HiddenDefaultCmd = true
 

@@ -210,7 +210,8 @@ func newNetworkConnectCmd(c *cli) *cobra.Command {
 		Short: "Connect a sandbox or a network namespace to a network",
 		Long: `Connect a sandbox to a network: the agent creates an endpoint (a veth pair,
 or a macvlan/ipvlan child) with an address from the network, unless --ip asks for a given one.
---alias names are recorded for the embedded DNS server (not available yet).
+--alias adds names under which the embedded DNS server answers for the
+sandbox on this network (like run --alias; repeatable).
 
 SANDBOX is a sandbox name, or the path of a network namespace fabric did
 not create, which is then wired in as an external sandbox:

@@ -34,6 +34,13 @@ member counts), 2 the agent is unreachable. That makes it usable as a health che
 		Args: exactArgs(),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			st, err := c.client().Status(cmd.Context())
+			if err != nil && c.json() && errors.Is(err, api.ErrUnreachable) {
+				// Scripts reading -o json get an object saying so, not an
+				// empty stdout; the exit code is still 2.
+				if werr := writeJSON(cmd.OutOrStdout(), unreachableStatus{Error: err.Error(), Code: "unreachable", Socket: c.socket}); werr != nil {
+					return werr
+				}
+			}
 			if err != nil {
 				return explain(err, "get status")
 			}
@@ -53,6 +60,14 @@ member counts), 2 the agent is unreachable. That makes it usable as a health che
 	return cmd
 }
 
+// unreachableStatus is what `status -o json` prints when the agent does
+// not answer: the API's error shape plus the socket that was tried.
+type unreachableStatus struct {
+	Error  string `json:"error"`
+	Code   string `json:"code"`
+	Socket string `json:"socket"`
+}
+
 // versionInfo is what `fabricctl version -o json` prints.
 type versionInfo struct {
 	Client string `json:"client"`
@@ -67,8 +82,10 @@ func newVersionCmd(c *cli) *cobra.Command {
 		Use:   "version",
 		Short: "Show the client's and the agent's versions",
 		Long: `Show the version of fabricctl and, if the agent answers, of fabricd.
-An unreachable agent is not an error here: the client's version is still
-printed and the command exits 0.`,
+If the agent does not answer, the client's version is still printed, and
+the command exits 2 like every other command (as 'docker version' fails
+without its daemon). 'fabricctl --version' prints the client's version
+alone and needs no agent.`,
 		Example: `  fabricctl version
   fabricctl version -o json`,
 		Args: exactArgs(),
@@ -84,14 +101,22 @@ printed and the command exits 0.`,
 				return explain(err, "get agent version")
 			}
 			if c.json() {
-				return writeJSON(cmd.OutOrStdout(), info)
+				if err := writeJSON(cmd.OutOrStdout(), info); err != nil || info.AgentError == "" {
+					return err
+				}
+				return &exitError{code: exitUnreachable}
 			}
 			agent := "fabricd " + info.Agent + " (node " + info.Node + ")"
 			if info.AgentError != "" {
 				agent = info.AgentError
 			}
-			_, err = fmt.Fprintf(cmd.OutOrStdout(), "Client: fabricctl %s\nAgent:  %s\n", info.Client, agent)
-			return err
+			if _, err := fmt.Fprintf(cmd.OutOrStdout(), "Client: fabricctl %s\nAgent:  %s\n", info.Client, agent); err != nil {
+				return err
+			}
+			if info.AgentError != "" {
+				return &exitError{code: exitUnreachable}
+			}
+			return nil
 		},
 	}
 }

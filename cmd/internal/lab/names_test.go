@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -51,5 +52,13 @@ func TestLabNodesHaveTheirOwnSandboxNames(t *testing.T) {
 	}
 	if _, err := os.Lstat("/var/run/netns/" + l.netns(1) + "-api"); !os.IsNotExist(err) {
 		t.Errorf("n1's namespace after sandbox rm: %v", err)
+	}
+
+	// From a checkout fabricctl is not on PATH; `lab exec` puts its own
+	// directory there, so `fabricctl` inside means this fabricctl.
+	cmd := exec.Command(filepath.Join(binDir, "fabricctl"), "lab", "--name", l.name, "exec", "n2", "--", "fabricctl", "sandbox", "inspect", "api")
+	cmd.Env = append(withoutFabricEnv(os.Environ()), "PATH=/usr/sbin:/usr/bin:/sbin:/bin")
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), l.netns(2)+"-api") {
+		t.Errorf("lab exec n2 -- fabricctl with fabricctl not on PATH: %v\n%s", err, out)
 	}
 }

@@ -1,0 +1,28 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/cmd/internal/lab"
+)
+
+// One of a thing is singular in every count fabricctl prints.
+func TestCountsAgreeInNumber(t *testing.T) {
+	var b bytes.Buffer
+	if err := labNodeTable(&b, []lab.NodeStatus{{ID: "n1", State: "running", Warnings: []string{"w"}, NetNSOK: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "(1 warning)") {
+		t.Errorf("lab node with one warning: %q", b.String())
+	}
+	b.Reset()
+	if err := statusText(&b, "/s", api.Status{DNS: &api.DNSStatus{Resolvers: 1, Records: 1}}, false); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "1 resolver at 127.0.0.11, 1 record\n") {
+		t.Errorf("status with one resolver and one record: %q", b.String())
+	}
+}
