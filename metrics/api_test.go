@@ -133,13 +133,22 @@ func TestServe(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "fabric_build_info{") {
 		t.Fatalf("GET /metrics: %s\n%.300s", resp.Status, body)
 	}
+	resp, err = http.Get("http://" + ln.Addr().String() + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || string(body) != "ok\n" {
+		t.Errorf("GET /healthz: %s %q, want 200 ok", resp.Status, body)
+	}
 	resp, err = http.Get("http://" + ln.Addr().String() + "/")
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusNotFound {
-		t.Errorf("GET /: %s, want 404 (only /metrics is served)", resp.Status)
+		t.Errorf("GET /: %s, want 404 (only /metrics and /healthz are served)", resp.Status)
 	}
 
 	cancel()

@@ -31,6 +31,7 @@ a parent interface or its VLAN sub-interface, e.g. -o parent=eth1.10).`,
 		newNetworkLsCmd(c),
 		newNetworkInspectCmd(c),
 		newNetworkRmCmd(c),
+		newNetworkPruneCmd(c),
 		newNetworkConnectCmd(c),
 		newNetworkDisconnectCmd(c),
 	)

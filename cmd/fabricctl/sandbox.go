@@ -27,7 +27,7 @@ as every lab node is, puts them at /var/run/netns/PNAME: see the NETNS of
 		Args: noSubcommand,
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
-	cmd.AddCommand(newSandboxLsCmd(c), newSandboxInspectCmd(c), newSandboxRmCmd(c))
+	cmd.AddCommand(newSandboxLsCmd(c), newSandboxInspectCmd(c), newSandboxRmCmd(c), newSandboxPruneCmd(c))
 	return cmd
 }
 

@@ -10,7 +10,7 @@ import (
 )
 
 func newStatusCmd(c *cli) *cobra.Command {
-	var verbose bool
+	var verbose, brief bool
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show whether the agent runs, its datapath and what it manages",
@@ -30,10 +30,14 @@ member counts), 2 the agent is unreachable. That makes it usable as a health che
 		Example: `  fabricctl status
   fabricctl status --verbose
   fabricctl status -o json
+  fabricctl status --brief
   fabricctl --socket /tmp/fabricd.sock status || echo "fabric is not healthy"`,
 		Args: exactArgs(),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			st, err := c.client().Status(cmd.Context())
+			if brief && !c.json() {
+				return briefStatus(cmd.OutOrStdout(), c.socket, st, err)
+			}
 			if err != nil && c.json() && errors.Is(err, api.ErrUnreachable) {
 				// Scripts reading -o json get an object saying so, not an
 				// empty stdout; the exit code is still 2.
@@ -57,7 +61,36 @@ member counts), 2 the agent is unreachable. That makes it usable as a health che
 		},
 	}
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "list every cluster member with its probe round trip (default: only members in trouble)")
+	cmd.Flags().BoolVar(&brief, "brief", false, "one line for scripts: healthy|degraded|unreachable and the counts (same exit codes)")
 	return cmd
+}
+
+// briefStatus prints status --brief's one line and returns the exit code
+// status always has.
+func briefStatus(w io.Writer, socket string, st api.Status, err error) error {
+	if errors.Is(err, api.ErrUnreachable) {
+		fmt.Fprintf(w, "unreachable socket=%s\n", socket)
+		return &exitError{code: exitUnreachable}
+	}
+	if err != nil {
+		return explain(err, "get status")
+	}
+	state := "healthy"
+	if len(st.Warnings) > 0 {
+		state = "degraded"
+	}
+	line := fmt.Sprintf("%s node=%s datapath=%s networks=%d sandboxes=%d endpoints=%d warnings=%d",
+		state, st.Node, st.Datapath, st.Networks, st.Sandboxes, st.Endpoints, len(st.Warnings))
+	if cl := st.Cluster; cl != nil {
+		line += fmt.Sprintf(" members=%d/%d", cl.Alive, len(cl.Members))
+	}
+	if _, err := fmt.Fprintln(w, line); err != nil {
+		return err
+	}
+	if len(st.Warnings) > 0 {
+		return &exitError{code: exitFailure}
+	}
+	return nil
 }
 
 // unreachableStatus is what `status -o json` prints when the agent does

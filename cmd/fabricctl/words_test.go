@@ -26,3 +26,18 @@ func TestCountsAgreeInNumber(t *testing.T) {
 		t.Errorf("status with one resolver and one record: %q", b.String())
 	}
 }
+
+func TestStatusBrief(t *testing.T) {
+	a := newFakeAgent(t)
+	r := a.ctl(t, "status", "--brief")
+	if r.code != 0 || r.stdout != "healthy node=node1 datapath=ebpf networks=2 sandboxes=1 endpoints=1 warnings=0\n" {
+		t.Errorf("status --brief: exit %d, %q", r.code, r.stdout)
+	}
+	a.status.Warnings = []string{"something"}
+	if r := a.ctl(t, "status", "--brief"); r.code != 1 || !strings.HasPrefix(r.stdout, "degraded ") || strings.Count(r.stdout, "\n") != 1 {
+		t.Errorf("status --brief with a warning: exit %d, %q", r.code, r.stdout)
+	}
+	if r := runCtl(t, "--socket", "/nonexistent/sock", "status", "--brief"); r.code != 2 || r.stdout != "unreachable socket=/nonexistent/sock\n" {
+		t.Errorf("status --brief, agent down: exit %d, %q", r.code, r.stdout)
+	}
+}
