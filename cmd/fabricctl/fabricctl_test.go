@@ -394,7 +394,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"run", "-d", "--name", "x"}, "put CMD after --"},
 		{[]string{"network", "create"}, "NAME"},
 		{[]string{"network", "connect", "blue"}, "NETWORK SANDBOX"},
-		{[]string{"-o", "yaml", "network", "ls"}, "unknown output format"},
+		{[]string{"-o", "xml", "network", "ls"}, "unknown output format"},
 		{[]string{"network", "frobnicate"}, `unknown command "frobnicate"`},
 		{[]string{"sandbox", "ls", "--bogus"}, "unknown flag"},
 	} {

@@ -412,7 +412,7 @@ kept so that 'lab down' can be run again.`,
 			rep, err := lab.Down(cmd.Context(), labRoot, *name, func(step string) { fmt.Fprintln(stderr, step) })
 			if errors.Is(err, lab.ErrNotFound) {
 				if c.json() {
-					return writeJSON(cmd.OutOrStdout(), rep)
+					return c.emit(cmd.OutOrStdout(), rep)
 				}
 				_, werr := fmt.Fprintf(cmd.OutOrStdout(), "No lab %s: nothing to remove.\n", *name)
 				return werr

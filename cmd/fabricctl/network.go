@@ -232,7 +232,7 @@ With -o json the new endpoint is printed.`,
 				return explain(err, "connect %s to network %s", args[1], args[0])
 			}
 			if c.json() {
-				return writeJSON(cmd.OutOrStdout(), ep)
+				return c.emit(cmd.OutOrStdout(), ep)
 			}
 			return nil
 		},

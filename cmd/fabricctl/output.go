@@ -15,7 +15,7 @@ import (
 // render prints v as indented JSON with -o json, else calls table.
 func (c *cli) render(w io.Writer, v any, table func(io.Writer) error) error {
 	if c.json() {
-		return writeJSON(w, v)
+		return c.emit(w, v)
 	}
 	return table(w)
 }

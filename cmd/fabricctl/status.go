@@ -41,7 +41,7 @@ member counts), 2 the agent is unreachable. That makes it usable as a health che
 			if err != nil && c.json() && errors.Is(err, api.ErrUnreachable) {
 				// Scripts reading -o json get an object saying so, not an
 				// empty stdout; the exit code is still 2.
-				if werr := writeJSON(cmd.OutOrStdout(), unreachableStatus{Error: err.Error(), Code: "unreachable", Socket: c.socket}); werr != nil {
+				if werr := c.emit(cmd.OutOrStdout(), unreachableStatus{Error: err.Error(), Code: "unreachable", Socket: c.socket}); werr != nil {
 					return werr
 				}
 			}
@@ -134,7 +134,7 @@ alone and needs no agent.`,
 				return explain(err, "get agent version")
 			}
 			if c.json() {
-				if err := writeJSON(cmd.OutOrStdout(), info); err != nil || info.AgentError == "" {
+				if err := c.emit(cmd.OutOrStdout(), info); err != nil || info.AgentError == "" {
 					return err
 				}
 				return &exitError{code: exitUnreachable}

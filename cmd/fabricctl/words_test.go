@@ -41,3 +41,15 @@ func TestStatusBrief(t *testing.T) {
 		t.Errorf("status --brief, agent down: exit %d, %q", r.code, r.stdout)
 	}
 }
+
+// -o yaml prints the API objects with their JSON field names.
+func TestOutputYAML(t *testing.T) {
+	a := newFakeAgent(t)
+	r := a.ctl(t, "-o", "yaml", "network", "ls")
+	if r.code != 0 || !strings.Contains(r.stdout, "- created:") && !strings.Contains(r.stdout, "name: bridge") || !strings.Contains(r.stdout, "subnet: 172.18.0.0/16") {
+		t.Errorf("network ls -o yaml: exit %d\n%s", r.code, r.stdout)
+	}
+	if r := a.ctl(t, "-o", "xml", "network", "ls"); r.code != 1 || !strings.Contains(r.stderr, "table, json or yaml") {
+		t.Errorf("-o xml: exit %d, %q", r.code, r.stderr)
+	}
+}
