@@ -142,6 +142,7 @@ func parseOptions(opts []string) (map[string]string, error) {
 
 func newNetworkLsCmd(c *cli) *cobra.Command {
 	var quiet bool
+	var lo listOpts
 	cmd := &cobra.Command{
 		Use:     "ls [OPTIONS]",
 		Aliases: []string{"list"},
@@ -150,17 +151,24 @@ func newNetworkLsCmd(c *cli) *cobra.Command {
 ENDPOINTS counts the sandboxes attached to the network on this host.`,
 		Example: `  fabricctl network ls
   fabricctl network ls -q
-  fabricctl network ls -o json`,
+  fabricctl network ls -o json
+  fabricctl network ls --filter driver=overlay --format '{{.Name}} {{.Subnet}}'`,
 		Args: exactArgs(),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			nets, err := c.client().Networks(cmd.Context())
 			if err != nil {
 				return explain(err, "list networks")
 			}
+			if nets, err = filterItems(nets, lo.filters); err != nil {
+				return usageErr(cmd, err)
+			}
 			if nets == nil {
 				nets = []api.Network{}
 			}
 			sortNetworks(nets)
+			if lo.format != "" {
+				return formatItems(cmd.OutOrStdout(), nets, lo.format)
+			}
 			if quiet {
 				return printNames(cmd.OutOrStdout(), nets, func(n api.Network) string { return n.Name })
 			}
@@ -168,6 +176,7 @@ ENDPOINTS counts the sandboxes attached to the network on this host.`,
 		},
 	}
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only names")
+	lo.register(cmd)
 	return cmd
 }
 

@@ -33,6 +33,7 @@ as every lab node is, puts them at /var/run/netns/PNAME: see the NETNS of
 
 func newSandboxLsCmd(c *cli) *cobra.Command {
 	var quiet bool
+	var lo listOpts
 	cmd := &cobra.Command{
 		Use:     "ls [OPTIONS]",
 		Aliases: []string{"list", "ps"},
@@ -43,17 +44,24 @@ command, their address on each network as NETWORK=IP, and their published
 ports as HOSTIP:HOSTPORT->PORT/PROTO.`,
 		Example: `  fabricctl sandbox ls
   fabricctl sandbox ls -q
-  fabricctl sandbox ls -o json`,
+  fabricctl sandbox ls -o json
+  fabricctl sandbox ls --filter state=exited --format '{{.Name}} {{.State}} {{.PID}}'`,
 		Args: exactArgs(),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			sbs, err := c.client().Sandboxes(cmd.Context())
 			if err != nil {
 				return explain(err, "list sandboxes")
 			}
+			if sbs, err = filterItems(sbs, lo.filters); err != nil {
+				return usageErr(cmd, err)
+			}
 			if sbs == nil {
 				sbs = []api.Sandbox{}
 			}
 			sortSandboxes(sbs)
+			if lo.format != "" {
+				return formatItems(cmd.OutOrStdout(), sbs, lo.format)
+			}
 			if quiet {
 				return printNames(cmd.OutOrStdout(), sbs, func(s api.Sandbox) string { return s.Name })
 			}
@@ -61,6 +69,7 @@ ports as HOSTIP:HOSTPORT->PORT/PROTO.`,
 		},
 	}
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only names")
+	lo.register(cmd)
 	return cmd
 }
 

@@ -53,3 +53,25 @@ func TestOutputYAML(t *testing.T) {
 		t.Errorf("-o xml: exit %d, %q", r.code, r.stderr)
 	}
 }
+
+func TestFilterAndFormat(t *testing.T) {
+	a := newFakeAgent(t)
+	r := a.ctl(t, "network", "ls", "--filter", "internal=true", "--format", "{{.Name}} {{.Subnet}}")
+	if r.code != 0 || r.stdout != "blue 10.10.0.0/24\n" {
+		t.Errorf("network ls --filter internal=true --format: exit %d, %q", r.code, r.stdout)
+	}
+	r = a.ctl(t, "network", "ls", "--filter", "name=ridg", "-q")
+	if r.code != 0 || r.stdout != "bridge\n" {
+		t.Errorf("network ls --filter name=ridg: exit %d, %q", r.code, r.stdout)
+	}
+	r = a.ctl(t, "sandbox", "ls", "--filter", "state=running", "--format", "{{.Name}} {{.PID}}")
+	if r.code != 0 || r.stdout != "web 4242\n" {
+		t.Errorf("sandbox ls --filter state=running --format: exit %d, %q", r.code, r.stdout)
+	}
+	if r := a.ctl(t, "network", "ls", "--filter", "colour=blue"); r.code != 1 || !strings.Contains(r.stderr, "no field \"colour\"") {
+		t.Errorf("unknown filter key: exit %d, %q", r.code, r.stderr)
+	}
+	if r := a.ctl(t, "network", "ls", "--format", "{{.Nope}}"); r.code != 1 || !strings.Contains(r.stderr, "--format") {
+		t.Errorf("bad template field: exit %d, %q", r.code, r.stderr)
+	}
+}
