@@ -103,16 +103,22 @@ install: build
 	install -D -m 0755 $(BIN)/fabricd $(DESTDIR)$(PREFIX)/bin/fabricd
 	install -D -m 0755 $(BIN)/fabricctl $(DESTDIR)$(PREFIX)/bin/fabricctl
 	install -D -m 0644 deploy/fabricd.service $(DESTDIR)$(UNITDIR)/fabricd.service
-	sed -i 's#/usr/local/bin/fabricd#$(PREFIX)/bin/fabricd#' $(DESTDIR)$(UNITDIR)/fabricd.service
+	sed -i -e 's#/usr/local/bin/fabricd#$(PREFIX)/bin/fabricd#' \
+	    -e 's#/usr/local/share/doc/fabric#$(PREFIX)/share/doc/fabric#' $(DESTDIR)$(UNITDIR)/fabricd.service
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/fabric/README.md
 	test -e $(DESTDIR)/etc/fabric/fabric.yaml || install -D -m 0644 deploy/fabric.yaml $(DESTDIR)/etc/fabric/fabric.yaml
 	-[ -z "$(DESTDIR)" ] && systemctl daemon-reload 2>/dev/null || true
 
-# uninstall removes what install put there. The config is removed only if
-# it is still the unmodified example; the agent's state (/var/lib/fabric)
-# is kept so a reinstall finds its networks again.
+# uninstall stops the agent, removes fabric's kernel state (`fabricd
+# reset`: sandboxes' namespaces and commands, links, the nftables table,
+# eBPF programs, pins and cgroup socket hooks), then what install put
+# there. The config is removed only if it is still the unmodified example;
+# the agent's records (/var/lib/fabric) are kept so a reinstall finds its
+# networks again (`fabricd reset --purge-state` before uninstalling removes
+# them too).
 uninstall:
 	-[ -z "$(DESTDIR)" ] && systemctl disable --now fabricd 2>/dev/null || true
+	-[ -n "$(DESTDIR)" ] || [ ! -x $(PREFIX)/bin/fabricd ] || $(PREFIX)/bin/fabricd reset
 	rm -f $(DESTDIR)$(PREFIX)/bin/fabricd $(DESTDIR)$(PREFIX)/bin/fabricctl $(DESTDIR)$(UNITDIR)/fabricd.service
 	rm -rf $(DESTDIR)$(PREFIX)/share/doc/fabric
 	cmp -s deploy/fabric.yaml $(DESTDIR)/etc/fabric/fabric.yaml && rm -f $(DESTDIR)/etc/fabric/fabric.yaml || true

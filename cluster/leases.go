@@ -249,6 +249,13 @@ func (s *state) allocate(id NetworkID, owner string) (netip.Addr, bool) {
 	for _, b := range blocks {
 		for a := b.Addr(); b.Contains(a); a = a.Next() {
 			k := claimKey{Net: id, IP: a}
+			// A block's first and last addresses (10.77.1.0, .255) are
+			// valid in a larger subnet, but users and tools take them for
+			// network and broadcast addresses: not handed out (--ip may
+			// still claim them).
+			if a == b.Addr() || a == lastAddr(b) {
+				continue
+			}
 			if spec.reserved(a) || s.claims[k] != nil && !s.claims[k].rec.Deleted {
 				continue
 			}

@@ -12,8 +12,18 @@ BIN=${BIN:-bin}
 LAB=${LAB:-fdemo}
 DATAPATH=${DATAPATH:-auto}
 export PATH="$PWD/$BIN:$PATH"
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-show() { printf '$ %s\n' "$*"; "$@"; }
+# Bold headings on a terminal only: no escape codes in a file or a pipe.
+if [ -t 1 ]; then BOLD=$'\033[1m' PLAIN=$'\033[0m'; else BOLD='' PLAIN=''; fi
+say() { printf '\n%s== %s%s\n' "$BOLD" "$*" "$PLAIN"; }
+# quote prints its arguments as a shell would need them typed.
+quote() {
+  local a out=()
+  for a in "$@"; do
+    if [[ $a =~ ^[][A-Za-z0-9_./:=@%+,-]+$ ]]; then out+=("$a"); else out+=("'${a//\'/\'\\\'\'}'"); fi
+  done
+  printf '%s' "${out[*]}"
+}
+show() { printf '$ %s\n' "$(quote "$@")"; "$@"; }
 lab() { fabricctl lab --name "$LAB" "$@"; }
 on() { local n=$1; shift; fabricctl --socket "/run/fabric/lab/$LAB/$n/fabricd.sock" "$@"; }
 
@@ -39,17 +49,19 @@ for n in n2 n3; do
 done
 show on n3 network ls
 
-say "A web server on every host, on the overlay network (n2's also published on port 8080)"
+say "A web server called 'web' on every host, on the overlay network (n2's also published on port 8080)"
+# Sandbox names are per host: each node's "web" has its own namespace,
+# /var/run/netns/$LAB-nI-web (the lab runs its agents with --netns-prefix).
 for n in n1 n2 n3; do
   extra=()
   [ "$n" = n2 ] && extra=(-p 8080:80)
-  show on "$n" run -d --name "$LAB-web-$n" --network mesh "${extra[@]}" -- python3 -m http.server 80
+  show on "$n" run -d --name web --network mesh "${extra[@]}" -- python3 -m http.server 80
 done
-ipof() { on "$1" sandbox inspect "$LAB-web-$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["endpoints"][0]["ip"].split("/")[0])'; }
+ipof() { on "$1" sandbox inspect web | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["endpoints"][0]["ip"].split("/")[0])'; }
 declare -A IP
-for n in n1 n2 n3; do IP[$n]=$(ipof "$n"); echo "web on $n: ${IP[$n]}"; done
+for n in n1 n2 n3; do IP[$n]=$(ipof "$n"); echo "web on $n: ${IP[$n]} (namespace $LAB-$n-web)"; done
 for n in n1 n2 n3; do
-  for _ in $(seq 50); do ip netns exec "$LAB-web-$n" ss -ltn | grep -q ':80 ' && break; sleep 0.1; done
+  for _ in $(seq 50); do ip netns exec "$LAB-$n-web" ss -ltn | grep -q ':80 ' && break; sleep 0.1; done
 done
 
 fetch() { # fetch FROM-SANDBOX URL
@@ -66,7 +78,7 @@ say "Every sandbox reaches the others across hosts (VXLAN between the hosts)"
 for a in n1 n2 n3; do
   for b in n1 n2 n3; do
     [ "$a" = "$b" ] && continue
-    show fetch "$LAB-web-$a" "http://${IP[$b]}/"
+    show fetch "$LAB-$a-web" "http://${IP[$b]}/"
   done
 done
 

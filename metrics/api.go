@@ -3,6 +3,7 @@ package metrics
 import (
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -27,15 +28,15 @@ func NewAPIMetrics() *APIMetrics {
 	return &APIMetrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fabric_api_requests_total",
-			Help: "API requests served, by route and HTTP status code.",
-		}, []string{"route", "code"}),
+			Help: "API requests served, by HTTP method, route (the path pattern) and HTTP status code.",
+		}, []string{"method", "route", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "fabric_api_request_duration_seconds",
-			Help: "How long API requests took, by route.",
+			Help: "How long API requests took, by HTTP method and route.",
 			// Reads take microseconds; creating a network or a sandbox
 			// with a running command takes tens to hundreds of ms.
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
-		}, []string{"route"}),
+		}, []string{"method", "route"}),
 	}
 }
 
@@ -51,16 +52,29 @@ func (m *APIMetrics) Collect(ch chan<- prometheus.Metric) {
 	m.duration.Collect(ch)
 }
 
-// Observe records one request.
+// Observe records one request. route is a mux pattern, "GET
+// /v1/networks/{name}" or just "/v1/networks/{name}": its method, if any,
+// goes into the method label, so that route is the path alone.
 func (m *APIMetrics) Observe(route string, code int, d time.Duration) {
 	if m == nil {
 		return
 	}
-	if route == "" {
-		route = unmatchedRoute
+	method, path := splitPattern(route)
+	if path == "" {
+		path = unmatchedRoute
 	}
-	m.requests.WithLabelValues(route, strconv.Itoa(code)).Inc()
-	m.duration.WithLabelValues(route).Observe(d.Seconds())
+	m.requests.WithLabelValues(method, path, strconv.Itoa(code)).Inc()
+	m.duration.WithLabelValues(method, path).Observe(d.Seconds())
+}
+
+// splitPattern splits "METHOD /path" (net/http's pattern syntax) into its
+// method and path; a pattern without a method has method "".
+func splitPattern(p string) (method, path string) {
+	m, rest, ok := strings.Cut(p, " ")
+	if !ok || m == "" || strings.Trim(m, "ABCDEFGHIJKLMNOPQRSTUVWXYZ") != "" {
+		return "", p
+	}
+	return m, strings.TrimLeft(rest, " ")
 }
 
 // Wrap instruments one handler under a fixed route name.

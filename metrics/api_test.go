@@ -31,13 +31,13 @@ func TestAPIWrap(t *testing.T) {
 	}
 	bad.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("POST", "/v1/networks", nil))
 
-	if got := value(t, reg, "fabric_api_requests_total", map[string]string{"route": "GET /v1/status", "code": "200"}); got != 3 {
+	if got := value(t, reg, "fabric_api_requests_total", map[string]string{"method": "GET", "route": "/v1/status", "code": "200"}); got != 3 {
 		t.Errorf("status requests = %v, want 3", got)
 	}
-	if got := value(t, reg, "fabric_api_requests_total", map[string]string{"route": "POST /v1/networks", "code": "409"}); got != 1 {
+	if got := value(t, reg, "fabric_api_requests_total", map[string]string{"method": "POST", "route": "/v1/networks", "code": "409"}); got != 1 {
 		t.Errorf("conflicts = %v, want 1", got)
 	}
-	if got := value(t, reg, "fabric_api_request_duration_seconds", map[string]string{"route": "GET /v1/status"}); got != 3 {
+	if got := value(t, reg, "fabric_api_request_duration_seconds", map[string]string{"method": "GET", "route": "/v1/status"}); got != 3 {
 		t.Errorf("status durations observed = %v, want 3", got)
 	}
 }
@@ -70,15 +70,15 @@ func TestAPIWrapMux(t *testing.T) {
 		h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(req.method, req.path, nil))
 	}
 	for _, c := range []struct {
-		route, code string
-		want        float64
+		method, route, code string
+		want                float64
 	}{
-		{"GET /v1/networks/{name}", "404", 2},
-		{"DELETE /v1/networks/{name}", "204", 1},
-		{unmatchedRoute, "404", 2},
+		{"GET", "/v1/networks/{name}", "404", 2},
+		{"DELETE", "/v1/networks/{name}", "204", 1},
+		{"", unmatchedRoute, "404", 2},
 	} {
-		if got := value(t, reg, "fabric_api_requests_total", map[string]string{"route": c.route, "code": c.code}); got != c.want {
-			t.Errorf("%s %s: %v requests, want %v", c.route, c.code, got, c.want)
+		if got := value(t, reg, "fabric_api_requests_total", map[string]string{"method": c.method, "route": c.route, "code": c.code}); got != c.want {
+			t.Errorf("%s %s %s: %v requests, want %v", c.method, c.route, c.code, got, c.want)
 		}
 	}
 }
@@ -133,13 +133,22 @@ func TestServe(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "fabric_build_info{") {
 		t.Fatalf("GET /metrics: %s\n%.300s", resp.Status, body)
 	}
+	resp, err = http.Get("http://" + ln.Addr().String() + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || string(body) != "ok\n" {
+		t.Errorf("GET /healthz: %s %q, want 200 ok", resp.Status, body)
+	}
 	resp, err = http.Get("http://" + ln.Addr().String() + "/")
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusNotFound {
-		t.Errorf("GET /: %s, want 404 (only /metrics is served)", resp.Status)
+		t.Errorf("GET /: %s, want 404 (only /metrics and /healthz are served)", resp.Status)
 	}
 
 	cancel()

@@ -18,7 +18,7 @@ func newClusterCollector(src ClusterSource) *clusterCollector {
 	return &clusterCollector{
 		src: src,
 		members: prometheus.NewDesc("fabric_cluster_members",
-			"Cluster members as this node sees them, by state (alive, suspect, dead, left).", []string{"state"}, nil),
+			"Cluster members as this node sees them, by state (alive, suspect, failed, left), the words of fabricctl status.", []string{"state"}, nil),
 		messages: prometheus.NewDesc("fabric_gossip_messages_total",
 			"Gossip messages sent (broadcasts queued and direct messages) and received (decoded and handled).",
 			[]string{"direction"}, nil),
@@ -48,11 +48,13 @@ func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 	s := c.src.ClusterMetrics()
 	// Every state is always exported, zero or not, so that an alert on
-	// state="dead" has a series to evaluate from the first scrape.
+	// state="failed" has a series to evaluate from the first scrape.
+	// memberlist calls failed members "dead"; fabricctl says "failed", and
+	// so do the metrics.
 	for _, m := range []struct {
 		state string
 		n     int
-	}{{"alive", s.Members.Alive}, {"suspect", s.Members.Suspect}, {"dead", s.Members.Dead}, {"left", s.Members.Left}} {
+	}{{"alive", s.Members.Alive}, {"suspect", s.Members.Suspect}, {"failed", s.Members.Dead}, {"left", s.Members.Left}} {
 		ch <- prometheus.MustNewConstMetric(c.members, prometheus.GaugeValue, float64(m.n), m.state)
 	}
 	ch <- prometheus.MustNewConstMetric(c.messages, prometheus.CounterValue, float64(s.MessagesSent), "sent")

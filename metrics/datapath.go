@@ -72,6 +72,12 @@ func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for k, v := range sums {
 		ch <- prometheus.MustNewConstMetric(c.packets, prometheus.CounterValue, float64(v.Packets), k.direction, k.verdict, k.reason)
+		if v.Packets > 0 && v.Bytes == 0 {
+			// Events without a length (the cgroup socket hooks count
+			// connections and datagrams, not bytes): a bytes series would
+			// be a lie that stays at 0.
+			continue
+		}
 		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(v.Bytes), k.direction, k.verdict, k.reason)
 	}
 	if ct := s.Conntrack; ct != nil {

@@ -32,11 +32,12 @@
 // Datapath (Sources.Datapath):
 //
 //	fabric_datapath_packets_total{direction,verdict,reason}  counter
-//	fabric_datapath_bytes_total{direction,verdict,reason}    counter
+//	fabric_datapath_bytes_total{direction,verdict,reason}    counter (not for direction="socket": the
+//	                                               cgroup socket hooks count connections and datagrams, not bytes)
 //	fabric_conntrack_entries                       gauge (only if the datapath has a table)
 //	fabric_conntrack_capacity                      gauge (likewise)
 //	fabric_nat_allocation_failures_total           counter
-//	fabric_datapath_map_full_total{map}            counter
+//	fabric_datapath_map_full_total{map}            counter (0 from the start for every map that can fill)
 //	fabric_datapath_programs_attached{hook}        gauge
 //	fabric_datapath_read_errors_total              counter, scrapes whose read failed
 //
@@ -63,8 +64,8 @@
 //
 // API (Sources.API):
 //
-//	fabric_api_requests_total{route,code}          counter
-//	fabric_api_request_duration_seconds{route}     histogram
+//	fabric_api_requests_total{method,route,code}   counter
+//	fabric_api_request_duration_seconds{method,route} histogram
 //
 // Cluster (Sources.Cluster):
 //

@@ -85,10 +85,10 @@ fabric_reconcile_last_duration_seconds 0.25
 # HELP fabric_reconcile_last_success_timestamp_seconds When a reconcile run last succeeded, in seconds since the Unix epoch.
 # TYPE fabric_reconcile_last_success_timestamp_seconds gauge
 fabric_reconcile_last_success_timestamp_seconds 1.7e+09
-# HELP fabric_cluster_members Cluster members as this node sees them, by state (alive, suspect, dead, left).
+# HELP fabric_cluster_members Cluster members as this node sees them, by state (alive, suspect, failed, left), the words of fabricctl status.
 # TYPE fabric_cluster_members gauge
 fabric_cluster_members{state="alive"} 2
-fabric_cluster_members{state="dead"} 1
+fabric_cluster_members{state="failed"} 1
 fabric_cluster_members{state="left"} 0
 fabric_cluster_members{state="suspect"} 0
 # HELP fabric_gossip_messages_total Gossip messages sent (broadcasts queued and direct messages) and received (decoded and handled).
@@ -144,9 +144,9 @@ fabric_dns_upstream_latency_seconds_bucket{le="1"} 10
 fabric_dns_upstream_latency_seconds_bucket{le="+Inf"} 10
 fabric_dns_upstream_latency_seconds_sum 0.12
 fabric_dns_upstream_latency_seconds_count 10
-# HELP fabric_api_requests_total API requests served, by route and HTTP status code.
+# HELP fabric_api_requests_total API requests served, by HTTP method, route (the path pattern) and HTTP status code.
 # TYPE fabric_api_requests_total counter
-fabric_api_requests_total{code="200",route="GET /v1/status"} 1
+fabric_api_requests_total{code="200",method="GET",route="/v1/status"} 1
 `
 	// Every fabric family but the API duration histogram, whose buckets
 	// would only repeat the client library's arithmetic.
@@ -179,7 +179,7 @@ func TestValuesFollowSources(t *testing.T) {
 	if got := value(t, reg, "fabric_datapath_packets_total", fwd); got != 100 {
 		t.Fatalf("packets before: %v, want 100", got)
 	}
-	if got := value(t, reg, "fabric_cluster_members", map[string]string{"state": "dead"}); got != 1 {
+	if got := value(t, reg, "fabric_cluster_members", map[string]string{"state": "failed"}); got != 1 {
 		t.Fatalf("dead members before: %v, want 1", got)
 	}
 
@@ -211,7 +211,7 @@ func TestValuesFollowSources(t *testing.T) {
 		{"fabric_ipam_addresses", map[string]string{"network": "front", "state": "used"}, 6},
 		{"fabric_sandboxes", nil, 8},
 		{"fabric_cluster_members", map[string]string{"state": "alive"}, 3},
-		{"fabric_cluster_members", map[string]string{"state": "dead"}, 0},
+		{"fabric_cluster_members", map[string]string{"state": "failed"}, 0},
 		{"fabric_gossip_messages_total", map[string]string{"direction": "sent"}, 41},
 		{"fabric_dns_queries_total", map[string]string{"result": "forwarded"}, 11},
 		{"fabric_dns_upstream_latency_seconds", nil, 11},

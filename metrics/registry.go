@@ -68,10 +68,16 @@ func Handler(reg *prometheus.Registry, log *slog.Logger) http.Handler {
 }
 
 // Serve serves h at /metrics on ln until ctx ends, then shuts the server
-// down and returns nil.
+// down and returns nil. /healthz answers 200 "ok" while the agent runs (a
+// liveness check for load balancers and orchestrators; `fabricctl status`
+// says whether it is healthy).
 func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", h)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

@@ -336,9 +336,14 @@ func TestStatusCluster(t *testing.T) {
 	if r.code != exitFailure || !strings.Contains(r.stdout, "failed  node2 at 10.0.0.2") || !strings.Contains(r.stdout, "1 failed or left") {
 		t.Errorf("degraded cluster: exit %d (want 1)\n%s", r.code, r.stdout)
 	}
-	// Unreachable agent: exit 2.
+	// Unreachable agent: exit 2; with -o json a JSON object says so.
 	if r := runCtl(t, "--socket", filepath.Join(t.TempDir(), "none"), "status"); r.code != 2 {
 		t.Errorf("unreachable agent: exit %d, want 2", r.code)
+	}
+	r = runCtl(t, "--socket", filepath.Join(t.TempDir(), "none"), "-o", "json", "status")
+	var down struct{ Error, Code, Socket string }
+	if r.code != 2 || json.Unmarshal([]byte(r.stdout), &down) != nil || down.Code != "unreachable" || down.Socket == "" {
+		t.Errorf("status -o json, agent unreachable: exit %d, stdout %q", r.code, r.stdout)
 	}
 }
 
@@ -348,9 +353,21 @@ func TestVersion(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, "fabricctl "+version) || !strings.Contains(r.stdout, "fabricd 1.0.0") {
 		t.Errorf("version: exit %d, %q", r.code, r.stdout)
 	}
+	// Without an agent: the client's version, and exit 2 like every
+	// command that needs the agent.
 	r = runCtl(t, "--socket", filepath.Join(t.TempDir(), "none"), "version")
-	if r.code != 0 || !strings.Contains(r.stdout, "unreachable") {
+	if r.code != exitUnreachable || !strings.Contains(r.stdout, "unreachable") || !strings.Contains(r.stdout, "fabricctl "+version) {
 		t.Errorf("version without agent: exit %d, %q", r.code, r.stdout)
+	}
+	r = runCtl(t, "--socket", filepath.Join(t.TempDir(), "none"), "-o", "json", "version")
+	var info versionInfo
+	if r.code != exitUnreachable || json.Unmarshal([]byte(r.stdout), &info) != nil || info.Client != version || info.AgentError == "" {
+		t.Errorf("version -o json without agent: exit %d, %q", r.code, r.stdout)
+	}
+	// --version needs no agent.
+	r = runCtl(t, "--socket", filepath.Join(t.TempDir(), "none"), "--version")
+	if r.code != 0 || r.stdout != "fabricctl "+version+"\n" {
+		t.Errorf("--version: exit %d, %q %q", r.code, r.stdout, r.stderr)
 	}
 }
 
@@ -377,7 +394,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"run", "-d", "--name", "x"}, "put CMD after --"},
 		{[]string{"network", "create"}, "NAME"},
 		{[]string{"network", "connect", "blue"}, "NETWORK SANDBOX"},
-		{[]string{"-o", "yaml", "network", "ls"}, "unknown output format"},
+		{[]string{"-o", "xml", "network", "ls"}, "unknown output format"},
 		{[]string{"network", "frobnicate"}, `unknown command "frobnicate"`},
 		{[]string{"sandbox", "ls", "--bogus"}, "unknown flag"},
 	} {

@@ -73,6 +73,9 @@ survive it), with
   --cluster-bind .(10+I):7946    (nodes 2..N also --cluster-join node 1)
   --cluster-secret-file F        --secret-file, else a fresh key NAME/gossip.key
   --metrics-listen .(10+I):9475  (reachable from NAME-ul, not from the host)
+  --netns-prefix NAME-nI-        (sandbox S of node I is /var/run/netns/NAME-nI-S)
+  --dns-upstreams .1:53          (the gateway, where nothing answers: outside
+                                  names fail at once in the isolated lab)
 
 and waits up to 20 s for each agent to answer. Then it prints how to
 reach every node.
@@ -167,7 +170,11 @@ func labUpText(w io.Writer, st lab.Status) error {
 		fmt.Fprintf(w, "Metrics: %s (reachable from the underlay namespace: nsenter --net=%s prometheus …)\n",
 			targets, netns.Path(st.Underlay.NetNS))
 	}
-	fmt.Fprintf(w, "Logs: %s/nI/fabricd.log\n", st.Dir)
+	logs := make([]string, 0, len(st.Nodes))
+	for _, n := range st.Nodes {
+		logs = append(logs, n.Log)
+	}
+	fmt.Fprintf(w, "Logs: %s\n", strings.Join(logs, " "))
 	_, err := fmt.Fprintf(w, "Check it: fabricctl lab%s status   Remove it: fabricctl lab%s down\n", nameFlag, nameFlag)
 	return err
 }
@@ -189,7 +196,7 @@ func labNodeTable(w io.Writer, nodes []lab.NodeStatus) error {
 	for _, n := range nodes {
 		state := n.State
 		if len(n.Warnings) > 0 {
-			state += fmt.Sprintf(" (%d warnings)", len(n.Warnings))
+			state += fmt.Sprintf(" (%d %s)", len(n.Warnings), plural(len(n.Warnings), "warning", "warnings"))
 		}
 		if !n.NetNSOK {
 			state += " (namespace gone)"
@@ -322,9 +329,10 @@ func labExec(cmd *cobra.Command, n lab.Node, argv []string) error {
 	defer signal.Stop(sigc)
 
 	stderr := cmd.ErrOrStderr()
+	env, argv := execEnvPath(append(withoutEnv(os.Environ(), socketEnv), socketEnv+"="+n.Socket), argv)
 	child := exec.Command(argv[0], argv[1:]...)
 	child.Stdin, child.Stdout, child.Stderr = cmd.InOrStdin(), cmd.OutOrStdout(), stderr
-	child.Env = append(withoutEnv(os.Environ(), socketEnv), socketEnv+"="+n.Socket)
+	child.Env = env
 	if code, err := startIn(n.NetNSPath(), child, stderr); err != nil {
 		return &exitError{code: code, err: fmt.Errorf("start %s on node %s: %w", argv[0], n.ID, err)}
 	}
@@ -405,7 +413,7 @@ kept so that 'lab down' can be run again.`,
 			rep, err := lab.Down(cmd.Context(), labRoot, *name, func(step string) { fmt.Fprintln(stderr, step) })
 			if errors.Is(err, lab.ErrNotFound) {
 				if c.json() {
-					return writeJSON(cmd.OutOrStdout(), rep)
+					return c.emit(cmd.OutOrStdout(), rep)
 				}
 				_, werr := fmt.Fprintf(cmd.OutOrStdout(), "No lab %s: nothing to remove.\n", *name)
 				return werr

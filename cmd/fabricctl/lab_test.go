@@ -119,9 +119,9 @@ func TestLabUpText(t *testing.T) {
 		Underlay: lab.Underlay{NetNS: "demo-ul", Bridge: "br0"},
 		Nodes: []lab.NodeStatus{
 			{ID: "n1", NetNS: "demo-n1", IP: netip.MustParseAddr("10.99.0.11"), Socket: "/run/fabric/lab/demo/n1/fabricd.sock",
-				PID: 7, Alive: true, State: lab.NodeRunning, Datapath: "kernel", NetNSOK: true},
+				Log: "/run/fabric/lab/demo/n1/fabricd.log", PID: 7, Alive: true, State: lab.NodeRunning, Datapath: "kernel", NetNSOK: true},
 			{ID: "n2", NetNS: "demo-n2", IP: netip.MustParseAddr("10.99.0.12"), Socket: "/run/fabric/lab/demo/n2/fabricd.sock",
-				State: lab.NodeDead},
+				Log: "/run/fabric/lab/demo/n2/fabricd.log", State: lab.NodeDead},
 		},
 	}
 	var b strings.Builder
@@ -135,6 +135,7 @@ func TestLabUpText(t *testing.T) {
 		"fabricctl lab --name demo exec n1 -- fabricctl run --rm -- ip addr",
 		"fabricctl lab --name demo down",
 		"dead (namespace gone)",
+		"Logs: /run/fabric/lab/demo/n1/fabricd.log /run/fabric/lab/demo/n2/fabricd.log",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)

@@ -61,7 +61,8 @@ type cli struct {
 
 func (c *cli) client() *api.Client { return api.NewClient(c.socket) }
 
-func (c *cli) json() bool { return c.output == "json" }
+// json reports whether the output is for machines (-o json or -o yaml).
+func (c *cli) json() bool { return c.output == "json" || c.output == "yaml" }
 
 // newRootCmd builds the whole command tree writing to stdout and stderr.
 func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
@@ -87,23 +88,25 @@ a foreground 'run' exits with its command's exit code.`,
   fabricctl run -d --name web --network blue -p 8080:80 -- python3 -m http.server 80
   fabricctl run --rm --network blue -- ping -c 3 web
   fabricctl sandbox ls -o json`,
+		Version:       version,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			if c.output != "table" && c.output != "json" {
-				return usageErr(cmd, fmt.Errorf("unknown output format %q: use table or json", c.output))
+			if c.output != "table" && c.output != "json" && c.output != "yaml" {
+				return usageErr(cmd, fmt.Errorf("unknown output format %q: use table, json or yaml", c.output))
 			}
 			return nil
 		},
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
+	root.SetVersionTemplate("fabricctl {{.Version}}\n")
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return usageErr(cmd, err) })
 	root.CompletionOptions.HiddenDefaultCmd = true
 
 	pf := root.PersistentFlags()
 	pf.StringVar(&c.socket, "socket", defaultSocket(), "path of fabricd's API socket (env "+socketEnv+")")
-	pf.StringVarP(&c.output, "output", "o", "table", "output format: table or json (on 'network create' use --output; -o is --opt there)")
+	pf.StringVarP(&c.output, "output", "o", "table", "output format: table, json or yaml (on 'network create' use --output; -o is --opt there)")
 
 	root.AddCommand(
 		newStatusCmd(c),
@@ -111,6 +114,8 @@ a foreground 'run' exits with its command's exit code.`,
 		newVersionCmd(c),
 		newNetworkCmd(c),
 		newRunCmd(c),
+		newExecCmd(c),
+		newLogsCmd(c),
 		newSandboxCmd(c),
 		newEndpointCmd(c),
 		newLabCmd(c),

@@ -31,6 +31,7 @@ a parent interface or its VLAN sub-interface, e.g. -o parent=eth1.10).`,
 		newNetworkLsCmd(c),
 		newNetworkInspectCmd(c),
 		newNetworkRmCmd(c),
+		newNetworkPruneCmd(c),
 		newNetworkConnectCmd(c),
 		newNetworkDisconnectCmd(c),
 	)
@@ -66,7 +67,7 @@ Drivers:
 Driver options (-o KEY=VALUE, repeatable):
   mtu=1450               MTU of the network's interfaces (all drivers)
   exclude=IP,IP          addresses never handed out, e.g. hosts already on the LAN
-  bridge_name=br-x       name of the Linux bridge (bridge)
+  bridge_name=br-x       name of the Linux bridge (bridge; kernel datapath only: the eBPF datapath has none)
   block_bits=26          size of the address blocks nodes lease (overlay; default
                          /24, or subnet+4 bits for subnets smaller than /20)
   vni=4097               VXLAN network identifier (overlay; default: picked)
@@ -141,6 +142,7 @@ func parseOptions(opts []string) (map[string]string, error) {
 
 func newNetworkLsCmd(c *cli) *cobra.Command {
 	var quiet bool
+	var lo listOpts
 	cmd := &cobra.Command{
 		Use:     "ls [OPTIONS]",
 		Aliases: []string{"list"},
@@ -149,17 +151,24 @@ func newNetworkLsCmd(c *cli) *cobra.Command {
 ENDPOINTS counts the sandboxes attached to the network on this host.`,
 		Example: `  fabricctl network ls
   fabricctl network ls -q
-  fabricctl network ls -o json`,
+  fabricctl network ls -o json
+  fabricctl network ls --filter driver=overlay --format '{{.Name}} {{.Subnet}}'`,
 		Args: exactArgs(),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			nets, err := c.client().Networks(cmd.Context())
 			if err != nil {
 				return explain(err, "list networks")
 			}
+			if nets, err = filterItems(nets, lo.filters); err != nil {
+				return usageErr(cmd, err)
+			}
 			if nets == nil {
 				nets = []api.Network{}
 			}
 			sortNetworks(nets)
+			if lo.format != "" {
+				return formatItems(cmd.OutOrStdout(), nets, lo.format)
+			}
 			if quiet {
 				return printNames(cmd.OutOrStdout(), nets, func(n api.Network) string { return n.Name })
 			}
@@ -167,6 +176,7 @@ ENDPOINTS counts the sandboxes attached to the network on this host.`,
 		},
 	}
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only names")
+	lo.register(cmd)
 	return cmd
 }
 
@@ -210,7 +220,8 @@ func newNetworkConnectCmd(c *cli) *cobra.Command {
 		Short: "Connect a sandbox or a network namespace to a network",
 		Long: `Connect a sandbox to a network: the agent creates an endpoint (a veth pair,
 or a macvlan/ipvlan child) with an address from the network, unless --ip asks for a given one.
---alias names are recorded for the embedded DNS server (not available yet).
+--alias adds names under which the embedded DNS server answers for the
+sandbox on this network (like run --alias; repeatable).
 
 SANDBOX is a sandbox name, or the path of a network namespace fabric did
 not create, which is then wired in as an external sandbox:
@@ -230,7 +241,7 @@ With -o json the new endpoint is printed.`,
 				return explain(err, "connect %s to network %s", args[1], args[0])
 			}
 			if c.json() {
-				return writeJSON(cmd.OutOrStdout(), ep)
+				return c.emit(cmd.OutOrStdout(), ep)
 			}
 			return nil
 		},

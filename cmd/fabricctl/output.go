@@ -15,7 +15,7 @@ import (
 // render prints v as indented JSON with -o json, else calls table.
 func (c *cli) render(w io.Writer, v any, table func(io.Writer) error) error {
 	if c.json() {
-		return writeJSON(w, v)
+		return c.emit(w, v)
 	}
 	return table(w)
 }
@@ -200,7 +200,8 @@ func statusText(w io.Writer, socket string, s api.Status, verbose bool) error {
 		if len(d.Errors) > 0 {
 			health = fmt.Sprintf("%d sandbox(es) without resolver", len(d.Errors))
 		}
-		line("DNS", fmt.Sprintf("%s: %d resolvers at 127.0.0.11, %d records", health, d.Resolvers, d.Records))
+		line("DNS", fmt.Sprintf("%s: %d %s at 127.0.0.11, %d %s", health,
+			d.Resolvers, plural(d.Resolvers, "resolver", "resolvers"), d.Records, plural(d.Records, "record", "records")))
 		fmt.Fprintf(tw, "	  upstreams %s; answered %d local, %d forwarded, %d NXDOMAIN, %d failed\n",
 			dash(strings.Join(d.Upstreams, ", ")), d.Local, d.Forwarded, d.NXDomain, d.Failed)
 	}

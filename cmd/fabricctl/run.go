@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -90,7 +91,7 @@ fabricctl stops reading options at the first argument that is not one.`,
 	f := cmd.Flags()
 	f.BoolVarP(&o.detach, "detach", "d", false, "let the agent run the command in the background; print the sandbox name")
 	f.BoolVar(&o.rm, "rm", false, "remove the sandbox when the command exits")
-	f.StringVar(&o.req.Name, "name", "", "sandbox name (default: generated); also its DNS name and /var/run/netns/NAME")
+	f.StringVar(&o.req.Name, "name", "", "sandbox name (default: generated); also its DNS name and /var/run/netns/NAME (PREFIXNAME with fabricd --netns-prefix)")
 	f.StringVar(&o.req.Network, "network", "", "network to join: NET, host, none or container:NAME (default: bridge)")
 	f.StringVar(&o.req.IP, "ip", "", "IPv4 address on the network (default: next free one)")
 	f.StringArrayVarP(&o.req.Ports, "publish", "p", nil, "publish a port: [HOSTIP:]HOSTPORT:PORT[/tcp|/udp] (repeatable)")
@@ -162,8 +163,8 @@ func (c *cli) runForeground(cmd *cobra.Command, o runOptions, argv []string) err
 // namespace, as Docker does for containers; anything else is started
 // directly inside the namespace.
 func sandboxCommand(sb api.Sandbox, argv []string) (*exec.Cmd, string, error) {
-	if sb.Mode == api.ModeNetNS && sb.NetNS == netns.Path(sb.Name) {
-		if wrapped, ok := netns.ExecArgv(sb.Name, argv); ok {
+	if sb.Mode == api.ModeNetNS && filepath.Dir(sb.NetNS) == filepath.Clean(netns.RunDir) {
+		if wrapped, ok := netns.ExecArgv(filepath.Base(sb.NetNS), argv); ok {
 			if _, err := exec.LookPath(argv[0]); err != nil {
 				return nil, "", err // report "not found" as the command's, not ip's
 			}

@@ -17,7 +17,9 @@ func newSandboxCmd(c *cli) *cobra.Command {
 		Long: `Manage sandboxes. A sandbox is a network namespace, i.e. a container's
 network stack, with one endpoint per network it is connected to. Sandboxes
 made by 'fabricctl run' live at /var/run/netns/NAME, so
-'ip netns exec NAME …' works on them. Namespaces wired in by path with
+'ip netns exec NAME …' works on them (an agent started with --netns-prefix P,
+as every lab node is, puts them at /var/run/netns/PNAME: see the NETNS of
+'sandbox inspect'). Namespaces wired in by path with
 'network connect' show up in mode "external".`,
 		Example: `  fabricctl sandbox ls
   fabricctl sandbox inspect web
@@ -25,12 +27,13 @@ made by 'fabricctl run' live at /var/run/netns/NAME, so
 		Args: noSubcommand,
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
-	cmd.AddCommand(newSandboxLsCmd(c), newSandboxInspectCmd(c), newSandboxRmCmd(c))
+	cmd.AddCommand(newSandboxLsCmd(c), newSandboxInspectCmd(c), newSandboxRmCmd(c), newSandboxPruneCmd(c))
 	return cmd
 }
 
 func newSandboxLsCmd(c *cli) *cobra.Command {
 	var quiet bool
+	var lo listOpts
 	cmd := &cobra.Command{
 		Use:     "ls [OPTIONS]",
 		Aliases: []string{"list", "ps"},
@@ -41,17 +44,24 @@ command, their address on each network as NETWORK=IP, and their published
 ports as HOSTIP:HOSTPORT->PORT/PROTO.`,
 		Example: `  fabricctl sandbox ls
   fabricctl sandbox ls -q
-  fabricctl sandbox ls -o json`,
+  fabricctl sandbox ls -o json
+  fabricctl sandbox ls --filter state=exited --format '{{.Name}} {{.State}} {{.PID}}'`,
 		Args: exactArgs(),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			sbs, err := c.client().Sandboxes(cmd.Context())
 			if err != nil {
 				return explain(err, "list sandboxes")
 			}
+			if sbs, err = filterItems(sbs, lo.filters); err != nil {
+				return usageErr(cmd, err)
+			}
 			if sbs == nil {
 				sbs = []api.Sandbox{}
 			}
 			sortSandboxes(sbs)
+			if lo.format != "" {
+				return formatItems(cmd.OutOrStdout(), sbs, lo.format)
+			}
 			if quiet {
 				return printNames(cmd.OutOrStdout(), sbs, func(s api.Sandbox) string { return s.Name })
 			}
@@ -59,6 +69,7 @@ ports as HOSTIP:HOSTPORT->PORT/PROTO.`,
 		},
 	}
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only names")
+	lo.register(cmd)
 	return cmd
 }
 

@@ -33,6 +33,9 @@ func main() {
 }
 
 func run(args []string) int {
+	if len(args) > 0 && args[0] == "reset" {
+		return resetMain(args[1:], os.Stdout, os.Stderr)
+	}
 	fs := pflag.NewFlagSet("fabricd", pflag.ContinueOnError)
 	fs.SortFlags = false
 	config.RegisterFlags(fs)
@@ -44,6 +47,7 @@ networks, sandboxes and endpoints that fabricctl asks for, and programs the
 kernel to match them again after any restart.
 
 Usage: fabricd [flags]
+       fabricd reset [--purge-state] [flags]   remove fabric's kernel state (agent stopped)
 
 Every flag can also be set in the config file (same name, e.g. "state-dir:")
 or as an environment variable (FABRIC_STATE_DIR); flags win over the
@@ -107,7 +111,7 @@ func serve(cfg config.Config, log *slog.Logger) error {
 	a, err := agent.New(agent.Options{
 		StateDir: cfg.StateDir, Socket: cfg.Socket, NodeName: cfg.NodeName,
 		DefaultSubnet: cfg.DefaultSubnetPrefix(), NoDefaultNetwork: cfg.NoDefaultNetwork,
-		DNS:      dns.Config{Upstreams: cfg.DNSUpstreams, TTL: cfg.DNSTTL},
+		DNS: dns.Config{Upstreams: cfg.DNSUpstreams, TTL: cfg.DNSTTL}, NetNSPrefix: cfg.NetNSPrefix,
 		Datapath: dp, Log: log, APIMetrics: apiMetrics,
 		Cluster: cl, Tunnel: tunnel,
 	})

@@ -349,7 +349,7 @@ func (f *Forwarder) Status() datapath.Status {
 	st := datapath.Status{
 		Name: "ebpf",
 		Details: []string{
-			fmt.Sprintf("tc (TCX ingress) on %d endpoint veths, no bridge", len(f.eps)),
+			fmt.Sprintf("tc (TCX ingress) on %s, no bridge", count(len(f.eps), "endpoint veth", "endpoint veths")),
 			fmt.Sprintf("%d networks; maps pinned under %s", len(f.nets), f.opts.BPFRoot),
 		},
 	}

@@ -29,6 +29,7 @@ func (f *Forwarder) Metrics() (datapath.Metrics, error) {
 	if f.cgroup != "" {
 		m.Programs["cgroup-sock"] = 5
 	}
+	m.Counters = withDropCells(m.Counters)
 	f.addUplinkMetrics(&m)
 	if f.hostCfg.TunnelIfindex != 0 {
 		m.Programs["tcx-tunnel"] = 1

@@ -343,8 +343,8 @@ func (f *Forwarder) overlayStatus(st *datapath.Status) {
 	if rs, err := f.objs.Remotes(); err == nil {
 		remotes = fmt.Sprint(len(rs))
 	}
-	st.Details = append(st.Details, fmt.Sprintf("tunnel %s (flow-based VXLAN, UDP port %d, local %s over %s): tc (TCX ingress); %d overlay networks, %s remote endpoints",
-		tunDevice, f.tunnelPort(), f.opts.Tunnel.Local, f.underlayName, len(nets), remotes))
+	st.Details = append(st.Details, fmt.Sprintf("tunnel %s (flow-based VXLAN, UDP port %d, local %s over %s): tc (TCX ingress); %s, %s remote endpoints",
+		tunDevice, f.tunnelPort(), f.opts.Tunnel.Local, f.underlayName, count(len(nets), "overlay network", "overlay networks"), remotes))
 	if f.underlayMTU == 0 {
 		return
 	}

@@ -320,6 +320,9 @@ func (d *Datapath) ensureRoutedHostSide(host netlink.Link, n datapath.Network, c
 // and puts the default route through it, or keeps it out.
 func ensureSandboxSide(h *netlink.Handle, peer netlink.Link, n datapath.Network, ep datapath.Endpoint, created bool) error {
 	addr := &net.IPNet{IP: ep.Addr.Addr().AsSlice(), Mask: net.CIDRMask(ep.Addr.Bits(), 32)}
+	if err := sandboxIPv6Off(ep.NetNSPath, peer.Attrs().Name); err != nil {
+		return err
+	}
 	if created {
 		// Born with the right name, MAC and MTU, and nothing else on it.
 		if err := h.AddrAdd(peer, &netlink.Addr{IPNet: addr}); err != nil {

@@ -55,9 +55,13 @@ type Options struct {
 	DefaultSubnet    netip.Prefix
 	NoDefaultNetwork bool
 	// DNS configures the embedded DNS server; NoDNS turns it off.
-	DNS      dns.Config
-	NoDNS    bool
-	Datapath datapath.Datapath
+	DNS   dns.Config
+	NoDNS bool
+	// NetNSPrefix goes before a sandbox's name in its namespace's name
+	// (/var/run/netns/PREFIXNAME): several agents on one machine (a lab)
+	// then have sandbox names of their own. "" keeps `ip netns exec NAME`.
+	NetNSPrefix string
+	Datapath    datapath.Datapath
 	// Routes lists the host's routes for subnet checks; nil asks the
 	// kernel (in HostNetNS).
 	Routes RouteLister
@@ -105,9 +109,10 @@ type Agent struct {
 	probeMu          sync.Mutex
 	probes           map[string]probe // peer → last health probe
 
-	procs    *processes
-	wg       sync.WaitGroup
-	recStats reconcileStats // under mu
+	procs        *processes
+	makesBridges bool // the datapath has a Linux bridge per bridge network (bridgeless.go)
+	wg           sync.WaitGroup
+	recStats     reconcileStats // under mu
 }
 
 // New opens the state store and builds the agent; Start reconciles.
@@ -149,6 +154,7 @@ func New(opts Options) (*Agent, error) {
 		a.routes = netlinkRoutes{opts.HostNetNS}
 	}
 	a.procs = newProcesses(a, filepath.Join(opts.StateDir, "logs"))
+	a.makesBridges = makesBridges(opts.Datapath)
 	return a, nil
 }
 

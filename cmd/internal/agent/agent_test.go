@@ -227,8 +227,7 @@ func TestSandboxRollbackReleasesItsAddress(t *testing.T) {
 	a := newTestAgent(t, dir, dp)
 	defer a.Close()
 	ctx := context.Background()
-	name := netnstest.UniqueName("ag")
-	t.Cleanup(func() { netnstest.Remove(name) })
+	name := sandboxName(t, "ag")
 	dp.failEndpoint = errors.New("veth refused")
 	_, err := a.CreateSandbox(ctx, api.SandboxCreate{Name: name, IP: "10.200.0.7", Command: []string{"sleep", "30"}})
 	if !errors.Is(err, dp.failEndpoint) {
@@ -265,8 +264,7 @@ func TestPublishedPortsClashAcrossRollbackRemoveAndRestart(t *testing.T) {
 	dir, dp := t.TempDir(), newFake()
 	a := newTestAgent(t, dir, dp)
 	ctx := context.Background()
-	web, other, third := netnstest.UniqueName("agp"), netnstest.UniqueName("agp"), netnstest.UniqueName("agp")
-	t.Cleanup(func() { netnstest.Remove(web); netnstest.Remove(other); netnstest.Remove(third) })
+	web, other, third := sandboxName(t, "agp"), sandboxName(t, "agp"), sandboxName(t, "agp")
 	create := func(a *Agent, name string, ports ...string) error {
 		_, err := a.CreateSandbox(ctx, api.SandboxCreate{Name: name, Ports: ports})
 		return err
@@ -299,16 +297,15 @@ func TestPublishedPortsClashAcrossRollbackRemoveAndRestart(t *testing.T) {
 	a.Close()
 	a = newTestAgent(t, dir, dp)
 	defer a.Close()
-	clash(a, netnstest.UniqueName("agp"), "8080:80")
-	clash(a, netnstest.UniqueName("agp"), "7070:70")
+	clash(a, sandboxName(t, "agp"), "8080:80")
+	clash(a, sandboxName(t, "agp"), "7070:70")
 	// Removing a sandbox frees its ports, and only its ports.
 	if err := a.RemoveSandbox(ctx, web); err != nil {
 		t.Fatal(err)
 	}
-	again := netnstest.UniqueName("agp")
-	t.Cleanup(func() { netnstest.Remove(again) })
+	again := sandboxName(t, "agp")
 	if err := create(a, again, "8080:80", "127.0.0.1:9090:90"); err != nil {
 		t.Fatalf("ports of a removed sandbox: %v", err)
 	}
-	clash(a, netnstest.UniqueName("agp"), "8080:80/udp")
+	clash(a, sandboxName(t, "agp"), "8080:80/udp")
 }

@@ -219,9 +219,8 @@ func TestOverlayNetworksEndpointsAndRemotesFollowTheCluster(t *testing.T) {
 		t.Fatalf("refused requests left %d cluster networks, want 1", n)
 	}
 
-	sbA := netnstest.UniqueName("ova")
-	sbB := netnstest.UniqueName("ovb")
-	t.Cleanup(func() { netnstest.Remove(sbA); netnstest.Remove(sbB) })
+	sbA := sandboxName(t, "ova")
+	sbB := sandboxName(t, "ovb")
 	sa, err := A.a.CreateSandbox(ctx, api.SandboxCreate{Name: sbA, Network: "ov", Command: []string{"sleep", "60"}})
 	if err != nil {
 		t.Fatal(err)
@@ -243,8 +242,7 @@ func TestOverlayNetworksEndpointsAndRemotesFollowTheCluster(t *testing.T) {
 	}
 
 	// A static address another node uses is refused, and changes nothing.
-	sbX := netnstest.UniqueName("ovx")
-	t.Cleanup(func() { netnstest.Remove(sbX) })
+	sbX := sandboxName(t, "ovx")
 	if _, err := B.a.CreateSandbox(ctx, api.SandboxCreate{Name: sbX, Network: "ov", IP: ipA.String(), Command: []string{"sleep", "60"}}); !errors.Is(err, ErrConflict) {
 		t.Fatalf("static --ip %s used on node-a, from node-b: %v, want conflict", ipA, err)
 	}

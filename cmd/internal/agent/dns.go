@@ -179,7 +179,7 @@ func (a *Agent) attachDNS(sb *sandboxRec) {
 	if sb.Mode != api.ModeNetNS {
 		return
 	}
-	dir := filepath.Join(netns.EtcDir, sb.Name)
+	dir := filepath.Join(netns.EtcDir, sandboxNSName(sb))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		a.log.Warn("write sandbox resolv.conf", "sandbox", sb.Name, "err", err)
 		return
@@ -198,7 +198,7 @@ func (a *Agent) detachDNS(sb *sandboxRec) {
 	a.dns.SetForwarding(sb.Name, true) // forget it
 	delete(a.dnsErrors, sb.Name)
 	if sb.Mode == api.ModeNetNS {
-		_ = os.RemoveAll(filepath.Join(netns.EtcDir, sb.Name))
+		_ = os.RemoveAll(filepath.Join(netns.EtcDir, sandboxNSName(sb)))
 	}
 }
 

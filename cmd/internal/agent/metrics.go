@@ -88,6 +88,11 @@ func (a *Agent) DatapathMetrics() (metrics.DatapathSnapshot, error) {
 		return metrics.DatapathSnapshot{}, err
 	}
 	s := metrics.DatapathSnapshot{Programs: m.Programs}
+	if m.HasConntrack {
+		// The conntrack map can fill up: its series exists from the start
+		// (0), so that increase(...) > 0 sees the first refused insert.
+		s.MapFull = map[string]uint64{"ct": 0}
+	}
 	for _, c := range m.Counters {
 		s.Counters = append(s.Counters, metrics.DatapathCounter{
 			Direction: c.Direction, Verdict: c.Verdict, Reason: c.Reason, Packets: c.Packets, Bytes: c.Bytes,

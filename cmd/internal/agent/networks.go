@@ -35,6 +35,11 @@ func validName(kind, name string) error {
 	if err := netns.ValidName(name); err != nil {
 		return invalidf("%s %s", kind, err)
 	}
+	if name[0] == '-' {
+		// It would be taken for an option by fabricctl and every other
+		// tool (`fabricctl network rm $(fabricctl network ls -q)`).
+		return invalidf("%s name %q must not start with '-' (it would read as an option); start it with a letter or digit", kind, name)
+	}
 	return nil
 }
 
@@ -72,6 +77,9 @@ func (a *Agent) CreateNetwork(ctx context.Context, req api.NetworkCreate) (api.N
 			return api.Network{}, err
 		}
 		return a.networkAPI(n), nil
+	}
+	if err := a.refuseBridgeName(req); err != nil {
+		return api.Network{}, err
 	}
 	n, err := a.planNetwork(req)
 	if err != nil {
@@ -394,5 +402,5 @@ func (a *Agent) networkAPI(n *networkRec) api.Network {
 	for _, r := range a.cs.remotes[n.ID] {
 		out.Remotes = append(out.Remotes, api.Remote{IP: r.Addr.String(), MAC: net.HardwareAddr(r.MAC).String(), Node: r.Node.String()})
 	}
-	return out
+	return a.withoutBridge(out)
 }

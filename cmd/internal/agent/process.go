@@ -150,7 +150,9 @@ func (p *processes) stop(pid int, startTime uint64, grace time.Duration, group b
 	}
 	if !group {
 		if in, err := inNamespace(pid, nsPath); err != nil || !in {
-			p.a.log.Warn("not signalling a process that left the sandbox's namespace", "pid", pid, "err", err)
+			if p.a != nil {
+				p.a.log.Warn("not signalling a process that left the sandbox's namespace", "pid", pid, "err", err)
+			}
 			return nil
 		}
 	}

@@ -149,7 +149,7 @@ func (a *Agent) reviveSandbox(ctx context.Context, sb *sandboxRec) error {
 	case api.ModeNetNS, api.ModeNone:
 		// After a reboot /var/run/netns is empty: re-create the namespace;
 		// Sync then re-creates the endpoints in it.
-		if _, err := netns.CreateNamed(sb.Name); err != nil {
+		if _, err := netns.CreateNamed(sandboxNSName(sb)); err != nil {
 			return fmt.Errorf("re-create namespace of sandbox %s: %w", sb.Name, err)
 		}
 	case api.ModeExternal:

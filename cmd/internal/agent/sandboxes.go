@@ -48,6 +48,16 @@ func (a *Agent) planSandbox(ctx context.Context, req api.SandboxCreate) (*sandbo
 	if err := dns.ValidLabel(name); err != nil {
 		return nil, nil, invalidf("sandbox name %q is not valid: it is the sandbox's DNS name, one label (1 to 63 letters, digits, '-' or '_', no '.'), so it cannot stand for an outside name", name)
 	}
+	// The whole body is checked before any clash with what exists, so a
+	// malformed request gets the same answer whatever the host holds.
+	if err := validAliases(req.Aliases); err != nil {
+		return nil, nil, err
+	}
+	for _, p := range req.Ports {
+		if _, err := api.ParsePort(p); err != nil {
+			return nil, nil, invalidf("%v", err)
+		}
+	}
 	if a.sandboxes[name] != nil {
 		return nil, nil, conflictf("sandbox %q already exists; remove it with `fabricctl sandbox rm %s` or choose another --name", name, name)
 	}
@@ -93,13 +103,16 @@ func (a *Agent) planSandbox(ctx context.Context, req api.SandboxCreate) (*sandbo
 		}
 		network = n
 		sb.Mode = api.ModeNetNS
-		sb.NetNS = netns.Path(name)
 	}
 	if sb.Mode == api.ModeNetNS || sb.Mode == api.ModeNone {
-		if netns.IsNamespace(netns.Path(name)) {
-			return nil, nil, conflictf("a network namespace named %q already exists (ip netns list); choose another --name", name)
+		nsName := a.nsName(name)
+		if err := netns.ValidName(nsName); err != nil {
+			return nil, nil, invalidf("sandbox name %q: its namespace name %s: %v", name, nsName, err)
 		}
-		sb.NetNS = netns.Path(name)
+		if netns.IsNamespace(netns.Path(nsName)) {
+			return nil, nil, conflictf("a network namespace named %q already exists (ip netns list); choose another --name", nsName)
+		}
+		sb.NetNS = netns.Path(nsName)
 	}
 	if req.IP != "" && network == nil {
 		return nil, nil, invalidf("--ip needs a network; --network %s has no addresses to assign", req.Network)
@@ -234,7 +247,7 @@ func (a *Agent) addSandbox(ctx context.Context, sb *sandboxRec, eps []*endpointR
 		}
 	}()
 	if sb.Mode == api.ModeNetNS || sb.Mode == api.ModeNone {
-		if _, err := netns.CreateNamed(sb.Name); err != nil {
+		if _, err := netns.CreateNamed(sandboxNSName(sb)); err != nil {
 			return fmt.Errorf("create namespace for sandbox %s: %w", sb.Name, err)
 		}
 	}
@@ -285,7 +298,7 @@ func (a *Agent) commandLine(sb *sandboxRec) ([]string, string, error) {
 		return nil, "", err
 	}
 	if sb.Mode == api.ModeNetNS {
-		if argv, ok := netns.ExecArgv(sb.Name, sb.Command); ok {
+		if argv, ok := netns.ExecArgv(sandboxNSName(sb), sb.Command); ok {
 			return argv, a.opts.HostNetNS, nil
 		}
 	}
@@ -344,7 +357,7 @@ func (a *Agent) removeSandboxLocked(ctx context.Context, sb *sandboxRec) error {
 		return err
 	}
 	if sb.Mode == api.ModeNetNS || sb.Mode == api.ModeNone {
-		if err := netns.DeleteNamed(sb.Name); err != nil {
+		if err := netns.DeleteNamed(sandboxNSName(sb)); err != nil {
 			return fmt.Errorf("remove namespace of sandbox %s: %w", sb.Name, err)
 		}
 	}

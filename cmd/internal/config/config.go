@@ -108,6 +108,10 @@ type Config struct {
 	DNSUpstreams []string `mapstructure:"dns-upstreams" yaml:"dns-upstreams"`
 	// DNSTTL is the TTL of the embedded DNS server's own answers.
 	DNSTTL time.Duration `mapstructure:"dns-ttl" yaml:"dns-ttl"`
+	// NetNSPrefix is put before a sandbox's name to name its namespace
+	// (/var/run/netns/PREFIXNAME), so that several agents on one machine
+	// (a lab) each have their own sandbox names.
+	NetNSPrefix string `mapstructure:"netns-prefix" yaml:"netns-prefix"`
 
 	// ConfigFile is the file the configuration was read from, empty if
 	// none was. Set by Load; not a key.
@@ -214,6 +218,7 @@ const (
 	keyNoDefaultNetwork  = "no-default-network"
 	keyDNSUpstreams      = "dns-upstreams"
 	keyDNSTTL            = "dns-ttl"
+	keyNetNSPrefix       = "netns-prefix"
 )
 
 // defaultValues maps every key to its default; its keys are the set of
@@ -239,5 +244,6 @@ func defaultValues() map[string]any {
 		keyNoDefaultNetwork:  d.NoDefaultNetwork,
 		keyDNSUpstreams:      []string{},
 		keyDNSTTL:            d.DNSTTL,
+		keyNetNSPrefix:       d.NetNSPrefix,
 	}
 }

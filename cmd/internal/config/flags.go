@@ -50,4 +50,6 @@ func RegisterFlags(fs *pflag.FlagSet) {
 		"comma-separated IP:port resolvers the sandboxes' embedded DNS (127.0.0.11) forwards other names to; default: the host's /etc/resolv.conf, re-read when it changes"+env(keyDNSUpstreams))
 	fs.Duration(keyDNSTTL, d.DNSTTL,
 		"TTL of the embedded DNS server's answers for sandbox names"+env(keyDNSTTL))
+	fs.String(keyNetNSPrefix, d.NetNSPrefix,
+		"prefix of sandboxes' namespace names (/var/run/netns/PREFIXNAME), for several agents on one machine; empty: NAME, so 'ip netns exec NAME' works"+env(keyNetNSPrefix))
 }

@@ -19,6 +19,8 @@ const (
 	maxNodeName   = 63  // a DNS label; node names end up in DNS and link names
 	maxIfaceName  = 15  // IFNAMSIZ - 1
 	maxSocketPath = 107 // sizeof(sockaddr_un.sun_path) - 1
+	// maxNetNSPrefix leaves room for a sandbox name in a namespace name.
+	maxNetNSPrefix = 40
 )
 
 var (
@@ -52,6 +54,11 @@ func (c Config) Validate() error {
 		bad(keyNodeName, "%s", err)
 	}
 
+	if c.NetNSPrefix != "" {
+		if len(c.NetNSPrefix) > maxNetNSPrefix || strings.TrimLeft(c.NetNSPrefix, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") != "" || c.NetNSPrefix[0] == '-' || c.NetNSPrefix[0] == '.' {
+			bad(keyNetNSPrefix, "%q must be up to %d letters, digits, '-', '_' or '.', not starting with '-' or '.'", c.NetNSPrefix, maxNetNSPrefix)
+		}
+	}
 	if !slices.Contains(datapaths, c.Datapath) {
 		bad(keyDatapath, "%q is not one of %s", c.Datapath, strings.Join(datapaths, ", "))
 	}

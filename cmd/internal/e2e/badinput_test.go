@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
 // Every rejected command exits 1 with a message that says what was wrong,
@@ -47,9 +48,13 @@ func TestBadInputIsRejectedAndChangesNothing(t *testing.T) {
 			{[]string{"network", "create", "-d", "overlay", "--subnet", "10.50.0.0/24", x}, "overlay networks need a cluster"},
 			{[]string{"network", "create", "-o", "mtu=abc", x}, "MTU"},
 			{[]string{"network", "create", "-o", "colour=blue", x}, "unknown option"},
-			{[]string{"network", "create", "-o", "bridge_name=up0", x}, "up0"},
+			{[]string{"network", "create", "-o", "bridge_name=up0", x}, map[string]string{"kernel": "up0", "ebpf": "makes no bridge"}[dp]},
 			{[]string{"network", "create", "host"}, "reserved"},
 			{[]string{"network", "create", "a/b"}, "name"},
+			{[]string{"network", "create", "--", "-" + x}, "must not start with '-'"},
+			{[]string{"run", "-d", "--name=-" + x, "--", "true"}, "must not start with '-'"},
+			{[]string{"run", "-d", "--name", x, "--alias=-" + x, "--", "true"}, "not a valid DNS name"},
+			{[]string{"network", "connect", "--alias=-" + x, n, h.name("s1")}, "not a valid DNS name"},
 			{[]string{"network", "rm", "bridge"}, "default"},
 			{[]string{"network", "rm", n}, "endpoint"},
 			{[]string{"network", "rm", h.name("nosuch")}, "not found"},
@@ -103,17 +108,24 @@ func TestAPIRejectsMalformedBodiesAndIsPrivate(t *testing.T) {
 	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", h.socket)
 	}}}
+	// Names are the test's own; one is a namespace that already exists,
+	// which must not turn a malformed body into a name clash: the body is
+	// checked first.
+	x, y := h.name("x"), h.name("y")
+	taken, _ := netnstest.New(t, "fx")
 	before := h.snapshot()
 	for _, tc := range []struct {
 		method, path, body string
 		status             int
 	}{
-		{"POST", "/v1/networks", `{"name":"x","subnett":"10.60.0.0/24"}`, 400},
+		{"POST", "/v1/networks", `{"name":"` + x + `","subnett":"10.60.0.0/24"}`, 400},
 		{"POST", "/v1/networks", `{"name":`, 400},
-		{"POST", "/v1/networks", `{"name":"x"} {"name":"y"}`, 400},
+		{"POST", "/v1/networks", `{"name":"` + x + `"} {"name":"` + y + `"}`, 400},
 		{"POST", "/v1/networks", `[1,2,3]`, 400},
-		{"POST", "/v1/sandboxes", `{"name":"x","command":"sleep"}`, 400},
-		{"POST", "/v1/sandboxes", `{"name":"x","ports":["1:2:3:4"],"command":["true"]}`, 400},
+		{"POST", "/v1/sandboxes", `{"name":"` + x + `","command":"sleep"}`, 400},
+		{"POST", "/v1/sandboxes", `{"name":"` + x + `","ports":["1:2:3:4"],"command":["true"]}`, 400},
+		{"POST", "/v1/sandboxes", `{"name":"` + taken + `","ports":["1:2:3:4"],"command":["true"]}`, 400},
+		{"POST", "/v1/sandboxes", `{"name":"` + taken + `","aliases":["-bad"],"command":["true"]}`, 400},
 		{"POST", "/v1/networks", `{"name":"` + strings.Repeat("a", 2<<20) + `"}`, 413},
 		{"PUT", "/v1/sandboxes/nosuch/process", `{"pid":1}`, 404},
 		{"GET", "/v1/nosuch", ``, 404},

@@ -54,6 +54,7 @@ type host struct {
 	extra   []string // extra fabricd flags
 	dp      string   // datapath: kernel unless extra says otherwise
 	bpfRoot string   // this agent's pins, removed with the host
+	wrap    []string // command that runs fabricd (after nsenter), e.g. setpriv …
 }
 
 // datapaths are the datapaths the suite runs on: every test that goes
@@ -87,8 +88,14 @@ func newHost(t *testing.T, extra ...string) *host {
 // outside peer before the agent starts (newHost: just the default route).
 func newHostWithRoutes(t *testing.T, routes []string, extra ...string) *host {
 	t.Helper()
+	return makeHost(t, routes, nil, extra)
+}
+
+// makeHost makes a host; wrap, if set, is the command fabricd runs under.
+func makeHost(t *testing.T, routes, wrap, extra []string) *host {
+	t.Helper()
 	netnstest.RequireRoot(t)
-	h := &host{t: t, prefix: netnstest.UniqueName("t")}
+	h := &host{t: t, prefix: netnstest.UniqueName("t"), wrap: wrap}
 	h.extra, h.dp = withDatapath(extra)
 	h.ns, h.nsPath = netnstest.New(t, "fh")
 	h.outside, _ = netnstest.New(t, "fo")
@@ -122,9 +129,10 @@ func (h *host) start() {
 	if h.bpfRoot == "" {
 		h.bpfRoot = "/sys/fs/bpf/fabric-e2e-" + h.prefix
 	}
-	args := append([]string{"--net=" + h.nsPath, filepath.Join(binDir, "fabricd"),
+	args := append(append([]string{"--net=" + h.nsPath}, h.wrap...), filepath.Join(binDir, "fabricd"),
 		"--state-dir", filepath.Join(h.dir, "state"), "--socket", h.socket, "--bpf-root", h.bpfRoot,
-		"--node-name", h.ns, "--log-level", "debug", "--config", h.configFile()}, h.extra...)
+		"--node-name", h.ns, "--log-level", "debug", "--config", h.configFile())
+	args = append(args, h.extra...)
 	h.agent = exec.Command("nsenter", args...)
 	h.agent.Stdout, h.agent.Stderr = h.logFile, h.logFile
 	h.agent.Env = append(os.Environ(), "FABRIC_SOCKET=")

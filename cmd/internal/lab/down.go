@@ -271,8 +271,11 @@ func recordedSandboxes(stateDir string) ([]string, error) {
 	var names []string
 	for _, r := range recs {
 		own := r.Mode == api.ModeNetNS || r.Mode == api.ModeNone
-		if own && netns.ValidName(r.Name) == nil && r.NetNS == netns.Path(r.Name) {
-			names = append(names, r.Name)
+		// The namespace is NetNS's base name (the node's prefix plus the
+		// sandbox name), if the agent made it under the run dir.
+		name := filepath.Base(r.NetNS)
+		if own && netns.ValidName(name) == nil && r.NetNS == netns.Path(name) {
+			names = append(names, name)
 		}
 	}
 	return names, nil

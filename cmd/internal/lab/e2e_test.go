@@ -264,7 +264,8 @@ func TestLabLifecycle(t *testing.T) {
 	// A sandbox on a node, which down must remove.
 	sb := l.name + "sb"
 	l.mustCtl("lab", "exec", "n1", "--", "fabricctl", "run", "-d", "--name", sb, "--", "sleep", "300")
-	if _, err := os.Lstat("/var/run/netns/" + sb); err != nil {
+	sbNetNS := l.netns(1) + "-" + sb // the node's prefix: sandbox names are per node
+	if _, err := os.Lstat("/var/run/netns/" + sbNetNS); err != nil {
 		t.Fatalf("sandbox namespace: %v", err)
 	}
 
@@ -297,8 +298,8 @@ func TestLabLifecycle(t *testing.T) {
 	if !strings.Contains(out, "Lab "+l.name+" removed") {
 		t.Errorf("down: %q", out)
 	}
-	l.assertGone(sb)
-	if _, err := os.Stat("/etc/netns/" + sb); !os.IsNotExist(err) {
+	l.assertGone(sbNetNS)
+	if _, err := os.Stat("/etc/netns/" + sbNetNS); !os.IsNotExist(err) {
 		t.Errorf("resolv.conf dir of the sandbox left: %v", err)
 	}
 	// Twice is fine; the second one has nothing to do.
@@ -325,7 +326,7 @@ func TestLabDownAfterCrash(t *testing.T) {
 		if err := json.Unmarshal([]byte(out), &got); err != nil || len(got) != 1 || got[0].PID == 0 {
 			t.Fatalf("inspect %s: %v %q", sb, err, out)
 		}
-		sbs, cmds = append(sbs, sb), append(cmds, got[0].PID)
+		sbs, cmds = append(sbs, l.netns(i)+"-"+sb), append(cmds, got[0].PID)
 	}
 	// A foreground shell left on a node must not keep its namespace alive.
 	shell := exec.Command("nsenter", "--net=/var/run/netns/"+l.netns(1), "sleep", "300")

@@ -90,6 +90,7 @@ func TestPlan(t *testing.T) {
 			"--state-dir", "/run/x/lab/n2/state", "--socket", "/run/x/lab/n2/fabricd.sock", "--node-name", "lab-n2",
 			"--bpf-root", "/sys/fs/bpf/fabric-lab-lab-n2", "--datapath", "kernel", "--uplink", "eth0",
 			"--metrics-listen", "10.99.4.12:9475", "--cluster-bind", "10.99.4.12:7946",
+			"--netns-prefix", "lab-n2-", "--dns-upstreams", "10.99.4.1:53",
 			"--cluster-secret-file", "/run/x/lab/gossip.key", "--cluster-join", "10.99.4.11:7946"},
 	}
 	if !reflect.DeepEqual(n2, want) {

@@ -134,6 +134,15 @@ func plan(o Options) *Manifest {
 			"--state-dir", n.StateDir, "--socket", n.Socket, "--node-name", n.Name,
 			"--bpf-root", n.BPFRoot, "--datapath", o.Datapath, "--uplink", "eth0",
 			"--metrics-listen", n.Metrics.String(), "--cluster-bind", bind,
+			// Sandbox names are the node's own: n1's "api" lives at
+			// /var/run/netns/LAB-n1-api, n2's at LAB-n2-api.
+			"--netns-prefix", n.Name + "-",
+			// The lab is cut off from the world: the host's resolvers are
+			// out of reach, and asking them would make every outside name
+			// wait out the timeouts. The gateway (in the underlay
+			// namespace) refuses DNS at once, unless someone runs a
+			// resolver there (nsenter --net=/var/run/netns/LAB-ul ...).
+			"--dns-upstreams", netip.AddrPortFrom(m.Gateway, 53).String(),
 			"--cluster-secret-file", m.KeyFile}
 		if seed == "" {
 			seed = bind // node 1 starts the cluster, the others join it

@@ -107,10 +107,15 @@ func (l *testLab) sandboxIP(i int, name string, args ...string) string {
 	return strings.Split(sbs[0].Endpoints[0].IP, "/")[0]
 }
 
-// inSandbox runs argv in a sandbox's namespace, bounded by 20 s.
+// inSandbox runs argv in a sandbox's namespace, bounded by 20 s. Lab
+// sandboxes' namespaces are named NODE-NAME (fabricd --netns-prefix); the
+// test's sandbox names are unique on the machine.
 func inSandbox(sb string, argv ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
+	if m, _ := filepath.Glob("/var/run/netns/*-" + sb); len(m) == 1 {
+		sb = filepath.Base(m[0])
+	}
 	out, err := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", sb}, argv...)...).CombinedOutput()
 	return string(out), err
 }
@@ -266,8 +271,18 @@ func TestOverlayAcrossLabHosts(t *testing.T) {
 			l.mustCtl("lab", "start", "n3")
 			until(t, 10*time.Second, "s1 -> s3 after n3 came back", echo(sb[1], ip[3]))
 
-			// Cluster status on n1 lists three alive members.
-			out := l.on(1, "-o", "json", "status")
+			// Cluster status on n1 lists three alive members. A probe of n3
+			// taken while it was rejoining can fail; the next round (every
+			// 5 s) clears it, so wait for a clean status.
+			var out string
+			until(t, 15*time.Second, "n1's status clean after n3 came back", func() error {
+				o, _, code := l.ctl("--socket", l.sock(1), "-o", "json", "status")
+				if code != 0 {
+					return fmt.Errorf("status exit %d", code)
+				}
+				out = o
+				return nil
+			})
 			var sst api.Status
 			if err := json.Unmarshal([]byte(out), &sst); err != nil || sst.Cluster == nil || sst.Cluster.Alive != 3 || len(sst.Cluster.Members) != 3 {
 				t.Errorf("status cluster section: %v %+v", err, sst.Cluster)

@@ -1,0 +1,61 @@
+package ebpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/fabricnet/fabric/datapath/kernel"
+	"github.com/fabricnet/fabric/datapath/netns"
+)
+
+// Purge removes what the eBPF datapath leaves behind on purpose when its
+// agent stops (so that traffic keeps flowing and a restart is lossless):
+// every program link pinned under bpfRoot — endpoint and tunnel tc
+// programs, the uplink's tc/XDP programs, the cgroup socket hooks on the
+// root cgroup — is detached, the maps are unpinned, bpfRoot is removed,
+// and so are the gateway and tunnel devices; then kernel.Purge removes the
+// rest. It is for a stopped agent (`fabricd reset`).
+func Purge(nsPath, bpfRoot string) error {
+	if bpfRoot == "" {
+		bpfRoot = DefaultBPFRoot
+	}
+	if nsPath == "" {
+		nsPath = "/proc/self/ns/net"
+	}
+	var errs []error
+	pins, _ := filepath.Glob(filepath.Join(bpfRoot, "links", "*"))
+	for _, pin := range pins {
+		errs = append(errs, detach(pin))
+	}
+	// Only the directories the datapath made (ensureBPFFS), then bpfRoot
+	// itself if that left it empty: a bpf root shared by mistake with
+	// something else keeps the something else.
+	if err := isBPFFS(bpfRoot); err == nil {
+		for _, sub := range []string{"maps", "links"} {
+			if err := os.RemoveAll(filepath.Join(bpfRoot, sub)); err != nil {
+				errs = append(errs, fmt.Errorf("remove pins in %s: %w", bpfRoot, err))
+			}
+		}
+		if err := os.Remove(bpfRoot); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove bpf root %s: %w", bpfRoot, err))
+		}
+	}
+	h, err := netns.HandleAt(nsPath)
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	defer h.Close()
+	for _, name := range []string{gwDevice, tunDevice} {
+		l, err := h.LinkByName(name)
+		if err != nil {
+			continue // not there
+		}
+		if err := h.LinkDel(l); err != nil {
+			errs = append(errs, fmt.Errorf("delete %s: %w", name, err))
+		}
+	}
+	errs = append(errs, kernel.Purge(nsPath))
+	return errors.Join(errs...)
+}
