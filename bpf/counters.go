@@ -12,7 +12,7 @@ import (
 const (
 	directionMax = 8
 	verdictMax   = 4
-	reasonMax    = 32
+	reasonMax    = 64
 	countersMax  = directionMax * verdictMax * reasonMax
 )
 
@@ -70,6 +70,9 @@ const (
 	ReasonNoRemote       = Reason(endpointReasonREASON_NO_REMOTE)
 	ReasonWrongVNI       = Reason(endpointReasonREASON_WRONG_VNI)
 	ReasonNoTunnel       = Reason(endpointReasonREASON_NO_TUNNEL)
+	ReasonHostPort       = Reason(endpointReasonREASON_HOST_PORT)
+	ReasonTunnelSource   = Reason(endpointReasonREASON_TUNNEL_SOURCE)
+	ReasonCTQuota        = Reason(endpointReasonREASON_CT_QUOTA)
 )
 
 var directionNames = map[Direction]string{
@@ -116,6 +119,9 @@ var reasonNames = map[Reason]string{
 	ReasonNoRemote:       "no-remote",
 	ReasonWrongVNI:       "wrong-vni",
 	ReasonNoTunnel:       "no-tunnel",
+	ReasonHostPort:       "host-port",
+	ReasonTunnelSource:   "tunnel-source",
+	ReasonCTQuota:        "ct-quota",
 }
 
 func name[T ~uint32](names map[T]string, v T) string {

@@ -71,6 +71,8 @@ func (o *Objects) sharedMaps() map[string]*ebpf.Map {
 		"ct":             o.objs.Ct,
 		"ct_frag":        o.objs.CtFrag,
 		"remotes":        o.objs.Remotes,
+		"policy":         o.objs.Policy,
+		"ct_quota":       o.objs.CtQuota,
 	}
 }
 
@@ -117,7 +119,7 @@ func (o *Objects) Close() error {
 	for _, c := range []io.Closer{
 		o.objs.FromEndpoint, o.objs.Endpoints, o.objs.EndpointByIp, o.objs.Networks, o.objs.Counters,
 		o.objs.Ports, o.objs.HostAddrs, o.objs.HostConfig, o.objs.Subnets, o.objs.Ct, o.objs.CtFrag,
-		o.objs.Remotes,
+		o.objs.Remotes, o.objs.Policy, o.objs.CtQuota,
 	} {
 		if err := c.Close(); err != nil {
 			errs = append(errs, err)
