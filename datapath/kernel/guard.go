@@ -1,0 +1,157 @@
+package kernel
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+
+	"github.com/fabricnet/fabric/datapath"
+)
+
+// The trust boundaries of the bridge model, in the input chain (see the
+// table in nft.go): sandboxes behind fabric's bridges cannot reach fabric's
+// own ports on the host (gossip, tunnel, metrics: Options.GuardPorts), and
+// VXLAN is accepted only as (outer source, VNI, inner IPv4 source) triples
+// the remotes allow, i.e. from a member's underlay address and only for
+// the addresses that member holds. The set is rebuilt with the table on
+// every change of remotes. Inner frames that are not IPv4 (remote ARP is
+// answered on its own node by proxy ARP, so none should cross) have no
+// source at that offset and are dropped too.
+
+// VXLAN offsets from the outer UDP header: the VNI (with the reserved byte
+// after it, which RFC 7348 keeps zero) and the inner IPv4 source address.
+const (
+	thVNI       = 8 + 4
+	thInnerSrc  = 8 + 8 + 14 + 12
+	peerKeySize = 12
+)
+
+func l4proto(proto string) byte {
+	if proto == "udp" {
+		return unix.IPPROTO_UDP
+	}
+	return unix.IPPROTO_TCP
+}
+
+// lookupTunnelPeer matches packets whose (ip saddr . VNI . inner saddr) is
+// not in the named set.
+func lookupTunnelPeer(set string) []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: 8, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+		&expr.Payload{DestRegister: 9, Base: expr.PayloadBaseTransportHeader, Offset: thVNI, Len: 4},
+		&expr.Payload{DestRegister: 10, Base: expr.PayloadBaseTransportHeader, Offset: thInnerSrc, Len: 4},
+		&expr.Lookup{SourceRegister: 8, SetName: set, Invert: true},
+	}
+}
+
+func peerKey(p tunnelPeer) []byte {
+	k := make([]byte, 0, peerKeySize)
+	k = append(k, p.node.AsSlice()...)
+	k = append(k, byte(p.vni>>16), byte(p.vni>>8), byte(p.vni), 0)
+	return append(k, p.addr.AsSlice()...)
+}
+
+// peerKeys is every network's peers as set keys, sorted and without
+// repeats; never nil.
+func peerKeys(peers map[string][]tunnelPeer) [][]byte {
+	out := [][]byte{}
+	for _, ps := range peers {
+		for _, p := range ps {
+			out = append(out, peerKey(p))
+		}
+	}
+	slices.SortFunc(out, func(a, b []byte) int { return slices.Compare(a, b) })
+	return slices.CompactFunc(out, slices.Equal)
+}
+
+// peersOf lists what n's remotes may send.
+func peersOf(n datapath.Network, remotes []datapath.Remote) []tunnelPeer {
+	out := make([]tunnelPeer, 0, len(remotes))
+	for _, r := range remotes {
+		out = append(out, tunnelPeer{node: r.Node, vni: n.VNI, addr: r.Addr})
+	}
+	return out
+}
+
+// ruleset is the table for the current state and the host's settings.
+func (d *Datapath) ruleset() ruleset {
+	s := d.state
+	s.guard = d.guard
+	s.tunnelPort = uint16(d.tunnelPort())
+	return buildRuleset(s)
+}
+
+// restorePeers reads the tunnel_peers set a previous run left, so that the
+// adopted table keeps accepting the same senders until remotes are set.
+func (d *Datapath) restorePeers(s *desired) error {
+	set, err := d.nft.GetSetByName(table, peersSet)
+	if err != nil {
+		return nil // no overlay last time
+	}
+	elems, err := d.nft.GetSetElements(set)
+	if err != nil {
+		return fmt.Errorf("list elements of %s: %w", peersSet, err)
+	}
+	for _, e := range elems {
+		if len(e.Key) != peerKeySize {
+			continue
+		}
+		node, _ := netip.AddrFromSlice(e.Key[0:4])
+		addr, _ := netip.AddrFromSlice(e.Key[8:12])
+		vni := uint32(e.Key[4])<<16 | uint32(e.Key[5])<<8 | uint32(e.Key[6])
+		s.peers[""] = append(s.peers[""], tunnelPeer{node: node, vni: vni, addr: addr})
+	}
+	return nil
+}
+
+// guardCounters reads the input chain's drop counters as datapath
+// counters, under the eBPF datapath's names: host-port drops as
+// from-endpoint, tunnel ones as from-tunnel.
+func (d *Datapath) guardCounters() ([]datapath.Counter, error) {
+	rules, err := d.nft.GetRules(table, &nftables.Chain{Name: chainIn, Table: table})
+	if errors.Is(err, unix.ENOENT) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list rules of %s: %w", chainIn, err)
+	}
+	sums := map[string]*datapath.Counter{
+		commentHostPort:     {Direction: "from-endpoint", Verdict: "drop", Reason: "host-port"},
+		commentTunnelSource: {Direction: "from-tunnel", Verdict: "drop", Reason: "tunnel-source"},
+	}
+	for _, r := range rules {
+		c, _ := ruleComment(r.UserData)
+		sum, ok := sums[c]
+		if !ok {
+			continue
+		}
+		for _, e := range r.Exprs {
+			if ctr, ok := e.(*expr.Counter); ok {
+				sum.Packets += ctr.Packets
+				sum.Bytes += ctr.Bytes
+			}
+		}
+	}
+	var out []datapath.Counter
+	for _, k := range []string{commentHostPort, commentTunnelSource} {
+		if c := sums[k]; c.Packets > 0 {
+			out = append(out, *c)
+		}
+	}
+	return out, nil
+}
+
+// checkGuardPorts refuses a guarded port that is not TCP or UDP, or 0.
+func checkGuardPorts(ports []datapath.HostPort) error {
+	for _, g := range ports {
+		if (g.Proto != "tcp" && g.Proto != "udp") || g.Port == 0 {
+			return invalidf("guarded host port %s/%d: need tcp or udp and a port", g.Proto, g.Port)
+		}
+	}
+	return nil
+}
