@@ -70,6 +70,19 @@ type Options struct {
 	// Tunnel is where overlay traffic leaves and arrives (the flow-based
 	// VXLAN device's port and local address).
 	Tunnel datapath.Tunnel
+	// GuardPorts are fabric's own ports on the host (gossip, tunnel,
+	// metrics; at most bpf.GuardPorts per protocol): the endpoint program
+	// drops what sandboxes send to them on any host address.
+	GuardPorts []datapath.HostPort
+	// ConntrackMax is the connection table's size in entries (two per
+	// connection); 0 means datapath.DefaultConntrackMax. Changing it
+	// recreates the pinned maps at the next start (connections through NAT
+	// are lost once).
+	ConntrackMax int
+	// ConntrackPending is how many unanswered connections one source may
+	// start per 5 s; 0 means datapath.DefaultConntrackPending, negative no
+	// limit.
+	ConntrackPending int
 
 	// endpointSpec, if set, is loaded in place of the built-in endpoint
 	// object: tests upgrade to a program that differs with it.
@@ -185,7 +198,20 @@ func NewForwarder(log *slog.Logger, opts Options) (_ *Forwarder, err error) {
 	if err := ensureBPFFS(opts.BPFRoot); err != nil {
 		return nil, err
 	}
-	f.objs, f.restored, err = loadPinned(f.log, opts.BPFRoot, opts.endpointSpec)
+	pol, err := policyOf(opts)
+	if err != nil {
+		return nil, err
+	}
+	spec := opts.endpointSpec
+	if spec == nil {
+		if spec, err = bpf.EndpointSpec(); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrUnsupported, err)
+		}
+	}
+	if err := bpf.SetConntrackMax(spec, opts.ConntrackMax); err != nil {
+		return nil, fmt.Errorf("conntrack size: %w (%w)", err, datapath.ErrInvalid)
+	}
+	f.objs, f.restored, err = loadPinned(f.log, opts.BPFRoot, spec)
 	if err != nil {
 		return nil, err
 	}
@@ -194,6 +220,9 @@ func NewForwarder(log *slog.Logger, opts Options) (_ *Forwarder, err error) {
 			f.objs.Close()
 		}
 	}()
+	if err := f.objs.SetPolicy(pol); err != nil {
+		return nil, err
+	}
 	if err := f.prepareHost(); err != nil {
 		return nil, err
 	}
@@ -220,6 +249,33 @@ func NewForwarder(log *slog.Logger, opts Options) (_ *Forwarder, err error) {
 		f.warnings = append(f.warnings, "socket hooks unavailable (published ports not reachable from the host itself): "+err.Error())
 	}
 	return f, nil
+}
+
+// policyOf is what the programs enforce for these options.
+func policyOf(opts Options) (bpf.Policy, error) {
+	var p bpf.Policy
+	for _, g := range opts.GuardPorts {
+		switch {
+		case g.Port == 0:
+			return p, fmt.Errorf("guarded host port %s/0: %w", g.Proto, datapath.ErrInvalid)
+		case g.Proto == "tcp":
+			p.GuardTCP = append(p.GuardTCP, g.Port)
+		case g.Proto == "udp":
+			p.GuardUDP = append(p.GuardUDP, g.Port)
+		default:
+			return p, fmt.Errorf("guarded host port %s/%d: need tcp or udp: %w", g.Proto, g.Port, datapath.ErrInvalid)
+		}
+	}
+	if len(p.GuardTCP) > bpf.GuardPorts || len(p.GuardUDP) > bpf.GuardPorts {
+		return p, fmt.Errorf("%d TCP and %d UDP guarded host ports: at most %d each: %w", len(p.GuardTCP), len(p.GuardUDP), bpf.GuardPorts, datapath.ErrInvalid)
+	}
+	switch n := opts.ConntrackPending; {
+	case n == 0:
+		p.CTPendingMax = datapath.DefaultConntrackPending
+	case n > 0:
+		p.CTPendingMax = uint32(n)
+	}
+	return p, nil
 }
 
 // ensureBPFFS makes root, which must be on a bpffs. If root is under

@@ -31,6 +31,7 @@ import (
 
 const (
 	labTunnelPort = 8472 // not the default, so that Tunnel.Port is seen to apply
+	labGossipPort = 7946 // guarded: a listener in the host namespace stands for the agent's
 	labVNI        = 4242
 )
 
@@ -81,7 +82,8 @@ func newOverlayLab(t *testing.T) *overlayLab {
 		h.opts = Options{
 			NetNSPath: h.path, BPFRoot: filepath.Join("/sys/fs/bpf", netnstest.UniqueName("fabric-test-")),
 			Uplink: h.underlay, XDP: XDPOff,
-			Tunnel: datapath.Tunnel{Local: h.local, Port: labTunnelPort},
+			Tunnel:     datapath.Tunnel{Local: h.local, Port: labTunnelPort},
+			GuardPorts: []datapath.HostPort{{Proto: "udp", Port: labTunnelPort}, {Proto: "tcp", Port: labGossipPort}, {Proto: "udp", Port: labGossipPort}},
 		}
 		root := h.opts.BPFRoot
 		t.Cleanup(func() { _ = os.RemoveAll(root) }) // after the datapath's Close, registered below
@@ -351,23 +353,39 @@ func TestOverlayTwoHosts(t *testing.T) {
 		}
 	})
 
-	t.Run("invalid remotes change nothing", func(t *testing.T) {
+	t.Run("invalid remotes are skipped, the rest stays", func(t *testing.T) {
 		good := h2.remote()
 		for _, bad := range []datapath.Remote{
 			{Addr: netip.MustParseAddr("10.78.0.9"), MAC: good.MAC, Node: good.Node},
 			{Addr: netip.MustParseAddr("10.77.0.9"), MAC: good.MAC[:5], Node: good.Node},
+			{Addr: netip.MustParseAddr("10.77.0.9"), MAC: net.HardwareAddr{1, 0, 0x5e, 0, 0, 1}, Node: good.Node},
 			{Addr: netip.MustParseAddr("10.77.0.9"), MAC: good.MAC},
+			{Addr: netip.MustParseAddr("10.77.0.9"), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, Node: h1.local},
+			{Addr: netip.MustParseAddr("10.77.0.9"), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, Node: netip.MustParseAddr("127.0.0.1")},
+			{Addr: good.Addr, MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, Node: good.Node},
 			{Addr: l.net.Gateway, MAC: good.MAC, Node: good.Node},
 		} {
-			err := h1.dp.SetRemotes(ctx, l.net, []datapath.Remote{bad})
-			if !errors.Is(err, datapath.ErrInvalid) {
-				t.Errorf("SetRemotes(%+v): %v, want ErrInvalid", bad, err)
+			if err := h1.dp.SetRemotes(ctx, l.net, []datapath.Remote{good, bad}); err != nil {
+				t.Errorf("SetRemotes(good, %+v): %v, want the bad one skipped", bad, err)
+			}
+			if err := h1.ping(a2, 1); err != nil {
+				t.Error(err)
 			}
 		}
-		if err := h1.ping(a2, 1); err != nil {
-			t.Error(err)
+		m, err := h1.dp.Metrics()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var skipped uint64
+		for _, n := range m.SkippedRemotes {
+			skipped += n
+		}
+		if skipped < 8 {
+			t.Errorf("skipped remotes counted %v, want 8 in all", m.SkippedRemotes)
 		}
 	})
+
+	t.Run("sandbox cannot reach fabric's host ports", func(t *testing.T) { testGuardPorts(t, l) })
 
 	t.Run("no remotes, no reach", func(t *testing.T) {
 		if err := h1.dp.SetRemotes(ctx, l.net, nil); err != nil {
@@ -429,6 +447,7 @@ func testDecapDrops(t *testing.T, l *overlayLab) {
 		{"source outside the subnet", labVNI, netip.MustParseAddr("10.78.0.2"), a2, "drop", "spoofed-ip"},
 		{"source is a local endpoint", labVNI, a2, a2, "drop", "spoofed-ip"},
 		{"source is the gateway", labVNI, l.net.Gateway, a2, "drop", "spoofed-ip"},
+		{"source no remote holds", labVNI, netip.MustParseAddr("10.77.0.50"), a2, "drop", "tunnel-source"},
 	} {
 		before := h2.counter("from-tunnel", c.verdict, c.reason)
 		if _, err := conn.Write(netnstest.VXLANFrame(c.vni, h2.ep.MAC, c.src, c.dst)); err != nil {
@@ -437,6 +456,94 @@ func testDecapDrops(t *testing.T, l *overlayLab) {
 		if !h2.waitCounter("from-tunnel", c.verdict, c.reason, before) {
 			t.Errorf("%s: from-tunnel/%s/%s did not move", c.name, c.verdict, c.reason)
 		}
+	}
+
+	// A stranger on the underlay (an address no member has) sending what
+	// h1 would send, and h1 claiming an address that lives elsewhere.
+	stranger := netip.AddrFrom4([4]byte{h1.local.As4()[0], h1.local.As4()[1], h1.local.As4()[2], 3})
+	netnstest.Run(t, h1.name, "ip", "addr", "add", stranger.String()+"/24", "dev", h1.underlay)
+	defer netnstest.Run(t, h1.name, "ip", "addr", "del", stranger.String()+"/24", "dev", h1.underlay)
+	var sconn *net.UDPConn
+	err = fabricns.Do(h1.path, func() (err error) {
+		sconn, err = net.DialUDP("udp4", &net.UDPAddr{IP: stranger.AsSlice()}, &net.UDPAddr{IP: h2.local.AsSlice(), Port: labTunnelPort})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sconn.Close()
+	before := h2.counter("from-tunnel", "drop", "tunnel-source")
+	if _, err := sconn.Write(netnstest.VXLANFrame(labVNI, h2.ep.MAC, a1, a2)); err != nil {
+		t.Fatal(err)
+	}
+	if !h2.waitCounter("from-tunnel", "drop", "tunnel-source", before) {
+		t.Error("VXLAN from a non-member underlay address: not dropped as tunnel-source")
+	}
+	other := datapath.Remote{Addr: netip.MustParseAddr("10.77.0.60"), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 0x60}, Node: netip.MustParseAddr("198.51.100.60")}
+	if err := h2.dp.SetRemotes(context.Background(), l.net, []datapath.Remote{h1.remote(), other}); err != nil {
+		t.Fatal(err)
+	}
+	defer l.setRemotes(t)
+	before = h2.counter("from-tunnel", "drop", "tunnel-source")
+	if _, err := conn.Write(netnstest.VXLANFrame(labVNI, h2.ep.MAC, other.Addr, a2)); err != nil {
+		t.Fatal(err)
+	}
+	if !h2.waitCounter("from-tunnel", "drop", "tunnel-source", before) {
+		t.Error("member sending for an address another node holds: not dropped as tunnel-source")
+	}
+}
+
+// testGuardPorts: from h1's sandbox, the host's gossip port (a listener
+// in h1's namespace) and tunnel port are dropped, on the gateway and on
+// the underlay address; another host port is reachable.
+func testGuardPorts(t *testing.T, l *overlayLab) {
+	h1 := l.h1
+	var lns []net.Listener
+	for _, port := range []int{labGossipPort, labGossipPort + 1} {
+		err := fabricns.Do(h1.path, func() error {
+			ln, err := net.Listen("tcp4", fmt.Sprintf(":%d", port))
+			lns = append(lns, ln)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	defer func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
+	c, err := h1.dial(l.net.Gateway, labGossipPort+1)
+	if err != nil {
+		t.Fatalf("sandbox to another host port: %v", err)
+	}
+	c.Close()
+	for _, to := range []netip.Addr{l.net.Gateway, h1.local} {
+		before := h1.counter("from-endpoint", "drop", "host-port")
+		if c, err := h1.dial(to, labGossipPort); err == nil {
+			c.Close()
+			t.Errorf("sandbox reached the host's gossip port at %s", to)
+		}
+		if !h1.waitCounter("from-endpoint", "drop", "host-port", before) {
+			t.Errorf("gossip port at %s: drop not counted", to)
+		}
+	}
+	before := h1.counter("from-endpoint", "drop", "host-port")
+	err = fabricns.Do(h1.ep.NetNSPath, func() error {
+		u, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: h1.local.AsSlice(), Port: labTunnelPort})
+		if err != nil {
+			return err
+		}
+		defer u.Close()
+		_, err = u.Write(netnstest.VXLANFrame(labVNI, h1.ep.MAC, l.h2.ep.Addr.Addr(), h1.ep.Addr.Addr()))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !h1.waitCounter("from-endpoint", "drop", "host-port", before) {
+		t.Error("VXLAN from the sandbox to the host's tunnel port: drop not counted")
 	}
 }
 
