@@ -12,7 +12,7 @@ DEB_BENCH := iperf3:iperf3 sockperf:sockperf wrk:wrk docker.io:docker-proxy
 # What `make generate` needs to compile the eBPF programs.
 DEB_BPF   := clang:clang llvm:llvm-strip libbpf-dev:/usr/include/bpf/bpf_helpers.h
 
-.PHONY: all build test test-unit deps deps-bench deps-bpf generate check-generate demo demo-host bench lint fmt vet staticcheck clean install uninstall
+.PHONY: all build test test-unit deps deps-bench deps-bpf generate check-generate demo demo-host bench lint fmt vet staticcheck clean install uninstall fuzz-bpf
 
 all: build
 
@@ -51,6 +51,13 @@ test: deps
 
 test-unit:
 	$(GO) test -count=1 -short $(PKGS)
+
+# fuzz-bpf runs the packet programs on random frames (BPF_PROG_TEST_RUN,
+# as root), FUZZTIME per target; plain `go test` runs only their seeds.
+FUZZTIME ?= 10s
+fuzz-bpf:
+	$(GO) test -run '^$$' -fuzz '^FuzzEndpointProgram$$' -fuzztime $(FUZZTIME) ./bpf/
+	$(GO) test -run '^$$' -fuzz '^FuzzUplinkPrograms$$' -fuzztime $(FUZZTIME) ./bpf/
 
 # demo builds fabric, brings up a 3-host lab (namespaces, one fabricd each,
 # one cluster), and shows sandboxes on an overlay network talking across
