@@ -146,12 +146,12 @@ func TestConntrackHandshake(t *testing.T) {
 	ageBoth(30*time.Second, orig, reply) // answered, not acknowledged: 60 s
 	l.expect(t, hookFromUplink, uplinkIfindex, fromOutside(synAck), tcActRedirect, ReasonSNATReply)
 
-	syn, synAck, ack, orig, reply := conn(40101)
+	syn, synAck, _, orig, reply = conn(40101)
 	l.expect(t, hookToUplink, uplinkIfindex, toOutside(syn), tcActOK, ReasonSNAT)
 	ageBoth(6*time.Second, orig, reply)
 	l.expect(t, hookFromUplink, uplinkIfindex, fromOutside(synAck), tcActOK, ReasonNotNAT)
 
-	syn, synAck, ack, orig, reply = conn(40102)
+	syn, synAck, ack, orig, reply := conn(40102)
 	l.expect(t, hookToUplink, uplinkIfindex, toOutside(syn), tcActOK, ReasonSNAT)
 	l.expect(t, hookFromUplink, uplinkIfindex, fromOutside(synAck), tcActRedirect, ReasonSNATReply)
 	l.expect(t, hookToUplink, uplinkIfindex, toOutside(ack), tcActOK, ReasonSNAT)
