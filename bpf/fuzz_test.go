@@ -211,4 +211,3 @@ func ipv4Src(frame []byte) netip.Addr {
 	}
 	return netip.AddrFrom4([4]byte(frame[26:30]))
 }
-
