@@ -278,6 +278,26 @@ func policyOf(opts Options) (bpf.Policy, error) {
 	return p, nil
 }
 
+// policyDetail describes the policy for Status.
+func policyDetail(p bpf.Policy) string {
+	var ports []string
+	for _, port := range p.GuardTCP {
+		ports = append(ports, fmt.Sprintf("tcp/%d", port))
+	}
+	for _, port := range p.GuardUDP {
+		ports = append(ports, fmt.Sprintf("udp/%d", port))
+	}
+	guard := "none"
+	if len(ports) > 0 {
+		guard = strings.Join(ports, " ")
+	}
+	quota := "no quota of unanswered connections"
+	if p.CTPendingMax > 0 {
+		quota = fmt.Sprintf("at most %d unanswered connections per source per 5 s", p.CTPendingMax)
+	}
+	return "host ports closed to sandboxes: " + guard + "; " + quota
+}
+
 // ensureBPFFS makes root, which must be on a bpffs. If root is under
 // /sys/fs/bpf and nothing is mounted there (no systemd to do it), a bpffs is
 // mounted first.
@@ -419,6 +439,9 @@ func (f *Forwarder) Status() datapath.Status {
 	f.overlayStatus(&st)
 	if n, c, err := f.objs.ConntrackStats(); err == nil {
 		st.Details = append(st.Details, fmt.Sprintf("conntrack: %d of %d entries", n, c))
+	}
+	if p, err := f.objs.Policy(); err == nil {
+		st.Details = append(st.Details, policyDetail(p))
 	}
 	st.Warnings = append(st.Warnings, f.warnings...)
 	return st

@@ -295,6 +295,9 @@ func TestOverlayTwoHosts(t *testing.T) {
 		!strings.Contains(strings.Join(st.Details, "\n"), "1 remote endpoints") {
 		t.Errorf("status details lack the tunnel: %q", st.Details)
 	}
+	if want := fmt.Sprintf("host ports closed to sandboxes: tcp/%d udp/%d udp/%d; at most %d unanswered", labGossipPort, labTunnelPort, labGossipPort, datapath.DefaultConntrackPending); !strings.Contains(strings.Join(st.Details, "\n"), want) {
+		t.Errorf("status details lack %q: %q", want, st.Details)
+	}
 
 	t.Run("decap checks", func(t *testing.T) { testDecapDrops(t, l) })
 

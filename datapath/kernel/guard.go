@@ -104,10 +104,15 @@ func (d *Datapath) restorePeers(s *desired) error {
 		node, _ := netip.AddrFromSlice(e.Key[0:4])
 		addr, _ := netip.AddrFromSlice(e.Key[8:12])
 		vni := uint32(e.Key[4])<<16 | uint32(e.Key[5])<<8 | uint32(e.Key[6])
-		s.peers[""] = append(s.peers[""], tunnelPeer{node: node, vni: vni, addr: addr})
+		k := restoredPeers(vni)
+		s.peers[k] = append(s.peers[k], tunnelPeer{node: node, vni: vni, addr: addr})
 	}
 	return nil
 }
+
+// restoredPeers is the peers key of what an adopted set held for a VNI:
+// setting the remotes of the network with that VNI replaces it.
+func restoredPeers(vni uint32) string { return fmt.Sprintf("restored VNI %d", vni) }
 
 // guardCounters reads the input chain's drop counters as datapath
 // counters, under the eBPF datapath's names: host-port drops as

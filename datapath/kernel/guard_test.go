@@ -142,6 +142,15 @@ func TestTunnelAcceptsOnlyOwners(t *testing.T) {
 		t.Errorf("legitimate traffic counted as tunnel-source drops (%d -> %d)", before, got)
 	}
 
+	// A restarted datapath adopts the peers set: a table rebuilt before
+	// the remotes are set again (another network ensured) still lets B in.
+	if err := a.dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	a.dp = a.openWith(datapath.Tunnel{Local: aIP, Port: port})
+	a.ensureNetwork(network("other", "br-go", "10.91.9.0/24", false))
+	mustPing(t, sa, epb.Addr.Addr().String())
+
 	// Removing B's endpoint from A's remotes closes the door for it too.
 	a.setRemotes(n)
 	before = a.counter("from-tunnel", "drop", "tunnel-source")

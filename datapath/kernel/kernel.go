@@ -140,8 +140,8 @@ type desired struct {
 	guard []datapath.HostPort
 	// tunnelPort and peers make the input chain accept VXLAN only from
 	// the node that owns the inner source: peers has an entry (maybe
-	// empty) per overlay network whose remotes were set, restored tables
-	// one under "" for what the set held.
+	// empty) per overlay network whose remotes were set, and an adopted
+	// table what its set held, per VNI (restoredPeers) until replaced.
 	tunnelPort uint16
 	peers      map[string][]tunnelPeer
 }

@@ -359,9 +359,11 @@ func (d *Datapath) SetRemotes(ctx context.Context, n datapath.Network, remotes [
 // rebuilding the table if that changes it.
 func (d *Datapath) setPeers(n datapath.Network, remotes []datapath.Remote) error {
 	want := peersOf(n, remotes)
-	if have, ok := d.state.peers[n.ID]; ok && slices.Equal(have, want) && !d.dirty {
+	_, restored := d.state.peers[restoredPeers(n.VNI)]
+	if have, ok := d.state.peers[n.ID]; ok && slices.Equal(have, want) && !d.dirty && !restored {
 		return nil
 	}
+	delete(d.state.peers, restoredPeers(n.VNI))
 	d.state.peers[n.ID] = want
 	return d.applyRuleset()
 }
