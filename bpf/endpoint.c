@@ -369,10 +369,12 @@ static __always_inline int to_tunnel(struct __sk_buff *skb, const struct endpoin
 
 /* to_guarded_port: is this packet, which goes to the host stack, for one
  * of fabric's own ports on the host (gossip, tunnel, metrics: the policy
- * map)? A sandbox must never talk to the agent or inject into the tunnel
- * through its gateway. The ports are checked first and the address only
- * on a match, so ordinary traffic to the host and egress pay one inlined
- * array lookup and a few compares. Invalidates packet pointers. */
+ * map), or for the tunnel port of any host? A sandbox must never talk to
+ * the agent or inject into the tunnel, neither through its gateway nor,
+ * masqueraded to its host's address, into another node's. The ports are
+ * checked first and the address only on a match, so ordinary traffic to
+ * the host and egress pay one inlined array lookup and a few compares.
+ * Invalidates packet pointers. */
 static __always_inline int to_guarded_port(struct __sk_buff *skb, const struct network *net, __be32 daddr)
 {
 	struct host_policy *pol;
@@ -384,7 +386,7 @@ static __always_inline int to_guarded_port(struct __sk_buff *skb, const struct n
 	__u8 proto;
 
 	pol = bpf_map_lookup_elem(&policy, &zero);
-	if (!pol || (!pol->guard_tcp[0] && !pol->guard_udp[0]))
+	if (!pol || (!pol->guard_tcp[0] && !pol->guard_udp[0] && !pol->tunnel_port))
 		return 0;
 	data = skb_data(skb);
 	data_end = skb_data_end(skb);
@@ -407,6 +409,8 @@ static __always_inline int to_guarded_port(struct __sk_buff *skb, const struct n
 	if ((void *)(l4 + 2) > data_end)
 		return 0;
 	dport = l4[1];
+	if (proto == IPPROTO_UDP && pol->tunnel_port && dport == pol->tunnel_port)
+		return 1;
 #pragma unroll
 	for (i = 0; i < GUARD_PORTS; i++)
 		hit |= (proto == IPPROTO_TCP ? pol->guard_tcp[i] : pol->guard_udp[i]) == dport;

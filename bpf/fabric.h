@@ -230,7 +230,8 @@ struct host_policy {
 	__be16 guard_tcp[GUARD_PORTS]; /* host TCP ports no sandbox may reach (0: unused slot) */
 	__be16 guard_udp[GUARD_PORTS]; /* host UDP ports no sandbox may reach */
 	__u32 ct_pending_max;          /* unanswered connections one source may start per window; 0: no limit */
-	__u32 pad;                     /* must be zero */
+	__be16 tunnel_port;            /* UDP to it is dropped whatever the destination: every node's tunnel; 0: none */
+	__u16 pad;                     /* must be zero */
 };
 
 /* One source's unanswered connections (ct_quota): counted up when one is

@@ -22,7 +22,11 @@ const DefaultConntrackMax = 262144
 // connections are dropped with ReasonCTQuota.
 type Policy struct {
 	GuardTCP, GuardUDP []uint16 // at most GuardPorts each; 0 is not a port
-	CTPendingMax       uint32   // 0: no quota
+	// TunnelPort is dropped for UDP to any destination (0: none): a
+	// sandbox masqueraded to its host's address must not reach another
+	// node's tunnel either, where it would pass for its host.
+	TunnelPort   uint16
+	CTPendingMax uint32 // 0: no quota
 }
 
 // SetPolicy replaces the policy.
@@ -44,6 +48,9 @@ func (o *Objects) SetPolicy(p Policy) error {
 		}
 	}
 	v.CtPendingMax = p.CTPendingMax
+	if p.TunnelPort != 0 {
+		v.TunnelPort = be16(p.TunnelPort)
+	}
 	if err := o.objs.Policy.Put(uint32(0), v); err != nil {
 		return fmt.Errorf("put policy: %w", err)
 	}
@@ -57,6 +64,9 @@ func (o *Objects) Policy() (Policy, error) {
 		return Policy{}, fmt.Errorf("read policy: %w", err)
 	}
 	p := Policy{CTPendingMax: v.CtPendingMax}
+	if v.TunnelPort != 0 {
+		p.TunnelPort = fromBE16(v.TunnelPort)
+	}
 	for _, port := range v.GuardTcp {
 		if port != 0 {
 			p.GuardTCP = append(p.GuardTCP, fromBE16(port))

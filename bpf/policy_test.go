@@ -14,7 +14,7 @@ import (
 func TestGuardedHostPorts(t *testing.T) {
 	l := loadNAT(t)
 	const gossip, tunnel, metrics = 7946, 4789, 9100
-	pol := Policy{GuardTCP: []uint16{gossip, metrics}, GuardUDP: []uint16{gossip, tunnel}}
+	pol := Policy{GuardTCP: []uint16{gossip, metrics}, GuardUDP: []uint16{gossip, tunnel}, TunnelPort: tunnel}
 	if err := l.o.SetPolicy(pol); err != nil {
 		t.Fatal(err)
 	}
@@ -43,6 +43,8 @@ func TestGuardedHostPorts(t *testing.T) {
 		{"another host port: to the host", tcp(gw, 22), tcActOK, ReasonToHost},
 		{"metrics port over UDP: not guarded", udp(gw, metrics), tcActOK, ReasonToHost},
 		{"gossip port of a server outside: to the host (routed)", tcp(outside.String(), gossip), tcActOK, ReasonToHost},
+		{"tunnel port of another node: dropped (it would come from this host)", udp(outside.String(), tunnel), tcActShot, ReasonHostPort},
+		{"TCP to an outside tunnel port number: to the host", tcp(outside.String(), tunnel), tcActOK, ReasonToHost},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			runCounted(t, l.o, a1.HostIfindex, c.pkt, c.ret, c.reason)
@@ -53,7 +55,7 @@ func TestGuardedHostPorts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(got.GuardTCP, pol.GuardTCP) || !slices.Equal(got.GuardUDP, pol.GuardUDP) {
+	if !slices.Equal(got.GuardTCP, pol.GuardTCP) || !slices.Equal(got.GuardUDP, pol.GuardUDP) || got.TunnelPort != pol.TunnelPort {
 		t.Errorf("policy read back %+v, want %+v", got, pol)
 	}
 	for _, bad := range []Policy{{GuardTCP: []uint16{1, 2, 3, 4, 5}}, {GuardUDP: []uint16{0}}} {

@@ -95,7 +95,8 @@ type sockHostPolicy struct {
 	GuardTcp     [4]uint16
 	GuardUdp     [4]uint16
 	CtPendingMax uint32
-	Pad          uint32
+	TunnelPort   uint16
+	Pad          uint16
 }
 
 type sockNetwork struct {

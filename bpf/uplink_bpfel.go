@@ -122,7 +122,8 @@ type uplinkHostPolicy struct {
 	GuardTcp     [4]uint16
 	GuardUdp     [4]uint16
 	CtPendingMax uint32
-	Pad          uint32
+	TunnelPort   uint16
+	Pad          uint16
 }
 
 type uplinkNetwork struct {

@@ -269,6 +269,12 @@ func policyOf(opts Options) (bpf.Policy, error) {
 	if len(p.GuardTCP) > bpf.GuardPorts || len(p.GuardUDP) > bpf.GuardPorts {
 		return p, fmt.Errorf("%d TCP and %d UDP guarded host ports: at most %d each: %w", len(p.GuardTCP), len(p.GuardUDP), bpf.GuardPorts, datapath.ErrInvalid)
 	}
+	if opts.Tunnel.Local.IsValid() {
+		p.TunnelPort = opts.Tunnel.Port
+		if p.TunnelPort == 0 {
+			p.TunnelPort = datapath.DefaultTunnelPort
+		}
+	}
 	switch n := opts.ConntrackPending; {
 	case n == 0:
 		p.CTPendingMax = datapath.DefaultConntrackPending
@@ -286,6 +292,9 @@ func policyDetail(p bpf.Policy) string {
 	}
 	for _, port := range p.GuardUDP {
 		ports = append(ports, fmt.Sprintf("udp/%d", port))
+	}
+	if p.TunnelPort != 0 {
+		ports = append(ports, fmt.Sprintf("udp/%d (on every host)", p.TunnelPort))
 	}
 	guard := "none"
 	if len(ports) > 0 {

@@ -295,7 +295,7 @@ func TestOverlayTwoHosts(t *testing.T) {
 		!strings.Contains(strings.Join(st.Details, "\n"), "1 remote endpoints") {
 		t.Errorf("status details lack the tunnel: %q", st.Details)
 	}
-	if want := fmt.Sprintf("host ports closed to sandboxes: tcp/%d udp/%d udp/%d; at most %d unanswered", labGossipPort, labTunnelPort, labGossipPort, datapath.DefaultConntrackPending); !strings.Contains(strings.Join(st.Details, "\n"), want) {
+	if want := fmt.Sprintf("host ports closed to sandboxes: tcp/%d udp/%d udp/%d udp/%d (on every host); at most %d unanswered", labGossipPort, labTunnelPort, labGossipPort, labTunnelPort, datapath.DefaultConntrackPending); !strings.Contains(strings.Join(st.Details, "\n"), want) {
 		t.Errorf("status details lack %q: %q", want, st.Details)
 	}
 
@@ -547,6 +547,23 @@ func testGuardPorts(t *testing.T, l *overlayLab) {
 	}
 	if !h1.waitCounter("from-endpoint", "drop", "host-port", before) {
 		t.Error("VXLAN from the sandbox to the host's tunnel port: drop not counted")
+	}
+	// To the other node's tunnel port: masqueraded, it would pass for h1.
+	before = h1.counter("from-endpoint", "drop", "host-port")
+	err = fabricns.Do(h1.ep.NetNSPath, func() error {
+		u, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: l.h2.local.AsSlice(), Port: labTunnelPort})
+		if err != nil {
+			return err
+		}
+		defer u.Close()
+		_, err = u.Write(netnstest.VXLANFrame(labVNI, l.h2.ep.MAC, h1.ep.Addr.Addr(), l.h2.ep.Addr.Addr()))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !h1.waitCounter("from-endpoint", "drop", "host-port", before) {
+		t.Error("VXLAN from the sandbox to the other node's tunnel port: drop not counted")
 	}
 }
 

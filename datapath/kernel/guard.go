@@ -82,7 +82,9 @@ func peersOf(n datapath.Network, remotes []datapath.Remote) []tunnelPeer {
 func (d *Datapath) ruleset() ruleset {
 	s := d.state
 	s.guard = d.guard
-	s.tunnelPort = uint16(d.tunnelPort())
+	if d.tunnel.Local.IsValid() {
+		s.tunnelPort = uint16(d.tunnelPort())
+	}
 	return buildRuleset(s)
 }
 
@@ -114,16 +116,20 @@ func (d *Datapath) restorePeers(s *desired) error {
 // setting the remotes of the network with that VNI replaces it.
 func restoredPeers(vni uint32) string { return fmt.Sprintf("restored VNI %d", vni) }
 
-// guardCounters reads the input chain's drop counters as datapath
+// guardCounters reads the guard rules' drop counters as datapath
 // counters, under the eBPF datapath's names: host-port drops as
 // from-endpoint, tunnel ones as from-tunnel.
 func (d *Datapath) guardCounters() ([]datapath.Counter, error) {
-	rules, err := d.nft.GetRules(table, &nftables.Chain{Name: chainIn, Table: table})
-	if errors.Is(err, unix.ENOENT) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("list rules of %s: %w", chainIn, err)
+	var rules []*nftables.Rule
+	for _, ch := range []string{chainIn, chainFwd} {
+		rs, err := d.nft.GetRules(table, &nftables.Chain{Name: ch, Table: table})
+		if errors.Is(err, unix.ENOENT) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("list rules of %s: %w", ch, err)
+		}
+		rules = append(rules, rs...)
 	}
 	sums := map[string]*datapath.Counter{
 		commentHostPort:     {Direction: "from-endpoint", Verdict: "drop", Reason: "host-port"},

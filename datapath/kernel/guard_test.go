@@ -142,6 +142,25 @@ func TestTunnelAcceptsOnlyOwners(t *testing.T) {
 		t.Errorf("legitimate traffic counted as tunnel-source drops (%d -> %d)", before, got)
 	}
 
+	// A sandbox's own VXLAN to B, masqueraded, would come from A: it
+	// stops at A.
+	before = a.counter("from-endpoint", "drop", "host-port")
+	err := fabricns.Do(pa, func() error {
+		c, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: bIP.AsSlice(), Port: port})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.Write(netnstest.VXLANFrame(n.VNI, epb.MAC, epa.Addr.Addr(), epb.Addr.Addr()))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !a.waitCounter("from-endpoint", "drop", "host-port", before) {
+		t.Error("sandbox's VXLAN to another node: not dropped as host-port")
+	}
+
 	// A restarted datapath adopts the peers set: a table rebuilt before
 	// the remotes are set again (another network ensured) still lets B in.
 	if err := a.dp.Close(); err != nil {

@@ -20,6 +20,7 @@ import (
 //	table ip fabric {
 //	  set bridges { type ifname; elements = { every fabric bridge } }
 //	  chain forward { type filter hook forward priority filter; policy accept;
+//	    iifname @bridges udp dport TUNNEL drop             # with a tunnel: no sandbox VXLAN to any node
 //	    iifname INTERNAL oifname != INTERNAL drop        # per internal network,
 //	    oifname INTERNAL iifname != INTERNAL drop        #   before anything else
 //	    ct state established,related accept
@@ -113,6 +114,11 @@ func buildRuleset(s desired) ruleset {
 	}
 
 	// forward
+	if len(nets) > 0 && s.tunnelPort != 0 {
+		// Masqueraded, a sandbox's VXLAN would reach other nodes as this
+		// host's: the tunnel port is fabric's on every host.
+		add(chainFwd, commentHostPort, cat(lookupIif(bridgesSet), matchL4(unix.IPPROTO_UDP, s.tunnelPort), counterDrop())...)
+	}
 	for _, n := range nets {
 		if !n.Internal {
 			continue
