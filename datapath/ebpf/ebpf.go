@@ -346,10 +346,11 @@ func isUnder(path, dir string) bool {
 	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
 }
 
-// loadPinned loads the programs (spec; nil: the built-in object) with the
-// maps pinned under root, pinning the ones that were not. Maps whose pinned
-// layout no longer matches (a new build changed it) are recreated; Sync
-// refills them.
+// loadPinned loads the programs (spec) with the maps pinned under root,
+// pinning the ones that were not. A map whose pinned layout no longer
+// matches (a new build changed it, or its size option) is recreated on its
+// own, so that an upgrade that changes the counters keeps the connection
+// table; Sync refills what the agent owns.
 func loadPinned(log *slog.Logger, root string, spec *ebpf.CollectionSpec) (*bpf.Objects, int, error) {
 	names, err := bpf.MapNames()
 	if err != nil {
@@ -371,6 +372,14 @@ func loadPinned(log *slog.Logger, root string, spec *ebpf.CollectionSpec) (*bpf.
 			log.Warn("cannot open pinned map; recreating it", "map", name, "err", err)
 			_ = os.Remove(filepath.Join(dir, name))
 			continue
+		}
+		if ms, ok := spec.Maps[name]; ok {
+			if err := ms.Compatible(m); err != nil {
+				log.Warn("pinned map does not match this build's layout; recreating it", "map", name, "err", err)
+				m.Close()
+				_ = os.Remove(filepath.Join(dir, name))
+				continue
+			}
 		}
 		repl[name] = m
 	}

@@ -603,11 +603,33 @@ func TestIncompatiblePinsRecreated(t *testing.T) {
 	if err := ensureBPFFS(root); err != nil {
 		t.Fatal(err)
 	}
+	mapID := func(name string) ebpf.MapID {
+		t.Helper()
+		m, err := ebpf.LoadPinnedMap(filepath.Join(root, "maps", name), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		info, err := m.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := info.ID()
+		return id
+	}
+	first, err := New(nil, Options{NetNSPath: path, BPFRoot: root, XDP: XDPOff})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.Close()
+	ctBefore := mapID("ct")
+
 	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 4, ValueSize: 20, MaxEntries: 4096})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer old.Close()
+	_ = os.Remove(filepath.Join(root, "maps", "networks"))
 	if err := old.Pin(filepath.Join(root, "maps", "networks")); err != nil {
 		t.Fatal(err)
 	}
@@ -616,6 +638,9 @@ func TestIncompatiblePinsRecreated(t *testing.T) {
 		t.Fatalf("new with an old pinned map: %v", err)
 	}
 	t.Cleanup(func() { dp.Close() })
+	if got := mapID("ct"); got != ctBefore {
+		t.Errorf("the connection table was recreated (map %d, was %d) because another map changed", got, ctBefore)
+	}
 	m, err := ebpf.LoadPinnedMap(filepath.Join(root, "maps", "networks"), nil)
 	if err != nil {
 		t.Fatal(err)
