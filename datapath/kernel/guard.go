@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -165,4 +166,50 @@ func checkGuardPorts(ports []datapath.HostPort) error {
 		}
 	}
 	return nil
+}
+
+// Metrics reports the forwarder's counters, or in the bridge model the
+// guard rules' (the other nftables counters are per rule, not per reason);
+// and the remotes skipped.
+func (d *Datapath) Metrics() (datapath.Metrics, error) {
+	d.mu.Lock()
+	fwd := d.fwd
+	d.mu.Unlock()
+	if r, ok := fwd.(datapath.MetricsReader); ok {
+		m, err := r.Metrics()
+		if err == nil {
+			m.SkippedRemotes = d.skips.Counts()
+		}
+		return m, err
+	}
+	m := datapath.Metrics{SkippedRemotes: d.skips.Counts()}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.nft == nil {
+		return m, nil
+	}
+	var err error
+	m.Counters, err = d.guardCounters()
+	return m, err
+}
+
+// guardDetails describe the trust rules for Status: nothing if there
+// are none.
+func (d *Datapath) guardDetails() []string {
+	var ports []string
+	for _, g := range d.guard {
+		ports = append(ports, fmt.Sprintf("%s/%d", g.Proto, g.Port))
+	}
+	guard := "none"
+	if len(ports) > 0 {
+		guard = strings.Join(ports, " ")
+	}
+	n := 0
+	for _, ps := range d.state.peers {
+		n += len(ps)
+	}
+	if len(ports) == 0 && len(d.state.peers) == 0 {
+		return nil
+	}
+	return []string{fmt.Sprintf("host ports closed to sandboxes: %s; VXLAN accepted from %d (node, VNI, address) triples", guard, n)}
 }

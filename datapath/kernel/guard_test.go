@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -75,6 +76,9 @@ func TestGuardPortsFromSandboxes(t *testing.T) {
 		}
 	}
 
+	if st := dp.Status(ctx); !strings.Contains(strings.Join(st.Details, "\n"), "host ports closed to sandboxes: tcp/7946 udp/7946 udp/4789 tcp/9100") {
+		t.Errorf("status does not list the guarded ports: %q", st.Details)
+	}
 	if _, err := New(nil, Options{NetNSPath: l.hostPath, GuardPorts: []datapath.HostPort{{Proto: "sctp", Port: 1}}}); err == nil {
 		t.Error("New accepted a guarded sctp port")
 	}

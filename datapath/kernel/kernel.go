@@ -319,6 +319,7 @@ func (d *Datapath) Status(ctx context.Context) datapath.Status {
 		}
 	}
 	st.Details = append(st.Details, d.overlayDetails()...)
+	st.Details = append(st.Details, d.guardDetails()...)
 	if d.lastErr != nil {
 		st.Warnings = append(st.Warnings, "last sync: "+d.lastErr.Error())
 	}
@@ -602,28 +603,4 @@ func (d *Datapath) DeleteEndpoint(ctx context.Context, n datapath.Network, ep da
 	}
 	delete(d.state.ports, ep.ID)
 	return d.rules()
-}
-
-// Metrics reports the forwarder's counters; the bridge model has none (its
-// nftables counters are per rule, not per reason).
-func (d *Datapath) Metrics() (datapath.Metrics, error) {
-	d.mu.Lock()
-	fwd := d.fwd
-	d.mu.Unlock()
-	if r, ok := fwd.(datapath.MetricsReader); ok {
-		m, err := r.Metrics()
-		if err == nil {
-			m.SkippedRemotes = d.skips.Counts()
-		}
-		return m, err
-	}
-	m := datapath.Metrics{SkippedRemotes: d.skips.Counts()}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.nft == nil {
-		return m, nil
-	}
-	var err error
-	m.Counters, err = d.guardCounters()
-	return m, err
 }
