@@ -37,6 +37,22 @@ import socket, sys
 socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1).close()
 `
 
+// synFlood sends argv[3] bare TCP SYNs from this namespace's address
+// argv[4] (ports 20000 on) to argv[1]:argv[2] over a raw socket.
+const synFlood = `
+import socket, struct, sys
+dst, dport, n, src = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+def csum(b):
+    t = sum(struct.unpack("!%dH" % (len(b) // 2), b)); t = (t & 0xffff) + (t >> 16); t = (t & 0xffff) + (t >> 16)
+    return ~t & 0xffff
+for i in range(n):
+    seg = struct.pack("!HHIIBBHHH", 20000 + i % 40000, dport, i, 0, 5 << 4, 2, 64240, 0, 0)
+    ph = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(seg))
+    seg = seg[:16] + struct.pack("!H", csum(ph + seg)) + seg[18:]
+    s.sendto(seg, (dst, 0))
+`
+
 // fetchMetrics prints http://argv[1]/metrics.
 const fetchMetrics = `
 import sys, urllib.request
@@ -49,6 +65,23 @@ func inNetns(ns string, argv ...string) (string, error) {
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns}, argv...)...).CombinedOutput()
 	return string(out), err
+}
+
+// metric is node i's value of the metrics line starting with prefix (a
+// name and its labels), 0 if absent.
+func (l *testLab) metric(i int, prefix string) float64 {
+	l.t.Helper()
+	out, err := inNetns(l.name+"-ul", "python3", "-c", fetchMetrics, l.ip(i)+":9475")
+	if err != nil {
+		l.t.Fatalf("metrics of n%d: %v\n%s", i, err, out)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(line, prefix+" "); ok {
+			f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f
+		}
+	}
+	return 0
 }
 
 // dropCounter is node i's fabric_datapath_packets_total for a drop under
@@ -140,6 +173,64 @@ func TestHostileDatapath(t *testing.T) {
 			})
 			// The real thing still works.
 			until(t, 10*time.Second, "echo s2 -> s1 after the attacks", echo(s2, ip1))
+		})
+	}
+}
+
+// TestSYNFloodLab: on both datapaths, a SYN flood from the underlay against
+// a published port while a sandbox's masqueraded TCP stream runs to the
+// underlay: the stream keeps flowing, never reset; on the eBPF datapath the
+// flood past the source's quota is dropped and counted.
+func TestSYNFloodLab(t *testing.T) {
+	for _, dp := range []string{"kernel", "ebpf"} {
+		t.Run(dp, func(t *testing.T) {
+			l := newTestLab(t)
+			l.up(1, dp)
+			gw := fmt.Sprintf("10.99.%d.1", l.third)
+			server := exec.Command("ip", "netns", "exec", l.name+"-ul", "python3", "-c", echoServer)
+			if err := server.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = server.Process.Kill(); _ = server.Wait() })
+			pub := l.name + "p"
+			l.sandboxIP(1, pub, "-p", "8070:7000", "--", "python3", "-c", echoServer)
+			client := l.name + "c"
+			l.sandboxIP(1, client, "--", "sleep", "300")
+			until(t, 10*time.Second, "echo from the sandbox to the underlay", echo(client, gw))
+
+			stream := make(chan error, 1)
+			go func() {
+				out, err := inSandbox(client, "python3", "-c", streamClient, gw, "7000", "6")
+				if err != nil {
+					err = fmt.Errorf("%w: %s", err, out)
+				}
+				stream <- err
+			}()
+			time.Sleep(time.Second) // the stream is under way
+			before := l.metric(1, "fabric_conntrack_quota_drops_total")
+			const flood = 5000
+			if out, err := inNetns(l.name+"-ul", "python3", "-c", synFlood, l.ip(1), "8070", fmt.Sprint(flood), gw); err != nil {
+				t.Fatalf("flood: %v %s", err, out)
+			}
+			if err := <-stream; err != nil {
+				t.Errorf("masqueraded stream during a SYN flood: %v", err)
+			}
+			if dp == "ebpf" {
+				dropped := l.metric(1, "fabric_conntrack_quota_drops_total") - before
+				if dropped < flood/4 {
+					t.Errorf("%v of %d flood SYNs dropped over the quota, want most past the first 2048", dropped, flood)
+				}
+				t.Logf("flood of %d SYNs: %v dropped over the quota", flood, dropped)
+			}
+			// The flooding source itself gets in again once its window
+			// (5 s) has passed.
+			until(t, 15*time.Second, "the published port from the underlay after the flood", func() error {
+				out, err := inNetns(l.name+"-ul", "python3", "-c", tcpReach, l.ip(1), "8070")
+				if err != nil {
+					return fmt.Errorf("%w: %s", err, out)
+				}
+				return nil
+			})
 		})
 	}
 }
