@@ -213,6 +213,8 @@ static __always_inline int ct_create(const struct ct_key *ok, const struct ct_en
 	long err;
 
 	err = bpf_map_update_elem(&ct, rk, rv, BPF_NOEXIST);
+	if (!err)
+		ct_stat(CT_STAT_INSERTS);
 	if (err == -EEXIST) {
 		old = bpf_map_lookup_elem(&ct, rk);
 		if (old && !ct_expired(old, rk->proto, now) && !ct_same(old, rv))
@@ -221,8 +223,14 @@ static __always_inline int ct_create(const struct ct_key *ok, const struct ct_en
 	}
 	if (err)
 		return -1;
-	if (bpf_map_update_elem(&ct, ok, ov, BPF_ANY)) {
-		bpf_map_delete_elem(&ct, rk);
+	err = bpf_map_update_elem(&ct, ok, ov, BPF_NOEXIST);
+	if (!err)
+		ct_stat(CT_STAT_INSERTS);
+	else if (err == -EEXIST)
+		err = bpf_map_update_elem(&ct, ok, ov, BPF_ANY);
+	if (err) {
+		if (!bpf_map_delete_elem(&ct, rk))
+			ct_stat(CT_STAT_DELETES);
 		return -1;
 	}
 	return 0;

@@ -64,6 +64,13 @@ type endpointCtPending struct {
 	Count int64
 }
 
+type endpointCtStat uint32
+
+const (
+	endpointCtStatCT_STAT_INSERTS endpointCtStat = 0
+	endpointCtStatCT_STAT_DELETES endpointCtStat = 1
+)
+
 type endpointDirection uint32
 
 const (
@@ -225,6 +232,7 @@ const (
 	endpointMapCt            = "ct"
 	endpointMapCtFrag        = "ct_frag"
 	endpointMapCtQuota       = "ct_quota"
+	endpointMapCtStats       = "ct_stats"
 	endpointMapEndpointByIp  = "endpoint_by_ip"
 	endpointMapEndpoints     = "endpoints"
 	endpointMapHostAddrs     = "host_addrs"
@@ -290,6 +298,7 @@ type endpointMapSpecs struct {
 	Ct           *ebpf.MapSpec `ebpf:"ct"`
 	CtFrag       *ebpf.MapSpec `ebpf:"ct_frag"`
 	CtQuota      *ebpf.MapSpec `ebpf:"ct_quota"`
+	CtStats      *ebpf.MapSpec `ebpf:"ct_stats"`
 	EndpointByIp *ebpf.MapSpec `ebpf:"endpoint_by_ip"`
 	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
 	HostAddrs    *ebpf.MapSpec `ebpf:"host_addrs"`
@@ -331,6 +340,7 @@ type endpointMaps struct {
 	Ct           *ebpf.Map `ebpf:"ct"`
 	CtFrag       *ebpf.Map `ebpf:"ct_frag"`
 	CtQuota      *ebpf.Map `ebpf:"ct_quota"`
+	CtStats      *ebpf.Map `ebpf:"ct_stats"`
 	EndpointByIp *ebpf.Map `ebpf:"endpoint_by_ip"`
 	Endpoints    *ebpf.Map `ebpf:"endpoints"`
 	HostAddrs    *ebpf.Map `ebpf:"host_addrs"`
@@ -348,6 +358,7 @@ func (m *endpointMaps) Close() error {
 		m.Ct,
 		m.CtFrag,
 		m.CtQuota,
+		m.CtStats,
 		m.EndpointByIp,
 		m.Endpoints,
 		m.HostAddrs,

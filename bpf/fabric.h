@@ -18,6 +18,7 @@
  *   remotes         HASH  struct remote_key       -> struct remote
  *   policy          ARRAY 0                       -> struct host_policy
  *   ct_quota        LRU_HASH __be32 source        -> struct ct_pending
+ *   ct_stats        PERCPU_ARRAY enum ct_stat     -> __u64
  *
  * Both endpoint maps hold the same value: `endpoints` answers "who is
  * sending on this veth?", `endpoint_by_ip` answers "where does this address
@@ -421,10 +422,34 @@ struct {
 	__type(value, struct ct_pending);
 } ct_quota SEC(".maps");
 
-/* Never called: puts the conntrack enums into BTF, as bpf2go_enums below. */
-__attribute__((used)) static int bpf2go_ct_enums(enum ct_dir d, enum ct_kind k)
+/* Connection-table bookkeeping (ct_stats, per CPU): entries the programs
+ * inserted as new keys and deleted. The kernel does not report LRU
+ * evictions; inserts - deletes - entries held is how many there were. */
+enum ct_stat {
+	CT_STAT_INSERTS = 0,
+	CT_STAT_DELETES = 1,
+};
+#define CT_STAT_MAX 4
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CT_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} ct_stats SEC(".maps");
+
+static __always_inline void ct_stat(__u32 which)
 {
-	return d + k;
+	__u64 *v = bpf_map_lookup_elem(&ct_stats, &which);
+
+	if (v)
+		(*v)++;
+}
+
+/* Never called: puts the conntrack enums into BTF, as bpf2go_enums below. */
+__attribute__((used)) static int bpf2go_ct_enums(enum ct_dir d, enum ct_kind k, enum ct_stat s)
+{
+	return d + k + s;
 }
 
 /* Never called. The enums are only used as constants, which leaves them out

@@ -177,3 +177,65 @@ func synSegment(src, dst netip.Addr, sport, dport uint16, seq uint32) []byte {
 	binary.BigEndian.PutUint16(seg[16:], ^uint16(sum))
 	return seg
 }
+
+// TestConntrackEvictions: a full table evicts, and ConntrackEvictions
+// counts it (inserts beyond the table's size); a flush is no eviction.
+func TestConntrackEvictions(t *testing.T) {
+	requireRoot(t)
+	const size = 256
+	spec, err := EndpointSpec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := SetConntrackMax(spec, size); err != nil {
+		t.Fatal(err)
+	}
+	o, err := LoadSpec(spec, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { o.Close() })
+	for _, n := range []Network{netA, netB} {
+		if err := o.PutNetwork(n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := o.PutEndpoint(a1); err != nil {
+		t.Fatal(err)
+	}
+	u, err := LoadUplink(o, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { u.Close() })
+	l := &natLab{o: o, u: u}
+	l.setPorts(t, 20000, 60000)
+
+	const conns = 1000
+	for i := range conns {
+		f := flow{proto: protoUDP, src: a1.Addr, sport: uint16(10000 + i), dst: outside, dport: 53, payload: []byte("q")}
+		l.expect(t, hookToUplink, uplinkIfindex, toOutside(f), tcActOK, ReasonSNAT)
+	}
+	entries, capacity, err := o.ConntrackStats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := o.ConntrackEvictions(entries)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if capacity != size || entries > size {
+		t.Errorf("table holds %d of %d, want at most %d", entries, capacity, size)
+	}
+	if want := uint64(2*conns - size); ev < want || ev > 2*conns {
+		t.Errorf("%d evictions counted after %d inserts into %d entries, want at least %d", ev, 2*conns, size, want)
+	}
+	if err := o.FlushConntrack(); err != nil {
+		t.Fatal(err)
+	}
+	entries, _, _ = o.ConntrackStats()
+	if after, _ := o.ConntrackEvictions(entries); after != ev {
+		t.Errorf("flush changed the evictions from %d to %d", ev, after)
+	}
+	t.Logf("%d connections through a %d-entry table: %d evictions counted", conns, size, ev)
+}

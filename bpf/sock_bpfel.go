@@ -166,6 +166,7 @@ const (
 	sockMapCt                = "ct"
 	sockMapCtFrag            = "ct_frag"
 	sockMapCtQuota           = "ct_quota"
+	sockMapCtStats           = "ct_stats"
 	sockMapEndpointByIp      = "endpoint_by_ip"
 	sockMapEndpoints         = "endpoints"
 	sockMapHostAddrs         = "host_addrs"
@@ -240,6 +241,7 @@ type sockMapSpecs struct {
 	Ct           *ebpf.MapSpec `ebpf:"ct"`
 	CtFrag       *ebpf.MapSpec `ebpf:"ct_frag"`
 	CtQuota      *ebpf.MapSpec `ebpf:"ct_quota"`
+	CtStats      *ebpf.MapSpec `ebpf:"ct_stats"`
 	EndpointByIp *ebpf.MapSpec `ebpf:"endpoint_by_ip"`
 	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
 	HostAddrs    *ebpf.MapSpec `ebpf:"host_addrs"`
@@ -282,6 +284,7 @@ type sockMaps struct {
 	Ct           *ebpf.Map `ebpf:"ct"`
 	CtFrag       *ebpf.Map `ebpf:"ct_frag"`
 	CtQuota      *ebpf.Map `ebpf:"ct_quota"`
+	CtStats      *ebpf.Map `ebpf:"ct_stats"`
 	EndpointByIp *ebpf.Map `ebpf:"endpoint_by_ip"`
 	Endpoints    *ebpf.Map `ebpf:"endpoints"`
 	HostAddrs    *ebpf.Map `ebpf:"host_addrs"`
@@ -300,6 +303,7 @@ func (m *sockMaps) Close() error {
 		m.Ct,
 		m.CtFrag,
 		m.CtQuota,
+		m.CtStats,
 		m.EndpointByIp,
 		m.Endpoints,
 		m.HostAddrs,

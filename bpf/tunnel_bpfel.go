@@ -151,6 +151,7 @@ const (
 	tunnelMapCt           = "ct"
 	tunnelMapCtFrag       = "ct_frag"
 	tunnelMapCtQuota      = "ct_quota"
+	tunnelMapCtStats      = "ct_stats"
 	tunnelMapEndpointByIp = "endpoint_by_ip"
 	tunnelMapEndpoints    = "endpoints"
 	tunnelMapHostAddrs    = "host_addrs"
@@ -216,6 +217,7 @@ type tunnelMapSpecs struct {
 	Ct           *ebpf.MapSpec `ebpf:"ct"`
 	CtFrag       *ebpf.MapSpec `ebpf:"ct_frag"`
 	CtQuota      *ebpf.MapSpec `ebpf:"ct_quota"`
+	CtStats      *ebpf.MapSpec `ebpf:"ct_stats"`
 	EndpointByIp *ebpf.MapSpec `ebpf:"endpoint_by_ip"`
 	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
 	HostAddrs    *ebpf.MapSpec `ebpf:"host_addrs"`
@@ -257,6 +259,7 @@ type tunnelMaps struct {
 	Ct           *ebpf.Map `ebpf:"ct"`
 	CtFrag       *ebpf.Map `ebpf:"ct_frag"`
 	CtQuota      *ebpf.Map `ebpf:"ct_quota"`
+	CtStats      *ebpf.Map `ebpf:"ct_stats"`
 	EndpointByIp *ebpf.Map `ebpf:"endpoint_by_ip"`
 	Endpoints    *ebpf.Map `ebpf:"endpoints"`
 	HostAddrs    *ebpf.Map `ebpf:"host_addrs"`
@@ -274,6 +277,7 @@ func (m *tunnelMaps) Close() error {
 		m.Ct,
 		m.CtFrag,
 		m.CtQuota,
+		m.CtStats,
 		m.EndpointByIp,
 		m.Endpoints,
 		m.HostAddrs,

@@ -423,6 +423,8 @@ static __always_inline int snat_create(struct __sk_buff *skb, const struct pkt *
 		if (host_socket_uses(skb, p->proto, p->daddr, p->dport, hc->snat_addr, rk.dport))
 			continue;
 		err = bpf_map_update_elem(&ct, &rk, &rv, BPF_NOEXIST);
+		if (!err)
+			ct_stat(CT_STAT_INSERTS);
 		if (err == -EEXIST) {
 			/* Taken, unless expired or this very connection's (its
 			 * original entry was evicted, not its reply entry). */
@@ -452,19 +454,23 @@ static __always_inline int snat_create(struct __sk_buff *skb, const struct pkt *
 	ov.flags = rv.flags;
 	ov.rev_dir = CT_DIR_IN;
 	err = bpf_map_update_elem(&ct, ok, &ov, BPF_NOEXIST);
+	if (!err)
+		ct_stat(CT_STAT_INSERTS);
 	if (err == -EEXIST) {
 		cur = bpf_map_lookup_elem(&ct, ok);
 		if (cur && !ct_expired(cur, p->proto, now)) {
 			/* Another CPU masqueraded the same connection's first
 			 * packets meanwhile: use its port, free ours. */
-			bpf_map_delete_elem(&ct, &rk);
+			if (!bpf_map_delete_elem(&ct, &rk))
+				ct_stat(CT_STAT_DELETES);
 			*out = *cur;
 			return 0;
 		}
 		err = bpf_map_update_elem(&ct, ok, &ov, BPF_ANY);
 	}
 	if (err) {
-		bpf_map_delete_elem(&ct, &rk);
+		if (!bpf_map_delete_elem(&ct, &rk))
+			ct_stat(CT_STAT_DELETES);
 		*why = REASON_CT_FULL;
 		return -1;
 	}

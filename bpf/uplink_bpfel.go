@@ -225,6 +225,7 @@ const (
 	uplinkMapCt           = "ct"
 	uplinkMapCtFrag       = "ct_frag"
 	uplinkMapCtQuota      = "ct_quota"
+	uplinkMapCtStats      = "ct_stats"
 	uplinkMapEndpointByIp = "endpoint_by_ip"
 	uplinkMapEndpoints    = "endpoints"
 	uplinkMapHostAddrs    = "host_addrs"
@@ -294,6 +295,7 @@ type uplinkMapSpecs struct {
 	Ct           *ebpf.MapSpec `ebpf:"ct"`
 	CtFrag       *ebpf.MapSpec `ebpf:"ct_frag"`
 	CtQuota      *ebpf.MapSpec `ebpf:"ct_quota"`
+	CtStats      *ebpf.MapSpec `ebpf:"ct_stats"`
 	EndpointByIp *ebpf.MapSpec `ebpf:"endpoint_by_ip"`
 	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
 	HostAddrs    *ebpf.MapSpec `ebpf:"host_addrs"`
@@ -335,6 +337,7 @@ type uplinkMaps struct {
 	Ct           *ebpf.Map `ebpf:"ct"`
 	CtFrag       *ebpf.Map `ebpf:"ct_frag"`
 	CtQuota      *ebpf.Map `ebpf:"ct_quota"`
+	CtStats      *ebpf.Map `ebpf:"ct_stats"`
 	EndpointByIp *ebpf.Map `ebpf:"endpoint_by_ip"`
 	Endpoints    *ebpf.Map `ebpf:"endpoints"`
 	HostAddrs    *ebpf.Map `ebpf:"host_addrs"`
@@ -352,6 +355,7 @@ func (m *uplinkMaps) Close() error {
 		m.Ct,
 		m.CtFrag,
 		m.CtQuota,
+		m.CtStats,
 		m.EndpointByIp,
 		m.Endpoints,
 		m.HostAddrs,

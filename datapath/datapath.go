@@ -186,6 +186,9 @@ type Metrics struct {
 	// Conntrack is the NAT connection table's use; nil if there is none.
 	ConntrackEntries, ConntrackCapacity int
 	HasConntrack                        bool
+	// ConntrackEvictions counts connection-table entries evicted to make
+	// room (a full table), since the table was made.
+	ConntrackEvictions uint64
 	// SkippedRemotes counts remote endpoints SetRemotes left out because
 	// they were unusable (a duplicate address, the gateway, a multicast
 	// MAC, this host as their node...), by reason, since start.

@@ -35,6 +35,7 @@
 //	fabric_datapath_bytes_total{direction,verdict,reason}    counter
 //	fabric_conntrack_entries                       gauge (only if the datapath has a table)
 //	fabric_conntrack_capacity                      gauge (likewise)
+//	fabric_conntrack_evictions_total               counter (likewise; entries evicted from a full table)
 //	fabric_nat_allocation_failures_total           counter
 //	fabric_datapath_map_full_total{map}            counter
 //	fabric_conntrack_quota_drops_total             counter (new connections of a source over its quota of unanswered ones)

@@ -86,6 +86,7 @@ func newFakeSources() *fakeSources {
 			NATAllocationFailures: 2,
 			MapFull:               map[string]uint64{"endpoints": 1},
 			ConntrackQuotaDrops:   7,
+			ConntrackEvictions:    5,
 			SkippedRemotes:        map[string]uint64{"duplicate": 2},
 			Programs:              map[string]int{"tc-endpoint": 4, "xdp-uplink": 1},
 		},

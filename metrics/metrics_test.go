@@ -37,6 +37,9 @@ fabric_conntrack_entries 120
 # HELP fabric_conntrack_capacity Size of the connection-tracking table; new connections are refused or evict old ones when it is full.
 # TYPE fabric_conntrack_capacity gauge
 fabric_conntrack_capacity 65536
+# HELP fabric_conntrack_evictions_total Connection-table entries evicted to make room for new ones (the table was full); established connections may be among them.
+# TYPE fabric_conntrack_evictions_total counter
+fabric_conntrack_evictions_total 5
 # HELP fabric_nat_allocation_failures_total Connections that could not get a source port for masquerade.
 # TYPE fabric_nat_allocation_failures_total counter
 fabric_nat_allocation_failures_total 2

@@ -84,6 +84,9 @@ type DatapathSnapshot struct {
 	NATAllocationFailures uint64
 	// MapFull counts inserts refused because a map was full, by map name.
 	MapFull map[string]uint64
+	// ConntrackEvictions counts connection-table entries evicted to make
+	// room for new ones (0 without a table).
+	ConntrackEvictions uint64
 	// ConntrackQuotaDrops counts new connections dropped because their
 	// source was over its quota of unanswered ones (a flood).
 	ConntrackQuotaDrops uint64

@@ -136,7 +136,8 @@ type Forwarder struct {
 	underlayMTU  int
 	eps          map[string]epState // by endpoint ID
 	warnings     []string
-	restored     int // pinned maps re-opened at start
+	restored     int    // pinned maps re-opened at start
+	ctEvictions  uint64 // highest conntrack eviction estimate reported
 }
 
 type netState struct {

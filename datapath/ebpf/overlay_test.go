@@ -649,4 +649,28 @@ func TestIncompatiblePinsRecreated(t *testing.T) {
 	if m.ValueSize() != 24 {
 		t.Errorf("pinned networks map has %d-byte values, want the new 24", m.ValueSize())
 	}
+
+	// Another conntrack size: only the connection table is made anew,
+	// and every program loads onto it.
+	netsBefore := mapID("networks")
+	if err := dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	resized, err := New(nil, Options{NetNSPath: path, BPFRoot: root, XDP: XDPOff, ConntrackMax: 4096})
+	if err != nil {
+		t.Fatalf("new with --conntrack-max 4096: %v", err)
+	}
+	t.Cleanup(func() { resized.Close() })
+	if got := mapID("networks"); got != netsBefore {
+		t.Errorf("networks map recreated by a conntrack resize")
+	}
+	if mapID("ct") == ctBefore {
+		t.Error("connection table not recreated at its new size")
+	}
+	if st := resized.Status(context.Background()); !strings.Contains(strings.Join(st.Details, "\n"), "of 4096 entries") {
+		t.Errorf("status does not show the new size: %q", st.Details)
+	}
+	if _, err := New(nil, Options{NetNSPath: path, BPFRoot: root, XDP: XDPOff, ConntrackMax: 10}); !errors.Is(err, datapath.ErrInvalid) {
+		t.Errorf("conntrack size 10: %v, want ErrInvalid", err)
+	}
 }
