@@ -12,7 +12,7 @@ DEB_BENCH := iperf3:iperf3 sockperf:sockperf wrk:wrk docker.io:docker-proxy
 # What `make generate` needs to compile the eBPF programs.
 DEB_BPF   := clang:clang llvm:llvm-strip libbpf-dev:/usr/include/bpf/bpf_helpers.h
 
-.PHONY: all build test test-unit fuzz fuzz deps deps-bench deps-bpf generate check-generate demo demo-host bench lint fmt vet staticcheck clean install uninstall
+.PHONY: all build test test-unit fuzz deps deps-bench deps-bpf generate check-generate demo demo-host bench lint fmt vet staticcheck clean install uninstall
 
 all: build
 

@@ -31,10 +31,15 @@ func (o *Objects) ConntrackStats() (entries, capacity int, err error) {
 // mapping, for masquerade possibly with another port): for tests, and for
 // an operator who changed the masquerade address.
 func (o *Objects) FlushConntrack() error {
-	if err := flush[endpointCtKey, endpointCtEntry](o.objs.Ct); err != nil {
+	n, err := flush[endpointCtKey, endpointCtEntry](o.objs.Ct)
+	if err != nil {
 		return fmt.Errorf("flush conntrack: %w", err)
 	}
-	if err := flush[endpointFragKey, endpointFragEntry](o.objs.CtFrag); err != nil {
+	// Deleted, not evicted: ConntrackEvictions must not count them.
+	if err := o.addCtStat(uint32(endpointCtStatCT_STAT_DELETES), uint64(n)); err != nil {
+		return fmt.Errorf("flush conntrack: %w", err)
+	}
+	if _, err := flush[endpointFragKey, endpointFragEntry](o.objs.CtFrag); err != nil {
 		return fmt.Errorf("flush fragment table: %w", err)
 	}
 	return nil
@@ -74,25 +79,28 @@ func countIterating[K, V any](m *ebpf.Map) (int, error) {
 	return n, it.Err()
 }
 
-// flush empties a hash map. Entries the programs add meanwhile may stay.
-func flush[K, V any](m *ebpf.Map) error {
+// flush empties a hash map and says how many entries it deleted. Entries
+// the programs add meanwhile may stay.
+func flush[K, V any](m *ebpf.Map) (int, error) {
 	keys, vals := make([]K, batchChunk), make([]V, batchChunk)
 	var cursor ebpf.MapBatchCursor
+	total := 0
 	for range int(m.MaxEntries())/batchChunk + 2 {
-		_, err := m.BatchLookupAndDelete(&cursor, keys, vals, nil)
+		n, err := m.BatchLookupAndDelete(&cursor, keys, vals, nil)
+		total += n
 		switch {
 		case errors.Is(err, ebpf.ErrKeyNotExist):
-			return nil
+			return total, nil
 		case errors.Is(err, ebpf.ErrNotSupported):
 			return flushIterating[K, V](m)
 		case err != nil:
-			return err
+			return total, err
 		}
 	}
-	return nil
+	return total, nil
 }
 
-func flushIterating[K, V any](m *ebpf.Map) error {
+func flushIterating[K, V any](m *ebpf.Map) (int, error) {
 	var (
 		k    K
 		v    V
@@ -103,12 +111,65 @@ func flushIterating[K, V any](m *ebpf.Map) error {
 		keys = append(keys, k)
 	}
 	if err := it.Err(); err != nil {
-		return err
+		return 0, err
 	}
+	n := 0
 	for _, k := range keys {
-		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return err
+		err := m.Delete(k)
+		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, err
 		}
+		if err == nil {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// ConntrackEvictions is how many entries the connection table's LRU has
+// evicted since it was made, as far as can be told: entries the programs
+// inserted, minus those deleted (by the programs or FlushConntrack), minus
+// those held now. The kernel does not report LRU evictions; reusing an
+// expired entry's key is no insert, so the figure is a floor. entries is
+// what ConntrackStats returned.
+func (o *Objects) ConntrackEvictions(entries int) (uint64, error) {
+	ins, err := o.ctStat(uint32(endpointCtStatCT_STAT_INSERTS))
+	if err != nil {
+		return 0, err
+	}
+	del, err := o.ctStat(uint32(endpointCtStatCT_STAT_DELETES))
+	if err != nil {
+		return 0, err
+	}
+	if ins < del+uint64(entries) {
+		return 0, nil
+	}
+	return ins - del - uint64(entries), nil
+}
+
+func (o *Objects) ctStat(which uint32) (uint64, error) {
+	var perCPU []uint64
+	if err := o.objs.CtStats.Lookup(which, &perCPU); err != nil {
+		return 0, fmt.Errorf("read conntrack stats: %w", err)
+	}
+	var sum uint64
+	for _, v := range perCPU {
+		sum += v
+	}
+	return sum, nil
+}
+
+func (o *Objects) addCtStat(which uint32, n uint64) error {
+	var perCPU []uint64
+	if err := o.objs.CtStats.Lookup(which, &perCPU); err != nil {
+		return fmt.Errorf("read conntrack stats: %w", err)
+	}
+	if len(perCPU) == 0 {
+		return nil
+	}
+	perCPU[0] += n
+	if err := o.objs.CtStats.Put(which, perCPU); err != nil {
+		return fmt.Errorf("write conntrack stats: %w", err)
 	}
 	return nil
 }

@@ -16,7 +16,8 @@
 #define EEXIST 17 /* errno, which a BPF build has no header for */
 
 #define NSEC 1000000000ULL
-#define CT_TIMEOUT_TCP_SYN (60 * NSEC)        /* until the reply direction is seen */
+#define CT_TIMEOUT_TCP_SYN (5 * NSEC)         /* until the reply direction is seen */
+#define CT_TIMEOUT_TCP_SYN_RECV (60 * NSEC)   /* answered SYN, until the original side acknowledges */
 #define CT_TIMEOUT_TCP_EST (6 * 3600 * NSEC)  /* idle established connection */
 #define CT_TIMEOUT_TCP_FIN (120 * NSEC)       /* half closed */
 #define CT_TIMEOUT_TCP_CLOSE (10 * NSEC)      /* closed both ways, or reset */
@@ -36,6 +37,8 @@ static __always_inline __u64 ct_timeout(__u8 proto, __u8 flags)
 			return CT_TIMEOUT_TCP_CLOSE;
 		if (flags & (CT_F_FIN_ORIG | CT_F_FIN_REPLY))
 			return CT_TIMEOUT_TCP_FIN;
+		if ((flags & (CT_F_REPLIED | CT_F_SYN_SENT)) == (CT_F_REPLIED | CT_F_SYN_SENT))
+			return CT_TIMEOUT_TCP_SYN_RECV;
 		if (flags & CT_F_REPLIED)
 			return CT_TIMEOUT_TCP_EST;
 		return CT_TIMEOUT_TCP_SYN;
@@ -84,7 +87,10 @@ static __always_inline __u8 ct_next_flags(__u8 flags, __u8 reply, __u8 proto, __
 	if (proto == IPPROTO_TCP) {
 		if ((tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN && !reply &&
 		    (flags & (CT_F_RST | CT_F_FIN_ORIG | CT_F_FIN_REPLY)))
-			flags = 0;
+			flags = CT_F_SYN_SENT;
+		/* The handshake's third packet: the connection is open. */
+		if (!reply && (tcp_flags & TCP_ACK) && (flags & CT_F_REPLIED))
+			flags &= ~CT_F_SYN_SENT;
 		if (tcp_flags & TCP_RST)
 			flags |= CT_F_RST;
 		if (tcp_flags & TCP_FIN)
@@ -93,6 +99,66 @@ static __always_inline __u8 ct_next_flags(__u8 flags, __u8 reply, __u8 proto, __
 	if (reply)
 		flags |= CT_F_REPLIED;
 	return flags;
+}
+
+/* ct_initial_flags is the state of a connection p starts. */
+static __always_inline __u8 ct_initial_flags(const struct pkt *p)
+{
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)
+		return CT_F_SYN_SENT;
+	return 0;
+}
+
+/* ct_unanswered: the connection still counts against its source's quota
+ * (a TCP handshake not completed, anything else not replied to). */
+static __always_inline int ct_unanswered(__u8 proto, __u8 flags)
+{
+	if (proto == IPPROTO_TCP)
+		return !(flags & CT_F_REPLIED) || (flags & CT_F_SYN_SENT);
+	return !(flags & CT_F_REPLIED);
+}
+
+/* ct_quota_take counts a new connection from src against its quota of
+ * unanswered ones (policy.ct_pending_max per CT_PENDING_WINDOW). Returns
+ * -1 if the source is over it: the caller drops the packet. A window is
+ * as long as an unanswered SYN lives, so the count bounds what the source
+ * holds in the table at any time to about twice the quota. Races between
+ * CPUs make the count approximate, never unbounded. */
+#define CT_PENDING_WINDOW CT_TIMEOUT_TCP_SYN
+static __always_inline int ct_quota_take(__be32 src, __u64 now)
+{
+	struct ct_pending fresh = { .since = now, .count = 1 };
+	struct ct_pending *q;
+	struct host_policy *pol;
+	__u32 zero = 0;
+
+	pol = bpf_map_lookup_elem(&policy, &zero);
+	if (!pol || !pol->ct_pending_max)
+		return 0;
+	q = bpf_map_lookup_elem(&ct_quota, &src);
+	if (!q) {
+		bpf_map_update_elem(&ct_quota, &src, &fresh, BPF_ANY);
+		return 0;
+	}
+	if (now - q->since > CT_PENDING_WINDOW) {
+		q->since = now;
+		q->count = 1;
+		return 0;
+	}
+	if (q->count >= (__s64)pol->ct_pending_max)
+		return -1;
+	__sync_fetch_and_add(&q->count, 1);
+	return 0;
+}
+
+/* ct_quota_give takes an answered (or never stored) connection off src's
+ * count. */
+static __always_inline void ct_quota_give(__be32 src)
+{
+	struct ct_pending *q = bpf_map_lookup_elem(&ct_quota, &src);
+
+	if (q && q->count > 0)
+		__sync_fetch_and_add(&q->count, -1);
 }
 
 /* ct_refresh records a packet of the connection: state and last_seen, in
@@ -107,6 +173,11 @@ static __always_inline void ct_refresh(const struct ct_key *k, struct ct_entry *
 
 	if (flags == e->flags && now - e->last_seen < CT_REFRESH_NS)
 		return;
+	/* Answered now: off the quota of the side that opened it, which is
+	 * the original entry's key source or the reply entry's value
+	 * destination. */
+	if (ct_unanswered(k->proto, e->flags) && !ct_unanswered(k->proto, flags))
+		ct_quota_give(e->reply ? e->daddr : k->saddr);
 	e->flags = flags;
 	e->last_seen = now;
 
@@ -142,6 +213,8 @@ static __always_inline int ct_create(const struct ct_key *ok, const struct ct_en
 	long err;
 
 	err = bpf_map_update_elem(&ct, rk, rv, BPF_NOEXIST);
+	if (!err)
+		ct_stat(CT_STAT_INSERTS);
 	if (err == -EEXIST) {
 		old = bpf_map_lookup_elem(&ct, rk);
 		if (old && !ct_expired(old, rk->proto, now) && !ct_same(old, rv))
@@ -150,8 +223,14 @@ static __always_inline int ct_create(const struct ct_key *ok, const struct ct_en
 	}
 	if (err)
 		return -1;
-	if (bpf_map_update_elem(&ct, ok, ov, BPF_ANY)) {
-		bpf_map_delete_elem(&ct, rk);
+	err = bpf_map_update_elem(&ct, ok, ov, BPF_NOEXIST);
+	if (!err)
+		ct_stat(CT_STAT_INSERTS);
+	else if (err == -EEXIST)
+		err = bpf_map_update_elem(&ct, ok, ov, BPF_ANY);
+	if (err) {
+		if (!bpf_map_delete_elem(&ct, rk))
+			ct_stat(CT_STAT_DELETES);
 		return -1;
 	}
 	return 0;

@@ -103,7 +103,7 @@ func TestConntrackTCPState(t *testing.T) {
 		l.age(t, reply, d)
 	}
 	l.expect(t, hookToUplink, uplinkIfindex, toOutside(syn), tcActOK, ReasonSNAT)
-	ageBoth(61 * time.Second) // unanswered SYN: 60 s
+	ageBoth(6 * time.Second) // unanswered SYN: 5 s
 	l.expect(t, hookFromUplink, uplinkIfindex, fromOutside(synAck), tcActOK, ReasonNotNAT)
 
 	l.expect(t, hookToUplink, uplinkIfindex, toOutside(syn), tcActOK, ReasonSNAT)
@@ -123,9 +123,58 @@ func TestConntrackTCPState(t *testing.T) {
 
 	// A new SYN on the tuple starts a new connection with fresh state.
 	l.expect(t, hookToUplink, uplinkIfindex, toOutside(syn), tcActOK, ReasonSNAT)
-	if e, _ := l.ct(t, orig); e.Flags != 0 {
-		t.Errorf("new connection starts with flags %#x", e.Flags)
+	if e, _ := l.ct(t, orig); e.Flags != ctFlagSynSent {
+		t.Errorf("new connection starts with flags %#x, want SYN sent only", e.Flags)
 	}
+}
+
+// TestConntrackHandshake: an unanswered SYN lives 5 s, an answered one
+// 60 s until the original side acknowledges, then the connection is
+// established.
+func TestConntrackHandshake(t *testing.T) {
+	l := loadNAT(t)
+	conn := func(sport uint16) (syn, synAck, ack flow, orig, reply endpointCtKey) {
+		syn = flow{proto: protoTCP, src: a1.Addr, sport: sport, dst: outside, dport: 443, tcpFlags: tcpFlagSYN}
+		synAck = syn.with(hostAddr, sport, outside, 443).reply()
+		synAck.tcpFlags = tcpFlagSYN | tcpFlagACK
+		ack = syn
+		ack.tcpFlags = tcpFlagACK
+		orig = ctKey(protoTCP, a1.Addr, sport, outside, 443, endpointCtDirCT_DIR_OUT)
+		reply = ctKey(protoTCP, outside, 443, hostAddr, sport, endpointCtDirCT_DIR_IN)
+		return
+	}
+	ageBoth := func(d time.Duration, keys ...endpointCtKey) {
+		for _, k := range keys {
+			l.age(t, k, d)
+		}
+	}
+
+	syn, synAck, _, orig, reply := conn(40100)
+	l.expect(t, hookToUplink, uplinkIfindex, toOutside(syn), tcActOK, ReasonSNAT)
+	ageBoth(4*time.Second, orig, reply)
+	l.expect(t, hookFromUplink, uplinkIfindex, fromOutside(synAck), tcActRedirect, ReasonSNATReply)
+	if e, _ := l.ct(t, orig); e.Flags != ctFlagReplied|ctFlagSynSent {
+		t.Errorf("answered SYN: flags %#x, want replied and SYN sent", e.Flags)
+	}
+	ageBoth(30*time.Second, orig, reply) // answered, not acknowledged: 60 s
+	l.expect(t, hookFromUplink, uplinkIfindex, fromOutside(synAck), tcActRedirect, ReasonSNATReply)
+
+	syn, synAck, _, orig, reply = conn(40101)
+	l.expect(t, hookToUplink, uplinkIfindex, toOutside(syn), tcActOK, ReasonSNAT)
+	ageBoth(6*time.Second, orig, reply)
+	l.expect(t, hookFromUplink, uplinkIfindex, fromOutside(synAck), tcActOK, ReasonNotNAT)
+
+	syn, synAck, ack, orig, reply := conn(40102)
+	l.expect(t, hookToUplink, uplinkIfindex, toOutside(syn), tcActOK, ReasonSNAT)
+	l.expect(t, hookFromUplink, uplinkIfindex, fromOutside(synAck), tcActRedirect, ReasonSNATReply)
+	l.expect(t, hookToUplink, uplinkIfindex, toOutside(ack), tcActOK, ReasonSNAT)
+	for _, k := range []endpointCtKey{orig, reply} {
+		if e, _ := l.ct(t, k); e.Flags != ctFlagReplied {
+			t.Errorf("handshake done: entry %+v flags %#x, want replied only (established)", k, e.Flags)
+		}
+	}
+	ageBoth(90*time.Second, orig, reply)
+	l.expect(t, hookFromUplink, uplinkIfindex, fromOutside(synAck), tcActRedirect, ReasonSNATReply)
 }
 
 // fillReply takes the masquerade reply tuple outside:53 -> host:port for

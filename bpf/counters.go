@@ -3,8 +3,11 @@
 package bpf
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
+
+	"github.com/cilium/ebpf"
 )
 
 // The counter index space, as in fabric.h (DIRECTION_MAX, VERDICT_MAX,
@@ -12,7 +15,7 @@ import (
 const (
 	directionMax = 8
 	verdictMax   = 4
-	reasonMax    = 32
+	reasonMax    = 64
 	countersMax  = directionMax * verdictMax * reasonMax
 )
 
@@ -70,6 +73,9 @@ const (
 	ReasonNoRemote       = Reason(endpointReasonREASON_NO_REMOTE)
 	ReasonWrongVNI       = Reason(endpointReasonREASON_WRONG_VNI)
 	ReasonNoTunnel       = Reason(endpointReasonREASON_NO_TUNNEL)
+	ReasonHostPort       = Reason(endpointReasonREASON_HOST_PORT)
+	ReasonTunnelSource   = Reason(endpointReasonREASON_TUNNEL_SOURCE)
+	ReasonCTQuota        = Reason(endpointReasonREASON_CT_QUOTA)
 )
 
 var directionNames = map[Direction]string{
@@ -116,6 +122,9 @@ var reasonNames = map[Reason]string{
 	ReasonNoRemote:       "no-remote",
 	ReasonWrongVNI:       "wrong-vni",
 	ReasonNoTunnel:       "no-tunnel",
+	ReasonHostPort:       "host-port",
+	ReasonTunnelSource:   "tunnel-source",
+	ReasonCTQuota:        "ct-quota",
 }
 
 func name[T ~uint32](names map[T]string, v T) string {
@@ -157,9 +166,18 @@ type Counter struct {
 }
 
 // ReadCounters returns every non-zero counter, summed over CPUs. The values
-// only grow; rates are the caller's business.
+// only grow; rates are the caller's business. One batch syscall reads the
+// whole map where the kernel has batches (a scrape, or a test checking
+// counters around every packet, would otherwise make one per cell).
 func (o *Objects) ReadCounters() (map[CounterKey]Counter, error) {
-	out := make(map[CounterKey]Counter)
+	out, err := o.readCountersBatch()
+	if err == nil {
+		return out, nil
+	}
+	if !errors.Is(err, ebpf.ErrNotSupported) {
+		return nil, fmt.Errorf("read counters: %w", err)
+	}
+	out = make(map[CounterKey]Counter)
 	var (
 		idx    uint32
 		perCPU []endpointCounter
@@ -177,6 +195,32 @@ func (o *Objects) ReadCounters() (map[CounterKey]Counter, error) {
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("read counters: %w", err)
+	}
+	return out, nil
+}
+
+func (o *Objects) readCountersBatch() (map[CounterKey]Counter, error) {
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, err
+	}
+	keys := make([]uint32, countersMax)
+	vals := make([]endpointCounter, countersMax*ncpu)
+	var cursor ebpf.MapBatchCursor
+	n, err := o.objs.Counters.BatchLookup(&cursor, keys, vals, nil)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil, err
+	}
+	out := make(map[CounterKey]Counter)
+	for i := range n {
+		var sum Counter
+		for _, c := range vals[i*ncpu : (i+1)*ncpu] {
+			sum.Packets += c.Packets
+			sum.Bytes += c.Bytes
+		}
+		if sum != (Counter{}) {
+			out[counterKeyAt(keys[i])] = sum
+		}
 	}
 	return out, nil
 }

@@ -219,7 +219,13 @@ static __always_inline int hairpin_new(struct __sk_buff *skb, const struct endpo
 	rv.kind = CT_KIND_HAIRPIN;
 	rv.reply = 1;
 	rv.rev_dir = CT_DIR_OUT;
+	ov.flags = rv.flags = ct_initial_flags(p);
+	if (ct_quota_take(p->saddr, now)) {
+		*ret = done(skb, TC_ACT_SHOT, REASON_CT_QUOTA);
+		return 1;
+	}
 	if (ct_create(ok, &ov, &rk, &rv, now)) {
+		ct_quota_give(p->saddr);
 		*ret = done(skb, TC_ACT_SHOT, REASON_CT_FULL);
 		return 1;
 	}
@@ -361,6 +367,59 @@ static __always_inline int to_tunnel(struct __sk_buff *skb, const struct endpoin
 	return done(skb, bpf_redirect(hc->tunnel_ifindex, 0), REASON_TO_TUNNEL);
 }
 
+/* to_guarded_port: is this packet, which goes to the host stack, for one
+ * of fabric's own ports on the host (gossip, tunnel, metrics: the policy
+ * map), or for the tunnel port of any host? A sandbox must never talk to
+ * the agent or inject into the tunnel, neither through its gateway nor,
+ * masqueraded to its host's address, into another node's. The ports are
+ * checked first and the address only on a match, so ordinary traffic to
+ * the host and egress pay one inlined array lookup and a few compares.
+ * Invalidates packet pointers. */
+static __always_inline int to_guarded_port(struct __sk_buff *skb, const struct network *net, __be32 daddr)
+{
+	struct host_policy *pol;
+	void *data, *data_end;
+	struct iphdr *ip;
+	__be16 *l4, dport;
+	__u32 zero = 0, hlen, i;
+	int hit = 0;
+	__u8 proto;
+
+	pol = bpf_map_lookup_elem(&policy, &zero);
+	if (!pol || (!pol->guard_tcp[0] && !pol->guard_udp[0] && !pol->tunnel_port))
+		return 0;
+	data = skb_data(skb);
+	data_end = skb_data_end(skb);
+	ip = data + sizeof(struct ethhdr);
+	if ((void *)(ip + 1) > data_end)
+		return 0;
+	proto = ip->protocol;
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return 0;
+	if (ip->frag_off & bpf_htons(IP_OFFSET))
+		return 0; /* no ports here; the host cannot reassemble it without the first */
+	hlen = ip->ihl * 4;
+	if (!linear(skb, sizeof(struct ethhdr) + hlen + 4))
+		return 0; /* too short to have ports: the host drops it */
+	data = skb_data(skb);
+	data_end = skb_data_end(skb);
+	if (hlen > IPV4_MAX_HLEN)
+		return 0;
+	l4 = data + sizeof(struct ethhdr) + hlen;
+	if ((void *)(l4 + 2) > data_end)
+		return 0;
+	dport = l4[1];
+	if (proto == IPPROTO_UDP && pol->tunnel_port && dport == pol->tunnel_port)
+		return 1;
+#pragma unroll
+	for (i = 0; i < GUARD_PORTS; i++)
+		hit |= (proto == IPPROTO_TCP ? pol->guard_tcp[i] : pol->guard_udp[i]) == dport;
+	if (!hit || !dport)
+		return 0;
+	return daddr == net->gateway || daddr == 0xffffffff || daddr == (net->subnet | ~net->mask) ||
+	       (daddr & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000) || bpf_map_lookup_elem(&host_addrs, &daddr);
+}
+
 static __always_inline int from_endpoint_ipv4(struct __sk_buff *skb, const struct endpoint *ep,
 					      const struct network *net)
 {
@@ -408,6 +467,13 @@ static __always_inline int from_endpoint_ipv4(struct __sk_buff *skb, const struc
 	if (!dst && net->vni && in_subnet(net, daddr) && daddr != net->gateway)
 		return to_tunnel(skb, ep, net, daddr);
 	if (!dst) {
+		if (to_guarded_port(skb, net, daddr))
+			return done(skb, TC_ACT_SHOT, REASON_HOST_PORT);
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		if (data + need > data_end)
+			return done(skb, TC_ACT_SHOT, REASON_MALFORMED);
+		eth = data;
 		/* For the host: the gateway, another host, the outside. The
 		 * frame is addressed to the router MAC, which need not be the
 		 * veth's own, so the stack classified it as PACKET_OTHERHOST

@@ -58,6 +58,19 @@ const (
 	endpointCtKindCT_KIND_HAIRPIN endpointCtKind = 3
 )
 
+type endpointCtPending struct {
+	_     structs.HostLayout
+	Since uint64
+	Count int64
+}
+
+type endpointCtStat uint32
+
+const (
+	endpointCtStatCT_STAT_INSERTS endpointCtStat = 0
+	endpointCtStatCT_STAT_DELETES endpointCtStat = 1
+)
+
 type endpointDirection uint32
 
 const (
@@ -109,6 +122,15 @@ type endpointHostConfig struct {
 	TunnelIfindex uint32
 	TunnelLocal   uint32
 	Pad           uint32
+}
+
+type endpointHostPolicy struct {
+	_            structs.HostLayout
+	GuardTcp     [4]uint16
+	GuardUdp     [4]uint16
+	CtPendingMax uint32
+	TunnelPort   uint16
+	Pad          uint16
 }
 
 type endpointNetwork struct {
@@ -170,6 +192,9 @@ const (
 	endpointReasonREASON_SOCK_REPLY      endpointReason = 28
 	endpointReasonREASON_WRONG_VNI       endpointReason = 29
 	endpointReasonREASON_NO_TUNNEL       endpointReason = 30
+	endpointReasonREASON_HOST_PORT       endpointReason = 31
+	endpointReasonREASON_TUNNEL_SOURCE   endpointReason = 32
+	endpointReasonREASON_CT_QUOTA        endpointReason = 33
 )
 
 type endpointRemote struct {
@@ -206,11 +231,14 @@ const (
 	endpointMapCounters      = "counters"
 	endpointMapCt            = "ct"
 	endpointMapCtFrag        = "ct_frag"
+	endpointMapCtQuota       = "ct_quota"
+	endpointMapCtStats       = "ct_stats"
 	endpointMapEndpointByIp  = "endpoint_by_ip"
 	endpointMapEndpoints     = "endpoints"
 	endpointMapHostAddrs     = "host_addrs"
 	endpointMapHostConfig    = "host_config"
 	endpointMapNetworks      = "networks"
+	endpointMapPolicy        = "policy"
 	endpointMapPorts         = "ports"
 	endpointMapRemotes       = "remotes"
 	endpointMapSubnets       = "subnets"
@@ -269,11 +297,14 @@ type endpointMapSpecs struct {
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
 	Ct           *ebpf.MapSpec `ebpf:"ct"`
 	CtFrag       *ebpf.MapSpec `ebpf:"ct_frag"`
+	CtQuota      *ebpf.MapSpec `ebpf:"ct_quota"`
+	CtStats      *ebpf.MapSpec `ebpf:"ct_stats"`
 	EndpointByIp *ebpf.MapSpec `ebpf:"endpoint_by_ip"`
 	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
 	HostAddrs    *ebpf.MapSpec `ebpf:"host_addrs"`
 	HostConfig   *ebpf.MapSpec `ebpf:"host_config"`
 	Networks     *ebpf.MapSpec `ebpf:"networks"`
+	Policy       *ebpf.MapSpec `ebpf:"policy"`
 	Ports        *ebpf.MapSpec `ebpf:"ports"`
 	Remotes      *ebpf.MapSpec `ebpf:"remotes"`
 	Subnets      *ebpf.MapSpec `ebpf:"subnets"`
@@ -308,11 +339,14 @@ type endpointMaps struct {
 	Counters     *ebpf.Map `ebpf:"counters"`
 	Ct           *ebpf.Map `ebpf:"ct"`
 	CtFrag       *ebpf.Map `ebpf:"ct_frag"`
+	CtQuota      *ebpf.Map `ebpf:"ct_quota"`
+	CtStats      *ebpf.Map `ebpf:"ct_stats"`
 	EndpointByIp *ebpf.Map `ebpf:"endpoint_by_ip"`
 	Endpoints    *ebpf.Map `ebpf:"endpoints"`
 	HostAddrs    *ebpf.Map `ebpf:"host_addrs"`
 	HostConfig   *ebpf.Map `ebpf:"host_config"`
 	Networks     *ebpf.Map `ebpf:"networks"`
+	Policy       *ebpf.Map `ebpf:"policy"`
 	Ports        *ebpf.Map `ebpf:"ports"`
 	Remotes      *ebpf.Map `ebpf:"remotes"`
 	Subnets      *ebpf.Map `ebpf:"subnets"`
@@ -323,11 +357,14 @@ func (m *endpointMaps) Close() error {
 		m.Counters,
 		m.Ct,
 		m.CtFrag,
+		m.CtQuota,
+		m.CtStats,
 		m.EndpointByIp,
 		m.Endpoints,
 		m.HostAddrs,
 		m.HostConfig,
 		m.Networks,
+		m.Policy,
 		m.Ports,
 		m.Remotes,
 		m.Subnets,

@@ -16,6 +16,9 @@
  *   ct              LRU_HASH struct ct_key        -> struct ct_entry
  *   ct_frag         LRU_HASH struct frag_key      -> struct frag_entry
  *   remotes         HASH  struct remote_key       -> struct remote
+ *   policy          ARRAY 0                       -> struct host_policy
+ *   ct_quota        LRU_HASH __be32 source        -> struct ct_pending
+ *   ct_stats        PERCPU_ARRAY enum ct_stat     -> __u64
  *
  * Both endpoint maps hold the same value: `endpoints` answers "who is
  * sending on this veth?", `endpoint_by_ip` answers "where does this address
@@ -59,11 +62,19 @@
  * E itself.) The reply entry's key is the reverse of the original entry's
  * value and the other way round; both carry the same state flags and
  * last_seen, refreshed together at most once per CT_REFRESH_NS. An entry
- * older than its timeout (see ct_timeout in conntrack.h: TCP 60 s until the
- * reply direction is seen, then 6 h, 120 s after one FIN, 10 s after FINs
+ * older than its timeout (see ct_timeout in conntrack.h: TCP 5 s until the
+ * reply direction is seen, 60 s from the answer to a SYN until the original
+ * side acknowledges it, then 6 h, 120 s after one FIN, 10 s after FINs
  * both ways or a RST; UDP 60 s / 120 s; ICMP 30 s) counts as absent and its
  * tuple may be taken again; LRU eviction is the only deletion the programs
  * need.
+ *
+ * A flood of new connections must not push everyone else's out of the
+ * LRU: each source address (an endpoint for masquerade and hairpin, the
+ * client for a published port) may have at most policy.ct_pending_max
+ * unanswered connections per window (`ct_quota`, see ct_quota_take);
+ * past it, its new connections are dropped (reason ct-quota) and nobody
+ * else's entries are touched.
  *
  * `ct_frag` lets the fragments after the first follow it: translating a
  * first fragment records (addresses, IP id, protocol, side) -> the new
@@ -88,7 +99,7 @@
  * adding one does not change the map's shape. */
 #define DIRECTION_MAX 8
 #define VERDICT_MAX 4
-#define REASON_MAX 32
+#define REASON_MAX 64
 #define COUNTERS_MAX (DIRECTION_MAX * VERDICT_MAX * REASON_MAX)
 
 /* Where a packet was seen. */
@@ -142,7 +153,10 @@ enum reason {
 	REASON_SOCK_REPLY = 28,    /* reply or peer of a rewritten host socket shown as the published address */
 	REASON_WRONG_VNI = 29,     /* from the tunnel: destination's network is not an overlay with the packet's VNI */
 	REASON_NO_TUNNEL = 30,     /* no tunnel device configured, or a packet without tunnel metadata */
-	/* 31: free. From the tunnel, delivered is (from-tunnel, redirect, forward). */
+	REASON_HOST_PORT = 31,     /* from a sandbox to one of fabric's own ports on the host (gossip, tunnel, metrics) */
+	REASON_TUNNEL_SOURCE = 32, /* from the tunnel: outer source is not the node that owns the inner source */
+	REASON_CT_QUOTA = 33,      /* new connection over its source's quota of unanswered ones */
+	/* From the tunnel, delivered is (from-tunnel, redirect, forward). */
 };
 
 /* One endpoint: the value of both `endpoints` and `endpoint_by_ip`. */
@@ -209,6 +223,25 @@ struct remote {
 	__u16 pad;       /* must be zero */
 };
 
+/* What the agent tells the programs about its own limits: the single entry
+ * of `policy`. A separate map from host_config so that adding it left the
+ * pinned maps' layouts as they were. */
+#define GUARD_PORTS 4
+struct host_policy {
+	__be16 guard_tcp[GUARD_PORTS]; /* host TCP ports no sandbox may reach (0: unused slot) */
+	__be16 guard_udp[GUARD_PORTS]; /* host UDP ports no sandbox may reach */
+	__u32 ct_pending_max;          /* unanswered connections one source may start per window; 0: no limit */
+	__be16 tunnel_port;            /* UDP to it is dropped whatever the destination: every node's tunnel; 0: none */
+	__u16 pad;                     /* must be zero */
+};
+
+/* One source's unanswered connections (ct_quota): counted up when one is
+ * made, down when it is answered, reset when the window has passed. */
+struct ct_pending {
+	__u64 since; /* start of the window */
+	__s64 count;
+};
+
 struct counter {
 	__u64 packets;
 	__u64 bytes;
@@ -238,6 +271,7 @@ enum ct_kind {
 #define CT_F_FIN_ORIG 2  /* TCP FIN in the original direction */
 #define CT_F_FIN_REPLY 4 /* TCP FIN in the reply direction */
 #define CT_F_RST 8       /* TCP RST either way */
+#define CT_F_SYN_SENT 16 /* made by a TCP SYN and not yet acknowledged by the original side */
 
 struct ct_key {
 	__be32 saddr;
@@ -370,10 +404,52 @@ struct {
 	__type(value, struct remote);
 } remotes SEC(".maps");
 
-/* Never called: puts the conntrack enums into BTF, as bpf2go_enums below. */
-__attribute__((used)) static int bpf2go_ct_enums(enum ct_dir d, enum ct_kind k)
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct host_policy);
+} policy SEC(".maps");
+
+#define MAX_CT_PENDING 65536
+
+/* LRU: a flood from many sources evicts quota entries rather than filling
+ * the map; an evicted source starts a new window. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_CT_PENDING);
+	__type(key, __be32);
+	__type(value, struct ct_pending);
+} ct_quota SEC(".maps");
+
+/* Connection-table bookkeeping (ct_stats, per CPU): entries the programs
+ * inserted as new keys and deleted. The kernel does not report LRU
+ * evictions; inserts - deletes - entries held is how many there were. */
+enum ct_stat {
+	CT_STAT_INSERTS = 0,
+	CT_STAT_DELETES = 1,
+};
+#define CT_STAT_MAX 4
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CT_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} ct_stats SEC(".maps");
+
+static __always_inline void ct_stat(__u32 which)
 {
-	return d + k;
+	__u64 *v = bpf_map_lookup_elem(&ct_stats, &which);
+
+	if (v)
+		(*v)++;
+}
+
+/* Never called: puts the conntrack enums into BTF, as bpf2go_enums below. */
+__attribute__((used)) static int bpf2go_ct_enums(enum ct_dir d, enum ct_kind k, enum ct_stat s)
+{
+	return d + k + s;
 }
 
 /* Never called. The enums are only used as constants, which leaves them out

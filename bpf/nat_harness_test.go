@@ -43,6 +43,7 @@ const uplinkIfindex = 2
 const (
 	ctFlagReplied = 1
 	ctFlagRST     = 8
+	ctFlagSynSent = 16
 )
 
 // XDP verdicts (linux/bpf.h).

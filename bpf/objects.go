@@ -71,6 +71,9 @@ func (o *Objects) sharedMaps() map[string]*ebpf.Map {
 		"ct":             o.objs.Ct,
 		"ct_frag":        o.objs.CtFrag,
 		"remotes":        o.objs.Remotes,
+		"policy":         o.objs.Policy,
+		"ct_quota":       o.objs.CtQuota,
+		"ct_stats":       o.objs.CtStats,
 	}
 }
 
@@ -97,6 +100,23 @@ func (o *Objects) sharedOptions(opts *ebpf.CollectionOptions) (*ebpf.CollectionO
 	return &out, nil
 }
 
+// loadOnto loads the object load returns onto o's maps (opts from
+// sharedOptions), each shared map's spec sized as o's map is: the
+// connection table's size is an option (SetConntrackMax), and a map
+// replacement must match its spec exactly.
+func (o *Objects) loadOnto(load func() (*ebpf.CollectionSpec, error), to any, opts *ebpf.CollectionOptions) error {
+	spec, err := load()
+	if err != nil {
+		return err
+	}
+	for name, m := range o.sharedMaps() {
+		if ms, ok := spec.Maps[name]; ok {
+			ms.MaxEntries = m.MaxEntries()
+		}
+	}
+	return spec.LoadAndAssign(to, opts)
+}
+
 // loadError wraps a load failure, with the verifier's log when it has one
 // (the only way to see why a program was rejected).
 func loadError(what string, err error) error {
@@ -117,7 +137,7 @@ func (o *Objects) Close() error {
 	for _, c := range []io.Closer{
 		o.objs.FromEndpoint, o.objs.Endpoints, o.objs.EndpointByIp, o.objs.Networks, o.objs.Counters,
 		o.objs.Ports, o.objs.HostAddrs, o.objs.HostConfig, o.objs.Subnets, o.objs.Ct, o.objs.CtFrag,
-		o.objs.Remotes,
+		o.objs.Remotes, o.objs.Policy, o.objs.CtQuota, o.objs.CtStats,
 	} {
 		if err := c.Close(); err != nil {
 			errs = append(errs, err)

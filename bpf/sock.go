@@ -45,7 +45,7 @@ func LoadSock(shared *Objects, opts *ebpf.CollectionOptions) (*Sock, error) {
 		return nil, err
 	}
 	s := &Sock{}
-	if err := loadSockObjects(&s.objs, o); err != nil {
+	if err := shared.loadOnto(loadSock, &s.objs, o); err != nil {
 		return nil, loadError("socket hooks", err)
 	}
 	return s, nil

@@ -43,6 +43,12 @@ type sockCtKey struct {
 	Pad   uint16
 }
 
+type sockCtPending struct {
+	_     structs.HostLayout
+	Since uint64
+	Count int64
+}
+
 type sockEndpoint struct {
 	_         structs.HostLayout
 	Ifindex   uint32
@@ -82,6 +88,15 @@ type sockHostConfig struct {
 	TunnelIfindex uint32
 	TunnelLocal   uint32
 	Pad           uint32
+}
+
+type sockHostPolicy struct {
+	_            structs.HostLayout
+	GuardTcp     [4]uint16
+	GuardUdp     [4]uint16
+	CtPendingMax uint32
+	TunnelPort   uint16
+	Pad          uint16
 }
 
 type sockNetwork struct {
@@ -150,11 +165,14 @@ const (
 	sockMapCounters          = "counters"
 	sockMapCt                = "ct"
 	sockMapCtFrag            = "ct_frag"
+	sockMapCtQuota           = "ct_quota"
+	sockMapCtStats           = "ct_stats"
 	sockMapEndpointByIp      = "endpoint_by_ip"
 	sockMapEndpoints         = "endpoints"
 	sockMapHostAddrs         = "host_addrs"
 	sockMapHostConfig        = "host_config"
 	sockMapNetworks          = "networks"
+	sockMapPolicy            = "policy"
 	sockMapPorts             = "ports"
 	sockMapRemotes           = "remotes"
 	sockMapSockReverse       = "sock_reverse"
@@ -222,11 +240,14 @@ type sockMapSpecs struct {
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
 	Ct           *ebpf.MapSpec `ebpf:"ct"`
 	CtFrag       *ebpf.MapSpec `ebpf:"ct_frag"`
+	CtQuota      *ebpf.MapSpec `ebpf:"ct_quota"`
+	CtStats      *ebpf.MapSpec `ebpf:"ct_stats"`
 	EndpointByIp *ebpf.MapSpec `ebpf:"endpoint_by_ip"`
 	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
 	HostAddrs    *ebpf.MapSpec `ebpf:"host_addrs"`
 	HostConfig   *ebpf.MapSpec `ebpf:"host_config"`
 	Networks     *ebpf.MapSpec `ebpf:"networks"`
+	Policy       *ebpf.MapSpec `ebpf:"policy"`
 	Ports        *ebpf.MapSpec `ebpf:"ports"`
 	Remotes      *ebpf.MapSpec `ebpf:"remotes"`
 	SockReverse  *ebpf.MapSpec `ebpf:"sock_reverse"`
@@ -262,11 +283,14 @@ type sockMaps struct {
 	Counters     *ebpf.Map `ebpf:"counters"`
 	Ct           *ebpf.Map `ebpf:"ct"`
 	CtFrag       *ebpf.Map `ebpf:"ct_frag"`
+	CtQuota      *ebpf.Map `ebpf:"ct_quota"`
+	CtStats      *ebpf.Map `ebpf:"ct_stats"`
 	EndpointByIp *ebpf.Map `ebpf:"endpoint_by_ip"`
 	Endpoints    *ebpf.Map `ebpf:"endpoints"`
 	HostAddrs    *ebpf.Map `ebpf:"host_addrs"`
 	HostConfig   *ebpf.Map `ebpf:"host_config"`
 	Networks     *ebpf.Map `ebpf:"networks"`
+	Policy       *ebpf.Map `ebpf:"policy"`
 	Ports        *ebpf.Map `ebpf:"ports"`
 	Remotes      *ebpf.Map `ebpf:"remotes"`
 	SockReverse  *ebpf.Map `ebpf:"sock_reverse"`
@@ -278,11 +302,14 @@ func (m *sockMaps) Close() error {
 		m.Counters,
 		m.Ct,
 		m.CtFrag,
+		m.CtQuota,
+		m.CtStats,
 		m.EndpointByIp,
 		m.Endpoints,
 		m.HostAddrs,
 		m.HostConfig,
 		m.Networks,
+		m.Policy,
 		m.Ports,
 		m.Remotes,
 		m.SockReverse,

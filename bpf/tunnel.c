@@ -11,7 +11,8 @@
  *     addresses no local endpoint holds, sources outside the network's
  *     subnet or claiming a local endpoint's address (anti-spoofing: the
  *     sending node's program checked its sandbox, but anyone who can reach
- *     the VXLAN port can send), and anything but IPv4 (remote sandboxes'
+ *     the VXLAN port can send), sources whose remote entry names another
+ *     node than the packet's outer source, and anything but IPv4 (remote sandboxes'
  *     ARP is answered on their own node and never crosses).
  *
  * Nothing goes to the host stack: the VXLAN device has no address and the
@@ -40,6 +41,8 @@ int from_tunnel(struct __sk_buff *skb)
 {
 	const __u32 need = sizeof(struct ethhdr) + sizeof(struct iphdr);
 	struct bpf_tunnel_key key = {};
+	struct remote_key rk = {};
+	struct remote *r;
 	struct endpoint *dst;
 	struct network *dnet;
 	void *data, *data_end;
@@ -95,6 +98,15 @@ int from_tunnel(struct __sk_buff *skb)
 	 * the tunnel is forged. */
 	if (!in_subnet(dnet, saddr) || saddr == dnet->gateway || bpf_map_lookup_elem(&endpoint_by_ip, &saddr))
 		return done(skb, TC_ACT_SHOT, REASON_SPOOFED_IP);
+	/* And it must come from the node that holds it: anyone who reaches
+	 * the VXLAN port (a sandbox through the host, a stranger on the
+	 * underlay) can send, and VNIs are no secret. One lookup: the remote
+	 * entry names its node. */
+	rk.network_id = dst->network_id;
+	rk.ipv4 = saddr;
+	r = bpf_map_lookup_elem(&remotes, &rk);
+	if (!r || r->node != bpf_htonl(key.remote_ipv4))
+		return done(skb, TC_ACT_SHOT, REASON_TUNNEL_SOURCE);
 
 	if (set_macs(skb, dst->mac, dnet->router_mac))
 		return done(skb, TC_ACT_SHOT, REASON_MALFORMED);

@@ -27,7 +27,7 @@ func LoadTunnel(shared *Objects, opts *ebpf.CollectionOptions) (*Tunnel, error) 
 		return nil, err
 	}
 	t := &Tunnel{}
-	if err := loadTunnelObjects(&t.objs, o); err != nil {
+	if err := shared.loadOnto(loadTunnel, &t.objs, o); err != nil {
 		return nil, loadError("tunnel program", err)
 	}
 	return t, nil

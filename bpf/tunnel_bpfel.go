@@ -43,6 +43,12 @@ type tunnelCtKey struct {
 	Pad   uint16
 }
 
+type tunnelCtPending struct {
+	_     structs.HostLayout
+	Since uint64
+	Count int64
+}
+
 type tunnelEndpoint struct {
 	_         structs.HostLayout
 	Ifindex   uint32
@@ -82,6 +88,15 @@ type tunnelHostConfig struct {
 	TunnelIfindex uint32
 	TunnelLocal   uint32
 	Pad           uint32
+}
+
+type tunnelHostPolicy struct {
+	_            structs.HostLayout
+	GuardTcp     [4]uint16
+	GuardUdp     [4]uint16
+	CtPendingMax uint32
+	TunnelPort   uint16
+	Pad          uint16
 }
 
 type tunnelNetwork struct {
@@ -135,11 +150,14 @@ const (
 	tunnelMapCounters     = "counters"
 	tunnelMapCt           = "ct"
 	tunnelMapCtFrag       = "ct_frag"
+	tunnelMapCtQuota      = "ct_quota"
+	tunnelMapCtStats      = "ct_stats"
 	tunnelMapEndpointByIp = "endpoint_by_ip"
 	tunnelMapEndpoints    = "endpoints"
 	tunnelMapHostAddrs    = "host_addrs"
 	tunnelMapHostConfig   = "host_config"
 	tunnelMapNetworks     = "networks"
+	tunnelMapPolicy       = "policy"
 	tunnelMapPorts        = "ports"
 	tunnelMapRemotes      = "remotes"
 	tunnelMapSubnets      = "subnets"
@@ -198,11 +216,14 @@ type tunnelMapSpecs struct {
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
 	Ct           *ebpf.MapSpec `ebpf:"ct"`
 	CtFrag       *ebpf.MapSpec `ebpf:"ct_frag"`
+	CtQuota      *ebpf.MapSpec `ebpf:"ct_quota"`
+	CtStats      *ebpf.MapSpec `ebpf:"ct_stats"`
 	EndpointByIp *ebpf.MapSpec `ebpf:"endpoint_by_ip"`
 	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
 	HostAddrs    *ebpf.MapSpec `ebpf:"host_addrs"`
 	HostConfig   *ebpf.MapSpec `ebpf:"host_config"`
 	Networks     *ebpf.MapSpec `ebpf:"networks"`
+	Policy       *ebpf.MapSpec `ebpf:"policy"`
 	Ports        *ebpf.MapSpec `ebpf:"ports"`
 	Remotes      *ebpf.MapSpec `ebpf:"remotes"`
 	Subnets      *ebpf.MapSpec `ebpf:"subnets"`
@@ -237,11 +258,14 @@ type tunnelMaps struct {
 	Counters     *ebpf.Map `ebpf:"counters"`
 	Ct           *ebpf.Map `ebpf:"ct"`
 	CtFrag       *ebpf.Map `ebpf:"ct_frag"`
+	CtQuota      *ebpf.Map `ebpf:"ct_quota"`
+	CtStats      *ebpf.Map `ebpf:"ct_stats"`
 	EndpointByIp *ebpf.Map `ebpf:"endpoint_by_ip"`
 	Endpoints    *ebpf.Map `ebpf:"endpoints"`
 	HostAddrs    *ebpf.Map `ebpf:"host_addrs"`
 	HostConfig   *ebpf.Map `ebpf:"host_config"`
 	Networks     *ebpf.Map `ebpf:"networks"`
+	Policy       *ebpf.Map `ebpf:"policy"`
 	Ports        *ebpf.Map `ebpf:"ports"`
 	Remotes      *ebpf.Map `ebpf:"remotes"`
 	Subnets      *ebpf.Map `ebpf:"subnets"`
@@ -252,11 +276,14 @@ func (m *tunnelMaps) Close() error {
 		m.Counters,
 		m.Ct,
 		m.CtFrag,
+		m.CtQuota,
+		m.CtStats,
 		m.EndpointByIp,
 		m.Endpoints,
 		m.HostAddrs,
 		m.HostConfig,
 		m.Networks,
+		m.Policy,
 		m.Ports,
 		m.Remotes,
 		m.Subnets,

@@ -184,7 +184,13 @@ static __always_inline int ingress_published(struct ingress *r, const struct ct_
 	rv.kind = CT_KIND_DNAT;
 	rv.reply = 1;
 	rv.rev_dir = CT_DIR_IN;
+	ov.flags = rv.flags = ct_initial_flags(p);
+	if (ct_quota_take(p->saddr, now)) {
+		ingress_verdict(r, ING_DROP, REASON_CT_QUOTA);
+		return 1;
+	}
 	if (ct_create(ok, &ov, &rk, &rv, now)) {
+		ct_quota_give(p->saddr);
 		ingress_verdict(r, ING_DROP, REASON_CT_FULL);
 		return 1;
 	}
@@ -401,7 +407,7 @@ static __always_inline int snat_create(struct __sk_buff *skb, const struct pkt *
 	struct ct_key rk = { .saddr = p->daddr, .daddr = hc->snat_addr, .sport = p->dport, .proto = p->proto, .dir = CT_DIR_IN };
 	struct ct_entry rv = {
 		.last_seen = now, .saddr = p->daddr, .daddr = p->saddr, .sport = p->dport, .dport = p->sport,
-		.kind = CT_KIND_SNAT, .reply = 1, .rev_dir = CT_DIR_OUT,
+		.kind = CT_KIND_SNAT, .flags = ct_initial_flags(p), .reply = 1, .rev_dir = CT_DIR_OUT,
 	};
 	struct ct_entry ov = {}, *cur;
 	__be16 port = 0;
@@ -417,6 +423,8 @@ static __always_inline int snat_create(struct __sk_buff *skb, const struct pkt *
 		if (host_socket_uses(skb, p->proto, p->daddr, p->dport, hc->snat_addr, rk.dport))
 			continue;
 		err = bpf_map_update_elem(&ct, &rk, &rv, BPF_NOEXIST);
+		if (!err)
+			ct_stat(CT_STAT_INSERTS);
 		if (err == -EEXIST) {
 			/* Taken, unless expired or this very connection's (its
 			 * original entry was evicted, not its reply entry). */
@@ -443,21 +451,26 @@ static __always_inline int snat_create(struct __sk_buff *skb, const struct pkt *
 	ov.sport = port;
 	ov.dport = p->dport;
 	ov.kind = CT_KIND_SNAT;
+	ov.flags = rv.flags;
 	ov.rev_dir = CT_DIR_IN;
 	err = bpf_map_update_elem(&ct, ok, &ov, BPF_NOEXIST);
+	if (!err)
+		ct_stat(CT_STAT_INSERTS);
 	if (err == -EEXIST) {
 		cur = bpf_map_lookup_elem(&ct, ok);
 		if (cur && !ct_expired(cur, p->proto, now)) {
 			/* Another CPU masqueraded the same connection's first
 			 * packets meanwhile: use its port, free ours. */
-			bpf_map_delete_elem(&ct, &rk);
+			if (!bpf_map_delete_elem(&ct, &rk))
+				ct_stat(CT_STAT_DELETES);
 			*out = *cur;
 			return 0;
 		}
 		err = bpf_map_update_elem(&ct, ok, &ov, BPF_ANY);
 	}
 	if (err) {
-		bpf_map_delete_elem(&ct, &rk);
+		if (!bpf_map_delete_elem(&ct, &rk))
+			ct_stat(CT_STAT_DELETES);
 		*why = REASON_CT_FULL;
 		return -1;
 	}
@@ -604,8 +617,12 @@ int to_uplink(struct __sk_buff *skb)
 	default:
 		return tc_done(skb, DIR_TO_UPLINK, TC_ACT_SHOT, REASON_NAT_UNSUPPORTED);
 	}
-	if (snat_create(skb, &p, &k, hc, now, &created, &why))
+	if (ct_quota_take(p.saddr, now))
+		return tc_done(skb, DIR_TO_UPLINK, TC_ACT_SHOT, REASON_CT_QUOTA);
+	if (snat_create(skb, &p, &k, hc, now, &created, &why)) {
+		ct_quota_give(p.saddr);
 		return tc_done(skb, DIR_TO_UPLINK, TC_ACT_SHOT, why);
+	}
 	tuple_of(&t, &created);
 	if (p.first_frag)
 		frag_record(&p, CT_DIR_OUT, t.saddr, t.daddr, CT_KIND_SNAT, 0, now);

@@ -34,7 +34,7 @@ func LoadUplink(shared *Objects, opts *ebpf.CollectionOptions) (*Uplink, error) 
 		return nil, err
 	}
 	u := &Uplink{}
-	if err := loadUplinkObjects(&u.objs, o); err != nil {
+	if err := shared.loadOnto(loadUplink, &u.objs, o); err != nil {
 		return nil, loadError("uplink programs", err)
 	}
 	return u, nil

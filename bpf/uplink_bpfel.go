@@ -58,6 +58,12 @@ const (
 	uplinkCtKindCT_KIND_HAIRPIN uplinkCtKind = 3
 )
 
+type uplinkCtPending struct {
+	_     structs.HostLayout
+	Since uint64
+	Count int64
+}
+
 type uplinkDirection uint32
 
 const (
@@ -109,6 +115,15 @@ type uplinkHostConfig struct {
 	TunnelIfindex uint32
 	TunnelLocal   uint32
 	Pad           uint32
+}
+
+type uplinkHostPolicy struct {
+	_            structs.HostLayout
+	GuardTcp     [4]uint16
+	GuardUdp     [4]uint16
+	CtPendingMax uint32
+	TunnelPort   uint16
+	Pad          uint16
 }
 
 type uplinkNetwork struct {
@@ -170,6 +185,9 @@ const (
 	uplinkReasonREASON_SOCK_REPLY      uplinkReason = 28
 	uplinkReasonREASON_WRONG_VNI       uplinkReason = 29
 	uplinkReasonREASON_NO_TUNNEL       uplinkReason = 30
+	uplinkReasonREASON_HOST_PORT       uplinkReason = 31
+	uplinkReasonREASON_TUNNEL_SOURCE   uplinkReason = 32
+	uplinkReasonREASON_CT_QUOTA        uplinkReason = 33
 )
 
 type uplinkRemote struct {
@@ -206,11 +224,14 @@ const (
 	uplinkMapCounters     = "counters"
 	uplinkMapCt           = "ct"
 	uplinkMapCtFrag       = "ct_frag"
+	uplinkMapCtQuota      = "ct_quota"
+	uplinkMapCtStats      = "ct_stats"
 	uplinkMapEndpointByIp = "endpoint_by_ip"
 	uplinkMapEndpoints    = "endpoints"
 	uplinkMapHostAddrs    = "host_addrs"
 	uplinkMapHostConfig   = "host_config"
 	uplinkMapNetworks     = "networks"
+	uplinkMapPolicy       = "policy"
 	uplinkMapPorts        = "ports"
 	uplinkMapRemotes      = "remotes"
 	uplinkMapSubnets      = "subnets"
@@ -273,11 +294,14 @@ type uplinkMapSpecs struct {
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
 	Ct           *ebpf.MapSpec `ebpf:"ct"`
 	CtFrag       *ebpf.MapSpec `ebpf:"ct_frag"`
+	CtQuota      *ebpf.MapSpec `ebpf:"ct_quota"`
+	CtStats      *ebpf.MapSpec `ebpf:"ct_stats"`
 	EndpointByIp *ebpf.MapSpec `ebpf:"endpoint_by_ip"`
 	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
 	HostAddrs    *ebpf.MapSpec `ebpf:"host_addrs"`
 	HostConfig   *ebpf.MapSpec `ebpf:"host_config"`
 	Networks     *ebpf.MapSpec `ebpf:"networks"`
+	Policy       *ebpf.MapSpec `ebpf:"policy"`
 	Ports        *ebpf.MapSpec `ebpf:"ports"`
 	Remotes      *ebpf.MapSpec `ebpf:"remotes"`
 	Subnets      *ebpf.MapSpec `ebpf:"subnets"`
@@ -312,11 +336,14 @@ type uplinkMaps struct {
 	Counters     *ebpf.Map `ebpf:"counters"`
 	Ct           *ebpf.Map `ebpf:"ct"`
 	CtFrag       *ebpf.Map `ebpf:"ct_frag"`
+	CtQuota      *ebpf.Map `ebpf:"ct_quota"`
+	CtStats      *ebpf.Map `ebpf:"ct_stats"`
 	EndpointByIp *ebpf.Map `ebpf:"endpoint_by_ip"`
 	Endpoints    *ebpf.Map `ebpf:"endpoints"`
 	HostAddrs    *ebpf.Map `ebpf:"host_addrs"`
 	HostConfig   *ebpf.Map `ebpf:"host_config"`
 	Networks     *ebpf.Map `ebpf:"networks"`
+	Policy       *ebpf.Map `ebpf:"policy"`
 	Ports        *ebpf.Map `ebpf:"ports"`
 	Remotes      *ebpf.Map `ebpf:"remotes"`
 	Subnets      *ebpf.Map `ebpf:"subnets"`
@@ -327,11 +354,14 @@ func (m *uplinkMaps) Close() error {
 		m.Counters,
 		m.Ct,
 		m.CtFrag,
+		m.CtQuota,
+		m.CtStats,
 		m.EndpointByIp,
 		m.Endpoints,
 		m.HostAddrs,
 		m.HostConfig,
 		m.Networks,
+		m.Policy,
 		m.Ports,
 		m.Remotes,
 		m.Subnets,

@@ -60,6 +60,23 @@ type Tunnel struct {
 	Device string
 }
 
+// HostPort is one of fabric's own ports on the host (gossip, the tunnel,
+// metrics): no sandbox may reach it, whatever host address it aims at.
+type HostPort struct {
+	Proto string // "tcp" or "udp"
+	Port  uint16
+}
+
+// DefaultConntrackMax is the size of the eBPF datapath's connection table
+// (entries, two per connection) unless configured.
+const DefaultConntrackMax = 262144
+
+// DefaultConntrackPending is how many unanswered connections (a TCP
+// handshake not completed, a UDP flow not replied to) one source address
+// may start per 5 s before its new ones are dropped: a flood from one
+// sandbox or one client cannot push everyone else out of the table.
+const DefaultConntrackPending = 2048
+
 // Network is one network as the datapath sees it.
 type Network struct {
 	ID       string // stable, unique; used to name and mark kernel objects
@@ -176,6 +193,13 @@ type Metrics struct {
 	// Conntrack is the NAT connection table's use; nil if there is none.
 	ConntrackEntries, ConntrackCapacity int
 	HasConntrack                        bool
+	// ConntrackEvictions counts connection-table entries evicted to make
+	// room (a full table), since the table was made.
+	ConntrackEvictions uint64
+	// SkippedRemotes counts remote endpoints SetRemotes left out because
+	// they were unusable (a duplicate address, the gateway, a multicast
+	// MAC, this host as their node...), by reason, since start.
+	SkippedRemotes map[string]uint64
 	// Programs counts attached programs by hook (e.g. "tcx-ingress").
 	Programs map[string]int
 }

@@ -14,6 +14,9 @@ type datapathCollector struct {
 	ctEntries, ctCapacity *prometheus.Desc
 	natFailures           *prometheus.Desc
 	mapFull               *prometheus.Desc
+	ctQuota               *prometheus.Desc
+	ctEvictions           *prometheus.Desc
+	skippedRemotes        *prometheus.Desc
 	programs              *prometheus.Desc
 	// readErrors is the one value the collector owns: it must survive the
 	// scrapes it is about, which return nothing from the source.
@@ -36,6 +39,12 @@ func newDatapathCollector(src DatapathSource) *datapathCollector {
 			"Connections that could not get a source port for masquerade.", nil, nil),
 		mapFull: prometheus.NewDesc("fabric_datapath_map_full_total",
 			"Inserts the datapath refused because a map was full, by map.", []string{"map"}, nil),
+		ctEvictions: prometheus.NewDesc("fabric_conntrack_evictions_total",
+			"Connection-table entries evicted to make room for new ones (the table was full); established connections may be among them.", nil, nil),
+		ctQuota: prometheus.NewDesc("fabric_conntrack_quota_drops_total",
+			"New connections dropped because their source had too many unanswered ones (a SYN or UDP flood); other connections are untouched.", nil, nil),
+		skippedRemotes: prometheus.NewDesc("fabric_overlay_remotes_skipped_total",
+			"Remote endpoints of overlay networks left out as unusable (each counted once when it appears), by reason.", []string{"reason"}, nil),
 		programs: prometheus.NewDesc("fabric_datapath_programs_attached",
 			"Datapath programs attached now, by hook.", []string{"hook"}, nil),
 		readErrors: prometheus.NewCounter(prometheus.CounterOpts{
@@ -46,7 +55,7 @@ func newDatapathCollector(src DatapathSource) *datapathCollector {
 }
 
 func (c *datapathCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.packets, c.bytes, c.ctEntries, c.ctCapacity, c.natFailures, c.mapFull, c.programs} {
+	for _, d := range []*prometheus.Desc{c.packets, c.bytes, c.ctEntries, c.ctCapacity, c.natFailures, c.mapFull, c.ctEvictions, c.ctQuota, c.skippedRemotes, c.programs} {
 		ch <- d
 	}
 	c.readErrors.Describe(ch)
@@ -83,10 +92,15 @@ func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
 	if ct := s.Conntrack; ct != nil {
 		ch <- prometheus.MustNewConstMetric(c.ctEntries, prometheus.GaugeValue, float64(ct.Entries))
 		ch <- prometheus.MustNewConstMetric(c.ctCapacity, prometheus.GaugeValue, float64(ct.Capacity))
+		ch <- prometheus.MustNewConstMetric(c.ctEvictions, prometheus.CounterValue, float64(s.ConntrackEvictions))
 	}
 	ch <- prometheus.MustNewConstMetric(c.natFailures, prometheus.CounterValue, float64(s.NATAllocationFailures))
 	for m, n := range s.MapFull {
 		ch <- prometheus.MustNewConstMetric(c.mapFull, prometheus.CounterValue, float64(n), m)
+	}
+	ch <- prometheus.MustNewConstMetric(c.ctQuota, prometheus.CounterValue, float64(s.ConntrackQuotaDrops))
+	for reason, n := range s.SkippedRemotes {
+		ch <- prometheus.MustNewConstMetric(c.skippedRemotes, prometheus.CounterValue, float64(n), reason)
 	}
 	for hook, n := range s.Programs {
 		ch <- prometheus.MustNewConstMetric(c.programs, prometheus.GaugeValue, float64(n), hook)

@@ -36,8 +36,11 @@
 //	                                               cgroup socket hooks count connections and datagrams, not bytes)
 //	fabric_conntrack_entries                       gauge (only if the datapath has a table)
 //	fabric_conntrack_capacity                      gauge (likewise)
+//	fabric_conntrack_evictions_total               counter (likewise; entries evicted from a full table)
 //	fabric_nat_allocation_failures_total           counter
 //	fabric_datapath_map_full_total{map}            counter (0 from the start for every map that can fill)
+//	fabric_conntrack_quota_drops_total             counter (new connections of a source over its quota of unanswered ones)
+//	fabric_overlay_remotes_skipped_total{reason}   counter (unusable remote endpoints left out)
 //	fabric_datapath_programs_attached{hook}        gauge
 //	fabric_datapath_read_errors_total              counter, scrapes whose read failed
 //

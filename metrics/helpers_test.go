@@ -85,6 +85,9 @@ func newFakeSources() *fakeSources {
 			Conntrack:             &TableUsage{Entries: 120, Capacity: 65536},
 			NATAllocationFailures: 2,
 			MapFull:               map[string]uint64{"endpoints": 1},
+			ConntrackQuotaDrops:   7,
+			ConntrackEvictions:    5,
+			SkippedRemotes:        map[string]uint64{"duplicate": 2},
 			Programs:              map[string]int{"tc-endpoint": 4, "xdp-uplink": 1},
 		},
 		agent: AgentSnapshot{

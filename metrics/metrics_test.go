@@ -37,12 +37,21 @@ fabric_conntrack_entries 120
 # HELP fabric_conntrack_capacity Size of the connection-tracking table; new connections are refused or evict old ones when it is full.
 # TYPE fabric_conntrack_capacity gauge
 fabric_conntrack_capacity 65536
+# HELP fabric_conntrack_evictions_total Connection-table entries evicted to make room for new ones (the table was full); established connections may be among them.
+# TYPE fabric_conntrack_evictions_total counter
+fabric_conntrack_evictions_total 5
 # HELP fabric_nat_allocation_failures_total Connections that could not get a source port for masquerade.
 # TYPE fabric_nat_allocation_failures_total counter
 fabric_nat_allocation_failures_total 2
 # HELP fabric_datapath_map_full_total Inserts the datapath refused because a map was full, by map.
 # TYPE fabric_datapath_map_full_total counter
 fabric_datapath_map_full_total{map="endpoints"} 1
+# HELP fabric_conntrack_quota_drops_total New connections dropped because their source had too many unanswered ones (a SYN or UDP flood); other connections are untouched.
+# TYPE fabric_conntrack_quota_drops_total counter
+fabric_conntrack_quota_drops_total 7
+# HELP fabric_overlay_remotes_skipped_total Remote endpoints of overlay networks left out as unusable (each counted once when it appears), by reason.
+# TYPE fabric_overlay_remotes_skipped_total counter
+fabric_overlay_remotes_skipped_total{reason="duplicate"} 2
 # HELP fabric_datapath_programs_attached Datapath programs attached now, by hook.
 # TYPE fabric_datapath_programs_attached gauge
 fabric_datapath_programs_attached{hook="tc-endpoint"} 4

@@ -84,6 +84,16 @@ type DatapathSnapshot struct {
 	NATAllocationFailures uint64
 	// MapFull counts inserts refused because a map was full, by map name.
 	MapFull map[string]uint64
+	// ConntrackEvictions counts connection-table entries evicted to make
+	// room for new ones (0 without a table).
+	ConntrackEvictions uint64
+	// ConntrackQuotaDrops counts new connections dropped because their
+	// source was over its quota of unanswered ones (a flood).
+	ConntrackQuotaDrops uint64
+	// SkippedRemotes counts remote endpoints of overlay networks the
+	// datapath left out as unusable (a duplicate address, the gateway, a
+	// multicast MAC, this host as node...), by reason.
+	SkippedRemotes map[string]uint64
 	// Programs counts the programs attached now, by hook (for example
 	// "tc-endpoint", "tc-tunnel", "xdp-uplink", "cgroup-connect4").
 	Programs map[string]int

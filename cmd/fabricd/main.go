@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"syscall"
 
 	"github.com/fabricnet/fabric/cluster"
@@ -190,10 +191,35 @@ func clusterMeta(cfg config.Config, t datapath.Tunnel) cluster.NodeMeta {
 	return cluster.NodeMeta{Name: cfg.NodeName, Addr: t.Local, TunnelPort: uint16(cfg.TunnelPort), Version: version}
 }
 
+// guardPorts are the agent's own ports on the host, which the datapath
+// keeps every sandbox from reaching: gossip (TCP and UDP), the tunnel
+// (UDP) and metrics (TCP). The API is a unix socket, out of reach anyway.
+func guardPorts(cfg config.Config) []datapath.HostPort {
+	var out []datapath.HostPort
+	if cfg.Clustered() {
+		if bind, err := cfg.GossipBind(); err == nil && bind.Port() != 0 {
+			out = append(out, datapath.HostPort{Proto: "tcp", Port: bind.Port()}, datapath.HostPort{Proto: "udp", Port: bind.Port()})
+		}
+	}
+	if cfg.TunnelPort > 0 && cfg.TunnelPort < 1<<16 {
+		out = append(out, datapath.HostPort{Proto: "udp", Port: uint16(cfg.TunnelPort)})
+	}
+	if _, port, err := net.SplitHostPort(cfg.MetricsListen); err == nil {
+		if p, err := strconv.ParseUint(port, 10, 16); err == nil && p != 0 {
+			out = append(out, datapath.HostPort{Proto: "tcp", Port: uint16(p)})
+		}
+	}
+	return out
+}
+
 func newDatapath(cfg config.Config, tunnel datapath.Tunnel, log *slog.Logger) (datapath.Datapath, error) {
 	mode := cfg.Datapath
+	guard := guardPorts(cfg)
 	if mode == config.DatapathEBPF || mode == config.DatapathAuto {
-		dp, err := ebpf.New(log, ebpf.Options{BPFRoot: cfg.BPFRoot, Uplink: cfg.Uplink, XDP: cfg.XDP, Tunnel: tunnel})
+		dp, err := ebpf.New(log, ebpf.Options{
+			BPFRoot: cfg.BPFRoot, Uplink: cfg.Uplink, XDP: cfg.XDP, Tunnel: tunnel,
+			GuardPorts: guard, ConntrackMax: cfg.ConntrackMax,
+		})
 		if err == nil {
 			return dp, nil
 		}
@@ -206,13 +232,13 @@ func newDatapath(cfg config.Config, tunnel datapath.Tunnel, log *slog.Logger) (d
 			return nil, fmt.Errorf("ebpf datapath: %w", err)
 		}
 		log.Warn("eBPF datapath unavailable; falling back to the kernel datapath", "err", err)
-		dp2, kerr := kernel.New(log, kernel.Options{Tunnel: tunnel})
+		dp2, kerr := kernel.New(log, kernel.Options{Tunnel: tunnel, GuardPorts: guard})
 		if kerr != nil {
 			return nil, fmt.Errorf("kernel datapath: %w", kerr)
 		}
 		return fallback{Datapath: dp2, why: err.Error()}, nil
 	}
-	dp, err := kernel.New(log, kernel.Options{Tunnel: tunnel})
+	dp, err := kernel.New(log, kernel.Options{Tunnel: tunnel, GuardPorts: guard})
 	if err != nil {
 		return nil, fmt.Errorf("kernel datapath: %w", err)
 	}

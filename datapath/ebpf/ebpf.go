@@ -70,6 +70,19 @@ type Options struct {
 	// Tunnel is where overlay traffic leaves and arrives (the flow-based
 	// VXLAN device's port and local address).
 	Tunnel datapath.Tunnel
+	// GuardPorts are fabric's own ports on the host (gossip, tunnel,
+	// metrics; at most bpf.GuardPorts per protocol): the endpoint program
+	// drops what sandboxes send to them on any host address.
+	GuardPorts []datapath.HostPort
+	// ConntrackMax is the connection table's size in entries (two per
+	// connection); 0 means datapath.DefaultConntrackMax. Changing it
+	// recreates the pinned maps at the next start (connections through NAT
+	// are lost once).
+	ConntrackMax int
+	// ConntrackPending is how many unanswered connections one source may
+	// start per 5 s; 0 means datapath.DefaultConntrackPending, negative no
+	// limit.
+	ConntrackPending int
 
 	// endpointSpec, if set, is loaded in place of the built-in endpoint
 	// object: tests upgrade to a program that differs with it.
@@ -123,7 +136,8 @@ type Forwarder struct {
 	underlayMTU  int
 	eps          map[string]epState // by endpoint ID
 	warnings     []string
-	restored     int // pinned maps re-opened at start
+	restored     int    // pinned maps re-opened at start
+	ctEvictions  uint64 // highest conntrack eviction estimate reported
 }
 
 type netState struct {
@@ -185,7 +199,20 @@ func NewForwarder(log *slog.Logger, opts Options) (_ *Forwarder, err error) {
 	if err := ensureBPFFS(opts.BPFRoot); err != nil {
 		return nil, err
 	}
-	f.objs, f.restored, err = loadPinned(f.log, opts.BPFRoot, opts.endpointSpec)
+	pol, err := policyOf(opts)
+	if err != nil {
+		return nil, err
+	}
+	spec := opts.endpointSpec
+	if spec == nil {
+		if spec, err = bpf.EndpointSpec(); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrUnsupported, err)
+		}
+	}
+	if err := bpf.SetConntrackMax(spec, opts.ConntrackMax); err != nil {
+		return nil, fmt.Errorf("conntrack size: %w (%w)", err, datapath.ErrInvalid)
+	}
+	f.objs, f.restored, err = loadPinned(f.log, opts.BPFRoot, spec)
 	if err != nil {
 		return nil, err
 	}
@@ -194,6 +221,9 @@ func NewForwarder(log *slog.Logger, opts Options) (_ *Forwarder, err error) {
 			f.objs.Close()
 		}
 	}()
+	if err := f.objs.SetPolicy(pol); err != nil {
+		return nil, err
+	}
 	if err := f.prepareHost(); err != nil {
 		return nil, err
 	}
@@ -220,6 +250,62 @@ func NewForwarder(log *slog.Logger, opts Options) (_ *Forwarder, err error) {
 		f.warnings = append(f.warnings, "socket hooks unavailable (published ports not reachable from the host itself): "+err.Error())
 	}
 	return f, nil
+}
+
+// policyOf is what the programs enforce for these options.
+func policyOf(opts Options) (bpf.Policy, error) {
+	var p bpf.Policy
+	for _, g := range opts.GuardPorts {
+		switch {
+		case g.Port == 0:
+			return p, fmt.Errorf("guarded host port %s/0: %w", g.Proto, datapath.ErrInvalid)
+		case g.Proto == "tcp":
+			p.GuardTCP = append(p.GuardTCP, g.Port)
+		case g.Proto == "udp":
+			p.GuardUDP = append(p.GuardUDP, g.Port)
+		default:
+			return p, fmt.Errorf("guarded host port %s/%d: need tcp or udp: %w", g.Proto, g.Port, datapath.ErrInvalid)
+		}
+	}
+	if len(p.GuardTCP) > bpf.GuardPorts || len(p.GuardUDP) > bpf.GuardPorts {
+		return p, fmt.Errorf("%d TCP and %d UDP guarded host ports: at most %d each: %w", len(p.GuardTCP), len(p.GuardUDP), bpf.GuardPorts, datapath.ErrInvalid)
+	}
+	if opts.Tunnel.Local.IsValid() {
+		p.TunnelPort = opts.Tunnel.Port
+		if p.TunnelPort == 0 {
+			p.TunnelPort = datapath.DefaultTunnelPort
+		}
+	}
+	switch n := opts.ConntrackPending; {
+	case n == 0:
+		p.CTPendingMax = datapath.DefaultConntrackPending
+	case n > 0:
+		p.CTPendingMax = uint32(n)
+	}
+	return p, nil
+}
+
+// policyDetail describes the policy for Status.
+func policyDetail(p bpf.Policy) string {
+	var ports []string
+	for _, port := range p.GuardTCP {
+		ports = append(ports, fmt.Sprintf("tcp/%d", port))
+	}
+	for _, port := range p.GuardUDP {
+		ports = append(ports, fmt.Sprintf("udp/%d", port))
+	}
+	if p.TunnelPort != 0 {
+		ports = append(ports, fmt.Sprintf("udp/%d (on every host)", p.TunnelPort))
+	}
+	guard := "none"
+	if len(ports) > 0 {
+		guard = strings.Join(ports, " ")
+	}
+	quota := "no quota of unanswered connections"
+	if p.CTPendingMax > 0 {
+		quota = fmt.Sprintf("at most %d unanswered connections per source per 5 s", p.CTPendingMax)
+	}
+	return "host ports closed to sandboxes: " + guard + "; " + quota
 }
 
 // ensureBPFFS makes root, which must be on a bpffs. If root is under
@@ -261,10 +347,11 @@ func isUnder(path, dir string) bool {
 	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
 }
 
-// loadPinned loads the programs (spec; nil: the built-in object) with the
-// maps pinned under root, pinning the ones that were not. Maps whose pinned
-// layout no longer matches (a new build changed it) are recreated; Sync
-// refills them.
+// loadPinned loads the programs (spec) with the maps pinned under root,
+// pinning the ones that were not. A map whose pinned layout no longer
+// matches (a new build changed it, or its size option) is recreated on its
+// own, so that an upgrade that changes the counters keeps the connection
+// table; Sync refills what the agent owns.
 func loadPinned(log *slog.Logger, root string, spec *ebpf.CollectionSpec) (*bpf.Objects, int, error) {
 	names, err := bpf.MapNames()
 	if err != nil {
@@ -286,6 +373,14 @@ func loadPinned(log *slog.Logger, root string, spec *ebpf.CollectionSpec) (*bpf.
 			log.Warn("cannot open pinned map; recreating it", "map", name, "err", err)
 			_ = os.Remove(filepath.Join(dir, name))
 			continue
+		}
+		if ms, ok := spec.Maps[name]; ok {
+			if err := ms.Compatible(m); err != nil {
+				log.Warn("pinned map does not match this build's layout; recreating it", "map", name, "err", err)
+				m.Close()
+				_ = os.Remove(filepath.Join(dir, name))
+				continue
+			}
 		}
 		repl[name] = m
 	}
@@ -363,6 +458,9 @@ func (f *Forwarder) Status() datapath.Status {
 	f.overlayStatus(&st)
 	if n, c, err := f.objs.ConntrackStats(); err == nil {
 		st.Details = append(st.Details, fmt.Sprintf("conntrack: %d of %d entries", n, c))
+	}
+	if p, err := f.objs.Policy(); err == nil {
+		st.Details = append(st.Details, policyDetail(p))
 	}
 	st.Warnings = append(st.Warnings, f.warnings...)
 	return st

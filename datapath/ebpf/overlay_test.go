@@ -6,7 +6,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -32,6 +31,7 @@ import (
 
 const (
 	labTunnelPort = 8472 // not the default, so that Tunnel.Port is seen to apply
+	labGossipPort = 7946 // guarded: a listener in the host namespace stands for the agent's
 	labVNI        = 4242
 )
 
@@ -82,7 +82,8 @@ func newOverlayLab(t *testing.T) *overlayLab {
 		h.opts = Options{
 			NetNSPath: h.path, BPFRoot: filepath.Join("/sys/fs/bpf", netnstest.UniqueName("fabric-test-")),
 			Uplink: h.underlay, XDP: XDPOff,
-			Tunnel: datapath.Tunnel{Local: h.local, Port: labTunnelPort},
+			Tunnel:     datapath.Tunnel{Local: h.local, Port: labTunnelPort},
+			GuardPorts: []datapath.HostPort{{Proto: "udp", Port: labTunnelPort}, {Proto: "tcp", Port: labGossipPort}, {Proto: "udp", Port: labGossipPort}},
 		}
 		root := h.opts.BPFRoot
 		t.Cleanup(func() { _ = os.RemoveAll(root) }) // after the datapath's Close, registered below
@@ -294,6 +295,9 @@ func TestOverlayTwoHosts(t *testing.T) {
 		!strings.Contains(strings.Join(st.Details, "\n"), "1 remote endpoints") {
 		t.Errorf("status details lack the tunnel: %q", st.Details)
 	}
+	if want := fmt.Sprintf("host ports closed to sandboxes: tcp/%d udp/%d udp/%d udp/%d (on every host); at most %d unanswered", labGossipPort, labTunnelPort, labGossipPort, labTunnelPort, datapath.DefaultConntrackPending); !strings.Contains(strings.Join(st.Details, "\n"), want) {
+		t.Errorf("status details lack %q: %q", want, st.Details)
+	}
 
 	t.Run("decap checks", func(t *testing.T) { testDecapDrops(t, l) })
 
@@ -352,23 +356,39 @@ func TestOverlayTwoHosts(t *testing.T) {
 		}
 	})
 
-	t.Run("invalid remotes change nothing", func(t *testing.T) {
+	t.Run("invalid remotes are skipped, the rest stays", func(t *testing.T) {
 		good := h2.remote()
 		for _, bad := range []datapath.Remote{
 			{Addr: netip.MustParseAddr("10.78.0.9"), MAC: good.MAC, Node: good.Node},
 			{Addr: netip.MustParseAddr("10.77.0.9"), MAC: good.MAC[:5], Node: good.Node},
+			{Addr: netip.MustParseAddr("10.77.0.9"), MAC: net.HardwareAddr{1, 0, 0x5e, 0, 0, 1}, Node: good.Node},
 			{Addr: netip.MustParseAddr("10.77.0.9"), MAC: good.MAC},
+			{Addr: netip.MustParseAddr("10.77.0.9"), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, Node: h1.local},
+			{Addr: netip.MustParseAddr("10.77.0.9"), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, Node: netip.MustParseAddr("127.0.0.1")},
+			{Addr: good.Addr, MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, Node: good.Node},
 			{Addr: l.net.Gateway, MAC: good.MAC, Node: good.Node},
 		} {
-			err := h1.dp.SetRemotes(ctx, l.net, []datapath.Remote{bad})
-			if !errors.Is(err, datapath.ErrInvalid) {
-				t.Errorf("SetRemotes(%+v): %v, want ErrInvalid", bad, err)
+			if err := h1.dp.SetRemotes(ctx, l.net, []datapath.Remote{good, bad}); err != nil {
+				t.Errorf("SetRemotes(good, %+v): %v, want the bad one skipped", bad, err)
+			}
+			if err := h1.ping(a2, 1); err != nil {
+				t.Error(err)
 			}
 		}
-		if err := h1.ping(a2, 1); err != nil {
-			t.Error(err)
+		m, err := h1.dp.Metrics()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var skipped uint64
+		for _, n := range m.SkippedRemotes {
+			skipped += n
+		}
+		if skipped < 8 {
+			t.Errorf("skipped remotes counted %v, want 8 in all", m.SkippedRemotes)
 		}
 	})
+
+	t.Run("sandbox cannot reach fabric's host ports", func(t *testing.T) { testGuardPorts(t, l) })
 
 	t.Run("no remotes, no reach", func(t *testing.T) {
 		if err := h1.dp.SetRemotes(ctx, l.net, nil); err != nil {
@@ -430,46 +450,121 @@ func testDecapDrops(t *testing.T, l *overlayLab) {
 		{"source outside the subnet", labVNI, netip.MustParseAddr("10.78.0.2"), a2, "drop", "spoofed-ip"},
 		{"source is a local endpoint", labVNI, a2, a2, "drop", "spoofed-ip"},
 		{"source is the gateway", labVNI, l.net.Gateway, a2, "drop", "spoofed-ip"},
+		{"source no remote holds", labVNI, netip.MustParseAddr("10.77.0.50"), a2, "drop", "tunnel-source"},
 	} {
 		before := h2.counter("from-tunnel", c.verdict, c.reason)
-		if _, err := conn.Write(vxlanFrame(c.vni, h2.ep.MAC, c.src, c.dst)); err != nil {
+		if _, err := conn.Write(netnstest.VXLANFrame(c.vni, h2.ep.MAC, c.src, c.dst)); err != nil {
 			t.Fatalf("%s: send: %v", c.name, err)
 		}
 		if !h2.waitCounter("from-tunnel", c.verdict, c.reason, before) {
 			t.Errorf("%s: from-tunnel/%s/%s did not move", c.name, c.verdict, c.reason)
 		}
 	}
+
+	// A stranger on the underlay (an address no member has) sending what
+	// h1 would send, and h1 claiming an address that lives elsewhere.
+	stranger := netip.AddrFrom4([4]byte{h1.local.As4()[0], h1.local.As4()[1], h1.local.As4()[2], 3})
+	netnstest.Run(t, h1.name, "ip", "addr", "add", stranger.String()+"/24", "dev", h1.underlay)
+	defer netnstest.Run(t, h1.name, "ip", "addr", "del", stranger.String()+"/24", "dev", h1.underlay)
+	var sconn *net.UDPConn
+	err = fabricns.Do(h1.path, func() (err error) {
+		sconn, err = net.DialUDP("udp4", &net.UDPAddr{IP: stranger.AsSlice()}, &net.UDPAddr{IP: h2.local.AsSlice(), Port: labTunnelPort})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sconn.Close()
+	before := h2.counter("from-tunnel", "drop", "tunnel-source")
+	if _, err := sconn.Write(netnstest.VXLANFrame(labVNI, h2.ep.MAC, a1, a2)); err != nil {
+		t.Fatal(err)
+	}
+	if !h2.waitCounter("from-tunnel", "drop", "tunnel-source", before) {
+		t.Error("VXLAN from a non-member underlay address: not dropped as tunnel-source")
+	}
+	other := datapath.Remote{Addr: netip.MustParseAddr("10.77.0.60"), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 0x60}, Node: netip.MustParseAddr("198.51.100.60")}
+	if err := h2.dp.SetRemotes(context.Background(), l.net, []datapath.Remote{h1.remote(), other}); err != nil {
+		t.Fatal(err)
+	}
+	defer l.setRemotes(t)
+	before = h2.counter("from-tunnel", "drop", "tunnel-source")
+	if _, err := conn.Write(netnstest.VXLANFrame(labVNI, h2.ep.MAC, other.Addr, a2)); err != nil {
+		t.Fatal(err)
+	}
+	if !h2.waitCounter("from-tunnel", "drop", "tunnel-source", before) {
+		t.Error("member sending for an address another node holds: not dropped as tunnel-source")
+	}
 }
 
-// vxlanFrame is a VXLAN payload (RFC 7348) carrying a UDP datagram from
-// src to dst, addressed to dstMAC.
-func vxlanFrame(vni uint32, dstMAC net.HardwareAddr, src, dst netip.Addr) []byte {
-	udp := make([]byte, 8+4)
-	binary.BigEndian.PutUint16(udp[0:], 5555)
-	binary.BigEndian.PutUint16(udp[2:], 9) // discard
-	binary.BigEndian.PutUint16(udp[4:], uint16(len(udp)))
-	copy(udp[8:], "test")
-	ip := make([]byte, 20)
-	ip[0] = 0x45
-	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(udp)))
-	ip[8], ip[9] = 64, 17
-	s, d := src.As4(), dst.As4()
-	copy(ip[12:], s[:])
-	copy(ip[16:], d[:])
-	var sum uint32
-	for i := 0; i < 20; i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(ip[i:]))
+// testGuardPorts: from h1's sandbox, the host's gossip port (a listener
+// in h1's namespace) and tunnel port are dropped, on the gateway and on
+// the underlay address; another host port is reachable.
+func testGuardPorts(t *testing.T, l *overlayLab) {
+	h1 := l.h1
+	var lns []net.Listener
+	for _, port := range []int{labGossipPort, labGossipPort + 1} {
+		err := fabricns.Do(h1.path, func() error {
+			ln, err := net.Listen("tcp4", fmt.Sprintf(":%d", port))
+			lns = append(lns, ln)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
-	for sum > 0xffff {
-		sum = sum&0xffff + sum>>16
+	defer func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
+	c, err := h1.dial(l.net.Gateway, labGossipPort+1)
+	if err != nil {
+		t.Fatalf("sandbox to another host port: %v", err)
 	}
-	binary.BigEndian.PutUint16(ip[10:], ^uint16(sum))
-	out := []byte{0x08, 0, 0, 0, byte(vni >> 16), byte(vni >> 8), byte(vni), 0}
-	out = append(out, dstMAC...)
-	out = append(out, 0x02, 0x00, 0x00, 0xee, 0xee, 0x01) // not the device's own MAC
-	out = append(out, 0x08, 0x00)
-	out = append(out, ip...)
-	return append(out, udp...)
+	c.Close()
+	for _, to := range []netip.Addr{l.net.Gateway, h1.local} {
+		before := h1.counter("from-endpoint", "drop", "host-port")
+		if c, err := h1.dial(to, labGossipPort); err == nil {
+			c.Close()
+			t.Errorf("sandbox reached the host's gossip port at %s", to)
+		}
+		if !h1.waitCounter("from-endpoint", "drop", "host-port", before) {
+			t.Errorf("gossip port at %s: drop not counted", to)
+		}
+	}
+	before := h1.counter("from-endpoint", "drop", "host-port")
+	err = fabricns.Do(h1.ep.NetNSPath, func() error {
+		u, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: h1.local.AsSlice(), Port: labTunnelPort})
+		if err != nil {
+			return err
+		}
+		defer u.Close()
+		_, err = u.Write(netnstest.VXLANFrame(labVNI, h1.ep.MAC, l.h2.ep.Addr.Addr(), h1.ep.Addr.Addr()))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !h1.waitCounter("from-endpoint", "drop", "host-port", before) {
+		t.Error("VXLAN from the sandbox to the host's tunnel port: drop not counted")
+	}
+	// To the other node's tunnel port: masqueraded, it would pass for h1.
+	before = h1.counter("from-endpoint", "drop", "host-port")
+	err = fabricns.Do(h1.ep.NetNSPath, func() error {
+		u, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: l.h2.local.AsSlice(), Port: labTunnelPort})
+		if err != nil {
+			return err
+		}
+		defer u.Close()
+		_, err = u.Write(netnstest.VXLANFrame(labVNI, l.h2.ep.MAC, h1.ep.Addr.Addr(), l.h2.ep.Addr.Addr()))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !h1.waitCounter("from-endpoint", "drop", "host-port", before) {
+		t.Error("VXLAN from the sandbox to the other node's tunnel port: drop not counted")
+	}
 }
 
 func TestCheckOverlay(t *testing.T) {
@@ -508,11 +603,33 @@ func TestIncompatiblePinsRecreated(t *testing.T) {
 	if err := ensureBPFFS(root); err != nil {
 		t.Fatal(err)
 	}
+	mapID := func(name string) ebpf.MapID {
+		t.Helper()
+		m, err := ebpf.LoadPinnedMap(filepath.Join(root, "maps", name), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		info, err := m.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := info.ID()
+		return id
+	}
+	first, err := New(nil, Options{NetNSPath: path, BPFRoot: root, XDP: XDPOff})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.Close()
+	ctBefore := mapID("ct")
+
 	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 4, ValueSize: 20, MaxEntries: 4096})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer old.Close()
+	_ = os.Remove(filepath.Join(root, "maps", "networks"))
 	if err := old.Pin(filepath.Join(root, "maps", "networks")); err != nil {
 		t.Fatal(err)
 	}
@@ -521,6 +638,9 @@ func TestIncompatiblePinsRecreated(t *testing.T) {
 		t.Fatalf("new with an old pinned map: %v", err)
 	}
 	t.Cleanup(func() { dp.Close() })
+	if got := mapID("ct"); got != ctBefore {
+		t.Errorf("the connection table was recreated (map %d, was %d) because another map changed", got, ctBefore)
+	}
 	m, err := ebpf.LoadPinnedMap(filepath.Join(root, "maps", "networks"), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -528,5 +648,29 @@ func TestIncompatiblePinsRecreated(t *testing.T) {
 	defer m.Close()
 	if m.ValueSize() != 24 {
 		t.Errorf("pinned networks map has %d-byte values, want the new 24", m.ValueSize())
+	}
+
+	// Another conntrack size: only the connection table is made anew,
+	// and every program loads onto it.
+	netsBefore := mapID("networks")
+	if err := dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	resized, err := New(nil, Options{NetNSPath: path, BPFRoot: root, XDP: XDPOff, ConntrackMax: 4096})
+	if err != nil {
+		t.Fatalf("new with --conntrack-max 4096: %v", err)
+	}
+	t.Cleanup(func() { resized.Close() })
+	if got := mapID("networks"); got != netsBefore {
+		t.Errorf("networks map recreated by a conntrack resize")
+	}
+	if mapID("ct") == ctBefore {
+		t.Error("connection table not recreated at its new size")
+	}
+	if st := resized.Status(context.Background()); !strings.Contains(strings.Join(st.Details, "\n"), "of 4096 entries") {
+		t.Errorf("status does not show the new size: %q", st.Details)
+	}
+	if _, err := New(nil, Options{NetNSPath: path, BPFRoot: root, XDP: XDPOff, ConntrackMax: 10}); !errors.Is(err, datapath.ErrInvalid) {
+		t.Errorf("conntrack size 10: %v, want ErrInvalid", err)
 	}
 }

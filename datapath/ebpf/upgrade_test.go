@@ -35,13 +35,13 @@ import (
 // the way an upgraded agent would.
 
 // The counter cell the marked variant counts every packet in: direction 7,
-// verdict 3, reason 31 exist in no program (fabric.h keeps them as room),
+// verdict 3, reason 63 exist in no program (fabric.h keeps them as room),
 // so only the variant makes it move. Metrics names unnamed values by
 // number. The index is fabric.h's counter_index (VERDICT_MAX 4,
-// REASON_MAX 32).
+// REASON_MAX 64).
 const (
-	markerDirection, markerVerdict, markerReason = 7, 3, 31
-	markerIndex                                  = (markerDirection*4+markerVerdict)*32 + markerReason
+	markerDirection, markerVerdict, markerReason = 7, 3, 63
+	markerIndex                                  = (markerDirection*4+markerVerdict)*64 + markerReason
 )
 
 const endpointObject = "../../bpf/endpoint_bpfel.o" // the committed object the agent embeds

@@ -104,6 +104,12 @@ func (f *Forwarder) addUplinkMetrics(m *datapath.Metrics) {
 	}
 	if n, c, err := f.objs.ConntrackStats(); err == nil {
 		m.HasConntrack, m.ConntrackEntries, m.ConntrackCapacity = true, n, c
+		// The estimate dips while entries are being inserted; a counter
+		// must not.
+		if e, err := f.objs.ConntrackEvictions(n); err == nil && e > f.ctEvictions {
+			f.ctEvictions = e
+		}
+		m.ConntrackEvictions = f.ctEvictions
 	}
 	if f.hasUp {
 		m.Programs["tcx-uplink"] = 2

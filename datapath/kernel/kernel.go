@@ -34,6 +34,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sync"
 
 	"github.com/google/nftables"
@@ -57,6 +58,9 @@ type Options struct {
 	// Tunnel is where overlay networks' VXLAN traffic leaves and arrives;
 	// overlay networks cannot be ensured without Tunnel.Local.
 	Tunnel datapath.Tunnel
+	// GuardPorts are fabric's own ports on the host (gossip, tunnel,
+	// metrics): the input chain drops what sandboxes send to them.
+	GuardPorts []datapath.HostPort
 }
 
 // Forwarder forwards bridge-network traffic without a bridge. Its methods
@@ -94,6 +98,7 @@ type Datapath struct {
 	nft    *nftables.Conn
 	fwd    Forwarder // nil: bridges and nftables
 	tunnel datapath.Tunnel
+	guard  []datapath.HostPort
 
 	mu    sync.Mutex
 	state desired
@@ -108,6 +113,9 @@ type Datapath struct {
 	// overlays are the overlay networks ensured (or synced) and not
 	// deleted since start, with the remotes last set (bridge model only).
 	overlays map[string]*overlayNet
+
+	// skips logs and counts the remotes SetRemotes leaves out.
+	skips datapath.SkipLog
 
 	// testHookVethCreated, when set by a test, runs right after a veth pair
 	// is created; an error it returns must be rolled back like any other.
@@ -128,6 +136,21 @@ var _ datapath.Datapath = (*Datapath)(nil)
 type desired struct {
 	networks map[string]netState
 	ports    map[string]endpointPorts // by endpoint ID
+	// guard are the host ports no sandbox may reach (Options.GuardPorts).
+	guard []datapath.HostPort
+	// tunnelPort and peers make the input chain accept VXLAN only from
+	// the node that owns the inner source: peers has an entry (maybe
+	// empty) per overlay network whose remotes were set, and an adopted
+	// table what its set held, per VNI (restoredPeers) until replaced.
+	tunnelPort uint16
+	peers      map[string][]tunnelPeer
+}
+
+// tunnelPeer is one (outer source, VNI, inner source) VXLAN may carry.
+type tunnelPeer struct {
+	node netip.Addr
+	vni  uint32
+	addr netip.Addr
 }
 
 // netState is the part of a network the nftables rules depend on.
@@ -146,7 +169,7 @@ type endpointPorts struct {
 }
 
 func newDesired() desired {
-	return desired{networks: map[string]netState{}, ports: map[string]endpointPorts{}}
+	return desired{networks: map[string]netState{}, ports: map[string]endpointPorts{}, peers: map[string][]tunnelPeer{}}
 }
 
 // New opens handles on the host namespace and adopts the nftables table a
@@ -155,6 +178,9 @@ func newDesired() desired {
 func New(log *slog.Logger, opts Options) (_ *Datapath, err error) {
 	if log == nil {
 		log = slog.Default()
+	}
+	if err := checkGuardPorts(opts.GuardPorts); err != nil {
+		return nil, err
 	}
 	hostNS, err := openNS(opts.NetNSPath)
 	if err != nil {
@@ -192,6 +218,7 @@ func New(log *slog.Logger, opts Options) (_ *Datapath, err error) {
 		nft:    nft,
 		fwd:    opts.Forwarder,
 		tunnel: opts.Tunnel,
+		guard:  slices.Clone(opts.GuardPorts),
 		state:  newDesired(),
 
 		parentNets: map[string]datapath.Network{},
@@ -212,6 +239,9 @@ func New(log *slog.Logger, opts Options) (_ *Datapath, err error) {
 		d.dirty = true
 	} else {
 		d.state = restored
+		if err := d.restorePeers(&d.state); err != nil {
+			d.log.Warn("cannot adopt the tunnel peers set", "err", err)
+		}
 	}
 	return d, nil
 }
@@ -289,6 +319,7 @@ func (d *Datapath) Status(ctx context.Context) datapath.Status {
 		}
 	}
 	st.Details = append(st.Details, d.overlayDetails()...)
+	st.Details = append(st.Details, d.guardDetails()...)
 	if d.lastErr != nil {
 		st.Warnings = append(st.Warnings, "last sync: "+d.lastErr.Error())
 	}
@@ -413,11 +444,16 @@ func (d *Datapath) DeleteNetwork(ctx context.Context, n datapath.Network) error 
 			return err
 		}
 		delete(d.overlays, n.ID)
+		d.skips.Forget(n.ID)
 	}
 	if err := d.deleteBridge(n); err != nil {
 		return err
 	}
 	changed := false
+	if _, ok := d.state.peers[n.ID]; ok {
+		delete(d.state.peers, n.ID)
+		changed = true
+	}
 	if _, ok := d.state.networks[n.ID]; ok {
 		delete(d.state.networks, n.ID)
 		changed = true
@@ -567,16 +603,4 @@ func (d *Datapath) DeleteEndpoint(ctx context.Context, n datapath.Network, ep da
 	}
 	delete(d.state.ports, ep.ID)
 	return d.rules()
-}
-
-// Metrics reports the forwarder's counters; the bridge model has none (its
-// nftables counters are per rule, not per reason).
-func (d *Datapath) Metrics() (datapath.Metrics, error) {
-	d.mu.Lock()
-	fwd := d.fwd
-	d.mu.Unlock()
-	if r, ok := fwd.(datapath.MetricsReader); ok {
-		return r.Metrics()
-	}
-	return datapath.Metrics{}, nil
 }

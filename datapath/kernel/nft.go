@@ -20,14 +20,18 @@ import (
 //	table ip fabric {
 //	  set bridges { type ifname; elements = { every fabric bridge } }
 //	  chain forward { type filter hook forward priority filter; policy accept;
+//	    iifname @bridges udp dport TUNNEL drop             # with a tunnel: no sandbox VXLAN to any node
 //	    iifname INTERNAL oifname != INTERNAL drop        # per internal network,
 //	    oifname INTERNAL iifname != INTERNAL drop        #   before anything else
 //	    ct state established,related accept
 //	    ct status dnat accept                           # published ports: from anywhere
 //	    iifname BR oifname != BR oifname @bridges drop  # per network: isolation
 //	  }
+//	  set tunnel_peers { type ipv4_addr . integer . ipv4_addr }  # node . VNI . inner source
 //	  chain input { type filter hook input priority filter; policy accept;
 //	    iifname @bridges ip daddr 127.0.0.0/8 ct state != established,related drop
+//	    iifname @bridges meta l4proto P th dport GUARDED drop   # per fabric port (gossip, tunnel, metrics)
+//	    udp dport TUNNEL ip saddr . @th,96,32 . @th,336,32 != @tunnel_peers drop  # with overlays
 //	  }
 //	  chain prerouting { type nat hook prerouting priority dstnat;
 //	    fib daddr type local PROTO dport HOSTPORT dnat to EP:PORT   # or ip daddr HOSTIP
@@ -49,6 +53,7 @@ import (
 const (
 	tableName   = "fabric"
 	bridgesSet  = "bridges"
+	peersSet    = "tunnel_peers"
 	chainFwd    = "forward"
 	chainIn     = "input"
 	chainPre    = "prerouting"
@@ -70,7 +75,15 @@ type rule struct {
 type ruleset struct {
 	bridges []string
 	rules   []rule
+	// peers is the tunnel_peers set (12-byte keys); nil: no set, no rule.
+	peers [][]byte
 }
+
+// Comments of the input chain's drop rules; Metrics reads their counters.
+const (
+	commentHostPort     = "drop:host-port"
+	commentTunnelSource = "drop:tunnel-source"
+)
 
 // chainSpecs are the base chains, in creation order.
 var chainSpecs = []nftables.Chain{
@@ -101,6 +114,11 @@ func buildRuleset(s desired) ruleset {
 	}
 
 	// forward
+	if len(nets) > 0 && s.tunnelPort != 0 {
+		// Masqueraded, a sandbox's VXLAN would reach other nodes as this
+		// host's: the tunnel port is fabric's on every host.
+		add(chainFwd, commentHostPort, cat(lookupIif(bridgesSet), matchL4(unix.IPPROTO_UDP, s.tunnelPort), counterDrop())...)
+	}
 	for _, n := range nets {
 		if !n.Internal {
 			continue
@@ -118,6 +136,13 @@ func buildRuleset(s desired) ruleset {
 	if len(nets) > 0 {
 		add(chainIn, "", cat(lookupIif(bridgesSet), matchAddr(16, []byte{127, 0, 0, 0}, 8),
 			matchCtStateNone(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), counterDrop())...)
+		for _, g := range s.guard {
+			add(chainIn, commentHostPort, cat(lookupIif(bridgesSet), matchL4(l4proto(g.Proto), g.Port), counterDrop())...)
+		}
+	}
+	if len(s.peers) > 0 && s.tunnelPort != 0 {
+		rs.peers = peerKeys(s.peers)
+		add(chainIn, commentTunnelSource, cat(matchL4(unix.IPPROTO_UDP, s.tunnelPort), lookupTunnelPeer(peersSet), counterDrop())...)
 	}
 
 	// prerouting and output
@@ -127,11 +152,7 @@ func buildRuleset(s desired) ruleset {
 		if m.HostIP.IsValid() && !m.HostIP.IsUnspecified() { // 0.0.0.0 means every address too
 			dst = matchAddr(16, m.HostIP.AsSlice(), 32)
 		}
-		proto := byte(unix.IPPROTO_TCP)
-		if m.Proto == "udp" {
-			proto = unix.IPPROTO_UDP
-		}
-		exprs := cat(dst, matchL4(proto, m.HostPort), dnatTo(p.addr.AsSlice(), m.Port))
+		exprs := cat(dst, matchL4(l4proto(m.Proto), m.HostPort), dnatTo(p.addr.AsSlice(), m.Port))
 		add(chainPre, encodePortComment(p), exprs...)
 		add(chainOut, "", exprs...)
 	}
@@ -163,7 +184,7 @@ func (rs ruleset) count(chain string) int {
 // single transaction: a packet sees either the old table or the new one.
 // With nothing to program the table is removed.
 func (d *Datapath) applyRuleset() error {
-	rs := buildRuleset(d.state)
+	rs := d.ruleset()
 	c, err := d.batchConn()
 	if err != nil {
 		d.dirty = true
@@ -241,6 +262,19 @@ func queueRuleset(c *nftables.Conn, rs ruleset) error {
 	if err := c.AddSet(set, elems); err != nil {
 		return fmt.Errorf("queue set %s: %w", bridgesSet, err)
 	}
+	sets := map[string]uint32{set.Name: set.ID}
+	if rs.peers != nil {
+		peers := &nftables.Set{Table: table, ID: 2, Name: peersSet, Concatenation: true,
+			KeyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInteger, nftables.TypeIPAddr)}
+		elems := make([]nftables.SetElement, 0, len(rs.peers))
+		for _, k := range rs.peers {
+			elems = append(elems, nftables.SetElement{Key: k})
+		}
+		if err := c.AddSet(peers, elems); err != nil {
+			return fmt.Errorf("queue set %s: %w", peersSet, err)
+		}
+		sets[peers.Name] = peers.ID
+	}
 	chains := map[string]*nftables.Chain{}
 	accept := nftables.ChainPolicyAccept
 	for _, spec := range chainSpecs {
@@ -254,9 +288,9 @@ func queueRuleset(c *nftables.Conn, rs ruleset) error {
 	for _, r := range rs.rules {
 		exprs := r.exprs
 		for i, e := range exprs {
-			if l, ok := e.(*expr.Lookup); ok && l.SetName == set.Name {
+			if l, ok := e.(*expr.Lookup); ok && sets[l.SetName] != 0 {
 				l2 := *l
-				l2.SetID = set.ID
+				l2.SetID = sets[l.SetName]
 				exprs = slices.Clone(exprs)
 				exprs[i] = &l2
 			}
@@ -274,7 +308,7 @@ func queueRuleset(c *nftables.Conn, rs ruleset) error {
 // behind the datapath's back (e.g. `nft flush ruleset`). It compares rule
 // counts per chain, which catches removal without a full comparison.
 func (d *Datapath) ensureTableIntact() error {
-	rs := buildRuleset(d.state)
+	rs := d.ruleset()
 	intact, err := d.tableMatches(rs)
 	if err != nil {
 		d.log.Warn("cannot read nftables table; rebuilding it", "err", err)

@@ -320,40 +320,19 @@ func (d *Datapath) removeFlowLeftover() error {
 	return nil
 }
 
-// validateRemotes checks remotes for overlay network n before anything is
-// changed.
-func (d *Datapath) validateRemotes(n datapath.Network, remotes []datapath.Remote) error {
-	addrs := make(map[netip.Addr]bool, len(remotes))
-	macs := make(map[string]netip.Addr, len(remotes))
-	for _, r := range remotes {
-		a := r.Addr
-		if !a.Is4() || !n.Subnet.Contains(a) || a == n.Gateway || isNetOrBroadcast(n.Subnet, a) {
-			return invalidf("network %s: remote address %s must be a host address in %s other than the gateway", n.ID, a, n.Subnet)
-		}
-		if addrs[a] {
-			return invalidf("network %s: remote address %s is listed twice", n.ID, a)
-		}
-		addrs[a] = true
-		if len(r.MAC) != 6 || r.MAC[0]&1 != 0 || slices.Equal(r.MAC, make(net.HardwareAddr, 6)) {
-			return invalidf("network %s: remote %s: MAC %s must be a non-zero unicast Ethernet address", n.ID, a, r.MAC)
-		}
-		if !r.Node.Is4() || r.Node.IsUnspecified() || r.Node.IsMulticast() || r.Node.IsLoopback() || r.Node == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
-			return invalidf("network %s: remote %s: node %s must be a unicast IPv4 address", n.ID, a, r.Node)
-		}
-		if r.Node == d.tunnel.Local {
-			return invalidf("network %s: remote %s: node %s is this host", n.ID, a, r.Node)
-		}
-		if node, ok := macs[string(r.MAC)]; ok && node != r.Node {
-			return invalidf("network %s: remote MAC %s is on two nodes, %s and %s", n.ID, r.MAC, node, r.Node)
-		}
-		macs[string(r.MAC)] = r.Node
-	}
-	return nil
+// usableRemotes is FilterRemotes for this host, with what it skipped
+// logged and counted once per entry.
+func (d *Datapath) usableRemotes(n datapath.Network, remotes []datapath.Remote) []datapath.Remote {
+	keep, skipped := datapath.FilterRemotes(n, d.tunnel.Local, remotes)
+	d.skips.Note(d.log, n.ID, skipped)
+	return keep
 }
 
 // SetRemotes replaces the remote endpoints of overlay network n: its
-// VXLAN device's FDB and neighbour entries become exactly remotes.
-// Invalid remotes are refused before anything changes.
+// VXLAN device's FDB and neighbour entries become exactly remotes, and
+// the input chain accepts VXLAN from exactly them. Unusable entries (see
+// datapath.FilterRemotes) are skipped, logged once and counted; the rest
+// are programmed.
 func (d *Datapath) SetRemotes(ctx context.Context, n datapath.Network, remotes []datapath.Remote) error {
 	if err := validateNetwork(n); err != nil {
 		return err
@@ -361,9 +340,7 @@ func (d *Datapath) SetRemotes(ctx context.Context, n datapath.Network, remotes [
 	if !isOverlay(n) {
 		return invalidf("network %s: remotes need an overlay network, not %q", n.ID, n.Driver)
 	}
-	if err := d.validateRemotes(n, remotes); err != nil {
-		return err
-	}
+	remotes = d.usableRemotes(n, remotes)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.nl == nil {
@@ -372,7 +349,23 @@ func (d *Datapath) SetRemotes(ctx context.Context, n datapath.Network, remotes [
 	if d.fwd != nil {
 		return d.fwd.SetRemotes(n, remotes)
 	}
-	return d.setRemotes(n, remotes)
+	if err := d.setRemotes(n, remotes); err != nil {
+		return err
+	}
+	return d.setPeers(n, remotes)
+}
+
+// setPeers makes the tunnel_peers set allow exactly remotes for n,
+// rebuilding the table if that changes it.
+func (d *Datapath) setPeers(n datapath.Network, remotes []datapath.Remote) error {
+	want := peersOf(n, remotes)
+	_, restored := d.state.peers[restoredPeers(n.VNI)]
+	if have, ok := d.state.peers[n.ID]; ok && slices.Equal(have, want) && !d.dirty && !restored {
+		return nil
+	}
+	delete(d.state.peers, restoredPeers(n.VNI))
+	d.state.peers[n.ID] = want
+	return d.applyRuleset()
 }
 
 // setRemotes programs validated remotes and remembers them.

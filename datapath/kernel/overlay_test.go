@@ -437,6 +437,20 @@ func TestOverlaySyncRepairsAndPrunes(t *testing.T) {
 	}
 }
 
+// skipped is how many remotes the datapath has skipped, all reasons.
+func (l *lab) skipped() uint64 {
+	l.t.Helper()
+	m, err := l.dp.Metrics()
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	var n uint64
+	for _, c := range m.SkippedRemotes {
+		n += c
+	}
+	return n
+}
+
 func TestOverlayRefusesBadInput(t *testing.T) {
 	t.Parallel()
 	n := overlayNetwork("ovb", "br-b", "10.90.3.0/24", 9)
@@ -495,19 +509,30 @@ func TestOverlayRefusesBadInput(t *testing.T) {
 			r.Addr, r.Node = netip.MustParseAddr("10.90.3.8"), netip.MustParseAddr("10.201.3.3")
 		}),
 	}
+	// One bad entry is skipped, counted once however often it is set
+	// again, and the good one beside it is programmed.
 	for name, remotes := range bad {
-		if err := l.dp.SetRemotes(ctx, n, remotes); !errors.Is(err, datapath.ErrInvalid) {
-			t.Errorf("%s: SetRemotes: %v, want ErrInvalid", name, err)
+		before := l.skipped()
+		for range 2 {
+			if err := l.dp.SetRemotes(ctx, n, remotes); err != nil {
+				t.Errorf("%s: SetRemotes: %v, want the bad entry skipped", name, err)
+			}
+		}
+		if got := l.skipped() - before; got != 1 {
+			t.Errorf("%s: %d skips counted, want 1", name, got)
 		}
 		l.checkTunnelEntries("fvx9", good)
+		if err := l.dp.SetRemotes(ctx, n, []datapath.Remote{good}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	bridgeNet := network("brn", "br-n", "10.90.5.0/24", false)
 	if err := l.dp.SetRemotes(ctx, bridgeNet, nil); !errors.Is(err, datapath.ErrInvalid) {
 		t.Errorf("SetRemotes on a bridge network: %v, want ErrInvalid", err)
 	}
 	err := l.dp.Sync(ctx, datapath.State{Networks: []datapath.Network{n}, Remotes: map[string][]datapath.Remote{n.ID: bad["multicast MAC"]}})
-	if !errors.Is(err, datapath.ErrInvalid) {
-		t.Errorf("Sync with a bad remote: %v, want ErrInvalid", err)
+	if err != nil {
+		t.Errorf("Sync with a bad remote: %v, want it skipped", err)
 	}
 	l.checkTunnelEntries("fvx9", good)
 
@@ -592,8 +617,12 @@ func TestOverlayForwarderModeLeavesTunnelToForwarder(t *testing.T) {
 	if got := fwd.remotes[n.ID]; len(got) != 1 || got[0].Addr != r.Addr {
 		t.Errorf("forwarder got remotes %v", got)
 	}
-	r.MAC = r.MAC[:5]
-	if err := dp.SetRemotes(ctx, n, []datapath.Remote{r}); !errors.Is(err, datapath.ErrInvalid) {
-		t.Errorf("SetRemotes with a short MAC: %v, want ErrInvalid", err)
+	bad := r
+	bad.Addr, bad.MAC = netip.MustParseAddr("10.90.4.8"), r.MAC[:5]
+	if err := dp.SetRemotes(ctx, n, []datapath.Remote{r, bad}); err != nil {
+		t.Errorf("SetRemotes with a short MAC beside a good one: %v, want it skipped", err)
+	}
+	if got := fwd.remotes[n.ID]; len(got) != 1 || got[0].Addr != r.Addr {
+		t.Errorf("forwarder got remotes %v, want only the good one", got)
 	}
 }

@@ -206,10 +206,11 @@ func (d *Datapath) sync(ctx context.Context, s datapath.State) error {
 		}
 	}
 	if d.fwd == nil {
-		errs = append(errs, d.syncRemotes(ctx, nets, tunnels, s.Remotes)...)
+		errs = append(errs, d.syncRemotes(ctx, nets, tunnels, s.Remotes, &next)...)
 	}
 	d.state = next
 	if d.fwd != nil {
+		s.Remotes = d.usableRemotesOf(nets, s.Remotes)
 		if err := d.fwd.Sync(s); err != nil {
 			errs = append(errs, err)
 		}
@@ -249,7 +250,7 @@ func (d *Datapath) prune(keep map[string]string, parents map[string]bool) error 
 
 // syncRemotes sets every overlay network's remotes from s.Remotes; an
 // overlay network without an entry gets none.
-func (d *Datapath) syncRemotes(ctx context.Context, nets map[string]datapath.Network, tunnels map[string]bool, remotes map[string][]datapath.Remote) []error {
+func (d *Datapath) syncRemotes(ctx context.Context, nets map[string]datapath.Network, tunnels map[string]bool, remotes map[string][]datapath.Remote, next *desired) []error {
 	var errs []error
 	for id, rs := range remotes {
 		if n, ok := nets[id]; ok && !isOverlay(n) && len(rs) > 0 {
@@ -266,13 +267,24 @@ func (d *Datapath) syncRemotes(ctx context.Context, nets map[string]datapath.Net
 			return append(errs, err)
 		}
 		n := nets[id]
-		if err := d.validateRemotes(n, remotes[id]); err != nil {
+		rs := d.usableRemotes(n, remotes[id])
+		if err := d.setRemotes(n, rs); err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		if err := d.setRemotes(n, remotes[id]); err != nil {
-			errs = append(errs, err)
-		}
+		next.peers[id] = peersOf(n, rs)
 	}
 	return errs
+}
+
+// usableRemotesOf is usableRemotes for every overlay network of s.
+func (d *Datapath) usableRemotesOf(nets map[string]datapath.Network, remotes map[string][]datapath.Remote) map[string][]datapath.Remote {
+	out := make(map[string][]datapath.Remote, len(remotes))
+	for id, rs := range remotes {
+		if n, ok := nets[id]; ok && isOverlay(n) {
+			rs = d.usableRemotes(n, rs)
+		}
+		out[id] = rs
+	}
+	return out
 }

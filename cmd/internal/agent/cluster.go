@@ -431,13 +431,25 @@ func (a *Agent) memberIndex() map[string]cluster.Member {
 // its remembered address, so forwarding does not stop while gossip catches
 // up. The names are exactly those of the endpoints this host forwards to,
 // so a dead node's names go with its forwarding entries.
+//
+// An address two nodes publish (a lease collision after a partition heals)
+// is listed for both, the holder of its lease first (its claim, else its
+// block's lease; without one, the lower node name): the datapath keeps the
+// first and skips, logs and counts the other, so the rest of the network
+// keeps being updated. An address an endpoint here uses is never a remote.
 func (a *Agent) remotesLocked(n *networkRec, members map[string]cluster.Member) ([]datapath.Remote, []dns.Record) {
 	self := a.cl.Name()
 	settled := a.cs.joined || time.Since(a.cs.started) > settleAfter
-	var out []datapath.Remote
-	var names []dns.Record
+	local := map[netip.Addr]bool{}
+	for _, ep := range a.endpoints {
+		if ep.NetworkID == n.ID {
+			local[ep.Addr.Addr()] = true
+		}
+	}
+	var cands []remoteCandidate
+	seen := map[netip.Addr]int{}
 	for _, ep := range a.cl.Endpoints(n.Name) {
-		if ep.Node == self || !n.Subnet.Contains(ep.IP) {
+		if ep.Node == self || !n.Subnet.Contains(ep.IP) || local[ep.IP] {
 			continue
 		}
 		var node netip.Addr
@@ -452,15 +464,90 @@ func (a *Agent) remotesLocked(n *networkRec, members map[string]cluster.Member) 
 		if !node.IsValid() || len(ep.MAC) != 6 {
 			continue
 		}
-		out = append(out, datapath.Remote{Addr: ep.IP, MAC: slices.Clone(ep.MAC), Node: node})
-		for _, name := range append([]string{ep.Name}, ep.Aliases...) {
+		seen[ep.IP]++
+		cands = append(cands, remoteCandidate{
+			r:     datapath.Remote{Addr: ep.IP, MAC: slices.Clone(ep.MAC), Node: node},
+			node:  ep.Node,
+			names: append([]string{ep.Name}, ep.Aliases...),
+		})
+	}
+	holder := func(netip.Addr) string { return "" }
+	for _, c := range seen {
+		if c > 1 {
+			holder = a.addressHolders(n.Name)
+			break
+		}
+	}
+	out := orderRemotes(cands, holder)
+	var names []dns.Record
+	for i, c := range cands {
+		if i > 0 && cands[i-1].r.Addr == c.r.Addr {
+			continue // the loser of a collision gets no names either
+		}
+		for _, name := range c.names {
 			if name != "" {
-				names = append(names, dns.Record{Name: name, Network: n.ID, IP: ep.IP})
+				names = append(names, dns.Record{Name: name, Network: n.ID, IP: c.r.Addr})
 			}
 		}
 	}
-	slices.SortFunc(out, func(x, y datapath.Remote) int { return x.Addr.Compare(y.Addr) })
 	return out, names
+}
+
+// remoteCandidate is a remote endpoint as gossip has it: the node that
+// publishes it and its names.
+type remoteCandidate struct {
+	r     datapath.Remote
+	node  string
+	names []string
+}
+
+// orderRemotes sorts cands (in place) by address and, within an address
+// two nodes publish, the holder's entry first, then by node name; it
+// returns their remotes in that order.
+func orderRemotes(cands []remoteCandidate, holder func(netip.Addr) string) []datapath.Remote {
+	slices.SortFunc(cands, func(x, y remoteCandidate) int {
+		if c := x.r.Addr.Compare(y.r.Addr); c != 0 {
+			return c
+		}
+		hx, hy := holder(x.r.Addr) == x.node, holder(y.r.Addr) == y.node
+		if hx != hy {
+			if hx {
+				return -1
+			}
+			return 1
+		}
+		if c := strings.Compare(x.node, y.node); c != 0 {
+			return c
+		}
+		return strings.Compare(net.HardwareAddr(x.r.MAC).String(), net.HardwareAddr(y.r.MAC).String())
+	})
+	out := make([]datapath.Remote, 0, len(cands))
+	for _, c := range cands {
+		out = append(out, c.r)
+	}
+	return out
+}
+
+// addressHolders returns who holds an address of the named network by
+// the cluster's leases: the node of its static claim, else of the block
+// it is in; "" if nobody does.
+func (a *Agent) addressHolders(network string) func(netip.Addr) string {
+	claims := map[netip.Addr]string{}
+	for _, c := range a.cl.Claims(network) {
+		claims[c.IP] = c.Node
+	}
+	leases := a.cl.Leases(network)
+	return func(ip netip.Addr) string {
+		if node, ok := claims[ip]; ok {
+			return node
+		}
+		for _, l := range leases {
+			if l.Block.Contains(ip) {
+				return l.Node
+			}
+		}
+		return ""
+	}
 }
 
 // dropRemotesLocked forgets the remotes of a network that is gone here.

@@ -452,3 +452,37 @@ wait:
 		t.Errorf("status took %v while a vote ran for %v: the agent lock is held across the vote", slowest, took)
 	}
 }
+
+// TestOrderRemotesLeaseHolderFirst: of two nodes publishing one address
+// (a lease collision after a partition), the lease holder's entry comes
+// first, which the datapath keeps while it skips the other; without a
+// holder the lower node name wins. Either way the order is the same
+// whatever order gossip listed them in.
+func TestOrderRemotesLeaseHolderFirst(t *testing.T) {
+	ip := netip.MustParseAddr
+	cand := func(addr, node string, last byte) remoteCandidate {
+		return remoteCandidate{r: datapath.Remote{Addr: ip(addr), MAC: net.HardwareAddr{2, 0, 0, 0, 0, last}, Node: ip("192.0.2." + strconv.Itoa(int(last)))}, node: node}
+	}
+	holders := map[netip.Addr]string{ip("10.9.0.5"): "zeta"}
+	holder := func(a netip.Addr) string { return holders[a] }
+	for _, order := range [][]int{{0, 1, 2, 3}, {3, 2, 1, 0}, {1, 3, 0, 2}} {
+		base := []remoteCandidate{
+			cand("10.9.0.5", "alpha", 1), cand("10.9.0.5", "zeta", 2), // zeta holds the lease
+			cand("10.9.0.7", "omega", 3), cand("10.9.0.7", "beta", 4), // nobody does: beta (lower name)
+		}
+		cands := make([]remoteCandidate, 0, len(base))
+		for _, i := range order {
+			cands = append(cands, base[i])
+		}
+		got := orderRemotes(cands, holder)
+		kept, skipped := datapath.FilterRemotes(datapath.Network{
+			ID: "n", Driver: datapath.DriverOverlay, Subnet: netip.MustParsePrefix("10.9.0.0/24"), Gateway: ip("10.9.0.1"), VNI: 9,
+		}, ip("192.0.2.100"), got)
+		if len(kept) != 2 || kept[0].Node != ip("192.0.2.2") || kept[1].Node != ip("192.0.2.4") {
+			t.Errorf("order %v: kept %v, want zeta's 10.9.0.5 and beta's 10.9.0.7", order, kept)
+		}
+		if len(skipped) != 2 || skipped[0].Reason != datapath.SkipDuplicate {
+			t.Errorf("order %v: skipped %v, want the two losers as duplicates", order, skipped)
+		}
+	}
+}

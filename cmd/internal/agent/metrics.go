@@ -100,6 +100,9 @@ func (a *Agent) DatapathMetrics() (metrics.DatapathSnapshot, error) {
 		if c.Reason == "nat-exhausted" {
 			s.NATAllocationFailures += c.Packets
 		}
+		if c.Reason == "ct-quota" {
+			s.ConntrackQuotaDrops += c.Packets
+		}
 		if c.Reason == "ct-full" {
 			if s.MapFull == nil {
 				s.MapFull = map[string]uint64{}
@@ -107,6 +110,8 @@ func (a *Agent) DatapathMetrics() (metrics.DatapathSnapshot, error) {
 			s.MapFull["ct"] += c.Packets
 		}
 	}
+	s.SkippedRemotes = m.SkippedRemotes
+	s.ConntrackEvictions = m.ConntrackEvictions
 	if m.HasConntrack {
 		s.Conntrack = &metrics.TableUsage{Entries: m.ConntrackEntries, Capacity: m.ConntrackCapacity}
 	}

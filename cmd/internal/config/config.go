@@ -95,6 +95,9 @@ type Config struct {
 	BPFRoot string `mapstructure:"bpf-root" yaml:"bpf-root"`
 	// XDP is auto, native or off.
 	XDP string `mapstructure:"xdp" yaml:"xdp"`
+	// ConntrackMax is the eBPF datapath's connection-table size in
+	// entries (two per connection).
+	ConntrackMax int `mapstructure:"conntrack-max" yaml:"conntrack-max"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `mapstructure:"log-level" yaml:"log-level"`
 	// DefaultSubnet is the subnet of the default "bridge" network; empty
@@ -131,6 +134,7 @@ func Defaults() Config {
 		TunnelPort:    4789,
 		BPFRoot:       "/sys/fs/bpf/fabric",
 		XDP:           XDPAuto,
+		ConntrackMax:  262144,
 		LogLevel:      "info",
 		DNSTTL:        60 * time.Second,
 	}
@@ -213,6 +217,7 @@ const (
 	keyTunnelPort        = "tunnel-port"
 	keyBPFRoot           = "bpf-root"
 	keyXDP               = "xdp"
+	keyConntrackMax      = "conntrack-max"
 	keyLogLevel          = "log-level"
 	keyDefaultSubnet     = "default-subnet"
 	keyNoDefaultNetwork  = "no-default-network"
@@ -239,6 +244,7 @@ func defaultValues() map[string]any {
 		keyTunnelPort:        d.TunnelPort,
 		keyBPFRoot:           d.BPFRoot,
 		keyXDP:               d.XDP,
+		keyConntrackMax:      d.ConntrackMax,
 		keyLogLevel:          d.LogLevel,
 		keyDefaultSubnet:     d.DefaultSubnet,
 		keyNoDefaultNetwork:  d.NoDefaultNetwork,

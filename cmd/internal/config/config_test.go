@@ -356,6 +356,7 @@ func TestValidate(t *testing.T) {
 		{"cluster-bind hostname no port", func(c *Config) { c.ClusterBind = "myhost" }, []string{"cluster-bind", "not an IP address"}},
 		{"cluster-join bad port", func(c *Config) { c.ClusterJoin = []string{"10.0.0.2:x"} }, []string{"cluster-join", `port "x"`}},
 		{"tunnel-port 0", func(c *Config) { c.TunnelPort = 0 }, []string{"tunnel-port", "1 to 65535"}},
+		{"conntrack-max too small", func(c *Config) { c.ConntrackMax = 10 }, []string{"conntrack-max", "64 to"}},
 		{"tunnel-port too big", func(c *Config) { c.TunnelPort = 70000 }, []string{"tunnel-port", "1 to 65535"}},
 		{"cluster-join bad host", func(c *Config) { c.ClusterJoin = []string{"10.0.0.2:7946", "bad_host!:7946"} }, []string{"cluster-join", "bad_host!"}},
 		{"default-subnet not cidr", func(c *Config) { c.DefaultSubnet = "10.0.0.0" }, []string{"default-subnet", "not an IPv4 CIDR"}},

@@ -38,6 +38,8 @@ func RegisterFlags(fs *pflag.FlagSet) {
 		"UDP port of overlay (VXLAN) traffic; must be the same on every node"+env(keyTunnelPort))
 	fs.String(keyBPFRoot, d.BPFRoot,
 		"bpffs directory where eBPF maps and links are pinned so a restart drops no traffic"+env(keyBPFRoot))
+	fs.Int(keyConntrackMax, d.ConntrackMax,
+		"eBPF datapath: connection-table size in entries, two per NAT connection (changing it drops NAT connections once)"+env(keyConntrackMax))
 	fs.String(keyXDP, d.XDP,
 		"XDP on the uplink: auto (native if the driver supports it, else off), native (fail if unsupported) or off"+env(keyXDP))
 	fs.String(keyLogLevel, d.LogLevel,

@@ -98,6 +98,9 @@ func (c Config) Validate() error {
 	if c.ClusterSecretFile != "" && !filepath.IsAbs(c.ClusterSecretFile) {
 		bad(keyClusterSecretFile, "%q is not an absolute path", c.ClusterSecretFile)
 	}
+	if c.ConntrackMax < 64 || c.ConntrackMax > 1<<26 {
+		bad(keyConntrackMax, "%d must be from 64 to %d entries", c.ConntrackMax, 1<<26)
+	}
 	if c.TunnelPort < 1 || c.TunnelPort > 65535 {
 		bad(keyTunnelPort, "%d must be from 1 to 65535 (4789 is the VXLAN port)", c.TunnelPort)
 	}
