@@ -105,7 +105,7 @@ func TestLabHostileGossip(t *testing.T) {
 	// either way nothing changes.
 	d0 := dropped()
 	sent := time.Now()
-	send(netns.Path(sb))
+	send(netns.Path(l.netns(2) + "-" + sb)) // the node's prefix: sandbox names are per node
 	// From the underlay, as a stranger on the hosts' network: it reaches
 	// the agents, which drop every packet and count it.
 	send(netns.Path(l.name + "-ul"))
