@@ -84,7 +84,10 @@ func (h *host) links() []string {
 	var links []string
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
 		f := strings.Fields(line)
-		if len(f) < 2 {
+		if len(f) < 2 || !isLinkIndex(f[0]) {
+			// Not a link: ip also prints notes such as "Peer netns
+			// reference is invalid." for a veth whose peer's namespace
+			// is going away while it lists.
 			continue
 		}
 		name := strings.SplitN(strings.TrimSuffix(f[1], ":"), "@", 2)[0]
@@ -96,6 +99,20 @@ func (h *host) links() []string {
 	}
 	sort.Strings(links)
 	return links
+}
+
+// isLinkIndex says whether f is the "N:" that starts a line of ip -o link.
+func isLinkIndex(f string) bool {
+	n, ok := strings.CutSuffix(f, ":")
+	if !ok || n == "" {
+		return false
+	}
+	for _, c := range n {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 func diffSnapshots(t *testing.T, what string, a, b snapshot) {
