@@ -271,7 +271,7 @@ func TestOverlayNetworksEndpointsAndRemotesFollowTheCluster(t *testing.T) {
 	if eps := A.a.Endpoints(); len(eps) != 1 || eps[0].IP != sa.Endpoints[0].IP {
 		t.Fatalf("after restart node-a has endpoints %+v", eps)
 	}
-	eventually(t, 10*time.Second, "node-a never rejoined", func() bool { return A.cl.NumAlive() == 2 })
+	eventually(t, 20*time.Second, "node-a never rejoined", func() bool { return A.cl.NumAlive() == 2 })
 	eventually(t, 5*time.Second, "node-b lost node-a's endpoint after the restart", func() bool { return hasRemote(B.dp.remotesOf(ov.ID), ipA.String()) })
 
 	// node-b dies: node-a drops its endpoint from the datapath.
