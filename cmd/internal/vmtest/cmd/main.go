@@ -35,6 +35,7 @@ func main() {
 	cpus := flag.Int("cpus", 2, "vCPUs per VM")
 	mem := flag.Int("mem", 2048, "guest memory in MiB")
 	quiet := flag.Bool("q", false, "do not stream the guests' consoles")
+	shell := flag.String("sh", "", "run this shell command in each guest instead of the tests (debugging)")
 	listPkgs := flag.Bool("list-packages", false, "print the Debian packages the runner needs (apt-ensure specs) and exit")
 	flag.Parse()
 
@@ -50,7 +51,7 @@ func main() {
 	defer stop()
 	if err := runMatrix(ctx, options{
 		kernels: *kernels, pkgs: *pkgs, run: *run, timeout: *timeout, testTimeout: *testTimeout,
-		cpus: *cpus, mem: *mem, quiet: *quiet,
+		cpus: *cpus, mem: *mem, quiet: *quiet, shell: *shell,
 	}); err != nil {
 		fmt.Fprintln(os.Stderr, "test-kernels:", err)
 		os.Exit(1)
@@ -59,6 +60,7 @@ func main() {
 
 type options struct {
 	kernels, pkgs, run   string
+	shell                string
 	timeout, testTimeout time.Duration
 	cpus, mem            int
 	quiet                bool
@@ -85,6 +87,10 @@ func runMatrix(ctx context.Context, o options) error {
 	cmds, err := buildTests(ctx, dir, o)
 	if err != nil {
 		return err
+	}
+	if o.shell != "" {
+		wd, _ := os.Getwd()
+		cmds = []vmtest.Command{{Name: "sh", Dir: wd, Argv: []string{"/bin/sh", "-c", o.shell}}}
 	}
 	out := os.Stdout
 	var results []*vmtest.Result
