@@ -57,45 +57,54 @@ func (r *Result) Totals() (passed, failed, skipped int) {
 
 var resultLine = regexp.MustCompile(`^(\s*)--- (PASS|FAIL|SKIP): (\S+)`)
 
+var (
+	runLine = regexp.MustCompile(`^=== (?:RUN|CONT|NAME)\s+(\S+)`)
+	logLine = regexp.MustCompile(`^\s+\S+\.go:\d+: (.*)`)
+)
+
 // parse reads the console, copies it to out and records markers and test
-// results until the console ends.
+// results until the console ends. A skip's reason is the last line the
+// test logged: go test -v prints it before the "--- SKIP" line.
 func (r *Result) parse(in io.Reader, nonce string, out io.Writer) {
 	mark := marker(nonce) + " "
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 64<<10), 4<<20)
 	var cur *CommandResult
 	var started time.Time
-	var skip *Skip // the skip whose reason lines follow
+	var test string                // the test whose output this is
+	lastLog := map[string]string{} // test -> the last line it logged
 	for sc.Scan() {
 		line := string(stripCR(sc.Bytes()))
 		fmt.Fprintln(out, line)
 		if rest, ok := strings.CutPrefix(line, mark); ok {
-			skip = nil
 			r.marker(rest, &cur, &started)
+			clear(lastLog)
 			continue
 		}
 		if cur == nil {
 			continue
 		}
-		if m := resultLine.FindStringSubmatch(line); m != nil {
-			skip = nil
-			switch m[2] {
-			case "PASS":
-				cur.Passed++
-			case "FAIL":
-				cur.Failed++
-				cur.Failures = append(cur.Failures, m[3])
-			case "SKIP":
-				cur.Skipped++
-				cur.Skips = append(cur.Skips, Skip{Test: m[3]})
-				skip = &cur.Skips[len(cur.Skips)-1]
-			}
+		if m := runLine.FindStringSubmatch(line); m != nil {
+			test = m[1]
 			continue
 		}
-		if skip != nil && strings.HasPrefix(line, "    ") && skip.Reason == "" {
-			skip.Reason = skipReason(line)
-		} else if !strings.HasPrefix(line, "    ") {
-			skip = nil
+		if m := logLine.FindStringSubmatch(line); m != nil && test != "" {
+			lastLog[test] = m[1]
+			continue
+		}
+		m := resultLine.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		switch m[2] {
+		case "PASS":
+			cur.Passed++
+		case "FAIL":
+			cur.Failed++
+			cur.Failures = append(cur.Failures, m[3])
+		case "SKIP":
+			cur.Skipped++
+			cur.Skips = append(cur.Skips, Skip{Test: m[3], Reason: lastLog[m[3]]})
 		}
 	}
 }
@@ -125,17 +134,6 @@ func (r *Result) marker(rest string, cur **CommandResult, started *time.Time) {
 	case "DONE":
 		r.Done = true
 	}
-}
-
-// skipReason drops the "file_test.go:12: " prefix of a t.Skip line.
-func skipReason(line string) string {
-	s := strings.TrimSpace(line)
-	if i := strings.Index(s, ".go:"); i >= 0 {
-		if j := strings.Index(s[i+4:], ": "); j >= 0 {
-			return s[i+4+j+2:]
-		}
-	}
-	return s
 }
 
 // Summary writes the per-command and total lines of a run, with the skip

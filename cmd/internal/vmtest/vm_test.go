@@ -44,8 +44,9 @@ func TestRunReportsExitCodesAndSkips(t *testing.T) {
 	k := bootKernel(t, Matrix[0].Name)
 	script := `echo "=== RUN   TestA"
 echo "--- PASS: TestA (0.00s)"
-echo "--- SKIP: TestB (0.00s)"
+echo "=== RUN   TestB"
 echo "    b_test.go:12: needs 8021q"
+echo "--- SKIP: TestB (0.00s)"
 uname -r > /vmtest/uname; touch /etc/vmtest-writable && echo writable
 test -r /work && exit 0`
 	var console bytes.Buffer
@@ -80,5 +81,50 @@ test -r /work && exit 0`
 	}
 	if got := res.FailedCommands(); len(got) != 1 || got[0] != "bad" {
 		t.Errorf("FailedCommands = %v", got)
+	}
+}
+
+// TestParseSkipReasons: the reason of a skip is the last line the test
+// logged before its "--- SKIP" line, subtests and interleaved parallel
+// tests included; counts cover subtests.
+func TestParseSkipReasons(t *testing.T) {
+	console := strings.Join([]string{
+		"noise before the start marker",
+		"--- PASS: TestNotCounted (0.00s)",
+		"VMTEST-n START pkg",
+		"=== RUN   TestA",
+		"=== PAUSE TestA",
+		"=== RUN   TestB",
+		"    b_test.go:10: made a namespace",
+		"    b_test.go:12: needs 8021q",
+		"--- SKIP: TestB (0.01s)",
+		"=== CONT  TestA",
+		"=== RUN   TestA/sub",
+		"    a_test.go:40: needs ipvlan",
+		"        (a continuation line)",
+		"=== NAME  TestA",
+		"    a_test.go:41: after the subtest",
+		"    --- SKIP: TestA/sub (0.00s)",
+		"--- PASS: TestA (0.10s)",
+		"--- FAIL: TestC (0.10s)",
+		"VMTEST-n EXIT pkg 1",
+		"VMTEST-n DONE",
+	}, "\r\n")
+	var r Result
+	var out bytes.Buffer
+	r.parse(strings.NewReader(console), "n", &out)
+	if !r.Done || len(r.Commands) != 1 {
+		t.Fatalf("result %+v", r)
+	}
+	c := r.Commands[0]
+	if c.Exit != 1 || c.Passed != 1 || c.Failed != 1 || c.Skipped != 2 {
+		t.Errorf("counts %+v", c)
+	}
+	want := []Skip{{"TestB", "needs 8021q"}, {"TestA/sub", "needs ipvlan"}}
+	if len(c.Skips) != 2 || c.Skips[0] != want[0] || c.Skips[1] != want[1] {
+		t.Errorf("skips %+v, want %+v", c.Skips, want)
+	}
+	if strings.Contains(out.String(), "\r") || !strings.Contains(out.String(), "noise before") {
+		t.Errorf("console copy %q", out.String())
 	}
 }
