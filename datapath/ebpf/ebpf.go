@@ -354,6 +354,9 @@ func (f *Forwarder) Status() datapath.Status {
 			fmt.Sprintf("%d networks; maps pinned under %s", len(f.nets), f.opts.BPFRoot),
 		},
 	}
+	if f.tcMode == modeClsact {
+		st.Details = append(st.Details, "tc programs attach as clsact filters: no TCX in this kernel (Linux < 6.6); a restart replaces them in place")
+	}
 	if f.cgroup != "" {
 		st.Details = append(st.Details, "socket hooks (connect4, sendmsg4, recvmsg4, getpeername4) on cgroup "+f.cgroup)
 	}

@@ -338,6 +338,36 @@ var pingStats = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`)
 // lost, the links run the new program on the same pinned maps, and the
 // old program is gone. Then back to the original, the same way.
 func TestUpgradeSwapsProgramWithoutLoss(t *testing.T) {
+	testUpgradeWithoutLoss(t)
+}
+
+// TestUpgradeThroughClsact: where the kernel has no TCX (Linux 6.1; forced
+// here), the programs run as clsact filters, an upgrade replaces them
+// without loss all the same, and status and metrics say clsact.
+func TestUpgradeThroughClsact(t *testing.T) {
+	forceClsact = true
+	t.Cleanup(func() { forceClsact = false })
+	l := testUpgradeWithoutLoss(t)
+	if l == nil {
+		return
+	}
+	st := l.a.dp.Status(context.Background())
+	if d := strings.Join(st.Details, "; "); !strings.Contains(d, "tc (clsact ingress) on 2 endpoint veths") {
+		t.Errorf("status does not say clsact: %s", d)
+	}
+	if d := strings.Join(st.Details, "; "); !strings.Contains(d, "no TCX") {
+		t.Errorf("status does not say why clsact: %s", d)
+	}
+	m, err := l.a.dp.Metrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Programs["clsact-ingress"] != 2 || m.Programs["tcx-ingress"] != 0 {
+		t.Errorf("programs metric %v, want clsact-ingress 2", m.Programs)
+	}
+}
+
+func testUpgradeWithoutLoss(t *testing.T) *upgradeLab {
 	netnstest.RequireRoot(t)
 	orig, err := ebpf.LoadCollectionSpec(endpointObject)
 	if err != nil {
@@ -364,11 +394,12 @@ func TestUpgradeSwapsProgramWithoutLoss(t *testing.T) {
 	if !t.Run("original to variant", func(t *testing.T) {
 		l.upgradeUnderTraffic(t, conn, variant, variant, true)
 	}) {
-		return
+		return nil
 	}
 	t.Run("variant to original", func(t *testing.T) {
 		l.upgradeUnderTraffic(t, conn, nil, orig, false)
 	})
+	return l
 }
 
 // upgradeUnderTraffic upgrades to spec while traffic runs and checks that
