@@ -12,7 +12,7 @@ DEB_BENCH := iperf3:iperf3 sockperf:sockperf wrk:wrk docker.io:docker-proxy
 # What `make generate` needs to compile the eBPF programs.
 DEB_BPF   := clang:clang llvm:llvm-strip libbpf-dev:/usr/include/bpf/bpf_helpers.h
 
-.PHONY: all build test test-unit fuzz deps deps-bench deps-bpf generate check-generate demo demo-host bench lint fmt vet staticcheck clean install uninstall
+.PHONY: all build test test-unit fuzz test-kernels deps deps-bench deps-bpf deps-kernels generate check-generate demo demo-host bench lint fmt vet staticcheck clean install uninstall
 
 all: build
 
@@ -32,6 +32,12 @@ deps-bench: deps
 deps-bpf:
 	@./.ci/apt-ensure $(DEB_BPF)
 
+# deps-kernels installs qemu, busybox-static and the kernels of the test
+# matrix (the list is cmd/internal/vmtest.Matrix). Only their files in /boot
+# and /lib/modules are used; this machine keeps booting its own kernel.
+deps-kernels:
+	@./.ci/apt-ensure $$($(GO) run ./cmd/internal/vmtest/cmd -list-packages)
+
 # generate rebuilds the eBPF objects and their Go bindings (bpf2go). The
 # results are committed, so building fabric needs no clang.
 generate: deps-bpf
@@ -48,6 +54,15 @@ check-generate: generate
 test: deps
 	$(GO) vet $(PKGS)
 	$(GO) test -count=1 -timeout 12m $(PKGS)
+
+# test-kernels boots each kernel of the matrix (Debian's 6.1 and 6.12) in a
+# qemu VM and runs, as root inside, the tests whose outcome depends on the
+# kernel: eBPF programs and datapath (TCX or clsact), kernel datapath
+# (macvlan, ipvlan, VLAN), the agent's macvlan/ipvlan/VLAN tests. It prints
+# per kernel what passed, failed and skipped, and the wall time.
+# VMTEST_FLAGS=-kernels=6.1 -run=TestX narrows it.
+test-kernels: deps deps-kernels
+	$(GO) run ./cmd/internal/vmtest/cmd $(VMTEST_FLAGS)
 
 test-unit:
 	$(GO) test -count=1 -short $(PKGS)

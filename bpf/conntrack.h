@@ -15,6 +15,12 @@
 
 #define EEXIST 17 /* errno, which a BPF build has no header for */
 
+/* map_err is the errno a map update or delete returned, as an int: 6.1
+ * inlines these calls into the map's own function, which returns an int
+ * whose upper 32 bits arrive as garbage (-EEXIST reads 0xffffffef; newer
+ * kernels return long), so only the low half may be compared. */
+typedef int map_err;
+
 #define NSEC 1000000000ULL
 #define CT_TIMEOUT_TCP_SYN (5 * NSEC)         /* until the reply direction is seen */
 #define CT_TIMEOUT_TCP_SYN_RECV (60 * NSEC)   /* answered SYN, until the original side acknowledges */
@@ -210,7 +216,7 @@ static __always_inline int ct_create(const struct ct_key *ok, const struct ct_en
 				     const struct ct_entry *rv, __u64 now)
 {
 	struct ct_entry *old;
-	long err;
+	map_err err;
 
 	err = bpf_map_update_elem(&ct, rk, rv, BPF_NOEXIST);
 	if (!err)

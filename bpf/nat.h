@@ -76,6 +76,14 @@ static __always_inline __u32 set_addrs(struct iphdr *ip, __be32 saddr, __be32 da
 	return diff;
 }
 
+/* pkt_off_fence makes the verifier see that a packet offset already
+ * checked against a constant below 256 is below 256 where it is used.
+ * Without it clang may add a copy of the offset spilled before the check,
+ * whose bounds the 6.1 verifier does not narrow: the pointer then has an
+ * offset of up to 65535, and no comparison with data_end gives it a range
+ * ("R8 offset is outside of the packet"). The mask changes no value. */
+#define pkt_off_fence(off) asm volatile("%0 &= 0xff" : "+r"(off))
+
 /* set16 stores v at p, adding the change to *diff. */
 static __always_inline void set16(__be16 *p, __be16 v, __u32 *diff)
 {
@@ -103,6 +111,7 @@ static __always_inline int nat_rewrite(void *data, void *data_end, const struct 
 		return 0;
 	if (off > ETH_HLEN + IPV4_MAX_HLEN)
 		return -1;
+	pkt_off_fence(off);
 	l4 = data + off;
 	if ((void *)(l4 + 4) > data_end)
 		return -1;
@@ -139,6 +148,8 @@ static __always_inline int nat_rewrite_icmp_error(void *data, void *data_end, co
 
 	if (off > ETH_HLEN + IPV4_MAX_HLEN + 8 || l4off > ETH_HLEN + IPV4_MAX_HLEN + 8 + IPV4_MAX_HLEN)
 		return -1;
+	pkt_off_fence(off);
+	pkt_off_fence(l4off);
 	in = data + off;
 	if ((void *)(in + 1) > data_end)
 		return -1;
@@ -164,6 +175,7 @@ static __always_inline int nat_rewrite_icmp_error(void *data, void *data_end, co
 		return 0;
 	if (csoff > ETH_HLEN + IPV4_MAX_HLEN + 8 + IPV4_MAX_HLEN + 16)
 		return -1;
+	pkt_off_fence(csoff);
 	check = data + csoff;
 	if ((void *)(check + 1) > data_end)
 		return -1;

@@ -113,12 +113,7 @@ func newNATNSLab(t *testing.T) *natNSLab {
 		prog   *ebpf.Program
 		attach ebpf.AttachType
 	}{{u.FromUplink(), ebpf.AttachTCXIngress}, {u.ToUplink(), ebpf.AttachTCXEgress}} {
-		var lk link.Link
-		err := fabricns.Do(l.path, func() error {
-			var err error
-			lk, err = link.AttachTCX(link.TCXOptions{Interface: l.uplinkIfindex, Program: a.prog, Attach: a.attach})
-			return err
-		})
+		lk, err := attachTC(l.path, l.uplinkIfindex, a.prog, a.attach)
 		if err != nil {
 			t.Fatalf("attach to up0: %v", err)
 		}

@@ -10,10 +10,10 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	fabricns "github.com/fabricnet/fabric/datapath/netns"
+	"github.com/fabricnet/fabric/datapath/netns/kfeat"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
@@ -73,13 +73,7 @@ func (l *hostLab) addSandbox(host string, ep Endpoint, n Network) *sandbox {
 	if err := l.objs.PutEndpoint(ep); err != nil {
 		t.Fatal(err)
 	}
-	// TCX resolves the ifindex in the calling thread's namespace.
-	var lk link.Link
-	err = fabricns.Do(l.path, func() error {
-		var err error
-		lk, err = link.AttachTCX(link.TCXOptions{Interface: ep.HostIfindex, Program: l.objs.FromEndpoint(), Attach: ebpf.AttachTCXIngress})
-		return err
-	})
+	lk, err := attachTC(l.path, ep.HostIfindex, l.objs.FromEndpoint(), ebpf.AttachTCXIngress)
 	if err != nil {
 		t.Fatalf("attach to %s: %v", host, err)
 	}
@@ -249,10 +243,8 @@ func TestNamespaces(t *testing.T) {
 	// A VLAN device in the sandbox: veth carries the tag out of band, which
 	// only a real device can show (BPF_PROG_TEST_RUN cannot set it).
 	t.Run("VLAN-tagged frames", func(t *testing.T) {
-		out, err := netnstest.Cmd(s1.name, "ip", "link", "add", "link", "eth0", "name", "eth0.100", "type", "vlan", "id", "100").CombinedOutput()
-		if err != nil {
-			t.Skipf("skipping: cannot make a VLAN device (no 8021q in this kernel?): %v: %s", err, out)
-		}
+		kfeat.Need(t, kfeat.VLAN)
+		netnstest.Run(t, s1.name, "ip", "link", "add", "link", "eth0", "name", "eth0.100", "type", "vlan", "id", "100")
 		defer netnstest.Run(t, s1.name, "ip", "link", "del", "eth0.100")
 		netnstest.Run(t, s1.name, "ip", "addr", "add", "10.1.100.2/24", "dev", "eth0.100")
 		netnstest.Run(t, s1.name, "ip", "link", "set", "eth0.100", "up")

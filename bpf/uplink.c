@@ -391,6 +391,33 @@ int xdp_uplink(struct xdp_md *ctx)
 
 /* ---- to_uplink ---- */
 
+/* snat_claim enters the reply tuple rk (its port chosen) for rv if the
+ * tuple is free: no live entry and no host socket has it. It returns 1 if
+ * rk is rv's now, 0 if taken, -1 if conntrack refused. A function of its
+ * own, not inlined: with this body inside snat_create's loop, clang lays
+ * the loop out with its latch falling through into its head, a back-edge
+ * the 6.1 verifier rejects ("back-edge from insn"). */
+static __noinline int snat_claim(struct __sk_buff *skb, const struct ct_key *rk, const struct ct_entry *rv, __u64 now)
+{
+	struct ct_entry *cur;
+	map_err err;
+
+	if (host_socket_uses(skb, rk->proto, rk->saddr, rk->sport, rk->daddr, rk->dport))
+		return 0;
+	err = bpf_map_update_elem(&ct, rk, rv, BPF_NOEXIST);
+	if (!err)
+		ct_stat(CT_STAT_INSERTS);
+	if (err == -EEXIST) {
+		/* Taken, unless expired or this very connection's (its
+		 * original entry was evicted, not its reply entry). */
+		cur = bpf_map_lookup_elem(&ct, rk);
+		if (cur && !ct_expired(cur, rk->proto, now) && !ct_same(cur, rv))
+			return 0;
+		err = bpf_map_update_elem(&ct, rk, rv, BPF_ANY);
+	}
+	return err ? -1 : 1;
+}
+
 /* snat_create masquerades a new connection: it claims a reply tuple
  * (X:q -> snat:port) for a port from the configured range, then stores the
  * connection. The first choice is the endpoint's own port (if in range),
@@ -411,34 +438,25 @@ static __always_inline int snat_create(struct __sk_buff *skb, const struct pkt *
 	};
 	struct ct_entry ov = {}, *cur;
 	__be16 port = 0;
-	long err;
+	map_err err;
 	__u32 i;
 
 	for (i = 0; i < NAT_ATTEMPTS; i++) {
 		__u16 cand = min + (start + i) % range;
+		int got;
 
 		if (i == 0 && pref >= min && pref <= max)
 			cand = pref;
 		rk.dport = bpf_htons(cand);
-		if (host_socket_uses(skb, p->proto, p->daddr, p->dport, hc->snat_addr, rk.dport))
-			continue;
-		err = bpf_map_update_elem(&ct, &rk, &rv, BPF_NOEXIST);
-		if (!err)
-			ct_stat(CT_STAT_INSERTS);
-		if (err == -EEXIST) {
-			/* Taken, unless expired or this very connection's (its
-			 * original entry was evicted, not its reply entry). */
-			cur = bpf_map_lookup_elem(&ct, &rk);
-			if (cur && !ct_expired(cur, p->proto, now) && !ct_same(cur, &rv))
-				continue;
-			err = bpf_map_update_elem(&ct, &rk, &rv, BPF_ANY);
-		}
-		if (err) {
+		got = snat_claim(skb, &rk, &rv, now);
+		if (got < 0) {
 			*why = REASON_CT_FULL;
 			return -1;
 		}
-		port = rk.dport;
-		break;
+		if (got) {
+			port = rk.dport;
+			break;
+		}
 	}
 	if (!port) {
 		*why = REASON_NAT_EXHAUSTED;

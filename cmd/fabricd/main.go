@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/fabricnet/fabric/cluster"
@@ -252,8 +253,12 @@ type fallback struct {
 	why string
 }
 
+// Status warns with the first line of why: a verifier rejection carries
+// the verifier's whole log, which the agent's log has (the warning at
+// start-up), not a status line.
 func (f fallback) Status(ctx context.Context) datapath.Status {
 	st := f.Datapath.Status(ctx)
-	st.Warnings = append(st.Warnings, "eBPF datapath unavailable, using the kernel datapath: "+f.why)
+	why, _, _ := strings.Cut(f.why, "\n")
+	st.Warnings = append(st.Warnings, "eBPF datapath unavailable, using the kernel datapath: "+why)
 	return st
 }

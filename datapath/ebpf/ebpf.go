@@ -125,7 +125,8 @@ type Forwarder struct {
 	xdp    string // what --xdp resulted in, for status
 	cgroup string // where the socket hooks are attached
 	uplink uplinkInfo
-	hasUp  bool // an uplink was found
+	hasUp  bool   // an uplink was found
+	tcMode string // modeTCX or modeClsact, once the first tc program is attached
 
 	mu      sync.Mutex // guards the fields below (Status runs unlocked by kernel)
 	nets    map[string]netState
@@ -444,15 +445,18 @@ func (f *Forwarder) Status() datapath.Status {
 	st := datapath.Status{
 		Name: "ebpf",
 		Details: []string{
-			fmt.Sprintf("tc (TCX ingress) on %s, no bridge", count(len(f.eps), "endpoint veth", "endpoint veths")),
+			fmt.Sprintf("tc (%s ingress) on %s, no bridge", f.tcModeLabel(), count(len(f.eps), "endpoint veth", "endpoint veths")),
 			fmt.Sprintf("%d networks; maps pinned under %s", len(f.nets), f.opts.BPFRoot),
 		},
+	}
+	if f.tcMode == modeClsact {
+		st.Details = append(st.Details, "tc programs attach as clsact filters: no TCX in this kernel (Linux < 6.6); a restart replaces them in place")
 	}
 	if f.cgroup != "" {
 		st.Details = append(st.Details, "socket hooks (connect4, sendmsg4, recvmsg4, getpeername4) on cgroup "+f.cgroup)
 	}
 	if f.hasUp {
-		st.Details = append(st.Details, fmt.Sprintf("uplink %s (%s): tc (TCX ingress+egress) masquerade and published-port NAT", f.uplink.name, f.uplink.addr))
+		st.Details = append(st.Details, fmt.Sprintf("uplink %s (%s): tc (%s ingress+egress) masquerade and published-port NAT", f.uplink.name, f.uplink.addr, f.tcModeLabel()))
 	}
 	st.Details = append(st.Details, "XDP: "+f.xdp)
 	f.overlayStatus(&st)

@@ -137,7 +137,7 @@ func (f *Forwarder) EnsureEndpoint(n datapath.Network, ep datapath.Endpoint, hos
 		}
 	}
 	f.eps[ep.ID] = epState{ifindex: ifindex, ports: ports}
-	if err := f.attachTCX(f.linkPin(endpointPin(ifindex)), ifindex, f.objs.FromEndpoint(), ebpf.AttachTCXIngress); err != nil {
+	if err := f.attachTC(f.linkPin(endpointPin(ifindex)), ifindex, f.objs.FromEndpoint(), ebpf.AttachTCXIngress); err != nil {
 		return err
 	}
 	return nil
@@ -185,7 +185,7 @@ func (f *Forwarder) DeleteEndpoint(n datapath.Network, ep datapath.Endpoint) err
 	if err := f.objs.DeleteEndpoint(st.ifindex); err != nil {
 		return err
 	}
-	if err := detach(f.linkPin(endpointPin(st.ifindex))); err != nil {
+	if err := f.detach(f.linkPin(endpointPin(st.ifindex))); err != nil {
 		return err
 	}
 	delete(f.eps, ep.ID)
@@ -281,7 +281,7 @@ func (f *Forwarder) Sync(s datapath.State) error {
 			if ifindex, err := strconv.Atoi(rest); err == nil && wantIfindex[ifindex] {
 				continue
 			}
-			errs = append(errs, detach(filepath.Join(dir, e.Name())))
+			errs = append(errs, f.detach(filepath.Join(dir, e.Name())))
 		}
 	}
 

@@ -16,7 +16,7 @@ func (f *Forwarder) Metrics() (datapath.Metrics, error) {
 	if err != nil {
 		return datapath.Metrics{}, err
 	}
-	m := datapath.Metrics{Programs: map[string]int{"tcx-ingress": len(f.eps)}}
+	m := datapath.Metrics{Programs: map[string]int{f.tcHook() + "-ingress": len(f.eps)}}
 	for k, c := range counters {
 		if c.Packets == 0 && c.Bytes == 0 {
 			continue
@@ -32,7 +32,7 @@ func (f *Forwarder) Metrics() (datapath.Metrics, error) {
 	m.Counters = withDropCells(m.Counters)
 	f.addUplinkMetrics(&m)
 	if f.hostCfg.TunnelIfindex != 0 {
-		m.Programs["tcx-tunnel"] = 1
+		m.Programs[f.tcHook()+"-tunnel"] = 1
 	}
 	return m, nil
 }

@@ -98,7 +98,7 @@ func (f *Forwarder) ensureTunnel() error {
 		}
 	}
 	ifindex := l.Attrs().Index
-	if err := f.attachTCX(f.linkPin(pinTunnelIngress), ifindex, f.tun.FromTunnel(), ebpf.AttachTCXIngress); err != nil {
+	if err := f.attachTC(f.linkPin(pinTunnelIngress), ifindex, f.tun.FromTunnel(), ebpf.AttachTCXIngress); err != nil {
 		return fmt.Errorf("tunnel %s: %w", tunDevice, err)
 	}
 	f.underlayName, f.underlayMTU = under.Attrs().Name, under.Attrs().MTU
@@ -217,7 +217,7 @@ func (f *Forwarder) adoptTunnel() {
 func (f *Forwarder) deleteTunnel() error {
 	var errs []error
 	errs = append(errs, f.setTunnelConfig(0, netip.Addr{}))
-	errs = append(errs, detach(f.linkPin(pinTunnelIngress)))
+	errs = append(errs, f.detach(f.linkPin(pinTunnelIngress)))
 	if l, err := f.nl.LinkByName(tunDevice); err == nil && l.Attrs().Alias == tunAlias {
 		if err := f.nl.LinkDel(l); err != nil && !isLinkGone(err) {
 			errs = append(errs, fmt.Errorf("remove %s: %w", tunDevice, err))
@@ -343,8 +343,8 @@ func (f *Forwarder) overlayStatus(st *datapath.Status) {
 	if rs, err := f.objs.Remotes(); err == nil {
 		remotes = fmt.Sprint(len(rs))
 	}
-	st.Details = append(st.Details, fmt.Sprintf("tunnel %s (flow-based VXLAN, UDP port %d, local %s over %s): tc (TCX ingress); %s, %s remote endpoints",
-		tunDevice, f.tunnelPort(), f.opts.Tunnel.Local, f.underlayName, count(len(nets), "overlay network", "overlay networks"), remotes))
+	st.Details = append(st.Details, fmt.Sprintf("tunnel %s (flow-based VXLAN, UDP port %d, local %s over %s): tc (%s ingress); %s, %s remote endpoints",
+		tunDevice, f.tunnelPort(), f.opts.Tunnel.Local, f.underlayName, f.tcModeLabel(), count(len(nets), "overlay network", "overlay networks"), remotes))
 	if f.underlayMTU == 0 {
 		return
 	}

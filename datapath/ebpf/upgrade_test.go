@@ -23,6 +23,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 
 	"github.com/fabricnet/fabric/datapath"
 	fabricns "github.com/fabricnet/fabric/datapath/netns"
@@ -164,28 +165,69 @@ func (l *upgradeLab) linkPins() []string {
 	return pins
 }
 
-// linkedProgram is the program the pinned link runs.
-func linkedProgram(t *testing.T, pin string) *ebpf.ProgramInfo {
+// linkedProgram is the program the hook of a pin runs: the pinned TCX
+// link's, or, where the kernel has no TCX, that of fabric's clsact filter
+// on the endpoint's veth (the pin then holds the program attached last,
+// which must be the same one).
+func (l *upgradeLab) linkedProgram(t *testing.T, pin string) *ebpf.ProgramInfo {
 	t.Helper()
-	l, err := link.LoadPinnedLink(pin, nil)
-	if err != nil {
-		t.Fatalf("open pinned link: %v", err)
+	id := l.filterProgram(t, pin)
+	if lk, err := link.LoadPinnedLink(pin, nil); err == nil {
+		defer lk.Close()
+		info, err := lk.Info()
+		if err != nil {
+			t.Fatalf("link info of %s: %v", pin, err)
+		}
+		id = info.Program
+	} else if id == 0 {
+		t.Fatalf("%s: neither a pinned link nor a clsact filter: %v", pin, err)
 	}
-	defer l.Close()
-	info, err := l.Info()
+	p, err := ebpf.NewProgramFromID(id)
 	if err != nil {
-		t.Fatalf("link info of %s: %v", pin, err)
-	}
-	p, err := ebpf.NewProgramFromID(info.Program)
-	if err != nil {
-		t.Fatalf("program %d of %s: %v", info.Program, pin, err)
+		t.Fatalf("program %d of %s: %v", id, pin, err)
 	}
 	defer p.Close()
 	pi, err := p.Info()
 	if err != nil {
-		t.Fatalf("program info %d: %v", info.Program, err)
+		t.Fatalf("program info %d: %v", id, err)
 	}
 	return pi
+}
+
+// filterProgram is the program of fabric's clsact filter on the ingress
+// of the endpoint veth pin is for (0 if none), checked against the pin.
+func (l *upgradeLab) filterProgram(t *testing.T, pin string) ebpf.ProgramID {
+	t.Helper()
+	var f Forwarder
+	ifindex, _, ok := f.clsactTarget(filepath.Base(pin))
+	if !ok {
+		t.Fatalf("%s: not an endpoint pin", pin)
+	}
+	nl, err := fabricns.HandleAt(l.a.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nl.Close()
+	hl, err := nl.LinkByIndex(ifindex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	filters, _ := nl.FilterList(hl, netlink.HANDLE_MIN_INGRESS)
+	for _, flt := range filters {
+		if b, ok := flt.(*netlink.BpfFilter); ok && b.Priority == clsactPrio && b.Handle == clsactHandle {
+			p, err := ebpf.LoadPinnedProgram(pin, nil)
+			if err != nil {
+				t.Fatalf("clsact filter on ifindex %d, but its pin: %v", ifindex, err)
+			}
+			defer p.Close()
+			info, _ := p.Info()
+			if pid, _ := info.ID(); int(pid) != b.Id {
+				t.Fatalf("%s holds program %d, the filter runs %d", pin, pid, b.Id)
+			}
+			return ebpf.ProgramID(b.Id)
+		}
+	}
+	return 0
 }
 
 func progID(t *testing.T, pi *ebpf.ProgramInfo) ebpf.ProgramID {
@@ -296,6 +338,36 @@ var pingStats = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`)
 // lost, the links run the new program on the same pinned maps, and the
 // old program is gone. Then back to the original, the same way.
 func TestUpgradeSwapsProgramWithoutLoss(t *testing.T) {
+	testUpgradeWithoutLoss(t)
+}
+
+// TestUpgradeThroughClsact: where the kernel has no TCX (Linux 6.1; forced
+// here), the programs run as clsact filters, an upgrade replaces them
+// without loss all the same, and status and metrics say clsact.
+func TestUpgradeThroughClsact(t *testing.T) {
+	forceClsact = true
+	t.Cleanup(func() { forceClsact = false })
+	l := testUpgradeWithoutLoss(t)
+	if l == nil {
+		return
+	}
+	st := l.a.dp.Status(context.Background())
+	if d := strings.Join(st.Details, "; "); !strings.Contains(d, "tc (clsact ingress) on 2 endpoint veths") {
+		t.Errorf("status does not say clsact: %s", d)
+	}
+	if d := strings.Join(st.Details, "; "); !strings.Contains(d, "no TCX") {
+		t.Errorf("status does not say why clsact: %s", d)
+	}
+	m, err := l.a.dp.Metrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Programs["clsact-ingress"] != 2 || m.Programs["tcx-ingress"] != 0 {
+		t.Errorf("programs metric %v, want clsact-ingress 2", m.Programs)
+	}
+}
+
+func testUpgradeWithoutLoss(t *testing.T) *upgradeLab {
 	netnstest.RequireRoot(t)
 	orig, err := ebpf.LoadCollectionSpec(endpointObject)
 	if err != nil {
@@ -315,18 +387,19 @@ func TestUpgradeSwapsProgramWithoutLoss(t *testing.T) {
 
 	pins := l.linkPins()
 	for _, pin := range pins {
-		if err := orig.Programs["from_endpoint"].Compatible(linkedProgram(t, pin)); err != nil {
+		if err := orig.Programs["from_endpoint"].Compatible(l.linkedProgram(t, pin)); err != nil {
 			t.Fatalf("%s before the upgrade does not run the committed object's program: %v", pin, err)
 		}
 	}
 	if !t.Run("original to variant", func(t *testing.T) {
 		l.upgradeUnderTraffic(t, conn, variant, variant, true)
 	}) {
-		return
+		return nil
 	}
 	t.Run("variant to original", func(t *testing.T) {
 		l.upgradeUnderTraffic(t, conn, nil, orig, false)
 	})
+	return l
 }
 
 // upgradeUnderTraffic upgrades to spec while traffic runs and checks that
@@ -343,7 +416,7 @@ func (l *upgradeLab) upgradeUnderTraffic(t *testing.T, conn net.Conn, spec, want
 	)
 	oldMaps := map[ebpf.MapID]bool{}
 	for _, pin := range pins {
-		pi := linkedProgram(t, pin)
+		pi := l.linkedProgram(t, pin)
 		oldIDs = append(oldIDs, progID(t, pi))
 		oldTags = append(oldTags, pi.Tag)
 		ids, _ := pi.MapIDs()
@@ -419,7 +492,7 @@ func (l *upgradeLab) upgradeUnderTraffic(t *testing.T, conn net.Conn, spec, want
 	// The links run the new program, a new one in the kernel, on the
 	// same maps.
 	for i, pin := range pins {
-		pi := linkedProgram(t, pin)
+		pi := l.linkedProgram(t, pin)
 		id := progID(t, pi)
 		if id == oldIDs[i] {
 			t.Errorf("%s still runs program %d", pin, id)

@@ -34,10 +34,10 @@ func (f *Forwarder) attachUplink() error {
 		return nil
 	}
 	idx := f.uplink.ifindex
-	if err := f.attachTCX(f.linkPin(pinUplinkIngress), idx, up.FromUplink(), ebpf.AttachTCXIngress); err != nil {
+	if err := f.attachTC(f.linkPin(pinUplinkIngress), idx, up.FromUplink(), ebpf.AttachTCXIngress); err != nil {
 		return fmt.Errorf("uplink %s: %w", f.uplink.name, err)
 	}
-	if err := f.attachTCX(f.linkPin(pinUplinkEgress), idx, up.ToUplink(), ebpf.AttachTCXEgress); err != nil {
+	if err := f.attachTC(f.linkPin(pinUplinkEgress), idx, up.ToUplink(), ebpf.AttachTCXEgress); err != nil {
 		return fmt.Errorf("uplink %s: %w", f.uplink.name, err)
 	}
 	return f.attachXDP()
@@ -112,7 +112,7 @@ func (f *Forwarder) addUplinkMetrics(m *datapath.Metrics) {
 		m.ConntrackEvictions = f.ctEvictions
 	}
 	if f.hasUp {
-		m.Programs["tcx-uplink"] = 2
+		m.Programs[f.tcHook()+"-uplink"] = 2
 		if strings.HasPrefix(f.xdp, "native") {
 			m.Programs["xdp-native"] = 1
 		}

@@ -1,20 +1,18 @@
 package kernel
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 
 	"github.com/fabricnet/fabric/datapath"
 	fabricns "github.com/fabricnet/fabric/datapath/netns"
+	"github.com/fabricnet/fabric/datapath/netns/kfeat"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
@@ -142,63 +140,17 @@ func (l *lab) ensureNetworkErr(n datapath.Network) error {
 	return l.dp.EnsureNetwork(ctx, n)
 }
 
-// kindSupport caches, per link kind, why the kernel cannot make it ("" if
-// it can): the CI kernel may be built without 802.1q or ipvlan.
-var kindSupport sync.Map
-
-// requireLinkKind skips the test on a kernel without that kind of link.
+// requireLinkKind skips the test, saying "needs 8021q" or "needs
+// ipvlan", on a kernel without that kind of link: some are built without
+// 802.1q or ipvlan (make test-kernels runs these tests on kernels with).
 func requireLinkKind(t *testing.T, kind string) {
 	t.Helper()
 	netnstest.RequireRoot(t)
-	v, ok := kindSupport.Load(kind)
+	f, ok := map[string]kfeat.Feature{"vlan": kfeat.VLAN, "ipvlan": kfeat.IPvlan, "ipvlan-l3s": kfeat.IPvlanL3S}[kind]
 	if !ok {
-		v, _ = kindSupport.LoadOrStore(kind, probeLinkKind(t, kind))
-	}
-	if msg := v.(string); msg != "" {
-		t.Skip(msg)
-	}
-}
-
-func probeLinkKind(t *testing.T, kind string) string {
-	t.Helper()
-	_, path := netnstest.New(t, "fkp")
-	h, err := fabricns.HandleAt(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	la := netlink.NewLinkAttrs()
-	la.Name = "p0"
-	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: "p1", PeerTxQLen: -1}); err != nil {
-		t.Fatal(err)
-	}
-	p0, err := h.LinkByName("p0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca := netlink.NewLinkAttrs()
-	ca.Name = "x0"
-	ca.ParentIndex = p0.Attrs().Index
-	var link netlink.Link
-	config := ""
-	switch kind {
-	case "vlan":
-		link, config = &netlink.Vlan{LinkAttrs: ca, VlanId: 10}, "CONFIG_VLAN_8021Q"
-	case "ipvlan":
-		link, config = &netlink.IPVlan{LinkAttrs: ca, Mode: netlink.IPVLAN_MODE_L2}, "CONFIG_IPVLAN"
-	case "ipvlan-l3s":
-		link, config = &netlink.IPVlan{LinkAttrs: ca, Mode: netlink.IPVLAN_MODE_L3S}, "CONFIG_IPVLAN_L3S"
-	default:
 		t.Fatalf("no probe for %s", kind)
 	}
-	err = h.LinkAdd(link)
-	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOTSUP) {
-		return fmt.Sprintf("skipping: this kernel cannot make %s links (%s not set): %v", kind, config, err)
-	}
-	if err != nil {
-		t.Fatalf("probe %s: %v", kind, err)
-	}
-	return ""
+	kfeat.Need(t, f)
 }
 
 // routes returns `ip -4 route show ARGS` in the named namespace, trimmed.

@@ -9,6 +9,10 @@ import (
 	"testing"
 )
 
+// BinDirEnv names the environment variable that points Main at fabricd
+// and fabricctl built beforehand instead of building them.
+const BinDirEnv = "FABRIC_TEST_BINDIR"
+
 // Build compiles fabricd and fabricctl into a new temporary directory named
 // after pattern (os.MkdirTemp) and returns it; the caller removes it. The
 // compiler's output goes to the test's stdout and stderr.
@@ -29,10 +33,15 @@ func Build(pattern string) (string, error) {
 // Main is a TestMain body for tests that run the binaries as root. Not
 // root, it prints notRoot and runs the tests without binaries (they skip
 // themselves). As root it builds them (Build with pattern), sets *dir,
-// runs the tests and removes the binaries. It returns the exit code.
+// runs the tests and removes the binaries (with $FABRIC_TEST_BINDIR set it
+// uses the binaries there and keeps them). It returns the exit code.
 func Main(m *testing.M, pattern, notRoot string, dir *string) int {
 	if os.Geteuid() != 0 {
 		fmt.Println(notRoot)
+		return m.Run()
+	}
+	if d := os.Getenv(BinDirEnv); d != "" {
+		*dir = d // built already, e.g. by make test-kernels for a guest without a Go toolchain
 		return m.Run()
 	}
 	d, err := Build(pattern)

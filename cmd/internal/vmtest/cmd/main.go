@@ -1,0 +1,201 @@
+// Command cmd runs chosen packages' tests as root inside each kernel of
+// the matrix (make test-kernels): it builds the test binaries and the
+// fabric binaries on the host, boots every kernel under qemu, streams the
+// guests' consoles and prints, per kernel, what passed, failed and
+// skipped (with the reasons) and the wall time.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/fabricnet/fabric/cmd/internal/vmtest"
+)
+
+// defaultPackages are the tests whose outcome depends on the kernel: the
+// eBPF programs and datapath (verifier, TCX or clsact), the kernel
+// datapath (macvlan, ipvlan, VLAN) and the end-to-end macvlan tests.
+const defaultPackages = "./bpf,./datapath/ebpf,./datapath/kernel,./cmd/internal/e2e"
+
+// defaultRun narrows the end-to-end package to its macvlan, ipvlan and
+// VLAN tests: the rest does not depend on the kernel and would not fit
+// CI's time under emulation.
+const defaultRun = "./cmd/internal/e2e=Macvlan|IPvlan|VLAN"
+
+func main() {
+	kernels := flag.String("kernels", "", "comma-separated kernels of the matrix to boot (default: all)")
+	pkgs := flag.String("pkgs", defaultPackages, "comma-separated packages whose tests run in the guests")
+	run := flag.String("run", defaultRun, "only tests matching this regexp (go test -run); per package as pkg=regexp,... when it contains '='")
+	timeout := flag.Duration("timeout", 15*time.Minute, "time limit per VM, boot to power-off")
+	testTimeout := flag.Duration("test-timeout", 10*time.Minute, "go test -timeout of each test binary")
+	cpus := flag.Int("cpus", 2, "vCPUs per VM")
+	mem := flag.Int("mem", 2048, "guest memory in MiB")
+	quiet := flag.Bool("q", false, "do not stream the guests' consoles")
+	shell := flag.String("sh", "", "run this shell command in each guest instead of the tests (debugging)")
+	listPkgs := flag.Bool("list-packages", false, "print the Debian packages the runner needs (apt-ensure specs) and exit")
+	flag.Parse()
+
+	if *listPkgs {
+		specs := append([]string{}, vmtest.HostPackages...)
+		for _, k := range vmtest.Matrix {
+			specs = append(specs, k.Package+":/usr/share/doc/"+k.Package)
+		}
+		fmt.Println(strings.Join(specs, " "))
+		return
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := runMatrix(ctx, options{
+		kernels: *kernels, pkgs: *pkgs, run: *run, timeout: *timeout, testTimeout: *testTimeout,
+		cpus: *cpus, mem: *mem, quiet: *quiet, shell: *shell,
+	}); err != nil {
+		fmt.Fprintln(os.Stderr, "test-kernels:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	kernels, pkgs, run   string
+	shell                string
+	timeout, testTimeout time.Duration
+	cpus, mem            int
+	quiet                bool
+}
+
+func runMatrix(ctx context.Context, o options) error {
+	matrix := vmtest.Matrix
+	if o.kernels != "" {
+		matrix = nil
+		for _, name := range strings.Split(o.kernels, ",") {
+			k, err := vmtest.Lookup(strings.TrimSpace(name))
+			if err != nil {
+				return err
+			}
+			matrix = append(matrix, k)
+		}
+	}
+	// Not under /tmp: the guest mounts its own tmpfs there.
+	dir, err := os.MkdirTemp("/var/tmp", "fabric-test-kernels-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	cmds, err := buildTests(ctx, dir, o)
+	if err != nil {
+		return err
+	}
+	if o.shell != "" {
+		wd, _ := os.Getwd()
+		cmds = []vmtest.Command{{Name: "sh", Dir: wd, Argv: []string{"/bin/sh", "-c", o.shell}}}
+	}
+	out := os.Stdout
+	var results []*vmtest.Result
+	var failed []string
+	for _, k := range matrix {
+		fmt.Printf("==> kernel %s: booting, running %d test binaries\n", k.Name, len(cmds))
+		cfg := vmtest.Config{
+			Kernel: k, Commands: cmds, CPUs: o.cpus, MemoryMiB: o.mem, Timeout: o.timeout,
+			Env: []string{"FABRIC_TEST_BINDIR=" + filepath.Join(dir, "bin"), "FABRIC_TEST_KERNEL=" + k.Name},
+		}
+		if !o.quiet {
+			cfg.Output = prefixWriter{prefix: "[" + k.Name + "] ", w: out}
+		}
+		res, err := vmtest.Run(ctx, cfg)
+		if res != nil {
+			results = append(results, res)
+		}
+		if err != nil {
+			fmt.Println("==>", err)
+			failed = append(failed, k.Name)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	fmt.Println()
+	for _, r := range results {
+		r.Summary(out)
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("failed on %s", strings.Join(failed, ", "))
+	}
+	return nil
+}
+
+// buildTests compiles each package's test binary and the fabric binaries
+// into dir and returns the guest commands that run them.
+func buildTests(ctx context.Context, dir string, o options) ([]vmtest.Command, error) {
+	bin := filepath.Join(dir, "bin")
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin+"/", "./cmd/fabricd", "./cmd/fabricctl")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		return nil, fmt.Errorf("build fabric: %w", err)
+	}
+	var cmds []vmtest.Command
+	for _, pkg := range strings.Split(o.pkgs, ",") {
+		pkg = strings.TrimSpace(pkg)
+		if pkg == "" {
+			continue
+		}
+		name := strings.TrimPrefix(filepath.Clean(pkg), "./")
+		exe := filepath.Join(dir, strings.ReplaceAll(name, "/", "_")+".test")
+		c := exec.CommandContext(ctx, "go", "test", "-c", "-o", exe, pkg)
+		c.Stdout, c.Stderr = os.Stdout, os.Stderr
+		if err := c.Run(); err != nil {
+			return nil, fmt.Errorf("build tests of %s: %w", pkg, err)
+		}
+		if _, err := os.Stat(exe); errors.Is(err, os.ErrNotExist) {
+			continue // no tests
+		}
+		pkgDir, err := filepath.Abs(pkg)
+		if err != nil {
+			return nil, err
+		}
+		argv := []string{exe, "-test.v", "-test.count=1", "-test.timeout=" + o.testTimeout.String()}
+		if re := runFor(o.run, name); re != "" {
+			argv = append(argv, "-test.run="+re)
+		}
+		cmds = append(cmds, vmtest.Command{Name: name, Dir: pkgDir, Argv: argv, GoTest: true})
+	}
+	return cmds, nil
+}
+
+// runFor returns the -run regexp for package name: run as is, or the
+// entry for name when run is a list of pkg=regexp.
+func runFor(run, name string) string {
+	if !strings.Contains(run, "=") {
+		return run
+	}
+	for _, e := range strings.Split(run, ",") {
+		if p, re, ok := strings.Cut(e, "="); ok && strings.TrimPrefix(filepath.Clean(p), "./") == name {
+			return re
+		}
+	}
+	return ""
+}
+
+// prefixWriter tags each line with the kernel it came from.
+type prefixWriter struct {
+	prefix string
+	w      *os.File
+}
+
+func (p prefixWriter) Write(b []byte) (int, error) {
+	for _, line := range strings.SplitAfter(string(b), "\n") {
+		if line != "" {
+			if _, err := p.w.WriteString(p.prefix + line); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return len(b), nil
+}

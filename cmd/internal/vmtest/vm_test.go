@@ -1,0 +1,130 @@
+package vmtest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// bootKernel skips unless root (qemu's 9p export of / reads every file)
+// and the kernel, qemu and busybox are installed.
+func bootKernel(t *testing.T, name string) Kernel {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("skipping: boots a VM")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: needs root")
+	}
+	if os.Getenv("FABRIC_TEST_KERNEL") != "" {
+		t.Skip("skipping: already inside a test VM")
+	}
+	k, err := Lookup(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := k.Installed(); err != nil {
+		t.Skipf("skipping: %v", err)
+	}
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("skipping: needs busybox-static (make deps-kernels)")
+	}
+	return k
+}
+
+// TestRunReportsExitCodesAndSkips boots the oldest kernel of the matrix,
+// runs a passing and a failing command, and checks the guest is that
+// kernel, sees the host's files, can write, and that the failure and the
+// go test result lines come back.
+func TestRunReportsExitCodesAndSkips(t *testing.T) {
+	k := bootKernel(t, Matrix[0].Name)
+	script := `echo "=== RUN   TestA"
+echo "--- PASS: TestA (0.00s)"
+echo "=== RUN   TestB"
+echo "    b_test.go:12: needs 8021q"
+echo "--- SKIP: TestB (0.00s)"
+uname -r > /vmtest/uname; touch /etc/vmtest-writable && echo writable
+test -r /work && exit 0`
+	var console bytes.Buffer
+	res, err := Run(context.Background(), Config{
+		Kernel:  k,
+		Timeout: 5 * time.Minute,
+		Output:  &console,
+		Commands: []Command{
+			{Name: "ok", Dir: "/", Argv: []string{"/bin/sh", "-c", script}, GoTest: true},
+			{Name: "bad", Dir: "/", Argv: []string{"/bin/sh", "-c", "exit 3"}},
+		},
+	})
+	t.Logf("console:\n%s", console.String())
+	if !errors.Is(err, ErrFailed) {
+		t.Fatalf("Run: %v, want ErrFailed", err)
+	}
+	if !res.Booted || !res.Done || len(res.Commands) != 2 {
+		t.Fatalf("result %+v", res)
+	}
+	if !strings.HasPrefix(res.Release, k.Name+".") {
+		t.Errorf("guest release %q, want kernel %s", res.Release, k.Name)
+	}
+	ok, bad := res.Commands[0], res.Commands[1]
+	if ok.Exit != 0 || bad.Exit != 3 {
+		t.Errorf("exit codes %d, %d; want 0, 3", ok.Exit, bad.Exit)
+	}
+	if ok.Passed != 1 || ok.Skipped != 1 || len(ok.Skips) != 1 || ok.Skips[0] != (Skip{"TestB", "needs 8021q"}) {
+		t.Errorf("counts %+v", ok)
+	}
+	if !strings.Contains(console.String(), "writable") {
+		t.Error("the guest could not write to its root")
+	}
+	if got := res.FailedCommands(); len(got) != 1 || got[0] != "bad" {
+		t.Errorf("FailedCommands = %v", got)
+	}
+}
+
+// TestParseSkipReasons: the reason of a skip is the last line the test
+// logged before its "--- SKIP" line, subtests and interleaved parallel
+// tests included; counts cover subtests.
+func TestParseSkipReasons(t *testing.T) {
+	console := strings.Join([]string{
+		"noise before the start marker",
+		"--- PASS: TestNotCounted (0.00s)",
+		"VMTEST-n START pkg",
+		"=== RUN   TestA",
+		"=== PAUSE TestA",
+		"=== RUN   TestB",
+		"    b_test.go:10: made a namespace",
+		"    b_test.go:12: needs 8021q",
+		"--- SKIP: TestB (0.01s)",
+		"=== CONT  TestA",
+		"=== RUN   TestA/sub",
+		"    a_test.go:40: needs ipvlan",
+		"        (a continuation line)",
+		"=== NAME  TestA",
+		"    a_test.go:41: after the subtest",
+		"    --- SKIP: TestA/sub (0.00s)",
+		"--- PASS: TestA (0.10s)",
+		"--- FAIL: TestC (0.10s)",
+		"VMTEST-n EXIT pkg 1",
+		"VMTEST-n DONE",
+	}, "\r\n")
+	var r Result
+	var out bytes.Buffer
+	r.parse(strings.NewReader(console), "n", &out)
+	if !r.Done || len(r.Commands) != 1 {
+		t.Fatalf("result %+v", r)
+	}
+	c := r.Commands[0]
+	if c.Exit != 1 || c.Passed != 1 || c.Failed != 1 || c.Skipped != 2 {
+		t.Errorf("counts %+v", c)
+	}
+	want := []Skip{{"TestB", "needs 8021q"}, {"TestA/sub", "needs ipvlan"}}
+	if len(c.Skips) != 2 || c.Skips[0] != want[0] || c.Skips[1] != want[1] {
+		t.Errorf("skips %+v, want %+v", c.Skips, want)
+	}
+	if strings.Contains(out.String(), "\r") || !strings.Contains(out.String(), "noise before") {
+		t.Errorf("console copy %q", out.String())
+	}
+}
