@@ -108,6 +108,9 @@ func TestConntrackTCPState(t *testing.T) {
 
 	l.expect(t, hookToUplink, uplinkIfindex, toOutside(syn), tcActOK, ReasonSNAT)
 	l.expect(t, hookFromUplink, uplinkIfindex, fromOutside(synAck), tcActRedirect, ReasonSNATReply)
+	ack := syn
+	ack.tcpFlags = tcpFlagACK
+	l.expect(t, hookToUplink, uplinkIfindex, toOutside(ack), tcActOK, ReasonSNAT) // handshake done
 	// Established: longer than every other TCP timeout (FIN's 120 s is the
 	// longest); 6 h in full, which no test can wait for on a fresh machine.
 	ageBoth(121 * time.Second)
