@@ -11,15 +11,21 @@ DEB_TOOLS := iproute2:ip nftables:nft util-linux:nsenter iputils-ping:ping pytho
 DEB_BENCH := iperf3:iperf3 sockperf:sockperf wrk:wrk docker.io:docker-proxy
 # What `make generate` needs to compile the eBPF programs.
 DEB_BPF   := clang:clang llvm:llvm-strip libbpf-dev:/usr/include/bpf/bpf_helpers.h
+# What the CNI tests run: Debian's reference plugins (bridge, host-local,
+# portmap, tuning, bandwidth in /usr/lib/cni), containerd with its CRI
+# plugin and runc, podman with its CNI backend; crictl from its module.
+DEB_CNI   := containernetworking-plugins:/usr/lib/cni/bridge containerd:containerd runc:runc podman:podman
+CRICTL_VERSION ?= v1.34.0
+TOOLBIN   ?= /usr/local/bin
 
-.PHONY: all build test test-unit deps deps-bench deps-bpf generate check-generate demo demo-host bench lint fmt vet staticcheck clean install uninstall
+.PHONY: all build test test-unit deps deps-bench deps-bpf deps-cni generate check-generate demo demo-host bench lint fmt vet staticcheck clean install uninstall
 
 all: build
 
 # Static binaries (no cgo): nothing to resolve at exec, which takes a few
 # milliseconds off every fabricctl command on this kind of VM.
 build:
-	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/fabricd ./cmd/fabricctl
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/fabricd ./cmd/fabricctl ./cmd/fabric-cni
 
 # deps installs the Debian tools the tests need (idempotent, quiet when all
 # are present).
@@ -31,6 +37,13 @@ deps-bench: deps
 
 deps-bpf:
 	@./.ci/apt-ensure $(DEB_BPF)
+
+# deps-cni installs what the CNI end-to-end tests drive (they skip with a
+# message when a tool is missing): Debian's plugins, containerd, runc,
+# podman, and crictl built from sigs.k8s.io/cri-tools.
+deps-cni: deps
+	@./.ci/apt-ensure $(DEB_CNI)
+	@command -v crictl >/dev/null 2>&1 || GOBIN=$(TOOLBIN) $(GO) install sigs.k8s.io/cri-tools/cmd/crictl@$(CRICTL_VERSION)
 
 # generate rebuilds the eBPF objects and their Go bindings (bpf2go). The
 # results are committed, so building fabric needs no clang.
