@@ -40,88 +40,97 @@ func (c *cniHost) servePod(t *testing.T, podName, podPath, id string) {
 func TestCNIAddCheckDel(t *testing.T) {
 	c := newCNIHost(t)
 	for i, v := range []string{"0.4.0", "1.0.0", "1.1.0"} {
-		t.Run(v, func(t *testing.T) {
-			l := c.confList(t, v)
-			podA, pathA := podNS(t)
-			podB, pathB := podNS(t)
-			hostPort := 18080 + i
-			rtA := &libcni.RuntimeConf{ContainerID: cniTestID(t, "a"), NetNS: pathA, IfName: "eth0",
-				CapabilityArgs: map[string]any{"portMappings": []map[string]any{{"hostPort": hostPort, "containerPort": 80, "protocol": "tcp"}}}}
-			rtB := &libcni.RuntimeConf{ContainerID: cniTestID(t, "b"), NetNS: pathB, IfName: "net1"}
-			resA, err := c.add(l, rtA)
-			if err != nil {
-				t.Fatalf("ADD a: %v", err)
-			}
-			if _, err := c.add(l, rtB); err != nil {
-				t.Fatalf("ADD b: %v", err)
-			}
-			if resA.Version() != v {
-				t.Errorf("result version %s, want %s", resA.Version(), v)
-			}
-			r, err := types100.NewResultFromResult(resA)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(r.IPs) != 1 || !strings.HasPrefix(r.IPs[0].Address.String(), "10.77.0.") || r.IPs[0].Gateway.String() != "10.77.0.1" {
-				t.Fatalf("result IPs %+v: want one 10.77.0.x/24 via 10.77.0.1", r.IPs)
-			}
-			if idx := r.IPs[0].Interface; idx == nil || r.Interfaces[*idx].Sandbox != pathA || r.Interfaces[*idx].Name != "eth0" {
-				t.Errorf("result interfaces %+v: the IP's interface must be eth0 in %s", r.Interfaces, pathA)
-			}
-			if len(r.Routes) != 1 || r.Routes[0].Dst.String() != "0.0.0.0/0" {
-				t.Errorf("result routes %+v: want the default route", r.Routes)
-			}
-			if !slices.Contains(r.DNS.Nameservers, "127.0.0.11") {
-				t.Errorf("result DNS %+v: want the embedded resolver", r.DNS)
-			}
-			ipA := r.IPs[0].Address.IP.String()
-			if out := run(t, "ip", "-n", podA, "route", "show", "default"); !strings.Contains(out, "via 10.77.0.1") {
-				t.Errorf("pod's default route: %q", out)
-			}
-			if !slices.Contains(links(t, podB), "net1") {
-				t.Errorf("pod b has no net1: %v", links(t, podB))
-			}
-			c.servePod(t, podA, pathA, "podA")
-			if !ping(podB, ipA) {
-				t.Errorf("pod b cannot ping pod a at %s", ipA)
-			}
-			if out := c.mustConnect(c.outside, "tcp", hostUplinkIP+":"+itoa(hostPort)); !strings.HasPrefix(out, "podA ") {
-				t.Errorf("hostPort %d from outside: %q", hostPort, out)
-			}
-			sbs := c.cniSandboxes(t)
-			if len(sbs) != 2 {
-				t.Fatalf("CNI sandboxes: %+v", sbs)
-			}
-			ls := c.mustCtl("sandbox", "ls")
-			if !strings.Contains(ls, "cni:"+rtA.ContainerID[:12]) {
-				t.Errorf("sandbox ls does not show the attachment as cni:CONTAINER:\n%s", ls)
-			}
-			if err := c.check(l, rtA); err != nil {
-				t.Errorf("CHECK: %v", err)
-			}
-			for _, rt := range []*libcni.RuntimeConf{rtA, rtB} {
-				if err := c.del(l, rt); err != nil {
-					t.Fatalf("DEL %s: %v", rt.ContainerID, err)
-				}
-			}
-			if slices.Contains(links(t, podA), "eth0") || slices.Contains(links(t, podB), "net1") {
-				t.Errorf("interfaces left after DEL: %v %v", links(t, podA), links(t, podB))
-			}
-			if sbs := c.cniSandboxes(t); len(sbs) != 0 {
-				t.Errorf("sandboxes left after DEL: %+v", sbs)
-			}
-			if err := c.del(l, rtA); err != nil {
-				t.Errorf("second DEL: %v", err)
-			}
-			empty := *rtA
-			empty.NetNS = ""
-			if err := c.del(l, &empty); err != nil {
-				t.Errorf("DEL with empty netns: %v", err)
-			}
-			if _, err := c.connect(c.outside, "tcp", hostUplinkIP+":"+itoa(hostPort)); err == nil {
-				t.Errorf("hostPort %d still answers after DEL", hostPort)
-			}
-		})
+		t.Run(v, func(t *testing.T) { cniAddCheckDel(t, c, v, 18080+i) })
+	}
+}
+
+// TestCNIEBPFDatapath: the same on the eBPF datapath (published ports in
+// its own NAT, pod to pod by redirect).
+func TestCNIEBPFDatapath(t *testing.T) {
+	c := newCNIHost(t, "--datapath", "ebpf")
+	cniAddCheckDel(t, c, "1.0.0", 18090)
+}
+
+func cniAddCheckDel(t *testing.T, c *cniHost, v string, hostPort int) {
+	l := c.confList(t, v)
+	podA, pathA := podNS(t)
+	podB, pathB := podNS(t)
+	rtA := &libcni.RuntimeConf{ContainerID: cniTestID(t, "a"), NetNS: pathA, IfName: "eth0",
+		CapabilityArgs: map[string]any{"portMappings": []map[string]any{{"hostPort": hostPort, "containerPort": 80, "protocol": "tcp"}}}}
+	rtB := &libcni.RuntimeConf{ContainerID: cniTestID(t, "b"), NetNS: pathB, IfName: "net1",
+		CapabilityArgs: map[string]any{"mac": "02:aa:bb:cc:dd:ee"}}
+	resA, err := c.add(l, rtA)
+	if err != nil {
+		t.Fatalf("ADD a: %v", err)
+	}
+	if _, err := c.add(l, rtB); err != nil {
+		t.Fatalf("ADD b: %v", err)
+	}
+	if resA.Version() != v {
+		t.Errorf("result version %s, want %s", resA.Version(), v)
+	}
+	r, err := types100.NewResultFromResult(resA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.IPs) != 1 || !strings.HasPrefix(r.IPs[0].Address.String(), "10.77.0.") || r.IPs[0].Gateway.String() != "10.77.0.1" {
+		t.Fatalf("result IPs %+v: want one 10.77.0.x/24 via 10.77.0.1", r.IPs)
+	}
+	if idx := r.IPs[0].Interface; idx == nil || r.Interfaces[*idx].Sandbox != pathA || r.Interfaces[*idx].Name != "eth0" {
+		t.Errorf("result interfaces %+v: the IP's interface must be eth0 in %s", r.Interfaces, pathA)
+	}
+	if len(r.Routes) != 1 || r.Routes[0].Dst.String() != "0.0.0.0/0" {
+		t.Errorf("result routes %+v: want the default route", r.Routes)
+	}
+	if !slices.Contains(r.DNS.Nameservers, "127.0.0.11") {
+		t.Errorf("result DNS %+v: want the embedded resolver", r.DNS)
+	}
+	ipA := r.IPs[0].Address.IP.String()
+	if out := run(t, "ip", "-n", podA, "route", "show", "default"); !strings.Contains(out, "via 10.77.0.1") {
+		t.Errorf("pod's default route: %q", out)
+	}
+	if out := run(t, "ip", "-n", podB, "link", "show", "net1"); !strings.Contains(out, "02:aa:bb:cc:dd:ee") {
+		t.Errorf("pod b's net1 does not have the MAC asked for: %q", out)
+	}
+	c.servePod(t, podA, pathA, "podA")
+	if !ping(podB, ipA) {
+		t.Errorf("pod b cannot ping pod a at %s", ipA)
+	}
+	if out := c.mustConnect(c.outside, "tcp", hostUplinkIP+":"+itoa(hostPort)); !strings.HasPrefix(out, "podA ") {
+		t.Errorf("hostPort %d from outside: %q", hostPort, out)
+	}
+	sbs := c.cniSandboxes(t)
+	if len(sbs) != 2 {
+		t.Fatalf("CNI sandboxes: %+v", sbs)
+	}
+	ls := c.mustCtl("sandbox", "ls")
+	if !strings.Contains(ls, "cni:"+rtA.ContainerID[:12]) {
+		t.Errorf("sandbox ls does not show the attachment as cni:CONTAINER:\n%s", ls)
+	}
+	if err := c.check(l, rtA); err != nil {
+		t.Errorf("CHECK: %v", err)
+	}
+	for _, rt := range []*libcni.RuntimeConf{rtA, rtB} {
+		if err := c.del(l, rt); err != nil {
+			t.Fatalf("DEL %s: %v", rt.ContainerID, err)
+		}
+	}
+	if slices.Contains(links(t, podA), "eth0") || slices.Contains(links(t, podB), "net1") {
+		t.Errorf("interfaces left after DEL: %v %v", links(t, podA), links(t, podB))
+	}
+	if sbs := c.cniSandboxes(t); len(sbs) != 0 {
+		t.Errorf("sandboxes left after DEL: %+v", sbs)
+	}
+	if err := c.del(l, rtA); err != nil {
+		t.Errorf("second DEL: %v", err)
+	}
+	empty := *rtA
+	empty.NetNS = ""
+	if err := c.del(l, &empty); err != nil {
+		t.Errorf("DEL with empty netns: %v", err)
+	}
+	if _, err := c.connect(c.outside, "tcp", hostUplinkIP+":"+itoa(hostPort)); err == nil {
+		t.Errorf("hostPort %d still answers after DEL", hostPort)
 	}
 }
 
