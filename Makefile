@@ -57,8 +57,9 @@ check-generate: generate
 	  echo "bpf/: committed eBPF objects differ from what the sources compile to: run make generate and commit"; exit 1; fi
 
 # test runs the whole suite: unit tests and, as root, the integration tests
-# in network namespaces (they skip with a message when not root).
-test: deps
+# in network namespaces (they skip with a message when not root), and the
+# CNI runtime tests (containerd/crictl, podman: deps-cni).
+test: deps deps-cni
 	$(GO) vet $(PKGS)
 	$(GO) test -count=1 -timeout 12m $(PKGS)
 
@@ -100,9 +101,14 @@ clean:
 # work as usual. Then: systemctl enable --now fabricd
 PREFIX  ?= /usr/local
 UNITDIR ?= /etc/systemd/system
+# CNI runtimes look for plugins here; the example conflist goes with the
+# docs (copy it to /etc/cni/net.d to use it).
+CNIBINDIR ?= /opt/cni/bin
 install: build
 	install -D -m 0755 $(BIN)/fabricd $(DESTDIR)$(PREFIX)/bin/fabricd
 	install -D -m 0755 $(BIN)/fabricctl $(DESTDIR)$(PREFIX)/bin/fabricctl
+	install -D -m 0755 $(BIN)/fabric-cni $(DESTDIR)$(CNIBINDIR)/fabric-cni
+	install -D -m 0644 deploy/cni/10-fabric.conflist $(DESTDIR)$(PREFIX)/share/doc/fabric/cni/10-fabric.conflist
 	install -D -m 0644 deploy/fabricd.service $(DESTDIR)$(UNITDIR)/fabricd.service
 	sed -i 's#/usr/local/bin/fabricd#$(PREFIX)/bin/fabricd#' $(DESTDIR)$(UNITDIR)/fabricd.service
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/fabric/README.md
@@ -114,7 +120,7 @@ install: build
 # is kept so a reinstall finds its networks again.
 uninstall:
 	-[ -z "$(DESTDIR)" ] && systemctl disable --now fabricd 2>/dev/null || true
-	rm -f $(DESTDIR)$(PREFIX)/bin/fabricd $(DESTDIR)$(PREFIX)/bin/fabricctl $(DESTDIR)$(UNITDIR)/fabricd.service
+	rm -f $(DESTDIR)$(PREFIX)/bin/fabricd $(DESTDIR)$(PREFIX)/bin/fabricctl $(DESTDIR)$(UNITDIR)/fabricd.service $(DESTDIR)$(CNIBINDIR)/fabric-cni
 	rm -rf $(DESTDIR)$(PREFIX)/share/doc/fabric
 	cmp -s deploy/fabric.yaml $(DESTDIR)/etc/fabric/fabric.yaml && rm -f $(DESTDIR)/etc/fabric/fabric.yaml || true
 	-rmdir $(DESTDIR)/etc/fabric 2>/dev/null || true
