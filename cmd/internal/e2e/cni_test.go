@@ -278,3 +278,43 @@ func TestCNIAgentDown(t *testing.T) {
 		t.Errorf("STATUS with the agent back: %v", err)
 	}
 }
+
+// TestCNIAgentRestart: an agent killed with -9 and started again still
+// has the attachment as CNI's (CHECK passes, the pod's traffic flows) and
+// DEL removes it.
+func TestCNIAgentRestart(t *testing.T) {
+	c := newCNIHost(t)
+	l := c.confList(t, "1.1.0")
+	pod, path := podNS(t)
+	_, pathB := podNS(t)
+	rt := &libcni.RuntimeConf{ContainerID: cniTestID(t, "x"), NetNS: path, IfName: "eth0"}
+	rtB := &libcni.RuntimeConf{ContainerID: cniTestID(t, "y"), NetNS: pathB, IfName: "eth0"}
+	res, err := c.add(l, rt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.add(l, rtB); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := types100.NewResultFromResult(res)
+	c.kill9()
+	c.start()
+	sbs := c.cniSandboxes(t)
+	if len(sbs) != 2 {
+		t.Fatalf("after a restart: %+v", sbs)
+	}
+	if err := c.check(l, rt); err != nil {
+		t.Errorf("CHECK after a restart: %v", err)
+	}
+	if !ping(filepath.Base(pathB), r.IPs[0].Address.IP.String()) {
+		t.Errorf("pod b cannot reach pod a after the restart")
+	}
+	for _, x := range []*libcni.RuntimeConf{rt, rtB} {
+		if err := c.del(l, x); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if slices.Contains(links(t, pod), "eth0") || len(c.cniSandboxes(t)) != 0 {
+		t.Errorf("left after DEL: %v %+v", links(t, pod), c.cniSandboxes(t))
+	}
+}
