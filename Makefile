@@ -16,9 +16,10 @@ DEB_BPF   := clang:clang llvm:llvm-strip libbpf-dev:/usr/include/bpf/bpf_helpers
 # plugin and runc, podman with its CNI backend; crictl from its module.
 DEB_CNI   := containernetworking-plugins:/usr/lib/cni/bridge containerd:containerd runc:runc podman:podman
 CRICTL_VERSION ?= v1.34.0
+NERDCTL_VERSION ?= v1.7.7
 TOOLBIN   ?= /usr/local/bin
 
-.PHONY: all build test test-unit deps deps-bench deps-bpf deps-cni generate check-generate demo demo-host bench lint fmt vet staticcheck clean install uninstall
+.PHONY: all build test test-unit deps deps-bench deps-bpf deps-cni deps-nerdctl generate check-generate demo demo-host bench lint fmt vet staticcheck clean install uninstall
 
 all: build
 
@@ -44,6 +45,15 @@ deps-bpf:
 deps-cni: deps
 	@./.ci/apt-ensure $(DEB_CNI)
 	@command -v crictl >/dev/null 2>&1 || GOBIN=$(TOOLBIN) $(GO) install sigs.k8s.io/cri-tools/cmd/crictl@$(CRICTL_VERSION)
+
+# deps-nerdctl builds nerdctl (for its CNI test, which skips without it).
+# Its module builds only by exact version from a module that requires it,
+# and takes minutes: not part of deps-cni.
+deps-nerdctl: deps-cni
+	@command -v nerdctl >/dev/null 2>&1 || { d=$$(mktemp -d) && cd $$d && \
+	  $(GO) mod init fabric-nerdctl-build >/dev/null 2>&1 && \
+	  $(GO) get github.com/containerd/nerdctl/cmd/nerdctl@$(NERDCTL_VERSION) && \
+	  CGO_ENABLED=0 GOBIN=$(TOOLBIN) $(GO) install github.com/containerd/nerdctl/cmd/nerdctl; rc=$$?; rm -rf $$d; exit $$rc; }
 
 # generate rebuilds the eBPF objects and their Go bindings (bpf2go). The
 # results are committed, so building fabric needs no clang.
