@@ -87,7 +87,7 @@ demo-host: deps build
 
 # bench measures fabric against the kernel baseline, Docker's userland proxy
 # and raw veth in one run (medians of alternating repetitions).
-bench: deps-bench build
+bench: deps-bench deps-cni build
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/fabricbench
 	$(BIN)/fabricbench -bin $(BIN)
 
