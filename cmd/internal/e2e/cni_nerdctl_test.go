@@ -46,8 +46,9 @@ func TestCNINerdctl(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// nerdctl's CNI container ID is NAMESPACE-ID.
 	sbs := c.cniSandboxes(t)
-	if len(sbs) != 1 || sbs[0].ContainerID != id || !strings.HasPrefix(sbs[0].Origin, "/proc/") {
+	if len(sbs) != 1 || sbs[0].ContainerID != "fabric-test-"+id || !strings.HasPrefix(sbs[0].Origin, "/proc/") {
 		t.Fatalf("CNI sandboxes %+v: want one for container %s, attached by /proc/PID/ns/net", sbs, id)
 	}
 	var insp []struct {

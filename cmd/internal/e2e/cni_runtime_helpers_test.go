@@ -117,7 +117,8 @@ func cniBinDir(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
 	must(t, os.Symlink(filepath.Join(cniPluginDir(t), "fabric-cni"), filepath.Join(dir, "fabric-cni")))
-	for _, p := range []string{"loopback", "portmap", "bridge", "host-local"} {
+	// nerdctl checks that its default network's plugins exist, used or not.
+	for _, p := range []string{"loopback", "portmap", "bridge", "host-local", "firewall", "tuning"} {
 		if _, err := os.Stat(filepath.Join(debianCNI, p)); err == nil {
 			must(t, os.Symlink(filepath.Join(debianCNI, p), filepath.Join(dir, p)))
 		}
