@@ -132,6 +132,10 @@ func cniAddCheckDel(t *testing.T, c *cniHost, v string, hostPort int) {
 	if _, err := c.connect(c.outside, "tcp", hostUplinkIP+":"+itoa(hostPort)); err == nil {
 		t.Errorf("hostPort %d still answers after DEL", hostPort)
 	}
+	// With the agent up, nothing was queued: the DELs were answered.
+	if q, _ := os.ReadDir(api.RemovalQueueDir(c.socket)); len(q) != 0 {
+		t.Errorf("removals queued while the agent was up: %v", q)
+	}
 }
 
 // TestCNIDelAfterNamespaceGone: the runtime removed the namespace before
