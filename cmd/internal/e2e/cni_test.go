@@ -322,3 +322,43 @@ func TestCNIAgentRestart(t *testing.T) {
 		t.Errorf("left after DEL: %v %+v", links(t, pod), c.cniSandboxes(t))
 	}
 }
+
+// TestCNIStatusUnhealthyNetwork: STATUS says "limited connectivity" (51)
+// while the network's macvlan parent is missing, and "not available" (50)
+// for a network that does not exist.
+func TestCNIStatusUnhealthyNetwork(t *testing.T) {
+	c := newCNIHost(t)
+	run(t, "ip", "-n", c.ns, "link", "add", "eth1", "type", "veth", "peer", "name", "eth1p")
+	run(t, "ip", "-n", c.ns, "link", "set", "eth1", "up")
+	lan := c.name("lan")
+	c.mustCtl("network", "create", "-d", "macvlan", "--subnet", "10.60.0.0/24", "-o", "parent=eth1", lan)
+	l := c.confList(t, "1.1.0")
+	b := strings.Replace(string(l.Bytes), c.network, lan, -1)
+	lanList, err := libcni.ConfListFromBytes([]byte(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.status(lanList); err != nil {
+		t.Fatalf("STATUS with the parent present: %v", err)
+	}
+	run(t, "ip", "-n", c.ns, "link", "del", "eth1")
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		err := c.status(lanList)
+		if cniCode(err) == types.ErrLimitedConnectivity {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("STATUS with the parent gone: %v, want code 51", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	gone := strings.Replace(string(l.Bytes), c.network, c.name("nope"), -1)
+	goneList, err := libcni.ConfListFromBytes([]byte(gone))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.status(goneList); cniCode(err) != types.ErrPluginNotAvailable || !strings.Contains(err.Error(), "does not exist") {
+		t.Errorf("STATUS for a missing network: %v, want code 50", err)
+	}
+}
