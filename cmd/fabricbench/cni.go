@@ -57,7 +57,8 @@ func (l *Lab) cniConfigs() (fabric, ref *libcni.NetworkConfigList, err error) {
 	}
 	refb, err := json.Marshal(map[string]any{"cniVersion": cniVersion, "name": "bridge-bench", "plugins": []any{
 		map[string]any{"type": "bridge", "bridge": cniRefBridge, "isGateway": true, "ipMasq": true,
-			"ipam": map[string]any{"type": "host-local", "subnet": cniRefSub, "dataDir": filepath.Join(l.dir, "host-local")}},
+			"ipam": map[string]any{"type": "host-local", "subnet": cniRefSub, "dataDir": filepath.Join(l.dir, "host-local"),
+				"routes": []map[string]string{{"dst": "0.0.0.0/0"}}}},
 		map[string]any{"type": "portmap", "capabilities": map[string]bool{"portMappings": true}, "snat": true},
 	}})
 	if err != nil {
