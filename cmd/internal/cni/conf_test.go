@@ -1,11 +1,13 @@
 package cni
 
 import (
+	"encoding/json"
 	"errors"
 	"reflect"
 	"strings"
 	"testing"
 
+	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/fabricnet/fabric/cmd/internal/api"
@@ -107,5 +109,31 @@ func TestAgentErrorCodes(t *testing.T) {
 		if err := agentError(conf, "ADD", tc.err); !errors.As(err, &e) || e.Code != tc.code {
 			t.Errorf("%v → %v, want code %d", tc.err, err, tc.code)
 		}
+	}
+}
+
+// TestExampleConflist: deploy/cni's example is a valid list whose first
+// plugin is fabric-cni with the documented keys.
+func TestExampleConflist(t *testing.T) {
+	list, err := libcni.ConfListFromFile("../../../deploy/cni/10-fabric.conflist")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Plugins) == 0 || list.Plugins[0].Network.Type != Type {
+		t.Fatalf("first plugin of the example is not %s: %+v", Type, list.Plugins)
+	}
+	// As a runtime hands it over: the list's name and version added.
+	var m map[string]any
+	if err := json.Unmarshal(list.Plugins[0].Bytes, &m); err != nil {
+		t.Fatal(err)
+	}
+	m["name"], m["cniVersion"] = list.Name, list.CNIVersion
+	stdin, _ := json.Marshal(m)
+	c, err := ParseConf(stdin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Network != "pods" || c.Socket != api.DefaultSocket || !c.Capabilities["portMappings"] {
+		t.Errorf("example config %+v: want network pods, the default socket and portMappings", c)
 	}
 }
