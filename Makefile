@@ -11,15 +11,22 @@ DEB_TOOLS := iproute2:ip nftables:nft util-linux:nsenter iputils-ping:ping pytho
 DEB_BENCH := iperf3:iperf3 sockperf:sockperf wrk:wrk docker.io:docker-proxy
 # What `make generate` needs to compile the eBPF programs.
 DEB_BPF   := clang:clang llvm:llvm-strip libbpf-dev:/usr/include/bpf/bpf_helpers.h
+# What the CNI tests run: Debian's reference plugins (bridge, host-local,
+# portmap, tuning, bandwidth in /usr/lib/cni), containerd with its CRI
+# plugin and runc, podman with its CNI backend; crictl from its module.
+DEB_CNI   := containernetworking-plugins:/usr/lib/cni/bridge containerd:containerd runc:runc podman:podman
+CRICTL_VERSION ?= v1.34.0
+NERDCTL_VERSION ?= v1.7.7
+TOOLBIN   ?= /usr/local/bin
 
-.PHONY: all build test test-unit fuzz test-kernels deps deps-bench deps-bpf deps-kernels generate check-generate demo demo-host bench lint fmt vet staticcheck clean install uninstall
+.PHONY: all build test test-unit fuzz test-kernels deps deps-bench deps-bpf deps-kernels deps-cni deps-nerdctl generate check-generate demo demo-host bench lint fmt vet staticcheck clean install uninstall
 
 all: build
 
 # Static binaries (no cgo): nothing to resolve at exec, which takes a few
 # milliseconds off every fabricctl command on this kind of VM.
 build:
-	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/fabricd ./cmd/fabricctl
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/fabricd ./cmd/fabricctl ./cmd/fabric-cni
 
 # deps installs the Debian tools the tests need (idempotent, quiet when all
 # are present).
@@ -38,6 +45,22 @@ deps-bpf:
 deps-kernels:
 	@./.ci/apt-ensure $$($(GO) run ./cmd/internal/vmtest/cmd -list-packages)
 
+# deps-cni installs what the CNI end-to-end tests drive (they skip with a
+# message when a tool is missing): Debian's plugins, containerd, runc,
+# podman, and crictl built from sigs.k8s.io/cri-tools.
+deps-cni: deps
+	@./.ci/apt-ensure $(DEB_CNI)
+	@command -v crictl >/dev/null 2>&1 || GOBIN=$(TOOLBIN) $(GO) install sigs.k8s.io/cri-tools/cmd/crictl@$(CRICTL_VERSION)
+
+# deps-nerdctl builds nerdctl (for its CNI test, which skips without it).
+# Its module builds only by exact version from a module that requires it,
+# and takes minutes: not part of deps-cni.
+deps-nerdctl: deps-cni
+	@command -v nerdctl >/dev/null 2>&1 || { d=$$(mktemp -d) && cd $$d && \
+	  $(GO) mod init fabric-nerdctl-build >/dev/null 2>&1 && \
+	  $(GO) get github.com/containerd/nerdctl/cmd/nerdctl@$(NERDCTL_VERSION) && \
+	  CGO_ENABLED=0 GOBIN=$(TOOLBIN) $(GO) install github.com/containerd/nerdctl/cmd/nerdctl; rc=$$?; rm -rf $$d; exit $$rc; }
+
 # generate rebuilds the eBPF objects and their Go bindings (bpf2go). The
 # results are committed, so building fabric needs no clang.
 generate: deps-bpf
@@ -50,8 +73,9 @@ check-generate: generate
 	  echo "bpf/: committed eBPF objects differ from what the sources compile to: run make generate and commit"; exit 1; fi
 
 # test runs the whole suite: unit tests and, as root, the integration tests
-# in network namespaces (they skip with a message when not root).
-test: deps
+# in network namespaces (they skip with a message when not root), and the
+# CNI runtime tests (containerd/crictl, podman: deps-cni).
+test: deps deps-cni
 	$(GO) vet $(PKGS)
 	$(GO) test -count=1 -timeout 12m $(PKGS)
 
@@ -90,7 +114,7 @@ demo-host: deps build
 
 # bench measures fabric against the kernel baseline, Docker's userland proxy
 # and raw veth in one run (medians of alternating repetitions).
-bench: deps-bench build
+bench: deps-bench deps-cni build
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/fabricbench
 	$(BIN)/fabricbench -bin $(BIN)
 
@@ -114,9 +138,14 @@ clean:
 # work as usual. Then: systemctl enable --now fabricd
 PREFIX  ?= /usr/local
 UNITDIR ?= /etc/systemd/system
+# CNI runtimes look for plugins here; the example conflist goes with the
+# docs (copy it to /etc/cni/net.d to use it).
+CNIBINDIR ?= /opt/cni/bin
 install: build
 	install -D -m 0755 $(BIN)/fabricd $(DESTDIR)$(PREFIX)/bin/fabricd
 	install -D -m 0755 $(BIN)/fabricctl $(DESTDIR)$(PREFIX)/bin/fabricctl
+	install -D -m 0755 $(BIN)/fabric-cni $(DESTDIR)$(CNIBINDIR)/fabric-cni
+	install -D -m 0644 deploy/cni/10-fabric.conflist $(DESTDIR)$(PREFIX)/share/doc/fabric/cni/10-fabric.conflist
 	install -D -m 0644 deploy/fabricd.service $(DESTDIR)$(UNITDIR)/fabricd.service
 	sed -i -e 's#/usr/local/bin/fabricd#$(PREFIX)/bin/fabricd#' \
 	    -e 's#/usr/local/share/doc/fabric#$(PREFIX)/share/doc/fabric#' $(DESTDIR)$(UNITDIR)/fabricd.service
@@ -134,7 +163,7 @@ install: build
 uninstall:
 	-[ -z "$(DESTDIR)" ] && systemctl disable --now fabricd 2>/dev/null || true
 	-[ -n "$(DESTDIR)" ] || [ ! -x $(PREFIX)/bin/fabricd ] || $(PREFIX)/bin/fabricd reset
-	rm -f $(DESTDIR)$(PREFIX)/bin/fabricd $(DESTDIR)$(PREFIX)/bin/fabricctl $(DESTDIR)$(UNITDIR)/fabricd.service
+	rm -f $(DESTDIR)$(PREFIX)/bin/fabricd $(DESTDIR)$(PREFIX)/bin/fabricctl $(DESTDIR)$(UNITDIR)/fabricd.service $(DESTDIR)$(CNIBINDIR)/fabric-cni
 	rm -rf $(DESTDIR)$(PREFIX)/share/doc/fabric
 	cmp -s deploy/fabric.yaml $(DESTDIR)/etc/fabric/fabric.yaml && rm -f $(DESTDIR)/etc/fabric/fabric.yaml || true
 	-rmdir $(DESTDIR)/etc/fabric 2>/dev/null || true

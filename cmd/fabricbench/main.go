@@ -12,7 +12,7 @@
 // numbers taken in the same run.
 //
 // Usage: fabricbench -bin DIR [-t SECONDS] [-reps N] [-setup-n N] [-scale-n N,N,…] [-quick]
-// [-only same-host,udp-pps,published,connrate,bpf-cost,setup,cross-host,overlay,dns,scale] [-fabricd-flags "FLAGS"]
+// [-only same-host,udp-pps,published,connrate,bpf-cost,setup,cross-host,overlay,dns,scale,cni] [-fabricd-flags "FLAGS"]
 //
 // Sections:
 //   - same-host: iperf3 (one TCP stream) and sockperf TCP ping-pong (one-way
@@ -51,6 +51,11 @@
 //     h2, and the set-up time of new sandboxes (create until ping answers),
 //     each as a ratio to the first N. For the eBPF agent on h1 and the
 //     kernel-datapath agent on k1, alternating.
+//   - cni: fabric-cni against Debian's bridge + host-local (+ portmap)
+//     chain, both through libcni in h1: ADD time of -setup-n pods each
+//     (alternating), a TCP stream and ping-pong pod → pod, and new
+//     connections/s through a hostPort from h2 (portMappings against
+//     portmap). Needs `make deps-cni` (containernetworking-plugins).
 //
 // A fabric that cannot start leaves its rows "n/a" with the reason; the
 // kernel rows are measured anyway.
@@ -82,7 +87,7 @@ import (
 const serveArg = "__fabricbench-serve"
 
 // sections in the order they run.
-var allSections = []string{"same-host", "udp-pps", "published", "connrate", "bpf-cost", "setup", "cross-host", "overlay", "dns", "scale"}
+var allSections = []string{"same-host", "udp-pps", "published", "connrate", "bpf-cost", "setup", "cross-host", "overlay", "dns", "scale", "cni"}
 
 type options struct {
 	bin       string
@@ -275,6 +280,8 @@ func run() int {
 			err = lab.sectionScale(ctx)
 		case "bpf-cost":
 			err = lab.sectionBPFCost(ctx)
+		case "cni":
+			err = lab.sectionCNI(ctx)
 		}
 		if err != nil && ctx.Err() == nil {
 			fmt.Printf("section %s failed: %v\n\n", s, err)
@@ -313,6 +320,9 @@ func checkTools(o options) error {
 	}
 	if o.only["published"] {
 		need = append(need, tool{"iperf3", "iperf3"}, tool{"nft", "nftables"}, tool{"docker-proxy", "docker.io"})
+	}
+	if o.only["cni"] {
+		need = append(need, tool{"iperf3", "iperf3"}, tool{"sockperf", "sockperf"}, tool{"wrk", "wrk"}, tool{"iptables", "iptables"})
 	}
 	if o.only["connrate"] {
 		need = append(need, tool{"wrk", "wrk"}, tool{"nft", "nftables"}, tool{"docker-proxy", "docker.io"})

@@ -96,13 +96,37 @@ func TestNetworkLsTableAndJSON(t *testing.T) {
 	}
 }
 
+// TestSandboxOwnerColumn: a sandbox a CNI runtime attached shows as owned
+// by CNI, by its (shortened) container ID; fabric's own show nothing there.
+func TestSandboxOwnerColumn(t *testing.T) {
+	var buf strings.Builder
+	err := sandboxTable(&buf, []api.Sandbox{
+		{Name: "cni-0123456789abcdef", Mode: api.ModeExternal, State: api.StateCreated, Owner: api.OwnerCNI,
+			ContainerID: "3f2a9c0d1e4b5a6978", Endpoints: []api.Endpoint{{Network: "pods", IP: "10.88.0.2/16"}}},
+		{Name: "web", Mode: api.ModeNetNS, State: api.StateCreated},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimRight(buf.String(), "\n"), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("table: %q", buf.String())
+	}
+	if f := strings.Fields(lines[1]); f[len(f)-1] != "cni:3f2a9c0d1e4b" {
+		t.Errorf("CNI row %q: want owner cni:3f2a9c0d1e4b last", lines[1])
+	}
+	if f := strings.Fields(lines[2]); f[len(f)-1] != "-" {
+		t.Errorf("fabric's own row %q: want no owner", lines[2])
+	}
+}
+
 func TestSandboxAndEndpointTables(t *testing.T) {
 	a := newFakeAgent(t)
 	r := a.ctl(t, "sandbox", "ls")
 	lines := strings.Split(strings.TrimRight(r.stdout, "\n"), "\n")
 	want := [][]string{
-		{"NAME", "MODE", "STATE", "PID", "NETWORKS", "PORTS"},
-		{"web", "netns", "running", "4242", "bridge=172.18.0.2/16", "0.0.0.0:8080->80/tcp"},
+		{"NAME", "MODE", "STATE", "PID", "NETWORKS", "PORTS", "OWNER"},
+		{"web", "netns", "running", "4242", "bridge=172.18.0.2/16", "0.0.0.0:8080->80/tcp", "-"},
 	}
 	if len(lines) != len(want) {
 		t.Fatalf("sandbox ls: %q", r.stdout)

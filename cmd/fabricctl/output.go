@@ -116,10 +116,10 @@ func networkTable(w io.Writer, nets []api.Network) error {
 }
 
 func sandboxTable(w io.Writer, sbs []api.Sandbox) error {
-	t := newTable(w, "NAME", "MODE", "STATE", "PID", "NETWORKS", "PORTS")
+	t := newTable(w, "NAME", "MODE", "STATE", "PID", "NETWORKS", "PORTS", "OWNER")
 	for _, s := range sbs {
 		t.row(s.Name, sandboxMode(s), sandboxState(s), pidString(s.PID),
-			sandboxNetworks(s), portsString(s.Ports))
+			sandboxNetworks(s), portsString(s.Ports), sandboxOwner(s))
 	}
 	return t.flush()
 }
@@ -130,6 +130,23 @@ func endpointTable(w io.Writer, eps []api.Endpoint) error {
 		t.row(e.Sandbox, e.Network, e.IfName, e.IP, e.MAC, e.HostIfName)
 	}
 	return t.flush()
+}
+
+// sandboxOwner says who manages a sandbox other than fabric itself, with
+// the owner's container ID as `docker ps` and `crictl pods` shorten it:
+// "cni:3f2a9c0d1e4b".
+func sandboxOwner(s api.Sandbox) string {
+	if s.Owner == "" {
+		return ""
+	}
+	id := s.ContainerID
+	if len(id) > 12 {
+		id = id[:12]
+	}
+	if id == "" {
+		return s.Owner
+	}
+	return s.Owner + ":" + id
 }
 
 func sandboxMode(s api.Sandbox) string {

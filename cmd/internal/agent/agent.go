@@ -180,6 +180,7 @@ func (a *Agent) Start(ctx context.Context) error {
 			return fmt.Errorf("default network: %w", err)
 		}
 	}
+	a.drainRemovalQueue(ctx)
 	if a.cl != nil {
 		a.publishAllLocked()
 		a.syncClusterLocked(ctx)
@@ -203,6 +204,11 @@ func (a *Agent) Serve(ctx context.Context) error {
 	go func() {
 		defer a.wg.Done()
 		a.watchParents(watchCtx, parentCheckInterval)
+	}()
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.watchRemovalQueue(watchCtx, removalQueueInterval)
 	}()
 	a.log.Info("fabricd serving", "socket", a.opts.Socket, "datapath", a.dp.Status(ctx).Name, "version", Version)
 	select {

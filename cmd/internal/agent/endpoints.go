@@ -48,7 +48,7 @@ func (a *Agent) dpEndpoint(ep *endpointRec) (datapath.Network, datapath.Endpoint
 	}
 	out := datapath.Endpoint{
 		ID: ep.ID, NetworkID: n.ID, NetNSPath: sb.NetNS, IfName: ep.IfName, HostIfName: ep.HostIfName,
-		Addr: ep.Addr, MAC: macFor(ep.Addr.Addr()),
+		Addr: ep.Addr, MAC: ep.hardwareAddr(),
 	}
 	if sb.Mode == api.ModeExternal {
 		out.NetNSID = sb.NSID // checked by the datapath on every use

@@ -75,6 +75,10 @@ type sandboxRec struct {
 	LogPath    string     `json:"log_path,omitempty"`
 	Created    time.Time  `json:"created"`
 	Phase      phase      `json:"phase"`
+	// Owner manages the sandbox ("" fabric, "cni", "docker") and
+	// ContainerID is its name for the container.
+	Owner       string `json:"owner,omitempty"`
+	ContainerID string `json:"container_id,omitempty"`
 
 	foreignLinks []string // external, while connecting: interfaces it had
 }

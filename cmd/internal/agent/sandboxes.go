@@ -23,12 +23,19 @@ type storeTx = *store.Tx
 func (a *Agent) CreateSandbox(ctx context.Context, req api.SandboxCreate) (api.Sandbox, error) {
 	ctx, release := a.reserveOverlay(ctx, cmp.Or(req.Network, DefaultNetworkName), req.IP) // the vote, without the lock
 	defer release()
+	if req.NetNS != "" {
+		return a.createExternalSandbox(ctx, req)
+	}
+	if err := validOwner(req); err != nil {
+		return api.Sandbox{}, err
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	sb, eps, err := a.planSandbox(ctx, req)
 	if err != nil {
 		return api.Sandbox{}, err
 	}
+	sb.Owner, sb.ContainerID = req.Owner, req.ContainerID
 	if err := a.addSandbox(ctx, sb, eps); err != nil {
 		return api.Sandbox{}, err
 	}
@@ -473,6 +480,7 @@ func (a *Agent) sandboxAPI(sb *sandboxRec) api.Sandbox {
 		Name: sb.Name, Mode: sb.Mode, NetNS: sb.NetNS, Container: sb.Container, Command: sb.Command,
 		AutoRemove: sb.AutoRemove, Ports: sb.Ports, Aliases: sb.Aliases, LogPath: sb.LogPath, Origin: sb.Origin,
 		Created: sb.Created, ExitCode: sb.ExitCode, State: api.StateCreated,
+		Owner: sb.Owner, ContainerID: sb.ContainerID, Nameservers: a.nameservers(sb),
 	}
 	if sb.Mode == api.ModeHost {
 		out.NetNS = a.opts.HostNetNS

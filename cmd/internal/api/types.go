@@ -127,7 +127,32 @@ type SandboxCreate struct {
 	// own command (foreground run) and reports it with SandboxProcess.
 	Command    []string `json:"command,omitempty"`
 	AutoRemove bool     `json:"auto_remove,omitempty"` // remove the sandbox when the command exits
+
+	// NetNS, when set, makes the sandbox of a namespace that already
+	// exists (a path such as /var/run/netns/cni-… or /proc/PID/ns/net,
+	// as a CNI runtime hands it over) instead of creating one: the agent
+	// holds it by identity (mode external), as `network connect NET PATH`
+	// does, and needs Network. A namespace without a default route gets
+	// one via the network's gateway; one that has its own keeps it.
+	NetNS string `json:"netns,omitempty"`
+	// Owner says who manages the sandbox: "" fabric itself, OwnerCNI,
+	// OwnerDocker. Only an owner's own calls are expected to remove it.
+	Owner string `json:"owner,omitempty"`
+	// ContainerID is the owner's name for the container (CNI_CONTAINERID).
+	ContainerID string `json:"container_id,omitempty"`
+	// IfName is the interface's name in the namespace (CNI_IFNAME);
+	// default the lowest free ethN.
+	IfName string `json:"ifname,omitempty"`
+	// MAC asks for the interface's MAC (default: derived from the address).
+	MAC string `json:"mac,omitempty"`
 }
+
+// Sandbox owners.
+const (
+	OwnerFabric = ""
+	OwnerCNI    = "cni"
+	OwnerDocker = "docker"
+)
 
 // SandboxProcess is the body of PUT /v1/sandboxes/NAME/process: a client
 // that runs the sandbox's command itself tells the agent its PID.
@@ -159,6 +184,13 @@ type Sandbox struct {
 	Endpoints  []Endpoint `json:"endpoints,omitempty"`
 	LogPath    string     `json:"log_path,omitempty"`
 	Created    time.Time  `json:"created"`
+	// Owner is who manages the sandbox ("" fabric, "cni", "docker") and
+	// ContainerID the owner's name for it.
+	Owner       string `json:"owner,omitempty"`
+	ContainerID string `json:"container_id,omitempty"`
+	// Nameservers are the resolvers that answer inside the sandbox (the
+	// embedded DNS server, when it runs there).
+	Nameservers []string `json:"nameservers,omitempty"`
 }
 
 // Connect is the body of POST /v1/networks/NAME/connect.

@@ -70,7 +70,7 @@ func TestMakeInstallAndUninstallLeaveNothing(t *testing.T) {
 	}
 	dest := t.TempDir()
 	run(t, "make", "-C", repoRoot, "install", "DESTDIR="+dest)
-	for _, f := range []string{"usr/local/bin/fabricd", "usr/local/bin/fabricctl", "etc/systemd/system/fabricd.service", "etc/fabric/fabric.yaml", "usr/local/share/doc/fabric/README.md"} {
+	for _, f := range []string{"usr/local/bin/fabricd", "usr/local/bin/fabricctl", "etc/systemd/system/fabricd.service", "etc/fabric/fabric.yaml", "usr/local/share/doc/fabric/README.md", "opt/cni/bin/fabric-cni", "usr/local/share/doc/fabric/cni/10-fabric.conflist"} {
 		if _, err := os.Stat(filepath.Join(dest, f)); err != nil {
 			t.Errorf("make install: %v", err)
 		}
