@@ -75,6 +75,9 @@ type sandboxRec struct {
 	LogPath    string     `json:"log_path,omitempty"`
 	Created    time.Time  `json:"created"`
 	Phase      phase      `json:"phase"`
+	// Owner and ContainerID: see api.Sandbox.
+	Owner       string `json:"owner,omitempty"`
+	ContainerID string `json:"container_id,omitempty"`
 
 	foreignLinks []string // external, while connecting: interfaces it had
 }

@@ -460,6 +460,7 @@ func (a *Agent) sandboxAPI(sb *sandboxRec) api.Sandbox {
 		Name: sb.Name, Mode: sb.Mode, NetNS: sb.NetNS, Container: sb.Container, Command: sb.Command,
 		AutoRemove: sb.AutoRemove, Ports: sb.Ports, Aliases: sb.Aliases, LogPath: sb.LogPath, Origin: sb.Origin,
 		Created: sb.Created, ExitCode: sb.ExitCode, State: api.StateCreated,
+		Owner: sb.Owner, ContainerID: sb.ContainerID,
 	}
 	if sb.Mode == api.ModeHost {
 		out.NetNS = a.opts.HostNetNS

@@ -127,6 +127,10 @@ type SandboxCreate struct {
 	// own command (foreground run) and reports it with SandboxProcess.
 	Command    []string `json:"command,omitempty"`
 	AutoRemove bool     `json:"auto_remove,omitempty"` // remove the sandbox when the command exits
+	// Owner is who manages the sandbox: "" (fabric), "cni" or "docker".
+	Owner string `json:"owner,omitempty"`
+	// ContainerID is the owner's ID of the container (Docker's sandbox ID).
+	ContainerID string `json:"container_id,omitempty"`
 }
 
 // SandboxProcess is the body of PUT /v1/sandboxes/NAME/process: a client
@@ -159,6 +163,10 @@ type Sandbox struct {
 	Endpoints  []Endpoint `json:"endpoints,omitempty"`
 	LogPath    string     `json:"log_path,omitempty"`
 	Created    time.Time  `json:"created"`
+	// Owner is who manages the sandbox: "" (fabric), "cni" or "docker".
+	Owner string `json:"owner,omitempty"`
+	// ContainerID is the owner's ID of the container (Docker's sandbox ID).
+	ContainerID string `json:"container_id,omitempty"`
 }
 
 // Connect is the body of POST /v1/networks/NAME/connect.

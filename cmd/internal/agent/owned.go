@@ -1,0 +1,154 @@
+package agent
+
+import (
+	"context"
+	"net/netip"
+
+	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/cmd/internal/ipam"
+)
+
+// What a container engine's plugin (Docker's network and IPAM driver)
+// needs beyond the public API: it hands out subnets and addresses before
+// it knows the network, checks ports before the namespace exists, and
+// marks the sandboxes it made as its own. Everything here only reads,
+// except OwnSandbox, which changes one sandbox under the agent's lock.
+
+// FreeSubnet picks a subnet no network uses (what `network create`
+// without --subnet would take), excluding avoid (subnets handed out but
+// not yet turned into networks).
+func (a *Agent) FreeSubnet(avoid []netip.Prefix) (netip.Prefix, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n := &networkRec{}
+	if err := a.planSubnet(n, api.NetworkCreate{}, ipam.DefaultPools(), avoid); err != nil {
+		return netip.Prefix{}, err
+	}
+	return n.Subnet, nil
+}
+
+// CheckSubnet refuses a subnet that overlaps a network without being
+// exactly its subnet (an equal subnet may be that network, adopted).
+func (a *Agent) CheckSubnet(sub netip.Prefix) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, o := range a.networks {
+		if o.Subnet != sub && ipam.Overlaps(o.Subnet, sub) {
+			return conflictf("subnet %s overlaps network %q (%s)", sub, o.Name, o.Subnet)
+		}
+	}
+	return nil
+}
+
+// FreeAddress returns an address of network nobody uses, skipping avoid
+// (addresses handed out but not yet connected). Nothing is reserved: the
+// caller connects with it as a static address, which claims it.
+func (a *Agent) FreeAddress(netRef string, avoid map[netip.Addr]bool) (netip.Addr, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n, err := a.networkLocked(netRef)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	pool := a.pools[n.ID]
+	var held []netip.Addr
+	defer func() {
+		for _, ip := range held {
+			pool.Release(ip)
+		}
+	}()
+	for range pool.Size() + 1 {
+		ip, err := pool.Allocate("peek")
+		if err != nil {
+			return netip.Addr{}, classifyIPAM(err)
+		}
+		held = append(held, ip)
+		if !avoid[ip] && (n.Driver != api.DriverOverlay || a.overlayAddrFree(n, ip)) {
+			return ip, nil
+		}
+	}
+	return netip.Addr{}, &userError{ErrExhausted, "network " + n.Name + " has no free address"}
+}
+
+// CheckAddress says whether ip can be a static address on the network.
+func (a *Agent) CheckAddress(netRef string, ip netip.Addr) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n, err := a.networkLocked(netRef)
+	if err != nil {
+		return err
+	}
+	pool := a.pools[n.ID]
+	if err := pool.Claim(ip, "check"); err != nil {
+		return classifyIPAM(err)
+	}
+	pool.Release(ip)
+	if n.Driver == api.DriverOverlay && !a.overlayAddrFree(n, ip) {
+		return conflictf("address %s is in use on network %q on another node", ip, n.Name)
+	}
+	return nil
+}
+
+// CheckPorts refuses -p specs that are malformed or whose host port is
+// already published.
+func (a *Agent) CheckPorts(specs []string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	_, err := a.planPorts(specs)
+	return err
+}
+
+// OwnSandbox marks a sandbox as managed by owner (with the owner's
+// container ID) and, if it publishes nothing yet, publishes ports on its
+// primary endpoint.
+func (a *Agent) OwnSandbox(ctx context.Context, name, owner, containerID string, ports []string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	sb := a.sandboxes[name]
+	if sb == nil {
+		return notFoundf("sandbox %q not found", name)
+	}
+	old := *sb
+	sb.Owner, sb.ContainerID = owner, containerID
+	if len(ports) > 0 && len(sb.Ports) == 0 {
+		planned, err := a.planPorts(ports)
+		if err != nil {
+			*sb = old
+			return err
+		}
+		a.dropSandbox(sb)
+		sb.Ports = planned
+		a.putSandbox(sb)
+	}
+	if err := a.store.Update(func(tx storeTx) error { return tx.Put(bucketSandboxes, sb.Name, sb) }); err != nil {
+		a.dropSandbox(sb)
+		*sb = old
+		a.putSandbox(sb)
+		return err
+	}
+	if len(sb.Ports) != len(old.Ports) {
+		if p := a.primaryEndpoint(sb.Name); p != nil {
+			return a.ensureEndpoint(ctx, p)
+		}
+	}
+	return nil
+}
+
+// overlayAddrFree says whether no other node holds ip of an overlay
+// network: neither as a static claim nor inside a block it leased.
+func (a *Agent) overlayAddrFree(n *networkRec, ip netip.Addr) bool {
+	if a.cl == nil {
+		return false
+	}
+	for _, c := range a.cl.Claims(n.Name) {
+		if c.IP == ip {
+			return false
+		}
+	}
+	for _, l := range a.cl.Leases(n.Name) {
+		if l.Node != a.cl.Name() && l.Block.Contains(ip) {
+			return false
+		}
+	}
+	return true
+}
