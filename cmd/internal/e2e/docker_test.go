@@ -1,0 +1,161 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
+)
+
+// hostLinks lists the fabric endpoint links (fv…) in the host namespace.
+func (d *dockerHost) hostLinks() []string {
+	out, err := exec.Command("ip", "-n", d.ns, "-o", "link", "show").Output()
+	if err != nil {
+		d.t.Fatalf("ip link: %v", err)
+	}
+	var links []string
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 1 && strings.HasPrefix(f[1], "fv") {
+			links = append(links, strings.TrimSuffix(strings.SplitN(f[1], "@", 2)[0], ":"))
+		}
+	}
+	return links
+}
+
+// endpointPins lists the eBPF datapath's per-endpoint link pins.
+func (d *dockerHost) endpointPins() []string {
+	m, _ := filepath.Glob(filepath.Join(d.bpfRoot, "links", "ep-*"))
+	return m
+}
+
+// heldRefs lists the namespace references the agent holds.
+func (d *dockerHost) heldRefs() []string {
+	m, _ := filepath.Glob(filepath.Join(d.dir, "state", "netns", "*"))
+	return m
+}
+
+// waitDockerSandboxes waits until fabric shows n sandboxes owned by Docker
+// whose endpoints number eps in total.
+func (d *dockerHost) waitDockerSandboxes(n, eps int) []api.Sandbox {
+	d.t.Helper()
+	var sbs []api.Sandbox
+	mustWait(d.t, 20*time.Second, "fabric to show the Docker containers", func() bool {
+		sbs = d.dockerSandboxes()
+		total := 0
+		for _, sb := range sbs {
+			total += len(sb.Endpoints)
+		}
+		return len(sbs) == n && total == eps
+	})
+	return sbs
+}
+
+// httpGet fetches url from a namespace with curl.
+func httpGet(ns, url string) (string, error) {
+	out, err := netnstest.Cmd(ns, "curl", "-s", "-m", "3", url).CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
+func TestDockerSingleHost(t *testing.T) {
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Skip("needs curl")
+	}
+	onDatapaths(t, func(t *testing.T, dp string) {
+		d := newDockerHost(t, "--datapath", dp)
+		net, internal := d.name("web"), d.name("int")
+		d.mustDocker("network", "create", "-d", "fabric", "--ipam-driver", "fabric", "--subnet", "10.77.0.0/24", net)
+		mustWait(t, 15*time.Second, "fabric network "+net, func() bool {
+			_, _, code := d.ctl("network", "inspect", net)
+			return code == 0
+		})
+
+		// Bad input: Docker shows fabric's error and nothing is left.
+		d.dockerFails("unknown option -o foo", "network", "create", "-d", "fabric", "--ipam-driver", "fabric", "-o", "foo=bar", d.name("bad1"))
+		d.dockerFails("overlaps network", "network", "create", "-d", "fabric", "--ipam-driver", "fabric", "--subnet", "10.77.0.128/25", d.name("bad2"))
+
+		d.mustDocker("run", "-d", "--name", "c1", "--network", net, "bb", "sleep", "600")
+		d.mustDocker("run", "-d", "--name", "c2", "--network", net, "--network-alias", "www", "--ip", "10.77.0.50",
+			"-p", "8080:80", "bb", "sh", "-c", "echo hello-docker > /www/index.html && exec httpd -f -p 80 -h /www")
+		sbs := d.waitDockerSandboxes(2, 2)
+		for _, sb := range sbs {
+			if sb.Mode != api.ModeExternal || sb.ContainerID == "" {
+				t.Fatalf("sandbox %s: mode %s, container %q; want an external sandbox with Docker's ID", sb.Name, sb.Mode, sb.ContainerID)
+			}
+		}
+		if got := d.containerIP("c2", net); got != "10.77.0.50" {
+			t.Fatalf("c2 has %q on %s, want the static 10.77.0.50", got, net)
+		}
+		ip1 := d.containerIP("c1", net)
+		// Fabric's endpoint has the address Docker's IPAM call gave.
+		found := false
+		for _, sb := range sbs {
+			for _, ep := range sb.Endpoints {
+				found = found || ep.IP == ip1+"/24"
+			}
+		}
+		if !found {
+			t.Fatalf("no fabric endpoint with c1's Docker address %s: %+v", ip1, sbs)
+		}
+
+		// Names (Docker's resolver), alias, and traffic between containers.
+		d.mustDocker("exec", "c1", "ping", "-c", "1", "-W", "2", "c2")
+		d.mustDocker("exec", "c1", "ping", "-c", "1", "-W", "2", "www")
+		if out := d.mustDocker("exec", "c1", "wget", "-q", "-O", "-", "http://www/"); out != "hello-docker" {
+			t.Fatalf("c1 -> www: %q", out)
+		}
+		// -p from outside, from the host's own 127.0.0.1, and egress.
+		mustWait(t, 10*time.Second, "published port from outside", func() bool {
+			out, err := httpGet(d.outside, "http://"+hostUplinkIP+":8080/")
+			return err == nil && out == "hello-docker"
+		})
+		if out, err := httpGet(d.ns, "http://127.0.0.1:8080/"); err != nil || out != "hello-docker" {
+			t.Fatalf("published port from the host's 127.0.0.1: %q, %v", out, err)
+		}
+		d.mustDocker("exec", "c1", "ping", "-c", "1", "-W", "2", outsideUplinkIP)
+		// A port already published is refused with fabric's reason.
+		nBefore := len(d.hostLinks())
+		d.dockerFails("already published", "run", "--rm", "--network", net, "-p", "8080:80", "bb", "true")
+		d.dockerFails("already assigned", "run", "--rm", "--network", net, "--ip", "10.77.0.50", "bb", "true")
+		d.dockerFails("", "run", "--rm", "--network", net, "--ip", "10.99.0.5", "bb", "true")
+		if n := len(d.hostLinks()); n != nBefore || len(d.dockerSandboxes()) != 2 {
+			t.Fatalf("a refused run left something: %d links (was %d), %d sandboxes", n, nBefore, len(d.dockerSandboxes()))
+		}
+
+		// --internal: no egress; connect and disconnect.
+		d.mustDocker("network", "create", "-d", "fabric", "--ipam-driver", "fabric", "--internal", internal)
+		d.mustDocker("run", "-d", "--name", "c3", "--network", internal, "bb", "sleep", "600")
+		d.waitDockerSandboxes(3, 3)
+		if _, _, code := d.docker("exec", "c3", "ping", "-c", "1", "-W", "1", outsideUplinkIP); code == 0 {
+			t.Fatal("a container on an --internal network reached the outside")
+		}
+		ip3 := d.containerIP("c3", internal)
+		d.mustDocker("network", "connect", internal, "c1")
+		d.waitDockerSandboxes(3, 4)
+		d.mustDocker("exec", "c1", "ping", "-c", "1", "-W", "2", ip3)
+		d.mustDocker("network", "disconnect", internal, "c1")
+		d.waitDockerSandboxes(3, 3)
+		if _, _, code := d.docker("exec", "c1", "ping", "-c", "1", "-W", "1", ip3); code == 0 {
+			t.Fatal("c1 still reaches c3 after network disconnect")
+		}
+
+		// rm and network rm leave nothing in fabric or the kernel.
+		d.mustDocker("rm", "-f", "c1", "c2", "c3")
+		mustWait(t, 20*time.Second, "fabric records, links, pins and references to go", func() bool {
+			return len(d.dockerSandboxes()) == 0 && len(d.hostLinks()) == 0 && len(d.endpointPins()) == 0 && len(d.heldRefs()) == 0
+		})
+		d.mustDocker("network", "rm", net, internal)
+		if _, _, code := d.ctl("network", "inspect", net); code == 0 {
+			t.Fatalf("fabric network %s outlived its Docker network", net)
+		}
+		b, err := os.ReadFile(filepath.Join(d.dir, "state", "docker-plugin.json"))
+		if err != nil || strings.Contains(string(b), net) {
+			t.Fatalf("plugin state still knows the removed network: %v\n%s", err, b)
+		}
+	})
+}
