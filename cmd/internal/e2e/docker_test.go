@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -158,4 +160,88 @@ func TestDockerSingleHost(t *testing.T) {
 			t.Fatalf("plugin state still knows the removed network: %v\n%s", err, b)
 		}
 	})
+}
+
+// Docker's containers keep their traffic while fabricd is killed and while
+// dockerd restarts (live-restore); both come back to the same state and
+// go on handling Docker's calls (Docker never replays CreateNetwork).
+func TestDockerRestarts(t *testing.T) {
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Skip("needs curl")
+	}
+	d := newDockerHost(t)
+	net := d.name("web")
+	d.mustDocker("network", "create", "-d", "fabric", "--ipam-driver", "fabric", "--subnet", "10.78.0.0/24", net)
+	d.mustDocker("run", "-d", "--name", "c1", "--network", net, "bb", "sleep", "600")
+	d.mustDocker("run", "-d", "--name", "c2", "--network", net, "-p", "8080:80", "bb",
+		"sh", "-c", "echo hello-docker > /www/index.html && exec httpd -f -p 80 -h /www")
+	before := d.waitDockerSandboxes(2, 2)
+	ip2 := d.containerIP("c2", net)
+	d.mustDocker("exec", "c1", "ping", "-c", "1", "-W", "2", ip2)
+	// 300 pings over 30 s, across both restarts.
+	d.mustDocker("exec", "-d", "c1", "sh", "-c", "ping -c 300 -i 0.1 -W 1 "+ip2+" > /tmp/ping.log 2>&1")
+
+	d.kill9()
+	if out, err := httpGet(d.outside, "http://"+hostUplinkIP+":8080/"); err != nil || out != "hello-docker" {
+		t.Fatalf("published port while fabricd is down: %q, %v", out, err)
+	}
+	d.startAgent()
+	after := d.waitDockerSandboxes(2, 2)
+	if got, want := sandboxSummary(after), sandboxSummary(before); got != want {
+		t.Fatalf("after kill -9 fabricd: sandboxes\n%s\nwant\n%s", got, want)
+	}
+	// The plugin still knows Docker's network: a new container joins it.
+	d.mustDocker("run", "-d", "--name", "c3", "--network", net, "bb", "sleep", "600")
+	d.waitDockerSandboxes(3, 3)
+	d.mustDocker("exec", "c3", "ping", "-c", "1", "-W", "2", ip2)
+
+	d.stopDockerd()
+	if out, err := httpGet(d.outside, "http://"+hostUplinkIP+":8080/"); err != nil || out != "hello-docker" {
+		t.Fatalf("published port while dockerd is down: %q, %v", out, err)
+	}
+	d.startDockerd()
+	d.waitDockerSandboxes(3, 3)
+	d.mustDocker("exec", "c3", "ping", "-c", "1", "-W", "2", "c2")
+	var log string
+	mustWait(t, 40*time.Second, "the 300 pings to finish", func() bool {
+		log, _, _ = d.docker("exec", "c1", "cat", "/tmp/ping.log")
+		return strings.Contains(log, "packets received")
+	})
+	var sent, got int
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, "packets transmitted") {
+			_, _ = fmt.Sscanf(line, "%d packets transmitted, %d packets received", &sent, &got)
+		}
+	}
+	if sent != 300 || got < 290 {
+		t.Fatalf("c1 -> c2 across the restarts: %d of %d pings answered\n%s", got, sent, tail(log, 500))
+	}
+
+	// Docker's removals after both restarts still clean up.
+	d.mustDocker("rm", "-f", "c1", "c2", "c3")
+	mustWait(t, 20*time.Second, "fabric records, links and references to go", func() bool {
+		return len(d.dockerSandboxes()) == 0 && len(d.hostLinks()) == 0 && len(d.heldRefs()) == 0
+	})
+	d.mustDocker("network", "rm", net)
+	if _, _, code := d.ctl("network", "inspect", net); code == 0 {
+		t.Fatalf("fabric network %s outlived its Docker network", net)
+	}
+}
+
+// sandboxSummary is what must not change across restarts: names, owners
+// and endpoints with their addresses.
+func sandboxSummary(sbs []api.Sandbox) string {
+	var lines []string
+	for _, sb := range sbs {
+		line := sb.Name + " " + sb.Owner + " " + sb.ContainerID
+		for _, ep := range sb.Endpoints {
+			line += " " + ep.Network + "=" + ep.IP + "/" + ep.HostIfName
+		}
+		for _, p := range sb.Ports {
+			line += " " + p.String()
+		}
+		lines = append(lines, line)
+	}
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
 }
