@@ -11,8 +11,11 @@ DEB_TOOLS := iproute2:ip nftables:nft util-linux:nsenter iputils-ping:ping pytho
 DEB_BENCH := iperf3:iperf3 sockperf:sockperf wrk:wrk docker.io:docker-proxy
 # What `make generate` needs to compile the eBPF programs.
 DEB_BPF   := clang:clang llvm:llvm-strip libbpf-dev:/usr/include/bpf/bpf_helpers.h
+# What the Docker plugin's tests use: Debian's Docker (20.10), its
+# containerd and runc, and a static busybox to make an image offline.
+DEB_DOCKER := docker.io:dockerd containerd:containerd runc:runc busybox-static:/bin/busybox curl:curl
 
-.PHONY: all build test test-unit fuzz fuzz deps deps-bench deps-bpf generate check-generate demo demo-host bench lint fmt vet staticcheck clean install uninstall
+.PHONY: all build test test-unit fuzz fuzz deps deps-bench deps-bpf deps-docker install-docker generate check-generate demo demo-host bench lint fmt vet staticcheck clean install uninstall
 
 all: build
 
@@ -31,6 +34,11 @@ deps-bench: deps
 
 deps-bpf:
 	@./.ci/apt-ensure $(DEB_BPF)
+
+# deps-docker installs Docker for the Docker plugin's end-to-end tests (they
+# skip with a message without it).
+deps-docker: deps
+	@./.ci/apt-ensure $(DEB_DOCKER)
 
 # generate rebuilds the eBPF objects and their Go bindings (bpf2go). The
 # results are committed, so building fabric needs no clang.
@@ -108,12 +116,20 @@ install: build
 	test -e $(DESTDIR)/etc/fabric/fabric.yaml || install -D -m 0644 deploy/fabric.yaml $(DESTDIR)/etc/fabric/fabric.yaml
 	-[ -z "$(DESTDIR)" ] && systemctl daemon-reload 2>/dev/null || true
 
+# install-docker adds the drop-in that makes fabricd Docker's network plugin
+# (started before docker.service); uninstall removes it too.
+install-docker: install
+	install -D -m 0644 deploy/fabricd-docker.conf $(DESTDIR)$(UNITDIR)/fabricd.service.d/docker.conf
+	-[ -z "$(DESTDIR)" ] && systemctl daemon-reload 2>/dev/null || true
+
 # uninstall removes what install put there. The config is removed only if
 # it is still the unmodified example; the agent's state (/var/lib/fabric)
 # is kept so a reinstall finds its networks again.
 uninstall:
 	-[ -z "$(DESTDIR)" ] && systemctl disable --now fabricd 2>/dev/null || true
 	rm -f $(DESTDIR)$(PREFIX)/bin/fabricd $(DESTDIR)$(PREFIX)/bin/fabricctl $(DESTDIR)$(UNITDIR)/fabricd.service
+	rm -f $(DESTDIR)$(UNITDIR)/fabricd.service.d/docker.conf
+	-rmdir $(DESTDIR)$(UNITDIR)/fabricd.service.d 2>/dev/null || true
 	rm -rf $(DESTDIR)$(PREFIX)/share/doc/fabric
 	cmp -s deploy/fabric.yaml $(DESTDIR)/etc/fabric/fabric.yaml && rm -f $(DESTDIR)/etc/fabric/fabric.yaml || true
 	-rmdir $(DESTDIR)/etc/fabric 2>/dev/null || true
