@@ -121,7 +121,7 @@ func (p *Plugin) Run(ctx context.Context) error {
 	}
 	p.ctx = ctx
 	p.resume()
-	srv := &http.Server{Handler: mux(p.routes()), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: mux(p.log, p.routes()), ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
+	"time"
 )
 
 // The bodies of Docker's plugin protocol (libnetwork's remote driver and
@@ -145,15 +147,17 @@ func on[Req any](f func(Req) (any, error)) handler {
 func empty([]byte) (any, error) { return struct{}{}, nil }
 
 // mux routes the protocol's paths to handlers.
-func mux(routes map[string]handler) http.Handler {
+func mux(log *slog.Logger, routes map[string]handler) http.Handler {
 	m := http.NewServeMux()
 	for path, h := range routes {
 		m.HandleFunc("POST "+path, func(w http.ResponseWriter, r *http.Request) {
+			t0 := time.Now()
 			body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 			var out any
 			if err == nil {
 				out, err = h(body)
 			}
+			log.Debug("docker call", "call", path, "request", string(body), "took", time.Since(t0), "err", err)
 			w.Header().Set("Content-Type", contentType)
 			if err != nil {
 				w.WriteHeader(http.StatusInternalServerError)

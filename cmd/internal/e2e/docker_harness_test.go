@@ -53,6 +53,13 @@ func requireDocker(t *testing.T) {
 // busybox image "bb".
 func newDockerHost(t *testing.T, extra ...string) *dockerHost {
 	t.Helper()
+	return newDockerHostWith(t, nil, extra...)
+}
+
+// newDockerHostWith is newDockerHost with a step (before) between making
+// the namespaces and starting fabricd, e.g. to plug in an underlay.
+func newDockerHostWith(t *testing.T, before func(*dockerHost), extra ...string) *dockerHost {
+	t.Helper()
 	requireDocker(t)
 	h := &host{t: t, prefix: netnstest.UniqueName("d")}
 	h.extra, h.dp = withDatapath(append([]string{"--docker-plugin", dockerPluginSock, "--metrics-listen", ""}, extra...))
@@ -70,6 +77,9 @@ func newDockerHost(t *testing.T, extra ...string) *dockerHost {
 		dataRoot: filepath.Join(h.dir, "docker-data"), execRoot: filepath.Join(h.dir, "docker-exec")}
 	d.holdMountNS()
 	t.Cleanup(d.cleanup)
+	if before != nil {
+		before(d)
+	}
 	d.startAgent()
 	d.startDockerd()
 	d.importBusybox()
