@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"net/netip"
+	"slices"
 
 	"github.com/fabricnet/fabric/cmd/internal/api"
 	"github.com/fabricnet/fabric/cmd/internal/ipam"
@@ -151,4 +152,42 @@ func (a *Agent) overlayAddrFree(n *networkRec, ip netip.Addr) bool {
 		}
 	}
 	return true
+}
+
+// SetAliases replaces the aliases of a sandbox's endpoint on a network:
+// names its owner learns only once the namespace is connected (Docker's
+// container name and --network-alias). Names that are not one DNS label
+// are left out. The names are served at once and, on an overlay network,
+// announced to the cluster.
+func (a *Agent) SetAliases(sandbox, netRef string, aliases []string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n, err := a.networkLocked(netRef)
+	if err != nil {
+		return err
+	}
+	var ep *endpointRec
+	for _, e := range a.endpoints {
+		if e.Sandbox == sandbox && e.NetworkID == n.ID && e.Phase == phaseReady {
+			ep = e
+		}
+	}
+	if ep == nil {
+		return notFoundf("sandbox %q is not connected to network %q", sandbox, n.Name)
+	}
+	var valid []string
+	for _, al := range aliases {
+		if validAliases([]string{al}) == nil && !slices.Contains(valid, al) {
+			valid = append(valid, al)
+		}
+	}
+	old := ep.Aliases
+	ep.Aliases = valid
+	if err := a.store.Update(func(tx storeTx) error { return tx.Put(bucketEndpoints, ep.ID, ep) }); err != nil {
+		ep.Aliases = old
+		return err
+	}
+	a.refreshEndpointDNS(ep)
+	a.publish([]*endpointRec{ep})
+	return nil
 }

@@ -80,3 +80,75 @@ func (d *dockerAPI) waitNetworkName(ctx context.Context, id string) (string, err
 		}
 	}
 }
+
+// container is what Docker says about the container behind an endpoint.
+type container struct {
+	ID      string
+	Name    string
+	Aliases []string // --network-alias and Docker's own (the short ID)
+}
+
+// endpointContainer finds the container of Docker endpoint epID on network
+// netID, polling until Docker lists it or ctx ends.
+func (d *dockerAPI) endpointContainer(ctx context.Context, netID, epID string) (container, error) {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		var n struct {
+			Name       string
+			Containers map[string]struct{ Name, EndpointID string }
+		}
+		err := d.get(ctx, "/networks/"+netID, &n)
+		if err != nil {
+			return container{}, err
+		}
+		for id, c := range n.Containers {
+			if c.EndpointID != epID {
+				continue
+			}
+			out := container{ID: id, Name: c.Name}
+			var ins struct {
+				NetworkSettings struct {
+					Networks map[string]struct {
+						EndpointID string
+						Aliases    []string
+					}
+				}
+			}
+			if err := d.get(ctx, "/containers/"+id+"/json", &ins); err != nil {
+				return out, err
+			}
+			for _, net := range ins.NetworkSettings.Networks {
+				if net.EndpointID == epID {
+					out.Aliases = net.Aliases
+				}
+			}
+			return out, nil
+		}
+		select {
+		case <-ctx.Done():
+			return container{}, fmt.Errorf("docker does not list endpoint %s: %w", shortID(epID), ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// get decodes the JSON answer of GET path.
+func (d *dockerAPI) get(ctx context.Context, path string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://docker/v1.41"+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := d.c.Do(req)
+	if err != nil {
+		return fmt.Errorf("ask docker %s: %w", path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("ask docker %s: status %s", path, resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		return fmt.Errorf("ask docker %s: %w", path, err)
+	}
+	return nil
+}

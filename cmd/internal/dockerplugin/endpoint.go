@@ -167,6 +167,7 @@ func (p *Plugin) attach(ctx context.Context, ep *epRec) error {
 		_ = p.b.Disconnect(context.Background(), name, api.Disconnect{Sandbox: got.Sandbox})
 		return fmt.Errorf("publish ports of %s: %w", got.Sandbox, err)
 	}
+	p.nameEndpoint(ctx, ep, name, got.Sandbox)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if cur := p.st.Endpoints[ep.ID]; cur != nil {
@@ -177,6 +178,26 @@ func (p *Plugin) attach(ctx context.Context, ep *epRec) error {
 		return p.saveLocked()
 	}
 	return nil
+}
+
+// nameEndpoint gives a connected endpoint the container's names (its name
+// and network aliases, from Docker's API) in fabric's DNS, so fabric
+// sandboxes and other hosts resolve them, and marks the sandbox with the
+// container's ID. Without an answer from Docker within a few seconds the
+// endpoint stays without names.
+func (p *Plugin) nameEndpoint(ctx context.Context, ep *epRec, network, sandbox string) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	c, err := p.docker.endpointContainer(ctx, ep.NetworkID, ep.ID)
+	if err == nil {
+		err = p.b.SetAliases(sandbox, network, append([]string{c.Name}, c.Aliases...))
+	}
+	if err == nil {
+		err = p.b.OwnSandbox(ctx, sandbox, Owner, c.ID, nil)
+	}
+	if err != nil {
+		p.log.Warn("no names for docker container in fabric's DNS", "endpoint", shortID(ep.ID), "sandbox", sandbox, "err", err)
+	}
 }
 
 // stopAttach cancels a running attach of endpoint id and waits for it.

@@ -37,6 +37,7 @@ type Backend interface {
 	CheckAddress(netRef string, ip netip.Addr) error
 	CheckPorts(specs []string) error
 	OwnSandbox(ctx context.Context, name, owner, containerID string, ports []string) error
+	SetAliases(sandbox, netRef string, aliases []string) error
 }
 
 // Options configure the plugin.

@@ -272,12 +272,16 @@ func (d *dockerHost) dockerSandboxes() []api.Sandbox {
 }
 
 // mustWait polls cond (every 50ms, at most limit) and fails with what.
-func mustWait(t *testing.T, limit time.Duration, what string, cond func() bool) {
+func mustWait(t *testing.T, limit time.Duration, what string, cond func() bool, detail ...func() string) {
 	t.Helper()
 	deadline := time.Now().Add(limit)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", limit, what)
+			var more string
+			for _, f := range detail {
+				more += "\n" + f()
+			}
+			t.Fatalf("timed out after %v waiting for %s%s", limit, what, more)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

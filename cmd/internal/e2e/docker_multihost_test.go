@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"fmt"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -60,6 +62,19 @@ func TestDockerOverlayAcrossHosts(t *testing.T) {
 		return code == 0
 	})
 	b.mustDocker("exec", "c2", "ping", "-c", "1", "-W", "2", ip1)
+	// Fabric's DNS on the other host knows the container by its Docker
+	// name: asked from a fabric sandbox on host a (its namespace lives in
+	// the agent's mount namespace).
+	q := a.name("q")
+	a.mustCtl("run", "-d", "--name", q, "--network", ov, "--", "sleep", "120")
+	qns := a.sandbox(q).NetNS
+	var last string
+	mustWait(t, 10*time.Second, "c2's name on host a", func() bool {
+		out, err := exec.Command("nsenter", "--mount="+a.mntPath, "nsenter", "--net="+qns, "busybox", "nslookup", "c2", "127.0.0.11").CombinedOutput()
+		last = fmt.Sprintf("%v: %s", err, out)
+		return err == nil && strings.Contains(string(out), ip2)
+	}, func() string { return last })
+	a.mustCtl("sandbox", "rm", q)
 
 	// Removing the adopted network on one host leaves the overlay to the
 	// other; removing it where it was made removes it.

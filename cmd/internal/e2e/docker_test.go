@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -90,6 +91,17 @@ func TestDockerSingleHost(t *testing.T) {
 				t.Fatalf("sandbox %s: mode %s, container %q; want an external sandbox with Docker's ID", sb.Name, sb.Mode, sb.ContainerID)
 			}
 		}
+		// Fabric knows the containers by Docker's ID, name and aliases.
+		id2 := d.mustDocker("inspect", "-f", "{{.Id}}", "c2")
+		mustWait(t, 10*time.Second, "c2's names in fabric", func() bool {
+			for _, sb := range d.dockerSandboxes() {
+				if sb.ContainerID == id2 && len(sb.Endpoints) == 1 && slices.Contains(sb.Endpoints[0].Aliases, "c2") &&
+					slices.Contains(sb.Endpoints[0].Aliases, "www") {
+					return true
+				}
+			}
+			return false
+		})
 		if got := d.containerIP("c2", net); got != "10.77.0.50" {
 			t.Fatalf("c2 has %q on %s, want the static 10.77.0.50", got, net)
 		}
