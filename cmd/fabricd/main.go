@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 
 	"github.com/fabricnet/fabric/cluster"
@@ -167,11 +168,24 @@ func serveDockerPlugin(ctx context.Context, cfg config.Config, a *agent.Agent, l
 		return nil, fmt.Errorf("docker plugin: %w", err)
 	}
 	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(2)
 	go func() {
-		defer close(done)
+		defer wg.Done()
 		if err := p.Run(ctx); err != nil {
 			log.Error("docker plugin stopped", "err", err)
 		}
+	}()
+	go func() {
+		defer wg.Done()
+		if err := a.ServeNamesAt(ctx, dockerplugin.DNSAddr); err != nil {
+			log.Error("no names for Docker's resolver", "addr", dockerplugin.DNSAddr, "err", err)
+			a.Warn(fmt.Sprintf("names for Docker's resolver not served at %s: %v", dockerplugin.DNSAddr, err))
+		}
+	}()
+	go func() {
+		wg.Wait()
+		close(done)
 	}()
 	return done, nil
 }

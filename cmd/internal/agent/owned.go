@@ -2,8 +2,13 @@ package agent
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"net/netip"
 	"slices"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/fabricnet/fabric/cmd/internal/api"
 	"github.com/fabricnet/fabric/cmd/internal/ipam"
@@ -190,4 +195,52 @@ func (a *Agent) SetAliases(sandbox, netRef string, aliases []string) error {
 	a.refreshEndpointDNS(ep)
 	a.publish([]*endpointRec{ep})
 	return nil
+}
+
+// ServeNamesAt serves fabric's names on addr port 53 (UDP and TCP) in the
+// agent's namespace until ctx ends, for the sandboxes that ask from one
+// of their endpoint addresses: Docker's resolver, started with --dns addr,
+// forwards there from inside the container what it does not know itself
+// (containers on other hosts, fabric's sandboxes). addr is added to lo
+// while it is served.
+func (a *Agent) ServeNamesAt(ctx context.Context, addr netip.Addr) error {
+	if a.dns == nil {
+		return invalidf("the embedded DNS server is off")
+	}
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("find lo: %w", err)
+	}
+	nl := &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(addr.BitLen(), addr.BitLen())}, Scope: unix.RT_SCOPE_HOST}
+	if err := netlink.AddrReplace(lo, nl); err != nil {
+		return fmt.Errorf("add %s to lo: %w", addr, err)
+	}
+	defer func() { _ = netlink.AddrDel(lo, nl) }()
+	hostPort := net.JoinHostPort(addr.String(), "53")
+	pc, err := net.ListenPacket("udp", hostPort)
+	if err != nil {
+		return fmt.Errorf("serve names at %s: %w", hostPort, err)
+	}
+	ln, err := net.Listen("tcp", hostPort)
+	if err != nil {
+		pc.Close()
+		return fmt.Errorf("serve names at %s: %w", hostPort, err)
+	}
+	a.log.Info("serving names for Docker's resolver", "addr", hostPort)
+	return a.dns.ServeShared(ctx, pc, ln, a.sandboxOfAddr)
+}
+
+// sandboxOfAddr names the sandbox with an endpoint at ip (one with a
+// resolver of its own, whose view of names it gets).
+func (a *Agent) sandboxOfAddr(ip netip.Addr) (string, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, ep := range a.endpoints {
+		if ep.Addr.Addr() == ip && ep.Phase == phaseReady {
+			if sb := a.sandboxes[ep.Sandbox]; sb != nil && hasResolver(sb) {
+				return sb.Name, true
+			}
+		}
+	}
+	return "", false
 }

@@ -54,6 +54,12 @@ type Options struct {
 // Owner marks the sandboxes of Docker's containers.
 const Owner = "docker"
 
+// DNSAddr is where fabricd answers the names Docker's resolver does not
+// know (containers on other hosts, fabric's own sandboxes): dockerd is
+// started with --dns 169.254.53.53, and the resolver forwards there from
+// inside the container, so fabric answers with that container's view.
+var DNSAddr = netip.MustParseAddr("169.254.53.53")
+
 // Plugin is the running plugin.
 type Plugin struct {
 	b      Backend

@@ -165,7 +165,7 @@ func (d *dockerHost) startDockerd() {
 		t.Fatal(err)
 	}
 	d.dockerd = exec.Command("nsenter", "--net="+d.nsPath, "--mount="+d.mntPath, "/usr/sbin/dockerd",
-		"--storage-driver", "vfs", "--bridge", "none", "--iptables=false", "--ip6tables=false", "--live-restore",
+		"--storage-driver", "vfs", "--bridge", "none", "--iptables=false", "--ip6tables=false", "--live-restore", "--dns", "169.254.53.53",
 		"--data-root", d.dataRoot, "--exec-root", d.execRoot, "-H", "unix://"+d.dsock,
 		"--pidfile", filepath.Join(d.dir, "dockerd.pid"), "--containerd-namespace", d.prefix,
 		"--containerd-plugins-namespace", d.prefix+"p")

@@ -17,6 +17,10 @@ import (
 // containers on the two hosts reach each other.
 func TestDockerOverlayAcrossHosts(t *testing.T) {
 	requireDocker(t)
+	onDatapaths(t, testDockerOverlayAcrossHosts)
+}
+
+func testDockerOverlayAcrossHosts(t *testing.T, dp string) {
 	ul, _ := netnstest.New(t, "du")
 	run(t, "ip", "-n", ul, "link", "add", "br0", "type", "bridge")
 	run(t, "ip", "-n", ul, "link", "set", "br0", "up")
@@ -29,9 +33,9 @@ func TestDockerOverlayAcrossHosts(t *testing.T) {
 			run(t, "ip", "-n", d.ns, "link", "set", "ul0", "up")
 		}
 	}
-	a := newDockerHostWith(t, plug(1), "--cluster-bind", "198.51.100.1:7946", "--cluster-insecure", "--uplink", "ul0")
+	a := newDockerHostWith(t, plug(1), "--cluster-bind", "198.51.100.1:7946", "--cluster-insecure", "--uplink", "ul0", "--datapath", dp)
 	b := newDockerHostWith(t, plug(2), "--cluster-bind", "198.51.100.2:7946", "--cluster-join", "198.51.100.1:7946",
-		"--cluster-insecure", "--uplink", "ul0")
+		"--cluster-insecure", "--uplink", "ul0", "--datapath", dp)
 	ov := a.name("ov")
 	create := []string{"network", "create", "-d", "fabric", "--ipam-driver", "fabric", "--subnet", "10.80.0.0/16", "-o", "fabric.driver=overlay", ov}
 	a.mustDocker(create...)
@@ -75,6 +79,10 @@ func TestDockerOverlayAcrossHosts(t *testing.T) {
 		return err == nil && strings.Contains(string(out), ip2)
 	}, func() string { return last })
 	a.mustCtl("sandbox", "rm", q)
+	// Inside Docker's containers too, by name and across hosts: Docker's
+	// resolver forwards what it does not know to fabric (dockerd --dns).
+	a.mustDocker("exec", "c1", "ping", "-c", "1", "-W", "2", "c2")
+	b.mustDocker("exec", "c2", "ping", "-c", "1", "-W", "2", "c1")
 
 	// Removing the adopted network on one host leaves the overlay to the
 	// other; removing it where it was made removes it.
