@@ -32,6 +32,9 @@ func (p *Plugin) createEndpoint(req createEndpointRequest) (any, error) {
 	if req.Interface == nil || req.Interface.Address == "" {
 		return nil, fmt.Errorf("fabric: no IPv4 address for the endpoint: the network must use --ipam-driver fabric")
 	}
+	if req.Interface.MacAddress != "" {
+		return nil, errors.New("fabric: --mac-address is not supported: fabric derives each endpoint's MAC from its address")
+	}
 	addr, err := netip.ParsePrefix(req.Interface.Address)
 	if err != nil {
 		return nil, fmt.Errorf("fabric: bad endpoint address %q", req.Interface.Address)
