@@ -98,10 +98,9 @@ func (d *dockerAPI) endpointContainer(ctx context.Context, netID, epID string) (
 			Name       string
 			Containers map[string]struct{ Name, EndpointID string }
 		}
+		// Docker's API is not served yet while dockerd restores its
+		// containers at start: errors are retried until ctx ends.
 		err := d.get(ctx, "/networks/"+netID, &n)
-		if err != nil {
-			return container{}, err
-		}
 		for id, c := range n.Containers {
 			if c.EndpointID != epID {
 				continue
@@ -127,6 +126,9 @@ func (d *dockerAPI) endpointContainer(ctx context.Context, netID, epID string) (
 		}
 		select {
 		case <-ctx.Done():
+			if err != nil {
+				return container{}, err
+			}
 			return container{}, fmt.Errorf("docker does not list endpoint %s: %w", shortID(epID), ctx.Err())
 		case <-tick.C:
 		}

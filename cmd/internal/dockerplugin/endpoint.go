@@ -170,26 +170,35 @@ func (p *Plugin) attach(ctx context.Context, ep *epRec) error {
 		_ = p.b.Disconnect(context.Background(), name, api.Disconnect{Sandbox: got.Sandbox})
 		return fmt.Errorf("publish ports of %s: %w", got.Sandbox, err)
 	}
-	p.nameEndpoint(ctx, ep, name, got.Sandbox)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if cur := p.st.Endpoints[ep.ID]; cur != nil {
-		cur.Sandbox = got.Sandbox
-		if ip, err := netip.ParseAddr(ep.Addr); err == nil {
-			delete(p.pending, ip)
-		}
-		return p.saveLocked()
+	cur := p.st.Endpoints[ep.ID]
+	if cur == nil {
+		return nil
 	}
+	cur.Sandbox = got.Sandbox
+	if ip, err := netip.ParseAddr(ep.Addr); err == nil {
+		delete(p.pending, ip)
+	}
+	if err := p.saveLocked(); err != nil {
+		return err
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.nameEndpoint(ep, name, got.Sandbox)
+	}()
 	return nil
 }
 
 // nameEndpoint gives a connected endpoint the container's names (its name
 // and network aliases, from Docker's API) in fabric's DNS, so fabric
 // sandboxes and other hosts resolve them, and marks the sandbox with the
-// container's ID. Without an answer from Docker within a few seconds the
-// endpoint stays without names.
-func (p *Plugin) nameEndpoint(ctx context.Context, ep *epRec, network, sandbox string) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+// container's ID. Without an answer from Docker within 30 s (dockerd
+// serves its API only after restoring its containers) the endpoint stays
+// without names.
+func (p *Plugin) nameEndpoint(ep *epRec, network, sandbox string) {
+	ctx, cancel := context.WithTimeout(p.lifetime(), 30*time.Second)
 	defer cancel()
 	c, err := p.docker.endpointContainer(ctx, ep.NetworkID, ep.ID)
 	if err == nil {
