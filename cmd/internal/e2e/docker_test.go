@@ -229,8 +229,32 @@ func TestDockerRestarts(t *testing.T) {
 		t.Fatalf("c1 -> c2 across the restarts: %d of %d pings answered\n%s", got, sent, tail(log, 500))
 	}
 
+	// A container with --restart always whose process dies comes back
+	// with its address and its published port.
+	d.mustDocker("run", "-d", "--name", "rs", "--restart", "always", "--network", net, "--ip", "10.78.0.40", "-p", "8082:80", "bb",
+		"sh", "-c", "echo again > /www/index.html && exec httpd -f -p 80 -h /www")
+	d.waitDockerSandboxes(4, 4)
+	pid := d.mustDocker("inspect", "-f", "{{.State.Pid}}", "rs")
+	mustWait(t, 10*time.Second, "rs's published port", func() bool {
+		out, err := httpGet(d.outside, "http://"+hostUplinkIP+":8082/")
+		return err == nil && out == "again"
+	})
+	run(t, "kill", "-9", pid)
+	mustWait(t, 20*time.Second, "rs to be restarted by Docker", func() bool {
+		out, _, _ := d.docker("inspect", "-f", "{{.RestartCount}} {{.State.Running}}", "rs")
+		return out == "1 true"
+	})
+	mustWait(t, 10*time.Second, "rs's published port after its restart", func() bool {
+		out, err := httpGet(d.outside, "http://"+hostUplinkIP+":8082/")
+		return err == nil && out == "again"
+	})
+	if ip := d.containerIP("rs", net); ip != "10.78.0.40" {
+		t.Fatalf("rs came back with %q, want 10.78.0.40", ip)
+	}
+	d.waitDockerSandboxes(4, 4)
+
 	// Docker's removals after both restarts still clean up.
-	d.mustDocker("rm", "-f", "c1", "c2", "c3")
+	d.mustDocker("rm", "-f", "c1", "c2", "c3", "rs")
 	mustWait(t, 20*time.Second, "fabric records, links and references to go", func() bool {
 		return len(d.dockerSandboxes()) == 0 && len(d.hostLinks()) == 0 && len(d.heldRefs()) == 0
 	})
