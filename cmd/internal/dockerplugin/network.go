@@ -52,6 +52,9 @@ func planNetwork(req createNetworkRequest) (*netRec, error) {
 		return nil, errors.New("fabric: a fabric network has exactly one IPv4 subnet; use --ipam-driver fabric and at most one --subnet")
 	}
 	d := req.IPv4Data[0]
+	if d.AddressSpace != addressSpace {
+		return nil, errors.New("fabric: create the network with --ipam-driver fabric: its addresses must come from fabric's pools (Docker's default IPAM knows nothing of fabric's other networks and hosts)")
+	}
 	n := &netRec{ID: req.NetworkID, Driver: api.DriverBridge, Subnet: d.Pool, Options: map[string]string{}}
 	if gw, err := netip.ParsePrefix(d.Gateway); err == nil {
 		n.Gateway = gw.Addr().String()

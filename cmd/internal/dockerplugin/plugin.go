@@ -51,6 +51,9 @@ type Options struct {
 	AttachTimeout time.Duration
 }
 
+// addressSpace is the name of fabric's IPAM address space.
+const addressSpace = "fabric"
+
 // Owner marks the sandboxes of Docker's containers.
 const Owner = "docker"
 
@@ -190,7 +193,7 @@ func (p *Plugin) routes() map[string]handler {
 			return capabilitiesResponse{}, nil
 		},
 		"/IpamDriver.GetDefaultAddressSpaces": func([]byte) (any, error) {
-			return addressSpacesResponse{LocalDefaultAddressSpace: "fabric", GlobalDefaultAddressSpace: "fabric"}, nil
+			return addressSpacesResponse{LocalDefaultAddressSpace: addressSpace, GlobalDefaultAddressSpace: addressSpace}, nil
 		},
 		"/IpamDriver.RequestPool":    on(p.requestPool),
 		"/IpamDriver.ReleasePool":    on(p.releasePool),

@@ -92,7 +92,7 @@ func newTestPlugin(t *testing.T, b Backend, state string) *Plugin {
 func TestCreateNetworkOptions(t *testing.T) {
 	req := func(generic map[string]any) createNetworkRequest {
 		return createNetworkRequest{NetworkID: "n1", Options: map[string]any{keyGeneric: generic, keyInternal: true},
-			IPv4Data: []ipamData{{Pool: "10.9.0.0/24", Gateway: "10.9.0.1/24"}}}
+			IPv4Data: []ipamData{{AddressSpace: addressSpace, Pool: "10.9.0.0/24", Gateway: "10.9.0.1/24"}}}
 	}
 	n, err := planNetwork(req(map[string]any{"fabric.driver": "overlay", "mtu": "1400"}))
 	if err != nil || n.Driver != api.DriverOverlay || n.Options["mtu"] != "1400" || !n.Internal || n.Gateway != "10.9.0.1" {
@@ -109,6 +109,11 @@ func TestCreateNetworkOptions(t *testing.T) {
 		if _, err := planNetwork(req(tc.generic)); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("options %v: error %v, want one saying %q", tc.generic, err, tc.want)
 		}
+	}
+	defaultIPAM := req(nil)
+	defaultIPAM.IPv4Data[0].AddressSpace = "LocalDefault"
+	if _, err := planNetwork(defaultIPAM); err == nil || !strings.Contains(err.Error(), "--ipam-driver fabric") {
+		t.Errorf("Docker's default IPAM: %v, want a refusal naming --ipam-driver fabric", err)
 	}
 	v6 := req(nil)
 	v6.IPv6Data = []ipamData{{Pool: "fd00::/64"}}
@@ -213,11 +218,11 @@ func TestServeProtocol(t *testing.T) {
 	if code, out := call("/Plugin.Activate", ""); code != 200 || !strings.Contains(jsonString(out["Implements"]), "IpamDriver") {
 		t.Fatalf("activate: %d %v", code, out)
 	}
-	code, out := call("/NetworkDriver.CreateNetwork", `{"NetworkID":"abc","Options":{"com.docker.network.generic":{"bogus":"1"}},"IPv4Data":[{"Pool":"10.9.0.0/24"}]}`)
+	code, out := call("/NetworkDriver.CreateNetwork", `{"NetworkID":"abc","Options":{"com.docker.network.generic":{"bogus":"1"}},"IPv4Data":[{"AddressSpace":"fabric","Pool":"10.9.0.0/24"}]}`)
 	if code != 500 || !strings.Contains(jsonString(out["Err"]), "unknown option -o bogus") {
 		t.Fatalf("bad option: %d %v", code, out)
 	}
-	if code, _ := call("/NetworkDriver.CreateNetwork", `{"NetworkID":"abcdef0123456789","Options":{},"IPv4Data":[{"Pool":"10.9.0.0/24","Gateway":"10.9.0.1/24"}]}`); code != 200 {
+	if code, _ := call("/NetworkDriver.CreateNetwork", `{"NetworkID":"abcdef0123456789","Options":{},"IPv4Data":[{"AddressSpace":"fabric","Pool":"10.9.0.0/24","Gateway":"10.9.0.1/24"}]}`); code != 200 {
 		t.Fatalf("create network: %d", code)
 	}
 	if code, out := call("/NetworkDriver.Nonsense", "{}"); code != 404 || out["Err"] == nil {

@@ -81,6 +81,7 @@ func TestDockerSingleHost(t *testing.T) {
 		// Bad input: Docker shows fabric's error and nothing is left.
 		d.dockerFails("unknown option -o foo", "network", "create", "-d", "fabric", "--ipam-driver", "fabric", "-o", "foo=bar", d.name("bad1"))
 		d.dockerFails("overlaps network", "network", "create", "-d", "fabric", "--ipam-driver", "fabric", "--subnet", "10.77.0.128/25", d.name("bad2"))
+		d.dockerFails("--ipam-driver fabric", "network", "create", "-d", "fabric", d.name("bad3"))
 
 		d.mustDocker("run", "-d", "--name", "c1", "--network", net, "bb", "sleep", "600")
 		d.mustDocker("run", "-d", "--name", "c2", "--network", net, "--network-alias", "www", "--ip", "10.77.0.50",
