@@ -66,8 +66,19 @@ func (f *fakeBackend) CheckSubnet(sub netip.Prefix) error {
 	}
 	return nil
 }
-func (f *fakeBackend) FreeAddress(string, map[netip.Addr]bool) (netip.Addr, error) {
-	return netip.Addr{}, errors.New("unused")
+// FreeAddress, like the agent's, reserves nothing: it gives the lowest
+// address of the network's subnet (after the gateway) not in avoid.
+func (f *fakeBackend) FreeAddress(name string, avoid map[netip.Addr]bool) (netip.Addr, error) {
+	s, ok := f.subnets[name]
+	if !ok {
+		return netip.Addr{}, errNotFound
+	}
+	for a := s.Addr().Next().Next(); s.Contains(a); a = a.Next() {
+		if !avoid[a] {
+			return a, nil
+		}
+	}
+	return netip.Addr{}, errors.New("exhausted")
 }
 func (f *fakeBackend) CheckAddress(string, netip.Addr) error { return nil }
 func (f *fakeBackend) CheckPorts([]string) error             { return nil }
@@ -244,4 +255,38 @@ func TestServeProtocol(t *testing.T) {
 func jsonString(v any) string {
 	b, _ := json.Marshal(v)
 	return string(b)
+}
+
+// An address handed to Docker is not handed out again until Docker gives
+// it back or the endpoint is gone: two containers started at once on a
+// network never get the same one.
+func TestHandedOutAddressIsHeld(t *testing.T) {
+	b := &fakeBackend{subnets: map[string]netip.Prefix{"web": netip.MustParsePrefix("10.61.0.0/24")}}
+	p := newTestPlugin(t, b, filepath.Join(t.TempDir(), "docker-plugin.json"))
+	if _, err := p.requestPool(requestPoolRequest{Pool: "10.61.0.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	p.st.Networks["nid"] = &netRec{ID: "nid", Name: "web", Subnet: "10.61.0.0/24"}
+	ask := func() string {
+		t.Helper()
+		r, err := p.requestAddress(requestAddressRequest{PoolID: "10.61.0.0/24"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.(requestAddressResponse).Address
+	}
+	first, second := ask(), ask()
+	if first != "10.61.0.2/24" || second != "10.61.0.3/24" {
+		t.Fatalf("two requests got %s and %s, want 10.61.0.2/24 and 10.61.0.3/24", first, second)
+	}
+	if _, err := p.releaseAddress(releaseAddressRequest{PoolID: "10.61.0.0/24", Address: "10.61.0.2"}); err != nil {
+		t.Fatal(err)
+	}
+	if again := ask(); again != first {
+		t.Fatalf("after ReleaseAddress: %s, want %s back", again, first)
+	}
+	if _, err := p.requestAddress(requestAddressRequest{PoolID: "10.61.0.0/24", Address: "10.61.0.3"}); err == nil ||
+		!strings.Contains(err.Error(), "another container") {
+		t.Fatalf("--ip of an address being handed out: %v", err)
+	}
 }

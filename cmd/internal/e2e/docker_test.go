@@ -159,8 +159,37 @@ func TestDockerSingleHost(t *testing.T) {
 			t.Fatal("c1 still reaches c3 after network disconnect")
 		}
 
+		// Containers started at the same time get distinct addresses
+		// (an address handed to Docker is held until it is connected).
+		errs := make(chan string, 4)
+		for i := range 4 {
+			go func() {
+				_, e, code := d.docker("run", "-d", "--name", fmt.Sprintf("p%d", i), "--network", net, "bb", "sleep", "600")
+				if code != 0 {
+					errs <- e
+					return
+				}
+				errs <- ""
+			}()
+		}
+		for range 4 {
+			if e := <-errs; e != "" {
+				t.Fatalf("concurrent docker run: %s", e)
+			}
+		}
+		d.waitDockerSandboxes(7, 7)
+		seen := map[string]bool{}
+		for _, sb := range d.dockerSandboxes() {
+			for _, ep := range sb.Endpoints {
+				if seen[ep.IP] {
+					t.Fatalf("address %s given twice", ep.IP)
+				}
+				seen[ep.IP] = true
+			}
+		}
+
 		// rm and network rm leave nothing in fabric or the kernel.
-		d.mustDocker("rm", "-f", "c1", "c2", "c3")
+		d.mustDocker("rm", "-f", "c1", "c2", "c3", "p0", "p1", "p2", "p3")
 		mustWait(t, 20*time.Second, "fabric records, links, pins and references to go", func() bool {
 			return len(d.dockerSandboxes()) == 0 && len(d.hostLinks()) == 0 && len(d.endpointPins()) == 0 && len(d.heldRefs()) == 0
 		})
