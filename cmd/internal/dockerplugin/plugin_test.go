@@ -66,6 +66,7 @@ func (f *fakeBackend) CheckSubnet(sub netip.Prefix) error {
 	}
 	return nil
 }
+
 // FreeAddress, like the agent's, reserves nothing: it gives the lowest
 // address of the network's subnet (after the gateway) not in avoid.
 func (f *fakeBackend) FreeAddress(name string, avoid map[netip.Addr]bool) (netip.Addr, error) {
