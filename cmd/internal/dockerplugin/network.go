@@ -148,6 +148,14 @@ func (p *Plugin) bind(id string) (string, error) {
 		n.Err = fmt.Sprintf("fabric: Docker network %q cannot be backed by fabric: %v", name, err)
 	} else {
 		n.Name, n.Created = name, created
+		// A fabric network left by a removed Docker network of the same
+		// name is this one's now (and no longer to be removed).
+		for id, o := range p.st.Networks {
+			if o.Removed && o.Name == name {
+				delete(p.st.Networks, id)
+				n.Created = true
+			}
+		}
 	}
 	if serr := p.saveLocked(); serr != nil {
 		return "", serr
@@ -212,6 +220,11 @@ func mismatch(have api.Network, want *netRec) string {
 	return strings.Join(diff, "; ")
 }
 
+// deleteNetwork removes the fabric network made for a Docker network.
+// Docker removes its network whatever a plugin answers, so a fabric
+// network still in use (an overlay with containers on other hosts,
+// fabric's own sandboxes) is kept and its removal retried until it is
+// free (removeLeftovers).
 func (p *Plugin) deleteNetwork(req networkRequest) (any, error) {
 	p.mu.Lock()
 	n := p.st.Networks[req.NetworkID]
@@ -221,13 +234,55 @@ func (p *Plugin) deleteNetwork(req networkRequest) (any, error) {
 	}
 	if n.Created && n.Name != "" {
 		if err := p.b.RemoveNetwork(p.lifetime(), n.Name); err != nil && !p.opts.IsNotFound(err) {
-			return nil, userErr(err)
+			p.log.Warn("docker network removed; fabric's stays until it is free", "network", n.Name, "reason", err)
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			n.Removed = true
+			if serr := p.saveLocked(); serr != nil {
+				return nil, serr
+			}
+			return struct{}{}, nil // Docker removes its network anyway
 		}
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	delete(p.st.Networks, req.NetworkID)
 	return struct{}{}, p.saveLocked()
+}
+
+// removeLeftovers retries, every interval until ctx ends, the removal of
+// fabric networks whose Docker network is gone.
+func (p *Plugin) removeLeftovers(ctx context.Context, every time.Duration) {
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		p.mu.Lock()
+		var left []*netRec
+		for _, n := range p.st.Networks {
+			if n.Removed {
+				left = append(left, n)
+			}
+		}
+		p.mu.Unlock()
+		for _, n := range left {
+			err := p.b.RemoveNetwork(ctx, n.Name)
+			if err != nil && !p.opts.IsNotFound(err) {
+				continue
+			}
+			p.log.Info("fabric network of a removed Docker network is free now and removed", "network", n.Name)
+			p.mu.Lock()
+			delete(p.st.Networks, n.ID)
+			if err := p.saveLocked(); err != nil {
+				p.log.Warn("save docker plugin state", "err", err)
+			}
+			p.mu.Unlock()
+		}
+	}
 }
 
 // lifetime is the plugin's context (background before Run).

@@ -49,6 +49,9 @@ type Options struct {
 	IsNotFound func(error) bool
 	// AttachTimeout bounds the wait for a container's namespace after Join.
 	AttachTimeout time.Duration
+	// RetryEvery is how often removing a fabric network that was still in
+	// use when its Docker network went is tried again.
+	RetryEvery time.Duration
 }
 
 // addressSpace is the name of fabric's IPAM address space.
@@ -89,6 +92,9 @@ func New(log *slog.Logger, b Backend, opts Options) (*Plugin, error) {
 	}
 	if opts.AttachTimeout == 0 {
 		opts.AttachTimeout = 2 * time.Minute
+	}
+	if opts.RetryEvery == 0 {
+		opts.RetryEvery = 5 * time.Second
 	}
 	if opts.IsNotFound == nil {
 		opts.IsNotFound = func(error) bool { return false }
@@ -131,6 +137,11 @@ func (p *Plugin) Run(ctx context.Context) error {
 	}
 	p.ctx = ctx
 	p.resume()
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.removeLeftovers(ctx, p.opts.RetryEvery)
+	}()
 	srv := &http.Server{Handler: mux(p.log, p.routes()), ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan struct{})
 	go func() {

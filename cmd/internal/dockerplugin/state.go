@@ -28,6 +28,9 @@ type netRec struct {
 	Created bool `json:"created,omitempty"`
 	// Err is why the Docker network cannot be backed by fabric.
 	Err string `json:"err,omitempty"`
+	// Removed: Docker removed the network but fabric's could not go yet
+	// (still in use, e.g. an overlay by another host); retried.
+	Removed bool `json:"removed,omitempty"`
 }
 
 // epRec is a Docker endpoint.
@@ -115,7 +118,7 @@ func (st *state) save(path string) error {
 // netByPool finds the network whose address pool is the IPAM pool id.
 func (st *state) netByPool(pool *poolRec) *netRec {
 	for _, n := range st.Networks {
-		if n.Subnet == pool.Subnet {
+		if n.Subnet == pool.Subnet && !n.Removed {
 			return n
 		}
 	}
