@@ -211,7 +211,11 @@ func TestDockerRestarts(t *testing.T) {
 	if _, err := exec.LookPath("curl"); err != nil {
 		t.Skip("needs curl")
 	}
-	d := newDockerHost(t)
+	onDatapaths(t, testDockerRestarts)
+}
+
+func testDockerRestarts(t *testing.T, dp string) {
+	d := newDockerHost(t, "--datapath", dp)
 	net := d.name("web")
 	d.mustDocker("network", "create", "-d", "fabric", "--ipam-driver", "fabric", "--subnet", "10.78.0.0/24", net)
 	d.mustDocker("run", "-d", "--name", "c1", "--network", net, "bb", "sleep", "600")
