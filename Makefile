@@ -8,7 +8,7 @@ PKGS     := ./...
 # Debian packages the tests, demo and benchmarks use; `make deps` installs
 # whichever are missing.
 DEB_TOOLS := iproute2:ip nftables:nft util-linux:nsenter iputils-ping:ping python3:python3 prometheus:promtool
-DEB_BENCH := iperf3:iperf3 sockperf:sockperf wrk:wrk docker.io:docker-proxy
+DEB_BENCH := iperf3:iperf3 sockperf:sockperf wrk:wrk docker.io:docker-proxy containerd:containerd busybox-static:/bin/busybox
 # What `make generate` needs to compile the eBPF programs.
 DEB_BPF   := clang:clang llvm:llvm-strip libbpf-dev:/usr/include/bpf/bpf_helpers.h
 # What the Docker plugin's tests use: Debian's Docker (20.10), its
