@@ -8,9 +8,12 @@ PKGS     := ./...
 # Debian packages the tests, demo and benchmarks use; `make deps` installs
 # whichever are missing.
 DEB_TOOLS := iproute2:ip nftables:nft util-linux:nsenter iputils-ping:ping python3:python3 prometheus:promtool
-DEB_BENCH := iperf3:iperf3 sockperf:sockperf wrk:wrk docker.io:docker-proxy
+DEB_BENCH := iperf3:iperf3 sockperf:sockperf wrk:wrk docker.io:docker-proxy containerd:containerd busybox-static:/bin/busybox
 # What `make generate` needs to compile the eBPF programs.
 DEB_BPF   := clang:clang llvm:llvm-strip libbpf-dev:/usr/include/bpf/bpf_helpers.h
+# What the Docker plugin's tests use: Debian's Docker (20.10), its
+# containerd and runc, and a static busybox to make an image offline.
+DEB_DOCKER := docker.io:dockerd containerd:containerd runc:runc busybox-static:/bin/busybox curl:curl
 # What the CNI tests run: Debian's reference plugins (bridge, host-local,
 # portmap, tuning, bandwidth in /usr/lib/cni), containerd with its CRI
 # plugin and runc, podman with its CNI backend; crictl from its module.
@@ -19,7 +22,7 @@ CRICTL_VERSION ?= v1.34.0
 NERDCTL_VERSION ?= v1.7.7
 TOOLBIN   ?= /usr/local/bin
 
-.PHONY: all build test test-unit fuzz test-kernels deps deps-bench deps-bpf deps-kernels deps-cni deps-nerdctl generate check-generate demo demo-host bench lint fmt vet staticcheck clean install uninstall
+.PHONY: all build test test-unit fuzz test-kernels deps deps-bench deps-bpf deps-kernels deps-cni deps-nerdctl deps-docker install-docker generate check-generate demo demo-host bench lint fmt vet staticcheck clean install uninstall
 
 all: build
 
@@ -61,6 +64,11 @@ deps-nerdctl: deps-cni
 	  $(GO) get github.com/containerd/nerdctl/cmd/nerdctl@$(NERDCTL_VERSION) && \
 	  CGO_ENABLED=0 GOBIN=$(TOOLBIN) $(GO) install github.com/containerd/nerdctl/cmd/nerdctl; rc=$$?; rm -rf $$d; exit $$rc; }
 
+# deps-docker installs Docker for the Docker plugin's end-to-end tests (they
+# skip with a message without it).
+deps-docker: deps
+	@./.ci/apt-ensure $(DEB_DOCKER)
+
 # generate rebuilds the eBPF objects and their Go bindings (bpf2go). The
 # results are committed, so building fabric needs no clang.
 generate: deps-bpf
@@ -75,7 +83,7 @@ check-generate: generate
 # test runs the whole suite: unit tests and, as root, the integration tests
 # in network namespaces (they skip with a message when not root), and the
 # CNI runtime tests (containerd/crictl, podman: deps-cni).
-test: deps deps-cni
+test: deps deps-cni deps-docker
 	$(GO) vet $(PKGS)
 	$(GO) test -count=1 -timeout 12m $(PKGS)
 
@@ -153,6 +161,12 @@ install: build
 	test -e $(DESTDIR)/etc/fabric/fabric.yaml || install -D -m 0644 deploy/fabric.yaml $(DESTDIR)/etc/fabric/fabric.yaml
 	-[ -z "$(DESTDIR)" ] && systemctl daemon-reload 2>/dev/null || true
 
+# install-docker adds the drop-in that makes fabricd Docker's network plugin
+# (started before docker.service); uninstall removes it too.
+install-docker: install
+	install -D -m 0644 deploy/fabricd-docker.conf $(DESTDIR)$(UNITDIR)/fabricd.service.d/docker.conf
+	-[ -z "$(DESTDIR)" ] && systemctl daemon-reload 2>/dev/null || true
+
 # uninstall stops the agent, removes fabric's kernel state (`fabricd
 # reset`: sandboxes' namespaces and commands, links, the nftables table,
 # eBPF programs, pins and cgroup socket hooks), then what install put
@@ -164,6 +178,8 @@ uninstall:
 	-[ -z "$(DESTDIR)" ] && systemctl disable --now fabricd 2>/dev/null || true
 	-[ -n "$(DESTDIR)" ] || [ ! -x $(PREFIX)/bin/fabricd ] || $(PREFIX)/bin/fabricd reset
 	rm -f $(DESTDIR)$(PREFIX)/bin/fabricd $(DESTDIR)$(PREFIX)/bin/fabricctl $(DESTDIR)$(UNITDIR)/fabricd.service $(DESTDIR)$(CNIBINDIR)/fabric-cni
+	rm -f $(DESTDIR)$(UNITDIR)/fabricd.service.d/docker.conf
+	-rmdir $(DESTDIR)$(UNITDIR)/fabricd.service.d 2>/dev/null || true
 	rm -rf $(DESTDIR)$(PREFIX)/share/doc/fabric
 	cmp -s deploy/fabric.yaml $(DESTDIR)/etc/fabric/fabric.yaml && rm -f $(DESTDIR)/etc/fabric/fabric.yaml || true
 	-rmdir $(DESTDIR)/etc/fabric 2>/dev/null || true

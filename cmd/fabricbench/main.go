@@ -12,7 +12,7 @@
 // numbers taken in the same run.
 //
 // Usage: fabricbench -bin DIR [-t SECONDS] [-reps N] [-setup-n N] [-scale-n N,N,…] [-quick]
-// [-only same-host,udp-pps,published,connrate,bpf-cost,setup,cross-host,overlay,dns,scale,cni] [-fabricd-flags "FLAGS"]
+// [-only same-host,udp-pps,published,connrate,bpf-cost,setup,cross-host,overlay,dns,scale,cni,docker] [-fabricd-flags "FLAGS"]
 //
 // Sections:
 //   - same-host: iperf3 (one TCP stream) and sockperf TCP ping-pong (one-way
@@ -56,6 +56,13 @@
 //     (alternating), a TCP stream and ping-pong pod → pod, and new
 //     connections/s through a hostPort from h2 (portMappings against
 //     portmap). Needs `make deps-cni` (containernetworking-plugins).
+//   - docker: real Docker (docker.io) on two more hosts joined to h2, one
+//     with Docker's own bridge driver, iptables DNAT and docker-proxy (the
+//     reference), one with fabric through fabricd --docker-plugin:
+//     container ↔ container iperf3 and sockperf, one stream to a published
+//     port from h2 and from 127.0.0.1, new connections/s through it, and
+//     p50 of `docker run -d` until the container answers ping and of
+//     `docker network connect`, alternating between the two.
 //
 // A fabric that cannot start leaves its rows "n/a" with the reason; the
 // kernel rows are measured anyway.
@@ -87,7 +94,7 @@ import (
 const serveArg = "__fabricbench-serve"
 
 // sections in the order they run.
-var allSections = []string{"same-host", "udp-pps", "published", "connrate", "bpf-cost", "setup", "cross-host", "overlay", "dns", "scale", "cni"}
+var allSections = []string{"same-host", "udp-pps", "published", "connrate", "bpf-cost", "setup", "cross-host", "overlay", "dns", "scale", "cni", "docker"}
 
 type options struct {
 	bin       string
@@ -282,6 +289,8 @@ func run() int {
 			err = lab.sectionBPFCost(ctx)
 		case "cni":
 			err = lab.sectionCNI(ctx)
+		case "docker":
+			err = lab.sectionDocker(ctx)
 		}
 		if err != nil && ctx.Err() == nil {
 			fmt.Printf("section %s failed: %v\n\n", s, err)
@@ -323,6 +332,11 @@ func checkTools(o options) error {
 	}
 	if o.only["cni"] {
 		need = append(need, tool{"iperf3", "iperf3"}, tool{"sockperf", "sockperf"}, tool{"wrk", "wrk"}, tool{"iptables", "iptables"})
+	}
+	if o.only["docker"] {
+		need = append(need, tool{"iperf3", "iperf3"}, tool{"sockperf", "sockperf"}, tool{"wrk", "wrk"},
+			tool{"dockerd", "docker.io"}, tool{"docker", "docker.io"}, tool{"docker-proxy", "docker.io"},
+			tool{"iptables", "iptables"}, tool{"unshare", "util-linux"}, tool{"busybox", "busybox-static"})
 	}
 	if o.only["connrate"] {
 		need = append(need, tool{"wrk", "wrk"}, tool{"nft", "nftables"}, tool{"docker-proxy", "docker.io"})

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/fabricnet/fabric/cluster"
@@ -21,6 +22,7 @@ import (
 	"github.com/fabricnet/fabric/cmd/internal/agent"
 	"github.com/fabricnet/fabric/cmd/internal/config"
 	"github.com/fabricnet/fabric/cmd/internal/dns"
+	"github.com/fabricnet/fabric/cmd/internal/dockerplugin"
 	"github.com/fabricnet/fabric/datapath"
 	"github.com/fabricnet/fabric/datapath/ebpf"
 	"github.com/fabricnet/fabric/datapath/kernel"
@@ -149,7 +151,49 @@ func serve(cfg config.Config, log *slog.Logger) error {
 			log.Info("metrics at /metrics", "listen", ln.Addr().String())
 		}
 	}
+	if cfg.DockerPlugin != "" {
+		done, err := serveDockerPlugin(ctx, cfg, a, log)
+		if err != nil {
+			return err
+		}
+		defer func() { <-done }() // before the agent closes
+	}
 	return a.Serve(ctx)
+}
+
+// serveDockerPlugin serves Docker's plugin API until ctx ends; done closes
+// when it has stopped. Docker's API is found by DOCKER_HOST, as the docker
+// CLI finds it.
+func serveDockerPlugin(ctx context.Context, cfg config.Config, a *agent.Agent, log *slog.Logger) (<-chan struct{}, error) {
+	p, err := dockerplugin.New(log.With("part", "docker-plugin"), a, dockerplugin.Options{
+		Socket: cfg.DockerPlugin, StateFile: filepath.Join(cfg.StateDir, "docker-plugin.json"),
+		DockerHost: os.Getenv("DOCKER_HOST"),
+		IsNotFound: func(err error) bool { return errors.Is(err, agent.ErrNotFound) },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("docker plugin: %w", err)
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := p.Run(ctx); err != nil {
+			log.Error("docker plugin stopped", "err", err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		if err := a.ServeNamesAt(ctx, dockerplugin.DNSAddr); err != nil {
+			log.Error("no names for Docker's resolver", "addr", dockerplugin.DNSAddr, "err", err)
+			a.Warn(fmt.Sprintf("names for Docker's resolver not served at %s: %v", dockerplugin.DNSAddr, err))
+		}
+	}()
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	return done, nil
 }
 
 // newCluster starts gossip (listening, not yet joined: Run joins).

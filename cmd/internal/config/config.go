@@ -88,6 +88,9 @@ type Config struct {
 	// who reaches the gossip port can then rewrite the cluster's state.
 	// `fabricctl status` warns (and exits 1) while it is on.
 	ClusterInsecure bool `mapstructure:"cluster-insecure" yaml:"cluster-insecure"`
+	// DockerPlugin is the unix socket where fabricd serves Docker's
+	// network and IPAM plugin API; empty (the default) serves none.
+	DockerPlugin string `mapstructure:"docker-plugin" yaml:"docker-plugin"`
 	// TunnelPort is the UDP port of overlay (VXLAN) traffic, the same on
 	// every node.
 	TunnelPort int `mapstructure:"tunnel-port" yaml:"tunnel-port"`
@@ -214,6 +217,7 @@ const (
 	keyClusterJoin       = "cluster-join"
 	keyClusterSecretFile = "cluster-secret-file"
 	keyClusterInsecure   = "cluster-insecure"
+	keyDockerPlugin      = "docker-plugin"
 	keyTunnelPort        = "tunnel-port"
 	keyBPFRoot           = "bpf-root"
 	keyXDP               = "xdp"
@@ -241,6 +245,7 @@ func defaultValues() map[string]any {
 		keyClusterJoin:       []string{},
 		keyClusterSecretFile: d.ClusterSecretFile,
 		keyClusterInsecure:   d.ClusterInsecure,
+		keyDockerPlugin:      d.DockerPlugin,
 		keyTunnelPort:        d.TunnelPort,
 		keyBPFRoot:           d.BPFRoot,
 		keyXDP:               d.XDP,

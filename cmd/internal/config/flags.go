@@ -34,6 +34,8 @@ func RegisterFlags(fs *pflag.FlagSet) {
 		"`FILE` of base64 gossip keys (mode 0600; make one with 'fabricctl cluster key generate FILE'), the same on every node: gossip is encrypted and authenticated; required when clustered (cluster-join, or a cluster-bind that is not loopback) unless --cluster-insecure"+env(keyClusterSecretFile))
 	fs.Bool(keyClusterInsecure, d.ClusterInsecure,
 		"allow a clustered agent without --cluster-secret-file: gossip in clear text and unauthenticated, so anyone reaching the gossip port can rewrite the cluster; 'fabricctl status' warns"+env(keyClusterInsecure))
+	fs.String(keyDockerPlugin, d.DockerPlugin,
+		"serve Docker's network and IPAM plugin API (driver and IPAM \"fabric\") on this unix socket, usually /run/docker/plugins/fabric.sock; empty serves none"+env(keyDockerPlugin))
 	fs.Int(keyTunnelPort, d.TunnelPort,
 		"UDP port of overlay (VXLAN) traffic; must be the same on every node"+env(keyTunnelPort))
 	fs.String(keyBPFRoot, d.BPFRoot,

@@ -90,6 +90,9 @@ func (c Config) Validate() error {
 			bad(keyClusterJoin, "%s (want HOST or HOST:PORT, for example 10.0.0.2:7946)", err)
 		}
 	}
+	if c.DockerPlugin != "" && !filepath.IsAbs(c.DockerPlugin) {
+		bad(keyDockerPlugin, "%q is not an absolute path (usually /run/docker/plugins/fabric.sock)", c.DockerPlugin)
+	}
 	if c.NeedsKey() && c.ClusterSecretFile == "" && !c.ClusterInsecure {
 		bad(keyClusterSecretFile, "a clustered agent (cluster-join, or a cluster-bind that is not loopback) needs a gossip key: "+
 			"create one with `fabricctl cluster key generate /etc/fabric/gossip.key`, copy it (mode 0600) to every node and set cluster-secret-file; "+

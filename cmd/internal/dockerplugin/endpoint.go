@@ -1,0 +1,270 @@
+package dockerplugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"time"
+
+	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/datapath/netns"
+)
+
+// A Docker container's namespace does not exist yet when Docker calls
+// Join for `docker run` (runc makes it and Docker's hook mounts it at the
+// sandbox key afterwards). So Join hands Docker no interface and turns off
+// Docker's gateway service (no docker_gwbridge); a background job waits
+// for the sandbox key to become a network namespace and connects it to
+// the fabric network by path, with the address Docker's IPAM call handed
+// out: the agent holds the namespace by a bind mount and checks its
+// identity on every use, and drops the endpoints when Docker lets go of it.
+
+// keyPortMap is where Docker passes -p in CreateEndpoint's options.
+const keyPortMap = "com.docker.network.portmap"
+
+func (p *Plugin) createEndpoint(req createEndpointRequest) (any, error) {
+	name, err := p.bind(req.NetworkID)
+	if err != nil {
+		return nil, err
+	}
+	if req.Interface == nil || req.Interface.Address == "" {
+		return nil, fmt.Errorf("fabric: no IPv4 address for the endpoint: the network must use --ipam-driver fabric")
+	}
+	if req.Interface.MacAddress != "" {
+		return nil, errors.New("fabric: --mac-address is not supported: fabric derives each endpoint's MAC from its address")
+	}
+	addr, err := netip.ParsePrefix(req.Interface.Address)
+	if err != nil {
+		return nil, fmt.Errorf("fabric: bad endpoint address %q", req.Interface.Address)
+	}
+	ports, err := portSpecs(req.Options[keyPortMap])
+	if err != nil {
+		return nil, err
+	}
+	if err := p.b.CheckPorts(ports); err != nil {
+		return nil, userErr(err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.st.Endpoints[req.EndpointID] = &epRec{ID: req.EndpointID, NetworkID: req.NetworkID, Addr: addr.Addr().String(), Ports: ports}
+	p.pending[addr.Addr()] = true
+	if err := p.saveLocked(); err != nil {
+		delete(p.st.Endpoints, req.EndpointID)
+		return nil, err
+	}
+	p.log.Debug("docker endpoint", "network", name, "endpoint", shortID(req.EndpointID), "ip", addr)
+	return createEndpointResponse{}, nil
+}
+
+// portSpecs turns Docker's port map into fabric's -p specs.
+func portSpecs(v any) ([]string, error) {
+	list, _ := v.([]any)
+	var out []string
+	for _, x := range list {
+		m, _ := x.(map[string]any)
+		proto, _ := m["Proto"].(float64)
+		port, _ := m["Port"].(float64)
+		hostPort, _ := m["HostPort"].(float64)
+		hostEnd, _ := m["HostPortEnd"].(float64)
+		hostIP, _ := m["HostIP"].(string)
+		var p string
+		switch proto {
+		case 6:
+			p = "tcp"
+		case 17:
+			p = "udp"
+		default:
+			return nil, fmt.Errorf("fabric: -p with protocol %v is not supported (tcp and udp are)", proto)
+		}
+		if hostPort == 0 || (hostEnd != 0 && hostEnd != hostPort) {
+			return nil, fmt.Errorf("fabric: -p %v/%s: give one explicit host port (-p HOSTPORT:%v); fabric does not pick random host ports or ranges", port, p, port)
+		}
+		spec := fmt.Sprintf("%d:%d/%s", int(hostPort), int(port), p)
+		if hostIP != "" && hostIP != "0.0.0.0" {
+			spec = hostIP + ":" + spec
+		}
+		out = append(out, spec)
+	}
+	return out, nil
+}
+
+func (p *Plugin) join(req joinRequest) (any, error) {
+	if req.SandboxKey == "" {
+		return nil, errors.New("fabric: Docker gave no sandbox key")
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ep := p.st.Endpoints[req.EndpointID]
+	if ep == nil {
+		return nil, fmt.Errorf("fabric: unknown endpoint %s", shortID(req.EndpointID))
+	}
+	ep.Key = req.SandboxKey
+	if err := p.saveLocked(); err != nil {
+		return nil, err
+	}
+	p.startAttachLocked(ep)
+	return joinResponse{DisableGatewayService: true}, nil
+}
+
+// attachJob is a running wait-and-connect of one endpoint.
+type attachJob struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// startAttachLocked starts connecting ep's namespace once it exists; the
+// caller holds p.mu.
+func (p *Plugin) startAttachLocked(ep *epRec) {
+	if p.ctx == nil || p.attaching[ep.ID] != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(p.ctx, p.opts.AttachTimeout)
+	job := &attachJob{cancel: cancel, done: make(chan struct{})}
+	p.attaching[ep.ID] = job
+	e := *ep
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		defer close(job.done)
+		defer cancel()
+		err := p.attach(ctx, &e)
+		p.mu.Lock()
+		if p.attaching[e.ID] == job {
+			delete(p.attaching, e.ID)
+		}
+		p.mu.Unlock()
+		if err != nil && ctx.Err() == nil {
+			p.log.Warn("connect docker container", "endpoint", shortID(e.ID), "key", e.Key, "err", err)
+		}
+	}()
+}
+
+// attach waits for the namespace at ep.Key and connects it.
+func (p *Plugin) attach(ctx context.Context, ep *epRec) error {
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !netns.IsNamespace(ep.Key) {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("namespace %s never appeared: %w", ep.Key, ctx.Err())
+		case <-tick.C:
+		}
+	}
+	p.mu.Lock()
+	n := p.st.Networks[ep.NetworkID]
+	var name string
+	if n != nil {
+		name = n.Name
+	}
+	p.mu.Unlock()
+	if name == "" {
+		return fmt.Errorf("network %s is not backed by fabric", shortID(ep.NetworkID))
+	}
+	got, err := p.b.Connect(ctx, name, api.Connect{Sandbox: ep.Key, IP: ep.Addr})
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", name, err)
+	}
+	if err := p.b.OwnSandbox(ctx, got.Sandbox, Owner, filepath.Base(ep.Key), ep.Ports); err != nil {
+		_ = p.b.Disconnect(context.Background(), name, api.Disconnect{Sandbox: got.Sandbox})
+		return fmt.Errorf("publish ports of %s: %w", got.Sandbox, err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	cur := p.st.Endpoints[ep.ID]
+	if cur == nil {
+		return nil
+	}
+	cur.Sandbox = got.Sandbox
+	if ip, err := netip.ParseAddr(ep.Addr); err == nil {
+		delete(p.pending, ip)
+	}
+	if err := p.saveLocked(); err != nil {
+		return err
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.nameEndpoint(ep, name, got.Sandbox)
+	}()
+	return nil
+}
+
+// nameEndpoint gives a connected endpoint the container's names (its name
+// and network aliases, from Docker's API) in fabric's DNS, so fabric
+// sandboxes and other hosts resolve them, and marks the sandbox with the
+// container's ID. Without an answer from Docker within 30 s (dockerd
+// serves its API only after restoring its containers) the endpoint stays
+// without names.
+func (p *Plugin) nameEndpoint(ep *epRec, network, sandbox string) {
+	ctx, cancel := context.WithTimeout(p.lifetime(), 30*time.Second)
+	defer cancel()
+	c, err := p.docker.endpointContainer(ctx, ep.NetworkID, ep.ID)
+	if err == nil {
+		err = p.b.SetAliases(sandbox, network, append([]string{c.Name}, c.Aliases...))
+	}
+	if err == nil {
+		err = p.b.OwnSandbox(ctx, sandbox, Owner, c.ID, nil)
+	}
+	if err != nil {
+		p.log.Warn("no names for docker container in fabric's DNS", "endpoint", shortID(ep.ID), "sandbox", sandbox, "err", err)
+	}
+}
+
+// stopAttach cancels a running attach of endpoint id and waits for it.
+func (p *Plugin) stopAttach(id string) {
+	p.mu.Lock()
+	job := p.attaching[id]
+	delete(p.attaching, id)
+	p.mu.Unlock()
+	if job != nil {
+		job.cancel()
+		<-job.done
+	}
+}
+
+func (p *Plugin) leave(req endpointRequest) (any, error) {
+	p.stopAttach(req.EndpointID)
+	return struct{}{}, p.disconnect(req.EndpointID, false)
+}
+
+func (p *Plugin) deleteEndpoint(req endpointRequest) (any, error) {
+	p.stopAttach(req.EndpointID)
+	return struct{}{}, p.disconnect(req.EndpointID, true)
+}
+
+// disconnect removes the endpoint's fabric side (and its record when
+// forget is set).
+func (p *Plugin) disconnect(id string, forget bool) error {
+	p.mu.Lock()
+	ep := p.st.Endpoints[id]
+	var name string
+	if ep != nil {
+		if n := p.st.Networks[ep.NetworkID]; n != nil {
+			name = n.Name
+		}
+	}
+	p.mu.Unlock()
+	if ep == nil {
+		return nil
+	}
+	if ep.Sandbox != "" && name != "" {
+		err := p.b.Disconnect(p.lifetime(), name, api.Disconnect{Sandbox: ep.Sandbox})
+		if err != nil && !p.opts.IsNotFound(err) {
+			return userErr(err)
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if cur := p.st.Endpoints[id]; cur != nil {
+		cur.Sandbox, cur.Key = "", ""
+		if forget {
+			delete(p.st.Endpoints, id)
+			if ip, err := netip.ParseAddr(cur.Addr); err == nil {
+				delete(p.pending, ip)
+			}
+		}
+	}
+	return p.saveLocked()
+}

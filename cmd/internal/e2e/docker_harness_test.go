@@ -1,0 +1,329 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
+)
+
+// A Docker test host is a test host whose fabricd and dockerd share a
+// mount namespace of their own: there /run/docker/plugins is a private
+// tmpfs (where dockerd finds fabricd's plugin socket, and nobody else's),
+// and the namespaces Docker mounts at its sandbox keys are visible to
+// fabricd. dockerd runs in the host network namespace with its own data
+// and exec roots, no bridge and no iptables, started by nsenter (not ip
+// netns exec, whose /sys remount kills dockerd).
+
+type dockerHost struct {
+	*host
+	mnt      *exec.Cmd // holds the mount namespace
+	mntPath  string
+	dockerd  *exec.Cmd
+	dsock    string
+	dataRoot string
+	execRoot string
+}
+
+const dockerPluginSock = "/run/docker/plugins/fabric.sock"
+
+// requireDocker skips unless Debian's docker.io, containerd and
+// busybox-static are installed (make deps-docker).
+func requireDocker(t *testing.T) {
+	t.Helper()
+	netnstest.RequireRoot(t)
+	for _, bin := range []string{"/usr/sbin/dockerd", "/usr/bin/docker", "/usr/bin/containerd", "/bin/busybox"} {
+		if _, err := os.Stat(bin); err != nil {
+			t.Skipf("needs Docker (docker.io, containerd, busybox-static: make deps-docker): %s missing", bin)
+		}
+	}
+}
+
+// newDockerHost makes a host namespace with an outside peer, starts
+// fabricd with --docker-plugin and a dockerd using it, and imports a
+// busybox image "bb".
+func newDockerHost(t *testing.T, extra ...string) *dockerHost {
+	t.Helper()
+	return newDockerHostWith(t, nil, extra...)
+}
+
+// newDockerHostWith is newDockerHost with a step (before) between making
+// the namespaces and starting fabricd, e.g. to plug in an underlay.
+func newDockerHostWith(t *testing.T, before func(*dockerHost), extra ...string) *dockerHost {
+	t.Helper()
+	requireDocker(t)
+	h := &host{t: t, prefix: netnstest.UniqueName("d")}
+	h.extra, h.dp = withDatapath(append([]string{"--docker-plugin", dockerPluginSock, "--metrics-listen", ""}, extra...))
+	h.ns, h.nsPath = netnstest.New(t, "dh")
+	h.outside, _ = netnstest.New(t, "do")
+	h.dir = t.TempDir()
+	h.socket = filepath.Join(h.dir, "fabricd.sock")
+	run(t, "ip", "link", "add", "up0", "netns", h.ns, "type", "veth", "peer", "name", "out0", "netns", h.outside)
+	run(t, "ip", "-n", h.ns, "addr", "add", hostUplinkIP+"/24", "dev", "up0")
+	run(t, "ip", "-n", h.ns, "link", "set", "up0", "up")
+	run(t, "ip", "-n", h.ns, "route", "add", "default", "via", outsideUplinkIP)
+	run(t, "ip", "-n", h.outside, "addr", "add", outsideUplinkIP+"/24", "dev", "out0")
+	run(t, "ip", "-n", h.outside, "link", "set", "out0", "up")
+	d := &dockerHost{host: h, dsock: filepath.Join(h.dir, "docker.sock"),
+		dataRoot: filepath.Join(h.dir, "docker-data"), execRoot: filepath.Join(h.dir, "docker-exec")}
+	d.holdMountNS()
+	t.Cleanup(d.cleanup)
+	if before != nil {
+		before(d)
+	}
+	d.startAgent()
+	d.startDockerd()
+	d.importBusybox()
+	return d
+}
+
+// holdMountNS starts a process in a new mount namespace (private
+// propagation) with a tmpfs on /run/docker/plugins.
+func (d *dockerHost) holdMountNS() {
+	t := d.t
+	if err := os.MkdirAll("/run/docker/plugins", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d.mnt = exec.Command("unshare", "-m", "--propagation", "private", "sh", "-c",
+		"mount -t tmpfs -o mode=0755 fabric-e2e /run/docker/plugins && echo ready && exec sleep 3600")
+	var out bytes.Buffer
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.mnt.Stdout, d.mnt.Stderr = pw, &out
+	if err := d.mnt.Start(); err != nil {
+		t.Fatalf("unshare: %v", err)
+	}
+	pw.Close()
+	buf := make([]byte, 6)
+	_ = pr.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, _ := pr.Read(buf)
+	pr.Close()
+	if string(buf[:n]) != "ready\n" {
+		_ = d.mnt.Process.Kill()
+		t.Fatalf("mount namespace for dockerd: %s", out.String())
+	}
+	d.mntPath = "/proc/" + itoa(d.mnt.Process.Pid) + "/ns/mnt"
+}
+
+// startAgent runs fabricd in the host network namespace and the private
+// mount namespace, with DOCKER_HOST pointing at this host's dockerd.
+func (d *dockerHost) startAgent() {
+	h := d.host
+	h.t.Helper()
+	var err error
+	h.logFile, err = os.OpenFile(filepath.Join(h.dir, "fabricd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if h.bpfRoot == "" {
+		h.bpfRoot = "/sys/fs/bpf/fabric-e2e-" + h.prefix
+	}
+	args := append([]string{"--net=" + h.nsPath, "--mount=" + d.mntPath, filepath.Join(binDir, "fabricd"),
+		"--state-dir", filepath.Join(h.dir, "state"), "--socket", h.socket, "--bpf-root", h.bpfRoot,
+		"--node-name", h.ns, "--log-level", "debug", "--config", h.configFile()}, h.extra...)
+	h.agent = exec.Command("nsenter", args...)
+	h.agent.Stdout, h.agent.Stderr = h.logFile, h.logFile
+	h.agent.Env = append(os.Environ(), "FABRIC_SOCKET=", "DOCKER_HOST=unix://"+d.dsock)
+	if err := h.agent.Start(); err != nil {
+		h.t.Fatalf("start fabricd: %v", err)
+	}
+	exited := make(chan struct{})
+	go func(c *exec.Cmd) { _ = c.Wait(); close(exited) }(h.agent)
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-exited:
+			h.t.Fatalf("fabricd exited during start-up:\n%s", h.log())
+		default:
+		}
+		if _, _, code := h.ctl("status"); code == 0 || code == 1 {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	h.t.Fatalf("fabricd did not answer within 20s:\n%s", h.log())
+}
+
+// startDockerd runs dockerd (live-restore: containers outlive it) and
+// waits until it answers.
+func (d *dockerHost) startDockerd() {
+	t := d.t
+	t.Helper()
+	logf, err := os.OpenFile(filepath.Join(d.dir, "dockerd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.dockerd = exec.Command("nsenter", "--net="+d.nsPath, "--mount="+d.mntPath, "/usr/sbin/dockerd",
+		"--storage-driver", "vfs", "--bridge", "none", "--iptables=false", "--ip6tables=false", "--live-restore", "--dns", "169.254.53.53",
+		"--data-root", d.dataRoot, "--exec-root", d.execRoot, "-H", "unix://"+d.dsock,
+		"--pidfile", filepath.Join(d.dir, "dockerd.pid"), "--containerd-namespace", d.prefix,
+		"--containerd-plugins-namespace", d.prefix+"p")
+	d.dockerd.Stdout, d.dockerd.Stderr = logf, logf
+	if err := d.dockerd.Start(); err != nil {
+		t.Fatalf("start dockerd: %v", err)
+	}
+	logf.Close()
+	go func(c *exec.Cmd) { _ = c.Wait() }(d.dockerd)
+	for i := 0; i < 150; i++ {
+		if _, _, code := d.docker("version"); code == 0 {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	b, _ := os.ReadFile(filepath.Join(d.dir, "dockerd.log"))
+	t.Skipf("dockerd did not start within 15s (cannot run Docker here):\n%s", tail(string(b), 3000))
+}
+
+// stopDockerd ends dockerd (SIGTERM; with live-restore the containers
+// keep running) and waits for it.
+func (d *dockerHost) stopDockerd() {
+	if d.dockerd == nil || d.dockerd.Process == nil {
+		return
+	}
+	_ = d.dockerd.Process.Signal(syscall.SIGTERM)
+	for i := 0; i < 200 && d.dockerd.Process.Signal(syscall.Signal(0)) == nil; i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
+	_ = d.dockerd.Process.Kill()
+	d.dockerd = nil
+}
+
+// importBusybox makes image "bb" from the host's static busybox.
+func (d *dockerHost) importBusybox() {
+	t := d.t
+	root := filepath.Join(d.dir, "rootfs")
+	for _, dir := range []string{"bin", "etc", "tmp", "proc", "sys", "dev", "www"} {
+		if err := os.MkdirAll(filepath.Join(root, dir), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run(t, "cp", "/bin/busybox", filepath.Join(root, "bin", "busybox"))
+	for _, c := range []string{"sh", "ping", "nc", "wget", "ip", "cat", "sleep", "nslookup", "httpd", "echo", "true"} {
+		if err := os.Symlink("busybox", filepath.Join(root, "bin", c)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tarPath := filepath.Join(d.dir, "bb.tar")
+	run(t, "tar", "-C", root, "-cf", tarPath, ".")
+	d.mustDocker("import", tarPath, "bb")
+}
+
+// docker runs the docker CLI against this host's dockerd.
+func (d *dockerHost) docker(args ...string) (stdout, stderr string, code int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "/usr/bin/docker", append([]string{"-H", "unix://" + d.dsock}, args...)...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	if err != nil {
+		code = -1
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		}
+	}
+	return strings.TrimSpace(o.String()), strings.TrimSpace(e.String()), code
+}
+
+func (d *dockerHost) mustDocker(args ...string) string {
+	d.t.Helper()
+	out, errOut, code := d.docker(args...)
+	if code != 0 {
+		d.t.Fatalf("docker %s: exit %d\nstdout: %s\nstderr: %s\nfabricd log:\n%s", strings.Join(args, " "), code, out, errOut, d.log())
+	}
+	return out
+}
+
+// dockerFails runs a docker command that must fail with an error
+// containing want.
+func (d *dockerHost) dockerFails(want string, args ...string) {
+	d.t.Helper()
+	out, errOut, code := d.docker(args...)
+	if code == 0 {
+		d.t.Fatalf("docker %s succeeded (%s), want an error with %q", strings.Join(args, " "), out, want)
+	}
+	if !strings.Contains(errOut, want) {
+		d.t.Fatalf("docker %s: error %q does not say %q", strings.Join(args, " "), errOut, want)
+	}
+}
+
+// dockerSandboxes lists fabric's sandboxes owned by Docker.
+func (d *dockerHost) dockerSandboxes() []api.Sandbox {
+	d.t.Helper()
+	var all, out []api.Sandbox
+	d.ctlJSON(&all, "sandbox", "ls")
+	for _, sb := range all {
+		if sb.Owner == "docker" {
+			out = append(out, sb)
+		}
+	}
+	return out
+}
+
+// mustWait polls cond (every 50ms, at most limit) and fails with what.
+func mustWait(t *testing.T, limit time.Duration, what string, cond func() bool, detail ...func() string) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			var more string
+			for _, f := range detail {
+				more += "\n" + f()
+			}
+			t.Fatalf("timed out after %v waiting for %s%s", limit, what, more)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// containerIP is a container's address on a Docker network, as Docker
+// reports it.
+func (d *dockerHost) containerIP(container, network string) string {
+	d.t.Helper()
+	out := d.mustDocker("inspect", "-f", "{{json .NetworkSettings.Networks}}", container)
+	var nets map[string]struct{ IPAddress string }
+	if err := json.Unmarshal([]byte(out), &nets); err != nil {
+		d.t.Fatalf("decode %q: %v", out, err)
+	}
+	return nets[network].IPAddress
+}
+
+func (d *dockerHost) cleanup() {
+	if d.t.Failed() {
+		b, _ := os.ReadFile(filepath.Join(d.dir, "dockerd.log"))
+		d.t.Logf("dockerd log (tail):\n%s", tail(string(b), 3000))
+	}
+	if d.dockerd != nil {
+		ids, _, _ := d.docker("ps", "-aq")
+		if ids != "" {
+			d.docker(append([]string{"rm", "-f"}, strings.Fields(ids)...)...)
+		}
+		d.stopDockerd()
+	}
+	d.host.cleanup()
+	if d.mnt != nil && d.mnt.Process != nil {
+		_ = d.mnt.Process.Kill()
+		_ = d.mnt.Wait()
+	}
+	// vfs layers and Docker's mounts live under the test's temp dir.
+	_ = exec.Command("umount", "-R", "-l", d.execRoot).Run()
+	_ = exec.Command("umount", "-R", "-l", d.dataRoot).Run()
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
