@@ -133,7 +133,7 @@ func TestChaosOnTheUnderlay(t *testing.T) {
 			}
 			_ = l.inNode(2, "ip", "link", "set", "eth0", "up")
 		}()
-		err := transfer(sb[1], ip[2], 256<<10)()
+		err := transfer(sb[1], ip[2], 1<<20)()
 		close(stop)
 		wg.Wait()
 		if err != nil {
@@ -182,9 +182,11 @@ func (l *testLab) netem(t *testing.T, i int, args ...string) {
 
 // members is node i's view of the cluster.
 func (l *testLab) members(i int) ([]api.Member, error) {
+	// status exits 1 when something is unhealthy (a failed member, an
+	// unanswered underlay probe) and still prints the whole status.
 	out, _, code := l.ctl("--socket", l.sock(i), "-o", "json", "status")
 	var st api.Status
-	if err := json.Unmarshal([]byte(out), &st); err != nil || code != 0 || st.Cluster == nil {
+	if err := json.Unmarshal([]byte(out), &st); err != nil || code > 1 || st.Cluster == nil {
 		return nil, fmt.Errorf("status of n%d: exit %d: %v", i, code, err)
 	}
 	return st.Cluster.Members, nil
