@@ -84,15 +84,11 @@ type Options struct {
 	// limit.
 	ConntrackPending int
 
-	// endpointSpec, if set, is loaded in place of the built-in endpoint
-	// object: tests upgrade to a program that differs with it.
-	endpointSpec *ebpf.CollectionSpec
+	// EndpointSpec, if set, is a build of the endpoint object loaded in
+	// place of the built-in one (bpf.EndpointSpec): tests upgrade to a
+	// program that differs, or load one the verifier rejects, with it.
+	EndpointSpec *ebpf.CollectionSpec
 }
-
-// ErrUnsupported wraps every reason the eBPF datapath cannot run here
-// (no BPF, no BTF, no TCX, no bpffs): "auto" falls back to the kernel
-// datapath on it.
-var ErrUnsupported = errors.New("eBPF datapath not supported on this host")
 
 // New builds the eBPF datapath: a kernel datapath whose bridge networks are
 // served by the Forwarder.
@@ -155,7 +151,8 @@ var _ kernel.Forwarder = (*Forwarder)(nil)
 
 // NewForwarder loads the programs (re-opening pinned maps), and prepares
 // the host namespace. An error wrapping ErrUnsupported means this host
-// cannot run the eBPF datapath at all.
+// cannot run the eBPF datapath at all; one wrapping ErrRejected, that the
+// verifier refused a program of ours (it carries the log's tail).
 func NewForwarder(log *slog.Logger, opts Options) (_ *Forwarder, err error) {
 	if opts.BPFRoot == "" {
 		opts.BPFRoot = DefaultBPFRoot
@@ -195,7 +192,7 @@ func NewForwarder(log *slog.Logger, opts Options) (_ *Forwarder, err error) {
 		return nil, err
 	}
 	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, fmt.Errorf("%w: lift memlock limit: %v", ErrUnsupported, err)
+		return nil, unsupported("lift memlock limit", err)
 	}
 	if err := ensureBPFFS(opts.BPFRoot); err != nil {
 		return nil, err
@@ -204,10 +201,10 @@ func NewForwarder(log *slog.Logger, opts Options) (_ *Forwarder, err error) {
 	if err != nil {
 		return nil, err
 	}
-	spec := opts.endpointSpec
+	spec := opts.EndpointSpec
 	if spec == nil {
 		if spec, err = bpf.EndpointSpec(); err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrUnsupported, err)
+			return nil, unsupported("endpoint programs", err)
 		}
 	}
 	if err := bpf.SetConntrackMax(spec, opts.ConntrackMax); err != nil {
@@ -229,7 +226,7 @@ func NewForwarder(log *slog.Logger, opts Options) (_ *Forwarder, err error) {
 		return nil, err
 	}
 	if f.tun, err = bpf.LoadTunnel(f.objs, nil); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrUnsupported, err)
+		return nil, classifyLoad("tunnel program", err)
 	}
 	defer func() {
 		if err != nil {
@@ -244,7 +241,7 @@ func NewForwarder(log *slog.Logger, opts Options) (_ *Forwarder, err error) {
 		return nil, err
 	}
 	if err := f.attachUplink(); err != nil {
-		return nil, fmt.Errorf("%w: uplink programs: %v", ErrUnsupported, err)
+		return nil, classifyLoad("uplink programs", err)
 	}
 	if err := f.attachSockHooks(); err != nil {
 		f.log.Warn("socket hooks unavailable: published ports are not reachable from this host's own sockets", "err", err)
@@ -315,19 +312,19 @@ func policyDetail(p bpf.Policy) string {
 func ensureBPFFS(root string) error {
 	if isUnder(root, "/sys/fs/bpf") && isBPFFS("/sys/fs/bpf") != nil {
 		if err := os.MkdirAll("/sys/fs/bpf", 0o755); err != nil {
-			return fmt.Errorf("%w: create /sys/fs/bpf: %v", ErrUnsupported, err)
+			return unsupported("create /sys/fs/bpf", err)
 		}
 		if err := unix.Mount("bpffs", "/sys/fs/bpf", "bpf", 0, "mode=0700"); err != nil {
-			return fmt.Errorf("%w: mount bpffs on /sys/fs/bpf: %v", ErrUnsupported, err)
+			return unsupported("mount bpffs on /sys/fs/bpf", err)
 		}
 	}
 	for _, sub := range []string{"maps", "links"} {
 		if err := os.MkdirAll(filepath.Join(root, sub), 0o700); err != nil {
-			return fmt.Errorf("%w: create bpf root %s: %v", ErrUnsupported, root, err)
+			return unsupported("create bpf root "+root, err)
 		}
 	}
 	if err := isBPFFS(root); err != nil {
-		return fmt.Errorf("%w: bpf root %s: %v", ErrUnsupported, root, err)
+		return unsupported("bpf root "+root, err)
 	}
 	return nil
 }
@@ -396,7 +393,7 @@ func loadPinned(log *slog.Logger, root string, spec *ebpf.CollectionSpec) (*bpf.
 		objs, err = bpf.LoadSpec(spec, nil)
 	}
 	if err != nil {
-		return nil, 0, fmt.Errorf("%w: %v", ErrUnsupported, err)
+		return nil, 0, classifyLoad("endpoint programs", err)
 	}
 	for name, m := range objs.Maps() {
 		if _, ok := repl[name]; ok {
