@@ -271,6 +271,15 @@ type fallback struct {
 	why string
 }
 
+// Metrics are the kernel datapath's (fallback hides its methods but those
+// of datapath.Datapath).
+func (f fallback) Metrics() (datapath.Metrics, error) {
+	if r, ok := f.Datapath.(datapath.MetricsReader); ok {
+		return r.Metrics()
+	}
+	return datapath.Metrics{}, nil
+}
+
 // Status warns with the first line of why: a verifier rejection carries
 // the verifier's whole log, which the agent's log has (the warning at
 // start-up), not a status line.

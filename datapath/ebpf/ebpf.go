@@ -135,6 +135,10 @@ type Forwarder struct {
 	warnings     []string
 	restored     int    // pinned maps re-opened at start
 	ctEvictions  uint64 // highest conntrack eviction estimate reported
+	// written are the remotes map entries as this process last wrote
+	// them: one missing or changed later is drift a Sync repairs.
+	written map[remoteKey]bpf.Remote
+	repairs datapath.Repairs
 }
 
 type netState struct {
@@ -143,8 +147,9 @@ type netState struct {
 }
 
 type epState struct {
-	ifindex int
-	ports   []bpf.Port
+	ifindex  int
+	ports    []bpf.Port
+	attached bool // its program was attached by this process
 }
 
 var _ kernel.Forwarder = (*Forwarder)(nil)
@@ -170,6 +175,8 @@ func NewForwarder(log *slog.Logger, opts Options) (_ *Forwarder, err error) {
 		opts: opts,
 		nets: map[string]netState{},
 		eps:  map[string]epState{},
+
+		written: map[remoteKey]bpf.Remote{},
 	}
 	f.nsPath = opts.NetNSPath
 	if f.nsPath == "" {

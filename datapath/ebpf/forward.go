@@ -123,7 +123,7 @@ func (f *Forwarder) EnsureEndpoint(n datapath.Network, ep datapath.Endpoint, hos
 	if err != nil {
 		return err
 	}
-	old := f.eps[ep.ID]
+	old, had := f.eps[ep.ID]
 	for _, p := range old.ports {
 		if !slices.Contains(ports, p) {
 			if err := f.objs.DeletePort(p); err != nil {
@@ -137,9 +137,12 @@ func (f *Forwarder) EnsureEndpoint(n datapath.Network, ep datapath.Endpoint, hos
 		}
 	}
 	f.eps[ep.ID] = epState{ifindex: ifindex, ports: ports}
-	if err := f.attachTC(f.linkPin(endpointPin(ifindex)), ifindex, f.objs.FromEndpoint(), ebpf.AttachTCXIngress); err != nil {
+	// Attached before on this very veth: missing now is drift.
+	expected := had && old.ifindex == ifindex && old.attached
+	if err := f.ensureTC(f.linkPin(endpointPin(ifindex)), ifindex, f.objs.FromEndpoint(), ebpf.AttachTCXIngress, expected); err != nil {
 		return err
 	}
+	f.eps[ep.ID] = epState{ifindex: ifindex, ports: ports, attached: true}
 	return nil
 }
 
@@ -323,6 +326,7 @@ func (f *Forwarder) Sync(s datapath.State) error {
 	}
 	errs = append(errs, f.syncOverlay(wantNets, s))
 	errs = append(errs, f.refreshHostAddrs())
+	errs = append(errs, f.ensureUplinkAttached())
 	return errors.Join(errs...)
 }
 

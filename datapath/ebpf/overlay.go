@@ -257,18 +257,17 @@ func (f *Forwarder) setRemotes(n datapath.Network, remotes []datapath.Remote) er
 		return err
 	}
 	// Put first, then delete: an entry that stays is never missing.
-	for _, r := range want {
-		if err := f.objs.PutRemote(r); err != nil {
-			if errors.Is(err, bpf.ErrInvalid) {
-				return fmt.Errorf("network %s: %w (%w)", n.ID, err, datapath.ErrInvalid)
-			}
-			return fmt.Errorf("network %s: %w", n.ID, err)
+	if err := f.putRemotes(want, have); err != nil {
+		if errors.Is(err, bpf.ErrInvalid) {
+			return fmt.Errorf("network %s: %w (%w)", n.ID, err, datapath.ErrInvalid)
 		}
+		return fmt.Errorf("network %s: %w", n.ID, err)
 	}
 	var errs []error
 	for _, r := range have {
 		if _, ok := want[r.Addr]; r.Network == id && !ok {
 			errs = append(errs, f.objs.DeleteRemote(id, r.Addr))
+			delete(f.written, remoteKey{id, r.Addr})
 		}
 	}
 	return errors.Join(errs...)
@@ -316,6 +315,7 @@ func (f *Forwarder) syncOverlay(nets map[string]datapath.Network, s datapath.Sta
 		for _, r := range have {
 			if !overlay[r.Network] {
 				errs = append(errs, f.objs.DeleteRemote(r.Network, r.Addr))
+				delete(f.written, remoteKey{r.Network, r.Addr})
 			}
 		}
 	}

@@ -179,10 +179,11 @@ func (d *Datapath) Metrics() (datapath.Metrics, error) {
 		m, err := r.Metrics()
 		if err == nil {
 			m.SkippedRemotes = d.skips.Counts()
+			m.Repairs = datapath.MergeCounts(m.Repairs, d.repairs.Counts())
 		}
 		return m, err
 	}
-	m := datapath.Metrics{SkippedRemotes: d.skips.Counts()}
+	m := datapath.Metrics{SkippedRemotes: d.skips.Counts(), Repairs: d.repairs.Counts()}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.nft == nil {

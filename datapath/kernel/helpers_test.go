@@ -372,3 +372,15 @@ func (l *lab) setBridgeNetfilter(on bool) {
 		l.t.Skipf("br_netfilter sysctl not available: %v", err)
 	}
 }
+
+// faulty is a second datapath on l's host namespace whose steps fail as
+// f says; it is closed at the end of the test.
+func (l *lab) faulty(f faults) *Datapath {
+	l.t.Helper()
+	dp, err := New(slog.New(slog.NewTextHandler(testWriter{l.t}, nil)), Options{NetNSPath: l.hostPath, faults: f})
+	if err != nil {
+		l.t.Fatalf("new faulty datapath: %v", err)
+	}
+	l.t.Cleanup(func() { dp.Close() })
+	return dp
+}

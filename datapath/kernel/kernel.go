@@ -61,6 +61,24 @@ type Options struct {
 	// GuardPorts are fabric's own ports on the host (gossip, tunnel,
 	// metrics): the input chain drops what sandboxes send to them.
 	GuardPorts []datapath.HostPort
+
+	// faults, set only by this package's tests, makes a step fail right
+	// after a link was created, to show it is rolled back.
+	faults faults
+}
+
+// faults are failures injected after a step that must be rolled back.
+// The zero value injects nothing.
+type faults struct {
+	vethCreated  func() error // after a veth pair is created
+	childCreated func() error // after a macvlan/ipvlan child is created
+}
+
+func (f faults) after(step func() error) error {
+	if step == nil {
+		return nil
+	}
+	return step()
 }
 
 // Forwarder forwards bridge-network traffic without a bridge. Its methods
@@ -117,11 +135,15 @@ type Datapath struct {
 	// skips logs and counts the remotes SetRemotes leaves out.
 	skips datapath.SkipLog
 
-	// testHookVethCreated, when set by a test, runs right after a veth pair
-	// is created; an error it returns must be rolled back like any other.
-	testHookVethCreated func() error
-	// testHookChildCreated is the same for macvlan/ipvlan children.
-	testHookChildCreated func() error
+	// repairs counts what a Sync found missing and put back; syncing is
+	// set while one runs (only a Sync's creations are repairs of drift).
+	repairs datapath.Repairs
+	syncing bool
+	// tableSynced is set once a Sync wrote the nftables table: later ones
+	// only compare it with state.
+	tableSynced bool
+
+	faults faults // Options.faults
 }
 
 // errClosed is returned by every method after Close.
@@ -220,6 +242,7 @@ func New(log *slog.Logger, opts Options) (_ *Datapath, err error) {
 		tunnel: opts.Tunnel,
 		guard:  slices.Clone(opts.GuardPorts),
 		state:  newDesired(),
+		faults: opts.faults,
 
 		parentNets: map[string]datapath.Network{},
 		overlays:   map[string]*overlayNet{},

@@ -311,8 +311,8 @@ func TestFailedEndpointSetupLeavesNothing(t *testing.T) {
 	s1, p1 := l.sandbox()
 	e1 := endpoint("ep1", a, p1, "eth0", "vh1", 2, true)
 	boom := errors.New("injected failure")
-	l.dp.testHookVethCreated = func() error { return boom }
-	if err := l.dp.EnsureEndpoint(ctx, a, e1); !errors.Is(err, boom) {
+	faulty := l.faulty(faults{vethCreated: func() error { return boom }})
+	if err := faulty.EnsureEndpoint(ctx, a, e1); !errors.Is(err, boom) {
 		t.Fatalf("EnsureEndpoint: %v, want the injected failure", err)
 	}
 	if !l.linkGone("vh1") {
@@ -321,7 +321,6 @@ func TestFailedEndpointSetupLeavesNothing(t *testing.T) {
 	if out := netnstest.Run(t, s1, "ip", "-o", "link", "show"); strings.Contains(out, "eth0") {
 		t.Errorf("sandbox interface left behind: %s", out)
 	}
-	l.dp.testHookVethCreated = nil
 	l.ensureEndpoint(a, e1)
 	mustPing(t, s1, "10.89.1.1")
 }

@@ -60,10 +60,8 @@ func (d *Datapath) ensureChild(n datapath.Network, ep datapath.Endpoint) (create
 				}
 			}
 		}()
-		if d.testHookChildCreated != nil {
-			if err := d.testHookChildCreated(); err != nil {
-				return created, err
-			}
+		if err := d.faults.after(d.faults.childCreated); err != nil {
+			return created, err
 		}
 	}
 	if err := configureChild(sb.nl, child, n, ep, mtu, created); err != nil {

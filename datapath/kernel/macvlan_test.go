@@ -327,15 +327,14 @@ func TestMacvlanFailedSetupLeavesNothing(t *testing.T) {
 	_, p1 := h1.sandbox()
 	e1 := endpoint("e1", n, p1, "eth0", "", 2, true)
 	boom := errors.New("injected failure")
-	h1.dp.testHookChildCreated = func() error { return boom }
-	if err := h1.dp.EnsureEndpoint(ctx, n, e1); !errors.Is(err, boom) {
+	faulty := h1.faulty(faults{childCreated: func() error { return boom }})
+	if err := faulty.EnsureEndpoint(ctx, n, e1); !errors.Is(err, boom) {
 		t.Fatalf("EnsureEndpoint: %v, want the injected failure", err)
 	}
 	if !childGone(t, p1, "eth0") {
 		t.Error("child left in the sandbox after a failed set-up")
 	}
 	h1.link("eth0") // the host's own eth0 is untouched
-	h1.dp.testHookChildCreated = nil
 	h1.ensureEndpoint(n, e1)
 	child(t, p1, "eth0")
 	h1.link("eth0")

@@ -451,6 +451,9 @@ func (d *Datapath) programRemotes(n datapath.Network, link netlink.Link, remotes
 		if err := d.nl.NeighSet(fdbEntry(mac, node)); err != nil {
 			return fmt.Errorf("network %s: FDB entry %s -> %s on %s: %w", n.ID, net.HardwareAddr(mac), node, name, err)
 		}
+		if d.programmed(n.ID, func(r datapath.Remote) bool { return string(r.MAC) == mac && r.Node == node }) {
+			d.repaired(datapath.RepairForward, fmt.Sprintf("%s fdb %s -> %s", name, net.HardwareAddr(mac), node))
+		}
 		for _, dst := range dsts {
 			if dst.node != node {
 				stale = append(stale, fdbEntry(mac, dst.node))
@@ -487,6 +490,9 @@ func (d *Datapath) programRemotes(n datapath.Network, link netlink.Link, remotes
 		if err != nil {
 			return fmt.Errorf("network %s: neighbour %s -> %s on %s: %w", n.ID, a, mac, name, err)
 		}
+		if d.programmed(n.ID, func(r datapath.Remote) bool { return r.Addr == a && slices.Equal(r.MAC, mac) }) {
+			d.repaired(datapath.RepairForward, fmt.Sprintf("%s neighbour %s -> %s", name, a, mac))
+		}
 	}
 	for _, e := range staleNeigh {
 		if err := d.nl.NeighDel(&e); err != nil && !errors.Is(err, unix.ENOENT) {
@@ -499,6 +505,13 @@ func (d *Datapath) programRemotes(n datapath.Network, link netlink.Link, remotes
 		}
 	}
 	return nil
+}
+
+// programmed reports whether a remote of network id that match accepts
+// was set on the device before (so that its entry missing now is drift).
+func (d *Datapath) programmed(id string, match func(datapath.Remote) bool) bool {
+	o := d.overlays[id]
+	return o != nil && slices.ContainsFunc(o.remotes, match)
 }
 
 // overlayDetails describes the overlay networks for Status.

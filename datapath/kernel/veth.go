@@ -99,10 +99,8 @@ func (d *Datapath) ensureVeth(n datapath.Network, ep datapath.Endpoint) (created
 				}
 			}
 		}()
-		if d.testHookVethCreated != nil {
-			if err := d.testHookVethCreated(); err != nil {
-				return created, err
-			}
+		if err := d.faults.after(d.faults.vethCreated); err != nil {
+			return created, err
 		}
 	}
 	if d.fwd != nil {

@@ -129,6 +129,35 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	return nil
 }
 
+// repairDatapath runs the datapath's reconcile pass (Sync) every interval
+// to put back what was removed or changed by hand. It holds the agent's
+// lock for the pass: the desired state is the one API calls change under
+// that lock, so a pass never undoes, or races, one in flight. Repairs are
+// counted and logged by the datapath; an error is logged when it changes.
+func (a *Agent) repairDatapath(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	var last string
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		a.mu.Lock()
+		err := a.dp.Sync(ctx, a.desiredLocked())
+		a.mu.Unlock()
+		msg := ""
+		if err != nil && ctx.Err() == nil && !onlyParentMissing(err) {
+			msg = err.Error()
+		}
+		if msg != last && msg != "" {
+			a.log.Warn("datapath repair pass failed", "err", err)
+		}
+		last = msg
+	}
+}
+
 // onlyParentMissing reports whether err (possibly several joined) consists
 // of nothing but missing macvlan/ipvlan parents.
 func onlyParentMissing(err error) bool {

@@ -1,0 +1,69 @@
+package datapath
+
+import (
+	"log/slog"
+	"maps"
+	"sync"
+	"time"
+)
+
+// RepairInterval is how often the agent runs a datapath's reconcile pass
+// (Sync of the complete desired state) while it runs, so that what was
+// removed or changed by hand (a veth, the nftables table, a tc program, an
+// overlay forwarding entry) comes back without a restart. flannel re-checks
+// its routes as often. A pass compares and rewrites only what differs.
+const RepairInterval = 10 * time.Second
+
+// Repair object kinds, the label of fabric_datapath_repairs_total.
+const (
+	RepairVeth     = "veth"      // an endpoint's veth pair (or its host side) was missing
+	RepairBridge   = "bridge"    // a network's bridge was missing
+	RepairVXLAN    = "vxlan"     // an overlay network's VXLAN device was missing
+	RepairNFTables = "nftables"  // the nftables table was missing or changed
+	RepairForward  = "fdb"       // an overlay forwarding entry (FDB, neighbour or remotes map) was missing or wrong
+	RepairProgram  = "program"   // a tc/TCX program was not attached where it must be
+	RepairStale    = "stale"     // a fabric object no record names was removed
+	RepairChild    = "lan-child" // a macvlan/ipvlan child was missing
+)
+
+// Repairs counts, and logs, what a reconcile pass found out of place and
+// put back. It is safe for concurrent use; the zero value is ready.
+type Repairs struct {
+	mu sync.Mutex
+	n  map[string]uint64
+}
+
+// Add counts one repair of an object of kind object, named name, and logs
+// it once (one line per object repaired).
+func (r *Repairs) Add(log *slog.Logger, object, name string) {
+	r.mu.Lock()
+	if r.n == nil {
+		r.n = map[string]uint64{}
+	}
+	r.n[object]++
+	r.mu.Unlock()
+	if log != nil {
+		log.Warn("repaired datapath drift", "object", object, "name", name)
+	}
+}
+
+// Counts are the repairs so far, by object kind.
+func (r *Repairs) Counts() map[string]uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return maps.Clone(r.n)
+}
+
+// MergeCounts adds b's counts into a (allocated if nil) and returns it.
+func MergeCounts(a, b map[string]uint64) map[string]uint64 {
+	if len(b) == 0 {
+		return a
+	}
+	if a == nil {
+		a = make(map[string]uint64, len(b))
+	}
+	for k, v := range b {
+		a[k] += v
+	}
+	return a
+}
