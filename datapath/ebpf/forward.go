@@ -113,6 +113,9 @@ func (f *Forwarder) EnsureEndpoint(n datapath.Network, ep datapath.Endpoint, hos
 	}
 	ifindex := host.Attrs().Index
 	addr := ep.Addr.Addr()
+	if err := f.forgetOldVeth(ep.ID, ifindex); err != nil {
+		return err
+	}
 	if err := f.objs.PutEndpoint(bpf.Endpoint{HostIfindex: ifindex, Addr: addr, MAC: ep.MAC, Network: netID(n.ID)}); err != nil {
 		return err
 	}
@@ -144,6 +147,21 @@ func (f *Forwarder) EnsureEndpoint(n datapath.Network, ep datapath.Endpoint, hos
 	}
 	f.eps[ep.ID] = epState{ifindex: ifindex, ports: ports, attached: true}
 	return nil
+}
+
+// forgetOldVeth drops what the endpoint's previous host veth left in the
+// maps and pins when the endpoint now has another one (the veth was
+// removed by hand and made again): the address stays held by a dead
+// ifindex otherwise.
+func (f *Forwarder) forgetOldVeth(id string, ifindex int) error {
+	old, ok := f.eps[id]
+	if !ok || old.ifindex == ifindex {
+		return nil
+	}
+	if err := f.objs.DeleteEndpoint(old.ifindex); err != nil {
+		return fmt.Errorf("endpoint %s: forget old host veth %d: %w", id, old.ifindex, err)
+	}
+	return f.detach(f.linkPin(endpointPin(old.ifindex)))
 }
 
 func portsOf(ep datapath.Endpoint) ([]bpf.Port, error) {
