@@ -62,7 +62,9 @@ func TestDriftIsRepaired(t *testing.T) {
 	for _, d := range []datapathtest.Drift{
 		{Name: "host veth", Object: datapath.RepairVeth,
 			Remove: func() error { return netnstest.Cmd(h1.name, "ip", "link", "del", h1.ep.HostIfName).Run() },
-			Back:   func() bool { return netnstest.Cmd(h1.name, "ip", "link", "show", h1.ep.HostIfName).Run() == nil && reaches() }},
+			Back: func() bool {
+				return netnstest.Cmd(h1.name, "ip", "link", "show", h1.ep.HostIfName).Run() == nil && reaches()
+			}},
 		{Name: "uplink TCX program", Object: datapath.RepairProgram,
 			Remove: func() error { return detachPinned(uplinkPin) },
 			Back:   func() bool { return tcxAttached(uplinkPin) }},
