@@ -53,17 +53,3 @@ func (r *Repairs) Counts() map[string]uint64 {
 	defer r.mu.Unlock()
 	return maps.Clone(r.n)
 }
-
-// MergeCounts adds b's counts into a (allocated if nil) and returns it.
-func MergeCounts(a, b map[string]uint64) map[string]uint64 {
-	if len(b) == 0 {
-		return a
-	}
-	if a == nil {
-		a = make(map[string]uint64, len(b))
-	}
-	for k, v := range b {
-		a[k] += v
-	}
-	return a
-}

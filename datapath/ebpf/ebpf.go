@@ -1,6 +1,7 @@
-// Package ebpf is the eBPF datapath: bridge networks without a bridge. The
-// kernel datapath (package kernel) still makes each endpoint's veth pair and
-// configures the sandbox side; this package's Forwarder does the host side:
+// Package ebpf is the eBPF datapath: bridge networks without a bridge.
+// Each endpoint's veth pair and sandbox side, and macvlan/ipvlan networks,
+// come from the plumbing it shares with the kernel datapath (package
+// plumb); the host side of bridge and overlay endpoints is programs:
 //
 //   - a tc program (bpf.FromEndpoint, TCX ingress) on every host-side veth
 //     answers the sandbox's ARP, enforces anti-spoofing and isolation, and
@@ -19,7 +20,7 @@
 //
 // Everything is done in one "host" network namespace through netlink
 // handles opened on it; program attachment happens on a thread switched
-// into it.
+// into it. The package does not know the kernel datapath (nor it this one).
 package ebpf
 
 import (
@@ -41,7 +42,6 @@ import (
 
 	"github.com/fabricnet/fabric/bpf"
 	"github.com/fabricnet/fabric/datapath"
-	"github.com/fabricnet/fabric/datapath/kernel"
 	"github.com/fabricnet/fabric/datapath/netns"
 )
 
@@ -90,25 +90,10 @@ type Options struct {
 	EndpointSpec *ebpf.CollectionSpec
 }
 
-// New builds the eBPF datapath: a kernel datapath whose bridge networks are
-// served by the Forwarder.
-func New(log *slog.Logger, opts Options) (*kernel.Datapath, error) {
-	if log == nil {
-		log = slog.Default()
-	}
-	fwd, err := NewForwarder(log, opts)
-	if err != nil {
-		return nil, err
-	}
-	dp, err := kernel.New(log, kernel.Options{NetNSPath: opts.NetNSPath, Forwarder: fwd, Tunnel: opts.Tunnel})
-	if err != nil {
-		fwd.Close()
-		return nil, err
-	}
-	return dp, nil
-}
-
-// Forwarder implements kernel.Forwarder with the programs in package bpf.
+// Forwarder is the programs of package bpf and what they need on the
+// host (the gateway device, routes, the tunnel device, pins): the host side
+// of the eBPF datapath's bridge and overlay endpoints. Datapath calls it
+// under its lock; Status and Metrics may run concurrently.
 type Forwarder struct {
 	log    *slog.Logger
 	opts   Options
@@ -124,7 +109,7 @@ type Forwarder struct {
 	hasUp  bool   // an uplink was found
 	tcMode string // modeTCX or modeClsact, once the first tc program is attached
 
-	mu      sync.Mutex // guards the fields below (Status runs unlocked by kernel)
+	mu      sync.Mutex // guards the fields below (Status and Metrics run concurrently)
 	nets    map[string]netState
 	hostCfg bpf.HostConfig // as last written to the host_config map
 	// underlayName and underlayMTU are the tunnel address's interface,
@@ -151,8 +136,6 @@ type epState struct {
 	ports    []bpf.Port
 	attached bool // its program was attached by this process
 }
-
-var _ kernel.Forwarder = (*Forwarder)(nil)
 
 // NewForwarder loads the programs (re-opening pinned maps), and prepares
 // the host namespace. An error wrapping ErrUnsupported means this host

@@ -16,6 +16,7 @@ import (
 
 	"github.com/fabricnet/fabric/bpf"
 	"github.com/fabricnet/fabric/datapath"
+	"github.com/fabricnet/fabric/datapath/plumb"
 )
 
 // EnsureNetwork programs a bridge or overlay network: its gateway address
@@ -314,7 +315,7 @@ func (f *Forwarder) Sync(s datapath.State) error {
 		wantSubnet[n.Subnet.Masked()] = true
 	}
 	if gw, err := f.nl.LinkByName(gwDevice); err == nil {
-		addrs, err := f.nl.AddrList(gw, netlink.FAMILY_V4)
+		addrs, err := plumb.RetryDump(func() ([]netlink.Addr, error) { return f.nl.AddrList(gw, netlink.FAMILY_V4) })
 		if err != nil {
 			errs = append(errs, fmt.Errorf("list %s addresses: %w", gwDevice, err))
 		}

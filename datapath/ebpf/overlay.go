@@ -12,6 +12,7 @@ import (
 
 	"github.com/fabricnet/fabric/bpf"
 	"github.com/fabricnet/fabric/datapath"
+	"github.com/fabricnet/fabric/datapath/plumb"
 )
 
 // Overlay networks are bridge networks whose subnet spans hosts: local
@@ -157,7 +158,7 @@ func (f *Forwarder) underlay() (netlink.Link, error) {
 	if len(links) == 1 {
 		filter = links[0]
 	}
-	addrs, err := f.nl.AddrList(filter, netlink.FAMILY_V4)
+	addrs, err := plumb.RetryDump(func() ([]netlink.Addr, error) { return f.nl.AddrList(filter, netlink.FAMILY_V4) })
 	if err != nil {
 		return nil, fmt.Errorf("list addresses: %w", err)
 	}

@@ -20,7 +20,6 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/fabricnet/fabric/datapath"
-	"github.com/fabricnet/fabric/datapath/kernel"
 	fabricns "github.com/fabricnet/fabric/datapath/netns"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
@@ -41,7 +40,7 @@ type overlayHost struct {
 	underlay   string // underlay veth, the uplink
 	local      netip.Addr
 	opts       Options
-	dp         *kernel.Datapath
+	dp         *Datapath
 	sbName     string
 	ep         datapath.Endpoint
 }

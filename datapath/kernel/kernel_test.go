@@ -14,6 +14,7 @@ import (
 	"github.com/fabricnet/fabric/datapath"
 	fabricns "github.com/fabricnet/fabric/datapath/netns"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
+	"github.com/fabricnet/fabric/datapath/plumb"
 )
 
 var ctx = context.Background()
@@ -311,7 +312,7 @@ func TestFailedEndpointSetupLeavesNothing(t *testing.T) {
 	s1, p1 := l.sandbox()
 	e1 := endpoint("ep1", a, p1, "eth0", "vh1", 2, true)
 	boom := errors.New("injected failure")
-	faulty := l.faulty(faults{vethCreated: func() error { return boom }})
+	faulty := l.faulty(plumb.Faults{VethCreated: func() error { return boom }})
 	if err := faulty.EnsureEndpoint(ctx, a, e1); !errors.Is(err, boom) {
 		t.Fatalf("EnsureEndpoint: %v, want the injected failure", err)
 	}
@@ -541,11 +542,11 @@ func TestValidation(t *testing.T) {
 		func() datapath.Network { n := good; n.MTU = 20; return n }(),
 	}
 	for i, n := range bad {
-		if err := validateNetwork(n); !errors.Is(err, datapath.ErrInvalid) {
+		if err := plumb.ValidateNetwork(n); !errors.Is(err, datapath.ErrInvalid) {
 			t.Errorf("network %d: %v, want ErrInvalid", i, err)
 		}
 	}
-	if err := validateNetwork(good); err != nil {
+	if err := plumb.ValidateNetwork(good); err != nil {
 		t.Fatal(err)
 	}
 	ep := endpoint("e", good, "/var/run/netns/x", "eth0", "vh", 2, true)
@@ -562,11 +563,11 @@ func TestValidation(t *testing.T) {
 	for i, mutate := range badEPs {
 		e := ep
 		mutate(&e)
-		if err := validateEndpoint(good, e); !errors.Is(err, datapath.ErrInvalid) {
+		if err := plumb.ValidateEndpoint(good, e); !errors.Is(err, datapath.ErrInvalid) {
 			t.Errorf("endpoint %d: %v, want ErrInvalid", i, err)
 		}
 	}
-	if err := validateEndpoint(good, ep); err != nil {
+	if err := plumb.ValidateEndpoint(good, ep); err != nil {
 		t.Fatal(err)
 	}
 }
