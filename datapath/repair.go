@@ -53,3 +53,28 @@ func (r *Repairs) Counts() map[string]uint64 {
 	defer r.mu.Unlock()
 	return maps.Clone(r.n)
 }
+
+// Pass is a datapath's bookkeeping of its Sync passes: the repairs they
+// made and the last one's error (for Status). Only what a pass puts back
+// counts as a repair: Ensure calls make objects, they do not repair them.
+// Its methods run under the datapath's lock.
+type Pass struct {
+	Repairs Repairs
+	LastErr error
+	running bool
+}
+
+// Run runs one pass, sync, and keeps its error.
+func (p *Pass) Run(sync func() error) error {
+	p.running = true
+	defer func() { p.running = false }()
+	p.LastErr = sync()
+	return p.LastErr
+}
+
+// Repaired counts and logs an object put back, if a pass is running.
+func (p *Pass) Repaired(log *slog.Logger, object, name string) {
+	if p.running {
+		p.Repairs.Add(log, object, name)
+	}
+}

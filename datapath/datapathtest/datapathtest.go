@@ -5,10 +5,13 @@ package datapathtest
 
 import (
 	"context"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/fabricnet/fabric/datapath"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
 // RepairEvery runs dp.Sync(s) every interval until the test ends, as the
@@ -73,4 +76,35 @@ func repairs(tb testing.TB, m datapath.MetricsReader, object string) uint64 {
 		tb.Fatalf("metrics: %v", err)
 	}
 	return got.Repairs[object]
+}
+
+// Traffic pings to from the namespace nsName, five times a second for at
+// most 90 s, until the returned function stops it; that function fails
+// the test if no reply came back meanwhile, and returns ping's summary.
+func Traffic(tb testing.TB, nsName, to string) (stop func() string) {
+	tb.Helper()
+	cmd := netnstest.Cmd(nsName, "ping", "-n", "-q", "-i", "0.2", "-w", "90", to)
+	var out strings.Builder
+	cmd.Stdout = &out
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	done := false
+	tb.Cleanup(func() {
+		if !done {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	})
+	return func() string {
+		tb.Helper()
+		done = true
+		_ = cmd.Process.Signal(os.Interrupt)
+		_ = cmd.Wait()
+		sum := strings.TrimSpace(out.String())
+		if !strings.Contains(sum, "received") || strings.Contains(sum, " 0 received") {
+			tb.Errorf("no traffic got through:\n%s", sum)
+		}
+		return sum
+	}
 }

@@ -27,14 +27,11 @@ type Datapath struct {
 	host *plumb.Host // nil once closed
 	// ports are the published ports of the endpoints ensured, by
 	// endpoint ID: a host port two endpoints publish is refused.
-	ports   map[string][]datapath.PortMapping
-	lastErr error // of the last Sync, reported by Status
-	skips   datapath.SkipLog
-	// repairs counts the links a Sync had to make or prune (the
-	// forwarder counts its programs and map entries); syncing is set while
-	// a Sync runs.
-	repairs datapath.Repairs
-	syncing bool
+	ports map[string][]datapath.PortMapping
+	skips datapath.SkipLog
+	// pass counts the links a Sync had to make or prune (the forwarder
+	// counts its programs and map entries), and keeps its error.
+	pass datapath.Pass
 }
 
 var _ datapath.Datapath = (*Datapath)(nil)
@@ -91,15 +88,22 @@ func (d *Datapath) EnsureNetwork(ctx context.Context, n datapath.Network) error 
 	if err := plumb.ValidateNetwork(n); err != nil {
 		return err
 	}
+	return d.locked(func() error {
+		if plumb.UsesParent(n) {
+			return d.host.EnsureLANNetwork(n)
+		}
+		return d.fwd.EnsureNetwork(n)
+	})
+}
+
+// locked runs f under the lock, unless the datapath is closed.
+func (d *Datapath) locked(f func() error) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.host == nil {
 		return errClosed
 	}
-	if plumb.UsesParent(n) {
-		return d.host.EnsureLANNetwork(n)
-	}
-	return d.fwd.EnsureNetwork(n)
+	return f()
 }
 
 // DeleteNetwork forgets a network; a missing one is not an error.
@@ -107,19 +111,16 @@ func (d *Datapath) DeleteNetwork(ctx context.Context, n datapath.Network) error 
 	if n.ID == "" {
 		return plumb.Invalidf("network without ID")
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.host == nil {
-		return errClosed
-	}
-	if plumb.UsesParent(n) {
-		return d.host.DeleteLANNetwork(n)
-	}
-	if err := d.fwd.DeleteNetwork(n); err != nil {
+	return d.locked(func() error {
+		if plumb.UsesParent(n) {
+			return d.host.DeleteLANNetwork(n)
+		}
+		err := d.fwd.DeleteNetwork(n)
+		if err == nil {
+			d.skips.Forget(n.ID)
+		}
 		return err
-	}
-	d.skips.Forget(n.ID)
-	return nil
+	})
 }
 
 // EnsureEndpoint creates or repairs the endpoint's veth pair and programs
@@ -131,23 +132,20 @@ func (d *Datapath) EnsureEndpoint(ctx context.Context, n datapath.Network, ep da
 	if err := plumb.ValidateEndpoint(n, ep); err != nil {
 		return err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.host == nil {
-		return errClosed
-	}
-	if plumb.UsesParent(n) {
-		_, err := d.host.EnsureChild(n, ep)
+	return d.locked(func() error {
+		if plumb.UsesParent(n) {
+			_, err := d.host.EnsureChild(n, ep)
+			return err
+		}
+		if err := d.portConflict(ep); err != nil {
+			return err
+		}
+		_, err := d.ensureVeth(n, ep)
+		if err == nil {
+			d.setPorts(ep)
+		}
 		return err
-	}
-	if err := d.portConflict(ep); err != nil {
-		return err
-	}
-	if _, err := d.ensureVeth(n, ep); err != nil {
-		return err
-	}
-	d.setPorts(ep)
-	return nil
+	})
 }
 
 // ensureVeth makes the veth pair with a routed host side (no bridge) and
@@ -203,22 +201,16 @@ func (d *Datapath) DeleteEndpoint(ctx context.Context, n datapath.Network, ep da
 	if ep.ID == "" {
 		return plumb.Invalidf("endpoint without ID")
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.host == nil {
-		return errClosed
-	}
-	if plumb.UsesParent(n) {
-		return d.host.DeleteChild(n, ep)
-	}
-	if err := d.fwd.DeleteEndpoint(n, ep); err != nil {
-		return err
-	}
-	if err := d.host.DeleteVeth(ep); err != nil {
-		return err
-	}
-	delete(d.ports, ep.ID)
-	return nil
+	return d.locked(func() error {
+		if plumb.UsesParent(n) {
+			return d.host.DeleteChild(n, ep)
+		}
+		if err := d.fwd.DeleteEndpoint(n, ep); err != nil {
+			return err
+		}
+		delete(d.ports, ep.ID)
+		return d.host.DeleteVeth(ep)
+	})
 }
 
 // SetRemotes replaces the remote endpoints of overlay network n in the
@@ -232,12 +224,7 @@ func (d *Datapath) SetRemotes(ctx context.Context, n datapath.Network, remotes [
 		return plumb.Invalidf("network %s: remotes need an overlay network, not %q", n.ID, n.Driver)
 	}
 	remotes = d.usableRemotes(n, remotes)
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.host == nil {
-		return errClosed
-	}
-	return d.fwd.SetRemotes(n, remotes)
+	return d.locked(func() error { return d.fwd.SetRemotes(n, remotes) })
 }
 
 // usableRemotes is FilterRemotes for this host, with what it skipped
@@ -257,8 +244,8 @@ func (d *Datapath) Status(ctx context.Context) datapath.Status {
 		st.Details = append(st.Details, fmt.Sprintf("%d macvlan/ipvlan networks", d.host.LANNetworks()))
 		st.Warnings = append(st.Warnings, d.host.LANWarnings()...)
 	}
-	if d.lastErr != nil {
-		st.Warnings = append(st.Warnings, "last sync: "+d.lastErr.Error())
+	if d.pass.LastErr != nil {
+		st.Warnings = append(st.Warnings, "last sync: "+d.pass.LastErr.Error())
 	}
 	return st
 }
@@ -271,7 +258,7 @@ func (d *Datapath) Metrics() (datapath.Metrics, error) {
 		return m, err
 	}
 	m.SkippedRemotes = d.skips.Counts()
-	for k, v := range d.repairs.Counts() {
+	for k, v := range d.pass.Repairs.Counts() {
 		if m.Repairs == nil {
 			m.Repairs = map[string]uint64{}
 		}

@@ -191,17 +191,7 @@ func NewForwarder(log *slog.Logger, opts Options) (_ *Forwarder, err error) {
 	if err != nil {
 		return nil, err
 	}
-	spec := opts.EndpointSpec
-	if spec == nil {
-		if spec, err = bpf.EndpointSpec(); err != nil {
-			return nil, unsupported("endpoint programs", err)
-		}
-	}
-	if err := bpf.SetConntrackMax(spec, opts.ConntrackMax); err != nil {
-		return nil, fmt.Errorf("conntrack size: %w (%w)", err, datapath.ErrInvalid)
-	}
-	f.objs, f.restored, err = loadPinned(f.log, opts.BPFRoot, spec)
-	if err != nil {
+	if f.objs, f.restored, err = loadEndpoint(f.log, opts); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -224,20 +214,45 @@ func NewForwarder(log *slog.Logger, opts Options) (_ *Forwarder, err error) {
 		}
 	}()
 	f.adoptTunnel()
+	if err := f.attachHostPrograms(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// attachHostPrograms attaches the uplink's programs and the socket hooks
+// (without which only published ports from the host itself are lost).
+func (f *Forwarder) attachHostPrograms() error {
 	if !f.hasUp {
 		f.warnings = append(f.warnings, "no uplink (no --uplink and no default route): no masquerade, published ports only from this host")
 	}
 	if err := f.setHostConfig(f.uplink); err != nil {
-		return nil, err
+		return err
 	}
 	if err := f.attachUplink(); err != nil {
-		return nil, classifyLoad("uplink programs", err)
+		return classifyLoad("uplink programs", err)
 	}
 	if err := f.attachSockHooks(); err != nil {
 		f.log.Warn("socket hooks unavailable: published ports are not reachable from this host's own sockets", "err", err)
 		f.warnings = append(f.warnings, "socket hooks unavailable (published ports not reachable from the host itself): "+err.Error())
 	}
-	return f, nil
+	return nil
+}
+
+// loadEndpoint loads the endpoint object (opts.EndpointSpec, or the
+// built-in one) sized by opts, onto the maps pinned under the bpf root.
+func loadEndpoint(log *slog.Logger, opts Options) (*bpf.Objects, int, error) {
+	spec := opts.EndpointSpec
+	if spec == nil {
+		var err error
+		if spec, err = bpf.EndpointSpec(); err != nil {
+			return nil, 0, unsupported("endpoint programs", err)
+		}
+	}
+	if err := bpf.SetConntrackMax(spec, opts.ConntrackMax); err != nil {
+		return nil, 0, fmt.Errorf("conntrack size: %w (%w)", err, datapath.ErrInvalid)
+	}
+	return loadPinned(log, opts.BPFRoot, spec)
 }
 
 // policyOf is what the programs enforce for these options.

@@ -21,18 +21,10 @@ func (d *Datapath) Sync(ctx context.Context, s datapath.State) error {
 	if d.host == nil {
 		return errClosed
 	}
-	d.syncing = true
-	defer func() { d.syncing = false }()
-	err := d.sync(ctx, s)
-	d.lastErr = err
-	return err
+	return d.pass.Run(func() error { return d.sync(ctx, s) })
 }
 
-func (d *Datapath) repaired(object, name string) {
-	if d.syncing {
-		d.repairs.Add(d.log, object, name)
-	}
-}
+func (d *Datapath) repaired(object, name string) { d.pass.Repaired(d.log, object, name) }
 
 func (d *Datapath) sync(ctx context.Context, s datapath.State) error {
 	p, errs := plumb.NewPlan(s)

@@ -3,7 +3,6 @@ package kernel
 import (
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -35,14 +34,8 @@ func TestDriftIsRepaired(t *testing.T) {
 	a.setRemotes(n, remote)
 	mustPing(t, s1, "10.93.0.3")
 
-	// Traffic throughout: at most 90 s of pings, stopped at the end.
-	traffic := netnstest.Cmd(s1, "ping", "-n", "-q", "-i", "0.2", "-w", "90", "10.93.0.3")
-	var out strings.Builder
-	traffic.Stdout = &out
-	if err := traffic.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = traffic.Process.Kill(); _ = traffic.Wait() })
+	// Traffic throughout, bounded in time.
+	stop := datapathtest.Traffic(t, s1, "10.93.0.3")
 
 	s := datapath.State{Networks: []datapath.Network{n}, Endpoints: []datapath.Endpoint{e1, e2}, Remotes: map[string][]datapath.Remote{n.ID: {remote}}}
 	// Without drift a pass compares and writes nothing: the table is not
@@ -84,12 +77,7 @@ func TestDriftIsRepaired(t *testing.T) {
 		t.Logf("%s repaired after %s (interval %s)", d.Name, took.Round(time.Millisecond), driftInterval)
 	}
 	mustPing(t, s1, "10.93.0.3")
-	_ = traffic.Process.Signal(os.Interrupt)
-	_ = traffic.Wait()
-	if !strings.Contains(out.String(), "received") || strings.Contains(out.String(), " 0 received") {
-		t.Errorf("no traffic got through during the test:\n%s", out.String())
-	}
-	t.Logf("traffic: %s", strings.TrimSpace(out.String()))
+	t.Logf("traffic: %s", stop())
 }
 
 type cmdError struct {

@@ -172,7 +172,7 @@ func checkGuardPorts(ports []datapath.HostPort) error {
 // Metrics reports the guard rules' counters (the other nftables counters
 // are per rule, not per reason), the remotes skipped and the repairs.
 func (d *Datapath) Metrics() (datapath.Metrics, error) {
-	m := datapath.Metrics{SkippedRemotes: d.skips.Counts(), Repairs: d.repairs.Counts()}
+	m := datapath.Metrics{SkippedRemotes: d.skips.Counts(), Repairs: d.pass.Repairs.Counts()}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.nft == nil {

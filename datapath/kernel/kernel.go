@@ -75,8 +75,7 @@ type Datapath struct {
 	state desired
 	// dirty is set while the table may differ from state because the last
 	// rebuild failed; the next call rebuilds even if state did not change.
-	dirty   bool
-	lastErr error // of the last Sync, reported by Status
+	dirty bool
 
 	// overlays are the overlay networks ensured (or synced) and not
 	// deleted since start, with the remotes last set (bridge model only).
@@ -85,10 +84,9 @@ type Datapath struct {
 	// skips logs and counts the remotes SetRemotes leaves out.
 	skips datapath.SkipLog
 
-	// repairs counts what a Sync found missing and put back; syncing is
-	// set while one runs (only a Sync's creations are repairs of drift).
-	repairs datapath.Repairs
-	syncing bool
+	// pass counts what a Sync found missing and put back, and keeps the
+	// last one's error for Status.
+	pass datapath.Pass
 	// tableSynced is set once a Sync wrote the nftables table: later ones
 	// only compare it with state.
 	tableSynced bool
@@ -226,8 +224,8 @@ func (d *Datapath) Status(ctx context.Context) datapath.Status {
 	}
 	st.Details = append(st.Details, d.overlayDetails()...)
 	st.Details = append(st.Details, d.guardDetails()...)
-	if d.lastErr != nil {
-		st.Warnings = append(st.Warnings, "last sync: "+d.lastErr.Error())
+	if d.pass.LastErr != nil {
+		st.Warnings = append(st.Warnings, "last sync: "+d.pass.LastErr.Error())
 	}
 	return st
 }

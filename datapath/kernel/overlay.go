@@ -400,18 +400,35 @@ type fdbDst struct {
 // before the FDB entries they point at), so a remote that stays is
 // reachable throughout.
 func (d *Datapath) programRemotes(n datapath.Network, link netlink.Link, remotes []datapath.Remote) error {
-	idx := link.Attrs().Index
-	name := link.Attrs().Name
 	wantFDB := make(map[string]netip.Addr, len(remotes))
 	wantNeigh := make(map[netip.Addr]net.HardwareAddr, len(remotes))
 	for _, r := range remotes {
 		wantFDB[string(r.MAC)] = r.Node
 		wantNeigh[r.Addr] = r.MAC
 	}
+	stale, err := d.programFDB(n, link, wantFDB)
+	if err != nil {
+		return err
+	}
+	if err := d.programNeighbours(n, link, wantNeigh); err != nil {
+		return err
+	}
+	for _, e := range stale {
+		if err := d.nl.NeighDel(e); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("network %s: remove stale FDB entry %s -> %s on %s: %w", n.ID, e.HardwareAddr, e.IP, link.Attrs().Name, err)
+		}
+	}
+	return nil
+}
 
+// programFDB adds or replaces the device's FDB entries (MAC -> node) that
+// differ from want, and returns the stale ones, to delete once the
+// neighbours no longer point at them.
+func (d *Datapath) programFDB(n datapath.Network, link netlink.Link, want map[string]netip.Addr) ([]*netlink.Neigh, error) {
+	idx, name := link.Attrs().Index, link.Attrs().Name
 	fdb, err := plumb.RetryDump(func() ([]netlink.Neigh, error) { return d.nl.NeighList(idx, unix.AF_BRIDGE) })
 	if err != nil {
-		return fmt.Errorf("network %s: list FDB of %s: %w", n.ID, name, err)
+		return nil, fmt.Errorf("network %s: list FDB of %s: %w", n.ID, name, err)
 	}
 	have := map[string][]fdbDst{}
 	for _, e := range fdb {
@@ -426,11 +443,6 @@ func (d *Datapath) programRemotes(n datapath.Network, link netlink.Link, remotes
 		}
 		have[string(e.HardwareAddr)] = append(have[string(e.HardwareAddr)], fdbDst{node: node, permanent: e.State&netlink.NUD_PERMANENT != 0})
 	}
-	neighs, err := plumb.RetryDump(func() ([]netlink.Neigh, error) { return d.nl.NeighList(idx, netlink.FAMILY_V4) })
-	if err != nil {
-		return fmt.Errorf("network %s: list neighbours of %s: %w", n.ID, name, err)
-	}
-
 	fdbEntry := func(mac string, node netip.Addr) *netlink.Neigh {
 		return &netlink.Neigh{
 			LinkIndex:    idx,
@@ -441,15 +453,15 @@ func (d *Datapath) programRemotes(n datapath.Network, link netlink.Link, remotes
 			IP:           node.AsSlice(),
 		}
 	}
-	var stale []*netlink.Neigh // FDB destinations to delete after the neighbours
-	for mac, node := range wantFDB {
+	var stale []*netlink.Neigh
+	for mac, node := range want {
 		dsts := have[mac]
 		if len(dsts) == 1 && dsts[0].node == node && dsts[0].permanent {
 			continue
 		}
 		// Replace changes the entry's first destination; others go below.
 		if err := d.nl.NeighSet(fdbEntry(mac, node)); err != nil {
-			return fmt.Errorf("network %s: FDB entry %s -> %s on %s: %w", n.ID, net.HardwareAddr(mac), node, name, err)
+			return nil, fmt.Errorf("network %s: FDB entry %s -> %s on %s: %w", n.ID, net.HardwareAddr(mac), node, name, err)
 		}
 		if d.programmed(n.ID, func(r datapath.Remote) bool { return string(r.MAC) == mac && r.Node == node }) {
 			d.repaired(datapath.RepairForward, fmt.Sprintf("%s fdb %s -> %s", name, net.HardwareAddr(mac), node))
@@ -461,28 +473,38 @@ func (d *Datapath) programRemotes(n datapath.Network, link netlink.Link, remotes
 		}
 	}
 	for mac := range have {
-		if _, ok := wantFDB[mac]; !ok {
+		if _, ok := want[mac]; !ok {
 			// 0.0.0.0 deletes the whole entry, every destination.
 			stale = append(stale, fdbEntry(mac, netip.IPv4Unspecified()))
 		}
 	}
+	return stale, nil
+}
 
+// programNeighbours makes the device's neighbour entries (address -> MAC,
+// answered by its proxy ARP) exactly want.
+func (d *Datapath) programNeighbours(n datapath.Network, link netlink.Link, want map[netip.Addr]net.HardwareAddr) error {
+	idx, name := link.Attrs().Index, link.Attrs().Name
+	neighs, err := plumb.RetryDump(func() ([]netlink.Neigh, error) { return d.nl.NeighList(idx, netlink.FAMILY_V4) })
+	if err != nil {
+		return fmt.Errorf("network %s: list neighbours of %s: %w", n.ID, name, err)
+	}
 	done := map[netip.Addr]bool{}
-	var staleNeigh []netlink.Neigh
+	var stale []netlink.Neigh
 	for _, e := range neighs {
 		a, ok := netip.AddrFromSlice(e.IP.To4())
 		if !ok || e.LinkIndex != idx {
 			continue
 		}
-		mac, wanted := wantNeigh[a]
+		mac, wanted := want[a]
 		switch {
 		case !wanted:
-			staleNeigh = append(staleNeigh, e)
+			stale = append(stale, e)
 		case slices.Equal(e.HardwareAddr, mac) && e.State == netlink.NUD_PERMANENT:
 			done[a] = true
 		}
 	}
-	for a, mac := range wantNeigh {
+	for a, mac := range want {
 		if done[a] {
 			continue
 		}
@@ -494,14 +516,9 @@ func (d *Datapath) programRemotes(n datapath.Network, link netlink.Link, remotes
 			d.repaired(datapath.RepairForward, fmt.Sprintf("%s neighbour %s -> %s", name, a, mac))
 		}
 	}
-	for _, e := range staleNeigh {
+	for _, e := range stale {
 		if err := d.nl.NeighDel(&e); err != nil && !errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("network %s: remove stale neighbour %s on %s: %w", n.ID, e.IP, name, err)
-		}
-	}
-	for _, e := range stale {
-		if err := d.nl.NeighDel(e); err != nil && !errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("network %s: remove stale FDB entry %s -> %s on %s: %w", n.ID, e.HardwareAddr, e.IP, name, err)
 		}
 	}
 	return nil

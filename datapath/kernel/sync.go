@@ -30,19 +30,11 @@ func (d *Datapath) Sync(ctx context.Context, s datapath.State) error {
 	if d.nl == nil {
 		return errClosed
 	}
-	d.syncing = true
-	defer func() { d.syncing = false }()
-	err := d.sync(ctx, s)
-	d.lastErr = err
-	return err
+	return d.pass.Run(func() error { return d.sync(ctx, s) })
 }
 
 // repaired counts and logs an object a Sync had to put back.
-func (d *Datapath) repaired(object, name string) {
-	if d.syncing {
-		d.repairs.Add(d.log, object, name)
-	}
-}
+func (d *Datapath) repaired(object, name string) { d.pass.Repaired(d.log, object, name) }
 
 // syncPlan is the shared plan of a Sync plus the nftables state it makes
 // and the overlay networks whose VXLAN device is in place.
