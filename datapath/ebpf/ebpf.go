@@ -124,6 +124,7 @@ type Forwarder struct {
 	// them: one missing or changed later is drift a Sync repairs.
 	written map[remoteKey]bpf.Remote
 	repairs datapath.Repairs
+	progIDs map[*ebpf.Program]ebpf.ProgramID // see progID
 }
 
 type netState struct {

@@ -18,11 +18,7 @@ import (
 // attachTC puts it there (the TCX link pinned at pin, or fabric's clsact
 // filter): an ensure then leaves it alone instead of swapping it in again.
 func (f *Forwarder) tcAttached(pin string, ifindex int, prog *ebpf.Program, ingress bool) bool {
-	info, err := prog.Info()
-	if err != nil {
-		return false
-	}
-	id, ok := info.ID()
+	id, ok := f.progID(prog)
 	if !ok {
 		return false
 	}
@@ -125,4 +121,38 @@ func (f *Forwarder) putRemotes(want map[netip.Addr]bpf.Remote, have []bpf.Remote
 type remoteKey struct {
 	net  bpf.NetID
 	addr netip.Addr
+}
+
+// endpointIntact reports whether the programs serve endpoint id on host
+// veth ifindex as its last EnsureEndpoint left them, and puts its tc
+// program back if something detached it (a repair). A repair pass skips
+// the full ensure of an intact endpoint.
+func (f *Forwarder) endpointIntact(id string, ifindex int) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st, ok := f.eps[id]
+	if !ok || st.ifindex != ifindex || !st.attached {
+		return false, nil
+	}
+	return true, f.ensureTC(f.linkPin(endpointPin(ifindex)), ifindex, f.objs.FromEndpoint(), ebpf.AttachTCXIngress, true)
+}
+
+// progID is prog's kernel ID, asked once per program (a repair pass asks
+// for every endpoint).
+func (f *Forwarder) progID(prog *ebpf.Program) (ebpf.ProgramID, bool) {
+	if id, ok := f.progIDs[prog]; ok {
+		return id, true
+	}
+	info, err := prog.Info()
+	if err != nil {
+		return 0, false
+	}
+	id, ok := info.ID()
+	if ok {
+		if f.progIDs == nil {
+			f.progIDs = map[*ebpf.Program]ebpf.ProgramID{}
+		}
+		f.progIDs[prog] = id
+	}
+	return id, ok
 }

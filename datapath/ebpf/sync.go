@@ -69,9 +69,17 @@ func (d *Datapath) sync(ctx context.Context, s datapath.State) error {
 // syncVeths ensures the veth pairs of a Sync's bridge and overlay
 // endpoints, and their published ports (the first by endpoint ID wins a
 // host port two publish).
+//
+// An endpoint whose host veth is intact in one dump of the host's links
+// (plumb.VethIntact) and whose program is attached is not ensured again:
+// a pass at 1,000 endpoints costs a dump, not 1,000 ensures.
 func (d *Datapath) syncVeths(ctx context.Context, p *plumb.Plan) []error {
 	var errs []error
 	clear(d.ports)
+	links, err := d.host.LinksByName()
+	if err != nil {
+		errs = append(errs, err)
+	}
 	for _, ep := range p.Eps {
 		n := p.Nets[ep.NetworkID]
 		if plumb.UsesParent(n) || p.Failed[n.ID] {
@@ -84,6 +92,15 @@ func (d *Datapath) syncVeths(ctx context.Context, p *plumb.Plan) []error {
 			errs = append(errs, err)
 		} else {
 			d.setPorts(ep)
+		}
+		if l := links[ep.HostIfName]; plumb.VethIntact(l, n, ep, 0) {
+			intact, err := d.fwd.endpointIntact(ep.ID, l.Attrs().Index)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("endpoint %s: %w", ep.ID, err))
+			}
+			if intact {
+				continue
+			}
 		}
 		created, err := d.ensureVeth(n, ep)
 		if err != nil {

@@ -88,8 +88,9 @@ type Datapath struct {
 	// last one's error for Status.
 	pass datapath.Pass
 	// tableSynced is set once a Sync wrote the nftables table: later ones
-	// only compare it with state.
-	tableSynced bool
+	// only compare it with state. vethsSynced is set once a Sync ensured
+	// every veth in full: later ones compare host veths with one dump.
+	tableSynced, vethsSynced bool
 }
 
 // errClosed is returned by every method after Close.

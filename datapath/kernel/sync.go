@@ -7,6 +7,8 @@ import (
 	"reflect"
 	"slices"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/fabricnet/fabric/datapath"
 	"github.com/fabricnet/fabric/datapath/plumb"
 )
@@ -148,8 +150,19 @@ func (d *Datapath) syncNetwork(p *syncPlan, n datapath.Network) error {
 }
 
 // syncVeths ensures the veth pairs of a Sync's bridge-network endpoints.
+// After the first pass, an endpoint whose host veth is intact in one dump
+// of the host's links (plumb.VethIntact) is left alone: its sandbox side
+// is only checked by Ensure calls and start-up.
 func (d *Datapath) syncVeths(ctx context.Context, p *syncPlan) []error {
 	var errs []error
+	links := map[string]netlink.Link{}
+	if d.vethsSynced {
+		var err error
+		if links, err = d.host.LinksByName(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	failed := false
 	for _, ep := range p.Eps {
 		n := p.Nets[ep.NetworkID]
 		if plumb.UsesParent(n) || p.Failed[n.ID] {
@@ -158,13 +171,18 @@ func (d *Datapath) syncVeths(ctx context.Context, p *syncPlan) []error {
 		if err := ctx.Err(); err != nil {
 			return append(errs, err)
 		}
+		if br := links[n.Bridge]; br != nil && plumb.VethIntact(links[ep.HostIfName], n, ep, br.Attrs().Index) {
+			continue
+		}
 		created, err := d.ensureVeth(n, ep)
+		failed = failed || err != nil
 		if err != nil {
 			errs = append(errs, err)
 		} else if created {
 			d.repaired(datapath.RepairVeth, ep.HostIfName)
 		}
 	}
+	d.vethsSynced = !failed
 	return errs
 }
 

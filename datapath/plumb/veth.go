@@ -413,3 +413,31 @@ func FastARP(ifName string) error {
 	}
 	return EnsureSysctl(dir+"mcast_solicit", "10")
 }
+
+// LinksByName is one dump of the host's links, by name: a repair pass
+// compares each endpoint's host veth against it instead of asking for
+// each (at 1,000 endpoints a full ensure of each costs a second or more).
+func (h *Host) LinksByName() (map[string]netlink.Link, error) {
+	links, err := RetryDump(h.nl.LinkList)
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	out := make(map[string]netlink.Link, len(links))
+	for _, l := range links {
+		out[l.Attrs().Name] = l
+	}
+	return out, nil
+}
+
+// VethIntact reports whether l is ep's host veth as an ensure leaves it:
+// fabric's, a veth whose peer lives in another namespace, up, with n's MTU
+// and on the bridge with index master (0: on none). A veth and its peer
+// go together, so a missing sandbox side shows here too.
+func VethIntact(l netlink.Link, n datapath.Network, ep datapath.Endpoint, master int) bool {
+	if l == nil || l.Type() != "veth" {
+		return false
+	}
+	a := l.Attrs()
+	return a.Alias == OwnerAlias(ep.ID) && a.Flags&net.FlagUp != 0 && a.MTU == MTUOf(n) &&
+		a.MasterIndex == master && a.NetNsID >= 0
+}
