@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"context"
 	"log/slog"
 	"maps"
 	"sync"
@@ -13,6 +14,14 @@ import (
 // overlay forwarding entry) comes back without a restart. flannel re-checks
 // its routes as often. A pass compares and rewrites only what differs.
 const RepairInterval = 10 * time.Second
+
+// DriftWatcher is implemented by datapaths that learn cheaply that
+// something they made went away (a link deleted by hand): the agent then
+// runs the repair pass at once rather than at the next RepairInterval.
+// The channel is closed when ctx ends.
+type DriftWatcher interface {
+	WatchDrift(ctx context.Context) (<-chan struct{}, error)
+}
 
 // Repair object kinds, the label of fabric_datapath_repairs_total.
 const (

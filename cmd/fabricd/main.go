@@ -280,6 +280,14 @@ func (f fallback) Metrics() (datapath.Metrics, error) {
 	return datapath.Metrics{}, nil
 }
 
+// WatchDrift is the kernel datapath's (see datapath.DriftWatcher).
+func (f fallback) WatchDrift(ctx context.Context) (<-chan struct{}, error) {
+	if w, ok := f.Datapath.(datapath.DriftWatcher); ok {
+		return w.WatchDrift(ctx)
+	}
+	return nil, errors.New("the datapath has no link events")
+}
+
 // Status warns with the first line of why: a verifier rejection carries
 // the verifier's whole log, which the agent's log has (the warning at
 // start-up), not a status line.

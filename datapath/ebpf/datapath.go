@@ -367,3 +367,14 @@ func (d *Datapath) syncVeths(ctx context.Context, p *plumb.Plan) []error {
 	}
 	return errs
 }
+
+// WatchDrift signals when a link marked as fabric's is deleted from the
+// host namespace (plumb.WatchLinks).
+func (d *Datapath) WatchDrift(ctx context.Context) (<-chan struct{}, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.host == nil {
+		return nil, errClosed
+	}
+	return d.host.WatchLinks(ctx)
+}

@@ -1,6 +1,7 @@
 package kernel
 
 import (
+	"context"
 	"net"
 	"net/netip"
 	"strings"
@@ -91,3 +92,29 @@ func (e *cmdError) Error() string {
 }
 
 func (e *cmdError) Unwrap() error { return e.err }
+
+// TestWatchDriftSignalsDeletedLink: deleting one of fabric's links by hand
+// is signalled at once (the agent's repair pass then runs without waiting
+// for its interval).
+func TestWatchDriftSignalsDeletedLink(t *testing.T) {
+	l := newLab(t)
+	n := network("watch", "br-watch", "10.94.0.0/24", false)
+	l.ensureNetwork(n)
+	_, p := l.sandbox()
+	l.ensureEndpoint(n, endpoint("w1", n, p, "eth0", "vw1", 2, true))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	drift, err := l.dp.WatchDrift(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	netnstest.Run(t, l.hostName, "ip", "link", "del", "vw1")
+	select {
+	case <-drift:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no signal 10 s after fabric's veth was deleted")
+	}
+	cancel()
+	for range drift { // closed once ctx ends
+	}
+}

@@ -481,3 +481,14 @@ func (d *Datapath) DeleteEndpoint(ctx context.Context, n datapath.Network, ep da
 	delete(d.state.ports, ep.ID)
 	return d.rules()
 }
+
+// WatchDrift signals when a link marked as fabric's is deleted from the
+// host namespace (plumb.WatchLinks).
+func (d *Datapath) WatchDrift(ctx context.Context) (<-chan struct{}, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.nl == nil {
+		return nil, errClosed
+	}
+	return d.host.WatchLinks(ctx)
+}

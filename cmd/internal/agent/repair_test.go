@@ -47,3 +47,41 @@ func TestRepairPassSyncsDesiredState(t *testing.T) {
 		time.Sleep(10 * time.Millisecond) // polling, bounded by deadline
 	}
 }
+
+// watchingFake is a fake datapath that reports drift when the test says.
+type watchingFake struct {
+	*fakeDatapath
+	drift chan struct{}
+}
+
+func (w watchingFake) WatchDrift(ctx context.Context) (<-chan struct{}, error) { return w.drift, nil }
+
+// TestRepairPassRunsOnDrift: a datapath that saw one of its links go gets
+// a repair pass soon, not at the next interval (an hour here).
+func TestRepairPassRunsOnDrift(t *testing.T) {
+	dir, fake := t.TempDir(), newFake()
+	dp := watchingFake{fakeDatapath: fake, drift: make(chan struct{}, 1)}
+	a := newTestAgent(t, dir, dp)
+	defer a.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); a.repairDatapath(ctx, time.Hour) }()
+	defer func() { cancel(); <-done }()
+	fake.mu.Lock()
+	before := len(fake.syncs)
+	fake.mu.Unlock()
+	dp.drift <- struct{}{}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		fake.mu.Lock()
+		n := len(fake.syncs)
+		fake.mu.Unlock()
+		if n > before {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no repair pass 10 s after drift was reported")
+		}
+		time.Sleep(10 * time.Millisecond) // polling, bounded by deadline
+	}
+}
