@@ -83,7 +83,7 @@ type Config struct {
 
 func (cfg *Config) setDefaults() error {
 	if err := validNodeName(cfg.NodeName); err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalid, err)
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	if cfg.BindAddr == "" {
 		cfg.BindAddr = "0.0.0.0"

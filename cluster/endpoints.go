@@ -14,7 +14,7 @@ func (c *Cluster) Publish(ep Endpoint) error {
 	ep = ep.clone()
 	ep.Node = c.cfg.NodeName
 	if err := ep.validate(); err != nil {
-		return fmt.Errorf("publish endpoint: %w: %v", ErrInvalid, err)
+		return fmt.Errorf("publish endpoint: %w: %w", ErrInvalid, err)
 	}
 	if size := len(encodeMessage(message{Type: msgRecord, Record: &record{ep: &epRecord{Ver: version{Clock: 1 << 62, Node: ep.Node}, EP: ep}}})); size > maxBroadcastBytes {
 		return fmt.Errorf("publish endpoint: %w: record of %d bytes does not fit a gossip packet (%d); use fewer or shorter aliases",

@@ -73,7 +73,7 @@ func (c *Cluster) keyOp(ctx context.Context, op opCode, key []byte) error {
 		return fmt.Errorf("%w: gossip encryption is not configured (no secret keys)", ErrInvalid)
 	}
 	if err := validKeyLen(len(key)); err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalid, err)
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	if err := c.applyKeyOp(op, key); err != nil {
 		return err

@@ -15,7 +15,7 @@ const vniBase = 4096
 // accepted networks this node knows.
 func (s *state) createNetwork(spec NetworkSpec) (Network, error) {
 	if err := spec.normalize(); err != nil {
-		return Network{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+		return Network{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	if spec.VNI == 0 {
 		spec.VNI = s.pickVNI(spec.Name)

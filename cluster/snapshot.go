@@ -29,7 +29,7 @@ func (c *Cluster) Snapshot() ([]byte, error) {
 func (c *Cluster) Restore(b []byte) error {
 	m, err := decodeMessage(b)
 	if err != nil {
-		return fmt.Errorf("restore: %w: %v", ErrInvalid, err)
+		return fmt.Errorf("restore: %w: %w", ErrInvalid, err)
 	}
 	if m.Type != msgSnapshot {
 		return fmt.Errorf("restore: %w: not a snapshot", ErrInvalid)

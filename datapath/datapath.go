@@ -173,8 +173,10 @@ type Datapath interface {
 	// overlay network n (which must have been ensured): entries not in it
 	// are removed. Addresses of local endpoints must not be in it.
 	SetRemotes(ctx context.Context, n Network, remotes []Remote) error
-	// Sync makes the host match s exactly: everything in s is ensured and
-	// every fabric-owned object not in s is removed.
+	// Sync makes the host match s exactly: every fabric-owned object not
+	// in s is removed and everything in s is ensured. It runs at start and
+	// then every RepairInterval: it compares before it writes, and counts
+	// (Metrics.Repairs) and logs what it had to put back.
 	Sync(ctx context.Context, s State) error
 	Status(ctx context.Context) Status
 	Close() error
@@ -202,6 +204,9 @@ type Metrics struct {
 	SkippedRemotes map[string]uint64
 	// Programs counts attached programs by hook (e.g. "tcx-ingress").
 	Programs map[string]int
+	// Repairs counts the objects reconcile passes found missing or changed
+	// and put back, by kind (Repair*), since start.
+	Repairs map[string]uint64
 }
 
 // MetricsReader is implemented by datapaths that have counters (eBPF). It is

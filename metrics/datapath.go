@@ -17,6 +17,7 @@ type datapathCollector struct {
 	ctQuota               *prometheus.Desc
 	ctEvictions           *prometheus.Desc
 	skippedRemotes        *prometheus.Desc
+	repairs               *prometheus.Desc
 	programs              *prometheus.Desc
 	// readErrors is the one value the collector owns: it must survive the
 	// scrapes it is about, which return nothing from the source.
@@ -45,6 +46,8 @@ func newDatapathCollector(src DatapathSource) *datapathCollector {
 			"New connections dropped because their source had too many unanswered ones (a SYN or UDP flood); other connections are untouched.", nil, nil),
 		skippedRemotes: prometheus.NewDesc("fabric_overlay_remotes_skipped_total",
 			"Remote endpoints of overlay networks left out as unusable (each counted once when it appears), by reason.", []string{"reason"}, nil),
+		repairs: prometheus.NewDesc("fabric_datapath_repairs_total",
+			"Datapath objects a reconcile pass found missing or changed (drift) and put back, by kind of object.", []string{"object"}, nil),
 		programs: prometheus.NewDesc("fabric_datapath_programs_attached",
 			"Datapath programs attached now, by hook.", []string{"hook"}, nil),
 		readErrors: prometheus.NewCounter(prometheus.CounterOpts{
@@ -55,7 +58,7 @@ func newDatapathCollector(src DatapathSource) *datapathCollector {
 }
 
 func (c *datapathCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.packets, c.bytes, c.ctEntries, c.ctCapacity, c.natFailures, c.mapFull, c.ctEvictions, c.ctQuota, c.skippedRemotes, c.programs} {
+	for _, d := range []*prometheus.Desc{c.packets, c.bytes, c.ctEntries, c.ctCapacity, c.natFailures, c.mapFull, c.ctEvictions, c.ctQuota, c.skippedRemotes, c.repairs, c.programs} {
 		ch <- d
 	}
 	c.readErrors.Describe(ch)
@@ -101,6 +104,9 @@ func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.ctQuota, prometheus.CounterValue, float64(s.ConntrackQuotaDrops))
 	for reason, n := range s.SkippedRemotes {
 		ch <- prometheus.MustNewConstMetric(c.skippedRemotes, prometheus.CounterValue, float64(n), reason)
+	}
+	for object, n := range s.Repairs {
+		ch <- prometheus.MustNewConstMetric(c.repairs, prometheus.CounterValue, float64(n), object)
 	}
 	for hook, n := range s.Programs {
 		ch <- prometheus.MustNewConstMetric(c.programs, prometheus.GaugeValue, float64(n), hook)

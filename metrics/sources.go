@@ -94,6 +94,9 @@ type DatapathSnapshot struct {
 	// datapath left out as unusable (a duplicate address, the gateway, a
 	// multicast MAC, this host as node...), by reason.
 	SkippedRemotes map[string]uint64
+	// Repairs counts what the datapath's reconcile passes found missing or
+	// changed (removed by hand) and put back, by kind of object.
+	Repairs map[string]uint64
 	// Programs counts the programs attached now, by hook (for example
 	// "tc-endpoint", "tc-tunnel", "xdp-uplink", "cgroup-connect4").
 	Programs map[string]int

@@ -17,6 +17,8 @@ import (
 	"sync"
 	"syscall"
 
+	cebpf "github.com/cilium/ebpf"
+
 	"github.com/fabricnet/fabric/cluster"
 	"github.com/fabricnet/fabric/cluster/gossipkey"
 	"github.com/fabricnet/fabric/cmd/internal/agent"
@@ -258,36 +260,52 @@ func guardPorts(cfg config.Config) []datapath.HostPort {
 }
 
 func newDatapath(cfg config.Config, tunnel datapath.Tunnel, log *slog.Logger) (datapath.Datapath, error) {
-	mode := cfg.Datapath
 	guard := guardPorts(cfg)
-	if mode == config.DatapathEBPF || mode == config.DatapathAuto {
-		dp, err := ebpf.New(log, ebpf.Options{
+	return chooseDatapath(log, cfg.Datapath,
+		ebpf.Options{
 			BPFRoot: cfg.BPFRoot, Uplink: cfg.Uplink, XDP: cfg.XDP, Tunnel: tunnel,
 			GuardPorts: guard, ConntrackMax: cfg.ConntrackMax,
-		})
-		if err == nil {
-			return dp, nil
+		},
+		kernel.Options{Tunnel: tunnel, GuardPorts: guard})
+}
+
+// chooseDatapath makes the datapath mode asks for. auto falls back to the
+// kernel datapath only when the eBPF one cannot run on this kernel
+// (ebpf.ErrUnsupported), and says why in the log and in status; a program
+// the verifier rejects (ebpf.ErrRejected, a bug of ours) or a wrong
+// setting is an error, whatever the mode.
+func chooseDatapath(log *slog.Logger, mode string, eopts ebpf.Options, kopts kernel.Options) (datapath.Datapath, error) {
+	if mode != config.DatapathEBPF && mode != config.DatapathAuto {
+		dp, err := kernel.New(log, kopts)
+		if err != nil {
+			return nil, fmt.Errorf("kernel datapath: %w", err)
 		}
-		if mode == config.DatapathEBPF {
-			return nil, fmt.Errorf("ebpf datapath (--datapath ebpf; use auto to fall back to the kernel datapath): %w", err)
-		}
-		if !errors.Is(err, ebpf.ErrUnsupported) {
-			// A wrong setting (--xdp native on a veth, a foreign fabric-gw)
-			// is reported, not papered over with the other datapath.
-			return nil, fmt.Errorf("ebpf datapath: %w", err)
-		}
-		log.Warn("eBPF datapath unavailable; falling back to the kernel datapath", "err", err)
-		dp2, kerr := kernel.New(log, kernel.Options{Tunnel: tunnel, GuardPorts: guard})
-		if kerr != nil {
-			return nil, fmt.Errorf("kernel datapath: %w", kerr)
-		}
-		return fallback{Datapath: dp2, why: err.Error()}, nil
+		return dp, nil
 	}
-	dp, err := kernel.New(log, kernel.Options{Tunnel: tunnel, GuardPorts: guard})
-	if err != nil {
-		return nil, fmt.Errorf("kernel datapath: %w", err)
+	dp, err := ebpf.New(log, eopts)
+	if err == nil {
+		return dp, nil
 	}
-	return dp, nil
+	var verr *cebpf.VerifierError
+	if errors.Is(err, ebpf.ErrRejected) && errors.As(err, &verr) {
+		// The error keeps the log's tail; the whole log goes to the log.
+		log.Error("the verifier rejected an eBPF program", "log", fmt.Sprintf("%+v", verr))
+	}
+	if mode == config.DatapathEBPF {
+		return nil, fmt.Errorf("ebpf datapath (--datapath ebpf; use auto to fall back to the kernel datapath): %w", err)
+	}
+	if !errors.Is(err, ebpf.ErrUnsupported) || errors.Is(err, ebpf.ErrRejected) {
+		// A rejected program or a wrong setting (--xdp native on a veth, a
+		// foreign fabric-gw) is reported, not papered over with the other
+		// datapath.
+		return nil, fmt.Errorf("ebpf datapath (not falling back: this is not a missing kernel feature): %w", err)
+	}
+	log.Warn("eBPF datapath unavailable; falling back to the kernel datapath", "err", err)
+	dp2, kerr := kernel.New(log, kopts)
+	if kerr != nil {
+		return nil, fmt.Errorf("kernel datapath: %w", kerr)
+	}
+	return fallback{Datapath: dp2, why: err.Error()}, nil
 }
 
 // fallback is the kernel datapath standing in for an eBPF datapath that
@@ -295,6 +313,23 @@ func newDatapath(cfg config.Config, tunnel datapath.Tunnel, log *slog.Logger) (d
 type fallback struct {
 	datapath.Datapath
 	why string
+}
+
+// Metrics are the kernel datapath's (fallback hides its methods but those
+// of datapath.Datapath).
+func (f fallback) Metrics() (datapath.Metrics, error) {
+	if r, ok := f.Datapath.(datapath.MetricsReader); ok {
+		return r.Metrics()
+	}
+	return datapath.Metrics{}, nil
+}
+
+// WatchDrift is the kernel datapath's (see datapath.DriftWatcher).
+func (f fallback) WatchDrift(ctx context.Context) (<-chan struct{}, error) {
+	if w, ok := f.Datapath.(datapath.DriftWatcher); ok {
+		return w.WatchDrift(ctx)
+	}
+	return nil, errors.New("the datapath has no link events")
 }
 
 // Status warns with the first line of why: a verifier rejection carries

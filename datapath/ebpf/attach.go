@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/fabricnet/fabric/bpf"
+	"github.com/fabricnet/fabric/datapath/plumb"
 )
 
 // NAT source ports for masquerade: above Linux's default ephemeral range
@@ -41,7 +42,9 @@ func (f *Forwarder) findUplink() (uplinkInfo, bool, error) {
 			return uplinkInfo{}, false, fmt.Errorf("uplink %s: %w", f.opts.Uplink, err)
 		}
 	} else {
-		routes, err := f.nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		routes, err := plumb.RetryDump(func() ([]netlink.Route, error) {
+			return f.nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		})
 		if err != nil {
 			return uplinkInfo{}, false, fmt.Errorf("list routes: %w", err)
 		}
@@ -58,7 +61,7 @@ func (f *Forwarder) findUplink() (uplinkInfo, bool, error) {
 		}
 	}
 	u := uplinkInfo{name: l.Attrs().Name, ifindex: l.Attrs().Index}
-	addrs, err := f.nl.AddrList(l, netlink.FAMILY_V4)
+	addrs, err := plumb.RetryDump(func() ([]netlink.Addr, error) { return f.nl.AddrList(l, netlink.FAMILY_V4) })
 	if err != nil {
 		return uplinkInfo{}, false, fmt.Errorf("addresses of uplink %s: %w", u.name, err)
 	}

@@ -1,6 +1,7 @@
-// Package ebpf is the eBPF datapath: bridge networks without a bridge. The
-// kernel datapath (package kernel) still makes each endpoint's veth pair and
-// configures the sandbox side; this package's Forwarder does the host side:
+// Package ebpf is the eBPF datapath: bridge networks without a bridge.
+// Each endpoint's veth pair and sandbox side, and macvlan/ipvlan networks,
+// come from the plumbing it shares with the kernel datapath (package
+// plumb); the host side of bridge and overlay endpoints is programs:
 //
 //   - a tc program (bpf.FromEndpoint, TCX ingress) on every host-side veth
 //     answers the sandbox's ARP, enforces anti-spoofing and isolation, and
@@ -19,7 +20,7 @@
 //
 // Everything is done in one "host" network namespace through netlink
 // handles opened on it; program attachment happens on a thread switched
-// into it.
+// into it. The package does not know the kernel datapath (nor it this one).
 package ebpf
 
 import (
@@ -41,7 +42,6 @@ import (
 
 	"github.com/fabricnet/fabric/bpf"
 	"github.com/fabricnet/fabric/datapath"
-	"github.com/fabricnet/fabric/datapath/kernel"
 	"github.com/fabricnet/fabric/datapath/netns"
 )
 
@@ -84,35 +84,16 @@ type Options struct {
 	// limit.
 	ConntrackPending int
 
-	// endpointSpec, if set, is loaded in place of the built-in endpoint
-	// object: tests upgrade to a program that differs with it.
-	endpointSpec *ebpf.CollectionSpec
+	// EndpointSpec, if set, is a build of the endpoint object loaded in
+	// place of the built-in one (bpf.EndpointSpec): tests upgrade to a
+	// program that differs, or load one the verifier rejects, with it.
+	EndpointSpec *ebpf.CollectionSpec
 }
 
-// ErrUnsupported wraps every reason the eBPF datapath cannot run here
-// (no BPF, no BTF, no TCX, no bpffs): "auto" falls back to the kernel
-// datapath on it.
-var ErrUnsupported = errors.New("eBPF datapath not supported on this host")
-
-// New builds the eBPF datapath: a kernel datapath whose bridge networks are
-// served by the Forwarder.
-func New(log *slog.Logger, opts Options) (*kernel.Datapath, error) {
-	if log == nil {
-		log = slog.Default()
-	}
-	fwd, err := NewForwarder(log, opts)
-	if err != nil {
-		return nil, err
-	}
-	dp, err := kernel.New(log, kernel.Options{NetNSPath: opts.NetNSPath, Forwarder: fwd, Tunnel: opts.Tunnel})
-	if err != nil {
-		fwd.Close()
-		return nil, err
-	}
-	return dp, nil
-}
-
-// Forwarder implements kernel.Forwarder with the programs in package bpf.
+// Forwarder is the programs of package bpf and what they need on the
+// host (the gateway device, routes, the tunnel device, pins): the host side
+// of the eBPF datapath's bridge and overlay endpoints. Datapath calls it
+// under its lock; Status and Metrics may run concurrently.
 type Forwarder struct {
 	log    *slog.Logger
 	opts   Options
@@ -128,7 +109,7 @@ type Forwarder struct {
 	hasUp  bool   // an uplink was found
 	tcMode string // modeTCX or modeClsact, once the first tc program is attached
 
-	mu      sync.Mutex // guards the fields below (Status runs unlocked by kernel)
+	mu      sync.Mutex // guards the fields below (Status and Metrics run concurrently)
 	nets    map[string]netState
 	hostCfg bpf.HostConfig // as last written to the host_config map
 	// underlayName and underlayMTU are the tunnel address's interface,
@@ -139,6 +120,11 @@ type Forwarder struct {
 	warnings     []string
 	restored     int    // pinned maps re-opened at start
 	ctEvictions  uint64 // highest conntrack eviction estimate reported
+	// written are the remotes map entries as this process last wrote
+	// them: one missing or changed later is drift a Sync repairs.
+	written map[remoteKey]bpf.Remote
+	repairs datapath.Repairs
+	progIDs map[*ebpf.Program]ebpf.ProgramID // see progID
 }
 
 type netState struct {
@@ -147,15 +133,15 @@ type netState struct {
 }
 
 type epState struct {
-	ifindex int
-	ports   []bpf.Port
+	ifindex  int
+	ports    []bpf.Port
+	attached bool // its program was attached by this process
 }
-
-var _ kernel.Forwarder = (*Forwarder)(nil)
 
 // NewForwarder loads the programs (re-opening pinned maps), and prepares
 // the host namespace. An error wrapping ErrUnsupported means this host
-// cannot run the eBPF datapath at all.
+// cannot run the eBPF datapath at all; one wrapping ErrRejected, that the
+// verifier refused a program of ours (it carries the log's tail).
 func NewForwarder(log *slog.Logger, opts Options) (_ *Forwarder, err error) {
 	if opts.BPFRoot == "" {
 		opts.BPFRoot = DefaultBPFRoot
@@ -173,6 +159,8 @@ func NewForwarder(log *slog.Logger, opts Options) (_ *Forwarder, err error) {
 		opts: opts,
 		nets: map[string]netState{},
 		eps:  map[string]epState{},
+
+		written: map[remoteKey]bpf.Remote{},
 	}
 	f.nsPath = opts.NetNSPath
 	if f.nsPath == "" {
@@ -195,7 +183,7 @@ func NewForwarder(log *slog.Logger, opts Options) (_ *Forwarder, err error) {
 		return nil, err
 	}
 	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, fmt.Errorf("%w: lift memlock limit: %v", ErrUnsupported, err)
+		return nil, unsupported("lift memlock limit", err)
 	}
 	if err := ensureBPFFS(opts.BPFRoot); err != nil {
 		return nil, err
@@ -204,17 +192,7 @@ func NewForwarder(log *slog.Logger, opts Options) (_ *Forwarder, err error) {
 	if err != nil {
 		return nil, err
 	}
-	spec := opts.endpointSpec
-	if spec == nil {
-		if spec, err = bpf.EndpointSpec(); err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrUnsupported, err)
-		}
-	}
-	if err := bpf.SetConntrackMax(spec, opts.ConntrackMax); err != nil {
-		return nil, fmt.Errorf("conntrack size: %w (%w)", err, datapath.ErrInvalid)
-	}
-	f.objs, f.restored, err = loadPinned(f.log, opts.BPFRoot, spec)
-	if err != nil {
+	if f.objs, f.restored, err = loadEndpoint(f.log, opts); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -229,7 +207,7 @@ func NewForwarder(log *slog.Logger, opts Options) (_ *Forwarder, err error) {
 		return nil, err
 	}
 	if f.tun, err = bpf.LoadTunnel(f.objs, nil); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrUnsupported, err)
+		return nil, classifyLoad("tunnel program", err)
 	}
 	defer func() {
 		if err != nil {
@@ -237,20 +215,45 @@ func NewForwarder(log *slog.Logger, opts Options) (_ *Forwarder, err error) {
 		}
 	}()
 	f.adoptTunnel()
+	if err := f.attachHostPrograms(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// attachHostPrograms attaches the uplink's programs and the socket hooks
+// (without which only published ports from the host itself are lost).
+func (f *Forwarder) attachHostPrograms() error {
 	if !f.hasUp {
 		f.warnings = append(f.warnings, "no uplink (no --uplink and no default route): no masquerade, published ports only from this host")
 	}
 	if err := f.setHostConfig(f.uplink); err != nil {
-		return nil, err
+		return err
 	}
 	if err := f.attachUplink(); err != nil {
-		return nil, fmt.Errorf("%w: uplink programs: %v", ErrUnsupported, err)
+		return classifyLoad("uplink programs", err)
 	}
 	if err := f.attachSockHooks(); err != nil {
 		f.log.Warn("socket hooks unavailable: published ports are not reachable from this host's own sockets", "err", err)
 		f.warnings = append(f.warnings, "socket hooks unavailable (published ports not reachable from the host itself): "+err.Error())
 	}
-	return f, nil
+	return nil
+}
+
+// loadEndpoint loads the endpoint object (opts.EndpointSpec, or the
+// built-in one) sized by opts, onto the maps pinned under the bpf root.
+func loadEndpoint(log *slog.Logger, opts Options) (*bpf.Objects, int, error) {
+	spec := opts.EndpointSpec
+	if spec == nil {
+		var err error
+		if spec, err = bpf.EndpointSpec(); err != nil {
+			return nil, 0, unsupported("endpoint programs", err)
+		}
+	}
+	if err := bpf.SetConntrackMax(spec, opts.ConntrackMax); err != nil {
+		return nil, 0, fmt.Errorf("conntrack size: %w (%w)", err, datapath.ErrInvalid)
+	}
+	return loadPinned(log, opts.BPFRoot, spec)
 }
 
 // policyOf is what the programs enforce for these options.
@@ -315,19 +318,19 @@ func policyDetail(p bpf.Policy) string {
 func ensureBPFFS(root string) error {
 	if isUnder(root, "/sys/fs/bpf") && isBPFFS("/sys/fs/bpf") != nil {
 		if err := os.MkdirAll("/sys/fs/bpf", 0o755); err != nil {
-			return fmt.Errorf("%w: create /sys/fs/bpf: %v", ErrUnsupported, err)
+			return unsupported("create /sys/fs/bpf", err)
 		}
 		if err := unix.Mount("bpffs", "/sys/fs/bpf", "bpf", 0, "mode=0700"); err != nil {
-			return fmt.Errorf("%w: mount bpffs on /sys/fs/bpf: %v", ErrUnsupported, err)
+			return unsupported("mount bpffs on /sys/fs/bpf", err)
 		}
 	}
 	for _, sub := range []string{"maps", "links"} {
 		if err := os.MkdirAll(filepath.Join(root, sub), 0o700); err != nil {
-			return fmt.Errorf("%w: create bpf root %s: %v", ErrUnsupported, root, err)
+			return unsupported("create bpf root "+root, err)
 		}
 	}
 	if err := isBPFFS(root); err != nil {
-		return fmt.Errorf("%w: bpf root %s: %v", ErrUnsupported, root, err)
+		return unsupported("bpf root "+root, err)
 	}
 	return nil
 }
@@ -396,7 +399,7 @@ func loadPinned(log *slog.Logger, root string, spec *ebpf.CollectionSpec) (*bpf.
 		objs, err = bpf.LoadSpec(spec, nil)
 	}
 	if err != nil {
-		return nil, 0, fmt.Errorf("%w: %v", ErrUnsupported, err)
+		return nil, 0, classifyLoad("endpoint programs", err)
 	}
 	for name, m := range objs.Maps() {
 		if _, ok := repl[name]; ok {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/fabricnet/fabric/bpf"
 	"github.com/fabricnet/fabric/datapath"
+	"github.com/fabricnet/fabric/datapath/plumb"
 )
 
 // EnsureNetwork programs a bridge or overlay network: its gateway address
@@ -113,6 +114,9 @@ func (f *Forwarder) EnsureEndpoint(n datapath.Network, ep datapath.Endpoint, hos
 	}
 	ifindex := host.Attrs().Index
 	addr := ep.Addr.Addr()
+	if err := f.forgetOldVeth(ep.ID, ifindex); err != nil {
+		return err
+	}
 	if err := f.objs.PutEndpoint(bpf.Endpoint{HostIfindex: ifindex, Addr: addr, MAC: ep.MAC, Network: netID(n.ID)}); err != nil {
 		return err
 	}
@@ -123,7 +127,7 @@ func (f *Forwarder) EnsureEndpoint(n datapath.Network, ep datapath.Endpoint, hos
 	if err != nil {
 		return err
 	}
-	old := f.eps[ep.ID]
+	old, had := f.eps[ep.ID]
 	for _, p := range old.ports {
 		if !slices.Contains(ports, p) {
 			if err := f.objs.DeletePort(p); err != nil {
@@ -137,10 +141,28 @@ func (f *Forwarder) EnsureEndpoint(n datapath.Network, ep datapath.Endpoint, hos
 		}
 	}
 	f.eps[ep.ID] = epState{ifindex: ifindex, ports: ports}
-	if err := f.attachTC(f.linkPin(endpointPin(ifindex)), ifindex, f.objs.FromEndpoint(), ebpf.AttachTCXIngress); err != nil {
+	// Attached before on this very veth: missing now is drift.
+	expected := had && old.ifindex == ifindex && old.attached
+	if err := f.ensureTC(f.linkPin(endpointPin(ifindex)), ifindex, f.objs.FromEndpoint(), ebpf.AttachTCXIngress, expected); err != nil {
 		return err
 	}
+	f.eps[ep.ID] = epState{ifindex: ifindex, ports: ports, attached: true}
 	return nil
+}
+
+// forgetOldVeth drops what the endpoint's previous host veth left in the
+// maps and pins when the endpoint now has another one (the veth was
+// removed by hand and made again): the address stays held by a dead
+// ifindex otherwise.
+func (f *Forwarder) forgetOldVeth(id string, ifindex int) error {
+	old, ok := f.eps[id]
+	if !ok || old.ifindex == ifindex {
+		return nil
+	}
+	if err := f.objs.DeleteEndpoint(old.ifindex); err != nil {
+		return fmt.Errorf("endpoint %s: forget old host veth %d: %w", id, old.ifindex, err)
+	}
+	return f.detach(f.linkPin(endpointPin(old.ifindex)))
 }
 
 func portsOf(ep datapath.Endpoint) ([]bpf.Port, error) {
@@ -198,55 +220,78 @@ func (f *Forwarder) DeleteEndpoint(n datapath.Network, ep datapath.Endpoint) err
 func (f *Forwarder) Sync(s datapath.State) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	w := f.wanted(s)
 	var errs []error
-	wantNets := map[string]datapath.Network{}
+	errs = append(errs, f.pruneMaps(w)...)
+	errs = append(errs, f.prunePins(w))
+	errs = append(errs, f.pruneHostSide(w)...)
+	errs = append(errs, f.syncOverlay(w.nets, s))
+	errs = append(errs, f.refreshHostAddrs())
+	errs = append(errs, f.ensureUplinkAttached())
+	return errors.Join(errs...)
+}
+
+// want is what a Sync keeps: everything else it finds is pruned.
+type want struct {
+	nets    map[string]datapath.Network
+	ifindex map[int]bool
+	ports   map[bpf.Port]bool
+	addr    map[netip.Addr]bool
+}
+
+// wanted is what s asks for, and forgets the networks and endpoints it
+// does not name. Endpoints that failed to ensure are not wanted: their
+// errors are the datapath's to report.
+func (f *Forwarder) wanted(s datapath.State) want {
+	w := want{nets: map[string]datapath.Network{}, ifindex: map[int]bool{}, ports: map[bpf.Port]bool{}, addr: map[netip.Addr]bool{}}
 	for _, n := range s.Networks {
 		if n.Driver == datapath.DriverBridge || n.Driver == "" || n.Driver == datapath.DriverOverlay {
-			wantNets[n.ID] = n
+			w.nets[n.ID] = n
 		}
 	}
 	for id := range f.nets {
-		if _, ok := wantNets[id]; !ok {
+		if _, ok := w.nets[id]; !ok {
 			delete(f.nets, id)
 		}
 	}
-	wantEps := map[string]bool{}
-	wantIfindex := map[int]bool{}
-	wantPorts := map[bpf.Port]bool{}
-	wantAddr := map[netip.Addr]bool{}
+	eps := map[string]bool{}
 	for _, ep := range s.Endpoints {
-		if _, ok := wantNets[ep.NetworkID]; !ok {
+		if _, ok := w.nets[ep.NetworkID]; !ok {
 			continue
 		}
 		st, ok := f.eps[ep.ID]
 		if !ok {
-			continue // failed to ensure: its error is the kernel's to report
+			continue
 		}
-		wantEps[ep.ID] = true
-		wantIfindex[st.ifindex] = true
-		wantAddr[ep.Addr.Addr()] = true
+		eps[ep.ID] = true
+		w.ifindex[st.ifindex] = true
+		w.addr[ep.Addr.Addr()] = true
 		for _, p := range st.ports {
-			wantPorts[p] = true
+			w.ports[p] = true
 		}
 	}
 	for id := range f.eps {
-		if !wantEps[id] {
+		if !eps[id] {
 			delete(f.eps, id)
 		}
 	}
+	return w
+}
 
-	// Map entries.
+// pruneMaps deletes the endpoint, network and port entries w lacks.
+func (f *Forwarder) pruneMaps(w want) []error {
+	var errs []error
 	if ifs, err := f.objs.EndpointIfindexes(); err != nil {
 		errs = append(errs, err)
 	} else {
 		for _, ifindex := range ifs {
-			if !wantIfindex[ifindex] {
+			if !w.ifindex[ifindex] {
 				errs = append(errs, f.objs.DeleteEndpoint(ifindex))
 			}
 		}
 	}
 	wantIDs := map[bpf.NetID]bool{}
-	for id := range wantNets {
+	for id := range w.nets {
 		wantIDs[netID(id)] = true
 	}
 	if ids, err := f.objs.NetworkIDs(); err != nil {
@@ -262,38 +307,47 @@ func (f *Forwarder) Sync(s datapath.State) error {
 		errs = append(errs, err)
 	} else {
 		for _, p := range ports {
-			if !wantPorts[p] {
+			if !w.ports[p] {
 				errs = append(errs, f.objs.DeletePort(p))
 			}
 		}
 	}
+	return errs
+}
 
-	// Link pins of endpoints.
+// prunePins detaches the endpoint programs of veths w lacks.
+func (f *Forwarder) prunePins(w want) error {
 	dir := filepath.Join(f.opts.BPFRoot, "links")
-	if entries, err := os.ReadDir(dir); err != nil {
-		errs = append(errs, fmt.Errorf("list pinned links: %w", err))
-	} else {
-		for _, e := range entries {
-			rest, ok := strings.CutPrefix(e.Name(), "ep-")
-			if !ok {
-				continue
-			}
-			if ifindex, err := strconv.Atoi(rest); err == nil && wantIfindex[ifindex] {
-				continue
-			}
-			errs = append(errs, f.detach(filepath.Join(dir, e.Name())))
-		}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("list pinned links: %w", err)
 	}
+	var errs []error
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), "ep-")
+		if !ok {
+			continue
+		}
+		if ifindex, err := strconv.Atoi(rest); err == nil && w.ifindex[ifindex] {
+			continue
+		}
+		errs = append(errs, f.detach(filepath.Join(dir, e.Name())))
+	}
+	return errors.Join(errs...)
+}
 
-	// Gateway addresses and routes.
+// pruneHostSide removes the gateway addresses and routes of networks and
+// endpoints w lacks.
+func (f *Forwarder) pruneHostSide(w want) []error {
+	var errs []error
 	wantGW := map[netip.Addr]bool{}
 	wantSubnet := map[netip.Prefix]bool{}
-	for _, n := range wantNets {
+	for _, n := range w.nets {
 		wantGW[n.Gateway] = true
 		wantSubnet[n.Subnet.Masked()] = true
 	}
 	if gw, err := f.nl.LinkByName(gwDevice); err == nil {
-		addrs, err := f.nl.AddrList(gw, netlink.FAMILY_V4)
+		addrs, err := plumb.RetryDump(func() ([]netlink.Addr, error) { return f.nl.AddrList(gw, netlink.FAMILY_V4) })
 		if err != nil {
 			errs = append(errs, fmt.Errorf("list %s addresses: %w", gwDevice, err))
 		}
@@ -303,27 +357,25 @@ func (f *Forwarder) Sync(s datapath.State) error {
 			}
 		}
 	}
-	if routes, err := f.fabricRoutes(); err != nil {
-		errs = append(errs, err)
-	} else {
-		for _, r := range routes {
-			if r.Dst == nil {
-				continue
-			}
-			ip, _ := netip.AddrFromSlice(r.Dst.IP.To4())
-			ones, _ := r.Dst.Mask.Size()
-			p := netip.PrefixFrom(ip, ones)
-			keep := wantSubnet[p] || (ones == 32 && wantAddr[ip])
-			if !keep {
-				if err := f.nl.RouteDel(&r); err != nil && !isNoRoute(err) {
-					errs = append(errs, fmt.Errorf("remove route %s: %w", p, err))
-				}
-			}
+	routes, err := f.fabricRoutes()
+	if err != nil {
+		return append(errs, err)
+	}
+	for _, r := range routes {
+		if r.Dst == nil {
+			continue
+		}
+		ip, _ := netip.AddrFromSlice(r.Dst.IP.To4())
+		ones, _ := r.Dst.Mask.Size()
+		p := netip.PrefixFrom(ip, ones)
+		if wantSubnet[p] || (ones == 32 && w.addr[ip]) {
+			continue
+		}
+		if err := f.nl.RouteDel(&r); err != nil && !isNoRoute(err) {
+			errs = append(errs, fmt.Errorf("remove route %s: %w", p, err))
 		}
 	}
-	errs = append(errs, f.syncOverlay(wantNets, s))
-	errs = append(errs, f.refreshHostAddrs())
-	return errors.Join(errs...)
+	return errs
 }
 
 func isNoRoute(err error) bool {

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -14,6 +12,7 @@ import (
 	"github.com/fabricnet/fabric/bpf"
 	"github.com/fabricnet/fabric/datapath"
 	"github.com/fabricnet/fabric/datapath/netns"
+	"github.com/fabricnet/fabric/datapath/plumb"
 )
 
 // gwDevice (a portless bridge) holds every gateway address of the eBPF
@@ -39,16 +38,7 @@ func (f *Forwarder) prepareHost() error {
 }
 
 func (f *Forwarder) sysctl(name, value string) error {
-	return netns.Do(f.nsPath, func() error {
-		p := filepath.Join("/proc/sys", name)
-		if cur, err := os.ReadFile(p); err == nil && string(cur) == value+"\n" {
-			return nil
-		}
-		if err := os.WriteFile(p, []byte(value), 0o644); err != nil {
-			return fmt.Errorf("sysctl %s=%s: %w", name, value, err)
-		}
-		return nil
-	})
+	return netns.Do(f.nsPath, func() error { return plumb.EnsureSysctl(name, value) })
 }
 
 // gateway returns the gateway device, creating it if needed.
@@ -156,7 +146,7 @@ func (f *Forwarder) ensureEndpointRoute(addr, gw netip.Addr, mac net.HardwareAdd
 // refreshHostAddrs tells the programs every IPv4 address of the host, the
 // addresses a wildcard published port answers on.
 func (f *Forwarder) refreshHostAddrs() error {
-	addrs, err := f.nl.AddrList(nil, netlink.FAMILY_V4)
+	addrs, err := plumb.RetryDump(func() ([]netlink.Addr, error) { return f.nl.AddrList(nil, netlink.FAMILY_V4) })
 	if err != nil {
 		return fmt.Errorf("list host addresses: %w", err)
 	}
@@ -171,9 +161,11 @@ func (f *Forwarder) refreshHostAddrs() error {
 
 // fabricRoutes lists the routes this package made.
 func (f *Forwarder) fabricRoutes() ([]netlink.Route, error) {
-	routes, err := f.nl.RouteListFiltered(netlink.FAMILY_V4,
-		&netlink.Route{Table: unix.RT_TABLE_MAIN, Protocol: rtProtoFabric},
-		netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
+	routes, err := plumb.RetryDump(func() ([]netlink.Route, error) {
+		return f.nl.RouteListFiltered(netlink.FAMILY_V4,
+			&netlink.Route{Table: unix.RT_TABLE_MAIN, Protocol: rtProtoFabric},
+			netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("list fabric routes: %w", err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/fabricnet/fabric/bpf"
 	"github.com/fabricnet/fabric/datapath"
+	"github.com/fabricnet/fabric/datapath/plumb"
 )
 
 // Overlay networks are bridge networks whose subnet spans hosts: local
@@ -157,7 +158,7 @@ func (f *Forwarder) underlay() (netlink.Link, error) {
 	if len(links) == 1 {
 		filter = links[0]
 	}
-	addrs, err := f.nl.AddrList(filter, netlink.FAMILY_V4)
+	addrs, err := plumb.RetryDump(func() ([]netlink.Addr, error) { return f.nl.AddrList(filter, netlink.FAMILY_V4) })
 	if err != nil {
 		return nil, fmt.Errorf("list addresses: %w", err)
 	}
@@ -257,18 +258,17 @@ func (f *Forwarder) setRemotes(n datapath.Network, remotes []datapath.Remote) er
 		return err
 	}
 	// Put first, then delete: an entry that stays is never missing.
-	for _, r := range want {
-		if err := f.objs.PutRemote(r); err != nil {
-			if errors.Is(err, bpf.ErrInvalid) {
-				return fmt.Errorf("network %s: %w (%w)", n.ID, err, datapath.ErrInvalid)
-			}
-			return fmt.Errorf("network %s: %w", n.ID, err)
+	if err := f.putRemotes(want, have); err != nil {
+		if errors.Is(err, bpf.ErrInvalid) {
+			return fmt.Errorf("network %s: %w (%w)", n.ID, err, datapath.ErrInvalid)
 		}
+		return fmt.Errorf("network %s: %w", n.ID, err)
 	}
 	var errs []error
 	for _, r := range have {
 		if _, ok := want[r.Addr]; r.Network == id && !ok {
 			errs = append(errs, f.objs.DeleteRemote(id, r.Addr))
+			delete(f.written, remoteKey{id, r.Addr})
 		}
 	}
 	return errors.Join(errs...)
@@ -316,6 +316,7 @@ func (f *Forwarder) syncOverlay(nets map[string]datapath.Network, s datapath.Sta
 		for _, r := range have {
 			if !overlay[r.Network] {
 				errs = append(errs, f.objs.DeleteRemote(r.Network, r.Addr))
+				delete(f.written, remoteKey{r.Network, r.Addr})
 			}
 		}
 	}

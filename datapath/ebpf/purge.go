@@ -6,8 +6,8 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/fabricnet/fabric/datapath/kernel"
 	"github.com/fabricnet/fabric/datapath/netns"
+	"github.com/fabricnet/fabric/datapath/plumb"
 )
 
 // Purge removes what the eBPF datapath leaves behind on purpose when its
@@ -15,7 +15,7 @@ import (
 // every program link pinned under bpfRoot — endpoint and tunnel tc
 // programs, the uplink's tc/XDP programs, the cgroup socket hooks on the
 // root cgroup — is detached, the maps are unpinned, bpfRoot is removed,
-// and so are the gateway and tunnel devices; then kernel.Purge removes the
+// and so are the gateway and tunnel devices; then plumb.Purge removes the
 // rest. It is for a stopped agent (`fabricd reset`).
 func Purge(nsPath, bpfRoot string) error {
 	if bpfRoot == "" {
@@ -56,6 +56,6 @@ func Purge(nsPath, bpfRoot string) error {
 			errs = append(errs, fmt.Errorf("delete %s: %w", name, err))
 		}
 	}
-	errs = append(errs, kernel.Purge(nsPath))
+	errs = append(errs, plumb.Purge(nsPath))
 	return errors.Join(errs...)
 }

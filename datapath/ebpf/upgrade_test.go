@@ -138,7 +138,7 @@ func (l *upgradeLab) upgrade(spec *ebpf.CollectionSpec) {
 	if err := l.a.dp.Close(); err != nil {
 		l.t.Fatalf("close datapath: %v", err)
 	}
-	l.a.opts.endpointSpec = spec
+	l.a.opts.EndpointSpec = spec
 	l.a.start()
 	s := datapath.State{Networks: []datapath.Network{l.net}, Endpoints: []datapath.Endpoint{l.a.ep, l.b.ep}}
 	if err := l.a.dp.Sync(context.Background(), s); err != nil {

@@ -2,16 +2,14 @@ package kernel
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"fmt"
 	"net"
-	"os"
-	"strings"
 
 	"github.com/vishvananda/netlink"
 
 	"github.com/fabricnet/fabric/datapath"
 	fabricns "github.com/fabricnet/fabric/datapath/netns"
+	"github.com/fabricnet/fabric/datapath/plumb"
 )
 
 // ensureBridge creates the network's bridge or brings an existing one back
@@ -19,12 +17,12 @@ import (
 func (d *Datapath) ensureBridge(n datapath.Network) (created bool, err error) {
 	link, err := d.nl.LinkByName(n.Bridge)
 	switch {
-	case isNotFound(err):
+	case plumb.IsNotFound(err):
 		link = nil
 	case err != nil:
 		return false, fmt.Errorf("look up bridge %s: %w", n.Bridge, err)
 	default:
-		if err := d.claim(link, n.ID, bridgeMAC(n.ID)); err != nil {
+		if err := d.host.Claim(link, n.ID, bridgeMAC(n.ID)); err != nil {
 			return false, err
 		}
 		if link.Type() != "bridge" {
@@ -54,7 +52,7 @@ func (d *Datapath) ensureBridge(n datapath.Network) (created bool, err error) {
 // fixBridge brings an existing bridge to the wanted state.
 func (d *Datapath) fixBridge(link netlink.Link, n datapath.Network) error {
 	attrs := link.Attrs()
-	if want := mtuOf(n); attrs.MTU != want {
+	if want := plumb.MTUOf(n); attrs.MTU != want {
 		if err := d.nl.LinkSetMTU(link, want); err != nil {
 			return fmt.Errorf("set MTU %d on bridge %s: %w", want, n.Bridge, err)
 		}
@@ -92,44 +90,15 @@ func (d *Datapath) createBridge(n datapath.Network) (netlink.Link, error) {
 	}
 	link, err := d.nl.LinkByName(n.Bridge)
 	if err == nil {
-		err = d.nl.LinkSetAlias(link, ownerAlias(n.ID))
+		err = d.nl.LinkSetAlias(link, plumb.OwnerAlias(n.ID))
 	}
 	if err != nil {
 		_ = d.nl.LinkDel(&netlink.Bridge{LinkAttrs: la})
 		return nil, fmt.Errorf("set up new bridge %s: %w", n.Bridge, err)
 	}
-	link.Attrs().Alias = ownerAlias(n.ID)
+	link.Attrs().Alias = plumb.OwnerAlias(n.ID)
 	d.log.Info("created bridge", "bridge", n.Bridge, "network", n.ID)
 	return link, nil
-}
-
-// ensureOnlyAddr leaves exactly one IPv4 address, want, on a link fabric owns.
-func (d *Datapath) ensureOnlyAddr(link netlink.Link, want *net.IPNet) error {
-	return ensureOnlyAddr(d.nl, link, want)
-}
-
-func ensureOnlyAddr(h *netlink.Handle, link netlink.Link, want *net.IPNet) error {
-	addrs, err := retryDump(func() ([]netlink.Addr, error) { return h.AddrList(link, netlink.FAMILY_V4) })
-	if err != nil {
-		return fmt.Errorf("list addresses: %w", err)
-	}
-	found := false
-	for _, a := range addrs {
-		if a.IPNet.IP.Equal(want.IP) && bytes.Equal(a.IPNet.Mask, want.Mask) {
-			found = true
-			continue
-		}
-		if err := h.AddrDel(link, &a); err != nil {
-			return fmt.Errorf("remove stale address %s: %w", a.IPNet, err)
-		}
-	}
-	if found {
-		return nil
-	}
-	if err := h.AddrAdd(link, &netlink.Addr{IPNet: want}); err != nil {
-		return fmt.Errorf("add address %s: %w", want, err)
-	}
-	return nil
 }
 
 // deleteBridge removes the network's bridge if fabric owns it under this ID.
@@ -138,61 +107,26 @@ func (d *Datapath) deleteBridge(n datapath.Network) error {
 		return nil
 	}
 	link, err := d.nl.LinkByName(n.Bridge)
-	if isNotFound(err) {
+	if plumb.IsNotFound(err) {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("look up bridge %s: %w", n.Bridge, err)
 	}
-	if link.Attrs().Alias != ownerAlias(n.ID) {
+	if link.Attrs().Alias != plumb.OwnerAlias(n.ID) {
 		d.log.Warn("not deleting bridge owned by someone else", "bridge", n.Bridge, "alias", link.Attrs().Alias, "network", n.ID)
 		return nil
 	}
-	if err := d.nl.LinkDel(link); err != nil && !isNotFound(err) {
+	if err := d.nl.LinkDel(link); err != nil && !plumb.IsNotFound(err) {
 		return fmt.Errorf("delete bridge %s: %w", n.Bridge, err)
 	}
 	d.log.Info("deleted bridge", "bridge", n.Bridge, "network", n.ID)
 	return nil
 }
 
-// claim accepts a link fabric made for this object and refuses anything
-// else: links of other objects and links fabric did not make. The kernel
-// ignores an alias given at creation, so it is set right after; a link left
-// without alias by a crash in between is recognised by the MAC fabric
-// derived from the same ID and gets its alias now.
-func (d *Datapath) claim(link netlink.Link, id string, mac net.HardwareAddr) error {
-	a := link.Attrs()
-	want := ownerAlias(id)
-	switch {
-	case a.Alias == want:
-		return nil
-	case a.Alias == "" && bytes.Equal(a.HardwareAddr, mac):
-		if err := d.nl.LinkSetAlias(link, want); err != nil {
-			return fmt.Errorf("set alias on %s: %w", a.Name, err)
-		}
-		a.Alias = want
-		return nil
-	case strings.HasPrefix(a.Alias, datapath.OwnerPrefix):
-		return invalidf("link %s already belongs to %s (wanted for %s)", a.Name, a.Alias, want)
-	default:
-		return invalidf("link %s exists and is not managed by fabric; pick another name or remove it", a.Name)
-	}
-}
-
 // bridgeMAC derives a stable MAC from the network ID, so a recreated
 // bridge keeps the MAC the sandboxes know.
-func bridgeMAC(id string) net.HardwareAddr { return derivedMAC("fabric-bridge:" + id) }
-
-// hostVethMAC derives the host-side veth MAC from the endpoint ID.
-func hostVethMAC(id string) net.HardwareAddr { return derivedMAC("fabric-veth:" + id) }
-
-// derivedMAC is a locally administered unicast MAC hashed from seed.
-func derivedMAC(seed string) net.HardwareAddr {
-	sum := sha256.Sum256([]byte(seed))
-	mac := net.HardwareAddr(sum[:6])
-	mac[0] = mac[0]&0xfe | 0x02
-	return mac
-}
+func bridgeMAC(id string) net.HardwareAddr { return plumb.DerivedMAC("fabric-bridge:" + id) }
 
 // ensureSysctls turns on forwarding in the host namespace and
 // route_localnet on the bridge (so 127.0.0.1 published ports can be
@@ -201,25 +135,66 @@ func derivedMAC(seed string) net.HardwareAddr {
 // process's own: another goroutine's thread may be elsewhere.
 func (d *Datapath) ensureSysctls(bridge string) error {
 	set := func() error {
-		if err := ensureSysctl("net/ipv4/ip_forward", "1"); err != nil {
+		if err := plumb.EnsureSysctl("net/ipv4/ip_forward", "1"); err != nil {
 			return err
 		}
-		return ensureSysctl("net/ipv4/conf/"+bridge+"/route_localnet", "1")
+		return plumb.EnsureSysctl("net/ipv4/conf/"+bridge+"/route_localnet", "1")
 	}
 	return fabricns.Do(d.nsPath, set)
 }
 
-func ensureSysctl(name, value string) error {
-	p := "/proc/sys/" + name
-	cur, err := os.ReadFile(p)
-	if err != nil {
-		return fmt.Errorf("read sysctl %s: %w", name, err)
+// ensureOnlyAddr leaves exactly one IPv4 address, want, on a link fabric owns.
+func (d *Datapath) ensureOnlyAddr(link netlink.Link, want *net.IPNet) error {
+	return plumb.EnsureOnlyAddr(d.nl, link, want)
+}
+
+// netStateOf is the part of n the nftables rules depend on.
+func netStateOf(n datapath.Network) netState {
+	return netState{ID: n.ID, Bridge: n.Bridge, Subnet: n.Subnet.Masked(), Internal: n.Internal}
+}
+
+// ensureVeth creates or repairs the endpoint's veth pair (plumb), its host
+// side a port of the network's bridge. An overlay sandbox retries ARP
+// fast (plumb.FastARP).
+func (d *Datapath) ensureVeth(n datapath.Network, ep datapath.Endpoint) (created bool, err error) {
+	br, err := d.nl.LinkByName(n.Bridge)
+	if plumb.IsNotFound(err) {
+		return false, fmt.Errorf("endpoint %s: bridge %s of network %s does not exist; ensure the network first: %w", ep.ID, n.Bridge, n.ID, err)
 	}
-	if strings.TrimSpace(string(cur)) == value {
+	if err != nil {
+		return false, fmt.Errorf("look up bridge %s: %w", n.Bridge, err)
+	}
+	if br.Attrs().Alias != plumb.OwnerAlias(n.ID) {
+		return false, plumb.Invalidf("endpoint %s: link %s is not the bridge of network %s", ep.ID, n.Bridge, n.ID)
+	}
+	sides := plumb.VethSides{
+		Host: func(host netlink.Link, created bool) error { return d.ensureHostSide(host, br, n, created) },
+	}
+	if n.Driver == datapath.DriverOverlay {
+		sides.After = func(sb *plumb.Sandbox, _ netlink.Link) error {
+			return fabricns.Do(sb.FDPath(), func() error { return plumb.FastARP(ep.IfName) })
+		}
+	}
+	return d.host.EnsureVeth(n, ep, sides)
+}
+
+// ensureHostSide attaches the host veth to the bridge with hairpin mode
+// (a sandbox reaching its own published port through the host address is
+// bridged back out of the port it came in on when br_netfilter is active).
+func (d *Datapath) ensureHostSide(host, br netlink.Link, n datapath.Network, created bool) error {
+	attrs := host.Attrs()
+	if attrs.MasterIndex != br.Attrs().Index {
+		if err := d.nl.LinkSetMasterByIndex(host, br.Attrs().Index); err != nil {
+			return fmt.Errorf("attach to bridge %s: %w", n.Bridge, err)
+		}
+	}
+	// Bridge port flags are not in a plain link query; setting the flag is
+	// one request, reading it would be a dump of every port.
+	if err := d.nl.LinkSetHairpin(host, true); err != nil {
+		return fmt.Errorf("set hairpin mode: %w", err)
+	}
+	if created {
 		return nil
 	}
-	if err := os.WriteFile(p, []byte(value), 0o644); err != nil {
-		return fmt.Errorf("set sysctl %s=%s: %w", name, value, err)
-	}
-	return nil
+	return d.host.RepairHostMTUUp(host, n)
 }

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/fabricnet/fabric/datapath"
+	"github.com/fabricnet/fabric/datapath/plumb"
 )
 
 // The trust boundaries of the bridge model, in the input chain (see the
@@ -162,27 +163,16 @@ func (d *Datapath) guardCounters() ([]datapath.Counter, error) {
 func checkGuardPorts(ports []datapath.HostPort) error {
 	for _, g := range ports {
 		if (g.Proto != "tcp" && g.Proto != "udp") || g.Port == 0 {
-			return invalidf("guarded host port %s/%d: need tcp or udp and a port", g.Proto, g.Port)
+			return plumb.Invalidf("guarded host port %s/%d: need tcp or udp and a port", g.Proto, g.Port)
 		}
 	}
 	return nil
 }
 
-// Metrics reports the forwarder's counters, or in the bridge model the
-// guard rules' (the other nftables counters are per rule, not per reason);
-// and the remotes skipped.
+// Metrics reports the guard rules' counters (the other nftables counters
+// are per rule, not per reason), the remotes skipped and the repairs.
 func (d *Datapath) Metrics() (datapath.Metrics, error) {
-	d.mu.Lock()
-	fwd := d.fwd
-	d.mu.Unlock()
-	if r, ok := fwd.(datapath.MetricsReader); ok {
-		m, err := r.Metrics()
-		if err == nil {
-			m.SkippedRemotes = d.skips.Counts()
-		}
-		return m, err
-	}
-	m := datapath.Metrics{SkippedRemotes: d.skips.Counts()}
+	m := datapath.Metrics{SkippedRemotes: d.skips.Counts(), Repairs: d.pass.Repairs.Counts()}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.nft == nil {

@@ -23,6 +23,7 @@ import (
 	"github.com/fabricnet/fabric/datapath"
 	fabricns "github.com/fabricnet/fabric/datapath/netns"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
+	"github.com/fabricnet/fabric/datapath/plumb"
 )
 
 // Addresses used by the tests exist only inside namespaces the tests make.
@@ -314,7 +315,7 @@ func (l *lab) link(name string) netlink.Link {
 
 func (l *lab) linkGone(name string) bool {
 	_, err := l.hostNL.LinkByName(name)
-	return isNotFound(err)
+	return plumb.IsNotFound(err)
 }
 
 var tableHandleRE = regexp.MustCompile(`"family": "ip", "name": "fabric", "handle": (\d+)`)
@@ -366,9 +367,21 @@ func (l *lab) setBridgeNetfilter(on bool) {
 		v = "1"
 	}
 	err := fabricns.Do(l.hostPath, func() error {
-		return ensureSysctl("net/bridge/bridge-nf-call-iptables", v)
+		return plumb.EnsureSysctl("net/bridge/bridge-nf-call-iptables", v)
 	})
 	if err != nil {
 		l.t.Skipf("br_netfilter sysctl not available: %v", err)
 	}
+}
+
+// faulty is a second datapath on l's host namespace whose steps fail as
+// f says; it is closed at the end of the test.
+func (l *lab) faulty(f plumb.Faults) *Datapath {
+	l.t.Helper()
+	dp, err := New(slog.New(slog.NewTextHandler(testWriter{l.t}, nil)), Options{NetNSPath: l.hostPath, faults: f})
+	if err != nil {
+		l.t.Fatalf("new faulty datapath: %v", err)
+	}
+	l.t.Cleanup(func() { dp.Close() })
+	return dp
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/fabricnet/fabric/datapath"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
+	"github.com/fabricnet/fabric/datapath/plumb"
 )
 
 // These tests need a kernel with ipvlan (CONFIG_IPVLAN, and
@@ -121,14 +122,14 @@ func TestIPvlanHostShim(t *testing.T) {
 			h1.ensureNetwork(n)
 			h1.ensureEndpoint(n, e1)
 			mustPing(t, h1.hostName, "10.90.43.2")
-			shim, ok := h1.link(shimName(n.ID)).(*netlink.IPVlan)
-			if !ok || shim.Mode != ipvlanModes[mode] || shim.Alias != shimAlias(n.ID) {
-				t.Errorf("shim: %+v", h1.link(shimName(n.ID)))
+			shim, ok := h1.link(plumb.ShimName(n.ID)).(*netlink.IPVlan)
+			if !ok || shim.Mode != map[string]netlink.IPVlanMode{"l2": netlink.IPVLAN_MODE_L2, "l3": netlink.IPVLAN_MODE_L3, "l3s": netlink.IPVLAN_MODE_L3S}[mode] || shim.Alias != plumb.ShimAlias(n.ID) {
+				t.Errorf("shim: %+v", h1.link(plumb.ShimName(n.ID)))
 			}
 			if err := h1.dp.DeleteNetwork(ctx, n); err != nil {
 				t.Fatal(err)
 			}
-			if !h1.linkGone(shimName(n.ID)) {
+			if !h1.linkGone(plumb.ShimName(n.ID)) {
 				t.Error("shim left")
 			}
 		})

@@ -33,16 +33,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"runtime"
 	"slices"
 	"sync"
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 
 	"github.com/fabricnet/fabric/datapath"
+	"github.com/fabricnet/fabric/datapath/plumb"
 )
 
 // Options configures a kernel datapath.
@@ -50,53 +48,26 @@ type Options struct {
 	// NetNSPath is the network namespace the datapath programs as "the
 	// host"; "" means the namespace New is called in (the process's own).
 	NetNSPath string
-	// Forwarder, if set, replaces the Linux bridge and nftables for bridge
-	// networks (the eBPF datapath): this package still makes the veth
-	// pairs and configures the sandbox side, the forwarder does the host
-	// side. macvlan/ipvlan networks are unaffected.
-	Forwarder Forwarder
 	// Tunnel is where overlay networks' VXLAN traffic leaves and arrives;
 	// overlay networks cannot be ensured without Tunnel.Local.
 	Tunnel datapath.Tunnel
 	// GuardPorts are fabric's own ports on the host (gossip, tunnel,
 	// metrics): the input chain drops what sandboxes send to them.
 	GuardPorts []datapath.HostPort
-}
 
-// Forwarder forwards bridge-network traffic without a bridge. Its methods
-// are called with the datapath's lock held, one at a time, and must be
-// idempotent like the Datapath's own.
-type Forwarder interface {
-	// EnsureNetwork programs a network (no link is made for it here).
-	EnsureNetwork(n datapath.Network) error
-	// DeleteNetwork forgets a network; a missing one is not an error.
-	DeleteNetwork(n datapath.Network) error
-	// EnsureEndpoint programs the endpoint's host side, host being its
-	// host-side veth, up and with the network's MTU. An error rolls the
-	// veth back if this call made it.
-	EnsureEndpoint(n datapath.Network, ep datapath.Endpoint, host netlink.Link) error
-	// DeleteEndpoint forgets an endpoint, before its veth is deleted.
-	DeleteEndpoint(n datapath.Network, ep datapath.Endpoint) error
-	// SetRemotes replaces the remote endpoints of overlay network n.
-	SetRemotes(n datapath.Network, remotes []datapath.Remote) error
-	// Sync forgets everything not in s. It runs after every network and
-	// endpoint of s was ensured.
-	Sync(s datapath.State) error
-	// Status describes the forwarder; it replaces the kernel's own.
-	Status() datapath.Status
-	// Close releases the forwarder's handles; what it programmed stays.
-	Close() error
+	// faults, set only by this package's tests, makes a step fail right
+	// after a link was created, to show it is rolled back.
+	faults plumb.Faults
 }
 
 // Datapath programs bridges, veths and nftables in one host namespace.
 // Its methods are safe for concurrent use; they run one at a time.
 type Datapath struct {
 	log    *slog.Logger
-	nsPath string         // of the host namespace; /proc/self/fd/N of hostNS for Options{}
-	hostNS netns.NsHandle // kept open: nftables dials into it by fd
-	nl     *netlink.Handle
+	host   *plumb.Host     // veths, sandbox sides, macvlan/ipvlan networks
+	nsPath string          // host.NSPath()
+	nl     *netlink.Handle // host.NL(); nil once closed
 	nft    *nftables.Conn
-	fwd    Forwarder // nil: bridges and nftables
 	tunnel datapath.Tunnel
 	guard  []datapath.HostPort
 
@@ -104,12 +75,8 @@ type Datapath struct {
 	state desired
 	// dirty is set while the table may differ from state because the last
 	// rebuild failed; the next call rebuilds even if state did not change.
-	dirty   bool
-	lastErr error // of the last Sync, reported by Status
+	dirty bool
 
-	// parentNets are the macvlan/ipvlan networks ensured (or synced) and
-	// not deleted since start, whose parents Status checks.
-	parentNets map[string]datapath.Network
 	// overlays are the overlay networks ensured (or synced) and not
 	// deleted since start, with the remotes last set (bridge model only).
 	overlays map[string]*overlayNet
@@ -117,11 +84,13 @@ type Datapath struct {
 	// skips logs and counts the remotes SetRemotes leaves out.
 	skips datapath.SkipLog
 
-	// testHookVethCreated, when set by a test, runs right after a veth pair
-	// is created; an error it returns must be rolled back like any other.
-	testHookVethCreated func() error
-	// testHookChildCreated is the same for macvlan/ipvlan children.
-	testHookChildCreated func() error
+	// pass counts what a Sync found missing and put back, and keeps the
+	// last one's error for Status.
+	pass datapath.Pass
+	// tableSynced is set once a Sync wrote the nftables table: later ones
+	// only compare it with state. vethsSynced is set once a Sync ensured
+	// every veth in full: later ones compare host veths with one dump.
+	tableSynced, vethsSynced bool
 }
 
 // errClosed is returned by every method after Close.
@@ -182,55 +151,31 @@ func New(log *slog.Logger, opts Options) (_ *Datapath, err error) {
 	if err := checkGuardPorts(opts.GuardPorts); err != nil {
 		return nil, err
 	}
-	hostNS, err := openNS(opts.NetNSPath)
+	log = log.With("datapath", "kernel")
+	host, err := plumb.Open(log, opts.NetNSPath, opts.faults)
 	if err != nil {
 		return nil, err
 	}
 	defer func() {
 		if err != nil {
-			hostNS.Close()
+			host.Close()
 		}
 	}()
-	nl, err := netlink.NewHandleAt(hostNS, unix.NETLINK_ROUTE)
-	if err != nil {
-		return nil, fmt.Errorf("netlink handle in host netns: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			nl.Close()
-		}
-	}()
-	nft, err := nftables.New(nftables.WithNetNSFd(int(hostNS)), nftables.AsLasting())
+	nft, err := nftables.New(nftables.WithNetNSFd(int(host.NS())), nftables.AsLasting())
 	if err != nil {
 		return nil, fmt.Errorf("nftables connection in host netns: %w", err)
 	}
-	nsPath := opts.NetNSPath
-	if nsPath == "" {
-		// Pin "the current namespace" to the one captured now, for the
-		// sysctl writes too.
-		nsPath = fmt.Sprintf("/proc/self/fd/%d", int(hostNS))
-	}
 	d := &Datapath{
-		log:    log.With("datapath", "kernel"),
-		nsPath: nsPath,
-		hostNS: hostNS,
-		nl:     nl,
+		log:    log,
+		host:   host,
+		nsPath: host.NSPath(),
+		nl:     host.NL(),
 		nft:    nft,
-		fwd:    opts.Forwarder,
 		tunnel: opts.Tunnel,
 		guard:  slices.Clone(opts.GuardPorts),
 		state:  newDesired(),
 
-		parentNets: map[string]datapath.Network{},
-		overlays:   map[string]*overlayNet{},
-	}
-	if d.fwd != nil {
-		// The forwarder owns NAT and published ports: a table left by a
-		// kernel-datapath run would translate its traffic twice.
-		if err := d.applyRuleset(); err != nil {
-			d.log.Warn("cannot remove the kernel datapath's nftables table", "err", err)
-		}
-		return d, nil
+		overlays: map[string]*overlayNet{},
 	}
 	restored, err := d.restoreState()
 	if err != nil {
@@ -246,46 +191,19 @@ func New(log *slog.Logger, opts Options) (_ *Datapath, err error) {
 	return d, nil
 }
 
-func openNS(path string) (netns.NsHandle, error) {
-	if path != "" {
-		ns, err := netns.GetFromPath(path)
-		if err != nil {
-			return netns.None(), fmt.Errorf("open netns %s: %w", path, err)
-		}
-		return ns, nil
-	}
-	// Only a locked thread is guaranteed to be in the process's namespace
-	// for the duration of the call.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	ns, err := netns.Get()
-	if err != nil {
-		return netns.None(), fmt.Errorf("open current netns: %w", err)
-	}
-	return ns, nil
-}
-
 // Close releases the handles. Networks and endpoints stay as they are: a
 // restarted agent finds them again.
 func (d *Datapath) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var errs error
-	if d.fwd != nil {
-		errs = errors.Join(errs, d.fwd.Close())
-		d.fwd = nil
-	}
 	if d.nft != nil {
 		errs = errors.Join(errs, d.nft.CloseLasting())
 		d.nft = nil
 	}
 	if d.nl != nil {
-		d.nl.Close()
+		errs = errors.Join(errs, d.host.Close())
 		d.nl = nil
-	}
-	if d.hostNS.IsOpen() {
-		errs = errors.Join(errs, d.hostNS.Close())
-		d.hostNS = netns.None()
 	}
 	return errs
 }
@@ -294,17 +212,6 @@ func (d *Datapath) Close() error {
 func (d *Datapath) Status(ctx context.Context) datapath.Status {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.fwd != nil {
-		st := d.fwd.Status()
-		if len(d.parentNets) > 0 && d.nl != nil {
-			st.Details = append(st.Details, fmt.Sprintf("%d macvlan/ipvlan networks", len(d.parentNets)))
-			st.Warnings = append(st.Warnings, d.parentWarnings()...)
-		}
-		if d.lastErr != nil {
-			st.Warnings = append(st.Warnings, "last sync: "+d.lastErr.Error())
-		}
-		return st
-	}
 	st := datapath.Status{
 		Name: "kernel",
 		Details: []string{
@@ -312,16 +219,14 @@ func (d *Datapath) Status(ctx context.Context) datapath.Status {
 			fmt.Sprintf("%d bridges, %d port rules", len(d.state.networks), d.state.portRuleCount()),
 		},
 	}
-	if len(d.parentNets) > 0 {
-		st.Details = append(st.Details, fmt.Sprintf("%d macvlan/ipvlan networks", len(d.parentNets)))
-		if d.nl != nil {
-			st.Warnings = append(st.Warnings, d.parentWarnings()...)
-		}
+	if d.nl != nil && d.host.LANNetworks() > 0 {
+		st.Details = append(st.Details, fmt.Sprintf("%d macvlan/ipvlan networks", d.host.LANNetworks()))
+		st.Warnings = append(st.Warnings, d.host.LANWarnings()...)
 	}
 	st.Details = append(st.Details, d.overlayDetails()...)
 	st.Details = append(st.Details, d.guardDetails()...)
-	if d.lastErr != nil {
-		st.Warnings = append(st.Warnings, "last sync: "+d.lastErr.Error())
+	if d.pass.LastErr != nil {
+		st.Warnings = append(st.Warnings, "last sync: "+d.pass.LastErr.Error())
 	}
 	return st
 }
@@ -346,7 +251,7 @@ func (s desired) portRuleCount() int {
 // bridge (overlay.go); without Options.Tunnel.Local it is refused with
 // datapath.ErrInvalid before anything is made.
 func (d *Datapath) EnsureNetwork(ctx context.Context, n datapath.Network) error {
-	if err := validateNetwork(n); err != nil {
+	if err := plumb.ValidateNetwork(n); err != nil {
 		return err
 	}
 	d.mu.Lock()
@@ -354,11 +259,8 @@ func (d *Datapath) EnsureNetwork(ctx context.Context, n datapath.Network) error 
 	if d.nl == nil {
 		return errClosed
 	}
-	if usesParent(n) {
-		return d.ensureParentNetwork(n)
-	}
-	if d.fwd != nil {
-		return d.fwd.EnsureNetwork(n)
+	if plumb.UsesParent(n) {
+		return d.host.EnsureLANNetwork(n)
 	}
 	if isOverlay(n) {
 		if err := d.checkTunnel(n); err != nil {
@@ -424,20 +326,15 @@ func (d *Datapath) ensureNetworkVXLAN(n datapath.Network) (created bool, err err
 // this network. An overlay network's VXLAN device goes before its bridge.
 func (d *Datapath) DeleteNetwork(ctx context.Context, n datapath.Network) error {
 	if n.ID == "" {
-		return invalidf("network without ID")
+		return plumb.Invalidf("network without ID")
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.nl == nil {
 		return errClosed
 	}
-	if usesParent(n) {
-		return d.deleteParentNetwork(n)
-	}
-	if d.fwd != nil {
-		if err := d.fwd.DeleteNetwork(n); err != nil {
-			return err
-		}
+	if plumb.UsesParent(n) {
+		return d.host.DeleteLANNetwork(n)
 	}
 	if isOverlay(n) {
 		if err := d.deleteVXLAN(n); err != nil {
@@ -470,13 +367,8 @@ func (d *Datapath) DeleteNetwork(ctx context.Context, n datapath.Network) error 
 	return d.rules()
 }
 
-// rules regenerates the nftables table, which only the bridge model has.
-func (d *Datapath) rules() error {
-	if d.fwd != nil {
-		return nil
-	}
-	return d.applyRuleset()
-}
+// rules regenerates the nftables table.
+func (d *Datapath) rules() error { return d.applyRuleset() }
 
 // EnsureEndpoint creates or repairs the endpoint's veth pair and sandbox
 // side. nftables is touched only when the endpoint's published ports
@@ -484,10 +376,10 @@ func (d *Datapath) rules() error {
 // On a macvlan/ipvlan network the endpoint is a child of the parent
 // instead, plus a host route through the shim if the network has one.
 func (d *Datapath) EnsureEndpoint(ctx context.Context, n datapath.Network, ep datapath.Endpoint) error {
-	if err := validateNetwork(n); err != nil {
+	if err := plumb.ValidateNetwork(n); err != nil {
 		return err
 	}
-	if err := validateEndpoint(n, ep); err != nil {
+	if err := plumb.ValidateEndpoint(n, ep); err != nil {
 		return err
 	}
 	d.mu.Lock()
@@ -495,8 +387,8 @@ func (d *Datapath) EnsureEndpoint(ctx context.Context, n datapath.Network, ep da
 	if d.nl == nil {
 		return errClosed
 	}
-	if usesParent(n) {
-		_, err := d.ensureChild(n, ep)
+	if plumb.UsesParent(n) {
+		_, err := d.host.EnsureChild(n, ep)
 		return err
 	}
 	if err := portConflict(d.state.ports, ep); err != nil {
@@ -517,7 +409,7 @@ func (d *Datapath) EnsureEndpoint(ctx context.Context, n datapath.Network, ep da
 			delete(d.state.ports, ep.ID)
 		}
 		if created {
-			_ = d.deleteVeth(ep)
+			_ = d.host.DeleteVeth(ep)
 		}
 		return err
 	}
@@ -531,21 +423,11 @@ func portConflict(ports map[string]endpointPorts, ep datapath.Endpoint) error {
 		if id == ep.ID {
 			continue
 		}
-		for _, a := range ep.Ports {
-			for _, b := range other.Ports {
-				if a.Proto == b.Proto && a.HostPort == b.HostPort && hostIPsOverlap(a.HostIP, b.HostIP) {
-					return invalidf("endpoint %s: host port %d/%s is already published by endpoint %s", ep.ID, a.HostPort, a.Proto, id)
-				}
-			}
+		if p, clash := plumb.PortClash(ep.Ports, other.Ports); clash {
+			return plumb.Invalidf("endpoint %s: host port %d/%s is already published by endpoint %s", ep.ID, p.HostPort, p.Proto, id)
 		}
 	}
 	return nil
-}
-
-func hostIPsOverlap(a, b netip.Addr) bool {
-	anyA := !a.IsValid() || a.IsUnspecified()
-	anyB := !b.IsValid() || b.IsUnspecified()
-	return anyA || anyB || a == b
 }
 
 // setPorts records ep's published ports and reports whether the desired
@@ -580,22 +462,17 @@ func (a endpointPorts) equal(b endpointPorts) bool {
 // endpoint's published ports, or a macvlan/ipvlan child and its shim route.
 func (d *Datapath) DeleteEndpoint(ctx context.Context, n datapath.Network, ep datapath.Endpoint) error {
 	if ep.ID == "" {
-		return invalidf("endpoint without ID")
+		return plumb.Invalidf("endpoint without ID")
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.nl == nil {
 		return errClosed
 	}
-	if usesParent(n) {
-		return d.deleteChild(n, ep)
+	if plumb.UsesParent(n) {
+		return d.host.DeleteChild(n, ep)
 	}
-	if d.fwd != nil {
-		if err := d.fwd.DeleteEndpoint(n, ep); err != nil {
-			return err
-		}
-	}
-	if err := d.deleteVeth(ep); err != nil {
+	if err := d.host.DeleteVeth(ep); err != nil {
 		return err
 	}
 	if _, ok := d.state.ports[ep.ID]; !ok && !d.dirty {
@@ -603,4 +480,15 @@ func (d *Datapath) DeleteEndpoint(ctx context.Context, n datapath.Network, ep da
 	}
 	delete(d.state.ports, ep.ID)
 	return d.rules()
+}
+
+// WatchDrift signals when a link marked as fabric's is deleted from the
+// host namespace (plumb.WatchLinks).
+func (d *Datapath) WatchDrift(ctx context.Context) (<-chan struct{}, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.nl == nil {
+		return nil, errClosed
+	}
+	return d.host.WatchLinks(ctx)
 }

@@ -14,6 +14,7 @@ import (
 	fabricns "github.com/fabricnet/fabric/datapath/netns"
 	"github.com/fabricnet/fabric/datapath/netns/kfeat"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
+	"github.com/fabricnet/fabric/datapath/plumb"
 )
 
 // switchL2 is the lab's shared L2 in miniature: a namespace with a Linux
@@ -126,7 +127,7 @@ func childGone(t *testing.T, nsPath, ifName string) bool {
 	}
 	defer h.Close()
 	_, err = h.LinkByName(ifName)
-	return isNotFound(err)
+	return plumb.IsNotFound(err)
 }
 
 func (l *lab) addAddr(ifName, cidr string) {

@@ -3,7 +3,6 @@ package kernel
 import (
 	"bytes"
 	"errors"
-	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -13,6 +12,7 @@ import (
 	"github.com/fabricnet/fabric/datapath"
 	fabricns "github.com/fabricnet/fabric/datapath/netns"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
+	"github.com/fabricnet/fabric/datapath/plumb"
 )
 
 func TestMacvlanBridgeModeAcrossAndWithinHosts(t *testing.T) {
@@ -175,7 +175,7 @@ func TestHostShim(t *testing.T) {
 
 	shim := h1.link("fs-mvshim012345")
 	mv, ok := shim.(*netlink.Macvlan)
-	if !ok || mv.Mode != netlink.MACVLAN_MODE_BRIDGE || shim.Attrs().Alias != datapath.OwnerPrefix+"shim:"+n.ID || !isUp(shim) {
+	if !ok || mv.Mode != netlink.MACVLAN_MODE_BRIDGE || shim.Attrs().Alias != datapath.OwnerPrefix+"shim:"+n.ID || !plumb.IsUp(shim) {
 		t.Fatalf("shim %s %+v", shim.Type(), shim.Attrs())
 	}
 	addrs, err := h1.hostNL.AddrList(shim, netlink.FAMILY_V4)
@@ -260,8 +260,8 @@ func TestMacvlanEnsureIsIdempotentAndRepairs(t *testing.T) {
 		t.Errorf("repair replaced links: %v -> %v", before, after)
 	}
 	c := child(t, p1, "eth0")
-	if c.Attrs().MTU != 1500 || c.Attrs().HardwareAddr.String() != "02:42:0a:5a:07:02" || !isUp(c) {
-		t.Errorf("child after repair: MTU %d MAC %s up %v", c.Attrs().MTU, c.Attrs().HardwareAddr, isUp(c))
+	if c.Attrs().MTU != 1500 || c.Attrs().HardwareAddr.String() != "02:42:0a:5a:07:02" || !plumb.IsUp(c) {
+		t.Errorf("child after repair: MTU %d MAC %s up %v", c.Attrs().MTU, c.Attrs().HardwareAddr, plumb.IsUp(c))
 	}
 	if got := routes(t, s1, "default"); got != "default via 10.90.7.1 dev eth0" {
 		t.Errorf("default route after repair: %q", got)
@@ -327,15 +327,14 @@ func TestMacvlanFailedSetupLeavesNothing(t *testing.T) {
 	_, p1 := h1.sandbox()
 	e1 := endpoint("e1", n, p1, "eth0", "", 2, true)
 	boom := errors.New("injected failure")
-	h1.dp.testHookChildCreated = func() error { return boom }
-	if err := h1.dp.EnsureEndpoint(ctx, n, e1); !errors.Is(err, boom) {
+	faulty := h1.faulty(plumb.Faults{ChildCreated: func() error { return boom }})
+	if err := faulty.EnsureEndpoint(ctx, n, e1); !errors.Is(err, boom) {
 		t.Fatalf("EnsureEndpoint: %v, want the injected failure", err)
 	}
 	if !childGone(t, p1, "eth0") {
 		t.Error("child left in the sandbox after a failed set-up")
 	}
 	h1.link("eth0") // the host's own eth0 is untouched
-	h1.dp.testHookChildCreated = nil
 	h1.ensureEndpoint(n, e1)
 	child(t, p1, "eth0")
 	h1.link("eth0")
@@ -374,93 +373,6 @@ func TestMacvlanDeleteEndpointToleratesMissing(t *testing.T) {
 	}
 }
 
-// TestChildMACAndLinkKind checks how children are described, without a
-// kernel: ipvlan and passthru children never get ep.MAC.
-func TestChildMACAndLinkKind(t *testing.T) {
-	mac := net.HardwareAddr{0x02, 0x42, 1, 2, 3, 4}
-	ep := datapath.Endpoint{IfName: "eth0", MAC: mac}
-	parent := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: 7, MTU: 1500}}
-	for _, tc := range []struct {
-		driver, mode string
-		want         string
-		mac          net.HardwareAddr
-	}{
-		{datapath.DriverMacvlan, "", "macvlan/bridge", mac},
-		{datapath.DriverMacvlan, "private", "macvlan/private", mac},
-		{datapath.DriverMacvlan, "vepa", "macvlan/vepa", mac},
-		{datapath.DriverMacvlan, "passthru", "macvlan/passthru", nil},
-		{datapath.DriverIPvlan, "", "ipvlan/l2", nil},
-		{datapath.DriverIPvlan, "l3", "ipvlan/l3", nil},
-		{datapath.DriverIPvlan, "l3s", "ipvlan/l3s", nil},
-	} {
-		n := datapath.Network{Driver: tc.driver, Mode: tc.mode}
-		l := newChild(n, ep, "eth0", parent, 1400, 3)
-		got := l.Type() + "/"
-		switch c := l.(type) {
-		case *netlink.Macvlan:
-			got += map[netlink.MacvlanMode]string{netlink.MACVLAN_MODE_BRIDGE: "bridge", netlink.MACVLAN_MODE_PRIVATE: "private", netlink.MACVLAN_MODE_VEPA: "vepa", netlink.MACVLAN_MODE_PASSTHRU: "passthru"}[c.Mode]
-		case *netlink.IPVlan:
-			got += map[netlink.IPVlanMode]string{netlink.IPVLAN_MODE_L2: "l2", netlink.IPVLAN_MODE_L3: "l3", netlink.IPVLAN_MODE_L3S: "l3s"}[c.Mode]
-		}
-		a := l.Attrs()
-		if got != tc.want || !bytes.Equal(a.HardwareAddr, tc.mac) || a.ParentIndex != 7 || a.MTU != 1400 || a.Name != "eth0" || a.Namespace != netlink.NsFd(3) {
-			t.Errorf("%s %q: %s MAC %s attrs %+v", tc.driver, tc.mode, got, a.HardwareAddr, a)
-		}
-		if isL3(n) != (tc.mode == "l3" || tc.mode == "l3s") {
-			t.Errorf("%s %q: isL3 = %v", tc.driver, tc.mode, isL3(n))
-		}
-	}
-	parentLink := &netlink.Device{LinkAttrs: netlink.LinkAttrs{MTU: 1500}}
-	for mtu, want := range map[int]int{0: 1500, 1400: 1400, 1500: 1500, 9000: 1500} {
-		if got := childMTU(datapath.Network{MTU: mtu}, parentLink); got != want {
-			t.Errorf("childMTU(network %d, parent 1500) = %d, want %d", mtu, got, want)
-		}
-	}
-}
-
-// TestDeviceDefaultRoute checks the gateway-less default route that ipvlan
-// l3/l3s endpoints get (route code only; any link kind will do).
-func TestDeviceDefaultRoute(t *testing.T) {
-	t.Parallel()
-	s, p := netnstest.New(t, "fks")
-	netnstest.Run(t, s, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth9")
-	netnstest.Run(t, s, "ip", "link", "set", "eth0", "up")
-	netnstest.Run(t, s, "ip", "link", "set", "eth9", "up")
-	netnstest.Run(t, s, "ip", "addr", "add", "10.90.11.2/24", "dev", "eth0")
-	h, err := fabricns.HandleAt(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	link, err := h.LinkByName("eth0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for range 2 {
-		if err := ensureChildDefaultRoute(h, link, netip.Addr{}, true); err != nil {
-			t.Fatal(err)
-		}
-		if got := routes(t, s, "default"); got != "default dev eth0 scope link" {
-			t.Fatalf("device default route: %q", got)
-		}
-	}
-	// Switching to a gateway replaces it; want=false removes it.
-	if err := ensureChildDefaultRoute(h, link, netip.MustParseAddr("10.90.11.1"), true); err != nil {
-		t.Fatal(err)
-	}
-	if got := routes(t, s, "default"); got != "default via 10.90.11.1 dev eth0" {
-		t.Fatalf("gateway default route: %q", got)
-	}
-	if err := ensureChildDefaultRoute(h, link, netip.Addr{}, false); err != nil {
-		t.Fatal(err)
-	}
-	if got := routes(t, s, "default"); got != "" {
-		t.Fatalf("default route left: %q", got)
-	}
-}
-
-// TestChildNameTakenOnHost: the host has its own eth0 and the endpoint's
-// eth0 is made anyway (directly on newer kernels, through a temporary name
 // on older ones), without touching the host's.
 func TestChildNameTakenOnHost(t *testing.T) {
 	t.Parallel()
@@ -498,19 +410,14 @@ func TestChildRenamedFallback(t *testing.T) {
 	_, p2 := h2.sandbox()
 	e1 := endpoint("e1", n, p1, "eth0", "", 2, true)
 	h2.ensureEndpoint(n, endpoint("e2", n, p2, "eth0", "", 3, true))
-	tmp := childTempName(e1.ID)
+	tmp := plumb.ChildTempName(e1.ID)
 	netnstest.Run(t, h1.hostName, "ip", "link", "add", "link", "eth1", "name", tmp, "netns", s1, "type", "macvlan", "mode", "bridge")
 
-	sb, err := openSandbox(e1)
-	if err != nil {
+	faulty := h1.faulty(plumb.Faults{RenamedChild: true})
+	if err := faulty.EnsureEndpoint(ctx, n, e1); err != nil {
 		t.Fatal(err)
 	}
-	defer sb.Close()
-	parent := h1.link("eth1")
-	link, err := h1.dp.createChildRenamed(sb, n, e1, parent, 1500)
-	if err != nil {
-		t.Fatal(err)
-	}
+	link := child(t, p1, "eth0")
 	if link.Attrs().Name != "eth0" || link.Attrs().HardwareAddr.String() != "02:42:0a:5a:0d:02" || !childGone(t, p1, tmp) {
 		t.Errorf("child %+v; temporary name still there: %v", link.Attrs(), !childGone(t, p1, tmp))
 	}

@@ -12,6 +12,8 @@ import (
 	"github.com/google/nftables/userdata"
 	mdnetlink "github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/fabricnet/fabric/datapath/plumb"
 )
 
 // The table fabric owns entirely. It is replaced as a whole, in one netlink
@@ -51,7 +53,7 @@ import (
 // 127.0.0.1 services through its gateway (CVE-2020-8558); replies of
 // localhost published ports are established and still pass.
 const (
-	tableName   = "fabric"
+	tableName   = plumb.NFTable
 	bridgesSet  = "bridges"
 	peersSet    = "tunnel_peers"
 	chainFwd    = "forward"
@@ -221,7 +223,7 @@ const nftBatchBuffer = 16 << 20
 // replacement: nothing a failed batch left unread can spoil the next one,
 // as it would on a lasting connection.
 func (d *Datapath) batchConn() (*nftables.Conn, error) {
-	return nftables.New(nftables.WithNetNSFd(int(d.hostNS)), nftables.WithSockOptions(forceBuffers(nftBatchBuffer)))
+	return nftables.New(nftables.WithNetNSFd(int(d.host.NS())), nftables.WithSockOptions(forceBuffers(nftBatchBuffer)))
 }
 
 // forceBuffers sets a netlink socket's buffers past the net.core.*mem_max

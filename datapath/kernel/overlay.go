@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/fabricnet/fabric/datapath"
+	"github.com/fabricnet/fabric/datapath/plumb"
 )
 
 // An overlay network in the bridge model is a bridge network (same bridge,
@@ -48,7 +49,9 @@ func vxlanAlias(networkID string) string { return datapath.OwnerPrefix + "vxlan:
 
 // vxlanMAC derives the device's MAC from the network ID: it identifies a
 // device a crash left without its alias.
-func vxlanMAC(networkID string) net.HardwareAddr { return derivedMAC("fabric-vxlan:" + networkID) }
+func vxlanMAC(networkID string) net.HardwareAddr {
+	return plumb.DerivedMAC("fabric-vxlan:" + networkID)
+}
 
 func isOverlay(n datapath.Network) bool { return n.Driver == datapath.DriverOverlay }
 
@@ -63,14 +66,14 @@ func (d *Datapath) tunnelPort() int {
 // usable tunnel address; nothing is made for it then.
 func (d *Datapath) checkTunnel(n datapath.Network) error {
 	if !d.tunnel.Local.IsValid() {
-		return invalidf("network %s: overlay networks need the host's tunnel address (kernel.Options.Tunnel.Local), which is not set", n.ID)
+		return plumb.Invalidf("network %s: overlay networks need the host's tunnel address (kernel.Options.Tunnel.Local), which is not set", n.ID)
 	}
 	if !d.tunnel.Local.Is4() {
-		return invalidf("network %s: tunnel address %s must be IPv4", n.ID, d.tunnel.Local)
+		return plumb.Invalidf("network %s: tunnel address %s must be IPv4", n.ID, d.tunnel.Local)
 	}
 	if d.tunnel.Device != "" {
-		if err := validIfName(d.tunnel.Device); err != nil {
-			return invalidf("network %s: tunnel device: %v", n.ID, err)
+		if err := plumb.ValidIfName(d.tunnel.Device); err != nil {
+			return plumb.Invalidf("network %s: tunnel device: %v", n.ID, err)
 		}
 	}
 	return nil
@@ -80,7 +83,7 @@ func (d *Datapath) checkTunnel(n datapath.Network) error {
 func (d *Datapath) wantVXLAN(n datapath.Network) (*netlink.Vxlan, error) {
 	la := netlink.NewLinkAttrs()
 	la.Name = vxlanName(n)
-	la.MTU = mtuOf(n)
+	la.MTU = plumb.MTUOf(n)
 	la.HardwareAddr = vxlanMAC(n.ID)
 	v := &netlink.Vxlan{
 		LinkAttrs: la,
@@ -139,7 +142,7 @@ func (d *Datapath) ensureOverlay(n datapath.Network, br netlink.Link) (created b
 	o := d.overlays[n.ID]
 	if created && o != nil && len(o.remotes) > 0 {
 		if err := d.programRemotes(n, link, o.remotes); err != nil {
-			if delErr := d.nl.LinkDel(link); delErr != nil && !isNotFound(delErr) {
+			if delErr := d.nl.LinkDel(link); delErr != nil && !plumb.IsNotFound(delErr) {
 				d.log.Warn("roll back VXLAN device", "link", link.Attrs().Name, "err", delErr)
 			}
 			return created, err
@@ -165,17 +168,17 @@ func (d *Datapath) ensureVXLAN(n datapath.Network, br netlink.Link) (_ netlink.L
 	name := want.Name
 	link, err := d.nl.LinkByName(name)
 	switch {
-	case isNotFound(err):
+	case plumb.IsNotFound(err):
 		link = nil
 	case err != nil:
 		return nil, false, fmt.Errorf("network %s: look up VXLAN device %s: %w", n.ID, name, err)
 	default:
-		if err := d.claim(link, "vxlan:"+n.ID, vxlanMAC(n.ID)); err != nil {
+		if err := d.host.Claim(link, "vxlan:"+n.ID, vxlanMAC(n.ID)); err != nil {
 			return nil, false, fmt.Errorf("network %s: %w", n.ID, err)
 		}
 		if diff := vxlanDiff(link, want); diff != "" {
 			d.log.Info("replacing VXLAN device", "link", name, "differs", diff, "network", n.ID)
-			if err := d.nl.LinkDel(link); err != nil && !isNotFound(err) {
+			if err := d.nl.LinkDel(link); err != nil && !plumb.IsNotFound(err) {
 				return nil, false, fmt.Errorf("network %s: delete outdated VXLAN device %s: %w", n.ID, name, err)
 			}
 			link = nil
@@ -188,7 +191,7 @@ func (d *Datapath) ensureVXLAN(n datapath.Network, br netlink.Link) (_ netlink.L
 		created = true
 		defer func() {
 			if err != nil {
-				if delErr := d.nl.LinkDel(link); delErr != nil && !isNotFound(delErr) {
+				if delErr := d.nl.LinkDel(link); delErr != nil && !plumb.IsNotFound(delErr) {
 					d.log.Warn("roll back VXLAN device", "link", name, "err", delErr)
 				}
 			}
@@ -210,7 +213,7 @@ func (d *Datapath) ensureVXLAN(n datapath.Network, br netlink.Link) (_ netlink.L
 			return link, created, fmt.Errorf("network %s: attach VXLAN device %s to bridge %s: %w", n.ID, name, n.Bridge, err)
 		}
 	}
-	if !isUp(link) {
+	if !plumb.IsUp(link) {
 		if err := d.nl.LinkSetUp(link); err != nil {
 			if errors.Is(err, unix.EADDRINUSE) {
 				return link, created, fmt.Errorf("network %s: set VXLAN device %s up: UDP port %d is taken, by a flow-based VXLAN device (the eBPF datapath's %s?) or another program: %w",
@@ -249,14 +252,14 @@ func (d *Datapath) createVXLAN(n datapath.Network, want *netlink.Vxlan) (netlink
 // deleteOtherVXLANs removes devices marked as n's under a name other than
 // keep. It dumps the links, so it runs only when a device is created.
 func (d *Datapath) deleteOtherVXLANs(n datapath.Network, keep string) error {
-	links, err := retryDump(d.nl.LinkList)
+	links, err := plumb.RetryDump(d.nl.LinkList)
 	if err != nil {
 		return fmt.Errorf("network %s: list links: %w", n.ID, err)
 	}
 	for _, l := range links {
 		if a := l.Attrs(); a.Alias == vxlanAlias(n.ID) && a.Name != keep {
 			d.log.Info("deleting VXLAN device of the network's old VNI", "link", a.Name, "network", n.ID)
-			if err := d.nl.LinkDel(l); err != nil && !isNotFound(err) {
+			if err := d.nl.LinkDel(l); err != nil && !plumb.IsNotFound(err) {
 				return fmt.Errorf("network %s: delete old VXLAN device %s: %w", n.ID, a.Name, err)
 			}
 		}
@@ -267,7 +270,7 @@ func (d *Datapath) deleteOtherVXLANs(n datapath.Network, keep string) error {
 // ownVXLAN returns n's VXLAN device, or nil if there is none.
 func (d *Datapath) ownVXLAN(n datapath.Network) (netlink.Link, error) {
 	link, err := d.nl.LinkByName(vxlanName(n))
-	if isNotFound(err) {
+	if plumb.IsNotFound(err) {
 		return nil, nil
 	}
 	if err != nil {
@@ -283,14 +286,14 @@ func (d *Datapath) ownVXLAN(n datapath.Network) (netlink.Link, error) {
 // it); a missing one, or a link under that name that is not n's, is left.
 // The remotes remembered for n stay: the caller forgets n if it is gone.
 func (d *Datapath) deleteVXLAN(n datapath.Network) error {
-	if n.VNI == 0 || n.VNI > maxVNI {
+	if n.VNI == 0 || n.VNI > plumb.MaxVNI {
 		return nil
 	}
 	link, err := d.ownVXLAN(n)
 	if link == nil || err != nil {
 		return err
 	}
-	if err := d.nl.LinkDel(link); err != nil && !isNotFound(err) {
+	if err := d.nl.LinkDel(link); err != nil && !plumb.IsNotFound(err) {
 		return fmt.Errorf("network %s: delete VXLAN device %s: %w", n.ID, link.Attrs().Name, err)
 	}
 	d.log.Info("deleted VXLAN device", "link", link.Attrs().Name, "network", n.ID)
@@ -302,7 +305,7 @@ func (d *Datapath) deleteVXLAN(n datapath.Network) error {
 // flow-based VXLAN device fabric marked is removed.
 func (d *Datapath) removeFlowLeftover() error {
 	link, err := d.nl.LinkByName(flowVXLANName)
-	if isNotFound(err) {
+	if plumb.IsNotFound(err) {
 		return nil
 	}
 	if err != nil {
@@ -314,7 +317,7 @@ func (d *Datapath) removeFlowLeftover() error {
 		return nil
 	}
 	d.log.Info("removing the eBPF datapath's flow-based VXLAN device: it would hold the tunnel port", "link", flowVXLANName)
-	if err := d.nl.LinkDel(link); err != nil && !isNotFound(err) {
+	if err := d.nl.LinkDel(link); err != nil && !plumb.IsNotFound(err) {
 		return fmt.Errorf("delete %s: %w", flowVXLANName, err)
 	}
 	return nil
@@ -334,20 +337,17 @@ func (d *Datapath) usableRemotes(n datapath.Network, remotes []datapath.Remote) 
 // datapath.FilterRemotes) are skipped, logged once and counted; the rest
 // are programmed.
 func (d *Datapath) SetRemotes(ctx context.Context, n datapath.Network, remotes []datapath.Remote) error {
-	if err := validateNetwork(n); err != nil {
+	if err := plumb.ValidateNetwork(n); err != nil {
 		return err
 	}
 	if !isOverlay(n) {
-		return invalidf("network %s: remotes need an overlay network, not %q", n.ID, n.Driver)
+		return plumb.Invalidf("network %s: remotes need an overlay network, not %q", n.ID, n.Driver)
 	}
 	remotes = d.usableRemotes(n, remotes)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.nl == nil {
 		return errClosed
-	}
-	if d.fwd != nil {
-		return d.fwd.SetRemotes(n, remotes)
 	}
 	if err := d.setRemotes(n, remotes); err != nil {
 		return err
@@ -400,18 +400,35 @@ type fdbDst struct {
 // before the FDB entries they point at), so a remote that stays is
 // reachable throughout.
 func (d *Datapath) programRemotes(n datapath.Network, link netlink.Link, remotes []datapath.Remote) error {
-	idx := link.Attrs().Index
-	name := link.Attrs().Name
 	wantFDB := make(map[string]netip.Addr, len(remotes))
 	wantNeigh := make(map[netip.Addr]net.HardwareAddr, len(remotes))
 	for _, r := range remotes {
 		wantFDB[string(r.MAC)] = r.Node
 		wantNeigh[r.Addr] = r.MAC
 	}
-
-	fdb, err := retryDump(func() ([]netlink.Neigh, error) { return d.nl.NeighList(idx, unix.AF_BRIDGE) })
+	stale, err := d.programFDB(n, link, wantFDB)
 	if err != nil {
-		return fmt.Errorf("network %s: list FDB of %s: %w", n.ID, name, err)
+		return err
+	}
+	if err := d.programNeighbours(n, link, wantNeigh); err != nil {
+		return err
+	}
+	for _, e := range stale {
+		if err := d.nl.NeighDel(e); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("network %s: remove stale FDB entry %s -> %s on %s: %w", n.ID, e.HardwareAddr, e.IP, link.Attrs().Name, err)
+		}
+	}
+	return nil
+}
+
+// programFDB adds or replaces the device's FDB entries (MAC -> node) that
+// differ from want, and returns the stale ones, to delete once the
+// neighbours no longer point at them.
+func (d *Datapath) programFDB(n datapath.Network, link netlink.Link, want map[string]netip.Addr) ([]*netlink.Neigh, error) {
+	idx, name := link.Attrs().Index, link.Attrs().Name
+	fdb, err := plumb.RetryDump(func() ([]netlink.Neigh, error) { return d.nl.NeighList(idx, unix.AF_BRIDGE) })
+	if err != nil {
+		return nil, fmt.Errorf("network %s: list FDB of %s: %w", n.ID, name, err)
 	}
 	have := map[string][]fdbDst{}
 	for _, e := range fdb {
@@ -426,11 +443,6 @@ func (d *Datapath) programRemotes(n datapath.Network, link netlink.Link, remotes
 		}
 		have[string(e.HardwareAddr)] = append(have[string(e.HardwareAddr)], fdbDst{node: node, permanent: e.State&netlink.NUD_PERMANENT != 0})
 	}
-	neighs, err := retryDump(func() ([]netlink.Neigh, error) { return d.nl.NeighList(idx, netlink.FAMILY_V4) })
-	if err != nil {
-		return fmt.Errorf("network %s: list neighbours of %s: %w", n.ID, name, err)
-	}
-
 	fdbEntry := func(mac string, node netip.Addr) *netlink.Neigh {
 		return &netlink.Neigh{
 			LinkIndex:    idx,
@@ -441,15 +453,18 @@ func (d *Datapath) programRemotes(n datapath.Network, link netlink.Link, remotes
 			IP:           node.AsSlice(),
 		}
 	}
-	var stale []*netlink.Neigh // FDB destinations to delete after the neighbours
-	for mac, node := range wantFDB {
+	var stale []*netlink.Neigh
+	for mac, node := range want {
 		dsts := have[mac]
 		if len(dsts) == 1 && dsts[0].node == node && dsts[0].permanent {
 			continue
 		}
 		// Replace changes the entry's first destination; others go below.
 		if err := d.nl.NeighSet(fdbEntry(mac, node)); err != nil {
-			return fmt.Errorf("network %s: FDB entry %s -> %s on %s: %w", n.ID, net.HardwareAddr(mac), node, name, err)
+			return nil, fmt.Errorf("network %s: FDB entry %s -> %s on %s: %w", n.ID, net.HardwareAddr(mac), node, name, err)
+		}
+		if d.programmed(n.ID, func(r datapath.Remote) bool { return string(r.MAC) == mac && r.Node == node }) {
+			d.repaired(datapath.RepairForward, fmt.Sprintf("%s fdb %s -> %s", name, net.HardwareAddr(mac), node))
 		}
 		for _, dst := range dsts {
 			if dst.node != node {
@@ -458,28 +473,38 @@ func (d *Datapath) programRemotes(n datapath.Network, link netlink.Link, remotes
 		}
 	}
 	for mac := range have {
-		if _, ok := wantFDB[mac]; !ok {
+		if _, ok := want[mac]; !ok {
 			// 0.0.0.0 deletes the whole entry, every destination.
 			stale = append(stale, fdbEntry(mac, netip.IPv4Unspecified()))
 		}
 	}
+	return stale, nil
+}
 
+// programNeighbours makes the device's neighbour entries (address -> MAC,
+// answered by its proxy ARP) exactly want.
+func (d *Datapath) programNeighbours(n datapath.Network, link netlink.Link, want map[netip.Addr]net.HardwareAddr) error {
+	idx, name := link.Attrs().Index, link.Attrs().Name
+	neighs, err := plumb.RetryDump(func() ([]netlink.Neigh, error) { return d.nl.NeighList(idx, netlink.FAMILY_V4) })
+	if err != nil {
+		return fmt.Errorf("network %s: list neighbours of %s: %w", n.ID, name, err)
+	}
 	done := map[netip.Addr]bool{}
-	var staleNeigh []netlink.Neigh
+	var stale []netlink.Neigh
 	for _, e := range neighs {
 		a, ok := netip.AddrFromSlice(e.IP.To4())
 		if !ok || e.LinkIndex != idx {
 			continue
 		}
-		mac, wanted := wantNeigh[a]
+		mac, wanted := want[a]
 		switch {
 		case !wanted:
-			staleNeigh = append(staleNeigh, e)
+			stale = append(stale, e)
 		case slices.Equal(e.HardwareAddr, mac) && e.State == netlink.NUD_PERMANENT:
 			done[a] = true
 		}
 	}
-	for a, mac := range wantNeigh {
+	for a, mac := range want {
 		if done[a] {
 			continue
 		}
@@ -487,18 +512,23 @@ func (d *Datapath) programRemotes(n datapath.Network, link netlink.Link, remotes
 		if err != nil {
 			return fmt.Errorf("network %s: neighbour %s -> %s on %s: %w", n.ID, a, mac, name, err)
 		}
+		if d.programmed(n.ID, func(r datapath.Remote) bool { return r.Addr == a && slices.Equal(r.MAC, mac) }) {
+			d.repaired(datapath.RepairForward, fmt.Sprintf("%s neighbour %s -> %s", name, a, mac))
+		}
 	}
-	for _, e := range staleNeigh {
+	for _, e := range stale {
 		if err := d.nl.NeighDel(&e); err != nil && !errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("network %s: remove stale neighbour %s on %s: %w", n.ID, e.IP, name, err)
 		}
 	}
-	for _, e := range stale {
-		if err := d.nl.NeighDel(e); err != nil && !errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("network %s: remove stale FDB entry %s -> %s on %s: %w", n.ID, e.HardwareAddr, e.IP, name, err)
-		}
-	}
 	return nil
+}
+
+// programmed reports whether a remote of network id that match accepts
+// was set on the device before (so that its entry missing now is drift).
+func (d *Datapath) programmed(id string, match func(datapath.Remote) bool) bool {
+	o := d.overlays[id]
+	return o != nil && slices.ContainsFunc(o.remotes, match)
 }
 
 // overlayDetails describes the overlay networks for Status.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/fabricnet/fabric/datapath"
 	fabricns "github.com/fabricnet/fabric/datapath/netns"
+	"github.com/fabricnet/fabric/datapath/plumb"
 )
 
 // openWith starts a datapath on the lab's host namespace with a tunnel,
@@ -190,8 +191,8 @@ func TestOverlayConnectsEndpointsAcrossHosts(t *testing.T) {
 		t.Errorf("vxlan VNI %d port %d local %s", v.VxlanId, v.Port, v.SrcAddr)
 	case v.Learning || !v.Proxy || v.L2miss || v.L3miss || v.FlowBased || (v.Group != nil && !v.Group.IsUnspecified()):
 		t.Errorf("vxlan learning %v proxy %v l2miss %v l3miss %v external %v group %s", v.Learning, v.Proxy, v.L2miss, v.L3miss, v.FlowBased, v.Group)
-	case v.MTU != 1450 || v.MasterIndex != br.Attrs().Index || !isUp(v) || v.Alias != vxlanAlias("ovl"):
-		t.Errorf("vxlan MTU %d master %d (bridge %d) up %v alias %q", v.MTU, v.MasterIndex, br.Attrs().Index, isUp(v), v.Alias)
+	case v.MTU != 1450 || v.MasterIndex != br.Attrs().Index || !plumb.IsUp(v) || v.Alias != vxlanAlias("ovl"):
+		t.Errorf("vxlan MTU %d master %d (bridge %d) up %v alias %q", v.MTU, v.MasterIndex, br.Attrs().Index, plumb.IsUp(v), v.Alias)
 	}
 	a.checkTunnelEntries("fvx4242", toB, ghost)
 	b.checkTunnelEntries("fvx4242", toA)
@@ -353,8 +354,8 @@ func TestOverlaySyncRepairsAndPrunes(t *testing.T) {
 	}
 	tamper()
 	a.ensureNetwork(n)
-	if v := a.vxlan("fvx77"); v.Port != port || v.Learning || !v.Proxy || v.MasterIndex != a.link("br-s").Attrs().Index || !isUp(v) {
-		t.Errorf("after EnsureNetwork repair: port %d learning %v proxy %v master %d up %v", v.Port, v.Learning, v.Proxy, v.MasterIndex, isUp(v))
+	if v := a.vxlan("fvx77"); v.Port != port || v.Learning || !v.Proxy || v.MasterIndex != a.link("br-s").Attrs().Index || !plumb.IsUp(v) {
+		t.Errorf("after EnsureNetwork repair: port %d learning %v proxy %v master %d up %v", v.Port, v.Learning, v.Proxy, v.MasterIndex, plumb.IsUp(v))
 	}
 	a.checkTunnelEntries("fvx77", toB)
 	mustPing(t, sa, "10.90.2.3")
@@ -551,78 +552,5 @@ func TestOverlayRefusesBadInput(t *testing.T) {
 	}
 	if !l.linkGone("br-c") {
 		t.Error("refused network left its bridge")
-	}
-}
-
-// fakeForwarder records what the kernel datapath hands it.
-type fakeForwarder struct {
-	remotes map[string][]datapath.Remote
-}
-
-func (f *fakeForwarder) EnsureNetwork(datapath.Network) error { return nil }
-func (f *fakeForwarder) DeleteNetwork(datapath.Network) error { return nil }
-func (f *fakeForwarder) EnsureEndpoint(datapath.Network, datapath.Endpoint, netlink.Link) error {
-	return nil
-}
-func (f *fakeForwarder) DeleteEndpoint(datapath.Network, datapath.Endpoint) error { return nil }
-func (f *fakeForwarder) SetRemotes(n datapath.Network, r []datapath.Remote) error {
-	f.remotes[n.ID] = r
-	return nil
-}
-func (f *fakeForwarder) Sync(datapath.State) error { return nil }
-func (f *fakeForwarder) Status() datapath.Status   { return datapath.Status{Name: "fake"} }
-func (f *fakeForwarder) Close() error              { return nil }
-
-var _ Forwarder = (*fakeForwarder)(nil)
-
-func TestOverlayForwarderModeLeavesTunnelToForwarder(t *testing.T) {
-	t.Parallel()
-	l := bareLab(t)
-	local := netip.MustParseAddr("10.201.4.1")
-	n := overlayNetwork("ovf", "br-f", "10.90.4.0/24", 5)
-	// A kernel-mode leftover, and the forwarder's own flow-based device.
-	kernelDP := l.openWith(datapath.Tunnel{Local: local})
-	if err := kernelDP.EnsureNetwork(ctx, n); err != nil {
-		t.Fatal(err)
-	}
-	la := netlink.NewLinkAttrs()
-	la.Name = flowVXLANName
-	if err := l.hostNL.LinkAdd(&netlink.Vxlan{LinkAttrs: la, FlowBased: true, Port: 4790}); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.hostNL.LinkSetAlias(l.link(flowVXLANName), datapath.OwnerPrefix+"tunnel"); err != nil {
-		t.Fatal(err)
-	}
-
-	fwd := &fakeForwarder{remotes: map[string][]datapath.Remote{}}
-	log := slog.New(slog.NewTextHandler(testWriter{t}, nil))
-	dp, err := New(log, Options{NetNSPath: l.hostPath, Forwarder: fwd, Tunnel: datapath.Tunnel{Local: local}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = dp.Close() })
-	if err := dp.Sync(ctx, datapath.State{Networks: []datapath.Network{n}}); err != nil {
-		t.Fatalf("Sync: %v", err)
-	}
-	if !l.linkGone("fvx5") || !l.linkGone("br-f") {
-		t.Error("forwarder-mode Sync kept the kernel datapath's VXLAN device or bridge")
-	}
-	if l.linkGone(flowVXLANName) {
-		t.Error("forwarder-mode Sync pruned the forwarder's flow-based device")
-	}
-	r := datapath.Remote{Addr: netip.MustParseAddr("10.90.4.7"), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 7}, Node: netip.MustParseAddr("10.201.4.2")}
-	if err := dp.SetRemotes(ctx, n, []datapath.Remote{r}); err != nil {
-		t.Fatalf("SetRemotes: %v", err)
-	}
-	if got := fwd.remotes[n.ID]; len(got) != 1 || got[0].Addr != r.Addr {
-		t.Errorf("forwarder got remotes %v", got)
-	}
-	bad := r
-	bad.Addr, bad.MAC = netip.MustParseAddr("10.90.4.8"), r.MAC[:5]
-	if err := dp.SetRemotes(ctx, n, []datapath.Remote{r, bad}); err != nil {
-		t.Errorf("SetRemotes with a short MAC beside a good one: %v, want it skipped", err)
-	}
-	if got := fwd.remotes[n.ID]; len(got) != 1 || got[0].Addr != r.Addr {
-		t.Errorf("forwarder got remotes %v, want only the good one", got)
 	}
 }

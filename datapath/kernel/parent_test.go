@@ -11,6 +11,7 @@ import (
 
 	"github.com/fabricnet/fabric/datapath"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
+	"github.com/fabricnet/fabric/datapath/plumb"
 )
 
 func TestParentMissingOrDownCreatesNothing(t *testing.T) {
@@ -233,18 +234,18 @@ func TestSyncPrunesStaleParentLinks(t *testing.T) {
 func TestParentNetworkValidation(t *testing.T) {
 	good := parentNet("n", datapath.DriverMacvlan, "eth1.10", "", "10.90.1.0/24")
 	good.HostShim = netip.MustParseAddr("10.90.1.254")
-	if err := validateNetwork(good); err != nil {
+	if err := plumb.ValidateNetwork(good); err != nil {
 		t.Fatal(err)
 	}
 	ipv := parentNet("n", datapath.DriverIPvlan, "eth1", "l3s", "10.90.1.0/24")
 	ipv.HostShim = good.HostShim
-	if err := validateNetwork(ipv); err != nil {
+	if err := plumb.ValidateNetwork(ipv); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range []string{"eth1", "eth1.1", "eth1.4094", "br.lan", "bond0.v1"} {
 		n := good
 		n.Parent = p
-		if err := validateNetwork(n); err != nil {
+		if err := plumb.ValidateNetwork(n); err != nil {
 			t.Errorf("parent %s: %v", p, err)
 		}
 	}
@@ -270,12 +271,12 @@ func TestParentNetworkValidation(t *testing.T) {
 	for name, mutate := range bad {
 		n := good
 		mutate(&n)
-		if err := validateNetwork(n); !errors.Is(err, datapath.ErrInvalid) {
+		if err := plumb.ValidateNetwork(n); !errors.Is(err, datapath.ErrInvalid) {
 			t.Errorf("%s: %v, want ErrInvalid", name, err)
 		}
 	}
 	ep := endpoint("e", good, "/var/run/netns/x", "eth0", "", 2, true)
-	if err := validateEndpoint(good, ep); err != nil {
+	if err := plumb.ValidateEndpoint(good, ep); err != nil {
 		t.Fatalf("macvlan endpoint without host interface: %v", err)
 	}
 	badEPs := map[string]func(*datapath.Endpoint){
@@ -289,7 +290,7 @@ func TestParentNetworkValidation(t *testing.T) {
 	for name, mutate := range badEPs {
 		e := ep
 		mutate(&e)
-		if err := validateEndpoint(good, e); !errors.Is(err, datapath.ErrInvalid) {
+		if err := plumb.ValidateEndpoint(good, e); !errors.Is(err, datapath.ErrInvalid) {
 			t.Errorf("endpoint %s: %v, want ErrInvalid", name, err)
 		}
 	}
@@ -309,9 +310,9 @@ func TestSplitVLAN(t *testing.T) {
 		"eth1.":      {},
 		"eth1.1x":    {},
 	} {
-		base, vid, ok := splitVLAN(name)
+		base, vid, ok := plumb.SplitVLAN(name)
 		if base != want.base || vid != want.vid || ok != want.ok {
-			t.Errorf("splitVLAN(%q) = %q %d %v", name, base, vid, ok)
+			t.Errorf("plumb.SplitVLAN(%q) = %q %d %v", name, base, vid, ok)
 		}
 	}
 }

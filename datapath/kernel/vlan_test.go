@@ -9,6 +9,7 @@ import (
 
 	"github.com/fabricnet/fabric/datapath"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
+	"github.com/fabricnet/fabric/datapath/plumb"
 )
 
 // These tests need a kernel with 802.1q (CONFIG_VLAN_8021Q) and skip
@@ -47,7 +48,7 @@ func TestVLANNetworksAreSeparated(t *testing.T) {
 	for _, vid := range []int{10, 20} {
 		name := "eth1." + map[int]string{10: "10", 20: "20"}[vid]
 		v, ok := h1.link(name).(*netlink.Vlan)
-		if !ok || v.VlanId != vid || v.ParentIndex != h1.link("eth1").Attrs().Index || !isUp(v) ||
+		if !ok || v.VlanId != vid || v.ParentIndex != h1.link("eth1").Attrs().Index || !plumb.IsUp(v) ||
 			v.Alias != datapath.OwnerPrefix+"vlan:v"+name[5:] {
 			t.Errorf("%s: %+v", name, h1.link(name))
 		}
@@ -84,7 +85,7 @@ func TestVLANOfTheUserIsLeftAlone(t *testing.T) {
 	if err := h1.ensureNetworkErr(n); !errors.Is(err, datapath.ErrParentMissing) || !strings.Contains(err.Error(), "eth1.30 is down") {
 		t.Fatalf("the user's VLAN down: %v", err)
 	}
-	if isUp(h1.link("eth1.30")) {
+	if plumb.IsUp(h1.link("eth1.30")) {
 		t.Fatal("fabric set the user's VLAN up")
 	}
 	netnstest.Run(t, h1.hostName, "ip", "link", "set", "eth1.30", "up")
@@ -103,7 +104,7 @@ func TestVLANOfTheUserIsLeftAlone(t *testing.T) {
 	if err := h1.dp.DeleteNetwork(ctx, n); err != nil {
 		t.Fatal(err)
 	}
-	if v := h1.link("eth1.30"); v.Attrs().Alias != "" || !isUp(v) {
+	if v := h1.link("eth1.30"); v.Attrs().Alias != "" || !plumb.IsUp(v) {
 		t.Errorf("the user's VLAN was changed: %+v", v.Attrs())
 	}
 	if err := h2.dp.Sync(ctx, datapath.State{}); err != nil {
@@ -161,10 +162,10 @@ func TestVLANHalfMadeIsAdoptedByTheKernel(t *testing.T) {
 	sw := newSwitch(t)
 	h1 := sw.host()
 	n := parentNet("v50", datapath.DriverMacvlan, "eth1.50", "", "10.90.33.0/24")
-	netnstest.Run(t, h1.hostName, "ip", "link", "add", "link", "eth1", "name", vlanTempName(n.ID), "type", "vlan", "id", "50")
-	index := h1.link(vlanTempName(n.ID)).Attrs().Index
+	netnstest.Run(t, h1.hostName, "ip", "link", "add", "link", "eth1", "name", plumb.VLANTempName(n.ID), "type", "vlan", "id", "50")
+	index := h1.link(plumb.VLANTempName(n.ID)).Attrs().Index
 	h1.ensureNetwork(n)
-	if v := h1.link("eth1.50"); v.Attrs().Index != index || v.Attrs().Alias != vlanAlias(n.ID) || !isUp(v) {
+	if v := h1.link("eth1.50"); v.Attrs().Index != index || v.Attrs().Alias != plumb.VLANAlias(n.ID) || !plumb.IsUp(v) {
 		t.Errorf("eth1.50 after adoption: %+v", v.Attrs())
 	}
 }

@@ -210,6 +210,11 @@ func (a *Agent) Serve(ctx context.Context) error {
 		defer a.wg.Done()
 		a.watchRemovalQueue(watchCtx, removalQueueInterval)
 	}()
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.repairDatapath(watchCtx, datapath.RepairInterval)
+	}()
 	a.log.Info("fabricd serving", "socket", a.opts.Socket, "datapath", a.dp.Status(ctx).Name, "version", Version)
 	select {
 	case <-ctx.Done():

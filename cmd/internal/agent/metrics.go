@@ -111,6 +111,7 @@ func (a *Agent) DatapathMetrics() (metrics.DatapathSnapshot, error) {
 		}
 	}
 	s.SkippedRemotes = m.SkippedRemotes
+	s.Repairs = m.Repairs
 	s.ConntrackEvictions = m.ConntrackEvictions
 	if m.HasConntrack {
 		s.Conntrack = &metrics.TableUsage{Entries: m.ConntrackEntries, Capacity: m.ConntrackCapacity}

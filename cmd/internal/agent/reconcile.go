@@ -129,6 +129,59 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	return nil
 }
 
+// repairDatapath runs the datapath's reconcile pass (Sync) every interval
+// to put back what was removed or changed by hand, and soon after a
+// datapath that can tell (datapath.DriftWatcher) saw one of its links go,
+// at most once per driftPause. It holds the agent's lock for the pass: the
+// desired state is the one API calls change under that lock, so a pass
+// never undoes, or races, one in flight. Repairs are counted and logged by
+// the datapath; an error is logged when it changes.
+func (a *Agent) repairDatapath(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	var drift <-chan struct{}
+	if w, ok := a.dp.(datapath.DriftWatcher); ok {
+		var err error
+		if drift, err = w.WatchDrift(ctx); err != nil {
+			a.log.Warn("no link events: drift is repaired every interval only", "interval", interval, "err", err)
+		}
+	}
+	var last string
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case _, ok := <-drift:
+			if !ok {
+				drift = nil
+				continue
+			}
+			// Let a burst (a sandbox's veths going) settle into one pass.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(driftPause):
+			}
+		}
+		a.mu.Lock()
+		err := a.dp.Sync(ctx, a.desiredLocked())
+		a.mu.Unlock()
+		msg := ""
+		if err != nil && ctx.Err() == nil && !onlyParentMissing(err) {
+			msg = err.Error()
+		}
+		if msg != last && msg != "" {
+			a.log.Warn("datapath repair pass failed", "err", err)
+		}
+		last = msg
+	}
+}
+
+// driftPause is how long a repair pass waits after a link event, and so
+// the shortest time between two passes that link events cause.
+const driftPause = time.Second
+
 // onlyParentMissing reports whether err (possibly several joined) consists
 // of nothing but missing macvlan/ipvlan parents.
 func onlyParentMissing(err error) bool {

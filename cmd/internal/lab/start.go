@@ -26,7 +26,7 @@ func StartNode(ctx context.Context, root, name, node string) (started bool, err 
 	}
 	n, err := m.Node(node)
 	if err != nil {
-		return false, fmt.Errorf("%w: %v", ErrInvalid, err)
+		return false, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	if agentAlive(m.Fabricd, *n) || len(agentPIDs(m.Fabricd, *n)) > 0 {
 		return false, nil

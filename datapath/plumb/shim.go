@@ -1,4 +1,4 @@
-package kernel
+package plumb
 
 import (
 	"bytes"
@@ -29,59 +29,59 @@ import (
 // every endpoint on the parent to it; and a parent cannot carry macvlan and
 // ipvlan children at once.
 
-func shimName(networkID string) string { return "fs-" + idPrefix(networkID) }
+func ShimName(networkID string) string { return "fs-" + idPrefix(networkID) }
 
-func shimAlias(networkID string) string { return datapath.OwnerPrefix + "shim:" + networkID }
+func ShimAlias(networkID string) string { return datapath.OwnerPrefix + "shim:" + networkID }
 
 // shimMAC derives a macvlan shim's MAC from the network ID: stable for the
 // neighbours' ARP caches, and it identifies a shim left without its alias.
-func shimMAC(networkID string) net.HardwareAddr { return derivedMAC("fabric-shim:" + networkID) }
+func shimMAC(networkID string) net.HardwareAddr { return DerivedMAC("fabric-shim:" + networkID) }
 
 // ensureShim creates or repairs n's host shim on parent. A shim made here
 // is removed again if a later step fails.
-func (d *Datapath) ensureShim(n datapath.Network, parent netlink.Link) (err error) {
-	name := shimName(n.ID)
-	link, err := d.nl.LinkByName(name)
+func (h *Host) ensureShim(n datapath.Network, parent netlink.Link) (err error) {
+	name := ShimName(n.ID)
+	link, err := h.nl.LinkByName(name)
 	switch {
-	case isNotFound(err):
+	case IsNotFound(err):
 		link = nil
 	case err != nil:
 		return fmt.Errorf("network %s: look up host shim %s: %w", n.ID, name, err)
 	default:
-		if err := d.claimShim(link, n, parent); err != nil {
+		if err := h.claimShim(link, n, parent); err != nil {
 			return err
 		}
 		if !shimMatches(link, n, parent) {
-			d.log.Info("replacing host shim", "link", name, "type", link.Type(), "network", n.ID)
-			if err := d.nl.LinkDel(link); err != nil && !isNotFound(err) {
+			h.log.Info("replacing host shim", "link", name, "type", link.Type(), "network", n.ID)
+			if err := h.nl.LinkDel(link); err != nil && !IsNotFound(err) {
 				return fmt.Errorf("network %s: delete outdated host shim %s: %w", n.ID, name, err)
 			}
 			link = nil
 		}
 	}
 	if link == nil {
-		if link, err = d.createShim(n, parent); err != nil {
+		if link, err = h.createShim(n, parent); err != nil {
 			return err
 		}
 		defer func() {
 			if err != nil {
-				if delErr := d.nl.LinkDel(link); delErr != nil && !isNotFound(delErr) {
-					d.log.Warn("roll back host shim", "link", name, "err", delErr)
+				if delErr := h.nl.LinkDel(link); delErr != nil && !IsNotFound(delErr) {
+					h.log.Warn("roll back host shim", "link", name, "err", delErr)
 				}
 			}
 		}()
 	}
 	a := link.Attrs()
 	if mtu := childMTU(n, parent); a.MTU != mtu {
-		if err := d.nl.LinkSetMTU(link, mtu); err != nil {
+		if err := h.nl.LinkSetMTU(link, mtu); err != nil {
 			return fmt.Errorf("network %s: set MTU %d on host shim %s: %w", n.ID, mtu, name, err)
 		}
 	}
-	if err := ensureOnlyAddr(d.nl, link, hostNet(n.HostShim)); err != nil {
+	if err := EnsureOnlyAddr(h.nl, link, hostNet(n.HostShim)); err != nil {
 		return fmt.Errorf("network %s: host shim %s: %w", n.ID, name, err)
 	}
-	if !isUp(link) {
-		if err := d.nl.LinkSetUp(link); err != nil {
+	if !IsUp(link) {
+		if err := h.nl.LinkSetUp(link); err != nil {
 			return fmt.Errorf("network %s: set host shim %s up: %w", n.ID, name, err)
 		}
 	}
@@ -91,20 +91,20 @@ func (d *Datapath) ensureShim(n datapath.Network, parent netlink.Link) (err erro
 // claimShim accepts the shim fabric made for n, also one a crash left
 // without alias (recognised by kind, parent and, for macvlan, the derived
 // MAC; an ipvlan child has the parent's MAC, so its name has to do).
-func (d *Datapath) claimShim(link netlink.Link, n datapath.Network, parent netlink.Link) error {
+func (h *Host) claimShim(link netlink.Link, n datapath.Network, parent netlink.Link) error {
 	a := link.Attrs()
 	switch {
-	case a.Alias == shimAlias(n.ID):
+	case a.Alias == ShimAlias(n.ID):
 		return nil
 	case a.Alias == "" && link.Type() == childKind(n) && a.ParentIndex == parent.Attrs().Index &&
 		(link.Type() == "ipvlan" || bytes.Equal(a.HardwareAddr, shimMAC(n.ID))):
-		if err := d.nl.LinkSetAlias(link, shimAlias(n.ID)); err != nil {
+		if err := h.nl.LinkSetAlias(link, ShimAlias(n.ID)); err != nil {
 			return fmt.Errorf("network %s: set alias on host shim %s: %w", n.ID, a.Name, err)
 		}
-		a.Alias = shimAlias(n.ID)
+		a.Alias = ShimAlias(n.ID)
 		return nil
 	default:
-		return invalidf("network %s: link %s exists and is not this network's host shim (alias %q); remove it", n.ID, a.Name, a.Alias)
+		return Invalidf("network %s: link %s exists and is not this network's host shim (alias %q); remove it", n.ID, a.Name, a.Alias)
 	}
 }
 
@@ -125,8 +125,8 @@ func shimMatches(link netlink.Link, n datapath.Network, parent netlink.Link) boo
 
 // createShim adds the shim down and marked; ensureShim addresses it and
 // sets it up.
-func (d *Datapath) createShim(n datapath.Network, parent netlink.Link) (netlink.Link, error) {
-	name := shimName(n.ID)
+func (h *Host) createShim(n datapath.Network, parent netlink.Link) (netlink.Link, error) {
+	name := ShimName(n.ID)
 	la := netlink.NewLinkAttrs()
 	la.Name = name
 	la.ParentIndex = parent.Attrs().Index
@@ -138,49 +138,49 @@ func (d *Datapath) createShim(n datapath.Network, parent netlink.Link) (netlink.
 		la.HardwareAddr = shimMAC(n.ID)
 		link = &netlink.Macvlan{LinkAttrs: la, Mode: netlink.MACVLAN_MODE_BRIDGE}
 	}
-	if err := d.nl.LinkAdd(link); err != nil {
+	if err := h.nl.LinkAdd(link); err != nil {
 		return nil, childAddError(n, n.Parent, fmt.Sprintf("host shim %s", name), err)
 	}
-	made, err := d.nl.LinkByName(name)
+	made, err := h.nl.LinkByName(name)
 	if err == nil {
-		if err = d.nl.LinkSetAlias(made, shimAlias(n.ID)); err == nil {
-			made.Attrs().Alias = shimAlias(n.ID)
+		if err = h.nl.LinkSetAlias(made, ShimAlias(n.ID)); err == nil {
+			made.Attrs().Alias = ShimAlias(n.ID)
 		}
 	}
 	if err != nil {
 		if made != nil {
-			_ = d.nl.LinkDel(made)
+			_ = h.nl.LinkDel(made)
 		}
 		return nil, fmt.Errorf("network %s: set up new host shim %s: %w", n.ID, name, err)
 	}
-	d.log.Info("created host shim", "link", name, "addr", n.HostShim, "network", n.ID)
+	h.log.Info("created host shim", "link", name, "addr", n.HostShim, "network", n.ID)
 	return made, nil
 }
 
 // deleteShim removes n's shim (its routes go with it); a missing one, or
 // a link under that name that is not n's shim, is left alone.
-func (d *Datapath) deleteShim(n datapath.Network) error {
-	link, err := d.ownShim(n)
+func (h *Host) deleteShim(n datapath.Network) error {
+	link, err := h.ownShim(n)
 	if link == nil || err != nil {
 		return err
 	}
-	if err := d.nl.LinkDel(link); err != nil && !isNotFound(err) {
+	if err := h.nl.LinkDel(link); err != nil && !IsNotFound(err) {
 		return fmt.Errorf("network %s: delete host shim %s: %w", n.ID, link.Attrs().Name, err)
 	}
-	d.log.Info("deleted host shim", "link", link.Attrs().Name, "network", n.ID)
+	h.log.Info("deleted host shim", "link", link.Attrs().Name, "network", n.ID)
 	return nil
 }
 
 // ownShim returns n's shim, or nil if there is none.
-func (d *Datapath) ownShim(n datapath.Network) (netlink.Link, error) {
-	link, err := d.nl.LinkByName(shimName(n.ID))
-	if isNotFound(err) {
+func (h *Host) ownShim(n datapath.Network) (netlink.Link, error) {
+	link, err := h.nl.LinkByName(ShimName(n.ID))
+	if IsNotFound(err) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("network %s: look up host shim: %w", n.ID, err)
 	}
-	if link.Attrs().Alias != shimAlias(n.ID) {
+	if link.Attrs().Alias != ShimAlias(n.ID) {
 		return nil, nil
 	}
 	return link, nil
@@ -199,29 +199,29 @@ func shimRoute(shim netlink.Link, addr netip.Addr) *netlink.Route {
 // ensureShimRoute routes ep's address through n's shim. Replacing an
 // identical route is a no-op in the kernel, so this costs one request and
 // no dump.
-func (d *Datapath) ensureShimRoute(n datapath.Network, ep datapath.Endpoint) error {
+func (h *Host) ensureShimRoute(n datapath.Network, ep datapath.Endpoint) error {
 	if !n.HostShim.IsValid() {
 		return nil // no shim, and its routes went with it
 	}
-	shim, err := d.ownShim(n)
+	shim, err := h.ownShim(n)
 	if err != nil {
 		return err
 	}
 	if shim == nil {
 		return fmt.Errorf("endpoint %s: host shim of network %s does not exist; ensure the network first", ep.ID, n.ID)
 	}
-	if err := d.nl.RouteReplace(shimRoute(shim, ep.Addr.Addr())); err != nil {
+	if err := h.nl.RouteReplace(shimRoute(shim, ep.Addr.Addr())); err != nil {
 		return fmt.Errorf("endpoint %s: route %s via host shim: %w", ep.ID, ep.Addr.Addr(), err)
 	}
 	return nil
 }
 
-func (d *Datapath) deleteShimRoute(n datapath.Network, ep datapath.Endpoint) error {
-	shim, err := d.ownShim(n)
+func (h *Host) deleteShimRoute(n datapath.Network, ep datapath.Endpoint) error {
+	shim, err := h.ownShim(n)
 	if shim == nil || err != nil {
 		return err
 	}
-	err = d.nl.RouteDel(shimRoute(shim, ep.Addr.Addr()))
+	err = h.nl.RouteDel(shimRoute(shim, ep.Addr.Addr()))
 	if err != nil && !errors.Is(err, unix.ESRCH) {
 		return fmt.Errorf("endpoint %s: remove route via host shim: %w", ep.ID, err)
 	}
@@ -231,13 +231,13 @@ func (d *Datapath) deleteShimRoute(n datapath.Network, ep datapath.Endpoint) err
 // pruneShimRoutes removes routes through n's shim to addresses that are no
 // endpoint of n any more (endpoints dropped from the state without
 // DeleteEndpoint). Sync only: it dumps the shim's routes.
-func (d *Datapath) pruneShimRoutes(n datapath.Network, want map[netip.Addr]bool) error {
-	shim, err := d.ownShim(n)
+func (h *Host) PruneShimRoutes(n datapath.Network, want map[netip.Addr]bool) error {
+	shim, err := h.ownShim(n)
 	if shim == nil || err != nil {
 		return err
 	}
-	routes, err := retryDump(func() ([]netlink.Route, error) {
-		return d.nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{LinkIndex: shim.Attrs().Index, Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE)
+	routes, err := RetryDump(func() ([]netlink.Route, error) {
+		return h.nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{LinkIndex: shim.Attrs().Index, Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE)
 	})
 	if err != nil {
 		return fmt.Errorf("network %s: list host shim routes: %w", n.ID, err)
@@ -252,8 +252,8 @@ func (d *Datapath) pruneShimRoutes(n datapath.Network, want map[netip.Addr]bool)
 		if !ok || ones != 32 || bits != 32 || want[addr] {
 			continue
 		}
-		d.log.Info("pruning host shim route of endpoint not in state", "dst", addr, "network", n.ID)
-		if err := d.nl.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+		h.log.Info("pruning host shim route of endpoint not in state", "dst", addr, "network", n.ID)
+		if err := h.nl.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
 			errs = append(errs, fmt.Errorf("network %s: remove stale host shim route %s: %w", n.ID, addr, err))
 		}
 	}

@@ -1,4 +1,4 @@
-package kernel
+package plumb
 
 import (
 	"fmt"
@@ -26,8 +26,8 @@ import (
 // than refused, because the parent's MTU belongs to the host and may change
 // under a running network; MTU 0 follows the parent.
 
-// usesParent reports whether n's endpoints hang off a parent interface.
-func usesParent(n datapath.Network) bool {
+// UsesParent reports whether n's endpoints hang off a parent interface.
+func UsesParent(n datapath.Network) bool {
 	return n.Driver == datapath.DriverMacvlan || n.Driver == datapath.DriverIPvlan
 }
 
@@ -79,10 +79,10 @@ func isL3(n datapath.Network) bool {
 	return m == netlink.IPVLAN_MODE_L3 || m == netlink.IPVLAN_MODE_L3S
 }
 
-// splitVLAN parses a parent name of the form IFACE.VID. ok is false for a
+// SplitVLAN parses a parent name of the form IFACE.VID. ok is false for a
 // name that is not of that form (no dot, or not digits after the last one);
 // such a parent must exist, fabric never creates it.
-func splitVLAN(name string) (base string, vid int, ok bool) {
+func SplitVLAN(name string) (base string, vid int, ok bool) {
 	i := strings.LastIndexByte(name, '.')
 	if i < 0 || i == len(name)-1 {
 		return "", 0, false
@@ -101,46 +101,46 @@ func splitVLAN(name string) (base string, vid int, ok bool) {
 }
 
 func validateParentNetwork(n datapath.Network) error {
-	if err := validIfName(n.Parent); err != nil {
-		return invalidf("network %s: parent: %v", n.ID, err)
+	if err := ValidIfName(n.Parent); err != nil {
+		return Invalidf("network %s: parent: %v", n.ID, err)
 	}
-	if base, vid, ok := splitVLAN(n.Parent); ok {
+	if base, vid, ok := SplitVLAN(n.Parent); ok {
 		digits := n.Parent[len(base)+1:]
 		if base == "" || vid < 1 || vid > 4094 || digits[0] == '0' {
-			return invalidf("network %s: parent %s: a VLAN sub-interface is IFACE.VID with VID 1 to 4094 written without leading zeros", n.ID, n.Parent)
+			return Invalidf("network %s: parent %s: a VLAN sub-interface is IFACE.VID with VID 1 to 4094 written without leading zeros", n.ID, n.Parent)
 		}
 	}
 	switch n.Driver {
 	case datapath.DriverMacvlan:
 		if _, ok := macvlanModes[n.Mode]; !ok {
-			return invalidf("network %s: macvlan mode %q must be bridge, private, vepa or passthru", n.ID, n.Mode)
+			return Invalidf("network %s: macvlan mode %q must be bridge, private, vepa or passthru", n.ID, n.Mode)
 		}
 	case datapath.DriverIPvlan:
 		if _, ok := ipvlanModes[n.Mode]; !ok {
-			return invalidf("network %s: ipvlan mode %q must be l2, l3 or l3s", n.ID, n.Mode)
+			return Invalidf("network %s: ipvlan mode %q must be l2, l3 or l3s", n.ID, n.Mode)
 		}
 	}
 	if n.Internal {
-		return invalidf("network %s: a %s network cannot be internal: its endpoints are on the parent's LAN, the host does not forward their traffic", n.ID, n.Driver)
+		return Invalidf("network %s: a %s network cannot be internal: its endpoints are on the parent's LAN, the host does not forward their traffic", n.ID, n.Driver)
 	}
 	if err := validateAddressing(n); err != nil {
 		return err
 	}
-	if err := validIfName(shimName(n.ID)); err != nil {
-		return invalidf("network %s: the ID must be usable in an interface name: %v", n.ID, err)
+	if err := ValidIfName(ShimName(n.ID)); err != nil {
+		return Invalidf("network %s: the ID must be usable in an interface name: %v", n.ID, err)
 	}
 	if !n.HostShim.IsValid() {
 		return nil
 	}
 	s := n.HostShim
 	if !s.Is4() || !n.Subnet.Contains(s) || s == n.Gateway || isNetOrBroadcast(n.Subnet, s) {
-		return invalidf("network %s: host shim address %s must be a host address in %s other than the gateway (the endpoints answer it on-link)", n.ID, s, n.Subnet)
+		return Invalidf("network %s: host shim address %s must be a host address in %s other than the gateway (the endpoints answer it on-link)", n.ID, s, n.Subnet)
 	}
 	if n.Driver == datapath.DriverMacvlan && macvlanModes[n.Mode] == netlink.MACVLAN_MODE_PRIVATE {
-		return invalidf("network %s: a host shim cannot reach private-mode macvlan endpoints (private children never talk to each other); use bridge mode", n.ID)
+		return Invalidf("network %s: a host shim cannot reach private-mode macvlan endpoints (private children never talk to each other); use bridge mode", n.ID)
 	}
 	if isPassthru(n) {
-		return invalidf("network %s: a passthru parent takes a single child, so there is no room for a host shim", n.ID)
+		return Invalidf("network %s: a passthru parent takes a single child, so there is no room for a host shim", n.ID)
 	}
 	return nil
 }
@@ -153,9 +153,9 @@ func parentMissingf(n datapath.Network, format string, args ...any) error {
 // ensureParentNetwork makes the host side of a macvlan/ipvlan network:
 // the parent (creating a VLAN sub-interface if asked to) and the host shim
 // or its absence. A VLAN made here is removed again if the shim fails.
-func (d *Datapath) ensureParentNetwork(n datapath.Network) (err error) {
-	d.parentNets[n.ID] = n
-	p := d.parents()
+func (h *Host) EnsureLANNetwork(n datapath.Network) (err error) {
+	h.parentNets[n.ID] = n
+	p := h.parents()
 	parent, created, err := p.ensure(n)
 	if err != nil {
 		return err
@@ -164,48 +164,48 @@ func (d *Datapath) ensureParentNetwork(n datapath.Network) (err error) {
 		defer func() {
 			if err != nil {
 				if delErr := p.deleteVLAN(n); delErr != nil {
-					d.log.Warn("roll back VLAN sub-interface", "link", n.Parent, "err", delErr)
+					h.log.Warn("roll back VLAN sub-interface", "link", n.Parent, "err", delErr)
 				}
 			}
 		}()
 	}
 	if !n.HostShim.IsValid() {
-		return d.deleteShim(n)
+		return h.deleteShim(n)
 	}
-	return d.ensureShim(n, parent)
+	return h.ensureShim(n, parent)
 }
 
 // deleteParentNetwork removes the shim and, if fabric made it for this
 // network, the VLAN sub-interface (the kernel deletes the children on it).
-func (d *Datapath) deleteParentNetwork(n datapath.Network) error {
-	if err := d.deleteShim(n); err != nil {
+func (h *Host) DeleteLANNetwork(n datapath.Network) error {
+	if err := h.deleteShim(n); err != nil {
 		return err
 	}
-	if err := d.parents().deleteVLAN(n); err != nil {
+	if err := h.parents().deleteVLAN(n); err != nil {
 		return err
 	}
-	delete(d.parentNets, n.ID)
+	delete(h.parentNets, n.ID)
 	return nil
 }
 
 // parentWarnings checks the parent of every macvlan/ipvlan network by name
 // (no dumps), so status shows a vanished parent before the next ensure.
-func (d *Datapath) parentWarnings() []string {
-	ids := make([]string, 0, len(d.parentNets))
-	for id := range d.parentNets {
+func (h *Host) LANWarnings() []string {
+	ids := make([]string, 0, len(h.parentNets))
+	for id := range h.parentNets {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
 	var out []string
 	for _, id := range ids {
-		n := d.parentNets[id]
-		if _, err := d.parents().lookup(n); err != nil {
+		n := h.parentNets[id]
+		if _, err := h.parents().lookup(n); err != nil {
 			out = append(out, fmt.Sprintf("%s network %s (%s): endpoints disconnected: %v", n.Driver, n.Name, n.Parent, err))
 		}
 	}
 	return out
 }
 
-// isUp reports the administrative state, which is what the kernel needs
+// IsUp reports the administrative state, which is what the kernel needs
 // to forward through a link (carrier is the LAN's business).
-func isUp(l netlink.Link) bool { return l.Attrs().Flags&net.FlagUp != 0 }
+func IsUp(l netlink.Link) bool { return l.Attrs().Flags&net.FlagUp != 0 }

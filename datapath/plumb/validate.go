@@ -1,4 +1,4 @@
-package kernel
+package plumb
 
 import (
 	"errors"
@@ -12,8 +12,8 @@ import (
 	"github.com/fabricnet/fabric/datapath"
 )
 
-// maxVNI is the largest VXLAN network identifier (24 bits).
-const maxVNI = 1<<24 - 1
+// MaxVNI is the largest VXLAN network identifier (24 bits).
+const MaxVNI = 1<<24 - 1
 
 // defaultMTU is used when a network leaves its MTU at zero.
 const defaultMTU = 1500
@@ -22,24 +22,20 @@ const defaultMTU = 1500
 // because the table changed underneath it.
 const dumpAttempts = 5
 
-func mtuOf(n datapath.Network) int {
+func MTUOf(n datapath.Network) int {
 	if n.MTU == 0 {
 		return defaultMTU
 	}
 	return n.MTU
 }
 
-func netStateOf(n datapath.Network) netState {
-	return netState{ID: n.ID, Bridge: n.Bridge, Subnet: n.Subnet.Masked(), Internal: n.Internal}
-}
+func OwnerAlias(id string) string { return datapath.OwnerPrefix + id }
 
-func ownerAlias(id string) string { return datapath.OwnerPrefix + id }
-
-func invalidf(format string, args ...any) error {
+func Invalidf(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", datapath.ErrInvalid, fmt.Sprintf(format, args...))
 }
 
-func validIfName(name string) error {
+func ValidIfName(name string) error {
 	if name == "" || len(name) > 15 {
 		return fmt.Errorf("interface name %q must be 1 to 15 characters", name)
 	}
@@ -49,23 +45,23 @@ func validIfName(name string) error {
 	return nil
 }
 
-func validateNetwork(n datapath.Network) error {
+func ValidateNetwork(n datapath.Network) error {
 	if n.ID == "" {
-		return invalidf("network without ID")
+		return Invalidf("network without ID")
 	}
 	switch n.Driver {
 	case "", datapath.DriverBridge:
 	case datapath.DriverOverlay:
-		if n.VNI == 0 || n.VNI > maxVNI {
-			return invalidf("network %s: overlay VNI %d must be 1 to %d", n.ID, n.VNI, maxVNI)
+		if n.VNI == 0 || n.VNI > MaxVNI {
+			return Invalidf("network %s: overlay VNI %d must be 1 to %d", n.ID, n.VNI, MaxVNI)
 		}
 	case datapath.DriverMacvlan, datapath.DriverIPvlan:
 		return validateParentNetwork(n)
 	default:
-		return invalidf("network %s: driver %q is not handled by the kernel datapath", n.ID, n.Driver)
+		return Invalidf("network %s: driver %q is not handled by fabric's datapaths", n.ID, n.Driver)
 	}
-	if err := validIfName(n.Bridge); err != nil {
-		return invalidf("network %s: bridge: %v", n.ID, err)
+	if err := ValidIfName(n.Bridge); err != nil {
+		return Invalidf("network %s: bridge: %v", n.ID, err)
 	}
 	return validateAddressing(n)
 }
@@ -74,59 +70,59 @@ func validateNetwork(n datapath.Network) error {
 // the gateway inside, and a sane MTU.
 func validateAddressing(n datapath.Network) error {
 	if !n.Subnet.IsValid() || !n.Subnet.Addr().Is4() {
-		return invalidf("network %s: subnet %s must be an IPv4 prefix", n.ID, n.Subnet)
+		return Invalidf("network %s: subnet %s must be an IPv4 prefix", n.ID, n.Subnet)
 	}
 	if !n.Gateway.Is4() || !n.Subnet.Contains(n.Gateway) {
-		return invalidf("network %s: gateway %s must be an IPv4 address inside %s", n.ID, n.Gateway, n.Subnet)
+		return Invalidf("network %s: gateway %s must be an IPv4 address inside %s", n.ID, n.Gateway, n.Subnet)
 	}
 	if n.MTU != 0 && (n.MTU < 68 || n.MTU > 65535) {
-		return invalidf("network %s: MTU %d must be between 68 and 65535", n.ID, n.MTU)
+		return Invalidf("network %s: MTU %d must be between 68 and 65535", n.ID, n.MTU)
 	}
 	return nil
 }
 
-func validateEndpoint(n datapath.Network, ep datapath.Endpoint) error {
+func ValidateEndpoint(n datapath.Network, ep datapath.Endpoint) error {
 	if ep.ID == "" {
-		return invalidf("endpoint without ID")
+		return Invalidf("endpoint without ID")
 	}
 	if ep.NetworkID != "" && ep.NetworkID != n.ID {
-		return invalidf("endpoint %s belongs to network %s, not %s", ep.ID, ep.NetworkID, n.ID)
+		return Invalidf("endpoint %s belongs to network %s, not %s", ep.ID, ep.NetworkID, n.ID)
 	}
 	if ep.NetNSPath == "" {
-		return invalidf("endpoint %s: no sandbox namespace", ep.ID)
+		return Invalidf("endpoint %s: no sandbox namespace", ep.ID)
 	}
-	if err := validIfName(ep.IfName); err != nil {
-		return invalidf("endpoint %s: sandbox interface: %v", ep.ID, err)
+	if err := ValidIfName(ep.IfName); err != nil {
+		return Invalidf("endpoint %s: sandbox interface: %v", ep.ID, err)
 	}
-	if !usesParent(n) {
-		if err := validIfName(ep.HostIfName); err != nil {
-			return invalidf("endpoint %s: host interface: %v", ep.ID, err)
+	if !UsesParent(n) {
+		if err := ValidIfName(ep.HostIfName); err != nil {
+			return Invalidf("endpoint %s: host interface: %v", ep.ID, err)
 		}
 	} else if len(ep.Ports) > 0 {
-		return invalidf("endpoint %s: a %s endpoint has its own address on the LAN; publishing ports on the host makes no sense for it", ep.ID, n.Driver)
+		return Invalidf("endpoint %s: a %s endpoint has its own address on the LAN; publishing ports on the host makes no sense for it", ep.ID, n.Driver)
 	}
 	a := ep.Addr.Addr()
 	if !ep.Addr.IsValid() || !a.Is4() || !n.Subnet.Contains(a) || a == n.Gateway || isNetOrBroadcast(n.Subnet, a) {
-		return invalidf("endpoint %s: address %s must be a host address in %s other than the gateway", ep.ID, ep.Addr, n.Subnet)
+		return Invalidf("endpoint %s: address %s must be a host address in %s other than the gateway", ep.ID, ep.Addr, n.Subnet)
 	}
 	if a == n.HostShim {
-		return invalidf("endpoint %s: address %s is the network's host shim address", ep.ID, a)
+		return Invalidf("endpoint %s: address %s is the network's host shim address", ep.ID, a)
 	}
 	if ep.Addr.Bits() != n.Subnet.Bits() {
-		return invalidf("endpoint %s: address %s must have the network's prefix length /%d", ep.ID, ep.Addr, n.Subnet.Bits())
+		return Invalidf("endpoint %s: address %s must have the network's prefix length /%d", ep.ID, ep.Addr, n.Subnet.Bits())
 	}
 	if ep.MAC != nil && (len(ep.MAC) != 6 || ep.MAC[0]&1 != 0) {
-		return invalidf("endpoint %s: MAC %s must be a unicast Ethernet address", ep.ID, ep.MAC)
+		return Invalidf("endpoint %s: MAC %s must be a unicast Ethernet address", ep.ID, ep.MAC)
 	}
 	for _, p := range ep.Ports {
 		if p.Proto != "tcp" && p.Proto != "udp" {
-			return invalidf("endpoint %s: port protocol %q must be tcp or udp", ep.ID, p.Proto)
+			return Invalidf("endpoint %s: port protocol %q must be tcp or udp", ep.ID, p.Proto)
 		}
 		if p.HostPort == 0 || p.Port == 0 {
-			return invalidf("endpoint %s: published ports must be non-zero", ep.ID)
+			return Invalidf("endpoint %s: published ports must be non-zero", ep.ID)
 		}
 		if p.HostIP.IsValid() && !p.HostIP.Is4() {
-			return invalidf("endpoint %s: host IP %s must be IPv4", ep.ID, p.HostIP)
+			return Invalidf("endpoint %s: host IP %s must be IPv4", ep.ID, p.HostIP)
 		}
 	}
 	return nil
@@ -148,14 +144,14 @@ func isNetOrBroadcast(p netip.Prefix, a netip.Addr) bool {
 	return a == netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
 
-func isNotFound(err error) bool {
+func IsNotFound(err error) bool {
 	var nf netlink.LinkNotFoundError
 	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV)
 }
 
-// retryDump runs a netlink dump again while the kernel reports that it was
+// RetryDump runs a netlink dump again while the kernel reports that it was
 // interrupted by a concurrent change (containernetworking's netlinksafe).
-func retryDump[T any](dump func() (T, error)) (T, error) {
+func RetryDump[T any](dump func() (T, error)) (T, error) {
 	var (
 		res T
 		err error

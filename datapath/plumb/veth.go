@@ -1,4 +1,4 @@
-package kernel
+package plumb
 
 import (
 	"bytes"
@@ -16,16 +16,16 @@ import (
 )
 
 // sandbox is an open handle on an endpoint's namespace.
-type sandbox struct {
+type Sandbox struct {
 	path string
 	ns   netns.NsHandle
 	nl   *netlink.Handle
 }
 
-// openSandbox opens the namespace of ep; one with an expected identity
+// OpenSandbox opens the namespace of ep; one with an expected identity
 // (ep.NetNSID) is checked on the open descriptor, so it is that namespace
 // every later step works on.
-func openSandbox(ep datapath.Endpoint) (*sandbox, error) {
+func OpenSandbox(ep datapath.Endpoint) (*Sandbox, error) {
 	path := ep.NetNSPath
 	ns, err := netns.GetFromPath(path)
 	if err != nil {
@@ -39,7 +39,7 @@ func openSandbox(ep datapath.Endpoint) (*sandbox, error) {
 		}
 		if got := (fabricns.ID{Dev: st.Dev, Ino: st.Ino}); got != ep.NetNSID {
 			ns.Close()
-			return nil, invalidf("sandbox netns %s is namespace %d:%d, not the endpoint's %d:%d; not touching it",
+			return nil, Invalidf("sandbox netns %s is namespace %d:%d, not the endpoint's %d:%d; not touching it",
 				path, got.Dev, got.Ino, ep.NetNSID.Dev, ep.NetNSID.Ino)
 		}
 	}
@@ -48,82 +48,65 @@ func openSandbox(ep datapath.Endpoint) (*sandbox, error) {
 		ns.Close()
 		return nil, fmt.Errorf("netlink handle in sandbox %s: %w", path, err)
 	}
-	return &sandbox{path: path, ns: ns, nl: h}, nil
+	return &Sandbox{path: path, ns: ns, nl: h}, nil
 }
 
 // fdPath names the open namespace, for code that enters it by path: the
 // namespace checked at open, whatever the original path names by now.
-func (s *sandbox) fdPath() string { return fmt.Sprintf("/proc/self/fd/%d", int(s.ns)) }
+func (s *Sandbox) FDPath() string { return fmt.Sprintf("/proc/self/fd/%d", int(s.ns)) }
 
-func (s *sandbox) Close() {
+func (s *Sandbox) Close() {
 	s.nl.Close()
 	s.ns.Close()
 }
 
-// ensureVeth creates or repairs the endpoint's veth pair: the host side on
-// the network's bridge, the peer directly inside the sandbox. A pair made
+// VethSides is what a datapath does with an endpoint's veth pair beyond
+// making it: Host readies the host side (a bridge port, or a routed
+// link), After runs once the sandbox side is configured (a forwarder may
+// route to the sandbox from then on). After may be nil.
+type VethSides struct {
+	Host  func(host netlink.Link, created bool) error
+	After func(sb *Sandbox, host netlink.Link) error
+}
+
+// EnsureVeth creates or repairs the endpoint's veth pair: the host side as
+// sides.Host wants it, the peer directly inside the sandbox. A pair made
 // here is removed again if any later step fails.
-func (d *Datapath) ensureVeth(n datapath.Network, ep datapath.Endpoint) (created bool, err error) {
-	var br netlink.Link
-	if d.fwd == nil {
-		br, err = d.nl.LinkByName(n.Bridge)
-		if isNotFound(err) {
-			return false, fmt.Errorf("endpoint %s: bridge %s of network %s does not exist; ensure the network first: %w", ep.ID, n.Bridge, n.ID, err)
-		}
-		if err != nil {
-			return false, fmt.Errorf("look up bridge %s: %w", n.Bridge, err)
-		}
-		if br.Attrs().Alias != ownerAlias(n.ID) {
-			return false, invalidf("endpoint %s: link %s is not the bridge of network %s", ep.ID, n.Bridge, n.ID)
-		}
-	}
-	sb, err := openSandbox(ep)
+func (h *Host) EnsureVeth(n datapath.Network, ep datapath.Endpoint, sides VethSides) (created bool, err error) {
+	sb, err := OpenSandbox(ep)
 	if err != nil {
 		return false, fmt.Errorf("endpoint %s: %w", ep.ID, err)
 	}
 	defer sb.Close()
 
-	host, peer, err := d.existingVeth(sb, ep)
+	host, peer, err := h.existingVeth(sb, ep)
 	if err != nil {
 		return false, fmt.Errorf("endpoint %s: %w", ep.ID, err)
 	}
 	if host == nil {
-		if host, peer, err = d.createVeth(sb, n, ep); err != nil {
+		if host, peer, err = h.createVeth(sb, n, ep); err != nil {
 			return false, fmt.Errorf("endpoint %s: %w", ep.ID, err)
 		}
 		created = true
 		defer func() {
 			if err != nil {
-				if delErr := d.nl.LinkDel(host); delErr != nil && !isNotFound(delErr) {
-					d.log.Warn("roll back veth", "link", ep.HostIfName, "err", delErr)
+				if delErr := h.nl.LinkDel(host); delErr != nil && !IsNotFound(delErr) {
+					h.log.Warn("roll back veth", "link", ep.HostIfName, "err", delErr)
 				}
 			}
 		}()
-		if d.testHookVethCreated != nil {
-			if err := d.testHookVethCreated(); err != nil {
-				return created, err
-			}
+		if err := h.faults.after(h.faults.VethCreated); err != nil {
+			return created, err
 		}
 	}
-	if d.fwd != nil {
-		err = d.ensureRoutedHostSide(host, n, created)
-	} else {
-		err = d.ensureHostSide(host, br, n, created)
-	}
-	if err != nil {
+	if err := sides.Host(host, created); err != nil {
 		return created, fmt.Errorf("endpoint %s: host side %s: %w", ep.ID, ep.HostIfName, err)
 	}
 	if err := ensureSandboxSide(sb.nl, peer, n, ep, created); err != nil {
 		return created, fmt.Errorf("endpoint %s: sandbox side %s in %s: %w", ep.ID, ep.IfName, ep.NetNSPath, err)
 	}
-	if n.Driver == datapath.DriverOverlay && d.fwd == nil {
-		if err := fabricns.Do(sb.fdPath(), func() error { return fastARP(ep.IfName) }); err != nil {
-			return created, fmt.Errorf("endpoint %s: %w", ep.ID, err)
-		}
-	}
-	if d.fwd != nil {
-		// After the sandbox side: the forwarder may route to it at once.
-		if err := d.fwd.EnsureEndpoint(n, ep, host); err != nil {
+	if sides.After != nil {
+		if err := sides.After(sb, host); err != nil {
 			return created, fmt.Errorf("endpoint %s: %w", ep.ID, err)
 		}
 	}
@@ -134,28 +117,28 @@ func (d *Datapath) ensureVeth(n datapath.Network, ep datapath.Endpoint) (created
 // if both exist and belong together. A host veth whose peer is gone or in
 // another namespace (the sandbox was recreated) is deleted so that it can
 // be made again.
-func (d *Datapath) existingVeth(sb *sandbox, ep datapath.Endpoint) (host, peer netlink.Link, err error) {
-	host, err = d.nl.LinkByName(ep.HostIfName)
-	if isNotFound(err) {
+func (h *Host) existingVeth(sb *Sandbox, ep datapath.Endpoint) (host, peer netlink.Link, err error) {
+	host, err = h.nl.LinkByName(ep.HostIfName)
+	if IsNotFound(err) {
 		return nil, nil, nil
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("look up host veth %s: %w", ep.HostIfName, err)
 	}
-	if err := d.claim(host, ep.ID, hostVethMAC(ep.ID)); err != nil {
+	if err := h.Claim(host, ep.ID, HostVethMAC(ep.ID)); err != nil {
 		return nil, nil, err
 	}
 	if host.Type() == "veth" {
 		peer, err = sb.nl.LinkByName(ep.IfName)
-		if err != nil && !isNotFound(err) {
+		if err != nil && !IsNotFound(err) {
 			return nil, nil, fmt.Errorf("look up %s in sandbox: %w", ep.IfName, err)
 		}
-		if err == nil && d.isPeer(sb, host, peer) {
+		if err == nil && h.isPeer(sb, host, peer) {
 			return host, peer, nil
 		}
 	}
-	d.log.Info("recreating endpoint link whose peer is gone or elsewhere", "link", ep.HostIfName, "endpoint", ep.ID)
-	if err := d.nl.LinkDel(host); err != nil && !isNotFound(err) {
+	h.log.Info("recreating endpoint link whose peer is gone or elsewhere", "link", ep.HostIfName, "endpoint", ep.ID)
+	if err := h.nl.LinkDel(host); err != nil && !IsNotFound(err) {
 		return nil, nil, fmt.Errorf("delete broken host veth %s: %w", ep.HostIfName, err)
 	}
 	return nil, nil, nil
@@ -164,11 +147,11 @@ func (d *Datapath) existingVeth(sb *sandbox, ep datapath.Endpoint) (host, peer n
 // isPeer reports whether peer (in the sandbox) is the other end of host.
 // Interface indexes are per namespace, so both directions and the peer's
 // namespace ID are compared.
-func (d *Datapath) isPeer(sb *sandbox, host, peer netlink.Link) bool {
+func (h *Host) isPeer(sb *Sandbox, host, peer netlink.Link) bool {
 	if peer.Type() != "veth" || peer.Attrs().ParentIndex != host.Attrs().Index || host.Attrs().ParentIndex != peer.Attrs().Index {
 		return false
 	}
-	nsid, err := d.nl.GetNetNsIdByFd(int(sb.ns))
+	nsid, err := h.nl.GetNetNsIdByFd(int(sb.ns))
 	if err != nil {
 		return false
 	}
@@ -178,11 +161,11 @@ func (d *Datapath) isPeer(sb *sandbox, host, peer netlink.Link) bool {
 // createVeth adds the pair with the peer born inside the sandbox, already
 // named, addressed at layer 2 and sized, so the sandbox never sees a
 // temporary name.
-func (d *Datapath) createVeth(sb *sandbox, n datapath.Network, ep datapath.Endpoint) (host, peer netlink.Link, err error) {
+func (h *Host) createVeth(sb *Sandbox, n datapath.Network, ep datapath.Endpoint) (host, peer netlink.Link, err error) {
 	la := netlink.NewLinkAttrs()
 	la.Name = ep.HostIfName
-	la.HardwareAddr = hostVethMAC(ep.ID)
-	la.MTU = mtuOf(n)
+	la.HardwareAddr = HostVethMAC(ep.ID)
+	la.MTU = MTUOf(n)
 	veth := &netlink.Veth{
 		LinkAttrs:        la,
 		PeerName:         ep.IfName,
@@ -190,28 +173,28 @@ func (d *Datapath) createVeth(sb *sandbox, n datapath.Network, ep datapath.Endpo
 		PeerNamespace:    netlink.NsFd(sb.ns),
 		PeerTxQLen:       -1,
 	}
-	err = d.nl.LinkAdd(veth)
+	err = h.nl.LinkAdd(veth)
 	if errors.Is(err, unix.EEXIST) {
 		// The host name was free, so the sandbox name is taken; a leftover
 		// of this endpoint under an old host name may go, nothing else.
-		if rmErr := d.removeStalePeer(sb, ep); rmErr != nil {
+		if rmErr := h.removeStalePeer(sb, ep); rmErr != nil {
 			return nil, nil, rmErr
 		}
-		err = d.nl.LinkAdd(veth)
+		err = h.nl.LinkAdd(veth)
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("create veth %s (peer %s in %s): %w", ep.HostIfName, ep.IfName, ep.NetNSPath, err)
 	}
 	defer func() {
 		if err != nil {
-			_ = d.nl.LinkDel(veth)
+			_ = h.nl.LinkDel(veth)
 		}
 	}()
-	if err := d.nl.LinkSetAlias(veth, ownerAlias(ep.ID)); err != nil {
+	if err := h.nl.LinkSetAlias(veth, OwnerAlias(ep.ID)); err != nil {
 		return nil, nil, fmt.Errorf("set alias on %s: %w", ep.HostIfName, err)
 	}
-	veth.Alias = ownerAlias(ep.ID)
-	if err := d.setHostVethUp(veth); err != nil {
+	veth.Alias = OwnerAlias(ep.ID)
+	if err := h.SetHostVethUp(veth); err != nil {
 		return nil, nil, err
 	}
 	veth.Flags |= net.FlagUp
@@ -219,59 +202,38 @@ func (d *Datapath) createVeth(sb *sandbox, n datapath.Network, ep datapath.Endpo
 	if err != nil {
 		return nil, nil, fmt.Errorf("look up new peer %s in sandbox: %w", ep.IfName, err)
 	}
-	d.log.Debug("created veth", "link", ep.HostIfName, "endpoint", ep.ID)
+	h.log.Debug("created veth", "link", ep.HostIfName, "endpoint", ep.ID)
 	return veth, peer, nil
 }
 
-func (d *Datapath) removeStalePeer(sb *sandbox, ep datapath.Endpoint) error {
+func (h *Host) removeStalePeer(sb *Sandbox, ep datapath.Endpoint) error {
 	old, err := sb.nl.LinkByName(ep.IfName)
 	if err != nil {
 		return fmt.Errorf("look up existing %s in sandbox: %w", ep.IfName, err)
 	}
 	if old.Type() == "veth" {
-		if hostEnd, err := d.nl.LinkByIndex(old.Attrs().ParentIndex); err == nil && hostEnd.Attrs().Alias == ownerAlias(ep.ID) {
-			d.log.Info("removing old veth of endpoint", "link", hostEnd.Attrs().Name, "endpoint", ep.ID)
-			if err := d.nl.LinkDel(hostEnd); err != nil {
+		if hostEnd, err := h.nl.LinkByIndex(old.Attrs().ParentIndex); err == nil && hostEnd.Attrs().Alias == OwnerAlias(ep.ID) {
+			h.log.Info("removing old veth of endpoint", "link", hostEnd.Attrs().Name, "endpoint", ep.ID)
+			if err := h.nl.LinkDel(hostEnd); err != nil {
 				return fmt.Errorf("delete old veth %s: %w", hostEnd.Attrs().Name, err)
 			}
 			return nil
 		}
 	}
-	return invalidf("interface %s already exists in sandbox %s", ep.IfName, ep.NetNSPath)
-}
-
-// ensureHostSide attaches the host veth to the bridge with hairpin mode
-// (a sandbox reaching its own published port through the host address is
-// bridged back out of the port it came in on when br_netfilter is active).
-func (d *Datapath) ensureHostSide(host, br netlink.Link, n datapath.Network, created bool) error {
-	attrs := host.Attrs()
-	if attrs.MasterIndex != br.Attrs().Index {
-		if err := d.nl.LinkSetMasterByIndex(host, br.Attrs().Index); err != nil {
-			return fmt.Errorf("attach to bridge %s: %w", n.Bridge, err)
-		}
-	}
-	// Bridge port flags are not in a plain link query; setting the flag is
-	// one request, reading it would be a dump of every port.
-	if err := d.nl.LinkSetHairpin(host, true); err != nil {
-		return fmt.Errorf("set hairpin mode: %w", err)
-	}
-	if created {
-		return nil
-	}
-	return d.repairHostMTUUp(host, n)
+	return Invalidf("interface %s already exists in sandbox %s", ep.IfName, ep.NetNSPath)
 }
 
 // repairHostMTUUp puts back the MTU and the up state of an existing host
 // veth (a new one is made with both).
-func (d *Datapath) repairHostMTUUp(host netlink.Link, n datapath.Network) error {
+func (h *Host) RepairHostMTUUp(host netlink.Link, n datapath.Network) error {
 	attrs := host.Attrs()
-	if want := mtuOf(n); attrs.MTU != want {
-		if err := d.nl.LinkSetMTU(host, want); err != nil {
+	if want := MTUOf(n); attrs.MTU != want {
+		if err := h.nl.LinkSetMTU(host, want); err != nil {
 			return fmt.Errorf("set MTU %d: %w", want, err)
 		}
 	}
 	if attrs.Flags&net.FlagUp == 0 {
-		return d.setHostVethUp(host)
+		return h.SetHostVethUp(host)
 	}
 	return nil
 }
@@ -283,10 +245,10 @@ func (d *Datapath) repairHostMTUUp(host netlink.Link, n datapath.Network) error 
 // creating a veth took 735 µs instead of 547 µs with IPv6 off (468 µs at
 // 10). The sysctl must be set before the link is up; it is a no-op where
 // the kernel has no IPv6.
-func (d *Datapath) setHostVethUp(host netlink.Link) error {
+func (h *Host) SetHostVethUp(host netlink.Link) error {
 	name := host.Attrs().Name
-	err := fabricns.Do(d.nsPath, func() error {
-		err := ensureSysctl("net/ipv6/conf/"+name+"/disable_ipv6", "1")
+	err := fabricns.Do(h.nsPath, func() error {
+		err := EnsureSysctl("net/ipv6/conf/"+name+"/disable_ipv6", "1")
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
 		}
@@ -295,25 +257,10 @@ func (d *Datapath) setHostVethUp(host netlink.Link) error {
 	if err != nil {
 		return fmt.Errorf("turn IPv6 off on %s: %w", name, err)
 	}
-	if err := d.nl.LinkSetUp(host); err != nil {
+	if err := h.nl.LinkSetUp(host); err != nil {
 		return fmt.Errorf("set %s up: %w", name, err)
 	}
 	return nil
-}
-
-// ensureRoutedHostSide readies a host veth that a Forwarder serves: on no
-// bridge (one left by a kernel-datapath run is detached), up, right MTU.
-func (d *Datapath) ensureRoutedHostSide(host netlink.Link, n datapath.Network, created bool) error {
-	attrs := host.Attrs()
-	if attrs.MasterIndex != 0 {
-		if err := d.nl.LinkSetNoMaster(host); err != nil {
-			return fmt.Errorf("detach from bridge: %w", err)
-		}
-	}
-	if created {
-		return nil
-	}
-	return d.repairHostMTUUp(host, n)
 }
 
 // ensureSandboxSide gives the peer its MAC, MTU and address, brings it up
@@ -342,12 +289,12 @@ func ensureSandboxSide(h *netlink.Handle, peer netlink.Link, n datapath.Network,
 			return err
 		}
 	}
-	if want := mtuOf(n); attrs.MTU != want {
+	if want := MTUOf(n); attrs.MTU != want {
 		if err := h.LinkSetMTU(peer, want); err != nil {
 			return fmt.Errorf("set MTU %d: %w", want, err)
 		}
 	}
-	if err := ensureOnlyAddr(h, peer, addr); err != nil {
+	if err := EnsureOnlyAddr(h, peer, addr); err != nil {
 		return err
 	}
 	if attrs.Flags&net.FlagUp == 0 {
@@ -378,7 +325,7 @@ func setMAC(h *netlink.Handle, link netlink.Link, mac net.HardwareAddr) error {
 // network's gateway through link when want is set, and removes any default
 // route through link otherwise.
 func ensureDefaultRoute(h *netlink.Handle, link netlink.Link, n datapath.Network, want bool) error {
-	routes, err := retryDump(func() ([]netlink.Route, error) {
+	routes, err := RetryDump(func() ([]netlink.Route, error) {
 		return h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	})
 	if err != nil {
@@ -427,42 +374,70 @@ func isDefaultRoute(r netlink.Route) bool {
 }
 
 // deleteVeth removes the endpoint's host veth, and with it the peer.
-func (d *Datapath) deleteVeth(ep datapath.Endpoint) error {
+func (h *Host) DeleteVeth(ep datapath.Endpoint) error {
 	var (
 		link netlink.Link
 		err  error
 	)
 	if ep.HostIfName != "" {
-		link, err = d.nl.LinkByName(ep.HostIfName)
+		link, err = h.nl.LinkByName(ep.HostIfName)
 	} else {
-		link, err = d.nl.LinkByAlias(ownerAlias(ep.ID))
+		link, err = h.nl.LinkByAlias(OwnerAlias(ep.ID))
 	}
-	if isNotFound(err) {
+	if IsNotFound(err) {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("look up veth of endpoint %s: %w", ep.ID, err)
 	}
-	if link.Attrs().Alias != ownerAlias(ep.ID) {
-		d.log.Warn("not deleting link owned by someone else", "link", link.Attrs().Name, "alias", link.Attrs().Alias, "endpoint", ep.ID)
+	if link.Attrs().Alias != OwnerAlias(ep.ID) {
+		h.log.Warn("not deleting link owned by someone else", "link", link.Attrs().Name, "alias", link.Attrs().Alias, "endpoint", ep.ID)
 		return nil
 	}
-	if err := d.nl.LinkDel(link); err != nil && !isNotFound(err) {
+	if err := h.nl.LinkDel(link); err != nil && !IsNotFound(err) {
 		return fmt.Errorf("delete veth %s: %w", link.Attrs().Name, err)
 	}
 	return nil
 }
 
-// fastARP makes an overlay sandbox retry ARP every 100 ms, ten times,
+// FastARP makes an overlay sandbox retry ARP every 100 ms, ten times,
 // instead of every second three times. A sandbox that connects to a remote
 // endpoint the moment it is created may ask before gossip has brought the
 // answer (the VXLAN device's proxy ARP entry, tens of milliseconds later);
 // with the kernel's defaults that costs a whole second. It runs inside the
 // sandbox's namespace.
-func fastARP(ifName string) error {
+func FastARP(ifName string) error {
 	dir := "net/ipv4/neigh/" + ifName + "/"
-	if err := ensureSysctl(dir+"retrans_time_ms", "100"); err != nil {
+	if err := EnsureSysctl(dir+"retrans_time_ms", "100"); err != nil {
 		return err
 	}
-	return ensureSysctl(dir+"mcast_solicit", "10")
+	return EnsureSysctl(dir+"mcast_solicit", "10")
+}
+
+// LinksByName is one dump of the host's links, by name: a repair pass
+// compares each endpoint's host veth against it instead of asking for
+// each (at 1,000 endpoints a full ensure of each costs a second or more).
+func (h *Host) LinksByName() (map[string]netlink.Link, error) {
+	links, err := RetryDump(h.nl.LinkList)
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	out := make(map[string]netlink.Link, len(links))
+	for _, l := range links {
+		out[l.Attrs().Name] = l
+	}
+	return out, nil
+}
+
+// VethIntact reports whether l is ep's host veth as an ensure leaves it:
+// fabric's, a veth whose peer lives in another namespace, up, with n's MTU
+// and on the bridge with index master (0: on none). A veth and its peer
+// go together, so a missing sandbox side shows here too.
+func VethIntact(l netlink.Link, n datapath.Network, ep datapath.Endpoint, master int) bool {
+	if l == nil || l.Type() != "veth" {
+		return false
+	}
+	a := l.Attrs()
+	return a.Alias == OwnerAlias(ep.ID) && a.Flags&net.FlagUp != 0 && a.MTU == MTUOf(n) &&
+		a.MasterIndex == master && a.NetNsID >= 0
 }

@@ -1,4 +1,4 @@
-package kernel
+package plumb
 
 import (
 	"bytes"
@@ -30,24 +30,24 @@ import (
 // ensureChild creates or repairs the endpoint's child link and, if the
 // network has a host shim, the host route to it. A child made here is
 // removed again if a later step fails.
-func (d *Datapath) ensureChild(n datapath.Network, ep datapath.Endpoint) (created bool, err error) {
-	parent, err := d.parents().lookup(n)
+func (h *Host) EnsureChild(n datapath.Network, ep datapath.Endpoint) (created bool, err error) {
+	parent, err := h.parents().lookup(n)
 	if err != nil {
 		return false, fmt.Errorf("endpoint %s: %w", ep.ID, err)
 	}
 	mtu := childMTU(n, parent)
-	sb, err := openSandbox(ep)
+	sb, err := OpenSandbox(ep)
 	if err != nil {
 		return false, fmt.Errorf("endpoint %s: %w", ep.ID, err)
 	}
 	defer sb.Close()
 
-	child, err := d.existingChild(sb, n, ep, parent)
+	child, err := h.existingChild(sb, n, ep, parent)
 	if err != nil {
 		return false, fmt.Errorf("endpoint %s: %w", ep.ID, err)
 	}
 	if child == nil {
-		if child, err = d.createChild(sb, n, ep, parent, mtu); err != nil {
+		if child, err = h.createChild(sb, n, ep, parent, mtu); err != nil {
 			return false, fmt.Errorf("endpoint %s: %w", ep.ID, err)
 		}
 		created = true
@@ -55,21 +55,19 @@ func (d *Datapath) ensureChild(n datapath.Network, ep datapath.Endpoint) (create
 			if err != nil {
 				// Through the sandbox handle, with the index read there:
 				// the same name may well exist on the host.
-				if delErr := sb.nl.LinkDel(child); delErr != nil && !isNotFound(delErr) {
-					d.log.Warn("roll back endpoint link", "link", ep.IfName, "sandbox", ep.NetNSPath, "err", delErr)
+				if delErr := sb.nl.LinkDel(child); delErr != nil && !IsNotFound(delErr) {
+					h.log.Warn("roll back endpoint link", "link", ep.IfName, "sandbox", ep.NetNSPath, "err", delErr)
 				}
 			}
 		}()
-		if d.testHookChildCreated != nil {
-			if err := d.testHookChildCreated(); err != nil {
-				return created, err
-			}
+		if err := h.faults.after(h.faults.ChildCreated); err != nil {
+			return created, err
 		}
 	}
 	if err := configureChild(sb.nl, child, n, ep, mtu, created); err != nil {
 		return created, fmt.Errorf("endpoint %s: %s in %s: %w", ep.ID, ep.IfName, ep.NetNSPath, err)
 	}
-	if err := d.ensureShimRoute(n, ep); err != nil {
+	if err := h.ensureShimRoute(n, ep); err != nil {
 		return created, err
 	}
 	return created, nil
@@ -79,20 +77,20 @@ func (d *Datapath) ensureChild(n datapath.Network, ep datapath.Endpoint) (create
 // right kind and mode on parent. Anything else under that name (a veth
 // from an earlier life of the sandbox, a child of an old parent) is
 // deleted so that the child can be made.
-func (d *Datapath) existingChild(sb *sandbox, n datapath.Network, ep datapath.Endpoint, parent netlink.Link) (netlink.Link, error) {
+func (h *Host) existingChild(sb *Sandbox, n datapath.Network, ep datapath.Endpoint, parent netlink.Link) (netlink.Link, error) {
 	link, err := sb.nl.LinkByName(ep.IfName)
-	if isNotFound(err) {
+	if IsNotFound(err) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("look up %s in sandbox: %w", ep.IfName, err)
 	}
-	ok, err := d.isChildOf(sb, link, n, parent)
+	ok, err := h.isChildOf(sb, link, n, parent)
 	if err != nil || ok {
 		return link, err
 	}
-	d.log.Info("replacing sandbox link that is not the endpoint's child", "link", ep.IfName, "type", link.Type(), "endpoint", ep.ID)
-	if err := sb.nl.LinkDel(link); err != nil && !isNotFound(err) {
+	h.log.Info("replacing sandbox link that is not the endpoint's child", "link", ep.IfName, "type", link.Type(), "endpoint", ep.ID)
+	if err := sb.nl.LinkDel(link); err != nil && !IsNotFound(err) {
 		return nil, fmt.Errorf("delete %s %s in sandbox: %w", link.Type(), ep.IfName, err)
 	}
 	return nil, nil
@@ -102,7 +100,7 @@ func (d *Datapath) existingChild(sb *sandbox, n datapath.Network, ep datapath.En
 // the host namespace) with n's kind and mode. The parent index is only
 // meaningful together with the namespace it refers to, so the sandbox's ID
 // for the host namespace is compared too.
-func (d *Datapath) isChildOf(sb *sandbox, link netlink.Link, n datapath.Network, parent netlink.Link) (bool, error) {
+func (h *Host) isChildOf(sb *Sandbox, link netlink.Link, n datapath.Network, parent netlink.Link) (bool, error) {
 	switch l := link.(type) {
 	case *netlink.Macvlan:
 		if n.Driver != datapath.DriverMacvlan || l.Mode != macvlanModes[n.Mode] {
@@ -118,7 +116,7 @@ func (d *Datapath) isChildOf(sb *sandbox, link netlink.Link, n datapath.Network,
 	if link.Attrs().ParentIndex != parent.Attrs().Index {
 		return false, nil
 	}
-	hostID, err := sb.nl.GetNetNsIdByFd(int(d.hostNS))
+	hostID, err := sb.nl.GetNetNsIdByFd(int(h.hostNS))
 	if err != nil {
 		return false, fmt.Errorf("ID of the host namespace in sandbox: %w", err)
 	}
@@ -149,10 +147,10 @@ func childMAC(n datapath.Network, ep datapath.Endpoint) net.HardwareAddr {
 	return ep.MAC
 }
 
-// childTempName is the name a child is born under when its own name is
+// ChildTempName is the name a child is born under when its own name is
 // taken on the host (see createChild): fabric's by construction, and
 // derived from the endpoint so a crash's leftover is found again.
-func childTempName(endpointID string) string {
+func ChildTempName(endpointID string) string {
 	sum := sha256.Sum256([]byte("fabric-child:" + endpointID))
 	return "fc-" + hex.EncodeToString(sum[:5])
 }
@@ -166,14 +164,17 @@ func childTempName(endpointID string) string {
 // After LinkAdd the library looks the new link's index up by name in the
 // handle's (host) namespace, so the object passed in is never used again:
 // the link is read back from the sandbox.
-func (d *Datapath) createChild(sb *sandbox, n datapath.Network, ep datapath.Endpoint, parent netlink.Link, mtu int) (netlink.Link, error) {
+func (h *Host) createChild(sb *Sandbox, n datapath.Network, ep datapath.Endpoint, parent netlink.Link, mtu int) (netlink.Link, error) {
 	what := fmt.Sprintf("%s %s in %s", childKind(n), ep.IfName, ep.NetNSPath)
-	err := d.nl.LinkAdd(newChild(n, ep, ep.IfName, parent, mtu, int(sb.ns)))
+	if h.faults.RenamedChild {
+		return h.createChildRenamed(sb, n, ep, parent, mtu)
+	}
+	err := h.nl.LinkAdd(newChild(n, ep, ep.IfName, parent, mtu, int(sb.ns)))
 	if errors.Is(err, unix.EEXIST) {
 		if _, lerr := sb.nl.LinkByName(ep.IfName); lerr == nil {
-			return nil, invalidf("interface %s appeared in sandbox %s meanwhile", ep.IfName, ep.NetNSPath)
+			return nil, Invalidf("interface %s appeared in sandbox %s meanwhile", ep.IfName, ep.NetNSPath)
 		}
-		return d.createChildRenamed(sb, n, ep, parent, mtu)
+		return h.createChildRenamed(sb, n, ep, parent, mtu)
 	}
 	if err != nil {
 		return nil, childAddError(n, n.Parent, what, err)
@@ -182,18 +183,18 @@ func (d *Datapath) createChild(sb *sandbox, n datapath.Network, ep datapath.Endp
 	if err != nil {
 		return nil, fmt.Errorf("look up new %s in sandbox: %w", ep.IfName, err)
 	}
-	d.log.Debug("created endpoint link", "link", ep.IfName, "kind", childKind(n), "parent", n.Parent, "endpoint", ep.ID)
+	h.log.Debug("created endpoint link", "link", ep.IfName, "kind", childKind(n), "parent", n.Parent, "endpoint", ep.ID)
 	return link, nil
 }
 
-func (d *Datapath) createChildRenamed(sb *sandbox, n datapath.Network, ep datapath.Endpoint, parent netlink.Link, mtu int) (netlink.Link, error) {
-	tmp := childTempName(ep.ID)
+func (h *Host) createChildRenamed(sb *Sandbox, n datapath.Network, ep datapath.Endpoint, parent netlink.Link, mtu int) (netlink.Link, error) {
+	tmp := ChildTempName(ep.ID)
 	if old, err := sb.nl.LinkByName(tmp); err == nil && old.Type() == childKind(n) {
-		if err := sb.nl.LinkDel(old); err != nil && !isNotFound(err) {
+		if err := sb.nl.LinkDel(old); err != nil && !IsNotFound(err) {
 			return nil, fmt.Errorf("delete half-made %s in sandbox: %w", tmp, err)
 		}
 	}
-	if err := d.nl.LinkAdd(newChild(n, ep, tmp, parent, mtu, int(sb.ns))); err != nil {
+	if err := h.nl.LinkAdd(newChild(n, ep, tmp, parent, mtu, int(sb.ns))); err != nil {
 		return nil, childAddError(n, n.Parent, fmt.Sprintf("%s %s (as %s) in %s", childKind(n), ep.IfName, tmp, ep.NetNSPath), err)
 	}
 	link, err := sb.nl.LinkByName(tmp)
@@ -201,15 +202,15 @@ func (d *Datapath) createChildRenamed(sb *sandbox, n datapath.Network, ep datapa
 		return nil, fmt.Errorf("look up new %s in sandbox: %w", tmp, err)
 	}
 	if err := sb.nl.LinkSetName(link, ep.IfName); err != nil {
-		if delErr := sb.nl.LinkDel(link); delErr != nil && !isNotFound(delErr) {
-			d.log.Warn("roll back endpoint link", "link", tmp, "sandbox", ep.NetNSPath, "err", delErr)
+		if delErr := sb.nl.LinkDel(link); delErr != nil && !IsNotFound(delErr) {
+			h.log.Warn("roll back endpoint link", "link", tmp, "sandbox", ep.NetNSPath, "err", delErr)
 		}
 		return nil, fmt.Errorf("rename %s to %s in sandbox: %w", tmp, ep.IfName, err)
 	}
 	if link, err = sb.nl.LinkByName(ep.IfName); err != nil {
 		return nil, fmt.Errorf("look up new %s in sandbox: %w", ep.IfName, err)
 	}
-	d.log.Debug("created endpoint link under a temporary name", "link", ep.IfName, "tmp", tmp, "kind", childKind(n), "parent", n.Parent, "endpoint", ep.ID)
+	h.log.Debug("created endpoint link under a temporary name", "link", ep.IfName, "tmp", tmp, "kind", childKind(n), "parent", n.Parent, "endpoint", ep.ID)
 	return link, nil
 }
 
@@ -266,10 +267,10 @@ func configureChild(h *netlink.Handle, link netlink.Link, n datapath.Network, ep
 			return fmt.Errorf("set MTU %d: %w", mtu, err)
 		}
 	}
-	if err := ensureOnlyAddr(h, link, addr); err != nil {
+	if err := EnsureOnlyAddr(h, link, addr); err != nil {
 		return err
 	}
-	if !isUp(link) {
+	if !IsUp(link) {
 		if err := h.LinkSetUp(link); err != nil {
 			return fmt.Errorf("set up: %w", err)
 		}
@@ -281,7 +282,7 @@ func configureChild(h *netlink.Handle, link netlink.Link, n datapath.Network, ep
 // link, via gw or (gw invalid) straight out of the device, when want is
 // set, and removes default routes through link otherwise.
 func ensureChildDefaultRoute(h *netlink.Handle, link netlink.Link, gw netip.Addr, want bool) error {
-	routes, err := retryDump(func() ([]netlink.Route, error) {
+	routes, err := RetryDump(func() ([]netlink.Route, error) {
 		return h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	})
 	if err != nil {
@@ -336,30 +337,30 @@ func replaceChildDefaultRoute(h *netlink.Handle, link netlink.Link, gw netip.Add
 
 // deleteChild removes the endpoint's child from its sandbox and its route
 // through the host shim. A sandbox or child that is gone already is fine.
-func (d *Datapath) deleteChild(n datapath.Network, ep datapath.Endpoint) error {
-	if err := d.deleteShimRoute(n, ep); err != nil {
+func (h *Host) DeleteChild(n datapath.Network, ep datapath.Endpoint) error {
+	if err := h.deleteShimRoute(n, ep); err != nil {
 		return err
 	}
 	if !fabricns.IsNamespace(ep.NetNSPath) {
 		return nil
 	}
-	sb, err := openSandbox(ep)
+	sb, err := OpenSandbox(ep)
 	if err != nil {
 		return fmt.Errorf("endpoint %s: %w", ep.ID, err)
 	}
 	defer sb.Close()
 	link, err := sb.nl.LinkByName(ep.IfName)
-	if isNotFound(err) {
+	if IsNotFound(err) {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("endpoint %s: look up %s in sandbox: %w", ep.ID, ep.IfName, err)
 	}
 	if link.Type() != childKind(n) {
-		d.log.Warn("not deleting sandbox link of another kind", "link", ep.IfName, "type", link.Type(), "endpoint", ep.ID)
+		h.log.Warn("not deleting sandbox link of another kind", "link", ep.IfName, "type", link.Type(), "endpoint", ep.ID)
 		return nil
 	}
-	if err := sb.nl.LinkDel(link); err != nil && !isNotFound(err) {
+	if err := sb.nl.LinkDel(link); err != nil && !IsNotFound(err) {
 		return fmt.Errorf("endpoint %s: delete %s in sandbox: %w", ep.ID, ep.IfName, err)
 	}
 	return nil

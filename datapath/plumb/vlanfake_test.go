@@ -1,4 +1,4 @@
-package kernel
+package plumb
 
 import (
 	"errors"
@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -216,7 +217,8 @@ func fakeParents(f *fakeLinks) parentLinks {
 }
 
 func vlanNet(id, parent string) datapath.Network {
-	return parentNet(id, datapath.DriverMacvlan, parent, "", "10.90.1.0/24")
+	p := netip.MustParsePrefix("10.90.1.0/24")
+	return datapath.Network{ID: id, Name: id, Driver: datapath.DriverMacvlan, Subnet: p, Gateway: p.Addr().Next(), Parent: parent}
 }
 
 func TestVLANParentCreatedMarkedAndRemoved(t *testing.T) {
@@ -230,7 +232,7 @@ func TestVLANParentCreatedMarkedAndRemoved(t *testing.T) {
 		t.Fatalf("ensure: created %v, %v", created, err)
 	}
 	v, ok := link.(*netlink.Vlan)
-	if !ok || v.Name != "eth1.10" || v.VlanId != 10 || v.ParentIndex != eth1 || v.Alias != datapath.OwnerPrefix+"vlan:"+n.ID || !isUp(v) {
+	if !ok || v.Name != "eth1.10" || v.VlanId != 10 || v.ParentIndex != eth1 || v.Alias != datapath.OwnerPrefix+"vlan:"+n.ID || !IsUp(v) {
 		t.Fatalf("made %T %+v", link, link)
 	}
 	// Born under the temporary name, marked before it gets the real one.
@@ -245,7 +247,7 @@ func TestVLANParentCreatedMarkedAndRemoved(t *testing.T) {
 	}
 	// Down (someone did it): fabric's own VLAN is set up again.
 	f.setUp("eth1.10", false)
-	if _, _, err := p.ensure(n); err != nil || !isUp(mustFake(t, f, "eth1.10")) {
+	if _, _, err := p.ensure(n); err != nil || !IsUp(mustFake(t, f, "eth1.10")) {
 		t.Errorf("ensure of a down fabric VLAN: %v", err)
 	}
 	// Base down: reported, not forced.

@@ -1,4 +1,4 @@
-package kernel
+package plumb
 
 import (
 	"errors"
@@ -19,7 +19,7 @@ func sandboxIPv6Off(nsPath, ifName string) error {
 		return nil
 	}
 	err := fabricns.Do(nsPath, func() error {
-		err := ensureSysctl("net/ipv6/conf/"+ifName+"/disable_ipv6", "1")
+		err := EnsureSysctl("net/ipv6/conf/"+ifName+"/disable_ipv6", "1")
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
 		}

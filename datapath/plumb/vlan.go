@@ -1,4 +1,4 @@
-package kernel
+package plumb
 
 import (
 	"errors"
@@ -12,9 +12,9 @@ import (
 )
 
 // A parent named IFACE.VID that does not exist is created as an 802.1q
-// sub-interface and marked with vlanAlias. The kernel ignores an alias given
+// sub-interface and marked with VLANAlias. The kernel ignores an alias given
 // at creation, so the link is born under a temporary name derived from the
-// network ID (vlanTempName), down, gets its alias, and only then is renamed
+// network ID (VLANTempName), down, gets its alias, and only then is renamed
 // to IFACE.VID and set up. A crash in between therefore never leaves an
 // unmarked IFACE.VID that would later pass for the user's own link: it
 // leaves fv-<id>, which is fabric's by name and adopted by the next ensure.
@@ -43,12 +43,12 @@ type parentLinks struct {
 	log *slog.Logger
 }
 
-func (d *Datapath) parents() parentLinks { return parentLinks{h: d.nl, log: d.log} }
+func (h *Host) parents() parentLinks { return parentLinks{h: h.nl, log: h.log} }
 
-func vlanAlias(networkID string) string { return datapath.OwnerPrefix + "vlan:" + networkID }
+func VLANAlias(networkID string) string { return datapath.OwnerPrefix + "vlan:" + networkID }
 
-// vlanTempName is where a VLAN sub-interface is born (see above).
-func vlanTempName(networkID string) string { return "fv-" + idPrefix(networkID) }
+// VLANTempName is where a VLAN sub-interface is born (see above).
+func VLANTempName(networkID string) string { return "fv-" + idPrefix(networkID) }
 
 func idPrefix(id string) string { return id[:min(12, len(id))] }
 
@@ -56,13 +56,13 @@ func idPrefix(id string) string { return id[:min(12, len(id))] }
 // nothing. Only lookups by name and index: it runs on every ensure.
 func (p parentLinks) lookup(n datapath.Network) (netlink.Link, error) {
 	link, err := p.h.LinkByName(n.Parent)
-	if isNotFound(err) {
-		if base, _, ok := splitVLAN(n.Parent); ok {
+	if IsNotFound(err) {
+		if base, _, ok := SplitVLAN(n.Parent); ok {
 			b, err := p.h.LinkByName(base)
 			switch {
-			case isNotFound(err):
+			case IsNotFound(err):
 				return nil, parentMissingf(n, "parent %s and its base %s do not exist", n.Parent, base)
-			case err == nil && !isUp(b):
+			case err == nil && !IsUp(b):
 				return nil, parentMissingf(n, "base %s of VLAN parent %s is down", base, n.Parent)
 			}
 			return nil, parentMissingf(n, "VLAN parent %s does not exist (ensuring the network creates it)", n.Parent)
@@ -83,10 +83,10 @@ func (p parentLinks) usable(n datapath.Network, link netlink.Link) error {
 		return fmt.Errorf("network %s: %w", n.ID, err)
 	}
 	// The base first: a down base takes its VLANs down, and is the cause.
-	if base != nil && !isUp(base) {
+	if base != nil && !IsUp(base) {
 		return parentMissingf(n, "base %s of VLAN parent %s is down", base.Attrs().Name, n.Parent)
 	}
-	if !isUp(link) {
+	if !IsUp(link) {
 		return parentMissingf(n, "parent %s is down", n.Parent)
 	}
 	return nil
@@ -113,7 +113,7 @@ func (p parentLinks) vlanBase(link netlink.Link) (netlink.Link, error) {
 func (p parentLinks) ensure(n datapath.Network) (_ netlink.Link, created bool, err error) {
 	link, err := p.h.LinkByName(n.Parent)
 	if err == nil {
-		if link.Attrs().Alias == vlanAlias(n.ID) && !isUp(link) {
+		if link.Attrs().Alias == VLANAlias(n.ID) && !IsUp(link) {
 			if err := p.setVLANUp(n, link); err != nil {
 				return nil, false, err
 			}
@@ -123,10 +123,10 @@ func (p parentLinks) ensure(n datapath.Network) (_ netlink.Link, created bool, e
 		}
 		return link, false, p.usable(n, link)
 	}
-	if !isNotFound(err) {
+	if !IsNotFound(err) {
 		return nil, false, fmt.Errorf("network %s: look up parent %s: %w", n.ID, n.Parent, err)
 	}
-	base, vid, ok := splitVLAN(n.Parent)
+	base, vid, ok := SplitVLAN(n.Parent)
 	if !ok {
 		return nil, false, parentMissingf(n, "parent %s does not exist", n.Parent)
 	}
@@ -144,7 +144,7 @@ func (p parentLinks) setVLANUp(n datapath.Network, link netlink.Link) error {
 	if err != nil {
 		return fmt.Errorf("network %s: %w", n.ID, err)
 	}
-	if base != nil && !isUp(base) {
+	if base != nil && !IsUp(base) {
 		return parentMissingf(n, "base %s of VLAN parent %s is down", base.Attrs().Name, n.Parent)
 	}
 	if err := p.h.LinkSetUp(link); err != nil {
@@ -158,13 +158,13 @@ func (p parentLinks) setVLANUp(n datapath.Network, link netlink.Link) error {
 // of the file for the order of steps). It is removed again if a step fails.
 func (p parentLinks) createVLAN(n datapath.Network, baseName string, vid int) (_ netlink.Link, err error) {
 	base, err := p.h.LinkByName(baseName)
-	if isNotFound(err) {
+	if IsNotFound(err) {
 		return nil, parentMissingf(n, "base %s of VLAN parent %s does not exist", baseName, n.Parent)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("network %s: look up base %s: %w", n.ID, baseName, err)
 	}
-	if !isUp(base) {
+	if !IsUp(base) {
 		return nil, parentMissingf(n, "base %s of VLAN parent %s is down", baseName, n.Parent)
 	}
 	// link is what the rollback deletes: not the named result, which a
@@ -173,7 +173,7 @@ func (p parentLinks) createVLAN(n datapath.Network, baseName string, vid int) (_
 	if err != nil {
 		return nil, err
 	}
-	tmp := vlanTempName(n.ID)
+	tmp := VLANTempName(n.ID)
 	if link == nil {
 		la := netlink.NewLinkAttrs()
 		la.Name = tmp
@@ -187,13 +187,13 @@ func (p parentLinks) createVLAN(n datapath.Network, baseName string, vid int) (_
 	}
 	defer func() {
 		if err != nil {
-			if delErr := p.h.LinkDel(link); delErr != nil && !isNotFound(delErr) {
+			if delErr := p.h.LinkDel(link); delErr != nil && !IsNotFound(delErr) {
 				p.log.Warn("roll back VLAN sub-interface", "link", link.Attrs().Name, "err", delErr)
 			}
 		}
 	}()
-	if link.Attrs().Alias != vlanAlias(n.ID) {
-		if err := p.h.LinkSetAlias(link, vlanAlias(n.ID)); err != nil {
+	if link.Attrs().Alias != VLANAlias(n.ID) {
+		if err := p.h.LinkSetAlias(link, VLANAlias(n.ID)); err != nil {
 			return nil, fmt.Errorf("network %s: set alias on new VLAN %s: %w", n.ID, tmp, err)
 		}
 	}
@@ -214,9 +214,9 @@ func (p parentLinks) createVLAN(n datapath.Network, baseName string, vid int) (_
 // leftover returns the VLAN a crash left under the temporary name, if it
 // is the one wanted now; a stale one of this network is deleted.
 func (p parentLinks) leftover(n datapath.Network, base netlink.Link, vid int) (netlink.Link, error) {
-	tmp := vlanTempName(n.ID)
+	tmp := VLANTempName(n.ID)
 	link, err := p.h.LinkByName(tmp)
-	if isNotFound(err) {
+	if IsNotFound(err) {
 		return nil, nil
 	}
 	if err != nil {
@@ -224,19 +224,19 @@ func (p parentLinks) leftover(n datapath.Network, base netlink.Link, vid int) (n
 	}
 	a := link.Attrs()
 	v, isVLAN := link.(*netlink.Vlan)
-	mine := a.Alias == vlanAlias(n.ID) || (a.Alias == "" && isVLAN)
+	mine := a.Alias == VLANAlias(n.ID) || (a.Alias == "" && isVLAN)
 	switch {
 	case mine && isVLAN && v.VlanId == vid && a.ParentIndex == base.Attrs().Index:
 		p.log.Info("adopting VLAN sub-interface left half-made", "link", tmp, "network", n.ID)
 		return link, nil
-	case a.Alias == vlanAlias(n.ID):
+	case a.Alias == VLANAlias(n.ID):
 		p.log.Info("deleting stale VLAN sub-interface", "link", tmp, "network", n.ID)
-		if err := p.h.LinkDel(link); err != nil && !isNotFound(err) {
+		if err := p.h.LinkDel(link); err != nil && !IsNotFound(err) {
 			return nil, fmt.Errorf("network %s: delete stale %s: %w", n.ID, tmp, err)
 		}
 		return nil, nil
 	default:
-		return nil, invalidf("network %s: link %s exists and is not fabric's; remove it", n.ID, tmp)
+		return nil, Invalidf("network %s: link %s exists and is not fabric's; remove it", n.ID, tmp)
 	}
 }
 
@@ -249,14 +249,14 @@ func (p parentLinks) vlanAddError(n datapath.Network, base netlink.Link, vid int
 		// One VID per base: another link has it. Naming it is worth a dump
 		// on this error path.
 		holder := "another link"
-		if all, lerr := retryDump(p.h.LinkList); lerr == nil {
+		if all, lerr := RetryDump(p.h.LinkList); lerr == nil {
 			for _, l := range all {
 				if v, ok := l.(*netlink.Vlan); ok && v.VlanId == vid && v.ParentIndex == base.Attrs().Index {
 					holder = v.Name
 				}
 			}
 		}
-		return invalidf("network %s: VLAN %d on %s already exists as %s; use parent=%s or remove it", n.ID, vid, base.Attrs().Name, holder, holder)
+		return Invalidf("network %s: VLAN %d on %s already exists as %s; use parent=%s or remove it", n.ID, vid, base.Attrs().Name, holder, holder)
 	default:
 		return fmt.Errorf("network %s: create VLAN %d on %s: %w", n.ID, vid, base.Attrs().Name, err)
 	}
@@ -265,26 +265,26 @@ func (p parentLinks) vlanAddError(n datapath.Network, base netlink.Link, vid int
 // deleteVLAN removes n's parent if it is a VLAN fabric made for n, and a
 // half-made one under the temporary name. Anything else stays.
 func (p parentLinks) deleteVLAN(n datapath.Network) error {
-	_, vid, ok := splitVLAN(n.Parent)
+	_, vid, ok := SplitVLAN(n.Parent)
 	if !ok {
 		return nil
 	}
-	for _, name := range []string{n.Parent, vlanTempName(n.ID)} {
+	for _, name := range []string{n.Parent, VLANTempName(n.ID)} {
 		link, err := p.h.LinkByName(name)
-		if isNotFound(err) {
+		if IsNotFound(err) {
 			continue
 		}
 		if err != nil {
 			return fmt.Errorf("network %s: look up %s: %w", n.ID, name, err)
 		}
 		v, isVLAN := link.(*netlink.Vlan)
-		mine := link.Attrs().Alias == vlanAlias(n.ID) ||
+		mine := link.Attrs().Alias == VLANAlias(n.ID) ||
 			(name != n.Parent && link.Attrs().Alias == "" && isVLAN && v.VlanId == vid)
 		if !mine {
 			p.log.Debug("leaving parent not created by fabric for this network", "link", name, "alias", link.Attrs().Alias, "network", n.ID)
 			continue
 		}
-		if err := p.h.LinkDel(link); err != nil && !isNotFound(err) {
+		if err := p.h.LinkDel(link); err != nil && !IsNotFound(err) {
 			return fmt.Errorf("network %s: delete VLAN %s: %w", n.ID, name, err)
 		}
 		p.log.Info("deleted VLAN sub-interface", "link", name, "network", n.ID)

@@ -1,0 +1,110 @@
+// Package datapathtest holds what the tests of both datapaths share to
+// show that drift is repaired: a repair loop like the agent's and a check
+// that something removed by hand comes back. It is imported by tests only.
+package datapathtest
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fabricnet/fabric/datapath"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
+)
+
+// RepairEvery runs dp.Sync(s) every interval until the test ends, as the
+// agent does every datapath.RepairInterval.
+func RepairEvery(tb testing.TB, dp datapath.Datapath, s datapath.State, every time.Duration) {
+	tb.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if err := dp.Sync(ctx, s); err != nil && ctx.Err() == nil {
+				tb.Logf("repair pass: %v", err)
+			}
+		}
+	}()
+	tb.Cleanup(func() { cancel(); <-done })
+}
+
+// Drift is one object removed by hand.
+type Drift struct {
+	Name   string // for messages
+	Object string // its repair counter's label (datapath.Repair*)
+	Remove func() error
+	// Back reports whether the object is in place again (and works).
+	Back func() bool
+}
+
+// CheckRepaired removes d's object and waits, at most within, until it
+// is back and its repair counter moved; it returns how long that took.
+func CheckRepaired(tb testing.TB, m datapath.MetricsReader, d Drift, within time.Duration) time.Duration {
+	tb.Helper()
+	before := repairs(tb, m, d.Object)
+	t0 := time.Now()
+	if err := d.Remove(); err != nil {
+		tb.Fatalf("%s: remove by hand: %v", d.Name, err)
+	}
+	deadline := t0.Add(within)
+	for {
+		back := d.Back()
+		if back && repairs(tb, m, d.Object) > before {
+			return time.Since(t0)
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%s: not repaired within %s (back %v, %s repairs %d, before %d)", d.Name, within, back, d.Object, repairs(tb, m, d.Object), before)
+		}
+		time.Sleep(50 * time.Millisecond) // polling a condition, bounded by deadline
+	}
+}
+
+func repairs(tb testing.TB, m datapath.MetricsReader, object string) uint64 {
+	tb.Helper()
+	got, err := m.Metrics()
+	if err != nil {
+		tb.Fatalf("metrics: %v", err)
+	}
+	return got.Repairs[object]
+}
+
+// Traffic pings to from the namespace nsName, five times a second for at
+// most 90 s, until the returned function stops it; that function fails
+// the test if no reply came back meanwhile, and returns ping's summary.
+func Traffic(tb testing.TB, nsName, to string) (stop func() string) {
+	tb.Helper()
+	cmd := netnstest.Cmd(nsName, "ping", "-n", "-q", "-i", "0.2", "-w", "90", to)
+	var out strings.Builder
+	cmd.Stdout = &out
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	done := false
+	tb.Cleanup(func() {
+		if !done {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	})
+	return func() string {
+		tb.Helper()
+		done = true
+		_ = cmd.Process.Signal(os.Interrupt)
+		_ = cmd.Wait()
+		sum := strings.TrimSpace(out.String())
+		if !strings.Contains(sum, "received") || strings.Contains(sum, " 0 received") {
+			tb.Errorf("no traffic got through:\n%s", sum)
+		}
+		return sum
+	}
+}

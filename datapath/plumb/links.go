@@ -1,0 +1,91 @@
+package plumb
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/fabricnet/fabric/datapath"
+)
+
+// ensureOnlyAddr leaves exactly one IPv4 address, want, on a link fabric owns.
+func EnsureOnlyAddr(h *netlink.Handle, link netlink.Link, want *net.IPNet) error {
+	addrs, err := RetryDump(func() ([]netlink.Addr, error) { return h.AddrList(link, netlink.FAMILY_V4) })
+	if err != nil {
+		return fmt.Errorf("list addresses: %w", err)
+	}
+	found := false
+	for _, a := range addrs {
+		if a.IPNet.IP.Equal(want.IP) && bytes.Equal(a.IPNet.Mask, want.Mask) {
+			found = true
+			continue
+		}
+		if err := h.AddrDel(link, &a); err != nil {
+			return fmt.Errorf("remove stale address %s: %w", a.IPNet, err)
+		}
+	}
+	if found {
+		return nil
+	}
+	if err := h.AddrAdd(link, &netlink.Addr{IPNet: want}); err != nil {
+		return fmt.Errorf("add address %s: %w", want, err)
+	}
+	return nil
+}
+
+// claim accepts a link fabric made for this object and refuses anything
+// else: links of other objects and links fabric did not make. The kernel
+// ignores an alias given at creation, so it is set right after; a link left
+// without alias by a crash in between is recognised by the MAC fabric
+// derived from the same ID and gets its alias now.
+func (h *Host) Claim(link netlink.Link, id string, mac net.HardwareAddr) error {
+	a := link.Attrs()
+	want := OwnerAlias(id)
+	switch {
+	case a.Alias == want:
+		return nil
+	case a.Alias == "" && bytes.Equal(a.HardwareAddr, mac):
+		if err := h.nl.LinkSetAlias(link, want); err != nil {
+			return fmt.Errorf("set alias on %s: %w", a.Name, err)
+		}
+		a.Alias = want
+		return nil
+	case strings.HasPrefix(a.Alias, datapath.OwnerPrefix):
+		return Invalidf("link %s already belongs to %s (wanted for %s)", a.Name, a.Alias, want)
+	default:
+		return Invalidf("link %s exists and is not managed by fabric; pick another name or remove it", a.Name)
+	}
+}
+
+// HostVethMAC derives the host-side veth MAC from the endpoint ID.
+func HostVethMAC(id string) net.HardwareAddr { return DerivedMAC("fabric-veth:" + id) }
+
+// DerivedMAC is a locally administered unicast MAC hashed from seed.
+func DerivedMAC(seed string) net.HardwareAddr {
+	sum := sha256.Sum256([]byte(seed))
+	mac := net.HardwareAddr(sum[:6])
+	mac[0] = mac[0]&0xfe | 0x02
+	return mac
+}
+
+// EnsureSysctl writes value to /proc/sys/name unless it holds it already
+// (in the namespace of the calling thread).
+func EnsureSysctl(name, value string) error {
+	p := "/proc/sys/" + name
+	cur, err := os.ReadFile(p)
+	if err != nil {
+		return fmt.Errorf("read sysctl %s: %w", name, err)
+	}
+	if strings.TrimSpace(string(cur)) == value {
+		return nil
+	}
+	if err := os.WriteFile(p, []byte(value), 0o644); err != nil {
+		return fmt.Errorf("set sysctl %s=%s: %w", name, value, err)
+	}
+	return nil
+}
