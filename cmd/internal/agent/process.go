@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -18,20 +17,27 @@ import (
 
 // processes runs sandbox commands and watches them. Commands run in their
 // own session so they outlive the agent: a restarted agent re-adopts them by
-// PID (checked against the process start time) and watches them through a
-// pidfd.
+// PID (checked against the process start time). Every command, started or
+// adopted, is watched through a pidfd in one exitWatcher: no goroutine or
+// OS thread per command.
 type processes struct {
 	a      *Agent
 	logDir string
-	done   chan struct{}
+	w      *exitWatcher
 	once   sync.Once
 }
 
-func newProcesses(a *Agent, logDir string) *processes {
-	return &processes{a: a, logDir: logDir, done: make(chan struct{})}
+func newProcesses(a *Agent, logDir string) (*processes, error) {
+	p := &processes{a: a, logDir: logDir}
+	w, err := newExitWatcher(func(name string, pid int, code *int) { a.processExited(name, pid, code) })
+	if err != nil {
+		return nil, fmt.Errorf("command supervision: %w", err)
+	}
+	p.w = w
+	return p, nil
 }
 
-func (p *processes) close() { p.once.Do(func() { close(p.done) }) }
+func (p *processes) close() { p.once.Do(p.w.close) }
 
 // commandEnv is the environment of sandbox commands: clean, like a
 // container's, not the agent's.
@@ -58,6 +64,8 @@ func (p *processes) start(name string, argv []string, nsPath string) (pid int, s
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = commandEnv(name)
 	cmd.Dir = "/"
+	// An *os.File as output is handed to the child as is: no copying
+	// goroutine.
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if nsPath == "" {
@@ -69,67 +77,46 @@ func (p *processes) start(name string, argv []string, nsPath string) (pid int, s
 		return 0, 0, "", err
 	}
 	pid = cmd.Process.Pid
+	// The child is not reaped until the watcher does it, so pid names it
+	// here whatever it did meanwhile.
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	if err == nil {
+		err = p.w.add(name, pid, fd, true)
+		if err != nil {
+			unix.Close(fd)
+		}
+	}
+	// cmd.Wait would block a thread: the watcher reaps instead.
+	_ = cmd.Process.Release()
+	if err != nil {
+		_ = unix.Kill(-pid, unix.SIGKILL)
+		var ws unix.WaitStatus
+		_, _ = unix.Wait4(pid, &ws, 0, nil)
+		return 0, 0, "", fmt.Errorf("watch command: %w", err)
+	}
 	startTime, err = processStart(pid)
 	if err != nil {
-		startTime = 0 // exited already; the waiter reports it
+		startTime = 0 // exited already; the watcher reports it
 	}
-	// Not counted in the agent's WaitGroup: the command may outlive the
-	// agent, and shutting down must not wait for it.
-	go func() {
-		err := cmd.Wait()
-		var code *int
-		if cmd.ProcessState != nil {
-			c := cmd.ProcessState.ExitCode()
-			if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-				c = 128 + int(ws.Signal())
-			}
-			code = &c
-		} else if err != nil {
-			p.a.log.Warn("wait for sandbox command", "sandbox", name, "err", err)
-		}
-		select {
-		case <-p.done:
-			return
-		default:
-		}
-		p.a.processExited(name, pid, code)
-	}()
 	return pid, startTime, logPath, nil
 }
 
 // watch follows a process that is not the agent's child (a foreground
 // `run`, or a command started by an earlier agent) until it exits.
 func (p *processes) watch(name string, pid int, startTime uint64) {
-	fd, err := unix.PidfdOpen(pid, 0)
-	if err != nil || !alive(pid, startTime) {
-		if fd > 0 {
-			unix.Close(fd)
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	// The start time is checked after the pidfd is open, so the pidfd is
+	// the process meant and not one that reused its PID.
+	if err == nil && alive(pid, startTime) {
+		if err = p.w.add(name, pid, fd, false); err == nil {
+			return
 		}
-		go p.a.processExited(name, pid, nil)
-		return
+		p.a.log.Warn("watch sandbox command", "sandbox", name, "pid", pid, "err", err)
 	}
-	p.a.wg.Add(1)
-	go func() {
-		defer p.a.wg.Done()
-		defer unix.Close(fd)
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		for {
-			select {
-			case <-p.done:
-				return
-			default:
-			}
-			n, err := unix.Poll(fds, 500)
-			if err != nil && !errors.Is(err, unix.EINTR) {
-				p.a.log.Warn("poll pidfd", "sandbox", name, "err", err)
-				return
-			}
-			if n > 0 {
-				p.a.processExited(name, pid, nil)
-				return
-			}
-		}
-	}()
+	if fd > 0 {
+		unix.Close(fd)
+	}
+	p.w.report(name, pid, nil)
 }
 
 // stop ends a process: SIGTERM, then SIGKILL after grace. With group (a
