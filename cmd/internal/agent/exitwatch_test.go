@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"strconv"
@@ -9,6 +10,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
 // exitLog records what an exitWatcher reports.
@@ -157,4 +161,98 @@ func TestWatchAdoptedProcess(t *testing.T) {
 	if code, _ := log.get("adopted"); code != nil {
 		t.Fatalf("code %d for a process the agent could not reap, want none", *code)
 	}
+}
+
+// TestStopTermThenKill: stop ends a command at SIGTERM without waiting
+// out the grace period, and kills one that ignores SIGTERM once the grace
+// period is over; both are then reported exited by the watcher.
+func TestStopTermThenKill(t *testing.T) {
+	p, log := newTestProcesses(t)
+	pid, start, _, err := p.start("polite", []string{"sleep", "60"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	if err := p.stop(pid, start, 20*time.Second, true, ""); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(t0); took > 10*time.Second {
+		t.Fatalf("stop of a command that exits at SIGTERM took %v", took)
+	}
+	if alive(pid, start) {
+		t.Fatal("command runs after stop")
+	}
+	pid, start, logPath, err := p.start("stubborn", []string{"sh", "-c", "trap '' TERM; echo ready; while :; do sleep 1; done"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(-pid, syscall.SIGKILL) })
+	waitFor(t, 10*time.Second, "the trap to be set", func() bool {
+		data, _ := os.ReadFile(logPath)
+		return strings.Contains(string(data), "ready")
+	})
+	const grace = 300 * time.Millisecond
+	t0 = time.Now()
+	if err := p.stop(pid, start, grace, true, ""); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(t0); took < grace {
+		t.Fatalf("stop returned after %v, before the grace period of a command that ignores SIGTERM", took)
+	}
+	if alive(pid, start) {
+		t.Fatal("command ignoring SIGTERM runs after stop")
+	}
+	for _, name := range []string{"polite", "stubborn"} {
+		waitFor(t, 10*time.Second, name+"'s exit report", func() bool { _, ok := log.get(name); return ok })
+	}
+	if code, _ := log.get("stubborn"); code == nil || *code != 128+int(syscall.SIGKILL) {
+		t.Fatalf("stubborn exit code %v, want %d", code, 128+int(syscall.SIGKILL))
+	}
+}
+
+// TestRestartedAgentReadoptsCommands: commands outlive the agent; a new
+// agent on the same state watches them again (by PID and start time) and
+// records their exit, and a command that exits with code 3 under the agent
+// that started it is recorded with its code.
+func TestRestartedAgentReadoptsCommands(t *testing.T) {
+	netnstest.RequireRoot(t)
+	dir := t.TempDir()
+	a := newTestAgent(t, dir, newFake())
+	ctx := context.Background()
+	long, short := sandboxName(t, "ra"), sandboxName(t, "rb")
+	sb, err := a.CreateSandbox(ctx, api.SandboxCreate{Name: long, Command: []string{"sleep", "60"}})
+	if err != nil {
+		a.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(-sb.PID, syscall.SIGKILL) })
+	if _, err := a.CreateSandbox(ctx, api.SandboxCreate{Name: short, Command: []string{"sh", "-c", "exit 3"}}); err != nil {
+		a.Close()
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the short command's exit", func() bool {
+		s, err := a.Sandbox(short)
+		return err == nil && s.State == api.StateExited
+	})
+	if s, _ := a.Sandbox(short); s.ExitCode == nil || *s.ExitCode != 3 {
+		t.Fatalf("exit code %v, want 3", s.ExitCode)
+	}
+	a.Close()
+	if !alive(sb.PID, 0) {
+		t.Fatal("the command did not outlive the agent")
+	}
+	b := newTestAgent(t, dir, newFake())
+	defer func() {
+		_ = b.RemoveSandbox(ctx, long)
+		_ = b.RemoveSandbox(ctx, short)
+		b.Close()
+	}()
+	if s, err := b.Sandbox(long); err != nil || s.State != api.StateRunning || s.PID != sb.PID {
+		t.Fatalf("after restart: %+v %v, want running with pid %d", s, err, sb.PID)
+	}
+	_ = syscall.Kill(-sb.PID, syscall.SIGKILL)
+	waitFor(t, 10*time.Second, "the restarted agent to see the command exit", func() bool {
+		s, err := b.Sandbox(long)
+		return err == nil && s.State == api.StateExited
+	})
 }

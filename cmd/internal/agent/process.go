@@ -127,11 +127,16 @@ func (p *processes) watch(name string, pid int, startTime uint64) {
 // through a pidfd opened before the start time is checked, so a PID reused
 // meanwhile is never hit.
 func (p *processes) stop(pid int, startTime uint64, grace time.Duration, group bool, nsPath string) error {
-	fd, err := unix.PidfdOpen(pid, 0)
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
 	if err != nil {
 		return nil // gone
 	}
-	defer unix.Close(fd)
+	pf := os.NewFile(uintptr(fd), "pidfd") // owns fd
+	defer pf.Close()
+	rc, err := pf.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("stop process %d: %w", pid, err)
+	}
 	if !alive(pid, startTime) {
 		return nil
 	}
@@ -149,17 +154,34 @@ func (p *processes) stop(pid int, startTime uint64, grace time.Duration, group b
 				_ = unix.Kill(-pid, sig) // the session the agent started; its leader is alive
 			}
 		}
-		_ = unix.PidfdSendSignal(fd, sig, nil, 0)
+		_ = rc.Control(func(fd uintptr) { _ = unix.PidfdSendSignal(int(fd), sig, nil, 0) })
 	}
 	signal(unix.SIGTERM)
-	if waitGone(pid, startTime, grace) {
+	if waitExit(pf, rc, grace) {
 		return nil
 	}
 	signal(unix.SIGKILL)
-	if waitGone(pid, startTime, 3*time.Second) {
+	if waitExit(pf, rc, 3*time.Second) {
 		return nil
 	}
 	return fmt.Errorf("process %d did not exit after SIGKILL", pid)
+}
+
+// waitExit waits up to limit for the process of the pidfd in pf to exit:
+// the pidfd turns readable then. The wait is parked on the runtime's
+// poller (no thread held, no polling interval), and ends the moment the
+// process does.
+func waitExit(pf *os.File, rc syscall.RawConn, limit time.Duration) bool {
+	if err := pf.SetReadDeadline(time.Now().Add(limit)); err != nil {
+		return false
+	}
+	exited := false
+	_ = rc.Read(func(fd uintptr) bool {
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
+		exited = err == nil && n > 0
+		return exited
+	})
+	return exited
 }
 
 // inNamespace reports whether process pid is in the network namespace at
@@ -205,17 +227,6 @@ func (p *processes) removeLog(path string) {
 	if path != "" && strings.HasPrefix(path, p.logDir) {
 		_ = os.Remove(path)
 	}
-}
-
-func waitGone(pid int, startTime uint64, limit time.Duration) bool {
-	deadline := time.Now().Add(limit)
-	for time.Now().Before(deadline) {
-		if !alive(pid, startTime) {
-			return true
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return !alive(pid, startTime)
 }
 
 // alive reports whether pid runs and is the same process as before (same
