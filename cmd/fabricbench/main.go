@@ -41,7 +41,7 @@
 //     iperf3 with retransmits and sockperf sandbox↔sandbox against the raw
 //     lab underlay; time from `run -d` to the first TCP connect from
 //     another host; failure detection after kill -9 of an agent; gossip
-//     membership convergence for 50/100/200 in-process members.
+//     membership convergence for 50/200/1,000 in-process members.
 //   - dns: queries/s and p50/p99 of the embedded DNS server from inside a
 //     sandbox, local and forwarded names (fake upstream on h1's loopback),
 //     1 and 100 clients, next to DESIGN.md's Docker figure.
