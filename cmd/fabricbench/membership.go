@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"runtime"
 	"sync"
 	"time"
@@ -49,7 +50,20 @@ func measureConvergence(n int) (conv convergence, err error) {
 		}
 		members = append(members, c)
 	}
-	seed := members[0].Addr().String()
+	// Each member joins through up to three members that have joined
+	// already, as a real deployment lists a few seeds: one seed for all
+	// would serve every join's full-state exchange alone.
+	var joinedMu sync.Mutex
+	joined := []string{members[0].Addr().String()}
+	seeds := func() []string {
+		joinedMu.Lock()
+		defer joinedMu.Unlock()
+		var out []string
+		for _, i := range rand.Perm(len(joined))[:min(3, len(joined))] {
+			out = append(out, joined[i])
+		}
+		return out
+	}
 	start := time.Now()
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 16)
@@ -58,9 +72,13 @@ func measureConvergence(n int) (conv convergence, err error) {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			if _, err := c.Join(context.Background(), seed); err != nil {
+			if _, err := c.Join(context.Background(), seeds()...); err != nil {
 				errs <- err
+				return
 			}
+			joinedMu.Lock()
+			joined = append(joined, c.Addr().String())
+			joinedMu.Unlock()
 		})
 	}
 	wg.Wait()
