@@ -46,21 +46,39 @@ func (b *udpBatchBufs) init() {
 	}
 }
 
-// serveUDP reads one batch from a's UDP socket and answers it. An error
-// means the socket is broken.
+// udpRounds bounds the batches one socket is served per round of the
+// loop: enough to drain a busy socket without going back to epoll for
+// every batch, few enough that a flood cannot hold the loop.
+const udpRounds = 4
+
+// serveUDP reads batches from a's UDP socket and answers them, until the
+// socket is empty or it had udpRounds batches. An error means the socket is
+// broken.
 func (l *loop) serveUDP(a *attachment) error {
+	for range udpRounds {
+		n, err := l.serveUDPBatch(a)
+		if err != nil || n < udpBatch {
+			return err
+		}
+	}
+	return nil
+}
+
+// serveUDPBatch reads one batch (recvmmsg) and answers it; n is the
+// number of packets read.
+func (l *loop) serveUDPBatch(a *attachment) (n int, err error) {
 	b := &l.batch
 	for i := range b.in {
 		b.in[i].Hdr.Namelen = unix.SizeofSockaddrInet4
 		b.in[i].Hdr.Flags = 0
 		b.inIov[i].SetLen(udpMaxRead)
 	}
-	n, err := mmsg(unix.SYS_RECVMMSG, a.udpFD, b.in[:], unix.MSG_DONTWAIT)
+	n, err = mmsg(unix.SYS_RECVMMSG, a.udpFD, b.in[:], unix.MSG_DONTWAIT)
 	switch {
 	case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR), errors.Is(err, unix.ECONNREFUSED), errors.Is(err, unix.ENOMEM):
-		return nil
+		return 0, nil
 	case err != nil:
-		return err
+		return 0, err
 	}
 	for i := range n {
 		if b.inAddr[i].Family != unix.AF_INET {
@@ -70,7 +88,7 @@ func (l *loop) serveUDP(a *attachment) error {
 		l.s.handlePacket(a, b.inBuf[i][:b.in[i].Len], &w)
 	}
 	l.flush(a.udpFD)
-	return nil
+	return n, nil
 }
 
 // flush sends the replies of the batch; a reply that cannot be sent (the
