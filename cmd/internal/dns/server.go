@@ -214,21 +214,6 @@ func (s *Server) attachAddr(sandbox, addr string) (string, error) {
 	return bound.String(), err
 }
 
-// listenPair opens a UDP and a TCP socket on the same address; addr with
-// port 0 gets the UDP socket's port for TCP too.
-func listenPair(addr string) (net.PacketConn, net.Listener, error) {
-	pc, err := net.ListenPacket("udp4", addr)
-	if err != nil {
-		return nil, nil, fmt.Errorf("listen udp %s: %w", addr, err)
-	}
-	ln, err := net.Listen("tcp4", pc.LocalAddr().String())
-	if err != nil {
-		pc.Close()
-		return nil, nil, fmt.Errorf("listen tcp %s: %w", pc.LocalAddr(), err)
-	}
-	return pc, ln, nil
-}
-
 func (s *Server) attach(sandbox string, id netns.ID, listen func() (int, int, netip.AddrPort, error)) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
