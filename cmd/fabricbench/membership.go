@@ -65,14 +65,20 @@ func measureConvergence(n int) (conv convergence, err error) {
 		return out
 	}
 	start := time.Now()
+	// Bounded: Join retries until its context ends.
+	joinCtx, cancel := context.WithDeadline(context.Background(), start.Add(60*time.Second))
+	defer cancel()
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 16)
 	errs := make(chan error, n)
 	for _, c := range members[1:] {
+		if joinCtx.Err() != nil {
+			break
+		}
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			if _, err := c.Join(context.Background(), seeds()...); err != nil {
+			if _, err := c.Join(joinCtx, seeds()...); err != nil {
 				errs <- err
 				return
 			}
