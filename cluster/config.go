@@ -159,7 +159,7 @@ func (cfg *Config) setDefaults() error {
 //
 // Small cluster: ≤ ~1s until a failed probe, 1.5s (≤ 3s) of suspicion,
 // ~0.3s to tell everyone: ~2.5s measured, worst case under 5s. At 200
-// members (MeasureConvergence, 2 cores): full view 1.3-2s (with the
+// members (fabricbench's in-process membership run, 2 cores): full view 1.3-2s (with the
 // re-sync after join, see scheduleResync, and our own transport), failure
 // seen by all 4-6.5s. The cost is about 2.5 times memberlist's default packet rate
 // when there is news to gossip, still less CPU than the defaults with

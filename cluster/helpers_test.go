@@ -274,3 +274,22 @@ func (l *eventLog) find(match func(Event) bool) (Event, bool) {
 	}
 	return Event{}, false
 }
+
+func allSee(members []*Cluster, n int) bool {
+	for _, c := range members {
+		if c.NumAlive() != n {
+			return false
+		}
+	}
+	return true
+}
+
+func pollUntil(deadline time.Time, cond func() bool) bool {
+	for time.Now().Before(deadline) {
+		if cond() {
+			return true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return cond()
+}

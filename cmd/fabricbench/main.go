@@ -11,8 +11,8 @@
 // and every row is also given as a ratio to its reference row: compare only
 // numbers taken in the same run.
 //
-// Usage: fabricbench -bin DIR [-t SECONDS] [-reps N] [-setup-n N] [-scale-n N,N,…] [-quick]
-// [-only same-host,udp-pps,published,connrate,bpf-cost,setup,cross-host,overlay,dns,scale,cni,docker] [-fabricd-flags "FLAGS"]
+// Usage: fabricbench -bin DIR [-t SECONDS] [-reps N] [-setup-n N] [-scale-n N,N,…] [-density-n N,N,…] [-quick]
+// [-only same-host,udp-pps,published,connrate,bpf-cost,setup,cross-host,overlay,dns,scale,density,cni,docker] [-fabricd-flags "FLAGS"]
 //
 // Sections:
 //   - same-host: iperf3 (one TCP stream) and sockperf TCP ping-pong (one-way
@@ -41,7 +41,7 @@
 //     iperf3 with retransmits and sockperf sandbox↔sandbox against the raw
 //     lab underlay; time from `run -d` to the first TCP connect from
 //     another host; failure detection after kill -9 of an agent; gossip
-//     membership convergence for 50/100/200 in-process members.
+//     membership convergence for 50/200/1,000 in-process members.
 //   - dns: queries/s and p50/p99 of the embedded DNS server from inside a
 //     sandbox, local and forwarded names (fake upstream on h1's loopback),
 //     1 and 100 clients, next to DESIGN.md's Docker figure.
@@ -51,6 +51,10 @@
 //     h2, and the set-up time of new sandboxes (create until ping answers),
 //     each as a ratio to the first N. For the eBPF agent on h1 and the
 //     kernel-datapath agent on k1, alternating.
+//   - density: for each N of -density-n (10, 300, 1000), both agents grown
+//     to N sandboxes each running a command; the agent's RSS and heap per
+//     sandbox (growth since the first N), stack, goroutines, OS threads,
+//     and the set-up time of one more sandbox with a command.
 //   - cni: fabric-cni against Debian's bridge + host-local (+ portmap)
 //     chain, both through libcni in h1: ADD time of -setup-n pods each
 //     (alternating), a TCP stream and ping-pong pod → pod, and new
@@ -94,7 +98,7 @@ import (
 const serveArg = "__fabricbench-serve"
 
 // sections in the order they run.
-var allSections = []string{"same-host", "udp-pps", "published", "connrate", "bpf-cost", "setup", "cross-host", "overlay", "dns", "scale", "cni", "docker"}
+var allSections = []string{"same-host", "udp-pps", "published", "connrate", "bpf-cost", "setup", "cross-host", "overlay", "dns", "scale", "density", "cni", "docker"}
 
 type options struct {
 	bin       string
@@ -102,6 +106,7 @@ type options struct {
 	reps      int
 	setupN    int
 	scaleN    []int
+	densityN  []int
 	quick     bool
 	only      map[string]bool
 	fabricArg string
@@ -123,13 +128,14 @@ func main() {
 
 func parseFlags() (options, error) {
 	var o options
-	var only, scaleN string
+	var only, scaleN, densityN string
 	fs := flag.NewFlagSet("fabricbench", flag.ContinueOnError)
 	fs.StringVar(&o.bin, "bin", "bin", "directory holding fabricd and fabricctl")
 	fs.IntVar(&o.secs, "t", 5, "seconds per measurement")
 	fs.IntVar(&o.reps, "reps", 3, "alternating repetitions per row (the median is reported)")
 	fs.IntVar(&o.setupN, "setup-n", 50, "sandboxes per method in the setup section")
 	fs.StringVar(&scaleN, "scale-n", defaultScaleN, "endpoint counts of the scale section, ascending; ratios are to the first")
+	fs.StringVar(&densityN, "density-n", defaultDensityN, "sandbox counts of the density section, ascending; per-sandbox figures are from the first")
 	fs.BoolVar(&o.quick, "quick", false, "smoke run: -t 2 -reps 1 (and -setup-n 10, -scale-n "+quickScaleN+" unless given)")
 	fs.StringVar(&only, "only", "", "comma-separated sections to run: "+strings.Join(allSections, ","))
 	fs.StringVar(&o.fabricArg, "fabricd-flags", "", "extra flags for fabricd, space-separated (e.g. \"--datapath kernel\")")
@@ -165,10 +171,16 @@ Flags:
 		if !set["scale-n"] {
 			scaleN = quickScaleN
 		}
+		if !set["density-n"] {
+			densityN = quickDensityN
+		}
 	}
 	var err error
 	if o.scaleN, err = parseScaleN(scaleN); err != nil {
 		return o, fmt.Errorf("-scale-n %s: %w", scaleN, err)
+	}
+	if o.densityN, err = parseScaleN(densityN); err != nil {
+		return o, fmt.Errorf("-density-n %s: %w", densityN, err)
 	}
 	switch {
 	case o.secs < 1 || o.secs > 600:
@@ -285,6 +297,8 @@ func run() int {
 			err = lab.sectionUDPPPS(ctx)
 		case "scale":
 			err = lab.sectionScale(ctx)
+		case "density":
+			err = lab.sectionDensity(ctx)
 		case "bpf-cost":
 			err = lab.sectionBPFCost(ctx)
 		case "cni":

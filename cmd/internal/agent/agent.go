@@ -153,7 +153,13 @@ func New(opts Options) (*Agent, error) {
 	if a.routes == nil {
 		a.routes = netlinkRoutes{opts.HostNetNS}
 	}
-	a.procs = newProcesses(a, filepath.Join(opts.StateDir, "logs"))
+	if a.procs, err = newProcesses(a, filepath.Join(opts.StateDir, "logs")); err != nil {
+		if a.dns != nil {
+			a.dns.Close()
+		}
+		st.Close()
+		return nil, err
+	}
 	a.makesBridges = makesBridges(opts.Datapath)
 	return a, nil
 }

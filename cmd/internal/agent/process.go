@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -18,20 +17,27 @@ import (
 
 // processes runs sandbox commands and watches them. Commands run in their
 // own session so they outlive the agent: a restarted agent re-adopts them by
-// PID (checked against the process start time) and watches them through a
-// pidfd.
+// PID (checked against the process start time). Every command, started or
+// adopted, is watched through a pidfd in one exitWatcher: no goroutine or
+// OS thread per command.
 type processes struct {
 	a      *Agent
 	logDir string
-	done   chan struct{}
+	w      *exitWatcher
 	once   sync.Once
 }
 
-func newProcesses(a *Agent, logDir string) *processes {
-	return &processes{a: a, logDir: logDir, done: make(chan struct{})}
+func newProcesses(a *Agent, logDir string) (*processes, error) {
+	p := &processes{a: a, logDir: logDir}
+	w, err := newExitWatcher(func(name string, pid int, code *int) { a.processExited(name, pid, code) })
+	if err != nil {
+		return nil, fmt.Errorf("command supervision: %w", err)
+	}
+	p.w = w
+	return p, nil
 }
 
-func (p *processes) close() { p.once.Do(func() { close(p.done) }) }
+func (p *processes) close() { p.once.Do(p.w.close) }
 
 // commandEnv is the environment of sandbox commands: clean, like a
 // container's, not the agent's.
@@ -58,6 +64,8 @@ func (p *processes) start(name string, argv []string, nsPath string) (pid int, s
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = commandEnv(name)
 	cmd.Dir = "/"
+	// An *os.File as output is handed to the child as is: no copying
+	// goroutine.
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if nsPath == "" {
@@ -69,67 +77,46 @@ func (p *processes) start(name string, argv []string, nsPath string) (pid int, s
 		return 0, 0, "", err
 	}
 	pid = cmd.Process.Pid
+	// The child is not reaped until the watcher does it, so pid names it
+	// here whatever it did meanwhile.
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	if err == nil {
+		err = p.w.add(name, pid, fd, true)
+		if err != nil {
+			unix.Close(fd)
+		}
+	}
+	// cmd.Wait would block a thread: the watcher reaps instead.
+	_ = cmd.Process.Release()
+	if err != nil {
+		_ = unix.Kill(-pid, unix.SIGKILL)
+		var ws unix.WaitStatus
+		_, _ = unix.Wait4(pid, &ws, 0, nil)
+		return 0, 0, "", fmt.Errorf("watch command: %w", err)
+	}
 	startTime, err = processStart(pid)
 	if err != nil {
-		startTime = 0 // exited already; the waiter reports it
+		startTime = 0 // exited already; the watcher reports it
 	}
-	// Not counted in the agent's WaitGroup: the command may outlive the
-	// agent, and shutting down must not wait for it.
-	go func() {
-		err := cmd.Wait()
-		var code *int
-		if cmd.ProcessState != nil {
-			c := cmd.ProcessState.ExitCode()
-			if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-				c = 128 + int(ws.Signal())
-			}
-			code = &c
-		} else if err != nil {
-			p.a.log.Warn("wait for sandbox command", "sandbox", name, "err", err)
-		}
-		select {
-		case <-p.done:
-			return
-		default:
-		}
-		p.a.processExited(name, pid, code)
-	}()
 	return pid, startTime, logPath, nil
 }
 
 // watch follows a process that is not the agent's child (a foreground
 // `run`, or a command started by an earlier agent) until it exits.
 func (p *processes) watch(name string, pid int, startTime uint64) {
-	fd, err := unix.PidfdOpen(pid, 0)
-	if err != nil || !alive(pid, startTime) {
-		if fd > 0 {
-			unix.Close(fd)
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	// The start time is checked after the pidfd is open, so the pidfd is
+	// the process meant and not one that reused its PID.
+	if err == nil && alive(pid, startTime) {
+		if err = p.w.add(name, pid, fd, false); err == nil {
+			return
 		}
-		go p.a.processExited(name, pid, nil)
-		return
+		p.a.log.Warn("watch sandbox command", "sandbox", name, "pid", pid, "err", err)
 	}
-	p.a.wg.Add(1)
-	go func() {
-		defer p.a.wg.Done()
-		defer unix.Close(fd)
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		for {
-			select {
-			case <-p.done:
-				return
-			default:
-			}
-			n, err := unix.Poll(fds, 500)
-			if err != nil && !errors.Is(err, unix.EINTR) {
-				p.a.log.Warn("poll pidfd", "sandbox", name, "err", err)
-				return
-			}
-			if n > 0 {
-				p.a.processExited(name, pid, nil)
-				return
-			}
-		}
-	}()
+	if fd > 0 {
+		unix.Close(fd)
+	}
+	p.w.report(name, pid, nil)
 }
 
 // stop ends a process: SIGTERM, then SIGKILL after grace. With group (a
@@ -140,11 +127,16 @@ func (p *processes) watch(name string, pid int, startTime uint64) {
 // through a pidfd opened before the start time is checked, so a PID reused
 // meanwhile is never hit.
 func (p *processes) stop(pid int, startTime uint64, grace time.Duration, group bool, nsPath string) error {
-	fd, err := unix.PidfdOpen(pid, 0)
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
 	if err != nil {
 		return nil // gone
 	}
-	defer unix.Close(fd)
+	pf := os.NewFile(uintptr(fd), "pidfd") // owns fd
+	defer pf.Close()
+	rc, err := pf.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("stop process %d: %w", pid, err)
+	}
 	if !alive(pid, startTime) {
 		return nil
 	}
@@ -162,17 +154,34 @@ func (p *processes) stop(pid int, startTime uint64, grace time.Duration, group b
 				_ = unix.Kill(-pid, sig) // the session the agent started; its leader is alive
 			}
 		}
-		_ = unix.PidfdSendSignal(fd, sig, nil, 0)
+		_ = rc.Control(func(fd uintptr) { _ = unix.PidfdSendSignal(int(fd), sig, nil, 0) })
 	}
 	signal(unix.SIGTERM)
-	if waitGone(pid, startTime, grace) {
+	if waitExit(pf, rc, grace) {
 		return nil
 	}
 	signal(unix.SIGKILL)
-	if waitGone(pid, startTime, 3*time.Second) {
+	if waitExit(pf, rc, 3*time.Second) {
 		return nil
 	}
 	return fmt.Errorf("process %d did not exit after SIGKILL", pid)
+}
+
+// waitExit waits up to limit for the process of the pidfd in pf to exit:
+// the pidfd turns readable then. The wait is parked on the runtime's
+// poller (no thread held, no polling interval), and ends the moment the
+// process does.
+func waitExit(pf *os.File, rc syscall.RawConn, limit time.Duration) bool {
+	if err := pf.SetReadDeadline(time.Now().Add(limit)); err != nil {
+		return false
+	}
+	exited := false
+	_ = rc.Read(func(fd uintptr) bool {
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
+		exited = err == nil && n > 0
+		return exited
+	})
+	return exited
 }
 
 // inNamespace reports whether process pid is in the network namespace at
@@ -218,17 +227,6 @@ func (p *processes) removeLog(path string) {
 	if path != "" && strings.HasPrefix(path, p.logDir) {
 		_ = os.Remove(path)
 	}
-}
-
-func waitGone(pid int, startTime uint64, limit time.Duration) bool {
-	deadline := time.Now().Add(limit)
-	for time.Now().Before(deadline) {
-		if !alive(pid, startTime) {
-			return true
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return !alive(pid, startTime)
 }
 
 // alive reports whether pid runs and is the same process as before (same

@@ -22,9 +22,12 @@
 // SERVFAIL, not a hang, and one sandbox cannot starve the others. A
 // sandbox the agent marks as not forwarding (only on internal networks)
 // gets REFUSED instead. Names are single DNS labels (ValidLabel): a
-// record named like an outside name (github.com) is dropped. UDP queries are read and
-// answered in batches (recvmmsg/sendmmsg), local answers inline, because
-// system calls, not DNS, are the cost of a local answer.
+// record named like an outside name (github.com) is dropped. Every
+// sandbox's sockets are served by one event loop (an epoll set waited on
+// through the Go runtime's poller), so a sandbox costs no goroutine, no
+// OS thread and no buffers; UDP queries are read and answered in batches
+// (recvmmsg/sendmmsg), local answers inline, because system calls, not
+// DNS, are the cost of a local answer.
 //
 // The package must not know about the agent's store, its API, gossip or
 // netlink: it sees only Records, namespace paths and upstream addresses.

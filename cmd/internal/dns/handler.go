@@ -189,6 +189,9 @@ func (s *Server) reply(w dns.ResponseWriter, r *dns.Msg, opt *dns.OPT, tcp bool,
 // isTCP reports whether the query came over TCP (no size limit, no
 // truncation).
 func isTCP(w dns.ResponseWriter) bool {
+	if t, ok := w.(interface{ viaTCP() bool }); ok {
+		return t.viaTCP() // without building an address per query
+	}
 	_, ok := w.RemoteAddr().(*net.TCPAddr)
 	return ok
 }

@@ -1,6 +1,7 @@
 package dns
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"runtime"
@@ -185,4 +186,19 @@ func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 func numGoroutine() int {
 	runtime.Gosched()
 	return runtime.NumGoroutine()
+}
+
+// listenPair opens (for the fake upstreams) a UDP and a TCP socket on the same address; addr with
+// port 0 gets the UDP socket's port for TCP too.
+func listenPair(addr string) (net.PacketConn, net.Listener, error) {
+	pc, err := net.ListenPacket("udp4", addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("listen udp %s: %w", addr, err)
+	}
+	ln, err := net.Listen("tcp4", pc.LocalAddr().String())
+	if err != nil {
+		pc.Close()
+		return nil, nil, fmt.Errorf("listen tcp %s: %w", pc.LocalAddr(), err)
+	}
+	return pc, ln, nil
 }

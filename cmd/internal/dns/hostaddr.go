@@ -77,3 +77,50 @@ func (s *Server) ServeShared(ctx context.Context, pc net.PacketConn, ln net.List
 	}
 	return err
 }
+
+// boundedListener caps the shared resolver's TCP connections at max: one
+// over the cap is closed at once (the client retries or gives up), so a
+// flood of idle connections cannot grow the agent without bound.
+type boundedListener struct {
+	net.Listener
+	slots chan struct{}
+}
+
+func newBoundedListener(ln net.Listener, max int) *boundedListener {
+	return &boundedListener{Listener: ln, slots: make(chan struct{}, max)}
+}
+
+func (l *boundedListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case l.slots <- struct{}{}:
+			return &boundedConn{Conn: c, release: func() { <-l.slots }}, nil
+		default:
+			c.Close()
+		}
+	}
+}
+
+// boundedConn gives its slot back once, when closed, and bounds each write
+// so a client that stops reading cannot hold a handler.
+type boundedConn struct {
+	net.Conn
+	release func()
+	once    sync.Once
+}
+
+func (c *boundedConn) Write(b []byte) (int, error) {
+	if err := c.Conn.SetWriteDeadline(time.Now().Add(2 * time.Second)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(b)
+}
+
+func (c *boundedConn) Close() error {
+	c.once.Do(c.release)
+	return c.Conn.Close()
+}

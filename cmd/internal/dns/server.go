@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/fabricnet/fabric/datapath/netns"
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 )
 
 // Sentinel errors of Attach.
@@ -50,7 +52,8 @@ type Config struct {
 }
 
 // Server is the embedded DNS server of one agent: one pair of sockets per
-// attached sandbox, one table, one set of upstreams.
+// attached sandbox, all served by one event loop; one table, one set of
+// upstreams.
 type Server struct {
 	cfg      Config
 	log      *slog.Logger
@@ -63,6 +66,7 @@ type Server struct {
 	stats    counters
 	ctx      context.Context // cancelled by Close: aborts forwards
 	cancel   context.CancelFunc
+	loop     *loop
 
 	mu       sync.Mutex
 	closed   bool
@@ -100,6 +104,10 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.table.Store(NewTable(nil))
+	if s.loop, err = newLoop(s); err != nil {
+		s.cancel()
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -117,19 +125,23 @@ func (s *Server) SetRecords(owner string, records []Record) {
 	s.table.Load().Set(owner, records)
 }
 
-// attachment is one sandbox's pair of sockets and the servers on them.
+// attachment is one sandbox's pair of sockets, served by the loop.
 type attachment struct {
 	s       *Server
 	sandbox string
 	id      netns.ID
-	addr    string
+	addr    netip.AddrPort
+	udpFD   int
+	tcpFD   int
+	token   uint32          // the loop's name for it
 	ctx     context.Context // cancelled by Detach: aborts this sandbox's forwards
 	cancel  context.CancelFunc
-	udp     *udpServer
-	tcp     *dns.Server
-	wg      sync.WaitGroup
-	dead    chan struct{} // closed when a serve loop ends on its own
+	wg      sync.WaitGroup // forwards and TCP connections
+	dead    chan struct{}  // closed when the loop gave up on a socket
 	once    sync.Once
+
+	connMu sync.Mutex
+	conns  map[net.Conn]struct{}
 }
 
 var _ dns.Handler = (*attachment)(nil)
@@ -148,6 +160,8 @@ func (a *attachment) alive() bool {
 	}
 }
 
+func (a *attachment) localAddr() net.Addr { return net.UDPAddrFromAddrPort(a.addr) }
+
 // Attach starts the resolver of sandbox on 127.0.0.11:53 inside the
 // network namespace at nsPath. Attaching a sandbox that is already served
 // in the same namespace does nothing; if the namespace was recreated (or the
@@ -157,10 +171,8 @@ func (s *Server) Attach(sandbox, nsPath string) error {
 	if err != nil {
 		return fmt.Errorf("attach dns to %s: %w", sandbox, err)
 	}
-	err = s.attach(sandbox, id, func() (net.PacketConn, net.Listener, error) {
-		var pc net.PacketConn
-		var ln net.Listener
-		err := netns.Do(nsPath, func() error {
+	err = s.attach(sandbox, id, func() (udpFD, tcpFD int, bound netip.AddrPort, err error) {
+		err = netns.Do(nsPath, func() error {
 			// net.InterfaceByName asks the kernel on this thread, so
 			// about this namespace.
 			lo, err := net.InterfaceByName("lo")
@@ -170,10 +182,10 @@ func (s *Server) Attach(sandbox, nsPath string) error {
 			if lo.Flags&net.FlagUp == 0 {
 				return ErrLoopbackDown
 			}
-			pc, ln, err = listenPair(Address + ":53")
+			udpFD, tcpFD, bound, err = listenFDs(netip.AddrPortFrom(netip.MustParseAddr(Address), 53))
 			return err
 		})
-		return pc, ln, err
+		return udpFD, tcpFD, bound, err
 	})
 	if err != nil {
 		return fmt.Errorf("attach dns to %s (%s): %w", sandbox, nsPath, err)
@@ -184,39 +196,25 @@ func (s *Server) Attach(sandbox, nsPath string) error {
 // attachAddr serves sandbox on addr in the current namespace (tests: port 0
 // picks a free port, the same for UDP and TCP). It returns the address.
 func (s *Server) attachAddr(sandbox, addr string) (string, error) {
-	var bound string
-	err := s.attach(sandbox, netns.ID{}, func() (net.PacketConn, net.Listener, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return "", fmt.Errorf("attach dns to %s: %w", sandbox, err)
+	}
+	var bound netip.AddrPort
+	err = s.attach(sandbox, netns.ID{}, func() (int, int, netip.AddrPort, error) {
 		for range 20 { // a free UDP port may be taken for TCP: try a few
-			pc, ln, err := listenPair(addr)
-			if err == nil {
-				bound = pc.LocalAddr().String()
-				return pc, ln, nil
-			}
-			if _, port, _ := net.SplitHostPort(addr); port != "0" {
-				return nil, nil, err
+			u, t, b, err := listenFDs(ap)
+			if err == nil || ap.Port() != 0 {
+				bound = b
+				return u, t, b, err
 			}
 		}
-		return nil, nil, fmt.Errorf("no free port pair on %s", addr)
+		return -1, -1, bound, fmt.Errorf("no free port pair on %s", addr)
 	})
-	return bound, err
+	return bound.String(), err
 }
 
-// listenPair opens a UDP and a TCP socket on the same address; addr with
-// port 0 gets the UDP socket's port for TCP too.
-func listenPair(addr string) (net.PacketConn, net.Listener, error) {
-	pc, err := net.ListenPacket("udp4", addr)
-	if err != nil {
-		return nil, nil, fmt.Errorf("listen udp %s: %w", addr, err)
-	}
-	ln, err := net.Listen("tcp4", pc.LocalAddr().String())
-	if err != nil {
-		pc.Close()
-		return nil, nil, fmt.Errorf("listen tcp %s: %w", pc.LocalAddr(), err)
-	}
-	return pc, ln, nil
-}
-
-func (s *Server) attach(sandbox string, id netns.ID, listen func() (net.PacketConn, net.Listener, error)) error {
+func (s *Server) attach(sandbox string, id netns.ID, listen func() (int, int, netip.AddrPort, error)) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -230,19 +228,13 @@ func (s *Server) attach(sandbox string, id netns.ID, listen func() (net.PacketCo
 		old.stop()
 		delete(s.attached, sandbox)
 	}
-	pc, ln, err := listen()
+	udpFD, tcpFD, bound, err := listen()
 	if err != nil {
 		return err
 	}
-	a := &attachment{s: s, sandbox: sandbox, id: id, addr: pc.LocalAddr().String(), dead: make(chan struct{})}
+	a := &attachment{s: s, sandbox: sandbox, id: id, addr: bound, udpFD: udpFD, tcpFD: tcpFD, dead: make(chan struct{})}
 	a.ctx, a.cancel = context.WithCancel(s.ctx)
-	a.udp = newUDPServer(a, pc.(*net.UDPConn))
-	a.tcp = &dns.Server{
-		Listener: newBoundedListener(ln, maxTCPConns), Handler: a, ReadTimeout: 2 * time.Second,
-		IdleTimeout:   func() time.Duration { return 8 * time.Second },
-		MsgAcceptFunc: s.accept, MsgInvalidFunc: s.invalid,
-	}
-	if err := a.start(); err != nil {
+	if err := s.loop.add(a); err != nil {
 		a.stop()
 		return err
 	}
@@ -251,32 +243,7 @@ func (s *Server) attach(sandbox string, id netns.ID, listen func() (net.PacketCo
 	return nil
 }
 
-// start runs both servers and returns once both accept queries.
-func (a *attachment) start() error {
-	a.wg.Add(1)
-	go func() {
-		defer a.wg.Done()
-		a.ended(a.udp.run())
-	}()
-	started := make(chan struct{})
-	errc := make(chan error, 1)
-	a.tcp.NotifyStartedFunc = func() { close(started) }
-	a.wg.Add(1)
-	go func() {
-		defer a.wg.Done()
-		err := a.tcp.ActivateAndServe()
-		a.ended(err)
-		errc <- err
-	}()
-	select {
-	case <-started:
-		return nil
-	case err := <-errc:
-		return fmt.Errorf("serve dns over tcp: %w", err)
-	}
-}
-
-// ended records that a serve loop returned: on its own, the resolver is
+// ended records that the loop gave up on a socket of a: the resolver is
 // dead and the next Attach replaces it.
 func (a *attachment) ended(err error) {
 	if err != nil && a.ctx.Err() == nil {
@@ -285,19 +252,17 @@ func (a *attachment) ended(err error) {
 	a.once.Do(func() { close(a.dead) })
 }
 
-// stop closes the sockets and waits for every goroutine of the attachment,
-// including handlers: their forwards are cancelled first.
+// stop takes the sockets out of the loop, ends the forwards (they still
+// send their SERVFAIL) and the TCP connections, waits for them and closes
+// the sockets.
 func (a *attachment) stop() {
+	a.s.loop.remove(a)
 	a.cancel()
-	// Stop reading but keep the socket open until the cancelled forwards
-	// have sent their SERVFAIL.
-	_ = a.udp.conn.SetReadDeadline(time.Unix(1, 0))
-	if err := a.tcp.Shutdown(); err != nil {
-		a.tcp.Listener.Close() // not started or already ended
-	}
+	a.closeConns()
 	a.wg.Wait()
-	a.udp.wait()
-	a.udp.conn.Close()
+	unix.Close(a.udpFD)
+	unix.Close(a.tcpFD)
+	a.once.Do(func() { close(a.dead) })
 }
 
 // Detach closes the resolver of sandbox, if it has one.
@@ -315,6 +280,7 @@ func (s *Server) Detach(sandbox string) {
 // Close detaches every sandbox and waits for all goroutines.
 func (s *Server) Close() error {
 	s.mu.Lock()
+	wasClosed := s.closed
 	s.closed = true
 	all := s.attached
 	s.attached = make(map[string]*attachment)
@@ -325,6 +291,9 @@ func (s *Server) Close() error {
 		wg.Go(a.stop)
 	}
 	wg.Wait()
+	if !wasClosed {
+		s.loop.close()
+	}
 	return nil
 }
 
@@ -350,52 +319,4 @@ func (s *Server) Stats() Stats {
 	st.Upstreams = s.ups.current()
 	st.Inflight = len(s.inflight)
 	return st
-}
-
-// maxTCPConns bounds the TCP connections one sandbox may hold open.
-const maxTCPConns = 64
-
-// boundedListener caps the open connections and puts a write deadline on
-// every reply, so a client that stops reading cannot pin a goroutine (the
-// miekg/dns server sets read deadlines only).
-type boundedListener struct {
-	net.Listener
-	slots chan struct{}
-}
-
-func newBoundedListener(ln net.Listener, max int) *boundedListener {
-	return &boundedListener{Listener: ln, slots: make(chan struct{}, max)}
-}
-
-func (l *boundedListener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		select {
-		case l.slots <- struct{}{}:
-			return &deadlineConn{Conn: c, release: func() { <-l.slots }}, nil
-		default:
-			c.Close() // over the cap: the client retries or gives up
-		}
-	}
-}
-
-type deadlineConn struct {
-	net.Conn
-	release func()
-	once    sync.Once
-}
-
-func (c *deadlineConn) Write(b []byte) (int, error) {
-	if err := c.Conn.SetWriteDeadline(time.Now().Add(2 * time.Second)); err != nil {
-		return 0, err
-	}
-	return c.Conn.Write(b)
-}
-
-func (c *deadlineConn) Close() error {
-	c.once.Do(c.release)
-	return c.Conn.Close()
 }
