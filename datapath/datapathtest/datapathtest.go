@@ -7,6 +7,7 @@ import (
 	"context"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -80,29 +81,58 @@ func repairs(tb testing.TB, m datapath.MetricsReader, object string) uint64 {
 
 // Traffic pings to from the namespace nsName, five times a second for at
 // most 90 s, until the returned function stops it; that function fails
-// the test if no reply came back meanwhile, and returns ping's summary.
+// the test if no reply came back meanwhile, and returns the pings'
+// summaries. A ping that ends early (its interface was removed under it,
+// which is the drift being tested) is started again after 200 ms.
 func Traffic(tb testing.TB, nsName, to string) (stop func() string) {
 	tb.Helper()
-	cmd := netnstest.Cmd(nsName, "ping", "-n", "-q", "-i", "0.2", "-w", "90", to)
-	var out strings.Builder
-	cmd.Stdout = &out
-	if err := cmd.Start(); err != nil {
-		tb.Fatal(err)
-	}
-	done := false
-	tb.Cleanup(func() {
-		if !done {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	var (
+		mu       sync.Mutex
+		out      strings.Builder
+		received bool
+	)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			cmd := netnstest.Cmd(nsName, "ping", "-n", "-q", "-i", "0.2", "-w", "90", to)
+			var run strings.Builder
+			cmd.Stdout, cmd.Stderr = &run, &run
+			if err := cmd.Start(); err == nil {
+				stopped := make(chan struct{})
+				go func() {
+					select {
+					case <-ctx.Done():
+						_ = cmd.Process.Signal(os.Interrupt)
+					case <-stopped:
+					}
+				}()
+				_ = cmd.Wait()
+				close(stopped)
+			}
+			sum := strings.TrimSpace(run.String())
+			mu.Lock()
+			if strings.Contains(sum, " received") && !strings.Contains(sum, " 0 received") {
+				received = true
+			}
+			out.WriteString(sum + "\n")
+			mu.Unlock()
+			select {
+			case <-ctx.Done():
+			case <-time.After(200 * time.Millisecond):
+			}
 		}
-	})
+	}()
+	tb.Cleanup(func() { cancel(); <-done })
 	return func() string {
 		tb.Helper()
-		done = true
-		_ = cmd.Process.Signal(os.Interrupt)
-		_ = cmd.Wait()
+		cancel()
+		<-done
+		mu.Lock()
+		defer mu.Unlock()
 		sum := strings.TrimSpace(out.String())
-		if !strings.Contains(sum, "received") || strings.Contains(sum, " 0 received") {
+		if !received {
 			tb.Errorf("no traffic got through:\n%s", sum)
 		}
 		return sum

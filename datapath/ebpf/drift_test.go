@@ -3,6 +3,7 @@
 package ebpf
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -57,9 +58,9 @@ func TestDriftIsRepaired(t *testing.T) {
 			Back: func() bool {
 				return netnstest.Cmd(h1.name, "ip", "link", "show", h1.ep.HostIfName).Run() == nil && reaches()
 			}},
-		{Name: "uplink TCX program", Object: datapath.RepairProgram,
-			Remove: func() error { return detachPinned(uplinkPin) },
-			Back:   func() bool { return tcxAttached(uplinkPin) }},
+		{Name: "uplink tc program", Object: datapath.RepairProgram,
+			Remove: func() error { return removeUplinkProgram(h1.name, h1.underlay, uplinkPin) },
+			Back:   func() bool { return tcxAttached(uplinkPin) || clsactAttached(h1.name, h1.underlay) }},
 		{Name: "remotes map entry", Object: datapath.RepairForward,
 			Remove: func() error { return deleteAll(remotesPin) },
 			Back:   func() bool { n, err := mapLen(remotesPin); return err == nil && n == 1 && reaches() }},
@@ -68,6 +69,24 @@ func TestDriftIsRepaired(t *testing.T) {
 		t.Logf("%s repaired after %s (interval %s)", d.Name, took.Round(time.Millisecond), driftInterval)
 	}
 	t.Logf("traffic: %s", stop())
+}
+
+// removeUplinkProgram takes the uplink's ingress program off by hand: the
+// TCX link pinned at pin is detached, or, where the kernel has no TCX
+// (Linux 6.1) and the pin is the program, the clsact filter is deleted.
+func removeUplinkProgram(ns, dev, pin string) error {
+	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+		l.Close()
+		return detachPinned(pin)
+	}
+	return netnstest.Cmd(ns, "tc", "filter", "del", "dev", dev, "ingress").Run()
+}
+
+// clsactAttached reports whether dev has a bpf filter on its clsact
+// ingress hook.
+func clsactAttached(ns, dev string) bool {
+	out, err := netnstest.Cmd(ns, "tc", "filter", "show", "dev", dev, "ingress").Output()
+	return err == nil && bytes.Contains(out, []byte(" bpf "))
 }
 
 // detachPinned detaches the link pinned at pin, as `bpftool link detach`
