@@ -50,6 +50,7 @@ type host struct {
 	socket  string
 	prefix  string // sandbox name prefix, unique per test
 	agent   *exec.Cmd
+	exited  <-chan struct{} // closed when agent has exited and been waited for
 	logFile *os.File
 	extra   []string // extra fabricd flags
 	dp      string   // datapath: kernel unless extra says otherwise
@@ -140,6 +141,7 @@ func (h *host) start() {
 		h.t.Fatalf("start fabricd: %v", err)
 	}
 	exited := make(chan struct{})
+	h.exited = exited
 	go func(c *exec.Cmd) { _ = c.Wait(); close(exited) }(h.agent)
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
@@ -161,7 +163,11 @@ func (h *host) start() {
 func (h *host) kill9() {
 	if h.agent != nil && h.agent.Process != nil {
 		_ = h.agent.Process.Signal(syscall.SIGKILL)
-		time.Sleep(50 * time.Millisecond)
+		select {
+		case <-h.exited:
+		case <-time.After(10 * time.Second):
+			h.t.Fatalf("fabricd still runs 10s after SIGKILL")
+		}
 	}
 	h.agent = nil
 	if h.logFile != nil {

@@ -207,7 +207,7 @@ func TestSYNFloodLab(t *testing.T) {
 				}
 				stream <- err
 			}()
-			time.Sleep(time.Second) // the stream is under way
+			netnstest.Until(t, 10*time.Second, "the stream to the underlay under way", streaming(client, "7000"))
 			before := l.metric(1, "fabric_conntrack_quota_drops_total")
 			const flood = 5000
 			if out, err := inNetns(l.name+"-ul", "python3", "-c", synFlood, l.ip(1), "8070", fmt.Sprint(flood), gw); err != nil {

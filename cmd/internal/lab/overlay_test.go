@@ -121,6 +121,21 @@ func inSandbox(sb string, argv ...string) (string, error) {
 	return string(out), err
 }
 
+// streaming checks that the sandbox has an established TCP connection to
+// port: a stream client is under way.
+func streaming(sb, port string) func() error {
+	return func() error {
+		out, err := inSandbox(sb, "ss", "-Htn", "state", "established", "( dport = :"+port+" )")
+		if err != nil {
+			return fmt.Errorf("%w: %s", err, out)
+		}
+		if strings.TrimSpace(out) == "" {
+			return fmt.Errorf("no established connection to port %s yet", port)
+		}
+		return nil
+	}
+}
+
 func echo(from, ip string) func() error {
 	return func() error {
 		out, err := inSandbox(from, "python3", "-c", echoClient, ip, "7000")
@@ -225,7 +240,7 @@ func TestOverlayAcrossLabHosts(t *testing.T) {
 				}
 				stream <- err
 			}()
-			time.Sleep(1500 * time.Millisecond)
+			netnstest.Until(t, 10*time.Second, "the stream s1 -> s2 under way", streaming(sb[1], "7000"))
 			st, _ := l.status()
 			if err := syscall.Kill(st.Nodes[1].PID, syscall.SIGKILL); err != nil {
 				t.Fatal(err)

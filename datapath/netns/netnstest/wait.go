@@ -1,7 +1,10 @@
 package netnstest
 
 import (
+	"bytes"
+	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"testing"
 	"time"
@@ -90,4 +93,16 @@ func FreePort(tb testing.TB) int {
 	}
 	tb.Fatal("no port free for both TCP and UDP after 20 tries")
 	return 0
+}
+
+// ProcessRunning reports whether pid exists and is not a zombie (an
+// orphaned process is reaped whenever init gets to it, so a zombie has
+// exited as far as a test is concerned).
+func ProcessRunning(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i < 0 || len(b) < i+3 || b[i+2] != 'Z'
 }
