@@ -119,40 +119,8 @@ func (d *dockerHost) holdMountNS() {
 // startAgent runs fabricd in the host network namespace and the private
 // mount namespace, with DOCKER_HOST pointing at this host's dockerd.
 func (d *dockerHost) startAgent() {
-	h := d.host
-	h.t.Helper()
-	var err error
-	h.logFile, err = os.OpenFile(filepath.Join(h.dir, "fabricd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	if h.bpfRoot == "" {
-		h.bpfRoot = "/sys/fs/bpf/fabric-e2e-" + h.prefix
-	}
-	args := append([]string{"--net=" + h.nsPath, "--mount=" + d.mntPath, filepath.Join(binDir, "fabricd"),
-		"--state-dir", filepath.Join(h.dir, "state"), "--socket", h.socket, "--bpf-root", h.bpfRoot,
-		"--node-name", h.ns, "--log-level", "debug", "--config", h.configFile()}, h.extra...)
-	h.agent = exec.Command("nsenter", args...)
-	h.agent.Stdout, h.agent.Stderr = h.logFile, h.logFile
-	h.agent.Env = append(os.Environ(), "FABRIC_SOCKET=", "DOCKER_HOST=unix://"+d.dsock)
-	if err := h.agent.Start(); err != nil {
-		h.t.Fatalf("start fabricd: %v", err)
-	}
-	exited := make(chan struct{})
-	go func(c *exec.Cmd) { _ = c.Wait(); close(exited) }(h.agent)
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case <-exited:
-			h.t.Fatalf("fabricd exited during start-up:\n%s", h.log())
-		default:
-		}
-		if _, _, code := h.ctl("status"); code == 0 || code == 1 {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	h.t.Fatalf("fabricd did not answer within 20s:\n%s", h.log())
+	d.t.Helper()
+	d.startWith([]string{"--net=" + d.nsPath, "--mount=" + d.mntPath}, []string{"DOCKER_HOST=unix://" + d.dsock})
 }
 
 // startDockerd runs dockerd (live-restore: containers outlive it) and

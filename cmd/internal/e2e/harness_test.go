@@ -122,6 +122,13 @@ func (h *host) name(s string) string { return h.prefix + s }
 // switched, as the lab does) and waits until it answers.
 func (h *host) start() {
 	h.t.Helper()
+	h.startWith(append([]string{"--net=" + h.nsPath}, h.wrap...), nil)
+}
+
+// startWith runs fabricd under nsenter with nsenterArgs, and env added to
+// this process's environment, and waits until it answers.
+func (h *host) startWith(nsenterArgs, env []string) {
+	h.t.Helper()
 	var err error
 	h.logFile, err = os.OpenFile(filepath.Join(h.dir, "fabricd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -130,33 +137,31 @@ func (h *host) start() {
 	if h.bpfRoot == "" {
 		h.bpfRoot = "/sys/fs/bpf/fabric-e2e-" + h.prefix
 	}
-	args := append(append([]string{"--net=" + h.nsPath}, h.wrap...), filepath.Join(binDir, "fabricd"),
+	args := append(append(nsenterArgs, filepath.Join(binDir, "fabricd"),
 		"--state-dir", filepath.Join(h.dir, "state"), "--socket", h.socket, "--bpf-root", h.bpfRoot,
-		"--node-name", h.ns, "--log-level", "debug", "--config", h.configFile())
-	args = append(args, h.extra...)
+		"--node-name", h.ns, "--log-level", "debug", "--config", h.configFile()), h.extra...)
 	h.agent = exec.Command("nsenter", args...)
 	h.agent.Stdout, h.agent.Stderr = h.logFile, h.logFile
-	h.agent.Env = append(os.Environ(), "FABRIC_SOCKET=")
+	h.agent.Env = append(append(os.Environ(), "FABRIC_SOCKET="), env...)
 	if err := h.agent.Start(); err != nil {
 		h.t.Fatalf("start fabricd: %v", err)
 	}
 	exited := make(chan struct{})
 	h.exited = exited
 	go func(c *exec.Cmd) { _ = c.Wait(); close(exited) }(h.agent)
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
+	// status exits 1 when the agent reports warnings, 2 when unreachable.
+	up := netnstest.PollEvery(20*time.Second, 50*time.Millisecond, func() bool {
 		select {
 		case <-exited:
 			h.t.Fatalf("fabricd exited during start-up:\n%s", h.log())
 		default:
 		}
-		// status exits 1 when the agent reports warnings, 2 when unreachable.
-		if _, _, code := h.ctl("status"); code == 0 || code == 1 {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
+		_, _, code := h.ctl("status")
+		return code == 0 || code == 1
+	})
+	if !up {
+		h.t.Fatalf("fabricd did not answer within 20s:\n%s", h.log())
 	}
-	h.t.Fatalf("fabricd did not answer within 20s:\n%s", h.log())
 }
 
 // kill9 kills the agent the hard way; sandboxes and their commands live on.
