@@ -143,11 +143,8 @@ func (d *dockerHost) startDockerd() {
 	}
 	logf.Close()
 	go func(c *exec.Cmd) { _ = c.Wait() }(d.dockerd)
-	for i := 0; i < 150; i++ {
-		if _, _, code := d.docker("version"); code == 0 {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
+	if netnstest.PollEvery(15*time.Second, 100*time.Millisecond, func() bool { _, _, code := d.docker("version"); return code == 0 }) {
+		return
 	}
 	b, _ := os.ReadFile(filepath.Join(d.dir, "dockerd.log"))
 	t.Skipf("dockerd did not start within 15s (cannot run Docker here):\n%s", tail(string(b), 3000))
@@ -160,9 +157,7 @@ func (d *dockerHost) stopDockerd() {
 		return
 	}
 	_ = d.dockerd.Process.Signal(syscall.SIGTERM)
-	for i := 0; i < 200 && d.dockerd.Process.Signal(syscall.Signal(0)) == nil; i++ {
-		time.Sleep(50 * time.Millisecond)
-	}
+	netnstest.PollEvery(10*time.Second, 50*time.Millisecond, func() bool { return d.dockerd.Process.Signal(syscall.Signal(0)) != nil })
 	_ = d.dockerd.Process.Kill()
 	d.dockerd = nil
 }
@@ -242,17 +237,14 @@ func (d *dockerHost) dockerSandboxes() []api.Sandbox {
 // mustWait polls cond (every 50ms, at most limit) and fails with what.
 func mustWait(t *testing.T, limit time.Duration, what string, cond func() bool, detail ...func() string) {
 	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			var more string
-			for _, f := range detail {
-				more += "\n" + f()
-			}
-			t.Fatalf("timed out after %v waiting for %s%s", limit, what, more)
-		}
-		time.Sleep(50 * time.Millisecond)
+	if netnstest.PollEvery(limit, 50*time.Millisecond, cond) {
+		return
 	}
+	var more string
+	for _, f := range detail {
+		more += "\n" + f()
+	}
+	t.Fatalf("timed out after %v waiting for %s%s", limit, what, more)
 }
 
 // containerIP is a container's address on a Docker network, as Docker

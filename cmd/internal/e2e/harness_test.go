@@ -184,17 +184,10 @@ func (h *host) kill9() {
 func (h *host) stop() {
 	if h.agent != nil && h.agent.Process != nil {
 		_ = h.agent.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func(p *os.Process) {
-			for i := 0; i < 100; i++ {
-				if p.Signal(syscall.Signal(0)) != nil {
-					break
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
-			close(done)
-		}(h.agent.Process)
-		<-done
+		select {
+		case <-h.exited:
+		case <-time.After(5 * time.Second):
+		}
 		_ = h.agent.Process.Kill()
 	}
 	h.agent = nil
@@ -328,14 +321,10 @@ func (h *host) serve(name string, runArgs ...string) {
 func (h *host) waitListening(nsPath string, port int) {
 	h.t.Helper()
 	want := fmt.Sprintf(":%04X ", port)
-	for i := 0; i < 100; i++ {
+	netnstest.Eventually(h.t, 5*time.Second, fmt.Sprintf("a listener on port %d in %s", port, nsPath), func() bool {
 		out, _ := exec.Command("nsenter", "--net="+nsPath, "cat", "/proc/net/tcp", "/proc/net/tcp6").Output()
-		if strings.Contains(string(out), want) {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	h.t.Fatalf("nothing listens on port %d in %s", port, nsPath)
+		return strings.Contains(string(out), want)
+	})
 }
 
 // connect dials addr from inside a named namespace ("" = the host's) and
