@@ -158,14 +158,17 @@ func TestKill9AndRestartKeepsEverything(t *testing.T) {
 		// tmp's command exits while no agent watches; with --rm the restarted
 		// agent must remove it, leaving exactly the state of "before".
 		h.mustCtl("run", "-d", "--rm", "--name", tmp, "--", "sleep", "1")
-		tmpNS := h.sandbox(tmp).NetNS
+		tmpSB := h.sandbox(tmp)
+		tmpNS, tmpPID := tmpSB.NetNS, tmpSB.PID
+		if tmpPID <= 0 {
+			t.Fatalf("sandbox %s has no command PID: %+v", tmp, tmpSB)
+		}
 
 		h.kill9()
 		// With the agent dead, traffic keeps flowing: it is all in the kernel.
 		if got := h.mustConnect(h.outside, "tcp", hostUplinkIP+":8080"); !strings.HasPrefix(got, web) {
 			t.Fatalf("published port while the agent is down: %q", got)
 		}
-		tmpPID := h.sandbox(tmp).PID
 		netnstest.Eventually(t, 10*time.Second, "tmp's command to exit while the agent is down", func() bool { return !netnstest.ProcessRunning(tmpPID) })
 		h.start()
 
