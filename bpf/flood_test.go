@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	fabricns "github.com/fabricnet/fabric/datapath/netns"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
 // TestSYNFloodKeepsEstablished: a SYN flood from outside against a
@@ -68,7 +69,7 @@ func TestSYNFloodKeepsEstablished(t *testing.T) {
 			echoed.Add(1)
 		}
 	}()
-	waitFor(t, "stream to run", func() bool { return echoed.Load() > 10 })
+	netnstest.Eventually(t, 10*time.Second, "stream to run", func() bool { return echoed.Load() > 10 })
 
 	quotaDrops := CounterKey{DirFromUplink, VerdictDrop, ReasonCTQuota}
 	before := readCounters(t, l.objs)[quotaDrops].Packets
@@ -76,7 +77,7 @@ func TestSYNFloodKeepsEstablished(t *testing.T) {
 		t.Fatal(err)
 	}
 	duringFlood := echoed.Load()
-	waitFor(t, "stream to go on after the flood", func() bool { return echoed.Load() > duringFlood+50 })
+	netnstest.Eventually(t, 10*time.Second, "stream to go on after the flood", func() bool { return echoed.Load() > duringFlood+50 })
 	close(stop)
 	if err := <-streamErr; err != nil {
 		t.Errorf("stream broke during the flood: %v", err)
@@ -122,16 +123,6 @@ func serveStream(t *testing.T, path, addr string) {
 			})
 		}
 	})
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if cond() {
-			return
-		}
-	}
-	t.Fatalf("timed out waiting for %s", what)
 }
 
 // synFlood sends n TCP SYNs from src (ports 20000 on) to dst:port over a

@@ -110,6 +110,23 @@ func (l *hostLab) moved(v Verdict, r Reason, f func()) Counter {
 	return Counter{after.Packets - before.Packets, after.Bytes - before.Bytes}
 }
 
+// movedUntil is moved for frames the kernel delivers after f returns (veth
+// delivery goes through a backlog): it waits, up to 5 s, until done holds
+// for the counter's change, and returns the change then.
+func (l *hostLab) movedUntil(v Verdict, r Reason, f func(), done func(Counter) bool) Counter {
+	l.t.Helper()
+	k := CounterKey{DirFromEndpoint, v, r}
+	before := readCounters(l.t, l.objs)[k]
+	f()
+	var moved Counter
+	netnstest.Poll(5*time.Second, func() bool {
+		after := readCounters(l.t, l.objs)[k]
+		moved = Counter{after.Packets - before.Packets, after.Bytes - before.Bytes}
+		return done(moved)
+	})
+	return moved
+}
+
 func TestNamespaces(t *testing.T) {
 	l := newHostLab(t)
 	s1 := l.addSandbox("fb-s1", a1, netA)
@@ -199,7 +216,7 @@ func TestNamespaces(t *testing.T) {
 	// socket: every one must be counted as malformed and dropped.
 	t.Run("truncated IPv4 frames", func(t *testing.T) {
 		var sent Counter
-		malformed := l.moved(VerdictDrop, ReasonMalformed, func() {
+		malformed := l.movedUntil(VerdictDrop, ReasonMalformed, func() {
 			err := fabricns.Do(s1.path, func() error {
 				var err error
 				sent, err = sendTruncated(s1.ep, 14, 14+20)
@@ -208,8 +225,7 @@ func TestNamespaces(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			time.Sleep(100 * time.Millisecond) // veth delivery is asynchronous (backlog)
-		})
+		}, func(c Counter) bool { return c.Packets >= sent.Packets })
 		if malformed != sent {
 			t.Errorf("malformed drops %+v, want exactly the frames sent %+v", malformed, sent)
 		}
@@ -225,13 +241,12 @@ func TestNamespaces(t *testing.T) {
 			defer netnstest.Run(t, ns.name, "ip", "link", "set", ns.dev, "mtu", "1500")
 		}
 		big := ipFrom(s1.ep, netA, ipv4Hdr{src: s1.ep.Addr, dst: s2.ep.Addr, proto: protoUDP}, udp(s1.ep.Addr, s2.ep.Addr, 9, 9, make([]byte, 5000)))
-		fwd := l.moved(VerdictRedirect, ReasonForward, func() {
+		fwd := l.movedUntil(VerdictRedirect, ReasonForward, func() {
 			err := fabricns.Do(s1.path, func() error { return sendFrame(big) })
 			if err != nil {
 				t.Fatal(err)
 			}
-			time.Sleep(100 * time.Millisecond)
-		})
+		}, func(c Counter) bool { return c.Packets >= 2 })
 		// Nothing listens on port 9 in s2: its ICMP port unreachable (a
 		// 576-byte IPv4 packet) comes back through the program and shows
 		// that the big frame was delivered.

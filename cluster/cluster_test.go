@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
 func mustPrefix(t testing.TB, s string) netip.Prefix {
@@ -34,7 +36,7 @@ func newKey(t testing.TB) []byte {
 
 func TestMembershipAndMetadata(t *testing.T) {
 	members := startCluster(t, 5)
-	waitFor(t, 5*time.Second, "member lists", func() bool {
+	netnstest.Eventually(t, 5*time.Second, "member lists", func() bool {
 		for _, c := range members {
 			alive := 0
 			for _, m := range c.Members() {
@@ -61,7 +63,7 @@ func TestMembershipAndMetadata(t *testing.T) {
 	if err := members[1].UpdateMeta(NodeMeta{Addr: netip.MustParseAddr("10.9.9.9"), TunnelPort: 4790, Datapath: "ebpf", Version: "v2"}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "updated metadata", func() bool {
+	netnstest.Eventually(t, 5*time.Second, "updated metadata", func() bool {
 		for _, m := range members[4].Members() {
 			if m.Name == "node-1" {
 				return m.Meta.Datapath == "ebpf" && m.Meta.TunnelPort == 4790 && m.Meta.Addr == netip.MustParseAddr("10.9.9.9")
@@ -75,7 +77,7 @@ func TestMembershipAndMetadata(t *testing.T) {
 	if err := members[4].Close(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "leave event", func() bool {
+	netnstest.Eventually(t, 5*time.Second, "leave event", func() bool {
 		_, ok := events.find(func(e Event) bool { return e.Type == EventMemberLeft && e.Member.Name == "node-4" })
 		return ok
 	})
@@ -138,10 +140,7 @@ func TestWrongKeyRefused(t *testing.T) {
 	if _, err := keyed.Join(ctx, plain.Addr().String()); !errors.Is(err, ErrKeyMismatch) {
 		t.Errorf("keyed → plain: %v", err)
 	}
-	time.Sleep(500 * time.Millisecond)
-	if members[0].NumAlive() != 2 {
-		t.Errorf("cluster has %d members, want 2: a node without the key got in", members[0].NumAlive())
-	}
+	netnstest.Never(t, 500*time.Millisecond, "a node without the key got in", func() bool { return members[0].NumAlive() != 2 })
 }
 
 func TestKeyRotation(t *testing.T) {
@@ -193,16 +192,16 @@ func TestKeyRotation(t *testing.T) {
 }
 
 func TestJoinRetriesUntilSeedAppears(t *testing.T) {
-	port := freePort(t)
+	port := netnstest.FreePort(t)
 	cfg := testConfig("early")
 	cfg.Join = []string{"127.0.0.1:" + strconv.Itoa(port)}
 	early := startMember(t, cfg)
-	time.Sleep(400 * time.Millisecond) // a few failed attempts
+	netnstest.Eventually(t, 10*time.Second, "a failed join attempt", func() bool { return early.JoinError() != nil })
 
 	cfg = testConfig("seed")
 	cfg.BindPort = port
 	seed := startMember(t, cfg)
-	waitFor(t, 10*time.Second, "late join", func() bool { return early.NumAlive() == 2 && seed.NumAlive() == 2 })
+	netnstest.Eventually(t, 10*time.Second, "late join", func() bool { return early.NumAlive() == 2 && seed.NumAlive() == 2 })
 }
 
 func TestLoadKeyFile(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 	"github.com/hashicorp/memberlist"
 )
 
@@ -117,7 +118,7 @@ func TestMalformedMessagesDropped(t *testing.T) {
 	target.mergeRemoteState([]byte{codecVersion, byte(msgState), 0xff})
 	target.mergeRemoteState(encodeMessage(sampleMessages()[0]))
 
-	waitFor(t, 5*time.Second, "drops counted", func() bool {
+	netnstest.Eventually(t, 5*time.Second, "drops counted", func() bool {
 		s := target.Stats()
 		total := uint64(0)
 		for _, n := range s.Dropped {

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
 func endpointOn(t testing.TB, c *Cluster, id string) (Endpoint, bool) {
@@ -30,7 +32,7 @@ func TestEndpointRecords(t *testing.T) {
 	if err := owner.Publish(ep); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "endpoint replicated", func() bool {
+	netnstest.Eventually(t, 5*time.Second, "endpoint replicated", func() bool {
 		got, ok := endpointOn(t, members[2], "c1")
 		return ok && got.Node == "node-1" && got.IP == ep.IP && got.Name == "web" && slices.Equal(got.Aliases, []string{"www"}) && got.MAC.String() == ep.MAC.String()
 	})
@@ -47,11 +49,11 @@ func TestEndpointRecords(t *testing.T) {
 	if err := owner.Publish(ep); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "update replicated", func() bool {
+	netnstest.Eventually(t, 5*time.Second, "update replicated", func() bool {
 		got, ok := endpointOn(t, members[0], "c1")
 		return ok && len(got.Aliases) == 2
 	})
-	waitFor(t, 5*time.Second, "added and updated events", func() bool {
+	netnstest.Eventually(t, 5*time.Second, "added and updated events", func() bool {
 		_, added := events.find(func(e Event) bool { return e.Type == EventEndpointAdded && e.Endpoint.ID == "c1" })
 		_, updated := events.find(func(e Event) bool { return e.Type == EventEndpointUpdated && len(e.Endpoint.Aliases) == 2 })
 		return added && updated
@@ -79,7 +81,7 @@ func TestEndpointRecords(t *testing.T) {
 	if err := owner.Unpublish("c1"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "withdrawal replicated", func() bool {
+	netnstest.Eventually(t, 5*time.Second, "withdrawal replicated", func() bool {
 		_, ok := endpointOn(t, members[2], "c1")
 		return !ok
 	})
@@ -88,10 +90,10 @@ func TestEndpointRecords(t *testing.T) {
 	if err := owner.Publish(Endpoint{ID: "c2", Network: "ep", IP: netip.MustParseAddr("10.70.1.7")}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "c2 replicated", func() bool { _, ok := endpointOn(t, members[0], "c2"); return ok })
+	netnstest.Eventually(t, 5*time.Second, "c2 replicated", func() bool { _, ok := endpointOn(t, members[0], "c2"); return ok })
 	_ = owner.shutdown(false)
 	start := time.Now()
-	waitFor(t, 15*time.Second, "c2 reaped", func() bool {
+	netnstest.Eventually(t, 15*time.Second, "c2 reaped", func() bool {
 		_, ok0 := endpointOn(t, members[0], "c2")
 		_, ok2 := endpointOn(t, members[2], "c2")
 		return !ok0 && !ok2
@@ -121,7 +123,7 @@ func TestSyncEndpointsAfterRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, 5*time.Second, "records replicated", func() bool { return len(members[0].Endpoints("sy")) == 2 })
+	netnstest.Eventually(t, 5*time.Second, "records replicated", func() bool { return len(members[0].Endpoints("sy")) == 2 })
 	if err := members[1].Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -130,11 +132,11 @@ func TestSyncEndpointsAfterRestart(t *testing.T) {
 	if _, err := back.Join(t.Context(), members[0].Addr().String()); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "records learned back", func() bool { return len(back.Endpoints("sy")) == 2 })
+	netnstest.Eventually(t, 5*time.Second, "records learned back", func() bool { return len(back.Endpoints("sy")) == 2 })
 	if err := back.SyncEndpoints([]Endpoint{{ID: "keep", Network: "sy", IP: netip.MustParseAddr("10.71.0.10")}}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "stale record withdrawn everywhere", func() bool {
+	netnstest.Eventually(t, 5*time.Second, "stale record withdrawn everywhere", func() bool {
 		for _, c := range []*Cluster{members[0], back} {
 			eps := c.Endpoints("sy")
 			if len(eps) != 1 || eps[0].ID != "keep" {

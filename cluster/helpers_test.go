@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 	"github.com/hashicorp/memberlist"
 )
 
@@ -94,7 +95,7 @@ func startCluster(t testing.TB, n int, opts ...func(*Config)) []*Cluster {
 		}
 		seeds = append(seeds, c.Addr().String())
 	}
-	waitFor(t, 10*time.Second, "full membership", func() bool { return allSee(members, n) })
+	netnstest.Eventually(t, 10*time.Second, "full membership", func() bool { return allSee(members, n) })
 	return members
 }
 
@@ -107,13 +108,6 @@ func closeAll(members []*Cluster) {
 		go func() { defer wg.Done(); _ = c.Close() }()
 	}
 	wg.Wait()
-}
-
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	if !pollUntil(time.Now().Add(timeout), cond) {
-		t.Fatalf("timed out after %s waiting for %s", timeout, what)
-	}
 }
 
 func mustCreate(t testing.TB, c *Cluster, name, subnet string) Network {
@@ -129,7 +123,7 @@ func mustCreate(t testing.TB, c *Cluster, name, subnet string) Network {
 
 func waitNetwork(t testing.TB, members []*Cluster, name string, present bool) {
 	t.Helper()
-	waitFor(t, 10*time.Second, fmt.Sprintf("network %s present=%v everywhere", name, present), func() bool {
+	netnstest.Eventually(t, 10*time.Second, fmt.Sprintf("network %s present=%v everywhere", name, present), func() bool {
 		for _, c := range members {
 			_, err := c.Network(name)
 			if (err == nil) != present {
@@ -138,26 +132,6 @@ func waitNetwork(t testing.TB, members []*Cluster, name string, present bool) {
 		}
 		return true
 	})
-}
-
-// freePort finds a port free for both TCP and UDP on 127.0.0.1.
-func freePort(t testing.TB) int {
-	t.Helper()
-	for range 20 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", "127.0.0.1:"+strconv.Itoa(port))
-		_ = l.Close()
-		if err == nil {
-			_ = u.Close()
-			return port
-		}
-	}
-	t.Fatal("no free port")
-	return 0
 }
 
 // partition cuts gossip between groups of members: each member's transport

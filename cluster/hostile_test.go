@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 	"github.com/hashicorp/memberlist"
 )
 
@@ -79,7 +80,7 @@ func newHostileSetup(t *testing.T) *hostileSetup {
 	if err := h.members[1].Publish(Endpoint{ID: "web", Network: "prod", IP: ip, Name: "web"}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "endpoint everywhere", func() bool {
+	netnstest.Eventually(t, 10*time.Second, "endpoint everywhere", func() bool {
 		for _, c := range h.members {
 			if _, err := c.Endpoint("web"); err != nil {
 				return false
@@ -95,7 +96,7 @@ func newHostileSetup(t *testing.T) *hostileSetup {
 		t.Fatal(err)
 	}
 	all := append(slices.Clone(h.members), h.insider)
-	waitFor(t, 10*time.Second, "insider joined", func() bool { return allSee(all, 4) })
+	netnstest.Eventually(t, 10*time.Second, "insider joined", func() bool { return allSee(all, 4) })
 	waitNetwork(t, all, "prod", true)
 
 	cfg = testConfig("outsider")
@@ -253,7 +254,7 @@ func TestForgedVoteDoesNotGrant(t *testing.T) {
 	// Peek at the request ID (an attacker cannot: it is random) and answer
 	// in the silent member's name, from the insider and the outsider.
 	var id uint64
-	waitFor(t, 5*time.Second, "claim in flight", func() bool {
+	netnstest.Eventually(t, 5*time.Second, "claim in flight", func() bool {
 		claimer.rpcMu.Lock()
 		defer claimer.rpcMu.Unlock()
 		for k := range claimer.rpcs {
@@ -438,7 +439,7 @@ func TestStrangerDatagramCounted(t *testing.T) {
 	if _, err := conn.Write(append([]byte{8}, encodeMessage(sampleMessages()[0])...)); err != nil { // 8: memberlist's user message
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "undecryptable datagram counted", func() bool { return c.Stats().Dropped[dropUndecryptable] > 0 })
+	netnstest.Eventually(t, 5*time.Second, "undecryptable datagram counted", func() bool { return c.Stats().Dropped[dropUndecryptable] > 0 })
 }
 
 // Leave intents are forgotten after a while, so the map cannot grow.

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
 func leaseMap(c *Cluster, network string) map[netip.Prefix]string {
@@ -95,7 +97,7 @@ func TestLeaseUniquenessUnderConcurrency(t *testing.T) {
 			}
 		}
 	}()
-	waitFor(t, 10*time.Second, "identical lease tables", func() bool {
+	netnstest.Eventually(t, 10*time.Second, "identical lease tables", func() bool {
 		table = leaseMap(members[0], "ov")
 		for _, c := range members[1:] {
 			other := leaseMap(c, "ov")
@@ -158,7 +160,7 @@ func TestSameBlockContention(t *testing.T) {
 		}
 		t.Logf("round %d: winner %v", round, winners)
 		if len(winners) == 1 {
-			waitFor(t, 5*time.Second, "grant everywhere", func() bool {
+			netnstest.Eventually(t, 5*time.Second, "grant everywhere", func() bool {
 				for _, c := range members {
 					if leaseMap(c, "hot")[block] != winners[0] {
 						return false
@@ -213,7 +215,7 @@ func TestStaticIPClaims(t *testing.T) {
 	if err := members[1].ClaimIP(ctx, "st", static, "pinned"); err != nil {
 		t.Fatalf("claim of a free address in another's block: %v", err)
 	}
-	waitFor(t, 5*time.Second, "claim replicated", func() bool { return len(members[2].Claims("st")) == 2 })
+	netnstest.Eventually(t, 5*time.Second, "claim replicated", func() bool { return len(members[2].Claims("st")) == 2 })
 	for range 20 {
 		a, err := members[2].AllocateIP(ctx, "st", "more")
 		if err != nil {
@@ -228,7 +230,7 @@ func TestStaticIPClaims(t *testing.T) {
 	if err := members[0].ReleaseIP("st", ip); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "release replicated", func() bool {
+	netnstest.Eventually(t, 5*time.Second, "release replicated", func() bool {
 		for _, c := range members[1].Claims("st") {
 			if c.IP == ip {
 				return false
@@ -257,12 +259,12 @@ func TestReclaimDeadMemberBlocks(t *testing.T) {
 		}
 		held = append(held, b)
 	}
-	waitFor(t, 5*time.Second, "leases replicated", func() bool { return len(members[0].Leases("rc")) == 3 })
+	netnstest.Eventually(t, 5*time.Second, "leases replicated", func() bool { return len(members[0].Leases("rc")) == 3 })
 
 	_ = members[2].shutdown(false) // crash: no leave
 	start := time.Now()
 	live := members[:2]
-	waitFor(t, 15*time.Second, "blocks reclaimed", func() bool {
+	netnstest.Eventually(t, 15*time.Second, "blocks reclaimed", func() bool {
 		for _, c := range live {
 			if len(c.Leases("rc")) != 0 {
 				return false
@@ -304,7 +306,7 @@ func TestRestartKeepsBlocks(t *testing.T) {
 		t.Fatal(err)
 	}
 	block := netip.PrefixFrom(first, 24).Masked()
-	waitFor(t, 5*time.Second, "lease replicated", func() bool { return leaseMap(members[0], "rs")[block] == "node-2" })
+	netnstest.Eventually(t, 5*time.Second, "lease replicated", func() bool { return leaseMap(members[0], "rs")[block] == "node-2" })
 	snap, err := m2.Snapshot()
 	if err != nil {
 		t.Fatal(err)
@@ -323,7 +325,7 @@ func TestRestartKeepsBlocks(t *testing.T) {
 		if _, err := back.Join(ctx, members[0].Addr().String()); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 5*time.Second, "blocks learned back", func() bool { return leaseMap(back, "rs")[block] == "node-2" })
+		netnstest.Eventually(t, 5*time.Second, "blocks learned back", func() bool { return leaseMap(back, "rs")[block] == "node-2" })
 		ip, err := back.AllocateIP(ctx, "rs", "b")
 		if err != nil {
 			t.Fatal(err)
@@ -340,7 +342,7 @@ func TestRestartKeepsBlocks(t *testing.T) {
 		if err := back.Close(); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 5*time.Second, "node-2 left", func() bool { return members[0].NumAlive() == 2 })
+		netnstest.Eventually(t, 5*time.Second, "node-2 left", func() bool { return members[0].NumAlive() == 2 })
 	}
 }
 

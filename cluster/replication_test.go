@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
 func TestNetworkReplication(t *testing.T) {
@@ -24,7 +26,7 @@ func TestNetworkReplication(t *testing.T) {
 	if got.ID != n.ID || got.Subnet != n.Subnet || got.VNI != n.VNI {
 		t.Errorf("replica %+v, want %+v", got, n)
 	}
-	waitFor(t, 5*time.Second, "network-added event", func() bool {
+	netnstest.Eventually(t, 5*time.Second, "network-added event", func() bool {
 		_, ok := events.find(func(e Event) bool { return e.Type == EventNetworkAdded && e.Network.Name == "blue" })
 		return ok
 	})
@@ -74,7 +76,7 @@ func TestAntiEntropyAfterRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	live := members[:2]
-	waitFor(t, 5*time.Second, "m2 gone", func() bool { return allSee(live, 2) })
+	netnstest.Eventually(t, 5*time.Second, "m2 gone", func() bool { return allSee(live, 2) })
 
 	if err := members[0].RemoveNetwork("old"); err != nil {
 		t.Fatal(err)
@@ -109,23 +111,23 @@ func TestAntiEntropyAfterPartition(t *testing.T) {
 	p.split(members[2])
 	// Long enough for both sides to declare the other dead: gossip is lost,
 	// only push/pull after the heal can repair the state.
-	waitFor(t, 10*time.Second, "partition seen", func() bool {
+	netnstest.Eventually(t, 10*time.Second, "partition seen", func() bool {
 		return members[0].NumAlive() == 2 && members[1].NumAlive() == 2 && members[2].NumAlive() == 1
 	})
 	if err := members[0].RemoveNetwork("doomed"); err != nil {
 		t.Fatal(err)
 	}
 	mustCreate(t, members[1], "during", "10.4.0.0/16")
-	time.Sleep(500 * time.Millisecond)
-	if _, err := members[2].Network("during"); err == nil {
-		t.Fatal("partition leaked")
-	}
+	netnstest.Never(t, 500*time.Millisecond, "partition leaked", func() bool {
+		_, err := members[2].Network("during")
+		return err == nil
+	})
 	p.heal()
 	healed := time.Now()
 	waitNetwork(t, members, "during", true)
 	t.Logf("caught up %s after the heal", time.Since(healed).Round(time.Millisecond))
 	waitNetwork(t, members, "doomed", false)
-	waitFor(t, 15*time.Second, "membership healed", func() bool { return allSee(members, 3) })
+	netnstest.Eventually(t, 15*time.Second, "membership healed", func() bool { return allSee(members, 3) })
 }
 
 // Two members create clashing networks at the same time: exactly one
@@ -161,7 +163,7 @@ func TestConcurrentConflictingCreates(t *testing.T) {
 			t.Fatalf("round %d: loser got %v", round, loser)
 		}
 		t.Logf("round %d: %s won; loser: %v", round, winner.Name, loser)
-		waitFor(t, 10*time.Second, "same winner everywhere", func() bool {
+		netnstest.Eventually(t, 10*time.Second, "same winner everywhere", func() bool {
 			for _, c := range members {
 				n, err := c.Network(winner.Name)
 				if err != nil || n.Subnet != winner.Subnet {
@@ -185,7 +187,7 @@ func TestConflictFoundAfterPartition(t *testing.T) {
 	members := startCluster(t, 3, p.option)
 	ev0, ev1 := watchEvents(t, members[0]), watchEvents(t, members[1])
 	p.split(members[0])
-	waitFor(t, 10*time.Second, "partition seen", func() bool { return members[0].NumAlive() == 1 })
+	netnstest.Eventually(t, 10*time.Second, "partition seen", func() bool { return members[0].NumAlive() == 1 })
 
 	a := mustCreate(t, members[0], "split", "10.8.0.0/16")
 	b := mustCreate(t, members[1], "split", "10.9.0.0/16")
@@ -194,7 +196,7 @@ func TestConflictFoundAfterPartition(t *testing.T) {
 		win, lose, loserEvents = b, a, ev0
 	}
 	p.heal()
-	waitFor(t, 15*time.Second, "one winner everywhere", func() bool {
+	netnstest.Eventually(t, 15*time.Second, "one winner everywhere", func() bool {
 		for _, c := range members {
 			if n, err := c.Network("split"); err != nil || n.ID != win.ID {
 				return false
@@ -202,7 +204,7 @@ func TestConflictFoundAfterPartition(t *testing.T) {
 		}
 		return true
 	})
-	waitFor(t, 5*time.Second, "conflict event at the loser", func() bool {
+	netnstest.Eventually(t, 5*time.Second, "conflict event at the loser", func() bool {
 		ev, ok := loserEvents.find(func(e Event) bool { return e.Type == EventNetworkConflict })
 		return ok && ev.Conflict.Lost.ID == lose.ID && ev.Conflict.Winner == win.ID
 	})

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 	"github.com/hashicorp/memberlist"
 )
 
@@ -36,9 +37,6 @@ func TestResyncAfterJoin(t *testing.T) {
 		t.Fatalf("late sees %d members after joining the seed, want 3", n)
 	}
 	// Nothing spreads by itself in this set-up.
-	time.Sleep(resyncDelay / 2)
-	if n := early.NumAlive(); n != 2 {
-		t.Fatalf("early sees %d members before any re-sync, want 2 (is gossip off?)", n)
-	}
-	waitFor(t, resyncDelay*5/4+2*time.Second, "early to learn about late through late's re-sync", func() bool { return early.NumAlive() == 3 })
+	netnstest.Never(t, resyncDelay/2, "early learnt about late before any re-sync (is gossip off?)", func() bool { return early.NumAlive() != 2 })
+	netnstest.Eventually(t, resyncDelay*5/4+2*time.Second, "early to learn about late through late's re-sync", func() bool { return early.NumAlive() == 3 })
 }

@@ -231,7 +231,7 @@ func (e *Endpoint) validate() error {
 	case validNodeName(e.Node) != nil:
 		return fmt.Errorf("endpoint %s: bad node name %q", e.ID, e.Node)
 	case validNetName(e.Network) != nil:
-		return fmt.Errorf("endpoint %s: %v", e.ID, validNetName(e.Network))
+		return fmt.Errorf("endpoint %s: %w", e.ID, validNetName(e.Network))
 	case !e.IP.IsValid():
 		return fmt.Errorf("endpoint %s: missing IP", e.ID)
 	case len(e.MAC) != 0 && len(e.MAC) != 6:

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -111,8 +112,11 @@ func (l *Lab) cniAdd(ctx context.Context, cfg *libcni.CNIConfig, way *cniWay, sh
 			return err
 		}
 		r, err := types100.NewResultFromResult(res)
-		if err != nil || len(r.IPs) == 0 {
-			return fmt.Errorf("result without an address: %v", err)
+		if err != nil {
+			return fmt.Errorf("CNI result: %w", err)
+		}
+		if len(r.IPs) == 0 {
+			return errors.New("CNI result without an address")
 		}
 		pod.ip = r.IPs[0].Address.IP.String()
 		return nil

@@ -140,15 +140,7 @@ func (l *Lab) sectionCrossHost(ctx context.Context) error {
 	}
 	raw, vx := res[0], res[1]
 	printTable(fmt.Sprintf("cross-host: one TCP stream (iperf3) and TCP ping-pong (sockperf, one-way µs), %d s, median of %d", l.secs(), l.o.reps),
-		l.withRange([]column{
-			valCol("Gbit/s", "gbps", "%.2f"),
-			ratioCol("× raw", "gbps", raw),
-			ratioCol("× VXLAN", "gbps", vx),
-			valCol("p50 µs", "p50", "%.1f"),
-			valCol("p99 µs", "p99", "%.1f"),
-			ratioCol("p50 × raw", "p50", raw),
-			ratioCol("p50 × VXLAN", "p50", vx),
-		}, rangeCol("Gbit/s min–max", "gbps", "%.2f"), rangeCol("p50 min–max", "p50", "%.1f")), res,
+		l.streamPingColumns("raw", raw, "VXLAN", vx), res,
 		"the kernel VXLAN row is baseline-lab.sh's overlay; fabric's own overlay (eBPF and the kernel VXLAN fallback) is measured in the overlay section.",
 		"DESIGN.md (another run, for context only): raw 11.7–13.7 Gbit/s, 10–16 µs; kernel VXLAN 10.1–11.2 Gbit/s, 12–20 µs.")
 	return nil

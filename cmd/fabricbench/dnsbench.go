@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fabricnet/fabric/cmd/fabricbench/dnsload"
 	"github.com/fabricnet/fabric/cmd/internal/dns"
 	mdns "github.com/miekg/dns"
 )
@@ -34,7 +35,7 @@ func dnsLoadMain(args []string) int {
 		fmt.Fprintln(os.Stderr, "CLIENTS and SECONDS must be numbers")
 		return 2
 	}
-	qps, p50, p99, err := dns.LoadTest(context.Background(), args[0], clients, time.Duration(secs)*time.Second, args[3])
+	qps, p50, p99, err := dnsload.Run(context.Background(), args[0], clients, time.Duration(secs)*time.Second, args[3])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -98,7 +98,7 @@ func (l *Lab) startAgent(ctx context.Context, short string, extra ...string) (p 
 		case <-time.After(100 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return nil, nil, "", nil, fmt.Errorf("fabricd not answering on %s after 20 s: %v%s", socket, err, p.tail())
+			return nil, nil, "", nil, fmt.Errorf("fabricd not answering on %s after 20 s: %w%s", socket, err, p.tail())
 		}
 	}
 }

@@ -458,9 +458,9 @@ func runCmdIn(ctx context.Context, limit time.Duration, stdin io.Reader, name st
 			msg = lastLines(out.String(), 3)
 		}
 		if ctx.Err() == context.DeadlineExceeded {
-			err = fmt.Errorf("timed out after %s", limit)
+			err = fmt.Errorf("timed out after %s: %w", limit, ctx.Err())
 		}
-		return out.String(), fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, msg)
+		return out.String(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, msg)
 	}
 	return out.String(), nil
 }

@@ -90,7 +90,7 @@ func checkIperfJSON(out string) error {
 		Error string `json:"error"`
 	}
 	if err := json.Unmarshal([]byte(out), &res); err != nil {
-		return fmt.Errorf("iperf3 output is not JSON: %v", err)
+		return fmt.Errorf("iperf3 output is not JSON: %w", err)
 	}
 	if res.Error != "" {
 		return &iperfError{res.Error}
@@ -119,7 +119,7 @@ func parseIperf(out string) (iperfResult, error) {
 		} `json:"end"`
 	}
 	if err := json.Unmarshal([]byte(out), &res); err != nil {
-		return iperfResult{}, fmt.Errorf("iperf3 output is not JSON: %v", err)
+		return iperfResult{}, fmt.Errorf("iperf3 output is not JSON: %w", err)
 	}
 	if res.Error != "" {
 		return iperfResult{}, &iperfError{res.Error}
@@ -198,7 +198,7 @@ func parseWrk(out string) (wrkResult, error) {
 		case strings.HasPrefix(line, "Requests/sec:"):
 			v, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimPrefix(line, "Requests/sec:")), 64)
 			if err != nil {
-				return r, fmt.Errorf("wrk: bad line %q", line)
+				return r, fmt.Errorf("wrk: bad line %q: %w", line, err)
 			}
 			r.rps, found = v, true
 		case strings.HasPrefix(line, "Socket errors:"), strings.HasPrefix(line, "Non-2xx"):

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"net"
@@ -216,7 +215,7 @@ func (l *Lab) overlayFailure(ctx context.Context, ol *overlayLab) error {
 	cancel()
 	if err != nil {
 		r.errs = append(r.errs, fmt.Sprintf("sandbox on n3: %v", err))
-		return errors.New("failure detection: no sandbox on n3")
+		return fmt.Errorf("failure detection: no sandbox on n3: %w", err)
 	}
 	vip, err := sandboxIP(sb)
 	if err != nil {
@@ -241,7 +240,7 @@ func (l *Lab) overlayFailure(ctx context.Context, ol *overlayLab) error {
 	}
 	if err := waitBack(); err != nil {
 		r.errs = append(r.errs, fmt.Sprintf("n1 never listed n3's sandbox %s: %v", vip, err))
-		return errors.New("failure detection: n3's endpoint never reached n1")
+		return fmt.Errorf("failure detection: n3's endpoint never reached n1: %w", err)
 	}
 	for i := 0; i < rounds && ctx.Err() == nil; i++ {
 		r.runs++

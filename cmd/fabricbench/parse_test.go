@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -186,5 +187,16 @@ func TestTarget(t *testing.T) {
 		if got := target("x", c.got, c.limit, c.atLeast, c.unit); got != c.want {
 			t.Errorf("target(%v, %v, %v) = %q, want %q", c.got, c.limit, c.atLeast, got, c.want)
 		}
+	}
+}
+
+// A bad -scale-n keeps strconv's cause, so callers can tell a typo from a
+// number out of range.
+func TestParseScaleNKeepsTheCause(t *testing.T) {
+	if _, err := parseScaleN("2,x"); !errors.Is(err, strconv.ErrSyntax) {
+		t.Fatalf("parseScaleN(2,x): %v, want one wrapping strconv.ErrSyntax", err)
+	}
+	if _, err := parseScaleN("1"); err == nil || errors.Is(err, strconv.ErrSyntax) {
+		t.Fatalf("parseScaleN(1): %v, want an out-of-range error", err)
 	}
 }

@@ -43,7 +43,7 @@ func parseScaleN(s string) ([]int, error) {
 		f = strings.TrimSpace(f)
 		n, err := strconv.Atoi(f)
 		if err != nil {
-			return nil, fmt.Errorf("%q is not a number", f)
+			return nil, fmt.Errorf("%q is not a number: %w", f, err)
 		}
 		if n < 2 || n > maxScaleN {
 			return nil, fmt.Errorf("%d: want 2 to %d endpoints", n, maxScaleN)

@@ -46,15 +46,7 @@ func (l *Lab) sectionSameHost(ctx context.Context) error {
 	}
 	raw, br := res[0], res[1]
 	printTable(fmt.Sprintf("same-host: one TCP stream (iperf3) and TCP ping-pong (sockperf, one-way µs), %d s, median of %d", l.secs(), l.o.reps),
-		l.withRange([]column{
-			valCol("Gbit/s", "gbps", "%.2f"),
-			ratioCol("× bridge", "gbps", br),
-			ratioCol("× raw", "gbps", raw),
-			valCol("p50 µs", "p50", "%.1f"),
-			valCol("p99 µs", "p99", "%.1f"),
-			ratioCol("p50 × bridge", "p50", br),
-			ratioCol("p50 × raw", "p50", raw),
-		}, rangeCol("Gbit/s min–max", "gbps", "%.2f"), rangeCol("p50 min–max", "p50", "%.1f")), res,
+		l.streamPingColumns("bridge", br, "raw", raw), res,
 		"throughput ratios > 1 are faster; latency ratios < 1 are faster.",
 		"DESIGN.md (another run, for context only): raw 11.7–13.7 Gbit/s, 10–16 µs; bridge 11.1–12.6 Gbit/s, 11–17 µs.")
 	return nil
@@ -182,6 +174,21 @@ func fmtThousands(v float64) string {
 }
 
 // withRange appends spread columns when there is more than one repetition.
+// streamPingColumns are the columns of a table of one TCP stream and TCP
+// ping-pong per row: throughput and latency, each also as a ratio to the
+// rows named a and b.
+func (l *Lab) streamPingColumns(aName string, a *result, bName string, b *result) []column {
+	return l.withRange([]column{
+		valCol("Gbit/s", "gbps", "%.2f"),
+		ratioCol("× "+aName, "gbps", a),
+		ratioCol("× "+bName, "gbps", b),
+		valCol("p50 µs", "p50", "%.1f"),
+		valCol("p99 µs", "p99", "%.1f"),
+		ratioCol("p50 × "+aName, "p50", a),
+		ratioCol("p50 × "+bName, "p50", b),
+	}, rangeCol("Gbit/s min–max", "gbps", "%.2f"), rangeCol("p50 min–max", "p50", "%.1f"))
+}
+
 func (l *Lab) withRange(cols []column, ranges ...column) []column {
 	if l.o.reps < 2 {
 		return cols

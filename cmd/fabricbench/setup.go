@@ -89,7 +89,7 @@ func (p *pinger) waitReply(ctx context.Context, addr netip.Addr) (time.Time, err
 		}
 	}
 	if lastErr != nil {
-		return time.Time{}, fmt.Errorf("no echo reply from %s within %s (last error: %v)", addr, pingCap, lastErr)
+		return time.Time{}, fmt.Errorf("no echo reply from %s within %s (last error: %w)", addr, pingCap, lastErr)
 	}
 	return time.Time{}, fmt.Errorf("no echo reply from %s within %s", addr, pingCap)
 }

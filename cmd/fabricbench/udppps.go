@@ -39,7 +39,7 @@ func parseIperfUDP(out string) (udpResult, error) {
 		} `json:"end"`
 	}
 	if err := json.Unmarshal([]byte(out), &res); err != nil {
-		return udpResult{}, fmt.Errorf("iperf3 output is not JSON: %v", err)
+		return udpResult{}, fmt.Errorf("iperf3 output is not JSON: %w", err)
 	}
 	rcv, snt := res.End.SumReceived, res.End.SumSent
 	if rcv == nil {

@@ -171,7 +171,8 @@ func usageErr(cmd *cobra.Command, err error) error {
 
 // report prints err as "Error: …" on stderr and returns the exit code.
 // Rejections by the agent (*api.Error) carry the agent's own message, which
-// says what was wrong and how to fix it, so it is printed as is.
+// says what was wrong and how to fix it; it is printed with the API fields
+// it names put as this command's flags (inFlags).
 func report(err error, stderr io.Writer) int {
 	if err == nil {
 		return exitOK
@@ -179,11 +180,11 @@ func report(err error, stderr io.Writer) int {
 	var ee *exitError
 	if errors.As(err, &ee) {
 		if ee.err != nil {
-			fmt.Fprintf(stderr, "Error: %s\n", ee.err)
+			fmt.Fprintf(stderr, "Error: %s\n", inFlags(ee.err))
 		}
 		return ee.code
 	}
-	fmt.Fprintf(stderr, "Error: %s\n", err)
+	fmt.Fprintf(stderr, "Error: %s\n", inFlags(err))
 	var ue *usageError
 	if errors.As(err, &ue) {
 		fmt.Fprintf(stderr, "See '%s --help'.\n", ue.cmd)
@@ -249,7 +250,7 @@ func eachName(names []string, stderr io.Writer, fn func(name string) error) erro
 		if errors.Is(err, api.ErrUnreachable) {
 			return err
 		}
-		fmt.Fprintf(stderr, "Error: %s\n", err)
+		fmt.Fprintf(stderr, "Error: %s\n", inFlags(err))
 		failed = true
 	}
 	if failed {

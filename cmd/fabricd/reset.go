@@ -90,7 +90,7 @@ func removeStateDir(dir string) error {
 		return fmt.Errorf("state dir: %w", err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "state.db")); err != nil && len(entries) > 0 {
-		return fmt.Errorf("state dir %s holds no state.db: not removing it", dir)
+		return fmt.Errorf("state dir %s holds no state.db, not removing it: %w", dir, err)
 	}
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("remove state dir: %w", err)

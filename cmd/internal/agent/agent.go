@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/fabricnet/fabric/cluster"
+	"github.com/fabricnet/fabric/cmd/internal/agent/agentstate"
 	"github.com/fabricnet/fabric/cmd/internal/dns"
 	"github.com/fabricnet/fabric/cmd/internal/ipam"
 	"github.com/fabricnet/fabric/cmd/internal/store"
@@ -126,7 +127,7 @@ func New(opts Options) (*Agent, error) {
 	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state dir %s: %w", opts.StateDir, err)
 	}
-	st, err := store.Open(filepath.Join(opts.StateDir, "state.db"),
+	st, err := store.Open(filepath.Join(opts.StateDir, agentstate.FileName),
 		[]string{bucketNetworks, bucketSandboxes, bucketEndpoints, bucketCluster}, 2*time.Second)
 	if err != nil {
 		return nil, err

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -308,4 +309,44 @@ func TestPublishedPortsClashAcrossRollbackRemoveAndRestart(t *testing.T) {
 		t.Fatalf("ports of a removed sandbox: %v", err)
 	}
 	clash(a, sandboxName(t, "agp"), "8080:80/udp")
+}
+
+// The API names request fields by their JSON names, never by fabricctl's
+// flags, and lists the ones a message names so clients can map them.
+func TestRejectionsNameAPIFields(t *testing.T) {
+	dir, dp := t.TempDir(), newFake()
+	a := newTestAgent(t, dir, dp)
+	defer a.Close()
+	ctx := context.Background()
+	for _, tc := range []struct {
+		create func() error
+		fields []string
+		want   string
+	}{
+		{func() error {
+			_, err := a.CreateSandbox(ctx, api.SandboxCreate{Name: "s", Network: "none", IP: "10.200.0.9"})
+			return err
+		}, []string{"ip", "network"}, "ip cannot be given with network none: it assigns no addresses"},
+		{func() error {
+			_, err := a.CreateSandbox(ctx, api.SandboxCreate{Name: "s", Network: "none", Ports: []string{"8080:80"}})
+			return err
+		}, []string{"ports", "network"}, "ports needs a sandbox address"},
+		{func() error {
+			_, err := a.CreateNetwork(ctx, api.NetworkCreate{Name: "x", Gateway: "10.9.0.1"})
+			return err
+		}, []string{"gateway", "ip_range", "subnet"}, "gateway and ip_range need subnet"},
+		{func() error {
+			_, err := a.CreateNetwork(ctx, api.NetworkCreate{Name: "x", Subnet: "banana"})
+			return err
+		}, []string{"subnet"}, `subnet "banana" is not a CIDR`},
+	} {
+		err := tc.create()
+		e := apiError(err)
+		if e.Code != api.CodeInvalid || !strings.Contains(e.Message, tc.want) || !slices.Equal(e.Fields, tc.fields) {
+			t.Errorf("rejection %+v, want code invalid, a message with %q and fields %v", e, tc.want, tc.fields)
+		}
+		if strings.Contains(e.Message, "--") || strings.Contains(e.Message, "-p ") {
+			t.Errorf("rejection %q names a command-line flag", e.Message)
+		}
+	}
 }

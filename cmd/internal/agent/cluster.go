@@ -652,7 +652,7 @@ func (a *Agent) createOverlay(ctx context.Context, req api.NetworkCreate) (*netw
 		}
 	}
 	if req.IPRange != "" {
-		return nil, invalidf("--ip-range is not supported by the overlay driver: nodes lease blocks of the subnet (-o block_bits=N sets their size)")
+		return nil, naming(invalidf("ip_range is not supported by the overlay driver: nodes lease blocks of the subnet (the block_bits option sets their size)"), "ip_range")
 	}
 	spec := cluster.NetworkSpec{Name: req.Name, Internal: req.Internal, Options: map[string]string{}}
 	for k, v := range req.Options {
@@ -660,20 +660,20 @@ func (a *Agent) createOverlay(ctx context.Context, req api.NetworkCreate) (*netw
 		case "mtu", "com.docker.network.driver.mtu":
 			m, err := strconv.Atoi(v)
 			if err != nil || m < 576 || m > 65535 {
-				return nil, invalidf("-o mtu=%q must be a number from 576 to 65535", v)
+				return nil, invalidf("option mtu=%q must be a number from 576 to 65535", v)
 			}
 			spec.Options["mtu"] = v
 		case "block_bits":
 			b, err := strconv.Atoi(v)
 			if err != nil || b < 1 || b > 30 {
-				return nil, invalidf("-o block_bits=%q must be a prefix length from 1 to 30 (the size of the blocks nodes lease)", v)
+				return nil, invalidf("option block_bits=%q must be a prefix length from 1 to 30 (the size of the blocks nodes lease)", v)
 			}
 			spec.BlockBits = b
 			spec.Options[k] = v
 		case "vni":
 			vni, err := strconv.ParseUint(v, 10, 32)
 			if err != nil || vni == 0 || vni >= 1<<24 {
-				return nil, invalidf("-o vni=%q must be a number from 1 to 16777215", v)
+				return nil, invalidf("option vni=%q must be a number from 1 to 16777215", v)
 			}
 			spec.VNI = uint32(vni)
 			spec.Options[k] = v

@@ -22,27 +22,6 @@ import (
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
-// freePort finds a loopback port free for both TCP and UDP (gossip uses
-// both).
-func freePort(t *testing.T) int {
-	t.Helper()
-	for range 20 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", "127.0.0.1:"+strconv.Itoa(port))
-		l.Close()
-		if err == nil {
-			u.Close()
-			return port
-		}
-	}
-	t.Fatal("no free loopback port for gossip")
-	return 0
-}
-
 // testLogWriter sends a node's log to the test log (with -v).
 type testLogWriter struct {
 	t    *testing.T
@@ -128,7 +107,7 @@ func newClusterNodesWithKeys(t *testing.T, keys [][]byte, names ...string) []*cl
 	var nodes []*clusterNode
 	var seed string
 	for i, name := range names {
-		n := &clusterNode{name: name, dir: t.TempDir(), port: freePort(t), dp: newFake(), keys: keys}
+		n := &clusterNode{name: name, dir: t.TempDir(), port: netnstest.FreePort(t), dp: newFake(), keys: keys}
 		if i == 0 {
 			seed = "127.0.0.1:" + strconv.Itoa(n.port)
 		} else {
@@ -141,18 +120,6 @@ func newClusterNodesWithKeys(t *testing.T, keys [][]byte, names ...string) []*cl
 		t.Cleanup(n.stop)
 	}
 	return nodes
-}
-
-// eventually polls cond every 20ms for at most d.
-func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func (f *fakeDatapath) remotesOf(id string) []datapath.Remote {
@@ -180,7 +147,7 @@ func TestOverlayNetworksEndpointsAndRemotesFollowTheCluster(t *testing.T) {
 	nodes := newClusterNodes(t, "node-a", "node-b")
 	A, B := nodes[0], nodes[1]
 	ctx := context.Background()
-	eventually(t, 10*time.Second, "the two nodes never met", func() bool { return A.cl.NumAlive() == 2 && B.cl.NumAlive() == 2 })
+	netnstest.Eventually(t, 10*time.Second, "the two nodes never met", func() bool { return A.cl.NumAlive() == 2 && B.cl.NumAlive() == 2 })
 
 	ov, err := A.a.CreateNetwork(ctx, api.NetworkCreate{Name: "ov", Driver: api.DriverOverlay, Subnet: "10.210.0.0/16"})
 	if err != nil {
@@ -193,7 +160,7 @@ func TestOverlayNetworksEndpointsAndRemotesFollowTheCluster(t *testing.T) {
 	if _, err := A.a.CreateNetwork(ctx, api.NetworkCreate{Name: "ov", Driver: api.DriverOverlay, Subnet: "10.211.0.0/16"}); !errors.Is(err, ErrConflict) {
 		t.Errorf("second create of ov: %v, want conflict", err)
 	}
-	eventually(t, 5*time.Second, "node-b never got the overlay network", func() bool { _, ok := networkNamed(B.a, "ov"); return ok })
+	netnstest.Eventually(t, 5*time.Second, "node-b never got the overlay network", func() bool { _, ok := networkNamed(B.a, "ov"); return ok })
 	bov, _ := networkNamed(B.a, "ov")
 	if bov.ID != ov.ID || bov.VNI != ov.VNI || bov.Subnet != ov.Subnet {
 		t.Fatalf("node-b's copy %+v differs from node-a's %+v", bov, ov)
@@ -235,8 +202,8 @@ func TestOverlayNetworksEndpointsAndRemotesFollowTheCluster(t *testing.T) {
 	if blockA == blockB {
 		t.Fatalf("both nodes allocated from block %s (%s, %s): blocks must be per node", blockA, ipA, ipB)
 	}
-	eventually(t, 5*time.Second, "node-a never programmed node-b's endpoint", func() bool { return hasRemote(A.dp.remotesOf(ov.ID), ipB.String()) })
-	eventually(t, 5*time.Second, "node-b never programmed node-a's endpoint", func() bool { return hasRemote(B.dp.remotesOf(ov.ID), ipA.String()) })
+	netnstest.Eventually(t, 5*time.Second, "node-a never programmed node-b's endpoint", func() bool { return hasRemote(A.dp.remotesOf(ov.ID), ipB.String()) })
+	netnstest.Eventually(t, 5*time.Second, "node-b never programmed node-a's endpoint", func() bool { return hasRemote(B.dp.remotesOf(ov.ID), ipA.String()) })
 	if r := A.dp.remotesOf(ov.ID); len(r) != 1 || r[0].Node.String() != "127.0.0.1" {
 		t.Fatalf("node-a's remotes %+v: want only node-b's endpoint, at node-b's tunnel address", r)
 	}
@@ -271,13 +238,13 @@ func TestOverlayNetworksEndpointsAndRemotesFollowTheCluster(t *testing.T) {
 	if eps := A.a.Endpoints(); len(eps) != 1 || eps[0].IP != sa.Endpoints[0].IP {
 		t.Fatalf("after restart node-a has endpoints %+v", eps)
 	}
-	eventually(t, 20*time.Second, "node-a never rejoined", func() bool { return A.cl.NumAlive() == 2 })
-	eventually(t, 5*time.Second, "node-b lost node-a's endpoint after the restart", func() bool { return hasRemote(B.dp.remotesOf(ov.ID), ipA.String()) })
+	netnstest.Eventually(t, 20*time.Second, "node-a never rejoined", func() bool { return A.cl.NumAlive() == 2 })
+	netnstest.Eventually(t, 5*time.Second, "node-b lost node-a's endpoint after the restart", func() bool { return hasRemote(B.dp.remotesOf(ov.ID), ipA.String()) })
 
 	// node-b dies: node-a drops its endpoint from the datapath.
 	t0 := time.Now()
 	B.stop()
-	eventually(t, 10*time.Second, "node-a kept forwarding to dead node-b's endpoint", func() bool { return !hasRemote(A.dp.remotesOf(ov.ID), ipB.String()) })
+	netnstest.Eventually(t, 10*time.Second, "node-a kept forwarding to dead node-b's endpoint", func() bool { return !hasRemote(A.dp.remotesOf(ov.ID), ipB.String()) })
 	t.Logf("node-b's endpoint dropped on node-a %v after node-b died", time.Since(t0).Round(10*time.Millisecond))
 	st := A.a.Status(ctx)
 	degraded := false
@@ -291,7 +258,7 @@ func TestOverlayNetworksEndpointsAndRemotesFollowTheCluster(t *testing.T) {
 		t.Errorf("cluster metrics with node-b dead: %+v; want 1 alive, 1 dead, node-a's lease counted", m)
 	}
 	B.start(t)
-	eventually(t, 10*time.Second, "node-b's endpoint never came back on node-a", func() bool { return hasRemote(A.dp.remotesOf(ov.ID), ipB.String()) })
+	netnstest.Eventually(t, 10*time.Second, "node-b's endpoint never came back on node-a", func() bool { return hasRemote(A.dp.remotesOf(ov.ID), ipB.String()) })
 
 	// With every endpoint gone the network can be removed, from any node.
 	if err := A.a.RemoveSandbox(ctx, sbA); err != nil {
@@ -300,11 +267,11 @@ func TestOverlayNetworksEndpointsAndRemotesFollowTheCluster(t *testing.T) {
 	if err := B.a.RemoveSandbox(ctx, sbB); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "node-b still sees node-a's endpoint", func() bool { return len(B.cl.Endpoints("ov")) == 0 })
+	netnstest.Eventually(t, 5*time.Second, "node-b still sees node-a's endpoint", func() bool { return len(B.cl.Endpoints("ov")) == 0 })
 	if err := B.a.RemoveNetwork(ctx, "ov"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "node-a kept the removed overlay network", func() bool { _, ok := networkNamed(A.a, "ov"); return !ok })
+	netnstest.Eventually(t, 5*time.Second, "node-a kept the removed overlay network", func() bool { _, ok := networkNamed(A.a, "ov"); return !ok })
 	A.dp.mu.Lock()
 	_, still := A.dp.networks[ov.ID]
 	A.dp.mu.Unlock()
@@ -319,7 +286,7 @@ func TestGossipKeyRotationAndWrongKey(t *testing.T) {
 	nodes := newClusterNodesWithKeys(t, [][]byte{k1}, "key-a", "key-b")
 	A, B := nodes[0], nodes[1]
 	ctx := context.Background()
-	eventually(t, 10*time.Second, "the two nodes never met", func() bool { return A.cl.NumAlive() == 2 && B.cl.NumAlive() == 2 })
+	netnstest.Eventually(t, 10*time.Second, "the two nodes never met", func() bool { return A.cl.NumAlive() == 2 && B.cl.NumAlive() == 2 })
 	b64 := func(k []byte) string { return base64.StdEncoding.EncodeToString(k) }
 
 	// Bad requests change nothing.
@@ -350,10 +317,10 @@ func TestGossipKeyRotationAndWrongKey(t *testing.T) {
 	if _, err := A.a.CreateNetwork(ctx, api.NetworkCreate{Name: "rotated", Driver: api.DriverOverlay, Subnet: "10.212.0.0/16"}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "node-b never got the network created after the rotation", func() bool { _, ok := networkNamed(B.a, "rotated"); return ok })
+	netnstest.Eventually(t, 5*time.Second, "node-b never got the network created after the rotation", func() bool { _, ok := networkNamed(B.a, "rotated"); return ok })
 
 	// A node with the old (now removed) key cannot join and says why.
-	C := &clusterNode{name: "key-c", dir: t.TempDir(), port: freePort(t), dp: newFake(), keys: [][]byte{k1},
+	C := &clusterNode{name: "key-c", dir: t.TempDir(), port: netnstest.FreePort(t), dp: newFake(), keys: [][]byte{k1},
 		seeds: []string{"127.0.0.1:" + strconv.Itoa(A.port)}}
 	C.start(t)
 	t.Cleanup(C.stop)
@@ -362,7 +329,7 @@ func TestGossipKeyRotationAndWrongKey(t *testing.T) {
 		t.Fatalf("join with the removed key: %v, want a key mismatch", err)
 	}
 	// Its status says it is alone, and why.
-	eventually(t, 5*time.Second, "node-c's status never said why it is not joined", func() bool {
+	netnstest.Eventually(t, 5*time.Second, "node-c's status never said why it is not joined", func() bool {
 		for _, w := range C.a.Status(ctx).Warnings {
 			if strings.Contains(w, "not joined to the cluster") && strings.Contains(w, "gossip keys") {
 				return true
@@ -405,11 +372,11 @@ func TestStatusAnswersDuringVote(t *testing.T) {
 	nodes := newClusterNodes(t, "node-a", "node-b")
 	A, B := nodes[0], nodes[1]
 	ctx := context.Background()
-	eventually(t, 10*time.Second, "the two nodes never met", func() bool { return A.cl.NumAlive() == 2 && B.cl.NumAlive() == 2 })
+	netnstest.Eventually(t, 10*time.Second, "the two nodes never met", func() bool { return A.cl.NumAlive() == 2 && B.cl.NumAlive() == 2 })
 	if _, err := A.a.CreateNetwork(ctx, api.NetworkCreate{Name: "ov", Driver: api.DriverOverlay, Subnet: "10.214.0.0/16"}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "node-b never got the overlay network", func() bool { _, ok := networkNamed(B.a, "ov"); return ok })
+	netnstest.Eventually(t, 5*time.Second, "node-b never got the overlay network", func() bool { _, ok := networkNamed(B.a, "ov"); return ok })
 	B.stop() // node-a still counts it alive for a few seconds: its vote is awaited
 
 	name := netnstest.UniqueName("vote")

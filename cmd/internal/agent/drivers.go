@@ -103,7 +103,7 @@ func applyOptions(n *networkRec, opts map[string]string) error {
 				}
 				ip, err := netip.ParseAddr(s)
 				if err != nil || !ip.Is4() {
-					return invalidf("option %s: %q is not an IPv4 address (want -o exclude=IP,IP,...)", k, s)
+					return invalidf("option %s: %q is not an IPv4 address (want exclude=IP,IP,...)", k, s)
 				}
 				n.Exclude = append(n.Exclude, ip)
 			}
@@ -115,7 +115,7 @@ func applyOptions(n *networkRec, opts map[string]string) error {
 	}
 	if lanDriver(n.Driver) {
 		if n.Parent == "" {
-			return invalidf("the %s driver needs -o parent=IFACE (or IFACE.VLAN, e.g. eth1.10, for an 802.1q sub-interface)", n.Driver)
+			return invalidf("the %s driver needs option parent=IFACE (or IFACE.VLAN, e.g. eth1.10, for an 802.1q sub-interface)", n.Driver)
 		}
 		if n.Shim && (n.Mode == "private" || n.Mode == "passthru") {
 			return invalidf("host_shim=true does not work with macvlan_mode=%s (the shim is a sibling of the sandboxes, which this mode keeps apart or allows only one of)", n.Mode)
@@ -156,7 +156,7 @@ func (a *Agent) checkParent(n *networkRec) error {
 	}
 	for _, o := range a.networks {
 		if lanDriver(o.Driver) && o.Parent == n.Parent {
-			hint := fmt.Sprintf("use a VLAN sub-interface such as -o parent=%s.<1-4094> for another network", n.Parent)
+			hint := fmt.Sprintf("use a VLAN sub-interface such as parent=%s.<1-4094> for another network", n.Parent)
 			if isVLAN {
 				hint = fmt.Sprintf("use another VLAN on %s", base)
 			}

@@ -126,7 +126,7 @@ func (a *Agent) planEndpoint(ctx context.Context, n *networkRec, sandbox string,
 		var err error
 		addr, err = netip.ParseAddr(ip)
 		if err != nil || !addr.Is4() {
-			return nil, invalidf("--ip %q is not an IPv4 address", ip)
+			return nil, naming(invalidf("ip %q is not an IPv4 address", ip), "ip")
 		}
 	}
 	if n.Driver == api.DriverOverlay {
@@ -210,7 +210,7 @@ func (a *Agent) Connect(ctx context.Context, netRef string, req api.Connect) (ap
 	case api.ModeHost:
 		return api.Endpoint{}, invalidf("sandbox %q runs in the host's namespace and cannot be connected to networks", sb.Name)
 	case api.ModeNone:
-		return api.Endpoint{}, invalidf("sandbox %q was started with --network none and cannot be connected to networks", sb.Name)
+		return api.Endpoint{}, naming(invalidf("sandbox %q was started with network none and cannot be connected to networks", sb.Name), "network")
 	case api.ModeContainer:
 		return api.Endpoint{}, invalidf("sandbox %q shares the namespace of %q; connect %q instead", sb.Name, sb.Container, sb.Container)
 	}

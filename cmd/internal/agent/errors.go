@@ -26,6 +26,22 @@ type userError struct {
 func (e *userError) Error() string { return e.msg }
 func (e *userError) Unwrap() error { return e.kind }
 
+// fieldError is an error whose message names request fields by their JSON
+// names; the API passes the names on, so clients can say them in their own
+// terms (fabricctl shows its flags).
+type fieldError struct {
+	err    error
+	fields []string
+}
+
+func (e *fieldError) Error() string { return e.err.Error() }
+func (e *fieldError) Unwrap() error { return e.err }
+
+// naming records which request fields err's message names.
+func naming(err error, fields ...string) error {
+	return &fieldError{err, fields}
+}
+
 func invalidf(format string, args ...any) error {
 	return &userError{ErrInvalid, fmt.Sprintf(format, args...)}
 }
@@ -65,5 +81,9 @@ func apiError(err error) *api.Error {
 	case errors.Is(err, ErrConflict):
 		code = api.CodeConflict
 	}
-	return &api.Error{Message: err.Error(), Code: code}
+	var fields []string
+	if fe := (*fieldError)(nil); errors.As(err, &fe) {
+		fields = fe.fields
+	}
+	return &api.Error{Message: err.Error(), Code: code, Fields: fields}
 }

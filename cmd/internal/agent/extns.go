@@ -105,6 +105,9 @@ func (a *Agent) holdExternal(sb *sandboxRec, f *os.File) error {
 	}
 	if id, err := netns.IDOf(target); err != nil || id != sb.NSID {
 		releaseHeld(target)
+		if err != nil {
+			return fmt.Errorf("hold namespace %s: check the bind mount: %w", sb.Origin, err)
+		}
 		return fmt.Errorf("hold namespace %s: the bind mount is not the namespace checked", sb.Origin)
 	}
 	sb.NetNS = target

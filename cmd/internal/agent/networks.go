@@ -98,7 +98,7 @@ func (a *Agent) planNetwork(req api.NetworkCreate) (*networkRec, error) {
 	}
 	switch req.Name {
 	case "host", "none", "default":
-		return nil, invalidf("network name %q is reserved (it is a run --network mode)", req.Name)
+		return nil, invalidf("network name %q is reserved (it is a sandbox network mode)", req.Name)
 	}
 	if strings.HasPrefix(req.Name, "container:") {
 		return nil, invalidf("network name %q is reserved", req.Name)
@@ -136,10 +136,10 @@ func (a *Agent) planNetwork(req api.NetworkCreate) (*networkRec, error) {
 		}
 	} else {
 		if req.Internal {
-			return nil, invalidf("--internal is not supported by the %s driver: its endpoints sit directly on the parent's LAN", driver)
+			return nil, naming(invalidf("internal is not supported by the %s driver: its endpoints sit directly on the parent's LAN", driver), "internal")
 		}
 		if req.Subnet == "" {
-			return nil, invalidf("the %s driver needs --subnet (and usually --gateway): the subnet of the LAN behind the parent interface", driver)
+			return nil, naming(invalidf("the %s driver needs subnet (and usually gateway): the subnet of the LAN behind the parent interface", driver), "subnet", "gateway")
 		}
 		if err := a.checkParent(n); err != nil {
 			return nil, err
@@ -198,7 +198,7 @@ func (a *Agent) planSubnet(n *networkRec, req api.NetworkCreate, pools, elsewher
 	taken = append(taken, elsewhere...)
 	if req.Subnet == "" {
 		if req.Gateway != "" || req.IPRange != "" {
-			return invalidf("--gateway and --ip-range need --subnet")
+			return naming(invalidf("gateway and ip_range need subnet"), "gateway", "ip_range", "subnet")
 		}
 		routes, err := a.hostRoutes()
 		if err != nil {
@@ -206,13 +206,13 @@ func (a *Agent) planSubnet(n *networkRec, req api.NetworkCreate, pools, elsewher
 		}
 		sub, err := ipam.PickSubnet(pools, append(taken, routes...))
 		if err != nil {
-			return &userError{ErrExhausted, fmt.Sprintf("no free subnet in the default pools: %v; pass --subnet", err)}
+			return naming(&userError{ErrExhausted, fmt.Sprintf("no free subnet in the default pools: %v; give a subnet", err)}, "subnet")
 		}
 		n.Subnet = sub
 	} else {
 		sub, err := netip.ParsePrefix(req.Subnet)
 		if err != nil {
-			return invalidf("--subnet %q is not a CIDR such as 10.10.0.0/24", req.Subnet)
+			return naming(invalidf("subnet %q is not a CIDR such as 10.10.0.0/24", req.Subnet), "subnet")
 		}
 		for _, o := range a.networks {
 			if ipam.Overlaps(o.Subnet, sub) {
@@ -229,14 +229,14 @@ func (a *Agent) planSubnet(n *networkRec, req api.NetworkCreate, pools, elsewher
 	if req.Gateway != "" {
 		gw, err := netip.ParseAddr(req.Gateway)
 		if err != nil {
-			return invalidf("--gateway %q is not an IP address", req.Gateway)
+			return naming(invalidf("gateway %q is not an IP address", req.Gateway), "gateway")
 		}
 		n.Gateway = gw
 	}
 	if req.IPRange != "" {
 		r, err := netip.ParsePrefix(req.IPRange)
 		if err != nil {
-			return invalidf("--ip-range %q is not a CIDR", req.IPRange)
+			return naming(invalidf("ip_range %q is not a CIDR", req.IPRange), "ip_range")
 		}
 		n.IPRange = r
 	}

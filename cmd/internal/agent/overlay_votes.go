@@ -21,7 +21,7 @@ func (a *Agent) allocateOverlay(ctx context.Context, n *networkRec, ip netip.Add
 		return netip.Addr{}, invalidf("network %q is an overlay network but this agent is not in a cluster", n.Name)
 	}
 	if ip.IsValid() && !n.Subnet.Contains(ip) {
-		return netip.Addr{}, invalidf("--ip %s is outside network %q (%s)", ip, n.Name, n.Subnet)
+		return netip.Addr{}, naming(invalidf("ip %s is outside network %q (%s)", ip, n.Name, n.Subnet), "ip")
 	}
 	if res, ok := ctx.Value(reservationKey{}).(*overlayReservation); ok && res.take(n, ip) {
 		if res.err != nil {

@@ -117,7 +117,7 @@ func TestSandboxRmSignalsOnlyItsProcess(t *testing.T) {
 	leader := startIn(t, "", "sh", "-c", "sleep 60 & exec nsenter --net="+sb.NetNS+" sleep 60")
 	pid := leader.Process.Pid
 	child := 0
-	eventually(t, 5*time.Second, "the leader's child and namespace switch", func() bool {
+	netnstest.Eventually(t, 5*time.Second, "the leader's child and namespace switch", func() bool {
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
 		if f := strings.Fields(string(b)); len(f) > 0 {
 			child, _ = strconv.Atoi(f[0])

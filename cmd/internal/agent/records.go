@@ -6,16 +6,18 @@ import (
 	"sort"
 	"time"
 
+	"github.com/fabricnet/fabric/cmd/internal/agent/agentstate"
 	"github.com/fabricnet/fabric/cmd/internal/api"
 	"github.com/fabricnet/fabric/datapath"
 	"github.com/fabricnet/fabric/datapath/netns"
 )
 
-// Store buckets.
+// Store buckets: named in agentstate, which readers of a stopped agent's
+// state share.
 const (
-	bucketNetworks  = "networks"
-	bucketSandboxes = "sandboxes"
-	bucketEndpoints = "endpoints"
+	bucketNetworks  = agentstate.BucketNetworks
+	bucketSandboxes = agentstate.BucketSandboxes
+	bucketEndpoints = agentstate.BucketEndpoints
 )
 
 // Phase of a stored record. A record is written before the kernel is

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/fabricnet/fabric/cmd/internal/agent/agentstate"
 	"github.com/fabricnet/fabric/cmd/internal/api"
 	"github.com/fabricnet/fabric/cmd/internal/store"
 	"github.com/fabricnet/fabric/datapath/netns"
@@ -21,10 +22,10 @@ import (
 // records stay, so a restarted agent re-creates the networks; the caller
 // removes the state directory for a clean slate.
 func ResetSandboxes(stateDir string, log *slog.Logger) (removed int, err error) {
-	if _, err := os.Stat(filepath.Join(stateDir, "state.db")); errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(stateDir, agentstate.FileName)); errors.Is(err, os.ErrNotExist) {
 		return 0, nil
 	}
-	st, err := store.Open(filepath.Join(stateDir, "state.db"),
+	st, err := store.Open(filepath.Join(stateDir, agentstate.FileName),
 		[]string{bucketNetworks, bucketSandboxes, bucketEndpoints, bucketCluster}, 2*time.Second)
 	if err != nil {
 		return 0, fmt.Errorf("open state (is fabricd still running?): %w", err)
@@ -58,7 +59,7 @@ func ResetSandboxes(stateDir string, log *slog.Logger) (removed int, err error) 
 		if sb.Mode != api.ModeNetNS && sb.Mode != api.ModeNone {
 			continue
 		}
-		name, ok := ownNamespace(sb.NetNS)
+		name, ok := agentstate.OwnNamespace(sb.NetNS)
 		if !ok {
 			continue
 		}
@@ -75,23 +76,13 @@ func ResetSandboxes(stateDir string, log *slog.Logger) (removed int, err error) 
 	return removed, errors.Join(errs...)
 }
 
-// ownNamespace returns the name of a namespace path under netns.RunDir,
-// where fabric makes its sandboxes' namespaces.
-func ownNamespace(path string) (string, bool) {
-	if path == "" || filepath.Dir(path) != filepath.Clean(netns.RunDir) {
-		return "", false
-	}
-	name := filepath.Base(path)
-	return name, netns.ValidName(name) == nil
-}
-
 // nsName is the name of the namespace of a new sandbox called name.
 func (a *Agent) nsName(name string) string { return a.opts.NetNSPrefix + name }
 
 // sandboxNSName is the name of a sandbox's own namespace, taken from its
 // record, so that a sandbox made under another prefix keeps its namespace.
 func sandboxNSName(sb *sandboxRec) string {
-	if name, ok := ownNamespace(sb.NetNS); ok {
+	if name, ok := agentstate.OwnNamespace(sb.NetNS); ok {
 		return name
 	}
 	return sb.Name

@@ -66,7 +66,7 @@ func (a *Agent) planSandbox(ctx context.Context, req api.SandboxCreate) (*sandbo
 		}
 	}
 	if a.sandboxes[name] != nil {
-		return nil, nil, conflictf("sandbox %q already exists; remove it with `fabricctl sandbox rm %s` or choose another --name", name, name)
+		return nil, nil, naming(conflictf("sandbox %q already exists; remove it with `fabricctl sandbox rm %s` or choose another name", name, name), "name")
 	}
 	sb := &sandboxRec{
 		Name: name, Command: req.Command, AutoRemove: req.AutoRemove, Aliases: req.Aliases,
@@ -85,7 +85,7 @@ func (a *Agent) planSandbox(ctx context.Context, req api.SandboxCreate) (*sandbo
 	case strings.HasPrefix(mode, "container:"):
 		target := a.sandboxes[strings.TrimPrefix(mode, "container:")]
 		if target == nil {
-			return nil, nil, notFoundf("--network %s: sandbox %q not found", mode, strings.TrimPrefix(mode, "container:"))
+			return nil, nil, naming(notFoundf("network %s: sandbox %q not found", mode, strings.TrimPrefix(mode, "container:")), "network")
 		}
 		if target.Phase != phaseReady {
 			return nil, nil, conflictf("sandbox %q is being created or removed", target.Name)
@@ -117,22 +117,22 @@ func (a *Agent) planSandbox(ctx context.Context, req api.SandboxCreate) (*sandbo
 			return nil, nil, invalidf("sandbox name %q: its namespace name %s: %v", name, nsName, err)
 		}
 		if netns.IsNamespace(netns.Path(nsName)) {
-			return nil, nil, conflictf("a network namespace named %q already exists (ip netns list); choose another --name", nsName)
+			return nil, nil, naming(conflictf("a network namespace named %q already exists (ip netns list); choose another name", nsName), "name")
 		}
 		sb.NetNS = netns.Path(nsName)
 	}
 	if req.IP != "" && network == nil {
-		return nil, nil, invalidf("--ip needs a network; --network %s has no addresses to assign", req.Network)
+		return nil, nil, naming(invalidf("ip cannot be given with network %s: it assigns no addresses", req.Network), "ip", "network")
 	}
 	if len(req.Ports) > 0 {
 		if network == nil {
-			return nil, nil, invalidf("-p needs a network: with --network %s there is no sandbox address to publish (in host mode the command's ports are already the host's)", req.Network)
+			return nil, nil, naming(invalidf("ports needs a sandbox address to publish, and network %s gives none (in host mode the command's ports are already the host's)", req.Network), "ports", "network")
 		}
 		if network.Internal {
 			return nil, nil, invalidf("network %q is internal: ports cannot be published from it", network.Name)
 		}
 		if lanDriver(network.Driver) {
-			return nil, nil, invalidf("-p is not needed on %s network %q: the sandbox has its own address on the LAN", network.Driver, network.Name)
+			return nil, nil, naming(invalidf("ports are not needed on %s network %q: the sandbox has its own address on the LAN", network.Driver, network.Name), "ports")
 		}
 		ports, err := a.planPorts(req.Ports)
 		if err != nil {
@@ -141,7 +141,7 @@ func (a *Agent) planSandbox(ctx context.Context, req api.SandboxCreate) (*sandbo
 		sb.Ports = ports
 	}
 	if len(req.Command) == 0 && req.AutoRemove && sb.Mode == api.ModeContainer {
-		return nil, nil, invalidf("--rm without a command has nothing to wait for")
+		return nil, nil, naming(invalidf("auto_remove without a command has nothing to wait for"), "auto_remove")
 	}
 	if network == nil {
 		return sb, nil, nil
@@ -163,12 +163,12 @@ func (a *Agent) planPorts(specs []string) ([]api.Port, error) {
 		}
 		for _, q := range out {
 			if portsClash(p, q) {
-				return nil, invalidf("-p %s and -p %s publish the same host port", p, q)
+				return nil, naming(invalidf("ports %s and %s publish the same host port", p, q), "ports")
 			}
 		}
 		for _, pub := range a.hostPorts[hostPortKey{p.Proto, p.HostPort}] {
 			if portsClash(p, pub.port) {
-				return nil, conflictf("host port %d/%s is already published by sandbox %q (-p %s)", p.HostPort, p.Proto, pub.sandbox, pub.port)
+				return nil, naming(conflictf("host port %d/%s is already published by sandbox %q (ports %s)", p.HostPort, p.Proto, pub.sandbox, pub.port), "ports")
 			}
 		}
 		out = append(out, p)
@@ -337,7 +337,7 @@ func (a *Agent) RemoveSandbox(ctx context.Context, name string) error {
 	}
 	if len(joined) > 0 {
 		sort.Strings(joined)
-		return conflictf("sandbox %q shares its namespace with %s (--network container:%s); remove those first", sb.Name, strings.Join(joined, ", "), sb.Name)
+		return naming(conflictf("sandbox %q shares its namespace with %s (network container:%s); remove those first", sb.Name, strings.Join(joined, ", "), sb.Name), "network")
 	}
 	return a.removeSandboxLocked(ctx, sb)
 }

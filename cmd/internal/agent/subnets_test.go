@@ -13,6 +13,7 @@ import (
 	"github.com/fabricnet/fabric/cluster"
 	"github.com/fabricnet/fabric/cmd/internal/api"
 	"github.com/fabricnet/fabric/cmd/internal/ipam"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
 // fakeRoutes is a host whose routing table is a fixed list.
@@ -94,8 +95,8 @@ func TestSubnetHostRouteCheckPerDriver(t *testing.T) {
 // take it does.
 func TestGossipedOverlayCheckedBeforeProgramming(t *testing.T) {
 	nodes := []*clusterNode{
-		{name: "gs-a", dir: t.TempDir(), port: freePort(t), dp: newFake(), routes: routes()},
-		{name: "gs-b", dir: t.TempDir(), port: freePort(t), dp: newFake(), routes: routes("10.221.0.0/16")},
+		{name: "gs-a", dir: t.TempDir(), port: netnstest.FreePort(t), dp: newFake(), routes: routes()},
+		{name: "gs-b", dir: t.TempDir(), port: netnstest.FreePort(t), dp: newFake(), routes: routes("10.221.0.0/16")},
 	}
 	nodes[1].seeds = []string{"127.0.0.1:" + strconv.Itoa(nodes[0].port)}
 	for _, n := range nodes {
@@ -103,7 +104,7 @@ func TestGossipedOverlayCheckedBeforeProgramming(t *testing.T) {
 		t.Cleanup(n.stop)
 	}
 	A, B := nodes[0], nodes[1]
-	eventually(t, 10*time.Second, "the two nodes never met", func() bool { return A.cl.NumAlive() == 2 && B.cl.NumAlive() == 2 })
+	netnstest.Eventually(t, 10*time.Second, "the two nodes never met", func() bool { return A.cl.NumAlive() == 2 && B.cl.NumAlive() == 2 })
 	ctx := context.Background()
 	ov, err := A.a.CreateNetwork(ctx, api.NetworkCreate{Name: "ovr", Driver: api.DriverOverlay, Subnet: "10.221.0.0/16"})
 	if err != nil {
@@ -115,7 +116,7 @@ func TestGossipedOverlayCheckedBeforeProgramming(t *testing.T) {
 	if _, err := A.cl.CreateNetwork(ctx, cluster.NetworkSpec{Name: "evil", Subnet: netip.MustParsePrefix("169.254.0.0/16")}); err == nil {
 		t.Error("the cluster accepted an overlay on 169.254.0.0/16")
 	}
-	eventually(t, 10*time.Second, "node-b never reported ovr", func() bool {
+	netnstest.Eventually(t, 10*time.Second, "node-b never reported ovr", func() bool {
 		st := B.a.Status(ctx)
 		return st.Cluster != nil && hasProblem(st.Cluster.Problems, `"ovr"`, "host route")
 	})

@@ -9,9 +9,13 @@ import "time"
 const Version = "v1"
 
 // Error is the body of every rejected request (4xx) and of server errors.
+// The message names request fields by their JSON names (ip, ip_range,
+// auto_remove), never by a client's flags; Fields lists the ones it names,
+// so a client can put them in its own terms.
 type Error struct {
-	Message string `json:"error"`
-	Code    string `json:"code"`
+	Message string   `json:"error"`
+	Code    string   `json:"code"`
+	Fields  []string `json:"fields,omitempty"`
 }
 
 func (e *Error) Error() string { return e.Message }

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fabricnet/fabric/cmd/fabricbench/dnsload"
 	"github.com/miekg/dns"
 )
 
@@ -62,7 +63,7 @@ func BenchmarkLocalQueries(b *testing.B) {
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "qps")
 }
 
-// TestLoadNumbers prints LoadTest's numbers for 1 and 100 clients, local
+// TestLoadNumbers prints dnsload.Run's numbers for 1 and 100 clients, local
 // and forwarded names (fake upstream on loopback). It runs only with
 // FABRIC_DNS_LOAD set to a duration per case (e.g. FABRIC_DNS_LOAD=5s).
 func TestLoadNumbers(t *testing.T) {
@@ -82,7 +83,7 @@ func TestLoadNumbers(t *testing.T) {
 			for _, where := range []string{"in-process", "separate process"} {
 				var res loadResult
 				if where == "in-process" {
-					res.QPS, res.P50, res.P99, err = LoadTest(context.Background(), addr, clients, dur, name)
+					res.QPS, res.P50, res.P99, err = dnsload.Run(context.Background(), addr, clients, dur, name)
 				} else {
 					res, err = loadInChild(addr, clients, dur, name)
 				}
@@ -103,7 +104,7 @@ type loadResult struct {
 	Err      string
 }
 
-// loadInChild runs LoadTest in a child process (this test binary), as an
+// loadInChild runs dnsload.Run in a child process (this test binary), as an
 // external load generator such as dnsperf would: the client does not share
 // the server's Go scheduler.
 func loadInChild(addr string, clients int, dur time.Duration, name string) (loadResult, error) {
@@ -139,7 +140,7 @@ func TestLoadChild(t *testing.T) {
 	dur, _ := time.ParseDuration(f[2])
 	var res loadResult
 	var err error
-	res.QPS, res.P50, res.P99, err = LoadTest(context.Background(), f[0], clients, dur, f[3])
+	res.QPS, res.P50, res.P99, err = dnsload.Run(context.Background(), f[0], clients, dur, f[3])
 	if err != nil {
 		res.Err = err.Error()
 	}

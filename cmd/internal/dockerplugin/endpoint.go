@@ -37,7 +37,7 @@ func (p *Plugin) createEndpoint(req createEndpointRequest) (any, error) {
 	}
 	addr, err := netip.ParsePrefix(req.Interface.Address)
 	if err != nil {
-		return nil, fmt.Errorf("fabric: bad endpoint address %q", req.Interface.Address)
+		return nil, fmt.Errorf("fabric: bad endpoint address %q: %w", req.Interface.Address, err)
 	}
 	ports, err := portSpecs(req.Options[keyPortMap])
 	if err != nil {

@@ -168,16 +168,9 @@ func (c *cniHost) cniSandboxes(t *testing.T) []api.Sandbox {
 // waitNoCNISandbox waits until the agent keeps no sandbox for CNI.
 func (c *cniHost) waitNoCNISandbox(t *testing.T, within time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		sbs := c.cniSandboxes(t)
-		if len(sbs) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("CNI sandboxes still there after %v: %+v", within, sbs)
-		}
-		time.Sleep(100 * time.Millisecond)
+	var sbs []api.Sandbox
+	if !netnstest.PollEvery(within, 100*time.Millisecond, func() bool { sbs = c.cniSandboxes(t); return len(sbs) == 0 }) {
+		t.Fatalf("CNI sandboxes still there after %v: %+v", within, sbs)
 	}
 }
 

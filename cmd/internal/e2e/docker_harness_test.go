@@ -119,40 +119,8 @@ func (d *dockerHost) holdMountNS() {
 // startAgent runs fabricd in the host network namespace and the private
 // mount namespace, with DOCKER_HOST pointing at this host's dockerd.
 func (d *dockerHost) startAgent() {
-	h := d.host
-	h.t.Helper()
-	var err error
-	h.logFile, err = os.OpenFile(filepath.Join(h.dir, "fabricd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	if h.bpfRoot == "" {
-		h.bpfRoot = "/sys/fs/bpf/fabric-e2e-" + h.prefix
-	}
-	args := append([]string{"--net=" + h.nsPath, "--mount=" + d.mntPath, filepath.Join(binDir, "fabricd"),
-		"--state-dir", filepath.Join(h.dir, "state"), "--socket", h.socket, "--bpf-root", h.bpfRoot,
-		"--node-name", h.ns, "--log-level", "debug", "--config", h.configFile()}, h.extra...)
-	h.agent = exec.Command("nsenter", args...)
-	h.agent.Stdout, h.agent.Stderr = h.logFile, h.logFile
-	h.agent.Env = append(os.Environ(), "FABRIC_SOCKET=", "DOCKER_HOST=unix://"+d.dsock)
-	if err := h.agent.Start(); err != nil {
-		h.t.Fatalf("start fabricd: %v", err)
-	}
-	exited := make(chan struct{})
-	go func(c *exec.Cmd) { _ = c.Wait(); close(exited) }(h.agent)
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case <-exited:
-			h.t.Fatalf("fabricd exited during start-up:\n%s", h.log())
-		default:
-		}
-		if _, _, code := h.ctl("status"); code == 0 || code == 1 {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	h.t.Fatalf("fabricd did not answer within 20s:\n%s", h.log())
+	d.t.Helper()
+	d.startWith([]string{"--net=" + d.nsPath, "--mount=" + d.mntPath}, []string{"DOCKER_HOST=unix://" + d.dsock})
 }
 
 // startDockerd runs dockerd (live-restore: containers outlive it) and
@@ -175,11 +143,8 @@ func (d *dockerHost) startDockerd() {
 	}
 	logf.Close()
 	go func(c *exec.Cmd) { _ = c.Wait() }(d.dockerd)
-	for i := 0; i < 150; i++ {
-		if _, _, code := d.docker("version"); code == 0 {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
+	if netnstest.PollEvery(15*time.Second, 100*time.Millisecond, func() bool { _, _, code := d.docker("version"); return code == 0 }) {
+		return
 	}
 	b, _ := os.ReadFile(filepath.Join(d.dir, "dockerd.log"))
 	t.Skipf("dockerd did not start within 15s (cannot run Docker here):\n%s", tail(string(b), 3000))
@@ -192,9 +157,7 @@ func (d *dockerHost) stopDockerd() {
 		return
 	}
 	_ = d.dockerd.Process.Signal(syscall.SIGTERM)
-	for i := 0; i < 200 && d.dockerd.Process.Signal(syscall.Signal(0)) == nil; i++ {
-		time.Sleep(50 * time.Millisecond)
-	}
+	netnstest.PollEvery(10*time.Second, 50*time.Millisecond, func() bool { return d.dockerd.Process.Signal(syscall.Signal(0)) != nil })
 	_ = d.dockerd.Process.Kill()
 	d.dockerd = nil
 }
@@ -274,17 +237,14 @@ func (d *dockerHost) dockerSandboxes() []api.Sandbox {
 // mustWait polls cond (every 50ms, at most limit) and fails with what.
 func mustWait(t *testing.T, limit time.Duration, what string, cond func() bool, detail ...func() string) {
 	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			var more string
-			for _, f := range detail {
-				more += "\n" + f()
-			}
-			t.Fatalf("timed out after %v waiting for %s%s", limit, what, more)
-		}
-		time.Sleep(50 * time.Millisecond)
+	if netnstest.PollEvery(limit, 50*time.Millisecond, cond) {
+		return
 	}
+	var more string
+	for _, f := range detail {
+		more += "\n" + f()
+	}
+	t.Fatalf("timed out after %v waiting for %s%s", limit, what, more)
 }
 
 // containerIP is a container's address on a Docker network, as Docker

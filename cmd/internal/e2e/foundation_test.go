@@ -229,7 +229,7 @@ func TestNoneHostAndContainerModes(t *testing.T) {
 		// sandbox rm stops the command and removes the namespace.
 		pid := h.sandbox(none).PID
 		h.mustCtl("sandbox", "rm", none)
-		if processRunning(pid) {
+		if netnstest.ProcessRunning(pid) {
 			t.Fatalf("command %d still runs after sandbox rm", pid)
 		}
 		if netns.IsNamespace(netns.Path(none)) {

@@ -50,6 +50,7 @@ type host struct {
 	socket  string
 	prefix  string // sandbox name prefix, unique per test
 	agent   *exec.Cmd
+	exited  <-chan struct{} // closed when agent has exited and been waited for
 	logFile *os.File
 	extra   []string // extra fabricd flags
 	dp      string   // datapath: kernel unless extra says otherwise
@@ -121,6 +122,13 @@ func (h *host) name(s string) string { return h.prefix + s }
 // switched, as the lab does) and waits until it answers.
 func (h *host) start() {
 	h.t.Helper()
+	h.startWith(append([]string{"--net=" + h.nsPath}, h.wrap...), nil)
+}
+
+// startWith runs fabricd under nsenter with nsenterArgs, and env added to
+// this process's environment, and waits until it answers.
+func (h *host) startWith(nsenterArgs, env []string) {
+	h.t.Helper()
 	var err error
 	h.logFile, err = os.OpenFile(filepath.Join(h.dir, "fabricd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -129,39 +137,42 @@ func (h *host) start() {
 	if h.bpfRoot == "" {
 		h.bpfRoot = "/sys/fs/bpf/fabric-e2e-" + h.prefix
 	}
-	args := append(append([]string{"--net=" + h.nsPath}, h.wrap...), filepath.Join(binDir, "fabricd"),
+	args := append(append(nsenterArgs, filepath.Join(binDir, "fabricd"),
 		"--state-dir", filepath.Join(h.dir, "state"), "--socket", h.socket, "--bpf-root", h.bpfRoot,
-		"--node-name", h.ns, "--log-level", "debug", "--config", h.configFile())
-	args = append(args, h.extra...)
+		"--node-name", h.ns, "--log-level", "debug", "--config", h.configFile()), h.extra...)
 	h.agent = exec.Command("nsenter", args...)
 	h.agent.Stdout, h.agent.Stderr = h.logFile, h.logFile
-	h.agent.Env = append(os.Environ(), "FABRIC_SOCKET=")
+	h.agent.Env = append(append(os.Environ(), "FABRIC_SOCKET="), env...)
 	if err := h.agent.Start(); err != nil {
 		h.t.Fatalf("start fabricd: %v", err)
 	}
 	exited := make(chan struct{})
+	h.exited = exited
 	go func(c *exec.Cmd) { _ = c.Wait(); close(exited) }(h.agent)
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
+	// status exits 1 when the agent reports warnings, 2 when unreachable.
+	up := netnstest.PollEvery(20*time.Second, 50*time.Millisecond, func() bool {
 		select {
 		case <-exited:
 			h.t.Fatalf("fabricd exited during start-up:\n%s", h.log())
 		default:
 		}
-		// status exits 1 when the agent reports warnings, 2 when unreachable.
-		if _, _, code := h.ctl("status"); code == 0 || code == 1 {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
+		_, _, code := h.ctl("status")
+		return code == 0 || code == 1
+	})
+	if !up {
+		h.t.Fatalf("fabricd did not answer within 20s:\n%s", h.log())
 	}
-	h.t.Fatalf("fabricd did not answer within 20s:\n%s", h.log())
 }
 
 // kill9 kills the agent the hard way; sandboxes and their commands live on.
 func (h *host) kill9() {
 	if h.agent != nil && h.agent.Process != nil {
 		_ = h.agent.Process.Signal(syscall.SIGKILL)
-		time.Sleep(50 * time.Millisecond)
+		select {
+		case <-h.exited:
+		case <-time.After(10 * time.Second):
+			h.t.Fatalf("fabricd still runs 10s after SIGKILL")
+		}
 	}
 	h.agent = nil
 	if h.logFile != nil {
@@ -173,17 +184,10 @@ func (h *host) kill9() {
 func (h *host) stop() {
 	if h.agent != nil && h.agent.Process != nil {
 		_ = h.agent.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func(p *os.Process) {
-			for i := 0; i < 100; i++ {
-				if p.Signal(syscall.Signal(0)) != nil {
-					break
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
-			close(done)
-		}(h.agent.Process)
-		<-done
+		select {
+		case <-h.exited:
+		case <-time.After(5 * time.Second):
+		}
 		_ = h.agent.Process.Kill()
 	}
 	h.agent = nil
@@ -317,14 +321,10 @@ func (h *host) serve(name string, runArgs ...string) {
 func (h *host) waitListening(nsPath string, port int) {
 	h.t.Helper()
 	want := fmt.Sprintf(":%04X ", port)
-	for i := 0; i < 100; i++ {
+	netnstest.Eventually(h.t, 5*time.Second, fmt.Sprintf("a listener on port %d in %s", port, nsPath), func() bool {
 		out, _ := exec.Command("nsenter", "--net="+nsPath, "cat", "/proc/net/tcp", "/proc/net/tcp6").Output()
-		if strings.Contains(string(out), want) {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	h.t.Fatalf("nothing listens on port %d in %s", port, nsPath)
+		return strings.Contains(string(out), want)
+	})
 }
 
 // connect dials addr from inside a named namespace ("" = the host's) and

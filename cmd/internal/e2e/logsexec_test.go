@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
 // fabricctl logs prints a run -d command's output (and -f follows it to
@@ -14,7 +16,7 @@ func TestLogsAndExec(t *testing.T) {
 	web, short := h.name("web"), h.name("short")
 	h.mustCtl("run", "-d", "--name", web, "--", "sh", "-c", "echo hello-from-web; exec sleep 300")
 	var out string
-	if !waitFor(10*time.Second, func() bool { out = h.mustCtl("logs", web); return strings.Contains(out, "hello-from-web") }) {
+	if !netnstest.Poll(10*time.Second, func() bool { out = h.mustCtl("logs", web); return strings.Contains(out, "hello-from-web") }) {
 		t.Errorf("logs %s: %q", web, out)
 	}
 	h.mustCtl("run", "-d", "--name", short, "--", "sh", "-c", "echo first; sleep 1; echo last")

@@ -212,7 +212,7 @@ func TestMacvlanParentLossIsReportedAndRepaired(t *testing.T) {
 
 	// Unplug h1: eth1 goes, and with it the sandbox's macvlan child.
 	run(t, "ip", "-n", h1.ns, "link", "del", "eth1")
-	if !waitFor(5*time.Second, func() bool {
+	if !netnstest.Poll(5*time.Second, func() bool {
 		// status exits 1 while it has warnings: read its JSON anyway.
 		out, _, code := h1.ctl("-o", "json", "status")
 		var st api.Status
@@ -228,7 +228,7 @@ func TestMacvlanParentLossIsReportedAndRepaired(t *testing.T) {
 	}
 	// Plug it back: fabric re-creates the endpoint by itself.
 	l.plug(h1)
-	if !waitFor(10*time.Second, func() bool { _, err := h2.connect(b, "tcp", "10.68.0.11:80"); return err == nil }) {
+	if !netnstest.Poll(10*time.Second, func() bool { _, err := h2.connect(b, "tcp", "10.68.0.11:80"); return err == nil }) {
 		t.Fatal("sandbox unreachable after the parent came back")
 	}
 	h1.ctlJSON(&nets, "network", "inspect", "v9")
@@ -274,18 +274,6 @@ func TestMacvlanBadInputChangesNothing(t *testing.T) {
 	if ip := h.ip(x, "lan"); ip == "10.69.0.2" || ip == "10.69.0.3" {
 		t.Fatalf("excluded address %s handed out", ip)
 	}
-}
-
-// waitFor polls cond every 100 ms until it holds or limit passes.
-func waitFor(limit time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(limit)
-	for time.Now().Before(deadline) {
-		if cond() {
-			return true
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return cond()
 }
 
 // On a kernel without 802.1q, a VLAN parent is refused with the reason and

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf/link"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
 // reset runs `fabricd reset` with this host's settings in its namespace.
@@ -107,7 +108,7 @@ func TestResetRemovesAllKernelState(t *testing.T) {
 			}
 		}
 		for _, pid := range []int{webSB.PID, idleSB.PID} {
-			if processRunning(pid) {
+			if netnstest.ProcessRunning(pid) {
 				t.Errorf("sandbox command %d still runs after reset", pid)
 			}
 		}

@@ -158,14 +158,18 @@ func TestKill9AndRestartKeepsEverything(t *testing.T) {
 		// tmp's command exits while no agent watches; with --rm the restarted
 		// agent must remove it, leaving exactly the state of "before".
 		h.mustCtl("run", "-d", "--rm", "--name", tmp, "--", "sleep", "1")
-		tmpNS := h.sandbox(tmp).NetNS
+		tmpSB := h.sandbox(tmp)
+		tmpNS, tmpPID := tmpSB.NetNS, tmpSB.PID
+		if tmpPID <= 0 {
+			t.Fatalf("sandbox %s has no command PID: %+v", tmp, tmpSB)
+		}
 
 		h.kill9()
 		// With the agent dead, traffic keeps flowing: it is all in the kernel.
 		if got := h.mustConnect(h.outside, "tcp", hostUplinkIP+":8080"); !strings.HasPrefix(got, web) {
 			t.Fatalf("published port while the agent is down: %q", got)
 		}
-		time.Sleep(1500 * time.Millisecond)
+		netnstest.Eventually(t, 10*time.Second, "tmp's command to exit while the agent is down", func() bool { return !netnstest.ProcessRunning(tmpPID) })
 		h.start()
 
 		after := h.snapshot()
@@ -192,7 +196,7 @@ func TestKill9AndRestartKeepsEverything(t *testing.T) {
 		}
 		// The restarted agent still owns the re-adopted command.
 		h.mustCtl("sandbox", "rm", web)
-		if processRunning(webPID) {
+		if netnstest.ProcessRunning(webPID) {
 			t.Fatal("re-adopted command survived sandbox rm")
 		}
 	})
@@ -310,18 +314,6 @@ func (h *host) checkConsistent() (sandboxes, networks int) {
 	return len(sbs), len(nets)
 }
 
-// processRunning reports whether pid exists and is not a zombie (an
-// orphaned command is reaped by init whenever init gets to it).
-func processRunning(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i < 0 || len(s) < i+3 || s[i+2] != 'Z'
-}
-
 // TestKill9KeepsRunningFlows kills the agent while traffic flows and
 // restarts it: a ping between sandboxes and one to the outside lose no
 // packet, and TCP connections through masquerade and through a published
@@ -357,8 +349,18 @@ func TestKill9KeepsRunningFlows(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		time.Sleep(time.Second)
+		netnstest.Until(t, 10*time.Second, "both TCP streams under way", func() error {
+			for _, c := range []struct{ ns, port string }{{a, "9000"}, {h.outside, "8080"}} {
+				out, err := netnstest.Cmd(c.ns, "ss", "-Htn", "state", "established", "( dport = :"+c.port+" )").CombinedOutput()
+				if err != nil || strings.TrimSpace(string(out)) == "" {
+					return fmt.Errorf("no connection to port %s from %s yet: %v %s", c.port, c.ns, err, out)
+				}
+			}
+			return nil
+		})
 		h.kill9()
+		// A deliberate outage: the flows must survive the agent being away
+		// for a while, not only for the instant of a restart.
 		time.Sleep(500 * time.Millisecond)
 		h.start()
 		for _, j := range jobs {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
 // unitSetting returns the value of key= in deploy/fabricd.service ("" if
@@ -65,7 +67,7 @@ func TestRunDetachedUnderSystemdUnitPrivileges(t *testing.T) {
 		web := h.name("web")
 		h.mustCtl("run", "-d", "--name", web, "-p", "8080:80", "--", "python3", "-m", "http.server", "80")
 		sb := h.sandbox(web)
-		ok := waitFor(15*time.Second, func() bool {
+		ok := netnstest.Poll(15*time.Second, func() bool {
 			out, _ := exec.Command("nsenter", "--net="+sb.NetNS, "cat", "/proc/net/tcp", "/proc/net/tcp6").Output()
 			return strings.Contains(string(out), ":0050 ")
 		})

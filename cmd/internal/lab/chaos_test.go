@@ -14,6 +14,7 @@ import (
 
 	"github.com/fabricnet/fabric/cmd/internal/api"
 	"github.com/fabricnet/fabric/datapath/netns/kfeat"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
 // sinkServer receives one TCP stream per connection on port 7001 and
@@ -63,7 +64,7 @@ func TestChaosOnTheUnderlay(t *testing.T) {
 	l.up(3, "kernel")
 	l.on(1, "network", "create", "-d", "overlay", "--subnet", "10.78.0.0/16", "ov")
 	for i := 2; i <= 3; i++ {
-		until(t, 60*time.Second, fmt.Sprintf("overlay network on n%d", i), func() error {
+		netnstest.Until(t, 60*time.Second, fmt.Sprintf("overlay network on n%d", i), func() error {
 			if _, ok := l.network(i, "ov"); !ok {
 				return fmt.Errorf("n%d has no network ov", i)
 			}
@@ -76,7 +77,7 @@ func TestChaosOnTheUnderlay(t *testing.T) {
 		ip[i] = l.sandboxIP(i, sb[i], "--network", "ov", "--", "python3", "-c", sinkServer)
 	}
 	for _, j := range []int{2, 3} {
-		until(t, 60*time.Second, fmt.Sprintf("transfer s1 -> s%d", j), transfer(sb[1], ip[j], 1000))
+		netnstest.Until(t, 60*time.Second, fmt.Sprintf("transfer s1 -> s%d", j), transfer(sb[1], ip[j], 1000))
 	}
 	base := l.agentUsage(t)
 
@@ -85,8 +86,8 @@ func TestChaosOnTheUnderlay(t *testing.T) {
 			l.netem(t, i, "loss", "5%", "delay", "50ms", "10ms", "reorder", "25%", "50%")
 		}
 		failed := l.watchFailed(t, 1)
-		until(t, 120*time.Second, "1 MiB s1 -> s2 under loss", transfer(sb[1], ip[2], 1<<20))
-		until(t, 30*time.Second, "s1 resolves s3 under loss", func() error {
+		netnstest.Until(t, 120*time.Second, "1 MiB s1 -> s2 under loss", transfer(sb[1], ip[2], 1<<20))
+		netnstest.Until(t, 30*time.Second, "s1 resolves s3 under loss", func() error {
 			out, err := inSandbox(sb[1], "getent", "hosts", sb[3])
 			if err != nil || !strings.HasPrefix(out, ip[3]+" ") {
 				return fmt.Errorf("getent hosts %s: %v %q", sb[3], err, out)
@@ -104,15 +105,15 @@ func TestChaosOnTheUnderlay(t *testing.T) {
 	t.Run("partition and heal", func(t *testing.T) {
 		l.netem(t, 3, "loss", "100%")
 		t0 := time.Now()
-		took := until(t, 30*time.Second, "n1 declares cut-off n3 failed", l.memberState(1, l.netns(3), "failed"))
+		took := netnstest.Until(t, 30*time.Second, "n1 declares cut-off n3 failed", l.memberState(1, l.netns(3), "failed"))
 		t.Logf("n3 failed on n1 after %v", took.Round(time.Millisecond))
 		if rest := 30*time.Second - time.Since(t0); rest > 0 {
 			time.Sleep(rest) // the partition lasts 30 s
 		}
 		l.netem(t, 3)
-		took = until(t, 60*time.Second, "n3 alive again on n1 after the heal", l.memberState(1, l.netns(3), "alive"))
+		took = netnstest.Until(t, 60*time.Second, "n3 alive again on n1 after the heal", l.memberState(1, l.netns(3), "alive"))
 		t.Logf("n3 alive on n1 %v after the heal", took.Round(time.Millisecond))
-		until(t, 60*time.Second, "transfer s1 -> s3 after the heal", transfer(sb[1], ip[3], 64<<10))
+		netnstest.Until(t, 60*time.Second, "transfer s1 -> s3 after the heal", transfer(sb[1], ip[3], 64<<10))
 	})
 
 	t.Run("flapping link", func(t *testing.T) {
@@ -139,7 +140,7 @@ func TestChaosOnTheUnderlay(t *testing.T) {
 		if err != nil {
 			t.Errorf("transfer across a flapping link: %v", err)
 		}
-		until(t, 60*time.Second, "n2 alive on n1 after the flapping", l.memberState(1, l.netns(2), "alive"))
+		netnstest.Until(t, 60*time.Second, "n2 alive on n1 after the flapping", l.memberState(1, l.netns(2), "alive"))
 	})
 
 	after := l.agentUsage(t)

@@ -37,7 +37,7 @@ func TestCNIPodsAcrossLabHosts(t *testing.T) {
 	}
 	l.up(2, "kernel")
 	l.on(1, "network", "create", "-d", "overlay", "--subnet", "10.76.0.0/16", "pods")
-	until(t, 10*time.Second, "overlay network on n2", func() error {
+	netnstest.Until(t, 10*time.Second, "overlay network on n2", func() error {
 		if _, ok := l.network(2, "pods"); !ok {
 			return fmt.Errorf("n2 has no network pods")
 		}
@@ -83,7 +83,7 @@ func TestCNIPodsAcrossLabHosts(t *testing.T) {
 	if ips[1] == ips[2] || !strings.HasPrefix(ips[1], "10.76.") || !strings.HasPrefix(ips[2], "10.76.") {
 		t.Fatalf("pod addresses %q and %q: want two different addresses of 10.76.0.0/16", ips[1], ips[2])
 	}
-	until(t, 15*time.Second, "pod on n1 pings pod on n2", func() error {
+	netnstest.Until(t, 15*time.Second, "pod on n1 pings pod on n2", func() error {
 		return exec.Command("ip", "netns", "exec", pods[1], "ping", "-c", "1", "-W", "1", ips[2]).Run()
 	})
 }

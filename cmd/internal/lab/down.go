@@ -12,8 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/fabricnet/fabric/cmd/internal/agent/agentstate"
 	"github.com/fabricnet/fabric/cmd/internal/api"
-	"github.com/fabricnet/fabric/cmd/internal/store"
 	"github.com/fabricnet/fabric/datapath/netns"
 )
 
@@ -201,18 +201,6 @@ func stopAgents(m *Manifest, rep *DownReport, progress func(string)) {
 	}
 }
 
-// agentSandbox is the part of the agent's sandbox record Down needs. The
-// agent writes a record before it creates the namespace, so the state file
-// names every namespace the agent may have made.
-type agentSandbox struct {
-	Name  string `json:"name"`
-	Mode  string `json:"mode"`
-	NetNS string `json:"netns"`
-}
-
-// agentBucketSandboxes is the agent's store bucket of sandbox records.
-const agentBucketSandboxes = "sandboxes"
-
 // removeLeftoverSandboxes removes the sandbox namespaces the (now stopped)
 // agents' state files list and that are still there: what a dead or
 // unresponsive agent could not remove. Namespaces fabric did not make
@@ -220,7 +208,7 @@ const agentBucketSandboxes = "sandboxes"
 func removeLeftoverSandboxes(m *Manifest, rep *DownReport, progress func(string)) {
 	seen := map[string]bool{}
 	for _, n := range m.Nodes {
-		names, err := recordedSandboxes(n.StateDir)
+		names, err := agentstate.MadeNamespaces(n.StateDir)
 		if err != nil {
 			rep.note("node %s: %v; sandboxes it made that are still there must be removed by hand", n.ID, err)
 			continue
@@ -245,40 +233,6 @@ func removeLeftoverSandboxes(m *Manifest, rep *DownReport, progress func(string)
 			rep.removed("sandbox namespace %s (node %s)", name, n.ID)
 		}
 	}
-}
-
-// recordedSandboxes returns the names of the sandboxes in an agent's state
-// file that have a named namespace of their own.
-func recordedSandboxes(stateDir string) ([]string, error) {
-	path := filepath.Join(stateDir, "state.db")
-	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	st, err := store.Open(path, nil, 2*time.Second)
-	if err != nil {
-		return nil, fmt.Errorf("read agent state: %w", err)
-	}
-	defer st.Close()
-	var recs []agentSandbox
-	err = st.View(func(tx *store.Tx) error {
-		var err error
-		recs, err = store.List[agentSandbox](tx, agentBucketSandboxes)
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("read agent state: %w", err)
-	}
-	var names []string
-	for _, r := range recs {
-		own := r.Mode == api.ModeNetNS || r.Mode == api.ModeNone
-		// The namespace is NetNS's base name (the node's prefix plus the
-		// sandbox name), if the agent made it under the run dir.
-		name := filepath.Base(r.NetNS)
-		if own && netns.ValidName(name) == nil && r.NetNS == netns.Path(name) {
-			names = append(names, name)
-		}
-	}
-	return names, nil
 }
 
 // foreignLinks describes the first interface in the namespace at path

@@ -23,6 +23,7 @@ import (
 	"github.com/fabricnet/fabric/cmd/internal/api"
 	"github.com/fabricnet/fabric/cmd/internal/lab"
 	"github.com/fabricnet/fabric/cmd/internal/testbin"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
 var binDir string
@@ -193,17 +194,7 @@ func (l *testLab) inNode(i int, args ...string) error {
 // waitDead waits (bounded) until pid is gone or a zombie.
 func waitDead(t *testing.T, pid int) {
 	t.Helper()
-	for range 100 {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			return
-		}
-		if i := bytes.LastIndexByte(b, ')'); i > 0 && i+2 < len(b) && b[i+2] == 'Z' {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("process %d still runs", pid)
+	netnstest.Eventually(t, 5*time.Second, fmt.Sprintf("process %d to die", pid), func() bool { return !netnstest.ProcessRunning(pid) })
 }
 
 func TestLabLifecycle(t *testing.T) {

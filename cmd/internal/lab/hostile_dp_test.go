@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
 // Hostile traffic against the datapath (issue 14): from inside a sandbox
@@ -122,7 +123,7 @@ func TestHostileDatapath(t *testing.T) {
 			l := newTestLab(t)
 			l.up(2, dp)
 			l.on(1, "network", "create", "-d", "overlay", "--subnet", "10.76.0.0/16", "ov")
-			until(t, 10*time.Second, "overlay network on n2", func() error {
+			netnstest.Until(t, 10*time.Second, "overlay network on n2", func() error {
 				if _, ok := l.network(2, "ov"); !ok {
 					return fmt.Errorf("n2 has no network ov")
 				}
@@ -131,7 +132,7 @@ func TestHostileDatapath(t *testing.T) {
 			s1, s2 := l.name+"h1", l.name+"h2"
 			ip1 := l.sandboxIP(1, s1, "--network", "ov", "--", "python3", "-c", echoServer)
 			ip2 := l.sandboxIP(2, s2, "--network", "ov", "--", "python3", "-c", echoServer)
-			until(t, 10*time.Second, "echo s1 -> s2", echo(s1, ip2))
+			netnstest.Until(t, 10*time.Second, "echo s1 -> s2", echo(s1, ip2))
 			ov, _ := l.network(1, "ov")
 			ep1 := l.endpointOf(1, s1)
 
@@ -141,7 +142,7 @@ func TestHostileDatapath(t *testing.T) {
 				if out, err := inSandbox(s1, "python3", "-c", tcpReach, l.ip(1), port); err == nil {
 					t.Errorf("sandbox opened n1's port %s: %s", port, out)
 				}
-				until(t, 5*time.Second, "host-port drop counted for port "+port, func() error {
+				netnstest.Until(t, 5*time.Second, "host-port drop counted for port "+port, func() error {
 					if got := l.dropCounter(1, "from-endpoint", "host-port"); got <= before {
 						return fmt.Errorf("host-port drops %v, were %v", got, before)
 					}
@@ -154,7 +155,7 @@ func TestHostileDatapath(t *testing.T) {
 			if out, err := inSandbox(s1, "python3", "-c", vxlanSend, l.ip(1), "4789", fmt.Sprint(ov.VNI), ep1.MAC, ip2, ip1); err != nil {
 				t.Fatalf("send from sandbox: %v %s", err, out)
 			}
-			until(t, 5*time.Second, "sandbox's VXLAN counted as host-port", func() error {
+			netnstest.Until(t, 5*time.Second, "sandbox's VXLAN counted as host-port", func() error {
 				if got := l.dropCounter(1, "from-endpoint", "host-port"); got <= before {
 					return fmt.Errorf("host-port drops %v, were %v", got, before)
 				}
@@ -165,14 +166,14 @@ func TestHostileDatapath(t *testing.T) {
 			if out, err := inNetns(l.name+"-ul", "python3", "-c", vxlanSend, l.ip(1), "4789", fmt.Sprint(ov.VNI), ep1.MAC, ip2, ip1); err != nil {
 				t.Fatalf("send from the underlay: %v %s", err, out)
 			}
-			until(t, 5*time.Second, "stranger's VXLAN counted as tunnel-source", func() error {
+			netnstest.Until(t, 5*time.Second, "stranger's VXLAN counted as tunnel-source", func() error {
 				if got := l.dropCounter(1, "from-tunnel", "tunnel-source"); got <= before {
 					return fmt.Errorf("tunnel-source drops %v, were %v", got, before)
 				}
 				return nil
 			})
 			// The real thing still works.
-			until(t, 10*time.Second, "echo s2 -> s1 after the attacks", echo(s2, ip1))
+			netnstest.Until(t, 10*time.Second, "echo s2 -> s1 after the attacks", echo(s2, ip1))
 		})
 	}
 }
@@ -196,7 +197,7 @@ func TestSYNFloodLab(t *testing.T) {
 			l.sandboxIP(1, pub, "-p", "8070:7000", "--", "python3", "-c", echoServer)
 			client := l.name + "c"
 			l.sandboxIP(1, client, "--", "sleep", "300")
-			until(t, 10*time.Second, "echo from the sandbox to the underlay", echo(client, gw))
+			netnstest.Until(t, 10*time.Second, "echo from the sandbox to the underlay", echo(client, gw))
 
 			stream := make(chan error, 1)
 			go func() {
@@ -206,7 +207,7 @@ func TestSYNFloodLab(t *testing.T) {
 				}
 				stream <- err
 			}()
-			time.Sleep(time.Second) // the stream is under way
+			netnstest.Until(t, 10*time.Second, "the stream to the underlay under way", streaming(client, "7000"))
 			before := l.metric(1, "fabric_conntrack_quota_drops_total")
 			const flood = 5000
 			if out, err := inNetns(l.name+"-ul", "python3", "-c", synFlood, l.ip(1), "8070", fmt.Sprint(flood), gw); err != nil {
@@ -224,7 +225,7 @@ func TestSYNFloodLab(t *testing.T) {
 			}
 			// The flooding source itself gets in again once its window
 			// (5 s) has passed.
-			until(t, 15*time.Second, "the published port from the underlay after the flood", func() error {
+			netnstest.Until(t, 15*time.Second, "the published port from the underlay after the flood", func() error {
 				out, err := inNetns(l.name+"-ul", "python3", "-c", tcpReach, l.ip(1), "8070")
 				if err != nil {
 					return fmt.Errorf("%w: %s", err, out)

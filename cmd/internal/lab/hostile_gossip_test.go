@@ -18,6 +18,7 @@ import (
 
 	"github.com/fabricnet/fabric/cmd/internal/api"
 	"github.com/fabricnet/fabric/datapath/netns"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
 // Forged gossip sent to the agents' gossip ports, in clear and encrypted
@@ -35,7 +36,7 @@ func TestLabHostileGossip(t *testing.T) {
 	l.up(3, "kernel")
 	l.on(1, "network", "create", "-d", "overlay", "--subnet", "10.231.0.0/16", "prod")
 	var prod api.Network
-	until(t, 20*time.Second, "prod on every node", func() error {
+	netnstest.Until(t, 20*time.Second, "prod on every node", func() error {
 		for i := 1; i <= 3; i++ {
 			n, ok := l.network(i, "prod")
 			if !ok {
@@ -109,7 +110,7 @@ func TestLabHostileGossip(t *testing.T) {
 	// From the underlay, as a stranger on the hosts' network: it reaches
 	// the agents, which drop every packet and count it.
 	send(netns.Path(l.name + "-ul"))
-	until(t, 10*time.Second, "forged gossip from the underlay counted", func() error {
+	netnstest.Until(t, 10*time.Second, "forged gossip from the underlay counted", func() error {
 		if d := dropped(); d < d0+uint64(3*len(packets)) {
 			return fmt.Errorf("%d drops counted, want at least %d more than %d", d, 3*len(packets), d0)
 		}
@@ -117,7 +118,7 @@ func TestLabHostileGossip(t *testing.T) {
 	})
 	// Once every node has exchanged its full state since, anything
 	// accepted anywhere would have spread: nothing has changed anywhere.
-	until(t, 30*time.Second, "a full state exchange on every node since the forgeries", func() error {
+	netnstest.Until(t, 30*time.Second, "a full state exchange on every node since the forgeries", func() error {
 		for i := 1; i <= 3; i++ {
 			out, _, _ := l.ctl("--socket", l.sock(i), "-o", "json", "status")
 			var st api.Status

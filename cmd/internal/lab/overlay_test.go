@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
 // echoServer serves TCP and UDP echo on port 7000 in a sandbox.
@@ -120,20 +121,19 @@ func inSandbox(sb string, argv ...string) (string, error) {
 	return string(out), err
 }
 
-// until retries check every 200 ms for at most d and returns how long it
-// took, failing the test if it never succeeds.
-func until(t *testing.T, d time.Duration, what string, check func() error) time.Duration {
-	t.Helper()
-	t0 := time.Now()
-	var err error
-	for time.Since(t0) < d {
-		if err = check(); err == nil {
-			return time.Since(t0)
+// streaming checks that the sandbox has an established TCP connection to
+// port: a stream client is under way.
+func streaming(sb, port string) func() error {
+	return func() error {
+		out, err := inSandbox(sb, "ss", "-Htn", "state", "established", "( dport = :"+port+" )")
+		if err != nil {
+			return fmt.Errorf("%w: %s", err, out)
 		}
-		time.Sleep(200 * time.Millisecond)
+		if strings.TrimSpace(out) == "" {
+			return fmt.Errorf("no established connection to port %s yet", port)
+		}
+		return nil
 	}
-	t.Fatalf("%s: still failing after %v: %v", what, d, err)
-	return 0
 }
 
 func echo(from, ip string) func() error {
@@ -158,7 +158,7 @@ func TestOverlayAcrossLabHosts(t *testing.T) {
 			l.up(3, dp)
 			l.on(1, "network", "create", "-d", "overlay", "--subnet", "10.77.0.0/16", "ov")
 			for i := 2; i <= 3; i++ {
-				until(t, 10*time.Second, fmt.Sprintf("overlay network on n%d", i), func() error {
+				netnstest.Until(t, 10*time.Second, fmt.Sprintf("overlay network on n%d", i), func() error {
 					if _, ok := l.network(i, "ov"); !ok {
 						return fmt.Errorf("n%d has no network ov", i)
 					}
@@ -191,7 +191,7 @@ func TestOverlayAcrossLabHosts(t *testing.T) {
 			for i := 1; i <= 3; i++ {
 				for j := 1; j <= 3; j++ {
 					if i != j {
-						took := until(t, 10*time.Second, fmt.Sprintf("echo s%d -> s%d (%s)", i, j, ip[j]), echo(sb[i], ip[j]))
+						took := netnstest.Until(t, 10*time.Second, fmt.Sprintf("echo s%d -> s%d (%s)", i, j, ip[j]), echo(sb[i], ip[j]))
 						t.Logf("s%d -> s%d reachable after %v", i, j, took.Round(time.Millisecond))
 					}
 				}
@@ -199,7 +199,7 @@ func TestOverlayAcrossLabHosts(t *testing.T) {
 			// Names of sandboxes on other hosts resolve (records from
 			// gossip), by name and alias.
 			for _, name := range []string{sb[2], "echo2"} {
-				until(t, 5*time.Second, "s1 resolves "+name, func() error {
+				netnstest.Until(t, 5*time.Second, "s1 resolves "+name, func() error {
 					out, err := inSandbox(sb[1], "getent", "hosts", name)
 					if err != nil || !strings.HasPrefix(out, ip[2]+" ") {
 						return fmt.Errorf("getent hosts %s: %v %q, want %s", name, err, out, ip[2])
@@ -215,7 +215,7 @@ func TestOverlayAcrossLabHosts(t *testing.T) {
 				t.Errorf("egress from overlay sandbox s3 to %s: %v %s", gw, err, out)
 			}
 			// A published port of an overlay sandbox, from another host.
-			until(t, 5*time.Second, "published port of s2 from n1", func() error {
+			netnstest.Until(t, 5*time.Second, "published port of s2 from n1", func() error {
 				return l.inNode(1, "python3", "-c", echoClient, l.ip(2), "8070")
 			})
 
@@ -224,8 +224,8 @@ func TestOverlayAcrossLabHosts(t *testing.T) {
 			l.on(1, "network", "connect", "bridge", sb[1])
 			b1 := l.name + "b1"
 			ipb1 := l.sandboxIP(1, b1, "--network", "bridge", "--", "python3", "-c", echoServer)
-			until(t, 5*time.Second, "s1 -> b1 over the bridge network", echo(sb[1], ipb1))
-			until(t, 5*time.Second, "s1 -> s2 after connecting bridge", echo(sb[1], ip[2]))
+			netnstest.Until(t, 5*time.Second, "s1 -> b1 over the bridge network", echo(sb[1], ipb1))
+			netnstest.Until(t, 5*time.Second, "s1 -> s2 after connecting bridge", echo(sb[1], ip[2]))
 			// b1 is not on the overlay: it must not reach s2.
 			if err := echo(b1, ip[2])(); err == nil {
 				t.Errorf("bridge-only b1 reached overlay sandbox s2 at %s", ip[2])
@@ -240,7 +240,7 @@ func TestOverlayAcrossLabHosts(t *testing.T) {
 				}
 				stream <- err
 			}()
-			time.Sleep(1500 * time.Millisecond)
+			netnstest.Until(t, 10*time.Second, "the stream s1 -> s2 under way", streaming(sb[1], "7000"))
 			st, _ := l.status()
 			if err := syscall.Kill(st.Nodes[1].PID, syscall.SIGKILL); err != nil {
 				t.Fatal(err)
@@ -258,7 +258,7 @@ func TestOverlayAcrossLabHosts(t *testing.T) {
 				t.Fatal(err)
 			}
 			waitDead(t, st.Nodes[2].PID)
-			took := until(t, 15*time.Second, "n1 withdraws dead n3's endpoint", func() error {
+			took := netnstest.Until(t, 15*time.Second, "n1 withdraws dead n3's endpoint", func() error {
 				if n, ok := l.network(1, "ov"); !ok || hasRemoteIP(n, ip[3]) {
 					return fmt.Errorf("n1 still forwards to %s", ip[3])
 				}
@@ -269,13 +269,13 @@ func TestOverlayAcrossLabHosts(t *testing.T) {
 				t.Errorf("s3's name still resolves on n1 after n3 died: %q", out)
 			}
 			l.mustCtl("lab", "start", "n3")
-			until(t, 10*time.Second, "s1 -> s3 after n3 came back", echo(sb[1], ip[3]))
+			netnstest.Until(t, 10*time.Second, "s1 -> s3 after n3 came back", echo(sb[1], ip[3]))
 
 			// Cluster status on n1 lists three alive members. A probe of n3
 			// taken while it was rejoining can fail; the next round (every
 			// 5 s) clears it, so wait for a clean status.
 			var out string
-			until(t, 15*time.Second, "n1's status clean after n3 came back", func() error {
+			netnstest.Until(t, 15*time.Second, "n1's status clean after n3 came back", func() error {
 				o, _, code := l.ctl("--socket", l.sock(1), "-o", "json", "status")
 				if code != 0 {
 					return fmt.Errorf("status exit %d", code)
@@ -314,7 +314,7 @@ func TestLabWrongKeyRefused(t *testing.T) {
 		}
 		return st.Cluster, st.Warnings
 	}
-	until(t, 10*time.Second, "two encrypted members", func() error {
+	netnstest.Until(t, 10*time.Second, "two encrypted members", func() error {
 		if c, _ := clusterOf(1); c == nil || c.Alive != 2 || !c.Encrypted {
 			return fmt.Errorf("n1 cluster %+v", c)
 		}
@@ -331,7 +331,7 @@ func TestLabWrongKeyRefused(t *testing.T) {
 	}
 	write(2)
 	restartN2()
-	until(t, 15*time.Second, "n2 says it is not joined because of the key, n1 sees it failed", func() error {
+	netnstest.Until(t, 15*time.Second, "n2 says it is not joined because of the key, n1 sees it failed", func() error {
 		c2, w2 := clusterOf(2)
 		c1, _ := clusterOf(1)
 		if c2 == nil || c1 == nil || c2.Alive != 1 || c1.Alive != 1 {
@@ -349,7 +349,7 @@ func TestLabWrongKeyRefused(t *testing.T) {
 	}
 	write(1)
 	restartN2()
-	until(t, 15*time.Second, "n2 back with the right key", func() error {
+	netnstest.Until(t, 15*time.Second, "n2 back with the right key", func() error {
 		if c, _ := clusterOf(1); c == nil || c.Alive != 2 {
 			return fmt.Errorf("n1 cluster %+v", c)
 		}

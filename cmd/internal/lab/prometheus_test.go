@@ -28,6 +28,7 @@ import (
 
 	"github.com/fabricnet/fabric/cmd/internal/lab"
 	"github.com/fabricnet/fabric/datapath/netns"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
 // promListen is Prometheus's own address. The underlay namespace belongs
@@ -74,7 +75,7 @@ func TestPrometheusScrapesLab(t *testing.T) {
 	// One overlay network; two sandboxes on n1, one on n2, none on n3.
 	l.on(1, "network", "create", "-d", "overlay", "--subnet", "10.78.0.0/16", "ov")
 	for i := 2; i <= 3; i++ {
-		until(t, 10*time.Second, fmt.Sprintf("overlay network on n%d", i), func() error {
+		netnstest.Until(t, 10*time.Second, fmt.Sprintf("overlay network on n%d", i), func() error {
 			if _, ok := l.network(i, "ov"); !ok {
 				return fmt.Errorf("n%d has no network ov", i)
 			}

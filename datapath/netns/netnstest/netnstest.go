@@ -1,4 +1,6 @@
-// Package netnstest gives tests their own network namespaces: uniquely
+// Package netnstest is the helper package shared by the project's tests:
+// bounded waits for a condition (Eventually, Until, Never, Poll), free
+// ports, unique names, and network namespaces of their own: uniquely
 // named, removed (with any process left inside killed) when the test ends,
 // even if it fails.
 package netnstest

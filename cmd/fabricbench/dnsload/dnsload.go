@@ -1,4 +1,7 @@
-package dns
+// Package dnsload is fabricbench's DNS load generator: it measures how many
+// queries a DNS server answers per second, and how fast, the way dnsperf
+// does. It is benchmark code, kept out of the agent's DNS server package.
+package dnsload
 
 import (
 	"context"
@@ -15,10 +18,10 @@ import (
 	"golang.org/x/net/ipv4"
 )
 
-// queryTimeout is when LoadTest counts a query as lost and sends another.
+// queryTimeout is when Run counts a query as lost and sends another.
 const queryTimeout = time.Second
 
-// LoadTest sends A queries for name to the DNS server at addr over UDP for
+// Run sends A queries for name to the DNS server at addr over UDP for
 // dur (or until ctx ends) from clients concurrent clients, each with one
 // query outstanding: it sends its next query as soon as the answer to the
 // previous one arrives. It returns the answered queries per second and the
@@ -29,7 +32,7 @@ const queryTimeout = time.Second
 // socket sends and receives in batches (sendmmsg, recvmmsg). A query
 // unanswered within a second, or answered with SERVFAIL, is a failure;
 // more than 1% of failures is an error (the numbers are still returned).
-func LoadTest(ctx context.Context, addr string, clients int, dur time.Duration, name string) (qps float64, p50, p99 time.Duration, err error) {
+func Run(ctx context.Context, addr string, clients int, dur time.Duration, name string) (qps float64, p50, p99 time.Duration, err error) {
 	if clients < 1 || dur <= 0 {
 		return 0, 0, 0, fmt.Errorf("load test: need at least one client and a duration, got %d, %v", clients, dur)
 	}
@@ -84,7 +87,7 @@ func LoadTest(ctx context.Context, addr string, clients int, dur time.Duration, 
 	return qps, p50, p99, err
 }
 
-// loadWorker runs some of LoadTest's clients on one socket.
+// loadWorker runs some of Run's clients on one socket.
 type loadWorker struct {
 	server  *net.UDPAddr
 	query   []byte
