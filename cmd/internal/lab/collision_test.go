@@ -1,0 +1,223 @@
+package lab_test
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fabricnet/fabric/cmd/internal/api"
+)
+
+// tagServer answers every TCP connection on port 7002 with argv[1].
+const tagServer = `
+import socket, sys
+t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("0.0.0.0", 7002)); t.listen(16)
+while True:
+    c, _ = t.accept(); c.sendall(sys.argv[1].encode()); c.close()
+`
+
+// tagClient prints what the server at argv[1]:7002 answers.
+const tagClient = `
+import socket, sys
+c = socket.create_connection((sys.argv[1], 7002), timeout=5)
+got = b""
+while True:
+    d = c.recv(100)
+    if not d: break
+    got += d
+print(got.decode())
+`
+
+// conflictLog is the line the agent that lost an address conflict logs.
+const conflictLog = "overlay address conflict lost to another node"
+
+// TestPartitionAddressCollision: n3 is cut off from n1 and n2 (nftables
+// drops on its underlay link, so no netem is needed); while partitioned a
+// sandbox with the same static address is started on n1 and on n3. After
+// the heal exactly one of them owns the address: n2 forwards it to that
+// node and its traffic reaches that sandbox, and the other node says it
+// lost the conflict in its status, in fabric_overlay_address_conflicts
+// and in one log line.
+func TestPartitionAddressCollision(t *testing.T) {
+	l := newTestLab(t)
+	l.up(3, "kernel")
+	l.on(1, "network", "create", "-d", "overlay", "--subnet", "10.79.0.0/16", "ov")
+	for i := 2; i <= 3; i++ {
+		until(t, 60*time.Second, fmt.Sprintf("overlay network on n%d", i), func() error {
+			if _, ok := l.network(i, "ov"); !ok {
+				return fmt.Errorf("n%d has no network ov", i)
+			}
+			return nil
+		})
+	}
+	client := l.name + "c2"
+	l.sandboxIP(2, client, "--network", "ov", "--", "sleep", "600")
+
+	l.partition(t, 3)
+	until(t, 60*time.Second, "n1 declares n3 failed", l.memberState(1, l.netns(3), "failed"))
+	until(t, 60*time.Second, "n3 declares n1 failed", l.memberState(3, l.netns(1), "failed"))
+	until(t, 60*time.Second, "n3 declares n2 failed", l.memberState(3, l.netns(2), "failed"))
+
+	const ip = "10.79.3.33"
+	sb := map[int]string{1: l.name + "s1", 3: l.name + "s3"}
+	for _, i := range []int{1, 3} {
+		got := l.sandboxIP(i, sb[i], "--network", "ov", "--ip", ip, "--", "python3", "-c", tagServer, sb[i])
+		if got != ip {
+			t.Fatalf("n%d gave %s the address %s, want %s", i, sb[i], got, ip)
+		}
+	}
+
+	l.heal(3)
+	until(t, 60*time.Second, "n3 alive on n1 after the heal", l.memberState(1, l.netns(3), "alive"))
+	until(t, 60*time.Second, "n1 alive on n3 after the heal", l.memberState(3, l.netns(1), "alive"))
+
+	// Exactly one of n1 and n3 reports the lost conflict.
+	var loser, winner int
+	until(t, 60*time.Second, "one node reports the lost address conflict", func() error {
+		var lost []int
+		for _, i := range []int{1, 3} {
+			st, err := l.nodeStatus(i)
+			if err != nil {
+				return err
+			}
+			for _, w := range st.Warnings {
+				if strings.Contains(w, "lost the address conflict") && strings.Contains(w, ip) && strings.Contains(w, sb[i]) {
+					lost = append(lost, i)
+				}
+			}
+		}
+		if len(lost) != 1 {
+			return fmt.Errorf("nodes reporting a lost conflict: %v", lost)
+		}
+		loser, winner = lost[0], 4-lost[0]
+		return nil
+	})
+	t.Logf("n%d kept %s, n%d lost it", winner, ip, loser)
+
+	// n2 forwards the address to the winner, and its traffic gets there.
+	until(t, 60*time.Second, "n2 forwards the address to the winner", func() error {
+		n, ok := l.network(2, "ov")
+		if !ok {
+			return errors.New("n2 has no network ov")
+		}
+		for _, r := range n.Remotes {
+			if r.IP == ip {
+				if r.Node != l.ip(winner) {
+					return fmt.Errorf("n2 forwards %s to %s, want n%d (%s)", ip, r.Node, winner, l.ip(winner))
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("n2 has no remote for %s: %+v", ip, n.Remotes)
+	})
+	until(t, 60*time.Second, "n2's traffic to the address reaches the winner", func() error {
+		out, err := inSandbox(client, "python3", "-c", tagClient, ip)
+		if err != nil || strings.TrimSpace(out) != sb[winner] {
+			return fmt.Errorf("answer %q (%v), want %s", out, err, sb[winner])
+		}
+		return nil
+	})
+	// The winner is not told it lost.
+	if st, err := l.nodeStatus(winner); err != nil {
+		t.Fatal(err)
+	} else {
+		for _, w := range st.Warnings {
+			if strings.Contains(w, "address conflict") {
+				t.Errorf("winner n%d reports a conflict: %s", winner, w)
+			}
+		}
+	}
+
+	series := `fabric_overlay_address_conflicts{network="ov"}`
+	if v := l.metric(loser, series); v != 1 {
+		t.Errorf("n%d (loser): %s = %v, want 1", loser, series, v)
+	}
+	if v := l.metric(winner, series); v != 0 {
+		t.Errorf("n%d (winner): %s = %v, want 0", winner, series, v)
+	}
+	// One log line on the loser (counted again at the end, after many more
+	// syncs, so not one per sync); none on the winner.
+	until(t, 30*time.Second, "the loser has logged the conflict", func() error {
+		if n := l.logCount(loser, conflictLog); n != 1 {
+			return fmt.Errorf("n%d logged %q %d times, want 1", loser, conflictLog, n)
+		}
+		return nil
+	})
+	if n := l.logCount(winner, conflictLog); n != 0 {
+		t.Errorf("winner n%d logged %q %d times", winner, conflictLog, n)
+	}
+
+	// Removing the loser's sandbox ends the conflict.
+	l.on(loser, "sandbox", "rm", sb[loser])
+	until(t, 60*time.Second, "the conflict is over after the loser's sandbox is removed", func() error {
+		if v := l.metric(loser, series); v != 0 {
+			return fmt.Errorf("%s = %v", series, v)
+		}
+		st, err := l.nodeStatus(loser)
+		if err != nil {
+			return err
+		}
+		for _, w := range st.Warnings {
+			if strings.Contains(w, "address conflict") {
+				return fmt.Errorf("still warned: %s", w)
+			}
+		}
+		return nil
+	})
+	if n := l.logCount(loser, conflictLog); n != 1 {
+		t.Errorf("n%d logged %q %d times in all, want 1", loser, conflictLog, n)
+	}
+}
+
+// partition cuts node i off the underlay with nftables drop rules on its
+// eth0 in its own namespace (removed by heal or at the test's end).
+func (l *testLab) partition(t *testing.T, i int) {
+	t.Helper()
+	rules := "table inet fabpart {\n" +
+		"  chain pin { type filter hook input priority -300; policy accept; iifname \"eth0\" drop; }\n" +
+		"  chain pout { type filter hook output priority -300; policy accept; oifname \"eth0\" drop; }\n" +
+		"  chain pfwd { type filter hook forward priority -300; policy accept; iifname \"eth0\" drop; oifname \"eth0\" drop; }\n" +
+		"}\n"
+	f := filepath.Join(t.TempDir(), "partition.nft")
+	if err := os.WriteFile(f, []byte(rules), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("skipping: needs nft (nftables) to cut the underlay")
+	}
+	if err := l.inNode(i, "nft", "-f", f); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.heal(i) })
+}
+
+// heal removes partition's rules from node i.
+func (l *testLab) heal(i int) {
+	_ = l.inNode(i, "nft", "delete", "table", "inet", "fabpart")
+}
+
+// nodeStatus is node i's fabricctl status (which exits 1 when degraded).
+func (l *testLab) nodeStatus(i int) (api.Status, error) {
+	out, _, code := l.ctl("--socket", l.sock(i), "-o", "json", "status")
+	var st api.Status
+	if err := json.Unmarshal([]byte(out), &st); err != nil || code > 1 {
+		return st, fmt.Errorf("status of n%d: exit %d: %v", i, code, err)
+	}
+	return st, nil
+}
+
+// logCount counts the lines of node i's agent log that contain s.
+func (l *testLab) logCount(i int, s string) int {
+	b, err := os.ReadFile(filepath.Join(l.dir(), fmt.Sprintf("n%d", i), "fabricd.log"))
+	if err != nil {
+		l.t.Fatalf("log of n%d: %v", i, err)
+	}
+	return strings.Count(string(b), s)
+}
