@@ -2,11 +2,11 @@ package lab_test
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -89,18 +89,25 @@ func (l *testLab) collidingSandboxes(t *testing.T, network, ip string) map[int]s
 	return sb
 }
 
-// checkCollisionResolved: after the heal, of the sandboxes sb[1] and sb[3]
-// that were given ip on both sides of a partition exactly one keeps it: n2
-// forwards ip to its node and client's traffic reaches it; the other node
+// checkCollisionResolved: after the heal, of the two sandboxes in sb (by
+// node) that were given ip on both sides of a partition exactly one keeps
+// it: the third node forwards ip to its node and client's traffic (from
+// the third node) reaches it; the other node
 // reports the lost conflict in its status, its metrics and one log line,
 // until its sandbox is removed.
 func (l *testLab) checkCollisionResolved(t *testing.T, ip string, sb map[int]string, client string) {
 	t.Helper()
+	var pair []int
+	for i := range sb {
+		pair = append(pair, i)
+	}
+	slices.Sort(pair)
+	third := 6 - pair[0] - pair[1] // the node of client
 	// Exactly one of n1 and n3 reports the lost conflict.
 	var loser, winner int
 	until(t, 60*time.Second, "one node reports the lost address conflict", func() error {
 		var lost []int
-		for _, i := range []int{1, 3} {
+		for _, i := range pair {
 			st, err := l.nodeStatus(i)
 			if err != nil {
 				return err
@@ -114,28 +121,29 @@ func (l *testLab) checkCollisionResolved(t *testing.T, ip string, sb map[int]str
 		if len(lost) != 1 {
 			return fmt.Errorf("nodes reporting a lost conflict: %v", lost)
 		}
-		loser, winner = lost[0], 4-lost[0]
+		loser, winner = lost[0], pair[0]+pair[1]-lost[0]
 		return nil
 	})
 	t.Logf("n%d kept %s, n%d lost it", winner, ip, loser)
 
-	// n2 forwards the address to the winner, and its traffic gets there.
-	until(t, 60*time.Second, "n2 forwards the address to the winner", func() error {
-		n, ok := l.network(2, "ov")
+	// The third node forwards the address to the winner, and its traffic
+	// gets there.
+	until(t, 60*time.Second, fmt.Sprintf("n%d forwards the address to the winner", third), func() error {
+		n, ok := l.network(third, "ov")
 		if !ok {
-			return errors.New("n2 has no network ov")
+			return fmt.Errorf("n%d has no network ov", third)
 		}
 		for _, r := range n.Remotes {
 			if r.IP == ip {
 				if r.Node != l.ip(winner) {
-					return fmt.Errorf("n2 forwards %s to %s, want n%d (%s)", ip, r.Node, winner, l.ip(winner))
+					return fmt.Errorf("n%d forwards %s to %s, want n%d (%s)", third, ip, r.Node, winner, l.ip(winner))
 				}
 				return nil
 			}
 		}
-		return fmt.Errorf("n2 has no remote for %s: %+v", ip, n.Remotes)
+		return fmt.Errorf("n%d has no remote for %s: %+v", third, ip, n.Remotes)
 	})
-	until(t, 60*time.Second, "n2's traffic to the address reaches the winner", func() error {
+	until(t, 60*time.Second, "the third node's traffic to the address reaches the winner", func() error {
 		out, err := inSandbox(client, "python3", "-c", tagClient, ip)
 		if err != nil || strings.TrimSpace(out) != sb[winner] {
 			return fmt.Errorf("answer %q (%v), want %s", out, err, sb[winner])
@@ -238,4 +246,49 @@ func (l *testLab) logCount(i int, s string) int {
 		l.t.Fatalf("log of n%d: %v", i, err)
 	}
 	return strings.Count(string(b), s)
+}
+
+// TestPartitionBlockCollision: the same without --ip. The overlay has two
+// blocks; n1 holds one, and while n3 is cut off n2 and n3 each lease the
+// other one and hand out its first address. After the heal one lease wins
+// and the duplicate dynamic address is resolved like a static one.
+func TestPartitionBlockCollision(t *testing.T) {
+	l := newTestLab(t)
+	l.up(3, "kernel")
+	l.on(1, "network", "create", "-d", "overlay", "--subnet", "10.80.0.0/23", "-o", "block_bits=24", "ov")
+	for i := 2; i <= 3; i++ {
+		until(t, 60*time.Second, fmt.Sprintf("overlay network on n%d", i), func() error {
+			if _, ok := l.network(i, "ov"); !ok {
+				return fmt.Errorf("n%d has no network ov", i)
+			}
+			return nil
+		})
+	}
+	client := l.name + "c1"
+	cip := l.sandboxIP(1, client, "--network", "ov", "--", "sleep", "600")
+	// n3 has heard of n1's block (the endpoint in it) before the cut.
+	until(t, 60*time.Second, "n3 knows n1's endpoint", func() error {
+		if n, ok := l.network(3, "ov"); !ok || !hasRemoteIP(n, cip) {
+			return fmt.Errorf("n3 has no remote %s", cip)
+		}
+		return nil
+	})
+
+	l.partition(t, 3)
+	until(t, 60*time.Second, "n1 declares n3 failed", l.memberState(1, l.netns(3), "failed"))
+	until(t, 60*time.Second, "n3 declares n1 failed", l.memberState(3, l.netns(1), "failed"))
+	until(t, 60*time.Second, "n3 declares n2 failed", l.memberState(3, l.netns(2), "failed"))
+	sb := map[int]string{2: l.name + "s2", 3: l.name + "s3"}
+	ip := map[int]string{}
+	for _, i := range []int{2, 3} {
+		ip[i] = l.sandboxIP(i, sb[i], "--network", "ov", "--", "python3", "-c", tagServer, sb[i])
+	}
+	if ip[2] != ip[3] {
+		t.Fatalf("n2 and n3 handed out %s and %s while partitioned; the test needs one address on both", ip[2], ip[3])
+	}
+
+	l.heal(3)
+	until(t, 60*time.Second, "n3 alive on n1 after the heal", l.memberState(1, l.netns(3), "alive"))
+	until(t, 60*time.Second, "n2 alive on n3 after the heal", l.memberState(3, l.netns(2), "alive"))
+	l.checkCollisionResolved(t, ip[2], sb, client)
 }
