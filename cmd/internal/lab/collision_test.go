@@ -81,9 +81,14 @@ func (l *testLab) collidingSandboxes(t *testing.T, network, ip string) map[int]s
 	until(t, 60*time.Second, "n3 declares n2 failed", l.memberState(3, l.netns(2), "failed"))
 	sb := map[int]string{1: l.name + "s1", 3: l.name + "s3"}
 	for _, i := range []int{1, 3} {
-		got := l.sandboxIP(i, sb[i], "--network", network, "--ip", ip, "--", "python3", "-c", tagServer, sb[i])
-		if got != ip {
-			t.Fatalf("n%d gave %s the address %s, want %s", i, sb[i], got, ip)
+		// Not l.sandboxIP: this runs in the chaos test's subtest, and
+		// failures must end t, not the lab's test.
+		if _, errOut, code := l.ctl("--socket", l.sock(i), "run", "-d", "--name", sb[i], "--network", network, "--ip", ip,
+			"--", "python3", "-c", tagServer, sb[i]); code != 0 {
+			t.Fatalf("run %s on n%d with --ip %s: exit %d: %s", sb[i], i, ip, code, errOut)
+		}
+		if got := l.sandboxAddr(i, sb[i]); got != ip {
+			t.Fatalf("n%d gave %s the address %q, want %s", i, sb[i], got, ip)
 		}
 	}
 	return sb
@@ -171,17 +176,19 @@ func (l *testLab) checkCollisionResolved(t *testing.T, ip string, sb map[int]str
 	// One log line on the loser (counted again at the end, after many more
 	// syncs, so not one per sync); none on the winner.
 	until(t, 30*time.Second, "the loser has logged the conflict", func() error {
-		if n := l.logCount(loser, conflictLog); n != 1 {
+		if n := l.logCount(t, loser, conflictLog); n != 1 {
 			return fmt.Errorf("n%d logged %q %d times, want 1", loser, conflictLog, n)
 		}
 		return nil
 	})
-	if n := l.logCount(winner, conflictLog); n != 0 {
+	if n := l.logCount(t, winner, conflictLog); n != 0 {
 		t.Errorf("winner n%d logged %q %d times", winner, conflictLog, n)
 	}
 
 	// Removing the loser's sandbox ends the conflict.
-	l.on(loser, "sandbox", "rm", sb[loser])
+	if _, errOut, code := l.ctl("--socket", l.sock(loser), "sandbox", "rm", sb[loser]); code != 0 {
+		t.Fatalf("sandbox rm %s on n%d: exit %d: %s", sb[loser], loser, code, errOut)
+	}
 	until(t, 60*time.Second, "the conflict is over after the loser's sandbox is removed", func() error {
 		if v := l.metric(loser, series); v != 0 {
 			return fmt.Errorf("%s = %v", series, v)
@@ -197,7 +204,7 @@ func (l *testLab) checkCollisionResolved(t *testing.T, ip string, sb map[int]str
 		}
 		return nil
 	})
-	if n := l.logCount(loser, conflictLog); n != 1 {
+	if n := l.logCount(t, loser, conflictLog); n != 1 {
 		t.Errorf("n%d logged %q %d times in all, want 1", loser, conflictLog, n)
 	}
 }
@@ -229,6 +236,16 @@ func (l *testLab) heal(i int) {
 	_ = l.inNode(i, "nft", "delete", "table", "inet", "fabpart")
 }
 
+// sandboxAddr is the address of sandbox sb on node i ("" if it has none).
+func (l *testLab) sandboxAddr(i int, sb string) string {
+	out, _, _ := l.ctl("--socket", l.sock(i), "sandbox", "inspect", sb)
+	var sbs []api.Sandbox
+	if json.Unmarshal([]byte(out), &sbs) != nil || len(sbs) != 1 || len(sbs[0].Endpoints) == 0 {
+		return ""
+	}
+	return strings.Split(sbs[0].Endpoints[0].IP, "/")[0]
+}
+
 // nodeStatus is node i's fabricctl status (which exits 1 when degraded).
 func (l *testLab) nodeStatus(i int) (api.Status, error) {
 	out, _, code := l.ctl("--socket", l.sock(i), "-o", "json", "status")
@@ -240,10 +257,11 @@ func (l *testLab) nodeStatus(i int) (api.Status, error) {
 }
 
 // logCount counts the lines of node i's agent log that contain s.
-func (l *testLab) logCount(i int, s string) int {
+func (l *testLab) logCount(t *testing.T, i int, s string) int {
+	t.Helper()
 	b, err := os.ReadFile(filepath.Join(l.dir(), fmt.Sprintf("n%d", i), "fabricd.log"))
 	if err != nil {
-		l.t.Fatalf("log of n%d: %v", i, err)
+		t.Fatalf("log of n%d: %v", i, err)
 	}
 	return strings.Count(string(b), s)
 }
