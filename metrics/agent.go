@@ -13,7 +13,7 @@ type agentCollector struct {
 	started                       *prometheus.Desc
 	networks, healthy             *prometheus.Desc
 	endpoints, addresses          *prometheus.Desc
-	sandboxes                     *prometheus.Desc
+	sandboxes, conflicts          *prometheus.Desc
 	reconciles, reconcileErrors   *prometheus.Desc
 	reconcileLast, reconcileSince *prometheus.Desc
 }
@@ -33,6 +33,9 @@ func newAgentCollector(src AgentSource) *agentCollector {
 		addresses: prometheus.NewDesc("fabric_ipam_addresses",
 			"Addresses of the network's dynamic pool on this host, used or free; used/(used+free) is how full it is.",
 			[]string{"network", "state"}, nil),
+		conflicts: prometheus.NewDesc("fabric_overlay_address_conflicts",
+			"Endpoints on this host whose overlay address another node also uses and holds (lost after a partition); they keep running, cut off from other hosts.",
+			[]string{"network"}, nil),
 		sandboxes: prometheus.NewDesc("fabric_sandboxes",
 			"Sandboxes on this host.", nil, nil),
 		reconciles: prometheus.NewDesc("fabric_reconciles_total",
@@ -48,7 +51,7 @@ func newAgentCollector(src AgentSource) *agentCollector {
 
 func (c *agentCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.started, c.networks, c.healthy, c.endpoints, c.addresses,
-		c.sandboxes, c.reconciles, c.reconcileErrors, c.reconcileLast, c.reconcileSince} {
+		c.sandboxes, c.conflicts, c.reconciles, c.reconcileErrors, c.reconcileLast, c.reconcileSince} {
 		ch <- d
 	}
 }
@@ -68,6 +71,9 @@ func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.endpoints, prometheus.GaugeValue, float64(n.Endpoints), n.Name, n.Driver)
 		ch <- prometheus.MustNewConstMetric(c.addresses, prometheus.GaugeValue, float64(n.IPsUsed), n.Name, "used")
 		ch <- prometheus.MustNewConstMetric(c.addresses, prometheus.GaugeValue, float64(n.IPsFree), n.Name, "free")
+		if n.Driver == "overlay" {
+			ch <- prometheus.MustNewConstMetric(c.conflicts, prometheus.GaugeValue, float64(n.AddressConflicts), n.Name)
+		}
 	}
 	ch <- prometheus.MustNewConstMetric(c.sandboxes, prometheus.GaugeValue, float64(s.Sandboxes))
 	r := s.Reconcile

@@ -60,6 +60,7 @@
 //	fabric_endpoints{network,driver}               gauge
 //	fabric_ipam_addresses{network,state}           gauge, state "used" or "free"
 //	fabric_sandboxes                               gauge
+//	fabric_overlay_address_conflicts{network}      gauge, endpoints here that lost their overlay address
 //	fabric_reconciles_total                        counter
 //	fabric_reconcile_errors_total                  counter
 //	fabric_reconcile_last_duration_seconds         gauge

@@ -95,6 +95,7 @@ func newFakeSources() *fakeSources {
 			Networks: []NetworkUsage{
 				{Name: "bridge", Driver: "bridge", Endpoints: 2, IPsUsed: 3, IPsFree: 65530},
 				{Name: "vlan10", Driver: "macvlan", Unhealthy: true, Endpoints: 1, IPsUsed: 2, IPsFree: 251},
+				{Name: "ov", Driver: "overlay", Endpoints: 1, IPsUsed: 1, IPsFree: 253, AddressConflicts: 1},
 			},
 			Sandboxes: 3,
 			Reconcile: ReconcileStats{Runs: 2, Errors: 1, LastDuration: 250 * time.Millisecond, LastSuccess: fakeStart},

@@ -64,21 +64,28 @@ fabric_datapath_read_errors_total 0
 fabric_agent_start_time_seconds 1.7e+09
 # HELP fabric_networks Networks on this host.
 # TYPE fabric_networks gauge
-fabric_networks 2
+fabric_networks 3
 # HELP fabric_network_healthy 1 if the network works, 0 while it cannot (for example its macvlan parent is missing).
 # TYPE fabric_network_healthy gauge
 fabric_network_healthy{driver="bridge",network="bridge"} 1
 fabric_network_healthy{driver="macvlan",network="vlan10"} 0
+fabric_network_healthy{driver="overlay",network="ov"} 1
 # HELP fabric_endpoints Endpoints on this host, by network.
 # TYPE fabric_endpoints gauge
 fabric_endpoints{driver="bridge",network="bridge"} 2
 fabric_endpoints{driver="macvlan",network="vlan10"} 1
+fabric_endpoints{driver="overlay",network="ov"} 1
 # HELP fabric_ipam_addresses Addresses of the network's dynamic pool on this host, used or free; used/(used+free) is how full it is.
 # TYPE fabric_ipam_addresses gauge
 fabric_ipam_addresses{network="bridge",state="free"} 65530
 fabric_ipam_addresses{network="bridge",state="used"} 3
+fabric_ipam_addresses{network="ov",state="free"} 253
+fabric_ipam_addresses{network="ov",state="used"} 1
 fabric_ipam_addresses{network="vlan10",state="free"} 251
 fabric_ipam_addresses{network="vlan10",state="used"} 2
+# HELP fabric_overlay_address_conflicts Endpoints on this host whose overlay address another node also uses and holds (lost after a partition); they keep running, cut off from other hosts.
+# TYPE fabric_overlay_address_conflicts gauge
+fabric_overlay_address_conflicts{network="ov"} 1
 # HELP fabric_sandboxes Sandboxes on this host.
 # TYPE fabric_sandboxes gauge
 fabric_sandboxes 3
@@ -215,7 +222,8 @@ func TestValuesFollowSources(t *testing.T) {
 		{"fabric_datapath_bytes_total", fwd, 99000},
 		{"fabric_datapath_packets_total", map[string]string{"verdict": "drop", "reason": "cross-network"}, 7},
 		{"fabric_conntrack_entries", nil, 60000},
-		{"fabric_networks", nil, 3},
+		{"fabric_networks", nil, 4},
+		{"fabric_overlay_address_conflicts", map[string]string{"network": "ov"}, 1},
 		{"fabric_endpoints", map[string]string{"network": "front"}, 5},
 		{"fabric_ipam_addresses", map[string]string{"network": "front", "state": "used"}, 6},
 		{"fabric_sandboxes", nil, 8},

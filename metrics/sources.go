@@ -131,6 +131,9 @@ type NetworkUsage struct {
 	Unhealthy        bool
 	Endpoints        int
 	IPsUsed, IPsFree int
+	// AddressConflicts counts the endpoints here that lost their overlay
+	// address to another node after a partition (0 normally).
+	AddressConflicts int
 }
 
 // ReconcileStats describe the runs that make the kernel match the records.

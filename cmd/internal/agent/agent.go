@@ -91,10 +91,11 @@ type Agent struct {
 	networks  map[string]*networkRec // by ID
 	sandboxes map[string]*sandboxRec // by name
 	endpoints map[string]*endpointRec
-	pools     map[string]*ipam.Pool // by network ID
-	warnings  []string              // conditions that last until the agent stops
-	events    []eventWarning        // one-off cluster events, shown for eventWarningTTL
-	unhealthy map[string]string     // network ID → why (macvlan/ipvlan parent missing)
+	pools     map[string]*ipam.Pool      // by network ID
+	warnings  []string                   // conditions that last until the agent stops
+	events    []eventWarning             // one-off cluster events, shown for eventWarningTTL
+	conflicts map[string]addressConflict // endpoint ID → overlay address conflict it lost (conflicts.go)
+	unhealthy map[string]string          // network ID → why (macvlan/ipvlan parent missing)
 	dns       *dns.Server
 	dnsErrors map[string]string           // sandbox → why its resolver is not running
 	hostPorts map[hostPortKey][]published // the sandboxes' published ports (putSandbox)

@@ -210,6 +210,9 @@ func (a *Agent) logEvent(ev cluster.Event) {
 		a.log.Warn("overlay network lost a conflicting create", "network", ev.Network.Name, "why", ev.Conflict.Error())
 		a.noteEvent("overlay network " + ev.Conflict.Error())
 	case cluster.EventLeaseLost:
+		if ev.Lease.Bits() == 32 {
+			return // a static address: a sandbox here using it is reported by checkConflictsLocked
+		}
 		a.log.Error("address block taken away from this node; its endpoints there must be recreated", "block", ev.Lease)
 		a.noteEvent(fmt.Sprintf("address block %s was taken away from this node (it was gone too long or partitioned); recreate its endpoints", ev.Lease))
 	}
@@ -321,6 +324,7 @@ func (a *Agent) syncClusterLocked(ctx context.Context) {
 		}
 		a.cs.remotes[n.ID], a.cs.names[n.ID] = r, names
 	}
+	a.checkConflictsLocked(members)
 	// Names of remote endpoints follow (new ones, aliases changed, gone).
 	ver := a.cl.StateVersion()
 	if changed || ver != a.cs.dnsVer {

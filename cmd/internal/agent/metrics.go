@@ -39,12 +39,14 @@ func (a *Agent) AgentMetrics() metrics.AgentSnapshot {
 			LastDuration: a.recStats.last, LastSuccess: a.recStats.lastSuccess,
 		},
 	}
+	conflicts := a.conflictsByNetworkLocked()
 	for _, n := range a.networks {
 		api := a.networkAPI(n)
 		_, bad := a.unhealthy[n.ID]
 		s.Networks = append(s.Networks, metrics.NetworkUsage{
 			Name: n.Name, Driver: n.Driver, Unhealthy: bad,
 			Endpoints: api.Endpoints, IPsUsed: api.IPsUsed, IPsFree: api.IPsFree,
+			AddressConflicts: conflicts[n.Name],
 		})
 	}
 	// Cluster networks that could not be set up here (a subnet that is

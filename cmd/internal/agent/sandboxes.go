@@ -503,6 +503,7 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 	nNet, nSb, nEp := len(a.networks), len(a.sandboxes), len(a.endpoints)
 	warnings := append(append([]string(nil), a.warnings...), a.healthWarnings()...)
 	warnings = append(warnings, a.eventWarningsLocked(time.Now())...)
+	warnings = append(warnings, a.conflictWarningsLocked()...)
 	dnsSt := a.dnsStatus()
 	clusterSt := a.clusterStatusLocked()
 	if clusterSt != nil {
