@@ -3,7 +3,6 @@ package lab_test
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
 // tagServer answers every TCP connection on port 7002 with argv[1].
