@@ -379,7 +379,7 @@ func TestStatusAnswersDuringVote(t *testing.T) {
 	netnstest.Eventually(t, 5*time.Second, "node-b never got the overlay network", func() bool { _, ok := networkNamed(B.a, "ov"); return ok })
 	B.stop() // node-a still counts it alive for a few seconds: its vote is awaited
 
-	name := netnstest.UniqueName("vote")
+	name := sandboxName(t, "vote")
 	t.Cleanup(func() { netnstest.Remove(name) })
 	start := time.Now()
 	done := make(chan error, 1)

@@ -37,7 +37,7 @@ func TestOwnedSandboxHelpers(t *testing.T) {
 			t.Fatalf("FreeAddress reserved %s: %v", ip, err)
 		}
 	}
-	s1, s2 := netnstest.UniqueName("ow"), netnstest.UniqueName("ow")
+	s1, s2 := sandboxName(t, "ow"), sandboxName(t, "ow")
 	t.Cleanup(func() { netnstest.Remove(s1); netnstest.Remove(s2) })
 	for _, s := range []struct{ name, ip string }{{s1, "10.210.0.2"}, {s2, "10.210.0.3"}} {
 		if _, err := a.CreateSandbox(ctx, api.SandboxCreate{Name: s.name, Network: "dn", IP: s.ip}); err != nil {

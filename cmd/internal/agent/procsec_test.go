@@ -73,7 +73,7 @@ func TestSetProcessOnlyInSandboxNamespace(t *testing.T) {
 	netnstest.RequireRoot(t)
 	a := newTestAgent(t, t.TempDir(), newFake())
 	defer a.Close()
-	name := netnstest.UniqueName("sp")
+	name := sandboxName(t, "sp")
 	t.Cleanup(func() { netnstest.Remove(name) })
 	sb, err := a.CreateSandbox(context.Background(), api.SandboxCreate{Name: name})
 	if err != nil {
@@ -106,7 +106,7 @@ func TestSandboxRmSignalsOnlyItsProcess(t *testing.T) {
 	netnstest.RequireRoot(t)
 	a := newTestAgent(t, t.TempDir(), newFake())
 	defer a.Close()
-	name := netnstest.UniqueName("sr")
+	name := sandboxName(t, "sr")
 	t.Cleanup(func() { netnstest.Remove(name) })
 	sb, err := a.CreateSandbox(context.Background(), api.SandboxCreate{Name: name})
 	if err != nil {
