@@ -233,8 +233,8 @@ func statusText(w io.Writer, socket string, s api.Status, verbose bool) error {
 				dead++
 			}
 		}
-		line("Cluster", fmt.Sprintf("%d of %d members alive (%d suspect, %d failed or left), %d overlay network(s); gossip %s %s, tunnel %s",
-			cl.Alive, len(cl.Members), cl.Suspect, dead, cl.Networks, cl.Gossip, enc, cl.Tunnel))
+		line("Cluster", fmt.Sprintf("%d of %d members alive (%d suspect, %d failed or left), %d %s; gossip %s %s, tunnel %s",
+			cl.Alive, len(cl.Members), cl.Suspect, dead, cl.Networks, plural(cl.Networks, "overlay network", "overlay networks"), cl.Gossip, enc, cl.Tunnel))
 		fmt.Fprintf(tw, "\t  last full sync %s; gossip messages: %d sent, %d received, %d dropped, %d send errors\n",
 			dash(cl.LastFullSync), cl.MessagesSent, cl.MessagesReceived, cl.MessagesDropped, cl.SendErrors)
 		for _, m := range cl.Members {

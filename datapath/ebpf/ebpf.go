@@ -296,7 +296,9 @@ func policyDetail(p bpf.Policy) string {
 		ports = append(ports, fmt.Sprintf("tcp/%d", port))
 	}
 	for _, port := range p.GuardUDP {
-		ports = append(ports, fmt.Sprintf("udp/%d", port))
+		if port != p.TunnelPort { // said once below: closed on every host
+			ports = append(ports, fmt.Sprintf("udp/%d", port))
+		}
 	}
 	if p.TunnelPort != 0 {
 		ports = append(ports, fmt.Sprintf("udp/%d (on every host)", p.TunnelPort))

@@ -294,7 +294,7 @@ func TestOverlayTwoHosts(t *testing.T) {
 		!strings.Contains(strings.Join(st.Details, "\n"), "1 remote endpoints") {
 		t.Errorf("status details lack the tunnel: %q", st.Details)
 	}
-	if want := fmt.Sprintf("host ports closed to sandboxes: tcp/%d udp/%d udp/%d udp/%d (on every host); at most %d unanswered", labGossipPort, labTunnelPort, labGossipPort, labTunnelPort, datapath.DefaultConntrackPending); !strings.Contains(strings.Join(st.Details, "\n"), want) {
+	if want := fmt.Sprintf("host ports closed to sandboxes: tcp/%d udp/%d udp/%d (on every host); at most %d unanswered", labGossipPort, labGossipPort, labTunnelPort, datapath.DefaultConntrackPending); !strings.Contains(strings.Join(st.Details, "\n"), want) {
 		t.Errorf("status details lack %q: %q", want, st.Details)
 	}
 
