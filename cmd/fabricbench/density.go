@@ -8,7 +8,6 @@ import (
 	"math"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -176,23 +175,13 @@ func (l *Lab) timedDensityCreates(ctx context.Context, h *densityHost, n int) ([
 		name := l.ns(fmt.Sprintf("zu%s%d", h.tag, h.timed))
 		h.timed++
 		h.track(name)
-		t0 := time.Now()
-		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		sb, err := h.client.CreateSandbox(cctx, api.SandboxCreate{Name: name, Command: []string{"sleep", "3600"}})
-		cancel()
-		if err == nil {
-			var ip string
-			if ip, err = sandboxIP(sb); err == nil {
-				var t time.Time
-				if t, err = h.pg.waitReply(ctx, netip.MustParseAddr(ip)); err == nil {
-					ready = append(ready, ms(t.Sub(t0)))
-				}
-			}
-		}
+		took, err := timedCreate(ctx, h.client, h.pg, api.SandboxCreate{Name: name, Command: []string{"sleep", "3600"}})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+		} else {
+			ready = append(ready, took)
 		}
-		cctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
+		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		rerr := h.client.RemoveSandbox(cctx, name)
 		cancel()
 		var apiErr *api.Error

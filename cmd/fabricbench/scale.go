@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -157,23 +156,13 @@ func (l *Lab) timedCreates(ctx context.Context, h *scaleHost, n int) ([]float64,
 		port := hpTimedBase + h.timed%2000
 		h.timed++
 		h.track(name)
-		t0 := time.Now()
-		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		sb, err := h.client.CreateSandbox(cctx, api.SandboxCreate{Name: name,
+		took, err := timedCreate(ctx, h.client, h.pg, api.SandboxCreate{Name: name,
 			Ports: []string{fmt.Sprintf("%d:%d", port, portHTTP)}})
-		cancel()
 		made = append(made, name)
-		if err == nil {
-			var ip string
-			if ip, err = sandboxIP(sb); err == nil {
-				var t time.Time
-				if t, err = h.pg.waitReply(ctx, netip.MustParseAddr(ip)); err == nil {
-					ready = append(ready, ms(t.Sub(t0)))
-				}
-			}
-		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+		} else {
+			ready = append(ready, took)
 		}
 	}
 	for _, name := range made {

@@ -318,3 +318,24 @@ func printSetup(n int, stats ...*setupStats) {
 		fmt.Sprintf("ping every %s, at most %s per sandbox; the first sandbox of each way is a warm-up, not counted.", pingEvery, pingCap),
 		"the reference rows come from DESIGN.md (another run, another tool) and are context, not a measurement.")
 }
+
+// timedCreate creates one sandbox through client and returns how long it
+// took from the call until its address answered pg's ping (ms).
+func timedCreate(ctx context.Context, client *api.Client, pg *pinger, req api.SandboxCreate) (float64, error) {
+	t0 := time.Now()
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	sb, err := client.CreateSandbox(cctx, req)
+	cancel()
+	if err != nil {
+		return 0, err
+	}
+	ip, err := sandboxIP(sb)
+	if err != nil {
+		return 0, err
+	}
+	t, err := pg.waitReply(ctx, netip.MustParseAddr(ip))
+	if err != nil {
+		return 0, err
+	}
+	return ms(t.Sub(t0)), nil
+}
