@@ -181,14 +181,8 @@ func (l *Lab) timedDensityCreates(ctx context.Context, h *densityHost, n int) ([
 		} else {
 			ready = append(ready, took)
 		}
-		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		rerr := h.client.RemoveSandbox(cctx, name)
-		cancel()
-		var apiErr *api.Error
-		if rerr == nil || (errors.As(rerr, &apiErr) && apiErr.Code == api.CodeNotFound) {
-			h.untrack(name)
-		} else {
-			errs = append(errs, fmt.Errorf("remove %s: %w", name, rerr))
+		if err := removeTimed(h.client, h.untrack, name); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return ready, errors.Join(errs...)

@@ -166,14 +166,8 @@ func (l *Lab) timedCreates(ctx context.Context, h *scaleHost, n int) ([]float64,
 		}
 	}
 	for _, name := range made {
-		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		err := h.client.RemoveSandbox(cctx, name)
-		cancel()
-		var apiErr *api.Error
-		if err == nil || (errors.As(err, &apiErr) && apiErr.Code == api.CodeNotFound) {
-			h.untrack(name)
-		} else {
-			errs = append(errs, fmt.Errorf("remove %s: %w", name, err))
+		if err := removeTimed(h.client, h.untrack, name); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return ready, errors.Join(errs...)

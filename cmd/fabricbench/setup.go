@@ -339,3 +339,17 @@ func timedCreate(ctx context.Context, client *api.Client, pg *pinger, req api.Sa
 	}
 	return ms(t.Sub(t0)), nil
 }
+
+// removeTimed removes a sandbox made by timedCreate; one that is gone
+// already counts as removed. untrack is called once it is gone.
+func removeTimed(client *api.Client, untrack func(string), name string) error {
+	cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	err := client.RemoveSandbox(cctx, name)
+	cancel()
+	var apiErr *api.Error
+	if err == nil || (errors.As(err, &apiErr) && apiErr.Code == api.CodeNotFound) {
+		untrack(name)
+		return nil
+	}
+	return fmt.Errorf("remove %s: %w", name, err)
+}
