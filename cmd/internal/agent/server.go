@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path"
 
 	"github.com/fabricnet/fabric/cmd/internal/api"
 )
@@ -95,10 +96,28 @@ func (a *Agent) handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, http.StatusNotFound, api.Error{Message: fmt.Sprintf("no such API route: %s %s", r.Method, r.URL.Path), Code: api.CodeNotFound})
 	})
+	var h http.Handler = mux
 	if a.opts.APIMetrics != nil {
-		return a.logRequests(a.opts.APIMetrics.WrapMux(mux))
+		h = a.opts.APIMetrics.WrapMux(mux)
 	}
-	return a.logRequests(mux)
+	return a.logRequests(cleanPathsOnly(h))
+}
+
+// cleanPathsOnly refuses a path with '.', '..' or empty segments. The mux
+// would answer it with a redirect to the cleaned path, so a name such as
+// "." would reach another route (GET /v1/sandboxes/. is the list); an API
+// client gets a 400 saying why instead.
+func cleanPathsOnly(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if p := r.URL.Path; p == "" || p[0] != '/' || path.Clean(p) != p {
+			reply(w, http.StatusBadRequest, api.Error{
+				Message: fmt.Sprintf("API path %q has '.', '..' or empty segments: names cannot be '.' or '..'", p),
+				Code:    api.CodeInvalid,
+			})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 func (a *Agent) logRequests(next http.Handler) http.Handler {
