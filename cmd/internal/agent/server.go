@@ -109,7 +109,9 @@ func (a *Agent) handler() http.Handler {
 // client gets a 400 saying why instead.
 func cleanPathsOnly(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if p := r.URL.Path; p == "" || p[0] != '/' || path.Clean(p) != p {
+		// As the mux does: the escaped path, so a name given as a
+		// namespace path (%2Fvar%2Frun%2Fnetns%2Fx) is one segment.
+		if p := r.URL.EscapedPath(); r.Method != http.MethodConnect && (p == "" || p[0] != '/' || path.Clean(p) != p) {
 			reply(w, http.StatusBadRequest, api.Error{
 				Message: fmt.Sprintf("API path %q has '.', '..' or empty segments: names cannot be '.' or '..'", p),
 				Code:    api.CodeInvalid,

@@ -1,0 +1,51 @@
+package agent
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"testing"
+)
+
+// TestAPIPathsAreNotRedirected: the mux would answer a path with '.', '..'
+// or an empty segment with a redirect to the cleaned path (GET
+// /v1/sandboxes/. led to the sandbox list); such a path is a 400 instead.
+// A name given as a namespace path is escaped into one segment and still
+// reaches its route.
+func TestAPIPathsAreNotRedirected(t *testing.T) {
+	dir := t.TempDir()
+	a, err := New(Options{
+		StateDir: dir, Socket: filepath.Join(dir, "sock"), NodeName: "paths", NoDefaultNetwork: true, NoDNS: true,
+		Datapath: newFake(), Routes: routes("10.99.0.0/16"), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	if err := a.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	h := a.handler()
+	for _, c := range []struct {
+		method, path string
+		want         int
+	}{
+		{"GET", "/v1/sandboxes/.", http.StatusBadRequest},
+		{"GET", "/v1/sandboxes/..", http.StatusBadRequest},
+		{"DELETE", "/v1/networks/.", http.StatusBadRequest},
+		{"GET", "/v1//networks", http.StatusBadRequest},
+		{"GET", "/v1/networks/", http.StatusBadRequest},
+		{"GET", "/v1/sandboxes/%2Fvar%2Frun%2Fnetns%2Fnope", http.StatusNotFound},
+		{"GET", "/v1/sandboxes/nope", http.StatusNotFound},
+		{"GET", "/v1/sandboxes", http.StatusOK},
+	} {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequest(c.method, c.path, nil))
+		if w.Code != c.want {
+			t.Errorf("%s %s: %d %s, want %d", c.method, c.path, w.Code, w.Body, c.want)
+		}
+	}
+}
