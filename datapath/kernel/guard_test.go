@@ -51,10 +51,8 @@ func TestGuardPortsFromSandboxes(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = dp.Close() })
 	l.dp = dp
-	n := network("gd", "br-gd", "10.91.1.0/24", false)
-	l.ensureNetwork(n)
-	_, sbPath := l.sandbox()
-	l.ensureEndpoint(n, endpoint("epg", n, sbPath, "eth0", "vhg", 2, true))
+	n := l.bridgeNetwork("gd", "br-gd", "10.91.1.0/24", false)
+	sbPath := l.join(n, "epg", "vhg", 2).path
 
 	serveTCP(t, l.hostPath, ":7946")
 	serveUDP(t, l.hostPath, ":7946")
@@ -92,14 +90,9 @@ func TestTunnelAcceptsOnlyOwners(t *testing.T) {
 	const port = 4799
 	a, b, aIP, bIP := overlayHosts(t, "10.201.9", port)
 	n := overlayNetwork("ovg", "br-g", "10.90.9.0/24", 4343)
-	a.ensureNetwork(n)
-	b.ensureNetwork(n)
-	sa, pa := a.sandbox()
-	_, pb := b.sandbox()
-	epa := endpoint("epa", n, pa, "eth0", "vga", 2, true)
-	epb := endpoint("epb", n, pb, "eth0", "vgb", 3, true)
-	a.ensureEndpoint(n, epa)
-	b.ensureEndpoint(n, epb)
+	ensureOn(n, a, b)
+	ja, jb := a.join(n, "epa", "vga", 2), b.join(n, "epb", "vgb", 3)
+	sa, pa, epa, epb := ja.name, ja.path, ja.ep, jb.ep
 	a.setRemotes(n, remoteOf(epb, bIP))
 	b.setRemotes(n, remoteOf(epa, aIP))
 	mustPing(t, sa, epb.Addr.Addr().String())

@@ -120,6 +120,39 @@ func (l *lab) ensureEndpoint(n datapath.Network, ep datapath.Endpoint) {
 	}
 }
 
+// bridgeNetwork describes a bridge network and ensures it on l.
+func (l *lab) bridgeNetwork(id, bridge, subnet string, internal bool) datapath.Network {
+	l.t.Helper()
+	n := network(id, bridge, subnet, internal)
+	l.ensureNetwork(n)
+	return n
+}
+
+// ensureOn ensures n on every one of hosts.
+func ensureOn(n datapath.Network, hosts ...*lab) {
+	for _, h := range hosts {
+		h.t.Helper()
+		h.ensureNetwork(n)
+	}
+}
+
+// joined is a sandbox a test made with one endpoint ensured in it.
+type joined struct {
+	name, path string // the sandbox namespace's
+	ep         datapath.Endpoint
+}
+
+// join makes a sandbox and ensures in it an endpoint of n as eth0 with
+// the default route. hostIf names the host side of its veth ("" for a
+// macvlan or ipvlan child); host is the last byte of its address.
+func (l *lab) join(n datapath.Network, id, hostIf string, host byte, ports ...datapath.PortMapping) joined {
+	l.t.Helper()
+	name, path := l.sandbox()
+	ep := endpoint(id, n, path, "eth0", hostIf, host, true, ports...)
+	l.ensureEndpoint(n, ep)
+	return joined{name: name, path: path, ep: ep}
+}
+
 // addOutside connects a new "outside" namespace to the host by a veth:
 // host up0 = 198.18.0.1/24, outside eth0 = 198.18.0.2/24.
 func (l *lab) addOutside() (string, string) {

@@ -51,6 +51,15 @@ func newSwitch(t *testing.T) *switchL2 {
 	return &switchL2{t: t, name: name, nl: h, br: br}
 }
 
+// lanOfTwo plugs two new hosts into a new switch and ensures n on both.
+func lanOfTwo(t *testing.T, n datapath.Network) (sw *switchL2, h1, h2 *lab) {
+	t.Helper()
+	sw = newSwitch(t)
+	h1, h2 = sw.host(), sw.host()
+	ensureOn(n, h1, h2)
+	return sw, h1, h2
+}
+
 // host returns a new lab (host namespace + datapath) whose eth1 is
 // plugged into the switch.
 func (s *switchL2) host() *lab {
@@ -128,6 +137,23 @@ func childGone(t *testing.T, nsPath, ifName string) bool {
 	defer h.Close()
 	_, err = h.LinkByName(ifName)
 	return plumb.IsNotFound(err)
+}
+
+// linksBeyondLAN lists the host's links other than lo and its switch
+// port eth1, as "name (kind)".
+func (l *lab) linksBeyondLAN() []string {
+	l.t.Helper()
+	all, err := l.hostNL.LinkList()
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	var extra []string
+	for _, link := range all {
+		if name := link.Attrs().Name; name != "lo" && name != "eth1" {
+			extra = append(extra, name+" ("+link.Type()+")")
+		}
+	}
+	return extra
 }
 
 func (l *lab) addAddr(ifName, cidr string) {

@@ -169,14 +169,10 @@ func TestOverlayConnectsEndpointsAcrossHosts(t *testing.T) {
 	t.Parallel()
 	a, b, aIP, bIP := overlayHosts(t, "10.201.1", 0) // default port
 	n := overlayNetwork("ovl", "br-o", "10.90.1.0/24", 4242)
-	a.ensureNetwork(n)
-	b.ensureNetwork(n)
-	sa, pa := a.sandbox()
-	sb, pb := b.sandbox()
-	epa := endpoint("epa", n, pa, "eth0", "vha", 2, true)
-	epb := endpoint("epb", n, pb, "eth0", "vhb", 3, true)
-	a.ensureEndpoint(n, epa)
-	b.ensureEndpoint(n, epb)
+	ensureOn(n, a, b)
+	ja, jb := a.join(n, "epa", "vha", 2), b.join(n, "epb", "vhb", 3)
+	sa, pa, epa := ja.name, ja.path, ja.ep
+	sb, pb, epb := jb.name, jb.path, jb.ep
 	// A remote nothing answers for: its ARP can only be answered by the
 	// proxy on A's own VXLAN device.
 	ghost := datapath.Remote{Addr: netip.MustParseAddr("10.90.1.99"), MAC: net.HardwareAddr{0x02, 0x42, 0, 0, 0, 0x99}, Node: bIP}
