@@ -214,7 +214,7 @@ func TestHostileGossip(t *testing.T) {
 			if err := s.from.ml.SendReliable(&memberlist.Node{Name: target.Name(), Addr: target.Addr().Addr().AsSlice(), Port: target.Addr().Port()}, msg); err != nil {
 				t.Fatalf("%s: %s: send: %v", s.name, a.name, err)
 			}
-			if !pollUntil(time.Now().Add(5*time.Second), func() bool { return target.Stats().Dropped[want] > drops }) {
+			if !netnstest.Poll(5*time.Second, func() bool { return target.Stats().Dropped[want] > drops }) {
 				t.Errorf("%s: %s: no %q drop counted (drops %v)", s.name, a.name, want, target.Stats().Dropped)
 			}
 		}
