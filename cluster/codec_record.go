@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 )
@@ -162,11 +163,7 @@ func (e *encoder) netRecord(n *netRecord) {
 	e.u8(byte(s.BlockBits))
 	e.uvarint(uint64(s.VNI))
 	e.boolean(s.Internal)
-	keys := make([]string, 0, len(s.Options))
-	for k := range s.Options {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
+	keys := slices.Sorted(maps.Keys(s.Options))
 	e.uvarint(uint64(len(keys)))
 	for _, k := range keys {
 		e.str(k)
