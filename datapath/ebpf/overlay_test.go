@@ -87,14 +87,7 @@ func newOverlayLab(t *testing.T) *overlayLab {
 		root := h.opts.BPFRoot
 		t.Cleanup(func() { _ = os.RemoveAll(root) }) // after the datapath's Close, registered below
 		h.start()
-		var sbPath string
-		h.sbName, sbPath = netnstest.New(t, "fbs")
-		host := byte(2 + i)
-		h.ep = datapath.Endpoint{
-			ID: netnstest.UniqueName("ep-"), NetworkID: l.net.ID, NetNSPath: sbPath, IfName: "eth0",
-			HostIfName: netnstest.UniqueName("fbv"), Addr: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 77, 0, host}), 24),
-			MAC: net.HardwareAddr{0x02, 0x00, 0x0a, 0x4d, 0x00, host}, DefaultRoute: true,
-		}
+		h.addSandbox(l.net, byte(2+i))
 	}
 	ctx := context.Background()
 	for _, h := range []*overlayHost{l.h1, l.h2} {
@@ -107,6 +100,21 @@ func newOverlayLab(t *testing.T) *overlayLab {
 	}
 	l.setRemotes(t)
 	return l
+}
+
+// addSandbox makes h's sandbox and describes its endpoint on n: the
+// address host in n's subnet, the MAC 02:00 and that address.
+func (h *overlayHost) addSandbox(n datapath.Network, host byte) {
+	h.t.Helper()
+	var sbPath string
+	h.sbName, sbPath = netnstest.New(h.t, "fbs")
+	a := n.Subnet.Addr().As4()
+	a[3] = host
+	h.ep = datapath.Endpoint{
+		ID: netnstest.UniqueName("ep-"), NetworkID: n.ID, NetNSPath: sbPath, IfName: "eth0",
+		HostIfName: netnstest.UniqueName("fbv"), Addr: netip.PrefixFrom(netip.AddrFrom4(a), n.Subnet.Bits()),
+		MAC: net.HardwareAddr{0x02, 0x00, a[0], a[1], a[2], a[3]}, DefaultRoute: true,
+	}
 }
 
 // start opens the host's datapath (again, for a restart).

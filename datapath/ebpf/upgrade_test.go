@@ -108,14 +108,7 @@ func newUpgradeLab(t *testing.T) *upgradeLab {
 	l.a.start()
 	l.b = &overlayHost{t: t, name: name, path: path, opts: opts}
 	for i, h := range []*overlayHost{l.a, l.b} {
-		var sbPath string
-		h.sbName, sbPath = netnstest.New(t, "fbs")
-		host := byte(2 + i)
-		h.ep = datapath.Endpoint{
-			ID: netnstest.UniqueName("ep-"), NetworkID: l.net.ID, NetNSPath: sbPath, IfName: "eth0",
-			HostIfName: netnstest.UniqueName("fbv"), Addr: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 79, 0, host}), 24),
-			MAC: net.HardwareAddr{0x02, 0x00, 0x0a, 0x4f, 0x00, host}, DefaultRoute: true,
-		}
+		h.addSandbox(l.net, byte(2+i))
 	}
 	ctx := context.Background()
 	if err := l.a.dp.EnsureNetwork(ctx, l.net); err != nil {
