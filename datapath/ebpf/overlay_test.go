@@ -308,126 +308,165 @@ func TestOverlayTwoHosts(t *testing.T) {
 
 	t.Run("decap checks", func(t *testing.T) { testDecapDrops(t, l) })
 
-	t.Run("restart keeps a connection", func(t *testing.T) {
-		conn, err := h1.dial(a2, 7002)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		if err := echo(conn, "before"); err != nil {
-			t.Fatal(err)
-		}
-		ix := h1.tunnelIfindex()
-		if err := h1.dp.Close(); err != nil {
-			t.Fatal(err)
-		}
-		if err := echo(conn, "while down"); err != nil {
-			t.Errorf("agent down: %v", err)
-		}
-		h1.start()
-		if err := echo(conn, "restarted"); err != nil {
-			t.Errorf("after New: %v", err)
-		}
-		if err := h1.dp.Sync(ctx, l.state(h1)); err != nil {
-			t.Fatalf("sync after restart: %v", err)
-		}
-		if err := echo(conn, "synced"); err != nil {
-			t.Errorf("after Sync: %v", err)
-		}
-		if got := h1.tunnelIfindex(); got != ix {
-			t.Errorf("%s was recreated by the restart (ifindex %d, was %d)", tunDevice, got, ix)
-		}
-	})
+	t.Run("restart keeps a connection", func(t *testing.T) { testRestartKeepsConnection(t, l) })
 
-	t.Run("idempotent", func(t *testing.T) {
-		ix := h2.tunnelIfindex()
-		for range 2 {
-			if err := h2.dp.EnsureNetwork(ctx, l.net); err != nil {
-				t.Fatal(err)
-			}
-			if err := h2.dp.EnsureEndpoint(ctx, l.net, h2.ep); err != nil {
-				t.Fatal(err)
-			}
-			if err := h2.dp.SetRemotes(ctx, l.net, []datapath.Remote{h1.remote()}); err != nil {
-				t.Fatal(err)
-			}
-			if err := h2.dp.Sync(ctx, l.state(h2)); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if got := h2.tunnelIfindex(); got != ix {
-			t.Errorf("%s recreated (ifindex %d, was %d)", tunDevice, got, ix)
-		}
-		if err := h2.ping(a1, 1); err != nil {
-			t.Error(err)
-		}
-	})
+	t.Run("idempotent", func(t *testing.T) { testOverlayIdempotent(t, l) })
 
-	t.Run("invalid remotes are skipped, the rest stays", func(t *testing.T) {
-		good := h2.remote()
-		for _, bad := range []datapath.Remote{
-			{Addr: netip.MustParseAddr("10.78.0.9"), MAC: good.MAC, Node: good.Node},
-			{Addr: netip.MustParseAddr("10.77.0.9"), MAC: good.MAC[:5], Node: good.Node},
-			{Addr: netip.MustParseAddr("10.77.0.9"), MAC: net.HardwareAddr{1, 0, 0x5e, 0, 0, 1}, Node: good.Node},
-			{Addr: netip.MustParseAddr("10.77.0.9"), MAC: good.MAC},
-			{Addr: netip.MustParseAddr("10.77.0.9"), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, Node: h1.local},
-			{Addr: netip.MustParseAddr("10.77.0.9"), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, Node: netip.MustParseAddr("127.0.0.1")},
-			{Addr: good.Addr, MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, Node: good.Node},
-			{Addr: l.net.Gateway, MAC: good.MAC, Node: good.Node},
-		} {
-			if err := h1.dp.SetRemotes(ctx, l.net, []datapath.Remote{good, bad}); err != nil {
-				t.Errorf("SetRemotes(good, %+v): %v, want the bad one skipped", bad, err)
-			}
-			if err := h1.ping(a2, 1); err != nil {
-				t.Error(err)
-			}
-		}
-		m, err := h1.dp.Metrics()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var skipped uint64
-		for _, n := range m.SkippedRemotes {
-			skipped += n
-		}
-		if skipped < 8 {
-			t.Errorf("skipped remotes counted %v, want 8 in all", m.SkippedRemotes)
-		}
-	})
+	t.Run("invalid remotes are skipped, the rest stays", func(t *testing.T) { testInvalidRemotesSkipped(t, l) })
 
 	t.Run("sandbox cannot reach fabric's host ports", func(t *testing.T) { testGuardPorts(t, l) })
 
-	t.Run("no remotes, no reach", func(t *testing.T) {
-		if err := h1.dp.SetRemotes(ctx, l.net, nil); err != nil {
+	t.Run("no remotes, no reach", func(t *testing.T) { testNoRemotesNoReach(t, l) })
+
+	t.Run("sync without overlay removes the tunnel", func(t *testing.T) { testSyncRemovesTunnel(t, l) })
+}
+
+// testRestartKeepsConnection: a TCP connection across the overlay survives
+// closing and reopening h1's datapath, and the restart keeps the tunnel
+// device.
+func testRestartKeepsConnection(t *testing.T, l *overlayLab) {
+	h1 := l.h1
+	a2 := l.h2.ep.Addr.Addr()
+	ctx := context.Background()
+	conn, err := h1.dial(a2, 7002)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := echo(conn, "before"); err != nil {
+		t.Fatal(err)
+	}
+	ix := h1.tunnelIfindex()
+	if err := h1.dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := echo(conn, "while down"); err != nil {
+		t.Errorf("agent down: %v", err)
+	}
+	h1.start()
+	if err := echo(conn, "restarted"); err != nil {
+		t.Errorf("after New: %v", err)
+	}
+	if err := h1.dp.Sync(ctx, l.state(h1)); err != nil {
+		t.Fatalf("sync after restart: %v", err)
+	}
+	if err := echo(conn, "synced"); err != nil {
+		t.Errorf("after Sync: %v", err)
+	}
+	if got := h1.tunnelIfindex(); got != ix {
+		t.Errorf("%s was recreated by the restart (ifindex %d, was %d)", tunDevice, got, ix)
+	}
+}
+
+// testOverlayIdempotent: ensuring, setting remotes and syncing again changes
+// nothing.
+func testOverlayIdempotent(t *testing.T, l *overlayLab) {
+	h1 := l.h1
+	h2 := l.h2
+	a1 := l.h1.ep.Addr.Addr()
+	ctx := context.Background()
+	ix := h2.tunnelIfindex()
+	for range 2 {
+		if err := h2.dp.EnsureNetwork(ctx, l.net); err != nil {
 			t.Fatal(err)
 		}
-		before := h1.counter("from-endpoint", "drop", "no-remote")
-		if err := h1.ping(a2, 1); err == nil {
-			t.Error("ping crossed without a remote entry")
+		if err := h2.dp.EnsureEndpoint(ctx, l.net, h2.ep); err != nil {
+			t.Fatal(err)
 		}
-		if !h1.waitCounter("from-endpoint", "drop", "no-remote", before) {
-			t.Error("no-remote drop not counted")
+		if err := h2.dp.SetRemotes(ctx, l.net, []datapath.Remote{h1.remote()}); err != nil {
+			t.Fatal(err)
 		}
-		l.setRemotes(t)
+		if err := h2.dp.Sync(ctx, l.state(h2)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := h2.tunnelIfindex(); got != ix {
+		t.Errorf("%s recreated (ifindex %d, was %d)", tunDevice, got, ix)
+	}
+	if err := h2.ping(a1, 1); err != nil {
+		t.Error(err)
+	}
+}
+
+// testInvalidRemotesSkipped: a bad remote among good ones is skipped and
+// counted; the good ones still work.
+func testInvalidRemotesSkipped(t *testing.T, l *overlayLab) {
+	h1 := l.h1
+	h2 := l.h2
+	a2 := l.h2.ep.Addr.Addr()
+	ctx := context.Background()
+	good := h2.remote()
+	for _, bad := range []datapath.Remote{
+		{Addr: netip.MustParseAddr("10.78.0.9"), MAC: good.MAC, Node: good.Node},
+		{Addr: netip.MustParseAddr("10.77.0.9"), MAC: good.MAC[:5], Node: good.Node},
+		{Addr: netip.MustParseAddr("10.77.0.9"), MAC: net.HardwareAddr{1, 0, 0x5e, 0, 0, 1}, Node: good.Node},
+		{Addr: netip.MustParseAddr("10.77.0.9"), MAC: good.MAC},
+		{Addr: netip.MustParseAddr("10.77.0.9"), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, Node: h1.local},
+		{Addr: netip.MustParseAddr("10.77.0.9"), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, Node: netip.MustParseAddr("127.0.0.1")},
+		{Addr: good.Addr, MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, Node: good.Node},
+		{Addr: l.net.Gateway, MAC: good.MAC, Node: good.Node},
+	} {
+		if err := h1.dp.SetRemotes(ctx, l.net, []datapath.Remote{good, bad}); err != nil {
+			t.Errorf("SetRemotes(good, %+v): %v, want the bad one skipped", bad, err)
+		}
 		if err := h1.ping(a2, 1); err != nil {
 			t.Error(err)
 		}
-	})
+	}
+	m, err := h1.dp.Metrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var skipped uint64
+	for _, n := range m.SkippedRemotes {
+		skipped += n
+	}
+	if skipped < 8 {
+		t.Errorf("skipped remotes counted %v, want 8 in all", m.SkippedRemotes)
+	}
+}
 
-	t.Run("sync without overlay removes the tunnel", func(t *testing.T) {
-		if err := h2.dp.Sync(ctx, datapath.State{}); err != nil {
-			t.Fatal(err)
-		}
-		if ix := h2.tunnelIfindex(); ix != 0 {
-			t.Errorf("%s still there (ifindex %d)", tunDevice, ix)
-		}
-		if _, err := os.Stat(filepath.Join(h2.opts.BPFRoot, "links", pinTunnelIngress)); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("tunnel link pin still there: %v", err)
-		}
-		if err := h1.ping(a2, 1); err == nil {
-			t.Error("h2's endpoint still reachable after h2 dropped the network")
-		}
-	})
+// testNoRemotesNoReach: without a remote entry nothing crosses, and the drop
+// is counted.
+func testNoRemotesNoReach(t *testing.T, l *overlayLab) {
+	h1 := l.h1
+	a2 := l.h2.ep.Addr.Addr()
+	ctx := context.Background()
+	if err := h1.dp.SetRemotes(ctx, l.net, nil); err != nil {
+		t.Fatal(err)
+	}
+	before := h1.counter("from-endpoint", "drop", "no-remote")
+	if err := h1.ping(a2, 1); err == nil {
+		t.Error("ping crossed without a remote entry")
+	}
+	if !h1.waitCounter("from-endpoint", "drop", "no-remote", before) {
+		t.Error("no-remote drop not counted")
+	}
+	l.setRemotes(t)
+	if err := h1.ping(a2, 1); err != nil {
+		t.Error(err)
+	}
+}
+
+// testSyncRemovesTunnel: a Sync without the overlay network removes the
+// tunnel device and its pin.
+func testSyncRemovesTunnel(t *testing.T, l *overlayLab) {
+	h1 := l.h1
+	h2 := l.h2
+	a2 := l.h2.ep.Addr.Addr()
+	ctx := context.Background()
+	if err := h2.dp.Sync(ctx, datapath.State{}); err != nil {
+		t.Fatal(err)
+	}
+	if ix := h2.tunnelIfindex(); ix != 0 {
+		t.Errorf("%s still there (ifindex %d)", tunDevice, ix)
+	}
+	if _, err := os.Stat(filepath.Join(h2.opts.BPFRoot, "links", pinTunnelIngress)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("tunnel link pin still there: %v", err)
+	}
+	if err := h1.ping(a2, 1); err == nil {
+		t.Error("h2's endpoint still reachable after h2 dropped the network")
+	}
 }
 
 func TestCheckOverlay(t *testing.T) {
