@@ -287,26 +287,17 @@ func TestOverlaySyncRepairsAndPrunes(t *testing.T) {
 
 	// A leftover of the eBPF datapath holds the tunnel port's kind of
 	// socket; the bridge model removes it.
-	la := netlink.NewLinkAttrs()
-	la.Name = flowVXLANName
-	if err := a.hostNL.LinkAdd(&netlink.Vxlan{LinkAttrs: la, FlowBased: true, Port: port}); err != nil {
-		t.Fatalf("create flow-based leftover: %v", err)
-	}
-	if err := a.hostNL.LinkSetAlias(a.link(flowVXLANName), datapath.OwnerPrefix+"tunnel"); err != nil {
-		t.Fatal(err)
-	}
+	a.addFlowVXLAN(port, datapath.OwnerPrefix+"tunnel")
 	if err := a.hostNL.LinkSetUp(a.link(flowVXLANName)); err != nil {
 		t.Fatal(err)
 	}
 
-	state := datapath.State{
+	c := &overlaySync{a: a, aIP: aIP, port: port, n: n, toB: toB, sandbox: sa, state: datapath.State{
 		Networks:  []datapath.Network{n},
 		Endpoints: []datapath.Endpoint{epa},
 		Remotes:   map[string][]datapath.Remote{n.ID: {toB}},
-	}
-	if err := a.dp.Sync(ctx, state); err != nil {
-		t.Fatalf("Sync: %v", err)
-	}
+	}}
+	c.sync("Sync")
 	if !a.linkGone(flowVXLANName) {
 		t.Error("Sync left the flow-based VXLAN device")
 	}
@@ -316,109 +307,18 @@ func TestOverlaySyncRepairsAndPrunes(t *testing.T) {
 	a.checkTunnelEntries("fvx77", toB)
 	mustPing(t, sa, "10.90.2.3")
 	index := a.link("fvx77").Attrs().Index
-	if err := a.dp.Sync(ctx, state); err != nil {
-		t.Fatalf("second Sync: %v", err)
-	}
+	c.sync("second Sync")
 	if got := a.link("fvx77").Attrs().Index; got != index {
 		t.Errorf("second Sync recreated the VXLAN device (index %d -> %d)", index, got)
 	}
 
-	// A wrong MTU is fixed in place.
-	if err := a.hostNL.LinkSetMTU(a.link("fvx77"), 1400); err != nil {
-		t.Fatal(err)
-	}
-	a.ensureNetwork(n)
-	if l := a.link("fvx77"); l.Attrs().Index != index || l.Attrs().MTU != 1450 {
-		t.Errorf("after MTU repair: index %d (was %d) MTU %d", l.Attrs().Index, index, l.Attrs().MTU)
-	}
-
-	// A device with the wrong port and learning on is replaced, and the
-	// remotes last set come back with it, by EnsureNetwork as by Sync.
-	tamper := func() {
-		t.Helper()
-		if err := a.hostNL.LinkDel(a.link("fvx77")); err != nil {
-			t.Fatal(err)
-		}
-		la := netlink.NewLinkAttrs()
-		la.Name = "fvx77"
-		if err := a.hostNL.LinkAdd(&netlink.Vxlan{LinkAttrs: la, VxlanId: 77, Port: port + 1, Learning: true, SrcAddr: aIP.AsSlice()}); err != nil {
-			t.Fatal(err)
-		}
-		if err := a.hostNL.LinkSetAlias(a.link("fvx77"), vxlanAlias(n.ID)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	tamper()
-	a.ensureNetwork(n)
-	if v := a.vxlan("fvx77"); v.Port != port || v.Learning || !v.Proxy || v.MasterIndex != a.link("br-s").Attrs().Index || !plumb.IsUp(v) {
-		t.Errorf("after EnsureNetwork repair: port %d learning %v proxy %v master %d up %v", v.Port, v.Learning, v.Proxy, v.MasterIndex, plumb.IsUp(v))
-	}
-	a.checkTunnelEntries("fvx77", toB)
-	mustPing(t, sa, "10.90.2.3")
-	tamper()
-	if err := a.dp.Sync(ctx, state); err != nil {
-		t.Fatalf("Sync after tampering: %v", err)
-	}
-	if v := a.vxlan("fvx77"); v.Port != port || v.Learning {
-		t.Errorf("after Sync repair: port %d learning %v", v.Port, v.Learning)
-	}
-	a.checkTunnelEntries("fvx77", toB)
-	mustPing(t, sa, "10.90.2.3")
-
-	// A new VNI is a new device; the old one goes.
-	n2 := n
-	n2.VNI = 78
-	a.ensureNetwork(n2)
-	if !a.linkGone("fvx77") {
-		t.Error("the device of the old VNI is still there")
-	}
-	if v := a.vxlan("fvx78"); v.VxlanId != 78 {
-		t.Errorf("new device VNI %d", v.VxlanId)
-	}
-	if err := a.dp.Sync(ctx, state); err != nil {
-		t.Fatalf("Sync back to VNI 77: %v", err)
-	}
-	if !a.linkGone("fvx78") {
-		t.Error("Sync kept the device of a VNI not in the state")
-	}
-	a.checkTunnelEntries("fvx77", toB)
-
-	// A leftover of the eBPF datapath without a fabric: alias goes too,
-	// another program's link of that name stays.
-	addFlow := func(alias string) {
-		t.Helper()
-		la := netlink.NewLinkAttrs()
-		la.Name = flowVXLANName
-		if err := a.hostNL.LinkAdd(&netlink.Vxlan{LinkAttrs: la, FlowBased: true, Port: port}); err != nil {
-			t.Fatalf("create flow-based leftover: %v", err)
-		}
-		if err := a.hostNL.LinkSetAlias(a.link(flowVXLANName), alias); err != nil {
-			t.Fatal(err)
-		}
-	}
-	addFlow("fabric-ebpf tunnel")
-	if err := a.dp.Sync(ctx, state); err != nil {
-		t.Fatalf("Sync with the leftover: %v", err)
-	}
-	if !a.linkGone(flowVXLANName) {
-		t.Error("Sync left the flow-based VXLAN device marked fabric-ebpf")
-	}
-	addFlow("someone else's")
-	if err := a.dp.Sync(ctx, state); err != nil {
-		t.Fatalf("Sync with a foreign flow-based device: %v", err)
-	}
-	if a.linkGone(flowVXLANName) {
-		t.Error("Sync removed a flow-based VXLAN device fabric did not make")
-	}
-	if err := a.hostNL.LinkDel(a.link(flowVXLANName)); err != nil {
-		t.Fatal(err)
-	}
+	c.checkDeviceRepaired(index)
+	c.checkVNIChange()
+	c.checkFlowLeftovers()
 
 	// A network missing from Remotes has none.
-	state.Remotes = nil
-	if err := a.dp.Sync(ctx, state); err != nil {
-		t.Fatalf("Sync without remotes: %v", err)
-	}
+	c.state.Remotes = nil
+	c.sync("Sync without remotes")
 	a.checkTunnelEntries("fvx77")
 	mustNotPing(t, sa, "10.90.2.3")
 
@@ -431,6 +331,128 @@ func TestOverlaySyncRepairsAndPrunes(t *testing.T) {
 	}
 	if st := a.dp.Status(ctx); slices.ContainsFunc(st.Details, func(s string) bool { return strings.HasPrefix(s, "overlay ") }) {
 		t.Errorf("status still lists an overlay: %q", st.Details)
+	}
+}
+
+// overlaySync is TestOverlaySyncRepairsAndPrunes' host a: overlay network
+// n (VNI 77 on tunnel port port) with one endpoint, in sandbox, and the
+// remote toB, as state has them.
+type overlaySync struct {
+	a       *lab
+	aIP     netip.Addr
+	port    int
+	n       datapath.Network
+	toB     datapath.Remote
+	sandbox string
+	state   datapath.State
+}
+
+func (c *overlaySync) sync(what string) {
+	c.a.t.Helper()
+	if err := c.a.dp.Sync(ctx, c.state); err != nil {
+		c.a.t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// checkDeviceRepaired: a wrong MTU on the VXLAN device (index) is fixed in
+// place; a device with the wrong port and learning on is replaced, and the
+// remotes last set come back with it, by EnsureNetwork as by Sync.
+func (c *overlaySync) checkDeviceRepaired(index int) {
+	a, t := c.a, c.a.t
+	t.Helper()
+	if err := a.hostNL.LinkSetMTU(a.link("fvx77"), 1400); err != nil {
+		t.Fatal(err)
+	}
+	a.ensureNetwork(c.n)
+	if l := a.link("fvx77"); l.Attrs().Index != index || l.Attrs().MTU != 1450 {
+		t.Errorf("after MTU repair: index %d (was %d) MTU %d", l.Attrs().Index, index, l.Attrs().MTU)
+	}
+
+	c.tamper()
+	a.ensureNetwork(c.n)
+	if v := a.vxlan("fvx77"); v.Port != c.port || v.Learning || !v.Proxy || v.MasterIndex != a.link("br-s").Attrs().Index || !plumb.IsUp(v) {
+		t.Errorf("after EnsureNetwork repair: port %d learning %v proxy %v master %d up %v", v.Port, v.Learning, v.Proxy, v.MasterIndex, plumb.IsUp(v))
+	}
+	a.checkTunnelEntries("fvx77", c.toB)
+	mustPing(t, c.sandbox, "10.90.2.3")
+	c.tamper()
+	c.sync("Sync after tampering")
+	if v := a.vxlan("fvx77"); v.Port != c.port || v.Learning {
+		t.Errorf("after Sync repair: port %d learning %v", v.Port, v.Learning)
+	}
+	a.checkTunnelEntries("fvx77", c.toB)
+	mustPing(t, c.sandbox, "10.90.2.3")
+}
+
+// tamper replaces fvx77 by one of the wrong port, learning on.
+func (c *overlaySync) tamper() {
+	a, t := c.a, c.a.t
+	t.Helper()
+	if err := a.hostNL.LinkDel(a.link("fvx77")); err != nil {
+		t.Fatal(err)
+	}
+	la := netlink.NewLinkAttrs()
+	la.Name = "fvx77"
+	if err := a.hostNL.LinkAdd(&netlink.Vxlan{LinkAttrs: la, VxlanId: 77, Port: c.port + 1, Learning: true, SrcAddr: c.aIP.AsSlice()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.hostNL.LinkSetAlias(a.link("fvx77"), vxlanAlias(c.n.ID)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkVNIChange: a new VNI is a new device and the old one goes; Sync
+// goes back to the state's.
+func (c *overlaySync) checkVNIChange() {
+	a, t := c.a, c.a.t
+	t.Helper()
+	n2 := c.n
+	n2.VNI = 78
+	a.ensureNetwork(n2)
+	if !a.linkGone("fvx77") {
+		t.Error("the device of the old VNI is still there")
+	}
+	if v := a.vxlan("fvx78"); v.VxlanId != 78 {
+		t.Errorf("new device VNI %d", v.VxlanId)
+	}
+	c.sync("Sync back to VNI 77")
+	if !a.linkGone("fvx78") {
+		t.Error("Sync kept the device of a VNI not in the state")
+	}
+	a.checkTunnelEntries("fvx77", c.toB)
+}
+
+// checkFlowLeftovers: a leftover of the eBPF datapath without a fabric:
+// alias goes too, another program's link of that name stays.
+func (c *overlaySync) checkFlowLeftovers() {
+	a, t := c.a, c.a.t
+	t.Helper()
+	a.addFlowVXLAN(c.port, "fabric-ebpf tunnel")
+	c.sync("Sync with the leftover")
+	if !a.linkGone(flowVXLANName) {
+		t.Error("Sync left the flow-based VXLAN device marked fabric-ebpf")
+	}
+	a.addFlowVXLAN(c.port, "someone else's")
+	c.sync("Sync with a foreign flow-based device")
+	if a.linkGone(flowVXLANName) {
+		t.Error("Sync removed a flow-based VXLAN device fabric did not make")
+	}
+	if err := a.hostNL.LinkDel(a.link(flowVXLANName)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// addFlowVXLAN makes a flow-based VXLAN device of the eBPF datapath's
+// name on port, with alias, as a leftover of that datapath would be.
+func (l *lab) addFlowVXLAN(port int, alias string) {
+	l.t.Helper()
+	la := netlink.NewLinkAttrs()
+	la.Name = flowVXLANName
+	if err := l.hostNL.LinkAdd(&netlink.Vxlan{LinkAttrs: la, FlowBased: true, Port: port}); err != nil {
+		l.t.Fatalf("create flow-based leftover: %v", err)
+	}
+	if err := l.hostNL.LinkSetAlias(l.link(flowVXLANName), alias); err != nil {
+		l.t.Fatal(err)
 	}
 }
 
