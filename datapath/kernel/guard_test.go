@@ -104,18 +104,7 @@ func TestTunnelAcceptsOnlyOwners(t *testing.T) {
 	}
 	send := func(from netip.Addr, innerSrc netip.Addr) {
 		t.Helper()
-		err := fabricns.Do(b.hostPath, func() error {
-			c, err := net.DialUDP("udp4", &net.UDPAddr{IP: from.AsSlice()}, &net.UDPAddr{IP: aIP.AsSlice(), Port: port})
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			_, err = c.Write(netnstest.VXLANFrame(n.VNI, epa.MAC, innerSrc, epa.Addr.Addr()))
-			return err
-		})
-		if err != nil {
-			t.Fatalf("send VXLAN from %s: %v", from, err)
-		}
+		sendVXLAN(t, b.hostPath, from, netip.AddrPortFrom(aIP, port), netnstest.VXLANFrame(n.VNI, epa.MAC, innerSrc, epa.Addr.Addr()))
 	}
 	for _, c := range []struct {
 		name     string
@@ -142,18 +131,7 @@ func TestTunnelAcceptsOnlyOwners(t *testing.T) {
 	// A sandbox's own VXLAN to B, masqueraded, would come from A: it
 	// stops at A.
 	before = a.counter("from-endpoint", "drop", "host-port")
-	err := fabricns.Do(pa, func() error {
-		c, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: bIP.AsSlice(), Port: port})
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		_, err = c.Write(netnstest.VXLANFrame(n.VNI, epb.MAC, epa.Addr.Addr(), epb.Addr.Addr()))
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sendVXLAN(t, pa, netip.Addr{}, netip.AddrPortFrom(bIP, port), netnstest.VXLANFrame(n.VNI, epb.MAC, epa.Addr.Addr(), epb.Addr.Addr()))
 	if !a.waitCounter("from-endpoint", "drop", "host-port", before) {
 		t.Error("sandbox's VXLAN to another node: not dropped as host-port")
 	}
@@ -173,5 +151,27 @@ func TestTunnelAcceptsOnlyOwners(t *testing.T) {
 	send(bIP, epb.Addr.Addr())
 	if !a.waitCounter("from-tunnel", "drop", "tunnel-source", before) {
 		t.Error("former remote's traffic still accepted")
+	}
+}
+
+// sendVXLAN sends frame in one UDP datagram to to, from inside the
+// namespace at nsPath, from the address from (any if zero).
+func sendVXLAN(t *testing.T, nsPath string, from netip.Addr, to netip.AddrPort, frame []byte) {
+	t.Helper()
+	var laddr *net.UDPAddr
+	if from.IsValid() {
+		laddr = &net.UDPAddr{IP: from.AsSlice()}
+	}
+	err := fabricns.Do(nsPath, func() error {
+		c, err := net.DialUDP("udp4", laddr, net.UDPAddrFromAddrPort(to))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.Write(frame)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("send VXLAN from %s to %s: %v", from, to, err)
 	}
 }

@@ -172,7 +172,7 @@ func TestOverlayConnectsEndpointsAcrossHosts(t *testing.T) {
 	ensureOn(n, a, b)
 	ja, jb := a.join(n, "epa", "vha", 2), b.join(n, "epb", "vhb", 3)
 	sa, pa, epa := ja.name, ja.path, ja.ep
-	sb, pb, epb := jb.name, jb.path, jb.ep
+	sb, epb := jb.name, jb.ep
 	// A remote nothing answers for: its ARP can only be answered by the
 	// proxy on A's own VXLAN device.
 	ghost := datapath.Remote{Addr: netip.MustParseAddr("10.90.1.99"), MAC: net.HardwareAddr{0x02, 0x42, 0, 0, 0, 0x99}, Node: bIP}
@@ -181,41 +181,12 @@ func TestOverlayConnectsEndpointsAcrossHosts(t *testing.T) {
 	b.setRemotes(n, toA)
 
 	v := a.vxlan("fvx4242")
-	br := a.link("br-o")
-	switch {
-	case v.VxlanId != 4242 || v.Port != datapath.DefaultTunnelPort || !v.SrcAddr.Equal(aIP.AsSlice()):
-		t.Errorf("vxlan VNI %d port %d local %s", v.VxlanId, v.Port, v.SrcAddr)
-	case v.Learning || !v.Proxy || v.L2miss || v.L3miss || v.FlowBased || (v.Group != nil && !v.Group.IsUnspecified()):
-		t.Errorf("vxlan learning %v proxy %v l2miss %v l3miss %v external %v group %s", v.Learning, v.Proxy, v.L2miss, v.L3miss, v.FlowBased, v.Group)
-	case v.MTU != 1450 || v.MasterIndex != br.Attrs().Index || !plumb.IsUp(v) || v.Alias != vxlanAlias("ovl"):
-		t.Errorf("vxlan MTU %d master %d (bridge %d) up %v alias %q", v.MTU, v.MasterIndex, br.Attrs().Index, plumb.IsUp(v), v.Alias)
-	}
+	checkOverlayDevice(t, v, a.link("br-o"), aIP)
 	a.checkTunnelEntries("fvx4242", toB, ghost)
 	b.checkTunnelEntries("fvx4242", toA)
-	// Overlay sandboxes retry ARP fast (a peer's proxy entry may arrive
-	// just after the first request).
-	if err := fabricns.Do(pa, func() error {
-		for name, want := range map[string]string{"retrans_time_ms": "100", "mcast_solicit": "10"} {
-			got, err := os.ReadFile("/proc/sys/net/ipv4/neigh/eth0/" + name)
-			if err != nil || strings.TrimSpace(string(got)) != want {
-				return fmt.Errorf("sandbox eth0 %s = %q (%v), want %s", name, got, err, want)
-			}
-		}
-		return nil
-	}); err != nil {
-		t.Error(err)
-	}
+	checkFastARP(t, pa)
 
-	mustPing(t, sa, "10.90.1.3")
-	mustPing(t, sb, "10.90.1.2")
-	serveTCP(t, pb, ":7000")
-	serveTCP(t, pa, ":7001")
-	if got := mustDial(t, pa, "tcp4", "10.90.1.3:7000"); got != "10.90.1.2" {
-		t.Errorf("B's endpoint saw A's as %s, want 10.90.1.2", got)
-	}
-	if got := mustDial(t, pb, "tcp4", "10.90.1.2:7001"); got != "10.90.1.3" {
-		t.Errorf("A's endpoint saw B's as %s, want 10.90.1.3", got)
-	}
+	checkTrafficBothWays(t, ja, jb)
 	if mac := sandboxNeighbour(t, pa, toB.Addr); !slices.Equal(mac, epb.MAC) {
 		t.Errorf("sandbox A resolved %s to %s, want %s", toB.Addr, mac, epb.MAC)
 	}
@@ -268,6 +239,55 @@ func TestOverlayConnectsEndpointsAcrossHosts(t *testing.T) {
 	}
 	if !a.linkGone("fvx4242") || !a.linkGone("br-o") {
 		t.Error("DeleteNetwork left the VXLAN device or the bridge")
+	}
+}
+
+// checkTrafficBothWays: ja's and jb's sandboxes ping each other, and each
+// reaches a TCP server of the other, which sees its real address.
+func checkTrafficBothWays(t *testing.T, ja, jb joined) {
+	t.Helper()
+	a, b := ja.ep.Addr.Addr().String(), jb.ep.Addr.Addr().String()
+	mustPing(t, ja.name, b)
+	mustPing(t, jb.name, a)
+	serveTCP(t, jb.path, ":7000")
+	serveTCP(t, ja.path, ":7001")
+	if got := mustDial(t, ja.path, "tcp4", b+":7000"); got != a {
+		t.Errorf("B's endpoint saw A's as %s, want %s", got, a)
+	}
+	if got := mustDial(t, jb.path, "tcp4", a+":7001"); got != b {
+		t.Errorf("A's endpoint saw B's as %s, want %s", got, b)
+	}
+}
+
+// checkOverlayDevice: v is the VXLAN device of the "ovl" test network
+// (VNI 4242, default port) on br, sending from local, with learning off
+// and the ARP proxy on.
+func checkOverlayDevice(t *testing.T, v *netlink.Vxlan, br netlink.Link, local netip.Addr) {
+	t.Helper()
+	switch {
+	case v.VxlanId != 4242 || v.Port != datapath.DefaultTunnelPort || !v.SrcAddr.Equal(local.AsSlice()):
+		t.Errorf("vxlan VNI %d port %d local %s", v.VxlanId, v.Port, v.SrcAddr)
+	case v.Learning || !v.Proxy || v.L2miss || v.L3miss || v.FlowBased || (v.Group != nil && !v.Group.IsUnspecified()):
+		t.Errorf("vxlan learning %v proxy %v l2miss %v l3miss %v external %v group %s", v.Learning, v.Proxy, v.L2miss, v.L3miss, v.FlowBased, v.Group)
+	case v.MTU != 1450 || v.MasterIndex != br.Attrs().Index || !plumb.IsUp(v) || v.Alias != vxlanAlias("ovl"):
+		t.Errorf("vxlan MTU %d master %d (bridge %d) up %v alias %q", v.MTU, v.MasterIndex, br.Attrs().Index, plumb.IsUp(v), v.Alias)
+	}
+}
+
+// checkFastARP: an overlay sandbox (at nsPath) retries ARP fast (a peer's
+// proxy entry may arrive just after the first request).
+func checkFastARP(t *testing.T, nsPath string) {
+	t.Helper()
+	if err := fabricns.Do(nsPath, func() error {
+		for name, want := range map[string]string{"retrans_time_ms": "100", "mcast_solicit": "10"} {
+			got, err := os.ReadFile("/proc/sys/net/ipv4/neigh/eth0/" + name)
+			if err != nil || strings.TrimSpace(string(got)) != want {
+				return fmt.Errorf("sandbox eth0 %s = %q (%v), want %s", name, got, err, want)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
 	}
 }
 
@@ -474,20 +494,7 @@ func TestOverlayRefusesBadInput(t *testing.T) {
 	t.Parallel()
 	n := overlayNetwork("ovb", "br-b", "10.90.3.0/24", 9)
 
-	// No tunnel address: refused before anything is made.
-	plain := newLab(t)
-	if err := plain.dp.EnsureNetwork(ctx, n); !errors.Is(err, datapath.ErrInvalid) || !strings.Contains(err.Error(), "Tunnel.Local") {
-		t.Errorf("EnsureNetwork without a tunnel address: %v, want ErrInvalid naming Tunnel.Local", err)
-	}
-	if !plain.linkGone("br-b") || !plain.linkGone("fvx9") {
-		t.Error("refused overlay network left links behind")
-	}
-	if err := plain.dp.Sync(ctx, datapath.State{Networks: []datapath.Network{n}}); !errors.Is(err, datapath.ErrInvalid) {
-		t.Errorf("Sync without a tunnel address: %v, want ErrInvalid", err)
-	}
-	if !plain.linkGone("fvx9") {
-		t.Error("refused overlay network left a VXLAN device behind")
-	}
+	checkRefusedWithoutTunnel(t, n)
 
 	l := bareLab(t)
 	local := netip.MustParseAddr("10.201.3.1")
@@ -554,8 +561,32 @@ func TestOverlayRefusesBadInput(t *testing.T) {
 		t.Errorf("Sync with a bad remote: %v, want it skipped", err)
 	}
 	l.checkTunnelEntries("fvx9", good)
+	checkForeignVXLANRefused(t, l)
+}
 
-	// A link of that name fabric did not make is refused, not taken.
+// checkRefusedWithoutTunnel: a datapath without a tunnel address refuses
+// overlay network n before anything is made.
+func checkRefusedWithoutTunnel(t *testing.T, n datapath.Network) {
+	t.Helper()
+	plain := newLab(t)
+	if err := plain.dp.EnsureNetwork(ctx, n); !errors.Is(err, datapath.ErrInvalid) || !strings.Contains(err.Error(), "Tunnel.Local") {
+		t.Errorf("EnsureNetwork without a tunnel address: %v, want ErrInvalid naming Tunnel.Local", err)
+	}
+	if !plain.linkGone("br-b") || !plain.linkGone("fvx9") {
+		t.Error("refused overlay network left links behind")
+	}
+	if err := plain.dp.Sync(ctx, datapath.State{Networks: []datapath.Network{n}}); !errors.Is(err, datapath.ErrInvalid) {
+		t.Errorf("Sync without a tunnel address: %v, want ErrInvalid", err)
+	}
+	if !plain.linkGone("fvx9") {
+		t.Error("refused overlay network left a VXLAN device behind")
+	}
+}
+
+// checkForeignVXLANRefused: a link of a VXLAN device's name that fabric
+// did not make is refused, not taken.
+func checkForeignVXLANRefused(t *testing.T, l *lab) {
+	t.Helper()
 	other := overlayNetwork("ovc", "br-c", "10.90.6.0/24", 10)
 	la := netlink.NewLinkAttrs()
 	la.Name = "fvx10"
