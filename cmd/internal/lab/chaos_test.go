@@ -2,7 +2,6 @@ package lab_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -196,10 +195,12 @@ func (l *testLab) netem(t *testing.T, i int, args ...string) {
 func (l *testLab) members(i int) ([]api.Member, error) {
 	// status exits 1 when something is unhealthy (a failed member, an
 	// unanswered underlay probe) and still prints the whole status.
-	out, _, code := l.ctl("--socket", l.sock(i), "-o", "json", "status")
-	var st api.Status
-	if err := json.Unmarshal([]byte(out), &st); err != nil || code > 1 || st.Cluster == nil {
-		return nil, fmt.Errorf("status of n%d: exit %d: %v", i, code, err)
+	st, err := l.nodeStatus(i)
+	if err != nil {
+		return nil, err
+	}
+	if st.Cluster == nil {
+		return nil, fmt.Errorf("status of n%d: no cluster section", i)
 	}
 	return st.Cluster.Members, nil
 }
