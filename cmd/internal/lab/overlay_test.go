@@ -165,28 +165,21 @@ func TestOverlayAcrossLabHosts(t *testing.T) {
 	}
 }
 
-// overlaySandboxes are TestOverlayAcrossLabHosts' sandboxes s1..s3 on the
-// overlay network "ov", one per host (index 0 unused), and their
-// addresses; s2 publishes 8070 and has the alias echo2.
+// overlaySandboxes are a lab's sandboxes s1..s3 on the overlay network
+// "ov", one per host (index 0 unused), and their addresses.
 type overlaySandboxes struct {
 	l      *testLab
 	sb, ip [4]string
 }
 
 // startOverlaySandboxes creates "ov" on n1, waits for it on every host
-// and starts an echo server sandbox on each.
+// and starts an echo server sandbox on each; s2 publishes 8070 and has
+// the alias echo2.
 func startOverlaySandboxes(t *testing.T, l *testLab) *overlaySandboxes {
 	t.Helper()
 	o := &overlaySandboxes{l: l}
 	l.on(1, "network", "create", "-d", "overlay", "--subnet", "10.77.0.0/16", "ov")
-	for i := 2; i <= 3; i++ {
-		netnstest.Until(t, 10*time.Second, fmt.Sprintf("overlay network on n%d", i), func() error {
-			if _, ok := l.network(i, "ov"); !ok {
-				return fmt.Errorf("n%d has no network ov", i)
-			}
-			return nil
-		})
-	}
+	l.waitNetworkOn(t, "ov", 10*time.Second, 2, 3)
 	ov, _ := l.network(1, "ov")
 	if ov.Driver != "overlay" || ov.Scope != "cluster" || ov.MTU != 1500-50 {
 		t.Fatalf("overlay network %+v: want driver overlay, scope cluster, MTU 1450 (underlay 1500 - 50)", ov)
@@ -208,6 +201,19 @@ func startOverlaySandboxes(t *testing.T, l *testLab) *overlaySandboxes {
 		t.Errorf("sandbox eth0 on the overlay: %q, want mtu 1450", out)
 	}
 	return o
+}
+
+// waitNetworkOn waits up to d for network name on each of nodes.
+func (l *testLab) waitNetworkOn(t *testing.T, name string, d time.Duration, nodes ...int) {
+	t.Helper()
+	for _, i := range nodes {
+		netnstest.Until(t, d, fmt.Sprintf("%s network on n%d", name, i), func() error {
+			if _, ok := l.network(i, name); !ok {
+				return fmt.Errorf("n%d has no network %s", i, name)
+			}
+			return nil
+		})
+	}
 }
 
 // checkReach: cross-host TCP and UDP between every pair, names and aliases
