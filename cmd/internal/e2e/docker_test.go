@@ -292,8 +292,23 @@ func testDockerRestarts(t *testing.T, dp string) {
 		t.Fatalf("c1 -> c2 across the restarts: %d of %d pings answered\n%s", got, sent, tail(log, 500))
 	}
 
-	// A container with --restart always whose process dies comes back
-	// with its address and its published port.
+	d.checkRestartAlways(t, net)
+
+	// Docker's removals after both restarts still clean up.
+	d.mustDocker("rm", "-f", "c1", "c2", "c3", "rs")
+	mustWait(t, 20*time.Second, "fabric records, links and references to go", func() bool {
+		return len(d.dockerSandboxes()) == 0 && len(d.hostLinks()) == 0 && len(d.heldRefs()) == 0
+	})
+	d.mustDocker("network", "rm", net)
+	if _, _, code := d.ctl("network", "inspect", net); code == 0 {
+		t.Fatalf("fabric network %s outlived its Docker network", net)
+	}
+}
+
+// checkRestartAlways: a container on net with --restart always whose
+// process dies comes back with its address and its published port.
+func (d *dockerHost) checkRestartAlways(t *testing.T, net string) {
+	t.Helper()
 	d.mustDocker("run", "-d", "--name", "rs", "--restart", "always", "--network", net, "--ip", "10.78.0.40", "-p", "8082:80", "bb",
 		"sh", "-c", "echo again > /www/index.html && exec httpd -f -p 80 -h /www")
 	d.waitDockerSandboxes(4, 4)
@@ -315,16 +330,6 @@ func testDockerRestarts(t *testing.T, dp string) {
 		t.Fatalf("rs came back with %q, want 10.78.0.40", ip)
 	}
 	d.waitDockerSandboxes(4, 4)
-
-	// Docker's removals after both restarts still clean up.
-	d.mustDocker("rm", "-f", "c1", "c2", "c3", "rs")
-	mustWait(t, 20*time.Second, "fabric records, links and references to go", func() bool {
-		return len(d.dockerSandboxes()) == 0 && len(d.hostLinks()) == 0 && len(d.heldRefs()) == 0
-	})
-	d.mustDocker("network", "rm", net)
-	if _, _, code := d.ctl("network", "inspect", net); code == 0 {
-		t.Fatalf("fabric network %s outlived its Docker network", net)
-	}
 }
 
 // sandboxSummary is what must not change across restarts: names, owners
