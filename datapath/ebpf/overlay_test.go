@@ -117,6 +117,11 @@ func (h *overlayHost) addSandbox(n datapath.Network, host byte) {
 	}
 }
 
+// hosts are the lab's two hosts and their endpoints' addresses.
+func (l *overlayLab) hosts() (h1, h2 *overlayHost, a1, a2 netip.Addr) {
+	return l.h1, l.h2, l.h1.ep.Addr.Addr(), l.h2.ep.Addr.Addr()
+}
+
 // start opens the host's datapath (again, for a restart).
 func (h *overlayHost) start() {
 	h.t.Helper()
@@ -259,8 +264,7 @@ func (h *overlayHost) waitCounter(dir, verdict, reason string, from uint64) bool
 
 func TestOverlayTwoHosts(t *testing.T) {
 	l := newOverlayLab(t)
-	h1, h2 := l.h1, l.h2
-	a1, a2 := h1.ep.Addr.Addr(), h2.ep.Addr.Addr()
+	h1, h2, a1, a2 := l.hosts()
 	ctx := context.Background()
 
 	if ix := h1.tunnelIfindex(); ix == 0 {
@@ -325,8 +329,7 @@ func TestOverlayTwoHosts(t *testing.T) {
 // closing and reopening h1's datapath, and the restart keeps the tunnel
 // device.
 func testRestartKeepsConnection(t *testing.T, l *overlayLab) {
-	h1 := l.h1
-	a2 := l.h2.ep.Addr.Addr()
+	h1, _, _, a2 := l.hosts()
 	ctx := context.Background()
 	conn, err := h1.dial(a2, 7002)
 	if err != nil {
@@ -361,9 +364,7 @@ func testRestartKeepsConnection(t *testing.T, l *overlayLab) {
 // testOverlayIdempotent: ensuring, setting remotes and syncing again changes
 // nothing.
 func testOverlayIdempotent(t *testing.T, l *overlayLab) {
-	h1 := l.h1
-	h2 := l.h2
-	a1 := l.h1.ep.Addr.Addr()
+	h1, h2, a1, _ := l.hosts()
 	ctx := context.Background()
 	ix := h2.tunnelIfindex()
 	for range 2 {
@@ -391,9 +392,7 @@ func testOverlayIdempotent(t *testing.T, l *overlayLab) {
 // testInvalidRemotesSkipped: a bad remote among good ones is skipped and
 // counted; the good ones still work.
 func testInvalidRemotesSkipped(t *testing.T, l *overlayLab) {
-	h1 := l.h1
-	h2 := l.h2
-	a2 := l.h2.ep.Addr.Addr()
+	h1, h2, _, a2 := l.hosts()
 	ctx := context.Background()
 	good := h2.remote()
 	for _, bad := range []datapath.Remote{
@@ -429,8 +428,7 @@ func testInvalidRemotesSkipped(t *testing.T, l *overlayLab) {
 // testNoRemotesNoReach: without a remote entry nothing crosses, and the drop
 // is counted.
 func testNoRemotesNoReach(t *testing.T, l *overlayLab) {
-	h1 := l.h1
-	a2 := l.h2.ep.Addr.Addr()
+	h1, _, _, a2 := l.hosts()
 	ctx := context.Background()
 	if err := h1.dp.SetRemotes(ctx, l.net, nil); err != nil {
 		t.Fatal(err)
@@ -451,9 +449,7 @@ func testNoRemotesNoReach(t *testing.T, l *overlayLab) {
 // testSyncRemovesTunnel: a Sync without the overlay network removes the
 // tunnel device and its pin.
 func testSyncRemovesTunnel(t *testing.T, l *overlayLab) {
-	h1 := l.h1
-	h2 := l.h2
-	a2 := l.h2.ep.Addr.Addr()
+	h1, h2, _, a2 := l.hosts()
 	ctx := context.Background()
 	if err := h2.dp.Sync(ctx, datapath.State{}); err != nil {
 		t.Fatal(err)
