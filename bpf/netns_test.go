@@ -152,9 +152,7 @@ func TestNamespaces(t *testing.T) {
 // testSameNetwork: sandboxes on one network ping each other through the
 // program, which answers their ARP.
 func testSameNetwork(t *testing.T, x *namespacesLab) {
-	l := x.l
-	s1 := x.s1
-	s2 := x.s2
+	l, s1, s2 := x.l, x.s1, x.s2
 	var ok bool
 	fwd := l.moved(VerdictRedirect, ReasonForward, func() { ok = s1.ping(t, s2.ep.Addr.String()) })
 	if !ok {
@@ -172,9 +170,7 @@ func testSameNetwork(t *testing.T, x *namespacesLab) {
 // testOtherNetwork: sandboxes on two networks cannot reach each other, and
 // the drops are counted.
 func testOtherNetwork(t *testing.T, x *namespacesLab) {
-	l := x.l
-	s1 := x.s1
-	s3 := x.s3
+	l, s1, s3 := x.l, x.s1, x.s3
 	var ok1, ok3 bool
 	cross := l.moved(VerdictDrop, ReasonCrossNetwork, func() {
 		ok3 = s3.ping(t, s1.ep.Addr.String())
@@ -191,9 +187,7 @@ func testOtherNetwork(t *testing.T, x *namespacesLab) {
 // testSpoofedSourceAddress: a packet from an address that is not the
 // endpoint's is dropped.
 func testSpoofedSourceAddress(t *testing.T, x *namespacesLab) {
-	l := x.l
-	s1 := x.s1
-	s2 := x.s2
+	l, s1, s2 := x.l, x.s1, x.s2
 	netnstest.Run(t, s1.name, "ip", "addr", "add", "10.1.0.99/24", "dev", "eth0")
 	defer netnstest.Run(t, s1.name, "ip", "addr", "del", "10.1.0.99/24", "dev", "eth0")
 	var ok bool
@@ -212,9 +206,7 @@ func testSpoofedSourceAddress(t *testing.T, x *namespacesLab) {
 // testSpoofedSourceMAC: a frame from a MAC that is not the endpoint's is
 // dropped.
 func testSpoofedSourceMAC(t *testing.T, x *namespacesLab) {
-	l := x.l
-	s1 := x.s1
-	s2 := x.s2
+	l, s1, s2 := x.l, x.s1, x.s2
 	netnstest.Run(t, s1.name, "ip", "link", "set", "eth0", "address", "02:00:de:ad:be:ef")
 	defer netnstest.Run(t, s1.name, "ip", "link", "set", "eth0", "address", s1.ep.MAC.String())
 	var ok bool
@@ -234,8 +226,7 @@ func testSpoofedSourceMAC(t *testing.T, x *namespacesLab) {
 // program). The host side is what an eBPF datapath must provide: the gateway
 // address on a host device and a route per endpoint.
 func testGatewayThroughHost(t *testing.T, x *namespacesLab) {
-	l := x.l
-	s1 := x.s1
+	l, s1 := x.l, x.s1
 	netnstest.Run(t, l.name, "ip", "link", "set", "lo", "up")
 	netnstest.Run(t, l.name, "ip", "addr", "add", netA.Gateway.String()+"/32", "dev", "lo")
 	netnstest.Run(t, l.name, "ip", "route", "add", s1.ep.Addr.String()+"/32", "dev", "fb-s1")
@@ -253,8 +244,7 @@ func testGatewayThroughHost(t *testing.T, x *namespacesLab) {
 // IPv4 header, so those lengths are sent for real, from the sandbox through
 // a packet socket: every one must be counted as malformed and dropped.
 func testTruncatedFrames(t *testing.T, x *namespacesLab) {
-	l := x.l
-	s1 := x.s1
+	l, s1 := x.l, x.s1
 	var sent Counter
 	malformed := l.movedUntil(VerdictDrop, ReasonMalformed, func() {
 		err := fabricns.Do(s1.path, func() error {
@@ -276,9 +266,7 @@ func testTruncatedFrames(t *testing.T, x *namespacesLab) {
 // passes them on as they are, so the program must pull the IPv4 header in to
 // see it.
 func testNonLinearHeaders(t *testing.T, x *namespacesLab) {
-	l := x.l
-	s1 := x.s1
-	s2 := x.s2
+	l, s1, s2 := x.l, x.s1, x.s2
 	// Both ends: veth refuses frames larger than the receiver's MTU.
 	for _, ns := range []struct{ name, dev string }{{s1.name, "eth0"}, {l.name, "fb-s1"}} {
 		netnstest.Run(t, ns.name, "ip", "link", "set", ns.dev, "mtu", "9000")
@@ -303,8 +291,7 @@ func testNonLinearHeaders(t *testing.T, x *namespacesLab) {
 // out of band, which only a real device can show (BPF_PROG_TEST_RUN cannot
 // set it).
 func testVLANTaggedFrames(t *testing.T, x *namespacesLab) {
-	l := x.l
-	s1 := x.s1
+	l, s1 := x.l, x.s1
 	kfeat.Need(t, kfeat.VLAN)
 	netnstest.Run(t, s1.name, "ip", "link", "add", "link", "eth0", "name", "eth0.100", "type", "vlan", "id", "100")
 	defer netnstest.Run(t, s1.name, "ip", "link", "del", "eth0.100")

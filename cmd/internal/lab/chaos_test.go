@@ -98,9 +98,7 @@ func TestChaosOnTheUnderlay(t *testing.T) {
 // node, a 1 MiB transfer arrives, names resolve and no member is declared
 // failed.
 func testLossAndDelay(t *testing.T, o *overlaySandboxes) {
-	l := o.l
-	sb := o.sb
-	ip := o.ip
+	l, sb, ip := o.l, o.sb, o.ip
 	for i := 1; i <= 3; i++ {
 		l.netem(t, i, "loss", "5%", "delay", "50ms", "10ms", "reorder", "25%", "50%")
 	}
@@ -125,9 +123,7 @@ func testLossAndDelay(t *testing.T, o *overlaySandboxes) {
 // back after the heal; the static address both sides granted meanwhile ends
 // with one owner.
 func testPartitionAndHeal(t *testing.T, o *overlaySandboxes) {
-	l := o.l
-	sb := o.sb
-	ip := o.ip
+	l, sb, ip := o.l, o.sb, o.ip
 	l.netem(t, 3, "loss", "100%")
 	t0 := time.Now()
 	took := netnstest.Until(t, 30*time.Second, "n1 declares cut-off n3 failed", l.memberState(1, l.netns(3), "failed"))
@@ -153,9 +149,7 @@ func testPartitionAndHeal(t *testing.T, o *overlaySandboxes) {
 // testFlappingLink: a link of n2 that flaps every second does not break a
 // transfer, and n2 is alive again after.
 func testFlappingLink(t *testing.T, o *overlaySandboxes) {
-	l := o.l
-	sb := o.sb
-	ip := o.ip
+	l, sb, ip := o.l, o.sb, o.ip
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
