@@ -176,21 +176,11 @@ func serveEcho(t *testing.T, path, addr string) {
 		t.Fatalf("listen on %s: %v", addr, err)
 	}
 	t.Cleanup(func() { ln.Close(); pc.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-				if _, err := bufio.NewReader(c).ReadString('\n'); err == nil {
-					fmt.Fprintf(c, "%s\n", c.RemoteAddr())
-				}
-			}()
+	go netnstest.AcceptEach(ln, 5*time.Second, func(c net.Conn) {
+		if _, err := bufio.NewReader(c).ReadString('\n'); err == nil {
+			fmt.Fprintf(c, "%s\n", c.RemoteAddr())
 		}
-	}()
+	})
 	go func() {
 		buf := make([]byte, 2048)
 		for {

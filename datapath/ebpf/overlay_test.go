@@ -184,17 +184,7 @@ func (h *overlayHost) serveEcho(t *testing.T, port int) {
 	t.Cleanup(func() { ln.Close(); <-done })
 	go func() {
 		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(60 * time.Second))
-				_, _ = io.Copy(c, c)
-			}()
-		}
+		netnstest.AcceptEach(ln, 60*time.Second, func(c net.Conn) { _, _ = io.Copy(c, c) })
 	}()
 }
 

@@ -246,15 +246,9 @@ func serveTCP(t *testing.T, nsPath, addr string) {
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		netnstest.AcceptEach(ln, 2*time.Second, func(c net.Conn) {
 			_, _ = io.WriteString(c, c.RemoteAddr().(*net.TCPAddr).IP.String())
-			_ = c.Close()
-		}
+		})
 	})
 	t.Cleanup(func() {
 		ln.Close()
