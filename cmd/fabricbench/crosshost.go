@@ -145,14 +145,8 @@ func (l *Lab) sectionCrossHost(ctx context.Context) error {
 		specs[3].fn = l.throughputLatency(x.iaNS, ipvB)
 		specs[3].skip = x.ipvlanSkip
 	}
-	res := runAlternating(ctx, "cross-host", l.secs(), l.o.reps, specs)
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	raw, vx := res[0], res[1]
-	printTable(fmt.Sprintf("cross-host: one TCP stream (iperf3) and TCP ping-pong (sockperf, one-way µs), %d s, median of %d", l.secs(), l.o.reps),
-		l.streamPingColumns("raw", raw, "VXLAN", vx), res,
+	return l.runStreamPing(ctx, "cross-host", specs,
+		func(res []*result) []column { return l.streamPingColumns("raw", res[0], "VXLAN", res[1]) },
 		"the kernel VXLAN row is baseline-lab.sh's overlay; fabric's own overlay (eBPF and the kernel VXLAN fallback) is measured in the overlay section.",
 		"DESIGN.md (another run, for context only): raw 11.7–13.7 Gbit/s, 10–16 µs; kernel VXLAN 10.1–11.2 Gbit/s, 12–20 µs.")
-	return nil
 }
