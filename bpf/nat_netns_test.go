@@ -92,10 +92,7 @@ func newNATNSLab(t *testing.T) *natNSLab {
 	netnstest.Run(t, l.outName, "ip", "addr", "add", labOutsideAddr+"/24", "dev", "eth0")
 	netnstest.Run(t, l.outName, "ip", "link", "set", "eth0", "up")
 
-	h, err := fabricns.HandleAt(l.path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := netnstest.Handle(t, l.path)
 	defer h.Close()
 	up, err := h.LinkByName("up0")
 	if err != nil {

@@ -60,10 +60,7 @@ func (l *hostLab) addSandbox(host string, ep Endpoint, n Network) *sandbox {
 	netnstest.Run(t, name, "ip", "route", "add", "default", "via", n.Gateway.String())
 	netnstest.Run(t, l.name, "ip", "link", "set", host, "up")
 
-	h, err := fabricns.HandleAt(l.path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := netnstest.Handle(t, l.path)
 	defer h.Close()
 	hl, err := h.LinkByName(host)
 	if err != nil {

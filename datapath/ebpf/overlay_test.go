@@ -215,10 +215,7 @@ func echo(c net.Conn, msg string) error {
 
 func (h *overlayHost) tunnelIfindex() int {
 	h.t.Helper()
-	nl, err := fabricns.HandleAt(h.path)
-	if err != nil {
-		h.t.Fatal(err)
-	}
+	nl := netnstest.Handle(h.t, h.path)
 	defer nl.Close()
 	l, err := nl.LinkByName(tunDevice)
 	if err != nil {

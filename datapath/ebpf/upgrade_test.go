@@ -26,7 +26,6 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/fabricnet/fabric/datapath"
-	fabricns "github.com/fabricnet/fabric/datapath/netns"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
@@ -142,10 +141,7 @@ func (l *upgradeLab) upgrade(spec *ebpf.CollectionSpec) {
 // linkPins are the pinned links of both endpoints' programs.
 func (l *upgradeLab) linkPins() []string {
 	l.t.Helper()
-	nl, err := fabricns.HandleAt(l.a.path)
-	if err != nil {
-		l.t.Fatal(err)
-	}
+	nl := netnstest.Handle(l.t, l.a.path)
 	defer nl.Close()
 	var pins []string
 	for _, h := range []*overlayHost{l.a, l.b} {
@@ -196,10 +192,7 @@ func (l *upgradeLab) filterProgram(t *testing.T, pin string) ebpf.ProgramID {
 	if !ok {
 		t.Fatalf("%s: not an endpoint pin", pin)
 	}
-	nl, err := fabricns.HandleAt(l.a.path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nl := netnstest.Handle(t, l.a.path)
 	defer nl.Close()
 	hl, err := nl.LinkByIndex(ifindex)
 	if err != nil {

@@ -53,10 +53,7 @@ func bareLab(t *testing.T) *lab {
 	t.Helper()
 	netnstest.RequireRoot(t)
 	name, path := netnstest.New(t, "fkh")
-	h, err := fabricns.HandleAt(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := netnstest.Handle(t, path)
 	t.Cleanup(h.Close)
 	return &lab{t: t, hostName: name, hostPath: path, hostNL: h}
 }
@@ -176,10 +173,7 @@ func (l *lab) addOutside() (string, string) {
 	if err := l.hostNL.AddrAdd(up, mustAddr(uplinkHost+"/24")); err != nil {
 		l.t.Fatal(err)
 	}
-	oh, err := fabricns.HandleAt(path)
-	if err != nil {
-		l.t.Fatal(err)
-	}
+	oh := netnstest.Handle(l.t, path)
 	defer oh.Close()
 	eth0, err := oh.LinkByName("eth0")
 	if err != nil {

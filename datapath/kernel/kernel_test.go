@@ -245,10 +245,7 @@ func TestEndpointRecreatedWhenPeerIsElsewhere(t *testing.T) {
 
 	// Move the peer away, as if the sandbox had been replaced by another
 	// namespace while something kept the old one alive.
-	h, err := fabricns.HandleAt(p1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := netnstest.Handle(t, p1)
 	defer h.Close()
 	eth0, err := h.LinkByName("eth0")
 	if err != nil {

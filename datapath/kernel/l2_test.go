@@ -11,7 +11,6 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/fabricnet/fabric/datapath"
-	fabricns "github.com/fabricnet/fabric/datapath/netns"
 	"github.com/fabricnet/fabric/datapath/netns/kfeat"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 	"github.com/fabricnet/fabric/datapath/plumb"
@@ -33,10 +32,7 @@ func newSwitch(t *testing.T) *switchL2 {
 	t.Helper()
 	netnstest.RequireRoot(t)
 	name, path := netnstest.New(t, "fkw")
-	h, err := fabricns.HandleAt(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := netnstest.Handle(t, path)
 	t.Cleanup(h.Close)
 	la := netlink.NewLinkAttrs()
 	la.Name = "sw0"
@@ -116,10 +112,7 @@ func parentNet(id, driver, parent, mode, subnet string) datapath.Network {
 // child is an endpoint's link as seen inside its sandbox.
 func child(t *testing.T, nsPath, ifName string) netlink.Link {
 	t.Helper()
-	h, err := fabricns.HandleAt(nsPath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := netnstest.Handle(t, nsPath)
 	defer h.Close()
 	link, err := h.LinkByName(ifName)
 	if err != nil {
@@ -130,12 +123,9 @@ func child(t *testing.T, nsPath, ifName string) netlink.Link {
 
 func childGone(t *testing.T, nsPath, ifName string) bool {
 	t.Helper()
-	h, err := fabricns.HandleAt(nsPath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := netnstest.Handle(t, nsPath)
 	defer h.Close()
-	_, err = h.LinkByName(ifName)
+	_, err := h.LinkByName(ifName)
 	return plumb.IsNotFound(err)
 }
 

@@ -17,6 +17,7 @@ import (
 
 	"github.com/fabricnet/fabric/datapath"
 	fabricns "github.com/fabricnet/fabric/datapath/netns"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 	"github.com/fabricnet/fabric/datapath/plumb"
 )
 
@@ -144,10 +145,7 @@ func (l *lab) checkTunnelEntries(name string, remotes ...datapath.Remote) {
 // sandboxNeighbour returns the MAC the sandbox's eth0 has for ip, or nil.
 func sandboxNeighbour(t *testing.T, nsPath string, ip netip.Addr) net.HardwareAddr {
 	t.Helper()
-	h, err := fabricns.HandleAt(nsPath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := netnstest.Handle(t, nsPath)
 	defer h.Close()
 	eth0, err := h.LinkByName("eth0")
 	if err != nil {
