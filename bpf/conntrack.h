@@ -242,6 +242,55 @@ static __always_inline int ct_create(const struct ct_key *ok, const struct ct_en
 	return 0;
 }
 
+/* ct_open_port stores a new connection from client to the published port
+ * pt, which keeps the client's source port: the original entry (key ok,
+ * value returned in ov) sends the packet to pt; the reply entry, keyed
+ * from pt back to client, restores the address and port the client sent
+ * to. kind names the path that made it; rev_dir is the direction of ok,
+ * where replies find the original entry. The connection counts against
+ * the sending source's quota. Returns 0, or -1 with *why set to the
+ * reason the packet must be dropped. */
+static __always_inline int ct_open_port(const struct pkt *p, const struct ct_key *ok, const struct port_target *pt,
+					__be32 client, __u8 kind, __u8 rev_dir, __u64 now, struct ct_entry *ov,
+					enum reason *why)
+{
+	struct ct_entry rv = {};
+	struct ct_key rk = {};
+
+	ov->last_seen = now;
+	ov->saddr = client;
+	ov->daddr = pt->addr;
+	ov->sport = p->sport;
+	ov->dport = pt->port;
+	ov->kind = kind;
+	ov->rev_dir = CT_DIR_OUT;
+	rk.saddr = pt->addr;
+	rk.daddr = client;
+	rk.sport = pt->port;
+	rk.dport = p->sport;
+	rk.proto = p->proto;
+	rk.dir = CT_DIR_OUT;
+	rv.last_seen = now;
+	rv.saddr = p->daddr;
+	rv.daddr = p->saddr;
+	rv.sport = p->dport;
+	rv.dport = p->sport;
+	rv.kind = kind;
+	rv.reply = 1;
+	rv.rev_dir = rev_dir;
+	ov->flags = rv.flags = ct_initial_flags(p);
+	if (ct_quota_take(p->saddr, now)) {
+		*why = REASON_CT_QUOTA;
+		return -1;
+	}
+	if (ct_create(ok, ov, &rk, &rv, now)) {
+		ct_quota_give(p->saddr);
+		*why = REASON_CT_FULL;
+		return -1;
+	}
+	return 0;
+}
+
 /* ---- Fragments ---- */
 
 static __always_inline void frag_record(const struct pkt *p, __u8 dir, __be32 saddr, __be32 daddr, __u8 kind,

@@ -85,19 +85,16 @@ static __always_inline int from_endpoint_arp(struct __sk_buff *skb, const struct
 					     const struct network *net, __u32 ifindex)
 {
 	const __u32 need = sizeof(struct ethhdr) + sizeof(struct arp_ipv4);
-	void *data, *data_end;
 	struct ethhdr *eth;
 	struct arp_ipv4 *arp;
 	__be32 spa, tpa;
 
 	if (!linear(skb, need))
 		return done(skb, TC_ACT_SHOT, REASON_MALFORMED);
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	if (data + need > data_end)
+	eth = skb_head(skb, need);
+	if (!eth)
 		return done(skb, TC_ACT_SHOT, REASON_MALFORMED);
-	eth = data;
-	arp = data + sizeof(*eth);
+	arp = (void *)(eth + 1);
 
 	if (arp->htype != bpf_htons(ARPHRD_ETHER) || arp->ptype != bpf_htons(ETH_P_IP) ||
 	    arp->hlen != ETH_ALEN || arp->plen != 4)
@@ -179,10 +176,10 @@ static __always_inline int hairpin_new(struct __sk_buff *skb, const struct endpo
 				       const struct pkt *p, const struct ct_key *ok, const struct port_target *pt,
 				       __u64 now, int *ret)
 {
-	struct ct_entry ov = {}, rv = {};
-	struct ct_key rk = {};
+	struct ct_entry ov = {};
 	struct endpoint *dst;
 	struct network *dnet;
+	enum reason why;
 	struct tuple t;
 	__be32 client;
 
@@ -198,35 +195,8 @@ static __always_inline int hairpin_new(struct __sk_buff *skb, const struct endpo
 	}
 	client = dst->ipv4 == ep->ipv4 ? dnet->gateway : p->saddr;
 
-	ov.last_seen = now;
-	ov.saddr = client;
-	ov.daddr = pt->addr;
-	ov.sport = p->sport;
-	ov.dport = pt->port;
-	ov.kind = CT_KIND_HAIRPIN;
-	ov.rev_dir = CT_DIR_OUT;
-	rk.saddr = pt->addr;
-	rk.daddr = client;
-	rk.sport = pt->port;
-	rk.dport = p->sport;
-	rk.proto = p->proto;
-	rk.dir = CT_DIR_OUT;
-	rv.last_seen = now;
-	rv.saddr = p->daddr;
-	rv.daddr = p->saddr;
-	rv.sport = p->dport;
-	rv.dport = p->sport;
-	rv.kind = CT_KIND_HAIRPIN;
-	rv.reply = 1;
-	rv.rev_dir = CT_DIR_OUT;
-	ov.flags = rv.flags = ct_initial_flags(p);
-	if (ct_quota_take(p->saddr, now)) {
-		*ret = done(skb, TC_ACT_SHOT, REASON_CT_QUOTA);
-		return 1;
-	}
-	if (ct_create(ok, &ov, &rk, &rv, now)) {
-		ct_quota_give(p->saddr);
-		*ret = done(skb, TC_ACT_SHOT, REASON_CT_FULL);
+	if (ct_open_port(p, ok, pt, client, CT_KIND_HAIRPIN, CT_DIR_OUT, now, &ov, &why)) {
+		*ret = done(skb, TC_ACT_SHOT, why);
 		return 1;
 	}
 	if (p->first_frag)
@@ -424,7 +394,6 @@ static __always_inline int from_endpoint_ipv4(struct __sk_buff *skb, const struc
 					      const struct network *net)
 {
 	const __u32 need = sizeof(struct ethhdr) + sizeof(struct iphdr);
-	void *data, *data_end;
 	struct ethhdr *eth;
 	struct iphdr *ip;
 	struct endpoint *dst;
@@ -434,12 +403,10 @@ static __always_inline int from_endpoint_ipv4(struct __sk_buff *skb, const struc
 
 	if (!linear(skb, need))
 		return done(skb, TC_ACT_SHOT, REASON_MALFORMED);
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	if (data + need > data_end)
+	eth = skb_head(skb, need);
+	if (!eth)
 		return done(skb, TC_ACT_SHOT, REASON_MALFORMED);
-	eth = data;
-	ip = data + sizeof(*eth);
+	ip = (void *)(eth + 1);
 
 	/* The receiving stack would drop these too, but the redirect skips the
 	 * host's ip_rcv checks, so the program is the last one to see a
@@ -455,12 +422,10 @@ static __always_inline int from_endpoint_ipv4(struct __sk_buff *skb, const struc
 
 	if (endpoint_nat(skb, ep, net, &ret))
 		return ret;
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	if (data + need > data_end)
+	eth = skb_head(skb, need);
+	if (!eth)
 		return done(skb, TC_ACT_SHOT, REASON_MALFORMED);
-	eth = data;
-	ip = data + sizeof(*eth);
+	ip = (void *)(eth + 1);
 
 	daddr = ip->daddr;
 	dst = bpf_map_lookup_elem(&endpoint_by_ip, &daddr);
@@ -469,11 +434,9 @@ static __always_inline int from_endpoint_ipv4(struct __sk_buff *skb, const struc
 	if (!dst) {
 		if (to_guarded_port(skb, net, daddr))
 			return done(skb, TC_ACT_SHOT, REASON_HOST_PORT);
-		data = (void *)(long)skb->data;
-		data_end = (void *)(long)skb->data_end;
-		if (data + need > data_end)
+		eth = skb_head(skb, need);
+		if (!eth)
 			return done(skb, TC_ACT_SHOT, REASON_MALFORMED);
-		eth = data;
 		/* For the host: the gateway, another host, the outside. The
 		 * frame is addressed to the router MAC, which need not be the
 		 * veth's own, so the stack classified it as PACKET_OTHERHOST
@@ -502,7 +465,6 @@ int from_endpoint(struct __sk_buff *skb)
 	__u32 ifindex = skb->ingress_ifindex;
 	struct endpoint *ep;
 	struct network *net;
-	void *data, *data_end;
 	struct ethhdr *eth;
 
 	/* Fail closed: a veth the maps do not know (attached before its
@@ -520,10 +482,8 @@ int from_endpoint(struct __sk_buff *skb)
 
 	if (!linear(skb, sizeof(*eth)))
 		return done(skb, TC_ACT_SHOT, REASON_MALFORMED);
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	eth = data;
-	if ((void *)(eth + 1) > data_end)
+	eth = skb_head(skb, sizeof(*eth));
+	if (!eth)
 		return done(skb, TC_ACT_SHOT, REASON_MALFORMED);
 	if (!mac_eq(eth->h_source, ep->mac))
 		return done(skb, TC_ACT_SHOT, REASON_SPOOFED_MAC);

@@ -92,10 +92,7 @@ func newNATNSLab(t *testing.T) *natNSLab {
 	netnstest.Run(t, l.outName, "ip", "addr", "add", labOutsideAddr+"/24", "dev", "eth0")
 	netnstest.Run(t, l.outName, "ip", "link", "set", "eth0", "up")
 
-	h, err := fabricns.HandleAt(l.path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := netnstest.Handle(t, l.path)
 	defer h.Close()
 	up, err := h.LinkByName("up0")
 	if err != nil {
@@ -176,21 +173,11 @@ func serveEcho(t *testing.T, path, addr string) {
 		t.Fatalf("listen on %s: %v", addr, err)
 	}
 	t.Cleanup(func() { ln.Close(); pc.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-				if _, err := bufio.NewReader(c).ReadString('\n'); err == nil {
-					fmt.Fprintf(c, "%s\n", c.RemoteAddr())
-				}
-			}()
+	go netnstest.AcceptEach(ln, 5*time.Second, func(c net.Conn) {
+		if _, err := bufio.NewReader(c).ReadString('\n'); err == nil {
+			fmt.Fprintf(c, "%s\n", c.RemoteAddr())
 		}
-	}()
+	})
 	go func() {
 		buf := make([]byte, 2048)
 		for {
@@ -277,74 +264,6 @@ func TestNATNamespaces(t *testing.T) {
 	serveEcho(t, l.outPath, labOutsideAddr+":8000")
 	serveEcho(t, l.s1.path, "0.0.0.0:80")
 	serveEcho(t, l.s1.path, "0.0.0.0:53")
-	key := func(d Direction, v Verdict, r Reason) CounterKey { return CounterKey{d, v, r} }
-	snat := key(DirToUplink, VerdictPass, ReasonSNAT)
-	snatReply := key(DirFromUplink, VerdictRedirect, ReasonSNATReply)
-	dnat := key(DirFromUplink, VerdictRedirect, ReasonDNAT)
-	dnatReply := key(DirToUplink, VerdictPass, ReasonDNATReply)
-	hairpin := key(DirFromEndpoint, VerdictRedirect, ReasonHairpin)
-	hairpinReply := key(DirFromEndpoint, VerdictRedirect, ReasonDNATReply)
-	xdpSNATReply := key(DirXDPUplink, VerdictPass, ReasonSNATReply)
-	xdpDNAT := key(DirXDPUplink, VerdictPass, ReasonDNAT)
-
-	traffic := func(t *testing.T) {
-		t.Run("ping out", func(t *testing.T) {
-			var ok bool
-			moved := l.movedBy(t, func() { ok = l.s1.ping(t, labOutsideAddr) }, snat, snatReply)
-			if !ok {
-				t.Fatal("sandbox cannot ping the outside")
-			}
-			if moved[snat] < 3 || moved[snatReply] < 3 {
-				t.Errorf("ping: counters moved %v, want 3 each at least", moved)
-			}
-		})
-		t.Run("tcp and udp out", func(t *testing.T) {
-			seen, err := askTCP(l.s1.path, labOutsideAddr+":8000")
-			if err != nil {
-				t.Fatalf("tcp from the sandbox: %v", err)
-			}
-			checkFrom(t, "tcp", seen, labUplinkAddr, true)
-			for _, size := range []int{10, 1400} {
-				seen, err = askUDP(l.s2.path, labOutsideAddr+":8000", size)
-				if err != nil {
-					t.Fatalf("udp from the sandbox: %v", err)
-				}
-				checkFrom(t, "udp", seen, labUplinkAddr, true)
-			}
-		})
-		t.Run("published port from outside", func(t *testing.T) {
-			var seen string
-			var err error
-			moved := l.movedBy(t, func() { seen, err = askTCP(l.outPath, labUplinkAddr+":8080") }, dnat, dnatReply)
-			if err != nil {
-				t.Fatalf("tcp to the published port: %v", err)
-			}
-			checkFrom(t, "published tcp", seen, labOutsideAddr, false)
-			if moved[dnat] < 3 || moved[dnatReply] < 3 {
-				t.Errorf("counters moved %v", moved)
-			}
-			if seen, err = askUDP(l.outPath, labUplinkAddr+":5353", 100); err != nil {
-				t.Fatalf("udp to the published port: %v", err)
-			}
-			checkFrom(t, "published udp", seen, labOutsideAddr, false)
-		})
-		t.Run("published port from a sandbox", func(t *testing.T) {
-			var seen string
-			var err error
-			moved := l.movedBy(t, func() { seen, err = askTCP(l.s2.path, labUplinkAddr+":8080") }, hairpin, hairpinReply)
-			if err != nil {
-				t.Fatalf("hairpin: %v", err)
-			}
-			checkFrom(t, "hairpin", seen, a2.Addr.String(), false)
-			if moved[hairpin] < 3 || moved[hairpinReply] < 3 {
-				t.Errorf("counters moved %v", moved)
-			}
-			if seen, err = askTCP(l.s1.path, labUplinkAddr+":8080"); err != nil {
-				t.Fatalf("self hairpin: %v", err)
-			}
-			checkFrom(t, "self hairpin", seen, netA.Gateway.String(), false)
-		})
-	}
 
 	// Sandboxes and the outside send CHECKSUM_PARTIAL packets (their
 	// veths offload); the host side completes checksums in software when
@@ -354,12 +273,96 @@ func TestNATNamespaces(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	t.Run("tc", traffic)
+	t.Run("tc", func(t *testing.T) { natTraffic(t, l) })
 
-	// XDP on up0, with full checksums from the outside as on a wire: a
-	// veth peer's CHECKSUM_PARTIAL frames would reach XDP with only the
-	// pseudo header summed, which XDP cannot know (never XDP on a veth
-	// uplink in production).
+	l.attachXDP(t)
+	xdpSNATReply := CounterKey{DirXDPUplink, VerdictPass, ReasonSNATReply}
+	xdpDNAT := CounterKey{DirXDPUplink, VerdictPass, ReasonDNAT}
+	moved := l.movedBy(t, func() { t.Run("xdp", func(t *testing.T) { natTraffic(t, l) }) }, xdpSNATReply, xdpDNAT)
+	if moved[xdpSNATReply] < 3 || moved[xdpDNAT] < 3 {
+		t.Errorf("XDP counters moved %v: it did not translate", moved)
+	}
+}
+
+// The counters natTraffic expects to move, in tc.
+var (
+	natSNAT         = CounterKey{DirToUplink, VerdictPass, ReasonSNAT}
+	natSNATReply    = CounterKey{DirFromUplink, VerdictRedirect, ReasonSNATReply}
+	natDNAT         = CounterKey{DirFromUplink, VerdictRedirect, ReasonDNAT}
+	natDNATReply    = CounterKey{DirToUplink, VerdictPass, ReasonDNATReply}
+	natHairpin      = CounterKey{DirFromEndpoint, VerdictRedirect, ReasonHairpin}
+	natHairpinReply = CounterKey{DirFromEndpoint, VerdictRedirect, ReasonDNATReply}
+)
+
+// natTraffic: masqueraded traffic out (ICMP, TCP, UDP), published ports
+// from the outside and from sandboxes (hairpin, and a sandbox to its own
+// port), each seen with the right source by the other side.
+func natTraffic(t *testing.T, l *natNSLab) {
+	t.Run("ping out", func(t *testing.T) {
+		var ok bool
+		moved := l.movedBy(t, func() { ok = l.s1.ping(t, labOutsideAddr) }, natSNAT, natSNATReply)
+		if !ok {
+			t.Fatal("sandbox cannot ping the outside")
+		}
+		if moved[natSNAT] < 3 || moved[natSNATReply] < 3 {
+			t.Errorf("ping: counters moved %v, want 3 each at least", moved)
+		}
+	})
+	t.Run("tcp and udp out", func(t *testing.T) {
+		seen, err := askTCP(l.s1.path, labOutsideAddr+":8000")
+		if err != nil {
+			t.Fatalf("tcp from the sandbox: %v", err)
+		}
+		checkFrom(t, "tcp", seen, labUplinkAddr, true)
+		for _, size := range []int{10, 1400} {
+			seen, err = askUDP(l.s2.path, labOutsideAddr+":8000", size)
+			if err != nil {
+				t.Fatalf("udp from the sandbox: %v", err)
+			}
+			checkFrom(t, "udp", seen, labUplinkAddr, true)
+		}
+	})
+	t.Run("published port from outside", func(t *testing.T) {
+		var seen string
+		var err error
+		moved := l.movedBy(t, func() { seen, err = askTCP(l.outPath, labUplinkAddr+":8080") }, natDNAT, natDNATReply)
+		if err != nil {
+			t.Fatalf("tcp to the published port: %v", err)
+		}
+		checkFrom(t, "published tcp", seen, labOutsideAddr, false)
+		if moved[natDNAT] < 3 || moved[natDNATReply] < 3 {
+			t.Errorf("counters moved %v", moved)
+		}
+		if seen, err = askUDP(l.outPath, labUplinkAddr+":5353", 100); err != nil {
+			t.Fatalf("udp to the published port: %v", err)
+		}
+		checkFrom(t, "published udp", seen, labOutsideAddr, false)
+	})
+	t.Run("published port from a sandbox", func(t *testing.T) {
+		var seen string
+		var err error
+		moved := l.movedBy(t, func() { seen, err = askTCP(l.s2.path, labUplinkAddr+":8080") }, natHairpin, natHairpinReply)
+		if err != nil {
+			t.Fatalf("hairpin: %v", err)
+		}
+		checkFrom(t, "hairpin", seen, a2.Addr.String(), false)
+		if moved[natHairpin] < 3 || moved[natHairpinReply] < 3 {
+			t.Errorf("counters moved %v", moved)
+		}
+		if seen, err = askTCP(l.s1.path, labUplinkAddr+":8080"); err != nil {
+			t.Fatalf("self hairpin: %v", err)
+		}
+		checkFrom(t, "self hairpin", seen, netA.Gateway.String(), false)
+	})
+}
+
+// attachXDP attaches the uplink's XDP program to up0, with full checksums
+// from the outside, and flushes the connections tc made.
+func (l *natNSLab) attachXDP(t *testing.T) {
+	// Full checksums from the outside as on a wire: a veth peer's
+	// CHECKSUM_PARTIAL frames would reach XDP with only the pseudo header
+	// summed, which XDP cannot know (never XDP on a veth uplink in
+	// production).
 	if err := fabricns.Do(l.outPath, func() error { return setTxChecksum("eth0", false) }); err != nil {
 		t.Fatal(err)
 	}
@@ -375,9 +378,5 @@ func TestNATNamespaces(t *testing.T) {
 	t.Cleanup(func() { xl.Close() })
 	if err := l.objs.FlushConntrack(); err != nil {
 		t.Fatal(err)
-	}
-	moved := l.movedBy(t, func() { t.Run("xdp", traffic) }, xdpSNATReply, xdpDNAT)
-	if moved[xdpSNATReply] < 3 || moved[xdpDNAT] < 3 {
-		t.Errorf("XDP counters moved %v: it did not translate", moved)
 	}
 }

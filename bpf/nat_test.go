@@ -199,7 +199,6 @@ func TestICMPErrors(t *testing.T) {
 	pingMasq := pingOrig.with(hostAddr, 40052, outside, 0)
 	l.expect(t, hookToUplink, uplinkIfindex, toOutside(pingOrig), tcActOK, ReasonSNAT)
 
-	eth := func(dst, src []byte, ip []byte) []byte { return ether(dst, src, etherTypeIPv4, ip) }
 	for _, c := range []struct {
 		name     string
 		from     netip.Addr
@@ -217,9 +216,9 @@ func TestICMPErrors(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			in := icmpErrorFlow(c.from, hostAddr, c.typ, 4, c.quoted, c.n)
 			want := icmpErrorFlow(c.from, a1.Addr, c.typ, 4, c.original, c.n)
-			l.expectOut(t, hookFromUplink, uplinkIfindex, eth(uplinkMAC, nextHop, in), tcActRedirect, ReasonSNATReply,
-				eth(a1.MAC, netA.RouterMAC, want))
-			l.expectOut(t, hookXDP, 0, eth(uplinkMAC, nextHop, in), xdpPass, ReasonSNATReply, eth(uplinkMAC, nextHop, want))
+			l.expectOut(t, hookFromUplink, uplinkIfindex, ethIPv4(uplinkMAC, nextHop, in), tcActRedirect, ReasonSNATReply,
+				ethIPv4(a1.MAC, netA.RouterMAC, want))
+			l.expectOut(t, hookXDP, 0, ethIPv4(uplinkMAC, nextHop, in), xdpPass, ReasonSNATReply, ethIPv4(uplinkMAC, nextHop, want))
 		})
 	}
 
@@ -227,49 +226,69 @@ func TestICMPErrors(t *testing.T) {
 		// a1 got X's reply after closing its socket: port unreachable.
 		in := icmpErrorFlow(a1.Addr, outside, 3, 3, orig.reply(), 0)
 		want := icmpErrorFlow(hostAddr, outside, 3, 3, masq.reply(), 0)
-		l.expectOut(t, hookFromEndpoint, a1.HostIfindex, eth(netA.RouterMAC, a1.MAC, in), tcActOK, ReasonToHost, nil)
-		l.expectOut(t, hookToUplink, uplinkIfindex, eth(nextHop, uplinkMAC, in), tcActOK, ReasonSNAT, eth(nextHop, uplinkMAC, want))
+		l.expectOut(t, hookFromEndpoint, a1.HostIfindex, ethIPv4(netA.RouterMAC, a1.MAC, in), tcActOK, ReasonToHost, nil)
+		l.expectOut(t, hookToUplink, uplinkIfindex, ethIPv4(nextHop, uplinkMAC, in), tcActOK, ReasonSNAT, ethIPv4(nextHop, uplinkMAC, want))
 	})
 
-	t.Run("from a published port's endpoint", func(t *testing.T) {
-		f := flow{proto: protoUDP, src: outside, sport: 50060, dst: hostAddr, dport: 5353, payload: []byte("dns")}
-		delivered := f.with(outside, 50060, b1.Addr, 53)
-		l.expect(t, hookFromUplink, uplinkIfindex, fromOutside(f), tcActRedirect, ReasonDNAT)
-		in := icmpErrorFlow(b1.Addr, outside, 3, 3, delivered, 0)
-		want := icmpErrorFlow(hostAddr, outside, 3, 3, f, 0)
-		l.expectOut(t, hookToUplink, uplinkIfindex, eth(nextHop, uplinkMAC, in), tcActOK, ReasonDNATReply, eth(nextHop, uplinkMAC, want))
-	})
+	t.Run("from a published port's endpoint", func(t *testing.T) { testICMPFromPublishedEndpoint(t, l) })
 
-	t.Run("from outside about a published port's reply", func(t *testing.T) {
-		f := flow{proto: protoUDP, src: outside, sport: 50070, dst: hostAddr, dport: 5353, payload: []byte("dns")}
-		delivered := f.with(outside, 50070, b1.Addr, 53)
-		l.expect(t, hookFromUplink, uplinkIfindex, fromOutside(f), tcActRedirect, ReasonDNAT)
-		l.expect(t, hookToUplink, uplinkIfindex, toOutside(delivered.reply()), tcActOK, ReasonDNATReply)
-		in := icmpErrorFlow(router, hostAddr, 3, 4, f.reply(), 0)
-		want := icmpErrorFlow(router, b1.Addr, 3, 4, delivered.reply(), 0)
-		l.expectOut(t, hookFromUplink, uplinkIfindex, eth(uplinkMAC, nextHop, in), tcActRedirect, ReasonDNAT,
-			eth(b1.MAC, netB.RouterMAC, want))
-		l.expectOut(t, hookXDP, 0, eth(uplinkMAC, nextHop, in), xdpPass, ReasonDNAT, eth(uplinkMAC, nextHop, want))
-	})
+	t.Run("from outside about a published port's reply", func(t *testing.T) { testICMPAboutPublishedReply(t, l) })
 
-	t.Run("hairpin", func(t *testing.T) {
-		f := flow{proto: protoUDP, src: a1.Addr, sport: 40060, dst: hostAddr, dport: 5353, payload: []byte("dns")}
-		delivered := f.with(a1.Addr, 40060, b1.Addr, 53)
-		l.expect(t, hookFromEndpoint, a1.HostIfindex, fromSandbox(a1, f), tcActRedirect, ReasonHairpin)
-		in := icmpErrorFlow(b1.Addr, a1.Addr, 3, 3, delivered, 0)
-		want := icmpErrorFlow(hostAddr, a1.Addr, 3, 3, f, 0)
-		l.expectOut(t, hookFromEndpoint, b1.HostIfindex, eth(netB.RouterMAC, b1.MAC, in), tcActRedirect, ReasonDNATReply,
-			eth(a1.MAC, netA.RouterMAC, want))
-	})
+	t.Run("hairpin", func(t *testing.T) { testICMPHairpin(t, l) })
 
-	t.Run("about no known connection", func(t *testing.T) {
-		stranger := flow{proto: protoUDP, src: hostAddr, sport: 33333, dst: outside, dport: 53}
-		in := eth(uplinkMAC, nextHop, icmpErrorFlow(router, hostAddr, 3, 4, stranger, 0))
-		l.expectOut(t, hookFromUplink, uplinkIfindex, in, tcActOK, ReasonNotNAT, nil)
-		l.expectOut(t, hookXDP, 0, in, xdpPass, ReasonNotNAT, nil)
-		// An endpoint's own error about something untranslated cannot
-		// be masqueraded.
-		own := eth(nextHop, uplinkMAC, icmpErrorFlow(a1.Addr, outside, 3, 3, stranger.with(outside, 53, a1.Addr, 1234), 0))
-		l.expect(t, hookToUplink, uplinkIfindex, own, tcActShot, ReasonNATUnsupported)
-	})
+	t.Run("about no known connection", func(t *testing.T) { testICMPUnknownConnection(t, l) })
 }
+
+// testICMPFromPublishedEndpoint: an error a published port's endpoint sends
+// about what it was delivered leaves from the host, about what the outside
+// sent.
+func testICMPFromPublishedEndpoint(t *testing.T, l *natLab) {
+	f := flow{proto: protoUDP, src: outside, sport: 50060, dst: hostAddr, dport: 5353, payload: []byte("dns")}
+	delivered := f.with(outside, 50060, b1.Addr, 53)
+	l.expect(t, hookFromUplink, uplinkIfindex, fromOutside(f), tcActRedirect, ReasonDNAT)
+	in := icmpErrorFlow(b1.Addr, outside, 3, 3, delivered, 0)
+	want := icmpErrorFlow(hostAddr, outside, 3, 3, f, 0)
+	l.expectOut(t, hookToUplink, uplinkIfindex, ethIPv4(nextHop, uplinkMAC, in), tcActOK, ReasonDNATReply, ethIPv4(nextHop, uplinkMAC, want))
+}
+
+// testICMPAboutPublishedReply: an error from outside about a published
+// port's reply reaches the endpoint, about what it sent.
+func testICMPAboutPublishedReply(t *testing.T, l *natLab) {
+	f := flow{proto: protoUDP, src: outside, sport: 50070, dst: hostAddr, dport: 5353, payload: []byte("dns")}
+	delivered := f.with(outside, 50070, b1.Addr, 53)
+	l.expect(t, hookFromUplink, uplinkIfindex, fromOutside(f), tcActRedirect, ReasonDNAT)
+	l.expect(t, hookToUplink, uplinkIfindex, toOutside(delivered.reply()), tcActOK, ReasonDNATReply)
+	in := icmpErrorFlow(router, hostAddr, 3, 4, f.reply(), 0)
+	want := icmpErrorFlow(router, b1.Addr, 3, 4, delivered.reply(), 0)
+	l.expectOut(t, hookFromUplink, uplinkIfindex, ethIPv4(uplinkMAC, nextHop, in), tcActRedirect, ReasonDNAT,
+		ethIPv4(b1.MAC, netB.RouterMAC, want))
+	l.expectOut(t, hookXDP, 0, ethIPv4(uplinkMAC, nextHop, in), xdpPass, ReasonDNAT, ethIPv4(uplinkMAC, nextHop, want))
+}
+
+// testICMPHairpin: an error about a hairpin connection reaches the sender as
+// if from the host's published port.
+func testICMPHairpin(t *testing.T, l *natLab) {
+	f := flow{proto: protoUDP, src: a1.Addr, sport: 40060, dst: hostAddr, dport: 5353, payload: []byte("dns")}
+	delivered := f.with(a1.Addr, 40060, b1.Addr, 53)
+	l.expect(t, hookFromEndpoint, a1.HostIfindex, fromSandbox(a1, f), tcActRedirect, ReasonHairpin)
+	in := icmpErrorFlow(b1.Addr, a1.Addr, 3, 3, delivered, 0)
+	want := icmpErrorFlow(hostAddr, a1.Addr, 3, 3, f, 0)
+	l.expectOut(t, hookFromEndpoint, b1.HostIfindex, ethIPv4(netB.RouterMAC, b1.MAC, in), tcActRedirect, ReasonDNATReply,
+		ethIPv4(a1.MAC, netA.RouterMAC, want))
+}
+
+// testICMPUnknownConnection: an error about no known connection is the
+// host's, and an endpoint's own cannot be masqueraded.
+func testICMPUnknownConnection(t *testing.T, l *natLab) {
+	stranger := flow{proto: protoUDP, src: hostAddr, sport: 33333, dst: outside, dport: 53}
+	in := ethIPv4(uplinkMAC, nextHop, icmpErrorFlow(router, hostAddr, 3, 4, stranger, 0))
+	l.expectOut(t, hookFromUplink, uplinkIfindex, in, tcActOK, ReasonNotNAT, nil)
+	l.expectOut(t, hookXDP, 0, in, xdpPass, ReasonNotNAT, nil)
+	// An endpoint's own error about something untranslated cannot
+	// be masqueraded.
+	own := ethIPv4(nextHop, uplinkMAC, icmpErrorFlow(a1.Addr, outside, 3, 3, stranger.with(outside, 53, a1.Addr, 1234), 0))
+	l.expect(t, hookToUplink, uplinkIfindex, own, tcActShot, ReasonNATUnsupported)
+}
+
+// ethIPv4 is the IPv4 packet ip in an Ethernet frame from src to dst.
+func ethIPv4(dst, src []byte, ip []byte) []byte { return ether(dst, src, etherTypeIPv4, ip) }

@@ -60,10 +60,7 @@ func (l *hostLab) addSandbox(host string, ep Endpoint, n Network) *sandbox {
 	netnstest.Run(t, name, "ip", "route", "add", "default", "via", n.Gateway.String())
 	netnstest.Run(t, l.name, "ip", "link", "set", host, "up")
 
-	h, err := fabricns.HandleAt(l.path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := netnstest.Handle(t, l.path)
 	defer h.Close()
 	hl, err := h.LinkByName(host)
 	if err != nil {
@@ -127,151 +124,184 @@ func (l *hostLab) movedUntil(v Verdict, r Reason, f func(), done func(Counter) b
 	return moved
 }
 
+// namespacesLab is TestNamespaces' host: s1 and s2 on netA, s3 on netB.
+type namespacesLab struct {
+	l          *hostLab
+	s1, s2, s3 *sandbox
+}
+
 func TestNamespaces(t *testing.T) {
 	l := newHostLab(t)
 	s1 := l.addSandbox("fb-s1", a1, netA)
 	s2 := l.addSandbox("fb-s2", a2, netA)
 	s3 := l.addSandbox("fb-s3", b1, netB)
+	x := &namespacesLab{l, s1, s2, s3}
+	t.Run("same network", func(t *testing.T) { testSameNetwork(t, x) })
+	t.Run("other network", func(t *testing.T) { testOtherNetwork(t, x) })
+	t.Run("spoofed source address", func(t *testing.T) { testSpoofedSourceAddress(t, x) })
+	t.Run("spoofed source MAC", func(t *testing.T) { testSpoofedSourceMAC(t, x) })
+	t.Run("gateway through the host stack", func(t *testing.T) { testGatewayThroughHost(t, x) })
+	t.Run("truncated IPv4 frames", func(t *testing.T) { testTruncatedFrames(t, x) })
+	t.Run("non-linear headers", func(t *testing.T) { testNonLinearHeaders(t, x) })
+	t.Run("VLAN-tagged frames", func(t *testing.T) { testVLANTaggedFrames(t, x) })
+}
 
-	t.Run("same network", func(t *testing.T) {
-		var ok bool
-		fwd := l.moved(VerdictRedirect, ReasonForward, func() { ok = s1.ping(t, s2.ep.Addr.String()) })
-		if !ok {
-			t.Fatal("sandboxes on one network cannot ping each other")
-		}
-		if fwd.Packets < 6 { // 3 requests, 3 replies, all through the program
-			t.Errorf("forward counter moved by %d packets, want at least 6", fwd.Packets)
-		}
-		arp := readCounters(t, l.objs)[CounterKey{DirFromEndpoint, VerdictRedirect, ReasonARPReply}]
-		if arp.Packets < 2 {
-			t.Errorf("ARP replies counted: %d, want one per sandbox at least", arp.Packets)
-		}
+// testSameNetwork: sandboxes on one network ping each other through the
+// program, which answers their ARP.
+func testSameNetwork(t *testing.T, x *namespacesLab) {
+	l, s1, s2 := x.l, x.s1, x.s2
+	var ok bool
+	fwd := l.moved(VerdictRedirect, ReasonForward, func() { ok = s1.ping(t, s2.ep.Addr.String()) })
+	if !ok {
+		t.Fatal("sandboxes on one network cannot ping each other")
+	}
+	if fwd.Packets < 6 { // 3 requests, 3 replies, all through the program
+		t.Errorf("forward counter moved by %d packets, want at least 6", fwd.Packets)
+	}
+	arp := readCounters(t, l.objs)[CounterKey{DirFromEndpoint, VerdictRedirect, ReasonARPReply}]
+	if arp.Packets < 2 {
+		t.Errorf("ARP replies counted: %d, want one per sandbox at least", arp.Packets)
+	}
+}
+
+// testOtherNetwork: sandboxes on two networks cannot reach each other, and
+// the drops are counted.
+func testOtherNetwork(t *testing.T, x *namespacesLab) {
+	l, s1, s3 := x.l, x.s1, x.s3
+	var ok1, ok3 bool
+	cross := l.moved(VerdictDrop, ReasonCrossNetwork, func() {
+		ok3 = s3.ping(t, s1.ep.Addr.String())
+		ok1 = s1.ping(t, s3.ep.Addr.String())
 	})
+	if ok1 || ok3 {
+		t.Errorf("cross-network ping answered: B->A %v, A->B %v", ok3, ok1)
+	}
+	if cross.Packets < 6 {
+		t.Errorf("cross-network drops: %d, want at least 6", cross.Packets)
+	}
+}
 
-	t.Run("other network", func(t *testing.T) {
-		var ok1, ok3 bool
-		cross := l.moved(VerdictDrop, ReasonCrossNetwork, func() {
-			ok3 = s3.ping(t, s1.ep.Addr.String())
-			ok1 = s1.ping(t, s3.ep.Addr.String())
+// testSpoofedSourceAddress: a packet from an address that is not the
+// endpoint's is dropped.
+func testSpoofedSourceAddress(t *testing.T, x *namespacesLab) {
+	l, s1, s2 := x.l, x.s1, x.s2
+	netnstest.Run(t, s1.name, "ip", "addr", "add", "10.1.0.99/24", "dev", "eth0")
+	defer netnstest.Run(t, s1.name, "ip", "addr", "del", "10.1.0.99/24", "dev", "eth0")
+	var ok bool
+	spoofed := l.moved(VerdictDrop, ReasonSpoofedIP, func() { ok = s1.ping(t, s2.ep.Addr.String(), "-I", "10.1.0.99") })
+	if ok {
+		t.Error("ping from a spoofed source address was answered")
+	}
+	if spoofed.Packets == 0 {
+		t.Error("no spoofed-ip drop counted")
+	}
+	if !s1.ping(t, s2.ep.Addr.String()) {
+		t.Error("control: ping from the real address failed")
+	}
+}
+
+// testSpoofedSourceMAC: a frame from a MAC that is not the endpoint's is
+// dropped.
+func testSpoofedSourceMAC(t *testing.T, x *namespacesLab) {
+	l, s1, s2 := x.l, x.s1, x.s2
+	netnstest.Run(t, s1.name, "ip", "link", "set", "eth0", "address", "02:00:de:ad:be:ef")
+	defer netnstest.Run(t, s1.name, "ip", "link", "set", "eth0", "address", s1.ep.MAC.String())
+	var ok bool
+	spoofed := l.moved(VerdictDrop, ReasonSpoofedMAC, func() { ok = s1.ping(t, s2.ep.Addr.String()) })
+	if ok {
+		t.Error("ping from a spoofed MAC was answered")
+	}
+	// Pings or, with the neighbour entry gone, ARP requests: either way
+	// something must have been dropped for its MAC.
+	if spoofed.Packets == 0 {
+		t.Error("no spoofed-mac drop counted")
+	}
+}
+
+// testGatewayThroughHost: the frame to the gateway carries the router MAC,
+// not the host veth's, and must still be accepted (pkt_type fixed by the
+// program). The host side is what an eBPF datapath must provide: the gateway
+// address on a host device and a route per endpoint.
+func testGatewayThroughHost(t *testing.T, x *namespacesLab) {
+	l, s1 := x.l, x.s1
+	netnstest.Run(t, l.name, "ip", "link", "set", "lo", "up")
+	netnstest.Run(t, l.name, "ip", "addr", "add", netA.Gateway.String()+"/32", "dev", "lo")
+	netnstest.Run(t, l.name, "ip", "route", "add", s1.ep.Addr.String()+"/32", "dev", "fb-s1")
+	var ok bool
+	toHost := l.moved(VerdictPass, ReasonToHost, func() { ok = s1.ping(t, netA.Gateway.String()) })
+	if !ok {
+		t.Error("sandbox cannot ping its gateway on the host")
+	}
+	if toHost.Packets < 3 {
+		t.Errorf("to-host passes: %d, want at least 3", toHost.Packets)
+	}
+}
+
+// testTruncatedFrames: BPF_PROG_TEST_RUN refuses IPv4 frames shorter than an
+// IPv4 header, so those lengths are sent for real, from the sandbox through
+// a packet socket: every one must be counted as malformed and dropped.
+func testTruncatedFrames(t *testing.T, x *namespacesLab) {
+	l, s1 := x.l, x.s1
+	var sent Counter
+	malformed := l.movedUntil(VerdictDrop, ReasonMalformed, func() {
+		err := fabricns.Do(s1.path, func() error {
+			var err error
+			sent, err = sendTruncated(s1.ep, 14, 14+20)
+			return err
 		})
-		if ok1 || ok3 {
-			t.Errorf("cross-network ping answered: B->A %v, A->B %v", ok3, ok1)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if cross.Packets < 6 {
-			t.Errorf("cross-network drops: %d, want at least 6", cross.Packets)
-		}
-	})
+	}, func(c Counter) bool { return c.Packets >= sent.Packets })
+	if malformed != sent {
+		t.Errorf("malformed drops %+v, want exactly the frames sent %+v", malformed, sent)
+	}
+}
 
-	t.Run("spoofed source address", func(t *testing.T) {
-		netnstest.Run(t, s1.name, "ip", "addr", "add", "10.1.0.99/24", "dev", "eth0")
-		defer netnstest.Run(t, s1.name, "ip", "addr", "del", "10.1.0.99/24", "dev", "eth0")
-		var ok bool
-		spoofed := l.moved(VerdictDrop, ReasonSpoofedIP, func() { ok = s1.ping(t, s2.ep.Addr.String(), "-I", "10.1.0.99") })
-		if ok {
-			t.Error("ping from a spoofed source address was answered")
+// testNonLinearHeaders: a packet socket builds frames of a page or more as
+// non-linear skbs with only the Ethernet header in the linear part; veth
+// passes them on as they are, so the program must pull the IPv4 header in to
+// see it.
+func testNonLinearHeaders(t *testing.T, x *namespacesLab) {
+	l, s1, s2 := x.l, x.s1, x.s2
+	// Both ends: veth refuses frames larger than the receiver's MTU.
+	for _, ns := range []struct{ name, dev string }{{s1.name, "eth0"}, {l.name, "fb-s1"}} {
+		netnstest.Run(t, ns.name, "ip", "link", "set", ns.dev, "mtu", "9000")
+		defer netnstest.Run(t, ns.name, "ip", "link", "set", ns.dev, "mtu", "1500")
+	}
+	big := ipFrom(s1.ep, netA, ipv4Hdr{src: s1.ep.Addr, dst: s2.ep.Addr, proto: protoUDP}, udp(s1.ep.Addr, s2.ep.Addr, 9, 9, make([]byte, 5000)))
+	fwd := l.movedUntil(VerdictRedirect, ReasonForward, func() {
+		err := fabricns.Do(s1.path, func() error { return sendFrame(big) })
+		if err != nil {
+			t.Fatal(err)
 		}
-		if spoofed.Packets == 0 {
-			t.Error("no spoofed-ip drop counted")
-		}
-		if !s1.ping(t, s2.ep.Addr.String()) {
-			t.Error("control: ping from the real address failed")
-		}
-	})
+	}, func(c Counter) bool { return c.Packets >= 2 })
+	// Nothing listens on port 9 in s2: its ICMP port unreachable (a
+	// 576-byte IPv4 packet) comes back through the program and shows
+	// that the big frame was delivered.
+	if want := (Counter{2, uint64(len(big)) + 14 + 576}); fwd != want {
+		t.Errorf("forwarded %+v, want the frame and its ICMP error %+v", fwd, want)
+	}
+}
 
-	t.Run("spoofed source MAC", func(t *testing.T) {
-		netnstest.Run(t, s1.name, "ip", "link", "set", "eth0", "address", "02:00:de:ad:be:ef")
-		defer netnstest.Run(t, s1.name, "ip", "link", "set", "eth0", "address", s1.ep.MAC.String())
-		var ok bool
-		spoofed := l.moved(VerdictDrop, ReasonSpoofedMAC, func() { ok = s1.ping(t, s2.ep.Addr.String()) })
-		if ok {
-			t.Error("ping from a spoofed MAC was answered")
-		}
-		// Pings or, with the neighbour entry gone, ARP requests: either way
-		// something must have been dropped for its MAC.
-		if spoofed.Packets == 0 {
-			t.Error("no spoofed-mac drop counted")
-		}
-	})
-
-	// The host stack path: the frame carries the router MAC, not the host
-	// veth's, and must still be accepted (pkt_type fixed by the program).
-	// The host side is what an eBPF datapath must provide: the gateway
-	// address on a host device and a route per endpoint.
-	t.Run("gateway through the host stack", func(t *testing.T) {
-		netnstest.Run(t, l.name, "ip", "link", "set", "lo", "up")
-		netnstest.Run(t, l.name, "ip", "addr", "add", netA.Gateway.String()+"/32", "dev", "lo")
-		netnstest.Run(t, l.name, "ip", "route", "add", s1.ep.Addr.String()+"/32", "dev", "fb-s1")
-		var ok bool
-		toHost := l.moved(VerdictPass, ReasonToHost, func() { ok = s1.ping(t, netA.Gateway.String()) })
-		if !ok {
-			t.Error("sandbox cannot ping its gateway on the host")
-		}
-		if toHost.Packets < 3 {
-			t.Errorf("to-host passes: %d, want at least 3", toHost.Packets)
-		}
-	})
-
-	// BPF_PROG_TEST_RUN refuses IPv4 frames shorter than an IPv4 header, so
-	// those lengths are sent for real, from the sandbox through a packet
-	// socket: every one must be counted as malformed and dropped.
-	t.Run("truncated IPv4 frames", func(t *testing.T) {
-		var sent Counter
-		malformed := l.movedUntil(VerdictDrop, ReasonMalformed, func() {
-			err := fabricns.Do(s1.path, func() error {
-				var err error
-				sent, err = sendTruncated(s1.ep, 14, 14+20)
-				return err
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-		}, func(c Counter) bool { return c.Packets >= sent.Packets })
-		if malformed != sent {
-			t.Errorf("malformed drops %+v, want exactly the frames sent %+v", malformed, sent)
-		}
-	})
-
-	// A packet socket builds frames of a page or more as non-linear skbs
-	// with only the Ethernet header in the linear part; veth passes them on
-	// as they are, so the program must pull the IPv4 header in to see it.
-	t.Run("non-linear headers", func(t *testing.T) {
-		// Both ends: veth refuses frames larger than the receiver's MTU.
-		for _, ns := range []struct{ name, dev string }{{s1.name, "eth0"}, {l.name, "fb-s1"}} {
-			netnstest.Run(t, ns.name, "ip", "link", "set", ns.dev, "mtu", "9000")
-			defer netnstest.Run(t, ns.name, "ip", "link", "set", ns.dev, "mtu", "1500")
-		}
-		big := ipFrom(s1.ep, netA, ipv4Hdr{src: s1.ep.Addr, dst: s2.ep.Addr, proto: protoUDP}, udp(s1.ep.Addr, s2.ep.Addr, 9, 9, make([]byte, 5000)))
-		fwd := l.movedUntil(VerdictRedirect, ReasonForward, func() {
-			err := fabricns.Do(s1.path, func() error { return sendFrame(big) })
-			if err != nil {
-				t.Fatal(err)
-			}
-		}, func(c Counter) bool { return c.Packets >= 2 })
-		// Nothing listens on port 9 in s2: its ICMP port unreachable (a
-		// 576-byte IPv4 packet) comes back through the program and shows
-		// that the big frame was delivered.
-		if want := (Counter{2, uint64(len(big)) + 14 + 576}); fwd != want {
-			t.Errorf("forwarded %+v, want the frame and its ICMP error %+v", fwd, want)
-		}
-	})
-
-	// A VLAN device in the sandbox: veth carries the tag out of band, which
-	// only a real device can show (BPF_PROG_TEST_RUN cannot set it).
-	t.Run("VLAN-tagged frames", func(t *testing.T) {
-		kfeat.Need(t, kfeat.VLAN)
-		netnstest.Run(t, s1.name, "ip", "link", "add", "link", "eth0", "name", "eth0.100", "type", "vlan", "id", "100")
-		defer netnstest.Run(t, s1.name, "ip", "link", "del", "eth0.100")
-		netnstest.Run(t, s1.name, "ip", "addr", "add", "10.1.100.2/24", "dev", "eth0.100")
-		netnstest.Run(t, s1.name, "ip", "link", "set", "eth0.100", "up")
-		var ok bool
-		vlan := l.moved(VerdictDrop, ReasonVLAN, func() { ok = s1.ping(t, "10.1.100.3") })
-		if ok {
-			t.Error("ping over a VLAN was answered")
-		}
-		if vlan.Packets == 0 {
-			t.Error("no vlan drop counted")
-		}
-	})
+// testVLANTaggedFrames: a VLAN device in the sandbox; veth carries the tag
+// out of band, which only a real device can show (BPF_PROG_TEST_RUN cannot
+// set it).
+func testVLANTaggedFrames(t *testing.T, x *namespacesLab) {
+	l, s1 := x.l, x.s1
+	kfeat.Need(t, kfeat.VLAN)
+	netnstest.Run(t, s1.name, "ip", "link", "add", "link", "eth0", "name", "eth0.100", "type", "vlan", "id", "100")
+	defer netnstest.Run(t, s1.name, "ip", "link", "del", "eth0.100")
+	netnstest.Run(t, s1.name, "ip", "addr", "add", "10.1.100.2/24", "dev", "eth0.100")
+	netnstest.Run(t, s1.name, "ip", "link", "set", "eth0.100", "up")
+	var ok bool
+	vlan := l.moved(VerdictDrop, ReasonVLAN, func() { ok = s1.ping(t, "10.1.100.3") })
+	if ok {
+		t.Error("ping over a VLAN was answered")
+	}
+	if vlan.Packets == 0 {
+		t.Error("no vlan drop counted")
+	}
 }
 
 // sendFrame sends one raw frame out of eth0.

@@ -296,6 +296,20 @@ static __always_inline void *skb_data_end(const struct __sk_buff *skb)
 	return p;
 }
 
+/* skb_head returns the start of the packet if its first n bytes are
+ * directly readable (see linear), else NULL: the bounds check the verifier
+ * needs before the caller reads them, and again after every call that may
+ * move the packet. */
+static __always_inline void *skb_head(const struct __sk_buff *skb, __u32 n)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+
+	if (data + n > data_end)
+		return NULL;
+	return data;
+}
+
 /* linear makes the first n bytes directly readable. A veth can hand us a
  * non-linear skb whose headers are partly in fragments; pulling fixes that.
  * Returns 0 if the packet is shorter than n. Packet pointers are invalid

@@ -138,8 +138,8 @@ static __always_inline int ingress_published(struct ingress *r, const struct ct_
 	struct port_target *pt;
 	struct endpoint *dst;
 	struct network *net;
-	struct ct_entry ov = {}, rv = {};
-	struct ct_key rk = {};
+	struct ct_entry ov = {};
+	enum reason why;
 
 	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
 		return 0;
@@ -163,35 +163,8 @@ static __always_inline int ingress_published(struct ingress *r, const struct ct_
 		return 1;
 	}
 
-	ov.last_seen = now;
-	ov.saddr = p->saddr;
-	ov.daddr = pt->addr;
-	ov.sport = p->sport;
-	ov.dport = pt->port;
-	ov.kind = CT_KIND_DNAT;
-	ov.rev_dir = CT_DIR_OUT;
-	rk.saddr = pt->addr;
-	rk.daddr = p->saddr;
-	rk.sport = pt->port;
-	rk.dport = p->sport;
-	rk.proto = p->proto;
-	rk.dir = CT_DIR_OUT;
-	rv.last_seen = now;
-	rv.saddr = p->daddr;
-	rv.daddr = p->saddr;
-	rv.sport = p->dport;
-	rv.dport = p->sport;
-	rv.kind = CT_KIND_DNAT;
-	rv.reply = 1;
-	rv.rev_dir = CT_DIR_IN;
-	ov.flags = rv.flags = ct_initial_flags(p);
-	if (ct_quota_take(p->saddr, now)) {
-		ingress_verdict(r, ING_DROP, REASON_CT_QUOTA);
-		return 1;
-	}
-	if (ct_create(ok, &ov, &rk, &rv, now)) {
-		ct_quota_give(p->saddr);
-		ingress_verdict(r, ING_DROP, REASON_CT_FULL);
+	if (ct_open_port(p, ok, pt, p->saddr, CT_KIND_DNAT, CT_DIR_IN, now, &ov, &why)) {
+		ingress_verdict(r, ING_DROP, why);
 		return 1;
 	}
 	r->dst = dst;

@@ -156,53 +156,7 @@ func TestUplinkFragmentsAndOptions(t *testing.T) {
 		})
 	}
 
-	// later is the second fragment of f's datagram: only the IPv4 header
-	// (which says so) and raw payload, no ports.
-	later := func(f flow) flow {
-		g := f
-		g.fragOff, g.ipFlags, g.payload = 3, 0, []byte("the rest of the datagram")
-		return g
-	}
-	// laterFrame is that fragment in the frame that frame builds (its
-	// MACs), built by hand: the flow builder would add an L4 header.
-	laterFrame := func(f flow, frame func(flow) []byte) []byte {
-		g := later(f)
-		h := ipv4Hdr{src: g.src, dst: g.dst, proto: g.proto, id: g.ipID, fragOff: g.fragOff, options: g.options}
-		ipPkt := h.marshal(g.payload)
-		out := frame(flow{})
-		return append(out[:14], ipPkt...)
-	}
-
-	t.Run("masquerade", func(t *testing.T) {
-		first := flow{proto: protoUDP, src: a1.Addr, sport: 40600, dst: outside, dport: 53, ipID: 77, ipFlags: 0x2000, payload: make([]byte, 24)}
-		masq := first.with(hostAddr, 40600, outside, 53)
-		l.expectOut(t, hookToUplink, uplinkIfindex, toOutside(first), tcActOK, ReasonSNAT, toOutside(masq))
-		l.expectOut(t, hookToUplink, uplinkIfindex, laterFrame(first, toOutside), tcActOK, ReasonSNAT, laterFrame(masq, toOutside))
-		// A later fragment of another datagram: its first was never
-		// seen, and it cannot go out with the endpoint's address.
-		stray := first
-		stray.ipID = 78
-		l.expectOut(t, hookToUplink, uplinkIfindex, laterFrame(stray, toOutside), tcActShot, ReasonFragment, nil)
-		// Nor can a first fragment too short to hold the ports' header.
-		tiny := flow{proto: protoTCP, src: a1.Addr, dst: outside, ipID: 79, ipFlags: 0x2000}
-		tinyFrame := append(tiny.frame(nextHop, uplinkMAC)[:14], ipv4Hdr{src: a1.Addr, dst: outside, proto: protoTCP, id: 79, flags: 0x2000}.marshal(make([]byte, 8))...)
-		l.expectOut(t, hookToUplink, uplinkIfindex, tinyFrame, tcActShot, ReasonFragment, nil)
-
-		// The reply in fragments.
-		rfirst := masq.reply()
-		rfirst.ipID, rfirst.ipFlags, rfirst.payload = 900, 0x2000, make([]byte, 24)
-		back := first.reply()
-		back.ipID, back.ipFlags, back.payload = 900, 0x2000, make([]byte, 24)
-		l.expectOut(t, hookFromUplink, uplinkIfindex, fromOutside(rfirst), tcActRedirect, ReasonSNATReply, toSandbox(a1, back))
-		l.expectOut(t, hookFromUplink, uplinkIfindex, laterFrame(rfirst, fromOutside), tcActRedirect, ReasonSNATReply,
-			withMACs(laterFrame(back, fromOutside), a1.MAC, netA.RouterMAC))
-		l.expectOut(t, hookXDP, 0, laterFrame(rfirst, fromOutside), xdpPass, ReasonSNATReply, laterFrame(back, fromOutside))
-		// A later fragment nothing is known of is the host's business.
-		rstray := rfirst
-		rstray.ipID = 901
-		l.expectOut(t, hookFromUplink, uplinkIfindex, laterFrame(rstray, fromOutside), tcActOK, ReasonNotNAT, nil)
-		l.expectOut(t, hookXDP, 0, laterFrame(rstray, fromOutside), xdpPass, ReasonNotNAT, nil)
-	})
+	t.Run("masquerade", func(t *testing.T) { testFragmentsMasquerade(t, l) })
 
 	t.Run("hairpin", func(t *testing.T) {
 		first := flow{proto: protoUDP, src: a1.Addr, sport: 40700, dst: hostAddr, dport: 5353, ipID: 55, ipFlags: 0x2000, payload: make([]byte, 24)}
@@ -224,6 +178,59 @@ func TestUplinkFragmentsAndOptions(t *testing.T) {
 		bad := editIPv4(toOutside(flow{proto: protoUDP, src: a1.Addr, sport: 1, dst: outside, dport: 2}), func(h []byte) { h[0] = 4<<4 | 15 })
 		l.expectOut(t, hookToUplink, uplinkIfindex, bad, tcActShot, ReasonMalformed, nil)
 	})
+}
+
+// laterFragment is the second fragment of f's datagram: only the IPv4 header
+// (which says so) and raw payload, no ports.
+func laterFragment(f flow) flow {
+	g := f
+	g.fragOff, g.ipFlags, g.payload = 3, 0, []byte("the rest of the datagram")
+	return g
+}
+
+// laterFrame is that fragment in the frame that frame builds (its MACs),
+// built by hand: the flow builder would add an L4 header.
+func laterFrame(f flow, frame func(flow) []byte) []byte {
+	g := laterFragment(f)
+	h := ipv4Hdr{src: g.src, dst: g.dst, proto: g.proto, id: g.ipID, fragOff: g.fragOff, options: g.options}
+	ipPkt := h.marshal(g.payload)
+	out := frame(flow{})
+	return append(out[:14], ipPkt...)
+}
+
+// testFragmentsMasquerade: a masqueraded datagram's later fragment
+// follows its first out, and the reply's back in; a stray later
+// fragment, or a first too short for the ports, never leaves with an
+// endpoint's address, and one coming in is the host's business.
+func testFragmentsMasquerade(t *testing.T, l *natLab) {
+	first := flow{proto: protoUDP, src: a1.Addr, sport: 40600, dst: outside, dport: 53, ipID: 77, ipFlags: 0x2000, payload: make([]byte, 24)}
+	masq := first.with(hostAddr, 40600, outside, 53)
+	l.expectOut(t, hookToUplink, uplinkIfindex, toOutside(first), tcActOK, ReasonSNAT, toOutside(masq))
+	l.expectOut(t, hookToUplink, uplinkIfindex, laterFrame(first, toOutside), tcActOK, ReasonSNAT, laterFrame(masq, toOutside))
+	// A later fragment of another datagram: its first was never
+	// seen, and it cannot go out with the endpoint's address.
+	stray := first
+	stray.ipID = 78
+	l.expectOut(t, hookToUplink, uplinkIfindex, laterFrame(stray, toOutside), tcActShot, ReasonFragment, nil)
+	// Nor can a first fragment too short to hold the ports' header.
+	tiny := flow{proto: protoTCP, src: a1.Addr, dst: outside, ipID: 79, ipFlags: 0x2000}
+	tinyFrame := append(tiny.frame(nextHop, uplinkMAC)[:14], ipv4Hdr{src: a1.Addr, dst: outside, proto: protoTCP, id: 79, flags: 0x2000}.marshal(make([]byte, 8))...)
+	l.expectOut(t, hookToUplink, uplinkIfindex, tinyFrame, tcActShot, ReasonFragment, nil)
+
+	// The reply in fragments.
+	rfirst := masq.reply()
+	rfirst.ipID, rfirst.ipFlags, rfirst.payload = 900, 0x2000, make([]byte, 24)
+	back := first.reply()
+	back.ipID, back.ipFlags, back.payload = 900, 0x2000, make([]byte, 24)
+	l.expectOut(t, hookFromUplink, uplinkIfindex, fromOutside(rfirst), tcActRedirect, ReasonSNATReply, toSandbox(a1, back))
+	l.expectOut(t, hookFromUplink, uplinkIfindex, laterFrame(rfirst, fromOutside), tcActRedirect, ReasonSNATReply,
+		withMACs(laterFrame(back, fromOutside), a1.MAC, netA.RouterMAC))
+	l.expectOut(t, hookXDP, 0, laterFrame(rfirst, fromOutside), xdpPass, ReasonSNATReply, laterFrame(back, fromOutside))
+	// A later fragment nothing is known of is the host's business.
+	rstray := rfirst
+	rstray.ipID = 901
+	l.expectOut(t, hookFromUplink, uplinkIfindex, laterFrame(rstray, fromOutside), tcActOK, ReasonNotNAT, nil)
+	l.expectOut(t, hookXDP, 0, laterFrame(rstray, fromOutside), xdpPass, ReasonNotNAT, nil)
 }
 
 // TestUplinkTruncated cuts frames at every length up to 60 bytes: every

@@ -59,23 +59,7 @@ func TestEndpointRecords(t *testing.T) {
 		return added && updated
 	})
 
-	// Bad records are refused locally.
-	for _, bad := range []Endpoint{
-		{ID: "x", Network: "nope", IP: netip.MustParseAddr("10.70.0.9")},
-		{ID: "x", Network: "ep", IP: netip.MustParseAddr("10.99.0.9")},
-		{ID: "", Network: "ep", IP: netip.MustParseAddr("10.70.0.9")},
-		{ID: "x", Network: "ep", IP: netip.MustParseAddr("10.70.0.9"), Aliases: make([]string, 40)},
-	} {
-		if err := owner.Publish(bad); err == nil {
-			t.Errorf("Publish(%+v) accepted", bad)
-		}
-	}
-	if err := members[2].Publish(Endpoint{ID: "c1", Network: "ep", IP: netip.MustParseAddr("10.70.1.6")}); !errors.Is(err, ErrConflict) {
-		t.Errorf("publishing another node's endpoint ID: %v", err)
-	}
-	if err := members[0].RemoveNetwork("ep"); !errors.Is(err, ErrInUse) {
-		t.Errorf("removing a network with endpoints: %v", err)
-	}
+	checkBadEndpointsRefused(t, members, owner)
 
 	// Withdrawn by the owner.
 	if err := owner.Unpublish("c1"); err != nil {
@@ -104,6 +88,29 @@ func TestEndpointRecords(t *testing.T) {
 	}
 	if _, ok := events.find(func(e Event) bool { return e.Type == EventEndpointRemoved && e.Endpoint.ID == "c2" }); !ok {
 		t.Error("no endpoint-removed event")
+	}
+}
+
+// checkBadEndpointsRefused: malformed records, another node's endpoint ID
+// (c1 is owner's) and removing network "ep" while it has endpoints are
+// refused locally.
+func checkBadEndpointsRefused(t *testing.T, members []*Cluster, owner *Cluster) {
+	t.Helper()
+	for _, bad := range []Endpoint{
+		{ID: "x", Network: "nope", IP: netip.MustParseAddr("10.70.0.9")},
+		{ID: "x", Network: "ep", IP: netip.MustParseAddr("10.99.0.9")},
+		{ID: "", Network: "ep", IP: netip.MustParseAddr("10.70.0.9")},
+		{ID: "x", Network: "ep", IP: netip.MustParseAddr("10.70.0.9"), Aliases: make([]string, 40)},
+	} {
+		if err := owner.Publish(bad); err == nil {
+			t.Errorf("Publish(%+v) accepted", bad)
+		}
+	}
+	if err := members[2].Publish(Endpoint{ID: "c1", Network: "ep", IP: netip.MustParseAddr("10.70.1.6")}); !errors.Is(err, ErrConflict) {
+		t.Errorf("publishing another node's endpoint ID: %v", err)
+	}
+	if err := members[0].RemoveNetwork("ep"); !errors.Is(err, ErrInUse) {
+		t.Errorf("removing a network with endpoints: %v", err)
 	}
 }
 

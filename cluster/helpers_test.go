@@ -257,13 +257,3 @@ func allSee(members []*Cluster, n int) bool {
 	}
 	return true
 }
-
-func pollUntil(deadline time.Time, cond func() bool) bool {
-	for time.Now().Before(deadline) {
-		if cond() {
-			return true
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return cond()
-}

@@ -114,23 +114,29 @@ func forgedRecord(signer *Cluster, r record) []byte {
 
 func forgedSigned(signer *Cluster, m message) []byte { return signer.sign(encodeMessage(m)) }
 
-func TestHostileGossip(t *testing.T) {
-	h := newHostileSetup(t)
-	target := h.members[2]
+// attack is one forged message, made by from, and the drop reason it
+// must be counted under by a member with the key (a stranger's message
+// never decrypts: undecryptable).
+type attack struct {
+	name string
+	msg  func(from *Cluster) []byte
+	// want is the drop reason with the key; a stranger's message never
+	// decrypts (undecryptable).
+	want string
+}
+
+// hostileFreeIP is an address of prod that forged requests name.
+var hostileFreeIP = netip.MustParseAddr("10.60.200.7")
+
+// hostileAttacks are the forgeries TestHostileGossip sends: attacks in a
+// member's name or against the cluster's rules, and ownName, what only a
+// non-member says in its own name (dropped for that alone).
+func hostileAttacks(h *hostileSetup) (attacks, ownName []attack) {
 	victim := h.members[0].Name() // the member the forgeries name
-	prodSpec := h.prod.NetworkSpec
 	otherSpec := NetworkSpec{Name: "prod", Subnet: netip.MustParsePrefix("10.61.0.0/16"), VNI: 777}
 	_ = otherSpec.normalize()
-	freeIP := netip.MustParseAddr("10.60.200.7")
-
-	type attack struct {
-		name string
-		msg  func(from *Cluster) []byte
-		// want is the drop reason with the key; a stranger's message never
-		// decrypts (undecryptable).
-		want string
-	}
-	attacks := []attack{
+	freeIP := hostileFreeIP
+	attacks = []attack{
 		{"network in a member's name replacing prod", func(from *Cluster) []byte {
 			return forgedRecord(from, record{net: &netRecord{Net: Network{ID: NetworkID{Clock: 1, Node: victim}, NetworkSpec: otherSpec}}})
 		}, dropBadSignature},
@@ -179,7 +185,7 @@ func TestHostileGossip(t *testing.T) {
 		}, dropUnknownNet},
 	}
 	// What a non-member says in its own name is dropped for that alone.
-	ownName := []attack{
+	ownName = []attack{
 		{"claim request from a non-member", func(from *Cluster) []byte {
 			return forgedSigned(from, message{Type: msgRequest, Request: &request{ID: 6, From: from.Name(), Op: opClaim,
 				Res: resKey{Kind: resIP, Net: h.prod.ID, P: netip.PrefixFrom(freeIP, 32)}, Owner: "x"}})
@@ -188,6 +194,15 @@ func TestHostileGossip(t *testing.T) {
 			return forgedSigned(from, message{Type: msgLeave, Leave: &leaveIntent{Node: from.Name(), Stamp: 7}})
 		}, dropNotMember},
 	}
+	return attacks, ownName
+}
+
+func TestHostileGossip(t *testing.T) {
+	h := newHostileSetup(t)
+	target := h.members[2]
+	prodSpec := h.prod.NetworkSpec
+	freeIP := hostileFreeIP
+	attacks, ownName := hostileAttacks(h)
 
 	before := make([]string, len(h.members))
 	for i, c := range h.members {
@@ -214,7 +229,7 @@ func TestHostileGossip(t *testing.T) {
 			if err := s.from.ml.SendReliable(&memberlist.Node{Name: target.Name(), Addr: target.Addr().Addr().AsSlice(), Port: target.Addr().Port()}, msg); err != nil {
 				t.Fatalf("%s: %s: send: %v", s.name, a.name, err)
 			}
-			if !pollUntil(time.Now().Add(5*time.Second), func() bool { return target.Stats().Dropped[want] > drops }) {
+			if !netnstest.Poll(5*time.Second, func() bool { return target.Stats().Dropped[want] > drops }) {
 				t.Errorf("%s: %s: no %q drop counted (drops %v)", s.name, a.name, want, target.Stats().Dropped)
 			}
 		}

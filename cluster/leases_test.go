@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"sync"
 	"testing"
@@ -30,48 +31,32 @@ func TestLeaseUniquenessUnderConcurrency(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
 	defer cancel()
-	var mu sync.Mutex
-	blockOwner := make(map[netip.Prefix]string)
-	addrOwner := make(map[netip.Addr]string)
-	var dupBlocks, dupAddrs []string
+	blocks := &owners[netip.Prefix]{by: map[netip.Prefix]string{}}
+	addrs := &owners[netip.Addr]{by: map[netip.Addr]string{}}
 	var wg sync.WaitGroup
 	errs := make(chan error, n*(blocksEach+addrsEach))
 	for _, c := range members {
 		for range blocksEach {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
+			wg.Go(func() {
 				b, err := c.LeaseBlock(ctx, "ov")
 				if err != nil {
 					errs <- fmt.Errorf("%s: lease: %w", c.Name(), err)
 					return
 				}
-				mu.Lock()
-				if prev, ok := blockOwner[b]; ok {
-					dupBlocks = append(dupBlocks, fmt.Sprintf("%s: %s and %s", b, prev, c.Name()))
-				}
-				blockOwner[b] = c.Name()
-				mu.Unlock()
-			}()
+				blocks.add(b, c.Name())
+			})
 		}
 		for g := range 4 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
+			wg.Go(func() {
 				for i := range addrsEach / 4 {
 					ip, err := c.AllocateIP(ctx, "ov", fmt.Sprintf("%s-ep%d-%d", c.Name(), g, i))
 					if err != nil {
 						errs <- fmt.Errorf("%s: allocate: %w", c.Name(), err)
 						return
 					}
-					mu.Lock()
-					if prev, ok := addrOwner[ip]; ok {
-						dupAddrs = append(dupAddrs, fmt.Sprintf("%s: %s and %s", ip, prev, c.Name()))
-					}
-					addrOwner[ip] = c.Name()
-					mu.Unlock()
+					addrs.add(ip, c.Name())
 				}
-			}()
+			})
 		}
 	}
 	wg.Wait()
@@ -79,16 +64,37 @@ func TestLeaseUniquenessUnderConcurrency(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	if len(dupBlocks)+len(dupAddrs) > 0 {
-		t.Fatalf("held twice: blocks %v, addresses %v", dupBlocks, dupAddrs)
+	if len(blocks.dups)+len(addrs.dups) > 0 {
+		t.Fatalf("held twice: blocks %v, addresses %v", blocks.dups, addrs.dups)
 	}
-	if len(addrOwner) != n*addrsEach {
-		t.Fatalf("%d addresses allocated, want %d", len(addrOwner), n*addrsEach)
+	if len(addrs.by) != n*addrsEach {
+		t.Fatalf("%d addresses allocated, want %d", len(addrs.by), n*addrsEach)
 	}
+	checkLeaseTables(t, members, blocks.by, addrs.by)
+}
 
-	// Every member converges on the same lease table, which agrees with
-	// what each LeaseBlock returned, and every address lies in a block of
-	// the member that handed it out.
+// owners records who got each of the things handed out at the same time,
+// and every thing handed out twice.
+type owners[K comparable] struct {
+	mu   sync.Mutex
+	by   map[K]string
+	dups []string
+}
+
+func (o *owners[K]) add(k K, name string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if prev, ok := o.by[k]; ok {
+		o.dups = append(o.dups, fmt.Sprintf("%v: %s and %s", k, prev, name))
+	}
+	o.by[k] = name
+}
+
+// checkLeaseTables: every member converges on the same lease table of
+// "ov", which agrees with what each LeaseBlock returned (blocks), and
+// every address lies in a /24 block of the member that handed it out.
+func checkLeaseTables(t *testing.T, members []*Cluster, blocks map[netip.Prefix]string, addrs map[netip.Addr]string) {
+	t.Helper()
 	var table map[netip.Prefix]string
 	defer func() {
 		if t.Failed() {
@@ -100,30 +106,24 @@ func TestLeaseUniquenessUnderConcurrency(t *testing.T) {
 	netnstest.Eventually(t, 10*time.Second, "identical lease tables", func() bool {
 		table = leaseMap(members[0], "ov")
 		for _, c := range members[1:] {
-			other := leaseMap(c, "ov")
-			if len(other) != len(table) {
+			if !maps.Equal(leaseMap(c, "ov"), table) {
 				return false
-			}
-			for b, node := range table {
-				if other[b] != node {
-					return false
-				}
 			}
 		}
 		return true
 	})
-	for b, node := range blockOwner {
+	for b, node := range blocks {
 		if table[b] != node {
 			t.Errorf("block %s leased by %s, table says %q", b, node, table[b])
 		}
 	}
-	for ip, node := range addrOwner {
+	for ip, node := range addrs {
 		b := netip.PrefixFrom(ip, 24).Masked()
 		if table[b] != node {
 			t.Errorf("address %s from %s lies in block %s of %q", ip, node, b, table[b])
 		}
 	}
-	t.Logf("%d blocks, %d addresses, all distinct", len(table), len(addrOwner))
+	t.Logf("%d blocks, %d addresses, all distinct", len(table), len(addrs))
 }
 
 // All members claim the same block at once: at most one gets it.

@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"regexp"
 	"strconv"
+
+	"github.com/fabricnet/fabric/cluster/specialuse"
 )
 
 // Sentinel errors. Every error the package returns for an expected state
@@ -51,19 +53,6 @@ const (
 // 0.0.0.0/0 record used to clash with, and so remove, every overlay) is
 // refused, locally and from gossip.
 const minSubnetBits = 8
-
-// notOverlay are ranges no overlay subnet may touch, whoever proposes it:
-// they are not unicast addresses a sandbox can hold. (The agent checks
-// more, such as the host's own routes.)
-var notOverlay = []struct {
-	p    netip.Prefix
-	what string
-}{
-	{netip.MustParsePrefix("0.0.0.0/8"), "this network"},
-	{netip.MustParsePrefix("127.0.0.0/8"), "loopback"},
-	{netip.MustParsePrefix("169.254.0.0/16"), "link-local"},
-	{netip.MustParsePrefix("224.0.0.0/3"), "multicast, reserved and broadcast"},
-}
 
 var netNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
 
@@ -172,10 +161,11 @@ func (s *NetworkSpec) normalize() error {
 	if s.Subnet.Bits() < minSubnetBits {
 		return fmt.Errorf("network %q: subnet %s is too large for an overlay (at least /%d): it would cover the host's own routes", s.Name, s.Subnet, minSubnetBits)
 	}
-	for _, r := range notOverlay {
-		if s.Subnet.Overlaps(r.p) {
-			return fmt.Errorf("network %q: subnet %s overlaps %s (%s), which cannot be an overlay subnet", s.Name, s.Subnet, r.p, r.what)
-		}
+	// No overlay subnet may touch a special-use range, whoever proposes
+	// it: they are not unicast addresses a sandbox can hold. (The agent
+	// checks more, such as the host's own routes.)
+	if r, ok := specialuse.Overlapping(s.Subnet); ok {
+		return fmt.Errorf("network %q: subnet %s overlaps %s, which cannot be an overlay subnet", s.Name, s.Subnet, r)
 	}
 	if s.BlockBits == 0 {
 		s.BlockBits = defaultBlockBits(s.Subnet)

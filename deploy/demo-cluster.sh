@@ -12,18 +12,7 @@ BIN=${BIN:-bin}
 LAB=${LAB:-fdemo}
 DATAPATH=${DATAPATH:-auto}
 export PATH="$PWD/$BIN:$PATH"
-# Bold headings on a terminal only: no escape codes in a file or a pipe.
-if [ -t 1 ]; then BOLD=$'\033[1m' PLAIN=$'\033[0m'; else BOLD='' PLAIN=''; fi
-say() { printf '\n%s== %s%s\n' "$BOLD" "$*" "$PLAIN"; }
-# quote prints its arguments as a shell would need them typed.
-quote() {
-  local a out=()
-  for a in "$@"; do
-    if [[ $a =~ ^[][A-Za-z0-9_./:=@%+,-]+$ ]]; then out+=("$a"); else out+=("'${a//\'/\'\\\'\'}'"); fi
-  done
-  printf '%s' "${out[*]}"
-}
-show() { printf '$ %s\n' "$(quote "$@")"; "$@"; }
+. deploy/demo-lib.sh # say, show
 lab() { fabricctl lab --name "$LAB" "$@"; }
 on() { local n=$1; shift; fabricctl --socket "/run/fabric/lab/$LAB/$n/fabricd.sock" "$@"; }
 

@@ -13,18 +13,7 @@ H=fabdemo-host O=fabdemo-out
 DIR=/run/fabric-demo
 SOCK=$DIR/fabricd.sock
 ctl() { "$BIN/fabricctl" --socket "$SOCK" "$@"; }
-# Bold headings on a terminal only: no escape codes in a file or a pipe.
-if [ -t 1 ]; then BOLD=$'\033[1m' PLAIN=$'\033[0m'; else BOLD='' PLAIN=''; fi
-say() { printf '\n%s== %s%s\n' "$BOLD" "$*" "$PLAIN"; }
-# quote prints its arguments as a shell would need them typed.
-quote() {
-  local a out=()
-  for a in "$@"; do
-    if [[ $a =~ ^[][A-Za-z0-9_./:=@%+,-]+$ ]]; then out+=("$a"); else out+=("'${a//\'/\'\\\'\'}'"); fi
-  done
-  printf '%s' "${out[*]}"
-}
-show() { printf '$ %s\n' "$(quote "$@")"; "$@"; }
+. deploy/demo-lib.sh # say, show
 
 cleanup() {
   if [ -S "$SOCK" ]; then

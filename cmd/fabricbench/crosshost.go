@@ -28,9 +28,41 @@ type crossHost struct {
 // macvlan and ipvlan networks on the underlay (u1/u2 and u1.100/u2.100)
 // with a client sandbox on h1 and a server sandbox on h2 for each.
 func (l *Lab) setupCrossHost(ctx context.Context) (*crossHost, error) {
+	if err := l.setupBaselineVXLAN(ctx); err != nil {
+		return nil, err
+	}
+	if l.fabricErr != nil {
+		return &crossHost{}, nil
+	}
+
+	_, _, socket2, _, err := l.startAgent(ctx, "h2")
+	if err != nil {
+		return nil, fmt.Errorf("second fabricd on h2: %w", err)
+	}
+	x := &crossHost{}
+	x.maNS, err = l.lanRows(ctx, socket2, func(dev string) []string {
+		return []string{"-d", "macvlan", "--subnet", "10.78.0.0/24", "-o", "parent=" + dev}
+	}, "ma", "mb", macA, macB, "bench-mac")
+	if err != nil {
+		return nil, err
+	}
+	// ipvlan rides a VLAN (a parent serves one network); kernels built
+	// without 802.1q or ipvlan cannot have this row.
+	x.iaNS, err = l.lanRows(ctx, socket2, func(dev string) []string {
+		return []string{"-d", "ipvlan", "--subnet", "10.79.0.0/24", "-o", "parent=" + dev + "." + vlanIPv}
+	}, "ia", "ib", ipvA, ipvB, "bench-ipv")
+	if err != nil {
+		x.ipvlanSkip = "unavailable: " + lastLines(err.Error(), 1)
+	}
+	return x, nil
+}
+
+// setupBaselineVXLAN makes baseline-lab.sh's kernel VXLAN overlay: c1x on
+// h1's br0 and c2 on h2's br0 over vx0, with the servers in c2.
+func (l *Lab) setupBaselineVXLAN(ctx context.Context) error {
 	for _, n := range []string{"c1x", "c2"} {
 		if err := l.addNS(n); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	h1, h2 := l.ns("h1"), l.ns("h2")
@@ -56,62 +88,41 @@ func (l *Lab) setupCrossHost(ctx context.Context) (*crossHost, error) {
 	}
 	for _, s := range steps {
 		if _, err := runCmd(ctx, 10*time.Second, "ip", s...); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if _, err := l.startIn(ctx, "c2-servers", l.nsPath("c2"), l.self, serveArg); err != nil {
-		return nil, err
+		return err
 	}
 	if err := waitListen(ctx, l.nsPath("c2"), 10*time.Second, portPerf, portLat); err != nil {
-		return nil, fmt.Errorf("servers in c2: %w", err)
+		return fmt.Errorf("servers in c2: %w", err)
 	}
-	if l.fabricErr != nil {
-		return &crossHost{}, nil
-	}
+	return nil
+}
 
-	_, _, socket2, _, err := l.startAgent(ctx, "h2")
-	if err != nil {
-		return nil, fmt.Errorf("second fabricd on h2: %w", err)
-	}
-	x := &crossHost{}
+// lanRows creates one network per host (h1's agent, and h2's at socket2)
+// and a client (h1) and server (h2) sandbox on it; it returns the
+// client's namespace.
+func (l *Lab) lanRows(ctx context.Context, socket2 string, netArgs func(dev string) []string, client, server, ipA, ipB, netName string) (string, error) {
 	serve := []string{l.self, serveArg}
-	// lanRows creates one network per host and a client (h1) and server (h2)
-	// sandbox on it; it returns the client's namespace.
-	lanRows := func(netArgs func(dev string) []string, client, server, ipA, ipB, netName string) (string, error) {
-		for _, h := range []struct{ socket, dev string }{{l.socket, "u1"}, {socket2, "u2"}} {
-			args := append([]string{"--socket", h.socket, "network", "create"}, netArgs(h.dev)...)
-			if _, err := runCmd(ctx, 30*time.Second, l.fabricctl(), append(args, netName)...); err != nil {
-				return "", err
-			}
-		}
-		a, err := l.fabricRunOn(ctx, l.socket, []string{"--name", l.ns(client), "--network", netName, "--ip", ipA}, serve)
-		if err != nil {
+	for _, h := range []struct{ socket, dev string }{{l.socket, "u1"}, {socket2, "u2"}} {
+		args := append([]string{"--socket", h.socket, "network", "create"}, netArgs(h.dev)...)
+		if _, err := runCmd(ctx, 30*time.Second, l.fabricctl(), append(args, netName)...); err != nil {
 			return "", err
 		}
-		b, err := l.fabricRunOn(ctx, socket2, []string{"--name", l.ns(server), "--network", netName, "--ip", ipB}, serve)
-		if err != nil {
-			return "", err
-		}
-		if err := waitListen(ctx, b.NetNS, 10*time.Second, portPerf, portLat); err != nil {
-			return "", fmt.Errorf("servers in sandbox %s: %w", b.Name, err)
-		}
-		return a.NetNS, nil
 	}
-	x.maNS, err = lanRows(func(dev string) []string {
-		return []string{"-d", "macvlan", "--subnet", "10.78.0.0/24", "-o", "parent=" + dev}
-	}, "ma", "mb", macA, macB, "bench-mac")
+	a, err := l.fabricRunOn(ctx, l.socket, []string{"--name", l.ns(client), "--network", netName, "--ip", ipA}, serve)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
-	// ipvlan rides a VLAN (a parent serves one network); kernels built
-	// without 802.1q or ipvlan cannot have this row.
-	x.iaNS, err = lanRows(func(dev string) []string {
-		return []string{"-d", "ipvlan", "--subnet", "10.79.0.0/24", "-o", "parent=" + dev + "." + vlanIPv}
-	}, "ia", "ib", ipvA, ipvB, "bench-ipv")
+	b, err := l.fabricRunOn(ctx, socket2, []string{"--name", l.ns(server), "--network", netName, "--ip", ipB}, serve)
 	if err != nil {
-		x.ipvlanSkip = "unavailable: " + lastLines(err.Error(), 1)
+		return "", err
 	}
-	return x, nil
+	if err := waitListen(ctx, b.NetNS, 10*time.Second, portPerf, portLat); err != nil {
+		return "", fmt.Errorf("servers in sandbox %s: %w", b.Name, err)
+	}
+	return a.NetNS, nil
 }
 
 // sectionCrossHost: bulk TCP and ping-pong between hosts: the raw underlay
@@ -134,14 +145,8 @@ func (l *Lab) sectionCrossHost(ctx context.Context) error {
 		specs[3].fn = l.throughputLatency(x.iaNS, ipvB)
 		specs[3].skip = x.ipvlanSkip
 	}
-	res := runAlternating(ctx, "cross-host", l.secs(), l.o.reps, specs)
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	raw, vx := res[0], res[1]
-	printTable(fmt.Sprintf("cross-host: one TCP stream (iperf3) and TCP ping-pong (sockperf, one-way µs), %d s, median of %d", l.secs(), l.o.reps),
-		l.streamPingColumns("raw", raw, "VXLAN", vx), res,
+	return l.runStreamPing(ctx, "cross-host", specs,
+		func(res []*result) []column { return l.streamPingColumns("raw", res[0], "VXLAN", res[1]) },
 		"the kernel VXLAN row is baseline-lab.sh's overlay; fabric's own overlay (eBPF and the kernel VXLAN fallback) is measured in the overlay section.",
 		"DESIGN.md (another run, for context only): raw 11.7–13.7 Gbit/s, 10–16 µs; kernel VXLAN 10.1–11.2 Gbit/s, 12–20 µs.")
-	return nil
 }

@@ -159,21 +159,7 @@ Flags:
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	if o.quick {
-		if !set["t"] {
-			o.secs = 2
-		}
-		if !set["reps"] {
-			o.reps = 1
-		}
-		if !set["setup-n"] {
-			o.setupN = 10
-		}
-		if !set["scale-n"] {
-			scaleN = quickScaleN
-		}
-		if !set["density-n"] {
-			densityN = quickDensityN
-		}
+		o.quickDefaults(set, &scaleN, &densityN)
 	}
 	var err error
 	if o.scaleN, err = parseScaleN(scaleN); err != nil {
@@ -190,19 +176,8 @@ Flags:
 	case o.setupN < 1 || o.setupN > 1000:
 		return o, fmt.Errorf("-setup-n %d: want 1 to 1000", o.setupN)
 	}
-	o.only = map[string]bool{}
-	if only == "" {
-		for _, s := range allSections {
-			o.only[s] = true
-		}
-	} else {
-		for _, s := range strings.Split(only, ",") {
-			s = strings.TrimSpace(s)
-			if !contains(allSections, s) {
-				return o, fmt.Errorf("-only: unknown section %q (want some of %s)", s, strings.Join(allSections, ","))
-			}
-			o.only[s] = true
-		}
+	if o.only, err = parseOnly(only); err != nil {
+		return o, err
 	}
 	abs, err := filepath.Abs(o.bin)
 	if err != nil {
@@ -210,6 +185,45 @@ Flags:
 	}
 	o.bin = abs
 	return o, nil
+}
+
+// quickDefaults sets what -quick changes, for the flags not given (set).
+func (o *options) quickDefaults(set map[string]bool, scaleN, densityN *string) {
+	if !set["t"] {
+		o.secs = 2
+	}
+	if !set["reps"] {
+		o.reps = 1
+	}
+	if !set["setup-n"] {
+		o.setupN = 10
+	}
+	if !set["scale-n"] {
+		*scaleN = quickScaleN
+	}
+	if !set["density-n"] {
+		*densityN = quickDensityN
+	}
+}
+
+// parseOnly turns -only's comma-separated sections into a set; empty
+// means all of them.
+func parseOnly(only string) (map[string]bool, error) {
+	sections := map[string]bool{}
+	if only == "" {
+		for _, s := range allSections {
+			sections[s] = true
+		}
+		return sections, nil
+	}
+	for _, s := range strings.Split(only, ",") {
+		s = strings.TrimSpace(s)
+		if !contains(allSections, s) {
+			return nil, fmt.Errorf("-only: unknown section %q (want some of %s)", s, strings.Join(allSections, ","))
+		}
+		sections[s] = true
+	}
+	return sections, nil
 }
 
 func contains(list []string, s string) bool {
@@ -242,21 +256,7 @@ func run() int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	lab := newLab(o)
-	// SIGINT/SIGTERM cancel the run; the deferred cleanup removes everything.
-	// If the run does not come back within 30 s, clean up from here and exit.
-	sigc := make(chan os.Signal, 2)
-	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	go func() {
-		s := <-sigc
-		fmt.Fprintf(os.Stderr, "\nfabricbench: %v: stopping and cleaning up…\n", s)
-		cancel()
-		select {
-		case <-sigc:
-		case <-time.After(30 * time.Second):
-		}
-		lab.cleanup()
-		os.Exit(130)
-	}()
+	stopOnSignal(cancel, lab)
 	defer lab.cleanup()
 
 	printHeader(o)
@@ -277,36 +277,7 @@ func run() int {
 		if ctx.Err() != nil {
 			break
 		}
-		var err error
-		switch s {
-		case "same-host":
-			err = lab.sectionSameHost(ctx)
-		case "published":
-			err = lab.sectionPublished(ctx)
-		case "connrate":
-			err = lab.sectionConnRate(ctx)
-		case "setup":
-			err = lab.sectionSetup(ctx)
-		case "cross-host":
-			err = lab.sectionCrossHost(ctx)
-		case "overlay":
-			err = lab.sectionOverlay(ctx)
-		case "dns":
-			err = lab.sectionDNS(ctx)
-		case "udp-pps":
-			err = lab.sectionUDPPPS(ctx)
-		case "scale":
-			err = lab.sectionScale(ctx)
-		case "density":
-			err = lab.sectionDensity(ctx)
-		case "bpf-cost":
-			err = lab.sectionBPFCost(ctx)
-		case "cni":
-			err = lab.sectionCNI(ctx)
-		case "docker":
-			err = lab.sectionDocker(ctx)
-		}
-		if err != nil && ctx.Err() == nil {
+		if err := lab.section(s)(ctx); err != nil && ctx.Err() == nil {
 			fmt.Printf("section %s failed: %v\n\n", s, err)
 			failed = true
 		}
@@ -319,6 +290,59 @@ func run() int {
 		return 1
 	}
 	return 0
+}
+
+// stopOnSignal makes SIGINT/SIGTERM/SIGHUP cancel the run (whose deferred
+// cleanup removes everything); if the run does not come back within 30 s
+// or a second signal comes, it cleans up from here and exits.
+func stopOnSignal(cancel context.CancelFunc, lab *Lab) {
+	sigc := make(chan os.Signal, 2)
+	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	go func() {
+		s := <-sigc
+		fmt.Fprintf(os.Stderr, "\nfabricbench: %v: stopping and cleaning up…\n", s)
+		cancel()
+		select {
+		case <-sigc:
+		case <-time.After(30 * time.Second):
+		}
+		lab.cleanup()
+		os.Exit(130)
+	}()
+}
+
+// section is the function that runs the section named s, nil if there is
+// none (every name in allSections has one: TestEverySectionRuns).
+func (l *Lab) section(s string) func(context.Context) error {
+	switch s {
+	case "same-host":
+		return l.sectionSameHost
+	case "published":
+		return l.sectionPublished
+	case "connrate":
+		return l.sectionConnRate
+	case "setup":
+		return l.sectionSetup
+	case "cross-host":
+		return l.sectionCrossHost
+	case "overlay":
+		return l.sectionOverlay
+	case "dns":
+		return l.sectionDNS
+	case "udp-pps":
+		return l.sectionUDPPPS
+	case "scale":
+		return l.sectionScale
+	case "density":
+		return l.sectionDensity
+	case "bpf-cost":
+		return l.sectionBPFCost
+	case "cni":
+		return l.sectionCNI
+	case "docker":
+		return l.sectionDocker
+	}
+	return nil
 }
 
 // tool is a command the benchmark runs and the Debian package that has it.

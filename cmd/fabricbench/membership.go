@@ -50,9 +50,44 @@ func measureConvergence(n int) (conv convergence, err error) {
 		}
 		members = append(members, c)
 	}
-	// Each member joins through up to three members that have joined
-	// already, as a real deployment lists a few seeds: one seed for all
-	// would serve every join's full-state exchange alone.
+	start := time.Now()
+	if err := joinAll(members, start.Add(60*time.Second)); err != nil {
+		return conv, err
+	}
+	if pollFor(context.Background(), time.Until(start.Add(60*time.Second)), 10*time.Millisecond, func() bool { return allSee(members, n) }) != nil {
+		return conv, fmt.Errorf("no full view of %d members after %s", n, time.Since(start).Round(time.Millisecond))
+	}
+	conv.fullView = time.Since(start)
+	var at runtime.MemStats
+	runtime.ReadMemStats(&at)
+	conv.memPerMember = (float64(at.HeapInuse+at.StackInuse) - float64(before.HeapInuse+before.StackInuse)) / float64(n)
+	conv.goroutines = float64(runtime.NumGoroutine()-g0) / float64(n)
+
+	victim := members[n-1]
+	members = members[:n-1]
+	_ = victim.Stop()
+	start = time.Now()
+	if pollFor(context.Background(), 60*time.Second, 10*time.Millisecond, func() bool { return allSee(members, n-1) }) != nil {
+		return conv, fmt.Errorf("failure of %s not seen by all after %s", victim.Name(), time.Since(start).Round(time.Millisecond))
+	}
+	conv.failureSeen = time.Since(start)
+	return conv, nil
+}
+
+func allSee(members []*cluster.Cluster, n int) bool {
+	for _, c := range members {
+		if c.NumAlive() != n {
+			return false
+		}
+	}
+	return true
+}
+
+// joinAll joins members[1:] to the cluster of members[0], at most 16 at
+// a time, each through up to three members that have joined already, as
+// a real deployment lists a few seeds: one seed for all would serve every
+// join's full-state exchange alone. Joins still running at deadline fail.
+func joinAll(members []*cluster.Cluster, deadline time.Time) error {
 	var joinedMu sync.Mutex
 	joined := []string{members[0].Addr().String()}
 	seeds := func() []string {
@@ -64,13 +99,12 @@ func measureConvergence(n int) (conv convergence, err error) {
 		}
 		return out
 	}
-	start := time.Now()
 	// Bounded: Join retries until its context ends.
-	joinCtx, cancel := context.WithDeadline(context.Background(), start.Add(60*time.Second))
+	joinCtx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 16)
-	errs := make(chan error, n)
+	errs := make(chan error, len(members))
 	for _, c := range members[1:] {
 		if joinCtx.Err() != nil {
 			break
@@ -94,43 +128,7 @@ func measureConvergence(n int) (conv convergence, err error) {
 		joinErrs = append(joinErrs, err)
 	}
 	if err := errors.Join(joinErrs...); err != nil {
-		return conv, fmt.Errorf("join: %w", err)
+		return fmt.Errorf("join: %w", err)
 	}
-	if !pollUntil(start.Add(60*time.Second), func() bool { return allSee(members, n) }) {
-		return conv, fmt.Errorf("no full view of %d members after %s", n, time.Since(start).Round(time.Millisecond))
-	}
-	conv.fullView = time.Since(start)
-	var at runtime.MemStats
-	runtime.ReadMemStats(&at)
-	conv.memPerMember = (float64(at.HeapInuse+at.StackInuse) - float64(before.HeapInuse+before.StackInuse)) / float64(n)
-	conv.goroutines = float64(runtime.NumGoroutine()-g0) / float64(n)
-
-	victim := members[n-1]
-	members = members[:n-1]
-	_ = victim.Stop()
-	start = time.Now()
-	if !pollUntil(start.Add(60*time.Second), func() bool { return allSee(members, n-1) }) {
-		return conv, fmt.Errorf("failure of %s not seen by all after %s", victim.Name(), time.Since(start).Round(time.Millisecond))
-	}
-	conv.failureSeen = time.Since(start)
-	return conv, nil
-}
-
-func allSee(members []*cluster.Cluster, n int) bool {
-	for _, c := range members {
-		if c.NumAlive() != n {
-			return false
-		}
-	}
-	return true
-}
-
-func pollUntil(deadline time.Time, cond func() bool) bool {
-	for time.Now().Before(deadline) {
-		if cond() {
-			return true
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return cond()
+	return nil
 }

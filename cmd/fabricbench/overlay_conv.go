@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"net"
@@ -190,24 +191,7 @@ func (l *Lab) convergeLab(ctx context.Context, ol *overlayLab, n int) *result {
 func (l *Lab) overlayFailure(ctx context.Context, ol *overlayLab) error {
 	rounds := l.failureRounds()
 	r := &result{spec: spec{name: fmt.Sprintf("kill -9 of n3's agent, seen from n1 (%s datapath)", ol.datapath)}, vals: map[string][]float64{}}
-	defer func() {
-		printTable(fmt.Sprintf("overlay failure detection: %d kills of a node's agent", rounds),
-			[]column{
-				{"done", func(r *result) string { return fmt.Sprintf("%d/%d", len(r.vals["gone"]), rounds) }},
-				pctCol("member not alive p50 s", "failed", 50, "%.2f"),
-				pctCol("endpoint withdrawn p50 s", "gone", 50, "%.2f"),
-				pctCol("withdrawn max s", "gone", 100, "%.2f"),
-				pctCol("back after restart p50 s", "back", 50, "%.2f"),
-				{"p50 ≤ 5 s", func(r *result) string {
-					if len(r.vals["gone"]) == 0 {
-						return "not measured"
-					}
-					return metCell(percentile(r.vals["gone"], 50) <= 5)
-				}},
-			}, []*result{r},
-			fmt.Sprintf("from the SIGKILL until n1's `network inspect %s` no longer lists n3's sandbox in \"remotes\" (polled every %s); "+
-				"member not alive: n1's status lists n3 as failed/left.", ovNet, failPoll))
-	}()
+	defer printFailure(rounds, r)
 	victimNode := ol.m.Nodes[2]
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	sb, err := ol.clients[2].CreateSandbox(cctx, api.SandboxCreate{Name: ol.sandbox("victim"), Network: ovNet,
@@ -245,63 +229,95 @@ func (l *Lab) overlayFailure(ctx context.Context, ol *overlayLab) error {
 	for i := 0; i < rounds && ctx.Err() == nil; i++ {
 		r.runs++
 		fmt.Fprintf(os.Stderr, "  overlay: failure detection %d/%d\n", i+1, rounds)
-		m, err := lab.Load("", ol.name)
-		if err != nil {
-			r.errs = append(r.errs, err.Error())
-			break
-		}
-		pid := m.Nodes[2].PID
-		if pid <= 0 || syscall.Kill(pid, 0) != nil {
-			r.errs = append(r.errs, fmt.Sprintf("n3's agent (PID %d) is not running", pid))
-			break
-		}
-		t0 := time.Now()
-		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-			r.errs = append(r.errs, fmt.Sprintf("kill %d: %v", pid, err))
-			break
-		}
-		var gone, failed time.Duration
-		_ = pollFor(ctx, failLimit, failPoll, func() bool {
-			rm, al := sees(ctx)
-			if !rm && gone == 0 {
-				gone = time.Since(t0)
+		if err := failureRound(ctx, ol, r, i+1, sees, waitBack); err != nil {
+			if !errors.Is(err, errRoundCut) {
+				r.errs = append(r.errs, err.Error())
 			}
-			if !al && failed == 0 {
-				failed = time.Since(t0)
-			}
-			return gone > 0 && failed > 0
-		})
-		if gone > 0 {
-			r.vals["gone"] = append(r.vals["gone"], gone.Seconds())
-		} else {
-			r.errs = append(r.errs, fmt.Sprintf("round %d: n1 still forwards to n3's sandbox after %s", i+1, failLimit))
-		}
-		if failed > 0 {
-			r.vals["failed"] = append(r.vals["failed"], failed.Seconds())
-		}
-		if ctx.Err() != nil {
 			break
 		}
-		// The process must be gone (reaped) before StartNode looks for it.
-		_ = pollFor(ctx, 5*time.Second, 20*time.Millisecond, func() bool { return syscall.Kill(pid, 0) != nil })
-		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		t1 := time.Now()
-		_, err = lab.StartNode(sctx, "", ol.name, "n3")
-		cancel()
-		if err != nil {
-			r.errs = append(r.errs, fmt.Sprintf("restart n3: %v", err))
-			break
-		}
-		if err := waitBack(); err != nil {
-			r.errs = append(r.errs, fmt.Sprintf("round %d: n3 not back in n1's view after restart: %v", i+1, err))
-			break
-		}
-		r.vals["back"] = append(r.vals["back"], time.Since(t1).Seconds())
 	}
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
 	return nil
+}
+
+var errRoundCut = errors.New("round cut short")
+
+// failureRound kills n3's agent with SIGKILL, records in r how long until
+// n1 withdrew n3's sandbox (gone) and no longer saw n3 alive (failed),
+// then restarts n3 and records how long until n1 sees it again (back).
+// An error ends the rounds; errRoundCut means ctx ended, which says
+// nothing about the fabric.
+func failureRound(ctx context.Context, ol *overlayLab, r *result, round int, sees func(context.Context) (remote, alive bool), waitBack func() error) error {
+	m, err := lab.Load("", ol.name)
+	if err != nil {
+		return err
+	}
+	pid := m.Nodes[2].PID
+	if pid <= 0 || syscall.Kill(pid, 0) != nil {
+		return fmt.Errorf("n3's agent (PID %d) is not running", pid)
+	}
+	t0 := time.Now()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		return fmt.Errorf("kill %d: %w", pid, err)
+	}
+	var gone, failed time.Duration
+	_ = pollFor(ctx, failLimit, failPoll, func() bool {
+		rm, al := sees(ctx)
+		if !rm && gone == 0 {
+			gone = time.Since(t0)
+		}
+		if !al && failed == 0 {
+			failed = time.Since(t0)
+		}
+		return gone > 0 && failed > 0
+	})
+	if gone > 0 {
+		r.vals["gone"] = append(r.vals["gone"], gone.Seconds())
+	} else {
+		r.errs = append(r.errs, fmt.Sprintf("round %d: n1 still forwards to n3's sandbox after %s", round, failLimit))
+	}
+	if failed > 0 {
+		r.vals["failed"] = append(r.vals["failed"], failed.Seconds())
+	}
+	if ctx.Err() != nil {
+		return errRoundCut
+	}
+	// The process must be gone (reaped) before StartNode looks for it.
+	_ = pollFor(ctx, 5*time.Second, 20*time.Millisecond, func() bool { return syscall.Kill(pid, 0) != nil })
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	t1 := time.Now()
+	_, err = lab.StartNode(sctx, "", ol.name, "n3")
+	cancel()
+	if err != nil {
+		return fmt.Errorf("restart n3: %w", err)
+	}
+	if err := waitBack(); err != nil {
+		return fmt.Errorf("round %d: n3 not back in n1's view after restart: %w", round, err)
+	}
+	r.vals["back"] = append(r.vals["back"], time.Since(t1).Seconds())
+	return nil
+}
+
+// printFailure prints the failure-detection table of r's rounds.
+func printFailure(rounds int, r *result) {
+	printTable(fmt.Sprintf("overlay failure detection: %d kills of a node's agent", rounds),
+		[]column{
+			{"done", func(r *result) string { return fmt.Sprintf("%d/%d", len(r.vals["gone"]), rounds) }},
+			pctCol("member not alive p50 s", "failed", 50, "%.2f"),
+			pctCol("endpoint withdrawn p50 s", "gone", 50, "%.2f"),
+			pctCol("withdrawn max s", "gone", 100, "%.2f"),
+			pctCol("back after restart p50 s", "back", 50, "%.2f"),
+			{"p50 ≤ 5 s", func(r *result) string {
+				if len(r.vals["gone"]) == 0 {
+					return "not measured"
+				}
+				return metCell(percentile(r.vals["gone"], 50) <= 5)
+			}},
+		}, []*result{r},
+		fmt.Sprintf("from the SIGKILL until n1's `network inspect %s` no longer lists n3's sandbox in \"remotes\" (polled every %s); "+
+			"member not alive: n1's status lists n3 as failed/left.", ovNet, failPoll))
 }
 
 // membershipSizes are the in-process cluster sizes of the membership

@@ -200,3 +200,24 @@ func TestParseScaleNKeepsTheCause(t *testing.T) {
 		t.Fatalf("parseScaleN(1): %v, want an out-of-range error", err)
 	}
 }
+
+func TestEverySectionRuns(t *testing.T) {
+	l := &Lab{}
+	for _, s := range allSections {
+		if l.section(s) == nil {
+			t.Errorf("section %q is listed but has no function", s)
+		}
+	}
+	if l.section("no-such-section") != nil {
+		t.Error("an unknown section has a function")
+	}
+	for _, only := range []string{"", "scale, dns"} {
+		got, err := parseOnly(only)
+		if err != nil || (only == "" && len(got) != len(allSections)) || (only != "" && (len(got) != 2 || !got["scale"] || !got["dns"])) {
+			t.Errorf("parseOnly(%q) = %v, %v", only, got, err)
+		}
+	}
+	if _, err := parseOnly("scale,nope"); err == nil {
+		t.Error("parseOnly accepted an unknown section")
+	}
+}

@@ -248,90 +248,124 @@ func (l *Lab) sectionScale(ctx context.Context) error {
 		defer pg.close()
 		h.pg = pg
 	}
-	defer func() {
-		// Back to where the section started, both hosts at once.
-		var wg sync.WaitGroup
-		for _, h := range hosts {
-			if len(h.fillers) == 0 {
-				continue
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				n := len(h.fillers)
-				d, err := l.removeFillers(h)
-				if err != nil {
-					fmt.Fprintf(os.Stderr, "  scale: %s: removing fillers: %v\n", h.label, err)
-				} else {
-					fmt.Fprintf(os.Stderr, "  scale: %s: removed %d fillers in %.1f s\n", h.label, n, d.Seconds())
-				}
-			}()
-		}
-		wg.Wait()
-	}()
+	defer l.removeAllFillers(hosts)
 
 	rows := make([][]*result, len(hosts)) // [host][N]
 	var notes []string
 	for _, n := range l.o.scaleN {
-		// Grow both hosts to n.
-		fill := make([]time.Duration, len(hosts))
-		fillErr := make([]error, len(hosts))
-		var wg sync.WaitGroup
-		for i, h := range hosts {
-			if h.skip != "" || h.control {
-				continue
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				fill[i], fillErr[i] = l.fillTo(ctx, h, n)
-			}()
-		}
-		wg.Wait()
+		note := l.growAllTo(ctx, hosts, n)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		var fillNote []string
-		for i, h := range hosts {
-			switch {
-			case fillErr[i] != nil:
-				h.skip = fmt.Sprintf("could not grow to %d endpoints: %s", n, lastLines(fillErr[i].Error(), 1))
-				h.failedAt = n
-			case h.failedAt != 0:
-				// The reason is in the note of the first N it failed at.
-				h.skip = fmt.Sprintf("could not grow to %d endpoints", h.failedAt)
-			case h.skip == "" && !h.control:
-				fillNote = append(fillNote, fmt.Sprintf("%s %.1f s", h.label, fill[i].Seconds()))
-			}
+		if note != "" {
+			notes = append(notes, note)
 		}
-		if len(fillNote) > 0 {
-			notes = append(notes, fmt.Sprintf("growing to N=%d (in parallel, not measured): %s.", n, strings.Join(fillNote, ", ")))
-		}
-		// Measure, alternating between the hosts.
-		specs := make([]spec, len(hosts))
-		pools := make([][]float64, len(hosts))
-		for i, h := range hosts {
-			specs[i] = spec{name: fmt.Sprintf("%s, N=%d", h.label, n), skip: h.skip}
-			if h.skip == "" {
-				specs[i].fn = l.scaleMeasure(h, &pools[i])
-			}
-		}
-		res := runAlternating(ctx, fmt.Sprintf("scale N=%d", n), l.secs(), l.o.reps, specs)
+		res := l.measureScale(ctx, hosts, n)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		for i, h := range hosts {
-			r := res[i]
-			if h.skip == "" && !h.control {
-				r.vals["su50"] = []float64{percentile(pools[i], 50)}
-				r.vals["su99"] = []float64{percentile(pools[i], 99)}
-				if eps, ports, err := h.count(ctx); err == nil {
-					r.vals["eps"], r.vals["ports"] = []float64{float64(eps)}, []float64{float64(ports)}
-				}
-			}
-			rows[i] = append(rows[i], r)
+		for i := range hosts {
+			rows[i] = append(rows[i], res[i])
 		}
 	}
+	l.printScale(hosts, rows, notes)
+	return nil
+}
+
+// removeAllFillers brings every host back to where the section started,
+// all hosts at once.
+func (l *Lab) removeAllFillers(hosts []*scaleHost) {
+	var wg sync.WaitGroup
+	for _, h := range hosts {
+		if len(h.fillers) == 0 {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n := len(h.fillers)
+			d, err := l.removeFillers(h)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "  scale: %s: removing fillers: %v\n", h.label, err)
+			} else {
+				fmt.Fprintf(os.Stderr, "  scale: %s: removed %d fillers in %.1f s\n", h.label, n, d.Seconds())
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// growAllTo grows every measured host to n endpoints in parallel; a host
+// that fails is skipped from then on. It returns the note that says how
+// long growing took ("" if no host grew).
+func (l *Lab) growAllTo(ctx context.Context, hosts []*scaleHost, n int) string {
+	fill := make([]time.Duration, len(hosts))
+	fillErr := make([]error, len(hosts))
+	var wg sync.WaitGroup
+	for i, h := range hosts {
+		if h.skip != "" || h.control {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fill[i], fillErr[i] = l.fillTo(ctx, h, n)
+		}()
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return ""
+	}
+	var fillNote []string
+	for i, h := range hosts {
+		switch {
+		case fillErr[i] != nil:
+			h.skip = fmt.Sprintf("could not grow to %d endpoints: %s", n, lastLines(fillErr[i].Error(), 1))
+			h.failedAt = n
+		case h.failedAt != 0:
+			// The reason is in the note of the first N it failed at.
+			h.skip = fmt.Sprintf("could not grow to %d endpoints", h.failedAt)
+		case h.skip == "" && !h.control:
+			fillNote = append(fillNote, fmt.Sprintf("%s %.1f s", h.label, fill[i].Seconds()))
+		}
+	}
+	if len(fillNote) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("growing to N=%d (in parallel, not measured): %s.", n, strings.Join(fillNote, ", "))
+}
+
+// measureScale measures every host at n endpoints, alternating between
+// them, and returns one result per host.
+func (l *Lab) measureScale(ctx context.Context, hosts []*scaleHost, n int) []*result {
+	specs := make([]spec, len(hosts))
+	pools := make([][]float64, len(hosts))
+	for i, h := range hosts {
+		specs[i] = spec{name: fmt.Sprintf("%s, N=%d", h.label, n), skip: h.skip}
+		if h.skip == "" {
+			specs[i].fn = l.scaleMeasure(h, &pools[i])
+		}
+	}
+	res := runAlternating(ctx, fmt.Sprintf("scale N=%d", n), l.secs(), l.o.reps, specs)
+	if ctx.Err() != nil {
+		return nil
+	}
+	for i, h := range hosts {
+		r := res[i]
+		if h.skip == "" && !h.control {
+			r.vals["su50"] = []float64{percentile(pools[i], 50)}
+			r.vals["su99"] = []float64{percentile(pools[i], 99)}
+			if eps, ports, err := h.count(ctx); err == nil {
+				r.vals["eps"], r.vals["ports"] = []float64{float64(eps)}, []float64{float64(ports)}
+			}
+		}
+	}
+	return res
+}
+
+// printScale prints the section's table: rows[host][N], each figure also
+// as a ratio to the same host's at the first N.
+func (l *Lab) printScale(hosts []*scaleHost, rows [][]*result, notes []string) {
 	var all []*result
 	ref := map[*result]*result{}
 	for _, hr := range rows {
@@ -344,40 +378,11 @@ func (l *Lab) sectionScale(ctx context.Context) error {
 	vsFirst := func(what, k string) column {
 		return column{fmt.Sprintf("%s × N=%d", what, first), func(r *result) string { return ratioCol("", k, ref[r]).cell(r) }}
 	}
-	single := func(head, k, f string) column {
-		return column{head, func(r *result) string {
-			if v, ok := r.vals[k]; ok && len(v) > 0 && !math.IsNaN(v[0]) {
-				return fmt.Sprintf(f, v[0])
-			}
-			if r.skip != "" {
-				return "n/a"
-			}
-			return "–"
-		}}
-	}
-	notes = append(notes,
-		fmt.Sprintf("N is the agent's endpoints: fa, fb (ka, kb on k1), sandboxes of earlier sections, and fillers without a command, each publishing one TCP host port (%d…); ports counts all published ports.", hpFillBase),
-		fmt.Sprintf("Gbit/s: one iperf3 stream h2 → host:%d → fa/ka:%d; conn/s: wrk -t1 -c8 with Connection: close, h2 → host:%d → fa/ka:%d.", hpFabric, portPerf, hpFabHTTP, portHTTP),
-		fmt.Sprintf("set-up: %d API CreateSandbox calls per repetition (one published port each), from the call to the address answering ping from the host, then removed; p50/p99 over all repetitions (%d samples).", scaleSetupN, scaleSetupN*l.o.reps),
-		"the kernel-datapath agent runs in its own host namespace k1 (fabricd --datapath kernel), reached from h2 over a veth of its own.",
-		fmt.Sprintf("the control row is the kernel's own published port on h1 (nftables DNAT h1:%d/%d → c1a on br0, no fabric endpoint on the path) measured at every N like the others: its change with N is the host's (more namespaces, links, routes, timers), not fabric's; fabric's own change is its ratio divided by the control's.", hpDNAT, hpDNATHTTP))
-	if eb := rows[0]; len(eb) > 1 && hosts[0].skip == "" && strings.Contains(hosts[0].label, "eBPF") {
-		last := eb[len(eb)-1]
-		n := l.o.scaleN[len(l.o.scaleN)-1]
-		ratio := func(k string) float64 { return last.med(k) / eb[0].med(k) }
-		notes = append(notes, fmt.Sprintf("issue target, eBPF at N=%d within 5%% of N=%d (stated for 1,000 vs 10): %s; %s; %s.", n, first,
-			target("Gbit/s", ratio("gbps"), 0.95, true, "×"),
-			target("conn/s", ratio("rps"), 0.95, true, "×"),
-			target("set-up p50", ratio("su50"), 1.05, false, "×")))
-		if ctl := rows[len(rows)-1]; len(ctl) == len(eb) && ctl[0].skip == "" {
-			cr := func(k string) float64 { return ratio(k) / (ctl[len(ctl)-1].med(k) / ctl[0].med(k)) }
-			notes = append(notes, fmt.Sprintf("eBPF at N=%d vs N=%d after the host-wide change (divided by the control's ratio): Gbit/s %.2f×, conn/s %.2f×.", n, first, cr("gbps"), cr("rps")))
-		}
-	}
+	notes = append(notes, l.scaleNotes(hosts, rows)...)
 	printTable(fmt.Sprintf("scale: published-port TCP stream, new connections/s and endpoint set-up with N endpoints and published ports on one host, %d s, median of %d", l.secs(), l.o.reps),
 		l.withRange([]column{
-			single("endpoints", "eps", "%.0f"),
-			single("ports", "ports", "%.0f"),
+			singleCol("endpoints", "eps", "%.0f"),
+			singleCol("ports", "ports", "%.0f"),
 			valCol("Gbit/s", "gbps", "%.2f"),
 			vsFirst("Gbit/s", "gbps"),
 			{"conn/s", func(r *result) string {
@@ -390,9 +395,51 @@ func (l *Lab) sectionScale(ctx context.Context) error {
 				return "failed"
 			}},
 			vsFirst("conn/s", "rps"),
-			single("set-up p50 ms", "su50", "%.1f"),
-			single("set-up p99 ms", "su99", "%.1f"),
+			singleCol("set-up p50 ms", "su50", "%.1f"),
+			singleCol("set-up p99 ms", "su99", "%.1f"),
 			vsFirst("p50", "su50"),
 		}, rangeCol("Gbit/s min–max", "gbps", "%.2f"), rangeCol("conn/s min–max", "rps", "%.0f")), all, notes...)
-	return nil
+}
+
+// singleCol is a column of one value per row, formatted with f.
+func singleCol(head, k, f string) column {
+	return column{head, func(r *result) string {
+		if v, ok := r.vals[k]; ok && len(v) > 0 && !math.IsNaN(v[0]) {
+			return fmt.Sprintf(f, v[0])
+		}
+		if r.skip != "" {
+			return "n/a"
+		}
+		return "–"
+	}}
+}
+
+// scaleNotes explains the scale table and, for the eBPF host, states the
+// issue's target against the first N (also divided by the control's
+// change, which is the host's own).
+func (l *Lab) scaleNotes(hosts []*scaleHost, rows [][]*result) []string {
+	first := l.o.scaleN[0]
+	notes := []string{
+		fmt.Sprintf("N is the agent's endpoints: fa, fb (ka, kb on k1), sandboxes of earlier sections, and fillers without a command, each publishing one TCP host port (%d…); ports counts all published ports.", hpFillBase),
+		fmt.Sprintf("Gbit/s: one iperf3 stream h2 → host:%d → fa/ka:%d; conn/s: wrk -t1 -c8 with Connection: close, h2 → host:%d → fa/ka:%d.", hpFabric, portPerf, hpFabHTTP, portHTTP),
+		fmt.Sprintf("set-up: %d API CreateSandbox calls per repetition (one published port each), from the call to the address answering ping from the host, then removed; p50/p99 over all repetitions (%d samples).", scaleSetupN, scaleSetupN*l.o.reps),
+		"the kernel-datapath agent runs in its own host namespace k1 (fabricd --datapath kernel), reached from h2 over a veth of its own.",
+		fmt.Sprintf("the control row is the kernel's own published port on h1 (nftables DNAT h1:%d/%d → c1a on br0, no fabric endpoint on the path) measured at every N like the others: its change with N is the host's (more namespaces, links, routes, timers), not fabric's; fabric's own change is its ratio divided by the control's.", hpDNAT, hpDNATHTTP),
+	}
+	eb := rows[0]
+	if len(eb) <= 1 || hosts[0].skip != "" || !strings.Contains(hosts[0].label, "eBPF") {
+		return notes
+	}
+	last := eb[len(eb)-1]
+	n := l.o.scaleN[len(l.o.scaleN)-1]
+	ratio := func(k string) float64 { return last.med(k) / eb[0].med(k) }
+	notes = append(notes, fmt.Sprintf("issue target, eBPF at N=%d within 5%% of N=%d (stated for 1,000 vs 10): %s; %s; %s.", n, first,
+		target("Gbit/s", ratio("gbps"), 0.95, true, "×"),
+		target("conn/s", ratio("rps"), 0.95, true, "×"),
+		target("set-up p50", ratio("su50"), 1.05, false, "×")))
+	if ctl := rows[len(rows)-1]; len(ctl) == len(eb) && ctl[0].skip == "" {
+		cr := func(k string) float64 { return ratio(k) / (ctl[len(ctl)-1].med(k) / ctl[0].med(k)) }
+		notes = append(notes, fmt.Sprintf("eBPF at N=%d vs N=%d after the host-wide change (divided by the control's ratio): Gbit/s %.2f×, conn/s %.2f×.", n, first, cr("gbps"), cr("rps")))
+	}
+	return notes
 }

@@ -40,15 +40,22 @@ func (l *Lab) sectionSameHost(ctx context.Context) error {
 	if specs[2].skip == "" {
 		specs[2].fn = l.throughputLatency(l.faNS, l.fbIP)
 	}
-	res := runAlternating(ctx, "same-host", l.secs(), l.o.reps, specs)
+	return l.runStreamPing(ctx, "same-host", specs,
+		func(res []*result) []column { return l.streamPingColumns("bridge", res[1], "raw", res[0]) },
+		"throughput ratios > 1 are faster; latency ratios < 1 are faster.",
+		"DESIGN.md (another run, for context only): raw 11.7–13.7 Gbit/s, 10–16 µs; bridge 11.1–12.6 Gbit/s, 11–17 µs.")
+}
+
+// runStreamPing measures specs (throughputLatency rows) alternating, as
+// section name, and prints their stream and ping-pong table; cols makes
+// the columns from the results, whose first rows are the references.
+func (l *Lab) runStreamPing(ctx context.Context, name string, specs []spec, cols func(res []*result) []column, notes ...string) error {
+	res := runAlternating(ctx, name, l.secs(), l.o.reps, specs)
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	raw, br := res[0], res[1]
-	printTable(fmt.Sprintf("same-host: one TCP stream (iperf3) and TCP ping-pong (sockperf, one-way µs), %d s, median of %d", l.secs(), l.o.reps),
-		l.streamPingColumns("bridge", br, "raw", raw), res,
-		"throughput ratios > 1 are faster; latency ratios < 1 are faster.",
-		"DESIGN.md (another run, for context only): raw 11.7–13.7 Gbit/s, 10–16 µs; bridge 11.1–12.6 Gbit/s, 11–17 µs.")
+	printTable(fmt.Sprintf("%s: one TCP stream (iperf3) and TCP ping-pong (sockperf, one-way µs), %d s, median of %d", name, l.secs(), l.o.reps),
+		cols(res), res, notes...)
 	return nil
 }
 

@@ -129,36 +129,7 @@ func (l *Lab) sectionSetup(ctx context.Context) error {
 		return err
 	}
 	defer pg.close()
-	cli := &setupStats{name: "fabricctl run -d (binary, incl. its start)"}
-	apiS := &setupStats{name: "API CreateSandbox (client in-process)"}
-	sleepCmd := []string{"sleep", "600"}
-
-	viaCLI := func(ctx context.Context, name string) (api.Sandbox, error) {
-		return l.fabricRun(ctx, []string{"--name", name}, sleepCmd)
-	}
-	viaAPI := func(ctx context.Context, name string) (api.Sandbox, error) {
-		l.trackSandbox(name)
-		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		return l.client.CreateSandbox(cctx, api.SandboxCreate{Name: name, Command: sleepCmd})
-	}
-	rmCLI := func(ctx context.Context, name string) error {
-		_, err := runCmd(ctx, 30*time.Second, l.fabricctl(), "--socket", l.socket, "sandbox", "rm", name)
-		return err
-	}
-	rmAPI := func(ctx context.Context, name string) error {
-		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		return l.client.RemoveSandbox(cctx, name)
-	}
-	type way struct {
-		st     *setupStats
-		create func(context.Context, string) (api.Sandbox, error)
-		rm     func(context.Context, string) error
-		tag    string
-		made   []string
-	}
-	ways := []*way{{st: cli, create: viaCLI, rm: rmCLI, tag: "c"}, {st: apiS, create: viaAPI, rm: rmAPI, tag: "a"}}
+	ways := l.setupWays()
 	// The floor under every CLI row: starting a process at all on this
 	// machine, timed alternately with the creates.
 	floors := []*processFloor{
@@ -179,35 +150,89 @@ func (l *Lab) sectionSetup(ctx context.Context) error {
 					f.measure(ctx, i == 0)
 				}
 			}
-			t0 := time.Now()
-			sb, err := w.create(ctx, name)
-			returned := time.Since(t0)
-			w.made = append(w.made, name)
-			var ready time.Duration
-			if err == nil {
-				var ip string
-				if ip, err = sandboxIP(sb); err == nil {
-					var t time.Time
-					if t, err = pg.waitReply(ctx, netip.MustParseAddr(ip)); err == nil {
-						ready = t.Sub(t0)
-					}
-				}
-			}
-			if i == 0 {
-				continue // warm-up
-			}
-			if err != nil {
-				w.st.errs = append(w.st.errs, fmt.Sprintf("%s: %v", name, err))
-				continue
-			}
-			w.st.returned = append(w.st.returned, ms(returned))
-			w.st.ready = append(w.st.ready, ms(ready))
+			w.createOne(ctx, pg, name, i == 0)
 		}
 	}
 	if ctx.Err() != nil {
 		return ctx.Err() // the cleanup removes what was made
 	}
-	// Remove them all, alternating, timing each removal.
+	l.removeSetupSandboxes(ctx, ways)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	printSetup(l.o.setupN, ways[0].st, ways[1].st)
+	printFloors(l.o.setupN, floors)
+	return nil
+}
+
+// setupWay is one way of making sandboxes that sectionSetup times.
+type setupWay struct {
+	st     *setupStats
+	create func(context.Context, string) (api.Sandbox, error)
+	rm     func(context.Context, string) error
+	tag    string
+	made   []string
+}
+
+// setupWays are the CLI (fabricctl run -d, then sandbox rm) and the API
+// client in this process, in that order.
+func (l *Lab) setupWays() []*setupWay {
+	sleepCmd := []string{"sleep", "600"}
+	viaCLI := func(ctx context.Context, name string) (api.Sandbox, error) {
+		return l.fabricRun(ctx, []string{"--name", name}, sleepCmd)
+	}
+	viaAPI := func(ctx context.Context, name string) (api.Sandbox, error) {
+		l.trackSandbox(name)
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		return l.client.CreateSandbox(cctx, api.SandboxCreate{Name: name, Command: sleepCmd})
+	}
+	rmCLI := func(ctx context.Context, name string) error {
+		_, err := runCmd(ctx, 30*time.Second, l.fabricctl(), "--socket", l.socket, "sandbox", "rm", name)
+		return err
+	}
+	rmAPI := func(ctx context.Context, name string) error {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		return l.client.RemoveSandbox(cctx, name)
+	}
+	return []*setupWay{
+		{st: &setupStats{name: "fabricctl run -d (binary, incl. its start)"}, create: viaCLI, rm: rmCLI, tag: "c"},
+		{st: &setupStats{name: "API CreateSandbox (client in-process)"}, create: viaAPI, rm: rmAPI, tag: "a"},
+	}
+}
+
+// createOne makes sandbox name and times until its call returned and
+// until its address answers pg; a warm-up is made but not counted.
+func (w *setupWay) createOne(ctx context.Context, pg *pinger, name string, warmUp bool) {
+	t0 := time.Now()
+	sb, err := w.create(ctx, name)
+	returned := time.Since(t0)
+	w.made = append(w.made, name)
+	var ready time.Duration
+	if err == nil {
+		var ip string
+		if ip, err = sandboxIP(sb); err == nil {
+			var t time.Time
+			if t, err = pg.waitReply(ctx, netip.MustParseAddr(ip)); err == nil {
+				ready = t.Sub(t0)
+			}
+		}
+	}
+	if warmUp {
+		return
+	}
+	if err != nil {
+		w.st.errs = append(w.st.errs, fmt.Sprintf("%s: %v", name, err))
+		return
+	}
+	w.st.returned = append(w.st.returned, ms(returned))
+	w.st.ready = append(w.st.ready, ms(ready))
+}
+
+// removeSetupSandboxes removes what the ways made, alternating between
+// them, timing each removal but the warm-up's.
+func (l *Lab) removeSetupSandboxes(ctx context.Context, ways []*setupWay) {
 	for i := 0; ctx.Err() == nil; i++ {
 		left := false
 		for _, w := range ways {
@@ -229,15 +254,9 @@ func (l *Lab) sectionSetup(ctx context.Context) error {
 			}
 		}
 		if !left {
-			break
+			return
 		}
 	}
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	printSetup(l.o.setupN, cli, apiS)
-	printFloors(l.o.setupN, floors)
-	return nil
 }
 
 // processFloor times a process that does nothing: what exec alone costs

@@ -75,6 +75,24 @@ func newFakeAgent(t *testing.T) *fakeAgent {
 
 	mux := http.NewServeMux()
 	a.handle(mux, "GET /v1/status", func(*http.Request) (int, any) { return 200, a.status })
+	a.networkRoutes(mux)
+	a.sandboxRoutes(mux)
+	a.handle(mux, "GET /v1/endpoints", func(*http.Request) (int, any) { return 200, a.endpoints })
+
+	srv := httptest.NewUnstartedServer(mux)
+	l, err := net.Listen("unix", a.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Listener.Close()
+	srv.Listener = l
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return a
+}
+
+// networkRoutes serves the network API from a.networks.
+func (a *fakeAgent) networkRoutes(mux *http.ServeMux) {
 	a.handle(mux, "POST /v1/networks", func(r *http.Request) (int, any) {
 		var req api.NetworkCreate
 		json.Unmarshal(a.last().Body, &req)
@@ -82,18 +100,17 @@ func newFakeAgent(t *testing.T) *fakeAgent {
 	})
 	a.handle(mux, "GET /v1/networks", func(*http.Request) (int, any) { return 200, a.networks })
 	a.handle(mux, "GET /v1/networks/{name}", func(r *http.Request) (int, any) {
-		for _, n := range a.networks {
-			if n.Name == r.PathValue("name") {
-				return 200, n
-			}
-		}
-		return 404, api.Error{Message: "network " + r.PathValue("name") + " not found", Code: api.CodeNotFound}
+		return byName(a.networks, "network", r.PathValue("name"), func(n api.Network) string { return n.Name })
 	})
 	a.handle(mux, "DELETE /v1/networks/{name}", func(*http.Request) (int, any) { return 204, nil })
 	a.handle(mux, "POST /v1/networks/{name}/connect", func(r *http.Request) (int, any) {
 		return 200, api.Endpoint{Network: r.PathValue("name"), IfName: "eth1", IP: "10.10.0.5/24"}
 	})
 	a.handle(mux, "POST /v1/networks/{name}/disconnect", func(*http.Request) (int, any) { return 204, nil })
+}
+
+// sandboxRoutes serves the sandbox API from a.sandboxes.
+func (a *fakeAgent) sandboxRoutes(mux *http.ServeMux) {
 	a.handle(mux, "POST /v1/sandboxes", func(*http.Request) (int, any) {
 		var req api.SandboxCreate
 		json.Unmarshal(a.last().Body, &req)
@@ -109,27 +126,21 @@ func newFakeAgent(t *testing.T) *fakeAgent {
 	})
 	a.handle(mux, "GET /v1/sandboxes", func(*http.Request) (int, any) { return 200, a.sandboxes })
 	a.handle(mux, "GET /v1/sandboxes/{name}", func(r *http.Request) (int, any) {
-		for _, s := range a.sandboxes {
-			if s.Name == r.PathValue("name") {
-				return 200, s
-			}
-		}
-		return 404, api.Error{Message: "sandbox " + r.PathValue("name") + " not found", Code: api.CodeNotFound}
+		return byName(a.sandboxes, "sandbox", r.PathValue("name"), func(s api.Sandbox) string { return s.Name })
 	})
 	a.handle(mux, "DELETE /v1/sandboxes/{name}", func(*http.Request) (int, any) { return 204, nil })
 	a.handle(mux, "PUT /v1/sandboxes/{name}/process", func(*http.Request) (int, any) { return 204, nil })
-	a.handle(mux, "GET /v1/endpoints", func(*http.Request) (int, any) { return 200, a.endpoints })
+}
 
-	srv := httptest.NewUnstartedServer(mux)
-	l, err := net.Listen("unix", a.socket)
-	if err != nil {
-		t.Fatal(err)
+// byName answers a GET of the item of items called name (of kind), or the
+// agent's not-found error.
+func byName[T any](items []T, kind, name string, nameOf func(T) string) (int, any) {
+	for _, it := range items {
+		if nameOf(it) == name {
+			return 200, it
+		}
 	}
-	srv.Listener.Close()
-	srv.Listener = l
-	srv.Start()
-	t.Cleanup(srv.Close)
-	return a
+	return 404, api.Error{Message: kind + " " + name + " not found", Code: api.CodeNotFound}
 }
 
 // handle registers fn for pattern, recording the request first and

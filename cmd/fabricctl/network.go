@@ -38,15 +38,9 @@ a parent interface or its VLAN sub-interface, e.g. -o parent=eth1.10).`,
 	return cmd
 }
 
-func newNetworkCreateCmd(c *cli) *cobra.Command {
-	var (
-		req  api.NetworkCreate
-		opts []string
-	)
-	cmd := &cobra.Command{
-		Use:   "create [OPTIONS] NAME",
-		Short: "Create a network",
-		Long: `Create a network and print its ID.
+// networkCreateLong is `network create --help`'s text: drivers and
+// their options.
+const networkCreateLong = `Create a network and print its ID.
 
 Without --subnet the agent picks the next free subnet from its pool; the
 gateway defaults to the subnet's first address. --ip-range restricts the
@@ -83,16 +77,28 @@ Driver options (-o KEY=VALUE, repeatable):
                          subnet and a route per sandbox; removed with the network
 
 Note: on this command -o means --opt, as in 'docker network create'. To
-choose the output format here, use the long form --output json.`,
-		Example: `  fabricctl network create blue
+choose the output format here, use the long form --output json.`
+
+const networkCreateExample = `  fabricctl network create blue
   fabricctl network create --subnet 10.10.0.0/24 --gateway 10.10.0.1 blue
   fabricctl network create --subnet 10.20.0.0/16 --ip-range 10.20.1.0/24 --internal backend
   fabricctl network create -o mtu=1450 -o bridge_name=br-blue --output json blue
   fabricctl network create -d macvlan --subnet 192.168.10.0/24 --gateway 192.168.10.1 \
       -o parent=eth1.10 -o exclude=192.168.10.2,192.168.10.3 -o host_shim=true vlan10
   fabricctl network create -d ipvlan --subnet 10.50.0.0/24 -o parent=eth1 -o ipvlan_mode=l2 lan
-  fabricctl network create -d overlay --subnet 10.30.0.0/16 mesh`,
-		Args: exactArgs("NAME"),
+  fabricctl network create -d overlay --subnet 10.30.0.0/16 mesh`
+
+func newNetworkCreateCmd(c *cli) *cobra.Command {
+	var (
+		req  api.NetworkCreate
+		opts []string
+	)
+	cmd := &cobra.Command{
+		Use:     "create [OPTIONS] NAME",
+		Short:   "Create a network",
+		Long:    networkCreateLong,
+		Example: networkCreateExample,
+		Args:    exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.Name = args[0]
 			var err error

@@ -87,14 +87,7 @@ func newOverlayLab(t *testing.T) *overlayLab {
 		root := h.opts.BPFRoot
 		t.Cleanup(func() { _ = os.RemoveAll(root) }) // after the datapath's Close, registered below
 		h.start()
-		var sbPath string
-		h.sbName, sbPath = netnstest.New(t, "fbs")
-		host := byte(2 + i)
-		h.ep = datapath.Endpoint{
-			ID: netnstest.UniqueName("ep-"), NetworkID: l.net.ID, NetNSPath: sbPath, IfName: "eth0",
-			HostIfName: netnstest.UniqueName("fbv"), Addr: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 77, 0, host}), 24),
-			MAC: net.HardwareAddr{0x02, 0x00, 0x0a, 0x4d, 0x00, host}, DefaultRoute: true,
-		}
+		h.addSandbox(l.net, byte(2+i))
 	}
 	ctx := context.Background()
 	for _, h := range []*overlayHost{l.h1, l.h2} {
@@ -107,6 +100,26 @@ func newOverlayLab(t *testing.T) *overlayLab {
 	}
 	l.setRemotes(t)
 	return l
+}
+
+// addSandbox makes h's sandbox and describes its endpoint on n: the
+// address host in n's subnet, the MAC 02:00 and that address.
+func (h *overlayHost) addSandbox(n datapath.Network, host byte) {
+	h.t.Helper()
+	var sbPath string
+	h.sbName, sbPath = netnstest.New(h.t, "fbs")
+	a := n.Subnet.Addr().As4()
+	a[3] = host
+	h.ep = datapath.Endpoint{
+		ID: netnstest.UniqueName("ep-"), NetworkID: n.ID, NetNSPath: sbPath, IfName: "eth0",
+		HostIfName: netnstest.UniqueName("fbv"), Addr: netip.PrefixFrom(netip.AddrFrom4(a), n.Subnet.Bits()),
+		MAC: net.HardwareAddr{0x02, 0x00, a[0], a[1], a[2], a[3]}, DefaultRoute: true,
+	}
+}
+
+// hosts are the lab's two hosts and their endpoints' addresses.
+func (l *overlayLab) hosts() (h1, h2 *overlayHost, a1, a2 netip.Addr) {
+	return l.h1, l.h2, l.h1.ep.Addr.Addr(), l.h2.ep.Addr.Addr()
 }
 
 // start opens the host's datapath (again, for a restart).
@@ -171,17 +184,7 @@ func (h *overlayHost) serveEcho(t *testing.T, port int) {
 	t.Cleanup(func() { ln.Close(); <-done })
 	go func() {
 		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(60 * time.Second))
-				_, _ = io.Copy(c, c)
-			}()
-		}
+		netnstest.AcceptEach(ln, 60*time.Second, func(c net.Conn) { _, _ = io.Copy(c, c) })
 	}()
 }
 
@@ -212,10 +215,7 @@ func echo(c net.Conn, msg string) error {
 
 func (h *overlayHost) tunnelIfindex() int {
 	h.t.Helper()
-	nl, err := fabricns.HandleAt(h.path)
-	if err != nil {
-		h.t.Fatal(err)
-	}
+	nl := netnstest.Handle(h.t, h.path)
 	defer nl.Close()
 	l, err := nl.LinkByName(tunDevice)
 	if err != nil {
@@ -251,8 +251,7 @@ func (h *overlayHost) waitCounter(dir, verdict, reason string, from uint64) bool
 
 func TestOverlayTwoHosts(t *testing.T) {
 	l := newOverlayLab(t)
-	h1, h2 := l.h1, l.h2
-	a1, a2 := h1.ep.Addr.Addr(), h2.ep.Addr.Addr()
+	h1, h2, a1, a2 := l.hosts()
 	ctx := context.Background()
 
 	if ix := h1.tunnelIfindex(); ix == 0 {
@@ -300,126 +299,157 @@ func TestOverlayTwoHosts(t *testing.T) {
 
 	t.Run("decap checks", func(t *testing.T) { testDecapDrops(t, l) })
 
-	t.Run("restart keeps a connection", func(t *testing.T) {
-		conn, err := h1.dial(a2, 7002)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		if err := echo(conn, "before"); err != nil {
-			t.Fatal(err)
-		}
-		ix := h1.tunnelIfindex()
-		if err := h1.dp.Close(); err != nil {
-			t.Fatal(err)
-		}
-		if err := echo(conn, "while down"); err != nil {
-			t.Errorf("agent down: %v", err)
-		}
-		h1.start()
-		if err := echo(conn, "restarted"); err != nil {
-			t.Errorf("after New: %v", err)
-		}
-		if err := h1.dp.Sync(ctx, l.state(h1)); err != nil {
-			t.Fatalf("sync after restart: %v", err)
-		}
-		if err := echo(conn, "synced"); err != nil {
-			t.Errorf("after Sync: %v", err)
-		}
-		if got := h1.tunnelIfindex(); got != ix {
-			t.Errorf("%s was recreated by the restart (ifindex %d, was %d)", tunDevice, got, ix)
-		}
-	})
+	t.Run("restart keeps a connection", func(t *testing.T) { testRestartKeepsConnection(t, l) })
 
-	t.Run("idempotent", func(t *testing.T) {
-		ix := h2.tunnelIfindex()
-		for range 2 {
-			if err := h2.dp.EnsureNetwork(ctx, l.net); err != nil {
-				t.Fatal(err)
-			}
-			if err := h2.dp.EnsureEndpoint(ctx, l.net, h2.ep); err != nil {
-				t.Fatal(err)
-			}
-			if err := h2.dp.SetRemotes(ctx, l.net, []datapath.Remote{h1.remote()}); err != nil {
-				t.Fatal(err)
-			}
-			if err := h2.dp.Sync(ctx, l.state(h2)); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if got := h2.tunnelIfindex(); got != ix {
-			t.Errorf("%s recreated (ifindex %d, was %d)", tunDevice, got, ix)
-		}
-		if err := h2.ping(a1, 1); err != nil {
-			t.Error(err)
-		}
-	})
+	t.Run("idempotent", func(t *testing.T) { testOverlayIdempotent(t, l) })
 
-	t.Run("invalid remotes are skipped, the rest stays", func(t *testing.T) {
-		good := h2.remote()
-		for _, bad := range []datapath.Remote{
-			{Addr: netip.MustParseAddr("10.78.0.9"), MAC: good.MAC, Node: good.Node},
-			{Addr: netip.MustParseAddr("10.77.0.9"), MAC: good.MAC[:5], Node: good.Node},
-			{Addr: netip.MustParseAddr("10.77.0.9"), MAC: net.HardwareAddr{1, 0, 0x5e, 0, 0, 1}, Node: good.Node},
-			{Addr: netip.MustParseAddr("10.77.0.9"), MAC: good.MAC},
-			{Addr: netip.MustParseAddr("10.77.0.9"), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, Node: h1.local},
-			{Addr: netip.MustParseAddr("10.77.0.9"), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, Node: netip.MustParseAddr("127.0.0.1")},
-			{Addr: good.Addr, MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, Node: good.Node},
-			{Addr: l.net.Gateway, MAC: good.MAC, Node: good.Node},
-		} {
-			if err := h1.dp.SetRemotes(ctx, l.net, []datapath.Remote{good, bad}); err != nil {
-				t.Errorf("SetRemotes(good, %+v): %v, want the bad one skipped", bad, err)
-			}
-			if err := h1.ping(a2, 1); err != nil {
-				t.Error(err)
-			}
-		}
-		m, err := h1.dp.Metrics()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var skipped uint64
-		for _, n := range m.SkippedRemotes {
-			skipped += n
-		}
-		if skipped < 8 {
-			t.Errorf("skipped remotes counted %v, want 8 in all", m.SkippedRemotes)
-		}
-	})
+	t.Run("invalid remotes are skipped, the rest stays", func(t *testing.T) { testInvalidRemotesSkipped(t, l) })
 
 	t.Run("sandbox cannot reach fabric's host ports", func(t *testing.T) { testGuardPorts(t, l) })
 
-	t.Run("no remotes, no reach", func(t *testing.T) {
-		if err := h1.dp.SetRemotes(ctx, l.net, nil); err != nil {
+	t.Run("no remotes, no reach", func(t *testing.T) { testNoRemotesNoReach(t, l) })
+
+	t.Run("sync without overlay removes the tunnel", func(t *testing.T) { testSyncRemovesTunnel(t, l) })
+}
+
+// testRestartKeepsConnection: a TCP connection across the overlay survives
+// closing and reopening h1's datapath, and the restart keeps the tunnel
+// device.
+func testRestartKeepsConnection(t *testing.T, l *overlayLab) {
+	h1, _, _, a2 := l.hosts()
+	ctx := context.Background()
+	conn, err := h1.dial(a2, 7002)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := echo(conn, "before"); err != nil {
+		t.Fatal(err)
+	}
+	ix := h1.tunnelIfindex()
+	if err := h1.dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := echo(conn, "while down"); err != nil {
+		t.Errorf("agent down: %v", err)
+	}
+	h1.start()
+	if err := echo(conn, "restarted"); err != nil {
+		t.Errorf("after New: %v", err)
+	}
+	if err := h1.dp.Sync(ctx, l.state(h1)); err != nil {
+		t.Fatalf("sync after restart: %v", err)
+	}
+	if err := echo(conn, "synced"); err != nil {
+		t.Errorf("after Sync: %v", err)
+	}
+	if got := h1.tunnelIfindex(); got != ix {
+		t.Errorf("%s was recreated by the restart (ifindex %d, was %d)", tunDevice, got, ix)
+	}
+}
+
+// testOverlayIdempotent: ensuring, setting remotes and syncing again changes
+// nothing.
+func testOverlayIdempotent(t *testing.T, l *overlayLab) {
+	h1, h2, a1, _ := l.hosts()
+	ctx := context.Background()
+	ix := h2.tunnelIfindex()
+	for range 2 {
+		if err := h2.dp.EnsureNetwork(ctx, l.net); err != nil {
 			t.Fatal(err)
 		}
-		before := h1.counter("from-endpoint", "drop", "no-remote")
-		if err := h1.ping(a2, 1); err == nil {
-			t.Error("ping crossed without a remote entry")
+		if err := h2.dp.EnsureEndpoint(ctx, l.net, h2.ep); err != nil {
+			t.Fatal(err)
 		}
-		if !h1.waitCounter("from-endpoint", "drop", "no-remote", before) {
-			t.Error("no-remote drop not counted")
+		if err := h2.dp.SetRemotes(ctx, l.net, []datapath.Remote{h1.remote()}); err != nil {
+			t.Fatal(err)
 		}
-		l.setRemotes(t)
+		if err := h2.dp.Sync(ctx, l.state(h2)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := h2.tunnelIfindex(); got != ix {
+		t.Errorf("%s recreated (ifindex %d, was %d)", tunDevice, got, ix)
+	}
+	if err := h2.ping(a1, 1); err != nil {
+		t.Error(err)
+	}
+}
+
+// testInvalidRemotesSkipped: a bad remote among good ones is skipped and
+// counted; the good ones still work.
+func testInvalidRemotesSkipped(t *testing.T, l *overlayLab) {
+	h1, h2, _, a2 := l.hosts()
+	ctx := context.Background()
+	good := h2.remote()
+	for _, bad := range []datapath.Remote{
+		{Addr: netip.MustParseAddr("10.78.0.9"), MAC: good.MAC, Node: good.Node},
+		{Addr: netip.MustParseAddr("10.77.0.9"), MAC: good.MAC[:5], Node: good.Node},
+		{Addr: netip.MustParseAddr("10.77.0.9"), MAC: net.HardwareAddr{1, 0, 0x5e, 0, 0, 1}, Node: good.Node},
+		{Addr: netip.MustParseAddr("10.77.0.9"), MAC: good.MAC},
+		{Addr: netip.MustParseAddr("10.77.0.9"), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, Node: h1.local},
+		{Addr: netip.MustParseAddr("10.77.0.9"), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, Node: netip.MustParseAddr("127.0.0.1")},
+		{Addr: good.Addr, MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, Node: good.Node},
+		{Addr: l.net.Gateway, MAC: good.MAC, Node: good.Node},
+	} {
+		if err := h1.dp.SetRemotes(ctx, l.net, []datapath.Remote{good, bad}); err != nil {
+			t.Errorf("SetRemotes(good, %+v): %v, want the bad one skipped", bad, err)
+		}
 		if err := h1.ping(a2, 1); err != nil {
 			t.Error(err)
 		}
-	})
+	}
+	m, err := h1.dp.Metrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var skipped uint64
+	for _, n := range m.SkippedRemotes {
+		skipped += n
+	}
+	if skipped < 8 {
+		t.Errorf("skipped remotes counted %v, want 8 in all", m.SkippedRemotes)
+	}
+}
 
-	t.Run("sync without overlay removes the tunnel", func(t *testing.T) {
-		if err := h2.dp.Sync(ctx, datapath.State{}); err != nil {
-			t.Fatal(err)
-		}
-		if ix := h2.tunnelIfindex(); ix != 0 {
-			t.Errorf("%s still there (ifindex %d)", tunDevice, ix)
-		}
-		if _, err := os.Stat(filepath.Join(h2.opts.BPFRoot, "links", pinTunnelIngress)); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("tunnel link pin still there: %v", err)
-		}
-		if err := h1.ping(a2, 1); err == nil {
-			t.Error("h2's endpoint still reachable after h2 dropped the network")
-		}
-	})
+// testNoRemotesNoReach: without a remote entry nothing crosses, and the drop
+// is counted.
+func testNoRemotesNoReach(t *testing.T, l *overlayLab) {
+	h1, _, _, a2 := l.hosts()
+	ctx := context.Background()
+	if err := h1.dp.SetRemotes(ctx, l.net, nil); err != nil {
+		t.Fatal(err)
+	}
+	before := h1.counter("from-endpoint", "drop", "no-remote")
+	if err := h1.ping(a2, 1); err == nil {
+		t.Error("ping crossed without a remote entry")
+	}
+	if !h1.waitCounter("from-endpoint", "drop", "no-remote", before) {
+		t.Error("no-remote drop not counted")
+	}
+	l.setRemotes(t)
+	if err := h1.ping(a2, 1); err != nil {
+		t.Error(err)
+	}
+}
+
+// testSyncRemovesTunnel: a Sync without the overlay network removes the
+// tunnel device and its pin.
+func testSyncRemovesTunnel(t *testing.T, l *overlayLab) {
+	h1, h2, _, a2 := l.hosts()
+	ctx := context.Background()
+	if err := h2.dp.Sync(ctx, datapath.State{}); err != nil {
+		t.Fatal(err)
+	}
+	if ix := h2.tunnelIfindex(); ix != 0 {
+		t.Errorf("%s still there (ifindex %d)", tunDevice, ix)
+	}
+	if _, err := os.Stat(filepath.Join(h2.opts.BPFRoot, "links", pinTunnelIngress)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("tunnel link pin still there: %v", err)
+	}
+	if err := h1.ping(a2, 1); err == nil {
+		t.Error("h2's endpoint still reachable after h2 dropped the network")
+	}
 }
 
 func TestCheckOverlay(t *testing.T) {

@@ -26,7 +26,6 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/fabricnet/fabric/datapath"
-	fabricns "github.com/fabricnet/fabric/datapath/netns"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
@@ -108,14 +107,7 @@ func newUpgradeLab(t *testing.T) *upgradeLab {
 	l.a.start()
 	l.b = &overlayHost{t: t, name: name, path: path, opts: opts}
 	for i, h := range []*overlayHost{l.a, l.b} {
-		var sbPath string
-		h.sbName, sbPath = netnstest.New(t, "fbs")
-		host := byte(2 + i)
-		h.ep = datapath.Endpoint{
-			ID: netnstest.UniqueName("ep-"), NetworkID: l.net.ID, NetNSPath: sbPath, IfName: "eth0",
-			HostIfName: netnstest.UniqueName("fbv"), Addr: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 79, 0, host}), 24),
-			MAC: net.HardwareAddr{0x02, 0x00, 0x0a, 0x4f, 0x00, host}, DefaultRoute: true,
-		}
+		h.addSandbox(l.net, byte(2+i))
 	}
 	ctx := context.Background()
 	if err := l.a.dp.EnsureNetwork(ctx, l.net); err != nil {
@@ -149,10 +141,7 @@ func (l *upgradeLab) upgrade(spec *ebpf.CollectionSpec) {
 // linkPins are the pinned links of both endpoints' programs.
 func (l *upgradeLab) linkPins() []string {
 	l.t.Helper()
-	nl, err := fabricns.HandleAt(l.a.path)
-	if err != nil {
-		l.t.Fatal(err)
-	}
+	nl := netnstest.Handle(l.t, l.a.path)
 	defer nl.Close()
 	var pins []string
 	for _, h := range []*overlayHost{l.a, l.b} {
@@ -203,10 +192,7 @@ func (l *upgradeLab) filterProgram(t *testing.T, pin string) ebpf.ProgramID {
 	if !ok {
 		t.Fatalf("%s: not an endpoint pin", pin)
 	}
-	nl, err := fabricns.HandleAt(l.a.path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nl := netnstest.Handle(t, l.a.path)
 	defer nl.Close()
 	hl, err := nl.LinkByIndex(ifindex)
 	if err != nil {
@@ -409,40 +395,11 @@ func testUpgradeWithoutLoss(t *testing.T) *upgradeLab {
 func (l *upgradeLab) upgradeUnderTraffic(t *testing.T, conn net.Conn, spec, want *ebpf.CollectionSpec, marked bool) {
 	const pings = 300 // 3 s at 10 ms; the upgrade takes a tenth of that
 	to := l.b.ep.Addr.Addr()
-	pins := l.linkPins()
-	var (
-		oldIDs  []ebpf.ProgramID
-		oldTags []string
-	)
-	oldMaps := map[ebpf.MapID]bool{}
-	for _, pin := range pins {
-		pi := l.linkedProgram(t, pin)
-		oldIDs = append(oldIDs, progID(t, pi))
-		oldTags = append(oldTags, pi.Tag)
-		ids, _ := pi.MapIDs()
-		for _, id := range ids {
-			oldMaps[id] = true
-		}
-	}
-	mapsBefore := l.pinnedMaps()
+	before := l.linkedPrograms(t)
 	forwardBefore := l.a.counter("from-endpoint", "redirect", "forward")
 	retransBefore := []uint64{tcpRetrans(t, l.a.sbName), tcpRetrans(t, l.b.sbName)}
 
-	ping := netnstest.Cmd(l.a.sbName, "ping", "-n", "-q", "-i", "0.01", "-c", fmt.Sprint(pings), "-W", "1", "-w", "20", to.String())
-	var pingOut strings.Builder
-	ping.Stdout, ping.Stderr = &pingOut, &pingOut
-	if err := ping.Start(); err != nil {
-		t.Fatal(err)
-	}
-	pingDone := make(chan error, 1)
-	go func() { pingDone <- ping.Wait() }()
-	t.Cleanup(func() {
-		select {
-		case <-pingDone:
-		default:
-			_ = ping.Process.Kill()
-		}
-	})
+	pingDone, pingOut := startPings(t, l.a.sbName, to, pings)
 	stream := startLineStream(conn, 30000)
 	// Traffic first, then the upgrade.
 	for deadline := time.Now().Add(3 * time.Second); stream.lines.Load() < 100 && time.Now().Before(deadline); {
@@ -489,31 +446,7 @@ func (l *upgradeLab) upgradeUnderTraffic(t *testing.T, conn net.Conn, spec, want
 		}
 	}
 
-	// The links run the new program, a new one in the kernel, on the
-	// same maps.
-	for i, pin := range pins {
-		pi := l.linkedProgram(t, pin)
-		id := progID(t, pi)
-		if id == oldIDs[i] {
-			t.Errorf("%s still runs program %d", pin, id)
-		}
-		if pi.Tag == oldTags[i] {
-			t.Errorf("%s runs a program with the old tag %s: the objects do not differ", pin, pi.Tag)
-		}
-		if err := want.Programs["from_endpoint"].Compatible(pi); err != nil {
-			t.Errorf("%s runs program %d (tag %s), not the upgrade's: %v", pin, id, pi.Tag, err)
-		}
-		t.Logf("%s: program %d (tag %s), was %d", filepath.Base(pin), id, pi.Tag, oldIDs[i])
-		ids, _ := pi.MapIDs()
-		for _, m := range mapsBefore {
-			if oldMaps[m] && !slices.Contains(ids, m) {
-				t.Errorf("%s: new program does not use pinned map %d the old one used (uses %v)", pin, m, ids)
-			}
-		}
-	}
-	if got := l.pinnedMaps(); !maps.Equal(got, mapsBefore) {
-		t.Errorf("pinned maps changed across the upgrade: %v, were %v", got, mapsBefore)
-	}
+	l.checkUpgradedPrograms(t, before, want)
 	if got := l.a.counter("from-endpoint", "redirect", "forward"); got <= forwardBefore {
 		t.Errorf("from-endpoint/redirect/forward is %d, was %d before the upgrade: counters did not survive or nothing was forwarded", got, forwardBefore)
 	}
@@ -527,9 +460,91 @@ func (l *upgradeLab) upgradeUnderTraffic(t *testing.T, conn net.Conn, spec, want
 	t.Logf("marker counter: %d at the upgrade, %d after the traffic", markerAtUpgrade, marker)
 
 	// The old programs are unreferenced now: the kernel frees them.
+	checkProgramsFreed(t, slices.Compact(slices.Clone(before.ids))) // both links ran one program
+}
+
+// startPings starts n pings, 10 ms apart, from the namespace ns to to; the
+// channel says when ping is done, the builder has what it printed. A ping
+// still running at cleanup is killed.
+func startPings(t *testing.T, ns string, to netip.Addr, n int) (<-chan error, *strings.Builder) {
+	t.Helper()
+	ping := netnstest.Cmd(ns, "ping", "-n", "-q", "-i", "0.01", "-c", fmt.Sprint(n), "-W", "1", "-w", "20", to.String())
+	var out strings.Builder
+	ping.Stdout, ping.Stderr = &out, &out
+	if err := ping.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- ping.Wait() }()
+	t.Cleanup(func() {
+		select {
+		case <-done:
+		default:
+			_ = ping.Process.Kill()
+		}
+	})
+	return done, &out
+}
+
+// linkPrograms is what the pinned links run, link by link, and the maps.
+type linkPrograms struct {
+	pins   []string
+	ids    []ebpf.ProgramID
+	tags   []string
+	maps   map[ebpf.MapID]bool   // the programs' maps
+	pinned map[string]ebpf.MapID // l.pinnedMaps()
+}
+
+// linkedPrograms records what the lab's links run now.
+func (l *upgradeLab) linkedPrograms(t *testing.T) linkPrograms {
+	lp := linkPrograms{pins: l.linkPins(), maps: map[ebpf.MapID]bool{}}
+	for _, pin := range lp.pins {
+		pi := l.linkedProgram(t, pin)
+		lp.ids = append(lp.ids, progID(t, pi))
+		lp.tags = append(lp.tags, pi.Tag)
+		ids, _ := pi.MapIDs()
+		for _, id := range ids {
+			lp.maps[id] = true
+		}
+	}
+	lp.pinned = l.pinnedMaps()
+	return lp
+}
+
+// checkUpgradedPrograms: the links run the new program (want's), a new
+// one in the kernel, on the same pinned maps as before.
+func (l *upgradeLab) checkUpgradedPrograms(t *testing.T, before linkPrograms, want *ebpf.CollectionSpec) {
+	t.Helper()
+	for i, pin := range before.pins {
+		pi := l.linkedProgram(t, pin)
+		id := progID(t, pi)
+		if id == before.ids[i] {
+			t.Errorf("%s still runs program %d", pin, id)
+		}
+		if pi.Tag == before.tags[i] {
+			t.Errorf("%s runs a program with the old tag %s: the objects do not differ", pin, pi.Tag)
+		}
+		if err := want.Programs["from_endpoint"].Compatible(pi); err != nil {
+			t.Errorf("%s runs program %d (tag %s), not the upgrade's: %v", pin, id, pi.Tag, err)
+		}
+		t.Logf("%s: program %d (tag %s), was %d", filepath.Base(pin), id, pi.Tag, before.ids[i])
+		ids, _ := pi.MapIDs()
+		for _, m := range before.pinned {
+			if before.maps[m] && !slices.Contains(ids, m) {
+				t.Errorf("%s: new program does not use pinned map %d the old one used (uses %v)", pin, m, ids)
+			}
+		}
+	}
+	if got := l.pinnedMaps(); !maps.Equal(got, before.pinned) {
+		t.Errorf("pinned maps changed across the upgrade: %v, were %v", got, before.pinned)
+	}
+}
+
+// checkProgramsFreed: the kernel frees each program of ids within 5 s.
+func checkProgramsFreed(t *testing.T, ids []ebpf.ProgramID) {
+	t.Helper()
 	freeStart := time.Now()
-	gone := slices.Compact(slices.Clone(oldIDs)) // both links ran one program
-	for _, id := range gone {
+	for _, id := range ids {
 		var err error
 		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 			var p *ebpf.Program
@@ -542,5 +557,5 @@ func (l *upgradeLab) upgradeUnderTraffic(t *testing.T, conn net.Conn, spec, want
 			t.Errorf("old program %d still loaded 5 s after the upgrade (%v)", id, err)
 		}
 	}
-	t.Logf("old programs %v freed within %v", gone, time.Since(freeStart).Round(time.Millisecond))
+	t.Logf("old programs %v freed within %v", ids, time.Since(freeStart).Round(time.Millisecond))
 }

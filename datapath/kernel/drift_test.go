@@ -25,12 +25,8 @@ func TestDriftIsRepaired(t *testing.T) {
 	a, _, _, bIP := overlayHosts(t, "198.19.93", 4789)
 	n := overlayNetwork("drift", "br-drift", "10.93.0.0/24", 93)
 	a.ensureNetwork(n)
-	s1, p1 := a.sandbox()
-	_, p2 := a.sandbox()
-	e1 := endpoint("e1", n, p1, "eth0", "vd1", 2, true)
-	e2 := endpoint("e2", n, p2, "eth0", "vd2", 3, true)
-	a.ensureEndpoint(n, e1)
-	a.ensureEndpoint(n, e2)
+	j1, j2 := a.join(n, "e1", "vd1", 2), a.join(n, "e2", "vd2", 3)
+	s1, e1, e2 := j1.name, j1.ep, j2.ep
 	remote := datapath.Remote{Addr: netip.MustParseAddr("10.93.0.9"), MAC: net.HardwareAddr{0x02, 0x42, 10, 93, 0, 9}, Node: bIP}
 	a.setRemotes(n, remote)
 	mustPing(t, s1, "10.93.0.3")
@@ -98,10 +94,8 @@ func (e *cmdError) Unwrap() error { return e.err }
 // for its interval).
 func TestWatchDriftSignalsDeletedLink(t *testing.T) {
 	l := newLab(t)
-	n := network("watch", "br-watch", "10.94.0.0/24", false)
-	l.ensureNetwork(n)
-	_, p := l.sandbox()
-	l.ensureEndpoint(n, endpoint("w1", n, p, "eth0", "vw1", 2, true))
+	n := l.bridgeNetwork("watch", "br-watch", "10.94.0.0/24", false)
+	l.join(n, "w1", "vw1", 2)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	drift, err := l.dp.WatchDrift(ctx)

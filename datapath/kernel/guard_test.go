@@ -51,10 +51,8 @@ func TestGuardPortsFromSandboxes(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = dp.Close() })
 	l.dp = dp
-	n := network("gd", "br-gd", "10.91.1.0/24", false)
-	l.ensureNetwork(n)
-	_, sbPath := l.sandbox()
-	l.ensureEndpoint(n, endpoint("epg", n, sbPath, "eth0", "vhg", 2, true))
+	n := l.bridgeNetwork("gd", "br-gd", "10.91.1.0/24", false)
+	sbPath := l.join(n, "epg", "vhg", 2).path
 
 	serveTCP(t, l.hostPath, ":7946")
 	serveUDP(t, l.hostPath, ":7946")
@@ -92,14 +90,9 @@ func TestTunnelAcceptsOnlyOwners(t *testing.T) {
 	const port = 4799
 	a, b, aIP, bIP := overlayHosts(t, "10.201.9", port)
 	n := overlayNetwork("ovg", "br-g", "10.90.9.0/24", 4343)
-	a.ensureNetwork(n)
-	b.ensureNetwork(n)
-	sa, pa := a.sandbox()
-	_, pb := b.sandbox()
-	epa := endpoint("epa", n, pa, "eth0", "vga", 2, true)
-	epb := endpoint("epb", n, pb, "eth0", "vgb", 3, true)
-	a.ensureEndpoint(n, epa)
-	b.ensureEndpoint(n, epb)
+	ensureOn(n, a, b)
+	ja, jb := a.join(n, "epa", "vga", 2), b.join(n, "epb", "vgb", 3)
+	sa, pa, epa, epb := ja.name, ja.path, ja.ep, jb.ep
 	a.setRemotes(n, remoteOf(epb, bIP))
 	b.setRemotes(n, remoteOf(epa, aIP))
 	mustPing(t, sa, epb.Addr.Addr().String())
@@ -111,18 +104,7 @@ func TestTunnelAcceptsOnlyOwners(t *testing.T) {
 	}
 	send := func(from netip.Addr, innerSrc netip.Addr) {
 		t.Helper()
-		err := fabricns.Do(b.hostPath, func() error {
-			c, err := net.DialUDP("udp4", &net.UDPAddr{IP: from.AsSlice()}, &net.UDPAddr{IP: aIP.AsSlice(), Port: port})
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			_, err = c.Write(netnstest.VXLANFrame(n.VNI, epa.MAC, innerSrc, epa.Addr.Addr()))
-			return err
-		})
-		if err != nil {
-			t.Fatalf("send VXLAN from %s: %v", from, err)
-		}
+		sendVXLAN(t, b.hostPath, from, netip.AddrPortFrom(aIP, port), netnstest.VXLANFrame(n.VNI, epa.MAC, innerSrc, epa.Addr.Addr()))
 	}
 	for _, c := range []struct {
 		name     string
@@ -149,18 +131,7 @@ func TestTunnelAcceptsOnlyOwners(t *testing.T) {
 	// A sandbox's own VXLAN to B, masqueraded, would come from A: it
 	// stops at A.
 	before = a.counter("from-endpoint", "drop", "host-port")
-	err := fabricns.Do(pa, func() error {
-		c, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: bIP.AsSlice(), Port: port})
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		_, err = c.Write(netnstest.VXLANFrame(n.VNI, epb.MAC, epa.Addr.Addr(), epb.Addr.Addr()))
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sendVXLAN(t, pa, netip.Addr{}, netip.AddrPortFrom(bIP, port), netnstest.VXLANFrame(n.VNI, epb.MAC, epa.Addr.Addr(), epb.Addr.Addr()))
 	if !a.waitCounter("from-endpoint", "drop", "host-port", before) {
 		t.Error("sandbox's VXLAN to another node: not dropped as host-port")
 	}
@@ -180,5 +151,27 @@ func TestTunnelAcceptsOnlyOwners(t *testing.T) {
 	send(bIP, epb.Addr.Addr())
 	if !a.waitCounter("from-tunnel", "drop", "tunnel-source", before) {
 		t.Error("former remote's traffic still accepted")
+	}
+}
+
+// sendVXLAN sends frame in one UDP datagram to to, from inside the
+// namespace at nsPath, from the address from (any if zero).
+func sendVXLAN(t *testing.T, nsPath string, from netip.Addr, to netip.AddrPort, frame []byte) {
+	t.Helper()
+	var laddr *net.UDPAddr
+	if from.IsValid() {
+		laddr = &net.UDPAddr{IP: from.AsSlice()}
+	}
+	err := fabricns.Do(nsPath, func() error {
+		c, err := net.DialUDP("udp4", laddr, net.UDPAddrFromAddrPort(to))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.Write(frame)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("send VXLAN from %s to %s: %v", from, to, err)
 	}
 }

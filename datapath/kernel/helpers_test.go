@@ -53,10 +53,7 @@ func bareLab(t *testing.T) *lab {
 	t.Helper()
 	netnstest.RequireRoot(t)
 	name, path := netnstest.New(t, "fkh")
-	h, err := fabricns.HandleAt(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := netnstest.Handle(t, path)
 	t.Cleanup(h.Close)
 	return &lab{t: t, hostName: name, hostPath: path, hostNL: h}
 }
@@ -120,6 +117,39 @@ func (l *lab) ensureEndpoint(n datapath.Network, ep datapath.Endpoint) {
 	}
 }
 
+// bridgeNetwork describes a bridge network and ensures it on l.
+func (l *lab) bridgeNetwork(id, bridge, subnet string, internal bool) datapath.Network {
+	l.t.Helper()
+	n := network(id, bridge, subnet, internal)
+	l.ensureNetwork(n)
+	return n
+}
+
+// ensureOn ensures n on every one of hosts.
+func ensureOn(n datapath.Network, hosts ...*lab) {
+	for _, h := range hosts {
+		h.t.Helper()
+		h.ensureNetwork(n)
+	}
+}
+
+// joined is a sandbox a test made with one endpoint ensured in it.
+type joined struct {
+	name, path string // the sandbox namespace's
+	ep         datapath.Endpoint
+}
+
+// join makes a sandbox and ensures in it an endpoint of n as eth0 with
+// the default route. hostIf names the host side of its veth ("" for a
+// macvlan or ipvlan child); host is the last byte of its address.
+func (l *lab) join(n datapath.Network, id, hostIf string, host byte, ports ...datapath.PortMapping) joined {
+	l.t.Helper()
+	name, path := l.sandbox()
+	ep := endpoint(id, n, path, "eth0", hostIf, host, true, ports...)
+	l.ensureEndpoint(n, ep)
+	return joined{name: name, path: path, ep: ep}
+}
+
 // addOutside connects a new "outside" namespace to the host by a veth:
 // host up0 = 198.18.0.1/24, outside eth0 = 198.18.0.2/24.
 func (l *lab) addOutside() (string, string) {
@@ -143,10 +173,7 @@ func (l *lab) addOutside() (string, string) {
 	if err := l.hostNL.AddrAdd(up, mustAddr(uplinkHost+"/24")); err != nil {
 		l.t.Fatal(err)
 	}
-	oh, err := fabricns.HandleAt(path)
-	if err != nil {
-		l.t.Fatal(err)
-	}
+	oh := netnstest.Handle(l.t, path)
 	defer oh.Close()
 	eth0, err := oh.LinkByName("eth0")
 	if err != nil {
@@ -213,15 +240,9 @@ func serveTCP(t *testing.T, nsPath, addr string) {
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		netnstest.AcceptEach(ln, 2*time.Second, func(c net.Conn) {
 			_, _ = io.WriteString(c, c.RemoteAddr().(*net.TCPAddr).IP.String())
-			_ = c.Close()
-		}
+		})
 	})
 	t.Cleanup(func() {
 		ln.Close()

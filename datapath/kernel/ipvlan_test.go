@@ -2,7 +2,6 @@ package kernel
 
 import (
 	"bytes"
-	"net/netip"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -18,18 +17,12 @@ import (
 func TestIPvlanL2(t *testing.T) {
 	t.Parallel()
 	requireLinkKind(t, "ipvlan")
-	sw := newSwitch(t)
-	h1, h2 := sw.host(), sw.host()
 	n := parentNet("ipl2", datapath.DriverIPvlan, "eth1", "", "10.90.40.0/24")
-	h1.ensureNetwork(n)
-	h2.ensureNetwork(n)
-	s1, p1 := h1.sandbox()
-	_, p2 := h2.sandbox()
-	_, p3 := h1.sandbox()
-	e1 := endpoint("e1", n, p1, "eth0", "", 2, true)
-	h1.ensureEndpoint(n, e1)
-	h2.ensureEndpoint(n, endpoint("e2", n, p2, "eth0", "", 3, true))
-	h1.ensureEndpoint(n, endpoint("e3", n, p3, "eth0", "", 4, true))
+	_, h1, h2 := lanOfTwo(t, n)
+	j1 := h1.join(n, "e1", "", 2)
+	s1, p1, e1 := j1.name, j1.path, j1.ep
+	h2.join(n, "e2", "", 3)
+	h1.join(n, "e3", "", 4)
 
 	mustPing(t, s1, "10.90.40.3") // across hosts
 	mustPing(t, s1, "10.90.40.4") // same parent
@@ -64,14 +57,10 @@ func TestIPvlanL3(t *testing.T) {
 	h1.addAddr("eth1", "10.91.0.1/24")
 	h2.addAddr("eth1", "10.91.0.2/24")
 	n := parentNet("ipl3", datapath.DriverIPvlan, "eth1", "l3", "10.90.41.0/24")
-	h1.ensureNetwork(n)
-	h2.ensureNetwork(n)
-	s1, p1 := h1.sandbox()
-	_, p2 := h2.sandbox()
-	_, p3 := h1.sandbox()
-	h1.ensureEndpoint(n, endpoint("e1", n, p1, "eth0", "", 2, true))
-	h2.ensureEndpoint(n, endpoint("e2", n, p2, "eth0", "", 4, true))
-	h1.ensureEndpoint(n, endpoint("e3", n, p3, "eth0", "", 3, true))
+	ensureOn(n, h1, h2)
+	s1 := h1.join(n, "e1", "", 2).name
+	h2.join(n, "e2", "", 4)
+	h1.join(n, "e3", "", 3)
 
 	if got := routes(t, s1, "default"); got != "default dev eth0 scope link" {
 		t.Errorf("l3 default route: %q, want one through the device", got)
@@ -91,12 +80,10 @@ func TestIPvlanL3S(t *testing.T) {
 	h1 := sw.host()
 	n := parentNet("ipl3s", datapath.DriverIPvlan, "eth1", "l3s", "10.90.42.0/24")
 	h1.ensureNetwork(n)
-	s1, p1 := h1.sandbox()
-	_, p2 := h1.sandbox()
-	h1.ensureEndpoint(n, endpoint("e1", n, p1, "eth0", "", 2, true))
-	h1.ensureEndpoint(n, endpoint("e2", n, p2, "eth0", "", 3, true))
-	mustPing(t, s1, "10.90.42.3")
-	if iv := child(t, p1, "eth0").(*netlink.IPVlan); iv.Mode != netlink.IPVLAN_MODE_L3S {
+	s1 := h1.join(n, "e1", "", 2)
+	h1.join(n, "e2", "", 3)
+	mustPing(t, s1.name, "10.90.42.3")
+	if iv := child(t, s1.path, "eth0").(*netlink.IPVlan); iv.Mode != netlink.IPVLAN_MODE_L3S {
 		t.Errorf("mode %v", iv.Mode)
 	}
 }
@@ -111,17 +98,7 @@ func TestIPvlanHostShim(t *testing.T) {
 			sw := newSwitch(t)
 			h1 := sw.host()
 			h1.addAddr("eth1", "10.90.43.250/24")
-			n := parentNet("ipshim"+mode, datapath.DriverIPvlan, "eth1", mode, "10.90.43.0/24")
-			h1.ensureNetwork(n)
-			_, p1 := h1.sandbox()
-			e1 := endpoint("e1", n, p1, "eth0", "", 2, true)
-			h1.ensureEndpoint(n, e1)
-			mustNotPing(t, h1.hostName, "10.90.43.2")
-
-			n.HostShim = netip.MustParseAddr("10.90.43.254")
-			h1.ensureNetwork(n)
-			h1.ensureEndpoint(n, e1)
-			mustPing(t, h1.hostName, "10.90.43.2")
+			n, _ := shimLetsHostIn(h1, parentNet("ipshim"+mode, datapath.DriverIPvlan, "eth1", mode, "10.90.43.0/24"), "10.90.43.254")
 			shim, ok := h1.link(plumb.ShimName(n.ID)).(*netlink.IPVlan)
 			if !ok || shim.Mode != map[string]netlink.IPVlanMode{"l2": netlink.IPVLAN_MODE_L2, "l3": netlink.IPVLAN_MODE_L3, "l3s": netlink.IPVLAN_MODE_L3S}[mode] || shim.Alias != plumb.ShimAlias(n.ID) {
 				t.Errorf("shim: %+v", h1.link(plumb.ShimName(n.ID)))

@@ -22,15 +22,12 @@ var ctx = context.Background()
 func TestSameNetworkEndpointsReachEachOther(t *testing.T) {
 	t.Parallel()
 	l := newLab(t)
-	a := network("neta", "br-a", "10.89.1.0/24", false)
-	l.ensureNetwork(a)
-	s1, p1 := l.sandbox()
-	s2, p2 := l.sandbox()
-	l.ensureEndpoint(a, endpoint("ep1", a, p1, "eth0", "vh1", 2, true))
-	l.ensureEndpoint(a, endpoint("ep2", a, p2, "eth0", "vh2", 3, true))
+	a := l.bridgeNetwork("neta", "br-a", "10.89.1.0/24", false)
+	j1, j2 := l.join(a, "ep1", "vh1", 2), l.join(a, "ep2", "vh2", 3)
+	s1 := j1.name
 
 	mustPing(t, s1, "10.89.1.3")
-	mustPing(t, s2, "10.89.1.2")
+	mustPing(t, j2.name, "10.89.1.2")
 	mustPing(t, s1, "10.89.1.1") // the gateway is the bridge
 
 	br := l.link("br-a")
@@ -42,16 +39,7 @@ func TestSameNetworkEndpointsReachEachOther(t *testing.T) {
 		t.Errorf("host veth master %d alias %q MTU %d", vh.Attrs().MasterIndex, vh.Attrs().Alias, vh.Attrs().MTU)
 	}
 	assertHostVethIPv4Only(t, l, "vh1")
-	h, err := fabricns.HandleAt(p1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	eth0, err := h.LinkByName("eth0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if eth0.Attrs().HardwareAddr.String() != "02:42:0a:59:01:02" || eth0.Attrs().MTU != 1450 {
+	if eth0 := child(t, j1.path, "eth0"); eth0.Attrs().HardwareAddr.String() != "02:42:0a:59:01:02" || eth0.Attrs().MTU != 1450 {
 		t.Errorf("sandbox eth0 MAC %s MTU %d", eth0.Attrs().HardwareAddr, eth0.Attrs().MTU)
 	}
 	out := netnstest.Run(t, s1, "ip", "-4", "route", "show", "default")
@@ -63,16 +51,11 @@ func TestSameNetworkEndpointsReachEachOther(t *testing.T) {
 func TestNetworksAreIsolatedExceptThroughMultiHomedSandbox(t *testing.T) {
 	t.Parallel()
 	l := newLab(t)
-	a := network("neta", "br-a", "10.89.1.0/24", false)
-	b := network("netb", "br-b", "10.89.2.0/24", false)
-	l.ensureNetwork(a)
-	l.ensureNetwork(b)
-	sa, pa := l.sandbox()
-	sb, pb := l.sandbox()
-	sm, pm := l.sandbox()
-	l.ensureEndpoint(a, endpoint("a1", a, pa, "eth0", "va1", 2, true))
-	l.ensureEndpoint(b, endpoint("b1", b, pb, "eth0", "vb1", 2, true))
-	l.ensureEndpoint(a, endpoint("ma", a, pm, "eth0", "vma", 3, true))
+	a := l.bridgeNetwork("neta", "br-a", "10.89.1.0/24", false)
+	b := l.bridgeNetwork("netb", "br-b", "10.89.2.0/24", false)
+	sa, sb := l.join(a, "a1", "va1", 2).name, l.join(b, "b1", "vb1", 2).name
+	m := l.join(a, "ma", "vma", 3)
+	sm, pm := m.name, m.path
 	l.ensureEndpoint(b, endpoint("mb", b, pm, "eth1", "vmb", 3, false))
 
 	mustPing(t, sm, "10.89.1.2")
@@ -101,16 +84,12 @@ func TestInternalNetworkHasNoEgress(t *testing.T) {
 	l := newLab(t)
 	_, outside := l.addOutside()
 	serveTCP(t, outside, ":7000")
-	in := network("neti", "br-i", "10.89.3.0/24", true)
-	a := network("neta", "br-a", "10.89.1.0/24", false)
-	l.ensureNetwork(in)
-	l.ensureNetwork(a)
-	s1, p1 := l.sandbox()
-	_, p2 := l.sandbox()
-	_, pa := l.sandbox()
-	l.ensureEndpoint(in, endpoint("i1", in, p1, "eth0", "vi1", 2, true))
-	l.ensureEndpoint(in, endpoint("i2", in, p2, "eth0", "vi2", 3, true))
-	l.ensureEndpoint(a, endpoint("a1", a, pa, "eth0", "va1", 2, true))
+	in := l.bridgeNetwork("neti", "br-i", "10.89.3.0/24", true)
+	a := l.bridgeNetwork("neta", "br-a", "10.89.1.0/24", false)
+	i1 := l.join(in, "i1", "vi1", 2)
+	s1, p1 := i1.name, i1.path
+	l.join(in, "i2", "vi2", 3)
+	pa := l.join(a, "a1", "va1", 2).path
 
 	mustPing(t, s1, "10.89.3.3")
 	mustNotPing(t, s1, uplinkOutside)
@@ -128,13 +107,11 @@ func TestEgressIsMasqueradedToUplinkAddress(t *testing.T) {
 	l := newLab(t)
 	_, outside := l.addOutside()
 	serveTCP(t, outside, ":7000")
-	a := network("neta", "br-a", "10.89.1.0/24", false)
-	l.ensureNetwork(a)
-	s1, p1 := l.sandbox()
-	l.ensureEndpoint(a, endpoint("ep1", a, p1, "eth0", "vh1", 2, true))
+	a := l.bridgeNetwork("neta", "br-a", "10.89.1.0/24", false)
+	j1 := l.join(a, "ep1", "vh1", 2)
 
-	mustPing(t, s1, uplinkOutside)
-	if got := mustDial(t, p1, "tcp4", uplinkOutside+":7000"); got != uplinkHost {
+	mustPing(t, j1.name, uplinkOutside)
+	if got := mustDial(t, j1.path, "tcp4", uplinkOutside+":7000"); got != uplinkHost {
 		t.Errorf("outside saw the sandbox as %s, want the uplink address %s", got, uplinkHost)
 	}
 }
@@ -142,14 +119,9 @@ func TestEgressIsMasqueradedToUplinkAddress(t *testing.T) {
 func TestEnsureTwiceChangesNothing(t *testing.T) {
 	t.Parallel()
 	l := newLab(t)
-	a := network("neta", "br-a", "10.89.1.0/24", false)
-	l.ensureNetwork(a)
-	_, p1 := l.sandbox()
-	_, p2 := l.sandbox()
-	e1 := endpoint("ep1", a, p1, "eth0", "vh1", 2, true, datapath.PortMapping{Proto: "tcp", HostPort: 8080, Port: 80})
-	e2 := endpoint("ep2", a, p2, "eth0", "vh2", 3, true)
-	l.ensureEndpoint(a, e1)
-	l.ensureEndpoint(a, e2)
+	a := l.bridgeNetwork("neta", "br-a", "10.89.1.0/24", false)
+	e1 := l.join(a, "ep1", "vh1", 2, datapath.PortMapping{Proto: "tcp", HostPort: 8080, Port: 80}).ep
+	e2 := l.join(a, "ep2", "vh2", 3).ep
 
 	indexes := func() [3]int {
 		return [3]int{l.link("br-a").Attrs().Index, l.link("vh1").Attrs().Index, l.link("vh2").Attrs().Index}
@@ -173,8 +145,7 @@ func TestEnsureTwiceChangesNothing(t *testing.T) {
 		t.Errorf("rule counts changed: %v -> %v", counts, c)
 	}
 	// A new endpoint without ports does not touch nftables either.
-	_, p3 := l.sandbox()
-	l.ensureEndpoint(a, endpoint("ep3", a, p3, "eth0", "vh3", 4, true))
+	l.join(a, "ep3", "vh3", 4)
 	if h := l.tableHandle(); h != handle {
 		t.Errorf("endpoint without ports rebuilt the table")
 	}
@@ -211,13 +182,10 @@ func equalCounts(a, b map[string]int) bool {
 func TestEnsureRepairsDrift(t *testing.T) {
 	t.Parallel()
 	l := newLab(t)
-	a := network("neta", "br-a", "10.89.1.0/24", false)
-	l.ensureNetwork(a)
-	s1, p1 := l.sandbox()
-	s2, p2 := l.sandbox()
-	e1 := endpoint("ep1", a, p1, "eth0", "vh1", 2, true)
-	l.ensureEndpoint(a, e1)
-	l.ensureEndpoint(a, endpoint("ep2", a, p2, "eth0", "vh2", 3, true))
+	a := l.bridgeNetwork("neta", "br-a", "10.89.1.0/24", false)
+	j1 := l.join(a, "ep1", "vh1", 2)
+	s1, e1 := j1.name, j1.ep
+	s2 := l.join(a, "ep2", "vh2", 3).name
 
 	br := l.link("br-a")
 	gw := mustAddr("10.89.1.1/24")
@@ -269,20 +237,15 @@ func TestEnsureRepairsDrift(t *testing.T) {
 func TestEndpointRecreatedWhenPeerIsElsewhere(t *testing.T) {
 	t.Parallel()
 	l := newLab(t)
-	a := network("neta", "br-a", "10.89.1.0/24", false)
-	l.ensureNetwork(a)
-	s1, p1 := l.sandbox()
+	a := l.bridgeNetwork("neta", "br-a", "10.89.1.0/24", false)
+	j1 := l.join(a, "ep1", "vh1", 2)
+	s1, p1, e1 := j1.name, j1.path, j1.ep
 	_, other := l.sandbox()
-	e1 := endpoint("ep1", a, p1, "eth0", "vh1", 2, true)
-	l.ensureEndpoint(a, e1)
 	oldIndex := l.link("vh1").Attrs().Index
 
 	// Move the peer away, as if the sandbox had been replaced by another
 	// namespace while something kept the old one alive.
-	h, err := fabricns.HandleAt(p1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := netnstest.Handle(t, p1)
 	defer h.Close()
 	eth0, err := h.LinkByName("eth0")
 	if err != nil {
@@ -307,8 +270,7 @@ func TestEndpointRecreatedWhenPeerIsElsewhere(t *testing.T) {
 func TestFailedEndpointSetupLeavesNothing(t *testing.T) {
 	t.Parallel()
 	l := newLab(t)
-	a := network("neta", "br-a", "10.89.1.0/24", false)
-	l.ensureNetwork(a)
+	a := l.bridgeNetwork("neta", "br-a", "10.89.1.0/24", false)
 	s1, p1 := l.sandbox()
 	e1 := endpoint("ep1", a, p1, "eth0", "vh1", 2, true)
 	boom := errors.New("injected failure")
@@ -507,24 +469,19 @@ func TestValidation(t *testing.T) {
 func TestManyPublishedPorts(t *testing.T) {
 	t.Parallel()
 	l := newLab(t)
-	a := network("netp", "br-p", "10.89.7.0/24", false)
-	l.ensureNetwork(a)
-	_, p1 := l.sandbox()
+	a := l.bridgeNetwork("netp", "br-p", "10.89.7.0/24", false)
 	const n = 1000
 	ports := make([]datapath.PortMapping, 0, n)
 	for i := range n {
 		ports = append(ports, datapath.PortMapping{Proto: "tcp", HostPort: uint16(20000 + i), Port: 80})
 	}
-	e1 := endpoint("ep1", a, p1, "eth0", "vh1", 2, true, ports...)
-	l.ensureEndpoint(a, e1)
+	l.join(a, "ep1", "vh1", 2, ports...)
 	if c := l.ruleCounts(); c[chainPre] != n || c[chainOut] != n {
 		t.Fatalf("rules with %d published ports: %v; want %d in %s and %s", n, c, n, chainPre, chainOut)
 	}
 	// The connection still works for the next change (no replies of the
 	// big batch left unread on it).
-	_, p2 := l.sandbox()
-	e2 := endpoint("ep2", a, p2, "eth0", "vh2", 3, true, datapath.PortMapping{Proto: "udp", HostPort: 5353, Port: 53})
-	l.ensureEndpoint(a, e2)
+	l.join(a, "ep2", "vh2", 3, datapath.PortMapping{Proto: "udp", HostPort: 5353, Port: 53})
 	if c := l.ruleCounts(); c[chainPre] != n+1 || c[chainOut] != n+1 {
 		t.Errorf("after one more port: %v; want %d in %s and %s", c, n+1, chainPre, chainOut)
 	}

@@ -11,7 +11,6 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/fabricnet/fabric/datapath"
-	fabricns "github.com/fabricnet/fabric/datapath/netns"
 	"github.com/fabricnet/fabric/datapath/netns/kfeat"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 	"github.com/fabricnet/fabric/datapath/plumb"
@@ -33,10 +32,7 @@ func newSwitch(t *testing.T) *switchL2 {
 	t.Helper()
 	netnstest.RequireRoot(t)
 	name, path := netnstest.New(t, "fkw")
-	h, err := fabricns.HandleAt(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := netnstest.Handle(t, path)
 	t.Cleanup(h.Close)
 	la := netlink.NewLinkAttrs()
 	la.Name = "sw0"
@@ -49,6 +45,15 @@ func newSwitch(t *testing.T) *switchL2 {
 		t.Fatal(err)
 	}
 	return &switchL2{t: t, name: name, nl: h, br: br}
+}
+
+// lanOfTwo plugs two new hosts into a new switch and ensures n on both.
+func lanOfTwo(t *testing.T, n datapath.Network) (sw *switchL2, h1, h2 *lab) {
+	t.Helper()
+	sw = newSwitch(t)
+	h1, h2 = sw.host(), sw.host()
+	ensureOn(n, h1, h2)
+	return sw, h1, h2
 }
 
 // host returns a new lab (host namespace + datapath) whose eth1 is
@@ -107,10 +112,7 @@ func parentNet(id, driver, parent, mode, subnet string) datapath.Network {
 // child is an endpoint's link as seen inside its sandbox.
 func child(t *testing.T, nsPath, ifName string) netlink.Link {
 	t.Helper()
-	h, err := fabricns.HandleAt(nsPath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := netnstest.Handle(t, nsPath)
 	defer h.Close()
 	link, err := h.LinkByName(ifName)
 	if err != nil {
@@ -121,13 +123,27 @@ func child(t *testing.T, nsPath, ifName string) netlink.Link {
 
 func childGone(t *testing.T, nsPath, ifName string) bool {
 	t.Helper()
-	h, err := fabricns.HandleAt(nsPath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := netnstest.Handle(t, nsPath)
 	defer h.Close()
-	_, err = h.LinkByName(ifName)
+	_, err := h.LinkByName(ifName)
 	return plumb.IsNotFound(err)
+}
+
+// linksBeyondLAN lists the host's links other than lo and its switch
+// port eth1, as "name (kind)".
+func (l *lab) linksBeyondLAN() []string {
+	l.t.Helper()
+	all, err := l.hostNL.LinkList()
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	var extra []string
+	for _, link := range all {
+		if name := link.Attrs().Name; name != "lo" && name != "eth1" {
+			extra = append(extra, name+" ("+link.Type()+")")
+		}
+	}
+	return extra
 }
 
 func (l *lab) addAddr(ifName, cidr string) {

@@ -17,23 +17,17 @@ import (
 
 func TestMacvlanBridgeModeAcrossAndWithinHosts(t *testing.T) {
 	t.Parallel()
-	sw := newSwitch(t)
-	h1, h2 := sw.host(), sw.host()
 	n := parentNet("mvb", datapath.DriverMacvlan, "eth1", "", "10.90.1.0/24")
-	h1.ensureNetwork(n)
-	h2.ensureNetwork(n)
-	s1, p1 := h1.sandbox()
-	s2, p2 := h2.sandbox()
+	_, h1, h2 := lanOfTwo(t, n)
+	s1, s2 := h1.join(n, "e1", "", 2), h2.join(n, "e2", "", 3)
 	_, p3 := h1.sandbox()
-	h1.ensureEndpoint(n, endpoint("e1", n, p1, "eth0", "", 2, true))
-	h2.ensureEndpoint(n, endpoint("e2", n, p2, "eth0", "", 3, true))
 	h1.ensureEndpoint(n, endpoint("e3", n, p3, "eth0", "", 4, false))
 
-	mustPing(t, s1, "10.90.1.3") // across the switch
-	mustPing(t, s2, "10.90.1.2")
-	mustPing(t, s1, "10.90.1.4") // two children of one parent, bridge mode
+	mustPing(t, s1.name, "10.90.1.3") // across the switch
+	mustPing(t, s2.name, "10.90.1.2")
+	mustPing(t, s1.name, "10.90.1.4") // two children of one parent, bridge mode
 
-	c := child(t, p1, "eth0")
+	c := child(t, s1.path, "eth0")
 	mv, ok := c.(*netlink.Macvlan)
 	if !ok || mv.Mode != netlink.MACVLAN_MODE_BRIDGE {
 		t.Fatalf("sandbox eth0 is %s %+v, want a bridge-mode macvlan", c.Type(), c)
@@ -41,21 +35,15 @@ func TestMacvlanBridgeModeAcrossAndWithinHosts(t *testing.T) {
 	if c.Attrs().HardwareAddr.String() != "02:42:0a:5a:01:02" || c.Attrs().MTU != 1500 || c.Attrs().ParentIndex != h1.link("eth1").Attrs().Index {
 		t.Errorf("child MAC %s MTU %d parent %d", c.Attrs().HardwareAddr, c.Attrs().MTU, c.Attrs().ParentIndex)
 	}
-	if got := routes(t, s1, "default"); got != "default via 10.90.1.1 dev eth0" {
+	if got := routes(t, s1.name, "default"); got != "default via 10.90.1.1 dev eth0" {
 		t.Errorf("default route: %q", got)
 	}
 	// Nothing else on the host: no bridge, no nftables table, no shim.
 	if h1.tableHandle() != "" {
 		t.Error("a macvlan network created the nftables table")
 	}
-	all, err := h1.hostNL.LinkList()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range all {
-		if name := l.Attrs().Name; name != "lo" && name != "eth1" {
-			t.Errorf("unexpected host link %s (%s)", name, l.Type())
-		}
+	if extra := h1.linksBeyondLAN(); len(extra) != 0 {
+		t.Errorf("unexpected host links: %v", extra)
 	}
 	st := h1.dp.Status(ctx)
 	if !strings.Contains(strings.Join(st.Details, ";"), "1 macvlan/ipvlan networks") || len(st.Warnings) != 0 {
@@ -65,21 +53,15 @@ func TestMacvlanBridgeModeAcrossAndWithinHosts(t *testing.T) {
 
 func TestMacvlanPrivateModeIsolatesSameHost(t *testing.T) {
 	t.Parallel()
-	sw := newSwitch(t)
-	h1, h2 := sw.host(), sw.host()
 	n := parentNet("mvp", datapath.DriverMacvlan, "eth1", "private", "10.90.2.0/24")
-	h1.ensureNetwork(n)
-	h2.ensureNetwork(n)
-	s1, p1 := h1.sandbox()
-	_, p2 := h2.sandbox()
-	_, p3 := h1.sandbox()
-	h1.ensureEndpoint(n, endpoint("e1", n, p1, "eth0", "", 2, true))
-	h2.ensureEndpoint(n, endpoint("e2", n, p2, "eth0", "", 3, true))
-	h1.ensureEndpoint(n, endpoint("e3", n, p3, "eth0", "", 4, true))
+	_, h1, h2 := lanOfTwo(t, n)
+	s1 := h1.join(n, "e1", "", 2)
+	h2.join(n, "e2", "", 3)
+	h1.join(n, "e3", "", 4)
 
-	mustPing(t, s1, "10.90.2.3")    // the LAN is reachable
-	mustNotPing(t, s1, "10.90.2.4") // a sibling on the same parent is not
-	if mv := child(t, p1, "eth0").(*netlink.Macvlan); mv.Mode != netlink.MACVLAN_MODE_PRIVATE {
+	mustPing(t, s1.name, "10.90.2.3")    // the LAN is reachable
+	mustNotPing(t, s1.name, "10.90.2.4") // a sibling on the same parent is not
+	if mv := child(t, s1.path, "eth0").(*netlink.Macvlan); mv.Mode != netlink.MACVLAN_MODE_PRIVATE {
 		t.Errorf("mode %v, want private", mv.Mode)
 	}
 }
@@ -98,18 +80,15 @@ func TestMacvlanVEPAModeNeedsReflectiveRelay(t *testing.T) {
 	n1.HostShim = netip.MustParseAddr("10.90.3.254") // the shim is a bridge-mode sibling
 	h1.ensureNetwork(n1)
 	h2.ensureNetwork(n)
-	s1, p1 := h1.sandbox()
-	_, p2 := h2.sandbox()
-	_, p3 := h1.sandbox()
-	h1.ensureEndpoint(n1, endpoint("e1", n1, p1, "eth0", "", 2, true))
-	h2.ensureEndpoint(n, endpoint("e2", n, p2, "eth0", "", 3, true))
-	h1.ensureEndpoint(n1, endpoint("e3", n1, p3, "eth0", "", 4, true))
+	s1 := h1.join(n1, "e1", "", 2)
+	h2.join(n, "e2", "", 3)
+	h1.join(n1, "e3", "", 4)
 
-	mustPing(t, s1, "10.90.3.3")
-	mustNotPing(t, s1, "10.90.3.4")
+	mustPing(t, s1.name, "10.90.3.3")
+	mustNotPing(t, s1.name, "10.90.3.4")
 	mustNotPing(t, h1.hostName, "10.90.3.2")
 	sw.setHairpin(port, true)
-	mustPing(t, s1, "10.90.3.4")
+	mustPing(t, s1.name, "10.90.3.4")
 	mustPing(t, h1.hostName, "10.90.3.2")
 }
 
@@ -117,21 +96,15 @@ func TestMacvlanVEPAModeNeedsReflectiveRelay(t *testing.T) {
 // child and carries the parent's MAC; a second endpoint is refused.
 func TestMacvlanPassthruTakesTheParent(t *testing.T) {
 	t.Parallel()
-	sw := newSwitch(t)
-	h1, h2 := sw.host(), sw.host()
 	n := parentNet("mvt", datapath.DriverMacvlan, "eth1", "passthru", "10.90.4.0/24")
-	h1.ensureNetwork(n)
-	h2.ensureNetwork(n)
-	s1, p1 := h1.sandbox()
-	_, p2 := h2.sandbox()
-	s3, p3 := h1.sandbox()
+	_, h1, h2 := lanOfTwo(t, n)
 	parentMAC := h1.link("eth1").Attrs().HardwareAddr
-	e1 := endpoint("e1", n, p1, "eth0", "", 2, true)
-	h1.ensureEndpoint(n, e1)
-	h2.ensureEndpoint(n, endpoint("e2", n, p2, "eth0", "", 3, true))
-	mustPing(t, s1, "10.90.4.3")
+	s1 := h1.join(n, "e1", "", 2)
+	h2.join(n, "e2", "", 3)
+	s3, p3 := h1.sandbox()
+	mustPing(t, s1.name, "10.90.4.3")
 
-	c := child(t, p1, "eth0")
+	c := child(t, s1.path, "eth0")
 	if !bytes.Equal(c.Attrs().HardwareAddr, parentMAC) {
 		t.Errorf("passthru child MAC %s, want the parent's %s (ep.MAC is ignored)", c.Attrs().HardwareAddr, parentMAC)
 	}
@@ -146,11 +119,28 @@ func TestMacvlanPassthruTakesTheParent(t *testing.T) {
 		t.Errorf("sandbox of the refused endpoint: %s", out)
 	}
 	// Re-ensuring the first does not touch the parent's MAC.
-	h1.ensureEndpoint(n, e1)
+	h1.ensureEndpoint(n, s1.ep)
 	if got := h1.link("eth1").Attrs().HardwareAddr; !bytes.Equal(got, parentMAC) {
 		t.Errorf("parent MAC changed to %s", got)
 	}
-	mustPing(t, s1, "10.90.4.3")
+	mustPing(t, s1.name, "10.90.4.3")
+}
+
+// shimLetsHostIn ensures n on h with one endpoint (e1, host byte 2) and
+// checks that h cannot reach it; then it gives n a host shim at shim and
+// checks that h can. It returns n with its shim, and the endpoint.
+func shimLetsHostIn(h *lab, n datapath.Network, shim string) (datapath.Network, joined) {
+	h.t.Helper()
+	h.ensureNetwork(n)
+	j := h.join(n, "e1", "", 2)
+	ip := j.ep.Addr.Addr().String()
+	mustNotPing(h.t, h.hostName, ip)
+
+	n.HostShim = netip.MustParseAddr(shim)
+	h.ensureNetwork(n)
+	h.ensureEndpoint(n, j.ep)
+	mustPing(h.t, h.hostName, ip)
+	return n, j
 }
 
 // TestHostShim: the kernel keeps a host out of its own macvlan sandboxes
@@ -160,18 +150,9 @@ func TestHostShim(t *testing.T) {
 	sw := newSwitch(t)
 	h1 := sw.host()
 	h1.addAddr("eth1", "10.90.6.250/24") // the host's own LAN address
-	n := parentNet("mvshim0123456789", datapath.DriverMacvlan, "eth1", "", "10.90.6.0/24")
-	h1.ensureNetwork(n)
-	s1, p1 := h1.sandbox()
-	e1 := endpoint("e1", n, p1, "eth0", "", 2, true)
-	h1.ensureEndpoint(n, e1)
-	mustNotPing(t, h1.hostName, "10.90.6.2")
-
-	n.HostShim = netip.MustParseAddr("10.90.6.254")
-	h1.ensureNetwork(n)
-	h1.ensureEndpoint(n, e1)
-	mustPing(t, h1.hostName, "10.90.6.2")
-	mustPing(t, s1, "10.90.6.254")
+	n, s1 := shimLetsHostIn(h1, parentNet("mvshim0123456789", datapath.DriverMacvlan, "eth1", "", "10.90.6.0/24"), "10.90.6.254")
+	e1 := s1.ep
+	mustPing(t, s1.name, "10.90.6.254")
 
 	shim := h1.link("fs-mvshim012345")
 	mv, ok := shim.(*netlink.Macvlan)
@@ -229,11 +210,9 @@ func TestMacvlanEnsureIsIdempotentAndRepairs(t *testing.T) {
 	h1.ensureNetwork(n)
 	n2 := parentNet("mvi", datapath.DriverMacvlan, "eth1", "", "10.90.7.0/24") // h2 has no shim
 	h2.ensureNetwork(n2)
-	s1, p1 := h1.sandbox()
-	s2, p2 := h2.sandbox()
-	e1 := endpoint("e1", n, p1, "eth0", "", 2, true)
-	h1.ensureEndpoint(n, e1)
-	h2.ensureEndpoint(n2, endpoint("e2", n2, p2, "eth0", "", 3, true))
+	j1 := h1.join(n, "e1", "", 2)
+	s1, p1, e1 := j1.name, j1.path, j1.ep
+	s2 := h2.join(n2, "e2", "", 3).name
 
 	indexes := func() [2]int {
 		return [2]int{h1.link("fs-mvi").Attrs().Index, child(t, p1, "eth0").Attrs().Index}
@@ -298,16 +277,12 @@ func TestMacvlanEnsureIsIdempotentAndRepairs(t *testing.T) {
 // endpoint's name is replaced by the child.
 func TestMacvlanReplacesWrongKindInSandbox(t *testing.T) {
 	t.Parallel()
-	sw := newSwitch(t)
-	h1, h2 := sw.host(), sw.host()
 	n := parentNet("mvk", datapath.DriverMacvlan, "eth1", "", "10.90.8.0/24")
-	h1.ensureNetwork(n)
-	h2.ensureNetwork(n)
+	_, h1, h2 := lanOfTwo(t, n)
 	s1, p1 := h1.sandbox()
-	_, p2 := h2.sandbox()
 	netnstest.Run(t, s1, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "old0")
 	h1.ensureEndpoint(n, endpoint("e1", n, p1, "eth0", "", 2, true))
-	h2.ensureEndpoint(n, endpoint("e2", n, p2, "eth0", "", 3, true))
+	h2.join(n, "e2", "", 3)
 	if c := child(t, p1, "eth0"); c.Type() != "macvlan" {
 		t.Fatalf("eth0 is a %s", c.Type())
 	}
@@ -347,9 +322,8 @@ func TestMacvlanDeleteEndpointToleratesMissing(t *testing.T) {
 	n := parentNet("mvd", datapath.DriverMacvlan, "eth1", "", "10.90.10.0/24")
 	n.HostShim = netip.MustParseAddr("10.90.10.254")
 	h1.ensureNetwork(n)
-	_, p1 := h1.sandbox()
-	e1 := endpoint("e1", n, p1, "eth0", "", 2, true)
-	h1.ensureEndpoint(n, e1)
+	j1 := h1.join(n, "e1", "", 2)
+	p1, e1 := j1.path, j1.ep
 	for range 2 {
 		if err := h1.dp.DeleteEndpoint(ctx, n, e1); err != nil {
 			t.Fatalf("DeleteEndpoint: %v", err)
@@ -381,18 +355,14 @@ func TestChildNameTakenOnHost(t *testing.T) {
 	netnstest.Run(t, h1.hostName, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
 	hostEth0 := h1.link("eth0").Attrs().Index
 	n := parentNet("mvn", datapath.DriverMacvlan, "eth1", "", "10.90.12.0/24")
-	h1.ensureNetwork(n)
-	h2.ensureNetwork(n)
-	s1, p1 := h1.sandbox()
-	_, p2 := h2.sandbox()
-	e1 := endpoint("e1", n, p1, "eth0", "", 2, true)
-	h1.ensureEndpoint(n, e1)
-	h2.ensureEndpoint(n, endpoint("e2", n, p2, "eth0", "", 3, true))
-	mustPing(t, s1, "10.90.12.3")
-	if err := h1.dp.DeleteEndpoint(ctx, n, e1); err != nil {
+	ensureOn(n, h1, h2)
+	s1 := h1.join(n, "e1", "", 2)
+	h2.join(n, "e2", "", 3)
+	mustPing(t, s1.name, "10.90.12.3")
+	if err := h1.dp.DeleteEndpoint(ctx, n, s1.ep); err != nil {
 		t.Fatal(err)
 	}
-	if !childGone(t, p1, "eth0") || h1.link("eth0").Attrs().Index != hostEth0 {
+	if !childGone(t, s1.path, "eth0") || h1.link("eth0").Attrs().Index != hostEth0 {
 		t.Error("DeleteEndpoint got the wrong eth0")
 	}
 }
@@ -401,15 +371,11 @@ func TestChildNameTakenOnHost(t *testing.T) {
 // half-made child of an earlier attempt left under the temporary name.
 func TestChildRenamedFallback(t *testing.T) {
 	t.Parallel()
-	sw := newSwitch(t)
-	h1, h2 := sw.host(), sw.host()
 	n := parentNet("mvrn", datapath.DriverMacvlan, "eth1", "", "10.90.13.0/24")
-	h1.ensureNetwork(n)
-	h2.ensureNetwork(n)
+	_, h1, h2 := lanOfTwo(t, n)
 	s1, p1 := h1.sandbox()
-	_, p2 := h2.sandbox()
 	e1 := endpoint("e1", n, p1, "eth0", "", 2, true)
-	h2.ensureEndpoint(n, endpoint("e2", n, p2, "eth0", "", 3, true))
+	h2.join(n, "e2", "", 3)
 	tmp := plumb.ChildTempName(e1.ID)
 	netnstest.Run(t, h1.hostName, "ip", "link", "add", "link", "eth1", "name", tmp, "netns", s1, "type", "macvlan", "mode", "bridge")
 

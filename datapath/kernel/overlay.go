@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -533,11 +534,7 @@ func (d *Datapath) programmed(id string, match func(datapath.Remote) bool) bool 
 
 // overlayDetails describes the overlay networks for Status.
 func (d *Datapath) overlayDetails() []string {
-	ids := make([]string, 0, len(d.overlays))
-	for id := range d.overlays {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
+	ids := slices.Sorted(maps.Keys(d.overlays))
 	var out []string
 	for _, id := range ids {
 		o := d.overlays[id]

@@ -17,6 +17,7 @@ import (
 
 	"github.com/fabricnet/fabric/datapath"
 	fabricns "github.com/fabricnet/fabric/datapath/netns"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 	"github.com/fabricnet/fabric/datapath/plumb"
 )
 
@@ -144,10 +145,7 @@ func (l *lab) checkTunnelEntries(name string, remotes ...datapath.Remote) {
 // sandboxNeighbour returns the MAC the sandbox's eth0 has for ip, or nil.
 func sandboxNeighbour(t *testing.T, nsPath string, ip netip.Addr) net.HardwareAddr {
 	t.Helper()
-	h, err := fabricns.HandleAt(nsPath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := netnstest.Handle(t, nsPath)
 	defer h.Close()
 	eth0, err := h.LinkByName("eth0")
 	if err != nil {
@@ -169,14 +167,10 @@ func TestOverlayConnectsEndpointsAcrossHosts(t *testing.T) {
 	t.Parallel()
 	a, b, aIP, bIP := overlayHosts(t, "10.201.1", 0) // default port
 	n := overlayNetwork("ovl", "br-o", "10.90.1.0/24", 4242)
-	a.ensureNetwork(n)
-	b.ensureNetwork(n)
-	sa, pa := a.sandbox()
-	sb, pb := b.sandbox()
-	epa := endpoint("epa", n, pa, "eth0", "vha", 2, true)
-	epb := endpoint("epb", n, pb, "eth0", "vhb", 3, true)
-	a.ensureEndpoint(n, epa)
-	b.ensureEndpoint(n, epb)
+	ensureOn(n, a, b)
+	ja, jb := a.join(n, "epa", "vha", 2), b.join(n, "epb", "vhb", 3)
+	sa, pa, epa := ja.name, ja.path, ja.ep
+	sb, epb := jb.name, jb.ep
 	// A remote nothing answers for: its ARP can only be answered by the
 	// proxy on A's own VXLAN device.
 	ghost := datapath.Remote{Addr: netip.MustParseAddr("10.90.1.99"), MAC: net.HardwareAddr{0x02, 0x42, 0, 0, 0, 0x99}, Node: bIP}
@@ -185,41 +179,12 @@ func TestOverlayConnectsEndpointsAcrossHosts(t *testing.T) {
 	b.setRemotes(n, toA)
 
 	v := a.vxlan("fvx4242")
-	br := a.link("br-o")
-	switch {
-	case v.VxlanId != 4242 || v.Port != datapath.DefaultTunnelPort || !v.SrcAddr.Equal(aIP.AsSlice()):
-		t.Errorf("vxlan VNI %d port %d local %s", v.VxlanId, v.Port, v.SrcAddr)
-	case v.Learning || !v.Proxy || v.L2miss || v.L3miss || v.FlowBased || (v.Group != nil && !v.Group.IsUnspecified()):
-		t.Errorf("vxlan learning %v proxy %v l2miss %v l3miss %v external %v group %s", v.Learning, v.Proxy, v.L2miss, v.L3miss, v.FlowBased, v.Group)
-	case v.MTU != 1450 || v.MasterIndex != br.Attrs().Index || !plumb.IsUp(v) || v.Alias != vxlanAlias("ovl"):
-		t.Errorf("vxlan MTU %d master %d (bridge %d) up %v alias %q", v.MTU, v.MasterIndex, br.Attrs().Index, plumb.IsUp(v), v.Alias)
-	}
+	checkOverlayDevice(t, v, a.link("br-o"), aIP)
 	a.checkTunnelEntries("fvx4242", toB, ghost)
 	b.checkTunnelEntries("fvx4242", toA)
-	// Overlay sandboxes retry ARP fast (a peer's proxy entry may arrive
-	// just after the first request).
-	if err := fabricns.Do(pa, func() error {
-		for name, want := range map[string]string{"retrans_time_ms": "100", "mcast_solicit": "10"} {
-			got, err := os.ReadFile("/proc/sys/net/ipv4/neigh/eth0/" + name)
-			if err != nil || strings.TrimSpace(string(got)) != want {
-				return fmt.Errorf("sandbox eth0 %s = %q (%v), want %s", name, got, err, want)
-			}
-		}
-		return nil
-	}); err != nil {
-		t.Error(err)
-	}
+	checkFastARP(t, pa)
 
-	mustPing(t, sa, "10.90.1.3")
-	mustPing(t, sb, "10.90.1.2")
-	serveTCP(t, pb, ":7000")
-	serveTCP(t, pa, ":7001")
-	if got := mustDial(t, pa, "tcp4", "10.90.1.3:7000"); got != "10.90.1.2" {
-		t.Errorf("B's endpoint saw A's as %s, want 10.90.1.2", got)
-	}
-	if got := mustDial(t, pb, "tcp4", "10.90.1.2:7001"); got != "10.90.1.3" {
-		t.Errorf("A's endpoint saw B's as %s, want 10.90.1.3", got)
-	}
+	checkTrafficBothWays(t, ja, jb)
 	if mac := sandboxNeighbour(t, pa, toB.Addr); !slices.Equal(mac, epb.MAC) {
 		t.Errorf("sandbox A resolved %s to %s, want %s", toB.Addr, mac, epb.MAC)
 	}
@@ -275,166 +240,52 @@ func TestOverlayConnectsEndpointsAcrossHosts(t *testing.T) {
 	}
 }
 
-func TestOverlaySyncRepairsAndPrunes(t *testing.T) {
-	t.Parallel()
-	const port = 48790
-	a, b, aIP, bIP := overlayHosts(t, "10.201.2", port)
-	n := overlayNetwork("ovs", "br-s", "10.90.2.0/24", 77)
-	sa, pa := a.sandbox()
-	_, pb := b.sandbox()
-	epa := endpoint("epa", n, pa, "eth0", "vha", 2, true)
-	epb := endpoint("epb", n, pb, "eth0", "vhb", 3, true)
-	toB, toA := remoteOf(epb, bIP), remoteOf(epa, aIP)
-	b.ensureNetwork(n)
-	b.ensureEndpoint(n, epb)
-	b.setRemotes(n, toA)
+// checkTrafficBothWays: ja's and jb's sandboxes ping each other, and each
+// reaches a TCP server of the other, which sees its real address.
+func checkTrafficBothWays(t *testing.T, ja, jb joined) {
+	t.Helper()
+	a, b := ja.ep.Addr.Addr().String(), jb.ep.Addr.Addr().String()
+	mustPing(t, ja.name, b)
+	mustPing(t, jb.name, a)
+	serveTCP(t, jb.path, ":7000")
+	serveTCP(t, ja.path, ":7001")
+	if got := mustDial(t, ja.path, "tcp4", b+":7000"); got != a {
+		t.Errorf("B's endpoint saw A's as %s, want %s", got, a)
+	}
+	if got := mustDial(t, jb.path, "tcp4", a+":7001"); got != b {
+		t.Errorf("A's endpoint saw B's as %s, want %s", got, b)
+	}
+}
 
-	// A leftover of the eBPF datapath holds the tunnel port's kind of
-	// socket; the bridge model removes it.
-	la := netlink.NewLinkAttrs()
-	la.Name = flowVXLANName
-	if err := a.hostNL.LinkAdd(&netlink.Vxlan{LinkAttrs: la, FlowBased: true, Port: port}); err != nil {
-		t.Fatalf("create flow-based leftover: %v", err)
+// checkOverlayDevice: v is the VXLAN device of the "ovl" test network
+// (VNI 4242, default port) on br, sending from local, with learning off
+// and the ARP proxy on.
+func checkOverlayDevice(t *testing.T, v *netlink.Vxlan, br netlink.Link, local netip.Addr) {
+	t.Helper()
+	switch {
+	case v.VxlanId != 4242 || v.Port != datapath.DefaultTunnelPort || !v.SrcAddr.Equal(local.AsSlice()):
+		t.Errorf("vxlan VNI %d port %d local %s", v.VxlanId, v.Port, v.SrcAddr)
+	case v.Learning || !v.Proxy || v.L2miss || v.L3miss || v.FlowBased || (v.Group != nil && !v.Group.IsUnspecified()):
+		t.Errorf("vxlan learning %v proxy %v l2miss %v l3miss %v external %v group %s", v.Learning, v.Proxy, v.L2miss, v.L3miss, v.FlowBased, v.Group)
+	case v.MTU != 1450 || v.MasterIndex != br.Attrs().Index || !plumb.IsUp(v) || v.Alias != vxlanAlias("ovl"):
+		t.Errorf("vxlan MTU %d master %d (bridge %d) up %v alias %q", v.MTU, v.MasterIndex, br.Attrs().Index, plumb.IsUp(v), v.Alias)
 	}
-	if err := a.hostNL.LinkSetAlias(a.link(flowVXLANName), datapath.OwnerPrefix+"tunnel"); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.hostNL.LinkSetUp(a.link(flowVXLANName)); err != nil {
-		t.Fatal(err)
-	}
+}
 
-	state := datapath.State{
-		Networks:  []datapath.Network{n},
-		Endpoints: []datapath.Endpoint{epa},
-		Remotes:   map[string][]datapath.Remote{n.ID: {toB}},
-	}
-	if err := a.dp.Sync(ctx, state); err != nil {
-		t.Fatalf("Sync: %v", err)
-	}
-	if !a.linkGone(flowVXLANName) {
-		t.Error("Sync left the flow-based VXLAN device")
-	}
-	if v := a.vxlan("fvx77"); v.Port != port || v.VxlanId != 77 {
-		t.Errorf("vxlan port %d VNI %d", v.Port, v.VxlanId)
-	}
-	a.checkTunnelEntries("fvx77", toB)
-	mustPing(t, sa, "10.90.2.3")
-	index := a.link("fvx77").Attrs().Index
-	if err := a.dp.Sync(ctx, state); err != nil {
-		t.Fatalf("second Sync: %v", err)
-	}
-	if got := a.link("fvx77").Attrs().Index; got != index {
-		t.Errorf("second Sync recreated the VXLAN device (index %d -> %d)", index, got)
-	}
-
-	// A wrong MTU is fixed in place.
-	if err := a.hostNL.LinkSetMTU(a.link("fvx77"), 1400); err != nil {
-		t.Fatal(err)
-	}
-	a.ensureNetwork(n)
-	if l := a.link("fvx77"); l.Attrs().Index != index || l.Attrs().MTU != 1450 {
-		t.Errorf("after MTU repair: index %d (was %d) MTU %d", l.Attrs().Index, index, l.Attrs().MTU)
-	}
-
-	// A device with the wrong port and learning on is replaced, and the
-	// remotes last set come back with it, by EnsureNetwork as by Sync.
-	tamper := func() {
-		t.Helper()
-		if err := a.hostNL.LinkDel(a.link("fvx77")); err != nil {
-			t.Fatal(err)
+// checkFastARP: an overlay sandbox (at nsPath) retries ARP fast (a peer's
+// proxy entry may arrive just after the first request).
+func checkFastARP(t *testing.T, nsPath string) {
+	t.Helper()
+	if err := fabricns.Do(nsPath, func() error {
+		for name, want := range map[string]string{"retrans_time_ms": "100", "mcast_solicit": "10"} {
+			got, err := os.ReadFile("/proc/sys/net/ipv4/neigh/eth0/" + name)
+			if err != nil || strings.TrimSpace(string(got)) != want {
+				return fmt.Errorf("sandbox eth0 %s = %q (%v), want %s", name, got, err, want)
+			}
 		}
-		la := netlink.NewLinkAttrs()
-		la.Name = "fvx77"
-		if err := a.hostNL.LinkAdd(&netlink.Vxlan{LinkAttrs: la, VxlanId: 77, Port: port + 1, Learning: true, SrcAddr: aIP.AsSlice()}); err != nil {
-			t.Fatal(err)
-		}
-		if err := a.hostNL.LinkSetAlias(a.link("fvx77"), vxlanAlias(n.ID)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	tamper()
-	a.ensureNetwork(n)
-	if v := a.vxlan("fvx77"); v.Port != port || v.Learning || !v.Proxy || v.MasterIndex != a.link("br-s").Attrs().Index || !plumb.IsUp(v) {
-		t.Errorf("after EnsureNetwork repair: port %d learning %v proxy %v master %d up %v", v.Port, v.Learning, v.Proxy, v.MasterIndex, plumb.IsUp(v))
-	}
-	a.checkTunnelEntries("fvx77", toB)
-	mustPing(t, sa, "10.90.2.3")
-	tamper()
-	if err := a.dp.Sync(ctx, state); err != nil {
-		t.Fatalf("Sync after tampering: %v", err)
-	}
-	if v := a.vxlan("fvx77"); v.Port != port || v.Learning {
-		t.Errorf("after Sync repair: port %d learning %v", v.Port, v.Learning)
-	}
-	a.checkTunnelEntries("fvx77", toB)
-	mustPing(t, sa, "10.90.2.3")
-
-	// A new VNI is a new device; the old one goes.
-	n2 := n
-	n2.VNI = 78
-	a.ensureNetwork(n2)
-	if !a.linkGone("fvx77") {
-		t.Error("the device of the old VNI is still there")
-	}
-	if v := a.vxlan("fvx78"); v.VxlanId != 78 {
-		t.Errorf("new device VNI %d", v.VxlanId)
-	}
-	if err := a.dp.Sync(ctx, state); err != nil {
-		t.Fatalf("Sync back to VNI 77: %v", err)
-	}
-	if !a.linkGone("fvx78") {
-		t.Error("Sync kept the device of a VNI not in the state")
-	}
-	a.checkTunnelEntries("fvx77", toB)
-
-	// A leftover of the eBPF datapath without a fabric: alias goes too,
-	// another program's link of that name stays.
-	addFlow := func(alias string) {
-		t.Helper()
-		la := netlink.NewLinkAttrs()
-		la.Name = flowVXLANName
-		if err := a.hostNL.LinkAdd(&netlink.Vxlan{LinkAttrs: la, FlowBased: true, Port: port}); err != nil {
-			t.Fatalf("create flow-based leftover: %v", err)
-		}
-		if err := a.hostNL.LinkSetAlias(a.link(flowVXLANName), alias); err != nil {
-			t.Fatal(err)
-		}
-	}
-	addFlow("fabric-ebpf tunnel")
-	if err := a.dp.Sync(ctx, state); err != nil {
-		t.Fatalf("Sync with the leftover: %v", err)
-	}
-	if !a.linkGone(flowVXLANName) {
-		t.Error("Sync left the flow-based VXLAN device marked fabric-ebpf")
-	}
-	addFlow("someone else's")
-	if err := a.dp.Sync(ctx, state); err != nil {
-		t.Fatalf("Sync with a foreign flow-based device: %v", err)
-	}
-	if a.linkGone(flowVXLANName) {
-		t.Error("Sync removed a flow-based VXLAN device fabric did not make")
-	}
-	if err := a.hostNL.LinkDel(a.link(flowVXLANName)); err != nil {
-		t.Fatal(err)
-	}
-
-	// A network missing from Remotes has none.
-	state.Remotes = nil
-	if err := a.dp.Sync(ctx, state); err != nil {
-		t.Fatalf("Sync without remotes: %v", err)
-	}
-	a.checkTunnelEntries("fvx77")
-	mustNotPing(t, sa, "10.90.2.3")
-
-	// Without the network the device goes with the bridge.
-	if err := a.dp.Sync(ctx, datapath.State{}); err != nil {
-		t.Fatalf("empty Sync: %v", err)
-	}
-	if !a.linkGone("fvx77") || !a.linkGone("br-s") {
-		t.Error("empty Sync left the VXLAN device or the bridge")
-	}
-	if st := a.dp.Status(ctx); slices.ContainsFunc(st.Details, func(s string) bool { return strings.HasPrefix(s, "overlay ") }) {
-		t.Errorf("status still lists an overlay: %q", st.Details)
+		return nil
+	}); err != nil {
+		t.Error(err)
 	}
 }
 
@@ -456,20 +307,7 @@ func TestOverlayRefusesBadInput(t *testing.T) {
 	t.Parallel()
 	n := overlayNetwork("ovb", "br-b", "10.90.3.0/24", 9)
 
-	// No tunnel address: refused before anything is made.
-	plain := newLab(t)
-	if err := plain.dp.EnsureNetwork(ctx, n); !errors.Is(err, datapath.ErrInvalid) || !strings.Contains(err.Error(), "Tunnel.Local") {
-		t.Errorf("EnsureNetwork without a tunnel address: %v, want ErrInvalid naming Tunnel.Local", err)
-	}
-	if !plain.linkGone("br-b") || !plain.linkGone("fvx9") {
-		t.Error("refused overlay network left links behind")
-	}
-	if err := plain.dp.Sync(ctx, datapath.State{Networks: []datapath.Network{n}}); !errors.Is(err, datapath.ErrInvalid) {
-		t.Errorf("Sync without a tunnel address: %v, want ErrInvalid", err)
-	}
-	if !plain.linkGone("fvx9") {
-		t.Error("refused overlay network left a VXLAN device behind")
-	}
+	checkRefusedWithoutTunnel(t, n)
 
 	l := bareLab(t)
 	local := netip.MustParseAddr("10.201.3.1")
@@ -536,8 +374,32 @@ func TestOverlayRefusesBadInput(t *testing.T) {
 		t.Errorf("Sync with a bad remote: %v, want it skipped", err)
 	}
 	l.checkTunnelEntries("fvx9", good)
+	checkForeignVXLANRefused(t, l)
+}
 
-	// A link of that name fabric did not make is refused, not taken.
+// checkRefusedWithoutTunnel: a datapath without a tunnel address refuses
+// overlay network n before anything is made.
+func checkRefusedWithoutTunnel(t *testing.T, n datapath.Network) {
+	t.Helper()
+	plain := newLab(t)
+	if err := plain.dp.EnsureNetwork(ctx, n); !errors.Is(err, datapath.ErrInvalid) || !strings.Contains(err.Error(), "Tunnel.Local") {
+		t.Errorf("EnsureNetwork without a tunnel address: %v, want ErrInvalid naming Tunnel.Local", err)
+	}
+	if !plain.linkGone("br-b") || !plain.linkGone("fvx9") {
+		t.Error("refused overlay network left links behind")
+	}
+	if err := plain.dp.Sync(ctx, datapath.State{Networks: []datapath.Network{n}}); !errors.Is(err, datapath.ErrInvalid) {
+		t.Errorf("Sync without a tunnel address: %v, want ErrInvalid", err)
+	}
+	if !plain.linkGone("fvx9") {
+		t.Error("refused overlay network left a VXLAN device behind")
+	}
+}
+
+// checkForeignVXLANRefused: a link of a VXLAN device's name that fabric
+// did not make is refused, not taken.
+func checkForeignVXLANRefused(t *testing.T, l *lab) {
+	t.Helper()
 	other := overlayNetwork("ovc", "br-c", "10.90.6.0/24", 10)
 	la := netlink.NewLinkAttrs()
 	la.Name = "fvx10"

@@ -52,14 +52,8 @@ func TestParentMissingOrDownCreatesNothing(t *testing.T) {
 			netnstest.Run(t, h1.hostName, "ip", "link", "set", tc.down, "up")
 		}
 	}
-	all, err := h1.hostNL.LinkList()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range all {
-		if name := l.Attrs().Name; name != "lo" && name != "eth1" {
-			t.Errorf("link %s (%s) created for a network without parent", name, l.Type())
-		}
+	if extra := h1.linksBeyondLAN(); len(extra) != 0 {
+		t.Errorf("links created for a network without parent: %v", extra)
 	}
 	if out := netnstest.Run(t, s1, "ip", "-o", "link", "show"); strings.Count(out, "\n") != 1 {
 		t.Errorf("sandbox got links: %s", out)
@@ -82,14 +76,10 @@ func TestParentRemovedAndRestored(t *testing.T) {
 	h1.ensureNetwork(n)
 	h1.ensureNetwork(br)
 	h2.ensureNetwork(n2)
-	s1, p1 := h1.sandbox()
-	s2, p2 := h2.sandbox()
-	sb, pb := h1.sandbox()
-	e1 := endpoint("e1", n, p1, "eth0", "", 2, true)
-	eb := endpoint("eb", br, pb, "eth0", "vhb", 2, true)
-	h1.ensureEndpoint(n, e1)
-	h1.ensureEndpoint(br, eb)
-	h2.ensureEndpoint(n2, endpoint("e2", n2, p2, "eth0", "", 3, true))
+	j1, jb := h1.join(n, "e1", "", 2), h1.join(br, "eb", "vhb", 2)
+	s1, p1, e1 := j1.name, j1.path, j1.ep
+	sb, eb := jb.name, jb.ep
+	s2 := h2.join(n2, "e2", "", 3).name
 	mustPing(t, s1, "10.90.21.3")
 
 	if err := h1.hostNL.LinkDel(h1.link("eth1")); err != nil {
@@ -145,8 +135,7 @@ func TestSyncRestoresAfterParentReturns(t *testing.T) {
 	n := parentNet("mvs", datapath.DriverMacvlan, "eth1", "", "10.90.22.0/24")
 	h2.ensureNetwork(n)
 	s1, p1 := h1.sandbox()
-	_, p2 := h2.sandbox()
-	h2.ensureEndpoint(n, endpoint("e2", n, p2, "eth0", "", 3, true))
+	h2.join(n, "e2", "", 3)
 	netnstest.Run(t, h1.hostName, "ip", "link", "set", "eth1", "down")
 	state := datapath.State{Networks: []datapath.Network{n}, Endpoints: []datapath.Endpoint{endpoint("e1", n, p1, "eth0", "", 2, true)}}
 	if err := h1.dp.Sync(ctx, state); !errors.Is(err, datapath.ErrParentMissing) {
@@ -180,9 +169,8 @@ func TestSyncPrunesStaleParentLinks(t *testing.T) {
 	reused := parentNet("mvreused", datapath.DriverMacvlan, "eth2.40", "", "10.90.25.0/24")
 	h1.ensureNetwork(keep)
 	h1.ensureNetwork(stale)
-	s1, p1 := h1.sandbox()
-	e1 := endpoint("e1", keep, p1, "eth0", "", 2, true)
-	h1.ensureEndpoint(keep, e1)
+	j1 := h1.join(keep, "e1", "", 2)
+	s1, p1, e1 := j1.name, j1.path, j1.ep
 
 	mk := func(name, parent, alias string) {
 		la := netlink.NewLinkAttrs()

@@ -34,23 +34,18 @@ func testPublishedPorts(t *testing.T, brnf bool) {
 	l := newLab(t)
 	l.setBridgeNetfilter(brnf)
 	_, outside := l.addOutside()
-	a := network("neta", "br-a", "10.89.1.0/24", false)
-	b := network("netb", "br-b", "10.89.2.0/24", false)
-	l.ensureNetwork(a)
-	l.ensureNetwork(b)
-	_, p1 := l.sandbox()
-	_, p2 := l.sandbox()
-	_, pb := l.sandbox()
-	serveTCP(t, p1, ":80")
-	serveUDP(t, p1, ":53")
-	l.ensureEndpoint(a, endpoint("ep1", a, p1, "eth0", "vh1", 2, true,
+	a := l.bridgeNetwork("neta", "br-a", "10.89.1.0/24", false)
+	b := l.bridgeNetwork("netb", "br-b", "10.89.2.0/24", false)
+	p1 := l.join(a, "ep1", "vh1", 2,
 		datapath.PortMapping{Proto: "tcp", HostPort: 8080, Port: 80},
 		datapath.PortMapping{Proto: "udp", HostPort: 5353, Port: 53},
 		datapath.PortMapping{Proto: "tcp", HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 8081, Port: 80},
 		datapath.PortMapping{Proto: "tcp", HostIP: netip.MustParseAddr("0.0.0.0"), HostPort: 8082, Port: 80},
-	))
-	l.ensureEndpoint(a, endpoint("ep2", a, p2, "eth0", "vh2", 3, true))
-	l.ensureEndpoint(b, endpoint("epb", b, pb, "eth0", "vhb", 2, true))
+	).path
+	serveTCP(t, p1, ":80")
+	serveUDP(t, p1, ":53")
+	p2 := l.join(a, "ep2", "vh2", 3).path
+	pb := l.join(b, "epb", "vhb", 2).path
 
 	hostPort := uplinkHost + ":8080"
 	cases := []struct {
@@ -126,10 +121,9 @@ func TestEndpointSetupTime(t *testing.T) {
 func TestSandboxCannotReachHostLoopback(t *testing.T) {
 	t.Parallel()
 	l := newLab(t)
-	a := network("neta", "br-a", "10.89.1.0/24", false)
-	l.ensureNetwork(a)
-	s1, p1 := l.sandbox()
-	l.ensureEndpoint(a, endpoint("ep1", a, p1, "eth0", "vh1", 2, true))
+	a := l.bridgeNetwork("neta", "br-a", "10.89.1.0/24", false)
+	j1 := l.join(a, "ep1", "vh1", 2)
+	s1, p1 := j1.name, j1.path
 
 	var pc net.PacketConn
 	if err := fabricns.Do(l.hostPath, func() (err error) {

@@ -3,6 +3,7 @@ package kernel
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 
@@ -48,11 +49,7 @@ type portEntry struct {
 }
 
 func sortedPorts(s desired) []portEntry {
-	ids := make([]string, 0, len(s.ports))
-	for id := range s.ports {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
+	ids := slices.Sorted(maps.Keys(s.ports))
 	var out []portEntry
 	for _, id := range ids {
 		ep := s.ports[id]

@@ -106,14 +106,11 @@ func TestRuleCommentRejectsTruncatedUserdata(t *testing.T) {
 func TestTableAsNftSeesIt(t *testing.T) {
 	t.Parallel()
 	l := newLab(t)
-	a := network("neta", "br-a", "10.89.1.0/24", false)
-	in := network("neti", "br-i", "10.89.3.0/24", true)
-	l.ensureNetwork(a)
-	l.ensureNetwork(in)
-	_, p1 := l.sandbox()
-	l.ensureEndpoint(a, endpoint("ep1", a, p1, "eth0", "vh1", 2, true,
+	a := l.bridgeNetwork("neta", "br-a", "10.89.1.0/24", false)
+	l.bridgeNetwork("neti", "br-i", "10.89.3.0/24", true)
+	l.join(a, "ep1", "vh1", 2,
 		datapath.PortMapping{Proto: "tcp", HostPort: 8080, Port: 80},
-		datapath.PortMapping{Proto: "udp", HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 5353, Port: 53}))
+		datapath.PortMapping{Proto: "udp", HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 5353, Port: 53})
 	out := netnstest.Run(t, l.hostName, "nft", "list", "table", "ip", "fabric")
 	for _, want := range []string{
 		`elements = { "br-a",`,

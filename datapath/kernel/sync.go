@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"reflect"
 	"slices"
 
@@ -218,11 +219,7 @@ func (d *Datapath) syncRemotes(ctx context.Context, nets map[string]datapath.Net
 			errs = append(errs, plumb.Invalidf("network %s: remotes need an overlay network, not %q", id, n.Driver))
 		}
 	}
-	ids := make([]string, 0, len(tunnels))
-	for id := range tunnels {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
+	ids := slices.Sorted(maps.Keys(tunnels))
 	for _, id := range ids {
 		if err := ctx.Err(); err != nil {
 			return append(errs, err)

@@ -12,16 +12,11 @@ import (
 func TestSyncPrunesOnlyFabricLinks(t *testing.T) {
 	t.Parallel()
 	l := newLab(t)
-	a := network("neta", "br-a", "10.89.1.0/24", false)
-	b := network("netb", "br-b", "10.89.2.0/24", false)
-	l.ensureNetwork(a)
-	l.ensureNetwork(b)
-	s1, p1 := l.sandbox()
-	_, p2 := l.sandbox()
-	e1 := endpoint("ep1", a, p1, "eth0", "vh1", 2, true, datapath.PortMapping{Proto: "tcp", HostPort: 8080, Port: 80})
-	e2 := endpoint("ep2", b, p2, "eth0", "vh2", 2, true, datapath.PortMapping{Proto: "tcp", HostPort: 8081, Port: 80})
-	l.ensureEndpoint(a, e1)
-	l.ensureEndpoint(b, e2)
+	a := l.bridgeNetwork("neta", "br-a", "10.89.1.0/24", false)
+	b := l.bridgeNetwork("netb", "br-b", "10.89.2.0/24", false)
+	j1 := l.join(a, "ep1", "vh1", 2, datapath.PortMapping{Proto: "tcp", HostPort: 8080, Port: 80})
+	s1, e1 := j1.name, j1.ep
+	l.join(b, "ep2", "vh2", 2, datapath.PortMapping{Proto: "tcp", HostPort: 8081, Port: 80})
 	for name, alias := range map[string]string{"ghost0": datapath.OwnerPrefix + "ghost", "other0": "not-fabric", "plain0": ""} {
 		la := netlink.NewLinkAttrs()
 		la.Name = name

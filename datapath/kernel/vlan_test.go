@@ -26,19 +26,13 @@ func TestVLANNetworksAreSeparated(t *testing.T) {
 	h1, h2 := sw.host(), sw.host()
 	v10 := parentNet("v10", datapath.DriverMacvlan, "eth1.10", "", "10.90.30.0/24")
 	v20 := parentNet("v20", datapath.DriverMacvlan, "eth1.20", "", "10.90.30.0/24")
-	for _, h := range []*lab{h1, h2} {
-		h.ensureNetwork(v10)
-		h.ensureNetwork(v20)
-	}
-	a, pa := h1.sandbox()
-	_, pb := h2.sandbox()
-	c, pc := h1.sandbox()
-	_, pd := h2.sandbox()
-	ea := endpoint("a", v10, pa, "eth0", "", 2, true)
-	h1.ensureEndpoint(v10, ea)
-	h2.ensureEndpoint(v10, endpoint("b", v10, pb, "eth0", "", 3, true))
-	h1.ensureEndpoint(v20, endpoint("c", v20, pc, "eth0", "", 4, true))
-	h2.ensureEndpoint(v20, endpoint("d", v20, pd, "eth0", "", 5, true))
+	ensureOn(v10, h1, h2)
+	ensureOn(v20, h1, h2)
+	ja := h1.join(v10, "a", "", 2)
+	a, ea := ja.name, ja.ep
+	h2.join(v10, "b", "", 3)
+	c := h1.join(v20, "c", "", 4).name
+	h2.join(v20, "d", "", 5)
 
 	mustPing(t, a, "10.90.30.3")    // VLAN 10 across hosts
 	mustPing(t, c, "10.90.30.5")    // VLAN 20 across hosts
@@ -89,13 +83,9 @@ func TestVLANOfTheUserIsLeftAlone(t *testing.T) {
 		t.Fatal("fabric set the user's VLAN up")
 	}
 	netnstest.Run(t, h1.hostName, "ip", "link", "set", "eth1.30", "up")
-	h1.ensureNetwork(n)
-	h2.ensureNetwork(n) // made by fabric on h2
-	s1, p1 := h1.sandbox()
-	_, p2 := h2.sandbox()
-	e1 := endpoint("e1", n, p1, "eth0", "", 2, true)
-	h1.ensureEndpoint(n, e1)
-	h2.ensureEndpoint(n, endpoint("e2", n, p2, "eth0", "", 3, true))
+	ensureOn(n, h1, h2) // made by fabric on h2
+	s1 := h1.join(n, "e1", "", 2).name
+	h2.join(n, "e2", "", 3)
 	mustPing(t, s1, "10.90.31.3")
 
 	if err := h1.dp.Sync(ctx, datapath.State{}); err != nil {
@@ -121,16 +111,11 @@ func TestVLANOfTheUserIsLeftAlone(t *testing.T) {
 func TestVLANBaseRemovedAndRestored(t *testing.T) {
 	t.Parallel()
 	requireLinkKind(t, "vlan")
-	sw := newSwitch(t)
-	h1, h2 := sw.host(), sw.host()
 	n := parentNet("v40", datapath.DriverMacvlan, "eth1.40", "", "10.90.32.0/24")
-	h1.ensureNetwork(n)
-	h2.ensureNetwork(n)
-	s1, p1 := h1.sandbox()
-	_, p2 := h2.sandbox()
-	e1 := endpoint("e1", n, p1, "eth0", "", 2, true)
-	h1.ensureEndpoint(n, e1)
-	h2.ensureEndpoint(n, endpoint("e2", n, p2, "eth0", "", 3, true))
+	sw, h1, h2 := lanOfTwo(t, n)
+	j1 := h1.join(n, "e1", "", 2)
+	s1, p1, e1 := j1.name, j1.path, j1.ep
+	h2.join(n, "e2", "", 3)
 	mustPing(t, s1, "10.90.32.3")
 
 	if err := h1.hostNL.LinkDel(h1.link("eth1")); err != nil {

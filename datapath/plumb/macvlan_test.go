@@ -10,7 +10,6 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/fabricnet/fabric/datapath"
-	fabricns "github.com/fabricnet/fabric/datapath/netns"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
@@ -67,10 +66,7 @@ func TestDeviceDefaultRoute(t *testing.T) {
 	netnstest.Run(t, s, "ip", "link", "set", "eth0", "up")
 	netnstest.Run(t, s, "ip", "link", "set", "eth9", "up")
 	netnstest.Run(t, s, "ip", "addr", "add", "10.90.11.2/24", "dev", "eth0")
-	h, err := fabricns.HandleAt(p)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := netnstest.Handle(t, p)
 	defer h.Close()
 	link, err := h.LinkByName("eth0")
 	if err != nil {

@@ -2,6 +2,7 @@ package plumb
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"slices"
 	"strconv"
@@ -191,11 +192,7 @@ func (h *Host) DeleteLANNetwork(n datapath.Network) error {
 // parentWarnings checks the parent of every macvlan/ipvlan network by name
 // (no dumps), so status shows a vanished parent before the next ensure.
 func (h *Host) LANWarnings() []string {
-	ids := make([]string, 0, len(h.parentNets))
-	for id := range h.parentNets {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
+	ids := slices.Sorted(maps.Keys(h.parentNets))
 	var out []string
 	for _, id := range ids {
 		n := h.parentNets[id]

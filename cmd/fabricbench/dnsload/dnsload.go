@@ -110,43 +110,22 @@ func (w *loadWorker) run(ctx context.Context) {
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
 
-	type client struct {
-		msg  []byte
-		seq  uint8
-		sent time.Time
-	}
-	cs := make([]client, w.clients)
-	out := make([]ipv4.Message, 0, w.clients)
-	for i := range cs {
-		cs[i].msg = slices.Clone(w.query)
-	}
-	send := func(i int, now time.Time) {
-		c := &cs[i]
-		c.seq++
-		binary.BigEndian.PutUint16(c.msg, uint16(i)<<8|uint16(c.seq))
-		c.sent = now
-		out = append(out, ipv4.Message{Buffers: [][]byte{c.msg}, Addr: w.server})
-	}
+	q := newInflight(w.query, w.clients, w.server)
 	in := make([]ipv4.Message, 64)
 	for i := range in {
 		in[i].Buffers = [][]byte{make([]byte, 512)}
 	}
 	now := time.Now()
-	for i := range cs {
-		send(i, now)
+	for i := range q.cs {
+		q.send(i, now)
 	}
 	for ctx.Err() == nil {
-		for pending, tries := out, 0; len(pending) > 0 && tries < 8; tries++ {
-			n, err := pc.WriteBatch(pending, 0)
-			if err != nil && n <= 0 {
-				if ctx.Err() == nil {
-					w.err = fmt.Errorf("send: %w", err)
-				}
-				return
+		if err := q.flush(pc); err != nil {
+			if ctx.Err() == nil {
+				w.err = fmt.Errorf("send: %w", err)
 			}
-			pending = pending[n:]
+			return
 		}
-		out = out[:0]
 		_ = conn.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 		if ctx.Err() != nil {
 			break
@@ -155,21 +134,7 @@ func (w *loadWorker) run(ctx context.Context) {
 		n = max(n, 0)
 		now = time.Now()
 		for _, m := range in[:n] {
-			b := m.Buffers[0][:m.N]
-			if m.N < 12 {
-				continue
-			}
-			id := binary.BigEndian.Uint16(b)
-			i := int(id >> 8)
-			if i >= len(cs) || uint8(id) != cs[i].seq {
-				continue // a late answer to a query already counted as lost
-			}
-			if b[3]&0xF == dns.RcodeServerFailure {
-				w.failures++
-			} else {
-				w.lat = append(w.lat, uint32(now.Sub(cs[i].sent)))
-			}
-			send(i, now)
+			w.answer(q, m.Buffers[0][:m.N], now)
 		}
 		if err != nil {
 			var ne net.Error
@@ -178,11 +143,78 @@ func (w *loadWorker) run(ctx context.Context) {
 				return
 			}
 		}
-		for i := range cs { // lost queries
-			if now.Sub(cs[i].sent) > queryTimeout {
+		for i := range q.cs { // lost queries
+			if now.Sub(q.cs[i].sent) > queryTimeout {
 				w.failures++
-				send(i, now)
+				q.send(i, now)
 			}
 		}
 	}
+}
+
+// answer counts reply b: its latency, or a failure for SERVFAIL; then
+// that client sends its next query. A reply to a query already counted
+// as lost, or too short to be one, is ignored.
+func (w *loadWorker) answer(q *inflight, b []byte, now time.Time) {
+	if len(b) < 12 {
+		return
+	}
+	id := binary.BigEndian.Uint16(b)
+	i := int(id >> 8)
+	if i >= len(q.cs) || uint8(id) != q.cs[i].seq {
+		return // a late answer to a query already counted as lost
+	}
+	if b[3]&0xF == dns.RcodeServerFailure {
+		w.failures++
+	} else {
+		w.lat = append(w.lat, uint32(now.Sub(q.cs[i].sent)))
+	}
+	q.send(i, now)
+}
+
+// inflight is a worker's clients, one query outstanding each, and the
+// batch of queries to send next. A query's ID is its client's index and
+// a sequence number, so a late answer is told from the current one.
+type inflight struct {
+	cs     []pendingQuery
+	out    []ipv4.Message
+	server *net.UDPAddr
+}
+
+func newInflight(query []byte, clients int, server *net.UDPAddr) *inflight {
+	q := &inflight{out: make([]ipv4.Message, 0, clients), server: server}
+	q.cs = make([]pendingQuery, clients)
+	for i := range q.cs {
+		q.cs[i].msg = slices.Clone(query)
+	}
+	return q
+}
+
+// pendingQuery is one client's query and when it was sent.
+type pendingQuery struct {
+	msg  []byte
+	seq  uint8
+	sent time.Time
+}
+
+// send queues client i's next query, sent at now.
+func (q *inflight) send(i int, now time.Time) {
+	c := &q.cs[i]
+	c.seq++
+	binary.BigEndian.PutUint16(c.msg, uint16(i)<<8|uint16(c.seq))
+	c.sent = now
+	q.out = append(q.out, ipv4.Message{Buffers: [][]byte{c.msg}, Addr: q.server})
+}
+
+// flush sends the queued queries, in up to 8 batches.
+func (q *inflight) flush(pc *ipv4.PacketConn) error {
+	for pending, tries := q.out, 0; len(pending) > 0 && tries < 8; tries++ {
+		n, err := pc.WriteBatch(pending, 0)
+		if err != nil && n <= 0 {
+			return err
+		}
+		pending = pending[n:]
+	}
+	q.out = q.out[:0]
+	return nil
 }

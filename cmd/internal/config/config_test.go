@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
 )
@@ -363,6 +364,14 @@ func TestValidate(t *testing.T) {
 		{"default-subnet host bits", func(c *Config) { c.DefaultSubnet = "10.0.0.5/24" }, []string{"default-subnet", "use 10.0.0.0/24"}},
 		{"default-subnet ipv6", func(c *Config) { c.DefaultSubnet = "fd00::/64" }, []string{"default-subnet", "only IPv4"}},
 		{"several at once", func(c *Config) { c.XDP = "x"; c.LogLevel = "y" }, []string{"xdp", "log-level"}},
+		{"docker-plugin relative", func(c *Config) { c.DockerPlugin = "fabric.sock" }, []string{"docker-plugin", "absolute path"}},
+		{"cluster-secret-file relative", func(c *Config) { c.ClusterSecretFile = "gossip.key" }, []string{"cluster-secret-file", "absolute path"}},
+		{"dns-upstreams no port", func(c *Config) { c.DNSUpstreams = []string{"10.0.0.2"} }, []string{"dns-upstreams", "IPv4 IP:port"}},
+		{"dns-ttl too short", func(c *Config) { c.DNSTTL = time.Millisecond }, []string{"dns-ttl", "1s to 24h"}},
+		{"netns-prefix leading dot", func(c *Config) { c.NetNSPrefix = ".x" }, []string{"netns-prefix", "not starting with"}},
+		{"one of every group", func(c *Config) {
+			c.Datapath, c.Uplink, c.ClusterBind, c.DNSTTL = "fast", "eth0/1", ":7946", 0
+		}, []string{"datapath", "uplink", "cluster-bind", "dns-ttl"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

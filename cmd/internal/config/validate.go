@@ -32,99 +32,126 @@ var (
 // Validate checks every value and reports all problems at once, each
 // naming its key and what is allowed. Every error wraps ErrInvalidConfig.
 func (c Config) Validate() error {
-	var errs []error
-	bad := func(key, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%w: %s: %s", ErrInvalidConfig, key, fmt.Sprintf(format, args...)))
-	}
+	var p problems
+	c.checkLocal(&p)
+	c.checkNetwork(&p)
+	c.checkCluster(&p)
+	c.checkDNS(&p)
+	return errors.Join(p...)
+}
 
-	for _, p := range []struct{ key, val string }{
+// problems collects what Validate finds, in the order it checks.
+type problems []error
+
+func (p *problems) bad(key, format string, args ...any) {
+	*p = append(*p, fmt.Errorf("%w: %s: %s", ErrInvalidConfig, key, fmt.Sprintf(format, args...)))
+}
+
+// checkLocal checks the agent's own paths, names and choices.
+func (c Config) checkLocal(p *problems) {
+	for _, f := range []struct{ key, val string }{
 		{keyStateDir, c.StateDir},
 		{keySocket, c.Socket},
 		{keyBPFRoot, c.BPFRoot},
 	} {
-		if !filepath.IsAbs(p.val) {
-			bad(p.key, "%q is not an absolute path", p.val)
+		if !filepath.IsAbs(f.val) {
+			p.bad(f.key, "%q is not an absolute path", f.val)
 		}
 	}
 	if len(c.Socket) > maxSocketPath {
-		bad(keySocket, "path is %d bytes long; unix socket paths are limited to %d", len(c.Socket), maxSocketPath)
+		p.bad(keySocket, "path is %d bytes long; unix socket paths are limited to %d", len(c.Socket), maxSocketPath)
 	}
 
 	if err := checkNodeName(c.NodeName); err != "" {
-		bad(keyNodeName, "%s", err)
+		p.bad(keyNodeName, "%s", err)
 	}
 
 	if c.NetNSPrefix != "" {
 		if len(c.NetNSPrefix) > maxNetNSPrefix || strings.TrimLeft(c.NetNSPrefix, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") != "" || c.NetNSPrefix[0] == '-' || c.NetNSPrefix[0] == '.' {
-			bad(keyNetNSPrefix, "%q must be up to %d letters, digits, '-', '_' or '.', not starting with '-' or '.'", c.NetNSPrefix, maxNetNSPrefix)
+			p.bad(keyNetNSPrefix, "%q must be up to %d letters, digits, '-', '_' or '.', not starting with '-' or '.'", c.NetNSPrefix, maxNetNSPrefix)
 		}
 	}
-	if !slices.Contains(datapaths, c.Datapath) {
-		bad(keyDatapath, "%q is not one of %s", c.Datapath, strings.Join(datapaths, ", "))
+	for _, f := range []struct {
+		key, val string
+		allowed  []string
+	}{
+		{keyDatapath, c.Datapath, datapaths},
+		{keyXDP, c.XDP, xdpModes},
+		{keyLogLevel, c.LogLevel, logLevels},
+	} {
+		if !slices.Contains(f.allowed, f.val) {
+			p.bad(f.key, "%q is not one of %s", f.val, strings.Join(f.allowed, ", "))
+		}
 	}
-	if !slices.Contains(xdpModes, c.XDP) {
-		bad(keyXDP, "%q is not one of %s", c.XDP, strings.Join(xdpModes, ", "))
-	}
-	if !slices.Contains(logLevels, c.LogLevel) {
-		bad(keyLogLevel, "%q is not one of %s", c.LogLevel, strings.Join(logLevels, ", "))
-	}
+}
 
+// checkNetwork checks the uplink, the metrics listener and the Docker
+// plugin socket.
+func (c Config) checkNetwork(p *problems) {
 	if c.Uplink != "" {
 		if err := checkIfaceName(c.Uplink); err != "" {
-			bad(keyUplink, "%s", err)
+			p.bad(keyUplink, "%s", err)
 		}
 	}
 
 	if c.MetricsListen != "" {
 		if err := checkHostPort(c.MetricsListen, true, true, 0); err != "" {
-			bad(keyMetricsListen, "%s (for example 127.0.0.1:9475 or :9475; empty disables metrics)", err)
+			p.bad(keyMetricsListen, "%s (for example 127.0.0.1:9475 or :9475; empty disables metrics)", err)
 		}
 	}
+	if c.DockerPlugin != "" && !filepath.IsAbs(c.DockerPlugin) {
+		p.bad(keyDockerPlugin, "%q is not an absolute path (usually /run/docker/plugins/fabric.sock)", c.DockerPlugin)
+	}
+}
+
+// checkCluster checks the gossip addresses and key, and the sizes and
+// ports of the datapath's cluster traffic (conntrack, tunnel port).
+func (c Config) checkCluster(p *problems) {
 	if c.ClusterBind != "" {
 		if err := checkHostPort(WithDefaultPort(c.ClusterBind), false, false, 1); err != "" {
-			bad(keyClusterBind, "%s (want IP or IP:PORT, for example 10.0.0.1 or 0.0.0.0:7946)", err)
+			p.bad(keyClusterBind, "%s (want IP or IP:PORT, for example 10.0.0.1 or 0.0.0.0:7946)", err)
 		}
 	}
 	for _, j := range c.ClusterJoin {
 		if err := checkHostPort(WithDefaultPort(j), false, true, 1); err != "" {
-			bad(keyClusterJoin, "%s (want HOST or HOST:PORT, for example 10.0.0.2:7946)", err)
+			p.bad(keyClusterJoin, "%s (want HOST or HOST:PORT, for example 10.0.0.2:7946)", err)
 		}
 	}
-	if c.DockerPlugin != "" && !filepath.IsAbs(c.DockerPlugin) {
-		bad(keyDockerPlugin, "%q is not an absolute path (usually /run/docker/plugins/fabric.sock)", c.DockerPlugin)
-	}
 	if c.NeedsKey() && c.ClusterSecretFile == "" && !c.ClusterInsecure {
-		bad(keyClusterSecretFile, "a clustered agent (cluster-join, or a cluster-bind that is not loopback) needs a gossip key: "+
+		p.bad(keyClusterSecretFile, "a clustered agent (cluster-join, or a cluster-bind that is not loopback) needs a gossip key: "+
 			"create one with `fabricctl cluster key generate /etc/fabric/gossip.key`, copy it (mode 0600) to every node and set cluster-secret-file; "+
 			"or set cluster-insecure to gossip without one (anyone who reaches the gossip port can then rewrite the cluster)")
 	}
 	if c.ClusterSecretFile != "" && !filepath.IsAbs(c.ClusterSecretFile) {
-		bad(keyClusterSecretFile, "%q is not an absolute path", c.ClusterSecretFile)
+		p.bad(keyClusterSecretFile, "%q is not an absolute path", c.ClusterSecretFile)
 	}
 	if c.ConntrackMax < 64 || c.ConntrackMax > 1<<26 {
-		bad(keyConntrackMax, "%d must be from 64 to %d entries", c.ConntrackMax, 1<<26)
+		p.bad(keyConntrackMax, "%d must be from 64 to %d entries", c.ConntrackMax, 1<<26)
 	}
 	if c.TunnelPort < 1 || c.TunnelPort > 65535 {
-		bad(keyTunnelPort, "%d must be from 1 to 65535 (4789 is the VXLAN port)", c.TunnelPort)
+		p.bad(keyTunnelPort, "%d must be from 1 to 65535 (4789 is the VXLAN port)", c.TunnelPort)
 	}
+}
 
+// checkDNS checks the embedded DNS's upstreams and TTL, and the default
+// network's subnet.
+func (c Config) checkDNS(p *problems) {
 	for _, u := range c.DNSUpstreams {
 		if ap, err := netip.ParseAddrPort(u); err != nil || !ap.Addr().Is4() || ap.Port() == 0 {
-			bad(keyDNSUpstreams, "%q is not an IPv4 IP:port (for example 10.0.0.2:53)", u)
+			p.bad(keyDNSUpstreams, "%q is not an IPv4 IP:port (for example 10.0.0.2:53)", u)
 		}
 	}
 	if c.DNSTTL < time.Second || c.DNSTTL > 24*time.Hour {
-		bad(keyDNSTTL, "%v must be from 1s to 24h", c.DNSTTL)
+		p.bad(keyDNSTTL, "%v must be from 1s to 24h", c.DNSTTL)
 	}
 
 	if c.DefaultSubnet != "" {
-		if p, err := netip.ParsePrefix(c.DefaultSubnet); err != nil {
-			bad(keyDefaultSubnet, "%q is not an IPv4 CIDR (for example 172.17.0.0/16)", c.DefaultSubnet)
-		} else if err := ipam.ValidateNetwork(p, netip.Addr{}, netip.Prefix{}); err != nil {
-			errs = append(errs, fmt.Errorf("%w: %s: %w", ErrInvalidConfig, keyDefaultSubnet, err))
+		if sub, err := netip.ParsePrefix(c.DefaultSubnet); err != nil {
+			p.bad(keyDefaultSubnet, "%q is not an IPv4 CIDR (for example 172.17.0.0/16)", c.DefaultSubnet)
+		} else if err := ipam.ValidateNetwork(sub, netip.Addr{}, netip.Prefix{}); err != nil {
+			*p = append(*p, fmt.Errorf("%w: %s: %w", ErrInvalidConfig, keyDefaultSubnet, err))
 		}
 	}
-	return errors.Join(errs...)
 }
 
 // DefaultSubnetPrefix returns DefaultSubnet parsed; the zero Prefix when it

@@ -83,57 +83,9 @@ func TestNamespaceResolver(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	for _, network := range []string{"udp", "tcp"} {
-		if r := mustQueryIn(t, pathA, network, b+".", dns.TypeA); !slices.Equal(answerAddrs(r), []netip.Addr{ip("10.77.0.3")}) {
-			t.Errorf("%s: %s from %s: %v, want 10.77.0.3", network, b, a, answerAddrs(r))
-		}
-	}
-	if r := mustQueryIn(t, pathA, "udp", "pool.", dns.TypeA); len(r.Answer) != 2 {
-		t.Errorf("alias pool: %v, want both addresses", answerAddrs(r))
-	}
-	// Out of scope is the same as unknown: the upstream's answer.
-	if r := mustQueryIn(t, pathA, "udp", c+".", dns.TypeA); !slices.Equal(answerAddrs(r), []netip.Addr{ip("192.0.2.7")}) {
-		t.Errorf("%s on another network: %s %v, want the upstream's 192.0.2.7", c, dns.RcodeToString[r.Rcode], answerAddrs(r))
-	}
-	if r := mustQueryIn(t, pathA, "udp", "example.com.", dns.TypeA); !slices.Equal(answerAddrs(r), []netip.Addr{ip("192.0.2.7")}) {
-		t.Errorf("forwarded name: %v, want the upstream's 192.0.2.7", answerAddrs(r))
-	}
-
-	// The system resolver: glibc asks AAAA, gets NOERROR/no data, asks A.
-	writeResolvConf(t, a)
-	for name, want := range map[string]string{b: "10.77.0.3", "alpha": "10.77.0.2", "example.com": "192.0.2.7"} {
-		out := netnstest.Run(t, a, "getent", "hosts", name)
-		if !strings.HasPrefix(out, want+" ") {
-			t.Errorf("getent hosts %s in %s: %q, want %s", name, a, out, want)
-		}
-	}
-	if out, _ := netnstest.Cmd(a, "getent", "hosts", c).CombinedOutput(); !strings.HasPrefix(string(out), "192.0.2.7 ") {
-		t.Errorf("getent hosts %s (no shared network): %q, want the upstream's 192.0.2.7", c, out)
-	}
-
-	// Attach again: nothing changes.
-	s.mu.Lock()
-	before := s.attached[a]
-	s.mu.Unlock()
-	if err := s.Attach(a, pathA); err != nil {
-		t.Fatal(err)
-	}
-	s.mu.Lock()
-	same := s.attached[a] == before
-	s.mu.Unlock()
-	if !same {
-		t.Error("second Attach replaced the resolver")
-	}
-
-	// Detach: nobody answers; Attach: back.
-	s.Detach(a)
-	if _, err := queryIn(pathA, "udp", b+".", dns.TypeA); err == nil {
-		t.Error("query answered after Detach")
-	}
-	if err := s.Attach(a, pathA); err != nil {
-		t.Fatal(err)
-	}
-	mustQueryIn(t, pathA, "udp", b+".", dns.TypeA)
+	checkSandboxAnswers(t, a, pathA, b, c)
+	checkSystemResolver(t, a, b, c)
+	checkReattach(t, s, a, pathA, b)
 
 	// The namespace is re-created under the same name: Attach notices.
 	netnstest.Remove(a)
@@ -164,6 +116,71 @@ func TestNamespaceResolver(t *testing.T) {
 	if out := netnstest.Run(t, a, "getent", "hosts", b); !strings.HasPrefix(out, "10.77.0.3 ") {
 		t.Errorf("getent after restart: %q", out)
 	}
+}
+
+// checkSandboxAnswers: from sandbox a (at pathA), b's name and the alias
+// "pool" answer from the table, over UDP and TCP; c, on another network,
+// and any other name are forwarded to the upstream (192.0.2.7).
+func checkSandboxAnswers(t *testing.T, a, pathA, b, c string) {
+	t.Helper()
+	for _, network := range []string{"udp", "tcp"} {
+		if r := mustQueryIn(t, pathA, network, b+".", dns.TypeA); !slices.Equal(answerAddrs(r), []netip.Addr{ip("10.77.0.3")}) {
+			t.Errorf("%s: %s from %s: %v, want 10.77.0.3", network, b, a, answerAddrs(r))
+		}
+	}
+	if r := mustQueryIn(t, pathA, "udp", "pool.", dns.TypeA); len(r.Answer) != 2 {
+		t.Errorf("alias pool: %v, want both addresses", answerAddrs(r))
+	}
+	// Out of scope is the same as unknown: the upstream's answer.
+	if r := mustQueryIn(t, pathA, "udp", c+".", dns.TypeA); !slices.Equal(answerAddrs(r), []netip.Addr{ip("192.0.2.7")}) {
+		t.Errorf("%s on another network: %s %v, want the upstream's 192.0.2.7", c, dns.RcodeToString[r.Rcode], answerAddrs(r))
+	}
+	if r := mustQueryIn(t, pathA, "udp", "example.com.", dns.TypeA); !slices.Equal(answerAddrs(r), []netip.Addr{ip("192.0.2.7")}) {
+		t.Errorf("forwarded name: %v, want the upstream's 192.0.2.7", answerAddrs(r))
+	}
+}
+
+// checkSystemResolver: the same through glibc in sandbox a (getent), which
+// asks AAAA, gets NOERROR/no data, and asks A.
+func checkSystemResolver(t *testing.T, a, b, c string) {
+	t.Helper()
+	writeResolvConf(t, a)
+	for name, want := range map[string]string{b: "10.77.0.3", "alpha": "10.77.0.2", "example.com": "192.0.2.7"} {
+		out := netnstest.Run(t, a, "getent", "hosts", name)
+		if !strings.HasPrefix(out, want+" ") {
+			t.Errorf("getent hosts %s in %s: %q, want %s", name, a, out, want)
+		}
+	}
+	if out, _ := netnstest.Cmd(a, "getent", "hosts", c).CombinedOutput(); !strings.HasPrefix(string(out), "192.0.2.7 ") {
+		t.Errorf("getent hosts %s (no shared network): %q, want the upstream's 192.0.2.7", c, out)
+	}
+}
+
+// checkReattach: attaching sandbox a again changes nothing; after Detach
+// nobody answers in it, and Attach brings the answers back.
+func checkReattach(t *testing.T, s *Server, a, pathA, b string) {
+	t.Helper()
+	s.mu.Lock()
+	before := s.attached[a]
+	s.mu.Unlock()
+	if err := s.Attach(a, pathA); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	same := s.attached[a] == before
+	s.mu.Unlock()
+	if !same {
+		t.Error("second Attach replaced the resolver")
+	}
+
+	s.Detach(a)
+	if _, err := queryIn(pathA, "udp", b+".", dns.TypeA); err == nil {
+		t.Error("query answered after Detach")
+	}
+	if err := s.Attach(a, pathA); err != nil {
+		t.Fatal(err)
+	}
+	mustQueryIn(t, pathA, "udp", b+".", dns.TypeA)
 }
 
 func TestAttachErrors(t *testing.T) {

@@ -97,13 +97,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 func (k *containerdHost) crictlOut(args ...string) (string, error) {
 	ep := "unix://" + k.sock
 	cmd := exec.Command("crictl", append([]string{"--runtime-endpoint", ep, "--image-endpoint", ep, "--timeout", "60s"}, args...)...)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return string(out), fmt.Errorf("crictl %s: %w: %s%s", strings.Join(args, " "), err, out, stderr.String())
-	}
-	return strings.TrimSpace(string(out)), nil
+	return toolOutput(cmd, "crictl", args)
 }
 
 func (k *containerdHost) crictl(t *testing.T, args ...string) string {

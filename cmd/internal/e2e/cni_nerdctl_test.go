@@ -18,11 +18,18 @@ func (k *containerdHost) nerdctl(t *testing.T, netDir, binDir string, args ...st
 	base := []string{"--net=" + k.nsPath, "nerdctl", "--address", k.sock, "--namespace", "fabric-test",
 		"--cni-path", binDir, "--cni-netconfpath", netDir, "--data-root", filepath.Join(k.dir, "nerdctl")}
 	cmd := exec.Command("nsenter", append(base, args...)...)
+	return toolOutput(cmd, "nerdctl", args)
+}
+
+// toolOutput runs cmd, a container tool named tool given args, and
+// returns its trimmed output; its error names the call and carries what
+// the tool printed, stderr included.
+func toolOutput(cmd *exec.Cmd, tool string, args []string) (string, error) {
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return string(out), fmt.Errorf("nerdctl %s: %w: %s%s", strings.Join(args, " "), err, out, stderr.String())
+		return string(out), fmt.Errorf("%s %s: %w: %s%s", tool, strings.Join(args, " "), err, out, stderr.String())
 	}
 	return strings.TrimSpace(string(out)), nil
 }

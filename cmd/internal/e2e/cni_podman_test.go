@@ -57,13 +57,7 @@ func (p *podmanHost) podmanOut(args ...string) (string, error) {
 		"--storage-driver", "vfs", "--tmpdir", filepath.Join(p.dir, "tmp")}
 	cmd := exec.Command("nsenter", append(base, args...)...)
 	cmd.Env = p.env
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return string(out), fmt.Errorf("podman %s: %w: %s%s", strings.Join(args, " "), err, out, stderr.String())
-	}
-	return strings.TrimSpace(string(out)), nil
+	return toolOutput(cmd, "podman", args)
 }
 
 // TestCNIPodman runs a container with podman's CNI backend on a fabric

@@ -69,23 +69,7 @@ func cniAddCheckDel(t *testing.T, c *cniHost, v string, hostPort int) {
 	if resA.Version() != v {
 		t.Errorf("result version %s, want %s", resA.Version(), v)
 	}
-	r, err := types100.NewResultFromResult(resA)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(r.IPs) != 1 || !strings.HasPrefix(r.IPs[0].Address.String(), "10.77.0.") || r.IPs[0].Gateway.String() != "10.77.0.1" {
-		t.Fatalf("result IPs %+v: want one 10.77.0.x/24 via 10.77.0.1", r.IPs)
-	}
-	if idx := r.IPs[0].Interface; idx == nil || r.Interfaces[*idx].Sandbox != pathA || r.Interfaces[*idx].Name != "eth0" {
-		t.Errorf("result interfaces %+v: the IP's interface must be eth0 in %s", r.Interfaces, pathA)
-	}
-	if len(r.Routes) != 1 || r.Routes[0].Dst.String() != "0.0.0.0/0" {
-		t.Errorf("result routes %+v: want the default route", r.Routes)
-	}
-	if !slices.Contains(r.DNS.Nameservers, "127.0.0.11") {
-		t.Errorf("result DNS %+v: want the embedded resolver", r.DNS)
-	}
-	ipA := r.IPs[0].Address.IP.String()
+	ipA := checkAddResult(t, resA, pathA)
 	if out := run(t, "ip", "-n", podA, "route", "show", "default"); !strings.Contains(out, "via 10.77.0.1") {
 		t.Errorf("pod's default route: %q", out)
 	}
@@ -136,6 +120,30 @@ func cniAddCheckDel(t *testing.T, c *cniHost, v string, hostPort int) {
 	if q, _ := os.ReadDir(api.RemovalQueueDir(c.socket)); len(q) != 0 {
 		t.Errorf("removals queued while the agent was up: %v", q)
 	}
+}
+
+// checkAddResult: ADD's result for eth0 in the pod at path has one
+// 10.77.0.x/24 address via 10.77.0.1 on that interface, the default route
+// and the embedded resolver; it returns the address.
+func checkAddResult(t *testing.T, res types.Result, path string) string {
+	t.Helper()
+	r, err := types100.NewResultFromResult(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.IPs) != 1 || !strings.HasPrefix(r.IPs[0].Address.String(), "10.77.0.") || r.IPs[0].Gateway.String() != "10.77.0.1" {
+		t.Fatalf("result IPs %+v: want one 10.77.0.x/24 via 10.77.0.1", r.IPs)
+	}
+	if idx := r.IPs[0].Interface; idx == nil || r.Interfaces[*idx].Sandbox != path || r.Interfaces[*idx].Name != "eth0" {
+		t.Errorf("result interfaces %+v: the IP's interface must be eth0 in %s", r.Interfaces, path)
+	}
+	if len(r.Routes) != 1 || r.Routes[0].Dst.String() != "0.0.0.0/0" {
+		t.Errorf("result routes %+v: want the default route", r.Routes)
+	}
+	if !slices.Contains(r.DNS.Nameservers, "127.0.0.11") {
+		t.Errorf("result DNS %+v: want the embedded resolver", r.DNS)
+	}
+	return r.IPs[0].Address.IP.String()
 }
 
 // TestCNIDelAfterNamespaceGone: the runtime removed the namespace before

@@ -66,19 +66,7 @@ func testDockerOverlayAcrossHosts(t *testing.T, dp string) {
 		return code == 0
 	})
 	b.mustDocker("exec", "c2", "ping", "-c", "1", "-W", "2", ip1)
-	// Fabric's DNS on the other host knows the container by its Docker
-	// name: asked from a fabric sandbox on host a (its namespace lives in
-	// the agent's mount namespace).
-	q := a.name("q")
-	a.mustCtl("run", "-d", "--name", q, "--network", ov, "--", "sleep", "120")
-	qns := a.sandbox(q).NetNS
-	var last string
-	mustWait(t, 10*time.Second, "c2's name on host a", func() bool {
-		out, err := exec.Command("nsenter", "--mount="+a.mntPath, "nsenter", "--net="+qns, "busybox", "nslookup", "c2", "127.0.0.11").CombinedOutput()
-		last = fmt.Sprintf("%v: %s", err, out)
-		return err == nil && strings.Contains(string(out), ip2)
-	}, func() string { return last })
-	a.mustCtl("sandbox", "rm", q)
+	a.checkFabricResolves(t, ov, "c2", ip2)
 	// Inside Docker's containers too, by name and across hosts: Docker's
 	// resolver forwards what it does not know to fabric (dockerd --dns).
 	a.mustDocker("exec", "c1", "ping", "-c", "1", "-W", "2", "c2")
@@ -103,4 +91,21 @@ func testDockerOverlayAcrossHosts(t *testing.T, dp string) {
 		_, _, codeB := b.ctl("network", "inspect", ov)
 		return codeA != 0 && codeB != 0
 	})
+}
+
+// checkFabricResolves: fabric's DNS on d knows a container of another
+// host by its Docker name (at ip): asked from a fabric sandbox on ov (its
+// namespace lives in the agent's mount namespace).
+func (d *dockerHost) checkFabricResolves(t *testing.T, ov, name, ip string) {
+	t.Helper()
+	q := d.name("q")
+	d.mustCtl("run", "-d", "--name", q, "--network", ov, "--", "sleep", "120")
+	qns := d.sandbox(q).NetNS
+	var last string
+	mustWait(t, 10*time.Second, name+"'s name on "+d.ns, func() bool {
+		out, err := exec.Command("nsenter", "--mount="+d.mntPath, "nsenter", "--net="+qns, "busybox", "nslookup", name, "127.0.0.11").CombinedOutput()
+		last = fmt.Sprintf("%v: %s", err, out)
+		return err == nil && strings.Contains(string(out), ip)
+	}, func() string { return last })
+	d.mustCtl("sandbox", "rm", q)
 }

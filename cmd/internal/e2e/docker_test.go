@@ -83,125 +83,154 @@ func TestDockerSingleHost(t *testing.T) {
 		d.dockerFails("overlaps network", "network", "create", "-d", "fabric", "--ipam-driver", "fabric", "--subnet", "10.77.0.128/25", d.name("bad2"))
 		d.dockerFails("--ipam-driver fabric", "network", "create", "-d", "fabric", d.name("bad3"))
 
-		d.mustDocker("run", "-d", "--name", "c1", "--network", net, "bb", "sleep", "600")
-		d.mustDocker("run", "-d", "--name", "c2", "--network", net, "--network-alias", "www", "--ip", "10.77.0.50",
-			"-p", "8080:80", "bb", "sh", "-c", "echo hello-docker > /www/index.html && exec httpd -f -p 80 -h /www")
-		sbs := d.waitDockerSandboxes(2, 2)
-		for _, sb := range sbs {
-			if sb.Mode != api.ModeExternal || sb.ContainerID == "" {
-				t.Fatalf("sandbox %s: mode %s, container %q; want an external sandbox with Docker's ID", sb.Name, sb.Mode, sb.ContainerID)
-			}
-		}
-		// Fabric knows the containers by Docker's ID, name and aliases.
-		id2 := d.mustDocker("inspect", "-f", "{{.Id}}", "c2")
-		mustWait(t, 10*time.Second, "c2's names in fabric", func() bool {
-			for _, sb := range d.dockerSandboxes() {
-				if sb.ContainerID == id2 && len(sb.Endpoints) == 1 && slices.Contains(sb.Endpoints[0].Aliases, "c2") &&
-					slices.Contains(sb.Endpoints[0].Aliases, "www") {
-					return true
-				}
-			}
-			return false
-		})
-		if got := d.containerIP("c2", net); got != "10.77.0.50" {
-			t.Fatalf("c2 has %q on %s, want the static 10.77.0.50", got, net)
-		}
-		ip1 := d.containerIP("c1", net)
-		// Fabric's endpoint has the address Docker's IPAM call gave.
-		found := false
-		for _, sb := range sbs {
-			for _, ep := range sb.Endpoints {
-				found = found || ep.IP == ip1+"/24"
-			}
-		}
-		if !found {
-			t.Fatalf("no fabric endpoint with c1's Docker address %s: %+v", ip1, sbs)
-		}
-
-		// Names (Docker's resolver), alias, and traffic between containers.
-		d.mustDocker("exec", "c1", "ping", "-c", "1", "-W", "2", "c2")
-		d.mustDocker("exec", "c1", "ping", "-c", "1", "-W", "2", "www")
-		if out := d.mustDocker("exec", "c1", "wget", "-q", "-O", "-", "http://www/"); out != "hello-docker" {
-			t.Fatalf("c1 -> www: %q", out)
-		}
-		// -p from outside, from the host's own 127.0.0.1, and egress.
-		mustWait(t, 10*time.Second, "published port from outside", func() bool {
-			out, err := httpGet(d.outside, "http://"+hostUplinkIP+":8080/")
-			return err == nil && out == "hello-docker"
-		})
-		if out, err := httpGet(d.ns, "http://127.0.0.1:8080/"); err != nil || out != "hello-docker" {
-			t.Fatalf("published port from the host's 127.0.0.1: %q, %v", out, err)
-		}
-		d.mustDocker("exec", "c1", "ping", "-c", "1", "-W", "2", outsideUplinkIP)
-		// A port already published is refused with fabric's reason.
-		nBefore := len(d.hostLinks())
-		d.dockerFails("already published", "run", "--rm", "--network", net, "-p", "8080:80", "bb", "true")
-		d.dockerFails("already assigned", "run", "--rm", "--network", net, "--ip", "10.77.0.50", "bb", "true")
-		d.dockerFails("", "run", "--rm", "--network", net, "--ip", "10.99.0.5", "bb", "true")
-		if n := len(d.hostLinks()); n != nBefore || len(d.dockerSandboxes()) != 2 {
-			t.Fatalf("a refused run left something: %d links (was %d), %d sandboxes", n, nBefore, len(d.dockerSandboxes()))
-		}
-
-		// --internal: no egress; connect and disconnect.
-		d.mustDocker("network", "create", "-d", "fabric", "--ipam-driver", "fabric", "--internal", internal)
-		d.mustDocker("run", "-d", "--name", "c3", "--network", internal, "bb", "sleep", "600")
-		d.waitDockerSandboxes(3, 3)
-		if _, _, code := d.docker("exec", "c3", "ping", "-c", "1", "-W", "1", outsideUplinkIP); code == 0 {
-			t.Fatal("a container on an --internal network reached the outside")
-		}
-		ip3 := d.containerIP("c3", internal)
-		d.mustDocker("network", "connect", internal, "c1")
-		d.waitDockerSandboxes(3, 4)
-		d.mustDocker("exec", "c1", "ping", "-c", "1", "-W", "2", ip3)
-		d.mustDocker("network", "disconnect", internal, "c1")
-		d.waitDockerSandboxes(3, 3)
-		if _, _, code := d.docker("exec", "c1", "ping", "-c", "1", "-W", "1", ip3); code == 0 {
-			t.Fatal("c1 still reaches c3 after network disconnect")
-		}
-
-		// Containers started at the same time get distinct addresses
-		// (an address handed to Docker is held until it is connected).
-		errs := make(chan string, 4)
-		for i := range 4 {
-			go func() {
-				_, e, code := d.docker("run", "-d", "--name", fmt.Sprintf("p%d", i), "--network", net, "bb", "sleep", "600")
-				if code != 0 {
-					errs <- e
-					return
-				}
-				errs <- ""
-			}()
-		}
-		for range 4 {
-			if e := <-errs; e != "" {
-				t.Fatalf("concurrent docker run: %s", e)
-			}
-		}
-		d.waitDockerSandboxes(7, 7)
-		seen := map[string]bool{}
-		for _, sb := range d.dockerSandboxes() {
-			for _, ep := range sb.Endpoints {
-				if seen[ep.IP] {
-					t.Fatalf("address %s given twice", ep.IP)
-				}
-				seen[ep.IP] = true
-			}
-		}
-
-		// rm and network rm leave nothing in fabric or the kernel.
-		d.mustDocker("rm", "-f", "c1", "c2", "c3", "p0", "p1", "p2", "p3")
-		mustWait(t, 20*time.Second, "fabric records, links, pins and references to go", func() bool {
-			return len(d.dockerSandboxes()) == 0 && len(d.hostLinks()) == 0 && len(d.endpointPins()) == 0 && len(d.heldRefs()) == 0
-		})
-		d.mustDocker("network", "rm", net, internal)
-		if _, _, code := d.ctl("network", "inspect", net); code == 0 {
-			t.Fatalf("fabric network %s outlived its Docker network", net)
-		}
-		b, err := os.ReadFile(filepath.Join(d.dir, "state", "docker-plugin.json"))
-		if err != nil || strings.Contains(string(b), net) {
-			t.Fatalf("plugin state still knows the removed network: %v\n%s", err, b)
-		}
+		d.startWebContainers(t, net)
+		d.checkDockerTraffic(t, net)
+		d.checkInternalNetwork(t, internal)
+		d.checkConcurrentRuns(t, net)
+		d.checkDockerCleanup(t, net, internal)
 	})
+}
+
+// startWebContainers runs c1 and c2 (static 10.77.0.50, alias www, an
+// HTTP server published on 8080) on net and checks that fabric knows them
+// by Docker's ID, name and aliases, with the addresses Docker gave.
+func (d *dockerHost) startWebContainers(t *testing.T, net string) {
+	t.Helper()
+	d.mustDocker("run", "-d", "--name", "c1", "--network", net, "bb", "sleep", "600")
+	d.mustDocker("run", "-d", "--name", "c2", "--network", net, "--network-alias", "www", "--ip", "10.77.0.50",
+		"-p", "8080:80", "bb", "sh", "-c", "echo hello-docker > /www/index.html && exec httpd -f -p 80 -h /www")
+	sbs := d.waitDockerSandboxes(2, 2)
+	for _, sb := range sbs {
+		if sb.Mode != api.ModeExternal || sb.ContainerID == "" {
+			t.Fatalf("sandbox %s: mode %s, container %q; want an external sandbox with Docker's ID", sb.Name, sb.Mode, sb.ContainerID)
+		}
+	}
+	// Fabric knows the containers by Docker's ID, name and aliases.
+	id2 := d.mustDocker("inspect", "-f", "{{.Id}}", "c2")
+	mustWait(t, 10*time.Second, "c2's names in fabric", func() bool {
+		for _, sb := range d.dockerSandboxes() {
+			if sb.ContainerID == id2 && len(sb.Endpoints) == 1 && slices.Contains(sb.Endpoints[0].Aliases, "c2") &&
+				slices.Contains(sb.Endpoints[0].Aliases, "www") {
+				return true
+			}
+		}
+		return false
+	})
+	if got := d.containerIP("c2", net); got != "10.77.0.50" {
+		t.Fatalf("c2 has %q on %s, want the static 10.77.0.50", got, net)
+	}
+	ip1 := d.containerIP("c1", net)
+	// Fabric's endpoint has the address Docker's IPAM call gave.
+	found := false
+	for _, sb := range sbs {
+		for _, ep := range sb.Endpoints {
+			found = found || ep.IP == ip1+"/24"
+		}
+	}
+	if !found {
+		t.Fatalf("no fabric endpoint with c1's Docker address %s: %+v", ip1, sbs)
+	}
+}
+
+// checkDockerTraffic: names (Docker's resolver), aliases and traffic
+// between containers on net; the published port from outside and from the
+// host's 127.0.0.1; egress; and refused runs that leave nothing.
+func (d *dockerHost) checkDockerTraffic(t *testing.T, net string) {
+	t.Helper()
+	d.mustDocker("exec", "c1", "ping", "-c", "1", "-W", "2", "c2")
+	d.mustDocker("exec", "c1", "ping", "-c", "1", "-W", "2", "www")
+	if out := d.mustDocker("exec", "c1", "wget", "-q", "-O", "-", "http://www/"); out != "hello-docker" {
+		t.Fatalf("c1 -> www: %q", out)
+	}
+	// -p from outside, from the host's own 127.0.0.1, and egress.
+	mustWait(t, 10*time.Second, "published port from outside", func() bool {
+		out, err := httpGet(d.outside, "http://"+hostUplinkIP+":8080/")
+		return err == nil && out == "hello-docker"
+	})
+	if out, err := httpGet(d.ns, "http://127.0.0.1:8080/"); err != nil || out != "hello-docker" {
+		t.Fatalf("published port from the host's 127.0.0.1: %q, %v", out, err)
+	}
+	d.mustDocker("exec", "c1", "ping", "-c", "1", "-W", "2", outsideUplinkIP)
+	// A port already published is refused with fabric's reason.
+	nBefore := len(d.hostLinks())
+	d.dockerFails("already published", "run", "--rm", "--network", net, "-p", "8080:80", "bb", "true")
+	d.dockerFails("already assigned", "run", "--rm", "--network", net, "--ip", "10.77.0.50", "bb", "true")
+	d.dockerFails("", "run", "--rm", "--network", net, "--ip", "10.99.0.5", "bb", "true")
+	if n := len(d.hostLinks()); n != nBefore || len(d.dockerSandboxes()) != 2 {
+		t.Fatalf("a refused run left something: %d links (was %d), %d sandboxes", n, nBefore, len(d.dockerSandboxes()))
+	}
+}
+
+// checkInternalNetwork: a container on the --internal network internal has
+// no egress; c1 reaches it while connected to internal, not after.
+func (d *dockerHost) checkInternalNetwork(t *testing.T, internal string) {
+	t.Helper()
+	d.mustDocker("network", "create", "-d", "fabric", "--ipam-driver", "fabric", "--internal", internal)
+	d.mustDocker("run", "-d", "--name", "c3", "--network", internal, "bb", "sleep", "600")
+	d.waitDockerSandboxes(3, 3)
+	if _, _, code := d.docker("exec", "c3", "ping", "-c", "1", "-W", "1", outsideUplinkIP); code == 0 {
+		t.Fatal("a container on an --internal network reached the outside")
+	}
+	ip3 := d.containerIP("c3", internal)
+	d.mustDocker("network", "connect", internal, "c1")
+	d.waitDockerSandboxes(3, 4)
+	d.mustDocker("exec", "c1", "ping", "-c", "1", "-W", "2", ip3)
+	d.mustDocker("network", "disconnect", internal, "c1")
+	d.waitDockerSandboxes(3, 3)
+	if _, _, code := d.docker("exec", "c1", "ping", "-c", "1", "-W", "1", ip3); code == 0 {
+		t.Fatal("c1 still reaches c3 after network disconnect")
+	}
+}
+
+// checkConcurrentRuns: containers started at the same time on net get
+// distinct addresses (an address handed to Docker is held until it is
+// connected).
+func (d *dockerHost) checkConcurrentRuns(t *testing.T, net string) {
+	t.Helper()
+	errs := make(chan string, 4)
+	for i := range 4 {
+		go func() {
+			_, e, code := d.docker("run", "-d", "--name", fmt.Sprintf("p%d", i), "--network", net, "bb", "sleep", "600")
+			if code != 0 {
+				errs <- e
+				return
+			}
+			errs <- ""
+		}()
+	}
+	for range 4 {
+		if e := <-errs; e != "" {
+			t.Fatalf("concurrent docker run: %s", e)
+		}
+	}
+	d.waitDockerSandboxes(7, 7)
+	seen := map[string]bool{}
+	for _, sb := range d.dockerSandboxes() {
+		for _, ep := range sb.Endpoints {
+			if seen[ep.IP] {
+				t.Fatalf("address %s given twice", ep.IP)
+			}
+			seen[ep.IP] = true
+		}
+	}
+}
+
+// checkDockerCleanup: rm and network rm leave nothing in fabric or the
+// kernel.
+func (d *dockerHost) checkDockerCleanup(t *testing.T, net, internal string) {
+	t.Helper()
+	d.mustDocker("rm", "-f", "c1", "c2", "c3", "p0", "p1", "p2", "p3")
+	mustWait(t, 20*time.Second, "fabric records, links, pins and references to go", func() bool {
+		return len(d.dockerSandboxes()) == 0 && len(d.hostLinks()) == 0 && len(d.endpointPins()) == 0 && len(d.heldRefs()) == 0
+	})
+	d.mustDocker("network", "rm", net, internal)
+	if _, _, code := d.ctl("network", "inspect", net); code == 0 {
+		t.Fatalf("fabric network %s outlived its Docker network", net)
+	}
+	b, err := os.ReadFile(filepath.Join(d.dir, "state", "docker-plugin.json"))
+	if err != nil || strings.Contains(string(b), net) {
+		t.Fatalf("plugin state still knows the removed network: %v\n%s", err, b)
+	}
 }
 
 // Docker's containers keep their traffic while fabricd is killed and while
@@ -263,8 +292,23 @@ func testDockerRestarts(t *testing.T, dp string) {
 		t.Fatalf("c1 -> c2 across the restarts: %d of %d pings answered\n%s", got, sent, tail(log, 500))
 	}
 
-	// A container with --restart always whose process dies comes back
-	// with its address and its published port.
+	d.checkRestartAlways(t, net)
+
+	// Docker's removals after both restarts still clean up.
+	d.mustDocker("rm", "-f", "c1", "c2", "c3", "rs")
+	mustWait(t, 20*time.Second, "fabric records, links and references to go", func() bool {
+		return len(d.dockerSandboxes()) == 0 && len(d.hostLinks()) == 0 && len(d.heldRefs()) == 0
+	})
+	d.mustDocker("network", "rm", net)
+	if _, _, code := d.ctl("network", "inspect", net); code == 0 {
+		t.Fatalf("fabric network %s outlived its Docker network", net)
+	}
+}
+
+// checkRestartAlways: a container on net with --restart always whose
+// process dies comes back with its address and its published port.
+func (d *dockerHost) checkRestartAlways(t *testing.T, net string) {
+	t.Helper()
 	d.mustDocker("run", "-d", "--name", "rs", "--restart", "always", "--network", net, "--ip", "10.78.0.40", "-p", "8082:80", "bb",
 		"sh", "-c", "echo again > /www/index.html && exec httpd -f -p 80 -h /www")
 	d.waitDockerSandboxes(4, 4)
@@ -286,16 +330,6 @@ func testDockerRestarts(t *testing.T, dp string) {
 		t.Fatalf("rs came back with %q, want 10.78.0.40", ip)
 	}
 	d.waitDockerSandboxes(4, 4)
-
-	// Docker's removals after both restarts still clean up.
-	d.mustDocker("rm", "-f", "c1", "c2", "c3", "rs")
-	mustWait(t, 20*time.Second, "fabric records, links and references to go", func() bool {
-		return len(d.dockerSandboxes()) == 0 && len(d.hostLinks()) == 0 && len(d.heldRefs()) == 0
-	})
-	d.mustDocker("network", "rm", net)
-	if _, _, code := d.ctl("network", "inspect", net); code == 0 {
-		t.Fatalf("fabric network %s outlived its Docker network", net)
-	}
 }
 
 // sandboxSummary is what must not change across restarts: names, owners

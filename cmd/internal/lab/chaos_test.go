@@ -2,7 +2,6 @@ package lab_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -65,15 +64,9 @@ func TestChaosOnTheUnderlay(t *testing.T) {
 	l := newTestLab(t)
 	l.up(3, "kernel")
 	l.on(1, "network", "create", "-d", "overlay", "--subnet", "10.78.0.0/16", "ov")
-	for i := 2; i <= 3; i++ {
-		netnstest.Until(t, 60*time.Second, fmt.Sprintf("overlay network on n%d", i), func() error {
-			if _, ok := l.network(i, "ov"); !ok {
-				return fmt.Errorf("n%d has no network ov", i)
-			}
-			return nil
-		})
-	}
-	var sb, ip [4]string
+	l.waitNetworkOn(t, "ov", 60*time.Second, 2, 3)
+	o := &overlaySandboxes{l: l}
+	sb, ip := &o.sb, &o.ip
 	for i := 1; i <= 3; i++ {
 		sb[i] = fmt.Sprintf("%sc%d", l.name, i)
 		ip[i] = l.sandboxIP(i, sb[i], "--network", "ov", "--", "python3", "-c", sinkServer)
@@ -83,76 +76,11 @@ func TestChaosOnTheUnderlay(t *testing.T) {
 	}
 	base := l.agentUsage(t)
 
-	t.Run("loss and delay", func(t *testing.T) {
-		for i := 1; i <= 3; i++ {
-			l.netem(t, i, "loss", "5%", "delay", "50ms", "10ms", "reorder", "25%", "50%")
-		}
-		failed := l.watchFailed(t, 1)
-		netnstest.Until(t, 120*time.Second, "1 MiB s1 -> s2 under loss", transfer(sb[1], ip[2], 1<<20))
-		netnstest.Until(t, 30*time.Second, "s1 resolves s3 under loss", func() error {
-			out, err := inSandbox(sb[1], "getent", "hosts", sb[3])
-			if err != nil || !strings.HasPrefix(out, ip[3]+" ") {
-				return fmt.Errorf("getent hosts %s: %v %q", sb[3], err, out)
-			}
-			return nil
-		})
-		if f := failed(); len(f) > 0 {
-			t.Errorf("members declared failed under loss alone: %v", f)
-		}
-		for i := 1; i <= 3; i++ {
-			l.netem(t, i)
-		}
-	})
+	t.Run("loss and delay", func(t *testing.T) { testLossAndDelay(t, o) })
 
-	t.Run("partition and heal", func(t *testing.T) {
-		l.netem(t, 3, "loss", "100%")
-		t0 := time.Now()
-		took := netnstest.Until(t, 30*time.Second, "n1 declares cut-off n3 failed", l.memberState(1, l.netns(3), "failed"))
-		t.Logf("n3 failed on n1 after %v", took.Round(time.Millisecond))
-		// Both sides grant the same static address meanwhile. netem on
-		// n3's eth0 drops only what n3 sends, and n1 still gossips to the
-		// dead for a while: cut what n3 receives too, or it hears n1's claim.
-		l.partition(t, 3)
-		const dup = "10.78.9.9"
-		dupSb := l.collidingSandboxes(t, "ov", dup)
-		if rest := 30*time.Second - time.Since(t0); rest > 0 {
-			time.Sleep(rest) // the partition lasts 30 s
-		}
-		l.netem(t, 3)
-		l.heal(3)
-		took = netnstest.Until(t, 60*time.Second, "n3 alive again on n1 after the heal", l.memberState(1, l.netns(3), "alive"))
-		t.Logf("n3 alive on n1 %v after the heal", took.Round(time.Millisecond))
-		netnstest.Until(t, 60*time.Second, "transfer s1 -> s3 after the heal", transfer(sb[1], ip[3], 64<<10))
-		netnstest.Until(t, 60*time.Second, "n1 alive on n3 after the heal", l.memberState(3, l.netns(1), "alive"))
-		l.checkCollisionResolved(t, dup, dupSb, sb[2])
-	})
+	t.Run("partition and heal", func(t *testing.T) { testPartitionAndHeal(t, o) })
 
-	t.Run("flapping link", func(t *testing.T) {
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for n := 0; n < 60; n++ { // at most a minute
-				select {
-				case <-stop:
-					_ = l.inNode(2, "ip", "link", "set", "eth0", "up")
-					return
-				case <-time.After(time.Second):
-				}
-				state := []string{"down", "up"}[n%2]
-				_ = l.inNode(2, "ip", "link", "set", "eth0", state)
-			}
-			_ = l.inNode(2, "ip", "link", "set", "eth0", "up")
-		}()
-		err := transfer(sb[1], ip[2], 1<<20)()
-		close(stop)
-		wg.Wait()
-		if err != nil {
-			t.Errorf("transfer across a flapping link: %v", err)
-		}
-		netnstest.Until(t, 60*time.Second, "n2 alive on n1 after the flapping", l.memberState(1, l.netns(2), "alive"))
-	})
+	t.Run("flapping link", func(t *testing.T) { testFlappingLink(t, o) })
 
 	after := l.agentUsage(t)
 	for i := range base {
@@ -164,6 +92,88 @@ func TestChaosOnTheUnderlay(t *testing.T) {
 			t.Errorf("n%d: RSS grew from %d to %d KiB", i+1, base[i].rssKiB, after[i].rssKiB)
 		}
 	}
+}
+
+// testLossAndDelay: with 5% loss and 50±10 ms delay with reordering on every
+// node, a 1 MiB transfer arrives, names resolve and no member is declared
+// failed.
+func testLossAndDelay(t *testing.T, o *overlaySandboxes) {
+	l, sb, ip := o.l, o.sb, o.ip
+	for i := 1; i <= 3; i++ {
+		l.netem(t, i, "loss", "5%", "delay", "50ms", "10ms", "reorder", "25%", "50%")
+	}
+	failed := l.watchFailed(t, 1)
+	netnstest.Until(t, 120*time.Second, "1 MiB s1 -> s2 under loss", transfer(sb[1], ip[2], 1<<20))
+	netnstest.Until(t, 30*time.Second, "s1 resolves s3 under loss", func() error {
+		out, err := inSandbox(sb[1], "getent", "hosts", sb[3])
+		if err != nil || !strings.HasPrefix(out, ip[3]+" ") {
+			return fmt.Errorf("getent hosts %s: %v %q", sb[3], err, out)
+		}
+		return nil
+	})
+	if f := failed(); len(f) > 0 {
+		t.Errorf("members declared failed under loss alone: %v", f)
+	}
+	for i := 1; i <= 3; i++ {
+		l.netem(t, i)
+	}
+}
+
+// testPartitionAndHeal: n3 cut off for 30 s is declared failed and comes
+// back after the heal; the static address both sides granted meanwhile ends
+// with one owner.
+func testPartitionAndHeal(t *testing.T, o *overlaySandboxes) {
+	l, sb, ip := o.l, o.sb, o.ip
+	l.netem(t, 3, "loss", "100%")
+	t0 := time.Now()
+	took := netnstest.Until(t, 30*time.Second, "n1 declares cut-off n3 failed", l.memberState(1, l.netns(3), "failed"))
+	t.Logf("n3 failed on n1 after %v", took.Round(time.Millisecond))
+	// Both sides grant the same static address meanwhile. netem on
+	// n3's eth0 drops only what n3 sends, and n1 still gossips to the
+	// dead for a while: cut what n3 receives too, or it hears n1's claim.
+	l.partition(t, 3)
+	const dup = "10.78.9.9"
+	dupSb := l.collidingSandboxes(t, "ov", dup)
+	if rest := 30*time.Second - time.Since(t0); rest > 0 {
+		time.Sleep(rest) // the partition lasts 30 s
+	}
+	l.netem(t, 3)
+	l.heal(3)
+	took = netnstest.Until(t, 60*time.Second, "n3 alive again on n1 after the heal", l.memberState(1, l.netns(3), "alive"))
+	t.Logf("n3 alive on n1 %v after the heal", took.Round(time.Millisecond))
+	netnstest.Until(t, 60*time.Second, "transfer s1 -> s3 after the heal", transfer(sb[1], ip[3], 64<<10))
+	netnstest.Until(t, 60*time.Second, "n1 alive on n3 after the heal", l.memberState(3, l.netns(1), "alive"))
+	l.checkCollisionResolved(t, dup, dupSb, sb[2])
+}
+
+// testFlappingLink: a link of n2 that flaps every second does not break a
+// transfer, and n2 is alive again after.
+func testFlappingLink(t *testing.T, o *overlaySandboxes) {
+	l, sb, ip := o.l, o.sb, o.ip
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for n := 0; n < 60; n++ { // at most a minute
+			select {
+			case <-stop:
+				_ = l.inNode(2, "ip", "link", "set", "eth0", "up")
+				return
+			case <-time.After(time.Second):
+			}
+			state := []string{"down", "up"}[n%2]
+			_ = l.inNode(2, "ip", "link", "set", "eth0", state)
+		}
+		_ = l.inNode(2, "ip", "link", "set", "eth0", "up")
+	}()
+	err := transfer(sb[1], ip[2], 1<<20)()
+	close(stop)
+	wg.Wait()
+	if err != nil {
+		t.Errorf("transfer across a flapping link: %v", err)
+	}
+	netnstest.Until(t, 60*time.Second, "n2 alive on n1 after the flapping", l.memberState(1, l.netns(2), "alive"))
 }
 
 // transfer sends size bytes from sandbox from to ip:7001 and checks the
@@ -196,10 +206,12 @@ func (l *testLab) netem(t *testing.T, i int, args ...string) {
 func (l *testLab) members(i int) ([]api.Member, error) {
 	// status exits 1 when something is unhealthy (a failed member, an
 	// unanswered underlay probe) and still prints the whole status.
-	out, _, code := l.ctl("--socket", l.sock(i), "-o", "json", "status")
-	var st api.Status
-	if err := json.Unmarshal([]byte(out), &st); err != nil || code > 1 || st.Cluster == nil {
-		return nil, fmt.Errorf("status of n%d: exit %d: %v", i, code, err)
+	st, err := l.nodeStatus(i)
+	if err != nil {
+		return nil, err
+	}
+	if st.Cluster == nil {
+		return nil, fmt.Errorf("status of n%d: no cluster section", i)
 	}
 	return st.Cluster.Members, nil
 }

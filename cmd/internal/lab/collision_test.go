@@ -109,8 +109,52 @@ func (l *testLab) checkCollisionResolved(t *testing.T, ip string, sb map[int]str
 	}
 	slices.Sort(pair)
 	third := 6 - pair[0] - pair[1] // the node of client
-	// Exactly one of n1 and n3 reports the lost conflict.
-	var loser, winner int
+	loser, winner := l.conflictLoser(t, ip, sb, pair)
+	t.Logf("n%d kept %s, n%d lost it", winner, ip, loser)
+	l.checkForwardedToWinner(t, ip, third, winner, client, sb[winner])
+	l.checkConflictReported(t, loser, winner)
+
+	// Removing the loser's sandbox ends the conflict.
+	if _, errOut, code := l.ctl("--socket", l.sock(loser), "sandbox", "rm", sb[loser]); code != 0 {
+		t.Fatalf("sandbox rm %s on n%d: exit %d: %s", sb[loser], loser, code, errOut)
+	}
+	netnstest.Until(t, 60*time.Second, "the conflict is over after the loser's sandbox is removed", func() error {
+		if v := l.metric(loser, conflictSeries); v != 0 {
+			return fmt.Errorf("%s = %v", conflictSeries, v)
+		}
+		st, err := l.nodeStatus(loser)
+		if err != nil {
+			return err
+		}
+		if w := conflictWarning(st); w != "" {
+			return fmt.Errorf("still warned: %s", w)
+		}
+		return nil
+	})
+	if n := l.logCount(t, loser, conflictLog); n != 1 {
+		t.Errorf("n%d logged %q %d times in all, want 1", loser, conflictLog, n)
+	}
+}
+
+// conflictSeries is the conflict gauge of the network both collision
+// tests call ov.
+const conflictSeries = `fabric_overlay_address_conflicts{network="ov"}`
+
+// conflictWarning is the first of st's warnings about an address
+// conflict, "" if none.
+func conflictWarning(st api.Status) string {
+	for _, w := range st.Warnings {
+		if strings.Contains(w, "address conflict") {
+			return w
+		}
+	}
+	return ""
+}
+
+// conflictLoser waits until exactly one node of pair reports that its
+// sandbox (sb) lost the conflict over ip, and returns it and the other.
+func (l *testLab) conflictLoser(t *testing.T, ip string, sb map[int]string, pair []int) (loser, winner int) {
+	t.Helper()
 	netnstest.Until(t, 60*time.Second, "one node reports the lost address conflict", func() error {
 		var lost []int
 		for _, i := range pair {
@@ -130,10 +174,13 @@ func (l *testLab) checkCollisionResolved(t *testing.T, ip string, sb map[int]str
 		loser, winner = lost[0], pair[0]+pair[1]-lost[0]
 		return nil
 	})
-	t.Logf("n%d kept %s, n%d lost it", winner, ip, loser)
+	return loser, winner
+}
 
-	// The third node forwards the address to the winner, and its traffic
-	// gets there.
+// checkForwardedToWinner: the third node forwards ip to the winner, and
+// client's traffic there is answered by the winner's sandbox.
+func (l *testLab) checkForwardedToWinner(t *testing.T, ip string, third, winner int, client, winnerSandbox string) {
+	t.Helper()
 	netnstest.Until(t, 60*time.Second, fmt.Sprintf("n%d forwards the address to the winner", third), func() error {
 		n, ok := l.network(third, "ov")
 		if !ok {
@@ -151,31 +198,29 @@ func (l *testLab) checkCollisionResolved(t *testing.T, ip string, sb map[int]str
 	})
 	netnstest.Until(t, 60*time.Second, "the third node's traffic to the address reaches the winner", func() error {
 		out, err := inSandbox(client, "python3", "-c", tagClient, ip)
-		if err != nil || strings.TrimSpace(out) != sb[winner] {
-			return fmt.Errorf("answer %q (%v), want %s", out, err, sb[winner])
+		if err != nil || strings.TrimSpace(out) != winnerSandbox {
+			return fmt.Errorf("answer %q (%v), want %s", out, err, winnerSandbox)
 		}
 		return nil
 	})
-	// The winner is not told it lost.
+}
+
+// checkConflictReported: the loser reports the conflict in its metrics and
+// one log line (counted again at the end, after many more syncs, so not
+// one per sync); the winner is not told anything.
+func (l *testLab) checkConflictReported(t *testing.T, loser, winner int) {
+	t.Helper()
 	if st, err := l.nodeStatus(winner); err != nil {
 		t.Fatal(err)
-	} else {
-		for _, w := range st.Warnings {
-			if strings.Contains(w, "address conflict") {
-				t.Errorf("winner n%d reports a conflict: %s", winner, w)
-			}
-		}
+	} else if w := conflictWarning(st); w != "" {
+		t.Errorf("winner n%d reports a conflict: %s", winner, w)
 	}
-
-	series := `fabric_overlay_address_conflicts{network="ov"}` // both tests call their network ov
-	if v := l.metric(loser, series); v != 1 {
-		t.Errorf("n%d (loser): %s = %v, want 1", loser, series, v)
+	if v := l.metric(loser, conflictSeries); v != 1 {
+		t.Errorf("n%d (loser): %s = %v, want 1", loser, conflictSeries, v)
 	}
-	if v := l.metric(winner, series); v != 0 {
-		t.Errorf("n%d (winner): %s = %v, want 0", winner, series, v)
+	if v := l.metric(winner, conflictSeries); v != 0 {
+		t.Errorf("n%d (winner): %s = %v, want 0", winner, conflictSeries, v)
 	}
-	// One log line on the loser (counted again at the end, after many more
-	// syncs, so not one per sync); none on the winner.
 	netnstest.Until(t, 30*time.Second, "the loser has logged the conflict", func() error {
 		if n := l.logCount(t, loser, conflictLog); n != 1 {
 			return fmt.Errorf("n%d logged %q %d times, want 1", loser, conflictLog, n)
@@ -184,29 +229,6 @@ func (l *testLab) checkCollisionResolved(t *testing.T, ip string, sb map[int]str
 	})
 	if n := l.logCount(t, winner, conflictLog); n != 0 {
 		t.Errorf("winner n%d logged %q %d times", winner, conflictLog, n)
-	}
-
-	// Removing the loser's sandbox ends the conflict.
-	if _, errOut, code := l.ctl("--socket", l.sock(loser), "sandbox", "rm", sb[loser]); code != 0 {
-		t.Fatalf("sandbox rm %s on n%d: exit %d: %s", sb[loser], loser, code, errOut)
-	}
-	netnstest.Until(t, 60*time.Second, "the conflict is over after the loser's sandbox is removed", func() error {
-		if v := l.metric(loser, series); v != 0 {
-			return fmt.Errorf("%s = %v", series, v)
-		}
-		st, err := l.nodeStatus(loser)
-		if err != nil {
-			return err
-		}
-		for _, w := range st.Warnings {
-			if strings.Contains(w, "address conflict") {
-				return fmt.Errorf("still warned: %s", w)
-			}
-		}
-		return nil
-	})
-	if n := l.logCount(t, loser, conflictLog); n != 1 {
-		t.Errorf("n%d logged %q %d times in all, want 1", loser, conflictLog, n)
 	}
 }
 

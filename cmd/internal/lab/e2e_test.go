@@ -216,42 +216,8 @@ func TestLabLifecycle(t *testing.T) {
 		t.Errorf("second up: exit %d, stderr %q", code, errOut)
 	}
 
-	// Every agent answers on its socket, with its own node name.
-	for i := 1; i <= 3; i++ {
-		sock := filepath.Join(l.dir(), fmt.Sprintf("n%d", i), "fabricd.sock")
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		st, err := api.NewClient(sock).Status(ctx)
-		cancel()
-		if err != nil || st.Node != l.netns(i) || st.Datapath != "kernel" {
-			t.Errorf("node %d status: %+v, %v", i, st, err)
-		}
-	}
-
-	// The nodes reach each other over the underlay, and the gateway.
-	for i := 1; i <= 3; i++ {
-		for j := 1; j <= 3; j++ {
-			if i != j {
-				if err := l.inNode(i, "ping", "-c", "1", "-W", "2", l.ip(j)); err != nil {
-					t.Error(err)
-				}
-			}
-		}
-	}
-	if err := l.inNode(2, "ping", "-c", "1", "-W", "2", fmt.Sprintf("10.99.%d.1", l.third)); err != nil {
-		t.Error(err)
-	}
-
-	// lab exec points fabricctl at the node's agent.
-	out = l.mustCtl("lab", "exec", "n2", "--", "fabricctl", "status")
-	if !strings.Contains(out, l.netns(2)) {
-		t.Errorf("lab exec n2 -- fabricctl status talked to another node: %q", out)
-	}
-	if _, _, code := l.ctl("lab", "exec", "n1", "--", "sh", "-c", "exit 7"); code != 7 {
-		t.Errorf("lab exec exit code %d, want the command's 7", code)
-	}
-	if _, errOut, code := l.ctl("lab", "exec", "n9", "--", "true"); code != 1 || !strings.Contains(errOut, "its nodes are n1, n2, n3") {
-		t.Errorf("lab exec on a missing node: exit %d, %q", code, errOut)
-	}
+	l.checkThreeNodesUp(t)
+	l.checkExec(t)
 	// A sandbox on a node, which down must remove.
 	sb := l.name + "sb"
 	l.mustCtl("lab", "exec", "n1", "--", "fabricctl", "run", "-d", "--name", sb, "--", "sleep", "300")
@@ -299,6 +265,50 @@ func TestLabLifecycle(t *testing.T) {
 	}
 	if _, errOut, code := l.ctl("lab", "status"); code != 1 || !strings.Contains(errOut, "no such lab") {
 		t.Errorf("status of a removed lab: exit %d, %q", code, errOut)
+	}
+}
+
+// checkThreeNodesUp: every agent of a 3-node kernel lab answers on its
+// socket with its own node name, and the nodes reach each other and the
+// gateway over the underlay.
+func (l *testLab) checkThreeNodesUp(t *testing.T) {
+	t.Helper()
+	for i := 1; i <= 3; i++ {
+		sock := filepath.Join(l.dir(), fmt.Sprintf("n%d", i), "fabricd.sock")
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		st, err := api.NewClient(sock).Status(ctx)
+		cancel()
+		if err != nil || st.Node != l.netns(i) || st.Datapath != "kernel" {
+			t.Errorf("node %d status: %+v, %v", i, st, err)
+		}
+	}
+	for i := 1; i <= 3; i++ {
+		for j := 1; j <= 3; j++ {
+			if i != j {
+				if err := l.inNode(i, "ping", "-c", "1", "-W", "2", l.ip(j)); err != nil {
+					t.Error(err)
+				}
+			}
+		}
+	}
+	if err := l.inNode(2, "ping", "-c", "1", "-W", "2", fmt.Sprintf("10.99.%d.1", l.third)); err != nil {
+		t.Error(err)
+	}
+}
+
+// checkExec: lab exec points fabricctl at the node's agent, passes the
+// command's exit code on and names the nodes when asked for a missing one.
+func (l *testLab) checkExec(t *testing.T) {
+	t.Helper()
+	out := l.mustCtl("lab", "exec", "n2", "--", "fabricctl", "status")
+	if !strings.Contains(out, l.netns(2)) {
+		t.Errorf("lab exec n2 -- fabricctl status talked to another node: %q", out)
+	}
+	if _, _, code := l.ctl("lab", "exec", "n1", "--", "sh", "-c", "exit 7"); code != 7 {
+		t.Errorf("lab exec exit code %d, want the command's 7", code)
+	}
+	if _, errOut, code := l.ctl("lab", "exec", "n9", "--", "true"); code != 1 || !strings.Contains(errOut, "its nodes are n1, n2, n3") {
+		t.Errorf("lab exec on a missing node: exit %d, %q", code, errOut)
 	}
 }
 

@@ -49,57 +49,20 @@ func TestLabHostileGossip(t *testing.T) {
 	sb := l.name + "-evil"
 	l.on(2, "run", "-d", "--name", sb, "--network", "prod", "--", "sleep", "300")
 
-	keyText, err := os.ReadFile(filepath.Join(l.dir(), "gossip.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(keyText)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	node1 := l.name + "-n1"
-	payloads := [][]byte{
-		forgedNetwork("prod", NetworkLike{clock: 1, node: " ", subnet: "10.232.0.0/16", vni: 77}),
-		forgedNetwork("all", NetworkLike{clock: 1, node: node1, subnet: "0.0.0.0/0", vni: 78}),
-		forgedLeave(node1),
-		forgedClaim(node1),
-	}
-	var packets [][]byte
-	for _, p := range payloads {
-		plain := append([]byte{8}, p...) // memberlist's user message
-		packets = append(packets, plain, sealMemberlist(t, key, plain))
-	}
-
+	packets := l.forgedPackets(t)
 	before := l.clusterState()
 	dropped := func() uint64 {
 		var total uint64
 		for i := 1; i <= 3; i++ {
-			out, _, _ := l.ctl("--socket", l.sock(i), "-o", "json", "status")
-			var st api.Status
-			if json.Unmarshal([]byte(out), &st) == nil && st.Cluster != nil {
-				total += st.Cluster.MessagesDropped
+			if st, ok := l.clusterStatus(i); ok {
+				total += st.MessagesDropped
 			}
 		}
 		return total
 	}
 	send := func(nsPath string) {
 		t.Helper()
-		err := netns.Do(nsPath, func() error {
-			for i := 1; i <= 3; i++ {
-				conn, err := net.Dial("udp", net.JoinHostPort(l.ip(i), "7946"))
-				if err != nil {
-					return err
-				}
-				for _, p := range packets {
-					_, _ = conn.Write(p) // a filtered port may refuse: that is fine
-				}
-				conn.Close()
-			}
-			return nil
-		})
-		if err != nil {
-			t.Fatalf("send from %s: %v", nsPath, err)
-		}
+		l.sendGossip(t, nsPath, packets)
 	}
 
 	// From the sandbox: the fabric may filter it before the agent sees it;
@@ -120,14 +83,13 @@ func TestLabHostileGossip(t *testing.T) {
 	// accepted anywhere would have spread: nothing has changed anywhere.
 	netnstest.Until(t, 30*time.Second, "a full state exchange on every node since the forgeries", func() error {
 		for i := 1; i <= 3; i++ {
-			out, _, _ := l.ctl("--socket", l.sock(i), "-o", "json", "status")
-			var st api.Status
-			if json.Unmarshal([]byte(out), &st) != nil || st.Cluster == nil {
+			st, ok := l.clusterStatus(i)
+			if !ok {
 				return fmt.Errorf("node %d: no cluster status", i)
 			}
-			last, err := time.Parse(time.RFC3339, st.Cluster.LastFullSync)
+			last, err := time.Parse(time.RFC3339, st.LastFullSync)
 			if err != nil || !last.After(sent) {
-				return fmt.Errorf("node %d: last full sync %q", i, st.Cluster.LastFullSync)
+				return fmt.Errorf("node %d: last full sync %q", i, st.LastFullSync)
 			}
 		}
 		return nil
@@ -139,6 +101,65 @@ func TestLabHostileGossip(t *testing.T) {
 		t.Fatalf("prod on node 3 is %+v", n)
 	}
 	t.Logf("drops counted: %d", dropped()-d0)
+}
+
+// forgedPackets are the forged messages, each as memberlist's user
+// message in clear and sealed with the lab's gossip key.
+func (l *testLab) forgedPackets(t *testing.T) [][]byte {
+	t.Helper()
+	keyText, err := os.ReadFile(filepath.Join(l.dir(), "gossip.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(keyText)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	node1 := l.name + "-n1"
+	payloads := [][]byte{
+		forgedNetwork("prod", NetworkLike{clock: 1, node: " ", subnet: "10.232.0.0/16", vni: 77}),
+		forgedNetwork("all", NetworkLike{clock: 1, node: node1, subnet: "0.0.0.0/0", vni: 78}),
+		forgedLeave(node1),
+		forgedClaim(node1),
+	}
+	var packets [][]byte
+	for _, p := range payloads {
+		plain := append([]byte{8}, p...) // memberlist's user message
+		packets = append(packets, plain, sealMemberlist(t, key, plain))
+	}
+	return packets
+}
+
+// sendGossip sends packets to every node's gossip port from inside the
+// namespace at nsPath.
+func (l *testLab) sendGossip(t *testing.T, nsPath string, packets [][]byte) {
+	t.Helper()
+	err := netns.Do(nsPath, func() error {
+		for i := 1; i <= 3; i++ {
+			conn, err := net.Dial("udp", net.JoinHostPort(l.ip(i), "7946"))
+			if err != nil {
+				return err
+			}
+			for _, p := range packets {
+				_, _ = conn.Write(p) // a filtered port may refuse: that is fine
+			}
+			conn.Close()
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("send from %s: %v", nsPath, err)
+	}
+}
+
+// clusterStatus is the cluster section of node i's status; false if it
+// has none or does not answer.
+func (l *testLab) clusterStatus(i int) (api.ClusterStatus, bool) {
+	st, err := l.nodeStatus(i)
+	if err != nil || st.Cluster == nil {
+		return api.ClusterStatus{}, false
+	}
+	return *st.Cluster, true
 }
 
 // clusterState is what every node says about networks and members.

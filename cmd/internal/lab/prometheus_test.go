@@ -28,7 +28,6 @@ import (
 
 	"github.com/fabricnet/fabric/cmd/internal/lab"
 	"github.com/fabricnet/fabric/datapath/netns"
-	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
 // promListen is Prometheus's own address. The underlay namespace belongs
@@ -48,40 +47,11 @@ func TestPrometheusScrapesLab(t *testing.T) {
 	if err != nil {
 		t.Skip("skipping: prometheus not found (Debian package prometheus; `make deps` installs it)")
 	}
-	out := l.mustCtl("lab", "up", "--nodes", "3", "--datapath", "kernel", "--subnet", l.subnet)
-	m, err := lab.Load(lab.DefaultRoot, l.name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	targets := make(map[string]string, len(m.Nodes)) // node ID → host:port
-	for i, n := range m.Nodes {
-		want := l.ip(i+1) + ":9475"
-		if n.Metrics.String() != want || !slices.Contains(n.Argv, "--metrics-listen") {
-			t.Fatalf("node %s: manifest metrics address %q, argv %q; want --metrics-listen %s", n.ID, n.Metrics, n.Argv, want)
-		}
-		targets[n.ID] = want
-		if !strings.Contains(out, want) {
-			t.Errorf("lab up output does not show node %s's metrics address %s", n.ID, want)
-		}
-	}
-	st, _ := l.status()
-	table, _, _ := l.ctl("lab", "status")
-	for _, n := range st.Nodes {
-		if n.Metrics.String() != targets[n.ID] || !strings.Contains(table, targets[n.ID]) {
-			t.Errorf("lab status: node %s metrics %q (json), want %s also in the table", n.ID, n.Metrics, targets[n.ID])
-		}
-	}
+	m, targets := l.upWithMetrics(t)
 
 	// One overlay network; two sandboxes on n1, one on n2, none on n3.
 	l.on(1, "network", "create", "-d", "overlay", "--subnet", "10.78.0.0/16", "ov")
-	for i := 2; i <= 3; i++ {
-		netnstest.Until(t, 10*time.Second, fmt.Sprintf("overlay network on n%d", i), func() error {
-			if _, ok := l.network(i, "ov"); !ok {
-				return fmt.Errorf("n%d has no network ov", i)
-			}
-			return nil
-		})
-	}
+	l.waitNetworkOn(t, "ov", 10*time.Second, 2, 3)
 	perNode := map[string]float64{"n1": 2, "n2": 1, "n3": 0}
 	var sandboxes []string // on n1
 	for i := 1; i <= 3; i++ {
@@ -126,6 +96,38 @@ func TestPrometheusScrapesLab(t *testing.T) {
 	took = p.waitFor(`sum by (node) (fabric_endpoints{job="fabric",network="ov"})`, perNode)
 	t.Logf("removal seen by Prometheus after %v", took.Round(time.Millisecond))
 	p.waitFor(`sum(fabric_endpoints{job="fabric",network="ov"})`, map[string]float64{"": 2})
+}
+
+// upWithMetrics brings up a 3-node kernel lab and checks that each node's
+// metrics address (node IP:9475) is in the manifest, its agent's flags,
+// lab up's output and lab status; it returns the manifest and the
+// addresses by node ID.
+func (l *testLab) upWithMetrics(t *testing.T) (*lab.Manifest, map[string]string) {
+	t.Helper()
+	out := l.mustCtl("lab", "up", "--nodes", "3", "--datapath", "kernel", "--subnet", l.subnet)
+	m, err := lab.Load(lab.DefaultRoot, l.name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	targets := make(map[string]string, len(m.Nodes)) // node ID → host:port
+	for i, n := range m.Nodes {
+		want := l.ip(i+1) + ":9475"
+		if n.Metrics.String() != want || !slices.Contains(n.Argv, "--metrics-listen") {
+			t.Fatalf("node %s: manifest metrics address %q, argv %q; want --metrics-listen %s", n.ID, n.Metrics, n.Argv, want)
+		}
+		targets[n.ID] = want
+		if !strings.Contains(out, want) {
+			t.Errorf("lab up output does not show node %s's metrics address %s", n.ID, want)
+		}
+	}
+	st, _ := l.status()
+	table, _, _ := l.ctl("lab", "status")
+	for _, n := range st.Nodes {
+		if n.Metrics.String() != targets[n.ID] || !strings.Contains(table, targets[n.ID]) {
+			t.Errorf("lab status: node %s metrics %q (json), want %s also in the table", n.ID, n.Metrics, targets[n.ID])
+		}
+	}
+	return m, targets
 }
 
 // promServer is a Prometheus running in a namespace, for the test.
