@@ -29,6 +29,7 @@ type fakeDatapath struct {
 	failEndpoint error
 	syncs        []datapath.State
 	remotes      map[string][]datapath.Remote // by network ID
+	gate         *gatedRemotes                // if set, SetRemotes waits for it
 }
 
 func newFake() *fakeDatapath {
@@ -70,6 +71,12 @@ func (f *fakeDatapath) DeleteEndpoint(_ context.Context, _ datapath.Network, ep 
 }
 
 func (f *fakeDatapath) SetRemotes(_ context.Context, n datapath.Network, r []datapath.Remote) error {
+	f.mu.Lock()
+	g := f.gate
+	f.mu.Unlock()
+	if g != nil {
+		g.wait()
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.remotes == nil {
