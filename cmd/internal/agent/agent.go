@@ -63,9 +63,9 @@ type Options struct {
 	// then have sandbox names of their own. "" keeps `ip netns exec NAME`.
 	NetNSPrefix string
 	Datapath    datapath.Datapath
-	// Routes lists the host's routes for subnet checks; nil asks the
-	// kernel (in HostNetNS).
-	Routes RouteLister
+	// Host answers the core's questions to the host (routes, links,
+	// sandbox namespaces); nil asks the kernel (in HostNetNS).
+	Host Host
 	// Cluster, if set, makes the host part of a fabric: overlay networks,
 	// leases and endpoint records come from it. The caller runs it
 	// (Cluster.Run) and calls RunCluster; nil is a single-host fabric.
@@ -83,7 +83,7 @@ type Agent struct {
 	opts    Options
 	log     *slog.Logger
 	dp      datapath.Datapath
-	routes  RouteLister
+	host    Host
 	store   *store.Store
 	started time.Time
 
@@ -151,9 +151,9 @@ func New(opts Options) (*Agent, error) {
 		}
 		a.dns = srv
 	}
-	a.routes = opts.Routes
-	if a.routes == nil {
-		a.routes = netlinkRoutes{opts.HostNetNS}
+	a.host = opts.Host
+	if a.host == nil {
+		a.host = netlinkHost{opts.HostNetNS}
 	}
 	if a.procs, err = newProcesses(a, filepath.Join(opts.StateDir, "logs")); err != nil {
 		if a.dns != nil {

@@ -15,8 +15,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/fabricnet/fabric/cluster"
 	"github.com/fabricnet/fabric/cmd/internal/api"
 	"github.com/fabricnet/fabric/cmd/internal/dns"
@@ -393,27 +391,14 @@ func (a *Agent) overlayMTU() (int, error) {
 	if !a.opts.Tunnel.Local.IsValid() {
 		return 0, errors.New("no tunnel address: the agent needs --cluster-bind with an IP (or an advertised address) for overlay traffic")
 	}
-	h, err := a.hostHandle()
+	l, err := a.host.LinkWithAddr(a.opts.Tunnel.Local)
+	if errors.Is(err, errNoLink) {
+		return 0, fmt.Errorf("tunnel address %s is on no interface of this host", a.opts.Tunnel.Local)
+	}
 	if err != nil {
 		return 0, err
 	}
-	defer h.Close()
-	links, err := h.LinkList()
-	if err != nil {
-		return 0, fmt.Errorf("list links: %w", err)
-	}
-	for _, l := range links {
-		addrs, err := h.AddrList(l, netlink.FAMILY_V4)
-		if err != nil {
-			continue
-		}
-		for _, ad := range addrs {
-			if ip, ok := netip.AddrFromSlice(ad.IP); ok && ip.Unmap() == a.opts.Tunnel.Local {
-				return l.Attrs().MTU - datapath.VXLANOverhead, nil
-			}
-		}
-	}
-	return 0, fmt.Errorf("tunnel address %s is on no interface of this host", a.opts.Tunnel.Local)
+	return l.MTU - datapath.VXLANOverhead, nil
 }
 
 // memberIndex maps node names to members as this node sees them.

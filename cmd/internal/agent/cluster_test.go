@@ -38,7 +38,7 @@ type clusterNode struct {
 	port      int
 	seeds     []string
 	keys      [][]byte
-	routes    RouteLister // nil: the kernel's
+	host      Host // nil: a fake host
 	dp        *fakeDatapath
 	cl        *cluster.Cluster
 	a         *Agent
@@ -54,6 +54,9 @@ func (n *clusterNode) start(t *testing.T) {
 		w = testLogWriter{t, n.name}
 	}
 	log := slog.New(slog.NewTextHandler(w, nil))
+	if n.host == nil {
+		n.host = newFakeHost()
+	}
 	// The identity key lives in the state dir, as fabricd keeps it.
 	id, err := gossipkey.LoadOrCreateIdentity(filepath.Join(n.dir, "cluster-identity.key"))
 	if err != nil {
@@ -68,7 +71,7 @@ func (n *clusterNode) start(t *testing.T) {
 	}
 	a, err := New(Options{
 		StateDir: n.dir, Socket: filepath.Join(n.dir, "sock"), NodeName: n.name, NoDefaultNetwork: true, NoDNS: true,
-		Datapath: n.dp, Log: log, Cluster: cl, Routes: n.routes,
+		Datapath: n.dp, Log: log, Cluster: cl, Host: n.host,
 		Tunnel: datapath.Tunnel{Local: netip.MustParseAddr("127.0.0.1"), Port: 4789},
 	})
 	if err != nil {
@@ -143,7 +146,6 @@ func networkNamed(a *Agent, name string) (api.Network, bool) {
 }
 
 func TestOverlayNetworksEndpointsAndRemotesFollowTheCluster(t *testing.T) {
-	netnstest.RequireRoot(t)
 	nodes := newClusterNodes(t, "node-a", "node-b")
 	A, B := nodes[0], nodes[1]
 	ctx := context.Background()
@@ -188,11 +190,11 @@ func TestOverlayNetworksEndpointsAndRemotesFollowTheCluster(t *testing.T) {
 
 	sbA := sandboxName(t, "ova")
 	sbB := sandboxName(t, "ovb")
-	sa, err := A.a.CreateSandbox(ctx, api.SandboxCreate{Name: sbA, Network: "ov", Command: []string{"sleep", "60"}})
+	sa, err := A.a.CreateSandbox(ctx, api.SandboxCreate{Name: sbA, Network: "ov"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	sb, err := B.a.CreateSandbox(ctx, api.SandboxCreate{Name: sbB, Network: "ov", Command: []string{"sleep", "60"}})
+	sb, err := B.a.CreateSandbox(ctx, api.SandboxCreate{Name: sbB, Network: "ov"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,7 +212,7 @@ func TestOverlayNetworksEndpointsAndRemotesFollowTheCluster(t *testing.T) {
 
 	// A static address another node uses is refused, and changes nothing.
 	sbX := sandboxName(t, "ovx")
-	if _, err := B.a.CreateSandbox(ctx, api.SandboxCreate{Name: sbX, Network: "ov", IP: ipA.String(), Command: []string{"sleep", "60"}}); !errors.Is(err, ErrConflict) {
+	if _, err := B.a.CreateSandbox(ctx, api.SandboxCreate{Name: sbX, Network: "ov", IP: ipA.String()}); !errors.Is(err, ErrConflict) {
 		t.Fatalf("static --ip %s used on node-a, from node-b: %v, want conflict", ipA, err)
 	}
 	if len(B.a.Endpoints()) != 1 {
@@ -281,7 +283,6 @@ func TestOverlayNetworksEndpointsAndRemotesFollowTheCluster(t *testing.T) {
 }
 
 func TestGossipKeyRotationAndWrongKey(t *testing.T) {
-	netnstest.RequireRoot(t)
 	k1, k2 := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
 	nodes := newClusterNodesWithKeys(t, [][]byte{k1}, "key-a", "key-b")
 	A, B := nodes[0], nodes[1]
@@ -368,7 +369,6 @@ func TestEventWarningsExpire(t *testing.T) {
 // answering is still asked until it is declared failed); status and
 // metrics must answer meanwhile: the vote runs without the agent lock.
 func TestStatusAnswersDuringVote(t *testing.T) {
-	netnstest.RequireRoot(t)
 	nodes := newClusterNodes(t, "node-a", "node-b")
 	A, B := nodes[0], nodes[1]
 	ctx := context.Background()
@@ -384,7 +384,7 @@ func TestStatusAnswersDuringVote(t *testing.T) {
 	start := time.Now()
 	done := make(chan error, 1)
 	go func() {
-		_, err := A.a.CreateSandbox(ctx, api.SandboxCreate{Name: name, Network: "ov", IP: "10.214.3.7", Command: []string{"sleep", "60"}})
+		_, err := A.a.CreateSandbox(ctx, api.SandboxCreate{Name: name, Network: "ov", IP: "10.214.3.7"})
 		done <- err
 	}()
 	var slowest time.Duration

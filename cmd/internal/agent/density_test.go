@@ -38,7 +38,7 @@ func TestThousandsOfSandboxes(t *testing.T) {
 	}
 	started := time.Now()
 	dir := t.TempDir()
-	a := newTestAgent(t, dir, newFake())
+	a := newKernelTestAgent(t, dir, newFake())
 	defer a.Close()
 	ctx := context.Background()
 	names := make([]string, n)

@@ -12,7 +12,6 @@ import (
 
 	"github.com/fabricnet/fabric/cmd/internal/api"
 	"github.com/fabricnet/fabric/datapath"
-	"golang.org/x/sys/unix"
 )
 
 func knownDriver(d string) bool {
@@ -163,24 +162,19 @@ func (a *Agent) checkParent(n *networkRec) error {
 			return conflictf("parent %s is already used by %s network %q; %s", n.Parent, o.Driver, o.Name, hint)
 		}
 	}
-	h, err := a.hostHandle()
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	if l, err := h.LinkByName(n.Parent); err == nil {
-		if l.Attrs().RawFlags&unix.IFF_UP == 0 {
+	if l, err := a.host.Link(n.Parent); err == nil {
+		if !l.Up {
 			return invalidf("parent interface %s is down; bring it up first (ip link set %s up)", n.Parent, n.Parent)
 		}
 		return nil
 	} else if !isVLAN {
 		return invalidf("parent interface %s does not exist on this host", n.Parent)
 	}
-	l, err := h.LinkByName(base)
+	l, err := a.host.Link(base)
 	if err != nil {
 		return invalidf("parent %s: base interface %s does not exist on this host", n.Parent, base)
 	}
-	if l.Attrs().RawFlags&unix.IFF_UP == 0 {
+	if !l.Up {
 		return invalidf("parent %s: base interface %s is down; bring it up first", n.Parent, base)
 	}
 	return nil

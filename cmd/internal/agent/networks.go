@@ -17,7 +17,6 @@ import (
 	"github.com/fabricnet/fabric/cmd/internal/store"
 	"github.com/fabricnet/fabric/datapath"
 	"github.com/fabricnet/fabric/datapath/netns"
-	"github.com/vishvananda/netlink"
 )
 
 const defaultMTU = 1500
@@ -161,30 +160,17 @@ func validIfName(s string) error {
 // checkBridgeFree refuses a bridge name that an interface fabric does not
 // own already uses.
 func (a *Agent) checkBridgeFree(name string) error {
-	h, err := a.hostHandle()
+	l, err := a.host.Link(name)
+	if errors.Is(err, errNoLink) {
+		return nil // not there: free
+	}
 	if err != nil {
 		return err
 	}
-	defer h.Close()
-	l, err := h.LinkByName(name)
-	if err != nil {
-		return nil // not there: free
-	}
-	if !strings.HasPrefix(l.Attrs().Alias, "fabric:") {
+	if !strings.HasPrefix(l.Alias, "fabric:") {
 		return conflictf("interface %s already exists on this host and is not fabric's; choose another bridge_name", name)
 	}
 	return nil
-}
-
-func (a *Agent) hostHandle() (*netlink.Handle, error) {
-	if a.opts.HostNetNS == "" {
-		h, err := netlink.NewHandle()
-		if err != nil {
-			return nil, fmt.Errorf("netlink handle: %w", err)
-		}
-		return h, nil
-	}
-	return netns.HandleAt(a.opts.HostNetNS)
 }
 
 // planSubnet fills subnet, gateway and ip-range, picking a free subnet of

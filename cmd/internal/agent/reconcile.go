@@ -10,7 +10,6 @@ import (
 	"github.com/fabricnet/fabric/cmd/internal/ipam"
 	"github.com/fabricnet/fabric/cmd/internal/store"
 	"github.com/fabricnet/fabric/datapath"
-	"github.com/fabricnet/fabric/datapath/netns"
 )
 
 // load reads every record into memory.
@@ -202,7 +201,7 @@ func (a *Agent) reviveSandbox(ctx context.Context, sb *sandboxRec) error {
 	case api.ModeNetNS, api.ModeNone:
 		// After a reboot /var/run/netns is empty: re-create the namespace;
 		// Sync then re-creates the endpoints in it.
-		if _, err := netns.CreateNamed(sandboxNSName(sb)); err != nil {
+		if err := a.host.CreateNamespace(sandboxNSName(sb)); err != nil {
 			return fmt.Errorf("re-create namespace of sandbox %s: %w", sb.Name, err)
 		}
 	case api.ModeExternal:

@@ -116,7 +116,7 @@ func (a *Agent) planSandbox(ctx context.Context, req api.SandboxCreate) (*sandbo
 		if err := netns.ValidName(nsName); err != nil {
 			return nil, nil, invalidf("sandbox name %q: its namespace name %s: %v", name, nsName, err)
 		}
-		if netns.IsNamespace(netns.Path(nsName)) {
+		if a.host.NamespaceExists(nsName) {
 			return nil, nil, naming(conflictf("a network namespace named %q already exists (ip netns list); choose another name", nsName), "name")
 		}
 		sb.NetNS = netns.Path(nsName)
@@ -254,7 +254,7 @@ func (a *Agent) addSandbox(ctx context.Context, sb *sandboxRec, eps []*endpointR
 		}
 	}()
 	if sb.Mode == api.ModeNetNS || sb.Mode == api.ModeNone {
-		if _, err := netns.CreateNamed(sandboxNSName(sb)); err != nil {
+		if err := a.host.CreateNamespace(sandboxNSName(sb)); err != nil {
 			return fmt.Errorf("create namespace for sandbox %s: %w", sb.Name, err)
 		}
 	}
@@ -364,7 +364,7 @@ func (a *Agent) removeSandboxLocked(ctx context.Context, sb *sandboxRec) error {
 		return err
 	}
 	if sb.Mode == api.ModeNetNS || sb.Mode == api.ModeNone {
-		if err := netns.DeleteNamed(sandboxNSName(sb)); err != nil {
+		if err := a.host.DeleteNamespace(sandboxNSName(sb)); err != nil {
 			return fmt.Errorf("remove namespace of sandbox %s: %w", sb.Name, err)
 		}
 	}
