@@ -92,10 +92,7 @@ type Agent struct {
 	sandboxes map[string]*sandboxRec // by name
 	endpoints map[string]*endpointRec
 	pools     map[string]*ipam.Pool      // by network ID
-	warnings  []string                   // conditions that last until the agent stops
-	events    []eventWarning             // one-off cluster events, shown for eventWarningTTL
 	conflicts map[string]addressConflict // endpoint ID → overlay address conflict it lost (conflicts.go)
-	unhealthy map[string]string          // network ID → why (macvlan/ipvlan parent missing)
 	dns       *dns.Server
 	dnsErrors map[string]string           // sandbox → why its resolver is not running
 	hostPorts map[hostPortKey][]published // the sandboxes' published ports (putSandbox)
@@ -114,7 +111,7 @@ type Agent struct {
 	procs        *processes
 	makesBridges bool // the datapath has a Linux bridge per bridge network (bridgeless.go)
 	wg           sync.WaitGroup
-	recStats     reconcileStats // under mu
+	health       *health // warnings, unhealthy networks, events (health.go)
 }
 
 // New opens the state store and builds the agent; Start reconciles.
@@ -137,7 +134,7 @@ func New(opts Options) (*Agent, error) {
 		opts: opts, log: opts.Log, dp: opts.Datapath, store: st, started: time.Now(),
 		networks: map[string]*networkRec{}, sandboxes: map[string]*sandboxRec{}, hostPorts: map[hostPortKey][]published{},
 		endpoints: map[string]*endpointRec{}, pools: map[string]*ipam.Pool{},
-		unhealthy: map[string]string{}, dnsErrors: map[string]string{}, dnsEP: map[string][]dns.Record{}, dnsNet: map[string][]dns.Record{}, badNames: map[string]struct{}{},
+		health: newHealth(), dnsErrors: map[string]string{}, dnsEP: map[string][]dns.Record{}, dnsNet: map[string][]dns.Record{}, badNames: map[string]struct{}{},
 		cl: opts.Cluster, unhealthyOverlay: map[string]string{},
 	}
 	if !opts.NoDNS {
@@ -179,7 +176,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	}
 	t0 := time.Now()
 	err := a.reconcile(ctx)
-	a.recordReconcile(time.Since(t0), err)
+	a.health.recordReconcile(time.Since(t0), err)
 	if err != nil {
 		return fmt.Errorf("reconcile: %w", err)
 	}

@@ -206,52 +206,14 @@ func (a *Agent) logEvent(ev cluster.Event) {
 		a.log.Info("cluster member "+strings.TrimPrefix(ev.Type.String(), "member-"), "node", ev.Member.Name, "addr", ev.Member.Meta.Addr)
 	case cluster.EventNetworkConflict:
 		a.log.Warn("overlay network lost a conflicting create", "network", ev.Network.Name, "why", ev.Conflict.Error())
-		a.noteEvent("overlay network " + ev.Conflict.Error())
+		a.health.noteEvent("overlay network " + ev.Conflict.Error())
 	case cluster.EventLeaseLost:
 		if ev.Lease.Bits() == 32 {
 			return // a static address: a sandbox here using it is reported by checkConflictsLocked
 		}
 		a.log.Error("address block taken away from this node; its endpoints there must be recreated", "block", ev.Lease)
-		a.noteEvent(fmt.Sprintf("address block %s was taken away from this node (it was gone too long or partitioned); recreate its endpoints", ev.Lease))
+		a.health.noteEvent(fmt.Sprintf("address block %s was taken away from this node (it was gone too long or partitioned); recreate its endpoints", ev.Lease))
 	}
-}
-
-// eventWarningTTL is how long a one-off cluster event (a lost create
-// conflict, a lease taken away) stays among the status warnings. It is
-// something to look at, not a lasting condition: without an end it would
-// keep `fabricctl status` degraded until the agent restarts.
-const eventWarningTTL = 15 * time.Minute
-
-type eventWarning struct {
-	at  time.Time
-	msg string
-}
-
-// noteEvent adds a one-off event to the status warnings for
-// eventWarningTTL. The same message again restarts its time.
-func (a *Agent) noteEvent(msg string) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	now := time.Now()
-	kept := a.events[:0]
-	for _, e := range a.events {
-		if e.msg != msg && now.Sub(e.at) < eventWarningTTL {
-			kept = append(kept, e)
-		}
-	}
-	a.events = append(kept, eventWarning{at: now, msg: msg})
-}
-
-// eventWarningsLocked are the events younger than eventWarningTTL, each
-// with the time it happened.
-func (a *Agent) eventWarningsLocked(now time.Time) []string {
-	var out []string
-	for _, e := range a.events {
-		if now.Sub(e.at) < eventWarningTTL {
-			out = append(out, fmt.Sprintf("%s (at %s)", e.msg, e.at.UTC().Format(time.RFC3339)))
-		}
-	}
-	return out
 }
 
 // syncClusterLocked makes the local overlay networks and the datapath's
@@ -277,7 +239,7 @@ func (a *Agent) syncClusterLocked(ctx context.Context) {
 			continue
 		}
 		if users := a.networkUsers(n.ID); len(users) > 0 {
-			a.unhealthy[n.ID] = "removed from the cluster while sandboxes here still use it (" + strings.Join(users, ", ") + "); remove them"
+			a.health.setUnhealthy(n.ID, "removed from the cluster while sandboxes here still use it ("+strings.Join(users, ", ")+"); remove them")
 			continue
 		}
 		if err := a.deleteNetwork(ctx, n); err != nil {

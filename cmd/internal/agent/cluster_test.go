@@ -346,21 +346,19 @@ func TestGossipKeyRotationAndWrongKey(t *testing.T) {
 // A one-off cluster event is a status warning for eventWarningTTL, then it
 // ends, so `fabricctl status` is not degraded forever by one lost conflict.
 func TestEventWarningsExpire(t *testing.T) {
-	a := &Agent{}
-	a.noteEvent("overlay network ov: lost")
-	a.noteEvent("address block 10.9.1.0/24 was taken away")
-	a.noteEvent("overlay network ov: lost") // the same event again: one entry
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	h := newHealth()
+	h.noteEvent("overlay network ov: lost")
+	h.noteEvent("address block 10.9.1.0/24 was taken away")
+	h.noteEvent("overlay network ov: lost") // the same event again: one entry
 	now := time.Now()
-	got := a.eventWarningsLocked(now)
+	got := h.eventWarnings(now)
 	if len(got) != 2 || !strings.HasPrefix(got[0], "address block") || !strings.HasPrefix(got[1], "overlay network ov: lost (at ") {
 		t.Fatalf("warnings right after the events: %q; want the two events, latest last, with their time", got)
 	}
-	if got := a.eventWarningsLocked(now.Add(eventWarningTTL - time.Second)); len(got) != 2 {
+	if got := h.eventWarnings(now.Add(eventWarningTTL - time.Second)); len(got) != 2 {
 		t.Errorf("warnings just before the TTL: %q; want both", got)
 	}
-	if got := a.eventWarningsLocked(now.Add(eventWarningTTL + time.Second)); len(got) != 0 {
+	if got := h.eventWarnings(now.Add(eventWarningTTL + time.Second)); len(got) != 0 {
 		t.Errorf("warnings after the TTL: %q; want none", got)
 	}
 }

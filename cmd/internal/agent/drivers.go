@@ -205,13 +205,13 @@ func (a *Agent) checkLANNetworks(ctx context.Context) {
 			continue
 		}
 		err := a.dp.EnsureNetwork(ctx, n.datapath())
-		_, wasDown := a.unhealthy[n.ID]
+		_, wasDown := a.health.unhealthyWhy(n.ID)
 		switch {
 		case err != nil:
 			if !wasDown {
 				a.log.Warn("network unhealthy", "network", n.Name, "parent", n.Parent, "err", err)
 			}
-			a.unhealthy[n.ID] = err.Error()
+			a.health.setUnhealthy(n.ID, err.Error())
 		case wasDown:
 			var failed error
 			for _, ep := range a.endpoints {
@@ -220,10 +220,10 @@ func (a *Agent) checkLANNetworks(ctx context.Context) {
 				}
 			}
 			if failed != nil {
-				a.unhealthy[n.ID] = failed.Error()
+				a.health.setUnhealthy(n.ID, failed.Error())
 				continue
 			}
-			delete(a.unhealthy, n.ID)
+			a.health.clearUnhealthy(n.ID)
 			a.log.Info("network restored", "network", n.Name, "parent", n.Parent)
 		}
 	}
@@ -238,7 +238,7 @@ func (a *Agent) markUnhealthyAfterSync(ctx context.Context, syncErr error) {
 	for _, n := range a.networks {
 		if lanDriver(n.Driver) {
 			if err := a.dp.EnsureNetwork(ctx, n.datapath()); err != nil {
-				a.unhealthy[n.ID] = err.Error()
+				a.health.setUnhealthy(n.ID, err.Error())
 			}
 		}
 	}
@@ -247,7 +247,7 @@ func (a *Agent) markUnhealthyAfterSync(ctx context.Context, syncErr error) {
 // healthWarnings describes unhealthy networks for status.
 func (a *Agent) healthWarnings() []string {
 	var out []string
-	for id, why := range a.unhealthy {
+	for id, why := range a.health.unhealthyNetworks() {
 		n := a.networks[id]
 		if n == nil {
 			continue

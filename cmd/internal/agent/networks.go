@@ -341,7 +341,7 @@ func (a *Agent) deleteNetwork(ctx context.Context, n *networkRec) error {
 	}
 	delete(a.networks, n.ID)
 	delete(a.pools, n.ID)
-	delete(a.unhealthy, n.ID)
+	a.health.clearUnhealthy(n.ID)
 	a.log.Info("network removed", "name", n.Name)
 	return nil
 }
@@ -381,7 +381,7 @@ func (a *Agent) networkAPI(n *networkRec) api.Network {
 		used, free = p.Used(), p.Free()
 	}
 	health := api.HealthOK
-	if why, bad := a.unhealthy[n.ID]; bad {
+	if why, bad := a.health.unhealthyWhy(n.ID); bad {
 		health = api.HealthUnhealthy + ": " + why
 	}
 	out := n.api(count, used, free, health)

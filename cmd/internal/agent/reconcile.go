@@ -72,7 +72,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 			continue
 		}
 		if err := pool.Claim(ep.Addr.Addr(), "endpoint "+id[:12]+" (sandbox "+ep.Sandbox+")"); err != nil {
-			a.warnings = append(a.warnings, fmt.Sprintf("endpoint %s of sandbox %s: %v", id[:12], ep.Sandbox, err))
+			a.health.warn(fmt.Sprintf("endpoint %s of sandbox %s: %v", id[:12], ep.Sandbox, err))
 		}
 	}
 

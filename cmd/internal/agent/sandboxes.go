@@ -501,8 +501,8 @@ func (a *Agent) sandboxAPI(sb *sandboxRec) api.Sandbox {
 func (a *Agent) Status(ctx context.Context) api.Status {
 	a.mu.Lock()
 	nNet, nSb, nEp := len(a.networks), len(a.sandboxes), len(a.endpoints)
-	warnings := append(append([]string(nil), a.warnings...), a.healthWarnings()...)
-	warnings = append(warnings, a.eventWarningsLocked(time.Now())...)
+	warnings := append(a.health.lasting(), a.healthWarnings()...)
+	warnings = append(warnings, a.health.eventWarnings(time.Now())...)
 	warnings = append(warnings, a.conflictWarningsLocked()...)
 	dnsSt := a.dnsStatus()
 	clusterSt := a.clusterStatusLocked()
