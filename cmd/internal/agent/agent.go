@@ -94,13 +94,8 @@ type Agent struct {
 	pools     map[string]*ipam.Pool      // by network ID
 	conflicts map[string]addressConflict // endpoint ID → overlay address conflict it lost (conflicts.go)
 	dns       *dns.Server
-	dnsErrors map[string]string           // sandbox → why its resolver is not running
 	hostPorts map[hostPortKey][]published // the sandboxes' published ports (putSandbox)
-	dnsEP     map[string][]dns.Record     // endpoint ID → its DNS records as last set (refreshEndpointDNS)
-	dnsNet    map[string][]dns.Record     // overlay network ID → its remote names as last set
-	badNames  map[string]struct{}         // gossiped names ignored (not one label), logged once
-	// badNameCount counts the distinct gossiped names ignored.
-	badNameCount uint64
+	names     *dnsRecords                 // the DNS table's records and problems (dnsrecords.go)
 
 	cl               *cluster.Cluster
 	cs               clusterState
@@ -134,8 +129,8 @@ func New(opts Options) (*Agent, error) {
 		opts: opts, log: opts.Log, dp: opts.Datapath, store: st, started: time.Now(),
 		networks: map[string]*networkRec{}, sandboxes: map[string]*sandboxRec{}, hostPorts: map[hostPortKey][]published{},
 		endpoints: map[string]*endpointRec{}, pools: map[string]*ipam.Pool{},
-		health: newHealth(), dnsErrors: map[string]string{}, dnsEP: map[string][]dns.Record{}, dnsNet: map[string][]dns.Record{}, badNames: map[string]struct{}{},
-		cl: opts.Cluster, unhealthyOverlay: map[string]string{},
+		health: newHealth(),
+		cl:     opts.Cluster, unhealthyOverlay: map[string]string{},
 	}
 	if !opts.NoDNS {
 		if opts.DNS.Log == nil {
@@ -148,6 +143,7 @@ func New(opts Options) (*Agent, error) {
 		}
 		a.dns = srv
 	}
+	a.names = newDNSRecords(a.dns)
 	a.host = opts.Host
 	if a.host == nil {
 		a.host = netlinkHost{opts.HostNetNS}
