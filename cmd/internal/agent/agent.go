@@ -97,11 +97,8 @@ type Agent struct {
 	hostPorts map[hostPortKey][]published // the sandboxes' published ports (putSandbox)
 	names     *dnsRecords                 // the DNS table's records and problems (dnsrecords.go)
 
-	cl               *cluster.Cluster
-	cs               clusterState
-	unhealthyOverlay map[string]string // cluster network name → why it is not set up here
-	probeMu          sync.Mutex
-	probes           map[string]probe // peer → last health probe
+	cl   *cluster.Cluster
+	glue *clusterGlue // the agent's side of the cluster (clusterglue.go)
 
 	procs        *processes
 	makesBridges bool // the datapath has a Linux bridge per bridge network (bridgeless.go)
@@ -130,7 +127,7 @@ func New(opts Options) (*Agent, error) {
 		networks: map[string]*networkRec{}, sandboxes: map[string]*sandboxRec{}, hostPorts: map[hostPortKey][]published{},
 		endpoints: map[string]*endpointRec{}, pools: map[string]*ipam.Pool{},
 		health: newHealth(),
-		cl:     opts.Cluster, unhealthyOverlay: map[string]string{},
+		cl:     opts.Cluster, glue: newClusterGlue(),
 	}
 	if !opts.NoDNS {
 		if opts.DNS.Log == nil {

@@ -63,12 +63,12 @@ func (a *Agent) refreshEndpointDNS(eps ...*endpointRec) {
 }
 
 // refreshRemoteDNS updates the names of remote endpoints, per overlay
-// network, from what the cluster sync keeps in a.cs.names.
+// network, from what the cluster sync keeps in clusterGlue.
 func (a *Agent) refreshRemoteDNS() {
 	if a.dns == nil {
 		return
 	}
-	a.names.setRemotes(a.cs.names, a.log)
+	a.names.setRemotes(a.glue.allNames(), a.log)
 }
 
 // updateForwarding tells the DNS server whether a sandbox may have names

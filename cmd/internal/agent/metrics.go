@@ -21,7 +21,7 @@ func (a *Agent) AgentMetrics() metrics.AgentSnapshot {
 			Runs: rec.runs, Errors: rec.errors, LastDuration: rec.last, LastSuccess: rec.lastSuccess,
 		},
 	}
-	conflicts := a.conflictsByNetworkLocked()
+	conflicts := a.glue.conflictsByNetwork()
 	for _, n := range a.networks {
 		api := a.networkAPI(n)
 		_, bad := a.health.unhealthyWhy(n.ID)
@@ -33,7 +33,8 @@ func (a *Agent) AgentMetrics() metrics.AgentSnapshot {
 	}
 	// Cluster networks that could not be set up here (a subnet that is
 	// special-use or overlaps a host route) count as unhealthy overlays.
-	for name := range a.unhealthyOverlay {
+	names, _ := a.glue.unhealthyNetworks()
+	for _, name := range names {
 		s.Networks = append(s.Networks, metrics.NetworkUsage{Name: name, Driver: api.DriverOverlay, Unhealthy: true})
 	}
 	return s

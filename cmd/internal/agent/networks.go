@@ -385,7 +385,7 @@ func (a *Agent) networkAPI(n *networkRec) api.Network {
 		health = api.HealthUnhealthy + ": " + why
 	}
 	out := n.api(count, used, free, health)
-	for _, r := range a.cs.remotes[n.ID] {
+	for _, r := range a.glue.remotesOf(n.ID) {
 		out.Remotes = append(out.Remotes, api.Remote{IP: r.Addr.String(), MAC: net.HardwareAddr(r.MAC).String(), Node: r.Node.String()})
 	}
 	return a.withoutBridge(out)

@@ -503,9 +503,9 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 	nNet, nSb, nEp := len(a.networks), len(a.sandboxes), len(a.endpoints)
 	warnings := append(a.health.lasting(), a.healthWarnings()...)
 	warnings = append(warnings, a.health.eventWarnings(time.Now())...)
-	warnings = append(warnings, a.conflictWarningsLocked()...)
+	warnings = append(warnings, a.glue.conflictWarnings()...)
 	dnsSt := a.dnsStatus()
-	clusterSt := a.clusterStatusLocked()
+	clusterSt := a.clusterStatus()
 	if clusterSt != nil {
 		warnings = append(warnings, clusterSt.Problems...)
 		for _, m := range clusterSt.Members {
