@@ -244,7 +244,8 @@ func (a *Agent) markUnhealthyAfterSync(ctx context.Context, syncErr error) {
 	}
 }
 
-// healthWarnings describes unhealthy networks for status.
+// healthWarnings describes unhealthy networks for status (with mu or view
+// held).
 func (a *Agent) healthWarnings() []string {
 	var out []string
 	for id, why := range a.health.unhealthyNetworks() {

@@ -10,9 +10,12 @@ import (
 )
 
 // AgentMetrics is the agent's state for the metrics collector.
+//
+// It reads the core's maps under Agent.view, not Agent.mu: a scrape does
+// not wait for a change in progress.
 func (a *Agent) AgentMetrics() metrics.AgentSnapshot {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	a.view.RLock()
+	defer a.view.RUnlock()
 	rec := a.health.reconciles()
 	s := metrics.AgentSnapshot{
 		Started:   a.started,

@@ -277,8 +277,7 @@ func (a *Agent) addNetwork(ctx context.Context, n *networkRec) (err error) {
 	if err := a.store.Update(func(tx *store.Tx) error { return tx.Put(bucketNetworks, n.ID, n) }); err != nil {
 		return err
 	}
-	a.networks[n.ID] = n
-	a.pools[n.ID] = pool
+	a.indexNetwork(n, pool)
 	a.log.Info("network created", "name", n.Name, "subnet", n.Subnet, "bridge", n.Bridge)
 	return nil
 }
@@ -339,8 +338,7 @@ func (a *Agent) deleteNetwork(ctx context.Context, n *networkRec) error {
 	if err := a.store.Update(func(tx *store.Tx) error { return tx.Delete(bucketNetworks, n.ID) }); err != nil {
 		return err
 	}
-	delete(a.networks, n.ID)
-	delete(a.pools, n.ID)
+	a.unindexNetwork(n.ID)
 	a.health.clearUnhealthy(n.ID)
 	a.log.Info("network removed", "name", n.Name)
 	return nil

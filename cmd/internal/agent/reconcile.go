@@ -20,7 +20,7 @@ func (a *Agent) load() error {
 			return err
 		}
 		for i := range nets {
-			a.networks[nets[i].ID] = &nets[i]
+			a.indexNetwork(&nets[i], nil)
 		}
 		sbs, err := store.List[sandboxRec](tx, bucketSandboxes)
 		if err != nil {
@@ -34,7 +34,7 @@ func (a *Agent) load() error {
 			return err
 		}
 		for i := range eps {
-			a.endpoints[eps[i].ID] = &eps[i]
+			a.indexEndpoint(&eps[i])
 		}
 		return nil
 	})
@@ -46,7 +46,7 @@ func (a *Agent) load() error {
 func (a *Agent) reconcile(ctx context.Context) error {
 	t0 := time.Now()
 	// Address pools first: removals below release into them.
-	for id, n := range a.networks {
+	for _, n := range a.networks {
 		pool, err := ipam.NewPool(n.Subnet, n.Gateway, n.IPRange, n.Exclude)
 		if err != nil {
 			return fmt.Errorf("network %s: %w", n.Name, err)
@@ -56,7 +56,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 				return fmt.Errorf("network %s: host shim address: %w", n.Name, err)
 			}
 		}
-		a.pools[id] = pool
+		a.indexNetwork(n, pool)
 	}
 	for id, ep := range a.endpoints {
 		pool := a.pools[ep.NetworkID]
@@ -65,7 +65,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 			if err := a.deleteEndpointKernel(ctx, ep); err != nil {
 				a.log.Warn("remove orphaned endpoint", "err", err)
 			}
-			delete(a.endpoints, id)
+			a.unindexEndpoint(id)
 			if err := a.store.Update(func(tx storeTx) error { return tx.Delete(bucketEndpoints, id) }); err != nil {
 				return err
 			}

@@ -198,7 +198,9 @@ func (a *Agent) putSandbox(sb *sandboxRec) {
 	if old := a.sandboxes[sb.Name]; old != nil {
 		a.dropSandbox(old)
 	}
+	a.view.Lock()
 	a.sandboxes[sb.Name] = sb
+	a.view.Unlock()
 	for _, p := range sb.Ports {
 		k := hostPortKey{p.Proto, p.HostPort}
 		a.hostPorts[k] = append(a.hostPorts[k], published{sb.Name, p})
@@ -207,7 +209,9 @@ func (a *Agent) putSandbox(sb *sandboxRec) {
 
 func (a *Agent) dropSandbox(sb *sandboxRec) {
 	if a.sandboxes[sb.Name] == sb {
+		a.view.Lock()
 		delete(a.sandboxes, sb.Name)
+		a.view.Unlock()
 	}
 	for _, p := range sb.Ports {
 		k := hostPortKey{p.Proto, p.HostPort}
@@ -244,7 +248,7 @@ func (a *Agent) addSandbox(ctx context.Context, sb *sandboxRec, eps []*endpointR
 	}
 	a.putSandbox(sb)
 	for _, ep := range eps {
-		a.endpoints[ep.ID] = ep
+		a.indexEndpoint(ep)
 	}
 	defer func() {
 		if err != nil {
@@ -495,34 +499,4 @@ func (a *Agent) sandboxAPI(sb *sandboxRec) api.Sandbox {
 		out.Endpoints = append(out.Endpoints, a.endpointAPI(ep))
 	}
 	return out
-}
-
-// Status summarises the agent.
-func (a *Agent) Status(ctx context.Context) api.Status {
-	a.mu.Lock()
-	nNet, nSb, nEp := len(a.networks), len(a.sandboxes), len(a.endpoints)
-	warnings := append(a.health.lasting(), a.healthWarnings()...)
-	warnings = append(warnings, a.health.eventWarnings(time.Now())...)
-	warnings = append(warnings, a.glue.conflictWarnings()...)
-	dnsSt := a.dnsStatus()
-	clusterSt := a.clusterStatus()
-	if clusterSt != nil {
-		warnings = append(warnings, clusterSt.Problems...)
-		for _, m := range clusterSt.Members {
-			if m.State != "alive" {
-				warnings = append(warnings, fmt.Sprintf("cluster member %s is %s (since %s)", m.Name, m.State, m.Since))
-			}
-		}
-	}
-	if dnsSt != nil && len(dnsSt.Errors) > 0 {
-		warnings = append(warnings, fmt.Sprintf("embedded DNS not running in %d sandbox(es)", len(dnsSt.Errors)))
-	}
-	a.mu.Unlock()
-	ds := a.dp.Status(ctx)
-	return api.Status{
-		Version: Version, Node: a.opts.NodeName, Started: a.started.UTC().Format(time.RFC3339),
-		Uptime: time.Since(a.started).Round(time.Second).String(), Datapath: ds.Name, Details: ds.Details,
-		Networks: nNet, Sandboxes: nSb, Endpoints: nEp, Warnings: append(warnings, ds.Warnings...),
-		DNS: dnsSt, Cluster: clusterSt,
-	}
 }
