@@ -87,8 +87,8 @@ type Agent struct {
 	store   *store.Store
 	started time.Time
 
-	mu        sync.Mutex   // serialises changes (core.go)
-	view      sync.RWMutex // guards the four maps below for status and metrics (core.go)
+	mu        sync.Mutex             // serialises changes (core.go)
+	view      sync.RWMutex           // guards the four maps below for status and metrics (core.go)
 	networks  map[string]*networkRec // by ID
 	sandboxes map[string]*sandboxRec // by name
 	endpoints map[string]*endpointRec

@@ -62,50 +62,8 @@ func applyOptions(n *networkRec, opts map[string]string) error {
 		if !known {
 			return invalidf("unknown option %q for driver %s; known options: %s", k, n.Driver, strings.Join(allowed, ", "))
 		}
-		switch key {
-		case "mtu":
-			mtu, err := strconv.Atoi(v)
-			if err != nil || mtu < 576 || mtu > 65535 {
-				return invalidf("option %s=%q: MTU must be a number from 576 to 65535", k, v)
-			}
-			n.MTU = mtu
-		case "bridge_name":
-			if err := validIfName(v); err != nil {
-				return invalidf("option %s: %v", k, err)
-			}
-			n.Bridge = v
-		case "parent":
-			if err := validIfName(v); err != nil {
-				return invalidf("option parent: %v", err)
-			}
-			n.Parent = v
-		case "macvlan_mode", "ipvlan_mode":
-			ok := false
-			for _, m := range driverModes[key] {
-				ok = ok || m == v
-			}
-			if !ok {
-				return invalidf("option %s=%q: must be one of %s", k, v, strings.Join(driverModes[key], ", "))
-			}
-			n.Mode = v
-		case "host_shim":
-			b, err := strconv.ParseBool(v)
-			if err != nil {
-				return invalidf("option host_shim=%q: must be true or false", v)
-			}
-			n.Shim = b
-		case "exclude":
-			for _, s := range strings.Split(v, ",") {
-				s = strings.TrimSpace(s)
-				if i := strings.IndexByte(s, '='); i >= 0 { // Docker's aux-address host=IP
-					s = s[i+1:]
-				}
-				ip, err := netip.ParseAddr(s)
-				if err != nil || !ip.Is4() {
-					return invalidf("option %s: %q is not an IPv4 address (want exclude=IP,IP,...)", k, s)
-				}
-				n.Exclude = append(n.Exclude, ip)
-			}
+		if err := applyOption(n, k, key, v); err != nil {
+			return err
 		}
 		if n.Options == nil {
 			n.Options = map[string]string{}
@@ -123,6 +81,57 @@ func applyOptions(n *networkRec, opts map[string]string) error {
 			if _, ok := opts["com.docker.network.driver.mtu"]; !ok {
 				n.MTU = 0 // follow the parent's MTU
 			}
+		}
+	}
+	return nil
+}
+
+// applyOption parses one driver option (k as given, key its canonical
+// name) into n.
+func applyOption(n *networkRec, k, key, v string) error {
+	switch key {
+	case "mtu":
+		mtu, err := strconv.Atoi(v)
+		if err != nil || mtu < 576 || mtu > 65535 {
+			return invalidf("option %s=%q: MTU must be a number from 576 to 65535", k, v)
+		}
+		n.MTU = mtu
+	case "bridge_name":
+		if err := validIfName(v); err != nil {
+			return invalidf("option %s: %v", k, err)
+		}
+		n.Bridge = v
+	case "parent":
+		if err := validIfName(v); err != nil {
+			return invalidf("option parent: %v", err)
+		}
+		n.Parent = v
+	case "macvlan_mode", "ipvlan_mode":
+		ok := false
+		for _, m := range driverModes[key] {
+			ok = ok || m == v
+		}
+		if !ok {
+			return invalidf("option %s=%q: must be one of %s", k, v, strings.Join(driverModes[key], ", "))
+		}
+		n.Mode = v
+	case "host_shim":
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return invalidf("option host_shim=%q: must be true or false", v)
+		}
+		n.Shim = b
+	case "exclude":
+		for _, s := range strings.Split(v, ",") {
+			s = strings.TrimSpace(s)
+			if i := strings.IndexByte(s, '='); i >= 0 { // Docker's aux-address host=IP
+				s = s[i+1:]
+			}
+			ip, err := netip.ParseAddr(s)
+			if err != nil || !ip.Is4() {
+				return invalidf("option %s: %q is not an IPv4 address (want exclude=IP,IP,...)", k, s)
+			}
+			n.Exclude = append(n.Exclude, ip)
 		}
 	}
 	return nil

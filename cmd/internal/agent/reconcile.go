@@ -46,34 +46,8 @@ func (a *Agent) load() error {
 func (a *Agent) reconcile(ctx context.Context) error {
 	t0 := time.Now()
 	// Address pools first: removals below release into them.
-	for _, n := range a.networks {
-		pool, err := ipam.NewPool(n.Subnet, n.Gateway, n.IPRange, n.Exclude)
-		if err != nil {
-			return fmt.Errorf("network %s: %w", n.Name, err)
-		}
-		if n.HostShim.IsValid() {
-			if err := pool.Claim(n.HostShim, "host shim of network "+n.Name); err != nil {
-				return fmt.Errorf("network %s: host shim address: %w", n.Name, err)
-			}
-		}
-		a.indexNetwork(n, pool)
-	}
-	for id, ep := range a.endpoints {
-		pool := a.pools[ep.NetworkID]
-		if pool == nil || a.sandboxes[ep.Sandbox] == nil {
-			a.log.Warn("dropping orphaned endpoint record", "endpoint", id, "sandbox", ep.Sandbox)
-			if err := a.deleteEndpointKernel(ctx, ep); err != nil {
-				a.log.Warn("remove orphaned endpoint", "err", err)
-			}
-			a.unindexEndpoint(id)
-			if err := a.store.Update(func(tx storeTx) error { return tx.Delete(bucketEndpoints, id) }); err != nil {
-				return err
-			}
-			continue
-		}
-		if err := pool.Claim(ep.Addr.Addr(), "endpoint "+id[:12]+" (sandbox "+ep.Sandbox+")"); err != nil {
-			a.health.warn(fmt.Sprintf("endpoint %s of sandbox %s: %v", id[:12], ep.Sandbox, err))
-		}
+	if err := a.rebuildPools(ctx); err != nil {
+		return err
 	}
 
 	// Sandboxes: finish or roll back, re-create lost namespaces, re-adopt
@@ -125,6 +99,42 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	}
 	a.log.Info("reconciled", "networks", len(a.networks), "sandboxes", len(a.sandboxes),
 		"endpoints", len(a.endpoints), "took", time.Since(t0).Round(time.Microsecond))
+	return nil
+}
+
+// rebuildPools makes the address pools of the stored networks and claims
+// the addresses of the stored endpoints in them; an endpoint without its
+// network or sandbox is dropped.
+func (a *Agent) rebuildPools(ctx context.Context) error {
+	for _, n := range a.networks {
+		pool, err := ipam.NewPool(n.Subnet, n.Gateway, n.IPRange, n.Exclude)
+		if err != nil {
+			return fmt.Errorf("network %s: %w", n.Name, err)
+		}
+		if n.HostShim.IsValid() {
+			if err := pool.Claim(n.HostShim, "host shim of network "+n.Name); err != nil {
+				return fmt.Errorf("network %s: host shim address: %w", n.Name, err)
+			}
+		}
+		a.indexNetwork(n, pool)
+	}
+	for id, ep := range a.endpoints {
+		pool := a.pools[ep.NetworkID]
+		if pool == nil || a.sandboxes[ep.Sandbox] == nil {
+			a.log.Warn("dropping orphaned endpoint record", "endpoint", id, "sandbox", ep.Sandbox)
+			if err := a.deleteEndpointKernel(ctx, ep); err != nil {
+				a.log.Warn("remove orphaned endpoint", "err", err)
+			}
+			a.unindexEndpoint(id)
+			if err := a.store.Update(func(tx storeTx) error { return tx.Delete(bucketEndpoints, id) }); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := pool.Claim(ep.Addr.Addr(), "endpoint "+id[:12]+" (sandbox "+ep.Sandbox+")"); err != nil {
+			a.health.warn(fmt.Sprintf("endpoint %s of sandbox %s: %v", id[:12], ep.Sandbox, err))
+		}
+	}
 	return nil
 }
 
