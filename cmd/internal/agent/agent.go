@@ -1,11 +1,3 @@
-// Package agent is fabricd's core: it keeps the desired state (API requests,
-// later gossip) in the store, hands it to a datapath, runs sandbox commands,
-// and serves the HTTP API on a unix socket.
-//
-// Every mutation is serialised by one lock and follows the same order:
-// validate everything, write the records (phase "creating"), program the
-// kernel with idempotent ensures, mark the records ready. A failure rolls
-// back; a crash is rolled back or completed by the reconcile at start-up.
 package agent
 
 import (
