@@ -151,6 +151,37 @@ func TestOverlayNetworksEndpointsAndRemotesFollowTheCluster(t *testing.T) {
 	ctx := context.Background()
 	netnstest.Eventually(t, 10*time.Second, "the two nodes never met", func() bool { return A.cl.NumAlive() == 2 && B.cl.NumAlive() == 2 })
 
+	ov := createOverlayEverywhere(t, A, B)
+	sa, sb := overlaySandboxesOnBoth(t, A, B, ov)
+	ipA := netip.MustParsePrefix(sa.Endpoints[0].IP).Addr()
+	ipB := netip.MustParsePrefix(sb.Endpoints[0].IP).Addr()
+	restartAndDeath(t, A, B, ov, sa, ipA, ipB)
+
+	// With every endpoint gone the network can be removed, from any node.
+	if err := A.a.RemoveSandbox(ctx, sa.Name); err != nil {
+		t.Fatal(err)
+	}
+	if err := B.a.RemoveSandbox(ctx, sb.Name); err != nil {
+		t.Fatal(err)
+	}
+	netnstest.Eventually(t, 5*time.Second, "node-b still sees node-a's endpoint", func() bool { return len(B.cl.Endpoints("ov")) == 0 })
+	if err := B.a.RemoveNetwork(ctx, "ov"); err != nil {
+		t.Fatal(err)
+	}
+	netnstest.Eventually(t, 5*time.Second, "node-a kept the removed overlay network", func() bool { _, ok := networkNamed(A.a, "ov"); return !ok })
+	A.dp.mu.Lock()
+	_, still := A.dp.networks[ov.ID]
+	A.dp.mu.Unlock()
+	if still {
+		t.Fatal("node-a's datapath still has the removed overlay network")
+	}
+}
+
+// createOverlayEverywhere creates overlay network ov on A, checks that B
+// gets it and that conflicting and bad creates are refused everywhere.
+func createOverlayEverywhere(t *testing.T, A, B *clusterNode) api.Network {
+	t.Helper()
+	ctx := context.Background()
 	ov, err := A.a.CreateNetwork(ctx, api.NetworkCreate{Name: "ov", Driver: api.DriverOverlay, Subnet: "10.210.0.0/16"})
 	if err != nil {
 		t.Fatal(err)
@@ -188,13 +219,23 @@ func TestOverlayNetworksEndpointsAndRemotesFollowTheCluster(t *testing.T) {
 		t.Fatalf("refused requests left %d cluster networks, want 1", n)
 	}
 
+	return ov
+}
+
+// overlaySandboxesOnBoth makes a sandbox on ov on each node, checks that
+// each node programs the other's endpoint, and that a static address in
+// use elsewhere and the removal of a network in use are refused.
+func overlaySandboxesOnBoth(t *testing.T, A, B *clusterNode, ov api.Network) (sa, sb api.Sandbox) {
+	t.Helper()
+	ctx := context.Background()
 	sbA := sandboxName(t, "ova")
 	sbB := sandboxName(t, "ovb")
-	sa, err := A.a.CreateSandbox(ctx, api.SandboxCreate{Name: sbA, Network: "ov"})
+	var err error
+	sa, err = A.a.CreateSandbox(ctx, api.SandboxCreate{Name: sbA, Network: "ov"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	sb, err := B.a.CreateSandbox(ctx, api.SandboxCreate{Name: sbB, Network: "ov"})
+	sb, err = B.a.CreateSandbox(ctx, api.SandboxCreate{Name: sbB, Network: "ov"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,6 +264,15 @@ func TestOverlayNetworksEndpointsAndRemotesFollowTheCluster(t *testing.T) {
 		t.Fatalf("remove ov with endpoints on both nodes: %v, want conflict", err)
 	}
 
+	return sa, sb
+}
+
+// restartAndDeath crashes and restarts node-a (its state stays, and the
+// first Sync has node-b's endpoint), then kills node-b (node-a drops its
+// endpoint and reports it) and brings it back.
+func restartAndDeath(t *testing.T, A, B *clusterNode, ov api.Network, sa api.Sandbox, ipA, ipB netip.Addr) {
+	t.Helper()
+	ctx := context.Background()
 	// node-a crashes and comes back: its network, endpoint and address stay,
 	// and the datapath gets node-b's endpoint at the first Sync, before
 	// gossip caught up.
@@ -262,24 +312,6 @@ func TestOverlayNetworksEndpointsAndRemotesFollowTheCluster(t *testing.T) {
 	B.start(t)
 	netnstest.Eventually(t, 10*time.Second, "node-b's endpoint never came back on node-a", func() bool { return hasRemote(A.dp.remotesOf(ov.ID), ipB.String()) })
 
-	// With every endpoint gone the network can be removed, from any node.
-	if err := A.a.RemoveSandbox(ctx, sbA); err != nil {
-		t.Fatal(err)
-	}
-	if err := B.a.RemoveSandbox(ctx, sbB); err != nil {
-		t.Fatal(err)
-	}
-	netnstest.Eventually(t, 5*time.Second, "node-b still sees node-a's endpoint", func() bool { return len(B.cl.Endpoints("ov")) == 0 })
-	if err := B.a.RemoveNetwork(ctx, "ov"); err != nil {
-		t.Fatal(err)
-	}
-	netnstest.Eventually(t, 5*time.Second, "node-a kept the removed overlay network", func() bool { _, ok := networkNamed(A.a, "ov"); return !ok })
-	A.dp.mu.Lock()
-	_, still := A.dp.networks[ov.ID]
-	A.dp.mu.Unlock()
-	if still {
-		t.Fatal("node-a's datapath still has the removed overlay network")
-	}
 }
 
 func TestGossipKeyRotationAndWrongKey(t *testing.T) {
