@@ -84,8 +84,7 @@ type Agent struct {
 	networks  map[string]*networkRec // by ID
 	sandboxes map[string]*sandboxRec // by name
 	endpoints map[string]*endpointRec
-	pools     map[string]*ipam.Pool      // by network ID
-	conflicts map[string]addressConflict // endpoint ID → overlay address conflict it lost (conflicts.go)
+	pools     map[string]*ipam.Pool // by network ID
 	dns       *dns.Server
 	hostPorts map[hostPortKey][]published // the sandboxes' published ports (putSandbox)
 	names     *dnsRecords                 // the DNS table's records and problems (dnsrecords.go)
