@@ -293,6 +293,9 @@ func restartAndDeath(t *testing.T, A, B *clusterNode, ov api.Network, sa api.San
 	netnstest.Eventually(t, 20*time.Second, "node-a never rejoined", func() bool { return A.cl.NumAlive() == 2 })
 	netnstest.Eventually(t, 5*time.Second, "node-b lost node-a's endpoint after the restart", func() bool { return hasRemote(B.dp.remotesOf(ov.ID), ipA.String()) })
 
+	// node-a forwards to node-b's endpoint again (a sync while node-a was
+	// rejoining may have seen node-b as not alive yet).
+	netnstest.Eventually(t, 10*time.Second, "node-a never forwarded to node-b's endpoint after its restart", func() bool { return hasRemote(A.dp.remotesOf(ov.ID), ipB.String()) })
 	// node-b dies: node-a drops its endpoint from the datapath.
 	t0 := time.Now()
 	B.stop()

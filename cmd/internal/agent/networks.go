@@ -68,15 +68,11 @@ func (a *Agent) networkLocked(ref string) (*networkRec, error) {
 
 // CreateNetwork validates req completely, then creates the network.
 func (a *Agent) CreateNetwork(ctx context.Context, req api.NetworkCreate) (api.Network, error) {
+	if req.Driver == api.DriverOverlay {
+		return a.createOverlay(ctx, req) // the cluster's vote, without the lock
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if req.Driver == api.DriverOverlay {
-		n, err := a.createOverlay(ctx, req)
-		if err != nil {
-			return api.Network{}, err
-		}
-		return a.networkAPI(n), nil
-	}
 	if err := a.refuseBridgeName(req); err != nil {
 		return api.Network{}, err
 	}

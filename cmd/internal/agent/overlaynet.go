@@ -75,25 +75,56 @@ func clusterErr(err error) error {
 	return err
 }
 
-// createOverlay creates a cluster-scoped network and sets it up here.
-func (a *Agent) createOverlay(ctx context.Context, req api.NetworkCreate) (*networkRec, error) {
+// createOverlay creates a cluster-scoped network and sets it up here. The
+// cluster's vote on it waits for every member counted alive (seconds for
+// one that stopped answering), so it runs without the agent lock: the
+// request is checked under the lock, voted on without it, and set up here
+// under it again (unless the cluster sync did that meanwhile).
+func (a *Agent) createOverlay(ctx context.Context, req api.NetworkCreate) (api.Network, error) {
 	if a.cl == nil {
-		return nil, invalidf("overlay networks need a cluster: start fabricd with --cluster-bind IP (and --cluster-join on the other nodes)")
+		return api.Network{}, invalidf("overlay networks need a cluster: start fabricd with --cluster-bind IP (and --cluster-join on the other nodes)")
 	}
-	if err := validName("network", req.Name); err != nil {
-		return nil, err
+	spec, err := a.planOverlay(req)
+	if err != nil {
+		return api.Network{}, err
 	}
-	for _, n := range a.networks {
-		if n.Name == req.Name {
-			return nil, conflictf("network %q already exists (id %s)", req.Name, n.ID[:12])
+	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	cn, err := a.cl.CreateNetwork(cctx, spec)
+	if err != nil {
+		return api.Network{}, clusterErr(fmt.Errorf("create overlay network %q: %w", req.Name, err))
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.networks[overlayID(cn.ID)] == nil {
+		if err := a.materialize(ctx, cn); err != nil {
+			_ = a.cl.RemoveNetwork(cn.Name)
+			return api.Network{}, err
 		}
 	}
+	a.saveClusterLocked(true)
+	return a.networkAPI(a.networks[overlayID(cn.ID)]), nil
+}
+
+// planOverlay checks an overlay network request against this host and
+// the cluster and returns what to propose to the cluster.
+func (a *Agent) planOverlay(req api.NetworkCreate) (cluster.NetworkSpec, error) {
+	if err := validName("network", req.Name); err != nil {
+		return cluster.NetworkSpec{}, err
+	}
 	if req.IPRange != "" {
-		return nil, naming(invalidf("ip_range is not supported by the overlay driver: nodes lease blocks of the subnet (the block_bits option sets their size)"), "ip_range")
+		return cluster.NetworkSpec{}, naming(invalidf("ip_range is not supported by the overlay driver: nodes lease blocks of the subnet (the block_bits option sets their size)"), "ip_range")
 	}
 	spec, err := overlaySpec(req)
 	if err != nil {
-		return nil, err
+		return cluster.NetworkSpec{}, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, n := range a.networks {
+		if n.Name == req.Name {
+			return cluster.NetworkSpec{}, conflictf("network %q already exists (id %s)", req.Name, n.ID[:12])
+		}
 	}
 	var clusterSubnets []netip.Prefix
 	for _, cn := range a.cl.Networks() {
@@ -101,24 +132,13 @@ func (a *Agent) createOverlay(ctx context.Context, req api.NetworkCreate) (*netw
 	}
 	planned := &networkRec{Name: req.Name, Driver: api.DriverOverlay}
 	if err := a.planSubnet(planned, req, overlayPools, clusterSubnets); err != nil {
-		return nil, err
+		return cluster.NetworkSpec{}, err
 	}
 	spec.Subnet, spec.Gateway = planned.Subnet, planned.Gateway
 	if _, err := a.overlayMTU(); err != nil {
-		return nil, invalidf("%v", err)
+		return cluster.NetworkSpec{}, invalidf("%v", err)
 	}
-	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	cn, err := a.cl.CreateNetwork(cctx, spec)
-	if err != nil {
-		return nil, clusterErr(fmt.Errorf("create overlay network %q: %w", req.Name, err))
-	}
-	if err := a.materialize(ctx, cn); err != nil {
-		_ = a.cl.RemoveNetwork(cn.Name)
-		return nil, err
-	}
-	a.saveClusterLocked(true)
-	return a.networks[overlayID(cn.ID)], nil
+	return spec, nil
 }
 
 // overlaySpec turns the options of an overlay network request into the
