@@ -102,18 +102,28 @@ func TestThousandsOfSandboxes(t *testing.T) {
 func removeAllChecked(t *testing.T, a *Agent, names []string, list []api.Sandbox, warm int) {
 	t.Helper()
 	ctx, n := context.Background(), len(names)
-	pids := make([]int, 0, n)
+	// With start times: pid_max may be 32768, and with thousands of
+	// commands a PID is soon another process's.
+	type proc struct {
+		pid   int
+		start uint64
+	}
+	procs := make([]proc, 0, n)
 	for _, sb := range list {
-		pids = append(pids, sb.PID)
+		start, err := processStart(sb.PID)
+		if err != nil {
+			t.Fatalf("command %d of sandbox %s: %v", sb.PID, sb.Name, err)
+		}
+		procs = append(procs, proc{sb.PID, start})
 	}
 	for _, name := range names {
 		if err := a.RemoveSandbox(ctx, name); err != nil {
 			t.Fatalf("remove %s: %v", name, err)
 		}
 	}
-	for _, pid := range pids {
-		if alive(pid, 0) {
-			t.Fatalf("command %d runs after its sandbox was removed", pid)
+	for _, p := range procs {
+		if alive(p.pid, p.start) {
+			t.Fatalf("command %d runs after its sandbox was removed", p.pid)
 		}
 	}
 	if left := len(a.Sandboxes()); left != 0 {
