@@ -37,11 +37,6 @@ type Host interface {
 	NamespaceExists(name string) bool
 }
 
-// RouteLister is the part of Host a subnet check needs.
-type RouteLister interface {
-	HostRoutes() ([]netip.Prefix, error)
-}
-
 // HostLink is what the agent needs to know of a host interface.
 type HostLink struct {
 	Name  string
