@@ -1,11 +1,3 @@
-// Package agent is fabricd's core: it keeps the desired state (API requests,
-// later gossip) in the store, hands it to a datapath, runs sandbox commands,
-// and serves the HTTP API on a unix socket.
-//
-// Every mutation is serialised by one lock and follows the same order:
-// validate everything, write the records (phase "creating"), program the
-// kernel with idempotent ensures, mark the records ready. A failure rolls
-// back; a crash is rolled back or completed by the reconcile at start-up.
 package agent
 
 import (
@@ -63,9 +55,9 @@ type Options struct {
 	// then have sandbox names of their own. "" keeps `ip netns exec NAME`.
 	NetNSPrefix string
 	Datapath    datapath.Datapath
-	// Routes lists the host's routes for subnet checks; nil asks the
-	// kernel (in HostNetNS).
-	Routes RouteLister
+	// Host answers the core's questions to the host (routes, links,
+	// sandbox namespaces); nil asks the kernel (in HostNetNS).
+	Host Host
 	// Cluster, if set, makes the host part of a fabric: overlay networks,
 	// leases and endpoint records come from it. The caller runs it
 	// (Cluster.Run) and calls RunCluster; nil is a single-host fabric.
@@ -83,38 +75,27 @@ type Agent struct {
 	opts    Options
 	log     *slog.Logger
 	dp      datapath.Datapath
-	routes  RouteLister
+	host    Host
 	store   *store.Store
 	started time.Time
 
-	mu        sync.Mutex
+	mu        sync.Mutex             // serialises changes (core.go)
+	view      sync.RWMutex           // guards the four maps below for status and metrics (core.go)
 	networks  map[string]*networkRec // by ID
 	sandboxes map[string]*sandboxRec // by name
 	endpoints map[string]*endpointRec
-	pools     map[string]*ipam.Pool      // by network ID
-	warnings  []string                   // conditions that last until the agent stops
-	events    []eventWarning             // one-off cluster events, shown for eventWarningTTL
-	conflicts map[string]addressConflict // endpoint ID → overlay address conflict it lost (conflicts.go)
-	unhealthy map[string]string          // network ID → why (macvlan/ipvlan parent missing)
+	pools     map[string]*ipam.Pool // by network ID
 	dns       *dns.Server
-	dnsErrors map[string]string           // sandbox → why its resolver is not running
 	hostPorts map[hostPortKey][]published // the sandboxes' published ports (putSandbox)
-	dnsEP     map[string][]dns.Record     // endpoint ID → its DNS records as last set (refreshEndpointDNS)
-	dnsNet    map[string][]dns.Record     // overlay network ID → its remote names as last set
-	badNames  map[string]struct{}         // gossiped names ignored (not one label), logged once
-	// badNameCount counts the distinct gossiped names ignored.
-	badNameCount uint64
+	names     *dnsRecords                 // the DNS table's records and problems (dnsrecords.go)
 
-	cl               *cluster.Cluster
-	cs               clusterState
-	unhealthyOverlay map[string]string // cluster network name → why it is not set up here
-	probeMu          sync.Mutex
-	probes           map[string]probe // peer → last health probe
+	cl   *cluster.Cluster
+	glue *clusterGlue // the agent's side of the cluster (clusterglue.go)
 
 	procs        *processes
 	makesBridges bool // the datapath has a Linux bridge per bridge network (bridgeless.go)
 	wg           sync.WaitGroup
-	recStats     reconcileStats // under mu
+	health       *health // warnings, unhealthy networks, events (health.go)
 }
 
 // New opens the state store and builds the agent; Start reconciles.
@@ -137,8 +118,8 @@ func New(opts Options) (*Agent, error) {
 		opts: opts, log: opts.Log, dp: opts.Datapath, store: st, started: time.Now(),
 		networks: map[string]*networkRec{}, sandboxes: map[string]*sandboxRec{}, hostPorts: map[hostPortKey][]published{},
 		endpoints: map[string]*endpointRec{}, pools: map[string]*ipam.Pool{},
-		unhealthy: map[string]string{}, dnsErrors: map[string]string{}, dnsEP: map[string][]dns.Record{}, dnsNet: map[string][]dns.Record{}, badNames: map[string]struct{}{},
-		cl: opts.Cluster, unhealthyOverlay: map[string]string{},
+		health: newHealth(),
+		cl:     opts.Cluster, glue: newClusterGlue(),
 	}
 	if !opts.NoDNS {
 		if opts.DNS.Log == nil {
@@ -151,9 +132,10 @@ func New(opts Options) (*Agent, error) {
 		}
 		a.dns = srv
 	}
-	a.routes = opts.Routes
-	if a.routes == nil {
-		a.routes = netlinkRoutes{opts.HostNetNS}
+	a.names = newDNSRecords(a.dns)
+	a.host = opts.Host
+	if a.host == nil {
+		a.host = netlinkHost{opts.HostNetNS}
 	}
 	if a.procs, err = newProcesses(a, filepath.Join(opts.StateDir, "logs")); err != nil {
 		if a.dns != nil {
@@ -179,7 +161,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	}
 	t0 := time.Now()
 	err := a.reconcile(ctx)
-	a.recordReconcile(time.Since(t0), err)
+	a.health.recordReconcile(time.Since(t0), err)
 	if err != nil {
 		return fmt.Errorf("reconcile: %w", err)
 	}

@@ -38,7 +38,7 @@ type clusterNode struct {
 	port      int
 	seeds     []string
 	keys      [][]byte
-	routes    RouteLister // nil: the kernel's
+	host      Host // nil: a fake host
 	dp        *fakeDatapath
 	cl        *cluster.Cluster
 	a         *Agent
@@ -54,6 +54,9 @@ func (n *clusterNode) start(t *testing.T) {
 		w = testLogWriter{t, n.name}
 	}
 	log := slog.New(slog.NewTextHandler(w, nil))
+	if n.host == nil {
+		n.host = newFakeHost()
+	}
 	// The identity key lives in the state dir, as fabricd keeps it.
 	id, err := gossipkey.LoadOrCreateIdentity(filepath.Join(n.dir, "cluster-identity.key"))
 	if err != nil {
@@ -68,7 +71,7 @@ func (n *clusterNode) start(t *testing.T) {
 	}
 	a, err := New(Options{
 		StateDir: n.dir, Socket: filepath.Join(n.dir, "sock"), NodeName: n.name, NoDefaultNetwork: true, NoDNS: true,
-		Datapath: n.dp, Log: log, Cluster: cl, Routes: n.routes,
+		Datapath: n.dp, Log: log, Cluster: cl, Host: n.host,
 		Tunnel: datapath.Tunnel{Local: netip.MustParseAddr("127.0.0.1"), Port: 4789},
 	})
 	if err != nil {
@@ -143,12 +146,42 @@ func networkNamed(a *Agent, name string) (api.Network, bool) {
 }
 
 func TestOverlayNetworksEndpointsAndRemotesFollowTheCluster(t *testing.T) {
-	netnstest.RequireRoot(t)
 	nodes := newClusterNodes(t, "node-a", "node-b")
 	A, B := nodes[0], nodes[1]
 	ctx := context.Background()
 	netnstest.Eventually(t, 10*time.Second, "the two nodes never met", func() bool { return A.cl.NumAlive() == 2 && B.cl.NumAlive() == 2 })
 
+	ov := createOverlayEverywhere(t, A, B)
+	sa, sb := overlaySandboxesOnBoth(t, A, B, ov)
+	ipA := netip.MustParsePrefix(sa.Endpoints[0].IP).Addr()
+	ipB := netip.MustParsePrefix(sb.Endpoints[0].IP).Addr()
+	restartAndDeath(t, A, B, ov, sa, ipA, ipB)
+
+	// With every endpoint gone the network can be removed, from any node.
+	if err := A.a.RemoveSandbox(ctx, sa.Name); err != nil {
+		t.Fatal(err)
+	}
+	if err := B.a.RemoveSandbox(ctx, sb.Name); err != nil {
+		t.Fatal(err)
+	}
+	netnstest.Eventually(t, 5*time.Second, "node-b still sees node-a's endpoint", func() bool { return len(B.cl.Endpoints("ov")) == 0 })
+	if err := B.a.RemoveNetwork(ctx, "ov"); err != nil {
+		t.Fatal(err)
+	}
+	netnstest.Eventually(t, 5*time.Second, "node-a kept the removed overlay network", func() bool { _, ok := networkNamed(A.a, "ov"); return !ok })
+	A.dp.mu.Lock()
+	_, still := A.dp.networks[ov.ID]
+	A.dp.mu.Unlock()
+	if still {
+		t.Fatal("node-a's datapath still has the removed overlay network")
+	}
+}
+
+// createOverlayEverywhere creates overlay network ov on A, checks that B
+// gets it and that conflicting and bad creates are refused everywhere.
+func createOverlayEverywhere(t *testing.T, A, B *clusterNode) api.Network {
+	t.Helper()
+	ctx := context.Background()
 	ov, err := A.a.CreateNetwork(ctx, api.NetworkCreate{Name: "ov", Driver: api.DriverOverlay, Subnet: "10.210.0.0/16"})
 	if err != nil {
 		t.Fatal(err)
@@ -186,13 +219,23 @@ func TestOverlayNetworksEndpointsAndRemotesFollowTheCluster(t *testing.T) {
 		t.Fatalf("refused requests left %d cluster networks, want 1", n)
 	}
 
+	return ov
+}
+
+// overlaySandboxesOnBoth makes a sandbox on ov on each node, checks that
+// each node programs the other's endpoint, and that a static address in
+// use elsewhere and the removal of a network in use are refused.
+func overlaySandboxesOnBoth(t *testing.T, A, B *clusterNode, ov api.Network) (sa, sb api.Sandbox) {
+	t.Helper()
+	ctx := context.Background()
 	sbA := sandboxName(t, "ova")
 	sbB := sandboxName(t, "ovb")
-	sa, err := A.a.CreateSandbox(ctx, api.SandboxCreate{Name: sbA, Network: "ov", Command: []string{"sleep", "60"}})
+	var err error
+	sa, err = A.a.CreateSandbox(ctx, api.SandboxCreate{Name: sbA, Network: "ov"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	sb, err := B.a.CreateSandbox(ctx, api.SandboxCreate{Name: sbB, Network: "ov", Command: []string{"sleep", "60"}})
+	sb, err = B.a.CreateSandbox(ctx, api.SandboxCreate{Name: sbB, Network: "ov"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,7 +253,7 @@ func TestOverlayNetworksEndpointsAndRemotesFollowTheCluster(t *testing.T) {
 
 	// A static address another node uses is refused, and changes nothing.
 	sbX := sandboxName(t, "ovx")
-	if _, err := B.a.CreateSandbox(ctx, api.SandboxCreate{Name: sbX, Network: "ov", IP: ipA.String(), Command: []string{"sleep", "60"}}); !errors.Is(err, ErrConflict) {
+	if _, err := B.a.CreateSandbox(ctx, api.SandboxCreate{Name: sbX, Network: "ov", IP: ipA.String()}); !errors.Is(err, ErrConflict) {
 		t.Fatalf("static --ip %s used on node-a, from node-b: %v, want conflict", ipA, err)
 	}
 	if len(B.a.Endpoints()) != 1 {
@@ -221,6 +264,15 @@ func TestOverlayNetworksEndpointsAndRemotesFollowTheCluster(t *testing.T) {
 		t.Fatalf("remove ov with endpoints on both nodes: %v, want conflict", err)
 	}
 
+	return sa, sb
+}
+
+// restartAndDeath crashes and restarts node-a (its state stays, and the
+// first Sync has node-b's endpoint), then kills node-b (node-a drops its
+// endpoint and reports it) and brings it back.
+func restartAndDeath(t *testing.T, A, B *clusterNode, ov api.Network, sa api.Sandbox, ipA, ipB netip.Addr) {
+	t.Helper()
+	ctx := context.Background()
 	// node-a crashes and comes back: its network, endpoint and address stay,
 	// and the datapath gets node-b's endpoint at the first Sync, before
 	// gossip caught up.
@@ -241,6 +293,9 @@ func TestOverlayNetworksEndpointsAndRemotesFollowTheCluster(t *testing.T) {
 	netnstest.Eventually(t, 20*time.Second, "node-a never rejoined", func() bool { return A.cl.NumAlive() == 2 })
 	netnstest.Eventually(t, 5*time.Second, "node-b lost node-a's endpoint after the restart", func() bool { return hasRemote(B.dp.remotesOf(ov.ID), ipA.String()) })
 
+	// node-a forwards to node-b's endpoint again (a sync while node-a was
+	// rejoining may have seen node-b as not alive yet).
+	netnstest.Eventually(t, 10*time.Second, "node-a never forwarded to node-b's endpoint after its restart", func() bool { return hasRemote(A.dp.remotesOf(ov.ID), ipB.String()) })
 	// node-b dies: node-a drops its endpoint from the datapath.
 	t0 := time.Now()
 	B.stop()
@@ -260,28 +315,9 @@ func TestOverlayNetworksEndpointsAndRemotesFollowTheCluster(t *testing.T) {
 	B.start(t)
 	netnstest.Eventually(t, 10*time.Second, "node-b's endpoint never came back on node-a", func() bool { return hasRemote(A.dp.remotesOf(ov.ID), ipB.String()) })
 
-	// With every endpoint gone the network can be removed, from any node.
-	if err := A.a.RemoveSandbox(ctx, sbA); err != nil {
-		t.Fatal(err)
-	}
-	if err := B.a.RemoveSandbox(ctx, sbB); err != nil {
-		t.Fatal(err)
-	}
-	netnstest.Eventually(t, 5*time.Second, "node-b still sees node-a's endpoint", func() bool { return len(B.cl.Endpoints("ov")) == 0 })
-	if err := B.a.RemoveNetwork(ctx, "ov"); err != nil {
-		t.Fatal(err)
-	}
-	netnstest.Eventually(t, 5*time.Second, "node-a kept the removed overlay network", func() bool { _, ok := networkNamed(A.a, "ov"); return !ok })
-	A.dp.mu.Lock()
-	_, still := A.dp.networks[ov.ID]
-	A.dp.mu.Unlock()
-	if still {
-		t.Fatal("node-a's datapath still has the removed overlay network")
-	}
 }
 
 func TestGossipKeyRotationAndWrongKey(t *testing.T) {
-	netnstest.RequireRoot(t)
 	k1, k2 := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
 	nodes := newClusterNodesWithKeys(t, [][]byte{k1}, "key-a", "key-b")
 	A, B := nodes[0], nodes[1]
@@ -345,21 +381,19 @@ func TestGossipKeyRotationAndWrongKey(t *testing.T) {
 // A one-off cluster event is a status warning for eventWarningTTL, then it
 // ends, so `fabricctl status` is not degraded forever by one lost conflict.
 func TestEventWarningsExpire(t *testing.T) {
-	a := &Agent{}
-	a.noteEvent("overlay network ov: lost")
-	a.noteEvent("address block 10.9.1.0/24 was taken away")
-	a.noteEvent("overlay network ov: lost") // the same event again: one entry
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	h := newHealth()
+	h.noteEvent("overlay network ov: lost")
+	h.noteEvent("address block 10.9.1.0/24 was taken away")
+	h.noteEvent("overlay network ov: lost") // the same event again: one entry
 	now := time.Now()
-	got := a.eventWarningsLocked(now)
+	got := h.eventWarnings(now)
 	if len(got) != 2 || !strings.HasPrefix(got[0], "address block") || !strings.HasPrefix(got[1], "overlay network ov: lost (at ") {
 		t.Fatalf("warnings right after the events: %q; want the two events, latest last, with their time", got)
 	}
-	if got := a.eventWarningsLocked(now.Add(eventWarningTTL - time.Second)); len(got) != 2 {
+	if got := h.eventWarnings(now.Add(eventWarningTTL - time.Second)); len(got) != 2 {
 		t.Errorf("warnings just before the TTL: %q; want both", got)
 	}
-	if got := a.eventWarningsLocked(now.Add(eventWarningTTL + time.Second)); len(got) != 0 {
+	if got := h.eventWarnings(now.Add(eventWarningTTL + time.Second)); len(got) != 0 {
 		t.Errorf("warnings after the TTL: %q; want none", got)
 	}
 }
@@ -368,7 +402,6 @@ func TestEventWarningsExpire(t *testing.T) {
 // answering is still asked until it is declared failed); status and
 // metrics must answer meanwhile: the vote runs without the agent lock.
 func TestStatusAnswersDuringVote(t *testing.T) {
-	netnstest.RequireRoot(t)
 	nodes := newClusterNodes(t, "node-a", "node-b")
 	A, B := nodes[0], nodes[1]
 	ctx := context.Background()
@@ -384,7 +417,7 @@ func TestStatusAnswersDuringVote(t *testing.T) {
 	start := time.Now()
 	done := make(chan error, 1)
 	go func() {
-		_, err := A.a.CreateSandbox(ctx, api.SandboxCreate{Name: name, Network: "ov", IP: "10.214.3.7", Command: []string{"sleep", "60"}})
+		_, err := A.a.CreateSandbox(ctx, api.SandboxCreate{Name: name, Network: "ov", IP: "10.214.3.7"})
 		done <- err
 	}()
 	var slowest time.Duration

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"sort"
 
 	"github.com/fabricnet/fabric/cluster"
 	"github.com/fabricnet/fabric/cmd/internal/api"
@@ -56,18 +55,18 @@ func (a *Agent) checkConflictsLocked(members map[string]cluster.Member) {
 			found[id] = c
 		}
 	}
+	old := a.glue.setConflicts(found)
 	for id, c := range found {
-		if _, known := a.conflicts[id]; !known {
+		if _, known := old[id]; !known {
 			a.log.Warn("overlay address conflict lost to another node; the sandbox keeps running but other hosts reach the winner",
 				"network", c.network, "sandbox", c.sandbox, "ip", c.ip, "winner", c.winner)
 		}
 	}
-	for id, c := range a.conflicts {
+	for id, c := range old {
 		if _, still := found[id]; !still {
 			a.log.Info("overlay address conflict over", "network", c.network, "sandbox", c.sandbox, "ip", c.ip)
 		}
 	}
-	a.conflicts = found
 }
 
 // lostAddressesLocked returns, by endpoint ID, the endpoints of overlay
@@ -120,23 +119,4 @@ func conflictWinner(self string, others []string, holder string) string {
 		return holder
 	}
 	return slices.Min(all)
-}
-
-// conflictWarningsLocked are the status warnings of the current conflicts.
-func (a *Agent) conflictWarningsLocked() []string {
-	out := make([]string, 0, len(a.conflicts))
-	for _, c := range a.conflicts {
-		out = append(out, c.String())
-	}
-	sort.Strings(out)
-	return out
-}
-
-// conflictsByNetworkLocked counts the current conflicts of each network.
-func (a *Agent) conflictsByNetworkLocked() map[string]int {
-	out := map[string]int{}
-	for _, c := range a.conflicts {
-		out[c.network]++
-	}
-	return out
 }

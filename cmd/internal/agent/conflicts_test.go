@@ -32,16 +32,17 @@ func TestConflictWinner(t *testing.T) {
 // TestConflictWarningsNameSandboxAndWinner: the status warning of a lost
 // conflict says which sandbox, which address and which node has it.
 func TestConflictWarningsNameSandboxAndWinner(t *testing.T) {
-	a := &Agent{conflicts: map[string]addressConflict{
+	g := newClusterGlue()
+	g.setConflicts(map[string]addressConflict{
 		"ep2": {network: "ov", sandbox: "web", ip: netip.MustParseAddr("10.7.0.9"), winner: "n1"},
 		"ep1": {network: "ov", sandbox: "db", ip: netip.MustParseAddr("10.7.0.8"), winner: "n2"},
-	}}
-	w := a.conflictWarningsLocked()
+	})
+	w := g.conflictWarnings()
 	if len(w) != 2 || !strings.Contains(w[0], "10.7.0.8 of sandbox db") || !strings.Contains(w[0], "node n2") ||
 		!strings.Contains(w[1], "10.7.0.9 of sandbox web") || !strings.Contains(w[1], "lost the address conflict") {
 		t.Errorf("warnings: %q", w)
 	}
-	if got := a.conflictsByNetworkLocked(); got["ov"] != 2 || len(got) != 1 {
+	if got := g.conflictsByNetwork(); got["ov"] != 2 || len(got) != 1 {
 		t.Errorf("by network: %v", got)
 	}
 }

@@ -2,10 +2,8 @@ package agent
 
 import (
 	"bufio"
-	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
@@ -22,7 +20,7 @@ import (
 //
 // The table is updated per owner (a local endpoint, or the remote names of
 // one overlay network), and only for owners whose records changed since
-// they were last set (a.dnsEP, a.dnsNet). A change to a few endpoints goes
+// they were last set (dnsRecords). A change to a few endpoints goes
 // through refreshEndpointDNS instead, which does not walk the others: at
 // 1,000 endpoints this walk took 0.8 ms per sandbox create.
 func (a *Agent) refreshDNS() {
@@ -32,9 +30,9 @@ func (a *Agent) refreshDNS() {
 	for _, ep := range a.endpoints {
 		a.refreshEndpointDNS(ep)
 	}
-	for id := range a.dnsEP {
+	for _, id := range a.names.endpointIDs() {
 		if a.endpoints[id] == nil {
-			a.setEndpointDNS(id, nil)
+			a.names.setEndpoint(id, nil)
 		}
 	}
 	a.refreshRemoteDNS()
@@ -50,64 +48,28 @@ func (a *Agent) refreshEndpointDNS(eps ...*endpointRec) {
 	for _, ep := range eps {
 		sb, n := a.sandboxes[ep.Sandbox], a.networks[ep.NetworkID]
 		if a.endpoints[ep.ID] != ep || sb == nil || n == nil || ep.Phase == phaseRemoving || sb.Phase == phaseRemoving {
-			a.setEndpointDNS(ep.ID, nil)
+			a.names.setEndpoint(ep.ID, nil)
 			continue
 		}
-		if localRecordsAre(a.dnsEP[ep.ID], sb.Name, n.ID, ep) {
+		if a.names.endpointIs(ep, sb.Name, n.ID) {
 			continue
 		}
 		recs := make([]dns.Record, 0, 1+len(ep.Aliases))
 		for _, name := range append([]string{sb.Name}, ep.Aliases...) {
 			recs = append(recs, dns.Record{Name: name, Network: n.ID, IP: ep.Addr.Addr(), Sandbox: sb.Name})
 		}
-		a.setEndpointDNS(ep.ID, recs)
+		a.names.setEndpoint(ep.ID, recs)
 	}
 }
 
 // refreshRemoteDNS updates the names of remote endpoints, per overlay
-// network, from what the cluster sync keeps in a.cs.names.
+// network, from what the cluster sync keeps in clusterGlue.
 func (a *Agent) refreshRemoteDNS() {
 	if a.dns == nil {
 		return
 	}
-	for id, names := range a.cs.names {
-		names = a.validRemoteNames(names)
-		if !slices.Equal(a.dnsNet[id], names) {
-			a.setDNS(a.dnsNet, "net/", id, names)
-		}
-	}
-	for id := range a.dnsNet {
-		if _, ok := a.cs.names[id]; !ok {
-			a.setDNS(a.dnsNet, "net/", id, nil)
-		}
-	}
+	a.names.setRemotes(a.glue.allNames(), a.log)
 }
-
-// validRemoteNames returns a copy of gossiped names without those that
-// are not one DNS label (another node, or a forged record, naming a
-// sandbox or alias github.com). Each such name is logged once and counted
-// in the status.
-func (a *Agent) validRemoteNames(names []dns.Record) []dns.Record {
-	out := make([]dns.Record, 0, len(names))
-	for _, r := range names {
-		if err := dns.ValidLabel(r.Name); err != nil {
-			if _, seen := a.badNames[r.Name]; !seen {
-				a.badNameCount++
-				if len(a.badNames) < maxBadNames {
-					a.badNames[r.Name] = struct{}{}
-				}
-				a.log.Warn("ignoring a gossiped DNS name that is not one label", "name", r.Name, "ip", r.IP, "err", err)
-			}
-			continue
-		}
-		out = append(out, r)
-	}
-	return out
-}
-
-// maxBadNames bounds the memory of bad gossiped names already logged and
-// counted (beyond it a name may be logged and counted again).
-const maxBadNames = 1024
 
 // updateForwarding tells the DNS server whether a sandbox may have names
 // forwarded upstream: only if it is on at least one network that is not
@@ -118,22 +80,6 @@ func (a *Agent) updateForwarding(sb *sandboxRec) {
 		return
 	}
 	a.dns.SetForwarding(sb.Name, a.primaryEndpoint(sb.Name) != nil)
-}
-
-func (a *Agent) setEndpointDNS(id string, recs []dns.Record) { a.setDNS(a.dnsEP, "ep/", id, recs) }
-
-// setDNS replaces the records of one owner (kind and id) in the table and
-// remembers them in set.
-func (a *Agent) setDNS(set map[string][]dns.Record, kind, id string, recs []dns.Record) {
-	if len(recs) == 0 {
-		if _, ok := set[id]; !ok {
-			return
-		}
-		delete(set, id)
-	} else {
-		set[id] = recs
-	}
-	a.dns.SetRecords(kind+id, recs)
 }
 
 // localRecordsAre says whether recs are exactly the records of a local
@@ -172,10 +118,10 @@ func (a *Agent) attachDNS(sb *sandboxRec) {
 	a.updateForwarding(sb)
 	if err := a.dns.Attach(sb.Name, sb.NetNS); err != nil {
 		a.log.Warn("embedded DNS not available in sandbox", "sandbox", sb.Name, "err", err)
-		a.dnsErrors[sb.Name] = err.Error()
+		a.names.setResolverError(sb.Name, err.Error())
 		return
 	}
-	delete(a.dnsErrors, sb.Name)
+	a.names.setResolverError(sb.Name, "")
 	if sb.Mode != api.ModeNetNS {
 		return
 	}
@@ -196,7 +142,7 @@ func (a *Agent) detachDNS(sb *sandboxRec) {
 	}
 	a.dns.Detach(sb.Name)
 	a.dns.SetForwarding(sb.Name, true) // forget it
-	delete(a.dnsErrors, sb.Name)
+	a.names.setResolverError(sb.Name, "")
 	if sb.Mode == api.ModeNetNS {
 		_ = os.RemoveAll(filepath.Join(netns.EtcDir, sandboxNSName(sb)))
 	}
@@ -227,16 +173,14 @@ func (a *Agent) dnsStatus() *api.DNSStatus {
 		return nil
 	}
 	st := a.dns.Stats()
+	ignored, errs := a.names.problems()
 	out := &api.DNSStatus{
 		Resolvers: st.Attached, Records: st.Records, Upstreams: st.Upstreams,
 		Local: st.Local, NXDomain: st.NXDomain, Forwarded: st.Forwarded, Failed: st.ForwardFailed,
-		Malformed: st.Malformed + st.Refused, IgnoredNames: a.badNameCount,
+		Malformed: st.Malformed + st.Refused, IgnoredNames: ignored, Errors: errs,
 	}
 	if st.UpstreamCount > 0 {
 		out.UpstreamAvg = (st.UpstreamSum / time.Duration(st.UpstreamCount)).Round(time.Microsecond).String()
-	}
-	for name, why := range a.dnsErrors {
-		out.Errors = append(out.Errors, fmt.Sprintf("sandbox %s: %s", name, why))
 	}
 	return out
 }

@@ -44,17 +44,15 @@ func TestGossipedNamesMustBeOneLabel(t *testing.T) {
 	a := newTestAgent(t, t.TempDir(), newFake())
 	defer a.Close()
 	ip := netip.MustParseAddr("10.77.0.5")
-	a.mu.Lock()
-	a.cs.names["ov1"] = []dns.Record{
+	names := map[string][]dns.Record{"ov1": {
 		{Name: "remote1", Network: "ov1", IP: ip},
 		{Name: "github.com", Network: "ov1", IP: ip},
 		{Name: "bad name", Network: "ov1", IP: ip},
-	}
-	a.refreshRemoteDNS()
-	a.refreshRemoteDNS() // a second refresh counts nothing new
-	got := a.dnsNet["ov1"]
-	count := a.badNameCount
-	a.mu.Unlock()
+	}}
+	a.names.setRemotes(names, a.log)
+	a.names.setRemotes(names, a.log) // a second refresh counts nothing new
+	got := a.names.remoteNames("ov1")
+	count, _ := a.names.problems()
 	if len(got) != 1 || got[0].Name != "remote1" {
 		t.Fatalf("DNS records of the overlay: %+v, want only remote1", got)
 	}

@@ -12,7 +12,6 @@ import (
 
 	"github.com/fabricnet/fabric/cmd/internal/api"
 	"github.com/fabricnet/fabric/datapath"
-	"golang.org/x/sys/unix"
 )
 
 func knownDriver(d string) bool {
@@ -63,50 +62,8 @@ func applyOptions(n *networkRec, opts map[string]string) error {
 		if !known {
 			return invalidf("unknown option %q for driver %s; known options: %s", k, n.Driver, strings.Join(allowed, ", "))
 		}
-		switch key {
-		case "mtu":
-			mtu, err := strconv.Atoi(v)
-			if err != nil || mtu < 576 || mtu > 65535 {
-				return invalidf("option %s=%q: MTU must be a number from 576 to 65535", k, v)
-			}
-			n.MTU = mtu
-		case "bridge_name":
-			if err := validIfName(v); err != nil {
-				return invalidf("option %s: %v", k, err)
-			}
-			n.Bridge = v
-		case "parent":
-			if err := validIfName(v); err != nil {
-				return invalidf("option parent: %v", err)
-			}
-			n.Parent = v
-		case "macvlan_mode", "ipvlan_mode":
-			ok := false
-			for _, m := range driverModes[key] {
-				ok = ok || m == v
-			}
-			if !ok {
-				return invalidf("option %s=%q: must be one of %s", k, v, strings.Join(driverModes[key], ", "))
-			}
-			n.Mode = v
-		case "host_shim":
-			b, err := strconv.ParseBool(v)
-			if err != nil {
-				return invalidf("option host_shim=%q: must be true or false", v)
-			}
-			n.Shim = b
-		case "exclude":
-			for _, s := range strings.Split(v, ",") {
-				s = strings.TrimSpace(s)
-				if i := strings.IndexByte(s, '='); i >= 0 { // Docker's aux-address host=IP
-					s = s[i+1:]
-				}
-				ip, err := netip.ParseAddr(s)
-				if err != nil || !ip.Is4() {
-					return invalidf("option %s: %q is not an IPv4 address (want exclude=IP,IP,...)", k, s)
-				}
-				n.Exclude = append(n.Exclude, ip)
-			}
+		if err := applyOption(n, k, key, v); err != nil {
+			return err
 		}
 		if n.Options == nil {
 			n.Options = map[string]string{}
@@ -124,6 +81,57 @@ func applyOptions(n *networkRec, opts map[string]string) error {
 			if _, ok := opts["com.docker.network.driver.mtu"]; !ok {
 				n.MTU = 0 // follow the parent's MTU
 			}
+		}
+	}
+	return nil
+}
+
+// applyOption parses one driver option (k as given, key its canonical
+// name) into n.
+func applyOption(n *networkRec, k, key, v string) error {
+	switch key {
+	case "mtu":
+		mtu, err := strconv.Atoi(v)
+		if err != nil || mtu < 576 || mtu > 65535 {
+			return invalidf("option %s=%q: MTU must be a number from 576 to 65535", k, v)
+		}
+		n.MTU = mtu
+	case "bridge_name":
+		if err := validIfName(v); err != nil {
+			return invalidf("option %s: %v", k, err)
+		}
+		n.Bridge = v
+	case "parent":
+		if err := validIfName(v); err != nil {
+			return invalidf("option parent: %v", err)
+		}
+		n.Parent = v
+	case "macvlan_mode", "ipvlan_mode":
+		ok := false
+		for _, m := range driverModes[key] {
+			ok = ok || m == v
+		}
+		if !ok {
+			return invalidf("option %s=%q: must be one of %s", k, v, strings.Join(driverModes[key], ", "))
+		}
+		n.Mode = v
+	case "host_shim":
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return invalidf("option host_shim=%q: must be true or false", v)
+		}
+		n.Shim = b
+	case "exclude":
+		for _, s := range strings.Split(v, ",") {
+			s = strings.TrimSpace(s)
+			if i := strings.IndexByte(s, '='); i >= 0 { // Docker's aux-address host=IP
+				s = s[i+1:]
+			}
+			ip, err := netip.ParseAddr(s)
+			if err != nil || !ip.Is4() {
+				return invalidf("option %s: %q is not an IPv4 address (want exclude=IP,IP,...)", k, s)
+			}
+			n.Exclude = append(n.Exclude, ip)
 		}
 	}
 	return nil
@@ -163,24 +171,19 @@ func (a *Agent) checkParent(n *networkRec) error {
 			return conflictf("parent %s is already used by %s network %q; %s", n.Parent, o.Driver, o.Name, hint)
 		}
 	}
-	h, err := a.hostHandle()
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	if l, err := h.LinkByName(n.Parent); err == nil {
-		if l.Attrs().RawFlags&unix.IFF_UP == 0 {
+	if l, err := a.host.Link(n.Parent); err == nil {
+		if !l.Up {
 			return invalidf("parent interface %s is down; bring it up first (ip link set %s up)", n.Parent, n.Parent)
 		}
 		return nil
 	} else if !isVLAN {
 		return invalidf("parent interface %s does not exist on this host", n.Parent)
 	}
-	l, err := h.LinkByName(base)
+	l, err := a.host.Link(base)
 	if err != nil {
 		return invalidf("parent %s: base interface %s does not exist on this host", n.Parent, base)
 	}
-	if l.Attrs().RawFlags&unix.IFF_UP == 0 {
+	if !l.Up {
 		return invalidf("parent %s: base interface %s is down; bring it up first", n.Parent, base)
 	}
 	return nil
@@ -211,13 +214,13 @@ func (a *Agent) checkLANNetworks(ctx context.Context) {
 			continue
 		}
 		err := a.dp.EnsureNetwork(ctx, n.datapath())
-		_, wasDown := a.unhealthy[n.ID]
+		_, wasDown := a.health.unhealthyWhy(n.ID)
 		switch {
 		case err != nil:
 			if !wasDown {
 				a.log.Warn("network unhealthy", "network", n.Name, "parent", n.Parent, "err", err)
 			}
-			a.unhealthy[n.ID] = err.Error()
+			a.health.setUnhealthy(n.ID, err.Error())
 		case wasDown:
 			var failed error
 			for _, ep := range a.endpoints {
@@ -226,10 +229,10 @@ func (a *Agent) checkLANNetworks(ctx context.Context) {
 				}
 			}
 			if failed != nil {
-				a.unhealthy[n.ID] = failed.Error()
+				a.health.setUnhealthy(n.ID, failed.Error())
 				continue
 			}
-			delete(a.unhealthy, n.ID)
+			a.health.clearUnhealthy(n.ID)
 			a.log.Info("network restored", "network", n.Name, "parent", n.Parent)
 		}
 	}
@@ -244,16 +247,17 @@ func (a *Agent) markUnhealthyAfterSync(ctx context.Context, syncErr error) {
 	for _, n := range a.networks {
 		if lanDriver(n.Driver) {
 			if err := a.dp.EnsureNetwork(ctx, n.datapath()); err != nil {
-				a.unhealthy[n.ID] = err.Error()
+				a.health.setUnhealthy(n.ID, err.Error())
 			}
 		}
 	}
 }
 
-// healthWarnings describes unhealthy networks for status.
+// healthWarnings describes unhealthy networks for status (with mu or view
+// held).
 func (a *Agent) healthWarnings() []string {
 	var out []string
-	for id, why := range a.unhealthy {
+	for id, why := range a.health.unhealthyNetworks() {
 		n := a.networks[id]
 		if n == nil {
 			continue

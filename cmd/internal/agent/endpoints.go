@@ -398,7 +398,7 @@ func (a *Agent) addEndpoints(ctx context.Context, sb *sandboxRec, sbNew bool, ep
 		a.putSandbox(sb)
 	}
 	for _, ep := range eps {
-		a.endpoints[ep.ID] = ep
+		a.indexEndpoint(ep)
 	}
 	defer func() {
 		if err == nil {
@@ -406,7 +406,7 @@ func (a *Agent) addEndpoints(ctx context.Context, sb *sandboxRec, sbNew bool, ep
 		}
 		for _, ep := range eps {
 			_ = a.deleteEndpointKernel(ctx, ep)
-			delete(a.endpoints, ep.ID)
+			a.unindexEndpoint(ep.ID)
 		}
 		release()
 		_ = a.store.Update(func(tx storeTx) error {
@@ -502,7 +502,7 @@ func (a *Agent) removeEndpoints(ctx context.Context, eps []*endpointRec) error {
 	}
 	for _, ep := range eps {
 		a.releaseAddr(ep)
-		delete(a.endpoints, ep.ID)
+		a.unindexEndpoint(ep.ID)
 	}
 	a.saveReservationsLocked()
 	return nil

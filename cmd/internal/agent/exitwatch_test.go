@@ -217,7 +217,7 @@ func TestStopTermThenKill(t *testing.T) {
 func TestRestartedAgentReadoptsCommands(t *testing.T) {
 	netnstest.RequireRoot(t)
 	dir := t.TempDir()
-	a := newTestAgent(t, dir, newFake())
+	a := newKernelTestAgent(t, dir, newFake())
 	ctx := context.Background()
 	long, short := sandboxName(t, "ra"), sandboxName(t, "rb")
 	sb, err := a.CreateSandbox(ctx, api.SandboxCreate{Name: long, Command: []string{"sleep", "60"}})
@@ -241,7 +241,7 @@ func TestRestartedAgentReadoptsCommands(t *testing.T) {
 	if !alive(sb.PID, 0) {
 		t.Fatal("the command did not outlive the agent")
 	}
-	b := newTestAgent(t, dir, newFake())
+	b := newKernelTestAgent(t, dir, newFake())
 	defer func() {
 		_ = b.RemoveSandbox(ctx, long)
 		_ = b.RemoveSandbox(ctx, short)

@@ -33,7 +33,7 @@ func releaseHeldAtEnd(t *testing.T, a *Agent) {
 func TestConnectByPathRefusesHostAndNonNetNamespaces(t *testing.T) {
 	netnstest.RequireRoot(t)
 	dp := newFake()
-	a := newTestAgent(t, t.TempDir(), dp)
+	a := newKernelTestAgent(t, t.TempDir(), dp)
 	defer a.Close()
 	releaseHeldAtEnd(t, a)
 	plain := filepath.Join(t.TempDir(), "file")
@@ -69,7 +69,7 @@ func TestConnectByPathRefusesHostAndNonNetNamespaces(t *testing.T) {
 // TestConnectByPathPermissionDenied: a namespace the agent may not open is
 // reported as such, not as "not a network namespace".
 func TestConnectByPathPermissionDenied(t *testing.T) {
-	a := newTestAgent(t, t.TempDir(), newFake())
+	a := newKernelTestAgent(t, t.TempDir(), newFake())
 	defer a.Close()
 	openNSFile = func(path string) (*os.File, error) {
 		return nil, &os.PathError{Op: "open", Path: path, Err: syscall.EACCES}
@@ -89,7 +89,7 @@ func TestConnectByPathPermissionDenied(t *testing.T) {
 func TestExternalNamespaceHeldByIdentity(t *testing.T) {
 	netnstest.RequireRoot(t)
 	dp := newFake()
-	a := newTestAgent(t, t.TempDir(), dp)
+	a := newKernelTestAgent(t, t.TempDir(), dp)
 	defer a.Close()
 	releaseHeldAtEnd(t, a)
 	ctx := context.Background()
@@ -155,7 +155,7 @@ func TestExternalNamespaceHeldByIdentity(t *testing.T) {
 func TestExternalNamespaceAcrossRestarts(t *testing.T) {
 	netnstest.RequireRoot(t)
 	dir, dp := t.TempDir(), newFake()
-	a := newTestAgent(t, dir, dp)
+	a := newKernelTestAgent(t, dir, dp)
 	releaseHeldAtEnd(t, a)
 	ctx := context.Background()
 	name, path := netnstest.New(t, "exr")
@@ -169,7 +169,7 @@ func TestExternalNamespaceAcrossRestarts(t *testing.T) {
 
 	// The reference is lost while the agent is down: taken again.
 	releaseHeld(sb.NetNS)
-	a = newTestAgent(t, dir, dp)
+	a = newKernelTestAgent(t, dir, dp)
 	got, err := a.Sandbox(path)
 	if err != nil || got.NetNS != sb.NetNS {
 		t.Fatalf("after a restart without the reference: %+v %v", got, err)
@@ -186,7 +186,7 @@ func TestExternalNamespaceAcrossRestarts(t *testing.T) {
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add: %v %s", err, out)
 	}
-	a = newTestAgent(t, dir, dp)
+	a = newKernelTestAgent(t, dir, dp)
 	defer a.Close()
 	if sbs := a.Sandboxes(); len(sbs) != 0 {
 		t.Fatalf("sandboxes after the namespace was replaced: %+v", sbs)

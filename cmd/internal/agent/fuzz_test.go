@@ -61,7 +61,7 @@ func FuzzAPIBodies(f *testing.F) {
 	dir := f.TempDir()
 	a, err := New(Options{
 		StateDir: dir, Socket: filepath.Join(dir, "sock"), NodeName: "fuzz", NoDefaultNetwork: true, NoDNS: true,
-		Datapath: newFake(), Routes: routes("10.99.0.0/16"), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Datapath: newFake(), Host: newFakeHost("10.99.0.0/16"), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
 		f.Fatal(err)

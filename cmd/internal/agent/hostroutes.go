@@ -1,45 +1,14 @@
 package agent
 
 import (
-	"fmt"
 	"net/netip"
 
 	"github.com/fabricnet/fabric/cmd/internal/ipam"
-	"github.com/fabricnet/fabric/datapath/netns"
-	"github.com/vishvananda/netlink"
 )
-
-// RouteLister lists the IPv4 destinations the host already reaches: its
-// routes and the prefixes of its addresses, without the default route. It
-// is the agent's one question to the kernel when it checks a subnet, so
-// that the check can be tested without root.
-type RouteLister interface {
-	HostRoutes() ([]netip.Prefix, error)
-}
-
-// netlinkRoutes asks the kernel, in the namespace at nsPath ("" = the
-// agent's own).
-type netlinkRoutes struct{ nsPath string }
-
-func (r netlinkRoutes) HostRoutes() ([]netip.Prefix, error) {
-	var h *netlink.Handle
-	if r.nsPath != "" {
-		var err error
-		if h, err = netns.HandleAt(r.nsPath); err != nil {
-			return nil, err
-		}
-		defer h.Close()
-	}
-	routes, err := ipam.HostRoutesIn(h)
-	if err != nil {
-		return nil, fmt.Errorf("list host routes: %w", err)
-	}
-	return routes, nil
-}
 
 // hostRoutes lists the host's routes except those of fabric's own networks.
 func (a *Agent) hostRoutes() ([]netip.Prefix, error) {
-	routes, err := a.routes.HostRoutes()
+	routes, err := a.host.HostRoutes()
 	if err != nil {
 		return nil, err
 	}

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"errors"
-	"time"
 
 	"github.com/fabricnet/fabric/cluster"
 	"github.com/fabricnet/fabric/cmd/internal/api"
@@ -10,39 +9,25 @@ import (
 	"github.com/fabricnet/fabric/metrics"
 )
 
-// reconcileStats counts reconciles for the metrics.
-type reconcileStats struct {
-	runs, errors uint64
-	last         time.Duration
-	lastSuccess  time.Time
-}
-
-func (a *Agent) recordReconcile(took time.Duration, err error) {
-	a.recStats.runs++
-	a.recStats.last = took
-	if err != nil {
-		a.recStats.errors++
-		return
-	}
-	a.recStats.lastSuccess = time.Now()
-}
-
 // AgentMetrics is the agent's state for the metrics collector.
+//
+// It reads the core's maps under Agent.view, not Agent.mu: a scrape does
+// not wait for a change in progress.
 func (a *Agent) AgentMetrics() metrics.AgentSnapshot {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	a.view.RLock()
+	defer a.view.RUnlock()
+	rec := a.health.reconciles()
 	s := metrics.AgentSnapshot{
 		Started:   a.started,
 		Sandboxes: len(a.sandboxes),
 		Reconcile: metrics.ReconcileStats{
-			Runs: a.recStats.runs, Errors: a.recStats.errors,
-			LastDuration: a.recStats.last, LastSuccess: a.recStats.lastSuccess,
+			Runs: rec.runs, Errors: rec.errors, LastDuration: rec.last, LastSuccess: rec.lastSuccess,
 		},
 	}
-	conflicts := a.conflictsByNetworkLocked()
+	conflicts := a.glue.conflictsByNetwork()
 	for _, n := range a.networks {
 		api := a.networkAPI(n)
-		_, bad := a.unhealthy[n.ID]
+		_, bad := a.health.unhealthyWhy(n.ID)
 		s.Networks = append(s.Networks, metrics.NetworkUsage{
 			Name: n.Name, Driver: n.Driver, Unhealthy: bad,
 			Endpoints: api.Endpoints, IPsUsed: api.IPsUsed, IPsFree: api.IPsFree,
@@ -51,7 +36,8 @@ func (a *Agent) AgentMetrics() metrics.AgentSnapshot {
 	}
 	// Cluster networks that could not be set up here (a subnet that is
 	// special-use or overlaps a host route) count as unhealthy overlays.
-	for name := range a.unhealthyOverlay {
+	names, _ := a.glue.unhealthyNetworks()
+	for _, name := range names {
 		s.Networks = append(s.Networks, metrics.NetworkUsage{Name: name, Driver: api.DriverOverlay, Unhealthy: true})
 	}
 	return s
@@ -162,8 +148,4 @@ func (a *Agent) ClusterMetrics() metrics.ClusterSnapshot {
 }
 
 // Warn adds a warning that `fabricctl status` shows until the agent stops.
-func (a *Agent) Warn(w string) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.warnings = append(a.warnings, w)
-}
+func (a *Agent) Warn(w string) { a.health.warn(w) }

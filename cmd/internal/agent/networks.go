@@ -17,7 +17,6 @@ import (
 	"github.com/fabricnet/fabric/cmd/internal/store"
 	"github.com/fabricnet/fabric/datapath"
 	"github.com/fabricnet/fabric/datapath/netns"
-	"github.com/vishvananda/netlink"
 )
 
 const defaultMTU = 1500
@@ -69,15 +68,11 @@ func (a *Agent) networkLocked(ref string) (*networkRec, error) {
 
 // CreateNetwork validates req completely, then creates the network.
 func (a *Agent) CreateNetwork(ctx context.Context, req api.NetworkCreate) (api.Network, error) {
+	if req.Driver == api.DriverOverlay {
+		return a.createOverlay(ctx, req) // the cluster's vote, without the lock
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if req.Driver == api.DriverOverlay {
-		n, err := a.createOverlay(ctx, req)
-		if err != nil {
-			return api.Network{}, err
-		}
-		return a.networkAPI(n), nil
-	}
 	if err := a.refuseBridgeName(req); err != nil {
 		return api.Network{}, err
 	}
@@ -161,30 +156,17 @@ func validIfName(s string) error {
 // checkBridgeFree refuses a bridge name that an interface fabric does not
 // own already uses.
 func (a *Agent) checkBridgeFree(name string) error {
-	h, err := a.hostHandle()
+	l, err := a.host.Link(name)
+	if errors.Is(err, errNoLink) {
+		return nil // not there: free
+	}
 	if err != nil {
 		return err
 	}
-	defer h.Close()
-	l, err := h.LinkByName(name)
-	if err != nil {
-		return nil // not there: free
-	}
-	if !strings.HasPrefix(l.Attrs().Alias, "fabric:") {
+	if !strings.HasPrefix(l.Alias, "fabric:") {
 		return conflictf("interface %s already exists on this host and is not fabric's; choose another bridge_name", name)
 	}
 	return nil
-}
-
-func (a *Agent) hostHandle() (*netlink.Handle, error) {
-	if a.opts.HostNetNS == "" {
-		h, err := netlink.NewHandle()
-		if err != nil {
-			return nil, fmt.Errorf("netlink handle: %w", err)
-		}
-		return h, nil
-	}
-	return netns.HandleAt(a.opts.HostNetNS)
 }
 
 // planSubnet fills subnet, gateway and ip-range, picking a free subnet of
@@ -291,8 +273,7 @@ func (a *Agent) addNetwork(ctx context.Context, n *networkRec) (err error) {
 	if err := a.store.Update(func(tx *store.Tx) error { return tx.Put(bucketNetworks, n.ID, n) }); err != nil {
 		return err
 	}
-	a.networks[n.ID] = n
-	a.pools[n.ID] = pool
+	a.indexNetwork(n, pool)
 	a.log.Info("network created", "name", n.Name, "subnet", n.Subnet, "bridge", n.Bridge)
 	return nil
 }
@@ -353,9 +334,8 @@ func (a *Agent) deleteNetwork(ctx context.Context, n *networkRec) error {
 	if err := a.store.Update(func(tx *store.Tx) error { return tx.Delete(bucketNetworks, n.ID) }); err != nil {
 		return err
 	}
-	delete(a.networks, n.ID)
-	delete(a.pools, n.ID)
-	delete(a.unhealthy, n.ID)
+	a.unindexNetwork(n.ID)
+	a.health.clearUnhealthy(n.ID)
 	a.log.Info("network removed", "name", n.Name)
 	return nil
 }
@@ -395,11 +375,11 @@ func (a *Agent) networkAPI(n *networkRec) api.Network {
 		used, free = p.Used(), p.Free()
 	}
 	health := api.HealthOK
-	if why, bad := a.unhealthy[n.ID]; bad {
+	if why, bad := a.health.unhealthyWhy(n.ID); bad {
 		health = api.HealthUnhealthy + ": " + why
 	}
 	out := n.api(count, used, free, health)
-	for _, r := range a.cs.remotes[n.ID] {
+	for _, r := range a.glue.remotesOf(n.ID) {
 		out.Remotes = append(out.Remotes, api.Remote{IP: r.Addr.String(), MAC: net.HardwareAddr(r.MAC).String(), Node: r.Node.String()})
 	}
 	return a.withoutBridge(out)

@@ -195,7 +195,7 @@ func (a *Agent) externalID(path string) (netns.ID, error) {
 
 // nameservers are the resolvers answering in the sandbox.
 func (a *Agent) nameservers(sb *sandboxRec) []string {
-	if a.dns == nil || !hasResolver(sb) || a.dnsErrors[sb.Name] != "" || sb.Phase != phaseReady {
+	if a.dns == nil || !hasResolver(sb) || a.names.resolverFailed(sb.Name) || sb.Phase != phaseReady {
 		return nil
 	}
 	if len(a.sandboxEndpoints(sb.Name)) == 0 {

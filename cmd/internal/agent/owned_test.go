@@ -15,7 +15,6 @@ import (
 // without reserving, ports checked, a sandbox marked as Docker's with its
 // ports and names, and all of it kept across a restart.
 func TestOwnedSandboxHelpers(t *testing.T) {
-	netnstest.RequireRoot(t)
 	dir, dp := t.TempDir(), newFake()
 	a := newTestAgent(t, dir, dp)
 	ctx := context.Background()

@@ -71,7 +71,7 @@ func startIn(t *testing.T, nsPath string, argv ...string) *exec.Cmd {
 // process that is inside the sandbox's namespace.
 func TestSetProcessOnlyInSandboxNamespace(t *testing.T) {
 	netnstest.RequireRoot(t)
-	a := newTestAgent(t, t.TempDir(), newFake())
+	a := newKernelTestAgent(t, t.TempDir(), newFake())
 	defer a.Close()
 	name := sandboxName(t, "sp")
 	t.Cleanup(func() { netnstest.Remove(name) })
@@ -104,7 +104,7 @@ func TestSetProcessOnlyInSandboxNamespace(t *testing.T) {
 // group outside the sandbox.
 func TestSandboxRmSignalsOnlyItsProcess(t *testing.T) {
 	netnstest.RequireRoot(t)
-	a := newTestAgent(t, t.TempDir(), newFake())
+	a := newKernelTestAgent(t, t.TempDir(), newFake())
 	defer a.Close()
 	name := sandboxName(t, "sr")
 	t.Cleanup(func() { netnstest.Remove(name) })

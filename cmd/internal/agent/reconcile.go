@@ -10,7 +10,6 @@ import (
 	"github.com/fabricnet/fabric/cmd/internal/ipam"
 	"github.com/fabricnet/fabric/cmd/internal/store"
 	"github.com/fabricnet/fabric/datapath"
-	"github.com/fabricnet/fabric/datapath/netns"
 )
 
 // load reads every record into memory.
@@ -21,7 +20,7 @@ func (a *Agent) load() error {
 			return err
 		}
 		for i := range nets {
-			a.networks[nets[i].ID] = &nets[i]
+			a.indexNetwork(&nets[i], nil)
 		}
 		sbs, err := store.List[sandboxRec](tx, bucketSandboxes)
 		if err != nil {
@@ -35,7 +34,7 @@ func (a *Agent) load() error {
 			return err
 		}
 		for i := range eps {
-			a.endpoints[eps[i].ID] = &eps[i]
+			a.indexEndpoint(&eps[i])
 		}
 		return nil
 	})
@@ -47,34 +46,8 @@ func (a *Agent) load() error {
 func (a *Agent) reconcile(ctx context.Context) error {
 	t0 := time.Now()
 	// Address pools first: removals below release into them.
-	for id, n := range a.networks {
-		pool, err := ipam.NewPool(n.Subnet, n.Gateway, n.IPRange, n.Exclude)
-		if err != nil {
-			return fmt.Errorf("network %s: %w", n.Name, err)
-		}
-		if n.HostShim.IsValid() {
-			if err := pool.Claim(n.HostShim, "host shim of network "+n.Name); err != nil {
-				return fmt.Errorf("network %s: host shim address: %w", n.Name, err)
-			}
-		}
-		a.pools[id] = pool
-	}
-	for id, ep := range a.endpoints {
-		pool := a.pools[ep.NetworkID]
-		if pool == nil || a.sandboxes[ep.Sandbox] == nil {
-			a.log.Warn("dropping orphaned endpoint record", "endpoint", id, "sandbox", ep.Sandbox)
-			if err := a.deleteEndpointKernel(ctx, ep); err != nil {
-				a.log.Warn("remove orphaned endpoint", "err", err)
-			}
-			delete(a.endpoints, id)
-			if err := a.store.Update(func(tx storeTx) error { return tx.Delete(bucketEndpoints, id) }); err != nil {
-				return err
-			}
-			continue
-		}
-		if err := pool.Claim(ep.Addr.Addr(), "endpoint "+id[:12]+" (sandbox "+ep.Sandbox+")"); err != nil {
-			a.warnings = append(a.warnings, fmt.Sprintf("endpoint %s of sandbox %s: %v", id[:12], ep.Sandbox, err))
-		}
+	if err := a.rebuildPools(ctx); err != nil {
+		return err
 	}
 
 	// Sandboxes: finish or roll back, re-create lost namespaces, re-adopt
@@ -126,6 +99,42 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	}
 	a.log.Info("reconciled", "networks", len(a.networks), "sandboxes", len(a.sandboxes),
 		"endpoints", len(a.endpoints), "took", time.Since(t0).Round(time.Microsecond))
+	return nil
+}
+
+// rebuildPools makes the address pools of the stored networks and claims
+// the addresses of the stored endpoints in them; an endpoint without its
+// network or sandbox is dropped.
+func (a *Agent) rebuildPools(ctx context.Context) error {
+	for _, n := range a.networks {
+		pool, err := ipam.NewPool(n.Subnet, n.Gateway, n.IPRange, n.Exclude)
+		if err != nil {
+			return fmt.Errorf("network %s: %w", n.Name, err)
+		}
+		if n.HostShim.IsValid() {
+			if err := pool.Claim(n.HostShim, "host shim of network "+n.Name); err != nil {
+				return fmt.Errorf("network %s: host shim address: %w", n.Name, err)
+			}
+		}
+		a.indexNetwork(n, pool)
+	}
+	for id, ep := range a.endpoints {
+		pool := a.pools[ep.NetworkID]
+		if pool == nil || a.sandboxes[ep.Sandbox] == nil {
+			a.log.Warn("dropping orphaned endpoint record", "endpoint", id, "sandbox", ep.Sandbox)
+			if err := a.deleteEndpointKernel(ctx, ep); err != nil {
+				a.log.Warn("remove orphaned endpoint", "err", err)
+			}
+			a.unindexEndpoint(id)
+			if err := a.store.Update(func(tx storeTx) error { return tx.Delete(bucketEndpoints, id) }); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := pool.Claim(ep.Addr.Addr(), "endpoint "+id[:12]+" (sandbox "+ep.Sandbox+")"); err != nil {
+			a.health.warn(fmt.Sprintf("endpoint %s of sandbox %s: %v", id[:12], ep.Sandbox, err))
+		}
+	}
 	return nil
 }
 
@@ -202,7 +211,7 @@ func (a *Agent) reviveSandbox(ctx context.Context, sb *sandboxRec) error {
 	case api.ModeNetNS, api.ModeNone:
 		// After a reboot /var/run/netns is empty: re-create the namespace;
 		// Sync then re-creates the endpoints in it.
-		if _, err := netns.CreateNamed(sandboxNSName(sb)); err != nil {
+		if err := a.host.CreateNamespace(sandboxNSName(sb)); err != nil {
 			return fmt.Errorf("re-create namespace of sandbox %s: %w", sb.Name, err)
 		}
 	case api.ModeExternal:

@@ -75,8 +75,34 @@ func (a *Agent) planSandbox(ctx context.Context, req api.SandboxCreate) (*sandbo
 	if err := validAliases(req.Aliases); err != nil {
 		return nil, nil, err
 	}
+	network, err := a.planMode(sb, req.Network)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := a.planNamespace(sb); err != nil {
+		return nil, nil, err
+	}
+	if err := a.planPublished(sb, network, req); err != nil {
+		return nil, nil, err
+	}
+	if len(req.Command) == 0 && req.AutoRemove && sb.Mode == api.ModeContainer {
+		return nil, nil, naming(invalidf("auto_remove without a command has nothing to wait for"), "auto_remove")
+	}
+	if network == nil {
+		return sb, nil, nil
+	}
+	ep, err := a.planEndpoint(ctx, network, name, true, req.IP, req.Aliases)
+	if err != nil {
+		return nil, nil, err
+	}
+	return sb, []*endpointRec{ep}, nil
+}
+
+// planMode sets the sandbox's network mode from the request's network
+// (host, none, container:NAME or a network) and returns the network it
+// joins, if any.
+func (a *Agent) planMode(sb *sandboxRec, mode string) (*networkRec, error) {
 	var network *networkRec
-	mode := req.Network
 	switch {
 	case mode == api.ModeHost:
 		sb.Mode = api.ModeHost
@@ -85,10 +111,10 @@ func (a *Agent) planSandbox(ctx context.Context, req api.SandboxCreate) (*sandbo
 	case strings.HasPrefix(mode, "container:"):
 		target := a.sandboxes[strings.TrimPrefix(mode, "container:")]
 		if target == nil {
-			return nil, nil, naming(notFoundf("network %s: sandbox %q not found", mode, strings.TrimPrefix(mode, "container:")), "network")
+			return nil, naming(notFoundf("network %s: sandbox %q not found", mode, strings.TrimPrefix(mode, "container:")), "network")
 		}
 		if target.Phase != phaseReady {
-			return nil, nil, conflictf("sandbox %q is being created or removed", target.Name)
+			return nil, conflictf("sandbox %q is being created or removed", target.Name)
 		}
 		sb.Mode, sb.Container, sb.NetNS = api.ModeContainer, target.Name, target.NetNS
 		if target.Mode == api.ModeContainer {
@@ -103,54 +129,55 @@ func (a *Agent) planSandbox(ctx context.Context, req api.SandboxCreate) (*sandbo
 		}
 		n, err := a.networkLocked(mode)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		if n.Phase != phaseReady {
-			return nil, nil, conflictf("network %q is being created or removed", n.Name)
+			return nil, conflictf("network %q is being created or removed", n.Name)
 		}
 		network = n
 		sb.Mode = api.ModeNetNS
 	}
+	return network, nil
+}
+
+// planNamespace names the namespace of a sandbox that gets one of its own.
+func (a *Agent) planNamespace(sb *sandboxRec) error {
 	if sb.Mode == api.ModeNetNS || sb.Mode == api.ModeNone {
-		nsName := a.nsName(name)
+		nsName := a.nsName(sb.Name)
 		if err := netns.ValidName(nsName); err != nil {
-			return nil, nil, invalidf("sandbox name %q: its namespace name %s: %v", name, nsName, err)
+			return invalidf("sandbox name %q: its namespace name %s: %v", sb.Name, nsName, err)
 		}
-		if netns.IsNamespace(netns.Path(nsName)) {
-			return nil, nil, naming(conflictf("a network namespace named %q already exists (ip netns list); choose another name", nsName), "name")
+		if a.host.NamespaceExists(nsName) {
+			return naming(conflictf("a network namespace named %q already exists (ip netns list); choose another name", nsName), "name")
 		}
 		sb.NetNS = netns.Path(nsName)
 	}
+	return nil
+}
+
+// planPublished checks the static address and plans the published ports
+// of a sandbox joining network (nil: none).
+func (a *Agent) planPublished(sb *sandboxRec, network *networkRec, req api.SandboxCreate) error {
 	if req.IP != "" && network == nil {
-		return nil, nil, naming(invalidf("ip cannot be given with network %s: it assigns no addresses", req.Network), "ip", "network")
+		return naming(invalidf("ip cannot be given with network %s: it assigns no addresses", req.Network), "ip", "network")
 	}
 	if len(req.Ports) > 0 {
 		if network == nil {
-			return nil, nil, naming(invalidf("ports needs a sandbox address to publish, and network %s gives none (in host mode the command's ports are already the host's)", req.Network), "ports", "network")
+			return naming(invalidf("ports needs a sandbox address to publish, and network %s gives none (in host mode the command's ports are already the host's)", req.Network), "ports", "network")
 		}
 		if network.Internal {
-			return nil, nil, invalidf("network %q is internal: ports cannot be published from it", network.Name)
+			return invalidf("network %q is internal: ports cannot be published from it", network.Name)
 		}
 		if lanDriver(network.Driver) {
-			return nil, nil, naming(invalidf("ports are not needed on %s network %q: the sandbox has its own address on the LAN", network.Driver, network.Name), "ports")
+			return naming(invalidf("ports are not needed on %s network %q: the sandbox has its own address on the LAN", network.Driver, network.Name), "ports")
 		}
 		ports, err := a.planPorts(req.Ports)
 		if err != nil {
-			return nil, nil, err
+			return err
 		}
 		sb.Ports = ports
 	}
-	if len(req.Command) == 0 && req.AutoRemove && sb.Mode == api.ModeContainer {
-		return nil, nil, naming(invalidf("auto_remove without a command has nothing to wait for"), "auto_remove")
-	}
-	if network == nil {
-		return sb, nil, nil
-	}
-	ep, err := a.planEndpoint(ctx, network, name, true, req.IP, req.Aliases)
-	if err != nil {
-		return nil, nil, err
-	}
-	return sb, []*endpointRec{ep}, nil
+	return nil
 }
 
 // planPorts parses -p specs and refuses host ports already published.
@@ -198,7 +225,9 @@ func (a *Agent) putSandbox(sb *sandboxRec) {
 	if old := a.sandboxes[sb.Name]; old != nil {
 		a.dropSandbox(old)
 	}
+	a.view.Lock()
 	a.sandboxes[sb.Name] = sb
+	a.view.Unlock()
 	for _, p := range sb.Ports {
 		k := hostPortKey{p.Proto, p.HostPort}
 		a.hostPorts[k] = append(a.hostPorts[k], published{sb.Name, p})
@@ -207,7 +236,9 @@ func (a *Agent) putSandbox(sb *sandboxRec) {
 
 func (a *Agent) dropSandbox(sb *sandboxRec) {
 	if a.sandboxes[sb.Name] == sb {
+		a.view.Lock()
 		delete(a.sandboxes, sb.Name)
+		a.view.Unlock()
 	}
 	for _, p := range sb.Ports {
 		k := hostPortKey{p.Proto, p.HostPort}
@@ -244,7 +275,7 @@ func (a *Agent) addSandbox(ctx context.Context, sb *sandboxRec, eps []*endpointR
 	}
 	a.putSandbox(sb)
 	for _, ep := range eps {
-		a.endpoints[ep.ID] = ep
+		a.indexEndpoint(ep)
 	}
 	defer func() {
 		if err != nil {
@@ -254,7 +285,7 @@ func (a *Agent) addSandbox(ctx context.Context, sb *sandboxRec, eps []*endpointR
 		}
 	}()
 	if sb.Mode == api.ModeNetNS || sb.Mode == api.ModeNone {
-		if _, err := netns.CreateNamed(sandboxNSName(sb)); err != nil {
+		if err := a.host.CreateNamespace(sandboxNSName(sb)); err != nil {
 			return fmt.Errorf("create namespace for sandbox %s: %w", sb.Name, err)
 		}
 	}
@@ -364,7 +395,7 @@ func (a *Agent) removeSandboxLocked(ctx context.Context, sb *sandboxRec) error {
 		return err
 	}
 	if sb.Mode == api.ModeNetNS || sb.Mode == api.ModeNone {
-		if err := netns.DeleteNamed(sandboxNSName(sb)); err != nil {
+		if err := a.host.DeleteNamespace(sandboxNSName(sb)); err != nil {
 			return fmt.Errorf("remove namespace of sandbox %s: %w", sb.Name, err)
 		}
 	}
@@ -495,34 +526,4 @@ func (a *Agent) sandboxAPI(sb *sandboxRec) api.Sandbox {
 		out.Endpoints = append(out.Endpoints, a.endpointAPI(ep))
 	}
 	return out
-}
-
-// Status summarises the agent.
-func (a *Agent) Status(ctx context.Context) api.Status {
-	a.mu.Lock()
-	nNet, nSb, nEp := len(a.networks), len(a.sandboxes), len(a.endpoints)
-	warnings := append(append([]string(nil), a.warnings...), a.healthWarnings()...)
-	warnings = append(warnings, a.eventWarningsLocked(time.Now())...)
-	warnings = append(warnings, a.conflictWarningsLocked()...)
-	dnsSt := a.dnsStatus()
-	clusterSt := a.clusterStatusLocked()
-	if clusterSt != nil {
-		warnings = append(warnings, clusterSt.Problems...)
-		for _, m := range clusterSt.Members {
-			if m.State != "alive" {
-				warnings = append(warnings, fmt.Sprintf("cluster member %s is %s (since %s)", m.Name, m.State, m.Since))
-			}
-		}
-	}
-	if dnsSt != nil && len(dnsSt.Errors) > 0 {
-		warnings = append(warnings, fmt.Sprintf("embedded DNS not running in %d sandbox(es)", len(dnsSt.Errors)))
-	}
-	a.mu.Unlock()
-	ds := a.dp.Status(ctx)
-	return api.Status{
-		Version: Version, Node: a.opts.NodeName, Started: a.started.UTC().Format(time.RFC3339),
-		Uptime: time.Since(a.started).Round(time.Second).String(), Datapath: ds.Name, Details: ds.Details,
-		Networks: nNet, Sandboxes: nSb, Endpoints: nEp, Warnings: append(warnings, ds.Warnings...),
-		DNS: dnsSt, Cluster: clusterSt,
-	}
 }

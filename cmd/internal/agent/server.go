@@ -32,6 +32,20 @@ func (a *Agent) handler() http.Handler {
 		}
 		respond(w, http.StatusNoContent, nil, a.KeyOp(r.Context(), req))
 	})
+	a.networkRoutes(mux, p)
+	a.sandboxRoutes(mux, p)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, http.StatusNotFound, api.Error{Message: fmt.Sprintf("no such API route: %s %s", r.Method, r.URL.Path), Code: api.CodeNotFound})
+	})
+	var h http.Handler = mux
+	if a.opts.APIMetrics != nil {
+		h = a.opts.APIMetrics.WrapMux(mux)
+	}
+	return a.logRequests(cleanPathsOnly(h))
+}
+
+// networkRoutes routes the network requests under prefix p.
+func (a *Agent) networkRoutes(mux *http.ServeMux, p string) {
 	mux.HandleFunc("GET "+p+"/networks", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, http.StatusOK, a.Networks())
 	})
@@ -65,6 +79,10 @@ func (a *Agent) handler() http.Handler {
 		}
 		respond(w, http.StatusNoContent, nil, a.Disconnect(r.Context(), r.PathValue("name"), req))
 	})
+}
+
+// sandboxRoutes routes the sandbox and endpoint requests under prefix p.
+func (a *Agent) sandboxRoutes(mux *http.ServeMux, p string) {
 	mux.HandleFunc("GET "+p+"/sandboxes", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, http.StatusOK, a.Sandboxes())
 	})
@@ -93,14 +111,6 @@ func (a *Agent) handler() http.Handler {
 	mux.HandleFunc("GET "+p+"/endpoints", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, http.StatusOK, a.Endpoints())
 	})
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, http.StatusNotFound, api.Error{Message: fmt.Sprintf("no such API route: %s %s", r.Method, r.URL.Path), Code: api.CodeNotFound})
-	})
-	var h http.Handler = mux
-	if a.opts.APIMetrics != nil {
-		h = a.opts.APIMetrics.WrapMux(mux)
-	}
-	return a.logRequests(cleanPathsOnly(h))
 }
 
 // cleanPathsOnly refuses a path with '.', '..' or empty segments. The mux

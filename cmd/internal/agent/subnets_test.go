@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/netip"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -15,19 +14,6 @@ import (
 	"github.com/fabricnet/fabric/cmd/internal/ipam"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
-
-// fakeRoutes is a host whose routing table is a fixed list.
-type fakeRoutes []netip.Prefix
-
-func (f fakeRoutes) HostRoutes() ([]netip.Prefix, error) { return slices.Clone(f), nil }
-
-func routes(ps ...string) fakeRoutes {
-	var out fakeRoutes
-	for _, p := range ps {
-		out = append(out, netip.MustParsePrefix(p))
-	}
-	return out
-}
 
 // TestSpecialUseSubnetsRefusedForEveryDriver: no driver takes a subnet in
 // 0/8, 127/8, 169.254/16, 224/4 or 240/4, and nothing is created.
@@ -54,12 +40,12 @@ func TestSpecialUseSubnetsRefusedForEveryDriver(t *testing.T) {
 }
 
 // TestSubnetHostRouteCheckPerDriver: bridge and overlay subnets must not
-// overlap a host route (through the RouteLister seam); macvlan and ipvlan
+// overlap a host route (through the Host seam); macvlan and ipvlan
 // subnets are the parent's LAN and may.
 func TestSubnetHostRouteCheckPerDriver(t *testing.T) {
 	dir := t.TempDir()
 	a, err := New(Options{StateDir: dir, Socket: dir + "/sock", NodeName: "t", NoDefaultNetwork: true, NoDNS: true,
-		Datapath: newFake(), Routes: routes("10.99.0.0/16", "192.0.2.0/24")})
+		Datapath: newFake(), Host: newFakeHost("10.99.0.0/16", "192.0.2.0/24")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,8 +81,8 @@ func TestSubnetHostRouteCheckPerDriver(t *testing.T) {
 // take it does.
 func TestGossipedOverlayCheckedBeforeProgramming(t *testing.T) {
 	nodes := []*clusterNode{
-		{name: "gs-a", dir: t.TempDir(), port: netnstest.FreePort(t), dp: newFake(), routes: routes()},
-		{name: "gs-b", dir: t.TempDir(), port: netnstest.FreePort(t), dp: newFake(), routes: routes("10.221.0.0/16")},
+		{name: "gs-a", dir: t.TempDir(), port: netnstest.FreePort(t), dp: newFake(), host: newFakeHost()},
+		{name: "gs-b", dir: t.TempDir(), port: netnstest.FreePort(t), dp: newFake(), host: newFakeHost("10.221.0.0/16")},
 	}
 	nodes[1].seeds = []string{"127.0.0.1:" + strconv.Itoa(nodes[0].port)}
 	for _, n := range nodes {

@@ -511,3 +511,34 @@ func TestPickSubnet(t *testing.T) {
 		})
 	}
 }
+
+// TestPoolReadersDuringChanges: Used and Free may be read while another
+// goroutine allocates and releases (status and metrics do not take the
+// agent's lock); run with -race.
+func TestPoolReadersDuringChanges(t *testing.T) {
+	p, err := NewPool(netip.MustParsePrefix("10.9.0.0/24"), netip.Addr{}, netip.Prefix{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 200 {
+			ip, err := p.Allocate(fmt.Sprint("owner ", i))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			p.Release(ip)
+		}
+	}()
+	for range 200 {
+		if used, free := p.Used(), p.Free(); used < 0 || used > 1 || free < p.Size()-1 {
+			t.Fatalf("used %d, free %d of %d while one address comes and goes", used, free, p.Size())
+		}
+	}
+	<-done
+	if p.Used() != 0 || p.Free() != p.Size() {
+		t.Fatalf("after the changes: used %d, free %d of %d", p.Used(), p.Free(), p.Size())
+	}
+}

@@ -4,15 +4,18 @@ import (
 	"fmt"
 	"math/bits"
 	"net/netip"
+	"sync"
 )
 
 // Pool tracks the addresses of one network: which are reserved (network,
 // broadcast, gateway, excluded), which are assigned and to whom, and where
 // the next dynamic allocation starts.
 //
-// A Pool is not safe for concurrent use. The agent serialises all changes
-// to a network under its own lock, and a second lock here would only hide
-// missing locking there.
+// A Pool is safe for concurrent use. The agent still serialises the
+// changes to a network under its own lock (an address is allocated, then
+// stored, then programmed); the pool's lock lets status and metrics read
+// Used and Free without waiting for that lock, which a change holds
+// across datapath and cluster calls.
 //
 // Dynamic allocation is next-fit, like Docker's: it continues after the
 // last allocated address and wraps around, so an address that was just
@@ -21,6 +24,7 @@ import (
 // bitmap of the ip-range, 64 addresses per word, so allocating thousands
 // of addresses in a /16 stays cheap.
 type Pool struct {
+	mu      sync.Mutex // guards owners, taken, usedIn and next
 	subnet  netip.Prefix
 	gateway netip.Addr
 	ipRange netip.Prefix
@@ -114,6 +118,8 @@ func (p *Pool) String() string {
 
 // Allocate assigns the next free address of the ip-range to owner.
 func (p *Pool) Allocate(owner string) (netip.Addr, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	off, ok := p.findFree(p.next, p.rangeLen)
 	if !ok {
 		off, ok = p.findFree(0, p.next)
@@ -140,6 +146,8 @@ func (p *Pool) Claim(ip netip.Addr, owner string) error {
 	if why := p.reservedReason(ip); why != "" {
 		return fmt.Errorf("%w: %s is the %s of %s", ErrReserved, ip, why, p.subnet)
 	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if cur, ok := p.owners[ip]; ok {
 		return fmt.Errorf("%w: %s is already assigned to %q", ErrInUse, ip, cur)
 	}
@@ -155,6 +163,8 @@ func (p *Pool) Claim(ip netip.Addr, owner string) error {
 // assigned (or is reserved) does nothing, so cleanup paths can call it
 // unconditionally.
 func (p *Pool) Release(ip netip.Addr) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if _, ok := p.owners[ip]; !ok {
 		return
 	}
@@ -167,12 +177,18 @@ func (p *Pool) Release(ip netip.Addr) {
 
 // Owner returns who an address is assigned to.
 func (p *Pool) Owner(ip netip.Addr) (string, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	o, ok := p.owners[ip]
 	return o, ok
 }
 
 // Used returns the number of assigned addresses, dynamic and static.
-func (p *Pool) Used() int { return len(p.owners) }
+func (p *Pool) Used() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.owners)
+}
 
 // Size returns how many addresses of the ip-range can be assigned
 // dynamically: the range minus the network, broadcast, gateway and
@@ -181,7 +197,11 @@ func (p *Pool) Size() int { return int(p.rangeLen) - p.reserved }
 
 // Free returns how many addresses Allocate can still hand out. Static
 // claims inside the ip-range count against it; claims outside do not.
-func (p *Pool) Free() int { return p.Size() - p.usedIn }
+func (p *Pool) Free() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.Size() - p.usedIn
+}
 
 func (p *Pool) reservedReason(ip netip.Addr) string {
 	switch ip {
