@@ -19,7 +19,7 @@ func TestAPIPathsAreNotRedirected(t *testing.T) {
 	dir := t.TempDir()
 	a, err := New(Options{
 		StateDir: dir, Socket: filepath.Join(dir, "sock"), NodeName: "paths", NoDefaultNetwork: true, NoDNS: true,
-		Datapath: newFake(), Routes: routes("10.99.0.0/16"), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Datapath: newFake(), Host: newFakeHost("10.99.0.0/16"), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
 		t.Fatal(err)
