@@ -3,12 +3,9 @@
 package bpf
 
 import (
-	"bytes"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -24,6 +21,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	fabricns "github.com/fabricnet/fabric/datapath/netns"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
 // Socket redirection is tested like the socket hooks (sock_test.go): the
@@ -161,31 +159,8 @@ func listen(t *testing.T, nsPath, addr string, serve func(*net.TCPConn)) {
 	})
 }
 
-// hashEcho echoes everything until EOF, then sends the SHA-256 of what it
-// received and closes.
-func hashEcho(c *net.TCPConn) {
-	h := sha256.New()
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := c.Read(buf)
-		if n > 0 {
-			h.Write(buf[:n])
-			if _, werr := c.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return
-		}
-	}
-	c.Write(h.Sum(nil))
-}
-
 func (l *redirLab) servers(t *testing.T) {
-	listen(t, l.sbPath, fmt.Sprintf("%s:%d", sockSandboxIP, redirEchoPort), hashEcho)
+	listen(t, l.sbPath, fmt.Sprintf("%s:%d", sockSandboxIP, redirEchoPort), func(c *net.TCPConn) { netnstest.HashEcho(c) })
 	listen(t, l.sbPath, fmt.Sprintf("%s:%d", sockSandboxIP, redirResetPort), func(c *net.TCPConn) {
 		b := make([]byte, 1)
 		if _, err := io.ReadFull(c, b); err != nil {
@@ -201,8 +176,8 @@ func (l *redirLab) servers(t *testing.T) {
 			l.resetCh <- err
 		}
 	})
-	listen(t, l.host, fmt.Sprintf("127.0.0.1:%d", redirHostPort), hashEcho)
-	listen(t, l.host, fmt.Sprintf("0.0.0.0:%d", redirHostPort2), hashEcho)
+	listen(t, l.host, fmt.Sprintf("127.0.0.1:%d", redirHostPort), func(c *net.TCPConn) { netnstest.HashEcho(c) })
+	listen(t, l.host, fmt.Sprintf("0.0.0.0:%d", redirHostPort2), func(c *net.TCPConn) { netnstest.HashEcho(c) })
 }
 
 func dialIn(t *testing.T, nsPath, addr string) *net.TCPConn {
@@ -217,47 +192,6 @@ func dialIn(t *testing.T, nsPath, addr string) *net.TCPConn {
 	}
 	c.SetDeadline(time.Now().Add(60 * time.Second))
 	return c.(*net.TCPConn)
-}
-
-// exchange sends size pseudo-random bytes, half-closes, and checks that
-// the echo is the same bytes and the trailer their hash.
-func exchange(c *net.TCPConn, size int, seed uint64) error {
-	sent := sha256.New()
-	werr := make(chan error, 1)
-	go func() {
-		rng := rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), byte(seed >> 16)})
-		buf := make([]byte, 48<<10)
-		for left := size; left > 0; {
-			n := min(left, len(buf))
-			rng.Read(buf[:n])
-			sent.Write(buf[:n])
-			if _, err := c.Write(buf[:n]); err != nil {
-				werr <- fmt.Errorf("write: %w", err)
-				return
-			}
-			left -= n
-		}
-		werr <- c.CloseWrite()
-	}()
-	got := sha256.New()
-	if _, err := io.CopyN(got, c, int64(size)); err != nil {
-		return fmt.Errorf("read echo: %w", err)
-	}
-	trailer, err := io.ReadAll(c)
-	if err != nil {
-		return fmt.Errorf("read trailer: %w", err)
-	}
-	if err := <-werr; err != nil {
-		return err
-	}
-	want := sent.Sum(nil)
-	if !bytes.Equal(got.Sum(nil), want) {
-		return fmt.Errorf("echo of %d bytes differs from what was sent", size)
-	}
-	if !bytes.Equal(trailer, want) {
-		return fmt.Errorf("server's hash %x, want %x", trailer, want)
-	}
-	return nil
 }
 
 // waitConns waits until the hash holds exactly want.
@@ -324,7 +258,7 @@ func TestSockRedir(t *testing.T) {
 		defer c.Close()
 		l.waitConns(t, pair(c, echoTarget))
 		const size = 64 << 20
-		if err := exchange(c, size, 1); err != nil {
+		if err := netnstest.CheckEcho(c, size, 1); err != nil {
 			t.Fatal(err)
 		}
 		after, err := l.redir.Stats()
@@ -345,7 +279,7 @@ func TestSockRedir(t *testing.T) {
 		c := dialIn(t, l.host, echoTarget)
 		defer c.Close()
 		l.waitConns(t, pair(c, echoTarget))
-		if err := exchange(c, 1<<20, 2); err != nil {
+		if err := netnstest.CheckEcho(c, 1<<20, 2); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -382,7 +316,7 @@ func TestSockRedir(t *testing.T) {
 			c := dialIn(t, l.host, fmt.Sprintf("127.0.0.1:%d", redirPubEcho))
 			wg.Go(func() {
 				defer c.Close()
-				if err := exchange(c, size, uint64(10+i)); err != nil {
+				if err := netnstest.CheckEcho(c, size, uint64(10+i)); err != nil {
 					errs <- fmt.Errorf("connection %d: %w", i, err)
 				}
 			})
@@ -446,7 +380,7 @@ func TestSockRedir(t *testing.T) {
 		}
 		l.waitConns(t, nil)
 		// Out of the hash the connection is plain TCP again.
-		if err := exchange(c, 1<<20, 3); err != nil {
+		if err := netnstest.CheckEcho(c, 1<<20, 3); err != nil {
 			t.Fatalf("after forget: %v", err)
 		}
 	})
