@@ -38,7 +38,7 @@ const (
 type sockRedirLab struct {
 	t          *testing.T // the running (sub)test
 	top        *testing.T // the test that owns the lab's cleanups
-	name, path string // host namespace
+	name, path string     // host namespace
 	opts       Options
 	dp         *Datapath
 	net        datapath.Network
