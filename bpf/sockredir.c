@@ -51,6 +51,7 @@ char __license[] SEC("license") = "GPL";
 
 /* From <sys/socket.h>, which a BPF build lacks. */
 #define AF_INET 2
+#define AF_INET6 10
 
 #define MAX_REDIR_SOCKS 65536
 #define MAX_REDIR_PENDING 16384
@@ -140,16 +141,56 @@ static __always_inline __u64 host_netns_cookie(void)
 	return hc ? hc->netns_cookie : 0;
 }
 
-/* The ports: local_port is in host byte order; remote_port holds the port
- * in network byte order in its upper 16 bits on little-endian machines
- * (the kernel shifts it there); a 32-bit load and a shift read it on every
- * kernel. The same goes for struct sk_msg_md. */
-static __always_inline void ops_key(struct bpf_sock_ops *ops, struct redir_key *k)
+/* An IPv4 connection may be on a dual-stack socket (a server listening on
+ * [::], as iperf3 and many others do): family AF_INET6, addresses
+ * IPv4-mapped (::ffff:a.b.c.d). The kernel keeps the IPv4 addresses of such
+ * a socket where local_ip4 and remote_ip4 read them, so only the check
+ * differs. Word by word: the context allows only 32-bit loads of these
+ * fields. */
+static __always_inline int v4_mapped(__u32 w0, __u32 w1, __u32 w2)
 {
+	return w0 == 0 && w1 == 0 && w2 == bpf_htonl(0xffff);
+}
+
+/* ops_key is the socket's key; -1 if it is not IPv4 (or IPv4-mapped).
+ * local_port is in host byte order; remote_port holds the port in network
+ * byte order in its upper 16 bits on little-endian machines (the kernel
+ * shifts it there); a 32-bit load and a shift read it on every kernel. The
+ * same goes for struct sk_msg_md. */
+static __always_inline int ops_key(struct bpf_sock_ops *ops, struct redir_key *k)
+{
+	__u32 family = ops->family;
+
+	if (family == AF_INET6 &&
+	    (!v4_mapped(ops->local_ip6[0], ops->local_ip6[1], ops->local_ip6[2]) ||
+	     !v4_mapped(ops->remote_ip6[0], ops->remote_ip6[1], ops->remote_ip6[2])))
+		return -1;
+	if (family != AF_INET && family != AF_INET6)
+		return -1;
 	k->local_ip = ops->local_ip4;
 	k->remote_ip = ops->remote_ip4;
 	k->local_port = bpf_htons((__u16)ops->local_port);
 	k->remote_port = (__be16)(ops->remote_port >> 16);
+	return 0;
+}
+
+/* msg_peer_key is the key of the peer of the socket sending msg: its own,
+ * reversed. */
+static __always_inline int msg_peer_key(struct sk_msg_md *msg, struct redir_key *peer)
+{
+	__u32 family = msg->family;
+
+	if (family == AF_INET6 &&
+	    (!v4_mapped(msg->local_ip6[0], msg->local_ip6[1], msg->local_ip6[2]) ||
+	     !v4_mapped(msg->remote_ip6[0], msg->remote_ip6[1], msg->remote_ip6[2])))
+		return -1;
+	if (family != AF_INET && family != AF_INET6)
+		return -1;
+	peer->local_ip = msg->remote_ip4;
+	peer->remote_ip = msg->local_ip4;
+	peer->local_port = (__be16)(msg->remote_port >> 16);
+	peer->remote_port = bpf_htons((__u16)msg->local_port);
+	return 0;
 }
 
 static __always_inline void reverse_key(const struct redir_key *k, struct redir_key *r)
@@ -185,7 +226,8 @@ static __always_inline void client_established(struct bpf_sock_ops *ops, __u64 h
 
 	if (bpf_get_netns_cookie(ops) != host)
 		return;
-	ops_key(ops, &k);
+	if (ops_key(ops, &k))
+		return;
 	if (!bpf_map_lookup_elem(&endpoint_by_ip, &k.remote_ip))
 		return;
 	reverse_key(&k, &peer);
@@ -208,7 +250,8 @@ static __always_inline void server_established(struct bpf_sock_ops *ops, __u64 h
 
 	if (bpf_get_netns_cookie(ops) == host)
 		return;
-	ops_key(ops, &k);
+	if (ops_key(ops, &k))
+		return;
 	if (!bpf_map_lookup_elem(&redir_pending, &k))
 		return;
 	bpf_map_delete_elem(&redir_pending, &k);
@@ -223,8 +266,6 @@ int sock_ops(struct bpf_sock_ops *ops)
 {
 	__u64 host;
 
-	if (ops->family != AF_INET)
-		return 1;
 	if (ops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && ops->op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
 		return 1;
 	host = host_netns_cookie();
@@ -249,13 +290,8 @@ int sock_msg(struct sk_msg_md *msg)
 	if (!sk)
 		return SK_PASS;
 	st = bpf_sk_storage_get(&redir_state, sk, 0, 0);
-	if (!st || st->mode == REDIR_OFF)
+	if (!st || st->mode == REDIR_OFF || msg_peer_key(msg, &peer))
 		goto pass;
-	/* The peer's own key is this socket's reversed. */
-	peer.local_ip = msg->remote_ip4;
-	peer.remote_ip = msg->local_ip4;
-	peer.local_port = (__be16)(msg->remote_port >> 16);
-	peer.remote_port = bpf_htons((__u16)msg->local_port);
 	if (bpf_msg_redirect_hash(msg, &redir_socks, &peer, BPF_F_INGRESS) == SK_PASS) {
 		st->mode = REDIR_ON;
 		redir_add(REDIR_STAT_MSGS, 1);

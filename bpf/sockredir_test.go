@@ -39,6 +39,8 @@ const (
 	redirPubReset  = 18091
 	redirHostPort  = 19000 // in the host namespace: unrelated to fabric
 	redirHostPort2 = 19001 // in the host namespace, for a sandbox client
+	redirDualPort  = 9002  // in the sandbox: echo on a dual-stack [::] socket
+	redirPubDual   = 18092
 )
 
 type redirLab struct {
@@ -63,6 +65,7 @@ func newRedirLab(t *testing.T) *redirLab {
 	for _, p := range []Port{
 		{Proto: ProtoTCP, HostPort: redirPubEcho, Target: ip(sockSandboxIP), TargetPort: redirEchoPort},
 		{Proto: ProtoTCP, HostPort: redirPubReset, Target: ip(sockSandboxIP), TargetPort: redirResetPort},
+		{Proto: ProtoTCP, HostPort: redirPubDual, Target: ip(sockSandboxIP), TargetPort: redirDualPort},
 	} {
 		if err := o.PutPort(p); err != nil {
 			t.Fatal(err)
@@ -128,12 +131,16 @@ func enterCgroup(t *testing.T, dir string) {
 }
 
 // listen opens a TCP listener in nsPath and serves each connection with
-// serve until the test ends.
+// serve until the test ends. An addr in brackets is a dual-stack one.
 func listen(t *testing.T, nsPath, addr string, serve func(*net.TCPConn)) {
 	t.Helper()
 	var ln net.Listener
+	network := "tcp4"
+	if strings.HasPrefix(addr, "[") {
+		network = "tcp"
+	}
 	err := fabricns.Do(nsPath, func() (err error) {
-		ln, err = net.Listen("tcp4", addr)
+		ln, err = net.Listen(network, addr)
 		return err
 	})
 	if err != nil {
@@ -176,6 +183,7 @@ func (l *redirLab) servers(t *testing.T) {
 			l.resetCh <- err
 		}
 	})
+	listen(t, l.sbPath, fmt.Sprintf("[::]:%d", redirDualPort), func(c *net.TCPConn) { netnstest.HashEcho(c) })
 	listen(t, l.host, fmt.Sprintf("127.0.0.1:%d", redirHostPort), func(c *net.TCPConn) { netnstest.HashEcho(c) })
 	listen(t, l.host, fmt.Sprintf("0.0.0.0:%d", redirHostPort2), func(c *net.TCPConn) { netnstest.HashEcho(c) })
 }
@@ -281,6 +289,21 @@ func TestSockRedir(t *testing.T) {
 		l.waitConns(t, pair(c, echoTarget))
 		if err := netnstest.CheckEcho(c, 1<<20, 2); err != nil {
 			t.Fatal(err)
+		}
+	})
+
+	t.Run("dual-stack server", func(t *testing.T) {
+		// Accepted on [::], the server's socket is AF_INET6 with
+		// IPv4-mapped addresses; its key is the IPv4 one all the same.
+		c := dialIn(t, l.host, fmt.Sprintf("127.0.0.1:%d", redirPubDual))
+		defer c.Close()
+		l.waitConns(t, pair(c, fmt.Sprintf("%s:%d", sockSandboxIP, redirDualPort)))
+		before, _ := l.redir.Stats()
+		if err := netnstest.CheckEcho(c, 4<<20, 4); err != nil {
+			t.Fatal(err)
+		}
+		if after, _ := l.redir.Stats(); after.Bytes-before.Bytes < 2*(4<<20) {
+			t.Errorf("%d bytes redirected, want at least %d", after.Bytes-before.Bytes, 2*(4<<20))
 		}
 	})
 
