@@ -83,6 +83,11 @@ type Options struct {
 	// start per 5 s; 0 means datapath.DefaultConntrackPending, negative no
 	// limit.
 	ConntrackPending int
+	// SockRedirect turns on socket redirection (sockredir.go) for TCP
+	// connections from host processes to local sandboxes. Off by default:
+	// the kernel gives redirected bytes no flow control, and splice(2)
+	// does not see them.
+	SockRedirect bool
 
 	// EndpointSpec, if set, is a build of the endpoint object loaded in
 	// place of the built-in one (bpf.EndpointSpec): tests upgrade to a
@@ -243,6 +248,12 @@ func (f *Forwarder) attachHostPrograms() error {
 		f.warnings = append(f.warnings, "socket hooks unavailable (published ports not reachable from the host itself): "+err.Error())
 	}
 	// Only faster: without it the same connections take the veth path.
+	if !f.opts.SockRedirect {
+		if err := f.retireSockRedir(); err != nil {
+			f.log.Warn("cannot turn socket redirection off", "err", err)
+		}
+		return nil
+	}
 	if err := f.attachSockRedir(); err != nil {
 		f.redirErr = err
 		f.log.Warn("socket redirection unavailable: host connections to sandboxes take the veth path", "err", err)

@@ -99,6 +99,9 @@ func (f *Forwarder) pinRedirMaps(r *bpf.SockRedir, reopened map[string]*ebpf.Map
 // detached it (a Sync's check), and takes out of redirection the sockets
 // of endpoints w no longer has.
 func (f *Forwarder) ensureSockRedir(w want) error {
+	if !f.opts.SockRedirect {
+		return f.retireSockRedir()
+	}
 	if f.redir == nil {
 		return nil
 	}
@@ -148,8 +151,46 @@ func (f *Forwarder) forgetRedirected(drop func(bpf.RedirConn) bool) error {
 	return err
 }
 
+// retireSockRedir undoes what a run with socket redirection left, for a
+// run without it: the sockops program is detached at once (no new
+// connection is admitted); the maps' pins go once the socket hash is
+// empty, so that connections redirected before go on until they close
+// (a socket hash that is freed drops what is queued for its sockets).
+// Sync calls it again until the pins are gone.
+func (f *Forwarder) retireSockRedir() error {
+	pin := f.linkPin(pinSockOps)
+	if _, err := os.Stat(pin); err == nil {
+		f.log.Info("socket redirection is off: detaching its sockops program")
+		if err := detach(pin); err != nil {
+			return err
+		}
+	}
+	dir := filepath.Join(f.opts.BPFRoot, "maps")
+	socks, err := ebpf.LoadPinnedMap(filepath.Join(dir, "redir_socks"), nil)
+	if err == nil {
+		var k [12]byte
+		busy := socks.NextKey(nil, &k) == nil
+		socks.Close()
+		if busy {
+			return nil // a later Sync retries
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		f.log.Warn("cannot open pinned redir_socks; removing it", "err", err)
+	}
+	var errs []error
+	for _, name := range bpf.SockRedirMaps {
+		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("unpin %s: %w", name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // redirDetail is socket redirection's status line.
 func (f *Forwarder) redirDetail() string {
+	if !f.opts.SockRedirect {
+		return "socket redirection for host -> sandbox TCP: off (--sock-redirect not set)"
+	}
 	if f.redir == nil {
 		if f.redirErr != nil {
 			return "socket redirection for host -> sandbox TCP: off: " + f.redirErr.Error()

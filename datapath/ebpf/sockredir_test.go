@@ -57,7 +57,7 @@ func newSockRedirLab(t *testing.T) *sockRedirLab {
 	root := filepath.Join("/sys/fs/bpf", netnstest.UniqueName("fabric-test-"))
 	t.Cleanup(func() { _ = Purge(path, root) }) // after the datapath's Close, registered below
 	_, sbPath := netnstest.New(t, "fbs")
-	l := &sockRedirLab{t: t, top: t, name: name, path: path, opts: Options{NetNSPath: path, BPFRoot: root, XDP: XDPOff}}
+	l := &sockRedirLab{t: t, top: t, name: name, path: path, opts: Options{NetNSPath: path, BPFRoot: root, XDP: XDPOff, SockRedirect: true}}
 	l.net = datapath.Network{
 		ID: netnstest.UniqueName("redir-"), Name: "redir", Driver: datapath.DriverBridge,
 		Subnet: netip.MustParsePrefix("10.81.0.0/24"), Gateway: netip.MustParseAddr("10.81.0.1"),
@@ -89,6 +89,20 @@ func (l *sockRedirLab) start() {
 	}
 	l.dp = dp
 	l.top.Cleanup(func() { dp.Close() })
+}
+
+// restart is an agent restart with socket redirection on or off: a new
+// datapath on the same bpf root, then Sync.
+func (l *sockRedirLab) restart(redirect bool) {
+	l.t.Helper()
+	if err := l.dp.Close(); err != nil {
+		l.t.Fatalf("close datapath: %v", err)
+	}
+	l.opts.SockRedirect = redirect
+	l.start()
+	if err := l.dp.Sync(context.Background(), l.state()); err != nil {
+		l.t.Fatalf("sync after restart: %v", err)
+	}
 }
 
 func (l *sockRedirLab) state() datapath.State {
@@ -241,13 +255,7 @@ func TestSockRedirDatapath(t *testing.T) {
 		if err := s.Send(1 << 20); err != nil {
 			t.Fatal(err)
 		}
-		if err := l.dp.Close(); err != nil {
-			t.Fatalf("close datapath: %v", err)
-		}
-		l.start()
-		if err := l.dp.Sync(ctx, l.state()); err != nil {
-			t.Fatalf("sync after restart: %v", err)
-		}
+		l.restart(true)
 		l.waitConns(pair)
 		before := l.redirected()
 		if err := s.Send(4 << 20); err != nil {
@@ -283,6 +291,51 @@ func TestSockRedirDatapath(t *testing.T) {
 		}
 		c := l.dial()
 		l.waitConns(l.pairOf(c))
+	})
+
+	t.Run("turned off, redirected connections go on until they close", func(t *testing.T) {
+		l.t = t
+		c := l.dial()
+		l.waitConns(l.pairOf(c))
+		s := netnstest.NewStream(c, 5)
+		if err := s.Send(1 << 20); err != nil {
+			t.Fatal(err)
+		}
+		l.restart(false)
+		if _, err := os.Stat(l.dp.fwd.linkPin(pinSockOps)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("sockops link pin after turning off: %v", err)
+		}
+		if st := l.dp.Status(ctx); !slices.Contains(st.Details, "socket redirection for host -> sandbox TCP: off (--sock-redirect not set)") {
+			t.Errorf("status does not say redirection is off: %q", st.Details)
+		}
+		// The pinned socket hash stays while it holds the connection.
+		socks := filepath.Join(l.opts.BPFRoot, "maps", "redir_socks")
+		if _, err := os.Stat(socks); err != nil {
+			t.Fatalf("redir_socks unpinned with a connection in it: %v", err)
+		}
+		if err := s.Send(2 << 20); err != nil {
+			t.Fatalf("after turning off: %v", err)
+		}
+		if err := s.Finish(); err != nil {
+			t.Fatalf("after turning off: %v", err)
+		}
+		c.Close()
+		// A new connection is not admitted, and works over the veth.
+		c2 := l.dial()
+		if err := netnstest.CheckEcho(c2, 1<<20, 6); err != nil {
+			t.Fatal(err)
+		}
+		c2.Close()
+		if !netnstest.Poll(10*time.Second, func() bool {
+			if err := l.dp.Sync(ctx, l.state()); err != nil {
+				t.Fatalf("sync: %v", err)
+			}
+			_, err := os.Stat(socks)
+			return errors.Is(err, os.ErrNotExist)
+		}) {
+			t.Fatal("redir_socks still pinned after its connections closed")
+		}
+		l.restart(true)
 	})
 
 	t.Run("a removed endpoint's sockets leave", func(t *testing.T) {
