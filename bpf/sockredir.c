@@ -40,6 +40,19 @@
  * redir_state (socket storage) remembers: redirect from the first byte, or
  * never. A socket whose peer leaves the map (closed, or an endpoint that was
  * removed) falls back to TCP, which then ends the connection as TCP would.
+ * The other way round is safe: a receiver reads what was redirected to it
+ * before what came through TCP, so a socket may leave redirection for TCP
+ * at any time, and then stays there.
+ *
+ * Memory. The kernel gives redirected bytes no flow control: they are
+ * queued on the receiving socket, charged to TCP's memory, however slowly
+ * it reads (no window), and past the pressure limits the sender gets
+ * ENOMEM. So redirection stops, connection by connection and for good,
+ * once TCP's memory in use (the kernel's tcp_memory_allocated, read
+ * through the sending socket's protocol with CO-RE) reaches
+ * redir_config.mem_max_pages, which the agent sets below tcp_mem's
+ * pressure-free limit: those connections go on over TCP, whose windows
+ * bound them.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_endian.h>
@@ -107,8 +120,21 @@ enum redir_stat {
 	REDIR_STAT_BYTES = 3,      /* their bytes */
 	REDIR_STAT_PASSED = 4,     /* sendmsg calls left to TCP */
 	REDIR_STAT_ADD_FAILED = 5, /* sock_hash_update refused a socket */
+	REDIR_STAT_MEM_OFF = 6,    /* sockets that left redirection for TCP's memory in use */
 	REDIR_STAT_MAX = 8,
 };
+
+/* What the agent tells the programs: the single entry of redir_config. */
+struct redir_settings {
+	__u64 mem_max_pages; /* redirect only while TCP's memory in use is below this; 0: never */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct redir_settings);
+} redir_config SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -278,6 +304,40 @@ int sock_ops(struct bpf_sock_ops *ops)
 	return 1;
 }
 
+/* CO-RE views of the kernel structures tcp_mem_pages reads: the offsets
+ * come from the running kernel's BTF at load time. */
+struct proto___fabric {
+	long *memory_allocated; /* atomic_long_t *: pages */
+} __attribute__((preserve_access_index));
+
+struct sock_common___fabric {
+	struct proto___fabric *skc_prot;
+} __attribute__((preserve_access_index));
+
+struct sock___fabric {
+	struct sock_common___fabric __sk_common;
+} __attribute__((preserve_access_index));
+
+/* mem_ok reports whether TCP's memory in use, in pages, is below the
+ * agent's limit. A struct sock begins every tcp_sock. */
+static __always_inline int mem_ok(struct bpf_sock *sk)
+{
+	__u32 zero = 0;
+	struct redir_settings *cfg = bpf_map_lookup_elem(&redir_config, &zero);
+	struct sock___fabric *s = (void *)bpf_skc_to_tcp_sock(sk);
+
+	long pages;
+
+	if (!cfg || !s)
+		return 0;
+	/* Per-CPU caches of forward allocations can leave the shared
+	 * counter below zero for a while: the kernel reads that as 0. */
+	pages = *s->__sk_common.skc_prot->memory_allocated;
+	if (pages < 0)
+		pages = 0;
+	return (__u64)pages < cfg->mem_max_pages;
+}
+
 /* Runs only for sockets in redir_socks. */
 SEC("sk_msg")
 int sock_msg(struct sk_msg_md *msg)
@@ -292,6 +352,11 @@ int sock_msg(struct sk_msg_md *msg)
 	st = bpf_sk_storage_get(&redir_state, sk, 0, 0);
 	if (!st || st->mode == REDIR_OFF || msg_peer_key(msg, &peer))
 		goto pass;
+	if (!mem_ok(sk)) {
+		st->mode = REDIR_OFF;
+		redir_add(REDIR_STAT_MEM_OFF, 1);
+		goto pass;
+	}
 	if (bpf_msg_redirect_hash(msg, &redir_socks, &peer, BPF_F_INGRESS) == SK_PASS) {
 		st->mode = REDIR_ON;
 		redir_add(REDIR_STAT_MSGS, 1);

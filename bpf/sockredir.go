@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"strconv"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -30,7 +33,7 @@ type SockRedir struct {
 // pins so that a restarted agent keeps the redirected connections (a
 // socket leaves the hash, and loses what is queued for it, when the hash
 // is freed).
-var SockRedirMaps = []string{"redir_socks", "redir_pending", "redir_state", "redir_stats"}
+var SockRedirMaps = []string{"redir_socks", "redir_pending", "redir_state", "redir_stats", "redir_config"}
 
 // LoadSockRedir loads the programs on top of shared's maps. opts may be nil;
 // its MapReplacements may name maps of SockRedirMaps (pinned ones to keep)
@@ -63,7 +66,41 @@ func (r *SockRedir) OwnMaps() map[string]*ebpf.Map {
 		"redir_pending": r.objs.RedirPending,
 		"redir_state":   r.objs.RedirState,
 		"redir_stats":   r.objs.RedirStats,
+		"redir_config":  r.objs.RedirConfig,
 	}
+}
+
+// SetMemMax sets how much memory TCP may have in use, in pages (the unit
+// of /proc/sys/net/ipv4/tcp_mem), for a socket to start or go on being
+// redirected; past it, a socket's sends go through TCP for good. The
+// kernel gives redirected bytes no flow control, so this is what bounds
+// them. 0, the value of a new map, redirects nothing.
+func (r *SockRedir) SetMemMax(pages uint64) error {
+	if err := r.objs.RedirConfig.Put(uint32(0), sockredirRedirSettings{MemMaxPages: pages}); err != nil {
+		return fmt.Errorf("write redir_config: %w", err)
+	}
+	return nil
+}
+
+// TCPMemPages reads tcp_mem (the kernel's limits on TCP's memory, in
+// pages: no pressure below the first, pressure above the second, the
+// third a hard limit). It is the same in every network namespace.
+func TCPMemPages() ([3]uint64, error) {
+	var out [3]uint64
+	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_mem")
+	if err != nil {
+		return out, fmt.Errorf("read tcp_mem: %w", err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 3 {
+		return out, fmt.Errorf("tcp_mem %q: want three numbers: %w", strings.TrimSpace(string(b)), ErrInvalid)
+	}
+	for i, s := range f {
+		if out[i], err = strconv.ParseUint(s, 10, 64); err != nil {
+			return out, fmt.Errorf("tcp_mem %q: %w", strings.TrimSpace(string(b)), err)
+		}
+	}
+	return out, nil
 }
 
 // AttachMsg makes Msg the sk_msg program of Socks, in place of any program
@@ -173,6 +210,7 @@ type RedirStats struct {
 	Bytes     uint64 // their bytes
 	Passed    uint64 // sendmsg calls of admitted sockets left to TCP
 	AddFailed uint64 // sockets the hash refused (full, or in another map)
+	MemOff    uint64 // sockets that left redirection for TCP's memory in use
 }
 
 // Stats reads the per-CPU sums.
@@ -188,6 +226,7 @@ func (r *SockRedir) Stats() (RedirStats, error) {
 		{sockredirRedirStatREDIR_STAT_BYTES, &s.Bytes},
 		{sockredirRedirStatREDIR_STAT_PASSED, &s.Passed},
 		{sockredirRedirStatREDIR_STAT_ADD_FAILED, &s.AddFailed},
+		{sockredirRedirStatREDIR_STAT_MEM_OFF, &s.MemOff},
 	} {
 		var perCPU []uint64
 		if err := r.objs.RedirStats.Lookup(uint32(f.which), &perCPU); err != nil {

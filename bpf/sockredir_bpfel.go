@@ -140,6 +140,11 @@ const (
 	sockredirRedirModeREDIR_OFF       sockredirRedirMode = 2
 )
 
+type sockredirRedirSettings struct {
+	_           structs.HostLayout
+	MemMaxPages uint64
+}
+
 type sockredirRedirStat uint32
 
 const (
@@ -149,6 +154,7 @@ const (
 	sockredirRedirStatREDIR_STAT_BYTES      sockredirRedirStat = 3
 	sockredirRedirStatREDIR_STAT_PASSED     sockredirRedirStat = 4
 	sockredirRedirStatREDIR_STAT_ADD_FAILED sockredirRedirStat = 5
+	sockredirRedirStatREDIR_STAT_MEM_OFF    sockredirRedirStat = 6
 	sockredirRedirStatREDIR_STAT_MAX        sockredirRedirStat = 8
 )
 
@@ -192,6 +198,7 @@ const (
 	sockredirMapNetworks     = "networks"
 	sockredirMapPolicy       = "policy"
 	sockredirMapPorts        = "ports"
+	sockredirMapRedirConfig  = "redir_config"
 	sockredirMapRedirPending = "redir_pending"
 	sockredirMapRedirSocks   = "redir_socks"
 	sockredirMapRedirState   = "redir_state"
@@ -264,6 +271,7 @@ type sockredirMapSpecs struct {
 	Networks     *ebpf.MapSpec `ebpf:"networks"`
 	Policy       *ebpf.MapSpec `ebpf:"policy"`
 	Ports        *ebpf.MapSpec `ebpf:"ports"`
+	RedirConfig  *ebpf.MapSpec `ebpf:"redir_config"`
 	RedirPending *ebpf.MapSpec `ebpf:"redir_pending"`
 	RedirSocks   *ebpf.MapSpec `ebpf:"redir_socks"`
 	RedirState   *ebpf.MapSpec `ebpf:"redir_state"`
@@ -310,6 +318,7 @@ type sockredirMaps struct {
 	Networks     *ebpf.Map `ebpf:"networks"`
 	Policy       *ebpf.Map `ebpf:"policy"`
 	Ports        *ebpf.Map `ebpf:"ports"`
+	RedirConfig  *ebpf.Map `ebpf:"redir_config"`
 	RedirPending *ebpf.Map `ebpf:"redir_pending"`
 	RedirSocks   *ebpf.Map `ebpf:"redir_socks"`
 	RedirState   *ebpf.Map `ebpf:"redir_state"`
@@ -332,6 +341,7 @@ func (m *sockredirMaps) Close() error {
 		m.Networks,
 		m.Policy,
 		m.Ports,
+		m.RedirConfig,
 		m.RedirPending,
 		m.RedirSocks,
 		m.RedirState,

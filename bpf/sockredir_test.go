@@ -43,6 +43,9 @@ const (
 	redirPubDual   = 18092
 )
 
+// noMemLimit is a memory limit TCP never reaches.
+const noMemLimit = 1 << 62
+
 type redirLab struct {
 	*sockLab
 	redir   *SockRedir
@@ -84,6 +87,9 @@ func newRedirLab(t *testing.T) *redirLab {
 		}
 	})
 	if err := r.AttachMsg(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.SetMemMax(noMemLimit); err != nil {
 		t.Fatal(err)
 	}
 	lk, err := r.AttachCgroup(l.cgroup)
@@ -388,6 +394,44 @@ func TestSockRedir(t *testing.T) {
 			}
 		case <-time.After(20 * time.Second):
 			t.Fatal("the server's read did not return after the client reset")
+		}
+	})
+
+	t.Run("memory limit: on to TCP mid-stream, in order", func(t *testing.T) {
+		c := dialIn(t, l.host, fmt.Sprintf("127.0.0.1:%d", redirPubEcho))
+		defer c.Close()
+		l.waitConns(t, pair(c, echoTarget))
+		s := netnstest.NewStream(c, 7)
+		// The limit comes in the middle of a transfer: the receivers
+		// have redirected bytes queued when TCP's start coming behind.
+		before, _ := l.redir.Stats()
+		sent := make(chan error, 1)
+		go func() { sent <- s.Send(128 << 20) }()
+		if !netnstest.Poll(10*time.Second, func() bool {
+			st, _ := l.redir.Stats()
+			return st.Bytes-before.Bytes >= 16<<20
+		}) {
+			st, _ := l.redir.Stats()
+			select {
+			case err := <-sent:
+				t.Fatalf("transfer not redirected (stats before %+v, after %+v); send: %v", before, st, err)
+			default:
+				t.Fatalf("transfer not redirected (stats before %+v, after %+v)", before, st)
+			}
+		}
+		if err := l.redir.SetMemMax(1); err != nil {
+			t.Fatal(err)
+		}
+		defer l.redir.SetMemMax(noMemLimit)
+		if err := <-sent; err != nil {
+			t.Fatalf("across the limit: %v", err)
+		}
+		if err := s.Finish(); err != nil {
+			t.Fatalf("across the limit: %v", err)
+		}
+		after, _ := l.redir.Stats()
+		if after.MemOff-before.MemOff != 2 || after.Passed == before.Passed {
+			t.Errorf("%d sockets left for TCP and %d messages went through TCP, want 2 and some", after.MemOff-before.MemOff, after.Passed-before.Passed)
 		}
 	})
 

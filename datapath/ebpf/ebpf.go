@@ -115,6 +115,7 @@ type Forwarder struct {
 	// socket redirection is off.
 	redirCgroup string
 	redirErr    error
+	redirMemMax uint64 // pages: see setRedirMemMax
 	uplink      uplinkInfo
 	hasUp       bool   // an uplink was found
 	tcMode      string // modeTCX or modeClsact, once the first tc program is attached

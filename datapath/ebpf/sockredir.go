@@ -69,6 +69,9 @@ func (f *Forwarder) attachSockRedir() error {
 	if err := f.pinRedirMaps(r, repl); err != nil {
 		return errors.Join(err, r.Close())
 	}
+	if err := f.setRedirMemMax(r); err != nil {
+		return errors.Join(err, r.Close())
+	}
 	if err := r.AttachMsg(); err != nil {
 		return errors.Join(unsupported("socket redirection", err), r.Close())
 	}
@@ -78,6 +81,20 @@ func (f *Forwarder) attachSockRedir() error {
 	}
 	f.redir, f.redirCgroup = r, root
 	return nil
+}
+
+// setRedirMemMax lets sockets be redirected while TCP's memory in use is
+// below half of tcp_mem's pressure-free limit: redirected bytes have no
+// flow control, and what a slow reader leaves queued must never push the
+// host's TCP into memory pressure (nor its senders into ENOMEM). Sync
+// sets it again, so a changed tcp_mem is followed.
+func (f *Forwarder) setRedirMemMax(r *bpf.SockRedir) error {
+	mem, err := bpf.TCPMemPages()
+	if err != nil {
+		return err
+	}
+	f.redirMemMax = mem[0] / 2
+	return r.SetMemMax(f.redirMemMax)
 }
 
 // pinRedirMaps pins r's own maps that were not re-opened from a pin.
@@ -106,6 +123,7 @@ func (f *Forwarder) ensureSockRedir(w want) error {
 		return nil
 	}
 	var errs []error
+	errs = append(errs, f.setRedirMemMax(f.redir))
 	if !f.sockOpsAttached() {
 		pin := f.linkPin(pinSockOps)
 		err := f.pinLink(pin, f.redir.SockOps(), nil, func() (link.Link, error) { return f.redir.AttachCgroup(f.redirCgroup) })
@@ -198,6 +216,7 @@ func (f *Forwarder) redirDetail() string {
 		return "socket redirection for host -> sandbox TCP: off"
 	}
 	s := "socket redirection for host -> sandbox TCP (sockops, sk_msg) on cgroup " + f.redirCgroup
+	s += fmt.Sprintf(", while TCP uses under %d MiB", f.redirMemMax*uint64(os.Getpagesize())>>20)
 	if conns, err := f.redir.Conns(); err == nil {
 		s += fmt.Sprintf(": %s", count(len(conns), "socket", "sockets"))
 	}
