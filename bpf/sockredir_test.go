@@ -3,6 +3,8 @@
 package bpf
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -41,6 +43,8 @@ const (
 	redirHostPort2 = 19001 // in the host namespace, for a sandbox client
 	redirDualPort  = 9002  // in the sandbox: echo on a dual-stack [::] socket
 	redirPubDual   = 18092
+	redirGatePort  = 9003 // in the sandbox: reads once let through the gate, answers the hash
+	redirPubGate   = 18093
 )
 
 // noMemLimit is a memory limit TCP never reaches.
@@ -50,12 +54,13 @@ type redirLab struct {
 	*sockLab
 	redir   *SockRedir
 	sbPath  string
-	resetCh chan error // what the reset server's read saw after the client reset
+	resetCh chan error    // what the reset server's read saw after the client reset
+	gate    chan struct{} // one token lets one connection of the gate server read
 }
 
 func newRedirLab(t *testing.T) *redirLab {
 	t.Helper()
-	l := &redirLab{sockLab: newSockLab(t), resetCh: make(chan error, 4)}
+	l := &redirLab{sockLab: newSockLab(t), resetCh: make(chan error, 4), gate: make(chan struct{}, 4)}
 	o := l.objs
 	netID := NetID(77)
 	gw := ip(sockHostVeth)
@@ -69,6 +74,7 @@ func newRedirLab(t *testing.T) *redirLab {
 		{Proto: ProtoTCP, HostPort: redirPubEcho, Target: ip(sockSandboxIP), TargetPort: redirEchoPort},
 		{Proto: ProtoTCP, HostPort: redirPubReset, Target: ip(sockSandboxIP), TargetPort: redirResetPort},
 		{Proto: ProtoTCP, HostPort: redirPubDual, Target: ip(sockSandboxIP), TargetPort: redirDualPort},
+		{Proto: ProtoTCP, HostPort: redirPubGate, Target: ip(sockSandboxIP), TargetPort: redirGatePort},
 	} {
 		if err := o.PutPort(p); err != nil {
 			t.Fatal(err)
@@ -187,6 +193,17 @@ func (l *redirLab) servers(t *testing.T) {
 			c.Write([]byte("y"))
 			_, err := io.ReadFull(c, b)
 			l.resetCh <- err
+		}
+	})
+	listen(t, l.sbPath, fmt.Sprintf("%s:%d", sockSandboxIP, redirGatePort), func(c *net.TCPConn) {
+		select {
+		case <-l.gate:
+		case <-time.After(30 * time.Second):
+			return
+		}
+		h := sha256.New()
+		if _, err := io.Copy(h, c); err == nil {
+			c.Write(h.Sum(nil))
 		}
 	})
 	listen(t, l.sbPath, fmt.Sprintf("[::]:%d", redirDualPort), func(c *net.TCPConn) { netnstest.HashEcho(c) })
@@ -398,40 +415,64 @@ func TestSockRedir(t *testing.T) {
 	})
 
 	t.Run("memory limit: on to TCP mid-stream, in order", func(t *testing.T) {
-		c := dialIn(t, l.host, fmt.Sprintf("127.0.0.1:%d", redirPubEcho))
+		c := dialIn(t, l.host, fmt.Sprintf("127.0.0.1:%d", redirPubGate))
 		defer c.Close()
-		l.waitConns(t, pair(c, echoTarget))
-		s := netnstest.NewStream(c, 7)
-		// The limit comes in the middle of a transfer: the receivers
-		// have redirected bytes queued when TCP's start coming behind.
+		l.waitConns(t, pair(c, fmt.Sprintf("%s:%d", sockSandboxIP, redirGatePort)))
 		before, _ := l.redir.Stats()
-		sent := make(chan error, 1)
-		go func() { sent <- s.Send(128 << 20) }()
-		if !netnstest.Poll(10*time.Second, func() bool {
-			st, _ := l.redir.Stats()
-			return st.Bytes-before.Bytes >= 16<<20
-		}) {
-			st, _ := l.redir.Stats()
-			select {
-			case err := <-sent:
-				t.Fatalf("transfer not redirected (stats before %+v, after %+v); send: %v", before, st, err)
-			default:
-				t.Fatalf("transfer not redirected (stats before %+v, after %+v)", before, st)
-			}
+		// The server reads nothing yet: part a waits, redirected, in its
+		// socket when part b comes behind it over TCP. It must read a
+		// first.
+		a, b := make([]byte, 1<<20), make([]byte, 1<<20)
+		for i := range a {
+			a[i], b[i] = byte(i*7), byte(i*13+1)
 		}
-		if err := l.redir.SetMemMax(1); err != nil {
+		limited := make(chan struct{})
+		sent := make(chan error, 1)
+		go func() {
+			defer close(sent)
+			if _, err := c.Write(a); err != nil {
+				sent <- err
+				return
+			}
+			err := l.redir.SetMemMax(1)
+			close(limited)
+			if err != nil {
+				sent <- err
+				return
+			}
+			if _, err := c.Write(b); err != nil { // over TCP: blocks until the server reads
+				sent <- err
+				return
+			}
+			sent <- c.CloseWrite()
+		}()
+		defer l.redir.SetMemMax(noMemLimit)
+		select {
+		case <-limited:
+		case err := <-sent:
+			t.Fatalf("before the limit: %v", err)
+		}
+		mid, _ := l.redir.Stats()
+		if mid.Bytes-before.Bytes != uint64(len(a)) {
+			t.Fatalf("%d bytes redirected before the limit, want %d", mid.Bytes-before.Bytes, len(a))
+		}
+		l.gate <- struct{}{}
+		got, err := io.ReadAll(c)
+		if err != nil {
 			t.Fatal(err)
 		}
-		defer l.redir.SetMemMax(noMemLimit)
 		if err := <-sent; err != nil {
-			t.Fatalf("across the limit: %v", err)
+			t.Fatal(err)
 		}
-		if err := s.Finish(); err != nil {
-			t.Fatalf("across the limit: %v", err)
+		want := sha256.Sum256(append(a, b...))
+		if !bytes.Equal(got, want[:]) {
+			t.Errorf("server's hash %x, want %x (the bytes came out of order)", got, want)
 		}
 		after, _ := l.redir.Stats()
-		if after.MemOff-before.MemOff != 2 || after.Passed == before.Passed {
-			t.Errorf("%d sockets left for TCP and %d messages went through TCP, want 2 and some", after.MemOff-before.MemOff, after.Passed-before.Passed)
+		// Both ends left: the client with b, the server with its answer.
+		if after.MemOff-before.MemOff != 2 || after.Bytes != mid.Bytes || after.Passed == mid.Passed {
+			t.Errorf("after the limit: %d sockets left, %d bytes redirected, %d sends passed; want 2, 0, some",
+				after.MemOff-before.MemOff, after.Bytes-mid.Bytes, after.Passed-mid.Passed)
 		}
 	})
 

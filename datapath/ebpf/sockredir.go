@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -90,11 +92,38 @@ func (f *Forwarder) attachSockRedir() error {
 // sets it again, so a changed tcp_mem is followed.
 func (f *Forwarder) setRedirMemMax(r *bpf.SockRedir) error {
 	mem, err := bpf.TCPMemPages()
+	if errors.Is(err, os.ErrNotExist) {
+		// tcp_mem is global, but only the initial namespace's /proc/sys
+		// shows it: an agent in a namespace of its own (a lab host) uses
+		// the kernel's default, 3/64 of memory.
+		mem[0], err = defaultTCPMem0()
+	}
 	if err != nil {
 		return err
 	}
 	f.redirMemMax = mem[0] / 2
 	return r.SetMemMax(f.redirMemMax)
+}
+
+// defaultTCPMem0 is the first value of tcp_mem as the kernel sets it at
+// boot (tcp_init_mem: 3/64 of the pages free then), from MemTotal.
+func defaultTCPMem0() (uint64, error) {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0, fmt.Errorf("estimate tcp_mem: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+			f := strings.Fields(rest) // "24683460 kB"
+			if len(f) != 2 || f[1] != "kB" {
+				break
+			}
+			if kb, err := strconv.ParseUint(f[0], 10, 64); err == nil {
+				return kb * 1024 / uint64(os.Getpagesize()) * 3 / 64, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("estimate tcp_mem: no MemTotal in /proc/meminfo")
 }
 
 // pinRedirMaps pins r's own maps that were not re-opened from a pin.

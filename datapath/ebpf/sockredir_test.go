@@ -421,3 +421,19 @@ func TestSockRedirUnsupported(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestDefaultTCPMem0: the estimate a lab agent uses is near what the
+// kernel set (it used the pages free at boot, not MemTotal).
+func TestDefaultTCPMem0(t *testing.T) {
+	mem, err := bpf.TCPMemPages()
+	if err != nil {
+		t.Skipf("skipping: tcp_mem not readable here: %v", err)
+	}
+	est, err := defaultTCPMem0()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if est < mem[0]*3/4 || est > mem[0]*5/4 {
+		t.Errorf("estimate %d pages, tcp_mem[0] is %d", est, mem[0])
+	}
+}
