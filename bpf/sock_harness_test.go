@@ -305,6 +305,7 @@ type sockLab struct {
 	cgroup      string
 	cgFD        int
 	host, other string // namespace paths
+	sandbox     string // namespace path of the echo servers' sandbox
 }
 
 const (
@@ -375,7 +376,7 @@ func newSockLab(t *testing.T) *sockLab {
 			}
 		}
 	})
-	return &sockLab{objs: o, sock: s, cgroup: cg, cgFD: cgFD, host: hostPath, other: otherPath}
+	return &sockLab{objs: o, sock: s, cgroup: cg, cgFD: cgFD, host: hostPath, other: otherPath, sandbox: sbPath}
 }
 
 // socketCounters is the DIR_SOCKET part of the counters.

@@ -264,7 +264,7 @@ func newDatapath(cfg config.Config, tunnel datapath.Tunnel, log *slog.Logger) (d
 	return chooseDatapath(log, cfg.Datapath,
 		ebpf.Options{
 			BPFRoot: cfg.BPFRoot, Uplink: cfg.Uplink, XDP: cfg.XDP, Tunnel: tunnel,
-			GuardPorts: guard, ConntrackMax: cfg.ConntrackMax,
+			GuardPorts: guard, ConntrackMax: cfg.ConntrackMax, SockRedirect: cfg.SockRedirect,
 		},
 		kernel.Options{Tunnel: tunnel, GuardPorts: guard})
 }

@@ -83,6 +83,11 @@ type Options struct {
 	// start per 5 s; 0 means datapath.DefaultConntrackPending, negative no
 	// limit.
 	ConntrackPending int
+	// SockRedirect turns on socket redirection (sockredir.go) for TCP
+	// connections from host processes to local sandboxes. Off by default:
+	// the kernel gives redirected bytes no flow control, and splice(2)
+	// does not see them.
+	SockRedirect bool
 
 	// EndpointSpec, if set, is a build of the endpoint object loaded in
 	// place of the built-in one (bpf.EndpointSpec): tests upgrade to a
@@ -100,14 +105,20 @@ type Forwarder struct {
 	nsPath string
 	nl     *netlink.Handle
 	objs   *bpf.Objects
-	sock   *bpf.Sock // nil if the socket hooks could not be attached
+	sock   *bpf.Sock      // nil if the socket hooks could not be attached
+	redir  *bpf.SockRedir // nil if socket redirection could not be attached
 	up     *bpf.Uplink
 	tun    *bpf.Tunnel
 	xdp    string // what --xdp resulted in, for status
 	cgroup string // where the socket hooks are attached
-	uplink uplinkInfo
-	hasUp  bool   // an uplink was found
-	tcMode string // modeTCX or modeClsact, once the first tc program is attached
+	// redirCgroup is where the sockops program is attached; redirErr why
+	// socket redirection is off.
+	redirCgroup string
+	redirErr    error
+	redirMemMax uint64 // pages: see setRedirMemMax
+	uplink      uplinkInfo
+	hasUp       bool   // an uplink was found
+	tcMode      string // modeTCX or modeClsact, once the first tc program is attached
 
 	mu      sync.Mutex // guards the fields below (Status and Metrics run concurrently)
 	nets    map[string]netState
@@ -236,6 +247,20 @@ func (f *Forwarder) attachHostPrograms() error {
 	if err := f.attachSockHooks(); err != nil {
 		f.log.Warn("socket hooks unavailable: published ports are not reachable from this host's own sockets", "err", err)
 		f.warnings = append(f.warnings, "socket hooks unavailable (published ports not reachable from the host itself): "+err.Error())
+	}
+	// Only faster: without it the same connections take the veth path.
+	if !f.opts.SockRedirect {
+		if err := f.retireSockRedir(); err != nil {
+			f.log.Warn("cannot turn socket redirection off", "err", err)
+		}
+		return nil
+	}
+	if err := f.attachSockRedir(); err != nil {
+		f.redirErr = err
+		f.log.Warn("socket redirection unavailable: host connections to sandboxes take the veth path", "err", err)
+		if !errors.Is(err, ErrUnsupported) {
+			f.warnings = append(f.warnings, "socket redirection unavailable: "+err.Error())
+		}
 	}
 	return nil
 }
@@ -420,6 +445,10 @@ func loadPinned(log *slog.Logger, root string, spec *ebpf.CollectionSpec) (*bpf.
 // Close releases handles; programs, links and maps stay (pinned).
 func (f *Forwarder) Close() error {
 	var errs []error
+	if f.redir != nil {
+		errs = append(errs, f.redir.Close())
+		f.redir = nil
+	}
 	if f.sock != nil {
 		errs = append(errs, f.sock.Close())
 		f.sock = nil
@@ -460,6 +489,7 @@ func (f *Forwarder) Status() datapath.Status {
 	if f.cgroup != "" {
 		st.Details = append(st.Details, "socket hooks (connect4, sendmsg4, recvmsg4, getpeername4) on cgroup "+f.cgroup)
 	}
+	st.Details = append(st.Details, f.redirDetail())
 	if f.hasUp {
 		st.Details = append(st.Details, fmt.Sprintf("uplink %s (%s): tc (%s ingress+egress) masquerade and published-port NAT", f.uplink.name, f.uplink.addr, f.tcModeLabel()))
 	}

@@ -210,6 +210,10 @@ func (f *Forwarder) DeleteEndpoint(n datapath.Network, ep datapath.Endpoint) err
 	if err := f.detach(f.linkPin(endpointPin(st.ifindex))); err != nil {
 		return err
 	}
+	gone := ep.Addr.Addr()
+	if err := f.forgetRedirected(func(c bpf.RedirConn) bool { return c.Local.Addr() == gone || c.Remote.Addr() == gone }); err != nil {
+		return err
+	}
 	delete(f.eps, ep.ID)
 	return nil
 }
@@ -228,6 +232,7 @@ func (f *Forwarder) Sync(s datapath.State) error {
 	errs = append(errs, f.syncOverlay(w.nets, s))
 	errs = append(errs, f.refreshHostAddrs())
 	errs = append(errs, f.ensureUplinkAttached())
+	errs = append(errs, f.ensureSockRedir(w))
 	return errors.Join(errs...)
 }
 

@@ -29,6 +29,9 @@ func (f *Forwarder) Metrics() (datapath.Metrics, error) {
 	if f.cgroup != "" {
 		m.Programs["cgroup-sock"] = 5
 	}
+	if err := f.addRedirMetrics(&m); err != nil {
+		return m, err
+	}
 	m.Counters = withDropCells(m.Counters)
 	f.addUplinkMetrics(&m)
 	if f.hostCfg.TunnelIfindex != 0 {

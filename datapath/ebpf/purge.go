@@ -13,8 +13,10 @@ import (
 // Purge removes what the eBPF datapath leaves behind on purpose when its
 // agent stops (so that traffic keeps flowing and a restart is lossless):
 // every program link pinned under bpfRoot — endpoint and tunnel tc
-// programs, the uplink's tc/XDP programs, the cgroup socket hooks on the
-// root cgroup — is detached, the maps are unpinned, bpfRoot is removed,
+// programs, the uplink's tc/XDP programs, the cgroup socket hooks and the
+// sockops program on the root cgroup — is detached, the maps are unpinned
+// (the socket hash goes with its sk_msg program, and its sockets go back
+// to plain TCP), bpfRoot is removed,
 // and so are the gateway and tunnel devices; then plumb.Purge removes the
 // rest. It is for a stopped agent (`fabricd reset`).
 func Purge(nsPath, bpfRoot string) error {

@@ -101,6 +101,10 @@ type Config struct {
 	// ConntrackMax is the eBPF datapath's connection-table size in
 	// entries (two per connection).
 	ConntrackMax int `mapstructure:"conntrack-max" yaml:"conntrack-max"`
+	// SockRedirect turns on the eBPF datapath's socket redirection for
+	// TCP connections from host processes to local sandboxes (off by
+	// default: see the README's "Socket redirection").
+	SockRedirect bool `mapstructure:"sock-redirect" yaml:"sock-redirect"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `mapstructure:"log-level" yaml:"log-level"`
 	// DefaultSubnet is the subnet of the default "bridge" network; empty
@@ -222,6 +226,7 @@ const (
 	keyBPFRoot           = "bpf-root"
 	keyXDP               = "xdp"
 	keyConntrackMax      = "conntrack-max"
+	keySockRedirect      = "sock-redirect"
 	keyLogLevel          = "log-level"
 	keyDefaultSubnet     = "default-subnet"
 	keyNoDefaultNetwork  = "no-default-network"
@@ -250,6 +255,7 @@ func defaultValues() map[string]any {
 		keyBPFRoot:           d.BPFRoot,
 		keyXDP:               d.XDP,
 		keyConntrackMax:      d.ConntrackMax,
+		keySockRedirect:      d.SockRedirect,
 		keyLogLevel:          d.LogLevel,
 		keyDefaultSubnet:     d.DefaultSubnet,
 		keyNoDefaultNetwork:  d.NoDefaultNetwork,

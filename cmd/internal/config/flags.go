@@ -42,6 +42,8 @@ func RegisterFlags(fs *pflag.FlagSet) {
 		"bpffs directory where eBPF maps and links are pinned so a restart drops no traffic"+env(keyBPFRoot))
 	fs.Int(keyConntrackMax, d.ConntrackMax,
 		"eBPF datapath: connection-table size in entries, two per NAT connection (changing it drops NAT connections once)"+env(keyConntrackMax))
+	fs.Bool(keySockRedirect, d.SockRedirect,
+		"eBPF datapath: move the bytes of TCP connections from host processes to local sandboxes (published ports from 127.0.0.1) from socket to socket, past both TCP stacks; no flow control and no splice(2) on them (see README)"+env(keySockRedirect))
 	fs.String(keyXDP, d.XDP,
 		"XDP on the uplink: auto (native if the driver supports it, else off), native (fail if unsupported) or off"+env(keyXDP))
 	fs.String(keyLogLevel, d.LogLevel,
