@@ -256,25 +256,42 @@ func (l *upgradeLab) pinnedMaps() map[string]ebpf.MapID {
 // tcpRetrans is RetransSegs of the named namespace (/proc/net/snmp).
 func tcpRetrans(t *testing.T, ns string) uint64 {
 	t.Helper()
+	return snmpCounter(t, ns, "/proc/net/snmp", "Tcp:", "RetransSegs")
+}
+
+// tcpSpuriousRetrans is how many of a namespace's retransmissions the peer
+// reported as duplicates (D-SACK): the first copy had arrived, so nothing
+// was lost. An emulated guest that stalls past the retransmission timer
+// makes these without any loss.
+func tcpSpuriousRetrans(t *testing.T, ns string) uint64 {
+	t.Helper()
+	return snmpCounter(t, ns, "/proc/net/netstat", "TcpExt:", "TCPDSACKRecv")
+}
+
+// snmpCounter reads one counter of a /proc/net/snmp-style file (a header
+// line and a value line per group) inside a namespace.
+func snmpCounter(t *testing.T, ns, file, group, name string) uint64 {
+	t.Helper()
 	var head []string
-	for line := range strings.Lines(netnstest.Run(t, ns, "cat", "/proc/net/snmp")) {
+	for line := range strings.Lines(netnstest.Run(t, ns, "cat", file)) {
 		f := strings.Fields(line)
-		if len(f) == 0 || f[0] != "Tcp:" {
+		if len(f) == 0 || f[0] != group {
 			continue
 		}
 		if head == nil {
 			head = f
 			continue
 		}
-		if i := slices.Index(head, "RetransSegs"); i >= 0 && i < len(f) {
+		if i := slices.Index(head, name); i >= 0 && i < len(f) {
 			n, err := strconv.ParseUint(f[i], 10, 64)
 			if err != nil {
 				t.Fatal(err)
 			}
 			return n
 		}
+		break
 	}
-	t.Fatalf("no Tcp RetransSegs in %s's /proc/net/snmp", ns)
+	t.Fatalf("no %s %s in %s's %s", group, name, ns, file)
 	return 0
 }
 
@@ -398,6 +415,7 @@ func (l *upgradeLab) upgradeUnderTraffic(t *testing.T, conn net.Conn, spec, want
 	before := l.linkedPrograms(t)
 	forwardBefore := l.a.counter("from-endpoint", "redirect", "forward")
 	retransBefore := []uint64{tcpRetrans(t, l.a.sbName), tcpRetrans(t, l.b.sbName)}
+	spuriousBefore := []uint64{tcpSpuriousRetrans(t, l.a.sbName), tcpSpuriousRetrans(t, l.b.sbName)}
 
 	pingDone, pingOut := startPings(t, l.a.sbName, to, pings)
 	stream := startLineStream(conn, 30000)
@@ -441,8 +459,12 @@ func (l *upgradeLab) upgradeUnderTraffic(t *testing.T, conn net.Conn, spec, want
 	}
 	t.Logf("TCP stream: %d lines echoed, %d after the upgrade, longest echo %v", stream.lines.Load(), stream.lines.Load()-linesAtUpgrade, stream.gap)
 	for i, ns := range []string{l.a.sbName, l.b.sbName} {
-		if got := tcpRetrans(t, ns) - retransBefore[i]; got != 0 {
-			t.Errorf("sandbox %s retransmitted %d TCP segments across the upgrade", ns, got)
+		// A retransmission the peer reports as a duplicate lost nothing.
+		retrans, spurious := tcpRetrans(t, ns)-retransBefore[i], tcpSpuriousRetrans(t, ns)-spuriousBefore[i]
+		if retrans > spurious {
+			t.Errorf("sandbox %s retransmitted %d TCP segments across the upgrade, %d of them reported as duplicates by the peer", ns, retrans, spurious)
+		} else if retrans > 0 {
+			t.Logf("sandbox %s: %d spurious retransmissions (the peer had the data: a stalled timer, not a loss)", ns, retrans)
 		}
 	}
 
