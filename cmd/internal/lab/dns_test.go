@@ -30,8 +30,11 @@ func TestLabOutsideNamesFailQuickly(t *testing.T) {
 	if err == nil {
 		t.Fatalf("an outside name resolved in an isolated lab: %s", out)
 	}
-	if took > 1500*time.Millisecond {
-		t.Errorf("an outside name took %v to fail, want a quick failure: %s", took.Round(time.Millisecond), out)
+	// The stub resolver waits 5 s for an unanswered query before its
+	// retry: failing in less than that means the query was answered
+	// (refused), whatever the machine's load.
+	if took >= 4*time.Second {
+		t.Errorf("an outside name took %v to fail: the query went unanswered into the resolver's timeout, want an answer that refuses it: %s", took.Round(time.Millisecond), out)
 	}
 	t.Logf("outside name failed after %v: %s", took.Round(time.Millisecond), out)
 }
