@@ -191,6 +191,11 @@ func New(cfg Config) (*Cluster, error) {
 		c.wg.Add(1)
 		go c.sendReplies()
 	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.events.run(c.done)
+	}()
 	c.log.Info("gossip started", "addr", c.addr, "encrypted", c.keyring != nil)
 	return c, nil
 }
@@ -229,8 +234,9 @@ func (c *Cluster) Addr() netip.AddrPort { return c.addr }
 // Name returns the node name.
 func (c *Cluster) Name() string { return c.cfg.NodeName }
 
-// Events delivers changes in order. The channel is never closed; a slow
-// reader loses events and then receives EventResync.
+// Events delivers changes in order. The channel is never closed; a reader
+// more than EventBuffer events behind loses events and then receives
+// EventResync. Events not read before Close are not delivered.
 func (c *Cluster) Events() <-chan Event { return c.events.ch }
 
 // Stats returns the counters.

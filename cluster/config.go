@@ -72,7 +72,8 @@ type Config struct {
 	// TombstoneTTL: how long removals are remembered (24h). A node offline
 	// for longer can bring removed records back.
 	TombstoneTTL time.Duration
-	// EventBuffer is the size of the Events channel (1024).
+	// EventBuffer is how many events may wait for the reader of Events
+	// (1024); memory is taken only for the events actually waiting.
 	EventBuffer int
 
 	// tuneMemberlist lets tests and experiments change memberlist's config.
