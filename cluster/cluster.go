@@ -52,7 +52,8 @@ type Cluster struct {
 	rpcs  map[uint64]chan response
 
 	sendSem chan struct{} // bounds the goroutines sending requests
-	outbox  chan outMsg   // replies and notifications, for the reply workers
+	outbox  chan *outMsg  // replies and notifications, for the reply workers (pointers: the buffer is 8 KiB, not 100)
+	senders atomic.Int32  // reply workers running (rpc.go)
 	leasing sync.Map      // NetworkID → *sync.Mutex: one block lease at a time per network for AllocateIP
 	resVer  atomic.Uint64 // bumped when this node's blocks or claimed addresses change
 
@@ -105,7 +106,7 @@ func New(cfg Config) (*Cluster, error) {
 		leaving: make(map[string]leaveSeen),
 		rpcs:    make(map[uint64]chan response),
 		sendSem: make(chan struct{}, 128),
-		outbox:  make(chan outMsg, 1024),
+		outbox:  make(chan *outMsg, outboxSize),
 		done:    make(chan struct{}),
 		rnd:     rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 	}
@@ -186,10 +187,6 @@ func New(cfg Config) (*Cluster, error) {
 		if err := c.setMeta(cfg.Meta); err == nil {
 			_ = ml.UpdateNode(0)
 		}
-	}
-	for range replyWorkers {
-		c.wg.Add(1)
-		go c.sendReplies()
 	}
 	c.wg.Add(1)
 	go func() {
