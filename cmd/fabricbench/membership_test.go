@@ -3,6 +3,8 @@ package main
 import (
 	"os"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -21,13 +23,58 @@ func TestMeasureConvergence(t *testing.T) {
 			t.Fatalf("FABRIC_MEMBERS=%q: %v", v, err)
 		}
 	}
+	if v := os.Getenv("FABRIC_MEMBERS_LIMIT"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatalf("FABRIC_MEMBERS_LIMIT=%q: %v", v, err)
+		}
+		membershipJoinLimit, membershipFailLimit = d, d
+	}
+	if v := os.Getenv("FABRIC_MEMBERS_WAVE"); v != "" {
+		var err error
+		if membershipWave, err = strconv.Atoi(v); err != nil {
+			t.Fatalf("FABRIC_MEMBERS_WAVE=%q: %v", v, err)
+		}
+	}
+	load := loadAverage()
 	conv, err := measureConvergence(n)
+	t.Logf("load average before: %s, after: %s", load, loadAverage())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if conv.fullView <= 0 || conv.failureSeen <= 0 || conv.memPerMember <= 0 {
 		t.Fatalf("%+v: not measured", conv)
 	}
-	t.Logf("n=%d: full view %s, failure seen by all %s, %.0f KiB and %.1f goroutines per member",
-		n, conv.fullView.Round(time.Millisecond), conv.failureSeen.Round(time.Millisecond), conv.memPerMember/1024, conv.goroutines)
+	t.Logf("n=%d: full view %s (last wave %s), failure seen by all %s, %.0f KiB and %.1f goroutines per member",
+		n, conv.fullView.Round(time.Millisecond), conv.lastWave.Round(time.Millisecond), conv.failureSeen.Round(time.Millisecond), conv.memPerMember/1024, conv.goroutines)
+}
+
+// Members above membershipWave join in waves; every wave is measured.
+func TestMeasureConvergenceInWaves(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts 12 members")
+	}
+	defer func(w int) { membershipWave = w }(membershipWave)
+	membershipWave = 5
+	conv, err := measureConvergence(12)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if conv.lastWave <= 0 || conv.lastWave >= conv.fullView || conv.failureSeen <= 0 {
+		t.Fatalf("%+v: the last wave must be measured, and be shorter than the whole", conv)
+	}
+}
+
+// A run that cannot finish says how far it got.
+func TestJoinAllSaysHowFarItGot(t *testing.T) {
+	members, stop, err := startMembers(3)
+	defer stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var joined atomic.Int64
+	err = joinAll(members, 1, time.Now(), &joined)
+	if err == nil || !strings.Contains(err.Error(), "only 1 of 3 members joined") || !strings.Contains(err.Error(), "2 never tried") {
+		t.Fatalf("got %v, want the count of members joined and not tried", err)
+	}
 }
