@@ -92,6 +92,10 @@ type Member struct {
 	Meta  NodeMeta
 	State MemberState
 	Since time.Time // when State last changed, as seen here
+
+	// rawMeta is Meta as memberlist holds it (shared, never written): an
+	// alive message carrying the same bytes needs no decoding (delegate.go).
+	rawMeta []byte
 }
 
 // New creates the memberlist node and starts listening; it does not join.
