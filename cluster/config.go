@@ -203,12 +203,18 @@ type slogWriter struct {
 
 var _ io.Writer = slogWriter{}
 
+// memberlistLevels are memberlist's level prefixes.
+var memberlistLevels = [...]struct {
+	prefix string
+	level  slog.Level
+}{{"[DEBUG]", slog.LevelDebug}, {"[INFO]", slog.LevelInfo}, {"[WARN]", slog.LevelWarn}, {"[ERR]", slog.LevelError}}
+
 func (w slogWriter) Write(p []byte) (int, error) {
 	msg := string(bytes.TrimSpace(p))
 	level := slog.LevelInfo
-	for prefix, l := range map[string]slog.Level{"[DEBUG]": slog.LevelDebug, "[INFO]": slog.LevelInfo, "[WARN]": slog.LevelWarn, "[ERR]": slog.LevelError} {
-		if strings.HasPrefix(msg, prefix) {
-			level, msg = l, strings.TrimSpace(strings.TrimPrefix(msg, prefix))
+	for _, l := range memberlistLevels {
+		if strings.HasPrefix(msg, l.prefix) {
+			level, msg = l.level, strings.TrimSpace(strings.TrimPrefix(msg, l.prefix))
 			break
 		}
 	}

@@ -33,8 +33,8 @@ type convergence struct {
 	fullView     time.Duration // first join until every member sees all n alive
 	lastWave     time.Duration // first join of the last wave until then
 	failureSeen  time.Duration // crash of one member until every other dropped it
-	memPerMember float64       // Go heap and stacks live per member at full view, bytes
-	goroutines   float64       // goroutines per member at full view
+	memPerMember float64       // Go heap and stacks live per member at full view (or when the run gave up), bytes
+	goroutines   float64       // goroutines per member then
 }
 
 // measureConvergence starts n gossip members on 127.0.0.1 in this process,
@@ -58,15 +58,17 @@ func measureConvergence(n int) (conv convergence, err error) {
 	if err != nil {
 		return conv, err
 	}
-	if conv.fullView, conv.lastWave, err = joinInWaves(members); err != nil {
-		return conv, err
-	}
-	// Live memory: what the members hold, not the garbage of the joins.
+	conv.fullView, conv.lastWave, err = joinInWaves(members)
+	// Live memory: what the members hold, not the garbage of the joins;
+	// measured also when the run gives up, as far as it got.
 	runtime.GC()
 	var at runtime.MemStats
 	runtime.ReadMemStats(&at)
 	conv.memPerMember = (float64(at.HeapInuse+at.StackInuse) - float64(before.HeapInuse+before.StackInuse)) / float64(n)
 	conv.goroutines = float64(runtime.NumGoroutine()-g0) / float64(n)
+	if err != nil {
+		return conv, err
+	}
 
 	victim, rest := members[n-1], members[:n-1]
 	_ = victim.Stop()
@@ -253,17 +255,31 @@ func reportProgress(status func() string) (stop func()) {
 	return func() { close(done); wg.Wait() }
 }
 
+// busyLimit bounds how long the harness waits for an answer from the
+// members: a member whose memberlist is swamped (a lock held by hundreds
+// of queued suspicion timers) may not answer NumAlive for minutes.
+const busyLimit = 10 * time.Second
+
 // viewProgress says how far members are from each seeing n alive.
 func viewProgress(members []*cluster.Cluster, n int) string {
-	least, complete := n, 0
-	for _, c := range members {
-		k := c.NumAlive()
-		least = min(least, k)
-		if k == n {
-			complete++
+	res := make(chan string, 1)
+	go func() {
+		least, complete := n, 0
+		for _, c := range members {
+			k := c.NumAlive()
+			least = min(least, k)
+			if k == n {
+				complete++
+			}
 		}
+		res <- fmt.Sprintf("%d of %d members see all %d alive, the least informed sees %d", complete, len(members), n, least)
+	}()
+	select {
+	case s := <-res:
+		return s
+	case <-time.After(busyLimit):
+		return fmt.Sprintf("the view of the %d members is unknown: they did not all answer within %s (swamped)", len(members), busyLimit)
 	}
-	return fmt.Sprintf("%d of %d members see all %d alive, the least informed sees %d", complete, len(members), n, least)
 }
 
 func allSee(members []*cluster.Cluster, n int) bool {
@@ -275,14 +291,26 @@ func allSee(members []*cluster.Cluster, n int) bool {
 	return true
 }
 
+// pollUntil checks cond every 10 ms until it holds or deadline passes; a
+// check still running at the deadline counts as false (it is left to
+// finish on its own).
 func pollUntil(deadline time.Time, cond func() bool) bool {
-	for time.Now().Before(deadline) {
-		if cond() {
-			return true
+	for {
+		res := make(chan bool, 1)
+		go func() { res <- cond() }()
+		select {
+		case ok := <-res:
+			if ok {
+				return true
+			}
+		case <-time.After(time.Until(deadline)):
+			return false
+		}
+		if !time.Now().Before(deadline) {
+			return false
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return cond()
 }
 
 // loadAverage is the first three fields of /proc/loadavg, "?" if unknown.

@@ -78,3 +78,17 @@ func TestJoinAllSaysHowFarItGot(t *testing.T) {
 		t.Fatalf("got %v, want the count of members joined and not tried", err)
 	}
 }
+
+// A check that never returns (a swamped member's lock) does not hold the
+// run past its deadline.
+func TestPollUntilBoundsABlockedCheck(t *testing.T) {
+	block := make(chan struct{})
+	defer close(block)
+	start := time.Now()
+	if pollUntil(start.Add(100*time.Millisecond), func() bool { <-block; return true }) {
+		t.Fatal("a check that never returned counted as true")
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("pollUntil returned after %s, deadline 100ms", d)
+	}
+}
