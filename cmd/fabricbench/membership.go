@@ -18,7 +18,7 @@ import (
 
 // Bounds and shape of one membership run.
 var (
-	membershipJoinLimit = 60 * time.Second // every member joined and seeing all n
+	membershipJoinLimit = 60 * time.Second // every member joined and seeing all n, plus joinLimitPerMember each
 	membershipFailLimit = 60 * time.Second // every member dropped the crashed one
 	membershipJoiners   = 16               // joins in flight at once
 	membershipSeeds     = 3                // members an agent lists to join through
@@ -27,6 +27,10 @@ var (
 	// cluster's agents come up over time; up to it, all at once.
 	membershipWave = 200
 )
+
+// joinLimitPerMember lengthens the join limit with the cluster: 120 s for
+// 1,000 members, so that a slow run still gives a figure.
+const joinLimitPerMember = 60 * time.Millisecond
 
 // convergence is one in-process membership run.
 type convergence struct {
@@ -116,6 +120,7 @@ func startMembers(n int) (members []*cluster.Cluster, stop func(), err error) {
 // every member sees all alive, and from the first join of the last wave.
 func joinInWaves(members []*cluster.Cluster) (full, last time.Duration, err error) {
 	n := len(members)
+	limit := membershipJoinLimit + time.Duration(n)*joinLimitPerMember
 	wave := n
 	if n > membershipWave {
 		wave = membershipWave
@@ -133,10 +138,10 @@ func joinInWaves(members []*cluster.Cluster) (full, last time.Duration, err erro
 		to := min(n, from+wave)
 		upTo.Store(int64(to))
 		waveStart = time.Now()
-		if err := joinAll(members[:to], from, start.Add(membershipJoinLimit), &joined); err != nil {
+		if err := joinAll(members[:to], from, start.Add(limit), &joined); err != nil {
 			return 0, 0, err
 		}
-		if !pollUntil(start.Add(membershipJoinLimit), func() bool { return allSee(members[:to], to) }) {
+		if !pollUntil(start.Add(limit), func() bool { return allSee(members[:to], to) }) {
 			return 0, 0, fmt.Errorf("no full view after %s: all %d of %d joined, %s",
 				time.Since(start).Round(time.Millisecond), to, n, viewProgress(members[:to], to))
 		}
@@ -208,8 +213,8 @@ func joinAll(members []*cluster.Cluster, from int, deadline time.Time, count *at
 	mu.Lock()
 	defer mu.Unlock()
 	if len(joined) < len(members) {
-		return fmt.Errorf("only %d of %d members joined within %s (%d gave up, %d never tried; last error: %w)",
-			len(joined), len(members), membershipJoinLimit, failed, len(members)-len(joined)-failed, errors.Join(lastErr, ctx.Err()))
+		return fmt.Errorf("only %d of %d members joined by the deadline (%d gave up, %d never tried; last error: %w)",
+			len(joined), len(members), failed, len(members)-len(joined)-failed, errors.Join(lastErr, ctx.Err()))
 	}
 	return nil
 }
