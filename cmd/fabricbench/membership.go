@@ -32,6 +32,10 @@ var (
 // 1,000 members, so that a slow run still gives a figure.
 const joinLimitPerMember = 60 * time.Millisecond
 
+// atFullView, if set, is called when the memory is measured (tests take
+// a heap profile there).
+var atFullView func()
+
 // convergence is one in-process membership run.
 type convergence struct {
 	fullView     time.Duration // first join until every member sees all n alive
@@ -70,6 +74,9 @@ func measureConvergence(n int) (conv convergence, err error) {
 	runtime.ReadMemStats(&at)
 	conv.memPerMember = (float64(at.HeapInuse+at.StackInuse) - float64(before.HeapInuse+before.StackInuse)) / float64(n)
 	conv.goroutines = float64(runtime.NumGoroutine()-g0) / float64(n)
+	if atFullView != nil {
+		atFullView()
+	}
 	if err != nil {
 		return conv, err
 	}

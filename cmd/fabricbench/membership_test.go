@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -10,7 +11,9 @@ import (
 )
 
 // TestMeasureConvergence keeps the membership measurement exercised at a
-// size the test machine handles (FABRIC_MEMBERS sets another, e.g. 1000);
+// size the test machine handles (FABRIC_MEMBERS sets another, e.g. 1000;
+// FABRIC_MEMBERS_LIMIT the join limit, FABRIC_MEMBERS_WAVE the wave size,
+// FABRIC_MEMBERS_HEAP a file for a heap profile at full view);
 // `make bench` runs it for 50, 200 and 1,000 members.
 func TestMeasureConvergence(t *testing.T) {
 	if testing.Short() {
@@ -36,9 +39,26 @@ func TestMeasureConvergence(t *testing.T) {
 			t.Fatalf("FABRIC_MEMBERS_WAVE=%q: %v", v, err)
 		}
 	}
+	if path := os.Getenv("FABRIC_MEMBERS_HEAP"); path != "" {
+		defer func() { atFullView = nil }()
+		atFullView = func() {
+			f, err := os.Create(path)
+			if err != nil {
+				t.Errorf("heap profile: %v", err)
+				return
+			}
+			defer f.Close()
+			if err := pprof.WriteHeapProfile(f); err != nil {
+				t.Errorf("heap profile: %v", err)
+			}
+		}
+	}
 	load := loadAverage()
 	conv, err := measureConvergence(n)
 	t.Logf("load average before: %s, after: %s", load, loadAverage())
+	if conv.memPerMember > 0 {
+		t.Logf("n=%d: %.0f KiB and %.1f goroutines per member when the memory was measured", n, conv.memPerMember/1024, conv.goroutines)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
