@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/fabricnet/fabric/cluster"
@@ -43,6 +44,7 @@ type convergence struct {
 	failureSeen  time.Duration // crash of one member until every other dropped it
 	memPerMember float64       // Go heap and stacks live per member at full view (or when the run gave up), bytes
 	goroutines   float64       // goroutines per member then
+	cpu          time.Duration // CPU time this process used from the first join to full view
 }
 
 // measureConvergence starts n gossip members on 127.0.0.1 in this process,
@@ -66,7 +68,11 @@ func measureConvergence(n int) (conv convergence, err error) {
 	if err != nil {
 		return conv, err
 	}
+	cpu0 := processCPU()
 	conv.fullView, conv.lastWave, err = joinInWaves(members)
+	if err == nil {
+		conv.cpu = processCPU() - cpu0
+	}
 	// Live memory: what the members hold, not the garbage of the joins;
 	// measured also when the run gives up, as far as it got.
 	runtime.GC()
@@ -323,6 +329,16 @@ func pollUntil(deadline time.Time, cond func() bool) bool {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// processCPU is the CPU time (user and system) this process has used: on
+// a shared machine, the cost of a run that wall-clock times hide.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // loadAverage is the first three fields of /proc/loadavg, "?" if unknown.

@@ -62,11 +62,12 @@ func TestMeasureConvergence(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if conv.fullView <= 0 || conv.failureSeen <= 0 || conv.memPerMember <= 0 {
+	if conv.fullView <= 0 || conv.failureSeen <= 0 || conv.memPerMember <= 0 || conv.cpu <= 0 {
 		t.Fatalf("%+v: not measured", conv)
 	}
-	t.Logf("n=%d: full view %s (last wave %s), failure seen by all %s, %.0f KiB and %.1f goroutines per member",
-		n, conv.fullView.Round(time.Millisecond), conv.lastWave.Round(time.Millisecond), conv.failureSeen.Round(time.Millisecond), conv.memPerMember/1024, conv.goroutines)
+	t.Logf("n=%d: full view %s (last wave %s, %s CPU), failure seen by all %s, %.0f KiB and %.1f goroutines per member",
+		n, conv.fullView.Round(time.Millisecond), conv.lastWave.Round(time.Millisecond), conv.cpu.Round(time.Millisecond),
+		conv.failureSeen.Round(time.Millisecond), conv.memPerMember/1024, conv.goroutines)
 }
 
 // Members above membershipWave join in waves; every wave is measured.
