@@ -567,12 +567,18 @@ func (c *Cluster) Members() []Member {
 // underlay path, UDP), with memberlist's own probe. It fails for a member
 // that is not alive or does not answer within the probe timeout.
 func (c *Cluster) Ping(name string) (time.Duration, error) {
-	for _, n := range c.ml.Members() {
-		if n.Name == name {
-			return c.ml.Ping(name, &net.UDPAddr{IP: n.Addr, Port: int(n.Port)})
-		}
+	c.memMu.Lock()
+	m := c.members[name]
+	alive := m != nil && m.State == MemberAlive
+	var addr netip.AddrPort
+	if alive {
+		addr = m.Addr
 	}
-	return 0, fmt.Errorf("%w: member %q is not alive", ErrNotFound, name)
+	c.memMu.Unlock()
+	if !alive {
+		return 0, fmt.Errorf("%w: member %q is not alive", ErrNotFound, name)
+	}
+	return c.ml.Ping(name, net.UDPAddrFromAddrPort(addr))
 }
 
 // JoinError is why the last attempt to join the seeds failed, nil if it
@@ -592,12 +598,17 @@ func (c *Cluster) Encrypted() bool { return c.keyring != nil }
 func (c *Cluster) NumAlive() int { return c.ml.NumMembers() }
 
 // peers returns the other members memberlist considers alive or suspect:
-// the ones that must vote.
+// the ones that must vote. They come from this node's own list, which the
+// event delegate keeps in step with memberlist's under memberlist's lock:
+// the nodes memberlist.Members returns are its live records, which it
+// goes on writing after the call returns (a data race to copy).
 func (c *Cluster) peers() []memberlist.Node {
-	var out []memberlist.Node
-	for _, n := range c.ml.Members() {
-		if n.Name != c.cfg.NodeName {
-			out = append(out, *n)
+	c.memMu.Lock()
+	defer c.memMu.Unlock()
+	out := make([]memberlist.Node, 0, len(c.members))
+	for _, m := range c.members {
+		if m.Name != c.cfg.NodeName && m.State == MemberAlive {
+			out = append(out, memberlist.Node{Name: m.Name, Addr: m.Addr.Addr().AsSlice(), Port: m.Addr.Port()})
 		}
 	}
 	return out
