@@ -332,7 +332,8 @@ func pollUntil(deadline time.Time, cond func() bool) bool {
 }
 
 // processCPU is the CPU time (user and system) this process has used: on
-// a shared machine, the cost of a run that wall-clock times hide.
+// a shared machine, the cost of a run, which wall-clock times mix with the
+// waits for the CPU.
 func processCPU() time.Duration {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {

@@ -99,7 +99,7 @@ func (l *Lab) sectionMembership(ctx context.Context) error {
 		fmt.Sprintf("members join %d at a time, each through up to %d members already joined, retrying as the agent does; above %d members they join in waves of %d, each once the members before it see each other.",
 			membershipJoiners, membershipSeeds, membershipWave, membershipWave),
 		"full view: from the first join until every member sees all n alive; last wave: the same from the first join of the last wave (the whole run below the wave size); failure: from crashing one member (no leave) until every other has dropped it.",
-		"CPU s to full view: CPU time (user + system) the process used from the first join to the full view; unlike the times, it hardly depends on what else the machine runs.",
+		"CPU s to full view: CPU time (user + system) the process used from the first join to the full view: the cost of the run, less tied to the machine's other load than the times, though a starved run costs more (probes time out, false suspicions spread).",
 		"KiB per member: live Go heap and stacks (after a collection) at full view, or when a run gave up, divided by n (each member holds the state of all it knows).",
 		"targets: full view ≤ 3 s and failure ≤ 8 s at 200 members, ≤ 5 s and ≤ 10 s at 1,000; memberlist's LAN defaults (reference): full view 5.6 s, failure seen by all 11.5 s at 200.",
 		"all members share this machine's CPUs: large n measures the scheduler too. Load average (1, 5, 15 min) before each run: "+strings.Join(loads, "; ")+".")
