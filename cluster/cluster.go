@@ -52,7 +52,8 @@ type Cluster struct {
 	rpcs  map[uint64]chan response
 
 	sendSem chan struct{} // bounds the goroutines sending requests
-	outbox  chan outMsg   // replies and notifications, for the reply workers
+	outbox  chan *outMsg  // replies and notifications, for the reply workers (pointers: the buffer is 8 KiB, not 100)
+	senders atomic.Int32  // reply workers running (rpc.go)
 	leasing sync.Map      // NetworkID → *sync.Mutex: one block lease at a time per network for AllocateIP
 	resVer  atomic.Uint64 // bumped when this node's blocks or claimed addresses change
 
@@ -91,6 +92,10 @@ type Member struct {
 	Meta  NodeMeta
 	State MemberState
 	Since time.Time // when State last changed, as seen here
+
+	// rawMeta is Meta as memberlist holds it (shared, never written): an
+	// alive message carrying the same bytes needs no decoding (delegate.go).
+	rawMeta []byte
 }
 
 // New creates the memberlist node and starts listening; it does not join.
@@ -105,7 +110,7 @@ func New(cfg Config) (*Cluster, error) {
 		leaving: make(map[string]leaveSeen),
 		rpcs:    make(map[uint64]chan response),
 		sendSem: make(chan struct{}, 128),
-		outbox:  make(chan outMsg, 1024),
+		outbox:  make(chan *outMsg, outboxSize),
 		done:    make(chan struct{}),
 		rnd:     rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 	}
@@ -187,10 +192,11 @@ func New(cfg Config) (*Cluster, error) {
 			_ = ml.UpdateNode(0)
 		}
 	}
-	for range replyWorkers {
-		c.wg.Add(1)
-		go c.sendReplies()
-	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.events.run(c.done)
+	}()
 	c.log.Info("gossip started", "addr", c.addr, "encrypted", c.keyring != nil)
 	return c, nil
 }
@@ -229,8 +235,9 @@ func (c *Cluster) Addr() netip.AddrPort { return c.addr }
 // Name returns the node name.
 func (c *Cluster) Name() string { return c.cfg.NodeName }
 
-// Events delivers changes in order. The channel is never closed; a slow
-// reader loses events and then receives EventResync.
+// Events delivers changes in order. The channel is never closed; a reader
+// more than EventBuffer events behind loses events and then receives
+// EventResync. Events not read before Close are not delivered.
 func (c *Cluster) Events() <-chan Event { return c.events.ch }
 
 // Stats returns the counters.
@@ -560,12 +567,18 @@ func (c *Cluster) Members() []Member {
 // underlay path, UDP), with memberlist's own probe. It fails for a member
 // that is not alive or does not answer within the probe timeout.
 func (c *Cluster) Ping(name string) (time.Duration, error) {
-	for _, n := range c.ml.Members() {
-		if n.Name == name {
-			return c.ml.Ping(name, &net.UDPAddr{IP: n.Addr, Port: int(n.Port)})
-		}
+	c.memMu.Lock()
+	m := c.members[name]
+	alive := m != nil && m.State == MemberAlive
+	var addr netip.AddrPort
+	if alive {
+		addr = m.Addr
 	}
-	return 0, fmt.Errorf("%w: member %q is not alive", ErrNotFound, name)
+	c.memMu.Unlock()
+	if !alive {
+		return 0, fmt.Errorf("%w: member %q is not alive", ErrNotFound, name)
+	}
+	return c.ml.Ping(name, net.UDPAddrFromAddrPort(addr))
 }
 
 // JoinError is why the last attempt to join the seeds failed, nil if it
@@ -585,12 +598,17 @@ func (c *Cluster) Encrypted() bool { return c.keyring != nil }
 func (c *Cluster) NumAlive() int { return c.ml.NumMembers() }
 
 // peers returns the other members memberlist considers alive or suspect:
-// the ones that must vote.
+// the ones that must vote. They come from this node's own list, which the
+// event delegate keeps in step with memberlist's under memberlist's lock:
+// the nodes memberlist.Members returns are its live records, which it
+// goes on writing after the call returns (a data race to copy).
 func (c *Cluster) peers() []memberlist.Node {
-	var out []memberlist.Node
-	for _, n := range c.ml.Members() {
-		if n.Name != c.cfg.NodeName {
-			out = append(out, *n)
+	c.memMu.Lock()
+	defer c.memMu.Unlock()
+	out := make([]memberlist.Node, 0, len(c.members))
+	for _, m := range c.members {
+		if m.Name != c.cfg.NodeName && m.State == MemberAlive {
+			out = append(out, memberlist.Node{Name: m.Name, Addr: m.Addr.Addr().AsSlice(), Port: m.Addr.Port()})
 		}
 	}
 	return out

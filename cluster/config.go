@@ -72,7 +72,8 @@ type Config struct {
 	// TombstoneTTL: how long removals are remembered (24h). A node offline
 	// for longer can bring removed records back.
 	TombstoneTTL time.Duration
-	// EventBuffer is the size of the Events channel (1024).
+	// EventBuffer is how many events may wait for the reader of Events
+	// (1024); memory is taken only for the events actually waiting.
 	EventBuffer int
 
 	// tuneMemberlist lets tests and experiments change memberlist's config.
@@ -202,12 +203,18 @@ type slogWriter struct {
 
 var _ io.Writer = slogWriter{}
 
+// memberlistLevels are memberlist's level prefixes.
+var memberlistLevels = [...]struct {
+	prefix string
+	level  slog.Level
+}{{"[DEBUG]", slog.LevelDebug}, {"[INFO]", slog.LevelInfo}, {"[WARN]", slog.LevelWarn}, {"[ERR]", slog.LevelError}}
+
 func (w slogWriter) Write(p []byte) (int, error) {
 	msg := string(bytes.TrimSpace(p))
 	level := slog.LevelInfo
-	for prefix, l := range map[string]slog.Level{"[DEBUG]": slog.LevelDebug, "[INFO]": slog.LevelInfo, "[WARN]": slog.LevelWarn, "[ERR]": slog.LevelError} {
-		if strings.HasPrefix(msg, prefix) {
-			level, msg = l, strings.TrimSpace(strings.TrimPrefix(msg, prefix))
+	for _, l := range memberlistLevels {
+		if strings.HasPrefix(msg, l.prefix) {
+			level, msg = l.level, strings.TrimSpace(strings.TrimPrefix(msg, l.prefix))
 			break
 		}
 	}

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -67,6 +68,18 @@ type aliveDelegate struct{ c *Cluster }
 var _ memberlist.AliveDelegate = (*aliveDelegate)(nil)
 
 func (d *aliveDelegate) NotifyAlive(n *memberlist.Node) error {
+	// memberlist asks about every alive message and every member of every
+	// full-state exchange, almost always about a member it knows with the
+	// metadata it has: that was decoded and checked when first accepted.
+	if n.Name != d.c.cfg.NodeName {
+		d.c.memMu.Lock()
+		prev := d.c.members[n.Name]
+		known := prev != nil && prev.State == MemberAlive && bytes.Equal(prev.rawMeta, n.Meta)
+		d.c.memMu.Unlock()
+		if known {
+			return nil
+		}
+	}
 	m, err := decodeMeta(n.Meta)
 	if err == nil && m.Name != n.Name {
 		err = &decodeError{reason: dropInvalid, msg: fmt.Sprintf("metadata names %q", m.Name)}
@@ -97,7 +110,7 @@ func (d *aliveDelegate) NotifyAlive(n *memberlist.Node) error {
 func (c *Cluster) memberChanged(n memberlist.Node, ev EventType) {
 	meta, _ := decodeMeta(n.Meta) // validated by aliveDelegate
 	ip, _ := netip.AddrFromSlice(n.Addr)
-	m := Member{Name: n.Name, Addr: netip.AddrPortFrom(ip.Unmap(), n.Port), Meta: meta, State: MemberAlive, Since: time.Now()}
+	m := Member{Name: n.Name, Addr: netip.AddrPortFrom(ip.Unmap(), n.Port), Meta: meta, State: MemberAlive, Since: time.Now(), rawMeta: n.Meta}
 	switch ev {
 	case EventMemberLeft:
 		m.State = MemberLeft

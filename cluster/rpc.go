@@ -109,29 +109,72 @@ func (c *Cluster) send(ctx context.Context, to memberlist.Node, msg []byte) {
 // message is dropped and counted.
 func (c *Cluster) trySend(to memberlist.Node, msg []byte) {
 	select {
-	case c.outbox <- outMsg{to: to, msg: msg}:
+	case c.outbox <- &outMsg{to: to, msg: msg}:
+		c.startSender()
 	default:
 		c.stats.drop(dropQueueFull)
 	}
 }
+
+// outboxSize is how many replies may wait for a reply worker.
+const outboxSize = 1024
 
 type outMsg struct {
 	to  memberlist.Node
 	msg []byte
 }
 
-// replyWorkers is how many goroutines send replies; a send to a dead node
-// holds one for up to TCPTimeout.
+// replyWorkers is how many goroutines may send replies at once; a send to
+// a dead node holds one for up to TCPTimeout. They run only while there is
+// something to send: idle, a member keeps none (each would hold a stack,
+// which in a cluster of a thousand members run in one process was most of
+// an idle member's memory).
 const replyWorkers = 8
 
-// sendReplies is one reply worker; it runs until Close.
+// reserveSender counts one more reply worker unless replyWorkers are
+// running (then those will see what was queued).
+func (c *Cluster) reserveSender() bool {
+	for {
+		n := c.senders.Load()
+		if n >= replyWorkers {
+			return false
+		}
+		if c.senders.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// startSender starts a reply worker unless replyWorkers are running.
+func (c *Cluster) startSender() {
+	if !c.reserveSender() {
+		return
+	}
+	if !c.enter() {
+		c.senders.Add(-1)
+		return
+	}
+	go c.sendReplies()
+}
+
+// sendReplies is one reply worker; it runs until the outbox is empty or
+// Close.
 func (c *Cluster) sendReplies() {
 	defer c.wg.Done()
 	for {
 		select {
 		case m := <-c.outbox:
 			c.deliverOne(m.to, m.msg)
+			continue
 		case <-c.done:
+			c.senders.Add(-1)
+			return
+		default:
+		}
+		c.senders.Add(-1)
+		// A reply queued between the empty outbox and the line above saw
+		// this worker still counted and started none: take it.
+		if len(c.outbox) == 0 || !c.reserveSender() {
 			return
 		}
 	}

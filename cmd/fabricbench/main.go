@@ -11,8 +11,8 @@
 // and every row is also given as a ratio to its reference row: compare only
 // numbers taken in the same run.
 //
-// Usage: fabricbench -bin DIR [-t SECONDS] [-reps N] [-setup-n N] [-scale-n N,N,…] [-density-n N,N,…] [-quick]
-// [-only same-host,udp-pps,published,connrate,bpf-cost,setup,cross-host,overlay,dns,scale,density,cni,docker] [-fabricd-flags "FLAGS"]
+// Usage: fabricbench -bin DIR [-t SECONDS] [-reps N] [-setup-n N] [-scale-n N,N,…] [-density-n N,N,…] [-membership-n N,N,…] [-quick]
+// [-only same-host,udp-pps,published,connrate,bpf-cost,setup,cross-host,overlay,membership,dns,scale,density,cni,docker] [-fabricd-flags "FLAGS"]
 //
 // Sections:
 //   - same-host: iperf3 (one TCP stream) and sockperf TCP ping-pong (one-way
@@ -40,8 +40,11 @@
 //     (cmd/internal/lab, like `fabricctl lab up`; eBPF and kernel datapath):
 //     iperf3 with retransmits and sockperf sandbox↔sandbox against the raw
 //     lab underlay; time from `run -d` to the first TCP connect from
-//     another host; failure detection after kill -9 of an agent; gossip
-//     membership convergence for 50/200/1,000 in-process members.
+//     another host; failure detection after kill -9 of an agent.
+//   - membership: gossip membership convergence of -membership-n (50, 200,
+//     1,000) in-process members, each with the production configuration:
+//     full view, failure seen by all, memory and goroutines per member. It
+//     needs no lab: `-only membership` sets none up.
 //   - dns: queries/s and p50/p99 of the embedded DNS server from inside a
 //     sandbox, local and forwarded names (fake upstream on h1's loopback),
 //     1 and 100 clients, next to DESIGN.md's Docker figure.
@@ -98,7 +101,7 @@ import (
 const serveArg = "__fabricbench-serve"
 
 // sections in the order they run.
-var allSections = []string{"same-host", "udp-pps", "published", "connrate", "bpf-cost", "setup", "cross-host", "overlay", "dns", "scale", "density", "cni", "docker"}
+var allSections = []string{"same-host", "udp-pps", "published", "connrate", "bpf-cost", "setup", "cross-host", "overlay", "membership", "dns", "scale", "density", "cni", "docker"}
 
 type options struct {
 	bin       string
@@ -107,6 +110,7 @@ type options struct {
 	setupN    int
 	scaleN    []int
 	densityN  []int
+	membersN  []int
 	quick     bool
 	only      map[string]bool
 	fabricArg string
@@ -128,7 +132,7 @@ func main() {
 
 func parseFlags() (options, error) {
 	var o options
-	var only, scaleN, densityN string
+	var only, scaleN, densityN, membersN string
 	fs := flag.NewFlagSet("fabricbench", flag.ContinueOnError)
 	fs.StringVar(&o.bin, "bin", "bin", "directory holding fabricd and fabricctl")
 	fs.IntVar(&o.secs, "t", 5, "seconds per measurement")
@@ -136,6 +140,7 @@ func parseFlags() (options, error) {
 	fs.IntVar(&o.setupN, "setup-n", 50, "sandboxes per method in the setup section")
 	fs.StringVar(&scaleN, "scale-n", defaultScaleN, "endpoint counts of the scale section, ascending; ratios are to the first")
 	fs.StringVar(&densityN, "density-n", defaultDensityN, "sandbox counts of the density section, ascending; per-sandbox figures are from the first")
+	fs.StringVar(&membersN, "membership-n", defaultMembershipN, "cluster sizes of the membership section, ascending")
 	fs.BoolVar(&o.quick, "quick", false, "smoke run: -t 2 -reps 1 (and -setup-n 10, -scale-n "+quickScaleN+" unless given)")
 	fs.StringVar(&only, "only", "", "comma-separated sections to run: "+strings.Join(allSections, ","))
 	fs.StringVar(&o.fabricArg, "fabricd-flags", "", "extra flags for fabricd, space-separated (e.g. \"--datapath kernel\")")
@@ -159,7 +164,7 @@ Flags:
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	if o.quick {
-		o.quickDefaults(set, &scaleN, &densityN)
+		o.quickDefaults(set, &scaleN, &densityN, &membersN)
 	}
 	var err error
 	if o.scaleN, err = parseScaleN(scaleN); err != nil {
@@ -167,6 +172,12 @@ Flags:
 	}
 	if o.densityN, err = parseScaleN(densityN); err != nil {
 		return o, fmt.Errorf("-density-n %s: %w", densityN, err)
+	}
+	if o.membersN, err = parseScaleN(membersN); err != nil {
+		return o, fmt.Errorf("-membership-n %s: %w", membersN, err)
+	}
+	if o.membersN[0] < 3 {
+		return o, fmt.Errorf("-membership-n %s: want sizes of at least 3 members", membersN)
 	}
 	switch {
 	case o.secs < 1 || o.secs > 600:
@@ -188,7 +199,7 @@ Flags:
 }
 
 // quickDefaults sets what -quick changes, for the flags not given (set).
-func (o *options) quickDefaults(set map[string]bool, scaleN, densityN *string) {
+func (o *options) quickDefaults(set map[string]bool, scaleN, densityN, membersN *string) {
 	if !set["t"] {
 		o.secs = 2
 	}
@@ -203,6 +214,9 @@ func (o *options) quickDefaults(set map[string]bool, scaleN, densityN *string) {
 	}
 	if !set["density-n"] {
 		*densityN = quickDensityN
+	}
+	if !set["membership-n"] {
+		*membersN = quickMembershipN
 	}
 }
 
@@ -260,7 +274,7 @@ func run() int {
 	defer lab.cleanup()
 
 	printHeader(o)
-	if err := lab.setup(ctx); err != nil {
+	if err := lab.setupFor(ctx); err != nil {
 		fmt.Fprintf(os.Stderr, "fabricbench: set up the lab: %v\n", err)
 		return 1
 	}
@@ -327,6 +341,8 @@ func (l *Lab) section(s string) func(context.Context) error {
 		return l.sectionCrossHost
 	case "overlay":
 		return l.sectionOverlay
+	case "membership":
+		return l.sectionMembership
 	case "dns":
 		return l.sectionDNS
 	case "udp-pps":

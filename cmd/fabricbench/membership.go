@@ -2,31 +2,59 @@ package main
 
 import (
 	"context"
+	crand "crypto/rand"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"runtime"
+	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/fabricnet/fabric/cluster"
 )
 
+// Bounds and shape of one membership run.
+var (
+	membershipJoinLimit = 60 * time.Second // every member joined and seeing all n, plus joinLimitPerMember each
+	membershipFailLimit = 60 * time.Second // every member dropped the crashed one
+	membershipJoiners   = 16               // joins in flight at once
+	membershipSeeds     = 3                // members an agent lists to join through
+	// membershipWave: above this many members they join in waves of this
+	// many, each wave once the members before it see each other, as a large
+	// cluster's agents come up over time; up to it, all at once.
+	membershipWave = 200
+)
+
+// joinLimitPerMember lengthens the join limit with the cluster: 120 s for
+// 1,000 members, so that a slow run still gives a figure.
+const joinLimitPerMember = 60 * time.Millisecond
+
+// atFullView, if set, is called when the memory is measured (tests take
+// a heap profile there).
+var atFullView func()
+
 // convergence is one in-process membership run.
 type convergence struct {
 	fullView     time.Duration // first join until every member sees all n alive
+	lastWave     time.Duration // first join of the last wave until then
 	failureSeen  time.Duration // crash of one member until every other dropped it
-	memPerMember float64       // Go heap and stacks in use per member at full view, bytes
-	goroutines   float64       // goroutines per member at full view
+	memPerMember float64       // Go heap and stacks live per member at full view (or when the run gave up), bytes
+	goroutines   float64       // goroutines per member then
+	cpu          time.Duration // CPU time this process used from the first join to full view
 }
 
-// measureConvergence starts n gossip members on 127.0.0.1 in this process
-// (the cluster package's own LAN timing, no encryption), joins them all at
-// once through the first, and measures the full view, then crashes one
-// member (no leave) and measures until every other member has declared it
-// dead. Everything it starts is stopped before it returns. The members
-// share the machine's CPUs, so large n on few cores measures the
-// scheduler too.
+// measureConvergence starts n gossip members on 127.0.0.1 in this process,
+// each with the cluster package's production configuration (a gossip key,
+// as an agent must have, and an identity key of its own), joins them, and
+// measures the full view, then crashes one member (no leave) and measures
+// until every other member has declared it dead. Each member's events are
+// read as the agent reads them. Everything it starts is stopped before it
+// returns. The members share the machine's CPUs, so large n on few cores
+// measures the scheduler too; an error says how far the run got.
 func measureConvergence(n int) (conv convergence, err error) {
 	if n < 3 {
 		return conv, fmt.Errorf("need at least 3 members, got %d", n)
@@ -35,43 +63,241 @@ func measureConvergence(n int) (conv convergence, err error) {
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)
 	g0 := runtime.NumGoroutine()
-	members := make([]*cluster.Cluster, 0, n)
-	defer func() {
+	members, stop, err := startMembers(n)
+	defer stop()
+	if err != nil {
+		return conv, err
+	}
+	cpu0 := processCPU()
+	conv.fullView, conv.lastWave, err = joinInWaves(members)
+	if err == nil {
+		conv.cpu = processCPU() - cpu0
+	}
+	// Live memory: what the members hold, not the garbage of the joins;
+	// measured also when the run gives up, as far as it got.
+	runtime.GC()
+	var at runtime.MemStats
+	runtime.ReadMemStats(&at)
+	conv.memPerMember = (float64(at.HeapInuse+at.StackInuse) - float64(before.HeapInuse+before.StackInuse)) / float64(n)
+	conv.goroutines = float64(runtime.NumGoroutine()-g0) / float64(n)
+	if atFullView != nil {
+		atFullView()
+	}
+	if err != nil {
+		return conv, err
+	}
+
+	victim, rest := members[n-1], members[:n-1]
+	_ = victim.Stop()
+	start := time.Now()
+	if !pollUntil(start.Add(membershipFailLimit), func() bool { return allSee(rest, n-1) }) {
+		return conv, fmt.Errorf("failure of %s not seen by all after %s: %s", victim.Name(), time.Since(start).Round(time.Millisecond), viewProgress(rest, n-1))
+	}
+	conv.failureSeen = time.Since(start)
+	return conv, nil
+}
+
+// startMembers starts n members, each with a reader of its events. stop
+// stops them all (a stopped one again is harmless) and the readers.
+func startMembers(n int) (members []*cluster.Cluster, stop func(), err error) {
+	readers := make(chan struct{})
+	var readersWG sync.WaitGroup
+	stop = func() {
 		var wg sync.WaitGroup
 		for _, c := range members {
 			wg.Go(func() { _ = c.Stop() })
 		}
 		wg.Wait()
-	}()
+		close(readers)
+		readersWG.Wait()
+	}
+	key := make([]byte, 32)
+	if _, err := crand.Read(key); err != nil {
+		return nil, stop, fmt.Errorf("gossip key: %w", err)
+	}
 	for i := range n {
-		c, err := cluster.New(cluster.Config{NodeName: fmt.Sprintf("m%04d", i), BindAddr: "127.0.0.1", BindPort: cluster.AnyPort})
+		c, err := cluster.New(cluster.Config{
+			NodeName: fmt.Sprintf("m%04d", i), BindAddr: "127.0.0.1", BindPort: cluster.AnyPort, SecretKeys: [][]byte{key},
+		})
 		if err != nil {
-			return conv, fmt.Errorf("start member %d: %w", i, err)
+			return members, stop, fmt.Errorf("start member %d of %d: %w", i+1, n, err)
 		}
 		members = append(members, c)
+		readersWG.Go(func() { readEvents(c, readers) })
+	}
+	return members, stop, nil
+}
+
+// joinInWaves joins members to members[0] (in waves above
+// membershipWave members) and returns the time from the first join until
+// every member sees all alive, and from the first join of the last wave.
+func joinInWaves(members []*cluster.Cluster) (full, last time.Duration, err error) {
+	n := len(members)
+	limit := membershipJoinLimit + time.Duration(n)*joinLimitPerMember
+	wave := n
+	if n > membershipWave {
+		wave = membershipWave
 	}
 	start := time.Now()
-	if err := joinAll(members, start.Add(60*time.Second)); err != nil {
-		return conv, err
+	var joined atomic.Int64
+	upTo := atomic.Int64{}
+	stopProgress := reportProgress(func() string {
+		k := int(upTo.Load())
+		return fmt.Sprintf("%s: %d of %d joined; of the first %d, %s", time.Since(start).Round(time.Second), joined.Load()+1, n, k, viewProgress(members[:k], k))
+	})
+	defer stopProgress()
+	var waveStart time.Time
+	for from := 1; from < n; from += wave {
+		to := min(n, from+wave)
+		upTo.Store(int64(to))
+		waveStart = time.Now()
+		if err := joinAll(members[:to], from, start.Add(limit), &joined); err != nil {
+			return 0, 0, err
+		}
+		if !pollUntil(start.Add(limit), func() bool { return allSee(members[:to], to) }) {
+			return 0, 0, fmt.Errorf("no full view after %s: all %d of %d joined, %s",
+				time.Since(start).Round(time.Millisecond), to, n, viewProgress(members[:to], to))
+		}
 	}
-	if pollFor(context.Background(), time.Until(start.Add(60*time.Second)), 10*time.Millisecond, func() bool { return allSee(members, n) }) != nil {
-		return conv, fmt.Errorf("no full view of %d members after %s", n, time.Since(start).Round(time.Millisecond))
-	}
-	conv.fullView = time.Since(start)
-	var at runtime.MemStats
-	runtime.ReadMemStats(&at)
-	conv.memPerMember = (float64(at.HeapInuse+at.StackInuse) - float64(before.HeapInuse+before.StackInuse)) / float64(n)
-	conv.goroutines = float64(runtime.NumGoroutine()-g0) / float64(n)
+	return time.Since(start), time.Since(waveStart), nil
+}
 
-	victim := members[n-1]
-	members = members[:n-1]
-	_ = victim.Stop()
-	start = time.Now()
-	if pollFor(context.Background(), 60*time.Second, 10*time.Millisecond, func() bool { return allSee(members, n-1) }) != nil {
-		return conv, fmt.Errorf("failure of %s not seen by all after %s", victim.Name(), time.Since(start).Round(time.Millisecond))
+// readEvents drains c's events until stop is closed, as the agent does.
+func readEvents(c *cluster.Cluster, stop <-chan struct{}) {
+	for {
+		select {
+		case <-c.Events():
+		case <-stop:
+			return
+		}
 	}
-	conv.failureSeen = time.Since(start)
-	return conv, nil
+}
+
+// joinAll joins members[from:] to members[:from], at most
+// membershipJoiners at a time, each through up to membershipSeeds members
+// that have joined already, as agents list a few seeds: one seed for all
+// would serve every join's full-state exchange alone. A join that fails is
+// retried through other seeds after a backoff, as the agent retries, until
+// deadline.
+func joinAll(members []*cluster.Cluster, from int, deadline time.Time, count *atomic.Int64) error {
+	var mu sync.Mutex
+	var joined []string
+	for _, c := range members[:from] {
+		joined = append(joined, c.Addr().String())
+	}
+	seeds := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		var out []string
+		for _, i := range rand.Perm(len(joined))[:min(membershipSeeds, len(joined))] {
+			out = append(out, joined[i])
+		}
+		return out
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, membershipJoiners)
+	var lastErr error
+	failed := 0
+	for _, c := range members[from:] {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			err := joinRetrying(ctx, c, seeds)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				failed++
+				lastErr = err
+				return
+			}
+			joined = append(joined, c.Addr().String())
+			count.Add(1)
+		})
+	}
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(joined) < len(members) {
+		return fmt.Errorf("only %d of %d members joined by the deadline (%d gave up, %d never tried; last error: %w)",
+			len(joined), len(members), failed, len(members)-len(joined)-failed, errors.Join(lastErr, ctx.Err()))
+	}
+	return nil
+}
+
+// joinRetrying joins c through seeds(), again with fresh seeds after
+// 0.5 s, 1 s, 2 s … until ctx ends.
+func joinRetrying(ctx context.Context, c *cluster.Cluster, seeds func() []string) error {
+	backoff := 500 * time.Millisecond
+	for {
+		_, err := c.Join(ctx, seeds()...)
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w", c.Name(), err)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 4*time.Second)
+	}
+}
+
+// progressEvery is how often a long run says how far it got.
+const progressEvery = 10 * time.Second
+
+// reportProgress prints what status says to stderr every progressEvery
+// until the returned function is called.
+func reportProgress(status func() string) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(progressEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				fmt.Fprintf(os.Stderr, "  membership: %s\n", status())
+			}
+		}
+	})
+	return func() { close(done); wg.Wait() }
+}
+
+// busyLimit bounds how long the harness waits for an answer from the
+// members: a member whose memberlist is swamped (a lock held by hundreds
+// of queued suspicion timers) may not answer NumAlive for minutes.
+const busyLimit = 10 * time.Second
+
+// viewProgress says how far members are from each seeing n alive.
+func viewProgress(members []*cluster.Cluster, n int) string {
+	res := make(chan string, 1)
+	go func() {
+		least, complete := n, 0
+		for _, c := range members {
+			k := c.NumAlive()
+			least = min(least, k)
+			if k == n {
+				complete++
+			}
+		}
+		res <- fmt.Sprintf("%d of %d members see all %d alive, the least informed sees %d", complete, len(members), n, least)
+	}()
+	select {
+	case s := <-res:
+		return s
+	case <-time.After(busyLimit):
+		return fmt.Sprintf("the view of the %d members is unknown: they did not all answer within %s (swamped)", len(members), busyLimit)
+	}
 }
 
 func allSee(members []*cluster.Cluster, n int) bool {
@@ -83,52 +309,45 @@ func allSee(members []*cluster.Cluster, n int) bool {
 	return true
 }
 
-// joinAll joins members[1:] to the cluster of members[0], at most 16 at
-// a time, each through up to three members that have joined already, as
-// a real deployment lists a few seeds: one seed for all would serve every
-// join's full-state exchange alone. Joins still running at deadline fail.
-func joinAll(members []*cluster.Cluster, deadline time.Time) error {
-	var joinedMu sync.Mutex
-	joined := []string{members[0].Addr().String()}
-	seeds := func() []string {
-		joinedMu.Lock()
-		defer joinedMu.Unlock()
-		var out []string
-		for _, i := range rand.Perm(len(joined))[:min(3, len(joined))] {
-			out = append(out, joined[i])
-		}
-		return out
-	}
-	// Bounded: Join retries until its context ends.
-	joinCtx, cancel := context.WithDeadline(context.Background(), deadline)
-	defer cancel()
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 16)
-	errs := make(chan error, len(members))
-	for _, c := range members[1:] {
-		if joinCtx.Err() != nil {
-			break
-		}
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			if _, err := c.Join(joinCtx, seeds()...); err != nil {
-				errs <- err
-				return
+// pollUntil checks cond every 10 ms until it holds or deadline passes; a
+// check still running at the deadline counts as false (it is left to
+// finish on its own).
+func pollUntil(deadline time.Time, cond func() bool) bool {
+	for {
+		res := make(chan bool, 1)
+		go func() { res <- cond() }()
+		select {
+		case ok := <-res:
+			if ok {
+				return true
 			}
-			joinedMu.Lock()
-			joined = append(joined, c.Addr().String())
-			joinedMu.Unlock()
-		})
+		case <-time.After(time.Until(deadline)):
+			return false
+		}
+		if !time.Now().Before(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	wg.Wait()
-	close(errs)
-	var joinErrs []error
-	for err := range errs {
-		joinErrs = append(joinErrs, err)
+}
+
+// processCPU is the CPU time (user and system) this process has used: on
+// a shared machine, the cost of a run, which wall-clock times mix with the
+// waits for the CPU.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
 	}
-	if err := errors.Join(joinErrs...); err != nil {
-		return fmt.Errorf("join: %w", err)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// loadAverage is the first three fields of /proc/loadavg, "?" if unknown.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
 	}
-	return nil
+	f := strings.Fields(string(b))
+	return strings.Join(f[:min(3, len(f))], " ")
 }

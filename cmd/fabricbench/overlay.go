@@ -182,8 +182,8 @@ func (l *Lab) overlayPath(cliNS, srvNS, addr string) func(context.Context, int) 
 
 // sectionOverlay: fabric's overlay across lab hosts, eBPF datapath against
 // the kernel VXLAN fallback and the raw underlay; then how fast a new
-// sandbox is reachable from another host, how fast a dead host's
-// endpoints are withdrawn, and gossip membership convergence in-process.
+// sandbox is reachable from another host and how fast a dead host's
+// endpoints are withdrawn.
 func (l *Lab) sectionOverlay(ctx context.Context) error {
 	fabricd := filepath.Join(l.o.bin, "fabricd")
 	if st, err := os.Stat(fabricd); err != nil || st.IsDir() {
@@ -238,16 +238,11 @@ func (l *Lab) sectionOverlay(ctx context.Context) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	// Membership convergence is CPU-bound: nothing else may run.
-	fmt.Fprintf(os.Stderr, "  overlay: removing the labs before the membership runs\n")
 	labsDown()
 	for _, ol := range []*overlayLab{kl, el} {
 		if ol.downErr != nil {
 			errs = append(errs, ol.downErr)
 		}
-	}
-	if err := l.overlayMembership(ctx); err != nil {
-		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
