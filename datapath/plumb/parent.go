@@ -171,7 +171,10 @@ func (h *Host) EnsureLANNetwork(n datapath.Network) (err error) {
 		}()
 	}
 	if !n.HostShim.IsValid() {
-		return h.deleteShim(n)
+		if err := h.deleteShim(n); err != nil {
+			return err
+		}
+		return h.removeShimGuardIfUnused()
 	}
 	return h.ensureShim(n, parent)
 }
@@ -186,7 +189,7 @@ func (h *Host) DeleteLANNetwork(n datapath.Network) error {
 		return err
 	}
 	delete(h.parentNets, n.ID)
-	return nil
+	return h.removeShimGuardIfUnused()
 }
 
 // parentWarnings checks the parent of every macvlan/ipvlan network by name

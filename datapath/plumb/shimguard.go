@@ -1,0 +1,224 @@
+package plumb
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"golang.org/x/sys/unix"
+
+	"github.com/fabricnet/fabric/datapath"
+)
+
+// A sandbox on a macvlan/ipvlan network reaches the host's INPUT through
+// its network's host shim, not through a bridge (which the kernel
+// datapath's input chain guards) nor through a veth with the endpoint
+// program on it (which guards the eBPF datapath's): without more, it could
+// talk to fabric's own ports (gossip, tunnel, metrics) on the shim's
+// address, or on any host address once it routes that address via the
+// shim. So both datapaths keep one more table, owned by this package,
+// while any host shim exists:
+//
+//	table ip fabric_shims {
+//	  chain input { type filter hook input priority filter; policy accept;
+//	    iifname "fs-*" meta l4proto P th dport PORT counter drop   # per guarded port
+//	  }
+//	}
+//
+// The match is on the shim name prefix (ShimName), so a shim is covered
+// from the moment it exists, before any state names it, and after a
+// restart. Everything else a bridge sandbox may do passes as it does from
+// a bridge: published ports (DNAT in prerouting: forwarded, never INPUT),
+// the host's other ports, replies. 127.0.0.0/8 needs no rule: shims never
+// get route_localnet, so the kernel drops such packets as martians.
+
+// ShimGuardTable is the nftables table of the host shims' guard.
+const ShimGuardTable = "fabric_shims"
+
+// ShimGuardComment marks the table's drop rules; the datapaths add their
+// counters to the host-port drops of their metrics.
+const ShimGuardComment = "drop:host-port"
+
+const (
+	shimPrefix      = "fs-"
+	shimGuardChain  = "input"
+	shimGuardIfSize = 16
+)
+
+var shimGuardTable = &nftables.Table{Name: ShimGuardTable, Family: nftables.TableFamilyIPv4}
+
+// SetGuardPorts sets the ports the shim guard closes (the datapath's
+// GuardPorts, checked by it); the table follows at the next ensure of a
+// shim.
+func (h *Host) SetGuardPorts(ports []datapath.HostPort) { h.guard = slices.Clone(ports) }
+
+// guardRuleComment names one rule by its port, so an existing table can
+// be compared with the wanted one without decoding expressions.
+func guardRuleComment(g datapath.HostPort) string {
+	return fmt.Sprintf("%s %s/%d", ShimGuardComment, g.Proto, g.Port)
+}
+
+func (h *Host) nft() (*nftables.Conn, error) {
+	c, err := nftables.New(nftables.WithNetNSFd(int(h.hostNS)))
+	if err != nil {
+		return nil, fmt.Errorf("nftables connection in host netns: %w", err)
+	}
+	return c, nil
+}
+
+// shimGuardRules lists the comments of the table's rules; exists is false
+// if there is no table.
+func shimGuardRules(c *nftables.Conn) (comments []string, exists bool, err error) {
+	rules, err := c.GetRules(shimGuardTable, &nftables.Chain{Name: shimGuardChain, Table: shimGuardTable})
+	if errors.Is(err, unix.ENOENT) {
+		tables, lerr := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
+		if lerr != nil {
+			return nil, false, fmt.Errorf("list nftables tables: %w", lerr)
+		}
+		return nil, slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == ShimGuardTable }), nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("list rules of %s: %w", ShimGuardTable, err)
+	}
+	for _, r := range rules {
+		s, _ := userdata.GetString(r.UserData, userdata.TypeComment)
+		comments = append(comments, s)
+	}
+	return comments, true, nil
+}
+
+// ensureShimGuard makes the table match the guarded ports, replacing it
+// (in one transaction) only if it differs, so its counters survive.
+// Without guarded ports there is no table.
+func (h *Host) ensureShimGuard() error {
+	c, err := h.nft()
+	if err != nil {
+		return err
+	}
+	have, exists, err := shimGuardRules(c)
+	if err != nil {
+		return err
+	}
+	want := make([]string, 0, len(h.guard))
+	for _, g := range h.guard {
+		want = append(want, guardRuleComment(g))
+	}
+	if exists == (len(want) > 0) && slices.Equal(have, want) {
+		return nil
+	}
+	c.AddTable(shimGuardTable) // makes the delete succeed whether or not it exists
+	c.DelTable(shimGuardTable)
+	if len(want) > 0 {
+		t := c.AddTable(shimGuardTable)
+		ch := c.AddChain(&nftables.Chain{Name: shimGuardChain, Table: t, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter})
+		for _, g := range h.guard {
+			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: shimGuardExprs(g),
+				UserData: userdata.AppendString(nil, userdata.TypeComment, guardRuleComment(g))})
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("write nftables table %s: %w", ShimGuardTable, err)
+	}
+	return nil
+}
+
+// shimGuardExprs: iifname "fs-*" meta l4proto P th dport PORT counter drop.
+func shimGuardExprs(g datapath.HostPort) []expr.Any {
+	proto := byte(unix.IPPROTO_TCP)
+	if g.Proto == "udp" {
+		proto = unix.IPPROTO_UDP
+	}
+	return []expr.Any{
+		// A compare shorter than the register is a prefix match, as nft's
+		// own iifname "fs-*".
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(shimPrefix)},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(g.Port)},
+		&expr.Counter{},
+		&expr.Verdict{Kind: expr.VerdictDrop},
+	}
+}
+
+// removeShimGuardIfUnused removes the table once no network has a shim.
+func (h *Host) removeShimGuardIfUnused() error {
+	for _, n := range h.parentNets {
+		if n.HostShim.IsValid() {
+			return nil
+		}
+	}
+	c, err := h.nft()
+	if err != nil {
+		return err
+	}
+	return deleteTable(c, ShimGuardTable)
+}
+
+// ShimGuardDrops sums the packets and bytes the shim guard dropped, as
+// the datapaths' from-endpoint host-port drop counter (zero: no table).
+func (h *Host) ShimGuardDrops() (datapath.Counter, error) {
+	out := datapath.Counter{Direction: "from-endpoint", Verdict: "drop", Reason: "host-port"}
+	c, err := h.nft()
+	if err != nil {
+		return out, err
+	}
+	rules, err := c.GetRules(shimGuardTable, &nftables.Chain{Name: shimGuardChain, Table: shimGuardTable})
+	if errors.Is(err, unix.ENOENT) {
+		return out, nil
+	}
+	if err != nil {
+		return out, fmt.Errorf("list rules of %s: %w", ShimGuardTable, err)
+	}
+	for _, r := range rules {
+		for _, e := range r.Exprs {
+			if ctr, ok := e.(*expr.Counter); ok {
+				out.Packets += ctr.Packets
+				out.Bytes += ctr.Bytes
+			}
+		}
+	}
+	return out, nil
+}
+
+// AddShimGuardDrops adds the shim guard's drops to m's host-port drop
+// counter (making it if m has none).
+func (h *Host) AddShimGuardDrops(m *datapath.Metrics) error {
+	c, err := h.ShimGuardDrops()
+	if err != nil || c.Packets == 0 {
+		return err
+	}
+	for i := range m.Counters {
+		have := &m.Counters[i]
+		if have.Direction == c.Direction && have.Verdict == c.Verdict && have.Reason == c.Reason {
+			have.Packets += c.Packets
+			have.Bytes += c.Bytes
+			return nil
+		}
+	}
+	m.Counters = append(m.Counters, c)
+	return nil
+}
+
+// deleteTable removes the IPv4 table name if it exists.
+func deleteTable(c *nftables.Conn, name string) error {
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		return fmt.Errorf("list nftables tables: %w", err)
+	}
+	for _, t := range tables {
+		if t.Name == name {
+			c.DelTable(t)
+			if err := c.Flush(); err != nil {
+				return fmt.Errorf("delete nftables table %s: %w", name, err)
+			}
+		}
+	}
+	return nil
+}
