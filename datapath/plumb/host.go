@@ -53,8 +53,11 @@ type Host struct {
 	// parentNets are the macvlan/ipvlan networks ensured (or synced) and
 	// not deleted since start, whose parents LANWarnings checks.
 	parentNets map[string]datapath.Network
-	// guard are the host ports the shim guard closes (shimguard.go).
-	guard []datapath.HostPort
+	// guard are the host ports the shim guard closes (shimguard.go);
+	// guardGone is set once its table is known not to exist, so syncs
+	// and scrapes without shims cost no nftables request.
+	guard     []datapath.HostPort
+	guardGone bool
 }
 
 // Open opens handles on the namespace at nsPath ("" means the caller's

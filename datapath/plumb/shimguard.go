@@ -108,6 +108,7 @@ func (h *Host) ensureShimGuard() error {
 		want = append(want, guardRuleComment(g))
 	}
 	if exists == (len(want) > 0) && slices.Equal(have, want) {
+		h.guardGone = !exists
 		return nil
 	}
 	c.AddTable(shimGuardTable) // makes the delete succeed whether or not it exists
@@ -124,6 +125,7 @@ func (h *Host) ensureShimGuard() error {
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("write nftables table %s: %w", ShimGuardTable, err)
 	}
+	h.guardGone = len(want) == 0
 	return nil
 }
 
@@ -149,6 +151,9 @@ func shimGuardExprs(g datapath.HostPort) []expr.Any {
 
 // removeShimGuardIfUnused removes the table once no network has a shim.
 func (h *Host) removeShimGuardIfUnused() error {
+	if h.guardGone {
+		return nil
+	}
 	for _, n := range h.parentNets {
 		if n.HostShim.IsValid() {
 			return nil
@@ -158,13 +163,20 @@ func (h *Host) removeShimGuardIfUnused() error {
 	if err != nil {
 		return err
 	}
-	return deleteTable(c, ShimGuardTable)
+	if err := deleteTable(c, ShimGuardTable); err != nil {
+		return err
+	}
+	h.guardGone = true
+	return nil
 }
 
 // ShimGuardDrops sums the packets and bytes the shim guard dropped, as
 // the datapaths' from-endpoint host-port drop counter (zero: no table).
 func (h *Host) ShimGuardDrops() (datapath.Counter, error) {
 	out := datapath.Counter{Direction: "from-endpoint", Verdict: "drop", Reason: "host-port"}
+	if h.guardGone {
+		return out, nil
+	}
 	c, err := h.nft()
 	if err != nil {
 		return out, err
