@@ -37,8 +37,8 @@ func deleteTables(names ...string) error {
 // Purge removes what either datapath leaves in the namespace at nsPath
 // ("" = the caller's) when no agent runs: every link marked as fabric's
 // (bridges, VXLAN devices, veths, VLAN sub-interfaces and shims) and the
-// nftables tables (NFTable, ShimGuardTable). It is `fabricd reset`'s last step, for a stopped agent;
-// links without fabric's mark are never touched.
+// nftables tables (NFTable, ShimGuardTable). It is `fabricd reset`'s last
+// step, for a stopped agent; links without fabric's mark are never touched.
 func Purge(nsPath string) error {
 	if nsPath == "" {
 		nsPath = "/proc/self/ns/net"
