@@ -90,7 +90,7 @@ func (h *Host) SyncLANNetworks(ctx context.Context, p *Plan) []error {
 			errs = append(errs, err) // names the network already
 		}
 	}
-	if err := h.removeShimGuardIfUnused(); err != nil {
+	if err := h.ensureShimGuard(); err != nil {
 		errs = append(errs, err)
 	}
 	return errs

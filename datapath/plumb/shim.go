@@ -40,11 +40,6 @@ func shimMAC(networkID string) net.HardwareAddr { return DerivedMAC("fabric-shim
 // ensureShim creates or repairs n's host shim on parent. A shim made here
 // is removed again if a later step fails.
 func (h *Host) ensureShim(n datapath.Network, parent netlink.Link) (err error) {
-	// The guard first: a shim must never take a packet to the host's
-	// INPUT unguarded.
-	if err := h.ensureShimGuard(); err != nil {
-		return fmt.Errorf("network %s: host shim guard: %w", n.ID, err)
-	}
 	name := ShimName(n.ID)
 	link, err := h.nl.LinkByName(name)
 	switch {

@@ -3,6 +3,8 @@ package plumb
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"net"
 	"slices"
 
 	"github.com/google/nftables"
@@ -20,12 +22,15 @@ import (
 // program on it (which guards the eBPF datapath's): without more, it could
 // talk to fabric's own ports (gossip, tunnel, metrics) on the shim's
 // address, or on any host address once it routes that address via the
-// shim. So both datapaths keep one more table, owned by this package,
-// while any host shim exists:
+// shim. An ipvlan (L2) sandbox does not even need a shim: it reaches the
+// host's addresses through the parent itself (see guardRules). So both
+// datapaths keep one more table, owned by this package, while any host
+// shim or ipvlan network exists:
 //
 //	table ip fabric_shims {
 //	  chain input { type filter hook input priority filter; policy accept;
 //	    iifname "fs-*" meta l4proto P th dport PORT counter drop   # per guarded port
+//	    iifname PARENT ether saddr PARENT-MAC meta l4proto P th dport PORT counter drop  # per ipvlan parent and port
 //	  }
 //	}
 //
@@ -56,10 +61,55 @@ var shimGuardTable = &nftables.Table{Name: ShimGuardTable, Family: nftables.Tabl
 // shim.
 func (h *Host) SetGuardPorts(ports []datapath.HostPort) { h.guard = slices.Clone(ports) }
 
-// guardRuleComment names one rule by its port, so an existing table can
-// be compared with the wanted one without decoding expressions.
-func guardRuleComment(g datapath.HostPort) string {
-	return fmt.Sprintf("%s %s/%d", ShimGuardComment, g.Proto, g.Port)
+// guardRule is one drop rule: a guarded port on packets arriving over a
+// shim (parent ""), or over an ipvlan network's parent with the parent's
+// own MAC as source.
+type guardRule struct {
+	port   datapath.HostPort
+	parent string
+	mac    net.HardwareAddr
+}
+
+// comment names the rule by what it matches, so an existing table can be
+// compared with the wanted one without decoding expressions.
+func (r guardRule) comment() string {
+	if r.parent == "" {
+		return fmt.Sprintf("%s shim %s/%d", ShimGuardComment, r.port.Proto, r.port.Port)
+	}
+	return fmt.Sprintf("%s %s %s %s/%d", ShimGuardComment, r.parent, r.mac, r.port.Proto, r.port.Port)
+}
+
+// guardRules are the rules the current LAN networks need: none without
+// guarded ports or without shims and ipvlan networks. An ipvlan child in
+// L2 mode shares its parent's MAC, and a frame it sends to that MAC for
+// an address no child has is handed to the parent's own stack
+// (dev_forward_skb): a sandbox reaches every host address that way, with
+// or without a shim, arriving on the parent. Frames from the wire never
+// carry the parent's own MAC as source, so that MAC tells them apart.
+func (h *Host) guardRules() []guardRule {
+	shims, parents := false, map[string]bool{}
+	for _, n := range h.parentNets {
+		shims = shims || n.HostShim.IsValid()
+		if n.Driver == datapath.DriverIPvlan {
+			parents[n.Parent] = true
+		}
+	}
+	var out []guardRule
+	if shims {
+		for _, g := range h.guard {
+			out = append(out, guardRule{port: g})
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(parents)) {
+		link, err := h.nl.LinkByName(name)
+		if err != nil {
+			continue // no parent, no path; the next ensure of the network adds it
+		}
+		for _, g := range h.guard {
+			out = append(out, guardRule{port: g, parent: name, mac: link.Attrs().HardwareAddr})
+		}
+	}
+	return out
 }
 
 func (h *Host) nft() (*nftables.Conn, error) {
@@ -91,10 +141,14 @@ func shimGuardRules(c *nftables.Conn) (comments []string, exists bool, err error
 	return comments, true, nil
 }
 
-// ensureShimGuard makes the table match the guarded ports, replacing it
-// (in one transaction) only if it differs, so its counters survive.
-// Without guarded ports there is no table.
+// ensureShimGuard makes the table match the LAN networks and guarded
+// ports, replacing it (in one transaction) only if it differs, so its
+// counters survive. With nothing to guard there is no table.
 func (h *Host) ensureShimGuard() error {
+	rules := h.guardRules()
+	if len(rules) == 0 && h.guardGone {
+		return nil
+	}
 	c, err := h.nft()
 	if err != nil {
 		return err
@@ -103,9 +157,9 @@ func (h *Host) ensureShimGuard() error {
 	if err != nil {
 		return err
 	}
-	want := make([]string, 0, len(h.guard))
-	for _, g := range h.guard {
-		want = append(want, guardRuleComment(g))
+	want := make([]string, 0, len(rules))
+	for _, r := range rules {
+		want = append(want, r.comment())
 	}
 	if exists == (len(want) > 0) && slices.Equal(have, want) {
 		h.guardGone = !exists
@@ -117,9 +171,9 @@ func (h *Host) ensureShimGuard() error {
 		t := c.AddTable(shimGuardTable)
 		ch := c.AddChain(&nftables.Chain{Name: shimGuardChain, Table: t, Type: nftables.ChainTypeFilter,
 			Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter})
-		for _, g := range h.guard {
-			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: shimGuardExprs(g),
-				UserData: userdata.AppendString(nil, userdata.TypeComment, guardRuleComment(g))})
+		for _, r := range rules {
+			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: r.exprs(),
+				UserData: userdata.AppendString(nil, userdata.TypeComment, r.comment())})
 		}
 	}
 	if err := c.Flush(); err != nil {
@@ -129,45 +183,39 @@ func (h *Host) ensureShimGuard() error {
 	return nil
 }
 
-// shimGuardExprs: iifname "fs-*" meta l4proto P th dport PORT counter drop.
-func shimGuardExprs(g datapath.HostPort) []expr.Any {
+// exprs: iifname "fs-*" (or iifname PARENT ether saddr MAC) meta l4proto
+// P th dport PORT counter drop.
+func (r guardRule) exprs() []expr.Any {
 	proto := byte(unix.IPPROTO_TCP)
-	if g.Proto == "udp" {
+	if r.port.Proto == "udp" {
 		proto = unix.IPPROTO_UDP
 	}
-	return []expr.Any{
-		// A compare shorter than the register is a prefix match, as nft's
-		// own iifname "fs-*".
-		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(shimPrefix)},
+	var from []expr.Any
+	if r.parent == "" {
+		// A compare shorter than the register is a prefix match, as
+		// nft's own iifname "fs-*".
+		from = []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(shimPrefix)},
+		}
+	} else {
+		name := make([]byte, shimGuardIfSize)
+		copy(name, r.parent)
+		from = []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: name},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseLLHeader, Offset: 6, Len: 6},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(r.mac)},
+		}
+	}
+	return append(from,
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(g.Port)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(r.port.Port)},
 		&expr.Counter{},
 		&expr.Verdict{Kind: expr.VerdictDrop},
-	}
-}
-
-// removeShimGuardIfUnused removes the table once no network has a shim.
-func (h *Host) removeShimGuardIfUnused() error {
-	if h.guardGone {
-		return nil
-	}
-	for _, n := range h.parentNets {
-		if n.HostShim.IsValid() {
-			return nil
-		}
-	}
-	c, err := h.nft()
-	if err != nil {
-		return err
-	}
-	if err := deleteTable(c, ShimGuardTable); err != nil {
-		return err
-	}
-	h.guardGone = true
-	return nil
+	)
 }
 
 // ShimGuardDrops sums the packets and bytes the shim guard dropped, as
