@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"net/netip"
 	"slices"
 
 	"github.com/google/nftables"
@@ -68,11 +69,17 @@ type guardRule struct {
 	port   datapath.HostPort
 	parent string
 	mac    net.HardwareAddr
+	// subnet, when valid, makes it a rule for an ipvlan L3/L3S network:
+	// packets on lo from a non-local source in subnet.
+	subnet netip.Prefix
 }
 
 // comment names the rule by what it matches, so an existing table can be
 // compared with the wanted one without decoding expressions.
 func (r guardRule) comment() string {
+	if r.subnet.IsValid() {
+		return fmt.Sprintf("%s lo %s %s/%d", ShimGuardComment, r.subnet, r.port.Proto, r.port.Port)
+	}
 	if r.parent == "" {
 		return fmt.Sprintf("%s shim %s/%d", ShimGuardComment, r.port.Proto, r.port.Port)
 	}
@@ -87,11 +94,15 @@ func (r guardRule) comment() string {
 // or without a shim, arriving on the parent. Frames from the wire never
 // carry the parent's own MAC as source, so that MAC tells them apart.
 func (h *Host) guardRules() []guardRule {
-	shims, parents := false, map[string]bool{}
+	shims, parents, routed := false, map[string]bool{}, map[netip.Prefix]bool{}
 	for _, n := range h.parentNets {
 		shims = shims || n.HostShim.IsValid()
-		if n.Driver == datapath.DriverIPvlan {
-			parents[n.Parent] = true
+		if n.Driver != datapath.DriverIPvlan {
+			continue
+		}
+		parents[n.Parent] = true
+		if n.Mode == "l3" || n.Mode == "l3s" {
+			routed[n.Subnet.Masked()] = true
 		}
 	}
 	var out []guardRule
@@ -107,6 +118,13 @@ func (h *Host) guardRules() []guardRule {
 		}
 		for _, g := range h.guard {
 			out = append(out, guardRule{port: g, parent: name, mac: link.Attrs().HardwareAddr})
+		}
+	}
+	// An ipvlan L3/L3S child's packet for an address no child has is
+	// routed in the host's namespace: to a host address it arrives on lo.
+	for _, p := range slices.SortedFunc(maps.Keys(routed), func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) }) {
+		for _, g := range h.guard {
+			out = append(out, guardRule{port: g, subnet: p})
 		}
 	}
 	return out
@@ -191,14 +209,30 @@ func (r guardRule) exprs() []expr.Any {
 		proto = unix.IPPROTO_UDP
 	}
 	var from []expr.Any
-	if r.parent == "" {
+	switch {
+	case r.subnet.IsValid():
+		lo := make([]byte, shimGuardIfSize)
+		copy(lo, "lo")
+		mask := net.CIDRMask(r.subnet.Bits(), 32)
+		from = []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: lo},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: []byte{0, 0, 0, 0}},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: r.subnet.Addr().AsSlice()},
+			// The host's own addresses in the subnet (the shim's, a LAN
+			// address) talk to it over lo too, and may.
+			&expr.Fib{Register: 1, FlagSADDR: true, ResultADDRTYPE: true},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
+		}
+	case r.parent == "":
 		// A compare shorter than the register is a prefix match, as
 		// nft's own iifname "fs-*".
 		from = []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(shimPrefix)},
 		}
-	} else {
+	default:
 		name := make([]byte, shimGuardIfSize)
 		copy(name, r.parent)
 		from = []expr.Any{
