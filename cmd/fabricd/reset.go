@@ -32,9 +32,9 @@ Removes what fabric leaves in the kernel when the agent stops, for an
 uninstall or a clean start: stops the sandboxes' commands, removes the
 sandboxes' namespaces and their /etc/netns entries, every link fabric made
 (bridges, veths, VXLAN, fabric-gw, fabric-vx, VLAN sub-interfaces it
-created, shims), the nftables table "fabric", and every eBPF program and map
-pinned under the bpf root (tc and XDP programs and the cgroup socket hooks
-are detached). The agent must be stopped first (systemctl stop fabricd).
+created, shims), the nftables tables "fabric" and "fabric_shims", and every
+eBPF program and map pinned under the bpf root (tc and XDP programs and the
+cgroup socket hooks are detached). The agent must be stopped first (systemctl stop fabricd).
 The records in the state directory stay unless --purge-state, so a started
 agent re-creates the networks.
 

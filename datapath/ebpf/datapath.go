@@ -60,6 +60,10 @@ func New(log *slog.Logger, opts Options) (_ *Datapath, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// Sandboxes on macvlan/ipvlan networks pass no program on their way
+	// to the host's INPUT through a host shim: plumb's shim guard table
+	// keeps them out of the same ports the endpoint program closes.
+	host.SetGuardPorts(opts.GuardPorts)
 	// The programs do NAT and published ports: a table left by a
 	// kernel-datapath run would translate their traffic twice.
 	if err := netns.Do(host.NSPath(), plumb.DeleteNFTable); err != nil {
@@ -254,6 +258,14 @@ func (d *Datapath) Status(ctx context.Context) datapath.Status {
 // the repairs.
 func (d *Datapath) Metrics() (datapath.Metrics, error) {
 	m, err := d.fwd.Metrics()
+	if err != nil {
+		return m, err
+	}
+	d.mu.Lock()
+	if d.host != nil {
+		err = d.host.AddShimGuardDrops(&m)
+	}
+	d.mu.Unlock()
 	if err != nil {
 		return m, err
 	}

@@ -17,7 +17,9 @@ import (
 
 // The trust boundaries of the bridge model, in the input chain (see the
 // table in nft.go): sandboxes behind fabric's bridges cannot reach fabric's
-// own ports on the host (gossip, tunnel, metrics: Options.GuardPorts), and
+// own ports on the host (gossip, tunnel, metrics: Options.GuardPorts; those
+// on macvlan/ipvlan networks, which reach the host through host shims, are
+// kept out of the same ports by plumb's shim guard table), and
 // VXLAN is accepted only as (outer source, VNI, inner IPv4 source) triples
 // the remotes allow, i.e. from a member's underlay address and only for
 // the addresses that member holds. The set is rebuilt with the table on
@@ -179,8 +181,12 @@ func (d *Datapath) Metrics() (datapath.Metrics, error) {
 		return m, nil
 	}
 	var err error
-	m.Counters, err = d.guardCounters()
-	return m, err
+	if m.Counters, err = d.guardCounters(); err != nil {
+		return m, err
+	}
+	// Sandboxes on macvlan/ipvlan networks reach the host through their
+	// shims, guarded by plumb's own table: the same drops.
+	return m, d.host.AddShimGuardDrops(&m)
 }
 
 // guardDetails describe the trust rules for Status: nothing if there

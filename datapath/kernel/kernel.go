@@ -161,6 +161,7 @@ func New(log *slog.Logger, opts Options) (_ *Datapath, err error) {
 			host.Close()
 		}
 	}()
+	host.SetGuardPorts(opts.GuardPorts) // for the host shims (plumb/shimguard.go)
 	nft, err := nftables.New(nftables.WithNetNSFd(int(host.NS())), nftables.AsLasting())
 	if err != nil {
 		return nil, fmt.Errorf("nftables connection in host netns: %w", err)

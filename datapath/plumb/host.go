@@ -4,8 +4,9 @@
 // and their pruning, sysctls, validation of the plain descriptions, and
 // netlink dumps retried when the kernel interrupts them.
 //
-// It knows nothing of bridges, nftables or eBPF programs: what happens on
-// a veth's host side is the datapath's (VethSides). Neither datapath
+// It knows nothing of bridges or eBPF programs, and of nftables only the
+// host shims' own guard table (shimguard.go): what happens on a veth's
+// host side is the datapath's (VethSides). Neither datapath
 // package imports the other; both import this one.
 package plumb
 
@@ -52,6 +53,11 @@ type Host struct {
 	// parentNets are the macvlan/ipvlan networks ensured (or synced) and
 	// not deleted since start, whose parents LANWarnings checks.
 	parentNets map[string]datapath.Network
+	// guard are the host ports the shim guard closes (shimguard.go);
+	// guardGone is set once its table is known not to exist, so syncs
+	// and scrapes without shims cost no nftables request.
+	guard     []datapath.HostPort
+	guardGone bool
 }
 
 // Open opens handles on the namespace at nsPath ("" means the caller's

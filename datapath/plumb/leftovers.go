@@ -19,21 +19,16 @@ const NFTable = "fabric"
 
 // DeleteNFTable removes NFTable from the calling thread's namespace, if it
 // is there.
-func DeleteNFTable() error {
+func DeleteNFTable() error { return deleteTables(NFTable) }
+
+func deleteTables(names ...string) error {
 	c, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
-	tables, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
-	if err != nil {
-		return fmt.Errorf("list nftables tables: %w", err)
-	}
-	for _, t := range tables {
-		if t.Name == NFTable {
-			c.DelTable(t)
-			if err := c.Flush(); err != nil {
-				return fmt.Errorf("delete nftables table %s: %w", NFTable, err)
-			}
+	for _, name := range names {
+		if err := deleteTable(c, name); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -42,8 +37,8 @@ func DeleteNFTable() error {
 // Purge removes what either datapath leaves in the namespace at nsPath
 // ("" = the caller's) when no agent runs: every link marked as fabric's
 // (bridges, VXLAN devices, veths, VLAN sub-interfaces and shims) and the
-// nftables table. It is `fabricd reset`'s last step, for a stopped agent;
-// links without fabric's mark are never touched.
+// nftables tables (NFTable, ShimGuardTable). It is `fabricd reset`'s last
+// step, for a stopped agent; links without fabric's mark are never touched.
 func Purge(nsPath string) error {
 	if nsPath == "" {
 		nsPath = "/proc/self/ns/net"
@@ -66,7 +61,7 @@ func Purge(nsPath string) error {
 			errs = append(errs, fmt.Errorf("delete link %s: %w", l.Attrs().Name, err))
 		}
 	}
-	errs = append(errs, netns.Do(nsPath, DeleteNFTable))
+	errs = append(errs, netns.Do(nsPath, func() error { return deleteTables(NFTable, ShimGuardTable) }))
 	return errors.Join(errs...)
 }
 

@@ -170,10 +170,25 @@ func (h *Host) EnsureLANNetwork(n datapath.Network) (err error) {
 			}
 		}()
 	}
+	// The guard changes before a shim comes and after one goes, so no
+	// shim ever takes a packet to the host's INPUT unguarded.
 	if !n.HostShim.IsValid() {
-		return h.deleteShim(n)
+		if err := h.deleteShim(n); err != nil {
+			return err
+		}
+		return h.ensureGuardOf(n)
+	}
+	if err := h.ensureGuardOf(n); err != nil {
+		return err
 	}
 	return h.ensureShim(n, parent)
+}
+
+func (h *Host) ensureGuardOf(n datapath.Network) error {
+	if err := h.ensureShimGuard(); err != nil {
+		return fmt.Errorf("network %s: guard of fabric's host ports: %w", n.ID, err)
+	}
+	return nil
 }
 
 // deleteParentNetwork removes the shim and, if fabric made it for this
@@ -186,7 +201,7 @@ func (h *Host) DeleteLANNetwork(n datapath.Network) error {
 		return err
 	}
 	delete(h.parentNets, n.ID)
-	return nil
+	return h.ensureGuardOf(n)
 }
 
 // parentWarnings checks the parent of every macvlan/ipvlan network by name

@@ -90,6 +90,9 @@ func (h *Host) SyncLANNetworks(ctx context.Context, p *Plan) []error {
 			errs = append(errs, err) // names the network already
 		}
 	}
+	if err := h.ensureShimGuard(); err != nil {
+		errs = append(errs, err)
+	}
 	return errs
 }
 
