@@ -52,7 +52,7 @@ func (a *Agent) probePeers(ctx context.Context) {
 				continue
 			}
 			rtt, err := a.cl.Ping(m.Name)
-			res[m.Name] = probe{rtt, err}
+			res[m.Name] = probe{rtt: rtt, err: err}
 		}
 		a.glue.setProbes(res)
 		select {

@@ -47,9 +47,18 @@ func newClusterGlue() *clusterGlue {
 
 // probe is the last health probe of one peer.
 type probe struct {
-	rtt time.Duration
-	err error
+	rtt    time.Duration
+	err    error
+	missed int // probes in a row without an answer, this one included
 }
+
+// probeProblemAfter is how many probes in a row a peer must leave
+// unanswered before status calls it a problem: one datagram lost on a
+// lossy or slow underlay is not (a probe every probeInterval).
+const probeProblemAfter = 3
+
+// unanswered reports whether p is a peer that stopped answering.
+func (p probe) unanswered() bool { return p.err != nil && p.missed >= probeProblemAfter }
 
 // remotesOf returns what the datapath has of overlay network id.
 func (g *clusterGlue) remotesOf(id string) []datapath.Remote {
@@ -224,10 +233,18 @@ func (g *clusterGlue) conflictsByNetwork() map[string]int {
 	return out
 }
 
-// setProbes replaces the last probes.
+// setProbes replaces the last probes, counting each peer's misses in a
+// row.
 func (g *clusterGlue) setProbes(p map[string]probe) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	for peer, np := range p {
+		np.missed = 0
+		if np.err != nil {
+			np.missed = g.probes[peer].missed + 1
+		}
+		p[peer] = np
+	}
 	g.probes = p
 }
 

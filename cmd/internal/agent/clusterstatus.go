@@ -66,11 +66,14 @@ func (a *Agent) addMembers(st *api.ClusterStatus) {
 			Since: m.Since.UTC().Format(time.RFC3339), Reachable: m.State == cluster.MemberAlive,
 		}
 		if p, ok := a.glue.probe(m.Name); ok && m.Name != st.Node {
-			am.Reachable = p.err == nil
-			if p.err != nil {
-				am.Probe = "no answer: " + p.err.Error()
-				st.Problems = append(st.Problems, fmt.Sprintf("cluster member %s is alive but does not answer this node's probes over the underlay (%v)", m.Name, p.err))
-			} else {
+			am.Reachable = !p.unanswered()
+			switch {
+			case p.unanswered():
+				am.Probe = fmt.Sprintf("no answer to %d probes in a row: %v", p.missed, p.err)
+				st.Problems = append(st.Problems, fmt.Sprintf("cluster member %s is alive but left this node's last %d probes over the underlay unanswered (%v)", m.Name, p.missed, p.err))
+			case p.err != nil:
+				am.Probe = fmt.Sprintf("last probe unanswered (%d in a row; a problem from %d): %v", p.missed, probeProblemAfter, p.err)
+			default:
 				am.Probe = p.rtt.Round(time.Microsecond).String()
 			}
 		}
