@@ -91,6 +91,12 @@ type Datapath struct {
 	// only compare it with state. vethsSynced is set once a Sync ensured
 	// every veth in full: later ones compare host veths with one dump.
 	tableSynced, vethsSynced bool
+
+	// spoof are the elements of the anti-spoofing table ("bridge fabric",
+	// spoof.go) by host veth; spoofReady says the table is believed to
+	// hold them, spoofSynced that a Sync has checked it once.
+	spoof                   map[string]spoofElem
+	spoofReady, spoofSynced bool
 }
 
 // errClosed is returned by every method after Close.
@@ -176,6 +182,10 @@ func New(log *slog.Logger, opts Options) (_ *Datapath, err error) {
 		state:  newDesired(),
 
 		overlays: map[string]*overlayNet{},
+		spoof:    map[string]spoofElem{},
+	}
+	if err := d.spoofRestore(); err != nil {
+		d.log.Warn("cannot adopt the anti-spoofing table; rebuilding it", "err", err)
 	}
 	restored, err := d.restoreState()
 	if err != nil {
@@ -398,6 +408,12 @@ func (d *Datapath) EnsureEndpoint(ctx context.Context, n datapath.Network, ep da
 	if err != nil {
 		return err
 	}
+	if err := d.spoofEnsure(ep); err != nil {
+		if created {
+			_ = d.host.DeleteVeth(ep)
+		}
+		return err
+	}
 	old, had := d.state.ports[ep.ID]
 	if !d.setPorts(n, ep) && !d.dirty {
 		return nil
@@ -473,6 +489,9 @@ func (d *Datapath) DeleteEndpoint(ctx context.Context, n datapath.Network, ep da
 		return d.host.DeleteChild(n, ep)
 	}
 	if err := d.host.DeleteVeth(ep); err != nil {
+		return err
+	}
+	if err := d.spoofDelete(ep); err != nil {
 		return err
 	}
 	if _, ok := d.state.ports[ep.ID]; !ok && !d.dirty {

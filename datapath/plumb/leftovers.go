@@ -18,21 +18,24 @@ import (
 const NFTable = "fabric"
 
 // DeleteNFTable removes NFTable from the calling thread's namespace, if it
-// is there.
+// is there, in both families fabric uses: "ip fabric" and the kernel
+// datapath's anti-spoofing table "bridge fabric".
 func DeleteNFTable() error {
 	c, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
-	tables, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
-	if err != nil {
-		return fmt.Errorf("list nftables tables: %w", err)
-	}
-	for _, t := range tables {
-		if t.Name == NFTable {
-			c.DelTable(t)
-			if err := c.Flush(); err != nil {
-				return fmt.Errorf("delete nftables table %s: %w", NFTable, err)
+	for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyBridge} {
+		tables, err := c.ListTablesOfFamily(fam)
+		if err != nil {
+			return fmt.Errorf("list nftables tables: %w", err)
+		}
+		for _, t := range tables {
+			if t.Name == NFTable {
+				c.DelTable(t)
+				if err := c.Flush(); err != nil {
+					return fmt.Errorf("delete nftables table %s: %w", NFTable, err)
+				}
 			}
 		}
 	}
