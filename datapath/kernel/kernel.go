@@ -404,6 +404,9 @@ func (d *Datapath) EnsureEndpoint(ctx context.Context, n datapath.Network, ep da
 	if err := portConflict(d.state.ports, ep); err != nil {
 		return err
 	}
+	if err := d.spoofEnsureEarly(ep); err != nil {
+		return err
+	}
 	created, err := d.ensureVeth(n, ep)
 	if err != nil {
 		return err

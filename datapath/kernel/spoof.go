@@ -80,6 +80,10 @@ func (e spoofElem) key() []byte {
 	return append(k, a[:]...)
 }
 
+func (e spoofElem) String() string {
+	return fmt.Sprintf("%s . %s . %s", e.port, net.HardwareAddr(e.mac[:]), e.addr)
+}
+
 func spoofElemFromKey(k []byte) (spoofElem, bool) {
 	if len(k) != ifNameBytes+8+4 {
 		return spoofElem{}, false
@@ -259,6 +263,16 @@ func (d *Datapath) spoofElemOf(ep datapath.Endpoint) (spoofElem, error) {
 	}
 	e.mac = [6]byte(mac)
 	return e, nil
+}
+
+// spoofEnsureEarly adds ep's elements before its veth exists, so the
+// sandbox never has an unguarded port; without ep.MAC that waits for the
+// sandbox side (spoofEnsure after the veth).
+func (d *Datapath) spoofEnsureEarly(ep datapath.Endpoint) error {
+	if len(ep.MAC) != 6 {
+		return nil
+	}
+	return d.spoofEnsure(ep)
 }
 
 // spoofEnsure lets ep send from its own MAC and address, and nothing

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"regexp"
 	"slices"
 	"sync"
 	"syscall"
@@ -284,6 +285,19 @@ func TestSpoofedARPDropped(t *testing.T) {
 	mustPing(t, vic.name, "10.92.1.4")
 }
 
+var spoofHandleRE = regexp.MustCompile(`"family": "bridge", "name": "fabric", "handle": (\d+)`)
+
+// spoofTableHandle is the kernel's handle of the table bridge fabric; it
+// changes whenever the table is rebuilt. "" means there is no table.
+func (l *lab) spoofTableHandle() string {
+	l.t.Helper()
+	m := spoofHandleRE.FindStringSubmatch(netnstest.Run(l.t, l.hostName, "nft", "-j", "list", "tables"))
+	if m == nil {
+		return ""
+	}
+	return m[1]
+}
+
 // spoofSet reads the anti-spoofing elements in l's host namespace.
 func (l *lab) spoofSet() map[string]spoofElem {
 	l.t.Helper()
@@ -409,10 +423,11 @@ func TestSpoofEnsureIsIncremental(t *testing.T) {
 	l := newLab(t)
 	a := l.bridgeNetwork("neta", "br-sa", "10.94.1.0/24", false)
 	l.join(a, "e1", "vse1", 2)
-	handle := func() string {
-		return netnstest.Run(t, l.hostName, "sh", "-c", "nft -a list tables | grep 'bridge fabric'")
-	}
+	handle := l.spoofTableHandle
 	h0 := handle()
+	if h0 == "" {
+		t.Fatal("no table bridge fabric after the first endpoint")
+	}
 	var eps []datapath.Endpoint
 	for i := range 5 {
 		eps = append(eps, l.join(a, fmt.Sprintf("e%d", i+2), fmt.Sprintf("vse%d", i+2), byte(i+3)).ep)
@@ -422,5 +437,93 @@ func TestSpoofEnsureIsIncremental(t *testing.T) {
 	}
 	if got := len(l.spoofSet()); got != 6 {
 		t.Errorf("%d elements, want 6", got)
+	}
+}
+
+// TestSpoofedSourceDroppedOverOverlay: a sandbox claiming its neighbour's
+// address does not reach a sandbox of its overlay network on another
+// host, although that host accepts the neighbour's address from this one.
+func TestSpoofedSourceDroppedOverOverlay(t *testing.T) {
+	t.Parallel()
+	a, b, aIP, bIP := overlayHosts(t, "10.202.1", 0)
+	n := overlayNetwork("ovl", "br-so", "10.95.1.0/24", 4343)
+	ensureOn(n, a, b)
+	att, vic := a.join(n, "att", "vsatt", 2), a.join(n, "vic", "vsvic", 3)
+	dst := b.join(n, "dst", "vsdst", 4)
+	a.setRemotes(n, remoteOf(dst.ep, bIP))
+	b.setRemotes(n, remoteOf(att.ep, aIP), remoteOf(vic.ep, aIP))
+	sink := newUDPSink(t, dst.path, "10.95.1.4:7006")
+	for range 3 {
+		sendUDPFrom(t, att.path, vic.ep.Addr.Addr(), "10.95.1.4:7006", "spoofed")
+	}
+	netnstest.Eventually(t, 5*time.Second, "genuine datagram over the overlay", func() bool {
+		sendUDPFrom(t, att.path, att.ep.Addr.Addr(), "10.95.1.4:7006", "genuine")
+		return sink.has("genuine")
+	})
+	if sink.has("spoofed") {
+		t.Error("the remote sandbox received a datagram with the attacker's neighbour's address")
+	}
+}
+
+// TestSpoofElementWithoutMAC: an endpoint without a MAC is held to the MAC
+// its sandbox side got.
+func TestSpoofElementWithoutMAC(t *testing.T) {
+	t.Parallel()
+	l := newLab(t)
+	a := l.bridgeNetwork("neta", "br-sa", "10.96.1.0/24", false)
+	_, path := l.sandbox()
+	ep := endpoint("e1", a, path, "eth0", "vse1", 2, true)
+	ep.MAC = nil
+	l.ensureEndpoint(a, ep)
+	h := netnstest.Handle(t, path)
+	defer h.Close()
+	eth0, err := h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep.MAC = eth0.Attrs().HardwareAddr
+	checkSet(t, l, "endpoint without MAC", wantElems(ep))
+}
+
+// TestSpoofSetUpStaysFlat: adding the 1,000th endpoint's elements costs
+// about what adding the first did (one small batch each, no rebuild).
+func TestSpoofSetUpStaysFlat(t *testing.T) {
+	t.Parallel()
+	l := newLab(t)
+	const total, window = 1000, 100
+	took := make([]time.Duration, total)
+	var h0 string
+	l.dp.mu.Lock()
+	for i := range total {
+		ep := datapath.Endpoint{ID: fmt.Sprintf("e%d", i), HostIfName: fmt.Sprintf("vsf%d", i),
+			Addr: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 97, byte(i >> 8), byte(i)}), 16),
+			MAC:  net.HardwareAddr{2, 0x42, 10, 97, byte(i >> 8), byte(i)}}
+		t0 := time.Now()
+		err := l.dp.spoofEnsure(ep)
+		took[i] = time.Since(t0)
+		if err != nil {
+			l.dp.mu.Unlock()
+			t.Fatalf("endpoint %d: %v", i, err)
+		}
+		if i == 0 {
+			h0 = l.spoofTableHandle()
+		}
+	}
+	l.dp.mu.Unlock()
+	if h := l.spoofTableHandle(); h != h0 {
+		t.Errorf("table rebuilt while adding endpoints: handle %s -> %s", h0, h)
+	}
+	median := func(d []time.Duration) time.Duration {
+		s := slices.Clone(d)
+		slices.Sort(s)
+		return s[len(s)/2]
+	}
+	first, last := median(took[:window]), median(took[total-window:])
+	t.Logf("median time to add one endpoint's elements: %v for the first %d, %v for the last %d", first, window, last, window)
+	if last > 4*first+2*time.Millisecond {
+		t.Errorf("adding elements got slower with the set's size: %v -> %v", first, last)
+	}
+	if got := len(l.spoofSet()); got != total {
+		t.Errorf("%d elements, want %d", got, total)
 	}
 }
