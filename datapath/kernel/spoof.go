@@ -125,8 +125,8 @@ func spoofRules() map[string][][]expr.Any {
 		spoofChainEp: {
 			cat(etherType(0x0800), lookup(expr.PayloadBaseLLHeader, 6, 12), accept),
 			cat(etherType(0x0806), arpEthIPv4,
-				lookup(expr.PayloadBaseLLHeader, 6, 14), // Ethernet source
-				lookup(expr.PayloadBaseNetworkHeader, 8, 14),   // ARP sender MAC
+				lookup(expr.PayloadBaseLLHeader, 6, 14),      // Ethernet source
+				lookup(expr.PayloadBaseNetworkHeader, 8, 14), // ARP sender MAC
 				accept),
 			{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop}},
 		},

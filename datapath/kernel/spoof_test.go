@@ -422,22 +422,19 @@ func TestSpoofEnsureIsIncremental(t *testing.T) {
 	t.Parallel()
 	l := newLab(t)
 	a := l.bridgeNetwork("neta", "br-sa", "10.94.1.0/24", false)
-	l.join(a, "e1", "vse1", 2)
+	eps := []datapath.Endpoint{l.join(a, "e1", "vse1", 2).ep}
 	handle := l.spoofTableHandle
 	h0 := handle()
 	if h0 == "" {
 		t.Fatal("no table bridge fabric after the first endpoint")
 	}
-	var eps []datapath.Endpoint
 	for i := range 5 {
 		eps = append(eps, l.join(a, fmt.Sprintf("e%d", i+2), fmt.Sprintf("vse%d", i+2), byte(i+3)).ep)
 	}
 	if h := handle(); h != h0 {
 		t.Errorf("table rebuilt by EnsureEndpoint: %q -> %q", h0, h)
 	}
-	if got := len(l.spoofSet()); got != 6 {
-		t.Errorf("%d elements, want 6", got)
-	}
+	checkSet(t, l, "six endpoints", wantElems(eps...))
 }
 
 // TestSpoofedSourceDroppedOverOverlay: a sandbox claiming its neighbour's
