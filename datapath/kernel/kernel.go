@@ -404,16 +404,19 @@ func (d *Datapath) EnsureEndpoint(ctx context.Context, n datapath.Network, ep da
 	if err := portConflict(d.state.ports, ep); err != nil {
 		return err
 	}
-	if err := d.spoofEnsureEarly(ep); err != nil {
+	undoSpoof, err := d.spoofEnsureEarly(ep)
+	if err != nil {
 		return err
 	}
 	created, err := d.ensureVeth(n, ep)
 	if err != nil {
+		undoSpoof()
 		return err
 	}
 	if err := d.spoofEnsure(ep); err != nil {
 		if created {
 			_ = d.host.DeleteVeth(ep)
+			undoSpoof()
 		}
 		return err
 	}
@@ -429,6 +432,7 @@ func (d *Datapath) EnsureEndpoint(ctx context.Context, n datapath.Network, ep da
 		}
 		if created {
 			_ = d.host.DeleteVeth(ep)
+			undoSpoof()
 		}
 		return err
 	}

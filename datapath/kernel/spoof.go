@@ -267,12 +267,30 @@ func (d *Datapath) spoofElemOf(ep datapath.Endpoint) (spoofElem, error) {
 
 // spoofEnsureEarly adds ep's elements before its veth exists, so the
 // sandbox never has an unguarded port; without ep.MAC that waits for the
-// sandbox side (spoofEnsure after the veth).
-func (d *Datapath) spoofEnsureEarly(ep datapath.Endpoint) error {
+// sandbox side (spoofEnsure after the veth). undo puts back what was there
+// before, for an EnsureEndpoint that fails later (if that fails too, the
+// next Sync does it).
+func (d *Datapath) spoofEnsureEarly(ep datapath.Endpoint) (undo func(), err error) {
 	if len(ep.MAC) != 6 {
-		return nil
+		return func() {}, nil
 	}
-	return d.spoofEnsure(ep)
+	old, had := d.spoof[ep.HostIfName]
+	if err := d.spoofEnsure(ep); err != nil {
+		return nil, err
+	}
+	return func() {
+		cur, ok := d.spoof[ep.HostIfName]
+		if !ok || (had && cur == old) {
+			return
+		}
+		var add []spoofElem
+		if had {
+			add = []spoofElem{old}
+		}
+		if err := d.spoofChange(add, []spoofElem{cur}); err != nil {
+			d.log.Warn("cannot undo the anti-spoofing element", "endpoint", ep.ID, "err", err)
+		}
+	}, nil
 }
 
 // spoofEnsure lets ep send from its own MAC and address, and nothing

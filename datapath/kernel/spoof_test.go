@@ -524,3 +524,19 @@ func TestSpoofSetUpStaysFlat(t *testing.T) {
 		t.Errorf("%d elements, want %d", got, total)
 	}
 }
+
+// TestSpoofFailedEnsureChangesNothing: an EnsureEndpoint that fails after
+// the elements were added (its network's bridge is missing) takes them out
+// again.
+func TestSpoofFailedEnsureChangesNothing(t *testing.T) {
+	t.Parallel()
+	l := newLab(t)
+	a := l.bridgeNetwork("neta", "br-sa", "10.98.1.0/24", false)
+	e1 := l.join(a, "e1", "vse1", 2).ep
+	missing := network("netm", "br-sm", "10.98.2.0/24", false)
+	_, path := l.sandbox()
+	if err := l.dp.EnsureEndpoint(ctx, missing, endpoint("e2", missing, path, "eth0", "vse2", 2, true)); err == nil {
+		t.Fatal("EnsureEndpoint on a network without bridge succeeded")
+	}
+	checkSet(t, l, "after the failed EnsureEndpoint", wantElems(e1))
+}
