@@ -11,6 +11,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
 
 	"github.com/fabricnet/fabric/datapath"
 	fabricns "github.com/fabricnet/fabric/datapath/netns"
@@ -363,7 +364,7 @@ func (d *Datapath) spoofIntact() (bool, error) {
 	for name, want := range spoofRules() {
 		rules, err := d.nft.GetRules(spoofTable, &nftables.Chain{Name: name, Table: spoofTable})
 		if err != nil {
-			if plumb.IsNotFound(err) {
+			if errors.Is(err, unix.ENOENT) {
 				return false, nil
 			}
 			return false, fmt.Errorf("list chain %s of table bridge %s: %w", name, plumb.NFTable, err)
@@ -372,12 +373,19 @@ func (d *Datapath) spoofIntact() (bool, error) {
 			return false, nil
 		}
 		for i, r := range rules {
-			if len(r.Exprs) != len(want[i]) {
+			if len(r.Exprs) != len(want[i]) || !sameVerdict(r.Exprs[len(r.Exprs)-1], want[i][len(want[i])-1]) {
 				return false, nil
 			}
 		}
 	}
 	return true, nil
+}
+
+// sameVerdict compares two rules' last expressions, their verdicts.
+func sameVerdict(got, want expr.Any) bool {
+	g, ok1 := got.(*expr.Verdict)
+	w, ok2 := want.(*expr.Verdict)
+	return ok1 && ok2 && g.Kind == w.Kind && g.Chain == w.Chain
 }
 
 // spoofKernelElems reads the elements of the sets; a port in the ports

@@ -393,6 +393,18 @@ func TestSpoofSetFollowsEndpoints(t *testing.T) {
 	if got := l.dp.pass.Repairs.Counts()[datapath.RepairNFTables]; got != after[datapath.RepairNFTables]+1 {
 		t.Errorf("nftables repairs %d after the table was deleted, want %d", got, after[datapath.RepairNFTables]+1)
 	}
+	// A rule changed by hand (the drop made an accept) is put back too.
+	m := regexp.MustCompile(`drop # handle (\d+)`).FindStringSubmatch(netnstest.Run(t, l.hostName, "nft", "-a", "list", "chain", "bridge", "fabric", "endpoint"))
+	if m == nil {
+		t.Fatal("no drop rule in chain endpoint")
+	}
+	netnstest.Run(t, l.hostName, "nft", "replace", "rule", "bridge", "fabric", "endpoint", "handle", m[1], "counter", "accept")
+	if err := l.dp.Sync(ctx, state); err != nil {
+		t.Fatalf("Sync: %v", err)
+	}
+	if got := l.dp.pass.Repairs.Counts()[datapath.RepairNFTables]; got != after[datapath.RepairNFTables]+2 {
+		t.Errorf("nftables repairs %d after a rule was changed, want %d", got, after[datapath.RepairNFTables]+2)
+	}
 	// The restored table works: e3 may not claim e1's address.
 	sink := newUDPSink(t, l.hostPath, "10.93.1.1:7004")
 	sendUDPFrom(t, j3.path, e1.Addr.Addr(), "10.93.1.1:7004", "spoofed")
