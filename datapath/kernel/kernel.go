@@ -2,7 +2,9 @@
 // built from plain kernel parts. Each network is a Linux bridge, each
 // endpoint a veth pair whose peer lives in the sandbox, and one nftables
 // table ("ip fabric", owned entirely by this package) holds masquerade,
-// isolation between networks, internal networks and published ports.
+// isolation between networks, internal networks and published ports. A
+// second one, "bridge fabric", holds each bridge endpoint to its own MAC
+// and IPv4 address (anti-spoofing, spoof.go).
 //
 // macvlan and ipvlan networks put sandboxes straight onto a host
 // interface's LAN instead: each endpoint is a child of the network's parent
