@@ -125,6 +125,9 @@ func TestSpoofedSourceDropped(t *testing.T) {
 		{"outside", uplinkOutside + ":7003", newUDPSink(t, outPath, uplinkOutside+":7003")},
 	}
 	own, spoofed := att.ep.Addr.Addr(), vic.ep.Addr.Addr()
+	// Neighbours resolved first: no datagram waits for ARP.
+	mustPing(t, att.name, "10.91.1.4")
+	mustPing(t, att.name, "10.91.1.1")
 	for _, tg := range targets {
 		// Spoofed first: once the genuine datagram, sent after it on the
 		// same path, has arrived, the spoofed one would have too.
@@ -153,6 +156,18 @@ func TestSpoofedSourceDropped(t *testing.T) {
 	})
 	if bsink.has("unspecified") {
 		t.Error("the neighbour received a broadcast with source 0.0.0.0")
+	}
+	// Its own address from another sandbox's MAC is spoofed too.
+	nsink := targets[0].sink
+	for range 3 {
+		sendRaw(t, att.path, "eth0", udpFrame(vic.ep.MAC, nbr.ep.MAC, own, nbr.ep.Addr.Addr(), 7001, "foreign-mac"))
+	}
+	netnstest.Eventually(t, 5*time.Second, "genuine raw datagram", func() bool {
+		sendRaw(t, att.path, "eth0", udpFrame(att.ep.MAC, nbr.ep.MAC, own, nbr.ep.Addr.Addr(), 7001, "genuine-raw"))
+		return nsink.has("genuine-raw")
+	})
+	if nsink.has("foreign-mac") {
+		t.Error("the neighbour received a frame with another sandbox's MAC as source")
 	}
 }
 
