@@ -2,7 +2,9 @@
 // built from plain kernel parts. Each network is a Linux bridge, each
 // endpoint a veth pair whose peer lives in the sandbox, and one nftables
 // table ("ip fabric", owned entirely by this package) holds masquerade,
-// isolation between networks, internal networks and published ports.
+// isolation between networks, internal networks and published ports. A
+// second one, "bridge fabric", holds each bridge endpoint to its own MAC
+// and IPv4 address (anti-spoofing, spoof.go).
 //
 // macvlan and ipvlan networks put sandboxes straight onto a host
 // interface's LAN instead: each endpoint is a child of the network's parent
@@ -91,6 +93,12 @@ type Datapath struct {
 	// only compare it with state. vethsSynced is set once a Sync ensured
 	// every veth in full: later ones compare host veths with one dump.
 	tableSynced, vethsSynced bool
+
+	// spoof are the elements of the anti-spoofing table ("bridge fabric",
+	// spoof.go) by host veth; spoofReady says the table is believed to
+	// hold them, spoofSynced that a Sync has checked it once.
+	spoof                   map[string]spoofElem
+	spoofReady, spoofSynced bool
 }
 
 // errClosed is returned by every method after Close.
@@ -177,6 +185,10 @@ func New(log *slog.Logger, opts Options) (_ *Datapath, err error) {
 		state:  newDesired(),
 
 		overlays: map[string]*overlayNet{},
+		spoof:    map[string]spoofElem{},
+	}
+	if err := d.spoofRestore(); err != nil {
+		d.log.Warn("cannot adopt the anti-spoofing table; rebuilding it", "err", err)
 	}
 	restored, err := d.restoreState()
 	if err != nil {
@@ -395,8 +407,20 @@ func (d *Datapath) EnsureEndpoint(ctx context.Context, n datapath.Network, ep da
 	if err := portConflict(d.state.ports, ep); err != nil {
 		return err
 	}
+	undoSpoof, err := d.spoofEnsureEarly(ep)
+	if err != nil {
+		return err
+	}
 	created, err := d.ensureVeth(n, ep)
 	if err != nil {
+		undoSpoof()
+		return err
+	}
+	if err := d.spoofEnsure(ep); err != nil {
+		if created {
+			_ = d.host.DeleteVeth(ep)
+			undoSpoof()
+		}
 		return err
 	}
 	old, had := d.state.ports[ep.ID]
@@ -411,6 +435,7 @@ func (d *Datapath) EnsureEndpoint(ctx context.Context, n datapath.Network, ep da
 		}
 		if created {
 			_ = d.host.DeleteVeth(ep)
+			undoSpoof()
 		}
 		return err
 	}
@@ -474,6 +499,9 @@ func (d *Datapath) DeleteEndpoint(ctx context.Context, n datapath.Network, ep da
 		return d.host.DeleteChild(n, ep)
 	}
 	if err := d.host.DeleteVeth(ep); err != nil {
+		return err
+	}
+	if err := d.spoofDelete(ep); err != nil {
 		return err
 	}
 	if _, ok := d.state.ports[ep.ID]; !ok && !d.dirty {

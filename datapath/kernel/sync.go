@@ -108,6 +108,7 @@ func (d *Datapath) sync(ctx context.Context, s datapath.State) error {
 		}
 	}
 	errs = append(errs, d.syncVeths(ctx, p)...)
+	errs = append(errs, d.syncSpoof(p)...)
 	errs = append(errs, d.host.SyncLANEndpoints(ctx, p.Plan, func(name string) { d.repaired(datapath.RepairChild, name) })...)
 	if err := ctx.Err(); err != nil {
 		return errors.Join(append(errs, err)...)

@@ -18,7 +18,8 @@ import (
 const NFTable = "fabric"
 
 // DeleteNFTable removes NFTable from the calling thread's namespace, if it
-// is there.
+// is there, in both families fabric uses: "ip fabric" and the kernel
+// datapath's anti-spoofing table "bridge fabric".
 func DeleteNFTable() error { return deleteTables(NFTable) }
 
 func deleteTables(names ...string) error {

@@ -300,17 +300,19 @@ func (h *Host) AddShimGuardDrops(m *datapath.Metrics) error {
 	return nil
 }
 
-// deleteTable removes the IPv4 table name if it exists.
+// deleteTable removes the table name, IPv4 or bridge family, if it exists.
 func deleteTable(c *nftables.Conn, name string) error {
-	tables, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
-	if err != nil {
-		return fmt.Errorf("list nftables tables: %w", err)
-	}
-	for _, t := range tables {
-		if t.Name == name {
-			c.DelTable(t)
-			if err := c.Flush(); err != nil {
-				return fmt.Errorf("delete nftables table %s: %w", name, err)
+	for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyBridge} {
+		tables, err := c.ListTablesOfFamily(fam)
+		if err != nil {
+			return fmt.Errorf("list nftables tables: %w", err)
+		}
+		for _, t := range tables {
+			if t.Name == name {
+				c.DelTable(t)
+				if err := c.Flush(); err != nil {
+					return fmt.Errorf("delete nftables table %s: %w", name, err)
+				}
 			}
 		}
 	}
