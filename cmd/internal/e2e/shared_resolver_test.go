@@ -125,12 +125,6 @@ func TestSharedResolverTrust(t *testing.T) {
 		}
 
 		t.Run("forged source", func(t *testing.T) {
-			if dp == "kernel" {
-				// Seen when this test was written: the forged query is
-				// answered with the victim's view, and the reply reaches
-				// the forger (it answers ARP for the address too).
-				t.Skip("needs source-address checks on the kernel datapath's bridge ports, which it does not have yet: a forged source reaches the resolver (issue 14, open)")
-			}
 			// The attacker takes the victim's address (root in its own
 			// sandbox) and asks from the port the victim listens on.
 			port := vConn.LocalAddr().(*net.UDPAddr).Port
