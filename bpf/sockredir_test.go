@@ -262,234 +262,255 @@ func pair(c *net.TCPConn, target string) []RedirConn {
 	return []RedirConn{{Local: local, Remote: remote}, {Local: remote, Remote: local}}
 }
 
+// echoTarget is the sandbox's echo server, behind redirPubEcho.
+func (l *redirLab) echoTarget() string { return fmt.Sprintf("%s:%d", sockSandboxIP, redirEchoPort) }
+
 func TestSockRedir(t *testing.T) {
 	l := newRedirLab(t)
-	echoTarget := fmt.Sprintf("%s:%d", sockSandboxIP, redirEchoPort)
 
-	t.Run("large transfer both ways, only fabric's connections in the map", func(t *testing.T) {
-		// Unrelated connections, open meanwhile: host loopback, and a
-		// sandbox client of a host service.
-		lo := dialIn(t, l.host, fmt.Sprintf("127.0.0.1:%d", redirHostPort))
-		defer lo.Close()
-		up := dialIn(t, l.sbPath, fmt.Sprintf("%s:%d", sockHostVeth, redirHostPort2))
-		defer up.Close()
-		for _, c := range []*net.TCPConn{lo, up} {
-			if _, err := c.Write([]byte("x")); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
-				t.Fatal(err)
-			}
-		}
-		before, err := l.redir.Stats()
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := dialIn(t, l.host, fmt.Sprintf("127.0.0.1:%d", redirPubEcho))
-		defer c.Close()
-		l.waitConns(t, pair(c, echoTarget))
-		const size = 64 << 20
-		if err := netnstest.CheckEcho(c, size, 1); err != nil {
-			t.Fatal(err)
-		}
-		after, err := l.redir.Stats()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if moved := after.Bytes - before.Bytes; moved < 2*size {
-			t.Errorf("%d bytes redirected, want at least %d (both directions)", moved, 2*size)
-		}
-		if after.Clients-before.Clients != 1 || after.Servers-before.Servers != 1 {
-			t.Errorf("admitted %d clients and %d servers, want 1 and 1", after.Clients-before.Clients, after.Servers-before.Servers)
-		}
-		c.Close()
-		l.waitConns(t, nil) // lo and up stay out; c left when closed
-	})
+	t.Run("large transfer both ways, only fabric's connections in the map", func(t *testing.T) { testSockRedirLargeTransfer(t, l) })
+	t.Run("to the endpoint's own address", func(t *testing.T) { testSockRedirOwnAddress(t, l) })
+	t.Run("dual-stack server", func(t *testing.T) { testSockRedirDualStack(t, l) })
+	t.Run("peer never joins: TCP as usual", func(t *testing.T) { testSockRedirPeerNeverJoins(t, l) })
+	t.Run("many concurrent connections", func(t *testing.T) { testSockRedirManyConns(t, l) })
+	t.Run("server resets", func(t *testing.T) { testSockRedirServerResets(t, l) })
+	t.Run("client resets", func(t *testing.T) { testSockRedirClientResets(t, l) })
+	t.Run("memory limit: on to TCP mid-stream, in order", func(t *testing.T) { testSockRedirMemLimit(t, l) })
+	t.Run("forget an endpoint's sockets", func(t *testing.T) { testSockRedirForget(t, l) })
+}
 
-	t.Run("to the endpoint's own address", func(t *testing.T) {
-		c := dialIn(t, l.host, echoTarget)
-		defer c.Close()
-		l.waitConns(t, pair(c, echoTarget))
-		if err := netnstest.CheckEcho(c, 1<<20, 2); err != nil {
-			t.Fatal(err)
-		}
-	})
-
-	t.Run("dual-stack server", func(t *testing.T) {
-		// Accepted on [::], the server's socket is AF_INET6 with
-		// IPv4-mapped addresses; its key is the IPv4 one all the same.
-		c := dialIn(t, l.host, fmt.Sprintf("127.0.0.1:%d", redirPubDual))
-		defer c.Close()
-		l.waitConns(t, pair(c, fmt.Sprintf("%s:%d", sockSandboxIP, redirDualPort)))
-		before, _ := l.redir.Stats()
-		if err := netnstest.CheckEcho(c, 4<<20, 4); err != nil {
-			t.Fatal(err)
-		}
-		if after, _ := l.redir.Stats(); after.Bytes-before.Bytes < 2*(4<<20) {
-			t.Errorf("%d bytes redirected, want at least %d", after.Bytes-before.Bytes, 2*(4<<20))
-		}
-	})
-
-	t.Run("peer never joins: TCP as usual", func(t *testing.T) {
-		// newSockLab's echo server listened before this process entered
-		// the cgroup: its accepted sockets are not seen by sockops, so
-		// the client is admitted alone and every send stays on TCP.
-		target := fmt.Sprintf("%s:%d", sockSandboxIP, sockTargetPort)
-		before, _ := l.redir.Stats()
-		c := dialIn(t, l.host, target)
-		defer c.Close()
-		l.waitConns(t, pair(c, target)[:1])
-		if _, err := c.Write([]byte("hi")); err != nil {
-			t.Fatal(err)
-		}
-		if b, err := io.ReadAll(c); err != nil || string(b) != "sandbox:hi" {
-			t.Fatalf("reply %q, %v; want sandbox:hi", b, err)
-		}
-		after, _ := l.redir.Stats()
-		if after.Msgs != before.Msgs || after.Passed == before.Passed {
-			t.Errorf("redirected %d and passed %d messages, want 0 and at least 1", after.Msgs-before.Msgs, after.Passed-before.Passed)
-		}
-		c.Close()
-		l.waitConns(t, nil)
-	})
-
-	t.Run("many concurrent connections", func(t *testing.T) {
-		const n, size = 32, 2 << 20
-		before, _ := l.redir.Stats()
-		var wg sync.WaitGroup
-		errs := make(chan error, n)
-		for i := range n {
-			c := dialIn(t, l.host, fmt.Sprintf("127.0.0.1:%d", redirPubEcho))
-			wg.Go(func() {
-				defer c.Close()
-				if err := netnstest.CheckEcho(c, size, uint64(10+i)); err != nil {
-					errs <- fmt.Errorf("connection %d: %w", i, err)
-				}
-			})
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			t.Error(err)
-		}
-		after, _ := l.redir.Stats()
-		if moved := after.Bytes - before.Bytes; moved < n*size {
-			t.Errorf("%d bytes redirected, want at least %d", moved, n*size)
-		}
-		l.waitConns(t, nil)
-	})
-
-	t.Run("server resets", func(t *testing.T) {
-		c := dialIn(t, l.host, fmt.Sprintf("127.0.0.1:%d", redirPubReset))
-		defer c.Close()
-		l.waitConns(t, pair(c, fmt.Sprintf("%s:%d", sockSandboxIP, redirResetPort)))
-		if _, err := c.Write([]byte("S")); err != nil {
-			t.Fatal(err)
-		}
-		_, err := c.Read(make([]byte, 1))
-		if !errors.Is(err, syscall.ECONNRESET) {
-			t.Errorf("read after the server reset: %v, want ECONNRESET", err)
-		}
-	})
-
-	t.Run("client resets", func(t *testing.T) {
-		c := dialIn(t, l.host, fmt.Sprintf("127.0.0.1:%d", redirPubReset))
-		defer c.Close()
-		l.waitConns(t, pair(c, fmt.Sprintf("%s:%d", sockSandboxIP, redirResetPort)))
-		if _, err := c.Write([]byte("C")); err != nil {
+// testSockRedirLargeTransfer is TestSockRedir's subtest "large transfer both ways, only fabric's connections in the map".
+func testSockRedirLargeTransfer(t *testing.T, l *redirLab) {
+	// Unrelated connections, open meanwhile: host loopback, and a
+	// sandbox client of a host service.
+	lo := dialIn(t, l.host, fmt.Sprintf("127.0.0.1:%d", redirHostPort))
+	defer lo.Close()
+	up := dialIn(t, l.sbPath, fmt.Sprintf("%s:%d", sockHostVeth, redirHostPort2))
+	defer up.Close()
+	for _, c := range []*net.TCPConn{lo, up} {
+		if _, err := c.Write([]byte("x")); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
 			t.Fatal(err)
 		}
-		c.SetLinger(0)
-		c.Close()
-		select {
-		case err := <-l.resetCh:
-			if !errors.Is(err, syscall.ECONNRESET) {
-				t.Errorf("server's read after the client reset: %v, want ECONNRESET", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Fatal("the server's read did not return after the client reset")
-		}
-	})
+	}
+	before, err := l.redir.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := dialIn(t, l.host, fmt.Sprintf("127.0.0.1:%d", redirPubEcho))
+	defer c.Close()
+	l.waitConns(t, pair(c, l.echoTarget()))
+	const size = 64 << 20
+	if err := netnstest.CheckEcho(c, size, 1); err != nil {
+		t.Fatal(err)
+	}
+	after, err := l.redir.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if moved := after.Bytes - before.Bytes; moved < 2*size {
+		t.Errorf("%d bytes redirected, want at least %d (both directions)", moved, 2*size)
+	}
+	if after.Clients-before.Clients != 1 || after.Servers-before.Servers != 1 {
+		t.Errorf("admitted %d clients and %d servers, want 1 and 1", after.Clients-before.Clients, after.Servers-before.Servers)
+	}
+	c.Close()
+	l.waitConns(t, nil) // lo and up stay out; c left when closed
+}
 
-	t.Run("memory limit: on to TCP mid-stream, in order", func(t *testing.T) {
-		c := dialIn(t, l.host, fmt.Sprintf("127.0.0.1:%d", redirPubGate))
-		defer c.Close()
-		l.waitConns(t, pair(c, fmt.Sprintf("%s:%d", sockSandboxIP, redirGatePort)))
-		before, _ := l.redir.Stats()
-		// The server reads nothing yet: part a waits, redirected, in its
-		// socket when part b comes behind it over TCP. It must read a
-		// first.
-		a, b := make([]byte, 1<<20), make([]byte, 1<<20)
-		for i := range a {
-			a[i], b[i] = byte(i*7), byte(i*13+1)
-		}
-		limited := make(chan struct{})
-		sent := make(chan error, 1)
-		go func() {
-			defer close(sent)
-			if _, err := c.Write(a); err != nil {
-				sent <- err
-				return
-			}
-			err := l.redir.SetMemMax(0) // TCP may have none in use: 0 stops every socket
-			close(limited)
-			if err != nil {
-				sent <- err
-				return
-			}
-			if _, err := c.Write(b); err != nil { // over TCP: blocks until the server reads
-				sent <- err
-				return
-			}
-			sent <- c.CloseWrite()
-		}()
-		defer l.redir.SetMemMax(noMemLimit)
-		select {
-		case <-limited:
-		case err := <-sent:
-			t.Fatalf("before the limit: %v", err)
-		}
-		mid, _ := l.redir.Stats()
-		if mid.Bytes-before.Bytes != uint64(len(a)) {
-			t.Fatalf("%d bytes redirected before the limit, want %d", mid.Bytes-before.Bytes, len(a))
-		}
-		l.gate <- struct{}{}
-		got, err := io.ReadAll(c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := <-sent; err != nil {
-			t.Fatal(err)
-		}
-		want := sha256.Sum256(append(a, b...))
-		if !bytes.Equal(got, want[:]) {
-			t.Errorf("server's hash %x, want %x (the bytes came out of order)", got, want)
-		}
-		after, _ := l.redir.Stats()
-		// Both ends left: the client with b, the server with its answer.
-		if after.MemOff-before.MemOff != 2 || after.Bytes != mid.Bytes || after.Passed == mid.Passed {
-			t.Errorf("after the limit: %d sockets left, %d bytes redirected, %d sends passed; want 2, 0, some",
-				after.MemOff-before.MemOff, after.Bytes-mid.Bytes, after.Passed-mid.Passed)
-		}
-	})
+// testSockRedirOwnAddress is TestSockRedir's subtest "to the endpoint's own address".
+func testSockRedirOwnAddress(t *testing.T, l *redirLab) {
+	c := dialIn(t, l.host, l.echoTarget())
+	defer c.Close()
+	l.waitConns(t, pair(c, l.echoTarget()))
+	if err := netnstest.CheckEcho(c, 1<<20, 2); err != nil {
+		t.Fatal(err)
+	}
+}
 
-	t.Run("forget an endpoint's sockets", func(t *testing.T) {
+// testSockRedirDualStack is TestSockRedir's subtest "dual-stack server".
+func testSockRedirDualStack(t *testing.T, l *redirLab) {
+	// Accepted on [::], the server's socket is AF_INET6 with
+	// IPv4-mapped addresses; its key is the IPv4 one all the same.
+	c := dialIn(t, l.host, fmt.Sprintf("127.0.0.1:%d", redirPubDual))
+	defer c.Close()
+	l.waitConns(t, pair(c, fmt.Sprintf("%s:%d", sockSandboxIP, redirDualPort)))
+	before, _ := l.redir.Stats()
+	if err := netnstest.CheckEcho(c, 4<<20, 4); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := l.redir.Stats(); after.Bytes-before.Bytes < 2*(4<<20) {
+		t.Errorf("%d bytes redirected, want at least %d", after.Bytes-before.Bytes, 2*(4<<20))
+	}
+}
+
+// testSockRedirPeerNeverJoins is TestSockRedir's subtest "peer never joins: TCP as usual".
+func testSockRedirPeerNeverJoins(t *testing.T, l *redirLab) {
+	// newSockLab's echo server listened before this process entered
+	// the cgroup: its accepted sockets are not seen by sockops, so
+	// the client is admitted alone and every send stays on TCP.
+	target := fmt.Sprintf("%s:%d", sockSandboxIP, sockTargetPort)
+	before, _ := l.redir.Stats()
+	c := dialIn(t, l.host, target)
+	defer c.Close()
+	l.waitConns(t, pair(c, target)[:1])
+	if _, err := c.Write([]byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := io.ReadAll(c); err != nil || string(b) != "sandbox:hi" {
+		t.Fatalf("reply %q, %v; want sandbox:hi", b, err)
+	}
+	after, _ := l.redir.Stats()
+	if after.Msgs != before.Msgs || after.Passed == before.Passed {
+		t.Errorf("redirected %d and passed %d messages, want 0 and at least 1", after.Msgs-before.Msgs, after.Passed-before.Passed)
+	}
+	c.Close()
+	l.waitConns(t, nil)
+}
+
+// testSockRedirManyConns is TestSockRedir's subtest "many concurrent connections".
+func testSockRedirManyConns(t *testing.T, l *redirLab) {
+	const n, size = 32, 2 << 20
+	before, _ := l.redir.Stats()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
 		c := dialIn(t, l.host, fmt.Sprintf("127.0.0.1:%d", redirPubEcho))
-		defer c.Close()
-		l.waitConns(t, pair(c, echoTarget))
-		n, err := l.redir.Forget(func(rc RedirConn) bool {
-			return rc.Local.Addr() == ip(sockSandboxIP) || rc.Remote.Addr() == ip(sockSandboxIP)
+		wg.Go(func() {
+			defer c.Close()
+			if err := netnstest.CheckEcho(c, size, uint64(10+i)); err != nil {
+				errs <- fmt.Errorf("connection %d: %w", i, err)
+			}
 		})
-		if err != nil || n != 2 {
-			t.Fatalf("forget: %d sockets, %v; want 2", n, err)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	after, _ := l.redir.Stats()
+	if moved := after.Bytes - before.Bytes; moved < n*size {
+		t.Errorf("%d bytes redirected, want at least %d", moved, n*size)
+	}
+	l.waitConns(t, nil)
+}
+
+// testSockRedirServerResets is TestSockRedir's subtest "server resets".
+func testSockRedirServerResets(t *testing.T, l *redirLab) {
+	c := dialIn(t, l.host, fmt.Sprintf("127.0.0.1:%d", redirPubReset))
+	defer c.Close()
+	l.waitConns(t, pair(c, fmt.Sprintf("%s:%d", sockSandboxIP, redirResetPort)))
+	if _, err := c.Write([]byte("S")); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c.Read(make([]byte, 1))
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("read after the server reset: %v, want ECONNRESET", err)
+	}
+}
+
+// testSockRedirClientResets is TestSockRedir's subtest "client resets".
+func testSockRedirClientResets(t *testing.T, l *redirLab) {
+	c := dialIn(t, l.host, fmt.Sprintf("127.0.0.1:%d", redirPubReset))
+	defer c.Close()
+	l.waitConns(t, pair(c, fmt.Sprintf("%s:%d", sockSandboxIP, redirResetPort)))
+	if _, err := c.Write([]byte("C")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	c.SetLinger(0)
+	c.Close()
+	select {
+	case err := <-l.resetCh:
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("server's read after the client reset: %v, want ECONNRESET", err)
 		}
-		l.waitConns(t, nil)
-		// Out of the hash the connection is plain TCP again.
-		if err := netnstest.CheckEcho(c, 1<<20, 3); err != nil {
-			t.Fatalf("after forget: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("the server's read did not return after the client reset")
+	}
+}
+
+// testSockRedirMemLimit is TestSockRedir's subtest "memory limit: on to TCP mid-stream, in order".
+func testSockRedirMemLimit(t *testing.T, l *redirLab) {
+	c := dialIn(t, l.host, fmt.Sprintf("127.0.0.1:%d", redirPubGate))
+	defer c.Close()
+	l.waitConns(t, pair(c, fmt.Sprintf("%s:%d", sockSandboxIP, redirGatePort)))
+	before, _ := l.redir.Stats()
+	// The server reads nothing yet: part a waits, redirected, in its
+	// socket when part b comes behind it over TCP. It must read a
+	// first.
+	a, b := make([]byte, 1<<20), make([]byte, 1<<20)
+	for i := range a {
+		a[i], b[i] = byte(i*7), byte(i*13+1)
+	}
+	limited := make(chan struct{})
+	sent := make(chan error, 1)
+	go func() {
+		defer close(sent)
+		if _, err := c.Write(a); err != nil {
+			sent <- err
+			return
 		}
+		err := l.redir.SetMemMax(0) // TCP may have none in use: 0 stops every socket
+		close(limited)
+		if err != nil {
+			sent <- err
+			return
+		}
+		if _, err := c.Write(b); err != nil { // over TCP: blocks until the server reads
+			sent <- err
+			return
+		}
+		sent <- c.CloseWrite()
+	}()
+	defer l.redir.SetMemMax(noMemLimit)
+	select {
+	case <-limited:
+	case err := <-sent:
+		t.Fatalf("before the limit: %v", err)
+	}
+	mid, _ := l.redir.Stats()
+	if mid.Bytes-before.Bytes != uint64(len(a)) {
+		t.Fatalf("%d bytes redirected before the limit, want %d", mid.Bytes-before.Bytes, len(a))
+	}
+	l.gate <- struct{}{}
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	want := sha256.Sum256(append(a, b...))
+	if !bytes.Equal(got, want[:]) {
+		t.Errorf("server's hash %x, want %x (the bytes came out of order)", got, want)
+	}
+	after, _ := l.redir.Stats()
+	// Both ends left: the client with b, the server with its answer.
+	if after.MemOff-before.MemOff != 2 || after.Bytes != mid.Bytes || after.Passed == mid.Passed {
+		t.Errorf("after the limit: %d sockets left, %d bytes redirected, %d sends passed; want 2, 0, some",
+			after.MemOff-before.MemOff, after.Bytes-mid.Bytes, after.Passed-mid.Passed)
+	}
+}
+
+// testSockRedirForget is TestSockRedir's subtest "forget an endpoint's sockets".
+func testSockRedirForget(t *testing.T, l *redirLab) {
+	c := dialIn(t, l.host, fmt.Sprintf("127.0.0.1:%d", redirPubEcho))
+	defer c.Close()
+	l.waitConns(t, pair(c, l.echoTarget()))
+	n, err := l.redir.Forget(func(rc RedirConn) bool {
+		return rc.Local.Addr() == ip(sockSandboxIP) || rc.Remote.Addr() == ip(sockSandboxIP)
 	})
+	if err != nil || n != 2 {
+		t.Fatalf("forget: %d sockets, %v; want 2", n, err)
+	}
+	l.waitConns(t, nil)
+	// Out of the hash the connection is plain TCP again.
+	if err := netnstest.CheckEcho(c, 1<<20, 3); err != nil {
+		t.Fatalf("after forget: %v", err)
+	}
 }

@@ -223,154 +223,170 @@ func (l *sockRedirLab) redirected() uint64 {
 
 func TestSockRedirDatapath(t *testing.T) {
 	l := newSockRedirLab(t)
+
+	t.Run("published port from 127.0.0.1", func(t *testing.T) { testRedirDPPublishedPort(t, l) })
+	t.Run("a restart keeps redirected connections", func(t *testing.T) { testRedirDPRestart(t, l) })
+	t.Run("sync puts a detached sockops program back", func(t *testing.T) { testRedirDPSyncReattaches(t, l) })
+	t.Run("turned off, redirected connections go on until they close", func(t *testing.T) { testRedirDPTurnedOff(t, l) })
+	t.Run("a removed endpoint's sockets leave", func(t *testing.T) { testRedirDPEndpointRemoved(t, l) })
+	t.Run("purge detaches and unpins", func(t *testing.T) { testRedirDPPurge(t, l) })
+}
+
+// testRedirDPPublishedPort is TestSockRedirDatapath's subtest "published port from 127.0.0.1".
+func testRedirDPPublishedPort(t *testing.T, l *sockRedirLab) {
 	ctx := context.Background()
+	l.t = t
+	before := l.redirected()
+	c := l.dial()
+	l.waitConns(l.pairOf(c))
+	if st := l.dp.Status(ctx); !slices.ContainsFunc(st.Details, func(d string) bool {
+		return strings.HasPrefix(d, "socket redirection for host -> sandbox TCP (sockops, sk_msg)") && strings.HasSuffix(d, ": 2 sockets")
+	}) {
+		t.Errorf("status does not show socket redirection with 2 sockets: %q", st.Details)
+	}
+	const size = 16 << 20
+	if err := netnstest.CheckEcho(c, size, 1); err != nil {
+		t.Fatal(err)
+	}
+	if moved := l.redirected() - before; moved < 2*size {
+		t.Errorf("%d bytes redirected, want at least %d", moved, 2*size)
+	}
+	c.Close()
+	l.waitConns(nil)
+}
 
-	t.Run("published port from 127.0.0.1", func(t *testing.T) {
-		l.t = t
-		before := l.redirected()
-		c := l.dial()
-		l.waitConns(l.pairOf(c))
-		if st := l.dp.Status(ctx); !slices.ContainsFunc(st.Details, func(d string) bool {
-			return strings.HasPrefix(d, "socket redirection for host -> sandbox TCP (sockops, sk_msg)") && strings.HasSuffix(d, ": 2 sockets")
-		}) {
-			t.Errorf("status does not show socket redirection with 2 sockets: %q", st.Details)
-		}
-		const size = 16 << 20
-		if err := netnstest.CheckEcho(c, size, 1); err != nil {
-			t.Fatal(err)
-		}
-		if moved := l.redirected() - before; moved < 2*size {
-			t.Errorf("%d bytes redirected, want at least %d", moved, 2*size)
-		}
-		c.Close()
-		l.waitConns(nil)
-	})
+// testRedirDPRestart is TestSockRedirDatapath's subtest "a restart keeps redirected connections".
+func testRedirDPRestart(t *testing.T, l *sockRedirLab) {
+	l.t = t
+	c := l.dial()
+	pair := l.pairOf(c)
+	l.waitConns(pair)
+	s := netnstest.NewStream(c, 2)
+	if err := s.Send(1 << 20); err != nil {
+		t.Fatal(err)
+	}
+	l.restart(true)
+	l.waitConns(pair)
+	before := l.redirected()
+	if err := s.Send(4 << 20); err != nil {
+		t.Fatalf("after restart: %v", err)
+	}
+	if err := s.Finish(); err != nil {
+		t.Fatalf("after restart: %v", err)
+	}
+	if moved := l.redirected() - before; moved < 2*(4<<20) {
+		t.Errorf("%d bytes redirected after the restart, want at least %d", moved, 2*(4<<20))
+	}
+	c.Close()
+	l.waitConns(nil)
+}
 
-	t.Run("a restart keeps redirected connections", func(t *testing.T) {
-		l.t = t
-		c := l.dial()
-		pair := l.pairOf(c)
-		l.waitConns(pair)
-		s := netnstest.NewStream(c, 2)
-		if err := s.Send(1 << 20); err != nil {
-			t.Fatal(err)
-		}
-		l.restart(true)
-		l.waitConns(pair)
-		before := l.redirected()
-		if err := s.Send(4 << 20); err != nil {
-			t.Fatalf("after restart: %v", err)
-		}
-		if err := s.Finish(); err != nil {
-			t.Fatalf("after restart: %v", err)
-		}
-		if moved := l.redirected() - before; moved < 2*(4<<20) {
-			t.Errorf("%d bytes redirected after the restart, want at least %d", moved, 2*(4<<20))
-		}
-		c.Close()
-		l.waitConns(nil)
-	})
+// testRedirDPSyncReattaches is TestSockRedirDatapath's subtest "sync puts a detached sockops program back".
+func testRedirDPSyncReattaches(t *testing.T, l *sockRedirLab) {
+	ctx := context.Background()
+	l.t = t
+	if err := detach(l.dp.fwd.linkPin(pinSockOps)); err != nil {
+		t.Fatal(err)
+	}
+	if l.dp.fwd.sockOpsAttached() {
+		t.Fatal("sockops still attached after detach")
+	}
+	if err := l.dp.Sync(ctx, l.state()); err != nil {
+		t.Fatalf("sync: %v", err)
+	}
+	if !l.dp.fwd.sockOpsAttached() {
+		t.Fatal("sync did not attach sockops again")
+	}
+	m, _ := l.dp.Metrics()
+	if m.Repairs[datapath.RepairProgram] == 0 {
+		t.Errorf("repair not counted: %v", m.Repairs)
+	}
+	c := l.dial()
+	l.waitConns(l.pairOf(c))
+}
 
-	t.Run("sync puts a detached sockops program back", func(t *testing.T) {
-		l.t = t
-		if err := detach(l.dp.fwd.linkPin(pinSockOps)); err != nil {
-			t.Fatal(err)
-		}
-		if l.dp.fwd.sockOpsAttached() {
-			t.Fatal("sockops still attached after detach")
-		}
+// testRedirDPTurnedOff is TestSockRedirDatapath's subtest "turned off, redirected connections go on until they close".
+func testRedirDPTurnedOff(t *testing.T, l *sockRedirLab) {
+	ctx := context.Background()
+	l.t = t
+	c := l.dial()
+	l.waitConns(l.pairOf(c))
+	s := netnstest.NewStream(c, 5)
+	if err := s.Send(1 << 20); err != nil {
+		t.Fatal(err)
+	}
+	l.restart(false)
+	if _, err := os.Stat(l.dp.fwd.linkPin(pinSockOps)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("sockops link pin after turning off: %v", err)
+	}
+	if st := l.dp.Status(ctx); !slices.Contains(st.Details, "socket redirection for host -> sandbox TCP: off (--sock-redirect not set)") {
+		t.Errorf("status does not say redirection is off: %q", st.Details)
+	}
+	// The pinned socket hash stays while it holds the connection.
+	socks := filepath.Join(l.opts.BPFRoot, "maps", "redir_socks")
+	if _, err := os.Stat(socks); err != nil {
+		t.Fatalf("redir_socks unpinned with a connection in it: %v", err)
+	}
+	if err := s.Send(2 << 20); err != nil {
+		t.Fatalf("after turning off: %v", err)
+	}
+	if err := s.Finish(); err != nil {
+		t.Fatalf("after turning off: %v", err)
+	}
+	c.Close()
+	// A new connection is not admitted, and works over the veth.
+	c2 := l.dial()
+	if err := netnstest.CheckEcho(c2, 1<<20, 6); err != nil {
+		t.Fatal(err)
+	}
+	c2.Close()
+	if !netnstest.Poll(10*time.Second, func() bool {
 		if err := l.dp.Sync(ctx, l.state()); err != nil {
 			t.Fatalf("sync: %v", err)
 		}
-		if !l.dp.fwd.sockOpsAttached() {
-			t.Fatal("sync did not attach sockops again")
-		}
-		m, _ := l.dp.Metrics()
-		if m.Repairs[datapath.RepairProgram] == 0 {
-			t.Errorf("repair not counted: %v", m.Repairs)
-		}
-		c := l.dial()
-		l.waitConns(l.pairOf(c))
-	})
+		_, err := os.Stat(socks)
+		return errors.Is(err, os.ErrNotExist)
+	}) {
+		t.Fatal("redir_socks still pinned after its connections closed")
+	}
+	l.restart(true)
+}
 
-	t.Run("turned off, redirected connections go on until they close", func(t *testing.T) {
-		l.t = t
-		c := l.dial()
-		l.waitConns(l.pairOf(c))
-		s := netnstest.NewStream(c, 5)
-		if err := s.Send(1 << 20); err != nil {
-			t.Fatal(err)
-		}
-		l.restart(false)
-		if _, err := os.Stat(l.dp.fwd.linkPin(pinSockOps)); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("sockops link pin after turning off: %v", err)
-		}
-		if st := l.dp.Status(ctx); !slices.Contains(st.Details, "socket redirection for host -> sandbox TCP: off (--sock-redirect not set)") {
-			t.Errorf("status does not say redirection is off: %q", st.Details)
-		}
-		// The pinned socket hash stays while it holds the connection.
-		socks := filepath.Join(l.opts.BPFRoot, "maps", "redir_socks")
-		if _, err := os.Stat(socks); err != nil {
-			t.Fatalf("redir_socks unpinned with a connection in it: %v", err)
-		}
-		if err := s.Send(2 << 20); err != nil {
-			t.Fatalf("after turning off: %v", err)
-		}
-		if err := s.Finish(); err != nil {
-			t.Fatalf("after turning off: %v", err)
-		}
-		c.Close()
-		// A new connection is not admitted, and works over the veth.
-		c2 := l.dial()
-		if err := netnstest.CheckEcho(c2, 1<<20, 6); err != nil {
-			t.Fatal(err)
-		}
-		c2.Close()
-		if !netnstest.Poll(10*time.Second, func() bool {
-			if err := l.dp.Sync(ctx, l.state()); err != nil {
-				t.Fatalf("sync: %v", err)
-			}
-			_, err := os.Stat(socks)
-			return errors.Is(err, os.ErrNotExist)
-		}) {
-			t.Fatal("redir_socks still pinned after its connections closed")
-		}
-		l.restart(true)
-	})
+// testRedirDPEndpointRemoved is TestSockRedirDatapath's subtest "a removed endpoint's sockets leave".
+func testRedirDPEndpointRemoved(t *testing.T, l *sockRedirLab) {
+	ctx := context.Background()
+	l.t = t
+	c := l.dial()
+	l.waitConns(l.pairOf(c))
+	if err := l.dp.DeleteEndpoint(ctx, l.net, l.ep); err != nil {
+		t.Fatal(err)
+	}
+	l.waitConns(nil)
+}
 
-	t.Run("a removed endpoint's sockets leave", func(t *testing.T) {
-		l.t = t
-		c := l.dial()
-		l.waitConns(l.pairOf(c))
-		if err := l.dp.DeleteEndpoint(ctx, l.net, l.ep); err != nil {
-			t.Fatal(err)
-		}
-		l.waitConns(nil)
-	})
-
-	t.Run("purge detaches and unpins", func(t *testing.T) {
-		l.t = t
-		id, ok := l.dp.fwd.progID(l.dp.fwd.redir.SockOps())
-		if !ok {
-			t.Fatal("no program ID")
-		}
-		root := l.dp.fwd.redirCgroup
-		if !slices.Contains(sockOpsOn(t, root), id) {
-			t.Fatalf("sockops program %d not attached to %s", id, root)
-		}
-		if err := l.dp.Close(); err != nil {
-			t.Fatal(err)
-		}
-		if err := Purge(l.path, l.opts.BPFRoot); err != nil {
-			t.Fatalf("purge: %v", err)
-		}
-		if slices.Contains(sockOpsOn(t, root), id) {
-			t.Errorf("sockops program %d still attached to %s after purge", id, root)
-		}
-		if _, err := os.Stat(l.opts.BPFRoot); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("bpf root %s after purge: %v", l.opts.BPFRoot, err)
-		}
-	})
+// testRedirDPPurge is TestSockRedirDatapath's subtest "purge detaches and unpins".
+func testRedirDPPurge(t *testing.T, l *sockRedirLab) {
+	l.t = t
+	id, ok := l.dp.fwd.progID(l.dp.fwd.redir.SockOps())
+	if !ok {
+		t.Fatal("no program ID")
+	}
+	root := l.dp.fwd.redirCgroup
+	if !slices.Contains(sockOpsOn(t, root), id) {
+		t.Fatalf("sockops program %d not attached to %s", id, root)
+	}
+	if err := l.dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := Purge(l.path, l.opts.BPFRoot); err != nil {
+		t.Fatalf("purge: %v", err)
+	}
+	if slices.Contains(sockOpsOn(t, root), id) {
+		t.Errorf("sockops program %d still attached to %s after purge", id, root)
+	}
+	if _, err := os.Stat(l.opts.BPFRoot); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("bpf root %s after purge: %v", l.opts.BPFRoot, err)
+	}
 }
 
 // sockOpsOn lists the sockops programs attached to the cgroup at path.
