@@ -362,6 +362,21 @@ func TestSpoofSetFollowsEndpoints(t *testing.T) {
 	e3 := j3.ep
 	checkSet(t, l, "three endpoints", wantElems(e1, e2, e3))
 
+	e3 = checkSpoofSetChanges(t, l, a, e1, e2, e3)
+	state := datapath.State{Networks: []datapath.Network{a}, Endpoints: []datapath.Endpoint{e1, e3}}
+	if err := l.dp.Sync(ctx, state); err != nil {
+		t.Fatalf("Sync: %v", err)
+	}
+	checkSet(t, l, "after Sync", wantElems(e1, e3))
+
+	checkSpoofSetRepairs(t, l, state, e1, e3)
+	checkSpoofTableEnforces(t, l, j3.path, e1, e3)
+	checkSpoofPurge(t, l)
+}
+
+// checkSpoofSetChanges: the set follows a changed address and a delete,
+// and a restarted datapath adopts it. It returns e3 with its new address.
+func checkSpoofSetChanges(t *testing.T, l *lab, a datapath.Network, e1, e2, e3 datapath.Endpoint) datapath.Endpoint {
 	e3.Addr = netip.MustParsePrefix("10.93.1.5/24")
 	l.ensureEndpoint(a, e3)
 	checkSet(t, l, "e3 moved to .5", wantElems(e1, e2, e3))
@@ -380,12 +395,13 @@ func TestSpoofSetFollowsEndpoints(t *testing.T) {
 	}
 	checkSet(t, l, "e1 deleted after restart", wantElems(e3))
 
-	state := datapath.State{Networks: []datapath.Network{a}, Endpoints: []datapath.Endpoint{e1, e3}}
-	if err := l.dp.Sync(ctx, state); err != nil {
-		t.Fatalf("Sync: %v", err)
-	}
-	checkSet(t, l, "after Sync", wantElems(e1, e3))
+	return e3
+}
 
+// checkSpoofSetRepairs: Sync prunes an element added by hand, restores a
+// deleted element, a deleted table and a changed rule, each counted as a
+// repair.
+func checkSpoofSetRepairs(t *testing.T, l *lab, state datapath.State, e1, e3 datapath.Endpoint) {
 	netnstest.Run(t, l.hostName, "nft", "add", "element", "bridge", "fabric", "addrs", "{ vsx . 02:00:00:00:00:01 . 10.93.1.9 }")
 	netnstest.Run(t, l.hostName, "nft", "add", "element", "bridge", "fabric", "ports", "{ vsx }")
 	netnstest.Run(t, l.hostName, "nft", "delete", "element", "bridge", "fabric", "addrs", "{ vse1 . "+e1.MAC.String()+" . 10.93.1.2 }")
@@ -420,18 +436,24 @@ func TestSpoofSetFollowsEndpoints(t *testing.T) {
 	if got := l.dp.pass.Repairs.Counts()[datapath.RepairNFTables]; got != after[datapath.RepairNFTables]+2 {
 		t.Errorf("nftables repairs %d after a rule was changed, want %d", got, after[datapath.RepairNFTables]+2)
 	}
-	// The restored table works: e3 may not claim e1's address.
+}
+
+// checkSpoofTableEnforces: the restored table works: the endpoint in
+// sandbox sbPath (e3) may not claim e1's address.
+func checkSpoofTableEnforces(t *testing.T, l *lab, sbPath string, e1, e3 datapath.Endpoint) {
 	sink := newUDPSink(t, l.hostPath, "10.93.1.1:7004")
-	sendUDPFrom(t, j3.path, e1.Addr.Addr(), "10.93.1.1:7004", "spoofed")
+	sendUDPFrom(t, sbPath, e1.Addr.Addr(), "10.93.1.1:7004", "spoofed")
 	netnstest.Eventually(t, 5*time.Second, "e3's genuine datagram", func() bool {
-		sendUDPFrom(t, j3.path, e3.Addr.Addr(), "10.93.1.1:7004", "genuine")
+		sendUDPFrom(t, sbPath, e3.Addr.Addr(), "10.93.1.1:7004", "genuine")
 		return sink.has("genuine")
 	})
 	if sink.has("spoofed") {
 		t.Error("the host received e3's datagram with e1's address after the repair")
 	}
+}
 
-	// Purge (fabricd reset) leaves no table behind.
+// checkSpoofPurge: Purge (fabricd reset) leaves no table behind.
+func checkSpoofPurge(t *testing.T, l *lab) {
 	if err := l.dp.Close(); err != nil {
 		t.Fatal(err)
 	}
