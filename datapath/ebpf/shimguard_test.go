@@ -24,6 +24,51 @@ import (
 // program's host-port drops) while the host's other ports still answer.
 func TestHostShimGuard(t *testing.T) {
 	netnstest.RequireRoot(t)
+	const gossip = 7946
+	dp, hostPath, sbPath := newShimGuardLab(t, gossip)
+	for _, port := range []int{gossip, gossip + 1} {
+		serveHostTCP(t, hostPath, port)
+	}
+	var pc net.PacketConn
+	if err := fabricns.Do(hostPath, func() (err error) { pc, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", gossip)); return err }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+
+	for _, to := range []string{"10.79.0.254", "198.18.40.1"} {
+		if err := dialHost(sbPath, "tcp4", fmt.Sprintf("%s:%d", to, gossip+1)); err != nil {
+			t.Fatalf("the host's other port through the shim: %v", err)
+		}
+	}
+	dropped := func() uint64 { return hostPortDrops(t, dp) }
+	for _, to := range []string{"10.79.0.254", "198.18.40.1"} {
+		before := dropped()
+		if err := dialHost(sbPath, "tcp4", fmt.Sprintf("%s:%d", to, gossip)); err == nil {
+			t.Errorf("macvlan sandbox reached the host's gossip port at %s through the shim", to)
+		}
+		if !netnstest.Poll(3*time.Second, func() bool { return dropped() > before }) {
+			t.Errorf("gossip port at %s: drop not counted", to)
+		}
+	}
+	before := dropped()
+	if err := dialHost(sbPath, "udp4", fmt.Sprintf("10.79.0.254:%d", gossip)); err != nil {
+		t.Fatal(err)
+	}
+	_ = pc.SetReadDeadline(time.Now().Add(time.Second))
+	if _, from, err := pc.ReadFrom(make([]byte, 64)); err == nil {
+		t.Errorf("the host's gossip UDP port got a datagram from %s through the shim", from)
+	}
+	if dropped() <= before {
+		t.Error("UDP to the gossip port: drop not counted")
+	}
+}
+
+// newShimGuardLab makes a host namespace with an uplink and a macvlan
+// parent, an eBPF datapath guarding the gossip port (TCP and UDP), and a
+// macvlan sandbox that routes the uplink address via the host shim. It
+// returns the datapath and the host's and sandbox's namespace paths.
+func newShimGuardLab(t *testing.T, gossip uint16) (*Datapath, string, string) {
+	t.Helper()
 	hostName, hostPath := netnstest.New(t, "fbh")
 	swName, _ := netnstest.New(t, "fbw")
 	uplink := netnstest.UniqueName("fu")
@@ -36,7 +81,6 @@ func TestHostShimGuard(t *testing.T) {
 
 	root := filepath.Join("/sys/fs/bpf", netnstest.UniqueName("fabric-test-"))
 	t.Cleanup(func() { _ = os.RemoveAll(root) })
-	const gossip = 7946
 	dp, err := New(nil, Options{NetNSPath: hostPath, BPFRoot: root, Uplink: uplink, XDP: XDPOff,
 		GuardPorts: []datapath.HostPort{{Proto: "tcp", Port: gossip}, {Proto: "udp", Port: gossip}}})
 	if err != nil {
@@ -58,53 +102,23 @@ func TestHostShimGuard(t *testing.T) {
 	}
 	// A hostile sandbox routes the host's uplink address via the shim.
 	netnstest.Run(t, sbName, "ip", "route", "replace", "198.18.40.1/32", "via", "10.79.0.254", "dev", "eth0")
+	return dp, hostPath, sbPath
+}
 
-	for _, port := range []int{gossip, gossip + 1} {
-		serveHostTCP(t, hostPath, port)
-	}
-	var pc net.PacketConn
-	if err := fabricns.Do(hostPath, func() (err error) { pc, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", gossip)); return err }); err != nil {
+// hostPortDrops is the endpoint program's count of packets dropped for a
+// guarded host port.
+func hostPortDrops(t *testing.T, dp *Datapath) uint64 {
+	t.Helper()
+	m, err := dp.Metrics()
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { pc.Close() })
-
-	for _, to := range []string{"10.79.0.254", "198.18.40.1"} {
-		if err := dialHost(sbPath, "tcp4", fmt.Sprintf("%s:%d", to, gossip+1)); err != nil {
-			t.Fatalf("the host's other port through the shim: %v", err)
+	for _, c := range m.Counters {
+		if c.Direction == "from-endpoint" && c.Verdict == "drop" && c.Reason == "host-port" {
+			return c.Packets
 		}
 	}
-	dropped := func() uint64 {
-		m, err := dp.Metrics()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, c := range m.Counters {
-			if c.Direction == "from-endpoint" && c.Verdict == "drop" && c.Reason == "host-port" {
-				return c.Packets
-			}
-		}
-		return 0
-	}
-	for _, to := range []string{"10.79.0.254", "198.18.40.1"} {
-		before := dropped()
-		if err := dialHost(sbPath, "tcp4", fmt.Sprintf("%s:%d", to, gossip)); err == nil {
-			t.Errorf("macvlan sandbox reached the host's gossip port at %s through the shim", to)
-		}
-		if !netnstest.Poll(3*time.Second, func() bool { return dropped() > before }) {
-			t.Errorf("gossip port at %s: drop not counted", to)
-		}
-	}
-	before := dropped()
-	if err := dialHost(sbPath, "udp4", fmt.Sprintf("10.79.0.254:%d", gossip)); err != nil {
-		t.Fatal(err)
-	}
-	_ = pc.SetReadDeadline(time.Now().Add(time.Second))
-	if _, from, err := pc.ReadFrom(make([]byte, 64)); err == nil {
-		t.Errorf("the host's gossip UDP port got a datagram from %s through the shim", from)
-	}
-	if dropped() <= before {
-		t.Error("UDP to the gossip port: drop not counted")
-	}
+	return 0
 }
 
 // serveHostTCP accepts on port in the namespace and closes each
