@@ -168,7 +168,7 @@ func (c *Cluster) memberlistConfig() (*memberlist.Config, *transport, error) {
 	if len(cfg.SecretKeys) > 0 {
 		kr, err := memberlist.NewKeyring(cfg.SecretKeys[1:], cfg.SecretKeys[0])
 		if err != nil {
-			return nil, nil, fmt.Errorf("%w: gossip keyring: %v", ErrInvalid, err)
+			return nil, nil, fmt.Errorf("%w: gossip keyring: %w", ErrInvalid, err)
 		}
 		c.keyring, mc.Keyring = kr, kr
 		mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true

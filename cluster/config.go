@@ -90,7 +90,7 @@ func (cfg *Config) setDefaults() error {
 		cfg.BindAddr = "0.0.0.0"
 	}
 	if _, err := netip.ParseAddr(cfg.BindAddr); err != nil {
-		return fmt.Errorf("%w: bind address %q: %v", ErrInvalid, cfg.BindAddr, err)
+		return fmt.Errorf("%w: bind address %q: %w", ErrInvalid, cfg.BindAddr, err)
 	}
 	switch {
 	case cfg.BindPort == 0:
@@ -102,12 +102,12 @@ func (cfg *Config) setDefaults() error {
 	}
 	for _, k := range cfg.SecretKeys {
 		if err := validKeyLen(len(k)); err != nil {
-			return fmt.Errorf("%w: secret key: %v", ErrInvalid, err)
+			return fmt.Errorf("%w: secret key: %w", ErrInvalid, err)
 		}
 	}
 	for _, s := range cfg.Join {
 		if _, _, err := net.SplitHostPort(s); err != nil {
-			return fmt.Errorf("%w: join address %q must be host:port: %v", ErrInvalid, s, err)
+			return fmt.Errorf("%w: join address %q must be host:port: %w", ErrInvalid, s, err)
 		}
 	}
 	def := func(d *time.Duration, v time.Duration) {

@@ -125,7 +125,7 @@ func (c *Cluster) applyKeyOp(op opCode, key []byte) error {
 		err = removeKey(c.keyring, key)
 	}
 	if err != nil {
-		return fmt.Errorf("%w: key %s: %v", ErrInvalid, opName(op), err)
+		return fmt.Errorf("%w: key %s: %w", ErrInvalid, opName(op), err)
 	}
 	c.log.Info("gossip keyring changed", "op", opName(op), "keys", len(c.keyring.GetKeys()))
 	return nil

@@ -73,7 +73,7 @@ func decodeMeta(b []byte) (NodeMeta, error) {
 
 func (m NodeMeta) validate() error {
 	if err := validNodeName(m.Name); err != nil {
-		return fmt.Errorf("%w: metadata: %v", ErrInvalid, err)
+		return fmt.Errorf("%w: metadata: %w", ErrInvalid, err)
 	}
 	if len(m.Datapath) > maxDatapath || checkText(m.Datapath) != nil {
 		return fmt.Errorf("%w: metadata: datapath must be printable, at most %d bytes", ErrInvalid, maxDatapath)

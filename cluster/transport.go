@@ -50,7 +50,7 @@ const (
 func newTransport(host string, port int, log *slog.Logger) (*transport, error) {
 	ip, err := netip.ParseAddr(host)
 	if err != nil {
-		return nil, fmt.Errorf("%w: bind address %q: %v", ErrInvalid, host, err)
+		return nil, fmt.Errorf("%w: bind address %q: %w", ErrInvalid, host, err)
 	}
 	ip = ip.Unmap()
 	var (
@@ -102,7 +102,7 @@ func (t *transport) FinalAdvertiseAddr(ip string, port int) (net.IP, int, error)
 	if ip != "" {
 		a, err := netip.ParseAddr(ip)
 		if err != nil {
-			return nil, 0, fmt.Errorf("%w: advertise address %q: %v", ErrInvalid, ip, err)
+			return nil, 0, fmt.Errorf("%w: advertise address %q: %w", ErrInvalid, ip, err)
 		}
 		if port == 0 {
 			port = t.Port()

@@ -58,7 +58,7 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("%w at %s: %v (is fabricd running? set --socket or FABRIC_SOCKET)", ErrUnreachable, c.socket, err)
+		return fmt.Errorf("%w at %s: %w (is fabricd running? set --socket or FABRIC_SOCKET)", ErrUnreachable, c.socket, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
