@@ -49,9 +49,9 @@ func commandEnv(name string) []string {
 	}
 }
 
-// start runs argv inside the namespace at nsPath ("" = the agent's own) with
-// output to a log file and returns once the process runs.
-func (p *processes) start(name string, argv []string, nsPath string) (pid int, startTime uint64, logPath string, err error) {
+// start runs argv through startIn (which places it in the sandbox's
+// namespaces) with output to a log file and returns once the process runs.
+func (p *processes) start(name string, argv []string, startIn func(*exec.Cmd) error) (pid int, startTime uint64, logPath string, err error) {
 	if err := os.MkdirAll(p.logDir, 0o700); err != nil {
 		return 0, 0, "", fmt.Errorf("create log dir: %w", err)
 	}
@@ -68,12 +68,7 @@ func (p *processes) start(name string, argv []string, nsPath string) (pid int, s
 	// goroutine.
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if nsPath == "" {
-		err = cmd.Start()
-	} else {
-		err = netns.Do(nsPath, cmd.Start)
-	}
-	if err != nil {
+	if err := startIn(cmd); err != nil {
 		return 0, 0, "", err
 	}
 	pid = cmd.Process.Pid
