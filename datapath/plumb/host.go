@@ -52,6 +52,9 @@ type Host struct {
 	// parentNets are the macvlan/ipvlan networks ensured (or synced) and
 	// not deleted since start, whose parents LANWarnings checks.
 	parentNets map[string]datapath.Network
+	// own are the links being deleted by this Host itself (DeleteVeth),
+	// whose deletion events are no drift.
+	own ownDeletes
 }
 
 // Open opens handles on the namespace at nsPath ("" means the caller's

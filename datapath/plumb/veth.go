@@ -394,7 +394,9 @@ func (h *Host) DeleteVeth(ep datapath.Endpoint) error {
 		h.log.Warn("not deleting link owned by someone else", "link", link.Attrs().Name, "alias", link.Attrs().Alias, "endpoint", ep.ID)
 		return nil
 	}
+	h.own.add(link.Attrs().Index)
 	if err := h.nl.LinkDel(link); err != nil && !IsNotFound(err) {
+		h.own.take(link.Attrs().Index)
 		return fmt.Errorf("delete veth %s: %w", link.Attrs().Name, err)
 	}
 	return nil
