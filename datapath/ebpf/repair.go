@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/fabricnet/fabric/bpf"
 	"github.com/fabricnet/fabric/datapath"
@@ -71,8 +73,19 @@ func (f *Forwarder) ensureEndpointTC(ifindex int, expected bool) error {
 		return nil
 	}
 	pin := f.linkPin(endpointPin(ifindex))
+	// An older agent's TCX link is detached once the filter runs: letting
+	// go of its pin alone would detach it later, from a work queue.
+	old, err := link.LoadPinnedLink(pin, nil)
+	if err == nil {
+		defer old.Close()
+	}
 	if err := f.attachClsact(pin, ifindex, prog, true); err != nil {
 		return err
+	}
+	if old != nil {
+		if err := old.Detach(); err != nil && !errors.Is(err, unix.ENOLINK) && !errors.Is(err, os.ErrNotExist) {
+			f.log.Warn("detach an older agent's TCX link", "pin", pin, "err", err)
+		}
 	}
 	if expected {
 		f.repairs.Add(f.log, datapath.RepairProgram, fmt.Sprintf("%s on ifindex %d", pin, ifindex))
