@@ -247,13 +247,10 @@ func (h *Host) RepairHostMTUUp(host netlink.Link, n datapath.Network) error {
 // the kernel has no IPv6.
 func (h *Host) SetHostVethUp(host netlink.Link) error {
 	name := host.Attrs().Name
-	err := fabricns.Do(h.nsPath, func() error {
-		err := EnsureSysctl("net/ipv6/conf/"+name+"/disable_ipv6", "1")
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
-		return err
-	})
+	err := h.EnsureHostSysctl("net/ipv6/conf/"+name+"/disable_ipv6", "1")
+	if errors.Is(err, fs.ErrNotExist) {
+		err = nil
+	}
 	if err != nil {
 		return fmt.Errorf("turn IPv6 off on %s: %w", name, err)
 	}
