@@ -299,22 +299,22 @@ func (a *Agent) addSandbox(ctx context.Context, sb *sandboxRec, eps []*endpointR
 // A named sandbox's command gets what `ip netns exec` gives: a mount
 // namespace of its own where /etc/netns/NAME/resolv.conf (the embedded DNS
 // server's) is bind-mounted over /etc/resolv.conf, as Docker does for its
-// containers, and /sys is the namespace's. netns.StartIn does that without
-// copying every other sandbox's namespace mount into the command's mount
-// namespace, which made set-up and removal slower the more sandboxes ran.
-func (a *Agent) commandStart(sb *sandboxRec) (func(*exec.Cmd) error, error) {
+// containers, and /sys is the namespace's. netns.StartIn does that (in the
+// spawner, see spawner.go) without copying every other sandbox's namespace
+// mount into the command's mount namespace, which made set-up and removal
+// slower the more sandboxes ran.
+func (a *Agent) commandStart(sb *sandboxRec) (launch, error) {
 	if _, err := exec.LookPath(sb.Command[0]); err != nil {
-		return nil, err
+		return launch{}, err
 	}
 	if sb.Mode == api.ModeNetNS {
-		name := sandboxNSName(sb)
-		return func(cmd *exec.Cmd) error { return netns.StartIn(name, cmd) }, nil
+		return launch{netns: sandboxNSName(sb)}, nil
 	}
 	nsPath := a.commandNetNS(sb)
 	if nsPath == "" {
-		return (*exec.Cmd).Start, nil
+		return launch{in: (*exec.Cmd).Start}, nil
 	}
-	return func(cmd *exec.Cmd) error { return netns.Do(nsPath, cmd.Start) }, nil
+	return launch{in: func(cmd *exec.Cmd) error { return netns.Do(nsPath, cmd.Start) }}, nil
 }
 
 // commandNetNS is the namespace a sandbox's command runs in.
