@@ -77,6 +77,7 @@ func startSpawner() (*spawner, error) {
 	cmd.Env = []string{spawnerEnv + "=1", "PATH=" + os.Getenv("PATH")}
 	cmd.ExtraFiles = []*os.File{theirs}
 	cmd.Dir = "/"
+	cmd.Stderr = os.Stderr // a crash report lands in the agent's log
 	if err := cmd.Start(); err != nil {
 		mine.Close()
 		return nil, fmt.Errorf("start a copy of the agent: %w", err)
@@ -97,11 +98,25 @@ func (s *spawner) start(nsName string, argv, env []string, logf *os.File) (int, 
 		return 0, errSpawnerGone
 	}
 	fd := int(s.sock.Fd())
-	if err := unix.Sendmsg(fd, req, unix.UnixRights(int(logf.Fd())), nil, unix.MSG_NOSIGNAL); err != nil {
+	for {
+		err = unix.Sendmsg(fd, req, unix.UnixRights(int(logf.Fd())), nil, unix.MSG_NOSIGNAL)
+		if !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	if err != nil {
 		return 0, fmt.Errorf("%w: %w", errSpawnerGone, err)
 	}
 	buf := make([]byte, 4096)
-	n, _, _, _, err := unix.Recvmsg(fd, buf, nil, 0)
+	var n int
+	for {
+		// A receive timeout makes the call fail with EINTR on any signal
+		// (the Go runtime's preemption signals among them).
+		n, _, _, _, err = unix.Recvmsg(fd, buf, nil, 0)
+		if !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
 	if err == nil && n == 0 {
 		err = errors.New("closed")
 	}
@@ -144,7 +159,11 @@ func (s *spawner) close() {
 
 // runSpawner serves requests on sock until the agent closes it.
 func runSpawner(sock *os.File) int {
+	// Deferred, the Close also keeps sock reachable: a finalized *os.File
+	// would close the descriptor under the loop.
+	defer sock.Close()
 	fd := int(sock.Fd())
+	unix.CloseOnExec(fd) // inherited without: the commands must not hold it
 	buf := make([]byte, 64*1024)
 	oob := make([]byte, unix.CmsgSpace(4))
 	for {
@@ -157,7 +176,11 @@ func runSpawner(sock *os.File) int {
 		}
 		rep := spawnOne(buf[:n], oob[:oobn])
 		out, _ := json.Marshal(rep)
-		if err := unix.Sendmsg(fd, out, nil, nil, unix.MSG_NOSIGNAL); err != nil {
+		err = unix.Sendmsg(fd, out, nil, nil, unix.MSG_NOSIGNAL)
+		for errors.Is(err, unix.EINTR) {
+			err = unix.Sendmsg(fd, out, nil, nil, unix.MSG_NOSIGNAL)
+		}
+		if err != nil {
 			return 0
 		}
 	}
