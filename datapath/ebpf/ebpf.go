@@ -376,7 +376,7 @@ func (f *Forwarder) Status() datapath.Status {
 	st := datapath.Status{
 		Name: "ebpf",
 		Details: []string{
-			fmt.Sprintf("tc (%s ingress) on %s, no bridge", f.tcModeLabel(), count(len(f.eps), "endpoint veth", "endpoint veths")),
+			fmt.Sprintf("tc (clsact ingress) on %s, no bridge", count(len(f.eps), "endpoint veth", "endpoint veths")),
 			fmt.Sprintf("%d networks; maps pinned under %s", len(f.nets), f.opts.BPFRoot),
 		},
 	}

@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -143,7 +142,7 @@ func (f *Forwarder) EnsureEndpoint(n datapath.Network, ep datapath.Endpoint, hos
 	f.eps[ep.ID] = epState{ifindex: ifindex, ports: ports}
 	// Attached before on this very veth: missing now is drift.
 	expected := had && old.ifindex == ifindex && old.attached
-	if err := f.ensureTC(f.linkPin(endpointPin(ifindex)), ifindex, f.objs.FromEndpoint(), ebpf.AttachTCXIngress, expected); err != nil {
+	if err := f.ensureEndpointTC(ifindex, expected); err != nil {
 		return err
 	}
 	f.eps[ep.ID] = epState{ifindex: ifindex, ports: ports, attached: true}

@@ -16,7 +16,7 @@ func (f *Forwarder) Metrics() (datapath.Metrics, error) {
 	if err != nil {
 		return datapath.Metrics{}, err
 	}
-	m := datapath.Metrics{Programs: map[string]int{f.tcHook() + "-ingress": len(f.eps)}, Repairs: f.repairs.Counts()}
+	m := datapath.Metrics{Programs: map[string]int{modeClsact + "-ingress": len(f.eps)}, Repairs: f.repairs.Counts()}
 	for k, c := range counters {
 		if c.Packets == 0 && c.Bytes == 0 {
 			continue

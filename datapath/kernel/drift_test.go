@@ -112,3 +112,42 @@ func TestWatchDriftSignalsDeletedLink(t *testing.T) {
 	for range drift { // closed once ctx ends
 	}
 }
+
+// TestWatchDriftIgnoresOwnDeletes: an endpoint removed through the
+// datapath is no drift, so no repair pass follows each sandbox removal
+// (a pass walks every endpoint under the agent's lock: with one after each
+// removal, set-up got slower the more sandboxes there were); a veth
+// deleted by hand afterwards still signals.
+func TestWatchDriftIgnoresOwnDeletes(t *testing.T) {
+	l := newLab(t)
+	n := network("own", "br-own", "10.95.0.0/24", false)
+	l.ensureNetwork(n)
+	_, p := l.sandbox()
+	mine := endpoint("o1", n, p, "eth0", "vo1", 2, true)
+	l.ensureEndpoint(n, mine)
+	_, p2 := l.sandbox()
+	l.ensureEndpoint(n, endpoint("o2", n, p2, "eth0", "vo2", 3, true))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	drift, err := l.dp.WatchDrift(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.dp.DeleteEndpoint(ctx, n, mine); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-drift:
+		t.Fatal("the datapath's own endpoint removal was signalled as drift")
+	case <-time.After(2 * time.Second): // bounded: the event comes within milliseconds
+	}
+	netnstest.Run(t, l.hostName, "ip", "link", "del", "vo2")
+	select {
+	case <-drift:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no signal 10 s after fabric's veth was deleted by hand")
+	}
+	cancel()
+	for range drift { // closed once ctx ends
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -45,9 +46,21 @@ func ValidName(name string) error {
 	return nil
 }
 
+// runDirDone is set once this process has made RunDir a shared mount
+// point.
+var runDirDone atomic.Bool
+
 // ensureRunDir makes RunDir a shared mount point, as iproute2 does, so that
 // namespaces bind-mounted there are visible in every mount namespace.
+//
+// It is done once per process while RunDir stays a mount point: making it
+// shared is recursive (MS_REC, as iproute2 does), a walk over every
+// namespace mounted there, which would make each create cost more the more
+// sandboxes exist.
 func ensureRunDir() error {
+	if runDirDone.Load() && isMountRoot(RunDir) {
+		return nil
+	}
 	if err := os.MkdirAll(RunDir, 0o755); err != nil {
 		return fmt.Errorf("create %s: %w", RunDir, err)
 	}
@@ -61,7 +74,17 @@ func ensureRunDir() error {
 	if err != nil {
 		return fmt.Errorf("make %s shared: %w", RunDir, err)
 	}
+	runDirDone.Store(true)
 	return nil
+}
+
+// isMountRoot reports whether path is the root of a mount (a mount point).
+func isMountRoot(path string) bool {
+	var st unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, path, 0, unix.STATX_BASIC_STATS, &st); err != nil {
+		return false
+	}
+	return st.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT != 0 && st.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0
 }
 
 // IsNamespace reports whether path refers to a network namespace (an nsfs

@@ -3,12 +3,13 @@ package plumb
 import (
 	"bytes"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"net"
-	"os"
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/fabricnet/fabric/datapath"
 )
@@ -76,15 +77,33 @@ func DerivedMAC(seed string) net.HardwareAddr {
 // EnsureSysctl writes value to /proc/sys/name unless it holds it already
 // (in the namespace of the calling thread).
 func EnsureSysctl(name, value string) error {
-	p := "/proc/sys/" + name
-	cur, err := os.ReadFile(p)
+	return ensureSysctlAt(unix.AT_FDCWD, "/proc/sys/"+name, name, value)
+}
+
+// ensureSysctlAt is EnsureSysctl on path, relative to dirfd. The file is
+// opened once, read and written through the same descriptor: each path
+// lookup under /proc/sys walks past the same-named entries of every other
+// network namespace that looked there (one per sandbox), so it costs more
+// the more sandboxes exist.
+func ensureSysctlAt(dirfd int, path, name, value string) error {
+	fd, err := unix.Openat(dirfd, path, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.EACCES) || errors.Is(err, unix.EROFS) {
+		// Read-only here: fine as long as it holds value already.
+		fd, err = unix.Openat(dirfd, path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	}
 	if err != nil {
 		return fmt.Errorf("read sysctl %s: %w", name, err)
 	}
-	if strings.TrimSpace(string(cur)) == value {
+	defer unix.Close(fd)
+	buf := make([]byte, 128)
+	n, err := unix.Read(fd, buf)
+	if err != nil {
+		return fmt.Errorf("read sysctl %s: %w", name, err)
+	}
+	if strings.TrimSpace(string(buf[:n])) == value {
 		return nil
 	}
-	if err := os.WriteFile(p, []byte(value), 0o644); err != nil {
+	if _, err := unix.Pwrite(fd, []byte(value), 0); err != nil {
 		return fmt.Errorf("set sysctl %s=%s: %w", name, value, err)
 	}
 	return nil

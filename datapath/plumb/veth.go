@@ -247,13 +247,10 @@ func (h *Host) RepairHostMTUUp(host netlink.Link, n datapath.Network) error {
 // the kernel has no IPv6.
 func (h *Host) SetHostVethUp(host netlink.Link) error {
 	name := host.Attrs().Name
-	err := fabricns.Do(h.nsPath, func() error {
-		err := EnsureSysctl("net/ipv6/conf/"+name+"/disable_ipv6", "1")
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
-		return err
-	})
+	err := h.EnsureHostSysctl("net/ipv6/conf/"+name+"/disable_ipv6", "1")
+	if errors.Is(err, fs.ErrNotExist) {
+		err = nil
+	}
 	if err != nil {
 		return fmt.Errorf("turn IPv6 off on %s: %w", name, err)
 	}
@@ -394,7 +391,9 @@ func (h *Host) DeleteVeth(ep datapath.Endpoint) error {
 		h.log.Warn("not deleting link owned by someone else", "link", link.Attrs().Name, "alias", link.Attrs().Alias, "endpoint", ep.ID)
 		return nil
 	}
+	h.own.add(link.Attrs().Index)
 	if err := h.nl.LinkDel(link); err != nil && !IsNotFound(err) {
+		h.own.take(link.Attrs().Index)
 		return fmt.Errorf("delete veth %s: %w", link.Attrs().Name, err)
 	}
 	return nil

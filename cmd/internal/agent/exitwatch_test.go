@@ -84,7 +84,7 @@ func TestCommandsNoThreadEach(t *testing.T) {
 	before := osThreads(t)
 	pids := make([]int, n)
 	for i := range n {
-		pid, _, _, err := p.start("c"+strconv.Itoa(i), []string{"sleep", "60"}, "")
+		pid, _, _, err := p.start("c"+strconv.Itoa(i), []string{"sleep", "60"}, launch{in: (*exec.Cmd).Start})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -121,7 +121,7 @@ func TestCommandsNoThreadEach(t *testing.T) {
 // the watcher's report and the log file.
 func TestCommandExitCodeAndLog(t *testing.T) {
 	p, log := newTestProcesses(t)
-	_, _, logPath, err := p.start("sh1", []string{"sh", "-c", "echo out; echo err >&2; exit 7"}, "")
+	_, _, logPath, err := p.start("sh1", []string{"sh", "-c", "echo out; echo err >&2; exit 7"}, launch{in: (*exec.Cmd).Start})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +168,7 @@ func TestWatchAdoptedProcess(t *testing.T) {
 // period is over; both are then reported exited by the watcher.
 func TestStopTermThenKill(t *testing.T) {
 	p, log := newTestProcesses(t)
-	pid, start, _, err := p.start("polite", []string{"sleep", "60"}, "")
+	pid, start, _, err := p.start("polite", []string{"sleep", "60"}, launch{in: (*exec.Cmd).Start})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,7 +182,7 @@ func TestStopTermThenKill(t *testing.T) {
 	if alive(pid, start) {
 		t.Fatal("command runs after stop")
 	}
-	pid, start, logPath, err := p.start("stubborn", []string{"sh", "-c", "trap '' TERM; echo ready; while :; do sleep 1; done"}, "")
+	pid, start, logPath, err := p.start("stubborn", []string{"sh", "-c", "trap '' TERM; echo ready; while :; do sleep 1; done"}, launch{in: (*exec.Cmd).Start})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -25,6 +26,9 @@ type processes struct {
 	logDir string
 	w      *exitWatcher
 	once   sync.Once
+	// sp starts the commands of named sandboxes (nil: the agent does).
+	spMu sync.Mutex
+	sp   *spawner
 }
 
 func newProcesses(a *Agent, logDir string) (*processes, error) {
@@ -34,10 +38,70 @@ func newProcesses(a *Agent, logDir string) (*processes, error) {
 		return nil, fmt.Errorf("command supervision: %w", err)
 	}
 	p.w = w
+	if p.sp, err = startSpawner(); err != nil {
+		a.log.Warn("no command spawner: the agent starts sandbox commands itself", "err", err)
+	}
 	return p, nil
 }
 
-func (p *processes) close() { p.once.Do(p.w.close) }
+func (p *processes) close() {
+	p.once.Do(func() {
+		p.w.close()
+		if sp := p.spawner(); sp != nil {
+			sp.close()
+		}
+	})
+}
+
+func (p *processes) spawner() *spawner {
+	p.spMu.Lock()
+	defer p.spMu.Unlock()
+	return p.sp
+}
+
+// launch says where a command starts: in the named namespace netns as
+// netns.StartIn does (by the spawner while it runs), or through in.
+type launch struct {
+	netns string
+	in    func(*exec.Cmd) error
+}
+
+// startCommand starts argv as l says, with output to logf, and returns
+// its PID; the process is the agent's child either way.
+func (p *processes) startCommand(name string, argv []string, l launch, logf *os.File) (int, error) {
+	if sp := p.spawner(); sp != nil && l.netns != "" {
+		pid, err := sp.start(l.netns, argv, commandEnv(name), logf)
+		if !errors.Is(err, errSpawnerGone) && !errors.Is(err, errSpawnerFailed) {
+			return pid, err
+		}
+		p.a.log.Warn("command spawner gone: the agent starts sandbox commands itself", "err", err)
+		p.spMu.Lock()
+		p.sp = nil
+		p.spMu.Unlock()
+		sp.close()
+		if errors.Is(err, errSpawnerFailed) {
+			return 0, err
+		}
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = commandEnv(name)
+	cmd.Dir = "/"
+	// An *os.File as output is handed to the child as is: no copying
+	// goroutine.
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	start := l.in
+	if start == nil {
+		start = func(cmd *exec.Cmd) error { return netns.StartIn(l.netns, cmd) }
+	}
+	if err := start(cmd); err != nil {
+		return 0, err
+	}
+	pid := cmd.Process.Pid
+	// cmd.Wait would block a thread: the watcher reaps instead.
+	_ = cmd.Process.Release()
+	return pid, nil
+}
 
 // commandEnv is the environment of sandbox commands: clean, like a
 // container's, not the agent's.
@@ -49,9 +113,9 @@ func commandEnv(name string) []string {
 	}
 }
 
-// start runs argv inside the namespace at nsPath ("" = the agent's own) with
-// output to a log file and returns once the process runs.
-func (p *processes) start(name string, argv []string, nsPath string) (pid int, startTime uint64, logPath string, err error) {
+// start runs argv where l says (the sandbox's namespaces) with output to a
+// log file and returns once the process runs.
+func (p *processes) start(name string, argv []string, l launch) (pid int, startTime uint64, logPath string, err error) {
 	if err := os.MkdirAll(p.logDir, 0o700); err != nil {
 		return 0, 0, "", fmt.Errorf("create log dir: %w", err)
 	}
@@ -61,22 +125,9 @@ func (p *processes) start(name string, argv []string, nsPath string) (pid int, s
 		return 0, 0, "", fmt.Errorf("open log: %w", err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = commandEnv(name)
-	cmd.Dir = "/"
-	// An *os.File as output is handed to the child as is: no copying
-	// goroutine.
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if nsPath == "" {
-		err = cmd.Start()
-	} else {
-		err = netns.Do(nsPath, cmd.Start)
-	}
-	if err != nil {
+	if pid, err = p.startCommand(name, argv, l, logf); err != nil {
 		return 0, 0, "", err
 	}
-	pid = cmd.Process.Pid
 	// The child is not reaped until the watcher does it, so pid names it
 	// here whatever it did meanwhile.
 	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
@@ -86,8 +137,6 @@ func (p *processes) start(name string, argv []string, nsPath string) (pid int, s
 			unix.Close(fd)
 		}
 	}
-	// cmd.Wait would block a thread: the watcher reaps instead.
-	_ = cmd.Process.Release()
 	if err != nil {
 		_ = unix.Kill(-pid, unix.SIGKILL)
 		var ws unix.WaitStatus

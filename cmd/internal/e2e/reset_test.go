@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
@@ -33,12 +34,18 @@ func (h *host) reset(extra ...string) (string, int) {
 }
 
 // pinnedLinkIDs returns the kernel IDs of the program links pinned under
-// the host's bpf root (tc, XDP, cgroup socket hooks).
+// the host's bpf root (TCX, XDP, cgroup socket hooks). A pinned program
+// (an endpoint's, which runs as a clsact filter) is no link and is left out.
 func (h *host) pinnedLinkIDs() map[string]link.ID {
 	h.t.Helper()
 	ids := map[string]link.ID{}
 	for _, name := range h.pins() {
-		l, err := link.LoadPinnedLink(filepath.Join(h.bpfRoot, "links", name), nil)
+		pin := filepath.Join(h.bpfRoot, "links", name)
+		if p, err := ebpf.LoadPinnedProgram(pin, nil); err == nil {
+			p.Close()
+			continue
+		}
+		l, err := link.LoadPinnedLink(pin, nil)
 		if err != nil {
 			h.t.Fatalf("open pinned link %s: %v", name, err)
 		}

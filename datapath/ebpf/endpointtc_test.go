@@ -1,0 +1,97 @@
+package ebpf
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	fabricns "github.com/fabricnet/fabric/datapath/netns"
+)
+
+// tcxPrograms lists the programs attached through TCX to ifindex's
+// ingress in the namespace at nsPath.
+func tcxPrograms(t *testing.T, nsPath string, ifindex int) []link.AttachedProgram {
+	t.Helper()
+	var res *link.QueryResult
+	err := fabricns.Do(nsPath, func() error {
+		var err error
+		res, err = link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: ebpf.AttachTCXIngress})
+		return err
+	})
+	if errors.Is(err, link.ErrNotSupported) {
+		t.Skip("no TCX in this kernel (Linux < 6.6): endpoints attach through clsact anyway")
+	}
+	if err != nil {
+		t.Fatalf("query TCX programs of ifindex %d: %v", ifindex, err)
+	}
+	return res.Programs
+}
+
+// TestEndpointProgramIsAClsactFilter: on a kernel with TCX too, an
+// endpoint veth runs its program as fabric's clsact filter and not through
+// a TCX link, whose attach waits for an RCU grace period (7 to 11 ms on
+// the dev VM, most of an endpoint's set-up).
+func TestEndpointProgramIsAClsactFilter(t *testing.T) {
+	l := newUpgradeLab(t)
+	for _, pin := range l.linkPins() {
+		var f Forwarder
+		ifindex, _, _ := f.clsactTarget(filepath.Base(pin))
+		if progs := tcxPrograms(t, l.a.path, ifindex); len(progs) != 0 {
+			t.Errorf("ifindex %d runs %d TCX programs, want none", ifindex, len(progs))
+		}
+		if l.filterProgram(t, pin) == 0 {
+			t.Errorf("%s: no clsact filter on the endpoint veth", pin)
+		}
+	}
+	if err := l.a.ping(l.b.ep.Addr.Addr(), 1); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestEndpointTCXLinkOfAnOlderAgentIsReplaced: an endpoint whose program an
+// older agent attached through a pinned TCX link runs it as a clsact
+// filter after a restart, once: the TCX link is let go.
+func TestEndpointTCXLinkOfAnOlderAgentIsReplaced(t *testing.T) {
+	l := newUpgradeLab(t)
+	pin := l.linkPins()[0]
+	var f Forwarder
+	ifindex, _, _ := f.clsactTarget(filepath.Base(pin))
+	// What an older agent left: a TCX link pinned where the program is.
+	if err := l.a.dp.fwd.deleteClsactFilter(ifindex, true, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(pin); err != nil {
+		t.Fatal(err)
+	}
+	err := fabricns.Do(l.a.path, func() error {
+		lk, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: l.a.dp.fwd.objs.FromEndpoint(), Attach: ebpf.AttachTCXIngress})
+		if err != nil {
+			return err
+		}
+		defer lk.Close()
+		return lk.Pin(pin)
+	})
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		t.Skip("no TCX in this kernel (Linux < 6.6)")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(tcxPrograms(t, l.a.path, ifindex)); n != 1 {
+		t.Fatalf("set-up: %d TCX programs on ifindex %d", n, ifindex)
+	}
+	l.upgrade(nil)
+	if progs := tcxPrograms(t, l.a.path, ifindex); len(progs) != 0 {
+		t.Errorf("after a restart ifindex %d still runs %d TCX programs", ifindex, len(progs))
+	}
+	if l.filterProgram(t, pin) == 0 {
+		t.Errorf("after a restart no clsact filter runs on ifindex %d", ifindex)
+	}
+	if err := l.a.ping(l.b.ep.Addr.Addr(), 1); err != nil {
+		t.Fatal(err)
+	}
+}
