@@ -22,7 +22,7 @@ import (
 // create and delete cost more the more sandboxes ran.
 func TestSandboxCommandHoldsNoNamespaceMounts(t *testing.T) {
 	netnstest.RequireRoot(t)
-	a := newTestAgent(t, t.TempDir(), newFake())
+	a := newKernelTestAgent(t, t.TempDir(), newFake())
 	defer a.Close()
 	ctx := context.Background()
 	var pids []int
@@ -58,7 +58,7 @@ func TestSandboxCommandHoldsNoNamespaceMounts(t *testing.T) {
 // them and records their exit codes.
 func TestSandboxCommandsStartFromTheSpawner(t *testing.T) {
 	netnstest.RequireRoot(t)
-	a := newTestAgent(t, t.TempDir(), newFake())
+	a := newKernelTestAgent(t, t.TempDir(), newFake())
 	defer a.Close()
 	sp := a.procs.spawner()
 	if sp == nil {
@@ -141,7 +141,7 @@ func parentOf(t *testing.T, pid int) int {
 // the agent starts commands itself, the same way.
 func TestSandboxCommandsWithoutTheSpawner(t *testing.T) {
 	netnstest.RequireRoot(t)
-	a := newTestAgent(t, t.TempDir(), newFake())
+	a := newKernelTestAgent(t, t.TempDir(), newFake())
 	defer a.Close()
 	sp := a.procs.spawner()
 	if sp == nil {
