@@ -8,6 +8,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
 	fabricns "github.com/fabricnet/fabric/datapath/netns"
 )
@@ -22,8 +23,10 @@ func tcxPrograms(t *testing.T, nsPath string, ifindex int) []link.AttachedProgra
 		res, err = link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: ebpf.AttachTCXIngress})
 		return err
 	})
-	if errors.Is(err, link.ErrNotSupported) {
-		t.Skip("no TCX in this kernel (Linux < 6.6): endpoints attach through clsact anyway")
+	if errors.Is(err, link.ErrNotSupported) || errors.Is(err, unix.EINVAL) {
+		// No TCX in this kernel (Linux < 6.6; 6.1 answers the query with
+		// EINVAL): no program can run through it.
+		return nil
 	}
 	if err != nil {
 		t.Fatalf("query TCX programs of ifindex %d: %v", ifindex, err)

@@ -133,7 +133,7 @@ func writeInitramfs(path, release string) error {
 func qemuArgs(cfg Config, image, initrd, shared string) []string {
 	return []string{
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-		"-machine", "q35", "-accel", "tcg,thread=multi", "-cpu", "max",
+		"-machine", "q35", "-accel", "tcg,thread=single", "-cpu", "max",
 		"-smp", strconv.Itoa(cfg.CPUs), "-m", strconv.Itoa(cfg.MemoryMiB),
 		"-kernel", image, "-initrd", initrd,
 		"-append", "console=ttyS0 loglevel=1 panic=-1 rdinit=/init",

@@ -6,15 +6,19 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -115,34 +119,37 @@ func runMatrix(ctx context.Context, o options) error {
 		wd, _ := os.Getwd()
 		cmds = []vmtest.Command{{Name: "sh", Dir: wd, Argv: []string{"/bin/sh", "-c", o.shell}}}
 	}
-	out := os.Stdout
-	var results []*vmtest.Result
-	var failed []string
-	for _, k := range matrix {
+	// The kernels boot side by side, each guest on one host thread
+	// (vmtest runs TCG single-threaded), so the matrix takes as long as
+	// its slowest kernel.
+	out := &lockedWriter{w: os.Stdout}
+	results := make([]*vmtest.Result, len(matrix))
+	errs := make([]error, len(matrix))
+	var wg sync.WaitGroup
+	for i, k := range matrix {
 		kcmds := forKernel(cmds, k)
-		fmt.Printf("==> kernel %s: booting, running %d test binaries\n", k.Name, len(kcmds))
+		fmt.Fprintf(out, "==> kernel %s: booting, running %d test binaries\n", k.Name, len(kcmds))
 		cfg := vmtest.Config{
 			Kernel: k, Commands: kcmds, CPUs: o.cpus, MemoryMiB: o.mem, Timeout: o.timeout,
 			Env: []string{"FABRIC_TEST_BINDIR=" + filepath.Join(dir, "bin"), "FABRIC_TEST_KERNEL=" + k.Name},
 		}
 		if !o.quiet {
-			cfg.Output = prefixWriter{prefix: "[" + k.Name + "] ", w: out}
+			cfg.Output = &prefixWriter{prefix: "[" + k.Name + "] ", w: out}
 		}
-		res, err := vmtest.Run(ctx, cfg)
-		if res != nil {
-			results = append(results, res)
-		}
+		wg.Go(func() { results[i], errs[i] = vmtest.Run(ctx, cfg) })
+	}
+	wg.Wait()
+	var failed []string
+	for i, err := range errs {
 		if err != nil {
-			fmt.Println("==>", err)
-			failed = append(failed, k.Name)
-		}
-		if ctx.Err() != nil {
-			break
+			fmt.Fprintln(out, "==>", err)
+			failed = append(failed, matrix[i].Name)
 		}
 	}
+	results = slices.DeleteFunc(results, func(r *vmtest.Result) bool { return r == nil })
 	fmt.Println()
 	for _, r := range results {
-		r.Summary(out)
+		r.Summary(os.Stdout)
 	}
 	if len(failed) > 0 {
 		return fmt.Errorf("failed on %s", strings.Join(failed, ", "))
@@ -220,16 +227,35 @@ func runFor(run, name string) string {
 // prefixWriter tags each line with the kernel it came from.
 type prefixWriter struct {
 	prefix string
-	w      *os.File
+	w      io.Writer
+	part   []byte // the start of a line not ended yet
 }
 
-func (p prefixWriter) Write(b []byte) (int, error) {
-	for _, line := range strings.SplitAfter(string(b), "\n") {
-		if line != "" {
-			if _, err := p.w.WriteString(p.prefix + line); err != nil {
-				return 0, err
-			}
+// Write writes whole lines only, each with the prefix: the consoles of
+// kernels running side by side share w.
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	p.part = append(p.part, b...)
+	for {
+		i := bytes.IndexByte(p.part, '\n')
+		if i < 0 {
+			return len(b), nil
 		}
+		if _, err := io.WriteString(p.w, p.prefix+string(p.part[:i+1])); err != nil {
+			return 0, err
+		}
+		p.part = p.part[i+1:]
 	}
-	return len(b), nil
+}
+
+// lockedWriter serialises the writes of the kernels' consoles, so their
+// lines do not interleave.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
