@@ -12,10 +12,13 @@ import (
 
 // Result is what one VM run showed.
 type Result struct {
-	Kernel   string
-	Release  string // uname -r in the guest
-	Booted   bool
-	Done     bool // the guest reached the end of its script
+	Kernel  string
+	Release string // uname -r in the guest
+	Booted  bool
+	Done    bool // the guest reached the end of its script
+	// Crash is the guest kernel's first Oops/BUG/panic line, if it had
+	// one: the guest died, not a test.
+	Crash    string
 	Wall     time.Duration
 	Commands []CommandResult
 }
@@ -60,6 +63,8 @@ var resultLine = regexp.MustCompile(`^(\s*)--- (PASS|FAIL|SKIP): (\S+)`)
 var (
 	runLine = regexp.MustCompile(`^=== (?:RUN|CONT|NAME)\s+(\S+)`)
 	logLine = regexp.MustCompile(`^\s+\S+\.go:\d+: (.*)`)
+	// crashLine is how the kernel's log starts a crash report.
+	crashLine = regexp.MustCompile(`^\[\s*\d+\.\d+\] (?:Oops: |BUG: |Kernel panic - not syncing)`)
 )
 
 // parse reads the console, copies it to out and records markers and test
@@ -76,6 +81,9 @@ func (r *Result) parse(in io.Reader, nonce string, out io.Writer) {
 	for sc.Scan() {
 		line := string(stripCR(sc.Bytes()))
 		fmt.Fprintln(out, line)
+		if r.Crash == "" && crashLine.MatchString(line) {
+			r.Crash = strings.TrimSpace(line)
+		}
 		if rest, ok := strings.CutPrefix(line, mark); ok {
 			r.marker(rest, &cur, &started)
 			clear(lastLog)

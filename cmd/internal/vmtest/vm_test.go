@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"os"
 	"strings"
 	"testing"
@@ -126,5 +127,28 @@ func TestParseSkipReasons(t *testing.T) {
 	}
 	if strings.Contains(out.String(), "\r") || !strings.Contains(out.String(), "noise before") {
 		t.Errorf("console copy %q", out.String())
+	}
+}
+
+// TestParseCrash: a guest kernel's crash report is recorded (its first
+// line), and a test's output that mentions a panic is not one.
+func TestParseCrash(t *testing.T) {
+	console := strings.Join([]string{
+		"VMTEST-n START pkg",
+		"=== RUN   TestA",
+		"    a_test.go:3: recovered: Kernel panic - not syncing (a string in a test)",
+		"[  217.723674] BUG: TASK stack guard page was hit at 0000000048aa1705",
+		"[  217.725731] Oops: stack guard page: 0000 [#1] PREEMPT SMP NOPTI",
+		"[  219.000001] Kernel panic - not syncing: Fatal exception",
+	}, "\n")
+	var r Result
+	r.parse(strings.NewReader(console), "n", io.Discard)
+	if want := "[  217.723674] BUG: TASK stack guard page was hit at 0000000048aa1705"; r.Crash != want || r.Done {
+		t.Fatalf("crash %q (done %v), want %q", r.Crash, r.Done, want)
+	}
+	var clean Result
+	clean.parse(strings.NewReader("VMTEST-n START pkg\n    a_test.go:3: Oops: nothing\nVMTEST-n DONE\n"), "n", io.Discard)
+	if clean.Crash != "" {
+		t.Fatalf("a test's line taken for a crash: %q", clean.Crash)
 	}
 }
