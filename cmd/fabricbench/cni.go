@@ -25,8 +25,8 @@ import (
 const (
 	debianCNIDir = "/usr/lib/cni"
 	cniFabricNet = "cnibench"      // fabric network of the fabric-cni pods
-	cniFabricSub = "10.78.0.0/24"  // its subnet
-	cniRefSub    = "10.79.0.0/24"  // host-local's range for the bridge chain
+	cniFabricSub = "10.86.0.0/24"  // its subnet (no other section uses it: a full run keeps the macvlan network 10.78.0.0/24)
+	cniRefSub    = "10.87.0.0/24"  // host-local's range for the bridge chain
 	hpCNIFabric  = 9180            // hostPort → fabric-cni pod :8000
 	hpCNIRef     = 9181            // hostPort → bridge-chain pod :8000 (portmap)
 	cniVersion   = "1.0.0"         // Debian's plugins speak ≤ 1.0.0
