@@ -9,12 +9,13 @@ import (
 	"io"
 	"os"
 	"runtime"
-	"strconv"
 	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	fabricns "github.com/fabricnet/fabric/datapath/netns"
 )
 
 // ErrNoCgroup2 is returned by CgroupV2Root when no cgroup v2 hierarchy is
@@ -188,32 +189,12 @@ func cgroup2Mounts(r io.Reader) ([]string, error) {
 		if sep < 0 || sep+1 >= len(fields) || fields[sep+1] != "cgroup2" || fields[3] != "/" {
 			continue
 		}
-		out = append(out, unescapeMountinfo(fields[4]))
+		out = append(out, fabricns.UnescapeMountPath(fields[4]))
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("read mountinfo: %w", err)
 	}
 	return out, nil
-}
-
-// unescapeMountinfo undoes the kernel's octal escapes (\040 for a space,
-// \011, \012, \134) in a mountinfo path.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // NetNSCookie returns the cookie of the network namespace nsFD refers to

@@ -3,6 +3,8 @@
 package bpf
 
 import (
+	fabricns "github.com/fabricnet/fabric/datapath/netns"
+
 	"errors"
 	"os"
 	"slices"
@@ -42,7 +44,7 @@ func TestSockCgroup2Mounts(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("cgroup2 mounts %q, want %q", got, want)
 	}
-	if got := unescapeMountinfo(`a\134b\011c\`); got != "a\\b\tc\\" {
+	if got := fabricns.UnescapeMountPath(`a\134b\011c\`); got != "a\\b\tc\\" {
 		t.Errorf("unescape: %q", got)
 	}
 }

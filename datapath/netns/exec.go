@@ -214,13 +214,14 @@ func nsMounts() ([]string, error) {
 		if !ok || len(fields) < 5 || !strings.HasPrefix(post, "nsfs ") {
 			continue
 		}
-		out = append(out, unescapeMountPath(fields[4]))
+		out = append(out, UnescapeMountPath(fields[4]))
 	}
 	return out, sc.Err()
 }
 
-// unescapeMountPath undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMountPath(s string) string {
+// UnescapeMountPath undoes mountinfo's octal escapes (\040 for a space,
+// \011, \012, \134) in a path field.
+func UnescapeMountPath(s string) string {
 	if !strings.Contains(s, `\`) {
 		return s
 	}
