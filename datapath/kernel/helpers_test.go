@@ -343,10 +343,13 @@ var tableHandleRE = regexp.MustCompile(`"family": "ip", "name": "fabric", "handl
 
 // tableHandle is the kernel's handle of the fabric table; it changes
 // whenever the table is rebuilt. "" means there is no table.
-func (l *lab) tableHandle() string {
+func (l *lab) tableHandle() string { return l.handleOf(tableHandleRE) }
+
+// handleOf is the handle re (one group) finds in the tables of l's host
+// namespace, "" if none.
+func (l *lab) handleOf(re *regexp.Regexp) string {
 	l.t.Helper()
-	out := netnstest.Run(l.t, l.hostName, "nft", "-j", "list", "tables")
-	m := tableHandleRE.FindStringSubmatch(out)
+	m := re.FindStringSubmatch(netnstest.Run(l.t, l.hostName, "nft", "-j", "list", "tables"))
 	if m == nil {
 		return ""
 	}

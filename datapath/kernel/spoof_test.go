@@ -304,14 +304,7 @@ var spoofHandleRE = regexp.MustCompile(`"family": "bridge", "name": "fabric", "h
 
 // spoofTableHandle is the kernel's handle of the table bridge fabric; it
 // changes whenever the table is rebuilt. "" means there is no table.
-func (l *lab) spoofTableHandle() string {
-	l.t.Helper()
-	m := spoofHandleRE.FindStringSubmatch(netnstest.Run(l.t, l.hostName, "nft", "-j", "list", "tables"))
-	if m == nil {
-		return ""
-	}
-	return m[1]
-}
+func (l *lab) spoofTableHandle() string { return l.handleOf(spoofHandleRE) }
 
 // spoofSet reads the anti-spoofing elements in l's host namespace.
 func (l *lab) spoofSet() map[string]spoofElem {
