@@ -100,21 +100,41 @@ func (o *Objects) sharedOptions(opts *ebpf.CollectionOptions) (*ebpf.CollectionO
 	return &out, nil
 }
 
-// loadOnto loads the object load returns onto o's maps (opts from
-// sharedOptions), each shared map's spec sized as o's map is: the
-// connection table's size is an option (SetConntrackMax), and a map
-// replacement must match its spec exactly.
-func (o *Objects) loadOnto(load func() (*ebpf.CollectionSpec, error), to any, opts *ebpf.CollectionOptions) error {
+// loadOnto loads the object load returns onto o's maps, into to (the
+// generated objects struct): the caller's opts with the shared maps as
+// replacements (sharedOptions), and each shared map's spec sized as o's map
+// is, since the connection table's size is an option (SetConntrackMax) and
+// a map replacement must match its spec exactly. what names the object in
+// the error.
+func (o *Objects) loadOnto(what string, load func() (*ebpf.CollectionSpec, error), to any, opts *ebpf.CollectionOptions) error {
+	shared, err := o.sharedOptions(opts)
+	if err != nil {
+		return fmt.Errorf("load %s: %w", what, err)
+	}
 	spec, err := load()
 	if err != nil {
-		return err
+		return loadError(what, err)
 	}
 	for name, m := range o.sharedMaps() {
 		if ms, ok := spec.Maps[name]; ok {
 			ms.MaxEntries = m.MaxEntries()
 		}
 	}
-	return spec.LoadAndAssign(to, opts)
+	if err := spec.LoadAndAssign(to, shared); err != nil {
+		return loadError(what, err)
+	}
+	return nil
+}
+
+// loadOn loads a program object onto shared's maps (see loadOnto) and
+// hands it to wrap, the exported type that owns it: what every loader of
+// a second object (tunnel, uplink, socket hooks) does.
+func loadOn[O, W any](shared *Objects, what string, load func() (*ebpf.CollectionSpec, error), opts *ebpf.CollectionOptions, wrap func(O) *W) (*W, error) {
+	var objs O
+	if err := shared.loadOnto(what, load, &objs, opts); err != nil {
+		return nil, err
+	}
+	return wrap(objs), nil
 }
 
 // loadError wraps a load failure, with the verifier's log when it has one
@@ -133,18 +153,23 @@ func (o *Objects) FromEndpoint() *ebpf.Program { return o.objs.FromEndpoint }
 
 // Close releases the program and the maps (unpinned maps disappear).
 func (o *Objects) Close() error {
-	var errs []error
-	for _, c := range []io.Closer{
+	return closeAll("endpoint objects",
 		o.objs.FromEndpoint, o.objs.Endpoints, o.objs.EndpointByIp, o.objs.Networks, o.objs.Counters,
 		o.objs.Ports, o.objs.HostAddrs, o.objs.HostConfig, o.objs.Subnets, o.objs.Ct, o.objs.CtFrag,
-		o.objs.Remotes, o.objs.Policy, o.objs.CtQuota, o.objs.CtStats,
-	} {
+		o.objs.Remotes, o.objs.Policy, o.objs.CtQuota, o.objs.CtStats)
+}
+
+// closeAll closes every one of cs, whatever the others do, and joins the
+// errors under what.
+func closeAll(what string, cs ...io.Closer) error {
+	var errs []error
+	for _, c := range cs {
 		if err := c.Close(); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("close endpoint objects: %w", err)
+		return fmt.Errorf("close %s: %w", what, err)
 	}
 	return nil
 }

@@ -41,15 +41,7 @@ type Sock struct {
 // its MapReplacements may name "sock_reverse" (a pinned reverse map to keep
 // across restarts) but not a shared map, which always comes from shared.
 func LoadSock(shared *Objects, opts *ebpf.CollectionOptions) (*Sock, error) {
-	o, err := shared.sharedOptions(opts)
-	if err != nil {
-		return nil, err
-	}
-	s := &Sock{}
-	if err := shared.loadOnto(loadSock, &s.objs, o); err != nil {
-		return nil, loadError("socket hooks", err)
-	}
-	return s, nil
+	return loadOn(shared, "socket hooks", loadSock, opts, func(o sockObjects) *Sock { return &Sock{objs: o} })
 }
 
 // Connect4 rewrites TCP connect and UDP connect to a published port.
@@ -139,10 +131,7 @@ func (s *Sock) AttachCgroup(path string) (_ []link.Link, err error) {
 // Close releases the programs and the reverse map; the shared maps belong
 // to the Objects LoadSock was given. Close the links first.
 func (s *Sock) Close() error {
-	if err := s.objs.Close(); err != nil {
-		return fmt.Errorf("close socket hooks: %w", err)
-	}
-	return nil
+	return closeAll("socket hooks", &s.objs.sockPrograms, &s.objs.sockMaps)
 }
 
 // CgroupV2Root returns where the cgroup v2 hierarchy's root is mounted:

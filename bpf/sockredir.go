@@ -39,15 +39,7 @@ var SockRedirMaps = []string{"redir_socks", "redir_pending", "redir_state", "red
 // its MapReplacements may name maps of SockRedirMaps (pinned ones to keep)
 // but not a shared map.
 func LoadSockRedir(shared *Objects, opts *ebpf.CollectionOptions) (*SockRedir, error) {
-	o, err := shared.sharedOptions(opts)
-	if err != nil {
-		return nil, err
-	}
-	r := &SockRedir{}
-	if err := shared.loadOnto(loadSockredir, &r.objs, o); err != nil {
-		return nil, loadError("socket redirection", err)
-	}
-	return r, nil
+	return loadOn(shared, "socket redirection", loadSockredir, opts, func(o sockredirObjects) *SockRedir { return &SockRedir{objs: o} })
 }
 
 // SockOps is the program for the cgroup's sockops hook.
@@ -244,8 +236,5 @@ func (r *SockRedir) Stats() (RedirStats, error) {
 // the shared maps belong to the Objects LoadSockRedir was given. Close the
 // cgroup link first.
 func (r *SockRedir) Close() error {
-	if err := r.objs.Close(); err != nil {
-		return fmt.Errorf("close socket redirection: %w", err)
-	}
-	return nil
+	return closeAll("socket redirection", &r.objs.sockredirPrograms, &r.objs.sockredirMaps)
 }

@@ -3,10 +3,6 @@
 package bpf
 
 import (
-	"errors"
-	"fmt"
-	"io"
-
 	"github.com/cilium/ebpf"
 )
 
@@ -22,15 +18,7 @@ type Tunnel struct {
 // LoadTunnel loads the tunnel program on top of shared's maps. opts may be
 // nil; its MapReplacements must not name a shared map.
 func LoadTunnel(shared *Objects, opts *ebpf.CollectionOptions) (*Tunnel, error) {
-	o, err := shared.sharedOptions(opts)
-	if err != nil {
-		return nil, err
-	}
-	t := &Tunnel{}
-	if err := shared.loadOnto(loadTunnel, &t.objs, o); err != nil {
-		return nil, loadError("tunnel program", err)
-	}
-	return t, nil
+	return loadOn(shared, "tunnel program", loadTunnel, opts, func(o tunnelObjects) *Tunnel { return &Tunnel{objs: o} })
 }
 
 // FromTunnel is the tc program for the VXLAN device's ingress.
@@ -39,14 +27,5 @@ func (t *Tunnel) FromTunnel() *ebpf.Program { return t.objs.FromTunnel }
 // Close releases the program and this object's handles on the shared maps.
 // Close links before.
 func (t *Tunnel) Close() error {
-	var errs []error
-	for _, c := range []io.Closer{&t.objs.tunnelPrograms, &t.objs.tunnelMaps} {
-		if err := c.Close(); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("close tunnel objects: %w", err)
-	}
-	return nil
+	return closeAll("tunnel objects", &t.objs.tunnelPrograms, &t.objs.tunnelMaps)
 }

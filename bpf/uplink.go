@@ -3,10 +3,6 @@
 package bpf
 
 import (
-	"errors"
-	"fmt"
-	"io"
-
 	"github.com/cilium/ebpf"
 )
 
@@ -29,15 +25,7 @@ type Uplink struct {
 // nil; its MapReplacements must not name a shared map, which always comes
 // from shared.
 func LoadUplink(shared *Objects, opts *ebpf.CollectionOptions) (*Uplink, error) {
-	o, err := shared.sharedOptions(opts)
-	if err != nil {
-		return nil, err
-	}
-	u := &Uplink{}
-	if err := shared.loadOnto(loadUplink, &u.objs, o); err != nil {
-		return nil, loadError("uplink programs", err)
-	}
-	return u, nil
+	return loadOn(shared, "uplink programs", loadUplink, opts, func(o uplinkObjects) *Uplink { return &Uplink{objs: o} })
 }
 
 // FromUplink is the tc program for the uplink's ingress: replies to
@@ -58,14 +46,5 @@ func (u *Uplink) XDP() *ebpf.Program { return u.objs.XdpUplink }
 // (the maps stay as long as the Objects they came from, or their pins).
 // Close links before.
 func (u *Uplink) Close() error {
-	var errs []error
-	for _, c := range []io.Closer{&u.objs.uplinkPrograms, &u.objs.uplinkMaps} {
-		if err := c.Close(); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("close uplink objects: %w", err)
-	}
-	return nil
+	return closeAll("uplink objects", &u.objs.uplinkPrograms, &u.objs.uplinkMaps)
 }
