@@ -48,51 +48,29 @@ func (o *Objects) FlushConntrack() error {
 // countEntries counts a hash map's entries, in batches where the kernel
 // has them. The map changes meanwhile: the count is a snapshot's, roughly.
 func countEntries[K, V any](m *ebpf.Map) (int, error) {
+	n, err := inBatches[K, V](m, m.BatchLookup)
+	switch {
+	case errors.Is(err, ebpf.ErrNotSupported):
+		return countIterating[K, V](m)
+	case err != nil:
+		return 0, err
+	}
+	return n, nil
+}
+
+// inBatches runs a batch call of m (BatchLookup, BatchLookupAndDelete)
+// over the whole map, a chunk at a time, and says how many entries it
+// moved. A kernel without batches for the map answers ErrNotSupported.
+func inBatches[K, V any](m *ebpf.Map, batch func(*ebpf.MapBatchCursor, any, any, *ebpf.BatchOptions) (int, error)) (int, error) {
 	keys, vals := make([]K, batchChunk), make([]V, batchChunk)
 	var cursor ebpf.MapBatchCursor
 	total := 0
 	for range int(m.MaxEntries())/batchChunk + 2 {
-		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		n, err := batch(&cursor, keys, vals, nil)
 		total += n
 		switch {
 		case errors.Is(err, ebpf.ErrKeyNotExist):
 			return total, nil
-		case errors.Is(err, ebpf.ErrNotSupported):
-			return countIterating[K, V](m)
-		case err != nil:
-			return 0, err
-		}
-	}
-	return total, nil
-}
-
-func countIterating[K, V any](m *ebpf.Map) (int, error) {
-	var (
-		k K
-		v V
-		n int
-	)
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		n++
-	}
-	return n, it.Err()
-}
-
-// flush empties a hash map and says how many entries it deleted. Entries
-// the programs add meanwhile may stay.
-func flush[K, V any](m *ebpf.Map) (int, error) {
-	keys, vals := make([]K, batchChunk), make([]V, batchChunk)
-	var cursor ebpf.MapBatchCursor
-	total := 0
-	for range int(m.MaxEntries())/batchChunk + 2 {
-		n, err := m.BatchLookupAndDelete(&cursor, keys, vals, nil)
-		total += n
-		switch {
-		case errors.Is(err, ebpf.ErrKeyNotExist):
-			return total, nil
-		case errors.Is(err, ebpf.ErrNotSupported):
-			return flushIterating[K, V](m)
 		case err != nil:
 			return total, err
 		}
@@ -100,17 +78,25 @@ func flush[K, V any](m *ebpf.Map) (int, error) {
 	return total, nil
 }
 
-func flushIterating[K, V any](m *ebpf.Map) (int, error) {
-	var (
-		k    K
-		v    V
-		keys []K
-	)
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		keys = append(keys, k)
+func countIterating[K, V any](m *ebpf.Map) (int, error) {
+	n := 0
+	err := eachEntry(m, func(K, V) { n++ })
+	return n, err
+}
+
+// flush empties a hash map and says how many entries it deleted. Entries
+// the programs add meanwhile may stay.
+func flush[K, V any](m *ebpf.Map) (int, error) {
+	n, err := inBatches[K, V](m, m.BatchLookupAndDelete)
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		return flushIterating[K, V](m)
 	}
-	if err := it.Err(); err != nil {
+	return n, err
+}
+
+func flushIterating[K, V any](m *ebpf.Map) (int, error) {
+	var keys []K
+	if err := eachEntry(m, func(k K, _ V) { keys = append(keys, k) }); err != nil {
 		return 0, err
 	}
 	n := 0

@@ -178,22 +178,12 @@ func (o *Objects) ReadCounters() (map[CounterKey]Counter, error) {
 		return nil, fmt.Errorf("read counters: %w", err)
 	}
 	out = make(map[CounterKey]Counter)
-	var (
-		idx    uint32
-		perCPU []endpointCounter
-	)
-	it := o.objs.Counters.Iterate()
-	for it.Next(&idx, &perCPU) {
-		var sum Counter
-		for _, c := range perCPU {
-			sum.Packets += c.Packets
-			sum.Bytes += c.Bytes
-		}
-		if sum != (Counter{}) {
+	err = eachEntry(o.objs.Counters, func(idx uint32, perCPU []endpointCounter) {
+		if sum := sumCPUs(perCPU); sum != (Counter{}) {
 			out[counterKeyAt(idx)] = sum
 		}
-	}
-	if err := it.Err(); err != nil {
+	})
+	if err != nil {
 		return nil, fmt.Errorf("read counters: %w", err)
 	}
 	return out, nil
@@ -213,14 +203,19 @@ func (o *Objects) readCountersBatch() (map[CounterKey]Counter, error) {
 	}
 	out := make(map[CounterKey]Counter)
 	for i := range n {
-		var sum Counter
-		for _, c := range vals[i*ncpu : (i+1)*ncpu] {
-			sum.Packets += c.Packets
-			sum.Bytes += c.Bytes
-		}
-		if sum != (Counter{}) {
+		if sum := sumCPUs(vals[i*ncpu : (i+1)*ncpu]); sum != (Counter{}) {
 			out[counterKeyAt(keys[i])] = sum
 		}
 	}
 	return out, nil
+}
+
+// sumCPUs adds up one counter's per-CPU cells.
+func sumCPUs(perCPU []endpointCounter) Counter {
+	var sum Counter
+	for _, c := range perCPU {
+		sum.Packets += c.Packets
+		sum.Bytes += c.Bytes
+	}
+	return sum
 }

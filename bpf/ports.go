@@ -104,23 +104,13 @@ func (o *Objects) DeletePort(p Port) error {
 
 // Ports lists the published ports.
 func (o *Objects) Ports() ([]Port, error) {
-	var (
-		k   endpointPortKey
-		v   endpointPortTarget
-		out []Port
-	)
-	it := o.objs.Ports.Iterate()
-	for it.Next(&k, &v) {
+	return collect(o.objs.Ports, "ports", func(k endpointPortKey, v endpointPortTarget) Port {
 		p := Port{Proto: k.Proto, HostPort: fromBE16(k.Port), Target: addrFromBE32(v.Addr), TargetPort: fromBE16(v.Port)}
 		if k.HostAddr != 0 {
 			p.HostAddr = addrFromBE32(k.HostAddr)
 		}
-		out = append(out, p)
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("list ports: %w", err)
-	}
-	return out, nil
+		return p
+	})
 }
 
 // SetHostAddrs makes the host_addrs map hold exactly addrs (IPv4 only;
@@ -137,18 +127,13 @@ func (o *Objects) SetHostAddrs(addrs []netip.Addr) error {
 			return fmt.Errorf("put host address %s: %w", addrFromBE32(a), err)
 		}
 	}
-	var (
-		k     uint32
-		v     uint32
-		stale []uint32
-	)
-	it := o.objs.HostAddrs.Iterate()
-	for it.Next(&k, &v) {
+	var stale []uint32
+	err := eachEntry(o.objs.HostAddrs, func(k, _ uint32) {
 		if !want[k] {
 			stale = append(stale, k)
 		}
-	}
-	if err := it.Err(); err != nil {
+	})
+	if err != nil {
 		return fmt.Errorf("list host addresses: %w", err)
 	}
 	for _, a := range stale {

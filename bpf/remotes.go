@@ -77,22 +77,12 @@ func (o *Objects) DeleteRemote(id NetID, addr netip.Addr) error {
 
 // Remotes lists every remote endpoint the map holds, of all networks.
 func (o *Objects) Remotes() ([]Remote, error) {
-	var (
-		k   endpointRemoteKey
-		v   endpointRemote
-		out []Remote
-	)
-	it := o.objs.Remotes.Iterate()
-	for it.Next(&k, &v) {
-		out = append(out, Remote{
+	return collect(o.objs.Remotes, "remotes", func(k endpointRemoteKey, v endpointRemote) Remote {
+		return Remote{
 			Network: NetID(k.NetworkId),
 			Addr:    addrFromBE32(k.Ipv4),
 			MAC:     net.HardwareAddr(append([]byte(nil), v.Mac[:]...)),
 			Node:    addrFromBE32(v.Node),
-		})
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("list remotes: %w", err)
-	}
-	return out, nil
+		}
+	})
 }
