@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -34,11 +33,7 @@ func TestSYNFloodKeepsEstablished(t *testing.T) {
 	serveStream(t, l.outPath, labOutsideAddr+":8001")
 	serveStream(t, l.s1.path, "0.0.0.0:80") // the published port's target answers SYNs
 
-	var conn net.Conn
-	err := fabricns.Do(l.s2.path, func() (err error) {
-		conn, err = net.DialTimeout("tcp4", labOutsideAddr+":8001", 3*time.Second)
-		return err
-	})
+	conn, err := netnstest.Dial(l.s2.path, "tcp4", labOutsideAddr+":8001", 3*time.Second)
 	if err != nil {
 		t.Fatalf("masqueraded stream: %v", err)
 	}
@@ -100,29 +95,7 @@ func TestSYNFloodKeepsEstablished(t *testing.T) {
 // serveStream echoes every TCP connection's bytes until the test ends.
 func serveStream(t *testing.T, path, addr string) {
 	t.Helper()
-	var ln net.Listener
-	err := fabricns.Do(path, func() (err error) {
-		ln, err = net.Listen("tcp4", addr)
-		return err
-	})
-	if err != nil {
-		t.Fatalf("listen on %s: %v", addr, err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(60 * time.Second))
-				_, _ = io.Copy(c, c)
-			})
-		}
-	})
+	netnstest.Serve(t, path, "tcp4", addr, 60*time.Second, func(c net.Conn) { _, _ = io.Copy(c, c) })
 }
 
 // synFlood sends n TCP SYNs from src (ports 20000 on) to dst:port over a

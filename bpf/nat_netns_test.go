@@ -157,37 +157,14 @@ func (l *natNSLab) movedBy(t *testing.T, f func(), keys ...CounterKey) map[Count
 // and UDP datagram with the peer's address as it saw it.
 func serveEcho(t *testing.T, path, addr string) {
 	t.Helper()
-	var (
-		ln net.Listener
-		pc net.PacketConn
-	)
-	err := fabricns.Do(path, func() error {
-		var err error
-		if ln, err = net.Listen("tcp4", addr); err != nil {
-			return err
-		}
-		pc, err = net.ListenPacket("udp4", addr)
-		return err
-	})
-	if err != nil {
-		t.Fatalf("listen on %s: %v", addr, err)
-	}
-	t.Cleanup(func() { ln.Close(); pc.Close() })
-	go netnstest.AcceptEach(ln, 5*time.Second, func(c net.Conn) {
+	netnstest.Serve(t, path, "tcp4", addr, 5*time.Second, func(c net.Conn) {
 		if _, err := bufio.NewReader(c).ReadString('\n'); err == nil {
 			fmt.Fprintf(c, "%s\n", c.RemoteAddr())
 		}
 	})
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = pc.WriteTo(append([]byte(from.String()+" "), buf[:n]...), from)
-		}
-	}()
+	netnstest.ServePackets(t, path, "udp4", addr, func(pc net.PacketConn, payload []byte, from net.Addr) {
+		_, _ = pc.WriteTo(append([]byte(from.String()+" "), payload...), from)
+	})
 }
 
 // askTCP connects from the namespace at path to addr and returns the

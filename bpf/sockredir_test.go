@@ -22,7 +22,6 @@ import (
 
 	"github.com/cilium/ebpf"
 
-	fabricns "github.com/fabricnet/fabric/datapath/netns"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
@@ -146,36 +145,11 @@ func enterCgroup(t *testing.T, dir string) {
 // serve until the test ends. An addr in brackets is a dual-stack one.
 func listen(t *testing.T, nsPath, addr string, serve func(*net.TCPConn)) {
 	t.Helper()
-	var ln net.Listener
 	network := "tcp4"
 	if strings.HasPrefix(addr, "[") {
 		network = "tcp"
 	}
-	err := fabricns.Do(nsPath, func() (err error) {
-		ln, err = net.Listen(network, addr)
-		return err
-	})
-	if err != nil {
-		t.Fatalf("listen on %s in %s: %v", addr, nsPath, err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(60 * time.Second))
-				serve(c.(*net.TCPConn))
-			})
-		}
-	})
+	netnstest.Serve(t, nsPath, network, addr, 60*time.Second, func(c net.Conn) { serve(c.(*net.TCPConn)) })
 }
 
 func (l *redirLab) servers(t *testing.T) {
@@ -213,11 +187,7 @@ func (l *redirLab) servers(t *testing.T) {
 
 func dialIn(t *testing.T, nsPath, addr string) *net.TCPConn {
 	t.Helper()
-	var c net.Conn
-	err := fabricns.Do(nsPath, func() (err error) {
-		c, err = net.DialTimeout("tcp4", addr, 5*time.Second)
-		return err
-	})
+	c, err := netnstest.Dial(nsPath, "tcp4", addr, 5*time.Second)
 	if err != nil {
 		t.Fatalf("dial %s from %s: %v", addr, nsPath, err)
 	}

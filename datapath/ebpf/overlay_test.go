@@ -20,7 +20,6 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/fabricnet/fabric/datapath"
-	fabricns "github.com/fabricnet/fabric/datapath/netns"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
@@ -172,30 +171,12 @@ func (h *overlayHost) ping(to netip.Addr, count int) error {
 // serveEcho runs a line echo server in h's sandbox until the test ends.
 func (h *overlayHost) serveEcho(t *testing.T, port int) {
 	t.Helper()
-	var ln net.Listener
-	err := fabricns.Do(h.ep.NetNSPath, func() (err error) {
-		ln, err = net.Listen("tcp4", fmt.Sprintf("%s:%d", h.ep.Addr.Addr(), port))
-		return err
-	})
-	if err != nil {
-		t.Fatalf("listen in %s: %v", h.sbName, err)
-	}
-	done := make(chan struct{})
-	t.Cleanup(func() { ln.Close(); <-done })
-	go func() {
-		defer close(done)
-		netnstest.AcceptEach(ln, 60*time.Second, func(c net.Conn) { _, _ = io.Copy(c, c) })
-	}()
+	netnstest.Serve(t, h.ep.NetNSPath, "tcp4", fmt.Sprintf("%s:%d", h.ep.Addr.Addr(), port), 60*time.Second, func(c net.Conn) { _, _ = io.Copy(c, c) })
 }
 
 // dial connects from h's sandbox.
 func (h *overlayHost) dial(to netip.Addr, port int) (net.Conn, error) {
-	var c net.Conn
-	err := fabricns.Do(h.ep.NetNSPath, func() (err error) {
-		c, err = net.DialTimeout("tcp4", fmt.Sprintf("%s:%d", to, port), 3*time.Second)
-		return err
-	})
-	return c, err
+	return netnstest.Dial(h.ep.NetNSPath, "tcp4", fmt.Sprintf("%s:%d", to, port), 3*time.Second)
 }
 
 func echo(c net.Conn, msg string) error {

@@ -29,10 +29,7 @@ func TestHostShimGuard(t *testing.T) {
 	for _, port := range []int{gossip, gossip + 1} {
 		serveHostTCP(t, hostPath, port)
 	}
-	var pc net.PacketConn
-	if err := fabricns.Do(hostPath, func() (err error) { pc, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", gossip)); return err }); err != nil {
-		t.Fatal(err)
-	}
+	pc := netnstest.ListenPacket(t, hostPath, "udp4", fmt.Sprintf(":%d", gossip))
 	t.Cleanup(func() { pc.Close() })
 
 	for _, to := range []string{"10.79.0.254", "198.18.40.1"} {
@@ -125,19 +122,7 @@ func hostPortDrops(t *testing.T, dp *Datapath) uint64 {
 // connection at once.
 func serveHostTCP(t *testing.T, nsPath string, port int) {
 	t.Helper()
-	var ln net.Listener
-	if err := fabricns.Do(nsPath, func() (err error) { ln, err = net.Listen("tcp4", fmt.Sprintf(":%d", port)); return err }); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		netnstest.AcceptEach(ln, time.Second, func(c net.Conn) { _, _ = io.WriteString(c, "ok") })
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-done
-	})
+	netnstest.Serve(t, nsPath, "tcp4", fmt.Sprintf(":%d", port), time.Second, func(c net.Conn) { _, _ = io.WriteString(c, "ok") })
 }
 
 // dialHost connects (TCP) or sends one datagram (UDP) from the namespace.

@@ -22,7 +22,6 @@ import (
 
 	"github.com/fabricnet/fabric/bpf"
 	"github.com/fabricnet/fabric/datapath"
-	fabricns "github.com/fabricnet/fabric/datapath/netns"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
@@ -111,42 +110,23 @@ func (l *sockRedirLab) state() datapath.State {
 
 // serve runs netnstest.HashEcho on the endpoint's port until the test ends.
 func (l *sockRedirLab) serve(sbPath string) {
-	var ln net.Listener
-	err := fabricns.Do(sbPath, func() (err error) {
-		ln, err = net.Listen("tcp4", fmt.Sprintf("%s:%d", l.ep.Addr.Addr(), redirPort))
-		return err
-	})
-	if err != nil {
-		l.t.Fatalf("listen in the sandbox: %v", err)
-	}
 	var (
-		wg    sync.WaitGroup
 		mu    sync.Mutex
 		conns []net.Conn // closed at the end: a removed endpoint's peers never hear a FIN
 	)
-	l.t.Cleanup(func() {
-		ln.Close()
+	netnstest.Serve(l.t, sbPath, "tcp4", fmt.Sprintf("%s:%d", l.ep.Addr.Addr(), redirPort), 60*time.Second, func(c net.Conn) {
 		mu.Lock()
+		conns = append(conns, c)
+		mu.Unlock()
+		netnstest.HashEcho(c)
+	})
+	// Cleanups run last first: the connections close before Serve waits
+	// for their handlers.
+	l.t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
 		for _, c := range conns {
 			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Go(func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(60 * time.Second))
-				netnstest.HashEcho(c)
-			})
 		}
 	})
 }
@@ -154,11 +134,7 @@ func (l *sockRedirLab) serve(sbPath string) {
 // dial connects from the host namespace to the published port on 127.0.0.1.
 func (l *sockRedirLab) dial() *net.TCPConn {
 	l.t.Helper()
-	var c net.Conn
-	err := fabricns.Do(l.path, func() (err error) {
-		c, err = net.DialTimeout("tcp4", fmt.Sprintf("127.0.0.1:%d", redirPubPort), 5*time.Second)
-		return err
-	})
+	c, err := netnstest.Dial(l.path, "tcp4", fmt.Sprintf("127.0.0.1:%d", redirPubPort), 5*time.Second)
 	if err != nil {
 		l.t.Fatalf("dial the published port: %v", err)
 	}

@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -230,51 +229,16 @@ func mustNotPing(t *testing.T, nsName, ip string) {
 // connection with the client address it saw, then closes it.
 func serveTCP(t *testing.T, nsPath, addr string) {
 	t.Helper()
-	var ln net.Listener
-	err := fabricns.Do(nsPath, func() (err error) {
-		ln, err = net.Listen("tcp4", addr)
-		return err
-	})
-	if err != nil {
-		t.Fatalf("listen %s in %s: %v", addr, nsPath, err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		netnstest.AcceptEach(ln, 2*time.Second, func(c net.Conn) {
-			_, _ = io.WriteString(c, c.RemoteAddr().(*net.TCPAddr).IP.String())
-		})
-	})
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
+	netnstest.Serve(t, nsPath, "tcp4", addr, 2*time.Second, func(c net.Conn) {
+		_, _ = io.WriteString(c, c.RemoteAddr().(*net.TCPAddr).IP.String())
 	})
 }
 
 // serveUDP answers every datagram with the sender address it saw.
 func serveUDP(t *testing.T, nsPath, addr string) {
 	t.Helper()
-	var pc net.PacketConn
-	err := fabricns.Do(nsPath, func() (err error) {
-		pc, err = net.ListenPacket("udp4", addr)
-		return err
-	})
-	if err != nil {
-		t.Fatalf("listen udp %s in %s: %v", addr, nsPath, err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		buf := make([]byte, 64)
-		for {
-			_, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = pc.WriteTo([]byte(from.(*net.UDPAddr).IP.String()), from)
-		}
-	})
-	t.Cleanup(func() {
-		pc.Close()
-		wg.Wait()
+	netnstest.ServePackets(t, nsPath, "udp4", addr, func(pc net.PacketConn, _ []byte, from net.Addr) {
+		_, _ = pc.WriteTo([]byte(from.(*net.UDPAddr).IP.String()), from)
 	})
 }
 

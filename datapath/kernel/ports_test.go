@@ -125,13 +125,7 @@ func TestSandboxCannotReachHostLoopback(t *testing.T) {
 	j1 := l.join(a, "ep1", "vh1", 2)
 	s1, p1 := j1.name, j1.path
 
-	var pc net.PacketConn
-	if err := fabricns.Do(l.hostPath, func() (err error) {
-		pc, err = net.ListenPacket("udp4", "127.0.0.1:9999")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	pc := netnstest.ListenPacket(t, l.hostPath, "udp4", "127.0.0.1:9999")
 	defer pc.Close()
 
 	netnstest.Run(t, s1, "sysctl", "-qw", "net.ipv4.conf.eth0.route_localnet=1")

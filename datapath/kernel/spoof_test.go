@@ -33,31 +33,11 @@ type udpSink struct {
 
 func newUDPSink(t *testing.T, nsPath, addr string) *udpSink {
 	t.Helper()
-	var pc net.PacketConn
-	err := fabricns.Do(nsPath, func() (err error) {
-		pc, err = net.ListenPacket("udp4", addr)
-		return err
-	})
-	if err != nil {
-		t.Fatalf("listen udp %s in %s: %v", addr, nsPath, err)
-	}
 	s := &udpSink{got: map[string]bool{}}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		buf := make([]byte, 128)
-		for {
-			n, _, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			s.mu.Lock()
-			s.got[string(buf[:n])] = true
-			s.mu.Unlock()
-		}
-	})
-	t.Cleanup(func() {
-		pc.Close()
-		wg.Wait()
+	netnstest.ServePackets(t, nsPath, "udp4", addr, func(_ net.PacketConn, payload []byte, _ net.Addr) {
+		s.mu.Lock()
+		s.got[string(payload)] = true
+		s.mu.Unlock()
 	})
 	return s
 }
