@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"context"
 	"testing"
 	"time"
 )
@@ -11,10 +10,8 @@ import (
 // however many blocks a node fills.
 func TestAllocateSkipsBlockEdges(t *testing.T) {
 	members := startCluster(t, 1)
-	mustCreate(t, members[0], "edges", "10.77.0.0/16")
-	waitNetwork(t, members, "edges", true)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	createNetwork(t, members, "edges", "10.77.0.0/16")
+	ctx := timeoutCtx(t, 30*time.Second)
 	// Two full /24 blocks and a bit: 254 usable addresses in the first
 	// (the subnet's network address and gateway are in it too), 254 in the
 	// second.

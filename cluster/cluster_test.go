@@ -146,8 +146,7 @@ func TestWrongKeyRefused(t *testing.T) {
 func TestKeyRotation(t *testing.T) {
 	k1, k2 := newKey(t), newKey(t)
 	members := startCluster(t, 3, func(c *Config) { c.SecretKeys = [][]byte{k1} })
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	ctx := timeoutCtx(t, 20*time.Second)
 
 	if err := members[1].InstallKey(ctx, k2); err != nil {
 		t.Fatal(err)
@@ -172,8 +171,7 @@ func TestKeyRotation(t *testing.T) {
 		}
 	}
 	// Still one cluster, and state still replicates.
-	mustCreate(t, members[0], "after-rotation", "10.77.0.0/16")
-	waitNetwork(t, members, "after-rotation", true)
+	createNetwork(t, members, "after-rotation", "10.77.0.0/16")
 	if !allSee(members, 3) {
 		t.Fatal("cluster split during rotation")
 	}

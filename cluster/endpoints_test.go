@@ -22,8 +22,7 @@ func endpointOn(t testing.TB, c *Cluster, id string) (Endpoint, bool) {
 
 func TestEndpointRecords(t *testing.T) {
 	members := startCluster(t, 3, func(c *Config) { c.ReapEndpointsAfter = time.Second })
-	mustCreate(t, members[0], "ep", "10.70.0.0/16")
-	waitNetwork(t, members, "ep", true)
+	createNetwork(t, members, "ep", "10.70.0.0/16")
 	events := watchEvents(t, members[0])
 	owner := members[1]
 
@@ -119,8 +118,7 @@ func checkBadEndpointsRefused(t *testing.T, members []*Cluster, owner *Cluster) 
 // them.
 func TestSyncEndpointsAfterRestart(t *testing.T) {
 	members := startCluster(t, 2)
-	mustCreate(t, members[0], "sy", "10.71.0.0/16")
-	waitNetwork(t, members, "sy", true)
+	createNetwork(t, members, "sy", "10.71.0.0/16")
 	for _, id := range []string{"keep", "stale"} {
 		ip := netip.MustParseAddr("10.71.0.10")
 		if id == "stale" {

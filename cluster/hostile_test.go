@@ -71,8 +71,7 @@ func newHostileSetup(t *testing.T) *hostileSetup {
 	// clock 1 orders before it and would win the clash.
 	h.prod = mustCreate(t, h.members[1], "prod", "10.60.0.0/16")
 	waitNetwork(t, h.members, "prod", true)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	ctx := timeoutCtx(t, 20*time.Second)
 	ip, err := h.members[1].AllocateIP(ctx, "prod", "web")
 	if err != nil {
 		t.Fatal(err)
@@ -241,8 +240,7 @@ func TestHostileGossip(t *testing.T) {
 		}
 	}
 	// The address a forged promise would have blocked is still free.
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	ctx := timeoutCtx(t, 10*time.Second)
 	if err := h.members[1].ClaimIP(ctx, "prod", freeIP, "db"); err != nil {
 		t.Errorf("ClaimIP of the address named in forged requests: %v", err)
 	}

@@ -26,11 +26,9 @@ func leaseMap(c *Cluster, network string) map[netip.Prefix]string {
 func TestLeaseUniquenessUnderConcurrency(t *testing.T) {
 	const n, blocksEach, addrsEach = 8, 3, 40
 	members := startCluster(t, n)
-	mustCreate(t, members[0], "ov", "10.20.0.0/16")
-	waitNetwork(t, members, "ov", true)
+	createNetwork(t, members, "ov", "10.20.0.0/16")
 
-	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
-	defer cancel()
+	ctx := timeoutCtx(t, 25*time.Second)
 	blocks := &owners[netip.Prefix]{by: map[netip.Prefix]string{}}
 	addrs := &owners[netip.Addr]{by: map[netip.Addr]string{}}
 	var wg sync.WaitGroup
@@ -129,8 +127,7 @@ func checkLeaseTables(t *testing.T, members []*Cluster, blocks map[netip.Prefix]
 // All members claim the same block at once: at most one gets it.
 func TestSameBlockContention(t *testing.T) {
 	members := startCluster(t, 6)
-	net := mustCreate(t, members[0], "hot", "10.30.0.0/16")
-	waitNetwork(t, members, "hot", true)
+	net := createNetwork(t, members, "hot", "10.30.0.0/16")
 	for round := range 4 {
 		block := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 30, byte(round), 0}), 24)
 		k := resKey{Kind: resBlock, Net: net.ID, P: block}
@@ -174,10 +171,8 @@ func TestSameBlockContention(t *testing.T) {
 
 func TestStaticIPClaims(t *testing.T) {
 	members := startCluster(t, 3)
-	mustCreate(t, members[0], "st", "10.40.0.0/16")
-	waitNetwork(t, members, "st", true)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	createNetwork(t, members, "st", "10.40.0.0/16")
+	ctx := timeoutCtx(t, 20*time.Second)
 	ip := netip.MustParseAddr("10.40.7.7")
 
 	if err := members[0].ClaimIP(ctx, "st", ip, "web"); err != nil {
@@ -249,8 +244,7 @@ func TestReclaimDeadMemberBlocks(t *testing.T) {
 	members := startCluster(t, 3, func(c *Config) { c.ReclaimLeasesAfter = time.Second })
 	mustCreate(t, members[0], "rc", "10.50.0.0/22") // sixteen /26 blocks (the default for a /22)
 	waitNetwork(t, members, "rc", true)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	ctx := timeoutCtx(t, 20*time.Second)
 	var held []netip.Prefix
 	for range 3 {
 		b, err := members[2].LeaseBlock(ctx, "rc")
@@ -296,10 +290,8 @@ func TestReclaimDeadMemberBlocks(t *testing.T) {
 // them back from the others, and with its snapshot also its allocations.
 func TestRestartKeepsBlocks(t *testing.T) {
 	members := startCluster(t, 3)
-	mustCreate(t, members[0], "rs", "10.60.0.0/16")
-	waitNetwork(t, members, "rs", true)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	createNetwork(t, members, "rs", "10.60.0.0/16")
+	ctx := timeoutCtx(t, 20*time.Second)
 	m2 := members[2]
 	first, err := m2.AllocateIP(ctx, "rs", "a")
 	if err != nil {
@@ -354,8 +346,7 @@ func TestReservationVersion(t *testing.T) {
 	a := members[0]
 	mustCreate(t, a, "rv", "10.31.0.0/16")
 	waitNetwork(t, members, "rv", true)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	ctx := timeoutCtx(t, 10*time.Second)
 	step := func(what string, want bool, fn func() error) {
 		t.Helper()
 		before := a.ReservationVersion()

@@ -63,8 +63,7 @@ func TestNetworkReplication(t *testing.T) {
 // removed.
 func TestAntiEntropyAfterRestart(t *testing.T) {
 	members := startCluster(t, 3)
-	mustCreate(t, members[0], "old", "10.1.0.0/16")
-	waitNetwork(t, members, "old", true)
+	createNetwork(t, members, "old", "10.1.0.0/16")
 
 	m2 := members[2]
 	snap, err := m2.Snapshot()
@@ -105,8 +104,7 @@ func TestAntiEntropyAfterRestart(t *testing.T) {
 func TestAntiEntropyAfterPartition(t *testing.T) {
 	p := newPartition()
 	members := startCluster(t, 3, p.option)
-	mustCreate(t, members[0], "doomed", "10.3.0.0/16")
-	waitNetwork(t, members, "doomed", true)
+	createNetwork(t, members, "doomed", "10.3.0.0/16")
 
 	p.split(members[2])
 	// Long enough for both sides to declare the other dead: gossip is lost,
