@@ -73,8 +73,7 @@ func TestConntrackExpiry(t *testing.T) {
 	}
 	l.age(t, orig, 121*time.Second)
 	l.age(t, reply, 121*time.Second)
-	l.expectOut(t, hookFromUplink, uplinkIfindex, fromOutside(masq.reply()), tcActOK, ReasonNotNAT, nil)
-	l.expectOut(t, hookXDP, 0, fromOutside(masq.reply()), xdpPass, ReasonNotNAT, nil)
+	l.expectBothIngress(t, fromOutside(masq.reply()), false, ReasonNotNAT)
 
 	// The endpoint's next packet starts over, on the same port: the
 	// expired reply tuple is free again.

@@ -158,21 +158,9 @@ func TestConntrackEvictions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { o.Close() })
-	for _, n := range []Network{netA, netB} {
-		if err := o.PutNetwork(n); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := o.PutEndpoint(a1); err != nil {
-		t.Fatal(err)
-	}
-	u, err := LoadUplink(o, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { u.Close() })
-	l := &natLab{o: o, u: u}
+	closeAtEnd(t, "endpoint objects", o)
+	put(t, o, []Network{netA, netB}, a1)
+	l := &natLab{o: o, u: mustLoadOn(t, o, "uplink", LoadUplink)}
 	l.setPorts(t, 20000, 60000)
 
 	const conns = 1000

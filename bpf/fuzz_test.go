@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -87,15 +86,24 @@ func loadFuzzLab(tb testing.TB) *natLab {
 	return l
 }
 
-func FuzzEndpointProgram(f *testing.F) {
+// fuzzFrames loads the lab once and runs check on every frame the fuzzer
+// makes that is worth a run: the kernel refuses frames shorter than
+// Ethernet's header, and anything over 1600 bytes is past every MTU here.
+func fuzzFrames(f *testing.F, check func(t *testing.T, l *natLab, sel uint8, frame []byte)) {
 	for i, s := range fuzzSeeds() {
 		f.Add(uint8(i), s)
 	}
 	l := loadFuzzLab(f)
 	f.Fuzz(func(t *testing.T, sel uint8, frame []byte) {
 		if len(frame) < 14 || len(frame) > 1600 {
-			return // the kernel refuses frames shorter than Ethernet's header
+			return
 		}
+		check(t, l, sel, frame)
+	})
+}
+
+func FuzzEndpointProgram(f *testing.F) {
+	fuzzFrames(f, func(t *testing.T, l *natLab, sel uint8, frame []byte) {
 		ifindex := fuzzIfindexes[int(sel)%len(fuzzIfindexes)]
 		ret, out, delta, ok := l.fuzzRun(t, hookFromEndpoint, ifindex, frame)
 		if !ok {
@@ -140,14 +148,7 @@ func FuzzEndpointProgram(f *testing.F) {
 }
 
 func FuzzUplinkPrograms(f *testing.F) {
-	for i, s := range fuzzSeeds() {
-		f.Add(uint8(i), s)
-	}
-	l := loadFuzzLab(f)
-	f.Fuzz(func(t *testing.T, sel uint8, frame []byte) {
-		if len(frame) < 14 || len(frame) > 1600 {
-			return
-		}
+	fuzzFrames(f, func(t *testing.T, l *natLab, sel uint8, frame []byte) {
 		h := []hook{hookFromUplink, hookToUplink, hookXDP}[int(sel)%3]
 		ret, _, delta, ok := l.fuzzRun(t, h, uplinkIfindex, frame)
 		if !ok {
@@ -172,20 +173,14 @@ func FuzzUplinkPrograms(f *testing.F) {
 // never reached the program and is not a finding.
 func (l *natLab) fuzzRun(t *testing.T, h hook, ifindex int, pkt []byte) (uint32, []byte, map[CounterKey]Counter, bool) {
 	t.Helper()
-	prog, _ := l.prog(h)
-	opts := ebpf.RunOptions{Data: pkt, DataOut: make([]byte, len(pkt)+256)}
-	if h != hookXDP {
-		opts.Context = skbContext{IngressIfindex: uint32(ifindex)}
-	}
-	before := readCounters(t, l.o)
-	ret, err := prog.Run(&opts)
+	ret, out, delta, err := l.tryHook(t, h, ifindex, pkt)
 	if errors.Is(err, unix.EINVAL) {
 		return 0, nil, nil, false
 	}
 	if err != nil {
-		t.Fatalf("%s: run on %d-byte packet: %v", h, len(pkt), err)
+		t.Fatal(err)
 	}
-	return ret, opts.DataOut, counterDelta(before, readCounters(t, l.o)), true
+	return ret, out, delta, true
 }
 
 // checkOneCount checks that delta is one packet of n bytes under (dir,

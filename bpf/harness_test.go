@@ -3,6 +3,7 @@
 package bpf
 
 import (
+	"io"
 	"maps"
 	"net"
 	"net/netip"
@@ -115,27 +116,50 @@ func load(tb testing.TB) *Objects {
 	if err != nil {
 		tb.Fatalf("load: %v", err)
 	}
+	closeAtEnd(tb, "endpoint objects", o)
+	return o
+}
+
+// closeAtEnd closes c when the test ends; an error is a failure.
+func closeAtEnd(tb testing.TB, what string, c io.Closer) {
 	tb.Cleanup(func() {
-		if err := o.Close(); err != nil {
-			tb.Errorf("close: %v", err)
+		if err := c.Close(); err != nil {
+			tb.Errorf("close %s: %v", what, err)
 		}
 	})
-	return o
+}
+
+// mustLoadOn loads a second object (LoadUplink, LoadSock, LoadTunnel)
+// onto o's maps, closed when the test ends.
+func mustLoadOn[T io.Closer](tb testing.TB, o *Objects, what string, load func(*Objects, *ebpf.CollectionOptions) (T, error)) T {
+	tb.Helper()
+	x, err := load(o, nil)
+	if err != nil {
+		tb.Fatalf("load %s: %v", what, err)
+	}
+	closeAtEnd(tb, what, x)
+	return x
+}
+
+// put puts the networks, then the endpoints, into o.
+func put(tb testing.TB, o *Objects, nets []Network, eps ...Endpoint) {
+	tb.Helper()
+	for _, n := range nets {
+		if err := o.PutNetwork(n); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	for _, ep := range eps {
+		if err := o.PutEndpoint(ep); err != nil {
+			tb.Fatal(err)
+		}
+	}
 }
 
 func loadFixture(tb testing.TB) *Objects {
 	tb.Helper()
 	o := load(tb)
-	for _, n := range []Network{netA, netB} {
-		if err := o.PutNetwork(n); err != nil {
-			tb.Fatal(err)
-		}
-	}
-	for _, ep := range []Endpoint{a1, a2, b1, mA, mB} {
-		if err := o.PutEndpoint(ep); err != nil {
-			tb.Fatal(err)
-		}
-	}
+	put(tb, o, []Network{netA, netB}, a1, a2, b1, mA, mB)
 	return o
 }
 

@@ -60,22 +60,8 @@ type natLab struct {
 func loadNAT(tb testing.TB) *natLab {
 	tb.Helper()
 	o := loadFixture(tb)
-	if err := o.PutNetwork(netC); err != nil {
-		tb.Fatal(err)
-	}
-	if err := o.PutEndpoint(c1); err != nil {
-		tb.Fatal(err)
-	}
-	u, err := LoadUplink(o, nil)
-	if err != nil {
-		tb.Fatalf("load uplink: %v", err)
-	}
-	tb.Cleanup(func() {
-		if err := u.Close(); err != nil {
-			tb.Errorf("close uplink: %v", err)
-		}
-	})
-	l := &natLab{o: o, u: u}
+	put(tb, o, []Network{netC}, c1)
+	l := &natLab{o: o, u: mustLoadOn(tb, o, "uplink", LoadUplink)}
 	l.setPorts(tb, natPortMin, natPortMax)
 	if err := o.SetHostAddrs([]netip.Addr{hostAddr, netA.Gateway, netB.Gateway, netC.Gateway}); err != nil {
 		tb.Fatal(err)
@@ -134,6 +120,18 @@ func xdpVerdictOf(ret uint32) Verdict {
 // counters that moved.
 func (l *natLab) runHook(tb testing.TB, h hook, ifindex int, pkt []byte) (uint32, []byte, map[CounterKey]Counter) {
 	tb.Helper()
+	ret, out, delta, err := l.tryHook(tb, h, ifindex, pkt)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return ret, out, delta
+}
+
+// tryHook is runHook that returns the error of the run (BPF_PROG_TEST_RUN
+// refusing the packet, say) instead of failing the test; the counters that
+// moved are returned either way.
+func (l *natLab) tryHook(tb testing.TB, h hook, ifindex int, pkt []byte) (uint32, []byte, map[CounterKey]Counter, error) {
+	tb.Helper()
 	prog, _ := l.prog(h)
 	opts := ebpf.RunOptions{Data: pkt, DataOut: make([]byte, len(pkt)+256)}
 	if h != hookXDP {
@@ -141,10 +139,11 @@ func (l *natLab) runHook(tb testing.TB, h hook, ifindex int, pkt []byte) (uint32
 	}
 	before := readCounters(tb, l.o)
 	ret, err := prog.Run(&opts)
+	delta := counterDelta(before, readCounters(tb, l.o))
 	if err != nil {
-		tb.Fatalf("%s: run on %d-byte packet: %v", h, len(pkt), err)
+		return 0, nil, delta, fmt.Errorf("%s: run on %d-byte packet: %w", h, len(pkt), err)
 	}
-	return ret, opts.DataOut, counterDelta(before, readCounters(tb, l.o))
+	return ret, opts.DataOut, delta, nil
 }
 
 // expect runs pkt through h and checks the verdict and that exactly one
@@ -166,6 +165,28 @@ func (l *natLab) expect(tb testing.TB, h hook, ifindex int, pkt []byte, wantRet 
 		tb.Errorf("%s: counters moved by %v, want %v", h, delta, want)
 	}
 	return out
+}
+
+// expectBothIngress checks pkt, from outside, at the uplink's tc ingress
+// and at its XDP hook, which decide alike here: both pass it unchanged, or
+// both drop it, for reason.
+func (l *natLab) expectBothIngress(tb testing.TB, pkt []byte, drop bool, reason Reason) {
+	tb.Helper()
+	tcRet, xdpRet := uint32(tcActOK), uint32(xdpPass)
+	if drop {
+		tcRet, xdpRet = tcActShot, xdpDrop
+	}
+	l.expectOut(tb, hookFromUplink, uplinkIfindex, pkt, tcRet, reason, nil)
+	l.expectOut(tb, hookXDP, 0, pkt, xdpRet, reason, nil)
+}
+
+// expectNoConntrack checks that what was sent so far made no connection
+// table entry.
+func (l *natLab) expectNoConntrack(tb testing.TB, what string) {
+	tb.Helper()
+	if entries, _, err := l.o.ConntrackStats(); err != nil || entries != 0 {
+		tb.Errorf("%s made %d conntrack entries (%v)", what, entries, err)
+	}
 }
 
 // expectOut is expect plus a byte-exact check of the packet out against

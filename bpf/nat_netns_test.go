@@ -100,11 +100,7 @@ func newNATNSLab(t *testing.T) *natNSLab {
 	}
 	l.uplinkIfindex = up.Attrs().Index
 
-	u, err := LoadUplink(l.objs, nil)
-	if err != nil {
-		t.Fatalf("load uplink: %v", err)
-	}
-	t.Cleanup(func() { u.Close() })
+	u := mustLoadOn(t, l.objs, "uplink", LoadUplink)
 	l.u = u
 	for _, a := range []struct {
 		prog   *ebpf.Program

@@ -121,8 +121,7 @@ func TestDNAT(t *testing.T) {
 			{proto: protoTCP, src: outside, sport: 50023, dst: hostAddr, dport: 9090, tcpFlags: tcpFlagSYN},         // published on otherHost only
 			{proto: protoTCP, src: outside, sport: 50024, dst: hostAddr, dport: 6060, tcpFlags: tcpFlagSYN},         // its endpoint is not here
 		} {
-			l.expectOut(t, hookFromUplink, uplinkIfindex, fromOutside(f), tcActOK, ReasonNotNAT, nil)
-			l.expectOut(t, hookXDP, 0, fromOutside(f), xdpPass, ReasonNotNAT, nil)
+			l.expectBothIngress(t, fromOutside(f), false, ReasonNotNAT)
 		}
 	})
 }

@@ -74,11 +74,7 @@ func (l *hostLab) addSandbox(host string, ep Endpoint, n Network) *sandbox {
 	if err != nil {
 		t.Fatalf("attach to %s: %v", host, err)
 	}
-	t.Cleanup(func() {
-		if err := lk.Close(); err != nil {
-			t.Errorf("detach from %s: %v", host, err)
-		}
-	})
+	closeAtEnd(t, "link on "+host, lk)
 	return &sandbox{name: name, path: path, ep: ep, netw: n}
 }
 

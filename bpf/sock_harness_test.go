@@ -363,7 +363,7 @@ func newSockLab(t *testing.T) *sockLab {
 		}
 	}
 
-	s := mustLoadSock(t, o)
+	s := mustLoadOn(t, o, "socket hooks", LoadSock)
 	cg, cgFD := newTestCgroup(t)
 	links, err := s.AttachCgroup(cg)
 	if err != nil {

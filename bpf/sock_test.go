@@ -104,20 +104,6 @@ func TestSockNetNSCookie(t *testing.T) {
 	}
 }
 
-func mustLoadSock(tb testing.TB, o *Objects) *Sock {
-	tb.Helper()
-	s, err := LoadSock(o, nil)
-	if err != nil {
-		tb.Fatalf("load socket hooks: %v", err)
-	}
-	tb.Cleanup(func() {
-		if err := s.Close(); err != nil {
-			tb.Errorf("close socket hooks: %v", err)
-		}
-	})
-	return s
-}
-
 func TestSockLoadSharesMaps(t *testing.T) {
 	o := load(t)
 	other := load(t)
@@ -132,7 +118,7 @@ func TestSockLoadSharesMaps(t *testing.T) {
 		t.Errorf("LoadSock changed the caller's MapReplacements: %v", opts.MapReplacements)
 	}
 
-	s := mustLoadSock(t, o)
+	s := mustLoadOn(t, o, "socket hooks", LoadSock)
 	for name, m := range map[string]*ebpf.Map{"ports": s.objs.Ports, "host_config": s.objs.HostConfig, "counters": s.objs.Counters} {
 		a, err := m.Info()
 		if err != nil {

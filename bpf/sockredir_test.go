@@ -86,11 +86,7 @@ func newRedirLab(t *testing.T) *redirLab {
 	if err != nil {
 		t.Fatalf("load socket redirection: %v", err)
 	}
-	t.Cleanup(func() {
-		if err := r.Close(); err != nil {
-			t.Errorf("close socket redirection: %v", err)
-		}
-	})
+	closeAtEnd(t, "socket redirection", r)
 	if err := r.AttachMsg(); err != nil {
 		t.Fatal(err)
 	}
@@ -101,11 +97,7 @@ func newRedirLab(t *testing.T) *redirLab {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if err := lk.Close(); err != nil {
-			t.Errorf("detach sockops: %v", err)
-		}
-	})
+	closeAtEnd(t, "sockops link", lk)
 	l.redir = r
 	l.sbPath = l.sandbox
 	enterCgroup(t, l.cgroup)
@@ -367,14 +359,24 @@ func testSockRedirManyConns(t *testing.T, l *redirLab) {
 	l.waitConns(t, nil)
 }
 
-// testSockRedirServerResets is TestSockRedir's subtest "server resets".
-func testSockRedirServerResets(t *testing.T, l *redirLab) {
+// dialReset connects to the reset server through its published port,
+// waits until the pair is in the hash, and tells the server which side
+// resets: "S" the server, "C" the client.
+func (l *redirLab) dialReset(t *testing.T, side string) *net.TCPConn {
+	t.Helper()
 	c := dialIn(t, l.host, fmt.Sprintf("127.0.0.1:%d", redirPubReset))
-	defer c.Close()
 	l.waitConns(t, pair(c, fmt.Sprintf("%s:%d", sockSandboxIP, redirResetPort)))
-	if _, err := c.Write([]byte("S")); err != nil {
+	if _, err := c.Write([]byte(side)); err != nil {
+		c.Close()
 		t.Fatal(err)
 	}
+	return c
+}
+
+// testSockRedirServerResets is TestSockRedir's subtest "server resets".
+func testSockRedirServerResets(t *testing.T, l *redirLab) {
+	c := l.dialReset(t, "S")
+	defer c.Close()
 	_, err := c.Read(make([]byte, 1))
 	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("read after the server reset: %v, want ECONNRESET", err)
@@ -383,12 +385,8 @@ func testSockRedirServerResets(t *testing.T, l *redirLab) {
 
 // testSockRedirClientResets is TestSockRedir's subtest "client resets".
 func testSockRedirClientResets(t *testing.T, l *redirLab) {
-	c := dialIn(t, l.host, fmt.Sprintf("127.0.0.1:%d", redirPubReset))
+	c := l.dialReset(t, "C")
 	defer c.Close()
-	l.waitConns(t, pair(c, fmt.Sprintf("%s:%d", sockSandboxIP, redirResetPort)))
-	if _, err := c.Write([]byte("C")); err != nil {
-		t.Fatal(err)
-	}
 	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
 		t.Fatal(err)
 	}

@@ -145,11 +145,7 @@ func TestPutRemoteRejects(t *testing.T) {
 // crafted VXLAN packets through a real device.
 func TestFromTunnelWithoutMetadata(t *testing.T) {
 	o := loadOverlayFixture(t, tunnelIfindex)
-	tun, err := LoadTunnel(o, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tun.Close() })
+	tun := mustLoadOn(t, o, "tunnel program", LoadTunnel)
 	pkt := ether(o1.MAC, netO.RouterMAC, etherTypeIPv4,
 		ipv4Hdr{src: remote1.Addr, dst: o1.Addr, proto: protoUDP}.marshal(udp(remote1.Addr, o1.Addr, 53, 5000, []byte("a"))))
 	before := readCounters(t, o)

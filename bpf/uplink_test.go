@@ -32,8 +32,7 @@ func TestHostTrafficUntouched(t *testing.T) {
 			// Its replies: the ports of the first two are in the
 			// masquerade range, but no fabric connection has them.
 			r := f.reply()
-			l.expectOut(t, hookFromUplink, uplinkIfindex, fromOutside(r), tcActOK, ReasonNotNAT, nil)
-			l.expectOut(t, hookXDP, 0, fromOutside(r), xdpPass, ReasonNotNAT, nil)
+			l.expectBothIngress(t, fromOutside(r), false, ReasonNotNAT)
 		})
 	}
 	for name, frame := range map[string][]byte{
@@ -51,12 +50,9 @@ func TestHostTrafficUntouched(t *testing.T) {
 	}
 	t.Run("ssh to the host", func(t *testing.T) {
 		f := flow{proto: protoTCP, src: outside, sport: 50000, dst: hostAddr, dport: 22, tcpFlags: tcpFlagSYN}
-		l.expectOut(t, hookFromUplink, uplinkIfindex, fromOutside(f), tcActOK, ReasonNotNAT, nil)
-		l.expectOut(t, hookXDP, 0, fromOutside(f), xdpPass, ReasonNotNAT, nil)
+		l.expectBothIngress(t, fromOutside(f), false, ReasonNotNAT)
 	})
-	if entries, _, err := l.o.ConntrackStats(); err != nil || entries != 0 {
-		t.Errorf("host traffic made %d conntrack entries (%v)", entries, err)
-	}
+	l.expectNoConntrack(t, "host traffic")
 }
 
 // TestInternalNetwork: an --internal network's endpoints are neither
@@ -74,12 +70,9 @@ func TestInternalNetwork(t *testing.T) {
 		{proto: protoTCP, src: outside, sport: 50000, dst: hostAddr, dport: 7070, tcpFlags: tcpFlagSYN}, // published
 		{proto: protoTCP, src: outside, sport: 50000, dst: c1.Addr, dport: 70, tcpFlags: tcpFlagSYN},    // routed
 	} {
-		l.expectOut(t, hookFromUplink, uplinkIfindex, fromOutside(f), tcActShot, ReasonInternal, nil)
-		l.expectOut(t, hookXDP, 0, fromOutside(f), xdpDrop, ReasonInternal, nil)
+		l.expectBothIngress(t, fromOutside(f), true, ReasonInternal)
 	}
-	if entries, _, err := l.o.ConntrackStats(); err != nil || entries != 0 {
-		t.Errorf("internal traffic made %d conntrack entries (%v)", entries, err)
-	}
+	l.expectNoConntrack(t, "internal traffic")
 }
 
 // TestNoOwner: traffic from outside to a fabric address no endpoint holds
@@ -258,21 +251,15 @@ func TestUplinkTruncated(t *testing.T) {
 	} {
 		for n := 0; n <= 60; n++ {
 			t.Run(fmt.Sprintf("%s/%d", c.h, n), func(t *testing.T) {
-				prog, dir := l.prog(c.h)
-				opts := ebpf.RunOptions{Data: c.pkt[:n], DataOut: make([]byte, 256)}
-				if c.h != hookXDP {
-					opts.Context = skbContext{IngressIfindex: uplinkIfindex}
-				}
-				before := readCounters(t, l.o)
-				ret, err := prog.Run(&opts)
-				delta := counterDelta(before, readCounters(t, l.o))
+				_, dir := l.prog(c.h)
+				ret, _, delta, err := l.tryHook(t, c.h, uplinkIfindex, c.pkt[:n])
 				switch {
 				case err != nil && errors.Is(err, unix.EINVAL) && n < 14+20:
 					if len(delta) != 0 {
 						t.Errorf("counters moved for a frame the kernel refused: %v", delta)
 					}
 				case err != nil:
-					t.Fatalf("run: %v", err)
+					t.Fatal(err)
 				default:
 					wantRet, wantReason := c.want(n)
 					if n < 14 {
