@@ -1,7 +1,6 @@
 package plumb
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -64,7 +63,11 @@ func (h *Host) EnsureChild(n datapath.Network, ep datapath.Endpoint) (created bo
 			return created, err
 		}
 	}
-	if err := configureChild(sb.nl, child, n, ep, mtu, created); err != nil {
+	gw := n.Gateway
+	if isL3(n) {
+		gw = netip.Addr{} // no ARP, no next hop: the host's routing decides
+	}
+	if err := configureSandboxLink(sb.nl, child, ep, childMAC(n, ep), mtu, gw, created); err != nil {
 		return created, fmt.Errorf("endpoint %s: %s in %s: %w", ep.ID, ep.IfName, ep.NetNSPath, err)
 	}
 	if err := h.ensureShimRoute(n, ep); err != nil {
@@ -232,107 +235,6 @@ func childAddError(n datapath.Network, parent, what string, err error) error {
 	default:
 		return fmt.Errorf("network %s: create %s on %s: %w", n.ID, what, parent, err)
 	}
-}
-
-// configureChild gives the child its MAC, MTU and address, brings it up
-// and sets the default route, or keeps it out. A child created just now
-// has the right name, MAC and MTU and nothing else, so only the missing
-// parts are added.
-func configureChild(h *netlink.Handle, link netlink.Link, n datapath.Network, ep datapath.Endpoint, mtu int, created bool) error {
-	addr := &net.IPNet{IP: ep.Addr.Addr().AsSlice(), Mask: net.CIDRMask(ep.Addr.Bits(), 32)}
-	gw := n.Gateway
-	if isL3(n) {
-		gw = netip.Addr{} // no ARP, no next hop: the host's routing decides
-	}
-	if created {
-		if err := h.AddrAdd(link, &netlink.Addr{IPNet: addr}); err != nil {
-			return fmt.Errorf("add address %s: %w", addr, err)
-		}
-		if err := h.LinkSetUp(link); err != nil {
-			return fmt.Errorf("set up: %w", err)
-		}
-		if ep.DefaultRoute {
-			return replaceChildDefaultRoute(h, link, gw)
-		}
-		return nil
-	}
-	a := link.Attrs()
-	if mac := childMAC(n, ep); mac != nil && !bytes.Equal(a.HardwareAddr, mac) {
-		if err := setMAC(h, link, mac); err != nil {
-			return err
-		}
-	}
-	if a.MTU != mtu {
-		if err := h.LinkSetMTU(link, mtu); err != nil {
-			return fmt.Errorf("set MTU %d: %w", mtu, err)
-		}
-	}
-	if err := EnsureOnlyAddr(h, link, addr); err != nil {
-		return err
-	}
-	if !IsUp(link) {
-		if err := h.LinkSetUp(link); err != nil {
-			return fmt.Errorf("set up: %w", err)
-		}
-	}
-	return ensureChildDefaultRoute(h, link, gw, ep.DefaultRoute)
-}
-
-// ensureChildDefaultRoute makes the sandbox's default route go through
-// link, via gw or (gw invalid) straight out of the device, when want is
-// set, and removes default routes through link otherwise.
-func ensureChildDefaultRoute(h *netlink.Handle, link netlink.Link, gw netip.Addr, want bool) error {
-	routes, err := RetryDump(func() ([]netlink.Route, error) {
-		return h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
-	})
-	if err != nil {
-		return fmt.Errorf("list routes: %w", err)
-	}
-	idx := link.Attrs().Index
-	for _, r := range routes {
-		if !isDefaultRoute(r) || r.LinkIndex != idx {
-			continue
-		}
-		if want && r.Priority == 0 && sameGateway(r.Gw, gw) {
-			return nil
-		}
-		if !want {
-			if err := h.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
-				return fmt.Errorf("remove default route through %s: %w", link.Attrs().Name, err)
-			}
-		}
-	}
-	if !want {
-		return nil
-	}
-	return replaceChildDefaultRoute(h, link, gw)
-}
-
-func sameGateway(have net.IP, want netip.Addr) bool {
-	if !want.IsValid() {
-		return len(have) == 0
-	}
-	return net.IP(want.AsSlice()).Equal(have)
-}
-
-func replaceChildDefaultRoute(h *netlink.Handle, link netlink.Link, gw netip.Addr) error {
-	r := &netlink.Route{
-		LinkIndex: link.Attrs().Index,
-		Dst:       &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)},
-		Table:     unix.RT_TABLE_MAIN,
-	}
-	if gw.IsValid() {
-		r.Gw = gw.AsSlice()
-	} else {
-		r.Scope = netlink.SCOPE_LINK
-	}
-	if err := h.RouteReplace(r); err != nil {
-		if gw.IsValid() {
-			return fmt.Errorf("default route via %s: %w", gw, err)
-		}
-		return fmt.Errorf("default route through %s: %w", link.Attrs().Name, err)
-	}
-	return nil
 }
 
 // deleteChild removes the endpoint's child from its sandbox and its route

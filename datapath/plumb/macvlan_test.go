@@ -73,7 +73,7 @@ func TestDeviceDefaultRoute(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 2 {
-		if err := ensureChildDefaultRoute(h, link, netip.Addr{}, true); err != nil {
+		if err := ensureDefaultRoute(h, link, netip.Addr{}, true); err != nil {
 			t.Fatal(err)
 		}
 		if got := routes(t, s, "default"); got != "default dev eth0 scope link" {
@@ -81,13 +81,13 @@ func TestDeviceDefaultRoute(t *testing.T) {
 		}
 	}
 	// Switching to a gateway replaces it; want=false removes it.
-	if err := ensureChildDefaultRoute(h, link, netip.MustParseAddr("10.90.11.1"), true); err != nil {
+	if err := ensureDefaultRoute(h, link, netip.MustParseAddr("10.90.11.1"), true); err != nil {
 		t.Fatal(err)
 	}
 	if got := routes(t, s, "default"); got != "default via 10.90.11.1 dev eth0" {
 		t.Fatalf("gateway default route: %q", got)
 	}
-	if err := ensureChildDefaultRoute(h, link, netip.Addr{}, false); err != nil {
+	if err := ensureDefaultRoute(h, link, netip.Addr{}, false); err != nil {
 		t.Fatal(err)
 	}
 	if got := routes(t, s, "default"); got != "" {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"net/netip"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -102,7 +103,10 @@ func (h *Host) EnsureVeth(n datapath.Network, ep datapath.Endpoint, sides VethSi
 	if err := sides.Host(host, created); err != nil {
 		return created, fmt.Errorf("endpoint %s: host side %s: %w", ep.ID, ep.HostIfName, err)
 	}
-	if err := ensureSandboxSide(sb.nl, peer, n, ep, created); err != nil {
+	if err := sandboxIPv6Off(ep.NetNSPath, peer.Attrs().Name); err != nil {
+		return created, fmt.Errorf("endpoint %s: sandbox side %s in %s: %w", ep.ID, ep.IfName, ep.NetNSPath, err)
+	}
+	if err := configureSandboxLink(sb.nl, peer, ep, ep.MAC, MTUOf(n), n.Gateway, created); err != nil {
 		return created, fmt.Errorf("endpoint %s: sandbox side %s in %s: %w", ep.ID, ep.IfName, ep.NetNSPath, err)
 	}
 	if sides.After != nil {
@@ -260,116 +264,6 @@ func (h *Host) SetHostVethUp(host netlink.Link) error {
 	return nil
 }
 
-// ensureSandboxSide gives the peer its MAC, MTU and address, brings it up
-// and puts the default route through it, or keeps it out.
-func ensureSandboxSide(h *netlink.Handle, peer netlink.Link, n datapath.Network, ep datapath.Endpoint, created bool) error {
-	addr := &net.IPNet{IP: ep.Addr.Addr().AsSlice(), Mask: net.CIDRMask(ep.Addr.Bits(), 32)}
-	if err := sandboxIPv6Off(ep.NetNSPath, peer.Attrs().Name); err != nil {
-		return err
-	}
-	if created {
-		// Born with the right name, MAC and MTU, and nothing else on it.
-		if err := h.AddrAdd(peer, &netlink.Addr{IPNet: addr}); err != nil {
-			return fmt.Errorf("add address %s: %w", addr, err)
-		}
-		if err := h.LinkSetUp(peer); err != nil {
-			return fmt.Errorf("set up: %w", err)
-		}
-		if ep.DefaultRoute {
-			return replaceDefaultRoute(h, peer, n)
-		}
-		return nil
-	}
-	attrs := peer.Attrs()
-	if ep.MAC != nil && !bytes.Equal(attrs.HardwareAddr, ep.MAC) {
-		if err := setMAC(h, peer, ep.MAC); err != nil {
-			return err
-		}
-	}
-	if want := MTUOf(n); attrs.MTU != want {
-		if err := h.LinkSetMTU(peer, want); err != nil {
-			return fmt.Errorf("set MTU %d: %w", want, err)
-		}
-	}
-	if err := EnsureOnlyAddr(h, peer, addr); err != nil {
-		return err
-	}
-	if attrs.Flags&net.FlagUp == 0 {
-		if err := h.LinkSetUp(peer); err != nil {
-			return fmt.Errorf("set up: %w", err)
-		}
-	}
-	return ensureDefaultRoute(h, peer, n, ep.DefaultRoute)
-}
-
-func setMAC(h *netlink.Handle, link netlink.Link, mac net.HardwareAddr) error {
-	err := h.LinkSetHardwareAddr(link, mac)
-	if errors.Is(err, unix.EBUSY) {
-		// Some drivers refuse a MAC change while up.
-		if err = h.LinkSetDown(link); err == nil {
-			if err = h.LinkSetHardwareAddr(link, mac); err == nil {
-				err = h.LinkSetUp(link)
-			}
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("set MAC %s: %w", mac, err)
-	}
-	return nil
-}
-
-// ensureDefaultRoute makes the main table's default route go via the
-// network's gateway through link when want is set, and removes any default
-// route through link otherwise.
-func ensureDefaultRoute(h *netlink.Handle, link netlink.Link, n datapath.Network, want bool) error {
-	routes, err := RetryDump(func() ([]netlink.Route, error) {
-		return h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
-	})
-	if err != nil {
-		return fmt.Errorf("list routes: %w", err)
-	}
-	idx := link.Attrs().Index
-	gw := n.Gateway.AsSlice()
-	for _, r := range routes {
-		if !isDefaultRoute(r) {
-			continue
-		}
-		mine := r.LinkIndex == idx && net.IP(gw).Equal(r.Gw)
-		if want && mine && r.Priority == 0 {
-			return nil
-		}
-		if !want && r.LinkIndex == idx {
-			if err := h.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
-				return fmt.Errorf("remove default route via %s: %w", r.Gw, err)
-			}
-		}
-	}
-	if !want {
-		return nil
-	}
-	return replaceDefaultRoute(h, link, n)
-}
-
-func replaceDefaultRoute(h *netlink.Handle, link netlink.Link, n datapath.Network) error {
-	r := &netlink.Route{
-		LinkIndex: link.Attrs().Index,
-		Gw:        n.Gateway.AsSlice(),
-		Table:     unix.RT_TABLE_MAIN,
-	}
-	if err := h.RouteReplace(r); err != nil {
-		return fmt.Errorf("default route via %s: %w", n.Gateway, err)
-	}
-	return nil
-}
-
-func isDefaultRoute(r netlink.Route) bool {
-	if r.Dst == nil {
-		return true
-	}
-	ones, _ := r.Dst.Mask.Size()
-	return ones == 0
-}
-
 // deleteVeth removes the endpoint's host veth, and with it the peer.
 func (h *Host) DeleteVeth(ep datapath.Endpoint) error {
 	var (
@@ -439,4 +333,128 @@ func VethIntact(l netlink.Link, n datapath.Network, ep datapath.Endpoint, master
 	a := l.Attrs()
 	return a.Alias == OwnerAlias(ep.ID) && a.Flags&net.FlagUp != 0 && a.MTU == MTUOf(n) &&
 		a.MasterIndex == master && a.NetNsID >= 0
+}
+
+// configureSandboxLink gives an endpoint's interface in its sandbox (a
+// veth peer, a macvlan or ipvlan child) its MAC (nil: whatever it has),
+// MTU and address, brings it up, and keeps the default route through it
+// via gw (invalid: straight out of the device) if ep wants one, or no
+// default route through it. A link created just now was born with the
+// right name, MAC and MTU and nothing else on it, so only the missing
+// parts are added.
+func configureSandboxLink(h *netlink.Handle, link netlink.Link, ep datapath.Endpoint, mac net.HardwareAddr, mtu int, gw netip.Addr, created bool) error {
+	addr := &net.IPNet{IP: ep.Addr.Addr().AsSlice(), Mask: net.CIDRMask(ep.Addr.Bits(), 32)}
+	if created {
+		if err := h.AddrAdd(link, &netlink.Addr{IPNet: addr}); err != nil {
+			return fmt.Errorf("add address %s: %w", addr, err)
+		}
+		if err := h.LinkSetUp(link); err != nil {
+			return fmt.Errorf("set up: %w", err)
+		}
+		if ep.DefaultRoute {
+			return replaceDefaultRoute(h, link, gw)
+		}
+		return nil
+	}
+	a := link.Attrs()
+	if mac != nil && !bytes.Equal(a.HardwareAddr, mac) {
+		if err := setMAC(h, link, mac); err != nil {
+			return err
+		}
+	}
+	if a.MTU != mtu {
+		if err := h.LinkSetMTU(link, mtu); err != nil {
+			return fmt.Errorf("set MTU %d: %w", mtu, err)
+		}
+	}
+	if err := EnsureOnlyAddr(h, link, addr); err != nil {
+		return err
+	}
+	if !IsUp(link) {
+		if err := h.LinkSetUp(link); err != nil {
+			return fmt.Errorf("set up: %w", err)
+		}
+	}
+	return ensureDefaultRoute(h, link, gw, ep.DefaultRoute)
+}
+
+func setMAC(h *netlink.Handle, link netlink.Link, mac net.HardwareAddr) error {
+	err := h.LinkSetHardwareAddr(link, mac)
+	if errors.Is(err, unix.EBUSY) {
+		// Some drivers refuse a MAC change while up.
+		if err = h.LinkSetDown(link); err == nil {
+			if err = h.LinkSetHardwareAddr(link, mac); err == nil {
+				err = h.LinkSetUp(link)
+			}
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("set MAC %s: %w", mac, err)
+	}
+	return nil
+}
+
+// ensureDefaultRoute makes the main table's default route go through
+// link, via gw or (gw invalid) straight out of the device, when want is
+// set, and removes default routes through link otherwise.
+func ensureDefaultRoute(h *netlink.Handle, link netlink.Link, gw netip.Addr, want bool) error {
+	routes, err := RetryDump(func() ([]netlink.Route, error) {
+		return h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return fmt.Errorf("list routes: %w", err)
+	}
+	idx := link.Attrs().Index
+	for _, r := range routes {
+		if !isDefaultRoute(r) || r.LinkIndex != idx {
+			continue
+		}
+		if want && r.Priority == 0 && sameGateway(r.Gw, gw) {
+			return nil
+		}
+		if !want {
+			if err := h.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+				return fmt.Errorf("remove default route through %s: %w", link.Attrs().Name, err)
+			}
+		}
+	}
+	if !want {
+		return nil
+	}
+	return replaceDefaultRoute(h, link, gw)
+}
+
+func sameGateway(have net.IP, want netip.Addr) bool {
+	if !want.IsValid() {
+		return len(have) == 0
+	}
+	return net.IP(want.AsSlice()).Equal(have)
+}
+
+func replaceDefaultRoute(h *netlink.Handle, link netlink.Link, gw netip.Addr) error {
+	r := &netlink.Route{
+		LinkIndex: link.Attrs().Index,
+		Dst:       &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)},
+		Table:     unix.RT_TABLE_MAIN,
+	}
+	if gw.IsValid() {
+		r.Gw = gw.AsSlice()
+	} else {
+		r.Scope = netlink.SCOPE_LINK
+	}
+	if err := h.RouteReplace(r); err != nil {
+		if gw.IsValid() {
+			return fmt.Errorf("default route via %s: %w", gw, err)
+		}
+		return fmt.Errorf("default route through %s: %w", link.Attrs().Name, err)
+	}
+	return nil
+}
+
+func isDefaultRoute(r netlink.Route) bool {
+	if r.Dst == nil {
+		return true
+	}
+	ones, _ := r.Dst.Mask.Size()
+	return ones == 0
 }
