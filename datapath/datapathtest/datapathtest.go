@@ -138,3 +138,26 @@ func Traffic(tb testing.TB, nsName, to string) (stop func() string) {
 		return sum
 	}
 }
+
+// Counter is m's packet count for direction/verdict/reason (0 while the
+// datapath has counted none).
+func Counter(tb testing.TB, m datapath.MetricsReader, dir, verdict, reason string) uint64 {
+	tb.Helper()
+	got, err := m.Metrics()
+	if err != nil {
+		tb.Fatalf("metrics: %v", err)
+	}
+	for _, c := range got.Counters {
+		if c.Direction == dir && c.Verdict == verdict && c.Reason == reason {
+			return c.Packets
+		}
+	}
+	return 0
+}
+
+// WaitCounter waits, up to 3 s, for that count to pass from, and reports
+// whether it did.
+func WaitCounter(tb testing.TB, m datapath.MetricsReader, dir, verdict, reason string, from uint64) bool {
+	tb.Helper()
+	return netnstest.PollEvery(3*time.Second, 50*time.Millisecond, func() bool { return Counter(tb, m, dir, verdict, reason) > from })
+}

@@ -20,6 +20,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/fabricnet/fabric/datapath"
+	"github.com/fabricnet/fabric/datapath/datapathtest"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
@@ -208,26 +209,13 @@ func (h *overlayHost) tunnelIfindex() int {
 // counter is the datapath's counter for direction/verdict/reason.
 func (h *overlayHost) counter(dir, verdict, reason string) uint64 {
 	h.t.Helper()
-	m, err := h.dp.Metrics()
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	for _, c := range m.Counters {
-		if c.Direction == dir && c.Verdict == verdict && c.Reason == reason {
-			return c.Packets
-		}
-	}
-	return 0
+	return datapathtest.Counter(h.t, h.dp, dir, verdict, reason)
 }
 
 // waitCounter waits (up to 3 s) for the counter to pass from.
 func (h *overlayHost) waitCounter(dir, verdict, reason string, from uint64) bool {
-	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if h.counter(dir, verdict, reason) > from {
-			return true
-		}
-	}
-	return false
+	h.t.Helper()
+	return datapathtest.WaitCounter(h.t, h.dp, dir, verdict, reason, from)
 }
 
 func TestOverlayTwoHosts(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/fabricnet/fabric/datapath"
+	"github.com/fabricnet/fabric/datapath/datapathtest"
 	fabricns "github.com/fabricnet/fabric/datapath/netns"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
@@ -106,16 +107,7 @@ func newShimGuardLab(t *testing.T, gossip uint16) (*Datapath, string, string) {
 // guarded host port.
 func hostPortDrops(t *testing.T, dp *Datapath) uint64 {
 	t.Helper()
-	m, err := dp.Metrics()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range m.Counters {
-		if c.Direction == "from-endpoint" && c.Verdict == "drop" && c.Reason == "host-port" {
-			return c.Packets
-		}
-	}
-	return 0
+	return datapathtest.Counter(t, dp, "from-endpoint", "drop", "host-port")
 }
 
 // serveHostTCP accepts on port in the namespace and closes each

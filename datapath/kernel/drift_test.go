@@ -102,11 +102,19 @@ func TestWatchDriftSignalsDeletedLink(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	netnstest.Run(t, l.hostName, "ip", "link", "del", "vw1")
+	l.expectDriftOnDelete(drift, cancel, "vw1")
+}
+
+// expectDriftOnDelete deletes one of fabric's links by hand and expects a
+// signal on drift within 10 s; then it ends the watch with cancel and
+// waits for drift to close.
+func (l *lab) expectDriftOnDelete(drift <-chan struct{}, cancel context.CancelFunc, link string) {
+	l.t.Helper()
+	netnstest.Run(l.t, l.hostName, "ip", "link", "del", link)
 	select {
 	case <-drift:
 	case <-time.After(10 * time.Second):
-		t.Fatal("no signal 10 s after fabric's veth was deleted")
+		l.t.Fatalf("no signal 10 s after fabric's link %s was deleted by hand", link)
 	}
 	cancel()
 	for range drift { // closed once ctx ends
@@ -141,13 +149,5 @@ func TestWatchDriftIgnoresOwnDeletes(t *testing.T) {
 		t.Fatal("the datapath's own endpoint removal was signalled as drift")
 	case <-time.After(2 * time.Second): // bounded: the event comes within milliseconds
 	}
-	netnstest.Run(t, l.hostName, "ip", "link", "del", "vo2")
-	select {
-	case <-drift:
-	case <-time.After(10 * time.Second):
-		t.Fatal("no signal 10 s after fabric's veth was deleted by hand")
-	}
-	cancel()
-	for range drift { // closed once ctx ends
-	}
+	l.expectDriftOnDelete(drift, cancel, "vo2")
 }

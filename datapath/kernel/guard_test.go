@@ -1,14 +1,13 @@
 package kernel
 
 import (
-	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/fabricnet/fabric/datapath"
+	"github.com/fabricnet/fabric/datapath/datapathtest"
 	fabricns "github.com/fabricnet/fabric/datapath/netns"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
@@ -16,27 +15,18 @@ import (
 // counter is the datapath's counter for direction/verdict/reason.
 func (l *lab) counter(dir, verdict, reason string) uint64 {
 	l.t.Helper()
-	m, err := l.dp.Metrics()
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	for _, c := range m.Counters {
-		if c.Direction == dir && c.Verdict == verdict && c.Reason == reason {
-			return c.Packets
-		}
-	}
-	return 0
+	return datapathtest.Counter(l.t, l.dp, dir, verdict, reason)
 }
 
 // waitCounter waits (up to 3 s) for the counter to pass from.
 func (l *lab) waitCounter(dir, verdict, reason string, from uint64) bool {
-	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if l.counter(dir, verdict, reason) > from {
-			return true
-		}
-	}
-	return false
+	l.t.Helper()
+	return datapathtest.WaitCounter(l.t, l.dp, dir, verdict, reason, from)
 }
+
+// fabricGuard are fabric's own host ports as the agent has them guarded:
+// gossip (TCP and UDP), the tunnel and metrics.
+var fabricGuard = []datapath.HostPort{{Proto: "tcp", Port: 7946}, {Proto: "udp", Port: 7946}, {Proto: "udp", Port: 4789}, {Proto: "tcp", Port: 9100}}
 
 // TestGuardPortsFromSandboxes: a sandbox reaches the host's other ports
 // through its gateway, but not fabric's own (gossip, tunnel, metrics):
@@ -44,13 +34,7 @@ func (l *lab) waitCounter(dir, verdict, reason string, from uint64) bool {
 func TestGuardPortsFromSandboxes(t *testing.T) {
 	t.Parallel()
 	l := bareLab(t)
-	guard := []datapath.HostPort{{Proto: "tcp", Port: 7946}, {Proto: "udp", Port: 7946}, {Proto: "udp", Port: 4789}, {Proto: "tcp", Port: 9100}}
-	dp, err := New(slog.New(slog.NewTextHandler(testWriter{t}, nil)), Options{NetNSPath: l.hostPath, GuardPorts: guard})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = dp.Close() })
-	l.dp = dp
+	l.dp = l.open(Options{GuardPorts: fabricGuard})
 	n := l.bridgeNetwork("gd", "br-gd", "10.91.1.0/24", false)
 	sbPath := l.join(n, "epg", "vhg", 2).path
 
@@ -74,7 +58,7 @@ func TestGuardPortsFromSandboxes(t *testing.T) {
 		}
 	}
 
-	if st := dp.Status(ctx); !strings.Contains(strings.Join(st.Details, "\n"), "host ports closed to sandboxes: tcp/7946 udp/7946 udp/4789 tcp/9100") {
+	if st := l.dp.Status(ctx); !strings.Contains(strings.Join(st.Details, "\n"), "host ports closed to sandboxes: tcp/7946 udp/7946 udp/4789 tcp/9100") {
 		t.Errorf("status does not list the guarded ports: %q", st.Details)
 	}
 	if _, err := New(nil, Options{NetNSPath: l.hostPath, GuardPorts: []datapath.HostPort{{Proto: "sctp", Port: 1}}}); err == nil {
@@ -141,7 +125,7 @@ func TestTunnelAcceptsOnlyOwners(t *testing.T) {
 	if err := a.dp.Close(); err != nil {
 		t.Fatal(err)
 	}
-	a.dp = a.openWith(datapath.Tunnel{Local: aIP, Port: port})
+	a.dp = a.open(Options{Tunnel: datapath.Tunnel{Local: aIP, Port: port}})
 	a.ensureNetwork(network("other", "br-go", "10.91.9.0/24", false))
 	mustPing(t, sa, epb.Addr.Addr().String())
 

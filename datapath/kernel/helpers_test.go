@@ -43,7 +43,7 @@ type lab struct {
 func newLab(t *testing.T) *lab {
 	t.Helper()
 	l := bareLab(t)
-	l.dp = l.open()
+	l.dp = l.open(Options{})
 	return l
 }
 
@@ -57,10 +57,12 @@ func bareLab(t *testing.T) *lab {
 	return &lab{t: t, hostName: name, hostPath: path, hostNL: h}
 }
 
-// open starts a datapath on the lab's host namespace, closed at cleanup.
-func (l *lab) open() *Datapath {
+// open starts a datapath with opts on the lab's host namespace, closed at
+// cleanup.
+func (l *lab) open(opts Options) *Datapath {
 	l.t.Helper()
-	dp, err := New(slog.New(slog.NewTextHandler(testWriter{l.t}, &slog.HandlerOptions{Level: slog.LevelDebug})), Options{NetNSPath: l.hostPath})
+	opts.NetNSPath = l.hostPath
+	dp, err := New(slog.New(slog.NewTextHandler(testWriter{l.t}, &slog.HandlerOptions{Level: slog.LevelDebug})), opts)
 	if err != nil {
 		l.t.Fatalf("New: %v", err)
 	}
@@ -366,10 +368,5 @@ func (l *lab) setBridgeNetfilter(on bool) {
 // f says; it is closed at the end of the test.
 func (l *lab) faulty(f plumb.Faults) *Datapath {
 	l.t.Helper()
-	dp, err := New(slog.New(slog.NewTextHandler(testWriter{l.t}, nil)), Options{NetNSPath: l.hostPath, faults: f})
-	if err != nil {
-		l.t.Fatalf("new faulty datapath: %v", err)
-	}
-	l.t.Cleanup(func() { dp.Close() })
-	return dp
+	return l.open(Options{faults: f})
 }

@@ -372,7 +372,7 @@ func TestRestartAdoptsExistingTable(t *testing.T) {
 		t.Fatal("Close tore down state")
 	}
 
-	l.dp = l.open()
+	l.dp = l.open(Options{})
 	if st := l.dp.Status(ctx); !strings.Contains(strings.Join(st.Details, ";"), "1 bridges, 1 port rules") {
 		t.Errorf("restarted Status = %+v", st)
 	}

@@ -3,7 +3,6 @@ package kernel
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -20,19 +19,6 @@ import (
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 	"github.com/fabricnet/fabric/datapath/plumb"
 )
-
-// openWith starts a datapath on the lab's host namespace with a tunnel,
-// closed at cleanup.
-func (l *lab) openWith(tunnel datapath.Tunnel) *Datapath {
-	l.t.Helper()
-	log := slog.New(slog.NewTextHandler(testWriter{l.t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	dp, err := New(log, Options{NetNSPath: l.hostPath, Tunnel: tunnel})
-	if err != nil {
-		l.t.Fatalf("New: %v", err)
-	}
-	l.t.Cleanup(func() { _ = dp.Close() })
-	return dp
-}
 
 // overlayHosts builds two hosts joined by an underlay veth (ul0 on both
 // sides, prefix.1/24 and prefix.2/24), each with a datapath whose tunnel
@@ -62,7 +48,7 @@ func overlayHosts(t *testing.T, prefix string, port uint16) (a, b *lab, aIP, bIP
 		if err := h.l.hostNL.LinkSetUp(ul); err != nil {
 			t.Fatal(err)
 		}
-		h.l.dp = h.l.openWith(datapath.Tunnel{Local: h.addr, Port: port})
+		h.l.dp = h.l.open(Options{Tunnel: datapath.Tunnel{Local: h.addr, Port: port}})
 	}
 	return a, b, aIP, bIP
 }
@@ -311,7 +297,7 @@ func TestOverlayRefusesBadInput(t *testing.T) {
 
 	l := bareLab(t)
 	local := netip.MustParseAddr("10.201.3.1")
-	l.dp = l.openWith(datapath.Tunnel{Local: local})
+	l.dp = l.open(Options{Tunnel: datapath.Tunnel{Local: local}})
 	// SetRemotes before the network exists is an error, not a crash.
 	good := datapath.Remote{Addr: netip.MustParseAddr("10.90.3.7"), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 7}, Node: netip.MustParseAddr("10.201.3.2")}
 	if err := l.dp.SetRemotes(ctx, n, []datapath.Remote{good}); err == nil || !strings.Contains(err.Error(), "ensure the network first") {

@@ -1,7 +1,6 @@
 package kernel
 
 import (
-	"log/slog"
 	"net/netip"
 	"testing"
 
@@ -37,13 +36,7 @@ func TestHostShimGuard(t *testing.T) {
 func testHostShimGuard(t *testing.T, driver, mode string) {
 	sw := newSwitch(t)
 	l := bareLab(t)
-	guard := []datapath.HostPort{{Proto: "tcp", Port: 7946}, {Proto: "udp", Port: 7946}, {Proto: "udp", Port: 4789}, {Proto: "tcp", Port: 9100}}
-	dp, err := New(slog.New(slog.NewTextHandler(testWriter{t}, nil)), Options{NetNSPath: l.hostPath, GuardPorts: guard})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = dp.Close() })
-	l.dp = dp
+	l.dp = l.open(Options{GuardPorts: fabricGuard})
 	sw.plug(l, "eth1")
 	l.addAddr("eth1", "10.90.8.250/24") // the host's own LAN address
 	const shim, hostAddr, dnsAddr = "10.90.8.254", "10.90.8.250", "169.254.53.53"
@@ -105,7 +98,7 @@ func testHostShimGuard(t *testing.T, driver, mode string) {
 	if !shimGuardTableExists(t, l.hostPath) {
 		t.Fatal("no shim guard table while a shim exists")
 	}
-	if err := dp.DeleteNetwork(ctx, n); err != nil {
+	if err := l.dp.DeleteNetwork(ctx, n); err != nil {
 		t.Fatal(err)
 	}
 	if shimGuardTableExists(t, l.hostPath) {

@@ -362,7 +362,7 @@ func checkSpoofSetChanges(t *testing.T, l *lab, a datapath.Network, e1, e2, e3 d
 	if err := l.dp.Close(); err != nil {
 		t.Fatal(err)
 	}
-	l.dp = l.open()
+	l.dp = l.open(Options{})
 	if err := l.dp.DeleteEndpoint(ctx, a, e1); err != nil {
 		t.Fatal(err)
 	}

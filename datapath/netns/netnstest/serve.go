@@ -33,29 +33,27 @@ func AcceptEach(ln net.Listener, d time.Duration, handle func(net.Conn)) {
 // The caller closes the listener.
 func Listen(tb testing.TB, nsPath, network, addr string) net.Listener {
 	tb.Helper()
-	var ln net.Listener
-	err := netns.Do(nsPath, func() (err error) {
-		ln, err = net.Listen(network, addr)
-		return err
-	})
-	if err != nil {
-		tb.Fatalf("listen %s %s in %s: %v", network, addr, nsPath, err)
-	}
-	return ln
+	return openIn(tb, nsPath, network, addr, net.Listen)
 }
 
 // ListenPacket is Listen for datagrams ("udp4", "udp").
 func ListenPacket(tb testing.TB, nsPath, network, addr string) net.PacketConn {
 	tb.Helper()
-	var pc net.PacketConn
+	return openIn(tb, nsPath, network, addr, net.ListenPacket)
+}
+
+// openIn opens a socket with open inside the namespace at nsPath.
+func openIn[S any](tb testing.TB, nsPath, network, addr string, open func(network, addr string) (S, error)) S {
+	tb.Helper()
+	var s S
 	err := netns.Do(nsPath, func() (err error) {
-		pc, err = net.ListenPacket(network, addr)
+		s, err = open(network, addr)
 		return err
 	})
 	if err != nil {
 		tb.Fatalf("listen %s %s in %s: %v", network, addr, nsPath, err)
 	}
-	return pc
+	return s
 }
 
 // Serve listens on addr inside the namespace at nsPath and serves every
