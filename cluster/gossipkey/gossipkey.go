@@ -60,27 +60,38 @@ func Generate(path string, force bool) error {
 // '#' are skipped. A file that group or others may read or write is
 // refused: whoever reads the key can join the cluster and rewrite it.
 func Load(path string) ([][]byte, error) {
+	data, err := readPrivate(path, "gossip key file", maxFileBytes)
+	if err != nil {
+		return nil, err
+	}
+	return parse(path, data)
+}
+
+// readPrivate reads the file at path, what in errors, which must be at
+// most max bytes and readable and writable by its owner only. A missing
+// file is an error that is fs.ErrNotExist.
+func readPrivate(path, what string, max int) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("read gossip key file: %w", err)
+		return nil, fmt.Errorf("read %s: %w", what, err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("read gossip key file: %w", err)
+		return nil, fmt.Errorf("read %s: %w", what, err)
 	}
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("%w: %s has mode %04o: group or others may read or write it; run `chmod 600 %s`",
-			ErrInvalid, path, perm, path)
+		return nil, fmt.Errorf("%w: %s %s has mode %04o: group or others may read or write it; run `chmod 600 %s`",
+			ErrInvalid, what, path, perm, path)
 	}
-	data, err := io.ReadAll(io.LimitReader(f, maxFileBytes+1))
+	data, err := io.ReadAll(io.LimitReader(f, int64(max)+1))
 	if err != nil {
-		return nil, fmt.Errorf("read gossip key file %s: %w", path, err)
+		return nil, fmt.Errorf("read %s %s: %w", what, path, err)
 	}
-	if len(data) > maxFileBytes {
-		return nil, fmt.Errorf("%w: %s is larger than %d bytes; it should hold a few base64 lines", ErrInvalid, path, maxFileBytes)
+	if len(data) > max {
+		return nil, fmt.Errorf("%w: %s %s is larger than %d bytes", ErrInvalid, what, path, max)
 	}
-	return parse(path, data)
+	return data, nil
 }
 
 func parse(path string, data []byte) ([][]byte, error) {
@@ -129,25 +140,12 @@ func ValidLen(n int) error {
 // key is recognised at once; one with a new key only after the others saw
 // the old one fail.
 func LoadOrCreateIdentity(path string) (ed25519.PrivateKey, error) {
-	f, err := os.Open(path)
+	data, err := readPrivate(path, "identity key", 1024)
 	if errors.Is(err, fs.ErrNotExist) {
 		return createIdentity(path)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read identity key: %w", err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("read identity key: %w", err)
-	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("%w: identity key %s has mode %04o: group or others may read or write it; run `chmod 600 %s`",
-			ErrInvalid, path, perm, path)
-	}
-	data, err := io.ReadAll(io.LimitReader(f, 1024))
-	if err != nil {
-		return nil, fmt.Errorf("read identity key %s: %w", path, err)
+		return nil, err
 	}
 	seed, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(data)))
 	if err != nil || len(seed) != ed25519.SeedSize {

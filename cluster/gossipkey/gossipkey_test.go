@@ -108,3 +108,24 @@ func TestIdentity(t *testing.T) {
 		t.Errorf("junk: %v", err)
 	}
 }
+
+// TestLoadRefusesLargeFiles: a key file or identity file past its size
+// bound is refused as invalid, not read whole.
+func TestLoadRefusesLargeFiles(t *testing.T) {
+	dir := t.TempDir()
+	big := []byte(strings.Repeat("# padding\n", maxFileBytes/10+1))
+	keyFile := filepath.Join(dir, "gossip.key")
+	if err := os.WriteFile(keyFile, big, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(keyFile); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "larger than") {
+		t.Errorf("Load of a %d-byte file: %v, want ErrInvalid (too large)", len(big), err)
+	}
+	idFile := filepath.Join(dir, "identity.key")
+	if err := os.WriteFile(idFile, big[:2048], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadOrCreateIdentity(idFile); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "larger than") {
+		t.Errorf("identity of 2048 bytes: %v, want ErrInvalid (too large)", err)
+	}
+}
