@@ -18,10 +18,7 @@ func TestNoBytesForLengthlessEvents(t *testing.T) {
 	})
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(newDatapathCollector(src))
-	fams, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
+	fams := gather(t, reg.Gather)
 	bytes := map[string]bool{}
 	for _, mf := range fams {
 		if mf.GetName() != "fabric_datapath_bytes_total" {

@@ -136,15 +136,23 @@ func newFullRegistry(t *testing.T) (*prometheus.Registry, *fakeSources) {
 	return NewRegistry("v1.2.3", "ebpf", f.sources(api)), f
 }
 
+// gather returns what gatherFn (a registry's Gather) gathers; an error
+// fails the test.
+func gather[F any](t *testing.T, gatherFn func() (F, error)) F {
+	t.Helper()
+	fams, err := gatherFn()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	return fams
+}
+
 // sampleNames lists every sample name reg exposes: family names, plus the
 // _bucket/_sum/_count series of histograms and summaries, which is what
 // PromQL sees.
 func sampleNames(t *testing.T, reg prometheus.Gatherer) map[string]bool {
 	t.Helper()
-	fams, err := reg.Gather()
-	if err != nil {
-		t.Fatalf("gather: %v", err)
-	}
+	fams := gather(t, reg.Gather)
 	names := map[string]bool{}
 	for _, mf := range fams {
 		n := mf.GetName()
@@ -162,10 +170,7 @@ func sampleNames(t *testing.T, reg prometheus.Gatherer) map[string]bool {
 // familyNames lists the fabric_ families reg exposes, sorted.
 func familyNames(t *testing.T, reg prometheus.Gatherer) []string {
 	t.Helper()
-	fams, err := reg.Gather()
-	if err != nil {
-		t.Fatalf("gather: %v", err)
-	}
+	fams := gather(t, reg.Gather)
 	var out []string
 	for _, mf := range fams {
 		if strings.HasPrefix(mf.GetName(), "fabric_") {
@@ -180,10 +185,7 @@ func familyNames(t *testing.T, reg prometheus.Gatherer) []string {
 // want; counters, gauges and untyped values, or a histogram's count.
 func value(t *testing.T, reg prometheus.Gatherer, name string, want map[string]string) float64 {
 	t.Helper()
-	fams, err := reg.Gather()
-	if err != nil {
-		t.Fatalf("gather: %v", err)
-	}
+	fams := gather(t, reg.Gather)
 	var found []float64
 	for _, mf := range fams {
 		if mf.GetName() != name {
