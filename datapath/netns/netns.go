@@ -132,10 +132,29 @@ func CreateNamed(name string) (string, error) {
 	if f != nil {
 		f.Close()
 	}
+	err = InNew(func() error {
+		src := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
+		if err := unix.Mount(src, p, "none", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind-mount netns to %s: %w", p, err)
+		}
+		return nil
+	})
+	if err != nil {
+		os.Remove(p)
+		return "", err
+	}
+	return p, setLoUp(p)
+}
+
+// InNew runs fn on a locked OS thread in a new network namespace of its
+// own (gone when nothing holds it any more, unless fn bind-mounts it),
+// then brings the thread back to its original namespace. A thread that
+// cannot go back stays locked, so the runtime destroys it with its
+// goroutine instead of reusing it.
+func InNew(fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		// The thread is unlocked only if it is back in its original namespace.
 		orig, err := netns.Get()
 		if err != nil {
 			errc <- fmt.Errorf("get current netns: %w", err)
@@ -143,27 +162,19 @@ func CreateNamed(name string) (string, error) {
 		}
 		defer orig.Close()
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("unshare netns: %w", err)
 			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("unshare netns: %w", err)
 			return
 		}
-		src := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
-		mErr := unix.Mount(src, p, "none", unix.MS_BIND, "")
+		fnErr := fn()
 		if err := netns.Set(orig); err != nil {
-			errc <- fmt.Errorf("return to original netns: %w", err)
-			return // thread stays locked and dies with this goroutine
+			errc <- errors.Join(fnErr, fmt.Errorf("return to original netns: %w", err))
+			return // the thread stays locked and dies with this goroutine
 		}
 		runtime.UnlockOSThread()
-		if mErr != nil {
-			mErr = fmt.Errorf("bind-mount netns to %s: %w", p, mErr)
-		}
-		errc <- mErr
+		errc <- fnErr
 	}()
-	if err := <-errc; err != nil {
-		os.Remove(p)
-		return "", err
-	}
-	return p, setLoUp(p)
+	return <-errc
 }
 
 func setLoUp(path string) error {

@@ -1,7 +1,9 @@
 package netns_test
 
 import (
+	"errors"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -73,5 +75,36 @@ func TestCreateDoDelete(t *testing.T) {
 	}
 	if netns.IsNamespace(t.TempDir()) {
 		t.Fatal("a directory counted as a namespace")
+	}
+}
+
+// TestInNew: fn runs in a namespace other than the caller's, its error
+// comes back, and the caller's thread is where it was afterwards.
+func TestInNew(t *testing.T) {
+	netnstest.RequireRoot(t)
+	self := func() string {
+		l, err := os.Readlink("/proc/thread-self/ns/net")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	before := self()
+	var inside string
+	boom := errors.New("from fn")
+	err := netns.InNew(func() error {
+		inside = self()
+		return boom
+	})
+	if !errors.Is(err, boom) {
+		t.Errorf("InNew: %v, want fn's error", err)
+	}
+	if inside == "" || inside == before {
+		t.Errorf("fn ran in %q, the caller is in %q: want a new namespace", inside, before)
+	}
+	if after := self(); after != before {
+		t.Errorf("the caller's thread moved from %s to %s", before, after)
 	}
 }

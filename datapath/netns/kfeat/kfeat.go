@@ -8,15 +8,15 @@ package kfeat
 import (
 	"fmt"
 	"os"
-	"runtime"
 	"sync"
 	"testing"
+
+	fabricns "github.com/fabricnet/fabric/datapath/netns"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 )
 
 // Feature is a kernel capability a test may need; its string is what
@@ -91,7 +91,7 @@ func Have(f Feature) error {
 	if !ok {
 		return fmt.Errorf("kfeat: unknown feature %q", f)
 	}
-	err := inScratchNetNS(probe)
+	err := fabricns.InNew(func() error { return probeOnVeth(probe) })
 	results[f] = err
 	return err
 }
@@ -108,36 +108,6 @@ func Need(tb testing.TB, fs ...Feature) {
 			tb.Skipf("skipping: needs %s (this kernel: %v)", f, err)
 		}
 	}
-}
-
-// inScratchNetNS runs probe on a veth link in a new network namespace,
-// on a locked thread that goes back to its namespace afterwards (or dies,
-// if it cannot: a thread in the wrong namespace must not be reused).
-func inScratchNetNS(probe func(netlink.Link) error) error {
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			done <- fmt.Errorf("kfeat: %w", err)
-			return
-		}
-		defer orig.Close()
-		scratch, err := netns.New()
-		if err != nil {
-			done <- fmt.Errorf("kfeat: new netns: %w", err)
-			return
-		}
-		defer scratch.Close()
-		err = probeOnVeth(probe)
-		if netns.Set(orig) != nil {
-			done <- err
-			return // the thread stays locked and exits with the goroutine
-		}
-		runtime.UnlockOSThread()
-		done <- err
-	}()
-	return <-done
 }
 
 // probeOnVeth runs probe on one end of a veth pair (veth, not dummy:
