@@ -341,32 +341,27 @@ func policyDetail(p bpf.Policy) string {
 
 // Close releases handles; programs, links and maps stay (pinned).
 func (f *Forwarder) Close() error {
-	var errs []error
-	if f.redir != nil {
-		errs = append(errs, f.redir.Close())
-		f.redir = nil
-	}
-	if f.sock != nil {
-		errs = append(errs, f.sock.Close())
-		f.sock = nil
-	}
-	if f.up != nil {
-		errs = append(errs, f.up.Close())
-		f.up = nil
-	}
-	if f.tun != nil {
-		errs = append(errs, f.tun.Close())
-		f.tun = nil
-	}
-	if f.objs != nil {
-		errs = append(errs, f.objs.Close())
-		f.objs = nil
-	}
+	// The objects loaded onto the shared maps first, the maps' owner last.
+	err := errors.Join(closeOnce(&f.redir), closeOnce(&f.sock), closeOnce(&f.up), closeOnce(&f.tun), closeOnce(&f.objs))
 	if f.nl != nil {
 		f.nl.Close()
 		f.nl = nil
 	}
-	return errors.Join(errs...)
+	return err
+}
+
+// closeOnce closes what *c holds, if anything, and forgets it.
+func closeOnce[T interface {
+	comparable
+	Close() error
+}](c *T) error {
+	var none T
+	if *c == none {
+		return nil
+	}
+	err := (*c).Close()
+	*c = none
+	return err
 }
 
 // Status reports the mode, attach points and program count.

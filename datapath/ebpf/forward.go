@@ -284,36 +284,25 @@ func (f *Forwarder) wanted(s datapath.State) want {
 
 // pruneMaps deletes the endpoint, network and port entries w lacks.
 func (f *Forwarder) pruneMaps(w want) []error {
-	var errs []error
-	if ifs, err := f.objs.EndpointIfindexes(); err != nil {
-		errs = append(errs, err)
-	} else {
-		for _, ifindex := range ifs {
-			if !w.ifindex[ifindex] {
-				errs = append(errs, f.objs.DeleteEndpoint(ifindex))
-			}
-		}
-	}
 	wantIDs := map[bpf.NetID]bool{}
 	for id := range w.nets {
 		wantIDs[netID(id)] = true
 	}
-	if ids, err := f.objs.NetworkIDs(); err != nil {
-		errs = append(errs, err)
-	} else {
-		for _, id := range ids {
-			if !wantIDs[id] {
-				errs = append(errs, f.objs.DeleteNetwork(id))
-			}
-		}
+	errs := deleteUnwanted(f.objs.EndpointIfindexes, w.ifindex, f.objs.DeleteEndpoint)
+	errs = append(errs, deleteUnwanted(f.objs.NetworkIDs, wantIDs, f.objs.DeleteNetwork)...)
+	return append(errs, deleteUnwanted(f.objs.Ports, w.ports, f.objs.DeletePort)...)
+}
+
+// deleteUnwanted deletes every entry list returns that keep lacks.
+func deleteUnwanted[K comparable](list func() ([]K, error), keep map[K]bool, del func(K) error) []error {
+	keys, err := list()
+	if err != nil {
+		return []error{err}
 	}
-	if ports, err := f.objs.Ports(); err != nil {
-		errs = append(errs, err)
-	} else {
-		for _, p := range ports {
-			if !w.ports[p] {
-				errs = append(errs, f.objs.DeletePort(p))
-			}
+	var errs []error
+	for _, k := range keys {
+		if !keep[k] {
+			errs = append(errs, del(k))
 		}
 	}
 	return errs
