@@ -78,16 +78,24 @@ func (p parentLinks) lookup(n datapath.Network) (netlink.Link, error) {
 // usable refuses a parent that is down, or a VLAN whose base is gone or
 // down: children on it would exist but carry nothing.
 func (p parentLinks) usable(n datapath.Network, link netlink.Link) error {
+	// The base first: a down base takes its VLANs down, and is the cause.
+	if err := p.baseUp(n, link); err != nil {
+		return err
+	}
+	if !IsUp(link) {
+		return parentMissingf(n, "parent %s is down", n.Parent)
+	}
+	return nil
+}
+
+// baseUp refuses a VLAN parent whose base is down; any other link passes.
+func (p parentLinks) baseUp(n datapath.Network, link netlink.Link) error {
 	base, err := p.vlanBase(link)
 	if err != nil {
 		return fmt.Errorf("network %s: %w", n.ID, err)
 	}
-	// The base first: a down base takes its VLANs down, and is the cause.
 	if base != nil && !IsUp(base) {
 		return parentMissingf(n, "base %s of VLAN parent %s is down", base.Attrs().Name, n.Parent)
-	}
-	if !IsUp(link) {
-		return parentMissingf(n, "parent %s is down", n.Parent)
 	}
 	return nil
 }
@@ -140,12 +148,8 @@ func (p parentLinks) ensure(n datapath.Network) (_ netlink.Link, created bool, e
 // setVLANUp brings up fabric's own VLAN, which the kernel refuses while
 // its base is down.
 func (p parentLinks) setVLANUp(n datapath.Network, link netlink.Link) error {
-	base, err := p.vlanBase(link)
-	if err != nil {
-		return fmt.Errorf("network %s: %w", n.ID, err)
-	}
-	if base != nil && !IsUp(base) {
-		return parentMissingf(n, "base %s of VLAN parent %s is down", base.Attrs().Name, n.Parent)
+	if err := p.baseUp(n, link); err != nil {
+		return err
 	}
 	if err := p.h.LinkSetUp(link); err != nil {
 		return fmt.Errorf("network %s: set VLAN parent %s up: %w", n.ID, n.Parent, err)
