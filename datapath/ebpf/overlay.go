@@ -119,13 +119,12 @@ func (f *Forwarder) createTunnel(local netip.Addr) (netlink.Link, error) {
 	if err := f.nl.LinkAdd(vx); err != nil {
 		return nil, fmt.Errorf("create %s (flow-based VXLAN, UDP port %d): %w", tunDevice, f.tunnelPort(), err)
 	}
-	l, err := f.nl.LinkByName(tunDevice)
+	l, err := plumb.MarkNew(f.nl, tunDevice, tunAlias)
 	if err != nil {
-		return nil, fmt.Errorf("look up new %s: %w", tunDevice, err)
-	}
-	if err := f.nl.LinkSetAlias(l, tunAlias); err != nil {
-		_ = f.nl.LinkDel(l)
-		return nil, fmt.Errorf("set alias on %s: %w", tunDevice, err)
+		if l != nil {
+			_ = f.nl.LinkDel(l)
+		}
+		return nil, err
 	}
 	if err := f.nl.LinkSetUp(l); err != nil {
 		_ = f.nl.LinkDel(l)
@@ -198,8 +197,8 @@ func (f *Forwarder) setTunnelConfig(ifindex int, local netip.Addr) error {
 // host config written at start keeps sending overlay traffic into it
 // until Sync has re-ensured everything.
 func (f *Forwarder) adoptTunnel() {
-	l, err := f.nl.LinkByName(tunDevice)
-	if err != nil || l.Attrs().Alias != tunAlias {
+	l, err := plumb.OwnLink(f.nl, tunDevice, tunAlias)
+	if err != nil || l == nil {
 		return
 	}
 	vx, ok := l.(*netlink.Vxlan)
@@ -219,7 +218,7 @@ func (f *Forwarder) deleteTunnel() error {
 	var errs []error
 	errs = append(errs, f.setTunnelConfig(0, netip.Addr{}))
 	errs = append(errs, f.detach(f.linkPin(pinTunnelIngress)))
-	if l, err := f.nl.LinkByName(tunDevice); err == nil && l.Attrs().Alias == tunAlias {
+	if l, err := plumb.OwnLink(f.nl, tunDevice, tunAlias); err == nil && l != nil {
 		if err := f.nl.LinkDel(l); err != nil && !isLinkGone(err) {
 			errs = append(errs, fmt.Errorf("remove %s: %w", tunDevice, err))
 		}

@@ -236,12 +236,7 @@ func (d *Datapath) createVXLAN(n datapath.Network, want *netlink.Vxlan) (netlink
 	if err := d.nl.LinkAdd(want); err != nil {
 		return nil, fmt.Errorf("network %s: create VXLAN device %s (VNI %d, port %d): %w", n.ID, want.Name, n.VNI, want.Port, err)
 	}
-	made, err := d.nl.LinkByName(want.Name)
-	if err == nil {
-		if err = d.nl.LinkSetAlias(made, vxlanAlias(n.ID)); err == nil {
-			made.Attrs().Alias = vxlanAlias(n.ID)
-		}
-	}
+	made, err := plumb.MarkNew(d.nl, want.Name, vxlanAlias(n.ID))
 	if err != nil {
 		_ = d.nl.LinkDel(want)
 		return nil, fmt.Errorf("network %s: set up new VXLAN device %s: %w", n.ID, want.Name, err)
@@ -270,15 +265,9 @@ func (d *Datapath) deleteOtherVXLANs(n datapath.Network, keep string) error {
 
 // ownVXLAN returns n's VXLAN device, or nil if there is none.
 func (d *Datapath) ownVXLAN(n datapath.Network) (netlink.Link, error) {
-	link, err := d.nl.LinkByName(vxlanName(n))
-	if plumb.IsNotFound(err) {
-		return nil, nil
-	}
+	link, err := plumb.OwnLink(d.nl, vxlanName(n), vxlanAlias(n.ID))
 	if err != nil {
 		return nil, fmt.Errorf("network %s: look up VXLAN device: %w", n.ID, err)
-	}
-	if link.Attrs().Alias != vxlanAlias(n.ID) {
-		return nil, nil
 	}
 	return link, nil
 }

@@ -63,6 +63,38 @@ func (h *Host) Claim(link netlink.Link, id string, mac net.HardwareAddr) error {
 	}
 }
 
+// OwnLink returns the link called name if it carries alias, the mark
+// fabric gives what it makes; nil if there is no such link or it is
+// someone else's.
+func OwnLink(h *netlink.Handle, name, alias string) (netlink.Link, error) {
+	link, err := h.LinkByName(name)
+	if IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if link.Attrs().Alias != alias {
+		return nil, nil
+	}
+	return link, nil
+}
+
+// MarkNew looks up the link just created as name and gives it alias (the
+// kernel ignores an alias given at creation). The link is returned when
+// only the marking failed, for the caller's rollback.
+func MarkNew(h *netlink.Handle, name, alias string) (netlink.Link, error) {
+	link, err := h.LinkByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("look up new link %s: %w", name, err)
+	}
+	if err := h.LinkSetAlias(link, alias); err != nil {
+		return link, fmt.Errorf("set alias on %s: %w", name, err)
+	}
+	link.Attrs().Alias = alias
+	return link, nil
+}
+
 // HostVethMAC derives the host-side veth MAC from the endpoint ID.
 func HostVethMAC(id string) net.HardwareAddr { return DerivedMAC("fabric-veth:" + id) }
 

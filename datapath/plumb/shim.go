@@ -141,12 +141,7 @@ func (h *Host) createShim(n datapath.Network, parent netlink.Link) (netlink.Link
 	if err := h.nl.LinkAdd(link); err != nil {
 		return nil, childAddError(n, n.Parent, fmt.Sprintf("host shim %s", name), err)
 	}
-	made, err := h.nl.LinkByName(name)
-	if err == nil {
-		if err = h.nl.LinkSetAlias(made, ShimAlias(n.ID)); err == nil {
-			made.Attrs().Alias = ShimAlias(n.ID)
-		}
-	}
+	made, err := MarkNew(h.nl, name, ShimAlias(n.ID))
 	if err != nil {
 		if made != nil {
 			_ = h.nl.LinkDel(made)
@@ -173,15 +168,9 @@ func (h *Host) deleteShim(n datapath.Network) error {
 
 // ownShim returns n's shim, or nil if there is none.
 func (h *Host) ownShim(n datapath.Network) (netlink.Link, error) {
-	link, err := h.nl.LinkByName(ShimName(n.ID))
-	if IsNotFound(err) {
-		return nil, nil
-	}
+	link, err := OwnLink(h.nl, ShimName(n.ID), ShimAlias(n.ID))
 	if err != nil {
 		return nil, fmt.Errorf("network %s: look up host shim: %w", n.ID, err)
-	}
-	if link.Attrs().Alias != ShimAlias(n.ID) {
-		return nil, nil
 	}
 	return link, nil
 }
