@@ -192,6 +192,28 @@ func (o *Objects) network(id NetID) (Network, bool, error) {
 	}, true, nil
 }
 
+// checkHost checks an endpoint's or remote's place, what in errors: a
+// usable MAC, and an address that is one of the hosts (not the gateway) of
+// network id, which must be in the map, and an overlay network (VNI set)
+// if overlay is.
+func (o *Objects) checkHost(what string, id NetID, addr netip.Addr, mac net.HardwareAddr, overlay bool) error {
+	if err := checkMAC(what+": MAC", mac); err != nil {
+		return err
+	}
+	n, ok, err := o.network(id)
+	switch {
+	case err != nil:
+		return err
+	case !ok:
+		return fmt.Errorf("%s: network %d is not in the map; put it first: %w", what, id, ErrInvalid)
+	case overlay && n.VNI == 0:
+		return fmt.Errorf("%s: network %d is not an overlay network; put it as one first: %w", what, id, ErrInvalid)
+	case !n.Subnet.Contains(addr) || addr == n.Gateway:
+		return fmt.Errorf("%s: address %s is not a host address of %s: %w", what, addr, n.Subnet, ErrInvalid)
+	}
+	return nil
+}
+
 // PutEndpoint creates or replaces the endpoint on ep.HostIfindex. Its
 // network must have been put first and must contain its address; an address
 // held by another endpoint is ErrConflict (delete that one first).
@@ -202,18 +224,8 @@ func (o *Objects) PutEndpoint(ep Endpoint) error {
 	if !ep.Addr.Is4() || ep.Addr.IsUnspecified() {
 		return fmt.Errorf("endpoint %d: address %s is not a usable IPv4 address: %w", ep.HostIfindex, ep.Addr, ErrInvalid)
 	}
-	if err := checkMAC(fmt.Sprintf("endpoint %d: MAC", ep.HostIfindex), ep.MAC); err != nil {
+	if err := o.checkHost(fmt.Sprintf("endpoint %d", ep.HostIfindex), ep.Network, ep.Addr, ep.MAC, false); err != nil {
 		return err
-	}
-	n, ok, err := o.network(ep.Network)
-	if err != nil {
-		return err
-	}
-	if !ok {
-		return fmt.Errorf("endpoint %d: network %d is not in the map; put it first: %w", ep.HostIfindex, ep.Network, ErrInvalid)
-	}
-	if !n.Subnet.Contains(ep.Addr) || ep.Addr == n.Gateway {
-		return fmt.Errorf("endpoint %d: address %s is not a host address of %s: %w", ep.HostIfindex, ep.Addr, n.Subnet, ErrInvalid)
 	}
 
 	ifindex := uint32(ep.HostIfindex)

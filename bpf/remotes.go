@@ -43,18 +43,8 @@ func (o *Objects) PutRemote(r Remote) error {
 	if !r.Node.Is4() || r.Node.IsUnspecified() || r.Node.IsMulticast() || r.Node.IsLoopback() {
 		return fmt.Errorf("remote %s: node %s is not a unicast IPv4 address: %w", r.Addr, r.Node, ErrInvalid)
 	}
-	if err := checkMAC(fmt.Sprintf("remote %s: MAC", r.Addr), r.MAC); err != nil {
+	if err := o.checkHost("remote "+r.Addr.String(), r.Network, r.Addr, r.MAC, true); err != nil {
 		return err
-	}
-	n, ok, err := o.network(r.Network)
-	if err != nil {
-		return err
-	}
-	if !ok || n.VNI == 0 {
-		return fmt.Errorf("remote %s: network %d is not an overlay network in the map; put it first: %w", r.Addr, r.Network, ErrInvalid)
-	}
-	if !n.Subnet.Contains(r.Addr) || r.Addr == n.Gateway {
-		return fmt.Errorf("remote %s is not a host address of %s: %w", r.Addr, n.Subnet, ErrInvalid)
 	}
 	v := endpointRemote{Node: be32(r.Node), Mac: [6]byte(r.MAC)}
 	if err := o.objs.Remotes.Put(k, v); err != nil {
