@@ -34,6 +34,18 @@ func tcxPrograms(t *testing.T, nsPath string, ifindex int) []link.AttachedProgra
 	return res.Programs
 }
 
+// expectFilterOnly checks that the endpoint veth of pin (ifindex) runs
+// its program as fabric's clsact filter and through no TCX link.
+func (l *upgradeLab) expectFilterOnly(t *testing.T, pin string, ifindex int) {
+	t.Helper()
+	if progs := tcxPrograms(t, l.a.path, ifindex); len(progs) != 0 {
+		t.Errorf("ifindex %d runs %d TCX programs, want none", ifindex, len(progs))
+	}
+	if l.filterProgram(t, pin) == 0 {
+		t.Errorf("%s: no clsact filter on the endpoint veth (ifindex %d)", pin, ifindex)
+	}
+}
+
 // TestEndpointProgramIsAClsactFilter: on a kernel with TCX too, an
 // endpoint veth runs its program as fabric's clsact filter and not through
 // a TCX link, whose attach waits for an RCU grace period (7 to 11 ms on
@@ -43,12 +55,7 @@ func TestEndpointProgramIsAClsactFilter(t *testing.T) {
 	for _, pin := range l.linkPins() {
 		var f Forwarder
 		ifindex, _, _ := f.clsactTarget(filepath.Base(pin))
-		if progs := tcxPrograms(t, l.a.path, ifindex); len(progs) != 0 {
-			t.Errorf("ifindex %d runs %d TCX programs, want none", ifindex, len(progs))
-		}
-		if l.filterProgram(t, pin) == 0 {
-			t.Errorf("%s: no clsact filter on the endpoint veth", pin)
-		}
+		l.expectFilterOnly(t, pin, ifindex)
 	}
 	if err := l.a.ping(l.b.ep.Addr.Addr(), 1); err != nil {
 		t.Fatal(err)
@@ -88,12 +95,7 @@ func TestEndpointTCXLinkOfAnOlderAgentIsReplaced(t *testing.T) {
 		t.Fatalf("set-up: %d TCX programs on ifindex %d", n, ifindex)
 	}
 	l.upgrade(nil)
-	if progs := tcxPrograms(t, l.a.path, ifindex); len(progs) != 0 {
-		t.Errorf("after a restart ifindex %d still runs %d TCX programs", ifindex, len(progs))
-	}
-	if l.filterProgram(t, pin) == 0 {
-		t.Errorf("after a restart no clsact filter runs on ifindex %d", ifindex)
-	}
+	l.expectFilterOnly(t, pin, ifindex)
 	if err := l.a.ping(l.b.ep.Addr.Addr(), 1); err != nil {
 		t.Fatal(err)
 	}

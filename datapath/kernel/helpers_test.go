@@ -118,6 +118,18 @@ func (l *lab) ensureEndpoint(n datapath.Network, ep datapath.Endpoint) {
 	}
 }
 
+// ensureAgainKeeps ensures n and ep again and checks that the host's link
+// name is still the link it was: ensuring what is in place changes nothing.
+func (l *lab) ensureAgainKeeps(n datapath.Network, ep datapath.Endpoint, name string) {
+	l.t.Helper()
+	index := l.link(name).Attrs().Index
+	l.ensureNetwork(n)
+	l.ensureEndpoint(n, ep)
+	if l.link(name).Attrs().Index != index {
+		l.t.Errorf("ensuring again replaced %s", name)
+	}
+}
+
 // bridgeNetwork describes a bridge network and ensures it on l.
 func (l *lab) bridgeNetwork(id, bridge, subnet string, internal bool) datapath.Network {
 	l.t.Helper()

@@ -166,12 +166,7 @@ func TestHostShim(t *testing.T) {
 	if got := routes(t, h1.hostName, "10.90.6.2/32"); got != "10.90.6.2 dev fs-mvshim012345 scope link" {
 		t.Errorf("route to the endpoint: %q", got)
 	}
-	index := shim.Attrs().Index
-	h1.ensureNetwork(n)
-	h1.ensureEndpoint(n, e1)
-	if h1.link("fs-mvshim012345").Attrs().Index != index {
-		t.Error("ensuring again replaced the shim")
-	}
+	h1.ensureAgainKeeps(n, e1, "fs-mvshim012345")
 
 	if err := h1.dp.DeleteEndpoint(ctx, n, e1); err != nil {
 		t.Fatal(err)
