@@ -1,6 +1,7 @@
 // Package datapathtest holds what the tests of both datapaths share to
-// show that drift is repaired: a repair loop like the agent's and a check
-// that something removed by hand comes back. It is imported by tests only.
+// show that drift is repaired (a repair loop like the agent's and a check
+// that something removed by hand comes back) and to read the datapath's
+// packet counters. It is imported by tests only.
 package datapathtest
 
 import (

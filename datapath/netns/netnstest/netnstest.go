@@ -1,8 +1,8 @@
 // Package netnstest is the helper package shared by the project's tests:
 // bounded waits for a condition (Eventually, Until, Never, Poll), free
-// ports, unique names, and network namespaces of their own: uniquely
-// named, removed (with any process left inside killed) when the test ends,
-// even if it fails.
+// ports, unique names, network namespaces of their own (uniquely named,
+// removed with any process left inside killed when the test ends, even if
+// it fails), and sockets inside them (Listen, Serve, ServePackets, Dial).
 package netnstest
 
 import (
