@@ -32,6 +32,8 @@ type Datapath struct {
 	// pass counts the links a Sync had to make or prune (the forwarder
 	// counts its programs and map entries), and keeps its error.
 	pass datapath.Pass
+	// bigTCP: endpoint host veths get BIG TCP's IPv4 GSO size (bigtcp.go).
+	bigTCP bool
 }
 
 var _ datapath.Datapath = (*Datapath)(nil)
@@ -69,7 +71,8 @@ func New(log *slog.Logger, opts Options) (_ *Datapath, err error) {
 	if err := netns.Do(host.NSPath(), plumb.DeleteNFTable); err != nil {
 		fwd.log.Warn("cannot remove the kernel datapath's nftables table", "err", err)
 	}
-	return &Datapath{log: fwd.log, fwd: fwd, tunnel: opts.Tunnel, host: host, ports: map[string][]datapath.PortMapping{}}, nil
+	return &Datapath{log: fwd.log, fwd: fwd, tunnel: opts.Tunnel, host: host, ports: map[string][]datapath.PortMapping{},
+		bigTCP: bigTCPSupported(host.NL())}, nil
 }
 
 // Close releases handles; programs, links and maps stay (pinned), and so
@@ -171,6 +174,7 @@ func (d *Datapath) routedHostSide(host netlink.Link, n datapath.Network, created
 			return fmt.Errorf("detach from bridge: %w", err)
 		}
 	}
+	d.ensureBigTCP(host)
 	if created {
 		return nil
 	}
