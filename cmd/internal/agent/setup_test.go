@@ -50,6 +50,20 @@ func TestSandboxCommandHoldsNoNamespaceMounts(t *testing.T) {
 	}
 }
 
+// newSpawnerTestAgent is a root-only agent on a fake datapath, with the
+// command spawner it runs.
+func newSpawnerTestAgent(t *testing.T) (*Agent, *spawner) {
+	t.Helper()
+	netnstest.RequireRoot(t)
+	a := newKernelTestAgent(t, t.TempDir(), newFake())
+	sp := a.procs.spawner()
+	if sp == nil {
+		a.Close()
+		t.Fatal("the agent runs no command spawner")
+	}
+	return a, sp
+}
+
 // TestSandboxCommandsStartFromTheSpawner: named sandboxes' commands are
 // started by the spawner, a process with a handful of descriptors, however
 // many the agent holds (a fork copies the forking process's descriptor
@@ -57,13 +71,8 @@ func TestSandboxCommandHoldsNoNamespaceMounts(t *testing.T) {
 // 3,000, three per sandbox). They are still the agent's children: it reaps
 // them and records their exit codes.
 func TestSandboxCommandsStartFromTheSpawner(t *testing.T) {
-	netnstest.RequireRoot(t)
-	a := newKernelTestAgent(t, t.TempDir(), newFake())
+	a, sp := newSpawnerTestAgent(t)
 	defer a.Close()
-	sp := a.procs.spawner()
-	if sp == nil {
-		t.Fatal("the agent runs no command spawner")
-	}
 	// Many descriptors in the agent, none in the spawner.
 	for range 300 {
 		f, err := os.Open("/dev/null")
@@ -140,13 +149,8 @@ func parentOf(t *testing.T, pid int) int {
 // TestSandboxCommandsWithoutTheSpawner: when the spawner is gone (killed),
 // the agent starts commands itself, the same way.
 func TestSandboxCommandsWithoutTheSpawner(t *testing.T) {
-	netnstest.RequireRoot(t)
-	a := newKernelTestAgent(t, t.TempDir(), newFake())
+	a, sp := newSpawnerTestAgent(t)
 	defer a.Close()
-	sp := a.procs.spawner()
-	if sp == nil {
-		t.Fatal("the agent runs no command spawner")
-	}
 	if err := sp.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
