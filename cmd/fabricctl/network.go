@@ -157,13 +157,16 @@ ENDPOINTS counts the sandboxes attached to the network on this host.`,
   fabricctl network ls -q
   fabricctl network ls -o json
   fabricctl network ls --filter driver=overlay --format '{{.Name}} {{.Subnet}}'`,
-	}, listing[api.Network]{
-		kind:  "networks",
-		fetch: (*api.Client).Networks,
-		sort:  sortNetworks,
-		name:  func(n api.Network) string { return n.Name },
-		table: networkTable,
-	})
+	}, networkListing)
+}
+
+// networkListing is what network ls and prune know of networks.
+var networkListing = listing[api.Network]{
+	kind:  "networks",
+	fetch: (*api.Client).Networks,
+	sort:  sortNetworks,
+	name:  func(n api.Network) string { return n.Name },
+	table: networkTable,
 }
 
 func newNetworkInspectCmd(c *cli) *cobra.Command {

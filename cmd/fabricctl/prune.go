@@ -25,27 +25,15 @@ Overlay networks are cluster-wide and are left alone (remove one with
 'network rm' when no host uses it). Asks first unless -f.`,
 		Example: `  fabricctl network prune
   fabricctl network prune -f`,
-	}, pruning{
-		what:   "every local network without endpoints (not \"bridge\")",
-		kind:   "network",
-		list:   unusedLocalNetworks,
+	}, pruning[api.Network]{
+		items: networkListing,
+		what:  "every local network without endpoints (not \"bridge\")",
+		kind:  "network",
+		pick: func(n api.Network) bool {
+			return n.Endpoints == 0 && n.Name != defaultNetwork && n.Scope != "cluster" && n.Driver != "overlay"
+		},
 		remove: (*api.Client).RemoveNetwork,
 	})
-}
-
-// unusedLocalNetworks names the networks network prune removes.
-func unusedLocalNetworks(cl *api.Client, ctx context.Context) ([]string, error) {
-	nets, err := cl.Networks(ctx)
-	if err != nil {
-		return nil, explain(err, "list networks")
-	}
-	var names []string
-	for _, n := range nets {
-		if n.Endpoints == 0 && n.Name != defaultNetwork && n.Scope != "cluster" && n.Driver != "overlay" {
-			names = append(names, n.Name)
-		}
-	}
-	return names, nil
 }
 
 func newSandboxPruneCmd(c *cli) *cobra.Command {
@@ -58,47 +46,41 @@ removed. Sandboxes without a command (state "created") and running ones
 stay. Asks first unless -f.`,
 		Example: `  fabricctl sandbox prune
   fabricctl sandbox prune -f`,
-	}, pruning{
+	}, pruning[api.Sandbox]{
+		items:  sandboxListing,
 		what:   "every sandbox whose command has exited",
 		kind:   "sandbox",
-		list:   exitedSandboxes,
+		pick:   func(s api.Sandbox) bool { return s.State == api.StateExited },
 		remove: (*api.Client).RemoveSandbox,
 	})
 }
 
-// exitedSandboxes names the sandboxes sandbox prune removes.
-func exitedSandboxes(cl *api.Client, ctx context.Context) ([]string, error) {
-	sbs, err := cl.Sandboxes(ctx)
-	if err != nil {
-		return nil, explain(err, "list sandboxes")
-	}
-	var names []string
-	for _, s := range sbs {
-		if s.State == api.StateExited {
-			names = append(names, s.Name)
-		}
-	}
-	return names, nil
-}
-
-// pruning is what a prune command removes: the names list returns, what
-// describes them in the question, kind names one in errors.
-type pruning struct {
+// pruning is what a prune command removes: the items pick picks, of those
+// items fetches; what describes them in the question, kind names one in
+// errors.
+type pruning[T any] struct {
+	items      listing[T]
 	what, kind string
-	list       func(*api.Client, context.Context) ([]string, error)
+	pick       func(T) bool
 	remove     func(*api.Client, context.Context, string) error
 }
 
 // pruneCmd makes cmd (its Use, Short, Long and Example set) the prune
 // command of p: it lists, confirms (unless -f) and removes one by one.
-func pruneCmd(c *cli, cmd *cobra.Command, p pruning) *cobra.Command {
+func pruneCmd[T any](c *cli, cmd *cobra.Command, p pruning[T]) *cobra.Command {
 	var force bool
 	cmd.Args = exactArgs()
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		cl := c.client()
-		names, err := p.list(cl, cmd.Context())
+		items, err := p.items.fetch(cl, cmd.Context())
 		if err != nil {
-			return err
+			return explain(err, "list %s", p.items.kind)
+		}
+		var names []string
+		for _, it := range items {
+			if p.pick(it) {
+				names = append(names, p.items.name(it))
+			}
 		}
 		if len(names) == 0 {
 			return nil

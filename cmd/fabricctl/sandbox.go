@@ -44,13 +44,16 @@ ports as HOSTIP:HOSTPORT->PORT/PROTO.`,
   fabricctl sandbox ls -q
   fabricctl sandbox ls -o json
   fabricctl sandbox ls --filter state=exited --format '{{.Name}} {{.State}} {{.PID}}'`,
-	}, listing[api.Sandbox]{
-		kind:  "sandboxes",
-		fetch: (*api.Client).Sandboxes,
-		sort:  sortSandboxes,
-		name:  func(s api.Sandbox) string { return s.Name },
-		table: sandboxTable,
-	})
+	}, sandboxListing)
+}
+
+// sandboxListing is what sandbox ls and prune know of sandboxes.
+var sandboxListing = listing[api.Sandbox]{
+	kind:  "sandboxes",
+	fetch: (*api.Client).Sandboxes,
+	sort:  sortSandboxes,
+	name:  func(s api.Sandbox) string { return s.Name },
+	table: sandboxTable,
 }
 
 func newSandboxInspectCmd(c *cli) *cobra.Command {
