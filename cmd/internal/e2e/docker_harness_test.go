@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/cmd/internal/testbin"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
@@ -184,19 +184,8 @@ func (d *dockerHost) importBusybox() {
 
 // docker runs the docker CLI against this host's dockerd.
 func (d *dockerHost) docker(args ...string) (stdout, stderr string, code int) {
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "/usr/bin/docker", append([]string{"-H", "unix://" + d.dsock}, args...)...)
-	var o, e bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &o, &e
-	err := cmd.Run()
-	if err != nil {
-		code = -1
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		}
-	}
-	return strings.TrimSpace(o.String()), strings.TrimSpace(e.String()), code
+	stdout, stderr, code = testbin.Run(90*time.Second, nil, "/usr/bin/docker", append([]string{"-H", "unix://" + d.dsock}, args...)...)
+	return strings.TrimSpace(stdout), strings.TrimSpace(stderr), code
 }
 
 func (d *dockerHost) mustDocker(args ...string) string {

@@ -6,8 +6,6 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -67,6 +65,12 @@ func onDatapaths(t *testing.T, fn func(t *testing.T, dp string)) {
 	for _, dp := range datapaths {
 		t.Run(dp, func(t *testing.T) { fn(t, dp) })
 	}
+}
+
+// onDatapathHosts runs fn as one subtest per datapath, each with a new
+// host whose agent runs that datapath (h.dp).
+func onDatapathHosts(t *testing.T, fn func(t *testing.T, h *host)) {
+	onDatapaths(t, func(t *testing.T, dp string) { fn(t, newHost(t, "--datapath", dp)) })
 }
 
 // withDatapath makes --datapath explicit in extra (kernel by default) and
@@ -250,20 +254,7 @@ func (h *host) cleanup() {
 
 // ctl runs fabricctl against this host's agent.
 func (h *host) ctl(args ...string) (stdout, stderr string, code int) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "fabricctl"), append([]string{"--socket", h.socket}, args...)...)
-	var o, e bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &o, &e
-	err := cmd.Run()
-	code = 0
-	if err != nil {
-		code = -1
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		}
-	}
-	return o.String(), e.String(), code
+	return testbin.Run(60*time.Second, nil, filepath.Join(binDir, "fabricctl"), append([]string{"--socket", h.socket}, args...)...)
 }
 
 // mustCtl runs fabricctl and fails the test unless it succeeds.
