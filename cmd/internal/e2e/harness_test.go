@@ -170,30 +170,37 @@ func (h *host) startWith(nsenterArgs, env []string) {
 
 // kill9 kills the agent the hard way; sandboxes and their commands live on.
 func (h *host) kill9() {
-	if h.agent != nil && h.agent.Process != nil {
-		_ = h.agent.Process.Signal(syscall.SIGKILL)
-		select {
-		case <-h.exited:
-		case <-time.After(10 * time.Second):
-			h.t.Fatalf("fabricd still runs 10s after SIGKILL")
-		}
+	if !h.signalAgent(syscall.SIGKILL, 10*time.Second) {
+		h.t.Fatalf("fabricd still runs 10s after SIGKILL")
 	}
-	h.agent = nil
-	if h.logFile != nil {
-		h.logFile.Close()
+	h.forgetAgent()
+}
+
+// stop ends the agent gracefully, or kills it after 5 s.
+func (h *host) stop() {
+	if !h.signalAgent(syscall.SIGTERM, 5*time.Second) {
+		_ = h.agent.Process.Kill()
+	}
+	h.forgetAgent()
+}
+
+// signalAgent sends sig to the agent, if one runs, and reports whether it
+// has exited (or none ran) within d.
+func (h *host) signalAgent(sig syscall.Signal, d time.Duration) bool {
+	if h.agent == nil || h.agent.Process == nil {
+		return true
+	}
+	_ = h.agent.Process.Signal(sig)
+	select {
+	case <-h.exited:
+		return true
+	case <-time.After(d):
+		return false
 	}
 }
 
-// stop ends the agent gracefully.
-func (h *host) stop() {
-	if h.agent != nil && h.agent.Process != nil {
-		_ = h.agent.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-h.exited:
-		case <-time.After(5 * time.Second):
-		}
-		_ = h.agent.Process.Kill()
-	}
+// forgetAgent leaves the host without an agent and closes its log.
+func (h *host) forgetAgent() {
 	h.agent = nil
 	if h.logFile != nil {
 		h.logFile.Close()
