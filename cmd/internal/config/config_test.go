@@ -420,7 +420,8 @@ func TestRegisterFlags(t *testing.T) {
 	}
 	if f := fs.Lookup("config"); f == nil || f.DefValue != DefaultConfigFile {
 		t.Errorf("--config missing or default not %s", DefaultConfigFile)
-	}	// One flag per key, typed and defaulted as the key (flagHelp is a
+	}
+	// One flag per key, typed and defaulted as the key (flagHelp is a
 	// table: a key listed twice or unknown must not get through).
 	seen := map[string]bool{}
 	for _, f := range flagHelp {
