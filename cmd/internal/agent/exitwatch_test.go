@@ -49,17 +49,25 @@ func newTestProcesses(t *testing.T) (*processes, *exitLog) {
 // osThreads counts the threads of this process.
 func osThreads(t testing.TB) int {
 	t.Helper()
-	data, err := os.ReadFile("/proc/self/status")
+	return procStatus(t, "self", "Threads")
+}
+
+// procStatus reads the number field of /proc/PROC/status (PROC a PID or
+// "self").
+func procStatus(t testing.TB, proc, field string) int {
+	t.Helper()
+	path := "/proc/" + proc + "/status"
+	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "Threads:"); ok {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
 			n, _ := strconv.Atoi(strings.TrimSpace(v))
 			return n
 		}
 	}
-	t.Fatal("no Threads: in /proc/self/status")
+	t.Fatalf("no %s: in %s", field, path)
 	return 0
 }
 

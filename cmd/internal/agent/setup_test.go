@@ -132,18 +132,7 @@ func openFDs(t *testing.T, pid int) int {
 
 func parentOf(t *testing.T, pid int) int {
 	t.Helper()
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "PPid:"); ok {
-			n, _ := strconv.Atoi(strings.TrimSpace(v))
-			return n
-		}
-	}
-	t.Fatalf("no PPid in /proc/%d/status", pid)
-	return 0
+	return procStatus(t, strconv.Itoa(pid), "PPid")
 }
 
 // TestSandboxCommandsWithoutTheSpawner: when the spawner is gone (killed),
