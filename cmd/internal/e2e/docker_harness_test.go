@@ -61,18 +61,8 @@ func newDockerHost(t *testing.T, extra ...string) *dockerHost {
 func newDockerHostWith(t *testing.T, before func(*dockerHost), extra ...string) *dockerHost {
 	t.Helper()
 	requireDocker(t)
-	h := &host{t: t, prefix: netnstest.UniqueName("d")}
-	h.extra, h.dp = withDatapath(append([]string{"--docker-plugin", dockerPluginSock, "--metrics-listen", ""}, extra...))
-	h.ns, h.nsPath = netnstest.New(t, "dh")
-	h.outside, _ = netnstest.New(t, "do")
-	h.dir = t.TempDir()
-	h.socket = filepath.Join(h.dir, "fabricd.sock")
-	run(t, "ip", "link", "add", "up0", "netns", h.ns, "type", "veth", "peer", "name", "out0", "netns", h.outside)
-	run(t, "ip", "-n", h.ns, "addr", "add", hostUplinkIP+"/24", "dev", "up0")
-	run(t, "ip", "-n", h.ns, "link", "set", "up0", "up")
-	run(t, "ip", "-n", h.ns, "route", "add", "default", "via", outsideUplinkIP)
-	run(t, "ip", "-n", h.outside, "addr", "add", outsideUplinkIP+"/24", "dev", "out0")
-	run(t, "ip", "-n", h.outside, "link", "set", "out0", "up")
+	h := newHostNamespaces(t, "d", "dh", "do", []string{"default"},
+		append([]string{"--docker-plugin", dockerPluginSock, "--metrics-listen", ""}, extra...))
 	d := &dockerHost{host: h, dsock: filepath.Join(h.dir, "docker.sock"),
 		dataRoot: filepath.Join(h.dir, "docker-data"), execRoot: filepath.Join(h.dir, "docker-exec")}
 	d.holdMountNS()

@@ -100,10 +100,24 @@ func newHostWithRoutes(t *testing.T, routes []string, extra ...string) *host {
 func makeHost(t *testing.T, routes, wrap, extra []string) *host {
 	t.Helper()
 	netnstest.RequireRoot(t)
-	h := &host{t: t, prefix: netnstest.UniqueName("t"), wrap: wrap}
+	h := newHostNamespaces(t, "t", "fh", "fo", routes, extra)
+	h.wrap = wrap
+	t.Cleanup(h.cleanup)
+	h.start()
+	return h
+}
+
+// newHostNamespaces makes what a host is before its agent starts: a host
+// namespace (named from hostNS) with the uplink up0, a veth to out0 in an
+// outside namespace (from outsideNS), routes via the outside peer, and a
+// directory for the agent, which is to run with the flags extra. Sandbox
+// names get prefix.
+func newHostNamespaces(t *testing.T, prefix, hostNS, outsideNS string, routes, extra []string) *host {
+	t.Helper()
+	h := &host{t: t, prefix: netnstest.UniqueName(prefix)}
 	h.extra, h.dp = withDatapath(extra)
-	h.ns, h.nsPath = netnstest.New(t, "fh")
-	h.outside, _ = netnstest.New(t, "fo")
+	h.ns, h.nsPath = netnstest.New(t, hostNS)
+	h.outside, _ = netnstest.New(t, outsideNS)
 	h.dir = t.TempDir()
 	h.socket = filepath.Join(h.dir, "fabricd.sock")
 	run(t, "ip", "link", "add", "up0", "netns", h.ns, "type", "veth", "peer", "name", "out0", "netns", h.outside)
@@ -114,8 +128,6 @@ func makeHost(t *testing.T, routes, wrap, extra []string) *host {
 	}
 	run(t, "ip", "-n", h.outside, "addr", "add", outsideUplinkIP+"/24", "dev", "out0")
 	run(t, "ip", "-n", h.outside, "link", "set", "out0", "up")
-	t.Cleanup(h.cleanup)
-	h.start()
 	return h
 }
 
