@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -74,14 +75,7 @@ func startUpstreamWith(t testing.TB, host, port string, handle dns.HandlerFunc) 
 		u.queries.Add(1)
 		handle(w, r)
 	})
-	var pc net.PacketConn
-	var ln net.Listener
-	var err error
-	for range 20 {
-		if pc, ln, err = listenPair(net.JoinHostPort(host, port)); err == nil || port != "0" {
-			break
-		}
-	}
+	pc, ln, err := listenPair(net.JoinHostPort(host, port))
 	if err != nil && port != "0" {
 		t.Skipf("port %s taken on %s: %v", port, host, err)
 	}
@@ -178,7 +172,18 @@ func numGoroutine() int {
 
 // listenPair opens (for the fake upstreams) a UDP and a TCP socket on the same address; addr with
 // port 0 gets the UDP socket's port for TCP too.
-func listenPair(addr string) (net.PacketConn, net.Listener, error) {
+func listenPair(addr string) (pc net.PacketConn, ln net.Listener, err error) {
+	// Port 0: the kernel picks a free UDP port, but the TCP port of that
+	// number may be taken (other tests run on this machine); try others.
+	for range 20 {
+		if pc, ln, err = listenPairOnce(addr); err == nil || !strings.HasSuffix(addr, ":0") {
+			break
+		}
+	}
+	return pc, ln, err
+}
+
+func listenPairOnce(addr string) (net.PacketConn, net.Listener, error) {
 	pc, err := net.ListenPacket("udp4", addr)
 	if err != nil {
 		return nil, nil, fmt.Errorf("listen udp %s: %w", addr, err)
