@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -343,17 +344,12 @@ func TestCNIStatusUnhealthyNetwork(t *testing.T) {
 		t.Fatalf("STATUS with the parent present: %v", err)
 	}
 	run(t, "ip", "-n", c.ns, "link", "del", "eth1")
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		err := c.status(lanList)
-		if cniCode(err) == types.ErrLimitedConnectivity {
-			break
+	netnstest.Until(t, 15*time.Second, "STATUS with the parent gone", func() error {
+		if err := c.status(lanList); cniCode(err) != types.ErrLimitedConnectivity {
+			return fmt.Errorf("%v, want code 51", err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("STATUS with the parent gone: %v, want code 51", err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return nil
+	})
 	gone := strings.Replace(string(l.Bytes), c.network, c.name("nope"), -1)
 	goneList, err := libcni.ConfListFromBytes([]byte(gone))
 	if err != nil {
