@@ -102,22 +102,16 @@ func TestSandboxCommandsStartFromTheSpawner(t *testing.T) {
 	if err := unix.Kill(sb.PID, unix.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		got, err := a.Sandbox(sb.Name)
-		if err != nil {
+	var got api.Sandbox
+	netnstest.Eventually(t, 10*time.Second, "the sandbox's command to be reported exited", func() bool {
+		var err error
+		if got, err = a.Sandbox(sb.Name); err != nil {
 			t.Fatal(err)
 		}
-		if got.State == api.StateExited {
-			if got.ExitCode == nil || *got.ExitCode != 128+9 {
-				t.Fatalf("exit code %v, want 137", got.ExitCode)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("sandbox still %s 10 s after its command was killed", got.State)
-		}
-		time.Sleep(10 * time.Millisecond)
+		return got.State == api.StateExited
+	})
+	if got.ExitCode == nil || *got.ExitCode != 128+9 {
+		t.Fatalf("exit code %v, want 137", got.ExitCode)
 	}
 }
 
