@@ -205,13 +205,9 @@ func (l *Lab) sectionDensity(ctx context.Context) error {
 		if h.skip != "" {
 			continue
 		}
-		pg, err := newPinger(l.nsPath(h.short))
-		if err != nil {
-			h.skip = "pinger: " + err.Error()
-			continue
+		if h.pg, h.skip = l.hostPinger(h.short); h.pg != nil {
+			defer h.pg.close()
 		}
-		defer pg.close()
-		h.pg = pg
 	}
 	defer l.removeDensityFillers(hosts)
 	var rows []*result

@@ -47,7 +47,13 @@ func (l *Lab) setupFabric(ctx context.Context) error {
 	if l.fbIP, err = sandboxIP(fb); err != nil {
 		return err
 	}
-	for _, sb := range []api.Sandbox{fa, fb} {
+	return waitServers(ctx, fa, fb)
+}
+
+// waitServers waits up to 10 s for the benchmark servers (iperf3,
+// sockperf, HTTP) to listen in each sandbox.
+func waitServers(ctx context.Context, sbs ...api.Sandbox) error {
+	for _, sb := range sbs {
 		if err := waitListen(ctx, sb.NetNS, 10*time.Second, portPerf, portLat, portHTTP); err != nil {
 			return fmt.Errorf("servers in sandbox %s: %w (log %s)", sb.Name, err, sb.LogPath)
 		}

@@ -98,12 +98,7 @@ func (l *Lab) setupKernelHost(ctx context.Context, kh *kernelHost) error {
 	if kh.kbIP, err = sandboxIP(kb); err != nil {
 		return err
 	}
-	for _, sb := range []api.Sandbox{ka, kb} {
-		if err := waitListen(ctx, sb.NetNS, 10*time.Second, portPerf, portLat, portHTTP); err != nil {
-			return fmt.Errorf("servers in sandbox %s: %w (log %s)", sb.Name, err, sb.LogPath)
-		}
-	}
-	return nil
+	return waitServers(ctx, ka, kb)
 }
 
 // skip says why k1's rows cannot run ("" when they can).

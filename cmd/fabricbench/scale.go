@@ -240,13 +240,9 @@ func (l *Lab) sectionScale(ctx context.Context) error {
 		if h.skip != "" || h.control {
 			continue
 		}
-		pg, err := newPinger(l.nsPath(h.short))
-		if err != nil {
-			h.skip = "pinger: " + err.Error()
-			continue
+		if h.pg, h.skip = l.hostPinger(h.short); h.pg != nil {
+			defer h.pg.close()
 		}
-		defer pg.close()
-		h.pg = pg
 	}
 	defer l.removeAllFillers(hosts)
 

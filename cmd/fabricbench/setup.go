@@ -52,6 +52,17 @@ func newPinger(nsPath string) (*pinger, error) {
 
 func (p *pinger) close() { unix.Close(p.fd) }
 
+// hostPinger opens a pinger in host namespace short for a section that
+// measures several hosts: when it cannot, it returns nil and the reason to
+// skip that host.
+func (l *Lab) hostPinger(short string) (*pinger, string) {
+	pg, err := newPinger(l.nsPath(short))
+	if err != nil {
+		return nil, "pinger: " + err.Error()
+	}
+	return pg, ""
+}
+
 // waitReply sends echo requests to addr every pingEvery until one is
 // answered and returns the time of the reply. Bounded by pingCap.
 func (p *pinger) waitReply(ctx context.Context, addr netip.Addr) (time.Time, error) {

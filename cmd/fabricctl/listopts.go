@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"text/template"
 
+	"github.com/fabricnet/fabric/cmd/internal/api"
 	"github.com/spf13/cobra"
 )
 
@@ -26,6 +28,57 @@ func (o *listOpts) register(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringArrayVar(&o.filters, "filter", nil, "keep items whose field KEY is VALUE: KEY=VALUE, KEY a JSON field (name matches a part; repeatable)")
 	f.StringVar(&o.format, "format", "", "print each item with a Go template, e.g. '{{.Name}} {{.Subnet}}'")
+}
+
+// listing is what an ls command knows of its items: how to fetch and sort
+// them, an item's name (for -q) and the table of them.
+type listing[T any] struct {
+	kind  string // "networks", for errors
+	fetch func(*api.Client, context.Context) ([]T, error)
+	sort  func([]T)
+	name  func(T) string
+	table func(io.Writer, []T) error
+}
+
+// listCmd makes cmd (its Use, Short, Long and Example set) the ls command
+// of l: no arguments, -q, --filter and --format, else a table or --output.
+func listCmd[T any](c *cli, cmd *cobra.Command, l listing[T]) *cobra.Command {
+	var quiet bool
+	var lo listOpts
+	cmd.Args = exactArgs()
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		items, err := l.fetch(c.client(), cmd.Context())
+		if err != nil {
+			return explain(err, "list %s", l.kind)
+		}
+		if items, err = filterItems(items, lo.filters); err != nil {
+			return usageErr(cmd, err)
+		}
+		if items == nil {
+			items = []T{}
+		}
+		l.sort(items)
+		if lo.format != "" {
+			return formatItems(cmd.OutOrStdout(), items, lo.format)
+		}
+		if quiet {
+			return printNames(cmd.OutOrStdout(), items, l.name)
+		}
+		return c.render(cmd.OutOrStdout(), items, func(w io.Writer) error { return l.table(w, items) })
+	}
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only names")
+	lo.register(cmd)
+	return cmd
+}
+
+// printNames prints one name per line, for -q.
+func printNames[T any](w io.Writer, items []T, name func(T) string) error {
+	for _, it := range items {
+		if _, err := fmt.Fprintln(w, name(it)); err != nil {
+			return fmt.Errorf("write output: %w", err)
+		}
+	}
+	return nil
 }
 
 // filterItems applies filters to items.

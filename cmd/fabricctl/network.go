@@ -147,9 +147,7 @@ func parseOptions(opts []string) (map[string]string, error) {
 }
 
 func newNetworkLsCmd(c *cli) *cobra.Command {
-	var quiet bool
-	var lo listOpts
-	cmd := &cobra.Command{
+	return listCmd(c, &cobra.Command{
 		Use:     "ls [OPTIONS]",
 		Aliases: []string{"list"},
 		Short:   "List networks",
@@ -159,31 +157,16 @@ ENDPOINTS counts the sandboxes attached to the network on this host.`,
   fabricctl network ls -q
   fabricctl network ls -o json
   fabricctl network ls --filter driver=overlay --format '{{.Name}} {{.Subnet}}'`,
-		Args: exactArgs(),
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			nets, err := c.client().Networks(cmd.Context())
-			if err != nil {
-				return explain(err, "list networks")
-			}
-			if nets, err = filterItems(nets, lo.filters); err != nil {
-				return usageErr(cmd, err)
-			}
-			if nets == nil {
-				nets = []api.Network{}
-			}
-			sortNetworks(nets)
-			if lo.format != "" {
-				return formatItems(cmd.OutOrStdout(), nets, lo.format)
-			}
-			if quiet {
-				return printNames(cmd.OutOrStdout(), nets, func(n api.Network) string { return n.Name })
-			}
-			return c.render(cmd.OutOrStdout(), nets, func(w io.Writer) error { return networkTable(w, nets) })
-		},
-	}
-	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only names")
-	lo.register(cmd)
-	return cmd
+	}, networkListing)
+}
+
+// networkListing is what network ls and prune know of networks.
+var networkListing = listing[api.Network]{
+	kind:  "networks",
+	fetch: (*api.Client).Networks,
+	sort:  sortNetworks,
+	name:  func(n api.Network) string { return n.Name },
+	table: networkTable,
 }
 
 func newNetworkInspectCmd(c *cli) *cobra.Command {
@@ -275,14 +258,4 @@ namespace path, as given to 'network connect'.`,
 			return nil
 		},
 	}
-}
-
-// printNames prints one name per line, for -q.
-func printNames[T any](w io.Writer, items []T, name func(T) string) error {
-	for _, it := range items {
-		if _, err := fmt.Fprintln(w, name(it)); err != nil {
-			return fmt.Errorf("write output: %w", err)
-		}
-	}
-	return nil
 }

@@ -16,8 +16,7 @@ import (
 const defaultNetwork = "bridge"
 
 func newNetworkPruneCmd(c *cli) *cobra.Command {
-	var force bool
-	cmd := &cobra.Command{
+	return pruneCmd(c, &cobra.Command{
 		Use:   "prune [OPTIONS]",
 		Short: "Remove every local network without endpoints",
 		Long: `Remove every network of this host that no sandbox is connected to, except
@@ -26,28 +25,19 @@ Overlay networks are cluster-wide and are left alone (remove one with
 'network rm' when no host uses it). Asks first unless -f.`,
 		Example: `  fabricctl network prune
   fabricctl network prune -f`,
-		Args: exactArgs(),
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			nets, err := c.client().Networks(cmd.Context())
-			if err != nil {
-				return explain(err, "list networks")
-			}
-			var names []string
-			for _, n := range nets {
-				if n.Endpoints == 0 && n.Name != defaultNetwork && n.Scope != "cluster" && n.Driver != "overlay" {
-					names = append(names, n.Name)
-				}
-			}
-			return prune(cmd, force, "every local network without endpoints (not \"bridge\")", names, "network", c.client().RemoveNetwork)
+	}, pruning[api.Network]{
+		items: networkListing,
+		what:  "every local network without endpoints (not \"bridge\")",
+		kind:  "network",
+		pick: func(n api.Network) bool {
+			return n.Endpoints == 0 && n.Name != defaultNetwork && n.Scope != "cluster" && n.Driver != "overlay"
 		},
-	}
-	cmd.Flags().BoolVarP(&force, "force", "f", false, "do not ask")
-	return cmd
+		remove: (*api.Client).RemoveNetwork,
+	})
 }
 
 func newSandboxPruneCmd(c *cli) *cobra.Command {
-	var force bool
-	cmd := &cobra.Command{
+	return pruneCmd(c, &cobra.Command{
 		Use:   "prune [OPTIONS]",
 		Short: "Remove every sandbox whose command has exited",
 		Long: `Remove every sandbox whose command has exited (state "exited"), with its
@@ -56,40 +46,58 @@ removed. Sandboxes without a command (state "created") and running ones
 stay. Asks first unless -f.`,
 		Example: `  fabricctl sandbox prune
   fabricctl sandbox prune -f`,
-		Args: exactArgs(),
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			sbs, err := c.client().Sandboxes(cmd.Context())
+	}, pruning[api.Sandbox]{
+		items:  sandboxListing,
+		what:   "every sandbox whose command has exited",
+		kind:   "sandbox",
+		pick:   func(s api.Sandbox) bool { return s.State == api.StateExited },
+		remove: (*api.Client).RemoveSandbox,
+	})
+}
+
+// pruning is what a prune command removes: the items pick picks, of those
+// items fetches; what describes them in the question, kind names one in
+// errors.
+type pruning[T any] struct {
+	items      listing[T]
+	what, kind string
+	pick       func(T) bool
+	remove     func(*api.Client, context.Context, string) error
+}
+
+// pruneCmd makes cmd (its Use, Short, Long and Example set) the prune
+// command of p: it lists, confirms (unless -f) and removes one by one.
+func pruneCmd[T any](c *cli, cmd *cobra.Command, p pruning[T]) *cobra.Command {
+	var force bool
+	cmd.Args = exactArgs()
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		cl := c.client()
+		items, err := p.items.fetch(cl, cmd.Context())
+		if err != nil {
+			return explain(err, "list %s", p.items.kind)
+		}
+		var names []string
+		for _, it := range items {
+			if p.pick(it) {
+				names = append(names, p.items.name(it))
+			}
+		}
+		if len(names) == 0 {
+			return nil
+		}
+		if !force {
+			ok, err := confirm(cmd.InOrStdin(), cmd.ErrOrStderr(), fmt.Sprintf("This removes %s: %s.\nAre you sure you want to continue? [y/N] ", p.what, strings.Join(names, ", ")))
 			if err != nil {
-				return explain(err, "list sandboxes")
+				return err
 			}
-			var names []string
-			for _, s := range sbs {
-				if s.State == api.StateExited {
-					names = append(names, s.Name)
-				}
+			if !ok {
+				return &exitError{code: exitFailure, err: errors.New("not confirmed; nothing removed (-f skips the question)")}
 			}
-			return prune(cmd, force, "every sandbox whose command has exited", names, "sandbox", c.client().RemoveSandbox)
-		},
+		}
+		return removeEach(cmd, names, p.kind, func(ctx context.Context, name string) error { return p.remove(cl, ctx, name) })
 	}
 	cmd.Flags().BoolVarP(&force, "force", "f", false, "do not ask")
 	return cmd
-}
-
-// prune confirms (unless force) and removes names one by one.
-func prune(cmd *cobra.Command, force bool, what string, names []string, kind string, remove func(context.Context, string) error) error {
-	if len(names) == 0 {
-		return nil
-	}
-	if !force {
-		ok, err := confirm(cmd.InOrStdin(), cmd.ErrOrStderr(), fmt.Sprintf("This removes %s: %s.\nAre you sure you want to continue? [y/N] ", what, strings.Join(names, ", ")))
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return &exitError{code: exitFailure, err: errors.New("not confirmed; nothing removed (-f skips the question)")}
-		}
-	}
-	return removeEach(cmd, names, kind, remove)
 }
 
 // confirm asks question on w and reads a yes from r.

@@ -32,9 +32,7 @@ as every lab node is, puts them at /var/run/netns/PNAME: see the NETNS of
 }
 
 func newSandboxLsCmd(c *cli) *cobra.Command {
-	var quiet bool
-	var lo listOpts
-	cmd := &cobra.Command{
+	return listCmd(c, &cobra.Command{
 		Use:     "ls [OPTIONS]",
 		Aliases: []string{"list", "ps"},
 		Short:   "List sandboxes",
@@ -46,31 +44,16 @@ ports as HOSTIP:HOSTPORT->PORT/PROTO.`,
   fabricctl sandbox ls -q
   fabricctl sandbox ls -o json
   fabricctl sandbox ls --filter state=exited --format '{{.Name}} {{.State}} {{.PID}}'`,
-		Args: exactArgs(),
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			sbs, err := c.client().Sandboxes(cmd.Context())
-			if err != nil {
-				return explain(err, "list sandboxes")
-			}
-			if sbs, err = filterItems(sbs, lo.filters); err != nil {
-				return usageErr(cmd, err)
-			}
-			if sbs == nil {
-				sbs = []api.Sandbox{}
-			}
-			sortSandboxes(sbs)
-			if lo.format != "" {
-				return formatItems(cmd.OutOrStdout(), sbs, lo.format)
-			}
-			if quiet {
-				return printNames(cmd.OutOrStdout(), sbs, func(s api.Sandbox) string { return s.Name })
-			}
-			return c.render(cmd.OutOrStdout(), sbs, func(w io.Writer) error { return sandboxTable(w, sbs) })
-		},
-	}
-	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only names")
-	lo.register(cmd)
-	return cmd
+	}, sandboxListing)
+}
+
+// sandboxListing is what sandbox ls and prune know of sandboxes.
+var sandboxListing = listing[api.Sandbox]{
+	kind:  "sandboxes",
+	fetch: (*api.Client).Sandboxes,
+	sort:  sortSandboxes,
+	name:  func(s api.Sandbox) string { return s.Name },
+	table: sandboxTable,
 }
 
 func newSandboxInspectCmd(c *cli) *cobra.Command {

@@ -15,20 +15,28 @@ import (
 // /v1/sandboxes/. led to the sandbox list); such a path is a 400 instead.
 // A name given as a namespace path is escaped into one segment and still
 // reaches its route.
-func TestAPIPathsAreNotRedirected(t *testing.T) {
-	dir := t.TempDir()
+// newHandlerTestAgent is a started agent, named node, on a fake datapath
+// and host, without a default network or DNS: what the tests of its HTTP
+// handler need. It is closed when the test ends.
+func newHandlerTestAgent(tb testing.TB, node string) *Agent {
+	tb.Helper()
+	dir := tb.TempDir()
 	a, err := New(Options{
-		StateDir: dir, Socket: filepath.Join(dir, "sock"), NodeName: "paths", NoDefaultNetwork: true, NoDNS: true,
+		StateDir: dir, Socket: filepath.Join(dir, "sock"), NodeName: node, NoDefaultNetwork: true, NoDNS: true,
 		Datapath: newFake(), Host: newFakeHost("10.99.0.0/16"), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	t.Cleanup(func() { a.Close() })
+	tb.Cleanup(func() { a.Close() })
 	if err := a.Start(context.Background()); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	h := a.handler()
+	return a
+}
+
+func TestAPIPathsAreNotRedirected(t *testing.T) {
+	h := newHandlerTestAgent(t, "paths").handler()
 	for _, c := range []struct {
 		method, path string
 		want         int

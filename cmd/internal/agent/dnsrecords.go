@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 
@@ -37,11 +38,7 @@ func newDNSRecords(srv *dns.Server) *dnsRecords {
 func (d *dnsRecords) endpointIDs() []string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := make([]string, 0, len(d.ep))
-	for id := range d.ep {
-		out = append(out, id)
-	}
-	return out
+	return slices.Collect(maps.Keys(d.ep))
 }
 
 // endpointIs says whether the records of endpoint ep are exactly those of

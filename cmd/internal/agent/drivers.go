@@ -193,17 +193,10 @@ func (a *Agent) checkParent(n *networkRec) error {
 // network whose parent went away is reported unhealthy (its endpoints with
 // it), and is fully restored, endpoints included, when the parent returns.
 func (a *Agent) watchParents(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			a.checkLANNetworks(ctx)
-			a.checkExternalOwners(ctx)
-		}
-	}
+	every(ctx, interval, func() {
+		a.checkLANNetworks(ctx)
+		a.checkExternalOwners(ctx)
+	})
 }
 
 func (a *Agent) checkLANNetworks(ctx context.Context) {

@@ -49,29 +49,26 @@ func newTestProcesses(t *testing.T) (*processes, *exitLog) {
 // osThreads counts the threads of this process.
 func osThreads(t testing.TB) int {
 	t.Helper()
-	data, err := os.ReadFile("/proc/self/status")
+	return procStatus(t, "self", "Threads")
+}
+
+// procStatus reads the number field of /proc/PROC/status (PROC a PID or
+// "self").
+func procStatus(t testing.TB, proc, field string) int {
+	t.Helper()
+	path := "/proc/" + proc + "/status"
+	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "Threads:"); ok {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
 			n, _ := strconv.Atoi(strings.TrimSpace(v))
 			return n
 		}
 	}
-	t.Fatal("no Threads: in /proc/self/status")
+	t.Fatalf("no %s: in %s", field, path)
 	return 0
-}
-
-func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", limit, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // TestCommandsNoThreadEach starts many commands and checks that watching
@@ -100,10 +97,10 @@ func TestCommandsNoThreadEach(t *testing.T) {
 	for _, pid := range pids {
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
 	}
-	waitFor(t, 30*time.Second, "every exit reported", func() bool { return p.w.count() == 0 })
+	netnstest.Eventually(t, 30*time.Second, "every exit reported", func() bool { return p.w.count() == 0 })
 	for i := range n {
 		name := "c" + strconv.Itoa(i)
-		waitFor(t, 10*time.Second, name+"'s exit", func() bool { _, ok := log.get(name); return ok })
+		netnstest.Eventually(t, 10*time.Second, name+"'s exit", func() bool { _, ok := log.get(name); return ok })
 		if code, _ := log.get(name); code == nil || *code != 128+int(syscall.SIGKILL) {
 			t.Fatalf("%s exit code %v, want %d", name, code, 128+int(syscall.SIGKILL))
 		}
@@ -125,7 +122,7 @@ func TestCommandExitCodeAndLog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "exit reported", func() bool { _, ok := log.get("sh1"); return ok })
+	netnstest.Eventually(t, 10*time.Second, "exit reported", func() bool { _, ok := log.get("sh1"); return ok })
 	if code, _ := log.get("sh1"); code == nil || *code != 7 {
 		t.Fatalf("exit code %v, want 7", code)
 	}
@@ -152,12 +149,12 @@ func TestWatchAdoptedProcess(t *testing.T) {
 	}
 	p.watch("adopted", cmd.Process.Pid, start)
 	p.watch("reused", cmd.Process.Pid, start+1)
-	waitFor(t, 10*time.Second, "the reused PID reported gone", func() bool { _, ok := log.get("reused"); return ok })
+	netnstest.Eventually(t, 10*time.Second, "the reused PID reported gone", func() bool { _, ok := log.get("reused"); return ok })
 	if _, ok := log.get("adopted"); ok {
 		t.Fatal("a running process was reported exited")
 	}
 	_ = cmd.Process.Kill()
-	waitFor(t, 10*time.Second, "the adopted process's exit", func() bool { _, ok := log.get("adopted"); return ok })
+	netnstest.Eventually(t, 10*time.Second, "the adopted process's exit", func() bool { _, ok := log.get("adopted"); return ok })
 	if code, _ := log.get("adopted"); code != nil {
 		t.Fatalf("code %d for a process the agent could not reap, want none", *code)
 	}
@@ -187,7 +184,7 @@ func TestStopTermThenKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = syscall.Kill(-pid, syscall.SIGKILL) })
-	waitFor(t, 10*time.Second, "the trap to be set", func() bool {
+	netnstest.Eventually(t, 10*time.Second, "the trap to be set", func() bool {
 		data, _ := os.ReadFile(logPath)
 		return strings.Contains(string(data), "ready")
 	})
@@ -203,7 +200,7 @@ func TestStopTermThenKill(t *testing.T) {
 		t.Fatal("command ignoring SIGTERM runs after stop")
 	}
 	for _, name := range []string{"polite", "stubborn"} {
-		waitFor(t, 10*time.Second, name+"'s exit report", func() bool { _, ok := log.get(name); return ok })
+		netnstest.Eventually(t, 10*time.Second, name+"'s exit report", func() bool { _, ok := log.get(name); return ok })
 	}
 	if code, _ := log.get("stubborn"); code == nil || *code != 128+int(syscall.SIGKILL) {
 		t.Fatalf("stubborn exit code %v, want %d", code, 128+int(syscall.SIGKILL))
@@ -230,7 +227,7 @@ func TestRestartedAgentReadoptsCommands(t *testing.T) {
 		a.Close()
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the short command's exit", func() bool {
+	netnstest.Eventually(t, 10*time.Second, "the short command's exit", func() bool {
 		s, err := a.Sandbox(short)
 		return err == nil && s.State == api.StateExited
 	})
@@ -251,7 +248,7 @@ func TestRestartedAgentReadoptsCommands(t *testing.T) {
 		t.Fatalf("after restart: %+v %v, want running with pid %d", s, err, sb.PID)
 	}
 	_ = syscall.Kill(-sb.PID, syscall.SIGKILL)
-	waitFor(t, 10*time.Second, "the restarted agent to see the command exit", func() bool {
+	netnstest.Eventually(t, 10*time.Second, "the restarted agent to see the command exit", func() bool {
 		s, err := b.Sandbox(long)
 		return err == nil && s.State == api.StateExited
 	})

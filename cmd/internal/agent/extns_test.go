@@ -15,6 +15,18 @@ import (
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
+// newExtNSTestAgent is the root-only agent on a fake datapath, in dir, of
+// the tests that connect namespaces by path; the references it holds are
+// dropped when the test ends.
+func newExtNSTestAgent(t *testing.T, dir string) (*Agent, *fakeDatapath) {
+	t.Helper()
+	netnstest.RequireRoot(t)
+	dp := newFake()
+	a := newKernelTestAgent(t, dir, dp)
+	releaseHeldAtEnd(t, a)
+	return a, dp
+}
+
 // releaseHeldAtEnd drops every namespace reference the agent holds when
 // the test ends, even if it failed half-way.
 func releaseHeldAtEnd(t *testing.T, a *Agent) {
@@ -31,11 +43,8 @@ func releaseHeldAtEnd(t *testing.T, a *Agent) {
 // namespace, the host's (PID 1's), other kinds of namespace and plain
 // files are refused with a reason, and nothing is created.
 func TestConnectByPathRefusesHostAndNonNetNamespaces(t *testing.T) {
-	netnstest.RequireRoot(t)
-	dp := newFake()
-	a := newKernelTestAgent(t, t.TempDir(), dp)
+	a, dp := newExtNSTestAgent(t, t.TempDir())
 	defer a.Close()
-	releaseHeldAtEnd(t, a)
 	plain := filepath.Join(t.TempDir(), "file")
 	if err := os.WriteFile(plain, nil, 0o600); err != nil {
 		t.Fatal(err)
@@ -87,11 +96,8 @@ func TestConnectByPathPermissionDenied(t *testing.T) {
 // reused, the named namespace is recreated), a repair still acts on the
 // original namespace only, and the agent then lets go of it.
 func TestExternalNamespaceHeldByIdentity(t *testing.T) {
-	netnstest.RequireRoot(t)
-	dp := newFake()
-	a := newKernelTestAgent(t, t.TempDir(), dp)
+	a, dp := newExtNSTestAgent(t, t.TempDir())
 	defer a.Close()
-	releaseHeldAtEnd(t, a)
 	ctx := context.Background()
 	name, path := netnstest.New(t, "ext")
 	orig, err := netns.IDOf(path)
@@ -153,10 +159,8 @@ func TestExternalNamespaceHeldByIdentity(t *testing.T) {
 // names another one now, the sandbox is dropped and nothing is programmed
 // into the newcomer.
 func TestExternalNamespaceAcrossRestarts(t *testing.T) {
-	netnstest.RequireRoot(t)
-	dir, dp := t.TempDir(), newFake()
-	a := newKernelTestAgent(t, dir, dp)
-	releaseHeldAtEnd(t, a)
+	dir := t.TempDir()
+	a, dp := newExtNSTestAgent(t, dir)
 	ctx := context.Background()
 	name, path := netnstest.New(t, "exr")
 	orig, _ := netns.IDOf(path)

@@ -5,12 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -58,18 +55,7 @@ func FuzzAPIBodies(f *testing.F) {
 	for i, s := range seeds {
 		f.Add(uint8(i), "n1", []byte(s))
 	}
-	dir := f.TempDir()
-	a, err := New(Options{
-		StateDir: dir, Socket: filepath.Join(dir, "sock"), NodeName: "fuzz", NoDefaultNetwork: true, NoDNS: true,
-		Datapath: newFake(), Host: newFakeHost("10.99.0.0/16"), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { a.Close() })
-	if err := a.Start(context.Background()); err != nil {
-		f.Fatal(err)
-	}
+	a := newHandlerTestAgent(f, "fuzz")
 	h := a.handler()
 
 	f.Fuzz(func(t *testing.T, route uint8, name string, body []byte) {

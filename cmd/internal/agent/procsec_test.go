@@ -67,18 +67,28 @@ func startIn(t *testing.T, nsPath string, argv ...string) *exec.Cmd {
 	return cmd
 }
 
-// TestSetProcessOnlyInSandboxNamespace: a client may register only a
-// process that is inside the sandbox's namespace.
-func TestSetProcessOnlyInSandboxNamespace(t *testing.T) {
+// newSandboxTestAgent is a root-only agent on a fake datapath with one
+// sandbox, named from prefix, whose namespace is removed when the test ends.
+func newSandboxTestAgent(t *testing.T, prefix string) (*Agent, api.Sandbox) {
+	t.Helper()
 	netnstest.RequireRoot(t)
 	a := newKernelTestAgent(t, t.TempDir(), newFake())
-	defer a.Close()
-	name := sandboxName(t, "sp")
+	name := sandboxName(t, prefix)
 	t.Cleanup(func() { netnstest.Remove(name) })
 	sb, err := a.CreateSandbox(context.Background(), api.SandboxCreate{Name: name})
 	if err != nil {
+		a.Close()
 		t.Fatal(err)
 	}
+	return a, sb
+}
+
+// TestSetProcessOnlyInSandboxNamespace: a client may register only a
+// process that is inside the sandbox's namespace.
+func TestSetProcessOnlyInSandboxNamespace(t *testing.T) {
+	a, sb := newSandboxTestAgent(t, "sp")
+	defer a.Close()
+	name := sb.Name
 	outside := startIn(t, "", "sleep", "60")
 	start := time.Now()
 	if err := a.SetProcess(name, outside.Process.Pid); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "namespace") {
@@ -103,15 +113,9 @@ func TestSetProcessOnlyInSandboxNamespace(t *testing.T) {
 // client registered stops that process only, not the rest of its process
 // group outside the sandbox.
 func TestSandboxRmSignalsOnlyItsProcess(t *testing.T) {
-	netnstest.RequireRoot(t)
-	a := newKernelTestAgent(t, t.TempDir(), newFake())
+	a, sb := newSandboxTestAgent(t, "sr")
 	defer a.Close()
-	name := sandboxName(t, "sr")
-	t.Cleanup(func() { netnstest.Remove(name) })
-	sb, err := a.CreateSandbox(context.Background(), api.SandboxCreate{Name: name})
-	if err != nil {
-		t.Fatal(err)
-	}
+	name := sb.Name
 	// A group leader that leaves a child on the host, then enters the
 	// sandbox (as `ip netns exec` does).
 	leader := startIn(t, "", "sh", "-c", "sleep 60 & exec nsenter --net="+sb.NetNS+" sleep 60")

@@ -73,16 +73,9 @@ func (a *Agent) drainDelQueueFor(ctx context.Context, name string) {
 
 // watchRemovalQueue drains the queue every interval until ctx ends.
 func (a *Agent) watchRemovalQueue(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			a.mu.Lock()
-			a.drainRemovalQueue(ctx)
-			a.mu.Unlock()
-		}
-	}
+	every(ctx, interval, func() {
+		a.mu.Lock()
+		a.drainRemovalQueue(ctx)
+		a.mu.Unlock()
+	})
 }

@@ -2,10 +2,12 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
 // TestRepairPassSyncsDesiredState: while the agent runs, the repair loop
@@ -27,9 +29,9 @@ func TestRepairPassSyncsDesiredState(t *testing.T) {
 	dp.mu.Lock()
 	before := len(dp.syncs)
 	dp.mu.Unlock()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	netnstest.Until(t, 10*time.Second, "two repair passes with the new network", func() error {
 		dp.mu.Lock()
+		defer dp.mu.Unlock()
 		n := len(dp.syncs)
 		var names []string
 		if n > 0 {
@@ -37,15 +39,11 @@ func TestRepairPassSyncsDesiredState(t *testing.T) {
 				names = append(names, nw.Name)
 			}
 		}
-		dp.mu.Unlock()
 		if n >= before+2 && len(names) == 2 { // the default network and n1
-			return
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after 10 s: %d passes since the network was made, last one's networks %v", n-before, names)
-		}
-		time.Sleep(10 * time.Millisecond) // polling, bounded by deadline
-	}
+		return fmt.Errorf("%d passes since the network was made, last one's networks %v", n-before, names)
+	})
 }
 
 // watchingFake is a fake datapath that reports drift when the test says.
@@ -71,17 +69,9 @@ func TestRepairPassRunsOnDrift(t *testing.T) {
 	before := len(fake.syncs)
 	fake.mu.Unlock()
 	dp.drift <- struct{}{}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	netnstest.Eventually(t, 10*time.Second, "a repair pass after drift was reported", func() bool {
 		fake.mu.Lock()
-		n := len(fake.syncs)
-		fake.mu.Unlock()
-		if n > before {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no repair pass 10 s after drift was reported")
-		}
-		time.Sleep(10 * time.Millisecond) // polling, bounded by deadline
-	}
+		defer fake.mu.Unlock()
+		return len(fake.syncs) > before
+	})
 }

@@ -25,13 +25,9 @@ func (a *Agent) handler() http.Handler {
 		keys, err := a.Keys()
 		respond(w, http.StatusOK, keys, err)
 	})
-	mux.HandleFunc("POST "+p+"/cluster/keys", func(w http.ResponseWriter, r *http.Request) {
-		var req api.KeyOp
-		if !decode(w, r, &req) {
-			return
-		}
+	mux.HandleFunc("POST "+p+"/cluster/keys", withBody(func(w http.ResponseWriter, r *http.Request, req api.KeyOp) {
 		respond(w, http.StatusNoContent, nil, a.KeyOp(r.Context(), req))
-	})
+	}))
 	a.networkRoutes(mux, p)
 	a.sandboxRoutes(mux, p)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -49,14 +45,10 @@ func (a *Agent) networkRoutes(mux *http.ServeMux, p string) {
 	mux.HandleFunc("GET "+p+"/networks", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, http.StatusOK, a.Networks())
 	})
-	mux.HandleFunc("POST "+p+"/networks", func(w http.ResponseWriter, r *http.Request) {
-		var req api.NetworkCreate
-		if !decode(w, r, &req) {
-			return
-		}
+	mux.HandleFunc("POST "+p+"/networks", withBody(func(w http.ResponseWriter, r *http.Request, req api.NetworkCreate) {
 		n, err := a.CreateNetwork(r.Context(), req)
 		respond(w, http.StatusCreated, n, err)
-	})
+	}))
 	mux.HandleFunc("GET "+p+"/networks/{name}", func(w http.ResponseWriter, r *http.Request) {
 		n, err := a.Network(r.PathValue("name"))
 		respond(w, http.StatusOK, n, err)
@@ -64,21 +56,13 @@ func (a *Agent) networkRoutes(mux *http.ServeMux, p string) {
 	mux.HandleFunc("DELETE "+p+"/networks/{name}", func(w http.ResponseWriter, r *http.Request) {
 		respond(w, http.StatusNoContent, nil, a.RemoveNetwork(r.Context(), r.PathValue("name")))
 	})
-	mux.HandleFunc("POST "+p+"/networks/{name}/connect", func(w http.ResponseWriter, r *http.Request) {
-		var req api.Connect
-		if !decode(w, r, &req) {
-			return
-		}
+	mux.HandleFunc("POST "+p+"/networks/{name}/connect", withBody(func(w http.ResponseWriter, r *http.Request, req api.Connect) {
 		ep, err := a.Connect(r.Context(), r.PathValue("name"), req)
 		respond(w, http.StatusCreated, ep, err)
-	})
-	mux.HandleFunc("POST "+p+"/networks/{name}/disconnect", func(w http.ResponseWriter, r *http.Request) {
-		var req api.Disconnect
-		if !decode(w, r, &req) {
-			return
-		}
+	}))
+	mux.HandleFunc("POST "+p+"/networks/{name}/disconnect", withBody(func(w http.ResponseWriter, r *http.Request, req api.Disconnect) {
 		respond(w, http.StatusNoContent, nil, a.Disconnect(r.Context(), r.PathValue("name"), req))
-	})
+	}))
 }
 
 // sandboxRoutes routes the sandbox and endpoint requests under prefix p.
@@ -86,14 +70,10 @@ func (a *Agent) sandboxRoutes(mux *http.ServeMux, p string) {
 	mux.HandleFunc("GET "+p+"/sandboxes", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, http.StatusOK, a.Sandboxes())
 	})
-	mux.HandleFunc("POST "+p+"/sandboxes", func(w http.ResponseWriter, r *http.Request) {
-		var req api.SandboxCreate
-		if !decode(w, r, &req) {
-			return
-		}
+	mux.HandleFunc("POST "+p+"/sandboxes", withBody(func(w http.ResponseWriter, r *http.Request, req api.SandboxCreate) {
 		sb, err := a.CreateSandbox(r.Context(), req)
 		respond(w, http.StatusCreated, sb, err)
-	})
+	}))
 	mux.HandleFunc("GET "+p+"/sandboxes/{name}", func(w http.ResponseWriter, r *http.Request) {
 		sb, err := a.Sandbox(r.PathValue("name"))
 		respond(w, http.StatusOK, sb, err)
@@ -101,13 +81,9 @@ func (a *Agent) sandboxRoutes(mux *http.ServeMux, p string) {
 	mux.HandleFunc("DELETE "+p+"/sandboxes/{name}", func(w http.ResponseWriter, r *http.Request) {
 		respond(w, http.StatusNoContent, nil, a.RemoveSandbox(r.Context(), r.PathValue("name")))
 	})
-	mux.HandleFunc("PUT "+p+"/sandboxes/{name}/process", func(w http.ResponseWriter, r *http.Request) {
-		var req api.SandboxProcess
-		if !decode(w, r, &req) {
-			return
-		}
+	mux.HandleFunc("PUT "+p+"/sandboxes/{name}/process", withBody(func(w http.ResponseWriter, r *http.Request, req api.SandboxProcess) {
 		respond(w, http.StatusNoContent, nil, a.SetProcess(r.PathValue("name"), req.PID))
-	})
+	}))
 	mux.HandleFunc("GET "+p+"/endpoints", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, http.StatusOK, a.Endpoints())
 	})
@@ -153,6 +129,18 @@ type statusRecorder struct {
 func (s *statusRecorder) WriteHeader(code int) {
 	s.code = code
 	s.ResponseWriter.WriteHeader(code)
+}
+
+// withBody is the handler of a request with a JSON body: serve gets the
+// body decoded as a Req, and is not called when decode refuses it.
+func withBody[Req any](serve func(w http.ResponseWriter, r *http.Request, req Req)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req Req
+		if !decode(w, r, &req) {
+			return
+		}
+		serve(w, r, req)
+	}
 }
 
 // decode reads a JSON body strictly: unknown fields, trailing data and

@@ -50,6 +50,20 @@ func TestSandboxCommandHoldsNoNamespaceMounts(t *testing.T) {
 	}
 }
 
+// newSpawnerTestAgent is a root-only agent on a fake datapath, with the
+// command spawner it runs.
+func newSpawnerTestAgent(t *testing.T) (*Agent, *spawner) {
+	t.Helper()
+	netnstest.RequireRoot(t)
+	a := newKernelTestAgent(t, t.TempDir(), newFake())
+	sp := a.procs.spawner()
+	if sp == nil {
+		a.Close()
+		t.Fatal("the agent runs no command spawner")
+	}
+	return a, sp
+}
+
 // TestSandboxCommandsStartFromTheSpawner: named sandboxes' commands are
 // started by the spawner, a process with a handful of descriptors, however
 // many the agent holds (a fork copies the forking process's descriptor
@@ -57,13 +71,8 @@ func TestSandboxCommandHoldsNoNamespaceMounts(t *testing.T) {
 // 3,000, three per sandbox). They are still the agent's children: it reaps
 // them and records their exit codes.
 func TestSandboxCommandsStartFromTheSpawner(t *testing.T) {
-	netnstest.RequireRoot(t)
-	a := newKernelTestAgent(t, t.TempDir(), newFake())
+	a, sp := newSpawnerTestAgent(t)
 	defer a.Close()
-	sp := a.procs.spawner()
-	if sp == nil {
-		t.Fatal("the agent runs no command spawner")
-	}
 	// Many descriptors in the agent, none in the spawner.
 	for range 300 {
 		f, err := os.Open("/dev/null")
@@ -93,22 +102,16 @@ func TestSandboxCommandsStartFromTheSpawner(t *testing.T) {
 	if err := unix.Kill(sb.PID, unix.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		got, err := a.Sandbox(sb.Name)
-		if err != nil {
+	var got api.Sandbox
+	netnstest.Eventually(t, 10*time.Second, "the sandbox's command to be reported exited", func() bool {
+		var err error
+		if got, err = a.Sandbox(sb.Name); err != nil {
 			t.Fatal(err)
 		}
-		if got.State == api.StateExited {
-			if got.ExitCode == nil || *got.ExitCode != 128+9 {
-				t.Fatalf("exit code %v, want 137", got.ExitCode)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("sandbox still %s 10 s after its command was killed", got.State)
-		}
-		time.Sleep(10 * time.Millisecond)
+		return got.State == api.StateExited
+	})
+	if got.ExitCode == nil || *got.ExitCode != 128+9 {
+		t.Fatalf("exit code %v, want 137", got.ExitCode)
 	}
 }
 
@@ -123,30 +126,14 @@ func openFDs(t *testing.T, pid int) int {
 
 func parentOf(t *testing.T, pid int) int {
 	t.Helper()
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "PPid:"); ok {
-			n, _ := strconv.Atoi(strings.TrimSpace(v))
-			return n
-		}
-	}
-	t.Fatalf("no PPid in /proc/%d/status", pid)
-	return 0
+	return procStatus(t, strconv.Itoa(pid), "PPid")
 }
 
 // TestSandboxCommandsWithoutTheSpawner: when the spawner is gone (killed),
 // the agent starts commands itself, the same way.
 func TestSandboxCommandsWithoutTheSpawner(t *testing.T) {
-	netnstest.RequireRoot(t)
-	a := newKernelTestAgent(t, t.TempDir(), newFake())
+	a, sp := newSpawnerTestAgent(t)
 	defer a.Close()
-	sp := a.procs.spawner()
-	if sp == nil {
-		t.Fatal("the agent runs no command spawner")
-	}
 	if err := sp.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}

@@ -421,6 +421,20 @@ func TestRegisterFlags(t *testing.T) {
 	if f := fs.Lookup("config"); f == nil || f.DefValue != DefaultConfigFile {
 		t.Errorf("--config missing or default not %s", DefaultConfigFile)
 	}
+	// One flag per key, typed and defaulted as the key (flagHelp is a
+	// table: a key listed twice or unknown must not get through).
+	seen := map[string]bool{}
+	for _, f := range flagHelp {
+		if _, ok := defaultValues()[f.key]; !ok || seen[f.key] {
+			t.Errorf("flagHelp: key %s unknown or listed twice", f.key)
+		}
+		seen[f.key] = true
+	}
+	for key, want := range map[string]string{keyTunnelPort: "4789", keyDNSTTL: "1m0s", keyNoDefaultNetwork: "false", keyClusterJoin: "[]", keyDatapath: DatapathAuto} {
+		if f := fs.Lookup(key); f == nil || f.DefValue != want {
+			t.Errorf("--%s default %v, want %s", key, f, want)
+		}
+	}
 }
 
 func TestGossipAddresses(t *testing.T) {

@@ -93,6 +93,7 @@ func FuzzHandleQuery(f *testing.F) {
 
 // recordingWriter is a dns.ResponseWriter that keeps what is written.
 type recordingWriter struct {
+	noTSIG
 	tcp     bool
 	replies [][]byte
 }
@@ -106,19 +107,9 @@ func (w *recordingWriter) RemoteAddr() net.Addr {
 	}
 	return &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}
 }
-func (w *recordingWriter) WriteMsg(m *dns.Msg) error {
-	b, err := m.Pack()
-	if err != nil {
-		return err
-	}
-	_, err = w.Write(b)
-	return err
-}
+func (w *recordingWriter) WriteMsg(m *dns.Msg) error { return writeMsg(w, m) }
 func (w *recordingWriter) Write(b []byte) (int, error) {
 	w.replies = append(w.replies, append([]byte(nil), b...))
 	return len(b), nil
 }
-func (w *recordingWriter) Close() error        { return nil }
-func (w *recordingWriter) TsigStatus() error   { return nil }
-func (w *recordingWriter) TsigTimersOnly(bool) {}
-func (w *recordingWriter) Hijack()             {}
+func (w *recordingWriter) Close() error { return nil }

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -74,14 +75,7 @@ func startUpstreamWith(t testing.TB, host, port string, handle dns.HandlerFunc) 
 		u.queries.Add(1)
 		handle(w, r)
 	})
-	var pc net.PacketConn
-	var ln net.Listener
-	var err error
-	for range 20 {
-		if pc, ln, err = listenPair(net.JoinHostPort(host, port)); err == nil || port != "0" {
-			break
-		}
-	}
+	pc, ln, err := listenPair(net.JoinHostPort(host, port))
 	if err != nil && port != "0" {
 		t.Skipf("port %s taken on %s: %v", port, host, err)
 	}
@@ -170,18 +164,6 @@ func answerAddrs(r *dns.Msg) []netip.Addr {
 	return out
 }
 
-// eventually polls cond every 10 ms for at most d.
-func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // numGoroutine counts goroutines, letting finished ones exit first.
 func numGoroutine() int {
 	runtime.Gosched()
@@ -190,7 +172,18 @@ func numGoroutine() int {
 
 // listenPair opens (for the fake upstreams) a UDP and a TCP socket on the same address; addr with
 // port 0 gets the UDP socket's port for TCP too.
-func listenPair(addr string) (net.PacketConn, net.Listener, error) {
+func listenPair(addr string) (pc net.PacketConn, ln net.Listener, err error) {
+	// Port 0: the kernel picks a free UDP port, but the TCP port of that
+	// number may be taken (other tests run on this machine); try others.
+	for range 20 {
+		if pc, ln, err = listenPairOnce(addr); err == nil || !strings.HasSuffix(addr, ":0") {
+			break
+		}
+	}
+	return pc, ln, err
+}
+
+func listenPairOnce(addr string) (net.PacketConn, net.Listener, error) {
 	pc, err := net.ListenPacket("udp4", addr)
 	if err != nil {
 		return nil, nil, fmt.Errorf("listen udp %s: %w", addr, err)
@@ -201,4 +194,29 @@ func listenPair(addr string) (net.PacketConn, net.Listener, error) {
 		return nil, nil, fmt.Errorf("listen tcp %s: %w", pc.LocalAddr(), err)
 	}
 	return pc, ln, nil
+}
+
+// checkTruncatedOverUDP: name has n A records; a client of plain 512-byte
+// UDP at addr gets them truncated (TC, fewer records), a TCP client all n.
+func checkTruncatedOverUDP(t testing.TB, addr, name string, n int) {
+	t.Helper()
+	r := query(t, addr, "udp", name, dns.TypeA)
+	if !r.Truncated || len(r.Answer) >= n {
+		t.Errorf("%s over UDP, 512 bytes: truncated %v with %d answers, want TC and fewer than %d", name, r.Truncated, len(r.Answer), n)
+	}
+	r = query(t, addr, "tcp", name, dns.TypeA)
+	if r.Truncated || len(r.Answer) != n {
+		t.Errorf("%s over TCP: truncated %v with %d answers, want all %d", name, r.Truncated, len(r.Answer), n)
+	}
+}
+
+// checkQuickServFail: a UDP query for name at addr gets SERVFAIL well
+// within 5 s (the client's own timeout), not after the upstream's.
+func checkQuickServFail(t testing.TB, addr, name, what string) {
+	t.Helper()
+	start := time.Now()
+	r := query(t, addr, "udp", name, dns.TypeA)
+	if took := time.Since(start); r.Rcode != dns.RcodeServerFailure || took > 5*time.Second {
+		t.Errorf("%s: %s after %v, want SERVFAIL well within 5 s", what, dns.RcodeToString[r.Rcode], took)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 	"github.com/miekg/dns"
 )
 
@@ -52,7 +53,7 @@ func TestManySandboxesNoGoroutines(t *testing.T) {
 	for i := range n {
 		s.Detach(fmt.Sprintf("sb%d", i))
 	}
-	eventually(t, 10*time.Second, "goroutines to end", func() bool { return numGoroutine() <= before })
+	netnstest.Eventually(t, 10*time.Second, "goroutines to end", func() bool { return numGoroutine() <= before })
 	if st := s.Stats(); st.Attached != 0 {
 		t.Errorf("%d attached after detaching all", st.Attached)
 	}

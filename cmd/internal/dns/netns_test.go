@@ -92,13 +92,7 @@ func TestNamespaceResolver(t *testing.T) {
 	if _, err := netns.CreateNamed(a); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := queryIn(pathA, "udp", b+".", dns.TypeA); err == nil {
-		t.Error("new namespace answered before Attach")
-	}
-	if err := s.Attach(a, pathA); err != nil {
-		t.Fatal(err)
-	}
-	mustQueryIn(t, pathA, "udp", b+".", dns.TypeA)
+	checkAnswersAfterAttach(t, s, a, pathA, b, "in the re-created namespace")
 
 	// Agent restart: a new server attached to the same sandbox serves it.
 	s.Close()
@@ -174,8 +168,16 @@ func checkReattach(t *testing.T, s *Server, a, pathA, b string) {
 	}
 
 	s.Detach(a)
+	checkAnswersAfterAttach(t, s, a, pathA, b, "after Detach")
+}
+
+// checkAnswersAfterAttach: in sandbox a (at pathA), where (why) no
+// resolver is attached, nothing answers b's name until Attach, and then
+// the answer comes.
+func checkAnswersAfterAttach(t *testing.T, s *Server, a, pathA, b, why string) {
+	t.Helper()
 	if _, err := queryIn(pathA, "udp", b+".", dns.TypeA); err == nil {
-		t.Error("query answered after Detach")
+		t.Errorf("query answered %s, before Attach", why)
 	}
 	if err := s.Attach(a, pathA); err != nil {
 		t.Fatal(err)

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -301,11 +303,7 @@ func (s *Server) Close() error {
 func (s *Server) Attached() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	names := make([]string, 0, len(s.attached))
-	for n := range s.attached {
-		names = append(names, n)
-	}
-	return names
+	return slices.Collect(maps.Keys(s.attached))
 }
 
 // Stats returns a snapshot of the counters.

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 	"github.com/miekg/dns"
 )
 
@@ -148,14 +149,7 @@ func TestServerLargeAnswerTruncated(t *testing.T) {
 	recs = append(recs, Record{Name: "q", Network: "n", IP: ip("10.9.1.1"), Sandbox: "q"})
 	s.SetTable(NewTable(recs))
 	q := attach(t, s, "q")
-	r := query(t, q, "udp", "many.", dns.TypeA)
-	if !r.Truncated || len(r.Answer) >= 60 {
-		t.Errorf("UDP, 60 addresses: truncated %v with %d answers, want TC and fewer", r.Truncated, len(r.Answer))
-	}
-	r = query(t, q, "tcp", "many.", dns.TypeA)
-	if r.Truncated || len(r.Answer) != 60 {
-		t.Errorf("TCP, 60 addresses: truncated %v with %d answers, want all 60", r.Truncated, len(r.Answer))
-	}
+	checkTruncatedOverUDP(t, q, "many.", 60)
 }
 
 func TestServerSetTable(t *testing.T) {
@@ -264,10 +258,10 @@ func TestMalformedNoLeak(t *testing.T) {
 
 	query(t, addr, "udp", "web.", dns.TypeA)
 	query(t, addr, "tcp", "web.", dns.TypeA)
-	eventually(t, 5*time.Second, "malformed packets counted", func() bool { return s.Stats().Malformed >= 20*6 })
+	netnstest.Eventually(t, 5*time.Second, "malformed packets counted", func() bool { return s.Stats().Malformed >= 20*6 })
 
 	s.Detach("ui")
-	eventually(t, 5*time.Second, "goroutines to end", func() bool { return numGoroutine() <= before })
+	netnstest.Eventually(t, 5*time.Second, "goroutines to end", func() bool { return numGoroutine() <= before })
 	for _, network := range []string{"udp", "tcp"} {
 		var err error
 		if network == "udp" {
@@ -304,7 +298,7 @@ func TestTCPConnectionCap(t *testing.T) {
 		conns = append(conns, c)
 	}
 	// Idle connections beyond the cap are closed by the server.
-	eventually(t, 5*time.Second, "connections over the cap to be closed", func() bool {
+	netnstest.Eventually(t, 5*time.Second, "connections over the cap to be closed", func() bool {
 		closed := 0
 		for _, c := range conns[maxTCPConns-5:] {
 			_ = c.SetReadDeadline(time.Now().Add(5 * time.Millisecond))
@@ -318,7 +312,7 @@ func TestTCPConnectionCap(t *testing.T) {
 		c.Close()
 	}
 	conns = nil
-	eventually(t, 5*time.Second, "a TCP query after the idle connections closed", func() bool {
+	netnstest.Eventually(t, 5*time.Second, "a TCP query after the idle connections closed", func() bool {
 		_, err := exchange(addr, "tcp", "web.", dns.TypeA, nil)
 		return err == nil
 	})

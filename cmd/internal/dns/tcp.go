@@ -150,6 +150,7 @@ func (a *attachment) closeConns() {
 // tcpWriter writes length-prefixed replies with a deadline, so a client
 // that stops reading cannot pin the goroutine.
 type tcpWriter struct {
+	noTSIG
 	conn   net.Conn
 	broken bool
 }
@@ -172,19 +173,9 @@ func (w *tcpWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-func (w *tcpWriter) WriteMsg(m *dns.Msg) error {
-	b, err := m.Pack()
-	if err != nil {
-		return err
-	}
-	_, err = w.Write(b)
-	return err
-}
+func (w *tcpWriter) WriteMsg(m *dns.Msg) error { return writeMsg(w, m) }
 
 func (w *tcpWriter) viaTCP() bool         { return true }
 func (w *tcpWriter) LocalAddr() net.Addr  { return w.conn.LocalAddr() }
 func (w *tcpWriter) RemoteAddr() net.Addr { return w.conn.RemoteAddr() }
 func (w *tcpWriter) Close() error         { return w.conn.Close() }
-func (w *tcpWriter) TsigStatus() error    { return nil }
-func (w *tcpWriter) TsigTimersOnly(bool)  {}
-func (w *tcpWriter) Hijack()              {}

@@ -132,6 +132,7 @@ func udpAddr(sa *unix.RawSockaddrInet4) *net.UDPAddr {
 // batchWriter queues a reply in the loop's batch; a forward detaches from
 // the batch (goAsync) and writes its reply itself.
 type batchWriter struct {
+	noTSIG
 	l    *loop
 	a    *attachment
 	addr unix.RawSockaddrInet4
@@ -156,14 +157,7 @@ func (w *batchWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-func (w *batchWriter) WriteMsg(m *dns.Msg) error {
-	b, err := m.Pack()
-	if err != nil {
-		return err
-	}
-	_, err = w.Write(b)
-	return err
-}
+func (w *batchWriter) WriteMsg(m *dns.Msg) error { return writeMsg(w, m) }
 
 func (w *batchWriter) goAsync(fn func(dns.ResponseWriter)) {
 	d := &directWriter{fd: w.a.udpFD, addr: w.addr}
@@ -174,13 +168,11 @@ func (w *batchWriter) viaTCP() bool         { return false }
 func (w *batchWriter) LocalAddr() net.Addr  { return w.a.localAddr() }
 func (w *batchWriter) RemoteAddr() net.Addr { return udpAddr(&w.addr) }
 func (w *batchWriter) Close() error         { return nil }
-func (w *batchWriter) TsigStatus() error    { return nil }
-func (w *batchWriter) TsigTimersOnly(bool)  {}
-func (w *batchWriter) Hijack()              {}
 
 // directWriter sends one reply with its own system call. The socket stays
 // open until every forward of the attachment has ended.
 type directWriter struct {
+	noTSIG
 	fd   int
 	addr unix.RawSockaddrInet4
 }
@@ -193,21 +185,11 @@ func (w *directWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-func (w *directWriter) WriteMsg(m *dns.Msg) error {
-	b, err := m.Pack()
-	if err != nil {
-		return err
-	}
-	_, err = w.Write(b)
-	return err
-}
-func (w *directWriter) viaTCP() bool         { return false }
-func (w *directWriter) LocalAddr() net.Addr  { return nil }
-func (w *directWriter) RemoteAddr() net.Addr { return udpAddr(&w.addr) }
-func (w *directWriter) Close() error         { return nil }
-func (w *directWriter) TsigStatus() error    { return nil }
-func (w *directWriter) TsigTimersOnly(bool)  {}
-func (w *directWriter) Hijack()              {}
+func (w *directWriter) WriteMsg(m *dns.Msg) error { return writeMsg(w, m) }
+func (w *directWriter) viaTCP() bool              { return false }
+func (w *directWriter) LocalAddr() net.Addr       { return nil }
+func (w *directWriter) RemoteAddr() net.Addr      { return udpAddr(&w.addr) }
+func (w *directWriter) Close() error              { return nil }
 
 // asyncWriter is a ResponseWriter whose caller must not block (the UDP
 // batch loop): a forward runs fn in a goroutine the writer's owner waits

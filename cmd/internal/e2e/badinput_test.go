@@ -17,8 +17,7 @@ import (
 // Every rejected command exits 1 with a message that says what was wrong,
 // and leaves records, links, nftables and namespaces exactly as they were.
 func TestBadInputIsRejectedAndChangesNothing(t *testing.T) {
-	onDatapaths(t, func(t *testing.T, dp string) {
-		h := newHost(t, "--datapath", dp)
+	onDatapathHosts(t, func(t *testing.T, h *host) {
 		n, small, holder := h.name("n"), h.name("small"), h.name("hold")
 		h.mustCtl("network", "create", "--subnet", "10.40.0.0/24", n)
 		// 10.41.0.0/30 inside a /24: .0 is the network address and .1 the
@@ -48,7 +47,7 @@ func TestBadInputIsRejectedAndChangesNothing(t *testing.T) {
 			{[]string{"network", "create", "-d", "overlay", "--subnet", "10.50.0.0/24", x}, "overlay networks need a cluster"},
 			{[]string{"network", "create", "-o", "mtu=abc", x}, "MTU"},
 			{[]string{"network", "create", "-o", "colour=blue", x}, "unknown option"},
-			{[]string{"network", "create", "-o", "bridge_name=up0", x}, map[string]string{"kernel": "up0", "ebpf": "makes no bridge"}[dp]},
+			{[]string{"network", "create", "-o", "bridge_name=up0", x}, map[string]string{"kernel": "up0", "ebpf": "makes no bridge"}[h.dp]},
 			{[]string{"network", "create", "host"}, "reserved"},
 			{[]string{"network", "create", "a/b"}, "name"},
 			{[]string{"network", "create", "--", "-" + x}, "must not start with '-'"},

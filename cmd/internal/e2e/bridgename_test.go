@@ -12,8 +12,7 @@ import (
 // datapath has no bridges, reports none, and refuses -o bridge_name with
 // a reason instead of accepting a name nothing carries.
 func TestBridgeNamesMatchTheKernel(t *testing.T) {
-	onDatapaths(t, func(t *testing.T, dp string) {
-		h := newHost(t, "--datapath", dp)
+	onDatapathHosts(t, func(t *testing.T, h *host) {
 		hasLink := func(name string) bool {
 			for _, l := range h.links() {
 				if strings.Fields(l)[0] == name {
@@ -34,20 +33,20 @@ func TestBridgeNamesMatchTheKernel(t *testing.T) {
 			if n.Bridge != "" && !hasLink(n.Bridge) {
 				t.Errorf("network %s reports bridge %q, which does not exist", name, n.Bridge)
 			}
-			if _, ok := n.Options["bridge_name"]; ok && dp == "ebpf" {
+			if _, ok := n.Options["bridge_name"]; ok && h.dp == "ebpf" {
 				t.Errorf("network %s reports option bridge_name on the eBPF datapath: %v", name, n.Options)
 			}
-			if dp == "kernel" && n.Bridge == "" {
+			if h.dp == "kernel" && n.Bridge == "" {
 				t.Errorf("network %s reports no bridge on the kernel datapath", name)
 			}
 		}
-		if dp == "kernel" && inspect("bridge").Bridge != "fabric0" {
+		if h.dp == "kernel" && inspect("bridge").Bridge != "fabric0" {
 			t.Errorf("default network's bridge is %q, want fabric0", inspect("bridge").Bridge)
 		}
 
 		named, br := h.name("named"), "br"+h.prefix[1:7]
 		out, errOut, code := h.ctl("network", "create", "-o", "bridge_name="+br, named)
-		switch dp {
+		switch h.dp {
 		case "kernel":
 			if code != 0 || inspect(named).Bridge != br || !hasLink(br) {
 				t.Errorf("bridge_name on the kernel datapath: exit %d %s%s, bridge %q exists %v", code, out, errOut, inspect(named).Bridge, hasLink(br))

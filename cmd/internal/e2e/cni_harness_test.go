@@ -182,6 +182,14 @@ func podNS(t *testing.T) (name, path string) {
 	return name, path
 }
 
+// podConf makes a pod namespace (podNS) and the runtime's conf for
+// attaching container id's eth0 in it.
+func podConf(t *testing.T, id string) (pod string, rt *libcni.RuntimeConf) {
+	t.Helper()
+	pod, path := podNS(t)
+	return pod, &libcni.RuntimeConf{ContainerID: cniTestID(t, id), NetNS: path, IfName: "eth0"}
+}
+
 // links lists the interface names in a namespace.
 func links(t *testing.T, ns string) []string {
 	t.Helper()

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -151,8 +152,7 @@ func checkAddResult(t *testing.T, res types.Result, path string) string {
 func TestCNIDelAfterNamespaceGone(t *testing.T) {
 	c := newCNIHost(t)
 	l := c.confList(t, "1.0.0")
-	pod, path := podNS(t)
-	rt := &libcni.RuntimeConf{ContainerID: cniTestID(t, "x"), NetNS: path, IfName: "eth0"}
+	pod, rt := podConf(t, "x")
 	if _, err := c.add(l, rt); err != nil {
 		t.Fatal(err)
 	}
@@ -187,8 +187,7 @@ func TestCNIChainTuningBandwidth(t *testing.T) {
 		map[string]any{"type": "tuning", "sysctl": map[string]string{"net.ipv4.conf.eth0.arp_notify": "1"}},
 		map[string]any{"type": "bandwidth", "ingressRate": 8000000, "ingressBurst": 100000, "egressRate": 8000000, "egressBurst": 100000},
 	)
-	pod, path := podNS(t)
-	rt := &libcni.RuntimeConf{ContainerID: cniTestID(t, "x"), NetNS: path, IfName: "eth0"}
+	pod, rt := podConf(t, "x")
 	if _, err := c.add(l, rt); err != nil {
 		t.Fatalf("ADD through the chain: %v", err)
 	}
@@ -220,10 +219,8 @@ func TestCNIChainTuningBandwidth(t *testing.T) {
 func TestCNIGC(t *testing.T) {
 	c := newCNIHost(t)
 	l := c.confList(t, "1.1.0")
-	_, pathA := podNS(t)
-	_, pathB := podNS(t)
-	rtA := &libcni.RuntimeConf{ContainerID: cniTestID(t, "a"), NetNS: pathA, IfName: "eth0"}
-	rtB := &libcni.RuntimeConf{ContainerID: cniTestID(t, "b"), NetNS: pathB, IfName: "eth0"}
+	_, rtA := podConf(t, "a")
+	_, rtB := podConf(t, "b")
 	for _, rt := range []*libcni.RuntimeConf{rtA, rtB} {
 		if _, err := c.add(l, rt); err != nil {
 			t.Fatal(err)
@@ -253,8 +250,7 @@ func TestCNIAgentDown(t *testing.T) {
 	if err := c.status(l); err != nil {
 		t.Fatalf("STATUS with the agent up: %v", err)
 	}
-	pod, path := podNS(t)
-	rt := &libcni.RuntimeConf{ContainerID: cniTestID(t, "x"), NetNS: path, IfName: "eth0"}
+	pod, rt := podConf(t, "x")
 	if _, err := c.add(l, rt); err != nil {
 		t.Fatal(err)
 	}
@@ -262,9 +258,9 @@ func TestCNIAgentDown(t *testing.T) {
 	if err := c.status(l); cniCode(err) != types.ErrPluginNotAvailable {
 		t.Errorf("STATUS with the agent down: %v, want code 50", err)
 	}
-	_, path2 := podNS(t)
+	_, rtY := podConf(t, "y")
 	t0 := time.Now()
-	_, err := c.add(l, &libcni.RuntimeConf{ContainerID: cniTestID(t, "y"), NetNS: path2, IfName: "eth0"})
+	_, err := c.add(l, rtY)
 	if cniCode(err) != types.ErrTryAgainLater || time.Since(t0) > 10*time.Second {
 		t.Errorf("ADD with the agent down: %v after %v, want code 11 at once", err, time.Since(t0))
 	}
@@ -297,10 +293,8 @@ func TestCNIAgentDown(t *testing.T) {
 func TestCNIAgentRestart(t *testing.T) {
 	c := newCNIHost(t)
 	l := c.confList(t, "1.1.0")
-	pod, path := podNS(t)
-	_, pathB := podNS(t)
-	rt := &libcni.RuntimeConf{ContainerID: cniTestID(t, "x"), NetNS: path, IfName: "eth0"}
-	rtB := &libcni.RuntimeConf{ContainerID: cniTestID(t, "y"), NetNS: pathB, IfName: "eth0"}
+	pod, rt := podConf(t, "x")
+	podB, rtB := podConf(t, "y")
 	res, err := c.add(l, rt)
 	if err != nil {
 		t.Fatal(err)
@@ -318,7 +312,7 @@ func TestCNIAgentRestart(t *testing.T) {
 	if err := c.check(l, rt); err != nil {
 		t.Errorf("CHECK after a restart: %v", err)
 	}
-	if !ping(filepath.Base(pathB), r.IPs[0].Address.IP.String()) {
+	if !ping(podB, r.IPs[0].Address.IP.String()) {
 		t.Errorf("pod b cannot reach pod a after the restart")
 	}
 	for _, x := range []*libcni.RuntimeConf{rt, rtB} {
@@ -350,17 +344,12 @@ func TestCNIStatusUnhealthyNetwork(t *testing.T) {
 		t.Fatalf("STATUS with the parent present: %v", err)
 	}
 	run(t, "ip", "-n", c.ns, "link", "del", "eth1")
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		err := c.status(lanList)
-		if cniCode(err) == types.ErrLimitedConnectivity {
-			break
+	netnstest.Until(t, 15*time.Second, "STATUS with the parent gone", func() error {
+		if err := c.status(lanList); cniCode(err) != types.ErrLimitedConnectivity {
+			return fmt.Errorf("%v, want code 51", err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("STATUS with the parent gone: %v, want code 51", err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return nil
+	})
 	gone := strings.Replace(string(l.Bytes), c.network, c.name("nope"), -1)
 	goneList, err := libcni.ConfListFromBytes([]byte(gone))
 	if err != nil {

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/cmd/internal/testbin"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
@@ -61,18 +61,8 @@ func newDockerHost(t *testing.T, extra ...string) *dockerHost {
 func newDockerHostWith(t *testing.T, before func(*dockerHost), extra ...string) *dockerHost {
 	t.Helper()
 	requireDocker(t)
-	h := &host{t: t, prefix: netnstest.UniqueName("d")}
-	h.extra, h.dp = withDatapath(append([]string{"--docker-plugin", dockerPluginSock, "--metrics-listen", ""}, extra...))
-	h.ns, h.nsPath = netnstest.New(t, "dh")
-	h.outside, _ = netnstest.New(t, "do")
-	h.dir = t.TempDir()
-	h.socket = filepath.Join(h.dir, "fabricd.sock")
-	run(t, "ip", "link", "add", "up0", "netns", h.ns, "type", "veth", "peer", "name", "out0", "netns", h.outside)
-	run(t, "ip", "-n", h.ns, "addr", "add", hostUplinkIP+"/24", "dev", "up0")
-	run(t, "ip", "-n", h.ns, "link", "set", "up0", "up")
-	run(t, "ip", "-n", h.ns, "route", "add", "default", "via", outsideUplinkIP)
-	run(t, "ip", "-n", h.outside, "addr", "add", outsideUplinkIP+"/24", "dev", "out0")
-	run(t, "ip", "-n", h.outside, "link", "set", "out0", "up")
+	h := newHostNamespaces(t, "d", "dh", "do", []string{"default"},
+		append([]string{"--docker-plugin", dockerPluginSock, "--metrics-listen", ""}, extra...))
 	d := &dockerHost{host: h, dsock: filepath.Join(h.dir, "docker.sock"),
 		dataRoot: filepath.Join(h.dir, "docker-data"), execRoot: filepath.Join(h.dir, "docker-exec")}
 	d.holdMountNS()
@@ -184,19 +174,8 @@ func (d *dockerHost) importBusybox() {
 
 // docker runs the docker CLI against this host's dockerd.
 func (d *dockerHost) docker(args ...string) (stdout, stderr string, code int) {
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "/usr/bin/docker", append([]string{"-H", "unix://" + d.dsock}, args...)...)
-	var o, e bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &o, &e
-	err := cmd.Run()
-	if err != nil {
-		code = -1
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		}
-	}
-	return strings.TrimSpace(o.String()), strings.TrimSpace(e.String()), code
+	stdout, stderr, code = testbin.Run(90*time.Second, nil, "/usr/bin/docker", append([]string{"-H", "unix://" + d.dsock}, args...)...)
+	return strings.TrimSpace(stdout), strings.TrimSpace(stderr), code
 }
 
 func (d *dockerHost) mustDocker(args ...string) string {

@@ -14,12 +14,11 @@ import (
 )
 
 func TestDefaultNetworkAndTwoSandboxesTalk(t *testing.T) {
-	onDatapaths(t, func(t *testing.T, dp string) {
-		h := newHost(t, "--datapath", dp)
+	onDatapathHosts(t, func(t *testing.T, h *host) {
 		var nets []api.Network
 		h.ctlJSON(&nets, "network", "ls")
 		// The kernel datapath's bridge is fabric0; the eBPF datapath has none.
-		wantBridge := map[string]string{"kernel": "fabric0", "ebpf": ""}[dp]
+		wantBridge := map[string]string{"kernel": "fabric0", "ebpf": ""}[h.dp]
 		if len(nets) != 1 || nets[0].Name != "bridge" || nets[0].Subnet != "172.17.0.0/16" || nets[0].Bridge != wantBridge {
 			t.Fatalf("default network = %+v, want bridge 172.17.0.0/16 with bridge %q", nets, wantBridge)
 		}
@@ -59,8 +58,7 @@ func TestDefaultSubnetAvoidsHostRoutes(t *testing.T) {
 }
 
 func TestUserNetworksIsolatedAndMultiHomed(t *testing.T) {
-	onDatapaths(t, func(t *testing.T, dp string) {
-		h := newHost(t, "--datapath", dp)
+	onDatapathHosts(t, func(t *testing.T, h *host) {
 		n1, n2 := h.name("n1"), h.name("n2")
 		h.mustCtl("network", "create", "--subnet", "10.31.1.0/24", n1)
 		h.mustCtl("network", "create", "--subnet", "10.31.2.0/24", "--gateway", "10.31.2.254", "--ip-range", "10.31.2.128/25", n2)
@@ -107,7 +105,7 @@ func TestUserNetworksIsolatedAndMultiHomed(t *testing.T) {
 		}
 		h.mustCtl("sandbox", "rm", b)
 		h.mustCtl("network", "rm", n2)
-		if dp == "kernel" {
+		if h.dp == "kernel" {
 			if out := run(t, "ip", "-n", h.ns, "-o", "link", "show", "type", "bridge"); strings.Count(out, "fb-") != 1 {
 				t.Fatalf("bridges after rm: %s", out)
 			}
@@ -118,8 +116,7 @@ func TestUserNetworksIsolatedAndMultiHomed(t *testing.T) {
 }
 
 func TestEgressMasqueradeAndInternal(t *testing.T) {
-	onDatapaths(t, func(t *testing.T, dp string) {
-		h := newHost(t, "--datapath", dp)
+	onDatapathHosts(t, func(t *testing.T, h *host) {
 		srv := "outsrv"
 		self, _ := os.Executable()
 		outside := netnstest.Cmd(h.outside, "env", "FABRIC_E2E_HELPER=serve", "FABRIC_SANDBOX="+srv, self, "9000")
@@ -158,8 +155,7 @@ func TestEgressMasqueradeAndInternal(t *testing.T) {
 }
 
 func TestPublishedPorts(t *testing.T) {
-	onDatapaths(t, func(t *testing.T, dp string) {
-		h := newHost(t, "--datapath", dp)
+	onDatapathHosts(t, func(t *testing.T, h *host) {
 		web, peer := h.name("web"), h.name("peer")
 		h.serve(web, "-p", "8080:80", "-p", "8081:80/udp")
 		h.mustCtl("run", "-d", "--name", peer, "--", "sleep", "300")
@@ -194,8 +190,7 @@ func TestPublishedPorts(t *testing.T) {
 }
 
 func TestNoneHostAndContainerModes(t *testing.T) {
-	onDatapaths(t, func(t *testing.T, dp string) {
-		h := newHost(t, "--datapath", dp)
+	onDatapathHosts(t, func(t *testing.T, h *host) {
 		none, host, joined, owner := h.name("none"), h.name("host"), h.name("join"), h.name("own")
 		h.mustCtl("run", "-d", "--name", none, "--network", "none", "--", "sleep", "300")
 		out := netnstest.Run(t, none, "ip", "-o", "link")
@@ -239,8 +234,7 @@ func TestNoneHostAndContainerModes(t *testing.T) {
 }
 
 func TestConnectExistingNamespaceByPath(t *testing.T) {
-	onDatapaths(t, func(t *testing.T, dp string) {
-		h := newHost(t, "--datapath", dp)
+	onDatapathHosts(t, func(t *testing.T, h *host) {
 		// A namespace made by someone else, held by a process as a container
 		// runtime would.
 		foreign, _ := netnstest.New(t, h.prefix+"x")
@@ -290,15 +284,14 @@ func nsOfPath(t *testing.T, path string) string {
 func itoa(i int) string { return strconv.Itoa(i) }
 
 func TestNetworkOptionsAndAddressRelease(t *testing.T) {
-	onDatapaths(t, func(t *testing.T, dp string) {
-		h := newHost(t, "--datapath", dp)
+	onDatapathHosts(t, func(t *testing.T, h *host) {
 		n, br := h.name("n"), "br"+h.prefix[1:7]
 		opts := []string{"-o", "mtu=1400"}
-		if dp == "kernel" {
+		if h.dp == "kernel" {
 			opts = append(opts, "-o", "bridge_name="+br) // the eBPF datapath has no bridge to name
 		}
 		h.mustCtl(append(append([]string{"network", "create", "--subnet", "10.35.0.0/24"}, opts...), n)...)
-		if dp == "kernel" {
+		if h.dp == "kernel" {
 			out := run(t, "ip", "-n", h.ns, "-o", "link", "show", br)
 			if !strings.Contains(out, "mtu 1400") {
 				t.Fatalf("bridge %s: %s", br, out)

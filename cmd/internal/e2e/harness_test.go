@@ -6,8 +6,6 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -69,6 +67,12 @@ func onDatapaths(t *testing.T, fn func(t *testing.T, dp string)) {
 	}
 }
 
+// onDatapathHosts runs fn as one subtest per datapath, each with a new
+// host whose agent runs that datapath (h.dp).
+func onDatapathHosts(t *testing.T, fn func(t *testing.T, h *host)) {
+	onDatapaths(t, func(t *testing.T, dp string) { fn(t, newHost(t, "--datapath", dp)) })
+}
+
 // withDatapath makes --datapath explicit in extra (kernel by default) and
 // returns it.
 func withDatapath(extra []string) ([]string, string) {
@@ -96,10 +100,24 @@ func newHostWithRoutes(t *testing.T, routes []string, extra ...string) *host {
 func makeHost(t *testing.T, routes, wrap, extra []string) *host {
 	t.Helper()
 	netnstest.RequireRoot(t)
-	h := &host{t: t, prefix: netnstest.UniqueName("t"), wrap: wrap}
+	h := newHostNamespaces(t, "t", "fh", "fo", routes, extra)
+	h.wrap = wrap
+	t.Cleanup(h.cleanup)
+	h.start()
+	return h
+}
+
+// newHostNamespaces makes what a host is before its agent starts: a host
+// namespace (named from hostNS) with the uplink up0, a veth to out0 in an
+// outside namespace (from outsideNS), routes via the outside peer, and a
+// directory for the agent, which is to run with the flags extra. Sandbox
+// names get prefix.
+func newHostNamespaces(t *testing.T, prefix, hostNS, outsideNS string, routes, extra []string) *host {
+	t.Helper()
+	h := &host{t: t, prefix: netnstest.UniqueName(prefix)}
 	h.extra, h.dp = withDatapath(extra)
-	h.ns, h.nsPath = netnstest.New(t, "fh")
-	h.outside, _ = netnstest.New(t, "fo")
+	h.ns, h.nsPath = netnstest.New(t, hostNS)
+	h.outside, _ = netnstest.New(t, outsideNS)
 	h.dir = t.TempDir()
 	h.socket = filepath.Join(h.dir, "fabricd.sock")
 	run(t, "ip", "link", "add", "up0", "netns", h.ns, "type", "veth", "peer", "name", "out0", "netns", h.outside)
@@ -110,8 +128,6 @@ func makeHost(t *testing.T, routes, wrap, extra []string) *host {
 	}
 	run(t, "ip", "-n", h.outside, "addr", "add", outsideUplinkIP+"/24", "dev", "out0")
 	run(t, "ip", "-n", h.outside, "link", "set", "out0", "up")
-	t.Cleanup(h.cleanup)
-	h.start()
 	return h
 }
 
@@ -166,30 +182,37 @@ func (h *host) startWith(nsenterArgs, env []string) {
 
 // kill9 kills the agent the hard way; sandboxes and their commands live on.
 func (h *host) kill9() {
-	if h.agent != nil && h.agent.Process != nil {
-		_ = h.agent.Process.Signal(syscall.SIGKILL)
-		select {
-		case <-h.exited:
-		case <-time.After(10 * time.Second):
-			h.t.Fatalf("fabricd still runs 10s after SIGKILL")
-		}
+	if !h.signalAgent(syscall.SIGKILL, 10*time.Second) {
+		h.t.Fatalf("fabricd still runs 10s after SIGKILL")
 	}
-	h.agent = nil
-	if h.logFile != nil {
-		h.logFile.Close()
+	h.forgetAgent()
+}
+
+// stop ends the agent gracefully, or kills it after 5 s.
+func (h *host) stop() {
+	if !h.signalAgent(syscall.SIGTERM, 5*time.Second) {
+		_ = h.agent.Process.Kill()
+	}
+	h.forgetAgent()
+}
+
+// signalAgent sends sig to the agent, if one runs, and reports whether it
+// has exited (or none ran) within d.
+func (h *host) signalAgent(sig syscall.Signal, d time.Duration) bool {
+	if h.agent == nil || h.agent.Process == nil {
+		return true
+	}
+	_ = h.agent.Process.Signal(sig)
+	select {
+	case <-h.exited:
+		return true
+	case <-time.After(d):
+		return false
 	}
 }
 
-// stop ends the agent gracefully.
-func (h *host) stop() {
-	if h.agent != nil && h.agent.Process != nil {
-		_ = h.agent.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-h.exited:
-		case <-time.After(5 * time.Second):
-		}
-		_ = h.agent.Process.Kill()
-	}
+// forgetAgent leaves the host without an agent and closes its log.
+func (h *host) forgetAgent() {
 	h.agent = nil
 	if h.logFile != nil {
 		h.logFile.Close()
@@ -250,20 +273,7 @@ func (h *host) cleanup() {
 
 // ctl runs fabricctl against this host's agent.
 func (h *host) ctl(args ...string) (stdout, stderr string, code int) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "fabricctl"), append([]string{"--socket", h.socket}, args...)...)
-	var o, e bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &o, &e
-	err := cmd.Run()
-	code = 0
-	if err != nil {
-		code = -1
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		}
-	}
-	return o.String(), e.String(), code
+	return testbin.Run(60*time.Second, nil, filepath.Join(binDir, "fabricctl"), append([]string{"--socket", h.socket}, args...)...)
 }
 
 // mustCtl runs fabricctl and fails the test unless it succeeds.

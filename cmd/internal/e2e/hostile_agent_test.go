@@ -44,8 +44,7 @@ func nsSnapshot(t *testing.T, ns string) string {
 // route alone, and the disconnect leaves links, addresses and routes
 // exactly as they were.
 func TestAttachForeignNamespaceLeavesItAsFound(t *testing.T) {
-	onDatapaths(t, func(t *testing.T, dp string) {
-		h := newHost(t, "--datapath", dp)
+	onDatapathHosts(t, func(t *testing.T, h *host) {
 		t.Cleanup(func() { releaseHeldNamespaces(h) })
 		net1 := h.name("n")
 		h.mustCtl("network", "create", "--subnet", "10.57.1.0/24", net1)
@@ -103,8 +102,7 @@ func TestAttachForeignNamespaceLeavesItAsFound(t *testing.T) {
 // namespace, and networks on special-use ranges, are refused and change
 // nothing on the host.
 func TestHostileConnectAndSubnets(t *testing.T) {
-	onDatapaths(t, func(t *testing.T, dp string) {
-		h := newHost(t, "--datapath", dp)
+	onDatapathHosts(t, func(t *testing.T, h *host) {
 		// IPv4 only: the kernel adds up0's IPv6 link-local routes a moment
 		// after it is up, whoever runs. Links through h.links, which skips
 		// ip's notes about namespaces going away meanwhile.

@@ -36,6 +36,15 @@ func newLAN(t *testing.T, hosts ...*host) *lan {
 // plug (re)creates eth1 in h, cabled to the switch.
 func (l *lan) plug(h *host) { l.plugAs(h, "eth1") }
 
+// newHostTwiceOnLAN is a host with eth1 and eth2 both cabled to one
+// switch: two parents for macvlan networks.
+func newHostTwiceOnLAN(t *testing.T) *host {
+	t.Helper()
+	h := newHost(t)
+	newLAN(t, h).plugAs(h, "eth2")
+	return h
+}
+
 // plugAs cables another interface of h to the switch.
 func (l *lan) plugAs(h *host, ifname string) {
 	l.t.Helper()
@@ -123,9 +132,7 @@ func TestMacvlanVLANs(t *testing.T) {
 }
 
 func TestMacvlanPrivateMode(t *testing.T) {
-	h := newHost(t)
-	l := newLAN(t, h)
-	l.plugAs(h, "eth2")
+	h := newHostTwiceOnLAN(t)
 	// bridge mode (eth1): children of one parent talk to each other;
 	// private mode (eth2): they cannot.
 	h.mustCtl("network", "create", "-d", "macvlan", "--subnet", "10.63.1.0/24", "-o", "parent=eth1", "br")
@@ -168,9 +175,7 @@ func TestIPvlan(t *testing.T) {
 }
 
 func TestMacvlanHostShim(t *testing.T) {
-	h := newHost(t)
-	l := newLAN(t, h)
-	l.plugAs(h, "eth2")
+	h := newHostTwiceOnLAN(t)
 	h.mustCtl("network", "create", "-d", "macvlan", "--subnet", "10.66.0.0/24", "-o", "parent=eth1", "noshim")
 	h.mustCtl("network", "create", "-d", "macvlan", "--subnet", "10.67.0.0/24", "-o", "parent=eth2", "-o", "host_shim=true", "shim")
 	a, b := h.name("a"), h.name("b")

@@ -13,8 +13,7 @@ import (
 // labelled by method and path apart, and idle sandboxes send no IPv6 that
 // the datapath would count as unsupported-l3 drops (both datapaths).
 func TestMetricsFromTheStart(t *testing.T) {
-	onDatapaths(t, func(t *testing.T, dp string) {
-		h := newHost(t, "--datapath", dp)
+	onDatapathHosts(t, func(t *testing.T, h *host) {
 		idle := h.name("idle")
 		h.mustCtl("run", "-d", "--name", idle, "--", "sleep", "300")
 		ns := h.sandbox(idle).NetNS
@@ -31,7 +30,7 @@ func TestMetricsFromTheStart(t *testing.T) {
 		if v, ok := m[`fabric_api_requests_total{code="200",method="GET",route="/v1/status"}`]; !ok || v < 1 {
 			t.Errorf("API requests not labelled by method and route apart: %v", grep(m, "fabric_api_requests_total"))
 		}
-		if dp != "ebpf" {
+		if h.dp != "ebpf" {
 			return
 		}
 		for _, series := range []string{

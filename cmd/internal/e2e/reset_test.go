@@ -64,8 +64,7 @@ func (h *host) pinnedLinkIDs() map[string]link.ID {
 // it: sandboxes' namespaces and commands, links, the nftables table, pins,
 // and the programs they held attached, including the cgroup socket hooks.
 func TestResetRemovesAllKernelState(t *testing.T) {
-	onDatapaths(t, func(t *testing.T, dp string) {
-		h := newHost(t, "--datapath", dp)
+	onDatapathHosts(t, func(t *testing.T, h *host) {
 		net, web, idle := h.name("net"), h.name("web"), h.name("idle")
 		h.mustCtl("network", "create", "--subnet", "10.98.0.0/24", net)
 		h.serve(web, "--network", net, "-p", "8081:80")
@@ -75,7 +74,7 @@ func TestResetRemovesAllKernelState(t *testing.T) {
 			t.Fatalf("precondition: sandbox resolv.conf: %v", err)
 		}
 		ids := h.pinnedLinkIDs()
-		if dp == "ebpf" && ids["sock-connect4"] == 0 {
+		if h.dp == "ebpf" && ids["sock-connect4"] == 0 {
 			t.Fatalf("precondition: no socket hook pinned; pins: %v", h.pins())
 		}
 		if out, code := h.reset(); code != 1 || !strings.Contains(out, "stop it first") {

@@ -144,8 +144,7 @@ func diffSnapshots(t *testing.T, what string, a, b snapshot) {
 }
 
 func TestKill9AndRestartKeepsEverything(t *testing.T) {
-	onDatapaths(t, func(t *testing.T, dp string) {
-		h := newHost(t, "--datapath", dp)
+	onDatapathHosts(t, func(t *testing.T, h *host) {
 		n := h.name("n")
 		h.mustCtl("network", "create", "--subnet", "10.34.0.0/24", n)
 		web, multi, none, tmp := h.name("web"), h.name("multi"), h.name("none"), h.name("tmp")
@@ -213,8 +212,7 @@ func canonJSON(t *testing.T, v any) string {
 }
 
 func TestKill9AtRandomPointsConverges(t *testing.T) {
-	onDatapaths(t, func(t *testing.T, dp string) {
-		h := newHost(t, "--datapath", dp)
+	onDatapathHosts(t, func(t *testing.T, h *host) {
 		rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
 		for round := 0; round < 8; round++ {
 			var wg sync.WaitGroup
@@ -251,7 +249,7 @@ func TestKill9AtRandomPointsConverges(t *testing.T) {
 				t.Errorf("endpoint link left after removing every sandbox: %s", l)
 			}
 		}
-		if dp == "kernel" {
+		if h.dp == "kernel" {
 			if out := run(t, "ip", "netns", "exec", h.ns, "nft", "list", "table", "ip", "fabric"); strings.Contains(out, "dnat to") {
 				t.Errorf("DNAT rules left after removing every sandbox:\n%s", out)
 			}
@@ -319,8 +317,7 @@ func (h *host) checkConsistent() (sandboxes, networks int) {
 // packet, and TCP connections through masquerade and through a published
 // port stay up, on both datapaths.
 func TestKill9KeepsRunningFlows(t *testing.T) {
-	onDatapaths(t, func(t *testing.T, dp string) {
-		h := newHost(t, "--datapath", dp)
+	onDatapathHosts(t, func(t *testing.T, h *host) {
 		self, _ := os.Executable()
 		outside := netnstest.Cmd(h.outside, "env", "FABRIC_E2E_HELPER=serve", "FABRIC_SANDBOX=outsrv", self, "9000")
 		if err := outside.Start(); err != nil {

@@ -37,12 +37,7 @@ func TestCNIPodsAcrossLabHosts(t *testing.T) {
 	}
 	l.up(2, "kernel")
 	l.on(1, "network", "create", "-d", "overlay", "--subnet", "10.76.0.0/16", "pods")
-	netnstest.Until(t, 10*time.Second, "overlay network on n2", func() error {
-		if _, ok := l.network(2, "pods"); !ok {
-			return fmt.Errorf("n2 has no network pods")
-		}
-		return nil
-	})
+	l.waitNetworkOn(t, "pods", 10*time.Second, 2)
 	cfg := libcni.NewCNIConfig([]string{binDir}, nil)
 	var pods [3]string
 	var ips [3]string

@@ -50,14 +50,7 @@ func TestPartitionAddressCollision(t *testing.T) {
 	l := newTestLab(t)
 	l.up(3, "kernel")
 	l.on(1, "network", "create", "-d", "overlay", "--subnet", "10.79.0.0/16", "ov")
-	for i := 2; i <= 3; i++ {
-		netnstest.Until(t, 60*time.Second, fmt.Sprintf("overlay network on n%d", i), func() error {
-			if _, ok := l.network(i, "ov"); !ok {
-				return fmt.Errorf("n%d has no network ov", i)
-			}
-			return nil
-		})
-	}
+	l.waitNetworkOn(t, "ov", 60*time.Second, 2, 3)
 	client := l.name + "c2"
 	l.sandboxIP(2, client, "--network", "ov", "--", "sleep", "600")
 
@@ -297,14 +290,7 @@ func TestPartitionBlockCollision(t *testing.T) {
 	l := newTestLab(t)
 	l.up(3, "kernel")
 	l.on(1, "network", "create", "-d", "overlay", "--subnet", "10.80.0.0/23", "-o", "block_bits=24", "ov")
-	for i := 2; i <= 3; i++ {
-		netnstest.Until(t, 60*time.Second, fmt.Sprintf("overlay network on n%d", i), func() error {
-			if _, ok := l.network(i, "ov"); !ok {
-				return fmt.Errorf("n%d has no network ov", i)
-			}
-			return nil
-		})
-	}
+	l.waitNetworkOn(t, "ov", 60*time.Second, 2, 3)
 	client := l.name + "c1"
 	cip := l.sandboxIP(1, client, "--network", "ov", "--", "sleep", "600")
 	// n3 has heard of n1's block (the endpoint in it) before the cut.

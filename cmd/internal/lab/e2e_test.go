@@ -70,22 +70,10 @@ func (l *testLab) ctl(args ...string) (stdout, stderr string, code int) {
 			break
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "fabricctl"), args...)
-	cmd.Env = append(withoutFabricEnv(os.Environ()), "PATH="+binDir+":"+os.Getenv("PATH"))
-	var o, e bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &o, &e
-	err := cmd.Run()
-	code = 0
-	if err != nil {
-		code = -1
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		}
-	}
-	l.t.Logf("fabricctl %s: exit %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), code, o.String(), e.String())
-	return o.String(), e.String(), code
+	env := append(withoutFabricEnv(os.Environ()), "PATH="+binDir+":"+os.Getenv("PATH"))
+	stdout, stderr, code = testbin.Run(90*time.Second, env, filepath.Join(binDir, "fabricctl"), args...)
+	l.t.Logf("fabricctl %s: exit %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), code, stdout, stderr)
+	return stdout, stderr, code
 }
 
 func (l *testLab) mustCtl(args ...string) string {

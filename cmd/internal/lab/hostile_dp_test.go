@@ -123,12 +123,7 @@ func TestHostileDatapath(t *testing.T) {
 			l := newTestLab(t)
 			l.up(2, dp)
 			l.on(1, "network", "create", "-d", "overlay", "--subnet", "10.76.0.0/16", "ov")
-			netnstest.Until(t, 10*time.Second, "overlay network on n2", func() error {
-				if _, ok := l.network(2, "ov"); !ok {
-					return fmt.Errorf("n2 has no network ov")
-				}
-				return nil
-			})
+			l.waitNetworkOn(t, "ov", 10*time.Second, 2)
 			s1, s2 := l.name+"h1", l.name+"h2"
 			ip1 := l.sandboxIP(1, s1, "--network", "ov", "--", "python3", "-c", echoServer)
 			ip2 := l.sandboxIP(2, s2, "--network", "ov", "--", "python3", "-c", echoServer)

@@ -123,24 +123,39 @@ func TestPlanLimits(t *testing.T) {
 	}
 }
 
-func TestManifestSaveLoadAndNode(t *testing.T) {
+// savedManifest saves the plan of validOptions' lab "lab" under a new
+// root, after edit has changed it, and returns the root and the manifest.
+func savedManifest(t *testing.T, edit func(*Manifest)) (string, *Manifest) {
+	t.Helper()
 	o := validOptions()
 	o.Root = t.TempDir()
 	m := plan(o)
 	if err := os.Mkdir(m.Dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	m.Nodes[0].PID = 42
+	edit(m)
 	if err := m.save(); err != nil {
 		t.Fatal(err)
 	}
-	got, err := Load(o.Root, "lab")
+	return o.Root, m
+}
+
+// loadSame loads lab "lab" from root and checks it is m, round-tripped.
+func loadSame(t *testing.T, root string, m *Manifest) *Manifest {
+	t.Helper()
+	got, err := Load(root, "lab")
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("load the saved manifest: %v", err)
 	}
 	if !reflect.DeepEqual(got, m) {
 		t.Errorf("round trip\n got %+v\nwant %+v", got, m)
 	}
+	return got
+}
+
+func TestManifestSaveLoadAndNode(t *testing.T) {
+	root, m := savedManifest(t, func(m *Manifest) { m.Nodes[0].PID = 42 })
+	got := loadSame(t, root, m)
 	entries, _ := os.ReadDir(m.Dir)
 	if len(entries) != 1 {
 		t.Errorf("temporary files left: %v", entries)
@@ -153,7 +168,7 @@ func TestManifestSaveLoadAndNode(t *testing.T) {
 	if _, err := got.Node("n4"); err == nil || !strings.Contains(err.Error(), "its nodes are n1, n2, n3") {
 		t.Errorf("unknown node: %v", err)
 	}
-	if names, err := List(o.Root); err != nil || !reflect.DeepEqual(names, []string{"lab"}) {
+	if names, err := List(root); err != nil || !reflect.DeepEqual(names, []string{"lab"}) {
 		t.Errorf("List = %v, %v", names, err)
 	}
 }
@@ -161,33 +176,19 @@ func TestManifestSaveLoadAndNode(t *testing.T) {
 // A manifest written before nodes had a metrics address still loads; the
 // address is zero, and written back it stays absent.
 func TestLoadManifestWithoutMetrics(t *testing.T) {
-	o := validOptions()
-	o.Root = t.TempDir()
-	m := plan(o)
-	if err := os.Mkdir(m.Dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	for i := range m.Nodes {
-		m.Nodes[i].Metrics = netip.AddrPort{}
-	}
-	if err := m.save(); err != nil {
-		t.Fatal(err)
-	}
-	p := Path(o.Root, "lab")
-	data, err := os.ReadFile(p)
+	root, m := savedManifest(t, func(m *Manifest) {
+		for i := range m.Nodes {
+			m.Nodes[i].Metrics = netip.AddrPort{}
+		}
+	})
+	data, err := os.ReadFile(Path(root, "lab"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if strings.Contains(string(data), `"metrics"`) {
 		t.Fatalf("a zero metrics address is written out:\n%s", data)
 	}
-	got, err := Load(o.Root, "lab")
-	if err != nil {
-		t.Fatalf("load a manifest without metrics addresses: %v", err)
-	}
-	if !reflect.DeepEqual(got, m) {
-		t.Errorf("round trip\n got %+v\nwant %+v", got, m)
-	}
+	got := loadSame(t, root, m)
 	for _, n := range GetStatus(context.Background(), got).Nodes {
 		if n.Metrics.IsValid() {
 			t.Errorf("node %s: metrics %s, want none", n.ID, n.Metrics)

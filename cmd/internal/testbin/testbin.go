@@ -3,10 +3,14 @@
 package testbin
 
 import (
+	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"testing"
+	"time"
 )
 
 // BinDirEnv names the environment variable that points Main at fabricd
@@ -52,4 +56,25 @@ func Main(m *testing.M, pattern, notRoot string, dir *string) int {
 	*dir = d
 	defer os.RemoveAll(d)
 	return m.Run()
+}
+
+// Run runs the command name with args, killed if it takes longer than
+// limit, in the environment env (nil: this process's), and returns what it
+// wrote to stdout and stderr and its exit code: -1 if it could not be
+// started or was killed.
+func Run(limit time.Duration, env []string, name string, args ...string) (stdout, stderr string, code int) {
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = env
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	if err := cmd.Run(); err != nil {
+		code = -1
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			code = ee.ExitCode()
+		}
+	}
+	return o.String(), e.String(), code
 }
