@@ -383,8 +383,8 @@ func TestRestartAdoptsExistingTable(t *testing.T) {
 	// A rebuild for a new network keeps ep1's port although ep1 was not
 	// re-ensured since the restart.
 	l.ensureNetwork(b)
-	if c := l.ruleCounts(); c[chainPre] != 1 {
-		t.Errorf("prerouting rules after restart and rebuild: %d, want 1", c[chainPre])
+	if n := l.portElemCount(); n != 1 {
+		t.Errorf("published-port elements after restart and rebuild: %d, want 1", n)
 	}
 	mustDial(t, outside, "tcp4", uplinkHost+":8080")
 }
