@@ -277,7 +277,10 @@ func queueRuleset(c *nftables.Conn, rs ruleset) error {
 		for _, k := range rs.peers {
 			elems = append(elems, nftables.SetElement{Key: k})
 		}
-		if err := c.AddSet(peers, elems); err != nil {
+		if err := c.AddSet(peers, nil); err != nil {
+			return fmt.Errorf("queue set %s: %w", peersSet, err)
+		}
+		if err := inChunks(c.SetAddElements, peers, elems); err != nil {
 			return fmt.Errorf("queue set %s: %w", peersSet, err)
 		}
 		sets[peers.Name] = peers.ID

@@ -132,10 +132,29 @@ func queuePortMaps(c *nftables.Conn, rs ruleset, sets map[string]uint32) error {
 		set   *nftables.Set
 		elems []nftables.SetElement
 	}{{portsMapSpec(false), wild}, {portsMapSpec(true), addr}} {
-		if err := c.AddSet(m.set, m.elems); err != nil {
+		if err := c.AddSet(m.set, nil); err != nil {
 			return fmt.Errorf("queue map %s: %w", m.set.Name, err)
 		}
+		if err := inChunks(c.SetAddElements, m.set, m.elems); err != nil {
+			return fmt.Errorf("queue elements of %s: %w", m.set.Name, err)
+		}
 		sets[m.set.Name] = m.set.ID
+	}
+	return nil
+}
+
+// elemsPerMessage bounds the elements of one netlink message: their list
+// is one attribute, whose length is 16 bits, and a longer one wraps and is
+// silently cut short by the kernel (488 of 1,000 ports went in).
+const elemsPerMessage = 128
+
+func inChunks(op func(*nftables.Set, []nftables.SetElement) error, set *nftables.Set, elems []nftables.SetElement) error {
+	for len(elems) > 0 {
+		n := min(len(elems), elemsPerMessage)
+		if err := op(set, elems[:n]); err != nil {
+			return err
+		}
+		elems = elems[n:]
 	}
 	return nil
 }
@@ -182,15 +201,11 @@ func (d *Datapath) updatePortElems(id string, old endpointPorts, had bool, newEP
 }
 
 func queueElems(op func(*nftables.Set, []nftables.SetElement) error, wild, addr []nftables.SetElement) error {
-	if len(wild) > 0 {
-		if err := op(portsMapSpec(false), wild); err != nil {
-			return fmt.Errorf("queue elements of %s: %w", portsMap, err)
-		}
+	if err := inChunks(op, portsMapSpec(false), wild); err != nil {
+		return fmt.Errorf("queue elements of %s: %w", portsMap, err)
 	}
-	if len(addr) > 0 {
-		if err := op(portsMapSpec(true), addr); err != nil {
-			return fmt.Errorf("queue elements of %s: %w", portsAddrMap, err)
-		}
+	if err := inChunks(op, portsMapSpec(true), addr); err != nil {
+		return fmt.Errorf("queue elements of %s: %w", portsAddrMap, err)
 	}
 	return nil
 }
