@@ -83,3 +83,35 @@ func TestEnsureHostSysctl(t *testing.T) {
 		t.Fatalf("missing host sysctl: %v, want ErrNotExist", err)
 	}
 }
+
+// TestHostLinkSysctlLookup: a host link's sysctl is opened relative to the
+// host's net/ipvN/conf, opened once: a lookup of ipv6 (or ipv4) under net
+// passes that entry of every namespace that set a sysctl, so each endpoint
+// create would cost more the more sandboxes exist.
+func TestHostLinkSysctlLookup(t *testing.T) {
+	_, path := netnstest.New(t, "plc")
+	h, err := Open(slog.New(slog.NewTextHandler(io.Discard, nil)), path, Faults{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	var opened []string
+	orig := openSysctlAt
+	openSysctlAt = func(dirfd int, p string, flags int, mode uint32) (int, error) {
+		opened = append(opened, p)
+		return orig(dirfd, p, flags, mode)
+	}
+	defer func() { openSysctlAt = orig }()
+	for _, name := range []string{"net/ipv4/conf/lo/accept_local", "net/ipv6/conf/lo/disable_ipv6"} {
+		if _, err := os.Stat("/proc/sys/" + name); err != nil {
+			continue // no IPv6 in this kernel
+		}
+		opened = nil
+		if err := h.EnsureHostSysctl(name, readSysctlIn(t, path, name)); err != nil {
+			t.Fatal(err)
+		}
+		if len(opened) != 1 || opened[0] != "lo/"+name[strings.LastIndex(name, "/")+1:] {
+			t.Errorf("%s opened as %q, want one lookup below the host's conf directory", name, opened)
+		}
+	}
+}
