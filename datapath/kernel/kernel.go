@@ -37,7 +37,6 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
-	"time"
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
@@ -413,15 +412,11 @@ func (d *Datapath) EnsureEndpoint(ctx context.Context, n datapath.Network, ep da
 	if err := portConflict(d.state.ports, ep); err != nil {
 		return err
 	}
-	tp := time.Now()
 	undoSpoof, err := d.spoofEnsureEarly(ep)
 	if err != nil {
 		return err
 	}
-	tp = plumb.Phase("k.spoof1", tp)
 	created, err := d.ensureVeth(n, ep)
-	tp = plumb.Phase("k.veth", tp)
-	defer plumb.Phase("k.spoof2", tp)
 	if err != nil {
 		undoSpoof()
 		return err
