@@ -169,15 +169,11 @@ func (d *Datapath) ensureVeth(n datapath.Network, ep datapath.Endpoint) (created
 	}
 	sides := plumb.VethSides{
 		Host: func(host netlink.Link, created bool) error { return d.ensureHostSide(host, br, n, created) },
-		After: func(sb *plumb.Sandbox, _ netlink.Link) error {
-			if err := seedNeighbours(d.nl, sb.NL(), br, n, ep); err != nil {
-				return err
-			}
-			if n.Driver != datapath.DriverOverlay {
-				return nil
-			}
+	}
+	if n.Driver == datapath.DriverOverlay {
+		sides.After = func(sb *plumb.Sandbox, _ netlink.Link) error {
 			return fabricns.DoWithOwnProc(sb.FDPath(), func() error { return plumb.FastARP(ep.IfName) })
-		},
+		}
 	}
 	return d.host.EnsureVeth(n, ep, sides)
 }
