@@ -172,7 +172,7 @@ func (d *Datapath) ensureVeth(n datapath.Network, ep datapath.Endpoint) (created
 	}
 	if n.Driver == datapath.DriverOverlay {
 		sides.After = func(sb *plumb.Sandbox, _ netlink.Link) error {
-			return fabricns.Do(sb.FDPath(), func() error { return plumb.FastARP(ep.IfName) })
+			return fabricns.DoWithOwnProc(sb.FDPath(), func() error { return plumb.FastARP(ep.IfName) })
 		}
 	}
 	return d.host.EnsureVeth(n, ep, sides)

@@ -78,6 +78,11 @@ type Datapath struct {
 	// dirty is set while the table may differ from state because the last
 	// rebuild failed; the next call rebuilds even if state did not change.
 	dirty bool
+	// tableLive says the last rebuild made the table (with its port
+	// maps), so published-port changes can be element updates.
+	tableLive bool
+	// nftBatches counts the nftables transactions sent (for tests).
+	nftBatches int
 
 	// overlays are the overlay networks ensured (or synced) and not
 	// deleted since start, with the remotes last set (bridge model only).
@@ -427,7 +432,7 @@ func (d *Datapath) EnsureEndpoint(ctx context.Context, n datapath.Network, ep da
 	if !d.setPorts(n, ep) && !d.dirty {
 		return nil
 	}
-	if err := d.rules(); err != nil {
+	if err := d.portsChanged(ep.ID, old, had); err != nil {
 		if had {
 			d.state.ports[ep.ID] = old
 		} else {
@@ -504,11 +509,12 @@ func (d *Datapath) DeleteEndpoint(ctx context.Context, n datapath.Network, ep da
 	if err := d.spoofDelete(ep); err != nil {
 		return err
 	}
-	if _, ok := d.state.ports[ep.ID]; !ok && !d.dirty {
+	old, had := d.state.ports[ep.ID]
+	if !had && !d.dirty {
 		return nil
 	}
 	delete(d.state.ports, ep.ID)
-	return d.rules()
+	return d.portsChanged(ep.ID, old, had)
 }
 
 // WatchDrift signals when a link marked as fabric's is deleted from the

@@ -17,7 +17,8 @@ import (
 )
 
 // The table fabric owns entirely. It is replaced as a whole, in one netlink
-// transaction, whenever networks or published ports change:
+// transaction, whenever networks change; a published-port change updates
+// only that endpoint's elements of the port maps (portmaps.go):
 //
 //	table ip fabric {
 //	  set bridges { type ifname; elements = { every fabric bridge } }
@@ -35,8 +36,10 @@ import (
 //	    iifname @bridges meta l4proto P th dport GUARDED drop   # per fabric port (gossip, tunnel, metrics)
 //	    udp dport TUNNEL ip saddr . @th,96,32 . @th,336,32 != @tunnel_peers drop  # with overlays
 //	  }
+//	  map ports, map ports_addr   # published ports (portmaps.go)
 //	  chain prerouting { type nat hook prerouting priority dstnat;
-//	    fib daddr type local PROTO dport HOSTPORT dnat to EP:PORT   # or ip daddr HOSTIP
+//	    fib daddr type local dnat ip to meta l4proto . th dport map @ports
+//	    dnat ip to ip daddr . meta l4proto . th dport map @ports_addr
 //	  }
 //	  chain output { type nat hook output priority dstnat;  same rules, for host clients }
 //	  chain postrouting { type nat hook postrouting priority srcnat;
@@ -79,6 +82,9 @@ type ruleset struct {
 	rules   []rule
 	// peers is the tunnel_peers set (12-byte keys); nil: no set, no rule.
 	peers [][]byte
+	// ports are the elements of the port maps, which exist (with their
+	// rules) whenever the table does.
+	ports []portElem
 }
 
 // Comments of the input chain's drop rules; Metrics reads their counters.
@@ -149,13 +155,10 @@ func buildRuleset(s desired) ruleset {
 
 	// prerouting and output
 	for _, p := range sortedPorts(s) {
-		m := p.mapping
-		dst := matchLocalDst()
-		if m.HostIP.IsValid() && !m.HostIP.IsUnspecified() { // 0.0.0.0 means every address too
-			dst = matchAddr(16, m.HostIP.AsSlice(), 32)
-		}
-		exprs := cat(dst, matchL4(l4proto(m.Proto), m.HostPort), dnatTo(p.addr.AsSlice(), m.Port))
-		add(chainPre, encodePortComment(p), exprs...)
+		rs.ports = append(rs.ports, portElemOf(p))
+	}
+	for _, exprs := range portRules() {
+		add(chainPre, "", exprs...)
 		add(chainOut, "", exprs...)
 	}
 
@@ -201,11 +204,13 @@ func (d *Datapath) applyRuleset() error {
 			return err
 		}
 	}
+	d.nftBatches++
 	if err := c.Flush(); err != nil {
 		d.dirty = true
 		return fmt.Errorf("replace nftables table %s: %w", tableName, err)
 	}
 	d.dirty = false
+	d.tableLive = len(rs.bridges) > 0 || len(rs.rules) > 0
 	d.log.Debug("nftables table replaced", "networks", len(d.state.networks), "rules", len(rs.rules))
 	return nil
 }
@@ -256,7 +261,7 @@ func queueRuleset(c *nftables.Conn, rs ruleset) error {
 	// `nft list` shows the names as "".
 	// The ID only names the set within this transaction; fixing it keeps
 	// the library from touching its global (unsynchronised) ID counter.
-	set := &nftables.Set{Table: table, ID: 1, Name: bridgesSet, KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian}
+	set := &nftables.Set{Table: table, ID: setIDBridges, Name: bridgesSet, KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian}
 	elems := make([]nftables.SetElement, 0, len(rs.bridges))
 	for _, b := range rs.bridges {
 		elems = append(elems, nftables.SetElement{Key: ifname(b)})
@@ -266,16 +271,22 @@ func queueRuleset(c *nftables.Conn, rs ruleset) error {
 	}
 	sets := map[string]uint32{set.Name: set.ID}
 	if rs.peers != nil {
-		peers := &nftables.Set{Table: table, ID: 2, Name: peersSet, Concatenation: true,
+		peers := &nftables.Set{Table: table, ID: setIDPeers, Name: peersSet, Concatenation: true,
 			KeyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInteger, nftables.TypeIPAddr)}
 		elems := make([]nftables.SetElement, 0, len(rs.peers))
 		for _, k := range rs.peers {
 			elems = append(elems, nftables.SetElement{Key: k})
 		}
-		if err := c.AddSet(peers, elems); err != nil {
+		if err := c.AddSet(peers, nil); err != nil {
+			return fmt.Errorf("queue set %s: %w", peersSet, err)
+		}
+		if err := inChunks(c.SetAddElements, peers, elems); err != nil {
 			return fmt.Errorf("queue set %s: %w", peersSet, err)
 		}
 		sets[peers.Name] = peers.ID
+	}
+	if err := queuePortMaps(c, rs, sets); err != nil {
+		return err
 	}
 	chains := map[string]*nftables.Chain{}
 	accept := nftables.ChainPolicyAccept
@@ -346,5 +357,8 @@ func (d *Datapath) tableMatches(rs ruleset) (bool, error) {
 	if len(rs.bridges) == 0 && len(rs.rules) == 0 {
 		return found == 0, nil
 	}
-	return found == len(chainSpecs), nil
+	if found != len(chainSpecs) {
+		return false, nil
+	}
+	return d.portMapsMatch(rs)
 }

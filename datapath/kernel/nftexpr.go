@@ -117,15 +117,6 @@ func matchL4(proto byte, dport uint16) []expr.Any {
 	}
 }
 
-func dnatTo(ip []byte, port uint16) []expr.Any {
-	return []expr.Any{
-		&expr.Counter{},
-		&expr.Immediate{Register: 1, Data: net.IP(ip).To4()},
-		&expr.Immediate{Register: 2, Data: binaryutil.BigEndian.PutUint16(port)},
-		&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegProtoMin: 2, Specified: true},
-	}
-}
-
 func masq() []expr.Any { return []expr.Any{&expr.Masq{}} }
 
 func accept() []expr.Any { return []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}} }

@@ -12,8 +12,8 @@ import (
 	"github.com/fabricnet/fabric/datapath"
 )
 
-// The rules that carry state (one per network in postrouting, one per
-// published port in prerouting) have a JSON comment describing what they
+// The rules and elements that carry state (a rule per network in
+// postrouting, an element per published port in the port maps) have a JSON comment describing what they
 // were generated from. A restarted datapath reads them back, so its first
 // rebuild keeps the rules of objects the agent has not re-ensured yet, and
 // `nft list table ip fabric` tells an operator which endpoint a rule is for.
@@ -127,16 +127,15 @@ func (d *Datapath) restoreState() (desired, error) {
 				}
 				continue
 			}
+			// A table from before the port maps had a rule per port.
 			var pc portComment
 			if json.Unmarshal([]byte(c), &pc) != nil || pc.Endpoint == "" {
 				continue
 			}
-			ep := s.ports[pc.Endpoint]
-			ep.NetworkID, ep.Addr = pc.Net, pc.Addr
-			ep.Ports = append(ep.Ports, datapath.PortMapping{Proto: pc.Proto, HostIP: pc.HostIP, HostPort: pc.HostPort, Port: pc.Port})
-			s.ports[pc.Endpoint] = ep
+			adoptPort(&s, pc)
 		}
 	}
+	d.restorePortMaps(&s)
 	if len(s.networks) > 0 || len(s.ports) > 0 {
 		d.log.Info("adopted nftables table", "networks", len(s.networks), "endpoints with ports", len(s.ports))
 	}

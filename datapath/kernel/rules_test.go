@@ -35,7 +35,7 @@ func TestBuildRuleset(t *testing.T) {
 	want := map[string]int{
 		chainFwd:  2 + 2 + 2, // internal in/out, conntrack accepts, isolation per bridge
 		chainIn:   1,         // no 127.0.0.0/8 from sandboxes
-		chainPre:  2,         // one per published port
+		chainPre:  2,         // the two port-map rules, whatever the ports
 		chainOut:  2,
 		chainPost: 2 + 1 + 1, // hairpin per network, egress for neta, localhost
 	}
@@ -71,15 +71,16 @@ func TestBuildRuleset(t *testing.T) {
 				t.Errorf("network comment %q: %v", got, err)
 			}
 			nets++
-		case chainPre:
-			var c portComment
-			if err := json.Unmarshal([]byte(got), &c); err != nil || c.Endpoint != "ep1" || c.Addr.String() != "10.89.1.2" {
-				t.Errorf("port comment %q: %v", got, err)
-			}
-			ports++
 		default:
 			t.Errorf("unexpected comment in %s", r.chain)
 		}
+	}
+	for _, p := range rs.ports {
+		var c portComment
+		if err := json.Unmarshal([]byte(p.elem.Comment), &c); err != nil || c.Endpoint != "ep1" || c.Addr.String() != "10.89.1.2" {
+			t.Errorf("port comment %q: %v", p.elem.Comment, err)
+		}
+		ports++
 	}
 	if nets != 2 || ports != 2 {
 		t.Errorf("comments: %d networks, %d ports; want 2 and 2", nets, ports)
@@ -120,8 +121,12 @@ func TestTableAsNftSeesIt(t *testing.T) {
 		`iifname @bridges ip daddr 127.0.0.0/8 ct state ! established,related counter packets 0 bytes 0 drop`,
 		`ct status dnat accept`,
 		`iifname "br-a" oifname != "br-a" oifname @bridges counter packets 0 bytes 0 drop`,
-		`fib daddr type local tcp dport 8080 counter packets 0 bytes 0 dnat to 10.89.1.2:80`,
-		`ip daddr 127.0.0.1 udp dport 5353 counter packets 0 bytes 0 dnat to 10.89.1.2:53`,
+		`fib daddr type local counter packets 0 bytes 0 dnat ip to meta l4proto . th dport map @ports`,
+		`counter packets 0 bytes 0 dnat ip to ip daddr . meta l4proto . th dport map @ports_addr`,
+		`elements = { tcp . 8080 comment`,
+		`: 10.89.1.2 . 80 }`,
+		`elements = { 127.0.0.1 . udp . 5353 comment`,
+		`: 10.89.1.2 . 53 }`,
 		`ct status dnat ip saddr 10.89.1.0/24 oifname "br-a" masquerade`,
 		`ip saddr 10.89.1.0/24 oifname != "br-a" masquerade`,
 		`ip saddr 127.0.0.0/8 oifname @bridges masquerade`,

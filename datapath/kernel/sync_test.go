@@ -45,8 +45,8 @@ func TestSyncPrunesOnlyFabricLinks(t *testing.T) {
 	if l.link("vh1").Attrs().Index != vh1 {
 		t.Error("Sync recreated an endpoint that was fine")
 	}
-	if c := l.ruleCounts(); c[chainPre] != 1 {
-		t.Errorf("prerouting rules after Sync: %d, want 1 (only ep1's port)", c[chainPre])
+	if n := l.portElemCount(); n != 1 {
+		t.Errorf("published-port elements after Sync: %d, want 1 (only ep1's port)", n)
 	}
 	mustPing(t, s1, "10.89.1.1")
 

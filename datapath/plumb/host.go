@@ -65,7 +65,19 @@ type Host struct {
 	// sysNet is /proc/sys/net of the host namespace, opened there (-1 if
 	// it could not be): host sysctls are looked up relative to it.
 	sysNet int
+	// sysConf are the host's net/ipv4/conf and net/ipv6/conf, opened
+	// once (by prefix of the sysctl name; absent if they could not be):
+	// the lookup of ipv4 or ipv6 under net passes that entry of every
+	// namespace that set a sysctl, one per sandbox (about 0.4 ms at 1,000
+	// sandboxes), and per-link sysctls are set on every endpoint create.
+	sysConf map[string]int
 }
+
+// confDirs are the sysctl directories opened once per host.
+var confDirs = []string{"net/ipv4/conf/", "net/ipv6/conf/"}
+
+// openSysctlAt opens a sysctl file; tests replace it to see the lookups.
+var openSysctlAt = unix.Openat
 
 // Open opens handles on the namespace at nsPath ("" means the caller's
 // own, pinned now) as "the host".
@@ -89,15 +101,21 @@ func Open(log *slog.Logger, nsPath string, faults Faults) (_ *Host, err error) {
 		nsPath = fmt.Sprintf("/proc/self/fd/%d", int(hostNS))
 	}
 	sysNet := -1
+	sysConf := map[string]int{}
 	_ = fabricns.Do(nsPath, func() error {
 		var err error
 		sysNet, err = unix.Open("/proc/sys/net", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			sysNet = -1 // EnsureHostSysctl takes the whole path then
 		}
+		for _, dir := range confDirs {
+			if fd, err := unix.Open("/proc/sys/"+dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
+				sysConf[dir] = fd
+			}
+		}
 		return nil
 	})
-	return &Host{log: log, nsPath: nsPath, hostNS: hostNS, nl: nl, faults: faults, parentNets: map[string]datapath.Network{}, sysNet: sysNet}, nil
+	return &Host{log: log, nsPath: nsPath, hostNS: hostNS, nl: nl, faults: faults, parentNets: map[string]datapath.Network{}, sysNet: sysNet, sysConf: sysConf}, nil
 }
 
 // EnsureHostSysctl is EnsureSysctl in the host namespace. A name under
@@ -107,6 +125,11 @@ func Open(log *slog.Logger, nsPath string, faults Faults) (_ *Host, err error) {
 // descriptor).
 func (h *Host) EnsureHostSysctl(name, value string) error {
 	return fabricns.Do(h.nsPath, func() error {
+		for dir, fd := range h.sysConf {
+			if rest, ok := strings.CutPrefix(name, dir); ok {
+				return ensureSysctlAt(fd, rest, name, value)
+			}
+		}
 		if rest, ok := strings.CutPrefix(name, "net/"); ok && h.sysNet >= 0 {
 			return ensureSysctlAt(h.sysNet, rest, name, value)
 		}
@@ -138,6 +161,10 @@ func (h *Host) Close() error {
 	if h.sysNet >= 0 {
 		unix.Close(h.sysNet)
 		h.sysNet = -1
+	}
+	for dir, fd := range h.sysConf {
+		unix.Close(fd)
+		delete(h.sysConf, dir)
 	}
 	h.nl.Close()
 	return h.hostNS.Close()

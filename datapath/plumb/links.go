@@ -118,10 +118,10 @@ func EnsureSysctl(name, value string) error {
 // network namespace that looked there (one per sandbox), so it costs more
 // the more sandboxes exist.
 func ensureSysctlAt(dirfd int, path, name, value string) error {
-	fd, err := unix.Openat(dirfd, path, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	fd, err := openSysctlAt(dirfd, path, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if errors.Is(err, unix.EACCES) || errors.Is(err, unix.EROFS) {
 		// Read-only here: fine as long as it holds value already.
-		fd, err = unix.Openat(dirfd, path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		fd, err = openSysctlAt(dirfd, path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	}
 	if err != nil {
 		return fmt.Errorf("read sysctl %s: %w", name, err)

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	fabricns "github.com/fabricnet/fabric/datapath/netns"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
@@ -81,5 +83,70 @@ func TestEnsureHostSysctl(t *testing.T) {
 	}
 	if err := h.EnsureHostSysctl("net/ipv4/conf/nosuchlink/accept_local", "1"); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("missing host sysctl: %v, want ErrNotExist", err)
+	}
+}
+
+// TestHostLinkSysctlLookup: a host link's sysctl is opened relative to the
+// host's net/ipvN/conf, opened once: a lookup of ipv6 (or ipv4) under net
+// passes that entry of every namespace that set a sysctl, so each endpoint
+// create would cost more the more sandboxes exist.
+func TestHostLinkSysctlLookup(t *testing.T) {
+	_, path := netnstest.New(t, "plc")
+	h, err := Open(slog.New(slog.NewTextHandler(io.Discard, nil)), path, Faults{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	var opened []string
+	orig := openSysctlAt
+	openSysctlAt = func(dirfd int, p string, flags int, mode uint32) (int, error) {
+		opened = append(opened, p)
+		return orig(dirfd, p, flags, mode)
+	}
+	defer func() { openSysctlAt = orig }()
+	for _, name := range []string{"net/ipv4/conf/lo/accept_local", "net/ipv6/conf/lo/disable_ipv6"} {
+		if _, err := os.Stat("/proc/sys/" + name); err != nil {
+			continue // no IPv6 in this kernel
+		}
+		opened = nil
+		if err := h.EnsureHostSysctl(name, readSysctlIn(t, path, name)); err != nil {
+			t.Fatal(err)
+		}
+		if len(opened) != 1 || opened[0] != "lo/"+name[strings.LastIndex(name, "/")+1:] {
+			t.Errorf("%s opened as %q, want one lookup below the host's conf directory", name, opened)
+		}
+	}
+}
+
+// TestSandboxIPv6OffOwnProc: IPv6 is turned off in the sandbox through a
+// procfs of its own, not the process's shared one (where the lookup walks
+// past an entry per sandbox namespace).
+func TestSandboxIPv6OffOwnProc(t *testing.T) {
+	_, path := netnstest.New(t, "plo")
+	if _, err := os.Stat("/proc/sys/net/ipv6"); err != nil {
+		t.Skip("no IPv6 in this kernel")
+	}
+	var outer, inner unix.Stat_t
+	if err := unix.Stat("/proc", &outer); err != nil {
+		t.Fatal(err)
+	}
+	orig := sandboxSysctls
+	sandboxSysctls = func(p string, fn func() error) error {
+		return orig(p, func() error {
+			if err := unix.Stat("/proc", &inner); err != nil {
+				return err
+			}
+			return fn()
+		})
+	}
+	defer func() { sandboxSysctls = orig }()
+	if err := sandboxIPv6Off(path, "lo"); err != nil {
+		t.Fatal(err)
+	}
+	if inner.Dev == 0 || inner.Dev == outer.Dev {
+		t.Errorf("sysctl set through procfs device %d, the process's is %d: want one of its own", inner.Dev, outer.Dev)
+	}
+	if got := readSysctlIn(t, path, "net/ipv6/conf/lo/disable_ipv6"); got != "1" {
+		t.Errorf("disable_ipv6 on lo = %s, want 1", got)
 	}
 }

@@ -84,6 +84,10 @@ type Agent struct {
 	networks  map[string]*networkRec // by ID
 	sandboxes map[string]*sandboxRec // by name
 	endpoints map[string]*endpointRec
+	// bySandbox indexes endpoints by sandbox name, then ID (a create
+	// looks up its sandbox's endpoints several times; a walk over every
+	// endpoint made it cost more the more endpoints existed).
+	bySandbox map[string]map[string]*endpointRec
 	pools     map[string]*ipam.Pool // by network ID
 	dns       *dns.Server
 	hostPorts map[hostPortKey][]published // the sandboxes' published ports (putSandbox)
@@ -117,7 +121,7 @@ func New(opts Options) (*Agent, error) {
 	a := &Agent{
 		opts: opts, log: opts.Log, dp: opts.Datapath, store: st, started: time.Now(),
 		networks: map[string]*networkRec{}, sandboxes: map[string]*sandboxRec{}, hostPorts: map[hostPortKey][]published{},
-		endpoints: map[string]*endpointRec{}, pools: map[string]*ipam.Pool{},
+		endpoints: map[string]*endpointRec{}, bySandbox: map[string]map[string]*endpointRec{}, pools: map[string]*ipam.Pool{},
 		health: newHealth(),
 		cl:     opts.Cluster, glue: newClusterGlue(),
 	}

@@ -39,16 +39,36 @@ func (a *Agent) unindexNetwork(id string) {
 	delete(a.pools, id)
 }
 
-// indexEndpoint adds ep to the maps.
+// indexEndpoint adds ep to the maps (replacing a record with its ID).
 func (a *Agent) indexEndpoint(ep *endpointRec) {
 	a.view.Lock()
 	defer a.view.Unlock()
+	if old := a.endpoints[ep.ID]; old != nil {
+		a.dropFromSandbox(old)
+	}
 	a.endpoints[ep.ID] = ep
+	eps := a.bySandbox[ep.Sandbox]
+	if eps == nil {
+		eps = map[string]*endpointRec{}
+		a.bySandbox[ep.Sandbox] = eps
+	}
+	eps[ep.ID] = ep
 }
 
 // unindexEndpoint removes endpoint id from the maps.
 func (a *Agent) unindexEndpoint(id string) {
 	a.view.Lock()
 	defer a.view.Unlock()
+	if old := a.endpoints[id]; old != nil {
+		a.dropFromSandbox(old)
+	}
 	delete(a.endpoints, id)
+}
+
+func (a *Agent) dropFromSandbox(ep *endpointRec) {
+	eps := a.bySandbox[ep.Sandbox]
+	delete(eps, ep.ID)
+	if len(eps) == 0 {
+		delete(a.bySandbox, ep.Sandbox)
+	}
 }

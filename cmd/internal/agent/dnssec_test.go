@@ -78,22 +78,22 @@ func TestInternalOnlySandboxesDoNotForward(t *testing.T) {
 	a.networks[in.ID], a.networks[out.ID] = in, out
 	sb := &sandboxRec{Name: "iso", Mode: api.ModeNetNS, Phase: phaseReady}
 	a.sandboxes[sb.Name] = sb
-	a.endpoints["e1"] = &endpointRec{ID: "e1", NetworkID: in.ID, Sandbox: sb.Name, Created: now, Phase: phaseReady}
+	a.indexEndpoint(&endpointRec{ID: "e1", NetworkID: in.ID, Sandbox: sb.Name, Created: now, Phase: phaseReady})
 	a.updateForwarding(sb)
 	if a.dns.Forwarding(sb.Name) {
 		t.Fatal("sandbox only on an internal network may forward upstream")
 	}
-	a.endpoints["e2"] = &endpointRec{ID: "e2", NetworkID: out.ID, Sandbox: sb.Name, Created: now.Add(time.Second), Phase: phaseReady}
+	a.indexEndpoint(&endpointRec{ID: "e2", NetworkID: out.ID, Sandbox: sb.Name, Created: now.Add(time.Second), Phase: phaseReady})
 	a.updateForwarding(sb)
 	if !a.dns.Forwarding(sb.Name) {
 		t.Fatal("sandbox also on a normal network may not forward")
 	}
-	delete(a.endpoints, "e2")
+	a.unindexEndpoint("e2")
 	a.updateForwarding(sb)
 	if a.dns.Forwarding(sb.Name) {
 		t.Fatal("after leaving the normal network the sandbox still forwards")
 	}
-	delete(a.endpoints, "e1")
+	a.unindexEndpoint("e1")
 	delete(a.sandboxes, sb.Name)
 	delete(a.networks, in.ID)
 	delete(a.networks, out.ID)

@@ -16,11 +16,9 @@ import (
 
 // sandboxEndpoints returns a sandbox's endpoints, oldest first.
 func (a *Agent) sandboxEndpoints(name string) []*endpointRec {
-	var eps []*endpointRec
-	for _, ep := range a.endpoints {
-		if ep.Sandbox == name {
-			eps = append(eps, ep)
-		}
+	eps := make([]*endpointRec, 0, len(a.bySandbox[name]))
+	for _, ep := range a.bySandbox[name] {
+		eps = append(eps, ep)
 	}
 	return sortedEndpoints(eps)
 }
@@ -108,8 +106,8 @@ func (a *Agent) deleteEndpointKernel(ctx context.Context, ep *endpointRec) error
 func (a *Agent) planEndpoint(ctx context.Context, n *networkRec, sandbox string, newSandbox bool, ip string, aliases []string) (*endpointRec, error) {
 	ifName := "eth0"
 	if !newSandbox {
-		for _, o := range a.endpoints {
-			if o.Sandbox == sandbox && o.NetworkID == n.ID {
+		for _, o := range a.bySandbox[sandbox] {
+			if o.NetworkID == n.ID {
 				return nil, conflictf("sandbox %q is already connected to network %q", sandbox, n.Name)
 			}
 		}
@@ -166,10 +164,8 @@ func (a *Agent) planEndpoint(ctx context.Context, n *networkRec, sandbox string,
 // nextIfName returns the lowest free ethN in the sandbox.
 func (a *Agent) nextIfName(sandbox string) string {
 	used := map[string]bool{}
-	for _, ep := range a.endpoints {
-		if ep.Sandbox == sandbox {
-			used[ep.IfName] = true
-		}
+	for _, ep := range a.bySandbox[sandbox] {
+		used[ep.IfName] = true
 	}
 	for i := 0; ; i++ {
 		if name := fmt.Sprintf("eth%d", i); !used[name] {

@@ -249,10 +249,8 @@ func (a *Agent) freeIfName(sb *sandboxRec, taken []string) string {
 	for _, n := range taken {
 		used[n] = true
 	}
-	for _, ep := range a.endpoints {
-		if ep.Sandbox == sb.Name {
-			used[ep.IfName] = true
-		}
+	for _, ep := range a.bySandbox[sb.Name] {
+		used[ep.IfName] = true
 	}
 	for i := 0; ; i++ {
 		if name := fmt.Sprintf("eth%d", i); !used[name] {
