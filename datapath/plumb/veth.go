@@ -125,6 +125,14 @@ func (h *Host) existingVeth(sb *Sandbox, ep datapath.Endpoint) (host, peer netli
 	if err != nil {
 		return nil, nil, fmt.Errorf("look up host veth %s: %w", ep.HostIfName, err)
 	}
+	if ep.Adopted && host.Attrs().Alias == "" && host.Type() == "veth" {
+		// The pair the runtime was handed before the namespace existed
+		// (no alias yet): it becomes this endpoint's.
+		if err := h.nl.LinkSetAlias(host, OwnerAlias(ep.ID)); err != nil {
+			return nil, nil, fmt.Errorf("adopt veth %s: %w", ep.HostIfName, err)
+		}
+		host.Attrs().Alias = OwnerAlias(ep.ID)
+	}
 	if err := h.Claim(host, ep.ID, HostVethMAC(ep.ID)); err != nil {
 		return nil, nil, err
 	}
@@ -261,7 +269,8 @@ func (h *Host) SetHostVethUp(host netlink.Link) error {
 }
 
 // ensureSandboxSide gives the peer its MAC, MTU and address, brings it up
-// and puts the default route through it, or keeps it out.
+// and puts the default route through it, or keeps it out (an adopted
+// endpoint's routes are the runtime's: left alone).
 func ensureSandboxSide(h *netlink.Handle, peer netlink.Link, n datapath.Network, ep datapath.Endpoint, created bool) error {
 	addr := &net.IPNet{IP: ep.Addr.Addr().AsSlice(), Mask: net.CIDRMask(ep.Addr.Bits(), 32)}
 	if err := sandboxIPv6Off(ep.NetNSPath, peer.Attrs().Name); err != nil {
@@ -275,7 +284,7 @@ func ensureSandboxSide(h *netlink.Handle, peer netlink.Link, n datapath.Network,
 		if err := h.LinkSetUp(peer); err != nil {
 			return fmt.Errorf("set up: %w", err)
 		}
-		if ep.DefaultRoute {
+		if ep.DefaultRoute && !ep.Adopted {
 			return replaceDefaultRoute(h, peer, n)
 		}
 		return nil
@@ -298,6 +307,9 @@ func ensureSandboxSide(h *netlink.Handle, peer netlink.Link, n datapath.Network,
 		if err := h.LinkSetUp(peer); err != nil {
 			return fmt.Errorf("set up: %w", err)
 		}
+	}
+	if ep.Adopted {
+		return nil // the runtime's routes
 	}
 	return ensureDefaultRoute(h, peer, n, ep.DefaultRoute)
 }

@@ -96,6 +96,9 @@ type endpointRec struct {
 	Aliases    []string     `json:"aliases,omitempty"`
 	Created    time.Time    `json:"created"`
 	Phase      phase        `json:"phase"`
+	// Adopted: a pair the runtime put in place (api.Connect.Link); its
+	// sandbox's routes are the runtime's.
+	Adopted bool `json:"adopted,omitempty"`
 }
 
 func (n *networkRec) datapath() datapath.Network {
