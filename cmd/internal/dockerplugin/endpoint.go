@@ -122,7 +122,11 @@ func (p *Plugin) join(req joinRequest) (any, error) {
 	if handsLink(n.Driver) {
 		var peer string
 		link, peer = linkNames(req.EndpointID)
-		if err := makePair(link, peer, n.MTU); err != nil {
+		ip, err := netip.ParseAddr(ep.Addr)
+		if err != nil {
+			return nil, fmt.Errorf("fabric: endpoint %s has a bad address %q: %w", shortID(ep.ID), ep.Addr, err)
+		}
+		if err := makePair(link, peer, n.MTU, api.EndpointMAC(ip)); err != nil {
 			return nil, err
 		}
 		resp.InterfaceName = &interfaceName{SrcName: peer, DstPrefix: "eth"}

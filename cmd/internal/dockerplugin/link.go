@@ -3,6 +3,7 @@ package dockerplugin
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
@@ -40,8 +41,10 @@ func handsLink(driver string) bool {
 }
 
 // makePair creates the pair in the host's namespace, both ends down (the
-// datapath brings the host side up once it has adopted it).
-func makePair(host, peer string, mtu int) error {
+// datapath brings the host side up once it has adopted it), the end for
+// Docker with the endpoint's MAC (Docker keeps it; fabric's datapath
+// expects it from the first frame).
+func makePair(host, peer string, mtu int, mac net.HardwareAddr) error {
 	if err := removePair(host); err != nil {
 		return err
 	}
@@ -50,7 +53,7 @@ func makePair(host, peer string, mtu int) error {
 	if mtu > 0 {
 		la.MTU = mtu
 	}
-	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: peer}); err != nil {
+	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: peer, PeerHardwareAddr: mac}); err != nil {
 		return fmt.Errorf("fabric: create veth pair %s/%s for docker: %w", host, peer, err)
 	}
 	return nil

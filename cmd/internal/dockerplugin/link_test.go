@@ -76,6 +76,9 @@ func TestJoinHandsDockerAVethPair(t *testing.T) {
 		if linkMTU(host) != 1400 || linkMTU(peer) != 1400 {
 			t.Errorf("pair %s/%s: MTU %d/%d, want both 1400 (the network's)", host, peer, linkMTU(host), linkMTU(peer))
 		}
+		if l, err := netlink.LinkByName(peer); err != nil || l.Attrs().HardwareAddr.String() != "02:fa:0a:3e:00:05" {
+			t.Errorf("%s for Docker: %v, %v; want fabric's MAC for 10.62.0.5, 02:fa:0a:3e:00:05", peer, l, err)
+		}
 		in := join("int", "bbbbbbbbbbbb2222", "10.63.0.5/24")
 		if in.InterfaceName == nil || in.Gateway != "" {
 			t.Errorf("Join on the --internal network: %+v, want an interface and no gateway", in)
