@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -41,6 +42,13 @@ func TestDockerConnectDockerBridge(t *testing.T) {
 		f2, b1 := d.containerIP("f2", fnet), d.containerIP("b1", bnet)
 		d.mustDocker("exec", "f1", "ping", "-c", "1", "-W", "2", f2)
 		d.mustDocker("exec", "f1", "ping", "-c", "1", "-W", "2", outsideUplinkIP)
+		// Fabric's anti-spoofing holds on the interface Docker put in place.
+		nsArg := "--net=/proc/" + d.mustDocker("inspect", "-f", "{{.State.Pid}}", "f1") + "/ns/net"
+		run(t, "nsenter", nsArg, "ip", "addr", "add", "10.79.0.99/32", "dev", "eth0")
+		if out, err := exec.Command("nsenter", nsArg, "ping", "-c", "1", "-W", "1", "-I", "10.79.0.99", f2).CombinedOutput(); err == nil {
+			t.Fatalf("f1 reached f2 from a source address not its own:\n%s", out)
+		}
+		run(t, "nsenter", nsArg, "ip", "addr", "del", "10.79.0.99/32", "dev", "eth0")
 
 		// Fabric first, then Docker's bridge: traffic on both.
 		d.mustDocker("network", "connect", bnet, "f1")
