@@ -63,3 +63,17 @@ func peerIn(path, hostName string) (string, error) {
 	}
 	return peer.Attrs().Name, nil
 }
+
+// adoptedBefore returns sb's endpoint on n that adopted link already, if
+// any: adopting the same pair again changes nothing.
+func (a *Agent) adoptedBefore(sb *sandboxRec, n *networkRec, link string) *endpointRec {
+	if link == "" {
+		return nil
+	}
+	for _, ep := range a.sandboxEndpoints(sb.Name) {
+		if ep.Adopted && ep.NetworkID == n.ID && ep.HostIfName == link && ep.Phase != phaseRemoving {
+			return ep
+		}
+	}
+	return nil
+}

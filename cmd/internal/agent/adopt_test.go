@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -29,37 +30,27 @@ func TestConnectAdoptsRuntimeLink(t *testing.T) {
 	releaseHeldAtEnd(t, a)
 	sbh := netnstest.Handle(t, sbNS)
 
+	// Inside netns.Do (another goroutine) failures are returned, never
+	// t.Fatal: that would leave Do waiting forever.
 	err := netns.Do(hostNS, func() error {
-		pair := func(host, peer string) {
-			t.Helper()
+		for _, host := range []string{"fdhadopt1", "fdhadopt2", "fdhadopt3"} {
 			la := netlink.NewLinkAttrs()
 			la.Name = host
-			if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: peer}); err != nil {
-				t.Fatalf("add veth %s: %v", host, err)
+			if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: "fdc" + host[3:]}); err != nil {
+				return fmt.Errorf("add veth %s: %w", host, err)
 			}
 		}
-		pair("fdhadopt1", "fdcadopt1")
-		pair("fdhadopt2", "fdcadopt2")
-		pair("fdhadopt3", "fdcadopt3")
 		// The runtime moves fdcadopt1 into the sandbox as eth3; fdcadopt2
 		// stays on the host; fdhadopt3 is already fabric's.
-		ns, err := os.Open(sbNS)
+		if err := runtimeMoves(sbNS, sbh, "fdcadopt1", "eth3"); err != nil {
+			return err
+		}
+		other, err := netlink.LinkByName("fdhadopt3")
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
-		defer ns.Close()
-		if err := netlink.LinkSetNsFd(mustLink(t, "fdcadopt1"), int(ns.Fd())); err != nil {
-			t.Fatal(err)
-		}
-		moved, err := sbh.LinkByName("fdcadopt1")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := sbh.LinkSetName(moved, "eth3"); err != nil {
-			t.Fatal(err)
-		}
-		if err := netlink.LinkSetAlias(mustLink(t, "fdhadopt3"), "fabric:someone"); err != nil {
-			t.Fatal(err)
+		if err := netlink.LinkSetAlias(other, "fabric:someone"); err != nil {
+			return err
 		}
 
 		for link, want := range map[string]string{
@@ -74,19 +65,25 @@ func TestConnectAdoptsRuntimeLink(t *testing.T) {
 			}
 		}
 		if len(a.Sandboxes()) != 0 || len(dp.endpoints) != 0 {
-			t.Fatalf("refused adoptions left %+v / %d endpoints", a.Sandboxes(), len(dp.endpoints))
+			return fmt.Errorf("refused adoptions left %+v / %d endpoints", a.Sandboxes(), len(dp.endpoints))
 		}
 
 		got, err := a.Connect(context.Background(), DefaultNetworkName, api.Connect{Sandbox: sbNS, Link: "fdhadopt1"})
 		if err != nil {
-			t.Fatalf("adopt fdhadopt1: %v", err)
+			return fmt.Errorf("adopt fdhadopt1: %w", err)
 		}
 		ep, ok := dp.endpoints[got.ID]
 		if !ok || !ep.Adopted || ep.IfName != "eth3" || ep.HostIfName != "fdhadopt1" || ep.DefaultRoute {
-			t.Fatalf("datapath endpoint %+v, want adopted eth3 on fdhadopt1 without a default route", ep)
+			return fmt.Errorf("datapath endpoint %+v, want adopted eth3 on fdhadopt1 without a default route", ep)
 		}
 		if got.IfName != "eth3" || got.DefaultRoute == "" {
-			t.Fatalf("API endpoint %+v: want eth3 and a default route left to the runtime", got)
+			return fmt.Errorf("API endpoint %+v: want eth3 and a default route left to the runtime", got)
+		}
+		// The same adoption again (a plugin that crashed before it heard
+		// the answer asks once more) is the same endpoint.
+		again, err := a.Connect(context.Background(), DefaultNetworkName, api.Connect{Sandbox: sbNS, Link: "fdhadopt1"})
+		if err != nil || again.ID != got.ID || len(dp.endpoints) != 1 {
+			return fmt.Errorf("repeated adoption: %+v, %v (%d endpoints), want endpoint %s again", again, err, len(dp.endpoints), got.ID)
 		}
 		return nil
 	})
@@ -95,11 +92,24 @@ func TestConnectAdoptsRuntimeLink(t *testing.T) {
 	}
 }
 
-func mustLink(t *testing.T, name string) netlink.Link {
-	t.Helper()
-	l, err := netlink.LinkByName(name)
+// runtimeMoves does a runtime's part: peer (on the calling thread's
+// namespace) goes into the namespace at path and is renamed name there.
+func runtimeMoves(path string, sbh *netlink.Handle, peer, name string) error {
+	l, err := netlink.LinkByName(peer)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
-	return l
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := netlink.LinkSetNsFd(l, int(f.Fd())); err != nil {
+		return fmt.Errorf("move %s: %w", peer, err)
+	}
+	moved, err := sbh.LinkByName(peer)
+	if err != nil {
+		return err
+	}
+	return sbh.LinkSetName(moved, name)
 }

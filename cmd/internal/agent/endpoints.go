@@ -219,6 +219,9 @@ func (a *Agent) Connect(ctx context.Context, netRef string, req api.Connect) (ap
 	if sb.Phase != phaseReady {
 		return api.Endpoint{}, conflictf("sandbox %q is being created or removed", sb.Name)
 	}
+	if ep := a.adoptedBefore(sb, n, req.Link); ep != nil {
+		return a.endpointAPI(ep), nil // a repeated adoption (its caller crashed before it heard back)
+	}
 	ep, err := a.planEndpoint(ctx, n, sb.Name, false, req.IP, req.Aliases)
 	if err != nil {
 		if isNew {

@@ -46,15 +46,19 @@ func TestJoinHandsDockerAVethPair(t *testing.T) {
 	for _, n := range []string{"web", "int", "lan"} {
 		p.st.Networks["nid-"+n] = &netRec{ID: "nid-" + n, Name: n, Subnet: b.subnets[n].String()}
 	}
+	// Called inside netns.Do (another goroutine): failures are reported
+	// with t.Errorf, never t.Fatal, which would leave Do waiting forever.
 	join := func(network, eid, addr string) joinResponse {
 		t.Helper()
 		if _, err := p.createEndpoint(createEndpointRequest{NetworkID: "nid-" + network, EndpointID: eid,
 			Interface: &endpointInterface{Address: addr}}); err != nil {
-			t.Fatalf("CreateEndpoint on %s: %v", network, err)
+			t.Errorf("CreateEndpoint on %s: %v", network, err)
+			return joinResponse{}
 		}
 		r, err := p.join(joinRequest{NetworkID: "nid-" + network, EndpointID: eid, SandboxKey: "/var/run/docker/netns/x"})
 		if err != nil {
-			t.Fatalf("Join on %s: %v", network, err)
+			t.Errorf("Join on %s: %v", network, err)
+			return joinResponse{}
 		}
 		return r.(joinResponse)
 	}
