@@ -123,7 +123,13 @@ type Endpoint struct {
 	// DefaultRoute says whether the sandbox's default route goes through this
 	// endpoint's gateway. Exactly one endpoint of a sandbox with egress has it.
 	DefaultRoute bool
-	Ports        []PortMapping
+	// Adopted says the veth pair was made before the namespace existed
+	// and its sandbox side put in place by the container runtime (Docker
+	// moves it into the namespace, names it IfName, gives it Addr and owns
+	// the namespace's routes): the datapath takes the pair over as it
+	// finds it and never adds or removes a route in the sandbox.
+	Adopted bool
+	Ports   []PortMapping
 }
 
 // PortMapping publishes a sandbox port on the host.

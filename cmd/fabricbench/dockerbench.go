@@ -21,9 +21,14 @@ import (
 // Traffic tools run in the containers' network namespaces (nsenter), so
 // the image needs nothing but a busybox to hold the namespace.
 
+// The links to h2 need subnets of their own: a full run keeps k1's link
+// (192.168.251.0/24, kernelhost.go) in h2 while this section runs, and
+// with db on that subnet too h2 sent db's traffic to k1, where nothing
+// listens on Docker's published ports ("connection refused" for Docker's
+// DNAT rows; -only docker, without k1, worked).
 const (
-	dbIP, dbPeer = "192.168.251.1", "192.168.251.2"
-	dfIP, dfPeer = "192.168.252.1", "192.168.252.2"
+	dbIP, dbPeer = "192.168.253.1", "192.168.253.2"
+	dfIP, dfPeer = "192.168.254.1", "192.168.254.2"
 	dPortPerf    = 8080 // -p 8080:5201 on c2
 	dPortHTTP    = 8081 // -p 8081:8000 on c2
 )
@@ -155,6 +160,9 @@ func (l *Lab) setupDockerHost(ctx context.Context, d *dockerBenchHost) error {
 		return err
 	}
 	ns, h2 := l.ns(d.short), l.ns("h2")
+	if err := l.subnetFreeOnH2(ctx, d.peer+"/24"); err != nil {
+		return err
+	}
 	for _, s := range [][]string{
 		{"link", "add", "ud", "netns", ns, "type", "veth", "peer", "name", "u" + d.short, "netns", h2},
 		{"-n", ns, "addr", "add", d.ip + "/24", "dev", "ud"},

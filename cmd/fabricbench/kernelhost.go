@@ -57,6 +57,9 @@ func (l *Lab) setupKernelHost(ctx context.Context, kh *kernelHost) error {
 	// pins removed before the generic cleanup deletes the namespaces.
 	l.atCleanup(func() { l.kernelHostDown(kh) })
 	k1, h2 := l.ns("k1"), l.ns("h2")
+	if err := l.subnetFreeOnH2(ctx, k2IP+"/24"); err != nil {
+		return err
+	}
 	for _, s := range [][]string{
 		{"link", "add", "u3", "netns", k1, "type", "veth", "peer", "name", "u4", "netns", h2},
 		{"-n", k1, "addr", "add", k1IP + "/24", "dev", "u3"},

@@ -266,6 +266,19 @@ func (l *Lab) addNS(short string) error {
 	return nil
 }
 
+// subnetFreeOnH2 refuses a link to h2 on a subnet h2 already has an
+// address in: h2 would route the new host's traffic to the older link.
+func (l *Lab) subnetFreeOnH2(ctx context.Context, subnet string) error {
+	out, err := runCmd(ctx, 10*time.Second, "ip", "-n", l.ns("h2"), "-o", "-4", "addr", "show", "to", subnet)
+	if err != nil {
+		return err
+	}
+	if strings.TrimSpace(out) != "" {
+		return fmt.Errorf("h2 already has an address in %s (%s): another section's link uses that subnet", subnet, strings.TrimSpace(out))
+	}
+	return nil
+}
+
 func (l *Lab) sysctl(ctx context.Context, nsPath, kv string) error {
 	_, err := runCmd(ctx, 10*time.Second, "nsenter", "--net="+nsPath, "sysctl", "-qw", kv)
 	return err

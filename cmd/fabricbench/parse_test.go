@@ -4,6 +4,7 @@ import (
 	"errors"
 	"maps"
 	"math"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -219,5 +220,25 @@ func TestEverySectionRuns(t *testing.T) {
 	}
 	if _, err := parseOnly("scale,nope"); err == nil {
 		t.Error("parseOnly accepted an unknown section")
+	}
+}
+
+// Every host link to h2 has a /24 of its own: two on one subnet make h2
+// send one host's traffic to the other (the docker section's db once
+// shared k1's 192.168.251.0/24, and Docker's DNAT rows failed in a full
+// run with "connection refused" from k1).
+func TestUnderlaySubnetsDistinct(t *testing.T) {
+	links := map[string][2]string{"h1": {h1IP, h2IP}, "k1": {k1IP, k2IP}, "db": {dbIP, dbPeer}, "df": {dfIP, dfPeer}}
+	seen := map[netip.Prefix]string{}
+	for host, ends := range links {
+		a := netip.PrefixFrom(netip.MustParseAddr(ends[0]), 24).Masked()
+		b := netip.PrefixFrom(netip.MustParseAddr(ends[1]), 24).Masked()
+		if a != b {
+			t.Errorf("%s's link: %s and %s are not on one /24", host, ends[0], ends[1])
+		}
+		if other, ok := seen[a]; ok {
+			t.Errorf("%s's link and %s's share %s", host, other, a)
+		}
+		seen[a] = host
 	}
 }

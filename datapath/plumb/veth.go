@@ -129,6 +129,14 @@ func (h *Host) existingVeth(sb *Sandbox, ep datapath.Endpoint) (host, peer netli
 	if err != nil {
 		return nil, nil, fmt.Errorf("look up host veth %s: %w", ep.HostIfName, err)
 	}
+	if ep.Adopted && host.Attrs().Alias == "" && host.Type() == "veth" {
+		// The pair the runtime was handed before the namespace existed
+		// (no alias yet): it becomes this endpoint's.
+		if err := h.nl.LinkSetAlias(host, OwnerAlias(ep.ID)); err != nil {
+			return nil, nil, fmt.Errorf("adopt veth %s: %w", ep.HostIfName, err)
+		}
+		host.Attrs().Alias = OwnerAlias(ep.ID)
+	}
 	if err := h.Claim(host, ep.ID, HostVethMAC(ep.ID)); err != nil {
 		return nil, nil, err
 	}
@@ -351,7 +359,7 @@ func configureSandboxLink(h *netlink.Handle, link netlink.Link, ep datapath.Endp
 		if err := h.LinkSetUp(link); err != nil {
 			return fmt.Errorf("set up: %w", err)
 		}
-		if ep.DefaultRoute {
+		if ep.DefaultRoute && !ep.Adopted {
 			return replaceDefaultRoute(h, link, gw)
 		}
 		return nil
@@ -374,6 +382,9 @@ func configureSandboxLink(h *netlink.Handle, link netlink.Link, ep datapath.Endp
 		if err := h.LinkSetUp(link); err != nil {
 			return fmt.Errorf("set up: %w", err)
 		}
+	}
+	if ep.Adopted {
+		return nil // an adopted endpoint's routes are the runtime's
 	}
 	return ensureDefaultRoute(h, link, gw, ep.DefaultRoute)
 }

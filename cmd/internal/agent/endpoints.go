@@ -46,13 +46,15 @@ func (a *Agent) dpEndpoint(ep *endpointRec) (datapath.Network, datapath.Endpoint
 	}
 	out := datapath.Endpoint{
 		ID: ep.ID, NetworkID: n.ID, NetNSPath: sb.NetNS, IfName: ep.IfName, HostIfName: ep.HostIfName,
-		Addr: ep.Addr, MAC: ep.hardwareAddr(),
+		Addr: ep.Addr, MAC: ep.hardwareAddr(), Adopted: ep.Adopted,
 	}
 	if sb.Mode == api.ModeExternal {
 		out.NetNSID = sb.NSID // checked by the datapath on every use
 	}
-	if p := a.primaryEndpoint(ep.Sandbox); p == ep && sb.KeptRoute == "" {
-		out.DefaultRoute = true
+	// An adopted endpoint's sandbox routes are the runtime's (Docker picks
+	// the gateway among its networks), but its ports are fabric's.
+	if p := a.primaryEndpoint(ep.Sandbox); p == ep && (sb.KeptRoute == "" || ep.Adopted) {
+		out.DefaultRoute = !ep.Adopted
 		for _, port := range sb.Ports {
 			pm := datapath.PortMapping{Proto: port.Proto, HostPort: port.HostPort, Port: port.Port}
 			if port.HostIP != "" {
@@ -213,6 +215,9 @@ func (a *Agent) Connect(ctx context.Context, netRef string, req api.Connect) (ap
 	if sb.Phase != phaseReady {
 		return api.Endpoint{}, conflictf("sandbox %q is being created or removed", sb.Name)
 	}
+	if ep := a.adoptedBefore(sb, n, req.Link); ep != nil {
+		return a.endpointAPI(ep), nil // a repeated adoption (its caller crashed before it heard back)
+	}
 	ep, err := a.planEndpoint(ctx, n, sb.Name, false, req.IP, req.Aliases)
 	if err != nil {
 		if isNew {
@@ -232,6 +237,15 @@ func (a *Agent) Connect(ctx context.Context, netRef string, req api.Connect) (ap
 			links = facts.links
 		}
 		ep.IfName = a.freeIfName(sb, links)
+	}
+	if req.Link != "" {
+		if err := a.adoptLink(sb, ep, req.Link); err != nil {
+			a.releaseAddr(ep)
+			if isNew {
+				a.releaseExternal(sb)
+			}
+			return api.Endpoint{}, err
+		}
 	}
 	oldPrimary := a.primaryEndpoint(sb.Name)
 	if err := a.addEndpoints(ctx, sb, isNew, []*endpointRec{ep}); err != nil {
@@ -537,6 +551,9 @@ func (a *Agent) endpointAPI(ep *endpointRec) api.Endpoint {
 		if sb := a.sandboxes[ep.Sandbox]; sb != nil && sb.KeptRoute != "" {
 			gw, kept = netip.Addr{}, "left alone: the namespace's own "+sb.KeptRoute+" (fabric added only the subnet route)"
 		}
+	}
+	if ep.Adopted && gw.IsValid() {
+		gw, kept = netip.Addr{}, "left to the container runtime (it was handed the interface)"
 	}
 	out := ep.api(n.Name, gw)
 	out.DefaultRoute = kept

@@ -96,6 +96,9 @@ type endpointRec struct {
 	Aliases    []string     `json:"aliases,omitempty"`
 	Created    time.Time    `json:"created"`
 	Phase      phase        `json:"phase"`
+	// Adopted: a pair the runtime put in place (api.Connect.Link); its
+	// sandbox's routes are the runtime's.
+	Adopted bool `json:"adopted,omitempty"`
 }
 
 func (n *networkRec) datapath() datapath.Network {
@@ -138,10 +141,7 @@ func (e *endpointRec) api(netName string, gw netip.Addr) api.Endpoint {
 
 // macFor derives a locally administered MAC from the IPv4 address, as
 // Docker does, so a neighbour cache entry stays right across re-creation.
-func macFor(a netip.Addr) net.HardwareAddr {
-	b := a.As4()
-	return net.HardwareAddr{0x02, 0xfa, b[0], b[1], b[2], b[3]}
-}
+func macFor(a netip.Addr) net.HardwareAddr { return api.EndpointMAC(a) }
 
 // sortedEndpoints orders a sandbox's endpoints by creation (eth0 first).
 func sortedEndpoints(eps []*endpointRec) []*endpointRec {

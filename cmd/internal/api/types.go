@@ -205,6 +205,13 @@ type Connect struct {
 	Sandbox string   `json:"sandbox"`
 	IP      string   `json:"ip,omitempty"`
 	Aliases []string `json:"aliases,omitempty"`
+	// Link, with a namespace path as Sandbox, names the host side of a
+	// veth pair whose other end the container runtime has already moved
+	// into that namespace, named and addressed with IP (Docker does this
+	// with the interface a network driver returns from Join): fabric
+	// adopts the pair as the endpoint and leaves the interface's name and
+	// the namespace's routes to the runtime.
+	Link string `json:"link,omitempty"`
 }
 
 // Disconnect is the body of POST /v1/networks/NAME/disconnect.

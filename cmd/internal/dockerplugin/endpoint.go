@@ -14,12 +14,16 @@ import (
 
 // A Docker container's namespace does not exist yet when Docker calls
 // Join for `docker run` (runc makes it and Docker's hook mounts it at the
-// sandbox key afterwards). So Join hands Docker no interface and turns off
-// Docker's gateway service (no docker_gwbridge); a background job waits
-// for the sandbox key to become a network namespace and connects it to
-// the fabric network by path, with the address Docker's IPAM call handed
-// out: the agent holds the namespace by a bind mount and checks its
-// identity on every use, and drops the endpoints when Docker lets go of it.
+// sandbox key afterwards). On bridge and overlay networks Join hands
+// Docker a veth pair (see link.go) and the gateway, and Docker moves,
+// names and addresses the interface and owns the routes, as with its own
+// drivers; a background job waits for Docker to have done so and has the
+// agent adopt the pair, with the address Docker's IPAM call handed out:
+// the agent holds the namespace by a bind mount and checks its identity
+// on every use, and drops the endpoints when Docker lets go of it. On
+// macvlan and ipvlan networks Join hands over nothing and fabric makes
+// the interface and the default route itself once the namespace exists.
+// Docker's gateway service stays off either way (no docker_gwbridge).
 
 // keyPortMap is where Docker passes -p in CreateEndpoint's options.
 const keyPortMap = "com.docker.network.portmap"
@@ -95,17 +99,55 @@ func (p *Plugin) join(req joinRequest) (any, error) {
 		return nil, errors.New("fabric: Docker gave no sandbox key")
 	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	ep := p.st.Endpoints[req.EndpointID]
+	var name string
+	if ep != nil {
+		if n := p.st.Networks[ep.NetworkID]; n != nil {
+			name = n.Name
+		}
+	}
+	p.mu.Unlock()
 	if ep == nil {
 		return nil, fmt.Errorf("fabric: unknown endpoint %s", shortID(req.EndpointID))
 	}
-	ep.Key = req.SandboxKey
+	if name == "" {
+		return nil, fmt.Errorf("fabric: network %s is not backed by fabric", shortID(ep.NetworkID))
+	}
+	n, err := p.b.Network(name)
+	if err != nil {
+		return nil, userErr(err)
+	}
+	resp := joinResponse{DisableGatewayService: true}
+	var link string
+	if handsLink(n.Driver) {
+		var peer string
+		link, peer = linkNames(req.EndpointID)
+		ip, err := netip.ParseAddr(ep.Addr)
+		if err != nil {
+			return nil, fmt.Errorf("fabric: endpoint %s has a bad address %q: %w", shortID(ep.ID), ep.Addr, err)
+		}
+		if err := makePair(link, peer, n.MTU, api.EndpointMAC(ip)); err != nil {
+			return nil, err
+		}
+		resp.InterfaceName = &interfaceName{SrcName: peer, DstPrefix: "eth"}
+		if !n.Internal {
+			resp.Gateway = n.Gateway
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ep = p.st.Endpoints[req.EndpointID]
+	if ep == nil {
+		_ = removePair(link)
+		return nil, fmt.Errorf("fabric: endpoint %s went while joining", shortID(req.EndpointID))
+	}
+	ep.Key, ep.Link = req.SandboxKey, link
 	if err := p.saveLocked(); err != nil {
+		_ = removePair(link)
 		return nil, err
 	}
 	p.startAttachLocked(ep)
-	return joinResponse{DisableGatewayService: true}, nil
+	return resp, nil
 }
 
 // attachJob is a running wait-and-connect of one endpoint.
@@ -141,14 +183,23 @@ func (p *Plugin) startAttachLocked(ep *epRec) {
 	}()
 }
 
-// attach waits for the namespace at ep.Key and connects it.
+// attach waits for the namespace at ep.Key (and, with a link handed to
+// Docker, for Docker to have moved and addressed it there) and connects
+// it.
 func (p *Plugin) attach(ctx context.Context, ep *epRec) error {
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
-	for !netns.IsNamespace(ep.Key) {
+	ip, _ := netip.ParseAddr(ep.Addr)
+	ready := func() bool {
+		if ep.Link != "" {
+			return peerReady(ep.Key, ep.Link, ip)
+		}
+		return netns.IsNamespace(ep.Key)
+	}
+	for !ready() {
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("namespace %s never appeared: %w", ep.Key, ctx.Err())
+			return fmt.Errorf("namespace %s (with %s's peer) never appeared: %w", ep.Key, ep.Link, ctx.Err())
 		case <-tick.C:
 		}
 	}
@@ -162,7 +213,7 @@ func (p *Plugin) attach(ctx context.Context, ep *epRec) error {
 	if name == "" {
 		return fmt.Errorf("network %s is not backed by fabric", shortID(ep.NetworkID))
 	}
-	got, err := p.b.Connect(ctx, name, api.Connect{Sandbox: ep.Key, IP: ep.Addr})
+	got, err := p.b.Connect(ctx, name, api.Connect{Sandbox: ep.Key, IP: ep.Addr, Link: ep.Link})
 	if err != nil {
 		return fmt.Errorf("connect to %s: %w", name, err)
 	}
@@ -255,10 +306,17 @@ func (p *Plugin) disconnect(id string, forget bool) error {
 			return userErr(err)
 		}
 	}
+	if ep.Link != "" {
+		// Never adopted (the container did not start), or adopted and
+		// removed with the endpoint just now.
+		if err := removePair(ep.Link); err != nil {
+			return err
+		}
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if cur := p.st.Endpoints[id]; cur != nil {
-		cur.Sandbox, cur.Key = "", ""
+		cur.Sandbox, cur.Key, cur.Link = "", "", ""
 		if forget {
 			delete(p.st.Endpoints, id)
 			if ip, err := netip.ParseAddr(cur.Addr); err == nil {

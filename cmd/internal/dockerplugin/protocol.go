@@ -114,8 +114,16 @@ type joinRequest struct {
 }
 
 type joinResponse struct {
-	Gateway               string `json:",omitempty"`
+	InterfaceName         *interfaceName `json:",omitempty"`
+	Gateway               string         `json:",omitempty"`
 	DisableGatewayService bool
+}
+
+// interfaceName tells Docker which host link to move into the sandbox
+// (SrcName) and how to name it there (DstPrefix plus the next free index).
+type interfaceName struct {
+	SrcName   string
+	DstPrefix string
 }
 
 type operInfoResponse struct {

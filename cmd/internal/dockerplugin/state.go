@@ -41,6 +41,10 @@ type epRec struct {
 	Ports     []string `json:"ports,omitempty"`
 	Key       string   `json:"key,omitempty"`     // Docker's sandbox key, from Join
 	Sandbox   string   `json:"sandbox,omitempty"` // fabric sandbox once connected
+	// Link is the host side of the veth pair handed to Docker in Join
+	// (empty: the namespace is attached by path and fabric makes its own
+	// interface, as for macvlan and ipvlan networks).
+	Link string `json:"link,omitempty"`
 }
 
 // poolRec is an address pool handed to Docker's IPAM.

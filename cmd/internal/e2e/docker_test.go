@@ -15,7 +15,8 @@ import (
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
 
-// hostLinks lists the fabric endpoint links (fv…) in the host namespace.
+// hostLinks lists the fabric endpoint links in the host namespace: fv…
+// (made by fabric) and fdh…/fdc… (veth pairs handed to Docker in Join).
 func (d *dockerHost) hostLinks() []string {
 	out, err := exec.Command("ip", "-n", d.ns, "-o", "link", "show").Output()
 	if err != nil {
@@ -24,7 +25,7 @@ func (d *dockerHost) hostLinks() []string {
 	var links []string
 	for _, line := range strings.Split(string(out), "\n") {
 		f := strings.Fields(line)
-		if len(f) > 1 && strings.HasPrefix(f[1], "fv") {
+		if len(f) > 1 && (strings.HasPrefix(f[1], "fv") || strings.HasPrefix(f[1], "fdh") || strings.HasPrefix(f[1], "fdc")) {
 			links = append(links, strings.TrimSuffix(strings.SplitN(f[1], "@", 2)[0], ":"))
 		}
 	}

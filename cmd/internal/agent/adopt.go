@@ -1,0 +1,79 @@
+package agent
+
+import (
+	"github.com/vishvananda/netlink"
+
+	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/datapath/netns"
+)
+
+// A container runtime that moves, names and addresses the interface
+// itself (Docker, with the interface a network driver hands it in Join)
+// gets a veth pair made in the host's namespace before the container's
+// namespace exists; once the runtime has moved one end in, `Connect` with
+// api.Connect.Link adopts the pair as the endpoint: the host side keeps
+// its name and becomes fabric's (alias, tc programs or bridge port), the
+// sandbox side keeps the runtime's name, and the namespace's routes stay
+// the runtime's.
+
+// adoptLink makes ep the endpoint of the pair whose host side is link and
+// whose other end is in sb's namespace.
+func (a *Agent) adoptLink(sb *sandboxRec, ep *endpointRec, link string) error {
+	if sb.Mode != api.ModeExternal {
+		return invalidf("link %s: only a namespace given by path can adopt a runtime's interface", link)
+	}
+	n := a.networks[ep.NetworkID]
+	if n == nil || (n.Driver != api.DriverBridge && n.Driver != api.DriverOverlay) {
+		return invalidf("link %s: only bridge and overlay networks take a runtime's veth pair", link)
+	}
+	if err := validIfName(link); err != nil {
+		return invalidf("link %q: %v", link, err)
+	}
+	for _, o := range a.endpoints {
+		if o.HostIfName == link {
+			return conflictf("link %s is already endpoint %s", link, o.ID)
+		}
+	}
+	peer, err := peerIn(sb.NetNS, link)
+	if err != nil {
+		return err
+	}
+	ep.HostIfName, ep.IfName, ep.Adopted = link, peer, true
+	return nil
+}
+
+// peerIn returns the name, in the namespace at path, of the other end of
+// the host's veth hostName.
+func peerIn(path, hostName string) (string, error) {
+	host, err := netlink.LinkByName(hostName)
+	if err != nil {
+		return "", invalidf("link %s not found on the host: %v", hostName, err)
+	}
+	if host.Type() != "veth" || host.Attrs().Alias != "" {
+		return "", invalidf("link %s is not a veth pair waiting for adoption (type %s, alias %q)", hostName, host.Type(), host.Attrs().Alias)
+	}
+	h, err := netns.HandleAt(path)
+	if err != nil {
+		return "", err
+	}
+	defer h.Close()
+	peer, err := h.LinkByIndex(host.Attrs().ParentIndex)
+	if err != nil || peer.Type() != "veth" || peer.Attrs().ParentIndex != host.Attrs().Index {
+		return "", invalidf("the other end of link %s is not in namespace %s", hostName, path)
+	}
+	return peer.Attrs().Name, nil
+}
+
+// adoptedBefore returns sb's endpoint on n that adopted link already, if
+// any: adopting the same pair again changes nothing.
+func (a *Agent) adoptedBefore(sb *sandboxRec, n *networkRec, link string) *endpointRec {
+	if link == "" {
+		return nil
+	}
+	for _, ep := range a.sandboxEndpoints(sb.Name) {
+		if ep.Adopted && ep.NetworkID == n.ID && ep.HostIfName == link && ep.Phase != phaseRemoving {
+			return ep
+		}
+	}
+	return nil
+}
