@@ -50,6 +50,7 @@ type convergence struct {
 	// and the datagrams and bytes all members received meanwhile.
 	joinCPU   time.Duration
 	joined    int
+	reached   waveReached
 	packetsIn uint64
 	bytesIn   uint64
 }
@@ -78,7 +79,7 @@ func measureConvergence(n int) (conv convergence, err error) {
 	cpu0 := processCPU()
 	traffic0 := sumTraffic(members)
 	var joined atomic.Int64
-	conv.fullView, conv.lastWave, err = joinInWaves(members, &joined)
+	conv.fullView, conv.lastWave, err = joinInWaves(members, &joined, &conv.reached)
 	conv.joinCPU = processCPU() - cpu0
 	if err == nil {
 		conv.cpu = conv.joinCPU
@@ -144,7 +145,9 @@ func startMembers(n int) (members []*cluster.Cluster, stop func(), err error) {
 // joinInWaves joins members to members[0] (in waves above
 // membershipWave members) and returns the time from the first join until
 // every member sees all alive, and from the first join of the last wave.
-func joinInWaves(members []*cluster.Cluster, joined *atomic.Int64) (full, last time.Duration, err error) {
+// Each wave that reached its full view is reported to stderr with its
+// cost, and the largest is kept in *reached.
+func joinInWaves(members []*cluster.Cluster, joined *atomic.Int64, reached *waveReached) (full, last time.Duration, err error) {
 	n := len(members)
 	limit := membershipJoinLimit + time.Duration(n)*joinLimitPerMember
 	wave := n
@@ -163,6 +166,7 @@ func joinInWaves(members []*cluster.Cluster, joined *atomic.Int64) (full, last t
 		to := min(n, from+wave)
 		upTo.Store(int64(to))
 		waveStart = time.Now()
+		cpu0, traffic0 := processCPU(), sumTraffic(members)
 		if err := joinAll(members[:to], from, start.Add(limit), joined); err != nil {
 			return 0, 0, err
 		}
@@ -170,8 +174,21 @@ func joinInWaves(members []*cluster.Cluster, joined *atomic.Int64) (full, last t
 			return 0, 0, fmt.Errorf("no full view after %s: all %d of %d joined, %s",
 				time.Since(start).Round(time.Millisecond), to, n, viewProgress(members[:to], to))
 		}
+		*reached = waveReached{members: to, fullView: time.Since(start)}
+		if wave < n {
+			fmt.Fprintf(os.Stderr, "  membership: %d members see all after %s (this wave of %d: %s, %.1f CPU s, %d datagrams received)\n",
+				to, reached.fullView.Round(time.Millisecond), to-from, time.Since(waveStart).Round(time.Millisecond),
+				(processCPU() - cpu0).Seconds(), sumTraffic(members).PacketsIn-traffic0.PacketsIn)
+		}
 	}
 	return time.Since(start), time.Since(waveStart), nil
+}
+
+// waveReached is the largest group of members, the first ones, that
+// reached a full view, and when (since the first join).
+type waveReached struct {
+	members  int
+	fullView time.Duration
 }
 
 // sumTraffic adds up what the members' gossip sockets carried (counters
