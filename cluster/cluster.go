@@ -24,6 +24,7 @@ type Cluster struct {
 	identity ed25519.PrivateKey // signs direct messages (identity.go)
 	log      *slog.Logger
 	ml       *memberlist.Memberlist
+	tr       *transport                            // its own, also under a test's wrapTransport
 	mlRef    atomic.Pointer[memberlist.Memberlist] // for callbacks that may run before New returns
 	keyring  *memberlist.Keyring
 	queue    *memberlist.TransmitLimitedQueue
@@ -114,6 +115,7 @@ func New(cfg Config) (*Cluster, error) {
 		_ = tr.Shutdown()
 		return nil, fmt.Errorf("start gossip on %s:%d: %w", cfg.BindAddr, cfg.BindPort, err)
 	}
+	c.tr = tr
 	c.start(ml)
 	return c, nil
 }
@@ -359,6 +361,13 @@ func (c *Cluster) locked(fn func(*state) error) error {
 	return err
 }
 
+// perm is a random permutation of 0..n-1.
+func (c *Cluster) perm(n int) []int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.rnd.Perm(n)
+}
+
 func (c *Cluster) randN(n int) int {
 	if n <= 0 {
 		return 0
@@ -426,6 +435,9 @@ func (c *Cluster) Encrypted() bool { return c.keyring != nil }
 
 // NumAlive returns how many members (this one included) are alive.
 func (c *Cluster) NumAlive() int { return c.ml.NumMembers() }
+
+// GossipTraffic is what this node's gossip sockets carried so far.
+func (c *Cluster) GossipTraffic() Traffic { return c.tr.traffic() }
 
 // peers returns the other members memberlist considers alive or suspect:
 // the ones that must vote. They come from this node's own list, which the

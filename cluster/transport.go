@@ -34,6 +34,27 @@ type transport struct {
 	done   chan struct{}
 	closed atomic.Bool
 	wg     sync.WaitGroup
+
+	// What went through the sockets, for GossipTraffic.
+	packetsIn, packetsOut, bytesIn, bytesOut, streamsIn, streamsOut atomic.Uint64
+}
+
+// Traffic counts what this node's gossip sockets carried since it started:
+// datagrams (probes, acks and gossip, each carrying one or several
+// memberlist messages) and TCP streams (full-state exchanges, reliable
+// messages, fallback pings), in and out.
+type Traffic struct {
+	PacketsIn, PacketsOut uint64
+	BytesIn, BytesOut     uint64 // datagram payloads only
+	StreamsIn, StreamsOut uint64 // connections accepted and dialled
+}
+
+func (t *transport) traffic() Traffic {
+	return Traffic{
+		PacketsIn: t.packetsIn.Load(), PacketsOut: t.packetsOut.Load(),
+		BytesIn: t.bytesIn.Load(), BytesOut: t.bytesOut.Load(),
+		StreamsIn: t.streamsIn.Load(), StreamsOut: t.streamsOut.Load(),
+	}
 }
 
 var _ memberlist.NodeAwareTransport = (*transport)(nil)
@@ -136,7 +157,11 @@ func (t *transport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, e
 		}
 		to = ua.AddrPort()
 	}
-	_, err = t.udp.WriteToUDPAddrPort(b, netip.AddrPortFrom(to.Addr().Unmap(), to.Port()))
+	n, err := t.udp.WriteToUDPAddrPort(b, netip.AddrPortFrom(to.Addr().Unmap(), to.Port()))
+	if err == nil {
+		t.packetsOut.Add(1)
+		t.bytesOut.Add(uint64(n))
+	}
 	return time.Now(), err
 }
 
@@ -148,7 +173,11 @@ func (t *transport) DialTimeout(addr string, timeout time.Duration) (net.Conn, e
 
 func (t *transport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
 	d := net.Dialer{Timeout: timeout}
-	return d.Dial("tcp", a.Addr)
+	conn, err := d.Dial("tcp", a.Addr)
+	if err == nil {
+		t.streamsOut.Add(1)
+	}
+	return conn, err
 }
 
 func (t *transport) StreamCh() <-chan net.Conn { return t.streams }
@@ -187,6 +216,8 @@ func (t *transport) readPackets() {
 		if n < 1 {
 			continue // memberlist's messages start with a type byte
 		}
+		t.packetsIn.Add(1)
+		t.bytesIn.Add(uint64(n))
 		p := &memberlist.Packet{
 			Buf:       slices.Clone(buf[:n]),
 			From:      net.UDPAddrFromAddrPort(netip.AddrPortFrom(from.Addr().Unmap(), from.Port())),
@@ -221,6 +252,7 @@ func (t *transport) acceptStreams() {
 			}
 		}
 		backoff = 0
+		t.streamsIn.Add(1)
 		select {
 		case t.streams <- conn:
 		case <-t.done:

@@ -45,6 +45,14 @@ type convergence struct {
 	memPerMember float64       // Go heap and stacks live per member at full view (or when the run gave up), bytes
 	goroutines   float64       // goroutines per member then
 	cpu          time.Duration // CPU time this process used from the first join to full view
+	// The cost of the joins, also when a run gave up: CPU time from the
+	// first join until full view (or giving up), members joined by then,
+	// and the datagrams and bytes all members received meanwhile.
+	joinCPU   time.Duration
+	joined    int
+	reached   waveReached
+	packetsIn uint64
+	bytesIn   uint64
 }
 
 // measureConvergence starts n gossip members on 127.0.0.1 in this process,
@@ -69,10 +77,16 @@ func measureConvergence(n int) (conv convergence, err error) {
 		return conv, err
 	}
 	cpu0 := processCPU()
-	conv.fullView, conv.lastWave, err = joinInWaves(members)
+	traffic0 := sumTraffic(members)
+	var joined atomic.Int64
+	conv.fullView, conv.lastWave, err = joinInWaves(members, &joined, &conv.reached)
+	conv.joinCPU = processCPU() - cpu0
 	if err == nil {
-		conv.cpu = processCPU() - cpu0
+		conv.cpu = conv.joinCPU
 	}
+	conv.joined = int(joined.Load()) + 1
+	traffic := sumTraffic(members)
+	conv.packetsIn, conv.bytesIn = traffic.PacketsIn-traffic0.PacketsIn, traffic.BytesIn-traffic0.BytesIn
 	// Live memory: what the members hold, not the garbage of the joins;
 	// measured also when the run gives up, as far as it got.
 	runtime.GC()
@@ -131,7 +145,9 @@ func startMembers(n int) (members []*cluster.Cluster, stop func(), err error) {
 // joinInWaves joins members to members[0] (in waves above
 // membershipWave members) and returns the time from the first join until
 // every member sees all alive, and from the first join of the last wave.
-func joinInWaves(members []*cluster.Cluster) (full, last time.Duration, err error) {
+// Each wave that reached its full view is reported to stderr with its
+// cost, and the largest is kept in *reached.
+func joinInWaves(members []*cluster.Cluster, joined *atomic.Int64, reached *waveReached) (full, last time.Duration, err error) {
 	n := len(members)
 	limit := membershipJoinLimit + time.Duration(n)*joinLimitPerMember
 	wave := n
@@ -139,7 +155,6 @@ func joinInWaves(members []*cluster.Cluster) (full, last time.Duration, err erro
 		wave = membershipWave
 	}
 	start := time.Now()
-	var joined atomic.Int64
 	upTo := atomic.Int64{}
 	stopProgress := reportProgress(func() string {
 		k := int(upTo.Load())
@@ -151,15 +166,42 @@ func joinInWaves(members []*cluster.Cluster) (full, last time.Duration, err erro
 		to := min(n, from+wave)
 		upTo.Store(int64(to))
 		waveStart = time.Now()
-		if err := joinAll(members[:to], from, start.Add(limit), &joined); err != nil {
+		cpu0, traffic0 := processCPU(), sumTraffic(members)
+		if err := joinAll(members[:to], from, start.Add(limit), joined); err != nil {
 			return 0, 0, err
 		}
 		if !pollUntil(start.Add(limit), func() bool { return allSee(members[:to], to) }) {
 			return 0, 0, fmt.Errorf("no full view after %s: all %d of %d joined, %s",
 				time.Since(start).Round(time.Millisecond), to, n, viewProgress(members[:to], to))
 		}
+		*reached = waveReached{members: to, fullView: time.Since(start)}
+		if wave < n {
+			fmt.Fprintf(os.Stderr, "  membership: %d members see all after %s (this wave of %d: %s, %.1f CPU s, %d datagrams received)\n",
+				to, reached.fullView.Round(time.Millisecond), to-from, time.Since(waveStart).Round(time.Millisecond),
+				(processCPU() - cpu0).Seconds(), sumTraffic(members).PacketsIn-traffic0.PacketsIn)
+		}
 	}
 	return time.Since(start), time.Since(waveStart), nil
+}
+
+// waveReached is the largest group of members, the first ones, that
+// reached a full view, and when (since the first join).
+type waveReached struct {
+	members  int
+	fullView time.Duration
+}
+
+// sumTraffic adds up what the members' gossip sockets carried (counters
+// only: it answers even when the members are swamped).
+func sumTraffic(members []*cluster.Cluster) cluster.Traffic {
+	var t cluster.Traffic
+	for _, c := range members {
+		m := c.GossipTraffic()
+		t.PacketsIn += m.PacketsIn
+		t.BytesIn += m.BytesIn
+		t.StreamsIn += m.StreamsIn
+	}
+	return t
 }
 
 // readEvents drains c's events until stop is closed, as the agent does.

@@ -60,6 +60,13 @@ func (l *Lab) sectionMembership(ctx context.Context) error {
 				r.vals["mem"] = append(r.vals["mem"], conv.memPerMember/1024)
 				r.vals["gor"] = append(r.vals["gor"], conv.goroutines)
 			}
+			if conv.joined > 1 {
+				r.vals["cpuper"] = append(r.vals["cpuper"], 1000*conv.joinCPU.Seconds()/float64(conv.joined))
+				r.vals["pktper"] = append(r.vals["pktper"], float64(conv.packetsIn)/float64(conv.joined))
+				r.vals["kbper"] = append(r.vals["kbper"], float64(conv.bytesIn)/1024/float64(conv.joined))
+				r.vals["joined"] = append(r.vals["joined"], float64(conv.joined))
+				r.vals["reached"] = append(r.vals["reached"], float64(conv.reached.members))
+			}
 			if conv.failureSeen > 0 {
 				r.vals["fail"] = append(r.vals["fail"], conv.failureSeen.Seconds())
 			}
@@ -90,6 +97,11 @@ func (l *Lab) sectionMembership(ctx context.Context) error {
 			valCol("last wave s", "wave", "%.2f"),
 			valCol("CPU s to full view", "cpu", "%.1f"),
 			valCol("failure seen by all s", "fail", "%.2f"),
+			valCol("joined", "joined", "%.0f"),
+			valCol("largest full view", "reached", "%.0f"),
+			valCol("CPU ms per member joined", "cpuper", "%.0f"),
+			valCol("datagrams received per member joined", "pktper", "%.0f"),
+			valCol("KiB received per member joined", "kbper", "%.0f"),
 			{"full view target", check("full", 0)},
 			{"failure target", check("fail", 1)},
 			valCol("KiB per member", "mem", "%.0f"),
@@ -100,6 +112,7 @@ func (l *Lab) sectionMembership(ctx context.Context) error {
 			membershipJoiners, membershipSeeds, membershipWave, membershipWave),
 		"full view: from the first join until every member sees all n alive; last wave: the same from the first join of the last wave (the whole run below the wave size); failure: from crashing one member (no leave) until every other has dropped it.",
 		"CPU s to full view: CPU time (user + system) the process used from the first join to the full view: the cost of the run, less tied to the machine's other load than the times, though a starved run costs more (probes time out, false suspicions spread).",
+		"joined: members joined by full view, or when the run gave up; largest full view: the most members (a whole number of waves) that all saw each other; CPU ms, datagrams and KiB received per member joined: the process's CPU time and all members' received gossip datagrams (each carrying one or several memberlist messages) from the first join until then, divided by the members joined. In one process every member's share adds up; on real hosts (one member each) a host pays about its own share: the gossip a join causes grows with n per member, so the in-process total grows with n².",
 		"KiB per member: live Go heap and stacks (after a collection) at full view, or when a run gave up, divided by n (each member holds the state of all it knows).",
 		"targets: full view ≤ 3 s and failure ≤ 8 s at 200 members, ≤ 5 s and ≤ 10 s at 1,000; memberlist's LAN defaults (reference): full view 5.6 s, failure seen by all 11.5 s at 200.",
 		"all members share this machine's CPUs: large n measures the scheduler too. Load average (1, 5, 15 min) before each run: "+strings.Join(loads, "; ")+".")

@@ -84,6 +84,12 @@ func TestMeasureConvergenceInWaves(t *testing.T) {
 	if conv.lastWave <= 0 || conv.lastWave >= conv.fullView || conv.failureSeen <= 0 {
 		t.Fatalf("%+v: the last wave must be measured, and be shorter than the whole", conv)
 	}
+	// The cost of the joins is counted: every member joined, the last
+	// wave was the largest full view, and the members received gossip.
+	if conv.joined != 12 || conv.reached.members != 12 || conv.reached.fullView <= 0 || conv.reached.fullView > conv.fullView ||
+		conv.joinCPU <= 0 || conv.packetsIn < 12 || conv.bytesIn < conv.packetsIn {
+		t.Fatalf("%+v: the cost of the joins is not measured", conv)
+	}
 }
 
 // A run that cannot finish says how far it got.
