@@ -361,13 +361,6 @@ func (c *Cluster) locked(fn func(*state) error) error {
 	return err
 }
 
-// perm is a random permutation of 0..n-1.
-func (c *Cluster) perm(n int) []int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.rnd.Perm(n)
-}
-
 func (c *Cluster) randN(n int) int {
 	if n <= 0 {
 		return 0

@@ -83,10 +83,9 @@ func startCluster(t testing.TB, n int, opts ...func(*Config)) []*Cluster {
 		members[i] = startMember(t, cfg)
 	}
 	t.Cleanup(func() { closeAll(members) })
-	// Each joins through the earlier ones: a push/pull with one of them,
-	// and one more with another member after resyncDelay (scheduleResync),
-	// so a gossiped alive message that was missed is repaired then rather
-	// than at the next periodic push/pull, up to 10s later.
+	// Each joins through all the earlier ones: a push/pull with each, so
+	// the test does not wait for a gossiped alive message that was missed
+	// (memberlist repairs that only at the next push/pull, up to 10s later).
 	var seeds []string
 	for i, c := range members {
 		if i > 0 {

@@ -11,39 +11,26 @@ import (
 	"time"
 )
 
-// Join merges state with one of seeds (host:port): it tries them in a
-// random order and stops at the first that answers, so it returns 1 on
-// success. Exchanging full state with every seed would cost each seed a
-// push/pull per joining node, ~150 KB each way at 1,000 members, and
-// teach the joiner nothing the first seed did not: when a large cluster's
-// agents, all given the same seeds, start at once, each seed would serve
-// every one of them. The exchange after the join (scheduleResync) still
-// covers what the seed had not yet learnt. An error wrapping
-// ErrKeyMismatch means the keys differ.
+// Join contacts seeds (host:port) once and merges state with them. An
+// error wrapping ErrKeyMismatch means the keys differ.
 func (c *Cluster) Join(ctx context.Context, seeds ...string) (int, error) {
 	seeds = c.notSelf(seeds)
 	if len(seeds) == 0 {
 		return 0, fmt.Errorf("%w: no seed to join other than this node", ErrInvalid)
 	}
-	var errs []error
-	for _, i := range c.perm(len(seeds)) {
-		if err := ctx.Err(); err != nil {
-			errs = append(errs, err)
-			break
-		}
-		if _, err := c.ml.Join(seeds[i : i+1]); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		c.scheduleResync(seeds[i : i+1])
-		return 1, nil
+	if err := ctx.Err(); err != nil {
+		return 0, err
 	}
-	err := errors.Join(errs...)
-	if keyMismatch(err) {
-		return 0, fmt.Errorf("%w: cannot join %v: the seeds use other gossip keys (or none, or this node has none); every node needs a key in common (--cluster-secret-file): %w",
-			ErrKeyMismatch, seeds, err)
+	n, err := c.ml.Join(seeds)
+	if err != nil {
+		if keyMismatch(err) {
+			return n, fmt.Errorf("%w: cannot join %v: the seeds use other gossip keys (or none, or this node has none); every node needs a key in common (--cluster-secret-file): %w",
+				ErrKeyMismatch, seeds, err)
+		}
+		return n, fmt.Errorf("join %v: %w", seeds, err)
 	}
-	return 0, fmt.Errorf("join %v: %w", seeds, err)
+	c.scheduleResync(seeds)
+	return n, nil
 }
 
 // resyncDelay is how long after a join this node exchanges full state once
