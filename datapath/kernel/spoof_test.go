@@ -13,9 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/fabricnet/fabric/datapath"
@@ -289,15 +287,8 @@ func (l *lab) spoofTableHandle() string { return l.handleOf(spoofHandleRE) }
 // spoofSet reads the anti-spoofing elements in l's host namespace.
 func (l *lab) spoofSet() map[string]spoofElem {
 	l.t.Helper()
-	ns, err := netns.GetFromPath(l.hostPath)
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	defer ns.Close()
-	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
-	if err != nil {
-		l.t.Fatal(err)
-	}
+	c, done := nftIn(l.t, l.hostPath)
+	defer done()
 	d := &Datapath{nft: c}
 	elems, err := d.spoofKernelElems()
 	if err != nil {
