@@ -354,15 +354,15 @@ func nftIn(t *testing.T, nsPath string) (c *nftables.Conn, done func()) {
 // at nsPath.
 func moveLink(t *testing.T, h *netlink.Handle, name, nsPath string) {
 	t.Helper()
-	link, err := h.LinkByName(name)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ns, err := netns.GetFromPath(nsPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ns.Close()
+	link, err := h.LinkByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := h.LinkSetNsFd(link, int(ns)); err != nil {
 		t.Fatal(err)
 	}

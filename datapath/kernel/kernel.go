@@ -278,15 +278,20 @@ func (d *Datapath) EnsureNetwork(ctx context.Context, n datapath.Network) error 
 // dispatch runs, under d.mu on a datapath not closed, lan for a network on
 // a parent (macvlan/ipvlan) and bridge for any other.
 func (d *Datapath) dispatch(n datapath.Network, lan, bridge func() error) error {
+	if plumb.UsesParent(n) {
+		return d.locked(lan)
+	}
+	return d.locked(bridge)
+}
+
+// locked runs f under d.mu, or returns errClosed after Close.
+func (d *Datapath) locked(f func() error) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.nl == nil {
 		return errClosed
 	}
-	if plumb.UsesParent(n) {
-		return lan()
-	}
-	return bridge()
+	return f()
 }
 
 // ensureBridgeNetwork is EnsureNetwork for a bridge (or overlay) network,
@@ -528,11 +533,10 @@ func (d *Datapath) deleteVethEndpoint(ep datapath.Endpoint) error {
 
 // WatchDrift signals when a link marked as fabric's is deleted from the
 // host namespace (plumb.WatchLinks).
-func (d *Datapath) WatchDrift(ctx context.Context) (<-chan struct{}, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.nl == nil {
-		return nil, errClosed
-	}
-	return d.host.WatchLinks(ctx)
+func (d *Datapath) WatchDrift(ctx context.Context) (changed <-chan struct{}, err error) {
+	err = d.locked(func() error {
+		changed, err = d.host.WatchLinks(ctx)
+		return err
+	})
+	return changed, err
 }
