@@ -368,6 +368,23 @@ func moveLink(t *testing.T, h *netlink.Handle, name, nsPath string) {
 	}
 }
 
+// neighbours lists the IPv4 neighbour entries of ifName in the namespace
+// at nsPath.
+func neighbours(t *testing.T, nsPath, ifName string) []netlink.Neigh {
+	t.Helper()
+	h := netnstest.Handle(t, nsPath)
+	defer h.Close()
+	link, err := h.LinkByName(ifName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	neighs, err := h.NeighList(link.Attrs().Index, netlink.FAMILY_V4)
+	if err != nil {
+		t.Fatalf("neighbours of %s: %v", ifName, err)
+	}
+	return neighs
+}
+
 // ruleCounts returns the number of rules per chain of the fabric table.
 func (l *lab) ruleCounts() map[string]int {
 	l.t.Helper()

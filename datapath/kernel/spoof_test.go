@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/fabricnet/fabric/datapath"
@@ -218,17 +217,7 @@ func sendRaw(t *testing.T, nsPath, ifName string, frame []byte) {
 // ifName ("" if none).
 func neighMAC(t *testing.T, nsPath, ifName string, ip netip.Addr) string {
 	t.Helper()
-	h := netnstest.Handle(t, nsPath)
-	defer h.Close()
-	link, err := h.LinkByName(ifName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	neighs, err := h.NeighList(link.Attrs().Index, netlink.FAMILY_V4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range neighs {
+	for _, n := range neighbours(t, nsPath, ifName) {
 		if n.IP.Equal(ip.AsSlice()) && n.HardwareAddr != nil {
 			return n.HardwareAddr.String()
 		}
