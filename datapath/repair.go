@@ -15,6 +15,21 @@ import (
 // its routes as often. A pass compares and rewrites only what differs.
 const RepairInterval = 10 * time.Second
 
+// Every calls f every interval, first after one interval, until ctx ends:
+// the loop of the repair pass and of other periodic checks.
+func Every(ctx context.Context, interval time.Duration, f func()) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			f()
+		}
+	}
+}
+
 // DriftWatcher is implemented by datapaths that learn cheaply that
 // something they made went away (a link deleted by hand): the agent then
 // runs the repair pass at once rather than at the next RepairInterval.

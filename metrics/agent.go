@@ -50,10 +50,8 @@ func newAgentCollector(src AgentSource) *agentCollector {
 }
 
 func (c *agentCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.started, c.networks, c.healthy, c.endpoints, c.addresses,
-		c.sandboxes, c.conflicts, c.reconciles, c.reconcileErrors, c.reconcileLast, c.reconcileSince} {
-		ch <- d
-	}
+	describeAll(ch, c.started, c.networks, c.healthy, c.endpoints, c.addresses,
+		c.sandboxes, c.conflicts, c.reconciles, c.reconcileErrors, c.reconcileLast, c.reconcileSince)
 }
 
 func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {

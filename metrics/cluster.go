@@ -39,10 +39,8 @@ func newClusterCollector(src ClusterSource) *clusterCollector {
 }
 
 func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.members, c.messages, c.sendErrors, c.dropped,
-		c.eventsDropped, c.health, c.leases, c.sync} {
-		ch <- d
-	}
+	describeAll(ch, c.members, c.messages, c.sendErrors, c.dropped,
+		c.eventsDropped, c.health, c.leases, c.sync)
 }
 
 func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {

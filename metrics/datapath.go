@@ -58,9 +58,7 @@ func newDatapathCollector(src DatapathSource) *datapathCollector {
 }
 
 func (c *datapathCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.packets, c.bytes, c.ctEntries, c.ctCapacity, c.natFailures, c.mapFull, c.ctEvictions, c.ctQuota, c.skippedRemotes, c.repairs, c.programs} {
-		ch <- d
-	}
+	describeAll(ch, c.packets, c.bytes, c.ctEntries, c.ctCapacity, c.natFailures, c.mapFull, c.ctEvictions, c.ctQuota, c.skippedRemotes, c.repairs, c.programs)
 	c.readErrors.Describe(ch)
 }
 

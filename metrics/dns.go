@@ -39,9 +39,7 @@ func newDNSCollector(src DNSSource) *dnsCollector {
 }
 
 func (c *dnsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.queries, c.rejected, c.resolvers, c.records, c.upstreams, c.pending, c.latency} {
-		ch <- d
-	}
+	describeAll(ch, c.queries, c.rejected, c.resolvers, c.records, c.upstreams, c.pending, c.latency)
 }
 
 func (c *dnsCollector) Collect(ch chan<- prometheus.Metric) {

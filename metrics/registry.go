@@ -50,6 +50,13 @@ func NewRegistry(version, datapath string, s Sources) *prometheus.Registry {
 	return reg
 }
 
+// describeAll sends each of a collector's descriptions to ch.
+func describeAll(ch chan<- *prometheus.Desc, descs ...*prometheus.Desc) {
+	for _, d := range descs {
+		ch <- d
+	}
+}
+
 // Handler serves reg in the Prometheus exposition format. A collector that
 // fails does not fail the scrape: what could be gathered is served and the
 // error is logged (and counted in promhttp_metric_handler_errors_total).

@@ -24,18 +24,11 @@ func RepairEvery(tb testing.TB, dp datapath.Datapath, s datapath.State, every ti
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
+		datapath.Every(ctx, every, func() {
 			if err := dp.Sync(ctx, s); err != nil && ctx.Err() == nil {
 				tb.Logf("repair pass: %v", err)
 			}
-		}
+		})
 	}()
 	tb.Cleanup(func() { cancel(); <-done })
 }

@@ -288,12 +288,9 @@ func (d *Datapath) Metrics() (datapath.Metrics, error) {
 // devices too), what s names is ensured, and maps and pins end up holding
 // exactly s. Errors of single objects are joined, not fatal to the rest.
 func (d *Datapath) Sync(ctx context.Context, s datapath.State) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.host == nil {
-		return errClosed
-	}
-	return d.pass.Run(func() error { return d.sync(ctx, s) })
+	return d.locked(func() error {
+		return d.pass.Run(func() error { return d.sync(ctx, s) })
+	})
 }
 
 func (d *Datapath) repaired(object, name string) { d.pass.Repaired(d.log, object, name) }
@@ -352,14 +349,11 @@ func (d *Datapath) syncVeths(ctx context.Context, p *plumb.Plan) []error {
 	if err != nil {
 		errs = append(errs, err)
 	}
-	for _, ep := range p.Eps {
-		n := p.Nets[ep.NetworkID]
-		if plumb.UsesParent(n) || p.Failed[n.ID] {
-			continue
-		}
+	for _, ep := range p.BridgeEndpoints() {
 		if err := ctx.Err(); err != nil {
 			return append(errs, err)
 		}
+		n := p.Nets[ep.NetworkID]
 		if err := d.portConflict(ep); err != nil {
 			errs = append(errs, err)
 		} else {
@@ -386,11 +380,10 @@ func (d *Datapath) syncVeths(ctx context.Context, p *plumb.Plan) []error {
 
 // WatchDrift signals when a link marked as fabric's is deleted from the
 // host namespace (plumb.WatchLinks).
-func (d *Datapath) WatchDrift(ctx context.Context) (<-chan struct{}, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.host == nil {
-		return nil, errClosed
-	}
-	return d.host.WatchLinks(ctx)
+func (d *Datapath) WatchDrift(ctx context.Context) (changed <-chan struct{}, err error) {
+	err = d.locked(func() error {
+		changed, err = d.host.WatchLinks(ctx)
+		return err
+	})
+	return changed, err
 }

@@ -1,7 +1,6 @@
 package kernel
 
 import (
-	"os"
 	"strings"
 	"testing"
 
@@ -30,18 +29,7 @@ func TestAdoptedEndpointKeepsRuntimeRoutes(t *testing.T) {
 	if err := l.hostNL.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: "fvap" + sfx, PeerHardwareAddr: ep.MAC}); err != nil {
 		t.Fatal(err)
 	}
-	peer, err := l.hostNL.LinkByName("fvap" + sfx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Open(sbPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := l.hostNL.LinkSetNsFd(peer, int(f.Fd())); err != nil {
-		t.Fatal(err)
-	}
+	moveLink(t, l.hostNL, "fvap"+sfx, sbPath)
 	for _, c := range [][]string{
 		{"ip", "link", "set", "fvap" + sfx, "name", "eth5"},
 		{"ip", "addr", "add", ep.Addr.String(), "dev", "eth5"},

@@ -334,18 +334,62 @@ func (l *lab) handleOf(re *regexp.Regexp) string {
 	return m[1]
 }
 
+// nftIn opens an nftables connection into the namespace at nsPath; done
+// releases the namespace handle the connection works through.
+func nftIn(t *testing.T, nsPath string) (c *nftables.Conn, done func()) {
+	t.Helper()
+	ns, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err = nftables.New(nftables.WithNetNSFd(int(ns)))
+	if err != nil {
+		ns.Close()
+		t.Fatal(err)
+	}
+	return c, func() { ns.Close() }
+}
+
+// moveLink moves the link called name, seen through h, into the namespace
+// at nsPath.
+func moveLink(t *testing.T, h *netlink.Handle, name, nsPath string) {
+	t.Helper()
+	ns, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	link, err := h.LinkByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkSetNsFd(link, int(ns)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// neighbours lists the IPv4 neighbour entries of ifName in the namespace
+// at nsPath.
+func neighbours(t *testing.T, nsPath, ifName string) []netlink.Neigh {
+	t.Helper()
+	h := netnstest.Handle(t, nsPath)
+	defer h.Close()
+	link, err := h.LinkByName(ifName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	neighs, err := h.NeighList(link.Attrs().Index, netlink.FAMILY_V4)
+	if err != nil {
+		t.Fatalf("neighbours of %s: %v", ifName, err)
+	}
+	return neighs
+}
+
 // ruleCounts returns the number of rules per chain of the fabric table.
 func (l *lab) ruleCounts() map[string]int {
 	l.t.Helper()
-	ns, err := netns.GetFromPath(l.hostPath)
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	defer ns.Close()
-	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
-	if err != nil {
-		l.t.Fatal(err)
-	}
+	c, done := nftIn(l.t, l.hostPath)
+	defer done()
 	counts := map[string]int{}
 	for _, name := range []string{chainFwd, chainIn, chainPre, chainOut, chainPost} {
 		rules, err := c.GetRules(table, &nftables.Chain{Name: name, Table: table})

@@ -272,14 +272,31 @@ func (d *Datapath) EnsureNetwork(ctx context.Context, n datapath.Network) error 
 	if err := plumb.ValidateNetwork(n); err != nil {
 		return err
 	}
+	return d.dispatch(n, func() error { return d.host.EnsureLANNetwork(n) }, func() error { return d.ensureBridgeNetwork(n) })
+}
+
+// dispatch runs, under d.mu on a datapath not closed, lan for a network on
+// a parent (macvlan/ipvlan) and bridge for any other.
+func (d *Datapath) dispatch(n datapath.Network, lan, bridge func() error) error {
+	if plumb.UsesParent(n) {
+		return d.locked(lan)
+	}
+	return d.locked(bridge)
+}
+
+// locked runs f under d.mu, or returns errClosed after Close.
+func (d *Datapath) locked(f func() error) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.nl == nil {
 		return errClosed
 	}
-	if plumb.UsesParent(n) {
-		return d.host.EnsureLANNetwork(n)
-	}
+	return f()
+}
+
+// ensureBridgeNetwork is EnsureNetwork for a bridge (or overlay) network,
+// under d.mu.
+func (d *Datapath) ensureBridgeNetwork(n datapath.Network) error {
 	if isOverlay(n) {
 		if err := d.checkTunnel(n); err != nil {
 			return err
@@ -346,14 +363,12 @@ func (d *Datapath) DeleteNetwork(ctx context.Context, n datapath.Network) error 
 	if n.ID == "" {
 		return plumb.Invalidf("network without ID")
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.nl == nil {
-		return errClosed
-	}
-	if plumb.UsesParent(n) {
-		return d.host.DeleteLANNetwork(n)
-	}
+	return d.dispatch(n, func() error { return d.host.DeleteLANNetwork(n) }, func() error { return d.deleteBridgeNetwork(n) })
+}
+
+// deleteBridgeNetwork is DeleteNetwork for a bridge (or overlay) network,
+// under d.mu.
+func (d *Datapath) deleteBridgeNetwork(n datapath.Network) error {
 	if isOverlay(n) {
 		if err := d.deleteVXLAN(n); err != nil {
 			return err
@@ -400,15 +415,16 @@ func (d *Datapath) EnsureEndpoint(ctx context.Context, n datapath.Network, ep da
 	if err := plumb.ValidateEndpoint(n, ep); err != nil {
 		return err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.nl == nil {
-		return errClosed
-	}
-	if plumb.UsesParent(n) {
+	lan := func() error {
 		_, err := d.host.EnsureChild(n, ep)
 		return err
 	}
+	return d.dispatch(n, lan, func() error { return d.ensureVethEndpoint(n, ep) })
+}
+
+// ensureVethEndpoint is EnsureEndpoint for an endpoint on a bridge network,
+// under d.mu.
+func (d *Datapath) ensureVethEndpoint(n datapath.Network, ep datapath.Endpoint) error {
 	if err := portConflict(d.state.ports, ep); err != nil {
 		return err
 	}
@@ -495,14 +511,12 @@ func (d *Datapath) DeleteEndpoint(ctx context.Context, n datapath.Network, ep da
 	if ep.ID == "" {
 		return plumb.Invalidf("endpoint without ID")
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.nl == nil {
-		return errClosed
-	}
-	if plumb.UsesParent(n) {
-		return d.host.DeleteChild(n, ep)
-	}
+	return d.dispatch(n, func() error { return d.host.DeleteChild(n, ep) }, func() error { return d.deleteVethEndpoint(ep) })
+}
+
+// deleteVethEndpoint is DeleteEndpoint for an endpoint on a bridge network,
+// under d.mu.
+func (d *Datapath) deleteVethEndpoint(ep datapath.Endpoint) error {
 	if err := d.host.DeleteVeth(ep); err != nil {
 		return err
 	}
@@ -519,11 +533,10 @@ func (d *Datapath) DeleteEndpoint(ctx context.Context, n datapath.Network, ep da
 
 // WatchDrift signals when a link marked as fabric's is deleted from the
 // host namespace (plumb.WatchLinks).
-func (d *Datapath) WatchDrift(ctx context.Context) (<-chan struct{}, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.nl == nil {
-		return nil, errClosed
-	}
-	return d.host.WatchLinks(ctx)
+func (d *Datapath) WatchDrift(ctx context.Context) (changed <-chan struct{}, err error) {
+	err = d.locked(func() error {
+		changed, err = d.host.WatchLinks(ctx)
+		return err
+	})
+	return changed, err
 }

@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"github.com/fabricnet/fabric/datapath"
 	fabricns "github.com/fabricnet/fabric/datapath/netns"
@@ -248,18 +247,7 @@ func TestEndpointRecreatedWhenPeerIsElsewhere(t *testing.T) {
 	// namespace while something kept the old one alive.
 	h := netnstest.Handle(t, p1)
 	defer h.Close()
-	eth0, err := h.LinkByName("eth0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ons, err := netns.GetFromPath(other)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ons.Close()
-	if err := h.LinkSetNsFd(eth0, int(ons)); err != nil {
-		t.Fatal(err)
-	}
+	moveLink(t, h, "eth0", other)
 
 	l.ensureEndpoint(a, e1)
 	if l.link("vh1").Attrs().Index == oldIndex {

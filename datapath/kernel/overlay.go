@@ -334,15 +334,12 @@ func (d *Datapath) SetRemotes(ctx context.Context, n datapath.Network, remotes [
 		return plumb.Invalidf("network %s: remotes need an overlay network, not %q", n.ID, n.Driver)
 	}
 	remotes = d.usableRemotes(n, remotes)
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.nl == nil {
-		return errClosed
-	}
-	if err := d.setRemotes(n, remotes); err != nil {
-		return err
-	}
-	return d.setPeers(n, remotes)
+	return d.locked(func() error {
+		if err := d.setRemotes(n, remotes); err != nil {
+			return err
+		}
+		return d.setPeers(n, remotes)
+	})
 }
 
 // setPeers makes the tunnel_peers set allow exactly remotes for n,

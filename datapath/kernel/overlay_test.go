@@ -16,7 +16,6 @@ import (
 
 	"github.com/fabricnet/fabric/datapath"
 	fabricns "github.com/fabricnet/fabric/datapath/netns"
-	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 	"github.com/fabricnet/fabric/datapath/plumb"
 )
 
@@ -131,17 +130,7 @@ func (l *lab) checkTunnelEntries(name string, remotes ...datapath.Remote) {
 // sandboxNeighbour returns the MAC the sandbox's eth0 has for ip, or nil.
 func sandboxNeighbour(t *testing.T, nsPath string, ip netip.Addr) net.HardwareAddr {
 	t.Helper()
-	h := netnstest.Handle(t, nsPath)
-	defer h.Close()
-	eth0, err := h.LinkByName("eth0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns, err := h.NeighList(eth0.Attrs().Index, netlink.FAMILY_V4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range ns {
+	for _, e := range neighbours(t, nsPath, "eth0") {
 		if e.IP.Equal(ip.AsSlice()) && e.State&(netlink.NUD_REACHABLE|netlink.NUD_STALE|netlink.NUD_DELAY|netlink.NUD_PROBE|netlink.NUD_PERMANENT) != 0 {
 			return e.HardwareAddr
 		}

@@ -6,9 +6,6 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/google/nftables"
-	"github.com/vishvananda/netns"
-
 	"github.com/fabricnet/fabric/datapath"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
@@ -96,15 +93,8 @@ func (l *lab) batches() int {
 // portElemCount is the number of elements of both port maps.
 func (l *lab) portElemCount() int {
 	l.t.Helper()
-	ns, err := netns.GetFromPath(l.hostPath)
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	defer ns.Close()
-	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
-	if err != nil {
-		l.t.Fatal(err)
-	}
+	c, done := nftIn(l.t, l.hostPath)
+	defer done()
 	n := 0
 	for _, addr := range []bool{false, true} {
 		elems, err := c.GetSetElements(portsMapSpec(addr))

@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/google/nftables"
-	"github.com/vishvananda/netns"
 
 	"github.com/fabricnet/fabric/datapath"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
@@ -108,15 +107,8 @@ func testHostShimGuard(t *testing.T, driver, mode string) {
 
 func shimGuardTableExists(t *testing.T, nsPath string) bool {
 	t.Helper()
-	ns, err := netns.GetFromPath(nsPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, done := nftIn(t, nsPath)
+	defer done()
 	tables, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
 	if err != nil {
 		t.Fatal(err)

@@ -200,27 +200,28 @@ func (d *Datapath) spoofChange(add, del []spoofElem) error {
 	return d.spoofRebuild(next)
 }
 
+// spoofSetElems is es as elements of the port set and of the address set.
+func spoofSetElems(es []spoofElem) (ports, addrs []nftables.SetElement) {
+	for _, e := range es {
+		ports = append(ports, nftables.SetElement{Key: ifname(e.port)})
+		addrs = append(addrs, nftables.SetElement{Key: e.key()})
+	}
+	return ports, addrs
+}
+
 func (d *Datapath) spoofBatch(add, del []spoofElem) error {
 	c, err := d.batchConn()
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
-	var ports, addrs []nftables.SetElement
-	for _, e := range del {
-		ports = append(ports, nftables.SetElement{Key: ifname(e.port)})
-		addrs = append(addrs, nftables.SetElement{Key: e.key()})
-	}
 	if len(del) > 0 {
+		ports, addrs := spoofSetElems(del)
 		if err := errors.Join(c.SetDeleteElements(spoofAddrs, addrs), c.SetDeleteElements(spoofPorts, ports)); err != nil {
 			return err
 		}
 	}
-	ports, addrs = nil, nil
-	for _, e := range add {
-		ports = append(ports, nftables.SetElement{Key: ifname(e.port)})
-		addrs = append(addrs, nftables.SetElement{Key: e.key()})
-	}
 	if len(add) > 0 {
+		ports, addrs := spoofSetElems(add)
 		if err := errors.Join(c.SetAddElements(spoofPorts, ports), c.SetAddElements(spoofAddrs, addrs)); err != nil {
 			return err
 		}

@@ -13,9 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/nftables"
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/fabricnet/fabric/datapath"
@@ -220,17 +217,7 @@ func sendRaw(t *testing.T, nsPath, ifName string, frame []byte) {
 // ifName ("" if none).
 func neighMAC(t *testing.T, nsPath, ifName string, ip netip.Addr) string {
 	t.Helper()
-	h := netnstest.Handle(t, nsPath)
-	defer h.Close()
-	link, err := h.LinkByName(ifName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	neighs, err := h.NeighList(link.Attrs().Index, netlink.FAMILY_V4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range neighs {
+	for _, n := range neighbours(t, nsPath, ifName) {
 		if n.IP.Equal(ip.AsSlice()) && n.HardwareAddr != nil {
 			return n.HardwareAddr.String()
 		}
@@ -289,15 +276,8 @@ func (l *lab) spoofTableHandle() string { return l.handleOf(spoofHandleRE) }
 // spoofSet reads the anti-spoofing elements in l's host namespace.
 func (l *lab) spoofSet() map[string]spoofElem {
 	l.t.Helper()
-	ns, err := netns.GetFromPath(l.hostPath)
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	defer ns.Close()
-	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
-	if err != nil {
-		l.t.Fatal(err)
-	}
+	c, done := nftIn(l.t, l.hostPath)
+	defer done()
 	d := &Datapath{nft: c}
 	elems, err := d.spoofKernelElems()
 	if err != nil {

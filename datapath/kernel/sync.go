@@ -28,12 +28,9 @@ import (
 // lists for them (none if absent). A leftover flow-based VXLAN device of
 // the eBPF datapath is removed, since it would hold the tunnel port.
 func (d *Datapath) Sync(ctx context.Context, s datapath.State) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.nl == nil {
-		return errClosed
-	}
-	return d.pass.Run(func() error { return d.sync(ctx, s) })
+	return d.locked(func() error {
+		return d.pass.Run(func() error { return d.sync(ctx, s) })
+	})
 }
 
 // repaired counts and logs an object a Sync had to put back.
@@ -165,14 +162,11 @@ func (d *Datapath) syncVeths(ctx context.Context, p *syncPlan) []error {
 		}
 	}
 	failed := false
-	for _, ep := range p.Eps {
-		n := p.Nets[ep.NetworkID]
-		if plumb.UsesParent(n) || p.Failed[n.ID] {
-			continue
-		}
+	for _, ep := range p.BridgeEndpoints() {
 		if err := ctx.Err(); err != nil {
 			return append(errs, err)
 		}
+		n := p.Nets[ep.NetworkID]
 		if br := links[n.Bridge]; br != nil && plumb.VethIntact(links[ep.HostIfName], n, ep, br.Attrs().Index) {
 			continue
 		}

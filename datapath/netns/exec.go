@@ -78,16 +78,8 @@ func onThrowawayThread(fn func()) {
 
 // startInThread runs on a locked thread that is thrown away afterwards.
 func startInThread(baseFD, netFD int, name string, etc []string, cmd *exec.Cmd) error {
-	// Go's threads share one fs_struct, and setns into a mount namespace
-	// needs a thread with its own.
-	if err := unix.Unshare(unix.CLONE_FS); err != nil {
-		return fmt.Errorf("unshare fs: %w", err)
-	}
-	if err := unix.Setns(baseFD, unix.CLONE_NEWNS); err != nil {
-		return fmt.Errorf("enter base mount namespace: %w", err)
-	}
-	if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
-		return fmt.Errorf("unshare mount namespace: %w", err)
+	if err := copyBaseMounts(baseFD); err != nil {
+		return err
 	}
 	for _, e := range etc {
 		src, dst := filepath.Join(EtcDir, name, e), filepath.Join("/etc", e)
@@ -102,6 +94,23 @@ func startInThread(baseFD, netFD int, name string, etc []string, cmd *exec.Cmd) 
 		return err
 	}
 	return cmd.Start()
+}
+
+// copyBaseMounts gives the calling (throwaway) thread its own copy of the
+// base mount namespace baseFD.
+func copyBaseMounts(baseFD int) error {
+	// Go's threads share one fs_struct, and setns into a mount namespace
+	// needs a thread with its own.
+	if err := unix.Unshare(unix.CLONE_FS); err != nil {
+		return fmt.Errorf("unshare fs: %w", err)
+	}
+	if err := unix.Setns(baseFD, unix.CLONE_NEWNS); err != nil {
+		return fmt.Errorf("enter base mount namespace: %w", err)
+	}
+	if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+		return fmt.Errorf("unshare mount namespace: %w", err)
+	}
+	return nil
 }
 
 // remountSys puts a sysfs of the current network namespace on /sys (so

@@ -51,14 +51,8 @@ func DoWithOwnProc(path string, fn func() error) error {
 // namespace with a new procfs on /proc. The copy's mounts are slaves of
 // the host's, so nothing mounted here propagates out of it.
 func ownProc(baseFD int) error {
-	if err := unix.Unshare(unix.CLONE_FS); err != nil {
-		return fmt.Errorf("unshare fs: %w", err)
-	}
-	if err := unix.Setns(baseFD, unix.CLONE_NEWNS); err != nil {
-		return fmt.Errorf("enter base mount namespace: %w", err)
-	}
-	if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
-		return fmt.Errorf("unshare mount namespace: %w", err)
+	if err := copyBaseMounts(baseFD); err != nil {
+		return err
 	}
 	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return fmt.Errorf("mount proc: %w", err)

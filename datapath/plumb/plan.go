@@ -96,20 +96,35 @@ func (h *Host) SyncLANNetworks(ctx context.Context, p *Plan) []error {
 	return errs
 }
 
+// BridgeEndpoints are the plan's endpoints (in ID order) on networks
+// without a parent that are in place (not Failed).
+func (p *Plan) BridgeEndpoints() []datapath.Endpoint { return p.readyEndpoints(false) }
+
+// LANEndpoints are the plan's endpoints (in ID order) on macvlan/ipvlan
+// networks that are in place (not Failed).
+func (p *Plan) LANEndpoints() []datapath.Endpoint { return p.readyEndpoints(true) }
+
+func (p *Plan) readyEndpoints(lan bool) []datapath.Endpoint {
+	var out []datapath.Endpoint
+	for _, ep := range p.Eps {
+		if n := p.Nets[ep.NetworkID]; UsesParent(n) == lan && !p.Failed[n.ID] {
+			out = append(out, ep)
+		}
+	}
+	return out
+}
+
 // SyncLANEndpoints ensures the plan's macvlan/ipvlan endpoints whose
 // networks are in place, and the host shims' routes to exactly them;
 // repaired is told each child that had to be made.
 func (h *Host) SyncLANEndpoints(ctx context.Context, p *Plan, repaired func(name string)) []error {
 	var errs []error
 	shimDsts := map[string]map[netip.Addr]bool{}
-	for _, ep := range p.Eps {
-		n := p.Nets[ep.NetworkID]
-		if !UsesParent(n) || p.Failed[n.ID] {
-			continue
-		}
+	for _, ep := range p.LANEndpoints() {
 		if err := ctx.Err(); err != nil {
 			return append(errs, err)
 		}
+		n := p.Nets[ep.NetworkID]
 		if shimDsts[n.ID] == nil {
 			shimDsts[n.ID] = map[netip.Addr]bool{}
 		}

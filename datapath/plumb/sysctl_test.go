@@ -53,16 +53,24 @@ func TestEnsureSysctl(t *testing.T) {
 	}
 }
 
-// TestEnsureHostSysctl: a host sysctl, looked up from the host's
-// /proc/sys/net opened once, is set in the host namespace and not in the
-// caller's, and names outside net/ work too.
-func TestEnsureHostSysctl(t *testing.T) {
-	_, path := netnstest.New(t, "plh")
+// openTestHost opens a Host on a new namespace named after prefix; both go
+// when the test ends.
+func openTestHost(t *testing.T, prefix string) (*Host, string) {
+	t.Helper()
+	_, path := netnstest.New(t, prefix)
 	h, err := Open(slog.New(slog.NewTextHandler(io.Discard, nil)), path, Faults{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer h.Close()
+	t.Cleanup(func() { h.Close() })
+	return h, path
+}
+
+// TestEnsureHostSysctl: a host sysctl, looked up from the host's
+// /proc/sys/net opened once, is set in the host namespace and not in the
+// caller's, and names outside net/ work too.
+func TestEnsureHostSysctl(t *testing.T) {
+	h, path := openTestHost(t, "plh")
 	if h.sysNet < 0 {
 		t.Fatal("the host's /proc/sys/net was not opened")
 	}
@@ -91,12 +99,7 @@ func TestEnsureHostSysctl(t *testing.T) {
 // passes that entry of every namespace that set a sysctl, so each endpoint
 // create would cost more the more sandboxes exist.
 func TestHostLinkSysctlLookup(t *testing.T) {
-	_, path := netnstest.New(t, "plc")
-	h, err := Open(slog.New(slog.NewTextHandler(io.Discard, nil)), path, Faults{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
+	h, path := openTestHost(t, "plc")
 	var opened []string
 	orig := openSysctlAt
 	openSysctlAt = func(dirfd int, p string, flags int, mode uint32) (int, error) {

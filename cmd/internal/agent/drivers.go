@@ -193,7 +193,7 @@ func (a *Agent) checkParent(n *networkRec) error {
 // network whose parent went away is reported unhealthy (its endpoints with
 // it), and is fully restored, endpoints included, when the parent returns.
 func (a *Agent) watchParents(ctx context.Context, interval time.Duration) {
-	every(ctx, interval, func() {
+	datapath.Every(ctx, interval, func() {
 		a.checkLANNetworks(ctx)
 		a.checkExternalOwners(ctx)
 	})

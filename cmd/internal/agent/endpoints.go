@@ -378,17 +378,10 @@ func (a *Agent) repairPrimary(ctx context.Context, sandbox string, old *endpoint
 	return a.ensureEndpoint(ctx, cur)
 }
 
-// addEndpoints stores eps (and sb if new) as creating, programs them and
-// marks them ready; on failure everything is rolled back and the
-// addresses are released.
-func (a *Agent) addEndpoints(ctx context.Context, sb *sandboxRec, sbNew bool, eps []*endpointRec) (err error) {
-	release := func() {
-		for _, ep := range eps {
-			a.releaseAddr(ep)
-		}
-	}
-	err = a.store.Update(func(tx storeTx) error {
-		if sbNew {
+// storeRecords puts eps, and sb if withSandbox, in one store transaction.
+func (a *Agent) storeRecords(sb *sandboxRec, withSandbox bool, eps []*endpointRec) error {
+	return a.store.Update(func(tx storeTx) error {
+		if withSandbox {
 			if err := tx.Put(bucketSandboxes, sb.Name, sb); err != nil {
 				return err
 			}
@@ -400,7 +393,18 @@ func (a *Agent) addEndpoints(ctx context.Context, sb *sandboxRec, sbNew bool, ep
 		}
 		return nil
 	})
-	if err != nil {
+}
+
+// addEndpoints stores eps (and sb if new) as creating, programs them and
+// marks them ready; on failure everything is rolled back and the
+// addresses are released.
+func (a *Agent) addEndpoints(ctx context.Context, sb *sandboxRec, sbNew bool, eps []*endpointRec) (err error) {
+	release := func() {
+		for _, ep := range eps {
+			a.releaseAddr(ep)
+		}
+	}
+	if err := a.storeRecords(sb, sbNew, eps); err != nil {
 		release()
 		return err
 	}

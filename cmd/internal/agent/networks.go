@@ -344,11 +344,16 @@ func (a *Agent) deleteNetwork(ctx context.Context, n *networkRec) error {
 func (a *Agent) Networks() []api.Network {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	out := make([]api.Network, 0, len(a.networks))
-	for _, n := range a.networks {
-		out = append(out, a.networkAPI(n))
+	return byName(a.networks, a.networkAPI, func(n api.Network) string { return n.Name })
+}
+
+// byName turns records into their API form, sorted by name.
+func byName[K comparable, R, T any](recs map[K]R, toAPI func(R) T, name func(T) string) []T {
+	out := make([]T, 0, len(recs))
+	for _, r := range recs {
+		out = append(out, toAPI(r))
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	sort.Slice(out, func(i, j int) bool { return name(out[i]) < name(out[j]) })
 	return out
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/datapath"
 )
 
 // removalQueueInterval is how often a running agent looks for removals
@@ -73,7 +74,7 @@ func (a *Agent) drainDelQueueFor(ctx context.Context, name string) {
 
 // watchRemovalQueue drains the queue every interval until ctx ends.
 func (a *Agent) watchRemovalQueue(ctx context.Context, interval time.Duration) {
-	every(ctx, interval, func() {
+	datapath.Every(ctx, interval, func() {
 		a.mu.Lock()
 		a.drainRemovalQueue(ctx)
 		a.mu.Unlock()

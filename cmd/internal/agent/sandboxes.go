@@ -256,18 +256,7 @@ func (a *Agent) dropSandbox(sb *sandboxRec) {
 // in as "creating" before the kernel is touched and become "ready" at the
 // end.
 func (a *Agent) addSandbox(ctx context.Context, sb *sandboxRec, eps []*endpointRec) (err error) {
-	err = a.store.Update(func(tx storeTx) error {
-		if err := tx.Put(bucketSandboxes, sb.Name, sb); err != nil {
-			return err
-		}
-		for _, ep := range eps {
-			if err := tx.Put(bucketEndpoints, ep.ID, ep); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	if err := a.storeRecords(sb, true, eps); err != nil {
 		for _, ep := range eps {
 			a.releaseAddr(ep)
 		}
@@ -492,12 +481,7 @@ func fmtCode(code *int) string {
 func (a *Agent) Sandboxes() []api.Sandbox {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	out := make([]api.Sandbox, 0, len(a.sandboxes))
-	for _, sb := range a.sandboxes {
-		out = append(out, a.sandboxAPI(sb))
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out
+	return byName(a.sandboxes, a.sandboxAPI, func(sb api.Sandbox) string { return sb.Name })
 }
 
 // Sandbox returns one sandbox.

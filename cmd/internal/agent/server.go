@@ -42,20 +42,9 @@ func (a *Agent) handler() http.Handler {
 
 // networkRoutes routes the network requests under prefix p.
 func (a *Agent) networkRoutes(mux *http.ServeMux, p string) {
-	mux.HandleFunc("GET "+p+"/networks", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, http.StatusOK, a.Networks())
-	})
-	mux.HandleFunc("POST "+p+"/networks", withBody(func(w http.ResponseWriter, r *http.Request, req api.NetworkCreate) {
-		n, err := a.CreateNetwork(r.Context(), req)
-		respond(w, http.StatusCreated, n, err)
-	}))
-	mux.HandleFunc("GET "+p+"/networks/{name}", func(w http.ResponseWriter, r *http.Request) {
-		n, err := a.Network(r.PathValue("name"))
-		respond(w, http.StatusOK, n, err)
-	})
-	mux.HandleFunc("DELETE "+p+"/networks/{name}", func(w http.ResponseWriter, r *http.Request) {
-		respond(w, http.StatusNoContent, nil, a.RemoveNetwork(r.Context(), r.PathValue("name")))
-	})
+	collection[api.NetworkCreate, api.Network]{
+		list: a.Networks, create: a.CreateNetwork, get: a.Network, remove: a.RemoveNetwork,
+	}.routes(mux, p+"/networks")
 	mux.HandleFunc("POST "+p+"/networks/{name}/connect", withBody(func(w http.ResponseWriter, r *http.Request, req api.Connect) {
 		ep, err := a.Connect(r.Context(), r.PathValue("name"), req)
 		respond(w, http.StatusCreated, ep, err)
@@ -65,22 +54,38 @@ func (a *Agent) networkRoutes(mux *http.ServeMux, p string) {
 	}))
 }
 
+// collection is one kind of named object the API lists, creates (from a
+// Create request), gets and removes by name.
+type collection[Create, Obj any] struct {
+	list   func() []Obj
+	create func(context.Context, Create) (Obj, error)
+	get    func(name string) (Obj, error)
+	remove func(ctx context.Context, name string) error
+}
+
+// routes routes the collection's requests under base (its list).
+func (c collection[Create, Obj]) routes(mux *http.ServeMux, base string) {
+	mux.HandleFunc("GET "+base, func(w http.ResponseWriter, r *http.Request) {
+		reply(w, http.StatusOK, c.list())
+	})
+	mux.HandleFunc("POST "+base, withBody(func(w http.ResponseWriter, r *http.Request, req Create) {
+		obj, err := c.create(r.Context(), req)
+		respond(w, http.StatusCreated, obj, err)
+	}))
+	mux.HandleFunc("GET "+base+"/{name}", func(w http.ResponseWriter, r *http.Request) {
+		obj, err := c.get(r.PathValue("name"))
+		respond(w, http.StatusOK, obj, err)
+	})
+	mux.HandleFunc("DELETE "+base+"/{name}", func(w http.ResponseWriter, r *http.Request) {
+		respond(w, http.StatusNoContent, nil, c.remove(r.Context(), r.PathValue("name")))
+	})
+}
+
 // sandboxRoutes routes the sandbox and endpoint requests under prefix p.
 func (a *Agent) sandboxRoutes(mux *http.ServeMux, p string) {
-	mux.HandleFunc("GET "+p+"/sandboxes", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, http.StatusOK, a.Sandboxes())
-	})
-	mux.HandleFunc("POST "+p+"/sandboxes", withBody(func(w http.ResponseWriter, r *http.Request, req api.SandboxCreate) {
-		sb, err := a.CreateSandbox(r.Context(), req)
-		respond(w, http.StatusCreated, sb, err)
-	}))
-	mux.HandleFunc("GET "+p+"/sandboxes/{name}", func(w http.ResponseWriter, r *http.Request) {
-		sb, err := a.Sandbox(r.PathValue("name"))
-		respond(w, http.StatusOK, sb, err)
-	})
-	mux.HandleFunc("DELETE "+p+"/sandboxes/{name}", func(w http.ResponseWriter, r *http.Request) {
-		respond(w, http.StatusNoContent, nil, a.RemoveSandbox(r.Context(), r.PathValue("name")))
-	})
+	collection[api.SandboxCreate, api.Sandbox]{
+		list: a.Sandboxes, create: a.CreateSandbox, get: a.Sandbox, remove: a.RemoveSandbox,
+	}.routes(mux, p+"/sandboxes")
 	mux.HandleFunc("PUT "+p+"/sandboxes/{name}/process", withBody(func(w http.ResponseWriter, r *http.Request, req api.SandboxProcess) {
 		respond(w, http.StatusNoContent, nil, a.SetProcess(r.PathValue("name"), req.PID))
 	}))

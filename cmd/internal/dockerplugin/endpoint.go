@@ -98,15 +98,7 @@ func (p *Plugin) join(req joinRequest) (any, error) {
 	if req.SandboxKey == "" {
 		return nil, errors.New("fabric: Docker gave no sandbox key")
 	}
-	p.mu.Lock()
-	ep := p.st.Endpoints[req.EndpointID]
-	var name string
-	if ep != nil {
-		if n := p.st.Networks[ep.NetworkID]; n != nil {
-			name = n.Name
-		}
-	}
-	p.mu.Unlock()
+	ep, name := p.endpointOnNetwork(req.EndpointID)
 	if ep == nil {
 		return nil, fmt.Errorf("fabric: unknown endpoint %s", shortID(req.EndpointID))
 	}
@@ -285,18 +277,24 @@ func (p *Plugin) deleteEndpoint(req endpointRequest) (any, error) {
 	return struct{}{}, p.disconnect(req.EndpointID, true)
 }
 
-// disconnect removes the endpoint's fabric side (and its record when
-// forget is set).
-func (p *Plugin) disconnect(id string, forget bool) error {
+// endpointOnNetwork returns the record of endpoint id (nil if unknown)
+// and the name of its fabric network ("" if the network is not known).
+func (p *Plugin) endpointOnNetwork(id string) (ep *epRec, name string) {
 	p.mu.Lock()
-	ep := p.st.Endpoints[id]
-	var name string
+	defer p.mu.Unlock()
+	ep = p.st.Endpoints[id]
 	if ep != nil {
 		if n := p.st.Networks[ep.NetworkID]; n != nil {
 			name = n.Name
 		}
 	}
-	p.mu.Unlock()
+	return ep, name
+}
+
+// disconnect removes the endpoint's fabric side (and its record when
+// forget is set).
+func (p *Plugin) disconnect(id string, forget bool) error {
+	ep, name := p.endpointOnNetwork(id)
 	if ep == nil {
 		return nil
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/datapath"
 )
 
 // optDriver selects the fabric driver behind a Docker network.
@@ -253,35 +254,31 @@ func (p *Plugin) deleteNetwork(req networkRequest) (any, error) {
 // removeLeftovers retries, every interval until ctx ends, the removal of
 // fabric networks whose Docker network is gone.
 func (p *Plugin) removeLeftovers(ctx context.Context, every time.Duration) {
-	tick := time.NewTicker(every)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
+	datapath.Every(ctx, every, func() { p.removeLeftoversOnce(ctx) })
+}
+
+// removeLeftoversOnce is one try of removeLeftovers.
+func (p *Plugin) removeLeftoversOnce(ctx context.Context) {
+	p.mu.Lock()
+	var left []*netRec
+	for _, n := range p.st.Networks {
+		if n.Removed {
+			left = append(left, n)
 		}
+	}
+	p.mu.Unlock()
+	for _, n := range left {
+		err := p.b.RemoveNetwork(ctx, n.Name)
+		if err != nil && !p.opts.IsNotFound(err) {
+			continue
+		}
+		p.log.Info("fabric network of a removed Docker network is free now and removed", "network", n.Name)
 		p.mu.Lock()
-		var left []*netRec
-		for _, n := range p.st.Networks {
-			if n.Removed {
-				left = append(left, n)
-			}
+		delete(p.st.Networks, n.ID)
+		if err := p.saveLocked(); err != nil {
+			p.log.Warn("save docker plugin state", "err", err)
 		}
 		p.mu.Unlock()
-		for _, n := range left {
-			err := p.b.RemoveNetwork(ctx, n.Name)
-			if err != nil && !p.opts.IsNotFound(err) {
-				continue
-			}
-			p.log.Info("fabric network of a removed Docker network is free now and removed", "network", n.Name)
-			p.mu.Lock()
-			delete(p.st.Networks, n.ID)
-			if err := p.saveLocked(); err != nil {
-				p.log.Warn("save docker plugin state", "err", err)
-			}
-			p.mu.Unlock()
-		}
 	}
 }
 
