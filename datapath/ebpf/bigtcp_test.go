@@ -42,24 +42,9 @@ func TestHostToEndpointBigTCP(t *testing.T) {
 	}
 
 	largest := watchLargestFrame(t, l.a.ep.NetNSPath, peer.Attrs().Index)
-	var ln net.Listener
-	if err := fabricns.Do(l.a.ep.NetNSPath, func() (err error) {
-		ln, err = net.Listen("tcp4", net.JoinHostPort(l.a.ep.Addr.Addr().String(), "0"))
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	t.Cleanup(func() { ln.Close(); <-done })
-	go func() {
-		defer close(done)
-		netnstest.AcceptEach(ln, 60*time.Second, func(c net.Conn) { netnstest.HashEcho(c) })
-	}()
-	var c net.Conn
-	if err := fabricns.Do(l.a.path, func() (err error) {
-		c, err = net.DialTimeout("tcp4", ln.Addr().String(), 3*time.Second)
-		return err
-	}); err != nil {
+	ln := netnstest.Serve(t, l.a.ep.NetNSPath, "tcp4", net.JoinHostPort(l.a.ep.Addr.Addr().String(), "0"), time.Minute, netnstest.HashEcho)
+	c, err := netnstest.Dial(l.a.path, "tcp4", ln.Addr().String(), 3*time.Second)
+	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
