@@ -51,25 +51,7 @@ func (l *Lab) sectionMembership(ctx context.Context) error {
 			loads = append(loads, load)
 			r.runs++
 			conv, err := measureConvergence(n)
-			if conv.fullView > 0 {
-				r.vals["full"] = append(r.vals["full"], conv.fullView.Seconds())
-				r.vals["wave"] = append(r.vals["wave"], conv.lastWave.Seconds())
-				r.vals["cpu"] = append(r.vals["cpu"], conv.cpu.Seconds())
-			}
-			if conv.memPerMember > 0 {
-				r.vals["mem"] = append(r.vals["mem"], conv.memPerMember/1024)
-				r.vals["gor"] = append(r.vals["gor"], conv.goroutines)
-			}
-			if conv.joined > 1 {
-				r.vals["cpuper"] = append(r.vals["cpuper"], 1000*conv.joinCPU.Seconds()/float64(conv.joined))
-				r.vals["pktper"] = append(r.vals["pktper"], float64(conv.packetsIn)/float64(conv.joined))
-				r.vals["kbper"] = append(r.vals["kbper"], float64(conv.bytesIn)/1024/float64(conv.joined))
-				r.vals["joined"] = append(r.vals["joined"], float64(conv.joined))
-				r.vals["reached"] = append(r.vals["reached"], float64(conv.reached.members))
-			}
-			if conv.failureSeen > 0 {
-				r.vals["fail"] = append(r.vals["fail"], conv.failureSeen.Seconds())
-			}
+			r.addConvergence(conv)
 			if err != nil {
 				fmt.Fprintf(os.Stderr, "  membership: %d members: %v\n", n, err)
 				r.errs = append(r.errs, oneLine(err.Error(), 300))
@@ -117,4 +99,28 @@ func (l *Lab) sectionMembership(ctx context.Context) error {
 		"targets: full view ≤ 3 s and failure ≤ 8 s at 200 members, ≤ 5 s and ≤ 10 s at 1,000; memberlist's LAN defaults (reference): full view 5.6 s, failure seen by all 11.5 s at 200.",
 		"all members share this machine's CPUs: large n measures the scheduler too. Load average (1, 5, 15 min) before each run: "+strings.Join(loads, "; ")+".")
 	return nil
+}
+
+// addConvergence records what one membership run measured, as far as it
+// got (a run that gave up still has its joins and costs).
+func (r *result) addConvergence(conv convergence) {
+	if conv.fullView > 0 {
+		r.vals["full"] = append(r.vals["full"], conv.fullView.Seconds())
+		r.vals["wave"] = append(r.vals["wave"], conv.lastWave.Seconds())
+		r.vals["cpu"] = append(r.vals["cpu"], conv.cpu.Seconds())
+	}
+	if conv.memPerMember > 0 {
+		r.vals["mem"] = append(r.vals["mem"], conv.memPerMember/1024)
+		r.vals["gor"] = append(r.vals["gor"], conv.goroutines)
+	}
+	if conv.joined > 1 {
+		r.vals["cpuper"] = append(r.vals["cpuper"], 1000*conv.joinCPU.Seconds()/float64(conv.joined))
+		r.vals["pktper"] = append(r.vals["pktper"], float64(conv.packetsIn)/float64(conv.joined))
+		r.vals["kbper"] = append(r.vals["kbper"], float64(conv.bytesIn)/1024/float64(conv.joined))
+		r.vals["joined"] = append(r.vals["joined"], float64(conv.joined))
+		r.vals["reached"] = append(r.vals["reached"], float64(conv.reached.members))
+	}
+	if conv.failureSeen > 0 {
+		r.vals["fail"] = append(r.vals["fail"], conv.failureSeen.Seconds())
+	}
 }

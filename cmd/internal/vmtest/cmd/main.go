@@ -93,17 +93,26 @@ type options struct {
 	quiet                bool
 }
 
-func runMatrix(ctx context.Context, o options) error {
-	matrix := vmtest.Matrix
-	if o.kernels != "" {
-		matrix = nil
-		for _, name := range strings.Split(o.kernels, ",") {
-			k, err := vmtest.Lookup(strings.TrimSpace(name))
-			if err != nil {
-				return err
-			}
-			matrix = append(matrix, k)
+// selectKernels is the matrix, or the kernels a -kernels list names.
+func selectKernels(names string) ([]vmtest.Kernel, error) {
+	if names == "" {
+		return vmtest.Matrix, nil
+	}
+	var matrix []vmtest.Kernel
+	for _, name := range strings.Split(names, ",") {
+		k, err := vmtest.Lookup(strings.TrimSpace(name))
+		if err != nil {
+			return nil, err
 		}
+		matrix = append(matrix, k)
+	}
+	return matrix, nil
+}
+
+func runMatrix(ctx context.Context, o options) error {
+	matrix, err := selectKernels(o.kernels)
+	if err != nil {
+		return err
 	}
 	// Not under /tmp: the guest mounts its own tmpfs there.
 	dir, err := os.MkdirTemp("/var/tmp", "fabric-test-kernels-")
