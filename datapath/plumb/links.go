@@ -140,3 +140,18 @@ func ensureSysctlAt(dirfd int, path, name, value string) error {
 	}
 	return nil
 }
+
+// VethPeerIn returns the other end of the host veth host if it is in the
+// namespace sb is a handle of: a veth there whose peer index is host's and
+// whose index is host's peer index. It is how a pair a container runtime
+// moved into a namespace is recognised before fabric adopts it.
+func VethPeerIn(sb *netlink.Handle, host netlink.Link) (netlink.Link, error) {
+	if host.Type() != "veth" {
+		return nil, fmt.Errorf("%s is a %s, not a veth", host.Attrs().Name, host.Type())
+	}
+	peer, err := sb.LinkByIndex(host.Attrs().ParentIndex)
+	if err != nil || peer.Type() != "veth" || peer.Attrs().ParentIndex != host.Attrs().Index {
+		return nil, fmt.Errorf("the other end of %s is not in that namespace", host.Attrs().Name)
+	}
+	return peer, nil
+}

@@ -1,10 +1,9 @@
 package agent
 
 import (
-	"github.com/vishvananda/netlink"
+	"errors"
 
 	"github.com/fabricnet/fabric/cmd/internal/api"
-	"github.com/fabricnet/fabric/datapath/netns"
 )
 
 // A container runtime that moves, names and addresses the interface
@@ -34,34 +33,19 @@ func (a *Agent) adoptLink(sb *sandboxRec, ep *endpointRec, link string) error {
 			return conflictf("link %s is already endpoint %s", link, o.ID)
 		}
 	}
-	peer, err := peerIn(sb.NetNS, link)
-	if err != nil {
+	host, peer, err := a.host.VethPeer(link, sb.NetNS)
+	switch {
+	case errors.Is(err, errNoLink):
+		return invalidf("link %s not found on the host: %v", link, err)
+	case err != nil:
 		return err
+	case host.Type != "veth" || host.Alias != "":
+		return invalidf("link %s is not a veth pair waiting for adoption (type %s, alias %q)", link, host.Type, host.Alias)
+	case peer == "":
+		return invalidf("the other end of link %s is not in namespace %s", link, sb.NetNS)
 	}
 	ep.HostIfName, ep.IfName, ep.Adopted = link, peer, true
 	return nil
-}
-
-// peerIn returns the name, in the namespace at path, of the other end of
-// the host's veth hostName.
-func peerIn(path, hostName string) (string, error) {
-	host, err := netlink.LinkByName(hostName)
-	if err != nil {
-		return "", invalidf("link %s not found on the host: %v", hostName, err)
-	}
-	if host.Type() != "veth" || host.Attrs().Alias != "" {
-		return "", invalidf("link %s is not a veth pair waiting for adoption (type %s, alias %q)", hostName, host.Type(), host.Attrs().Alias)
-	}
-	h, err := netns.HandleAt(path)
-	if err != nil {
-		return "", err
-	}
-	defer h.Close()
-	peer, err := h.LinkByIndex(host.Attrs().ParentIndex)
-	if err != nil || peer.Type() != "veth" || peer.Attrs().ParentIndex != host.Attrs().Index {
-		return "", invalidf("the other end of link %s is not in namespace %s", hostName, path)
-	}
-	return peer.Attrs().Name, nil
 }
 
 // adoptedBefore returns sb's endpoint on n that adopted link already, if

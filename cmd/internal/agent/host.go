@@ -10,6 +10,7 @@ import (
 
 	"github.com/fabricnet/fabric/cmd/internal/ipam"
 	"github.com/fabricnet/fabric/datapath/netns"
+	"github.com/fabricnet/fabric/datapath/plumb"
 )
 
 // Host is everything the agent core asks the host's kernel outside the
@@ -35,11 +36,17 @@ type Host interface {
 	CreateNamespace(name string) error
 	DeleteNamespace(name string) error
 	NamespaceExists(name string) bool
+	// VethPeer describes the host interface hostName and names the other
+	// end of the veth pair it is part of if that end is in the namespace
+	// at nsPath ("" if it is not, or hostName is no veth); errNoLink if
+	// hostName does not exist. Adopting a runtime's pair checks it.
+	VethPeer(hostName, nsPath string) (host HostLink, peer string, err error)
 }
 
 // HostLink is what the agent needs to know of a host interface.
 type HostLink struct {
 	Name  string
+	Type  string // "veth", "bridge", …
 	Alias string // "fabric:..." on interfaces fabric made
 	Up    bool
 	MTU   int
@@ -125,7 +132,36 @@ func (h netlinkHost) LinkWithAddr(ip netip.Addr) (HostLink, error) {
 
 func hostLink(l netlink.Link) HostLink {
 	at := l.Attrs()
-	return HostLink{Name: at.Name, Alias: at.Alias, Up: at.RawFlags&unix.IFF_UP != 0, MTU: at.MTU}
+	return HostLink{Name: at.Name, Type: l.Type(), Alias: at.Alias, Up: at.RawFlags&unix.IFF_UP != 0, MTU: at.MTU}
+}
+
+func (h netlinkHost) VethPeer(hostName, nsPath string) (HostLink, string, error) {
+	nh, err := h.handle()
+	if err != nil {
+		return HostLink{}, "", err
+	}
+	defer nh.Close()
+	l, err := nh.LinkByName(hostName)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return HostLink{}, "", fmt.Errorf("interface %s: %w", hostName, errNoLink)
+		}
+		return HostLink{}, "", fmt.Errorf("look up interface %s: %w", hostName, err)
+	}
+	if l.Type() != "veth" {
+		return hostLink(l), "", nil
+	}
+	sb, err := netns.HandleAt(nsPath)
+	if err != nil {
+		return HostLink{}, "", err
+	}
+	defer sb.Close()
+	peer, err := plumb.VethPeerIn(sb, l)
+	if err != nil {
+		return hostLink(l), "", nil
+	}
+	return hostLink(l), peer.Attrs().Name, nil
 }
 
 func (netlinkHost) CreateNamespace(name string) error {

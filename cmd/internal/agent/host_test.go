@@ -55,6 +55,12 @@ func (h *fakeHost) Link(name string) (HostLink, error) {
 	return HostLink{}, fmt.Errorf("interface %s: %w", name, errNoLink)
 }
 
+// VethPeer: the fake host has no veth pairs, so no peer is anywhere.
+func (h *fakeHost) VethPeer(hostName, nsPath string) (HostLink, string, error) {
+	l, err := h.Link(hostName)
+	return l, "", err
+}
+
 func (h *fakeHost) LinkWithAddr(ip netip.Addr) (HostLink, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()

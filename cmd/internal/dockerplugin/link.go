@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/fabricnet/fabric/datapath/netns"
+	"github.com/fabricnet/fabric/datapath/plumb"
 )
 
 // Docker's remote driver hands a container an interface only as a link
@@ -93,8 +94,8 @@ func peerReady(key, host string, addr netip.Addr) bool {
 		return false
 	}
 	defer h.Close()
-	peer, err := h.LinkByIndex(l.Attrs().ParentIndex)
-	if err != nil || peer.Type() != "veth" || peer.Attrs().ParentIndex != l.Attrs().Index {
+	peer, err := plumb.VethPeerIn(h, l)
+	if err != nil {
 		return false
 	}
 	addrs, err := h.AddrList(peer, netlink.FAMILY_V4)
