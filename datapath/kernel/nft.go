@@ -266,7 +266,7 @@ func queueRuleset(c *nftables.Conn, rs ruleset) error {
 	for _, b := range rs.bridges {
 		elems = append(elems, nftables.SetElement{Key: ifname(b)})
 	}
-	if err := c.AddSet(set, elems); err != nil {
+	if err := addSet(c, set, elems); err != nil {
 		return fmt.Errorf("queue set %s: %w", bridgesSet, err)
 	}
 	sets := map[string]uint32{set.Name: set.ID}
@@ -277,10 +277,7 @@ func queueRuleset(c *nftables.Conn, rs ruleset) error {
 		for _, k := range rs.peers {
 			elems = append(elems, nftables.SetElement{Key: k})
 		}
-		if err := c.AddSet(peers, nil); err != nil {
-			return fmt.Errorf("queue set %s: %w", peersSet, err)
-		}
-		if err := inChunks(c.SetAddElements, peers, elems); err != nil {
+		if err := addSet(c, peers, elems); err != nil {
 			return fmt.Errorf("queue set %s: %w", peersSet, err)
 		}
 		sets[peers.Name] = peers.ID

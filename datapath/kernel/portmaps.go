@@ -132,11 +132,8 @@ func queuePortMaps(c *nftables.Conn, rs ruleset, sets map[string]uint32) error {
 		set   *nftables.Set
 		elems []nftables.SetElement
 	}{{portsMapSpec(false), wild}, {portsMapSpec(true), addr}} {
-		if err := c.AddSet(m.set, nil); err != nil {
+		if err := addSet(c, m.set, m.elems); err != nil {
 			return fmt.Errorf("queue map %s: %w", m.set.Name, err)
-		}
-		if err := inChunks(c.SetAddElements, m.set, m.elems); err != nil {
-			return fmt.Errorf("queue elements of %s: %w", m.set.Name, err)
 		}
 		sets[m.set.Name] = m.set.ID
 	}
@@ -148,6 +145,9 @@ func queuePortMaps(c *nftables.Conn, rs ruleset, sets map[string]uint32) error {
 // silently cut short by the kernel (488 of 1,000 ports went in).
 const elemsPerMessage = 128
 
+// inChunks queues op (SetAddElements, SetDeleteElements) for elems at
+// most elemsPerMessage at a time. Every element list fabric sends goes
+// through it or addSet.
 func inChunks(op func(*nftables.Set, []nftables.SetElement) error, set *nftables.Set, elems []nftables.SetElement) error {
 	for len(elems) > 0 {
 		n := min(len(elems), elemsPerMessage)
@@ -157,6 +157,14 @@ func inChunks(op func(*nftables.Set, []nftables.SetElement) error, set *nftables
 		elems = elems[n:]
 	}
 	return nil
+}
+
+// addSet queues the set's creation with elems, in chunks (inChunks).
+func addSet(c *nftables.Conn, set *nftables.Set, elems []nftables.SetElement) error {
+	if err := c.AddSet(set, nil); err != nil {
+		return err
+	}
+	return inChunks(c.SetAddElements, set, elems)
 }
 
 // portsChanged brings the table to ep's published ports (old is what the

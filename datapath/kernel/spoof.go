@@ -153,10 +153,10 @@ func (d *Datapath) spoofRebuild(elems map[string]spoofElem) error {
 	c.DelTable(spoofTable)
 	c.AddTable(spoofTable)
 	ports, addrs := spoofElements(elems)
-	if err := c.AddSet(spoofPorts, ports); err != nil {
+	if err := addSet(c, spoofPorts, ports); err != nil {
 		return fmt.Errorf("nftables set %s: %w", spoofPortsSet, err)
 	}
-	if err := c.AddSet(spoofAddrs, addrs); err != nil {
+	if err := addSet(c, spoofAddrs, addrs); err != nil {
 		return fmt.Errorf("nftables set %s: %w", spoofAddrsSet, err)
 	}
 	pre := c.AddChain(&nftables.Chain{Name: spoofChainPre, Table: spoofTable, Type: nftables.ChainTypeFilter,
@@ -216,13 +216,13 @@ func (d *Datapath) spoofBatch(add, del []spoofElem) error {
 	}
 	if len(del) > 0 {
 		ports, addrs := spoofSetElems(del)
-		if err := errors.Join(c.SetDeleteElements(spoofAddrs, addrs), c.SetDeleteElements(spoofPorts, ports)); err != nil {
+		if err := errors.Join(inChunks(c.SetDeleteElements, spoofAddrs, addrs), inChunks(c.SetDeleteElements, spoofPorts, ports)); err != nil {
 			return err
 		}
 	}
 	if len(add) > 0 {
 		ports, addrs := spoofSetElems(add)
-		if err := errors.Join(c.SetAddElements(spoofPorts, ports), c.SetAddElements(spoofAddrs, addrs)); err != nil {
+		if err := errors.Join(inChunks(c.SetAddElements, spoofPorts, ports), inChunks(c.SetAddElements, spoofAddrs, addrs)); err != nil {
 			return err
 		}
 	}

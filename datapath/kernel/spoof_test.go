@@ -542,3 +542,34 @@ func TestSpoofFailedEnsureChangesNothing(t *testing.T) {
 	}
 	checkSet(t, l, "after the failed EnsureEndpoint", wantElems(e1))
 }
+
+// TestSpoofRebuildManyEndpoints: a table rebuilt with thousands of
+// endpoints (a restart's Sync) holds every element: the kernel silently
+// cuts an element list longer than one netlink attribute, which would
+// leave the last endpoints' traffic dropped as spoofed.
+func TestSpoofRebuildManyEndpoints(t *testing.T) {
+	t.Parallel()
+	l := newLab(t)
+	const n = 2000
+	elems := make(map[string]spoofElem, n)
+	for i := range n {
+		port := fmt.Sprintf("fsm%d", i)
+		elems[port] = spoofElem{port: port, mac: [6]byte{0x02, 0, 0, 0, byte(i >> 8), byte(i)},
+			addr: netip.AddrFrom4([4]byte{10, 95, byte(i >> 8), byte(i)})}
+	}
+	if err := l.dp.spoofRebuild(elems); err != nil {
+		t.Fatal(err)
+	}
+	got, err := l.dp.spoofKernelElems()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != n {
+		t.Fatalf("table bridge fabric holds %d endpoints after a rebuild with %d", len(got), n)
+	}
+	for port, e := range elems {
+		if got[port] != e {
+			t.Fatalf("endpoint %s: element %+v, want %+v", port, got[port], e)
+		}
+	}
+}
