@@ -45,6 +45,7 @@ type Cluster struct {
 	memMu      sync.Mutex
 	members    map[string]*Member
 	leaving    map[string]leaveSeen // leave intents seen, by node; expire (maintain)
+	suspected  map[string]struct{}  // members this node's probes found silent (suspect.go)
 	joinedOnce atomic.Bool
 
 	rpcMu sync.Mutex
@@ -124,15 +125,16 @@ func New(cfg Config) (*Cluster, error) {
 // metadata) from a validated cfg, before any socket is opened.
 func newCluster(cfg Config) (*Cluster, error) {
 	c := &Cluster{
-		cfg:     cfg,
-		log:     cfg.Logger.With("node", cfg.NodeName),
-		members: make(map[string]*Member),
-		leaving: make(map[string]leaveSeen),
-		rpcs:    make(map[uint64]chan response),
-		sendSem: make(chan struct{}, 128),
-		outbox:  make(chan *outMsg, outboxSize),
-		done:    make(chan struct{}),
-		rnd:     rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+		cfg:       cfg,
+		log:       cfg.Logger.With("node", cfg.NodeName),
+		members:   make(map[string]*Member),
+		leaving:   make(map[string]leaveSeen),
+		suspected: make(map[string]struct{}),
+		rpcs:      make(map[uint64]chan response),
+		sendSem:   make(chan struct{}, 128),
+		outbox:    make(chan *outMsg, outboxSize),
+		done:      make(chan struct{}),
+		rnd:       rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 	}
 	id, err := newIdentity(cfg.NodeKey)
 	if err != nil {
@@ -162,10 +164,11 @@ func (c *Cluster) memberlistConfig() (*memberlist.Config, *transport, error) {
 	if mc.AdvertisePort == 0 {
 		mc.AdvertisePort = cfg.BindPort
 	}
-	mc.Logger = newStdLogger(c.log.With("component", "memberlist"), c.countMemberlistDrop)
+	mc.Logger = newStdLogger(c.log.With("component", "memberlist"), c.onMemberlistLine)
 	mc.Delegate = &delegate{c}
 	mc.Events = &eventDelegate{c}
 	mc.Alive = &aliveDelegate{c}
+	mc.Ping = &pingDelegate{c}
 	mc.DelegateProtocolVersion, mc.DelegateProtocolMin, mc.DelegateProtocolMax = codecVersion, codecVersion, codecVersion
 	if len(cfg.SecretKeys) > 0 {
 		kr, err := memberlist.NewKeyring(cfg.SecretKeys[1:], cfg.SecretKeys[0])
@@ -280,11 +283,7 @@ func (c *Cluster) Stats() Stats {
 	}
 	c.mu.Unlock()
 	s.HealthScore = c.ml.GetHealthScore()
-	for _, n := range c.ml.Members() {
-		if n.State == memberlist.StateSuspect {
-			s.Suspect++
-		}
-	}
+	s.Suspect = c.numSuspect()
 	return s
 }
 

@@ -122,6 +122,7 @@ func (c *Cluster) memberChanged(n memberlist.Node, ev EventType) {
 		m.Since = prev.Since
 	}
 	c.members[n.Name] = &m
+	c.clearSuspectLocked(n.Name)
 	if ev == EventMemberJoined {
 		delete(c.leaving, n.Name)
 	}

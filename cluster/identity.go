@@ -114,14 +114,16 @@ func (c *Cluster) identityKey() (k [32]byte) {
 	return k
 }
 
-// countMemberlistDrop counts what memberlist drops before the package
-// sees it: packets and streams that do not decrypt with the keyring (a
-// sender without the key, or with another) or are not encrypted at all.
-// memberlist only logs them.
-func (c *Cluster) countMemberlistDrop(line string) {
+// onMemberlistLine sees every memberlist log line. It counts what
+// memberlist drops before the package sees it: packets and streams that do
+// not decrypt with the keyring (a sender without the key, or with another)
+// or are not encrypted at all; and notes the members a probe found silent
+// (suspect.go). memberlist only logs these.
+func (c *Cluster) onMemberlistLine(line string) {
 	if strings.Contains(line, "Decrypt packet failed") || keyMismatch(errors.New(line)) {
 		c.stats.drop(dropUndecryptable)
 	}
+	c.noteSuspectLine(line)
 }
 
 // signedRecordDomain separates record signatures from message signatures.
