@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/fabricnet/fabric/cmd/internal/api"
-	"github.com/fabricnet/fabric/datapath/netns"
 )
 
 // A Docker container's namespace does not exist yet when Docker calls
@@ -179,21 +178,15 @@ func (p *Plugin) startAttachLocked(ep *epRec) {
 // Docker, for Docker to have moved and addressed it there) and connects
 // it.
 func (p *Plugin) attach(ctx context.Context, ep *epRec) error {
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	ip, _ := netip.ParseAddr(ep.Addr)
-	ready := func() bool {
-		if ep.Link != "" {
-			return peerReady(ep.Key, ep.Link, ip)
-		}
-		return netns.IsNamespace(ep.Key)
+	var err error
+	if ep.Link != "" {
+		ip, _ := netip.ParseAddr(ep.Addr)
+		err = waitPeer(ctx, ep.Key, ep.Link, ip)
+	} else {
+		err = waitNamespace(ctx, ep.Key)
 	}
-	for !ready() {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("namespace %s (with %s's peer) never appeared: %w", ep.Key, ep.Link, ctx.Err())
-		case <-tick.C:
-		}
+	if err != nil {
+		return err
 	}
 	p.mu.Lock()
 	n := p.st.Networks[ep.NetworkID]
