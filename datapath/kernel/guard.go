@@ -171,8 +171,9 @@ func checkGuardPorts(ports []datapath.HostPort) error {
 	return nil
 }
 
-// Metrics reports the guard rules' counters (the other nftables counters
-// are per rule, not per reason), the remotes skipped and the repairs.
+// Metrics reports the guard rules' and the anti-spoofing table's drop
+// counters (the other nftables counters are per rule, not per reason), the
+// remotes skipped and the repairs.
 func (d *Datapath) Metrics() (datapath.Metrics, error) {
 	m := datapath.Metrics{SkippedRemotes: d.skips.Counts(), Repairs: d.pass.Repairs.Counts()}
 	d.mu.Lock()
@@ -183,6 +184,11 @@ func (d *Datapath) Metrics() (datapath.Metrics, error) {
 	var err error
 	if m.Counters, err = d.guardCounters(); err != nil {
 		return m, err
+	}
+	if c, ok, err := d.spoofDrops(); err != nil {
+		return m, err
+	} else if ok {
+		m.Counters = append(m.Counters, c)
 	}
 	// Sandboxes on macvlan/ipvlan networks reach the host through their
 	// shims, guarded by plumb's own table: the same drops.
