@@ -176,15 +176,17 @@ type DNSSnapshot struct {
 	InflightRejected                                              uint64 // part of ForwardFailed
 
 	// Upstream latency of successful forwards, as a cumulative histogram
-	// (the dns package's Stats already keep it this way, so it needs no
-	// Prometheus import). A bucket with Le 0 is +Inf and is ignored:
-	// UpstreamCount is the +Inf bucket.
+	// (the DNS server's Stats keep it in this type, so the agent hands
+	// the buckets over as they are). A bucket with Le 0 is +Inf and is
+	// ignored: UpstreamCount is the +Inf bucket.
 	UpstreamCount   uint64
 	UpstreamSum     time.Duration
 	UpstreamBuckets []LatencyBucket
 }
 
-// LatencyBucket counts observations of at most Le.
+// LatencyBucket counts observations of at most Le. It is the one
+// histogram bucket type of fabric's counters: the DNS server keeps its
+// upstream latency in it (the dependency goes that way only).
 type LatencyBucket struct {
 	Le    time.Duration
 	Count uint64

@@ -53,10 +53,7 @@ func (a *Agent) DNSMetrics() metrics.DNSSnapshot {
 		Resolvers: st.Attached, Records: st.Records, Upstreams: len(st.Upstreams), Inflight: st.Inflight,
 		Local: st.Local, NXDomain: st.NXDomain, Forwarded: st.Forwarded, ForwardFailed: st.ForwardFailed,
 		Refused: st.Refused, Malformed: st.Malformed, InflightRejected: st.InflightRejected,
-		UpstreamCount: st.UpstreamCount, UpstreamSum: st.UpstreamSum,
-	}
-	for _, b := range st.UpstreamBuckets {
-		s.UpstreamBuckets = append(s.UpstreamBuckets, metrics.LatencyBucket{Le: b.Le, Count: b.Count})
+		UpstreamCount: st.UpstreamCount, UpstreamSum: st.UpstreamSum, UpstreamBuckets: st.UpstreamBuckets,
 	}
 	return s
 }

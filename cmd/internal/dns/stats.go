@@ -3,6 +3,8 @@ package dns
 import (
 	"sync/atomic"
 	"time"
+
+	"github.com/fabricnet/fabric/metrics"
 )
 
 // Stats is a snapshot of the server's counters, for `fabricctl status` and
@@ -23,16 +25,13 @@ type Stats struct {
 	Malformed        uint64 // unparseable packets, responses, not exactly one question
 
 	// Upstream latency of successful forwards.
-	UpstreamCount   uint64
-	UpstreamSum     time.Duration
-	UpstreamBuckets []LatencyBucket
-}
-
-// LatencyBucket counts forwards that took at most Le (cumulative, as a
-// Prometheus histogram; the last bucket's Le is 0 and means +Inf).
-type LatencyBucket struct {
-	Le    time.Duration
-	Count uint64
+	UpstreamCount uint64
+	UpstreamSum   time.Duration
+	// UpstreamBuckets count forwards that took at most Le, cumulative as
+	// a Prometheus histogram; the last bucket's Le is 0 and means +Inf.
+	// The type is the metrics package's (its snapshot takes them as they
+	// are); that package knows nothing of this one.
+	UpstreamBuckets []metrics.LatencyBucket
 }
 
 var latencyBounds = [...]time.Duration{
@@ -68,13 +67,13 @@ func (c *counters) snapshot(st *Stats) {
 	st.UpstreamCount = c.upCount.Load()
 	st.UpstreamSum = time.Duration(c.upSumNanos.Load())
 	var cum uint64
-	st.UpstreamBuckets = make([]LatencyBucket, 0, len(c.upBuckets))
+	st.UpstreamBuckets = make([]metrics.LatencyBucket, 0, len(c.upBuckets))
 	for i := range c.upBuckets {
 		cum += c.upBuckets[i].Load()
 		var le time.Duration
 		if i < len(latencyBounds) {
 			le = latencyBounds[i]
 		}
-		st.UpstreamBuckets = append(st.UpstreamBuckets, LatencyBucket{Le: le, Count: cum})
+		st.UpstreamBuckets = append(st.UpstreamBuckets, metrics.LatencyBucket{Le: le, Count: cum})
 	}
 }
