@@ -28,10 +28,8 @@ func (a *Agent) adoptLink(sb *sandboxRec, ep *endpointRec, link string) error {
 	if err := validIfName(link); err != nil {
 		return invalidf("link %q: %v", link, err)
 	}
-	for _, o := range a.endpoints {
-		if o.HostIfName == link {
-			return conflictf("link %s is already endpoint %s", link, o.ID)
-		}
+	if o := a.endpointWithHostIf(link); o != nil {
+		return conflictf("link %s is already endpoint %s", link, o.ID)
 	}
 	host, peer, err := a.host.VethPeer(link, sb.NetNS)
 	switch {

@@ -88,6 +88,9 @@ type Agent struct {
 	// looks up its sandbox's endpoints several times; a walk over every
 	// endpoint made it cost more the more endpoints existed).
 	bySandbox map[string]map[string]*endpointRec
+	// byHostIf indexes endpoints by host interface name, then ID (adopting
+	// a runtime's veth checks no endpoint has it already).
+	byHostIf  map[string]map[string]*endpointRec
 	pools     map[string]*ipam.Pool // by network ID
 	dns       *dns.Server
 	hostPorts map[hostPortKey][]published // the sandboxes' published ports (putSandbox)
@@ -121,7 +124,8 @@ func New(opts Options) (*Agent, error) {
 	a := &Agent{
 		opts: opts, log: opts.Log, dp: opts.Datapath, store: st, started: time.Now(),
 		networks: map[string]*networkRec{}, sandboxes: map[string]*sandboxRec{}, hostPorts: map[hostPortKey][]published{},
-		endpoints: map[string]*endpointRec{}, bySandbox: map[string]map[string]*endpointRec{}, pools: map[string]*ipam.Pool{},
+		endpoints: map[string]*endpointRec{}, bySandbox: map[string]map[string]*endpointRec{},
+		byHostIf: map[string]map[string]*endpointRec{}, pools: map[string]*ipam.Pool{},
 		health: newHealth(),
 		cl:     opts.Cluster, glue: newClusterGlue(),
 	}

@@ -53,6 +53,14 @@ func (a *Agent) indexEndpoint(ep *endpointRec) {
 		a.bySandbox[ep.Sandbox] = eps
 	}
 	eps[ep.ID] = ep
+	if ep.HostIfName != "" {
+		byIf := a.byHostIf[ep.HostIfName]
+		if byIf == nil {
+			byIf = map[string]*endpointRec{}
+			a.byHostIf[ep.HostIfName] = byIf
+		}
+		byIf[ep.ID] = ep
+	}
 }
 
 // unindexEndpoint removes endpoint id from the maps.
@@ -65,10 +73,26 @@ func (a *Agent) unindexEndpoint(id string) {
 	delete(a.endpoints, id)
 }
 
+// dropFromSandbox removes ep from the indexes by sandbox and by host
+// interface.
 func (a *Agent) dropFromSandbox(ep *endpointRec) {
 	eps := a.bySandbox[ep.Sandbox]
 	delete(eps, ep.ID)
 	if len(eps) == 0 {
 		delete(a.bySandbox, ep.Sandbox)
 	}
+	byIf := a.byHostIf[ep.HostIfName]
+	delete(byIf, ep.ID)
+	if len(byIf) == 0 {
+		delete(a.byHostIf, ep.HostIfName)
+	}
+}
+
+// endpointWithHostIf returns an endpoint whose host interface is name,
+// nil if none has it.
+func (a *Agent) endpointWithHostIf(name string) *endpointRec {
+	for _, ep := range a.byHostIf[name] {
+		return ep
+	}
+	return nil
 }
