@@ -90,7 +90,11 @@ type Agent struct {
 	bySandbox map[string]map[string]*endpointRec
 	// byHostIf indexes endpoints by host interface name, then ID (adopting
 	// a runtime's veth checks no endpoint has it already).
-	byHostIf  map[string]map[string]*endpointRec
+	byHostIf map[string]map[string]*endpointRec
+	// byAddr indexes endpoints by address, then ID (Docker's resolver
+	// forwards each query to the shared listener, which names the asking
+	// sandbox from the query's source address).
+	byAddr    map[netip.Addr]map[string]*endpointRec
 	pools     map[string]*ipam.Pool // by network ID
 	dns       *dns.Server
 	hostPorts map[hostPortKey][]published // the sandboxes' published ports (putSandbox)
@@ -125,7 +129,8 @@ func New(opts Options) (*Agent, error) {
 		opts: opts, log: opts.Log, dp: opts.Datapath, store: st, started: time.Now(),
 		networks: map[string]*networkRec{}, sandboxes: map[string]*sandboxRec{}, hostPorts: map[hostPortKey][]published{},
 		endpoints: map[string]*endpointRec{}, bySandbox: map[string]map[string]*endpointRec{},
-		byHostIf: map[string]map[string]*endpointRec{}, pools: map[string]*ipam.Pool{},
+		byHostIf: map[string]map[string]*endpointRec{}, byAddr: map[netip.Addr]map[string]*endpointRec{},
+		pools:  map[string]*ipam.Pool{},
 		health: newHealth(),
 		cl:     opts.Cluster, glue: newClusterGlue(),
 	}

@@ -47,19 +47,31 @@ func (a *Agent) indexEndpoint(ep *endpointRec) {
 		a.dropFromSandbox(old)
 	}
 	a.endpoints[ep.ID] = ep
-	eps := a.bySandbox[ep.Sandbox]
+	addToIndex(a.bySandbox, ep.Sandbox, ep)
+	if ep.HostIfName != "" {
+		addToIndex(a.byHostIf, ep.HostIfName, ep)
+	}
+	if ep.Addr.IsValid() {
+		addToIndex(a.byAddr, ep.Addr.Addr(), ep)
+	}
+}
+
+// addToIndex files ep under key in an index of endpoints by key, then ID.
+func addToIndex[K comparable](index map[K]map[string]*endpointRec, key K, ep *endpointRec) {
+	eps := index[key]
 	if eps == nil {
 		eps = map[string]*endpointRec{}
-		a.bySandbox[ep.Sandbox] = eps
+		index[key] = eps
 	}
 	eps[ep.ID] = ep
-	if ep.HostIfName != "" {
-		byIf := a.byHostIf[ep.HostIfName]
-		if byIf == nil {
-			byIf = map[string]*endpointRec{}
-			a.byHostIf[ep.HostIfName] = byIf
-		}
-		byIf[ep.ID] = ep
+}
+
+// dropFromIndex removes ep from under key, and key once nothing is under it.
+func dropFromIndex[K comparable](index map[K]map[string]*endpointRec, key K, ep *endpointRec) {
+	eps := index[key]
+	delete(eps, ep.ID)
+	if len(eps) == 0 {
+		delete(index, key)
 	}
 }
 
@@ -73,18 +85,13 @@ func (a *Agent) unindexEndpoint(id string) {
 	delete(a.endpoints, id)
 }
 
-// dropFromSandbox removes ep from the indexes by sandbox and by host
-// interface.
+// dropFromSandbox removes ep from the indexes by sandbox, by host
+// interface and by address.
 func (a *Agent) dropFromSandbox(ep *endpointRec) {
-	eps := a.bySandbox[ep.Sandbox]
-	delete(eps, ep.ID)
-	if len(eps) == 0 {
-		delete(a.bySandbox, ep.Sandbox)
-	}
-	byIf := a.byHostIf[ep.HostIfName]
-	delete(byIf, ep.ID)
-	if len(byIf) == 0 {
-		delete(a.byHostIf, ep.HostIfName)
+	dropFromIndex(a.bySandbox, ep.Sandbox, ep)
+	dropFromIndex(a.byHostIf, ep.HostIfName, ep)
+	if ep.Addr.IsValid() {
+		dropFromIndex(a.byAddr, ep.Addr.Addr(), ep)
 	}
 }
 

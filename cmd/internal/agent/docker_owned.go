@@ -172,8 +172,8 @@ func (a *Agent) SetAliases(sandbox, netRef string, aliases []string) error {
 		return err
 	}
 	var ep *endpointRec
-	for _, e := range a.endpoints {
-		if e.Sandbox == sandbox && e.NetworkID == n.ID && e.Phase == phaseReady {
+	for _, e := range a.bySandbox[sandbox] {
+		if e.NetworkID == n.ID && e.Phase == phaseReady {
 			ep = e
 		}
 	}
@@ -235,8 +235,8 @@ func (a *Agent) ServeNamesAt(ctx context.Context, addr netip.Addr) error {
 func (a *Agent) sandboxOfAddr(ip netip.Addr) (string, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for _, ep := range a.endpoints {
-		if ep.Addr.Addr() == ip && ep.Phase == phaseReady {
+	for _, ep := range a.byAddr[ip] {
+		if ep.Phase == phaseReady {
 			if sb := a.sandboxes[ep.Sandbox]; sb != nil && hasResolver(sb) {
 				return sb.Name, true
 			}

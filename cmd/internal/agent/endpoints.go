@@ -333,8 +333,8 @@ func (a *Agent) Disconnect(ctx context.Context, netRef string, req api.Disconnec
 		return err
 	}
 	var ep *endpointRec
-	for _, e := range a.endpoints {
-		if e.Sandbox == sb.Name && e.NetworkID == n.ID {
+	for _, e := range a.bySandbox[sb.Name] {
+		if e.NetworkID == n.ID {
 			ep = e
 		}
 	}
