@@ -99,6 +99,11 @@ type Agent struct {
 	dns       *dns.Server
 	hostPorts map[hostPortKey][]published // the sandboxes' published ports (putSandbox)
 	names     *dnsRecords                 // the DNS table's records and problems (dnsrecords.go)
+	// namesAddr is the shared resolver's address while ServeNamesAt
+	// serves it; namesRouted says local routes to it may exist for ipvlan
+	// L3/L3S sandboxes (namesroutes.go).
+	namesAddr   netip.Addr
+	namesRouted bool
 
 	cl   *cluster.Cluster
 	glue *clusterGlue // the agent's side of the cluster (clusterglue.go)

@@ -227,6 +227,16 @@ func (a *Agent) ServeNamesAt(ctx context.Context, addr netip.Addr) error {
 		return fmt.Errorf("serve names at %s: %w", hostPort, err)
 	}
 	a.log.Info("serving names for Docker's resolver", "addr", hostPort)
+	a.mu.Lock()
+	a.namesAddr = addr
+	a.syncNamesRoutes()
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		a.namesAddr = netip.Addr{}
+		a.syncNamesRoutes()
+		a.mu.Unlock()
+	}()
 	return a.dns.ServeShared(ctx, pc, ln, a.sandboxOfAddr)
 }
 

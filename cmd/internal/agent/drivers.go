@@ -202,6 +202,7 @@ func (a *Agent) watchParents(ctx context.Context, interval time.Duration) {
 func (a *Agent) checkLANNetworks(ctx context.Context) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	defer a.syncNamesRoutes() // a parent that came back lost its route
 	for _, n := range a.networks {
 		if !lanDriver(n.Driver) || n.Phase != phaseReady {
 			continue

@@ -274,6 +274,8 @@ func (a *Agent) addNetwork(ctx context.Context, n *networkRec) (err error) {
 		return err
 	}
 	a.indexNetwork(n, pool)
+	a.syncNamesRoutes()
+	a.warnNamesUnreachable(n)
 	a.log.Info("network created", "name", n.Name, "subnet", n.Subnet, "bridge", n.Bridge)
 	return nil
 }
@@ -335,6 +337,7 @@ func (a *Agent) deleteNetwork(ctx context.Context, n *networkRec) error {
 		return err
 	}
 	a.unindexNetwork(n.ID)
+	a.syncNamesRoutes()
 	a.health.clearUnhealthy(n.ID)
 	a.log.Info("network removed", "name", n.Name)
 	return nil
