@@ -166,7 +166,9 @@ func (h *host) startWith(nsenterArgs, env []string) {
 	h.exited = exited
 	go func(c *exec.Cmd) { _ = c.Wait(); close(exited) }(h.agent)
 	// status exits 1 when the agent reports warnings, 2 when unreachable.
-	up := netnstest.PollEvery(20*time.Second, 50*time.Millisecond, func() bool {
+	// 60s: in the kernel matrix's emulated guests (no KVM) a first start
+	// loading the eBPF objects took over 20s when the host was busy.
+	up := netnstest.PollEvery(agentStartTimeout, 50*time.Millisecond, func() bool {
 		select {
 		case <-exited:
 			h.t.Fatalf("fabricd exited during start-up:\n%s", h.log())
@@ -176,9 +178,11 @@ func (h *host) startWith(nsenterArgs, env []string) {
 		return code == 0 || code == 1
 	})
 	if !up {
-		h.t.Fatalf("fabricd did not answer within 20s:\n%s", h.log())
+		h.t.Fatalf("fabricd did not answer within %v:\n%s", agentStartTimeout, h.log())
 	}
 }
+
+const agentStartTimeout = 60 * time.Second
 
 // kill9 kills the agent the hard way; sandboxes and their commands live on.
 func (h *host) kill9() {
