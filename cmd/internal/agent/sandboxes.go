@@ -3,7 +3,6 @@ package agent
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"os/exec"
 	"slices"
@@ -369,7 +368,7 @@ func (a *Agent) RemoveSandbox(ctx context.Context, name string) error {
 }
 
 // removeSandboxLocked tears a sandbox down in the crash-safe order: mark,
-// stop, delete the namespace, unplug, forget.
+// stop, unplug, delete.
 func (a *Agent) removeSandboxLocked(ctx context.Context, sb *sandboxRec) error {
 	sb.Phase = phaseRemoving
 	if err := a.store.Update(func(tx storeTx) error { return tx.Put(bucketSandboxes, sb.Name, sb) }); err != nil {
@@ -386,21 +385,13 @@ func (a *Agent) removeSandboxLocked(ctx context.Context, sb *sandboxRec) error {
 			return fmt.Errorf("stop sandbox %s: %w", sb.Name, err)
 		}
 	}
-	eps := a.sandboxEndpoints(sb.Name)
+	if err := a.removeEndpoints(ctx, a.sandboxEndpoints(sb.Name)); err != nil {
+		return err
+	}
 	if sb.Mode == api.ModeNetNS || sb.Mode == api.ModeNone {
-		// The namespace goes before its endpoints: the kernel then takes
-		// the veths with it, in its batched, asynchronous clean-up of
-		// dying namespaces, and the datapath finds the host sides gone.
-		// A veth deleted on its own waits for RCU grace periods under the
-		// RTNL (25–40 ms, most of a removal). The record still says
-		// removing, so a restart finishes the rest.
 		if err := a.host.DeleteNamespace(sandboxNSName(sb)); err != nil {
 			return fmt.Errorf("remove namespace of sandbox %s: %w", sb.Name, err)
 		}
-		a.awaitHostSidesGone(eps, hostSidesGoneWait)
-	}
-	if err := a.removeEndpoints(ctx, eps); err != nil {
-		return err
 	}
 	if err := a.store.Update(func(tx storeTx) error { return tx.Delete(bucketSandboxes, sb.Name) }); err != nil {
 		return err
@@ -410,40 +401,6 @@ func (a *Agent) removeSandboxLocked(ctx context.Context, sb *sandboxRec) error {
 	a.procs.removeLog(sb.LogPath)
 	a.log.Info("sandbox removed", "sandbox", sb.Name)
 	return nil
-}
-
-// hostSidesGoneWait bounds how long a removal waits for the kernel to
-// delete the veths of a namespace it let go (about one RCU grace period);
-// after it, the datapath deletes what is left itself.
-const hostSidesGoneWait = 500 * time.Millisecond
-
-// awaitHostSidesGone waits up to limit until no host-side interface of
-// eps exists any more, and reports whether none does.
-func (a *Agent) awaitHostSidesGone(eps []*endpointRec, limit time.Duration) bool {
-	deadline := time.Now().Add(limit)
-	pause := 500 * time.Microsecond
-	for {
-		left := false
-		for _, ep := range eps {
-			_, err := a.host.Link(ep.HostIfName)
-			if err != nil && !errors.Is(err, errNoLink) {
-				return false // cannot tell: the datapath deletes what is left
-			}
-			if err == nil {
-				left = true
-				break
-			}
-		}
-		if !left {
-			return true
-		}
-		if time.Now().After(deadline) {
-			a.log.Warn("interfaces of a removed namespace still there: deleting them one by one", "endpoints", len(eps))
-			return false
-		}
-		time.Sleep(pause)
-		pause = min(2*pause, 4*time.Millisecond)
-	}
 }
 
 // setProcessWait bounds how long SetProcess waits for a client's process
