@@ -28,6 +28,7 @@ type kernelRef struct {
 	pg      *pinger
 	nl      *netlink.Handle
 	bridge  *netlink.Bridge // nil: point-to-point (the eBPF datapath's shape)
+	anchor  netlink.Link    // a veth port that keeps the bridge's carrier up
 	subnet  byte            // 100.<subnet>.0.0/16 holds the reference's addresses
 	made    int
 	nameFor func(string) string
@@ -65,10 +66,40 @@ func newKernelRef(tag, nsPath string, pg *pinger, withBridge bool, nameFor func(
 		k.close()
 		return nil, fmt.Errorf("reference bridge up: %w", err)
 	}
+	// Fabric's bridge always has ports. A bridge that loses its last port
+	// loses its carrier, and regains it through the kernel's link watch,
+	// which for a bridge runs at most once a second: without a port that
+	// stays, each set-up would wait for it.
+	if br2, err := nl.LinkByName(br.Name); err == nil {
+		br.Index = br2.Attrs().Index
+	}
+	anchor := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: fmt.Sprintf("zra%s%d", tag, os.Getpid()%100000)},
+		PeerName: fmt.Sprintf("zrA%s%d", tag, os.Getpid()%100000)}
+	if err := nl.LinkAdd(anchor); err != nil {
+		k.close()
+		return nil, fmt.Errorf("reference bridge anchor: %w", err)
+	}
+	k.anchor = anchor
+	for _, name := range []string{anchor.Name, anchor.PeerName} {
+		l, err := nl.LinkByName(name)
+		if err == nil && name == anchor.Name {
+			err = nl.LinkSetMaster(l, br)
+		}
+		if err == nil {
+			err = nl.LinkSetUp(l)
+		}
+		if err != nil {
+			k.close()
+			return nil, fmt.Errorf("reference bridge anchor %s: %w", name, err)
+		}
+	}
 	return k, nil
 }
 
 func (k *kernelRef) close() {
+	if k.anchor != nil {
+		_ = k.nl.LinkDel(k.anchor)
+	}
 	if k.bridge != nil {
 		_ = k.nl.LinkDel(k.bridge)
 	}
@@ -149,10 +180,39 @@ func (k *kernelRef) plug(ctx context.Context, path, hostIf string, i int) (time.
 	if err := in.LinkSetUp(peer); err != nil {
 		return time.Time{}, fmt.Errorf("reference peer up: %w", err)
 	}
+	// A link just set up passes packets once the kernel's link watch has
+	// activated its queue (operstate up); an ARP request sent before is
+	// dropped and retried only a second later. Fabric's own steps after
+	// the link is up give the link watch that time; the reference waits
+	// for it.
+	if err := waitOperUp(ctx, k.nl, hostIf); err != nil {
+		return time.Time{}, err
+	}
+	if err := waitOperUp(ctx, in, "eth0"); err != nil {
+		return time.Time{}, err
+	}
 	if k.pg == nil {
 		return time.Time{}, errors.New("no pinger")
 	}
 	return k.pg.waitReply(ctx, nsAddr)
+}
+
+// waitOperUp waits (bounded) until link name is operationally up.
+func waitOperUp(ctx context.Context, nl *netlink.Handle, name string) error {
+	deadline := time.Now().Add(pingCap)
+	for {
+		l, err := nl.LinkByName(name)
+		if err != nil {
+			return fmt.Errorf("reference link %s: %w", name, err)
+		}
+		if l.Attrs().OperState == netlink.OperUp {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("reference link %s not up within %s (operstate %s)", name, pingCap, l.Attrs().OperState)
+		}
+		time.Sleep(pingEvery)
+	}
 }
 
 func prefixAddr(a netip.Addr, bits int) *netlink.Addr {
