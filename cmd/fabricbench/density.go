@@ -259,6 +259,9 @@ func (l *Lab) sectionDensity(ctx context.Context) error {
 	}
 	reps := max(1, l.o.reps)
 	for rep := range reps {
+		// The agent's memory at the smallest N is taken on the way up only:
+		// after a shrink the Go runtime keeps what it had, and the growth
+		// per sandbox would read low.
 		if err := l.densityAt(ctx, hosts, small, func(h *densityHost) (*result, *result) { return rows[h].small, rows[h].refSmall }, refs, rep == 0); err != nil {
 			return err
 		}

@@ -65,8 +65,9 @@ func TestSpreadOf(t *testing.T) {
 		want   string
 	}{
 		// The median of the ratios, not the ratio of medians: with these
-		// p50s (small 10, 5, 20; big 11, 10, 21) the medians give 11/10.
-		{"median of per-repetition ratios", repRatios([]float64{10, 5, 20}, []float64{11, 10, 21}), "1.10× (1.05–2.00, 3 reps)"},
+		// p50s (small 10, 5, 20; big 11, 12, 21) the medians would give
+		// 12/10 = 1.20×.
+		{"median of per-repetition ratios", repRatios([]float64{10, 5, 20}, []float64{11, 12, 21}), "1.10× (1.05–2.40, 3 reps)"},
 		{"even count averages the middle two", []float64{1.4, 1.0, 1.2, 1.1}, "1.15× (1.00–1.40, 4 reps)"},
 		{"one repetition", []float64{1.07}, "1.07× (1 rep)"},
 		{"none", nil, "–"},
