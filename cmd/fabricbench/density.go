@@ -40,7 +40,8 @@ type densityHost struct {
 	track, untrack    func(string)
 	pg                *pinger
 	fillers           []string
-	made, timed       int // fillers and timed sandboxes named so far
+	made, timed       int  // fillers and timed sandboxes named so far
+	bridged           bool // the kernel datapath: its sandboxes hang off a bridge
 }
 
 // agentStats reads the agent's resident memory and threads from /proc and
@@ -194,7 +195,7 @@ func (l *Lab) densityHosts(ctx context.Context) []*densityHost {
 		agent: l.agent, skip: l.fabricSkip(), track: l.trackSandbox, untrack: l.untrackSandbox}
 	kh := l.kernelHost(ctx)
 	kn := &densityHost{label: "fabric " + kh.datapathLabel() + " (k1)", short: "k1", tag: "k", client: kh.client,
-		agent: kh.agent, skip: kh.skip(), track: kh.track, untrack: kh.untrack}
+		agent: kh.agent, skip: kh.skip(), track: kh.track, untrack: kh.untrack, bridged: true}
 	return []*densityHost{eb, kn}
 }
 
@@ -216,7 +217,7 @@ func (l *Lab) sectionDensity(ctx context.Context) error {
 	t0 := time.Now()
 	hosts := l.densityHosts(ctx)
 	refs := map[*densityHost]*kernelRef{}
-	for i, h := range hosts {
+	for _, h := range hosts {
 		if h.skip != "" {
 			continue
 		}
@@ -224,7 +225,7 @@ func (l *Lab) sectionDensity(ctx context.Context) error {
 			continue
 		}
 		defer h.pg.close()
-		k, err := newKernelRef(h.tag, l.nsPath(h.short), h.pg, i == 1, l.ns)
+		k, err := newKernelRef(h.tag, l.nsPath(h.short), h.pg, h.bridged, l.ns)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "  density: %s: no kernel reference: %v\n", h.label, err)
 			continue
