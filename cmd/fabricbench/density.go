@@ -40,7 +40,8 @@ type densityHost struct {
 	track, untrack    func(string)
 	pg                *pinger
 	fillers           []string
-	timed             int
+	made, timed       int  // fillers and timed sandboxes named so far
+	bridged           bool // the kernel datapath: its sandboxes hang off a bridge
 }
 
 // agentStats reads the agent's resident memory and threads from /proc and
@@ -149,7 +150,8 @@ func (l *Lab) fillDensity(ctx context.Context, h *densityHost, n int) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		name := l.ns(fmt.Sprintf("zd%s%d", h.tag, len(h.fillers)))
+		name := l.ns(fmt.Sprintf("zd%s%d", h.tag, h.made))
+		h.made++
 		h.track(name)
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		_, err := h.client.CreateSandbox(cctx, api.SandboxCreate{Name: name, Command: []string{"sleep", "3600"}})
@@ -193,85 +195,240 @@ func (l *Lab) densityHosts(ctx context.Context) []*densityHost {
 		agent: l.agent, skip: l.fabricSkip(), track: l.trackSandbox, untrack: l.untrackSandbox}
 	kh := l.kernelHost(ctx)
 	kn := &densityHost{label: "fabric " + kh.datapathLabel() + " (k1)", short: "k1", tag: "k", client: kh.client,
-		agent: kh.agent, skip: kh.skip(), track: kh.track, untrack: kh.untrack}
+		agent: kh.agent, skip: kh.skip(), track: kh.track, untrack: kh.untrack, bridged: true}
 	return []*densityHost{eb, kn}
 }
 
-// sectionDensity: both agents grown to each N in parallel, then measured
-// one after the other.
+// densityRows are one host's rows: fabric's and the kernel reference's at
+// the smallest and the largest N, and fabric's at the sizes between
+// (measured once, on the first way up).
+type densityRows struct {
+	small, big       *result
+	refSmall, refBig *result
+	mid              []*result
+}
+
+// sectionDensity: both agents grown in parallel, then measured one after
+// the other. Each repetition measures the smallest N and the largest
+// (grow, measure, shrink back by removing the fillers), so the ratio of
+// the two is taken within a repetition, minutes apart at most, and the
+// reported ratio is the median of the per-repetition ratios.
 func (l *Lab) sectionDensity(ctx context.Context) error {
+	t0 := time.Now()
 	hosts := l.densityHosts(ctx)
+	refs := map[*densityHost]*kernelRef{}
 	for _, h := range hosts {
 		if h.skip != "" {
 			continue
 		}
-		if h.pg, h.skip = l.hostPinger(h.short); h.pg != nil {
-			defer h.pg.close()
+		if h.pg, h.skip = l.hostPinger(h.short); h.pg == nil {
+			continue
 		}
+		defer h.pg.close()
+		k, err := newKernelRef(h.tag, l.nsPath(h.short), h.pg, h.bridged, l.ns)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "  density: %s: no kernel reference: %v\n", h.label, err)
+			continue
+		}
+		defer k.close()
+		refs[h] = k
 	}
 	defer l.removeDensityFillers(hosts)
-	var rows []*result
-	first := map[*densityHost]*result{}
-	for _, n := range l.o.densityN {
-		errs := make([]error, len(hosts))
-		var wg sync.WaitGroup
-		for i, h := range hosts {
-			if h.skip == "" {
-				wg.Go(func() { errs[i] = l.fillDensity(ctx, h, n) })
+	sizes := l.o.densityN
+	small, big := sizes[0], sizes[len(sizes)-1]
+	rows := map[*densityHost]*densityRows{}
+	newRow := func(name, skip string) *result {
+		return &result{spec: spec{name: name, skip: skip}, vals: map[string][]float64{}}
+	}
+	for _, h := range hosts {
+		dr := &densityRows{small: newRow(fmt.Sprintf("%s, N=%d", h.label, small), h.skip)}
+		for _, n := range sizes[1 : len(sizes)-1] {
+			dr.mid = append(dr.mid, newRow(fmt.Sprintf("%s, N=%d", h.label, n), h.skip))
+		}
+		if big != small {
+			dr.big = newRow(fmt.Sprintf("%s, N=%d", h.label, big), h.skip)
+		}
+		refName := "kernel steps, no fabric (" + h.short + ")"
+		if refs[h] == nil {
+			refName = "kernel steps, no fabric (" + h.short + "): not measured"
+		}
+		dr.refSmall = newRow(fmt.Sprintf("%s, N=%d", refName, small), h.skip)
+		if big != small {
+			dr.refBig = newRow(fmt.Sprintf("%s, N=%d", refName, big), h.skip)
+		}
+		rows[h] = dr
+	}
+	reps := max(1, l.o.reps)
+	for rep := range reps {
+		// The agent's memory at the smallest N is taken on the way up only:
+		// after a shrink the Go runtime keeps what it had, and the growth
+		// per sandbox would read low.
+		if err := l.densityAt(ctx, hosts, small, func(h *densityHost) (*result, *result) { return rows[h].small, rows[h].refSmall }, refs, rep == 0); err != nil {
+			return err
+		}
+		if big == small {
+			continue
+		}
+		if rep == 0 {
+			for i, n := range sizes[1 : len(sizes)-1] {
+				if err := l.densityAt(ctx, hosts, n, func(h *densityHost) (*result, *result) { return rows[h].mid[i], nil }, nil, true); err != nil {
+					return err
+				}
 			}
 		}
-		wg.Wait()
-		if ctx.Err() != nil {
-			return ctx.Err()
+		if err := l.densityAt(ctx, hosts, big, func(h *densityHost) (*result, *result) { return rows[h].big, rows[h].refBig }, refs, true); err != nil {
+			return err
 		}
-		for i, h := range hosts {
-			r := &result{spec: spec{name: fmt.Sprintf("%s, N=%d", h.label, n), skip: h.skip}, vals: map[string][]float64{}}
-			rows = append(rows, r)
-			if errs[i] != nil {
-				h.skip = fmt.Sprintf("could not grow to %d sandboxes: %s", n, lastLines(errs[i].Error(), 1))
-				r.skip = h.skip
-			}
-			if h.skip != "" {
-				continue
-			}
-			l.measureDensity(ctx, h, n, r)
-			if first[h] == nil {
-				first[h] = r
-			}
+		if rep < reps-1 {
+			l.shrinkDensity(ctx, hosts, small, func(h *densityHost) *result { return rows[h].big })
 		}
 	}
-	l.printDensity(rows, first)
+	fmt.Fprintf(os.Stderr, "  density: measured in %.0f s\n", time.Since(t0).Seconds())
+	l.printDensity(hosts, rows, reps)
 	return nil
 }
 
-// measureDensity fills r with host h's figures at n sandboxes.
-func (l *Lab) measureDensity(ctx context.Context, h *densityHost, n int, r *result) {
+// densityAt grows the hosts to n sandboxes in parallel and measures each
+// in turn into the rows rowOf gives it (one repetition's figures); with
+// refs, the kernel reference is timed alongside. stats says whether the
+// agent's memory and thread figures are taken too.
+func (l *Lab) densityAt(ctx context.Context, hosts []*densityHost, n int, rowOf func(*densityHost) (*result, *result), refs map[*densityHost]*kernelRef, stats bool) error {
+	errs := make([]error, len(hosts))
+	var wg sync.WaitGroup
+	for i, h := range hosts {
+		if h.skip == "" {
+			wg.Go(func() { errs[i] = l.fillDensity(ctx, h, n) })
+		}
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	for i, h := range hosts {
+		if errs[i] != nil && h.skip == "" {
+			h.skip = fmt.Sprintf("could not grow to %d sandboxes: %s", n, lastLines(errs[i].Error(), 1))
+		}
+		r, ref := rowOf(h)
+		if h.skip != "" {
+			r.skip = h.skip
+			if ref != nil {
+				ref.skip = h.skip
+			}
+			continue
+		}
+		var k *kernelRef
+		if refs != nil {
+			k = refs[h]
+		}
+		l.measureDensity(ctx, h, n, r, ref, k, stats)
+	}
+	return nil
+}
+
+// measureDensity adds one repetition's figures of host h at n sandboxes to
+// r (and the kernel reference's to ref): the set-up p50 of densitySetupN
+// creates, fabric's and the reference's alternating, and with stats the
+// agent's memory and threads.
+func (l *Lab) measureDensity(ctx context.Context, h *densityHost, n int, r, ref *result, k *kernelRef, stats bool) {
 	fmt.Fprintf(os.Stderr, "  density: measuring %s at N=%d\n", h.label, n)
-	r.runs = 1
+	r.runs++
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	sbs, err := h.client.Sandboxes(cctx)
 	cancel()
 	if err == nil {
-		r.vals["n"] = []float64{float64(len(sbs))}
+		r.vals["n"] = append(r.vals["n"], float64(len(sbs)))
 	}
-	st, err := agentStats(ctx, h.agent.cmd.Process.Pid, l.nsPath(h.short))
-	if err != nil {
-		r.errs = append(r.errs, err.Error())
+	if stats {
+		st, err := agentStats(ctx, h.agent.cmd.Process.Pid, l.nsPath(h.short))
+		if err != nil {
+			r.errs = append(r.errs, err.Error())
+		}
+		for key, v := range st {
+			r.vals[key] = append(r.vals[key], v)
+		}
 	}
-	for k, v := range st {
-		r.vals[k] = []float64{v}
-	}
-	var pool []float64
 	_, _ = l.timedDensityCreates(ctx, h, 2) // warm-up
-	for range max(1, l.o.reps) {
-		ready, err := l.timedDensityCreates(ctx, h, densitySetupN)
+	var pool, refPool []float64
+	for range densitySetupN {
+		ready, err := l.timedDensityCreates(ctx, h, 1)
 		pool = append(pool, ready...)
 		if err != nil {
 			r.errs = append(r.errs, err.Error())
 		}
+		if k == nil || ref == nil {
+			continue
+		}
+		if took, err := k.timedSetup(ctx); err != nil {
+			ref.errs = append(ref.errs, err.Error())
+		} else {
+			refPool = append(refPool, took)
+		}
 	}
-	r.vals["su50"] = []float64{percentile(pool, 50)}
-	r.vals["su99"] = []float64{percentile(pool, 99)}
+	r.vals["su50"] = append(r.vals["su50"], nanIfEmpty(pool, 50))
+	r.vals["su99"] = append(r.vals["su99"], nanIfEmpty(pool, 99))
+	if k != nil && ref != nil {
+		ref.runs++
+		ref.vals["n"] = append(ref.vals["n"], float64(n))
+		ref.vals["su50"] = append(ref.vals["su50"], nanIfEmpty(refPool, 50))
+		ref.vals["su99"] = append(ref.vals["su99"], nanIfEmpty(refPool, 99))
+	}
+}
+
+// nanIfEmpty is the p-th percentile of xs, NaN (no measurement, kept in
+// its repetition's place) when there is none.
+func nanIfEmpty(xs []float64, p float64) float64 {
+	if len(xs) == 0 {
+		return math.NaN()
+	}
+	return percentile(xs, p)
+}
+
+// shrinkDensity brings the hosts back to n sandboxes in parallel by
+// removing their newest fillers, and records the removals' p50 in the row
+// rowOf gives.
+func (l *Lab) shrinkDensity(ctx context.Context, hosts []*densityHost, n int, rowOf func(*densityHost) *result) {
+	var wg sync.WaitGroup
+	for _, h := range hosts {
+		if h.skip != "" || len(h.fillers) == 0 {
+			continue
+		}
+		wg.Go(func() {
+			cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			sbs, err := h.client.Sandboxes(cctx)
+			cancel()
+			if err != nil {
+				return
+			}
+			cut := len(h.fillers) - shrinkCount(len(sbs), n, len(h.fillers))
+			took, failed := removeFillers(h, h.fillers[cut:])
+			h.fillers = append(h.fillers[:cut], failed...)
+			if r := rowOf(h); r != nil && len(took) > 0 {
+				r.vals["rm50"] = append(r.vals["rm50"], percentile(took, 50))
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// removeFillers removes the named fillers one after the other, logs how
+// long it took, and returns each removal's time (ms) and the names it
+// could not remove.
+func removeFillers(h *densityHost, names []string) (took []float64, failed []string) {
+	t0 := time.Now()
+	for _, name := range names {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		t := time.Now()
+		if err := h.client.RemoveSandbox(ctx, name); err != nil {
+			failed = append(failed, name)
+		} else {
+			took = append(took, ms(time.Since(t)))
+			h.untrack(name)
+		}
+		cancel()
+	}
+	fmt.Fprintf(os.Stderr, "  density: %s: removed %d sandboxes in %.1f s (p50 %.1f ms per removal; %d failed)\n",
+		h.label, len(took), time.Since(t0).Seconds(), nanIfEmpty(took, 50), len(failed))
+	return took, failed
 }
 
 func (l *Lab) removeDensityFillers(hosts []*densityHost) {
@@ -281,91 +438,12 @@ func (l *Lab) removeDensityFillers(hosts []*densityHost) {
 			continue
 		}
 		wg.Go(func() {
-			t0 := time.Now()
-			var failed int
-			for _, name := range h.fillers {
-				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				if err := h.client.RemoveSandbox(ctx, name); err != nil {
-					failed++
-				} else {
-					h.untrack(name)
-				}
-				cancel()
+			_, failed := removeFillers(h, h.fillers)
+			if len(failed) > 0 {
+				fmt.Fprintf(os.Stderr, "  density: %s: %d left to the cleanup\n", h.label, len(failed))
 			}
-			fmt.Fprintf(os.Stderr, "  density: %s: removed %d sandboxes in %.1f s (%d failed, left to the cleanup)\n",
-				h.label, len(h.fillers)-failed, time.Since(t0).Seconds(), failed)
 			h.fillers = nil
 		})
 	}
 	wg.Wait()
-}
-
-// printDensity prints the table: per-sandbox figures are the growth from
-// the same agent's first N, divided by the sandboxes added.
-func (l *Lab) printDensity(rows []*result, first map[*densityHost]*result) {
-	refOf := map[*result]*result{}
-	for _, ref := range first {
-		for _, r := range rows {
-			if strings.HasPrefix(r.name, strings.SplitN(ref.name, ", N=", 2)[0]+", N=") {
-				refOf[r] = ref
-			}
-		}
-	}
-	one := func(head, k, f string, scale float64) column {
-		return column{head, func(r *result) string {
-			if v := r.med(k); !math.IsNaN(v) {
-				return fmt.Sprintf(f, v/scale)
-			}
-			if r.skip != "" {
-				return "n/a"
-			}
-			return "–"
-		}}
-	}
-	perSandbox := func(head, k string) column {
-		return column{head, func(r *result) string {
-			ref := refOf[r]
-			if ref == nil || ref == r {
-				return "–"
-			}
-			d := r.med("n") - ref.med("n")
-			v := (r.med(k) - ref.med(k)) / d / 1024
-			if math.IsNaN(v) || d <= 0 {
-				return "–"
-			}
-			return fmt.Sprintf("%.1f", v)
-		}}
-	}
-	ratio := column{fmt.Sprintf("p50 × N=%d", l.o.densityN[0]), func(r *result) string { return ratioCol("", "su50", refOf[r]).cell(r) }}
-	notes := []string{
-		"N: the agent's sandboxes, each running `sleep 3600` (supervised, with its own resolver on 127.0.0.11); the h1 agent also has the lab's own sandboxes.",
-		"RSS and threads from /proc/PID/status; heap (in use), stack (in use) and goroutines from the agent's /metrics. Per-sandbox columns: growth since the same agent's first N, divided by the sandboxes added.",
-		fmt.Sprintf("set-up: %d API CreateSandbox calls with a command per repetition (%d repetitions), from the call to the address answering ping from the host, each removed again; p50/p99 over all.", densitySetupN, max(1, l.o.reps)),
-	}
-	last := l.o.densityN[len(l.o.densityN)-1]
-	for _, r := range rows {
-		ref := refOf[r]
-		if r.skip != "" || ref == nil || ref == r || !strings.HasSuffix(r.name, fmt.Sprintf("N=%d", last)) {
-			continue
-		}
-		rss := (r.med("rss") - ref.med("rss")) / (r.med("n") - ref.med("n")) / 1024
-		notes = append(notes, fmt.Sprintf("issue targets, %s: %s; %s; %s.", r.name,
-			target("RSS per sandbox", rss, 20, false, " KiB"),
-			target("OS threads", r.med("threads"), 32, false, ""),
-			target("set-up p50 vs first N", r.med("su50")/ref.med("su50"), 1.05, false, "×")))
-	}
-	printTable("density: one agent's cost per sandbox with a command, N sandboxes on one host",
-		[]column{
-			one("sandboxes", "n", "%.0f", 1),
-			one("RSS MiB", "rss", "%.1f", 1<<20),
-			perSandbox("RSS KiB/sandbox", "rss"),
-			one("heap MiB", "heap", "%.1f", 1<<20),
-			perSandbox("heap KiB/sandbox", "heap"),
-			one("stack MiB", "stack", "%.2f", 1<<20),
-			one("goroutines", "goroutines", "%.0f", 1),
-			one("OS threads", "threads", "%.0f", 1),
-			one("set-up p50 ms", "su50", "%.1f", 1),
-			one("set-up p99 ms", "su99", "%.1f", 1),
-			ratio,
-		}, rows, notes...)
 }
