@@ -100,9 +100,11 @@ func (s *tcSock) delClsact(ifindex int) error {
 // of the namespace's qdiscs). ok is false if the device has none.
 func (s *tcSock) clsactOf(ifindex int) (c clsactInfo, ok bool, err error) {
 	msg := &nl.TcMsg{Family: unix.AF_UNSPEC, Ifindex: int32(ifindex), Parent: netlink.HANDLE_CLSACT}
-	// NLM_F_ECHO: Linux 6.7 to 6.8's tc_get_qdisc answers a plain get
-	// only when someone listens to tc notifications.
-	msgs, err := s.request(unix.RTM_GETQDISC, unix.NLM_F_ECHO, msg).Execute(unix.NETLINK_ROUTE, unix.RTM_NEWQDISC)
+	// NLM_F_ECHO: recent kernels' tc_get_qdisc answers a plain get only
+	// when someone listens to tc notifications; NLM_F_ACK: a device
+	// without a qdisc there (the built-in noop one) gets no answer but
+	// the ack (an answer's ack is skipped by the next request).
+	msgs, err := s.request(unix.RTM_GETQDISC, unix.NLM_F_ECHO|unix.NLM_F_ACK, msg).Execute(unix.NETLINK_ROUTE, unix.RTM_NEWQDISC)
 	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.EINVAL) {
 		return clsactInfo{}, false, nil
 	}

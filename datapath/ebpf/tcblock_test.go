@@ -235,3 +235,25 @@ func TestEndpointBlockAvoidsBlocksInUse(t *testing.T) {
 	}
 	t.Log(fmt.Sprintf("first datapath's blocks %d/%d, second's %d/%d", first, first+1, b, b+1))
 }
+
+// TestPurgeTakesEndpointsOffTheBlock: the purge of a stopped agent
+// deletes the qdiscs bound to the endpoints' block, so the block and its
+// filter go (even from veths it does not delete).
+func TestPurgeTakesEndpointsOffTheBlock(t *testing.T) {
+	l := newUpgradeLab(t)
+	blk := l.a.dp.fwd.epBlock
+	if err := l.a.dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := purgeBlock(l.a.path, blk); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []*overlayHost{l.a, l.b} {
+		if c, ok := clsactIn(t, l.a.path, l.hostIfindex(h)); ok {
+			t.Errorf("%s keeps clsact %v after the purge", h.ep.HostIfName, c)
+		}
+	}
+	if n := len(blockFilters(t, l.a.path, blk)); n != 0 {
+		t.Errorf("%d filters left on block %d", n, blk)
+	}
+}
