@@ -2,7 +2,6 @@ package ebpf
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -233,7 +232,7 @@ func TestEndpointBlockAvoidsBlocksInUse(t *testing.T) {
 	if b%2 != 0 || b == 0 {
 		t.Errorf("block %d: want an even non-zero index", b)
 	}
-	t.Log(fmt.Sprintf("first datapath's blocks %d/%d, second's %d/%d", first, first+1, b, b+1))
+	t.Logf("first datapath's blocks %d/%d, second's %d/%d", first, first+1, b, b+1)
 }
 
 // TestPurgeTakesEndpointsOffTheBlock: the purge of a stopped agent
