@@ -180,6 +180,14 @@ func (f *Forwarder) ensureBlockFilter(blk uint32) (attached bool, err error) {
 	if err := pinFD(prog.FD(), pin); err != nil {
 		return false, fmt.Errorf("pin %s: %w", pin, err)
 	}
+	// A block this root used before (its pin lost, another index chosen)
+	// goes with its last qdisc: its pin must not be adopted next start.
+	others, _ := filepath.Glob(filepath.Join(filepath.Dir(pin), blockPinPrefix+"*"))
+	for _, o := range others {
+		if o != pin {
+			_ = os.Remove(o)
+		}
+	}
 	return true, nil
 }
 
