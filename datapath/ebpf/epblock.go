@@ -3,6 +3,7 @@ package ebpf
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -105,11 +106,7 @@ func (f *Forwarder) ensureEndpointTC(ifindex int, expected bool) error {
 	if err != nil {
 		return err
 	}
-	fixed, err := f.ensureBoundQdisc(ifindex, blk)
-	if err != nil {
-		return err
-	}
-	attached, err := f.ensureBlockFilter(blk)
+	fixed, attached, err := f.ensureBoundQdisc(ifindex, blk)
 	if err != nil {
 		return err
 	}
@@ -124,32 +121,57 @@ func (f *Forwarder) ensureEndpointTC(ifindex int, expected bool) error {
 }
 
 // ensureBoundQdisc gives ifindex a clsact qdisc bound to blocks blk and
-// blk+1; made reports that there was none or a different one.
-func (f *Forwarder) ensureBoundQdisc(ifindex int, blk uint32) (made bool, err error) {
+// blk+1 and makes sure the block's filter runs; made reports that there
+// was no such qdisc, attached that the filter was not there.
+func (f *Forwarder) ensureBoundQdisc(ifindex int, blk uint32) (made, attached bool, err error) {
 	err = f.tc.addClsact(ifindex, blk, blk+1)
-	if err == nil {
-		return true, nil
+	if err != nil && !errors.Is(err, unix.EEXIST) {
+		return false, false, fmt.Errorf("add clsact qdisc on tc blocks %d/%d to ifindex %d: %w", blk, blk+1, ifindex, err)
 	}
-	if !errors.Is(err, unix.EEXIST) {
-		return false, fmt.Errorf("add clsact qdisc on tc blocks %d/%d to ifindex %d: %w", blk, blk+1, ifindex, err)
+	if err == nil {
+		attached, err = f.ensureBlockFilter(blk)
+		return true, attached, err
 	}
 	c, ok, err := f.tc.clsactOf(ifindex)
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
 	if ok && c.ingress == blk && c.egress == blk+1 {
-		return false, nil
+		attached, err = f.ensureBlockFilter(blk)
+		return false, attached, err
 	}
-	// Blocks cannot be changed on a qdisc: it is made again. Between the
-	// two, the veth's packets go to the host stack unfiltered (a few µs,
-	// once, on the upgrade from per-veth filters).
+	attached, err = f.rebindQdisc(ifindex, blk)
+	return true, attached, err
+}
+
+// rebindQdisc replaces ifindex's clsact qdisc with private blocks (an
+// older agent's per-veth filter, or someone else's) by one bound to blk.
+// Blocks cannot be changed on a qdisc, so it is made again; the veth is
+// down meanwhile, so none of the sandbox's packets reaches the host stack
+// without the program (the sandbox sees its link flap once, on the
+// upgrade from per-veth filters).
+func (f *Forwarder) rebindQdisc(ifindex int, blk uint32) (attached bool, err error) {
+	l, err := f.nl.LinkByIndex(ifindex)
+	if err != nil {
+		return false, fmt.Errorf("replace clsact qdisc of ifindex %d: %w", ifindex, err)
+	}
+	if l.Attrs().Flags&net.FlagUp != 0 {
+		if err := f.nl.LinkSetDown(l); err != nil {
+			return false, fmt.Errorf("replace clsact qdisc of %s: set down: %w", l.Attrs().Name, err)
+		}
+		defer func() {
+			if uerr := f.nl.LinkSetUp(l); uerr != nil {
+				err = errors.Join(err, fmt.Errorf("replace clsact qdisc of %s: set up again: %w", l.Attrs().Name, uerr))
+			}
+		}()
+	}
 	if err := f.tc.delClsact(ifindex); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
 		return false, fmt.Errorf("replace clsact qdisc of ifindex %d: %w", ifindex, err)
 	}
 	if err := f.tc.addClsact(ifindex, blk, blk+1); err != nil {
 		return false, fmt.Errorf("add clsact qdisc on tc blocks %d/%d to ifindex %d: %w", blk, blk+1, ifindex, err)
 	}
-	return true, nil
+	return f.ensureBlockFilter(blk)
 }
 
 // ensureBlockFilter attaches the endpoint program as fabric's filter on

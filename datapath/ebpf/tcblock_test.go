@@ -5,8 +5,10 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/fabricnet/fabric/datapath"
@@ -184,8 +186,17 @@ func TestPerVethFiltersOfAnOlderAgentAreConverted(t *testing.T) {
 	if err := l.a.ping(l.b.ep.Addr.Addr(), 1); err != nil {
 		t.Fatalf("older agent's set-up: %v", err)
 	}
+	downs := l.watchDowns()
 	l.upgrade(nil)
 	l.expectShared(t, l.a, l.b)
+	// Each veth was down while its qdisc was made again: no packet of the
+	// sandbox's reached the host stack without the program.
+	went := downs(l.a.ep.HostIfName, l.b.ep.HostIfName)
+	for _, h := range []*overlayHost{l.a, l.b} {
+		if !went[h.ep.HostIfName] {
+			t.Errorf("host veth %s was not set down while its qdisc was replaced (downs seen: %v)", h.ep.HostIfName, went)
+		}
+	}
 	if err := l.a.ping(l.b.ep.Addr.Addr(), 1); err != nil {
 		t.Fatal(err)
 	}
@@ -255,4 +266,49 @@ func TestPurgeTakesEndpointsOffTheBlock(t *testing.T) {
 	if n := len(blockFilters(t, l.a.path, blk)); n != 0 {
 		t.Errorf("%d filters left on block %d", n, blk)
 	}
+}
+
+// watchDowns records which links of the lab's host namespace are set down
+// from now on; the function it returns waits (at most 5s) until each of
+// want was seen going down, stops the watch and says which went down.
+func (l *upgradeLab) watchDowns() func(want ...string) map[string]bool {
+	l.t.Helper()
+	ns, err := netns.GetFromPath(l.a.path)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	ch, done := make(chan netlink.LinkUpdate, 256), make(chan struct{})
+	if err := netlink.LinkSubscribeAt(ns, ch, done); err != nil {
+		ns.Close()
+		l.t.Fatalf("subscribe to link updates: %v", err)
+	}
+	return func(want ...string) map[string]bool {
+		defer ns.Close()
+		defer close(done)
+		went := map[string]bool{}
+		timeout := time.After(5 * time.Second)
+		for !allIn(want, went) {
+			select {
+			case u, ok := <-ch:
+				if !ok {
+					return went
+				}
+				if u.IfInfomsg.Flags&unix.IFF_UP == 0 {
+					went[u.Link.Attrs().Name] = true
+				}
+			case <-timeout:
+				return went
+			}
+		}
+		return went
+	}
+}
+
+func allIn(names []string, set map[string]bool) bool {
+	for _, n := range names {
+		if !set[n] {
+			return false
+		}
+	}
+	return true
 }
