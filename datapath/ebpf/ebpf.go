@@ -104,13 +104,17 @@ type Forwarder struct {
 	opts   Options
 	nsPath string
 	nl     *netlink.Handle
-	objs   *bpf.Objects
-	sock   *bpf.Sock      // nil if the socket hooks could not be attached
-	redir  *bpf.SockRedir // nil if socket redirection could not be attached
-	up     *bpf.Uplink
-	tun    *bpf.Tunnel
-	xdp    string // what --xdp resulted in, for status
-	cgroup string // where the socket hooks are attached
+	tc     *tcSock // the shared-block messages netlink lacks
+	// epBlock is the endpoints' ingress tc block (egress: the next one),
+	// once chosen (endpointBlock).
+	epBlock uint32
+	objs    *bpf.Objects
+	sock    *bpf.Sock      // nil if the socket hooks could not be attached
+	redir   *bpf.SockRedir // nil if socket redirection could not be attached
+	up      *bpf.Uplink
+	tun     *bpf.Tunnel
+	xdp     string // what --xdp resulted in, for status
+	cgroup  string // where the socket hooks are attached
 	// redirCgroup is where the sockops program is attached; redirErr why
 	// socket redirection is off.
 	redirCgroup string
@@ -181,9 +185,14 @@ func NewForwarder(log *slog.Logger, opts Options) (_ *Forwarder, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("netlink handle in host netns: %w", err)
 	}
+	if f.tc, err = openTCSock(f.nsPath); err != nil {
+		f.nl.Close()
+		return nil, err
+	}
 	defer func() {
 		if err != nil {
 			f.nl.Close()
+			f.tc.Close()
 		}
 	}()
 	// Settings first: a wrong one is refused before anything is made.
@@ -347,6 +356,7 @@ func (f *Forwarder) Close() error {
 		f.nl.Close()
 		f.nl = nil
 	}
+	f.tc.Close()
 	return err
 }
 
@@ -371,7 +381,7 @@ func (f *Forwarder) Status() datapath.Status {
 	st := datapath.Status{
 		Name: "ebpf",
 		Details: []string{
-			fmt.Sprintf("tc (clsact ingress) on %s, no bridge", count(len(f.eps), "endpoint veth", "endpoint veths")),
+			fmt.Sprintf("tc (clsact ingress) on %s, no bridge: one filter on shared tc block %d", count(len(f.eps), "endpoint veth", "endpoint veths"), f.epBlock),
 			fmt.Sprintf("%d networks; maps pinned under %s", len(f.nets), f.opts.BPFRoot),
 		},
 	}

@@ -35,14 +35,15 @@ func tcxPrograms(t *testing.T, nsPath string, ifindex int) []link.AttachedProgra
 }
 
 // expectFilterOnly checks that the endpoint veth of pin (ifindex) runs
-// its program as fabric's clsact filter and through no TCX link.
+// its program through fabric's filter on the shared tc block and
+// through no TCX link.
 func (l *upgradeLab) expectFilterOnly(t *testing.T, pin string, ifindex int) {
 	t.Helper()
 	if progs := tcxPrograms(t, l.a.path, ifindex); len(progs) != 0 {
 		t.Errorf("ifindex %d runs %d TCX programs, want none", ifindex, len(progs))
 	}
 	if l.filterProgram(t, pin) == 0 {
-		t.Errorf("%s: no clsact filter on the endpoint veth (ifindex %d)", pin, ifindex)
+		t.Errorf("%s: the endpoint veth (ifindex %d) does not run the block's filter", pin, ifindex)
 	}
 }
 
@@ -71,10 +72,7 @@ func TestEndpointTCXLinkOfAnOlderAgentIsReplaced(t *testing.T) {
 	var f Forwarder
 	ifindex, _, _ := f.clsactTarget(filepath.Base(pin))
 	// What an older agent left: a TCX link pinned where the program is.
-	if err := l.a.dp.fwd.deleteClsactFilter(ifindex, true, 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Remove(pin); err != nil {
+	if err := l.a.dp.fwd.tc.delClsact(ifindex); err != nil {
 		t.Fatal(err)
 	}
 	err := fabricns.Do(l.a.path, func() error {
@@ -96,6 +94,9 @@ func TestEndpointTCXLinkOfAnOlderAgentIsReplaced(t *testing.T) {
 	}
 	l.upgrade(nil)
 	l.expectFilterOnly(t, pin, ifindex)
+	if _, err := os.Stat(pin); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the older agent's TCX link pin %s is left: %v", pin, err)
+	}
 	if err := l.a.ping(l.b.ep.Addr.Addr(), 1); err != nil {
 		t.Fatal(err)
 	}

@@ -161,7 +161,7 @@ func (f *Forwarder) forgetOldVeth(id string, ifindex int) error {
 	if err := f.objs.DeleteEndpoint(old.ifindex); err != nil {
 		return fmt.Errorf("endpoint %s: forget old host veth %d: %w", id, old.ifindex, err)
 	}
-	return f.detach(f.linkPin(endpointPin(old.ifindex)))
+	return f.detachEndpointTC(old.ifindex)
 }
 
 func portsOf(ep datapath.Endpoint) ([]bpf.Port, error) {
@@ -206,7 +206,7 @@ func (f *Forwarder) DeleteEndpoint(n datapath.Network, ep datapath.Endpoint) err
 	if err := f.objs.DeleteEndpoint(st.ifindex); err != nil {
 		return err
 	}
-	if err := f.detach(f.linkPin(endpointPin(st.ifindex))); err != nil {
+	if err := f.detachEndpointTC(st.ifindex); err != nil {
 		return err
 	}
 	gone := ep.Addr.Addr()
@@ -227,6 +227,7 @@ func (f *Forwarder) Sync(s datapath.State) error {
 	var errs []error
 	errs = append(errs, f.pruneMaps(w)...)
 	errs = append(errs, f.prunePins(w))
+	errs = append(errs, f.pruneBlockQdiscs(w.ifindex))
 	errs = append(errs, f.pruneHostSide(w)...)
 	errs = append(errs, f.syncOverlay(w.nets, s))
 	errs = append(errs, f.refreshHostAddrs())

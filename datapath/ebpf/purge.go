@@ -29,6 +29,9 @@ func Purge(nsPath, bpfRoot string) error {
 	var errs []error
 	pins, _ := filepath.Glob(filepath.Join(bpfRoot, "links", "*"))
 	for _, pin := range pins {
+		if blk, ok := blockOfPin(filepath.Base(pin)); ok {
+			errs = append(errs, purgeBlock(nsPath, blk))
+		}
 		errs = append(errs, detach(pin))
 	}
 	// Only the directories the datapath made (ensureBPFFS), then bpfRoot
@@ -59,5 +62,30 @@ func Purge(nsPath, bpfRoot string) error {
 		}
 	}
 	errs = append(errs, plumb.Purge(nsPath))
+	return errors.Join(errs...)
+}
+
+// purgeBlock deletes the clsact qdiscs bound to the endpoints' tc block
+// blk: the block, and the endpoint program's filter on it, go with the
+// last of them.
+func purgeBlock(nsPath string, blk uint32) error {
+	s, err := openTCSock(nsPath)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	qds, err := s.clsacts()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, q := range qds {
+		if q.ingress != blk {
+			continue
+		}
+		if err := s.delClsact(q.ifindex); err != nil && !isLinkGone(err) {
+			errs = append(errs, fmt.Errorf("detach endpoint program from ifindex %d: %w", q.ifindex, err))
+		}
+	}
 	return errors.Join(errs...)
 }

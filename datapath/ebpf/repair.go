@@ -5,12 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/fabricnet/fabric/bpf"
 	"github.com/fabricnet/fabric/datapath"
@@ -53,44 +51,6 @@ func (f *Forwarder) clsactRuns(ifindex int, id ebpf.ProgramID, ingress bool) boo
 		}
 	}
 	return false
-}
-
-// ensureEndpointTC attaches the endpoint program to host veth ifindex
-// unless it runs there already; expected says it should have been (a
-// repair). Endpoint veths take it as a clsact filter whatever the kernel:
-// a TCX attach waits for an RCU grace period (tcx_entry_sync is
-// synchronize_rcu), 7 to 11 ms on the 2-core dev VM and most of an
-// endpoint's set-up, where a filter on a new clsact qdisc takes 0.3 ms.
-// The uplink and tunnel, attached once, stay on TCX where it exists. An
-// endpoint's TCX link left by an older agent is let go when the filter's
-// program is pinned in its place.
-func (f *Forwarder) ensureEndpointTC(ifindex int, expected bool) error {
-	if f.tcMode == "" && forceClsact {
-		f.setTCMode(modeClsact, "forced (test)")
-	}
-	prog := f.objs.FromEndpoint()
-	if id, ok := f.progID(prog); ok && f.clsactRuns(ifindex, id, true) {
-		return nil
-	}
-	pin := f.linkPin(endpointPin(ifindex))
-	// An older agent's TCX link is detached once the filter runs: letting
-	// go of its pin alone would detach it later, from a work queue.
-	old, err := link.LoadPinnedLink(pin, nil)
-	if err == nil {
-		defer old.Close()
-	}
-	if err := f.attachClsact(pin, ifindex, prog, true); err != nil {
-		return err
-	}
-	if old != nil {
-		if err := old.Detach(); err != nil && !errors.Is(err, unix.ENOLINK) && !errors.Is(err, os.ErrNotExist) {
-			f.log.Warn("detach an older agent's TCX link", "pin", pin, "err", err)
-		}
-	}
-	if expected {
-		f.repairs.Add(f.log, datapath.RepairProgram, fmt.Sprintf("%s on ifindex %d", pin, ifindex))
-	}
-	return nil
 }
 
 // ensureTC attaches prog like attachTC unless it is attached already;

@@ -138,7 +138,8 @@ func (l *upgradeLab) upgrade(spec *ebpf.CollectionSpec) {
 	}
 }
 
-// linkPins are the pinned links of both endpoints' programs.
+// linkPins name both endpoints' hooks (ifindex in the name), where an
+// older agent pinned their programs or TCX links.
 func (l *upgradeLab) linkPins() []string {
 	l.t.Helper()
 	nl := netnstest.Handle(l.t, l.a.path)
@@ -154,10 +155,9 @@ func (l *upgradeLab) linkPins() []string {
 	return pins
 }
 
-// linkedProgram is the program the hook of a pin runs: the pinned TCX
-// link's, or, where the kernel has no TCX, that of fabric's clsact filter
-// on the endpoint's veth (the pin then holds the program attached last,
-// which must be the same one).
+// linkedProgram is the program the hook of a pin runs: an older agent's
+// pinned TCX link's, or that of fabric's filter on the shared tc block
+// the endpoint veth's clsact qdisc is bound to.
 func (l *upgradeLab) linkedProgram(t *testing.T, pin string) *ebpf.ProgramInfo {
 	t.Helper()
 	id := l.filterProgram(t, pin)
@@ -169,7 +169,7 @@ func (l *upgradeLab) linkedProgram(t *testing.T, pin string) *ebpf.ProgramInfo {
 		}
 		id = info.Program
 	} else if id == 0 {
-		t.Fatalf("%s: neither a pinned link nor a clsact filter: %v", pin, err)
+		t.Fatalf("%s: neither a pinned link nor a filter on the endpoints' tc block: %v", pin, err)
 	}
 	p, err := ebpf.NewProgramFromID(id)
 	if err != nil {
@@ -183,8 +183,10 @@ func (l *upgradeLab) linkedProgram(t *testing.T, pin string) *ebpf.ProgramInfo {
 	return pi
 }
 
-// filterProgram is the program of fabric's clsact filter on the ingress
-// of the endpoint veth pin is for (0 if none), checked against the pin.
+// filterProgram is the program the endpoint veth pin is for runs (0 if
+// none): its clsact qdisc must be bound to the datapath's blocks, and the
+// program is that of fabric's filter on the ingress block, checked
+// against the block's pin.
 func (l *upgradeLab) filterProgram(t *testing.T, pin string) ebpf.ProgramID {
 	t.Helper()
 	var f Forwarder
@@ -192,26 +194,66 @@ func (l *upgradeLab) filterProgram(t *testing.T, pin string) ebpf.ProgramID {
 	if !ok {
 		t.Fatalf("%s: not an endpoint pin", pin)
 	}
-	nl := netnstest.Handle(t, l.a.path)
-	defer nl.Close()
-	hl, err := nl.LinkByIndex(ifindex)
+	blk := l.a.dp.fwd.epBlock
+	c, ok := clsactIn(t, l.a.path, ifindex)
+	if !ok || blk == 0 || c.ingress != blk || c.egress != blk+1 {
+		return 0
+	}
+	return blockProgram(t, l.a.path, l.a.opts.BPFRoot, blk)
+}
+
+// clsactIn is ifindex's clsact qdisc in the namespace at nsPath.
+func clsactIn(t *testing.T, nsPath string, ifindex int) (clsactInfo, bool) {
+	t.Helper()
+	s, err := openTCSock(nsPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	filters, _ := nl.FilterList(hl, netlink.HANDLE_MIN_INGRESS)
-	for _, flt := range filters {
-		if b, ok := flt.(*netlink.BpfFilter); ok && b.Priority == clsactPrio && b.Handle == clsactHandle {
-			p, err := ebpf.LoadPinnedProgram(pin, nil)
-			if err != nil {
-				t.Fatalf("clsact filter on ifindex %d, but its pin: %v", ifindex, err)
-			}
-			defer p.Close()
-			info, _ := p.Info()
-			if pid, _ := info.ID(); int(pid) != b.Id {
-				t.Fatalf("%s holds program %d, the filter runs %d", pin, pid, b.Id)
-			}
-			return ebpf.ProgramID(b.Id)
+	defer s.Close()
+	c, ok, err := s.clsactOf(ifindex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, ok
+}
+
+// blockFilters are the bpf filters on tc block blk in nsPath.
+func blockFilters(t *testing.T, nsPath string, blk uint32) []*netlink.BpfFilter {
+	t.Helper()
+	nl := netnstest.Handle(t, nsPath)
+	defer nl.Close()
+	flts, err := nl.FilterList(blockDev(), blk)
+	if err != nil {
+		t.Fatalf("filters of tc block %d: %v", blk, err)
+	}
+	var out []*netlink.BpfFilter
+	for _, f := range flts {
+		if b, ok := f.(*netlink.BpfFilter); ok {
+			out = append(out, b)
 		}
+	}
+	return out
+}
+
+// blockProgram is the program of fabric's filter on block blk (0 if
+// none), checked against the block's pin under root.
+func blockProgram(t *testing.T, nsPath, root string, blk uint32) ebpf.ProgramID {
+	t.Helper()
+	for _, b := range blockFilters(t, nsPath, blk) {
+		if b.Priority != clsactPrio || b.Handle != clsactHandle {
+			continue
+		}
+		pin := filepath.Join(root, "links", fmt.Sprintf("%s%d", blockPinPrefix, blk))
+		p, err := ebpf.LoadPinnedProgram(pin, nil)
+		if err != nil {
+			t.Fatalf("filter on tc block %d, but its pin: %v", blk, err)
+		}
+		defer p.Close()
+		info, _ := p.Info()
+		if pid, _ := info.ID(); int(pid) != b.Id {
+			t.Fatalf("%s holds program %d, the filter runs %d", pin, pid, b.Id)
+		}
+		return ebpf.ProgramID(b.Id)
 	}
 	return 0
 }

@@ -66,13 +66,27 @@ func (h *host) pins() []string {
 	return out
 }
 
-// endpointPins lists the pinned tc links of endpoints ("ep-IFINDEX"), not
-// those of the uplink and the socket hooks.
+// endpointPins lists the per-endpoint tc pins of older agents
+// ("ep-IFINDEX"): the endpoints' program is now one filter on a shared tc
+// block, pinned once.
 func (h *host) endpointPins() []string {
 	var out []string
 	for _, p := range h.pins() {
 		if strings.HasPrefix(p, "ep-") {
 			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// endpointHooks lists the devices whose clsact qdisc is bound to a shared
+// tc block: the eBPF datapath's endpoint veths.
+func (h *host) endpointHooks() []string {
+	var out []string
+	for _, line := range strings.Split(run(h.t, "tc", "-n", h.ns, "qdisc", "show"), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && f[1] == "clsact" && strings.Contains(line, " ingress_block ") {
+			out = append(out, f[4])
 		}
 	}
 	return out
@@ -253,8 +267,8 @@ func TestKill9AtRandomPointsConverges(t *testing.T) {
 			if out := run(t, "ip", "netns", "exec", h.ns, "nft", "list", "table", "ip", "fabric"); strings.Contains(out, "dnat to") {
 				t.Errorf("DNAT rules left after removing every sandbox:\n%s", out)
 			}
-		} else if pins := h.endpointPins(); len(pins) != 0 {
-			t.Errorf("pinned links left after removing every sandbox: %v", pins)
+		} else if pins, hooks := h.endpointPins(), h.endpointHooks(); len(pins) != 0 || len(hooks) != 0 {
+			t.Errorf("endpoint pins %v or tc hooks %v left after removing every sandbox", pins, hooks)
 		}
 	})
 }
@@ -281,9 +295,10 @@ func (h *host) checkConsistent() (sandboxes, networks int) {
 		for _, n := range nets {
 			want[n.Bridge] = true
 		}
-	} else if pins := h.endpointPins(); len(pins) != len(eps) {
-		// One pinned tc link per endpoint (all on bridge networks here).
-		h.t.Errorf("%d pinned links for %d endpoints: %v", len(pins), len(eps), pins)
+	} else if hooks := h.endpointHooks(); len(hooks) != len(eps) || len(h.endpointPins()) != 0 {
+		// One veth on the endpoints' tc block per endpoint (all on bridge
+		// networks here), no per-endpoint pin.
+		h.t.Errorf("%d veths on the endpoints' tc block for %d endpoints: %v (per-endpoint pins %v)", len(hooks), len(eps), hooks, h.endpointPins())
 	}
 	for _, l := range h.links() {
 		f := strings.Fields(l)
