@@ -432,12 +432,16 @@ func (d *Datapath) ensureVethEndpoint(n datapath.Network, ep datapath.Endpoint) 
 	if err != nil {
 		return err
 	}
-	created, err := d.ensureVeth(n, ep)
+	created, br, err := d.ensureVeth(n, ep)
 	if err != nil {
 		undoSpoof()
 		return err
 	}
-	if err := d.spoofEnsure(ep); err != nil {
+	err = d.spoofEnsure(ep)
+	if err == nil {
+		err = d.ensureHostNeighbour(br, ep)
+	}
+	if err != nil {
 		if created {
 			_ = d.host.DeleteVeth(ep)
 			undoSpoof()
@@ -511,13 +515,16 @@ func (d *Datapath) DeleteEndpoint(ctx context.Context, n datapath.Network, ep da
 	if ep.ID == "" {
 		return plumb.Invalidf("endpoint without ID")
 	}
-	return d.dispatch(n, func() error { return d.host.DeleteChild(n, ep) }, func() error { return d.deleteVethEndpoint(ep) })
+	return d.dispatch(n, func() error { return d.host.DeleteChild(n, ep) }, func() error { return d.deleteVethEndpoint(n, ep) })
 }
 
 // deleteVethEndpoint is DeleteEndpoint for an endpoint on a bridge network,
 // under d.mu.
-func (d *Datapath) deleteVethEndpoint(ep datapath.Endpoint) error {
+func (d *Datapath) deleteVethEndpoint(n datapath.Network, ep datapath.Endpoint) error {
 	if err := d.host.DeleteVeth(ep); err != nil {
+		return err
+	}
+	if err := d.deleteHostNeighbour(n, ep); err != nil {
 		return err
 	}
 	if err := d.spoofDelete(ep); err != nil {

@@ -106,6 +106,7 @@ func (d *Datapath) sync(ctx context.Context, s datapath.State) error {
 	}
 	errs = append(errs, d.syncVeths(ctx, p)...)
 	errs = append(errs, d.syncSpoof(p)...)
+	errs = append(errs, d.syncNeighbours(p)...)
 	errs = append(errs, d.host.SyncLANEndpoints(ctx, p.Plan, func(name string) { d.repaired(datapath.RepairChild, name) })...)
 	if err := ctx.Err(); err != nil {
 		return errors.Join(append(errs, err)...)
@@ -170,7 +171,7 @@ func (d *Datapath) syncVeths(ctx context.Context, p *syncPlan) []error {
 		if br := links[n.Bridge]; br != nil && plumb.VethIntact(links[ep.HostIfName], n, ep, br.Attrs().Index) {
 			continue
 		}
-		created, err := d.ensureVeth(n, ep)
+		created, _, err := d.ensureVeth(n, ep)
 		failed = failed || err != nil
 		if err != nil {
 			errs = append(errs, err)
