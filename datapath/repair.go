@@ -40,15 +40,15 @@ type DriftWatcher interface {
 
 // Repair object kinds, the label of fabric_datapath_repairs_total.
 const (
-	RepairVeth      = "veth"      // an endpoint's veth pair (or its host side) was missing
-	RepairBridge    = "bridge"    // a network's bridge was missing
-	RepairVXLAN     = "vxlan"     // an overlay network's VXLAN device was missing
-	RepairNFTables  = "nftables"  // the nftables table was missing or changed
-	RepairForward   = "fdb"       // an overlay forwarding entry (FDB, neighbour or remotes map) was missing or wrong
-	RepairProgram   = "program"   // a tc/TCX program was not attached where it must be
-	RepairStale     = "stale"     // a fabric object no record names was removed
-	RepairChild     = "lan-child" // a macvlan/ipvlan child was missing
-	RepairNeighbour = "neighbour" // a host's permanent neighbour entry for a local endpoint was missing or wrong
+	RepairVeth     = "veth"      // an endpoint's veth pair (or its host side) was missing
+	RepairBridge   = "bridge"    // a network's bridge was missing
+	RepairVXLAN    = "vxlan"     // an overlay network's VXLAN device was missing
+	RepairNFTables = "nftables"  // the nftables table was missing or changed
+	RepairForward  = "fdb"       // an overlay forwarding entry (FDB, neighbour or remotes map) was missing or wrong
+	RepairProgram  = "program"   // a tc/TCX program was not attached where it must be
+	RepairStale    = "stale"     // a fabric object no record names was removed
+	RepairChild    = "lan-child" // a macvlan/ipvlan child was missing
+	RepairNeigh    = "neighbour" // the kernel datapath's host neighbour entry for a local endpoint was missing or wrong
 )
 
 // Repairs counts, and logs, what a reconcile pass found out of place and

@@ -185,7 +185,7 @@ func (d *Datapath) syncBridgeNeighbours(n datapath.Network, want map[netip.Addr]
 			errs = append(errs, fmt.Errorf("network %s: neighbour entry %s: %w", n.ID, a, err))
 			continue
 		}
-		d.repaired(datapath.RepairNeighbour, fmt.Sprintf("%s neighbour %s -> %s", n.Bridge, a, mac))
+		d.repaired(datapath.RepairNeigh, fmt.Sprintf("%s neighbour %s -> %s", n.Bridge, a, mac))
 	}
 	return errors.Join(errs...)
 }

@@ -98,7 +98,7 @@ func TestEndpointNeighboursFollowEndpoint(t *testing.T) {
 		}
 	}
 	sync()
-	base := l.repairs(datapath.RepairNeighbour)
+	base := l.repairs(datapath.RepairNeigh)
 
 	// Removed by hand: Sync puts it back and counts it.
 	if err := l.hostNL.NeighDel(e); err != nil {
@@ -118,7 +118,7 @@ func TestEndpointNeighboursFollowEndpoint(t *testing.T) {
 	if e := l.hostNeighbour("br-g", ip); e == nil || !slices.Equal(e.HardwareAddr, j.ep.MAC) {
 		t.Errorf("after Sync host neighbour for %s: %+v, want -> %s", ip, e, j.ep.MAC)
 	}
-	if got := l.repairs(datapath.RepairNeighbour) - base; got != 2 {
+	if got := l.repairs(datapath.RepairNeigh) - base; got != 2 {
 		t.Errorf("neighbour repairs %d, want 2", got)
 	}
 
