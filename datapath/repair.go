@@ -48,6 +48,7 @@ const (
 	RepairProgram  = "program"   // a tc/TCX program was not attached where it must be
 	RepairStale    = "stale"     // a fabric object no record names was removed
 	RepairChild    = "lan-child" // a macvlan/ipvlan child was missing
+	RepairNeigh    = "neighbour" // the kernel datapath's host neighbour entry for a local endpoint was missing or wrong
 )
 
 // Repairs counts, and logs, what a reconcile pass found out of place and

@@ -154,34 +154,51 @@ func netStateOf(n datapath.Network) netState {
 }
 
 // ensureVeth creates or repairs the endpoint's veth pair (plumb), its host
-// side a port of the network's bridge. An overlay sandbox retries ARP
-// fast (plumb.FastARP).
-func (d *Datapath) ensureVeth(n datapath.Network, ep datapath.Endpoint) (created bool, err error) {
-	br, err := d.nl.LinkByName(n.Bridge)
+// side a port of the network's bridge (with index br) holding the
+// endpoint's MAC, the sandbox side knowing the gateway's (resolve.go). An
+// overlay sandbox retries ARP fast (plumb.FastARP).
+func (d *Datapath) ensureVeth(n datapath.Network, ep datapath.Endpoint) (created bool, br int, err error) {
+	bridge, err := d.nl.LinkByName(n.Bridge)
 	if plumb.IsNotFound(err) {
-		return false, fmt.Errorf("endpoint %s: bridge %s of network %s does not exist; ensure the network first: %w", ep.ID, n.Bridge, n.ID, err)
+		return false, 0, fmt.Errorf("endpoint %s: bridge %s of network %s does not exist; ensure the network first: %w", ep.ID, n.Bridge, n.ID, err)
 	}
 	if err != nil {
-		return false, fmt.Errorf("look up bridge %s: %w", n.Bridge, err)
+		return false, 0, fmt.Errorf("look up bridge %s: %w", n.Bridge, err)
 	}
-	if br.Attrs().Alias != plumb.OwnerAlias(n.ID) {
-		return false, plumb.Invalidf("endpoint %s: link %s is not the bridge of network %s", ep.ID, n.Bridge, n.ID)
+	if bridge.Attrs().Alias != plumb.OwnerAlias(n.ID) {
+		return false, 0, plumb.Invalidf("endpoint %s: link %s is not the bridge of network %s", ep.ID, n.Bridge, n.ID)
+	}
+	mac := ep.MAC
+	if e, ok := d.spoof[ep.HostIfName]; len(mac) != 6 && ok && e.addr == ep.Addr.Addr().Unmap() {
+		mac = e.mac[:]
 	}
 	sides := plumb.VethSides{
-		Host: func(host netlink.Link, created bool) error { return d.ensureHostSide(host, br, n, created) },
+		Host: func(host netlink.Link, created bool) error { return d.ensureHostSide(host, bridge, n, mac, created) },
+		After: func(sb *plumb.Sandbox, _ netlink.Link) error {
+			if n.Driver == datapath.DriverOverlay {
+				if err := fabricns.DoWithOwnProc(sb.FDPath(), func() error { return plumb.FastARP(ep.IfName) }); err != nil {
+					return err
+				}
+			}
+			if ep.Adopted {
+				return nil // the container's neighbours are the runtime's
+			}
+			peer, err := sb.NL().LinkByName(ep.IfName)
+			if err != nil {
+				return fmt.Errorf("look up %s in sandbox: %w", ep.IfName, err)
+			}
+			return ensureGatewayNeighbour(sb, peer, n)
+		},
 	}
-	if n.Driver == datapath.DriverOverlay {
-		sides.After = func(sb *plumb.Sandbox, _ netlink.Link) error {
-			return fabricns.DoWithOwnProc(sb.FDPath(), func() error { return plumb.FastARP(ep.IfName) })
-		}
-	}
-	return d.host.EnsureVeth(n, ep, sides)
+	created, err = d.host.EnsureVeth(n, ep, sides)
+	return created, bridge.Attrs().Index, err
 }
 
 // ensureHostSide attaches the host veth to the bridge with hairpin mode
 // (a sandbox reaching its own published port through the host address is
-// bridged back out of the port it came in on when br_netfilter is active).
-func (d *Datapath) ensureHostSide(host, br netlink.Link, n datapath.Network, created bool) error {
+// bridged back out of the port it came in on when br_netfilter is active)
+// and the endpoint's MAC (if known) pinned to it.
+func (d *Datapath) ensureHostSide(host, br netlink.Link, n datapath.Network, mac net.HardwareAddr, created bool) error {
 	attrs := host.Attrs()
 	if attrs.MasterIndex != br.Attrs().Index {
 		if err := d.nl.LinkSetMasterByIndex(host, br.Attrs().Index); err != nil {
@@ -192,6 +209,11 @@ func (d *Datapath) ensureHostSide(host, br netlink.Link, n datapath.Network, cre
 	// one request, reading it would be a dump of every port.
 	if err := d.nl.LinkSetHairpin(host, true); err != nil {
 		return fmt.Errorf("set hairpin mode: %w", err)
+	}
+	if len(mac) == 6 {
+		if err := d.ensurePortFDB(host, mac); err != nil {
+			return err
+		}
 	}
 	if created {
 		return nil

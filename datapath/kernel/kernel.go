@@ -104,6 +104,10 @@ type Datapath struct {
 	// hold them, spoofSynced that a Sync has checked it once.
 	spoof                   map[string]spoofElem
 	spoofReady, spoofSynced bool
+
+	// portIdx indexes state.ports by protocol and host port (nil: not
+	// built since state.ports was replaced; portindex.go).
+	portIdx portIndex
 }
 
 // errClosed is returned by every method after Close.
@@ -202,6 +206,7 @@ func New(log *slog.Logger, opts Options) (_ *Datapath, err error) {
 		d.dirty = true
 	} else {
 		d.state = restored
+		d.portIdx = nil
 		if err := d.restorePeers(&d.state); err != nil {
 			d.log.Warn("cannot adopt the tunnel peers set", "err", err)
 		}
@@ -390,7 +395,7 @@ func (d *Datapath) deleteBridgeNetwork(n datapath.Network) error {
 	}
 	for id, ep := range d.state.ports {
 		if ep.NetworkID == n.ID {
-			delete(d.state.ports, id)
+			d.unsetPorts(id)
 			changed = true
 		}
 	}
@@ -425,19 +430,23 @@ func (d *Datapath) EnsureEndpoint(ctx context.Context, n datapath.Network, ep da
 // ensureVethEndpoint is EnsureEndpoint for an endpoint on a bridge network,
 // under d.mu.
 func (d *Datapath) ensureVethEndpoint(n datapath.Network, ep datapath.Endpoint) error {
-	if err := portConflict(d.state.ports, ep); err != nil {
+	if err := d.portClash(ep); err != nil {
 		return err
 	}
 	undoSpoof, err := d.spoofEnsureEarly(ep)
 	if err != nil {
 		return err
 	}
-	created, err := d.ensureVeth(n, ep)
+	created, br, err := d.ensureVeth(n, ep)
 	if err != nil {
 		undoSpoof()
 		return err
 	}
-	if err := d.spoofEnsure(ep); err != nil {
+	err = d.spoofEnsure(ep)
+	if err == nil {
+		err = d.ensureHostNeighbour(br, ep)
+	}
+	if err != nil {
 		if created {
 			_ = d.host.DeleteVeth(ep)
 			undoSpoof()
@@ -450,9 +459,9 @@ func (d *Datapath) ensureVethEndpoint(n datapath.Network, ep datapath.Endpoint) 
 	}
 	if err := d.portsChanged(ep.ID, old, had); err != nil {
 		if had {
-			d.state.ports[ep.ID] = old
+			d.putPorts(ep.ID, old)
 		} else {
-			delete(d.state.ports, ep.ID)
+			d.unsetPorts(ep.ID)
 		}
 		if created {
 			_ = d.host.DeleteVeth(ep)
@@ -463,33 +472,19 @@ func (d *Datapath) ensureVethEndpoint(n datapath.Network, ep datapath.Endpoint) 
 	return nil
 }
 
-// portConflict refuses a host port another endpoint already publishes on
-// an overlapping host address: only one DNAT rule could win.
-func portConflict(ports map[string]endpointPorts, ep datapath.Endpoint) error {
-	for id, other := range ports {
-		if id == ep.ID {
-			continue
-		}
-		if p, clash := plumb.PortClash(ep.Ports, other.Ports); clash {
-			return plumb.Invalidf("endpoint %s: host port %d/%s is already published by endpoint %s", ep.ID, p.HostPort, p.Proto, id)
-		}
-	}
-	return nil
-}
-
 // setPorts records ep's published ports and reports whether the desired
 // rules changed.
 func (d *Datapath) setPorts(n datapath.Network, ep datapath.Endpoint) bool {
 	old, had := d.state.ports[ep.ID]
 	if len(ep.Ports) == 0 {
-		delete(d.state.ports, ep.ID)
+		d.unsetPorts(ep.ID)
 		return had
 	}
 	want := endpointPorts{NetworkID: n.ID, Addr: ep.Addr.Addr(), Ports: append([]datapath.PortMapping(nil), ep.Ports...)}
 	if had && old.equal(want) {
 		return false
 	}
-	d.state.ports[ep.ID] = want
+	d.putPorts(ep.ID, want)
 	return true
 }
 
@@ -511,13 +506,16 @@ func (d *Datapath) DeleteEndpoint(ctx context.Context, n datapath.Network, ep da
 	if ep.ID == "" {
 		return plumb.Invalidf("endpoint without ID")
 	}
-	return d.dispatch(n, func() error { return d.host.DeleteChild(n, ep) }, func() error { return d.deleteVethEndpoint(ep) })
+	return d.dispatch(n, func() error { return d.host.DeleteChild(n, ep) }, func() error { return d.deleteVethEndpoint(n, ep) })
 }
 
 // deleteVethEndpoint is DeleteEndpoint for an endpoint on a bridge network,
 // under d.mu.
-func (d *Datapath) deleteVethEndpoint(ep datapath.Endpoint) error {
+func (d *Datapath) deleteVethEndpoint(n datapath.Network, ep datapath.Endpoint) error {
 	if err := d.host.DeleteVeth(ep); err != nil {
+		return err
+	}
+	if err := d.deleteHostNeighbour(n, ep); err != nil {
 		return err
 	}
 	if err := d.spoofDelete(ep); err != nil {
@@ -527,7 +525,7 @@ func (d *Datapath) deleteVethEndpoint(ep datapath.Endpoint) error {
 	if !had && !d.dirty {
 		return nil
 	}
-	delete(d.state.ports, ep.ID)
+	d.unsetPorts(ep.ID)
 	return d.portsChanged(ep.ID, old, had)
 }
 

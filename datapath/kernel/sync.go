@@ -62,15 +62,17 @@ func (d *Datapath) plan(s datapath.State) (*syncPlan, []error) {
 		}
 	}
 	// Ports in endpoint ID order, so a conflict always keeps the same winner.
+	idx := portIndex{}
 	for _, ep := range p.Eps {
 		if len(ep.Ports) == 0 {
 			continue
 		}
-		if err := portConflict(p.next.ports, ep); err != nil {
+		if err := portConflict(p.next.ports, idx, ep); err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		p.next.ports[ep.ID] = endpointPorts{NetworkID: ep.NetworkID, Addr: ep.Addr.Addr(), Ports: slices.Clone(ep.Ports)}
+		idx.add(ep.ID, ep.Ports)
 	}
 	return p, errs
 }
@@ -106,6 +108,7 @@ func (d *Datapath) sync(ctx context.Context, s datapath.State) error {
 	}
 	errs = append(errs, d.syncVeths(ctx, p)...)
 	errs = append(errs, d.syncSpoof(p)...)
+	errs = append(errs, d.syncNeighbours(p)...)
 	errs = append(errs, d.host.SyncLANEndpoints(ctx, p.Plan, func(name string) { d.repaired(datapath.RepairChild, name) })...)
 	if err := ctx.Err(); err != nil {
 		return errors.Join(append(errs, err)...)
@@ -113,6 +116,7 @@ func (d *Datapath) sync(ctx context.Context, s datapath.State) error {
 	errs = append(errs, d.syncRemotes(ctx, p.Nets, p.tunnels, s.Remotes, &p.next)...)
 	old := d.state
 	d.state = p.next
+	d.portIdx = nil
 	if err := d.syncTable(old); err != nil {
 		errs = append(errs, err)
 	}
@@ -170,7 +174,7 @@ func (d *Datapath) syncVeths(ctx context.Context, p *syncPlan) []error {
 		if br := links[n.Bridge]; br != nil && plumb.VethIntact(links[ep.HostIfName], n, ep, br.Attrs().Index) {
 			continue
 		}
-		created, err := d.ensureVeth(n, ep)
+		created, _, err := d.ensureVeth(n, ep)
 		failed = failed || err != nil
 		if err != nil {
 			errs = append(errs, err)

@@ -56,6 +56,9 @@ func OpenSandbox(ep datapath.Endpoint) (*Sandbox, error) {
 // namespace checked at open, whatever the original path names by now.
 func (s *Sandbox) FDPath() string { return fmt.Sprintf("/proc/self/fd/%d", int(s.ns)) }
 
+// NL is the netlink handle in the sandbox.
+func (s *Sandbox) NL() *netlink.Handle { return s.nl }
+
 func (s *Sandbox) Close() {
 	s.nl.Close()
 	s.ns.Close()

@@ -1,0 +1,155 @@
+package kernel
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"net"
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/fabricnet/fabric/datapath"
+	fabricns "github.com/fabricnet/fabric/datapath/netns"
+	"github.com/fabricnet/fabric/datapath/plumb"
+)
+
+// txPackets is how many frames the bridge has handed to the host veth
+// name (its transmit counter): every flood reaches it.
+func (l *lab) txPackets(name string) uint64 {
+	l.t.Helper()
+	return l.link(name).Attrs().Statistics.TxPackets
+}
+
+// TestFirstPingFloodsNoOtherPort: the host pinging a new endpoint, and the
+// endpoint answering, resolve each other without a broadcast (ARP) or an
+// unknown-unicast flood reaching the bridge's other ports: with 1,000
+// sandboxes each flood is processed 1,000 times, on the set-up path.
+func TestFirstPingFloodsNoOtherPort(t *testing.T) {
+	t.Parallel()
+	l := newLab(t)
+	n := l.bridgeNetwork("netf", "br-f", "10.89.40.0/24", false)
+	l.join(n, "epf1", "vhf1", 2)
+	l.join(n, "epf2", "vhf2", 3)
+	j3 := l.join(n, "epf3", "vhf3", 4)
+	// The bridge's own IPv6 start-up chatter (router solicitations, MLD
+	// reports, at random delays) reaches every port too; it is not
+	// per endpoint and must not land in the window.
+	err := fabricns.Do(l.hostPath, func() error { return plumb.EnsureSysctl("net/ipv6/conf/br-f/disable_ipv6", "1") })
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal(err)
+	}
+	// Any first packet from the host to a new endpoint must not reach the
+	// others: 3 pings, each to an endpoint nobody has talked to yet.
+	before := []uint64{l.txPackets("vhf1"), l.txPackets("vhf2"), l.txPackets("vhf3")}
+	mustPing(t, l.hostName, "10.89.40.4")
+	after := []uint64{l.txPackets("vhf1"), l.txPackets("vhf2"), l.txPackets("vhf3")}
+	if before[0] != after[0] || before[1] != after[1] {
+		t.Errorf("first ping to a new endpoint sent %d and %d frames to the other ports, want none", after[0]-before[0], after[1]-before[1])
+	}
+	// The new endpoint's own port got exactly the echo request.
+	if got := after[2] - before[2]; got != 1 {
+		t.Errorf("new endpoint's port sent %d frames, want 1 (the echo request, no ARP)", got)
+	}
+	// Sandboxes still reach each other (they resolve by ARP) and the
+	// gateway.
+	mustPing(t, j3.name, "10.89.40.2")
+	mustPing(t, j3.name, "10.89.40.1")
+}
+
+// hostNeighbour is the host's entry for ip on the bridge br, or nil.
+func (l *lab) hostNeighbour(br string, ip netip.Addr) *netlink.Neigh {
+	l.t.Helper()
+	for _, e := range neighbours(l.t, l.hostPath, br) {
+		if a, ok := netip.AddrFromSlice(e.IP); ok && a.Unmap() == ip {
+			return &e
+		}
+	}
+	return nil
+}
+
+// TestEndpointNeighboursFollowEndpoint: the host's permanent entry for an
+// endpoint is there after Ensure, put back by Sync when removed (counted as
+// a repair), replaced when changed, removed with the endpoint and, if left
+// behind, by Sync.
+func TestEndpointNeighboursFollowEndpoint(t *testing.T) {
+	t.Parallel()
+	l := newLab(t)
+	n := l.bridgeNetwork("netg", "br-g", "10.89.41.0/24", false)
+	j := l.join(n, "epg1", "vhg1", 2)
+	ip := j.ep.Addr.Addr()
+	e := l.hostNeighbour("br-g", ip)
+	if e == nil || e.State != netlink.NUD_PERMANENT || !slices.Equal(e.HardwareAddr, j.ep.MAC) {
+		t.Fatalf("host neighbour for %s: %+v, want permanent -> %s", ip, e, j.ep.MAC)
+	}
+	gw := sandboxNeighbour(t, j.path, n.Gateway)
+	if !slices.Equal(gw, bridgeMAC(n.ID)) {
+		t.Errorf("sandbox neighbour for the gateway: %s, want %s", gw, bridgeMAC(n.ID))
+	}
+
+	state := datapath.State{Networks: []datapath.Network{n}, Endpoints: []datapath.Endpoint{j.ep}}
+	sync := func() {
+		t.Helper()
+		if err := l.dp.Sync(context.Background(), state); err != nil {
+			t.Fatalf("Sync: %v", err)
+		}
+	}
+	sync()
+	base := l.repairs(datapath.RepairNeigh)
+
+	// Removed by hand: Sync puts it back and counts it.
+	if err := l.hostNL.NeighDel(e); err != nil {
+		t.Fatal(err)
+	}
+	sync()
+	if e := l.hostNeighbour("br-g", ip); e == nil || e.State != netlink.NUD_PERMANENT {
+		t.Errorf("after Sync host neighbour for %s: %+v, want it back", ip, e)
+	}
+	// Changed by hand (another MAC): Sync puts the endpoint's back.
+	bad := *e
+	bad.HardwareAddr = net.HardwareAddr{0x02, 0, 0, 0, 0, 0x66}
+	if err := l.hostNL.NeighSet(&bad); err != nil {
+		t.Fatal(err)
+	}
+	sync()
+	if e := l.hostNeighbour("br-g", ip); e == nil || !slices.Equal(e.HardwareAddr, j.ep.MAC) {
+		t.Errorf("after Sync host neighbour for %s: %+v, want -> %s", ip, e, j.ep.MAC)
+	}
+	if got := l.repairs(datapath.RepairNeigh) - base; got != 2 {
+		t.Errorf("neighbour repairs %d, want 2", got)
+	}
+
+	// A stale permanent entry (an endpoint this agent no longer has) goes.
+	stale := netip.MustParseAddr("10.89.41.9")
+	br := l.link("br-g")
+	err := l.hostNL.NeighSet(&netlink.Neigh{LinkIndex: br.Attrs().Index, Family: unix.AF_INET, State: netlink.NUD_PERMANENT,
+		IP: stale.AsSlice(), HardwareAddr: net.HardwareAddr{0x02, 0x42, 10, 89, 41, 9}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sync()
+	if e := l.hostNeighbour("br-g", stale); e != nil {
+		t.Errorf("stale host neighbour %s left by Sync: %+v", stale, e)
+	}
+
+	// Deleting the endpoint removes its entry.
+	if err := l.dp.DeleteEndpoint(context.Background(), n, j.ep); err != nil {
+		t.Fatal(err)
+	}
+	if e := l.hostNeighbour("br-g", ip); e != nil {
+		t.Errorf("host neighbour for %s left after DeleteEndpoint: %+v", ip, e)
+	}
+}
+
+// repairs is how many repairs of kind the lab's datapath has counted.
+func (l *lab) repairs(kind string) uint64 {
+	l.t.Helper()
+	m, err := l.dp.Metrics()
+	if err != nil {
+		l.t.Fatalf("Metrics: %v", err)
+	}
+	return m.Repairs[kind]
+}
