@@ -99,7 +99,7 @@ func (d *Datapath) restorePeers(s *desired) error {
 	if err != nil {
 		return nil // no overlay last time
 	}
-	elems, err := d.nft.GetSetElements(set)
+	elems, err := d.setElements(set)
 	if err != nil {
 		return fmt.Errorf("list elements of %s: %w", peersSet, err)
 	}

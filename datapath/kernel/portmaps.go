@@ -226,7 +226,7 @@ func (d *Datapath) portMapsMatch(rs ruleset) (bool, error) {
 		want[p.addr]++
 	}
 	for _, addr := range []bool{false, true} {
-		elems, err := d.nft.GetSetElements(portsMapSpec(addr))
+		elems, err := d.setElements(portsMapSpec(addr))
 		if err != nil {
 			return false, fmt.Errorf("list map %s: %w", portsMapSpec(addr).Name, err)
 		}
@@ -241,7 +241,7 @@ func (d *Datapath) portMapsMatch(rs ruleset) (bool, error) {
 // comments.
 func (d *Datapath) restorePortMaps(s *desired) {
 	for _, addr := range []bool{false, true} {
-		elems, err := d.nft.GetSetElements(portsMapSpec(addr))
+		elems, err := d.setElements(portsMapSpec(addr))
 		if err != nil {
 			continue // no maps: an older table or none
 		}

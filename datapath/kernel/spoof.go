@@ -393,11 +393,11 @@ func sameVerdict(got, want expr.Any) bool {
 // set without exactly one addrs element, or the reverse, is returned with
 // a zero address (the table is then rebuilt).
 func (d *Datapath) spoofKernelElems() (map[string]spoofElem, error) {
-	addrs, err := d.nft.GetSetElements(spoofAddrs)
+	addrs, err := d.setElements(spoofAddrs)
 	if err != nil {
 		return nil, fmt.Errorf("read nftables set %s: %w", spoofAddrsSet, err)
 	}
-	ports, err := d.nft.GetSetElements(spoofPorts)
+	ports, err := d.setElements(spoofPorts)
 	if err != nil {
 		return nil, fmt.Errorf("read nftables set %s: %w", spoofPortsSet, err)
 	}
