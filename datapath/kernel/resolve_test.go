@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
 	"github.com/fabricnet/fabric/datapath"
@@ -42,6 +43,14 @@ func TestFirstPingFloodsNoOtherPort(t *testing.T) {
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		t.Fatal(err)
 	}
+	// Nor its IGMP reports, sent at random delays (up to a second or
+	// more) after it got its IPv4 address: one reached every port inside
+	// the window once, on 6.1. Multicast is not flooded to the ports
+	// here; broadcasts (ARP) and unknown unicast still are, and are what
+	// the test counts.
+	for _, port := range []string{"vhf1", "vhf2", "vhf3"} {
+		l.setMcastFlood(port, false)
+	}
 	// Any first packet from the host to a new endpoint must not reach the
 	// others: 3 pings, each to an endpoint nobody has talked to yet.
 	before := []uint64{l.txPackets("vhf1"), l.txPackets("vhf2"), l.txPackets("vhf3")}
@@ -58,6 +67,31 @@ func TestFirstPingFloodsNoOtherPort(t *testing.T) {
 	// gateway.
 	mustPing(t, j3.name, "10.89.40.2")
 	mustPing(t, j3.name, "10.89.40.1")
+}
+
+// setMcastFlood sets the bridge port flag mcast_flood of host veth port
+// (bridge link set dev PORT mcast_flood on|off).
+func (l *lab) setMcastFlood(port string, on bool) {
+	l.t.Helper()
+	idx := l.link(port).Attrs().Index
+	err := fabricns.Do(l.hostPath, func() error {
+		req := nl.NewNetlinkRequest(unix.RTM_SETLINK, unix.NLM_F_ACK)
+		msg := nl.NewIfInfomsg(unix.AF_BRIDGE)
+		msg.Index = int32(idx)
+		req.AddData(msg)
+		info := nl.NewRtAttr(unix.IFLA_PROTINFO|unix.NLA_F_NESTED, nil)
+		flag := []byte{0}
+		if on {
+			flag[0] = 1
+		}
+		info.AddRtAttr(nl.IFLA_BRPORT_MCAST_FLOOD, flag)
+		req.AddData(info)
+		_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+		return err
+	})
+	if err != nil {
+		l.t.Fatalf("set mcast_flood of %s: %v", port, err)
+	}
 }
 
 // hostNeighbour is the host's entry for ip on the bridge br, or nil.
