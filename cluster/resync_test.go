@@ -30,6 +30,10 @@ func TestResyncAfterJoin(t *testing.T) {
 	if _, err := early.Join(ctx, seed.Addr().String()); err != nil {
 		t.Fatal(err)
 	}
+	// Join returns once early has the seed's state; the seed merges
+	// early's a moment later (it answers first). Until it has, it could
+	// not tell late about early.
+	netnstest.Eventually(t, 5*time.Second, "the seed to merge early's state", func() bool { return seed.NumAlive() == 2 })
 	if _, err := late.Join(ctx, seed.Addr().String()); err != nil {
 		t.Fatal(err)
 	}
