@@ -187,3 +187,38 @@ func (l *lab) repairs(kind string) uint64 {
 	}
 	return m.Repairs[kind]
 }
+
+// TestDeletingAnOldEndpointKeepsTheNewOnesNeighbour: a new endpoint took an
+// address before the old one's delete came (a reconcile after a restart).
+// Deleting the old one, without its MAC as the agent deletes, leaves the
+// new one's host entry alone; deleting the new one removes it.
+func TestDeletingAnOldEndpointKeepsTheNewOnesNeighbour(t *testing.T) {
+	t.Parallel()
+	l := newLab(t)
+	n := l.bridgeNetwork("netnb", "br-nb", "10.89.47.0/24", false)
+	old := l.join(n, "epnb1", "vhnb1", 2)
+	_, path := l.sandbox()
+	cur := endpoint("epnb2", n, path, "eth0", "vhnb2", 2, true)
+	cur.MAC = net.HardwareAddr{0x02, 0x42, 0, 0, 0, 0x77}
+	l.ensureEndpoint(n, cur)
+	ip := cur.Addr.Addr()
+	if e := l.hostNeighbour("br-nb", ip); e == nil || !slices.Equal(e.HardwareAddr, cur.MAC) {
+		t.Fatalf("host neighbour for %s: %+v, want -> %s (the newer endpoint)", ip, e, cur.MAC)
+	}
+
+	del := func(ep datapath.Endpoint) {
+		t.Helper()
+		ep.MAC = nil
+		if err := l.dp.DeleteEndpoint(context.Background(), n, ep); err != nil {
+			t.Fatal(err)
+		}
+	}
+	del(old.ep)
+	if e := l.hostNeighbour("br-nb", ip); e == nil || !slices.Equal(e.HardwareAddr, cur.MAC) {
+		t.Errorf("after deleting the old endpoint, host neighbour for %s: %+v, want -> %s", ip, e, cur.MAC)
+	}
+	del(cur)
+	if e := l.hostNeighbour("br-nb", ip); e != nil {
+		t.Errorf("host neighbour for %s left after deleting its endpoint: %+v", ip, e)
+	}
+}
