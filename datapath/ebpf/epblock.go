@@ -215,16 +215,7 @@ func (f *Forwarder) ensureBlockFilter(blk uint32) (attached bool, err error) {
 
 // blockRuns reports whether fabric's filter on block blk runs program id.
 func (f *Forwarder) blockRuns(blk uint32, id ebpf.ProgramID) bool {
-	flts, err := f.nl.FilterList(blockDev(), blk)
-	if err != nil {
-		return false
-	}
-	for _, fl := range flts {
-		if b, ok := fl.(*netlink.BpfFilter); ok && b.Handle == clsactHandle && b.Priority == clsactPrio && b.Id == int(id) {
-			return true
-		}
-	}
-	return false
+	return f.filterRuns(blockDev(), blk, id)
 }
 
 // dropLegacyPin removes what an older agent pinned for one endpoint veth:

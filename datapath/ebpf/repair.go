@@ -41,7 +41,14 @@ func (f *Forwarder) tcAttached(pin string, ifindex int, prog *ebpf.Program, ingr
 // program id.
 func (f *Forwarder) clsactRuns(ifindex int, id ebpf.ProgramID, ingress bool) bool {
 	dev := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: ifindex}}
-	flts, err := f.nl.FilterList(dev, clsactParent(ingress))
+	return f.filterRuns(dev, clsactParent(ingress), id)
+}
+
+// filterRuns reports whether fabric's filter (its handle and priority) on
+// dev's parent runs program id; dev is a device, or the tc block device
+// with parent the block's index.
+func (f *Forwarder) filterRuns(dev netlink.Link, parent uint32, id ebpf.ProgramID) bool {
+	flts, err := f.nl.FilterList(dev, parent)
 	if err != nil {
 		return false
 	}
