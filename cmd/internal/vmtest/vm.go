@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -158,9 +159,22 @@ mount -t devtmpfs dev /dev
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs tmpfs /tmp
+`)
+	// The guest gets a fresh /tmp and /run. A command's directory in the
+	// host's /tmp or /run (a clone there) is bind-mounted aside first and
+	// moved back on top of them, whole from its first level down (a
+	// package's tests reach the rest of the repository).
+	kept := keptDirs(cfg.Commands)
+	for i, d := range kept {
+		fmt.Fprintf(&b, "mkdir -p /.vmtest-keep/%d && mount --bind %s /.vmtest-keep/%d\n", i, shellQuote(d), i)
+	}
+	b.WriteString(`mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
-mount -t bpf bpf /sys/fs/bpf
+`)
+	for i, d := range kept {
+		fmt.Fprintf(&b, "mkdir -p %s && mount --move /.vmtest-keep/%d %s\n", shellQuote(d), i, shellQuote(d))
+	}
+	b.WriteString(`mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
@@ -183,6 +197,26 @@ hostname vmtest
 	}
 	fmt.Fprintf(&b, "echo %s DONE\nsync\n/bin/busybox poweroff -f\n", marker(nonce))
 	return b.String()
+}
+
+// keptDirs are the first-level directories of /tmp and /run that hold a
+// command's directory, once each, in order.
+func keptDirs(cmds []Command) []string {
+	var out []string
+	for _, c := range cmds {
+		d := filepath.Clean(c.Dir)
+		for _, top := range []string{"/tmp/", "/run/"} {
+			rest, ok := strings.CutPrefix(d+"/", top)
+			if !ok || rest == "" {
+				continue
+			}
+			first, _, _ := strings.Cut(rest, "/")
+			if k := top + first; !slices.Contains(out, k) {
+				out = append(out, k)
+			}
+		}
+	}
+	return out
 }
 
 func marker(nonce string) string { return "VMTEST-" + nonce }

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"io"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -50,6 +52,20 @@ echo "    b_test.go:12: needs 8021q"
 echo "--- SKIP: TestB (0.00s)"
 uname -r > /vmtest/uname; touch /etc/vmtest-writable && echo writable
 test -r /work && exit 0`
+	// A clone in the host's /tmp, which the guest mounts afresh: a package
+	// directory there and its siblings stay visible.
+	clone, err := os.MkdirTemp("/tmp", "fabric-vmtest-clone-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(clone) })
+	pkg := filepath.Join(clone, "pkg")
+	if err := os.Mkdir(pkg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(clone, "sibling"), []byte("here\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	var console bytes.Buffer
 	res, err := Run(context.Background(), Config{
 		Kernel:  k,
@@ -58,13 +74,14 @@ test -r /work && exit 0`
 		Commands: []Command{
 			{Name: "ok", Dir: "/", Argv: []string{"/bin/sh", "-c", script}, GoTest: true},
 			{Name: "bad", Dir: "/", Argv: []string{"/bin/sh", "-c", "exit 3"}},
+			{Name: "in-tmp", Dir: pkg, Argv: []string{"/bin/sh", "-c", "grep -q here ../sibling && test -d /run/netns"}},
 		},
 	})
 	t.Logf("console:\n%s", console.String())
 	if !errors.Is(err, ErrFailed) {
 		t.Fatalf("Run: %v, want ErrFailed", err)
 	}
-	if !res.Booted || !res.Done || len(res.Commands) != 2 {
+	if !res.Booted || !res.Done || len(res.Commands) != 3 {
 		t.Fatalf("result %+v", res)
 	}
 	if !strings.HasPrefix(res.Release, k.Name+".") {
@@ -73,6 +90,9 @@ test -r /work && exit 0`
 	ok, bad := res.Commands[0], res.Commands[1]
 	if ok.Exit != 0 || bad.Exit != 3 {
 		t.Errorf("exit codes %d, %d; want 0, 3", ok.Exit, bad.Exit)
+	}
+	if e := res.Commands[2].Exit; e != 0 {
+		t.Errorf("a command in %s (under the host's /tmp) exited %d: its directory or its sibling was not there", pkg, e)
 	}
 	if ok.Passed != 1 || ok.Skipped != 1 || len(ok.Skips) != 1 || ok.Skips[0] != (Skip{"TestB", "needs 8021q"}) {
 		t.Errorf("counts %+v", ok)
@@ -150,5 +170,34 @@ func TestParseCrash(t *testing.T) {
 	clean.parse(strings.NewReader("VMTEST-n START pkg\n    a_test.go:3: Oops: nothing\nVMTEST-n DONE\n"), "n", io.Discard)
 	if clean.Crash != "" {
 		t.Fatalf("a test's line taken for a crash: %q", clean.Crash)
+	}
+}
+
+// TestKeptDirs: the directories under the host's /tmp and /run that
+// commands work in are kept, from their first level down, once each;
+// others add nothing to the guest's script.
+func TestKeptDirs(t *testing.T) {
+	cmds := []Command{
+		{Dir: "/work/main/bpf"},
+		{Dir: "/tmp/clone/bpf"},
+		{Dir: "/tmp/clone/datapath/ebpf/"},
+		{Dir: "/run/ci/x"},
+		{Dir: "/tmp"},
+		{Dir: "/tmpfoo/x"},
+	}
+	got := keptDirs(cmds)
+	if want := []string{"/tmp/clone", "/run/ci"}; !slices.Equal(got, want) {
+		t.Errorf("keptDirs = %q, want %q", got, want)
+	}
+	script := stage2Script(Config{Commands: cmds[:1]}, "n")
+	if strings.Contains(script, "vmtest-keep") {
+		t.Errorf("a command outside /tmp and /run changed the mounts:\n%s", script)
+	}
+	script = stage2Script(Config{Commands: cmds}, "n")
+	bind := strings.Index(script, "mount --bind /tmp/clone /.vmtest-keep/0")
+	tmp := strings.Index(script, "mount -t tmpfs tmpfs /tmp")
+	move := strings.Index(script, "mount --move /.vmtest-keep/0 /tmp/clone")
+	if bind < 0 || tmp < 0 || move < 0 || !(bind < tmp && tmp < move) {
+		t.Errorf("want bind, fresh /tmp, move back in that order:\n%s", script)
 	}
 }
