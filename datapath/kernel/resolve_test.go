@@ -2,8 +2,8 @@ package kernel
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
-	"fmt"
 	"io/fs"
 	"net"
 	"net/netip"
@@ -38,9 +38,7 @@ func TestFirstPingFloodsNoOtherPort(t *testing.T) {
 	l.join(n, "epf1", "vhf1", 2)
 	l.join(n, "epf2", "vhf2", 3)
 	j3 := l.join(n, "epf3", "vhf3", 4)
-	l.join(n, "epf4", "vhf4", 5)
-	l.join(n, "epf5", "vhf5", 6)
-	ports := []string{"vhf1", "vhf2", "vhf3", "vhf4", "vhf5"}
+	ports := []string{"vhf1", "vhf2", "vhf3"}
 	// The bridge's own IPv6 start-up chatter (router solicitations, MLD
 	// reports, at random delays) reaches every port too; it is not
 	// per endpoint and must not land in the window.
@@ -48,44 +46,94 @@ func TestFirstPingFloodsNoOtherPort(t *testing.T) {
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		t.Fatal(err)
 	}
-	// Multicast from the sandboxes is not flooded to the ports here.
-	// What the bridge sends itself is flooded whatever the port flags
-	// say: its IGMP reports go out at random delays after it got its
-	// address, and one reached every port inside a window on 6.1, twice.
-	// So each of up to three first pings (to endpoints nobody has talked
-	// to yet) gets a window, and one clean window passes: without the
-	// seeded entries every first ping floods (the host's ARP broadcast),
-	// so all three windows fail.
+	// Nor the sandboxes' multicast: not flooded to the ports here.
 	for _, port := range ports {
 		l.setMcastFlood(port, false)
 	}
-	var seen []string
-	for i, target := range []int{2, 3, 4} { // j3, epf4, epf5
-		addr := fmt.Sprintf("10.89.40.%d", target+2)
-		before := make([]uint64, len(ports))
-		for k, p := range ports {
-			before[k] = l.txPackets(p)
-		}
-		mustPing(t, l.hostName, addr)
-		var got []string
-		for k, p := range ports {
-			d := l.txPackets(p) - before[k]
-			if (k == target && d != 1) || (k != target && d != 0) {
-				got = append(got, fmt.Sprintf("%s sent %d", p, d))
-			}
-		}
-		if len(got) == 0 {
-			break
-		}
-		seen = append(seen, fmt.Sprintf("ping %d to %s: %s", i+1, addr, strings.Join(got, ", ")))
+	// What the bridge sends itself is flooded whatever the port flags
+	// say: its IGMP reports for the all-snoopers group (224.0.0.106, which
+	// multicast snooping joins), at random delays after it came up. One
+	// landed in the window on 6.1 in 2 of 4 matrix runs, so the frames are
+	// captured and IGMP is not counted; broadcasts (ARP) and unknown
+	// unicast, what this is about, are.
+	caps := make([]*portCapture, len(ports))
+	for i, p := range ports {
+		caps[i] = l.capture(p)
 	}
-	if len(seen) == 3 {
-		t.Errorf("every first ping to a new endpoint reached other ports or sent more than the echo request to its own (want 0 frames to the others and 1, the echo request, to its own):\n%s", strings.Join(seen, "\n"))
+	// The first packet from the host to a new endpoint must not reach the
+	// others, and its own port gets exactly the echo request (no ARP).
+	mustPing(t, l.hostName, "10.89.40.4")
+	for i, c := range caps {
+		want := 0
+		if i == 2 {
+			want = 1
+		}
+		if got := c.frames(); len(got) != want {
+			t.Errorf("first ping to a new endpoint: %s sent %d frames, want %d (0 to the other ports, the echo request to its own):\n%s",
+				ports[i], len(got), want, strings.Join(got, "\n"))
+		}
 	}
 	// Sandboxes still reach each other (they resolve by ARP) and the
 	// gateway.
 	mustPing(t, j3.name, "10.89.40.2")
 	mustPing(t, j3.name, "10.89.40.1")
+}
+
+// portCapture reads the frames a host veth port sends (into its sandbox)
+// from a packet socket bound to it.
+type portCapture struct {
+	t  *testing.T
+	fd int
+}
+
+// capture starts capturing port's frames; it is closed with the test.
+func (l *lab) capture(port string) *portCapture {
+	l.t.Helper()
+	idx := l.link(port).Attrs().Index
+	proto := uint16(unix.ETH_P_ALL)<<8 | uint16(unix.ETH_P_ALL)>>8 // network order
+	c := &portCapture{t: l.t, fd: -1}
+	err := fabricns.Do(l.hostPath, func() error {
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, int(proto))
+		if err != nil {
+			return err
+		}
+		c.fd = fd
+		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: proto, Ifindex: idx})
+	})
+	if c.fd >= 0 {
+		l.t.Cleanup(func() { unix.Close(c.fd) })
+	}
+	if err != nil {
+		l.t.Fatalf("capture on %s: %v", port, err)
+	}
+	// Frames from before the bind completed are not the window's.
+	c.frames()
+	return c
+}
+
+// frames returns, in hex, the frames captured since the last call that
+// are not IGMP (the bridge's own reports).
+func (c *portCapture) frames() []string {
+	var out []string
+	buf := make([]byte, 2048)
+	for range 10000 {
+		n, from, err := unix.Recvfrom(c.fd, buf, 0)
+		if err != nil {
+			if !errors.Is(err, unix.EAGAIN) {
+				c.t.Fatalf("read capture: %v", err)
+			}
+			return out
+		}
+		if ll, ok := from.(*unix.SockaddrLinklayer); !ok || ll.Pkttype != unix.PACKET_OUTGOING {
+			continue
+		}
+		f := buf[:n]
+		if len(f) >= 24 && f[12] == 0x08 && f[13] == 0x00 && f[23] == unix.IPPROTO_IGMP {
+			continue
+		}
+		out = append(out, hex.EncodeToString(f[:min(n, 64)]))
+	}
+	return out
 }
 
 // setMcastFlood sets the bridge port flag mcast_flood of host veth port
