@@ -433,6 +433,10 @@ func (d *Datapath) ensureVethEndpoint(n datapath.Network, ep datapath.Endpoint) 
 	if err := d.portClash(ep); err != nil {
 		return err
 	}
+	var prev *spoofElem
+	if e, ok := d.spoof[ep.HostIfName]; ok {
+		prev = &e
+	}
 	undoSpoof, err := d.spoofEnsureEarly(ep)
 	if err != nil {
 		return err
@@ -444,7 +448,7 @@ func (d *Datapath) ensureVethEndpoint(n datapath.Network, ep datapath.Endpoint) 
 	}
 	err = d.spoofEnsure(ep)
 	if err == nil {
-		err = d.ensureHostNeighbour(br, ep)
+		err = d.ensureHostNeighbour(br, ep, prev)
 	}
 	if err != nil {
 		if created {

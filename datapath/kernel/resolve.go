@@ -59,14 +59,23 @@ func hostNeighbour(br int, addr netip.Addr, mac net.HardwareAddr) *netlink.Neigh
 }
 
 // ensureHostNeighbour writes the host's entry for ep on bridge index br,
-// with the MAC the anti-spoofing element (spoofEnsure, before) holds.
-func (d *Datapath) ensureHostNeighbour(br int, ep datapath.Endpoint) error {
+// with the MAC the anti-spoofing element (spoofEnsure, before) holds. prev
+// is the element before this ensure, if any: when ep's address changed,
+// the entry for its old address goes (unless another endpoint's MAC holds
+// it by now).
+func (d *Datapath) ensureHostNeighbour(br int, ep datapath.Endpoint, prev *spoofElem) error {
 	e, ok := d.spoof[ep.HostIfName]
 	if !ok {
 		return nil
 	}
 	if err := d.nl.NeighSet(hostNeighbour(br, e.addr, e.mac[:])); err != nil {
 		return fmt.Errorf("endpoint %s: neighbour entry %s: %w", ep.ID, e.addr, err)
+	}
+	if prev != nil && prev.addr != e.addr {
+		mac := prev.mac
+		if err := d.dropHostNeighbour(br, prev.addr, mac[:]); err != nil {
+			return fmt.Errorf("endpoint %s: old address: %w", ep.ID, err)
+		}
 	}
 	return nil
 }
@@ -84,21 +93,30 @@ func (d *Datapath) deleteHostNeighbour(n datapath.Network, ep datapath.Endpoint)
 	if err != nil {
 		return fmt.Errorf("look up bridge %s: %w", n.Bridge, err)
 	}
+	if err := d.dropHostNeighbour(br.Attrs().Index, ep.Addr.Addr(), ep.MAC); err != nil {
+		return fmt.Errorf("endpoint %s: %w", ep.ID, err)
+	}
+	return nil
+}
+
+// dropHostNeighbour removes the permanent entry for addr on bridge index
+// br if it holds mac (any MAC when mac is nil).
+func (d *Datapath) dropHostNeighbour(br int, addr netip.Addr, mac net.HardwareAddr) error {
 	neighs, err := plumb.RetryDump(func() ([]netlink.Neigh, error) {
-		return d.nl.NeighList(br.Attrs().Index, unix.AF_INET)
+		return d.nl.NeighList(br, unix.AF_INET)
 	})
 	if err != nil {
-		return fmt.Errorf("neighbours of %s: %w", n.Bridge, err)
+		return fmt.Errorf("neighbours of bridge %d: %w", br, err)
 	}
 	for _, e := range neighs {
-		if !e.IP.Equal(ep.Addr.Addr().AsSlice()) || e.State != netlink.NUD_PERMANENT {
+		if !e.IP.Equal(addr.AsSlice()) || e.State != netlink.NUD_PERMANENT {
 			continue
 		}
-		if ep.MAC != nil && !bytes.Equal(e.HardwareAddr, ep.MAC) {
+		if mac != nil && !bytes.Equal(e.HardwareAddr, mac) {
 			continue
 		}
 		if err := d.nl.NeighDel(&e); err != nil && !errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("endpoint %s: remove neighbour entry %s: %w", ep.ID, ep.Addr.Addr(), err)
+			return fmt.Errorf("remove neighbour entry %s: %w", addr, err)
 		}
 	}
 	return nil

@@ -289,3 +289,24 @@ func TestDeletingAnOldEndpointKeepsTheNewOnesNeighbour(t *testing.T) {
 		t.Errorf("host neighbour for %s left after deleting its endpoint: %+v", ip, e)
 	}
 }
+
+// TestAddressChangeMovesTheHostNeighbour: an endpoint ensured again with
+// another address gets the host's entry for the new one, and the entry
+// for the old one goes at once (not at the next Sync).
+func TestAddressChangeMovesTheHostNeighbour(t *testing.T) {
+	t.Parallel()
+	l := newLab(t)
+	n := l.bridgeNetwork("netac", "br-ac", "10.89.48.0/24", false)
+	j := l.join(n, "epac1", "vhac1", 2)
+	oldIP := j.ep.Addr.Addr()
+	moved := j.ep
+	moved.Addr = netip.MustParsePrefix("10.89.48.5/24")
+	l.ensureEndpoint(n, moved)
+	if e := l.hostNeighbour("br-ac", moved.Addr.Addr()); e == nil || !slices.Equal(e.HardwareAddr, moved.MAC) {
+		t.Errorf("host neighbour for the new address %s: %+v, want -> %s", moved.Addr.Addr(), e, moved.MAC)
+	}
+	if e := l.hostNeighbour("br-ac", oldIP); e != nil {
+		t.Errorf("host neighbour for the old address %s left: %+v", oldIP, e)
+	}
+	mustPing(t, l.hostName, "10.89.48.5")
+}
