@@ -20,13 +20,6 @@ import (
 	"github.com/fabricnet/fabric/datapath/plumb"
 )
 
-// txPackets is how many frames the bridge has handed to the host veth
-// name (its transmit counter): every flood reaches it.
-func (l *lab) txPackets(name string) uint64 {
-	l.t.Helper()
-	return l.link(name).Attrs().Statistics.TxPackets
-}
-
 // TestFirstPingFloodsNoOtherPort: the host pinging a new endpoint, and the
 // endpoint answering, resolve each other without a broadcast (ARP) or an
 // unknown-unicast flood reaching the bridge's other ports: with 1,000
