@@ -311,7 +311,7 @@ func sendFrame(frame []byte) error {
 		return fmt.Errorf("packet socket: %w", err)
 	}
 	defer unix.Close(fd)
-	sa := &unix.SockaddrLinklayer{Ifindex: ifi.Index, Protocol: htons(etherTypeIPv4), Halen: 6}
+	sa := &unix.SockaddrLinklayer{Ifindex: ifi.Index, Protocol: netnstest.Htons(etherTypeIPv4), Halen: 6}
 	copy(sa.Addr[:], frame[0:6])
 	if err := unix.Sendto(fd, frame, 0, sa); err != nil {
 		return fmt.Errorf("send %d-byte frame: %w", len(frame), err)
@@ -333,5 +333,3 @@ func sendTruncated(ep Endpoint, from, to int) (Counter, error) {
 	}
 	return sent, nil
 }
-
-func htons(v uint16) uint16 { return v<<8 | v>>8 }

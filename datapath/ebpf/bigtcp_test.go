@@ -64,11 +64,11 @@ func watchLargestFrame(t *testing.T, nsPath string, ifindex int) func() int {
 	t.Helper()
 	var fd int
 	err := fabricns.Do(nsPath, func() (err error) {
-		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_IP)))
+		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(netnstest.Htons(unix.ETH_P_IP)))
 		if err != nil {
 			return err
 		}
-		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_IP), Ifindex: ifindex})
+		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: netnstest.Htons(unix.ETH_P_IP), Ifindex: ifindex})
 	})
 	if err != nil {
 		t.Fatalf("packet socket: %v", err)
@@ -102,5 +102,3 @@ func watchLargestFrame(t *testing.T, nsPath string, ifindex int) func() int {
 	})
 	return func() int { return int(largest.Load()) }
 }
-
-func htons(v uint16) uint16 { return v<<8 | v>>8 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/fabricnet/fabric/datapath"
 	fabricns "github.com/fabricnet/fabric/datapath/netns"
+	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 	"github.com/fabricnet/fabric/datapath/plumb"
 )
 
@@ -83,7 +84,7 @@ type portCapture struct {
 func (l *lab) capture(port string) *portCapture {
 	l.t.Helper()
 	idx := l.link(port).Attrs().Index
-	proto := uint16(unix.ETH_P_ALL)<<8 | uint16(unix.ETH_P_ALL)>>8 // network order
+	proto := netnstest.Htons(unix.ETH_P_ALL)
 	c := &portCapture{t: l.t, fd: -1}
 	err := fabricns.Do(l.hostPath, func() error {
 		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, int(proto))
