@@ -516,13 +516,6 @@ func (d *Datapath) DeleteEndpoint(ctx context.Context, n datapath.Network, ep da
 // deleteVethEndpoint is DeleteEndpoint for an endpoint on a bridge network,
 // under d.mu.
 func (d *Datapath) deleteVethEndpoint(n datapath.Network, ep datapath.Endpoint) error {
-	if e, ok := d.spoof[ep.HostIfName]; ep.MAC == nil && ok {
-		// The agent deletes by ID and address. The MAC the host's entry
-		// was written with tells this endpoint's entry from that of a
-		// newer endpoint that took the address since.
-		mac := e.mac
-		ep.MAC = mac[:]
-	}
 	if err := d.host.DeleteVeth(ep); err != nil {
 		return err
 	}

@@ -81,7 +81,11 @@ func (d *Datapath) ensureHostNeighbour(br int, ep datapath.Endpoint, prev *spoof
 }
 
 // deleteHostNeighbour removes the host's entry for ep from n's bridge if
-// it is the endpoint's (its MAC, or any MAC when ep has none).
+// it is the endpoint's: it holds ep's MAC or, when the delete carries none
+// (the agent deletes by ID and address), the MAC of ep's anti-spoofing
+// element, the one the entry was written with; that tells it from the
+// entry of a newer endpoint that took the address since. Any MAC when
+// neither is known.
 func (d *Datapath) deleteHostNeighbour(n datapath.Network, ep datapath.Endpoint) error {
 	if !ep.Addr.IsValid() || n.Bridge == "" {
 		return nil // Sync removes what is left
@@ -93,7 +97,11 @@ func (d *Datapath) deleteHostNeighbour(n datapath.Network, ep datapath.Endpoint)
 	if err != nil {
 		return fmt.Errorf("look up bridge %s: %w", n.Bridge, err)
 	}
-	if err := d.dropHostNeighbour(br.Attrs().Index, ep.Addr.Addr(), ep.MAC); err != nil {
+	mac := ep.MAC
+	if e, ok := d.spoof[ep.HostIfName]; mac == nil && ok {
+		mac = e.mac[:]
+	}
+	if err := d.dropHostNeighbour(br.Attrs().Index, ep.Addr.Addr(), mac); err != nil {
 		return fmt.Errorf("endpoint %s: %w", ep.ID, err)
 	}
 	return nil
