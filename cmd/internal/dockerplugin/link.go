@@ -34,6 +34,30 @@ func linkNames(id string) (host, peer string) {
 	return "fdh" + id, "fdc" + id
 }
 
+// removeUnsavedPairsLocked deletes the pairs a previous run made in Join
+// and was killed before it saved them (with mu held). Join answers only
+// after the save, so Docker never took such a pair, and the endpoint's
+// record (saved by CreateEndpoint, before Join) names no link: the pair
+// is found by the name Join gives it. Run calls this before it serves, so
+// no Join is under way; removePair leaves a link the agent adopted.
+func (p *Plugin) removeUnsavedPairsLocked() {
+	for _, ep := range p.st.Endpoints {
+		if ep.Link != "" {
+			continue
+		}
+		host, _ := linkNames(ep.ID)
+		l, err := netlink.LinkByName(host)
+		if err != nil || l.Type() != "veth" || l.Attrs().Alias != "" {
+			continue // none, or not Join's to remove
+		}
+		if err := removePair(host); err != nil {
+			p.log.Warn("docker plugin: pair of a Join that never finished", "endpoint", shortID(ep.ID), "err", err)
+			continue
+		}
+		p.log.Info("docker plugin: removed the pair of a Join that never finished", "endpoint", shortID(ep.ID), "link", host)
+	}
+}
+
 // handsLink says whether Join hands Docker a veth pair on a fabric
 // network of this driver (macvlan and ipvlan endpoints are children of a
 // parent interface that fabric makes in the namespace itself).

@@ -163,10 +163,12 @@ func (p *Plugin) Run(ctx context.Context) error {
 }
 
 // resume restarts what a previous run left unfinished: bindings of
-// networks to their names and attachments of joined containers.
+// networks to their names and attachments of joined containers; and it
+// removes the pairs of Joins that run never finished.
 func (p *Plugin) resume() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.removeUnsavedPairsLocked()
 	for _, n := range p.st.Networks {
 		if n.Name == "" && n.Err == "" {
 			p.bindLater(n.ID)

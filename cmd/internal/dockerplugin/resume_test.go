@@ -2,6 +2,7 @@ package dockerplugin
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -13,6 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/datapath"
 	"github.com/fabricnet/fabric/datapath/netns"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
@@ -163,5 +165,76 @@ func testResumeAttach(t *testing.T, moveWhileDown bool) {
 	case got := <-b2.connects:
 		t.Errorf("connected twice: %+v", got)
 	default:
+	}
+}
+
+// A plugin killed in Join after it made the pair and before it saved the
+// endpoint leaves a pair its record does not name, which Docker never got
+// (Join did not answer). The next run removes it before it serves, and
+// nothing else: not a saved Join's pair, not an adopted link (owner
+// alias), not the pair of an endpoint it has no record of (another
+// plugin's Join under way in this namespace).
+func TestRestartRemovesThePairOfAKilledJoin(t *testing.T) {
+	if !inOwnNetNS(t) {
+		return
+	}
+	state := filepath.Join(t.TempDir(), "docker-plugin.json")
+	subnet := netip.MustParsePrefix("10.67.0.0/24")
+	backend := &fakeBackend{subnets: map[string]netip.Prefix{"web": subnet}}
+	p1 := newTestPlugin(t, backend, state)
+	p1.st.Networks["nid-web"] = &netRec{ID: "nid-web", Name: "web", Subnet: subnet.String()}
+	ctx1, kill := context.WithCancel(context.Background())
+	p1.ctx = ctx1
+	const savedID, killedID, adoptedID, otherID = "aaaaaaaaaaaa7777", "bbbbbbbbbbbb8888", "cccccccccccc9999", "dddddddddddd0000"
+	for i, eid := range []string{savedID, killedID, adoptedID} {
+		if _, err := p1.createEndpoint(createEndpointRequest{NetworkID: "nid-web", EndpointID: eid,
+			Interface: &endpointInterface{Address: fmt.Sprintf("10.67.0.%d/24", 5+i)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The saved Join: its pair waits for Docker's move.
+	if _, err := p1.join(joinRequest{NetworkID: "nid-web", EndpointID: savedID, SandboxKey: netns.Path(netnstest.UniqueName("fdk"))}); err != nil {
+		t.Fatal(err)
+	}
+	kill()
+	p1.wg.Wait()
+	// The killed Join made its pair and saved nothing; the others' links
+	// have Join's names too.
+	pair := func(id, alias string) (host, peer string) {
+		t.Helper()
+		host, peer = linkNames(id)
+		if err := makePair(host, peer, 0, api.EndpointMAC(netip.MustParseAddr("10.67.0.200"))); err != nil {
+			t.Fatal(err)
+		}
+		if alias != "" {
+			l, err := netlink.LinkByName(host)
+			if err == nil {
+				err = netlink.LinkSetAlias(l, alias)
+			}
+			if err != nil {
+				t.Fatalf("alias of %s: %v", host, err)
+			}
+		}
+		return host, peer
+	}
+	killed, killedPeer := pair(killedID, "")
+	adopted, _ := pair(adoptedID, datapath.OwnerPrefix+"endpoint/x")
+	other, _ := pair(otherID, "")
+	saved, _ := linkNames(savedID)
+
+	p2 := newTestPlugin(t, backend, state)
+	ctx2, stop := context.WithCancel(context.Background())
+	defer func() { stop(); p2.wg.Wait() }()
+	p2.ctx = ctx2
+	p2.resume()
+	for _, name := range []string{killed, killedPeer} {
+		if _, err := netlink.LinkByName(name); err == nil {
+			t.Errorf("%s of the killed Join outlived the restart", name)
+		}
+	}
+	for _, name := range []string{saved, adopted, other} {
+		if _, err := netlink.LinkByName(name); err != nil {
+			t.Errorf("%s was removed at the restart: %v", name, err)
+		}
 	}
 }
