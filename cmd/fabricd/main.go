@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -261,12 +262,19 @@ func guardPorts(cfg config.Config) []datapath.HostPort {
 
 func newDatapath(cfg config.Config, tunnel datapath.Tunnel, log *slog.Logger) (datapath.Datapath, error) {
 	guard := guardPorts(cfg)
+	var viaShim []netip.Addr
+	if cfg.DockerPlugin != "" {
+		// Docker's resolver forwards from inside the container: on a
+		// macvlan or ipvlan L2 network the query would go to the LAN's
+		// router, not to this host.
+		viaShim = []netip.Addr{dockerplugin.DNSAddr}
+	}
 	return chooseDatapath(log, cfg.Datapath,
 		ebpf.Options{
 			BPFRoot: cfg.BPFRoot, Uplink: cfg.Uplink, XDP: cfg.XDP, Tunnel: tunnel,
-			GuardPorts: guard, ConntrackMax: cfg.ConntrackMax, SockRedirect: cfg.SockRedirect,
+			GuardPorts: guard, ShimRoutes: viaShim, ConntrackMax: cfg.ConntrackMax, SockRedirect: cfg.SockRedirect,
 		},
-		kernel.Options{Tunnel: tunnel, GuardPorts: guard})
+		kernel.Options{Tunnel: tunnel, GuardPorts: guard, ShimRoutes: viaShim})
 }
 
 // chooseDatapath makes the datapath mode asks for. auto falls back to the

@@ -66,6 +66,7 @@ func New(log *slog.Logger, opts Options) (_ *Datapath, err error) {
 	// to the host's INPUT through a host shim: plumb's shim guard table
 	// keeps them out of the same ports the endpoint program closes.
 	host.SetGuardPorts(opts.GuardPorts)
+	host.SetShimRoutes(opts.ShimRoutes)
 	// The programs do NAT and published ports: a table left by a
 	// kernel-datapath run would translate their traffic twice.
 	if err := netns.Do(host.NSPath(), plumb.DeleteNFTable); err != nil {

@@ -29,6 +29,7 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -74,6 +75,11 @@ type Options struct {
 	// metrics; at most bpf.GuardPorts per protocol): the endpoint program
 	// drops what sandboxes send to them on any host address.
 	GuardPorts []datapath.HostPort
+	// ShimRoutes are host addresses off the LANs (the shared resolver's)
+	// that sandboxes of macvlan and ipvlan L2 networks with a host shim
+	// reach through the shim: each such sandbox gets a route to them via
+	// the shim's address.
+	ShimRoutes []netip.Addr
 	// ConntrackMax is the connection table's size in entries (two per
 	// connection); 0 means datapath.DefaultConntrackMax. Changing it
 	// recreates the pinned maps at the next start (connections through NAT

@@ -24,9 +24,9 @@ const (
 	gwAlias  = "fabric-ebpf gateways"
 )
 
-// rtProtoFabric marks the routes this package makes (rtnetlink protocol
-// numbers above 4 are free for routing daemons), so Sync can prune them.
-const rtProtoFabric = 0xfb
+// rtProtoFabric marks the routes this package makes in the host's
+// namespace, so Sync can prune them.
+const rtProtoFabric = plumb.RouteProtocol
 
 // prepareHost turns on forwarding and makes the gateway device.
 func (f *Forwarder) prepareHost() error {

@@ -56,6 +56,11 @@ type Options struct {
 	// GuardPorts are fabric's own ports on the host (gossip, tunnel,
 	// metrics): the input chain drops what sandboxes send to them.
 	GuardPorts []datapath.HostPort
+	// ShimRoutes are host addresses off the LANs (the shared resolver's)
+	// that sandboxes of macvlan and ipvlan L2 networks with a host shim
+	// reach through the shim: each such sandbox gets a route to them via
+	// the shim's address.
+	ShimRoutes []netip.Addr
 
 	// faults, set only by this package's tests, makes a step fail right
 	// after a link was created, to show it is rolled back.
@@ -179,6 +184,7 @@ func New(log *slog.Logger, opts Options) (_ *Datapath, err error) {
 		}
 	}()
 	host.SetGuardPorts(opts.GuardPorts) // for the host shims (plumb/shimguard.go)
+	host.SetShimRoutes(opts.ShimRoutes)
 	nft, err := nftables.New(nftables.WithNetNSFd(int(host.NS())), nftables.AsLasting())
 	if err != nil {
 		return nil, fmt.Errorf("nftables connection in host netns: %w", err)

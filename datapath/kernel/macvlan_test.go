@@ -388,3 +388,71 @@ func TestChildRenamedFallback(t *testing.T) {
 	}
 	mustPing(t, s1, "10.90.13.3")
 }
+
+// The shared resolver (Options.ShimRoutes, here on the host's lo) is off
+// the LAN: a macvlan or ipvlan L2 sandbox would send its queries to the
+// LAN's gateway. With a host shim it gets a route there via the shim's
+// address, and the host answers; the route comes back when deleted, and
+// goes with the shim. An ipvlan L3 sandbox gets none: the host routes.
+func TestShimRoutesTakeSandboxesToTheHost(t *testing.T) {
+	for _, tc := range []struct {
+		driver, mode, subnet string
+		routed               bool
+	}{
+		{datapath.DriverMacvlan, "", "10.90.31.0/24", false},
+		{datapath.DriverIPvlan, "l2", "10.90.32.0/24", false},
+		{datapath.DriverIPvlan, "l3", "10.90.33.0/24", true},
+	} {
+		t.Run(tc.driver+tc.mode, func(t *testing.T) {
+			t.Parallel()
+			if tc.driver == datapath.DriverIPvlan {
+				requireLinkKind(t, "ipvlan")
+			}
+			testShimRoutes(t, parentNet("res"+tc.driver+tc.mode, tc.driver, "eth1", tc.mode, tc.subnet), tc.routed)
+		})
+	}
+}
+
+func testShimRoutes(t *testing.T, n datapath.Network, routed bool) {
+	const resolver = "169.254.53.53"
+	sw := newSwitch(t)
+	h1 := bareLab(t)
+	h1.dp = h1.open(Options{ShimRoutes: []netip.Addr{netip.MustParseAddr(resolver)}})
+	sw.plug(h1, "eth1")
+	netnstest.Run(t, h1.hostName, "ip", "addr", "add", resolver+"/32", "dev", "lo")
+
+	h1.ensureNetwork(n)
+	s1 := h1.join(n, "e1", "", 2)
+	if got := routes(t, s1.name, resolver); got != "" {
+		t.Errorf("route to %s without a shim: %q, want none", resolver, got)
+	}
+	shim := n.Subnet.Addr().As4()
+	shim[3] = 254
+	n.HostShim = netip.AddrFrom4(shim)
+	h1.ensureNetwork(n)
+	h1.ensureEndpoint(n, s1.ep)
+	want := resolver + " via " + n.HostShim.String() + " dev eth0 proto 251"
+	if routed {
+		want = ""
+	}
+	if got := routes(t, s1.name, resolver); got != want {
+		t.Fatalf("route to %s: %q, want %q", resolver, got, want)
+	}
+	if routed {
+		return
+	}
+	mustPing(t, s1.name, resolver)
+
+	netnstest.Run(t, s1.name, "ip", "route", "del", resolver)
+	h1.ensureEndpoint(n, s1.ep)
+	if got := routes(t, s1.name, resolver); got != want {
+		t.Errorf("route to %s after it was deleted and the endpoint ensured: %q, want %q", resolver, got, want)
+	}
+
+	n.HostShim = netip.Addr{}
+	h1.ensureNetwork(n)
+	h1.ensureEndpoint(n, s1.ep)
+	if got := routes(t, s1.name, resolver); got != "" {
+		t.Errorf("route to %s after the shim was turned off: %q, want none", resolver, got)
+	}
+}

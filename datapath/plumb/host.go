@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"runtime"
 	"strings"
 
@@ -59,6 +60,9 @@ type Host struct {
 	// and scrapes without shims cost no nftables request.
 	guard     []datapath.HostPort
 	guardGone bool
+	// shimRoutes are the host addresses sandboxes reach through their
+	// network's host shim (shimroutes.go).
+	shimRoutes []netip.Addr
 	// own are the links being deleted by this Host itself (DeleteVeth),
 	// whose deletion events are no drift.
 	own ownDeletes
