@@ -102,22 +102,15 @@ func namesRoute(addr netip.Addr, index int) *netlink.Route {
 }
 
 // warnNamesUnreachable logs, while names are served, that n's sandboxes
-// will not reach the shared resolver (with mu held): the host sends to its
-// own macvlan/ipvlan children only through the host shim. With a shim,
-// the routed ipvlan modes bring a child's packet for a host address to
-// the host, and an L2 child has a route to the resolver via the shim (the
-// datapath's ShimRoutes); without one, an L2 child sends it to its
-// gateway.
+// will get no answers from the shared resolver (with mu held): the host
+// sends to its own macvlan/ipvlan children only through the host shim.
+// With a shim, the routed ipvlan modes bring a child's packet for a host
+// address to the host, and an L2 child has a route to the resolver via
+// the shim (the datapath's ShimRoutes).
 func (a *Agent) warnNamesUnreachable(n *networkRec) {
 	if !a.namesAddr.IsValid() || !lanDriver(n.Driver) || n.HostShim.IsValid() {
 		return
 	}
-	routed := n.Driver == api.DriverIPvlan && (n.Mode == "l3" || n.Mode == "l3s")
-	if routed {
-		a.log.Warn("sandboxes on this network get no answers from the shared resolver (Docker's resolver forwards there): the host reaches ipvlan children only through a host shim; create it with -o host_shim=true",
-			"network", n.Name, "resolver", a.namesAddr)
-		return
-	}
-	a.log.Warn("sandboxes on this network reach the shared resolver (Docker's resolver forwards there) only if their gateway is this host; create it with -o host_shim=true for a route to it through the shim",
+	a.log.Warn("sandboxes on this network get no answers from the shared resolver (Docker's resolver forwards there): the host reaches its own macvlan and ipvlan children only through a host shim; create the network with -o host_shim=true",
 		"network", n.Name, "driver", n.Driver, "resolver", a.namesAddr)
 }
