@@ -233,12 +233,8 @@ func (h *Host) PruneShimRoutes(n datapath.Network, want map[netip.Addr]bool) err
 	}
 	var errs []error
 	for _, r := range routes {
-		if r.Dst == nil {
-			continue
-		}
-		ones, bits := r.Dst.Mask.Size()
-		addr, ok := netip.AddrFromSlice(r.Dst.IP.To4())
-		if !ok || ones != 32 || bits != 32 || want[addr] {
+		addr, ok := hostRouteDst(r)
+		if !ok || want[addr] {
 			continue
 		}
 		h.log.Info("pruning host shim route of endpoint not in state", "dst", addr, "network", n.ID)
