@@ -70,7 +70,7 @@ func (h *Host) EnsureChild(n datapath.Network, ep datapath.Endpoint) (created bo
 	if err := configureSandboxLink(sb.nl, child, ep, childMAC(n, ep), mtu, gw, created); err != nil {
 		return created, fmt.Errorf("endpoint %s: %s in %s: %w", ep.ID, ep.IfName, ep.NetNSPath, err)
 	}
-	if err := ensureSandboxShimRoutes(sb.nl, child, n, h.shimRoutes); err != nil {
+	if err := ensureSandboxShimRoutes(sb.nl, child, n, h.shimRoutes, created); err != nil {
 		return created, fmt.Errorf("endpoint %s: %s in %s: %w", ep.ID, ep.IfName, ep.NetNSPath, err)
 	}
 	if err := h.ensureShimRoute(n, ep); err != nil {

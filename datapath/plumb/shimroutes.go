@@ -50,17 +50,22 @@ func shimRoutesOf(n datapath.Network, addrs []netip.Addr) map[netip.Addr]bool {
 }
 
 // ensureSandboxShimRoutes makes the sandbox's routes via n's shim through
-// link (the endpoint's child) exactly those shimRoutesOf gives.
-func ensureSandboxShimRoutes(h *netlink.Handle, link netlink.Link, n datapath.Network, addrs []netip.Addr) error {
+// link (the endpoint's child) exactly those shimRoutesOf gives. A link
+// just created has no routes of fabric's yet: nothing to list.
+func ensureSandboxShimRoutes(h *netlink.Handle, link netlink.Link, n datapath.Network, addrs []netip.Addr, created bool) error {
 	want := shimRoutesOf(n, addrs)
 	idx := link.Attrs().Index
-	routes, err := RetryDump(func() ([]netlink.Route, error) {
-		return h.RouteListFiltered(netlink.FAMILY_V4,
-			&netlink.Route{LinkIndex: idx, Table: unix.RT_TABLE_MAIN, Protocol: RouteProtocol},
-			netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
-	})
-	if err != nil {
-		return fmt.Errorf("list routes via the host shim: %w", err)
+	var routes []netlink.Route
+	if !created {
+		var err error
+		routes, err = RetryDump(func() ([]netlink.Route, error) {
+			return h.RouteListFiltered(netlink.FAMILY_V4,
+				&netlink.Route{LinkIndex: idx, Table: unix.RT_TABLE_MAIN, Protocol: RouteProtocol},
+				netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
+		})
+		if err != nil {
+			return fmt.Errorf("list routes via the host shim: %w", err)
+		}
 	}
 	for _, r := range routes {
 		if dst, ok := hostRouteDst(r); ok && want[dst] && sameGateway(r.Gw, n.HostShim) {
