@@ -39,7 +39,7 @@ func linkNames(id string) (host, peer string) {
 // after the save, so Docker never took such a pair, and the endpoint's
 // record (saved by CreateEndpoint, before Join) names no link: the pair
 // is found by the name Join gives it. Run calls this before it serves, so
-// no Join is under way; removePair leaves a link the agent adopted.
+// no Join is under way; a link the agent adopted stays.
 func (p *Plugin) removeUnsavedPairsLocked() {
 	for _, ep := range p.st.Endpoints {
 		if ep.Link != "" {
@@ -47,14 +47,15 @@ func (p *Plugin) removeUnsavedPairsLocked() {
 		}
 		host, _ := linkNames(ep.ID)
 		l, err := netlink.LinkByName(host)
-		if err != nil || l.Type() != "veth" || l.Attrs().Alias != "" {
-			continue // none, or not Join's to remove
+		if err != nil {
+			continue // none (Join never got that far, or not a veth network)
 		}
-		if err := removePair(host); err != nil {
+		removed, err := removeUnadopted(l)
+		if err != nil {
 			p.log.Warn("docker plugin: pair of a Join that never finished", "endpoint", shortID(ep.ID), "err", err)
-			continue
+		} else if removed {
+			p.log.Info("docker plugin: removed the pair of a Join that never finished", "endpoint", shortID(ep.ID), "link", host)
 		}
-		p.log.Info("docker plugin: removed the pair of a Join that never finished", "endpoint", shortID(ep.ID), "link", host)
 	}
 }
 
@@ -96,13 +97,20 @@ func removePair(host string) error {
 	if err != nil {
 		return fmt.Errorf("fabric: look up %s: %w", host, err)
 	}
+	_, err = removeUnadopted(l)
+	return err
+}
+
+// removeUnadopted deletes l, with its peer, if it is a veth fabric never
+// adopted, and reports whether it did.
+func removeUnadopted(l netlink.Link) (bool, error) {
 	if l.Type() != "veth" || l.Attrs().Alias != "" {
-		return nil
+		return false, nil
 	}
 	if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
-		return fmt.Errorf("fabric: delete veth %s: %w", host, err)
+		return false, fmt.Errorf("fabric: delete veth %s: %w", l.Attrs().Name, err)
 	}
-	return nil
+	return true, nil
 }
 
 // peerReady says whether Docker has moved the other end of host into the
