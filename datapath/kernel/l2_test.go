@@ -58,9 +58,13 @@ func lanOfTwo(t *testing.T, n datapath.Network) (sw *switchL2, h1, h2 *lab) {
 
 // host returns a new lab (host namespace + datapath) whose eth1 is
 // plugged into the switch.
-func (s *switchL2) host() *lab {
+func (s *switchL2) host() *lab { return s.hostWith(Options{}) }
+
+// hostWith is host with a datapath opened with opts.
+func (s *switchL2) hostWith(opts Options) *lab {
 	s.t.Helper()
-	l := newLab(s.t)
+	l := bareLab(s.t)
+	l.dp = l.open(opts)
 	s.plug(l, "eth1")
 	return l
 }

@@ -415,10 +415,7 @@ func TestShimRoutesTakeSandboxesToTheHost(t *testing.T) {
 
 func testShimRoutes(t *testing.T, n datapath.Network, routed bool) {
 	const resolver = "169.254.53.53"
-	sw := newSwitch(t)
-	h1 := bareLab(t)
-	h1.dp = h1.open(Options{ShimRoutes: []netip.Addr{netip.MustParseAddr(resolver)}})
-	sw.plug(h1, "eth1")
+	h1 := newSwitch(t).hostWith(Options{ShimRoutes: []netip.Addr{netip.MustParseAddr(resolver)}})
 	netnstest.Run(t, h1.hostName, "ip", "addr", "add", resolver+"/32", "dev", "lo")
 
 	h1.ensureNetwork(n)
