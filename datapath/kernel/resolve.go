@@ -72,8 +72,7 @@ func (d *Datapath) ensureHostNeighbour(br int, ep datapath.Endpoint, prev *spoof
 		return fmt.Errorf("endpoint %s: neighbour entry %s: %w", ep.ID, e.addr, err)
 	}
 	if prev != nil && prev.addr != e.addr {
-		mac := prev.mac
-		if err := d.dropHostNeighbour(br, prev.addr, mac[:]); err != nil {
+		if err := d.dropHostNeighbour(br, prev.addr, prev.mac[:]); err != nil {
 			return fmt.Errorf("endpoint %s: old address: %w", ep.ID, err)
 		}
 	}
