@@ -130,6 +130,13 @@ type Endpoint struct {
 	// finds it and never adds or removes a route in the sandbox.
 	Adopted bool
 	Ports   []PortMapping
+	// NamespaceGoes, on a DeleteEndpoint of a veth endpoint, says the
+	// caller deletes the sandbox's namespace right after: the datapath
+	// forgets the endpoint and cuts its pair off (host side down), and the
+	// kernel deletes the pair with the namespace, in a batch, instead of
+	// one costly deletion each. Only for namespaces fabric made and
+	// deletes itself; ignored elsewhere.
+	NamespaceGoes bool
 }
 
 // PortMapping publishes a sandbox port on the host.

@@ -12,9 +12,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/datapath"
 	"github.com/fabricnet/fabric/datapath/netns"
 )
 
@@ -402,6 +404,7 @@ func (l *Lab) shrinkDensity(ctx context.Context, hosts []*densityHost, n int, ro
 			cut := len(h.fillers) - shrinkCount(len(sbs), n, len(h.fillers))
 			took, failed := removeFillers(h, h.fillers[cut:])
 			h.fillers = append(h.fillers[:cut], failed...)
+			waitPairsGone(l.nsPath(h.short), h.label)
 			if r := rowOf(h); r != nil && len(took) > 0 {
 				r.vals["rm50"] = append(r.vals["rm50"], percentile(took, 50))
 			}
@@ -429,6 +432,47 @@ func removeFillers(h *densityHost, names []string) (took []float64, failed []str
 	fmt.Fprintf(os.Stderr, "  density: %s: removed %d sandboxes in %.1f s (p50 %.1f ms per removal; %d failed)\n",
 		h.label, len(took), time.Since(t0).Seconds(), nanIfEmpty(took, 50), len(failed))
 	return took, failed
+}
+
+// pairsGoneLimit bounds waitPairsGone.
+const pairsGoneLimit = 2 * time.Minute
+
+// waitPairsGone waits until the kernel has deleted the veth pairs of the
+// sandboxes removed from the host namespace at nsPath: a removed sandbox's
+// pair is only cut off (host side down) and goes with its namespace, in
+// the kernel's background clean-up, which must not overlap the next
+// measurement. It logs how long that took.
+func waitPairsGone(nsPath, label string) {
+	nl, err := netns.HandleAt(nsPath)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "  density: %s: cannot watch the clean-up: %v\n", label, err)
+		return
+	}
+	defer nl.Close()
+	t0 := time.Now()
+	var left atomic.Int64 // -1: the last listing failed
+	pollUntil(t0.Add(pairsGoneLimit), func() bool {
+		links, err := nl.LinkList()
+		if err != nil {
+			left.Store(-1)
+			return false
+		}
+		n := 0
+		for _, link := range links {
+			a := link.Attrs()
+			if link.Type() == "veth" && strings.HasPrefix(a.Alias, datapath.OwnerPrefix) && a.Flags&net.FlagUp == 0 {
+				n++
+			}
+		}
+		left.Store(int64(n))
+		return n == 0
+	})
+	if left.Load() < 0 {
+		fmt.Fprintf(os.Stderr, "  density: %s: cannot list the links to watch the clean-up\n", label)
+		return
+	}
+	fmt.Fprintf(os.Stderr, "  density: %s: the kernel deleted the removed sandboxes' pairs within %.1f s (%d left)\n",
+		label, time.Since(t0).Seconds(), left.Load())
 }
 
 func (l *Lab) removeDensityFillers(hosts []*densityHost) {

@@ -28,6 +28,7 @@ type fakeDatapath struct {
 	syncs        []datapath.State
 	remotes      map[string][]datapath.Remote // by network ID
 	gate         *gatedRemotes                // if set, SetRemotes waits for it
+	deletes      []datapath.Endpoint          // every DeleteEndpoint, in order
 }
 
 func newFake() *fakeDatapath {
@@ -65,6 +66,7 @@ func (f *fakeDatapath) DeleteEndpoint(_ context.Context, _ datapath.Network, ep 
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.endpoints, ep.ID)
+	f.deletes = append(f.deletes, ep)
 	return nil
 }
 
@@ -267,6 +269,49 @@ func TestSandboxRollbackReleasesItsAddress(t *testing.T) {
 	}
 	if err := a.RemoveSandbox(ctx, name); err != nil {
 		t.Fatal(err)
+	}
+	if host.NamespaceExists(name) {
+		t.Fatal("namespace still there after RemoveSandbox")
+	}
+}
+
+// TestOnlyASandboxRemovalLeavesPairsToItsNamespace: the endpoints of a
+// sandbox being removed are deleted with NamespaceGoes (the namespace goes
+// next, and their pairs with it), a disconnected one without: its
+// sandbox stays, so its pair must go now.
+func TestOnlyASandboxRemovalLeavesPairsToItsNamespace(t *testing.T) {
+	dir, dp, host := t.TempDir(), newFake(), newFakeHost()
+	a := newTestAgentOn(t, dir, dp, host)
+	defer a.Close()
+	ctx := context.Background()
+	name := sandboxName(t, "ag")
+	if _, err := a.CreateSandbox(ctx, api.SandboxCreate{Name: name}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"aside", "other"} {
+		if _, err := a.CreateNetwork(ctx, api.NetworkCreate{Name: n}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.Connect(ctx, n, api.Connect{Sandbox: name}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.Disconnect(ctx, "aside", api.Disconnect{Sandbox: name}); err != nil {
+		t.Fatal(err)
+	}
+	if len(dp.deletes) != 1 || dp.deletes[0].NamespaceGoes {
+		t.Fatalf("disconnect deleted %+v, want one endpoint without NamespaceGoes", dp.deletes)
+	}
+	if err := a.RemoveSandbox(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	if len(dp.deletes) != 3 {
+		t.Fatalf("sandbox removal deleted %d endpoints, want 2", len(dp.deletes)-1)
+	}
+	for _, ep := range dp.deletes[1:] {
+		if !ep.NamespaceGoes {
+			t.Errorf("sandbox removal deleted endpoint %s without NamespaceGoes", ep.HostIfName)
+		}
 	}
 	if host.NamespaceExists(name) {
 		t.Fatal("namespace still there after RemoveSandbox")

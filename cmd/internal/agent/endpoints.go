@@ -86,6 +86,9 @@ func (a *Agent) deleteEndpointKernel(ctx context.Context, ep *endpointRec) error
 	dep := datapath.Endpoint{ID: ep.ID, NetworkID: n.ID, IfName: ep.IfName, HostIfName: ep.HostIfName, Addr: ep.Addr}
 	if sb := a.sandboxes[ep.Sandbox]; sb != nil {
 		dep.NetNSPath = sb.NetNS
+		// A sandbox being removed loses its namespace next
+		// (removeSandboxLocked): its pairs go with it.
+		dep.NamespaceGoes = sb.Mode == api.ModeNetNS && sb.Phase == phaseRemoving
 		if sb.Mode == api.ModeExternal {
 			dep.NetNSID = sb.NSID
 			if held, _ := externalState(sb); !held {
