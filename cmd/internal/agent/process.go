@@ -321,3 +321,47 @@ func procStat(pid int) (start uint64, state string, err error) {
 	}
 	return start, fields[0], nil
 }
+
+// killInNamespace kills with SIGKILL every process in the network
+// namespace at nsPath, one the agent made for a sandbox, and returns how
+// many. It is for a sandbox whose create was cut short (the agent was
+// killed) after its command may have started and before its PID was
+// recorded: nothing else would ever stop that command, and it would keep
+// the namespace, and the endpoints' pairs in it, alive. It walks /proc,
+// so it runs only then. A namespace that does not exist has none.
+func killInNamespace(nsPath string) (int, error) {
+	want, err := netns.IDOf(nsPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, fmt.Errorf("list processes: %w", err)
+	}
+	killed := 0
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if id, err := netns.IDOf(fmt.Sprintf("/proc/%d/ns/net", pid)); err != nil || id != want {
+			continue
+		}
+		fd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			continue // gone
+		}
+		// Checked again through the pidfd's process: the PID may have
+		// been reused between the first look and the open.
+		if id, err := netns.IDOf(fmt.Sprintf("/proc/%d/ns/net", pid)); err == nil && id == want {
+			if unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0) == nil {
+				killed++
+			}
+		}
+		_ = unix.Close(fd)
+	}
+	return killed, nil
+}

@@ -13,7 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fabricnet/fabric/cmd/internal/agent/agentstate"
 	"github.com/fabricnet/fabric/cmd/internal/api"
+	"github.com/fabricnet/fabric/cmd/internal/store"
 	"github.com/fabricnet/fabric/datapath/netns"
 	"github.com/fabricnet/fabric/datapath/netns/netnstest"
 )
@@ -145,4 +147,49 @@ func TestSandboxRmSignalsOnlyItsProcess(t *testing.T) {
 	if !alive(child, 0) {
 		t.Fatal("sandbox rm killed a process of the same group outside the sandbox")
 	}
+}
+
+// TestRollbackStopsAnUnrecordedCommand: an agent killed after it started
+// a sandbox's command and before it recorded the PID leaves a "creating"
+// record without one; the restarted agent rolls the sandbox back and
+// stops the command too, which would otherwise run on, holding the
+// namespace (and the endpoint's pair in it).
+func TestRollbackStopsAnUnrecordedCommand(t *testing.T) {
+	netnstest.RequireRoot(t)
+	dir := t.TempDir()
+	a := newKernelTestAgent(t, dir, newFake())
+	name := sandboxName(t, "uc")
+	sb, err := a.CreateSandbox(context.Background(), api.SandboxCreate{Name: name, Command: []string{"sleep", "60"}})
+	a.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := sb.PID
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+	if !alive(pid, 0) {
+		t.Fatal("the command does not run")
+	}
+	// What the killed agent would have left: the record before the PID.
+	st, err := store.Open(filepath.Join(dir, agentstate.FileName), []string{bucketNetworks, bucketSandboxes, bucketEndpoints}, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = st.Update(func(tx *store.Tx) error {
+		var rec sandboxRec
+		if ok, err := tx.Get(bucketSandboxes, name, &rec); !ok || err != nil {
+			return fmt.Errorf("record of %s: found %v, %w", name, ok, err)
+		}
+		rec.PID, rec.PIDStart, rec.LogPath, rec.Phase = 0, 0, "", phaseCreating
+		return tx.Put(bucketSandboxes, name, rec)
+	})
+	st.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newKernelTestAgent(t, dir, newFake())
+	defer b.Close()
+	if _, err := b.Sandbox(name); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("sandbox after the restart: %v, want it rolled back", err)
+	}
+	netnstest.Eventually(t, 5*time.Second, "the unrecorded command to stop", func() bool { return !alive(pid, 0) })
 }

@@ -7,7 +7,9 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -228,6 +230,8 @@ func canonJSON(t *testing.T, v any) string {
 func TestKill9AtRandomPointsConverges(t *testing.T) {
 	onDatapathHosts(t, func(t *testing.T, h *host) {
 		rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+		// The commands' argument tells this test's from any other's.
+		secs := fmt.Sprint(300_000 + rng.IntN(600_000))
 		for round := 0; round < 8; round++ {
 			var wg sync.WaitGroup
 			for i := 0; i < 3; i++ {
@@ -235,7 +239,7 @@ func TestKill9AtRandomPointsConverges(t *testing.T) {
 				go func(i int) {
 					defer wg.Done()
 					name := h.name(fmt.Sprintf("r%d%d", round, i))
-					h.ctl("run", "-d", "--name", name, "-p", fmt.Sprintf("%d:80", 20000+round*10+i), "--", "sleep", "300")
+					h.ctl("run", "-d", "--name", name, "-p", fmt.Sprintf("%d:80", 20000+round*10+i), "--", "sleep", secs)
 				}(i)
 			}
 			wg.Add(1)
@@ -271,6 +275,11 @@ func TestKill9AtRandomPointsConverges(t *testing.T) {
 			return len(left) == 0 && (h.dp == "kernel" || len(h.endpointHooks()) == 0)
 		}) {
 			t.Errorf("endpoint links %v (or tc hooks %v) left 10 s after removing every sandbox", left, h.endpointHooks())
+		}
+		// Commands the agent started before it was killed, recorded or
+		// not, are gone with their sandboxes.
+		if !netnstest.Poll(10*time.Second, func() bool { return len(processesOf("sleep", secs)) == 0 }) {
+			t.Errorf("commands %v left 10 s after removing every sandbox", processesOf("sleep", secs))
 		}
 		if h.dp == "kernel" {
 			if out := run(t, "ip", "netns", "exec", h.ns, "nft", "list", "table", "ip", "fabric"); strings.Contains(out, "dnat to") {
@@ -392,4 +401,22 @@ func TestKill9KeepsRunningFlows(t *testing.T) {
 			}
 		}
 	})
+}
+
+// processesOf lists the processes (not zombies) whose command line is argv.
+func processesOf(argv ...string) []int {
+	want := strings.Join(argv, "\x00") + "\x00"
+	entries, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		// A zombie's command line reads empty.
+		if b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline")); err == nil && string(b) == want {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
