@@ -37,6 +37,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
@@ -109,6 +110,13 @@ type Datapath struct {
 	// hold them, spoofSynced that a Sync has checked it once.
 	spoof                   map[string]spoofElem
 	spoofReady, spoofSynced bool
+	// spoofRetired are elements of endpoints deleted with their namespace
+	// (by port), the first at spoofRetiredAt, still in spoof and the
+	// table until spoofFlush removes them in one batch, when spoofTimer
+	// fires or a Sync or Close comes first (spoofretire.go).
+	spoofRetired   map[string]spoofElem
+	spoofRetiredAt time.Time
+	spoofTimer     *time.Timer
 
 	// portIdx indexes state.ports by protocol and host port (nil: not
 	// built since state.ports was replaced; portindex.go).
@@ -226,6 +234,9 @@ func (d *Datapath) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var errs error
+	if d.nl != nil {
+		errs = d.spoofFlush()
+	}
 	if d.nft != nil {
 		errs = errors.Join(errs, d.nft.CloseLasting())
 		d.nft = nil
@@ -528,7 +539,9 @@ func (d *Datapath) deleteVethEndpoint(n datapath.Network, ep datapath.Endpoint) 
 	if err := d.deleteHostNeighbour(n, ep); err != nil {
 		return err
 	}
-	if err := d.spoofDelete(ep); err != nil {
+	if ep.NamespaceGoes {
+		d.spoofRetire(ep) // its port is down already
+	} else if err := d.spoofDelete(ep); err != nil {
 		return err
 	}
 	old, had := d.state.ports[ep.ID]

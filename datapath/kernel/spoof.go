@@ -303,6 +303,7 @@ func (d *Datapath) spoofEnsure(ep datapath.Endpoint) error {
 	if err != nil {
 		return err
 	}
+	delete(d.spoofRetired, e.port) // wanted again
 	old, had := d.spoof[e.port]
 	if had && old == e && d.spoofReady {
 		return nil
@@ -445,6 +446,8 @@ func (d *Datapath) syncSpoof(p *syncPlan) []error {
 		}
 		want[e.port] = e
 	}
+	// Retired elements go with this pass's change; they are no drift.
+	retired := d.spoofTakeRetired()
 	intact, err := d.spoofIntact()
 	if err != nil {
 		errs = append(errs, err)
@@ -474,7 +477,7 @@ func (d *Datapath) syncSpoof(p *syncPlan) []error {
 	for _, port := range slices.Sorted(maps.Keys(have)) {
 		if e := have[port]; want[port] != e {
 			del = append(del, e)
-			if _, ok := want[port]; !ok {
+			if _, ok := want[port]; !ok && retired[port] != e {
 				d.repaired(datapath.RepairStale, "bridge "+plumb.NFTable+" element "+port)
 			}
 		}
