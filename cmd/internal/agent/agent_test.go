@@ -277,13 +277,21 @@ func TestSandboxRollbackReleasesItsAddress(t *testing.T) {
 
 // TestOnlyASandboxRemovalLeavesPairsToItsNamespace: the endpoints of a
 // sandbox being removed are deleted with NamespaceGoes (the namespace goes
-// next, and their pairs with it), a disconnected one without: its
-// sandbox stays, so its pair must go now.
+// next, and their pairs with it); a disconnected one without (its
+// sandbox stays, so its pair must go now), and so are those of a create
+// rolled back (a rejected request leaves nothing behind once answered).
 func TestOnlyASandboxRemovalLeavesPairsToItsNamespace(t *testing.T) {
 	dir, dp, host := t.TempDir(), newFake(), newFakeHost()
 	a := newTestAgentOn(t, dir, dp, host)
 	defer a.Close()
 	ctx := context.Background()
+	if _, err := a.CreateSandbox(ctx, api.SandboxCreate{Name: sandboxName(t, "ag"), Command: []string{"/nonexistent/command"}}); err == nil {
+		t.Fatal("a sandbox with a command that does not exist was created")
+	}
+	if len(dp.deletes) != 1 || dp.deletes[0].NamespaceGoes {
+		t.Fatalf("the rollback deleted %+v, want one endpoint without NamespaceGoes", dp.deletes)
+	}
+	dp.deletes = nil
 	name := sandboxName(t, "ag")
 	if _, err := a.CreateSandbox(ctx, api.SandboxCreate{Name: name}); err != nil {
 		t.Fatal(err)

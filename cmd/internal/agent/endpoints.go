@@ -78,17 +78,17 @@ func (a *Agent) ensureEndpoint(ctx context.Context, ep *endpointRec) error {
 	return nil
 }
 
-func (a *Agent) deleteEndpointKernel(ctx context.Context, ep *endpointRec) error {
+// deleteEndpointKernel deletes ep from the datapath. namespaceGoes says
+// the caller deletes its sandbox's namespace next (datapath.Endpoint's
+// NamespaceGoes).
+func (a *Agent) deleteEndpointKernel(ctx context.Context, ep *endpointRec, namespaceGoes bool) error {
 	n := a.networks[ep.NetworkID]
 	if n == nil {
 		return nil
 	}
-	dep := datapath.Endpoint{ID: ep.ID, NetworkID: n.ID, IfName: ep.IfName, HostIfName: ep.HostIfName, Addr: ep.Addr}
+	dep := datapath.Endpoint{ID: ep.ID, NetworkID: n.ID, IfName: ep.IfName, HostIfName: ep.HostIfName, Addr: ep.Addr, NamespaceGoes: namespaceGoes}
 	if sb := a.sandboxes[ep.Sandbox]; sb != nil {
 		dep.NetNSPath = sb.NetNS
-		// A sandbox being removed loses its namespace next
-		// (removeSandboxLocked): its pairs go with it.
-		dep.NamespaceGoes = sb.Mode == api.ModeNetNS && sb.Phase == phaseRemoving
 		if sb.Mode == api.ModeExternal {
 			dep.NetNSID = sb.NSID
 			if held, _ := externalState(sb); !held {
@@ -345,7 +345,7 @@ func (a *Agent) Disconnect(ctx context.Context, netRef string, req api.Disconnec
 		return notFoundf("sandbox %q is not connected to network %q", sb.Name, n.Name)
 	}
 	oldPrimary := a.primaryEndpoint(sb.Name)
-	if err := a.removeEndpoints(ctx, []*endpointRec{ep}); err != nil {
+	if err := a.removeEndpoints(ctx, []*endpointRec{ep}, false); err != nil {
 		return err
 	}
 	a.refreshEndpointDNS(ep)
@@ -422,7 +422,7 @@ func (a *Agent) addEndpoints(ctx context.Context, sb *sandboxRec, sbNew bool, ep
 			return
 		}
 		for _, ep := range eps {
-			_ = a.deleteEndpointKernel(ctx, ep)
+			_ = a.deleteEndpointKernel(ctx, ep, false)
 			a.unindexEndpoint(ep.ID)
 		}
 		release()
@@ -484,8 +484,9 @@ func (a *Agent) releaseAddr(ep *endpointRec) {
 }
 
 // removeEndpoints marks eps removing, deletes them from the kernel, releases
-// their addresses and drops the records.
-func (a *Agent) removeEndpoints(ctx context.Context, eps []*endpointRec) error {
+// their addresses and drops the records. namespaceGoes: as for
+// deleteEndpointKernel.
+func (a *Agent) removeEndpoints(ctx context.Context, eps []*endpointRec, namespaceGoes bool) error {
 	if len(eps) == 0 {
 		return nil // no store commits for nothing (every start, none/host sandboxes)
 	}
@@ -502,7 +503,7 @@ func (a *Agent) removeEndpoints(ctx context.Context, eps []*endpointRec) error {
 		return err
 	}
 	for _, ep := range eps {
-		if err := a.deleteEndpointKernel(ctx, ep); err != nil {
+		if err := a.deleteEndpointKernel(ctx, ep, namespaceGoes); err != nil {
 			return err
 		}
 	}

@@ -71,7 +71,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 			unfinished = append(unfinished, ep)
 		}
 	}
-	if err := a.removeEndpoints(ctx, unfinished); err != nil {
+	if err := a.removeEndpoints(ctx, unfinished, false); err != nil {
 		return fmt.Errorf("roll back endpoints: %w", err)
 	}
 	// Networks.
@@ -122,7 +122,7 @@ func (a *Agent) rebuildPools(ctx context.Context) error {
 		pool := a.pools[ep.NetworkID]
 		if pool == nil || a.sandboxes[ep.Sandbox] == nil {
 			a.log.Warn("dropping orphaned endpoint record", "endpoint", id, "sandbox", ep.Sandbox)
-			if err := a.deleteEndpointKernel(ctx, ep); err != nil {
+			if err := a.deleteEndpointKernel(ctx, ep, false); err != nil {
 				a.log.Warn("remove orphaned endpoint", "err", err)
 			}
 			a.unindexEndpoint(id)
