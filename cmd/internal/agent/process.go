@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/fabricnet/fabric/cmd/internal/api"
 	"github.com/fabricnet/fabric/datapath/netns"
 	"golang.org/x/sys/unix"
 )
@@ -243,11 +244,16 @@ func inNamespace(pid int, nsPath string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	got, err := netns.IDOf(fmt.Sprintf("/proc/%d/ns/net", pid))
+	got, err := processNetNS(pid)
 	if err != nil {
 		return false, fmt.Errorf("process %d: %w", pid, err)
 	}
 	return got == want, nil
+}
+
+// processNetNS is the network namespace process pid is in.
+func processNetNS(pid int) (netns.ID, error) {
+	return netns.IDOf(fmt.Sprintf("/proc/%d/ns/net", pid))
 }
 
 // waitInNamespace waits up to limit for process pid (started at
@@ -322,15 +328,18 @@ func procStat(pid int) (start uint64, state string, err error) {
 	return start, fields[0], nil
 }
 
-// killInNamespace kills with SIGKILL every process in the network
-// namespace at nsPath, one the agent made for a sandbox, and returns how
-// many. It is for a sandbox whose create was cut short (the agent was
+// killUnrecorded kills every process in the namespace of sb, one the
+// agent made, if sb has a command and no recorded PID, and returns how
+// many. That is a sandbox whose create was cut short (the agent was
 // killed) after its command may have started and before its PID was
 // recorded: nothing else would ever stop that command, and it would keep
-// the namespace, and the endpoints' pairs in it, alive. It walks /proc,
-// so it runs only then. A namespace that does not exist has none.
-func killInNamespace(nsPath string) (int, error) {
-	want, err := netns.IDOf(nsPath)
+// the namespace, and the endpoints' pairs in it, alive. The walk over
+// /proc runs only then. A namespace that does not exist has none.
+func killUnrecorded(sb *sandboxRec) (int, error) {
+	if sb.PID != 0 || len(sb.Command) == 0 || sb.Mode != api.ModeNetNS {
+		return 0, nil
+	}
+	want, err := netns.IDOf(sb.NetNS)
 	if errors.Is(err, os.ErrNotExist) {
 		return 0, nil
 	}
@@ -347,16 +356,16 @@ func killInNamespace(nsPath string) (int, error) {
 		if err != nil || pid == os.Getpid() {
 			continue
 		}
-		if id, err := netns.IDOf(fmt.Sprintf("/proc/%d/ns/net", pid)); err != nil || id != want {
+		if id, err := processNetNS(pid); err != nil || id != want {
 			continue
 		}
 		fd, err := unix.PidfdOpen(pid, 0)
 		if err != nil {
 			continue // gone
 		}
-		// Checked again through the pidfd's process: the PID may have
-		// been reused between the first look and the open.
-		if id, err := netns.IDOf(fmt.Sprintf("/proc/%d/ns/net", pid)); err == nil && id == want {
+		// Checked again once the pidfd holds the process: the PID may
+		// have been reused between the first look and the open.
+		if id, err := processNetNS(pid); err == nil && id == want {
 			if unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0) == nil {
 				killed++
 			}

@@ -392,13 +392,11 @@ func (a *Agent) removeSandboxLocked(ctx context.Context, sb *sandboxRec) error {
 			return fmt.Errorf("stop sandbox %s: %w", sb.Name, err)
 		}
 	}
-	if sb.PID == 0 && len(sb.Command) > 0 && sb.Mode == api.ModeNetNS {
-		// A create cut short: its command may run unrecorded.
-		if n, err := killInNamespace(sb.NetNS); err != nil {
-			a.log.Warn("stop the commands of an unfinished sandbox", "sandbox", sb.Name, "err", err)
-		} else if n > 0 {
-			a.log.Warn("stopped processes left in the namespace of an unfinished sandbox", "sandbox", sb.Name, "processes", n)
-		}
+	// A create cut short: its command may run unrecorded.
+	if n, err := killUnrecorded(sb); err != nil {
+		a.log.Warn("stop the commands of an unfinished sandbox", "sandbox", sb.Name, "err", err)
+	} else if n > 0 {
+		a.log.Warn("stopped processes left in the namespace of an unfinished sandbox", "sandbox", sb.Name, "processes", n)
 	}
 	if err := a.removeEndpoints(ctx, a.sandboxEndpoints(sb.Name), namespaceGoes); err != nil {
 		return err
