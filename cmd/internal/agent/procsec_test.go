@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -155,21 +157,50 @@ func TestSandboxRmSignalsOnlyItsProcess(t *testing.T) {
 // stops the command too, which would otherwise run on, holding the
 // namespace (and the endpoint's pair in it).
 func TestRollbackStopsAnUnrecordedCommand(t *testing.T) {
+	dir, name, pid := unrecordedCommand(t)
+	b := newKernelTestAgent(t, dir, newFake())
+	defer b.Close()
+	if _, err := b.Sandbox(name); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("sandbox after the restart: %v, want it rolled back", err)
+	}
+	netnstest.Eventually(t, 5*time.Second, "the unrecorded command to stop", func() bool { return !alive(pid, 0) })
+}
+
+// TestResetStopsAnUnrecordedCommand: fabricd reset, run on the state a
+// killed agent left (as above), stops the unrecorded command as well as
+// removing the sandbox's namespace.
+func TestResetStopsAnUnrecordedCommand(t *testing.T) {
+	dir, name, pid := unrecordedCommand(t)
+	removed, err := ResetSandboxes(dir, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil || removed != 1 {
+		t.Fatalf("ResetSandboxes: %d removed, %v; want 1", removed, err)
+	}
+	if _, err := os.Stat(netns.Path(name)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("namespace of %s after reset: %v", name, err)
+	}
+	netnstest.Eventually(t, 5*time.Second, "the unrecorded command to stop", func() bool { return !alive(pid, 0) })
+}
+
+// unrecordedCommand makes, in a new state directory, what an agent killed
+// between starting a sandbox's command and recording its PID leaves: the
+// command running in the sandbox's namespace and a "creating" record
+// without the PID. The command is killed when the test ends.
+func unrecordedCommand(t *testing.T) (dir, name string, pid int) {
+	t.Helper()
 	netnstest.RequireRoot(t)
-	dir := t.TempDir()
+	dir = t.TempDir()
 	a := newKernelTestAgent(t, dir, newFake())
-	name := sandboxName(t, "uc")
+	name = sandboxName(t, "uc")
 	sb, err := a.CreateSandbox(context.Background(), api.SandboxCreate{Name: name, Command: []string{"sleep", "60"}})
 	a.Close()
 	if err != nil {
 		t.Fatal(err)
 	}
-	pid := sb.PID
+	pid = sb.PID
 	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
 	if !alive(pid, 0) {
 		t.Fatal("the command does not run")
 	}
-	// What the killed agent would have left: the record before the PID.
 	st, err := store.Open(filepath.Join(dir, agentstate.FileName), []string{bucketNetworks, bucketSandboxes, bucketEndpoints}, time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -186,10 +217,5 @@ func TestRollbackStopsAnUnrecordedCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := newKernelTestAgent(t, dir, newFake())
-	defer b.Close()
-	if _, err := b.Sandbox(name); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("sandbox after the restart: %v, want it rolled back", err)
-	}
-	netnstest.Eventually(t, 5*time.Second, "the unrecorded command to stop", func() bool { return !alive(pid, 0) })
+	return dir, name, pid
 }

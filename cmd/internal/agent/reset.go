@@ -50,6 +50,12 @@ func ResetSandboxes(stateDir string, log *slog.Logger) (removed int, err error) 
 				errs = append(errs, fmt.Errorf("stop command of sandbox %s: %w", sb.Name, err))
 			}
 		}
+		// A create cut short: its command may run unrecorded.
+		if n, err := killUnrecorded(&sb); err != nil {
+			errs = append(errs, fmt.Errorf("stop the commands of unfinished sandbox %s: %w", sb.Name, err))
+		} else if n > 0 {
+			log.Info("stopped processes left in the namespace of an unfinished sandbox", "sandbox", sb.Name, "processes", n)
+		}
 		if sb.Mode == api.ModeExternal && filepath.Dir(sb.NetNS) == filepath.Join(stateDir, "netns") {
 			// The agent's reference to a namespace it did not make: drop
 			// the bind mount, never the namespace (its owner keeps it).
